@@ -1,0 +1,247 @@
+//! Repository-level commands and the plumbing every command shares.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::json;
+use tresor_engine::cache::Cache;
+use tresor_engine::check::{CheckOptions, check as run_check};
+use tresor_engine::crypto::Aead;
+use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Snapshot};
+use tresor_storage::{FaultConfig, Location, StorageOptions};
+
+use crate::opts::{CheckArgs, Global, InitArgs, SnapshotsArgs, StatsArgs};
+
+pub fn location(g: &Global) -> Result<Location> {
+    let repo = g.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use --repo or set TRESOR_REPOSITORY"))?;
+    Ok(Location::parse(repo)?)
+}
+
+fn read_password_file(path: &Path) -> Result<Password> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+    let pw = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(Password::new(pw.strip_suffix('\r').unwrap_or(pw)))
+}
+
+/// The password from `$TRESOR_PASSWORD`, the password file, or a prompt.
+pub fn password(g: &Global, confirm: bool) -> Result<Password> {
+    if let Some(f) = &g.password_file {
+        return read_password_file(f);
+    }
+    if let Ok(p) = std::env::var("TRESOR_PASSWORD") {
+        return Ok(Password::new(p));
+    }
+    prompt("repository password", confirm)
+}
+
+pub fn new_password(file: &Option<std::path::PathBuf>) -> Result<Password> {
+    if let Some(f) = file {
+        return read_password_file(f);
+    }
+    if let Ok(p) = std::env::var("TRESOR_NEW_PASSWORD") {
+        return Ok(Password::new(p));
+    }
+    prompt("new password", true)
+}
+
+fn prompt(what: &str, confirm: bool) -> Result<Password> {
+    if !std::io::stdin().is_terminal() {
+        bail!("no password given: set TRESOR_PASSWORD, use --password-file, or run on a terminal");
+    }
+    let first = rpassword::prompt_password(format!("enter {what}: "))?;
+    if confirm && rpassword::prompt_password(format!("enter {what} again: "))? != first {
+        bail!("the passwords do not match");
+    }
+    Ok(Password::new(first))
+}
+
+pub fn kdf(g: &Global) -> KdfParams {
+    let mut k = KdfParams::default();
+    if let Some(m) = g.kdf_memory_kib {
+        k.memory_kib = m.max(8);
+        k.iterations = 1;
+    }
+    k
+}
+
+fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
+    let faults = g.faults.as_deref().map(FaultConfig::parse).transpose()?;
+    let cache_root = if g.no_cache { None } else { g.cache_dir.clone().or_else(Cache::default_root) };
+    Ok(OpenOptions { password, cache_root, storage: StorageOptions { faults, max_retries: None } })
+}
+
+pub async fn open(g: &Global) -> Result<Arc<Repository>> {
+    let loc = location(g)?;
+    let opts = open_options(g, password(g, false)?)?;
+    Ok(Arc::new(Repository::open(&loc, &opts).await?))
+}
+
+pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
+    let loc = location(g)?;
+    let aead = match a.aead.as_str() {
+        "aes-256-gcm" => Aead::Aes256Gcm,
+        "xchacha20-poly1305" => Aead::Xchacha20Poly1305,
+        other => bail!("unknown --aead {other:?} (aes-256-gcm or xchacha20-poly1305)"),
+    };
+    if !(0..=22).contains(&a.compression) {
+        bail!("--compression must be a zstd level from 0 to 22");
+    }
+    if !(4..=512).contains(&a.pack_size_mib) {
+        bail!("--pack-size-mib must be between 4 and 512");
+    }
+    if let Some(p) = loc.local_path() {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    let opts = InitOptions {
+        open: open_options(g, password(g, true)?)?,
+        aead,
+        compression: a.compression,
+        kdf: kdf(g),
+        pack_size: Some(a.pack_size_mib * 1024 * 1024),
+    };
+    let repo = Repository::init(&loc, &opts).await?;
+    if g.json {
+        print_json(&json!({"message_type": "initialized", "id": repo.config().id, "repository": loc.to_string()}))?;
+    } else {
+        println!("created tresor repository {} at {loc}", repo.config().id.short());
+        println!("Keep the password safe: without it the data cannot be recovered.");
+    }
+    Ok(0)
+}
+
+fn snapshot_json(s: &Snapshot) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    v["id"] = json!(s.id);
+    v["short_id"] = json!(s.id.short());
+    v
+}
+
+pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let snaps: Vec<Snapshot> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h))
+        .filter(|s| a.tags.iter().all(|t| s.tags.contains(t)))
+        .collect();
+    if g.json {
+        return print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).map(|_| 0);
+    }
+    println!("{:<10} {:<25} {:<16} {:<16} {:>12}  paths", "ID", "Time", "Host", "Tags", "Size");
+    for s in &snaps {
+        let size = s.summary.as_ref().map_or(0, |x| x.total_bytes_processed);
+        println!(
+            "{:<10} {:<25} {:<16} {:<16} {:>12}  {}",
+            s.id.short(),
+            s.time.format("%Y-%m-%d %H:%M:%S %:z"),
+            s.hostname,
+            s.tags.join(","),
+            human(size),
+            s.paths.join(" ")
+        );
+    }
+    println!("{} snapshots", snaps.len());
+    Ok(0)
+}
+
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let index = repo.index().await?;
+    let stored: u64 = index.packs().map(|(_, s)| s).sum();
+    let raw: u64 = index.blobs().map(|(_, _, e)| u64::from(e.raw_length)).sum();
+    let snaps = match &a.snapshot {
+        Some(spec) => vec![repo.find_snapshot(spec).await?],
+        None => repo.snapshots().await?,
+    };
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for s in &snaps {
+        for (_, n) in tresor_engine::walk::list(&repo, s.tree, "/").await? {
+            if n.is_file() {
+                files += 1;
+                bytes += n.size;
+            }
+        }
+    }
+    let v = json!({
+        "snapshots_count": snaps.len(),
+        "total_file_count": files,
+        "total_size": bytes,
+        "total_blob_count": index.blob_count(),
+        "total_uncompressed_size": raw,
+        "total_pack_count": index.packs().count(),
+        "total_stored_size": stored,
+        "compression_ratio": if stored > 0 { raw as f64 / stored as f64 } else { 0.0 },
+        "dedup_ratio": if raw > 0 { bytes as f64 / raw as f64 } else { 0.0 },
+    });
+    if g.json {
+        return print_json(&v).map(|_| 0);
+    }
+    println!("snapshots:            {}", snaps.len());
+    println!("files (all snapshots): {files}, {}", human(bytes));
+    println!("unique blobs:         {}, {}", index.blob_count(), human(raw));
+    println!("stored in {} packs:   {}", index.packs().count(), human(stored));
+    println!("compression ratio:    {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
+    println!("deduplication ratio:  {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
+    Ok(0)
+}
+
+fn parse_subset(s: &str) -> Result<f64> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| anyhow!("--read-data-subset wants a percentage such as 10%"))?;
+    if !(0.0..=100.0).contains(&v) || v == 0.0 {
+        bail!("--read-data-subset must be between 0% and 100%");
+    }
+    Ok(v / 100.0)
+}
+
+pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let read_data = match (&a.read_data_subset, a.read_data) {
+        (Some(s), _) => parse_subset(s)?,
+        (None, true) => 1.0,
+        (None, false) => 0.0,
+    };
+    let report = run_check(&repo, CheckOptions { read_data }).await?;
+    if g.json {
+        print_json(&report)?;
+    } else {
+        println!("checked {} snapshots, {} packs, {} blobs ({} packs read)", report.snapshots, report.packs, report.blobs, report.packs_read);
+        if !report.unindexed_packs.is_empty() {
+            println!("note: {} packs are not indexed (left by an interrupted backup; harmless)", report.unindexed_packs.len());
+        }
+        for p in &report.problems {
+            println!("error: {}: {}", p.object, p.error);
+            if !p.snapshots.is_empty() {
+                println!("  affects snapshots: {}", p.snapshots.join(", "));
+            }
+            for f in p.files.iter().take(20) {
+                println!("  damaged: {f}");
+            }
+            if p.files.len() > 20 {
+                println!("  … and {} more files", p.files.len() - 20);
+            }
+        }
+        if report.ok() {
+            println!("no errors were found");
+        }
+    }
+    if report.ok() { Ok(0) } else { bail!("check found {} problems", report.problems.len()) }
+}

@@ -1,0 +1,82 @@
+//! `tresor`: the command-line tool.
+
+mod commands;
+mod data;
+mod demo;
+mod keys;
+mod opts;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tresor_engine::Error;
+
+use opts::{Cli, Command};
+
+/// Exit codes, as restic has them, so scripts written for it keep working.
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_INCOMPLETE: u8 = 3;
+pub const EXIT_NO_REPOSITORY: u8 = 10;
+pub const EXIT_WRONG_PASSWORD: u8 = 12;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.global.verbose { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tresor: error: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tresor: error: {}", one_line(&e));
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = cli.global;
+    match cli.command {
+        Command::Init(a) => commands::init(&g, a).await,
+        Command::Backup(a) => data::backup(&g, a).await,
+        Command::Snapshots(a) => commands::snapshots(&g, a).await,
+        Command::Ls(a) => data::ls(&g, a).await,
+        Command::Restore(a) => data::restore(&g, a).await,
+        Command::Dump(a) => data::dump(&g, a).await,
+        Command::Diff(a) => data::diff(&g, a).await,
+        Command::Stats(a) => commands::stats(&g, a).await,
+        Command::Check(a) => commands::check(&g, a).await,
+        Command::Key(a) => keys::key(&g, a).await,
+        Command::Demo(a) => demo::demo(a).await,
+    }
+}
+
+/// Every error is one line: the context chain joined, never a backtrace.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::NoRepository { .. } | Error::NotARepository { .. }) => EXIT_NO_REPOSITORY,
+        Some(Error::WrongPassword) => EXIT_WRONG_PASSWORD,
+        _ => EXIT_ERROR,
+    }
+}

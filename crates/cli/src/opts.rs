@@ -1,0 +1,211 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tresor", version, about = "Deduplicating, encrypted backup and disaster recovery")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Repository: a path or s3://bucket/prefix (also azblob://, gcs://, webdav://, sftp://).
+    #[arg(short = 'r', long = "repo", env = "TRESOR_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// File holding the repository password (else $TRESOR_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Do not use the local cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Where the local cache lives.
+    #[arg(long, env = "TRESOR_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
+    /// Log more.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// No progress display.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Inject storage faults, e.g. error-rate=0.1,seed=7,write-limit=1000000 (testing).
+    #[arg(long, env = "TRESOR_FAULTS", global = true, hide = true)]
+    pub faults: Option<String>,
+    /// Argon2id memory in KiB for new keys (lower only for tests).
+    #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
+    pub kdf_memory_kib: Option<u32>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a repository.
+    Init(InitArgs),
+    /// Back up files, directories or standard input.
+    Backup(BackupArgs),
+    /// List snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the files of a snapshot.
+    Ls(LsArgs),
+    /// Restore a snapshot.
+    Restore(RestoreArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(DumpArgs),
+    /// Show what changed between two snapshots.
+    Diff(DiffArgs),
+    /// Repository and snapshot statistics.
+    Stats(StatsArgs),
+    /// Verify the repository.
+    Check(CheckArgs),
+    /// Manage the passwords (key slots) of a repository.
+    Key(KeyArgs),
+    /// Show tresor working: init a local repository, back up, list, restore.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// zstd level for new data, 0 to store uncompressed.
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// aes-256-gcm or xchacha20-poly1305.
+    #[arg(long, default_value = "aes-256-gcm")]
+    pub aead: String,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub pack_size_mib: u32,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    pub paths: Vec<PathBuf>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Exclude paths matching this glob (repeatable).
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+    /// Read exclude globs from a file, one per line.
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Do not cross filesystem boundaries.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Read the data to back up from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+    #[arg(long, default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Use this snapshot as parent instead of the latest matching one.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Read every file, ignoring the parent snapshot.
+    #[arg(long)]
+    pub force: bool,
+    /// Record the snapshot at this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS").
+    #[arg(long)]
+    pub time: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SnapshotsArgs {
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    pub snapshot: String,
+    pub path: Option<String>,
+    /// Long listing with mode, size and time.
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    pub snapshot: String,
+    #[arg(short, long)]
+    pub target: PathBuf,
+    #[arg(short = 'i', long = "include")]
+    pub includes: Vec<String>,
+    #[arg(short = 'e', long = "exclude")]
+    pub excludes: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct DumpArgs {
+    pub snapshot: String,
+    pub path: String,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    pub a: String,
+    pub b: String,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// Restricts file statistics to this snapshot.
+    pub snapshot: Option<String>,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Read and verify all data.
+    #[arg(long)]
+    pub read_data: bool,
+    /// Read and verify this share of the packs, e.g. 10%.
+    #[arg(long)]
+    pub read_data_subset: Option<String>,
+}
+
+#[derive(Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    pub command: KeyCommand,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Add a password.
+    Add(NewPassword),
+    /// List key slots.
+    List,
+    /// Remove a key slot (not the one in use, not the last).
+    Remove { id: String },
+    /// Replace the password in use with a new one.
+    Passwd(NewPassword),
+}
+
+#[derive(Args)]
+pub struct NewPassword {
+    /// File holding the new password (else $TRESOR_NEW_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_NEW_PASSWORD_FILE")]
+    pub new_password_file: Option<PathBuf>,
+    /// A label for the key, e.g. who holds it.
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its repository, password file and data.
+    #[arg(long, default_value = "tresor-demo")]
+    pub dir: PathBuf,
+    /// The folder to back up (default: a generated sample).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+}

@@ -1,0 +1,424 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! walker thread ──file jobs──▶ worker threads ──sealed packs──▶ uploader (async)
+//!   lstat, excludes,             read, chunk, hash, dedup,        writes packs, then
+//!   parent-tree reuse            compress, encrypt, pack          index checkpoints
+//! ```
+//! Directories finish bottom-up without the walker ever waiting: each one
+//! counts its unfinished children, and whichever thread completes the last
+//! child seals the directory's tree and reports to its parent. Memory is
+//! bounded by the job queue, one open pack per thread and the upload queue.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, FixedOffset, Local};
+use crossbeam_channel::{Receiver, Sender};
+use futures::StreamExt;
+
+use crate::chunker::Chunker;
+use crate::walk::PathFilter;
+use crate::fsmeta::{self, NameCache};
+use crate::index::{Index, IndexFile};
+use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackWriter, SealedPack};
+use crate::snapshot::{FileError, Snapshot, SourceInfo, Summary};
+use crate::tree::{Node, Tree};
+use crate::{Error, Id, IdSet, Repository, Result};
+
+mod walker;
+
+/// Packs written between two index checkpoints: a killed backup leaves at
+/// most this many unindexed packs behind, which the next backup cannot reuse.
+const INDEX_CHECKPOINT_PACKS: usize = 32;
+
+#[derive(Default)]
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub parent: Option<Snapshot>,
+    pub time: Option<DateTime<FixedOffset>>,
+    pub threads: Option<usize>,
+    /// Back up this stream as one file of the given name instead of paths.
+    pub stdin: Option<(String, Box<dyn Read + Send>)>,
+    pub source: Option<SourceInfo>,
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Live counters for progress display.
+#[derive(Default, Debug)]
+pub struct Progress {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs_new: AtomicU64,
+    dirs_changed: AtomicU64,
+    dirs_unmodified: AtomicU64,
+    data_blobs: AtomicU64,
+    tree_blobs: AtomicU64,
+    data_added: AtomicU64,
+    data_added_packed: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// State shared by the walker and the workers.
+struct Shared {
+    repo: Arc<Repository>,
+    rt: tokio::runtime::Handle,
+    chunker: Chunker,
+    index: Arc<Index>,
+    inflight: Mutex<IdSet>,
+    uploads: tokio::sync::mpsc::Sender<SealedPack>,
+    counters: Counters,
+    progress: Arc<Progress>,
+    errors: Mutex<Vec<FileError>>,
+    failure: Mutex<Option<Error>>,
+    stop: AtomicBool,
+    excludes: PathFilter,
+    one_file_system: bool,
+}
+
+/// What each thread owns: its open packs and its compression context.
+struct ThreadCtx {
+    data: Option<PackWriter>,
+    tree: Option<PackWriter>,
+    compressor: Compressor,
+    buf: Vec<u8>,
+}
+
+enum Parent {
+    Dir(Arc<Mutex<DirState>>, usize),
+    Root(Sender<Id>),
+}
+
+struct DirState {
+    node: Node,
+    slots: Vec<Option<Node>>,
+    /// Unfinished children, plus one while the walker is still listing.
+    pending: usize,
+    parent: Option<Parent>,
+    old_subtree: Option<Id>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    existed: bool,
+    dir: Arc<Mutex<DirState>>,
+    slot: usize,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        self.stop.store(true, Relaxed);
+        let mut f = self.failure.lock().expect("not poisoned");
+        f.get_or_insert(e);
+    }
+
+    fn warn(&self, path: &Path, err: impl std::fmt::Display) {
+        tracing::warn!("{}: {err}", path.display());
+        self.errors.lock().expect("not poisoned").push(FileError { path: path.display().to_string(), error: err.to_string() });
+    }
+
+    /// Store a blob unless the repository or this run already has it.
+    fn add_blob(&self, ctx: &mut ThreadCtx, kind: BlobKind, data: &[u8]) -> Result<Id> {
+        let crypto = self.repo.crypto();
+        let id = crypto.blob_id(data);
+        if self.index.contains(&id) || !self.inflight.lock().expect("not poisoned").insert(id) {
+            return Ok(id);
+        }
+        let compressed = ctx.compressor.compress(data);
+        let (flags, payload) = match &compressed {
+            Some(z) => (FLAG_ZSTD, z.as_slice()),
+            None => (0, data),
+        };
+        let pack_size = self.repo.config().pack_size as usize;
+        let slot = if kind == BlobKind::Tree { &mut ctx.tree } else { &mut ctx.data };
+        let writer = slot.get_or_insert_with(|| PackWriter::new(kind, pack_size + pack_size / 8));
+        let entry = writer.add(crypto, id, data.len(), flags, payload);
+        let c = &self.counters;
+        if kind == BlobKind::Tree { &c.tree_blobs } else { &c.data_blobs }.fetch_add(1, Relaxed);
+        c.data_added.fetch_add(data.len() as u64, Relaxed);
+        c.data_added_packed.fetch_add(u64::from(entry.length), Relaxed);
+        if writer.len() >= pack_size {
+            let full = slot.take().expect("just filled");
+            self.upload(full)?;
+        }
+        Ok(id)
+    }
+
+    fn upload(&self, writer: PackWriter) -> Result<()> {
+        let sealed = writer.finish(self.repo.crypto());
+        self.uploads.blocking_send(sealed).map_err(|_| Error::Interrupted)
+    }
+
+    fn flush(&self, ctx: &mut ThreadCtx) -> Result<()> {
+        for w in [ctx.data.take(), ctx.tree.take()].into_iter().flatten() {
+            self.upload(w)?;
+        }
+        Ok(())
+    }
+
+    /// Record a finished child; the thread that finishes a directory's last
+    /// child seals that directory, and so on up to the root.
+    fn fill(&self, ctx: &mut ThreadCtx, dir: &Arc<Mutex<DirState>>, slot: usize, node: Option<Node>) -> Result<()> {
+        let done = {
+            let mut d = dir.lock().expect("not poisoned");
+            if slot < d.slots.len() {
+                d.slots[slot] = node;
+            }
+            d.pending -= 1;
+            d.pending == 0
+        };
+        if done { self.seal_dir(ctx, dir) } else { Ok(()) }
+    }
+
+    fn seal_dir(&self, ctx: &mut ThreadCtx, dir: &Arc<Mutex<DirState>>) -> Result<()> {
+        let (mut node, tree, parent, old) = {
+            let mut d = dir.lock().expect("not poisoned");
+            let tree = Tree { nodes: std::mem::take(&mut d.slots).into_iter().flatten().collect() };
+            (std::mem::take(&mut d.node), tree, d.parent.take(), d.old_subtree)
+        };
+        let id = self.add_blob(ctx, BlobKind::Tree, &tree.encode())?;
+        let c = &self.counters;
+        match old {
+            Some(o) if o == id => c.dirs_unmodified.fetch_add(1, Relaxed),
+            Some(_) => c.dirs_changed.fetch_add(1, Relaxed),
+            None => c.dirs_new.fetch_add(1, Relaxed),
+        };
+        node.subtree = Some(id);
+        match parent.expect("a directory is sealed once") {
+            Parent::Dir(p, slot) => self.fill(ctx, &p, slot, Some(node)),
+            Parent::Root(tx) => {
+                let _ = tx.send(id);
+                Ok(())
+            }
+        }
+    }
+
+    fn process_file(&self, ctx: &mut ThreadCtx, job: FileJob) -> Result<()> {
+        let FileJob { path, mut node, existed, dir, slot } = job;
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.warn(&path, e);
+                return self.fill(ctx, &dir, slot, None);
+            }
+        };
+        match self.chunk_into(ctx, file, &mut node) {
+            Ok(()) => {
+                let c = &self.counters;
+                if existed { &c.files_changed } else { &c.files_new }.fetch_add(1, Relaxed);
+                self.fill(ctx, &dir, slot, Some(node))
+            }
+            Err(Error::Io { source, .. }) => {
+                self.warn(&path, source);
+                self.fill(ctx, &dir, slot, None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, node: &mut Node) -> Result<()> {
+        let mut buf = std::mem::take(&mut ctx.buf);
+        let mut content = Vec::new();
+        let result = self.chunker.chunk_stream(reader, &mut buf, |chunk: &[u8]| {
+            content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
+            self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
+            Ok::<_, Error>(())
+        });
+        ctx.buf = buf;
+        let total = result.map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(PathBuf::new(), source),
+            other => other,
+        })?;
+        node.size = total;
+        node.content = content;
+        self.counters.files.fetch_add(1, Relaxed);
+        self.counters.bytes.fetch_add(total, Relaxed);
+        self.progress.files.fetch_add(1, Relaxed);
+        Ok(())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Error {
+        Error::Io { path: PathBuf::new(), source }
+    }
+}
+
+impl ThreadCtx {
+    fn new(level: i32) -> Result<ThreadCtx> {
+        let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new() })
+    }
+}
+
+fn worker(shared: &Shared, jobs: Receiver<FileJob>) {
+    let mut ctx = match ThreadCtx::new(shared.repo.config().compression) {
+        Ok(c) => c,
+        Err(e) => return shared.fail(e),
+    };
+    for job in jobs {
+        if shared.stop.load(Relaxed) {
+            continue;
+        }
+        if let Err(e) = shared.process_file(&mut ctx, job) {
+            shared.fail(e);
+        }
+    }
+    if let Err(e) = shared.flush(&mut ctx) {
+        shared.fail(e);
+    }
+}
+
+/// Back up `opts.paths` (or the stdin stream) and save a snapshot.
+pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapshot> {
+    let started = Instant::now();
+    let start_time = Local::now().fixed_offset();
+    let index = repo.index().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let concurrency = if repo.location().local_path().is_some() { 2 } else { 4 };
+    let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
+    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, source, progress } = opts;
+    let shared = Arc::new(Shared {
+        chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
+        repo: repo.clone(),
+        rt: tokio::runtime::Handle::current(),
+        index,
+        inflight: Mutex::new(IdSet::default()),
+        uploads: tx,
+        counters: Counters::default(),
+        progress: progress.unwrap_or_default(),
+        errors: Mutex::new(Vec::new()),
+        failure: Mutex::new(None),
+        stop: AtomicBool::new(false),
+        excludes: PathFilter::new(&excludes)?,
+        one_file_system,
+    });
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let parent_tree = parent.as_ref().map(|p| p.tree);
+    let job = {
+        let shared = shared.clone();
+        let paths = paths.clone();
+        tokio::task::spawn_blocking(move || archive(&shared, &paths, stdin, parent_tree, threads))
+    };
+    let walked = job.await.map_err(|e| Error::Invalid(format!("backup thread failed: {e}")))?;
+    let shared = Arc::into_inner(shared).expect("the pipeline threads have ended");
+    let Shared { counters: c, errors, uploads, .. } = shared;
+    drop(uploads);
+    let uploaded = uploader.await.map_err(|e| Error::Invalid(format!("upload task failed: {e}")))?;
+    // An upload error explains an interrupted pipeline, so it is reported first.
+    uploaded?;
+    let tree = walked?;
+    let ld = |a: &AtomicU64| a.load(Relaxed);
+    let end_time = Local::now().fixed_offset();
+    let summary = Summary {
+        files_new: ld(&c.files_new),
+        files_changed: ld(&c.files_changed),
+        files_unmodified: ld(&c.files_unmodified),
+        dirs_new: ld(&c.dirs_new),
+        dirs_changed: ld(&c.dirs_changed),
+        dirs_unmodified: ld(&c.dirs_unmodified),
+        data_blobs: ld(&c.data_blobs),
+        tree_blobs: ld(&c.tree_blobs),
+        data_added: ld(&c.data_added),
+        data_added_packed: ld(&c.data_added_packed),
+        total_files_processed: ld(&c.files),
+        total_bytes_processed: ld(&c.bytes),
+        total_duration: started.elapsed().as_secs_f64(),
+        backup_start: Some(start_time),
+        backup_end: Some(end_time),
+    };
+    let stdin_name = paths.is_empty();
+    let mut snap = Snapshot {
+        id: Id::default(),
+        time: time.unwrap_or(start_time),
+        tree,
+        paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        hostname: host.unwrap_or_else(fsmeta::hostname),
+        username: fsmeta::username(),
+        uid: walker_ids().0,
+        gid: walker_ids().1,
+        tags,
+        source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
+        parent: parent.map(|p| p.id),
+        excludes,
+        program_version: concat!("tresor ", env!("CARGO_PKG_VERSION")).into(),
+        summary: Some(summary),
+        errors: errors.into_inner().expect("not poisoned"),
+    };
+    snap.id = repo.save_snapshot(&snap).await?;
+    repo.reset_index().await;
+    Ok(snap)
+}
+
+fn walker_ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid have no preconditions.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+type Stream = Option<(String, Box<dyn Read + Send>)>;
+
+/// Run the walker on this thread and the workers beside it; the root tree id.
+fn archive(shared: &Shared, paths: &[PathBuf], stdin: Stream, parent_tree: Option<Id>, threads: usize) -> Result<Id> {
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<FileJob>(256);
+    let (root_tx, root_rx) = crossbeam_channel::bounded::<Id>(1);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            let rx = job_rx.clone();
+            s.spawn(move || worker(shared, rx));
+        }
+        drop(job_rx);
+        let run = || -> Result<()> {
+            let ctx = ThreadCtx::new(shared.repo.config().compression)?;
+            let mut w = walker::Walker { shared, ctx, jobs: job_tx.clone(), names: NameCache::default() };
+            let walked = match stdin {
+                Some((name, reader)) => w.stream(&name, reader, Parent::Root(root_tx)),
+                None => w.walk_root(&walker::layout(paths)?, parent_tree, Parent::Root(root_tx)),
+            };
+            let flushed = shared.flush(&mut w.ctx);
+            walked.and(flushed)
+        };
+        if let Err(e) = run() {
+            shared.fail(e);
+        }
+        drop(job_tx);
+    });
+    if let Some(e) = shared.failure.lock().expect("not poisoned").take() {
+        return Err(e);
+    }
+    root_rx.try_recv().map_err(|_| Error::Interrupted)
+}
+
+/// Upload sealed packs as they come and write an index file every
+/// `INDEX_CHECKPOINT_PACKS` packs and at the end. Index files only ever name
+/// packs whose upload has completed.
+async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<SealedPack>, concurrency: usize) -> Result<Vec<Id>> {
+    let packs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
+    let mut uploads = std::pin::pin!(packs.map(|pack| repo.save_pack(pack)).buffer_unordered(concurrency));
+    let (mut pending, mut files) = (Vec::new(), Vec::new());
+    while let Some(done) = uploads.next().await {
+        pending.push(done?);
+        if pending.len() >= INDEX_CHECKPOINT_PACKS {
+            files.push(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut pending) }).await?);
+        }
+    }
+    if !pending.is_empty() {
+        files.push(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: pending }).await?);
+    }
+    Ok(files)
+}

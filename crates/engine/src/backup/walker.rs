@@ -1,0 +1,222 @@
+//! The walker: lists directories, decides what must be read, and hands file
+//! jobs to the workers. It never waits for a file to finish.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::Sender;
+
+use super::{DirState, FileJob, Parent, Shared, ThreadCtx};
+use crate::fsmeta::{self, NameCache};
+use crate::tree::{Node, NodeKind, Tree};
+use crate::{Error, Id, Result};
+
+/// The snapshot's root: the given paths with their ancestors, so that
+/// `/home/a/docs` is stored as `home` → `a` → `docs`, as restic does.
+pub(super) enum Entry {
+    Walk(PathBuf),
+    Ancestor(PathBuf, BTreeMap<OsString, Entry>),
+}
+
+pub(super) fn layout(paths: &[PathBuf]) -> Result<Entry> {
+    let mut root = Entry::Ancestor(PathBuf::from("/"), BTreeMap::new());
+    for p in paths {
+        if !p.is_absolute() {
+            return Err(Error::Invalid(format!("backup path {} must be absolute", p.display())));
+        }
+        let names: Vec<&OsStr> = p.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
+        let mut at = &mut root;
+        let mut real = PathBuf::from("/");
+        for (i, name) in names.iter().enumerate() {
+            real.push(name);
+            let Entry::Ancestor(_, kids) = at else { break };
+            let last = i + 1 == names.len();
+            let next = kids.entry(name.to_os_string()).or_insert_with(|| Entry::Ancestor(real.clone(), BTreeMap::new()));
+            if last {
+                *next = Entry::Walk(real.clone());
+            }
+            at = next;
+        }
+        if names.is_empty() {
+            root = Entry::Walk(PathBuf::from("/"));
+        }
+    }
+    Ok(root)
+}
+
+pub(super) struct Walker<'a> {
+    pub shared: &'a Shared,
+    pub ctx: ThreadCtx,
+    pub jobs: Sender<FileJob>,
+    pub names: NameCache,
+}
+
+fn unchanged(old: &Node, new: &Node) -> bool {
+    old.kind == NodeKind::File && old.size == new.size && old.mtime == new.mtime && old.ctime == new.ctime && old.inode == new.inode
+}
+
+fn new_dir(node: Node, children: usize, parent: Parent, old_subtree: Option<Id>) -> Arc<Mutex<DirState>> {
+    Arc::new(Mutex::new(DirState { node, slots: vec![None; children], pending: children + 1, parent: Some(parent), old_subtree }))
+}
+
+impl Walker<'_> {
+    fn old_tree(&self, id: Option<Id>) -> Option<Tree> {
+        let repo = self.shared.repo.clone();
+        // A parent tree that cannot be read only costs re-reading files.
+        self.shared.rt.block_on(async move { repo.load_tree(&id?).await.ok() })
+    }
+
+    /// The walker's own "listing finished" count on a directory.
+    fn release(&mut self, dir: &Arc<Mutex<DirState>>) -> Result<()> {
+        self.shared.fill(&mut self.ctx, dir, usize::MAX, None)
+    }
+
+    pub(super) fn walk_root(&mut self, root: &Entry, old_root: Option<Id>, done: Parent) -> Result<()> {
+        match root {
+            Entry::Walk(path) => {
+                let md = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+                let node = fsmeta::node_from(OsStr::new(""), &md, &mut self.names);
+                self.walk_dir(path, node, done, old_root, md.dev())
+            }
+            Entry::Ancestor(_, kids) => {
+                let dir = new_dir(Node::default(), kids.len(), done, old_root);
+                let old = self.old_tree(old_root);
+                self.walk_ancestor(kids, &dir, old.as_ref())?;
+                self.release(&dir)
+            }
+        }
+    }
+
+    fn walk_ancestor(&mut self, kids: &BTreeMap<OsString, Entry>, dir: &Arc<Mutex<DirState>>, old: Option<&Tree>) -> Result<()> {
+        for (slot, (name, entry)) in kids.iter().enumerate() {
+            if self.shared.stop.load(Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            let old_node = old.and_then(|t| t.find(name));
+            match entry {
+                Entry::Walk(path) => self.visit(path, name, dir, slot, old_node, None)?,
+                Entry::Ancestor(path, grandkids) => {
+                    let md = match std::fs::symlink_metadata(path) {
+                        Ok(md) => md,
+                        Err(e) => {
+                            self.shared.warn(path, e);
+                            self.shared.fill(&mut self.ctx, dir, slot, None)?;
+                            continue;
+                        }
+                    };
+                    let node = fsmeta::node_from(name, &md, &mut self.names);
+                    let old_sub = old_node.and_then(|n| n.subtree);
+                    let child = new_dir(node, grandkids.len(), Parent::Dir(dir.clone(), slot), old_sub);
+                    let old_child = self.old_tree(old_sub);
+                    self.walk_ancestor(grandkids, &child, old_child.as_ref())?;
+                    self.release(&child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_dir(&mut self, path: &Path, node: Node, parent: Parent, old_subtree: Option<Id>, dev: u64) -> Result<()> {
+        let old = self.old_tree(old_subtree);
+        let names = match read_names(path) {
+            Ok(n) => n,
+            Err(e) => {
+                self.shared.warn(path, e);
+                Vec::new()
+            }
+        };
+        let dir = new_dir(node, names.len(), parent, old_subtree);
+        for (slot, name) in names.iter().enumerate() {
+            if self.shared.stop.load(Relaxed) {
+                return Err(Error::Interrupted);
+            }
+            let old_node = old.as_ref().and_then(|t| t.find(name));
+            self.visit(&path.join(name), name, &dir, slot, old_node, Some(dev))?;
+        }
+        self.release(&dir)
+    }
+
+    fn visit(&mut self, path: &Path, name: &OsStr, dir: &Arc<Mutex<DirState>>, slot: usize, old: Option<&Node>, dev: Option<u64>) -> Result<()> {
+        let shared = self.shared;
+        if shared.excludes.excluded(path) {
+            return shared.fill(&mut self.ctx, dir, slot, None);
+        }
+        let md = match std::fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) => {
+                shared.warn(path, e);
+                return shared.fill(&mut self.ctx, dir, slot, None);
+            }
+        };
+        let mut node = fsmeta::node_from(name, &md, &mut self.names);
+        node.xattrs = fsmeta::read_xattrs(path);
+        match node.kind {
+            NodeKind::Dir => {
+                let root_dev = dev.unwrap_or(md.dev());
+                let parent = Parent::Dir(dir.clone(), slot);
+                if shared.one_file_system && md.dev() != root_dev {
+                    // The mount point is kept, empty, so a restore recreates it.
+                    let empty = new_dir(node, 0, parent, None);
+                    return self.release(&empty);
+                }
+                self.walk_dir(path, node, parent, old.and_then(|o| o.subtree), root_dev)
+            }
+            NodeKind::File => {
+                if let Some(o) = old.filter(|o| unchanged(o, &node) && o.content.iter().all(|id| shared.index.contains(id))) {
+                    node.content = o.content.clone();
+                    let c = &shared.counters;
+                    c.files_unmodified.fetch_add(1, Relaxed);
+                    c.files.fetch_add(1, Relaxed);
+                    c.bytes.fetch_add(node.size, Relaxed);
+                    shared.progress.files.fetch_add(1, Relaxed);
+                    shared.progress.bytes.fetch_add(node.size, Relaxed);
+                    return shared.fill(&mut self.ctx, dir, slot, Some(node));
+                }
+                let job = FileJob { path: path.to_path_buf(), node, existed: old.is_some(), dir: dir.clone(), slot };
+                self.jobs.send(job).map_err(|_| Error::Interrupted)
+            }
+            NodeKind::Symlink => {
+                match std::fs::read_link(path) {
+                    Ok(t) => node.set_link_target(t.as_os_str()),
+                    Err(e) => {
+                        shared.warn(path, e);
+                        return shared.fill(&mut self.ctx, dir, slot, None);
+                    }
+                }
+                shared.fill(&mut self.ctx, dir, slot, Some(node))
+            }
+            _ => shared.fill(&mut self.ctx, dir, slot, Some(node)),
+        }
+    }
+
+    /// Back up one stream as the only file of the snapshot.
+    pub(super) fn stream(&mut self, name: &str, reader: impl std::io::Read, done: Parent) -> Result<()> {
+        let dir = new_dir(Node::default(), 1, done, None);
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let mut node = Node { kind: NodeKind::File, mode: 0o600, mtime: now, atime: now, ctime: now, ..Node::default() };
+        node.set_name(OsStr::new(name));
+        node.uid = unsafe_ids().0;
+        node.gid = unsafe_ids().1;
+        self.shared.chunk_into(&mut self.ctx, reader, &mut node)?;
+        self.shared.counters.files_new.fetch_add(1, Relaxed);
+        self.shared.fill(&mut self.ctx, &dir, 0, Some(node))?;
+        self.release(&dir)
+    }
+}
+
+fn unsafe_ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid have no preconditions.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// Entry names sorted by their bytes, the order trees are stored in.
+fn read_names(path: &Path) -> std::io::Result<Vec<OsString>> {
+    let mut names = std::fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()?;
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}

@@ -1,0 +1,185 @@
+//! `check`: prove the repository is whole, and name what is not.
+//!
+//! Structure is always checked (every index file opens, every indexed pack
+//! exists with its size, every snapshot opens and every tree and blob it
+//! references is indexed). With `read_data` the packs themselves are read:
+//! trailers must match the index and every blob must decrypt to its id.
+//! Each problem names the snapshots and files it damages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::pack::{open_blob, read_trailer};
+use crate::repo::{DATA, INDEX, list_with_size, pack_path};
+use crate::walk::walk;
+use crate::{Error, Id, Repository, Result};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckOptions {
+    /// Fraction of packs (0..=1) whose data is read and verified.
+    pub read_data: f64,
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct Problem {
+    /// The damaged object, e.g. `pack 1a2b…`.
+    pub object: String,
+    pub error: String,
+    /// Short ids of the snapshots that lose data through it.
+    pub snapshots: Vec<String>,
+    /// Paths (in their snapshots) that cannot be restored fully.
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct CheckReport {
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub packs_read: usize,
+    pub unindexed_packs: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
+    for id in repo.list_ids(INDEX).await? {
+        if let Err(e) = repo.load_file("index", INDEX, &id).await.and_then(|p| crate::index::IndexFile::decode(&id, &p)) {
+            report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
+        }
+    }
+    repo.reset_index().await;
+    let index = repo.index().await?;
+    report.blobs = index.blob_count();
+    let stored: HashMap<Id, u64> = list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
+    let mut bad_packs: Vec<(Id, String)> = Vec::new();
+    for (pack, size) in index.packs() {
+        report.packs += 1;
+        match stored.get(&pack) {
+            None => bad_packs.push((pack, "it is missing from storage".into())),
+            Some(&s) if s != size => bad_packs.push((pack, format!("it is {s} bytes, the index says {size}"))),
+            _ => {}
+        }
+    }
+    report.unindexed_packs = stored.keys().filter(|p| !index.has_pack(p)).map(|p| p.to_hex()).collect();
+    if opts.read_data > 0.0 {
+        let selected: Vec<Id> = index.packs().map(|(p, _)| p).filter(|p| stored.contains_key(p) && selected(p, opts.read_data)).collect();
+        report.packs_read = selected.len();
+        let results: Vec<(Id, Result<()>)> = futures::stream::iter(selected)
+            .map(|p| async move { (p, verify_pack(repo, &p).await) })
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        bad_packs.extend(results.into_iter().filter_map(|(p, r)| r.err().map(|e| (p, e.to_string()))));
+    }
+    for (pack, why) in &bad_packs {
+        for (id, p, _) in index.blobs() {
+            if p == *pack {
+                damaged.insert(id, (format!("pack {}", pack.short()), why.clone()));
+            }
+        }
+    }
+    report.problems.extend(bad_packs.iter().filter(|(p, _)| !index.blobs().any(|(_, bp, _)| bp == *p)).map(|(p, why)| Problem {
+        object: format!("pack {}", p.short()),
+        error: why.clone(),
+        snapshots: vec![],
+        files: vec![],
+    }));
+    check_snapshots(repo, &mut report, &damaged).await?;
+    Ok(report)
+}
+
+/// A stable pseudo-random subset: the same packs for the same fraction, so
+/// successive `--read-data-subset` runs can be planned.
+fn selected(pack: &Id, fraction: f64) -> bool {
+    let v = u32::from_le_bytes(pack.0[..4].try_into().expect("4 bytes"));
+    (f64::from(v) / f64::from(u32::MAX)) < fraction
+}
+
+async fn verify_pack(repo: &Repository, pack: &Id) -> Result<()> {
+    let bytes = repo.read(&pack_path(pack)).await?;
+    let entries = read_trailer(repo.crypto(), pack, &bytes, bytes.len() as u64)?;
+    let index = repo.index().await?;
+    let crypto = repo.crypto().clone();
+    let pack = *pack;
+    tokio::task::spawn_blocking(move || {
+        for e in &entries {
+            let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+            let plain = open_blob(&crypto, e, sealed)?;
+            if crypto.blob_id(&plain) != e.id {
+                return Err(Error::corrupt("blob", e.id, "its content does not hash to its id"));
+            }
+            if index.get(&e.id).is_some_and(|(p, ie)| p == pack && ie != *e) {
+                return Err(Error::corrupt("blob", e.id, "the pack trailer and the index disagree"));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::Invalid(format!("check thread failed: {e}")))?
+}
+
+async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &HashMap<Id, (String, String)>) -> Result<()> {
+    let index = repo.index().await?;
+    let ids = repo.list_ids(crate::repo::SNAPSHOTS).await?;
+    report.snapshots = ids.len();
+    let mut found: HashMap<String, Problem> = HashMap::new();
+    for id in ids {
+        let snap = match repo.load_snapshot(&id).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(Problem { object: format!("snapshot {}", id.short()), error: e.to_string(), snapshots: vec![id.short()], files: vec![] });
+                continue;
+            }
+        };
+        let mut note = |object: String, error: String, path: &Path| {
+            let p = found.entry(object.clone()).or_insert_with(|| Problem { object, error, snapshots: vec![], files: vec![] });
+            if !p.snapshots.contains(&snap.id.short()) {
+                p.snapshots.push(snap.id.short());
+            }
+            p.files.push(format!("{}:{}", snap.id.short(), path.display()));
+        };
+        let blob_problem = |id: &Id, path: &Path| match damaged.get(id) {
+            Some((object, why)) => Some((object.clone(), why.clone(), path.to_path_buf())),
+            None if !index.contains(id) => Some((format!("blob {}", id.short()), "it is not in any index".into(), path.to_path_buf())),
+            None => None,
+        };
+        let mut pending = Vec::new();
+        if let Some(p) = blob_problem(&snap.tree, Path::new("/")) {
+            note(p.0, p.1, &p.2);
+            continue;
+        }
+        let walked = walk(repo, snap.tree, Path::new("/"), &mut |path, node| {
+            for b in node.content.iter().chain(node.subtree.iter()) {
+                if let Some(p) = blob_problem(b, path) {
+                    pending.push(p);
+                }
+            }
+            Ok(node.subtree.is_none_or(|s| index.contains(&s) && !damaged.contains_key(&s)))
+        })
+        .await;
+        for p in pending {
+            note(p.0, p.1, &p.2);
+        }
+        if let Err(e) = walked {
+            note(format!("snapshot {}", snap.id.short()), format!("its trees cannot be read: {e}"), Path::new("/"));
+        }
+    }
+    let mut problems: Vec<Problem> = found.into_values().collect();
+    problems.sort_by(|a, b| a.object.cmp(&b.object));
+    for p in &mut problems {
+        p.files = p.files.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+    }
+    report.problems.extend(problems);
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Keys and authenticated encryption.
+//!
+//! One random 32-byte master secret is made at `init`. Every key the engine
+//! uses is derived from it with BLAKE3's key derivation, each under its own
+//! context string, so no key is ever used for two purposes.
+
+use std::fmt;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::Id;
+
+pub const TAG_LEN: usize = 16;
+
+/// The AEAD a repository encrypts with, fixed at `init`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Aead {
+    /// AES-256-GCM with a random 96-bit nonce: fastest where the CPU has AES-NI.
+    #[default]
+    Aes256Gcm,
+    /// XChaCha20-Poly1305 with a random 192-bit nonce: fast without AES hardware.
+    Xchacha20Poly1305,
+}
+
+impl Aead {
+    pub fn nonce_len(self) -> usize {
+        match self {
+            Aead::Aes256Gcm => 12,
+            Aead::Xchacha20Poly1305 => 24,
+        }
+    }
+
+    /// Bytes an encrypted object is longer than its plaintext.
+    pub fn overhead(self) -> usize {
+        self.nonce_len() + TAG_LEN
+    }
+}
+
+/// The repository's master secret. Never printed, zeroed on drop.
+#[derive(Clone)]
+pub struct MasterKey(pub(crate) Zeroizing<[u8; 32]>);
+
+impl MasterKey {
+    pub fn generate() -> MasterKey {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::fill(&mut k[..]);
+        MasterKey(k)
+    }
+
+    fn derive(&self, context: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(context, &self.0[..]))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+enum Cipher {
+    Aes(Box<Aes256Gcm>),
+    XChaCha(Box<XChaCha20Poly1305>),
+}
+
+/// Everything needed to read and write a repository's objects.
+pub struct Crypto {
+    aead: Aead,
+    cipher: Cipher,
+    id_key: Zeroizing<[u8; 32]>,
+    gear_key: Zeroizing<[u8; 32]>,
+    mac_key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for Crypto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Crypto").field("aead", &self.aead).field("keys", &"<redacted>").finish()
+    }
+}
+
+/// Authentication failed: the data was altered, or the key is wrong.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthError;
+
+impl Crypto {
+    pub fn new(master: &MasterKey, aead: Aead) -> Crypto {
+        let enc = master.derive("tresor v1 2024 object encryption");
+        let cipher = match aead {
+            Aead::Aes256Gcm => Cipher::Aes(Box::new(Aes256Gcm::new_from_slice(&enc[..]).expect("32-byte key"))),
+            Aead::Xchacha20Poly1305 => {
+                Cipher::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(&enc[..]).expect("32-byte key")))
+            }
+        };
+        Crypto {
+            aead,
+            cipher,
+            id_key: master.derive("tresor v1 2024 blob id"),
+            gear_key: master.derive("tresor v1 2024 chunker gear table"),
+            mac_key: master.derive("tresor v1 2024 config mac"),
+        }
+    }
+
+    pub fn aead(&self) -> Aead {
+        self.aead
+    }
+
+    /// The id of a blob: BLAKE3 keyed with a repository secret, so ids reveal
+    /// nothing about content to someone without the key.
+    pub fn blob_id(&self, plaintext: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    pub fn gear_seed(&self) -> &[u8; 32] {
+        &self.gear_key
+    }
+
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.mac_key, data).as_bytes()
+    }
+
+    /// Append `nonce || ciphertext || tag` of `plaintext` to `out`.
+    pub fn seal_into(&self, ad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        let nlen = self.aead.nonce_len();
+        let start = out.len();
+        out.resize(start + nlen, 0);
+        rand::fill(&mut out[start..start + nlen]);
+        out.extend_from_slice(plaintext);
+        let (head, body) = out.split_at_mut(start + nlen);
+        let nonce = &head[start..];
+        let tag = match &self.cipher {
+            Cipher::Aes(c) => c.encrypt_in_place_detached(Nonce::from_slice(nonce), ad, body),
+            Cipher::XChaCha(c) => c.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, body),
+        }
+        .expect("plaintext within AEAD limits");
+        out.extend_from_slice(&tag);
+    }
+
+    pub fn seal(&self, ad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + self.aead.overhead());
+        self.seal_into(ad, plaintext, &mut out);
+        out
+    }
+
+    /// Decrypt `nonce || ciphertext || tag`.
+    pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+        let nlen = self.aead.nonce_len();
+        if sealed.len() < nlen + TAG_LEN {
+            return Err(AuthError);
+        }
+        let (nonce, rest) = sealed.split_at(nlen);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        let tag = aes_gcm::Tag::from_slice(tag);
+        match &self.cipher {
+            Cipher::Aes(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut buf, tag),
+            Cipher::XChaCha(c) => c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut buf, tag),
+        }
+        .map_err(|_| AuthError)?;
+        Ok(buf)
+    }
+}
+
+/// Flag byte of a sealed file: the plaintext was zstd-compressed first.
+pub const FILE_ZSTD: u8 = 1;
+
+impl Crypto {
+    /// The envelope of index, snapshot and other whole files:
+    /// `flags || nonce || ciphertext || tag`, the flags authenticated too.
+    pub fn seal_file(&self, kind: &str, id: &Id, plaintext: &[u8]) -> Vec<u8> {
+        let compressed = zstd::bulk::compress(plaintext, 3).ok().filter(|z| z.len() < plaintext.len());
+        let (flags, body) = match &compressed {
+            Some(z) => (FILE_ZSTD, z.as_slice()),
+            None => (0, plaintext),
+        };
+        let mut out = Vec::with_capacity(body.len() + 1 + self.aead.overhead());
+        out.push(flags);
+        self.seal_into(&file_ad(kind, id, flags), body, &mut out);
+        out
+    }
+
+    pub fn open_file(&self, kind: &'static str, id: &Id, sealed: &[u8]) -> crate::Result<Vec<u8>> {
+        let (&flags, rest) = sealed.split_first().ok_or_else(|| crate::Error::corrupt(kind, id, "it is empty"))?;
+        let body = self
+            .open(&file_ad(kind, id, flags), rest)
+            .map_err(|AuthError| crate::Error::corrupt(kind, id, "it fails authentication"))?;
+        if flags & FILE_ZSTD == 0 {
+            return Ok(body);
+        }
+        let mut out = Vec::new();
+        zstd::stream::copy_decode(body.as_slice(), &mut out)
+            .map_err(|e| crate::Error::corrupt(kind, id, format!("it does not decompress: {e}")))?;
+        Ok(out)
+    }
+}
+
+/// Associated data for a blob: its type, its flags and its id, so a blob
+/// cannot be moved under another id or have its compression flag flipped.
+pub fn blob_ad(kind: u8, flags: u8, id: &Id) -> [u8; 34] {
+    let mut ad = [0u8; 34];
+    ad[0] = kind;
+    ad[1] = flags;
+    ad[2..].copy_from_slice(id.as_bytes());
+    ad
+}
+
+/// Associated data for a whole file (`index`, `snapshot`, `pack trailer`, …).
+pub fn file_ad(kind: &str, id: &Id, flags: u8) -> Vec<u8> {
+    let mut ad = Vec::with_capacity(kind.len() + 34);
+    ad.extend_from_slice(b"tresor:");
+    ad.extend_from_slice(kind.as_bytes());
+    ad.push(0);
+    ad.extend_from_slice(id.as_bytes());
+    ad.push(flags);
+    ad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip_and_binding() {
+        for aead in [Aead::Aes256Gcm, Aead::Xchacha20Poly1305] {
+            let c = Crypto::new(&MasterKey::generate(), aead);
+            let sealed = c.seal(b"ad", b"hello");
+            assert_eq!(sealed.len(), 5 + aead.overhead());
+            assert_eq!(c.open(b"ad", &sealed).unwrap(), b"hello");
+            assert!(c.open(b"other ad", &sealed).is_err());
+            let mut bad = sealed.clone();
+            bad[aead.nonce_len()] ^= 1;
+            assert!(c.open(b"ad", &bad).is_err());
+            assert!(c.open(b"ad", &sealed[..3]).is_err());
+        }
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        let m = MasterKey::generate();
+        assert_eq!(format!("{m:?}"), "MasterKey(<redacted>)");
+        let c = Crypto::new(&m, Aead::Aes256Gcm);
+        assert!(format!("{c:?}").contains("<redacted>"));
+    }
+}

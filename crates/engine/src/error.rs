@@ -1,0 +1,77 @@
+//! The engine's error type.
+
+use std::path::PathBuf;
+
+use crate::Id;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the engine. Each variant carries the
+/// context a person needs to act on it; [`Error::is_temporary`] tells callers
+/// (the scheduler, the retry loops) whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no repository at {location}: {reason}")]
+    NoRepository { location: String, reason: String },
+    #[error("{location} is not a tresor repository: {reason}")]
+    NotARepository { location: String, reason: String },
+    #[error("a repository already exists at {0}")]
+    AlreadyExists(String),
+    #[error("wrong password: no key of this repository opens with it")]
+    WrongPassword,
+    #[error("repository format version {found} is newer than this tresor supports (version {supported}); upgrade tresor to use it")]
+    NewerFormat { found: u32, supported: u32 },
+    #[error("storage {op} of {path} failed: {source}")]
+    Storage {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: opendal::Error,
+    },
+    #[error("{kind} {id} is damaged: {reason}")]
+    Corrupt { kind: &'static str, id: String, reason: String },
+    #[error("blob {0} is referenced but not in any index")]
+    MissingBlob(Id),
+    #[error("no snapshot matches {0:?}")]
+    NoSnapshot(String),
+    #[error("snapshot id prefix {0:?} is ambiguous; give more digits")]
+    AmbiguousSnapshot(String),
+    #[error("path {0:?} is not in the snapshot")]
+    NoSuchPath(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("storage setup failed: {0}")]
+    Setup(#[from] tresor_storage::StorageError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Whether repeating the operation later may succeed (network blips,
+    /// throttling, a server restarting) as opposed to a permanent condition.
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::Storage { source, .. } => tresor_storage::is_temporary(source),
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            Error::Interrupted => true,
+            _ => false,
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn corrupt(kind: &'static str, id: impl ToString, reason: impl ToString) -> Error {
+        Error::Corrupt { kind, id: id.to_string(), reason: reason.to_string() }
+    }
+}

@@ -1,0 +1,195 @@
+//! File metadata: reading it into nodes at backup, applying it at restore.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::tree::{Node, NodeKind, Xattr};
+
+fn ns(sec: i64, nsec: i64) -> i64 {
+    sec.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// Maps uids and gids to names, asking the system once per id.
+#[derive(Default)]
+pub struct NameCache {
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+impl NameCache {
+    fn user(&mut self, uid: u32) -> String {
+        self.users.entry(uid).or_insert_with(|| user_name(uid).unwrap_or_default()).clone()
+    }
+    fn group(&mut self, gid: u32) -> String {
+        self.groups.entry(gid).or_insert_with(|| group_name(gid).unwrap_or_default()).clone()
+    }
+}
+
+pub fn kind_of(md: &Metadata) -> NodeKind {
+    let t = md.file_type();
+    if t.is_dir() {
+        NodeKind::Dir
+    } else if t.is_symlink() {
+        NodeKind::Symlink
+    } else if t.is_block_device() {
+        NodeKind::Dev
+    } else if t.is_char_device() {
+        NodeKind::Chardev
+    } else if t.is_fifo() {
+        NodeKind::Fifo
+    } else if t.is_socket() {
+        NodeKind::Socket
+    } else {
+        NodeKind::File
+    }
+}
+
+/// The node for one directory entry, without content or subtree.
+pub fn node_from(name: &OsStr, md: &Metadata, names: &mut NameCache) -> Node {
+    let mut n = Node {
+        kind: kind_of(md),
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        user: names.user(md.uid()),
+        group: names.group(md.gid()),
+        mtime: ns(md.mtime(), md.mtime_nsec()),
+        atime: ns(md.atime(), md.atime_nsec()),
+        ctime: ns(md.ctime(), md.ctime_nsec()),
+        inode: md.ino(),
+        device: md.dev(),
+        links: md.nlink(),
+        ..Node::default()
+    };
+    n.set_name(name);
+    match n.kind {
+        NodeKind::File => n.size = md.size(),
+        NodeKind::Dev | NodeKind::Chardev => n.rdev = md.rdev(),
+        _ => {}
+    }
+    n
+}
+
+/// Extended attributes where the filesystem has them; none otherwise.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let mut out: Vec<Xattr> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some(Xattr { name: name.to_string_lossy().into_owned(), value: B64.encode(value) })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// Create a device, fifo or socket placeholder.
+pub fn make_special(path: &Path, node: &Node) -> io::Result<()> {
+    let c = cpath(path)?;
+    let (kind, dev) = match node.kind {
+        NodeKind::Dev => (libc::S_IFBLK, node.rdev),
+        NodeKind::Chardev => (libc::S_IFCHR, node.rdev),
+        NodeKind::Fifo => (libc::S_IFIFO, 0),
+        NodeKind::Socket => (libc::S_IFSOCK, 0),
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a special file")),
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::mknod(c.as_ptr(), kind | (node.mode & 0o7777), dev as libc::dev_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Owner, permissions, extended attributes and times, in that order (a chown
+/// clears setuid bits, and every change moves mtime, so times go last).
+pub fn apply(path: &Path, node: &Node, restore_owner: bool) -> io::Result<()> {
+    let is_link = node.kind == NodeKind::Symlink;
+    if restore_owner {
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+    }
+    if !is_link {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+        for x in &node.xattrs {
+            if let Ok(v) = B64.decode(&x.value) {
+                // Some filesystems refuse some namespaces (e.g. security.*):
+                // that must not fail the restore of the file itself.
+                let _ = xattr::set(path, &x.name, &v);
+            }
+        }
+    }
+    set_times(path, node.atime, node.mtime)
+}
+
+fn set_times(path: &Path, atime: i64, mtime: i64) -> io::Result<()> {
+    let ts = |t: i64| libc::timespec { tv_sec: t.div_euclid(1_000_000_000), tv_nsec: t.rem_euclid(1_000_000_000) };
+    let times = [ts(atime), ts(mtime)];
+    let c = cpath(path)?;
+    // SAFETY: valid path and a two-element timespec array, as utimensat requires.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: a zeroed passwd is a valid out-parameter for getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out = std::ptr::null_mut();
+    // SAFETY: the buffers outlive the call; `out` is checked before use.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points into `buf` and is NUL-terminated.
+    Some(unsafe { CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned())
+}
+
+fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: as in `user_name`.
+    let mut gr: libc::group = unsafe { std::mem::zeroed() };
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `user_name`.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut gr, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: as in `user_name`.
+    Some(unsafe { CStr::from_ptr(gr.gr_name) }.to_string_lossy().into_owned())
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its full length.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn username() -> String {
+    // SAFETY: getuid has no preconditions.
+    user_name(unsafe { libc::getuid() }).or_else(|| std::env::var("USER").ok()).unwrap_or_default()
+}

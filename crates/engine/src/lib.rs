@@ -1,0 +1,33 @@
+//! The tresor repository engine.
+//!
+//! Data flows one way: a source's bytes are chunked, hashed, compressed and
+//! encrypted on a pool of threads ([`backup`]), gathered into packs, and
+//! uploaded through the storage crate's OpenDAL operator. Restores run the
+//! same path backwards ([`restore`]). `docs/ARCHITECTURE.md` explains the
+//! invariants; `docs/FORMAT.md` the bytes.
+
+pub mod backup;
+pub mod cache;
+pub mod check;
+pub mod chunker;
+pub mod config;
+pub mod crypto;
+mod error;
+pub mod fsmeta;
+mod id;
+pub mod index;
+pub mod keys;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod snapshot;
+pub mod tree;
+pub mod walk;
+
+pub use error::{Error, Result};
+pub use fsmeta::{hostname, username};
+pub use id::{Id, IdBuildHasher, IdMap, IdSet};
+pub use keys::{KdfParams, Password};
+pub use repo::{InitOptions, OpenOptions, Repository};
+pub use snapshot::{Snapshot, SourceInfo, Summary};
+pub use tree::{Node, NodeKind, Tree};

@@ -1,0 +1,244 @@
+//! Pack files: many encrypted blobs followed by an encrypted trailer that
+//! lists them, so every pack describes itself and the index can always be
+//! rebuilt from the packs alone (see docs/FORMAT.md).
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{AuthError, Crypto, blob_ad, file_ad};
+use crate::{Error, Id, Result};
+
+pub const PACK_MAGIC: &[u8; 8] = b"TRESORP1";
+pub const ENTRY_LEN: usize = 46;
+/// Trailer length (u32 LE) and magic close every pack.
+pub const FOOTER_LEN: usize = 12;
+pub const FLAG_ZSTD: u8 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 0,
+    Tree = 1,
+}
+
+impl BlobKind {
+    pub fn from_u8(b: u8) -> Option<BlobKind> {
+        match b {
+            0 => Some(BlobKind::Data),
+            1 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Where one blob sits in its pack, and how to turn it back into plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    pub kind: BlobKind,
+    pub flags: u8,
+    pub id: Id,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+impl PackEntry {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.push(self.flags);
+        out.extend_from_slice(self.id.as_bytes());
+        out.extend_from_slice(&self.offset.to_le_bytes());
+        out.extend_from_slice(&self.length.to_le_bytes());
+        out.extend_from_slice(&self.raw_length.to_le_bytes());
+    }
+
+    pub fn decode(b: &[u8]) -> Option<PackEntry> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
+        Some(PackEntry {
+            kind: BlobKind::from_u8(b[0])?,
+            flags: b[1],
+            id: Id::from_slice(&b[2..34])?,
+            offset: u32_at(34),
+            length: u32_at(38),
+            raw_length: u32_at(42),
+        })
+    }
+}
+
+/// Compresses blobs with one reusable zstd context per thread.
+pub struct Compressor {
+    level: i32,
+    ctx: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    pub fn new(level: i32) -> io::Result<Compressor> {
+        let ctx = if level == 0 { None } else { Some(zstd::bulk::Compressor::new(level)?) };
+        Ok(Compressor { level, ctx })
+    }
+
+    /// Compressed bytes if they are smaller, `None` to store the blob raw.
+    ///
+    /// Large blobs are probed first with a 16 KiB sample: already-compressed
+    /// or encrypted data would otherwise cost a full zstd pass for nothing.
+    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        let ctx = self.ctx.as_mut()?;
+        const SAMPLE: usize = 16 * 1024;
+        if data.len() > 8 * SAMPLE {
+            let probe = ctx.compress(&data[..SAMPLE]).ok()?;
+            if probe.len() * 100 > SAMPLE * 97 {
+                return None;
+            }
+        }
+        let out = ctx.compress(data).ok()?;
+        (out.len() < data.len()).then_some(out)
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+}
+
+/// A pack being filled. Blobs are encrypted straight into its buffer.
+pub struct PackWriter {
+    pub id: Id,
+    pub kind: BlobKind,
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack, ready to upload.
+pub struct SealedPack {
+    pub id: Id,
+    pub kind: BlobKind,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    pub fn new(kind: BlobKind, capacity: usize) -> PackWriter {
+        PackWriter { id: Id::random(), kind, buf: Vec::with_capacity(capacity), entries: Vec::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Encrypt and append one blob; `payload` is the plaintext or its zstd form.
+    pub fn add(&mut self, crypto: &Crypto, id: Id, raw_length: usize, flags: u8, payload: &[u8]) -> PackEntry {
+        let offset = self.buf.len();
+        crypto.seal_into(&blob_ad(self.kind as u8, flags, &id), payload, &mut self.buf);
+        let entry = PackEntry {
+            kind: self.kind,
+            flags,
+            id,
+            offset: offset as u32,
+            length: (self.buf.len() - offset) as u32,
+            raw_length: raw_length as u32,
+        };
+        self.entries.push(entry);
+        entry
+    }
+
+    pub fn finish(mut self, crypto: &Crypto) -> SealedPack {
+        let mut plain = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
+        plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            e.encode(&mut plain);
+        }
+        let before = self.buf.len();
+        crypto.seal_into(&file_ad("pack", &self.id, 0), &plain, &mut self.buf);
+        let trailer_len = (self.buf.len() - before) as u32;
+        self.buf.extend_from_slice(&trailer_len.to_le_bytes());
+        self.buf.extend_from_slice(PACK_MAGIC);
+        SealedPack { id: self.id, kind: self.kind, bytes: self.buf, entries: self.entries }
+    }
+}
+
+/// Read the entry list from the end of a pack. `tail` is the last bytes of
+/// the pack (at least the footer and trailer); `pack_len` its full length.
+pub fn read_trailer(crypto: &Crypto, id: &Id, tail: &[u8], pack_len: u64) -> Result<Vec<PackEntry>> {
+    let corrupt = |why: &str| Error::corrupt("pack", id, why);
+    if tail.len() < FOOTER_LEN || &tail[tail.len() - 8..] != PACK_MAGIC {
+        return Err(corrupt("it does not end with the pack magic (truncated or not a pack)"));
+    }
+    let n = tail.len();
+    let tlen = u32::from_le_bytes(tail[n - 12..n - 8].try_into().expect("4 bytes")) as usize;
+    if tlen + FOOTER_LEN > n {
+        return Err(corrupt("its trailer length is larger than the pack"));
+    }
+    let plain = crypto
+        .open(&file_ad("pack", id, 0), &tail[n - FOOTER_LEN - tlen..n - FOOTER_LEN])
+        .map_err(|AuthError| corrupt("its trailer fails authentication"))?;
+    if plain.len() < 4 {
+        return Err(corrupt("its trailer is too short"));
+    }
+    let count = u32::from_le_bytes(plain[..4].try_into().expect("4 bytes")) as usize;
+    if plain.len() != 4 + count * ENTRY_LEN {
+        return Err(corrupt("its trailer has the wrong length for its entry count"));
+    }
+    let data_end = pack_len.saturating_sub((tlen + FOOTER_LEN) as u64);
+    plain[4..]
+        .chunks_exact(ENTRY_LEN)
+        .map(|b| {
+            let e = PackEntry::decode(b).ok_or_else(|| corrupt("its trailer has an unknown blob type"))?;
+            if u64::from(e.offset) + u64::from(e.length) > data_end {
+                return Err(corrupt("a trailer entry points past the blob area"));
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
+/// Decrypt, decompress and check one blob.
+pub fn open_blob(crypto: &Crypto, e: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
+    let payload = crypto
+        .open(&blob_ad(e.kind as u8, e.flags, &e.id), sealed)
+        .map_err(|AuthError| Error::corrupt("blob", e.id, "it fails authentication"))?;
+    if e.flags & FLAG_ZSTD == 0 {
+        if payload.len() != e.raw_length as usize {
+            return Err(Error::corrupt("blob", e.id, "its length differs from the index"));
+        }
+        return Ok(payload);
+    }
+    let plain = zstd::bulk::decompress(&payload, e.raw_length as usize)
+        .map_err(|err| Error::corrupt("blob", e.id, format!("it does not decompress: {err}")))?;
+    if plain.len() != e.raw_length as usize {
+        return Err(Error::corrupt("blob", e.id, "its length differs from the index"));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Aead, MasterKey};
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let c = Crypto::new(&MasterKey::generate(), Aead::Aes256Gcm);
+        let mut w = PackWriter::new(BlobKind::Data, 1024);
+        let mut comp = Compressor::new(3).unwrap();
+        let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(10);
+        let z = comp.compress(&text).unwrap();
+        let e1 = w.add(&c, c.blob_id(&text), text.len(), FLAG_ZSTD, &z);
+        let e2 = w.add(&c, c.blob_id(b"raw"), 3, 0, b"raw");
+        let p = w.finish(&c);
+        let entries = read_trailer(&c, &p.id, &p.bytes, p.bytes.len() as u64).unwrap();
+        assert_eq!(entries, vec![e1, e2]);
+        let b1 = &p.bytes[e1.offset as usize..(e1.offset + e1.length) as usize];
+        assert_eq!(open_blob(&c, &e1, b1).unwrap(), text);
+        let mut bad = p.bytes.clone();
+        bad[e2.offset as usize + 13] ^= 0xff;
+        let b2 = &bad[e2.offset as usize..(e2.offset + e2.length) as usize];
+        assert!(open_blob(&c, &e2, b2).unwrap_err().to_string().contains("fails authentication"));
+        assert!(read_trailer(&c, &Id::random(), &p.bytes, p.bytes.len() as u64).is_err());
+        assert!(read_trailer(&c, &p.id, &p.bytes[..p.bytes.len() - 1], 0).is_err());
+    }
+}

@@ -1,0 +1,456 @@
+//! The repository: opening, unlocking, and reading and writing its objects.
+//!
+//! Layout (details in docs/FORMAT.md):
+//! `config`, `keys/<id>`, `data/<id[..2]>/<id>`, `index/<id>`, `snapshots/<id>`.
+//! Every object is written once under a fresh name and never modified.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use tresor_storage::{Location, Operator, StorageOptions};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::crypto::{Aead, Crypto, MasterKey};
+use crate::index::{self, Index, IndexFile, IndexedPack};
+use crate::keys::{KdfParams, KeyFile, Password};
+use crate::pack::{BlobKind, SealedPack, open_blob};
+use crate::snapshot::Snapshot;
+use crate::tree::Tree;
+use crate::{Error, Id, Result};
+
+pub const KEYS: &str = "keys/";
+pub const INDEX: &str = "index/";
+pub const SNAPSHOTS: &str = "snapshots/";
+pub const DATA: &str = "data/";
+
+pub fn pack_path(id: &Id) -> String {
+    let hex = id.to_hex();
+    format!("data/{}/{}", &hex[..2], hex)
+}
+
+/// How to reach and unlock a repository.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub password: Password,
+    /// Root of the local cache; `None` disables it.
+    pub cache_root: Option<PathBuf>,
+    pub storage: StorageOptions,
+}
+
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub open: OpenOptions,
+    pub aead: Aead,
+    pub compression: i32,
+    pub kdf: KdfParams,
+    pub pack_size: Option<u32>,
+}
+
+/// How many tree packs stay decoded in memory: enough for a walk of a large
+/// snapshot without re-reading packs, small enough to stay bounded.
+const TREE_PACKS_IN_MEMORY: usize = 64;
+
+pub struct Repository {
+    op: Operator,
+    location: Location,
+    config: Config,
+    crypto: Arc<Crypto>,
+    master: MasterKey,
+    key_id: Id,
+    cache: Option<Cache>,
+    tree_packs: Mutex<HashMap<Id, Arc<Vec<u8>>>>,
+    index: tokio::sync::Mutex<Option<Arc<Index>>>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository").field("location", &self.location).field("id", &self.config.id).finish()
+    }
+}
+
+fn storage_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(opendal::Error) -> Error + 'a {
+    move |source| Error::Storage { op, path: path.to_string(), source }
+}
+
+impl Repository {
+    pub async fn init(location: &Location, opts: &InitOptions) -> Result<Repository> {
+        if opts.open.password.is_empty() {
+            return Err(Error::Invalid("refusing an empty password".into()));
+        }
+        let op = tresor_storage::open(location, &opts.open.storage)?;
+        if op.exists("config").await.map_err(storage_err("stat", "config"))? {
+            return Err(Error::AlreadyExists(location.to_string()));
+        }
+        let master = MasterKey::generate();
+        let mut config = Config::new(opts.aead, opts.compression);
+        if let Some(size) = opts.pack_size {
+            config.pack_size = size;
+        }
+        let crypto = Crypto::new(&master, opts.aead);
+        config.sign(&crypto);
+        let (key_id, key) = KeyFile::create(&master, &opts.open.password, opts.kdf, "initial key")?;
+        let key_path = format!("{KEYS}{}", key_id.to_hex());
+        let key_json = serde_json::to_vec_pretty(&key).expect("key serializes");
+        op.write(&key_path, key_json).await.map_err(storage_err("write", &key_path))?;
+        // The config goes last: its presence is what makes this a repository.
+        op.write("config", config.to_bytes()).await.map_err(storage_err("write", "config"))?;
+        Ok(Self::assemble(op, location.clone(), config, (master, crypto), key_id, &opts.open))
+    }
+
+    fn assemble(op: Operator, location: Location, config: Config, keys: (MasterKey, Crypto), key_id: Id, opts: &OpenOptions) -> Repository {
+        let (master, crypto) = keys;
+        let cache = opts.cache_root.as_ref().and_then(|root| Cache::new(root, &config.id));
+        Repository {
+            op,
+            location,
+            config,
+            crypto: Arc::new(crypto),
+            master,
+            key_id,
+            cache,
+            tree_packs: Mutex::new(HashMap::new()),
+            index: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
+        let op = tresor_storage::open(location, &opts.storage)?;
+        let config = Self::read_config(&op, location).await?;
+        let keys = Self::read_keys(&op).await?;
+        if keys.is_empty() {
+            return Err(Error::corrupt("repository", location, "it has no key files"));
+        }
+        let mut tampered = None;
+        for (id, key) in keys {
+            let master = match key.unlock(&id, &opts.password) {
+                Ok(m) => m,
+                Err(Error::WrongPassword) => continue,
+                Err(e) => return Err(e),
+            };
+            let crypto = Crypto::new(&master, config.aead);
+            match config.verify(&crypto) {
+                Ok(()) => return Ok(Self::assemble(op, location.clone(), config, (master, crypto), id, opts)),
+                Err(e) => tampered = Some(e),
+            }
+        }
+        Err(tampered.unwrap_or(Error::WrongPassword))
+    }
+
+    async fn read_config(op: &Operator, location: &Location) -> Result<Config> {
+        match op.read("config").await {
+            Ok(buf) => Config::parse(&location.to_string(), &buf.to_vec()),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Err(Self::missing(location)),
+            Err(e) => Err(storage_err("read", "config")(e)),
+        }
+    }
+
+    fn missing(location: &Location) -> Error {
+        match location.local_path() {
+            Some(p) if p.is_dir() => Error::NotARepository {
+                location: location.to_string(),
+                reason: "the directory has no tresor config (run `tresor init` first)".into(),
+            },
+            Some(p) if p.exists() => Error::NotARepository { location: location.to_string(), reason: "it is not a directory".into() },
+            _ => Error::NoRepository { location: location.to_string(), reason: "nothing is there (run `tresor init` first)".into() },
+        }
+    }
+
+    async fn read_keys(op: &Operator) -> Result<Vec<(Id, KeyFile)>> {
+        let mut out = Vec::new();
+        for name in list_names(op, KEYS).await? {
+            let Ok(id) = name.parse::<Id>() else { continue };
+            let path = format!("{KEYS}{name}");
+            let bytes = op.read(&path).await.map_err(storage_err("read", &path))?.to_vec();
+            let key: KeyFile = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("key", id, e))?;
+            out.push((id, key));
+        }
+        Ok(out)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn crypto(&self) -> &Arc<Crypto> {
+        &self.crypto
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    pub fn operator(&self) -> &Operator {
+        &self.op
+    }
+
+    pub fn key_id(&self) -> Id {
+        self.key_id
+    }
+
+    // ---- keys -------------------------------------------------------------
+
+    pub async fn keys(&self) -> Result<Vec<(Id, KeyFile)>> {
+        Self::read_keys(&self.op).await
+    }
+
+    /// Wrap the master secret under another password: rotation touches no data.
+    pub async fn add_key(&self, password: &Password, kdf: KdfParams, label: &str) -> Result<Id> {
+        if password.is_empty() {
+            return Err(Error::Invalid("refusing an empty password".into()));
+        }
+        let (id, key) = KeyFile::create(&self.master, password, kdf, label)?;
+        let path = format!("{KEYS}{}", id.to_hex());
+        self.op.write(&path, serde_json::to_vec_pretty(&key).expect("key serializes")).await.map_err(storage_err("write", &path))?;
+        Ok(id)
+    }
+
+    pub async fn remove_key(&self, id: &Id) -> Result<()> {
+        let keys = self.keys().await?;
+        if !keys.iter().any(|(k, _)| k == id) {
+            return Err(Error::Invalid(format!("no key {}", id.short())));
+        }
+        if *id == self.key_id {
+            return Err(Error::Invalid("refusing to remove the key in use; open with another key to remove this one".into()));
+        }
+        if keys.len() == 1 {
+            return Err(Error::Invalid("refusing to remove the last key".into()));
+        }
+        self.remove_key_unchecked(id).await
+    }
+
+    /// Remove a slot without the safety checks; `key passwd` uses it after
+    /// the replacement slot is safely written.
+    pub async fn remove_key_unchecked(&self, id: &Id) -> Result<()> {
+        let path = format!("{KEYS}{}", id.to_hex());
+        self.op.delete(&path).await.map_err(storage_err("delete", &path))
+    }
+}
+
+/// Names (last path component) of the objects under `dir`, recursively.
+pub async fn list_names(op: &Operator, dir: &str) -> Result<Vec<String>> {
+    Ok(list_with_size(op, dir).await?.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Names and sizes of the objects under `dir`; a size the backend does not
+/// report in listings is fetched with a `stat`.
+pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64)>> {
+    let entries = match op.list_with(dir).recursive(true).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(storage_err("list", dir)(e)),
+    };
+    let files: Vec<_> = entries.into_iter().filter(|e| e.metadata().is_file() && !e.name().starts_with('.')).collect();
+    futures::stream::iter(files)
+        .map(|e| async move {
+            let name = e.name().to_string();
+            let len = e.metadata().content_length();
+            if len > 0 {
+                return Ok((name, len));
+            }
+            let meta = op.stat(e.path()).await.map_err(storage_err("stat", e.path()))?;
+            Ok((name, meta.content_length()))
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+}
+
+impl Repository {
+    // ---- raw objects ------------------------------------------------------
+
+    pub async fn read(&self, path: &str) -> Result<Vec<u8>> {
+        Ok(self.op.read(path).await.map_err(storage_err("read", path))?.to_vec())
+    }
+
+    pub async fn read_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        Ok(self.op.read_with(path).range(range).await.map_err(storage_err("read", path))?.to_vec())
+    }
+
+    pub async fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.op.write(path, bytes).await.map_err(storage_err("write", path))?;
+        Ok(())
+    }
+
+    pub async fn size_of(&self, path: &str) -> Result<u64> {
+        Ok(self.op.stat(path).await.map_err(storage_err("stat", path))?.content_length())
+    }
+
+    // ---- whole encrypted files --------------------------------------------
+
+    /// Encrypt and store `plaintext` under a fresh random id in `dir`.
+    pub async fn save_file(&self, kind: &str, dir: &str, plaintext: &[u8]) -> Result<Id> {
+        let id = Id::random();
+        let sealed = self.crypto.seal_file(kind, &id, plaintext);
+        let path = format!("{dir}{}", id.to_hex());
+        if let Some(c) = &self.cache {
+            c.put(&path, &sealed);
+        }
+        self.write(&path, sealed).await?;
+        Ok(id)
+    }
+
+    pub async fn load_file(&self, kind: &'static str, dir: &str, id: &Id) -> Result<Vec<u8>> {
+        let path = format!("{dir}{}", id.to_hex());
+        if let Some(bytes) = self.cache.as_ref().and_then(|c| c.get(&path)) {
+            if let Ok(plain) = self.crypto.open_file(kind, id, &bytes) {
+                return Ok(plain);
+            }
+        }
+        let bytes = self.read(&path).await?;
+        let plain = self.crypto.open_file(kind, id, &bytes)?;
+        if let Some(c) = &self.cache {
+            c.put(&path, &bytes);
+        }
+        Ok(plain)
+    }
+
+    /// Ids of the objects in `dir` (`index/`, `snapshots/`, …).
+    pub async fn list_ids(&self, dir: &str) -> Result<Vec<Id>> {
+        let names = list_names(&self.op, dir).await?;
+        if let Some(c) = &self.cache {
+            c.retain(dir, &names.iter().cloned().collect::<HashSet<_>>());
+        }
+        Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
+    }
+
+    // ---- index ------------------------------------------------------------
+
+    pub async fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let ids = self.list_ids(INDEX).await?;
+        futures::stream::iter(ids)
+            .map(|id| async move {
+                let plain = self.load_file("index", INDEX, &id).await?;
+                Ok::<_, Error>((id, IndexFile::decode(&id, &plain)?))
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    }
+
+    /// The repository index, loaded once per process.
+    pub async fn index(&self) -> Result<Arc<Index>> {
+        let mut slot = self.index.lock().await;
+        if let Some(i) = slot.as_ref() {
+            return Ok(i.clone());
+        }
+        let index = Arc::new(index::merge(&self.load_index_files().await?));
+        *slot = Some(index.clone());
+        Ok(index)
+    }
+
+    /// Forget the loaded index (after this process changed it).
+    pub async fn reset_index(&self) {
+        *self.index.lock().await = None;
+    }
+
+    pub async fn save_index(&self, file: &IndexFile) -> Result<Id> {
+        self.save_file("index", INDEX, &file.encode()).await
+    }
+
+    // ---- packs and blobs --------------------------------------------------
+
+    /// Upload a sealed pack; what the index must record about it.
+    pub async fn save_pack(&self, pack: SealedPack) -> Result<IndexedPack> {
+        let path = pack_path(&pack.id);
+        if pack.kind == BlobKind::Tree {
+            if let Some(c) = &self.cache {
+                c.put(&path, &pack.bytes);
+            }
+        }
+        let size = pack.bytes.len() as u64;
+        self.op.write(&path, pack.bytes).await.map_err(storage_err("write", &path))?;
+        Ok(IndexedPack { id: pack.id, size, entries: pack.entries })
+    }
+
+    /// Tree packs are read whole and kept: a walk touches many small trees
+    /// from few packs.
+    async fn tree_pack(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
+        if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
+            return Ok(p.clone());
+        }
+        let path = pack_path(id);
+        let bytes = match self.cache.as_ref().and_then(|c| c.get(&path)) {
+            Some(b) => b,
+            None => {
+                let b = self.read(&path).await?;
+                if let Some(c) = &self.cache {
+                    c.put(&path, &b);
+                }
+                b
+            }
+        };
+        let bytes = Arc::new(bytes);
+        let mut packs = self.tree_packs.lock().expect("not poisoned");
+        if packs.len() >= TREE_PACKS_IN_MEMORY {
+            packs.clear();
+        }
+        packs.insert(*id, bytes.clone());
+        Ok(bytes)
+    }
+
+    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
+        let index = self.index().await?;
+        let (pack, e) = index.get(id).ok_or(Error::MissingBlob(*id))?;
+        let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
+        if e.kind == BlobKind::Tree {
+            let p = self.tree_pack(&pack).await?;
+            let sealed = p.get(range.start as usize..range.end as usize).ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"))?;
+            return open_blob(&self.crypto, &e, sealed);
+        }
+        let sealed = self.read_range(&pack_path(&pack), range).await?;
+        open_blob(&self.crypto, &e, &sealed)
+    }
+
+    pub async fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.load_blob(id).await?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("tree", id, e))
+    }
+
+    // ---- snapshots --------------------------------------------------------
+
+    pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        self.save_file("snapshot", SNAPSHOTS, &serde_json::to_vec(snap).expect("snapshots serialize")).await
+    }
+
+    pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let bytes = self.load_file("snapshot", SNAPSHOTS, id).await?;
+        let mut s: Snapshot = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("snapshot", id, e))?;
+        s.id = *id;
+        Ok(s)
+    }
+
+    /// All snapshots, oldest first.
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let ids = self.list_ids(SNAPSHOTS).await?;
+        let mut snaps: Vec<Snapshot> = futures::stream::iter(ids)
+            .map(|id| async move { self.load_snapshot(&id).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok(snaps)
+    }
+
+    /// Resolve `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        let snaps = self.snapshots().await?;
+        select_snapshot(snaps, spec)
+    }
+}
+
+pub fn select_snapshot(mut snaps: Vec<Snapshot>, spec: &str) -> Result<Snapshot> {
+    if spec == "latest" {
+        return snaps.pop().ok_or_else(|| Error::NoSnapshot(spec.to_string()));
+    }
+    let spec_lc = spec.to_ascii_lowercase();
+    let mut found = snaps.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_lc));
+    match (found.next(), found.next()) {
+        (Some(s), None) if !spec.is_empty() => Ok(s),
+        (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
+        _ => Err(Error::NoSnapshot(spec.to_string())),
+    }
+}

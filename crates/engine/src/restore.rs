@@ -1,0 +1,279 @@
+//! Restore: the backup pipeline backwards.
+//!
+//! First the snapshot's trees are walked and every directory, link and empty
+//! file is created. Then each needed pack is fetched once, in parallel, with
+//! one ranged read, and its blobs are decrypted and written at their offsets
+//! in every file that uses them. Metadata goes last, so writing a file's
+//! content cannot disturb its times, and directories are finished deepest
+//! first.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::fsmeta;
+use crate::pack::{PackEntry, open_blob};
+use crate::repo::pack_path;
+use crate::tree::{Node, NodeKind};
+use crate::walk::{PathFilter, walk};
+use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
+
+#[derive(Default)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+    pub progress: Option<Arc<crate::backup::Progress>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreSummary {
+    pub files_restored: u64,
+    pub dirs_restored: u64,
+    pub bytes_restored: u64,
+    pub errors: Vec<String>,
+}
+
+struct FilePlan {
+    path: PathBuf,
+    node: Node,
+    remaining: AtomicU32,
+    /// Single-chunk files are created by their only write, saving an open.
+    create_on_write: bool,
+}
+
+/// Where one blob goes: file number and offset.
+type Targets = Vec<(usize, u64)>;
+
+struct Plan {
+    dirs: Vec<(PathBuf, Node)>,
+    links: Vec<(PathBuf, Node)>,
+    hardlinks: Vec<(PathBuf, PathBuf)>,
+    files: Vec<FilePlan>,
+    errors: Vec<String>,
+}
+
+pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptions) -> Result<RestoreSummary> {
+    let includes = PathFilter::new(&opts.includes)?;
+    let excludes = PathFilter::new(&opts.excludes)?;
+    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let plan = make_plan(&repo, snap, &opts.target, &includes, &excludes).await?;
+    let index = repo.index().await?;
+    let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
+    let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
+    let mut errors = plan.errors;
+    for (fi, f) in plan.files.iter().enumerate() {
+        let mut offset = 0u64;
+        for id in &f.node.content {
+            let Some((pack, entry)) = index.get(id) else {
+                errors.push(format!("{}: {}", f.path.display(), Error::MissingBlob(*id)));
+                f.remaining.fetch_sub(1, Relaxed);
+                continue;
+            };
+            let list = by_pack.entry(pack).or_default();
+            let slot = *blob_slot.entry(*id).or_insert_with(|| {
+                list.push((entry, Vec::new()));
+                (pack, list.len() - 1)
+            });
+            by_pack.get_mut(&slot.0).expect("pack planned")[slot.1].1.push((fi, offset));
+            offset += u64::from(entry.raw_length);
+        }
+    }
+    let shared = Arc::new(Writer {
+        files: plan.files,
+        errors: Mutex::new(errors),
+        bytes: AtomicU64::new(0),
+        owner: fsmeta::is_root(),
+        progress: opts.progress.clone(),
+    });
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    futures::stream::iter(by_pack)
+        .map(|(pack, blobs)| {
+            let (repo, shared) = (repo.clone(), shared.clone());
+            async move {
+                let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
+                let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
+                let bytes = repo.read_range(&pack_path(&pack), start..end).await?;
+                tokio::task::spawn_blocking(move || shared.write_pack(&repo, start, &bytes, blobs))
+                    .await
+                    .map_err(|e| Error::Invalid(format!("restore thread failed: {e}")))
+            }
+        })
+        .buffer_unordered(parallel)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let shared = Arc::into_inner(shared).expect("all writers finished");
+    finish(shared, plan.dirs, plan.links, plan.hardlinks)
+}
+
+fn finish(w: Writer, mut dirs: Vec<(PathBuf, Node)>, links: Vec<(PathBuf, Node)>, hardlinks: Vec<(PathBuf, PathBuf)>) -> Result<RestoreSummary> {
+    for f in &w.files {
+        if f.remaining.load(Relaxed) > 0 {
+            w.error(&f.path, "not all of its content could be restored");
+        }
+    }
+    for (link, original) in &hardlinks {
+        let _ = std::fs::remove_file(link);
+        if let Err(e) = std::fs::hard_link(original, link) {
+            w.error(link, e);
+        }
+    }
+    for (path, node) in &links {
+        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+            w.error(path, e);
+        }
+    }
+    // Deepest first: finishing a directory must not touch a parent already done.
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (path, node) in &dirs {
+        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+            w.error(path, e);
+        }
+    }
+    Ok(RestoreSummary {
+        files_restored: w.files.len() as u64 + hardlinks.len() as u64,
+        dirs_restored: dirs.len() as u64,
+        bytes_restored: w.bytes.load(Relaxed),
+        errors: w.errors.into_inner().expect("not poisoned"),
+    })
+}
+
+/// Should `path` be restored? Included paths bring their whole subtree and
+/// the directories above them.
+fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter) -> (bool, bool) {
+    if excludes.matches(path) {
+        return (false, false);
+    }
+    if includes.is_empty() || path.ancestors().any(|a| includes.matches(a)) {
+        return (true, true);
+    }
+    // Not (yet) included: descend into directories looking for matches.
+    (false, node.is_dir())
+}
+
+async fn make_plan(repo: &Repository, snap: &Snapshot, target: &Path, includes: &PathFilter, excludes: &PathFilter) -> Result<Plan> {
+    let mut plan = Plan { dirs: Vec::new(), links: Vec::new(), hardlinks: Vec::new(), files: Vec::new(), errors: Vec::new() };
+    let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    walk(repo, snap.tree, Path::new("/"), &mut |path, node| {
+        let (take, descend) = wanted(path, node, includes, excludes);
+        if !take {
+            return Ok(descend);
+        }
+        let dest = target.join(path.strip_prefix("/").unwrap_or(path));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        if let Err(e) = create(&mut plan, &mut first_link, &dest, node) {
+            plan.errors.push(format!("{}: {e}", dest.display()));
+        }
+        Ok(descend)
+    })
+    .await?;
+    Ok(plan)
+}
+
+fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: &Path, node: &Node) -> std::io::Result<()> {
+    match node.kind {
+        NodeKind::Dir => {
+            match std::fs::create_dir(dest) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            plan.dirs.push((dest.to_path_buf(), node.clone()));
+        }
+        NodeKind::File => {
+            if node.links > 1 && node.inode != 0 {
+                if let Some(original) = first_link.get(&(node.device, node.inode)) {
+                    plan.hardlinks.push((dest.to_path_buf(), original.clone()));
+                    return Ok(());
+                }
+                first_link.insert((node.device, node.inode), dest.to_path_buf());
+            }
+            let chunks = node.content.len();
+            if chunks != 1 {
+                // Truncate, then extend: blobs that are all zeros are never
+                // written, so holes stay holes and sparse files stay sparse.
+                let f = std::fs::File::create(dest)?;
+                f.set_len(node.size)?;
+            }
+            plan.files.push(FilePlan { path: dest.to_path_buf(), node: node.clone(), remaining: AtomicU32::new(chunks as u32), create_on_write: chunks == 1 });
+            if chunks == 0 {
+                let f = plan.files.last().expect("just pushed");
+                fsmeta::apply(&f.path, &f.node, fsmeta::is_root())?;
+            }
+        }
+        NodeKind::Symlink => {
+            let _ = std::fs::remove_file(dest);
+            std::os::unix::fs::symlink(node.os_link_target().unwrap_or_default(), dest)?;
+            plan.links.push((dest.to_path_buf(), node.clone()));
+        }
+        _ => {
+            let _ = std::fs::remove_file(dest);
+            fsmeta::make_special(dest, node)?;
+            plan.links.push((dest.to_path_buf(), node.clone()));
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    files: Vec<FilePlan>,
+    errors: Mutex<Vec<String>>,
+    bytes: AtomicU64,
+    owner: bool,
+    progress: Option<Arc<crate::backup::Progress>>,
+}
+
+impl Writer {
+    fn error(&self, path: &Path, e: impl std::fmt::Display) {
+        self.errors.lock().expect("not poisoned").push(format!("{}: {e}", path.display()));
+    }
+
+    fn write_pack(&self, repo: &Repository, base: u64, bytes: &[u8], blobs: Vec<(PackEntry, Targets)>) {
+        for (entry, targets) in blobs {
+            let at = (u64::from(entry.offset) - base) as usize;
+            let plain = match bytes.get(at..at + entry.length as usize).ok_or_else(|| Error::corrupt("pack", entry.id, "short read")).and_then(|s| open_blob(repo.crypto(), &entry, s)) {
+                Ok(p) => p,
+                Err(e) => {
+                    for (fi, _) in &targets {
+                        self.error(&self.files[*fi].path, &e);
+                    }
+                    continue;
+                }
+            };
+            let zeros = plain.iter().all(|&b| b == 0);
+            for (fi, offset) in targets {
+                let f = &self.files[fi];
+                if let Err(e) = self.write_blob(f, offset, &plain, zeros) {
+                    self.error(&f.path, e);
+                    continue;
+                }
+                self.bytes.fetch_add(plain.len() as u64, Relaxed);
+                if let Some(p) = &self.progress {
+                    p.bytes.fetch_add(plain.len() as u64, Relaxed);
+                }
+                if f.remaining.fetch_sub(1, Relaxed) == 1 {
+                    if let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner) {
+                        self.error(&f.path, e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_blob(&self, f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<()> {
+        if f.create_on_write {
+            return std::fs::write(&f.path, data);
+        }
+        if zeros {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
+        file.write_all_at(data, offset)
+    }
+}

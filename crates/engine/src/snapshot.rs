@@ -1,0 +1,76 @@
+//! Snapshots: the root of one backup.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+
+use crate::Id;
+
+/// What was backed up: `files`, `stdin`, or a data source (`redis`, …) with
+/// its consistency point (replication offset, LSN, revision).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct SourceInfo {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub consistency: BTreeMap<String, serde_json::Value>,
+}
+
+/// Totals of one backup, named as restic names them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Summary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+    /// Bytes of new blobs before compression.
+    pub data_added: u64,
+    /// Bytes of new blobs as stored (compressed and encrypted).
+    pub data_added_packed: u64,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+    pub total_duration: f64,
+    pub backup_start: Option<DateTime<FixedOffset>>,
+    pub backup_end: Option<DateTime<FixedOffset>>,
+}
+
+/// A file that could not be read, recorded in the snapshot it is missing from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FileError {
+    pub path: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Filled in when loaded; the id is the file name, not part of the content.
+    #[serde(skip)]
+    pub id: Id,
+    pub time: DateTime<FixedOffset>,
+    pub tree: Id,
+    pub paths: Vec<String>,
+    pub hostname: String,
+    pub username: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    pub source: SourceInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Id>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    pub program_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FileError>,
+}

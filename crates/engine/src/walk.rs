@@ -1,0 +1,99 @@
+//! Walking snapshot trees, and the glob filters commands share.
+
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::tree::Node;
+use crate::{Error, Id, Repository, Result};
+
+/// Glob patterns over paths. A pattern with a `/` matches the whole path,
+/// one without matches any file name, as in restic and .gitignore.
+pub struct PathFilter {
+    names: GlobSet,
+    paths: GlobSet,
+    empty: bool,
+}
+
+impl PathFilter {
+    pub fn new(patterns: &[String]) -> Result<PathFilter> {
+        let (mut names, mut paths) = (GlobSetBuilder::new(), GlobSetBuilder::new());
+        for p in patterns {
+            let glob = Glob::new(p).map_err(|e| Error::Invalid(format!("bad pattern {p:?}: {e}")))?;
+            if p.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+        }
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| Error::Invalid(format!("bad patterns: {e}")));
+        Ok(PathFilter { names: build(names)?, paths: build(paths)?, empty: patterns.is_empty() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    pub fn excluded(&self, path: &Path) -> bool {
+        self.matches(path)
+    }
+
+    pub fn matches(&self, path: &Path) -> bool {
+        !self.empty && (path.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(path))
+    }
+}
+
+/// Visit every node below `tree`, depth first in name order. The visitor
+/// returns whether to descend into a directory.
+pub async fn walk(
+    repo: &Repository,
+    tree: Id,
+    base: &Path,
+    visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send),
+) -> Result<()> {
+    let t = repo.load_tree(&tree).await?;
+    for node in &t.nodes {
+        let path = base.join(node.os_name());
+        if visit(&path, node)? {
+            if let Some(sub) = node.subtree {
+                Box::pin(walk(repo, sub, &path, visit)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The node at `path` (`/` or empty for the root) of a snapshot tree.
+pub async fn find(repo: &Repository, root: Id, path: &str) -> Result<Option<Node>> {
+    let mut tree = root;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    for (i, part) in parts.iter().enumerate() {
+        let t = repo.load_tree(&tree).await?;
+        let node = t.nodes.into_iter().find(|n| n.os_name() == *part).ok_or_else(|| Error::NoSuchPath(path.to_string()))?;
+        if i + 1 == parts.len() {
+            return Ok(Some(node));
+        }
+        tree = node.subtree.ok_or_else(|| Error::NoSuchPath(path.to_string()))?;
+    }
+    unreachable!("loop returns on the last part")
+}
+
+/// Every node of a snapshot with its path, in order.
+pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBuf, Node)>> {
+    let mut out = Vec::new();
+    let start = match find(repo, root, base).await? {
+        None => root,
+        Some(n) if n.is_dir() => n.subtree.ok_or_else(|| Error::NoSuchPath(base.to_string()))?,
+        Some(n) => return Ok(vec![(PathBuf::from("/").join(base.trim_start_matches('/')), n)]),
+    };
+    let prefix = PathBuf::from("/").join(base.trim_start_matches('/'));
+    walk(repo, start, &prefix, &mut |p, n| {
+        out.push((p.to_path_buf(), n.clone()));
+        Ok(true)
+    })
+    .await?;
+    Ok(out)
+}

@@ -1,0 +1,64 @@
+//! Storage for tresor repositories.
+//!
+//! A repository lives behind an OpenDAL [`Operator`]; this crate turns a
+//! repository location (a path or a URL) into an operator and stacks the thin
+//! layers every backend shares: retries with back-off for temporary errors,
+//! optional fault injection for tests, and bandwidth limits. Nothing here knows
+//! about the repository format: it moves opaque, immutable objects.
+
+mod fault;
+mod location;
+
+use std::time::Duration;
+
+pub use fault::{FaultConfig, FaultLayer};
+pub use location::Location;
+pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
+
+/// Why storage could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("invalid repository location {location:?}: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[error("cannot set up {scheme} storage at {location}: {source}")]
+    Setup {
+        scheme: &'static str,
+        location: String,
+        #[source]
+        source: opendal::Error,
+    },
+    #[error("invalid fault injection setting {0:?} (expected e.g. error-rate=0.1,seed=7,write-limit=1000000)")]
+    InvalidFaults(String),
+}
+
+/// Options that shape the layers stacked on every operator.
+#[derive(Debug, Clone, Default)]
+pub struct StorageOptions {
+    /// Inject failures (tests and drills only); see [`FaultConfig`].
+    pub faults: Option<FaultConfig>,
+    /// How many times a temporary error is retried before it is reported.
+    pub max_retries: Option<usize>,
+}
+
+/// Build the operator for `location` with the shared layer stack.
+///
+/// Faults sit below the retry layer on purpose: injected temporary errors must
+/// be absorbed by the same retry logic that absorbs real ones.
+pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, StorageError> {
+    let op = location.operator()?;
+    let op = match &options.faults {
+        Some(cfg) => op.layer(FaultLayer::new(cfg.clone())),
+        None => op,
+    };
+    let retry = opendal::layers::RetryLayer::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(10))
+        .with_max_times(options.max_retries.unwrap_or(8));
+    Ok(op.layer(retry))
+}
+
+/// Whether an OpenDAL error is worth retrying at a higher level.
+pub fn is_temporary(err: &opendal::Error) -> bool {
+    err.is_temporary() || matches!(err.kind(), opendal::ErrorKind::RateLimited)
+}

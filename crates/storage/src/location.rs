@@ -1,0 +1,220 @@
+//! Repository locations: a local path or a backend URL.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use opendal::{Operator, services};
+
+use crate::StorageError;
+
+/// Where a repository lives. Credentials are never part of this value: they
+/// come from the environment when the operator is built, so printing or
+/// logging a location can never leak a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    Fs(PathBuf),
+    S3 { bucket: String, root: String, endpoint: Option<String>, region: Option<String> },
+    Azblob { container: String, root: String },
+    Gcs { bucket: String, root: String },
+    Webdav { endpoint: String, root: String },
+    Sftp { endpoint: String, user: Option<String>, root: String },
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Fs(p) => write!(f, "{}", p.display()),
+            Location::S3 { bucket, root, .. } => write!(f, "s3://{bucket}{root}"),
+            Location::Azblob { container, root } => write!(f, "azblob://{container}{root}"),
+            Location::Gcs { bucket, root } => write!(f, "gcs://{bucket}{root}"),
+            Location::Webdav { endpoint, root } => write!(f, "webdav {endpoint}{root}"),
+            Location::Sftp { endpoint, root, .. } => write!(f, "sftp://{endpoint}{root}"),
+        }
+    }
+}
+
+impl Location {
+    /// Parse `s3://bucket/prefix?endpoint=URL&region=R`, `azblob://container/prefix`,
+    /// `gcs://bucket/prefix`, `webdav://host/path` (`webdavs://` for TLS),
+    /// `sftp://[user@]host[:port]/path`, or else a local path.
+    pub fn parse(text: &str) -> Result<Location, StorageError> {
+        let invalid = |reason: &str| StorageError::InvalidLocation {
+            location: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let Some((scheme, rest)) = text.split_once("://") else {
+            if text.is_empty() {
+                return Err(invalid("empty location"));
+            }
+            return Ok(Location::Fs(PathBuf::from(text)));
+        };
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (host, path) = match rest.split_once('/') {
+            Some((h, p)) => (h.to_string(), format!("/{}", p.trim_end_matches('/'))),
+            None => (rest.to_string(), "/".to_string()),
+        };
+        if host.is_empty() {
+            return Err(invalid("missing bucket or host after the scheme"));
+        }
+        let param = |name: &str| {
+            query.split('&').find_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })
+        };
+        let root = if path == "/" { "/".to_string() } else { format!("{path}/") };
+        match scheme {
+            "s3" => Ok(Location::S3 {
+                bucket: host,
+                root,
+                endpoint: param("endpoint"),
+                region: param("region"),
+            }),
+            "azblob" => Ok(Location::Azblob { container: host, root }),
+            "gcs" | "gs" => Ok(Location::Gcs { bucket: host, root }),
+            "webdav" => Ok(Location::Webdav { endpoint: format!("http://{host}"), root }),
+            "webdavs" => Ok(Location::Webdav { endpoint: format!("https://{host}"), root }),
+            "sftp" => {
+                let (user, endpoint) = match host.split_once('@') {
+                    Some((u, h)) => (Some(u.to_string()), h.to_string()),
+                    None => (None, host),
+                };
+                Ok(Location::Sftp { endpoint, user, root })
+            }
+            "file" => Ok(Location::Fs(PathBuf::from(format!("/{}{}", host, path)))),
+            other => Err(invalid(&format!(
+                "unknown scheme {other:?} (supported: a path, s3, azblob, gcs, webdav, webdavs, sftp)"
+            ))),
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        match self {
+            Location::Fs(_) => "fs",
+            Location::S3 { .. } => "s3",
+            Location::Azblob { .. } => "azblob",
+            Location::Gcs { .. } => "gcs",
+            Location::Webdav { .. } => "webdav",
+            Location::Sftp { .. } => "sftp",
+        }
+    }
+
+    /// The local path of an `fs` repository.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Location::Fs(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn operator(&self) -> Result<Operator, StorageError> {
+        let built = match self {
+            Location::Fs(path) => {
+                let root = path.to_string_lossy().to_string();
+                // Writes land in a temp file and are renamed into place, so a
+                // killed process never leaves a truncated object under its final name.
+                let tmp = path.join(".tmp").to_string_lossy().to_string();
+                build(services::Fs::default().root(&root).atomic_write_dir(&tmp))
+            }
+            Location::S3 { bucket, root, endpoint, region } => build(s3_builder(bucket, root, endpoint, region)),
+            Location::Azblob { container, root } => {
+                let mut b = services::Azblob::default().container(container).root(root);
+                if let Some(v) = env("AZURE_STORAGE_ACCOUNT") {
+                    b = b.account_name(&v).endpoint(&format!("https://{v}.blob.core.windows.net"));
+                }
+                if let Some(v) = env("AZURE_STORAGE_KEY") {
+                    b = b.account_key(&v);
+                }
+                if let Some(v) = env("AZURE_STORAGE_ENDPOINT") {
+                    b = b.endpoint(&v);
+                }
+                build(b)
+            }
+            Location::Gcs { bucket, root } => {
+                let mut b = services::Gcs::default().bucket(bucket).root(root);
+                if let Some(v) = env("GOOGLE_APPLICATION_CREDENTIALS") {
+                    b = b.credential_path(&v);
+                }
+                build(b)
+            }
+            Location::Webdav { endpoint, root } => {
+                let mut b = services::Webdav::default().endpoint(endpoint).root(root);
+                if let Some(v) = env("TRESOR_WEBDAV_USER") {
+                    b = b.username(&v);
+                }
+                if let Some(v) = env("TRESOR_WEBDAV_PASSWORD") {
+                    b = b.password(&v);
+                }
+                build(b)
+            }
+            Location::Sftp { endpoint, user, root } => {
+                let mut b = services::Sftp::default().endpoint(endpoint).root(root);
+                if let Some(u) = user {
+                    b = b.user(u);
+                }
+                if let Some(v) = env("TRESOR_SFTP_KEY") {
+                    b = b.key(&v);
+                }
+                build(b)
+            }
+        };
+        built.map_err(|source| StorageError::Setup {
+            scheme: self.scheme(),
+            location: self.to_string(),
+            source,
+        })
+    }
+}
+
+fn build<B: opendal::Builder>(builder: B) -> opendal::Result<Operator> {
+    Ok(Operator::new(builder)?.finish())
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn s3_builder(bucket: &str, root: &str, endpoint: &Option<String>, region: &Option<String>) -> services::S3 {
+    let mut b = services::S3::default().bucket(bucket).root(root);
+    if let Some(e) = endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL")) {
+        b = b.endpoint(&e);
+    }
+    let region = region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
+    b = b.region(region.as_deref().unwrap_or("us-east-1"));
+    if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        b = b.access_key_id(&k).secret_access_key(&s);
+        if let Some(t) = env("AWS_SESSION_TOKEN") {
+            b = b.session_token(&t);
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_urls() {
+        assert_eq!(Location::parse("/srv/repo").unwrap(), Location::Fs("/srv/repo".into()));
+        assert_eq!(
+            Location::parse("s3://bkt/team/prod?endpoint=http://127.0.0.1:9000&region=eu").unwrap(),
+            Location::S3 {
+                bucket: "bkt".into(),
+                root: "/team/prod/".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu".into())
+            }
+        );
+        assert_eq!(Location::parse("s3://bkt").unwrap().to_string(), "s3://bkt/");
+        let err = Location::parse("ftp://x/y").unwrap_err().to_string();
+        assert!(err.contains("unknown scheme \"ftp\""), "{err}");
+        assert!(Location::parse("s3:///nobucket").is_err());
+    }
+}

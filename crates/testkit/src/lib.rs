@@ -1,0 +1,9 @@
+//! Test harness for tresor: real servers on free loopback ports, torn down on drop.
+//!
+//! - [`S3Server`]: an in-process S3 endpoint (s3s + s3s-fs) backed by a temp directory.
+//! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
+
+pub mod net;
+mod s3;
+
+pub use s3::S3Server;

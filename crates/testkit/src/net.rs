@@ -1,0 +1,16 @@
+//! Networking helpers shared by the server harnesses.
+
+use std::net::{Ipv4Addr, TcpListener};
+
+/// Returns a loopback port that was free a moment ago.
+///
+/// The port is released before returning, so another process could grab it
+/// before the caller binds it; harnesses spawning external servers (redis,
+/// postgres, etcd) accept that small race because those servers must bind
+/// the port themselves. In-process servers should bind `127.0.0.1:0` directly.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
