@@ -53,13 +53,17 @@ impl CheckReport {
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
+    let mut readable = Vec::new();
     for id in repo.list_ids(INDEX).await? {
-        if let Err(e) = repo.load_file("index", INDEX, &id).await.and_then(|p| crate::index::IndexFile::decode(&id, &p)) {
-            report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
+        match repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| crate::index::IndexFile::decode(&id, &p)) {
+            Ok(f) => readable.push((id, f)),
+            Err(e) => report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] }),
         }
     }
-    repo.reset_index().await;
-    let index = repo.index().await?;
+    // Judge everything else against the index files that are intact, so a
+    // damaged index shows up as the blobs it made unreachable.
+    let index = std::sync::Arc::new(crate::index::merge(&readable));
+    repo.set_index(index.clone()).await;
     report.blobs = index.blob_count();
     let stored: HashMap<Id, u64> = list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
     let mut bad_packs: Vec<(Id, String)> = Vec::new();
@@ -135,7 +139,7 @@ async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &
     report.snapshots = ids.len();
     let mut found: HashMap<String, Problem> = HashMap::new();
     for id in ids {
-        let snap = match repo.load_snapshot(&id).await {
+        let snap = match repo.load_file_uncached("snapshot", crate::repo::SNAPSHOTS, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b)) {
             Ok(s) => s,
             Err(e) => {
                 report.problems.push(Problem { object: format!("snapshot {}", id.short()), error: e.to_string(), snapshots: vec![id.short()], files: vec![] });

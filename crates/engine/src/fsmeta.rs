@@ -71,6 +71,9 @@ pub fn node_from(name: &OsStr, md: &Metadata, names: &mut NameCache) -> Node {
     };
     n.set_name(name);
     match n.kind {
+        // Listing a directory moves its atime, so recording it would make
+        // every backup see every directory as changed.
+        NodeKind::Dir => n.atime = 0,
         NodeKind::File => n.size = md.size(),
         NodeKind::Dev | NodeKind::Chardev => n.rdev = md.rdev(),
         _ => {}
@@ -130,7 +133,18 @@ pub fn apply(path: &Path, node: &Node, restore_owner: bool) -> io::Result<()> {
             }
         }
     }
-    set_times(path, node.atime, node.mtime)
+    let atime = if node.atime == 0 { node.mtime } else { node.atime };
+    set_times(path, atime, node.mtime)
+}
+
+/// Open a file for backup without moving its atime where the kernel allows
+/// it (owner or root), so reading a file does not change its node.
+pub fn open_noatime(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path),
+        other => other,
+    }
 }
 
 fn set_times(path: &Path, atime: i64, mtime: i64) -> io::Result<()> {

@@ -118,6 +118,11 @@ impl Repository {
     }
 
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
+        // OpenDAL's fs backend creates its root: look before it can, so that
+        // opening a mistyped path neither succeeds nor leaves a directory.
+        if location.local_path().is_some_and(|p| !p.join("config").exists()) {
+            return Err(Self::missing(location));
+        }
         let op = tresor_storage::open(location, &opts.storage)?;
         let config = Self::read_config(&op, location).await?;
         let keys = Self::read_keys(&op).await?;
@@ -308,6 +313,12 @@ impl Repository {
         Ok(plain)
     }
 
+    /// Read a file from storage, bypassing the cache: what `check` must judge.
+    pub async fn load_file_uncached(&self, kind: &'static str, dir: &str, id: &Id) -> Result<Vec<u8>> {
+        let bytes = self.read(&format!("{dir}{}", id.to_hex())).await?;
+        self.crypto.open_file(kind, id, &bytes)
+    }
+
     /// Ids of the objects in `dir` (`index/`, `snapshots/`, …).
     pub async fn list_ids(&self, dir: &str) -> Result<Vec<Id>> {
         let names = list_names(&self.op, dir).await?;
@@ -340,6 +351,10 @@ impl Repository {
         let index = Arc::new(index::merge(&self.load_index_files().await?));
         *slot = Some(index.clone());
         Ok(index)
+    }
+
+    pub async fn set_index(&self, index: Arc<Index>) {
+        *self.index.lock().await = Some(index);
     }
 
     /// Forget the loaded index (after this process changed it).
@@ -417,10 +432,7 @@ impl Repository {
     }
 
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = self.load_file("snapshot", SNAPSHOTS, id).await?;
-        let mut s: Snapshot = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("snapshot", id, e))?;
-        s.id = *id;
-        Ok(s)
+        parse_snapshot(id, &self.load_file("snapshot", SNAPSHOTS, id).await?)
     }
 
     /// All snapshots, oldest first.
@@ -440,6 +452,12 @@ impl Repository {
         let snaps = self.snapshots().await?;
         select_snapshot(snaps, spec)
     }
+}
+
+pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
+    let mut s: Snapshot = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("snapshot", id, e))?;
+    s.id = *id;
+    Ok(s)
 }
 
 pub fn select_snapshot(mut snaps: Vec<Snapshot>, spec: &str) -> Result<Snapshot> {

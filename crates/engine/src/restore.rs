@@ -274,6 +274,14 @@ impl Writer {
             return Ok(());
         }
         let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
-        file.write_all_at(data, offset)
+        // Zero runs inside a blob are skipped too: the file was extended to
+        // its full size, so they read back as zeros and stay holes on disk.
+        const BLOCK: usize = 64 * 1024;
+        for (i, block) in data.chunks(BLOCK).enumerate() {
+            if !block.iter().all(|&b| b == 0) {
+                file.write_all_at(block, offset + (i * BLOCK) as u64)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -211,7 +211,7 @@ impl Shared {
 
     fn process_file(&self, ctx: &mut ThreadCtx, job: FileJob) -> Result<()> {
         let FileJob { path, mut node, existed, dir, slot } = job;
-        let file = match std::fs::File::open(&path) {
+        let file = match fsmeta::open_noatime(&path) {
             Ok(f) => f,
             Err(e) => {
                 self.warn(&path, e);

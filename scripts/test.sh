@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install what the tests need (Debian packages, as root, only where missing),
+# then run the whole test suite. CI runs exactly this (see .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# setpriv (util-linux) lets a root test run tresor as `nobody`, so that
+# unreadable files are really unreadable; protoc builds the etcd client.
+need=()
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v cc >/dev/null || need+=(build-essential)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${need[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+cargo test --workspace --locked "$@"
