@@ -93,13 +93,13 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
             }
         }
     }
-    report.problems.extend(bad_packs.iter().filter(|(p, _)| !index.blobs().any(|(_, bp, _)| bp == *p)).map(|(p, why)| Problem {
-        object: format!("pack {}", p.short()),
-        error: why.clone(),
-        snapshots: vec![],
-        files: vec![],
-    }));
     check_snapshots(repo, &mut report, &damaged).await?;
+    for (pack, why) in &bad_packs {
+        let object = format!("pack {}", pack.short());
+        if !report.problems.iter().any(|p| p.object == object) {
+            report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
+        }
+    }
     Ok(report)
 }
 
@@ -107,7 +107,7 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
 /// successive `--read-data-subset` runs can be planned.
 fn selected(pack: &Id, fraction: f64) -> bool {
     let v = u32::from_le_bytes(pack.0[..4].try_into().expect("4 bytes"));
-    (f64::from(v) / f64::from(u32::MAX)) < fraction
+    fraction >= 1.0 || (f64::from(v) / f64::from(u32::MAX)) < fraction
 }
 
 async fn verify_pack(repo: &Repository, pack: &Id) -> Result<()> {

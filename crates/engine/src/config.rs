@@ -80,7 +80,13 @@ impl Config {
             Some(_) => {}
             None => return Err(not_repo("config has no format version".into())),
         }
-        serde_json::from_slice(bytes).map_err(|e| not_repo(format!("config is malformed: {e}")))
+        let config: Config = serde_json::from_slice(bytes).map_err(|e| not_repo(format!("config is malformed: {e}")))?;
+        let c = config.chunker;
+        let valid = 64 <= c.min && c.min <= c.avg && c.avg <= c.max && c.avg >= 256 && c.avg <= 4 << 20 && c.max <= 16 << 20;
+        if !valid || config.pack_size < 1 << 20 {
+            return Err(Error::corrupt("config", config.id, "its chunker or pack settings are out of range"));
+        }
+        Ok(config)
     }
 
     fn mac_input(&self) -> Vec<u8> {

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{self, Index, IndexFile, IndexedPack};
 use crate::keys::{KdfParams, KeyFile, Password};
-use crate::pack::{BlobKind, SealedPack, open_blob};
+use crate::pack::{BlobKind, SealedPack, open_blob, read_trailer};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Id, Result};
@@ -53,6 +53,7 @@ pub struct InitOptions {
 /// How many tree packs stay decoded in memory: enough for a walk of a large
 /// snapshot without re-reading packs, small enough to stay bounded.
 const TREE_PACKS_IN_MEMORY: usize = 64;
+const TREE_PACK_BYTES_IN_MEMORY: usize = 256 << 20;
 
 pub struct Repository {
     op: Operator,
@@ -388,7 +389,7 @@ impl Repository {
             return Ok(p.clone());
         }
         let path = pack_path(id);
-        let bytes = match self.cache.as_ref().and_then(|c| c.get(&path)) {
+        let bytes = match self.cache.as_ref().and_then(|c| c.get(&path)).filter(|b| read_trailer(&self.crypto, id, b, b.len() as u64).is_ok()) {
             Some(b) => b,
             None => {
                 let b = self.read(&path).await?;
@@ -400,7 +401,7 @@ impl Repository {
         };
         let bytes = Arc::new(bytes);
         let mut packs = self.tree_packs.lock().expect("not poisoned");
-        if packs.len() >= TREE_PACKS_IN_MEMORY {
+        if packs.len() >= TREE_PACKS_IN_MEMORY || packs.values().map(|p| p.len()).sum::<usize>() > TREE_PACK_BYTES_IN_MEMORY {
             packs.clear();
         }
         packs.insert(*id, bytes.clone());
@@ -413,8 +414,13 @@ impl Repository {
         let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
         if e.kind == BlobKind::Tree {
             let p = self.tree_pack(&pack).await?;
-            let sealed = p.get(range.start as usize..range.end as usize).ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"))?;
-            return open_blob(&self.crypto, &e, sealed);
+            let cached = p.get(range.start as usize..range.end as usize).ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"));
+            match cached.and_then(|sealed| open_blob(&self.crypto, &e, sealed)) {
+                Ok(plain) => return Ok(plain),
+                // The cached copy may be what is damaged: storage decides,
+                // through the ranged read below.
+                Err(_) => self.tree_packs.lock().expect("not poisoned").remove(&pack),
+            };
         }
         let sealed = self.read_range(&pack_path(&pack), range).await?;
         open_blob(&self.crypto, &e, &sealed)

@@ -68,13 +68,17 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
     let mut errors = plan.errors;
     for (fi, f) in plan.files.iter().enumerate() {
+        // Without every blob the offsets of the later ones are unknown, so
+        // such a file is reported and left alone rather than written wrong.
+        if let Some(missing) = f.node.content.iter().find(|id| !index.contains(id)) {
+            errors.push(format!("{}: {}", f.path.display(), Error::MissingBlob(*missing)));
+            f.remaining.store(0, Relaxed);
+            let _ = std::fs::remove_file(&f.path);
+            continue;
+        }
         let mut offset = 0u64;
         for id in &f.node.content {
-            let Some((pack, entry)) = index.get(id) else {
-                errors.push(format!("{}: {}", f.path.display(), Error::MissingBlob(*id)));
-                f.remaining.fetch_sub(1, Relaxed);
-                continue;
-            };
+            let (pack, entry) = index.get(id).expect("checked above");
             let list = by_pack.entry(pack).or_default();
             let slot = *blob_slot.entry(*id).or_insert_with(|| {
                 list.push((entry, Vec::new()));

@@ -78,6 +78,7 @@ impl Location {
             }),
             "azblob" => Ok(Location::Azblob { container: host, root }),
             "gcs" | "gs" => Ok(Location::Gcs { bucket: host, root }),
+            "webdav" | "webdavs" if host.contains('@') => Err(invalid("put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL")),
             "webdav" => Ok(Location::Webdav { endpoint: format!("http://{host}"), root }),
             "webdavs" => Ok(Location::Webdav { endpoint: format!("https://{host}"), root }),
             "sftp" => {

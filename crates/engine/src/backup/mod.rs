@@ -412,7 +412,17 @@ async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<Sea
     let mut uploads = std::pin::pin!(packs.map(|pack| repo.save_pack(pack)).buffer_unordered(concurrency));
     let (mut pending, mut files) = (Vec::new(), Vec::new());
     while let Some(done) = uploads.next().await {
-        pending.push(done?);
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // Index what did arrive, so a retried backup can reuse it.
+                if !pending.is_empty() {
+                    let _ = repo.save_index(&IndexFile { supersedes: Vec::new(), packs: pending }).await;
+                }
+                return Err(e);
+            }
+        };
+        pending.push(done);
         if pending.len() >= INDEX_CHECKPOINT_PACKS {
             files.push(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut pending) }).await?);
         }
