@@ -196,6 +196,13 @@ pub fn read_trailer(crypto: &Crypto, id: &Id, tail: &[u8], pack_len: u64) -> Res
         .collect()
 }
 
+thread_local! {
+    /// Creating a zstd context costs more than decompressing a small tree,
+    /// and a walk decompresses thousands of them.
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("zstd context"));
+}
+
 /// Decrypt, decompress and check one blob.
 pub fn open_blob(crypto: &Crypto, e: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let payload = crypto
@@ -207,7 +214,8 @@ pub fn open_blob(crypto: &Crypto, e: &PackEntry, sealed: &[u8]) -> Result<Vec<u8
         }
         return Ok(payload);
     }
-    let plain = zstd::bulk::decompress(&payload, e.raw_length as usize)
+    let plain = DECOMPRESSOR
+        .with(|d| d.borrow_mut().decompress(&payload, e.raw_length as usize))
         .map_err(|err| Error::corrupt("blob", e.id, format!("it does not decompress: {err}")))?;
     if plain.len() != e.raw_length as usize {
         return Err(Error::corrupt("blob", e.id, "its length differs from the index"));

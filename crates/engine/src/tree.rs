@@ -102,6 +102,13 @@ impl Node {
         (self.name, self.name_raw) = split_name(name.as_bytes());
     }
 
+    pub fn name_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.name_raw {
+            None => std::borrow::Cow::Borrowed(self.name.as_bytes()),
+            Some(_) => std::borrow::Cow::Owned(self.os_name().into_vec()),
+        }
+    }
+
     pub fn os_name(&self) -> OsString {
         join_name(&self.name, &self.name_raw)
     }
@@ -134,11 +141,14 @@ impl Tree {
     /// Entries are kept sorted by their name bytes, which makes the encoding
     /// deterministic (identical directories dedup) and lookups binary searches.
     pub fn sort(&mut self) {
-        self.nodes.sort_by(|a, b| a.os_name().cmp(&b.os_name()));
+        self.nodes.sort_by(|a, b| a.name_bytes().cmp(&b.name_bytes()));
     }
 
+    /// Binary search: nodes are sorted by name bytes (see [`Tree::sort`]).
     pub fn find(&self, name: &OsStr) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.os_name() == name)
+        let want = name.as_bytes();
+        let i = self.nodes.binary_search_by(|n| n.name_bytes().as_ref().cmp(want)).ok()?;
+        Some(&self.nodes[i])
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -99,7 +99,7 @@ impl Walker<'_> {
             }
             let old_node = old.and_then(|t| t.find(name));
             match entry {
-                Entry::Walk(path) => self.visit(path, name, dir, slot, old_node, None)?,
+                Entry::Walk(path) => self.visit(path, name, dir, slot, old_node, None, None)?,
                 Entry::Ancestor(path, grandkids) => {
                     let md = match std::fs::symlink_metadata(path) {
                         Ok(md) => md,
@@ -123,30 +123,42 @@ impl Walker<'_> {
 
     fn walk_dir(&mut self, path: &Path, node: Node, parent: Parent, old_subtree: Option<Id>, dev: u64) -> Result<()> {
         let old = self.old_tree(old_subtree);
-        let names = match read_names(path) {
+        let entries = match read_entries(path) {
             Ok(n) => n,
             Err(e) => {
                 self.shared.warn(path, e);
                 Vec::new()
             }
         };
-        let dir = new_dir(node, names.len(), parent, old_subtree);
-        for (slot, name) in names.iter().enumerate() {
+        let dir = new_dir(node, entries.len(), parent, old_subtree);
+        for (slot, (name, md)) in entries.into_iter().enumerate() {
             if self.shared.stop.load(Relaxed) {
                 return Err(Error::Interrupted);
             }
-            let old_node = old.as_ref().and_then(|t| t.find(name));
-            self.visit(&path.join(name), name, &dir, slot, old_node, Some(dev))?;
+            let old_node = old.as_ref().and_then(|t| t.find(&name));
+            self.visit(&path.join(&name), &name, &dir, slot, old_node, Some(dev), Some(md))?;
         }
         self.release(&dir)
     }
 
-    fn visit(&mut self, path: &Path, name: &OsStr, dir: &Arc<Mutex<DirState>>, slot: usize, old: Option<&Node>, dev: Option<u64>) -> Result<()> {
+    /// `listed` is the entry's metadata as its directory listing gave it:
+    /// an `fstatat` relative to the open directory, cheaper than a path walk.
+    #[allow(clippy::too_many_arguments)]
+    fn visit(
+        &mut self,
+        path: &Path,
+        name: &OsStr,
+        dir: &Arc<Mutex<DirState>>,
+        slot: usize,
+        old: Option<&Node>,
+        dev: Option<u64>,
+        listed: Option<std::io::Result<std::fs::Metadata>>,
+    ) -> Result<()> {
         let shared = self.shared;
         if shared.excludes.excluded(path) {
             return shared.fill(&mut self.ctx, dir, slot, None);
         }
-        let md = match std::fs::symlink_metadata(path) {
+        let md = match listed.unwrap_or_else(|| std::fs::symlink_metadata(path)) {
             Ok(md) => md,
             Err(e) => {
                 shared.warn(path, e);
@@ -214,9 +226,11 @@ fn unsafe_ids() -> (u32, u32) {
     unsafe { (libc::getuid(), libc::getgid()) }
 }
 
-/// Entry names sorted by their bytes, the order trees are stored in.
-fn read_names(path: &Path) -> std::io::Result<Vec<OsString>> {
-    let mut names = std::fs::read_dir(path)?.map(|e| e.map(|e| e.file_name())).collect::<std::io::Result<Vec<_>>>()?;
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    Ok(names)
+type Listed = (OsString, std::io::Result<std::fs::Metadata>);
+
+/// Entries with their metadata, sorted by name bytes (the order trees use).
+fn read_entries(path: &Path) -> std::io::Result<Vec<Listed>> {
+    let mut entries = std::fs::read_dir(path)?.map(|e| e.map(|e| (e.file_name(), e.metadata()))).collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(entries)
 }

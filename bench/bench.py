@@ -1,0 +1,943 @@
+#!/usr/bin/env python3
+"""Benchmark harness: tresor vs restic, rustic and borg on the same data.
+
+Usage:
+    bench.py run                 measure everything (settings from BENCH_* env),
+                                 write bench/work/results.json and the markdown
+    bench.py report [--results F] [--out F]
+                                 regenerate the markdown from a results.json
+
+bench/run.sh installs the tools and builds tresor first; see bench/README.md.
+Standard library only (Python 3.11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+WORK = BENCH_DIR / "work"
+DATA = WORK / "data"
+REPOS = WORK / "repos"
+CACHES = WORK / "cache"
+LOGS = WORK / "logs"
+RESULTS = WORK / "results.json"
+PASSWORD_FILE = WORK / "password"
+# Written before a dataset is mutated, deleted after it is reverted: if the run
+# dies in between, the next run reverts from it so the dataset stays pristine.
+MUTATION_JOURNAL = WORK / "mutation.json"
+DISK_RESTORE = WORK / "restore"
+DISK_COPY = WORK / "cp"
+TMPFS_RESTORE = Path("/dev/shm/tresor-bench-restore")
+TMPFS_COPY = Path("/dev/shm/tresor-bench-cp")
+LINUX_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
+
+# (key, label) of the timed phases shown in the per-dataset time table.
+PHASES = [
+    ("backup_initial", "initial backup"),
+    ("backup_nochange", "no-change backup"),
+    ("backup_changed", "1% change backup"),
+    ("restore_tmpfs", "restore → tmpfs"),
+    ("restore_disk", "restore → disk"),
+]
+BACKUP_PHASES = ["backup_initial", "backup_nochange", "backup_changed"]
+RESTORE_PHASES = ["restore_tmpfs", "restore_disk"]
+BASELINES = [
+    ("copy_tmpfs", "cp -a → tmpfs"),
+    ("copy_disk", "cp -a → disk"),
+    ("hash_floor", "read + BLAKE3 hash floor (b3sum, 2 threads)"),
+]
+ALL_TOOLS = ["tresor", "restic", "rustic", "borg"]
+LARGE_FILES = 10
+DUP_FRACTION = 0.30  # share of each "derived" large file copied from others
+MiB = 1 << 20
+
+
+# ----------------------------------------------------------------------------
+# Configuration
+
+
+class Config:
+    """Settings from the BENCH_* environment variables."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.quick = env.get("BENCH_QUICK", "0") not in ("", "0")
+        self.runs = int(env.get("BENCH_RUNS", "1" if self.quick else "3"))
+        self.datasets = split_list(env.get("BENCH_DATASETS", "linux,large"))
+        self.tools = split_list(env.get("BENCH_TOOLS", ",".join(ALL_TOOLS)))
+        self.large_mb = int(env.get("BENCH_LARGE_MB", "300" if self.quick else "2500"))
+        self.timeout = int(env.get("BENCH_TIMEOUT", "3600"))
+        self.out = Path(env.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
+        self.tresor_bin = env.get("TRESOR_BIN", str(REPO_ROOT / "target" / "release" / "tresor"))
+        unknown = [t for t in self.tools if t not in ALL_TOOLS]
+        if unknown:
+            sys.exit(f"unknown tool(s) in BENCH_TOOLS: {unknown}")
+
+
+def split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+# ----------------------------------------------------------------------------
+# Running commands
+
+
+def run_measured(cmd, log: Path, env=None, cwd=None, ok_codes=(0,), timeout=3600) -> dict:
+    """Run cmd under GNU time; return wall seconds, peak RSS and success.
+
+    Wall time is taken here with time.monotonic (GNU time only reports RSS).
+    Output goes to `log` so progress bars never reach the terminal.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    rss_file = log.with_suffix(".rss")
+    full = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "--", *cmd]
+    with open(log, "wb") as out:
+        out.write(("$ " + " ".join(map(str, cmd)) + "\n").encode())
+        out.flush()
+        start = time.monotonic()
+        # Own session so a timeout can kill the tool, not just GNU time.
+        proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, cwd=cwd,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = None
+        seconds = time.monotonic() - start
+    ok = code in ok_codes
+    return {
+        "seconds": seconds, "rss_kib": read_rss(rss_file), "exit": code, "ok": ok,
+        "error": None if ok else error_text(code, log, timeout), "log": str(log),
+    }
+
+
+def read_rss(rss_file: Path):
+    """GNU time writes '%M' as the last line (after any exit-status note)."""
+    try:
+        return int(rss_file.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def error_text(code, log: Path, timeout: int) -> str:
+    if code is None:
+        return f"timed out after {timeout}s"
+    lines = log.read_text(errors="replace").strip().splitlines()[1:]  # [0] is the command
+    tail = [line for line in lines if line.strip()][-3:] or ["(no output)"]
+    return f"exit {code}: " + " | ".join(line.strip() for line in tail)[-400:]
+
+
+def capture(cmd, **kw) -> str:
+    """Output of a short informational command, or '' if it fails."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL, **kw)
+        return (res.stdout or res.stderr).strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def sync() -> float:
+    """Flush dirty pages (untimed for the step) so the next step starts clean."""
+    start = time.monotonic()
+    os.sync()
+    return time.monotonic() - start
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+# ----------------------------------------------------------------------------
+# Tools under test: how to init, back up and restore with each of them.
+
+
+class Tool:
+    name = ""
+    backup_ok = (0,)
+    restore_ok = (0,)
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def env(self, repo: Path, cache: Path) -> dict:
+        """Environment for every command; caches are kept per repository."""
+        self.repo = repo
+        env = dict(os.environ)
+        env["XDG_CACHE_HOME"] = str(cache)
+        return env
+
+    def version_cmd(self) -> list:
+        return [self.name, "--version"]
+
+    def init_cmd(self) -> list:
+        raise NotImplementedError
+
+    def backup_cmd(self, path: Path, n: int) -> list:
+        raise NotImplementedError
+
+    def restore_cmd(self, target: Path, n: int) -> tuple[list, Path | None]:
+        """(command, cwd) restoring backup number n (the latest)."""
+        raise NotImplementedError
+
+    def available(self) -> str | None:
+        """None if the binary can be run, else why not."""
+        exe = self.version_cmd()[0]
+        return None if shutil.which(exe) else f"{exe} not found"
+
+
+class Tresor(Tool):
+    name = "tresor"
+    backup_ok = (0, 3)  # 3 = some files unreadable, snapshot still written
+
+    def env(self, repo, cache):
+        env = super().env(repo, cache)
+        env.update(TRESOR_REPOSITORY=str(repo), TRESOR_PASSWORD_FILE=str(PASSWORD_FILE))
+        return env
+
+    def version_cmd(self):
+        return [self.cfg.tresor_bin, "--version"]
+
+    def init_cmd(self):
+        return [self.cfg.tresor_bin, "init"]
+
+    def backup_cmd(self, path, n):
+        return [self.cfg.tresor_bin, "backup", str(path)]
+
+    def restore_cmd(self, target, n):
+        return [self.cfg.tresor_bin, "restore", "latest", "--target", str(target)], None
+
+
+class Restic(Tool):
+    name = "restic"
+    backup_ok = (0, 3)  # 3 = some source files could not be read
+
+    def env(self, repo, cache):
+        env = super().env(repo, cache)
+        env.update(RESTIC_REPOSITORY=str(repo), RESTIC_PASSWORD_FILE=str(PASSWORD_FILE),
+                   RESTIC_CACHE_DIR=str(cache / "restic"))
+        return env
+
+    def version_cmd(self):
+        return ["restic", "version"]
+
+    def init_cmd(self):
+        return ["restic", "init"]
+
+    def backup_cmd(self, path, n):
+        return ["restic", "backup", str(path)]
+
+    def restore_cmd(self, target, n):
+        return ["restic", "restore", "latest", "--target", str(target)], None
+
+
+class Rustic(Tool):
+    name = "rustic"
+
+    def env(self, repo, cache):
+        env = super().env(repo, cache)
+        env.update(RUSTIC_REPOSITORY=str(repo), RUSTIC_PASSWORD_FILE=str(PASSWORD_FILE),
+                   RUSTIC_CACHE_DIR=str(cache / "rustic"), RUSTIC_NO_PROGRESS="true")
+        return env
+
+    def base(self):
+        # self.repo is set by env(). Explicit flags too: they are rustic's documented, stable interface.
+        return ["rustic", "-r", str(self.repo), "--password-file", str(PASSWORD_FILE),
+                "--no-progress"]
+
+    def init_cmd(self):
+        return self.base() + ["init"]
+
+    def backup_cmd(self, path, n):
+        return self.base() + ["backup", str(path)]
+
+    def restore_cmd(self, target, n):
+        return self.base() + ["restore", "latest", str(target)], None
+
+
+class Borg(Tool):
+    name = "borg"
+    backup_ok = (0, 1)  # 1 = warning (e.g. a file changed while read)
+    restore_ok = (0, 1)
+
+    def env(self, repo, cache):
+        env = super().env(repo, cache)
+        env.update(BORG_REPO=str(repo), BORG_PASSPHRASE=PASSWORD_FILE.read_text().strip(),
+                   BORG_BASE_DIR=str(cache / "borg"), BORG_DISPLAY_PASSPHRASE="n",
+                   BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+        return env
+
+    def init_cmd(self):
+        return ["borg", "init", "--encryption=repokey-blake2"]
+
+    def backup_cmd(self, path, n):
+        return ["borg", "create", f"::snap-{n}", str(path)]  # default compression: lz4
+
+    def restore_cmd(self, target, n):
+        return ["borg", "extract", f"::snap-{n}"], target  # borg extracts into cwd
+
+
+TOOL_CLASSES = {cls.name: cls for cls in (Tresor, Restic, Rustic, Borg)}
+
+
+# ----------------------------------------------------------------------------
+# Datasets
+
+
+def prepare_dataset(name: str, cfg: Config) -> dict:
+    """Create the dataset once (reused across invocations) and describe it."""
+    path = DATA / name
+    if name == "linux":
+        prepare_linux(path)
+        desc = "Linux 6.1 source tree (Debian linux-source-6.1)"
+    elif name == "large":
+        prepare_large(path, cfg.large_mb)
+        desc = (f"{LARGE_FILES} large incompressible files; in half of them "
+                f"~{int(DUP_FRACTION * 100)}% of the content repeats blocks of the "
+                f"others at unaligned offsets")
+    else:
+        sys.exit(f"unknown dataset {name!r}")
+    info = {"name": name, "path": str(path), "description": desc}
+    info.update(scan_tree(path))
+    return info
+
+
+def prepare_linux(path: Path) -> None:
+    marker = DATA / ".linux.ready"
+    if marker.exists():
+        return
+    if not LINUX_TARBALL.exists():
+        sys.exit(f"{LINUX_TARBALL} missing: apt-get install linux-source-6.1")
+    remove(path)
+    path.mkdir(parents=True)
+    print(f"extracting {LINUX_TARBALL} …", flush=True)
+    subprocess.run(["tar", "-xJf", str(LINUX_TARBALL), "-C", str(path),
+                    "--strip-components=1"], check=True)
+    os.sync()  # so the writeback is not charged to the first measured step
+    marker.write_text("ok\n")
+
+
+def prepare_large(path: Path, total_mb: int) -> None:
+    """Generate LARGE_FILES files of pseudo-random bytes, seeded (reproducible).
+
+    The first half are fresh random data. In the second half, DUP_FRACTION of
+    each file is runs copied from the first half at unaligned offsets, so only
+    content-defined chunking finds the duplicates. Runs are several MiB long
+    because the peers' chunkers average 1-2 MiB per chunk.
+    """
+    marker = DATA / ".large.ready"
+    spec = f"{total_mb} MiB, {LARGE_FILES} files, seed 42, v2\n"
+    if marker.exists() and marker.read_text() == spec:
+        return
+    remove(marker)
+    remove(path)
+    path.mkdir(parents=True)
+    print(f"generating {total_mb} MiB of large files …", flush=True)
+    size = total_mb * MiB // LARGE_FILES
+    rng = random.Random(42)
+    half = LARGE_FILES // 2
+    for i in range(LARGE_FILES):
+        sources = [path / f"file{j:02d}.bin" for j in range(half)] if i >= half else []
+        write_large_file(path / f"file{i:02d}.bin", size, rng, sources)
+    os.sync()
+    marker.write_text(spec)
+
+
+def write_large_file(dest: Path, size: int, rng: random.Random, sources: list[Path]) -> None:
+    """Interleave fresh random runs and copied runs, keeping copies at DUP_FRACTION."""
+    written = copied = 0
+    with open(dest, "wb") as out:
+        while written < size:
+            if sources and copied < DUP_FRACTION * written:
+                chunk = copied_run(rng, sources, min(size - written, size // 3))
+                copied += len(chunk)
+            else:
+                chunk = fresh_run(rng, size - written)
+            out.write(chunk)
+            written += len(chunk)
+
+
+def fresh_run(rng: random.Random, limit: int) -> bytes:
+    length = min(rng.randint(4 * MiB, 16 * MiB), limit)
+    # randbytes of one huge int overflows; build it from 4 MiB pieces.
+    return b"".join(rng.randbytes(min(4 * MiB, length - off)) for off in range(0, length, 4 * MiB))
+
+
+def copied_run(rng: random.Random, sources: list[Path], limit: int) -> bytes:
+    """4–16 MiB (at most `limit`) from a source file at a random unaligned offset."""
+    length = max(1, min(rng.randint(4 * MiB, 16 * MiB), limit))
+    src = rng.choice(sources)
+    offset = rng.randrange(0, max(1, src.stat().st_size - length))
+    with open(src, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def scan_tree(root: Path) -> dict:
+    """Regular-file count and bytes (symlinks are not followed)."""
+    files = total = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_mode & 0o170000) == 0o100000:
+                files += 1
+                total += st.st_size
+    return {"files": files, "bytes": total}
+
+
+def warm_up(root: Path) -> None:
+    """Read every file so all tools start from the same warm page cache.
+
+    (Not `tar cf /dev/null`: GNU tar skips reading file data in that case.)
+    """
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as f:
+                    while f.read(4 * MiB):
+                        pass
+
+
+# ----------------------------------------------------------------------------
+# The 1% change: overwrite 8 bytes in the middle of every 100th non-empty file
+# (sorted order), remembering the original bytes and times to undo it.
+
+
+def mutation_targets(root: Path) -> list[Path]:
+    files = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink() and p.stat().st_size > 0:
+                files.append(p)
+    return sorted(files)[::100]
+
+
+def mutate(root: Path) -> list[dict]:
+    entries = []
+    for p in mutation_targets(root):
+        st = p.stat()
+        offset = st.st_size // 2
+        with open(p, "rb") as f:
+            f.seek(offset)
+            orig = f.read(8)
+        entries.append({"path": str(p), "offset": offset, "orig": orig.hex(),
+                        "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns})
+    MUTATION_JOURNAL.write_text(json.dumps(entries))
+    os.sync()  # journal must be durable before the data changes
+    for e in entries:
+        write_at(Path(e["path"]), e["offset"], mutated_bytes(e))
+    return entries
+
+
+def mutated_bytes(entry: dict) -> bytes:
+    return bytes(b ^ 0xFF for b in bytes.fromhex(entry["orig"]))
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def revert_mutation() -> None:
+    if not MUTATION_JOURNAL.exists():
+        return
+    for e in json.loads(MUTATION_JOURNAL.read_text()):
+        p = Path(e["path"])
+        write_at(p, e["offset"], bytes.fromhex(e["orig"]))
+        os.utime(p, ns=(e["atime_ns"], e["mtime_ns"]))
+    MUTATION_JOURNAL.unlink()
+
+
+# ----------------------------------------------------------------------------
+# Restore verification (untimed): same file count/bytes, and the changed bytes.
+
+
+def verify_restore(target: Path, dataset: dict, mutated: list[dict]) -> str | None:
+    """None if the restored tree looks right, else a short description."""
+    got = scan_tree(target)
+    if (got["files"], got["bytes"]) != (dataset["files"], dataset["bytes"]):
+        return (f"restored {got['files']} files / {got['bytes']} bytes, expected "
+                f"{dataset['files']} / {dataset['bytes']}")
+    root = restored_root(target, Path(dataset["path"]))
+    if root is None:
+        return "could not locate the dataset inside the restore target"
+    for e in mutated:
+        rel = Path(e["path"]).relative_to(dataset["path"])
+        try:
+            with open(root / rel, "rb") as f:
+                f.seek(e["offset"])
+                if f.read(8) != mutated_bytes(e):
+                    return f"{rel}: restored content is not the latest snapshot's"
+        except OSError as exc:
+            return f"{rel}: {exc.strerror}"
+    return None
+
+
+def restored_root(target: Path, source: Path) -> Path | None:
+    """Tools restore either the full absolute path, the basename or the contents."""
+    for cand in (target / source.relative_to("/"), target / source.name, target):
+        if cand.is_dir() and any(cand.iterdir()):
+            probe = next(source.iterdir()).name
+            if (cand / probe).exists():
+                return cand
+    return None
+
+
+# ----------------------------------------------------------------------------
+# Measuring one tool on one dataset (one run)
+
+
+class Recorder:
+    """Collects measurement records and saves them after every tool run."""
+
+    def __init__(self, meta: dict) -> None:
+        self.data = {"meta": meta, "records": []}
+
+    def add(self, **rec) -> dict:
+        self.data["records"].append(rec)
+        return rec
+
+    def save(self) -> None:
+        RESULTS.write_text(json.dumps(self.data, indent=1))
+
+
+def bench_tool(tool: Tool, ds: dict, run: int, rec: Recorder, cfg: Config) -> None:
+    repo = REPOS / f"{tool.name}-{ds['name']}"
+    cache = CACHES / f"{tool.name}-{ds['name']}"
+    for p in (repo, cache, TMPFS_RESTORE, DISK_RESTORE):
+        remove(p)
+    cache.mkdir(parents=True)
+    base = dict(dataset=ds["name"], tool=tool.name, run=run)
+    missing = tool.available()
+    if missing:
+        rec.add(**base, phase="init", ok=False, error=missing)
+        print(f"  [{ds['name']}/{tool.name}/run {run}] skipped: {missing}", flush=True)
+        return
+    warm_up(Path(ds["path"]))
+    try:
+        run_steps(tool, ds, repo, cache, base, rec, cfg)
+    except Exception as exc:  # a harness problem must not lose the other tools' results
+        rec.add(**base, phase="harness", ok=False, error=f"harness error: {exc!r}")
+        print(f"  [{ds['name']}/{tool.name}/run {run}] harness error: {exc!r}", flush=True)
+    finally:
+        revert_mutation()
+        for p in (repo, cache, TMPFS_RESTORE, DISK_RESTORE):
+            remove(p)  # repositories are big; their size is already recorded
+        sync()
+
+
+def run_steps(tool, ds, repo, cache, base, rec, cfg) -> None:
+    """init, 3 backups, repo size, 2 restores; a failed init/backup ends the run."""
+    env = tool.env(repo, cache)
+    src = Path(ds["path"])
+    step = lambda phase, cmd, ok=(0,), cwd=None: measured_step(
+        rec, base, phase, cmd, env, ok, cwd, cfg)
+    if not step("init", tool.init_cmd()):
+        return
+    if not step("backup_initial", tool.backup_cmd(src, 1), tool.backup_ok):
+        return
+    if not step("backup_nochange", tool.backup_cmd(src, 2), tool.backup_ok):
+        return
+    mutated = mutate(src)
+    if not step("backup_changed", tool.backup_cmd(src, 3), tool.backup_ok):
+        return
+    rec.add(**base, phase="repo_size", ok=True, bytes=du_bytes(repo))
+    for phase, target in (("restore_tmpfs", TMPFS_RESTORE), ("restore_disk", DISK_RESTORE)):
+        target.mkdir(parents=True)
+        cmd, cwd = tool.restore_cmd(target, 3)
+        r = step(phase, cmd, tool.restore_ok, cwd or None)
+        if r:
+            check_restore(r, target, ds, mutated)
+        remove(target)
+        sync()
+
+
+def check_restore(r: dict, target: Path, ds: dict, mutated: list[dict]) -> None:
+    """A restore that exits 0 but restores the wrong tree counts as failed."""
+    problem = verify_restore(target, ds, mutated)
+    if problem:
+        r.update(ok=False, verify_error=problem, error=f"restore check failed: {problem}")
+        print(f"    restore check FAILED: {problem}", flush=True)
+
+
+def measured_step(rec, base, phase, cmd, env, ok_codes, cwd, cfg) -> dict | None:
+    """Run one timed step; the record if it succeeded, else None."""
+    log = LOGS / f"run{base['run']}-{base['dataset']}-{base['tool']}-{phase}.log"
+    print(f"  [{base['dataset']}/{base['tool']}/run {base['run']}] {phase} …", end="", flush=True)
+    res = run_measured(cmd, log, env=env, cwd=cwd, ok_codes=ok_codes, timeout=cfg.timeout)
+    res["sync_s"] = sync()
+    r = rec.add(**base, phase=phase, **res)
+    print(f" {res['seconds']:.2f}s" if res["ok"] else f" FAILED ({res['error']})", flush=True)
+    return r if res["ok"] else None
+
+
+def du_bytes(path: Path) -> int | None:
+    out = capture(["du", "-sb", str(path)])
+    try:
+        return int(out.split()[0])
+    except (IndexError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------
+# Baselines: cp -a to tmpfs and disk, read+hash floor.
+
+
+def bench_baselines(ds: dict, run: int, rec: Recorder, cfg: Config) -> None:
+    src = Path(ds["path"])
+    base = dict(dataset=ds["name"], tool="baseline", run=run)
+    warm_up(src)
+    for phase, dest in (("copy_tmpfs", TMPFS_COPY), ("copy_disk", DISK_COPY)):
+        remove(dest)
+        measured_step(rec, base, phase, ["cp", "-a", str(src), str(dest)], None, (0,), None, cfg)
+        remove(dest)
+        sync()
+    if not shutil.which("b3sum"):
+        rec.add(**base, phase="hash_floor", ok=False, error="b3sum not found")
+        return
+    # NUL-separated list so odd file names survive; xargs batches many files per b3sum.
+    script = f"find {sh_quote(src)} -type f -print0 | xargs -0 b3sum --num-threads 2 >/dev/null"
+    measured_step(rec, base, "hash_floor", ["bash", "-o", "pipefail", "-c", script],
+                  None, (0,), None, cfg)
+
+
+def sh_quote(p: Path) -> str:
+    return "'" + str(p).replace("'", "'\\''") + "'"
+
+
+# ----------------------------------------------------------------------------
+# Machine and version information for the report header
+
+
+def machine_info() -> dict:
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kib = int(next(l.split()[1] for l in meminfo.splitlines() if l.startswith("MemTotal")))
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.machine())
+    fs = capture(["df", "--output=fstype", str(WORK)]).splitlines()
+    return {"nproc": os.cpu_count(), "mem_bytes": mem_kib * 1024, "kernel": platform.release(),
+            "cpu": cpu, "work_fs": fs[-1].strip() if fs else "?",
+            "os": capture(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"])}
+
+
+def versions(cfg: Config) -> dict:
+    out = {}
+    for name in cfg.tools:
+        tool = TOOL_CLASSES[name](cfg)
+        out[name] = (capture(tool.version_cmd()).splitlines() or ["not found"])[0]
+    out["b3sum"] = (capture(["b3sum", "--version"]).splitlines() or ["not found"])[0]
+    out["cp"] = (capture(["cp", "--version"]).splitlines() or ["?"])[0]
+    commit = capture(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = capture(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
+    out["tresor (git)"] = (commit if len(commit) < 20 else "no commit") + (" (dirty)" if dirty else "")
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Main flow
+
+
+def cmd_run(cfg: Config) -> None:
+    for d in (DATA, REPOS, CACHES, LOGS):
+        d.mkdir(parents=True, exist_ok=True)
+    if not PASSWORD_FILE.exists():
+        PASSWORD_FILE.write_text("tresor-bench-password\n")
+    revert_mutation()  # a previous run may have died with a mutated dataset
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(), "versions": versions(cfg), "runs": cfg.runs,
+            "quick": cfg.quick, "tools": cfg.tools, "datasets": {}}
+    rec = Recorder(meta)
+    for name in cfg.datasets:
+        ds = prepare_dataset(name, cfg)
+        meta["datasets"][name] = ds
+        print(f"dataset {name}: {ds['files']} files, {ds['bytes']} bytes", flush=True)
+        for run in range(1, cfg.runs + 1):
+            bench_baselines(ds, run, rec, cfg)
+            # Rotate tool order per run so no tool always runs first/last.
+            k = (run - 1) % len(cfg.tools)
+            for tname in cfg.tools[k:] + cfg.tools[:k]:
+                bench_tool(TOOL_CLASSES[tname](cfg), ds, run, rec, cfg)
+                rec.save()
+    rec.save()
+    write_report(rec.data, cfg.out)
+    print(f"results: {RESULTS}\nreport:  {cfg.out}")
+
+
+def write_report(data: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(Report(data).render())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("run", help="run the benchmark (settings from BENCH_* env)")
+    rp = sub.add_parser("report", help="regenerate the markdown from results JSON")
+    rp.add_argument("--results", type=Path, default=RESULTS)
+    rp.add_argument("--out", type=Path, default=None, help="default: BENCH_OUT or docs/BENCHMARKS.md")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        cmd_run(Config())
+    else:
+        out = args.out or Path(os.environ.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
+        write_report(json.loads(args.results.read_text()), out)
+        print(f"report: {out}")
+
+
+# ----------------------------------------------------------------------------
+# Markdown report (pure function of the results JSON)
+
+
+def fmt_s(x) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3f}" if x < 1 else f"{x:.2f}"
+
+
+def fmt_ratio(x) -> str:
+    return "—" if x is None else f"{x:.2f}×"
+
+
+def fmt_mib(n) -> str:
+    return "—" if n is None else f"{n / MiB:,.1f}"
+
+
+def ratio(a, b):
+    return None if a is None or b is None or b == 0 else a / b
+
+
+class Report:
+    def __init__(self, data: dict) -> None:
+        self.meta = data["meta"]
+        self.records = data["records"]
+        self.tools = self.meta["tools"]
+        self.peers = [t for t in self.tools if t != "tresor"]
+
+    # -- aggregation ---------------------------------------------------------
+
+    def recs(self, ds, tool, phase):
+        return [r for r in self.records
+                if (r["dataset"], r["tool"], r["phase"]) == (ds, tool, phase)]
+
+    def median(self, ds, tool, phase, field="seconds"):
+        vals = [r[field] for r in self.recs(ds, tool, phase)
+                if r.get("ok") and r.get(field) is not None]
+        return statistics.median(vals) if vals else None
+
+    def peak_rss(self, ds, tool, phases):
+        """Median over runs of the largest peak RSS (bytes) among `phases`."""
+        per_run = {}
+        for ph in phases:
+            for r in self.recs(ds, tool, ph):
+                if r.get("ok") and r.get("rss_kib") is not None:
+                    per_run[r["run"]] = max(per_run.get(r["run"], 0), r["rss_kib"] * 1024)
+        return statistics.median(per_run.values()) if per_run else None
+
+    def failed(self, ds, tool, phase) -> bool:
+        return any(not r.get("ok") for r in self.recs(ds, tool, phase))
+
+    def tool_failed(self, ds, tool) -> bool:
+        """Any failed step: later steps of that run were skipped."""
+        return any(not r.get("ok") for r in self.records if (r["dataset"], r["tool"]) == (ds, tool))
+
+    def text(self, ds, tool, value, fmt) -> str:
+        """A value, or FAIL if the tool has no value because a step failed."""
+        if value is not None:
+            return fmt(value)
+        return "FAIL" if self.tool_failed(ds, tool) else "—"
+
+    def partial(self, ds, tool, text: str) -> str:
+        """Mark a value that exists although some step of the tool failed."""
+        return text + " ⚠" if text != "FAIL" and self.tool_failed(ds, tool) else text
+
+    def cell(self, ds, tool, phase, value, fmt) -> str:
+        text = fmt(value) if value is not None else ("FAIL" if self.tool_failed(ds, tool) else "—")
+        if value is not None and self.failed(ds, tool, phase):
+            text += " ⚠"
+        return text
+
+    def best_peer(self, values: dict):
+        """(name, value) of the best peer with data; smaller is better."""
+        have = {t: v for t, v in values.items() if t in self.peers and v is not None}
+        if not have:
+            return None, None
+        name = min(have, key=have.get)
+        return name, have[name]
+
+    # -- sections ------------------------------------------------------------
+
+    def render(self) -> str:
+        parts = [self.header()]
+        for ds in self.meta["datasets"]:
+            parts.append(self.dataset_section(ds))
+        parts += [self.targets_section(), self.problems_section()]
+        return "\n".join(parts).rstrip() + "\n"
+
+    def header(self) -> str:
+        m, v = self.meta["machine"], self.meta["versions"]
+        lines = [
+            "# tresor benchmarks", "",
+            "Generated by `bench/run.sh` (raw data: `bench/work/results.json`; "
+            "regenerate with `python3 bench/bench.py report`).", "",
+            f"- **Date:** {self.meta['date']}",
+            f"- **Machine:** {m['nproc']} CPUs ({m['cpu']}), {m['mem_bytes'] / (1 << 30):.1f} GiB RAM, "
+            f"kernel {m['kernel']}, {m.get('os', '')}; work dir on {m['work_fs']}, tmpfs at /dev/shm",
+            f"- **Runs:** {self.meta['runs']} per measurement, median reported"
+            + (" (quick mode)" if self.meta.get("quick") else ""),
+            "- **Caches:** warm. Dropping the page cache is not reliable here, so every tool "
+            "(and every baseline) starts right after a full read of the dataset.",
+            "- Each tool starts from a fresh repository on disk; times exclude the `sync` run "
+            "after each step (flushing is untimed for every tool alike).",
+            "- Default settings for every tool. Compression defaults: restic ≥0.14 and rustic "
+            "zstd (auto), borg lz4; borg uses `repokey-blake2` encryption.",
+            "- The 1% change overwrites 8 bytes in the middle of every 100th non-empty file "
+            "(sorted order).", "",
+            "| tool | version |", "|---|---|",
+        ]
+        for name, ver in v.items():
+            lines.append(f"| {name} | `{ver}` |")
+        lines += ["", "| dataset | files | bytes | description |", "|---|---:|---:|---|"]
+        for ds in self.meta["datasets"].values():
+            lines.append(f"| {ds['name']} | {ds['files']:,} | {ds['bytes']:,} "
+                         f"({ds['bytes'] / MiB:,.1f} MiB) | {ds['description']} |")
+        return "\n".join(lines) + "\n"
+
+    def dataset_section(self, ds: str) -> str:
+        return "\n".join([f"## Dataset `{ds}`", "", self.time_table(ds),
+                          self.memory_table(ds), self.repo_table(ds), self.baseline_table(ds)])
+
+    def table_head(self, first: str, extra: list[str]) -> list[str]:
+        cols = [first] + self.tools + extra
+        return ["| " + " | ".join(cols) + " |", "|---" + "|---:" * (len(cols) - 1) + "|"]
+
+    def time_table(self, ds: str) -> str:
+        lines = ["### Time (seconds, median; lower is better)", "",
+                 *self.table_head("phase", ["tresor vs best peer", "best peer"])]
+        for phase, label in PHASES:
+            vals = {t: self.median(ds, t, phase) for t in self.tools}
+            peer, pv = self.best_peer(vals)
+            cells = [self.cell(ds, t, phase, vals[t], fmt_s) for t in self.tools]
+            lines.append(f"| {label} | " + " | ".join(cells)
+                         + f" | {fmt_ratio(ratio(pv, vals.get('tresor')))} | {peer or '—'} |")
+        lines += ["", "_tresor vs best peer = best peer's time / tresor's time (>1: tresor faster)._", ""]
+        return "\n".join(lines)
+
+    def memory_table(self, ds: str) -> str:
+        lines = ["### Peak memory (MiB RSS, median of per-run maxima)", "",
+                 *self.table_head("operation", ["tresor / smallest peer", "smallest peer"])]
+        for label, phases in (("backup", BACKUP_PHASES), ("restore", RESTORE_PHASES)):
+            vals = {t: self.peak_rss(ds, t, phases) for t in self.tools}
+            peer, pv = self.best_peer(vals)
+            lines.append(f"| {label} | " + " | ".join(self.partial(ds, t, self.text(ds, t, vals[t], fmt_mib))
+                                                  for t in self.tools)
+                         + f" | {fmt_ratio(ratio(vals.get('tresor'), pv))} | {peer or '—'} |")
+        lines += ["", "_Peak RSS from GNU time (`%M`); <1 means tresor uses less._", ""]
+        return "\n".join(lines)
+
+    def repo_table(self, ds: str) -> str:
+        vals = {t: self.median(ds, t, "repo_size", "bytes") for t in self.tools}
+        peer, pv = self.best_peer(vals)
+        lines = ["### Repository size after the three backups (MiB, `du -sb`)", "",
+                 *self.table_head("", ["tresor / smallest peer", "smallest peer"]),
+                 "| repository | " + " | ".join(self.text(ds, t, vals[t], fmt_mib) for t in self.tools)
+                 + f" | {fmt_ratio(ratio(vals.get('tresor'), pv))} | {peer or '—'} |", ""]
+        return "\n".join(lines)
+
+    def baseline_table(self, ds: str) -> str:
+        b = {ph: self.median(ds, "baseline", ph) for ph, _ in BASELINES}
+        lines = ["### Baselines", "", "| baseline | seconds |", "|---|---:|"]
+        lines += [f"| {label} | {self.cell(ds, 'baseline', ph, b[ph], fmt_s)} |" for ph, label in BASELINES]
+        if "tresor" in self.tools:
+            t = {ph: self.median(ds, "tresor", ph) for ph in ("restore_tmpfs", "restore_disk", "backup_initial")}
+            lines += ["", "| tresor ratio (lower is better) | value |", "|---|---:|",
+                      f"| restore → tmpfs / cp -a → tmpfs | {fmt_ratio(ratio(t['restore_tmpfs'], b['copy_tmpfs']))} |",
+                      f"| restore → disk / cp -a → disk | {fmt_ratio(ratio(t['restore_disk'], b['copy_disk']))} |",
+                      f"| initial backup / read+hash floor | {fmt_ratio(ratio(t['backup_initial'], b['hash_floor']))} |"]
+        return "\n".join(lines) + "\n"
+
+    # -- targets -------------------------------------------------------------
+
+    def speedup(self, ds, phase):
+        vals = {t: self.median(ds, t, phase) for t in self.tools}
+        peer, pv = self.best_peer(vals)
+        return ratio(pv, vals.get("tresor")), peer
+
+    def targets(self):
+        """(description, measured value text, pass or None if not measurable)."""
+        out = []
+        dsets = list(self.meta["datasets"])
+
+        def add_speed(ds, phase, need, what):
+            r, peer = self.speedup(ds, phase)
+            out.append((f"`{ds}`: {what} ≥{need}× faster than fastest peer",
+                        f"{fmt_ratio(r)} vs {peer}" if r else "no data", None if r is None else r >= need))
+
+        def add_limit(desc, value, limit):
+            out.append((desc, fmt_ratio(value) if value is not None else "no data",
+                        None if value is None else value <= limit))
+
+        if "linux" in dsets:
+            add_speed("linux", "backup_initial", 2, "initial backup")
+            add_speed("linux", "backup_nochange", 3, "no-change backup")
+        if "large" in dsets:
+            add_speed("large", "backup_initial", 2, "large-file initial backup")
+        for ds in dsets:
+            add_speed(ds, "restore_tmpfs", 1.5, "restore to tmpfs")
+            tr = lambda ph: self.median(ds, "tresor", ph)
+            base = lambda ph: self.median(ds, "baseline", ph)
+            add_limit(f"`{ds}`: restore to tmpfs ≤1.5× `cp -a` (tmpfs)", ratio(tr("restore_tmpfs"), base("copy_tmpfs")), 1.5)
+            add_limit(f"`{ds}`: restore to disk ≤1.1× `cp -a` (disk)", ratio(tr("restore_disk"), base("copy_disk")), 1.1)
+            for label, phases in (("backup", BACKUP_PHASES), ("restore", RESTORE_PHASES)):
+                vals = {t: self.peak_rss(ds, t, phases) for t in self.tools}
+                add_limit(f"`{ds}`: peak memory in {label} ≤ ½ of smallest peer",
+                          ratio(vals.get("tresor"), self.best_peer(vals)[1]), 0.5)
+            sizes = {t: self.median(ds, t, "repo_size", "bytes") for t in self.tools}
+            add_limit(f"`{ds}`: repository ≤ smallest peer's", ratio(sizes.get("tresor"), self.best_peer(sizes)[1]), 1.0)
+        return out
+
+    def targets_section(self) -> str:
+        lines = ["## Targets", "", "| target | measured | status |", "|---|---:|:---:|"]
+        for desc, value, ok in self.targets():
+            status = "✅" if ok else ("❌" if ok is False else "❌ (not measured)")
+            lines.append(f"| {desc} | {value} | {status} |")
+        return "\n".join(lines) + "\n"
+
+    def problems_section(self) -> str:
+        lines = []
+        for r in self.records:
+            where = f"`{r['dataset']}` / {r['tool']} / {r['phase']} / run {r['run']}"
+            if not r.get("ok"):
+                lines.append(f"- ❌ {where}: {r.get('error')}")
+        if not lines:
+            return "## Failures\n\nNone: every step of every tool succeeded and every restore was verified.\n"
+        return ("## Failures and warnings\n\nAfter a failed init or backup, the remaining steps of that "
+                "tool's run are skipped (they need the repository). A restore whose files do not match "
+                "the source (count, bytes, the changed bytes) counts as failed. ⚠ in a table marks "
+                "a value from only some runs or phases.\n\n"
+                + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
