@@ -193,7 +193,10 @@ fn dedup_incremental_diff_ls_dump_and_stdin() {
     assert!(second["data_added"].as_u64().unwrap() < 64 * 1024, "a copy adds no data: {second}");
     let third = env.json(&["backup", src.to_str().unwrap()]);
     assert_eq!(third["files_unmodified"], 22);
-    assert_eq!(third["data_added"], 0);
+    // No file data is read or stored again. Trees may be: the snapshot keeps
+    // the ancestors of src, and /tmp changes whenever another test runs.
+    assert_eq!(third["data_blobs"], 0);
+    assert!(third["data_added"].as_u64().unwrap() < 4096, "{third}");
 
     let snaps = env.json(&["snapshots"]);
     assert_eq!(snaps.as_array().unwrap().len(), 3);
