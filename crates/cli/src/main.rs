@@ -20,6 +20,7 @@ pub const EXIT_NO_REPOSITORY: u8 = 10;
 pub const EXIT_WRONG_PASSWORD: u8 = 12;
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     let filter = if cli.global.verbose { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -58,6 +59,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(a) => commands::check(&g, a).await,
         Command::Key(a) => keys::key(&g, a).await,
         Command::Demo(a) => demo::demo(a).await,
+    }
+}
+
+/// Chunks are about 1 MiB, allocated and freed by many threads; glibc would
+/// keep them in per-thread heaps and the process would grow to several
+/// times its working set. Mapping them directly gives the memory back.
+fn tune_malloc() {
+    // SAFETY: mallopt only adjusts allocator parameters, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
     }
 }
 

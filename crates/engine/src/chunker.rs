@@ -62,19 +62,24 @@ impl Chunker {
     /// Split everything `reader` yields into chunks and hand each to `sink`.
     ///
     /// `buf` is the caller's reusable buffer: at most twice the maximum chunk
-    /// size is ever held, whatever the size of the stream.
+    /// size is ever held, whatever the size of the stream, and no more than
+    /// `size_hint` + 1 bytes when the stream is known to be small.
     pub fn chunk_stream<R: Read, E: From<io::Error>>(
         &self,
         mut reader: R,
+        size_hint: Option<u64>,
         buf: &mut Vec<u8>,
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max as usize;
-        buf.resize(2 * max, 0);
+        let want = size_hint.map_or(2 * max, |h| usize::try_from(h).unwrap_or(usize::MAX).saturating_add(1).min(2 * max));
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
         let (mut pos, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
         loop {
             if !eof && end - pos < max {
-                if buf.len() - end < max {
+                if buf.len() - end < max && pos > 0 {
                     buf.copy_within(pos..end, 0);
                     end -= pos;
                     pos = 0;
@@ -86,6 +91,11 @@ impl Chunker {
                         break;
                     }
                     end += n;
+                }
+                if !eof && buf.len() < 2 * max {
+                    // The stream is larger than its hint said (a growing file).
+                    buf.resize(2 * max, 0);
+                    continue;
                 }
             }
             if pos == end {
@@ -121,7 +131,7 @@ mod tests {
     fn cuts(c: &Chunker, data: &[u8]) -> Vec<usize> {
         let mut sizes = Vec::new();
         let mut buf = Vec::new();
-        c.chunk_stream::<_, io::Error>(data, &mut buf, |ch| {
+        c.chunk_stream::<_, io::Error>(data, Some(1000), &mut buf, |ch| {
             sizes.push(ch.len());
             Ok(())
         })

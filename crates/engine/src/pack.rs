@@ -79,21 +79,27 @@ impl Compressor {
         Ok(Compressor { level, ctx })
     }
 
-    /// Compressed bytes if they are smaller, `None` to store the blob raw.
+    /// Compress into `out` (a buffer the caller reuses) and say whether that
+    /// is worth storing: false means store the blob raw.
     ///
     /// Large blobs are probed first with a 16 KiB sample: already-compressed
     /// or encrypted data would otherwise cost a full zstd pass for nothing.
-    pub fn compress(&mut self, data: &[u8]) -> Option<Vec<u8>> {
-        let ctx = self.ctx.as_mut()?;
+    pub fn compress(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(ctx) = self.ctx.as_mut() else { return false };
         const SAMPLE: usize = 16 * 1024;
+        out.clear();
         if data.len() > 8 * SAMPLE {
-            let probe = ctx.compress(&data[..SAMPLE]).ok()?;
-            if probe.len() * 100 > SAMPLE * 97 {
-                return None;
+            out.reserve(SAMPLE);
+            let Ok(n) = ctx.compress_to_buffer(&data[..SAMPLE], out) else { return false };
+            if n * 100 > SAMPLE * 97 {
+                return false;
             }
+            out.clear();
         }
-        let out = ctx.compress(data).ok()?;
-        (out.len() < data.len()).then_some(out)
+        // Written into spare capacity, no zeroing; zstd fails rather than
+        // overflow when the output would not fit, which means no gain anyway.
+        out.reserve(data.len());
+        matches!(ctx.compress_to_buffer(data, out), Ok(n) if n < data.len())
     }
 
     pub fn level(&self) -> i32 {
@@ -101,29 +107,47 @@ impl Compressor {
     }
 }
 
-/// A pack being filled. Blobs are encrypted straight into its buffer.
+/// A pack being filled. Blobs are encrypted straight into its buffer, which
+/// a streaming writer may [`drain`](PackWriter::drain) at any time: offsets
+/// keep counting from the start of the pack.
 pub struct PackWriter {
     pub id: Id,
     pub kind: BlobKind,
     buf: Vec<u8>,
+    drained: usize,
     entries: Vec<PackEntry>,
 }
 
-/// A finished pack, ready to upload.
+/// A finished pack. `bytes` is what was not drained yet (all of it for a
+/// pack built in memory); `size` the length of the whole pack.
 pub struct SealedPack {
     pub id: Id,
     pub kind: BlobKind,
     pub bytes: Vec<u8>,
+    pub size: u64,
     pub entries: Vec<PackEntry>,
 }
 
 impl PackWriter {
     pub fn new(kind: BlobKind, capacity: usize) -> PackWriter {
-        PackWriter { id: Id::random(), kind, buf: Vec::with_capacity(capacity), entries: Vec::new() }
+        PackWriter { id: Id::random(), kind, buf: Vec::with_capacity(capacity), drained: 0, entries: Vec::new() }
     }
 
+    /// Length of the pack so far, drained bytes included.
     pub fn len(&self) -> usize {
+        self.drained + self.buf.len()
+    }
+
+    /// Bytes added since the last drain.
+    pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Hand over the buffered bytes, e.g. to a storage writer.
+    pub fn drain(&mut self) -> Vec<u8> {
+        self.drained += self.buf.len();
+        let fresh = Vec::with_capacity(self.buf.capacity());
+        std::mem::replace(&mut self.buf, fresh)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,14 +156,14 @@ impl PackWriter {
 
     /// Encrypt and append one blob; `payload` is the plaintext or its zstd form.
     pub fn add(&mut self, crypto: &Crypto, id: Id, raw_length: usize, flags: u8, payload: &[u8]) -> PackEntry {
-        let offset = self.buf.len();
+        let start = self.buf.len();
         crypto.seal_into(&blob_ad(self.kind as u8, flags, &id), payload, &mut self.buf);
         let entry = PackEntry {
             kind: self.kind,
             flags,
             id,
-            offset: offset as u32,
-            length: (self.buf.len() - offset) as u32,
+            offset: (self.drained + start) as u32,
+            length: (self.buf.len() - start) as u32,
             raw_length: raw_length as u32,
         };
         self.entries.push(entry);
@@ -157,7 +181,8 @@ impl PackWriter {
         let trailer_len = (self.buf.len() - before) as u32;
         self.buf.extend_from_slice(&trailer_len.to_le_bytes());
         self.buf.extend_from_slice(PACK_MAGIC);
-        SealedPack { id: self.id, kind: self.kind, bytes: self.buf, entries: self.entries }
+        let size = (self.drained + self.buf.len()) as u64;
+        SealedPack { id: self.id, kind: self.kind, bytes: self.buf, size, entries: self.entries }
     }
 }
 
@@ -234,7 +259,9 @@ mod tests {
         let mut w = PackWriter::new(BlobKind::Data, 1024);
         let mut comp = Compressor::new(3).unwrap();
         let text = b"abcabcabcabcabcabcabcabcabcabcabcabcabcabc".repeat(10);
-        let z = comp.compress(&text).unwrap();
+        let mut z = Vec::new();
+        assert!(comp.compress(&text, &mut z));
+        assert!(!comp.compress(b"abc", &mut Vec::new()), "too small to shrink");
         let e1 = w.add(&c, c.blob_id(&text), text.len(), FLAG_ZSTD, &z);
         let e2 = w.add(&c, c.blob_id(b"raw"), 3, 0, b"raw");
         let p = w.finish(&c);

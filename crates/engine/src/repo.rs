@@ -272,8 +272,10 @@ impl Repository {
         Ok(self.op.read(path).await.map_err(storage_err("read", path))?.to_vec())
     }
 
-    pub async fn read_range(&self, path: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        Ok(self.op.read_with(path).range(range).await.map_err(storage_err("read", path))?.to_vec())
+    /// A byte range of an object, without copying it when the backend
+    /// returned it in one piece.
+    pub async fn read_range(&self, path: &str, range: Range<u64>) -> Result<bytes::Bytes> {
+        Ok(self.op.read_with(path).range(range).await.map_err(storage_err("read", path))?.to_bytes())
     }
 
     pub async fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
@@ -380,6 +382,16 @@ impl Repository {
         let size = pack.bytes.len() as u64;
         self.op.write(&path, pack.bytes).await.map_err(storage_err("write", &path))?;
         Ok(IndexedPack { id: pack.id, size, entries: pack.entries })
+    }
+
+    /// A streaming writer for a pack. Nothing is visible under the pack's
+    /// name before `close` succeeds (a renamed temp file on fs, a completed
+    /// multipart upload on object stores).
+    pub async fn pack_writer(&self, id: &Id) -> Result<opendal::Writer> {
+        let path = pack_path(id);
+        let w = self.op.writer_with(&path);
+        let w = if self.location.local_path().is_some() { w.await } else { w.chunk(8 << 20).await };
+        w.map_err(storage_err("write", &path))
     }
 
     /// Tree packs are read whole and kept: a walk touches many small trees

@@ -96,7 +96,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         progress: opts.progress.clone(),
     });
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
-    futures::stream::iter(by_pack)
+    futures::stream::iter(fetch_ranges(by_pack))
         .map(|(pack, blobs)| {
             let (repo, shared) = (repo.clone(), shared.clone());
             async move {
@@ -113,6 +113,31 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         .await?;
     let shared = Arc::into_inner(shared).expect("all writers finished");
     finish(shared, plan.dirs, plan.links, plan.hardlinks)
+}
+
+/// Longest span one fetch reads: it bounds restore memory to a few of these
+/// in flight, however large packs are.
+const MAX_FETCH: u64 = 8 << 20;
+
+/// Split each pack's blobs, in offset order, into runs of at most
+/// `MAX_FETCH` bytes; each run is one ranged read.
+fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+    let mut out = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|(e, _)| e.offset);
+        let mut run: Vec<(PackEntry, Targets)> = Vec::new();
+        for b in blobs {
+            let start = run.first().map_or(u64::from(b.0.offset), |(e, _)| u64::from(e.offset));
+            if !run.is_empty() && u64::from(b.0.offset) + u64::from(b.0.length) - start > MAX_FETCH {
+                out.push((pack, std::mem::take(&mut run)));
+            }
+            run.push(b);
+        }
+        if !run.is_empty() {
+            out.push((pack, run));
+        }
+    }
+    out
 }
 
 fn finish(w: Writer, mut dirs: Vec<(PathBuf, Node)>, links: Vec<(PathBuf, Node)>, hardlinks: Vec<(PathBuf, PathBuf)>) -> Result<RestoreSummary> {

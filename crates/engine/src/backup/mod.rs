@@ -23,8 +23,8 @@ use futures::StreamExt;
 use crate::chunker::Chunker;
 use crate::walk::PathFilter;
 use crate::fsmeta::{self, NameCache};
-use crate::index::{Index, IndexFile};
-use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackWriter, SealedPack};
+use crate::index::{Index, IndexFile, IndexedPack};
+use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackEntry, PackWriter, SealedPack};
 use crate::snapshot::{FileError, Snapshot, SourceInfo, Summary};
 use crate::tree::{Node, Tree};
 use crate::{Error, Id, IdSet, Repository, Result};
@@ -81,7 +81,7 @@ struct Shared {
     chunker: Chunker,
     index: Arc<Index>,
     inflight: Mutex<IdSet>,
-    uploads: tokio::sync::mpsc::Sender<SealedPack>,
+    uploads: tokio::sync::mpsc::Sender<PackMsg>,
     counters: Counters,
     progress: Arc<Progress>,
     errors: Mutex<Vec<FileError>>,
@@ -91,12 +91,32 @@ struct Shared {
     one_file_system: bool,
 }
 
+/// Data packs go to storage in pieces of this size while they are filled,
+/// so a thread holds a few MiB of a pack rather than all of it.
+const STREAM_PIECE: usize = 4 << 20;
+
+/// Messages to the uploader: a tree pack to store (tree packs stay whole in
+/// memory, they are small and go to the local cache too), or a data pack a
+/// worker has streamed to storage, for the uploader to close (closing may
+/// wait for a flush to disk or a multipart completion; workers go on).
+enum PackMsg {
+    Upload(SealedPack),
+    Close(opendal::Writer, IndexedPack),
+}
+
+/// A data pack being streamed to storage.
+struct OpenPack {
+    pack: PackWriter,
+    sink: opendal::Writer,
+}
+
 /// What each thread owns: its open packs and its compression context.
 struct ThreadCtx {
-    data: Option<PackWriter>,
+    data: Option<OpenPack>,
     tree: Option<PackWriter>,
     compressor: Compressor,
     buf: Vec<u8>,
+    zbuf: Vec<u8>,
 }
 
 enum Parent {
@@ -140,34 +160,78 @@ impl Shared {
         if self.index.contains(&id) || !self.inflight.lock().expect("not poisoned").insert(id) {
             return Ok(id);
         }
-        let compressed = ctx.compressor.compress(data);
-        let (flags, payload) = match &compressed {
-            Some(z) => (FLAG_ZSTD, z.as_slice()),
-            None => (0, data),
+        let mut zbuf = std::mem::take(&mut ctx.zbuf);
+        let (flags, payload) = if ctx.compressor.compress(data, &mut zbuf) { (FLAG_ZSTD, zbuf.as_slice()) } else { (0, data) };
+        let entry = match kind {
+            BlobKind::Tree => self.add_tree_blob(ctx, id, data.len(), flags, payload)?,
+            BlobKind::Data => self.add_data_blob(ctx, id, data.len(), flags, payload)?,
         };
-        let pack_size = self.repo.config().pack_size as usize;
-        let slot = if kind == BlobKind::Tree { &mut ctx.tree } else { &mut ctx.data };
-        let writer = slot.get_or_insert_with(|| PackWriter::new(kind, pack_size + pack_size / 8));
-        let entry = writer.add(crypto, id, data.len(), flags, payload);
+        ctx.zbuf = zbuf;
         let c = &self.counters;
         if kind == BlobKind::Tree { &c.tree_blobs } else { &c.data_blobs }.fetch_add(1, Relaxed);
         c.data_added.fetch_add(data.len() as u64, Relaxed);
         c.data_added_packed.fetch_add(u64::from(entry.length), Relaxed);
-        if writer.len() >= pack_size {
-            let full = slot.take().expect("just filled");
-            self.upload(full)?;
-        }
         Ok(id)
     }
 
-    fn upload(&self, writer: PackWriter) -> Result<()> {
-        let sealed = writer.finish(self.repo.crypto());
-        self.uploads.blocking_send(sealed).map_err(|_| Error::Interrupted)
+    fn add_tree_blob(&self, ctx: &mut ThreadCtx, id: Id, raw: usize, flags: u8, payload: &[u8]) -> Result<PackEntry> {
+        let pack_size = self.repo.config().pack_size as usize;
+        let writer = ctx.tree.get_or_insert_with(|| PackWriter::new(BlobKind::Tree, 1 << 20));
+        let entry = writer.add(self.repo.crypto(), id, raw, flags, payload);
+        if writer.len() >= pack_size {
+            let full = ctx.tree.take().expect("just filled");
+            self.send(PackMsg::Upload(full.finish(self.repo.crypto())))?;
+        }
+        Ok(entry)
+    }
+
+    fn add_data_blob(&self, ctx: &mut ThreadCtx, id: Id, raw: usize, flags: u8, payload: &[u8]) -> Result<PackEntry> {
+        if ctx.data.is_none() {
+            let pack = PackWriter::new(BlobKind::Data, STREAM_PIECE + (1 << 20));
+            let sink = self.rt.block_on(self.repo.pack_writer(&pack.id))?;
+            ctx.data = Some(OpenPack { pack, sink });
+        }
+        let open = ctx.data.as_mut().expect("just opened");
+        let entry = open.pack.add(self.repo.crypto(), id, raw, flags, payload);
+        let result = if open.pack.len() >= self.repo.config().pack_size as usize {
+            let open = ctx.data.take().expect("open");
+            self.close_data_pack(open)
+        } else if open.pack.buffered() >= STREAM_PIECE {
+            let piece = open.pack.drain();
+            self.rt.block_on(open.sink.write(piece)).map_err(|source| Error::Storage { op: "write", path: crate::repo::pack_path(&open.pack.id), source })
+        } else {
+            Ok(())
+        };
+        if result.is_err() {
+            if let Some(mut open) = ctx.data.take() {
+                let _ = self.rt.block_on(open.sink.abort());
+            }
+        }
+        result.map(|()| entry)
+    }
+
+    /// Write the rest and the trailer; the uploader closes the pack and only
+    /// then lets the index know it exists.
+    fn close_data_pack(&self, open: OpenPack) -> Result<()> {
+        let OpenPack { pack, mut sink } = open;
+        let sealed = pack.finish(self.repo.crypto());
+        if let Err(source) = self.rt.block_on(sink.write(sealed.bytes)) {
+            let _ = self.rt.block_on(sink.abort());
+            return Err(Error::Storage { op: "write", path: crate::repo::pack_path(&sealed.id), source });
+        }
+        self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))
+    }
+
+    fn send(&self, msg: PackMsg) -> Result<()> {
+        self.uploads.blocking_send(msg).map_err(|_| Error::Interrupted)
     }
 
     fn flush(&self, ctx: &mut ThreadCtx) -> Result<()> {
-        for w in [ctx.data.take(), ctx.tree.take()].into_iter().flatten() {
-            self.upload(w)?;
+        if let Some(open) = ctx.data.take() {
+            self.close_data_pack(open)?;
+        }
+        if let Some(tree) = ctx.tree.take() {
+            self.send(PackMsg::Upload(tree.finish(self.repo.crypto())))?;
         }
         Ok(())
     }
@@ -218,7 +282,7 @@ impl Shared {
                 return self.fill(ctx, &dir, slot, None);
             }
         };
-        match self.chunk_into(ctx, file, &mut node) {
+        match self.chunk_into(ctx, file, Some(node.size), &mut node) {
             Ok(()) => {
                 let c = &self.counters;
                 if existed { &c.files_changed } else { &c.files_new }.fetch_add(1, Relaxed);
@@ -232,10 +296,10 @@ impl Shared {
         }
     }
 
-    fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, node: &mut Node) -> Result<()> {
+    fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, size_hint: Option<u64>, node: &mut Node) -> Result<()> {
         let mut buf = std::mem::take(&mut ctx.buf);
         let mut content = Vec::new();
-        let result = self.chunker.chunk_stream(reader, &mut buf, |chunk: &[u8]| {
+        let result = self.chunker.chunk_stream(reader, size_hint, &mut buf, |chunk: &[u8]| {
             content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
             self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
             Ok::<_, Error>(())
@@ -263,7 +327,7 @@ impl From<std::io::Error> for Error {
 impl ThreadCtx {
     fn new(level: i32) -> Result<ThreadCtx> {
         let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
-        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new() })
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new() })
     }
 }
 
@@ -290,8 +354,10 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
     let started = Instant::now();
     let start_time = Local::now().fixed_offset();
     let index = repo.index().await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let concurrency = if repo.location().local_path().is_some() { 2 } else { 4 };
+    // Queued messages are small (closes, and tree packs of a few MiB), so
+    // several closes (each an fsync or a multipart completion) can overlap.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
     let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, source, progress } = opts;
     let shared = Arc::new(Shared {
@@ -407,9 +473,22 @@ fn archive(shared: &Shared, paths: &[PathBuf], stdin: Stream, parent_tree: Optio
 /// Upload sealed packs as they come and write an index file every
 /// `INDEX_CHECKPOINT_PACKS` packs and at the end. Index files only ever name
 /// packs whose upload has completed.
-async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<SealedPack>, concurrency: usize) -> Result<Vec<Id>> {
+async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<PackMsg>, concurrency: usize) -> Result<Vec<Id>> {
     let packs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
-    let mut uploads = std::pin::pin!(packs.map(|pack| repo.save_pack(pack)).buffer_unordered(concurrency));
+    let repo = &repo;
+    let store = |msg| async move {
+        match msg {
+            PackMsg::Upload(pack) => repo.save_pack(pack).await,
+            PackMsg::Close(mut sink, done) => match sink.close().await {
+                Ok(_) => Ok(done),
+                Err(source) => {
+                    let _ = sink.abort().await;
+                    Err(Error::Storage { op: "write", path: crate::repo::pack_path(&done.id), source })
+                }
+            },
+        }
+    };
+    let mut uploads = std::pin::pin!(packs.map(store).buffer_unordered(concurrency));
     let (mut pending, mut files) = (Vec::new(), Vec::new());
     while let Some(done) = uploads.next().await {
         let done = match done {

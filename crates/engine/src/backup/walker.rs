@@ -214,7 +214,7 @@ impl Walker<'_> {
         node.set_name(OsStr::new(name));
         node.uid = unsafe_ids().0;
         node.gid = unsafe_ids().1;
-        self.shared.chunk_into(&mut self.ctx, reader, &mut node)?;
+        self.shared.chunk_into(&mut self.ctx, reader, None, &mut node)?;
         self.shared.counters.files_new.fetch_add(1, Relaxed);
         self.shared.fill(&mut self.ctx, &dir, 0, Some(node))?;
         self.release(&dir)
