@@ -12,7 +12,7 @@ use tresor_engine::crypto::Aead;
 use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Snapshot};
 use tresor_storage::{FaultConfig, Location, StorageOptions};
 
-use crate::opts::{CheckArgs, Global, InitArgs, SnapshotsArgs, StatsArgs};
+use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs};
 
 pub fn location(g: &Global) -> Result<Location> {
     let repo = g.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use --repo or set TRESOR_REPOSITORY"))?;
@@ -74,6 +74,8 @@ fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
 
 pub async fn open(g: &Global) -> Result<Arc<Repository>> {
     let loc = location(g)?;
+    let storage = open_options(g, Password::new(""))?.storage;
+    Repository::probe(&loc, &storage).await?;
     let opts = open_options(g, password(g, false)?)?;
     Ok(Arc::new(Repository::open(&loc, &opts).await?))
 }
@@ -244,4 +246,20 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         }
     }
     if report.ok() { Ok(0) } else { bail!("check found {} problems", report.problems.len()) }
+}
+
+pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let RepairWhat::Index { dry_run } = a.what;
+    let report = tresor_engine::repair::repair_index(&repo, dry_run).await?;
+    if g.json {
+        print_json(&report)?;
+    } else {
+        let verb = if dry_run { "would index" } else { "indexed" };
+        println!("{verb} {} blobs in {} packs; wrote {} index files, removed {}", report.blobs, report.packs, report.index_files_written, report.index_files_removed);
+        for u in &report.unreadable {
+            println!("unreadable pack {u}");
+        }
+    }
+    if report.unreadable.is_empty() { Ok(0) } else { bail!("{} packs could not be read", report.unreadable.len()) }
 }

@@ -64,10 +64,77 @@ pub enum Command {
     Stats(StatsArgs),
     /// Verify the repository.
     Check(CheckArgs),
+    /// Rebuild derived data: `repair index` re-reads every pack trailer.
+    Repair(RepairArgs),
     /// Manage the passwords (key slots) of a repository.
     Key(KeyArgs),
+    /// Remove snapshots by a retention policy or by id (held ones never).
+    Forget(ForgetArgs),
+    /// Place a legal hold on a snapshot: it is never forgotten or pruned.
+    Hold(HoldArgs),
+    /// Release the holds on a snapshot.
+    Release(HoldArgs),
+    /// List legal holds.
+    Holds,
     /// Show tresor working: init a local repository, back up, list, restore.
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Forget these snapshots (ids or prefixes) instead of applying a policy.
+    pub snapshots: Vec<String>,
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    #[arg(long)]
+    pub keep_hourly: Option<u32>,
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    #[arg(long)]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything up to this much older than the newest snapshot, e.g. 1y6m, 30d, 36h.
+    #[arg(long)]
+    pub keep_within: Option<String>,
+    #[arg(long)]
+    pub keep_within_hourly: Option<String>,
+    #[arg(long)]
+    pub keep_within_daily: Option<String>,
+    #[arg(long)]
+    pub keep_within_weekly: Option<String>,
+    #[arg(long)]
+    pub keep_within_monthly: Option<String>,
+    #[arg(long)]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots with all of these tags (comma-separated; repeatable).
+    #[arg(long = "keep-tag")]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy per group of: host, paths, tags.
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: String,
+    /// Only consider snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only consider snapshots with this tag.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Print what would be removed and why each survivor stays; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Allow a policy to remove every snapshot of a group.
+    #[arg(long)]
+    pub allow_empty: bool,
+}
+
+#[derive(Args)]
+pub struct HoldArgs {
+    pub snapshot: String,
+    /// Why the snapshot must be kept (recorded with who and when).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Args)]
@@ -170,6 +237,22 @@ pub struct CheckArgs {
     /// Read and verify this share of the packs, e.g. 10%.
     #[arg(long)]
     pub read_data_subset: Option<String>,
+}
+
+#[derive(Args)]
+pub struct RepairArgs {
+    #[command(subcommand)]
+    pub what: RepairWhat,
+}
+
+#[derive(Subcommand)]
+pub enum RepairWhat {
+    /// Rebuild the index from the packs alone.
+    Index {
+        /// Report what would be indexed; write nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]

@@ -292,6 +292,9 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     fs::write(&config, text).unwrap();
     let err = env.fails(&["snapshots"], 1);
     assert_eq!(err, "tresor: error: repository format version 2 is newer than this tresor supports (version 1); upgrade tresor to use it\n");
+    // Said before any password is asked for: none is needed to learn it.
+    let out = env.cmd(&["snapshots"]).env_remove("TRESOR_PASSWORD_FILE").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stderr), err);
 }
 
 #[test]
@@ -527,4 +530,85 @@ fn demo_runs_on_its_own() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("every restored file is byte-identical to its original"), "{text}");
     assert!(text.contains("22 files, 0 new, 22 unchanged"), "{text}");
+}
+
+#[test]
+fn forget_by_policy_with_reasons_holds_and_the_empty_guard() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["init"]);
+    for day in 1..=6 {
+        fs::write(src.join("f"), format!("day {day}")).unwrap();
+        env.ok(&["backup", src.to_str().unwrap(), "--time", &format!("2026-03-0{day}T12:00:00+00:00")]);
+    }
+    let ids: Vec<String> = env.json(&["snapshots"]).as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    let oldest = &ids[0];
+    let held = env.ok(&["hold", &oldest[..8], "--reason", "audit 2026-Q1"]);
+    assert!(held.starts_with(&format!("snapshot {} is held: audit 2026-Q1 (by ", &oldest[..8])), "{held}");
+
+    let dry = env.json(&["forget", "--keep-daily", "3", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let group = &dry["groups"][0];
+    assert_eq!(group["keep"].as_array().unwrap().len(), 4);
+    assert_eq!(group["remove"].as_array().unwrap().len(), 2);
+    let reasons: Vec<String> = group["keep"].as_array().unwrap().iter().map(|k| k["reasons"][0].as_str().unwrap().to_string()).collect();
+    assert_eq!(reasons[..3], ["daily snapshot", "daily snapshot", "daily snapshot"]);
+    assert!(reasons[3].starts_with("legal hold: audit 2026-Q1"), "{reasons:?}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 6, "a dry run removes nothing");
+
+    let text = env.ok(&["forget", "--keep-daily", "3"]);
+    assert!(text.starts_with(&format!("group host={} paths={}: keep 4, removed 2", tresor_host(), src.display())), "{text}");
+    let left: Vec<String> = env.json(&["snapshots"]).as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(left, [ids[0].clone(), ids[3].clone(), ids[4].clone(), ids[5].clone()]);
+
+    let err = env.fails(&["forget", &oldest[..8]], 1);
+    assert!(err.starts_with(&format!("tresor: error: snapshot {} is under legal hold: audit 2026-Q1 (", &oldest[..8])), "{err}");
+    assert_eq!(env.fails(&["forget"], 1), "tresor: error: no retention rule given (e.g. --keep-daily 7); nothing was removed\n");
+
+    env.ok(&["release", &oldest[..8]]);
+    assert_eq!(env.json(&["holds"]).as_array().unwrap().len(), 0);
+    env.ok(&["forget", &oldest[..8]]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3);
+    let err = env.fails(&["forget", "--keep-tag", "nonexistent"], 1);
+    let group = format!("host={} paths={}", tresor_host(), src.display());
+    assert_eq!(err, format!("tresor: error: the policy would remove all 3 snapshots of group {group:?}; nothing was removed (pass --allow-empty to allow it)\n"));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "a refused policy removes nothing");
+    env.ok(&["restore", "latest", "--target", env.path("r").to_str().unwrap()]);
+    assert_eq!(fs::read(restored(&env, "r", &src).join("f")).unwrap(), b"day 6");
+    assert!(env.ok(&["check"]).contains("no errors were found"));
+}
+
+fn tresor_host() -> String {
+    let out = Command::new("hostname").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn repair_index_rebuilds_from_packs_alone() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..5 {
+        fs::write(src.join(format!("{i}.bin")), random_bytes(700_000, 50 + i)).unwrap();
+    }
+    env.ok(&["init"]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    fs::write(src.join("later.txt"), "second snapshot").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let index_dir = Path::new(&env.repo).join("index");
+    for f in files_under(&index_dir) {
+        fs::remove_file(f).unwrap();
+    }
+    let out = env.run(&["--no-cache", "check"]);
+    assert_eq!(out.status.code(), Some(1), "without an index the snapshots are unreachable");
+    let report = env.json(&["--no-cache", "repair", "index"]);
+    assert_eq!(report["packs"], files_under(&Path::new(&env.repo).join("data")).len());
+    assert!(report["blobs"].as_u64().unwrap() >= 7, "{report}");
+    assert!(env.ok(&["--no-cache", "check", "--read-data"]).contains("no errors were found"));
+    env.ok(&["--no-cache", "restore", "latest", "--target", env.path("r").to_str().unwrap()]);
+    assert_eq!(inventory(&src), inventory(&restored(&env, "r", &src)));
+    let again = env.json(&["--no-cache", "repair", "index"]);
+    assert_eq!(again["index_files_removed"], report["index_files_written"]);
+    assert_eq!(files_under(&index_dir).len(), again["index_files_written"].as_u64().unwrap() as usize);
 }

@@ -148,20 +148,28 @@ impl Crypto {
 
     /// Decrypt `nonce || ciphertext || tag`.
     pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
+        let mut buf = Vec::new();
+        self.open_into(ad, sealed, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Decrypt into `out`, a buffer the caller reuses: restore decrypts
+    /// gigabytes, and a fresh allocation per blob would cost a mapping each.
+    pub fn open_into(&self, ad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<(), AuthError> {
         let nlen = self.aead.nonce_len();
         if sealed.len() < nlen + TAG_LEN {
             return Err(AuthError);
         }
         let (nonce, rest) = sealed.split_at(nlen);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let mut buf = ct.to_vec();
+        out.clear();
+        out.extend_from_slice(ct);
         let tag = aes_gcm::Tag::from_slice(tag);
         match &self.cipher {
-            Cipher::Aes(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), ad, &mut buf, tag),
-            Cipher::XChaCha(c) => c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut buf, tag),
+            Cipher::Aes(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), ad, out, tag),
+            Cipher::XChaCha(c) => c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, tag),
         }
-        .map_err(|_| AuthError)?;
-        Ok(buf)
+        .map_err(|_| AuthError)
     }
 }
 

@@ -230,22 +230,30 @@ thread_local! {
 
 /// Decrypt, decompress and check one blob.
 pub fn open_blob(crypto: &Crypto, e: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
-    let payload = crypto
-        .open(&blob_ad(e.kind as u8, e.flags, &e.id), sealed)
+    let mut out = Vec::new();
+    open_blob_into(crypto, e, sealed, &mut out, &mut Vec::new())?;
+    Ok(out)
+}
+
+/// [`open_blob`] into reusable buffers: `out` gets the plaintext, `scratch`
+/// holds the compressed form when there is one.
+pub fn open_blob_into(crypto: &Crypto, e: &PackEntry, sealed: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<()> {
+    let zstd = e.flags & FLAG_ZSTD != 0;
+    let target = if zstd { &mut *scratch } else { &mut *out };
+    crypto
+        .open_into(&blob_ad(e.kind as u8, e.flags, &e.id), sealed, target)
         .map_err(|AuthError| Error::corrupt("blob", e.id, "it fails authentication"))?;
-    if e.flags & FLAG_ZSTD == 0 {
-        if payload.len() != e.raw_length as usize {
-            return Err(Error::corrupt("blob", e.id, "its length differs from the index"));
-        }
-        return Ok(payload);
+    if zstd {
+        out.clear();
+        out.reserve(e.raw_length as usize);
+        DECOMPRESSOR
+            .with(|d| d.borrow_mut().decompress_to_buffer(scratch.as_slice(), out))
+            .map_err(|err| Error::corrupt("blob", e.id, format!("it does not decompress: {err}")))?;
     }
-    let plain = DECOMPRESSOR
-        .with(|d| d.borrow_mut().decompress(&payload, e.raw_length as usize))
-        .map_err(|err| Error::corrupt("blob", e.id, format!("it does not decompress: {err}")))?;
-    if plain.len() != e.raw_length as usize {
+    if out.len() != e.raw_length as usize {
         return Err(Error::corrupt("blob", e.id, "its length differs from the index"));
     }
-    Ok(plain)
+    Ok(())
 }
 
 #[cfg(test)]

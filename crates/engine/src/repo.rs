@@ -26,6 +26,7 @@ pub const KEYS: &str = "keys/";
 pub const INDEX: &str = "index/";
 pub const SNAPSHOTS: &str = "snapshots/";
 pub const DATA: &str = "data/";
+pub const HOLDS: &str = "holds/";
 
 pub fn pack_path(id: &Id) -> String {
     let hex = id.to_hex();
@@ -144,6 +145,15 @@ impl Repository {
             }
         }
         Err(tampered.unwrap_or(Error::WrongPassword))
+    }
+
+    /// Is there a repository of a format this build reads? Answered without
+    /// a password, so a person is not asked for one in vain.
+    pub async fn probe(location: &Location, storage: &StorageOptions) -> Result<Config> {
+        if location.local_path().is_some_and(|p| !p.join("config").exists()) {
+            return Err(Self::missing(location));
+        }
+        Self::read_config(&tresor_storage::open(location, storage)?, location).await
     }
 
     async fn read_config(op: &Operator, location: &Location) -> Result<Config> {
@@ -272,15 +282,24 @@ impl Repository {
         Ok(self.op.read(path).await.map_err(storage_err("read", path))?.to_vec())
     }
 
-    /// A byte range of an object, without copying it when the backend
-    /// returned it in one piece.
+    /// A byte range of an object, contiguous.
     pub async fn read_range(&self, path: &str, range: Range<u64>) -> Result<bytes::Bytes> {
-        Ok(self.op.read_with(path).range(range).await.map_err(storage_err("read", path))?.to_bytes())
+        Ok(self.read_range_parts(path, range).await?.to_bytes())
+    }
+
+    /// A byte range as the backend delivered it, possibly in several pieces,
+    /// for readers that can avoid gluing them together.
+    pub async fn read_range_parts(&self, path: &str, range: Range<u64>) -> Result<opendal::Buffer> {
+        self.op.read_with(path).range(range).await.map_err(storage_err("read", path))
     }
 
     pub async fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         self.op.write(path, bytes).await.map_err(storage_err("write", path))?;
         Ok(())
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.op.delete(path).await.map_err(storage_err("delete", path))
     }
 
     pub async fn size_of(&self, path: &str) -> Result<u64> {

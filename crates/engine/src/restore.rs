@@ -17,7 +17,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::fsmeta;
-use crate::pack::{PackEntry, open_blob};
+use crate::pack::{PackEntry, open_blob_into};
 use crate::repo::pack_path;
 use crate::tree::{Node, NodeKind};
 use crate::walk::{PathFilter, walk};
@@ -102,7 +102,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
             async move {
                 let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
                 let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
-                let bytes = repo.read_range(&pack_path(&pack), start..end).await?;
+                let bytes = repo.read_range_parts(&pack_path(&pack), start..end).await?;
                 tokio::task::spawn_blocking(move || shared.write_pack(&repo, start, &bytes, blobs))
                     .await
                     .map_err(|e| Error::Invalid(format!("restore thread failed: {e}")))
@@ -250,6 +250,11 @@ fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: 
     Ok(())
 }
 
+thread_local! {
+    /// Buffers reused across blobs: plaintext, compressed form, glued blob.
+    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 struct Writer {
     files: Vec<FilePlan>,
     errors: Mutex<Vec<String>>,
@@ -263,22 +268,53 @@ impl Writer {
         self.errors.lock().expect("not poisoned").push(format!("{}: {e}", path.display()));
     }
 
-    fn write_pack(&self, repo: &Repository, base: u64, bytes: &[u8], blobs: Vec<(PackEntry, Targets)>) {
+    fn write_pack(&self, repo: &Repository, base: u64, bytes: &opendal::Buffer, blobs: Vec<(PackEntry, Targets)>) {
+        BUFFERS.with(|b| {
+            let (plain, scratch, glued) = &mut *b.borrow_mut();
+            self.write_blobs(repo, base, bytes, blobs, [plain, scratch, glued]);
+        });
+    }
+
+    /// `bufs`: plaintext, compressed form, and a blob glued from pieces.
+    fn write_blobs(&self, repo: &Repository, base: u64, bytes: &opendal::Buffer, blobs: Vec<(PackEntry, Targets)>, bufs: [&mut Vec<u8>; 3]) {
+        let [plain, scratch, glued] = bufs;
         for (entry, targets) in blobs {
-            let at = (u64::from(entry.offset) - base) as usize;
-            let plain = match bytes.get(at..at + entry.length as usize).ok_or_else(|| Error::corrupt("pack", entry.id, "short read")).and_then(|s| open_blob(repo.crypto(), &entry, s)) {
-                Ok(p) => p,
+            let (at, len) = ((u64::from(entry.offset) - base) as usize, entry.length as usize);
+            // Borrowed when the blob lies in one piece of the fetched buffer,
+            // else glued into a reused buffer: no allocation per blob.
+            let single;
+            let sealed: Option<&[u8]> = if at + len > bytes.len() {
+                None
+            } else {
+                let part = bytes.slice(at..at + len);
+                if bytes::Buf::chunk(&part).len() == len {
+                    single = part.to_bytes();
+                    Some(&single)
+                } else {
+                    glued.clear();
+                    for piece in part {
+                        glued.extend_from_slice(&piece);
+                    }
+                    Some(glued.as_slice())
+                }
+            };
+            let opened = sealed
+                .ok_or_else(|| Error::corrupt("pack", entry.id, "short read"))
+                .and_then(|s| open_blob_into(repo.crypto(), &entry, s, plain, scratch));
+            match opened {
+                Ok(()) => {}
                 Err(e) => {
                     for (fi, _) in &targets {
                         self.error(&self.files[*fi].path, &e);
                     }
                     continue;
                 }
-            };
+            }
+            let plain: &[u8] = plain;
             let zeros = plain.iter().all(|&b| b == 0);
             for (fi, offset) in targets {
                 let f = &self.files[fi];
-                if let Err(e) = self.write_blob(f, offset, &plain, zeros) {
+                if let Err(e) = self.write_blob(f, offset, plain, zeros) {
                     self.error(&f.path, e);
                     continue;
                 }

@@ -1,0 +1,55 @@
+//! Legal holds: a held snapshot is never forgotten or pruned, whatever a
+//! policy says. Each hold is an encrypted file under `holds/` naming the
+//! snapshot, who placed it, when and why.
+
+use chrono::{DateTime, FixedOffset, Local};
+use serde::{Deserialize, Serialize};
+
+use crate::repo::HOLDS;
+use crate::{Error, Id, Repository, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The hold file's own id, filled in when loaded.
+    #[serde(skip)]
+    pub id: Id,
+    pub snapshot: Id,
+    pub reason: String,
+    /// `user@host` of whoever placed the hold.
+    pub by: String,
+    pub time: DateTime<FixedOffset>,
+}
+
+pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
+    let mut out = Vec::new();
+    for id in repo.list_ids(HOLDS).await? {
+        let bytes = repo.load_file("hold", HOLDS, &id).await?;
+        let mut h: Hold = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("hold", id, e))?;
+        h.id = id;
+        out.push(h);
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time));
+    Ok(out)
+}
+
+pub async fn hold(repo: &Repository, snapshot: Id, reason: &str) -> Result<Hold> {
+    if reason.trim().is_empty() {
+        return Err(Error::Invalid("a hold needs a reason (--reason)".into()));
+    }
+    let by = format!("{}@{}", crate::username(), crate::hostname());
+    let mut h = Hold { id: Id::default(), snapshot, reason: reason.to_string(), by, time: Local::now().fixed_offset() };
+    h.id = repo.save_file("hold", HOLDS, &serde_json::to_vec(&h).expect("holds serialize")).await?;
+    Ok(h)
+}
+
+/// Remove every hold on `snapshot`; how many there were.
+pub async fn release(repo: &Repository, snapshot: Id) -> Result<usize> {
+    let found: Vec<Hold> = holds(repo).await?.into_iter().filter(|h| h.snapshot == snapshot).collect();
+    if found.is_empty() {
+        return Err(Error::Invalid(format!("snapshot {} is not held", snapshot.short())));
+    }
+    for h in &found {
+        repo.delete(&format!("{HOLDS}{}", h.id.to_hex())).await?;
+    }
+    Ok(found.len())
+}
