@@ -71,6 +71,11 @@ impl Env {
         serde_json::from_str(text.lines().last().unwrap_or("null")).unwrap()
     }
 
+    /// Run with another password file.
+    fn as_holder_of(&self, password_file: &str, args: &[&str]) -> Output {
+        self.cmd(args).env("TRESOR_PASSWORD_FILE", self.path(password_file)).output().unwrap()
+    }
+
     fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
         assert_eq!(out.status.code(), Some(code), "tresor {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -321,26 +326,18 @@ fn key_rotation_without_touching_data() {
     env.ok(&["key", "add", "--new-password-file", env.path("pw2").to_str().unwrap(), "--label", "ops"]);
     let keys = env.json(&["key", "list"]);
     assert_eq!(keys.as_array().unwrap().len(), 2);
-    let mut second = env.cmd(&["snapshots", "--json"]);
-    second.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
-    assert!(second.output().unwrap().status.success());
+    assert!(env.as_holder_of("pw2", &["snapshots"]).status.success());
     fs::write(env.path("pw3"), "third password").unwrap();
     env.ok(&["key", "passwd", "--new-password-file", env.path("pw3").to_str().unwrap()]);
     env.fails(&["snapshots"], 12);
-    let mut third = env.cmd(&["snapshots", "--json"]);
-    third.env("TRESOR_PASSWORD_FILE", env.path("pw3"));
-    assert!(third.output().unwrap().status.success());
-    let mut with2 = env.cmd(&["key", "list", "--json"]);
-    with2.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
-    let listed: serde_json::Value = serde_json::from_slice(&with2.output().unwrap().stdout).unwrap();
-    let other = listed.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
-    let mut remove = env.cmd(&["key", "remove", &other[..8]]);
-    remove.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
-    assert!(remove.output().unwrap().status.success());
-    let mut last = env.cmd(&["key", "remove", &listed[0]["id"].as_str().unwrap()[..8]]);
-    last.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
-    let out = last.output().unwrap();
-    assert!(!out.status.success());
+    assert!(env.as_holder_of("pw3", &["snapshots"]).status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&env.as_holder_of("pw2", &["key", "list", "--json"]).stdout).unwrap();
+    let id_of = |current: bool| listed.as_array().unwrap().iter().find(|k| k["current"] == current).unwrap()["id"].as_str().unwrap()[..8].to_string();
+    let (mine, other) = (id_of(true), id_of(false));
+    let refused = env.as_holder_of("pw2", &["key", "remove", &mine]);
+    assert_eq!(String::from_utf8_lossy(&refused.stderr), "tresor: error: refusing to remove the key in use; open with another key to remove this one\n");
+    assert!(env.as_holder_of("pw2", &["key", "remove", &other]).status.success());
+    assert_eq!(env.as_holder_of("pw3", &["snapshots"]).status.code(), Some(12), "the removed key no longer opens");
     assert_eq!(inventory(&Path::new(&env.repo).join("data")), data_before, "rotation rewrote no data");
 }
 
