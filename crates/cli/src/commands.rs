@@ -225,7 +225,10 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
     if g.json {
         print_json(&report)?;
     } else {
-        println!("checked {} snapshots, {} packs, {} blobs ({} packs read)", report.snapshots, report.packs, report.blobs, report.packs_read);
+        println!(
+            "checked {} snapshots, {} packs, {} blobs ({} packs read)",
+            report.snapshots, report.packs, report.blobs, report.packs_read
+        );
         if !report.unindexed_packs.is_empty() {
             println!("note: {} packs are not indexed (left by an interrupted backup; harmless)", report.unindexed_packs.len());
         }
@@ -256,7 +259,10 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
         print_json(&report)?;
     } else {
         let verb = if dry_run { "would index" } else { "indexed" };
-        println!("{verb} {} blobs in {} packs; wrote {} index files, removed {}", report.blobs, report.packs, report.index_files_written, report.index_files_removed);
+        println!(
+            "{verb} {} blobs in {} packs; wrote {} index files, removed {}",
+            report.blobs, report.packs, report.index_files_written, report.index_files_removed
+        );
         for u in &report.unreadable {
             println!("unreadable pack {u}");
         }

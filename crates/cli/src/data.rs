@@ -21,7 +21,8 @@ fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);
     }
-    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").with_context(|| format!("cannot read time {s:?} (use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\")"))?;
+    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
+        .with_context(|| format!("cannot read time {s:?} (use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\")"))?;
     let local = Local.from_local_datetime(&naive).single().with_context(|| format!("time {s:?} is ambiguous in the local time zone"))?;
     Ok(local.fixed_offset())
 }
@@ -53,11 +54,12 @@ fn read_excludes(a: &BackupArgs) -> Result<Vec<String>> {
 }
 
 pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
-    if a.stdin == !a.paths.is_empty() {
+    if a.stdin != a.paths.is_empty() {
         bail!("give either paths to back up or --stdin");
     }
     let excludes = read_excludes(&a)?;
-    let paths: Vec<PathBuf> = a.paths.iter().map(|p| std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))).collect::<Result<_>>()?;
+    let paths: Vec<PathBuf> =
+        a.paths.iter().map(|p| std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))).collect::<Result<_>>()?;
     for p in &paths {
         std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {}", p.display()))?;
     }
@@ -74,8 +76,20 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
     };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "backed up");
-    let stdin: Option<(String, Box<dyn std::io::Read + Send>)> = a.stdin.then(|| (a.stdin_filename.clone(), Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>));
-    let opts = BackupOptions { paths, tags: a.tags, host: Some(host), excludes, one_file_system: a.one_file_system, parent, time, stdin, progress: Some(progress), ..Default::default() };
+    let stdin: Option<(String, Box<dyn std::io::Read + Send>)> =
+        a.stdin.then(|| (a.stdin_filename.clone(), Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>));
+    let opts = BackupOptions {
+        paths,
+        tags: a.tags,
+        host: Some(host),
+        excludes,
+        one_file_system: a.one_file_system,
+        parent,
+        time,
+        stdin,
+        progress: Some(progress),
+        ..Default::default()
+    };
     let snap = run_backup(repo, opts).await;
     if let Some(b) = bar {
         b.abort();
@@ -119,9 +133,18 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     }
     let summary = summary?;
     if g.json {
-        print_json(&json!({"message_type": "summary", "snapshot_id": snap.id, "files_restored": summary.files_restored, "dirs_restored": summary.dirs_restored, "bytes_restored": summary.bytes_restored, "errors": summary.errors}))?;
+        print_json(
+            &json!({"message_type": "summary", "snapshot_id": snap.id, "files_restored": summary.files_restored, "dirs_restored": summary.dirs_restored, "bytes_restored": summary.bytes_restored, "errors": summary.errors}),
+        )?;
     } else {
-        println!("restored snapshot {} to {}: {} files, {} dirs, {}", snap.id.short(), a.target.display(), summary.files_restored, summary.dirs_restored, human(summary.bytes_restored));
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {}",
+            snap.id.short(),
+            a.target.display(),
+            summary.files_restored,
+            summary.dirs_restored,
+            human(summary.bytes_restored)
+        );
     }
     for e in &summary.errors {
         eprintln!("error: {e}");
@@ -151,10 +174,24 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     for (path, n) in entries {
         if g.json {
-            writeln!(out, "{}", json!({"path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links}))?;
+            writeln!(
+                out,
+                "{}",
+                json!({"path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links})
+            )?;
         } else if a.long {
             let t = DateTime::from_timestamp_nanos(n.mtime).with_timezone(&Local);
-            writeln!(out, "{}{:04o} {:>6} {:>6} {:>12} {} {}", kind_char(&n), n.mode, n.uid, n.gid, n.size, t.format("%Y-%m-%d %H:%M:%S"), path.display())?;
+            writeln!(
+                out,
+                "{}{:04o} {:>6} {:>6} {:>12} {} {}",
+                kind_char(&n),
+                n.mode,
+                n.uid,
+                n.gid,
+                n.size,
+                t.format("%Y-%m-%d %H:%M:%S"),
+                path.display()
+            )?;
         } else {
             writeln!(out, "{}", path.display())?;
         }
@@ -178,7 +215,14 @@ pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
 }
 
 fn same_content(a: &Node, b: &Node) -> bool {
-    a.kind == b.kind && a.content == b.content && a.subtree.is_some() == b.subtree.is_some() && a.link_target == b.link_target && a.mode == b.mode && a.mtime == b.mtime && a.uid == b.uid && a.gid == b.gid
+    a.kind == b.kind
+        && a.content == b.content
+        && a.subtree.is_some() == b.subtree.is_some()
+        && a.link_target == b.link_target
+        && a.mode == b.mode
+        && a.mtime == b.mtime
+        && a.uid == b.uid
+        && a.gid == b.gid
 }
 
 pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {

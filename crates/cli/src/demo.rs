@@ -68,7 +68,9 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
     let repo = Arc::new(repo);
     for round in 1..=2 {
         let parent = repo.snapshots().await?.pop();
-        let snap = backup(repo.clone(), BackupOptions { paths: vec![source.clone()], tags: vec!["demo".into()], parent, ..Default::default() }).await?;
+        let snap =
+            backup(repo.clone(), BackupOptions { paths: vec![source.clone()], tags: vec!["demo".into()], parent, ..Default::default() })
+                .await?;
         let s = snap.summary.unwrap_or_default();
         println!(
             "backup {round}: snapshot {} — {} files, {} new, {} unchanged, {} added in {:.2}s",

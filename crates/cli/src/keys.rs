@@ -19,7 +19,14 @@ pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
             println!(" {:<10} {:<20} {:<12} {:<25} label", "ID", "Host", "User", "Created");
             for (id, k) in keys {
                 let mark = if id == repo.key_id() { '*' } else { ' ' };
-                println!("{mark}{:<10} {:<20} {:<12} {:<25} {}", id.short(), k.hostname, k.username, k.created.format("%Y-%m-%d %H:%M:%S"), k.label);
+                println!(
+                    "{mark}{:<10} {:<20} {:<12} {:<25} {}",
+                    id.short(),
+                    k.hostname,
+                    k.username,
+                    k.created.format("%Y-%m-%d %H:%M:%S"),
+                    k.label
+                );
             }
         }
         KeyCommand::Add(n) => {

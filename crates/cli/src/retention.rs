@@ -31,7 +31,10 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
         last: a.keep_last,
         periods: periods.into_iter().filter_map(|(p, n)| Some((p, n?))).collect(),
         within: a.keep_within.as_deref().map(Span::parse).transpose()?,
-        within_periods: within.into_iter().filter_map(|(p, s)| s.as_deref().map(|s| Span::parse(s).map(|s| (p, s)))).collect::<Result<_, _>>()?,
+        within_periods: within
+            .into_iter()
+            .filter_map(|(p, s)| s.as_deref().map(|s| Span::parse(s).map(|s| (p, s))))
+            .collect::<Result<_, _>>()?,
         tags: a.keep_tags.iter().map(|t| t.split(',').map(str::to_string).collect()).collect(),
     })
 }
@@ -42,7 +45,8 @@ fn matches_filter(s: &Snapshot, a: &ForgetArgs) -> bool {
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let held: HashMap<Id, String> = list_holds(&repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
+    let held: HashMap<Id, String> =
+        list_holds(&repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
     let all = repo.snapshots().await?;
     let mut remove: Vec<Snapshot> = Vec::new();
     let mut report = Vec::new();
@@ -66,7 +70,9 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
             }
             remove.push(s);
         }
-        report.push(json!({"group": "given", "keep": [], "remove": remove.iter().map(|s| json!({"id": s.id, "time": s.time})).collect::<Vec<_>>()}));
+        report.push(
+            json!({"group": "given", "keep": [], "remove": remove.iter().map(|s| json!({"id": s.id, "time": s.time})).collect::<Vec<_>>()}),
+        );
     }
     if g.json {
         print_json(&json!({"dry_run": a.dry_run, "groups": report}))?;
@@ -123,7 +129,10 @@ pub async fn holds(g: &Global) -> Result<u8> {
     let repo = open(g).await?;
     let all = list_holds(&repo).await?;
     if g.json {
-        return print_json(&all.iter().map(|h| json!({"snapshot": h.snapshot, "reason": h.reason, "by": h.by, "time": h.time})).collect::<Vec<_>>()).map(|_| 0);
+        return print_json(
+            &all.iter().map(|h| json!({"snapshot": h.snapshot, "reason": h.reason, "by": h.by, "time": h.time})).collect::<Vec<_>>(),
+        )
+        .map(|_| 0);
     }
     for h in &all {
         println!("{}  {}  {}  {}", h.snapshot.short(), h.time.format("%Y-%m-%d %H:%M:%S"), h.by, h.reason);

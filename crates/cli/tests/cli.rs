@@ -60,7 +60,12 @@ impl Env {
     /// Run and demand success; stdout as text.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "tresor {args:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tresor {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -116,7 +121,16 @@ fn inventory(root: &Path) -> BTreeMap<String, String> {
                 format!("special {:o}", md.mode() & 0o170000)
             };
             let mtime = if ft.is_dir() { 0 } else { md.mtime() * 1_000_000_000 + md.mtime_nsec() };
-            out.insert(rel, format!("{what} mode={:o} uid={} gid={} mtime={mtime} nlink={}", md.mode() & 0o7777, md.uid(), md.gid(), if ft.is_file() { md.nlink() } else { 0 }));
+            out.insert(
+                rel,
+                format!(
+                    "{what} mode={:o} uid={} gid={} mtime={mtime} nlink={}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid(),
+                    if ft.is_file() { md.nlink() } else { 0 }
+                ),
+            );
         }
     }
     out
@@ -161,7 +175,17 @@ fn conformance(env: &Env, data_dir: &Path) {
     sample_tree(&src);
     env.ok(&["init"]);
     let summary = env.json(&["backup", src.to_str().unwrap()]);
-    for key in ["snapshot_id", "files_new", "files_changed", "files_unmodified", "dirs_new", "data_added", "total_files_processed", "total_bytes_processed", "total_duration"] {
+    for key in [
+        "snapshot_id",
+        "files_new",
+        "files_changed",
+        "files_unmodified",
+        "dirs_new",
+        "data_added",
+        "total_files_processed",
+        "total_bytes_processed",
+        "total_duration",
+    ] {
         assert!(summary.get(key).is_some(), "summary lacks {key}: {summary}");
     }
     assert_eq!(summary["files_new"], 7);
@@ -241,7 +265,12 @@ fn dedup_incremental_diff_ls_dump_and_stdin() {
     assert!(dumped.status.success());
     assert_eq!(dumped.stdout, data);
 
-    let mut child = env.cmd(&["backup", "--stdin", "--stdin-filename", "db.sql", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = env
+        .cmd(&["backup", "--stdin", "--stdin-filename", "db.sql", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stream = random_bytes(9 << 20, 3);
     child.stdin.take().unwrap().write_all(&stream).unwrap();
     assert!(child.wait_with_output().unwrap().status.success());
@@ -268,7 +297,14 @@ fn excludes_and_exclude_file() {
     fs::write(src.join("cache/x"), "c").unwrap();
     fs::write(env.path("excl"), "# comment\n*.log\n").unwrap();
     env.ok(&["init"]);
-    env.ok(&["backup", src.to_str().unwrap(), "--exclude-file", env.path("excl").to_str().unwrap(), "--exclude", &format!("{}/cache", src.display())]);
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude-file",
+        env.path("excl").to_str().unwrap(),
+        "--exclude",
+        &format!("{}/cache", src.display()),
+    ]);
     let ls = env.ok(&["ls", "latest", src.to_str().unwrap()]);
     assert_eq!(ls.lines().map(|l| l.rsplit('/').next().unwrap()).collect::<Vec<_>>(), ["keep.txt"]);
 }
@@ -280,7 +316,10 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     assert_eq!(err, format!("tresor: error: no repository at {}: nothing is there (run `tresor init` first)\n", env.repo));
     fs::create_dir_all(&env.repo).unwrap();
     let err = env.fails(&["snapshots"], 10);
-    assert_eq!(err, format!("tresor: error: {} is not a tresor repository: the directory has no tresor config (run `tresor init` first)\n", env.repo));
+    assert_eq!(
+        err,
+        format!("tresor: error: {} is not a tresor repository: the directory has no tresor config (run `tresor init` first)\n", env.repo)
+    );
     env.ok(&["init"]);
     assert!(env.fails(&["init"], 1).contains("a repository already exists at"));
     let mut wrong = env.cmd(&["snapshots"]);
@@ -296,7 +335,10 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     let text = fs::read_to_string(&config).unwrap().replace("\"version\": 1", "\"version\": 2");
     fs::write(&config, text).unwrap();
     let err = env.fails(&["snapshots"], 1);
-    assert_eq!(err, "tresor: error: repository format version 2 is newer than this tresor supports (version 1); upgrade tresor to use it\n");
+    assert_eq!(
+        err,
+        "tresor: error: repository format version 2 is newer than this tresor supports (version 1); upgrade tresor to use it\n"
+    );
     // Said before any password is asked for: none is needed to learn it.
     let out = env.cmd(&["snapshots"]).env_remove("TRESOR_PASSWORD_FILE").stdin(Stdio::null()).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stderr), err);
@@ -332,10 +374,15 @@ fn key_rotation_without_touching_data() {
     env.fails(&["snapshots"], 12);
     assert!(env.as_holder_of("pw3", &["snapshots"]).status.success());
     let listed: serde_json::Value = serde_json::from_slice(&env.as_holder_of("pw2", &["key", "list", "--json"]).stdout).unwrap();
-    let id_of = |current: bool| listed.as_array().unwrap().iter().find(|k| k["current"] == current).unwrap()["id"].as_str().unwrap()[..8].to_string();
+    let id_of = |current: bool| {
+        listed.as_array().unwrap().iter().find(|k| k["current"] == current).unwrap()["id"].as_str().unwrap()[..8].to_string()
+    };
     let (mine, other) = (id_of(true), id_of(false));
     let refused = env.as_holder_of("pw2", &["key", "remove", &mine]);
-    assert_eq!(String::from_utf8_lossy(&refused.stderr), "tresor: error: refusing to remove the key in use; open with another key to remove this one\n");
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "tresor: error: refusing to remove the key in use; open with another key to remove this one\n"
+    );
     assert!(env.as_holder_of("pw2", &["key", "remove", &other]).status.success());
     assert_eq!(env.as_holder_of("pw3", &["snapshots"]).status.code(), Some(12), "the removed key no longer opens");
     assert_eq!(inventory(&Path::new(&env.repo).join("data")), data_before, "rotation rewrote no data");
@@ -569,7 +616,12 @@ fn forget_by_policy_with_reasons_holds_and_the_empty_guard() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3);
     let err = env.fails(&["forget", "--keep-tag", "nonexistent"], 1);
     let group = format!("host={} paths={}", tresor_host(), src.display());
-    assert_eq!(err, format!("tresor: error: the policy would remove all 3 snapshots of group {group:?}; nothing was removed (pass --allow-empty to allow it)\n"));
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: the policy would remove all 3 snapshots of group {group:?}; nothing was removed (pass --allow-empty to allow it)\n"
+        )
+    );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "a refused policy removes nothing");
     env.ok(&["restore", "latest", "--target", env.path("r").to_str().unwrap()]);
     assert_eq!(fs::read(restored(&env, "r", &src).join("f")).unwrap(), b"day 6");

@@ -57,7 +57,12 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     for id in repo.list_ids(INDEX).await? {
         match repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| crate::index::IndexFile::decode(&id, &p)) {
             Ok(f) => readable.push((id, f)),
-            Err(e) => report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] }),
+            Err(e) => report.problems.push(Problem {
+                object: format!("index {}", id.short()),
+                error: e.to_string(),
+                snapshots: vec![],
+                files: vec![],
+            }),
         }
     }
     // Judge everything else against the index files that are intact, so a
@@ -65,8 +70,11 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     let index = std::sync::Arc::new(crate::index::merge(&readable));
     repo.set_index(index.clone()).await;
     report.blobs = index.blob_count();
-    let stored: HashMap<Id, u64> = list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
+    let stored: HashMap<Id, u64> =
+        list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
+    // Packs that cannot be read at all, and packs with some damaged blobs.
     let mut bad_packs: Vec<(Id, String)> = Vec::new();
+    let mut partly_bad: Vec<(Id, String)> = Vec::new();
     for (pack, size) in index.packs() {
         report.packs += 1;
         match stored.get(&pack) {
@@ -79,22 +87,34 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     if opts.read_data > 0.0 {
         let selected: Vec<Id> = index.packs().map(|(p, _)| p).filter(|p| stored.contains_key(p) && selected(p, opts.read_data)).collect();
         report.packs_read = selected.len();
-        let results: Vec<(Id, Result<()>)> = futures::stream::iter(selected)
-            .map(|p| async move { (p, verify_pack(repo, &p).await) })
-            .buffer_unordered(4)
-            .collect()
-            .await;
-        bad_packs.extend(results.into_iter().filter_map(|(p, r)| r.err().map(|e| (p, e.to_string()))));
+        let results: Vec<(Id, Result<Vec<DamagedBlob>>)> =
+            futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await;
+        for (pack, result) in results {
+            match result {
+                Err(e) => bad_packs.push((pack, e.to_string())),
+                Ok(bad_blobs) => {
+                    if let Some((_, why)) = bad_blobs.first() {
+                        partly_bad.push((pack, why.clone()));
+                    }
+                    for (blob, why) in bad_blobs {
+                        damaged.insert(blob, (format!("pack {}", pack.short()), why));
+                    }
+                }
+            }
+        }
     }
+    // A pack that cannot be read at all takes all its blobs with it; one
+    // that can has been judged blob by blob above.
     for (pack, why) in &bad_packs {
         for (id, p, _) in index.blobs() {
             if p == *pack {
-                damaged.insert(id, (format!("pack {}", pack.short()), why.clone()));
+                damaged.entry(id).or_insert_with(|| (format!("pack {}", pack.short()), why.clone()));
             }
         }
     }
     check_snapshots(repo, &mut report, &damaged).await?;
-    for (pack, why) in &bad_packs {
+    // Every damaged pack is a problem, even one no snapshot uses.
+    for (pack, why) in bad_packs.iter().chain(&partly_bad) {
         let object = format!("pack {}", pack.short());
         if !report.problems.iter().any(|p| p.object == object) {
             report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
@@ -110,24 +130,29 @@ fn selected(pack: &Id, fraction: f64) -> bool {
     fraction >= 1.0 || (f64::from(v) / f64::from(u32::MAX)) < fraction
 }
 
-async fn verify_pack(repo: &Repository, pack: &Id) -> Result<()> {
+/// A blob found damaged, with the reason.
+type DamagedBlob = (Id, String);
+
+/// Read a whole pack and judge every blob in it: `Err` when the pack itself
+/// is unreadable, else the blobs that are damaged, with the reason.
+async fn verify_pack(repo: &Repository, pack: &Id) -> Result<Vec<DamagedBlob>> {
     let bytes = repo.read(&pack_path(pack)).await?;
     let entries = read_trailer(repo.crypto(), pack, &bytes, bytes.len() as u64)?;
     let index = repo.index().await?;
     let crypto = repo.crypto().clone();
     let pack = *pack;
     tokio::task::spawn_blocking(move || {
-        for e in &entries {
-            let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
-            let plain = open_blob(&crypto, e, sealed)?;
+        let judge = |e: &crate::pack::PackEntry| -> Result<()> {
+            let plain = open_blob(&crypto, e, &bytes[e.offset as usize..(e.offset + e.length) as usize])?;
             if crypto.blob_id(&plain) != e.id {
                 return Err(Error::corrupt("blob", e.id, "its content does not hash to its id"));
             }
             if index.get(&e.id).is_some_and(|(p, ie)| p == pack && ie != *e) {
                 return Err(Error::corrupt("blob", e.id, "the pack trailer and the index disagree"));
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        Ok(entries.iter().filter_map(|e| judge(e).err().map(|err| (e.id, err.to_string()))).collect())
     })
     .await
     .map_err(|e| Error::Invalid(format!("check thread failed: {e}")))?
@@ -139,13 +164,20 @@ async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &
     report.snapshots = ids.len();
     let mut found: HashMap<String, Problem> = HashMap::new();
     for id in ids {
-        let snap = match repo.load_file_uncached("snapshot", crate::repo::SNAPSHOTS, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b)) {
-            Ok(s) => s,
-            Err(e) => {
-                report.problems.push(Problem { object: format!("snapshot {}", id.short()), error: e.to_string(), snapshots: vec![id.short()], files: vec![] });
-                continue;
-            }
-        };
+        let snap =
+            match repo.load_file_uncached("snapshot", crate::repo::SNAPSHOTS, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b))
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    report.problems.push(Problem {
+                        object: format!("snapshot {}", id.short()),
+                        error: e.to_string(),
+                        snapshots: vec![id.short()],
+                        files: vec![],
+                    });
+                    continue;
+                }
+            };
         let mut note = |object: String, error: String, path: &Path| {
             let p = found.entry(object.clone()).or_insert_with(|| Problem { object, error, snapshots: vec![], files: vec![] });
             if !p.snapshots.contains(&snap.id.short()) {

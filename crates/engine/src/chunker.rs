@@ -146,7 +146,7 @@ mod tests {
         let data = pseudo_random(4 << 20, 1);
         let sizes = cuts(&c, &data);
         assert_eq!(sizes.iter().sum::<usize>(), data.len());
-        assert!(sizes[..sizes.len() - 1].iter().all(|&s| s >= 16 * 1024 && s <= 256 * 1024));
+        assert!(sizes[..sizes.len() - 1].iter().all(|&s| (16 * 1024..=256 * 1024).contains(&s)));
         let mut shifted = b"inserted bytes".to_vec();
         shifted.extend_from_slice(&data);
         let later = cuts(&c, &shifted);

@@ -92,9 +92,7 @@ impl Crypto {
         let enc = master.derive("tresor v1 2024 object encryption");
         let cipher = match aead {
             Aead::Aes256Gcm => Cipher::Aes(Box::new(Aes256Gcm::new_from_slice(&enc[..]).expect("32-byte key"))),
-            Aead::Xchacha20Poly1305 => {
-                Cipher::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(&enc[..]).expect("32-byte key")))
-            }
+            Aead::Xchacha20Poly1305 => Cipher::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(&enc[..]).expect("32-byte key"))),
         };
         Crypto {
             aead,
@@ -193,9 +191,8 @@ impl Crypto {
 
     pub fn open_file(&self, kind: &'static str, id: &Id, sealed: &[u8]) -> crate::Result<Vec<u8>> {
         let (&flags, rest) = sealed.split_first().ok_or_else(|| crate::Error::corrupt(kind, id, "it is empty"))?;
-        let body = self
-            .open(&file_ad(kind, id, flags), rest)
-            .map_err(|AuthError| crate::Error::corrupt(kind, id, "it fails authentication"))?;
+        let body =
+            self.open(&file_ad(kind, id, flags), rest).map_err(|AuthError| crate::Error::corrupt(kind, id, "it fails authentication"))?;
         if flags & FILE_ZSTD == 0 {
             return Ok(body);
         }

@@ -26,7 +26,7 @@ pub enum Error {
         op: &'static str,
         path: String,
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     #[error("{kind} {id} is damaged: {reason}")]
     Corrupt { kind: &'static str, id: String, reason: String },
@@ -58,13 +58,18 @@ impl Error {
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Storage { source, .. } => tresor_storage::is_temporary(source),
-            Error::Io { source, .. } => matches!(
-                source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ),
+            Error::Io { source, .. } => {
+                matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
+            }
             Error::Interrupted => true,
             _ => false,
         }
+    }
+
+    /// A failed storage operation. The OpenDAL error is boxed: it is large,
+    /// and every `Result` of the engine would otherwise carry its size.
+    pub fn storage(op: &'static str, path: impl Into<String>, source: opendal::Error) -> Error {
+        Error::Storage { op, path: path.into(), source: Box::new(source) }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {

@@ -28,7 +28,7 @@ pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
         h.id = id;
         out.push(h);
     }
-    out.sort_by(|a, b| a.time.cmp(&b.time));
+    out.sort_by_key(|a| a.time);
     Ok(out)
 }
 

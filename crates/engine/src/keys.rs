@@ -118,10 +118,7 @@ impl KeyFile {
         let data = B64.decode(&self.data).map_err(|e| Error::corrupt("key", id, e))?;
         let kek = derive_kek(password, &salt, self.params)?;
         let secret = wrap_crypto(&kek).open(&file_ad("key", id, 0), &data).map_err(|_| Error::WrongPassword)?;
-        let bytes: [u8; 32] = secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::corrupt("key", id, "wrapped secret has the wrong length"))?;
+        let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::corrupt("key", id, "wrapped secret has the wrong length"))?;
         Ok(MasterKey(Zeroizing::new(bytes)))
     }
 }

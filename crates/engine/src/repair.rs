@@ -47,7 +47,8 @@ async fn pack_entries(repo: &Repository, id: &Id, size: u64) -> Result<IndexedPa
 
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
     let old: Vec<Id> = repo.list_ids(INDEX).await?;
-    let packs: Vec<(Id, u64)> = list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
+    let packs: Vec<(Id, u64)> =
+        list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
     let read: Vec<(Id, Result<IndexedPack>)> = futures::stream::iter(packs)
         .map(|(id, size)| async move { (id, pack_entries(repo, &id, size).await) })
         .buffer_unordered(16)

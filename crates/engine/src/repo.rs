@@ -75,7 +75,7 @@ impl std::fmt::Debug for Repository {
 }
 
 fn storage_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(opendal::Error) -> Error + 'a {
-    move |source| Error::Storage { op, path: path.to_string(), source }
+    move |source| Error::storage(op, path, source)
 }
 
 impl Repository {
@@ -322,10 +322,10 @@ impl Repository {
 
     pub async fn load_file(&self, kind: &'static str, dir: &str, id: &Id) -> Result<Vec<u8>> {
         let path = format!("{dir}{}", id.to_hex());
-        if let Some(bytes) = self.cache.as_ref().and_then(|c| c.get(&path)) {
-            if let Ok(plain) = self.crypto.open_file(kind, id, &bytes) {
-                return Ok(plain);
-            }
+        if let Some(bytes) = self.cache.as_ref().and_then(|c| c.get(&path))
+            && let Ok(plain) = self.crypto.open_file(kind, id, &bytes)
+        {
+            return Ok(plain);
         }
         let bytes = self.read(&path).await?;
         let plain = self.crypto.open_file(kind, id, &bytes)?;
@@ -393,10 +393,10 @@ impl Repository {
     /// Upload a sealed pack; what the index must record about it.
     pub async fn save_pack(&self, pack: SealedPack) -> Result<IndexedPack> {
         let path = pack_path(&pack.id);
-        if pack.kind == BlobKind::Tree {
-            if let Some(c) = &self.cache {
-                c.put(&path, &pack.bytes);
-            }
+        if pack.kind == BlobKind::Tree
+            && let Some(c) = &self.cache
+        {
+            c.put(&path, &pack.bytes);
         }
         let size = pack.bytes.len() as u64;
         self.op.write(&path, pack.bytes).await.map_err(storage_err("write", &path))?;
@@ -420,16 +420,17 @@ impl Repository {
             return Ok(p.clone());
         }
         let path = pack_path(id);
-        let bytes = match self.cache.as_ref().and_then(|c| c.get(&path)).filter(|b| read_trailer(&self.crypto, id, b, b.len() as u64).is_ok()) {
-            Some(b) => b,
-            None => {
-                let b = self.read(&path).await?;
-                if let Some(c) = &self.cache {
-                    c.put(&path, &b);
+        let bytes =
+            match self.cache.as_ref().and_then(|c| c.get(&path)).filter(|b| read_trailer(&self.crypto, id, b, b.len() as u64).is_ok()) {
+                Some(b) => b,
+                None => {
+                    let b = self.read(&path).await?;
+                    if let Some(c) = &self.cache {
+                        c.put(&path, &b);
+                    }
+                    b
                 }
-                b
-            }
-        };
+            };
         let bytes = Arc::new(bytes);
         let mut packs = self.tree_packs.lock().expect("not poisoned");
         if packs.len() >= TREE_PACKS_IN_MEMORY || packs.values().map(|p| p.len()).sum::<usize>() > TREE_PACK_BYTES_IN_MEMORY {
@@ -445,7 +446,9 @@ impl Repository {
         let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
         if e.kind == BlobKind::Tree {
             let p = self.tree_pack(&pack).await?;
-            let cached = p.get(range.start as usize..range.end as usize).ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"));
+            let cached = p
+                .get(range.start as usize..range.end as usize)
+                .ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"));
             match cached.and_then(|sealed| open_blob(&self.crypto, &e, sealed)) {
                 Ok(plain) => return Ok(plain),
                 // The cached copy may be what is damaged: storage decides,
@@ -475,11 +478,8 @@ impl Repository {
     /// All snapshots, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let ids = self.list_ids(SNAPSHOTS).await?;
-        let mut snaps: Vec<Snapshot> = futures::stream::iter(ids)
-            .map(|id| async move { self.load_snapshot(&id).await })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
+        let mut snaps: Vec<Snapshot> =
+            futures::stream::iter(ids).map(|id| async move { self.load_snapshot(&id).await }).buffer_unordered(16).try_collect().await?;
         snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(snaps)
     }

@@ -140,7 +140,12 @@ fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(Pack
     out
 }
 
-fn finish(w: Writer, mut dirs: Vec<(PathBuf, Node)>, links: Vec<(PathBuf, Node)>, hardlinks: Vec<(PathBuf, PathBuf)>) -> Result<RestoreSummary> {
+fn finish(
+    w: Writer,
+    mut dirs: Vec<(PathBuf, Node)>,
+    links: Vec<(PathBuf, Node)>,
+    hardlinks: Vec<(PathBuf, PathBuf)>,
+) -> Result<RestoreSummary> {
     for f in &w.files {
         if f.remaining.load(Relaxed) > 0 {
             w.error(&f.path, "not all of its content could be restored");
@@ -230,7 +235,12 @@ fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: 
                 let f = std::fs::File::create(dest)?;
                 f.set_len(node.size)?;
             }
-            plan.files.push(FilePlan { path: dest.to_path_buf(), node: node.clone(), remaining: AtomicU32::new(chunks as u32), create_on_write: chunks == 1 });
+            plan.files.push(FilePlan {
+                path: dest.to_path_buf(),
+                node: node.clone(),
+                remaining: AtomicU32::new(chunks as u32),
+                create_on_write: chunks == 1,
+            });
             if chunks == 0 {
                 let f = plan.files.last().expect("just pushed");
                 fsmeta::apply(&f.path, &f.node, fsmeta::is_root())?;
@@ -276,7 +286,14 @@ impl Writer {
     }
 
     /// `bufs`: plaintext, compressed form, and a blob glued from pieces.
-    fn write_blobs(&self, repo: &Repository, base: u64, bytes: &opendal::Buffer, blobs: Vec<(PackEntry, Targets)>, bufs: [&mut Vec<u8>; 3]) {
+    fn write_blobs(
+        &self,
+        repo: &Repository,
+        base: u64,
+        bytes: &opendal::Buffer,
+        blobs: Vec<(PackEntry, Targets)>,
+        bufs: [&mut Vec<u8>; 3],
+    ) {
         let [plain, scratch, glued] = bufs;
         for (entry, targets) in blobs {
             let (at, len) = ((u64::from(entry.offset) - base) as usize, entry.length as usize);
@@ -322,10 +339,10 @@ impl Writer {
                 if let Some(p) = &self.progress {
                     p.bytes.fetch_add(plain.len() as u64, Relaxed);
                 }
-                if f.remaining.fetch_sub(1, Relaxed) == 1 {
-                    if let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner) {
-                        self.error(&f.path, e);
-                    }
+                if f.remaining.fetch_sub(1, Relaxed) == 1
+                    && let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner)
+                {
+                    self.error(&f.path, e);
                 }
             }
         }

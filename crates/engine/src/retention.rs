@@ -320,7 +320,8 @@ mod tests {
     #[test]
     fn keep_daily_follows_the_time_zone() {
         // 23:30 UTC on the 1st is already the 2nd in Berlin (UTC+1).
-        let s = vec![snap("2026-01-01T12:00:00+00:00", &[]), snap("2026-01-01T23:30:00+00:00", &[]), snap("2026-01-02T10:00:00+00:00", &[])];
+        let s =
+            vec![snap("2026-01-01T12:00:00+00:00", &[]), snap("2026-01-01T23:30:00+00:00", &[]), snap("2026-01-02T10:00:00+00:00", &[])];
         let p = Policy { periods: vec![(Period::Daily, 5)], ..Policy::default() };
         assert_eq!(kept(s.clone(), &p, &UTC), ["2026-01-02T10:00:00+00:00", "2026-01-01T23:30:00+00:00"]);
         let berlin = FixedOffset::east_opt(3600).unwrap();
@@ -331,14 +332,20 @@ mod tests {
     fn keep_weekly_uses_iso_weeks() {
         // 2026-01-04 is a Sunday (ISO week 1), 2026-01-05 a Monday (week 2);
         // 2025-12-29 is the Monday of ISO week 1 of 2026.
-        let s = vec![snap("2025-12-29T10:00:00+00:00", &[]), snap("2026-01-04T10:00:00+00:00", &[]), snap("2026-01-05T10:00:00+00:00", &[])];
+        let s =
+            vec![snap("2025-12-29T10:00:00+00:00", &[]), snap("2026-01-04T10:00:00+00:00", &[]), snap("2026-01-05T10:00:00+00:00", &[])];
         let p = Policy { periods: vec![(Period::Weekly, 10)], ..Policy::default() };
         assert_eq!(kept(s, &p, &UTC), ["2026-01-05T10:00:00+00:00", "2026-01-04T10:00:00+00:00"]);
     }
 
     #[test]
     fn keep_monthly_and_yearly() {
-        let s = vec![snap("2024-12-31T10:00:00+00:00", &[]), snap("2025-06-01T10:00:00+00:00", &[]), snap("2025-06-20T10:00:00+00:00", &[]), snap("2025-07-02T10:00:00+00:00", &[])];
+        let s = vec![
+            snap("2024-12-31T10:00:00+00:00", &[]),
+            snap("2025-06-01T10:00:00+00:00", &[]),
+            snap("2025-06-20T10:00:00+00:00", &[]),
+            snap("2025-07-02T10:00:00+00:00", &[]),
+        ];
         let p = Policy { periods: vec![(Period::Monthly, 2)], ..Policy::default() };
         assert_eq!(kept(s.clone(), &p, &UTC), ["2025-07-02T10:00:00+00:00", "2025-06-20T10:00:00+00:00"]);
         let p = Policy { periods: vec![(Period::Yearly, 5)], ..Policy::default() };
@@ -372,7 +379,10 @@ mod tests {
         let held: std::collections::HashMap<Id, String> = [(a.id, "audit 2026".to_string())].into();
         let p = Policy { tags: vec![vec!["never".into()]], ..Policy::default() };
         let err = plan(vec![a.clone(), b.clone()], &p, GroupBy::default(), &UTC, &held, false).unwrap_err().to_string();
-        assert_eq!(err, "the policy would remove all 1 snapshots of group \"host=h paths=/data\"; nothing was removed (pass --allow-empty to allow it)");
+        assert_eq!(
+            err,
+            "the policy would remove all 1 snapshots of group \"host=h paths=/data\"; nothing was removed (pass --allow-empty to allow it)"
+        );
         let plans = plan(vec![a, b], &p, GroupBy::default(), &UTC, &held, true).unwrap();
         assert_eq!(plans.iter().map(|g| g.key.as_str()).collect::<Vec<_>>(), ["host=a paths=/data", "host=h paths=/data"]);
         assert_eq!(plans[0].verdicts[0].reasons, ["legal hold: audit 2026"]);

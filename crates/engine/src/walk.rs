@@ -45,19 +45,14 @@ impl PathFilter {
 
 /// Visit every node below `tree`, depth first in name order. The visitor
 /// returns whether to descend into a directory.
-pub async fn walk(
-    repo: &Repository,
-    tree: Id,
-    base: &Path,
-    visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send),
-) -> Result<()> {
+pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
     let t = repo.load_tree(&tree).await?;
     for node in &t.nodes {
         let path = base.join(node.os_name());
-        if visit(&path, node)? {
-            if let Some(sub) = node.subtree {
-                Box::pin(walk(repo, sub, &path, visit)).await?;
-            }
+        if visit(&path, node)?
+            && let Some(sub) = node.subtree
+        {
+            Box::pin(walk(repo, sub, &path, visit)).await?;
         }
     }
     Ok(())

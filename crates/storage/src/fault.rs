@@ -97,8 +97,7 @@ impl FaultState {
         let Some(limit) = self.cfg.write_limit else { return Ok(()) };
         let total = self.written.fetch_add(len, Ordering::SeqCst) + len;
         if total > limit {
-            return Err(Error::new(ErrorKind::Unexpected, "No space left on device (os error 28)")
-                .with_operation("write"));
+            return Err(Error::new(ErrorKind::Unexpected, "No space left on device (os error 28)").with_operation("write"));
         }
         Ok(())
     }

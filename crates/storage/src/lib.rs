@@ -25,7 +25,7 @@ pub enum StorageError {
         scheme: &'static str,
         location: String,
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     #[error("invalid fault injection setting {0:?} (expected e.g. error-rate=0.1,seed=7,write-limit=1000000)")]
     InvalidFaults(String),

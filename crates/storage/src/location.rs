@@ -44,10 +44,7 @@ impl Location {
     /// `gcs://bucket/prefix`, `webdav://host/path` (`webdavs://` for TLS),
     /// `sftp://[user@]host[:port]/path`, or else a local path.
     pub fn parse(text: &str) -> Result<Location, StorageError> {
-        let invalid = |reason: &str| StorageError::InvalidLocation {
-            location: text.to_string(),
-            reason: reason.to_string(),
-        };
+        let invalid = |reason: &str| StorageError::InvalidLocation { location: text.to_string(), reason: reason.to_string() };
         let Some((scheme, rest)) = text.split_once("://") else {
             if text.is_empty() {
                 return Err(invalid("empty location"));
@@ -70,15 +67,12 @@ impl Location {
         };
         let root = if path == "/" { "/".to_string() } else { format!("{path}/") };
         match scheme {
-            "s3" => Ok(Location::S3 {
-                bucket: host,
-                root,
-                endpoint: param("endpoint"),
-                region: param("region"),
-            }),
+            "s3" => Ok(Location::S3 { bucket: host, root, endpoint: param("endpoint"), region: param("region") }),
             "azblob" => Ok(Location::Azblob { container: host, root }),
             "gcs" | "gs" => Ok(Location::Gcs { bucket: host, root }),
-            "webdav" | "webdavs" if host.contains('@') => Err(invalid("put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL")),
+            "webdav" | "webdavs" if host.contains('@') => {
+                Err(invalid("put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL"))
+            }
             "webdav" => Ok(Location::Webdav { endpoint: format!("http://{host}"), root }),
             "webdavs" => Ok(Location::Webdav { endpoint: format!("https://{host}"), root }),
             "sftp" => {
@@ -89,9 +83,7 @@ impl Location {
                 Ok(Location::Sftp { endpoint, user, root })
             }
             "file" => Ok(Location::Fs(PathBuf::from(format!("/{}{}", host, path)))),
-            other => Err(invalid(&format!(
-                "unknown scheme {other:?} (supported: a path, s3, azblob, gcs, webdav, webdavs, sftp)"
-            ))),
+            other => Err(invalid(&format!("unknown scheme {other:?} (supported: a path, s3, azblob, gcs, webdav, webdavs, sftp)"))),
         }
     }
 
@@ -165,11 +157,7 @@ impl Location {
                 build(b)
             }
         };
-        built.map_err(|source| StorageError::Setup {
-            scheme: self.scheme(),
-            location: self.to_string(),
-            source,
-        })
+        built.map_err(|source| StorageError::Setup { scheme: self.scheme(), location: self.to_string(), source: Box::new(source) })
     }
 }
 

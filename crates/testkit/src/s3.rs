@@ -39,10 +39,7 @@ impl S3Server {
     ///
     /// Panics if the temp dir, bucket directory, listener or thread can't be set up.
     pub fn start() -> S3Server {
-        let dir = tempfile::Builder::new()
-            .prefix("tresor-s3-")
-            .tempdir()
-            .expect("create temp dir for the S3 store");
+        let dir = tempfile::Builder::new().prefix("tresor-s3-").tempdir().expect("create temp dir for the S3 store");
         // s3s-fs maps each top-level directory of its root to a bucket.
         std::fs::create_dir(dir.path().join(BUCKET)).expect("create bucket directory");
         let store = s3s_fs::FileSystem::new(dir.path()).expect("open s3s-fs store");
@@ -58,9 +55,7 @@ impl S3Server {
         // accepting before `start` returns, with no handshake needed.
         let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
         // tokio's `TcpListener::from_std` requires a non-blocking socket.
-        listener
-            .set_nonblocking(true)
-            .expect("make listener non-blocking");
+        listener.set_nonblocking(true).expect("make listener non-blocking");
         let port = listener.local_addr().expect("listener address").port();
 
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -69,12 +64,7 @@ impl S3Server {
             .spawn(move || serve(listener, service, shutdown_rx))
             .expect("spawn S3 server thread");
 
-        S3Server {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-            dir,
-        }
+        S3Server { endpoint: format!("http://127.0.0.1:{port}"), shutdown: Some(shutdown), thread: Some(thread), dir }
     }
 
     /// Base URL, e.g. `http://127.0.0.1:40123` (no trailing slash).
@@ -143,10 +133,7 @@ impl Drop for S3Server {
 /// (or its sender is dropped).
 fn serve(listener: StdTcpListener, service: S3Service, mut shutdown: oneshot::Receiver<()>) {
     // One thread is plenty for tests; s3s-fs's file I/O runs on tokio's blocking pool.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("build S3 server runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build S3 server runtime");
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).expect("register listener with tokio");
         let http = ConnBuilder::new(TokioExecutor::new()).http1_only();
@@ -159,9 +146,7 @@ fn serve(listener: StdTcpListener, service: S3Service, mut shutdown: oneshot::Re
                 },
                 _ = &mut shutdown => break,
             };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
+            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
             tokio::spawn(async move {
                 // A client hanging up mid-request is not a server failure.
                 let _ = conn.await;

@@ -47,20 +47,9 @@ async fn files(op: &Operator) -> Vec<String> {
 async fn exercise(server: &S3Server) {
     let op = operator(server, server.secret_key());
     let small = data(1000, 1);
-    op.write("dir/small.bin", small.clone())
-        .await
-        .expect("put small");
-    assert_eq!(
-        op.read("dir/small.bin").await.expect("get small").to_vec(),
-        small
-    );
-    assert_eq!(
-        op.stat("dir/small.bin")
-            .await
-            .expect("head")
-            .content_length(),
-        1000
-    );
+    op.write("dir/small.bin", small.clone()).await.expect("put small");
+    assert_eq!(op.read("dir/small.bin").await.expect("get small").to_vec(), small);
+    assert_eq!(op.stat("dir/small.bin").await.expect("head").content_length(), 1000);
     // The object is a plain file on disk, so tests can inspect or corrupt it.
     let on_disk = server.root().join(server.bucket()).join("dir/small.bin");
     assert_eq!(std::fs::read(&on_disk).expect("object file"), small);
@@ -68,14 +57,11 @@ async fn exercise(server: &S3Server) {
 
     // A 20 MiB pack in one PutObject…
     let single = data(20 * MIB, 2);
-    op.write("packs/single", single.clone())
-        .await
-        .expect("put 20 MiB");
+    op.write("packs/single", single.clone()).await.expect("put 20 MiB");
     // …and one as a multipart upload (parts of 8, 8 and 4 MiB). No `.concurrent(n > 1)`:
     // without opendal's `executors-tokio` feature that panics.
     let multi = data(20 * MIB, 3);
-    let mut writer =
-        (op.writer_with("packs/multi").chunk(8 * MIB).await).expect("start multipart upload");
+    let mut writer = (op.writer_with("packs/multi").chunk(8 * MIB).await).expect("start multipart upload");
     for piece in multi.chunks(3 * MIB) {
         writer.write(piece.to_vec()).await.expect("upload part");
     }
@@ -85,36 +71,19 @@ async fn exercise(server: &S3Server) {
     // `assert!(==)`, not `assert_eq!`: a failure must not print 20 MiB.
     assert!(op.read("packs/single").await.expect("get single").to_vec() == single);
     assert!(op.read("packs/multi").await.expect("get multi").to_vec() == multi);
-    let range = op
-        .read_with("packs/multi")
-        .range(9 * MIB as u64..9 * MIB as u64 + 10)
-        .await;
-    assert_eq!(
-        range.expect("ranged get").to_vec(),
-        &multi[9 * MIB..9 * MIB + 10]
-    );
+    let range = op.read_with("packs/multi").range(9 * MIB as u64..9 * MIB as u64 + 10).await;
+    assert_eq!(range.expect("ranged get").to_vec(), &multi[9 * MIB..9 * MIB + 10]);
 
-    assert_eq!(
-        files(&op).await,
-        ["dir/small.bin", "packs/multi", "packs/single"]
-    );
+    assert_eq!(files(&op).await, ["dir/small.bin", "packs/multi", "packs/single"]);
 
     op.delete("dir/small.bin").await.expect("delete");
-    assert_eq!(
-        op.read("dir/small.bin").await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    assert_eq!(op.read("dir/small.bin").await.unwrap_err().kind(), ErrorKind::NotFound);
     // Batch delete (DeleteObjects), as pruning will use.
-    op.delete_iter(["packs/single", "packs/multi"])
-        .await
-        .expect("batch delete");
+    op.delete_iter(["packs/single", "packs/multi"]).await.expect("batch delete");
     assert!(files(&op).await.is_empty());
 
     // A request signed with the wrong secret is refused with 403.
-    let err = operator(server, "wrong-secret")
-        .write("intruder", vec![1u8])
-        .await
-        .unwrap_err();
+    let err = operator(server, "wrong-secret").write("intruder", vec![1u8]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("403"), "{err}");
     assert!(!server.object_path("intruder").exists());

@@ -21,12 +21,12 @@ use crossbeam_channel::{Receiver, Sender};
 use futures::StreamExt;
 
 use crate::chunker::Chunker;
-use crate::walk::PathFilter;
 use crate::fsmeta::{self, NameCache};
 use crate::index::{Index, IndexFile, IndexedPack};
 use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackEntry, PackWriter, SealedPack};
 use crate::snapshot::{FileError, Snapshot, SourceInfo, Summary};
 use crate::tree::{Node, Tree};
+use crate::walk::PathFilter;
 use crate::{Error, Id, IdSet, Repository, Result};
 
 mod walker;
@@ -198,14 +198,16 @@ impl Shared {
             self.close_data_pack(open)
         } else if open.pack.buffered() >= STREAM_PIECE {
             let piece = open.pack.drain();
-            self.rt.block_on(open.sink.write(piece)).map_err(|source| Error::Storage { op: "write", path: crate::repo::pack_path(&open.pack.id), source })
+            self.rt
+                .block_on(open.sink.write(piece))
+                .map_err(|source| Error::storage("write", crate::repo::pack_path(&open.pack.id), source))
         } else {
             Ok(())
         };
-        if result.is_err() {
-            if let Some(mut open) = ctx.data.take() {
-                let _ = self.rt.block_on(open.sink.abort());
-            }
+        if result.is_err()
+            && let Some(mut open) = ctx.data.take()
+        {
+            let _ = self.rt.block_on(open.sink.abort());
         }
         result.map(|()| entry)
     }
@@ -217,7 +219,7 @@ impl Shared {
         let sealed = pack.finish(self.repo.crypto());
         if let Err(source) = self.rt.block_on(sink.write(sealed.bytes)) {
             let _ = self.rt.block_on(sink.abort());
-            return Err(Error::Storage { op: "write", path: crate::repo::pack_path(&sealed.id), source });
+            return Err(Error::storage("write", crate::repo::pack_path(&sealed.id), source));
         }
         self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))
     }
@@ -483,7 +485,7 @@ async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<Pac
                 Ok(_) => Ok(done),
                 Err(source) => {
                     let _ = sink.abort().await;
-                    Err(Error::Storage { op: "write", path: crate::repo::pack_path(&done.id), source })
+                    Err(Error::storage("write", crate::repo::pack_path(&done.id), source))
                 }
             },
         }
