@@ -661,3 +661,26 @@ fn repair_index_rebuilds_from_packs_alone() {
     assert_eq!(again["index_files_removed"], report["index_files_written"]);
     assert_eq!(files_under(&index_dir).len(), again["index_files_written"].as_u64().unwrap() as usize);
 }
+
+#[test]
+fn restore_reports_and_leaves_out_files_whose_blobs_are_gone() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["init"]);
+    fs::write(src.join("lost.bin"), random_bytes(3 << 20, 77)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let lost_pack = biggest(&Path::new(&env.repo).join("data"));
+    fs::write(src.join("kept.txt"), "still here").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    fs::remove_file(&lost_pack).unwrap();
+    env.ok(&["--no-cache", "repair", "index"]);
+    let out = env.run(&["--no-cache", "restore", "latest", "--target", env.path("r").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost.bin: blob") && err.contains("is referenced but not in any index"), "{err}");
+    assert!(err.ends_with("tresor: error: 1 errors during restore\n"), "{err}");
+    let back = restored(&env, "r", &src);
+    assert!(!back.join("lost.bin").exists(), "no file of guessed content is left behind");
+    assert_eq!(fs::read(back.join("kept.txt")).unwrap(), b"still here");
+}
