@@ -159,6 +159,12 @@ fn set_times(path: &Path, atime: i64, mtime: i64) -> io::Result<()> {
     Ok(())
 }
 
+/// The uid and gid this process runs as.
+pub fn process_ids() -> (u32, u32) {
+    // SAFETY: getuid and getgid have no preconditions.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -120,13 +120,7 @@ impl Repository {
     }
 
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
-        // OpenDAL's fs backend creates its root: look before it can, so that
-        // opening a mistyped path neither succeeds nor leaves a directory.
-        if location.local_path().is_some_and(|p| !p.join("config").exists()) {
-            return Err(Self::missing(location));
-        }
-        let op = tresor_storage::open(location, &opts.storage)?;
-        let config = Self::read_config(&op, location).await?;
+        let (op, config) = Self::locate(location, &opts.storage).await?;
         let keys = Self::read_keys(&op).await?;
         if keys.is_empty() {
             return Err(Error::corrupt("repository", location, "it has no key files"));
@@ -150,10 +144,19 @@ impl Repository {
     /// Is there a repository of a format this build reads? Answered without
     /// a password, so a person is not asked for one in vain.
     pub async fn probe(location: &Location, storage: &StorageOptions) -> Result<Config> {
+        Ok(Self::locate(location, storage).await?.1)
+    }
+
+    /// The operator and the checked config of an existing repository.
+    /// OpenDAL's fs backend creates its root: look before it can, so that
+    /// opening a mistyped path neither succeeds nor leaves a directory.
+    async fn locate(location: &Location, storage: &StorageOptions) -> Result<(Operator, Config)> {
         if location.local_path().is_some_and(|p| !p.join("config").exists()) {
             return Err(Self::missing(location));
         }
-        Self::read_config(&tresor_storage::open(location, storage)?, location).await
+        let op = tresor_storage::open(location, storage)?;
+        let config = Self::read_config(&op, location).await?;
+        Ok((op, config))
     }
 
     async fn read_config(op: &Operator, location: &Location) -> Result<Config> {

@@ -34,10 +34,6 @@ impl PathFilter {
         self.empty
     }
 
-    pub fn excluded(&self, path: &Path) -> bool {
-        self.matches(path)
-    }
-
     pub fn matches(&self, path: &Path) -> bool {
         !self.empty && (path.file_name().is_some_and(|n| self.names.is_match(n)) || self.paths.is_match(path))
     }

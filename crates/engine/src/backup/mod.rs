@@ -419,8 +419,8 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
         paths: paths.iter().map(|p| p.display().to_string()).collect(),
         hostname: host.unwrap_or_else(fsmeta::hostname),
         username: fsmeta::username(),
-        uid: walker_ids().0,
-        gid: walker_ids().1,
+        uid: fsmeta::process_ids().0,
+        gid: fsmeta::process_ids().1,
         tags,
         source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
@@ -432,11 +432,6 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
     snap.id = repo.save_snapshot(&snap).await?;
     repo.reset_index().await;
     Ok(snap)
-}
-
-fn walker_ids() -> (u32, u32) {
-    // SAFETY: getuid and getgid have no preconditions.
-    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
 type Stream = Option<(String, Box<dyn Read + Send>)>;

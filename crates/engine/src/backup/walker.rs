@@ -155,7 +155,7 @@ impl Walker<'_> {
         listed: Option<std::io::Result<std::fs::Metadata>>,
     ) -> Result<()> {
         let shared = self.shared;
-        if shared.excludes.excluded(path) {
+        if shared.excludes.matches(path) {
             return shared.fill(&mut self.ctx, dir, slot, None);
         }
         let md = match listed.unwrap_or_else(|| std::fs::symlink_metadata(path)) {
@@ -212,18 +212,12 @@ impl Walker<'_> {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let mut node = Node { kind: NodeKind::File, mode: 0o600, mtime: now, atime: now, ctime: now, ..Node::default() };
         node.set_name(OsStr::new(name));
-        node.uid = unsafe_ids().0;
-        node.gid = unsafe_ids().1;
+        (node.uid, node.gid) = fsmeta::process_ids();
         self.shared.chunk_into(&mut self.ctx, reader, None, &mut node)?;
         self.shared.counters.files_new.fetch_add(1, Relaxed);
         self.shared.fill(&mut self.ctx, &dir, 0, Some(node))?;
         self.release(&dir)
     }
-}
-
-fn unsafe_ids() -> (u32, u32) {
-    // SAFETY: getuid and getgid have no preconditions.
-    unsafe { (libc::getuid(), libc::getgid()) }
 }
 
 type Listed = (OsString, std::io::Result<std::fs::Metadata>);
