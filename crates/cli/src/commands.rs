@@ -9,7 +9,7 @@ use serde_json::json;
 use tresor_engine::cache::Cache;
 use tresor_engine::check::{CheckOptions, check as run_check};
 use tresor_engine::crypto::Aead;
-use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Snapshot};
+use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
 use tresor_storage::{FaultConfig, Location, StorageOptions};
 
 use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs};
@@ -19,7 +19,7 @@ pub fn location(g: &Global) -> Result<Location> {
     Ok(Location::parse(repo)?)
 }
 
-fn read_password_file(path: &Path) -> Result<Password> {
+pub fn read_password_file(path: &Path) -> Result<Password> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
     let pw = text.strip_suffix('\n').unwrap_or(&text);
     Ok(Password::new(pw.strip_suffix('\r').unwrap_or(pw)))
@@ -46,7 +46,7 @@ pub fn new_password(file: &Option<std::path::PathBuf>) -> Result<Password> {
     prompt("new password", true)
 }
 
-fn prompt(what: &str, confirm: bool) -> Result<Password> {
+pub fn prompt(what: &str, confirm: bool) -> Result<Password> {
     if !std::io::stdin().is_terminal() {
         bail!("no password given: set TRESOR_PASSWORD, use --password-file, or run on a terminal");
     }
@@ -66,10 +66,60 @@ pub fn kdf(g: &Global) -> KdfParams {
     k
 }
 
-fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
+pub fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
     let faults = g.faults.as_deref().map(FaultConfig::parse).transpose()?;
     let cache_root = if g.no_cache { None } else { g.cache_dir.clone().or_else(Cache::default_root) };
-    Ok(OpenOptions { password, cache_root, storage: StorageOptions { faults, max_retries: None } })
+    let storage = StorageOptions {
+        faults,
+        max_retries: None,
+        limit_upload: g.limit_upload.as_deref().map(parse_rate).transpose()?,
+        limit_download: g.limit_download.as_deref().map(parse_rate).transpose()?,
+        env_prefix: None,
+    };
+    Ok(OpenOptions { password, cache_root, storage })
+}
+
+/// `1048576`, `512K`, `10M`, `1G`: bytes per second, binary suffixes.
+fn parse_rate(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (n, mult) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    match n.parse::<u64>() {
+        Ok(v) if v > 0 => Ok(v * mult),
+        _ => bail!("cannot read rate {text:?} (bytes per second, e.g. 500K or 10M)"),
+    }
+}
+
+pub async fn append_only(g: &Global, a: crate::opts::AppendOnlyArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let on = match a.mode.as_str() {
+        "on" => true,
+        "off" => false,
+        other => bail!("append-only takes on or off, not {other:?}"),
+    };
+    if !on {
+        let again = match &a.confirm_password_file {
+            Some(f) => read_password_file(f)?,
+            None => match std::env::var("TRESOR_CONFIRM_PASSWORD") {
+                Ok(p) => Password::new(p),
+                Err(_) => prompt("the repository password again to leave append-only mode", false)?,
+            },
+        };
+        if !repo.confirms(&again).await? {
+            bail!("the confirmation password does not open this repository; append-only mode stays on");
+        }
+    }
+    repo.set_append_only(on).await?;
+    if g.json {
+        print_json(&json!({"append_only": on}))?;
+    } else {
+        println!("append-only mode is {}", if on { "on: nothing will be deleted or overwritten" } else { "off" });
+    }
+    Ok(0)
 }
 
 pub async fn open(g: &Global) -> Result<Arc<Repository>> {
@@ -78,6 +128,24 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
     Repository::probe(&loc, &storage).await?;
     let opts = open_options(g, password(g, false)?)?;
     Ok(Arc::new(Repository::open(&loc, &opts).await?))
+}
+
+/// `90s`, `15min`, `36h`, `30d`, `2w`, `1y`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| anyhow!("cannot read duration {text:?} (use e.g. 90s, 15min, 36h, 30d)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "y" => 365 * 86_400,
+        _ => bail!("cannot read duration {text:?} (use e.g. 90s, 15min, 36h, 30d)"),
+    };
+    Ok(std::time::Duration::from_secs(n * secs))
 }
 
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
@@ -107,6 +175,11 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
         compression: a.compression,
         kdf: kdf(g),
         pack_size: Some(a.pack_size_mib * 1024 * 1024),
+        settings: Settings {
+            session_timeout_secs: a.session_timeout,
+            append_only: a.append_only,
+            object_lock_secs: a.object_lock.as_deref().map(parse_duration).transpose()?.map(|d| d.as_secs()),
+        },
     };
     let repo = Repository::init(&loc, &opts).await?;
     if g.json {

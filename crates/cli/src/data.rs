@@ -88,6 +88,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
         time,
         stdin,
         progress: Some(progress),
+        threads: a.threads.filter(|&n| n > 0),
         ..Default::default()
     };
     let snap = run_backup(repo, opts).await;

@@ -1,10 +1,12 @@
 //! `tresor`: the command-line tool.
 
 mod commands;
+mod copy;
 mod data;
 mod demo;
 mod keys;
 mod opts;
+mod prune;
 mod retention;
 
 use std::process::ExitCode;
@@ -61,6 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Key(a) => keys::key(&g, a).await,
         Command::Repair(a) => commands::repair(&g, a).await,
         Command::Forget(a) => retention::forget(&g, a).await,
+        Command::Copy(a) => copy::copy(&g, a).await,
+        Command::AppendOnly(a) => commands::append_only(&g, a).await,
+        Command::Prune(a) => prune::prune(&g, a).await,
         Command::Hold(a) => retention::hold(&g, a).await,
         Command::Release(a) => retention::release(&g, a).await,
         Command::Holds => retention::holds(&g).await,

@@ -39,6 +39,12 @@ pub struct Global {
     /// Inject storage faults, e.g. error-rate=0.1,seed=7,write-limit=1000000 (testing).
     #[arg(long, env = "TRESOR_FAULTS", global = true, hide = true)]
     pub faults: Option<String>,
+    /// Upload limit in bytes per second (suffixes K, M, G for KiB, MiB, GiB).
+    #[arg(long, env = "TRESOR_LIMIT_UPLOAD", global = true)]
+    pub limit_upload: Option<String>,
+    /// Download limit in bytes per second (suffixes K, M, G).
+    #[arg(long, env = "TRESOR_LIMIT_DOWNLOAD", global = true)]
+    pub limit_download: Option<String>,
     /// Argon2id memory in KiB for new keys (lower only for tests).
     #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
     pub kdf_memory_kib: Option<u32>,
@@ -70,6 +76,12 @@ pub enum Command {
     Key(KeyArgs),
     /// Remove snapshots by a retention policy or by id (held ones never).
     Forget(ForgetArgs),
+    /// Copy snapshots to another repository (off-site), only what it lacks.
+    Copy(CopyArgs),
+    /// Switch append-only mode: `on`, or `off` with the password given twice.
+    AppendOnly(AppendOnlyArgs),
+    /// Delete data no snapshot needs; backups may keep running meanwhile.
+    Prune(PruneCmd),
     /// Place a legal hold on a snapshot: it is never forgotten or pruned.
     Hold(HoldArgs),
     /// Release the holds on a snapshot.
@@ -127,6 +139,68 @@ pub struct ForgetArgs {
     /// Allow a policy to remove every snapshot of a group.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Prune right after forgetting.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneArgs,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy (ids or prefixes); default: every one the filters select.
+    pub snapshots: Vec<String>,
+    /// The target repository (a path or URL; S3 credentials from TRESOR_TO_AWS_*,
+    /// else AWS_*).
+    #[arg(long)]
+    pub to: String,
+    /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Only snapshots of this host.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only the newest N snapshots of each host and path set.
+    #[arg(long)]
+    pub latest: Option<usize>,
+    /// Show what would be copied and the replication lag; copy nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Skip reading back the packs written to the target.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Args)]
+pub struct AppendOnlyArgs {
+    /// on or off
+    pub mode: String,
+    /// For `off`: a file with the password again (else $TRESOR_CONFIRM_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_CONFIRM_PASSWORD_FILE")]
+    pub confirm_password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PruneCmd {
+    /// Show what would be marked, repacked and freed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub opts: PruneArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct PruneArgs {
+    /// Repack a pack once more than this percentage of it is unused.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_unused: f64,
+    /// How long marked packs wait, by the storage's clock, before deletion
+    /// (for stores whose listings lag behind writes); e.g. 0s, 10min, 1h.
+    #[arg(long, default_value = "0s")]
+    pub grace: String,
 }
 
 #[derive(Args)]
@@ -148,6 +222,17 @@ pub struct InitArgs {
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]
     pub pack_size_mib: u32,
+    /// Never delete or overwrite anything (forget and prune are refused)
+    /// until `tresor append-only off`, which asks for the password twice.
+    #[arg(long)]
+    pub append_only: bool,
+    /// The bucket's S3 Object Lock retention (e.g. 30d): prune leaves
+    /// objects younger than this for a later run.
+    #[arg(long)]
+    pub object_lock: Option<String>,
+    /// Seconds without a heartbeat after which a writer is presumed dead.
+    #[arg(long, hide = true)]
+    pub session_timeout: Option<u64>,
 }
 
 #[derive(Args)]
@@ -167,6 +252,9 @@ pub struct BackupArgs {
     /// Do not cross filesystem boundaries.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
+    /// Threads that read, chunk, compress and encrypt (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Read the data to back up from standard input.
     #[arg(long)]
     pub stdin: bool,

@@ -45,6 +45,9 @@ fn matches_filter(s: &Snapshot, a: &ForgetArgs) -> bool {
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let repo = open(g).await?;
+    if repo.config().append_only && !a.dry_run {
+        return Err(tresor_engine::Error::AppendOnly("forget".into()).into());
+    }
     let held: HashMap<Id, String> =
         list_holds(&repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
     let all = repo.snapshots().await?;
@@ -83,6 +86,9 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         for s in &remove {
             repo.delete(&format!("{SNAPSHOTS}{}", s.id.to_hex())).await?;
         }
+    }
+    if a.prune {
+        crate::prune::run(g, &repo, &a.prune_opts, a.dry_run).await?;
     }
     Ok(0)
 }

@@ -39,8 +39,20 @@ pub struct Config {
     pub pack_size: u32,
     #[serde(default)]
     pub append_only: bool,
+    /// A writer whose heartbeat is older than this is presumed dead
+    /// (docs/ARCHITECTURE.md §7); writers beat six times per period.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout_secs: u64,
+    /// The bucket's Object Lock retention: objects younger than this cannot
+    /// be deleted, so prune leaves them for a later run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock_secs: Option<u64>,
     #[serde(default)]
     pub mac: String,
+}
+
+fn default_session_timeout() -> u64 {
+    900
 }
 
 #[derive(Deserialize)]
@@ -61,6 +73,8 @@ impl Config {
             chunker: ChunkerParams::default(),
             pack_size: 16 * 1024 * 1024,
             append_only: false,
+            session_timeout_secs: default_session_timeout(),
+            object_lock_secs: None,
             mac: String::new(),
         }
     }
@@ -83,7 +97,7 @@ impl Config {
         let config: Config = serde_json::from_slice(bytes).map_err(|e| not_repo(format!("config is malformed: {e}")))?;
         let c = config.chunker;
         let valid = 64 <= c.min && c.min <= c.avg && c.avg <= c.max && c.avg >= 256 && c.avg <= 4 << 20 && c.max <= 16 << 20;
-        if !valid || config.pack_size < 1 << 20 {
+        if !valid || config.pack_size < 1 << 20 || config.session_timeout_secs < 2 {
             return Err(Error::corrupt("config", config.id, "its chunker or pack settings are out of range"));
         }
         Ok(config)

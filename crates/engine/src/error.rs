@@ -48,6 +48,10 @@ pub enum Error {
     Invalid(String),
     #[error("storage setup failed: {0}")]
     Setup(#[from] tresor_storage::StorageError),
+    #[error("this writer's session lease lapsed ({secs}s without a stored heartbeat); nothing was committed, run it again")]
+    LeaseExpired { secs: u64 },
+    #[error("the repository is append-only: {0} refused (see `tresor append-only`)")]
+    AppendOnly(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -61,7 +65,7 @@ impl Error {
             Error::Io { source, .. } => {
                 matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
             }
-            Error::Interrupted => true,
+            Error::Interrupted | Error::LeaseExpired { .. } => true,
             _ => false,
         }
     }

@@ -18,12 +18,16 @@ pub struct BlobLoc {
     pub raw_length: u32,
     pub kind: BlobKind,
     pub flags: u8,
+    /// Reachability mark for prune; sits in what would be padding.
+    pub used: bool,
 }
 
 #[derive(Default)]
 pub struct Index {
     packs: Vec<Id>,
     pack_sizes: Vec<u64>,
+    /// Entries each pack holds, duplicates of blobs stored elsewhere included.
+    pack_entries: Vec<u32>,
     pack_nums: IdMap<u32>,
     blobs: IdMap<BlobLoc>,
 }
@@ -33,8 +37,10 @@ impl Index {
         let num = *self.pack_nums.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
             self.pack_sizes.push(size);
+            self.pack_entries.push(0);
             (self.packs.len() - 1) as u32
         });
+        self.pack_entries[num as usize] += entries.len() as u32;
         for e in entries {
             self.blobs.entry(e.id).or_insert(BlobLoc {
                 pack: num,
@@ -43,6 +49,7 @@ impl Index {
                 raw_length: e.raw_length,
                 kind: e.kind,
                 flags: e.flags,
+                used: false,
             });
         }
     }
@@ -75,12 +82,50 @@ impl Index {
         self.pack_nums.contains_key(id)
     }
 
+    /// Mark a blob reachable; whether it already was, `None` if unknown.
+    pub fn mark_used(&mut self, id: &Id) -> Option<bool> {
+        let l = self.blobs.get_mut(id)?;
+        Some(std::mem::replace(&mut l.used, true))
+    }
+
+    /// Per pack, in [`Index::packs`] order: entries stored and the bytes of
+    /// the reachable blobs this index locates there.
+    pub fn pack_usage(&self) -> Vec<PackUsage> {
+        let mut out: Vec<PackUsage> = self.pack_entries.iter().map(|&n| PackUsage { entries: n, ..Default::default() }).collect();
+        for l in self.blobs.values().filter(|l| l.used) {
+            let u = &mut out[l.pack as usize];
+            u.used_blobs += 1;
+            u.used_bytes += u64::from(l.length);
+        }
+        out
+    }
+
+    /// The reachable blobs located in the given packs.
+    pub fn used_in(&self, packs: &IdSet) -> IdMap<Vec<PackEntry>> {
+        let mut out: IdMap<Vec<PackEntry>> = IdMap::default();
+        for (id, l) in self.blobs.iter().filter(|(_, l)| l.used) {
+            let pack = self.packs[l.pack as usize];
+            if packs.contains(&pack) {
+                let e = PackEntry { kind: l.kind, flags: l.flags, id: *id, offset: l.offset, length: l.length, raw_length: l.raw_length };
+                out.entry(pack).or_default().push(e);
+            }
+        }
+        out
+    }
+
     pub fn blobs(&self) -> impl Iterator<Item = (Id, Id, PackEntry)> + '_ {
         self.blobs.keys().map(|id| {
             let (pack, e) = self.get(id).expect("present");
             (*id, pack, e)
         })
     }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackUsage {
+    pub entries: u32,
+    pub used_blobs: u32,
+    pub used_bytes: u64,
 }
 
 /// One index file's content.
@@ -168,15 +213,16 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Build the repository index from index files, skipping superseded ones.
-pub fn merge(files: &[(Id, IndexFile)]) -> Index {
+/// Build the repository index from index files, skipping superseded ones
+/// and the packs in `without`.
+pub fn merge(files: &[(Id, IndexFile)], without: &IdSet) -> Index {
     let superseded: IdSet = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
     let mut index = Index::default();
     for (id, f) in files {
         if superseded.contains(id) {
             continue;
         }
-        for p in &f.packs {
+        for p in f.packs.iter().filter(|p| !without.contains(&p.id)) {
             index.add_pack(p.id, p.size, &p.entries);
         }
     }
@@ -195,9 +241,13 @@ mod tests {
         assert_eq!(IndexFile::decode(&Id([0; 32]), &enc).unwrap(), a);
         assert!(IndexFile::decode(&Id([0; 32]), &enc[..enc.len() - 1]).is_err());
         let b = IndexFile { supersedes: vec![Id([2; 32])], packs: vec![] };
-        let idx = merge(&[(Id([2; 32]), a.clone()), (Id([3; 32]), b)]);
+        let idx = merge(&[(Id([2; 32]), a.clone()), (Id([3; 32]), b)], &IdSet::default());
         assert!(!idx.contains(&Id([9; 32])));
-        let idx = merge(&[(Id([2; 32]), a)]);
+        let idx = merge(&[(Id([2; 32]), a.clone())], &IdSet::default());
         assert_eq!(idx.get(&Id([9; 32])).unwrap(), (Id([1; 32]), e));
+        let idx = merge(&[(Id([2; 32]), a)], &[Id([1; 32])].into_iter().collect());
+        assert!(!idx.contains(&Id([9; 32])));
+        let idx = merge(&[(Id([2; 32]), IndexFile::default())], &IdSet::default());
+        assert_eq!(idx.blob_count(), 0);
     }
 }

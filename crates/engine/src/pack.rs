@@ -170,6 +170,15 @@ impl PackWriter {
         entry
     }
 
+    /// Append a blob sealed elsewhere (its associated data names no pack,
+    /// so prune moves blobs between packs without decrypting them).
+    pub fn add_sealed(&mut self, from: &PackEntry, sealed: &[u8]) -> PackEntry {
+        let entry = PackEntry { offset: self.len() as u32, ..*from };
+        self.buf.extend_from_slice(sealed);
+        self.entries.push(entry);
+        entry
+    }
+
     pub fn finish(mut self, crypto: &Crypto) -> SealedPack {
         let mut plain = Vec::with_capacity(4 + self.entries.len() * ENTRY_LEN);
         plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());

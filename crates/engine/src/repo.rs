@@ -17,16 +17,17 @@ use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{self, Index, IndexFile, IndexedPack};
 use crate::keys::{KdfParams, KeyFile, Password};
-use crate::pack::{BlobKind, SealedPack, open_blob, read_trailer};
+use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
-use crate::{Error, Id, Result};
+use crate::{Error, Id, IdSet, Result};
 
 pub const KEYS: &str = "keys/";
 pub const INDEX: &str = "index/";
 pub const SNAPSHOTS: &str = "snapshots/";
 pub const DATA: &str = "data/";
 pub const HOLDS: &str = "holds/";
+pub const MARKS: &str = "marks/";
 
 pub fn pack_path(id: &Id) -> String {
     let hex = id.to_hex();
@@ -49,6 +50,16 @@ pub struct InitOptions {
     pub compression: i32,
     pub kdf: KdfParams,
     pub pack_size: Option<u32>,
+    /// Repository settings beyond the defaults (session timeout,
+    /// append-only, Object Lock).
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settings {
+    pub session_timeout_secs: Option<u64>,
+    pub append_only: bool,
+    pub object_lock_secs: Option<u64>,
 }
 
 /// How many tree packs stay decoded in memory: enough for a walk of a large
@@ -58,6 +69,9 @@ const TREE_PACK_BYTES_IN_MEMORY: usize = 256 << 20;
 
 pub struct Repository {
     op: Operator,
+    /// The operator without the append-only guard: only for switching the
+    /// mode itself.
+    raw: Operator,
     location: Location,
     config: Config,
     crypto: Arc<Crypto>,
@@ -92,6 +106,11 @@ impl Repository {
         if let Some(size) = opts.pack_size {
             config.pack_size = size;
         }
+        if let Some(t) = opts.settings.session_timeout_secs {
+            config.session_timeout_secs = t;
+        }
+        config.append_only = opts.settings.append_only;
+        config.object_lock_secs = opts.settings.object_lock_secs;
         let crypto = Crypto::new(&master, opts.aead);
         config.sign(&crypto);
         let (key_id, key) = KeyFile::create(&master, &opts.open.password, opts.kdf, "initial key")?;
@@ -100,14 +119,17 @@ impl Repository {
         op.write(&key_path, key_json).await.map_err(storage_err("write", &key_path))?;
         // The config goes last: its presence is what makes this a repository.
         op.write("config", config.to_bytes()).await.map_err(storage_err("write", "config"))?;
-        Ok(Self::assemble(op, location.clone(), config, (master, crypto), key_id, &opts.open))
+        Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), key_id, &opts.open))
     }
 
-    fn assemble(op: Operator, location: Location, config: Config, keys: (MasterKey, Crypto), key_id: Id, opts: &OpenOptions) -> Repository {
+    fn assemble(ops: (Operator, Operator), location: Location, config: Config, keys: (MasterKey, Crypto), key_id: Id, opts: &OpenOptions) -> Repository {
         let (master, crypto) = keys;
+        let (raw, op) = ops;
+        let op = if config.append_only { op.layer(tresor_storage::AppendOnlyLayer) } else { op };
         let cache = opts.cache_root.as_ref().and_then(|root| Cache::new(root, &config.id));
         Repository {
             op,
+            raw,
             location,
             config,
             crypto: Arc::new(crypto),
@@ -134,7 +156,7 @@ impl Repository {
             };
             let crypto = Crypto::new(&master, config.aead);
             match config.verify(&crypto) {
-                Ok(()) => return Ok(Self::assemble(op, location.clone(), config, (master, crypto), id, opts)),
+                Ok(()) => return Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), id, opts)),
                 Err(e) => tampered = Some(e),
             }
         }
@@ -249,33 +271,70 @@ impl Repository {
     }
 }
 
-/// Names (last path component) of the objects under `dir`, recursively.
-pub async fn list_names(op: &Operator, dir: &str) -> Result<Vec<String>> {
-    Ok(list_with_size(op, dir).await?.into_iter().map(|(n, _)| n).collect())
+fn guarded(op: Operator) -> (Operator, Operator) {
+    (op.clone(), op)
 }
 
-/// Names and sizes of the objects under `dir`; a size the backend does not
-/// report in listings is fetched with a `stat`.
-pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64)>> {
+impl Repository {
+    /// Switch append-only mode by rewriting the config (signed again).
+    /// Callers must have had the password confirmed: this is the one escape
+    /// from the mode.
+    pub async fn set_append_only(&self, on: bool) -> Result<()> {
+        let mut config = self.config.clone();
+        config.append_only = on;
+        config.sign(&self.crypto);
+        self.raw.write("config", config.to_bytes()).await.map_err(storage_err("write", "config"))?;
+        Ok(())
+    }
+
+    /// Whether `password` opens this repository (any key slot).
+    pub async fn confirms(&self, password: &Password) -> Result<bool> {
+        for (id, key) in self.keys().await? {
+            match key.unlock(&id, password) {
+                Ok(m) if *m.0 == *self.master.0 => return Ok(true),
+                Ok(_) | Err(Error::WrongPassword) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Names (last path component) of the objects under `dir`, recursively.
+pub async fn list_names(op: &Operator, dir: &str) -> Result<Vec<String>> {
+    Ok(list_files(op, dir).await?.into_iter().map(|e| e.name().to_string()).collect())
+}
+
+async fn list_files(op: &Operator, dir: &str) -> Result<Vec<opendal::Entry>> {
     let entries = match op.list_with(dir).recursive(true).await {
         Ok(e) => e,
         Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(storage_err("list", dir)(e)),
     };
-    let files: Vec<_> = entries.into_iter().filter(|e| e.metadata().is_file() && !e.name().starts_with('.')).collect();
-    futures::stream::iter(files)
+    Ok(entries.into_iter().filter(|e| e.metadata().is_file() && !e.name().starts_with('.')).collect())
+}
+
+/// Names and sizes of the objects under `dir`; a size the backend does not
+/// report in listings is fetched with a `stat`.
+/// An object deleted between the listing and its `stat` is left out.
+pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64)>> {
+    let found: Vec<Option<(String, u64)>> = futures::stream::iter(list_files(op, dir).await?)
         .map(|e| async move {
             let name = e.name().to_string();
             let len = e.metadata().content_length();
             if len > 0 {
-                return Ok((name, len));
+                return Ok(Some((name, len)));
             }
-            let meta = op.stat(e.path()).await.map_err(storage_err("stat", e.path()))?;
-            Ok((name, meta.content_length()))
+            match op.stat(e.path()).await {
+                Ok(meta) => Ok(Some((name, meta.content_length()))),
+                Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
+                Err(err) => Err(storage_err("stat", e.path())(err)),
+            }
         })
         .buffer_unordered(16)
         .try_collect()
-        .await
+        .await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 impl Repository {
@@ -301,8 +360,13 @@ impl Repository {
         Ok(())
     }
 
+    /// Make sure an object is gone: one already deleted (by a concurrent
+    /// forget or prune) is not an error.
     pub async fn delete(&self, path: &str) -> Result<()> {
-        self.op.delete(path).await.map_err(storage_err("delete", path))
+        match self.op.delete(path).await {
+            Err(e) if e.kind() != opendal::ErrorKind::NotFound => Err(storage_err("delete", path)(e)),
+            _ => Ok(()),
+        }
     }
 
     pub async fn size_of(&self, path: &str) -> Result<u64> {
@@ -355,27 +419,70 @@ impl Repository {
 
     // ---- index ------------------------------------------------------------
 
+    /// Every index file. A file deleted between the listing and its read
+    /// was superseded by one written before the deletion: list again.
     pub async fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
-        let ids = self.list_ids(INDEX).await?;
-        futures::stream::iter(ids)
-            .map(|id| async move {
-                let plain = self.load_file("index", INDEX, &id).await?;
-                Ok::<_, Error>((id, IndexFile::decode(&id, &plain)?))
-            })
-            .buffer_unordered(8)
-            .try_collect()
-            .await
+        let mut attempts = 0;
+        loop {
+            let ids = self.list_ids(INDEX).await?;
+            let loaded = futures::stream::iter(ids)
+                .map(|id| async move {
+                    let plain = self.load_file("index", INDEX, &id).await?;
+                    Ok::<_, Error>((id, IndexFile::decode(&id, &plain)?))
+                })
+                .buffer_unordered(8)
+                .try_collect()
+                .await;
+            match loaded {
+                Err(e) if is_not_found(&e) && attempts < 5 => attempts += 1,
+                r => return r,
+            }
+        }
     }
 
-    /// The repository index, loaded once per process.
+    /// The packs prune has marked for deletion (docs/ARCHITECTURE.md §7),
+    /// with the storage time of each mark. A mark removed meanwhile is
+    /// skipped: its packs are gone or back in the index.
+    pub async fn load_marks(&self) -> Result<Vec<Mark>> {
+        let mut out = Vec::new();
+        for id in self.list_ids(MARKS).await? {
+            let path = format!("{MARKS}{}", id.to_hex());
+            let loaded = async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, crate::session::mtime(self, &path).await?)) };
+            match loaded.await {
+                Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The repository index for reading, loaded once per process: the index
+    /// files, and behind them the marked packs (a snapshot committed by a
+    /// writer that started before the mark may still need them).
     pub async fn index(&self) -> Result<Arc<Index>> {
         let mut slot = self.index.lock().await;
         if let Some(i) = slot.as_ref() {
             return Ok(i.clone());
         }
-        let index = Arc::new(index::merge(&self.load_index_files().await?));
+        let mut index = index::merge(&self.load_index_files().await?, &IdSet::default());
+        for m in self.load_marks().await? {
+            for p in &m.file.packs {
+                index.add_pack(p.id, p.size, &p.entries);
+            }
+        }
+        let index = Arc::new(index);
         *slot = Some(index.clone());
         Ok(index)
+    }
+
+    /// The index a writer deduplicates against: marked packs left out, so
+    /// that nothing new comes to depend on them. Call it only after the
+    /// writer's session has started.
+    pub async fn writer_index(&self) -> Result<Arc<Index>> {
+        let files = self.load_index_files().await?;
+        let marked: IdSet = self.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
+        Ok(Arc::new(index::merge(&files, &marked)))
     }
 
     pub async fn set_index(&self, index: Arc<Index>) {
@@ -446,6 +553,11 @@ impl Repository {
     pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let index = self.index().await?;
         let (pack, e) = index.get(id).ok_or(Error::MissingBlob(*id))?;
+        self.load_blob_at(pack, e).await
+    }
+
+    /// A blob at a known place, for callers with an index of their own.
+    pub async fn load_blob_at(&self, pack: Id, e: PackEntry) -> Result<Vec<u8>> {
         let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
         if e.kind == BlobKind::Tree {
             let p = self.tree_pack(&pack).await?;
@@ -492,6 +604,19 @@ impl Repository {
         let snaps = self.snapshots().await?;
         select_snapshot(snaps, spec)
     }
+}
+
+/// Packs marked for deletion by a prune, as stored under `marks/`.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub id: Id,
+    /// When the storage stored the mark.
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub file: IndexFile,
+}
+
+pub fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Storage { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
 }
 
 pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {

@@ -284,6 +284,7 @@ mod tests {
             tags: tags.iter().map(|t| t.to_string()).collect(),
             source: SourceInfo::default(),
             parent: None,
+            original: None,
             excludes: vec![],
             program_version: String::new(),
             summary: None,

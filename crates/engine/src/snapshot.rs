@@ -66,6 +66,9 @@ pub struct Snapshot {
     pub source: SourceInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,
+    /// For a copy made by `tresor copy`: the snapshot it was copied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
     pub program_version: String,

@@ -7,11 +7,15 @@
 //! about the repository format: it moves opaque, immutable objects.
 
 mod fault;
+mod guard;
 mod location;
+mod throttle;
 
 use std::time::Duration;
 
 pub use fault::{FaultConfig, FaultLayer};
+pub use guard::AppendOnlyLayer;
+pub use throttle::ThrottleLayer;
 pub use location::Location;
 pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
 
@@ -38,6 +42,12 @@ pub struct StorageOptions {
     pub faults: Option<FaultConfig>,
     /// How many times a temporary error is retried before it is reported.
     pub max_retries: Option<usize>,
+    /// Upload and download limits in bytes per second.
+    pub limit_upload: Option<u64>,
+    pub limit_download: Option<u64>,
+    /// Credentials are looked up under this prefix first
+    /// (`TRESOR_TO_AWS_ACCESS_KEY_ID` for a copy target), then without it.
+    pub env_prefix: Option<&'static str>,
 }
 
 /// Build the operator for `location` with the shared layer stack.
@@ -45,7 +55,12 @@ pub struct StorageOptions {
 /// Faults sit below the retry layer on purpose: injected temporary errors must
 /// be absorbed by the same retry logic that absorbs real ones.
 pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, StorageError> {
-    let op = location.operator()?;
+    let op = location.operator(options.env_prefix.unwrap_or(""))?;
+    let op = if options.limit_upload.is_some() || options.limit_download.is_some() {
+        op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))
+    } else {
+        op
+    };
     let op = match &options.faults {
         Some(cfg) => op.layer(FaultLayer::new(cfg.clone())),
         None => op,

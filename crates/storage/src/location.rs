@@ -106,7 +106,7 @@ impl Location {
         }
     }
 
-    pub(crate) fn operator(&self) -> Result<Operator, StorageError> {
+    pub(crate) fn operator(&self, p: &str) -> Result<Operator, StorageError> {
         let built = match self {
             Location::Fs(path) => {
                 let root = path.to_string_lossy().to_string();
@@ -115,33 +115,33 @@ impl Location {
                 let tmp = path.join(".tmp").to_string_lossy().to_string();
                 build(services::Fs::default().root(&root).atomic_write_dir(&tmp))
             }
-            Location::S3 { bucket, root, endpoint, region } => build(s3_builder(bucket, root, endpoint, region)),
+            Location::S3 { bucket, root, endpoint, region } => build(s3_builder(p, bucket, root, endpoint, region)),
             Location::Azblob { container, root } => {
                 let mut b = services::Azblob::default().container(container).root(root);
-                if let Some(v) = env("AZURE_STORAGE_ACCOUNT") {
+                if let Some(v) = env(p, "AZURE_STORAGE_ACCOUNT") {
                     b = b.account_name(&v).endpoint(&format!("https://{v}.blob.core.windows.net"));
                 }
-                if let Some(v) = env("AZURE_STORAGE_KEY") {
+                if let Some(v) = env(p, "AZURE_STORAGE_KEY") {
                     b = b.account_key(&v);
                 }
-                if let Some(v) = env("AZURE_STORAGE_ENDPOINT") {
+                if let Some(v) = env(p, "AZURE_STORAGE_ENDPOINT") {
                     b = b.endpoint(&v);
                 }
                 build(b)
             }
             Location::Gcs { bucket, root } => {
                 let mut b = services::Gcs::default().bucket(bucket).root(root);
-                if let Some(v) = env("GOOGLE_APPLICATION_CREDENTIALS") {
+                if let Some(v) = env(p, "GOOGLE_APPLICATION_CREDENTIALS") {
                     b = b.credential_path(&v);
                 }
                 build(b)
             }
             Location::Webdav { endpoint, root } => {
                 let mut b = services::Webdav::default().endpoint(endpoint).root(root);
-                if let Some(v) = env("TRESOR_WEBDAV_USER") {
+                if let Some(v) = env(p, "TRESOR_WEBDAV_USER") {
                     b = b.username(&v);
                 }
-                if let Some(v) = env("TRESOR_WEBDAV_PASSWORD") {
+                if let Some(v) = env(p, "TRESOR_WEBDAV_PASSWORD") {
                     b = b.password(&v);
                 }
                 build(b)
@@ -151,7 +151,7 @@ impl Location {
                 if let Some(u) = user {
                     b = b.user(u);
                 }
-                if let Some(v) = env("TRESOR_SFTP_KEY") {
+                if let Some(v) = env(p, "TRESOR_SFTP_KEY") {
                     b = b.key(&v);
                 }
                 build(b)
@@ -165,20 +165,22 @@ fn build<B: opendal::Builder>(builder: B) -> opendal::Result<Operator> {
     Ok(Operator::new(builder)?.finish())
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+/// A setting from the environment: `<prefix><name>` first, then `<name>`.
+fn env(prefix: &str, name: &str) -> Option<String> {
+    let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    (!prefix.is_empty()).then(|| get(&format!("{prefix}{name}"))).flatten().or_else(|| get(name))
 }
 
-fn s3_builder(bucket: &str, root: &str, endpoint: &Option<String>, region: &Option<String>) -> services::S3 {
+fn s3_builder(p: &str, bucket: &str, root: &str, endpoint: &Option<String>, region: &Option<String>) -> services::S3 {
     let mut b = services::S3::default().bucket(bucket).root(root);
-    if let Some(e) = endpoint.clone().or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL")) {
+    if let Some(e) = endpoint.clone().or_else(|| env(p, "AWS_ENDPOINT_URL_S3")).or_else(|| env(p, "AWS_ENDPOINT_URL")) {
         b = b.endpoint(&e);
     }
-    let region = region.clone().or_else(|| env("AWS_REGION")).or_else(|| env("AWS_DEFAULT_REGION"));
+    let region = region.clone().or_else(|| env(p, "AWS_REGION")).or_else(|| env(p, "AWS_DEFAULT_REGION"));
     b = b.region(region.as_deref().unwrap_or("us-east-1"));
-    if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+    if let (Some(k), Some(s)) = (env(p, "AWS_ACCESS_KEY_ID"), env(p, "AWS_SECRET_ACCESS_KEY")) {
         b = b.access_key_id(&k).secret_access_key(&s);
-        if let Some(t) = env("AWS_SESSION_TOKEN") {
+        if let Some(t) = env(p, "AWS_SESSION_TOKEN") {
             b = b.session_token(&t);
         }
     }

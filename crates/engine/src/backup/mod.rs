@@ -23,6 +23,7 @@ use futures::StreamExt;
 use crate::chunker::Chunker;
 use crate::fsmeta::{self, NameCache};
 use crate::index::{Index, IndexFile, IndexedPack};
+use crate::session::Session;
 use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackEntry, PackWriter, SealedPack};
 use crate::snapshot::{FileError, Snapshot, SourceInfo, Summary};
 use crate::tree::{Node, Tree};
@@ -353,9 +354,22 @@ fn worker(shared: &Shared, jobs: Receiver<FileJob>) {
 
 /// Back up `opts.paths` (or the stdin stream) and save a snapshot.
 pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapshot> {
+    // The session comes first: a prune that marks packs after this point
+    // must wait for this backup, and one that marked them before is seen in
+    // the writer index, which leaves marked packs out.
+    let session = Session::start(repo.clone(), "backup").await?;
+    let result = run(repo.clone(), opts, &session).await;
+    let ended = session.end().await;
+    repo.reset_index().await;
+    let snap = result?;
+    ended?;
+    Ok(snap)
+}
+
+async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> Result<Snapshot> {
     let started = Instant::now();
     let start_time = Local::now().fixed_offset();
-    let index = repo.index().await?;
+    let index = repo.writer_index().await?;
     // Queued messages are small (closes, and tree packs of a few MiB), so
     // several closes (each an fsync or a multipart completion) can overlap.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
@@ -424,14 +438,27 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
         tags,
         source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
+        original: None,
         excludes,
         program_version: concat!("tresor ", env!("CARGO_PKG_VERSION")).into(),
         summary: Some(summary),
         errors: errors.into_inner().expect("not poisoned"),
     };
-    snap.id = repo.save_snapshot(&snap).await?;
-    repo.reset_index().await;
+    commit(&repo, session, &mut snap).await?;
     Ok(snap)
+}
+
+/// Store the snapshot, under a live lease only. A lease that lapsed while
+/// the snapshot was being stored may have let a prune sweep data it needs:
+/// the snapshot is withdrawn again.
+pub(crate) async fn commit(repo: &Repository, session: &Session, snap: &mut Snapshot) -> Result<()> {
+    session.check_lease().await?;
+    snap.id = repo.save_snapshot(snap).await?;
+    if let Err(e) = session.check_lease().await {
+        repo.delete(&format!("{}{}", crate::repo::SNAPSHOTS, snap.id.to_hex())).await?;
+        return Err(e);
+    }
+    Ok(())
 }
 
 type Stream = Option<(String, Box<dyn Read + Send>)>;

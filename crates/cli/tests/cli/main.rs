@@ -11,6 +11,8 @@ use std::process::{Command, Output, Stdio};
 
 use tresor_testkit::S3Server;
 
+mod prune;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
 
 struct Env {

@@ -1,0 +1,58 @@
+//! `prune`, and `forget --prune`.
+
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use tresor_engine::Repository;
+use tresor_engine::prune::{PruneOptions, PruneReport, prune as run_prune};
+
+use crate::commands::{open, parse_duration, print_json};
+use crate::opts::{Global, PruneArgs, PruneCmd};
+
+pub async fn prune(g: &Global, a: PruneCmd) -> Result<u8> {
+    let repo = open(g).await?;
+    run(g, &repo, &a.opts, a.dry_run).await?;
+    Ok(0)
+}
+
+pub async fn run(g: &Global, repo: &Arc<Repository>, a: &PruneArgs, dry_run: bool) -> Result<()> {
+    if !(0.0..=100.0).contains(&a.max_unused) {
+        bail!("--max-unused is a percentage from 0 to 100");
+    }
+    let opts = PruneOptions { max_unused: a.max_unused / 100.0, grace: parse_duration(&a.grace)?, dry_run };
+    let r = run_prune(repo.clone(), &opts).await?;
+    if g.json {
+        return print_json(&r);
+    }
+    print_report(&r);
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+fn print_report(r: &PruneReport) {
+    let would = if r.dry_run { "would be " } else { "" };
+    println!("{} snapshots reach {} of {} blobs in {} packs; {} unused in indexed packs", r.snapshots, r.used_blobs, r.blobs, r.packs, mib(r.unused_bytes));
+    println!(
+        "{} packs {would}marked for deletion ({}), {} of them {would}repacked ({} still used, copied)",
+        r.marked_packs,
+        mib(r.marked_bytes),
+        r.repacked_packs,
+        mib(r.repacked_bytes)
+    );
+    if r.dry_run {
+        return;
+    }
+    println!("{} packs deleted ({}), {} unindexed packs deleted", r.deleted_packs, mib(r.deleted_bytes), r.orphan_packs_deleted);
+    if r.rescued_packs > 0 {
+        println!("{} marked packs put back in the index: a snapshot written meanwhile needs them", r.rescued_packs);
+    }
+    if r.locked_packs > 0 {
+        println!("{} packs are still under Object Lock; a later prune deletes them", r.locked_packs);
+    }
+    for w in &r.waiting {
+        println!("{w}");
+    }
+}

@@ -1,0 +1,216 @@
+//! Prune: space comes back, no snapshot loses a byte, with backups and other
+//! prunes running at the same time and prunes killed at random moments.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+
+/// The files of writer `w`'s `i`-th backup: one file every writer shares,
+/// one carried over from the previous round, one new, and one scratch file
+/// no later round keeps (so packs end up partly used once rounds go).
+fn generation(dir: &Path, w: u64, i: u64) {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("shared.bin"), random_bytes(3 << 20, 7)).unwrap();
+    if i > 0 {
+        fs::write(dir.join("previous.bin"), random_bytes(2 << 20, 1000 * w + i - 1)).unwrap();
+    }
+    fs::write(dir.join("new.bin"), random_bytes(2 << 20, 1000 * w + i)).unwrap();
+    fs::write(dir.join("scratch.bin"), random_bytes(1 << 20, 500_000 + 1000 * w + i)).unwrap();
+}
+
+fn contents(dir: &Path) -> BTreeMap<String, String> {
+    files_under(dir).iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), blake3::hash(&fs::read(p).unwrap()).to_hex().to_string())).collect()
+}
+
+/// Every snapshot restores to exactly the files it was taken of.
+fn assert_all_restore(env: &Env, taken: &[(String, u64, u64)], scratch: &str) {
+    let snaps = env.json(&["snapshots"]);
+    let alive: Vec<&str> = snaps.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(!alive.is_empty());
+    for (id, w, i) in taken.iter().filter(|(id, _, _)| alive.contains(&id.as_str())) {
+        let expected = env.path(&format!("{scratch}-expected"));
+        generation(&expected, *w, *i);
+        let target = env.path(&format!("{scratch}-{}", &id[..8]));
+        env.ok(&["restore", id, "--target", target.to_str().unwrap()]);
+        let src = env.path(&format!("w{w}"));
+        assert_eq!(contents(&restored(env, target.file_name().unwrap().to_str().unwrap(), &src)), contents(&expected), "snapshot {id}");
+        fs::remove_dir_all(&target).unwrap();
+    }
+}
+
+/// Back up a generation; one thread packs the files in order, so a round's
+/// new and scratch files share packs.
+fn backup_generation(env: &Env, w: u64, i: u64) -> (String, u64, u64) {
+    let dir = env.path(&format!("w{w}"));
+    generation(&dir, w, i);
+    let host = format!("writer{w}");
+    let out = env.json(&["backup", dir.to_str().unwrap(), "--host", &host, "--threads", "1"]);
+    (out["snapshot_id"].as_str().unwrap().to_string(), w, i)
+}
+
+fn prune_frees_space_and_keeps_every_snapshot_whole(env: &Env) {
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let mut taken = Vec::new();
+    for i in 0..4 {
+        taken.push(backup_generation(env, 0, i));
+    }
+    let dry = env.json(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
+    assert_eq!(dry["marked_packs"], 0, "a dry run of forget reaches every snapshot still: {dry}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 4);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let before = env.json(&["stats"]);
+    let dry = env.json(&["prune", "--dry-run"]);
+    assert!(dry["marked_packs"].as_u64().unwrap() > 0, "{dry}");
+    assert_eq!(env.json(&["stats"]), before, "a dry run changes nothing");
+    let r = env.json(&["prune", "--max-unused", "0"]);
+    assert_eq!(r["marked_packs"], dry["marked_packs"], "{r}");
+    assert_eq!(r["deleted_packs"], r["marked_packs"], "nothing else writes, so the marks are swept at once: {r}");
+    assert!(r["repacked_packs"].as_u64().unwrap() > 0, "packs mixing old and kept data were repacked: {r}");
+    let after = env.json(&["stats"]);
+    let (was, now) = (before["total_stored_size"].as_u64().unwrap(), after["total_stored_size"].as_u64().unwrap());
+    assert!(now < was * 3 / 4, "space came back: {was} -> {now}");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    assert_all_restore(env, &taken, "single");
+    let again = env.json(&["prune", "--max-unused", "0"]);
+    assert_eq!((again["marked_packs"].as_u64(), again["deleted_packs"].as_u64()), (Some(0), Some(0)), "{again}");
+}
+
+#[test]
+fn prune_on_fs() {
+    prune_frees_space_and_keeps_every_snapshot_whole(&Env::new());
+}
+
+#[test]
+fn prune_on_s3() {
+    let server = S3Server::start();
+    prune_frees_space_and_keeps_every_snapshot_whole(&Env::s3(&server));
+}
+
+#[test]
+fn prune_waits_for_a_backup_that_started_before_it() {
+    let env = Env::new();
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let content = random_bytes(6 << 20, 42);
+    let mut first = env.cmd(&["backup", "--stdin", "--stdin-filename", "db.dump"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    first.stdin.take().unwrap().write_all(&content).unwrap();
+    assert!(first.wait().unwrap().success());
+    // Older than any session by more than the storage clock's granularity.
+    std::thread::sleep(Duration::from_millis(2500));
+    // A second backup of the same bytes starts and loads the index, which
+    // still lists the first backup's packs; then it waits for its input.
+    let sessions = Path::new(&env.repo).join("sessions");
+    let mut slow = env.cmd(&["backup", "--stdin", "--stdin-filename", "db.dump", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    while fs::read_dir(&sessions).map(|d| d.count()).unwrap_or(0) == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    env.ok(&["forget", "latest"]);
+    let r = env.json(&["prune"]);
+    assert!(r["marked_packs"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["deleted_packs"], 0, "the older backup holds the sweep back: {r}");
+    let why = r["waiting"][0].as_str().unwrap();
+    assert!(why.contains("waits for backup") && why.contains("which began before it"), "{why}");
+    // The backup now finishes, deduplicated against the marked packs.
+    slow.stdin.take().unwrap().write_all(&content).unwrap();
+    let out = slow.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let summary: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["data_blobs"], 0, "it reused the marked data: {summary}");
+    let r = env.json(&["prune"]);
+    assert!(r["rescued_packs"].as_u64().unwrap() > 0, "the sweep put the needed packs back: {r}");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    let out = env.cmd(&["dump", "latest", "db.dump"]).output().unwrap();
+    assert!(out.stdout == content, "the snapshot restores byte for byte");
+    env.ok(&["forget", "latest"]);
+    let r = env.json(&["prune"]);
+    assert!(r["deleted_packs"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(files_under(&Path::new(&env.repo).join("data")).len(), 0, "nothing is left once nothing is needed");
+}
+
+/// Three writers back up in rounds while another thread forgets and prunes
+/// (repacking everything it can) as fast as it can; two prunes overlap.
+fn writers_and_prunes_at_once(env: &Env) {
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let taken = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..3)
+            .map(|w| {
+                let taken = taken.clone();
+                s.spawn(move || {
+                    for i in 0..4 {
+                        let t = backup_generation(env, w, i);
+                        taken.lock().unwrap().push(t);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..2 {
+            let done = done.clone();
+            s.spawn(move || {
+                let mut rounds = 0;
+                while !done.load(Ordering::Relaxed) || rounds == 0 {
+                    let out = env.run(&["forget", "--keep-last", "2", "--group-by", "host"]);
+                    assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("no snapshot"), "{out:?}");
+                    env.ok(&["prune", "--max-unused", "0"]);
+                    rounds += 1;
+                }
+            });
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    env.ok(&["forget", "--keep-last", "2", "--group-by", "host"]);
+    env.ok(&["prune", "--max-unused", "0"]);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    let taken = taken.lock().unwrap();
+    assert_eq!(taken.len(), 12);
+    assert_all_restore(env, &taken, "many");
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 6, "the last two of each writer survive: {snaps}");
+}
+
+#[test]
+fn writers_and_prunes_at_once_on_fs() {
+    writers_and_prunes_at_once(&Env::new());
+}
+
+#[test]
+fn writers_and_prunes_at_once_on_s3() {
+    let server = S3Server::start();
+    writers_and_prunes_at_once(&Env::s3(&server));
+}
+
+#[test]
+fn killed_prunes_leave_a_repository_that_checks_and_restores() {
+    let env = Env::new();
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let mut taken = Vec::new();
+    for i in 0..6 {
+        taken.push(backup_generation(&env, i % 2, i));
+    }
+    env.ok(&["forget", "--keep-last", "1", "--group-by", "host"]);
+    let mut seed = 0x5eed_u64;
+    for round in 0..8 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = 20 + (seed >> 33) % 400;
+        let mut child = env.cmd(&["prune", "--max-unused", "0"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let check = env.run(&["check", "--read-data"]);
+        assert!(check.status.success(), "round {round} (killed after {delay} ms): {}", String::from_utf8_lossy(&check.stdout));
+        assert_all_restore(&env, &taken, "killed");
+    }
+    // The killed prunes left sessions that look alive until they time out;
+    // a prune now marks and repacks, and sweeps what it can.
+    env.ok(&["prune", "--max-unused", "0"]);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    assert_all_restore(&env, &taken, "final");
+}

@@ -1,0 +1,287 @@
+//! `copy`: replicate snapshots into another repository (off-site), with its
+//! own key and backend.
+//!
+//! Blob ids are keyed hashes, so the same bytes have different ids in the
+//! two repositories: trees are rewritten bottom-up with the target's ids,
+//! and chunk boundaries are kept as they are. What the target already holds
+//! is found without transferring it: the trees of a snapshot copied earlier
+//! and of its copy have the same shape, and walking both side by side maps
+//! every source id to its target id. Only blobs the target lacks travel.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, FixedOffset};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::index::{Index, IndexFile, IndexedPack};
+use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackWriter};
+use crate::session::Session;
+use crate::tree::Tree;
+use crate::{Error, Id, IdMap, IdSet, Repository, Result, Snapshot};
+
+/// Packs written between two index checkpoints of the target.
+const PACKS_PER_CHECKPOINT: usize = 32;
+
+#[derive(Clone, Debug, Default)]
+pub struct CopyOptions {
+    pub dry_run: bool,
+    /// Read back every pack written and authenticate each blob in it.
+    pub verify: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CopyReport {
+    pub dry_run: bool,
+    /// `source id -> target id` of each snapshot copied.
+    pub copied: Vec<(Id, Id)>,
+    /// Source snapshots the target already has.
+    pub present: usize,
+    pub blobs_copied: u64,
+    pub bytes_copied: u64,
+    pub blobs_reused: u64,
+    pub packs_written: usize,
+    pub packs_verified: usize,
+    /// The newest selected source snapshot the target did not have before
+    /// this run, and how far it is ahead of the newest one it had.
+    pub newest_missing: Option<DateTime<FixedOffset>>,
+    pub lag_seconds: Option<i64>,
+}
+
+/// Replication state of selected source snapshots against a target.
+pub struct Pending {
+    pub missing: Vec<Snapshot>,
+    /// Pairs of (source, target) already replicated.
+    pub pairs: Vec<(Snapshot, Snapshot)>,
+}
+
+pub async fn pending(selected: Vec<Snapshot>, dst: &Repository) -> Result<Pending> {
+    let copies: IdMap<Snapshot> = dst.snapshots().await?.into_iter().filter_map(|s| Some((s.original?, s))).collect();
+    let mut out = Pending { missing: Vec::new(), pairs: Vec::new() };
+    for s in selected {
+        match copies.get(&s.id) {
+            Some(c) => out.pairs.push((s, c.clone())),
+            None => out.missing.push(s),
+        }
+    }
+    Ok(out)
+}
+
+/// How far the target is behind: seconds from the newest replicated
+/// snapshot to the newest missing one (from the oldest missing one to now,
+/// when nothing was replicated yet).
+pub fn lag(p: &Pending) -> Option<(DateTime<FixedOffset>, i64)> {
+    let newest_missing = p.missing.iter().map(|s| s.time).max()?;
+    let secs = match p.pairs.iter().map(|(s, _)| s.time).max() {
+        Some(replicated) => (newest_missing - replicated).num_seconds(),
+        // Nothing replicated yet: everything since the oldest is at risk.
+        None => (chrono::Utc::now().fixed_offset() - p.missing.iter().map(|s| s.time).min()?).num_seconds(),
+    };
+    Some((newest_missing, secs.max(0)))
+}
+
+pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snapshot>, opts: &CopyOptions) -> Result<CopyReport> {
+    let state = pending(selected, &dst).await?;
+    let mut report = CopyReport { dry_run: opts.dry_run, present: state.pairs.len(), ..Default::default() };
+    if let Some((t, secs)) = lag(&state) {
+        report.newest_missing = Some(t);
+        report.lag_seconds = Some(secs);
+    }
+    if opts.dry_run || state.missing.is_empty() {
+        report.copied = state.missing.iter().map(|s| (s.id, Id::default())).collect();
+        return Ok(report);
+    }
+    let session = Session::start(dst.clone(), "copy").await?;
+    let result = run(&src, &dst, state, opts, &session, &mut report).await;
+    let ended = session.end().await;
+    dst.reset_index().await;
+    result?;
+    ended?;
+    Ok(report)
+}
+
+async fn run(src: &Repository, dst: &Repository, state: Pending, opts: &CopyOptions, session: &Session, report: &mut CopyReport) -> Result<()> {
+    let mut c = Copier {
+        src,
+        dst,
+        index: dst.writer_index().await?,
+        map: IdMap::default(),
+        writers: [None, None],
+        compressor: Compressor::new(dst.config().compression).map_err(|e| Error::Invalid(format!("zstd: {e}")))?,
+        added: IdSet::default(),
+        unindexed: Vec::new(),
+        written: Vec::new(),
+        zbuf: Vec::new(),
+        copied: 0,
+        bytes: 0,
+        reused: 0,
+    };
+    for (s, d) in &state.pairs {
+        c.learn(s.tree, d.tree).await?;
+    }
+    for snap in state.missing {
+        let tree = c.tree(snap.tree).await?;
+        c.flush(true).await?;
+        let mut copy = Snapshot { id: Id::default(), tree, original: Some(snap.id), parent: None, ..snap.clone() };
+        crate::backup::commit(dst, session, &mut copy).await?;
+        report.copied.push((snap.id, copy.id));
+    }
+    report.blobs_copied = c.copied;
+    report.bytes_copied = c.bytes;
+    report.packs_written = c.written.len();
+    report.blobs_reused = c.reused;
+    if opts.verify {
+        dst.reset_index().await;
+        for pack in &c.written {
+            let bad = crate::check::verify_pack(dst, pack).await?;
+            if let Some((blob, why)) = bad.first() {
+                return Err(Error::corrupt("blob", blob, format!("it did not read back from the target's pack {}: {why}", pack.short())));
+            }
+            report.packs_verified += 1;
+        }
+    }
+    Ok(())
+}
+
+struct Copier<'a> {
+    src: &'a Repository,
+    dst: &'a Repository,
+    /// The target's index, without marked packs.
+    index: Arc<Index>,
+    /// Source id to target id, for blobs and trees known to be in the target.
+    map: IdMap<Id>,
+    /// Blobs stored by this run, not in `index`.
+    added: IdSet,
+    writers: [Option<PackWriter>; 2],
+    compressor: Compressor,
+    zbuf: Vec<u8>,
+    unindexed: Vec<IndexedPack>,
+    written: Vec<Id>,
+    copied: u64,
+    bytes: u64,
+    reused: u64,
+}
+
+type Step<'s, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 's>>;
+
+impl Copier<'_> {
+    /// Walk a replicated pair side by side and learn which target id each
+    /// source id has. Only ids the target's index lists are trusted.
+    fn learn(&mut self, s: Id, d: Id) -> Step<'_, ()> {
+        Box::pin(async move {
+            if self.map.contains_key(&s) {
+                return Ok(());
+            }
+            let (st, dt) = (self.src.load_tree(&s).await?, self.dst.load_tree(&d).await?);
+            if self.index.contains(&d) {
+                self.map.insert(s, d);
+            }
+            if st.nodes.len() != dt.nodes.len() {
+                return Ok(());
+            }
+            for (a, b) in st.nodes.iter().zip(&dt.nodes) {
+                if a.content.len() == b.content.len() {
+                    for (x, y) in a.content.iter().zip(&b.content).filter(|(_, y)| self.index.contains(y)) {
+                        self.map.insert(*x, *y);
+                    }
+                }
+                if let (Some(x), Some(y)) = (a.subtree, b.subtree) {
+                    self.learn(x, y).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The target id of a source tree, storing in the target what it lacks.
+    fn tree(&mut self, id: Id) -> Step<'_, Id> {
+        Box::pin(async move {
+            if let Some(d) = self.map.get(&id) {
+                self.reused += 1;
+                return Ok(*d);
+            }
+            let mut t: Tree = self.src.load_tree(&id).await?;
+            for node in &mut t.nodes {
+                if let Some(sub) = node.subtree {
+                    node.subtree = Some(self.tree(sub).await?);
+                }
+                if !node.content.is_empty() {
+                    node.content = self.contents(&node.content).await?;
+                }
+            }
+            let new = self.put(BlobKind::Tree, &t.encode()).await?;
+            self.map.insert(id, new);
+            Ok(new)
+        })
+    }
+
+    async fn contents(&mut self, ids: &[Id]) -> Result<Vec<Id>> {
+        let mut wanted: Vec<Id> = ids.iter().filter(|i| !self.map.contains_key(i)).copied().collect();
+        wanted.sort();
+        wanted.dedup();
+        self.reused += (ids.len() - wanted.len()) as u64;
+        let src = self.src;
+        let mut fetched = futures::stream::iter(wanted).map(|id| async move { Ok::<_, Error>((id, src.load_blob(&id).await?)) }).buffered(8);
+        while let Some(r) = fetched.next().await {
+            let (id, plain) = r?;
+            let new = self.put(BlobKind::Data, &plain).await?;
+            self.map.insert(id, new);
+        }
+        Ok(ids.iter().map(|i| self.map[i]).collect())
+    }
+
+    /// Store a blob in the target unless it holds it already; its target id.
+    async fn put(&mut self, kind: BlobKind, plain: &[u8]) -> Result<Id> {
+        let id = self.dst.crypto().blob_id(plain);
+        if self.index.contains(&id) || !self.added.insert(id) {
+            self.reused += 1;
+            return Ok(id);
+        }
+        let target = self.dst.config().pack_size as usize;
+        let slot = &mut self.writers[usize::from(kind == BlobKind::Tree)];
+        let writer = slot.get_or_insert_with(|| PackWriter::new(kind, target));
+        let (compressor, zbuf, crypto) = (&mut self.compressor, &mut self.zbuf, self.dst.crypto());
+        let entry = tokio::task::block_in_place(|| {
+            let (flags, payload) = if compressor.compress(plain, zbuf) { (FLAG_ZSTD, zbuf.as_slice()) } else { (0, plain) };
+            writer.add(crypto, id, plain.len(), flags, payload)
+        });
+        self.copied += 1;
+        self.bytes += u64::from(entry.length);
+        if writer.len() >= target {
+            let full = slot.take().expect("present");
+            self.store(full).await?;
+        }
+        Ok(id)
+    }
+
+    async fn store(&mut self, w: PackWriter) -> Result<()> {
+        let sealed = tokio::task::block_in_place(|| w.finish(self.dst.crypto()));
+        let packed = self.dst.save_pack(sealed).await?;
+        self.written.push(packed.id);
+        self.unindexed.push(packed);
+        if self.unindexed.len() >= PACKS_PER_CHECKPOINT {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    /// Index what was stored; with `all`, seal the open packs first (before
+    /// a snapshot is committed, everything it needs must be indexed).
+    async fn flush(&mut self, all: bool) -> Result<()> {
+        if all {
+            for w in std::mem::take(&mut self.writers).into_iter().flatten() {
+                let sealed = tokio::task::block_in_place(|| w.finish(self.dst.crypto()));
+                let packed = self.dst.save_pack(sealed).await?;
+                self.written.push(packed.id);
+                self.unindexed.push(packed);
+            }
+        }
+        if !self.unindexed.is_empty() {
+            let packs = std::mem::take(&mut self.unindexed);
+            self.dst.save_index(&IndexFile { supersedes: Vec::new(), packs }).await?;
+        }
+        Ok(())
+    }
+}

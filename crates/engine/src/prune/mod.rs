@@ -1,0 +1,236 @@
+//! `prune`: delete the data no snapshot needs while backups keep running.
+//!
+//! No lock is taken. A prune *marks* packs (writes `marks/<id>` listing them
+//! and drops them from the index), and a later phase *sweeps* a mark (deletes
+//! its packs) only once no writer session that started before the mark is
+//! alive and every snapshot written meanwhile has been walked. The protocol
+//! and why it is safe: docs/ARCHITECTURE.md §7.
+
+mod sweep;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::index::{IndexFile, IndexedPack};
+use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackWriter};
+use crate::repo::{INDEX, MARKS, pack_path};
+use crate::session::{Session, SessionInfo, sessions};
+use crate::{Error, Id, IdSet, Repository, Result};
+use view::View;
+
+/// Packs per index file written by prune.
+const PACKS_PER_INDEX: usize = 4096;
+
+/// Object stores stamp whole seconds: a session that started this close
+/// after a mark is treated as older than it.
+const SLOP: chrono::Duration = chrono::Duration::seconds(2);
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack once more than this share of its blob bytes is unused.
+    pub max_unused: f64,
+    /// How long a mark (and an unindexed pack) must age, by the storage's
+    /// clock, before its packs may go.
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub used_blobs: usize,
+    /// Bytes of unused blobs in indexed packs, before this prune.
+    pub unused_bytes: u64,
+    pub marked_packs: usize,
+    pub marked_bytes: u64,
+    pub repacked_packs: usize,
+    /// Bytes of still-used blobs copied out of repacked packs.
+    pub repacked_bytes: u64,
+    /// Marked packs put back in the index because a snapshot needs them.
+    pub rescued_packs: usize,
+    pub deleted_packs: usize,
+    pub deleted_bytes: u64,
+    /// Packs Object Lock still protects; a later prune deletes them.
+    pub locked_packs: usize,
+    pub orphan_packs_deleted: usize,
+    /// Marks not swept yet, and why.
+    pub waiting: Vec<String>,
+    pub index_files_written: usize,
+    pub index_files_removed: usize,
+}
+
+pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
+    if repo.config().append_only && !opts.dry_run {
+        return Err(Error::AppendOnly("prune".into()));
+    }
+    if opts.dry_run {
+        let live = sessions(&repo).await?;
+        let (mut view, snapshots) = View::load(&repo).await?;
+        let mut report = PruneReport { dry_run: true, ..Default::default() };
+        plan(&repo, &mut view, snapshots, opts, &live, &mut report).await?;
+        return Ok(report);
+    }
+    let session = Session::start(repo.clone(), "prune").await?;
+    let result = run(&repo, opts, &session).await;
+    let ended = session.end().await;
+    repo.reset_index().await;
+    let report = result?;
+    ended?;
+    Ok(report)
+}
+
+/// What this run wrote to the index.
+#[derive(Default)]
+struct Written {
+    files: IdSet,
+    packs: IdSet,
+}
+
+/// What this run decided about the packs.
+#[derive(Default)]
+struct Plan {
+    mark: IdSet,
+    repack: IdSet,
+    /// Marked packs a snapshot needs after all.
+    rescue: IdSet,
+}
+
+async fn run(repo: &Repository, opts: &PruneOptions, session: &Session) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let now = session.storage_now().await?;
+    let live = live_sessions(repo, session, now).await?;
+    let (mut view, snapshots) = View::load(repo).await?;
+    let plan = plan(repo, &mut view, snapshots, opts, &live, &mut report).await?;
+    let written = rewrite(repo, &view, &plan, session, &mut report).await?;
+    sweep::sweep(repo, &mut view, opts, session, &plan, &written, &mut report).await?;
+    Ok(report)
+}
+
+/// Sessions other than ours whose last heartbeat is recent enough.
+async fn live_sessions(repo: &Repository, ours: &Session, now: DateTime<Utc>) -> Result<Vec<SessionInfo>> {
+    let timeout = chrono::Duration::seconds(repo.config().session_timeout_secs as i64);
+    Ok(sessions(repo).await?.into_iter().filter(|s| s.id != ours.id() && now - s.last_beat < timeout).collect())
+}
+
+/// Reach every snapshot, then choose what to mark, repack and rescue.
+async fn plan(
+    repo: &Repository,
+    view: &mut View,
+    snapshots: Vec<Id>,
+    opts: &PruneOptions,
+    live: &[SessionInfo],
+    report: &mut PruneReport,
+) -> Result<Plan> {
+    report.snapshots = view.reach_snapshots(repo, snapshots).await?;
+    report.blobs = view.index.blob_count();
+    // Packs indexed after the oldest live writer started may be its work in
+    // progress: leave them to a later prune rather than make others re-store.
+    let protect_from = live.iter().map(|s| s.started).min().map(|t| t - SLOP);
+    let overhead = (4 + repo.crypto().aead().overhead() + FOOTER_LEN) as u64;
+    let mut plan = Plan::default();
+    for ((pack, size), usage) in view.index.packs().zip(view.index.pack_usage()) {
+        report.used_blobs += usage.used_blobs as usize;
+        if view.mark_of.contains_key(&pack) {
+            if usage.used_blobs > 0 {
+                plan.rescue.insert(pack);
+            }
+            continue;
+        }
+        report.packs += 1;
+        let area = size.saturating_sub(overhead + u64::from(usage.entries) * ENTRY_LEN as u64);
+        let unused = area.saturating_sub(usage.used_bytes);
+        report.unused_bytes += unused;
+        if view.pack_file.get(&pack).and_then(|f| view.file_time.get(f)).zip(protect_from).is_some_and(|(t, from)| *t >= from) {
+            continue;
+        }
+        if usage.used_blobs == 0 {
+            plan.mark.insert(pack);
+            report.marked_bytes += size;
+        } else if area > 0 && unused as f64 / area as f64 > opts.max_unused {
+            plan.repack.insert(pack);
+            report.marked_bytes += size;
+            report.repacked_bytes += usage.used_bytes;
+        }
+    }
+    report.marked_packs = plan.mark.len() + plan.repack.len();
+    report.repacked_packs = plan.repack.len();
+    report.rescued_packs = plan.rescue.len();
+    Ok(plan)
+}
+
+/// Copy the used blobs out of the packs to repack, into new packs.
+async fn repack(repo: &Repository, view: &View, packs: &IdSet, session: &Session) -> Result<Vec<IndexedPack>> {
+    let used = view.index.used_in(packs);
+    let target = repo.config().pack_size as usize;
+    let mut writers: [Option<PackWriter>; 2] = [None, None];
+    let mut out = Vec::new();
+    let mut order: Vec<&Id> = used.keys().collect();
+    order.sort();
+    for pack in order {
+        let bytes = repo.read(&pack_path(pack)).await?;
+        for e in &used[pack] {
+            let sealed = bytes
+                .get(e.offset as usize..(e.offset + e.length) as usize)
+                .ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"))?;
+            let slot = &mut writers[usize::from(e.kind == BlobKind::Tree)];
+            slot.get_or_insert_with(|| PackWriter::new(e.kind, target)).add_sealed(e, sealed);
+            if slot.as_ref().is_some_and(|w| w.len() >= target) {
+                let w = slot.take().expect("present");
+                out.push(repo.save_pack(w.finish(repo.crypto())).await?);
+            }
+        }
+        session.check_lease().await?;
+    }
+    for w in writers.into_iter().flatten() {
+        out.push(repo.save_pack(w.finish(repo.crypto())).await?);
+    }
+    Ok(out)
+}
+
+/// Apply the plan to the index: new packs and the mark first, then index
+/// files without the marked packs, then one file superseding the old ones,
+/// and only then their deletion. A crash leaves duplicates or nothing new.
+async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session, report: &mut PruneReport) -> Result<Written> {
+    let mut own = Written::default();
+    if plan.mark.is_empty() && plan.repack.is_empty() && plan.rescue.is_empty() && view.stale_files.is_empty() && view.spent_files.is_empty() {
+        return Ok(own);
+    }
+    let mut pieces: Vec<IndexedPack> = repack(repo, view, &plan.repack, session).await?;
+    for m in &view.marks {
+        pieces.extend(m.file.packs.iter().filter(|p| plan.rescue.contains(&p.id)).cloned());
+    }
+    let going = |p: &Id| plan.mark.contains(p) || plan.repack.contains(p);
+    let affected: IdSet = view.pack_file.iter().filter(|(p, _)| going(p)).map(|(_, f)| *f).collect();
+    let mut marked = Vec::new();
+    for file in &affected {
+        let f = IndexFile::decode(file, &repo.load_file("index", INDEX, file).await?)?;
+        for p in f.packs {
+            if going(&p.id) { marked.push(p) } else { pieces.push(p) }
+        }
+    }
+    if !marked.is_empty() {
+        repo.save_file("mark", MARKS, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
+    }
+    own.packs.extend(pieces.iter().map(|p| p.id));
+    for chunk in pieces.chunks(PACKS_PER_INDEX) {
+        own.files.insert(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: chunk.to_vec() }).await?);
+        report.index_files_written += 1;
+    }
+    let old: Vec<Id> = affected.iter().copied().chain(view.stale_files.iter().copied()).collect();
+    if !old.is_empty() {
+        own.files.insert(repo.save_index(&IndexFile { supersedes: old.clone(), packs: Vec::new() }).await?);
+        report.index_files_written += 1;
+    }
+    for id in old.iter().chain(&view.spent_files) {
+        repo.delete(&format!("{INDEX}{}", id.to_hex())).await?;
+        report.index_files_removed += 1;
+    }
+    Ok(own)
+}

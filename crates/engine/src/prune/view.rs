@@ -1,0 +1,185 @@
+//! What a prune sees: the index files, the marks, and which blobs the
+//! snapshots reach.
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::index::{Index, IndexFile};
+use crate::repo::{INDEX, Mark};
+use crate::tree::Tree;
+use crate::{Error, Id, IdMap, IdSet, Repository, Result};
+
+pub(super) struct View {
+    /// Index-file packs first, then marked packs: a blob stored in both is
+    /// located in the index file's pack.
+    pub index: Index,
+    /// The index file that lists each indexed pack.
+    pub pack_file: IdMap<Id>,
+    /// Storage time of each live index file.
+    pub file_time: IdMap<DateTime<Utc>>,
+    /// Index files already superseded (left behind by a crash).
+    pub stale_files: Vec<Id>,
+    /// Empty files whose superseded files are all gone: their work is done.
+    pub spent_files: Vec<Id>,
+    pub marks: Vec<Mark>,
+    /// The mark that lists each marked pack not in an index file.
+    pub mark_of: IdMap<Id>,
+    pub snapshots: IdSet,
+    /// While set, the packs holding blobs that become reachable are noted
+    /// in `newly_used`: a sweep rescues a marked pack a late snapshot needs.
+    pub track: bool,
+    pub newly_used: IdSet,
+}
+
+impl View {
+    /// Snapshots are listed before the index is read: a snapshot is stored
+    /// after its index files, so each one listed finds its blobs.
+    pub async fn load(repo: &Repository) -> Result<(View, Vec<Id>)> {
+        let snapshots = repo.list_ids(crate::repo::SNAPSHOTS).await?;
+        let files = repo.load_index_files().await?;
+        let superseded: IdSet = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let mut view = View {
+            index: Index::default(),
+            pack_file: IdMap::default(),
+            file_time: IdMap::default(),
+            stale_files: Vec::new(),
+            spent_files: Vec::new(),
+            marks: repo.load_marks().await?,
+            mark_of: IdMap::default(),
+            snapshots: IdSet::default(),
+            track: false,
+            newly_used: IdSet::default(),
+        };
+        let present: IdSet = files.iter().map(|(id, _)| *id).collect();
+        let mut live = Vec::new();
+        for (id, f) in files {
+            if superseded.contains(&id) {
+                view.stale_files.push(id);
+                continue;
+            }
+            if f.packs.is_empty() && !f.supersedes.iter().any(|s| present.contains(s)) {
+                view.spent_files.push(id);
+                continue;
+            }
+            view.add_file(id, &f);
+            live.push(id);
+        }
+        view.file_time = file_times(repo, live).await?;
+        for m in &view.marks {
+            for p in m.file.packs.iter().filter(|p| !view.pack_file.contains_key(&p.id)) {
+                view.index.add_pack(p.id, p.size, &p.entries);
+                view.mark_of.insert(p.id, m.id);
+            }
+        }
+        Ok((view, snapshots))
+    }
+
+    pub fn add_file(&mut self, id: Id, f: &IndexFile) {
+        for p in &f.packs {
+            self.index.add_pack(p.id, p.size, &p.entries);
+            self.pack_file.insert(p.id, id);
+        }
+    }
+
+    /// Index files that appeared since the view was loaded (written by
+    /// writers that finished meanwhile); their packs join the view.
+    pub async fn add_new_files(&mut self, repo: &Repository, own: &IdSet) -> Result<IdSet> {
+        let mut packs = IdSet::default();
+        for id in repo.list_ids(INDEX).await? {
+            if self.file_time.contains_key(&id) || self.stale_files.contains(&id) || self.spent_files.contains(&id) || own.contains(&id) {
+                continue;
+            }
+            let f = match repo.load_file("index", INDEX, &id).await {
+                Ok(plain) => IndexFile::decode(&id, &plain)?,
+                // Superseded and removed by a concurrent prune, whose own
+                // file lists the same packs.
+                Err(e) if crate::repo::is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            packs.extend(f.packs.iter().map(|p| p.id));
+            self.add_file(id, &f);
+            self.file_time.insert(id, Utc::now());
+        }
+        Ok(packs)
+    }
+
+    /// Mark every blob `snapshot` reaches, walking only trees not reached
+    /// before. A blob no index or mark lists stops the prune: deleting
+    /// anything on a wrong picture of the repository is how data is lost.
+    pub async fn reach(&mut self, repo: &Repository, snapshot: &Id, root: Id) -> Result<()> {
+        let missing = |blob: &Id| {
+            Error::Invalid(format!(
+                "snapshot {} needs blob {} that no index lists; nothing was deleted (run `tresor check`, then `tresor repair index`)",
+                snapshot.short(),
+                blob.short()
+            ))
+        };
+        let mut queue = Vec::new();
+        match self.use_blob(&root) {
+            None => return Err(missing(&root)),
+            Some(false) => queue.push(root),
+            Some(true) => {}
+        }
+        while !queue.is_empty() {
+            let batch: Vec<Id> = queue.drain(queue.len().saturating_sub(256)..).collect();
+            let places: Vec<_> = batch.iter().map(|id| self.index.get(id).expect("marked, so indexed")).collect();
+            let trees: Vec<Tree> = futures::stream::iter(places)
+                .map(|(pack, e)| async move {
+                    let bytes = repo.load_blob_at(pack, e).await?;
+                    serde_json::from_slice::<Tree>(&bytes).map_err(|err| Error::corrupt("tree", e.id, err))
+                })
+                .buffered(16)
+                .try_collect()
+                .await?;
+            for node in trees.iter().flat_map(|t| &t.nodes) {
+                for blob in &node.content {
+                    self.use_blob(blob).ok_or_else(|| missing(blob))?;
+                }
+                if let Some(sub) = node.subtree {
+                    match self.use_blob(&sub) {
+                        None => return Err(missing(&sub)),
+                        Some(false) => queue.push(sub),
+                        Some(true) => {}
+                    }
+                }
+            }
+        }
+        self.snapshots.insert(*snapshot);
+        Ok(())
+    }
+
+    fn use_blob(&mut self, id: &Id) -> Option<bool> {
+        let was = self.index.mark_used(id)?;
+        if self.track && !was {
+            self.newly_used.insert(self.index.pack_of(id).expect("just marked"));
+        }
+        Some(was)
+    }
+
+    /// Walk the listed snapshots not walked yet; one forgotten meanwhile
+    /// needs nothing.
+    pub async fn reach_snapshots(&mut self, repo: &Repository, ids: Vec<Id>) -> Result<usize> {
+        let mut walked = 0;
+        for id in ids {
+            if self.snapshots.contains(&id) {
+                continue;
+            }
+            let snap = match repo.load_snapshot(&id).await {
+                Ok(s) => s,
+                Err(e) if crate::repo::is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            self.reach(repo, &id, snap.tree).await?;
+            walked += 1;
+        }
+        Ok(walked)
+    }
+}
+
+async fn file_times(repo: &Repository, files: Vec<Id>) -> Result<IdMap<DateTime<Utc>>> {
+    futures::stream::iter(files)
+        .map(|id| async move { Ok::<_, Error>((id, crate::session::mtime(repo, &format!("{INDEX}{}", id.to_hex())).await?)) })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+}
