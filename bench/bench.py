@@ -52,9 +52,11 @@ PHASES = [
     ("backup_changed", "1% change backup"),
     ("restore_tmpfs", "restore → tmpfs"),
     ("restore_disk", "restore → disk"),
+    ("forget_prune", "forget all but the latest + prune"),
 ]
 BACKUP_PHASES = ["backup_initial", "backup_nochange", "backup_changed"]
 RESTORE_PHASES = ["restore_tmpfs", "restore_disk"]
+PRUNE_PHASES = ["forget_prune"]
 BASELINES = [
     ("copy_tmpfs", "cp -a → tmpfs"),
     ("copy_disk", "cp -a → disk"),
@@ -81,6 +83,8 @@ class Config:
         self.tools = split_list(env.get("BENCH_TOOLS", ",".join(ALL_TOOLS)))
         self.large_mb = int(env.get("BENCH_LARGE_MB", "300" if self.quick else "2500"))
         self.timeout = int(env.get("BENCH_TIMEOUT", "3600"))
+        # Repositories of this many one-blob files, to measure prune memory per blob.
+        self.blob_counts = [int(n) for n in split_list(env.get("BENCH_BLOBS", "5000,50000" if self.quick else "20000,200000"))]
         self.out = Path(env.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
         self.tresor_bin = env.get("TRESOR_BIN", str(REPO_ROOT / "target" / "release" / "tresor"))
         unknown = [t for t in self.tools if t not in ALL_TOOLS]
@@ -199,6 +203,10 @@ class Tool:
         """(command, cwd) restoring backup number n (the latest)."""
         raise NotImplementedError
 
+    def prune_cmd(self) -> list:
+        """Forget every snapshot but the latest and free the space."""
+        raise NotImplementedError
+
     def available(self) -> str | None:
         """None if the binary can be run, else why not."""
         exe = self.version_cmd()[0]
@@ -226,6 +234,9 @@ class Tresor(Tool):
     def restore_cmd(self, target, n):
         return [self.cfg.tresor_bin, "restore", "latest", "--target", str(target)], None
 
+    def prune_cmd(self):
+        return [self.cfg.tresor_bin, "forget", "--keep-last", "1", "--prune"]
+
 
 class Restic(Tool):
     name = "restic"
@@ -248,6 +259,9 @@ class Restic(Tool):
 
     def restore_cmd(self, target, n):
         return ["restic", "restore", "latest", "--target", str(target)], None
+
+    def prune_cmd(self):
+        return ["restic", "forget", "--keep-last", "1", "--prune"]
 
 
 class Rustic(Tool):
@@ -273,6 +287,9 @@ class Rustic(Tool):
     def restore_cmd(self, target, n):
         return self.base() + ["restore", "latest", str(target)], None
 
+    def prune_cmd(self):
+        return self.base() + ["forget", "--keep-last", "1", "--prune"]
+
 
 class Borg(Tool):
     name = "borg"
@@ -294,6 +311,9 @@ class Borg(Tool):
 
     def restore_cmd(self, target, n):
         return ["borg", "extract", f"::snap-{n}"], target  # borg extracts into cwd
+
+    def prune_cmd(self):
+        return ["sh", "-c", "borg prune --keep-last 1 && borg compact"]  # borg 1.2 frees space in compact
 
 
 TOOL_CLASSES = {cls.name: cls for cls in (Tresor, Restic, Rustic, Borg)}
@@ -549,7 +569,8 @@ def bench_tool(tool: Tool, ds: dict, run: int, rec: Recorder, cfg: Config) -> No
 
 
 def run_steps(tool, ds, repo, cache, base, rec, cfg) -> None:
-    """init, 3 backups, repo size, 2 restores; a failed init/backup ends the run."""
+    """init, 3 backups, repo size, 2 restores, forget + prune and the size after;
+    a failed init/backup ends the run."""
     env = tool.env(repo, cache)
     src = Path(ds["path"])
     step = lambda phase, cmd, ok=(0,), cwd=None: measured_step(
@@ -572,6 +593,8 @@ def run_steps(tool, ds, repo, cache, base, rec, cfg) -> None:
             check_restore(r, target, ds, mutated)
         remove(target)
         sync()
+    if step("forget_prune", tool.prune_cmd(), tool.backup_ok):
+        rec.add(**base, phase="repo_size_pruned", ok=True, bytes=du_bytes(repo))
 
 
 def check_restore(r: dict, target: Path, ds: dict, mutated: list[dict]) -> None:
@@ -621,6 +644,45 @@ def bench_baselines(ds: dict, run: int, rec: Recorder, cfg: Config) -> None:
     script = f"find {sh_quote(src)} -type f -print0 | xargs -0 b3sum --num-threads 2 >/dev/null"
     measured_step(rec, base, "hash_floor", ["bash", "-o", "pipefail", "-c", script],
                   None, (0,), None, cfg)
+
+
+def make_blob_files(path: Path, n: int) -> None:
+    """n files of 256 random bytes: one data blob each (every tool chunks
+    a small file into one chunk)."""
+    if (path / ".complete").exists():
+        return
+    remove(path)
+    rng = random.Random(n)
+    for i in range(n):
+        d = path / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True)
+        (d / f"{i:07d}").write_bytes(rng.randbytes(256))
+    (path / ".complete").write_text("")
+
+
+def bench_prune_memory(rec: Recorder, cfg: Config) -> None:
+    """Peak memory of a prune over repositories of n small blobs; the slope
+    between two sizes is the memory each blob costs."""
+    for n in cfg.blob_counts:
+        path = DATA / f"blobs-{n}"
+        make_blob_files(path, n)
+        for tname in cfg.tools:
+            tool = TOOL_CLASSES[tname](cfg)
+            repo, cache = REPOS / f"{tname}-blobs", CACHES / f"{tname}-blobs"
+            for p in (repo, cache):
+                remove(p)
+            cache.mkdir(parents=True)
+            if tool.available():
+                continue
+            base = dict(dataset=f"blobs{n}", tool=tname, run=1)
+            env = tool.env(repo, cache)
+            step = lambda phase, cmd, ok=(0,): measured_step(rec, base, phase, cmd, env, ok, None, cfg)
+            if step("init", tool.init_cmd()) and step("backup_initial", tool.backup_cmd(path, 1), tool.backup_ok):
+                step("prune", tool.prune_cmd(), tool.backup_ok)
+            for p in (repo, cache):
+                remove(p)
+            rec.save()
 
 
 def sh_quote(p: Path) -> str:
@@ -680,6 +742,8 @@ def cmd_run(cfg: Config) -> None:
             for tname in cfg.tools[k:] + cfg.tools[:k]:
                 bench_tool(TOOL_CLASSES[tname](cfg), ds, run, rec, cfg)
                 rec.save()
+    if cfg.blob_counts:
+        bench_prune_memory(rec, cfg)
     rec.save()
     write_report(rec.data, cfg.out)
     print(f"results: {RESULTS}\nreport:  {cfg.out}")
@@ -792,7 +856,7 @@ class Report:
         parts = [self.header()]
         for ds in self.meta["datasets"]:
             parts.append(self.dataset_section(ds))
-        parts += [self.targets_section(), self.problems_section()]
+        parts += [self.prune_memory_section(), self.targets_section(), self.problems_section()]
         return "\n".join(parts).rstrip() + "\n"
 
     def header(self) -> str:
@@ -847,7 +911,7 @@ class Report:
     def memory_table(self, ds: str) -> str:
         lines = ["### Peak memory (MiB RSS, median of per-run maxima)", "",
                  *self.table_head("operation", ["tresor / smallest peer", "smallest peer"])]
-        for label, phases in (("backup", BACKUP_PHASES), ("restore", RESTORE_PHASES)):
+        for label, phases in (("backup", BACKUP_PHASES), ("restore", RESTORE_PHASES), ("forget + prune", PRUNE_PHASES)):
             vals = {t: self.peak_rss(ds, t, phases) for t in self.tools}
             peer, pv = self.best_peer(vals)
             lines.append(f"| {label} | " + " | ".join(self.partial(ds, t, self.text(ds, t, vals[t], fmt_mib))
@@ -857,13 +921,14 @@ class Report:
         return "\n".join(lines)
 
     def repo_table(self, ds: str) -> str:
-        vals = {t: self.median(ds, t, "repo_size", "bytes") for t in self.tools}
-        peer, pv = self.best_peer(vals)
-        lines = ["### Repository size after the three backups (MiB, `du -sb`)", "",
-                 *self.table_head("", ["tresor / smallest peer", "smallest peer"]),
-                 "| repository | " + " | ".join(self.text(ds, t, vals[t], fmt_mib) for t in self.tools)
-                 + f" | {fmt_ratio(ratio(vals.get('tresor'), pv))} | {peer or '—'} |", ""]
-        return "\n".join(lines)
+        lines = ["### Repository size (MiB, `du -sb`)", "",
+                 *self.table_head("", ["tresor / smallest peer", "smallest peer"])]
+        for phase, label in (("repo_size", "after the three backups"), ("repo_size_pruned", "after forget + prune")):
+            vals = {t: self.median(ds, t, phase, "bytes") for t in self.tools}
+            peer, pv = self.best_peer(vals)
+            lines.append(f"| {label} | " + " | ".join(self.text(ds, t, vals[t], fmt_mib) for t in self.tools)
+                         + f" | {fmt_ratio(ratio(vals.get('tresor'), pv))} | {peer or '—'} |")
+        return "\n".join(lines + [""])
 
     def baseline_table(self, ds: str) -> str:
         b = {ph: self.median(ds, "baseline", ph) for ph, _ in BASELINES}
@@ -875,6 +940,23 @@ class Report:
                       f"| restore → tmpfs / cp -a → tmpfs | {fmt_ratio(ratio(t['restore_tmpfs'], b['copy_tmpfs']))} |",
                       f"| restore → disk / cp -a → disk | {fmt_ratio(ratio(t['restore_disk'], b['copy_disk']))} |",
                       f"| initial backup / read+hash floor | {fmt_ratio(ratio(t['backup_initial'], b['hash_floor']))} |"]
+        return "\n".join(lines) + "\n"
+
+    def prune_memory_section(self) -> str:
+        counts = sorted({int(r["dataset"][5:]) for r in self.records if r["dataset"].startswith("blobs")})
+        if len(counts) < 2:
+            return ""
+        lo, hi = counts[0], counts[-1]
+        lines = ["## Prune memory per blob", "",
+                 f"Repositories of {lo:,} and {hi:,} files of 256 random bytes (one data blob each), backed up "
+                 "once; then each tool's forget-all-but-latest + prune. The slope of peak RSS between the two "
+                 "sizes is what each blob costs.", "",
+                 f"| tool | peak MiB at {lo:,} | peak MiB at {hi:,} | bytes per blob |", "|---|---:|---:|---:|"]
+        for t in self.tools:
+            a, b = self.peak_rss(f"blobs{lo}", t, ["prune"]), self.peak_rss(f"blobs{hi}", t, ["prune"])
+            slope = (b - a) / (hi - lo) if a is not None and b is not None else None
+            lines.append(f"| {t} | {fmt_mib(a) if a else '—'} | {fmt_mib(b) if b else '—'} | "
+                         + (f"{slope:.0f}" if slope is not None else "—") + " |")
         return "\n".join(lines) + "\n"
 
     # -- targets -------------------------------------------------------------

@@ -326,7 +326,13 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
 
 pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let RepairWhat::Index { dry_run } = a.what;
+    let dry_run = match a.what {
+        RepairWhat::Index { dry_run } => dry_run,
+        RepairWhat::Snapshots { dry_run, forget, read_data } => {
+            let opts = tresor_engine::repair_snapshots::RepairSnapshotsOptions { dry_run, forget, read_data };
+            return repair_snapshots(g, repo, &opts).await;
+        }
+    };
     let report = tresor_engine::repair::repair_index(&repo, dry_run).await?;
     if g.json {
         print_json(&report)?;
@@ -341,4 +347,23 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
         }
     }
     if report.unreadable.is_empty() { Ok(0) } else { bail!("{} packs could not be read", report.unreadable.len()) }
+}
+
+async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engine::repair_snapshots::RepairSnapshotsOptions) -> Result<u8> {
+    let report = tresor_engine::repair_snapshots::repair_snapshots(repo, opts).await?;
+    if g.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    for r in &report {
+        match r.repaired {
+            Some(new) => println!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
+            None => println!("snapshot {} would be repaired; it lost:", r.id.short()),
+        }
+        for p in &r.lost {
+            println!("  {p}");
+        }
+    }
+    println!("{} damaged snapshots", report.len());
+    Ok(0)
 }

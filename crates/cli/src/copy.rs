@@ -25,7 +25,8 @@ fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
     if !a.snapshots.is_empty() {
         return a.snapshots.iter().map(|spec| Ok(tresor_engine::repo::select_snapshot(all.clone(), spec)?)).collect();
     }
-    let matching = all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h) && a.tags.iter().all(|t| s.tags.contains(t)));
+    let matching =
+        all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h) && a.tags.iter().all(|t| s.tags.contains(t)));
     let mut groups: BTreeMap<(String, Vec<String>), Vec<Snapshot>> = BTreeMap::new();
     for s in matching {
         groups.entry((s.hostname.clone(), s.paths.clone())).or_default().push(s);

@@ -60,7 +60,14 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
         Repository::open(&loc, &open).await?
     } else {
         std::fs::create_dir_all(&repo_path)?;
-        let init = InitOptions { open: open.clone(), aead: Aead::Aes256Gcm, compression: 3, kdf: KdfParams::default(), pack_size: None, settings: Default::default() };
+        let init = InitOptions {
+            open: open.clone(),
+            aead: Aead::Aes256Gcm,
+            compression: 3,
+            kdf: KdfParams::default(),
+            pack_size: None,
+            settings: Default::default(),
+        };
         let r = Repository::init(&loc, &init).await?;
         println!("initialised repository {} at {}", r.config().id.short(), repo_path.display());
         r

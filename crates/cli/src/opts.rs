@@ -341,6 +341,19 @@ pub enum RepairWhat {
         #[arg(short = 'n', long)]
         dry_run: bool,
     },
+    /// Save copies of damaged snapshots without the files that cannot be
+    /// restored, and list exactly what was lost.
+    Snapshots {
+        /// Report what would be lost; write nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Remove each damaged snapshot once its repaired copy is saved.
+        #[arg(long)]
+        forget: bool,
+        /// Read all data first, so damaged blobs count too, not only missing ones.
+        #[arg(long)]
+        read_data: bool,
+    },
 }
 
 #[derive(Args)]

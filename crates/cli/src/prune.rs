@@ -34,7 +34,14 @@ fn mib(bytes: u64) -> String {
 
 fn print_report(r: &PruneReport) {
     let would = if r.dry_run { "would be " } else { "" };
-    println!("{} snapshots reach {} of {} blobs in {} packs; {} unused in indexed packs", r.snapshots, r.used_blobs, r.blobs, r.packs, mib(r.unused_bytes));
+    println!(
+        "{} snapshots reach {} of {} blobs in {} packs; {} unused in indexed packs",
+        r.snapshots,
+        r.used_blobs,
+        r.blobs,
+        r.packs,
+        mib(r.unused_bytes)
+    );
     println!(
         "{} packs {would}marked for deletion ({}), {} of them {would}repacked ({} still used, copied)",
         r.marked_packs,

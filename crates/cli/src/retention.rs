@@ -83,8 +83,17 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         print_report(&report, a.dry_run);
     }
     if !a.dry_run {
+        let mut locked = 0;
         for s in &remove {
-            repo.delete(&format!("{SNAPSHOTS}{}", s.id.to_hex())).await?;
+            match repo.delete(&format!("{SNAPSHOTS}{}", s.id.to_hex())).await {
+                Err(tresor_engine::Error::Storage { source, .. }) if source.kind() == tresor_storage::OpErrorKind::PermissionDenied => {
+                    locked += 1
+                }
+                r => r?,
+            }
+        }
+        if locked > 0 {
+            eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
         }
     }
     if a.prune {

@@ -16,14 +16,11 @@ use chrono::{DateTime, FixedOffset};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::index::{Index, IndexFile, IndexedPack};
-use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackWriter};
+use crate::pack::BlobKind;
 use crate::session::Session;
+use crate::sink::BlobSink;
 use crate::tree::Tree;
-use crate::{Error, Id, IdMap, IdSet, Repository, Result, Snapshot};
-
-/// Packs written between two index checkpoints of the target.
-const PACKS_PER_CHECKPOINT: usize = 32;
+use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
 
 #[derive(Clone, Debug, Default)]
 pub struct CopyOptions {
@@ -102,39 +99,32 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
     Ok(report)
 }
 
-async fn run(src: &Repository, dst: &Repository, state: Pending, opts: &CopyOptions, session: &Session, report: &mut CopyReport) -> Result<()> {
-    let mut c = Copier {
-        src,
-        dst,
-        index: dst.writer_index().await?,
-        map: IdMap::default(),
-        writers: [None, None],
-        compressor: Compressor::new(dst.config().compression).map_err(|e| Error::Invalid(format!("zstd: {e}")))?,
-        added: IdSet::default(),
-        unindexed: Vec::new(),
-        written: Vec::new(),
-        zbuf: Vec::new(),
-        copied: 0,
-        bytes: 0,
-        reused: 0,
-    };
+async fn run(
+    src: &Repository,
+    dst: &Repository,
+    state: Pending,
+    opts: &CopyOptions,
+    session: &Session,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let mut c = Copier { src, dst, sink: BlobSink::new(dst).await?, map: IdMap::default(), reused: 0 };
     for (s, d) in &state.pairs {
         c.learn(s.tree, d.tree).await?;
     }
     for snap in state.missing {
         let tree = c.tree(snap.tree).await?;
-        c.flush(true).await?;
+        c.sink.flush().await?;
         let mut copy = Snapshot { id: Id::default(), tree, original: Some(snap.id), parent: None, ..snap.clone() };
         crate::backup::commit(dst, session, &mut copy).await?;
         report.copied.push((snap.id, copy.id));
     }
-    report.blobs_copied = c.copied;
-    report.bytes_copied = c.bytes;
-    report.packs_written = c.written.len();
-    report.blobs_reused = c.reused;
+    report.blobs_copied = c.sink.stored;
+    report.bytes_copied = c.sink.stored_bytes;
+    report.packs_written = c.sink.written.len();
+    report.blobs_reused = c.reused + c.sink.present;
     if opts.verify {
         dst.reset_index().await;
-        for pack in &c.written {
+        for pack in &c.sink.written {
             let bad = crate::check::verify_pack(dst, pack).await?;
             if let Some((blob, why)) = bad.first() {
                 return Err(Error::corrupt("blob", blob, format!("it did not read back from the target's pack {}: {why}", pack.short())));
@@ -148,19 +138,9 @@ async fn run(src: &Repository, dst: &Repository, state: Pending, opts: &CopyOpti
 struct Copier<'a> {
     src: &'a Repository,
     dst: &'a Repository,
-    /// The target's index, without marked packs.
-    index: Arc<Index>,
+    sink: BlobSink<'a>,
     /// Source id to target id, for blobs and trees known to be in the target.
     map: IdMap<Id>,
-    /// Blobs stored by this run, not in `index`.
-    added: IdSet,
-    writers: [Option<PackWriter>; 2],
-    compressor: Compressor,
-    zbuf: Vec<u8>,
-    unindexed: Vec<IndexedPack>,
-    written: Vec<Id>,
-    copied: u64,
-    bytes: u64,
     reused: u64,
 }
 
@@ -175,7 +155,7 @@ impl Copier<'_> {
                 return Ok(());
             }
             let (st, dt) = (self.src.load_tree(&s).await?, self.dst.load_tree(&d).await?);
-            if self.index.contains(&d) {
+            if self.sink.holds(&d) {
                 self.map.insert(s, d);
             }
             if st.nodes.len() != dt.nodes.len() {
@@ -183,7 +163,7 @@ impl Copier<'_> {
             }
             for (a, b) in st.nodes.iter().zip(&dt.nodes) {
                 if a.content.len() == b.content.len() {
-                    for (x, y) in a.content.iter().zip(&b.content).filter(|(_, y)| self.index.contains(y)) {
+                    for (x, y) in a.content.iter().zip(&b.content).filter(|(_, y)| self.sink.holds(y)) {
                         self.map.insert(*x, *y);
                     }
                 }
@@ -211,7 +191,7 @@ impl Copier<'_> {
                     node.content = self.contents(&node.content).await?;
                 }
             }
-            let new = self.put(BlobKind::Tree, &t.encode()).await?;
+            let new = self.sink.put(BlobKind::Tree, &t.encode()).await?;
             self.map.insert(id, new);
             Ok(new)
         })
@@ -223,65 +203,13 @@ impl Copier<'_> {
         wanted.dedup();
         self.reused += (ids.len() - wanted.len()) as u64;
         let src = self.src;
-        let mut fetched = futures::stream::iter(wanted).map(|id| async move { Ok::<_, Error>((id, src.load_blob(&id).await?)) }).buffered(8);
+        let mut fetched =
+            futures::stream::iter(wanted).map(|id| async move { Ok::<_, Error>((id, src.load_blob(&id).await?)) }).buffered(8);
         while let Some(r) = fetched.next().await {
             let (id, plain) = r?;
-            let new = self.put(BlobKind::Data, &plain).await?;
+            let new = self.sink.put(BlobKind::Data, &plain).await?;
             self.map.insert(id, new);
         }
         Ok(ids.iter().map(|i| self.map[i]).collect())
-    }
-
-    /// Store a blob in the target unless it holds it already; its target id.
-    async fn put(&mut self, kind: BlobKind, plain: &[u8]) -> Result<Id> {
-        let id = self.dst.crypto().blob_id(plain);
-        if self.index.contains(&id) || !self.added.insert(id) {
-            self.reused += 1;
-            return Ok(id);
-        }
-        let target = self.dst.config().pack_size as usize;
-        let slot = &mut self.writers[usize::from(kind == BlobKind::Tree)];
-        let writer = slot.get_or_insert_with(|| PackWriter::new(kind, target));
-        let (compressor, zbuf, crypto) = (&mut self.compressor, &mut self.zbuf, self.dst.crypto());
-        let entry = tokio::task::block_in_place(|| {
-            let (flags, payload) = if compressor.compress(plain, zbuf) { (FLAG_ZSTD, zbuf.as_slice()) } else { (0, plain) };
-            writer.add(crypto, id, plain.len(), flags, payload)
-        });
-        self.copied += 1;
-        self.bytes += u64::from(entry.length);
-        if writer.len() >= target {
-            let full = slot.take().expect("present");
-            self.store(full).await?;
-        }
-        Ok(id)
-    }
-
-    async fn store(&mut self, w: PackWriter) -> Result<()> {
-        let sealed = tokio::task::block_in_place(|| w.finish(self.dst.crypto()));
-        let packed = self.dst.save_pack(sealed).await?;
-        self.written.push(packed.id);
-        self.unindexed.push(packed);
-        if self.unindexed.len() >= PACKS_PER_CHECKPOINT {
-            self.flush(false).await?;
-        }
-        Ok(())
-    }
-
-    /// Index what was stored; with `all`, seal the open packs first (before
-    /// a snapshot is committed, everything it needs must be indexed).
-    async fn flush(&mut self, all: bool) -> Result<()> {
-        if all {
-            for w in std::mem::take(&mut self.writers).into_iter().flatten() {
-                let sealed = tokio::task::block_in_place(|| w.finish(self.dst.crypto()));
-                let packed = self.dst.save_pack(sealed).await?;
-                self.written.push(packed.id);
-                self.unindexed.push(packed);
-            }
-        }
-        if !self.unindexed.is_empty() {
-            let packs = std::mem::take(&mut self.unindexed);
-            self.dst.save_index(&IndexFile { supersedes: Vec::new(), packs }).await?;
-        }
-        Ok(())
     }
 }

@@ -122,7 +122,14 @@ impl Repository {
         Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), key_id, &opts.open))
     }
 
-    fn assemble(ops: (Operator, Operator), location: Location, config: Config, keys: (MasterKey, Crypto), key_id: Id, opts: &OpenOptions) -> Repository {
+    fn assemble(
+        ops: (Operator, Operator),
+        location: Location,
+        config: Config,
+        keys: (MasterKey, Crypto),
+        key_id: Id,
+        opts: &OpenOptions,
+    ) -> Repository {
         let (master, crypto) = keys;
         let (raw, op) = ops;
         let op = if config.append_only { op.layer(tresor_storage::AppendOnlyLayer) } else { op };
@@ -360,6 +367,17 @@ impl Repository {
         Ok(())
     }
 
+    /// Delete an object unless the storage refuses because it is locked
+    /// (S3 Object Lock); whether it is gone.
+    pub async fn delete_unless_locked(&self, path: &str) -> Result<bool> {
+        match self.delete(path).await {
+            Err(Error::Storage { source, .. }) if source.kind() == opendal::ErrorKind::PermissionDenied && !self.config.append_only => {
+                Ok(false)
+            }
+            r => r.map(|()| true),
+        }
+    }
+
     /// Make sure an object is gone: one already deleted (by a concurrent
     /// forget or prune) is not an error.
     pub async fn delete(&self, path: &str) -> Result<()> {
@@ -447,7 +465,8 @@ impl Repository {
         let mut out = Vec::new();
         for id in self.list_ids(MARKS).await? {
             let path = format!("{MARKS}{}", id.to_hex());
-            let loaded = async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, crate::session::mtime(self, &path).await?)) };
+            let loaded =
+                async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, crate::session::mtime(self, &path).await?)) };
             match loaded.await {
                 Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
                 Err(e) if is_not_found(&e) => continue,

@@ -30,6 +30,10 @@ struct Beat {
     /// Storage time of the first heartbeat, carried in the later ones
     /// (whose predecessors are deleted).
     started: Option<DateTime<Utc>>,
+    /// The last heartbeat of a session that ended where heartbeats cannot
+    /// be deleted (append-only, Object Lock).
+    #[serde(default)]
+    ended: bool,
 }
 
 /// A session as another process sees it.
@@ -41,6 +45,7 @@ pub struct SessionInfo {
     pub command: String,
     pub started: DateTime<Utc>,
     pub last_beat: DateTime<Utc>,
+    pub ended: bool,
 }
 
 struct BeatState {
@@ -76,7 +81,7 @@ impl Session {
         let id = Id::random();
         let timeout = Duration::from_secs(repo.config().session_timeout_secs);
         let issued = Instant::now();
-        write_beat(&repo, &id, 0, command, None).await?;
+        write_beat(&repo, &id, 0, Beat::new(command, None)).await?;
         let started = mtime(&repo, &beat_path(&id, 0)).await?;
         let state = Arc::new(tokio::sync::Mutex::new(BeatState { seq: 0, last_ok: issued }));
         let task = {
@@ -117,34 +122,47 @@ impl Session {
         Ok(())
     }
 
-    /// Stop beating and remove the heartbeat (kept in an append-only
-    /// repository, where nothing is deleted; it then simply ages out).
+    /// Stop beating and remove the heartbeat. Where it cannot be removed
+    /// (append-only, Object Lock), a last one says the session ended.
     pub async fn end(self) -> Result<()> {
         self.task.abort();
-        let state = self.state.lock().await;
-        if !self.repo.config().append_only {
-            self.repo.delete(&beat_path(&self.id, state.seq)).await?;
+        let st = self.state.lock().await;
+        let path = beat_path(&self.id, st.seq);
+        if !self.repo.config().append_only && self.repo.delete_unless_locked(&path).await? {
+            return Ok(());
         }
-        Ok(())
+        let last = Beat { ended: true, ..Beat::new(&self.command, Some(self.started)) };
+        write_beat(&self.repo, &self.id, st.seq + 1, last).await
     }
 }
 
-async fn write_beat(repo: &Repository, id: &Id, seq: u64, command: &str, started: Option<DateTime<Utc>>) -> Result<()> {
-    let b = Beat { host: crate::hostname(), pid: std::process::id(), command: command.to_string(), started };
+impl Beat {
+    fn new(command: &str, started: Option<DateTime<Utc>>) -> Beat {
+        Beat { host: crate::hostname(), pid: std::process::id(), command: command.to_string(), started, ended: false }
+    }
+}
+
+async fn write_beat(repo: &Repository, id: &Id, seq: u64, b: Beat) -> Result<()> {
     let sealed = repo.crypto().seal_file("session", id, &serde_json::to_vec(&b).expect("beats serialize"));
     repo.write(&beat_path(id, seq), sealed).await
 }
 
-async fn beat(repo: &Repository, id: &Id, command: &str, started: DateTime<Utc>, state: &tokio::sync::Mutex<BeatState>) -> Result<DateTime<Utc>> {
+async fn beat(
+    repo: &Repository,
+    id: &Id,
+    command: &str,
+    started: DateTime<Utc>,
+    state: &tokio::sync::Mutex<BeatState>,
+) -> Result<DateTime<Utc>> {
     let mut st = state.lock().await;
     let issued = Instant::now();
     let seq = st.seq + 1;
-    write_beat(repo, id, seq, command, Some(started)).await?;
+    write_beat(repo, id, seq, Beat::new(command, Some(started))).await?;
     let now = mtime(repo, &beat_path(id, seq)).await?;
     let previous = std::mem::replace(&mut st.seq, seq);
     st.last_ok = issued;
     if !repo.config().append_only {
-        repo.delete(&beat_path(id, previous)).await?;
+        repo.delete_unless_locked(&beat_path(id, previous)).await?;
     }
     Ok(now)
 }
@@ -199,7 +217,15 @@ async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<Sess
     };
     let plain = repo.crypto().open_file("session", id, &bytes)?;
     let b: Beat = serde_json::from_slice(&plain).map_err(|e| Error::corrupt("session", id, e))?;
-    Ok(Some(SessionInfo { id: *id, host: b.host, pid: b.pid, command: b.command, started: b.started.unwrap_or(last_beat), last_beat }))
+    Ok(Some(SessionInfo {
+        id: *id,
+        host: b.host,
+        pid: b.pid,
+        command: b.command,
+        started: b.started.unwrap_or(last_beat),
+        last_beat,
+        ended: b.ended,
+    }))
 }
 
 /// Remove the heartbeats of a session presumed dead.
@@ -207,7 +233,7 @@ pub async fn remove(repo: &Repository, id: &Id) -> Result<()> {
     let prefix = format!("{}-", id.to_hex());
     for name in list_names(repo.operator(), SESSIONS).await? {
         if name.starts_with(&prefix) {
-            repo.delete(&format!("{SESSIONS}{name}")).await?;
+            repo.delete_unless_locked(&format!("{SESSIONS}{name}")).await?;
         }
     }
     Ok(())

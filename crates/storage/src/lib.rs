@@ -15,9 +15,9 @@ use std::time::Duration;
 
 pub use fault::{FaultConfig, FaultLayer};
 pub use guard::AppendOnlyLayer;
-pub use throttle::ThrottleLayer;
 pub use location::Location;
 pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
+pub use throttle::ThrottleLayer;
 
 /// Why storage could not be set up.
 #[derive(Debug, thiserror::Error)]

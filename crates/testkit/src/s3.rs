@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -11,6 +12,8 @@ use s3s::service::{S3Service, S3ServiceBuilder};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+
+use crate::object_lock::ObjectLockStore;
 
 const BUCKET: &str = "tresor-test";
 const ACCESS_KEY: &str = "tresor-test-key";
@@ -39,12 +42,25 @@ impl S3Server {
     ///
     /// Panics if the temp dir, bucket directory, listener or thread can't be set up.
     pub fn start() -> S3Server {
+        Self::start_with(None)
+    }
+
+    /// A server whose bucket has S3 Object Lock with this default retention:
+    /// objects younger than it cannot be deleted or overwritten.
+    pub fn with_object_lock(retention: Duration) -> S3Server {
+        Self::start_with(Some(retention))
+    }
+
+    fn start_with(retention: Option<Duration>) -> S3Server {
         let dir = tempfile::Builder::new().prefix("tresor-s3-").tempdir().expect("create temp dir for the S3 store");
         // s3s-fs maps each top-level directory of its root to a bucket.
         std::fs::create_dir(dir.path().join(BUCKET)).expect("create bucket directory");
         let store = s3s_fs::FileSystem::new(dir.path()).expect("open s3s-fs store");
 
-        let mut builder = S3ServiceBuilder::new(store);
+        let mut builder = match retention {
+            Some(retention) => S3ServiceBuilder::new(ObjectLockStore { inner: store, root: dir.path().to_path_buf(), retention }),
+            None => S3ServiceBuilder::new(store),
+        };
         // With auth set, s3s verifies SigV4 signatures and rejects anonymous requests.
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         // No `set_host`: without a base domain s3s parses every request as

@@ -11,7 +11,10 @@ use std::process::{Command, Output, Stdio};
 
 use tresor_testkit::S3Server;
 
+mod crash;
 mod prune;
+mod repair;
+mod replicate;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
 
@@ -566,6 +569,23 @@ fn flaky_storage_is_retried_and_a_full_disk_fails_cleanly() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), snapshots_before, "no snapshot from a failed backup");
     assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+
+    // Prune and copy under the same 10% of failing requests.
+    fs::remove_file(src.join("huge.bin")).unwrap();
+    fs::remove_file(src.join("0.bin")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["forget", "--keep-last", "1"]);
+    let flaky = |args: &[&str], seed: u32| {
+        let out = env.cmd(args).env("TRESOR_FAULTS", format!("error-rate=0.1,seed={seed}")).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    flaky(&["prune", "--max-unused", "0"], 44);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    let target = env.path("offsite").display().to_string();
+    env.ok(&["-r", &target, "init"]);
+    flaky(&["copy", "--to", &target, "--to-password-file", env.path("pw").to_str().unwrap()], 45);
+    env.ok(&["-r", &target, "restore", "latest", "--target", env.path("r2").to_str().unwrap()]);
+    assert_eq!(inventory(&src), inventory(&restored(&env, "r2", &src)));
 }
 
 #[test]

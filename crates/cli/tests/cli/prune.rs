@@ -23,7 +23,10 @@ fn generation(dir: &Path, w: u64, i: u64) {
 }
 
 fn contents(dir: &Path) -> BTreeMap<String, String> {
-    files_under(dir).iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), blake3::hash(&fs::read(p).unwrap()).to_hex().to_string())).collect()
+    files_under(dir)
+        .iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), blake3::hash(&fs::read(p).unwrap()).to_hex().to_string()))
+        .collect()
 }
 
 /// Every snapshot restores to exactly the files it was taken of.
@@ -95,7 +98,8 @@ fn prune_waits_for_a_backup_that_started_before_it() {
     let env = Env::new();
     env.ok(&["init", "--pack-size-mib", "4"]);
     let content = random_bytes(6 << 20, 42);
-    let mut first = env.cmd(&["backup", "--stdin", "--stdin-filename", "db.dump"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut first =
+        env.cmd(&["backup", "--stdin", "--stdin-filename", "db.dump"]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
     first.stdin.take().unwrap().write_all(&content).unwrap();
     assert!(first.wait().unwrap().success());
     // Older than any session by more than the storage clock's granularity.
@@ -103,7 +107,12 @@ fn prune_waits_for_a_backup_that_started_before_it() {
     // A second backup of the same bytes starts and loads the index, which
     // still lists the first backup's packs; then it waits for its input.
     let sessions = Path::new(&env.repo).join("sessions");
-    let mut slow = env.cmd(&["backup", "--stdin", "--stdin-filename", "db.dump", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut slow = env
+        .cmd(&["backup", "--stdin", "--stdin-filename", "db.dump", "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     while fs::read_dir(&sessions).map(|d| d.count()).unwrap_or(0) == 0 {
         std::thread::sleep(Duration::from_millis(20));
     }

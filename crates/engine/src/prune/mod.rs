@@ -116,7 +116,7 @@ async fn run(repo: &Repository, opts: &PruneOptions, session: &Session) -> Resul
 /// Sessions other than ours whose last heartbeat is recent enough.
 async fn live_sessions(repo: &Repository, ours: &Session, now: DateTime<Utc>) -> Result<Vec<SessionInfo>> {
     let timeout = chrono::Duration::seconds(repo.config().session_timeout_secs as i64);
-    Ok(sessions(repo).await?.into_iter().filter(|s| s.id != ours.id() && now - s.last_beat < timeout).collect())
+    Ok(sessions(repo).await?.into_iter().filter(|s| s.id != ours.id() && !s.ended && now - s.last_beat < timeout).collect())
 }
 
 /// Reach every snapshot, then choose what to mark, repack and rescue.
@@ -199,7 +199,12 @@ async fn repack(repo: &Repository, view: &View, packs: &IdSet, session: &Session
 /// and only then their deletion. A crash leaves duplicates or nothing new.
 async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session, report: &mut PruneReport) -> Result<Written> {
     let mut own = Written::default();
-    if plan.mark.is_empty() && plan.repack.is_empty() && plan.rescue.is_empty() && view.stale_files.is_empty() && view.spent_files.is_empty() {
+    if plan.mark.is_empty()
+        && plan.repack.is_empty()
+        && plan.rescue.is_empty()
+        && view.stale_files.is_empty()
+        && view.spent_files.is_empty()
+    {
         return Ok(own);
     }
     let mut pieces: Vec<IndexedPack> = repack(repo, view, &plan.repack, session).await?;
@@ -229,8 +234,9 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
         report.index_files_written += 1;
     }
     for id in old.iter().chain(&view.spent_files) {
-        repo.delete(&format!("{INDEX}{}", id.to_hex())).await?;
-        report.index_files_removed += 1;
+        if repo.delete_unless_locked(&format!("{INDEX}{}", id.to_hex())).await? {
+            report.index_files_removed += 1;
+        }
     }
     Ok(own)
 }

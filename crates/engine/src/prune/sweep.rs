@@ -86,21 +86,19 @@ pub(super) async fn sweep(
         report.index_files_written += 1;
         report.rescued_packs += rescue.len();
     }
-    let mut locked: Vec<Vec<IndexedPack>> = vec![Vec::new(); eligible.len()];
+    // A mark with a pack still locked stays, to be swept again later.
+    let mut locked = vec![false; eligible.len()];
     for (i, p) in doomed {
         if delete_pack(repo, &p.id, now).await? {
             report.deleted_packs += 1;
             report.deleted_bytes += p.size;
         } else {
             report.locked_packs += 1;
-            locked[i].push(p);
+            locked[i] = true;
         }
     }
-    for (m, still) in eligible.iter().zip(locked) {
-        if !still.is_empty() {
-            repo.save_file("mark", MARKS, &IndexFile { supersedes: Vec::new(), packs: still }.encode()).await?;
-        }
-        repo.delete(&format!("{MARKS}{}", m.id.to_hex())).await?;
+    for (m, _) in eligible.iter().zip(locked).filter(|(_, l)| !l) {
+        repo.delete_unless_locked(&format!("{MARKS}{}", m.id.to_hex())).await?;
     }
     orphans(repo, view, written, &live, now, grace, report).await?;
     dead_sessions(repo, now, grace).await
@@ -117,11 +115,7 @@ async fn delete_pack(repo: &Repository, pack: &Id, now: DateTime<Utc>) -> Result
             Ok(_) => {}
         }
     }
-    match repo.operator().delete(&path).await {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == opendal::ErrorKind::PermissionDenied => Ok(false),
-        Err(e) => Err(Error::storage("delete", path, e)),
-    }
+    repo.delete_unless_locked(&path).await
 }
 
 /// Packs no index or mark lists: left by killed writers. One younger than
@@ -167,7 +161,7 @@ async fn orphans(
 async fn dead_sessions(repo: &Repository, now: DateTime<Utc>, grace: chrono::Duration) -> Result<()> {
     let timeout = chrono::Duration::seconds(repo.config().session_timeout_secs as i64);
     for s in session::sessions(repo).await? {
-        if now - s.last_beat > timeout + grace {
+        if s.ended || now - s.last_beat > timeout + grace {
             session::remove(repo, &s.id).await?;
         }
     }

@@ -1,0 +1,62 @@
+//! `repair snapshots`: damaged snapshots are saved again without exactly the
+//! files that cannot be restored, and the loss is named.
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn data_files(env: &Env) -> BTreeSet<PathBuf> {
+    files_under(&Path::new(&env.repo).join("data")).into_iter().collect()
+}
+
+#[test]
+fn repair_snapshots_drops_and_names_what_is_lost() {
+    let env = Env::new();
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    fs::write(src.join("keep.bin"), random_bytes(5 << 20, 1)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let new_data_packs = |before: &BTreeSet<PathBuf>| -> Vec<PathBuf> {
+        data_files(&env).difference(before).filter(|p| fs::metadata(p).unwrap().len() > 100 << 10).cloned().collect()
+    };
+    let before = data_files(&env);
+    fs::write(src.join("dir/lose.bin"), random_bytes(5 << 20, 2)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let lost_packs = new_data_packs(&before);
+    let before = data_files(&env);
+    fs::write(src.join("damaged.bin"), random_bytes(5 << 20, 3)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let damaged_packs = new_data_packs(&before);
+    let first = env.json(&["snapshots"])[0]["id"].as_str().unwrap().to_string();
+    for p in &lost_packs {
+        fs::remove_file(p).unwrap();
+    }
+    let dry = env.json(&["repair", "snapshots", "--dry-run"]);
+    assert_eq!(dry.as_array().unwrap().len(), 2, "the first snapshot is intact: {dry}");
+    let lose = format!("{}/dir/lose.bin", src.display());
+    for s in dry.as_array().unwrap() {
+        assert_eq!(s["lost"], serde_json::json!([lose]), "{dry}");
+    }
+    for p in &damaged_packs {
+        flip_byte(p, 1000);
+    }
+    let names =
+        |v: &serde_json::Value| v[1]["lost"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect::<BTreeSet<_>>();
+    let without = env.json(&["repair", "snapshots", "--dry-run"]);
+    assert_eq!(names(&without), BTreeSet::from([lose.clone()]), "a damaged blob is found only by reading");
+    let with = env.json(&["repair", "snapshots", "--dry-run", "--read-data"]);
+    assert_eq!(names(&with), BTreeSet::from([lose.clone(), format!("{}/damaged.bin", src.display())]));
+    let done = env.json(&["repair", "snapshots", "--read-data", "--forget"]);
+    let repaired: Vec<String> = done.as_array().unwrap().iter().map(|r| r["repaired"].as_str().unwrap().to_string()).collect();
+    let snaps = env.json(&["snapshots"]);
+    let ids: Vec<&str> = snaps.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [first.as_str(), repaired[0].as_str(), repaired[1].as_str()], "damaged snapshots were replaced by repaired copies");
+    assert_eq!(snaps[2]["tags"], serde_json::json!(["repaired"]));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    let out = restored(&env, "out", &src);
+    assert_eq!(fs::read(out.join("keep.bin")).unwrap(), fs::read(src.join("keep.bin")).unwrap());
+    assert!(!out.join("dir/lose.bin").exists() && !out.join("damaged.bin").exists());
+    assert!(out.join("dir").is_dir());
+    assert!(env.json(&["repair", "snapshots", "--dry-run"]).as_array().unwrap().is_empty(), "nothing left to repair");
+}

@@ -1,0 +1,166 @@
+//! `repair snapshots`: rewrite snapshots that need blobs which are gone or
+//! damaged, leaving out exactly the files (and directory listings) that
+//! cannot be restored, and saying which.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::index::Index;
+use crate::pack::BlobKind;
+use crate::repo::{DATA, list_names};
+use crate::session::Session;
+use crate::sink::BlobSink;
+use crate::tree::{Node, Tree};
+use crate::{Id, IdSet, Repository, Result, Snapshot};
+
+#[derive(Clone, Debug, Default)]
+pub struct RepairSnapshotsOptions {
+    pub dry_run: bool,
+    /// Remove each damaged snapshot once its repaired copy is saved.
+    pub forget: bool,
+    /// Read every pack first, so damaged blobs count as lost, not only
+    /// missing ones.
+    pub read_data: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepairedSnapshot {
+    pub id: Id,
+    /// The repaired copy (none in a dry run).
+    pub repaired: Option<Id>,
+    /// Paths left out: files whose data is lost, directories whose listing is.
+    pub lost: Vec<String>,
+}
+
+pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptions) -> Result<Vec<RepairedSnapshot>> {
+    let index = repo.index().await?;
+    let damaged = damaged_blobs(&repo, &index, opts.read_data).await?;
+    let session = if opts.dry_run { None } else { Some(Session::start(repo.clone(), "repair snapshots").await?) };
+    let result = run(&repo, &index, &damaged, opts, session.as_ref()).await;
+    if let Some(s) = session {
+        s.end().await?;
+    }
+    repo.reset_index().await;
+    result
+}
+
+/// Blobs in packs missing from storage, and with `read_data` those that
+/// fail to read back.
+async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<IdSet> {
+    let stored: IdSet = list_names(repo.operator(), DATA).await?.iter().filter_map(|n| n.parse().ok()).collect();
+    let mut bad_packs: IdSet = index.packs().map(|(p, _)| p).filter(|p| !stored.contains(p)).collect();
+    let mut damaged = IdSet::default();
+    if read_data {
+        for (pack, _) in index.packs().filter(|(p, _)| stored.contains(p)) {
+            match crate::check::verify_pack(repo, &pack).await {
+                Ok(bad) => damaged.extend(bad.into_iter().map(|(b, _)| b)),
+                Err(_) => {
+                    bad_packs.insert(pack);
+                }
+            }
+        }
+    }
+    damaged.extend(index.blobs().filter(|(_, p, _)| bad_packs.contains(p)).map(|(b, _, _)| b));
+    Ok(damaged)
+}
+
+async fn run(
+    repo: &Repository,
+    index: &Index,
+    damaged: &IdSet,
+    opts: &RepairSnapshotsOptions,
+    session: Option<&Session>,
+) -> Result<Vec<RepairedSnapshot>> {
+    let mut fixer = Fixer { repo, index, damaged, sink: if opts.dry_run { None } else { Some(BlobSink::new(repo).await?) } };
+    let mut out = Vec::new();
+    for snap in repo.snapshots().await? {
+        let mut lost = Vec::new();
+        let tree = fixer.tree(snap.tree, String::new(), &mut lost).await?;
+        if lost.is_empty() {
+            continue;
+        }
+        let mut repaired = None;
+        if let (Some(sink), Some(session)) = (fixer.sink.as_mut(), session) {
+            sink.flush().await?;
+            let mut tags = snap.tags.clone();
+            tags.push("repaired".into());
+            let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), ..snap.clone() };
+            crate::backup::commit(repo, session, &mut copy).await?;
+            repaired = Some(copy.id);
+            if opts.forget {
+                repo.delete(&format!("{}{}", crate::repo::SNAPSHOTS, snap.id.to_hex())).await?;
+            }
+        }
+        out.push(RepairedSnapshot { id: snap.id, repaired, lost });
+    }
+    Ok(out)
+}
+
+struct Fixer<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    damaged: &'a IdSet,
+    sink: Option<BlobSink<'a>>,
+}
+
+type Step<'s> = Pin<Box<dyn Future<Output = Result<Id>> + Send + 's>>;
+
+impl Fixer<'_> {
+    fn lost(&self, id: &Id) -> bool {
+        !self.index.contains(id) || self.damaged.contains(id)
+    }
+
+    /// The repaired tree's id. A tree that stays the same keeps its id,
+    /// unless only a marked pack holds it: then it is stored again, so that
+    /// the new snapshot depends on nothing a prune is about to delete.
+    fn tree<'s>(&'s mut self, id: Id, path: String, lost: &'s mut Vec<String>) -> Step<'s> {
+        Box::pin(async move {
+            let t = if self.lost(&id) { None } else { self.repo.load_tree(&id).await.ok() };
+            let Some(t) = t else {
+                lost.push(format!("{}/ (the directory listing)", path));
+                return self.store(&Tree { nodes: Vec::new() }).await;
+            };
+            let before = lost.len();
+            let mut nodes: Vec<Node> = Vec::with_capacity(t.nodes.len());
+            for mut node in t.nodes {
+                let p = format!("{path}/{}", node.name);
+                if node.content.iter().any(|b| self.lost(b)) {
+                    lost.push(p);
+                    continue;
+                }
+                self.keep_blobs(&node.content).await?;
+                if let Some(sub) = node.subtree {
+                    node.subtree = Some(self.tree(sub, p, lost).await?);
+                }
+                nodes.push(node);
+            }
+            let held = self.sink.as_ref().is_none_or(|s| s.holds(&id));
+            if lost.len() == before && held {
+                return Ok(id);
+            }
+            self.store(&Tree { nodes }).await
+        })
+    }
+
+    /// Data blobs that only a marked pack holds are stored again.
+    async fn keep_blobs(&mut self, ids: &[Id]) -> Result<()> {
+        let Some(sink) = self.sink.as_mut() else { return Ok(()) };
+        for id in ids {
+            if !sink.holds(id) {
+                let plain = self.repo.load_blob(id).await?;
+                sink.put(BlobKind::Data, &plain).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store(&mut self, tree: &Tree) -> Result<Id> {
+        match self.sink.as_mut() {
+            Some(sink) => sink.put(BlobKind::Tree, &tree.encode()).await,
+            None => Ok(self.repo.crypto().blob_id(&tree.encode())),
+        }
+    }
+}
