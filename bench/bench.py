@@ -4,6 +4,8 @@
 Usage:
     bench.py run                 measure everything (settings from BENCH_* env),
                                  write bench/work/results.json and the markdown
+    bench.py blobs               only the prune-memory-per-blob measurement, merged
+                                 into the existing results.json
     bench.py report [--results F] [--out F]
                                  regenerate the markdown from a results.json
 
@@ -661,6 +663,23 @@ def make_blob_files(path: Path, n: int) -> None:
     (path / ".complete").write_text("")
 
 
+def backup_half(step, tool: Tool, path: Path) -> bool:
+    """A second backup without half of the directories, so that the prune
+    after forgetting the first snapshot has half the blobs to remove."""
+    hidden = path.parent / (path.name + ".hidden")
+    remove(hidden)
+    hidden.mkdir()
+    dirs = sorted(d for d in path.iterdir() if d.is_dir())
+    for d in dirs[len(dirs) // 2:]:
+        d.rename(hidden / d.name)
+    try:
+        return bool(step("backup_changed", tool.backup_cmd(path, 2), tool.backup_ok))
+    finally:
+        for d in hidden.iterdir():
+            d.rename(path / d.name)
+        hidden.rmdir()
+
+
 def bench_prune_memory(rec: Recorder, cfg: Config) -> None:
     """Peak memory of a prune over repositories of n small blobs; the slope
     between two sizes is the memory each blob costs."""
@@ -678,7 +697,8 @@ def bench_prune_memory(rec: Recorder, cfg: Config) -> None:
             base = dict(dataset=f"blobs{n}", tool=tname, run=1)
             env = tool.env(repo, cache)
             step = lambda phase, cmd, ok=(0,): measured_step(rec, base, phase, cmd, env, ok, None, cfg)
-            if step("init", tool.init_cmd()) and step("backup_initial", tool.backup_cmd(path, 1), tool.backup_ok):
+            if (step("init", tool.init_cmd()) and step("backup_initial", tool.backup_cmd(path, 1), tool.backup_ok)
+                    and backup_half(step, tool, path)):
                 step("prune", tool.prune_cmd(), tool.backup_ok)
             for p in (repo, cache):
                 remove(p)
@@ -721,6 +741,17 @@ def versions(cfg: Config) -> dict:
 # Main flow
 
 
+def cmd_blobs(cfg: Config) -> None:
+    """Measure prune memory per blob again, into the existing results."""
+    data = json.loads(RESULTS.read_text())
+    data["records"] = [r for r in data["records"] if not r["dataset"].startswith("blobs")]
+    rec = Recorder(data["meta"])
+    rec.data = data
+    bench_prune_memory(rec, cfg)
+    rec.save()
+    write_report(rec.data, cfg.out)
+
+
 def cmd_run(cfg: Config) -> None:
     for d in (DATA, REPOS, CACHES, LOGS):
         d.mkdir(parents=True, exist_ok=True)
@@ -758,12 +789,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="run the benchmark (settings from BENCH_* env)")
+    sub.add_parser("blobs", help="measure prune memory per blob again, into the existing results")
     rp = sub.add_parser("report", help="regenerate the markdown from results JSON")
     rp.add_argument("--results", type=Path, default=RESULTS)
     rp.add_argument("--out", type=Path, default=None, help="default: BENCH_OUT or docs/BENCHMARKS.md")
     args = ap.parse_args()
     if args.cmd == "run":
         cmd_run(Config())
+    elif args.cmd == "blobs":
+        cmd_blobs(Config())
     else:
         out = args.out or Path(os.environ.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
         write_report(json.loads(args.results.read_text()), out)
@@ -949,8 +983,9 @@ class Report:
         lo, hi = counts[0], counts[-1]
         lines = ["## Prune memory per blob", "",
                  f"Repositories of {lo:,} and {hi:,} files of 256 random bytes (one data blob each), backed up "
-                 "once; then each tool's forget-all-but-latest + prune. The slope of peak RSS between the two "
-                 "sizes is what each blob costs.", "",
+                 "once whole and once with half the directories gone; then each tool's forget-all-but-latest + "
+                 "prune, which removes half the blobs. The slope of peak RSS between the two sizes is what each "
+                 "blob costs.", "",
                  f"| tool | peak MiB at {lo:,} | peak MiB at {hi:,} | bytes per blob |", "|---|---:|---:|---:|"]
         for t in self.tools:
             a, b = self.peak_rss(f"blobs{lo}", t, ["prune"]), self.peak_rss(f"blobs{hi}", t, ["prune"])

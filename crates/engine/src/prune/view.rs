@@ -6,8 +6,25 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::index::{Index, IndexFile};
 use crate::repo::{INDEX, Mark};
-use crate::tree::Tree;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
+
+/// Trees fetched at once while reaching: enough to hide storage latency,
+/// few enough that a directory of a million entries is held once.
+const PARALLEL_TREES: usize = 16;
+
+/// What reaching needs of a tree: the references, not names or metadata.
+#[derive(serde::Deserialize)]
+struct TreeRefs {
+    nodes: Vec<NodeRefs>,
+}
+
+#[derive(serde::Deserialize)]
+struct NodeRefs {
+    #[serde(default)]
+    content: Vec<Id>,
+    #[serde(default)]
+    subtree: Option<Id>,
+}
 
 pub(super) struct View {
     /// Index-file packs first, then marked packs: a blob stored in both is
@@ -121,14 +138,14 @@ impl View {
             Some(true) => {}
         }
         while !queue.is_empty() {
-            let batch: Vec<Id> = queue.drain(queue.len().saturating_sub(256)..).collect();
+            let batch: Vec<Id> = queue.drain(queue.len().saturating_sub(PARALLEL_TREES)..).collect();
             let places: Vec<_> = batch.iter().map(|id| self.index.get(id).expect("marked, so indexed")).collect();
-            let trees: Vec<Tree> = futures::stream::iter(places)
+            let trees: Vec<TreeRefs> = futures::stream::iter(places)
                 .map(|(pack, e)| async move {
                     let bytes = repo.load_blob_at(pack, e).await?;
-                    serde_json::from_slice::<Tree>(&bytes).map_err(|err| Error::corrupt("tree", e.id, err))
+                    serde_json::from_slice::<TreeRefs>(&bytes).map_err(|err| Error::corrupt("tree", e.id, err))
                 })
-                .buffered(16)
+                .buffered(PARALLEL_TREES)
                 .try_collect()
                 .await?;
             for node in trees.iter().flat_map(|t| &t.nodes) {
