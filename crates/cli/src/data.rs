@@ -54,6 +54,12 @@ fn read_excludes(a: &BackupArgs) -> Result<Vec<String>> {
 }
 
 pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
+    if let [one] = a.paths.as_slice()
+        && let Some(url) = one.to_str().filter(|u| tresor_sources::is_source(u))
+    {
+        let url = url.to_string();
+        return backup_source(g, a, &url).await;
+    }
     if a.stdin != a.paths.is_empty() {
         bail!("give either paths to back up or --stdin");
     }
@@ -74,23 +80,33 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
             repo.snapshots().await?.into_iter().rev().find(|s| s.hostname == host && s.paths == wanted && !a.stdin)
         }
     };
-    let progress = Arc::new(Progress::default());
-    let bar = progress_bar(g, progress.clone(), "backed up");
     let stdin: Option<(String, Box<dyn std::io::Read + Send>)> =
         a.stdin.then(|| (a.stdin_filename.clone(), Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>));
-    let opts = BackupOptions {
-        paths,
-        tags: a.tags,
-        host: Some(host),
-        excludes,
-        one_file_system: a.one_file_system,
-        parent,
-        time,
-        stdin,
-        progress: Some(progress),
-        threads: a.threads.filter(|&n| n > 0),
-        ..Default::default()
-    };
+    let opts = BackupOptions { paths, host: Some(host), excludes, parent, time, stdin, ..Default::default() };
+    run_and_report(g, repo, a, opts).await
+}
+
+/// Back up a data source (`redis://…`, `command:…`): its one stream, checked
+/// while it flows; the snapshot records the source and its consistency point.
+async fn backup_source(g: &Global, a: BackupArgs, url: &str) -> Result<u8> {
+    let time = a.time.as_deref().map(parse_time).transpose()?;
+    let repo = open(g).await?;
+    let mut source = tresor_sources::from_url(url)?;
+    let stream = tokio::task::block_in_place(|| source.open())?;
+    let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
+    let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
+    let opts =
+        BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(source.info()), ..Default::default() };
+    run_and_report(g, repo, a, opts).await
+}
+
+async fn run_and_report(g: &Global, repo: Arc<tresor_engine::Repository>, a: BackupArgs, mut opts: BackupOptions) -> Result<u8> {
+    let progress = Arc::new(Progress::default());
+    let bar = progress_bar(g, progress.clone(), "backed up");
+    opts.tags = a.tags;
+    opts.one_file_system = a.one_file_system;
+    opts.progress = Some(progress);
+    opts.threads = a.threads.filter(|&n| n > 0);
     let snap = run_backup(repo, opts).await;
     if let Some(b) = bar {
         b.abort();

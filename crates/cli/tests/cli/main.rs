@@ -15,6 +15,7 @@ mod crash;
 mod prune;
 mod repair;
 mod replicate;
+mod sources;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
 

@@ -213,7 +213,12 @@ impl Walker<'_> {
         let mut node = Node { kind: NodeKind::File, mode: 0o600, mtime: now, atime: now, ctime: now, ..Node::default() };
         node.set_name(OsStr::new(name));
         (node.uid, node.gid) = fsmeta::process_ids();
-        self.shared.chunk_into(&mut self.ctx, reader, None, &mut node)?;
+        // A stream that fails is fatal (no partial stream becomes a
+        // snapshot), and its error already names its producer.
+        self.shared.chunk_into(&mut self.ctx, reader, None, &mut node).map_err(|e| match e {
+            Error::Io { source, .. } => Error::Invalid(source.to_string()),
+            e => e,
+        })?;
         self.shared.counters.files_new.fetch_add(1, Relaxed);
         self.shared.fill(&mut self.ctx, &dir, 0, Some(node))?;
         self.release(&dir)

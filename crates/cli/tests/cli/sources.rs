@@ -1,0 +1,163 @@
+//! Data sources through backup → restore → compare, against real servers.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use tresor_testkit::RedisServer;
+
+use super::*;
+
+fn fill(r: &RedisServer) {
+    let mut script = String::from(
+        "SET greeting hello\nSET session:42 token PX 3600000\nRPUSH queue a b c\nHSET user:1 name Ada role admin\n\
+         SADD tags x y\nZADD scores 1 one 2.5 two\nXADD events * kind login\n",
+    );
+    for i in 0..2000 {
+        script.push_str(&format!("SET k{i} {}\n", "v".repeat(1 + i % 50)));
+    }
+    r.script(&script);
+}
+
+/// Every key with its type, whether it expires, and its value: `DUMP`'s
+/// serialization, except for sets and hashes, whose element order a reload
+/// may change (their members, sorted, instead).
+fn contents(r: &RedisServer) -> BTreeMap<String, String> {
+    const SCRIPT: &str = "local out = {} for _, k in ipairs(redis.call('KEYS', '*')) do \
+        local t = redis.call('TYPE', k).ok local v \
+        if t == 'set' then v = redis.call('SMEMBERS', k) table.sort(v) v = table.concat(v, ',') \
+        elseif t == 'hash' then local h = redis.call('HGETALL', k) local p = {} \
+          for i = 1, #h, 2 do p[#p + 1] = h[i] .. '=' .. h[i + 1] end table.sort(p) v = table.concat(p, ',') \
+        else v = redis.call('DUMP', k) end \
+        out[#out + 1] = k .. '|' .. t .. '|' .. tostring(redis.call('PTTL', k) > 0) .. '|' .. v \
+        end return out";
+    r.cli(&["--no-raw", "EVAL", SCRIPT, "0"])
+        .lines()
+        .map(|l| {
+            let entry = l.split_once(") ").map_or(l, |(_, e)| e).to_string();
+            (entry.split('|').next().unwrap_or_default().to_string(), entry)
+        })
+        .collect()
+}
+
+#[test]
+fn redis_round_trip_keeps_every_key_type_value_and_ttl() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let server = RedisServer::start(&[]);
+    fill(&server);
+    let before = contents(&server);
+    assert_eq!(before.len(), 2007, "keys: {:?}", before.keys().take(5).collect::<Vec<_>>());
+    let out = env.json(&["backup", &server.url()]);
+    assert_eq!(out["files_new"], 1, "{out}");
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["kind"], "redis");
+    assert_eq!(snap["source"]["url"], server.url());
+    assert_eq!(snap["source"]["consistency"]["keys"], 2007);
+    assert!(snap["source"]["consistency"]["replication_offset"].is_u64(), "{snap}");
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    let rdb = env.path("out").join("dump.rdb");
+    assert_eq!(&fs::read(&rdb).unwrap()[..5], b"REDIS");
+    let restored = RedisServer::with_rdb(&rdb);
+    let after = contents(&restored);
+    assert_eq!(after.len(), before.len());
+    let differ: Vec<&String> = before.keys().filter(|k| after.get(*k) != before.get(*k)).take(3).collect();
+    assert!(differ.is_empty(), "keys restored differently: {differ:?}");
+    let ttl: i64 = restored.cli(&["PTTL", "session:42"]).parse().unwrap();
+    assert!(ttl > 3_000_000 && ttl <= 3_600_000, "TTL kept: {ttl}");
+}
+
+#[test]
+fn redis_auth_unreachable_and_corrupt_streams_fail_without_a_snapshot() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let server = RedisServer::start(&["--requirepass", "s3cret"]);
+    server.cli(&["-a", "s3cret", "--no-auth-warning", "SET", "k", "v"]);
+    let err = env.fails(&["backup", &server.url()], 1);
+    assert_eq!(err, format!("tresor: error: {}: NOAUTH Authentication required.\n", server.url()));
+    let wrong = env.cmd(&["backup", &server.url()]).env("TRESOR_REDIS_PASSWORD", "nope").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&wrong.stderr),
+        format!("tresor: error: {}: authentication failed: WRONGPASS invalid username-password pair or user is disabled.\n", server.url())
+    );
+    let ok = env.cmd(&["backup", &server.url()]).env("TRESOR_REDIS_PASSWORD", "s3cret").output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let with_secret = format!("redis://default:s3cret@127.0.0.1:{}", server.port());
+    env.ok(&["backup", &with_secret]);
+    let listing = env.ok(&["snapshots", "--json"]);
+    assert!(!listing.contains("s3cret"), "the password is never stored: {listing}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+
+    let port = tresor_testkit::net::free_port();
+    let err = env.fails(&["backup", &format!("redis://127.0.0.1:{port}")], 1);
+    assert_eq!(err, format!("tresor: error: redis://127.0.0.1:{port}: cannot connect: Connection refused (os error 111)\n"));
+
+    let mut rdb = b"REDIS0011".to_vec();
+    rdb.extend_from_slice(&[0xfe, 0x00, 0xff]);
+    let crc = tresor_sources::crc64(&rdb);
+    let mut corrupt = rdb.clone();
+    corrupt.extend_from_slice(&(crc ^ 1).to_le_bytes());
+    let err = env.fails(&["backup", &fake_master(corrupt, None)], 1);
+    assert!(err.contains("the RDB fails its CRC64 check") && err.ends_with("no snapshot was saved\n"), "{err}");
+    let mut whole = rdb.clone();
+    whole.extend_from_slice(&crc.to_le_bytes());
+    let err = env.fails(&["backup", &fake_master(whole.clone(), Some(10))], 1);
+    assert!(err.contains("the server closed the connection after 10 of 20 bytes of the RDB"), "{err}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a failed stream");
+    env.ok(&["backup", &fake_master(whole, None)]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "the intact stream is accepted");
+}
+
+/// A one-connection fake master that sends `rdb` (cut after `cut` bytes).
+fn fake_master(rdb: Vec<u8>, cut: Option<usize>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            for (cmd, reply) in [("INFO", "$16\r\ndb0:keys=1,x=0\r\n\r\n".to_string()), ("REPLCONF", "+OK\r\n".into())] {
+                if let Some(at) = seen.find(cmd) {
+                    seen.replace_range(..at + cmd.len(), "");
+                    s.write_all(reply.as_bytes()).unwrap();
+                }
+            }
+            if seen.contains("PSYNC") {
+                let mut out = format!("+FULLRESYNC 0123456789abcdef 77\r\n\n${}\r\n", rdb.len()).into_bytes();
+                out.extend_from_slice(&rdb[..cut.unwrap_or(rdb.len())]);
+                s.write_all(&out).unwrap();
+                return;
+            }
+        }
+    });
+    format!("redis://127.0.0.1:{port}")
+}
+
+#[test]
+fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let data = env.path("export.sql");
+    fs::write(&data, random_bytes(3 << 20, 77)).unwrap();
+    let src = format!("command:cat {}", data.display());
+    env.ok(&["backup", &src, "--stdin-filename", "export.sql"]);
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!((snap["source"]["kind"].as_str(), snap["source"]["url"].as_str()), (Some("command"), Some(src.as_str())));
+    let out = env.cmd(&["dump", "latest", "export.sql"]).output().unwrap();
+    assert!(out.stdout == fs::read(&data).unwrap(), "byte-identical");
+    let failing = "command:head -c 100000 /dev/zero; echo 'mariadb-dump: Got error: 1045: Access denied' >&2; exit 2";
+    let err = env.fails(&["backup", failing], 1);
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: command {:?} failed (exit status: 2): mariadb-dump: Got error: 1045: Access denied; no snapshot was saved\n",
+            &failing["command:".len()..]
+        )
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,64 @@
+//! Data sources: the agents that turn a service's data into one stream the
+//! engine backs up, and put it back.
+//!
+//! Every source implements [`Source`]; a new one is one module. A source
+//! verifies its data *while it flows*: the reader it hands out fails (and
+//! so the backup fails, and no snapshot is saved) when the stream turns out
+//! truncated or corrupt, or when the producing process reports an error.
+
+mod command;
+mod redis;
+
+use std::io::Read;
+
+use tresor_engine::SourceInfo;
+
+pub use command::CommandSource;
+pub use redis::{RedisSource, crc64};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{source_name}: {reason}")]
+    Failed { source_name: String, reason: String },
+    #[error("unknown source {0:?} (expected redis://HOST:PORT or command:COMMAND)")]
+    Unknown(String),
+}
+
+impl Error {
+    pub fn failed(source_name: impl Into<String>, reason: impl ToString) -> Error {
+        Error::Failed { source_name: source_name.into(), reason: reason.to_string() }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A stream to back up: its file name in the snapshot and its bytes.
+pub struct Stream {
+    pub name: String,
+    pub reader: Box<dyn Read + Send>,
+}
+
+/// One data source.
+pub trait Source: Send {
+    /// Connect or start, and hand out the data stream.
+    fn open(&mut self) -> Result<Stream>;
+    /// What the snapshot records: kind, URL without secrets, and the
+    /// consistency point (known once the stream is open).
+    fn info(&self) -> SourceInfo;
+}
+
+/// Whether a backup argument names a source rather than a path.
+pub fn is_source(arg: &str) -> bool {
+    ["redis://", "rediss://", "command:"].iter().any(|p| arg.starts_with(p))
+}
+
+/// The source a URL names.
+pub fn from_url(url: &str) -> Result<Box<dyn Source>> {
+    if let Some(cmd) = url.strip_prefix("command:") {
+        return Ok(Box::new(CommandSource::new(cmd)?));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Box::new(RedisSource::parse(url)?));
+    }
+    Err(Error::Unknown(url.to_string()))
+}
