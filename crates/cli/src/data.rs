@@ -141,9 +141,13 @@ async fn run_and_report(g: &Global, repo: Arc<tresor_engine::Repository>, a: Bac
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let repo = open(g).await?;
     let snap = repo.find_snapshot(&a.snapshot).await?;
+    let Some(target) = a.target.clone() else {
+        let to = a.to.as_deref().expect("clap requires --target or --to");
+        return crate::sources::restore_to(g, &repo, &snap, to, a.flush).await;
+    };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");
-    let opts = RestoreOptions { target: a.target.clone(), includes: a.includes, excludes: a.excludes, progress: Some(progress) };
+    let opts = RestoreOptions { target: target.clone(), includes: a.includes, excludes: a.excludes, progress: Some(progress) };
     let summary = run_restore(repo, &snap, &opts).await;
     if let Some(b) = bar {
         b.abort();
@@ -157,7 +161,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {}",
             snap.id.short(),
-            a.target.display(),
+            target.display(),
             summary.files_restored,
             summary.dirs_restored,
             human(summary.bytes_restored)

@@ -8,6 +8,7 @@ mod keys;
 mod opts;
 mod prune;
 mod retention;
+mod sources;
 
 use std::process::ExitCode;
 

@@ -291,8 +291,16 @@ pub struct LsArgs {
 #[derive(Args)]
 pub struct RestoreArgs {
     pub snapshot: String,
-    #[arg(short, long)]
-    pub target: PathBuf,
+    /// Directory to restore into.
+    #[arg(short, long, required_unless_present = "to")]
+    pub target: Option<PathBuf>,
+    /// Restore a data-source snapshot into a service instead: redis://HOST:PORT
+    /// (a running instance) or command:COMMAND (the data on its standard input).
+    #[arg(long, conflicts_with = "target")]
+    pub to: Option<String>,
+    /// With --to: allow replacing what the target holds.
+    #[arg(long, requires = "to")]
+    pub flush: bool,
     #[arg(short = 'i', long = "include")]
     pub includes: Vec<String>,
     #[arg(short = 'e', long = "exclude")]

@@ -3,7 +3,7 @@
 //! A non-zero exit fails the backup with the program's own message, so a
 //! partial stream is never saved as a snapshot.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -86,7 +86,67 @@ impl ChildOutput {
             return Ok(());
         }
         let stderr = self.stderr.lock().expect("not poisoned");
-        let said = stderr.lines().filter(|l| !l.trim().is_empty()).next_back().unwrap_or("no message");
+        let said = last_line(&stderr);
         Err(std::io::Error::other(format!("{} failed ({status}): {said}; no snapshot was saved", self.name)))
     }
+}
+
+/// `--to command:…`: the stream goes to a program's standard input
+/// (`mariadb`, `vault operator raft snapshot restore /dev/stdin`, …).
+pub struct CommandTarget {
+    command: String,
+    child: Option<(Child, std::process::ChildStdin)>,
+}
+
+impl CommandTarget {
+    pub fn new(command: &str) -> Result<CommandTarget> {
+        Ok(CommandTarget { command: CommandSource::new(command)?.command, child: None })
+    }
+
+    fn name(&self) -> String {
+        format!("command {:?}", self.command)
+    }
+}
+
+impl crate::Target for CommandTarget {
+    fn begin(&mut self, _len: u64, _overwrite: bool) -> Result<()> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::failed(self.name(), format!("cannot start it: {e}")))?;
+        let stdin = child.stdin.take().expect("piped");
+        self.child = Some((child, stdin));
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let name = self.name();
+        let (_, stdin) = self.child.as_mut().expect("begun");
+        // A program that stopped reading has failed: finish() says why.
+        if stdin.write_all(data).is_err() {
+            return self.finish().map(|_| ()).and(Err(Error::failed(name, "it stopped reading its input")));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<String> {
+        let (child, stdin) = self.child.take().expect("begun");
+        drop(stdin);
+        let out = child.wait_with_output().map_err(|e| Error::failed(self.name(), e))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            let said = last_line(&text);
+            return Err(Error::failed(self.name(), format!("failed ({}): {said}", out.status)));
+        }
+        Ok(format!("{} took the data", self.name()))
+    }
+}
+
+/// A program's own last word on a failure: the last non-empty stderr line.
+fn last_line(stderr: &str) -> &str {
+    stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message")
 }

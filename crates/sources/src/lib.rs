@@ -8,6 +8,7 @@
 
 mod command;
 mod redis;
+mod redis_target;
 
 use std::io::Read;
 
@@ -45,6 +46,28 @@ pub trait Source: Send {
     /// What the snapshot records: kind, URL without secrets, and the
     /// consistency point (known once the stream is open).
     fn info(&self) -> SourceInfo;
+}
+
+/// Where a stream is restored to: a running service or a program.
+pub trait Target: Send {
+    /// Prepare to receive one stream of `len` bytes. A target that holds
+    /// data is refused unless `overwrite`.
+    fn begin(&mut self, len: u64, overwrite: bool) -> Result<()>;
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// After the last byte: wait until the service has taken the data and
+    /// say what it holds now, in one line.
+    fn finish(&mut self) -> Result<String>;
+}
+
+/// The restore target a URL names.
+pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
+    if let Some(cmd) = url.strip_prefix("command:") {
+        return Ok(Box::new(command::CommandTarget::new(cmd)?));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Box::new(redis_target::RedisTarget::new(RedisSource::parse(url)?)));
+    }
+    Err(Error::Unknown(url.to_string()))
 }
 
 /// Whether a backup argument names a source rather than a path.

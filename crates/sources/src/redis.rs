@@ -55,18 +55,18 @@ impl RedisSource {
         Ok(RedisSource { host, port, user, password, point: BTreeMap::new() })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match &self.user {
             Some(u) => format!("redis://{u}@{}:{}", self.host, self.port),
             None => format!("redis://{}:{}", self.host, self.port),
         }
     }
 
-    fn fail(&self, why: impl ToString) -> Error {
+    pub(crate) fn fail(&self, why: impl ToString) -> Error {
         Error::failed(self.url(), why)
     }
 
-    fn connect(&self) -> Result<Conn> {
+    pub(crate) fn connect(&self) -> Result<Conn> {
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| self.fail(format!("cannot resolve the host: {e}")))?
@@ -89,13 +89,13 @@ impl RedisSource {
     }
 }
 
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+pub(crate) struct Conn {
+    pub(crate) reader: BufReader<TcpStream>,
+    pub(crate) writer: TcpStream,
 }
 
 impl Conn {
-    fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
+    pub(crate) fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for a in args {
             out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
@@ -105,7 +105,7 @@ impl Conn {
         self.writer.write_all(&out)
     }
 
-    fn line(&mut self) -> std::io::Result<String> {
+    pub(crate) fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
@@ -114,7 +114,7 @@ impl Conn {
     }
 
     /// A command with a one-line or bulk-string reply.
-    fn call(&mut self, args: &[&str]) -> std::io::Result<String> {
+    pub(crate) fn call(&mut self, args: &[&str]) -> std::io::Result<String> {
         self.send(args)?;
         let first = self.line()?;
         match first.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
@@ -130,7 +130,7 @@ impl Conn {
 }
 
 /// Keys per the server's `INFO keyspace` (`db0:keys=3,expires=1,…`).
-fn key_count(info: &str) -> u64 {
+pub(crate) fn key_count(info: &str) -> u64 {
     info.lines().filter(|l| l.starts_with("db")).filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok()).sum()
 }
 

@@ -64,6 +64,22 @@ fn redis_round_trip_keeps_every_key_type_value_and_ttl() {
     assert!(differ.is_empty(), "keys restored differently: {differ:?}");
     let ttl: i64 = restored.cli(&["PTTL", "session:42"]).parse().unwrap();
     assert!(ttl > 3_000_000 && ttl <= 3_600_000, "TTL kept: {ttl}");
+
+    // Into a running instance: refused while it holds data, unless --flush.
+    let running = RedisServer::start(&[]);
+    let out = env.json(&["restore", "latest", "--to", &running.url()]);
+    assert_eq!(out["result"], format!("{} loaded the RDB and holds 2007 keys", running.url()));
+    assert_eq!(contents(&running), before);
+    assert_eq!(running.cli(&["INFO", "replication"]).lines().find(|l| l.starts_with("role:")), Some("role:master"));
+    running.cli(&["SET", "extra", "1"]);
+    let err = env.fails(&["restore", "latest", "--to", &running.url()], 1);
+    assert_eq!(
+        err,
+        format!("tresor: error: {}: the instance holds 2008 keys; restoring replaces them all: add --flush to allow it\n", running.url())
+    );
+    assert_eq!(running.cli(&["DBSIZE"]), "2008", "a refused restore changes nothing");
+    env.ok(&["restore", "latest", "--to", &running.url(), "--flush"]);
+    assert_eq!(contents(&running), before);
 }
 
 #[test]
@@ -160,4 +176,11 @@ fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
         )
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+
+    // Restore pipes the stream into a program, whose failure is reported.
+    let copy = env.path("copy.sql");
+    env.ok(&["restore", "latest", "--to", &format!("command:cat > {}", copy.display())]);
+    assert!(fs::read(&copy).unwrap() == fs::read(&data).unwrap(), "byte-identical through the restore command");
+    let err = env.fails(&["restore", "latest", "--to", "command:cat > /dev/null; echo 'ERROR 1049: Unknown database' >&2; exit 1"], 1);
+    assert!(err.ends_with("failed (exit status: 1): ERROR 1049: Unknown database\n"), "{err}");
 }
