@@ -215,8 +215,13 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     let affected: IdSet = view.pack_file.iter().filter(|(p, _)| going(p)).map(|(_, f)| *f).collect();
     let mut marked = Vec::new();
     for file in &affected {
-        let f = IndexFile::decode(file, &repo.load_file("index", INDEX, file).await?)?;
-        for p in f.packs {
+        // A concurrent prune superseded and removed it: its packs are in
+        // that prune's files, and stay unmarked by this one.
+        let plain = match repo.load_file("index", INDEX, file).await {
+            Err(e) if crate::repo::is_not_found(&e) => continue,
+            r => r?,
+        };
+        for p in IndexFile::decode(file, &plain)?.packs {
             if going(&p.id) { marked.push(p) } else { pieces.push(p) }
         }
     }
