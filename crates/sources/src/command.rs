@@ -30,14 +30,26 @@ impl CommandSource {
 
 impl Source for CommandSource {
     fn open(&mut self) -> Result<Stream> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&self.command);
+        Ok(Stream { name: "stdout".into(), reader: spawn_output(self.name(), cmd)? })
+    }
+
+    fn info(&self) -> SourceInfo {
+        SourceInfo { kind: "command".into(), url: Some(format!("command:{}", self.command)), ..Default::default() }
+    }
+}
+
+/// A program's standard output as a stream that fails, with the program's
+/// own last word, unless the program exits successfully.
+pub(crate) fn spawn_output(name: String, mut cmd: Command) -> Result<Box<dyn Read + Send>> {
+    {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::failed(self.name(), format!("cannot start it: {e}")))?;
+            .map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err_pipe = child.stderr.take().expect("piped");
@@ -48,12 +60,7 @@ impl Source for CommandSource {
             let _ = err_pipe.read_to_string(&mut text);
             *collected.lock().expect("not poisoned") = text;
         });
-        let reader = ChildOutput { name: self.name(), child, stdout, stderr, drain: Some(drain) };
-        Ok(Stream { name: "stdout".into(), reader: Box::new(reader) })
-    }
-
-    fn info(&self) -> SourceInfo {
-        SourceInfo { kind: "command".into(), url: Some(format!("command:{}", self.command)), ..Default::default() }
+        Ok(Box::new(ChildOutput { name, child, stdout, stderr, drain: Some(drain) }))
     }
 }
 
@@ -94,25 +101,35 @@ impl ChildOutput {
 /// `--to command:…`: the stream goes to a program's standard input
 /// (`mariadb`, `vault operator raft snapshot restore /dev/stdin`, …).
 pub struct CommandTarget {
-    command: String,
+    name: String,
+    command: Option<Command>,
     child: Option<(Child, std::process::ChildStdin)>,
 }
 
 impl CommandTarget {
     pub fn new(command: &str) -> Result<CommandTarget> {
-        Ok(CommandTarget { command: CommandSource::new(command)?.command, child: None })
+        let source = CommandSource::new(command)?;
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&source.command);
+        Ok(CommandTarget::program(source.name(), cmd))
+    }
+
+    /// A prepared program (`pg_restore …`), named `name` in messages.
+    pub(crate) fn program(name: String, cmd: Command) -> CommandTarget {
+        CommandTarget { name, command: Some(cmd), child: None }
     }
 
     fn name(&self) -> String {
-        format!("command {:?}", self.command)
+        self.name.clone()
     }
 }
 
 impl crate::Target for CommandTarget {
     fn begin(&mut self, _len: u64, _overwrite: bool) -> Result<()> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.command)
+        let mut child = self
+            .command
+            .take()
+            .expect("begun once")
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())

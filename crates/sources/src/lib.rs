@@ -7,6 +7,7 @@
 //! truncated or corrupt, or when the producing process reports an error.
 
 mod command;
+mod postgres;
 mod redis;
 mod redis_target;
 
@@ -21,7 +22,7 @@ pub use redis::{RedisSource, crc64};
 pub enum Error {
     #[error("{source_name}: {reason}")]
     Failed { source_name: String, reason: String },
-    #[error("unknown source {0:?} (expected redis://HOST:PORT or command:COMMAND)")]
+    #[error("unknown source {0:?} (expected redis://HOST:PORT, postgres://USER@HOST:PORT/DB or command:COMMAND)")]
     Unknown(String),
 }
 
@@ -67,12 +68,15 @@ pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         return Ok(Box::new(redis_target::RedisTarget::new(RedisSource::parse(url)?)));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?)));
+    }
     Err(Error::Unknown(url.to_string()))
 }
 
 /// Whether a backup argument names a source rather than a path.
 pub fn is_source(arg: &str) -> bool {
-    ["redis://", "rediss://", "command:"].iter().any(|p| arg.starts_with(p))
+    ["redis://", "rediss://", "postgres://", "postgresql://", "command:"].iter().any(|p| arg.starts_with(p))
 }
 
 /// The source a URL names.
@@ -82,6 +86,9 @@ pub fn from_url(url: &str) -> Result<Box<dyn Source>> {
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         return Ok(Box::new(RedisSource::parse(url)?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(postgres::Postgres::parse(url)?));
     }
     Err(Error::Unknown(url.to_string()))
 }

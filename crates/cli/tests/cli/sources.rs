@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use tresor_testkit::RedisServer;
+use tresor_testkit::{PostgresServer, RedisServer};
 
 use super::*;
 
@@ -183,4 +183,59 @@ fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
     assert!(fs::read(&copy).unwrap() == fs::read(&data).unwrap(), "byte-identical through the restore command");
     let err = env.fails(&["restore", "latest", "--to", "command:cat > /dev/null; echo 'ERROR 1049: Unknown database' >&2; exit 1"], 1);
     assert!(err.ends_with("failed (exit status: 1): ERROR 1049: Unknown database\n"), "{err}");
+}
+
+fn row_counts(pg: &PostgresServer, db: &str) -> String {
+    pg.psql(
+        db,
+        "SELECT (SELECT count(*) FROM pgbench_accounts) || ',' || (SELECT count(*) FROM pgbench_branches) || ',' || \
+         (SELECT count(*) FROM pgbench_tellers) || ',' || (SELECT sum(abalance) FROM pgbench_accounts)",
+    )
+}
+
+#[test]
+fn postgres_logical_round_trip_with_row_counts() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let pg = PostgresServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.pgbench_init("shop", 1);
+    pg.psql("shop", "UPDATE pgbench_accounts SET abalance = aid % 97 WHERE aid % 3 = 0");
+    let before = row_counts(&pg, "shop");
+    assert!(before.starts_with("100000,1,10,"), "{before}");
+    let bin = PostgresServer::bin_dir().display().to_string();
+    let run = |args: &[&str]| env.cmd(args).env("TRESOR_PG_BIN", &bin).output().unwrap();
+    let out = run(&["backup", &pg.url("shop")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["kind"], "postgres");
+    assert!(snap["source"]["consistency"]["lsn"].as_str().unwrap().contains('/'), "{snap}");
+    assert_eq!(snap["source"]["consistency"]["timeline"], 1);
+
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_restored")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(row_counts(&pg, "shop_restored"), before);
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_restored")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: {}: the database has 4 tables; restoring replaces them: add --flush to allow it\n",
+            pg.url("shop_restored")
+        )
+    );
+    pg.psql("shop_restored", "DELETE FROM pgbench_accounts WHERE aid > 50000");
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_restored"), "--flush"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(row_counts(&pg, "shop_restored"), before, "--flush put every row back");
+
+    let out = run(&["backup", &pg.url("nosuchdb")]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: {}: connection to server at \"127.0.0.1\", port {} failed: FATAL:  database \"nosuchdb\" does not exist\n",
+            pg.url("nosuchdb"),
+            pg.port()
+        )
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "no snapshot from a failed dump");
 }

@@ -78,7 +78,19 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
         return Ok(report);
     }
     let session = Session::start(repo.clone(), "prune").await?;
-    let result = run(&repo, opts, &session).await;
+    // An object a concurrent prune removed after this one listed it (a pack
+    // it repacked, an index file it superseded) invalidates this run's
+    // picture: start over with a fresh one. Every step is safe to repeat.
+    let mut result = run(&repo, opts, &session).await;
+    for _ in 0..3 {
+        match &result {
+            Err(e) if crate::repo::is_not_found(e) => {
+                tracing::info!("prune starts over: {e}");
+                result = run(&repo, opts, &session).await;
+            }
+            _ => break,
+        }
+    }
     let ended = session.end().await;
     repo.reset_index().await;
     let report = result?;

@@ -193,10 +193,19 @@ impl View {
     }
 }
 
+/// Storage times of index files; one a concurrent prune removed meanwhile
+/// has none (its packs are then simply not protected as recent).
 async fn file_times(repo: &Repository, files: Vec<Id>) -> Result<IdMap<DateTime<Utc>>> {
-    futures::stream::iter(files)
-        .map(|id| async move { Ok::<_, Error>((id, crate::session::mtime(repo, &format!("{INDEX}{}", id.to_hex())).await?)) })
+    let times: Vec<Option<(Id, DateTime<Utc>)>> = futures::stream::iter(files)
+        .map(|id| async move {
+            match crate::session::mtime(repo, &format!("{INDEX}{}", id.to_hex())).await {
+                Ok(t) => Ok(Some((id, t))),
+                Err(e) if crate::repo::is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
         .buffer_unordered(16)
         .try_collect()
-        .await
+        .await?;
+    Ok(times.into_iter().flatten().collect())
 }

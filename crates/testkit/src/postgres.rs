@@ -1,0 +1,108 @@
+//! A real PostgreSQL 15 cluster: `initdb` in a temp dir, started on a free
+//! loopback port, stopped (immediate) and removed on drop. As root it runs
+//! as the `postgres` user, which PostgreSQL requires.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::net::free_port;
+
+pub struct PostgresServer {
+    port: u16,
+    dir: TempDir,
+    bin: PathBuf,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+impl PostgresServer {
+    /// Directory of the PostgreSQL 15 programs (`TRESOR_PG_BIN` overrides).
+    pub fn bin_dir() -> PathBuf {
+        std::env::var_os("TRESOR_PG_BIN").map(PathBuf::from).unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
+    }
+
+    pub fn start() -> PostgresServer {
+        let dir = tempfile::Builder::new().prefix("tresor-pg-").tempdir().expect("temp dir");
+        let bin = Self::bin_dir();
+        let port = free_port();
+        let server = PostgresServer { port, dir, bin };
+        if is_root() {
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(server.dir.path()).status().expect("chown");
+            assert!(ok.success(), "chown the cluster directory to postgres");
+        }
+        server.run_as_owner("initdb", &["-D", &server.data(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", server.dir.path().display());
+        let log = server.dir.path().join("log").display().to_string();
+        server.run_as_owner("pg_ctl", &["-D", &server.data(), "-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run_as_owner(&self, program: &str, args: &[&str]) {
+        let exe = self.bin.join(program);
+        let status = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).current_dir("/").status()
+        } else {
+            Command::new(&exe).args(args).status()
+        };
+        assert!(status.expect("run a PostgreSQL program").success(), "{program} {args:?} failed");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DB`
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    fn client(&self, program: &str, db: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", db]);
+        c
+    }
+
+    /// One SQL statement's result as psql prints it unaligned, trimmed.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.client("psql", db).args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().expect("run psql");
+        assert!(out.status.success(), "psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `pgbench -i -s SCALE` into `db`.
+    pub fn pgbench_init(&self, db: &str, scale: u32) {
+        let out = self.client("pgbench", db).args(["-i", "-q", "-s", &scale.to_string()]).output().expect("run pgbench");
+        assert!(out.status.success(), "pgbench: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if is_root() {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).current_dir("/").output()
+        } else {
+            Command::new(&exe).args(args).output()
+        };
+    }
+}
