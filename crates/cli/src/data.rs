@@ -53,7 +53,40 @@ fn read_excludes(a: &BackupArgs) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A backup between its hooks. A failed pre-hook stops it (or, with
+/// `--on-error continue`, is a warning); the post-hook always runs.
 pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
+    let timeout = crate::commands::parse_duration(&a.hook_timeout)?;
+    let strict = a.on_error == "fail";
+    let hook = |which: &str, cmd: &str, env: &[(&str, &str)]| -> Result<()> {
+        match tokio::task::block_in_place(|| tresor_sources::run_hook(which, cmd, timeout, env)) {
+            Err(e) if !strict => {
+                eprintln!("warning: {e}");
+                Ok(())
+            }
+            r => Ok(r?),
+        }
+    };
+    if let Some(cmd) = &a.pre_hook {
+        hook("pre", cmd, &[("TRESOR_HOOK", "pre")])?;
+    }
+    let post = a.post_hook.clone();
+    let (result, id) = match backup_once(g, a).await {
+        Ok((code, id)) => (Ok(code), Some(id)),
+        Err(e) => (Err(e), None),
+    };
+    if let Some(cmd) = &post {
+        let status = if result.is_ok() { "success" } else { "failure" };
+        let id = id.map(|i| i.to_hex()).unwrap_or_default();
+        let hooked = hook("post", cmd, &[("TRESOR_HOOK", "post"), ("TRESOR_BACKUP_STATUS", status), ("TRESOR_SNAPSHOT_ID", &id)]);
+        if result.is_ok() {
+            hooked?;
+        }
+    }
+    result
+}
+
+async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id)> {
     if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| tresor_sources::is_source(u))
     {
@@ -88,7 +121,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
 
 /// Back up a data source (`redis://…`, `command:…`): its one stream, checked
 /// while it flows; the snapshot records the source and its consistency point.
-async fn backup_source(g: &Global, a: BackupArgs, url: &str) -> Result<u8> {
+async fn backup_source(g: &Global, a: BackupArgs, url: &str) -> Result<(u8, tresor_engine::Id)> {
     let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = open(g).await?;
     let mut source = tresor_sources::from_url(url)?;
@@ -100,7 +133,12 @@ async fn backup_source(g: &Global, a: BackupArgs, url: &str) -> Result<u8> {
     run_and_report(g, repo, a, opts).await
 }
 
-async fn run_and_report(g: &Global, repo: Arc<tresor_engine::Repository>, a: BackupArgs, mut opts: BackupOptions) -> Result<u8> {
+async fn run_and_report(
+    g: &Global,
+    repo: Arc<tresor_engine::Repository>,
+    a: BackupArgs,
+    mut opts: BackupOptions,
+) -> Result<(u8, tresor_engine::Id)> {
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "backed up");
     opts.tags = a.tags;
@@ -133,9 +171,9 @@ async fn run_and_report(g: &Global, repo: Arc<tresor_engine::Repository>, a: Bac
     }
     if !snap.errors.is_empty() {
         eprintln!("warning: {} files could not be read and are missing from snapshot {}", snap.errors.len(), snap.id.short());
-        return Ok(crate::EXIT_INCOMPLETE);
+        return Ok((crate::EXIT_INCOMPLETE, snap.id));
     }
-    Ok(0)
+    Ok((0, snap.id))
 }
 
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {

@@ -252,6 +252,20 @@ pub struct BackupArgs {
     /// Do not cross filesystem boundaries.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
+    /// Run this command (sh -c) before the backup: quiesce, flush, fsfreeze.
+    #[arg(long)]
+    pub pre_hook: Option<String>,
+    /// Run this command after the backup, whatever its outcome
+    /// ($TRESOR_BACKUP_STATUS is success or failure, $TRESOR_SNAPSHOT_ID set on success).
+    #[arg(long)]
+    pub post_hook: Option<String>,
+    /// Time limit for each hook; a hook that overruns is killed.
+    #[arg(long, default_value = "5min")]
+    pub hook_timeout: String,
+    /// What a failing hook means: fail (no backup after a failed pre-hook,
+    /// exit 1 after a failed post-hook) or continue (a warning).
+    #[arg(long, default_value = "fail", value_parser = ["fail", "continue"])]
+    pub on_error: String,
     /// Threads that read, chunk, compress and encrypt (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -7,6 +7,7 @@
 //! truncated or corrupt, or when the producing process reports an error.
 
 mod command;
+mod hooks;
 mod postgres;
 mod redis;
 mod redis_target;
@@ -16,6 +17,7 @@ use std::io::Read;
 use tresor_engine::SourceInfo;
 
 pub use command::CommandSource;
+pub use hooks::run_hook;
 pub use redis::{RedisSource, crc64};
 
 #[derive(Debug, thiserror::Error)]

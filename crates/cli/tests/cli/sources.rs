@@ -239,3 +239,34 @@ fn postgres_logical_round_trip_with_row_counts() {
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "no snapshot from a failed dump");
 }
+
+#[test]
+fn hooks_run_around_a_backup_with_time_limits_and_on_error() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("data"), "payload").unwrap();
+    let log = env.path("post.log");
+    let pre = format!("echo frozen > {}/marker", src.display());
+    let post = format!("echo \"$TRESOR_BACKUP_STATUS $TRESOR_SNAPSHOT_ID\" > {}", log.display());
+    let out = env.json(&["backup", src.to_str().unwrap(), "--pre-hook", &pre, "--post-hook", &post]);
+    let id = out["snapshot_id"].as_str().unwrap();
+    assert_eq!(fs::read_to_string(&log).unwrap(), format!("success {id}\n"));
+    assert!(env.ok(&["ls", "latest"]).contains("/marker"), "the pre-hook ran before the files were read");
+
+    let failing = "echo 'fsfreeze: cannot freeze /data' >&2; exit 1";
+    let err = env.fails(&["backup", src.to_str().unwrap(), "--pre-hook", failing, "--post-hook", &post], 1);
+    assert_eq!(err, format!("tresor: error: pre hook {failing:?}: failed (exit status: 1): fsfreeze: cannot freeze /data\n"));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "no backup after a failed pre-hook");
+    let out = env.run(&["backup", src.to_str().unwrap(), "--pre-hook", failing, "--on-error", "continue"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("warning: pre hook"), "{out:?}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+
+    let err = env.fails(&["backup", src.to_str().unwrap(), "--pre-hook", "sleep 30", "--hook-timeout", "1"], 1);
+    assert_eq!(err, "tresor: error: pre hook \"sleep 30\": timed out after 1s and was killed\n");
+    let err = env.fails(&["backup", "command:exit 4", "--post-hook", &post], 1);
+    assert!(err.contains("failed (exit status: 4)"), "{err}");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "failure \n", "the post-hook runs after a failed backup too");
+}
