@@ -7,6 +7,7 @@
 //! truncated or corrupt, or when the producing process reports an error.
 
 mod command;
+mod etcd;
 mod hooks;
 mod postgres;
 mod redis;
@@ -24,7 +25,7 @@ pub use redis::{RedisSource, crc64};
 pub enum Error {
     #[error("{source_name}: {reason}")]
     Failed { source_name: String, reason: String },
-    #[error("unknown source {0:?} (expected redis://HOST:PORT, postgres://USER@HOST:PORT/DB or command:COMMAND)")]
+    #[error("unknown source {0:?} (expected redis://HOST:PORT, postgres://USER@HOST:PORT/DB, etcd://HOST:PORT or command:COMMAND)")]
     Unknown(String),
 }
 
@@ -78,7 +79,7 @@ pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
 
 /// Whether a backup argument names a source rather than a path.
 pub fn is_source(arg: &str) -> bool {
-    ["redis://", "rediss://", "postgres://", "postgresql://", "command:"].iter().any(|p| arg.starts_with(p))
+    ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:"].iter().any(|p| arg.starts_with(p))
 }
 
 /// The source a URL names.
@@ -91,6 +92,9 @@ pub fn from_url(url: &str) -> Result<Box<dyn Source>> {
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Box::new(postgres::Postgres::parse(url)?));
+    }
+    if url.starts_with("etcd://") {
+        return Ok(Box::new(etcd::EtcdSource::parse(url)?));
     }
     Err(Error::Unknown(url.to_string()))
 }

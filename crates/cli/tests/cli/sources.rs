@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use tresor_testkit::{PostgresServer, RedisServer};
+use tresor_testkit::{EtcdServer, PostgresServer, RedisServer};
 
 use super::*;
 
@@ -269,4 +269,42 @@ fn hooks_run_around_a_backup_with_time_limits_and_on_error() {
     let err = env.fails(&["backup", "command:exit 4", "--post-hook", &post], 1);
     assert!(err.contains("failed (exit status: 4)"), "{err}");
     assert_eq!(fs::read_to_string(&log).unwrap(), "failure \n", "the post-hook runs after a failed backup too");
+}
+
+#[test]
+fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let etcd = EtcdServer::start();
+    for i in 0..150 {
+        assert!(etcd.ctl(&["put", &format!("/registry/configmaps/cm{i}"), &format!("value {i}")]).status.success());
+    }
+    let keys = |e: &EtcdServer| String::from_utf8(e.ctl(&["get", "--prefix", ""]).stdout).unwrap();
+    let revision = |e: &EtcdServer| {
+        let out = String::from_utf8(e.ctl(&["get", "x", "-w", "json"]).stdout).unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["header"]["revision"].as_i64().unwrap()
+    };
+    let before = keys(&etcd);
+    env.ok(&["backup", &etcd.url()]);
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["kind"], "etcd");
+    assert_eq!(snap["source"]["consistency"]["keys"], 150);
+    assert_eq!(snap["source"]["consistency"]["revision"], revision(&etcd));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    let db = env.path("out").join("etcd.db");
+    let data = env.path("restored-data");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore", db.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcdctl snapshot restore (it checks the hash): {}", String::from_utf8_lossy(&out.stderr));
+    let restored = EtcdServer::with_data(&data);
+    assert_eq!(keys(&restored), before, "every key and value");
+    assert!(revision(&restored) >= revision(&etcd), "the revision is kept");
+
+    let dead = format!("etcd://127.0.0.1:{}", tresor_testkit::net::free_port());
+    let err = env.fails(&["backup", &dead], 1);
+    assert!(err.starts_with(&format!("tresor: error: {dead}: ")) && err.lines().count() == 1, "{err}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 }
