@@ -206,13 +206,12 @@ pub async fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>> {
 
 async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<SessionInfo>> {
     let path = format!("{SESSIONS}{name}");
-    let gone = |e: &Error| matches!(e, Error::Storage { source, .. } if source.kind() == opendal::ErrorKind::NotFound);
     let bytes = match repo.read(&path).await {
-        Err(e) if gone(&e) => return Ok(None),
+        Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
         r => r?,
     };
     let last_beat = match mtime(repo, &path).await {
-        Err(e) if gone(&e) => return Ok(None),
+        Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
         r => r?,
     };
     let plain = repo.crypto().open_file("session", id, &bytes)?;

@@ -34,10 +34,7 @@ impl std::fmt::Debug for Postgres {
 impl Postgres {
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
     pub fn parse(url: &str) -> Result<Postgres> {
-        let shown = match url.split_once("://").and_then(|(_, r)| r.rsplit_once('@')) {
-            Some((auth, rest)) => format!("postgres://{}@{rest}", auth.split(':').next().unwrap_or_default()),
-            None => url.to_string(),
-        };
+        let shown = crate::redis::url_without_secret(url);
         let bad = |why: &str| Error::failed(&shown, why);
         let rest =
             url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(|| bad("not a postgres:// URL"))?;

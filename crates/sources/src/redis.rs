@@ -269,7 +269,8 @@ pub fn crc64(data: &[u8]) -> u64 {
     crc64_update(0, data)
 }
 
-fn url_without_secret(url: &str) -> String {
+/// A URL with any password in its user part left out.
+pub(crate) fn url_without_secret(url: &str) -> String {
     match url.split_once("://").and_then(|(s, rest)| Some((s, rest.rsplit_once('@')?))) {
         Some((scheme, (auth, host))) => format!("{scheme}://{}@{host}", auth.split(':').next().unwrap_or_default()),
         None => url.to_string(),
