@@ -204,6 +204,7 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         .snapshots()
         .await?
         .into_iter()
+        .filter(|s| a.all || s.name.is_none())
         .filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h))
         .filter(|s| a.tags.iter().all(|t| s.tags.contains(t)))
         .collect();

@@ -17,7 +17,7 @@ use tresor_engine::{Node, NodeKind};
 use crate::commands::{human, open, print_json};
 use crate::opts::{BackupArgs, DiffArgs, DumpArgs, Global, LsArgs, RestoreArgs};
 
-fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
+pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);
     }
@@ -87,11 +87,16 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
 }
 
 async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id)> {
+    if a.base {
+        let [url] = a.paths.as_slice() else { bail!("give one cluster URL: postgres://USER@HOST:PORT") };
+        let source = Box::new(tresor_sources::PgBase::parse(&url.to_string_lossy())?);
+        return backup_source(g, a, source).await;
+    }
     if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| tresor_sources::is_source(u))
     {
-        let url = url.to_string();
-        return backup_source(g, a, &url).await;
+        let source = tresor_sources::from_url(url)?;
+        return backup_source(g, a, source).await;
     }
     if a.stdin != a.paths.is_empty() {
         bail!("give either paths to back up or --stdin");
@@ -121,19 +126,27 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
 
 /// Back up a data source (`redis://…`, `command:…`): its one stream, checked
 /// while it flows; the snapshot records the source and its consistency point.
-async fn backup_source(g: &Global, a: BackupArgs, url: &str) -> Result<(u8, tresor_engine::Id)> {
+async fn backup_source(g: &Global, a: BackupArgs, source: Box<dyn tresor_sources::Source>) -> Result<(u8, tresor_engine::Id)> {
     let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = open(g).await?;
-    let mut source = tresor_sources::from_url(url)?;
-    let stream = tokio::task::block_in_place(|| source.open())?;
-    let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
-    let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
-    let opts =
-        BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(source.info()), ..Default::default() };
+    let opts = source_options(source, &a, time)?;
     run_and_report(g, repo, a, opts).await
 }
 
-async fn run_and_report(
+/// Open a source and describe its stream as a backup of one file.
+pub fn source_options(
+    mut source: Box<dyn tresor_sources::Source>,
+    a: &BackupArgs,
+    time: Option<DateTime<FixedOffset>>,
+) -> Result<BackupOptions> {
+    let stream = tokio::task::block_in_place(|| source.open())?;
+    let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
+    let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
+    let info = Box::new(move || source.info());
+    Ok(BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(info), ..Default::default() })
+}
+
+pub async fn run_and_report(
     g: &Global,
     repo: Arc<tresor_engine::Repository>,
     a: BackupArgs,

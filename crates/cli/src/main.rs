@@ -6,6 +6,8 @@ mod data;
 mod demo;
 mod keys;
 mod opts;
+mod pg;
+mod pgwal;
 mod prune;
 mod retention;
 mod sources;
@@ -71,6 +73,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Release(a) => retention::release(&g, a).await,
         Command::Holds => retention::holds(&g).await,
         Command::Demo(a) => demo::demo(a).await,
+        Command::Pg(a) => pg::pg(&g, a).await,
     }
 }
 

@@ -90,6 +90,81 @@ pub enum Command {
     Holds,
     /// Show tresor working: init a local repository, back up, list, restore.
     Demo(DemoArgs),
+    /// PostgreSQL point-in-time recovery: base backups, WAL archive, restore to a moment.
+    Pg(PgCmd),
+}
+
+#[derive(Args)]
+pub struct PgCmd {
+    #[command(subcommand)]
+    pub command: PgCommand,
+}
+
+#[derive(Subcommand)]
+pub enum PgCommand {
+    /// Base backup of a cluster: postgres://USER@HOST:PORT (pg_basebackup, streamed).
+    Backup(BackupArgs),
+    /// Archive a WAL file: `archive_command = 'tresor … pg wal-push %p'`.
+    WalPush(WalPushArgs),
+    /// Fetch an archived WAL file: `restore_command = 'tresor … pg wal-fetch %f %p'`.
+    WalFetch(WalFetchArgs),
+    /// Build a data directory that recovers to a point in time.
+    Restore(PgRestoreArgs),
+    /// Report gaps in the archived WAL, per cluster and timeline.
+    Verify,
+}
+
+#[derive(Args)]
+pub struct WalPushArgs {
+    /// The WAL file (`%p`, relative to the data directory).
+    pub path: PathBuf,
+    /// The cluster's data directory (default: the working directory, as the archiver runs it).
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Also archive up to this many other WAL files that are ready, in the same run.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(Args)]
+pub struct WalFetchArgs {
+    /// The WAL file wanted (`%f`).
+    pub file: String,
+    /// Where to put it (`%p`).
+    pub dest: PathBuf,
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Fetch this many following segments ahead, in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: usize,
+}
+
+#[derive(Args)]
+pub struct PgRestoreArgs {
+    /// The base backup to start from (default: the newest one that ends before the target).
+    pub snapshot: Option<String>,
+    /// The new data directory (must not exist or be empty).
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Recover up to this moment (RFC 3339 or "YYYY-MM-DD HH:MM:SS" local time).
+    #[arg(long, group = "point")]
+    pub time: Option<String>,
+    /// Recover up to this WAL position (X/Y).
+    #[arg(long, group = "point")]
+    pub lsn: Option<String>,
+    /// Recover through all archived WAL.
+    #[arg(long, group = "point")]
+    pub latest: bool,
+    /// Stop as soon as the base backup is consistent.
+    #[arg(long, group = "point")]
+    pub immediate: bool,
+    /// The cluster, when the repository holds several.
+    #[arg(long)]
+    pub system_id: Option<String>,
+    /// The restored cluster archives no WAL (a drill or a copy beside the
+    /// running cluster, whose archive it must not branch).
+    #[arg(long)]
+    pub no_archive: bool,
 }
 
 #[derive(Args)]
@@ -283,10 +358,16 @@ pub struct BackupArgs {
     /// Record the snapshot at this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS").
     #[arg(long)]
     pub time: Option<String>,
+    /// Set by `tresor pg backup`: the URL names a cluster for a base backup.
+    #[arg(skip)]
+    pub base: bool,
 }
 
 #[derive(Args)]
 pub struct SnapshotsArgs {
+    /// Also list WAL files and other named pieces of continuous archives.
+    #[arg(long)]
+    pub all: bool,
     #[arg(long)]
     pub host: Option<String>,
     #[arg(long = "tag")]

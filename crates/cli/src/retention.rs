@@ -54,7 +54,8 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let mut remove: Vec<Snapshot> = Vec::new();
     let mut report = Vec::new();
     if a.snapshots.is_empty() {
-        let chosen: Vec<Snapshot> = all.into_iter().filter(|s| matches_filter(s, &a)).collect();
+        // Named pieces of an archive (WAL) follow their chain, below.
+        let chosen: Vec<Snapshot> = all.iter().filter(|s| s.name.is_none() && matches_filter(s, &a)).cloned().collect();
         let groups = plan(chosen, &policy(&a)?, GroupBy::parse(&a.group_by)?, &chrono::Local, &held, a.allow_empty)?;
         for group in groups {
             let (keep, gone): (Vec<_>, Vec<_>) = group.verdicts.into_iter().partition(|v| v.keep());
@@ -76,6 +77,16 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         report.push(
             json!({"group": "given", "keep": [], "remove": remove.iter().map(|s| json!({"id": s.id, "time": s.time})).collect::<Vec<_>>()}),
         );
+    }
+    let removed: tresor_engine::IdSet = remove.iter().map(|s| s.id).collect();
+    let wal = crate::pg::wal_to_forget(&all, &removed, &held);
+    if !wal.is_empty() {
+        report.push(json!({
+            "group": "pg-wal (no remaining base backup needs it)",
+            "keep": [],
+            "remove": wal.iter().map(|s| json!({"id": s.id, "time": s.time, "name": s.name})).collect::<Vec<_>>(),
+        }));
+        remove.extend(wal);
     }
     if g.json {
         print_json(&json!({"dry_run": a.dry_run, "groups": report}))?;

@@ -87,7 +87,7 @@ async fn run(
             sink.flush().await?;
             let mut tags = snap.tags.clone();
             tags.push("repaired".into());
-            let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), ..snap.clone() };
+            let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), name: None, ..snap.clone() };
             crate::backup::commit(repo, session, &mut copy).await?;
             repaired = Some(copy.id);
             if opts.forget {

@@ -605,6 +605,33 @@ impl Repository {
         self.save_file("snapshot", SNAPSHOTS, &serde_json::to_vec(snap).expect("snapshots serialize")).await
     }
 
+    /// The id a named snapshot is stored under: keyed, so names stay secret.
+    pub fn named_snapshot_id(&self, name: &str) -> Id {
+        Id(self.crypto.mac(format!("tresor snapshot name\0{name}").as_bytes()))
+    }
+
+    /// Store a named snapshot once: a name already taken is refused, so a
+    /// stored piece of an archive is never replaced.
+    pub async fn save_named_snapshot(&self, name: &str, snap: &Snapshot) -> Result<Id> {
+        if self.find_named(name).await?.is_some() {
+            return Err(Error::Invalid(format!("a snapshot named {name} exists already")));
+        }
+        let id = self.named_snapshot_id(name);
+        let plain = serde_json::to_vec(snap).expect("snapshots serialize");
+        let sealed = self.crypto.seal_file("snapshot", &id, &plain);
+        self.write(&format!("{SNAPSHOTS}{}", id.to_hex()), sealed).await?;
+        Ok(id)
+    }
+
+    /// The snapshot of this name, if stored.
+    pub async fn find_named(&self, name: &str) -> Result<Option<Snapshot>> {
+        match self.load_file_uncached("snapshot", SNAPSHOTS, &self.named_snapshot_id(name)).await {
+            Ok(bytes) => parse_snapshot(&self.named_snapshot_id(name), &bytes).map(Some),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         parse_snapshot(id, &self.load_file("snapshot", SNAPSHOTS, id).await?)
     }
@@ -644,9 +671,9 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
     Ok(s)
 }
 
-pub fn select_snapshot(mut snaps: Vec<Snapshot>, spec: &str) -> Result<Snapshot> {
+pub fn select_snapshot(snaps: Vec<Snapshot>, spec: &str) -> Result<Snapshot> {
     if spec == "latest" {
-        return snaps.pop().ok_or_else(|| Error::NoSnapshot(spec.to_string()));
+        return snaps.into_iter().rfind(|s| s.name.is_none()).ok_or_else(|| Error::NoSnapshot(spec.to_string()));
     }
     let spec_lc = spec.to_ascii_lowercase();
     let mut found = snaps.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_lc));

@@ -282,6 +282,7 @@ mod tests {
             uid: 0,
             gid: 0,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            name: None,
             source: SourceInfo::default(),
             parent: None,
             original: None,

@@ -63,6 +63,11 @@ pub struct Snapshot {
     pub gid: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// A named snapshot is one piece of a continuous archive (a WAL
+    /// segment): stored under an id derived from its name, found by name,
+    /// never `latest`, and kept or dropped with its chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub source: SourceInfo,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<Id>,

@@ -42,7 +42,16 @@ impl Source for CommandSource {
 
 /// A program's standard output as a stream that fails, with the program's
 /// own last word, unless the program exits successfully.
-pub(crate) fn spawn_output(name: String, mut cmd: Command) -> Result<Box<dyn Read + Send>> {
+pub(crate) fn spawn_output(name: String, cmd: Command) -> Result<Box<dyn Read + Send>> {
+    spawn_output_and_stderr(name, cmd).map(|(out, _)| out)
+}
+
+/// What a program says on standard error, filled in as it ends.
+pub(crate) type Stderr = Arc<Mutex<String>>;
+
+/// [`spawn_output`], and the program's standard error, complete once the
+/// output has been read to its end.
+pub(crate) fn spawn_output_and_stderr(name: String, mut cmd: Command) -> Result<(Box<dyn Read + Send>, Stderr)> {
     {
         let mut child = cmd
             .stdin(Stdio::null())
@@ -60,7 +69,7 @@ pub(crate) fn spawn_output(name: String, mut cmd: Command) -> Result<Box<dyn Rea
             let _ = err_pipe.read_to_string(&mut text);
             *collected.lock().expect("not poisoned") = text;
         });
-        Ok(Box::new(ChildOutput { name, child, stdout, stderr, drain: Some(drain) }))
+        Ok((Box::new(ChildOutput { name, child, stdout, stderr: stderr.clone(), drain: Some(drain) }), stderr))
     }
 }
 

@@ -9,6 +9,8 @@
 mod command;
 mod etcd;
 mod hooks;
+mod pgbase;
+pub mod pgwal;
 mod postgres;
 mod redis;
 mod redis_target;
@@ -19,6 +21,7 @@ use tresor_engine::SourceInfo;
 
 pub use command::CommandSource;
 pub use hooks::run_hook;
+pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
 pub use redis::{RedisSource, crc64};
 
 #[derive(Debug, thiserror::Error)]

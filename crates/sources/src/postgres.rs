@@ -21,7 +21,7 @@ pub struct Postgres {
     password: Option<String>,
     host: String,
     port: u16,
-    db: String,
+    pub(crate) db: String,
     point: BTreeMap<String, serde_json::Value>,
 }
 
@@ -32,6 +32,16 @@ impl std::fmt::Debug for Postgres {
 }
 
 impl Postgres {
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]`: a whole cluster, reached
+    /// through its `postgres` database.
+    pub fn parse_cluster(url: &str) -> Result<Postgres> {
+        let rest = url.split_once("://").map_or(url, |(_, r)| r);
+        let has_db = rest.rsplit_once('@').is_some_and(|(_, hp)| hp.contains('/'));
+        let mut pg = Postgres::parse(&if has_db { url.to_string() } else { format!("{url}/postgres") })?;
+        pg.db = "postgres".into();
+        Ok(pg)
+    }
+
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
     pub fn parse(url: &str) -> Result<Postgres> {
         let shown = crate::redis::url_without_secret(url);
@@ -55,19 +65,30 @@ impl Postgres {
         Ok(Postgres { user, password, host, port, db: db.to_string(), point: BTreeMap::new() })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.db)
     }
 
-    fn fail(&self, why: impl ToString) -> Error {
+    pub(crate) fn cluster_url(&self) -> String {
+        format!("postgres://{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    pub(crate) fn fail(&self, why: impl ToString) -> Error {
         Error::failed(self.url(), why)
     }
 
     /// A PostgreSQL client program connected to `db`.
     fn program(&self, name: &str, db: &str) -> Command {
+        let mut cmd = self.server_program(name);
+        cmd.args(["-d", db]);
+        cmd
+    }
+
+    /// A PostgreSQL client program pointed at the server.
+    pub(crate) fn server_program(&self, name: &str) -> Command {
         let bin = std::env::var_os("TRESOR_PG_BIN").map(|d| PathBuf::from(d).join(name)).unwrap_or_else(|| name.into());
         let mut cmd = Command::new(bin);
-        cmd.args(["-h", &self.host, "-p", &self.port.to_string(), "-U", &self.user, "-d", db]);
+        cmd.args(["-h", &self.host, "-p", &self.port.to_string(), "-U", &self.user]);
         cmd.env("PGCONNECT_TIMEOUT", "10");
         match &self.password {
             Some(p) => cmd.env("PGPASSWORD", p),
@@ -77,7 +98,7 @@ impl Postgres {
     }
 
     /// One query's result, as psql's unaligned text.
-    fn query(&self, db: &str, sql: &str) -> Result<String> {
+    pub(crate) fn query(&self, db: &str, sql: &str) -> Result<String> {
         let out = self
             .program("psql", db)
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])

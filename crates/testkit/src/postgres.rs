@@ -32,19 +32,66 @@ impl PostgresServer {
     }
 
     pub fn start() -> PostgresServer {
+        Self::start_with("")
+    }
+
+    /// A new cluster with `conf` appended to its `postgresql.conf`.
+    pub fn start_with(conf: &str) -> PostgresServer {
         let dir = tempfile::Builder::new().prefix("tresor-pg-").tempdir().expect("temp dir");
-        let bin = Self::bin_dir();
-        let port = free_port();
-        let server = PostgresServer { port, dir, bin };
+        let server = PostgresServer { port: free_port(), dir, bin: Self::bin_dir() };
+        server.own();
+        server.run_as_owner("initdb", &["-D", &server.data(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        let conf_file = server.dir.path().join("data/postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf_file).expect("postgresql.conf");
+        text.push_str(conf);
+        std::fs::write(&conf_file, text).expect("write postgresql.conf");
+        server.launch();
+        server
+    }
+
+    /// Start the data directory `dir/data` (a restored one), on a new port.
+    pub fn adopt(dir: TempDir) -> PostgresServer {
+        let server = PostgresServer { port: free_port(), dir, bin: Self::bin_dir() };
+        server.own();
+        server.launch();
+        server
+    }
+
+    fn own(&self) {
         if is_root() {
-            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(server.dir.path()).status().expect("chown");
+            let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(self.dir.path()).status().expect("chown");
             assert!(ok.success(), "chown the cluster directory to postgres");
         }
-        server.run_as_owner("initdb", &["-D", &server.data(), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", server.dir.path().display());
-        let log = server.dir.path().join("log").display().to_string();
-        server.run_as_owner("pg_ctl", &["-D", &server.data(), "-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
-        server
+    }
+
+    fn launch(&self) {
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
+        let log = self.dir.path().join("log").display().to_string();
+        self.run_as_owner("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
+    }
+
+    /// Wait (up to a minute) until `sql` answers `want`; the last answer.
+    pub fn wait_for(&self, db: &str, sql: &str, want: &str) -> String {
+        let mut got = String::new();
+        for _ in 0..600 {
+            let out = self.client("psql", db).args(["-X", "-A", "-t", "-c", sql]).output().expect("run psql");
+            got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if got == want {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        got
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT`: the cluster.
+    pub fn cluster_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
 
     fn data(&self) -> String {

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use tresor_testkit::S3Server;
 
 mod crash;
+mod pitr;
 mod prune;
 mod repair;
 mod replicate;
@@ -23,6 +24,8 @@ struct Env {
     dir: tempfile::TempDir,
     repo: String,
     vars: Vec<(String, String)>,
+    /// Run tresor as this user (when the tests run as root).
+    user: Option<&'static str>,
 }
 
 impl Env {
@@ -37,7 +40,7 @@ impl Env {
         vars.push(("TRESOR_PASSWORD_FILE".into(), dir.path().join("pw").display().to_string()));
         vars.push(("TRESOR_CACHE_DIR".into(), dir.path().join("cache").display().to_string()));
         vars.push(("TRESOR_KDF_MEMORY_KIB".into(), "64".into()));
-        Env { dir, repo, vars }
+        Env { dir, repo, vars, user: None }
     }
 
     fn s3(server: &S3Server) -> Env {
@@ -51,7 +54,14 @@ impl Env {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
+        let mut c = match self.user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         c.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("TRESOR_REPOSITORY", &self.repo);
         for (k, v) in &self.vars {
             c.env(k, v);

@@ -48,7 +48,11 @@ pub struct BackupOptions {
     pub threads: Option<usize>,
     /// Back up this stream as one file of the given name instead of paths.
     pub stdin: Option<(String, Box<dyn Read + Send>)>,
-    pub source: Option<SourceInfo>,
+    /// What the stream came from, asked once the stream has ended: a
+    /// source learns parts of its consistency point while it streams.
+    pub source: Option<Box<dyn FnOnce() -> SourceInfo + Send>>,
+    /// Save a named snapshot (see [`Snapshot::name`]).
+    pub name: Option<String>,
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -375,7 +379,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
-    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, source, progress } = opts;
+    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, source, name, progress } = opts;
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -436,7 +440,10 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         uid: fsmeta::process_ids().0,
         gid: fsmeta::process_ids().1,
         tags,
-        source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
+        name,
+        source: source
+            .map(|f| f())
+            .unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
         original: None,
         excludes,
@@ -453,7 +460,10 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
 /// the snapshot is withdrawn again.
 pub(crate) async fn commit(repo: &Repository, session: &Session, snap: &mut Snapshot) -> Result<()> {
     session.check_lease().await?;
-    snap.id = repo.save_snapshot(snap).await?;
+    snap.id = match &snap.name {
+        Some(name) => repo.save_named_snapshot(name, snap).await?,
+        None => repo.save_snapshot(snap).await?,
+    };
     if let Err(e) = session.check_lease().await {
         repo.delete(&format!("{}{}", crate::repo::SNAPSHOTS, snap.id.to_hex())).await?;
         return Err(e);

@@ -1,0 +1,216 @@
+//! `tresor pg wal-push` and `wal-fetch`: PostgreSQL's `archive_command`
+//! and `restore_command`.
+//!
+//! Each WAL file becomes one named snapshot (`pg-wal/SYSTEM_ID/FILE`), so
+//! it is compressed, deduplicated and encrypted like any backup, found by
+//! name without listing, and kept by prune like any snapshot. A push checks
+//! the segment's header against its name and cluster first and never
+//! replaces a stored file; a fetch checks the BLAKE3 of what it wrote.
+//!
+//! Both run once per file and pay for unlocking the repository each time,
+//! so each run does more than asked: a push also archives other files the
+//! archiver has marked ready (and leaves a note, so their own push returns
+//! at once), and a fetch also fetches the following segments in parallel
+//! into `pg_wal/tresor-prefetch/`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use tresor_engine::backup::{BackupOptions, backup};
+use tresor_engine::{NodeKind, Repository, SourceInfo};
+use tresor_sources::pgwal::{self, WalFile, WalKind};
+
+use crate::commands::open;
+use crate::opts::{Global, WalFetchArgs, WalPushArgs};
+
+pub const KIND: &str = "pg-wal";
+const PUSHED: &str = "pg_wal/tresor-pushed";
+const PREFETCHED: &str = "pg_wal/tresor-prefetch";
+
+fn pgdata(given: Option<PathBuf>) -> Result<PathBuf> {
+    given.map_or_else(|| std::env::current_dir().context("cannot tell the working directory"), Ok)
+}
+
+fn parse_name(path: &Path) -> Result<WalFile> {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    WalFile::parse(&name).with_context(|| format!("{name:?} is not a WAL file name"))
+}
+
+/// Files the archiver has marked ready, other than `except`, oldest first.
+fn ready_files(pgdata: &Path, except: &str, limit: usize) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(pgdata.join("pg_wal/archive_status")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".ready").map(str::to_string))
+        .filter(|n| n != except && WalFile::parse(n).is_some())
+        .collect();
+    names.sort();
+    names.into_iter().take(limit).map(|n| pgdata.join("pg_wal").join(n)).collect()
+}
+
+pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
+    let pgdata = pgdata(a.pgdata)?;
+    let wal = parse_name(&a.path)?;
+    let data = std::fs::read(&a.path).with_context(|| format!("cannot read {}", a.path.display()))?;
+    let hash = blake3::hash(&data).to_hex().to_string();
+    let note = pgdata.join(PUSHED).join(&wal.name);
+    if std::fs::read_to_string(&note).is_ok_and(|h| h == hash) {
+        let _ = std::fs::remove_file(&note);
+        if !g.quiet {
+            println!("{} archived already (in an earlier batch)", wal.name);
+        }
+        return Ok(0);
+    }
+    let control = pgwal::system_id(&pgdata).ok();
+    let repo = open(g).await?;
+    let said = push_one(&repo, control, &wal, data, hash).await?;
+    if !g.quiet {
+        println!("{} {said}", wal.name);
+    }
+    for path in ready_files(&pgdata, &wal.name, a.batch) {
+        let Ok(wal) = parse_name(&path) else { continue };
+        let Ok(data) = std::fs::read(&path) else { continue };
+        let hash = blake3::hash(&data).to_hex().to_string();
+        match push_one(&repo, control, &wal, data, hash.clone()).await {
+            Ok(_) => {
+                let _ =
+                    std::fs::create_dir_all(pgdata.join(PUSHED)).and_then(|_| std::fs::write(pgdata.join(PUSHED).join(&wal.name), &hash));
+            }
+            Err(e) => eprintln!("warning: {} not archived ahead: {e:#}", wal.name),
+        }
+    }
+    Ok(0)
+}
+
+/// Check and store one WAL file; what happened, in a few words.
+async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, data: Vec<u8>, hash: String) -> Result<&'static str> {
+    let (system_id, seg_size) = match wal.kind {
+        WalKind::Segment | WalKind::Partial => {
+            let h = pgwal::check_segment(wal, &data).map_err(anyhow::Error::msg)?;
+            if let Some(c) = control.filter(|&c| c != h.system_id) {
+                bail!("{} belongs to the cluster with system identifier {}, not to this one ({c})", wal.name, h.system_id);
+            }
+            (h.system_id, Some(h.seg_size))
+        }
+        WalKind::History | WalKind::BackupHistory => {
+            let id = control.context("cannot read global/pg_control: run in the data directory or give --pgdata")?;
+            (id, None)
+        }
+    };
+    let name = pgwal::snapshot_name(system_id, &wal.name);
+    if let Some(existing) = repo.find_named(&name).await? {
+        if existing.source.consistency.get("blake3").and_then(|v| v.as_str()) == Some(hash.as_str()) {
+            return Ok("archived already, identical");
+        }
+        bail!("{} is archived already with different content; the archive keeps the copy it has", wal.name);
+    }
+    let mut point = BTreeMap::new();
+    point.insert("system_id".to_string(), system_id.to_string().into());
+    point.insert("file".to_string(), wal.name.clone().into());
+    point.insert("timeline".to_string(), wal.timeline.into());
+    point.insert("blake3".to_string(), hash.into());
+    if let Some(s) = seg_size {
+        point.insert("wal_segment_size".to_string(), s.into());
+    }
+    let info = SourceInfo { kind: KIND.into(), url: None, consistency: point };
+    let opts = BackupOptions {
+        stdin: Some((wal.name.clone(), Box::new(std::io::Cursor::new(data)))),
+        name: Some(name),
+        source: Some(Box::new(move || info)),
+        ..Default::default()
+    };
+    backup(repo.clone(), opts).await?;
+    Ok("archived")
+}
+
+pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
+    let pgdata = pgdata(a.pgdata)?;
+    let wal = WalFile::parse(&a.file).with_context(|| format!("{:?} is not a WAL file name", a.file))?;
+    let spool = pgdata.join(PREFETCHED);
+    let spooled = spool.join(&wal.name);
+    let running_low = || std::fs::read_dir(&spool).map_or(0, |d| d.count()) < a.prefetch.div_ceil(2);
+    let from_spool = spooled.exists();
+    if from_spool {
+        move_file(&spooled, &a.dest)?;
+        if !running_low() {
+            return Ok(0);
+        }
+    }
+    let system_id = pgwal::system_id(&pgdata)
+        .with_context(|| format!("cannot read global/pg_control in {}: run in the data directory or give --pgdata", pgdata.display()))?;
+    let repo = open(g).await?;
+    let seg_size = if from_spool {
+        repo.find_named(&pgwal::snapshot_name(system_id, &wal.name)).await?.and_then(|s| s.source.consistency["wal_segment_size"].as_u64())
+    } else {
+        match fetch_one(&repo, system_id, &wal.name, &a.dest).await? {
+            Some(seg_size) => seg_size,
+            None => {
+                eprintln!("tresor: {} is not in the archive", wal.name);
+                return Ok(1);
+            }
+        }
+    };
+    if let (WalKind::Segment, Some(seg_size)) = (wal.kind, seg_size) {
+        prefetch(&repo, system_id, &wal, seg_size, &spool, a.prefetch).await;
+    }
+    Ok(0)
+}
+
+/// The following segments into the spool, several at a time, up to the
+/// first one not archived (yet).
+async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u64, spool: &Path, count: usize) {
+    if count == 0 || std::fs::create_dir_all(spool).is_err() {
+        return;
+    }
+    let first = wal.segno(seg_size) + 1;
+    let names: Vec<String> =
+        (first..first + count as u64).map(|s| pgwal::segment_name(wal.timeline, s, seg_size)).filter(|n| !spool.join(n).exists()).collect();
+    let fetched = futures::stream::iter(names)
+        .map(|n| async move { fetch_one(repo, system_id, &n, &spool.join(&n)).await })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await;
+    for e in fetched.into_iter().filter_map(|r| r.err()) {
+        eprintln!("warning: prefetch: {e:#}");
+    }
+}
+
+/// Write one archived file to `dest` (whole or not at all); its segment
+/// size if it is archived, `None` if not.
+async fn fetch_one(repo: &Repository, system_id: u64, file: &str, dest: &Path) -> Result<Option<Option<u64>>> {
+    let Some(snap) = repo.find_named(&pgwal::snapshot_name(system_id, file)).await? else {
+        return Ok(None);
+    };
+    let root = repo.load_tree(&snap.tree).await?;
+    let node = root.nodes.iter().find(|n| n.kind == NodeKind::File).with_context(|| format!("the archived {file} holds no file"))?;
+    let tmp = dest.with_file_name(format!(".{file}.tresor-part"));
+    let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    for id in &node.content {
+        let blob = repo.load_blob(id).await?;
+        hasher.update(&blob);
+        out.write_all(&blob).with_context(|| format!("cannot write {}", tmp.display()))?;
+    }
+    out.sync_all()?;
+    drop(out);
+    let want = snap.source.consistency.get("blake3").and_then(|v| v.as_str()).unwrap_or_default();
+    if hasher.finalize().to_hex().as_str() != want {
+        let _ = std::fs::remove_file(&tmp);
+        bail!("the archived {file} does not match the BLAKE3 recorded when it was pushed");
+    }
+    move_file(&tmp, dest)?;
+    Ok(Some(snap.source.consistency.get("wal_segment_size").and_then(|v| v.as_u64())))
+}
+
+fn move_file(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::rename(from, to).is_err() {
+        std::fs::copy(from, to).with_context(|| format!("cannot write {}", to.display()))?;
+        let _ = std::fs::remove_file(from);
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! PostgreSQL point-in-time recovery against a real PostgreSQL 15: WAL
+//! archived by `tresor pg wal-push` as the server's archive_command,
+//! restores that recover through `tresor pg wal-fetch`, and retention that
+//! follows the WAL chain.
+
+use std::time::Duration;
+
+use tresor_testkit::PostgresServer;
+
+use super::*;
+
+/// The `postgres` user runs archive_command and restore_command, so (as
+/// root) the repository is that user's, and so is every tresor run here.
+fn postgres_env() -> Env {
+    let mut env = Env::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(env.dir.path()).status().unwrap();
+        assert!(chown.success());
+        env.user = Some("postgres");
+    }
+    env.ok(&["init"]);
+    env
+}
+
+fn archiving_server(env: &Env) -> PostgresServer {
+    let push = format!("'{BIN}' --repo '{}' --password-file '{}' --no-cache --quiet pg wal-push %p", env.repo, env.path("pw").display());
+    PostgresServer::start_with(&format!("archive_mode = on\narchive_command = '{}'\nwal_level = replica\n", push.replace('\'', "''")))
+}
+
+/// Close the current segment and wait until the archiver has pushed it.
+fn switch_and_archive(pg: &PostgresServer) -> String {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let got = pg.wait_for("postgres", "SELECT last_archived_wal FROM pg_stat_archiver", &seg);
+    assert_eq!(got, seg, "archived: {}", pg.log().lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+    seg
+}
+
+fn restore_and_start(env: &Env, point: &[&str]) -> PostgresServer {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(user) = env.user {
+        assert!(Command::new("chown").args([user]).arg(dir.path()).status().unwrap().success());
+    }
+    let data = dir.path().join("data");
+    // Beside the running cluster, the restored one must not archive into its chain.
+    let mut args = vec!["pg", "restore", "--no-archive", "--target", data.to_str().unwrap()];
+    args.extend_from_slice(point);
+    let said = env.ok(&args);
+    assert!(said.starts_with("restored base backup "), "{said}");
+    let pg = PostgresServer::adopt(dir);
+    let state = pg.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    assert_eq!(state, "f", "recovery ended: {}", pg.log().lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+    pg
+}
+
+fn notes(pg: &PostgresServer) -> String {
+    pg.psql("postgres", "SELECT string_agg(note, ',' ORDER BY id) FROM t")
+}
+
+fn wal_names(env: &Env) -> Vec<String> {
+    let all = env.json(&["snapshots", "--all"]);
+    let mut names: Vec<String> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["source"]["kind"] == "pg-wal")
+        .map(|s| s["source"]["consistency"]["file"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_chain() {
+    let env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    let out = env.json(&["pg", "backup", &pg.cluster_url()]);
+    assert_eq!(out["files_new"], 1, "{out}");
+    let base = &env.json(&["snapshots"])[0];
+    assert_eq!(base["source"]["kind"], "pg-base");
+    let system_id = pg.psql("postgres", "SELECT system_identifier FROM pg_control_system()");
+    assert_eq!(base["source"]["consistency"]["system_id"], system_id.as_str());
+    assert!(base["source"]["consistency"]["start_wal"].as_str().is_some_and(|w| w.len() == 24), "{base}");
+
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'early')");
+    std::thread::sleep(Duration::from_millis(1200));
+    let between = pg.psql("postgres", r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    std::thread::sleep(Duration::from_millis(1200));
+    pg.psql("postgres", "INSERT INTO t VALUES (2, 'late')");
+    switch_and_archive(&pg);
+    assert!(!env.ok(&["snapshots"]).contains("pg-wal"), "WAL files stay out of the default listing");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "only the base backup is listed");
+
+    let at = restore_and_start(&env, &["--time", &between]);
+    assert_eq!(notes(&at), "early", "recovered to the moment between the two transactions");
+    drop(at);
+    let latest = restore_and_start(&env, &["--latest"]);
+    assert_eq!(notes(&latest), "early,late");
+    drop(latest);
+
+    // A second base backup; more WAL; then keep only the newest base backup.
+    pg.psql("postgres", "INSERT INTO t VALUES (3, 'after second base')");
+    switch_and_archive(&pg);
+    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    pg.psql("postgres", "INSERT INTO t VALUES (4, 'newest')");
+    switch_and_archive(&pg);
+    let before = wal_names(&env);
+    let newer = env.json(&["snapshots"])[1].clone();
+    let start = newer["source"]["consistency"]["start_wal"].as_str().unwrap().to_string();
+    assert!(before.first().unwrap() < &start, "WAL older than the second base backup exists: {before:?} vs {start}");
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--max-unused", "0"]);
+    let after = wal_names(&env);
+    let expected: Vec<String> = before.iter().filter(|n| n.as_str() >= start.as_str() || n.ends_with(".history")).cloned().collect();
+    assert_eq!(after, expected, "exactly the WAL before the remaining base backup is gone");
+    let verified = env.ok(&["pg", "verify"]);
+    assert!(verified.starts_with(&format!("cluster {system_id}: 1 base backups, {} WAL files\n", after.len())), "{verified}");
+    let recovered = restore_and_start(&env, &["--latest"]);
+    assert_eq!(notes(&recovered), "early,late,after second base,newest", "nothing the chain needs was pruned");
+}
+
+#[test]
+fn wal_gaps_are_reported_and_bad_wal_is_refused() {
+    let env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    for i in 0..3 {
+        pg.psql("postgres", &format!("INSERT INTO t VALUES ({i}, 'x')"));
+        switch_and_archive(&pg);
+    }
+    let names = wal_names(&env);
+    let segments: Vec<&String> = names.iter().filter(|n| n.len() == 24).collect();
+    assert!(segments.len() >= 3, "{names:?}");
+    let middle = segments[segments.len() - 2].clone();
+    let all = env.json(&["snapshots", "--all"]);
+    let id =
+        all.as_array().unwrap().iter().find(|s| s["source"]["consistency"]["file"] == middle.as_str()).unwrap()["id"].as_str().unwrap();
+    env.ok(&["forget", id]);
+    let out = env.run(&["pg", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("  gap on timeline 1: {middle} … {middle} (1 segments missing)\n")), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: error: the WAL archive has 1 problem(s); point-in-time recovery across them is impossible\n"
+    );
+
+    // A file that is not WAL of its name, and one that differs from what is stored.
+    let pgdata = pg.dir().join("data");
+    let last = segments.last().unwrap().as_str();
+    let bogus = env.path(last);
+    fs::write(&bogus, vec![0u8; 16 << 20]).unwrap();
+    let err = env.fails(&["pg", "wal-push", bogus.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap()], 1);
+    assert_eq!(err, format!("tresor: error: {last} does not start with a WAL segment header\n"));
+    let fetched = env.path("fetched");
+    let ok = env.run(&["pg", "wal-fetch", last, fetched.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap(), "--prefetch", "0"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let mut changed = fs::read(&fetched).unwrap();
+    assert_eq!(changed.len(), 16 << 20, "a whole segment comes back");
+    changed[100_000] ^= 1;
+    fs::write(&bogus, &changed).unwrap();
+    let err = env.fails(&["pg", "wal-push", bogus.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap()], 1);
+    assert_eq!(err, format!("tresor: error: {last} is archived already with different content; the archive keeps the copy it has\n"));
+    let out = env.run(&["pg", "wal-fetch", "0000000100000000000000FF", fetched.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap()]);
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()),
+        (Some(1), "tresor: 0000000100000000000000FF is not in the archive\n")
+    );
+}
