@@ -8,6 +8,7 @@
 
 mod command;
 mod etcd;
+mod etcd_target;
 mod hooks;
 mod pgbase;
 pub mod pgwal;
@@ -76,6 +77,9 @@ pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?)));
+    }
+    if url.starts_with("etcd-data:") {
+        return Ok(Box::new(etcd_target::EtcdDataTarget::parse(url)?));
     }
     Err(Error::Unknown(url.to_string()))
 }

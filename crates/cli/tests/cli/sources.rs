@@ -302,6 +302,33 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     let restored = EtcdServer::with_data(&data);
     assert_eq!(keys(&restored), before, "every key and value");
     assert!(revision(&restored) >= revision(&etcd), "the revision is kept");
+    drop(restored);
+
+    // Straight into a data directory; one that holds data only with --flush,
+    // and then the old one is kept beside it.
+    let member = env.path("member");
+    let to = format!(
+        "etcd-data:{}?name=m1&initial-cluster=m1=http://127.0.0.1:2380&initial-advertise-peer-urls=http://127.0.0.1:2380",
+        member.display()
+    );
+    let out = env.json(&["restore", "latest", "--to", &to]);
+    assert_eq!(out["result"], format!("etcd data directory {0} written; start etcd with --data-dir {0}", member.display()));
+    let err = env.fails(&["restore", "latest", "--to", &to], 1);
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: {to}: the directory holds data; restoring replaces it: add --flush to allow it (the old one is kept beside it)\n"
+        )
+    );
+    env.ok(&["restore", "latest", "--to", &to, "--flush"]);
+    let kept: Vec<_> = fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("member.before-restore-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the replaced directory is kept");
+    let member_server = EtcdServer::with_data(&member);
+    assert_eq!(keys(&member_server), before, "every key and value, from the data directory tresor wrote");
 
     let dead = format!("etcd://127.0.0.1:{}", tresor_testkit::net::free_port());
     let err = env.fails(&["backup", &dead], 1);

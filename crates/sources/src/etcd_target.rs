@@ -1,0 +1,100 @@
+//! `--to etcd-data:DIR`: an etcd snapshot turned into a member's data
+//! directory by `etcdutl snapshot restore` (or, where only etcd 3.4 is
+//! installed, `etcdctl snapshot restore`), which checks the snapshot's
+//! SHA-256 trailer again. The snapshot passes through a file beside DIR,
+//! removed afterwards.
+//!
+//! Member settings come as query parameters and are handed to the tool:
+//! `etcd-data:/var/lib/etcd?name=m1&initial-cluster=m1=http://10.0.0.1:2380&initial-advertise-peer-urls=http://10.0.0.1:2380`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{Error, Result, Target};
+
+const SETTINGS: [&str; 4] = ["name", "initial-cluster", "initial-cluster-token", "initial-advertise-peer-urls"];
+
+pub struct EtcdDataTarget {
+    url: String,
+    dir: PathBuf,
+    settings: Vec<(String, String)>,
+    file: Option<(PathBuf, std::fs::File)>,
+}
+
+impl EtcdDataTarget {
+    pub fn parse(url: &str) -> Result<EtcdDataTarget> {
+        let rest = url.strip_prefix("etcd-data:").unwrap_or_default();
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() {
+            return Err(Error::failed(url, "expected etcd-data:DIRECTORY"));
+        }
+        let mut settings = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if !SETTINGS.contains(&k) {
+                return Err(Error::failed(url, format!("unknown setting {k:?} (known: {})", SETTINGS.join(", "))));
+            }
+            settings.push((k.to_string(), v.to_string()));
+        }
+        Ok(EtcdDataTarget { url: url.to_string(), dir: PathBuf::from(path), settings, file: None })
+    }
+
+    fn fail(&self, why: impl ToString) -> Error {
+        Error::failed(&self.url, why)
+    }
+
+    fn beside(&self, suffix: &str) -> PathBuf {
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "etcd".into());
+        self.dir.with_file_name(format!("{name}{suffix}"))
+    }
+
+    fn restore_command(&self, snapshot: &Path) -> Command {
+        let etcdutl = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("etcdutl").is_file()));
+        let mut cmd = Command::new(if etcdutl { "etcdutl" } else { "etcdctl" });
+        cmd.env("ETCDCTL_API", "3").args(["snapshot", "restore"]).arg(snapshot).arg("--data-dir").arg(&self.dir);
+        for (k, v) in &self.settings {
+            cmd.arg(format!("--{k}={v}"));
+        }
+        cmd
+    }
+}
+
+impl Target for EtcdDataTarget {
+    fn begin(&mut self, _len: u64, overwrite: bool) -> Result<()> {
+        if std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some()) {
+            if !overwrite {
+                return Err(
+                    self.fail("the directory holds data; restoring replaces it: add --flush to allow it (the old one is kept beside it)")
+                );
+            }
+            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let kept = self.beside(&format!(".before-restore-{secs}"));
+            std::fs::rename(&self.dir, &kept).map_err(|e| self.fail(format!("cannot move the old directory aside: {e}")))?;
+        } else if self.dir.exists() {
+            std::fs::remove_dir(&self.dir).map_err(|e| self.fail(e))?;
+        }
+        let path = self.beside(".tresor-snapshot.db");
+        let file = std::fs::File::create(&path).map_err(|e| self.fail(format!("cannot write {}: {e}", path.display())))?;
+        self.file = Some((path, file));
+        Ok(())
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        let (path, file) = self.file.as_mut().expect("begun");
+        file.write_all(data).map_err(|e| Error::failed(&self.url, format!("cannot write {}: {e}", path.display())))
+    }
+
+    fn finish(&mut self) -> Result<String> {
+        let (path, file) = self.file.take().expect("begun");
+        drop(file);
+        let out = self.restore_command(&path).output();
+        let _ = std::fs::remove_file(&path);
+        let out = out.map_err(|e| self.fail(format!("cannot run etcdutl or etcdctl: {e}")))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            return Err(self.fail(text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("snapshot restore failed").trim()));
+        }
+        Ok(format!("etcd data directory {} written; start etcd with --data-dir {}", self.dir.display(), self.dir.display()))
+    }
+}
