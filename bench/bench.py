@@ -6,6 +6,10 @@ Usage:
                                  write bench/work/results.json and the markdown
     bench.py blobs               only the prune-memory-per-blob measurement, merged
                                  into the existing results.json
+    bench.py pg                  only the PostgreSQL measurements (pgbench database;
+                                 tresor pg backup/restore and postgres:// vs
+                                 pg_basebackup, pg_dump/pg_restore and restic),
+                                 merged into the existing results.json
     bench.py report [--results F] [--out F]
                                  regenerate the markdown from a results.json
 
@@ -23,6 +27,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -85,6 +90,7 @@ class Config:
         self.tools = split_list(env.get("BENCH_TOOLS", ",".join(ALL_TOOLS)))
         self.large_mb = int(env.get("BENCH_LARGE_MB", "300" if self.quick else "2500"))
         self.timeout = int(env.get("BENCH_TIMEOUT", "3600"))
+        self.pg_scale = int(env.get("BENCH_PG_SCALE", "50"))
         # Repositories of this many one-blob files, to measure prune memory per blob.
         self.blob_counts = [int(n) for n in split_list(env.get("BENCH_BLOBS", "5000,50000" if self.quick else "20000,200000"))]
         self.out = Path(env.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
@@ -710,6 +716,400 @@ def sh_quote(p: Path) -> str:
 
 
 # ----------------------------------------------------------------------------
+# PostgreSQL: tresor's physical backup (`pg backup` / `pg restore`) and logical
+# backup (postgres:// source) next to pg_basebackup and pg_dump/pg_restore run
+# directly (and restic fed by pg_dump), on one pgbench database.
+
+PG_BIN = Path(os.environ.get("BENCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_WORK = WORK / "pg"
+PG_SRC = PG_WORK / "cluster"        # the measured cluster's data directory
+PG_RESTORED = PG_WORK / "restored"  # data directory of a restored cluster
+PG_SOCK = PG_WORK / "sock"          # unix sockets of all servers (clients use TCP)
+PG_LOGS = PG_WORK / "logs"          # server logs (written by the postgres user)
+PG_BASEBACKUP = PG_WORK / "basebackup"
+PG_DUMP_FILE = PG_WORK / "bench.dump"
+# Readable by postgres: a restored cluster's restore_command runs tresor as postgres.
+PG_PASSWORD = PG_WORK / "password"
+PG_DB = "bench"
+
+
+def as_postgres(cmd: list) -> list:
+    """Server programs run as the postgres user when we are root (initdb and
+    postgres refuse to run as root)."""
+    return ["runuser", "-u", "postgres", "--", *map(str, cmd)] if os.geteuid() == 0 else list(map(str, cmd))
+
+
+def chown_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", "postgres:postgres", str(path)], check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_env() -> dict:
+    """Environment for every PostgreSQL-related command: this PostgreSQL's
+    programs first on PATH (tresor takes them from TRESOR_PG_BIN) and no
+    inherited PG*/TRESOR_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TRESOR_", "RESTIC_"))}
+    env["PATH"] = f"{PG_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    env["TRESOR_PG_BIN"] = str(PG_BIN)
+    return env
+
+
+class PgServer:
+    """One PostgreSQL server on a data directory, on 127.0.0.1:port."""
+
+    def __init__(self, datadir: Path, port: int, name: str) -> None:
+        self.datadir, self.port, self.log = datadir, port, PG_LOGS / f"{name}.log"
+
+    def url(self, db: str | None = None) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}" + (f"/{db}" if db else "")
+
+    def conn(self) -> list:
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
+
+    def pg_ctl(self, *args, check=True) -> int:
+        cmd = as_postgres([PG_BIN / "pg_ctl", "-D", self.datadir, *args])
+        with open(PG_LOGS / "pg_ctl.log", "ab") as out:
+            return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  env=pg_env(), check=check).returncode
+
+    def start(self, wait: bool = True) -> None:
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {PG_SOCK}"
+        self.pg_ctl("-l", self.log, "-o", opts, "start", "-w" if wait else "-W")
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self.pg_ctl("stop", "-m", "fast", "-w", check=False)
+
+    def running(self) -> bool:
+        return self.pg_ctl("status", check=False) == 0
+
+    def psql(self, db: str, sql: str, timeout: int = 600) -> str:
+        res = subprocess.run([str(PG_BIN / "psql"), *self.conn(), "-d", db, "-XAtq", "-c", sql],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, env=pg_env(),
+                             timeout=timeout)
+        if res.returncode != 0:
+            raise RuntimeError(f"psql {sql!r}: {res.stderr.strip()}")
+        return res.stdout.strip()
+
+    def try_psql(self, db: str, sql: str) -> str | None:
+        try:
+            return self.psql(db, sql, timeout=30)
+        except (RuntimeError, subprocess.SubprocessError):
+            return None
+
+    def start_until_promoted(self, timeout: int) -> tuple[float, str | None]:
+        """Start the server; seconds until it answers `pg_is_in_recovery()`
+        with f (recovery done, read-write), and an error text if it did not."""
+        start = time.monotonic()
+        self.start(wait=False)
+        last_status = start
+        while time.monotonic() - start < timeout:
+            if self.try_psql("postgres", "SELECT pg_is_in_recovery()") == "f":
+                return time.monotonic() - start, None
+            if time.monotonic() - last_status > 2:
+                last_status = time.monotonic()
+                if not self.running():
+                    return time.monotonic() - start, "server stopped: " + self.log_tail()
+            time.sleep(0.05)
+        return time.monotonic() - start, f"not promoted after {timeout}s: " + self.log_tail()
+
+    def log_tail(self) -> str:
+        try:
+            lines = [l.strip() for l in self.log.read_text(errors="replace").splitlines() if l.strip()]
+        except OSError:
+            return "(no server log)"
+        return " | ".join(lines[-3:])[-400:]
+
+
+class PgBench:
+    """The measurements of one run against the loaded source cluster."""
+
+    def __init__(self, src: PgServer, run: int, rec: Recorder, cfg: Config) -> None:
+        self.src, self.run, self.rec, self.cfg = src, run, rec, cfg
+        self.rows = cfg.pg_scale * 100_000
+
+    def step(self, tool: str, phase: str, cmd: list, env=None, ok=(0,)) -> dict | None:
+        base = dict(dataset="pg", tool=tool, run=self.run)
+        return measured_step(self.rec, base, phase, [str(c) for c in cmd], env or pg_env(), ok, None, self.cfg)
+
+    def fail(self, tool: str, phase: str, error: str) -> None:
+        self.rec.add(dataset="pg", tool=tool, run=self.run, phase=phase, ok=False, error=error)
+        print(f"  [pg/{tool}/run {self.run}] {phase} FAILED ({error})", flush=True)
+
+    def quiesce(self) -> None:
+        """Untimed before every backup: flush PostgreSQL's dirty buffers and the page cache."""
+        self.src.psql("postgres", "CHECKPOINT")
+        sync()
+
+    def guarded(self, tool: str, fn) -> None:
+        """A harness problem must not lose the other measurements."""
+        try:
+            fn()
+        except Exception as exc:
+            self.fail(tool, "harness", f"harness error: {exc!r}")
+        finally:
+            self.rec.save()
+
+    def tresor(self, repo: Path) -> list:
+        return [self.cfg.tresor_bin, "--repo", repo, "--password-file", PG_PASSWORD]
+
+    def fresh_repo(self, name: str) -> tuple[Path, Path]:
+        repo, cache = REPOS / name, CACHES / name
+        for p in (repo, cache):
+            remove(p)
+        cache.mkdir(parents=True)
+        return repo, cache
+
+    def count_check(self, srv: PgServer, db: str) -> str | None:
+        """None if db holds the pgbench_accounts rows loaded, else what is wrong."""
+        got = srv.try_psql(db, "SELECT count(*) FROM pgbench_accounts")
+        return None if got == str(self.rows) else f"pgbench_accounts in {db}: {got!r} rows, expected {self.rows}"
+
+    def drop_db(self, db: str) -> None:
+        self.src.psql("postgres", f'DROP DATABASE IF EXISTS "{db}"')
+
+    # -- physical ------------------------------------------------------------
+
+    def start_restored(self, tool: str, restore: dict) -> None:
+        """Start a server on PG_RESTORED, time it until promoted, check the rows."""
+        os.chmod(PG_RESTORED, 0o700)
+        chown_postgres(PG_RESTORED)
+        srv = PgServer(PG_RESTORED, free_port(), f"run{self.run}-{tool}-restored")
+        try:
+            seconds, error = srv.start_until_promoted(self.cfg.timeout)
+            problem = error or self.count_check(srv, PG_DB)
+            self.rec.add(dataset="pg", tool=tool, run=self.run, phase="phys_start", seconds=seconds,
+                         total_seconds=restore["seconds"] + seconds, ok=problem is None,
+                         error=None if problem is None else f"restored cluster: {problem}", log=str(srv.log))
+            print(f"  [pg/{tool}/run {self.run}] phys_start … {seconds:.2f}s"
+                  + ("" if problem is None else f" FAILED ({problem})"), flush=True)
+            if problem:
+                restore.update(ok=False, verify_error=problem, error=f"restore check failed: {problem}")
+        finally:
+            srv.stop()
+            remove(PG_RESTORED)
+            sync()
+
+    def physical_direct(self) -> None:
+        tool = "pg_basebackup"
+        remove(PG_BASEBACKUP)
+        self.quiesce()
+        r = self.step(tool, "phys_backup", [PG_BIN / "pg_basebackup", *self.src.conn(), "-D", PG_BASEBACKUP,
+                                            "-Ft", "-X", "fetch", "-c", "fast"])
+        if not r:
+            return
+        r["bytes"] = du_bytes(PG_BASEBACKUP)
+        remove(PG_RESTORED)
+        PG_RESTORED.mkdir(mode=0o700)
+        r = self.step(tool, "phys_restore", ["tar", "-x", "-f", PG_BASEBACKUP / "base.tar", "-C", PG_RESTORED])
+        remove(PG_BASEBACKUP)
+        if r:
+            self.start_restored(tool, r)
+        remove(PG_RESTORED)
+
+    def physical_tresor(self) -> None:
+        tool = "tresor"
+        repo, cache = self.fresh_repo("tresor-pg")
+        env = pg_env() | {"XDG_CACHE_HOME": str(cache)}
+        t = self.tresor(repo)
+        try:
+            if not self.step(tool, "phys_init", [*t, "init"], env):
+                return
+            sizes = []
+            for phase in ("phys_backup", "phys_backup_nochange"):
+                self.quiesce()
+                r = self.step(tool, phase, [*t, "pg", "backup", self.src.url()], env, (0, 3))
+                if not r:
+                    return
+                sizes.append(du_bytes(repo))
+                r["bytes"] = sizes[-1]
+                if len(sizes) == 2 and None not in sizes:
+                    r["added_bytes"] = sizes[1] - sizes[0]
+            remove(PG_RESTORED)
+            r = self.step(tool, "phys_restore", [*t, "pg", "restore", "--immediate", "--no-archive",
+                                                 "--target", PG_RESTORED], env)
+            if r:
+                # The restored server's restore_command runs tresor as postgres.
+                chown_postgres(repo)
+                self.start_restored(tool, r)
+        finally:
+            remove(PG_RESTORED)
+            for p in (repo, cache):
+                remove(p)
+            sync()
+
+    # -- logical -------------------------------------------------------------
+
+    def restore_into(self, tool: str, db: str, cmd: list, env=None) -> None:
+        """Timed restore into a new database db, then the row check; db is dropped."""
+        self.drop_db(db)
+        try:
+            r = self.step(tool, "logical_restore", cmd, env)
+            if r:
+                problem = self.count_check(self.src, db)
+                if problem:
+                    r.update(ok=False, verify_error=problem, error=f"restore check failed: {problem}")
+                    print(f"    restore check FAILED: {problem}", flush=True)
+        finally:
+            self.drop_db(db)
+            sync()
+
+    def logical_direct(self) -> None:
+        tool = "pg_dump"
+        remove(PG_DUMP_FILE)
+        self.quiesce()
+        r = self.step(tool, "logical_backup", [PG_BIN / "pg_dump", *self.src.conn(), "-Fc", "-f", PG_DUMP_FILE, PG_DB])
+        if r:
+            r["bytes"] = PG_DUMP_FILE.stat().st_size
+            conn = " ".join(self.src.conn())
+            # CREATE DATABASE is timed, as it is inside tresor's restore; the
+            # pg_restore flags are the ones tresor gives it.
+            script = (f"{PG_BIN}/createdb {conn} bench_direct && "
+                      f"{PG_BIN}/pg_restore {conn} --no-owner --exit-on-error -d bench_direct {sh_quote(PG_DUMP_FILE)}")
+            self.restore_into(tool, "bench_direct", ["bash", "-o", "pipefail", "-c", script])
+        remove(PG_DUMP_FILE)
+
+    def logical_tresor(self) -> None:
+        tool = "tresor"
+        repo, cache = self.fresh_repo("tresor-pgdump")
+        env = pg_env() | {"XDG_CACHE_HOME": str(cache)}
+        t = self.tresor(repo)
+        try:
+            if not self.step(tool, "logical_init", [*t, "init"], env):
+                return
+            if not self.logical_backups(tool, repo, env, [*t, "backup", self.src.url(PG_DB)], (0, 3)):
+                return
+            self.restore_into(tool, "bench_tresor", [*t, "restore", "latest", "--to", self.src.url("bench_tresor")], env)
+        finally:
+            for p in (repo, cache):
+                remove(p)
+            sync()
+
+    def logical_restic(self) -> None:
+        tool = "restic"
+        if not shutil.which("restic"):
+            self.fail(tool, "logical_init", "restic not found")
+            return
+        repo, cache = self.fresh_repo("restic-pgdump")
+        env = pg_env() | {"RESTIC_REPOSITORY": str(repo), "RESTIC_PASSWORD_FILE": str(PG_PASSWORD),
+                          "RESTIC_CACHE_DIR": str(cache / "restic")}
+        conn = " ".join(self.src.conn())
+        dump = f"{PG_BIN}/pg_dump {conn} -Fc {PG_DB} | restic backup --stdin --stdin-filename bench.dump"
+        try:
+            if not self.step(tool, "logical_init", ["restic", "init"], env):
+                return
+            if not self.logical_backups(tool, repo, env, ["bash", "-o", "pipefail", "-c", dump]):
+                return
+            script = (f"{PG_BIN}/createdb {conn} bench_restic && restic dump latest bench.dump | "
+                      f"{PG_BIN}/pg_restore {conn} --no-owner --exit-on-error -d bench_restic")
+            self.restore_into(tool, "bench_restic", ["bash", "-o", "pipefail", "-c", script], env)
+        finally:
+            for p in (repo, cache):
+                remove(p)
+            sync()
+
+    def logical_backups(self, tool, repo, env, cmd, ok=(0,)) -> bool:
+        """A backup, then one with nothing changed; repository sizes after each."""
+        sizes = []
+        for phase in ("logical_backup", "logical_backup_nochange"):
+            self.quiesce()
+            r = self.step(tool, phase, cmd, env, ok)
+            if not r:
+                return False
+            sizes.append(du_bytes(repo))
+            r["bytes"] = sizes[-1]
+            if len(sizes) == 2 and None not in sizes:
+                r["added_bytes"] = sizes[1] - sizes[0]
+        return True
+
+
+def pg_setup(cfg: Config) -> tuple[PgServer, dict]:
+    """A fresh cluster with the pgbench database loaded; facts about it."""
+    if not (PG_BIN / "initdb").exists():
+        sys.exit(f"{PG_BIN}/initdb missing: apt-get install postgresql-15 (or set BENCH_PG_BIN)")
+    pg_teardown()
+    remove(PG_WORK)
+    for d in (PG_WORK, PG_SOCK, PG_LOGS):
+        d.mkdir(parents=True)
+    PG_PASSWORD.write_text("tresor-bench-password\n")
+    os.chmod(PG_PASSWORD, 0o600)
+    chown_postgres(PG_SOCK)
+    chown_postgres(PG_LOGS)
+    chown_postgres(PG_PASSWORD)
+    PG_SRC.mkdir(mode=0o700)
+    chown_postgres(PG_SRC)
+    log = LOGS / "pg-setup.log"
+    with open(log, "wb") as out:
+        subprocess.run(as_postgres([PG_BIN / "initdb", "-D", PG_SRC, "-A", "trust", "-U", "postgres"]),
+                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=pg_env(), check=True)
+    srv = PgServer(PG_SRC, free_port(), "source")
+    srv.start()
+    print(f"pg: loading pgbench scale {cfg.pg_scale} on port {srv.port} …", flush=True)
+    start = time.monotonic()
+    with open(log, "ab") as out:
+        for cmd in ([PG_BIN / "createdb", *srv.conn(), PG_DB],
+                    [PG_BIN / "pgbench", *srv.conn(), "-i", "-s", str(cfg.pg_scale), "-q", PG_DB]):
+            subprocess.run(list(map(str, cmd)), stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, env=pg_env(), check=True)
+    load_s = time.monotonic() - start
+    srv.psql("postgres", "CHECKPOINT")
+    os.sync()
+    facts = {
+        "scale": cfg.pg_scale, "rows": cfg.pg_scale * 100_000, "load_seconds": load_s,
+        "db_bytes": int(srv.psql("postgres", f"SELECT pg_database_size('{PG_DB}')")),
+        "cluster_bytes": du_bytes(PG_SRC),
+        "server_version": srv.psql("postgres", "SHOW server_version"),
+    }
+    print(f"pg: loaded in {load_s:.1f}s, database {facts['db_bytes'] / MiB:.0f} MiB, "
+          f"data directory {facts['cluster_bytes'] / MiB:.0f} MiB", flush=True)
+    return srv, facts
+
+
+def pg_teardown() -> None:
+    """Stop every server this benchmark may have left running."""
+    for datadir in (PG_RESTORED, PG_SRC):
+        if (datadir / "postmaster.pid").exists():
+            PgServer(datadir, 0, "teardown").stop()
+
+
+def bench_pg(rec: Recorder, cfg: Config) -> None:
+    """Every PostgreSQL measurement, cfg.runs times; results into rec and rec.data['meta']['pg']."""
+    for d in (REPOS, CACHES, LOGS):
+        d.mkdir(parents=True, exist_ok=True)
+    srv, facts = pg_setup(cfg)
+    try:
+        versions = {"tresor": (capture([cfg.tresor_bin, "--version"]).splitlines() or ["not found"])[0],
+                    "PostgreSQL": capture([str(PG_BIN / "postgres"), "--version"])}
+        if "restic" in cfg.tools:
+            versions["restic"] = (capture(["restic", "version"]).splitlines() or ["not found"])[0]
+        versions["tresor (git)"] = git_version()
+        rec.data["meta"]["pg"] = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "runs": cfg.runs, "versions": versions, **facts,
+        }
+        for run in range(1, cfg.runs + 1):
+            b = PgBench(srv, run, rec, cfg)
+            physical = [("pg_basebackup", b.physical_direct), ("tresor", b.physical_tresor)]
+            logical = [("pg_dump", b.logical_direct), ("tresor", b.logical_tresor)]
+            if "restic" in cfg.tools:
+                logical.append(("restic", b.logical_restic))
+            # Rotate the order per run so no tool always goes first.
+            for group in (physical, logical):
+                k = (run - 1) % len(group)
+                for tool, fn in group[k:] + group[:k]:
+                    b.guarded(tool, fn)
+    finally:
+        pg_teardown()
+        rec.save()
+
+
+# ----------------------------------------------------------------------------
 # Machine and version information for the report header
 
 
@@ -731,10 +1131,14 @@ def versions(cfg: Config) -> dict:
         out[name] = (capture(tool.version_cmd()).splitlines() or ["not found"])[0]
     out["b3sum"] = (capture(["b3sum", "--version"]).splitlines() or ["not found"])[0]
     out["cp"] = (capture(["cp", "--version"]).splitlines() or ["?"])[0]
+    out["tresor (git)"] = git_version()
+    return out
+
+
+def git_version() -> str:
     commit = capture(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
     dirty = capture(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
-    out["tresor (git)"] = (commit if len(commit) < 20 else "no commit") + (" (dirty)" if dirty else "")
-    return out
+    return (commit if len(commit) < 20 else "no commit") + (" (dirty)" if dirty else "")
 
 
 # ----------------------------------------------------------------------------
@@ -752,17 +1156,43 @@ def cmd_blobs(cfg: Config) -> None:
     write_report(rec.data, cfg.out)
 
 
+def cmd_pg(cfg: Config) -> None:
+    """The PostgreSQL measurements alone, into the existing results (their
+    earlier PostgreSQL records replaced; everything else kept)."""
+    if RESULTS.exists():
+        data = json.loads(RESULTS.read_text())
+    else:
+        WORK.mkdir(parents=True, exist_ok=True)
+        data = {"meta": new_meta(cfg), "records": []}
+    data["records"] = [r for r in data["records"] if r["dataset"] != "pg"]
+    rec = Recorder(data["meta"])
+    rec.data = data
+    bench_pg(rec, cfg)
+    write_report(rec.data, cfg.out)
+    print(f"results: {RESULTS}\nreport:  {cfg.out}")
+
+
+def new_meta(cfg: Config) -> dict:
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(), "versions": versions(cfg), "runs": cfg.runs,
+            "quick": cfg.quick, "tools": cfg.tools, "datasets": {}}
+
+
 def cmd_run(cfg: Config) -> None:
     for d in (DATA, REPOS, CACHES, LOGS):
         d.mkdir(parents=True, exist_ok=True)
     if not PASSWORD_FILE.exists():
         PASSWORD_FILE.write_text("tresor-bench-password\n")
     revert_mutation()  # a previous run may have died with a mutated dataset
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "versions": versions(cfg), "runs": cfg.runs,
-            "quick": cfg.quick, "tools": cfg.tools, "datasets": {}}
+    meta = new_meta(cfg)
     rec = Recorder(meta)
-    for name in cfg.datasets:
+    if "pg" not in cfg.datasets and RESULTS.exists():
+        # Keep the PostgreSQL results of an earlier `bench.py pg` (they carry their own date).
+        old = json.loads(RESULTS.read_text())
+        if "pg" in old["meta"]:
+            meta["pg"] = old["meta"]["pg"]
+            rec.data["records"] += [r for r in old["records"] if r["dataset"] == "pg"]
+    for name in (d for d in cfg.datasets if d != "pg"):
         ds = prepare_dataset(name, cfg)
         meta["datasets"][name] = ds
         print(f"dataset {name}: {ds['files']} files, {ds['bytes']} bytes", flush=True)
@@ -775,6 +1205,8 @@ def cmd_run(cfg: Config) -> None:
                 rec.save()
     if cfg.blob_counts:
         bench_prune_memory(rec, cfg)
+    if "pg" in cfg.datasets:
+        bench_pg(rec, cfg)
     rec.save()
     write_report(rec.data, cfg.out)
     print(f"results: {RESULTS}\nreport:  {cfg.out}")
@@ -790,6 +1222,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("run", help="run the benchmark (settings from BENCH_* env)")
     sub.add_parser("blobs", help="measure prune memory per blob again, into the existing results")
+    sub.add_parser("pg", help="only the PostgreSQL measurements, into the existing results")
     rp = sub.add_parser("report", help="regenerate the markdown from results JSON")
     rp.add_argument("--results", type=Path, default=RESULTS)
     rp.add_argument("--out", type=Path, default=None, help="default: BENCH_OUT or docs/BENCHMARKS.md")
@@ -798,6 +1231,8 @@ def main() -> None:
         cmd_run(Config())
     elif args.cmd == "blobs":
         cmd_blobs(Config())
+    elif args.cmd == "pg":
+        cmd_pg(Config())
     else:
         out = args.out or Path(os.environ.get("BENCH_OUT", REPO_ROOT / "docs" / "BENCHMARKS.md"))
         write_report(json.loads(args.results.read_text()), out)

@@ -93,6 +93,17 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
         return backup_source(g, a, source).await;
     }
     if let [one] = a.paths.as_slice()
+        && let Some(url) = one.to_str().filter(|u| u.starts_with("redis-aof:"))
+    {
+        let aof = tresor_sources::AofDir::open(url)?;
+        let time = a.time.as_deref().map(parse_time).transpose()?;
+        let paths = vec![std::path::absolute(aof.dir())?];
+        let repo = open(g).await?;
+        let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
+        let opts = BackupOptions { paths, host: Some(host), time, source: Some(Box::new(move || aof.confirm())), ..Default::default() };
+        return run_and_report(g, repo, a, opts).await;
+    }
+    if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| tresor_sources::is_source(u))
     {
         let source = tresor_sources::from_url(url)?;
@@ -142,7 +153,7 @@ pub fn source_options(
     let stream = tokio::task::block_in_place(|| source.open())?;
     let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
     let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
-    let info = Box::new(move || source.info());
+    let info = Box::new(move || Ok(source.info()));
     Ok(BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(info), ..Default::default() })
 }
 

@@ -121,7 +121,7 @@ async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, d
     let opts = BackupOptions {
         stdin: Some((wal.name.clone(), Box::new(std::io::Cursor::new(data)))),
         name: Some(name),
-        source: Some(Box::new(move || info)),
+        source: Some(Box::new(move || Ok(info))),
         ..Default::default()
     };
     backup(repo.clone(), opts).await?;

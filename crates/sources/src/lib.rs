@@ -14,6 +14,7 @@ mod pgbase;
 pub mod pgwal;
 mod postgres;
 mod redis;
+mod redis_aof;
 mod redis_target;
 
 use std::io::Read;
@@ -24,6 +25,7 @@ pub use command::CommandSource;
 pub use hooks::run_hook;
 pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
 pub use redis::{RedisSource, crc64};
+pub use redis_aof::AofDir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -31,6 +31,15 @@ impl RedisServer {
         Self::start_in(dir, &[])
     }
 
+    /// A server that loads a Redis 7 AOF directory (copied into its own
+    /// directory as `appendonlydir`).
+    pub fn with_aof(aof_dir: &Path) -> RedisServer {
+        let dir = tempfile::Builder::new().prefix("tresor-redis-").tempdir().expect("temp dir");
+        let ok = Command::new("cp").arg("-a").arg(aof_dir).arg(dir.path().join("appendonlydir")).status().expect("cp");
+        assert!(ok.success(), "copy the AOF directory");
+        Self::start_in(dir, &["--appendonly", "yes"])
+    }
+
     fn start_in(dir: TempDir, extra: &[&str]) -> RedisServer {
         let port = free_port();
         let mut cmd = Command::new("redis-server");

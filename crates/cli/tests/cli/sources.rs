@@ -83,6 +83,37 @@ fn redis_round_trip_keeps_every_key_type_value_and_ttl() {
 }
 
 #[test]
+fn redis_aof_directory_round_trip_and_a_broken_manifest() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let server = RedisServer::start(&["--appendonly", "yes"]);
+    fill(&server);
+    let before = contents(&server);
+    let aof = server.dir().join("appendonlydir");
+    let url = format!("redis-aof:{}", aof.display());
+    env.ok(&["backup", &url]);
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!((snap["source"]["kind"].as_str(), snap["source"]["url"].as_str()), (Some("redis-aof"), Some(url.as_str())));
+    assert_eq!(snap["source"]["consistency"]["incr_files"], 1, "{snap}");
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    let restored = RedisServer::with_aof(&restored(&env, "out", &aof));
+    assert_eq!(contents(&restored), before, "every key, type, value and TTL from the AOF");
+
+    let broken = env.path("broken");
+    fs::create_dir(&broken).unwrap();
+    fs::write(broken.join("appendonly.aof.manifest"), "file appendonly.aof.1.base.rdb seq 1 type b\n").unwrap();
+    let err = env.fails(&["backup", &format!("redis-aof:{}", broken.display())], 1);
+    assert!(
+        err.starts_with(&format!(
+            "tresor: error: redis-aof:{0}: {0}/appendonly.aof.1.base.rdb is named in the manifest but cannot be read: ",
+            broken.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}
+
+#[test]
 fn redis_auth_unreachable_and_corrupt_streams_fail_without_a_snapshot() {
     let env = Env::new();
     env.ok(&["init"]);

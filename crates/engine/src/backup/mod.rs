@@ -36,6 +36,8 @@ mod walker;
 /// most this many unindexed packs behind, which the next backup cannot reuse.
 const INDEX_CHECKPOINT_PACKS: usize = 32;
 
+pub type SourceFn = Box<dyn FnOnce() -> std::result::Result<SourceInfo, String> + Send>;
+
 #[derive(Default)]
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
@@ -48,9 +50,10 @@ pub struct BackupOptions {
     pub threads: Option<usize>,
     /// Back up this stream as one file of the given name instead of paths.
     pub stdin: Option<(String, Box<dyn Read + Send>)>,
-    /// What the stream came from, asked once the stream has ended: a
-    /// source learns parts of its consistency point while it streams.
-    pub source: Option<Box<dyn FnOnce() -> SourceInfo + Send>>,
+    /// What the data came from, asked once it has all been read: a source
+    /// learns parts of its consistency point while it streams, and may
+    /// find then that what it gave was not consistent (no snapshot).
+    pub source: Option<SourceFn>,
     /// Save a named snapshot (see [`Snapshot::name`]).
     pub name: Option<String>,
     pub progress: Option<Arc<Progress>>,
@@ -430,6 +433,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         backup_end: Some(end_time),
     };
     let stdin_name = paths.is_empty();
+    let source = source.map(|f| f().map_err(Error::Invalid)).transpose()?;
     let mut snap = Snapshot {
         id: Id::default(),
         time: time.unwrap_or(start_time),
@@ -441,9 +445,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         gid: fsmeta::process_ids().1,
         tags,
         name,
-        source: source
-            .map(|f| f())
-            .unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
+        source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
         original: None,
         excludes,

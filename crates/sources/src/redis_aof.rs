@@ -1,0 +1,102 @@
+//! Redis 7 multi-part AOF: a directory (`appendonlydir/`) with a manifest
+//! naming one base file (RDB or AOF) and the incremental AOF files after it.
+//! Backed up as files; the manifest is checked before (every file it names
+//! is there, the base RDB passes its CRC64 check, AOF files start with a
+//! command) and read again after: an AOF rewrite in between replaces the
+//! files, so the copy is refused rather than saved inconsistent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tresor_engine::SourceInfo;
+
+use crate::{Error, Result};
+
+pub const KIND: &str = "redis-aof";
+
+/// An AOF directory to back up, and its manifest as first read.
+pub struct AofDir {
+    dir: PathBuf,
+    manifest: (PathBuf, String),
+    info: SourceInfo,
+}
+
+struct Entry {
+    name: String,
+    kind: String,
+}
+
+fn parse_manifest(text: &str) -> Option<Vec<Entry>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let field = |key: &str| words.chunks(2).find(|kv| kv[0] == key).and_then(|kv| kv.get(1)).map(|v| v.to_string());
+            Some(Entry { name: field("file")?, kind: field("type")? })
+        })
+        .collect()
+}
+
+fn check_file(path: &Path, kind: &str) -> std::result::Result<u64, String> {
+    let data = std::fs::read(path).map_err(|e| format!("{} is named in the manifest but cannot be read: {e}", path.display()))?;
+    let name = path.display();
+    if data.starts_with(b"REDIS") {
+        let (body, trailer) = data.split_at(data.len().saturating_sub(8));
+        let stored = u64::from_le_bytes(trailer.try_into().map_err(|_| format!("{name} is too short for an RDB"))?);
+        if stored != 0 && crate::crc64(body) != stored {
+            return Err(format!("{name} fails its CRC64 check"));
+        }
+    } else if !data.is_empty() && data[0] != b'*' {
+        return Err(format!("{name} is neither an RDB nor an AOF (type {kind})"));
+    }
+    Ok(data.len() as u64)
+}
+
+impl AofDir {
+    /// `redis-aof:DIR`: check the directory's manifest and files.
+    pub fn open(url: &str) -> Result<AofDir> {
+        let dir = PathBuf::from(url.strip_prefix("redis-aof:").unwrap_or(url));
+        let fail = |why: String| Error::failed(url, why);
+        let manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| fail(format!("cannot read the directory: {e}")))?
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
+            .collect();
+        let [manifest] = manifests.as_slice() else {
+            return Err(fail(format!("expected one *.manifest (Redis 7 multi-part AOF), found {}", manifests.len())));
+        };
+        let text = std::fs::read_to_string(manifest).map_err(|e| fail(e.to_string()))?;
+        let entries = parse_manifest(&text).ok_or_else(|| fail(format!("{} is not an AOF manifest", manifest.display())))?;
+        let mut bytes = 0;
+        let mut point = BTreeMap::new();
+        for e in entries.iter().filter(|e| e.kind != "h") {
+            bytes += check_file(&dir.join(&e.name), &e.kind).map_err(fail)?;
+            if e.kind == "b" {
+                point.insert("base".to_string(), e.name.clone().into());
+            }
+        }
+        if !point.contains_key("base") {
+            return Err(fail(format!("{} names no base file", manifest.display())));
+        }
+        point.insert("incr_files".into(), entries.iter().filter(|e| e.kind == "i").count().into());
+        point.insert("bytes".into(), bytes.into());
+        let info = SourceInfo { kind: KIND.into(), url: Some(format!("redis-aof:{}", dir.display())), consistency: point };
+        Ok(AofDir { dir, manifest: (manifest.clone(), text), info })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// After the files were read: the same manifest, or no snapshot.
+    pub fn confirm(self) -> std::result::Result<SourceInfo, String> {
+        let (path, text) = &self.manifest;
+        match std::fs::read_to_string(path) {
+            Ok(now) if &now == text => Ok(self.info),
+            _ => Err(format!(
+                "redis-aof:{}: the AOF was rewritten during the backup (its manifest changed); no snapshot was saved: run it again",
+                self.dir.display()
+            )),
+        }
+    }
+}
