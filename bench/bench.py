@@ -924,7 +924,7 @@ class PgBench:
             sizes = []
             for phase in ("phys_backup", "phys_backup_nochange"):
                 self.quiesce()
-                r = self.step(tool, phase, [*t, "pg", "backup", self.src.url()], env, (0, 3))
+                r = self.step(tool, phase, [*t, "pg", "backup", self.src.url()], env)
                 if not r:
                     return
                 sizes.append(du_bytes(repo))
@@ -983,7 +983,7 @@ class PgBench:
         try:
             if not self.step(tool, "logical_init", [*t, "init"], env):
                 return
-            if not self.logical_backups(tool, repo, env, [*t, "backup", self.src.url(PG_DB)], (0, 3)):
+            if not self.logical_backups(tool, repo, env, [*t, "backup", self.src.url(PG_DB)]):
                 return
             self.restore_into(tool, "bench_tresor", [*t, "restore", "latest", "--to", self.src.url("bench_tresor")], env)
         finally:
@@ -1136,6 +1136,10 @@ def versions(cfg: Config) -> dict:
 
 
 def git_version() -> str:
+    """The commit tresor was built from: BENCH_TRESOR_REV if the binary was not
+    built from this working tree (e.g. from `git archive HEAD`), else HEAD."""
+    if os.environ.get("BENCH_TRESOR_REV"):
+        return os.environ["BENCH_TRESOR_REV"]
     commit = capture(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
     dirty = capture(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"])
     return (commit if len(commit) < 20 else "no commit") + (" (dirty)" if dirty else "")
@@ -1179,6 +1183,8 @@ def new_meta(cfg: Config) -> dict:
 
 
 def cmd_run(cfg: Config) -> None:
+    if cfg.datasets == ["pg"]:
+        return cmd_pg(cfg)  # only PostgreSQL: keep the file benchmarks' results
     for d in (DATA, REPOS, CACHES, LOGS):
         d.mkdir(parents=True, exist_ok=True)
     if not PASSWORD_FILE.exists():
@@ -1325,7 +1331,10 @@ class Report:
         parts = [self.header()]
         for ds in self.meta["datasets"]:
             parts.append(self.dataset_section(ds))
-        parts += [self.prune_memory_section(), self.targets_section(), self.problems_section()]
+        parts.append(self.prune_memory_section())
+        if self.meta.get("pg"):
+            parts.append(self.pg_section())
+        parts += [self.targets_section(), self.problems_section()]
         return "\n".join(parts).rstrip() + "\n"
 
     def header(self) -> str:
@@ -1428,6 +1437,128 @@ class Report:
             lines.append(f"| {t} | {fmt_mib(a) if a else '—'} | {fmt_mib(b) if b else '—'} | "
                          + (f"{slope:.0f}" if slope is not None else "—") + " |")
         return "\n".join(lines) + "\n"
+
+    # -- PostgreSQL ----------------------------------------------------------
+
+    def pg_section(self) -> str:
+        pg = self.meta.get("pg")
+        if not pg or not any(r["dataset"] == "pg" for r in self.records):
+            return ""
+        v = pg["versions"]
+        rows = pg["rows"]
+        lines = [
+            f"## PostgreSQL (pgbench scale {pg['scale']})", "",
+            f"Measured by `python3 bench/bench.py pg` on {pg['date']} (same machine as above), "
+            f"{pg['runs']} runs per measurement, median reported. "
+            + ", ".join(f"{name} `{ver}`" for name, ver in v.items()) + ".", "",
+            f"A fresh `initdb` cluster (default settings), database `bench` loaded with "
+            f"`pgbench -i -s {pg['scale']}` ({rows:,} rows in `pgbench_accounts`; database "
+            f"{fmt_mib(pg['db_bytes'])} MiB, data directory {fmt_mib(pg['cluster_bytes'])} MiB; "
+            f"loading took {pg['load_seconds']:.0f} s). Client and server on one machine over 127.0.0.1, "
+            "warm page cache, repositories and output on the same ext4 disk. An untimed `CHECKPOINT` and "
+            "`sync` come before every backup. Every restore is checked: the restored cluster or database "
+            f"must answer `SELECT count(*) FROM pgbench_accounts` with {rows:,}.", "",
+            "**tresor / direct** is tresor's value divided by the tool run directly: below 1× tresor "
+            "is faster, smaller or uses less memory. Peak RSS is GNU time's `%M` for the whole command: "
+            "the largest single process in it (tresor's own children, `pg_basebackup`, `pg_dump`, "
+            "`pg_restore`, `tar`, count too).", "",
+            self.pg_physical_table(), self.pg_logical_table(), self.pg_commands(),
+        ]
+        return "\n".join(lines)
+
+    def pg_row(self, label, tools, phase, field="seconds", fmt=fmt_s, rss=False, direct=None) -> str:
+        """One table row: a value per tool and tresor / direct (direct = tools[1])."""
+        vals = {}
+        for t in tools:
+            if phase is None:
+                vals[t] = None
+            elif rss:
+                vals[t] = self.peak_rss("pg", t, phase)
+            else:
+                vals[t] = self.median("pg", t, phase, field)
+        cells = []
+        for t in tools:
+            if phase is None or (vals[t] is None and not self.recs("pg", t, phase[0] if rss else phase)):
+                cells.append("—")
+            else:
+                cells.append(self.cell("pg", t, phase[0] if rss else phase, vals[t], fmt))
+        d = direct or tools[1]
+        return f"| {label} | " + " | ".join(cells) + f" | {fmt_ratio(ratio(vals[tools[0]], vals.get(d)))} |"
+
+    def pg_physical_table(self) -> str:
+        tools = ["tresor", "pg_basebackup"]
+        lines = ["### Physical: base backup of the cluster and restore", "",
+                 "| | tresor `pg backup` / `pg restore` | `pg_basebackup -Ft -X fetch` / `tar -x` | tresor / direct |",
+                 "|---|---:|---:|---:|",
+                 self.pg_row("backup (s)", tools, "phys_backup"),
+                 f"| no-change backup (s) | {self.cell('pg', 'tresor', 'phys_backup_nochange', self.median('pg', 'tresor', 'phys_backup_nochange'), fmt_s)} | — | — |",
+                 self.pg_row("restore: data directory written (s)", tools, "phys_restore"),
+                 self.pg_row("restore: server start until `pg_is_in_recovery()` = f (s)", tools, "phys_start"),
+                 self.pg_row("restore: total (s)", tools, "phys_start", "total_seconds"),
+                 self.pg_row("peak RSS, backup (MiB)", tools, ["phys_backup", "phys_backup_nochange"], rss=True, fmt=fmt_mib),
+                 self.pg_row("peak RSS, restore (MiB)", tools, ["phys_restore"], rss=True, fmt=fmt_mib),
+                 self.pg_row("stored after one backup (MiB)", tools, "phys_backup", "bytes", fmt_mib),
+                 f"| added by the no-change backup (MiB) | "
+                 f"{self.cell('pg', 'tresor', 'phys_backup_nochange', self.median('pg', 'tresor', 'phys_backup_nochange', 'added_bytes'), fmt_mib)} | — | — |",
+                 "",
+                 "_Stored: tresor's repository (`du -sb`, compressed, deduplicated, encrypted) against "
+                 "`pg_basebackup`'s output directory (uncompressed tar plus `backup_manifest`). "
+                 "tresor restores with `--immediate --no-archive`: PostgreSQL runs archive recovery to the "
+                 "end of the base backup (its `restore_command` is `tresor pg wal-fetch`) and promotes; the "
+                 "plain tar copy starts with crash recovery from the WAL inside it._", ""]
+        return "\n".join(lines)
+
+    def pg_logical_table(self) -> str:
+        tools = ["tresor", "pg_dump", "restic"]
+        if not self.recs("pg", "restic", "logical_backup"):
+            tools = tools[:2]
+        head = "| | tresor `backup postgres://…/bench` / `restore --to postgres://…` | `pg_dump -Fc` / `pg_restore` |"
+        sep = "|---|---:|---:|"
+        if "restic" in tools:
+            head += " restic `backup --stdin` / `dump \\| pg_restore` |"
+            sep += "---:|"
+        head += " tresor / direct |"
+        sep += "---:|"
+
+        def nochange(field, fmt):
+            cells = [self.cell("pg", t, "logical_backup_nochange",
+                               self.median("pg", t, "logical_backup_nochange", field), fmt)
+                     if t != "pg_dump" else "—" for t in tools]
+            return cells
+
+        lines = ["### Logical: one database, `pg_dump` format", "", head, sep,
+                 self.pg_row("backup (s)", tools, "logical_backup"),
+                 "| no-change backup (s) | " + " | ".join(nochange("seconds", fmt_s)) + " | — |",
+                 self.pg_row("restore into a new database (s)", tools, "logical_restore"),
+                 self.pg_row("peak RSS, backup (MiB)", tools, ["logical_backup", "logical_backup_nochange"], rss=True, fmt=fmt_mib),
+                 self.pg_row("peak RSS, restore (MiB)", tools, ["logical_restore"], rss=True, fmt=fmt_mib),
+                 self.pg_row("stored after one backup (MiB)", tools, "logical_backup", "bytes", fmt_mib),
+                 "| added by the no-change backup (MiB) | " + " | ".join(nochange("added_bytes", fmt_mib)) + " | — |",
+                 "",
+                 "_All three run `pg_dump -Fc` (zlib-compressed custom format) and restore with "
+                 "`pg_restore --no-owner --exit-on-error` (the flags tresor passes), one job. Restore times include "
+                 "`CREATE DATABASE` (`createdb` for the direct tools). Stored: the dump file, or the repository "
+                 "(`du -sb`)._", ""]
+        return "\n".join(lines)
+
+    def pg_commands(self) -> str:
+        return "\n".join([
+            "Commands (`R` a fresh repository, `PW` its password file, `P` the cluster's port; "
+            "`TRESOR_PG_BIN=/usr/lib/postgresql/15/bin`):", "",
+            "```sh",
+            "tresor --repo R --password-file PW init",
+            "tresor --repo R --password-file PW pg backup postgres://postgres@127.0.0.1:P      # twice",
+            "tresor --repo R --password-file PW pg restore --immediate --no-archive --target DIR",
+            "pg_basebackup -h 127.0.0.1 -p P -U postgres -D OUT -Ft -X fetch -c fast",
+            "tar -x -f OUT/base.tar -C DIR",
+            "pg_ctl -D DIR -o '-p P2 -c listen_addresses=127.0.0.1 -k SOCK' start   # as postgres; then poll",
+            "tresor --repo R --password-file PW backup postgres://postgres@127.0.0.1:P/bench   # twice",
+            "tresor --repo R --password-file PW restore latest --to postgres://postgres@127.0.0.1:P/bench_tresor",
+            "pg_dump -h 127.0.0.1 -p P -U postgres -Fc -f FILE bench",
+            "createdb … bench_direct && pg_restore … --no-owner --exit-on-error -d bench_direct FILE",
+            "pg_dump … -Fc bench | restic backup --stdin --stdin-filename bench.dump        # twice",
+            "createdb … bench_restic && restic dump latest bench.dump | pg_restore … --no-owner --exit-on-error -d bench_restic",
+            "```", ""])
 
     # -- targets -------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 # Run as root on Debian (bookworm): installs what is missing, builds tresor,
 # then hands over to bench.py. Settings (environment):
 #   BENCH_RUNS=3              runs per measurement (median reported)
-#   BENCH_DATASETS=linux,large
+#   BENCH_DATASETS=linux,large  (add pg for PostgreSQL; pg alone: only that part,
+#                             merged into the existing results, like bench.py pg)
+#   BENCH_PG_SCALE=50         pgbench scale of the PostgreSQL database
 #   BENCH_TOOLS=tresor,restic,rustic,borg
 #   BENCH_QUICK=1             1 run and a 300 MiB large-file set
 #   BENCH_LARGE_MB=2500       size of the large-file set in MiB
@@ -37,6 +39,9 @@ install_packages() {
     if wants_tool borg && ! command -v borg >/dev/null; then pkgs+=(borgbackup); fi
     if wants_dataset linux && [[ ! -f /usr/src/linux-source-6.1.tar.xz ]]; then
         pkgs+=(linux-source-6.1)
+    fi
+    if wants_dataset pg && [[ ! -x ${BENCH_PG_BIN:-/usr/lib/postgresql/15/bin}/pgbench ]]; then
+        pkgs+=(postgresql-15)
     fi
     ((${#pkgs[@]})) || return 0
     echo "installing: ${pkgs[*]}"

@@ -205,7 +205,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let snap = repo.find_snapshot(&a.snapshot).await?;
     let Some(target) = a.target.clone() else {
         let to = a.to.as_deref().expect("clap requires --target or --to");
-        return crate::sources::restore_to(g, &repo, &snap, to, a.flush).await;
+        return crate::sources::restore_to(g, &repo, &snap, to, a.flush, a.jobs).await;
     };
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");

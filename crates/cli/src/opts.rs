@@ -396,6 +396,9 @@ pub struct RestoreArgs {
     /// With --to: allow replacing what the target holds.
     #[arg(long, requires = "to")]
     pub flush: bool,
+    /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs).
+    #[arg(long, requires = "to", default_value_t = 1)]
+    pub jobs: usize,
     #[arg(short = 'i', long = "include")]
     pub includes: Vec<String>,
     #[arg(short = 'e', long = "exclude")]

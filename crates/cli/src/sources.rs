@@ -9,8 +9,8 @@ use crate::commands::print_json;
 use crate::opts::Global;
 
 /// Restore the snapshot's one stream into the service a URL names.
-pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, flush: bool) -> Result<u8> {
-    let mut target = tresor_sources::target_from_url(to)?;
+pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, flush: bool, jobs: usize) -> Result<u8> {
+    let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs })?;
     let (name, size, said) = stream_into(repo, snap, target.as_mut(), flush).await?;
     if g.json {
         print_json(&json!({"snapshot": snap.id, "bytes": size, "result": said}))?;

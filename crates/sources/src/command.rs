@@ -131,6 +131,18 @@ impl CommandTarget {
     fn name(&self) -> String {
         self.name.clone()
     }
+
+    /// Close the program's input and wait: what it said on standard error.
+    pub(crate) fn finish_with_stderr(&mut self) -> Result<String> {
+        let (child, stdin) = self.child.take().expect("begun");
+        drop(stdin);
+        let out = child.wait_with_output().map_err(|e| Error::failed(self.name(), e))?;
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        if !out.status.success() {
+            return Err(Error::failed(self.name(), format!("failed ({}): {}", out.status, last_line(&text))));
+        }
+        Ok(text)
+    }
 }
 
 impl crate::Target for CommandTarget {
@@ -160,14 +172,7 @@ impl crate::Target for CommandTarget {
     }
 
     fn finish(&mut self) -> Result<String> {
-        let (child, stdin) = self.child.take().expect("begun");
-        drop(stdin);
-        let out = child.wait_with_output().map_err(|e| Error::failed(self.name(), e))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let said = last_line(&text);
-            return Err(Error::failed(self.name(), format!("failed ({}): {said}", out.status)));
-        }
+        self.finish_with_stderr()?;
         Ok(format!("{} took the data", self.name()))
     }
 }

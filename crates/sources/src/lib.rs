@@ -69,8 +69,15 @@ pub trait Target: Send {
     fn finish(&mut self) -> Result<String>;
 }
 
+/// How a restore target works, beyond its URL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TargetOptions {
+    /// Parallel workers where the target has them (`pg_restore --jobs`).
+    pub jobs: usize,
+}
+
 /// The restore target a URL names.
-pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
+pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>> {
     if let Some(cmd) = url.strip_prefix("command:") {
         return Ok(Box::new(command::CommandTarget::new(cmd)?));
     }
@@ -78,7 +85,7 @@ pub fn target_from_url(url: &str) -> Result<Box<dyn Target>> {
         return Ok(Box::new(redis_target::RedisTarget::new(RedisSource::parse(url)?)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?)));
+        return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?, opts.jobs)));
     }
     if url.starts_with("etcd-data:") {
         return Ok(Box::new(etcd_target::EtcdDataTarget::parse(url)?));

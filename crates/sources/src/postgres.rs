@@ -22,6 +22,9 @@ pub struct Postgres {
     host: String,
     port: u16,
     pub(crate) db: String,
+    /// No database in the URL: the cluster's roles and tablespaces
+    /// (`pg_dumpall --globals-only`).
+    globals: bool,
     point: BTreeMap<String, serde_json::Value>,
 }
 
@@ -35,14 +38,14 @@ impl Postgres {
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]`: a whole cluster, reached
     /// through its `postgres` database.
     pub fn parse_cluster(url: &str) -> Result<Postgres> {
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let has_db = rest.rsplit_once('@').is_some_and(|(_, hp)| hp.contains('/'));
-        let mut pg = Postgres::parse(&if has_db { url.to_string() } else { format!("{url}/postgres") })?;
+        let mut pg = Postgres::parse(url)?;
         pg.db = "postgres".into();
+        pg.globals = false;
         Ok(pg)
     }
 
-    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, or without a
+    /// database for the cluster's globals.
     pub fn parse(url: &str) -> Result<Postgres> {
         let shown = crate::redis::url_without_secret(url);
         let bad = |why: &str| Error::failed(&shown, why);
@@ -53,19 +56,24 @@ impl Postgres {
             Some((u, p)) => (u.to_string(), Some(p.to_string())),
             None => (auth.to_string(), None),
         };
-        let (hostport, db) = rest.split_once('/').ok_or_else(|| bad("no database (postgres://USER@HOST/DB)"))?;
+        let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
         let (host, port) = match hostport.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("the port is not a number"))?),
             None => (hostport.to_string(), 5432),
         };
-        if db.is_empty() || host.is_empty() || user.is_empty() {
-            return Err(bad("user, host and database are required"));
+        if host.is_empty() || user.is_empty() {
+            return Err(bad("user and host are required (postgres://USER@HOST:PORT/DB)"));
         }
         let password = password.or_else(|| std::env::var("TRESOR_PG_PASSWORD").ok()).or_else(|| std::env::var("PGPASSWORD").ok());
-        Ok(Postgres { user, password, host, port, db: db.to_string(), point: BTreeMap::new() })
+        let globals = db.is_empty();
+        let db = if globals { "postgres".into() } else { db.to_string() };
+        Ok(Postgres { user, password, host, port, db, globals, point: BTreeMap::new() })
     }
 
     pub(crate) fn url(&self) -> String {
+        if self.globals {
+            return self.cluster_url();
+        }
         format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.db)
     }
 
@@ -124,6 +132,12 @@ impl Source for Postgres {
         let (lsn, timeline) = point.split_once('|').unwrap_or((point.as_str(), ""));
         self.point.insert("lsn".into(), lsn.into());
         self.point.insert("timeline".into(), timeline.parse::<u64>().unwrap_or_default().into());
+        if self.globals {
+            self.point.insert("globals".into(), true.into());
+            let mut cmd = self.server_program("pg_dumpall");
+            cmd.args(["--globals-only", "-l", "postgres"]);
+            return Ok(Stream { name: "globals.sql".into(), reader: spawn_output(format!("pg_dumpall of {}", self.url()), cmd)? });
+        }
         self.point.insert("database".into(), self.db.clone().into());
         let mut cmd = self.program("pg_dump", &self.db);
         cmd.arg("--format=custom");
@@ -138,19 +152,86 @@ impl Source for Postgres {
 /// `--to postgres://…/DB`: `pg_restore` into DB, created when missing; a
 /// database that has tables is refused unless `--flush` (then objects are
 /// dropped and recreated).
+///
+/// With `jobs` > 1, `pg_restore --jobs` needs a file it can seek in: the
+/// stream goes to a temporary file first, removed afterwards.
 pub struct PostgresTarget {
     pg: Postgres,
+    jobs: usize,
     inner: Option<CommandTarget>,
+    spool: Option<(PathBuf, std::fs::File, Command)>,
 }
 
 impl PostgresTarget {
-    pub fn new(pg: Postgres) -> PostgresTarget {
-        PostgresTarget { pg, inner: None }
+    pub fn new(pg: Postgres, jobs: usize) -> PostgresTarget {
+        PostgresTarget { pg, jobs, inner: None, spool: None }
+    }
+
+    fn spool_to(&mut self, mut cmd: Command) -> Result<()> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!("tresor-pg-restore-{}-{nanos}.dump", std::process::id()));
+        let file = std::fs::File::create_new(&path).map_err(|e| self.pg.fail(format!("cannot write {}: {e}", path.display())))?;
+        cmd.arg(format!("--jobs={}", self.jobs)).arg(&path);
+        self.spool = Some((path, file, cmd));
+        Ok(())
+    }
+
+    fn finish_spool(&mut self) -> Result<()> {
+        let (path, file, mut cmd) = self.spool.take().expect("spooling");
+        drop(file);
+        let out = cmd.output();
+        let _ = std::fs::remove_file(&path);
+        let out = out.map_err(|e| self.pg.fail(format!("cannot run pg_restore: {e}")))?;
+        if !out.status.success() {
+            let text = String::from_utf8_lossy(&out.stderr);
+            return Err(self.pg.fail(format!(
+                "pg_restore failed ({}): {}",
+                out.status,
+                text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("")
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresTarget {
+    /// Roles and tablespaces through `psql`. Roles other than the one
+    /// connecting make the cluster non-empty: their attributes and
+    /// passwords would be set from the backup.
+    fn begin_globals(&mut self, len: u64, overwrite: bool) -> Result<()> {
+        let roles = self.pg.query(
+            "postgres",
+            "SELECT coalesce(string_agg(rolname, ', ' ORDER BY rolname), '') FROM pg_roles WHERE rolname !~ '^pg_' AND rolname <> current_user",
+        )?;
+        if !roles.is_empty() && !overwrite {
+            return Err(self.pg.fail(format!(
+                "the cluster has roles ({roles}); restoring sets their attributes and passwords from the backup: add --flush to allow it"
+            )));
+        }
+        let mut cmd = self.pg.program("psql", "postgres");
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
+        let mut inner = CommandTarget::program(format!("psql into {}", self.pg.url()), cmd);
+        inner.begin(len, overwrite)?;
+        self.inner = Some(inner);
+        Ok(())
+    }
+
+    /// Every error but "already exists" (the connecting role always does) fails the restore.
+    fn finish_globals(&mut self) -> Result<String> {
+        let said = self.inner.take().expect("begun").finish_with_stderr()?;
+        if let Some(e) = said.lines().find(|l| l.contains("ERROR:") && !l.contains("already exists")) {
+            return Err(self.pg.fail(e.split_once("ERROR:").map_or(e, |(_, m)| m).trim()));
+        }
+        let roles = self.pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname !~ '^pg_'")?;
+        Ok(format!("{} restored, {roles} roles", self.pg.url()))
     }
 }
 
 impl Target for PostgresTarget {
     fn begin(&mut self, len: u64, overwrite: bool) -> Result<()> {
+        if self.pg.globals {
+            return self.begin_globals(len, overwrite);
+        }
         let quoted = self.pg.db.replace('\'', "''");
         let exists = self.pg.query("postgres", &format!("SELECT count(*) FROM pg_database WHERE datname = '{quoted}'"))? == "1";
         if !exists {
@@ -172,6 +253,9 @@ impl Target for PostgresTarget {
         if tables > 0 {
             cmd.args(["--clean", "--if-exists"]);
         }
+        if self.jobs > 1 {
+            return self.spool_to(cmd);
+        }
         let mut inner = CommandTarget::program(format!("pg_restore into {}", self.pg.url()), cmd);
         inner.begin(len, overwrite)?;
         self.inner = Some(inner);
@@ -179,11 +263,21 @@ impl Target for PostgresTarget {
     }
 
     fn write(&mut self, data: &[u8]) -> Result<()> {
+        if let Some((path, file, _)) = &mut self.spool {
+            return std::io::Write::write_all(file, data)
+                .map_err(|e| Error::failed(self.pg.url(), format!("cannot write {}: {e}", path.display())));
+        }
         self.inner.as_mut().expect("begun").write(data)
     }
 
     fn finish(&mut self) -> Result<String> {
-        self.inner.take().expect("begun").finish()?;
+        if self.pg.globals {
+            return self.finish_globals();
+        }
+        match self.spool {
+            Some(_) => self.finish_spool()?,
+            None => _ = self.inner.take().expect("begun").finish()?,
+        }
         let tables =
             self.pg.query(&self.pg.db, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")?;
         Ok(format!("{} restored, {tables} tables", self.pg.url()))

@@ -258,6 +258,29 @@ fn postgres_logical_round_trip_with_row_counts() {
     let out = run(&["restore", "latest", "--to", &pg.url("shop_restored"), "--flush"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(row_counts(&pg, "shop_restored"), before, "--flush put every row back");
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_parallel"), "--jobs", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(row_counts(&pg, "shop_parallel"), before, "a parallel restore");
+
+    // The cluster's globals: roles, restored into another cluster.
+    pg.psql("postgres", "CREATE ROLE reporting LOGIN PASSWORD 'r3port' CONNECTION LIMIT 7");
+    let out = run(&["backup", &pg.cluster_url()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let globals = env.json(&["snapshots"]).as_array().unwrap().last().unwrap().clone();
+    assert_eq!(globals["source"]["consistency"]["globals"], true, "{globals}");
+    let other = PostgresServer::start();
+    let out = run(&["restore", "latest", "--to", &other.cluster_url()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let role = "SELECT rolname || ',' || rolcanlogin || ',' || rolconnlimit FROM pg_roles WHERE rolname = 'reporting'";
+    assert_eq!(other.psql("postgres", role), "reporting,true,7");
+    let out = run(&["restore", "latest", "--to", &other.cluster_url()]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: {}: the cluster has roles (reporting); restoring sets their attributes and passwords from the backup: add --flush to allow it\n",
+            other.cluster_url()
+        )
+    );
 
     let out = run(&["backup", &pg.url("nosuchdb")]);
     assert_eq!(
@@ -268,7 +291,7 @@ fn postgres_logical_round_trip_with_row_counts() {
             pg.port()
         )
     );
-    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "no snapshot from a failed dump");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a failed dump");
 }
 
 #[test]
