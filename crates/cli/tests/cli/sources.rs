@@ -7,7 +7,7 @@ use tresor_testkit::{EtcdServer, PostgresServer, RedisServer};
 
 use super::*;
 
-fn fill(r: &RedisServer) {
+pub(super) fn fill(r: &RedisServer) {
     let mut script = String::from(
         "SET greeting hello\nSET session:42 token PX 3600000\nRPUSH queue a b c\nHSET user:1 name Ada role admin\n\
          SADD tags x y\nZADD scores 1 one 2.5 two\nXADD events * kind login\n",
@@ -21,7 +21,7 @@ fn fill(r: &RedisServer) {
 /// Every key with its type, whether it expires, and its value: `DUMP`'s
 /// serialization, except for sets and hashes, whose element order a reload
 /// may change (their members, sorted, instead).
-fn contents(r: &RedisServer) -> BTreeMap<String, String> {
+pub(super) fn contents(r: &RedisServer) -> BTreeMap<String, String> {
     const SCRIPT: &str = "local out = {} for _, k in ipairs(redis.call('KEYS', '*')) do \
         local t = redis.call('TYPE', k).ok local v \
         if t == 'set' then v = redis.call('SMEMBERS', k) table.sort(v) v = table.concat(v, ',') \
@@ -216,7 +216,7 @@ fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
     assert!(err.ends_with("failed (exit status: 1): ERROR 1049: Unknown database\n"), "{err}");
 }
 
-fn row_counts(pg: &PostgresServer, db: &str) -> String {
+pub(super) fn row_counts(pg: &PostgresServer, db: &str) -> String {
     pg.psql(
         db,
         "SELECT (SELECT count(*) FROM pgbench_accounts) || ',' || (SELECT count(*) FROM pgbench_branches) || ',' || \
