@@ -16,6 +16,7 @@ mod postgres;
 mod redis;
 mod redis_aof;
 mod redis_target;
+mod tls;
 
 use std::io::Read;
 
@@ -81,7 +82,13 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
     if let Some(cmd) = url.strip_prefix("command:") {
         return Ok(Box::new(command::CommandTarget::new(cmd)?));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if url.starts_with("rediss://") {
+        return Err(Error::failed(
+            redis::url_without_secret(url),
+            "restoring into a running instance over TLS is not supported: restore dump.rdb with --target and start Redis on it",
+        ));
+    }
+    if url.starts_with("redis://") {
         return Ok(Box::new(redis_target::RedisTarget::new(RedisSource::parse(url)?)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

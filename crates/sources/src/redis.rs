@@ -4,16 +4,20 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use tresor_engine::SourceInfo;
 
+use crate::tls::TlsFiles;
 use crate::{Error, Result, Source, Stream};
 
 pub struct RedisSource {
     host: String,
     port: u16,
+    /// `rediss://`: TLS, trusting `TRESOR_REDIS_CACERT` (else the system
+    /// store), with `TRESOR_REDIS_CERT`/`TRESOR_REDIS_KEY` for mutual TLS.
+    pub(crate) tls: Option<TlsFiles>,
     user: Option<String>,
     password: Option<String>,
     /// Filled in once the stream is open.
@@ -27,14 +31,12 @@ impl std::fmt::Debug for RedisSource {
 }
 
 impl RedisSource {
-    /// `redis://[USER[:PASSWORD]@]HOST[:PORT]`; the password may instead
+    /// `redis[s]://[USER[:PASSWORD]@]HOST[:PORT]`; the password may instead
     /// come from `TRESOR_REDIS_PASSWORD` or `REDISCLI_AUTH`.
     pub fn parse(url: &str) -> Result<RedisSource> {
         let bad = |why: &str| Error::failed(url_without_secret(url), why);
-        if url.starts_with("rediss://") {
-            return Err(bad("TLS (rediss://) is not supported yet; use redis:// through a TLS tunnel"));
-        }
-        let rest = url.strip_prefix("redis://").ok_or_else(|| bad("not a redis:// URL"))?;
+        let tls = url.starts_with("rediss://").then(|| TlsFiles::from_env("TRESOR_REDIS_"));
+        let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")).ok_or_else(|| bad("not a redis:// URL"))?;
         let rest = rest.split('/').next().unwrap_or_default();
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
@@ -52,13 +54,14 @@ impl RedisSource {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        Ok(RedisSource { host, port, user, password, point: BTreeMap::new() })
+        Ok(RedisSource { host, port, tls, user, password, point: BTreeMap::new() })
     }
 
     pub(crate) fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         match &self.user {
-            Some(u) => format!("redis://{u}@{}:{}", self.host, self.port),
-            None => format!("redis://{}:{}", self.host, self.port),
+            Some(u) => format!("{scheme}://{u}@{}:{}", self.host, self.port),
+            None => format!("{scheme}://{}:{}", self.host, self.port),
         }
     }
 
@@ -75,7 +78,12 @@ impl RedisSource {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| self.fail(format!("cannot connect: {e}")))?;
         // The master sends a newline every second while it writes the RDB.
         tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| self.fail(e))?;
-        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, tcp.try_clone().map_err(|e| self.fail(e))?), writer: tcp };
+        let local = tcp.local_addr().map_err(|e| self.fail(e))?;
+        let stream: Box<dyn Duplex> = match &self.tls {
+            Some(files) => Box::new(files.wrap(tcp, &self.host).map_err(|e| self.fail(e))?),
+            None => Box::new(tcp),
+        };
+        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, stream), local };
         if let Some(pw) = &self.password {
             let mut args = vec!["AUTH"];
             args.extend(self.user.as_deref());
@@ -89,9 +97,14 @@ impl RedisSource {
     }
 }
 
+/// A connection, plain or TLS.
+pub(crate) trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 pub(crate) struct Conn {
-    pub(crate) reader: BufReader<TcpStream>,
-    pub(crate) writer: TcpStream,
+    pub(crate) reader: BufReader<Box<dyn Duplex>>,
+    /// Our end of the connection, as the server sees it.
+    pub(crate) local: SocketAddr,
 }
 
 impl Conn {
@@ -102,7 +115,9 @@ impl Conn {
             out.extend_from_slice(a.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        self.writer.write_all(&out)
+        let w = self.reader.get_mut();
+        w.write_all(&out)?;
+        w.flush()
     }
 
     pub(crate) fn line(&mut self) -> std::io::Result<String> {
@@ -176,7 +191,7 @@ impl Source for RedisSource {
 /// endian) over all before; `REDIS` magic first.
 struct RdbReader {
     url: String,
-    inner: BufReader<TcpStream>,
+    inner: BufReader<Box<dyn Duplex>>,
     len: u64,
     pos: u64,
     crc: u64,

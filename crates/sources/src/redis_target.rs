@@ -85,7 +85,7 @@ impl Target for RedisTarget {
             return Err(self.redis.fail(format!("the instance holds {keys} keys; restoring replaces them all: add --flush to allow it")));
         }
         // The instance reaches tresor at the address it sees our connection from.
-        let local = c.writer.local_addr().map_err(|e| self.redis.fail(e))?;
+        let local = c.local;
         let listener = TcpListener::bind((local.ip(), 0)).map_err(|e| self.redis.fail(e))?;
         let port = listener.local_addr().map_err(|e| self.redis.fail(e))?.port();
         let reply = c.call(&["REPLICAOF", &local.ip().to_string(), &port.to_string()]).map_err(|e| self.redis.fail(e))?;

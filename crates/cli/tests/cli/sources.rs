@@ -113,6 +113,42 @@ fn redis_aof_directory_round_trip_and_a_broken_manifest() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 }
 
+/// A CA and a server certificate for 127.0.0.1, made by `openssl`:
+/// (ca.crt, server.crt, server.key).
+fn certificates(dir: &Path) -> [String; 3] {
+    fs::create_dir_all(dir).unwrap();
+    let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
+        openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=tresor test CA'; \
+        openssl req $ec -keyout server.key -out server.csr -subj /CN=127.0.0.1; \
+        echo subjectAltName=IP:127.0.0.1 > san; \
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san";
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    ["ca.crt", "server.crt", "server.key"].map(|n| dir.join(n).display().to_string())
+}
+
+#[test]
+fn redis_over_tls_trusts_the_given_ca_only() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let [ca, crt, key] = certificates(&env.path("tls"));
+    let tls_port = tresor_testkit::net::free_port().to_string();
+    let tls =
+        ["--tls-port", &tls_port, "--tls-cert-file", &crt, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"];
+    let server = RedisServer::start(&tls);
+    fill(&server);
+    let before = contents(&server);
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let err = env.fails(&["backup", &url], 1);
+    assert_eq!(err, format!("tresor: error: {url}: invalid peer certificate: UnknownIssuer\n"));
+    let out = env.cmd(&["backup", &url]).env("TRESOR_REDIS_CACERT", &ca).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["url"], url.as_str());
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
+    assert_eq!(contents(&RedisServer::with_rdb(&env.path("out").join("dump.rdb"))), before, "every key over TLS");
+}
+
 #[test]
 fn redis_auth_unreachable_and_corrupt_streams_fail_without_a_snapshot() {
     let env = Env::new();
