@@ -2,6 +2,7 @@
 
 mod commands;
 mod copy;
+mod daemon;
 mod data;
 mod demo;
 mod keys;
@@ -74,6 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Holds => retention::holds(&g).await,
         Command::Demo(a) => demo::demo(a).await,
         Command::Pg(a) => pg::pg(&g, a).await,
+        Command::Daemon(a) => daemon::daemon(&g, a).await,
+        Command::Plan(a) => match a.command {
+            opts::PlanCommand::Check(c) => daemon::plan_check(&g, c),
+        },
+        Command::Jobs(a) => daemon::jobs(&g, a),
+        Command::Audit(a) => daemon::audit(&g, a),
     }
 }
 

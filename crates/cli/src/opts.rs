@@ -92,6 +92,66 @@ pub enum Command {
     Demo(DemoArgs),
     /// PostgreSQL point-in-time recovery: base backups, WAL archive, restore to a moment.
     Pg(PgCmd),
+    /// Run the backup plan: schedules, retries, HTTP API, metrics, status page.
+    Daemon(DaemonArgs),
+    /// Check a backup plan: syntax, references and contradictions, by line.
+    Plan(PlanCmd),
+    /// The daemon's job history.
+    Jobs(JobsArgs),
+    /// The daemon's audit trail: who did what, when, with what result.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// The plan (default: the embedded one under --data-dir).
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: Option<PathBuf>,
+    /// Where the embedded default keeps its repository, password, state and sample.
+    #[arg(long, env = "TRESOR_DATA_DIR", default_value = "tresor-data")]
+    pub data_dir: PathBuf,
+    /// Listen address (overrides the plan's daemon.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// How long running jobs may take to finish after SIGTERM before they are cancelled.
+    #[arg(long, default_value = "60s")]
+    pub grace: String,
+}
+
+#[derive(Args)]
+pub struct PlanCmd {
+    #[command(subcommand)]
+    pub command: PlanCommand,
+}
+
+#[derive(Subcommand)]
+pub enum PlanCommand {
+    /// Parse and lint a plan; exit 1 on any error.
+    Check(PlanCheckArgs),
+}
+
+#[derive(Args)]
+pub struct PlanCheckArgs {
+    pub plan: PathBuf,
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    /// The daemon's state database.
+    #[arg(long, env = "TRESOR_STATE", default_value = "tresor-data/state.db")]
+    pub state: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[arg(long, env = "TRESOR_STATE", default_value = "tresor-data/state.db")]
+    pub state: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
 }
 
 #[derive(Args)]

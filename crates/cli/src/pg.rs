@@ -182,6 +182,13 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     let mut unpack = tresor_sources::unpack_into(&a.target);
     let (_, bytes, _) = crate::sources::stream_into(&repo, base, unpack.as_mut(), false).await?;
     write_recovery(&a.target, &settings)?;
+    // The first segments recovery asks for, fetched now: each restore_command
+    // call would otherwise unlock the repository again.
+    if let (Some(id), Some(first)) =
+        (point(base, "system_id").and_then(|i| i.parse().ok()), point(base, "start_wal").and_then(WalFile::parse))
+    {
+        crate::pgwal::prefetch(&repo, id, &first, seg_size(base), &a.target.join(crate::pgwal::PREFETCHED), 8, true).await;
+    }
     let stop = match (&a.time, &a.lsn, a.latest) {
         (Some(t), _, _) => format!("time {t}"),
         (_, Some(l), _) => format!("LSN {l}"),
@@ -192,7 +199,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         print_json(&json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop}))?;
     } else {
         println!(
-            "restored base backup {} (WAL from {} on timeline {}) into {}; started, PostgreSQL recovers to {stop}",
+            "restored base backup {} (WAL from {} on timeline {}) into {}; start PostgreSQL on it and it recovers to {stop}",
             base.id.short(),
             point(base, "start_lsn").unwrap_or("?"),
             base.source.consistency.get("timeline").map_or("?".into(), |t| t.to_string()),

@@ -29,7 +29,7 @@ use crate::opts::{Global, WalFetchArgs, WalPushArgs};
 
 pub const KIND: &str = "pg-wal";
 const PUSHED: &str = "pg_wal/tresor-pushed";
-const PREFETCHED: &str = "pg_wal/tresor-prefetch";
+pub const PREFETCHED: &str = "pg_wal/tresor-prefetch";
 
 fn pgdata(given: Option<PathBuf>) -> Result<PathBuf> {
     given.map_or_else(|| std::env::current_dir().context("cannot tell the working directory"), Ok)
@@ -156,18 +156,18 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
         }
     };
     if let (WalKind::Segment, Some(seg_size)) = (wal.kind, seg_size) {
-        prefetch(&repo, system_id, &wal, seg_size, &spool, a.prefetch).await;
+        prefetch(&repo, system_id, &wal, seg_size, &spool, a.prefetch, false).await;
     }
     Ok(0)
 }
 
-/// The following segments into the spool, several at a time, up to the
-/// first one not archived (yet).
-async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u64, spool: &Path, count: usize) {
+/// The segments after `wal` (or from it, with `inclusive`) into the spool,
+/// several at a time; those not archived (yet) are skipped.
+pub async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u64, spool: &Path, count: usize, inclusive: bool) {
     if count == 0 || std::fs::create_dir_all(spool).is_err() {
         return;
     }
-    let first = wal.segno(seg_size) + 1;
+    let first = wal.segno(seg_size) + u64::from(!inclusive);
     let names: Vec<String> =
         (first..first + count as u64).map(|s| pgwal::segment_name(wal.timeline, s, seg_size)).filter(|n| !spool.join(n).exists()).collect();
     let fetched = futures::stream::iter(names)

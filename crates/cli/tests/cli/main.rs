@@ -13,6 +13,7 @@ use tresor_testkit::S3Server;
 
 mod conformance;
 mod crash;
+mod daemon;
 mod pitr;
 mod prune;
 mod repair;

@@ -1,0 +1,208 @@
+//! `tresor daemon`, `tresor plan check`, `tresor jobs`, `tresor audit`.
+//!
+//! Without `--plan` the daemon runs on an embedded default under
+//! `--data-dir`: a local repository with a generated password, the SQLite
+//! state, and a plan that backs up a sample folder every minute.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tresor_controller::api::{Tokens, router};
+use tresor_controller::check::{Severity, check};
+use tresor_controller::daemon::{Clock, Command, Shared, load_plan, run};
+use tresor_controller::plan::Plan;
+use tresor_controller::runner::Runner;
+use tresor_controller::state::State;
+
+use crate::commands::print_json;
+use crate::opts::{AuditArgs, DaemonArgs, Global, JobsArgs, PlanCheckArgs};
+
+const DEFAULT_PLAN: &str = include_str!("default-plan.yaml");
+
+/// The embedded default: written once, then left to the user to edit.
+fn embedded_default(dir: &Path) -> Result<PathBuf> {
+    let dir = std::path::absolute(dir)?;
+    let sample = dir.join("sample");
+    if !sample.exists() {
+        std::fs::create_dir_all(sample.join("docs"))?;
+        std::fs::write(sample.join("README.txt"), "This folder is backed up by tresor's embedded default plan every minute.\n")?;
+        std::fs::write(sample.join("docs/notes.md"), "# Notes\n\nEdit me and watch the next backup add only the change.\n")?;
+    }
+    let plan = dir.join("tresor.yaml");
+    if !plan.exists() {
+        std::fs::write(&plan, DEFAULT_PLAN.replace("DATA", &dir.display().to_string()))?;
+    }
+    Ok(plan)
+}
+
+/// Create each repository the plan marks `init: true` that does not exist
+/// yet, with a generated password file when there is none.
+fn init_repositories(plan: &Plan, exe: &Path) -> Result<()> {
+    for (name, r) in plan.repositories.iter().filter(|(_, r)| r.init) {
+        if !r.password_file.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let secret: [u8; 24] = rand::random();
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&r.password_file)?;
+            std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(secret)).as_bytes())?;
+        }
+        let base = |cmd: &str| {
+            std::process::Command::new(exe)
+                .args(["--repo", &r.url, "--password-file", &r.password_file.display().to_string(), "--quiet", cmd])
+                .output()
+                .with_context(|| format!("cannot run {}", exe.display()))
+        };
+        let probe = base("snapshots")?;
+        if probe.status.code() == Some(crate::EXIT_NO_REPOSITORY as i32) {
+            let out = base("init")?;
+            if !out.status.success() {
+                bail!("repository {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            eprintln!("tresor: created repository {name} at {}", r.url);
+        }
+    }
+    Ok(())
+}
+
+fn read_token(file: Option<&Path>, var: &str) -> Result<Option<String>> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?;
+        return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+    }
+    Ok(std::env::var(var).ok().filter(|t| !t.is_empty()))
+}
+
+pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
+    let plan_file = match &a.plan {
+        Some(p) => std::path::absolute(p)?,
+        None => embedded_default(&a.data_dir)?,
+    };
+    let clock = std::env::var_os("TRESOR_CLOCK_FILE").map_or(Clock::System, |f| Clock::File(f.into()));
+    let plan = load_plan(&plan_file, clock.now())?;
+    let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
+    init_repositories(&plan, &exe)?;
+    let listen = a.listen.clone().unwrap_or_else(|| plan.daemon.listen.clone());
+    let addr: SocketAddr = listen.parse().with_context(|| format!("cannot read listen address {listen:?} (use HOST:PORT)"))?;
+    let tokens = Tokens {
+        admin: read_token(plan.daemon.admin_token_file.as_deref(), "TRESOR_API_TOKEN")?,
+        read: read_token(plan.daemon.read_token_file.as_deref(), "TRESOR_API_READ_TOKEN")?,
+    };
+    if tokens.admin.is_none() && tokens.read.is_none() && !addr.ip().is_loopback() {
+        bail!(
+            "listening on {addr} needs API tokens (daemon.admin_token_file or TRESOR_API_TOKEN); without them only a loopback address is allowed"
+        );
+    }
+    let state_file = plan.daemon.state.clone().unwrap_or_else(|| plan_file.with_file_name("tresor-state.db"));
+    let state = State::open(&state_file)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let tick = std::env::var("TRESOR_TICK_MS").ok().and_then(|t| t.parse().ok()).map_or(Duration::from_millis(500), Duration::from_millis);
+    let summary = format!("{} sources in {} classes", plan.sources.len(), plan.classes.len());
+    let shared = Arc::new(Shared {
+        plan: std::sync::RwLock::new(plan),
+        plan_file: plan_file.clone(),
+        state,
+        metrics: Default::default(),
+        clock,
+        runner: Runner { exe },
+        next_runs: Default::default(),
+        running: Default::default(),
+        commands: tx.clone(),
+        ready: Default::default(),
+        tick,
+        grace: crate::commands::parse_duration(&a.grace)?,
+    });
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;
+    let bound = listener.local_addr()?;
+    let app = router(shared.clone(), tokens);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server: {e}");
+        }
+    });
+    eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());
+    eprintln!("tresor daemon: status page http://{bound}/  metrics http://{bound}/metrics");
+    run(shared, rx, shutdown_signals(tx)).await?;
+    eprintln!("tresor daemon: stopped");
+    Ok(0)
+}
+
+/// SIGTERM or SIGINT stops the daemon; SIGHUP reloads the plan.
+async fn shutdown_signals(tx: tokio::sync::mpsc::UnboundedSender<Command>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => { let _ = tx.send(Command::Reload { actor: "signal:SIGHUP".into() }); }
+        }
+    }
+}
+
+pub fn plan_check(g: &Global, a: PlanCheckArgs) -> Result<u8> {
+    let (plan, text) = Plan::load(&a.plan)?;
+    let findings = check(&plan, &text, chrono::Utc::now());
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    if g.json {
+        let items: Vec<_> = findings
+            .iter()
+            .map(|f| json!({"line": f.line, "severity": if f.severity == Severity::Error { "error" } else { "warning" }, "message": f.message}))
+            .collect();
+        print_json(&json!({"file": a.plan, "errors": errors, "findings": items}))?;
+    } else {
+        for f in &findings {
+            println!("{}:{f}", a.plan.display());
+        }
+        println!(
+            "{}: {} sources, {} classes: {errors} errors, {} warnings",
+            a.plan.display(),
+            plan.sources.len(),
+            plan.classes.len(),
+            findings.len() - errors
+        );
+    }
+    Ok(if errors > 0 { crate::EXIT_ERROR } else { 0 })
+}
+
+pub fn jobs(g: &Global, a: JobsArgs) -> Result<u8> {
+    let state = State::open(&a.state)?;
+    let jobs = state.jobs(a.limit, a.source.as_deref())?;
+    if g.json {
+        return print_json(&jobs).map(|_| 0);
+    }
+    println!("{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} reason", "job", "source", "kind", "trigger", "started (UTC)", "status");
+    for j in &jobs {
+        let why = [j.reason.clone().unwrap_or_default(), j.message.clone().unwrap_or_default()].join(" ");
+        println!(
+            "{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} {}",
+            j.id,
+            j.source,
+            j.kind,
+            j.trigger,
+            j.started_at.format("%Y-%m-%d %H:%M:%S"),
+            j.status,
+            why.trim()
+        );
+    }
+    Ok(0)
+}
+
+pub fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
+    let state = State::open(&a.state)?;
+    let entries = state.audit_log(a.limit)?;
+    if g.json {
+        return print_json(&entries).map(|_| 0);
+    }
+    for e in &entries {
+        println!("{}  {:<14} {:<8} {:<20} {:<10} {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.target, e.result, e.detail);
+    }
+    Ok(0)
+}

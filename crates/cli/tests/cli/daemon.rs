@@ -1,0 +1,270 @@
+//! The controller: plan checks by line, and the daemon on a loopback port
+//! with a clock the test moves (schedules, first runs, retries, API tokens,
+//! metrics, a killed daemon, a refused reload), with real sources.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use tresor_testkit::RedisServer;
+
+use super::*;
+
+/// One HTTP/1.1 request; the status and body.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked bodies: the JSON and the page are what the tests read, not the framing.
+    (status, body.to_string())
+}
+
+struct Daemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(env: &Env, plan: &Path, clock: &Path) -> Daemon {
+    let port = tresor_testkit::net::free_port();
+    let child = env
+        .cmd(&["daemon", "--plan", plan.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grace", "5s"])
+        .env("TRESOR_CLOCK_FILE", clock)
+        .env("TRESOR_TICK_MS", "100")
+        .env("TRESOR_API_TOKEN", "admin-token")
+        .env("TRESOR_API_READ_TOKEN", "read-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_ok(port).is_none() {
+        assert!(Instant::now() < deadline, "the daemon did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Daemon { child, port }
+}
+
+fn http_ok(port: u16) -> Option<()> {
+    TcpStream::connect(("127.0.0.1", port)).ok()?;
+    (http(port, "GET", "/readyz", None).0 == 200).then_some(())
+}
+
+fn jobs(d: &Daemon) -> Vec<serde_json::Value> {
+    let (status, body) = http(d.port, "GET", "/api/v1/jobs?limit=200", Some("read-token"));
+    assert_eq!(status, 200, "{body}");
+    let json = body.find('[').map(|i| &body[i..body.rfind(']').unwrap() + 1]).unwrap();
+    let mut v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    v.reverse();
+    v
+}
+
+/// Wait until `want` holds for the job list.
+fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = jobs(d);
+        if want(&j) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {:#?}",
+            j.iter().map(|j| (&j["source"], &j["kind"], &j["status"], &j["reason"])).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn set_clock(clock: &Path, at: &str) {
+    fs::write(clock, at).unwrap();
+}
+
+fn count(j: &[serde_json::Value], source: &str, kind: &str, status: &str) -> usize {
+    j.iter().filter(|x| x["source"] == source && x["kind"] == kind && x["status"] == status).count()
+}
+
+#[test]
+fn plan_check_names_the_line_of_every_contradiction() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\nclasses:\n  critical:\n    rpo: 15m\n    rto: 2h\n    \
+         offsite: offsite\n    retention:\n      daily: 7\n      minimum: 30d\n  standard:\n    rpo: 1d\n    rto: 8h\n    retention:\n      daily: 30\n\
+         sources:\n  - name: erp-db\n    class: critical\n    url: postgres://backup@erp:5432/erp\n    schedule: \"@hourly\"\n  - name: wiki\n    \
+         class: gold\n    url: /srv/wiki\n    schedule: \"@daily\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let p = plan.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{p}:9: error: class critical: unknown repository \"offsite\" for its off-site copy\n\
+             {p}:10: error: class critical: retention keeps about 7d, shorter than its minimum 30d\n\
+             {p}:13: warning: class standard has no off-site copy (offsite: REPOSITORY)\n\
+             {p}:13: warning: class standard has no sources\n\
+             {p}:22: error: source erp-db: schedule \"@hourly\" leaves up to 1h between backups, longer than class critical's RPO 15m\n\
+             {p}:24: error: source wiki: unknown class \"gold\" (classes: critical, standard)\n\
+             {p}: 2 sources, 2 classes: 4 errors, 2 warnings\n"
+        )
+    );
+    fs::write(&plan, "repositories:\n  primary:\n    url: /srv/repo\n    pasword_file: /x\n").unwrap();
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("tresor: error: {p}:4: repositories.primary: unknown field `pasword_file`")), "{err}");
+    let out = env.run(&["daemon", "--plan", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "an invalid plan is refused at start");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+fn write_plan(env: &Env, redis: &RedisServer, dead: u16) -> PathBuf {
+    let plan = env.path("plan.yaml");
+    fs::create_dir_all(env.path("files")).unwrap();
+    fs::write(env.path("files/a.txt"), "alpha\n").unwrap();
+    let text = format!(
+        "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\nclasses:\n  critical:\n    rpo: 15m\n    rto: 1h\n    \
+         retention:\n      last: 3\n  standard:\n    rpo: 1d\n    rto: 4h\nsources:\n  - name: files\n    class: standard\n    url: {files}\n    \
+         schedule: \"0 * * * *\"\n  - name: cache\n    class: critical\n    url: {redis}\n    schedule: \"*/15 * * * *\"\n  - name: down\n    \
+         class: critical\n    url: redis://127.0.0.1:{dead}\n    schedule: \"*/15 * * * *\"\n    retries: 1\ndaemon:\n  retry_backoff: 1m\n  \
+         concurrency: 2\n  state: {state}\n  prune_schedule: \"0 3 * * *\"\n",
+        repo = env.repo,
+        pw = env.path("pw").display(),
+        files = env.path("files").display(),
+        redis = redis.url(),
+        state = env.path("state.db").display(),
+    );
+    fs::write(&plan, text).unwrap();
+    plan
+}
+
+#[test]
+fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    redis.script("SET a 1\nSET b 2\n");
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let d = start_daemon(&env, &plan, &clock);
+
+    // Sources never backed up run at once; the one that is down fails with its reason.
+    let j = wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && count(j, "cache", "backup", "succeeded") == 1
+            && count(j, "down", "backup", "failed") == 1
+    });
+    assert_eq!(j.iter().find(|x| x["source"] == "down").unwrap()["reason"], "source_unreachable");
+    assert_eq!(count(&j, "cache", "forget", "succeeded"), 1, "retention runs after a backup of a class with one");
+    // The retry comes after the back-off, and only once (retries: 1).
+    set_clock(&clock, "2026-11-21T10:08:05Z");
+    let j = wait_jobs(&d, "the retry", |j| count(j, "down", "backup", "failed") == 2);
+    assert_eq!(j.iter().filter(|x| x["source"] == "down").map(|x| x["trigger"].as_str().unwrap()).collect::<Vec<_>>(), ["first", "retry"]);
+    // The schedules fire: */15 at 10:15 (cache, down), hourly at 11:00 (files).
+    set_clock(&clock, "2026-11-21T10:15:01Z");
+    wait_jobs(&d, "10:15", |j| count(j, "cache", "backup", "succeeded") == 2 && count(j, "down", "backup", "failed") == 3);
+    assert_eq!(count(&jobs(&d), "files", "backup", "succeeded"), 1, "files is hourly");
+    set_clock(&clock, "2026-11-21T11:00:01Z");
+    wait_jobs(&d, "11:00", |j| count(j, "files", "backup", "succeeded") == 2);
+
+    // Tokens: none 401, read-only on a write 403, admin 202.
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs", None).0, 401);
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("wrong")).0, 401);
+    assert_eq!(http(d.port, "POST", "/api/v1/sources/files/backup", Some("read-token")).0, 403);
+    assert_eq!(http(d.port, "POST", "/api/v1/sources/nope/backup", Some("admin-token")).0, 404);
+    assert_eq!(http(d.port, "POST", "/api/v1/sources/files/backup", Some("admin-token")).0, 202);
+    let j = wait_jobs(&d, "the API's backup", |j| count(j, "files", "backup", "succeeded") == 3);
+    assert_eq!(j.iter().rfind(|x| x["source"] == "files" && x["kind"] == "backup").unwrap()["trigger"], "api");
+
+    let j = wait_jobs(&d, "quiet", |j| j.iter().all(|x| x["status"] != "running"));
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    let never = chrono::DateTime::parse_from_rfc3339("2026-11-21T11:00:01Z").unwrap().timestamp();
+    for line in [
+        "backup_job_success_total{source=\"files\",class=\"standard\"} 3".to_string(),
+        format!("backup_job_success_total{{source=\"cache\",class=\"critical\"}} {}", count(&j, "cache", "backup", "succeeded")),
+        format!(
+            "backup_job_failure_total{{source=\"down\",class=\"critical\",reason=\"source_unreachable\"}} {}",
+            count(&j, "down", "backup", "failed")
+        ),
+        "backup_rpo_target_seconds{class=\"critical\"} 900".into(),
+        format!("backup_rpo_seconds{{class=\"critical\"}} {never}.0"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+    let (_, page) = http(d.port, "GET", "/", None);
+    assert!(page.contains("<tr class=\"red\" data-class=\"critical\">"), "a class with a source that never succeeded is red: {page}");
+    assert!(page.contains("<tr class=\"green\" data-class=\"standard\">"), "{page}");
+    let tagged = env.json(&["snapshots", "--tag", "source=files"]);
+    assert_eq!(tagged.as_array().unwrap().len(), 3, "every backup tagged with its source");
+
+    // SIGTERM: a clean stop.
+    let pid = d.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut d = d;
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let audit = env.ok(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--json"]);
+    assert!(audit.contains("\"actor\":\"api:admin\",\"action\":\"backup\",\"target\":\"files\",\"result\":\"succeeded\""), "{audit}");
+}
+
+#[test]
+fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() {
+    let env = Env::new();
+    let mark = env.path("first-run");
+    let plan = env.path("plan.yaml");
+    let slow = format!("command:test -e {m} || {{ touch {m}; sleep 60; }}; echo payload", m = mark.display());
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+         sources:\n  - name: export\n    class: standard\n    url: \"{slow}\"\n    schedule: \"@daily\"\ndaemon:\n  state: {}\n",
+        env.repo,
+        env.path("pw").display(),
+        env.path("state.db").display()
+    );
+    fs::write(&plan, &text).unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:00:00Z");
+    let d = start_daemon(&env, &plan, &clock);
+    wait_jobs(&d, "running", |j| count(j, "export", "backup", "running") == 1);
+    drop(d);
+    let d = start_daemon(&env, &plan, &clock);
+    let j = wait_jobs(&d, "the rerun", |j| count(j, "export", "backup", "succeeded") == 1);
+    let first = &j[0];
+    assert_eq!((first["status"].as_str(), first["reason"].as_str()), (Some("failed"), Some("interrupted")));
+    assert_eq!(j.iter().filter(|x| x["kind"] == "backup").map(|x| x["trigger"].as_str().unwrap()).collect::<Vec<_>>(), ["first", "retry"]);
+    env.ok(&["check"]);
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1, "the killed run saved nothing");
+
+    fs::write(&plan, text.replace("rpo: 1d", "rpo: soon")).unwrap();
+    assert_eq!(http(d.port, "POST", "/api/v1/reload", Some("admin-token")).0, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let audit = loop {
+        let a = env.ok(&["audit", "--state", env.path("state.db").to_str().unwrap()]);
+        if a.contains("reload") || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        audit.contains(&format!("reload   {}", plan.display()))
+            && audit.contains("failed")
+            && audit.contains("cannot read duration \"soon\""),
+        "{audit}"
+    );
+    let (status, sources) = http(d.port, "GET", "/api/v1/sources", Some("read-token"));
+    assert_eq!(status, 200);
+    assert!(sources.contains("\"name\":\"export\""), "the old plan stays: {sources}");
+}

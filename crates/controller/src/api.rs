@@ -1,0 +1,299 @@
+//! The daemon's HTTP side: health and readiness, `/metrics`, a JSON API
+//! (bearer tokens: read-only and admin scopes) and the status page.
+//! `docs/openapi.yaml` describes the API.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::daemon::{Command, Shared};
+use crate::plan::Span;
+
+/// Bearer tokens. With none configured the API is open (the daemon then
+/// listens on loopback only).
+#[derive(Clone, Default)]
+pub struct Tokens {
+    pub admin: Option<String>,
+    pub read: Option<String>,
+}
+
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    tokens: Arc<Tokens>,
+}
+
+#[derive(PartialEq, PartialOrd)]
+enum Scope {
+    Read,
+    Admin,
+}
+
+/// Why a request is refused.
+enum Denied {
+    Unauthorized,
+    Forbidden,
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::Unauthorized => error(StatusCode::UNAUTHORIZED, "a valid bearer token is required"),
+            Denied::Forbidden => error(StatusCode::FORBIDDEN, "this token may only read"),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+impl App {
+    /// 401 without a valid token, 403 with a read-only one on a write endpoint.
+    fn allow(&self, headers: &HeaderMap, need: Scope) -> Result<String, Denied> {
+        let t = &self.tokens;
+        if t.admin.is_none() && t.read.is_none() {
+            return Ok("anonymous".into());
+        }
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let scope = match given {
+            Some(g) if t.admin.as_deref() == Some(g) => Scope::Admin,
+            Some(g) if t.read.as_deref() == Some(g) => Scope::Read,
+            _ => return Err(Denied::Unauthorized),
+        };
+        if scope < need {
+            return Err(Denied::Forbidden);
+        }
+        Ok(if scope == Scope::Admin { "api:admin" } else { "api:read" }.into())
+    }
+}
+
+pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
+    let app = App { shared, tokens: Arc::new(tokens) };
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/classes", get(classes))
+        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/jobs", get(jobs))
+        .route("/api/v1/jobs/{id}", get(job))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/sources/{name}/backup", post(trigger_backup))
+        .route("/api/v1/reload", post(reload))
+        .with_state(app)
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    if app.shared.ready.load(Ordering::SeqCst) {
+        "ready\n".into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "starting or stopping")
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let body = app.shared.metrics.render(&app.shared.plan(), app.shared.clock.now());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// Each class with its targets and its state now: `green` (newest point
+/// within the RPO, last job of every source succeeded), `amber` (within the
+/// RPO, but a job failed since), `red` (RPO missed).
+fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
+    let plan = shared.plan();
+    let now = shared.clock.now();
+    let ages = shared.metrics.rpo_ages(&plan, now);
+    plan.classes
+        .iter()
+        .map(|(name, c)| {
+            let age = ages.get(name).copied().unwrap_or(0.0);
+            let failing: Vec<String> = plan
+                .sources
+                .iter()
+                .filter(|s| &s.class == name)
+                .filter(|s| {
+                    shared.state.jobs(1, Some(&s.name)).ok().and_then(|j| j.into_iter().next()).is_some_and(|j| j.status == "failed")
+                })
+                .map(|s| s.name.clone())
+                .collect();
+            let state = if age > c.rpo.secs() as f64 {
+                "red"
+            } else if failing.is_empty() {
+                "green"
+            } else {
+                "amber"
+            };
+            json!({
+                "name": name, "description": c.description, "rpo": c.rpo.to_string(), "rto": c.rto.to_string(),
+                "rpo_seconds": c.rpo.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
+                "state": state, "failing": failing, "offsite": c.offsite,
+            })
+        })
+        .collect()
+}
+
+async fn classes(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    axum::Json(class_states(&app.shared)).into_response()
+}
+
+async fn sources(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    let plan = app.shared.plan();
+    let next = app.shared.next_runs.lock().expect("not poisoned").clone();
+    let out: Vec<_> = plan
+        .sources
+        .iter()
+        .map(|s| {
+            let last = app.shared.state.last_success(&s.name).ok().flatten();
+            json!({
+                "name": s.name, "class": s.class, "url": redact(&s.url), "schedule": s.schedule,
+                "next_run": next.get(&s.name), "last_success": last.and_then(|j| j.ended_at),
+            })
+        })
+        .collect();
+    axum::Json(out).into_response()
+}
+
+/// A URL without a password in its user part.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    limit: Option<usize>,
+    source: Option<String>,
+}
+
+async fn jobs(State(app): State<App>, headers: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    match app.shared.state.jobs(q.limit.unwrap_or(50).min(1000), q.source.as_deref()) {
+        Ok(j) => axum::Json(j).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn job(State(app): State<App>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    match app.shared.state.job(id) {
+        Ok(Some(j)) => axum::Json(j).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no job {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn audit(State(app): State<App>, headers: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    match app.shared.state.audit_log(q.limit.unwrap_or(100).min(10_000)) {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn trigger_backup(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    let actor = match app.allow(&headers, Scope::Admin) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    if !app.shared.plan().sources.iter().any(|s| s.name == name) {
+        return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
+    }
+    let _ = app.shared.commands.send(Command::Backup { source: name.clone(), actor });
+    (StatusCode::ACCEPTED, axum::Json(json!({"queued": name}))).into_response()
+}
+
+async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {
+    let actor = match app.allow(&headers, Scope::Admin) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let _ = app.shared.commands.send(Command::Reload { actor });
+    (StatusCode::ACCEPTED, axum::Json(json!({"reload": "requested"}))).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+async fn status_page(State(app): State<App>) -> Html<String> {
+    let shared = &app.shared;
+    let mut rows = String::new();
+    for c in class_states(shared) {
+        let age = c["age_seconds"].as_f64().map_or("never".to_string(), |a| Span(std::time::Duration::from_secs(a as u64)).to_string());
+        rows += &format!(
+            "<tr class=\"{state}\" data-class=\"{name}\"><td>{name}</td><td>{rpo}</td><td>{rto}</td><td>{age}</td><td class=\"state\">{state}</td><td>{failing}</td></tr>\n",
+            state = c["state"].as_str().unwrap_or(""),
+            name = esc(c["name"].as_str().unwrap_or("")),
+            rpo = c["rpo"].as_str().unwrap_or(""),
+            rto = c["rto"].as_str().unwrap_or(""),
+            failing = esc(&c["failing"]
+                .as_array()
+                .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()),
+        );
+    }
+    let mut jobs = String::new();
+    for j in shared.state.jobs(20, None).unwrap_or_default() {
+        jobs += &format!(
+            "<tr class=\"job-{status}\"><td>{id}</td><td>{source}</td><td>{kind}</td><td>{start}</td><td>{status}</td><td>{why}</td></tr>\n",
+            id = j.id,
+            source = esc(&j.source),
+            kind = j.kind,
+            start = j.started_at.format("%Y-%m-%d %H:%M:%S"),
+            status = j.status,
+            why = esc([j.reason.unwrap_or_default(), j.message.unwrap_or_default()].join(" ").trim()),
+        );
+    }
+    let next: String = shared
+        .next_runs
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(k, t)| format!("<tr><td>{}</td><td>{}</td></tr>\n", esc(k), t.format("%Y-%m-%d %H:%M:%S UTC")))
+        .collect();
+    Html(format!(
+        include_str!("status.html"),
+        classes = rows,
+        jobs = jobs,
+        next = next,
+        now = shared.clock.now().format("%Y-%m-%d %H:%M:%S UTC")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_left_out_of_urls() {
+        assert_eq!(super::redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
+        assert_eq!(super::redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+    }
+}

@@ -1,0 +1,196 @@
+//! `tresor plan check`: what parses can still contradict itself. Each
+//! finding names the line it is about.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::plan::{Plan, Retention, Span};
+use crate::schedule::Schedule;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub line: usize,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}: {sev}: {}", self.line, self.message)
+    }
+}
+
+/// Where things are in the plan's text (1-based lines; 0 when not found).
+struct Lines<'a> {
+    lines: Vec<&'a str>,
+}
+
+fn indent(l: &str) -> usize {
+    l.len() - l.trim_start_matches([' ', '-']).len()
+}
+
+fn key_of(l: &str) -> Option<&str> {
+    let t = l.trim_start_matches([' ', '-']).trim_start();
+    let (k, _) = t.split_once(':')?;
+    Some(k.trim().trim_matches(['"', '\'']))
+}
+
+fn value_of(l: &str) -> &str {
+    l.split_once(':').map_or("", |(_, v)| v.split(" #").next().unwrap_or("").trim().trim_matches(['"', '\'']))
+}
+
+impl<'a> Lines<'a> {
+    /// The block under a top-level key: (first line, end) as indices.
+    fn section(&self, name: &str) -> (usize, usize) {
+        let start = self.lines.iter().position(|l| indent(l) == 0 && key_of(l) == Some(name)).unwrap_or(self.lines.len());
+        let end = (start + 1..self.lines.len())
+            .find(|&i| indent(self.lines[i]) == 0 && key_of(self.lines[i]).is_some())
+            .unwrap_or(self.lines.len());
+        (start, end)
+    }
+
+    /// The line of `key:` directly under `section` (a class or repository).
+    fn entry(&self, section: &str, key: &str) -> usize {
+        let (start, end) = self.section(section);
+        (start + 1..end).find(|&i| indent(self.lines[i]) == 2 && key_of(self.lines[i]) == Some(key)).map_or(0, |i| i + 1)
+    }
+
+    /// The line of `field:` inside the entry `key` under `section`.
+    fn field(&self, section: &str, key: &str, field: &str) -> usize {
+        let at = self.entry(section, key);
+        if at == 0 {
+            return 0;
+        }
+        let (_, end) = self.section(section);
+        (at..end).take_while(|&i| indent(self.lines[i]) > 2).find(|&i| key_of(self.lines[i]) == Some(field)).map_or(at, |i| i + 1)
+    }
+
+    /// The line of the source's `name:`, and of one of its fields.
+    fn source(&self, name: &str, field: &str) -> usize {
+        let (start, end) = self.section("sources");
+        let Some(at) = (start + 1..end).find(|&i| key_of(self.lines[i]) == Some("name") && value_of(self.lines[i]) == name) else {
+            return 0;
+        };
+        let item = (start + 1..=at).rev().find(|&i| self.lines[i].trim_start().starts_with('-')).unwrap_or(at);
+        let next =
+            (item + 1..end).find(|&i| self.lines[i].trim_start().starts_with('-') && indent(self.lines[i]) <= indent(self.lines[item]));
+        (item..next.unwrap_or(end)).find(|&i| key_of(self.lines[i]) == Some(field)).map_or(at + 1, |i| i + 1)
+    }
+}
+
+/// How far back a retention policy keeps snapshots, roughly.
+fn reach(r: &Retention) -> Duration {
+    let day = 86_400;
+    let spans = [
+        r.hourly.map(|n| u64::from(n) * 3600),
+        r.daily.map(|n| u64::from(n) * day),
+        r.weekly.map(|n| u64::from(n) * 7 * day),
+        r.monthly.map(|n| u64::from(n) * 30 * day),
+        r.yearly.map(|n| u64::from(n) * 365 * day),
+    ];
+    Duration::from_secs(spans.into_iter().flatten().max().unwrap_or(0))
+}
+
+fn error(line: usize, message: String) -> Finding {
+    Finding { line, severity: Severity::Error, message }
+}
+
+fn warning(line: usize, message: String) -> Finding {
+    Finding { line, severity: Severity::Warning, message }
+}
+
+/// Every contradiction and gap in the plan, in file order.
+pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
+    let at = Lines { lines: text.lines().collect() };
+    let mut out = Vec::new();
+    if plan.repositories.is_empty() {
+        out.push(error(at.section("repositories").0 + 1, "no repository: the plan needs at least one".into()));
+    }
+    check_classes(plan, &at, &mut out);
+    check_sources(plan, &at, now, &mut out);
+    if let Some(s) = &plan.daemon.prune_schedule
+        && let Err(e) = Schedule::parse(s)
+    {
+        out.push(error(at.entry("daemon", "prune_schedule"), e));
+    }
+    out.sort_by_key(|f| f.line);
+    out
+}
+
+fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
+    let used: BTreeSet<&str> = plan.sources.iter().map(|s| s.class.as_str()).collect();
+    for (name, class) in &plan.classes {
+        match &class.offsite {
+            Some(repo) if !plan.repositories.contains_key(repo) => out.push(error(
+                at.field("classes", name, "offsite"),
+                format!("class {name}: unknown repository {repo:?} for its off-site copy"),
+            )),
+            Some(_) => {}
+            None => out.push(warning(at.entry("classes", name), format!("class {name} has no off-site copy (offsite: REPOSITORY)"))),
+        }
+        let keeps = reach(&class.retention);
+        if class.retention == Retention::default() {
+            out.push(warning(at.entry("classes", name), format!("class {name} has no retention: every snapshot is kept forever")));
+        } else if let Some(min) = class.retention.minimum
+            && keeps < min.0
+        {
+            out.push(error(
+                at.field("classes", name, "retention"),
+                format!("class {name}: retention keeps about {}, shorter than its minimum {min}", Span(keeps)),
+            ));
+        }
+        if !used.contains(name.as_str()) {
+            out.push(warning(at.entry("classes", name), format!("class {name} has no sources")));
+        }
+    }
+}
+
+fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
+    let mut seen = BTreeSet::new();
+    for s in &plan.sources {
+        if !seen.insert(s.name.as_str()) {
+            out.push(error(at.source(&s.name, "name"), format!("source {} is named twice", s.name)));
+        }
+        let Some(class) = plan.classes.get(&s.class) else {
+            let known = plan.classes.keys().cloned().collect::<Vec<_>>().join(", ");
+            out.push(error(at.source(&s.name, "class"), format!("source {}: unknown class {:?} (classes: {known})", s.name, s.class)));
+            continue;
+        };
+        if let Some(r) = &s.repository
+            && !plan.repositories.contains_key(r)
+        {
+            out.push(error(at.source(&s.name, "repository"), format!("source {}: unknown repository {r:?}", s.name)));
+        }
+        match Schedule::parse(&s.schedule) {
+            Err(e) => out.push(error(at.source(&s.name, "schedule"), format!("source {}: {e}", s.name))),
+            Ok(sched) => {
+                let gap = sched.longest_gap(now) + s.spread.map_or(Duration::ZERO, |d| d.0);
+                if gap > class.rpo.0 {
+                    out.push(error(
+                        at.source(&s.name, "schedule"),
+                        format!(
+                            "source {}: schedule {:?} leaves up to {} between backups, longer than class {}'s RPO {}",
+                            s.name,
+                            s.schedule,
+                            Span(gap),
+                            s.class,
+                            class.rpo
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The daemon: fires every schedule, runs jobs within the concurrency limit
+//! (critical classes first), retries failures with doubling back-off, runs
+//! retention and the off-site copy after each backup, catches up on runs
+//! missed while it was down, and stops cleanly: running jobs get a grace
+//! period, then are killed (a killed backup saves no snapshot).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::check::{Severity, check};
+use crate::metrics::Metrics;
+use crate::plan::Plan;
+use crate::runner::{Kind, Runner, Work};
+use crate::schedule::{Schedule, spread_offset};
+use crate::state::{AuditEntry, Job, Outcome, State};
+use crate::{Error, Result};
+
+/// Where "now" comes from: the system, or (for tests) a file holding an
+/// RFC 3339 time that the test moves forward.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    System,
+    File(PathBuf),
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        match self {
+            Clock::System => Utc::now(),
+            Clock::File(p) => std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+                .map_or_else(Utc::now, |t| t.with_timezone(&Utc)),
+        }
+    }
+}
+
+/// Requests from the API (or signals) to the daemon loop.
+#[derive(Debug)]
+pub enum Command {
+    Backup { source: String, actor: String },
+    Reload { actor: String },
+}
+
+/// What the daemon and the HTTP side share.
+pub struct Shared {
+    pub plan: RwLock<Plan>,
+    pub plan_file: PathBuf,
+    pub state: State,
+    pub metrics: Metrics,
+    pub clock: Clock,
+    pub runner: Runner,
+    /// When each source (and `prune:REPOSITORY`) runs next.
+    pub next_runs: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    pub running: Mutex<BTreeSet<String>>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub ready: AtomicBool,
+    pub tick: Duration,
+    pub grace: Duration,
+}
+
+impl Shared {
+    pub fn plan(&self) -> Plan {
+        self.plan.read().expect("not poisoned").clone()
+    }
+
+    pub fn audit(&self, actor: &str, action: &str, target: &str, result: &str, detail: &str) {
+        let e = AuditEntry {
+            time: self.clock.now(),
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            result: result.into(),
+            detail: detail.into(),
+        };
+        if let Err(e) = self.state.audit(&e) {
+            tracing::error!("audit trail: {e}");
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Queued {
+    priority: u32,
+    due: DateTime<Utc>,
+    name: String,
+    kind: Kind,
+    trigger: &'static str,
+    attempt: u32,
+    actor: String,
+}
+
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.priority.cmp(&o.priority).then(o.due.cmp(&self.due)).then(o.name.cmp(&self.name))
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// Load and check a plan: parse errors and check errors refuse it.
+pub fn load_plan(file: &std::path::Path, now: DateTime<Utc>) -> Result<Plan> {
+    let (plan, text) = Plan::load(file)?;
+    let errors: Vec<_> = check(&plan, &text, now).into_iter().filter(|f| f.severity == Severity::Error).collect();
+    if let Some(first) = errors.first() {
+        return Err(Error::PlanCheck { count: errors.len(), first: format!("{}:{first}", file.display()) });
+    }
+    Ok(plan)
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    queue: BinaryHeap<Queued>,
+    delayed: Vec<Queued>,
+    tasks: JoinSet<(Queued, Outcome)>,
+    cancel: watch::Sender<bool>,
+}
+
+fn next_due(sched: &str, name: &str, spread: Option<Duration>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let next = Schedule::parse(sched).ok()?.next_after(after)?;
+    Some(next + chrono::Duration::from_std(spread_offset(name, spread.unwrap_or_default())).unwrap_or_default())
+}
+
+impl Loop {
+    fn queued(&self, name: &str, kind: Kind, trigger: &'static str, due: DateTime<Utc>, attempt: u32, actor: &str) -> Queued {
+        let plan = self.shared.plan.read().expect("not poisoned");
+        let class = plan.sources.iter().find(|s| s.name == name).map(|s| s.class.clone()).unwrap_or_default();
+        Queued { priority: plan.priority(&class), due, name: name.into(), kind, trigger, attempt, actor: actor.into() }
+    }
+
+    /// Set every next run from `now`; first backups and missed runs are queued now.
+    fn plan_runs(&mut self, now: DateTime<Utc>, at_start: bool) -> Result<()> {
+        let plan = self.shared.plan();
+        let mut next = BTreeMap::new();
+        for s in &plan.sources {
+            if let Some(t) = next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now) {
+                next.insert(s.name.clone(), t);
+            }
+            if !at_start {
+                continue;
+            }
+            let last = self.shared.state.last_scheduled(&s.name, "backup")?;
+            let missed = last.and_then(|l| Schedule::parse(&s.schedule).ok()?.next_after(l)).is_some_and(|t| t <= now);
+            if last.is_none() || (missed && plan.daemon.catch_up) {
+                let trigger = if last.is_none() { "first" } else { "catch-up" };
+                let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");
+                self.queue.push(q);
+            }
+        }
+        if let Some(p) = &plan.daemon.prune_schedule {
+            for repo in plan.repositories.keys() {
+                if let Some(t) = next_due(p, repo, None, now) {
+                    next.insert(format!("prune:{repo}"), t);
+                }
+            }
+        }
+        *self.shared.next_runs.lock().expect("not poisoned") = next;
+        Ok(())
+    }
+
+    fn fire_due(&mut self, now: DateTime<Utc>) {
+        let plan = self.shared.plan();
+        let due: Vec<(String, DateTime<Utc>)> =
+            self.shared.next_runs.lock().expect("not poisoned").iter().filter(|(_, t)| **t <= now).map(|(k, t)| (k.clone(), *t)).collect();
+        for (key, at) in due {
+            let (q, next) = match key.strip_prefix("prune:") {
+                Some(repo) => (
+                    Queued {
+                        priority: 0,
+                        due: at,
+                        name: repo.into(),
+                        kind: Kind::Prune,
+                        trigger: "schedule",
+                        attempt: 0,
+                        actor: "daemon".into(),
+                    },
+                    plan.daemon.prune_schedule.as_deref().and_then(|p| next_due(p, repo, None, now)),
+                ),
+                None => {
+                    let Some(s) = plan.sources.iter().find(|s| s.name == key) else { continue };
+                    (
+                        self.queued(&key, Kind::Backup, "schedule", at, 0, "daemon"),
+                        next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now),
+                    )
+                }
+            };
+            self.queue.push(q);
+            let mut runs = self.shared.next_runs.lock().expect("not poisoned");
+            match next {
+                Some(t) => runs.insert(key, t),
+                None => runs.remove(&key),
+            };
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|q| q.due <= now);
+        self.delayed = waiting;
+        self.queue.extend(ready);
+    }
+
+    /// Start queued jobs while slots are free; a source never runs twice at once.
+    fn start_jobs(&mut self) {
+        let limit = self.shared.plan.read().expect("not poisoned").daemon.concurrency.max(1);
+        let mut skipped = Vec::new();
+        while self.tasks.len() < limit {
+            let Some(q) = self.queue.pop() else { break };
+            let key = format!("{}:{}", q.kind.as_str(), q.name);
+            if !self.shared.running.lock().expect("not poisoned").insert(key) {
+                skipped.push(q);
+                continue;
+            }
+            let shared = self.shared.clone();
+            let cancel = self.cancel.subscribe();
+            self.tasks.spawn(async move {
+                let outcome = run_job(&shared, &q, cancel).await;
+                (q, outcome)
+            });
+        }
+        // A job for a source that is running now waits; duplicates of it are dropped.
+        for q in skipped {
+            if !self.queue.iter().any(|o| o.name == q.name && o.kind == q.kind) {
+                self.delayed.push(Queued { due: q.due, ..q });
+            }
+        }
+        self.shared.metrics.set_running(self.tasks.len());
+    }
+
+    fn finished(&mut self, q: Queued, outcome: Outcome, now: DateTime<Utc>) {
+        self.shared.running.lock().expect("not poisoned").remove(&format!("{}:{}", q.kind.as_str(), q.name));
+        self.shared.metrics.set_running(self.tasks.len());
+        let plan = self.shared.plan();
+        let retries = plan.sources.iter().find(|s| s.name == q.name).and_then(|s| s.retries).unwrap_or(plan.daemon.retries);
+        if outcome.status == "failed" && q.attempt < retries {
+            let wait = plan.daemon.retry_backoff.0 * 2u32.saturating_pow(q.attempt);
+            let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
+            tracing::warn!(
+                "{} {} failed ({}); attempt {} in {}s",
+                q.kind.as_str(),
+                q.name,
+                outcome.reason.as_deref().unwrap_or("error"),
+                q.attempt + 2,
+                wait.as_secs()
+            );
+            self.delayed.push(Queued { due, attempt: q.attempt + 1, trigger: "retry", ..q });
+        }
+    }
+
+    fn command(&mut self, cmd: Command, now: DateTime<Utc>) {
+        match cmd {
+            Command::Backup { source, actor } => {
+                let q = self.queued(&source, Kind::Backup, "api", now, 0, &actor);
+                self.queue.push(Queued { priority: u32::MAX, ..q });
+            }
+            Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
+                Ok(plan) => {
+                    *self.shared.plan.write().expect("not poisoned") = plan;
+                    let _ = self.plan_runs(now, false);
+                    tracing::info!("plan reloaded from {}", self.shared.plan_file.display());
+                    self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "succeeded", "");
+                }
+                Err(e) => {
+                    tracing::error!("the new plan is refused, the old one stays: {e}");
+                    self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "failed", &e.to_string());
+                }
+            },
+        }
+    }
+}
+
+/// Run until `shutdown` resolves; then let running jobs finish within the
+/// grace period and cancel the rest.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let now = shared.clock.now();
+    let (cancel, _) = watch::channel(false);
+    let mut lp = Loop { shared: shared.clone(), queue: BinaryHeap::new(), delayed: Vec::new(), tasks: JoinSet::new(), cancel };
+    for j in shared.state.mark_interrupted(now)? {
+        tracing::warn!("job {} ({} {}) was interrupted when the daemon stopped; running it again", j.id, j.kind, j.source);
+        if j.kind == "backup" {
+            lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
+        }
+    }
+    for s in shared.plan().sources {
+        if let Some(j) = shared.state.last_success(&s.name)? {
+            shared.metrics.seed(&s.name, &s.class, j.ended_at.unwrap_or(j.started_at));
+        }
+    }
+    lp.plan_runs(now, true)?;
+    shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(cmd) = commands.recv() => lp.command(cmd, shared.clock.now()),
+            Some(done) = lp.tasks.join_next() => {
+                if let Ok((q, outcome)) = done {
+                    lp.finished(q, outcome, shared.clock.now());
+                }
+            }
+            _ = tokio::time::sleep(shared.tick) => {}
+        }
+        lp.fire_due(shared.clock.now());
+        lp.start_jobs();
+    }
+    shared.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    if !lp.tasks.is_empty() {
+        tracing::info!("stopping: waiting up to {}s for {} running job(s)", shared.grace.as_secs(), lp.tasks.len());
+    }
+    let deadline = tokio::time::Instant::now() + shared.grace;
+    while !lp.tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, lp.tasks.join_next()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = lp.cancel.send(true);
+                while lp.tasks.join_next().await.is_some() {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
+    if q.kind == Kind::Prune {
+        let repo = plan.repositories.get(&q.name)?.clone();
+        return Some(Work {
+            kind,
+            name: q.name.clone(),
+            class: String::new(),
+            source: None,
+            class_spec: None,
+            repo,
+            offsite: None,
+            timeout: None,
+        });
+    }
+    let s = plan.sources.iter().find(|s| s.name == q.name)?;
+    let class = plan.classes.get(&s.class)?;
+    let (_, repo) = plan.repository_of(s)?;
+    Some(Work {
+        kind,
+        name: s.name.clone(),
+        class: s.class.clone(),
+        source: Some(s.clone()),
+        class_spec: Some(class.clone()),
+        repo: repo.clone(),
+        offsite: class.offsite.as_ref().and_then(|o| plan.repositories.get(o)).cloned(),
+        timeout: s.timeout.map(|t| t.0),
+    })
+}
+
+/// One queued job and, after a successful backup, its retention and copy.
+async fn run_job(shared: &Shared, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
+    let plan = shared.plan();
+    let Some(w) = work(&plan, q, q.kind) else {
+        return Outcome {
+            status: "failed".into(),
+            reason: Some("unknown".into()),
+            message: Some(format!("{} is not in the plan", q.name)),
+            ..Outcome::default()
+        };
+    };
+    let outcome = run_one(shared, q, &w, cancel.clone()).await;
+    if q.kind != Kind::Backup || outcome.status != "succeeded" {
+        return outcome;
+    }
+    let class = w.class_spec.clone().unwrap_or_else(|| unreachable!("a backup has a class"));
+    if class.retention != Default::default() {
+        run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel.clone()).await;
+    }
+    if w.offsite.is_some() {
+        run_one(shared, q, &Work { kind: Kind::Copy, ..w.clone() }, cancel).await;
+    }
+    outcome
+}
+
+async fn run_one(shared: &Shared, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
+    let started = shared.clock.now();
+    let wall = std::time::Instant::now();
+    let job = Job {
+        id: 0,
+        source: w.name.clone(),
+        class: w.class.clone(),
+        kind: w.kind.as_str().into(),
+        trigger: q.trigger.into(),
+        attempt: q.attempt,
+        scheduled_at: q.due,
+        started_at: started,
+        ended_at: None,
+        status: "running".into(),
+        reason: None,
+        message: None,
+        snapshot: None,
+        bytes_processed: None,
+        bytes_added: None,
+        duration: None,
+    };
+    let id = shared.state.start_job(&job);
+    let outcome = shared.runner.run(w, cancel).await;
+    let ended = shared.clock.now();
+    if let Ok(id) = id
+        && let Err(e) = shared.state.finish_job(id, ended, &outcome)
+    {
+        tracing::error!("job history: {e}");
+    }
+    let seconds = wall.elapsed().as_secs_f64();
+    match w.kind {
+        Kind::Backup => shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended),
+        Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),
+        _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
+        _ => {}
+    }
+    let detail = match (&outcome.snapshot, &outcome.reason, &outcome.message) {
+        (Some(s), _, _) => format!("snapshot {s}"),
+        (_, Some(r), Some(m)) => format!("{r}: {m}"),
+        _ => String::new(),
+    };
+    shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
+    outcome
+}

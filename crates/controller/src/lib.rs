@@ -1,0 +1,49 @@
+//! The controller: the backup plan and its checks, the daemon that runs it
+//! on schedule (retries, priorities, catch-up, graceful stop), its state in
+//! SQLite (job history and audit trail), and the HTTP side (API, status
+//! page, Prometheus metrics).
+//!
+//! Jobs run as `tresor` child processes: a job that hangs or is cancelled
+//! is killed without taking the daemon down, and the engine's own
+//! guarantees (no snapshot without all of its data) make a killed job
+//! harmless to the repository.
+
+pub mod api;
+pub mod check;
+pub mod daemon;
+pub mod metrics;
+pub mod plan;
+pub mod runner;
+pub mod schedule;
+pub mod state;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}:{line}: {message}", file.display())]
+    Plan { file: PathBuf, line: usize, message: String },
+    #[error("the plan has {count} error(s); first: {first}")]
+    PlanCheck { count: usize, first: String },
+    #[error("state database {}: {source}", path.display())]
+    State { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// Worth trying again later (a busy state database, a port in use).
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::State { source, .. } => {
+                matches!(source.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+            }
+            Error::Listen { source, .. } => source.kind() == std::io::ErrorKind::AddrInUse,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

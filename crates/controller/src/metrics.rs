@@ -1,0 +1,183 @@
+//! Prometheus metrics, named as the requirement documents name them
+//! (`backup_job_success_total`, `backup_duration_seconds`, …), labelled
+//! per source and class, with the failure reason as a label.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::plan::Plan;
+use crate::state::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub source: String,
+    pub class: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub source: String,
+    pub class: String,
+    pub kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    success: Family<SourceLabels, Counter>,
+    failure: Family<FailureLabels, Counter>,
+    job_failure: Family<JobLabels, Counter>,
+    duration: Family<SourceLabels, FloatGauge>,
+    size: Family<SourceLabels, Gauge>,
+    added: Family<SourceLabels, Gauge>,
+    last_success: Family<SourceLabels, FloatGauge>,
+    last_failure: Family<SourceLabels, FloatGauge>,
+    rpo: Family<ClassLabels, FloatGauge>,
+    rpo_target: Family<ClassLabels, Gauge>,
+    rto_target: Family<ClassLabels, Gauge>,
+    restore_success: Family<SourceLabels, Counter>,
+    restore_failure: Family<FailureLabels, Counter>,
+    lag: Family<SourceLabels, FloatGauge>,
+    running: Gauge,
+    /// Newest successful backup per source, for the RPO gauges.
+    newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let m = Metrics {
+            success: Family::default(),
+            failure: Family::default(),
+            job_failure: Family::default(),
+            duration: Family::default(),
+            size: Family::default(),
+            added: Family::default(),
+            last_success: Family::default(),
+            last_failure: Family::default(),
+            rpo: Family::default(),
+            rpo_target: Family::default(),
+            rto_target: Family::default(),
+            restore_success: Family::default(),
+            restore_failure: Family::default(),
+            lag: Family::default(),
+            running: Gauge::default(),
+            newest: Mutex::default(),
+            registry: Registry::default(),
+        };
+        r.register("backup_job_success", "Backups that saved a snapshot", m.success.clone());
+        r.register("backup_job_failure", "Backups that failed, by reason", m.failure.clone());
+        r.register("tresor_job_failure", "Follow-up jobs (forget, copy, prune) that failed", m.job_failure.clone());
+        r.register("backup_duration_seconds", "Duration of the newest backup", m.duration.clone());
+        r.register("backup_size_bytes", "Bytes read by the newest backup", m.size.clone());
+        r.register("backup_added_bytes", "Bytes the newest backup added to the repository (before compression)", m.added.clone());
+        r.register("backup_last_success_timestamp_seconds", "When the newest successful backup ended", m.last_success.clone());
+        r.register("backup_last_failure_timestamp_seconds", "When the newest failed backup ended", m.last_failure.clone());
+        r.register("backup_rpo_seconds", "Age of the newest restorable point of the class's stalest source", m.rpo.clone());
+        r.register("backup_rpo_target_seconds", "The class's RPO target", m.rpo_target.clone());
+        r.register("backup_rto_target_seconds", "The class's RTO target", m.rto_target.clone());
+        r.register("restore_success", "Restores that succeeded", m.restore_success.clone());
+        r.register("restore_failure", "Restores that failed, by reason", m.restore_failure.clone());
+        r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", m.lag.clone());
+        r.register("backup_jobs_running", "Jobs running now", m.running.clone());
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn set_running(&self, n: usize) {
+        self.running.set(n as i64);
+    }
+
+    /// Seed the newest successful backup (from the state database at start).
+    pub fn seed(&self, source: &str, class: &str, at: DateTime<Utc>) {
+        self.newest.lock().expect("not poisoned").insert(source.into(), at);
+        self.last_success.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(at.timestamp() as f64);
+    }
+
+    pub fn backup_done(&self, source: &str, class: &str, o: &Outcome, seconds: f64, at: DateTime<Utc>) {
+        let l = SourceLabels { source: source.into(), class: class.into() };
+        self.duration.get_or_create(&l).set(seconds);
+        if o.status == "succeeded" {
+            self.success.get_or_create(&l).inc();
+            self.size.get_or_create(&l).set(o.bytes_processed.unwrap_or(0) as i64);
+            self.added.get_or_create(&l).set(o.bytes_added.unwrap_or(0) as i64);
+            self.seed(source, class, at);
+        } else {
+            let reason = o.reason.clone().unwrap_or_else(|| "error".into());
+            self.failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason }).inc();
+            self.last_failure.get_or_create(&l).set(at.timestamp() as f64);
+        }
+    }
+
+    pub fn job_failed(&self, source: &str, class: &str, kind: &str) {
+        self.job_failure.get_or_create(&JobLabels { source: source.into(), class: class.into(), kind: kind.into() }).inc();
+    }
+
+    pub fn restore_done(&self, source: &str, class: &str, ok: bool, reason: &str) {
+        let l = SourceLabels { source: source.into(), class: class.into() };
+        if ok {
+            self.restore_success.get_or_create(&l).inc();
+        } else {
+            self.restore_failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason: reason.into() }).inc();
+        }
+    }
+
+    pub fn lag(&self, source: &str, class: &str, seconds: f64) {
+        self.lag.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(seconds);
+    }
+
+    /// Seconds since each class's stalest source last had a restorable
+    /// point; a source that never had one counts from the Unix epoch (as
+    /// `time() - backup_last_success_timestamp_seconds` would, with 0).
+    pub fn rpo_ages(&self, plan: &Plan, now: DateTime<Utc>) -> BTreeMap<String, f64> {
+        let newest = self.newest.lock().expect("not poisoned");
+        let mut out: BTreeMap<String, f64> = plan.classes.keys().map(|c| (c.clone(), 0.0)).collect();
+        for s in &plan.sources {
+            let age = newest.get(&s.name).map_or(now.timestamp() as f64, |t| (now - *t).num_milliseconds() as f64 / 1000.0);
+            let e = out.entry(s.class.clone()).or_insert(0.0);
+            *e = e.max(age);
+        }
+        out
+    }
+
+    /// The text exposition, RPO gauges computed for `now`.
+    pub fn render(&self, plan: &Plan, now: DateTime<Utc>) -> String {
+        for (class, age) in self.rpo_ages(plan, now) {
+            let l = ClassLabels { class: class.clone() };
+            self.rpo.get_or_create(&l).set(age);
+            if let Some(c) = plan.classes.get(&class) {
+                self.rpo_target.get_or_create(&l).set(c.rpo.secs() as i64);
+                self.rto_target.get_or_create(&l).set(c.rto.secs() as i64);
+            }
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}

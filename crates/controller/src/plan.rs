@@ -1,0 +1,231 @@
+//! The backup plan (`tresor.yaml`): repositories, data classes with their
+//! RPO/RTO targets and retention, and the sources assigned to them with
+//! schedules and hooks. `examples/tresor.yaml` documents every field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    pub repositories: BTreeMap<String, Repository>,
+    pub classes: BTreeMap<String, Class>,
+    pub sources: Vec<SourceSpec>,
+    #[serde(default)]
+    pub daemon: DaemonSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repository {
+    /// A path or URL, as `tresor --repo` takes it.
+    pub url: String,
+    pub password_file: PathBuf,
+    /// Create the repository (and a password file that does not exist) at start.
+    #[serde(default)]
+    pub init: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Class {
+    pub rpo: Span,
+    pub rto: Span,
+    /// Higher runs first when jobs wait for a slot; default from the RPO.
+    pub priority: Option<u32>,
+    #[serde(default)]
+    pub retention: Retention,
+    /// The repository that receives a copy of every backup of this class.
+    pub offsite: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub last: Option<u32>,
+    pub hourly: Option<u32>,
+    pub daily: Option<u32>,
+    pub weekly: Option<u32>,
+    pub monthly: Option<u32>,
+    pub yearly: Option<u32>,
+    /// The shortest history the class must keep (a stated minimum, e.g. a
+    /// legal retention period): `plan check` refuses a policy shorter.
+    pub minimum: Option<Span>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    pub name: String,
+    pub class: String,
+    /// A data-source URL (`redis://…`, `postgres://…`, `command:…`, …) or a path.
+    pub url: String,
+    pub schedule: String,
+    /// Start each run up to this much later than scheduled, the same offset
+    /// for a source every time, so sources on one schedule do not all start together.
+    pub spread: Option<Span>,
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub hooks: Hooks,
+    /// Attempts after the first failure, with doubling back-off.
+    pub retries: Option<u32>,
+    /// Cancel a run that takes longer.
+    pub timeout: Option<Span>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    pub pre: Option<String>,
+    pub post: Option<String>,
+    pub timeout: Option<Span>,
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Fail,
+    Continue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    pub listen: String,
+    /// Jobs at once.
+    pub concurrency: usize,
+    /// After downtime, run each schedule missed meanwhile once.
+    pub catch_up: bool,
+    /// First retry delay; doubles with each attempt.
+    pub retry_backoff: Span,
+    /// Default attempts after a failure.
+    pub retries: u32,
+    /// The SQLite state (job history, audit trail).
+    pub state: Option<PathBuf>,
+    /// Files holding the API's bearer tokens.
+    pub admin_token_file: Option<PathBuf>,
+    pub read_token_file: Option<PathBuf>,
+    /// Run `prune` on this schedule (after `forget`, which follows every backup).
+    pub prune_schedule: Option<String>,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            listen: "127.0.0.1:9750".into(),
+            concurrency: 2,
+            catch_up: true,
+            retry_backoff: Span(Duration::from_secs(60)),
+            retries: 3,
+            state: None,
+            admin_token_file: None,
+            read_token_file: None,
+            prune_schedule: Some("@daily".into()),
+        }
+    }
+}
+
+/// A duration as plans write it: `90s`, `15m` (or `15min`), `2h`, `30d`, `2w`, `1y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub fn parse(text: &str) -> Result<Span, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let n: u64 = n.parse().map_err(|_| format!("cannot read duration {text:?} (use e.g. 90s, 15m, 2h, 30d)"))?;
+        let secs = match unit {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 7 * 86_400,
+            "y" => 365 * 86_400,
+            _ => return Err(format!("cannot read duration {text:?} (use e.g. 90s, 15m, 2h, 30d)")),
+        };
+        Ok(Span(Duration::from_secs(n * secs)))
+    }
+
+    pub fn secs(self) -> u64 {
+        self.0.as_secs()
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.secs();
+        for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if s >= n && s.is_multiple_of(n) {
+                return write!(f, "{}{unit}", s / n);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let text = String::deserialize(d)?;
+        Span::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Plan {
+    /// Parse a plan; a syntax or type error names its line.
+    pub fn parse(text: &str, file: &Path) -> Result<Plan, Error> {
+        serde_norway::from_str(text).map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line());
+            let msg = e.to_string();
+            // The location is ours to print, once, in front.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            Error::Plan { file: file.to_path_buf(), line, message: msg }
+        })
+    }
+
+    pub fn load(file: &Path) -> Result<(Plan, String), Error> {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::Plan { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
+        Ok((Plan::parse(&text, file)?, text))
+    }
+
+    /// The repository a source writes to: its own, else the first one.
+    pub fn repository_of<'a>(&'a self, s: &'a SourceSpec) -> Option<(&'a str, &'a Repository)> {
+        match &s.repository {
+            Some(name) => self.repositories.get_key_value(name).map(|(k, v)| (k.as_str(), v)),
+            None => self.repositories.iter().next().map(|(k, v)| (k.as_str(), v)),
+        }
+    }
+
+    pub fn priority(&self, class: &str) -> u32 {
+        let Some(c) = self.classes.get(class) else { return 0 };
+        // Without an explicit priority, a tighter RPO goes first.
+        c.priority.unwrap_or_else(|| (1_000_000 / c.rpo.secs().max(1)).min(u64::from(u32::MAX)) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_and_print_as_plans_write_them() {
+        assert_eq!(Span::parse("15m").unwrap().secs(), 900);
+        assert_eq!(Span::parse("15min").unwrap().secs(), 900);
+        assert_eq!(Span::parse("2h").unwrap().to_string(), "2h");
+        assert_eq!(Span::parse("90s").unwrap().to_string(), "90s");
+        assert_eq!(Span::parse("36h").unwrap().to_string(), "36h");
+        assert_eq!(Span::parse("2x").unwrap_err(), "cannot read duration \"2x\" (use e.g. 90s, 15m, 2h, 30d)");
+    }
+}

@@ -1,0 +1,217 @@
+//! Running one job: a `tresor` child process with the plan's settings,
+//! its JSON summary read back, and a failure reduced to a typed reason.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::plan::{Class, OnError, Repository, SourceSpec};
+use crate::state::Outcome;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Backup,
+    Forget,
+    Copy,
+    Prune,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backup => "backup",
+            Kind::Forget => "forget",
+            Kind::Copy => "copy",
+            Kind::Prune => "prune",
+        }
+    }
+}
+
+/// Everything one run needs, resolved from the plan.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub kind: Kind,
+    /// The source's name (for `prune`: the repository's).
+    pub name: String,
+    pub class: String,
+    pub source: Option<SourceSpec>,
+    pub class_spec: Option<Class>,
+    pub repo: Repository,
+    pub offsite: Option<Repository>,
+    pub timeout: Option<Duration>,
+}
+
+/// Runs `tresor` (this very program, as a child).
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub exe: PathBuf,
+}
+
+fn tag_args(w: &Work) -> Vec<String> {
+    vec!["--tag".into(), format!("source={}", w.name)]
+}
+
+impl Runner {
+    fn args(&self, w: &Work) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--repo".into(),
+            w.repo.url.clone(),
+            "--password-file".into(),
+            w.repo.password_file.display().to_string(),
+            "--json".into(),
+            "--quiet".into(),
+        ];
+        match w.kind {
+            Kind::Backup => {
+                let s = w.source.as_ref().expect("a backup has a source");
+                a.extend(["backup".into(), s.url.clone()]);
+                a.extend(tag_args(w));
+                a.extend(["--tag".into(), format!("class={}", w.class)]);
+                for t in &s.tags {
+                    a.extend(["--tag".into(), t.clone()]);
+                }
+                let h = &s.hooks;
+                for (flag, v) in [("--pre-hook", &h.pre), ("--post-hook", &h.post)] {
+                    if let Some(v) = v {
+                        a.extend([flag.into(), v.clone()]);
+                    }
+                }
+                if let Some(t) = h.timeout {
+                    a.extend(["--hook-timeout".into(), format!("{}s", t.secs())]);
+                }
+                if h.on_error == OnError::Continue {
+                    a.extend(["--on-error".into(), "continue".into()]);
+                }
+            }
+            Kind::Forget => {
+                let r = &w.class_spec.as_ref().expect("forget has a class").retention;
+                a.push("forget".into());
+                a.extend(tag_args(w));
+                for (flag, n) in [
+                    ("--keep-last", r.last),
+                    ("--keep-hourly", r.hourly),
+                    ("--keep-daily", r.daily),
+                    ("--keep-weekly", r.weekly),
+                    ("--keep-monthly", r.monthly),
+                    ("--keep-yearly", r.yearly),
+                ] {
+                    if let Some(n) = n {
+                        a.extend([flag.into(), n.to_string()]);
+                    }
+                }
+            }
+            Kind::Copy => {
+                let to = w.offsite.as_ref().expect("copy has a target");
+                a.extend([
+                    "copy".into(),
+                    "--to".into(),
+                    to.url.clone(),
+                    "--to-password-file".into(),
+                    to.password_file.display().to_string(),
+                ]);
+                a.extend(tag_args(w));
+            }
+            Kind::Prune => a.push("prune".into()),
+        }
+        a
+    }
+
+    /// Run to the end, the time limit, or cancellation.
+    pub async fn run(&self, w: &Work, mut cancel: watch::Receiver<bool>) -> Outcome {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(self.args(w)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        // A daemon that is killed takes its jobs with it: nothing runs on unsupervised.
+        // SAFETY: prctl is async-signal-safe and touches only this (child) process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return failed("error", format!("cannot start {}: {e}", self.exe.display())),
+        };
+        let limit = w.timeout.unwrap_or(Duration::from_secs(24 * 3600));
+        let output = child.wait_with_output();
+        tokio::select! {
+            out = output => match out {
+                Ok(out) => outcome(out.status.code(), &String::from_utf8_lossy(&out.stdout), &String::from_utf8_lossy(&out.stderr)),
+                Err(e) => failed("error", e.to_string()),
+            },
+            _ = tokio::time::sleep(limit) => failed("timeout", format!("cancelled after its time limit of {}s", limit.as_secs())),
+            _ = cancel.wait_for(|c| *c) => Outcome { status: "cancelled".into(), reason: Some("shutdown".into()), message: Some("the daemon stopped".into()), ..Outcome::default() },
+        }
+    }
+}
+
+fn failed(reason: &str, message: String) -> Outcome {
+    Outcome { status: "failed".into(), reason: Some(reason.into()), message: Some(message), ..Outcome::default() }
+}
+
+/// The reason behind a failure, from the exit code and tresor's one-line error.
+pub fn reason(code: Option<i32>, error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| e.contains(w));
+    match code {
+        None => "interrupted",
+        Some(10) => "repository_missing",
+        Some(12) => "wrong_password",
+        _ if has(&["hook"]) => "hook_failed",
+        _ if has(&["no space left", "quota", "storage full"]) => "storage_full",
+        _ if has(&["authentication", "noauth", "wrongpass", "password", "permission denied"]) => "source_auth",
+        _ if has(&["crc64", "sha-256", "corrupt", "truncated", "closed the connection"]) => "source_corrupt",
+        _ if has(&[
+            "cannot connect",
+            "connection refused",
+            "could not connect",
+            "connection to server",
+            "unreachable",
+            "timed out",
+            "dns",
+        ]) =>
+        {
+            "source_unreachable"
+        }
+        _ if has(&["storage", "repository"]) => "repository",
+        _ => "error",
+    }
+}
+
+fn outcome(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
+    let summary: Option<serde_json::Value> = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+    if code == Some(0) || code == Some(3) {
+        let s = summary.unwrap_or_default();
+        let message = (code == Some(3)).then(|| "some files could not be read".to_string());
+        return Outcome {
+            status: "succeeded".into(),
+            reason: None,
+            message,
+            snapshot: s["snapshot_id"].as_str().map(String::from),
+            bytes_processed: s["total_bytes_processed"].as_u64(),
+            bytes_added: s["data_added"].as_u64().or(s["bytes_copied"].as_u64()),
+            lag_seconds: s["lag_seconds"].as_f64(),
+        };
+    }
+    let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("tresor: error: ").to_string();
+    failed(reason(code, &line), if line.is_empty() { format!("exit code {code:?}") } else { line })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reason;
+
+    #[test]
+    fn failures_get_a_typed_reason() {
+        assert_eq!(reason(Some(1), "redis://127.0.0.1:1: cannot connect: Connection refused (os error 111)"), "source_unreachable");
+        assert_eq!(reason(Some(1), "redis://x:1: authentication failed: WRONGPASS"), "source_auth");
+        assert_eq!(reason(Some(12), "wrong password"), "wrong_password");
+        assert_eq!(reason(Some(10), "no repository at /x"), "repository_missing");
+        assert_eq!(reason(Some(1), "storage write of data/ab failed: No space left on device"), "storage_full");
+        assert_eq!(reason(None, ""), "interrupted");
+        assert_eq!(reason(Some(1), "pre-hook failed (exit status: 2): boom"), "hook_failed");
+    }
+}

@@ -1,0 +1,239 @@
+//! The daemon's state in SQLite: every job (scheduled, retried, manual)
+//! with its outcome, and the audit trail of everything done to the data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    class TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    scheduled_at TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL,
+    reason TEXT,
+    message TEXT,
+    snapshot TEXT,
+    bytes_processed INTEGER,
+    bytes_added INTEGER,
+    duration REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    result TEXT NOT NULL,
+    detail TEXT NOT NULL
+);";
+
+pub struct State {
+    path: PathBuf,
+    db: Mutex<Connection>,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub source: String,
+    pub class: String,
+    /// `backup`, `forget`, `copy`, `prune`.
+    pub kind: String,
+    /// `schedule`, `catch-up`, `retry`, `api`.
+    pub trigger: String,
+    pub attempt: u32,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `running`, `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub snapshot: Option<String>,
+    pub bytes_processed: Option<u64>,
+    pub bytes_added: Option<u64>,
+    pub duration: Option<f64>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub status: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub snapshot: Option<String>,
+    pub bytes_processed: Option<u64>,
+    pub bytes_added: Option<u64>,
+    /// For a copy: how far the off-site repository is behind.
+    pub lag_seconds: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    pub time: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+    pub detail: String,
+}
+
+fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        class: r.get(2)?,
+        kind: r.get(3)?,
+        trigger: r.get(4)?,
+        attempt: r.get(5)?,
+        scheduled_at: r.get(6)?,
+        started_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        status: r.get(9)?,
+        reason: r.get(10)?,
+        message: r.get(11)?,
+        snapshot: r.get(12)?,
+        bytes_processed: r.get(13)?,
+        bytes_added: r.get(14)?,
+        duration: r.get(15)?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
+                           snapshot, bytes_processed, bytes_added, duration";
+
+impl State {
+    pub fn open(path: &Path) -> Result<State> {
+        let fail = |source| Error::State { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Connection::open(path).map_err(fail)?;
+        db.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
+        db.execute_batch("PRAGMA journal_mode = WAL;").map_err(fail)?;
+        db.execute_batch(SCHEMA).map_err(fail)?;
+        Ok(State { path: path.to_path_buf(), db: Mutex::new(db) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let db = self.db.lock().expect("not poisoned");
+        f(&db).map_err(|source| Error::State { path: self.path.clone(), source })
+    }
+
+    /// Record a job as running; its id.
+    pub fn start_job(&self, j: &Job) -> Result<i64> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO jobs (source, class, kind, trigger, attempt, scheduled_at, started_at, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running')",
+                params![j.source, j.class, j.kind, j.trigger, j.attempt, j.scheduled_at, j.started_at],
+            )?;
+            Ok(db.last_insert_rowid())
+        })
+    }
+
+    pub fn finish_job(&self, id: i64, ended: DateTime<Utc>, o: &Outcome) -> Result<()> {
+        self.with(|db| {
+            db.execute(
+                "UPDATE jobs SET ended_at = ?2, status = ?3, reason = ?4, message = ?5, snapshot = ?6, bytes_processed = ?7, bytes_added = ?8, \
+                 duration = (julianday(?2) - julianday(started_at)) * 86400.0 WHERE id = ?1",
+                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Jobs a killed daemon left running: now failed (interrupted).
+    pub fn mark_interrupted(&self, now: DateTime<Utc>) -> Result<Vec<Job>> {
+        let jobs = self.with(|db| {
+            let mut q = db.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY id"))?;
+            q.query_map([], row_to_job)?.collect::<rusqlite::Result<Vec<Job>>>()
+        })?;
+        let outcome = Outcome {
+            status: "failed".into(),
+            reason: Some("interrupted".into()),
+            message: Some("the daemon stopped while the job ran".into()),
+            ..Outcome::default()
+        };
+        for j in &jobs {
+            self.finish_job(j.id, now, &outcome)?;
+        }
+        Ok(jobs)
+    }
+
+    /// The newest jobs first, optionally of one source.
+    pub fn jobs(&self, limit: usize, source: Option<&str>) -> Result<Vec<Job>> {
+        self.with(|db| {
+            let mut q =
+                db.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR source = ?1) ORDER BY id DESC LIMIT ?2"))?;
+            q.query_map(params![source, limit as i64], row_to_job)?.collect()
+        })
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<Job>> {
+        self.with(|db| db.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], row_to_job).optional())
+    }
+
+    /// The newest successful backup of a source.
+    pub fn last_success(&self, source: &str) -> Result<Option<Job>> {
+        self.with(|db| {
+            db.query_row(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE source = ?1 AND kind = 'backup' AND status = 'succeeded' ORDER BY id DESC LIMIT 1"
+                ),
+                [source],
+                row_to_job,
+            )
+            .optional()
+        })
+    }
+
+    /// When the newest run of a schedule was due (for catch-up after downtime).
+    pub fn last_scheduled(&self, source: &str, kind: &str) -> Result<Option<DateTime<Utc>>> {
+        self.with(|db| {
+            db.query_row("SELECT max(scheduled_at) FROM jobs WHERE source = ?1 AND kind = ?2", [source, kind], |r| r.get(0))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+
+    pub fn audit(&self, e: &AuditEntry) -> Result<()> {
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO audit (time, actor, action, target, result, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.time, e.actor, e.action, e.target, e.result, e.detail],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.with(|db| {
+            let mut q = db.prepare("SELECT time, actor, action, target, result, detail FROM audit ORDER BY id DESC LIMIT ?1")?;
+            q.query_map([limit as i64], |r| {
+                Ok(AuditEntry {
+                    time: r.get(0)?,
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    result: r.get(4)?,
+                    detail: r.get(5)?,
+                })
+            })?
+            .collect()
+        })
+    }
+}
