@@ -263,6 +263,7 @@ impl Loop {
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {
+                    self.shared.metrics.declare(&plan);
                     *self.shared.plan.write().expect("not poisoned") = plan;
                     let _ = self.plan_runs(now, false);
                     tracing::info!("plan reloaded from {}", self.shared.plan_file.display());
@@ -293,6 +294,7 @@ pub async fn run(
             lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
         }
     }
+    shared.metrics.declare(&shared.plan());
     for s in shared.plan().sources {
         if let Some(j) = shared.state.last_success(&s.name)? {
             shared.metrics.seed(&s.name, &s.class, j.ended_at.unwrap_or(j.started_at));

@@ -35,6 +35,11 @@ pub struct ClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepoLabels {
+    pub repository: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub source: String,
     pub class: String,
@@ -58,8 +63,11 @@ pub struct Metrics {
     rto_target: Family<ClassLabels, Gauge>,
     restore_success: Family<SourceLabels, Counter>,
     restore_failure: Family<FailureLabels, Counter>,
+    restore_duration: Family<SourceLabels, FloatGauge>,
     lag: Family<SourceLabels, FloatGauge>,
     running: Gauge,
+    storage_free: Family<RepoLabels, Gauge>,
+    storage_size: Family<RepoLabels, Gauge>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
@@ -87,8 +95,11 @@ impl Metrics {
             rto_target: Family::default(),
             restore_success: Family::default(),
             restore_failure: Family::default(),
+            restore_duration: Family::default(),
             lag: Family::default(),
             running: Gauge::default(),
+            storage_free: Family::default(),
+            storage_size: Family::default(),
             newest: Mutex::default(),
             registry: Registry::default(),
         };
@@ -105,9 +116,30 @@ impl Metrics {
         r.register("backup_rto_target_seconds", "The class's RTO target", m.rto_target.clone());
         r.register("restore_success", "Restores that succeeded", m.restore_success.clone());
         r.register("restore_failure", "Restores that failed, by reason", m.restore_failure.clone());
+        r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", m.restore_duration.clone());
         r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", m.lag.clone());
         r.register("backup_jobs_running", "Jobs running now", m.running.clone());
+        r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
+        r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", m.storage_size.clone());
         Metrics { registry: r, ..m }
+    }
+
+    /// Create every source's series at zero (its restore time and
+    /// replication lag as NaN: none measured yet), so a first failure is an increase, and dashboards
+    /// and alerts see the series from the start.
+    pub fn declare(&self, plan: &Plan) {
+        for s in &plan.sources {
+            let l = SourceLabels { source: s.name.clone(), class: s.class.clone() };
+            let _ = self.success.get_or_create(&l);
+            let _ = self.restore_success.get_or_create(&l);
+            self.restore_duration.get_or_create(&l).set(f64::NAN);
+            if plan.classes.get(&s.class).is_some_and(|c| c.offsite.is_some()) {
+                self.lag.get_or_create(&l).set(f64::NAN);
+            }
+            for reason in crate::runner::REASONS {
+                self.failure.get_or_create(&FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() });
+            }
+        }
     }
 
     pub fn set_running(&self, n: usize) {
@@ -139,8 +171,9 @@ impl Metrics {
         self.job_failure.get_or_create(&JobLabels { source: source.into(), class: class.into(), kind: kind.into() }).inc();
     }
 
-    pub fn restore_done(&self, source: &str, class: &str, ok: bool, reason: &str) {
+    pub fn restore_done(&self, source: &str, class: &str, ok: bool, reason: &str, seconds: f64) {
         let l = SourceLabels { source: source.into(), class: class.into() };
+        self.restore_duration.get_or_create(&l).set(seconds);
         if ok {
             self.restore_success.get_or_create(&l).inc();
         } else {
@@ -176,8 +209,31 @@ impl Metrics {
                 self.rto_target.get_or_create(&l).set(c.rto.secs() as i64);
             }
         }
+        for (name, repo) in &plan.repositories {
+            if let Some((free, size)) = local_space(&repo.url) {
+                let l = RepoLabels { repository: name.clone() };
+                self.storage_free.get_or_create(&l).set(free as i64);
+                self.storage_size.get_or_create(&l).set(size as i64);
+            }
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// Free and total bytes of the file system holding a local repository
+/// (URLs with a scheme are remote: their space is the provider's to report).
+fn local_space(url: &str) -> Option<(u64, u64)> {
+    if url.contains("://") {
+        return None;
+    }
+    let path = std::ffi::CString::new(url).ok()?;
+    // SAFETY: statvfs writes only into the zeroed struct we pass, and the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frag = st.f_frsize as u64;
+    Some((st.f_bavail as u64 * frag, st.f_blocks as u64 * frag))
 }

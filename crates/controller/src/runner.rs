@@ -152,6 +152,22 @@ fn failed(reason: &str, message: String) -> Outcome {
     Outcome { status: "failed".into(), reason: Some(reason.into()), message: Some(message), ..Outcome::default() }
 }
 
+/// Every reason a failed job can have.
+pub const REASONS: [&str; 12] = [
+    "source_unreachable",
+    "source_auth",
+    "source_corrupt",
+    "hook_failed",
+    "storage_full",
+    "repository",
+    "repository_missing",
+    "wrong_password",
+    "timeout",
+    "interrupted",
+    "shutdown",
+    "error",
+];
+
 /// The reason behind a failure, from the exit code and tresor's one-line error.
 pub fn reason(code: Option<i32>, error: &str) -> &'static str {
     let e = error.to_ascii_lowercase();

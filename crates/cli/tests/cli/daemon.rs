@@ -11,9 +11,11 @@ use tresor_testkit::RedisServer;
 
 use super::*;
 
-/// One HTTP/1.1 request; the status and body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// One HTTP/1.1 request; the status and body (status 0: nobody listens).
+pub(super) fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut text = String::new();
@@ -24,9 +26,9 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
     (status, body.to_string())
 }
 
-struct Daemon {
-    child: Child,
-    port: u16,
+pub(super) struct Daemon {
+    pub(super) child: Child,
+    pub(super) port: u16,
 }
 
 impl Drop for Daemon {
@@ -36,11 +38,13 @@ impl Drop for Daemon {
     }
 }
 
-fn start_daemon(env: &Env, plan: &Path, clock: &Path) -> Daemon {
+pub(super) fn start_daemon(env: &Env, plan: &Path, clock: Option<&Path>) -> Daemon {
     let port = tresor_testkit::net::free_port();
-    let child = env
-        .cmd(&["daemon", "--plan", plan.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grace", "5s"])
-        .env("TRESOR_CLOCK_FILE", clock)
+    let mut cmd = env.cmd(&["daemon", "--plan", plan.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grace", "5s"]);
+    if let Some(clock) = clock {
+        cmd.env("TRESOR_CLOCK_FILE", clock);
+    }
+    let child = cmd
         .env("TRESOR_TICK_MS", "100")
         .env("TRESOR_API_TOKEN", "admin-token")
         .env("TRESOR_API_READ_TOKEN", "read-token")
@@ -71,7 +75,7 @@ fn jobs(d: &Daemon) -> Vec<serde_json::Value> {
 }
 
 /// Wait until `want` holds for the job list.
-fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+pub(super) fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let j = jobs(d);
@@ -91,7 +95,7 @@ fn set_clock(clock: &Path, at: &str) {
     fs::write(clock, at).unwrap();
 }
 
-fn count(j: &[serde_json::Value], source: &str, kind: &str, status: &str) -> usize {
+pub(super) fn count(j: &[serde_json::Value], source: &str, kind: &str, status: &str) -> usize {
     j.iter().filter(|x| x["source"] == source && x["kind"] == kind && x["status"] == status).count()
 }
 
@@ -135,17 +139,19 @@ fn plan_check_names_the_line_of_every_contradiction() {
     assert!(out.ends_with(": 4 sources, 2 classes: 0 errors, 0 warnings\n"), "the documented example is a clean plan: {out}");
 }
 
-fn write_plan(env: &Env, redis: &RedisServer, dead: u16) -> PathBuf {
+pub(super) fn write_plan(env: &Env, redis: &RedisServer, dead: u16) -> PathBuf {
     let plan = env.path("plan.yaml");
     fs::create_dir_all(env.path("files")).unwrap();
     fs::write(env.path("files/a.txt"), "alpha\n").unwrap();
     let text = format!(
-        "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\nclasses:\n  critical:\n    rpo: 15m\n    rto: 1h\n    \
+        "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\n  offsite:\n    url: {offsite}\n    \
+         password_file: {pw}\n    init: true\nclasses:\n  critical:\n    rpo: 15m\n    rto: 1h\n    offsite: offsite\n    \
          retention:\n      last: 3\n  standard:\n    rpo: 1d\n    rto: 4h\nsources:\n  - name: files\n    class: standard\n    url: {files}\n    \
          schedule: \"0 * * * *\"\n  - name: cache\n    class: critical\n    url: {redis}\n    schedule: \"*/15 * * * *\"\n  - name: down\n    \
          class: critical\n    url: redis://127.0.0.1:{dead}\n    schedule: \"*/15 * * * *\"\n    retries: 1\ndaemon:\n  retry_backoff: 1m\n  \
          concurrency: 2\n  state: {state}\n  prune_schedule: \"0 3 * * *\"\n",
         repo = env.repo,
+        offsite = env.path("offsite").display(),
         pw = env.path("pw").display(),
         files = env.path("files").display(),
         redis = redis.url(),
@@ -163,7 +169,7 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
     let clock = env.path("clock");
     set_clock(&clock, "2026-11-21T10:07:00Z");
-    let d = start_daemon(&env, &plan, &clock);
+    let d = start_daemon(&env, &plan, Some(&clock));
 
     // Sources never backed up run at once; the one that is down fails with its reason.
     let j = wait_jobs(&d, "first runs", |j| {
@@ -173,6 +179,8 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     });
     assert_eq!(j.iter().find(|x| x["source"] == "down").unwrap()["reason"], "source_unreachable");
     assert_eq!(count(&j, "cache", "forget", "succeeded"), 1, "retention runs after a backup of a class with one");
+    let j = wait_jobs(&d, "the off-site copy", |j| count(j, "cache", "copy", "succeeded") == 1);
+    assert_eq!(count(&j, "files", "copy", "succeeded"), 0, "class standard has no off-site copy");
     // The retry comes after the back-off, and only once (retries: 1).
     set_clock(&clock, "2026-11-21T10:08:05Z");
     let j = wait_jobs(&d, "the retry", |j| count(j, "down", "backup", "failed") == 2);
@@ -240,10 +248,10 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     fs::write(&plan, &text).unwrap();
     let clock = env.path("clock");
     set_clock(&clock, "2026-11-21T10:00:00Z");
-    let d = start_daemon(&env, &plan, &clock);
+    let d = start_daemon(&env, &plan, Some(&clock));
     wait_jobs(&d, "running", |j| count(j, "export", "backup", "running") == 1);
     drop(d);
-    let d = start_daemon(&env, &plan, &clock);
+    let d = start_daemon(&env, &plan, Some(&clock));
     let j = wait_jobs(&d, "the rerun", |j| count(j, "export", "backup", "succeeded") == 1);
     let first = &j[0];
     assert_eq!((first["status"].as_str(), first["reason"].as_str()), (Some("failed"), Some("interrupted")));

@@ -14,6 +14,7 @@ use tresor_testkit::S3Server;
 mod conformance;
 mod crash;
 mod daemon;
+mod deploy;
 mod pitr;
 mod prune;
 mod repair;

@@ -1,0 +1,121 @@
+//! What `deploy/` ships, against the real tools: the alert rules pass
+//! promtool's checks and unit tests, a real Prometheus scrapes a running
+//! daemon and fires the failed-job alert for the source that is down, and
+//! the Grafana dashboard asks only for metrics the daemon exports.
+
+use std::time::{Duration, Instant};
+
+use tresor_testkit::RedisServer;
+
+use super::daemon::{count, http, start_daemon, wait_jobs, write_plan};
+use super::*;
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool").args(args).current_dir(format!("{DEPLOY}/prometheus")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {args:?}: {text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtools_checks_and_unit_tests() {
+    assert!(promtool(&["check", "rules", "tresor-rules.yaml"]).contains("SUCCESS: 8 rules found"));
+    assert!(promtool(&["test", "rules", "tresor-rules.test.yaml"]).trim_end().ends_with("SUCCESS"));
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Poll a Prometheus query until it returns something; the result array.
+fn query(port: u16, q: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = http(port, "GET", &format!("/api/v1/query?query={}", encode(q)), None);
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body[body.find('{').unwrap()..=body.rfind('}').unwrap()]).unwrap();
+            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            if !result.is_empty() {
+                return result;
+            }
+        }
+        assert!(Instant::now() < deadline, "no result for {q}: {status} {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+struct Prometheus(std::process::Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let d = start_daemon(&env, &plan, None);
+    wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && count(j, "cache", "copy", "succeeded") == 1
+            && count(j, "down", "backup", "failed") >= 1
+    });
+
+    let port = tresor_testkit::net::free_port();
+    let config = env.path("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: [\"{DEPLOY}/prometheus/tresor-rules.yaml\"]\n\
+             scrape_configs:\n  - job_name: tresor\n    static_configs: [{{ targets: [\"127.0.0.1:{}\"] }}]\n",
+            d.port
+        ),
+    )
+    .unwrap();
+    let _prom = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", env.path("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus)"),
+    );
+    let up = query(port, "up{job=\"tresor\"} == 1");
+    assert_eq!(up.len(), 1);
+    let ok = query(port, "backup_job_success_total{source=\"files\"}");
+    assert_eq!(ok[0]["value"][1], "1", "{ok:?}");
+    let alerts = query(port, "ALERTS{alertname=\"BackupJobFailed\", alertstate=\"firing\"}");
+    let sources: Vec<&str> = alerts.iter().filter_map(|a| a["metric"]["source"].as_str()).collect();
+    assert_eq!(sources, ["down"], "only the source that is down: {alerts:?}");
+    assert_eq!(alerts[0]["metric"]["class"], "critical");
+
+    // The dashboard asks only for metrics the daemon exports.
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    let exported: Vec<&str> = metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let dash: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(format!("{DEPLOY}/grafana/tresor-dashboard.json")).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for p in panels {
+        let expr = p["targets"][0]["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("backup_") || w.starts_with("restore_"))
+            .collect();
+        assert!(!names.is_empty(), "{expr}");
+        for n in names {
+            let base = n.trim_end_matches("_total");
+            assert!(exported.contains(&base), "panel {:?} uses {n}, which /metrics does not export", p["title"]);
+        }
+    }
+}
