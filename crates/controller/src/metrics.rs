@@ -137,7 +137,8 @@ impl Metrics {
                 self.lag.get_or_create(&l).set(f64::NAN);
             }
             for reason in crate::runner::REASONS {
-                self.failure.get_or_create(&FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() });
+                let _ =
+                    self.failure.get_or_create(&FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() });
             }
         }
     }
