@@ -113,6 +113,8 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         ready: Default::default(),
         tick,
         grace: crate::commands::parse_duration(&a.grace)?,
+        failing: Default::default(),
+        http: tresor_controller::notify::client(),
     });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::check::{Severity, check};
 use crate::metrics::Metrics;
+use crate::notify::{Change, Event, deliver};
 use crate::plan::Plan;
 use crate::runner::{Kind, Runner, Work};
 use crate::schedule::{Schedule, spread_offset};
@@ -65,6 +66,9 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub tick: Duration,
     pub grace: Duration,
+    /// Sources whose newest backup failed, and since when.
+    pub failing: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    pub http: reqwest::Client,
 }
 
 impl Shared {
@@ -299,6 +303,10 @@ pub async fn run(
         if let Some(j) = shared.state.last_success(&s.name)? {
             shared.metrics.seed(&s.name, &s.class, j.ended_at.unwrap_or(j.started_at));
         }
+        let last = shared.state.jobs(50, Some(&s.name))?.into_iter().find(|j| j.kind == "backup");
+        if let Some(j) = last.filter(|j| j.status == "failed") {
+            shared.failing.lock().expect("not poisoned").insert(s.name.clone(), j.ended_at.unwrap_or(j.started_at));
+        }
     }
     lp.plan_runs(now, true)?;
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -364,7 +372,7 @@ fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
 }
 
 /// One queued job and, after a successful backup, its retention and copy.
-async fn run_job(shared: &Shared, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
+async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
     let Some(w) = work(&plan, q, q.kind) else {
         return Outcome {
@@ -388,7 +396,7 @@ async fn run_job(shared: &Shared, q: &Queued, cancel: watch::Receiver<bool>) -> 
     outcome
 }
 
-async fn run_one(shared: &Shared, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
+async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
     let started = shared.clock.now();
     let wall = std::time::Instant::now();
     let job = Job {
@@ -419,7 +427,10 @@ async fn run_one(shared: &Shared, q: &Queued, w: &Work, cancel: watch::Receiver<
     }
     let seconds = wall.elapsed().as_secs_f64();
     match w.kind {
-        Kind::Backup => shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended),
+        Kind::Backup => {
+            shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);
+            announce(shared, w, &outcome, ended);
+        }
         Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
         _ => {}
@@ -431,4 +442,40 @@ async fn run_one(shared: &Shared, q: &Queued, w: &Work, cancel: watch::Receiver<
     };
     shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
     outcome
+}
+
+/// Tell the webhooks when a source starts failing or recovers.
+fn announce(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, now: DateTime<Utc>) {
+    let change = {
+        let mut failing = shared.failing.lock().expect("not poisoned");
+        match outcome.status.as_str() {
+            "failed" if !failing.contains_key(&w.name) => {
+                failing.insert(w.name.clone(), now);
+                Some((Change::Failure, now))
+            }
+            "succeeded" => failing.remove(&w.name).map(|since| (Change::Recovery, since)),
+            _ => None,
+        }
+    };
+    let Some((change, since)) = change else { return };
+    let event = Event {
+        change,
+        source: w.name.clone(),
+        class: w.class.clone(),
+        reason: outcome.reason.clone(),
+        message: outcome.message.clone(),
+        time: now,
+        since,
+    };
+    for hook in shared.plan().notifications {
+        let (shared, event) = (shared.clone(), event.clone());
+        tokio::spawn(async move {
+            let (result, detail) = match deliver(&shared.http, &hook, &event).await {
+                Ok(()) => ("succeeded", String::new()),
+                Err(e) => ("failed", e),
+            };
+            let what = if event.change == Change::Failure { "failure" } else { "recovery" };
+            shared.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
+        });
+    }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod check;
 pub mod daemon;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod runner;
 pub mod schedule;

@@ -18,6 +18,37 @@ pub struct Plan {
     pub sources: Vec<SourceSpec>,
     #[serde(default)]
     pub daemon: DaemonSettings,
+    #[serde(default)]
+    pub notifications: Vec<Webhook>,
+}
+
+/// A webhook told when a source's backups start failing and when they recover.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: String,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Sent as `Authorization: Bearer …`.
+    pub token_file: Option<PathBuf>,
+    /// Deliveries after the first that failed, with doubling back-off from one second.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+fn default_webhook_retries() -> u32 {
+    4
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"event": "failure" | "recovery", "source", "class", …}`
+    #[default]
+    Json,
+    /// Alertmanager's `POST /api/v2/alerts` body: the alert starts on a
+    /// failure and ends on the recovery.
+    Alertmanager,
 }
 
 #[derive(Debug, Clone, Deserialize)]

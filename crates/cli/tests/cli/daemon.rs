@@ -279,3 +279,90 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     assert_eq!(status, 200);
     assert!(sources.contains("\"name\":\"export\""), "the old plan stays: {sources}");
 }
+
+/// A webhook receiver: answers 500 to the first request, 200 after;
+/// every request's path and body.
+fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut s) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let (head, body) = loop {
+                let k = s.read(&mut chunk).unwrap_or(0);
+                buf.extend_from_slice(&chunk[..k]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    if body.len() >= len || k == 0 {
+                        break (head.to_string(), body.to_string());
+                    }
+                }
+            };
+            let path = head.split(' ').nth(1).unwrap_or("").to_string();
+            let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if n > 0 {
+                seen.lock().unwrap().push((path, body));
+            }
+        }
+    });
+    (port, got)
+}
+
+#[test]
+fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
+    let env = Env::new();
+    let (port, got) = receiver();
+    let flag = env.path("service-up");
+    let plan = env.path("plan.yaml");
+    let source = format!("command:test -e {} && echo ok || {{ echo 'backend down' >&2; exit 1; }}", flag.display());
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+             sources:\n  - name: flaky\n    class: standard\n    url: \"{source}\"\n    schedule: \"*/5 * * * *\"\n    retries: 0\n\
+             notifications:\n  - url: http://127.0.0.1:{port}/hook\n  - url: http://127.0.0.1:{port}/api/v2/alerts\n    format: alertmanager\n\
+             daemon:\n  state: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display()
+        ),
+    )
+    .unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:01:00Z");
+    let d = start_daemon(&env, &plan, Some(&clock));
+    wait_jobs(&d, "the failure", |j| count(j, "flaky", "backup", "failed") == 1);
+    fs::write(&flag, "").unwrap();
+    set_clock(&clock, "2026-11-21T10:05:01Z");
+    wait_jobs(&d, "the recovery", |j| count(j, "flaky", "backup", "succeeded") == 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < deadline, "deliveries: {:?}", got.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = got.lock().unwrap().clone();
+    let of = |path: &str, what: &str| -> serde_json::Value {
+        let (_, body) = got.iter().find(|(p, b)| p == path && b.contains(what)).unwrap_or_else(|| panic!("{path} {what}: {got:?}"));
+        serde_json::from_str(body).unwrap()
+    };
+    let failure = of("/hook", "\"failure\"");
+    assert_eq!((failure["source"].as_str(), failure["class"].as_str()), (Some("flaky"), Some("standard")));
+    assert!(failure["message"].as_str().unwrap().ends_with("backend down; no snapshot was saved"), "{failure}");
+    let recovery = of("/hook", "\"recovery\"");
+    assert_eq!(recovery["failing_since"], failure["time"]);
+    let firing = of("/api/v2/alerts", "startsAt");
+    assert_eq!(firing[0]["labels"]["alertname"], "TresorBackupFailed");
+    assert!(firing[0].get("endsAt").is_none(), "{firing}");
+    let resolved = of("/api/v2/alerts", "endsAt");
+    assert_eq!(resolved[0]["endsAt"], "2026-11-21T10:05:01Z");
+    assert_eq!(got.len(), 4, "one delivery each, the refused one retried: {got:?}");
+}

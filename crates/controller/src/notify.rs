@@ -1,0 +1,85 @@
+//! Webhooks: a source whose backups start failing, and one that recovers,
+//! is announced to every configured receiver, as generic JSON or as an
+//! Alertmanager alert (which starts on the failure and ends on the
+//! recovery). Deliveries are retried with doubling back-off; one that
+//! never arrives is written to the audit trail.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use crate::plan::{Webhook, WebhookFormat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Failure,
+    Recovery,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub change: Change,
+    pub source: String,
+    pub class: String,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub time: DateTime<Utc>,
+    /// When the failure began (for a recovery: the alert's start).
+    pub since: DateTime<Utc>,
+}
+
+fn body(hook: &Webhook, e: &Event) -> serde_json::Value {
+    let change = match e.change {
+        Change::Failure => "failure",
+        Change::Recovery => "recovery",
+    };
+    match hook.format {
+        WebhookFormat::Json => json!({
+            "event": change, "source": e.source, "class": e.class, "reason": e.reason, "message": e.message,
+            "time": e.time, "failing_since": e.since,
+        }),
+        WebhookFormat::Alertmanager => {
+            let mut alert = json!({
+                "labels": {"alertname": "TresorBackupFailed", "source": e.source, "class": e.class, "severity": "critical",
+                           "reason": e.reason.clone().unwrap_or_default()},
+                "annotations": {"summary": format!("Backups of {} ({}) fail", e.source, e.class), "description": e.message.clone().unwrap_or_default()},
+                "startsAt": e.since,
+            });
+            if e.change == Change::Recovery {
+                alert["endsAt"] = json!(e.time);
+            }
+            json!([alert])
+        }
+    }
+}
+
+/// The HTTP client deliveries share.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Deliver one event to one receiver, retrying; the last error if it never arrives.
+pub async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<(), String> {
+    let payload = serde_json::to_vec(&body(hook, e)).expect("JSON serializes");
+    let token = hook.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|t| t.trim().to_string());
+    let mut wait = Duration::from_secs(1);
+    let mut last = String::new();
+    for attempt in 0..=hook.retries {
+        if attempt > 0 {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        let mut req =
+            client.post(&hook.url).header("content-type", "application/json").body(payload.clone()).timeout(Duration::from_secs(10));
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => last = format!("{} answered {}", hook.url, r.status()),
+            Err(err) => last = format!("{}: {err}", hook.url),
+        }
+    }
+    Err(last)
+}
