@@ -280,9 +280,12 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     assert!(sources.contains("\"name\":\"export\""), "the old plan stays: {sources}");
 }
 
+/// Requests a receiver took: path and body.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// A webhook receiver: answers 500 to the first request, 200 after;
 /// every request's path and body.
-fn receiver() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+fn receiver() -> (u16, Received) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
