@@ -20,6 +20,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # Prometheus and promtool for the alert rules and the scrape test.
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+# Headless Chromium for the status page test.
+command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)
 command -v runuser >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then

@@ -19,7 +19,7 @@ use tresor_controller::runner::Runner;
 use tresor_controller::state::State;
 
 use crate::commands::print_json;
-use crate::opts::{AuditArgs, DaemonArgs, Global, JobsArgs, PlanCheckArgs};
+use crate::opts::{AuditArgs, Cli, Command as Cmd, DaemonArgs, Global, JobsArgs, KeyCommand, PlanCheckArgs};
 
 const DEFAULT_PLAN: &str = include_str!("default-plan.yaml");
 
@@ -207,4 +207,54 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
         println!("{}  {:<14} {:<8} {:<20} {:<10} {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.target, e.result, e.detail);
     }
     Ok(0)
+}
+
+/// Commands that change or read back protected data, recorded in the audit
+/// trail when `TRESOR_STATE` names the daemon's state database: the action
+/// and its target.
+pub fn audited(cli: &Cli) -> Option<(&'static str, String)> {
+    std::env::var_os("TRESOR_STATE")?;
+    let repo = cli.global.repo.clone().unwrap_or_default();
+    let (action, what) = match &cli.command {
+        Cmd::Backup(a) => ("backup", a.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")),
+        Cmd::Restore(a) => (
+            "restore",
+            format!("{} to {}", a.snapshot, a.to.clone().or(a.target.as_ref().map(|t| t.display().to_string())).unwrap_or_default()),
+        ),
+        Cmd::Forget(a) => ("forget", a.snapshots.join(" ")),
+        Cmd::Prune(_) => ("prune", String::new()),
+        Cmd::Copy(a) => ("copy", format!("to {}", a.to)),
+        Cmd::AppendOnly(a) => ("append-only", a.mode.clone()),
+        Cmd::Key(k) => match &k.command {
+            KeyCommand::Add(_) => ("key add", String::new()),
+            KeyCommand::Remove { id } => ("key remove", id.clone()),
+            KeyCommand::Passwd(_) => ("key passwd", String::new()),
+            KeyCommand::List => return None,
+        },
+        Cmd::Pg(_) => ("pg", String::new()),
+        _ => return None,
+    };
+    Some((action, format!("{repo} {what}").trim().to_string()))
+}
+
+/// Append one entry for a command run from the command line.
+pub fn audit_cli(action: &str, target: &str, result: std::result::Result<&u8, String>) {
+    let Some(path) = std::env::var_os("TRESOR_STATE") else { return };
+    let actor = format!("cli:{}@{}", tresor_engine::username(), tresor_engine::hostname());
+    let (result, detail) = match result {
+        Ok(0) => ("succeeded", String::new()),
+        Ok(code) => ("partial", format!("exit code {code}")),
+        Err(e) => ("failed", e),
+    };
+    let entry = tresor_controller::state::AuditEntry {
+        time: chrono::Utc::now(),
+        actor,
+        action: action.into(),
+        target: target.into(),
+        result: result.into(),
+        detail,
+    };
+    if let Err(e) = State::open(Path::new(&path)).and_then(|s| s.audit(&entry)) {
+        eprintln!("warning: audit trail: {e}");
+    }
 }

@@ -43,7 +43,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match rt.block_on(run(cli)) {
+    let audited = daemon::audited(&cli);
+    let result = rt.block_on(run(cli));
+    if let Some((action, target)) = audited {
+        daemon::audit_cli(action, &target, result.as_ref().map_err(one_line));
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tresor: error: {}", one_line(&e));

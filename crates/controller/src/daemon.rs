@@ -294,6 +294,7 @@ pub async fn run(
     let mut lp = Loop { shared: shared.clone(), queue: BinaryHeap::new(), delayed: Vec::new(), tasks: JoinSet::new(), cancel };
     for j in shared.state.mark_interrupted(now)? {
         tracing::warn!("job {} ({} {}) was interrupted when the daemon stopped; running it again", j.id, j.kind, j.source);
+        shared.audit("daemon", &j.kind, &j.source, "failed", "interrupted: the daemon stopped while the job ran");
         if j.kind == "backup" {
             lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
         }

@@ -122,6 +122,8 @@ impl Runner {
     /// Run to the end, the time limit, or cancellation.
     pub async fn run(&self, w: &Work, mut cancel: watch::Receiver<bool>) -> Outcome {
         let mut cmd = Command::new(&self.exe);
+        // The daemon records its jobs itself.
+        cmd.env_remove("TRESOR_STATE");
         cmd.args(self.args(w)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
         // A daemon that is killed takes its jobs with it: nothing runs on unsupervised.
         // SAFETY: prctl is async-signal-safe and touches only this (child) process.

@@ -278,6 +278,22 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     let (status, sources) = http(d.port, "GET", "/api/v1/sources", Some("read-token"));
     assert_eq!(status, 200);
     assert!(sources.contains("\"name\":\"export\""), "the old plan stays: {sources}");
+
+    // Commands run by hand join the same audit trail.
+    let state = env.path("state.db");
+    let out = env.cmd(&["forget", "--keep-last", "1"]).env("TRESOR_STATE", &state).output().unwrap();
+    assert!(out.status.success());
+    let out = env.cmd(&["restore", "deadbeef", "--target", "/tmp/x"]).env("TRESOR_STATE", &state).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let audit = env.json(&["audit", "--state", state.to_str().unwrap()]);
+    let by_hand: Vec<(&str, &str, &str)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"].as_str().unwrap().starts_with("cli:"))
+        .map(|e| (e["action"].as_str().unwrap(), e["result"].as_str().unwrap(), e["detail"].as_str().unwrap()))
+        .collect();
+    assert_eq!(by_hand, [("restore", "failed", "no snapshot matches \"deadbeef\""), ("forget", "succeeded", "")], "{audit}");
 }
 
 /// Requests a receiver took: path and body.

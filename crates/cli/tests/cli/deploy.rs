@@ -1,7 +1,8 @@
 //! What `deploy/` ships, against the real tools: the alert rules pass
 //! promtool's checks and unit tests, a real Prometheus scrapes a running
 //! daemon and fires the failed-job alert for the source that is down, and
-//! the Grafana dashboard asks only for metrics the daemon exports.
+//! the Grafana dashboard asks only for metrics the daemon exports, and the
+//! status page renders in headless Chromium.
 
 use std::time::{Duration, Instant};
 
@@ -118,4 +119,53 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
             assert!(exported.contains(&base), "panel {:?} uses {n}, which /metrics does not export", p["title"]);
         }
     }
+}
+
+/// The page as headless Chromium renders it (its DOM after load), and a
+/// screenshot of it.
+fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
+    let base = |c: &mut Command| {
+        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
+            .args(["--disable-component-update", "--disable-sync"])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()));
+    };
+    let mut dump = Command::new("chromium");
+    base(&mut dump);
+    let out = dump.args(["--dump-dom", url]).stderr(Stdio::null()).output().expect("chromium (Debian package chromium)");
+    assert!(out.status.success(), "chromium --dump-dom failed");
+    let shot = dir.join("status.png");
+    let mut capture = Command::new("chromium");
+    base(&mut capture);
+    let ok = capture
+        .arg(format!("--screenshot={}", shot.display()))
+        .args(["--window-size=1200,900", url])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    (String::from_utf8(out.stdout).unwrap(), fs::read(&shot).unwrap())
+}
+
+#[test]
+fn the_status_page_in_headless_chromium_shows_the_classes_and_a_failed_job_red() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let d = start_daemon(&env, &plan, None);
+    wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && count(j, "cache", "copy", "succeeded") == 1
+            && count(j, "down", "backup", "failed") >= 1
+    });
+    let (dom, png) = chromium(&format!("http://127.0.0.1:{}/", d.port), env.dir.path());
+    assert!(dom.contains("<title>tresor status</title>"), "{dom}");
+    let row = |class: &str| {
+        dom.lines().find(|l| l.contains(&format!("data-class=\"{class}\""))).unwrap_or_else(|| panic!("class {class} in {dom}")).to_string()
+    };
+    assert!(row("critical").starts_with("<tr class=\"red\""), "a class whose source never succeeded is red: {}", row("critical"));
+    assert!(row("critical").contains("<td>15m</td><td>1h</td>") && row("critical").contains("<td>down</td>"), "{}", row("critical"));
+    assert!(row("standard").starts_with("<tr class=\"green\""), "{}", row("standard"));
+    let failed = dom.lines().find(|l| l.contains("class=\"job-failed\"")).unwrap_or_else(|| panic!("a failed job row in {dom}"));
+    assert!(failed.contains("<td>down</td>") && failed.contains("source_unreachable"), "{failed}");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered screenshot ({} bytes)", png.len());
 }
