@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{count, http, start_daemon, wait_jobs, write_plan};
+use super::daemon::{Daemon, count, http, start_daemon, wait_jobs, write_plan};
 use super::*;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
@@ -58,17 +58,24 @@ impl Drop for Prometheus {
     }
 }
 
-#[test]
-fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
-    let env = Env::new();
+/// The daemon on the test plan (files, a Redis cache with an off-site copy,
+/// a source that is down) once every first run is over.
+fn after_first_runs(env: &Env) -> (RedisServer, Daemon) {
     let redis = RedisServer::start(&[]);
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
-    let d = start_daemon(&env, &plan, None);
+    let plan = write_plan(env, &redis, tresor_testkit::net::free_port());
+    let d = start_daemon(env, &plan, None);
     wait_jobs(&d, "first runs", |j| {
         count(j, "files", "backup", "succeeded") == 1
             && count(j, "cache", "copy", "succeeded") == 1
             && count(j, "down", "backup", "failed") >= 1
     });
+    (redis, d)
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
+    let env = Env::new();
+    let (_redis, d) = after_first_runs(&env);
 
     let port = tresor_testkit::net::free_port();
     let config = env.path("prometheus.yml");
@@ -149,14 +156,7 @@ fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
 #[test]
 fn the_status_page_in_headless_chromium_shows_the_classes_and_a_failed_job_red() {
     let env = Env::new();
-    let redis = RedisServer::start(&[]);
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
-    let d = start_daemon(&env, &plan, None);
-    wait_jobs(&d, "first runs", |j| {
-        count(j, "files", "backup", "succeeded") == 1
-            && count(j, "cache", "copy", "succeeded") == 1
-            && count(j, "down", "backup", "failed") >= 1
-    });
+    let (_redis, d) = after_first_runs(&env);
     let (dom, png) = chromium(&format!("http://127.0.0.1:{}/", d.port), env.dir.path());
     assert!(dom.contains("<title>tresor status</title>"), "{dom}");
     let row = |class: &str| {
