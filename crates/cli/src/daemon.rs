@@ -120,13 +120,16 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;
     let bound = listener.local_addr()?;
     let app = router(shared.clone(), tokens);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server: {e}");
-        }
-    });
+    let daemon_settings = shared.plan().daemon;
+    let tls = match (&daemon_settings.tls_cert_file, &daemon_settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tresor_controller::serve::tls(cert, key)?),
+        (None, None) => None,
+        _ => bail!("daemon.tls_cert_file and daemon.tls_key_file go together"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(tresor_controller::serve::serve(listener, app, tls));
     eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());
-    eprintln!("tresor daemon: status page http://{bound}/  metrics http://{bound}/metrics");
+    eprintln!("tresor daemon: status page {scheme}://{bound}/  metrics {scheme}://{bound}/metrics");
     run(shared, rx, shutdown_signals(tx)).await?;
     eprintln!("tresor daemon: stopped");
     Ok(0)

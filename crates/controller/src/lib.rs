@@ -16,6 +16,7 @@ pub mod notify;
 pub mod plan;
 pub mod runner;
 pub mod schedule;
+pub mod serve;
 pub mod state;
 
 use std::path::PathBuf;

@@ -148,6 +148,9 @@ pub struct DaemonSettings {
     /// Files holding the API's bearer tokens.
     pub admin_token_file: Option<PathBuf>,
     pub read_token_file: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain and key (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
     /// Run `prune` on this schedule (after `forget`, which follows every backup).
     pub prune_schedule: Option<String>,
 }
@@ -163,6 +166,8 @@ impl Default for DaemonSettings {
             state: None,
             admin_token_file: None,
             read_token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             prune_schedule: Some("@daily".into()),
         }
     }

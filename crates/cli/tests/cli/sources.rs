@@ -115,7 +115,7 @@ fn redis_aof_directory_round_trip_and_a_broken_manifest() {
 
 /// A CA and a server certificate for 127.0.0.1, made by `openssl`:
 /// (ca.crt, server.crt, server.key).
-fn certificates(dir: &Path) -> [String; 3] {
+pub(super) fn certificates(dir: &Path) -> [String; 3] {
     fs::create_dir_all(dir).unwrap();
     let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
         openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=tresor test CA'; \
