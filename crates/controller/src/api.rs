@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::daemon::{Command, Shared};
 use crate::plan::Span;
+use crate::runner::RestoreSpec;
 
 /// Bearer tokens. With none configured the API is open (the daemon then
 /// listens on loopback only).
@@ -88,6 +89,7 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/sources/{name}/backup", post(trigger_backup))
+        .route("/api/v1/sources/{name}/restore", post(trigger_restore))
         .route("/api/v1/reload", post(reload))
         .with_state(app)
 }
@@ -229,6 +231,36 @@ async fn trigger_backup(State(app): State<App>, headers: HeaderMap, Path(name): 
     }
     let _ = app.shared.commands.send(Command::Backup { source: name.clone(), actor });
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name}))).into_response()
+}
+
+/// Restore a source's newest backup (or the snapshot named) into a service
+/// or a directory, as a job with its own history, audit entry and metrics.
+async fn trigger_restore(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::Json(mut spec): axum::Json<RestoreSpec>,
+) -> Response {
+    let actor = match app.allow(&headers, Scope::Admin) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    if !app.shared.plan().sources.iter().any(|s| s.name == name) {
+        return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
+    }
+    if spec.to.is_some() == spec.target.is_some() {
+        return error(StatusCode::BAD_REQUEST, "give exactly one of \"to\" (a service URL) and \"target\" (a directory)");
+    }
+    if spec.snapshot.is_none() {
+        match app.shared.state.last_success(&name) {
+            Ok(Some(j)) if j.snapshot.is_some() => spec.snapshot = j.snapshot,
+            Ok(_) => return error(StatusCode::NOT_FOUND, &format!("source {name} has no successful backup to restore")),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
+    let snapshot = spec.snapshot.clone();
+    let _ = app.shared.commands.send(Command::Restore { source: name.clone(), spec, actor });
+    (StatusCode::ACCEPTED, axum::Json(json!({"queued": name, "snapshot": snapshot}))).into_response()
 }
 
 async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {

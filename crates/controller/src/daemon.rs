@@ -19,7 +19,7 @@ use crate::check::{Severity, check};
 use crate::metrics::Metrics;
 use crate::notify::{Change, Event, deliver};
 use crate::plan::Plan;
-use crate::runner::{Kind, Runner, Work};
+use crate::runner::{Kind, RestoreSpec, Runner, Work};
 use crate::schedule::{Schedule, spread_offset};
 use crate::state::{AuditEntry, Job, Outcome, State};
 use crate::{Error, Result};
@@ -48,6 +48,7 @@ impl Clock {
 #[derive(Debug)]
 pub enum Command {
     Backup { source: String, actor: String },
+    Restore { source: String, spec: RestoreSpec, actor: String },
     Reload { actor: String },
 }
 
@@ -100,6 +101,7 @@ struct Queued {
     trigger: &'static str,
     attempt: u32,
     actor: String,
+    restore: Option<RestoreSpec>,
 }
 
 impl Ord for Queued {
@@ -141,7 +143,7 @@ impl Loop {
     fn queued(&self, name: &str, kind: Kind, trigger: &'static str, due: DateTime<Utc>, attempt: u32, actor: &str) -> Queued {
         let plan = self.shared.plan.read().expect("not poisoned");
         let class = plan.sources.iter().find(|s| s.name == name).map(|s| s.class.clone()).unwrap_or_default();
-        Queued { priority: plan.priority(&class), due, name: name.into(), kind, trigger, attempt, actor: actor.into() }
+        Queued { priority: plan.priority(&class), due, name: name.into(), kind, trigger, attempt, actor: actor.into(), restore: None }
     }
 
     /// Set every next run from `now`; first backups and missed runs are queued now.
@@ -189,6 +191,7 @@ impl Loop {
                         trigger: "schedule",
                         attempt: 0,
                         actor: "daemon".into(),
+                        restore: None,
                     },
                     plan.daemon.prune_schedule.as_deref().and_then(|p| next_due(p, repo, None, now)),
                 ),
@@ -264,6 +267,10 @@ impl Loop {
             Command::Backup { source, actor } => {
                 let q = self.queued(&source, Kind::Backup, "api", now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, ..q });
+            }
+            Command::Restore { source, spec, actor } => {
+                let q = self.queued(&source, Kind::Restore, "api", now, 0, &actor);
+                self.queue.push(Queued { priority: u32::MAX, restore: Some(spec), ..q });
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {
@@ -355,6 +362,7 @@ fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
             repo,
             offsite: None,
             timeout: None,
+            restore: None,
         });
     }
     let s = plan.sources.iter().find(|s| s.name == q.name)?;
@@ -369,6 +377,7 @@ fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
         repo: repo.clone(),
         offsite: class.offsite.as_ref().and_then(|o| plan.repositories.get(o)).cloned(),
         timeout: s.timeout.map(|t| t.0),
+        restore: q.restore.clone(),
     })
 }
 
@@ -431,6 +440,10 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);
             announce(shared, w, &outcome, ended);
+        }
+        Kind::Restore => {
+            let reason = outcome.reason.as_deref().unwrap_or("");
+            shared.metrics.restore_done(&w.name, &w.class, outcome.status == "succeeded", reason, seconds);
         }
         Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),

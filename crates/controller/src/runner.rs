@@ -17,6 +17,21 @@ pub enum Kind {
     Forget,
     Copy,
     Prune,
+    Restore,
+}
+
+/// What a restore job restores, and where to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// A snapshot id; default: the source's newest backup.
+    pub snapshot: Option<String>,
+    /// A service (`redis://…`, `postgres://…/DB`, `etcd-data:DIR`, `command:…`) …
+    pub to: Option<String>,
+    /// … or a directory for the raw files.
+    pub target: Option<String>,
+    #[serde(default)]
+    pub flush: bool,
 }
 
 impl Kind {
@@ -26,6 +41,7 @@ impl Kind {
             Kind::Forget => "forget",
             Kind::Copy => "copy",
             Kind::Prune => "prune",
+            Kind::Restore => "restore",
         }
     }
 }
@@ -42,6 +58,7 @@ pub struct Work {
     pub repo: Repository,
     pub offsite: Option<Repository>,
     pub timeout: Option<Duration>,
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Runs `tresor` (this very program, as a child).
@@ -115,6 +132,18 @@ impl Runner {
                 a.extend(tag_args(w));
             }
             Kind::Prune => a.push("prune".into()),
+            Kind::Restore => {
+                let r = w.restore.as_ref().expect("a restore says what");
+                a.extend(["restore".into(), r.snapshot.clone().unwrap_or_else(|| "latest".into())]);
+                match (&r.to, &r.target) {
+                    (Some(to), _) => a.extend(["--to".into(), to.clone()]),
+                    (None, Some(dir)) => a.extend(["--target".into(), dir.clone()]),
+                    (None, None) => {}
+                }
+                if r.flush {
+                    a.push("--flush".into());
+                }
+            }
         }
         a
     }

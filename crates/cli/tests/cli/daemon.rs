@@ -13,15 +13,25 @@ use super::*;
 
 /// One HTTP/1.1 request; the status and body (status 0: nobody listens).
 pub(super) fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    request(port, method, path, token, "")
+}
+
+/// A POST with a JSON body.
+fn post_json(port: u16, path: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, String) {
+    request(port, "POST", path, token, &body.to_string())
+}
+
+fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return (0, String::new());
     };
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let kind = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
     let mut text = String::new();
     // A server that drops the connection (a TLS port) answers nothing.
-    if write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").is_err()
-        || s.read_to_string(&mut text).is_err()
-    {
+    let head =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    if write!(s, "{head}{body}").is_err() || s.read_to_string(&mut text).is_err() {
         return (0, String::new());
     }
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
@@ -204,6 +214,20 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     let j = wait_jobs(&d, "the API's backup", |j| count(j, "files", "backup", "succeeded") == 3);
     assert_eq!(j.iter().rfind(|x| x["source"] == "files" && x["kind"] == "backup").unwrap()["trigger"], "api");
 
+    // A restore over the API, into a fresh instance: its own job, audit entry and metrics.
+    let target = RedisServer::start(&[]);
+    let spec = serde_json::json!({"to": target.url()});
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("read-token"), &spec).0, 403);
+    let (status, body) =
+        post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &serde_json::json!({"to": target.url(), "target": "/x"}));
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "{\"error\":\"give exactly one of \\\"to\\\" (a service URL) and \\\"target\\\" (a directory)\"}")
+    );
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec).0, 202);
+    wait_jobs(&d, "the restore", |j| count(j, "cache", "restore", "succeeded") == 1);
+    assert_eq!((target.cli(&["GET", "a"]).as_str(), target.cli(&["DBSIZE"]).as_str()), ("1", "2"), "the cache's keys, restored");
+
     let j = wait_jobs(&d, "quiet", |j| j.iter().all(|x| x["status"] != "running"));
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
     let never = chrono::DateTime::parse_from_rfc3339("2026-11-21T11:00:01Z").unwrap().timestamp();
@@ -215,6 +239,7 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
             count(&j, "down", "backup", "failed")
         ),
         "backup_rpo_target_seconds{class=\"critical\"} 900".into(),
+        "restore_success_total{source=\"cache\",class=\"critical\"} 1".into(),
         format!("backup_rpo_seconds{{class=\"critical\"}} {never}.0"),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
@@ -430,4 +455,38 @@ fn the_daemon_serves_https_with_the_given_certificate() {
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "ok\n", "over TLS, trusting the given CA");
     assert_eq!(curl(&[]).status.code(), Some(60), "an untrusted certificate is refused by the client");
     assert_ne!(http(port, "GET", "/healthz", None).0, 200, "no plain HTTP on the TLS port");
+}
+
+#[test]
+fn the_daemon_backs_up_postgres_and_restores_it_over_the_api() {
+    let mut env = Env::new();
+    env.vars.push(("TRESOR_PG_BIN".into(), tresor_testkit::PostgresServer::bin_dir().display().to_string()));
+    let pg = tresor_testkit::PostgresServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.pgbench_init("shop", 1);
+    let before = super::sources::row_counts(&pg, "shop");
+    let plan = env.path("plan.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  critical:\n    rpo: 1h\n    rto: 1h\n\
+             sources:\n  - name: shop-db\n    class: critical\n    url: {}\n    schedule: \"*/30 * * * *\"\ndaemon:\n  state: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            pg.url("shop"),
+            env.path("state.db").display()
+        ),
+    )
+    .unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:00:00Z");
+    let d = start_daemon(&env, &plan, Some(&clock));
+    let j = wait_jobs(&d, "the first backup", |j| count(j, "shop-db", "backup", "succeeded") == 1);
+    assert!(j[0]["bytes_processed"].as_u64().unwrap() > 100_000, "{:?}", j[0]);
+    let (status, body) =
+        post_json(d.port, "/api/v1/sources/shop-db/restore", Some("admin-token"), &serde_json::json!({"to": pg.url("shop_copy")}));
+    assert_eq!(status, 202, "{body}");
+    assert!(body.contains(j[0]["snapshot"].as_str().unwrap()), "the newest backup is restored: {body}");
+    wait_jobs(&d, "the restore", |j| count(j, "shop-db", "restore", "succeeded") == 1);
+    assert_eq!(super::sources::row_counts(&pg, "shop_copy"), before, "every row");
 }
