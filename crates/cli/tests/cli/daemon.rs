@@ -490,3 +490,67 @@ fn the_daemon_backs_up_postgres_and_restores_it_over_the_api() {
     wait_jobs(&d, "the restore", |j| count(j, "shop-db", "restore", "succeeded") == 1);
     assert_eq!(super::sources::row_counts(&pg, "shop_copy"), before, "every row");
 }
+
+#[test]
+fn missed_runs_are_caught_up_once_and_sigterm_cancels_a_running_job_cleanly() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("files")).unwrap();
+    fs::write(env.path("files/a"), "a").unwrap();
+    let gate = env.path("slow");
+    let slow = format!("command:if test -e {g}; then sleep 60; fi; echo payload", g = gate.display());
+    let plan = env.path("plan.yaml");
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+         sources:\n  - name: files\n    class: standard\n    url: {}\n    schedule: \"@hourly\"\n  - name: export\n    class: standard\n    \
+         url: \"{slow}\"\n    schedule: \"@daily\"\ndaemon:\n  state: {}\n  catch_up: CATCH_UP\n",
+        env.repo,
+        env.path("pw").display(),
+        env.path("files").display(),
+        env.path("state.db").display()
+    );
+    fs::write(&plan, text.replace("CATCH_UP", "true")).unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:00:00Z");
+    let mut d = start_daemon(&env, &plan, Some(&clock));
+    wait_jobs(&d, "first runs", |j| count(j, "files", "backup", "succeeded") == 1 && count(j, "export", "backup", "succeeded") == 1);
+    let stop = |d: &mut Daemon| {
+        assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
+        let status = d.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+    };
+    stop(&mut d);
+
+    // Down from 10:00 to 12:30: the hourly runs at 11:00 and 12:00 were missed; one catch-up run.
+    set_clock(&clock, "2026-11-21T12:30:00Z");
+    let mut d = start_daemon(&env, &plan, Some(&clock));
+    let j = wait_jobs(&d, "the catch-up", |j| count(j, "files", "backup", "succeeded") == 2);
+    let triggers: Vec<&str> = j.iter().filter(|x| x["source"] == "files").map(|x| x["trigger"].as_str().unwrap()).collect();
+    assert_eq!(triggers, ["first", "catch-up"]);
+    assert_eq!(count(&j, "export", "backup", "succeeded"), 1, "the daily run was not missed");
+    stop(&mut d);
+
+    // Without catch-up, the missed 13:00 run stays missed; the next one comes on time.
+    fs::write(&plan, text.replace("CATCH_UP", "false")).unwrap();
+    set_clock(&clock, "2026-11-21T13:30:00Z");
+    let mut d = start_daemon(&env, &plan, Some(&clock));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&jobs(&d), "files", "backup", "succeeded"), 2, "no catch-up when it is off");
+
+    // SIGTERM while a backup runs: within the grace period it is cancelled, nothing is saved.
+    fs::write(&gate, "").unwrap();
+    assert_eq!(http(d.port, "POST", "/api/v1/sources/export/backup", Some("admin-token")).0, 202);
+    wait_jobs(&d, "the slow run", |j| count(j, "export", "backup", "running") == 1);
+    let before = env.json(&["snapshots"]).as_array().unwrap().len();
+    let started = Instant::now();
+    stop(&mut d);
+    assert!(started.elapsed() < Duration::from_secs(30), "the grace period (5s) bounds the stop");
+    let state = env.path("state.db");
+    let jobs = env.json(&["jobs", "--state", state.to_str().unwrap()]);
+    let last = &jobs[0];
+    assert_eq!(
+        (last["source"].as_str(), last["status"].as_str(), last["reason"].as_str()),
+        (Some("export"), Some("cancelled"), Some("shutdown"))
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), before, "the cancelled run saved nothing");
+    env.ok(&["check"]);
+}
