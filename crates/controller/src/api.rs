@@ -312,13 +312,35 @@ async fn status_page(State(app): State<App>) -> Html<String> {
         .iter()
         .map(|(k, t)| format!("<tr><td>{}</td><td>{}</td></tr>\n", esc(k), t.format("%Y-%m-%d %H:%M:%S UTC")))
         .collect();
+    let plan = shared.plan();
+    let storage: String = shared
+        .metrics
+        .storage(&plan)
+        .iter()
+        .map(|(name, (size, space))| {
+            let (free, total) = space.map_or(("remote".to_string(), String::new()), |(f, t)| (bytes(f), bytes(t)));
+            let stored = size.map_or("?".into(), bytes);
+            format!("<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td></tr>\n", n = esc(name))
+        })
+        .collect();
     Html(format!(
         include_str!("status.html"),
         classes = rows,
         jobs = jobs,
+        storage = storage,
         next = next,
         now = shared.clock.now().format("%Y-%m-%d %H:%M:%S UTC")
     ))
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]

@@ -317,6 +317,9 @@ pub async fn run(
         }
     }
     lp.plan_runs(now, true)?;
+    for name in shared.plan().repositories.keys() {
+        measure_repository(&shared, name);
+    }
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
     loop {
@@ -426,6 +429,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         bytes_processed: None,
         bytes_added: None,
         duration: None,
+        log: None,
     };
     let id = shared.state.start_job(&job);
     let outcome = shared.runner.run(w, cancel).await;
@@ -440,11 +444,18 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);
             announce(shared, w, &outcome, ended);
+            if !w.repo.url.contains("://") {
+                let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
+                if let Some(name) = name {
+                    measure_repository(shared, &name);
+                }
+            }
         }
         Kind::Restore => {
             let reason = outcome.reason.as_deref().unwrap_or("");
             shared.metrics.restore_done(&w.name, &w.class, outcome.status == "succeeded", reason, seconds);
         }
+        Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
         Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
         _ => {}
@@ -492,4 +503,24 @@ fn announce(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, now: DateTime<Utc
             shared.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
         });
     }
+}
+
+/// Measure a repository's size in the background: a local one by its
+/// files, a remote one through `tresor stats` (which reads the whole index,
+/// so only at start and after a prune).
+fn measure_repository(shared: &Arc<Shared>, name: &str) {
+    let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
+    let (shared, name) = (shared.clone(), name.to_string());
+    tokio::spawn(async move {
+        let local = !repo.url.contains("://");
+        let bytes = if local {
+            let dir = PathBuf::from(&repo.url);
+            tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok()
+        } else {
+            shared.runner.repository_size(&repo).await
+        };
+        if let Some(bytes) = bytes {
+            shared.metrics.repository_size(&name, bytes);
+        }
+    });
 }

@@ -67,6 +67,7 @@ pub struct Metrics {
     lag: Family<SourceLabels, FloatGauge>,
     running: Gauge,
     storage_free: Family<RepoLabels, Gauge>,
+    repo_size: Family<RepoLabels, Gauge>,
     storage_size: Family<RepoLabels, Gauge>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
@@ -99,6 +100,7 @@ impl Metrics {
             lag: Family::default(),
             running: Gauge::default(),
             storage_free: Family::default(),
+            repo_size: Family::default(),
             storage_size: Family::default(),
             newest: Mutex::default(),
             registry: Registry::default(),
@@ -119,6 +121,7 @@ impl Metrics {
         r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", m.restore_duration.clone());
         r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", m.lag.clone());
         r.register("backup_jobs_running", "Jobs running now", m.running.clone());
+        r.register("backup_repository_size_bytes", "What the repository takes in storage", m.repo_size.clone());
         r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
         r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", m.storage_size.clone());
         Metrics { registry: r, ..m }
@@ -141,6 +144,21 @@ impl Metrics {
                     self.failure.get_or_create(&FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() });
             }
         }
+    }
+
+    pub fn repository_size(&self, repository: &str, bytes: u64) {
+        self.repo_size.get_or_create(&RepoLabels { repository: repository.into() }).set(bytes as i64);
+    }
+
+    /// Per repository: (stored bytes, free and total bytes of a local file system).
+    pub fn storage(&self, plan: &Plan) -> BTreeMap<String, (Option<u64>, Option<(u64, u64)>)> {
+        plan.repositories
+            .iter()
+            .map(|(name, r)| {
+                let size = self.repo_size.get(&RepoLabels { repository: name.clone() }).map(|g| g.get() as u64);
+                (name.clone(), (size, local_space(&r.url)))
+            })
+            .collect()
     }
 
     pub fn set_running(&self, n: usize) {
@@ -237,4 +255,17 @@ fn local_space(url: &str) -> Option<(u64, u64)> {
     }
     let frag = st.f_frsize as u64;
     Some((st.f_bavail as u64 * frag, st.f_blocks as u64 * frag))
+}
+
+/// Bytes of every file under `dir` (a local repository).
+pub fn tree_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_size(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }

@@ -148,6 +148,20 @@ impl Runner {
         a
     }
 
+    /// What a repository's blobs take in storage (`tresor stats`), if it answers.
+    pub async fn repository_size(&self, repo: &Repository) -> Option<u64> {
+        let out = Command::new(&self.exe)
+            .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet", "stats"])
+            .env_remove("TRESOR_STATE")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["total_stored_size"].as_u64()
+    }
+
     /// Run to the end, the time limit, or cancellation.
     pub async fn run(&self, w: &Work, mut cancel: watch::Receiver<bool>) -> Outcome {
         let mut cmd = Command::new(&self.exe);
@@ -228,7 +242,25 @@ pub fn reason(code: Option<i32>, error: &str) -> &'static str {
     }
 }
 
+/// The last few KiB a job printed on standard error, cut at a line.
+fn tail(stderr: &str) -> Option<String> {
+    const KEEP: usize = 4096;
+    let t = stderr.trim_end();
+    if t.is_empty() {
+        return None;
+    }
+    let from = t.len().saturating_sub(KEEP);
+    let from = t[from..].find('\n').filter(|_| from > 0).map_or(from, |i| from + i + 1);
+    Some(t[from..].to_string())
+}
+
 fn outcome(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
+    let mut o = judge(code, stdout, stderr);
+    o.log = tail(stderr);
+    o
+}
+
+fn judge(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
     let summary: Option<serde_json::Value> = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok());
     if code == Some(0) || code == Some(3) {
         let s = summary.unwrap_or_default();
@@ -241,6 +273,7 @@ fn outcome(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
             bytes_processed: s["total_bytes_processed"].as_u64(),
             bytes_added: s["data_added"].as_u64().or(s["bytes_copied"].as_u64()),
             lag_seconds: s["lag_seconds"].as_f64(),
+            log: None,
         };
     }
     let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("tresor: error: ").to_string();

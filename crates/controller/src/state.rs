@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     snapshot TEXT,
     bytes_processed INTEGER,
     bytes_added INTEGER,
-    duration REAL
+    duration REAL,
+    log TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
 CREATE TABLE IF NOT EXISTS audit (
@@ -67,6 +68,9 @@ pub struct Job {
     pub bytes_processed: Option<u64>,
     pub bytes_added: Option<u64>,
     pub duration: Option<f64>,
+    /// The end of what the job printed on standard error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
 }
 
 /// How a job ended.
@@ -80,6 +84,7 @@ pub struct Outcome {
     pub bytes_added: Option<u64>,
     /// For a copy: how far the off-site repository is behind.
     pub lag_seconds: Option<f64>,
+    pub log: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -110,11 +115,12 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
         bytes_processed: r.get(13)?,
         bytes_added: r.get(14)?,
         duration: r.get(15)?,
+        log: r.get(16)?,
     })
 }
 
 const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
-                           snapshot, bytes_processed, bytes_added, duration";
+                           snapshot, bytes_processed, bytes_added, duration, log";
 
 impl State {
     pub fn open(path: &Path) -> Result<State> {
@@ -126,6 +132,12 @@ impl State {
         db.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
         db.execute_batch("PRAGMA journal_mode = WAL;").map_err(fail)?;
         db.execute_batch(SCHEMA).map_err(fail)?;
+        // State from before job logs were kept.
+        let has_log: bool =
+            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'log'").and_then(|mut q| q.exists([])).map_err(fail)?;
+        if !has_log {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN log TEXT").map_err(fail)?;
+        }
         Ok(State { path: path.to_path_buf(), db: Mutex::new(db) })
     }
 
@@ -149,8 +161,8 @@ impl State {
         self.with(|db| {
             db.execute(
                 "UPDATE jobs SET ended_at = ?2, status = ?3, reason = ?4, message = ?5, snapshot = ?6, bytes_processed = ?7, bytes_added = ?8, \
-                 duration = (julianday(?2) - julianday(started_at)) * 86400.0 WHERE id = ?1",
-                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added],
+                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9 WHERE id = ?1",
+                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log],
             )
             .map(|_| ())
         })

@@ -190,7 +190,12 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
             && count(j, "cache", "backup", "succeeded") == 1
             && count(j, "down", "backup", "failed") == 1
     });
-    assert_eq!(j.iter().find(|x| x["source"] == "down").unwrap()["reason"], "source_unreachable");
+    let down = j.iter().find(|x| x["source"] == "down").unwrap();
+    assert_eq!(down["reason"], "source_unreachable");
+    let (status, body) = http(d.port, "GET", &format!("/api/v1/jobs/{}", down["id"]), Some("read-token"));
+    assert_eq!(status, 200);
+    let job: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(job["log"].as_str().unwrap().starts_with("tresor: error: redis://127.0.0.1:"), "the job's own output is kept: {job}");
     assert_eq!(count(&j, "cache", "forget", "succeeded"), 1, "retention runs after a backup of a class with one");
     let j = wait_jobs(&d, "the off-site copy", |j| count(j, "cache", "copy", "succeeded") == 1);
     assert_eq!(count(&j, "files", "copy", "succeeded"), 0, "class standard has no off-site copy");

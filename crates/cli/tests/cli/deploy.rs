@@ -102,6 +102,8 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
     assert_eq!(up.len(), 1);
     let ok = query(port, "backup_job_success_total{source=\"files\"}");
     assert_eq!(ok[0]["value"][1], "1", "{ok:?}");
+    let size = query(port, "backup_repository_size_bytes{repository=\"main\"} > 1000");
+    assert_eq!(size.len(), 1, "the repository's size is measured: {size:?}");
     let alerts = query(port, "ALERTS{alertname=\"BackupJobFailed\", alertstate=\"firing\"}");
     let sources: Vec<&str> = alerts.iter().filter_map(|a| a["metric"]["source"].as_str()).collect();
     assert_eq!(sources, ["down"], "only the source that is down: {alerts:?}");
@@ -168,4 +170,6 @@ fn the_status_page_in_headless_chromium_shows_the_classes_and_a_failed_job_red()
     let failed = dom.lines().find(|l| l.contains("class=\"job-failed\"")).unwrap_or_else(|| panic!("a failed job row in {dom}"));
     assert!(failed.contains("<td>down</td>") && failed.contains("source_unreachable"), "{failed}");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered screenshot ({} bytes)", png.len());
+    let storage = dom.lines().find(|l| l.contains("data-repository=\"main\"")).unwrap_or_else(|| panic!("storage in {dom}"));
+    assert!(storage.contains(" B</td>") || storage.contains("iB</td>"), "sizes shown: {storage}");
 }
