@@ -317,9 +317,10 @@ async fn status_page(State(app): State<App>) -> Html<String> {
         .metrics
         .storage(&plan)
         .iter()
-        .map(|(name, (size, space))| {
-            let (free, total) = space.map_or(("remote".to_string(), String::new()), |(f, t)| (bytes(f), bytes(t)));
-            let stored = size.map_or("?".into(), bytes);
+        .map(|(name, st)| {
+            let free = st.free.map_or("remote".into(), bytes);
+            let total = st.total.map_or(String::new(), bytes);
+            let stored = st.stored.map_or("?".into(), bytes);
             format!("<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td></tr>\n", n = esc(name))
         })
         .collect();

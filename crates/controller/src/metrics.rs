@@ -48,6 +48,13 @@ pub struct JobLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A repository's storage as the status page shows it.
+pub struct Storage {
+    pub stored: Option<u64>,
+    pub free: Option<u64>,
+    pub total: Option<u64>,
+}
+
 pub struct Metrics {
     registry: Registry,
     success: Family<SourceLabels, Counter>,
@@ -150,13 +157,14 @@ impl Metrics {
         self.repo_size.get_or_create(&RepoLabels { repository: repository.into() }).set(bytes as i64);
     }
 
-    /// Per repository: (stored bytes, free and total bytes of a local file system).
-    pub fn storage(&self, plan: &Plan) -> BTreeMap<String, (Option<u64>, Option<(u64, u64)>)> {
+    /// Per repository: what it stores, and its file system's space if local.
+    pub fn storage(&self, plan: &Plan) -> BTreeMap<String, Storage> {
         plan.repositories
             .iter()
             .map(|(name, r)| {
-                let size = self.repo_size.get(&RepoLabels { repository: name.clone() }).map(|g| g.get() as u64);
-                (name.clone(), (size, local_space(&r.url)))
+                let stored = self.repo_size.get(&RepoLabels { repository: name.clone() }).map(|g| g.get() as u64);
+                let (free, total) = local_space(&r.url).unzip();
+                (name.clone(), Storage { stored, free, total })
             })
             .collect()
     }
