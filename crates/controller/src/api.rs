@@ -88,6 +88,7 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{id}", get(job))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/sources/{name}/snapshots", get(snapshots))
         .route("/api/v1/sources/{name}/backup", post(trigger_backup))
         .route("/api/v1/sources/{name}/restore", post(trigger_restore))
         .route("/api/v1/reload", post(reload))
@@ -218,6 +219,21 @@ async fn audit(State(app): State<App>, headers: HeaderMap, Query(q): Query<JobQu
     match app.shared.state.audit_log(q.limit.unwrap_or(100).min(10_000)) {
         Ok(a) => axum::Json(a).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// A source's snapshots, newest last, as `tresor snapshots --json` lists them.
+async fn snapshots(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if let Err(r) = app.allow(&headers, Scope::Read) {
+        return r.into_response();
+    }
+    let plan = app.shared.plan();
+    let Some((_, repo)) = plan.sources.iter().find(|s| s.name == name).and_then(|s| plan.repository_of(s)) else {
+        return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
+    };
+    match app.shared.runner.snapshots(repo, &name).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => error(StatusCode::BAD_GATEWAY, &e),
     }
 }
 

@@ -148,6 +148,23 @@ impl Runner {
         a
     }
 
+    /// The snapshots of one source (`tresor snapshots --tag source=NAME`), as JSON.
+    pub async fn snapshots(&self, repo: &Repository, source: &str) -> Result<serde_json::Value, String> {
+        let out = Command::new(&self.exe)
+            .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet", "snapshots"])
+            .args(["--tag", &format!("source={source}")])
+            .env_remove("TRESOR_STATE")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().trim_start_matches("tresor: error: ").to_string());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
     /// What a repository's blobs take in storage (`tresor stats`), if it answers.
     pub async fn repository_size(&self, repo: &Repository) -> Option<u64> {
         let out = Command::new(&self.exe)

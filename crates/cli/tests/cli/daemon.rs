@@ -254,6 +254,9 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert!(page.contains("<tr class=\"green\" data-class=\"standard\">"), "{page}");
     let tagged = env.json(&["snapshots", "--tag", "source=files"]);
     assert_eq!(tagged.as_array().unwrap().len(), 3, "every backup tagged with its source");
+    let (status, listed) = http(d.port, "GET", "/api/v1/sources/files/snapshots", Some("read-token"));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&listed).unwrap(), tagged, "the API lists the same snapshots");
 
     // SIGTERM: a clean stop.
     let pid = d.child.id().to_string();
