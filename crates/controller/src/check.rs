@@ -94,11 +94,11 @@ impl<'a> Lines<'a> {
 fn reach(r: &Retention) -> Duration {
     let day = 86_400;
     let spans = [
-        r.hourly.map(|n| u64::from(n) * 3600),
-        r.daily.map(|n| u64::from(n) * day),
-        r.weekly.map(|n| u64::from(n) * 7 * day),
-        r.monthly.map(|n| u64::from(n) * 30 * day),
-        r.yearly.map(|n| u64::from(n) * 365 * day),
+        r.hourly.map(|k| k.reach(3600)),
+        r.daily.map(|k| k.reach(day)),
+        r.weekly.map(|k| k.reach(7 * day)),
+        r.monthly.map(|k| k.reach(30 * day)),
+        r.yearly.map(|k| k.reach(365 * day)),
     ];
     Duration::from_secs(spans.into_iter().flatten().max().unwrap_or(0))
 }

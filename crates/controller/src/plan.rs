@@ -81,14 +81,46 @@ pub struct Class {
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub last: Option<u32>,
-    pub hourly: Option<u32>,
-    pub daily: Option<u32>,
-    pub weekly: Option<u32>,
-    pub monthly: Option<u32>,
-    pub yearly: Option<u32>,
+    pub hourly: Option<Keep>,
+    pub daily: Option<Keep>,
+    pub weekly: Option<Keep>,
+    pub monthly: Option<Keep>,
+    pub yearly: Option<Keep>,
     /// The shortest history the class must keep (a stated minimum, e.g. a
     /// legal retention period): `plan check` refuses a policy shorter.
     pub minimum: Option<Span>,
+}
+
+/// One GFS rule: keep the newest snapshot of this many periods (`daily: 30`),
+/// or of every period within a span (`hourly: 7d`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Keep {
+    Count(u32),
+    Within(Span),
+}
+
+impl Keep {
+    /// How far back the rule reaches, for periods of `period` seconds.
+    pub fn reach(self, period: u64) -> u64 {
+        match self {
+            Keep::Count(n) => u64::from(n) * period,
+            Keep::Within(s) => s.secs(),
+        }
+    }
+
+    /// The `forget` option: `--keep-daily 30` or `--keep-within-daily 7d`
+    /// (in days, or hours when not whole days: `forget` reads `m` as months).
+    pub fn args(self, period: &str) -> [String; 2] {
+        match self {
+            Keep::Count(n) => [format!("--keep-{period}"), n.to_string()],
+            Keep::Within(s) => {
+                let secs = s.secs();
+                let span = if secs.is_multiple_of(86_400) { format!("{}d", secs / 86_400) } else { format!("{}h", secs.div_ceil(3600)) };
+                [format!("--keep-within-{period}"), span]
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,5 +295,15 @@ mod tests {
         assert_eq!(Span::parse("90s").unwrap().to_string(), "90s");
         assert_eq!(Span::parse("36h").unwrap().to_string(), "36h");
         assert_eq!(Span::parse("2x").unwrap_err(), "cannot read duration \"2x\" (use e.g. 90s, 15m, 2h, 30d)");
+    }
+
+    #[test]
+    fn retention_rules_are_counts_or_spans() {
+        let r: Retention = serde_norway::from_str("hourly: 7d\ndaily: 30\nweekly: 90m\n").unwrap();
+        assert_eq!(r.hourly.unwrap().args("hourly"), ["--keep-within-hourly".to_string(), "7d".into()]);
+        assert_eq!(r.daily.unwrap().args("daily"), ["--keep-daily".to_string(), "30".into()]);
+        assert_eq!(r.weekly.unwrap().args("weekly"), ["--keep-within-weekly".to_string(), "2h".into()], "minutes are not forget's months");
+        assert_eq!(r.hourly.unwrap().reach(3600), 7 * 86_400);
+        assert!(serde_norway::from_str::<Retention>("daily: soon\n").is_err());
     }
 }

@@ -107,16 +107,14 @@ impl Runner {
                 let r = &w.class_spec.as_ref().expect("forget has a class").retention;
                 a.push("forget".into());
                 a.extend(tag_args(w));
-                for (flag, n) in [
-                    ("--keep-last", r.last),
-                    ("--keep-hourly", r.hourly),
-                    ("--keep-daily", r.daily),
-                    ("--keep-weekly", r.weekly),
-                    ("--keep-monthly", r.monthly),
-                    ("--keep-yearly", r.yearly),
-                ] {
-                    if let Some(n) = n {
-                        a.extend([flag.into(), n.to_string()]);
+                if let Some(n) = r.last {
+                    a.extend(["--keep-last".into(), n.to_string()]);
+                }
+                for (period, rule) in
+                    [("hourly", r.hourly), ("daily", r.daily), ("weekly", r.weekly), ("monthly", r.monthly), ("yearly", r.yearly)]
+                {
+                    if let Some(rule) = rule {
+                        a.extend(rule.args(period));
                     }
                 }
             }

@@ -159,7 +159,7 @@ pub(super) fn write_plan(env: &Env, redis: &RedisServer, dead: u16) -> PathBuf {
     let text = format!(
         "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\n  offsite:\n    url: {offsite}\n    \
          password_file: {pw}\n    init: true\nclasses:\n  critical:\n    rpo: 15m\n    rto: 1h\n    offsite: offsite\n    \
-         retention:\n      last: 3\n  standard:\n    rpo: 1d\n    rto: 4h\nsources:\n  - name: files\n    class: standard\n    url: {files}\n    \
+         retention:\n      last: 3\n      hourly: 2h\n  standard:\n    rpo: 1d\n    rto: 4h\nsources:\n  - name: files\n    class: standard\n    url: {files}\n    \
          schedule: \"0 * * * *\"\n  - name: cache\n    class: critical\n    url: {redis}\n    schedule: \"*/15 * * * *\"\n  - name: down\n    \
          class: critical\n    url: redis://127.0.0.1:{dead}\n    schedule: \"*/15 * * * *\"\n    retries: 1\ndaemon:\n  retry_backoff: 1m\n  \
          concurrency: 2\n  state: {state}\n  prune_schedule: \"0 3 * * *\"\n",
