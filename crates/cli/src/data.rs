@@ -207,10 +207,16 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         let to = a.to.as_deref().expect("clap requires --target or --to");
         return crate::sources::restore_to(g, &repo, &snap, to, a.flush, a.jobs).await;
     };
+    if (a.verify || a.verify_only) && !(a.includes.is_empty() && a.excludes.is_empty()) {
+        bail!("--verify checks a whole restore: leave out --include and --exclude");
+    }
+    if a.verify_only {
+        return verify(g, &repo, &snap, &target).await;
+    }
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");
     let opts = RestoreOptions { target: target.clone(), includes: a.includes, excludes: a.excludes, progress: Some(progress) };
-    let summary = run_restore(repo, &snap, &opts).await;
+    let summary = run_restore(repo.clone(), &snap, &opts).await;
     if let Some(b) = bar {
         b.abort();
     }
@@ -234,6 +240,26 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     }
     if !summary.errors.is_empty() {
         bail!("{} errors during restore", summary.errors.len());
+    }
+    if a.verify {
+        return verify(g, &repo, &snap, &target).await;
+    }
+    Ok(0)
+}
+
+/// Read a restored tree back and check it against the snapshot.
+async fn verify(g: &Global, repo: &tresor_engine::Repository, snap: &tresor_engine::Snapshot, target: &std::path::Path) -> Result<u8> {
+    let report = tresor_engine::verify::verify_restored(repo, snap, target).await?;
+    if let Some(first) = report.mismatched.first() {
+        for m in &report.mismatched {
+            eprintln!("differs: {m}");
+        }
+        bail!("{} of {} restored files differ from the snapshot; first: {first}", report.mismatched.len(), report.files);
+    }
+    if g.json {
+        print_json(&json!({"message_type": "verified", "snapshot_id": snap.id, "files": report.files, "bytes": report.bytes}))?;
+    } else {
+        println!("verified {} files ({}) against the snapshot's content hashes", report.files, human(report.bytes));
     }
     Ok(0)
 }

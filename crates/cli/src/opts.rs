@@ -456,6 +456,12 @@ pub struct RestoreArgs {
     /// With --to: allow replacing what the target holds.
     #[arg(long, requires = "to")]
     pub flush: bool,
+    /// With --target: read every restored file back and check it against the snapshot's content hashes.
+    #[arg(long, conflicts_with = "to")]
+    pub verify: bool,
+    /// With --target: restore nothing, only check what is there against the snapshot.
+    #[arg(long, conflicts_with_all = ["to", "verify"])]
+    pub verify_only: bool,
     /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs).
     #[arg(long, requires = "to", default_value_t = 1)]
     pub jobs: usize,

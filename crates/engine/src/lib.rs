@@ -30,6 +30,7 @@ pub mod session;
 pub mod sink;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 pub mod walk;
 
 pub use error::{Error, Result};

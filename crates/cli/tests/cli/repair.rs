@@ -60,3 +60,29 @@ fn repair_snapshots_drops_and_names_what_is_lost() {
     assert!(out.join("dir").is_dir());
     assert!(env.json(&["repair", "snapshots", "--dry-run"]).as_array().unwrap().is_empty(), "nothing left to repair");
 }
+
+#[test]
+fn restore_verify_reads_every_file_back_against_the_snapshot() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    sample_tree(&src);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let out = env.path("out");
+    let said = env.ok(&["restore", "latest", "--target", out.to_str().unwrap(), "--verify"]);
+    let files = inventory(&src).values().filter(|v| v.starts_with("file")).count();
+    assert!(said.contains(&format!("verified {files} files (")), "{said}");
+    let victim = biggest(&restored(&env, "out", &src));
+    let mut bytes = fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    fs::write(&victim, &bytes).unwrap();
+    let err = env.fails(&["restore", "latest", "--target", out.to_str().unwrap(), "--verify-only"], 1);
+    assert_eq!(
+        err.lines().last().unwrap(),
+        format!(
+            "tresor: error: 1 of {files} restored files differ from the snapshot; first: {}: content differs from the snapshot",
+            victim.display()
+        )
+    );
+}
