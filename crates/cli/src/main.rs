@@ -5,6 +5,7 @@ mod copy;
 mod daemon;
 mod data;
 mod demo;
+mod drill;
 mod keys;
 mod opts;
 mod pg;
@@ -86,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         },
         Command::Jobs(a) => daemon::jobs(&g, a),
         Command::Audit(a) => daemon::audit(&g, a),
+        Command::Drill(a) => drill::drills(&g, a).await,
     }
 }
 

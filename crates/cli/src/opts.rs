@@ -100,6 +100,19 @@ pub enum Command {
     Jobs(JobsArgs),
     /// The daemon's audit trail: who did what, when, with what result.
     Audit(AuditArgs),
+    /// Restore drills: restore, validate and time the newest backup of each source.
+    Drill(DrillArgs),
+}
+
+#[derive(Args)]
+pub struct DrillArgs {
+    /// A class or a source (default: every source of the plan).
+    pub name: Option<String>,
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: PathBuf,
+    /// Scratch space for restored data (overrides the plan's drills.scratch_dir).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -11,11 +11,14 @@
 pub mod api;
 pub mod check;
 pub mod daemon;
+pub mod drill;
+mod drill_pg;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod runner;
 pub mod schedule;
+pub mod scratch;
 pub mod serve;
 pub mod state;
 

@@ -20,6 +20,49 @@ pub struct Plan {
     pub daemon: DaemonSettings,
     #[serde(default)]
     pub notifications: Vec<Webhook>,
+    #[serde(default)]
+    pub drills: DrillSettings,
+}
+
+/// Where drills restore to.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillSettings {
+    /// Scratch space for restored data (default: the system's temporary directory).
+    pub scratch_dir: Option<PathBuf>,
+}
+
+/// A class's restore drills: when, and who owns the protocol entries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillSpec {
+    pub schedule: String,
+    pub owner: Option<String>,
+}
+
+/// How a drill validates a restored source, beyond what the backup recorded.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// PostgreSQL: queries on the restored database, each answering one value.
+    #[serde(default)]
+    pub queries: Vec<Query>,
+    /// Redis: at least this many keys.
+    pub min_keys: Option<u64>,
+    /// Command sources: run with the restored file in `$TRESOR_DRILL_FILE`; exit 0 passes.
+    pub command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    pub sql: String,
+    /// The database (default: the source's, else `postgres`).
+    pub database: Option<String>,
+    /// The answer, a number, must be at least this.
+    pub min: Option<i64>,
+    /// The answer, a timestamp, must be at most this old at the restore point.
+    pub max_age: Option<Span>,
 }
 
 /// A webhook told when a source's backups start failing and when they recover.
@@ -73,6 +116,7 @@ pub struct Class {
     pub retention: Retention,
     /// The repository that receives a copy of every backup of this class.
     pub offsite: Option<String>,
+    pub drill: Option<DrillSpec>,
     #[serde(default)]
     pub description: String,
 }
@@ -143,6 +187,8 @@ pub struct SourceSpec {
     pub retries: Option<u32>,
     /// Cancel a run that takes longer.
     pub timeout: Option<Span>,
+    #[serde(default)]
+    pub verify: Verify,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

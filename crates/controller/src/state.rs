@@ -31,6 +31,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     log TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
+CREATE TABLE IF NOT EXISTS drills (
+    id INTEGER PRIMARY KEY,
+    test_id TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    class TEXT NOT NULL,
+    passed INTEGER NOT NULL,
+    report TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY,
     time TEXT NOT NULL,
@@ -219,6 +228,35 @@ impl State {
             db.query_row("SELECT max(scheduled_at) FROM jobs WHERE source = ?1 AND kind = ?2", [source, kind], |r| r.get(0))
                 .optional()
                 .map(Option::flatten)
+        })
+    }
+
+    /// Keep a drill as a protocol entry.
+    pub fn record_drill(&self, r: &crate::drill::Report) -> Result<()> {
+        let json = serde_json::to_string(r).expect("reports serialize");
+        self.with(|db| {
+            db.execute(
+                "INSERT INTO drills (test_id, started_at, source, class, passed, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![r.test_id, r.started, r.source, r.class, r.passed, json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Drills since `since`, oldest first.
+    pub fn drills(&self, since: DateTime<Utc>) -> Result<Vec<crate::drill::Report>> {
+        let texts: Vec<String> = self.with(|db| {
+            let mut q = db.prepare("SELECT report FROM drills WHERE started_at >= ?1 ORDER BY id")?;
+            q.query_map([since], |r| r.get(0))?.collect()
+        })?;
+        Ok(texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+    }
+
+    /// Jobs since `since`, oldest first.
+    pub fn jobs_since(&self, since: DateTime<Utc>) -> Result<Vec<Job>> {
+        self.with(|db| {
+            let mut q = db.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE started_at >= ?1 ORDER BY id"))?;
+            q.query_map([since], row_to_job)?.collect()
         })
     }
 

@@ -15,6 +15,7 @@ mod conformance;
 mod crash;
 mod daemon;
 mod deploy;
+mod drill;
 mod pitr;
 mod prune;
 mod repair;

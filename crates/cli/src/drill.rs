@@ -1,0 +1,85 @@
+//! `tresor drill`: restore drills of a plan's sources, recorded as
+//! protocol entries in the daemon's state; `tresor report` reads them.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use tresor_controller::daemon::load_plan;
+use tresor_controller::drill::{Report, drill};
+use tresor_controller::plan::Plan;
+use tresor_controller::state::{AuditEntry, State};
+
+use crate::commands::print_json;
+use crate::opts::{DrillArgs, Global};
+
+/// The state database a plan's daemon keeps.
+pub fn state_of(plan: &Plan, plan_file: &std::path::Path) -> PathBuf {
+    plan.daemon.state.clone().unwrap_or_else(|| plan_file.with_file_name("tresor-state.db"))
+}
+
+fn seconds(s: f64) -> String {
+    if s < 120.0 { format!("{s:.1} s") } else { format!("{:.1} min", s / 60.0) }
+}
+
+fn print(r: &Report) {
+    let verdict = if r.passed { "PASS" } else { "FAIL" };
+    println!("{verdict} {} ({}) {}", r.source, r.class, r.test_id);
+    if let Some(snap) = &r.snapshot {
+        let rpo = r.rpo_seconds.map_or("?".into(), seconds);
+        println!(
+            "  restored snapshot {} ({} bytes) in {} (RTO target {}), restore point {rpo} old (RPO target {})",
+            &snap[..8.min(snap.len())],
+            r.bytes,
+            seconds(r.rto_seconds),
+            seconds(r.rto_target as f64),
+            seconds(r.rpo_target as f64)
+        );
+    }
+    for c in &r.checks {
+        println!("  ok: {c}");
+    }
+    for why in &r.reasons {
+        println!("  failed: {why}");
+    }
+}
+
+pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
+    let plan_file = std::path::absolute(&a.plan)?;
+    let plan = load_plan(&plan_file, chrono::Utc::now())?;
+    let chosen: Vec<_> = plan.sources.iter().filter(|s| a.name.as_ref().is_none_or(|n| &s.name == n || &s.class == n)).cloned().collect();
+    if chosen.is_empty() {
+        bail!("no class or source {} in the plan", a.name.unwrap_or_default());
+    }
+    let state = State::open(&state_of(&plan, &plan_file))?;
+    let scratch = a.scratch.clone().or(plan.drills.scratch_dir.clone()).unwrap_or_else(std::env::temp_dir);
+    let exe = std::env::current_exe()?;
+    let actor = format!("cli:{}@{}", tresor_engine::username(), tresor_engine::hostname());
+    let mut reports = Vec::new();
+    for s in &chosen {
+        let r = tokio::task::block_in_place(|| drill(&exe, &plan, s, &scratch));
+        state.record_drill(&r)?;
+        let detail = if r.passed { r.test_id.clone() } else { format!("{}: {}", r.test_id, r.reasons.join("; ")) };
+        let result = if r.passed { "succeeded" } else { "failed" };
+        state.audit(&AuditEntry {
+            time: chrono::Utc::now(),
+            actor: actor.clone(),
+            action: "drill".into(),
+            target: s.name.clone(),
+            result: result.into(),
+            detail,
+        })?;
+        if !g.json {
+            print(&r);
+        }
+        reports.push(r);
+    }
+    if g.json {
+        print_json(&reports)?;
+    }
+    let failed = reports.iter().filter(|r| !r.passed).count();
+    if failed > 0 {
+        eprintln!("tresor: error: {failed} of {} drills failed", reports.len());
+        return Ok(crate::EXIT_ERROR);
+    }
+    Ok(0)
+}

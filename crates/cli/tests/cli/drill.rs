@@ -1,0 +1,184 @@
+//! Restore drills on a plan modelled on the ERP requirement document:
+//! three tiers; Redis, PostgreSQL, etcd (the cluster's configuration store)
+//! and a volume; real servers. Drills restore into scratch targets only,
+//! validate, measure RTO/RPO and leave protocol entries; a corrupted
+//! snapshot fails its drill by name and nothing else.
+
+use std::os::unix::fs::PermissionsExt;
+
+use tresor_testkit::{EtcdServer, PostgresServer, RedisServer};
+
+use super::sources::{contents, fill, row_counts};
+use super::*;
+
+struct Erp {
+    env: Env,
+    redis: RedisServer,
+    pg: PostgresServer,
+    etcd: EtcdServer,
+    plan: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+fn erp() -> Erp {
+    let mut env = Env::new();
+    env.vars.push(("TRESOR_PG_BIN".into(), PostgresServer::bin_dir().display().to_string()));
+    env.ok(&["init"]);
+    let redis = RedisServer::start(&[]);
+    fill(&redis);
+    let pg = PostgresServer::start();
+    pg.psql("postgres", "CREATE DATABASE erp");
+    pg.pgbench_init("erp", 1);
+    pg.psql(
+        "erp",
+        "CREATE TABLE invoices (id serial, created_at timestamptz DEFAULT now()); INSERT INTO invoices SELECT FROM generate_series(1, 500)",
+    );
+    let etcd = EtcdServer::start();
+    for i in 0..30 {
+        assert!(etcd.ctl(&["put", &format!("/registry/configmaps/erp/cm{i}"), "v"]).status.success());
+    }
+    let volume = env.path("volume");
+    sample_tree(&volume);
+    let scratch = tempfile::Builder::new().prefix("tresor-drills-").tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            r#"repositories:
+  primary:
+    url: {repo}
+    password_file: {pw}
+classes:
+  critical:
+    rpo: 15m
+    rto: 2h
+    drill:
+      schedule: "0 4 * * 0"
+      owner: db-team
+  standard:
+    rpo: 4h
+    rto: 8h
+  archive:
+    rpo: 1d
+    rto: 1d
+sources:
+  - name: sessions
+    class: critical
+    url: {redis}
+    schedule: "*/15 * * * *"
+    verify:
+      min_keys: 2000
+  - name: erp-db
+    class: critical
+    url: {pg}
+    schedule: "*/15 * * * *"
+    verify:
+      queries:
+        - sql: SELECT count(*) FROM pgbench_accounts
+          min: 100000
+        - sql: SELECT max(created_at) FROM invoices
+          max_age: 1h
+  - name: cluster-config
+    class: standard
+    url: {etcd}
+    schedule: "0 * * * *"
+  - name: documents
+    class: archive
+    url: {volume}
+    schedule: "@daily"
+daemon:
+  state: {state}
+"#,
+            repo = env.repo,
+            pw = env.path("pw").display(),
+            redis = redis.url(),
+            pg = pg.url("erp"),
+            etcd = etcd.url(),
+            volume = volume.display(),
+            state = env.path("state.db").display(),
+        ),
+    )
+    .unwrap();
+    for (name, url) in
+        [("sessions", redis.url()), ("erp-db", pg.url("erp")), ("cluster-config", etcd.url()), ("documents", volume.display().to_string())]
+    {
+        env.ok(&["backup", &url, "--tag", &format!("source={name}")]);
+    }
+    Erp { env, redis, pg, etcd, plan, scratch }
+}
+
+fn drill(e: &Erp, name: Option<&str>) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut args = vec!["drill", "--plan", e.plan.to_str().unwrap(), "--scratch", e.scratch.path().to_str().unwrap(), "--json"];
+    args.extend(name);
+    let out = e.env.run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let reports: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|_| panic!("no reports: {text}{err}"));
+    let reports = reports.as_array().unwrap().clone();
+    assert!(!reports.is_empty(), "no drill ran: {text}{err}");
+    (out.status.code(), reports)
+}
+
+#[test]
+fn drills_restore_validate_and_measure_every_source_without_touching_production() {
+    let e = erp();
+    let redis_before = contents(&e.redis);
+    let pg_before = (row_counts(&e.pg, "erp"), e.pg.psql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"));
+    let etcd_before = e.etcd.ctl(&["get", "--prefix", ""]).stdout;
+
+    let (code, reports) = drill(&e, None);
+    let verdicts: Vec<(&str, bool)> = reports.iter().map(|r| (r["source"].as_str().unwrap(), r["passed"].as_bool().unwrap())).collect();
+    assert_eq!(code, Some(0), "{reports:#?}");
+    assert_eq!(verdicts, [("sessions", true), ("erp-db", true), ("cluster-config", true), ("documents", true)]);
+    let by = |name: &str| reports.iter().find(|r| r["source"] == name).unwrap().clone();
+    let checks = |name: &str| by(name)["checks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(checks("sessions"), ["2007 keys, as recorded at backup", "at least 2000 keys"]);
+    let pg_checks = checks("erp-db");
+    assert!(pg_checks[1] == "SELECT count(*) FROM pgbench_accounts = 100000 (at least 100000)", "{pg_checks:?}");
+    assert!(
+        pg_checks[2].starts_with("SELECT max(created_at) FROM invoices = ") && pg_checks[2].ends_with("(within 1h of the restore point)"),
+        "{pg_checks:?}"
+    );
+    let etcd_check = &checks("cluster-config")[0];
+    assert!(etcd_check.starts_with("30 keys at revision ") && etcd_check.ends_with(", as recorded at backup"), "{etcd_check}");
+    assert!(checks("documents")[0].ends_with("read back and matched the snapshot's content hashes"), "{:?}", checks("documents"));
+    for r in &reports {
+        let rto = r["rto_seconds"].as_f64().unwrap();
+        let rpo = r["rpo_seconds"].as_f64().unwrap();
+        assert!(rto > 0.0 && rto < r["rto_target"].as_f64().unwrap(), "measured RTO within target: {r}");
+        assert!((0.0..600.0).contains(&rpo), "the restore point's age: {r}");
+        assert!(r["bytes"].as_u64().unwrap() > 0, "{r}");
+    }
+    assert_eq!(by("erp-db")["owner"], "db-team");
+
+    // Production untouched: every key, row, database and etcd key as before; scratch cleaned up.
+    assert_eq!(contents(&e.redis), redis_before);
+    assert_eq!(
+        (row_counts(&e.pg, "erp"), e.pg.psql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database")),
+        pg_before
+    );
+    assert_eq!(e.etcd.ctl(&["get", "--prefix", ""]).stdout, etcd_before);
+    assert_eq!(fs::read_dir(e.scratch.path()).unwrap().count(), 0, "scratch targets are removed");
+    let audit = e.env.json(&["audit", "--state", e.env.path("state.db").to_str().unwrap()]);
+    assert_eq!(audit.as_array().unwrap().iter().filter(|a| a["action"] == "drill" && a["result"] == "succeeded").count(), 4);
+}
+
+#[test]
+fn a_corrupted_snapshot_fails_its_drill_by_name_and_nothing_else() {
+    let e = erp();
+    // Damage the volume's data: the largest pack holds its file contents.
+    let data = Path::new(&e.env.repo).join("data");
+    let victim = biggest(&data);
+    flip_byte(&victim, fs::metadata(&victim).unwrap().len() / 2);
+    let (code, reports) = drill(&e, Some("archive"));
+    assert_eq!(code, Some(1));
+    let r = &reports[0];
+    assert_eq!((r["source"].as_str(), r["passed"].as_bool()), (Some("documents"), Some(false)));
+    let pack = victim.file_name().unwrap().to_str().unwrap();
+    let why = r["reasons"][0].as_str().unwrap();
+    assert!(why.contains(&pack[..16]) || why.contains("authentication"), "the damaged object is named: {why}");
+    let (code, reports) = drill(&e, Some("critical"));
+    assert_eq!(code, Some(0), "other classes still pass: {reports:#?}");
+}

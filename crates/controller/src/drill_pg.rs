@@ -1,0 +1,68 @@
+//! PostgreSQL drills: a logical backup restored into a new scratch cluster
+//! (`initdb` on a free port), a base backup recovered into one, the roles
+//! of a globals backup replayed into one; then the plan's queries.
+
+use std::path::Path;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::drill::{Report, Tresor};
+use crate::plan::{Query, SourceSpec};
+use crate::scratch::Postgres;
+
+pub(crate) fn drill_postgres(t: &Tresor, source: &SourceSpec, id: &str, dir: &Path, point: &Value, r: &mut Report) -> Result<(), String> {
+    let pgdir = dir.join("pg");
+    std::fs::create_dir_all(&pgdir).map_err(|e| format!("cannot create {}: {e}", pgdir.display()))?;
+    let (pg, db) = if r.kind == "pg-base" {
+        let data = pgdir.join("data").display().to_string();
+        let v = t.json(&["pg", "restore", id, "--immediate", "--no-archive", "--target", &data])?;
+        r.bytes = v["bytes"].as_u64().unwrap_or(0);
+        let pg = Postgres::start(&pgdir, false)?;
+        pg.recovered()?;
+        r.checks.push("the base backup recovered to a consistent state and was promoted".into());
+        (pg, "postgres".to_string())
+    } else if point["globals"].as_bool() == Some(true) {
+        let pg = Postgres::start(&pgdir, true)?;
+        let v = t.json(&["restore", id, "--to", pg.url("").trim_end_matches('/')])?;
+        r.bytes = v["bytes"].as_u64().unwrap_or(0);
+        let roles = pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname !~ '^pg_'")?;
+        r.checks.push(format!("{roles} roles replayed"));
+        (pg, "postgres".to_string())
+    } else {
+        let db = point["database"].as_str().unwrap_or("postgres").to_string();
+        let pg = Postgres::start(&pgdir, true)?;
+        let v = t.json(&["restore", id, "--to", &pg.url(&db)])?;
+        r.bytes = v["bytes"].as_u64().unwrap_or(0);
+        r.checks.push(format!("pg_restore into a scratch cluster: {}", v["result"].as_str().unwrap_or("done")));
+        (pg, db)
+    };
+    for q in &source.verify.queries {
+        r.checks.push(run_query(&pg, q, &db, r.snapshot_time)?);
+    }
+    Ok(())
+}
+
+/// One validation query; what it showed, or why it failed.
+fn run_query(pg: &Postgres, q: &Query, db: &str, point: Option<DateTime<Utc>>) -> Result<String, String> {
+    let db = q.database.as_deref().unwrap_or(db);
+    let value = pg.query(db, &q.sql)?;
+    if let Some(min) = q.min {
+        let n: i64 = value.parse().map_err(|_| format!("{}: answered {value:?}, not a number", q.sql))?;
+        if n < min {
+            return Err(format!("{}: {n}, less than the plan's minimum {min}", q.sql));
+        }
+        return Ok(format!("{} = {n} (at least {min})", q.sql));
+    }
+    if let Some(max_age) = q.max_age {
+        let at = DateTime::parse_from_str(&value, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .map_err(|_| format!("{}: answered {value:?}, not a timestamp", q.sql))?
+            .with_timezone(&Utc);
+        let age = point.map_or(0, |p| (p - at).num_seconds().max(0)) as u64;
+        if age > max_age.secs() {
+            return Err(format!("{}: the newest row is {age}s older than the restore point, more than {max_age}", q.sql));
+        }
+        return Ok(format!("{} = {value} (within {max_age} of the restore point)", q.sql));
+    }
+    Ok(format!("{} = {value}", q.sql))
+}
