@@ -91,6 +91,7 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/api/v1/sources/{name}/snapshots", get(snapshots))
         .route("/api/v1/sources/{name}/backup", post(trigger_backup))
         .route("/api/v1/sources/{name}/restore", post(trigger_restore))
+        .route("/api/v1/sources/{name}/drill", post(trigger_drill))
         .route("/api/v1/reload", post(reload))
         .with_state(app)
 }
@@ -238,14 +239,23 @@ async fn snapshots(State(app): State<App>, headers: HeaderMap, Path(name): Path<
 }
 
 async fn trigger_backup(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> Response {
-    let actor = match app.allow(&headers, Scope::Admin) {
+    trigger(&app, &headers, name, |source, actor| Command::Backup { source, actor })
+}
+
+async fn trigger_drill(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    trigger(&app, &headers, name, |source, actor| Command::Drill { source, actor })
+}
+
+/// Queue a job for a source of the plan (admin scope).
+fn trigger(app: &App, headers: &HeaderMap, name: String, job: impl FnOnce(String, String) -> Command) -> Response {
+    let actor = match app.allow(headers, Scope::Admin) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
     if !app.shared.plan().sources.iter().any(|s| s.name == name) {
         return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
     }
-    let _ = app.shared.commands.send(Command::Backup { source: name.clone(), actor });
+    let _ = app.shared.commands.send(job(name.clone(), actor));
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name}))).into_response()
 }
 

@@ -48,6 +48,7 @@ impl Clock {
 #[derive(Debug)]
 pub enum Command {
     Backup { source: String, actor: String },
+    Drill { source: String, actor: String },
     Restore { source: String, spec: RestoreSpec, actor: String },
     Reload { actor: String },
 }
@@ -172,6 +173,11 @@ impl Loop {
                 }
             }
         }
+        for (class, c) in &plan.classes {
+            if let Some(t) = c.drill.as_ref().and_then(|d| next_due(&d.schedule, class, None, now)) {
+                next.insert(format!("drill:{class}"), t);
+            }
+        }
         *self.shared.next_runs.lock().expect("not poisoned") = next;
         Ok(())
     }
@@ -181,29 +187,8 @@ impl Loop {
         let due: Vec<(String, DateTime<Utc>)> =
             self.shared.next_runs.lock().expect("not poisoned").iter().filter(|(_, t)| **t <= now).map(|(k, t)| (k.clone(), *t)).collect();
         for (key, at) in due {
-            let (q, next) = match key.strip_prefix("prune:") {
-                Some(repo) => (
-                    Queued {
-                        priority: 0,
-                        due: at,
-                        name: repo.into(),
-                        kind: Kind::Prune,
-                        trigger: "schedule",
-                        attempt: 0,
-                        actor: "daemon".into(),
-                        restore: None,
-                    },
-                    plan.daemon.prune_schedule.as_deref().and_then(|p| next_due(p, repo, None, now)),
-                ),
-                None => {
-                    let Some(s) = plan.sources.iter().find(|s| s.name == key) else { continue };
-                    (
-                        self.queued(&key, Kind::Backup, "schedule", at, 0, "daemon"),
-                        next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now),
-                    )
-                }
-            };
-            self.queue.push(q);
+            let (jobs, next) = self.due_jobs(&plan, &key, at, now);
+            self.queue.extend(jobs);
             let mut runs = self.shared.next_runs.lock().expect("not poisoned");
             match next {
                 Some(t) => runs.insert(key, t),
@@ -213,6 +198,41 @@ impl Loop {
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.delayed).into_iter().partition(|q| q.due <= now);
         self.delayed = waiting;
         self.queue.extend(ready);
+    }
+
+    /// The jobs a due schedule starts (a source's backup, a repository's
+    /// prune, a class's drills), and when it is due next.
+    fn due_jobs(&self, plan: &Plan, key: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> (Vec<Queued>, Option<DateTime<Utc>>) {
+        if let Some(repo) = key.strip_prefix("prune:") {
+            let q = Queued {
+                priority: 0,
+                due: at,
+                name: repo.into(),
+                kind: Kind::Prune,
+                trigger: "schedule",
+                attempt: 0,
+                actor: "daemon".into(),
+                restore: None,
+            };
+            return (vec![q], plan.daemon.prune_schedule.as_deref().and_then(|p| next_due(p, repo, None, now)));
+        }
+        if let Some(class) = key.strip_prefix("drill:") {
+            let jobs = plan
+                .sources
+                .iter()
+                .filter(|s| s.class == class)
+                .map(|s| self.queued(&s.name, Kind::Drill, "schedule", at, 0, "daemon"))
+                .collect();
+            let next = plan.classes.get(class).and_then(|c| c.drill.as_ref()).and_then(|d| next_due(&d.schedule, class, None, now));
+            return (jobs, next);
+        }
+        match plan.sources.iter().find(|s| s.name == key) {
+            Some(s) => (
+                vec![self.queued(key, Kind::Backup, "schedule", at, 0, "daemon")],
+                next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now),
+            ),
+            None => (Vec::new(), None),
+        }
     }
 
     /// Start queued jobs while slots are free; a source never runs twice at once.
@@ -266,6 +286,10 @@ impl Loop {
         match cmd {
             Command::Backup { source, actor } => {
                 let q = self.queued(&source, Kind::Backup, "api", now, 0, &actor);
+                self.queue.push(Queued { priority: u32::MAX, ..q });
+            }
+            Command::Drill { source, actor } => {
+                let q = self.queued(&source, Kind::Drill, "api", now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, ..q });
             }
             Command::Restore { source, spec, actor } => {
@@ -353,7 +377,7 @@ pub async fn run(
     Ok(())
 }
 
-fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
+fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Option<Work> {
     if q.kind == Kind::Prune {
         let repo = plan.repositories.get(&q.name)?.clone();
         return Some(Work {
@@ -366,6 +390,7 @@ fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
             offsite: None,
             timeout: None,
             restore: None,
+            plan_file: plan_file.to_path_buf(),
         });
     }
     let s = plan.sources.iter().find(|s| s.name == q.name)?;
@@ -381,13 +406,14 @@ fn work(plan: &Plan, q: &Queued, kind: Kind) -> Option<Work> {
         offsite: class.offsite.as_ref().and_then(|o| plan.repositories.get(o)).cloned(),
         timeout: s.timeout.map(|t| t.0),
         restore: q.restore.clone(),
+        plan_file: plan_file.to_path_buf(),
     })
 }
 
 /// One queued job and, after a successful backup, its retention and copy.
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
-    let Some(w) = work(&plan, q, q.kind) else {
+    let Some(w) = work(&plan, &shared.plan_file, q, q.kind) else {
         return Outcome {
             status: "failed".into(),
             reason: Some("unknown".into()),
@@ -454,6 +480,11 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         Kind::Restore => {
             let reason = outcome.reason.as_deref().unwrap_or("");
             shared.metrics.restore_done(&w.name, &w.class, outcome.status == "succeeded", reason, seconds);
+        }
+        Kind::Drill => {
+            if let Some(r) = outcome.summary.as_ref().and_then(|v| v.get(0)) {
+                shared.metrics.drill_done(&w.name, &w.class, r);
+            }
         }
         Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
         Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),

@@ -72,6 +72,10 @@ pub struct Metrics {
     restore_failure: Family<FailureLabels, Counter>,
     restore_duration: Family<SourceLabels, FloatGauge>,
     lag: Family<SourceLabels, FloatGauge>,
+    drill_duration: Family<SourceLabels, FloatGauge>,
+    drill_success: Family<SourceLabels, Gauge>,
+    rto_achieved: Family<SourceLabels, FloatGauge>,
+    rpo_achieved: Family<SourceLabels, FloatGauge>,
     running: Gauge,
     storage_free: Family<RepoLabels, Gauge>,
     repo_size: Family<RepoLabels, Gauge>,
@@ -105,6 +109,10 @@ impl Metrics {
             restore_failure: Family::default(),
             restore_duration: Family::default(),
             lag: Family::default(),
+            drill_duration: Family::default(),
+            drill_success: Family::default(),
+            rto_achieved: Family::default(),
+            rpo_achieved: Family::default(),
             running: Gauge::default(),
             storage_free: Family::default(),
             repo_size: Family::default(),
@@ -127,6 +135,10 @@ impl Metrics {
         r.register("restore_failure", "Restores that failed, by reason", m.restore_failure.clone());
         r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", m.restore_duration.clone());
         r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", m.lag.clone());
+        r.register("restore_drill_duration_seconds", "How long the newest drill took to a validated restore", m.drill_duration.clone());
+        r.register("restore_drill_success", "Whether the newest drill passed (1) or failed (0)", m.drill_success.clone());
+        r.register("rto_achieved_seconds", "Measured RTO of the newest drill", m.rto_achieved.clone());
+        r.register("rpo_achieved_seconds", "Age of the restore point the newest drill restored", m.rpo_achieved.clone());
         r.register("backup_jobs_running", "Jobs running now", m.running.clone());
         r.register("backup_repository_size_bytes", "What the repository takes in storage", m.repo_size.clone());
         r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
@@ -205,6 +217,18 @@ impl Metrics {
             self.restore_success.get_or_create(&l).inc();
         } else {
             self.restore_failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason: reason.into() }).inc();
+        }
+    }
+
+    /// A drill's report (`tresor drill --json`).
+    pub fn drill_done(&self, source: &str, class: &str, report: &serde_json::Value) {
+        let l = SourceLabels { source: source.into(), class: class.into() };
+        let rto = report["rto_seconds"].as_f64().unwrap_or(0.0);
+        self.drill_duration.get_or_create(&l).set(rto);
+        self.rto_achieved.get_or_create(&l).set(rto);
+        self.drill_success.get_or_create(&l).set(i64::from(report["passed"].as_bool() == Some(true)));
+        if let Some(rpo) = report["rpo_seconds"].as_f64() {
+            self.rpo_achieved.get_or_create(&l).set(rpo);
         }
     }
 

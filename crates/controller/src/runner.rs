@@ -18,6 +18,7 @@ pub enum Kind {
     Copy,
     Prune,
     Restore,
+    Drill,
 }
 
 /// What a restore job restores, and where to.
@@ -42,6 +43,7 @@ impl Kind {
             Kind::Copy => "copy",
             Kind::Prune => "prune",
             Kind::Restore => "restore",
+            Kind::Drill => "drill",
         }
     }
 }
@@ -59,6 +61,8 @@ pub struct Work {
     pub offsite: Option<Repository>,
     pub timeout: Option<Duration>,
     pub restore: Option<RestoreSpec>,
+    /// The plan file (a drill reads it in its own process).
+    pub plan_file: PathBuf,
 }
 
 /// Runs `tresor` (this very program, as a child).
@@ -130,6 +134,7 @@ impl Runner {
                 a.extend(tag_args(w));
             }
             Kind::Prune => a.push("prune".into()),
+            Kind::Drill => a.extend(["drill".into(), w.name.clone(), "--plan".into(), w.plan_file.display().to_string()]),
             Kind::Restore => {
                 let r = w.restore.as_ref().expect("a restore says what");
                 a.extend(["restore".into(), r.snapshot.clone().unwrap_or_else(|| "latest".into())]);
@@ -277,6 +282,12 @@ fn outcome(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
 
 fn judge(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
     let summary: Option<serde_json::Value> = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+    let mut o = verdict(code, summary.clone(), stderr);
+    o.summary = summary;
+    o
+}
+
+fn verdict(code: Option<i32>, summary: Option<serde_json::Value>, stderr: &str) -> Outcome {
     if code == Some(0) || code == Some(3) {
         let s = summary.unwrap_or_default();
         let message = (code == Some(3)).then(|| "some files could not be read".to_string());
@@ -289,6 +300,7 @@ fn judge(code: Option<i32>, stdout: &str, stderr: &str) -> Outcome {
             bytes_added: s["data_added"].as_u64().or(s["bytes_copied"].as_u64()),
             lag_seconds: s["lag_seconds"].as_f64(),
             log: None,
+            summary: None,
         };
     }
     let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("tresor: error: ").to_string();

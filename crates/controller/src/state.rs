@@ -94,6 +94,8 @@ pub struct Outcome {
     /// For a copy: how far the off-site repository is behind.
     pub lag_seconds: Option<f64>,
     pub log: Option<String>,
+    /// The job's JSON summary (a drill's reports).
+    pub summary: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

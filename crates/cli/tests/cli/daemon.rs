@@ -104,7 +104,7 @@ pub(super) fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Valu
     }
 }
 
-fn set_clock(clock: &Path, at: &str) {
+pub(super) fn set_clock(clock: &Path, at: &str) {
     fs::write(clock, at).unwrap();
 }
 

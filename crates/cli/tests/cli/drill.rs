@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use tresor_testkit::{EtcdServer, PostgresServer, RedisServer};
 
+use super::daemon::{count, http, set_clock, start_daemon, wait_jobs};
 use super::sources::{contents, fill, row_counts};
 use super::*;
 
@@ -89,6 +90,8 @@ sources:
     schedule: "@daily"
 daemon:
   state: {state}
+drills:
+  scratch_dir: {scratch}
 "#,
             repo = env.repo,
             pw = env.path("pw").display(),
@@ -97,6 +100,7 @@ daemon:
             etcd = etcd.url(),
             volume = volume.display(),
             state = env.path("state.db").display(),
+            scratch = scratch.path().display(),
         ),
     )
     .unwrap();
@@ -181,4 +185,31 @@ fn a_corrupted_snapshot_fails_its_drill_by_name_and_nothing_else() {
     assert!(why.contains(&pack[..16]) || why.contains("authentication"), "the damaged object is named: {why}");
     let (code, reports) = drill(&e, Some("critical"));
     assert_eq!(code, Some(0), "other classes still pass: {reports:#?}");
+}
+
+#[test]
+fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() {
+    let e = erp();
+    let clock = e.env.path("clock");
+    set_clock(&clock, "2026-11-21T10:00:00Z");
+    let d = start_daemon(&e.env, &e.plan, Some(&clock));
+    wait_jobs(&d, "first backups", |j| {
+        ["sessions", "erp-db", "cluster-config", "documents"].iter().all(|s| count(j, s, "backup", "succeeded") == 1)
+    });
+    // Sunday 04:00: the critical class's drills (sessions, erp-db); the other classes have no drill schedule.
+    set_clock(&clock, "2026-11-22T04:00:01Z");
+    let j =
+        wait_jobs(&d, "the drills", |j| count(j, "sessions", "drill", "succeeded") == 1 && count(j, "erp-db", "drill", "succeeded") == 1);
+    assert_eq!(j.iter().filter(|x| x["kind"] == "drill").count(), 2);
+    assert_eq!(http(d.port, "POST", "/api/v1/sources/documents/drill", Some("admin-token")).0, 202);
+    wait_jobs(&d, "the API's drill", |j| count(j, "documents", "drill", "succeeded") == 1);
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    for line in [
+        "restore_drill_success{source=\"sessions\",class=\"critical\"} 1",
+        "restore_drill_success{source=\"documents\",class=\"archive\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+    assert!(metrics.contains("rto_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
+    assert!(metrics.contains("rpo_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
 }
