@@ -80,7 +80,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         Some(p) => std::path::absolute(p)?,
         None => embedded_default(&a.data_dir)?,
     };
-    let clock = std::env::var_os("TRESOR_CLOCK_FILE").map_or(Clock::System, |f| Clock::File(f.into()));
+    let clock = Clock::from_env();
     let plan = load_plan(&plan_file, clock.now())?;
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     init_repositories(&plan, &exe)?;

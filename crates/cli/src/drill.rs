@@ -10,7 +10,7 @@ use tresor_controller::plan::Plan;
 use tresor_controller::state::{AuditEntry, State};
 
 use crate::commands::print_json;
-use crate::opts::{DrillArgs, Global};
+use crate::opts::{DrillArgs, Global, ReportArgs};
 
 /// The state database a plan's daemon keeps.
 pub fn state_of(plan: &Plan, plan_file: &std::path::Path) -> PathBuf {
@@ -80,6 +80,26 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
     if failed > 0 {
         eprintln!("tresor: error: {failed} of {} drills failed", reports.len());
         return Ok(crate::EXIT_ERROR);
+    }
+    Ok(0)
+}
+
+/// `tresor report`: targets against measurements, per class, since a date.
+pub fn report(a: ReportArgs) -> Result<u8> {
+    let plan_file = std::path::absolute(&a.plan)?;
+    let (plan, _) = Plan::load(&plan_file)?;
+    let state = State::open(&state_of(&plan, &plan_file))?;
+    let now = tresor_controller::daemon::Clock::from_env().now();
+    let since = now - chrono::Duration::from_std(crate::commands::parse_duration(&a.since)?)?;
+    let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, since, now);
+    let text = match a.format.as_str() {
+        "json" => serde_json::to_string_pretty(&report)?,
+        "html" => tresor_controller::report_html::html(&report),
+        _ => tresor_controller::report_html::markdown(&report),
+    };
+    match &a.output {
+        Some(file) => std::fs::write(file, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?,
+        None => print!("{text}"),
     }
     Ok(0)
 }

@@ -102,6 +102,22 @@ pub enum Command {
     Audit(AuditArgs),
     /// Restore drills: restore, validate and time the newest backup of each source.
     Drill(DrillArgs),
+    /// Compliance report: RPO/RTO targets against measurements, success rates, the drill protocol.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: PathBuf,
+    /// The period covered, back from now (30d, 12w, 1y).
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    #[arg(long, default_value = "md", value_parser = ["md", "html", "json"])]
+    pub format: String,
+    /// Write to this file instead of standard output.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args)]

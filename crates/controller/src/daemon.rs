@@ -33,6 +33,11 @@ pub enum Clock {
 }
 
 impl Clock {
+    /// `TRESOR_CLOCK_FILE` when set (tests), else the system clock.
+    pub fn from_env() -> Clock {
+        std::env::var_os("TRESOR_CLOCK_FILE").map_or(Clock::System, |f| Clock::File(f.into()))
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         match self {
             Clock::System => Utc::now(),

@@ -16,6 +16,8 @@ mod drill_pg;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
+pub mod report;
+pub mod report_html;
 pub mod runner;
 pub mod schedule;
 pub mod scratch;

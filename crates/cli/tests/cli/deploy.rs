@@ -132,7 +132,7 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
 
 /// The page as headless Chromium renders it (its DOM after load), and a
 /// screenshot of it.
-fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
+pub(super) fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
     let base = |c: &mut Command| {
         c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
             .args(["--disable-component-update", "--disable-sync"])

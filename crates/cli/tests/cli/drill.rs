@@ -212,4 +212,44 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     }
     assert!(metrics.contains("rto_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
     assert!(metrics.contains("rpo_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
+    drop(d);
+
+    // The report: targets against measurements, the protocol, the evidence.
+    let report = |format: &str| {
+        e.env.cmd(&["report", "--plan", e.plan.to_str().unwrap(), "--format", format]).env("TRESOR_CLOCK_FILE", &clock).output().unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_slice(&report("json").stdout).unwrap();
+    let class = |n: &str| json["classes"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap().clone();
+    let critical = class("critical");
+    assert_eq!(
+        (critical["drills"].as_u64(), critical["drills_passed"].as_u64(), critical["rto_met"].as_bool()),
+        (Some(2), Some(2), Some(true)),
+        "{critical}"
+    );
+    assert_eq!((critical["backups"].as_u64(), critical["backups_succeeded"].as_u64()), (Some(4), Some(4)), "first runs and the 04:00 runs");
+    assert!(critical["rto_predicted"].as_f64().is_some(), "a prediction from the drill history: {critical}");
+    let gap = critical["rpo_worst_gap"].as_f64().unwrap();
+    assert!(gap > 17.0 * 3600.0, "the night the clock jumped over is the worst gap: {critical}");
+    assert_eq!(critical["rpo_met"], false, "an 18-hour gap misses a 15m RPO: {critical}");
+    assert_eq!(class("standard")["drills"], 0);
+    assert_eq!(json["protocol"].as_array().unwrap().len(), 3);
+    let md = String::from_utf8(report("md").stdout).unwrap();
+    assert!(
+        md.contains("| critical | 15m | ") && md.contains("## Test protocol") && md.contains("| ISO/IEC 27001:2022 | A.8.13 |"),
+        "{md}"
+    );
+    let html = e.env.path("report.html");
+    let out = e
+        .env
+        .cmd(&["report", "--plan", e.plan.to_str().unwrap(), "--format", "html", "--output", html.to_str().unwrap()])
+        .env("TRESOR_CLOCK_FILE", &clock)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (dom, png) = super::deploy::chromium(&format!("file://{}", html.display()), e.env.dir.path());
+    assert!(dom.contains("<section class=\"class missed\" data-class=\"critical\">"), "{dom}");
+    assert_eq!(dom.matches("<svg class=\"chart\"").count(), 4, "RTO and RPO charts for the two classes with drills");
+    assert!(dom.contains("no drills yet"), "the class without drills says so");
+    assert!(dom.contains("<td>DRILL-") && dom.contains("<td>A.5.30</td>"), "{dom}");
+    assert!(png.len() > 10_000);
 }

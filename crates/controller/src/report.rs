@@ -1,0 +1,191 @@
+//! Compliance reports: per class the targets against what was measured
+//! (RPO from the backup history, RTO from drills), success rates, the test
+//! protocol, a restore-time prediction, and the evidence for ISO 27001,
+//! BSI IT-Grundschutz, GDPR and NIS2. Rendered as JSON, Markdown or a
+//! self-contained HTML page (`report_html.rs`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::drill;
+use crate::plan::Plan;
+use crate::state::Job;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassReport {
+    pub name: String,
+    pub description: String,
+    pub sources: Vec<String>,
+    pub rpo_target: u64,
+    pub rto_target: u64,
+    /// Age of the stalest source's newest restorable point now.
+    pub rpo_current: Option<f64>,
+    /// The longest time without a restorable point of some source in the window.
+    pub rpo_worst_gap: Option<f64>,
+    pub rpo_met: bool,
+    /// The slowest source in the newest drill of each.
+    pub rto_measured: Option<f64>,
+    pub rto_met: Option<bool>,
+    /// Expected RTO at the current size, from the drill history.
+    pub rto_predicted: Option<f64>,
+    pub rto_prediction_over_target: bool,
+    pub backups: u64,
+    pub backups_succeeded: u64,
+    pub drills: u64,
+    pub drills_passed: u64,
+    pub last_drill: Option<DateTime<Utc>>,
+    pub offsite: Option<String>,
+    pub last_offsite_copy: Option<DateTime<Utc>>,
+    pub retention: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Control {
+    pub framework: &'static str,
+    pub control: &'static str,
+    pub requirement: &'static str,
+    pub evidence: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub generated: DateTime<Utc>,
+    pub since: DateTime<Utc>,
+    pub classes: Vec<ClassReport>,
+    /// Every drill in the window: the test protocol.
+    pub protocol: Vec<drill::Report>,
+    pub compliance: Vec<Control>,
+}
+
+pub fn rate(ok: u64, all: u64) -> Option<f64> {
+    (all > 0).then(|| ok as f64 / all as f64)
+}
+
+/// Restorable points of one source: when each successful backup ended.
+fn points(jobs: &[Job], source: &str) -> Vec<DateTime<Utc>> {
+    jobs.iter().filter(|j| j.source == source && j.kind == "backup" && j.status == "succeeded").filter_map(|j| j.ended_at).collect()
+}
+
+/// (current age, worst gap) of a source's restorable points in the window
+/// (the time before its first point there is outside what the window shows).
+fn rpo(points: &[DateTime<Utc>], now: DateTime<Utc>) -> (Option<f64>, Option<f64>) {
+    let secs = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_milliseconds() as f64 / 1000.0;
+    let Some(last) = points.last() else { return (None, None) };
+    let mut worst = secs(*last, now);
+    for w in points.windows(2) {
+        worst = worst.max(secs(w[0], w[1]));
+    }
+    (Some(secs(*last, now)), Some(worst))
+}
+
+/// Least squares of RTO on restored bytes over passed drills; the RTO at `size`.
+pub fn predict(history: &[(u64, f64)], size: u64) -> Option<f64> {
+    let n = history.len() as f64;
+    if history.is_empty() {
+        return None;
+    }
+    let (sx, sy) = history.iter().fold((0.0, 0.0), |(x, y), (b, t)| (x + *b as f64, y + t));
+    let (mx, my) = (sx / n, sy / n);
+    let sxx: f64 = history.iter().map(|(b, _)| (*b as f64 - mx).powi(2)).sum();
+    let sxy: f64 = history.iter().map(|(b, t)| (*b as f64 - mx) * (t - my)).sum();
+    let at = size as f64;
+    if sxx > 0.0 {
+        let slope = (sxy / sxx).max(0.0);
+        return Some((my + slope * (at - mx)).max(0.0));
+    }
+    // One size only: time grows with the data.
+    Some(if mx > 0.0 { my * at / mx } else { my })
+}
+
+fn class_report(plan: &Plan, name: &str, jobs: &[Job], drills: &[drill::Report], now: DateTime<Utc>) -> ClassReport {
+    let c = &plan.classes[name];
+    let sources: Vec<String> = plan.sources.iter().filter(|s| s.class == name).map(|s| s.name.clone()).collect();
+    let mine = |j: &&Job| sources.contains(&j.source);
+    let backups: Vec<&Job> = jobs.iter().filter(mine).filter(|j| j.kind == "backup").collect();
+    let class_drills: Vec<&drill::Report> = drills.iter().filter(|d| d.class == name).collect();
+    let (mut current, mut worst) = (None::<f64>, None::<f64>);
+    let (mut measured, mut predicted) = (None::<f64>, None::<f64>);
+    for s in &sources {
+        let (age, gap) = rpo(&points(jobs, s), now);
+        current = match (current, age) {
+            (_, None) => Some(f64::INFINITY),
+            (c, Some(a)) => Some(c.unwrap_or(0.0).max(a)),
+        };
+        worst = gap.map_or(worst, |g| Some(worst.unwrap_or(0.0).max(g)));
+        if let Some(last) = class_drills.iter().rev().find(|d| &d.source == s) {
+            measured = Some(measured.unwrap_or(0.0).max(last.rto_seconds));
+        }
+        let history: Vec<(u64, f64)> =
+            class_drills.iter().filter(|d| &d.source == s && d.passed).map(|d| (d.bytes, d.rto_seconds)).collect();
+        let size =
+            jobs.iter().rev().find(|j| &j.source == s && j.kind == "backup" && j.status == "succeeded").and_then(|j| j.bytes_processed);
+        if let Some(p) = size.and_then(|size| predict(&history, size)) {
+            predicted = Some(predicted.unwrap_or(0.0).max(p));
+        }
+    }
+    let current = current.filter(|a| a.is_finite());
+    let rpo_target = c.rpo.secs();
+    let copies = jobs.iter().filter(mine).filter(|j| j.kind == "copy" && j.status == "succeeded");
+    ClassReport {
+        name: name.into(),
+        description: c.description.clone(),
+        rpo_target,
+        rto_target: c.rto.secs(),
+        rpo_met: current.is_some_and(|a| a <= rpo_target as f64) && worst.is_some_and(|g| g <= rpo_target as f64),
+        rpo_current: current,
+        rpo_worst_gap: worst,
+        rto_met: measured.map(|m| m <= c.rto.secs() as f64),
+        rto_measured: measured,
+        rto_prediction_over_target: predicted.is_some_and(|p| p > c.rto.secs() as f64),
+        rto_predicted: predicted,
+        backups: backups.len() as u64,
+        backups_succeeded: backups.iter().filter(|j| j.status == "succeeded").count() as u64,
+        drills: class_drills.len() as u64,
+        drills_passed: class_drills.iter().filter(|d| d.passed).count() as u64,
+        last_drill: class_drills.last().map(|d| d.started),
+        offsite: c.offsite.clone(),
+        last_offsite_copy: copies.filter_map(|j| j.ended_at).max(),
+        retention: retention_text(&c.retention),
+        sources,
+    }
+}
+
+fn retention_text(r: &crate::plan::Retention) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = r.last {
+        parts.push(format!("last {n}"));
+    }
+    for (period, rule) in [("hourly", r.hourly), ("daily", r.daily), ("weekly", r.weekly), ("monthly", r.monthly), ("yearly", r.yearly)] {
+        match rule {
+            Some(crate::plan::Keep::Count(n)) => parts.push(format!("{period} {n}")),
+            Some(crate::plan::Keep::Within(s)) => parts.push(format!("{period} within {s}")),
+            None => {}
+        }
+    }
+    if let Some(m) = r.minimum {
+        parts.push(format!("minimum {m}"));
+    }
+    if parts.is_empty() { "none: every snapshot kept".into() } else { parts.join(", ") }
+}
+
+pub fn build(plan: &Plan, jobs: &[Job], drills: &[drill::Report], since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
+    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, now)).collect();
+    let compliance = crate::report_html::controls(&classes, drills.len());
+    Report { generated: now, since, classes, protocol: drills.to_vec(), compliance }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_time_is_predicted_from_the_drill_history() {
+        assert_eq!(predict(&[], 10), None);
+        assert_eq!(predict(&[(100, 10.0)], 300), Some(30.0), "one size: proportional");
+        let p = predict(&[(100, 10.0), (200, 20.0), (300, 30.0)], 1000).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let pts = [at("2026-11-21T10:00:00Z"), at("2026-11-21T10:15:00Z"), at("2026-11-21T11:00:00Z")];
+        assert_eq!(rpo(&pts, at("2026-11-21T11:05:00Z")), (Some(300.0), Some(2700.0)));
+    }
+}

@@ -1,0 +1,221 @@
+//! Rendering a report: the compliance mapping, Markdown, and a
+//! self-contained HTML page with inline SVG charts of RTO and RPO over time.
+
+use std::fmt::Write;
+
+use crate::plan::Span;
+use crate::report::{ClassReport, Control, Report, rate};
+
+fn dur(s: Option<f64>) -> String {
+    match s {
+        None => "—".into(),
+        Some(s) if s < 120.0 => format!("{s:.1} s"),
+        Some(s) => Span(std::time::Duration::from_secs(s as u64)).to_string(),
+    }
+}
+
+fn pct(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{:.2} %", r * 100.0))
+}
+
+fn yes(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "not measured",
+    }
+}
+
+/// What the report proves, control by control.
+pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
+    let (b_ok, b_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.backups_succeeded, a + c.backups));
+    let (d_ok, d_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.drills_passed, a + c.drills));
+    let rto: Vec<String> = classes
+        .iter()
+        .map(|c| format!("{} {} of {}", c.name, dur(c.rto_measured), Span(std::time::Duration::from_secs(c.rto_target))))
+        .collect();
+    let offsite = classes.iter().filter(|c| c.offsite.is_some()).count();
+    let backups = format!(
+        "{b_all} backups in the period, {} succeeded; every repository end-to-end encrypted (AEAD, Argon2id keys)",
+        pct(rate(b_ok, b_all))
+    );
+    let drills_text = format!("{d_all} restore drills, {} passed ({drills} protocol entries)", pct(rate(d_ok, d_all)));
+    vec![
+        Control {
+            framework: "ISO/IEC 27001:2022",
+            control: "A.8.13",
+            requirement: "Information backup: backups maintained and regularly tested per an agreed policy",
+            evidence: format!("{backups}; {drills_text}; retention per class"),
+        },
+        Control {
+            framework: "ISO/IEC 27001:2022",
+            control: "A.5.30",
+            requirement: "ICT readiness for business continuity: recovery objectives set and tested",
+            evidence: format!("RPO/RTO targets per class; measured RTO: {}", rto.join("; ")),
+        },
+        Control {
+            framework: "BSI IT-Grundschutz",
+            control: "OPS.1.1.5",
+            requirement: "Datensicherung: Konzept, regelmäßige Sicherung, Wiederherstellungstests",
+            evidence: format!(
+                "the plan is the backup concept; {backups}; {drills_text}; {offsite} of {} classes copied off-site",
+                classes.len()
+            ),
+        },
+        Control {
+            framework: "GDPR",
+            control: "Art. 32(1)(b)-(d)",
+            requirement: "Restore availability and access in a timely manner; regularly test and evaluate",
+            evidence: format!("{drills_text}; measured RTO against targets per class; encryption of all backups"),
+        },
+        Control {
+            framework: "NIS2",
+            control: "Art. 21(2)(c)",
+            requirement: "Business continuity: backup management and disaster recovery",
+            evidence: format!("{backups}; {drills_text}; alerting on failed jobs, missed RPO and failed drills"),
+        },
+    ]
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "# tresor compliance report\n\nGenerated {} for the period since {}.\n\n",
+        r.generated.format("%Y-%m-%d %H:%M UTC"),
+        r.since.format("%Y-%m-%d")
+    );
+    s += "## Recovery objectives per class\n\n| class | RPO target | RPO now | worst gap | RPO | RTO target | measured RTO | RTO | predicted RTO | backups ok (target > 99.9 %) | drills passed (target 100 %) | last drill | off-site | retention |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for c in &r.classes {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} ({}/{}) | {} ({}/{}) | {} | {} | {} |",
+            c.name,
+            dur(Some(c.rpo_target as f64)),
+            dur(c.rpo_current),
+            dur(c.rpo_worst_gap),
+            if c.rpo_met { "met" } else { "MISSED" },
+            dur(Some(c.rto_target as f64)),
+            dur(c.rto_measured),
+            yes(c.rto_met),
+            dur(c.rto_predicted),
+            if c.rto_prediction_over_target { " (over target)" } else { "" },
+            pct(rate(c.backups_succeeded, c.backups)),
+            c.backups_succeeded,
+            c.backups,
+            pct(rate(c.drills_passed, c.drills)),
+            c.drills_passed,
+            c.drills,
+            c.last_drill.map_or("never".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+            c.offsite.as_deref().map_or("none".to_string(), |o| format!(
+                "{o} ({})",
+                c.last_offsite_copy.map_or("no copy yet".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+            )),
+            c.retention
+        );
+    }
+    s += "\n## Test protocol\n\n| date | test id | scope | result | measured RTO | achieved RPO | follow-ups | owner |\n|---|---|---|---|---|---|---|---|\n";
+    for d in &r.protocol {
+        let result = if d.passed { "passed".to_string() } else { format!("FAILED: {}", d.reasons.join("; ")) };
+        let follow = if d.passed { "none".to_string() } else { "investigate and repeat the drill".into() };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+            d.started.format("%Y-%m-%d %H:%M"),
+            d.test_id,
+            d.source,
+            d.class,
+            result,
+            dur(Some(d.rto_seconds)),
+            dur(d.rpo_seconds),
+            follow,
+            d.owner.as_deref().unwrap_or("—")
+        );
+    }
+    s += "\n## Compliance evidence\n\n| framework | control | requirement | evidence |\n|---|---|---|---|\n";
+    for c in &r.compliance {
+        let _ = writeln!(s, "| {} | {} | {} | {} |", c.framework, c.control, c.requirement, c.evidence);
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A small line chart: measured values over time against a target line.
+fn chart(title: &str, points: &[(i64, f64)], target: f64) -> String {
+    let (w, h, pad) = (520.0, 180.0, 30.0);
+    if points.is_empty() {
+        return format!("<figure><figcaption>{}</figcaption><p>no drills yet</p></figure>", esc(title));
+    }
+    let (t0, t1) = (points.iter().map(|p| p.0).min().unwrap_or(0), points.iter().map(|p| p.0).max().unwrap_or(0));
+    let top = points.iter().map(|p| p.1).fold(target, f64::max) * 1.1;
+    let x = |t: i64| pad + (w - 2.0 * pad) * if t1 > t0 { (t - t0) as f64 / (t1 - t0) as f64 } else { 0.5 };
+    let y = |v: f64| h - pad - (h - 2.0 * pad) * (v / top.max(1e-9));
+    let line: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
+    let dots: String = points.iter().map(|(t, v)| format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\"/>", x(*t), y(*v))).collect();
+    format!(
+        "<figure><figcaption>{}</figcaption><svg class=\"chart\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\">\
+         <line class=\"target\" x1=\"{pad}\" x2=\"{:.1}\" y1=\"{ty:.1}\" y2=\"{ty:.1}\"/><polyline points=\"{}\"/>{dots}\
+         <text x=\"{pad}\" y=\"{:.1}\">target {}</text></svg></figure>",
+        esc(title),
+        w - pad,
+        line.join(" "),
+        y(target) - 4.0,
+        dur(Some(target)),
+        ty = y(target),
+    )
+}
+
+pub fn html(r: &Report) -> String {
+    let md_tables = markdown(r);
+    let mut body = String::new();
+    for c in &r.classes {
+        let drills: Vec<&crate::drill::Report> = r.protocol.iter().filter(|d| d.class == c.name).collect();
+        let rto: Vec<(i64, f64)> = drills.iter().map(|d| (d.started.timestamp(), d.rto_seconds)).collect();
+        let rpo: Vec<(i64, f64)> = drills.iter().filter_map(|d| Some((d.started.timestamp(), d.rpo_seconds?))).collect();
+        let state = if c.rpo_met && c.rto_met != Some(false) { "ok" } else { "missed" };
+        let _ = write!(
+            body,
+            "<section class=\"class {state}\" data-class=\"{}\"><h2>{} <small>{}</small></h2><div class=\"charts\">{}{}</div></section>",
+            esc(&c.name),
+            esc(&c.name),
+            esc(&c.description),
+            chart(&format!("Measured RTO of {}", c.name), &rto, c.rto_target as f64),
+            chart(&format!("Achieved RPO of {}", c.name), &rpo, c.rpo_target as f64),
+        );
+    }
+    format!(
+        include_str!("report.html"),
+        generated = r.generated.format("%Y-%m-%d %H:%M UTC"),
+        classes = body,
+        tables = tables_html(&md_tables)
+    )
+}
+
+/// The Markdown tables as HTML tables (headings and pipes, nothing more).
+fn tables_html(md: &str) -> String {
+    let mut out = String::new();
+    let mut in_table = false;
+    for line in md.lines() {
+        if let Some(h) = line.strip_prefix("## ") {
+            let _ = write!(out, "<h2>{}</h2>", esc(h));
+        } else if line.starts_with("|---") {
+            continue;
+        } else if let Some(row) = line.strip_prefix('|') {
+            let cells: Vec<&str> = row.trim_end_matches('|').split(" | ").map(str::trim).collect();
+            let tag = if in_table { "td" } else { "th" };
+            if !in_table {
+                out += "<table>";
+                in_table = true;
+            }
+            let _ = write!(out, "<tr>{}</tr>", cells.iter().map(|c| format!("<{tag}>{}</{tag}>", esc(c))).collect::<String>());
+        } else if in_table {
+            out += "</table>";
+            in_table = false;
+        }
+    }
+    if in_table {
+        out += "</table>";
+    }
+    out
+}
