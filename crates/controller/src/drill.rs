@@ -197,6 +197,15 @@ fn drill_redis(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, point: 
     } else {
         r.checks.push(format!("{keys} keys loaded"));
     }
+    let sample: Vec<&str> = point["sample_keys"].as_array().map(|a| a.iter().filter_map(|k| k.as_str()).collect()).unwrap_or_default();
+    for k in &sample {
+        if !server.exists(k)? {
+            return Err(format!("the sampled key {k:?} recorded at backup is missing from the restored data set"));
+        }
+    }
+    if !sample.is_empty() {
+        r.checks.push(format!("{} sampled keys present", sample.len()));
+    }
     if let Some(min) = source.verify.min_keys {
         if keys < min {
             return Err(format!("{keys} keys, fewer than the plan's minimum {min}"));

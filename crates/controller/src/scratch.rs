@@ -64,6 +64,10 @@ impl Redis {
         Ok(r)
     }
 
+    pub fn exists(&self, key: &str) -> Result<bool, String> {
+        Ok(output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "EXISTS", key]), "redis-cli EXISTS")? == "1")
+    }
+
     /// Keys in the loaded data set (an error while it still loads).
     pub fn keys(&self) -> Result<u64, String> {
         let text = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "DBSIZE"]), "redis-cli DBSIZE")?;

@@ -156,6 +156,15 @@ impl Source for RedisSource {
         if info.starts_with('-') {
             return Err(self.fail(info.trim_start_matches('-')));
         }
+        // A few key names, for a restore drill to look for.
+        let mut sample: Vec<String> = Vec::new();
+        for _ in 0..10 {
+            let k = c.call(&["RANDOMKEY"]).map_err(|e| self.fail(e))?;
+            if sample.len() < 5 && !k.starts_with(['$', '-']) && !sample.contains(&k) {
+                sample.push(k);
+            }
+        }
+        self.point.insert("sample_keys".into(), sample.into());
         // Redis 7 can end the exchange after the RDB; older servers refuse
         // the option, which is harmless.
         let _ = c.call(&["REPLCONF", "rdb-only", "1"]).map_err(|e| self.fail(e))?;

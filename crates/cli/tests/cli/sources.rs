@@ -204,7 +204,9 @@ fn fake_master(rdb: Vec<u8>, cut: Option<usize>) -> String {
                 return;
             }
             seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            for (cmd, reply) in [("INFO", "$16\r\ndb0:keys=1,x=0\r\n\r\n".to_string()), ("REPLCONF", "+OK\r\n".into())] {
+            for (cmd, reply) in
+                [("INFO", "$16\r\ndb0:keys=1,x=0\r\n\r\n".to_string()), ("RANDOMKEY", "$-1\r\n".into()), ("REPLCONF", "+OK\r\n".into())]
+            {
                 if let Some(at) = seen.find(cmd) {
                     seen.replace_range(..at + cmd.len(), "");
                     s.write_all(reply.as_bytes()).unwrap();
