@@ -2,12 +2,15 @@
 //!
 //! - [`S3Server`]: an in-process S3 endpoint (s3s + s3s-fs) backed by a temp directory,
 //!   optionally with S3 Object Lock retention enforced.
+//! - [`KubeServer`]: an in-process fake Kubernetes API server, faithful enough for `kubectl`.
 //! - [`EtcdServer`]: a real single-member etcd on free ports.
 //! - [`PostgresServer`]: a real PostgreSQL 15 cluster (initdb in a temp dir).
 //! - [`RedisServer`]: a real `redis-server` on a free port, in a temp directory.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
 
 mod etcd;
+mod kube;
+mod kube_store;
 pub mod net;
 mod object_lock;
 mod postgres;
@@ -15,6 +18,7 @@ mod redis;
 mod s3;
 
 pub use etcd::EtcdServer;
+pub use kube::KubeServer;
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
 pub use s3::S3Server;

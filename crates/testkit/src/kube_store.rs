@@ -1,0 +1,346 @@
+//! The fake API server's state: the resource catalog (built-in types and
+//! those that CRDs add), the objects, the resourceVersion counter, and the
+//! API's semantics: create (409 on a name taken, 404 without the
+//! namespace), replace (409 on a stale resourceVersion), merge patch,
+//! delete (a namespace takes its objects along), label selectors.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+pub struct Res {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+    pub namespaced: bool,
+    pub short: Vec<String>,
+}
+
+impl Res {
+    fn new(gv: &str, kind: &str, plural: &str, namespaced: bool, short: &[&str]) -> Res {
+        let (group, version) = gv.split_once('/').unwrap_or(("", gv));
+        Res {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            namespaced,
+            short: short.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    pub fn group_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    pub fn describe(&self) -> Value {
+        json!({
+            "name": self.plural, "singularName": self.kind.to_lowercase(), "namespaced": self.namespaced, "kind": self.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": self.short,
+        })
+    }
+}
+
+fn builtin() -> Vec<Res> {
+    vec![
+        Res::new("v1", "Namespace", "namespaces", false, &["ns"]),
+        Res::new("v1", "ConfigMap", "configmaps", true, &["cm"]),
+        Res::new("v1", "Secret", "secrets", true, &[]),
+        Res::new("v1", "Service", "services", true, &["svc"]),
+        Res::new("v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),
+        Res::new("v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"]),
+        Res::new("v1", "PersistentVolume", "persistentvolumes", false, &["pv"]),
+        Res::new("v1", "Pod", "pods", true, &["po"]),
+        Res::new("v1", "Event", "events", true, &["ev"]),
+        Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]),
+        Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]),
+        Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]),
+        Res::new("batch/v1", "Job", "jobs", true, &[]),
+        Res::new("batch/v1", "CronJob", "cronjobs", true, &["cj"]),
+        Res::new("rbac.authorization.k8s.io/v1", "Role", "roles", true, &[]),
+        Res::new("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", true, &[]),
+        Res::new("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", false, &[]),
+        Res::new("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", false, &[]),
+        Res::new("storage.k8s.io/v1", "StorageClass", "storageclasses", false, &["sc"]),
+        Res::new("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"]),
+    ]
+}
+
+/// An API error as the server returns it: a `Status` object.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn body(&self) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code})
+    }
+}
+
+fn not_found(res: &Res, name: &str) -> ApiError {
+    ApiError { code: 404, reason: "NotFound", message: format!("{}{} \"{name}\" not found", res.plural, group_suffix(res)) }
+}
+
+fn group_suffix(res: &Res) -> String {
+    if res.group.is_empty() { String::new() } else { format!(".{}", res.group) }
+}
+
+/// Does `labels` satisfy a label selector (`a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`)?
+pub fn selects(selector: &str, labels: &serde_json::Map<String, Value>) -> bool {
+    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
+    let mut terms = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    terms.push(&selector[start..]);
+    terms.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).all(|t| {
+        let set = |rest: &str| {
+            rest.trim().trim_start_matches('(').trim_end_matches(')').split(',').map(str::trim).map(String::from).collect::<Vec<_>>()
+        };
+        if let Some((k, rest)) = t.split_once(" notin ") {
+            return get(k.trim()).is_none_or(|v| !set(rest).iter().any(|s| s == v));
+        }
+        if let Some((k, rest)) = t.split_once(" in ") {
+            return get(k.trim()).is_some_and(|v| set(rest).iter().any(|s| s == v));
+        }
+        if let Some((k, v)) = t.split_once("!=") {
+            return get(k.trim()) != Some(v.trim());
+        }
+        if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+            return get(k.trim()) == Some(v.trim());
+        }
+        match t.strip_prefix('!') {
+            Some(k) => get(k.trim()).is_none(),
+            None => get(t).is_some(),
+        }
+    })
+}
+
+/// RFC 7386 JSON merge patch (kubectl's strategic merge patches are handled alike).
+pub fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[derive(Default)]
+pub struct Store {
+    pub resources: Vec<Res>,
+    pub objects: BTreeMap<String, Value>,
+    pub rv: u64,
+    /// Plurals whose every request is refused (403), for tests.
+    pub forbidden: Vec<String>,
+    /// Plurals whose creation an admission webhook denies, for tests.
+    pub denied: Vec<String>,
+}
+
+fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
+    format!("{}/{}/{}/{name}", res.group, res.plural, ns.unwrap_or(""))
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store { resources: builtin(), ..Store::default() }
+    }
+
+    pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Res> {
+        self.resources.iter().find(|r| r.group == group && r.version == version && r.plural == plural).cloned()
+    }
+
+    fn stamp(&mut self, obj: &mut Value, res: &Res, ns: Option<&str>, uid: Option<Value>, created: Option<Value>) {
+        self.rv += 1;
+        let m = obj["metadata"].as_object_mut().expect("checked to be an object");
+        m.insert("resourceVersion".into(), self.rv.to_string().into());
+        m.insert("uid".into(), uid.unwrap_or_else(|| format!("00000000-0000-4000-8000-{:012x}", self.rv).into()));
+        m.insert("creationTimestamp".into(), created.unwrap_or_else(|| "2026-11-21T10:00:00Z".into()));
+        if let Some(ns) = ns {
+            m.insert("namespace".into(), ns.into());
+        }
+        obj["apiVersion"] = res.group_version().into();
+        obj["kind"] = res.kind.clone().into();
+    }
+
+    fn check(&self, res: &Res, verb: &str, ns: Option<&str>) -> Result<(), ApiError> {
+        if self.forbidden.contains(&res.plural) {
+            let scope = ns.map_or("at the cluster scope".to_string(), |n| format!("in the namespace \"{n}\""));
+            return Err(ApiError {
+                code: 403,
+                reason: "Forbidden",
+                message: format!(
+                    "{}{} is forbidden: User \"tresor\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+                    res.plural,
+                    group_suffix(res),
+                    res.plural,
+                    res.group
+                ),
+            });
+        }
+        if let Some(ns) = ns.filter(|_| res.namespaced && verb == "create")
+            && !self.objects.contains_key(&format!("/namespaces//{ns}"))
+        {
+            return Err(ApiError { code: 404, reason: "NotFound", message: format!("namespaces \"{ns}\" not found") });
+        }
+        Ok(())
+    }
+
+    pub fn create(&mut self, res: &Res, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+        self.check(res, "create", ns)?;
+        let name = obj["metadata"]["name"].as_str().map(String::from).ok_or(ApiError {
+            code: 422,
+            reason: "Invalid",
+            message: format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", res.kind),
+        })?;
+        if self.denied.contains(&res.plural) {
+            return Err(ApiError {
+                code: 400,
+                reason: "BadRequest",
+                message: format!("admission webhook \"validate.example.com\" denied the request: {} {name} is not allowed here", res.kind),
+            });
+        }
+        let k = key(res, ns, &name);
+        if self.objects.contains_key(&k) {
+            return Err(ApiError {
+                code: 409,
+                reason: "AlreadyExists",
+                message: format!("{}{} \"{name}\" already exists", res.plural, group_suffix(res)),
+            });
+        }
+        self.stamp(&mut obj, res, ns, None, None);
+        match res.plural.as_str() {
+            "namespaces" => obj["status"] = json!({"phase": "Active"}),
+            "services" if obj["spec"]["clusterIP"].is_null() => obj["spec"]["clusterIP"] = format!("10.96.0.{}", self.rv % 250 + 2).into(),
+            "customresourcedefinitions" => self.register_crd(&mut obj),
+            _ => {}
+        }
+        self.objects.insert(k, obj.clone());
+        Ok(obj)
+    }
+
+    /// A CRD adds its served versions to discovery and is Established at once.
+    fn register_crd(&mut self, crd: &mut Value) {
+        let spec = crd["spec"].clone();
+        let names = &spec["names"];
+        for v in spec["versions"].as_array().into_iter().flatten().filter(|v| v["served"].as_bool() != Some(false)) {
+            let short: Vec<&str> =
+                names["shortNames"].as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default();
+            let gv = format!("{}/{}", spec["group"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or("v1"));
+            let res = Res::new(
+                &gv,
+                names["kind"].as_str().unwrap_or(""),
+                names["plural"].as_str().unwrap_or(""),
+                spec["scope"] != "Cluster",
+                &short,
+            );
+            self.resources.retain(|r| !(r.group == res.group && r.version == res.version && r.plural == res.plural));
+            self.resources.push(res);
+        }
+        crd["status"] = json!({"conditions": [{"type": "Established", "status": "True"}, {"type": "NamesAccepted", "status": "True"}], "acceptedNames": names});
+    }
+
+    pub fn get(&self, res: &Res, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.check(res, "get", ns)?;
+        self.objects.get(&key(res, ns, name)).cloned().ok_or_else(|| not_found(res, name))
+    }
+
+    pub fn list(&self, res: &Res, ns: Option<&str>, selector: Option<&str>) -> Result<Value, ApiError> {
+        self.check(res, "list", ns)?;
+        let prefix = format!("{}/{}/", res.group, res.plural);
+        let items: Vec<Value> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .filter(|v| ns.is_none_or(|n| v["metadata"]["namespace"] == n))
+            .filter(|v| {
+                selector.is_none_or(|s| v["metadata"]["labels"].as_object().map_or(selects(s, &Default::default()), |l| selects(s, l)))
+            })
+            .cloned()
+            .collect();
+        Ok(
+            json!({"kind": format!("{}List", res.kind), "apiVersion": res.group_version(), "metadata": {"resourceVersion": self.rv.to_string()}, "items": items}),
+        )
+    }
+
+    pub fn replace(&mut self, res: &Res, ns: Option<&str>, name: &str, mut obj: Value) -> Result<Value, ApiError> {
+        self.check(res, "update", ns)?;
+        let old = self.get(res, ns, name)?;
+        let given = obj["metadata"]["resourceVersion"].as_str().map(String::from);
+        if given.is_some_and(|g| Some(g.as_str()) != old["metadata"]["resourceVersion"].as_str()) {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "Operation cannot be fulfilled on {}{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    res.plural,
+                    group_suffix(res)
+                ),
+            });
+        }
+        self.stamp(&mut obj, res, ns, Some(old["metadata"]["uid"].clone()), Some(old["metadata"]["creationTimestamp"].clone()));
+        self.objects.insert(key(res, ns, name), obj.clone());
+        Ok(obj)
+    }
+
+    pub fn patch(&mut self, res: &Res, ns: Option<&str>, name: &str, patch: &Value) -> Result<Value, ApiError> {
+        let mut obj = self.get(res, ns, name)?;
+        merge(&mut obj, patch);
+        obj["metadata"]["resourceVersion"] = Value::Null;
+        self.replace(res, ns, name, obj)
+    }
+
+    pub fn delete(&mut self, res: &Res, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+        self.check(res, "delete", ns)?;
+        let obj = self.objects.remove(&key(res, ns, name)).ok_or_else(|| not_found(res, name))?;
+        if res.plural == "namespaces" {
+            self.objects.retain(|_, v| v["metadata"]["namespace"] != name);
+        }
+        self.rv += 1;
+        Ok(obj)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_selectors_read_as_kubernetes_reads_them() {
+        let labels = json!({"app": "shop", "tier": "web"});
+        let l = labels.as_object().unwrap();
+        for (sel, want) in [
+            ("app=shop", true),
+            ("app==shop,tier=web", true),
+            ("app!=shop", false),
+            ("tier in (web, db)", true),
+            ("tier notin (web)", false),
+            ("app,!missing", true),
+            ("missing", false),
+            ("app=shop,tier in (db)", false),
+        ] {
+            assert_eq!(selects(sel, l), want, "{sel}");
+        }
+    }
+}
