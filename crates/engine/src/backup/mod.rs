@@ -10,6 +10,7 @@
 //! child seals the directory's tree and reports to its parent. Memory is
 //! bounded by the job queue, one open pack per thread and the upload queue.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -50,6 +51,9 @@ pub struct BackupOptions {
     pub threads: Option<usize>,
     /// Back up this stream as one file of the given name instead of paths.
     pub stdin: Option<(String, Box<dyn Read + Send>)>,
+    /// Or back up these files, made by a source (Kubernetes objects as
+    /// YAML), by relative path (`namespaces/shop/apps/Deployment/web.yaml`).
+    pub generated: Option<BTreeMap<String, Vec<u8>>>,
     /// What the data came from, asked once it has all been read: a source
     /// learns parts of its consistency point while it streams, and may
     /// find then that what it gave was not consistent (no snapshot).
@@ -382,7 +386,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
-    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, source, name, progress } = opts;
+    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, generated, source, name, progress } = opts;
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -403,7 +407,12 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     let job = {
         let shared = shared.clone();
         let paths = paths.clone();
-        tokio::task::spawn_blocking(move || archive(&shared, &paths, stdin, parent_tree, threads))
+        let input = match (stdin, generated) {
+            (Some((name, reader)), _) => Input::Stream(name, reader),
+            (None, Some(files)) => Input::Generated(files),
+            (None, None) => Input::Paths,
+        };
+        tokio::task::spawn_blocking(move || archive(&shared, &paths, input, parent_tree, threads))
     };
     let walked = job.await.map_err(|e| Error::Invalid(format!("backup thread failed: {e}")))?;
     let shared = Arc::into_inner(shared).expect("the pipeline threads have ended");
@@ -473,10 +482,15 @@ pub(crate) async fn commit(repo: &Repository, session: &Session, snap: &mut Snap
     Ok(())
 }
 
-type Stream = Option<(String, Box<dyn Read + Send>)>;
+/// What a backup reads: paths, one stream, or files a source generated.
+enum Input {
+    Paths,
+    Stream(String, Box<dyn Read + Send>),
+    Generated(BTreeMap<String, Vec<u8>>),
+}
 
 /// Run the walker on this thread and the workers beside it; the root tree id.
-fn archive(shared: &Shared, paths: &[PathBuf], stdin: Stream, parent_tree: Option<Id>, threads: usize) -> Result<Id> {
+fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option<Id>, threads: usize) -> Result<Id> {
     let (job_tx, job_rx) = crossbeam_channel::bounded::<FileJob>(256);
     let (root_tx, root_rx) = crossbeam_channel::bounded::<Id>(1);
     std::thread::scope(|s| {
@@ -488,9 +502,10 @@ fn archive(shared: &Shared, paths: &[PathBuf], stdin: Stream, parent_tree: Optio
         let run = || -> Result<()> {
             let ctx = ThreadCtx::new(shared.repo.config().compression)?;
             let mut w = walker::Walker { shared, ctx, jobs: job_tx.clone(), names: NameCache::default() };
-            let walked = match stdin {
-                Some((name, reader)) => w.stream(&name, reader, Parent::Root(root_tx)),
-                None => w.walk_root(&walker::layout(paths)?, parent_tree, Parent::Root(root_tx)),
+            let walked = match input {
+                Input::Stream(name, reader) => w.stream(&name, reader, Parent::Root(root_tx)),
+                Input::Generated(files) => w.generated(&walker::generated_tree(&files), Parent::Root(root_tx)),
+                Input::Paths => w.walk_root(&walker::layout(paths)?, parent_tree, Parent::Root(root_tx)),
             };
             let flushed = shared.flush(&mut w.ctx);
             walked.and(flushed)

@@ -206,6 +206,39 @@ impl Walker<'_> {
         }
     }
 
+    /// Back up files a source generated: directories 0755, files 0600,
+    /// owned by this process, timed now.
+    pub(super) fn generated(&mut self, root: &Generated, done: Parent) -> Result<()> {
+        let Generated::Dir(kids) = root else { return Err(Error::Invalid("generated files need a directory root".into())) };
+        let dir = new_dir(Node::default(), kids.len(), done, None);
+        self.generated_dir(kids, &dir)?;
+        self.release(&dir)
+    }
+
+    fn generated_dir(&mut self, kids: &BTreeMap<OsString, Generated>, dir: &Arc<Mutex<DirState>>) -> Result<()> {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        for (slot, (name, kid)) in kids.iter().enumerate() {
+            let mut node = Node { mtime: now, atime: now, ctime: now, ..Node::default() };
+            node.set_name(name);
+            (node.uid, node.gid) = fsmeta::process_ids();
+            match kid {
+                Generated::File(data) => {
+                    (node.kind, node.mode) = (NodeKind::File, 0o600);
+                    self.shared.chunk_into(&mut self.ctx, *data, None, &mut node)?;
+                    self.shared.counters.files_new.fetch_add(1, Relaxed);
+                    self.shared.fill(&mut self.ctx, dir, slot, Some(node))?;
+                }
+                Generated::Dir(grandkids) => {
+                    (node.kind, node.mode) = (NodeKind::Dir, 0o755);
+                    let child = new_dir(node, grandkids.len(), Parent::Dir(dir.clone(), slot), None);
+                    self.generated_dir(grandkids, &child)?;
+                    self.release(&child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Back up one stream as the only file of the snapshot.
     pub(super) fn stream(&mut self, name: &str, reader: impl std::io::Read, done: Parent) -> Result<()> {
         let dir = new_dir(Node::default(), 1, done, None);
@@ -223,6 +256,30 @@ impl Walker<'_> {
         self.shared.fill(&mut self.ctx, &dir, 0, Some(node))?;
         self.release(&dir)
     }
+}
+
+/// Files a source generated, as a directory tree.
+pub(super) enum Generated<'a> {
+    Dir(BTreeMap<OsString, Generated<'a>>),
+    File(&'a [u8]),
+}
+
+pub(super) fn generated_tree(files: &BTreeMap<String, Vec<u8>>) -> Generated<'_> {
+    let mut root = BTreeMap::new();
+    for (path, data) in files {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let mut at = &mut root;
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                at.insert(OsString::from(part), Generated::File(data));
+                break;
+            }
+            let next = at.entry(OsString::from(part)).or_insert_with(|| Generated::Dir(BTreeMap::new()));
+            let Generated::Dir(kids) = next else { break };
+            at = kids;
+        }
+    }
+    Generated::Dir(root)
 }
 
 type Listed = (OsString, std::io::Result<std::fs::Metadata>);
