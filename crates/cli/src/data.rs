@@ -93,6 +93,12 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
         return backup_source(g, a, source).await;
     }
     if let [one] = a.paths.as_slice()
+        && let Some(url) = one.to_str().filter(|u| u.starts_with("k8s://"))
+    {
+        let url = url.to_string();
+        return backup_k8s(g, a, &url).await;
+    }
+    if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| u.starts_with("redis-aof:"))
     {
         let aof = tresor_sources::AofDir::open(url)?;
@@ -142,6 +148,32 @@ async fn backup_source(g: &Global, a: BackupArgs, source: Box<dyn tresor_sources
     let repo = open(g).await?;
     let opts = source_options(source, &a, time)?;
     run_and_report(g, repo, a, opts).await
+}
+
+/// Kubernetes resources: every matching object as a YAML file. Types the
+/// API refused are named, and the backup is partial (exit 3).
+async fn backup_k8s(g: &Global, a: BackupArgs, url: &str) -> Result<(u8, tresor_engine::Id)> {
+    let time = a.time.as_deref().map(parse_time).transpose()?;
+    let (files, info) = tresor_sources::k8s::collect(url, &a.k8s.filters()).await?;
+    let refused: Vec<String> = info
+        .consistency
+        .get("refused")
+        .and_then(|r| r.as_array())
+        .map(|r| r.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let repo = open(g).await?;
+    let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
+    let opts =
+        BackupOptions { host: Some(host), time, generated: Some(files), source: Some(Box::new(move || Ok(info))), ..Default::default() };
+    let (code, id) = run_and_report(g, repo, a, opts).await?;
+    for r in &refused {
+        eprintln!("warning: not backed up: {r}");
+    }
+    if !refused.is_empty() {
+        eprintln!("warning: partial backup: the API refused {} resource type(s); snapshot {} holds the rest", refused.len(), id.short());
+        return Ok((crate::EXIT_INCOMPLETE, id));
+    }
+    Ok((code, id))
 }
 
 /// Open a source and describe its stream as a backup of one file.

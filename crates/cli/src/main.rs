@@ -30,7 +30,8 @@ pub const EXIT_WRONG_PASSWORD: u8 = 12;
 fn main() -> ExitCode {
     tune_malloc();
     let cli = Cli::parse();
-    let filter = if cli.global.verbose { "info" } else { "warn" };
+    // Libraries that log their own failures (kube's client) stay quiet: tresor's one-line error says it.
+    let filter = if cli.global.verbose { "info" } else { "warn,kube_client=off" };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRESOR_LOG").unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)

@@ -450,6 +450,44 @@ pub struct BackupArgs {
     /// Set by `tresor pg backup`: the URL names a cluster for a base backup.
     #[arg(skip)]
     pub base: bool,
+    #[command(flatten)]
+    pub k8s: K8sFilterArgs,
+}
+
+/// Which Kubernetes objects a `k8s://` backup or restore takes.
+#[derive(Args, Clone, Default)]
+pub struct K8sFilterArgs {
+    /// k8s://: only these namespaces (globs, comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub include_namespaces: Vec<String>,
+    /// k8s://: not these namespaces (globs).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_namespaces: Vec<String>,
+    /// k8s://: only these resources (deployments, cm, widgets.example.com; `*` for all).
+    #[arg(long, value_delimiter = ',')]
+    pub include_resources: Vec<String>,
+    /// k8s://: not these resources.
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_resources: Vec<String>,
+    /// k8s://: only objects with these labels (a label selector, e.g. app=shop,tier!=db).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// k8s://: cluster-scoped objects too (default: only when no namespace is named).
+    #[arg(long)]
+    pub include_cluster_resources: Option<bool>,
+}
+
+impl K8sFilterArgs {
+    pub fn filters(&self) -> tresor_sources::k8s::Filters {
+        tresor_sources::k8s::Filters {
+            include_namespaces: self.include_namespaces.clone(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            include_resources: self.include_resources.clone(),
+            exclude_resources: self.exclude_resources.clone(),
+            selector: self.selector.clone(),
+            include_cluster_resources: self.include_cluster_resources,
+        }
+    }
 }
 
 #[derive(Args)]

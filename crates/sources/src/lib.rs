@@ -10,6 +10,7 @@ mod command;
 mod etcd;
 mod etcd_target;
 mod hooks;
+pub mod k8s;
 mod pgbase;
 pub mod pgwal;
 mod postgres;
@@ -102,7 +103,7 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
 
 /// Whether a backup argument names a source rather than a path.
 pub fn is_source(arg: &str) -> bool {
-    ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:"].iter().any(|p| arg.starts_with(p))
+    ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:", "k8s://"].iter().any(|p| arg.starts_with(p))
 }
 
 /// The source a URL names.

@@ -16,6 +16,7 @@ mod crash;
 mod daemon;
 mod deploy;
 mod drill;
+mod k8s;
 mod pitr;
 mod prune;
 mod repair;

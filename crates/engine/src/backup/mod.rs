@@ -386,7 +386,8 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
-    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, generated, source, name, progress } = opts;
+    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, generated, source, name, progress } =
+        opts;
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),

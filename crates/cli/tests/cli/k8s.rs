@@ -1,0 +1,241 @@
+//! Kubernetes resources against the in-process fake API server, populated
+//! with real kubectl: backup with filters, runtime fields stripped, one
+//! YAML file per object.
+
+use tresor_testkit::KubeServer;
+
+use super::*;
+
+pub(super) struct Cluster {
+    pub server: KubeServer,
+    pub kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+const OBJECTS: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels:
+    team: web
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: nginx:1.27
+        ports:
+        - containerPort: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+  labels:
+    app: web
+data:
+  mode: fast
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: shop
+type: Opaque
+data:
+  password: czNjcmV0
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: shop
+spec:
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests:
+      storage: 1Gi
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    plural: widgets
+    singular: widget
+    kind: Widget
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: w1
+  namespace: shop
+spec:
+  size: 3
+---
+apiVersion: v1
+kind: Event
+metadata:
+  name: web.1
+  namespace: shop
+reason: Scheduled
+message: noise
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: other
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: elsewhere
+  namespace: other
+data:
+  x: y
+"#;
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let server = KubeServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = server.kubeconfig(dir.path());
+        let c = Cluster { server, kubeconfig, dir };
+        let file = c.dir.path().join("objects.yaml");
+        fs::write(&file, OBJECTS).unwrap();
+        // Namespaces and the CRD first, as kubectl needs them to exist.
+        for doc in OBJECTS.split("---\n").filter(|d| d.contains("kind: Namespace") || d.contains("kind: CustomResourceDefinition")) {
+            c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], doc);
+        }
+        for doc in OBJECTS.split("---\n").filter(|d| !(d.contains("kind: Namespace") || d.contains("kind: CustomResourceDefinition"))) {
+            c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], doc);
+        }
+        c
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], input: &str) {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+pub(super) fn tresor(env: &Env, c: &Cluster, args: &[&str]) -> Output {
+    env.cmd(args).env("KUBECONFIG", &c.kubeconfig).output().unwrap()
+}
+
+#[test]
+fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    let out = tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "sh*"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = env.ok(&["ls", "latest"]);
+    let files: Vec<&str> = listing.lines().filter(|l| l.ends_with(".yaml")).collect();
+    assert_eq!(
+        files,
+        [
+            "/cluster/apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com.yaml",
+            "/cluster/core/Namespace/shop.yaml",
+            "/namespaces/shop/apps/Deployment/web.yaml",
+            "/namespaces/shop/core/ConfigMap/settings.yaml",
+            "/namespaces/shop/core/PersistentVolumeClaim/data.yaml",
+            "/namespaces/shop/core/Secret/creds.yaml",
+            "/namespaces/shop/core/Service/web.yaml",
+            "/namespaces/shop/example.com/Widget/w1.yaml",
+        ],
+        "events, other namespaces and unrelated cluster objects are left out"
+    );
+    let cm = env.ok(&["dump", "latest", "/namespaces/shop/core/ConfigMap/settings.yaml"]);
+    let v: serde_json::Value = serde_json::to_value(serde_norway::from_str::<serde_json::Value>(&cm).unwrap()).unwrap();
+    assert_eq!(v["data"]["greeting"], "hello");
+    assert_eq!((v["apiVersion"].as_str(), v["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
+    for gone in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation"] {
+        assert!(v["metadata"].get(gone).is_none(), "{gone} stripped: {cm}");
+    }
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["kind"], "k8s");
+    assert_eq!(snap["source"]["consistency"]["objects"], 8);
+    assert_eq!(snap["source"]["consistency"]["namespaces"], serde_json::json!(["shop"]));
+
+    // A selector, and a resource the API refuses: the rest is saved, the refusal named, exit 3.
+    c.server.forbid("secrets");
+    let out =
+        tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop", "--include-cluster-resources", "false", "-l", "app=web"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("warning: not backed up: secrets: secrets is forbidden: User \"tresor\" cannot list resource \"secrets\""),
+        "{err}"
+    );
+    let listing = env.ok(&["ls", "latest"]);
+    let files: Vec<&str> = listing.lines().filter(|l| l.ends_with(".yaml")).collect();
+    assert_eq!(files, ["/namespaces/shop/apps/Deployment/web.yaml", "/namespaces/shop/core/ConfigMap/settings.yaml"]);
+
+    let dead = tresor_testkit::net::free_port();
+    let cfg = env.path("dead-kubeconfig");
+    fs::write(&cfg, fs::read_to_string(&c.kubeconfig).unwrap().replace(&c.server.url(), &format!("http://127.0.0.1:{dead}"))).unwrap();
+    let out = env.cmd(&["backup", "k8s://"]).env("KUBECONFIG", &cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(err, "tresor: error: k8s://: API discovery failed: cannot reach the API server: Connection refused (os error 111)\n");
+}
