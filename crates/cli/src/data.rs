@@ -235,6 +235,10 @@ pub async fn run_and_report(
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let repo = open(g).await?;
     let snap = repo.find_snapshot(&a.snapshot).await?;
+    if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("k8s://")) {
+        let to = to.to_string();
+        return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
+    }
     let Some(target) = a.target.clone() else {
         let to = a.to.as_deref().expect("clap requires --target or --to");
         return crate::sources::restore_to(g, &repo, &snap, to, a.flush, a.jobs).await;

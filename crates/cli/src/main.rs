@@ -6,6 +6,7 @@ mod daemon;
 mod data;
 mod demo;
 mod drill;
+mod k8s;
 mod keys;
 mod opts;
 mod pg;

@@ -192,7 +192,7 @@ pub struct PgCmd {
 #[derive(Subcommand)]
 pub enum PgCommand {
     /// Base backup of a cluster: postgres://USER@HOST:PORT (pg_basebackup, streamed).
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// Archive a WAL file: `archive_command = 'tresor … pg wal-push %p'`.
     WalPush(WalPushArgs),
     /// Fetch an archived WAL file: `restore_command = 'tresor … pg wal-fetch %f %p'`.
@@ -529,6 +529,17 @@ pub struct RestoreArgs {
     /// With --target: restore nothing, only check what is there against the snapshot.
     #[arg(long, conflicts_with_all = ["to", "verify"])]
     pub verify_only: bool,
+    /// With --to k8s://: OLD:NEW, restore namespace OLD's objects into NEW (repeatable).
+    #[arg(long, requires = "to")]
+    pub namespace_mapping: Vec<String>,
+    /// With --to k8s://: what to do with objects that exist: skip (and say so) or update.
+    #[arg(long, requires = "to", default_value = "skip", value_parser = ["skip", "update"])]
+    pub existing: String,
+    /// With --to k8s://: print what would be done, change nothing.
+    #[arg(long, requires = "to")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub k8s: K8sFilterArgs,
     /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs).
     #[arg(long, requires = "to", default_value_t = 1)]
     pub jobs: usize,

@@ -22,7 +22,7 @@ pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
     match cmd.command {
         PgCommand::Backup(mut a) => {
             a.base = true;
-            crate::data::backup(g, a).await
+            crate::data::backup(g, *a).await
         }
         PgCommand::WalPush(a) => crate::pgwal::push(g, a).await,
         PgCommand::WalFetch(a) => crate::pgwal::fetch(g, a).await,

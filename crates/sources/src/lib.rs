@@ -11,6 +11,7 @@ mod etcd;
 mod etcd_target;
 mod hooks;
 pub mod k8s;
+pub mod k8s_restore;
 mod pgbase;
 pub mod pgwal;
 mod postgres;

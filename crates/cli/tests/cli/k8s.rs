@@ -239,3 +239,110 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(err, "tresor: error: k8s://: API discovery failed: cannot reach the API server: Connection refused (os error 111)\n");
 }
+
+/// An object as kubectl shows it, without what the API sets at runtime.
+fn shown(c: &Cluster, kind: &str, ns: &str, name: &str) -> serde_json::Value {
+    let out = c.kubectl(&["get", kind, name, "-n", ns, "-o", "json"]);
+    assert!(out.status.success(), "kubectl get {kind} {ns}/{name}: {}", String::from_utf8_lossy(&out.stderr));
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = v["metadata"].as_object_mut().unwrap();
+    for k in ["uid", "resourceVersion", "creationTimestamp", "managedFields", "generation", "namespace"] {
+        m.remove(k);
+    }
+    v.as_object_mut().unwrap().remove("status");
+    if kind == "service" {
+        v["spec"].as_object_mut().unwrap().remove("clusterIP");
+    }
+    v
+}
+
+const KINDS: [(&str, &str); 6] = [
+    ("deployment", "web"),
+    ("service", "web"),
+    ("configmap", "settings"),
+    ("secret", "creds"),
+    ("persistentvolumeclaim", "data"),
+    ("widget", "w1"),
+];
+
+#[test]
+fn a_namespace_round_trips_under_a_new_name_field_by_field() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    let before: Vec<serde_json::Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop", n)).collect();
+    let out = tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.kubectl(&["delete", "namespace", "shop"]).status.success());
+    assert!(c.kubectl(&["delete", "crd", "widgets.example.com"]).status.success());
+
+    // The plan first: nothing changes.
+    let plan = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--dry-run"]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.starts_with("would create  CustomResourceDefinition widgets.example.com\nwould create  Namespace shop-restored\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("8 objects: 0 created, 0 updated, 0 skipped, 0 failed (dry run: nothing changed)\n"), "{text}");
+    assert!(!c.kubectl(&["get", "namespace", "shop-restored"]).status.success(), "a dry run creates nothing");
+
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "completed");
+    let order: Vec<&str> = report["results"].as_array().unwrap().iter().map(|r| r["object"].as_str().unwrap()).collect();
+    assert_eq!(
+        order,
+        [
+            "CustomResourceDefinition widgets.example.com",
+            "Namespace shop-restored",
+            "PersistentVolumeClaim shop-restored/data",
+            "ConfigMap shop-restored/settings",
+            "Secret shop-restored/creds",
+            "Deployment shop-restored/web",
+            "Service shop-restored/web",
+            "Widget shop-restored/w1",
+        ],
+        "dependency order"
+    );
+    let after: Vec<serde_json::Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop-restored", n)).collect();
+    assert_eq!(after, before, "every object, field by field");
+
+    // Again onto the existing objects: skipped and said so, or updated when asked.
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("skipped       ConfigMap shop-restored/settings: it exists; --existing update replaces it\n"), "{text}");
+    assert!(text.ends_with("8 objects: 0 created, 0 updated, 8 skipped, 0 failed\n"), "{text}");
+    assert!(c.kubectl(&["patch", "configmap", "settings", "-n", "shop-restored", "-p", r#"{"data":{"mode":"slow"}}"#]).status.success());
+    let out =
+        tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--existing", "update"]);
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("8 objects: 0 created, 8 updated, 0 skipped, 0 failed\n"));
+    assert_eq!(shown(&c, "configmap", "shop-restored", "settings"), before[2], "updated back to the snapshot's version");
+}
+
+#[test]
+fn a_failing_custom_resource_is_reported_and_the_rest_is_restored() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    c.server.deny_create("widgets");
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy"]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "failed        Widget copy/w1: admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("8 objects: 6 created, 0 updated, 1 skipped, 1 failed\n"),
+        "the CRD exists still (skipped), the rest created: {text}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: restore partial: 1 of 8 objects failed; first: Widget copy/w1: admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here\n"
+    );
+    assert!(c.kubectl(&["get", "deployment", "web", "-n", "copy"]).status.success());
+}

@@ -1,0 +1,79 @@
+//! `restore --to k8s://`: the snapshot's YAML objects back into a cluster,
+//! with a result for every object and an overall status that names its
+//! reason.
+
+use anyhow::{Result, bail};
+use serde_json::json;
+use tresor_engine::{NodeKind, Repository, Snapshot};
+use tresor_sources::k8s_restore::{Existing, ObjectResult, RestoreOptions, restore as apply};
+
+use crate::commands::print_json;
+use crate::opts::{Global, RestoreArgs};
+
+/// Every `.yaml` file of the snapshot: path and contents.
+async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for (path, node) in tresor_engine::walk::list(repo, snap.tree, "").await? {
+        if node.kind != NodeKind::File || path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let mut bytes = Vec::with_capacity(node.size as usize);
+        for id in &node.content {
+            bytes.extend_from_slice(&repo.load_blob(id).await?);
+        }
+        out.push((path.display().to_string(), bytes));
+    }
+    Ok(out)
+}
+
+fn options(a: &RestoreArgs) -> Result<RestoreOptions> {
+    if a.k8s.selector.is_some() {
+        bail!("--selector chooses objects at backup time; a restore takes --include/--exclude-namespaces and -resources");
+    }
+    let mut mapping = std::collections::BTreeMap::new();
+    for m in &a.namespace_mapping {
+        let Some((old, new)) = m.split_once(':') else { bail!("cannot read namespace mapping {m:?} (use OLD:NEW)") };
+        mapping.insert(old.to_string(), new.to_string());
+    }
+    let existing = if a.existing == "update" { Existing::Update } else { Existing::Skip };
+    Ok(RestoreOptions { filters: a.k8s.filters(), mapping, existing, dry_run: a.dry_run })
+}
+
+/// The overall status: `completed`, or `partial:` with the count and the first failure.
+fn status(results: &[ObjectResult]) -> String {
+    let failed: Vec<&ObjectResult> = results.iter().filter(|r| r.result == "failed").collect();
+    match failed.first() {
+        None => "completed".into(),
+        Some(f) => format!("partial: {} of {} objects failed; first: {}: {}", failed.len(), results.len(), f.object, f.detail),
+    }
+}
+
+pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a: &RestoreArgs) -> Result<u8> {
+    let opts = options(a)?;
+    let objects = objects(repo, snap).await?;
+    let results = apply(to, objects, &opts).await?;
+    let count = |what: &str| results.iter().filter(|r| r.result == what).count();
+    let status = status(&results);
+    if g.json {
+        print_json(&json!({"snapshot": snap.id, "dry_run": a.dry_run, "status": status, "results": results}))?;
+    } else {
+        for r in &results {
+            let detail = if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) };
+            println!("{:<13} {}{detail}", r.result, r.object);
+        }
+        println!(
+            "{} objects: {} created, {} updated, {} skipped, {} failed{}",
+            results.len(),
+            count("created"),
+            count("updated"),
+            count("skipped"),
+            count("failed"),
+            if a.dry_run { " (dry run: nothing changed)" } else { "" }
+        );
+    }
+    if status != "completed" {
+        eprintln!("tresor: restore {status}");
+        return Ok(crate::EXIT_INCOMPLETE);
+    }
+    Ok(0)
+}

@@ -1,0 +1,219 @@
+//! Restoring Kubernetes objects: in dependency order (CRDs, namespaces,
+//! storage classes, volumes and claims, service accounts and RBAC, config
+//! and secrets, workloads, the rest), with namespace mapping, the backup's
+//! filters, and a choice for objects that exist (skip, the default, or
+//! update). Every object gets its own result; a failure stops nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kube::Client;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::discovery::{ApiResource, Discovery, Scope};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::k8s::{Filters, Matcher, api_message, client};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    Skip,
+    Update,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub filters: Filters,
+    /// Old namespace → new.
+    pub mapping: BTreeMap<String, String>,
+    pub existing: Existing,
+    pub dry_run: bool,
+}
+
+/// What happened to one object.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ObjectResult {
+    /// `Kind namespace/name` (or `Kind name` for cluster objects), after mapping.
+    pub object: String,
+    /// `created`, `updated`, `skipped`, `failed`, or with `--dry-run` `would create` and so on.
+    pub result: String,
+    pub detail: String,
+}
+
+/// Restore order by kind: what others depend on comes first.
+fn rank(kind: &str) -> u8 {
+    match kind {
+        "CustomResourceDefinition" => 0,
+        "Namespace" => 1,
+        "StorageClass" => 2,
+        "PersistentVolume" => 3,
+        "PersistentVolumeClaim" => 4,
+        "ServiceAccount" => 5,
+        "ClusterRole" | "Role" => 6,
+        "ClusterRoleBinding" | "RoleBinding" => 7,
+        "ConfigMap" | "Secret" => 8,
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "CronJob" | "Pod" => 9,
+        "Service" | "Ingress" => 10,
+        _ => 11,
+    }
+}
+
+struct Item {
+    obj: Value,
+    ns: Option<String>,
+    name: String,
+    kind: String,
+}
+
+impl Item {
+    fn label(&self) -> String {
+        match &self.ns {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+}
+
+fn result(item: &Item, result: &str, detail: impl Into<String>) -> ObjectResult {
+    ObjectResult { object: item.label(), result: result.into(), detail: detail.into() }
+}
+
+/// The plural of a kind: from discovery, else from a CRD being restored.
+fn plural_of(discovery: &Discovery, objects: &[Value], group: &str, kind: &str) -> String {
+    let known = discovery.groups().filter(|g| g.name() == group).flat_map(|g| g.recommended_resources()).find(|(ar, _)| ar.kind == kind);
+    if let Some((ar, _)) = known {
+        return ar.plural;
+    }
+    objects
+        .iter()
+        .find(|o| o["kind"] == "CustomResourceDefinition" && o["spec"]["names"]["kind"] == kind && o["spec"]["group"] == group)
+        .and_then(|o| o["spec"]["names"]["plural"].as_str().map(String::from))
+        .unwrap_or_else(|| format!("{}s", kind.to_lowercase()))
+}
+
+/// The objects to restore, mapped, filtered, in order; and those left out, with why.
+fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreOptions) -> (Vec<Item>, Vec<ObjectResult>) {
+    let plurals: Vec<String> = objects
+        .iter()
+        .map(|obj| {
+            let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g);
+            plural_of(discovery, &objects, group, obj["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    let mut items = Vec::new();
+    let mut skipped = Vec::new();
+    for (mut obj, plural) in objects.into_iter().zip(plurals) {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let old_ns = obj["metadata"]["namespace"].as_str().map(String::from);
+        let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g).to_string();
+        let scope_ns = old_ns.clone().or_else(|| (kind == "Namespace").then(|| name.clone()));
+        if scope_ns.as_deref().is_some_and(|ns| !m.namespace(ns)) || !m.resource(&kind, &plural, &group, &[]) {
+            continue;
+        }
+        let ns = old_ns.map(|n| o.mapping.get(&n).cloned().unwrap_or(n));
+        let name = if kind == "Namespace" { o.mapping.get(&name).cloned().unwrap_or(name) } else { name };
+        obj["metadata"]["name"] = name.clone().into();
+        if let Some(ns) = &ns {
+            obj["metadata"]["namespace"] = ns.clone().into();
+        }
+        if kind == "Service" {
+            // Cluster IPs are the new cluster's to assign.
+            for f in ["clusterIP", "clusterIPs"] {
+                obj["spec"].as_object_mut().map(|s| s.remove(f));
+            }
+        }
+        let item = Item { obj, ns, name, kind };
+        if let Some(owner) = item.obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
+            let by = format!("{} {}", owner["kind"].as_str().unwrap_or("?"), owner["name"].as_str().unwrap_or("?"));
+            skipped.push(result(&item, "skipped", format!("owned by {by}: its controller recreates it")));
+            continue;
+        }
+        items.push(item);
+    }
+    items.sort_by(|a, b| rank(&a.kind).cmp(&rank(&b.kind)).then(a.kind.cmp(&b.kind)).then(a.ns.cmp(&b.ns)).then(a.name.cmp(&b.name)));
+    (items, skipped)
+}
+
+fn resource_of(discovery: &Discovery, obj: &Value) -> Option<(ApiResource, bool)> {
+    let api_version = obj["apiVersion"].as_str()?;
+    let kind = obj["kind"].as_str()?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    discovery
+        .groups()
+        .filter(|g| g.name() == group)
+        .flat_map(|g| g.versioned_resources(version))
+        .find(|(ar, _)| ar.kind == kind)
+        .map(|(ar, caps)| (ar, caps.scope == Scope::Namespaced))
+}
+
+async fn discover(client: &Client, url: &str) -> Result<Discovery> {
+    Discovery::new(client.clone()).run().await.map_err(|e| Error::failed(url, format!("API discovery failed: {}", api_message(&e))))
+}
+
+/// Restore the YAML `files` of a snapshot (path, contents) into the cluster `url` names.
+pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOptions) -> Result<Vec<ObjectResult>> {
+    let m = Matcher::new(&o.filters)?;
+    let objects = files
+        .iter()
+        .map(|(path, yaml)| {
+            serde_norway::from_slice::<Value>(yaml).map_err(|e| Error::failed(url, format!("{path} in the snapshot is not YAML: {e}")))
+        })
+        .collect::<Result<Vec<Value>>>()?;
+    let client = client(url).await?;
+    let mut discovery = discover(&client, url).await?;
+    let (items, mut out) = prepare(objects, &discovery, &m, o);
+    let restored_ns: BTreeSet<String> = items.iter().filter(|i| i.kind == "Namespace").map(|i| i.name.clone()).collect();
+    let needed_ns: BTreeSet<String> = items.iter().filter_map(|i| i.ns.clone()).filter(|n| !restored_ns.contains(n)).collect();
+    for ns in needed_ns {
+        let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        let item = Item { obj, ns: None, name: ns.clone(), kind: "Namespace".into() };
+        out.push(apply(&client, &discovery, &item, o).await);
+    }
+    let mut crds_done = false;
+    for item in &items {
+        if !crds_done && item.kind != "CustomResourceDefinition" {
+            // Custom resources are known to discovery only once their definitions exist.
+            discovery = discover(&client, url).await?;
+            crds_done = true;
+        }
+        out.push(apply(&client, &discovery, item, o).await);
+    }
+    Ok(out)
+}
+
+async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreOptions) -> ObjectResult {
+    let Some((ar, namespaced)) = resource_of(discovery, &item.obj) else {
+        return result(item, "failed", format!("the API serves no {} in {}", item.kind, item.obj["apiVersion"].as_str().unwrap_or("?")));
+    };
+    let api: Api<DynamicObject> = match (&item.ns, namespaced) {
+        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
+        _ => Api::all_with(client.clone(), &ar),
+    };
+    let existing = match api.get_opt(&item.name).await {
+        Ok(e) => e,
+        Err(e) => return result(item, "failed", api_message(&e)),
+    };
+    let mut obj: DynamicObject = match serde_json::from_value(item.obj.clone()) {
+        Ok(d) => d,
+        Err(e) => return result(item, "failed", format!("not a Kubernetes object: {e}")),
+    };
+    match (existing, o.existing) {
+        (Some(_), Existing::Skip) => {
+            result(item, if o.dry_run { "would skip" } else { "skipped" }, "it exists; --existing update replaces it")
+        }
+        (Some(_), Existing::Update) if o.dry_run => result(item, "would update", ""),
+        (Some(cur), Existing::Update) => {
+            obj.metadata.resource_version = cur.metadata.resource_version;
+            match api.replace(&item.name, &PostParams::default(), &obj).await {
+                Ok(_) => result(item, "updated", ""),
+                Err(e) => result(item, "failed", api_message(&e)),
+            }
+        }
+        (None, _) if o.dry_run => result(item, "would create", ""),
+        (None, _) => match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => result(item, "created", ""),
+            Err(e) => result(item, "failed", api_message(&e)),
+        },
+    }
+}
