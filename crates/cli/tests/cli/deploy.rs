@@ -173,3 +173,77 @@ fn the_status_page_in_headless_chromium_shows_the_classes_and_a_failed_job_red()
     let storage = dom.lines().find(|l| l.contains("data-repository=\"main\"")).unwrap_or_else(|| panic!("storage in {dom}"));
     assert!(storage.contains(" B</td>") || storage.contains("iB</td>"), "sizes shown: {storage}");
 }
+
+/// Every rendered document as JSON.
+fn rendered() -> Vec<serde_json::Value> {
+    let out = Command::new("kubectl").args(["kustomize", &format!("{DEPLOY}/kubernetes")]).output().expect("kubectl (in the base image)");
+    assert!(out.status.success(), "kubectl kustomize: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split("\n---\n").map(|doc| serde_norway::from_str(doc).unwrap_or_else(|e| panic!("{e}: {doc}"))).collect()
+}
+
+fn typed<T: serde::de::DeserializeOwned>(doc: &serde_json::Value) {
+    if let Err(e) = serde_json::from_value::<T>(doc.clone()) {
+        panic!("{} {} does not parse as that kind: {e}", doc["kind"], doc["metadata"]["name"]);
+    }
+}
+
+#[test]
+fn the_kustomization_renders_objects_kubernetes_accepts() {
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as ext;
+    let docs = rendered();
+    let mut kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Namespace",
+            "PersistentVolumeClaim",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor"
+        ]
+    );
+    for d in &docs {
+        match d["kind"].as_str().unwrap() {
+            "Deployment" => typed::<apps::Deployment>(d),
+            "Service" => typed::<core::Service>(d),
+            "ConfigMap" => typed::<core::ConfigMap>(d),
+            "Namespace" => typed::<core::Namespace>(d),
+            "ServiceAccount" => typed::<core::ServiceAccount>(d),
+            "PersistentVolumeClaim" => typed::<core::PersistentVolumeClaim>(d),
+            "ClusterRole" => typed::<rbac::ClusterRole>(d),
+            "ClusterRoleBinding" => typed::<rbac::ClusterRoleBinding>(d),
+            "CustomResourceDefinition" => typed::<ext::CustomResourceDefinition>(d),
+            _ => assert!(d["spec"].is_object(), "{d}"),
+        }
+        if d["kind"] != "Namespace" && !d["kind"].as_str().unwrap().starts_with("Cluster") && d["kind"] != "CustomResourceDefinition" {
+            assert_eq!(d["metadata"]["namespace"], "tresor", "{} {}", d["kind"], d["metadata"]["name"]);
+        }
+    }
+    // The backup role only reads; writing is the restore role's.
+    let role = |name: &str| docs.iter().find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == name).unwrap().clone();
+    let backup = role("tresor-backup");
+    let verbs: Vec<&str> = backup["rules"][0]["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(verbs, ["get", "list", "watch"]);
+    assert!(role("tresor-restore")["rules"][0]["verbs"].as_array().unwrap().iter().any(|v| v == "create"));
+    // The operator's rules are the promtool-tested rules.
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let tested: serde_json::Value =
+        serde_norway::from_str(&fs::read_to_string(format!("{DEPLOY}/prometheus/tresor-rules.yaml")).unwrap()).unwrap();
+    assert_eq!(rule["spec"]["groups"], tested["groups"]);
+    // The mounted plan is a clean plan.
+    let plan = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap()["data"]["tresor.yaml"].as_str().unwrap().to_string();
+    let env = Env::new();
+    fs::write(env.path("tresor.yaml"), plan).unwrap();
+    let out = env.run(&["plan", "check", env.path("tresor.yaml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
