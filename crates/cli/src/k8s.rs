@@ -36,7 +36,7 @@ fn options(a: &RestoreArgs) -> Result<RestoreOptions> {
         mapping.insert(old.to_string(), new.to_string());
     }
     let existing = if a.existing == "update" { Existing::Update } else { Existing::Skip };
-    Ok(RestoreOptions { filters: a.k8s.filters(), mapping, existing, dry_run: a.dry_run })
+    Ok(RestoreOptions { filters: a.k8s.filters(), mapping, existing, dry_run: a.dry_run, server_dry_run: a.server_dry_run })
 }
 
 /// The overall status: `completed`, or `partial:` with the count and the first failure.
@@ -61,8 +61,9 @@ pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a
             let detail = if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) };
             println!("{:<13} {}{detail}", r.result, r.object);
         }
+        let accepted = if a.server_dry_run { format!(", {} accepted by a server-side dry run", count("accepted")) } else { String::new() };
         println!(
-            "{} objects: {} created, {} updated, {} skipped, {} failed{}",
+            "{} objects: {} created, {} updated, {} skipped, {} failed{accepted}{}",
             results.len(),
             count("created"),
             count("updated"),

@@ -538,6 +538,10 @@ pub struct RestoreArgs {
     /// With --to k8s://: print what would be done, change nothing.
     #[arg(long, requires = "to")]
     pub dry_run: bool,
+    /// With --to k8s://: send every object as a server-side dry run (validated and admitted, not
+    /// stored), into namespaces created for it and removed after: a drill.
+    #[arg(long, requires = "to", conflicts_with = "dry_run")]
+    pub server_dry_run: bool,
     #[command(flatten)]
     pub k8s: K8sFilterArgs,
     /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs).

@@ -28,6 +28,10 @@ pub struct RestoreOptions {
     pub mapping: BTreeMap<String, String>,
     pub existing: Existing,
     pub dry_run: bool,
+    /// Send every object with `dryRun=All`: the API validates and admits
+    /// it, and stores nothing. Namespaces it needs are created for real and
+    /// removed afterwards (a drill).
+    pub server_dry_run: bool,
 }
 
 /// What happened to one object.
@@ -165,10 +169,19 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
     let (items, mut out) = prepare(objects, &discovery, &m, o);
     let restored_ns: BTreeSet<String> = items.iter().filter(|i| i.kind == "Namespace").map(|i| i.name.clone()).collect();
     let needed_ns: BTreeSet<String> = items.iter().filter_map(|i| i.ns.clone()).filter(|n| !restored_ns.contains(n)).collect();
-    for ns in needed_ns {
-        let obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+    let mut scratch_ns = Vec::new();
+    for ns in needed_ns.iter().chain(restored_ns.iter().filter(|_| o.server_dry_run)) {
+        let obj =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"tresor.dev/drill": "true"}}});
         let item = Item { obj, ns: None, name: ns.clone(), kind: "Namespace".into() };
-        out.push(apply(&client, &discovery, &item, o).await);
+        let real = RestoreOptions { server_dry_run: false, ..o.clone() };
+        let r = apply(&client, &discovery, &item, &real).await;
+        if o.server_dry_run && r.result == "created" {
+            scratch_ns.push(ns.clone());
+        }
+        if !(o.server_dry_run && restored_ns.contains(ns)) {
+            out.push(r);
+        }
     }
     let mut crds_done = false;
     for item in &items {
@@ -179,7 +192,17 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
         }
         out.push(apply(&client, &discovery, item, o).await);
     }
+    remove_namespaces(&client, &discovery, &scratch_ns).await;
     Ok(out)
+}
+
+/// The namespaces a server-side dry run created for itself.
+async fn remove_namespaces(client: &Client, discovery: &Discovery, names: &[String]) {
+    let Some((ar, _)) = resource_of(discovery, &serde_json::json!({"apiVersion": "v1", "kind": "Namespace"})) else { return };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    for n in names {
+        let _ = api.delete(n, &Default::default()).await;
+    }
 }
 
 async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreOptions) -> ObjectResult {
@@ -205,13 +228,15 @@ async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreO
         (Some(_), Existing::Update) if o.dry_run => result(item, "would update", ""),
         (Some(cur), Existing::Update) => {
             obj.metadata.resource_version = cur.metadata.resource_version;
-            match api.replace(&item.name, &PostParams::default(), &obj).await {
+            match api.replace(&item.name, &PostParams { dry_run: o.server_dry_run, ..Default::default() }, &obj).await {
+                Ok(_) if o.server_dry_run => result(item, "accepted", "server-side dry run"),
                 Ok(_) => result(item, "updated", ""),
                 Err(e) => result(item, "failed", api_message(&e)),
             }
         }
         (None, _) if o.dry_run => result(item, "would create", ""),
-        (None, _) => match api.create(&PostParams::default(), &obj).await {
+        (None, _) => match api.create(&PostParams { dry_run: o.server_dry_run, ..Default::default() }, &obj).await {
+            Ok(_) if o.server_dry_run => result(item, "accepted", "server-side dry run"),
             Ok(_) => result(item, "created", ""),
             Err(e) => result(item, "failed", api_message(&e)),
         },

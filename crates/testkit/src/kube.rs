@@ -5,6 +5,7 @@
 //! accepted. Real `kubectl` works against it (tested), which is what makes
 //! it a faithful stand-in where no cluster can run. Not served: OpenAPI
 //! documents (kubectl's client-side validation), watches, subresources,
+//! (server-side dry runs of creates and replaces are),
 //! server-side apply, finalizers (a deleted namespace is gone at once).
 
 use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
@@ -174,7 +175,12 @@ async fn handle(
     let result = match (&method, name) {
         (&Method::GET, None) => store.list(&res, ns, q.get("labelSelector").map(String::as_str)).map(ok),
         (&Method::GET, Some(n)) => store.get(&res, ns, n).map(ok),
+        // A server-side dry run answers as the write would, and stores nothing.
+        (&Method::POST, None) if q.contains_key("dryRun") => {
+            parsed().and_then(|b| store.clone().create(&res, ns, b)).map(|v| (StatusCode::CREATED, v))
+        }
         (&Method::POST, None) => parsed().and_then(|b| store.create(&res, ns, b)).map(|v| (StatusCode::CREATED, v)),
+        (&Method::PUT, Some(n)) if q.contains_key("dryRun") => parsed().and_then(|b| store.clone().replace(&res, ns, n, b)).map(ok),
         (&Method::PUT, Some(n)) => parsed().and_then(|b| store.replace(&res, ns, n, b)).map(ok),
         (&Method::PATCH, Some(n)) => parsed().and_then(|b| store.patch(&res, ns, n, &b)).map(ok),
         (&Method::DELETE, Some(n)) => store.delete(&res, ns, n).map(ok),

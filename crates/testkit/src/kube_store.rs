@@ -146,7 +146,7 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Store {
     pub resources: Vec<Res>,
     pub objects: BTreeMap<String, Value>,

@@ -14,6 +14,7 @@ use super::*;
 
 struct Erp {
     env: Env,
+    cluster: super::k8s::Cluster,
     redis: RedisServer,
     pg: PostgresServer,
     etcd: EtcdServer,
@@ -34,6 +35,8 @@ fn erp() -> Erp {
         "erp",
         "CREATE TABLE invoices (id serial, created_at timestamptz DEFAULT now()); INSERT INTO invoices SELECT FROM generate_series(1, 500)",
     );
+    let cluster = super::k8s::Cluster::start();
+    env.vars.push(("KUBECONFIG".into(), cluster.kubeconfig.display().to_string()));
     let etcd = EtcdServer::start();
     for i in 0..30 {
         assert!(etcd.ctl(&["put", &format!("/registry/configmaps/erp/cm{i}"), "v"]).status.success());
@@ -84,6 +87,10 @@ sources:
     class: standard
     url: {etcd}
     schedule: "0 * * * *"
+  - name: k8s-config
+    class: standard
+    url: "k8s://"
+    schedule: "0 * * * *"
   - name: documents
     class: archive
     url: {volume}
@@ -109,7 +116,8 @@ drills:
     {
         env.ok(&["backup", &url, "--tag", &format!("source={name}")]);
     }
-    Erp { env, redis, pg, etcd, plan, scratch }
+    env.ok(&["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=k8s-config"]);
+    Erp { env, cluster, redis, pg, etcd, plan, scratch }
 }
 
 fn drill(e: &Erp, name: Option<&str>) -> (Option<i32>, Vec<serde_json::Value>) {
@@ -135,7 +143,7 @@ fn drills_restore_validate_and_measure_every_source_without_touching_production(
     let (code, reports) = drill(&e, None);
     let verdicts: Vec<(&str, bool)> = reports.iter().map(|r| (r["source"].as_str().unwrap(), r["passed"].as_bool().unwrap())).collect();
     assert_eq!(code, Some(0), "{reports:#?}");
-    assert_eq!(verdicts, [("sessions", true), ("erp-db", true), ("cluster-config", true), ("documents", true)]);
+    assert_eq!(verdicts, [("sessions", true), ("erp-db", true), ("cluster-config", true), ("k8s-config", true), ("documents", true)]);
     let by = |name: &str| reports.iter().find(|r| r["source"] == name).unwrap().clone();
     let checks = |name: &str| by(name)["checks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(checks("sessions"), ["2007 keys, as recorded at backup", "5 sampled keys present", "at least 2000 keys"]);
@@ -148,6 +156,12 @@ fn drills_restore_validate_and_measure_every_source_without_touching_production(
     let etcd_check = &checks("cluster-config")[0];
     assert!(etcd_check.starts_with("30 keys at revision ") && etcd_check.ends_with(", as recorded at backup"), "{etcd_check}");
     assert!(checks("documents")[0].ends_with("read back and matched the snapshot's content hashes"), "{:?}", checks("documents"));
+    assert_eq!(
+        checks("k8s-config"),
+        ["6 objects accepted by the API in shop-drill (server-side dry run), 2 existing cluster objects left alone"]
+    );
+    assert!(!e.cluster.kubectl(&["get", "namespace", "shop-drill"]).status.success(), "the drill's namespace is removed");
+    assert!(e.cluster.kubectl(&["get", "deployment", "web", "-n", "shop"]).status.success(), "production objects stay");
     for r in &reports {
         let rto = r["rto_seconds"].as_f64().unwrap();
         let rpo = r["rpo_seconds"].as_f64().unwrap();
@@ -166,7 +180,7 @@ fn drills_restore_validate_and_measure_every_source_without_touching_production(
     assert_eq!(e.etcd.ctl(&["get", "--prefix", ""]).stdout, etcd_before);
     assert_eq!(fs::read_dir(e.scratch.path()).unwrap().count(), 0, "scratch targets are removed");
     let audit = e.env.json(&["audit", "--state", e.env.path("state.db").to_str().unwrap()]);
-    assert_eq!(audit.as_array().unwrap().iter().filter(|a| a["action"] == "drill" && a["result"] == "succeeded").count(), 4);
+    assert_eq!(audit.as_array().unwrap().iter().filter(|a| a["action"] == "drill" && a["result"] == "succeeded").count(), 5);
 }
 
 #[test]

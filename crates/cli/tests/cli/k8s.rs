@@ -153,7 +153,7 @@ impl Cluster {
         c
     }
 
-    pub fn kubectl(&self, args: &[&str]) -> Output {
+    pub(super) fn kubectl(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
             .env("KUBECONFIG", &self.kubeconfig)
             .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
