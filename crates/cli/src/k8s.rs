@@ -8,7 +8,7 @@ use tresor_engine::{NodeKind, Repository, Snapshot};
 use tresor_sources::k8s_restore::{Existing, ObjectResult, RestoreOptions, restore as apply};
 
 use crate::commands::print_json;
-use crate::opts::{Global, RestoreArgs};
+use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand};
 
 /// Every `.yaml` file of the snapshot: path and contents.
 async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
@@ -75,6 +75,47 @@ pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a
     if status != "completed" {
         eprintln!("tresor: restore {status}");
         return Ok(crate::EXIT_INCOMPLETE);
+    }
+    Ok(0)
+}
+
+fn claim_of(spec: &str) -> Result<(String, String)> {
+    match spec.split_once('/') {
+        Some((ns, claim)) if !ns.is_empty() && !claim.is_empty() => Ok((ns.into(), claim.into())),
+        _ => bail!("name the claim as NAMESPACE/CLAIM, not {spec:?}"),
+    }
+}
+
+/// `tresor volume backup|restore`: the objects made, one per line.
+pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
+    use tresor_sources::k8s_volume::{VolumeJob, backup, restore};
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let wait = |w: &Option<String>| w.as_deref().map(crate::commands::parse_duration).transpose();
+    let made = match cmd.command {
+        VolumeCommand::Backup(a) => {
+            let (namespace, claim) = claim_of(&a.claim)?;
+            let job = VolumeJob {
+                namespace,
+                claim,
+                image: a.image,
+                secret: a.secret,
+                csi_snapshot_class: a.csi_snapshot_class,
+                wait: wait(&a.wait)?,
+            };
+            backup(&a.cluster, &job, &stamp).await?
+        }
+        VolumeCommand::Restore(a) => {
+            let (namespace, claim) = claim_of(&a.claim)?;
+            let job = VolumeJob { namespace, claim, image: a.image, secret: a.secret, csi_snapshot_class: None, wait: wait(&a.wait)? };
+            restore(&a.cluster, &job, &a.snapshot, &a.size, a.storage_class.as_deref(), &stamp).await?
+        }
+    };
+    if g.json {
+        print_json(&json!({"created": made}))?;
+    } else {
+        for m in &made {
+            println!("created {m}");
+        }
     }
     Ok(0)
 }

@@ -91,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(a) => daemon::audit(&g, a),
         Command::Drill(a) => drill::drills(&g, a).await,
         Command::Report(a) => drill::report(a),
+        Command::Volume(a) => k8s::volume(&g, a).await,
     }
 }
 

@@ -104,6 +104,62 @@ pub enum Command {
     Drill(DrillArgs),
     /// Compliance report: RPO/RTO targets against measurements, success rates, the drill protocol.
     Report(ReportArgs),
+    /// Kubernetes volumes: back a claim up, or restore into a new one, through a Job in the cluster.
+    Volume(VolumeCmd),
+}
+
+#[derive(Args)]
+pub struct VolumeCmd {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// A Job that mounts NAMESPACE/CLAIM read-only and runs `tresor backup /data`.
+    Backup(VolumeArgs),
+    /// A new claim NAMESPACE/CLAIM and a Job that restores SNAPSHOT into it.
+    Restore(VolumeRestoreArgs),
+}
+
+#[derive(Args)]
+pub struct VolumeArgs {
+    /// NAMESPACE/CLAIM
+    pub claim: String,
+    /// The Secret (in the claim's namespace) with TRESOR_REPOSITORY, TRESOR_PASSWORD and storage credentials.
+    #[arg(long)]
+    pub secret: String,
+    #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
+    pub image: String,
+    /// Back up a clone made from a CSI VolumeSnapshot of this class instead of the live claim.
+    #[arg(long)]
+    pub csi_snapshot_class: Option<String>,
+    /// Wait this long for the Job, then remove the clone and the snapshot.
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// The cluster: k8s://[CONTEXT].
+    #[arg(long, default_value = "k8s://")]
+    pub cluster: String,
+}
+
+#[derive(Args)]
+pub struct VolumeRestoreArgs {
+    pub snapshot: String,
+    /// NAMESPACE/CLAIM to create.
+    pub claim: String,
+    /// The new claim's size, e.g. 10Gi.
+    #[arg(long)]
+    pub size: String,
+    #[arg(long)]
+    pub storage_class: Option<String>,
+    #[arg(long)]
+    pub secret: String,
+    #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
+    pub image: String,
+    #[arg(long)]
+    pub wait: Option<String>,
+    #[arg(long, default_value = "k8s://")]
+    pub cluster: String,
 }
 
 #[derive(Args)]

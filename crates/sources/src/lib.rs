@@ -12,6 +12,7 @@ mod etcd_target;
 mod hooks;
 pub mod k8s;
 pub mod k8s_restore;
+pub mod k8s_volume;
 mod pgbase;
 pub mod pgwal;
 mod postgres;

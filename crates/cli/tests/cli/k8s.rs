@@ -162,7 +162,7 @@ impl Cluster {
             .unwrap()
     }
 
-    fn kubectl_stdin(&self, args: &[&str], input: &str) {
+    pub(super) fn kubectl_stdin(&self, args: &[&str], input: &str) {
         let mut child = Command::new("kubectl")
             .env("KUBECONFIG", &self.kubeconfig)
             .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
@@ -373,4 +373,78 @@ fn end_to_end_against_a_real_cluster_when_one_is_given() {
     let _ = kubectl(&["delete", "namespace", &copy, "--wait=false"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&restored.stdout), "fast");
+}
+
+const SNAPSHOT_CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: volumesnapshots.snapshot.storage.k8s.io\nspec:\n  group: snapshot.storage.k8s.io\n  scope: Namespaced\n  names:\n    plural: volumesnapshots\n    singular: volumesnapshot\n    kind: VolumeSnapshot\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n";
+
+fn names(c: &Cluster, what: &str) -> Vec<String> {
+    let out = c.kubectl(&["get", what, "-n", "shop", "-o", "name"]);
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+#[test]
+fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
+    let env = Env::new();
+    let c = Cluster::start();
+    let out = tresor(&env, &c, &["volume", "backup", "shop/data", "--secret", "repo-creds", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job_name = made["created"][0].as_str().unwrap().strip_prefix("Job/").unwrap().to_string();
+    let job = c.server.object("batch", "jobs", Some("shop"), &job_name).unwrap();
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], serde_json::json!({"claimName": "data", "readOnly": true}));
+    assert_eq!(
+        pod["containers"][0]["args"],
+        serde_json::json!(["backup", "/data", "--host", "shop/data", "--tag", "source=pvc:shop/data"])
+    );
+    assert_eq!(pod["containers"][0]["envFrom"][0]["secretRef"]["name"], "repo-creds");
+
+    // With a CSI snapshot: snapshot, clone, a Job on the clone; once the Job succeeds the clone and snapshot go.
+    c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], SNAPSHOT_CRD);
+    let mut run = env
+        .cmd(&["volume", "backup", "shop/data", "--secret", "repo-creds", "--csi-snapshot-class", "csi-snap", "--wait", "60s"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let clone_job = loop {
+        if let Some(j) = names(&c, "jobs").into_iter().find(|j| j != &format!("job.batch/{job_name}")) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no job for the clone");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let snapshots = names(&c, "volumesnapshots");
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    let claims = names(&c, "persistentvolumeclaims");
+    let clone =
+        claims.iter().find(|p| p.ends_with("-clone")).expect("a clone claim").trim_start_matches("persistentvolumeclaim/").to_string();
+    let cloned = c.server.object("", "persistentvolumeclaims", Some("shop"), &clone).unwrap();
+    assert_eq!(cloned["spec"]["dataSource"]["kind"], "VolumeSnapshot");
+    assert_eq!(cloned["spec"]["resources"]["requests"]["storage"], "1Gi", "the clone is the size of the claim");
+    let j = clone_job.trim_start_matches("job.batch/").to_string();
+    assert_eq!(
+        c.server.object("batch", "jobs", Some("shop"), &j).unwrap()["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        clone
+    );
+    assert!(c.kubectl(&["patch", "job", &j, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#]).status.success());
+    let status = run.wait().unwrap();
+    assert!(status.success());
+    assert!(names(&c, "volumesnapshots").is_empty(), "the snapshot is removed after the job");
+    assert!(!names(&c, "persistentvolumeclaims").iter().any(|p| p.ends_with("-clone")), "and the clone");
+
+    let out = tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let claim = c.server.object("", "persistentvolumeclaims", Some("shop"), "restored").unwrap();
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let restore_job = text.lines().find_map(|l| l.strip_prefix("created Job/")).unwrap();
+    let job = c.server.object("batch", "jobs", Some("shop"), restore_job).unwrap();
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["restore", "0123abcd", "--target", "/data", "--verify"])
+    );
+    let err = tresor(&env, &c, &["volume", "backup", "data", "--secret", "s"]);
+    assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, not \"data\"\n");
 }
