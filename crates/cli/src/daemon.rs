@@ -76,9 +76,16 @@ fn read_token(file: Option<&Path>, var: &str) -> Result<Option<String>> {
 }
 
 pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
-    let plan_file = match &a.plan {
-        Some(p) => std::path::absolute(p)?,
-        None => embedded_default(&a.data_dir)?,
+    let resource = a.plan_resource.as_deref().map(tresor_controller::planwatch::PlanRef::parse).transpose()?;
+    let plan_file = match (&a.plan, &resource) {
+        (Some(p), _) => std::path::absolute(p)?,
+        (None, Some(r)) => {
+            std::fs::create_dir_all(&a.data_dir)?;
+            let file = std::path::absolute(a.data_dir.join(format!("backupplan-{}-{}.yaml", r.namespace, r.name)))?;
+            tresor_controller::planwatch::fetch(r, &file).await?;
+            file
+        }
+        (None, None) => embedded_default(&a.data_dir)?,
     };
     let clock = Clock::from_env();
     let plan = load_plan(&plan_file, clock.now())?;
@@ -128,6 +135,9 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(tresor_controller::serve::serve(listener, app, tls));
+    if let Some(r) = resource {
+        tokio::spawn(tresor_controller::planwatch::watch(r, plan_file.clone(), tx.clone()));
+    }
     eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());
     eprintln!("tresor daemon: status page {scheme}://{bound}/  metrics {scheme}://{bound}/metrics");
     run(shared, rx, shutdown_signals(tx)).await?;

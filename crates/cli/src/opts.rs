@@ -192,7 +192,11 @@ pub struct DaemonArgs {
     /// The plan (default: the embedded one under --data-dir).
     #[arg(long, env = "TRESOR_PLAN")]
     pub plan: Option<PathBuf>,
-    /// Where the embedded default keeps its repository, password, state and sample.
+    /// The plan is a BackupPlan resource, watched: k8s://[CONTEXT]/NAMESPACE/NAME.
+    #[arg(long, conflicts_with = "plan")]
+    pub plan_resource: Option<String>,
+    /// Where the embedded default keeps its repository, password, state and sample
+    /// (and where a BackupPlan resource's plan is written).
     #[arg(long, env = "TRESOR_DATA_DIR", default_value = "tresor-data")]
     pub data_dir: PathBuf,
     /// Listen address (overrides the plan's daemon.listen).

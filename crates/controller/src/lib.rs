@@ -16,6 +16,7 @@ mod drill_pg;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
+pub mod planwatch;
 pub mod report;
 pub mod report_html;
 pub mod runner;

@@ -1,11 +1,12 @@
 //! An in-process fake Kubernetes API server: discovery for the core and
 //! named groups (and groups CRDs add), CRUD on namespaced and cluster
-//! objects, label selectors, resourceVersion, and the API's 404/409/403
-//! Status answers. Plain HTTP on a free loopback port; any bearer token is
+//! objects, label selectors, resourceVersion, watches (events streamed
+//! for a few seconds at a time), server-side dry runs, and the API's
+//! 404/409/403 Status answers. Plain HTTP on a free loopback port; any bearer token is
 //! accepted. Real `kubectl` works against it (tested), which is what makes
 //! it a faithful stand-in where no cluster can run. Not served: OpenAPI
-//! documents (kubectl's client-side validation), watches, subresources,
-//! (server-side dry runs of creates and replaces are),
+//! documents (kubectl's client-side validation), subresources other than
+//! `status` (which is the object itself here),
 //! server-side apply, finalizers (a deleted namespace is gone at once).
 
 use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
@@ -93,6 +94,33 @@ impl Drop for KubeServer {
     }
 }
 
+/// A watch: one JSON event per line as changes happen, for up to `limit`
+/// seconds; then the stream ends and the client watches again.
+fn watch(shared: Arc<Mutex<Store>>, res: Res, ns: Option<String>, since: u64, limit: u64) -> Response {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(limit);
+    let stream = futures::stream::unfold((shared, since), move |(shared, mut at)| {
+        let (res, ns) = (res.clone(), ns.clone());
+        async move {
+            loop {
+                let (events, rv) = {
+                    let s = shared.lock().expect("not poisoned");
+                    (s.events_after(&res, ns.as_deref(), at), s.rv)
+                };
+                if !events.is_empty() {
+                    at = rv;
+                    let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+                    return Some((Ok::<_, std::convert::Infallible>(lines), (shared, at)));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    });
+    ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream)).into_response()
+}
+
 fn reply(code: StatusCode, body: Value) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -136,7 +164,7 @@ fn discovery(store: &Store, segs: &[&str], port: Option<u16>) -> Option<Value> {
 }
 
 async fn handle(
-    State(store): State<Arc<Mutex<Store>>>,
+    State(shared): State<Arc<Mutex<Store>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -144,7 +172,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
-    let mut store = store.lock().expect("not poisoned");
+    let mut store = shared.lock().expect("not poisoned");
     let port = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.rsplit(':').next()).and_then(|p| p.parse().ok());
     if method == Method::GET
         && let Some(d) = discovery(&store, &segs, port)
@@ -156,6 +184,8 @@ async fn handle(
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return fail(ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into() }),
     };
+    // The status subresource is the object itself here.
+    let rest = rest.strip_suffix(&["status"]).filter(|r| r.len() == 2 || r.len() == 4).unwrap_or(rest);
     let (ns, plural, name) = match rest {
         ["namespaces", ns, plural, tail @ ..] if tail.len() <= 1 => (Some(*ns), *plural, tail.first().copied()),
         [plural, tail @ ..] if tail.len() <= 1 => (None, *plural, tail.first().copied()),
@@ -164,6 +194,12 @@ async fn handle(
     let Some(res) = store.find(group, version, plural) else {
         return fail(ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into() });
     };
+    if method == Method::GET && name.is_none() && q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        let since = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(store.rv);
+        let limit = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(5u64).min(5);
+        drop(store);
+        return watch(shared.clone(), res, ns.map(String::from), since, limit);
+    }
     let parsed = || {
         serde_json::from_slice::<Value>(&body).map_err(|e| ApiError {
             code: 400,

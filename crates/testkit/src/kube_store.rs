@@ -155,6 +155,8 @@ pub struct Store {
     pub forbidden: Vec<String>,
     /// Plurals whose creation an admission webhook denies, for tests.
     pub denied: Vec<String>,
+    /// Every change, for watches: (resourceVersion, type, group/plural, object).
+    pub events: Vec<(u64, &'static str, String, Value)>,
 }
 
 fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
@@ -236,7 +238,22 @@ impl Store {
             _ => {}
         }
         self.objects.insert(k, obj.clone());
+        self.record("ADDED", res, &obj);
         Ok(obj)
+    }
+
+    fn record(&mut self, kind: &'static str, res: &Res, obj: &Value) {
+        self.events.push((self.rv, kind, format!("{}/{}", res.group, res.plural), obj.clone()));
+    }
+
+    /// Changes to a resource (in a namespace) after `rv`, as watch events.
+    pub fn events_after(&self, res: &Res, ns: Option<&str>, rv: u64) -> Vec<Value> {
+        let key = format!("{}/{}", res.group, res.plural);
+        self.events
+            .iter()
+            .filter(|(at, _, k, o)| *at > rv && *k == key && ns.is_none_or(|n| o["metadata"]["namespace"] == n))
+            .map(|(_, kind, _, o)| json!({"type": kind, "object": o}))
+            .collect()
     }
 
     /// A CRD adds its served versions to discovery and is Established at once.
@@ -301,6 +318,7 @@ impl Store {
         }
         self.stamp(&mut obj, res, ns, Some(old["metadata"]["uid"].clone()), Some(old["metadata"]["creationTimestamp"].clone()));
         self.objects.insert(key(res, ns, name), obj.clone());
+        self.record("MODIFIED", res, &obj);
         Ok(obj)
     }
 
@@ -318,6 +336,7 @@ impl Store {
             self.objects.retain(|_, v| v["metadata"]["namespace"] != name);
         }
         self.rv += 1;
+        self.record("DELETED", res, &obj);
         Ok(obj)
     }
 }

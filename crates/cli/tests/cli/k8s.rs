@@ -448,3 +448,73 @@ fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
     let err = tresor(&env, &c, &["volume", "backup", "data", "--secret", "s"]);
     assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, not \"data\"\n");
 }
+
+#[test]
+fn the_daemon_follows_a_backupplan_resource_and_refuses_a_bad_one() {
+    let mut env = Env::new();
+    let c = Cluster::start();
+    env.vars.push(("KUBECONFIG".into(), c.kubeconfig.display().to_string()));
+    c.kubectl_stdin(
+        &["create", "--validate=false", "-f", "-"],
+        &fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/crd-backupplan.yaml")).unwrap(),
+    );
+    fs::create_dir_all(env.path("files")).unwrap();
+    fs::write(env.path("files/a"), "a").unwrap();
+    let source = |name: &str| {
+        format!(r#"{{"name": "{name}", "class": "standard", "url": "{}", "schedule": "@daily"}}"#, env.path("files").display())
+    };
+    let plan = format!(
+        r#"{{"apiVersion": "tresor.dev/v1alpha1", "kind": "BackupPlan", "metadata": {{"name": "nightly", "namespace": "shop"}}, "spec": {{
+            "repositories": {{"main": {{"url": "{}", "password_file": "{}", "init": true}}}},
+            "classes": {{"standard": {{"rpo": "1d", "rto": "4h"}}}},
+            "sources": [{}], "daemon": {{"state": "{}"}}}}}}"#,
+        env.repo,
+        env.path("pw").display(),
+        source("files"),
+        env.path("state.db").display()
+    );
+    c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], &plan);
+    let port = tresor_testkit::net::free_port();
+    let data = env.path("data");
+    let child = env
+        .cmd(&[
+            "daemon",
+            "--plan-resource",
+            "k8s://shop/nightly",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let d = super::daemon::Daemon { child, port };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while super::daemon::http(port, "GET", "/readyz", None).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not start: {}", fs::read_to_string(env.path("daemon.log")).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    super::daemon::wait_jobs(&d, "the first backup", |j| super::daemon::count(j, "files", "backup", "succeeded") == 1);
+    let status = || c.server.object("tresor.dev", "backupplans", Some("shop"), "nightly").unwrap()["status"].clone();
+    assert_eq!((status()["accepted"].as_str(), status()["sources"].as_u64()), (Some("True"), Some(1)));
+
+    let sources = || super::daemon::http(port, "GET", "/api/v1/sources", Some("read-token")).1;
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}: {}", sources());
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let more = format!(r#"{{"spec": {{"sources": [{}, {}]}}}}"#, source("files"), source("more"));
+    assert!(c.kubectl(&["patch", "backupplan", "nightly", "-n", "shop", "--type", "merge", "-p", &more]).status.success());
+    wait_for("the new source", &|| sources().contains("\"name\":\"more\""));
+    assert_eq!(status()["sources"], 2);
+
+    let bad = r#"{"spec": {"classes": {"standard": {"rpo": "soon", "rto": "4h"}}}}"#;
+    assert!(c.kubectl(&["patch", "backupplan", "nightly", "-n", "shop", "--type", "merge", "-p", bad]).status.success());
+    wait_for("the refusal", &|| status()["accepted"] == "False");
+    assert!(status()["message"].as_str().unwrap().contains("cannot read duration \"soon\""), "{}", status());
+    assert!(sources().contains("\"name\":\"more\""), "the running plan stays");
+}
