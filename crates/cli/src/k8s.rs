@@ -101,12 +101,21 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
                 secret: a.secret,
                 csi_snapshot_class: a.csi_snapshot_class,
                 wait: wait(&a.wait)?,
+                tags: a.tags,
             };
             backup(&a.cluster, &job, &stamp).await?
         }
         VolumeCommand::Restore(a) => {
             let (namespace, claim) = claim_of(&a.claim)?;
-            let job = VolumeJob { namespace, claim, image: a.image, secret: a.secret, csi_snapshot_class: None, wait: wait(&a.wait)? };
+            let job = VolumeJob {
+                namespace,
+                claim,
+                image: a.image,
+                secret: a.secret,
+                csi_snapshot_class: None,
+                wait: wait(&a.wait)?,
+                tags: Vec::new(),
+            };
             restore(&a.cluster, &job, &a.snapshot, &a.size, a.storage_class.as_deref(), &stamp).await?
         }
     };

@@ -137,6 +137,9 @@ pub struct VolumeArgs {
     /// Wait this long for the Job, then remove the clone and the snapshot.
     #[arg(long)]
     pub wait: Option<String>,
+    /// Tags for the snapshot (default source=pvc:NAMESPACE/CLAIM).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
     /// The cluster: k8s://[CONTEXT].
     #[arg(long, default_value = "k8s://")]
     pub cluster: String,

@@ -86,6 +86,10 @@ impl Runner {
             "--quiet".into(),
         ];
         match w.kind {
+            Kind::Backup if w.source.as_ref().is_some_and(|s| s.url.starts_with("pvc://")) => {
+                a.extend(volume_args(&w.source.as_ref().expect("checked").url, w.timeout));
+                a.extend(tag_args(w));
+            }
             Kind::Backup => {
                 let s = w.source.as_ref().expect("a backup has a source");
                 a.extend(["backup".into(), s.url.clone()]);
@@ -217,6 +221,20 @@ fn failed(reason: &str, message: String) -> Outcome {
     Outcome { status: "failed".into(), reason: Some(reason.into()), message: Some(message), ..Outcome::default() }
 }
 
+/// `pvc://NAMESPACE/CLAIM?secret=NAME[&csi-snapshot-class=C][&cluster=k8s://CTX]`:
+/// a Job in the cluster backs the claim up; the daemon waits for it.
+fn volume_args(url: &str, timeout: Option<Duration>) -> Vec<String> {
+    let rest = url.trim_start_matches("pvc://");
+    let (claim, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut a = vec!["volume".to_string(), "backup".into(), claim.into()];
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        a.extend([format!("--{k}"), v.to_string()]);
+    }
+    a.extend(["--wait".into(), format!("{}s", timeout.unwrap_or(Duration::from_secs(6 * 3600)).as_secs())]);
+    a
+}
+
 /// Every reason a failed job can have.
 pub const REASONS: [&str; 12] = [
     "source_unreachable",
@@ -310,6 +328,15 @@ fn verdict(code: Option<i32>, summary: Option<serde_json::Value>, stderr: &str) 
 #[cfg(test)]
 mod tests {
     use super::reason;
+
+    #[test]
+    fn a_volume_source_becomes_a_job_the_daemon_waits_for() {
+        assert_eq!(
+            super::volume_args("pvc://shop/data?secret=repo&csi-snapshot-class=csi", Some(std::time::Duration::from_secs(600))),
+            ["volume", "backup", "shop/data", "--secret", "repo", "--csi-snapshot-class", "csi", "--wait", "600s"],
+            "the daemon adds --tag source=NAME after these"
+        );
+    }
 
     #[test]
     fn failures_get_a_typed_reason() {

@@ -25,6 +25,8 @@ pub struct VolumeJob {
     pub csi_snapshot_class: Option<String>,
     /// Wait for the Job and clean up after it.
     pub wait: Option<Duration>,
+    /// Tags for the snapshot (default `source=pvc:NAMESPACE/CLAIM`).
+    pub tags: Vec<String>,
 }
 
 fn resource(api_version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -79,8 +81,11 @@ pub async fn backup(url: &str, v: &VolumeJob, stamp: &str) -> Result<Vec<String>
         made.push(format!("PersistentVolumeClaim/{claim}"));
     }
     let name = format!("tresor-backup-{}-{stamp}", v.claim);
-    let source_tag = format!("source=pvc:{}/{}", v.namespace, v.claim);
-    let args = vec!["backup".into(), "/data".into(), "--host".into(), format!("{}/{}", v.namespace, v.claim), "--tag".into(), source_tag];
+    let tags = if v.tags.is_empty() { vec![format!("source=pvc:{}/{}", v.namespace, v.claim)] } else { v.tags.clone() };
+    let mut args = vec!["backup".into(), "/data".into(), "--host".into(), format!("{}/{}", v.namespace, v.claim)];
+    for t in tags {
+        args.extend(["--tag".into(), t]);
+    }
     let jobs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &v.namespace, &resource("batch/v1", "Job", "jobs"));
     jobs.create(&PostParams::default(), &dynamic(job(&name, &v.namespace, &v.image, &v.secret, &claim, true, args))?)
         .await

@@ -518,3 +518,45 @@ fn the_daemon_follows_a_backupplan_resource_and_refuses_a_bad_one() {
     assert!(status()["message"].as_str().unwrap().contains("cannot read duration \"soon\""), "{}", status());
     assert!(sources().contains("\"name\":\"more\""), "the running plan stays");
 }
+
+#[test]
+fn the_daemon_backs_up_a_volume_through_a_job_and_waits_for_it() {
+    let mut env = Env::new();
+    let c = Cluster::start();
+    env.vars.push(("KUBECONFIG".into(), c.kubeconfig.display().to_string()));
+    let plan = env.path("plan.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+             sources:\n  - name: shop-data\n    class: standard\n    url: \"pvc://shop/data?secret=repo-creds\"\n    schedule: \"@daily\"\n    timeout: 10m\n\
+             daemon:\n  state: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display()
+        ),
+    )
+    .unwrap();
+    let d = super::daemon::start_daemon(&env, &plan, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let job = loop {
+        if let Some(j) = names(&c, "jobs").into_iter().next() {
+            break j.trim_start_matches("job.batch/").to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no Job from the daemon");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let spec = c.server.object("batch", "jobs", Some("shop"), &job).unwrap();
+    assert_eq!(
+        spec["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["backup", "/data", "--host", "shop/data", "--tag", "source=shop-data"]),
+        "tagged with the plan's source name, so retention and drills find it"
+    );
+    assert_eq!(
+        super::daemon::count(&super::daemon::wait_jobs(&d, "running", |_| true), "shop-data", "backup", "running"),
+        1,
+        "the daemon waits for the Job"
+    );
+    assert!(c.kubectl(&["patch", "job", &job, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#]).status.success());
+    super::daemon::wait_jobs(&d, "the volume backup", |j| super::daemon::count(j, "shop-data", "backup", "succeeded") == 1);
+}
