@@ -89,7 +89,9 @@ fn claim_of(spec: &str) -> Result<(String, String)> {
 /// `tresor volume backup|restore`: the objects made, one per line.
 pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
     use tresor_sources::k8s_volume::{VolumeJob, backup, restore};
-    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    // Unique per run, and readable: two runs in one second must not collide.
+    let now = chrono::Utc::now();
+    let stamp = format!("{}-{:04x}", now.format("%Y%m%d%H%M%S"), now.timestamp_subsec_nanos() & 0xffff);
     let wait = |w: &Option<String>| w.as_deref().map(crate::commands::parse_duration).transpose();
     let made = match cmd.command {
         VolumeCommand::Backup(a) => {

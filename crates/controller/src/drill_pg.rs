@@ -35,10 +35,35 @@ pub(crate) fn drill_postgres(t: &Tresor, source: &SourceSpec, id: &str, dir: &Pa
         let v = t.json(&["restore", id, "--to", &pg.url(&db)])?;
         r.bytes = v["bytes"].as_u64().unwrap_or(0);
         r.checks.push(format!("pg_restore into a scratch cluster: {}", v["result"].as_str().unwrap_or("done")));
+        compare_rows(&pg, &db, &point["row_estimates"], r)?;
         (pg, db)
     };
     for q in &source.verify.queries {
         r.checks.push(run_query(&pg, q, &db, r.snapshot_time)?);
+    }
+    Ok(())
+}
+
+/// Exact row counts of the restored tables against the live-row counts
+/// PostgreSQL's statistics showed at backup time (within 10 %: they are
+/// estimates).
+fn compare_rows(pg: &Postgres, db: &str, estimates: &Value, r: &mut Report) -> Result<(), String> {
+    let Some(tables) = estimates.as_object() else { return Ok(()) };
+    let mut compared = 0;
+    for (table, est) in tables {
+        let est = est.as_i64().unwrap_or(0);
+        if est <= 0 {
+            continue;
+        }
+        let quoted: Vec<String> = table.splitn(2, '.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect();
+        let exact: i64 = pg.query(db, &format!("SELECT count(*) FROM {}", quoted.join("."))).map(|v| v.parse().unwrap_or(-1))?;
+        if (exact - est).abs() > (est / 10).max(1) {
+            return Err(format!("table {table} has {exact} rows restored; the backup's statistics showed {est}"));
+        }
+        compared += 1;
+    }
+    if compared > 0 {
+        r.checks.push(format!("row counts of {compared} tables match the backup's statistics (within 10 %)"));
     }
     Ok(())
 }

@@ -148,9 +148,13 @@ fn drills_restore_validate_and_measure_every_source_without_touching_production(
     let checks = |name: &str| by(name)["checks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(checks("sessions"), ["2007 keys, as recorded at backup", "5 sampled keys present", "at least 2000 keys"]);
     let pg_checks = checks("erp-db");
-    assert!(pg_checks[1] == "SELECT count(*) FROM pgbench_accounts = 100000 (at least 100000)", "{pg_checks:?}");
     assert!(
-        pg_checks[2].starts_with("SELECT max(created_at) FROM invoices = ") && pg_checks[2].ends_with("(within 1h of the restore point)"),
+        pg_checks[1].starts_with("row counts of ") && pg_checks[1].ends_with(" tables match the backup's statistics (within 10 %)"),
+        "{pg_checks:?}"
+    );
+    assert!(pg_checks[2] == "SELECT count(*) FROM pgbench_accounts = 100000 (at least 100000)", "{pg_checks:?}");
+    assert!(
+        pg_checks[3].starts_with("SELECT max(created_at) FROM invoices = ") && pg_checks[3].ends_with("(within 1h of the restore point)"),
         "{pg_checks:?}"
     );
     let etcd_check = &checks("cluster-config")[0];

@@ -405,12 +405,18 @@ fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
         .cmd(&["volume", "backup", "shop/data", "--secret", "repo-creds", "--csi-snapshot-class", "csi-snap", "--wait", "60s"])
         .env("KUBECONFIG", &c.kubeconfig)
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let clone_job = loop {
         if let Some(j) = names(&c, "jobs").into_iter().find(|j| j != &format!("job.batch/{job_name}")) {
             break j;
+        }
+        if run.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("tresor volume backup ended early: {err}");
         }
         assert!(std::time::Instant::now() < deadline, "no job for the clone");
         std::thread::sleep(std::time::Duration::from_millis(100));
