@@ -91,7 +91,8 @@ pub fn report(a: ReportArgs) -> Result<u8> {
     let state = State::open(&state_of(&plan, &plan_file))?;
     let now = tresor_controller::daemon::Clock::from_env().now();
     let since = now - chrono::Duration::from_std(crate::commands::parse_duration(&a.since)?)?;
-    let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, since, now);
+    let lags = archive_lags(&plan, now);
+    let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, &lags, since, now);
     let text = match a.format.as_str() {
         "json" => serde_json::to_string_pretty(&report)?,
         "html" => tresor_controller::report_html::html(&report),
@@ -102,4 +103,45 @@ pub fn report(a: ReportArgs) -> Result<u8> {
         None => print!("{text}"),
     }
     Ok(0)
+}
+
+/// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
+/// WAL file archived for its cluster is (the cluster from its newest base
+/// backup). Sources whose repository cannot be read are left out.
+fn archive_lags(plan: &Plan, now: chrono::DateTime<chrono::Utc>) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(exe) = std::env::current_exe() else { return out };
+    for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
+        let Some((_, repo)) = plan.repository_of(s) else { continue };
+        let listed = std::process::Command::new(&exe)
+            .args([
+                "--repo",
+                &repo.url,
+                "--password-file",
+                &repo.password_file.display().to_string(),
+                "--json",
+                "--quiet",
+                "snapshots",
+                "--all",
+            ])
+            .env_remove("TRESOR_STATE")
+            .output();
+        let Some(snaps) = listed.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()) else { continue };
+        let snaps = snaps.as_array().cloned().unwrap_or_default();
+        let tag = format!("source={}", s.name);
+        let base = snaps
+            .iter()
+            .rev()
+            .find(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())));
+        let Some(system_id) = base.and_then(|b| b["source"]["consistency"]["system_id"].as_str()) else { continue };
+        let newest = snaps
+            .iter()
+            .filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id)
+            .filter_map(|x| chrono::DateTime::parse_from_rfc3339(x["time"].as_str()?).ok())
+            .max();
+        if let Some(t) = newest {
+            out.insert(s.name.clone(), (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
+        }
+    }
+    out
 }

@@ -4,6 +4,8 @@
 //! BSI IT-Grundschutz, GDPR and NIS2. Rendered as JSON, Markdown or a
 //! self-contained HTML page (`report_html.rs`).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -37,6 +39,8 @@ pub struct ClassReport {
     pub offsite: Option<String>,
     pub last_offsite_copy: Option<DateTime<Utc>>,
     pub retention: String,
+    /// For PostgreSQL base-backup sources: the age of the newest archived WAL file.
+    pub wal_archive_lag: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +101,14 @@ pub fn predict(history: &[(u64, f64)], size: u64) -> Option<f64> {
     Some(if mx > 0.0 { my * at / mx } else { my })
 }
 
-fn class_report(plan: &Plan, name: &str, jobs: &[Job], drills: &[drill::Report], now: DateTime<Utc>) -> ClassReport {
+fn class_report(
+    plan: &Plan,
+    name: &str,
+    jobs: &[Job],
+    drills: &[drill::Report],
+    lags: &BTreeMap<String, f64>,
+    now: DateTime<Utc>,
+) -> ClassReport {
     let c = &plan.classes[name];
     let sources: Vec<String> = plan.sources.iter().filter(|s| s.class == name).map(|s| s.name.clone()).collect();
     let mine = |j: &&Job| sources.contains(&j.source);
@@ -146,6 +157,7 @@ fn class_report(plan: &Plan, name: &str, jobs: &[Job], drills: &[drill::Report],
         offsite: c.offsite.clone(),
         last_offsite_copy: copies.filter_map(|j| j.ended_at).max(),
         retention: retention_text(&c.retention),
+        wal_archive_lag: sources.iter().filter_map(|s| lags.get(s).copied()).reduce(f64::max),
         sources,
     }
 }
@@ -168,8 +180,16 @@ fn retention_text(r: &crate::plan::Retention) -> String {
     if parts.is_empty() { "none: every snapshot kept".into() } else { parts.join(", ") }
 }
 
-pub fn build(plan: &Plan, jobs: &[Job], drills: &[drill::Report], since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
-    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, now)).collect();
+/// `lags`: the WAL archive lag of each PostgreSQL base-backup source that has archived WAL.
+pub fn build(
+    plan: &Plan,
+    jobs: &[Job],
+    drills: &[drill::Report],
+    lags: &BTreeMap<String, f64>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Report {
+    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, now)).collect();
     let compliance = crate::report_html::controls(&classes, drills.len());
     Report { generated: now, since, classes, protocol: drills.to_vec(), compliance }
 }

@@ -83,16 +83,17 @@ pub fn markdown(r: &Report) -> String {
         r.generated.format("%Y-%m-%d %H:%M UTC"),
         r.since.format("%Y-%m-%d")
     );
-    s += "## Recovery objectives per class\n\n| class | RPO target | RPO now | worst gap | RPO | RTO target | measured RTO | RTO | predicted RTO | backups ok (target > 99.9 %) | drills passed (target 100 %) | last drill | off-site | retention |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "## Recovery objectives per class\n\n| class | RPO target | RPO now | worst gap | RPO | WAL archive lag | RTO target | measured RTO | RTO | predicted RTO | backups ok (target > 99.9 %) | drills passed (target 100 %) | last drill | off-site | retention |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for c in &r.classes {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} ({}/{}) | {} ({}/{}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} ({}/{}) | {} ({}/{}) | {} | {} | {} |",
             c.name,
             dur(Some(c.rpo_target as f64)),
             dur(c.rpo_current),
             dur(c.rpo_worst_gap),
             if c.rpo_met { "met" } else { "MISSED" },
+            dur(c.wal_archive_lag),
             dur(Some(c.rto_target as f64)),
             dur(c.rto_measured),
             yes(c.rto_met),

@@ -105,7 +105,9 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
 
 /// Whether a backup argument names a source rather than a path.
 pub fn is_source(arg: &str) -> bool {
-    ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:", "k8s://"].iter().any(|p| arg.starts_with(p))
+    ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:", "k8s://", "pgbase://"]
+        .iter()
+        .any(|p| arg.starts_with(p))
 }
 
 /// The source a URL names.
@@ -121,6 +123,9 @@ pub fn from_url(url: &str) -> Result<Box<dyn Source>> {
     }
     if url.starts_with("etcd://") {
         return Ok(Box::new(etcd::EtcdSource::parse(url)?));
+    }
+    if let Some(rest) = url.strip_prefix("pgbase://") {
+        return Ok(Box::new(PgBase::parse(&format!("postgres://{rest}"))?));
     }
     Err(Error::Unknown(url.to_string()))
 }

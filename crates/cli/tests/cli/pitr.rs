@@ -75,7 +75,7 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     let env = postgres_env();
     let pg = archiving_server(&env);
     pg.psql("postgres", "CREATE TABLE t (id int, note text)");
-    let out = env.json(&["pg", "backup", &pg.cluster_url()]);
+    let out = env.json(&["pg", "backup", &pg.cluster_url(), "--tag", "source=db"]);
     assert_eq!(out["files_new"], 1, "{out}");
     let base = &env.json(&["snapshots"])[0];
     assert_eq!(base["source"]["kind"], "pg-base");
@@ -102,7 +102,7 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     // A second base backup; more WAL; then keep only the newest base backup.
     pg.psql("postgres", "INSERT INTO t VALUES (3, 'after second base')");
     switch_and_archive(&pg);
-    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    env.ok(&["pg", "backup", &pg.cluster_url(), "--tag", "source=db"]);
     pg.psql("postgres", "INSERT INTO t VALUES (4, 'newest')");
     switch_and_archive(&pg);
     let before = wal_names(&env);
@@ -117,6 +117,27 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     assert!(verified.starts_with(&format!("cluster {system_id}: 1 base backups, {} WAL files\n", after.len())), "{verified}");
     let recovered = restore_and_start(&env, &["--latest"]);
     assert_eq!(notes(&recovered), "early,late,after second base,newest", "nothing the chain needs was pruned");
+
+    // A base backup as a plan's source names it, then the report's RPO
+    // accounting: the WAL archive's lag of that source.
+    let out = env.json(&["backup", &format!("pgbase://postgres@127.0.0.1:{}", pg.port()), "--tag", "source=db"]);
+    assert_eq!(out["files_new"], 1, "{out}");
+    assert_eq!(env.json(&["snapshots", "--tag", "source=db"]).as_array().unwrap().last().unwrap()["source"]["kind"], "pg-base");
+    let plan = env.path("plan.yaml");
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {}\nclasses:\n  db:\n    rpo: 1h\n    rto: 1h\n\
+         sources:\n  - name: db\n    class: db\n    url: pgbase://postgres@127.0.0.1:{}\n    schedule: \"@hourly\"\n\
+         daemon:\n  state: {}\n",
+        env.repo,
+        env.path("pw").display(),
+        pg.port(),
+        env.path("state.db").display()
+    );
+    fs::write(&plan, text).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&env.ok(&["report", "--plan", plan.to_str().unwrap(), "--format", "json"])).unwrap();
+    let lag = report["classes"][0]["wal_archive_lag"].as_f64().expect("a lag for the base-backup source");
+    assert!((0.0..600.0).contains(&lag), "the newest WAL file was archived moments ago: {lag}");
 }
 
 #[test]
