@@ -91,8 +91,8 @@ pub fn report(a: ReportArgs) -> Result<u8> {
     let state = State::open(&state_of(&plan, &plan_file))?;
     let now = tresor_controller::daemon::Clock::from_env().now();
     let since = now - chrono::Duration::from_std(crate::commands::parse_duration(&a.since)?)?;
-    let lags = archive_lags(&plan, now);
-    let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, &lags, since, now);
+    let facts = tresor_controller::report::RepoFacts { lags: archive_lags(&plan, now), holds: holds(&plan) };
+    let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, facts, since, now);
     let text = match a.format.as_str() {
         "json" => serde_json::to_string_pretty(&report)?,
         "html" => tresor_controller::report_html::html(&report),
@@ -105,28 +105,31 @@ pub fn report(a: ReportArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// `tresor` run against one of the plan's repositories: its JSON answer.
+fn ask(repo: &tresor_controller::plan::Repository, args: &[&str]) -> Option<serde_json::Value> {
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet"])
+        .args(args)
+        .env_remove("TRESOR_STATE")
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Legal holds per repository that answers.
+fn holds(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
+    plan.repositories.iter().filter_map(|(name, r)| Some((name.clone(), ask(r, &["holds"])?.as_array()?.len() as u64))).collect()
+}
+
 /// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
 /// WAL file archived for its cluster is (the cluster from its newest base
 /// backup). Sources whose repository cannot be read are left out.
 fn archive_lags(plan: &Plan, now: chrono::DateTime<chrono::Utc>) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(exe) = std::env::current_exe() else { return out };
     for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
         let Some((_, repo)) = plan.repository_of(s) else { continue };
-        let listed = std::process::Command::new(&exe)
-            .args([
-                "--repo",
-                &repo.url,
-                "--password-file",
-                &repo.password_file.display().to_string(),
-                "--json",
-                "--quiet",
-                "snapshots",
-                "--all",
-            ])
-            .env_remove("TRESOR_STATE")
-            .output();
-        let Some(snaps) = listed.ok().and_then(|o| serde_json::from_slice::<serde_json::Value>(&o.stdout).ok()) else { continue };
+        let Some(snaps) = ask(repo, &["snapshots", "--all"]) else { continue };
         let snaps = snaps.as_array().cloned().unwrap_or_default();
         let tag = format!("source={}", s.name);
         let base = snaps

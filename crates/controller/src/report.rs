@@ -39,6 +39,8 @@ pub struct ClassReport {
     pub offsite: Option<String>,
     pub last_offsite_copy: Option<DateTime<Utc>>,
     pub retention: String,
+    /// Retention ran without a failure in the period (forget jobs).
+    pub retention_ok: bool,
     /// For PostgreSQL base-backup sources: the age of the newest archived WAL file.
     pub wal_archive_lag: Option<f64>,
 }
@@ -58,6 +60,8 @@ pub struct Report {
     pub classes: Vec<ClassReport>,
     /// Every drill in the window: the test protocol.
     pub protocol: Vec<drill::Report>,
+    /// Legal holds per repository (snapshots kept whatever the retention says).
+    pub holds: BTreeMap<String, u64>,
     pub compliance: Vec<Control>,
 }
 
@@ -157,6 +161,7 @@ fn class_report(
         offsite: c.offsite.clone(),
         last_offsite_copy: copies.filter_map(|j| j.ended_at).max(),
         retention: retention_text(&c.retention),
+        retention_ok: !jobs.iter().filter(mine).any(|j| j.kind == "forget" && j.status == "failed"),
         wal_archive_lag: sources.iter().filter_map(|s| lags.get(s).copied()).reduce(f64::max),
         sources,
     }
@@ -180,18 +185,19 @@ fn retention_text(r: &crate::plan::Retention) -> String {
     if parts.is_empty() { "none: every snapshot kept".into() } else { parts.join(", ") }
 }
 
-/// `lags`: the WAL archive lag of each PostgreSQL base-backup source that has archived WAL.
-pub fn build(
-    plan: &Plan,
-    jobs: &[Job],
-    drills: &[drill::Report],
-    lags: &BTreeMap<String, f64>,
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Report {
+/// What the report reads beyond the state: from the repositories.
+#[derive(Debug, Default)]
+pub struct RepoFacts {
+    /// The WAL archive lag of each PostgreSQL base-backup source that has archived WAL.
+    pub lags: BTreeMap<String, f64>,
+    pub holds: BTreeMap<String, u64>,
+}
+
+pub fn build(plan: &Plan, jobs: &[Job], drills: &[drill::Report], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
+    let lags = &facts.lags;
     let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, now)).collect();
     let compliance = crate::report_html::controls(&classes, drills.len());
-    Report { generated: now, since, classes, protocol: drills.to_vec(), compliance }
+    Report { generated: now, since, classes, protocol: drills.to_vec(), compliance, holds: facts.holds }
 }
 
 #[cfg(test)]

@@ -110,9 +110,15 @@ pub fn markdown(r: &Report) -> String {
                 "{o} ({})",
                 c.last_offsite_copy.map_or("no copy yet".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
             )),
-            c.retention
+            if c.retention_ok { c.retention.clone() } else { format!("{} (a retention run FAILED)", c.retention) }
         );
     }
+    let holds: Vec<String> = r.holds.iter().map(|(repo, n)| format!("{repo}: {n}")).collect();
+    let _ = writeln!(
+        s,
+        "\nLegal holds: {}. Every repository is encrypted end to end (AEAD; keys from Argon2id).",
+        if holds.is_empty() { "none".into() } else { holds.join(", ") }
+    );
     s += "\n## Test protocol\n\n| date | test id | scope | result | measured RTO | achieved RPO | follow-ups | owner |\n|---|---|---|---|---|---|---|---|\n";
     for d in &r.protocol {
         let result = if d.passed { "passed".to_string() } else { format!("FAILED: {}", d.reasons.join("; ")) };

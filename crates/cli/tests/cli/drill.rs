@@ -232,7 +232,8 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     assert!(metrics.contains("rpo_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
     drop(d);
 
-    // The report: targets against measurements, the protocol, the evidence.
+    e.env.ok(&["hold", "latest", "--reason", "litigation"]);
+    // The report: targets against measurements, the protocol, holds, the evidence.
     let report = |format: &str| {
         e.env.cmd(&["report", "--plan", e.plan.to_str().unwrap(), "--format", format]).env("TRESOR_CLOCK_FILE", &clock).output().unwrap()
     };
@@ -251,11 +252,14 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     assert_eq!(critical["rpo_met"], false, "an 18-hour gap misses a 15m RPO: {critical}");
     assert_eq!(class("standard")["drills"], 0);
     assert_eq!(json["protocol"].as_array().unwrap().len(), 3);
+    assert_eq!(json["holds"], serde_json::json!({"primary": 1}));
+    assert_eq!(critical["retention_ok"], true);
     let md = String::from_utf8(report("md").stdout).unwrap();
     assert!(
         md.contains("| critical | 15m | ") && md.contains("## Test protocol") && md.contains("| ISO/IEC 27001:2022 | A.8.13 |"),
         "{md}"
     );
+    assert!(md.contains("\nLegal holds: primary: 1. Every repository is encrypted end to end"), "{md}");
     let html = e.env.path("report.html");
     let out = e
         .env
