@@ -8,8 +8,6 @@
 //! and of its copy have the same shape, and walking both side by side maps
 //! every source id to its target id. Only blobs the target lacks travel.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use chrono::{DateTime, FixedOffset};
@@ -18,7 +16,7 @@ use serde::Serialize;
 
 use crate::pack::BlobKind;
 use crate::session::Session;
-use crate::sink::BlobSink;
+use crate::sink::{BlobSink, Step};
 use crate::tree::Tree;
 use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
 
@@ -143,8 +141,6 @@ struct Copier<'a> {
     map: IdMap<Id>,
     reused: u64,
 }
-
-type Step<'s, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 's>>;
 
 impl Copier<'_> {
     /// Walk a replicated pair side by side and learn which target id each

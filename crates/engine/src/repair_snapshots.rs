@@ -2,8 +2,6 @@
 //! damaged, leaving out exactly the files (and directory listings) that
 //! cannot be restored, and saying which.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -12,7 +10,7 @@ use crate::index::Index;
 use crate::pack::BlobKind;
 use crate::repo::{DATA, list_names};
 use crate::session::Session;
-use crate::sink::BlobSink;
+use crate::sink::{BlobSink, Step};
 use crate::tree::{Node, Tree};
 use crate::{Id, IdSet, Repository, Result, Snapshot};
 
@@ -106,8 +104,6 @@ struct Fixer<'a> {
     sink: Option<BlobSink<'a>>,
 }
 
-type Step<'s> = Pin<Box<dyn Future<Output = Result<Id>> + Send + 's>>;
-
 impl Fixer<'_> {
     fn lost(&self, id: &Id) -> bool {
         !self.index.contains(id) || self.damaged.contains(id)
@@ -116,7 +112,7 @@ impl Fixer<'_> {
     /// The repaired tree's id. A tree that stays the same keeps its id,
     /// unless only a marked pack holds it: then it is stored again, so that
     /// the new snapshot depends on nothing a prune is about to delete.
-    fn tree<'s>(&'s mut self, id: Id, path: String, lost: &'s mut Vec<String>) -> Step<'s> {
+    fn tree<'s>(&'s mut self, id: Id, path: String, lost: &'s mut Vec<String>) -> Step<'s, Id> {
         Box::pin(async move {
             let t = if self.lost(&id) { None } else { self.repo.load_tree(&id).await.ok() };
             let Some(t) = t else {

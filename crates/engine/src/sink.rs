@@ -3,6 +3,8 @@
 //! `repair snapshots` write through it; backup has its own streaming
 //! pipeline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::index::{Index, IndexFile, IndexedPack};
@@ -11,6 +13,10 @@ use crate::{Error, Id, IdSet, Repository, Result};
 
 /// Packs written between two index checkpoints.
 const PACKS_PER_CHECKPOINT: usize = 32;
+
+/// One step of a recursive tree rewrite (`copy`, `repair snapshots`):
+/// boxed, as async recursion needs.
+pub(crate) type Step<'s, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 's>>;
 
 pub struct BlobSink<'a> {
     repo: &'a Repository,
