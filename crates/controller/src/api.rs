@@ -116,10 +116,14 @@ fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
     let plan = shared.plan();
     let now = shared.clock.now();
     let ages = shared.metrics.rpo_ages(&plan, now);
+    let drills = shared.state.drills(now - chrono::Duration::days(366)).unwrap_or_default();
     plan.classes
         .iter()
         .map(|(name, c)| {
             let age = ages.get(name).copied().unwrap_or(0.0);
+            let last_drill = drills.iter().rev().find(|d| &d.class == name).map(
+                |d| json!({"time": d.started, "passed": d.passed, "rto_seconds": d.rto_seconds, "test_id": d.test_id, "source": d.source}),
+            );
             let failing: Vec<String> = plan
                 .sources
                 .iter()
@@ -139,7 +143,7 @@ fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
             json!({
                 "name": name, "description": c.description, "rpo": c.rpo.to_string(), "rto": c.rto.to_string(),
                 "rpo_seconds": c.rpo.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
-                "state": state, "failing": failing, "offsite": c.offsite,
+                "state": state, "failing": failing, "offsite": c.offsite, "last_drill": last_drill,
             })
         })
         .collect()
@@ -298,6 +302,16 @@ async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {
     (StatusCode::ACCEPTED, axum::Json(json!({"reload": "requested"}))).into_response()
 }
 
+/// The newest drill of a class, in a few words.
+fn drill_cell(d: &serde_json::Value) -> String {
+    if d.is_null() {
+        return "never".into();
+    }
+    let when = d["time"].as_str().map_or(String::new(), |t| t.get(..16).unwrap_or(t).replace('T', " "));
+    let verdict = if d["passed"] == true { "passed" } else { "FAILED" };
+    format!("{verdict} {when} (RTO {:.1} s)", d["rto_seconds"].as_f64().unwrap_or(0.0))
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -308,7 +322,8 @@ async fn status_page(State(app): State<App>) -> Html<String> {
     for c in class_states(shared) {
         let age = c["age_seconds"].as_f64().map_or("never".to_string(), |a| Span(std::time::Duration::from_secs(a as u64)).to_string());
         rows += &format!(
-            "<tr class=\"{state}\" data-class=\"{name}\"><td>{name}</td><td>{rpo}</td><td>{rto}</td><td>{age}</td><td class=\"state\">{state}</td><td>{failing}</td></tr>\n",
+            "<tr class=\"{state}\" data-class=\"{name}\"><td>{name}</td><td>{rpo}</td><td>{rto}</td><td>{age}</td><td class=\"state\">{state}</td><td>{failing}</td><td>{drill}</td></tr>\n",
+            drill = drill_cell(&c["last_drill"]),
             state = c["state"].as_str().unwrap_or(""),
             name = esc(c["name"].as_str().unwrap_or("")),
             rpo = c["rpo"].as_str().unwrap_or(""),
