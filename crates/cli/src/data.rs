@@ -87,11 +87,6 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
 }
 
 async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id)> {
-    if a.base {
-        let [url] = a.paths.as_slice() else { bail!("give one cluster URL: postgres://USER@HOST:PORT") };
-        let source = Box::new(tresor_sources::PgBase::parse(&url.to_string_lossy())?);
-        return backup_source(g, a, source).await;
-    }
     if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| u.starts_with("k8s://"))
     {

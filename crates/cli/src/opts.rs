@@ -510,9 +510,6 @@ pub struct BackupArgs {
     /// Record the snapshot at this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS").
     #[arg(long)]
     pub time: Option<String>,
-    /// Set by `tresor pg backup`: the URL names a cluster for a base backup.
-    #[arg(skip)]
-    pub base: bool,
     #[command(flatten)]
     pub k8s: K8sFilterArgs,
 }

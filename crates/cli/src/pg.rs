@@ -21,7 +21,13 @@ use crate::pgwal::KIND as PG_WAL;
 pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
     match cmd.command {
         PgCommand::Backup(mut a) => {
-            a.base = true;
+            // The same source a plan names as pgbase://.
+            let url = match a.paths.as_slice() {
+                [one] => one.to_string_lossy().to_string(),
+                _ => bail!("give one cluster URL: postgres://USER@HOST:PORT"),
+            };
+            let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).unwrap_or(&url);
+            a.paths = vec![format!("pgbase://{rest}").into()];
             crate::data::backup(g, *a).await
         }
         PgCommand::WalPush(a) => crate::pgwal::push(g, a).await,
