@@ -183,14 +183,17 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
             out.push(r);
         }
     }
-    let mut crds_done = false;
+    // Custom resources are known to discovery only once their definitions
+    // exist: after CRDs were written, discovery is asked again.
+    let mut stale = false;
     for item in &items {
-        if !crds_done && item.kind != "CustomResourceDefinition" {
-            // Custom resources are known to discovery only once their definitions exist.
+        if stale && item.kind != "CustomResourceDefinition" {
             discovery = discover(&client, url).await?;
-            crds_done = true;
+            stale = false;
         }
-        out.push(apply(&client, &discovery, item, o).await);
+        let r = apply(&client, &discovery, item, o).await;
+        stale |= item.kind == "CustomResourceDefinition" && matches!(r.result.as_str(), "created" | "updated");
+        out.push(r);
     }
     remove_namespaces(&client, &discovery, &scratch_ns).await;
     Ok(out)
