@@ -116,12 +116,11 @@ fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
     let plan = shared.plan();
     let now = shared.clock.now();
     let ages = shared.metrics.rpo_ages(&plan, now);
-    let drills = shared.state.drills(now - chrono::Duration::days(366)).unwrap_or_default();
     plan.classes
         .iter()
         .map(|(name, c)| {
             let age = ages.get(name).copied().unwrap_or(0.0);
-            let last_drill = drills.iter().rev().find(|d| &d.class == name).map(
+            let last_drill = shared.state.last_drill(name).ok().flatten().map(
                 |d| json!({"time": d.started, "passed": d.passed, "rto_seconds": d.rto_seconds, "test_id": d.test_id, "source": d.source}),
             );
             let failing: Vec<String> = plan

@@ -254,6 +254,14 @@ impl State {
         Ok(texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
     }
 
+    /// The newest drill of a class.
+    pub fn last_drill(&self, class: &str) -> Result<Option<crate::drill::Report>> {
+        let text: Option<String> = self.with(|db| {
+            db.query_row("SELECT report FROM drills WHERE class = ?1 ORDER BY id DESC LIMIT 1", [class], |r| r.get(0)).optional()
+        })?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
     /// Jobs since `since`, oldest first.
     pub fn jobs_since(&self, since: DateTime<Utc>) -> Result<Vec<Job>> {
         self.with(|db| {
