@@ -105,16 +105,10 @@ pub fn report(a: ReportArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// `tresor` run against one of the plan's repositories: its JSON answer.
+/// `tresor --json` against one of the plan's repositories: its JSON answer.
 fn ask(repo: &tresor_controller::plan::Repository, args: &[&str]) -> Option<serde_json::Value> {
     let exe = std::env::current_exe().ok()?;
-    let out = std::process::Command::new(exe)
-        .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet"])
-        .args(args)
-        .env_remove("TRESOR_STATE")
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
+    tresor_controller::drill::Tresor::new(&exe, repo).json(args).ok()
 }
 
 /// Legal holds per repository that answers.
@@ -127,10 +121,15 @@ fn holds(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
 /// backup). Sources whose repository cannot be read are left out.
 fn archive_lags(plan: &Plan, now: chrono::DateTime<chrono::Utc>) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
+    // One listing per repository, however many sources it holds.
+    let mut listings: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = std::collections::BTreeMap::new();
     for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
-        let Some((_, repo)) = plan.repository_of(s) else { continue };
-        let Some(snaps) = ask(repo, &["snapshots", "--all"]) else { continue };
-        let snaps = snaps.as_array().cloned().unwrap_or_default();
+        let Some((name, repo)) = plan.repository_of(s) else { continue };
+        if !listings.contains_key(name) {
+            let listed = ask(repo, &["snapshots", "--all"]).and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            listings.insert(name, listed);
+        }
+        let snaps = &listings[name];
         let tag = format!("source={}", s.name);
         let base = snaps
             .iter()

@@ -39,16 +39,20 @@ pub struct Report {
 }
 
 /// `tresor` run against one repository, synchronously.
-pub(crate) struct Tresor<'a> {
+pub struct Tresor<'a> {
     exe: &'a Path,
     repo: &'a Repository,
 }
 
-impl Tresor<'_> {
+impl<'a> Tresor<'a> {
+    pub fn new(exe: &'a Path, repo: &'a Repository) -> Tresor<'a> {
+        Tresor { exe, repo }
+    }
+
     /// Its standard output, or its one-line error.
-    pub(crate) fn run(&self, args: &[&str]) -> Result<String, String> {
+    pub fn run(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(self.exe)
-            .args(["--repo", &self.repo.url, "--password-file", &self.repo.password_file.display().to_string(), "--quiet"])
+            .args(crate::runner::repo_args(self.repo))
             .args(args)
             .env_remove("TRESOR_STATE")
             .stdin(Stdio::null())
@@ -67,7 +71,8 @@ impl Tresor<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    pub(crate) fn json(&self, args: &[&str]) -> Result<Value, String> {
+    /// The last JSON line of `tresor --json ARGS`.
+    pub fn json(&self, args: &[&str]) -> Result<Value, String> {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let text = self.run(&a)?;
@@ -102,7 +107,7 @@ pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) 
     let result = match plan.repository_of(source) {
         Some((_, repo)) => std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
-            .and_then(|_| run(&Tresor { exe, repo }, source, &dir, &mut r)),
+            .and_then(|_| run(&Tresor::new(exe, repo), source, &dir, &mut r)),
         None => Err("the source's repository is not in the plan".into()),
     };
     r.rto_seconds = t0.elapsed().as_secs_f64();

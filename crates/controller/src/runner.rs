@@ -71,20 +71,19 @@ pub struct Runner {
     pub exe: PathBuf,
 }
 
+/// The options that point a `tresor` run at a repository, quietly.
+pub fn repo_args(repo: &Repository) -> Vec<String> {
+    vec!["--repo".into(), repo.url.clone(), "--password-file".into(), repo.password_file.display().to_string(), "--quiet".into()]
+}
+
 fn tag_args(w: &Work) -> Vec<String> {
     vec!["--tag".into(), format!("source={}", w.name)]
 }
 
 impl Runner {
     fn args(&self, w: &Work) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "--repo".into(),
-            w.repo.url.clone(),
-            "--password-file".into(),
-            w.repo.password_file.display().to_string(),
-            "--json".into(),
-            "--quiet".into(),
-        ];
+        let mut a = repo_args(&w.repo);
+        a.push("--json".into());
         match w.kind {
             Kind::Backup if w.source.as_ref().is_some_and(|s| s.url.starts_with("pvc://")) => {
                 a.extend(volume_args(&w.source.as_ref().expect("checked").url, w.timeout));
@@ -155,11 +154,12 @@ impl Runner {
         a
     }
 
-    /// The snapshots of one source (`tresor snapshots --tag source=NAME`), as JSON.
-    pub async fn snapshots(&self, repo: &Repository, source: &str) -> Result<serde_json::Value, String> {
+    /// `tresor --json` against a repository: its JSON answer, or its one-line error.
+    async fn query(&self, repo: &Repository, args: &[&str]) -> Result<serde_json::Value, String> {
         let out = Command::new(&self.exe)
-            .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet", "snapshots"])
-            .args(["--tag", &format!("source={source}")])
+            .args(repo_args(repo))
+            .arg("--json")
+            .args(args)
             .env_remove("TRESOR_STATE")
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -172,18 +172,14 @@ impl Runner {
         serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
     }
 
+    /// The snapshots of one source (`tresor snapshots --tag source=NAME`), as JSON.
+    pub async fn snapshots(&self, repo: &Repository, source: &str) -> Result<serde_json::Value, String> {
+        self.query(repo, &["snapshots", "--tag", &format!("source={source}")]).await
+    }
+
     /// What a repository's blobs take in storage (`tresor stats`), if it answers.
     pub async fn repository_size(&self, repo: &Repository) -> Option<u64> {
-        let out = Command::new(&self.exe)
-            .args(["--repo", &repo.url, "--password-file", &repo.password_file.display().to_string(), "--json", "--quiet", "stats"])
-            .env_remove("TRESOR_STATE")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
-            .await
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["total_stored_size"].as_u64()
+        self.query(repo, &["stats"]).await.ok()?["total_stored_size"].as_u64()
     }
 
     /// Run to the end, the time limit, or cancellation.
