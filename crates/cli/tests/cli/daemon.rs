@@ -104,8 +104,11 @@ pub(super) fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Valu
     }
 }
 
+/// Move the daemon's clock: written aside and renamed, so it is never read half-written.
 pub(super) fn set_clock(clock: &Path, at: &str) {
-    fs::write(clock, at).unwrap();
+    let next = clock.with_extension("next");
+    fs::write(&next, at).unwrap();
+    fs::rename(&next, clock).unwrap();
 }
 
 pub(super) fn count(j: &[serde_json::Value], source: &str, kind: &str, status: &str) -> usize {
