@@ -86,6 +86,29 @@ struct Counters {
     bytes: AtomicU64,
 }
 
+impl Counters {
+    fn summary(&self, seconds: f64, start: DateTime<FixedOffset>, end: DateTime<FixedOffset>) -> Summary {
+        let ld = |a: &AtomicU64| a.load(Relaxed);
+        Summary {
+            files_new: ld(&self.files_new),
+            files_changed: ld(&self.files_changed),
+            files_unmodified: ld(&self.files_unmodified),
+            dirs_new: ld(&self.dirs_new),
+            dirs_changed: ld(&self.dirs_changed),
+            dirs_unmodified: ld(&self.dirs_unmodified),
+            data_blobs: ld(&self.data_blobs),
+            tree_blobs: ld(&self.tree_blobs),
+            data_added: ld(&self.data_added),
+            data_added_packed: ld(&self.data_added_packed),
+            total_files_processed: ld(&self.files),
+            total_bytes_processed: ld(&self.bytes),
+            total_duration: seconds,
+            backup_start: Some(start),
+            backup_end: Some(end),
+        }
+    }
+}
+
 /// State shared by the walker and the workers.
 struct Shared {
     repo: Arc<Repository>,
@@ -423,25 +446,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     // An upload error explains an interrupted pipeline, so it is reported first.
     uploaded?;
     let tree = walked?;
-    let ld = |a: &AtomicU64| a.load(Relaxed);
-    let end_time = Local::now().fixed_offset();
-    let summary = Summary {
-        files_new: ld(&c.files_new),
-        files_changed: ld(&c.files_changed),
-        files_unmodified: ld(&c.files_unmodified),
-        dirs_new: ld(&c.dirs_new),
-        dirs_changed: ld(&c.dirs_changed),
-        dirs_unmodified: ld(&c.dirs_unmodified),
-        data_blobs: ld(&c.data_blobs),
-        tree_blobs: ld(&c.tree_blobs),
-        data_added: ld(&c.data_added),
-        data_added_packed: ld(&c.data_added_packed),
-        total_files_processed: ld(&c.files),
-        total_bytes_processed: ld(&c.bytes),
-        total_duration: started.elapsed().as_secs_f64(),
-        backup_start: Some(start_time),
-        backup_end: Some(end_time),
-    };
+    let summary = c.summary(started.elapsed().as_secs_f64(), start_time, Local::now().fixed_offset());
     let stdin_name = paths.is_empty();
     let source = source.map(|f| f().map_err(Error::Invalid)).transpose()?;
     let mut snap = Snapshot {
