@@ -8,7 +8,7 @@ use tresor_engine::{NodeKind, Repository, Snapshot};
 use tresor_sources::k8s_restore::{Existing, ObjectResult, RestoreOptions, restore as apply};
 
 use crate::commands::print_json;
-use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand};
+use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand, VolumeJobArgs};
 
 /// Every `.yaml` file of the snapshot: path and contents.
 async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
@@ -92,33 +92,20 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
     // Unique per run, and readable: two runs in one second must not collide.
     let now = chrono::Utc::now();
     let stamp = format!("{}-{:04x}", now.format("%Y%m%d%H%M%S"), now.timestamp_subsec_nanos() & 0xffff);
-    let wait = |w: &Option<String>| w.as_deref().map(crate::commands::parse_duration).transpose();
+    let job = |claim: &str, j: VolumeJobArgs, csi_snapshot_class, tags| -> Result<VolumeJob> {
+        let (namespace, claim) = claim_of(claim)?;
+        let wait = j.wait.as_deref().map(crate::commands::parse_duration).transpose()?;
+        Ok(VolumeJob { namespace, claim, image: j.image, secret: j.secret, csi_snapshot_class, wait, tags })
+    };
     let made = match cmd.command {
         VolumeCommand::Backup(a) => {
-            let (namespace, claim) = claim_of(&a.claim)?;
-            let job = VolumeJob {
-                namespace,
-                claim,
-                image: a.image,
-                secret: a.secret,
-                csi_snapshot_class: a.csi_snapshot_class,
-                wait: wait(&a.wait)?,
-                tags: a.tags,
-            };
-            backup(&a.cluster, &job, &stamp).await?
+            let cluster = a.job.cluster.clone();
+            backup(&cluster, &job(&a.claim, a.job, a.csi_snapshot_class, a.tags)?, &stamp).await?
         }
         VolumeCommand::Restore(a) => {
-            let (namespace, claim) = claim_of(&a.claim)?;
-            let job = VolumeJob {
-                namespace,
-                claim,
-                image: a.image,
-                secret: a.secret,
-                csi_snapshot_class: None,
-                wait: wait(&a.wait)?,
-                tags: Vec::new(),
-            };
-            restore(&a.cluster, &job, &a.snapshot, &a.size, a.storage_class.as_deref(), &stamp).await?
+            let cluster = a.job.cluster.clone();
+            let v = job(&a.claim, a.job, None, Vec::new())?;
+            restore(&cluster, &v, &a.snapshot, &a.size, a.storage_class.as_deref(), &stamp).await?
         }
     };
     if g.json {

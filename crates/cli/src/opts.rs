@@ -126,23 +126,14 @@ pub enum VolumeCommand {
 pub struct VolumeArgs {
     /// NAMESPACE/CLAIM
     pub claim: String,
-    /// The Secret (in the claim's namespace) with TRESOR_REPOSITORY, TRESOR_PASSWORD and storage credentials.
-    #[arg(long)]
-    pub secret: String,
-    #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
-    pub image: String,
     /// Back up a clone made from a CSI VolumeSnapshot of this class instead of the live claim.
     #[arg(long)]
     pub csi_snapshot_class: Option<String>,
-    /// Wait this long for the Job, then remove the clone and the snapshot.
-    #[arg(long)]
-    pub wait: Option<String>,
     /// Tags for the snapshot (default source=pvc:NAMESPACE/CLAIM).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// The cluster: k8s://[CONTEXT].
-    #[arg(long, default_value = "k8s://")]
-    pub cluster: String,
+    #[command(flatten)]
+    pub job: VolumeJobArgs,
 }
 
 #[derive(Args)]
@@ -155,12 +146,22 @@ pub struct VolumeRestoreArgs {
     pub size: String,
     #[arg(long)]
     pub storage_class: Option<String>,
+    #[command(flatten)]
+    pub job: VolumeJobArgs,
+}
+
+/// How a volume Job runs.
+#[derive(Args)]
+pub struct VolumeJobArgs {
+    /// The Secret (in the claim's namespace) with TRESOR_REPOSITORY, TRESOR_PASSWORD and storage credentials.
     #[arg(long)]
     pub secret: String,
     #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
     pub image: String,
+    /// Wait this long for the Job (then, for a CSI backup, remove the clone and the snapshot).
     #[arg(long)]
     pub wait: Option<String>,
+    /// The cluster: k8s://[CONTEXT].
     #[arg(long, default_value = "k8s://")]
     pub cluster: String,
 }
