@@ -195,7 +195,7 @@ pub fn jobs(g: &Global, a: JobsArgs) -> Result<u8> {
     }
     println!("{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} reason", "job", "source", "kind", "trigger", "started (UTC)", "status");
     for j in &jobs {
-        let why = [j.reason.clone().unwrap_or_default(), j.message.clone().unwrap_or_default()].join(" ");
+        let why = [j.outcome.reason.clone().unwrap_or_default(), j.outcome.message.clone().unwrap_or_default()].join(" ");
         println!(
             "{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} {}",
             j.id,
@@ -203,7 +203,7 @@ pub fn jobs(g: &Global, a: JobsArgs) -> Result<u8> {
             j.kind,
             j.trigger,
             j.started_at.format("%Y-%m-%d %H:%M:%S"),
-            j.status,
+            j.outcome.status,
             why.trim()
         );
     }

@@ -128,7 +128,12 @@ fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
                 .iter()
                 .filter(|s| &s.class == name)
                 .filter(|s| {
-                    shared.state.jobs(1, Some(&s.name)).ok().and_then(|j| j.into_iter().next()).is_some_and(|j| j.status == "failed")
+                    shared
+                        .state
+                        .jobs(1, Some(&s.name))
+                        .ok()
+                        .and_then(|j| j.into_iter().next())
+                        .is_some_and(|j| j.outcome.status == "failed")
                 })
                 .map(|s| s.name.clone())
                 .collect();
@@ -282,7 +287,7 @@ async fn trigger_restore(
     }
     if spec.snapshot.is_none() {
         match app.shared.state.last_success(&name) {
-            Ok(Some(j)) if j.snapshot.is_some() => spec.snapshot = j.snapshot,
+            Ok(Some(j)) if j.outcome.snapshot.is_some() => spec.snapshot = j.outcome.snapshot,
             Ok(_) => return error(StatusCode::NOT_FOUND, &format!("source {name} has no successful backup to restore")),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
@@ -341,8 +346,8 @@ async fn status_page(State(app): State<App>) -> Html<String> {
             source = esc(&j.source),
             kind = j.kind,
             start = j.started_at.format("%Y-%m-%d %H:%M:%S"),
-            status = j.status,
-            why = esc([j.reason.unwrap_or_default(), j.message.unwrap_or_default()].join(" ").trim()),
+            status = j.outcome.status,
+            why = esc([j.outcome.reason.unwrap_or_default(), j.outcome.message.unwrap_or_default()].join(" ").trim()),
         );
     }
     let next: String = shared

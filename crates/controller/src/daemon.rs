@@ -346,7 +346,7 @@ pub async fn run(
             shared.metrics.seed(&s.name, &s.class, j.ended_at.unwrap_or(j.started_at));
         }
         let last = shared.state.jobs(50, Some(&s.name))?.into_iter().find(|j| j.kind == "backup");
-        if let Some(j) = last.filter(|j| j.status == "failed") {
+        if let Some(j) = last.filter(|j| j.outcome.status == "failed") {
             shared.failing.lock().expect("not poisoned").insert(s.name.clone(), j.ended_at.unwrap_or(j.started_at));
         }
     }
@@ -458,14 +458,8 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         scheduled_at: q.due,
         started_at: started,
         ended_at: None,
-        status: "running".into(),
-        reason: None,
-        message: None,
-        snapshot: None,
-        bytes_processed: None,
-        bytes_added: None,
         duration: None,
-        log: None,
+        outcome: Outcome { status: "running".into(), ..Outcome::default() },
     };
     let id = shared.state.start_job(&job);
     let outcome = shared.runner.run(w, cancel).await;

@@ -71,7 +71,7 @@ pub fn rate(ok: u64, all: u64) -> Option<f64> {
 
 /// Restorable points of one source: when each successful backup ended.
 fn points(jobs: &[Job], source: &str) -> Vec<DateTime<Utc>> {
-    jobs.iter().filter(|j| j.source == source && j.kind == "backup" && j.status == "succeeded").filter_map(|j| j.ended_at).collect()
+    jobs.iter().filter(|j| j.source == source && j.kind == "backup" && j.outcome.status == "succeeded").filter_map(|j| j.ended_at).collect()
 }
 
 /// (current age, worst gap) of a source's restorable points in the window
@@ -132,15 +132,18 @@ fn class_report(
         }
         let history: Vec<(u64, f64)> =
             class_drills.iter().filter(|d| &d.source == s && d.passed).map(|d| (d.bytes, d.rto_seconds)).collect();
-        let size =
-            jobs.iter().rev().find(|j| &j.source == s && j.kind == "backup" && j.status == "succeeded").and_then(|j| j.bytes_processed);
+        let size = jobs
+            .iter()
+            .rev()
+            .find(|j| &j.source == s && j.kind == "backup" && j.outcome.status == "succeeded")
+            .and_then(|j| j.outcome.bytes_processed);
         if let Some(p) = size.and_then(|size| predict(&history, size)) {
             predicted = Some(predicted.unwrap_or(0.0).max(p));
         }
     }
     let current = current.filter(|a| a.is_finite());
     let rpo_target = c.rpo.secs();
-    let copies = jobs.iter().filter(mine).filter(|j| j.kind == "copy" && j.status == "succeeded");
+    let copies = jobs.iter().filter(mine).filter(|j| j.kind == "copy" && j.outcome.status == "succeeded");
     ClassReport {
         name: name.into(),
         description: c.description.clone(),
@@ -154,14 +157,14 @@ fn class_report(
         rto_prediction_over_target: predicted.is_some_and(|p| p > c.rto.secs() as f64),
         rto_predicted: predicted,
         backups: backups.len() as u64,
-        backups_succeeded: backups.iter().filter(|j| j.status == "succeeded").count() as u64,
+        backups_succeeded: backups.iter().filter(|j| j.outcome.status == "succeeded").count() as u64,
         drills: class_drills.len() as u64,
         drills_passed: class_drills.iter().filter(|d| d.passed).count() as u64,
         last_drill: class_drills.last().map(|d| d.started),
         offsite: c.offsite.clone(),
         last_offsite_copy: copies.filter_map(|j| j.ended_at).max(),
         retention: retention_text(&c.retention),
-        retention_ok: !jobs.iter().filter(mine).any(|j| j.kind == "forget" && j.status == "failed"),
+        retention_ok: !jobs.iter().filter(mine).any(|j| j.kind == "forget" && j.outcome.status == "failed"),
         wal_archive_lag: sources.iter().filter_map(|s| lags.get(s).copied()).reduce(f64::max),
         sources,
     }

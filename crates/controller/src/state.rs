@@ -61,14 +61,23 @@ pub struct Job {
     pub id: i64,
     pub source: String,
     pub class: String,
-    /// `backup`, `forget`, `copy`, `prune`.
+    /// `backup`, `forget`, `copy`, `prune`, `restore`, `drill`.
     pub kind: String,
-    /// `schedule`, `catch-up`, `retry`, `api`.
+    /// `schedule`, `first`, `catch-up`, `retry`, `api`.
     pub trigger: String,
     pub attempt: u32,
     pub scheduled_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
+    pub duration: Option<f64>,
+    /// `running` until it ends.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Outcome {
     /// `running`, `succeeded`, `failed`, `cancelled`.
     pub status: String,
     pub reason: Option<String>,
@@ -76,25 +85,14 @@ pub struct Job {
     pub snapshot: Option<String>,
     pub bytes_processed: Option<u64>,
     pub bytes_added: Option<u64>,
-    pub duration: Option<f64>,
     /// The end of what the job printed on standard error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
-}
-
-/// How a job ended.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    pub status: String,
-    pub reason: Option<String>,
-    pub message: Option<String>,
-    pub snapshot: Option<String>,
-    pub bytes_processed: Option<u64>,
-    pub bytes_added: Option<u64>,
-    /// For a copy: how far the off-site repository is behind.
+    /// For a copy: how far the off-site repository is behind (not stored).
+    #[serde(skip)]
     pub lag_seconds: Option<f64>,
-    pub log: Option<String>,
-    /// The job's JSON summary (a drill's reports).
+    /// The job's JSON summary, e.g. a drill's reports (not stored).
+    #[serde(skip)]
     pub summary: Option<serde_json::Value>,
 }
 
@@ -119,14 +117,17 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
         scheduled_at: r.get(6)?,
         started_at: r.get(7)?,
         ended_at: r.get(8)?,
-        status: r.get(9)?,
-        reason: r.get(10)?,
-        message: r.get(11)?,
-        snapshot: r.get(12)?,
-        bytes_processed: r.get(13)?,
-        bytes_added: r.get(14)?,
         duration: r.get(15)?,
-        log: r.get(16)?,
+        outcome: Outcome {
+            status: r.get(9)?,
+            reason: r.get(10)?,
+            message: r.get(11)?,
+            snapshot: r.get(12)?,
+            bytes_processed: r.get(13)?,
+            bytes_added: r.get(14)?,
+            log: r.get(16)?,
+            ..Outcome::default()
+        },
     })
 }
 
