@@ -625,8 +625,9 @@ impl Repository {
 
     /// The snapshot of this name, if stored.
     pub async fn find_named(&self, name: &str) -> Result<Option<Snapshot>> {
-        match self.load_file_uncached("snapshot", SNAPSHOTS, &self.named_snapshot_id(name)).await {
-            Ok(bytes) => parse_snapshot(&self.named_snapshot_id(name), &bytes).map(Some),
+        let id = self.named_snapshot_id(name);
+        match self.load_file_uncached("snapshot", SNAPSHOTS, &id).await {
+            Ok(bytes) => parse_snapshot(&id, &bytes).map(Some),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
         }
