@@ -163,6 +163,9 @@ async fn shutdown_signals(tx: tokio::sync::mpsc::UnboundedSender<Command>) {
 }
 
 pub fn plan_check(g: &Global, a: PlanCheckArgs) -> Result<u8> {
+    if a.connect {
+        return crate::doctor::run(g, &a);
+    }
     let (plan, text) = Plan::load(&a.plan)?;
     let findings = check(&plan, &text, chrono::Utc::now());
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();

@@ -5,6 +5,7 @@ mod copy;
 mod daemon;
 mod data;
 mod demo;
+mod doctor;
 mod drill;
 mod k8s;
 mod keys;

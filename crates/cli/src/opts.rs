@@ -225,7 +225,12 @@ pub enum PlanCommand {
 
 #[derive(Args)]
 pub struct PlanCheckArgs {
+    /// The plan file (tresor.yaml).
     pub plan: PathBuf,
+    /// Also reach every repository and source with its credentials and say
+    /// what answered (a doctor); exit 1 on any failure.
+    #[arg(long)]
+    pub connect: bool,
 }
 
 #[derive(Args)]

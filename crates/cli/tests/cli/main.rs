@@ -15,12 +15,15 @@ mod conformance;
 mod crash;
 mod daemon;
 mod deploy;
+mod doctor;
 mod drill;
+mod help;
 mod k8s;
 mod pitr;
 mod prune;
 mod repair;
 mod replicate;
+mod restic;
 mod sources;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
