@@ -9,6 +9,7 @@ mod doctor;
 mod drill;
 mod k8s;
 mod keys;
+mod manual;
 mod opts;
 mod pg;
 mod pgwal;
@@ -93,6 +94,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Drill(a) => drill::drills(&g, a).await,
         Command::Report(a) => drill::report(a),
         Command::Volume(a) => k8s::volume(&g, a).await,
+        Command::Completion(a) => manual::completion(a),
+        Command::Man(a) => manual::man(a),
     }
 }
 

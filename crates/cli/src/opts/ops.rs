@@ -1,0 +1,369 @@
+//! Command-line syntax of the commands that manage a repository's life
+//! (retention, copies, holds), PostgreSQL archives, plans and Kubernetes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{KUBERNETES, OUTPUT, POLICY, PRUNING, SELECTION};
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// Forget these snapshots (ids or prefixes) instead of applying a policy.
+    pub snapshots: Vec<String>,
+    /// Keep the newest N snapshots.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days that have one.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N weeks that have one.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months that have one.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years that have one.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything up to this much older than the newest snapshot, e.g. 1y6m, 30d, 36h.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within: Option<String>,
+    /// Keep one snapshot per hour within this span of the newest, e.g. 2d.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within_hourly: Option<String>,
+    /// Keep one snapshot per day within this span of the newest, e.g. 14d.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within_daily: Option<String>,
+    /// Keep one snapshot per week within this span of the newest, e.g. 2m.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within_weekly: Option<String>,
+    /// Keep one snapshot per month within this span of the newest, e.g. 1y.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within_monthly: Option<String>,
+    /// Keep one snapshot per year within this span of the newest, e.g. 10y.
+    #[arg(long, help_heading = POLICY)]
+    pub keep_within_yearly: Option<String>,
+    /// Keep snapshots with all of these tags (comma-separated; repeatable).
+    #[arg(long = "keep-tag", help_heading = POLICY)]
+    pub keep_tags: Vec<String>,
+    /// Apply the policy per group of: host, paths, tags (comma-separated).
+    #[arg(long, default_value = "host,paths", help_heading = POLICY)]
+    pub group_by: String,
+    /// Only consider snapshots of this host.
+    #[arg(long, help_heading = SELECTION)]
+    pub host: Option<String>,
+    /// Only consider snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag", help_heading = SELECTION)]
+    pub tags: Vec<String>,
+    /// Print what would be removed and why each survivor stays; remove nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Allow a policy to remove every snapshot of a group.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Prune right after forgetting.
+    #[arg(long, help_heading = PRUNING)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneArgs,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// Snapshots to copy (ids or prefixes); default: every one the filters select.
+    pub snapshots: Vec<String>,
+    /// The target repository: a path or URL, as --repo takes (S3 credentials from
+    /// TRESOR_TO_AWS_*, else AWS_*), e.g. s3://offsite/prod.
+    #[arg(long)]
+    pub to: String,
+    /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Only snapshots of this host.
+    #[arg(long, help_heading = SELECTION)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag (repeatable: all must match).
+    #[arg(long = "tag", help_heading = SELECTION)]
+    pub tags: Vec<String>,
+    /// Only the newest N snapshots of each host and path set.
+    #[arg(long, help_heading = SELECTION)]
+    pub latest: Option<usize>,
+    /// Show what would be copied and the replication lag; copy nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Skip reading back the packs written to the target.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Args)]
+pub struct AppendOnlyArgs {
+    /// on or off
+    pub mode: String,
+    /// For `off`: a file with the password again (else $TRESOR_CONFIRM_PASSWORD, else a prompt).
+    #[arg(long, env = "TRESOR_CONFIRM_PASSWORD_FILE")]
+    pub confirm_password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PruneCmd {
+    /// Show what would be marked, repacked and freed; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub opts: PruneArgs,
+}
+
+#[derive(Args, Clone)]
+#[command(next_help_heading = PRUNING)]
+pub struct PruneArgs {
+    /// Repack a pack once more than this percentage of it is unused.
+    #[arg(long, default_value_t = 10.0)]
+    pub max_unused: f64,
+    /// How long marked packs wait, by the storage's clock, before deletion
+    /// (for stores whose listings lag behind writes); e.g. 0s, 10min, 1h.
+    #[arg(long, default_value = "0s")]
+    pub grace: String,
+}
+
+#[derive(Args)]
+pub struct HoldArgs {
+    /// The snapshot: an id, an id prefix or `latest`, e.g. 4f2a9c1e.
+    pub snapshot: String,
+    /// Why the snapshot must be kept (recorded with who and when).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Args)]
+pub struct PgCmd {
+    #[command(subcommand)]
+    pub command: PgCommand,
+}
+
+#[derive(Subcommand)]
+pub enum PgCommand {
+    /// Base backup of a cluster: postgres://USER@HOST:PORT (pg_basebackup, streamed).
+    Backup(Box<super::BackupArgs>),
+    /// Archive a WAL file: `archive_command = 'tresor … pg wal-push %p'`.
+    WalPush(WalPushArgs),
+    /// Fetch an archived WAL file: `restore_command = 'tresor … pg wal-fetch %f %p'`.
+    WalFetch(WalFetchArgs),
+    /// Build a data directory that recovers to a point in time.
+    Restore(PgRestoreArgs),
+    /// Report gaps in the archived WAL, per cluster and timeline.
+    Verify,
+}
+
+#[derive(Args)]
+pub struct WalPushArgs {
+    /// The WAL file (`%p`, relative to the data directory).
+    pub path: PathBuf,
+    /// The cluster's data directory (default: the working directory, as the archiver runs it).
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Also archive up to this many other WAL files that are ready, in the same run.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(Args)]
+pub struct WalFetchArgs {
+    /// The WAL file wanted (`%f`), e.g. 000000010000000000000003.
+    pub file: String,
+    /// Where to put it (`%p`).
+    pub dest: PathBuf,
+    /// The cluster's data directory (default: the working directory, as recovery runs it).
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Fetch this many following segments ahead, in parallel.
+    #[arg(long, default_value_t = 8)]
+    pub prefetch: usize,
+}
+
+#[derive(Args)]
+pub struct PgRestoreArgs {
+    /// The base backup to start from (default: the newest one that ends before the target).
+    pub snapshot: Option<String>,
+    /// The new data directory (must not exist or be empty).
+    #[arg(short, long)]
+    pub target: PathBuf,
+    /// Recover up to this moment (RFC 3339 or "YYYY-MM-DD HH:MM:SS" local time).
+    #[arg(long, group = "point")]
+    pub time: Option<String>,
+    /// Recover up to this WAL position (X/Y), e.g. 0/3000148.
+    #[arg(long, group = "point")]
+    pub lsn: Option<String>,
+    /// Recover through all archived WAL.
+    #[arg(long, group = "point")]
+    pub latest: bool,
+    /// Stop as soon as the base backup is consistent.
+    #[arg(long, group = "point")]
+    pub immediate: bool,
+    /// The cluster (its system identifier), when the repository holds several.
+    #[arg(long)]
+    pub system_id: Option<String>,
+    /// The restored cluster archives no WAL (a drill or a copy beside the
+    /// running cluster, whose archive it must not branch).
+    #[arg(long)]
+    pub no_archive: bool,
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// The plan (default: the embedded one under --data-dir).
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: Option<PathBuf>,
+    /// The plan is a BackupPlan resource, watched: k8s://[CONTEXT]/NAMESPACE/NAME.
+    #[arg(long, conflicts_with = "plan", help_heading = KUBERNETES)]
+    pub plan_resource: Option<String>,
+    /// Where the embedded default keeps its repository, password, state and sample
+    /// (and where a BackupPlan resource's plan is written).
+    #[arg(long, env = "TRESOR_DATA_DIR", default_value = "tresor-data")]
+    pub data_dir: PathBuf,
+    /// Listen address (overrides the plan's daemon.listen), e.g. 127.0.0.1:8080.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// How long running jobs may take to finish after SIGTERM before they are cancelled.
+    #[arg(long, default_value = "60s")]
+    pub grace: String,
+}
+
+#[derive(Args)]
+pub struct PlanCmd {
+    #[command(subcommand)]
+    pub command: PlanCommand,
+}
+
+#[derive(Subcommand)]
+pub enum PlanCommand {
+    /// Parse and lint a plan; exit 1 on any error.
+    Check(PlanCheckArgs),
+}
+
+#[derive(Args)]
+pub struct PlanCheckArgs {
+    /// The plan file (tresor.yaml).
+    pub plan: PathBuf,
+    /// Also reach every repository and source with its credentials and say
+    /// what answered (a doctor); exit 1 on any failure.
+    #[arg(long)]
+    pub connect: bool,
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    /// The daemon's state database.
+    #[arg(long, env = "TRESOR_STATE", default_value = "tresor-data/state.db")]
+    pub state: PathBuf,
+    /// Show at most this many jobs, newest first.
+    #[arg(long, default_value_t = 30, help_heading = OUTPUT)]
+    pub limit: usize,
+    /// Only the jobs of this source of the plan.
+    #[arg(long)]
+    pub source: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// The daemon's state database.
+    #[arg(long, env = "TRESOR_STATE", default_value = "tresor-data/state.db")]
+    pub state: PathBuf,
+    /// Show at most this many entries, newest first.
+    #[arg(long, default_value_t = 100, help_heading = OUTPUT)]
+    pub limit: usize,
+}
+
+#[derive(Args)]
+pub struct DrillArgs {
+    /// A class or a source (default: every source of the plan).
+    pub name: Option<String>,
+    /// The plan file (tresor.yaml).
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: PathBuf,
+    /// Scratch space for restored data (overrides the plan's drills.scratch_dir).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The plan file (tresor.yaml).
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: PathBuf,
+    /// The period covered, back from now (30d, 12w, 1y).
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// The report's format: Markdown, HTML or JSON.
+    #[arg(long, default_value = "md", value_parser = ["md", "html", "json"], help_heading = OUTPUT)]
+    pub format: String,
+    /// Write to this file instead of standard output.
+    #[arg(short, long, help_heading = OUTPUT)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct VolumeCmd {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// A Job that mounts NAMESPACE/CLAIM read-only and runs `tresor backup /data`.
+    Backup(VolumeArgs),
+    /// A new claim NAMESPACE/CLAIM and a Job that restores SNAPSHOT into it.
+    Restore(VolumeRestoreArgs),
+}
+
+#[derive(Args)]
+pub struct VolumeArgs {
+    /// The claim to back up: NAMESPACE/CLAIM, e.g. shop/data-db-0.
+    pub claim: String,
+    /// Back up a clone made from a CSI VolumeSnapshot of this class instead of the live claim.
+    #[arg(long)]
+    pub csi_snapshot_class: Option<String>,
+    /// Tags for the snapshot (default source=pvc:NAMESPACE/CLAIM).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[command(flatten)]
+    pub job: VolumeJobArgs,
+}
+
+#[derive(Args)]
+pub struct VolumeRestoreArgs {
+    /// The snapshot: an id, an id prefix or `latest`, e.g. 4f2a9c1e.
+    pub snapshot: String,
+    /// The claim to create: NAMESPACE/CLAIM, e.g. shop/data-restored.
+    pub claim: String,
+    /// The new claim's size, e.g. 10Gi.
+    #[arg(long)]
+    pub size: String,
+    /// The new claim's StorageClass (default: the cluster's default class).
+    #[arg(long)]
+    pub storage_class: Option<String>,
+    #[command(flatten)]
+    pub job: VolumeJobArgs,
+}
+
+/// How a volume Job runs.
+#[derive(Args)]
+#[command(next_help_heading = KUBERNETES)]
+pub struct VolumeJobArgs {
+    /// The Secret (in the claim's namespace) with TRESOR_REPOSITORY, TRESOR_PASSWORD and storage credentials.
+    #[arg(long)]
+    pub secret: String,
+    /// The container image the Job runs.
+    #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
+    pub image: String,
+    /// Wait this long for the Job, e.g. 30min (then, for a CSI backup, remove the clone and the snapshot).
+    #[arg(long)]
+    pub wait: Option<String>,
+    /// The cluster: k8s://[CONTEXT], e.g. k8s://prod.
+    #[arg(long, default_value = "k8s://")]
+    pub cluster: String,
+}
