@@ -1,8 +1,9 @@
 //! `tresor daemon`, `tresor plan check`, `tresor jobs`, `tresor audit`.
 //!
 //! Without `--plan` the daemon runs on an embedded default under
-//! `--data-dir`: a local repository with a generated password, the SQLite
-//! state, and a plan that backs up a sample folder every minute.
+//! `--data-dir`: a local repository and an off-site stand-in with a
+//! generated password, the SQLite state, a sample folder and a ledger, two
+//! classes and restore drills whose first run is two minutes after the start.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, Timelike, Utc};
 use serde_json::json;
 use tresor_controller::api::{Tokens, router};
 use tresor_controller::check::{Severity, check};
@@ -23,18 +25,28 @@ use crate::opts::{AuditArgs, Cli, Command as Cmd, DaemonArgs, Global, JobsArgs, 
 
 const DEFAULT_PLAN: &str = include_str!("default-plan.yaml");
 
-/// The embedded default: written once, then left to the user to edit.
-fn embedded_default(dir: &Path) -> Result<PathBuf> {
+/// The embedded default: written once, then left to the user to edit. Its
+/// drills first run two minutes from `now`, so a newcomer sees one soon.
+fn embedded_default(dir: &Path, now: DateTime<Utc>) -> Result<PathBuf> {
     let dir = std::path::absolute(dir)?;
     let sample = dir.join("sample");
     if !sample.exists() {
         std::fs::create_dir_all(sample.join("docs"))?;
-        std::fs::write(sample.join("README.txt"), "This folder is backed up by tresor's embedded default plan every minute.\n")?;
+        std::fs::write(sample.join("README.txt"), "This folder is backed up by tresor's embedded default plan every five minutes.\n")?;
         std::fs::write(sample.join("docs/notes.md"), "# Notes\n\nEdit me and watch the next backup add only the change.\n")?;
+    }
+    let ledger = dir.join("ledger.csv");
+    if !ledger.exists() {
+        std::fs::write(&ledger, "date,account,amount\n2026-01-05,rent,-1200.00\n2026-01-06,salary,3400.00\n2026-01-07,groceries,-86.40\n")?;
     }
     let plan = dir.join("tresor.yaml");
     if !plan.exists() {
-        std::fs::write(&plan, DEFAULT_PLAN.replace("DATA", &dir.display().to_string()))?;
+        let first = now + chrono::Duration::minutes(2);
+        let text = DEFAULT_PLAN
+            .replace("MINUTE", &first.minute().to_string())
+            .replace("HOUR", &first.hour().to_string())
+            .replace("DATA", &dir.display().to_string());
+        std::fs::write(&plan, text)?;
     }
     Ok(plan)
 }
@@ -76,6 +88,7 @@ fn read_token(file: Option<&Path>, var: &str) -> Result<Option<String>> {
 }
 
 pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
+    let clock = Clock::from_env();
     let resource = a.plan_resource.as_deref().map(tresor_controller::planwatch::PlanRef::parse).transpose()?;
     let plan_file = match (&a.plan, &resource) {
         (Some(p), _) => std::path::absolute(p)?,
@@ -85,9 +98,8 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
             tresor_controller::planwatch::fetch(r, &file).await?;
             file
         }
-        (None, None) => embedded_default(&a.data_dir)?,
+        (None, None) => embedded_default(&a.data_dir, clock.now())?,
     };
-    let clock = Clock::from_env();
     let plan = load_plan(&plan_file, clock.now())?;
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     init_repositories(&plan, &exe)?;

@@ -1,5 +1,6 @@
 //! The daemon's HTTP side: health and readiness, `/metrics`, a JSON API
-//! (bearer tokens: read-only and admin scopes) and the status page.
+//! (bearer tokens: read-only and admin scopes), and the routes of the pages
+//! people read (`status.rs`).
 //! `docs/openapi.yaml` describes the API.
 
 use std::sync::Arc;
@@ -14,7 +15,6 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::daemon::{Command, Shared};
-use crate::plan::Span;
 use crate::runner::RestoreSpec;
 
 /// Bearer tokens. With none configured the API is open (the daemon then
@@ -80,6 +80,8 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
     let app = App { shared, tokens: Arc::new(tokens) };
     Router::new()
         .route("/", get(status_page))
+        .route("/sources/{name}", get(source_page))
+        .route("/report", get(report_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -94,6 +96,18 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .route("/api/v1/sources/{name}/drill", post(trigger_drill))
         .route("/api/v1/reload", post(reload))
         .with_state(app)
+}
+
+async fn status_page(State(app): State<App>) -> Html<String> {
+    Html(crate::status::page(&app.shared))
+}
+
+async fn source_page(State(app): State<App>, Path(name): Path<String>) -> Response {
+    crate::status::source_page(&app.shared, &name).await
+}
+
+async fn report_page(State(app): State<App>) -> Response {
+    crate::status::report(&app.shared).await
 }
 
 async fn ready(State(app): State<App>) -> Response {
@@ -112,7 +126,7 @@ async fn metrics(State(app): State<App>) -> Response {
 /// Each class with its targets and its state now: `green` (newest point
 /// within the RPO, last job of every source succeeded), `amber` (within the
 /// RPO, but a job failed since), `red` (RPO missed).
-fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
+pub(crate) fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
     let plan = shared.plan();
     let now = shared.clock.now();
     let ages = shared.metrics.rpo_ages(&plan, now);
@@ -146,7 +160,7 @@ fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
             };
             json!({
                 "name": name, "description": c.description, "rpo": c.rpo.to_string(), "rto": c.rto.to_string(),
-                "rpo_seconds": c.rpo.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
+                "rpo_seconds": c.rpo.secs(), "rto_seconds": c.rto.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
                 "state": state, "failing": failing, "offsite": c.offsite, "last_drill": last_drill,
             })
         })
@@ -304,89 +318,6 @@ async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {
     };
     let _ = app.shared.commands.send(Command::Reload { actor });
     (StatusCode::ACCEPTED, axum::Json(json!({"reload": "requested"}))).into_response()
-}
-
-/// The newest drill of a class, in a few words.
-fn drill_cell(d: &serde_json::Value) -> String {
-    if d.is_null() {
-        return "never".into();
-    }
-    let when = d["time"].as_str().map_or(String::new(), |t| t.get(..16).unwrap_or(t).replace('T', " "));
-    let verdict = if d["passed"] == true { "passed" } else { "FAILED" };
-    format!("{verdict} {when} (RTO {:.1} s)", d["rto_seconds"].as_f64().unwrap_or(0.0))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
-
-async fn status_page(State(app): State<App>) -> Html<String> {
-    let shared = &app.shared;
-    let mut rows = String::new();
-    for c in class_states(shared) {
-        let age = c["age_seconds"].as_f64().map_or("never".to_string(), |a| Span(std::time::Duration::from_secs(a as u64)).to_string());
-        rows += &format!(
-            "<tr class=\"{state}\" data-class=\"{name}\"><td>{name}</td><td>{rpo}</td><td>{rto}</td><td>{age}</td><td class=\"state\">{state}</td><td>{failing}</td><td>{drill}</td></tr>\n",
-            drill = drill_cell(&c["last_drill"]),
-            state = c["state"].as_str().unwrap_or(""),
-            name = esc(c["name"].as_str().unwrap_or("")),
-            rpo = c["rpo"].as_str().unwrap_or(""),
-            rto = c["rto"].as_str().unwrap_or(""),
-            failing = esc(&c["failing"]
-                .as_array()
-                .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()),
-        );
-    }
-    let mut jobs = String::new();
-    for j in shared.state.jobs(20, None).unwrap_or_default() {
-        jobs += &format!(
-            "<tr class=\"job-{status}\"><td>{id}</td><td>{source}</td><td>{kind}</td><td>{start}</td><td>{status}</td><td>{why}</td></tr>\n",
-            id = j.id,
-            source = esc(&j.source),
-            kind = j.kind,
-            start = j.started_at.format("%Y-%m-%d %H:%M:%S"),
-            status = j.outcome.status,
-            why = esc([j.outcome.reason.unwrap_or_default(), j.outcome.message.unwrap_or_default()].join(" ").trim()),
-        );
-    }
-    let next: String = shared
-        .next_runs
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(|(k, t)| format!("<tr><td>{}</td><td>{}</td></tr>\n", esc(k), t.format("%Y-%m-%d %H:%M:%S UTC")))
-        .collect();
-    let plan = shared.plan();
-    let storage: String = shared
-        .metrics
-        .storage(&plan)
-        .iter()
-        .map(|(name, st)| {
-            let free = st.free.map_or("remote".into(), bytes);
-            let total = st.total.map_or(String::new(), bytes);
-            let stored = st.stored.map_or("?".into(), bytes);
-            format!("<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td></tr>\n", n = esc(name))
-        })
-        .collect();
-    Html(format!(
-        include_str!("status.html"),
-        classes = rows,
-        jobs = jobs,
-        storage = storage,
-        next = next,
-        now = shared.clock.now().format("%Y-%m-%d %H:%M:%S UTC")
-    ))
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod scratch;
 pub mod serve;
 pub mod state;
+pub mod status;
 
 use std::path::PathBuf;
 

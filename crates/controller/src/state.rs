@@ -1,6 +1,7 @@
 //! The daemon's state in SQLite: every job (scheduled, retried, manual)
 //! with its outcome, and the audit trail of everything done to the data.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -261,6 +262,49 @@ impl State {
             db.query_row("SELECT report FROM drills WHERE class = ?1 ORDER BY id DESC LIMIT 1", [class], |r| r.get(0)).optional()
         })?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Per source: (succeeded, all) backups started since `since`.
+    pub fn backup_counts(&self, since: DateTime<Utc>) -> Result<BTreeMap<String, (u64, u64)>> {
+        self.with(|db| {
+            let mut q = db.prepare(
+                "SELECT source, sum(status = 'succeeded'), count(*) FROM jobs \
+                 WHERE kind = 'backup' AND status != 'running' AND started_at >= ?1 GROUP BY source",
+            )?;
+            q.query_map([since], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?.collect()
+        })
+    }
+
+    /// When each successful backup since `since` ended, per source, oldest
+    /// first; each source's newest one before `since` leads, as the point
+    /// the period opens with.
+    pub fn restorable_points(&self, since: DateTime<Utc>) -> Result<Vec<(String, DateTime<Utc>)>> {
+        self.with(|db| {
+            let mut q = db.prepare(
+                "SELECT source, max(ended_at) FROM jobs WHERE kind = 'backup' AND status = 'succeeded' AND ended_at < ?1 GROUP BY source \
+                 UNION ALL SELECT source, ended_at FROM jobs WHERE kind = 'backup' AND status = 'succeeded' AND ended_at >= ?1 \
+                 ORDER BY 2",
+            )?;
+            q.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+    }
+
+    /// A source's newest drills first.
+    pub fn source_drills(&self, source: &str, limit: usize) -> Result<Vec<crate::drill::Report>> {
+        let texts: Vec<String> = self.with(|db| {
+            let mut q = db.prepare("SELECT report FROM drills WHERE source = ?1 ORDER BY id DESC LIMIT ?2")?;
+            q.query_map(params![source, limit as i64], |r| r.get(0))?.collect()
+        })?;
+        Ok(texts.iter().filter_map(|t| serde_json::from_str(t).ok()).collect())
+    }
+
+    /// A source's newest failed jobs first, of every kind.
+    pub fn failures(&self, source: &str, limit: usize) -> Result<Vec<Job>> {
+        self.with(|db| {
+            let mut q =
+                db.prepare(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE source = ?1 AND status = 'failed' ORDER BY id DESC LIMIT ?2"))?;
+            q.query_map(params![source, limit as i64], row_to_job)?.collect()
+        })
     }
 
     /// Jobs since `since`, oldest first.

@@ -2,13 +2,14 @@
 //! promtool's checks and unit tests, a real Prometheus scrapes a running
 //! daemon and fires the failed-job alert for the source that is down, and
 //! the Grafana dashboard asks only for metrics the daemon exports, and the
-//! status page renders in headless Chromium.
+//! status page, a source's page and the embedded default's first drills
+//! render in headless Chromium (screenshots kept; see `screenshot`).
 
 use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{Daemon, count, http, start_daemon, wait_jobs, write_plan};
+use super::daemon::{Daemon, count, http, set_clock, start_daemon, wait_jobs, write_plan};
 use super::*;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
@@ -130,48 +131,217 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
     }
 }
 
+fn chromium_cmd(dir: &Path) -> Command {
+    let mut c = Command::new("chromium");
+    c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--hide-scrollbars"])
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .stderr(Stdio::null());
+    c
+}
+
+/// A screenshot of the page in a window this wide and high, kept as
+/// `name` in `dir` and, when `TRESOR_SCREENSHOTS` names a directory, there
+/// too, for a reader to look at.
+pub(super) fn screenshot(url: &str, dir: &Path, name: &str, (width, height): (u32, u32)) -> Vec<u8> {
+    let shot = dir.join(name);
+    let ok = chromium_cmd(dir)
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(url)
+        .status()
+        .expect("chromium (Debian package chromium)");
+    assert!(ok.success(), "chromium --screenshot failed");
+    let png = fs::read(&shot).unwrap();
+    eprintln!("screenshot of {url} at {width}x{height}: {}", shot.display());
+    if let Some(keep) = std::env::var_os("TRESOR_SCREENSHOTS") {
+        fs::create_dir_all(&keep).unwrap();
+        fs::write(Path::new(&keep).join(name), &png).unwrap();
+    }
+    png
+}
+
+/// The page's DOM after load, as headless Chromium renders it.
+fn dump_dom(url: &str, dir: &Path) -> String {
+    let out = chromium_cmd(dir).args(["--dump-dom", url]).output().expect("chromium (Debian package chromium)");
+    assert!(out.status.success(), "chromium --dump-dom failed");
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The page as headless Chromium renders it (its DOM after load), and a
 /// screenshot of it.
 pub(super) fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
-    let base = |c: &mut Command| {
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"])
-            .args(["--disable-component-update", "--disable-sync"])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()));
-    };
-    let mut dump = Command::new("chromium");
-    base(&mut dump);
-    let out = dump.args(["--dump-dom", url]).stderr(Stdio::null()).output().expect("chromium (Debian package chromium)");
-    assert!(out.status.success(), "chromium --dump-dom failed");
-    let shot = dir.join("status.png");
-    let mut capture = Command::new("chromium");
-    base(&mut capture);
-    let ok = capture
-        .arg(format!("--screenshot={}", shot.display()))
-        .args(["--window-size=1200,900", url])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    (String::from_utf8(out.stdout).unwrap(), fs::read(&shot).unwrap())
+    (dump_dom(url, dir), screenshot(url, dir, "status.png", (1200, 900)))
+}
+
+/// The line of the DOM that holds `needle` (a table row).
+fn line_with(dom: &str, needle: &str) -> String {
+    dom.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle} in {dom}")).to_string()
+}
+
+/// What an attribute of the first element in `html` that has it says.
+fn attr(html: &str, name: &str) -> String {
+    let at = html.find(&format!(" {name}=\"")).unwrap_or_else(|| panic!("{name} in {html}")) + name.len() + 3;
+    html[at..at + html[at..].find('"').unwrap()].to_string()
+}
+
+fn get_json(port: u16, path: &str, token: Option<&str>) -> serde_json::Value {
+    let (status, body) = http(port, "GET", path, token);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// Poll the classes until each named one has a drill on record; the classes.
+fn wait_drills(port: u16, token: Option<&str>, classes: &[&str]) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = get_json(port, "/api/v1/classes", token).as_array().unwrap().clone();
+        if classes.iter().all(|c| all.iter().any(|x| x["name"] == *c && !x["last_drill"].is_null())) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "no drill of {classes:?}: {all:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
-fn the_status_page_in_headless_chromium_shows_the_classes_and_a_failed_job_red() {
+fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_failed_job_red() {
     let env = Env::new();
-    let (_redis, d) = after_first_runs(&env);
-    let (dom, png) = chromium(&format!("http://127.0.0.1:{}/", d.port), env.dir.path());
-    assert!(dom.contains("<title>tresor status</title>"), "{dom}");
-    let row = |class: &str| {
-        dom.lines().find(|l| l.contains(&format!("data-class=\"{class}\""))).unwrap_or_else(|| panic!("class {class} in {dom}")).to_string()
-    };
-    assert!(row("critical").starts_with("<tr class=\"red\""), "a class whose source never succeeded is red: {}", row("critical"));
-    assert!(row("critical").contains("<td>15m</td><td>1h</td>") && row("critical").contains("<td>down</td>"), "{}", row("critical"));
-    assert!(row("standard").starts_with("<tr class=\"green\""), "{}", row("standard"));
-    let failed = dom.lines().find(|l| l.contains("class=\"job-failed\"")).unwrap_or_else(|| panic!("a failed job row in {dom}"));
-    assert!(failed.contains("<td>down</td>") && failed.contains("source_unreachable"), "{failed}");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered screenshot ({} bytes)", png.len());
-    let storage = dom.lines().find(|l| l.contains("data-repository=\"main\"")).unwrap_or_else(|| panic!("storage in {dom}"));
+    let redis = RedisServer::start(&[]);
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    // A clock that stands still: the failed source's retry never comes, so the counts are exact.
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let d = start_daemon(&env, &plan, Some(&clock));
+    wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && count(j, "cache", "copy", "succeeded") == 1
+            && count(j, "down", "backup", "failed") == 1
+    });
+    let (status, _) = http(d.port, "POST", "/api/v1/sources/files/drill", Some("admin-token"));
+    assert_eq!(status, 202);
+    let classes = wait_drills(d.port, Some("read-token"), &["standard"]);
+    let drill = &classes.iter().find(|c| c["name"] == "standard").unwrap()["last_drill"];
+    assert_eq!(drill["passed"], true, "{drill}");
+
+    let url = format!("http://127.0.0.1:{}/", d.port);
+    let dom = dump_dom(&url, env.dir.path());
+    assert!(dom.contains("<title>tresor status</title>") && dom.contains("<meta http-equiv=\"refresh\" content=\"15\">"), "{dom}");
+    assert!(dom.contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"));
+    assert!(!dom.contains("<script") && !dom.contains("src=\"http"), "everything inline, nothing from elsewhere");
+    let critical = line_with(&dom, "data-class=\"critical\"");
+    assert!(critical.starts_with("<tr class=\"red\""), "a class whose source never succeeded is red: {critical}");
+    assert!(critical.contains("<td data-label=\"RPO\">15m</td><td data-label=\"RTO\">1h</td>"), "{critical}");
+    assert!(critical.contains("<a href=\"/sources/down\">down</a>"), "the failing source, linked: {critical}");
+    assert!(critical.contains("no restorable point yet"), "down never had one: {critical}");
+    assert_eq!(attr(&critical, "data-success-rate"), "50.00", "cache 1 of 1, down 0 of 1: {critical}");
+    assert!(critical.contains("<td class=\"rate bad\"") && critical.contains("1 of 2, target 99.9 %"), "{critical}");
+    assert!(critical.ends_with("<td>never</td></tr>"), "no drill yet, the last cell: {critical}");
+    let standard = line_with(&dom, "data-class=\"standard\"");
+    assert!(standard.starts_with("<tr class=\"green\""), "{standard}");
+    assert_eq!(attr(&standard, "data-points"), "1", "one backup, and the clock stands still: {standard}");
+    let spark = &standard[standard.find("<svg class=\"spark\"").expect("an inline SVG sparkline")..];
+    assert_eq!(attr(spark, "points").split(' ').count(), 1);
+    assert!(spark.contains("<line class=\"target\""), "the RPO target as a line: {spark}");
+    assert_eq!(attr(&standard, "data-success-rate"), "100");
+    assert!(standard.contains("<td class=\"rate ok\""), "{standard}");
+    assert!(standard.contains("<td>passed 20"), "{standard}");
+    assert_eq!(attr(&standard, "data-rto-seconds"), format!("{:.3}", drill["rto_seconds"].as_f64().unwrap()));
+    assert!(standard.ends_with("target 4.0 h)</span><small>files · <a href=\"/report\">report</a></small></td></tr>"), "{standard}");
+    let failed = line_with(&dom, "class=\"job-failed\"");
+    assert!(failed.contains("<a href=\"/sources/down\">down</a>") && failed.contains("source_unreachable"), "{failed}");
+    let storage = line_with(&dom, "data-repository=\"main\"");
     assert!(storage.contains(" B</td>") || storage.contains("iB</td>"), "sizes shown: {storage}");
+    let png = screenshot(&url, env.dir.path(), "status-desktop.png", (1280, 900));
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a rendered screenshot ({} bytes)", png.len());
+    let phone = screenshot(&url, env.dir.path(), "status-phone.png", (390, 1600));
+    assert_eq!(&phone[16..20], &390u32.to_be_bytes(), "a 390-pixel-wide screenshot");
+
+    // A source's page: the snapshots its repository lists, its drills and its failures.
+    let files_url = format!("http://127.0.0.1:{}/sources/files", d.port);
+    let files = dump_dom(&files_url, env.dir.path());
+    let listed = env.json(&["snapshots", "--tag", "source=files"]);
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(files.matches("data-snapshot=\"").count(), ids.len(), "{files}");
+    for id in &ids {
+        assert!(line_with(&files, &format!("data-snapshot=\"{id}\"")).contains(&format!("<code>{}</code>", &id[..8])));
+    }
+    let drilled = line_with(&files, "data-drill=\"DRILL-");
+    assert!(drilled.contains("<td class=\"ok\">passed</td>"), "{drilled}");
+    assert_eq!(attr(&drilled, "data-rto-seconds"), attr(&standard, "data-rto-seconds"));
+    assert!(files.contains("<h2>Failures <small>(0)</small></h2>"), "{files}");
+    screenshot(&files_url, env.dir.path(), "source-page.png", (1280, 900));
+    let down = dump_dom(&format!("http://127.0.0.1:{}/sources/down", d.port), env.dir.path());
+    let failure = line_with(&down, "<tr class=\"job-failed\"");
+    assert!(failure.contains("<td>backup</td><td>2026-11-21 10:07:00</td><td>source_unreachable</td>"), "{failure}");
+    assert!(down.contains("<h2>Failures <small>(1)</small></h2>"), "{down}");
+    let (status, body) = http(d.port, "GET", "/sources/nosuch", None);
+    assert_eq!(status, 404);
+    assert!(body.contains("<h1>No source nosuch</h1>"), "{body}");
+    let (status, report) = http(d.port, "GET", "/report", None);
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("<title>tresor compliance report</title>") && report.contains("data-class=\"standard\""), "{report}");
+}
+
+/// The README's first command in an empty directory: the embedded default,
+/// with its clock moved instead of waited for, shows both classes drilled.
+#[test]
+fn the_embedded_default_shows_passed_drills_on_the_status_page_within_minutes() {
+    let env = Env::new();
+    let work = env.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:30Z");
+    let port = tresor_testkit::net::free_port();
+    let child = env
+        .cmd(&["daemon", "--listen", &format!("127.0.0.1:{port}"), "--grace", "5s"])
+        .current_dir(&work)
+        .env("TRESOR_CLOCK_FILE", &clock)
+        .env("TRESOR_TICK_MS", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(port, "GET", "/readyz", None).0 != 200 {
+        assert!(Instant::now() < deadline, "the daemon did not get ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let plan = work.join("tresor-data/tresor.yaml");
+    let text = fs::read_to_string(&plan).unwrap();
+    assert!(text.contains("schedule: \"9 * * * *\"") && text.contains("schedule: \"9 10 * * *\""), "drills two minutes on: {text}");
+    let check = env.ok(&["plan", "check", plan.to_str().unwrap()]);
+    assert!(check.ends_with(": 2 sources, 2 classes: 0 errors, 0 warnings\n"), "the default is a clean plan: {check}");
+
+    wait_jobs(&d, "first backups", |j| count(j, "ledger", "backup", "succeeded") == 1 && count(j, "sample", "backup", "succeeded") == 1);
+    for (at, ledger) in [("2026-11-21T10:08:00Z", 2), ("2026-11-21T10:09:00Z", 3), ("2026-11-21T10:10:00Z", 4)] {
+        set_clock(&clock, at);
+        wait_jobs(&d, at, |j| count(j, "ledger", "backup", "succeeded") == ledger && count(j, "ledger", "copy", "succeeded") == ledger);
+    }
+    wait_jobs(&d, "the sample's second backup", |j| count(j, "sample", "backup", "succeeded") == 2);
+    let classes = wait_drills(port, None, &["critical", "standard"]);
+    for c in &classes {
+        assert_eq!(c["last_drill"]["passed"], true, "{c}");
+        assert_eq!(c["state"], "green", "{c}");
+    }
+
+    let url = format!("http://127.0.0.1:{port}/");
+    let dom = dump_dom(&url, env.dir.path());
+    for (class, target) in [("critical", "target 60 s)</span><small>ledger · "), ("standard", "target 15 min)</span><small>sample · ")] {
+        let row = line_with(&dom, &format!("data-class=\"{class}\""));
+        let drill = &classes.iter().find(|c| c["name"] == class).unwrap()["last_drill"];
+        assert!(row.contains("<td>passed 20"), "{row}");
+        assert_eq!(attr(&row, "data-rto-seconds"), format!("{:.3}", drill["rto_seconds"].as_f64().unwrap()), "{row}");
+        assert!(row.contains(target) && row.contains("<a href=\"/report\">report</a>"), "{row}");
+        assert_eq!(attr(&row, "data-points"), "48", "{row}");
+        assert_eq!(attr(&row, "data-success-rate"), "100", "{row}");
+    }
+    let critical = line_with(&dom, "data-class=\"critical\"");
+    assert_eq!(attr(&critical, "data-peak-seconds"), "60", "ledger backed up every minute: {critical}");
+    let png = screenshot(&url, env.dir.path(), "status-page.png", (1200, 560));
+    assert!(png.starts_with(b"\x89PNG"));
 }
 
 /// Every rendered document as JSON.
