@@ -292,7 +292,7 @@ pub fn page(shared: &Shared) -> String {
         })
         .collect();
     let classes_head =
-        ["class", "RPO", "RTO", "state", "newest restorable point", "RPO history", "backups ok, 30 days", "failing sources", "last drill"];
+        ["class", "RPO", "RTO", "state", "newest point", "RPO history", "backups ok (30 d)", "failing sources", "last drill"];
     let body = [
         "<h1>Data classes</h1>".to_string(),
         table("classes", true, &classes_head, &class_rows(shared, &plan, now)),
