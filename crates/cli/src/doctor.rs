@@ -1,10 +1,199 @@
 //! `tresor plan check --connect`: reach every repository and source of a
 //! plan with its credentials and say, one line each, what answered.
+//!
+//! The checks run at once, each within [`LIMIT`], so one host that does not
+//! answer costs seconds, not minutes. They only read: nothing is created,
+//! backed up or cached.
+
+use std::future::Future;
+use std::time::Duration;
 
 use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+use tresor_controller::check::{Finding, Severity, check};
+use tresor_controller::plan::{self, Plan};
+use tresor_engine::{OpenOptions, Repository};
+use tresor_sources::probe;
+use tresor_storage::{Location, OpErrorKind, StorageOptions};
 
+use crate::commands::{human, open_options, print_json, read_password_file};
 use crate::opts::{Global, PlanCheckArgs};
 
-pub fn run(_g: &Global, _a: &PlanCheckArgs) -> Result<u8> {
-    anyhow::bail!("plan check --connect is not built yet")
+/// How long one check may take before it is reported as unanswered.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// One line of the report.
+#[derive(Serialize)]
+struct Check {
+    kind: &'static str,
+    name: String,
+    ok: bool,
+    detail: String,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {} — {}", self.kind, self.name, if self.ok { "ok" } else { "FAILED" }, self.detail)
+    }
+}
+
+pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
+    let (plan, text) = Plan::load(&a.plan)?;
+    let findings = check(&plan, &text, chrono::Utc::now());
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    // A plan that contradicts itself is not worth connecting for.
+    let checks = if errors > 0 {
+        Vec::new()
+    } else {
+        let all = checks(g, &plan)?;
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::block_in_place(|| rt.block_on(futures::future::join_all(all)))
+    };
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if g.json {
+        let findings: Vec<_> = findings.iter().map(finding_json).collect();
+        print_json(&json!({
+            "file": a.plan,
+            "errors": errors,
+            "findings": findings,
+            "checks": checks,
+            "summary": {"checks": checks.len(), "ok": checks.len() - failed, "failed": failed},
+        }))?;
+    } else {
+        for f in &findings {
+            println!("{}:{f}", a.plan.display());
+        }
+        if errors > 0 {
+            println!("{}: {errors} errors: nothing was reached", a.plan.display());
+        } else {
+            for c in &checks {
+                println!("{c}");
+            }
+            println!("{} checks: {} ok, {failed} failed", checks.len(), checks.len() - failed);
+        }
+    }
+    Ok(if errors + failed > 0 { crate::EXIT_ERROR } else { 0 })
+}
+
+fn finding_json(f: &Finding) -> serde_json::Value {
+    let severity = if f.severity == Severity::Error { "error" } else { "warning" };
+    json!({"line": f.line, "severity": severity, "message": f.message})
+}
+
+type Pending = std::pin::Pin<Box<dyn Future<Output = Check> + Send>>;
+
+/// Every repository, then every source, in the plan's order.
+fn checks(g: &Global, plan: &Plan) -> Result<Vec<Pending>> {
+    let mut out: Vec<Pending> = Vec::new();
+    for (name, r) in &plan.repositories {
+        let mut opts = open_options(g, tresor_engine::Password::new(""))?;
+        // A doctor reads: it leaves no cache behind, and reports the first
+        // failure rather than retrying it past its time limit.
+        opts.cache_root = None;
+        opts.storage.max_retries = Some(0);
+        out.push(Box::pin(timed("repository", name.clone(), repository(r.clone(), opts))));
+    }
+    for s in &plan.sources {
+        let kind = kind_of(&s.url);
+        out.push(Box::pin(timed(kind, s.name.clone(), source(kind, s.url.clone()))));
+    }
+    Ok(out)
+}
+
+/// Run `probe` on the runtime's workers, within [`LIMIT`].
+async fn timed(kind: &'static str, name: String, probe: impl Future<Output = Result<String, String>> + Send + 'static) -> Check {
+    let (ok, detail) = match tokio::time::timeout(LIMIT, tokio::spawn(probe)).await {
+        Ok(Ok(Ok(detail))) => (true, detail),
+        Ok(Ok(Err(reason))) => (false, reason),
+        Ok(Err(e)) => (false, format!("the check stopped: {e}")),
+        Err(_) => (false, format!("no answer within {}s", LIMIT.as_secs())),
+    };
+    Check { kind, name, ok, detail }
+}
+
+/// Reach the repository, unlock it, and say its format, size and (on a
+/// local file system) free space.
+async fn repository(r: plan::Repository, mut opts: OpenOptions) -> Result<String, String> {
+    let failed = |e: anyhow::Error| crate::one_line(&e);
+    let loc = Location::parse(&r.url).map_err(|e| failed(e.into()))?;
+    match Repository::probe(&loc, &opts.storage).await {
+        Err(tresor_engine::Error::NoRepository { .. }) if r.init => {
+            return Ok("not there yet: the daemon creates it when it starts (init: true)".into());
+        }
+        Err(e @ tresor_engine::Error::NoRepository { .. }) => {
+            let why = missing_bucket(&loc, &opts.storage).await;
+            return Err(why.map_or_else(|| failed(e.into()), |why| format!("no repository at {loc}: {why}")));
+        }
+        Err(e) => return Err(failed(e.into())),
+        Ok(_) => {}
+    }
+    opts.password = read_password_file(&r.password_file).map_err(failed)?;
+    let repo = Repository::open(&loc, &opts).await.map_err(|e| failed(e.into()))?;
+    let stored: u64 = repo.index().await.map_err(|e| failed(e.into()))?.packs().map(|(_, size)| size).sum();
+    let mut detail = format!("format {}, {} stored", repo.config().version, human(stored));
+    if let Some((free, size)) = loc.local_path().and_then(space) {
+        detail.push_str(&format!(", {} free of {}", human(free), human(size)));
+    }
+    Ok(detail)
+}
+
+/// Why nothing is at an S3 location, when it is the bucket that is
+/// missing: reading one object cannot tell (404 either way), listing can
+/// (`NoSuchBucket`, which OpenDAL reports as a configuration error).
+async fn missing_bucket(loc: &Location, storage: &StorageOptions) -> Option<String> {
+    let Location::S3 { bucket, .. } = loc else { return None };
+    match tresor_storage::open(loc, storage).ok()?.list("/").await {
+        Err(e) if e.kind() == OpErrorKind::ConfigInvalid => Some(format!("the bucket {bucket} does not exist")),
+        _ => None,
+    }
+}
+
+/// Free and total bytes of the file system holding `path`.
+fn space(path: &std::path::Path) -> Option<(u64, u64)> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the zeroed struct we pass, and the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let frag = st.f_frsize;
+    Some((st.f_bavail * frag, st.f_blocks * frag))
+}
+
+type Probe = std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;
+
+/// The kind of source a URL names, as the backup tells them apart.
+fn kind_of(url: &str) -> &'static str {
+    match url.split_once(':').map_or("", |(scheme, _)| scheme) {
+        "redis" | "rediss" => "redis",
+        "postgres" | "postgresql" => "postgres",
+        "pgbase" => "pgbase",
+        "etcd" => "etcd",
+        "k8s" => "k8s",
+        "pvc" => "pvc",
+        "command" => "command",
+        _ => "path",
+    }
+}
+
+fn source(kind: &str, url: String) -> Probe {
+    match kind {
+        "redis" => Box::pin(off_thread(move || probe::redis(&url))),
+        "postgres" => Box::pin(off_thread(move || probe::postgres(&url))),
+        "pgbase" => Box::pin(off_thread(move || probe::pg_base(&url))),
+        "etcd" => Box::pin(async { Ok("not checked".to_string()) }),
+        "k8s" | "pvc" => Box::pin(async move { probe::kubernetes(&url).await.map_err(|e| e.to_string()) }),
+        "command" => Box::pin(off_thread(move || probe::command(url.trim_start_matches("command:")))),
+        _ => Box::pin(off_thread(move || probe::path(&url))),
+    }
+}
+
+/// A blocking probe on a thread of its own rather than the runtime's
+/// blocking pool: one that outlives its time limit is abandoned, and must
+/// not hold up the exit.
+async fn off_thread(f: impl FnOnce() -> tresor_sources::Result<String> + Send + 'static) -> Result<String, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || tx.send(f().map_err(|e| e.to_string())));
+    rx.await.map_err(|_| "the check stopped unexpectedly".to_string())?
 }

@@ -16,6 +16,7 @@ pub mod k8s_volume;
 mod pgbase;
 pub mod pgwal;
 mod postgres;
+pub mod probe;
 mod redis;
 mod redis_aof;
 mod redis_target;

@@ -94,8 +94,7 @@ impl Postgres {
 
     /// A PostgreSQL client program pointed at the server.
     pub(crate) fn server_program(&self, name: &str) -> Command {
-        let bin = std::env::var_os("TRESOR_PG_BIN").map(|d| PathBuf::from(d).join(name)).unwrap_or_else(|| name.into());
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new(client_program(name));
         cmd.args(["-h", &self.host, "-p", &self.port.to_string(), "-U", &self.user]);
         cmd.env("PGCONNECT_TIMEOUT", "10");
         match &self.password {
@@ -124,6 +123,43 @@ impl Postgres {
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
+}
+
+impl Postgres {
+    /// The server's version, and whether the program that backs it up
+    /// (`pg_dump`, `pg_dumpall`, or `pg_basebackup` when `physical`) is new
+    /// enough for it: a client older than the server's major version
+    /// refuses to dump it.
+    pub(crate) fn describe(&self, physical: bool) -> Result<String> {
+        let num: u32 =
+            self.query(&self.db, "SHOW server_version_num")?.parse().map_err(|_| self.fail("the server did not say its version"))?;
+        // 150008 is 15.8; before 10, 90603 was 9.6.3.
+        let major = num / 10_000;
+        let server = if num >= 100_000 { format!("{major}.{}", num % 100) } else { format!("{major}.{}.{}", num / 100 % 100, num % 100) };
+        let tool = match (physical, self.globals) {
+            (true, _) => "pg_basebackup",
+            (false, true) => "pg_dumpall",
+            (false, false) => "pg_dump",
+        };
+        let out = Command::new(client_program(tool)).arg("--version").output().map_err(|e| self.fail(format!("cannot run {tool}: {e}")))?;
+        // `pg_dump (PostgreSQL) 15.8 (Debian 15.8-1.pgdg120+1)`
+        let said = String::from_utf8_lossy(&out.stdout);
+        let version = said.split_whitespace().nth(2).unwrap_or_default().to_string();
+        let Some(tool_major) = version.split('.').next().and_then(|m| m.parse::<u32>().ok()) else {
+            return Err(self.fail(format!("{tool} did not say its version: {:?}", said.trim())));
+        };
+        if tool_major < major {
+            return Err(
+                self.fail(format!("{tool} {tool_major} is older than the server's {major}: install PostgreSQL {major}'s client programs"))
+            );
+        }
+        Ok(format!("PostgreSQL {server}; {tool} {version}"))
+    }
+}
+
+/// A PostgreSQL client program: from `TRESOR_PG_BIN`, else from `PATH`.
+fn client_program(name: &str) -> PathBuf {
+    std::env::var_os("TRESOR_PG_BIN").map(|d| PathBuf::from(d).join(name)).unwrap_or_else(|| name.into())
 }
 
 impl Source for Postgres {

@@ -144,6 +144,28 @@ impl Conn {
     }
 }
 
+impl RedisSource {
+    /// What answers at the URL, in one line: `Redis 7.0.15, master` or
+    /// `Redis 7.0.15, replica of 10.0.0.5:6379`.
+    pub(crate) fn describe(&self) -> Result<String> {
+        let mut c = self.connect()?;
+        let mut info = |section: &str| match c.call(&["INFO", section]) {
+            Ok(reply) if reply.starts_with('-') => Err(self.fail(reply.trim_start_matches('-'))),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(self.fail(e)),
+        };
+        let (server, replication) = (info("server")?, info("replication")?);
+        fn field(text: &str, key: &str) -> String {
+            text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).unwrap_or("unknown").trim().to_string()
+        }
+        let role = match field(&replication, "role").as_str() {
+            "slave" => format!("replica of {}:{}", field(&replication, "master_host"), field(&replication, "master_port")),
+            other => other.to_string(),
+        };
+        Ok(format!("Redis {}, {role}", field(&server, "redis_version")))
+    }
+}
+
 /// Keys per the server's `INFO keyspace` (`db0:keys=3,expires=1,…`).
 pub(crate) fn key_count(info: &str) -> u64 {
     info.lines().filter(|l| l.starts_with("db")).filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok()).sum()
