@@ -447,7 +447,7 @@ mod tests {
         // One source backed up at 10:00, 10:12 and 10:36: the class is as old as its stalest source.
         let a = vec![at("2026-11-21T10:00:00Z"), at("2026-11-21T10:12:00Z"), at("2026-11-21T10:36:00Z")];
         let b = vec![at("2026-11-21T08:00:00Z"), at("2026-11-21T10:24:00Z")];
-        let h = rpo_history(&[a.clone()], since, now);
+        let h = rpo_history(std::slice::from_ref(&a), since, now);
         assert_eq!(h.len(), BUCKETS);
         assert_eq!(h[0], (at("2026-11-21T10:01:00Z"), 60.0));
         assert_eq!(h[11].1, 720.0, "the slice with the 10:12 backup peaks just before it");
