@@ -289,3 +289,40 @@ fn a_kubernetes_source_says_the_api_version_and_what_may_be_done() {
          3 checks: 3 ok, 0 failed"
     );
 }
+
+#[test]
+fn a_repository_that_is_missing_or_locked_says_why() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (locked, missing, fresh) = (env.path("locked"), env.path("missing"), env.path("fresh"));
+    fs::write(env.path("other-pw"), "another secret\n").unwrap();
+    let out = env.cmd(&["--repo", locked.to_str().unwrap(), "init"]).env("TRESOR_PASSWORD_FILE", env.path("other-pw")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan = write_plan(
+        &env,
+        &[
+            ("main", env.repo.as_str()),
+            ("locked", locked.to_str().unwrap()),
+            ("missing", missing.to_str().unwrap()),
+            ("fresh", fresh.to_str().unwrap()),
+        ],
+        &[("files", env.dir.path().to_str().unwrap())],
+    );
+    let text = fs::read_to_string(&plan).unwrap();
+    let fresh_url = format!("url: \"{}\"\n", fresh.display());
+    fs::write(&plan, text.replace(&fresh_url, &format!("{fresh_url}    init: true\n"))).unwrap();
+    let (code, out, _) = doctor(&env, &plan);
+    assert_eq!(code, Some(1), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        [lines[0], lines[1], lines[3]].join("\n"),
+        format!(
+            "repository fresh: ok — not there yet: the daemon creates it when it starts (init: true)\n\
+             repository locked: FAILED — wrong password: no key of this repository opens with it\n\
+             repository missing: FAILED — no repository at {}: nothing is there (run `tresor init` first)",
+            missing.display()
+        )
+    );
+    assert!(lines[2].starts_with("repository main: ok — format 1, "), "{}", lines[2]);
+    assert_eq!(lines[5], "5 checks: 3 ok, 2 failed");
+}
