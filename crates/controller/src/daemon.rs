@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::check::{Severity, check};
 use crate::metrics::Metrics;
-use crate::notify::{Change, Event, deliver};
+use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
 use crate::schedule::{Schedule, spread_offset};
@@ -80,7 +80,8 @@ pub struct Shared {
     pub grace: Duration,
     /// Sources whose newest backup failed, and since when.
     pub failing: Mutex<BTreeMap<String, DateTime<Utc>>>,
-    pub http: reqwest::Client,
+    /// Webhook deliveries, in order per source and receiver.
+    pub http: Notifier,
 }
 
 impl Shared {
@@ -528,14 +529,14 @@ fn announce(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, now: DateTime<Utc
         since,
     };
     for hook in shared.plan().notifications {
-        let (shared, event) = (shared.clone(), event.clone());
-        tokio::spawn(async move {
-            let (result, detail) = match deliver(&shared.http, &hook, &event).await {
+        let audit = shared.clone();
+        shared.http.send(hook, event.clone(), move |hook, event, delivered| {
+            let (result, detail) = match delivered {
                 Ok(()) => ("succeeded", String::new()),
                 Err(e) => ("failed", e),
             };
             let what = if event.change == Change::Failure { "failure" } else { "recovery" };
-            shared.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
+            audit.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
         });
     }
 }

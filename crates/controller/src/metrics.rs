@@ -159,8 +159,9 @@ impl Metrics {
                 self.lag.get_or_create(&l).set(f64::NAN);
             }
             for reason in crate::runner::REASONS {
-                let _ =
-                    self.failure.get_or_create(&FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() });
+                let l = FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() };
+                let _ = self.failure.get_or_create(&l);
+                let _ = self.restore_failure.get_or_create(&l);
             }
         }
     }

@@ -3,11 +3,19 @@
 //! Alertmanager alert (which starts on the failure and ends on the
 //! recovery). Deliveries are retried with doubling back-off; one that
 //! never arrives is written to the audit trail.
+//!
+//! Each (source, receiver) pair has its own queue, delivered in order: a
+//! failure still being retried when its recovery comes goes out first.
+//! The other order would re-open a resolved alert in Alertmanager.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+
+use tokio::sync::mpsc;
 
 use crate::plan::{Webhook, WebhookFormat};
 
@@ -54,13 +62,47 @@ fn body(hook: &Webhook, e: &Event) -> serde_json::Value {
     }
 }
 
-/// The HTTP client deliveries share.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+/// What happens once a delivery arrived or was given up.
+type Done = Box<dyn FnOnce(&Webhook, &Event, Result<(), String>) + Send>;
+/// One (source, receiver) pair's deliveries, in the order of their events.
+type Queue = mpsc::UnboundedSender<(Webhook, Event, Done)>;
+
+/// The deliveries of every source to every receiver, one ordered queue each.
+pub struct Notifier {
+    client: reqwest::Client,
+    queues: Mutex<HashMap<(String, String), Queue>>,
+}
+
+/// The notifier the daemon shares.
+pub fn client() -> Notifier {
+    Notifier { client: reqwest::Client::new(), queues: Mutex::default() }
+}
+
+impl Notifier {
+    /// Queue `event` for `hook` behind the source's earlier events for the
+    /// same receiver; `done` learns how it went. Needs a tokio runtime.
+    pub fn send(&self, hook: Webhook, event: Event, done: impl FnOnce(&Webhook, &Event, Result<(), String>) + Send + 'static) {
+        let key = (event.source.clone(), hook.url.clone());
+        let mut queues = self.queues.lock().expect("not poisoned");
+        let queue = queues.entry(key).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(Webhook, Event, Done)>();
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                while let Some((hook, event, done)) = rx.recv().await {
+                    let result = deliver(&client, &hook, &event).await;
+                    done(&hook, &event, result);
+                }
+            });
+            tx
+        });
+        // The worker only ends when its sender is dropped, which is never
+        // while the map holds it.
+        let _ = queue.send((hook, event, Box::new(done)));
+    }
 }
 
 /// Deliver one event to one receiver, retrying; the last error if it never arrives.
-pub async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<(), String> {
+async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<(), String> {
     let payload = serde_json::to_vec(&body(hook, e)).expect("JSON serializes");
     let token = hook.token_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|t| t.trim().to_string());
     let mut wait = Duration::from_secs(1);

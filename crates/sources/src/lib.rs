@@ -7,7 +7,7 @@
 //! truncated or corrupt, or when the producing process reports an error.
 
 mod command;
-mod etcd;
+pub mod etcd;
 mod etcd_target;
 mod hooks;
 pub mod k8s;

@@ -6,6 +6,7 @@
 //! - [`EtcdServer`]: a real single-member etcd on free ports.
 //! - [`PostgresServer`]: a real PostgreSQL 15 cluster (initdb in a temp dir).
 //! - [`RedisServer`]: a real `redis-server` on a free port, in a temp directory.
+//! - [`reachable_by_all`]: a copy of a program that other users (postgres, nobody) can run.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
 
 mod etcd;
@@ -14,11 +15,13 @@ mod kube_store;
 pub mod net;
 mod object_lock;
 mod postgres;
+mod reach;
 mod redis;
 mod s3;
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTls};
 pub use kube::KubeServer;
 pub use postgres::PostgresServer;
+pub use reach::reachable_by_all;
 pub use redis::RedisServer;
 pub use s3::S3Server;

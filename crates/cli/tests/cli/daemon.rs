@@ -248,6 +248,8 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
         ),
         "backup_rpo_target_seconds{class=\"critical\"} 900".into(),
         "restore_success_total{source=\"cache\",class=\"critical\"} 1".into(),
+        // Declared at zero before any restore failed, so increase() sees the first one.
+        "restore_failure_total{source=\"files\",class=\"standard\",reason=\"source_unreachable\"} 0".into(),
         format!("backup_rpo_seconds{{class=\"critical\"}} {never}.0"),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
@@ -408,19 +410,22 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let got = got.lock().unwrap().clone();
-    let of = |path: &str, what: &str| -> serde_json::Value {
-        let (_, body) = got.iter().find(|(p, b)| p == path && b.contains(what)).unwrap_or_else(|| panic!("{path} {what}: {got:?}"));
-        serde_json::from_str(body).unwrap()
+    // Per receiver, in the order of the events: a recovery delivered
+    // before its failure would re-open the alert.
+    let delivered = |path: &str| -> Vec<serde_json::Value> {
+        got.iter().filter(|(p, _)| p == path).map(|(_, b)| serde_json::from_str(b).unwrap()).collect()
     };
-    let failure = of("/hook", "\"failure\"");
+    let hook = delivered("/hook");
+    assert_eq!(hook.iter().map(|b| b["event"].as_str().unwrap()).collect::<Vec<_>>(), ["failure", "recovery"], "{got:?}");
+    let (failure, recovery) = (&hook[0], &hook[1]);
     assert_eq!((failure["source"].as_str(), failure["class"].as_str()), (Some("flaky"), Some("standard")));
     assert!(failure["message"].as_str().unwrap().ends_with("backend down; no snapshot was saved"), "{failure}");
-    let recovery = of("/hook", "\"recovery\"");
     assert_eq!(recovery["failing_since"], failure["time"]);
-    let firing = of("/api/v2/alerts", "startsAt");
+    let alerts = delivered("/api/v2/alerts");
+    assert_eq!(alerts.len(), 2, "{got:?}");
+    let (firing, resolved) = (&alerts[0], &alerts[1]);
     assert_eq!(firing[0]["labels"]["alertname"], "TresorBackupFailed");
-    assert!(firing[0].get("endsAt").is_none(), "{firing}");
-    let resolved = of("/api/v2/alerts", "endsAt");
+    assert!(firing[0].get("endsAt").is_none(), "the firing alert comes first: {got:?}");
     assert_eq!(resolved[0]["endsAt"], "2026-11-21T10:05:01Z");
     assert_eq!(got.len(), 4, "one delivery each, the refused one retried: {got:?}");
 }

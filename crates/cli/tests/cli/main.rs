@@ -28,6 +28,11 @@ mod sources;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
 
+/// The binary for runs as another user, who may not reach the checkout.
+fn shared_bin() -> PathBuf {
+    tresor_testkit::reachable_by_all(Path::new(BIN))
+}
+
 struct Env {
     dir: tempfile::TempDir,
     repo: String,
@@ -65,7 +70,7 @@ impl Env {
         let mut c = match self.user {
             Some(user) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", user, "--", BIN]);
+                c.args(["-u", user, "--"]).arg(shared_bin());
                 c
             }
             None => Command::new(BIN),
@@ -490,7 +495,7 @@ fn unreadable_files_are_recorded_and_exit_3() {
             Command::new("chmod").args(["-R", "a+rwX"]).arg(p).status().unwrap();
         }
         fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
-        let args: Vec<String> = std::iter::once(BIN.to_string()).chain(["backup".into(), src.display().to_string()]).collect();
+        let args: Vec<String> = std::iter::once(shared_bin().display().to_string()).chain(["backup".into(), src.display().to_string()]).collect();
         cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(&args).env("TRESOR_REPOSITORY", &env.repo);
         for (k, v) in &env.vars {

@@ -427,3 +427,80 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     assert!(err.starts_with(&format!("tresor: error: {dead}: ")) && err.lines().count() == 1, "{err}");
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 }
+
+/// A client certificate signed by the CA in `dir` (made by
+/// `certificates`), and one that expired in 2020.
+fn client_certificates(dir: &Path) -> [String; 3] {
+    let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
+        openssl req $ec -keyout client.key -out client.csr -subj /CN=tresor; \
+        echo extendedKeyUsage=clientAuth > client.ext; \
+        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext; \
+        printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=index.txt\\nnew_certs_dir=.\\nserial=ca.srl\\ndefault_md=sha256\\npolicy=p\\nx509_extensions=x\\n[p]\\ncommonName=supplied\\n[x]\\nextendedKeyUsage=clientAuth\\n' > ca.cnf; \
+        : > index.txt; \
+        openssl ca -batch -notext -config ca.cnf -cert ca.crt -keyfile ca.key -in client.csr -out expired.crt \
+            -startdate 20200101000000Z -enddate 20200102000000Z 2>/dev/null";
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    ["client.crt", "client.key", "expired.crt"].map(|n| dir.join(n).display().to_string())
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let [ca, crt, key] = certificates(&env.path("tls"));
+    let [client_crt, client_key, expired] = client_certificates(&env.path("tls"));
+    let [other_ca, _, _] = certificates(&env.path("other"));
+    let tls = tresor_testkit::EtcdTls {
+        ca: ca.clone().into(),
+        server_cert: crt.into(),
+        server_key: key.into(),
+        client_cert: client_crt.clone().into(),
+        client_key: client_key.clone().into(),
+    };
+    let etcd = EtcdServer::start_tls(tls);
+    for i in 0..20 {
+        assert!(etcd.ctl(&["put", &format!("/registry/secrets/s{i}"), &format!("value {i}")]).status.success());
+    }
+    let dead = format!("127.0.0.1:{}", tresor_testkit::net::free_port());
+    let endpoints = format!("{},{}", dead, etcd.url().trim_start_matches("etcd://"));
+    let url = format!("etcd://{endpoints}?cacert={ca}&cert={client_crt}&key={client_key}");
+    env.ok(&["backup", &url]);
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["consistency"]["keys"], 20, "the second endpoint answered, over TLS: {snap}");
+    let plain = format!("etcd://{endpoints}");
+    let with_env = env
+        .cmd(&["backup", &plain])
+        .env("TRESOR_ETCD_CACERT", &ca)
+        .env("TRESOR_ETCD_CERT", &client_crt)
+        .env("TRESOR_ETCD_KEY", &client_key)
+        .output()
+        .unwrap();
+    assert!(with_env.status.success(), "TLS files from the environment, as etcdctl takes them: {}", String::from_utf8_lossy(&with_env.stderr));
+
+    let refused = |url: &str| env.fails(&["backup", url], 1);
+    let single = etcd.url();
+    let wrong_ca = format!("{single}?cacert={other_ca}&cert={client_crt}&key={client_key}");
+    let port = single.rsplit(':').next().unwrap();
+    assert_eq!(
+        refused(&wrong_ca),
+        format!(
+            "tresor: error: {wrong_ca}: 127.0.0.1:{port}: the server's certificate is not trusted (BadSignature): is cacert= the CA that signed it?\n"
+        )
+    );
+    let no_cert = format!("{single}?cacert={ca}");
+    assert_eq!(
+        refused(&no_cert),
+        format!(
+            "tresor: error: {no_cert}: the server wants a client certificate: give cert= and key= (or TRESOR_ETCD_CERT and TRESOR_ETCD_KEY)\n"
+        )
+    );
+    let old = format!("{single}?cacert={ca}&cert={expired}&key={client_key}");
+    assert_eq!(
+        refused(&old),
+        format!(
+            "tresor: error: {old}: the server refused the client certificate {expired} (expired, or not signed by a CA the server trusts)\n"
+        )
+    );
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a refused connection");
+}

@@ -2,56 +2,88 @@
 //! checked while it streams; revision and key count recorded. Restore the
 //! stored `etcd.db` with `etcdctl snapshot restore` (or `etcdutl`).
 
+mod client;
+
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, sync_channel};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
 use sha2::{Digest, Sha256};
 use tresor_engine::SourceInfo;
+
+use client::Client;
+pub use client::{Config, MemberStatus, Tls};
 
 use crate::{Error, Result, Source, Stream};
 
 const HASH_LEN: usize = 32;
 
+const USAGE: &str = "expected etcd://HOST:PORT[,HOST:PORT…][?cacert=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem] \
+     (credentials from TRESOR_ETCD_USER and TRESOR_ETCD_PASSWORD)";
+
 pub struct EtcdSource {
-    endpoint: String,
-    user: Option<(String, String)>,
+    url: String,
+    config: Config,
     point: BTreeMap<String, serde_json::Value>,
 }
 
-impl EtcdSource {
-    /// `etcd://HOST:PORT`; a user from `TRESOR_ETCD_USER` and `TRESOR_ETCD_PASSWORD`.
-    pub fn parse(url: &str) -> Result<EtcdSource> {
-        let hostport = url.strip_prefix("etcd://").unwrap_or_default().trim_end_matches('/');
-        if hostport.is_empty() || hostport.contains('@') {
-            return Err(Error::failed(url, "expected etcd://HOST:PORT (credentials from TRESOR_ETCD_USER and TRESOR_ETCD_PASSWORD)"));
-        }
-        let user = std::env::var("TRESOR_ETCD_USER").ok().zip(std::env::var("TRESOR_ETCD_PASSWORD").ok());
-        Ok(EtcdSource { endpoint: hostport.to_string(), user, point: BTreeMap::new() })
+/// `etcd://HOST:PORT[,HOST:PORT…]`, TLS from the URL's `cacert`, `cert`
+/// and `key` (or `TRESOR_ETCD_CACERT`, `_CERT`, `_KEY`, as etcdctl names
+/// them; `tls=true` alone trusts the system's CAs); a user from
+/// `TRESOR_ETCD_USER` and `TRESOR_ETCD_PASSWORD`.
+pub fn parse(url: &str) -> Result<Config> {
+    let rest = url.strip_prefix("etcd://").unwrap_or_default();
+    let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let endpoints: Vec<String> = hosts.trim_end_matches('/').split(',').filter(|h| !h.is_empty()).map(String::from).collect();
+    if endpoints.is_empty() || hosts.contains('@') {
+        return Err(Error::failed(url, USAGE));
     }
+    let param = |name: &str| -> Result<Option<String>> {
+        let mut found = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v)) if k == name => found = Some(v.to_string()),
+                Some((k, _)) if ["cacert", "cert", "key", "tls"].contains(&k) => {}
+                _ => return Err(Error::failed(url, format!("unknown parameter {pair:?}; {USAGE}"))),
+            }
+        }
+        Ok(found.or_else(|| std::env::var(format!("TRESOR_ETCD_{}", name.to_uppercase())).ok()))
+    };
+    let (ca, cert, key) = (param("cacert")?, param("cert")?, param("key")?);
+    let tls_on = param("tls")?.is_some_and(|v| v == "true" || v == "1");
+    let tls = (ca.is_some() || cert.is_some() || key.is_some() || tls_on).then(|| Tls {
+        ca: ca.map(PathBuf::from),
+        cert: cert.map(PathBuf::from),
+        key: key.map(PathBuf::from),
+    });
+    let user = std::env::var("TRESOR_ETCD_USER").ok().zip(std::env::var("TRESOR_ETCD_PASSWORD").ok());
+    Ok(Config { endpoints, tls, user })
+}
 
-    fn url(&self) -> String {
-        format!("etcd://{}", self.endpoint)
+/// The version and member id of the first member of `url` that answers.
+pub async fn status(url: &str) -> Result<MemberStatus> {
+    let config = parse(url)?;
+    let mut client = Client::connect(&config).await.map_err(|e| Error::failed(url, e))?;
+    client.status().await.map_err(|e| Error::failed(url, e))
+}
+
+impl EtcdSource {
+    pub fn parse(url: &str) -> Result<EtcdSource> {
+        Ok(EtcdSource { url: url.to_string(), config: parse(url)?, point: BTreeMap::new() })
     }
 }
 
 impl Source for EtcdSource {
     fn open(&mut self) -> Result<Stream> {
-        let url = self.url();
-        let fail = |e: etcd_client::Error| Error::failed(&url, e);
-        let endpoint = format!("http://{}", self.endpoint);
-        let mut opts = ConnectOptions::new().with_connect_timeout(std::time::Duration::from_secs(10));
-        if let Some((u, p)) = &self.user {
-            opts = opts.with_user(u, p);
-        }
+        let url = self.url.clone();
+        let fail = |e: String| Error::failed(&url, e);
         let rt = tokio::runtime::Handle::current();
         let (revision, keys, mut stream) = rt.block_on(async {
-            let mut client = Client::connect([endpoint], Some(opts)).await.map_err(fail)?;
-            let count = client.get("", Some(GetOptions::new().with_all_keys().with_count_only())).await.map_err(fail)?;
-            let revision = count.header().map_or(0, |h| h.revision());
+            let mut client = Client::connect(&self.config).await.map_err(fail)?;
+            let (revision, keys) = client.count_keys().await.map_err(fail)?;
             let stream = client.snapshot().await.map_err(fail)?;
-            Ok::<_, Error>((revision, count.count(), stream))
+            Ok::<_, Error>((revision, keys, stream))
         })?;
         self.point.insert("revision".into(), revision.into());
         self.point.insert("keys".into(), keys.into());
@@ -60,7 +92,7 @@ impl Source for EtcdSource {
         rt.spawn(async move {
             loop {
                 let next = match stream.message().await {
-                    Ok(Some(msg)) => Ok(msg.blob().to_vec()),
+                    Ok(Some(msg)) => Ok(msg.blob),
                     Ok(None) => break,
                     Err(e) => Err(std::io::Error::other(format!("{name}: the snapshot stream broke: {e}; no snapshot was saved"))),
                 };
@@ -75,7 +107,7 @@ impl Source for EtcdSource {
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo { kind: "etcd".into(), url: Some(self.url()), consistency: self.point.clone() }
+        SourceInfo { kind: "etcd".into(), url: Some(self.url.clone()), consistency: self.point.clone() }
     }
 }
 
