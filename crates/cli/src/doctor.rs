@@ -182,11 +182,22 @@ fn source(kind: &str, url: String) -> Probe {
         "redis" => Box::pin(off_thread(move || probe::redis(&url))),
         "postgres" => Box::pin(off_thread(move || probe::postgres(&url))),
         "pgbase" => Box::pin(off_thread(move || probe::pg_base(&url))),
-        "etcd" => Box::pin(async { Ok("not checked".to_string()) }),
+        "etcd" => Box::pin(etcd(url)),
         "k8s" | "pvc" => Box::pin(async move { probe::kubernetes(&url).await.map_err(|e| e.to_string()) }),
         "command" => Box::pin(off_thread(move || probe::command(url.trim_start_matches("command:")))),
         _ => Box::pin(off_thread(move || probe::path(&url))),
     }
+}
+
+/// `etcd 3.5.16, member 8e9e05c52164694d, leader`: the member id in hex, as etcdctl prints it.
+async fn etcd(url: String) -> Result<String, String> {
+    let m = tresor_sources::etcd::status(&url).await.map_err(|e| e.to_string())?;
+    let role = match (m.is_learner, m.member_id == m.leader) {
+        (true, _) => "learner",
+        (false, true) => "leader",
+        (false, false) => "follower",
+    };
+    Ok(format!("etcd {}, member {:x}, {role}", m.version, m.member_id))
 }
 
 /// A blocking probe on a thread of its own rather than the runtime's

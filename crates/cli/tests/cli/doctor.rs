@@ -291,6 +291,26 @@ fn a_kubernetes_source_says_the_api_version_and_what_may_be_done() {
 }
 
 #[test]
+fn an_etcd_source_says_its_version_and_member() {
+    let etcd = tresor_testkit::EtcdServer::start();
+    let env = Env::new();
+    env.ok(&["init"]);
+    let plan = write_plan(&env, &[("main", env.repo.as_str())], &[("config", &etcd.url())]);
+    let (code, out, err) = doctor(&env, &plan);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    let said: serde_json::Value = serde_json::from_slice(&etcd.ctl(&["endpoint", "status", "-w", "json"]).stdout).unwrap();
+    let status = &said[0]["Status"];
+    assert_eq!(
+        out.lines().nth(1).unwrap(),
+        format!(
+            "etcd config: ok — etcd {}, member {:x}, leader",
+            status["version"].as_str().unwrap(),
+            status["header"]["member_id"].as_u64().unwrap()
+        )
+    );
+}
+
+#[test]
 fn a_repository_that_is_missing_or_locked_says_why() {
     let env = Env::new();
     env.ok(&["init"]);
