@@ -9,6 +9,7 @@ use serde_json::json;
 use tresor_engine::cache::Cache;
 use tresor_engine::check::{CheckOptions, check as run_check};
 use tresor_engine::crypto::Aead;
+use tresor_engine::retention::GroupBy;
 use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
 use tresor_storage::{FaultConfig, Location, StorageOptions};
 
@@ -200,19 +201,45 @@ fn snapshot_json(s: &Snapshot) -> serde_json::Value {
 
 pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let snaps: Vec<Snapshot> = repo
-        .snapshots()
-        .await?
-        .into_iter()
-        .filter(|s| a.all || s.name.is_none())
-        .filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h))
-        .filter(|s| a.tags.iter().all(|t| s.tags.contains(t)))
-        .collect();
+    let snaps = tresor_engine::select::filter(repo.snapshots().await?, &a.select.filter(), a.all);
+    let Some(by) = &a.group_by else {
+        let snaps = match a.latest {
+            Some(n) => tresor_engine::select::newest_per_host_and_paths(snaps, n),
+            None => snaps,
+        };
+        if g.json {
+            return print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).map(|_| 0);
+        }
+        snapshot_table(&snaps);
+        return Ok(0);
+    };
+    let groups = tresor_engine::select::group(snaps, &GroupBy::parse(by)?, a.latest);
     if g.json {
-        return print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).map(|_| 0);
+        let v: Vec<_> =
+            groups.iter().map(|(key, s)| json!({"group_key": key, "snapshots": s.iter().map(snapshot_json).collect::<Vec<_>>()})).collect();
+        return print_json(&v).map(|_| 0);
     }
+    for (key, snaps) in &groups {
+        let mut what = Vec::new();
+        if !key.hostname.is_empty() {
+            what.push(format!("host [{}]", key.hostname));
+        }
+        if let Some(p) = &key.paths {
+            what.push(format!("paths [{}]", p.join(", ")));
+        }
+        if let Some(t) = &key.tags {
+            what.push(format!("tags [{}]", t.join(", ")));
+        }
+        println!("snapshots for ({}):", what.join(", "));
+        snapshot_table(snaps);
+        println!();
+    }
+    Ok(0)
+}
+
+fn snapshot_table(snaps: &[Snapshot]) {
     println!("{:<10} {:<25} {:<16} {:<16} {:>12}  paths", "ID", "Time", "Host", "Tags", "Size");
-    for s in &snaps {
+    for s in snaps {
         let size = s.summary.as_ref().map_or(0, |x| x.total_bytes_processed);
         println!(
             "{:<10} {:<25} {:<16} {:<16} {:>12}  {}",
@@ -225,7 +252,6 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         );
     }
     println!("{} snapshots", snaps.len());
-    Ok(0)
 }
 
 pub fn human(n: u64) -> String {

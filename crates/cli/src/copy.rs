@@ -1,7 +1,5 @@
 //! `copy`: replicate snapshots into another repository.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 use tresor_engine::copy::{CopyOptions, copy as run_copy};
 use tresor_engine::{Password, Repository, Snapshot};
@@ -22,24 +20,16 @@ fn target_password(a: &CopyArgs) -> Result<Password> {
 /// The snapshots `a` selects: given ids, else the filters, newest N per
 /// host and path set.
 fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
+    let filter = a.select.filter();
     if !a.snapshots.is_empty() {
-        return a.snapshots.iter().map(|spec| Ok(tresor_engine::repo::select_snapshot(all.clone(), spec)?)).collect();
+        return a.snapshots.iter().map(|spec| Ok(tresor_engine::select::select(all.clone(), spec, &filter)?)).collect();
     }
-    let matching =
-        all.into_iter().filter(|s| a.host.as_ref().is_none_or(|h| &s.hostname == h) && a.tags.iter().all(|t| s.tags.contains(t)));
-    let mut groups: BTreeMap<(String, Vec<String>), Vec<Snapshot>> = BTreeMap::new();
-    for s in matching {
-        groups.entry((s.hostname.clone(), s.paths.clone())).or_default().push(s);
-    }
-    let mut out: Vec<Snapshot> = groups
-        .into_values()
-        .flat_map(|g| {
-            let skip = a.latest.map_or(0, |n| g.len().saturating_sub(n));
-            g.into_iter().skip(skip)
-        })
-        .collect();
-    out.sort_by_key(|s| s.time);
-    Ok(out)
+    // Named pieces of continuous archives (WAL) go off-site too.
+    let matching = tresor_engine::select::filter(all, &filter, true);
+    Ok(match a.latest {
+        Some(n) => tresor_engine::select::newest_per_host_and_paths(matching, n),
+        None => matching,
+    })
 }
 
 pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {

@@ -10,12 +10,12 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
 use tresor_engine::backup::{BackupOptions, Progress, backup as run_backup};
-use tresor_engine::restore::{RestoreOptions, restore as run_restore};
+use tresor_engine::restore::{RestoreOptions, RestoreSummary, restore as run_restore};
 use tresor_engine::walk::{find, list};
-use tresor_engine::{Node, NodeKind};
+use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::{human, open, print_json};
-use crate::opts::{BackupArgs, DiffArgs, DumpArgs, Global, LsArgs, RestoreArgs};
+use crate::opts::{BackupArgs, DiffArgs, DumpArgs, Global, LsArgs, RestoreArgs, SelectArgs};
 
 pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -227,9 +227,27 @@ pub async fn run_and_report(
     Ok((0, snap.id))
 }
 
+/// The snapshot a `SNAPSHOT[:PATH]` argument names, `latest` narrowed by
+/// the filters, and the folder in it.
+async fn resolve<'a>(repo: &Repository, spec: &'a str, select: &SelectArgs) -> Result<(Snapshot, Option<&'a str>)> {
+    let (spec, folder) = tresor_engine::select::split_spec(spec);
+    Ok((repo.find_filtered(spec, &select.filter()).await?, folder))
+}
+
+/// A path of the snapshot, below the folder a `SNAPSHOT:PATH` argument named.
+fn in_folder(folder: Option<&str>, path: &str) -> String {
+    match folder {
+        Some(f) => format!("{}/{}", f.trim_end_matches('/'), path.trim_start_matches('/')),
+        None => path.to_string(),
+    }
+}
+
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
+    let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
+    if folder.is_some() && a.to.is_some() {
+        bail!("SNAPSHOT:PATH restores a folder into --target; --to takes a whole data-source snapshot");
+    }
     if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("k8s://")) {
         let to = to.to_string();
         return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
@@ -241,46 +259,84 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     if (a.verify || a.verify_only) && !(a.includes.is_empty() && a.excludes.is_empty()) {
         bail!("--verify checks a whole restore: leave out --include and --exclude");
     }
+    let tree = match folder {
+        Some(f) => tresor_engine::walk::folder(&repo, snap.tree, f).await?,
+        None => snap.tree,
+    };
     if a.verify_only {
-        return verify(g, &repo, &snap, &target).await;
+        return verify(g, &repo, &snap, tree, &target).await;
     }
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");
-    let opts = RestoreOptions { target: target.clone(), includes: a.includes, excludes: a.excludes, progress: Some(progress) };
+    let opts = RestoreOptions {
+        target: target.clone(),
+        subfolder: folder.map(String::from),
+        includes: a.includes,
+        excludes: a.excludes,
+        overwrite: a.overwrite.parse()?,
+        delete: a.delete,
+        progress: Some(progress),
+    };
+    let started = std::time::Instant::now();
     let summary = run_restore(repo.clone(), &snap, &opts).await;
     if let Some(b) = bar {
         b.abort();
     }
-    let summary = summary?;
-    if g.json {
-        print_json(
-            &json!({"message_type": "summary", "snapshot_id": snap.id, "files_restored": summary.files_restored, "dirs_restored": summary.dirs_restored, "bytes_restored": summary.bytes_restored, "errors": summary.errors}),
-        )?;
-    } else {
-        println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {}",
-            snap.id.short(),
-            target.display(),
-            summary.files_restored,
-            summary.dirs_restored,
-            human(summary.bytes_restored)
-        );
-    }
-    for e in &summary.errors {
-        eprintln!("error: {e}");
-    }
-    if !summary.errors.is_empty() {
-        bail!("{} errors during restore", summary.errors.len());
-    }
+    let summary = summary.with_context(|| format!("restore of snapshot {} to {} failed", snap.id.short(), target.display()))?;
+    report_restore(g, &snap, &target, &summary, started.elapsed().as_secs_f64())?;
     if a.verify {
-        return verify(g, &repo, &snap, &target).await;
+        return verify(g, &repo, &snap, tree, &target).await;
     }
     Ok(0)
 }
 
+/// The restore's summary; a restore with errors ends saying it failed.
+fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &RestoreSummary, seconds: f64) -> Result<()> {
+    if g.json {
+        let mut v = serde_json::to_value(s)?;
+        v["message_type"] = json!("summary");
+        v["snapshot_id"] = json!(snap.id);
+        v["seconds_elapsed"] = json!(seconds);
+        print_json(&v)?;
+    }
+    for e in &s.errors {
+        eprintln!("error: {e}");
+    }
+    if !s.errors.is_empty() {
+        if !g.json {
+            println!(
+                "restore of snapshot {} to {} failed: {} of {} files restored",
+                snap.id.short(),
+                target.display(),
+                s.files_restored,
+                s.total_files
+            );
+        }
+        bail!("{} errors during restore", s.errors.len());
+    }
+    if !g.json {
+        let mut line = format!(
+            "restored snapshot {} to {}: {} files, {} dirs, {}",
+            snap.id.short(),
+            target.display(),
+            s.files_restored,
+            s.dirs_restored,
+            human(s.bytes_restored)
+        );
+        if s.files_skipped > 0 {
+            line += &format!("; {} files left as they were", s.files_skipped);
+        }
+        if s.files_deleted > 0 {
+            line += &format!("; {} deleted", s.files_deleted);
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// Read a restored tree back and check it against the snapshot.
-async fn verify(g: &Global, repo: &tresor_engine::Repository, snap: &tresor_engine::Snapshot, target: &std::path::Path) -> Result<u8> {
-    let report = tresor_engine::verify::verify_restored(repo, snap, target).await?;
+async fn verify(g: &Global, repo: &Repository, snap: &Snapshot, tree: tresor_engine::Id, target: &std::path::Path) -> Result<u8> {
+    let report = tresor_engine::verify::verify_restored(repo, tree, target).await?;
     if let Some(first) = report.mismatched.first() {
         for m in &report.mismatched {
             eprintln!("differs: {m}");
@@ -309,15 +365,15 @@ fn kind_char(n: &Node) -> char {
 
 pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
-    let entries = list(&repo, snap.tree, a.path.as_deref().unwrap_or("/")).await?;
+    let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
+    let entries = list(&repo, snap.tree, &in_folder(folder, a.path.as_deref().unwrap_or("/"))).await?;
     let mut out = std::io::stdout().lock();
     for (path, n) in entries {
         if g.json {
             writeln!(
                 out,
                 "{}",
-                json!({"path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links})
+                json!({"message_type": "node", "struct_type": "node", "name": n.name, "path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links})
             )?;
         } else if a.long {
             let t = DateTime::from_timestamp_nanos(n.mtime).with_timezone(&Local);
@@ -341,8 +397,9 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let snap = repo.find_snapshot(&a.snapshot).await?;
-    let node = find(&repo, snap.tree, &a.path).await?.with_context(|| format!("{:?} names the snapshot root, not a file", a.path))?;
+    let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
+    let path = in_folder(folder, &a.path);
+    let node = find(&repo, snap.tree, &path).await?.with_context(|| format!("{path:?} names the snapshot root, not a file"))?;
     if !node.is_file() {
         bail!("{} is not a regular file", a.path);
     }
@@ -365,11 +422,18 @@ fn same_content(a: &Node, b: &Node) -> bool {
         && a.gid == b.gid
 }
 
+/// Paths relative to the folder a `SNAPSHOT:PATH` argument named, so two
+/// folders compare by what is inside them.
+fn under(entries: Vec<(PathBuf, Node)>, folder: Option<&str>) -> BTreeMap<PathBuf, Node> {
+    let base = std::path::Path::new("/").join(folder.unwrap_or("/").trim_start_matches('/'));
+    entries.into_iter().map(|(p, n)| (std::path::Path::new("/").join(p.strip_prefix(&base).unwrap_or(&p)), n)).collect()
+}
+
 pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let (sa, sb) = (repo.find_snapshot(&a.a).await?, repo.find_snapshot(&a.b).await?);
-    let left: BTreeMap<PathBuf, Node> = list(&repo, sa.tree, "/").await?.into_iter().collect();
-    let right: BTreeMap<PathBuf, Node> = list(&repo, sb.tree, "/").await?.into_iter().collect();
+    let ((sa, fa), (sb, fb)) = (resolve(&repo, &a.a, &a.select).await?, resolve(&repo, &a.b, &a.select).await?);
+    let left: BTreeMap<PathBuf, Node> = under(list(&repo, sa.tree, fa.unwrap_or("/")).await?, fa);
+    let right: BTreeMap<PathBuf, Node> = under(list(&repo, sb.tree, fb.unwrap_or("/")).await?, fb);
     let mut changes = Vec::new();
     for (p, n) in &left {
         match right.get(p) {
@@ -382,7 +446,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     changes.sort_by(|x, y| x.1.cmp(y.1));
     for (m, p) in &changes {
         if g.json {
-            println!("{}", json!({"modifier": m, "path": p}));
+            println!("{}", json!({"message_type": "change", "modifier": m, "path": p}));
         } else {
             println!("{m}    {}", p.display());
         }

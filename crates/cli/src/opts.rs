@@ -282,34 +282,61 @@ impl K8sFilterArgs {
     }
 }
 
+/// restic's snapshot filters; `latest` means the newest snapshot they pass.
+#[derive(Args, Clone, Default)]
+#[command(next_help_heading = SELECTION)]
+pub struct SelectArgs {
+    /// Only snapshots of this host, e.g. w1 (repeatable: any of them).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with these tags: `--tag a,b` both, `--tag a --tag b` either.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only snapshots taken of this path, e.g. /srv/www (repeatable: all of them).
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+}
+
+impl SelectArgs {
+    pub fn filter(&self) -> tresor_engine::select::SnapshotFilter {
+        tresor_engine::select::SnapshotFilter { hosts: self.hosts.clone(), tags: self.tags.clone(), paths: self.paths.clone() }
+    }
+}
+
 #[derive(Args)]
 pub struct SnapshotsArgs {
     /// Also list WAL files and other named pieces of continuous archives.
     #[arg(long)]
     pub all: bool,
-    /// Only snapshots of this host.
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Only the newest N snapshots of each host and path set (in each group).
     #[arg(long, help_heading = SELECTION)]
-    pub host: Option<String>,
-    /// Only snapshots with this tag (repeatable: all must match).
-    #[arg(long = "tag", help_heading = SELECTION)]
-    pub tags: Vec<String>,
+    pub latest: Option<usize>,
+    /// Group by any of host, paths, tags (comma-separated), e.g. host,paths.
+    #[arg(short = 'g', long, help_heading = OUTPUT)]
+    pub group_by: Option<String>,
 }
 
 #[derive(Args)]
 pub struct LsArgs {
-    /// The snapshot: an id, an id prefix or `latest`, e.g. 4f2a9c1e.
+    /// The snapshot: an id, an id prefix or `latest`, with :PATH for a folder in it, e.g. latest:/srv/www.
     pub snapshot: String,
     /// List only below this directory of the snapshot, e.g. /home/alice.
     pub path: Option<String>,
     /// Long listing with mode, size and time.
     #[arg(short, long, help_heading = OUTPUT)]
     pub long: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// The snapshot: an id, an id prefix or `latest`, e.g. 4f2a9c1e.
+    /// The snapshot: an id, an id prefix or `latest`, with :PATH for a folder in it, e.g. latest:/srv/www.
     pub snapshot: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
     /// Directory to restore into, e.g. /tmp/restore.
     #[arg(short, long, required_unless_present = "to", help_heading = TARGET)]
     pub target: Option<PathBuf>,
@@ -337,6 +364,13 @@ pub struct RestoreArgs {
     /// With --target: restore nothing, only check what is there against the snapshot.
     #[arg(long, conflicts_with_all = ["to", "verify"], help_heading = TARGET)]
     pub verify_only: bool,
+    /// With --target: what to do with a file that exists: always replace it, only if-changed
+    /// (its content differs), only if-newer (the snapshot's is newer), or never.
+    #[arg(long, default_value = "always", value_parser = ["always", "if-changed", "if-newer", "never"], conflicts_with = "to", help_heading = TARGET)]
+    pub overwrite: String,
+    /// With --target: remove files in the target that are not in the snapshot (within what is restored).
+    #[arg(long, conflicts_with = "to", help_heading = TARGET)]
+    pub delete: bool,
     /// Restore only paths matching this glob and what is below them, e.g. '/home/*/docs' (repeatable).
     #[arg(short = 'i', long = "include", help_heading = FILTERS)]
     pub includes: Vec<String>,
@@ -368,10 +402,12 @@ pub struct RestoreArgs {
 
 #[derive(Args)]
 pub struct DumpArgs {
-    /// The snapshot: an id, an id prefix or `latest`, e.g. 4f2a9c1e.
+    /// The snapshot: an id, an id prefix or `latest`, with :PATH for a folder in it, e.g. latest:/srv/www.
     pub snapshot: String,
-    /// The file's path in the snapshot, e.g. /etc/hosts.
+    /// The file's path in the snapshot (or in the folder SNAPSHOT:PATH names), e.g. /etc/hosts.
     pub path: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Args)]
@@ -380,6 +416,8 @@ pub struct DiffArgs {
     pub a: String,
     /// The newer snapshot: an id, an id prefix or `latest`.
     pub b: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
 }
 
 #[derive(Args)]

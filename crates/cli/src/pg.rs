@@ -110,7 +110,7 @@ fn base_end(b: &Snapshot) -> DateTime<FixedOffset> {
 /// was complete before the recovery target.
 fn choose_base<'a>(a: &PgRestoreArgs, bases: &[&'a Snapshot], time: Option<DateTime<FixedOffset>>) -> Result<&'a Snapshot> {
     if let Some(spec) = &a.snapshot {
-        let chosen = tresor_engine::repo::select_snapshot(bases.iter().map(|b| (*b).clone()).collect(), spec)
+        let chosen = tresor_engine::select::select(bases.iter().map(|b| (*b).clone()).collect(), spec, &Default::default())
             .with_context(|| format!("no base backup {spec}"))?;
         return Ok(bases.iter().find(|b| b.id == chosen.id).expect("selected from these"));
     }

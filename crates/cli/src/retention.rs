@@ -39,10 +39,6 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
     })
 }
 
-fn matches_filter(s: &Snapshot, a: &ForgetArgs) -> bool {
-    a.host.as_ref().is_none_or(|h| &s.hostname == h) && a.tags.iter().all(|t| s.tags.contains(t))
-}
-
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let repo = open(g).await?;
     if repo.config().append_only && !a.dry_run {
@@ -55,7 +51,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let mut report = Vec::new();
     if a.snapshots.is_empty() {
         // Named pieces of an archive (WAL) follow their chain, below.
-        let chosen: Vec<Snapshot> = all.iter().filter(|s| s.name.is_none() && matches_filter(s, &a)).cloned().collect();
+        let chosen = tresor_engine::select::filter(all.clone(), &a.select.filter(), false);
         let groups = plan(chosen, &policy(&a)?, GroupBy::parse(&a.group_by)?, &chrono::Local, &held, a.allow_empty)?;
         for group in groups {
             let (keep, gone): (Vec<_>, Vec<_>) = group.verdicts.into_iter().partition(|v| v.keep());
@@ -68,7 +64,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         }
     } else {
         for spec in &a.snapshots {
-            let s = tresor_engine::repo::select_snapshot(all.clone(), spec)?;
+            let s = tresor_engine::select::select(all.clone(), spec, &Default::default())?;
             if let Some(reason) = held.get(&s.id) {
                 bail!("snapshot {} is under legal hold: {reason}; release it first", s.id.short());
             }

@@ -34,6 +34,9 @@ pub enum Error {
     MissingBlob(Id),
     #[error("no snapshot matches {0:?}")]
     NoSnapshot(String),
+    /// `latest` with filters that no snapshot passes: what was asked for.
+    #[error("no snapshot matches {0}")]
+    NoMatch(String),
     #[error("snapshot id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousSnapshot(String),
     #[error("path {0:?} is not in the snapshot")]

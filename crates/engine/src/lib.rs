@@ -26,6 +26,7 @@ pub mod repair_snapshots;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod select;
 pub mod session;
 pub mod sink;
 pub mod snapshot;

@@ -18,6 +18,7 @@ use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{self, Index, IndexFile, IndexedPack};
 use crate::keys::{KdfParams, KeyFile, Password};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
+use crate::select::SnapshotFilter;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
@@ -648,8 +649,12 @@ impl Repository {
 
     /// Resolve `latest`, a full id or a unique id prefix.
     pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        let snaps = self.snapshots().await?;
-        select_snapshot(snaps, spec)
+        self.find_filtered(spec, &SnapshotFilter::default()).await
+    }
+
+    /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
+    pub async fn find_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
+        crate::select::select(self.snapshots().await?, spec, filter)
     }
 }
 
@@ -672,15 +677,3 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
     Ok(s)
 }
 
-pub fn select_snapshot(snaps: Vec<Snapshot>, spec: &str) -> Result<Snapshot> {
-    if spec == "latest" {
-        return snaps.into_iter().rfind(|s| s.name.is_none()).ok_or_else(|| Error::NoSnapshot(spec.to_string()));
-    }
-    let spec_lc = spec.to_ascii_lowercase();
-    let mut found = snaps.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_lc));
-    match (found.next(), found.next()) {
-        (Some(s), None) if !spec.is_empty() => Ok(s),
-        (Some(_), Some(_)) => Err(Error::AmbiguousSnapshot(spec.to_string())),
-        _ => Err(Error::NoSnapshot(spec.to_string())),
-    }
-}

@@ -6,11 +6,16 @@
 //! in every file that uses them. Metadata goes last, so writing a file's
 //! content cannot disturb its times, and directories are finished deepest
 //! first.
+//!
+//! A file that exists in the target is replaced, kept or compared as the
+//! `Overwrite` mode says; with `delete`, what the snapshot lacks goes.
 
-use std::collections::HashMap;
+mod existing;
+
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
@@ -22,20 +27,37 @@ use crate::repo::pack_path;
 use crate::tree::{Node, NodeKind};
 use crate::walk::{PathFilter, walk};
 use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
+pub use existing::Overwrite;
+use existing::{Decision, Existing};
 
 #[derive(Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
+    /// Restore this folder of the snapshot (restic's `SNAPSHOT:PATH`) as the target's content.
+    pub subfolder: Option<String>,
     pub includes: Vec<String>,
     pub excludes: Vec<String>,
+    pub overwrite: Overwrite,
+    /// Remove what the target holds and the snapshot does not, within what is restored.
+    pub delete: bool,
     pub progress: Option<Arc<crate::backup::Progress>>,
 }
 
+/// Counts named as restic's restore summary names them; `dirs_restored`
+/// and `errors` are tresor's own.
 #[derive(Debug, Default, Serialize)]
 pub struct RestoreSummary {
+    /// Files the snapshot has within what was selected.
+    pub total_files: u64,
+    /// Files written completely.
     pub files_restored: u64,
+    /// Files left as they were (`Overwrite`).
+    pub files_skipped: u64,
+    /// Entries removed from the target (`delete`).
+    pub files_deleted: u64,
     pub dirs_restored: u64,
     pub bytes_restored: u64,
+    pub bytes_skipped: u64,
     pub errors: Vec<String>,
 }
 
@@ -43,6 +65,8 @@ struct FilePlan {
     path: PathBuf,
     node: Node,
     remaining: AtomicU32,
+    /// Some of it could not be written: it does not count as restored.
+    failed: AtomicBool,
     /// Single-chunk files are created by their only write, saving an open.
     create_on_write: bool,
 }
@@ -56,13 +80,24 @@ struct Plan {
     hardlinks: Vec<(PathBuf, PathBuf)>,
     files: Vec<FilePlan>,
     errors: Vec<String>,
+    /// Every path the restore took, for `delete`.
+    taken: HashSet<PathBuf>,
+    skipped: u64,
+    bytes_skipped: u64,
 }
 
 pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptions) -> Result<RestoreSummary> {
     let includes = PathFilter::new(&opts.includes)?;
     let excludes = PathFilter::new(&opts.excludes)?;
+    let root = match &opts.subfolder {
+        Some(folder) => crate::walk::folder(&repo, snap.tree, folder).await?,
+        None => snap.tree,
+    };
     std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
-    let plan = make_plan(&repo, snap, &opts.target, &includes, &excludes).await?;
+    let existing = Existing::new(&repo, opts.overwrite);
+    let mut plan = make_plan(&repo, root, &opts.target, &includes, &excludes, &existing).await?;
+    let taken = std::mem::take(&mut plan.taken);
+    let (skipped, bytes_skipped) = (plan.skipped, plan.bytes_skipped);
     let index = repo.index().await?;
     let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
     let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
@@ -73,6 +108,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         if let Some(missing) = f.node.content.iter().find(|id| !index.contains(id)) {
             errors.push(format!("{}: {}", f.path.display(), Error::MissingBlob(*missing)));
             f.remaining.store(0, Relaxed);
+            f.failed.store(true, Relaxed);
             let _ = std::fs::remove_file(&f.path);
             continue;
         }
@@ -112,7 +148,16 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         .try_collect::<Vec<()>>()
         .await?;
     let shared = Arc::into_inner(shared).expect("all writers finished");
-    finish(shared, plan.dirs, plan.links, plan.hardlinks)
+    let mut summary = finish(shared, plan.dirs, plan.links, plan.hardlinks);
+    summary.total_files += skipped;
+    summary.files_skipped = skipped;
+    summary.bytes_skipped = bytes_skipped;
+    if opts.delete {
+        let (deleted, errors) = existing::delete_extra(&opts.target, &taken, &includes, &excludes);
+        summary.files_deleted = deleted;
+        summary.errors.extend(errors);
+    }
+    Ok(summary)
 }
 
 /// Longest span one fetch reads: it bounds restore memory to a few of these
@@ -140,21 +185,18 @@ fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(Pack
     out
 }
 
-fn finish(
-    w: Writer,
-    mut dirs: Vec<(PathBuf, Node)>,
-    links: Vec<(PathBuf, Node)>,
-    hardlinks: Vec<(PathBuf, PathBuf)>,
-) -> Result<RestoreSummary> {
+fn finish(w: Writer, mut dirs: Vec<(PathBuf, Node)>, links: Vec<(PathBuf, Node)>, hardlinks: Vec<(PathBuf, PathBuf)>) -> RestoreSummary {
     for f in &w.files {
         if f.remaining.load(Relaxed) > 0 {
-            w.error(&f.path, "not all of its content could be restored");
+            w.fail(f, "not all of its content could be restored");
         }
     }
+    let mut links_made = 0u64;
     for (link, original) in &hardlinks {
         let _ = std::fs::remove_file(link);
-        if let Err(e) = std::fs::hard_link(original, link) {
-            w.error(link, e);
+        match std::fs::hard_link(original, link) {
+            Ok(()) => links_made += 1,
+            Err(e) => w.error(link, e),
         }
     }
     for (path, node) in &links {
@@ -169,12 +211,14 @@ fn finish(
             w.error(path, e);
         }
     }
-    Ok(RestoreSummary {
-        files_restored: w.files.len() as u64 + hardlinks.len() as u64,
+    RestoreSummary {
+        total_files: (w.files.len() + hardlinks.len()) as u64,
+        files_restored: w.files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64 + links_made,
         dirs_restored: dirs.len() as u64,
         bytes_restored: w.bytes.load(Relaxed),
         errors: w.errors.into_inner().expect("not poisoned"),
-    })
+        ..RestoreSummary::default()
+    }
 }
 
 /// Should `path` be restored? Included paths bring their whole subtree and
@@ -190,10 +234,26 @@ fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter
     (false, node.is_dir())
 }
 
-async fn make_plan(repo: &Repository, snap: &Snapshot, target: &Path, includes: &PathFilter, excludes: &PathFilter) -> Result<Plan> {
-    let mut plan = Plan { dirs: Vec::new(), links: Vec::new(), hardlinks: Vec::new(), files: Vec::new(), errors: Vec::new() };
+async fn make_plan(
+    repo: &Repository,
+    root: Id,
+    target: &Path,
+    includes: &PathFilter,
+    excludes: &PathFilter,
+    existing: &Existing,
+) -> Result<Plan> {
+    let mut plan = Plan {
+        dirs: Vec::new(),
+        links: Vec::new(),
+        hardlinks: Vec::new(),
+        files: Vec::new(),
+        errors: Vec::new(),
+        taken: HashSet::new(),
+        skipped: 0,
+        bytes_skipped: 0,
+    };
     let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    walk(repo, snap.tree, Path::new("/"), &mut |path, node| {
+    walk(repo, root, Path::new("/"), &mut |path, node| {
         let (take, descend) = wanted(path, node, includes, excludes);
         if !take {
             return Ok(descend);
@@ -202,7 +262,8 @@ async fn make_plan(repo: &Repository, snap: &Snapshot, target: &Path, includes: 
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        if let Err(e) = create(&mut plan, &mut first_link, &dest, node) {
+        plan.taken.insert(dest.clone());
+        if let Err(e) = create(&mut plan, &mut first_link, &dest, node, existing) {
             plan.errors.push(format!("{}: {e}", dest.display()));
         }
         Ok(descend)
@@ -211,7 +272,13 @@ async fn make_plan(repo: &Repository, snap: &Snapshot, target: &Path, includes: 
     Ok(plan)
 }
 
-fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: &Path, node: &Node) -> std::io::Result<()> {
+fn create(
+    plan: &mut Plan,
+    first_link: &mut HashMap<(u64, u64), PathBuf>,
+    dest: &Path,
+    node: &Node,
+    existing: &Existing,
+) -> std::io::Result<()> {
     match node.kind {
         NodeKind::Dir => {
             match std::fs::create_dir(dest) {
@@ -228,6 +295,17 @@ fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: 
                 }
                 first_link.insert((node.device, node.inode), dest.to_path_buf());
             }
+            match existing.decide(dest, node) {
+                Decision::Write => {}
+                decision => {
+                    if decision == Decision::KeepContent {
+                        fsmeta::apply(dest, node, fsmeta::is_root())?;
+                    }
+                    plan.skipped += 1;
+                    plan.bytes_skipped += node.size;
+                    return Ok(());
+                }
+            }
             let chunks = node.content.len();
             if chunks != 1 {
                 // Truncate, then extend: blobs that are all zeros are never
@@ -239,6 +317,7 @@ fn create(plan: &mut Plan, first_link: &mut HashMap<(u64, u64), PathBuf>, dest: 
                 path: dest.to_path_buf(),
                 node: node.clone(),
                 remaining: AtomicU32::new(chunks as u32),
+                failed: AtomicBool::new(false),
                 create_on_write: chunks == 1,
             });
             if chunks == 0 {
@@ -276,6 +355,14 @@ struct Writer {
 impl Writer {
     fn error(&self, path: &Path, e: impl std::fmt::Display) {
         self.errors.lock().expect("not poisoned").push(format!("{}: {e}", path.display()));
+    }
+
+    /// A file that will not be restored whole: its first error is reported,
+    /// so a full disk says so once per file, not once per chunk.
+    fn fail(&self, f: &FilePlan, e: impl std::fmt::Display) {
+        if !f.failed.swap(true, Relaxed) {
+            self.error(&f.path, e);
+        }
     }
 
     fn write_pack(&self, repo: &Repository, base: u64, bytes: &opendal::Buffer, blobs: Vec<(PackEntry, Targets)>) {
@@ -322,7 +409,7 @@ impl Writer {
                 Ok(()) => {}
                 Err(e) => {
                     for (fi, _) in &targets {
-                        self.error(&self.files[*fi].path, &e);
+                        self.fail(&self.files[*fi], &e);
                     }
                     continue;
                 }
@@ -332,7 +419,7 @@ impl Writer {
             for (fi, offset) in targets {
                 let f = &self.files[fi];
                 if let Err(e) = self.write_blob(f, offset, plain, zeros) {
-                    self.error(&f.path, e);
+                    self.fail(f, e);
                     continue;
                 }
                 self.bytes.fetch_add(plain.len() as u64, Relaxed);
@@ -342,7 +429,7 @@ impl Writer {
                 if f.remaining.fetch_sub(1, Relaxed) == 1
                     && let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner)
                 {
-                    self.error(&f.path, e);
+                    self.fail(f, e);
                 }
             }
         }

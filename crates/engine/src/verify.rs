@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::chunker::Chunker;
-use crate::{NodeKind, Repository, Result, Snapshot};
+use crate::{NodeKind, Repository, Result};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct VerifyReport {
@@ -16,9 +16,11 @@ pub struct VerifyReport {
     pub mismatched: Vec<String>,
 }
 
-/// Check every regular file of `snap` under `target` (laid out as `restore` writes it).
-pub async fn verify_restored(repo: &Repository, snap: &Snapshot, target: &Path) -> Result<VerifyReport> {
-    let files: Vec<(PathBuf, Vec<crate::Id>, u64)> = crate::walk::list(repo, snap.tree, "")
+/// Check every regular file of the snapshot tree `tree` (the root, or the
+/// folder a `SNAPSHOT:PATH` restore took) under `target`, laid out as
+/// `restore` writes it.
+pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) -> Result<VerifyReport> {
+    let files: Vec<(PathBuf, Vec<crate::Id>, u64)> = crate::walk::list(repo, tree, "")
         .await?
         .into_iter()
         .filter(|(_, n)| n.kind == NodeKind::File)

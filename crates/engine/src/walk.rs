@@ -72,6 +72,14 @@ pub async fn find(repo: &Repository, root: Id, path: &str) -> Result<Option<Node
     unreachable!("loop returns on the last part")
 }
 
+/// The tree of the folder at `path` (restic's `SNAPSHOT:PATH`); the root for `/`.
+pub async fn folder(repo: &Repository, root: Id, path: &str) -> Result<Id> {
+    match find(repo, root, path).await? {
+        None => Ok(root),
+        Some(n) => n.subtree.filter(|_| n.is_dir()).ok_or_else(|| Error::Invalid(format!("{path} is not a folder of the snapshot"))),
+    }
+}
+
 /// Every node of a snapshot with its path, in order.
 pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();

@@ -53,18 +53,15 @@ pub struct ForgetArgs {
     /// Apply the policy per group of: host, paths, tags (comma-separated).
     #[arg(long, default_value = "host,paths", help_heading = POLICY)]
     pub group_by: String,
-    /// Only consider snapshots of this host.
-    #[arg(long, help_heading = SELECTION)]
-    pub host: Option<String>,
-    /// Only consider snapshots with this tag (repeatable: all must match).
-    #[arg(long = "tag", help_heading = SELECTION)]
-    pub tags: Vec<String>,
     /// Print what would be removed and why each survivor stays; remove nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// Allow a policy to remove every snapshot of a group.
     #[arg(long)]
     pub allow_empty: bool,
+    // Last but for those with their own heading: a flattened group's heading would carry over to the arguments after it.
+    #[command(flatten)]
+    pub select: super::SelectArgs,
     /// Prune right after forgetting.
     #[arg(long, help_heading = PRUNING)]
     pub prune: bool,
@@ -83,12 +80,6 @@ pub struct CopyArgs {
     /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
     #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
     pub to_password_file: Option<PathBuf>,
-    /// Only snapshots of this host.
-    #[arg(long, help_heading = SELECTION)]
-    pub host: Option<String>,
-    /// Only snapshots with this tag (repeatable: all must match).
-    #[arg(long = "tag", help_heading = SELECTION)]
-    pub tags: Vec<String>,
     /// Only the newest N snapshots of each host and path set.
     #[arg(long, help_heading = SELECTION)]
     pub latest: Option<usize>,
@@ -98,6 +89,8 @@ pub struct CopyArgs {
     /// Skip reading back the packs written to the target.
     #[arg(long)]
     pub no_verify: bool,
+    #[command(flatten)]
+    pub select: super::SelectArgs,
 }
 
 #[derive(Args)]

@@ -115,15 +115,17 @@ fn restore_help_reads_in_sections_and_lists_every_target() {
     let page = help_page(&["restore".to_string()]);
     assert_eq!(
         sections(&page),
-        ["Arguments:", "Options:", "Target:", "Filters:", "Services:", "Kubernetes:", "Repository:", "Output:"],
+        ["Arguments:", "Options:", "Snapshot selection:", "Target:", "Filters:", "Services:", "Kubernetes:", "Repository:", "Output:"],
         "{page}"
     );
     let to = entries(&page).into_iter().find(|e| e.spec == "--to <TO>").expect("restore has --to");
     for form in ["redis://", "postgres://USER@HOST[:PORT]/DB", "postgres://USER@HOST[:PORT] ", "etcd-data:DIR", "k8s://", "command:"] {
         assert!(to.help.contains(form), "--to does not list {form}: {}", to.help);
     }
-    let filters: Vec<_> = entries(&page).into_iter().filter(|e| e.section == "Filters").map(|e| e.spec).collect();
-    assert_eq!(filters, ["-i, --include <INCLUDES>", "-e, --exclude <EXCLUDES>"]);
+    let specs = |section: &str| entries(&page).into_iter().filter(|e| e.section == section).map(|e| e.spec).collect::<Vec<_>>();
+    assert_eq!(specs("Snapshot selection"), ["--host <HOSTS>", "--tag <TAGS>", "--path <PATHS>"]);
+    assert_eq!(specs("Filters"), ["-i, --include <INCLUDES>", "-e, --exclude <EXCLUDES>"]);
+    assert_eq!(specs("Target"), ["-t, --target <TARGET>", "--to <TO>", "--verify", "--verify-only", "--overwrite <OVERWRITE>", "--delete"]);
 }
 
 /// What bash offers for `tresor WORD<TAB>`: Debian's bash-completion and

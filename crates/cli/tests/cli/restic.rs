@@ -1,1 +1,287 @@
-//! placeholder
+//! restic's habits: `latest` narrowed by host, tag and path, `SNAPSHOT:PATH`,
+//! `snapshots --latest/--group-by`, `restore --overwrite/--delete`, and a
+//! restore that failed saying so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use super::{Env, random_bytes, restored};
+
+/// Four snapshots of two folders from two hosts, one second apart:
+///
+/// | # | host | folder | tags       | a/data.txt |
+/// |---|------|--------|------------|------------|
+/// | 1 | w1   | A      | daily      | one        |
+/// | 2 | w2   | A      | daily, web | two        |
+/// | 3 | w1   | B      | web        | three      |
+/// | 4 | w2   | B      | (none)     | four       |
+struct Fleet {
+    env: Env,
+    a: PathBuf,
+    b: PathBuf,
+    ids: Vec<String>,
+}
+
+fn fleet() -> Fleet {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (a, b) = (env.path("A"), env.path("B"));
+    let mut ids = Vec::new();
+    for (n, (host, dir, tags, text)) in
+        [("w1", &a, &["daily"][..], "one"), ("w2", &a, &["daily", "web"], "two"), ("w1", &b, &["web"], "three"), ("w2", &b, &[], "four")]
+            .into_iter()
+            .enumerate()
+    {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("data.txt"), text).unwrap();
+        let time = format!("2025-01-01T00:00:0{}Z", n + 1);
+        let mut args = vec!["backup", dir.to_str().unwrap(), "--host", host, "--time", &time];
+        for t in tags {
+            args.extend(["--tag", t]);
+        }
+        ids.push(env.json(&args)["snapshot_id"].as_str().unwrap().to_string());
+    }
+    Fleet { env, a, b, ids }
+}
+
+impl Fleet {
+    /// Restore with `args` into a fresh directory: what came back, as
+    /// (folder, content) of the one folder restored.
+    fn restore(&self, target: &str, args: &[&str]) -> (&'static str, String) {
+        let mut all = vec!["restore"];
+        all.extend(args);
+        let dir = self.env.path(target);
+        all.extend(["--target", dir.to_str().unwrap()]);
+        self.env.ok(&all);
+        let (in_a, in_b) = (restored(&self.env, target, &self.a), restored(&self.env, target, &self.b));
+        match (in_a.exists(), in_b.exists()) {
+            (true, false) => ("A", fs::read_to_string(in_a.join("data.txt")).unwrap()),
+            (false, true) => ("B", fs::read_to_string(in_b.join("data.txt")).unwrap()),
+            other => panic!("restore {args:?} brought back A and B as {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn latest_is_narrowed_by_host_tag_and_path() {
+    let f = fleet();
+    assert_eq!(f.restore("t0", &["latest"]), ("B", "four".into()));
+    assert_eq!(f.restore("t1", &["latest", "--host", "w1"]), ("B", "three".into()));
+    assert_eq!(f.restore("t2", &["latest", "--tag", "daily"]), ("A", "two".into()));
+    assert_eq!(f.restore("t3", &["latest", "--tag", "daily,web"]), ("A", "two".into()));
+    assert_eq!(f.restore("t4", &["latest", "--tag", "daily", "--tag", "web"]), ("B", "three".into()));
+    assert_eq!(f.restore("t5", &["latest", "--path", f.a.to_str().unwrap()]), ("A", "two".into()));
+    assert_eq!(f.restore("t6", &["latest", "--host", "w1", "--path", f.a.to_str().unwrap()]), ("A", "one".into()));
+    assert_eq!(f.restore("t7", &["latest", "--host", "w1", "--host", "w2", "--tag", "daily"]), ("A", "two".into()));
+    assert_eq!(f.restore("t8", &[&f.ids[0][..8], "--host", "w2"]), ("A", "one".into()), "an id names its snapshot whatever the filters");
+    let dumped = f.env.ok(&["dump", "latest", &format!("{}/data.txt", f.a.display()), "--host", "w1", "--path", f.a.to_str().unwrap()]);
+    assert_eq!(dumped, "one");
+    let listed = f.env.ok(&["ls", "latest", "--tag", "web", "--host", "w1"]);
+    assert!(listed.lines().any(|l| l == format!("{}/data.txt", f.b.display())), "{listed}");
+    let diff = f.env.ok(&["diff", &f.ids[0], "latest", "--host", "w1"]);
+    assert!(diff.ends_with("2 added, 2 removed, 0 modified\n"), "{diff}");
+}
+
+#[test]
+fn no_snapshot_matches_names_the_filter_in_one_line() {
+    let f = fleet();
+    let t = f.env.path("t").display().to_string();
+    let err = |extra: &[&str]| {
+        let mut args = vec!["restore", "latest", "--target", &t];
+        args.extend(extra);
+        f.env.fails(&args, 1)
+    };
+    assert_eq!(err(&["--host", "nosuchhost"]), "tresor: error: no snapshot matches host nosuchhost\n");
+    assert_eq!(err(&["--tag", "monthly"]), "tresor: error: no snapshot matches tag monthly\n");
+    assert_eq!(err(&["--path", "/nowhere"]), "tresor: error: no snapshot matches path /nowhere\n");
+    assert_eq!(
+        err(&["--host", "w1", "--tag", "daily,web", "--tag", "x"]),
+        "tresor: error: no snapshot matches host w1, tag daily,web or x\n"
+    );
+    assert!(!f.env.path("t").exists(), "a refused restore writes nothing");
+}
+
+#[test]
+fn a_folder_of_a_snapshot_by_latest_path_and_id_path() {
+    let f = fleet();
+    fs::create_dir_all(f.a.join("sub")).unwrap();
+    fs::write(f.a.join("sub/deep.txt"), "deep").unwrap();
+    f.env.ok(&["backup", f.a.to_str().unwrap(), "--host", "w3", "--time", "2025-01-01T00:00:09Z"]);
+    let t = f.env.path("t");
+    f.env.ok(&["restore", &format!("latest:{}", f.a.display()), "--target", t.to_str().unwrap()]);
+    let mut names: Vec<String> = fs::read_dir(&t).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["data.txt", "sub"]);
+    assert_eq!(fs::read_to_string(t.join("sub/deep.txt")).unwrap(), "deep");
+    let by_id = f.env.path("by-id");
+    f.env.ok(&["restore", &format!("{}:{}", &f.ids[1][..8], f.a.display()), "--target", by_id.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(by_id.join("data.txt")).unwrap(), "two");
+    assert_eq!(f.env.ok(&["dump", &format!("latest:{}", f.a.display()), "sub/deep.txt"]), "deep");
+    let listed = f.env.ok(&["ls", &format!("latest:{}/sub", f.a.display())]);
+    assert_eq!(listed, format!("{}/sub/deep.txt\n", f.a.display()));
+    let err = f.env.fails(&["restore", &format!("latest:{}/data.txt", f.a.display()), "--target", t.to_str().unwrap()], 1);
+    assert_eq!(err, format!("tresor: error: {}/data.txt is not a folder of the snapshot\n", f.a.display()));
+}
+
+/// A snapshot of `keep.txt`, `new.txt` and `same.txt`, all dated 2024-06-01,
+/// and a target where each already exists in another state.
+fn overwrite(mode: &str) -> (Env, PathBuf, serde_json::Value) {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let then = SystemTime::UNIX_EPOCH + Duration::from_secs(1_717_200_000);
+    for (name, text) in [("keep.txt", "snapshot keep"), ("new.txt", "snapshot new"), ("same.txt", "same bytes")] {
+        fs::write(src.join(name), text).unwrap();
+        fs::File::options().write(true).open(src.join(name)).unwrap().set_modified(then).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    let dir = restored(&env, "t", &src);
+    fs::create_dir_all(&dir).unwrap();
+    let local = [
+        ("keep.txt", "local, newer than the snapshot", then + Duration::from_secs(3600)),
+        ("new.txt", "local, older", then - Duration::from_secs(3600)),
+        ("same.txt", "same bytes", then + Duration::from_secs(60)),
+    ];
+    for (name, text, mtime) in local {
+        fs::write(dir.join(name), text).unwrap();
+        fs::File::options().write(true).open(dir.join(name)).unwrap().set_modified(mtime).unwrap();
+    }
+    let summary = env.json(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite", mode]);
+    (env, dir, summary)
+}
+
+fn contents(dir: &Path) -> Vec<(String, String)> {
+    ["keep.txt", "new.txt", "same.txt"].iter().map(|n| (n.to_string(), fs::read_to_string(dir.join(n)).unwrap())).collect()
+}
+
+fn own(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+#[test]
+fn overwrite_modes_decide_what_happens_to_files_that_exist() {
+    let snapshot = own(&[("keep.txt", "snapshot keep"), ("new.txt", "snapshot new"), ("same.txt", "same bytes")]);
+    let (_env, dir, s) = overwrite("always");
+    assert_eq!(contents(&dir), snapshot);
+    assert_eq!((s["files_restored"].as_u64(), s["files_skipped"].as_u64()), (Some(3), Some(0)));
+
+    let (_env, dir, s) = overwrite("never");
+    assert_eq!(
+        contents(&dir),
+        own(&[("keep.txt", "local, newer than the snapshot"), ("new.txt", "local, older"), ("same.txt", "same bytes")])
+    );
+    assert_eq!((s["files_restored"].as_u64(), s["files_skipped"].as_u64()), (Some(0), Some(3)));
+
+    let (_env, dir, s) = overwrite("if-newer");
+    assert_eq!(
+        contents(&dir),
+        own(&[("keep.txt", "local, newer than the snapshot"), ("new.txt", "snapshot new"), ("same.txt", "same bytes")])
+    );
+    assert_eq!((s["files_restored"].as_u64(), s["files_skipped"].as_u64()), (Some(1), Some(2)));
+
+    let (_env, dir, s) = overwrite("if-changed");
+    assert_eq!(contents(&dir), snapshot);
+    assert_eq!((s["files_restored"].as_u64(), s["files_skipped"].as_u64()), (Some(2), Some(1)));
+    let mtime = fs::metadata(dir.join("same.txt")).unwrap().modified().unwrap();
+    assert_eq!(mtime, SystemTime::UNIX_EPOCH + Duration::from_secs(1_717_200_000), "an unchanged file gets the snapshot's metadata");
+}
+
+#[test]
+fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    fs::write(src.join("conf/app.conf"), "x=1").unwrap();
+    fs::write(src.join("readme"), "hi").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t").display().to_string();
+    let dir = restored(&env, "t", &src);
+    fs::create_dir_all(dir.join("conf/old.d")).unwrap();
+    fs::write(dir.join("conf/old.d/a.conf"), "stale").unwrap();
+    fs::write(dir.join("conf/stale.conf"), "stale").unwrap();
+    fs::write(dir.join("notes"), "mine").unwrap();
+    let s = env.json(&["restore", "latest", "--target", &target, "--delete", "--include", &format!("{}/conf", src.display())]);
+    assert_eq!(s["files_deleted"], 2, "{s}");
+    assert_eq!(super::inventory(&dir).keys().cloned().collect::<Vec<_>>(), ["conf", "conf/app.conf", "notes"]);
+    let out = env.ok(&["restore", "latest", "--target", &target, "--delete"]);
+    assert!(out.ends_with("; 1 deleted\n"), "{out}");
+    assert_eq!(super::inventory(&dir).keys().cloned().collect::<Vec<_>>(), ["conf", "conf/app.conf", "readme"]);
+}
+
+/// A 1 MiB tmpfs, unmounted however the test ends.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf) -> Tmpfs {
+        fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&at).output().unwrap();
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_restore_onto_a_full_disk_ends_saying_it_failed() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("small.txt"), "fits").unwrap();
+    fs::write(src.join("big.bin"), random_bytes(3 << 20, 5)).unwrap();
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let disk = Tmpfs::mount(env.path("disk"));
+    let out = env.run(&["restore", "latest", "--target", disk.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout, format!("restore of snapshot {id} to {} failed: 1 of 2 files restored\n", disk.0.display()));
+    let big = restored(&env, "disk", &src).join("big.bin");
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("error: {}: No space left on device (os error 28)\ntresor: error: 1 errors during restore\n", big.display())
+    );
+    assert_eq!(fs::read_to_string(restored(&env, "disk", &src).join("small.txt")).unwrap(), "fits");
+}
+
+#[test]
+fn snapshots_latest_and_group_by() {
+    let f = fleet();
+    fs::write(f.a.join("data.txt"), "five").unwrap();
+    let fifth = f.env.json(&["backup", f.a.to_str().unwrap(), "--host", "w1", "--time", "2025-01-01T00:00:05Z"]);
+    let ids = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let latest = f.env.json(&["snapshots", "--latest", "1"]);
+    assert_eq!(ids(&latest), [&f.ids[1], &f.ids[2], &f.ids[3], fifth["snapshot_id"].as_str().unwrap()]);
+    let grouped = f.env.json(&["snapshots", "--group-by", "host"]);
+    let shape: Vec<(serde_json::Value, Vec<String>)> =
+        grouped.as_array().unwrap().iter().map(|g| (g["group_key"].clone(), ids(&g["snapshots"]))).collect();
+    let fifth = fifth["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        shape,
+        [
+            (serde_json::json!({"hostname": "w1", "paths": null, "tags": null}), vec![f.ids[0].clone(), f.ids[2].clone(), fifth.clone()]),
+            (serde_json::json!({"hostname": "w2", "paths": null, "tags": null}), vec![f.ids[1].clone(), f.ids[3].clone()]),
+        ]
+    );
+    let by_paths = f.env.json(&["snapshots", "--group-by", "host,paths", "--latest", "1", "--tag", "web"]);
+    let keys: Vec<_> = by_paths.as_array().unwrap().iter().map(|g| (g["group_key"].clone(), ids(&g["snapshots"]))).collect();
+    assert_eq!(
+        keys,
+        [
+            (serde_json::json!({"hostname": "w2", "paths": [f.a.display().to_string()], "tags": null}), vec![f.ids[1].clone()]),
+            (serde_json::json!({"hostname": "w1", "paths": [f.b.display().to_string()], "tags": null}), vec![f.ids[2].clone()]),
+        ]
+    );
+    let text = f.env.ok(&["snapshots", "--group-by", "host", "--host", "w2"]);
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("snapshots for") || l.ends_with(" snapshots")).collect();
+    assert_eq!(heads, ["snapshots for (host [w2]):", "2 snapshots"]);
+}

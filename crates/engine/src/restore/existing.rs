@@ -1,0 +1,126 @@
+//! What a restore does with what is already in its target: restic 0.17's
+//! `--overwrite` modes for files that exist, and `--delete` for files the
+//! snapshot does not have.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::chunker::Chunker;
+use crate::tree::Node;
+use crate::walk::PathFilter;
+use crate::{Error, Repository};
+
+/// When a file that exists in the target is replaced by the snapshot's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overwrite {
+    #[default]
+    Always,
+    /// Only when its content differs (same size and mtime count as the same, as in restic).
+    IfChanged,
+    /// Only when the snapshot's mtime is newer.
+    IfNewer,
+    Never,
+}
+
+impl FromStr for Overwrite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Overwrite, Error> {
+        match s {
+            "always" => Ok(Overwrite::Always),
+            "if-changed" => Ok(Overwrite::IfChanged),
+            "if-newer" => Ok(Overwrite::IfNewer),
+            "never" => Ok(Overwrite::Never),
+            other => Err(Error::Invalid(format!("--overwrite takes always, if-changed, if-newer or never, not {other:?}"))),
+        }
+    }
+}
+
+/// What to do with one file of the snapshot.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Decision {
+    Write,
+    /// Leave the file as it is.
+    Keep,
+    /// Its content is the snapshot's: give it the snapshot's metadata only.
+    KeepContent,
+}
+
+pub(super) struct Existing {
+    pub(super) mode: Overwrite,
+    chunker: Chunker,
+    crypto: std::sync::Arc<crate::crypto::Crypto>,
+}
+
+impl Existing {
+    pub(super) fn new(repo: &Repository, mode: Overwrite) -> Existing {
+        Existing { mode, chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker), crypto: repo.crypto().clone() }
+    }
+
+    /// A file that is not there, or not a regular file, is always written.
+    /// The content comparison reads the file through the repository's
+    /// chunker: equal chunk ids mean equal content.
+    pub(super) fn decide(&self, dest: &Path, node: &Node) -> Decision {
+        let Ok(md) = std::fs::symlink_metadata(dest) else { return Decision::Write };
+        if !md.is_file() {
+            return Decision::Write;
+        }
+        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        match self.mode {
+            Overwrite::Always => Decision::Write,
+            Overwrite::Never => Decision::Keep,
+            Overwrite::IfNewer if node.mtime > mtime => Decision::Write,
+            Overwrite::IfNewer => Decision::Keep,
+            Overwrite::IfChanged if md.len() == node.size && mtime == node.mtime => Decision::Keep,
+            Overwrite::IfChanged if md.len() == node.size && self.same_content(dest, node) => Decision::KeepContent,
+            Overwrite::IfChanged => Decision::Write,
+        }
+    }
+
+    fn same_content(&self, path: &Path, node: &Node) -> bool {
+        let Ok(file) = std::fs::File::open(path) else { return false };
+        let (mut ids, mut buf) = (Vec::with_capacity(node.content.len()), Vec::new());
+        let read = self.chunker.chunk_stream::<_, std::io::Error>(file, Some(node.size), &mut buf, |chunk| {
+            ids.push(self.crypto.blob_id(chunk));
+            Ok(())
+        });
+        matches!(read, Ok(n) if n == node.size) && ids == node.content
+    }
+}
+
+/// Remove what lies in `target` but not in `restored` (the paths the
+/// restore took), within what the filters select: a path an include does
+/// not reach or an exclude names was not restored, so it is not removed
+/// either. The number of entries removed, and what could not be removed.
+pub(super) fn delete_extra(target: &Path, restored: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
+    let (mut removed, mut errors) = (0u64, Vec::new());
+    let mut stack = vec![target.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let in_snapshot = Path::new("/").join(path.strip_prefix(target).unwrap_or(&path));
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if restored.contains(&path) {
+                if is_dir {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let selected = !excludes.matches(&in_snapshot) && (includes.is_empty() || in_snapshot.ancestors().any(|a| includes.matches(a)));
+            if !selected {
+                if is_dir {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let gone = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match gone {
+                Ok(()) => removed += 1,
+                Err(e) => errors.push(format!("{}: cannot delete: {e}", path.display())),
+            }
+        }
+    }
+    (removed, errors)
+}
