@@ -5,9 +5,12 @@
 # on a real machine). Not part of CI: it takes a full release build and a
 # full test run. Needs root, debootstrap and the network to Debian and
 # crates.io. Usage: scripts/fresh-machine.sh [ROOTFS_DIR]
-# Writes the log to ROOTFS_DIR.log and prints the summary lines.
+# Writes the log to ROOTFS_DIR.log and prints the summary lines. With
+# --build-only it stops after command 1 (the daemon serving its page).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
+build_only=no
+if [ "${1:-}" = --build-only ]; then build_only=yes; shift; fi
 root=${1:-/var/tmp/tresor-fresh}
 log=$root.log
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -43,8 +46,14 @@ rm -rf "$root/root/.rustup" "$root/root/.cargo"
 mkdir -p "$root/root/.cargo/bin"
 cp -a "$rustup_home" "$root/root/.rustup"
 cp -a "$cargo_home/bin/rustup" "$cargo_home/bin/cargo" "$cargo_home/bin/rustc" "$root/root/.cargo/bin/"
-rm -rf "$root/root/tresor"
-git clone -q "$here" "$root/root/tresor"
+# The first run clones; a later one moves the same clone to the new HEAD, so
+# its build is incremental (the root file system and toolchain stay fresh).
+if [ -d "$root/root/tresor/.git" ]; then
+  git -C "$root/root/tresor" fetch -q "$here" HEAD
+  git -C "$root/root/tresor" reset -q --hard FETCH_HEAD
+else
+  git clone -q "$here" "$root/root/tresor"
+fi
 
 run() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb bash -c "$1"; }
 
@@ -61,6 +70,10 @@ for _ in $(seq 1 120); do
 done
 run 'kill -INT $(cat /root/daemon.pid); sleep 2; cat /root/daemon.log' >>"$log" 2>&1 || true
 echo "status page served: $served" | tee -a "$log"
+if [ "$build_only" = yes ]; then
+  [ "$served" = yes ]
+  exit
+fi
 
 echo "== command 2: scripts/test.sh" | tee -a "$log"
 status=0

@@ -132,7 +132,7 @@ async fn repository(r: plan::Repository, mut opts: OpenOptions) -> Result<String
     let repo = Repository::open(&loc, &opts).await.map_err(|e| failed(e.into()))?;
     let stored: u64 = repo.index().await.map_err(|e| failed(e.into()))?.packs().map(|(_, size)| size).sum();
     let mut detail = format!("format {}, {} stored", repo.config().version, human(stored));
-    if let Some((free, size)) = loc.local_path().and_then(space) {
+    if let Some((free, size)) = tresor_controller::metrics::local_space(&r.url) {
         detail.push_str(&format!(", {} free of {}", human(free), human(size)));
     }
     Ok(detail)
@@ -147,18 +147,6 @@ async fn missing_bucket(loc: &Location, storage: &StorageOptions) -> Option<Stri
         Err(e) if e.kind() == OpErrorKind::ConfigInvalid => Some(format!("the bucket {bucket} does not exist")),
         _ => None,
     }
-}
-
-/// Free and total bytes of the file system holding `path`.
-fn space(path: &std::path::Path) -> Option<(u64, u64)> {
-    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs writes only into the zeroed struct we pass, and the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let frag = st.f_frsize;
-    Some((st.f_bavail * frag, st.f_blocks * frag))
 }
 
 type Probe = std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>>;

@@ -276,7 +276,7 @@ impl Metrics {
 
 /// Free and total bytes of the file system holding a local repository
 /// (URLs with a scheme are remote: their space is the provider's to report).
-fn local_space(url: &str) -> Option<(u64, u64)> {
+pub fn local_space(url: &str) -> Option<(u64, u64)> {
     if url.contains("://") {
         return None;
     }
