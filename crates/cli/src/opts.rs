@@ -182,14 +182,14 @@ pub struct BackupArgs {
     ///   postgres://USER@HOST[:PORT]/DB           postgres://backup@db:5432/shop
     ///   postgres://USER@HOST[:PORT]              postgres://backup@db:5432
     ///   pgbase://USER@HOST[:PORT]                pgbase://backup@db:5432
-    ///   etcd://HOST:PORT                         etcd://10.0.0.2:2379
+    ///   etcd://HOST:PORT[,HOST:PORT…][?cacert=…] etcd://10.0.0.2:2379,10.0.0.3:2379
     ///   k8s://[CONTEXT]                          k8s://prod
     ///   command:COMMAND                          "command:mariadb-dump --all-databases"
     ///
     /// redis:// and rediss:// (TLS; TRESOR_REDIS_CACERT, _CERT, _KEY) take an RDB over the
     /// replication protocol; redis-aof: a Redis 7 AOF directory. postgres:// with a database
     /// runs pg_dump; without one, pg_dumpall --globals-only (roles and tablespaces); pgbase://
-    /// a base backup (see `tresor pg backup`). etcd:// takes a snapshot of the member. k8s://
+    /// a base backup (see `tresor pg backup`). etcd:// takes a snapshot from the first member that answers (TLS: cacert, cert, key in the URL or TRESOR_ETCD_CACERT, _CERT, _KEY). k8s://
     /// takes the cluster's objects as YAML (see the Kubernetes options). command: runs a
     /// program (sh -c) and backs up its standard output.
     #[arg(verbatim_doc_comment)]
