@@ -82,7 +82,7 @@ impl<'a> Tresor<'a> {
 
 /// Drill one source into `scratch_root`.
 pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {
-    let started = Utc::now();
+    let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
     let class = plan.classes.get(&source.class);
     let mut r = Report {

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod check;
+pub mod clock;
 pub mod daemon;
 pub mod drill;
 mod drill_pg;
