@@ -281,8 +281,9 @@ fn trigger(app: &App, headers: &HeaderMap, name: String, job: impl FnOnce(String
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name}))).into_response()
 }
 
-/// Restore a source's newest backup (or the snapshot named) into a service
-/// or a directory, as a job with its own history, audit entry and metrics.
+/// Restore a source's newest backup (or the snapshot named, or the newest
+/// of those from the hosts, tags and paths named) into a service or a
+/// directory, as a job with its own history, audit entry and metrics.
 async fn trigger_restore(
     State(app): State<App>,
     headers: HeaderMap,
@@ -299,7 +300,8 @@ async fn trigger_restore(
     if spec.to.is_some() == spec.target.is_some() {
         return error(StatusCode::BAD_REQUEST, "give exactly one of \"to\" (a service URL) and \"target\" (a directory)");
     }
-    if spec.snapshot.is_none() {
+    let narrowed = !(spec.host.is_empty() && spec.tag.is_empty() && spec.path.is_empty());
+    if spec.snapshot.is_none() && !narrowed {
         match app.shared.state.last_success(&name) {
             Ok(Some(j)) if j.outcome.snapshot.is_some() => spec.snapshot = j.outcome.snapshot,
             Ok(_) => return error(StatusCode::NOT_FOUND, &format!("source {name} has no successful backup to restore")),

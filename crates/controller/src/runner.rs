@@ -33,6 +33,15 @@ pub struct RestoreSpec {
     pub target: Option<String>,
     #[serde(default)]
     pub flush: bool,
+    /// Without a snapshot id: the newest backup of the source from one of
+    /// these hosts, with one of these tag groups (`a,b`: both), of all
+    /// these paths, as restic narrows `latest`.
+    #[serde(default)]
+    pub host: Vec<String>,
+    #[serde(default)]
+    pub tag: Vec<String>,
+    #[serde(default)]
+    pub path: Vec<String>,
 }
 
 impl Kind {
@@ -78,6 +87,25 @@ pub fn repo_args(repo: &Repository) -> Vec<String> {
 
 fn tag_args(w: &Work) -> Vec<String> {
     vec!["--tag".into(), format!("source={}", w.name)]
+}
+
+/// `restore latest` narrowed to the source's own backups: its tag joins
+/// every tag group asked for (a repeated `--tag` means either).
+fn latest_of(w: &Work, r: &RestoreSpec) -> Vec<String> {
+    let own = format!("source={}", w.name);
+    let mut a = vec!["restore".to_string(), "latest".into()];
+    if r.tag.is_empty() {
+        a.extend(["--tag".into(), own.clone()]);
+    }
+    for group in &r.tag {
+        a.extend(["--tag".into(), format!("{own},{group}")]);
+    }
+    for (flag, values) in [("--host", &r.host), ("--path", &r.path)] {
+        for v in values {
+            a.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    a
 }
 
 impl Runner {
@@ -140,7 +168,10 @@ impl Runner {
             Kind::Drill => a.extend(["drill".into(), w.name.clone(), "--plan".into(), w.plan_file.display().to_string()]),
             Kind::Restore => {
                 let r = w.restore.as_ref().expect("a restore says what");
-                a.extend(["restore".into(), r.snapshot.clone().unwrap_or_else(|| "latest".into())]);
+                match &r.snapshot {
+                    Some(id) => a.extend(["restore".into(), id.clone()]),
+                    None => a.extend(latest_of(w, r)),
+                }
                 match (&r.to, &r.target) {
                     (Some(to), _) => a.extend(["--to".into(), to.clone()]),
                     (None, Some(dir)) => a.extend(["--target".into(), dir.clone()]),

@@ -263,6 +263,22 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert_eq!(status, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&listed).unwrap(), tagged, "the API lists the same snapshots");
 
+    // restic's narrowing over the API: the source's newest backup with the
+    // tag asked for, or a failed job that says why.
+    let narrowed = RedisServer::start(&[]);
+    let spec = serde_json::json!({"to": narrowed.url(), "tag": ["class=critical"]});
+    assert_eq!(
+        post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec),
+        (202, "{\"queued\":\"cache\",\"snapshot\":null}".into())
+    );
+    wait_jobs(&d, "the narrowed restore", |j| count(j, "cache", "restore", "succeeded") == 2);
+    assert_eq!((narrowed.cli(&["GET", "a"]).as_str(), narrowed.cli(&["DBSIZE"]).as_str()), ("1", "2"));
+    let spec = serde_json::json!({"to": narrowed.url(), "host": ["nosuchhost"]});
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec).0, 202);
+    let j = wait_jobs(&d, "the refused restore", |j| count(j, "cache", "restore", "failed") == 1);
+    let refused = j.iter().find(|x| x["source"] == "cache" && x["kind"] == "restore" && x["status"] == "failed").unwrap();
+    assert_eq!(refused["message"], "no snapshot matches host nosuchhost, tag source=cache", "{refused}");
+
     // SIGTERM: a clean stop.
     let pid = d.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
