@@ -26,7 +26,13 @@ cleanup() {
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-bind() { mkdir -p "$root$2"; mount "$@" && mounted+=("$root$2"); }
+# mount_in DIR ARGS…: mount (ARGS, without the target) on DIR inside the root.
+mount_in() {
+  local target=$root$1
+  shift
+  mkdir -p "$target"
+  mount "$@" "$target" && mounted+=("$target")
+}
 
 if [ ! -x "$root/usr/bin/gcc" ]; then
   rm -rf "$root"
@@ -35,9 +41,15 @@ if [ ! -x "$root/usr/bin/gcc" ]; then
   chroot "$root" apt-get update -qq >>"$log" 2>&1
   DEBIAN_FRONTEND=noninteractive chroot "$root" apt-get install -y -qq build-essential ca-certificates >>"$log" 2>&1
 fi
-bind -t proc proc /proc
-bind --rbind /sys /sys
-bind --rbind /dev /dev
+# The machine's own CAs (a proxy's, where registries are reached through
+# one) go along: they belong to the network, not to the project.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  chroot "$root" update-ca-certificates >>"$log" 2>&1
+fi
+mount_in /proc -t proc proc
+mount_in /sys --rbind /sys
+mount_in /dev --rbind /dev
 mkdir -p "$root/root"
 chmod 700 "$root/root"
 # rustup's toolchain as a new user has it: rustup, cargo and rustc, nothing

@@ -24,9 +24,6 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)
 command -v runuser >/dev/null || need+=(util-linux)
-# kubectl proves the fake API server against the real client, and renders
-# deploy/kubernetes (Debian's kubernetes-client where no newer one is installed).
-command -v kubectl >/dev/null || need+=(kubernetes-client)
 # Real bash completion for the completion script's test.
 [ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
 if [ ${#need[@]} -gt 0 ]; then
@@ -36,6 +33,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+# kubectl proves the fake API server against the real client and renders
+# deploy/kubernetes; 1.24 or newer (scripts/install-kubectl.sh says why).
+if [ "$(id -u)" -eq 0 ]; then
+  scripts/install-kubectl.sh
+else
+  command -v kubectl >/dev/null || { echo "missing: kubectl (run as root to install it)" >&2; exit 1; }
 fi
 
 # Nothing but Rust and a C compiler builds tresor: a build script that
