@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use tresor_testkit::S3Server;
 
+mod backends;
 mod conformance;
 mod crash;
 mod daemon;
@@ -18,6 +19,7 @@ mod deploy;
 mod doctor;
 mod drill;
 mod help;
+mod jobs;
 mod k8s;
 mod pitr;
 mod prune;
