@@ -269,28 +269,10 @@ pub fn plan<Tz: TimeZone>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Id, SourceInfo};
+    use crate::Id;
 
     fn snap(at: &str, tags: &[&str]) -> Snapshot {
-        Snapshot {
-            id: Id::random(),
-            time: DateTime::parse_from_rfc3339(at).unwrap(),
-            tree: Id::default(),
-            paths: vec!["/data".into()],
-            hostname: "h".into(),
-            username: "u".into(),
-            uid: 0,
-            gid: 0,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            name: None,
-            source: SourceInfo::default(),
-            parent: None,
-            original: None,
-            excludes: vec![],
-            program_version: String::new(),
-            summary: None,
-            errors: vec![],
-        }
+        Snapshot::sample(at, "h", &["/data"], tags)
     }
 
     /// Times of the kept snapshots, newest first.

@@ -138,28 +138,10 @@ pub fn newest_per_host_and_paths(snaps: Vec<Snapshot>, n: usize) -> Vec<Snapshot
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Id, SourceInfo};
+    use crate::Id;
 
     fn snap(n: u8, host: &str, paths: &[&str], tags: &[&str]) -> Snapshot {
-        Snapshot {
-            id: Id([n; 32]),
-            time: chrono::DateTime::parse_from_rfc3339(&format!("2025-01-01T00:00:{n:02}Z")).unwrap(),
-            tree: Id([0; 32]),
-            paths: paths.iter().map(|p| p.to_string()).collect(),
-            hostname: host.into(),
-            username: "u".into(),
-            uid: 0,
-            gid: 0,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            name: None,
-            source: SourceInfo::default(),
-            parent: None,
-            original: None,
-            excludes: Vec::new(),
-            program_version: String::new(),
-            summary: None,
-            errors: Vec::new(),
-        }
+        Snapshot { id: Id([n; 32]), ..Snapshot::sample(&format!("2025-01-01T00:00:{n:02}Z"), host, paths, tags) }
     }
 
     fn repo() -> Vec<Snapshot> {

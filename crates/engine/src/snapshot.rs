@@ -82,3 +82,30 @@ pub struct Snapshot {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FileError>,
 }
+
+#[cfg(test)]
+impl Snapshot {
+    /// A snapshot for rule tests: only what selection and retention read.
+    pub(crate) fn sample(time: &str, host: &str, paths: &[&str], tags: &[&str]) -> Snapshot {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        Snapshot {
+            id: Id::random(),
+            time: DateTime::parse_from_rfc3339(time).expect("an RFC 3339 time"),
+            tree: Id::default(),
+            paths: strings(paths),
+            hostname: host.into(),
+            username: "u".into(),
+            uid: 0,
+            gid: 0,
+            tags: strings(tags),
+            name: None,
+            source: SourceInfo::default(),
+            parent: None,
+            original: None,
+            excludes: Vec::new(),
+            program_version: String::new(),
+            summary: None,
+            errors: Vec::new(),
+        }
+    }
+}
