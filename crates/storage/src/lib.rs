@@ -2,13 +2,15 @@
 //!
 //! A repository lives behind an OpenDAL [`Operator`]; this crate turns a
 //! repository location (a path or a URL) into an operator and stacks the thin
-//! layers every backend shares: retries with back-off for temporary errors,
-//! optional fault injection for tests, and bandwidth limits. Nothing here knows
+//! layers every backend shares: a timeout on every call, retries with back-off
+//! for temporary errors, optional fault injection for tests, and bandwidth
+//! limits. Nothing here knows
 //! about the repository format: it moves opaque, immutable objects.
 
 mod fault;
 mod guard;
 mod location;
+mod sftp;
 mod throttle;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 pub use fault::{FaultConfig, FaultLayer};
 pub use guard::AppendOnlyLayer;
 pub use location::Location;
+pub use sftp::HostKeyCheck;
 pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
 pub use throttle::ThrottleLayer;
 
@@ -33,6 +36,8 @@ pub enum StorageError {
     },
     #[error("invalid fault injection setting {0:?} (expected e.g. error-rate=0.1,seed=7,write-limit=1000000)")]
     InvalidFaults(String),
+    #[error("invalid {TIMEOUT_VAR}={0:?} (expected seconds, e.g. 30, 30s or 2m)")]
+    InvalidTimeout(String),
 }
 
 /// Options that shape the layers stacked on every operator.
@@ -50,17 +55,36 @@ pub struct StorageOptions {
     pub env_prefix: Option<&'static str>,
 }
 
+/// How long any storage call may wait for an answer, retries included.
+pub const TIMEOUT_VAR: &str = "TRESOR_STORAGE_TIMEOUT";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The storage timeout from [`TIMEOUT_VAR`]: `30`, `30s` or `2m`.
+pub fn timeout() -> Duration {
+    std::env::var(TIMEOUT_VAR).ok().and_then(|t| parse_timeout(&t)).unwrap_or(DEFAULT_TIMEOUT)
+}
+
+fn parse_timeout(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (n, unit) = match t.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (t.strip_suffix('s').unwrap_or(t), 1),
+    };
+    n.parse::<u64>().ok().filter(|&n| n > 0).map(|n| Duration::from_secs(n * unit))
+}
+
 /// Build the operator for `location` with the shared layer stack.
 ///
 /// Faults sit below the retry layer on purpose: injected temporary errors must
-/// be absorbed by the same retry logic that absorbs real ones.
+/// be absorbed by the same retry logic that absorbs real ones. The timeout
+/// sits above it, so a server that stops answering ends the call after one
+/// timeout rather than after one per retry; the bandwidth limit sits above
+/// that, so waiting for the budget never counts as a silent server.
 pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, StorageError> {
+    if let Ok(text) = std::env::var(TIMEOUT_VAR) {
+        parse_timeout(&text).ok_or(StorageError::InvalidTimeout(text))?;
+    }
     let op = location.operator(options.env_prefix.unwrap_or(""))?;
-    let op = if options.limit_upload.is_some() || options.limit_download.is_some() {
-        op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))
-    } else {
-        op
-    };
     let op = match &options.faults {
         Some(cfg) => op.layer(FaultLayer::new(cfg.clone())),
         None => op,
@@ -70,10 +94,29 @@ pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, S
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(10))
         .with_max_times(options.max_retries.unwrap_or(8));
-    Ok(op.layer(retry))
+    let op = op.layer(retry).layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout()).with_io_timeout(timeout()));
+    Ok(if options.limit_upload.is_some() || options.limit_download.is_some() {
+        op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))
+    } else {
+        op
+    })
 }
 
 /// Whether an OpenDAL error is worth retrying at a higher level.
 pub fn is_temporary(err: &opendal::Error) -> bool {
     err.is_temporary() || matches!(err.kind(), opendal::ErrorKind::RateLimited)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_timeouts() {
+        assert_eq!(parse_timeout("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("0"), None);
+        assert_eq!(parse_timeout("soon"), None);
+    }
 }

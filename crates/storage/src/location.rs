@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use opendal::{Operator, services};
 
 use crate::StorageError;
+use crate::sftp::{HostKeyCheck, SftpSettings};
 
 /// Where a repository lives. Credentials are never part of this value: they
 /// come from the environment when the operator is built, so printing or
@@ -146,18 +147,55 @@ impl Location {
                 }
                 build(b)
             }
-            Location::Sftp { endpoint, user, root } => {
-                let mut b = services::Sftp::default().endpoint(endpoint).root(root);
-                if let Some(u) = user {
-                    b = b.user(u);
-                }
-                if let Some(v) = env(p, "TRESOR_SFTP_KEY") {
-                    b = b.key(&v);
-                }
-                build(b)
-            }
+            Location::Sftp { endpoint, user, root } => return Ok(crate::sftp::operator(self.sftp_settings(p, endpoint, user, root)?)),
         };
         built.map_err(|source| StorageError::Setup { scheme: self.scheme(), location: self.to_string(), source: Box::new(source) })
+    }
+}
+
+impl Location {
+    fn sftp_settings(&self, p: &str, endpoint: &str, user: &Option<String>, root: &str) -> Result<SftpSettings, StorageError> {
+        let setup = |reason: String| StorageError::Setup {
+            scheme: "sftp",
+            location: self.to_string(),
+            source: Box::new(opendal::Error::new(opendal::ErrorKind::ConfigInvalid, reason)),
+        };
+        let (host, port) = split_port(endpoint).ok_or_else(|| setup(format!("cannot read the port in {endpoint:?}")))?;
+        let check_text = env(p, "TRESOR_SFTP_HOST_KEY_CHECK").unwrap_or_default();
+        let check = HostKeyCheck::parse(&check_text)
+            .ok_or_else(|| setup(format!("TRESOR_SFTP_HOST_KEY_CHECK={check_text:?} is not one of strict, accept-new, off")))?;
+        // `/~/dir` names a directory under the login directory; any other path
+        // is absolute, as the server (or its chroot) sees it.
+        let root = match root.strip_prefix("/~/") {
+            Some(rel) => rel.to_string(),
+            None => root.to_string(),
+        };
+        Ok(SftpSettings {
+            host,
+            port,
+            user: user.clone(),
+            key: env(p, "TRESOR_SFTP_KEY"),
+            known_hosts: env(p, "TRESOR_SFTP_KNOWN_HOSTS"),
+            check,
+            root,
+            timeout: crate::timeout(),
+        })
+    }
+}
+
+/// `host`, `host:port`, `[v6addr]` or `[v6addr]:port`.
+fn split_port(endpoint: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = endpoint.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']')?;
+        return match tail.strip_prefix(':') {
+            Some(port) => Some((host.to_string(), Some(port.parse().ok()?))),
+            None if tail.is_empty() => Some((host.to_string(), None)),
+            None => None,
+        };
+    }
+    match endpoint.split_once(':') {
+        Some((host, port)) => Some((host.to_string(), Some(port.parse().ok()?))),
+        None => Some((endpoint.to_string(), None)),
     }
 }
 
@@ -207,5 +245,13 @@ mod tests {
         let err = Location::parse("ftp://x/y").unwrap_err().to_string();
         assert!(err.contains("unknown scheme \"ftp\""), "{err}");
         assert!(Location::parse("s3:///nobucket").is_err());
+    }
+
+    #[test]
+    fn splits_sftp_ports() {
+        assert_eq!(split_port("h"), Some(("h".into(), None)));
+        assert_eq!(split_port("h:2222"), Some(("h".into(), Some(2222))));
+        assert_eq!(split_port("[::1]:22"), Some(("::1".into(), Some(22))));
+        assert_eq!(split_port("h:ssh"), None);
     }
 }

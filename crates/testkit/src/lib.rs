@@ -18,6 +18,9 @@ mod postgres;
 mod reach;
 mod redis;
 mod s3;
+mod sshd;
+mod tcp;
+mod webdav;
 
 pub use etcd::{EtcdServer, EtcdTls};
 pub use kube::KubeServer;
@@ -25,3 +28,6 @@ pub use postgres::PostgresServer;
 pub use reach::reachable_by_all;
 pub use redis::RedisServer;
 pub use s3::S3Server;
+pub use sshd::SshServer;
+pub use tcp::{RudeServer, Rudeness};
+pub use webdav::WebdavServer;
