@@ -24,6 +24,10 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)
 command -v runuser >/dev/null || need+=(util-linux)
+# The SFTP and WebDAV backends' real servers: OpenSSH's sshd, rclone serve webdav.
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null || need+=(openssh-client)
+command -v rclone >/dev/null || need+=(rclone)
 # Real bash completion for the completion script's test.
 [ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
 if [ ${#need[@]} -gt 0 ]; then
