@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use crate::net::free_port;
 use crate::tcp::{Spawned, spawn_listening};
 
-/// Where sshd is; `TRESOR_SSHD` overrides (scripts/install-backends.sh installs Debian's).
+/// Where sshd is; `TRESOR_SSHD` overrides (scripts/test.sh installs Debian's).
 fn sshd_bin() -> PathBuf {
     std::env::var_os("TRESOR_SSHD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"))
 }

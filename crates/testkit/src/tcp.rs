@@ -45,7 +45,7 @@ pub fn spawn_listening(mut cmd: Command, port: u16, log: &Path) -> Spawned {
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
-        .unwrap_or_else(|e| panic!("start {:?} (scripts/install-backends.sh installs it): {e}", cmd.get_program()));
+        .unwrap_or_else(|e| panic!("start {:?} (scripts/test.sh installs it): {e}", cmd.get_program()));
     let mut spawned = Spawned(child);
     if !wait_for_port(port, &mut spawned.0) {
         panic!("{:?} did not listen on {port}: {}", cmd.get_program(), std::fs::read_to_string(log).unwrap_or_default());

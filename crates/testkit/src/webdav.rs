@@ -12,7 +12,7 @@ use crate::tcp::{Spawned, spawn_listening};
 const USER: &str = "tresor";
 const PASSWORD: &str = "tresor-webdav-secret";
 
-/// Where rclone is; `TRESOR_RCLONE` overrides (scripts/install-backends.sh installs Debian's).
+/// Where rclone is; `TRESOR_RCLONE` overrides (scripts/test.sh installs Debian's).
 fn rclone_bin() -> PathBuf {
     std::env::var_os("TRESOR_RCLONE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("rclone"))
 }
