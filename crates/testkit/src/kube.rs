@@ -1,13 +1,17 @@
 //! An in-process fake Kubernetes API server: discovery for the core and
 //! named groups (and groups CRDs add), CRUD on namespaced and cluster
 //! objects, label selectors, resourceVersion, watches (events streamed
-//! for a few seconds at a time), server-side dry runs, and the API's
-//! 404/409/403 Status answers. Plain HTTP on a free loopback port; any bearer token is
-//! accepted. Real `kubectl` works against it (tested), which is what makes
-//! it a faithful stand-in where no cluster can run. Not served: OpenAPI
-//! documents (kubectl's client-side validation), subresources other than
-//! `status` (which is the object itself here),
-//! server-side apply, finalizers (a deleted namespace is gone at once).
+//! for a few seconds at a time), server-side dry runs, `status`
+//! subresources, and the API's 401/403/404/409 Status answers. Every
+//! request is authenticated (bearer tokens: the harness's administrator,
+//! or service accounts' tokens from TokenRequest) and authorized by RBAC
+//! from the stored roles and bindings (kube_auth), and recorded when
+//! `TRESOR_KUBE_AUDIT_LOG` names a file (kube_audit). Plain HTTP on a free
+//! loopback port. Real `kubectl` works against it (tests/kubectl.rs),
+//! which is what makes it a faithful stand-in where no cluster can run.
+//! Not served: OpenAPI documents (kubectl's client-side validation),
+//! subresources other than `status` and `token`, server-side apply,
+//! finalizers (a deleted namespace is gone at once), aggregated ClusterRoles.
 
 use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -21,7 +25,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::kube_store::{ApiError, Res, Store};
+use crate::kube_audit::{self, Coverage};
+use crate::kube_auth::{self, ADMIN_TOKEN, Attrs, Identity};
+use crate::kube_store::{ApiError, Part, Res, Store};
+use crate::kube_tls;
 
 pub struct KubeServer {
     port: u16,
@@ -35,39 +42,45 @@ impl KubeServer {
         let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
         listener.set_nonblocking(true).expect("non-blocking listener");
         let port = listener.local_addr().expect("listener address").port();
-        let store = Arc::new(Mutex::new(Store::new()));
+        let mut store = Store::new();
+        store.audit = std::env::var_os(kube_audit::AUDIT_LOG_VAR).map(PathBuf::from);
+        let store = Arc::new(Mutex::new(store));
         let (shutdown, rx) = oneshot::channel::<()>();
         let app = axum::Router::new().fallback(handle).with_state(store.clone());
         let thread = std::thread::Builder::new()
             .name(format!("kube-api-{port}"))
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-                    let _ = axum::serve(listener, app).with_graceful_shutdown(async move { drop(rx.await) }).await;
-                });
+                rt.block_on(kube_tls::serve(listener, app, rx));
             })
             .expect("spawn the API server thread");
         KubeServer { port, store, shutdown: Some(shutdown), thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// A kubeconfig for this server (context `fake`), written into `dir`.
+    /// The administrator's kubeconfig (context `fake`), written into `dir`:
+    /// for the harness to set clusters up, never for the program under test.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: tester\n  user:\n    token: fake-token\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tester\ncurrent-context: fake\n",
-            self.url()
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        self.kubeconfig_with_token(&dir.join("kubeconfig"), "admin", ADMIN_TOKEN)
     }
 
-    /// Every request for this resource (plural) is refused with 403 from now on.
+    /// A kubeconfig at `path` that authenticates with `token` (from `kubectl create token`).
+    pub fn kubeconfig_with_token(&self, path: &Path, user: &str, token: &str) -> PathBuf {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: {user}\ncurrent-context: fake\n",
+            self.url(),
+            kube_tls::ca_file().display()
+        );
+        std::fs::write(path, text).expect("write kubeconfig");
+        path.to_path_buf()
+    }
+
+    /// Every request for this resource (plural) by anyone but the administrator
+    /// is refused with 403 from now on, as a role without it would be.
     pub fn forbid(&self, plural: &str) {
         self.store.lock().expect("not poisoned").forbidden.push(plural.into());
     }
@@ -77,11 +90,23 @@ impl KubeServer {
         self.store.lock().expect("not poisoned").denied.push(plural.into());
     }
 
+    /// Record every request but the administrator's to this file (one JSON line each, appended).
+    pub fn record_requests_to(&self, path: &Path) {
+        self.store.lock().expect("not poisoned").audit = Some(path.to_path_buf());
+    }
+
     /// The stored object, as a client would get it.
     pub fn object(&self, group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Value> {
         let store = self.store.lock().expect("not poisoned");
         let res = store.resources.iter().find(|r| r.group == group && r.plural == plural)?.clone();
         store.get(&res, ns, name).ok()
+    }
+
+    /// The requests of service account `ns/name` in a request log, against the roles bound to it here.
+    pub fn coverage(&self, log: &Path, ns: &str, name: &str) -> Coverage {
+        let id = Identity::service_account(ns, name);
+        let requests = kube_audit::read(log, &id.user);
+        kube_audit::coverage(&self.store.lock().expect("not poisoned"), &id, &requests)
     }
 }
 
@@ -155,12 +180,74 @@ fn discovery(store: &Store, segs: &[&str], port: Option<u16>) -> Option<Value> {
         }
         ["api", v] | ["apis", _, v] => {
             let group = if segs[0] == "api" { "" } else { segs[1] };
-            let list: Vec<Value> = store.resources.iter().filter(|r| r.group == group && r.version == *v).map(Res::describe).collect();
+            let list: Vec<Value> =
+                store.resources.iter().filter(|r| r.group == group && r.version == *v).flat_map(|r| r.describe()).collect();
             let gv = if group.is_empty() { v.to_string() } else { format!("{group}/{v}") };
             (!list.is_empty()).then(|| json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}))
         }
         _ => None,
     }
+}
+
+/// Where a resource request points: `/api/v1/namespaces/NS/PLURAL/NAME/SUB` and its shorter forms.
+struct Target<'a> {
+    group: &'a str,
+    version: &'a str,
+    ns: Option<&'a str>,
+    plural: &'a str,
+    name: Option<&'a str>,
+    sub: Option<&'a str>,
+}
+
+fn target<'a>(segs: &[&'a str]) -> Option<Target<'a>> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    // `namespaces/NAME/status` is the namespace's own subresource, not a resource in it.
+    let (ns, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() && !matches!(tail, ["status" | "finalize"]) => (Some(*ns), tail),
+        _ => (None, rest),
+    };
+    let (plural, name, sub) = match rest {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some(*n), None),
+        [p, n, s] => (*p, Some(*n), Some(*s)),
+        _ => return None,
+    };
+    Some(Target { group, version, ns, plural, name, sub })
+}
+
+/// The authorizer's view of a request (verb from method and shape, as the API server's request info does).
+fn attributes(method: &Method, path: &str, t: Option<&Target>, watching: bool) -> Attrs {
+    let Some(t) = t else {
+        return Attrs { verb: method.as_str().to_lowercase(), path: Some(path.to_string()), ..Attrs::default() };
+    };
+    let verb = match (method, t.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if watching => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "",
+    };
+    Attrs {
+        verb: verb.into(),
+        group: t.group.into(),
+        resource: t.plural.into(),
+        subresource: t.sub.unwrap_or_default().into(),
+        namespace: t.ns.unwrap_or_default().into(),
+        name: t.name.unwrap_or_default().into(),
+        path: None,
+    }
+}
+
+fn not_served() -> Response {
+    fail(ApiError::new(404, "NotFound", "the server could not find the requested resource".into()))
 }
 
 async fn handle(
@@ -173,54 +260,44 @@ async fn handle(
 ) -> Response {
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let mut store = shared.lock().expect("not poisoned");
-    let port = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.rsplit(':').next()).and_then(|p| p.parse().ok());
-    if method == Method::GET
-        && let Some(d) = discovery(&store, &segs, port)
-    {
-        return reply(StatusCode::OK, d);
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let Some(id) = kube_auth::authenticate(&store, bearer) else {
+        return fail(kube_auth::unauthorized());
+    };
+    let t = target(&segs);
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let attrs = attributes(&method, uri.path(), t.as_ref(), watching);
+    let refused = !id.is_admin() && store.forbidden.contains(&attrs.resource);
+    let allowed = !refused && kube_auth::authorize(&store, &id, &attrs).is_some();
+    kube_audit::record(&store, &id, &attrs, allowed);
+    if !allowed {
+        return fail(kube_auth::forbidden(&id, &attrs));
     }
-    let (group, version, rest) = match segs.as_slice() {
-        ["api", v, rest @ ..] => ("", *v, rest),
-        ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return fail(ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into() }),
+    let Some(t) = t else {
+        let port = headers.get(header::HOST).and_then(|h| h.to_str().ok()).and_then(|h| h.rsplit(':').next()).and_then(|p| p.parse().ok());
+        return match discovery(&store, &segs, port) {
+            Some(d) if method == Method::GET => reply(StatusCode::OK, d),
+            _ => not_served(),
+        };
     };
-    // The status subresource is the object itself here.
-    let rest = rest.strip_suffix(&["status"]).filter(|r| r.len() == 2 || r.len() == 4).unwrap_or(rest);
-    let (ns, plural, name) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if tail.len() <= 1 => (Some(*ns), *plural, tail.first().copied()),
-        [plural, tail @ ..] if tail.len() <= 1 => (None, *plural, tail.first().copied()),
-        _ => return fail(ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into() }),
-    };
-    let Some(res) = store.find(group, version, plural) else {
-        return fail(ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into() });
-    };
-    if method == Method::GET && name.is_none() && q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let Some(res) = store.find(t.group, t.version, t.plural) else { return not_served() };
+    if watching && method == Method::GET && t.name.is_none() {
         let since = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(store.rv);
         let limit = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(5u64).min(5);
         drop(store);
-        return watch(shared.clone(), res, ns.map(String::from), since, limit);
+        return watch(shared.clone(), res, t.ns.map(String::from), since, limit);
     }
-    let parsed = || {
-        serde_json::from_slice::<Value>(&body).map_err(|e| ApiError {
-            code: 400,
-            reason: "BadRequest",
-            message: format!("the body is not JSON: {e}"),
-        })
-    };
-    let ok = |v: Value| (StatusCode::OK, v);
-    let result = match (&method, name) {
-        (&Method::GET, None) => store.list(&res, ns, q.get("labelSelector").map(String::as_str)).map(ok),
-        (&Method::GET, Some(n)) => store.get(&res, ns, n).map(ok),
-        // A server-side dry run answers as the write would, and stores nothing.
-        (&Method::POST, None) if q.contains_key("dryRun") => {
-            parsed().and_then(|b| store.clone().create(&res, ns, b)).map(|v| (StatusCode::CREATED, v))
+    let parsed = serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::new(400, "BadRequest", format!("the body is not JSON: {e}")));
+    let result = match (t.sub, res.create_only) {
+        (None, true) if method == Method::POST => parsed.and_then(|b| review(&store, &id, &res, b)),
+        (_, true) => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
+        (Some("token"), _) if res.plural == "serviceaccounts" && method == Method::POST => {
+            let (ns, name) = (t.ns.unwrap_or_default(), t.name.unwrap_or_default());
+            parsed.and_then(|b| kube_auth::token_request(&mut store, ns, name, &b)).map(|v| (StatusCode::CREATED, v))
         }
-        (&Method::POST, None) => parsed().and_then(|b| store.create(&res, ns, b)).map(|v| (StatusCode::CREATED, v)),
-        (&Method::PUT, Some(n)) if q.contains_key("dryRun") => parsed().and_then(|b| store.clone().replace(&res, ns, n, b)).map(ok),
-        (&Method::PUT, Some(n)) => parsed().and_then(|b| store.replace(&res, ns, n, b)).map(ok),
-        (&Method::PATCH, Some(n)) => parsed().and_then(|b| store.patch(&res, ns, n, &b)).map(ok),
-        (&Method::DELETE, Some(n)) => store.delete(&res, ns, n).map(ok),
-        _ => Err(ApiError { code: 405, reason: "MethodNotAllowed", message: format!("{method} is not supported here") }),
+        (Some("status"), _) if res.status => crud(&mut store, &res, &t, &method, &q, parsed, Part::Status),
+        (Some(_), _) => return not_served(),
+        (None, false) => crud(&mut store, &res, &t, &method, &q, parsed, Part::Main),
     };
     match result {
         Ok((code, v)) => reply(code, v),
@@ -228,76 +305,36 @@ async fn handle(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::process::Command;
+fn review(store: &Store, id: &Identity, res: &Res, body: Value) -> Result<(StatusCode, Value), ApiError> {
+    let answer = match res.plural.as_str() {
+        "selfsubjectaccessreviews" => kube_auth::access_review(store, id, body),
+        _ => kube_auth::rules_review(store, id, body)?,
+    };
+    Ok((StatusCode::CREATED, answer))
+}
 
-    use super::KubeServer;
-
-    /// Real kubectl against the fake: (exit success, stdout, stderr).
-    /// The fake serves no OpenAPI documents, so `-f` files go with
-    /// `--validate=false` (client-side schema validation needs them).
-    fn kubectl(server: &KubeServer, dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new("kubectl")
-            .env("KUBECONFIG", server.kubeconfig(dir))
-            .arg(format!("--cache-dir={}", dir.join("cache").display()))
-            .args(args)
-            .output()
-            .expect("kubectl (in the base image)");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        )
-    }
-
-    const CM: &str =
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: shop\n  labels:\n    app: shop\ndata:\n  mode: fast\n";
-    const CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names:\n    plural: widgets\n    singular: widget\n    kind: Widget\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n";
-    const WIDGET: &str = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: shop\nspec:\n  size: 3\n";
-
-    #[test]
-    fn real_kubectl_works_against_the_fake() {
-        let server = KubeServer::start();
-        let dir = tempfile::tempdir().unwrap();
-        let file = |name: &str, text: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, text).unwrap();
-            p.display().to_string()
-        };
-        let k = |args: &[&str]| kubectl(&server, dir.path(), args);
-        let (ok, out, err) = k(&["version", "-o", "json"]);
-        assert!(ok && out.contains("\"gitVersion\": \"v1.30.0-tresor-fake\""), "{out}{err}");
-        let (_, out, _) = k(&["api-resources", "--no-headers"]);
-        assert!(out.lines().any(|l| l.starts_with("deployments ") && l.contains("apps/v1") && l.contains("Deployment")), "{out}");
-        assert_eq!(k(&["create", "namespace", "shop"]).1, "namespace/shop created");
-        let cm = file("cm.yaml", CM);
-        let (_, out, err) = k(&["create", "--validate=false", "-f", &cm]);
-        assert_eq!(out, "configmap/settings created", "{err}");
-        let (ok, _, err) = k(&["create", "--validate=false", "-f", &cm]);
-        assert!(!ok && err.ends_with("configmaps \"settings\" already exists"), "{err}");
-        assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app=shop", "-o", "jsonpath={.items[*].metadata.name}"]).1, "settings");
-        assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app!=shop", "-o", "name"]).1, "");
-        assert_eq!(k(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data.mode}"]).1, "fast");
-        let stale = file("stale.yaml", &CM.replace("  name: settings\n", "  name: settings\n  resourceVersion: \"1\"\n"));
-        let (ok, _, err) = k(&["replace", "--validate=false", "-f", &stale]);
-        assert!(!ok && err.contains("Operation cannot be fulfilled on configmaps \"settings\": the object has been modified"), "{err}");
-        assert_eq!(k(&["label", "namespace", "shop", "team=a"]).1, "namespace/shop labeled");
-        assert_eq!(k(&["get", "namespaces", "-l", "team=a", "-o", "name"]).1, "namespace/shop");
-        assert_eq!(
-            k(&["create", "--validate=false", "-f", &file("crd.yaml", CRD)]).1,
-            "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"
-        );
-        assert_eq!(k(&["create", "--validate=false", "-f", &file("w.yaml", WIDGET)]).1, "widget.example.com/w1 created");
-        assert_eq!(k(&["get", "widgets", "-n", "shop", "-o", "name"]).1, "widget.example.com/w1");
-        assert_eq!(k(&["delete", "cm", "settings", "-n", "shop"]).1, "configmap \"settings\" deleted");
-        let (ok, _, err) = k(&["get", "cm", "settings", "-n", "shop"]);
-        assert!(!ok && err == "Error from server (NotFound): configmaps \"settings\" not found", "{err}");
-        server.forbid("secrets");
-        let (ok, _, err) = k(&["get", "secrets", "-n", "shop"]);
-        assert!(
-            !ok && err.starts_with("Error from server (Forbidden): secrets is forbidden: User \"tresor\" cannot list resource \"secrets\""),
-            "{err}"
-        );
+fn crud(
+    store: &mut Store,
+    res: &Res,
+    t: &Target,
+    method: &Method,
+    q: &std::collections::HashMap<String, String>,
+    body: Result<Value, ApiError>,
+    part: Part,
+) -> Result<(StatusCode, Value), ApiError> {
+    let (ns, name) = (t.ns, t.name);
+    let ok = |v: Value| (StatusCode::OK, v);
+    // A server-side dry run answers as the write would, and stores nothing.
+    let dry = q.contains_key("dryRun");
+    match (method, name) {
+        (&Method::GET, None) => store.list(res, ns, q.get("labelSelector").map(String::as_str)).map(ok),
+        (&Method::GET, Some(n)) => store.get(res, ns, n).map(ok),
+        (&Method::POST, None) if dry => body.and_then(|b| store.clone().create(res, ns, b)).map(|v| (StatusCode::CREATED, v)),
+        (&Method::POST, None) => body.and_then(|b| store.create(res, ns, b)).map(|v| (StatusCode::CREATED, v)),
+        (&Method::PUT, Some(n)) if dry => body.and_then(|b| store.clone().replace(res, ns, n, b, part)).map(ok),
+        (&Method::PUT, Some(n)) => body.and_then(|b| store.replace(res, ns, n, b, part)).map(ok),
+        (&Method::PATCH, Some(n)) => body.and_then(|b| store.patch(res, ns, n, &b, part)).map(ok),
+        (&Method::DELETE, Some(n)) if part == Part::Main => store.delete(res, ns, n).map(ok),
+        _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
     }
 }

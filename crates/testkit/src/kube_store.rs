@@ -8,6 +8,17 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::kube_auth::Identity;
+
+/// Which part of an object a write is for: the object (whose `.status`
+/// stays as it was when the type has a status subresource), or `/status`
+/// (which changes nothing else).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Part {
+    Main,
+    Status,
+}
+
 #[derive(Debug, Clone)]
 pub struct Res {
     pub group: String,
@@ -16,6 +27,10 @@ pub struct Res {
     pub plural: String,
     pub namespaced: bool,
     pub short: Vec<String>,
+    /// Served with a `status` subresource: the object's own endpoint leaves `.status` alone.
+    pub status: bool,
+    /// Reviews and the like: only `create` is served.
+    pub create_only: bool,
 }
 
 impl Res {
@@ -28,43 +43,67 @@ impl Res {
             plural: plural.into(),
             namespaced,
             short: short.iter().map(|s| s.to_string()).collect(),
+            status: false,
+            create_only: false,
         }
+    }
+
+    fn with_status(mut self) -> Res {
+        self.status = true;
+        self
+    }
+
+    fn create_only(mut self) -> Res {
+        self.create_only = true;
+        self
     }
 
     pub fn group_version(&self) -> String {
         if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
-    pub fn describe(&self) -> Value {
-        json!({
+    /// Discovery's entries for this resource (and its status subresource).
+    pub fn describe(&self) -> Vec<Value> {
+        let verbs: &[&str] = if self.create_only {
+            &["create"]
+        } else {
+            &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        };
+        let mut out = vec![json!({
             "name": self.plural, "singularName": self.kind.to_lowercase(), "namespaced": self.namespaced, "kind": self.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"], "shortNames": self.short,
-        })
+            "verbs": verbs, "shortNames": self.short,
+        })];
+        if self.status {
+            out.push(json!({"name": format!("{}/status", self.plural), "singularName": "", "namespaced": self.namespaced, "kind": self.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        out
     }
 }
 
 fn builtin() -> Vec<Res> {
     vec![
-        Res::new("v1", "Namespace", "namespaces", false, &["ns"]),
+        Res::new("v1", "Namespace", "namespaces", false, &["ns"]).with_status(),
         Res::new("v1", "ConfigMap", "configmaps", true, &["cm"]),
         Res::new("v1", "Secret", "secrets", true, &[]),
-        Res::new("v1", "Service", "services", true, &["svc"]),
+        Res::new("v1", "Service", "services", true, &["svc"]).with_status(),
         Res::new("v1", "ServiceAccount", "serviceaccounts", true, &["sa"]),
-        Res::new("v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"]),
-        Res::new("v1", "PersistentVolume", "persistentvolumes", false, &["pv"]),
-        Res::new("v1", "Pod", "pods", true, &["po"]),
+        Res::new("v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"]).with_status(),
+        Res::new("v1", "PersistentVolume", "persistentvolumes", false, &["pv"]).with_status(),
+        Res::new("v1", "Pod", "pods", true, &["po"]).with_status(),
         Res::new("v1", "Event", "events", true, &["ev"]),
-        Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]),
-        Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]),
-        Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]),
-        Res::new("batch/v1", "Job", "jobs", true, &[]),
-        Res::new("batch/v1", "CronJob", "cronjobs", true, &["cj"]),
+        Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]).with_status(),
+        Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]).with_status(),
+        Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]).with_status(),
+        Res::new("batch/v1", "Job", "jobs", true, &[]).with_status(),
+        Res::new("batch/v1", "CronJob", "cronjobs", true, &["cj"]).with_status(),
         Res::new("rbac.authorization.k8s.io/v1", "Role", "roles", true, &[]),
         Res::new("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings", true, &[]),
         Res::new("rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", false, &[]),
         Res::new("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", false, &[]),
         Res::new("storage.k8s.io/v1", "StorageClass", "storageclasses", false, &["sc"]),
-        Res::new("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"]),
+        Res::new("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"]).with_status(),
+        Res::new("authorization.k8s.io/v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, &[]).create_only(),
+        Res::new("authorization.k8s.io/v1", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false, &[]).create_only(),
     ]
 }
 
@@ -74,16 +113,25 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    pub details: Option<Value>,
 }
 
 impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: String) -> ApiError {
+        ApiError { code, reason, message, details: None }
+    }
+
     pub fn body(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code})
+        let mut body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            body["details"] = d.clone();
+        }
+        body
     }
 }
 
 fn not_found(res: &Res, name: &str) -> ApiError {
-    ApiError { code: 404, reason: "NotFound", message: format!("{}{} \"{name}\" not found", res.plural, group_suffix(res)) }
+    ApiError::new(404, "NotFound", format!("{}{} \"{name}\" not found", res.plural, group_suffix(res)))
 }
 
 fn group_suffix(res: &Res) -> String {
@@ -151,7 +199,11 @@ pub struct Store {
     pub resources: Vec<Res>,
     pub objects: BTreeMap<String, Value>,
     pub rv: u64,
-    /// Plurals whose every request is refused (403), for tests.
+    /// Bearer tokens TokenRequest issued, and whom they name.
+    pub tokens: BTreeMap<String, Identity>,
+    /// The request log's file, if any (`TRESOR_KUBE_AUDIT_LOG`).
+    pub audit: Option<std::path::PathBuf>,
+    /// Plurals whose every request by anyone but the administrator is refused (403), for tests.
     pub forbidden: Vec<String>,
     /// Plurals whose creation an admission webhook denies, for tests.
     pub denied: Vec<String>,
@@ -185,52 +237,43 @@ impl Store {
         obj["kind"] = res.kind.clone().into();
     }
 
-    fn check(&self, res: &Res, verb: &str, ns: Option<&str>) -> Result<(), ApiError> {
-        if self.forbidden.contains(&res.plural) {
-            let scope = ns.map_or("at the cluster scope".to_string(), |n| format!("in the namespace \"{n}\""));
-            return Err(ApiError {
-                code: 403,
-                reason: "Forbidden",
-                message: format!(
-                    "{}{} is forbidden: User \"tresor\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
-                    res.plural,
-                    group_suffix(res),
-                    res.plural,
-                    res.group
-                ),
-            });
-        }
-        if let Some(ns) = ns.filter(|_| res.namespaced && verb == "create")
-            && !self.objects.contains_key(&format!("/namespaces//{ns}"))
-        {
-            return Err(ApiError { code: 404, reason: "NotFound", message: format!("namespaces \"{ns}\" not found") });
-        }
-        Ok(())
+    /// Every stored object of a resource, in every namespace.
+    pub fn all<'a>(&'a self, group: &str, plural: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        let prefix = format!("{group}/{plural}/");
+        self.objects.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(_, v)| v)
     }
 
     pub fn create(&mut self, res: &Res, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
-        self.check(res, "create", ns)?;
-        let name = obj["metadata"]["name"].as_str().map(String::from).ok_or(ApiError {
-            code: 422,
-            reason: "Invalid",
-            message: format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", res.kind),
+        if let Some(ns) = ns.filter(|_| res.namespaced)
+            && !self.objects.contains_key(&format!("/namespaces//{ns}"))
+        {
+            return Err(ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found")));
+        }
+        let name = obj["metadata"]["name"].as_str().map(String::from).ok_or_else(|| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", res.kind),
+            )
         })?;
         if self.denied.contains(&res.plural) {
-            return Err(ApiError {
-                code: 400,
-                reason: "BadRequest",
-                message: format!("admission webhook \"validate.example.com\" denied the request: {} {name} is not allowed here", res.kind),
-            });
+            return Err(ApiError::new(
+                400,
+                "BadRequest",
+                format!("admission webhook \"validate.example.com\" denied the request: {} {name} is not allowed here", res.kind),
+            ));
         }
         let k = key(res, ns, &name);
         if self.objects.contains_key(&k) {
-            return Err(ApiError {
-                code: 409,
-                reason: "AlreadyExists",
-                message: format!("{}{} \"{name}\" already exists", res.plural, group_suffix(res)),
-            });
+            return Err(ApiError::new(409, "AlreadyExists", format!("{}{} \"{name}\" already exists", res.plural, group_suffix(res))));
         }
         self.stamp(&mut obj, res, ns, None, None);
+        // The status of a new object is the server's to set, never the client's.
+        if res.status
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
+        }
         match res.plural.as_str() {
             "namespaces" => obj["status"] = json!({"phase": "Active"}),
             "services" if obj["spec"]["clusterIP"].is_null() => obj["spec"]["clusterIP"] = format!("10.96.0.{}", self.rv % 250 + 2).into(),
@@ -271,6 +314,7 @@ impl Store {
                 spec["scope"] != "Cluster",
                 &short,
             );
+            let res = Res { status: v["subresources"]["status"].is_object(), ..res };
             self.resources.retain(|r| !(r.group == res.group && r.version == res.version && r.plural == res.plural));
             self.resources.push(res);
         }
@@ -278,12 +322,10 @@ impl Store {
     }
 
     pub fn get(&self, res: &Res, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-        self.check(res, "get", ns)?;
         self.objects.get(&key(res, ns, name)).cloned().ok_or_else(|| not_found(res, name))
     }
 
     pub fn list(&self, res: &Res, ns: Option<&str>, selector: Option<&str>) -> Result<Value, ApiError> {
-        self.check(res, "list", ns)?;
         let prefix = format!("{}/{}/", res.group, res.plural);
         let items: Vec<Value> = self
             .objects
@@ -301,20 +343,36 @@ impl Store {
         )
     }
 
-    pub fn replace(&mut self, res: &Res, ns: Option<&str>, name: &str, mut obj: Value) -> Result<Value, ApiError> {
-        self.check(res, "update", ns)?;
+    pub fn replace(&mut self, res: &Res, ns: Option<&str>, name: &str, mut obj: Value, part: Part) -> Result<Value, ApiError> {
         let old = self.get(res, ns, name)?;
         let given = obj["metadata"]["resourceVersion"].as_str().map(String::from);
         if given.is_some_and(|g| Some(g.as_str()) != old["metadata"]["resourceVersion"].as_str()) {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
                     "Operation cannot be fulfilled on {}{} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
                     res.plural,
                     group_suffix(res)
                 ),
-            });
+            ));
+        }
+        obj = match part {
+            Part::Main if res.status => {
+                obj["status"] = old["status"].clone();
+                obj
+            }
+            Part::Main => obj,
+            Part::Status => {
+                let mut kept = old.clone();
+                kept["status"] = obj["status"].clone();
+                kept
+            }
+        };
+        if obj["status"].is_null()
+            && let Some(o) = obj.as_object_mut()
+        {
+            o.remove("status");
         }
         self.stamp(&mut obj, res, ns, Some(old["metadata"]["uid"].clone()), Some(old["metadata"]["creationTimestamp"].clone()));
         self.objects.insert(key(res, ns, name), obj.clone());
@@ -322,15 +380,14 @@ impl Store {
         Ok(obj)
     }
 
-    pub fn patch(&mut self, res: &Res, ns: Option<&str>, name: &str, patch: &Value) -> Result<Value, ApiError> {
+    pub fn patch(&mut self, res: &Res, ns: Option<&str>, name: &str, patch: &Value, part: Part) -> Result<Value, ApiError> {
         let mut obj = self.get(res, ns, name)?;
         merge(&mut obj, patch);
         obj["metadata"]["resourceVersion"] = Value::Null;
-        self.replace(res, ns, name, obj)
+        self.replace(res, ns, name, obj, part)
     }
 
     pub fn delete(&mut self, res: &Res, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
-        self.check(res, "delete", ns)?;
         let obj = self.objects.remove(&key(res, ns, name)).ok_or_else(|| not_found(res, name))?;
         if res.plural == "namespaces" {
             self.objects.retain(|_, v| v["metadata"]["namespace"] != name);

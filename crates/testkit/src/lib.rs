@@ -2,7 +2,8 @@
 //!
 //! - [`S3Server`]: an in-process S3 endpoint (s3s + s3s-fs) backed by a temp directory,
 //!   optionally with S3 Object Lock retention enforced.
-//! - [`KubeServer`]: an in-process fake Kubernetes API server, faithful enough for `kubectl`.
+//! - [`KubeServer`]: an in-process fake Kubernetes API server, faithful enough for `kubectl`,
+//!   with bearer-token authentication, RBAC and a request log for least-privilege checks.
 //! - [`EtcdServer`]: a real single-member etcd on free ports.
 //! - [`PostgresServer`]: a real PostgreSQL 15 cluster (initdb in a temp dir).
 //! - [`RedisServer`]: a real `redis-server` on a free port, in a temp directory.
@@ -11,7 +12,10 @@
 
 mod etcd;
 mod kube;
+mod kube_audit;
+mod kube_auth;
 mod kube_store;
+mod kube_tls;
 pub mod net;
 mod object_lock;
 mod postgres;
@@ -24,6 +28,7 @@ mod webdav;
 
 pub use etcd::{EtcdServer, EtcdTls};
 pub use kube::KubeServer;
+pub use kube_audit::{AUDIT_LOG_VAR, Coverage};
 pub use postgres::PostgresServer;
 pub use reach::reachable_by_all;
 pub use redis::RedisServer;

@@ -1,6 +1,8 @@
 //! Kubernetes resources against the in-process fake API server, populated
-//! with real kubectl: backup with filters, runtime fields stripped, one
-//! YAML file per object.
+//! with real kubectl as the cluster's administrator, while tresor runs as
+//! the shipped service account (deploy/kubernetes's namespace, account
+//! and roles, with a token from `kubectl create token`): backup with
+//! filters, runtime fields stripped, one YAML file per object.
 
 use tresor_testkit::KubeServer;
 
@@ -8,9 +10,15 @@ use super::*;
 
 pub(super) struct Cluster {
     pub server: KubeServer,
+    /// tresor's: the shipped service account `tresor/tresor`.
     pub kubeconfig: PathBuf,
+    /// The harness's: the administrator, for kubectl.
+    admin: PathBuf,
     dir: tempfile::TempDir,
 }
+
+/// What deploy/kubernetes gives tresor's identity, applied as a cluster administrator would.
+const SHIPPED: [&str; 3] = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"];
 
 const OBJECTS: &str = r#"apiVersion: v1
 kind: Namespace
@@ -139,8 +147,16 @@ impl Cluster {
     pub fn start() -> Cluster {
         let server = KubeServer::start();
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = server.kubeconfig(dir.path());
-        let c = Cluster { server, kubeconfig, dir };
+        let admin = server.kubeconfig(dir.path());
+        let mut c = Cluster { server, kubeconfig: admin.clone(), admin, dir };
+        for file in SHIPPED {
+            let path = format!("{}/../../deploy/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"));
+            c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], &fs::read_to_string(path).unwrap());
+        }
+        let token = c.kubectl(&["create", "token", "tresor", "-n", "tresor"]);
+        assert!(token.status.success(), "kubectl create token: {}", String::from_utf8_lossy(&token.stderr));
+        let token = String::from_utf8(token.stdout).unwrap();
+        c.kubeconfig = c.server.kubeconfig_with_token(&c.dir.path().join("kubeconfig-tresor"), "tresor", token.trim());
         let file = c.dir.path().join("objects.yaml");
         fs::write(&file, OBJECTS).unwrap();
         // Namespaces and the CRD first, as kubectl needs them to exist.
@@ -155,7 +171,7 @@ impl Cluster {
 
     pub(super) fn kubectl(&self, args: &[&str]) -> Output {
         Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.admin)
             .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
             .args(args)
             .output()
@@ -164,7 +180,7 @@ impl Cluster {
 
     pub(super) fn kubectl_stdin(&self, args: &[&str], input: &str) {
         let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.admin)
             .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
             .args(args)
             .stdin(Stdio::piped())
@@ -224,7 +240,7 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("warning: not backed up: secrets: secrets is forbidden: User \"tresor\" cannot list resource \"secrets\""),
+        err.contains("warning: not backed up: secrets: secrets is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot list resource \"secrets\" in API group \"\" at the cluster scope\n"),
         "{err}"
     );
     let listing = env.ok(&["ls", "latest"]);
@@ -434,7 +450,11 @@ fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
         c.server.object("batch", "jobs", Some("shop"), &j).unwrap()["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
         clone
     );
-    assert!(c.kubectl(&["patch", "job", &j, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#]).status.success());
+    assert!(
+        c.kubectl(&["patch", "job", &j, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#, "--subresource=status"])
+            .status
+            .success()
+    );
     let status = run.wait().unwrap();
     assert!(status.success());
     assert!(names(&c, "volumesnapshots").is_empty(), "the snapshot is removed after the job");
@@ -563,6 +583,10 @@ fn the_daemon_backs_up_a_volume_through_a_job_and_waits_for_it() {
         1,
         "the daemon waits for the Job"
     );
-    assert!(c.kubectl(&["patch", "job", &job, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#]).status.success());
+    assert!(
+        c.kubectl(&["patch", "job", &job, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#, "--subresource=status"])
+            .status
+            .success()
+    );
     super::daemon::wait_jobs(&d, "the volume backup", |j| super::daemon::count(j, "shop-data", "backup", "succeeded") == 1);
 }

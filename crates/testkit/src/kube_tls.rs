@@ -1,0 +1,81 @@
+//! HTTPS for the fake API server. kubectl (client-go) sends no bearer
+//! token over plain HTTP, so an API server that authenticates must speak
+//! TLS, as every real one does. One CA and one certificate for 127.0.0.1,
+//! made by `openssl` once per process; clients trust the CA through
+//! `certificate-authority` in their kubeconfig.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::oneshot;
+
+struct Certificates {
+    dir: tempfile::TempDir,
+}
+
+fn certificates() -> &'static Certificates {
+    static CERTS: OnceLock<Certificates> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("tresor-kube-tls-").tempdir().expect("temp dir");
+        let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
+            openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=tresor fake kube-apiserver CA' 2>/dev/null; \
+            openssl req $ec -keyout server.key -out server.csr -subj /CN=kube-apiserver 2>/dev/null; \
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext; \
+            openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null";
+        let out = Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().expect("openssl (in the base image)");
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        Certificates { dir }
+    })
+}
+
+/// The CA file a kubeconfig's `certificate-authority` names.
+pub fn ca_file() -> PathBuf {
+    certificates().dir.path().join("ca.crt")
+}
+
+fn server_config() -> Arc<rustls::ServerConfig> {
+    let dir: &Path = certificates().dir.path();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .expect("server certificate")
+        .collect::<Result<_, _>>()
+        .expect("server certificate PEM");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Serve `app` over TLS on `listener` until `shutdown` fires.
+pub async fn serve(listener: std::net::TcpListener, app: axum::Router, mut shutdown: oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
+    let service = TowerToHyperService::new(app);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                // Per-connection failures (e.g. reset before accept) must not stop the server.
+                Err(_) => continue,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (acceptor, service) = (acceptor.clone(), service.clone());
+        tokio::spawn(async move {
+            // A client that fails the handshake or hangs up is not a server failure.
+            let Ok(tls) = acceptor.accept(socket).await else { return };
+            let _ = ConnBuilder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(tls), service).await;
+        });
+    }
+}

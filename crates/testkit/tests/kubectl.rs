@@ -1,0 +1,182 @@
+//! Real kubectl against the fake API server: what a cluster answers, the
+//! fake answers, word for word (CRUD, selectors, conflicts, CRDs), and it
+//! refuses what a cluster refuses (unknown tokens, RBAC).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tresor_testkit::KubeServer;
+
+struct Kubectl {
+    server: KubeServer,
+    dir: tempfile::TempDir,
+    admin: PathBuf,
+}
+
+impl Kubectl {
+    fn start() -> Kubectl {
+        let server = KubeServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let admin = server.kubeconfig(dir.path());
+        Kubectl { server, dir, admin }
+    }
+
+    /// (exit success, stdout, stderr) of kubectl with this kubeconfig. The
+    /// fake serves no OpenAPI documents, so `-f` files go with
+    /// `--validate=false` (client-side schema validation needs them).
+    fn run_with(&self, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .arg(format!("--cache-dir={}", self.dir.path().join("cache").display()))
+            .args(args)
+            .output()
+            .expect("kubectl (in the base image)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    }
+
+    /// As the administrator.
+    fn k(&self, args: &[&str]) -> (bool, String, String) {
+        self.run_with(&self.admin, args)
+    }
+
+    fn file(&self, name: &str, text: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    /// A kubeconfig for service account `ns/name`, with a token from `kubectl create token`.
+    fn as_service_account(&self, ns: &str, name: &str) -> PathBuf {
+        let (ok, token, err) = self.k(&["create", "token", name, "-n", ns]);
+        assert!(ok && !token.is_empty(), "{err}");
+        self.server.kubeconfig_with_token(&self.dir.path().join(format!("kubeconfig-{ns}-{name}")), name, &token)
+    }
+}
+
+const CM: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: shop\n  labels:\n    app: shop\ndata:\n  mode: fast\n";
+const CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.com\nspec:\n  group: example.com\n  scope: Namespaced\n  names:\n    plural: widgets\n    singular: widget\n    kind: Widget\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    subresources:\n      status: {}\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n";
+const WIDGET: &str = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: shop\nspec:\n  size: 3\n";
+
+#[test]
+fn real_kubectl_works_against_the_fake() {
+    let c = Kubectl::start();
+    let k = |args: &[&str]| c.k(args);
+    let (ok, out, err) = k(&["version", "-o", "json"]);
+    assert!(ok && out.contains("\"gitVersion\": \"v1.30.0-tresor-fake\""), "{out}{err}");
+    let (_, out, _) = k(&["api-resources", "--no-headers"]);
+    assert!(out.lines().any(|l| l.starts_with("deployments ") && l.contains("apps/v1") && l.contains("Deployment")), "{out}");
+    assert_eq!(k(&["create", "namespace", "shop"]).1, "namespace/shop created");
+    let cm = c.file("cm.yaml", CM);
+    let (_, out, err) = k(&["create", "--validate=false", "-f", &cm]);
+    assert_eq!(out, "configmap/settings created", "{err}");
+    let (ok, _, err) = k(&["create", "--validate=false", "-f", &cm]);
+    assert!(!ok && err.ends_with("configmaps \"settings\" already exists"), "{err}");
+    assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app=shop", "-o", "jsonpath={.items[*].metadata.name}"]).1, "settings");
+    assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app!=shop", "-o", "name"]).1, "");
+    assert_eq!(k(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data.mode}"]).1, "fast");
+    let stale = c.file("stale.yaml", &CM.replace("  name: settings\n", "  name: settings\n  resourceVersion: \"1\"\n"));
+    let (ok, _, err) = k(&["replace", "--validate=false", "-f", &stale]);
+    assert!(!ok && err.contains("Operation cannot be fulfilled on configmaps \"settings\": the object has been modified"), "{err}");
+    assert_eq!(k(&["label", "namespace", "shop", "team=a"]).1, "namespace/shop labeled");
+    assert_eq!(k(&["get", "namespaces", "-l", "team=a", "-o", "name"]).1, "namespace/shop");
+    assert_eq!(
+        k(&["create", "--validate=false", "-f", &c.file("crd.yaml", CRD)]).1,
+        "customresourcedefinition.apiextensions.k8s.io/widgets.example.com created"
+    );
+    assert_eq!(k(&["create", "--validate=false", "-f", &c.file("w.yaml", WIDGET)]).1, "widget.example.com/w1 created");
+    assert_eq!(k(&["get", "widgets", "-n", "shop", "-o", "name"]).1, "widget.example.com/w1");
+    assert_eq!(k(&["delete", "cm", "settings", "-n", "shop"]).1, "configmap \"settings\" deleted");
+    let (ok, _, err) = k(&["get", "cm", "settings", "-n", "shop"]);
+    assert!(!ok && err == "Error from server (NotFound): configmaps \"settings\" not found", "{err}");
+}
+
+#[test]
+fn a_token_from_kubectl_create_token_is_a_service_account_that_rbac_governs() {
+    let c = Kubectl::start();
+    assert!(c.k(&["create", "namespace", "shop"]).0);
+    assert!(c.k(&["create", "namespace", "tresor"]).0);
+    let (ok, _, err) = c.k(&["create", "token", "tresor", "-n", "tresor"]);
+    assert!(!ok && err == "error: failed to create token: serviceaccounts \"tresor\" not found", "{err}");
+    assert_eq!(c.k(&["create", "serviceaccount", "tresor", "-n", "tresor"]).1, "serviceaccount/tresor created");
+    let sa = c.as_service_account("tresor", "tresor");
+    let run = |args: &[&str]| c.run_with(&sa, args);
+
+    // Nothing bound yet: discovery and self-reviews only, as the bootstrap policy allows.
+    assert!(run(&["version"]).0);
+    assert_eq!(run(&["auth", "can-i", "list", "pods", "-n", "shop"]), (false, "no".into(), String::new()));
+    let (ok, _, err) = run(&["get", "pods", "-n", "shop"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): pods is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot list resource \"pods\" in API group \"\" in the namespace \"shop\""
+    );
+    let (ok, _, err) = run(&["create", "namespace", "drill"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "Error from server (Forbidden): namespaces is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot create resource \"namespaces\" in API group \"\" at the cluster scope"
+    );
+
+    // A Role in shop, bound to the account's namespace group; a ClusterRole for jobs' status only.
+    assert!(c.k(&["create", "role", "reader", "-n", "shop", "--verb=get,list", "--resource=pods,configmaps"]).0);
+    assert!(c.k(&["create", "rolebinding", "reader", "-n", "shop", "--role=reader", "--group=system:serviceaccounts:tresor"]).0);
+    assert!(c.k(&["create", "clusterrole", "job-status", "--verb=patch", "--resource=jobs/status"]).0);
+    assert!(c.k(&["create", "clusterrolebinding", "job-status", "--clusterrole=job-status", "--serviceaccount=tresor:tresor"]).0);
+    assert!(c.k(&["create", "role", "one-map", "-n", "shop", "--verb=delete", "--resource=configmaps", "--resource-name=settings"]).0);
+    assert!(c.k(&["create", "rolebinding", "one-map", "-n", "shop", "--role=one-map", "--serviceaccount=tresor:tresor"]).0);
+    let yes = |args: &[&str]| run(&[&["auth", "can-i"], args].concat()).1;
+    assert_eq!(yes(&["list", "pods", "-n", "shop"]), "yes");
+    assert_eq!(yes(&["list", "pods", "-n", "default"]), "no", "a Role is for its namespace only");
+    assert_eq!(yes(&["watch", "pods", "-n", "shop"]), "no");
+    assert_eq!(yes(&["patch", "jobs", "--subresource=status", "-n", "shop"]), "yes");
+    assert_eq!(yes(&["patch", "jobs", "-n", "shop"]), "no", "the status subresource is not the object");
+    assert_eq!(yes(&["delete", "configmap/settings", "-n", "shop"]), "yes");
+    assert_eq!(yes(&["delete", "configmap/other", "-n", "shop"]), "no", "resourceNames");
+    assert_eq!(run(&["get", "pods", "-n", "shop", "-o", "name"]), (true, String::new(), String::new()));
+    let (_, list, _) = run(&["auth", "can-i", "--list", "-n", "shop", "--no-headers"]);
+    assert!(list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pods", "[]", "[]", "[get", "list]"]), "{list}");
+    assert!(list.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["jobs.batch/status", "[]", "[]", "[patch]"]), "{list}");
+
+    // A token nobody issued is not an identity: 401.
+    let forged = c.server.kubeconfig_with_token(&c.dir.path().join("forged"), "x", "not-a-token");
+    let (ok, _, err) = c.run_with(&forged, &["get", "pods", "-n", "shop"]);
+    assert!(!ok && err.ends_with("error: You must be logged in to the server (Unauthorized)"), "{err}");
+
+    // The test knob refuses a resource to everyone but the administrator, in the same words.
+    c.server.forbid("configmaps");
+    let (ok, _, err) = run(&["get", "configmaps", "-n", "shop"]);
+    assert!(!ok && err.starts_with("Error from server (Forbidden): configmaps is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot list resource \"configmaps\""), "{err}");
+    assert!(c.k(&["get", "configmaps", "-n", "shop"]).0);
+}
+
+#[test]
+fn status_is_a_subresource_the_object_cannot_change() {
+    let c = Kubectl::start();
+    assert!(c.k(&["create", "namespace", "shop"]).0);
+    assert!(c.k(&["create", "--validate=false", "-f", &c.file("crd.yaml", CRD)]).0);
+    assert!(c.k(&["create", "--validate=false", "-f", &c.file("w.yaml", &format!("{WIDGET}status:\n  ready: true\n"))]).0);
+    let ready = || c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.status.ready}"]).1;
+    assert_eq!(ready(), "", "a new object's status is the server's to set");
+    assert!(c.k(&["patch", "widget", "w1", "-n", "shop", "--type=merge", "-p", r#"{"status":{"ready":true},"spec":{"size":4}}"#]).0);
+    assert_eq!(ready(), "", "the object's own endpoint leaves status alone");
+    assert_eq!(c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.spec.size}"]).1, "4");
+    let (ok, _, err) = c.k(&[
+        "patch",
+        "widget",
+        "w1",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"ready":true},"spec":{"size":5}}"#,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(ready(), "true");
+    assert_eq!(c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.spec.size}"]).1, "4", "and status leaves the rest alone");
+}
