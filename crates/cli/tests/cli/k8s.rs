@@ -590,3 +590,55 @@ fn the_daemon_backs_up_a_volume_through_a_job_and_waits_for_it() {
     );
     super::daemon::wait_jobs(&d, "the volume backup", |j| super::daemon::count(j, "shop-data", "backup", "succeeded") == 1);
 }
+
+/// Least privilege, shown: the requests tresor made as the shipped service
+/// account, against deploy/kubernetes's roles: nothing it needed is
+/// missing, and every granted verb was used. The requests are a whole
+/// suite's when `TRESOR_KUBE_AUDIT_CHECK` names the finished log of a run
+/// with `TRESOR_KUBE_AUDIT_LOG` (tests run at once and test binaries apart,
+/// so only a log written before this test starts is complete), else this
+/// test's own backup, restores and drill-like dry run, which exercise the
+/// backup and restore roles only.
+#[test]
+fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
+    let suite = std::env::var_os("TRESOR_KUBE_AUDIT_CHECK")
+        .map(PathBuf::from)
+        .filter(|p| fs::read_to_string(p).is_ok_and(|t| t.lines().any(|l| l.contains("\"user\":\"system:serviceaccount:tresor:tresor\""))));
+    let c = Cluster::start();
+    let log = match &suite {
+        Some(log) => log.clone(),
+        None => {
+            let log = c.dir.path().join("requests.jsonl");
+            c.server.record_requests_to(&log);
+            let env = Env::new();
+            env.ok(&["init"]);
+            assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+            for extra in [&[][..], &["--existing", "update"][..]] {
+                let out =
+                    tresor(&env, &c, &[&["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy"][..], extra].concat());
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+            let out =
+                tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-drill", "--server-dry-run"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            log
+        }
+    };
+    let seen = c.server.coverage(&log, "tresor", "tresor");
+    assert_eq!(seen.missing, Vec::<String>::new(), "needed and not granted");
+    let unused: Vec<&str> = seen.unused.iter().map(String::as_str).collect();
+    if suite.is_some() {
+        assert_eq!(unused, Vec::<&str>::new(), "granted and never used by the suite");
+    } else {
+        // What the daemon (watching its BackupPlan, saying so in its status) and volume Jobs use.
+        let theirs = [
+            "ClusterRoleBinding \"tresor-backup\" of ClusterRole \"tresor-backup\": watch */*",
+            "ClusterRoleBinding \"tresor-plans\" of ClusterRole \"tresor-plans\": patch tresor.dev/backupplans/status",
+            "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create batch/jobs",
+            "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create snapshot.storage.k8s.io/volumesnapshots",
+            "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete persistentvolumeclaims",
+            "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete snapshot.storage.k8s.io/volumesnapshots",
+        ];
+        assert_eq!(unused, theirs, "granted and never used");
+    }
+}
