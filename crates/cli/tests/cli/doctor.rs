@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use tresor_testkit::{KubeServer, PostgresServer, RedisServer};
+use tresor_testkit::{PostgresServer, RedisServer};
 
 use super::*;
 
@@ -269,11 +269,11 @@ fn an_s3_repository_whose_bucket_does_not_exist_is_named() {
 
 #[test]
 fn a_kubernetes_source_says_the_api_version_and_what_may_be_done() {
-    let server = KubeServer::start();
+    // As the shipped service account, never as the administrator.
+    let cluster = super::k8s::Cluster::start();
     let mut env = Env::new();
     env.ok(&["init"]);
-    let kubeconfig = server.kubeconfig(env.dir.path());
-    env.vars.push(("KUBECONFIG".into(), kubeconfig.display().to_string()));
+    env.vars.push(("KUBECONFIG".into(), cluster.kubeconfig.display().to_string()));
     let plan = write_plan(
         &env,
         &[("main", env.repo.as_str())],
@@ -281,11 +281,10 @@ fn a_kubernetes_source_says_the_api_version_and_what_may_be_done() {
     );
     let (code, out, err) = doctor(&env, &plan);
     assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
-    // The fake serves no SelfSubjectRulesReview: a real API server's 404 for it reads the same.
     assert_eq!(
         out.lines().skip(1).collect::<Vec<_>>().join("\n"),
-        "k8s cluster: ok — Kubernetes v1.30.0-tresor-fake; permissions: not available (no SelfSubjectRulesReview)\n\
-         pvc volume: ok — Kubernetes v1.30.0-tresor-fake; permissions: not available (no SelfSubjectRulesReview)\n\
+        "k8s cluster: ok — Kubernetes v1.30.0-tresor-fake; in namespace default: may list all resources; may create namespaces\n\
+         pvc volume: ok — Kubernetes v1.30.0-tresor-fake; in namespace shop: may list all resources; may create jobs, get persistentvolumeclaims\n\
          3 checks: 3 ok, 0 failed"
     );
 }
