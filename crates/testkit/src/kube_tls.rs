@@ -62,15 +62,7 @@ pub async fn serve(listener: std::net::TcpListener, app: axum::Router, mut shutd
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config());
     let service = TowerToHyperService::new(app);
-    loop {
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                // Per-connection failures (e.g. reset before accept) must not stop the server.
-                Err(_) => continue,
-            },
-            _ = &mut shutdown => break,
-        };
+    while let Some(socket) = crate::net::accept_until(&listener, &mut shutdown).await {
         let (acceptor, service) = (acceptor.clone(), service.clone());
         tokio::spawn(async move {
             // A client that fails the handshake or hangs up is not a server failure.

@@ -14,3 +14,21 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0 to find a free port")
         .port()
 }
+
+/// The next connection to an in-process server, or `None` once `shutdown`
+/// fires (or its sender is dropped).
+pub(crate) async fn accept_until(
+    listener: &tokio::net::TcpListener,
+    shutdown: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => return Some(socket),
+                // Per-connection failures (e.g. reset before accept) must not stop the server.
+                Err(_) => continue,
+            },
+            _ = &mut *shutdown => return None,
+        }
+    }
+}

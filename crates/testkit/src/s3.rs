@@ -153,15 +153,7 @@ fn serve(listener: StdTcpListener, service: S3Service, mut shutdown: oneshot::Re
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener).expect("register listener with tokio");
         let http = ConnBuilder::new(TokioExecutor::new()).http1_only();
-        loop {
-            let socket = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, _)) => socket,
-                    // Per-connection failures (e.g. reset before accept) must not stop the server.
-                    Err(_) => continue,
-                },
-                _ = &mut shutdown => break,
-            };
+        while let Some(socket) = crate::net::accept_until(&listener, &mut shutdown).await {
             let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
             tokio::spawn(async move {
                 // A client hanging up mid-request is not a server failure.
