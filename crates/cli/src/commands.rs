@@ -28,6 +28,9 @@ pub fn read_password_file(path: &Path) -> Result<Password> {
 
 /// The password from `$TRESOR_PASSWORD`, the password file, or a prompt.
 pub fn password(g: &Global, confirm: bool) -> Result<Password> {
+    if let Some(p) = &g.password {
+        return Ok(p.clone());
+    }
     if let Some(f) = &g.password_file {
         return read_password_file(f);
     }
@@ -149,7 +152,24 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs(n * secs))
 }
 
+/// A job child's JSON goes into its result, not to standard output.
+static CAPTURED: std::sync::Mutex<Option<Vec<serde_json::Value>>> = std::sync::Mutex::new(None);
+
+/// From now on, what commands print as JSON is kept for [`captured_json`].
+pub fn capture_json() {
+    *CAPTURED.lock().expect("not poisoned") = Some(Vec::new());
+}
+
+/// The JSON values printed since [`capture_json`].
+pub fn captured_json() -> Vec<serde_json::Value> {
+    CAPTURED.lock().expect("not poisoned").take().unwrap_or_default()
+}
+
 pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    if let Some(kept) = CAPTURED.lock().expect("not poisoned").as_mut() {
+        kept.push(serde_json::to_value(v)?);
+        return Ok(());
+    }
     println!("{}", serde_json::to_string(v)?);
     Ok(())
 }

@@ -8,6 +8,9 @@ use crate::commands::{location, open, open_options, print_json, prompt, read_pas
 use crate::opts::{CopyArgs, Global};
 
 fn target_password(a: &CopyArgs) -> Result<Password> {
+    if let Some(p) = &a.to_password {
+        return Ok(p.clone());
+    }
     if let Some(f) = &a.to_password_file {
         return read_password_file(f);
     }

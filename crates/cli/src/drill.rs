@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use tresor_controller::daemon::load_plan;
-use tresor_controller::drill::{Report, drill};
+use tresor_controller::drill::{Report, Tresor, drill};
 use tresor_controller::plan::Plan;
 use tresor_controller::state::{AuditEntry, State};
 
@@ -105,15 +105,15 @@ pub fn report(a: ReportArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// `tresor --json` against one of the plan's repositories: its JSON answer.
-fn ask(repo: &tresor_controller::plan::Repository, args: &[&str]) -> Option<serde_json::Value> {
+/// One of the plan's repositories, asked through a job.
+fn ask(repo: &tresor_controller::plan::Repository, what: impl Fn(&Tresor) -> Result<serde_json::Value, String>) -> Option<serde_json::Value> {
     let exe = std::env::current_exe().ok()?;
-    tresor_controller::drill::Tresor::new(&exe, repo).json(args).ok()
+    what(&Tresor::new(&exe, repo, "")).ok()
 }
 
 /// Legal holds per repository that answers.
 fn holds(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
-    plan.repositories.iter().filter_map(|(name, r)| Some((name.clone(), ask(r, &["holds"])?.as_array()?.len() as u64))).collect()
+    plan.repositories.iter().filter_map(|(name, r)| Some((name.clone(), ask(r, |t| t.holds())?.as_array()?.len() as u64))).collect()
 }
 
 /// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
@@ -126,7 +126,7 @@ fn archive_lags(plan: &Plan, now: chrono::DateTime<chrono::Utc>) -> std::collect
     for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
         let Some((name, repo)) = plan.repository_of(s) else { continue };
         if !listings.contains_key(name) {
-            let listed = ask(repo, &["snapshots", "--all"]).and_then(|v| v.as_array().cloned()).unwrap_or_default();
+            let listed = ask(repo, |t| t.snapshots()).and_then(|v| v.as_array().cloned()).unwrap_or_default();
             listings.insert(name, listed);
         }
         let snaps = &listings[name];

@@ -7,6 +7,7 @@ mod data;
 mod demo;
 mod doctor;
 mod drill;
+mod job;
 mod k8s;
 mod keys;
 mod manual;
@@ -96,6 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Volume(a) => k8s::volume(&g, a).await,
         Command::Completion(a) => manual::completion(a),
         Command::Man(a) => manual::man(a),
+        Command::Job(a) => match a.command {
+            opts::JobCommand::Run => job::run(&g).await,
+        },
     }
 }
 
@@ -113,7 +117,7 @@ fn tune_malloc() {
 }
 
 /// Every error is one line: the context chain joined, never a backtrace.
-fn one_line(e: &anyhow::Error) -> String {
+pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string();

@@ -69,6 +69,9 @@ pub struct Global {
     /// Argon2id memory in KiB for new keys (lower only for tests).
     #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
     pub kdf_memory_kib: Option<u32>,
+    /// The repository password itself, from a job's spec: never an argument.
+    #[arg(skip)]
+    pub password: Option<tresor_engine::Password>,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +134,11 @@ pub enum Command {
     Completion(CompletionArgs),
     /// Write man pages for tresor and every subcommand into a directory.
     Man(ManArgs),
+    /// The daemon's job protocol: `job run` reads a job spec (JSON) on
+    /// standard input and writes its result (JSON) as the last line of
+    /// standard output.
+    #[command(hide = true)]
+    Job(JobCmd),
 }
 
 #[derive(Args)]

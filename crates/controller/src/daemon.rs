@@ -249,7 +249,9 @@ impl Loop {
         self.shared.metrics.set_running(self.tasks.len());
         let plan = self.shared.plan();
         let retries = plan.sources.iter().find(|s| s.name == q.name).and_then(|s| s.retries).unwrap_or(plan.daemon.retries);
-        if outcome.status == "failed" && q.attempt < retries {
+        // A permanent failure (a wrong password, a missing repository,
+        // refused credentials) would fail the same way again: recorded once.
+        if outcome.status == "failed" && outcome.temporary && q.attempt < retries {
             let wait = plan.daemon.retry_backoff.0 * 2u32.saturating_pow(q.attempt);
             let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
             tracing::warn!(

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::model::{JobSpec, Kind, RestoreSpec, Status};
 use crate::plan::{Plan, Repository, SourceSpec};
 use crate::scratch;
 
@@ -38,45 +39,67 @@ pub struct Report {
     pub owner: Option<String>,
 }
 
-/// `tresor` run against one repository, synchronously.
+/// `tresor` jobs against one source's repository, run to the end.
 pub struct Tresor<'a> {
     exe: &'a Path,
     repo: &'a Repository,
+    source: &'a str,
 }
 
 impl<'a> Tresor<'a> {
-    pub fn new(exe: &'a Path, repo: &'a Repository) -> Tresor<'a> {
-        Tresor { exe, repo }
+    pub fn new(exe: &'a Path, repo: &'a Repository, source: &'a str) -> Tresor<'a> {
+        Tresor { exe, repo, source }
     }
 
-    /// Its standard output, or its one-line error.
-    pub fn run(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(self.exe)
-            .args(crate::runner::repo_args(self.repo))
-            .args(args)
-            .env_remove("TRESOR_STATE")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
-        if !out.status.success() {
-            // The verdict, and the first of the errors that led to it (a
-            // restore names each damaged object on a line of its own).
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("failed").trim_start_matches("tresor: error: ");
-            return Err(match err.lines().find_map(|l| l.strip_prefix("error: ")) {
-                Some(first) => format!("{last}; first: {first}"),
-                None => last.to_string(),
-            });
+    /// The job's details, or why it failed: its message and the first of
+    /// the errors that led to it (a restore names each damaged object on a
+    /// line of its own).
+    fn job(&self, kind: Kind, restore: Option<RestoreSpec>) -> Result<Value, String> {
+        let spec = JobSpec {
+            kind,
+            name: self.source.into(),
+            source: None,
+            repository: crate::runner::repository_spec(self.repo),
+            offsite: None,
+            restore,
+            forget: None,
+            plan_file: None,
+            timeout_secs: None,
+        };
+        let r = crate::child::run_blocking(self.exe, &spec);
+        if r.status == Status::Succeeded {
+            return Ok(r.details.unwrap_or_default());
         }
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        let last = r.message.unwrap_or_else(|| "failed".into());
+        Err(match r.log.as_deref().and_then(|log| log.lines().find_map(|l| l.strip_prefix("error: "))) {
+            Some(first) => format!("{last}; first: {first}"),
+            None => last,
+        })
     }
 
-    /// The last JSON line of `tresor --json ARGS`.
-    pub fn json(&self, args: &[&str]) -> Result<Value, String> {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let text = self.run(&a)?;
-        text.lines().rev().find_map(|l| serde_json::from_str(l).ok()).ok_or_else(|| format!("no JSON from tresor {}", args.join(" ")))
+    /// The source's snapshots, oldest first (without a source: all).
+    pub fn snapshots(&self) -> Result<Value, String> {
+        self.job(Kind::Snapshots, None)
+    }
+
+    /// The repository's legal holds.
+    pub fn holds(&self) -> Result<Value, String> {
+        self.job(Kind::Holds, None)
+    }
+
+    /// Restore snapshot `id` as `r` says.
+    pub fn restore(&self, id: &str, r: RestoreSpec) -> Result<Value, String> {
+        self.job(Kind::Restore, Some(RestoreSpec { snapshot: Some(id.into()), ..r }))
+    }
+
+    /// Restore snapshot `id` into directory `target`.
+    pub fn restore_to_dir(&self, id: &str, target: &Path) -> Result<Value, String> {
+        self.restore(id, RestoreSpec { target: Some(target.display().to_string()), ..RestoreSpec::default() })
+    }
+
+    /// Restore snapshot `id` into a service.
+    pub fn restore_to(&self, id: &str, to: &str) -> Result<Value, String> {
+        self.restore(id, RestoreSpec { to: Some(to.into()), ..RestoreSpec::default() })
     }
 }
 
@@ -107,7 +130,7 @@ pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) 
     let result = match plan.repository_of(source) {
         Some((_, repo)) => std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
-            .and_then(|_| run(&Tresor::new(exe, repo), source, &dir, &mut r)),
+            .and_then(|_| run(&Tresor::new(exe, repo, &source.name), source, &dir, &mut r)),
         None => Err("the source's repository is not in the plan".into()),
     };
     r.rto_seconds = t0.elapsed().as_secs_f64();
@@ -122,7 +145,7 @@ pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) 
 
 /// Pick the newest snapshot, restore it into `dir` the way its kind needs, validate.
 fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<(), String> {
-    let snaps = t.json(&["snapshots", "--tag", &format!("source={}", source.name)])?;
+    let snaps = t.snapshots()?;
     let snap = snaps.as_array().and_then(|a| a.last()).ok_or("the source has no snapshot to restore")?.clone();
     let id = snap["id"].as_str().unwrap_or_default().to_string();
     r.snapshot = Some(id.clone());
@@ -134,7 +157,7 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
     match r.kind.as_str() {
         "files" | "stdin" => {
             // The restore's last JSON line is its verification.
-            let v = t.json(&["restore", &id, "--target", &target_s, "--verify"])?;
+            let v = t.restore(&id, RestoreSpec { target: Some(target_s), verify: true, ..RestoreSpec::default() })?;
             r.bytes = v["bytes"].as_u64().unwrap_or(0);
             r.checks.push(format!("{} files ({} bytes) read back and matched the snapshot's content hashes", v["files"], r.bytes));
             Ok(())
@@ -143,7 +166,7 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
         "postgres" | "pg-base" => crate::drill_pg::drill_postgres(t, source, &id, dir, point, r),
         "etcd" => {
             let member = dir.join("member");
-            let v = t.json(&["restore", &id, "--to", &format!("etcd-data:{}", member.display())])?;
+            let v = t.restore_to(&id, &format!("etcd-data:{}", member.display()))?;
             r.bytes = v["bytes"].as_u64().unwrap_or(0);
             let etcd = scratch::Etcd::start(&member)?;
             let (revision, keys) = etcd.count()?;
@@ -165,7 +188,7 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
 
 /// Restore `id` into `target` (`restore --target`); the bytes restored.
 fn restore_to_dir(t: &Tresor, id: &str, target: &Path) -> Result<u64, String> {
-    let v = t.json(&["restore", id, "--target", &target.display().to_string()])?;
+    let v = t.restore_to_dir(id, target)?;
     Ok(v["bytes_restored"].as_u64().unwrap_or(0))
 }
 
@@ -256,12 +279,8 @@ fn drill_k8s(t: &Tresor, snap: &Value, id: &str, r: &mut Report) -> Result<(), S
         .as_array()
         .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
         .unwrap_or_default();
-    let mappings: Vec<String> = namespaces.iter().map(|n| format!("{n}:{n}-drill")).collect();
-    let mut args = vec!["restore", id, "--to", &url, "--server-dry-run"];
-    for m in &mappings {
-        args.extend(["--namespace-mapping", m.as_str()]);
-    }
-    let v = t.json(&args)?;
+    let namespace_mapping: Vec<String> = namespaces.iter().map(|n| format!("{n}:{n}-drill")).collect();
+    let v = t.restore(id, RestoreSpec { to: Some(url), server_dry_run: true, namespace_mapping, ..RestoreSpec::default() })?;
     let results = v["results"].as_array().cloned().unwrap_or_default();
     let count = |what: &str| results.iter().filter(|x| x["result"] == what).count();
     r.bytes = snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0);

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::drill::{Report, Tresor};
+use crate::model::RestoreSpec;
 use crate::plan::{Query, SourceSpec};
 use crate::scratch::Postgres;
 
@@ -16,7 +17,7 @@ pub(crate) fn drill_postgres(t: &Tresor, source: &SourceSpec, id: &str, dir: &Pa
     std::fs::create_dir_all(&pgdir).map_err(|e| format!("cannot create {}: {e}", pgdir.display()))?;
     let (pg, db) = if r.kind == "pg-base" {
         let data = pgdir.join("data").display().to_string();
-        let v = t.json(&["pg", "restore", id, "--immediate", "--no-archive", "--target", &data])?;
+        let v = t.restore(id, RestoreSpec { target: Some(data), base_backup: true, ..RestoreSpec::default() })?;
         r.bytes = v["bytes"].as_u64().unwrap_or(0);
         let pg = Postgres::start(&pgdir, false)?;
         pg.recovered()?;
@@ -24,7 +25,7 @@ pub(crate) fn drill_postgres(t: &Tresor, source: &SourceSpec, id: &str, dir: &Pa
         (pg, "postgres".to_string())
     } else if point["globals"].as_bool() == Some(true) {
         let pg = Postgres::start(&pgdir, true)?;
-        let v = t.json(&["restore", id, "--to", pg.url("").trim_end_matches('/')])?;
+        let v = t.restore_to(id, pg.url("").trim_end_matches('/'))?;
         r.bytes = v["bytes"].as_u64().unwrap_or(0);
         let roles = pg.query("postgres", "SELECT count(*) FROM pg_roles WHERE rolname !~ '^pg_'")?;
         r.checks.push(format!("{roles} roles replayed"));
@@ -32,7 +33,7 @@ pub(crate) fn drill_postgres(t: &Tresor, source: &SourceSpec, id: &str, dir: &Pa
     } else {
         let db = point["database"].as_str().unwrap_or("postgres").to_string();
         let pg = Postgres::start(&pgdir, true)?;
-        let v = t.json(&["restore", id, "--to", &pg.url(&db)])?;
+        let v = t.restore_to(id, &pg.url(&db))?;
         r.bytes = v["bytes"].as_u64().unwrap_or(0);
         r.checks.push(format!("pg_restore into a scratch cluster: {}", v["result"].as_str().unwrap_or("done")));
         compare_rows(&pg, &db, &point["row_estimates"], r)?;

@@ -3,18 +3,22 @@
 //! SQLite (job history and audit trail), and the HTTP side (API, status
 //! page, Prometheus metrics).
 //!
-//! Jobs run as `tresor` child processes: a job that hangs or is cancelled
-//! is killed without taking the daemon down, and the engine's own
-//! guarantees (no snapshot without all of its data) make a killed job
-//! harmless to the repository.
+//! Jobs run as `tresor job run` child processes (see [`child`] and the
+//! protocol's types in [`model`]): a job that hangs or is cancelled is
+//! killed without taking the daemon down, and the engine's own guarantees
+//! (no snapshot without all of its data) make a killed job harmless to the
+//! repository.
 
 pub mod api;
 pub mod check;
+pub mod child;
 pub mod clock;
 pub mod daemon;
 pub mod drill;
 mod drill_pg;
+pub mod failure;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod plan;
 pub mod planwatch;

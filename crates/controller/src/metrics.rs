@@ -158,7 +158,7 @@ impl Metrics {
             if plan.classes.get(&s.class).is_some_and(|c| c.offsite.is_some()) {
                 self.lag.get_or_create(&l).set(f64::NAN);
             }
-            for reason in crate::runner::REASONS {
+            for reason in crate::model::Reason::ALL.map(crate::model::Reason::as_str) {
                 let l = FailureLabels { source: s.name.clone(), class: s.class.clone(), reason: reason.into() };
                 let _ = self.failure.get_or_create(&l);
                 let _ = self.restore_failure.get_or_create(&l);

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes_processed INTEGER,
     bytes_added INTEGER,
     duration REAL,
-    log TEXT
+    log TEXT,
+    temporary INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
 CREATE TABLE IF NOT EXISTS drills (
@@ -82,6 +83,8 @@ pub struct Outcome {
     /// `running`, `succeeded`, `failed`, `cancelled`.
     pub status: String,
     pub reason: Option<String>,
+    /// The failure may heal by itself (the daemon retries it).
+    pub temporary: bool,
     pub message: Option<String>,
     pub snapshot: Option<String>,
     pub bytes_processed: Option<u64>,
@@ -127,13 +130,14 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
             bytes_processed: r.get(13)?,
             bytes_added: r.get(14)?,
             log: r.get(16)?,
+            temporary: r.get(17)?,
             ..Outcome::default()
         },
     })
 }
 
 const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
-                           snapshot, bytes_processed, bytes_added, duration, log";
+                           snapshot, bytes_processed, bytes_added, duration, log, temporary";
 
 impl State {
     pub fn open(path: &Path) -> Result<State> {
@@ -150,6 +154,12 @@ impl State {
             db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'log'").and_then(|mut q| q.exists([])).map_err(fail)?;
         if !has_log {
             db.execute_batch("ALTER TABLE jobs ADD COLUMN log TEXT").map_err(fail)?;
+        }
+        // State from before failures were told temporary or not.
+        let has_temporary: bool =
+            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'temporary'").and_then(|mut q| q.exists([])).map_err(fail)?;
+        if !has_temporary {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0").map_err(fail)?;
         }
         Ok(State { path: path.to_path_buf(), db: Mutex::new(db) })
     }
@@ -174,8 +184,8 @@ impl State {
         self.with(|db| {
             db.execute(
                 "UPDATE jobs SET ended_at = ?2, status = ?3, reason = ?4, message = ?5, snapshot = ?6, bytes_processed = ?7, bytes_added = ?8, \
-                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9 WHERE id = ?1",
-                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log],
+                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9, temporary = ?10 WHERE id = ?1",
+                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log, o.temporary],
             )
             .map(|_| ())
         })
@@ -190,6 +200,7 @@ impl State {
         let outcome = Outcome {
             status: "failed".into(),
             reason: Some("interrupted".into()),
+            temporary: true,
             message: Some("the daemon stopped while the job ran".into()),
             ..Outcome::default()
         };

@@ -57,19 +57,89 @@ pub enum Error {
     AppendOnly(String),
     #[error("interrupted")]
     Interrupted,
+    /// A backed-up stream failed while it was read; its error names its
+    /// producer (a source wraps a typed error of its own in it).
+    #[error("{0}")]
+    Stream(#[source] std::io::Error),
+}
+
+/// What kind of failure an [`Error`] is, for those who act on it
+/// differently (the daemon's reasons, its retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Nothing, or no tresor repository, at the location.
+    NoRepository,
+    WrongPassword,
+    /// The storage (or a local disk) has no room left.
+    StorageFull,
+    /// The storage did not answer, or refused.
+    Storage,
+    /// The repository answered but cannot serve: damaged, newer, append-only.
+    Repository,
+    /// The stream being backed up failed.
+    Stream,
+    Interrupted,
+    /// The request itself: a bad argument, a missing snapshot or path.
+    Other,
+}
+
+/// Out of space, as an I/O error says it.
+fn io_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
+/// Out of space, somewhere below a storage error.
+fn storage_full(e: &opendal::Error) -> bool {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(io_full) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// A storage error that may heal: temporary, or temporary until the
+/// retry layer gave up on it (persistent), or throttled.
+fn storage_may_heal(e: &opendal::Error) -> bool {
+    !e.is_permanent() || matches!(e.kind(), opendal::ErrorKind::RateLimited)
 }
 
 impl Error {
     /// Whether repeating the operation later may succeed (network blips,
-    /// throttling, a server restarting) as opposed to a permanent condition.
+    /// throttling, a server restarting, a storage outage the retries did
+    /// not outlast) as opposed to a permanent condition.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Storage { source, .. } => tresor_storage::is_temporary(source),
-            Error::Io { source, .. } => {
+            Error::Storage { source, .. } => storage_may_heal(source) && !storage_full(source),
+            Error::Setup(tresor_storage::StorageError::Setup { source, .. }) => storage_may_heal(source),
+            Error::Io { source, .. } | Error::Stream(source) => {
                 matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
             }
             Error::Interrupted | Error::LeaseExpired { .. } => true,
             _ => false,
+        }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoRepository { .. } | Error::NotARepository { .. } => ErrorKind::NoRepository,
+            Error::WrongPassword => ErrorKind::WrongPassword,
+            Error::Storage { source, .. } if storage_full(source) => ErrorKind::StorageFull,
+            Error::Io { source, .. } if io_full(source) => ErrorKind::StorageFull,
+            Error::Storage { .. } | Error::Setup(_) | Error::LeaseExpired { .. } => ErrorKind::Storage,
+            Error::NewerFormat { .. } | Error::Corrupt { .. } | Error::MissingBlob(_) | Error::AppendOnly(_) | Error::AlreadyExists(_) => {
+                ErrorKind::Repository
+            }
+            Error::Stream(_) => ErrorKind::Stream,
+            Error::Interrupted => ErrorKind::Interrupted,
+            Error::NoSnapshot(_)
+            | Error::NoMatch(_)
+            | Error::AmbiguousSnapshot(_)
+            | Error::NoSuchPath(_)
+            | Error::Io { .. }
+            | Error::Invalid(_) => ErrorKind::Other,
         }
     }
 

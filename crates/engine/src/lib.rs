@@ -34,7 +34,7 @@ pub mod tree;
 pub mod verify;
 pub mod walk;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use fsmeta::{hostname, username};
 pub use id::{Id, IdBuildHasher, IdMap, IdSet};
 pub use keys::{KdfParams, Password};

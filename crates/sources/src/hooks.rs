@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Run `command` with `sh -c` and these extra variables; fails with its own
 /// last word, or when it outlives `timeout` (it is then killed).
@@ -19,16 +19,16 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
+        .map_err(|e| Error::of(ErrorKind::Hook, &name, format!("cannot start it: {e}")))?;
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::failed(&name, e))? {
+        if let Some(status) = child.try_wait().map_err(|e| Error::of(ErrorKind::Hook, &name, e))? {
             break status;
         }
         if started.elapsed() >= timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::failed(&name, format!("timed out after {}s and was killed", timeout.as_secs())));
+            return Err(Error::of(ErrorKind::Hook, &name, format!("timed out after {}s and was killed", timeout.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -40,5 +40,5 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
         let _ = err.read_to_string(&mut text);
     }
     let said = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message");
-    Err(Error::failed(&name, format!("failed ({status}): {said}")))
+    Err(Error::of(ErrorKind::Hook, &name, format!("failed ({status}): {said}")))
 }

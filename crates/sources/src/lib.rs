@@ -35,14 +35,58 @@ pub use redis_aof::AofDir;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{source_name}: {reason}")]
-    Failed { source_name: String, reason: String },
+    Failed { source_name: String, reason: String, kind: ErrorKind },
     #[error("unknown source {0:?} (expected redis://HOST:PORT, postgres://USER@HOST:PORT/DB, etcd://HOST:PORT or command:COMMAND)")]
     Unknown(String),
 }
 
+/// What kind of failure a source's [`Error`] is, set where it arises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The service did not answer (refused, unresolvable, timed out).
+    Unreachable,
+    /// The service refused the credentials.
+    Auth,
+    /// The data failed its check (a checksum, a truncated stream).
+    Corrupt,
+    /// A consistency hook failed or overran.
+    Hook,
+    /// Anything else: a bad URL, a missing program, a refusing target.
+    Other,
+}
+
 impl Error {
     pub fn failed(source_name: impl Into<String>, reason: impl ToString) -> Error {
-        Error::Failed { source_name: source_name.into(), reason: reason.to_string() }
+        Error::of(ErrorKind::Other, source_name, reason)
+    }
+
+    pub fn of(kind: ErrorKind, source_name: impl Into<String>, reason: impl ToString) -> Error {
+        Error::Failed { source_name: source_name.into(), reason: reason.to_string(), kind }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Failed { kind, .. } => *kind,
+            Error::Unknown(_) => ErrorKind::Other,
+        }
+    }
+
+    /// Whether trying again later may succeed: a service that did not
+    /// answer may be back; refused credentials or damaged data stay so.
+    pub fn is_temporary(&self) -> bool {
+        self.kind() == ErrorKind::Unreachable
+    }
+
+    /// This error inside an I/O error, as a stream's reader fails with it;
+    /// [`Error::in_io`] finds it again.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = if self.kind() == ErrorKind::Corrupt { std::io::ErrorKind::InvalidData } else { std::io::ErrorKind::Other };
+        std::io::Error::new(kind, self)
+    }
+
+    /// The source's error an I/O error carries, if any.
+    pub fn in_io(e: &std::io::Error) -> Option<&Error> {
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>())
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::Command;
 use tresor_engine::SourceInfo;
 
 use crate::command::{CommandTarget, spawn_output};
-use crate::{Error, Result, Source, Stream, Target};
+use crate::{Error, ErrorKind, Result, Source, Stream, Target};
 
 pub struct Postgres {
     user: String,
@@ -85,6 +85,19 @@ impl Postgres {
         Error::failed(self.url(), why)
     }
 
+    /// psql exits 2 when it has no session with the server; the server is
+    /// unreachable when its port takes no connection.
+    fn failure_kind(&self, code: Option<i32>) -> ErrorKind {
+        let reachable = || {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port)).ok().and_then(|mut a| a.next());
+            addr.is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok())
+        };
+        match code {
+            Some(2) if !self.host.starts_with('/') && !reachable() => ErrorKind::Unreachable,
+            _ => ErrorKind::Other,
+        }
+    }
+
     /// A PostgreSQL client program connected to `db`.
     fn program(&self, name: &str, db: &str) -> Command {
         let mut cmd = self.server_program(name);
@@ -113,13 +126,8 @@ impl Postgres {
             .map_err(|e| self.fail(format!("cannot run psql: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            return Err(self.fail(
-                text.lines()
-                    .rfind(|l| !l.trim().is_empty())
-                    .unwrap_or("psql failed")
-                    .trim_start_matches("psql: ")
-                    .trim_start_matches("error: "),
-            ));
+            let said = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").trim_start_matches("psql: ");
+            return Err(Error::of(self.failure_kind(out.status.code()), self.url(), said.trim_start_matches("error: ")));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tresor_engine::SourceInfo;
 
 use crate::tls::TlsFiles;
-use crate::{Error, Result, Source, Stream};
+use crate::{Error, ErrorKind, Result, Source, Stream};
 
 pub struct RedisSource {
     host: String,
@@ -69,13 +69,29 @@ impl RedisSource {
         Error::failed(self.url(), why)
     }
 
+    fn fail_as(&self, kind: ErrorKind, why: impl ToString) -> Error {
+        Error::of(kind, self.url(), why)
+    }
+
+    /// An error reply (`-CODE message`), typed by its code: the protocol's
+    /// own word for refused credentials.
+    pub(crate) fn refused(&self, reply: &str) -> Error {
+        let reply = reply.trim_start_matches('-');
+        let kind = match reply.split(' ').next() {
+            Some("NOAUTH" | "WRONGPASS" | "NOPERM") => ErrorKind::Auth,
+            _ => ErrorKind::Other,
+        };
+        self.fail_as(kind, reply)
+    }
+
     pub(crate) fn connect(&self) -> Result<Conn> {
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
-            .map_err(|e| self.fail(format!("cannot resolve the host: {e}")))?
+            .map_err(|e| self.fail_as(ErrorKind::Unreachable, format!("cannot resolve the host: {e}")))?
             .next()
-            .ok_or_else(|| self.fail("cannot resolve the host"))?;
-        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| self.fail(format!("cannot connect: {e}")))?;
+            .ok_or_else(|| self.fail_as(ErrorKind::Unreachable, "cannot resolve the host"))?;
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .map_err(|e| self.fail_as(ErrorKind::Unreachable, format!("cannot connect: {e}")))?;
         // The master sends a newline every second while it writes the RDB.
         tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| self.fail(e))?;
         let local = tcp.local_addr().map_err(|e| self.fail(e))?;
@@ -90,7 +106,7 @@ impl RedisSource {
             args.push(pw);
             let reply = c.call(&args).map_err(|e| self.fail(e))?;
             if !reply.starts_with('+') {
-                return Err(self.fail(format!("authentication failed: {}", reply.trim_start_matches('-'))));
+                return Err(self.fail_as(ErrorKind::Auth, format!("authentication failed: {}", reply.trim_start_matches('-'))));
             }
         }
         Ok(c)
@@ -150,7 +166,7 @@ impl RedisSource {
     pub(crate) fn describe(&self) -> Result<String> {
         let mut c = self.connect()?;
         let mut info = |section: &str| match c.call(&["INFO", section]) {
-            Ok(reply) if reply.starts_with('-') => Err(self.fail(reply.trim_start_matches('-'))),
+            Ok(reply) if reply.starts_with('-') => Err(self.refused(&reply)),
             Ok(reply) => Ok(reply),
             Err(e) => Err(self.fail(e)),
         };
@@ -176,7 +192,7 @@ impl Source for RedisSource {
         let mut c = self.connect()?;
         let info = c.call(&["INFO", "keyspace"]).map_err(|e| self.fail(e))?;
         if info.starts_with('-') {
-            return Err(self.fail(info.trim_start_matches('-')));
+            return Err(self.refused(&info));
         }
         // A few key names, for a restore drill to look for.
         let mut sample: Vec<String> = Vec::new();
@@ -232,7 +248,7 @@ struct RdbReader {
 
 impl RdbReader {
     fn fail(&self, why: String) -> std::io::Error {
-        std::io::Error::other(format!("{}: {why}; no snapshot was saved", self.url))
+        Error::of(ErrorKind::Corrupt, &self.url, format!("{why}; no snapshot was saved")).into_io()
     }
 
     fn account(&mut self, bytes: &[u8]) {

@@ -25,7 +25,7 @@ impl RedisTarget {
     fn keys(&self, c: &mut Conn) -> Result<u64> {
         let info = c.call(&["INFO", "keyspace"]).map_err(|e| self.redis.fail(e))?;
         if info.starts_with('-') {
-            return Err(self.redis.fail(info.trim_start_matches('-')));
+            return Err(self.redis.refused(&info));
         }
         Ok(key_count(&info))
     }

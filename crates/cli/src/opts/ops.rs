@@ -80,6 +80,9 @@ pub struct CopyArgs {
     /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
     #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
     pub to_password_file: Option<PathBuf>,
+    /// The target's password itself, from a job's spec: never an argument.
+    #[arg(skip)]
+    pub to_password: Option<tresor_engine::Password>,
     /// Only the newest N snapshots of each host and path set.
     #[arg(long, help_heading = SELECTION)]
     pub latest: Option<usize>,
@@ -359,4 +362,16 @@ pub struct VolumeJobArgs {
     /// The cluster: k8s://[CONTEXT], e.g. k8s://prod.
     #[arg(long, default_value = "k8s://")]
     pub cluster: String,
+}
+
+#[derive(Args)]
+pub struct JobCmd {
+    #[command(subcommand)]
+    pub command: JobCommand,
+}
+
+#[derive(Subcommand)]
+pub enum JobCommand {
+    /// Run the job whose spec is on standard input.
+    Run,
 }

@@ -78,7 +78,7 @@ fn http_ok(port: u16) -> Option<()> {
     (http(port, "GET", "/readyz", None).0 == 200).then_some(())
 }
 
-fn jobs(d: &Daemon) -> Vec<serde_json::Value> {
+pub(super) fn jobs(d: &Daemon) -> Vec<serde_json::Value> {
     let (status, body) = http(d.port, "GET", "/api/v1/jobs?limit=200", Some("read-token"));
     assert_eq!(status, 200, "{body}");
     let json = body.find('[').map(|i| &body[i..body.rfind(']').unwrap() + 1]).unwrap();
@@ -199,7 +199,7 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert_eq!(status, 200);
     let job: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(job["log"].as_str().unwrap().starts_with("tresor: error: redis://127.0.0.1:"), "the job's own output is kept: {job}");
-    assert_eq!(count(&j, "cache", "forget", "succeeded"), 1, "retention runs after a backup of a class with one");
+    assert_eq!(count(&j, "cache", "forget", "succeeded"), 1, "retention runs after a backup of a class with one: {j:#?}");
     let j = wait_jobs(&d, "the off-site copy", |j| count(j, "cache", "copy", "succeeded") == 1);
     assert_eq!(count(&j, "files", "copy", "succeeded"), 0, "class standard has no off-site copy");
     // The retry comes after the back-off, and only once (retries: 1).
@@ -307,6 +307,12 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     set_clock(&clock, "2026-11-21T10:00:00Z");
     let d = start_daemon(&env, &plan, Some(&clock));
     wait_jobs(&d, "running", |j| count(j, "export", "backup", "running") == 1);
+    // Killed once the source has started (a job is `running` before its child is).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "the source did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(d);
     let d = start_daemon(&env, &plan, Some(&clock));
     let j = wait_jobs(&d, "the rerun", |j| count(j, "export", "backup", "succeeded") == 1);
@@ -356,6 +362,26 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
 /// Requests a receiver took: path and body.
 type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
+/// One HTTP request a receiver took: its head and body.
+pub(super) fn read_request(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let k = s.read(&mut chunk).unwrap_or(0);
+        buf.extend_from_slice(&chunk[..k]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if body.len() >= len || k == 0 {
+                return (head.to_string(), body.to_string());
+            }
+        }
+    }
+}
+
 /// A webhook receiver: answers 500 to the first request, 200 after;
 /// every request's path and body.
 fn receiver() -> (u16, Received) {
@@ -366,22 +392,7 @@ fn receiver() -> (u16, Received) {
     std::thread::spawn(move || {
         for (n, conn) in listener.incoming().enumerate() {
             let Ok(mut s) = conn else { continue };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let (head, body) = loop {
-                let k = s.read(&mut chunk).unwrap_or(0);
-                buf.extend_from_slice(&chunk[..k]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-                        .unwrap_or(0);
-                    if body.len() >= len || k == 0 {
-                        break (head.to_string(), body.to_string());
-                    }
-                }
-            };
+            let (head, body) = read_request(&mut s);
             let path = head.split(' ').nth(1).unwrap_or("").to_string();
             let status = if n == 0 { "500 Internal Server Error" } else { "200 OK" };
             let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");

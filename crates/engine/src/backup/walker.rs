@@ -249,7 +249,7 @@ impl Walker<'_> {
         // A stream that fails is fatal (no partial stream becomes a
         // snapshot), and its error already names its producer.
         self.shared.chunk_into(&mut self.ctx, reader, None, &mut node).map_err(|e| match e {
-            Error::Io { source, .. } => Error::Invalid(source.to_string()),
+            Error::Io { source, .. } => Error::Stream(source),
             e => e,
         })?;
         self.shared.counters.files_new.fetch_add(1, Relaxed);

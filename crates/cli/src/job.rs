@@ -1,0 +1,241 @@
+//! `tresor job run` (hidden): the child side of the daemon's job protocol
+//! (`tresor_controller::model`). The spec comes as JSON on standard input,
+//! secrets included, so none is on a command line; the job runs through
+//! the same command functions the CLI calls, in this process; the result
+//! is the last line of standard output, its failure reason taken from the
+//! typed error (`tresor_controller::failure`).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, FromArgMatches, Parser};
+use serde_json::Value;
+use tresor_controller::model::{JobResult, JobSpec, Keep, Kind, Reason, RestoreSpec, SourceJob, Status};
+use tresor_engine::Password;
+
+use crate::commands::{capture_json, captured_json};
+use crate::opts::{
+    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, StatsArgs, VolumeArgs, VolumeCmd,
+    VolumeCommand, VolumeJobArgs,
+};
+
+/// A command's arguments with clap's defaults, the given ones set; the
+/// job then sets its own values as fields.
+#[derive(Parser)]
+#[command(no_binary_name = true)]
+struct Defaults<T: Args> {
+    #[command(flatten)]
+    args: T,
+}
+
+fn defaults<T: Args + FromArgMatches>(required: &[&str]) -> Result<T> {
+    Ok(Defaults::<T>::try_parse_from(required)?.args)
+}
+
+/// Read the spec, run the job, print its result. The exit code is 0
+/// whenever a result was printed: the result says how the job went.
+pub async fn run(g: &Global) -> Result<u8> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("cannot read the job spec")?;
+    let spec: JobSpec = serde_json::from_str(&text).context("cannot read the job spec")?;
+    drop(text);
+    let started = std::time::Instant::now();
+    capture_json();
+    let ran = dispatch(&global(g, &spec), &spec).await;
+    let mut result = judge(&spec, ran, captured_json().pop());
+    result.duration_seconds = started.elapsed().as_secs_f64();
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(0)
+}
+
+/// The global options a job runs with: its repository, quietly, as JSON.
+fn global(g: &Global, spec: &JobSpec) -> Global {
+    let r = &spec.repository;
+    Global {
+        repo: Some(r.url.clone()),
+        password_file: r.password_file.clone(),
+        password: r.password.clone().map(Password::new),
+        json: true,
+        quiet: true,
+        ..g.clone()
+    }
+}
+
+fn own_tag(spec: &JobSpec) -> String {
+    format!("source={}", spec.name)
+}
+
+async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
+    match spec.kind {
+        Kind::Backup => {
+            let source = spec.source.as_ref().context("a backup job names its source")?;
+            if let Some(claim) = source.url.strip_prefix("pvc://") {
+                return crate::k8s::volume(g, volume(claim, spec)?).await;
+            }
+            crate::data::backup(g, backup(source)?).await
+        }
+        Kind::Forget => crate::retention::forget(g, forget(spec)?).await,
+        Kind::Copy => crate::copy::copy(g, copy(spec)?).await,
+        Kind::Prune => crate::prune::prune(g, defaults::<PruneCmd>(&[])?).await,
+        Kind::Restore => {
+            let r = spec.restore.as_ref().context("a restore job says what")?;
+            if r.base_backup {
+                return crate::pg::pg(g, base_backup(r)?).await;
+            }
+            crate::data::restore(g, restore(spec, r)?).await
+        }
+        Kind::Drill => {
+            let plan = spec.plan_file.clone().context("a drill job names its plan")?;
+            crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan, scratch: None }).await
+        }
+        Kind::Snapshots => {
+            let mut a = defaults::<SnapshotsArgs>(&[])?;
+            // No source: every snapshot, the pieces of archives too.
+            match spec.name.as_str() {
+                "" => a.all = true,
+                _ => a.select.tags = vec![own_tag(spec)],
+            }
+            crate::commands::snapshots(g, a).await
+        }
+        Kind::Holds => crate::retention::holds(g).await,
+        Kind::Stats => crate::commands::stats(g, StatsArgs { snapshot: None }).await,
+    }
+}
+
+fn backup(s: &SourceJob) -> Result<BackupArgs> {
+    let mut a = defaults::<BackupArgs>(&[])?;
+    a.paths = vec![PathBuf::from(&s.url)];
+    a.tags = vec![format!("source={}", s.name), format!("class={}", s.class)];
+    a.tags.extend(s.tags.iter().cloned());
+    a.pre_hook = s.hooks.pre.clone();
+    a.post_hook = s.hooks.post.clone();
+    if let Some(t) = s.hooks.timeout_secs {
+        a.hook_timeout = format!("{t}s");
+    }
+    if s.hooks.continue_on_error {
+        a.on_error = "continue".into();
+    }
+    Ok(a)
+}
+
+/// `pvc://NAMESPACE/CLAIM?secret=NAME[&csi-snapshot-class=C][&cluster=k8s://CTX][&image=I]`:
+/// a Job in the cluster backs the claim up; this job waits for it.
+fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
+    let (claim, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut job = defaults::<VolumeJobArgs>(&["--secret", "-"])?;
+    let (mut secret, mut csi_snapshot_class) = (None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "secret" => secret = Some(v.to_string()),
+            "csi-snapshot-class" => csi_snapshot_class = Some(v.into()),
+            "cluster" => job.cluster = v.into(),
+            "image" => job.image = v.into(),
+            other => bail!("pvc://{claim}: unknown setting {other:?} (known: secret, csi-snapshot-class, cluster, image)"),
+        }
+    }
+    job.secret = secret.filter(|s| !s.is_empty()).with_context(|| format!("pvc://{claim}: no secret=NAME with the repository's settings"))?;
+    job.wait = Some(format!("{}s", spec.timeout_secs.unwrap_or(6 * 3600)));
+    let args = VolumeArgs { claim: claim.into(), csi_snapshot_class, tags: vec![own_tag(spec)], job };
+    Ok(VolumeCmd { command: VolumeCommand::Backup(args) })
+}
+
+fn within(k: &Option<Keep>) -> (Option<u32>, Option<String>) {
+    match k {
+        Some(Keep::Count(n)) => (Some(*n), None),
+        Some(Keep::Within(span)) => (None, Some(span.clone())),
+        None => (None, None),
+    }
+}
+
+fn forget(spec: &JobSpec) -> Result<ForgetArgs> {
+    let policy = spec.forget.clone().unwrap_or_default();
+    let mut a = defaults::<ForgetArgs>(&[])?;
+    a.select.tags = vec![own_tag(spec)];
+    a.keep_last = policy.last;
+    (a.keep_hourly, a.keep_within_hourly) = within(&policy.hourly);
+    (a.keep_daily, a.keep_within_daily) = within(&policy.daily);
+    (a.keep_weekly, a.keep_within_weekly) = within(&policy.weekly);
+    (a.keep_monthly, a.keep_within_monthly) = within(&policy.monthly);
+    (a.keep_yearly, a.keep_within_yearly) = within(&policy.yearly);
+    Ok(a)
+}
+
+fn copy(spec: &JobSpec) -> Result<CopyArgs> {
+    let to = spec.offsite.as_ref().context("a copy job names its target")?;
+    let mut a = defaults::<CopyArgs>(&["--to", &to.url])?;
+    a.to_password_file = to.password_file.clone();
+    a.to_password = to.password.clone().map(Password::new);
+    a.select.tags = vec![own_tag(spec)];
+    Ok(a)
+}
+
+/// A restore; without a snapshot id, `latest` narrowed to the source's own
+/// backups as restic narrows it: its tag joins every tag group asked for.
+fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
+    let mut a = defaults::<RestoreArgs>(&["latest", "--target", "."])?;
+    a.target = r.target.as_ref().map(PathBuf::from);
+    a.to = r.to.clone();
+    if a.target.is_none() && a.to.is_none() {
+        bail!("a restore needs a target directory or a service to restore to");
+    }
+    a.flush = r.flush;
+    a.verify = r.verify;
+    a.server_dry_run = r.server_dry_run;
+    a.namespace_mapping = r.namespace_mapping.clone();
+    match &r.snapshot {
+        Some(id) => a.snapshot = id.clone(),
+        None => {
+            let own = own_tag(spec);
+            a.select.tags = if r.tag.is_empty() { vec![own] } else { r.tag.iter().map(|t| format!("{own},{t}")).collect() };
+            a.select.hosts = r.host.clone();
+            a.select.paths = r.path.clone();
+        }
+    }
+    Ok(a)
+}
+
+/// A base backup as a data directory that recovers to its own
+/// consistency point and archives no WAL (a drill's scratch cluster).
+fn base_backup(r: &RestoreSpec) -> Result<PgCmd> {
+    let target = r.target.as_deref().context("a base backup restores into a directory")?;
+    let mut a = defaults::<PgRestoreArgs>(&["--target", target])?;
+    a.snapshot = r.snapshot.clone();
+    a.immediate = true;
+    a.no_archive = true;
+    Ok(PgCmd { command: PgCommand::Restore(a) })
+}
+
+/// The job's result from how it ended and the last JSON it printed.
+fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
+    let mut r = match ran {
+        Ok(0) => JobResult::succeeded(),
+        Ok(crate::EXIT_INCOMPLETE) => JobResult { message: Some("some files could not be read".into()), ..JobResult::succeeded() },
+        Ok(_) if spec.kind == Kind::Drill => JobResult::failed(Reason::Error, false, drills_failed(details.as_ref())),
+        Ok(code) => JobResult::failed(Reason::Error, false, format!("exit code {code}")),
+        Err(e) => {
+            let (reason, temporary) = tresor_controller::failure::classify(e.as_ref());
+            let message = crate::one_line(&e);
+            // The job's log says it as the command would.
+            eprintln!("tresor: error: {message}");
+            JobResult::failed(reason, temporary, message)
+        }
+    };
+    if let Some(d) = &details
+        && r.status == Status::Succeeded
+    {
+        r.snapshot = d["snapshot_id"].as_str().map(String::from);
+        r.bytes_processed = d["total_bytes_processed"].as_u64();
+        r.bytes_added = d["data_added"].as_u64().or(d["bytes_copied"].as_u64());
+        r.lag_seconds = d["lag_seconds"].as_f64();
+    }
+    r.details = details;
+    r
+}
+
+fn drills_failed(reports: Option<&Value>) -> String {
+    let all = reports.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+    let failed = all.iter().filter(|r| r["passed"] != true).count();
+    format!("{failed} of {} drills failed", all.len())
+}

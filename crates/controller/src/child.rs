@@ -1,0 +1,128 @@
+//! The one place `tresor` child processes are started: `tresor job run`
+//! reads its [`JobSpec`] as JSON on standard input and writes its
+//! [`JobResult`] as the last line of standard output. Nothing but the
+//! subcommand is on its command line, so no secret is either.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+use crate::model::{JobResult, JobSpec, Reason, Status};
+
+/// The arguments of every child: the spec comes on standard input.
+pub const JOB_RUN: [&str; 2] = ["job", "run"];
+
+fn command(exe: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(JOB_RUN);
+    // The daemon records its jobs itself.
+    cmd.env_remove("TRESOR_STATE");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Run one job to the end, the time limit, or cancellation. A daemon that
+/// is killed takes its children with it: nothing runs on unsupervised.
+pub async fn run(exe: &Path, spec: &JobSpec, limit: Duration, mut cancel: watch::Receiver<bool>) -> JobResult {
+    let mut cmd = tokio::process::Command::from(command(exe));
+    cmd.kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches only this (child) process.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return JobResult::failed(Reason::Error, false, format!("cannot start {}: {e}", exe.display())),
+    };
+    let input = serde_json::to_vec(spec).unwrap_or_default();
+    if let Some(mut stdin) = child.stdin.take() {
+        // A child that dies before reading says why on standard error.
+        let _ = stdin.write_all(&input).await;
+    }
+    let started = std::time::Instant::now();
+    tokio::select! {
+        out = child.wait_with_output() => match out {
+            Ok(out) => read_result(out.status.code(), &out.stdout, &out.stderr, started.elapsed()),
+            Err(e) => JobResult::failed(Reason::Error, false, e.to_string()),
+        },
+        _ = tokio::time::sleep(limit) => JobResult::failed(Reason::Timeout, false, format!("cancelled after its time limit of {}s", limit.as_secs())),
+        _ = cancelled(&mut cancel) => JobResult { status: Status::Cancelled, ..JobResult::failed(Reason::Shutdown, false, "the daemon stopped") },
+    }
+}
+
+/// Resolves once cancellation is asked for; never when nobody can ask.
+async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Run one job and wait for it (a drill, which runs on a thread of its own).
+pub fn run_blocking(exe: &Path, spec: &JobSpec) -> JobResult {
+    let started = std::time::Instant::now();
+    let mut child = match command(exe).spawn() {
+        Ok(c) => c,
+        Err(e) => return JobResult::failed(Reason::Error, false, format!("cannot start {}: {e}", exe.display())),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&serde_json::to_vec(spec).unwrap_or_default());
+    }
+    match child.wait_with_output() {
+        Ok(out) => read_result(out.status.code(), &out.stdout, &out.stderr, started.elapsed()),
+        Err(e) => JobResult::failed(Reason::Error, false, e.to_string()),
+    }
+}
+
+/// The result the child wrote; a child that wrote none was killed, or
+/// failed before it could run its job.
+fn read_result(code: Option<i32>, stdout: &[u8], stderr: &[u8], took: Duration) -> JobResult {
+    let stderr = String::from_utf8_lossy(stderr);
+    let written = String::from_utf8_lossy(stdout).lines().rev().find_map(|l| serde_json::from_str::<JobResult>(l).ok());
+    let mut r = written.unwrap_or_else(|| match code {
+        None => JobResult::failed(Reason::Interrupted, true, "the job was killed"),
+        Some(c) => {
+            let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("tresor: error: ");
+            JobResult::failed(Reason::Error, false, if line.is_empty() { format!("exit code {c}") } else { line.to_string() })
+        }
+    });
+    if r.duration_seconds == 0.0 {
+        r.duration_seconds = took.as_secs_f64();
+    }
+    r.log = tail(&stderr);
+    r
+}
+
+/// The last few KiB a job printed on standard error, cut at a line.
+fn tail(stderr: &str) -> Option<String> {
+    const KEEP: usize = 4096;
+    let t = stderr.trim_end();
+    if t.is_empty() {
+        return None;
+    }
+    let from = t.len().saturating_sub(KEEP);
+    let from = t[from..].find('\n').filter(|_| from > 0).map_or(from, |i| from + i + 1);
+    Some(t[from..].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_result_line_is_the_result_and_a_killed_child_was_interrupted() {
+        let ok = serde_json::to_string(&JobResult { snapshot: Some("ab".into()), ..JobResult::succeeded() }).unwrap();
+        let r = read_result(Some(0), format!("{{\"noise\":1}}\n{ok}\n").as_bytes(), b"warning: x\n", Duration::from_secs(2));
+        assert_eq!((r.status, r.snapshot.as_deref(), r.log.as_deref()), (Status::Succeeded, Some("ab"), Some("warning: x")));
+        let killed = read_result(None, b"", b"", Duration::ZERO);
+        assert_eq!((killed.reason, killed.temporary), (Some(Reason::Interrupted), true));
+        let refused = read_result(Some(2), b"", b"tresor: error: cannot read the job spec\n", Duration::ZERO);
+        assert_eq!((refused.reason, refused.message.as_deref()), (Some(Reason::Error), Some("cannot read the job spec")));
+    }
+}

@@ -1,0 +1,317 @@
+//! The job protocol's plain types: what a job is ([`JobSpec`]) and how it
+//! ended ([`JobResult`]). The daemon writes a spec as JSON to a `tresor job
+//! run` child's standard input and reads the result from the last line of
+//! its standard output; secrets (a source URL's password, a repository
+//! password) travel only in the spec, never on a command line.
+//!
+//! This module depends on no other module of the controller.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Backup,
+    Forget,
+    Copy,
+    Prune,
+    Restore,
+    Drill,
+    /// A source's snapshots (without a source: all, archive pieces too).
+    Snapshots,
+    /// The repository's legal holds.
+    Holds,
+    /// A repository's size in storage.
+    Stats,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Backup => "backup",
+            Kind::Forget => "forget",
+            Kind::Copy => "copy",
+            Kind::Prune => "prune",
+            Kind::Restore => "restore",
+            Kind::Drill => "drill",
+            Kind::Snapshots => "snapshots",
+            Kind::Holds => "holds",
+            Kind::Stats => "stats",
+        }
+    }
+}
+
+/// A repository and how to open it: a password file, or the password itself.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositorySpec {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RepositorySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepositorySpec")
+            .field("url", &self.url)
+            .field("password_file", &self.password_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Commands run around a backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSpec {
+    pub pre: Option<String>,
+    pub post: Option<String>,
+    pub timeout_secs: Option<u64>,
+    /// A failing hook is a warning, not a failed backup.
+    #[serde(default)]
+    pub continue_on_error: bool,
+}
+
+/// What a backup reads: a source's URL (which may hold a password) or path.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceJob {
+    pub name: String,
+    pub class: String,
+    pub url: String,
+    /// Tags beyond `source=NAME` and `class=CLASS`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub hooks: HooksSpec,
+}
+
+impl std::fmt::Debug for SourceJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceJob")
+            .field("name", &self.name)
+            .field("class", &self.class)
+            .field("url", &"<not shown: it may hold a password>")
+            .field("tags", &self.tags)
+            .field("hooks", &self.hooks)
+            .finish()
+    }
+}
+
+/// A retention rule per period: a count of snapshots, or a span (`30d`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    Count(u32),
+    Within(String),
+}
+
+/// `forget`'s policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetSpec {
+    pub last: Option<u32>,
+    pub hourly: Option<Keep>,
+    pub daily: Option<Keep>,
+    pub weekly: Option<Keep>,
+    pub monthly: Option<Keep>,
+    pub yearly: Option<Keep>,
+}
+
+/// What a restore job restores, and where to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// A snapshot id; default: the source's newest backup.
+    pub snapshot: Option<String>,
+    /// A service (`redis://…`, `postgres://…/DB`, `etcd-data:DIR`, `command:…`) …
+    pub to: Option<String>,
+    /// … or a directory for the raw files.
+    pub target: Option<String>,
+    #[serde(default)]
+    pub flush: bool,
+    /// Without a snapshot id: the newest backup of the source from one of
+    /// these hosts, with one of these tag groups (`a,b`: both), of all
+    /// these paths, as restic narrows `latest`.
+    #[serde(default)]
+    pub host: Vec<String>,
+    #[serde(default)]
+    pub tag: Vec<String>,
+    #[serde(default)]
+    pub path: Vec<String>,
+    /// Read the restored files back against the snapshot's content hashes.
+    #[serde(default)]
+    pub verify: bool,
+    /// Kubernetes objects: sent as a server-side dry run, into these
+    /// namespaces (`FROM:TO`).
+    #[serde(default)]
+    pub server_dry_run: bool,
+    #[serde(default)]
+    pub namespace_mapping: Vec<String>,
+    /// A PostgreSQL base backup as a data directory that recovers only to
+    /// its own consistency point, with no WAL archive.
+    #[serde(default)]
+    pub base_backup: bool,
+}
+
+/// One job, complete: the child needs nothing else (no plan, no argv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub kind: Kind,
+    /// The source's name (for `prune` and `stats`: the repository's).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceJob>,
+    pub repository: RepositorySpec,
+    /// `copy`'s target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<RepositorySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget: Option<ForgetSpec>,
+    /// A drill reads the plan (its checks, its scratch directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_file: Option<PathBuf>,
+    /// How long a job may run; a Kubernetes volume backup waits this long for its Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Why a job failed: each failure has exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    SourceUnreachable,
+    SourceAuth,
+    SourceCorrupt,
+    HookFailed,
+    StorageFull,
+    Repository,
+    RepositoryMissing,
+    WrongPassword,
+    Timeout,
+    Interrupted,
+    Shutdown,
+    Unknown,
+    Error,
+}
+
+impl Reason {
+    /// Every reason a metric is declared for, from the start.
+    pub const ALL: [Reason; 12] = [
+        Reason::SourceUnreachable,
+        Reason::SourceAuth,
+        Reason::SourceCorrupt,
+        Reason::HookFailed,
+        Reason::StorageFull,
+        Reason::Repository,
+        Reason::RepositoryMissing,
+        Reason::WrongPassword,
+        Reason::Timeout,
+        Reason::Interrupted,
+        Reason::Shutdown,
+        Reason::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::SourceUnreachable => "source_unreachable",
+            Reason::SourceAuth => "source_auth",
+            Reason::SourceCorrupt => "source_corrupt",
+            Reason::HookFailed => "hook_failed",
+            Reason::StorageFull => "storage_full",
+            Reason::Repository => "repository",
+            Reason::RepositoryMissing => "repository_missing",
+            Reason::WrongPassword => "wrong_password",
+            Reason::Timeout => "timeout",
+            Reason::Interrupted => "interrupted",
+            Reason::Shutdown => "shutdown",
+            Reason::Unknown => "unknown",
+            Reason::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How a job ended, as the child reports it (and as the daemon completes
+/// it when the child could not: killed, timed out, cancelled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// The failure may heal by itself: the daemon retries it.
+    #[serde(default)]
+    pub temporary: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_processed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_added: Option<u64>,
+    #[serde(default)]
+    pub duration_seconds: f64,
+    /// For a copy: how far the off-site repository was behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// The kind's own summary: a backup's counts, a drill's reports, a
+    /// snapshot list, a repository's statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    /// The end of what the job printed on standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+}
+
+impl JobResult {
+    pub fn failed(reason: Reason, temporary: bool, message: impl Into<String>) -> JobResult {
+        JobResult {
+            status: Status::Failed,
+            reason: Some(reason),
+            temporary,
+            message: Some(message.into()),
+            ..JobResult::succeeded()
+        }
+    }
+
+    pub fn succeeded() -> JobResult {
+        JobResult {
+            status: Status::Succeeded,
+            reason: None,
+            temporary: false,
+            message: None,
+            snapshot: None,
+            bytes_processed: None,
+            bytes_added: None,
+            duration_seconds: 0.0,
+            lag_seconds: None,
+            details: None,
+            log: None,
+        }
+    }
+}
