@@ -195,17 +195,24 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
         stale |= item.kind == "CustomResourceDefinition" && matches!(r.result.as_str(), "created" | "updated");
         out.push(r);
     }
-    remove_namespaces(&client, &discovery, &scratch_ns).await;
+    out.extend(remove_namespaces(&client, &discovery, &scratch_ns).await);
     Ok(out)
 }
 
-/// The namespaces a server-side dry run created for itself.
-async fn remove_namespaces(client: &Client, discovery: &Discovery, names: &[String]) {
-    let Some((ar, _)) = resource_of(discovery, &serde_json::json!({"apiVersion": "v1", "kind": "Namespace"})) else { return };
+/// Remove the namespaces a server-side dry run created for itself; one that
+/// stays behind is a failed result, never a silent leftover.
+async fn remove_namespaces(client: &Client, discovery: &Discovery, names: &[String]) -> Vec<ObjectResult> {
+    let mut failed = Vec::new();
+    let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace"});
+    let Some((ar, _)) = resource_of(discovery, &namespace) else { return failed };
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     for n in names {
-        let _ = api.delete(n, &Default::default()).await;
+        if let Err(e) = api.delete(n, &Default::default()).await {
+            let item = Item { obj: namespace.clone(), ns: None, name: n.clone(), kind: "Namespace".into() };
+            failed.push(result(&item, "failed", format!("the drill's scratch namespace stays: {}", api_message(&e))));
+        }
     }
+    failed
 }
 
 async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreOptions) -> ObjectResult {

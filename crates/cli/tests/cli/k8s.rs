@@ -642,3 +642,26 @@ fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
         assert_eq!(unused, theirs, "granted and never used");
     }
 }
+
+/// A drill's scratch namespace that cannot be removed is a failure the
+/// restore reports, never a silent leftover.
+#[test]
+fn a_scratch_namespace_that_cannot_be_removed_is_reported() {
+    let c = Cluster::start();
+    let env = Env::new();
+    env.ok(&["init"]);
+    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    // The restore role without its namespace delete rule.
+    let patch = r#"{"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["create", "update"]}]}"#;
+    let out = c.kubectl(&["patch", "clusterrole", "tresor-restore", "--type=merge", "-p", patch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-drill", "--server-dry-run"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: restore partial: 1 of 9 objects failed; first: Namespace shop-drill: the drill's scratch namespace stays: \
+         namespaces \"shop-drill\" is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot delete resource \"namespaces\" \
+         in API group \"\" at the cluster scope\n"
+    );
+    assert!(c.kubectl(&["get", "namespace", "shop-drill"]).status.success(), "the namespace the report names is there");
+}
