@@ -333,6 +333,11 @@ fn crud(
         (&Method::POST, None) => body.and_then(|b| store.create(res, ns, b)).map(|v| (StatusCode::CREATED, v)),
         (&Method::PUT, Some(n)) if dry => body.and_then(|b| store.clone().replace(res, ns, n, b, part)).map(ok),
         (&Method::PUT, Some(n)) => body.and_then(|b| store.replace(res, ns, n, b, part)).map(ok),
+        // JSON patches (arrays of operations) are not applied by this fake:
+        // refused plainly rather than misread as a merge patch.
+        (&Method::PATCH, Some(_)) if body.as_ref().is_ok_and(|b| !b.is_object()) => {
+            Err(ApiError::new(415, "UnsupportedMediaType", "this fake applies merge patches only (not JSON patches)".into()))
+        }
         (&Method::PATCH, Some(n)) => body.and_then(|b| store.patch(res, ns, n, &b, part)).map(ok),
         (&Method::DELETE, Some(n)) if part == Part::Main => store.delete(res, ns, n).map(ok),
         _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),

@@ -179,4 +179,11 @@ fn status_is_a_subresource_the_object_cannot_change() {
     assert!(ok, "{err}");
     assert_eq!(ready(), "true");
     assert_eq!(c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.spec.size}"]).1, "4", "and status leaves the rest alone");
+    let (ok, _, err) = c.k(&["patch", "widget", "w1", "-n", "shop", "--type=json", "-p", r#"[{"op":"remove","path":"/spec/size"}]"#]);
+    assert!(!ok, "a JSON patch is refused, not misread as a merge patch");
+    assert_eq!(
+        err,
+        "error: application/json-patch+json is not supported by example.com/v1, Kind=Widget: this fake applies merge patches only (not JSON patches)"
+    );
+    assert_eq!(c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.spec.size}"]).1, "4");
 }
