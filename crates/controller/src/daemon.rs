@@ -242,6 +242,7 @@ impl Loop {
             }
         }
         self.shared.metrics.set_running(self.tasks.len());
+        self.shared.metrics.set_queued(self.queue.len() + self.delayed.len());
     }
 
     fn finished(&mut self, q: Queued, outcome: Outcome, now: DateTime<Utc>) {
@@ -444,6 +445,12 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         tracing::error!("job history: {e}");
     }
     let seconds = wall.elapsed().as_secs_f64();
+    if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
+        let plan = shared.plan();
+        if let Some((name, _)) = plan.repositories.iter().find(|(_, r)| r.url == w.repo.url) {
+            shared.metrics.repository_failed(name);
+        }
+    }
     match w.kind {
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);

@@ -77,6 +77,8 @@ pub struct Metrics {
     rto_achieved: Family<SourceLabels, FloatGauge>,
     rpo_achieved: Family<SourceLabels, FloatGauge>,
     running: Gauge,
+    queued: Gauge,
+    repo_errors: Family<RepoLabels, Counter>,
     storage_free: Family<RepoLabels, Gauge>,
     repo_size: Family<RepoLabels, Gauge>,
     storage_size: Family<RepoLabels, Gauge>,
@@ -114,6 +116,8 @@ impl Metrics {
             rto_achieved: Family::default(),
             rpo_achieved: Family::default(),
             running: Gauge::default(),
+            queued: Gauge::default(),
+            repo_errors: Family::default(),
             storage_free: Family::default(),
             repo_size: Family::default(),
             storage_size: Family::default(),
@@ -140,6 +144,12 @@ impl Metrics {
         r.register("rto_achieved_seconds", "Measured RTO of the newest drill", m.rto_achieved.clone());
         r.register("rpo_achieved_seconds", "Age of the restore point the newest drill restored", m.rpo_achieved.clone());
         r.register("backup_jobs_running", "Jobs running now", m.running.clone());
+        r.register("backup_jobs_queued", "Jobs waiting for a free slot, their source or their retry", m.queued.clone());
+        r.register(
+            "backup_repository_errors",
+            "Jobs that failed because their repository could not be reached or was missing",
+            m.repo_errors.clone(),
+        );
         r.register("backup_repository_size_bytes", "What the repository takes in storage", m.repo_size.clone());
         r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
         r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", m.storage_size.clone());
@@ -150,6 +160,9 @@ impl Metrics {
     /// replication lag as NaN: none measured yet), so a first failure is an increase, and dashboards
     /// and alerts see the series from the start.
     pub fn declare(&self, plan: &Plan) {
+        for repository in plan.repositories.keys() {
+            let _ = self.repo_errors.get_or_create(&RepoLabels { repository: repository.clone() });
+        }
         for s in &plan.sources {
             let l = SourceLabels { source: s.name.clone(), class: s.class.clone() };
             let _ = self.success.get_or_create(&l);
@@ -184,6 +197,14 @@ impl Metrics {
 
     pub fn set_running(&self, n: usize) {
         self.running.set(n as i64);
+    }
+
+    pub fn set_queued(&self, n: usize) {
+        self.queued.set(n as i64);
+    }
+
+    pub fn repository_failed(&self, repository: &str) {
+        self.repo_errors.get_or_create(&RepoLabels { repository: repository.into() }).inc();
     }
 
     /// Seed the newest successful backup (from the state database at start).

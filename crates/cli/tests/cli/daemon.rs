@@ -251,6 +251,7 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
         "restore_success_total{source=\"cache\",class=\"critical\"} 1".into(),
         // Declared at zero before any restore failed, so increase() sees the first one.
         "restore_failure_total{source=\"files\",class=\"standard\",reason=\"source_unreachable\"} 0".into(),
+        "backup_repository_errors_total{repository=\"offsite\"} 0".into(),
         format!("backup_rpo_seconds{{class=\"critical\"}} {never}.0"),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");

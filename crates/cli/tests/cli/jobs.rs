@@ -188,6 +188,10 @@ fn a_storage_outage_is_retried_until_it_heals() {
     let j = wait_jobs(&d, "the retry once the storage is back", |j| count(j, "files", "backup", "succeeded") == 1);
     let runs: Vec<(&str, &str)> = backups(&j, "files").iter().map(|x| (x["trigger"].as_str().unwrap(), x["status"].as_str().unwrap())).collect();
     assert_eq!(runs, [("first", "failed"), ("retry", "succeeded")]);
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    for line in ["backup_repository_errors_total{repository=\"main\"} 1", "backup_jobs_queued 0"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 /// Every process's command line, as `ps` shows it to any local user.
