@@ -67,7 +67,7 @@ else
   git clone -q "$here" "$root/root/tresor"
 fi
 
-run() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb bash -c "$1"; }
+run() { chroot "$root" /usr/bin/env -i HOME=/root PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin TERM=dumb bash -c "$1"; }
 
 echo "== command 1: cargo run --release -p tresor-cli -- daemon" | tee -a "$log"
 run 'cd /root/tresor && cargo build --release -p tresor-cli' >>"$log" 2>&1

@@ -43,6 +43,8 @@ fi
 # deploy/kubernetes; 1.24 or newer (scripts/install-kubectl.sh says why).
 if [ "$(id -u)" -eq 0 ]; then
   scripts/install-kubectl.sh
+  # Where it installs kubectl, even under a minimal PATH.
+  case ":$PATH:" in *:/usr/local/bin:*) ;; *) export PATH="/usr/local/bin:$PATH" ;; esac
 else
   command -v kubectl >/dev/null || { echo "missing: kubectl (run as root to install it)" >&2; exit 1; }
 fi
