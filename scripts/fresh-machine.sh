@@ -52,12 +52,16 @@ mount_in /sys --rbind /sys
 mount_in /dev --rbind /dev
 mkdir -p "$root/root"
 chmod 700 "$root/root"
-# rustup's toolchain as a new user has it: rustup, cargo and rustc, nothing
+# rustup's toolchain as a new user has it: rustup and its proxies, nothing
 # else from this machine (no registry cache, no installed tools).
 rm -rf "$root/root/.rustup" "$root/root/.cargo"
 mkdir -p "$root/root/.cargo/bin"
 cp -a "$rustup_home" "$root/root/.rustup"
-cp -a "$cargo_home/bin/rustup" "$cargo_home/bin/cargo" "$cargo_home/bin/rustc" "$root/root/.cargo/bin/"
+cp -a "$cargo_home/bin/rustup" "$root/root/.cargo/bin/"
+# rustup's proxies (cargo, rustc, rustdoc, …) are links to rustup itself.
+for tool in "$cargo_home"/bin/*; do
+  [ -L "$tool" ] && [ "$(readlink "$tool")" = rustup ] && cp -a "$tool" "$root/root/.cargo/bin/"
+done
 # The first run clones; a later one moves the same clone to the new HEAD, so
 # its build is incremental (the root file system and toolchain stay fresh).
 if [ -d "$root/root/tresor/.git" ]; then
