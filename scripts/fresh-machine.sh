@@ -3,7 +3,8 @@
 # system (debootstrap) with build-essential and rustup's toolchain only, the
 # repository cloned into root's home directory (closed to other users, as
 # on a real machine). Not part of CI: it takes a full release build and a
-# full test run. Needs root, debootstrap and the network to Debian and
+# full test run, and about 35 GB of disk (a release and a debug build in the
+# root). Needs root, debootstrap and the network to Debian and
 # crates.io. Usage: scripts/fresh-machine.sh [ROOTFS_DIR]
 # Writes the log to ROOTFS_DIR.log and prints the summary lines. With
 # --build-only it stops after command 1 (the daemon serving its page).
