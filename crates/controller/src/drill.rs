@@ -164,26 +164,35 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
         }
         "redis" | "redis-aof" => drill_redis(t, source, &id, &target, point, r),
         "postgres" | "pg-base" => crate::drill_pg::drill_postgres(t, source, &id, dir, point, r),
-        "etcd" => {
-            let member = dir.join("member");
-            let v = t.restore_to(&id, &format!("etcd-data:{}", member.display()))?;
-            r.bytes = v["bytes"].as_u64().unwrap_or(0);
-            let etcd = scratch::Etcd::start(&member)?;
-            let (revision, keys) = etcd.count()?;
-            let (want_rev, want_keys) = (point["revision"].as_i64().unwrap_or(0), point["keys"].as_i64().unwrap_or(0));
-            if keys != want_keys {
-                return Err(format!("the restored member holds {keys} keys, the backup recorded {want_keys}"));
-            }
-            if revision < want_rev {
-                return Err(format!("the restored member is at revision {revision}, the backup recorded {want_rev}"));
-            }
-            r.checks.push(format!("{keys} keys at revision {revision}, as recorded at backup"));
-            Ok(())
-        }
+        "etcd" => drill_etcd(t, &id, dir, point, r),
         "command" => drill_command(t, source, &id, &target, r),
         "k8s" => drill_k8s(t, &snap, &id, r),
         other => Err(format!("no drill for sources of kind {other}")),
     }
+}
+
+/// Restore `id` into a member's data directory, serve it over TLS, and
+/// compare its keys and revision with what the backup recorded.
+fn drill_etcd(t: &Tresor, id: &str, dir: &Path, point: &Value, r: &mut Report) -> Result<(), String> {
+    let member = dir.join("member");
+    let v = t.restore_to(id, &format!("etcd-data:{}", member.display()))?;
+    r.bytes = v["bytes"].as_u64().unwrap_or(0);
+    let etcd = scratch::Etcd::start(&member, &dir.join("tls"))?;
+    let (revision, keys) = etcd.count()?;
+    let (want_rev, want_keys) = (point["revision"].as_i64().unwrap_or(0), point["keys"].as_i64().unwrap_or(0));
+    if keys != want_keys {
+        return Err(format!("the restored member holds {keys} keys, the backup recorded {want_keys}"));
+    }
+    if revision < want_rev {
+        return Err(format!("the restored member is at revision {revision}, the backup recorded {want_rev}"));
+    }
+    r.checks.push(format!("{keys} keys at revision {revision}, as recorded at backup"));
+    let version = etcd.version()?;
+    r.checks.push(format!(
+        "the restored member at {} (etcd {version}) was reached over TLS with the drill's client certificate, which it requires",
+        etcd.endpoint()
+    ));
+    Ok(())
 }
 
 /// Restore `id` into `target` (`restore --target`); the bytes restored.

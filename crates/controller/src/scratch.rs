@@ -1,11 +1,19 @@
-//! Scratch servers for drills: a `redis-server`, an `etcd` member or a
-//! PostgreSQL cluster started on free loopback ports over restored data in a
-//! scratch directory, never anything the plan backs up. Each is stopped when
+//! Scratch servers for drills: a `redis-server`, an `etcd` member (over
+//! TLS, with certificates of a CA made for the drill) or a PostgreSQL
+//! cluster started on free loopback ports over restored data in a scratch
+//! directory, never anything the plan backs up. Each is stopped when
 //! dropped.
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use chrono::Datelike;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
@@ -75,52 +83,151 @@ impl Redis {
     }
 }
 
-/// An etcd member serving a restored data directory.
+/// The drill's own CA and its certificates for the scratch etcd member
+/// and for tresor, as PEM files only this user may read, in the drill's
+/// scratch directory (removed with it). The CA's key never leaves memory.
+struct EtcdTls {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+/// Valid from yesterday to a week ahead: longer than any drill, so a
+/// certificate left behind by a killed drill is soon worthless.
+fn validity(params: &mut CertificateParams) {
+    let day = |d: chrono::NaiveDate| rcgen::date_time_ymd(d.year(), d.month() as u8, d.day() as u8);
+    let today = chrono::Utc::now().date_naive();
+    params.not_before = day(today - chrono::Days::new(1));
+    params.not_after = day(today + chrono::Days::new(7));
+}
+
+/// A key and a certificate for it, signed by `issuer`: (certificate PEM, key PEM).
+fn leaf(cn: &str, sans: &[&str], usages: &[ExtendedKeyUsagePurpose], issuer: &Issuer<KeyPair>) -> Result<(String, String), rcgen::Error> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = usages.to_vec();
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params);
+    Ok((params.signed_by(&key, issuer)?.pem(), key.serialize_pem()))
+}
+
+impl EtcdTls {
+    fn make(dir: &Path) -> Result<EtcdTls, String> {
+        let fail = |e: rcgen::Error| format!("cannot make the scratch member's certificates: {e}");
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name.push(DnType::CommonName, "tresor drill CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut ca);
+        let ca_pem = ca.self_signed(&ca_key).map_err(fail)?.pem();
+        let issuer = Issuer::new(ca, ca_key);
+        // The member presents its certificate to peers too, as a client.
+        let both = [ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let (server_cert, server_key) = leaf("tresor drill etcd", &["127.0.0.1"], &both, &issuer).map_err(fail)?;
+        // A member whose restored data has auth enabled takes a client
+        // certificate's common name as the user; root exists wherever
+        // auth is enabled, and may read every key.
+        let (client_cert, client_key) = leaf("root", &[], &[ExtendedKeyUsagePurpose::ClientAuth], &issuer).map_err(fail)?;
+        std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let write = |name: &str, pem: &str| -> Result<PathBuf, String> {
+            let path = dir.join(name);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            f.write_all(pem.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(path)
+        };
+        Ok(EtcdTls {
+            ca: write("ca.crt", &ca_pem)?,
+            server_cert: write("server.crt", &server_cert)?,
+            server_key: write("server.key", &server_key)?,
+            client_cert: write("client.crt", &client_cert)?,
+            client_key: write("client.key", &client_key)?,
+        })
+    }
+}
+
+/// An etcd member serving a restored data directory over TLS only, to
+/// clients with a certificate of the drill's CA: the data may be a
+/// cluster's Secrets, and any local process could otherwise read them.
 pub struct Etcd {
-    endpoint: String,
+    port: u16,
+    tls: EtcdTls,
     _child: Guard,
 }
 
 impl Etcd {
-    pub fn start(data: &Path) -> Result<Etcd, String> {
+    /// Start a member on `data`, with certificates made in `tls_dir`.
+    pub fn start(data: &Path, tls_dir: &Path) -> Result<Etcd, String> {
+        if tls_dir.to_string_lossy().contains('&') {
+            return Err(format!("the scratch directory {} holds '&', which an etcd:// URL cannot carry", tls_dir.display()));
+        }
+        let tls = EtcdTls::make(tls_dir)?;
         let (port, peer) = (free_port()?, free_port()?);
-        let client = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "drill", "--data-dir"])
+        let client = format!("https://127.0.0.1:{port}");
+        // etcd serves its whole client API on the peer port as well, so
+        // the peer port wants TLS and a client certificate just as much.
+        let peer_url = format!("https://127.0.0.1:{peer}");
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "drill", "--data-dir"])
             .arg(data)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client, "--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &format!("drill={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start etcd: {e}"))?;
-        let e = Etcd { endpoint: client, _child: Guard(child) };
+            .args(["--initial-advertise-peer-urls", &peer_url, "--initial-cluster", &format!("drill={peer_url}")]);
+        for side in ["", "peer-"] {
+            cmd.arg(format!("--{side}cert-file")).arg(&tls.server_cert).arg(format!("--{side}key-file")).arg(&tls.server_key);
+            cmd.arg(format!("--{side}trusted-ca-file")).arg(&tls.ca).arg(format!("--{side}client-cert-auth"));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
+        let e = Etcd { port, tls, _child: Guard(child) };
         wait(Duration::from_secs(60), || e.count())?;
         Ok(e)
+    }
+
+    /// The member's client URL.
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// (revision, key count): a range answer counts every match whatever
     /// its limit (etcdctl 3.4 has no --count-only).
     pub fn count(&self) -> Result<(i64, i64), String> {
-        let text = output(
-            Command::new("etcdctl").env("ETCDCTL_API", "3").args([
-                "--endpoints",
-                &self.endpoint,
-                "get",
-                "",
-                "--prefix",
-                "--keys-only",
-                "--limit",
-                "1",
-                "-w",
-                "json",
-            ]),
-            "etcdctl get",
-        )?;
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.endpoint()]);
+        cmd.arg("--cacert").arg(&self.tls.ca).arg("--cert").arg(&self.tls.client_cert).arg("--key").arg(&self.tls.client_key);
+        cmd.args(["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
+        let text = output(&mut cmd, "etcdctl get")?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("etcdctl get: {e}"))?;
         Ok((v["header"]["revision"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0)))
     }
+
+    /// The member's etcd version, as tresor's own client reads it over TLS
+    /// with the drill's client certificate.
+    pub fn version(&self) -> Result<String, String> {
+        let (tls, port) = (&self.tls, self.port);
+        let url = format!(
+            "etcd://127.0.0.1:{port}?cacert={}&cert={}&key={}",
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display()
+        );
+        member_status(&url).map(|s| s.version)
+    }
+}
+
+fn member_status(url: &str) -> Result<tresor_sources::etcd::MemberStatus, String> {
+    // Drills run on a blocking thread (block_in_place), where a runtime of
+    // their own may be entered.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("no async runtime: {e}"))?;
+    rt.block_on(tresor_sources::etcd::status(url)).map_err(|e| e.to_string())
 }
 
 fn is_root() -> bool {
@@ -212,5 +319,58 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self.as_owner("pg_ctl").arg("-D").arg(&self.data).args(["-m", "immediate", "-w", "stop"]).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// The port of the member's `--listen-peer-urls`, from its command line.
+    fn peer_port(etcd: &Etcd) -> u16 {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", etcd._child.0.id())).unwrap();
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+        let at = args.iter().position(|a| a == "--listen-peer-urls").unwrap();
+        args[at + 1].rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_scratch_etcd_member_serves_tls_to_the_drills_client_certificate_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls_dir = dir.path().join("tls");
+        let etcd = Etcd::start(&dir.path().join("member"), &tls_dir).unwrap();
+        assert_eq!(etcd.count().unwrap().1, 0, "a new member holds no key");
+        assert!(!etcd.version().unwrap().is_empty(), "tresor's own client reads its status over TLS");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tls_dir), 0o700);
+        let mut files: Vec<(String, u32)> = std::fs::read_dir(&tls_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), mode(&p)))
+            .collect();
+        files.sort();
+        let want = ["ca.crt", "client.crt", "client.key", "server.crt", "server.key"].map(|n| (n.to_string(), 0o600));
+        assert_eq!(files, want, "no CA key on disk; the rest for this user only");
+
+        let other = EtcdTls::make(&dir.path().join("other")).unwrap();
+        let ca = etcd.tls.ca.display().to_string();
+        for port in [etcd.port, peer_port(&etcd)] {
+            let plain = format!("etcd://127.0.0.1:{port}");
+            let err = member_status(&plain).unwrap_err();
+            assert!(err.starts_with(&format!("{plain}: ")), "no plain HTTP: {err}");
+            let no_cert = format!("{plain}?cacert={ca}");
+            assert_eq!(
+                member_status(&no_cert).unwrap_err(),
+                format!("{no_cert}: the server wants a client certificate: give cert= and key= (or TRESOR_ETCD_CERT and TRESOR_ETCD_KEY)")
+            );
+            let (cert, key) = (other.client_cert.display(), other.client_key.display());
+            let foreign = format!("{plain}?cacert={ca}&cert={cert}&key={key}");
+            assert_eq!(
+                member_status(&foreign).unwrap_err(),
+                format!("{foreign}: the server refused the client certificate {cert} (expired, or not signed by a CA the server trusts)")
+            );
+        }
     }
 }

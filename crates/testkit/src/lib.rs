@@ -10,6 +10,7 @@
 //! - [`reachable_by_all`]: a copy of a program that other users (postgres, nobody) can run.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
 
+mod certs;
 mod etcd;
 mod kube;
 mod kube_audit;
@@ -26,6 +27,7 @@ mod sshd;
 mod tcp;
 mod webdav;
 
+pub use certs::Certs;
 pub use etcd::{EtcdServer, EtcdTls};
 pub use kube::KubeServer;
 pub use kube_audit::{AUDIT_LOG_VAR, Coverage};

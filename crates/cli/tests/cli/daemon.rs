@@ -462,7 +462,8 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
 #[test]
 fn the_daemon_serves_https_with_the_given_certificate() {
     let env = Env::new();
-    let [ca, crt, key] = super::sources::certificates(&env.path("tls"));
+    let certs = tresor_testkit::Certs::make(&env.path("tls"));
+    let [ca, crt, key] = [&certs.ca, &certs.server_cert, &certs.server_key].map(|p| p.display().to_string());
     fs::create_dir_all(env.path("files")).unwrap();
     let plan = env.path("plan.yaml");
     fs::write(

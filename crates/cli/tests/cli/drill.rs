@@ -280,3 +280,91 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     assert!(dom.contains("<td>DRILL-") && dom.contains("<td>A.5.30</td>"), "{dom}");
     assert!(png.len() > 10_000);
 }
+
+/// `etcd` as found on PATH, behind a script that records its arguments,
+/// the mode of each file among them, and what the member logs.
+fn recording_etcd(dir: &Path) -> (PathBuf, PathBuf) {
+    let found = Command::new("sh").args(["-c", "command -v etcd"]).output().unwrap();
+    let real = String::from_utf8(found.stdout).unwrap().trim().to_string();
+    assert!(!real.is_empty(), "etcd (Debian package etcd-server) is on PATH");
+    let (bin, log) = (dir.join("bin"), dir.join("etcd.log"));
+    fs::create_dir_all(&bin).unwrap();
+    let script = format!(
+        "#!/bin/sh\necho \"argv $*\" >> {log}\nfor a in \"$@\"; do [ -f \"$a\" ] && stat -c 'mode %a %n' \"$a\" >> {log}; done\nexec {real} \"$@\" 2>> {log}\n",
+        log = log.display()
+    );
+    fs::write(bin.join("etcd"), script).unwrap();
+    fs::set_permissions(bin.join("etcd"), fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, log)
+}
+
+#[test]
+fn an_etcd_drill_reaches_its_scratch_member_over_tls_with_client_certificates_only() {
+    let mut env = Env::new();
+    env.ok(&["init"]);
+    let certs = tresor_testkit::Certs::make(&env.path("tls"));
+    let etcd = EtcdServer::start_tls(certs.etcd_tls());
+    for i in 0..25 {
+        assert!(etcd.ctl(&["put", &format!("/registry/secrets/kube-system/s{i}"), "v"]).status.success());
+    }
+    let url =
+        format!("{}?cacert={}&cert={}&key={}", etcd.url(), certs.ca.display(), certs.client_cert.display(), certs.client_key.display());
+    env.ok(&["backup", &url, "--tag", "source=cluster-state"]);
+    let (bin, log) = recording_etcd(env.dir.path());
+    env.vars.push(("PATH".into(), format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default())));
+    let scratch = env.path("scratch");
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1h\n    rto: 1h\n\
+             sources:\n  - name: cluster-state\n    class: standard\n    url: \"{url}\"\n    schedule: \"@hourly\"\n\
+             daemon:\n  state: {}\ndrills:\n  scratch_dir: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display(),
+            scratch.display()
+        ),
+    )
+    .unwrap();
+
+    let out = env.run(&["drill", "--plan", plan.to_str().unwrap(), "--json", "cluster-state"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{text}{}\n{logged}", String::from_utf8_lossy(&out.stderr));
+    let reports: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let r = &reports[0];
+    assert_eq!(r["passed"], true, "{r}");
+    let checks: Vec<&str> = r["checks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(checks[0], "25 keys at revision 26, as recorded at backup", "{checks:?}");
+    let endpoint = checks[1].strip_prefix("the restored member at ").and_then(|c| c.split(' ').next()).unwrap_or_default();
+    let version = etcd.ctl(&["endpoint", "status", "-w", "json"]);
+    let version: serde_json::Value = serde_json::from_slice(&version.stdout).unwrap();
+    let version = version[0]["Status"]["version"].as_str().unwrap();
+    assert_eq!(
+        checks[1],
+        format!(
+            "the restored member at {endpoint} (etcd {version}) was reached over TLS with the drill's client certificate, which it requires"
+        )
+    );
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+
+    // What etcd itself was given and said: HTTPS on both ports, a client
+    // certificate required on both, key and certificates readable by their owner only.
+    let argv = logged.lines().find_map(|l| l.strip_prefix("argv ")).unwrap_or_default();
+    assert!(argv.contains(&format!("--listen-client-urls {endpoint} ")), "{argv}");
+    assert!(argv.contains("--listen-peer-urls https://127.0.0.1:"), "{argv}");
+    let tls = scratch.join(r["test_id"].as_str().unwrap()).join("tls");
+    let modes: Vec<&str> = logged.lines().filter(|l| l.starts_with("mode ")).collect();
+    let want: Vec<String> = ["server.crt", "server.key", "ca.crt"].iter().map(|f| format!("mode 600 {}", tls.join(f).display())).collect();
+    assert_eq!(modes, [&want[..], &want[..]].concat(), "the member's and the peers' TLS files");
+    let required = format!(
+        "cert = {}, key = {}, trusted-ca = {}, client-cert-auth = true",
+        tls.join("server.crt").display(),
+        tls.join("server.key").display(),
+        tls.join("ca.crt").display()
+    );
+    assert_eq!(logged.matches(&required).count(), 2, "client and peer TLS, as etcd logged them: {logged}");
+    assert!(!logged.contains("insecure"), "{logged}");
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "the certificates went with the scratch directory");
+}

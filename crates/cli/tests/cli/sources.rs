@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
-use tresor_testkit::{EtcdServer, PostgresServer, RedisServer};
+use tresor_testkit::{Certs, EtcdServer, PostgresServer, RedisServer};
 
 use super::*;
 
@@ -113,25 +113,12 @@ fn redis_aof_directory_round_trip_and_a_broken_manifest() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 }
 
-/// A CA and a server certificate for 127.0.0.1, made by `openssl`:
-/// (ca.crt, server.crt, server.key).
-pub(super) fn certificates(dir: &Path) -> [String; 3] {
-    fs::create_dir_all(dir).unwrap();
-    let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
-        openssl req -x509 $ec -keyout ca.key -out ca.crt -days 2 -subj '/CN=tresor test CA'; \
-        openssl req $ec -keyout server.key -out server.csr -subj /CN=127.0.0.1; \
-        echo subjectAltName=IP:127.0.0.1 > san; \
-        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san";
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    ["ca.crt", "server.crt", "server.key"].map(|n| dir.join(n).display().to_string())
-}
-
 #[test]
 fn redis_over_tls_trusts_the_given_ca_only() {
     let env = Env::new();
     env.ok(&["init"]);
-    let [ca, crt, key] = certificates(&env.path("tls"));
+    let certs = Certs::make(&env.path("tls"));
+    let [ca, crt, key] = [&certs.ca, &certs.server_cert, &certs.server_key].map(|p| p.display().to_string());
     let tls_port = tresor_testkit::net::free_port().to_string();
     let tls =
         ["--tls-port", &tls_port, "--tls-cert-file", &crt, "--tls-key-file", &key, "--tls-ca-cert-file", &ca, "--tls-auth-clients", "no"];
@@ -428,37 +415,15 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 }
 
-/// A client certificate signed by the CA in `dir` (made by
-/// `certificates`), and one that expired in 2020.
-fn client_certificates(dir: &Path) -> [String; 3] {
-    let script = "set -e; ec='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'; \
-        openssl req $ec -keyout client.key -out client.csr -subj /CN=tresor; \
-        echo extendedKeyUsage=clientAuth > client.ext; \
-        openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out client.crt -days 2 -extfile client.ext; \
-        printf '[ca]\\ndefault_ca=d\\n[d]\\ndatabase=index.txt\\nnew_certs_dir=.\\nserial=ca.srl\\ndefault_md=sha256\\npolicy=p\\nx509_extensions=x\\n[p]\\ncommonName=supplied\\n[x]\\nextendedKeyUsage=clientAuth\\n' > ca.cnf; \
-        : > index.txt; \
-        openssl ca -batch -notext -config ca.cnf -cert ca.crt -keyfile ca.key -in client.csr -out expired.crt \
-            -startdate 20200101000000Z -enddate 20200102000000Z 2>/dev/null";
-    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    ["client.crt", "client.key", "expired.crt"].map(|n| dir.join(n).display().to_string())
-}
-
 #[test]
 fn etcd_over_tls_with_client_certificates() {
     let env = Env::new();
     env.ok(&["init"]);
-    let [ca, crt, key] = certificates(&env.path("tls"));
-    let [client_crt, client_key, expired] = client_certificates(&env.path("tls"));
-    let [other_ca, _, _] = certificates(&env.path("other"));
-    let tls = tresor_testkit::EtcdTls {
-        ca: ca.clone().into(),
-        server_cert: crt.into(),
-        server_key: key.into(),
-        client_cert: client_crt.clone().into(),
-        client_key: client_key.clone().into(),
-    };
-    let etcd = EtcdServer::start_tls(tls);
+    let certs = Certs::make(&env.path("tls"));
+    let [ca, client_crt, client_key, expired, other_ca, foreign] =
+        [&certs.ca, &certs.client_cert, &certs.client_key, &certs.expired_client_cert, &certs.foreign_ca, &certs.foreign_client_cert]
+            .map(|p| p.display().to_string());
+    let etcd = EtcdServer::start_tls(certs.etcd_tls());
     for i in 0..20 {
         assert!(etcd.ctl(&["put", &format!("/registry/secrets/s{i}"), &format!("value {i}")]).status.success());
     }
@@ -476,7 +441,11 @@ fn etcd_over_tls_with_client_certificates() {
         .env("TRESOR_ETCD_KEY", &client_key)
         .output()
         .unwrap();
-    assert!(with_env.status.success(), "TLS files from the environment, as etcdctl takes them: {}", String::from_utf8_lossy(&with_env.stderr));
+    assert!(
+        with_env.status.success(),
+        "TLS files from the environment, as etcdctl takes them: {}",
+        String::from_utf8_lossy(&with_env.stderr)
+    );
 
     let refused = |url: &str| env.fails(&["backup", url], 1);
     let single = etcd.url();
@@ -500,6 +469,13 @@ fn etcd_over_tls_with_client_certificates() {
         refused(&old),
         format!(
             "tresor: error: {old}: the server refused the client certificate {expired} (expired, or not signed by a CA the server trusts)\n"
+        )
+    );
+    let stranger = format!("{single}?cacert={ca}&cert={foreign}&key={client_key}");
+    assert_eq!(
+        refused(&stranger),
+        format!(
+            "tresor: error: {stranger}: the server refused the client certificate {foreign} (expired, or not signed by a CA the server trusts)\n"
         )
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a refused connection");
