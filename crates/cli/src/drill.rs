@@ -106,7 +106,10 @@ pub fn report(a: ReportArgs) -> Result<u8> {
 }
 
 /// One of the plan's repositories, asked through a job.
-fn ask(repo: &tresor_controller::plan::Repository, what: impl Fn(&Tresor) -> Result<serde_json::Value, String>) -> Option<serde_json::Value> {
+fn ask(
+    repo: &tresor_controller::plan::Repository,
+    what: impl Fn(&Tresor) -> Result<serde_json::Value, String>,
+) -> Option<serde_json::Value> {
     let exe = std::env::current_exe().ok()?;
     what(&Tresor::new(&exe, repo, "")).ok()
 }

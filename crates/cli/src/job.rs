@@ -16,8 +16,8 @@ use tresor_engine::Password;
 
 use crate::commands::{capture_json, captured_json};
 use crate::opts::{
-    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, StatsArgs, VolumeArgs, VolumeCmd,
-    VolumeCommand, VolumeJobArgs,
+    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, StatsArgs,
+    VolumeArgs, VolumeCmd, VolumeCommand, VolumeJobArgs,
 };
 
 /// A command's arguments with clap's defaults, the given ones set; the
@@ -135,9 +135,13 @@ fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
             other => bail!("pvc://{claim}: unknown setting {other:?} (known: secret, csi-snapshot-class, cluster, image)"),
         }
     }
-    job.secret = secret.filter(|s| !s.is_empty()).with_context(|| format!("pvc://{claim}: no secret=NAME with the repository's settings"))?;
+    job.secret =
+        secret.filter(|s| !s.is_empty()).with_context(|| format!("pvc://{claim}: no secret=NAME with the repository's settings"))?;
     job.wait = Some(format!("{}s", spec.timeout_secs.unwrap_or(6 * 3600)));
-    let args = VolumeArgs { claim: claim.into(), csi_snapshot_class, tags: vec![own_tag(spec)], job };
+    let source = spec.source.as_ref().context("a volume job names its source")?;
+    job.run = source.run.clone();
+    job.pod = source.pod.clone().unwrap_or_default();
+    let args = VolumeArgs { claim: claim.into(), csi_snapshot_class, tags: vec![own_tag(spec)], source: Some(spec.name.clone()), job };
     Ok(VolumeCmd { command: VolumeCommand::Backup(args) })
 }
 

@@ -86,26 +86,44 @@ fn claim_of(spec: &str) -> Result<(String, String)> {
     }
 }
 
+/// The pod settings: the plan's, with the command line's on top.
+fn pod_settings(j: &VolumeJobArgs) -> Result<tresor_sources::k8s_pod::PodSettings> {
+    let mut pod = j.pod.clone();
+    pod.run_as_user = j.run_as_user.or(pod.run_as_user);
+    pod.run_as_group = j.run_as_group.or(pod.run_as_group);
+    pod.fs_group = j.fs_group.or(pod.fs_group);
+    for pair in &j.node_selector {
+        let Some((k, v)) = pair.split_once('=') else { bail!("cannot read node selector {pair:?} (use KEY=VALUE)") };
+        pod.node_selector.insert(k.into(), v.into());
+    }
+    Ok(pod)
+}
+
 /// `tresor volume backup|restore`: the objects made, one per line.
 pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
     use tresor_sources::k8s_volume::{VolumeJob, backup, restore};
-    // Unique per run, and readable: two runs in one second must not collide.
-    let now = chrono::Utc::now();
-    let stamp = format!("{}-{:04x}", now.format("%Y%m%d%H%M%S"), now.timestamp_subsec_nanos() & 0xffff);
-    let job = |claim: &str, j: VolumeJobArgs, csi_snapshot_class, tags| -> Result<VolumeJob> {
+    let job = |claim: &str, j: VolumeJobArgs, csi_snapshot_class, tags, source: Option<String>| -> Result<VolumeJob> {
         let (namespace, claim) = claim_of(claim)?;
         let wait = j.wait.as_deref().map(crate::commands::parse_duration).transpose()?;
-        Ok(VolumeJob { namespace, claim, image: j.image, secret: j.secret, csi_snapshot_class, wait, tags })
+        // Unique per run, and readable: two runs in one second must not collide.
+        let now = chrono::Utc::now();
+        let stamp = format!("{}-{:04x}", now.format("%Y%m%d%H%M%S"), now.timestamp_subsec_nanos() & 0xffff);
+        let source = source.unwrap_or_else(|| format!("{namespace}.{claim}"));
+        let pod = pod_settings(&j)?;
+        let run = j.run.unwrap_or(stamp);
+        Ok(VolumeJob { namespace, claim, image: j.image, secret: j.secret, csi_snapshot_class, wait, tags, pod, source, run })
     };
     let made = match cmd.command {
         VolumeCommand::Backup(a) => {
             let cluster = a.job.cluster.clone();
-            backup(&cluster, &job(&a.claim, a.job, a.csi_snapshot_class, a.tags)?, &stamp).await?
+            let v = job(&a.claim, a.job, a.csi_snapshot_class, a.tags, a.source)?;
+            let ns = v.namespace.clone();
+            backup(&cluster, &v, |name| eprintln!("tresor: adopting Job {ns}/{name}, left unfinished by an earlier run")).await?
         }
         VolumeCommand::Restore(a) => {
             let cluster = a.job.cluster.clone();
-            let v = job(&a.claim, a.job, None, Vec::new())?;
-            restore(&cluster, &v, &a.snapshot, &a.size, a.storage_class.as_deref(), &stamp).await?
+            let v = job(&a.claim, a.job, None, Vec::new(), None)?;
+            restore(&cluster, &v, &a.snapshot, &a.size, a.storage_class.as_deref()).await?
         }
     };
     if g.json {

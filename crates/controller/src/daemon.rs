@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-pub use crate::clock::Clock;
 use crate::check::{Severity, check};
+pub use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
@@ -376,6 +376,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
             timeout: None,
             restore: None,
             plan_file: plan_file.to_path_buf(),
+            run: None,
         });
     }
     let s = plan.sources.iter().find(|s| s.name == q.name)?;
@@ -392,6 +393,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
         timeout: s.timeout.map(|t| t.0),
         restore: q.restore.clone(),
         plan_file: plan_file.to_path_buf(),
+        run: None,
     })
 }
 
@@ -437,7 +439,8 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         outcome: Outcome { status: "running".into(), ..Outcome::default() },
     };
     let id = shared.state.start_job(&job);
-    let outcome = shared.runner.run(w, cancel).await;
+    let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
+    let outcome = shared.runner.run(&w, cancel).await;
     let ended = shared.clock.now();
     if let Ok(id) = id
         && let Err(e) = shared.state.finish_job(id, ended, &outcome)
@@ -454,7 +457,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     match w.kind {
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);
-            announce(shared, w, &outcome, ended);
+            announce(shared, &w, &outcome, ended);
             if !w.repo.url.contains("://") {
                 let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
                 if let Some(name) = name {

@@ -88,6 +88,12 @@ pub struct SourceJob {
     pub tags: Vec<String>,
     #[serde(default)]
     pub hooks: HooksSpec,
+    /// A volume Job's pod (`pvc://` sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
+    /// The daemon's id of this run: names what the job makes in a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 impl std::fmt::Debug for SourceJob {
@@ -98,6 +104,7 @@ impl std::fmt::Debug for SourceJob {
             .field("url", &"<not shown: it may hold a password>")
             .field("tags", &self.tags)
             .field("hooks", &self.hooks)
+            .field("pod", &self.pod)
             .finish()
     }
 }
@@ -290,13 +297,7 @@ pub struct JobResult {
 
 impl JobResult {
     pub fn failed(reason: Reason, temporary: bool, message: impl Into<String>) -> JobResult {
-        JobResult {
-            status: Status::Failed,
-            reason: Some(reason),
-            temporary,
-            message: Some(message.into()),
-            ..JobResult::succeeded()
-        }
+        JobResult { status: Status::Failed, reason: Some(reason), temporary, message: Some(message.into()), ..JobResult::succeeded() }
     }
 
     pub fn succeeded() -> JobResult {

@@ -189,6 +189,8 @@ pub struct SourceSpec {
     pub timeout: Option<Span>,
     #[serde(default)]
     pub verify: Verify,
+    /// How the Job of a `pvc://` source runs: user, groups, resources, node selector, tolerations.
+    pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

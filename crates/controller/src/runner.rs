@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-pub use crate::model::{Kind, RestoreSpec};
 use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, RepositorySpec, SourceJob};
+pub use crate::model::{Kind, RestoreSpec};
 use crate::plan::{Class, Keep, OnError, Repository, SourceSpec};
 use crate::state::Outcome;
 
@@ -26,6 +26,8 @@ pub struct Work {
     pub restore: Option<RestoreSpec>,
     /// The plan file (a drill reads it in its own process).
     pub plan_file: PathBuf,
+    /// The daemon's job id, once the job is recorded.
+    pub run: Option<String>,
 }
 
 /// Runs `tresor` (this very program, as a child).
@@ -63,6 +65,8 @@ fn source_job(w: &Work, s: &SourceSpec) -> SourceJob {
             timeout_secs: h.timeout.map(|t| t.secs()),
             continue_on_error: h.on_error == OnError::Continue,
         },
+        pod: s.pod.clone(),
+        run: w.run.clone(),
     }
 }
 

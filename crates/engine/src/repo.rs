@@ -676,4 +676,3 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
     s.id = *id;
     Ok(s)
 }
-

@@ -1,8 +1,9 @@
 //! Kubernetes resources: every type the API discovers (built-in and CRDs),
 //! filtered by namespace globs, resource names and a label selector, runtime
 //! fields stripped, each object as YAML at
-//! `<cluster|namespaces/NS>/<group>/<Kind>/<name>.yaml`. Events are left out
-//! unless asked for. A type the API refuses to list (403) is reported and
+//! `<cluster|namespaces/NS>/<group>/<Kind>/<name>.yaml`. Events and nodes
+//! (the cluster's machines, not its configuration) are left out unless
+//! asked for. A type the API refuses to list (403) is reported and
 //! the rest continues. Restores live in `k8s_restore.rs`.
 
 use std::collections::BTreeMap;
@@ -63,7 +64,7 @@ impl Matcher {
         [plural.to_string(), k.clone(), format!("{plural}.{group}"), format!("{k}.{group}")]
     }
 
-    /// Whether objects of this type are taken (events only when named).
+    /// Whether objects of this type are taken (events and nodes only when named).
     pub fn resource(&self, kind: &str, plural: &str, group: &str, short: &[String]) -> bool {
         let names = Self::names(kind, plural, group);
         let named = |list: &[String]| list.iter().any(|r| names.contains(&r.to_lowercase()) || short.contains(&r.to_lowercase()));
@@ -71,7 +72,7 @@ impl Matcher {
             return false;
         }
         if self.f.include_resources.is_empty() || self.f.include_resources.iter().any(|r| r == "*") {
-            return plural != "events";
+            return !(group.is_empty() && matches!(plural, "events" | "nodes"));
         }
         named(&self.f.include_resources)
     }

@@ -3,6 +3,11 @@
 //! and secrets, workloads, the rest), with namespace mapping, the backup's
 //! filters, and a choice for objects that exist (skip, the default, or
 //! update). Every object gets its own result; a failure stops nothing else.
+//! Objects the cluster makes itself (Endpoints of Services with selectors,
+//! EndpointSlices, `kube-root-ca.crt`, default ServiceAccounts, token
+//! Secrets) are skipped with that reason, and a create that meets one a
+//! controller made meanwhile (409) follows the same choice as any object
+//! that exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -104,6 +109,15 @@ fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreO
             plural_of(discovery, &objects, group, obj["kind"].as_str().unwrap_or_default())
         })
         .collect();
+    // Services with selectors, by their mapped namespace and name: their endpoints are the cluster's to make.
+    let services: BTreeSet<(String, String)> = objects
+        .iter()
+        .filter(|obj| obj["kind"] == "Service" && obj["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()))
+        .filter_map(|obj| {
+            let ns = obj["metadata"]["namespace"].as_str()?;
+            Some((o.mapping.get(ns).cloned().unwrap_or(ns.into()), obj["metadata"]["name"].as_str()?.to_string()))
+        })
+        .collect();
     let mut items = Vec::new();
     let mut skipped = Vec::new();
     for (mut obj, plural) in objects.into_iter().zip(plurals) {
@@ -128,6 +142,10 @@ fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreO
             }
         }
         let item = Item { obj, ns, name, kind };
+        if let Some(why) = made_by_the_cluster(&item, &services, o.existing) {
+            skipped.push(result(&item, "skipped", why));
+            continue;
+        }
         if let Some(owner) = item.obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
             let by = format!("{} {}", owner["kind"].as_str().unwrap_or("?"), owner["name"].as_str().unwrap_or("?"));
             skipped.push(result(&item, "skipped", format!("owned by {by}: its controller recreates it")));
@@ -137,6 +155,27 @@ fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreO
     }
     items.sort_by(|a, b| rank(&a.kind).cmp(&rank(&b.kind)).then(a.kind.cmp(&b.kind)).then(a.ns.cmp(&b.ns)).then(a.name.cmp(&b.name)));
     (items, skipped)
+}
+
+/// Why the cluster makes this object itself, so a restore leaves it to the cluster.
+fn made_by_the_cluster(item: &Item, services: &BTreeSet<(String, String)>, existing: Existing) -> Option<&'static str> {
+    let o = &item.obj;
+    let ns = item.ns.clone().unwrap_or_default();
+    match item.kind.as_str() {
+        "Endpoints" if services.contains(&(ns, item.name.clone())) => {
+            Some("made by the cluster: the endpoints of a Service with a selector")
+        }
+        "EndpointSlice" if o["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "endpointslice-controller.k8s.io" => {
+            Some("made by the cluster: the endpoint slice of a Service with a selector")
+        }
+        "ConfigMap" if item.name == "kube-root-ca.crt" => Some("made by the cluster in every namespace: the API server's CA"),
+        "Secret" if o["type"] == "kubernetes.io/service-account-token" => Some("made by the cluster: a service account's token"),
+        // The default account's settings (image pull secrets) are restored when asked to update.
+        "ServiceAccount" if item.name == "default" && existing == Existing::Skip => {
+            Some("made by the cluster in every namespace; --existing update restores its settings")
+        }
+        _ => None,
+    }
 }
 
 fn resource_of(discovery: &Discovery, obj: &Value) -> Option<(ApiResource, bool)> {
@@ -231,24 +270,42 @@ async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreO
         Ok(d) => d,
         Err(e) => return result(item, "failed", format!("not a Kubernetes object: {e}")),
     };
+    let params = PostParams { dry_run: o.server_dry_run, ..Default::default() };
     match (existing, o.existing) {
         (Some(_), Existing::Skip) => {
             result(item, if o.dry_run { "would skip" } else { "skipped" }, "it exists; --existing update replaces it")
         }
         (Some(_), Existing::Update) if o.dry_run => result(item, "would update", ""),
-        (Some(cur), Existing::Update) => {
-            obj.metadata.resource_version = cur.metadata.resource_version;
-            match api.replace(&item.name, &PostParams { dry_run: o.server_dry_run, ..Default::default() }, &obj).await {
-                Ok(_) if o.server_dry_run => result(item, "accepted", "server-side dry run"),
-                Ok(_) => result(item, "updated", ""),
-                Err(e) => result(item, "failed", api_message(&e)),
-            }
-        }
+        (Some(cur), Existing::Update) => replace(&api, item, &mut obj, cur, &params, "").await,
         (None, _) if o.dry_run => result(item, "would create", ""),
-        (None, _) => match api.create(&PostParams { dry_run: o.server_dry_run, ..Default::default() }, &obj).await {
+        (None, _) => match api.create(&params, &obj).await {
             Ok(_) if o.server_dry_run => result(item, "accepted", "server-side dry run"),
             Ok(_) => result(item, "created", ""),
+            // A controller made it between the look and the create: it exists, like any other.
+            Err(kube::Error::Api(s)) if s.code == 409 && o.existing == Existing::Skip => {
+                result(item, "skipped", "made meanwhile by the cluster; --existing update replaces it")
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => match api.get(&item.name).await {
+                Ok(cur) => replace(&api, item, &mut obj, cur, &params, "made meanwhile by the cluster, then replaced").await,
+                Err(e) => result(item, "failed", api_message(&e)),
+            },
             Err(e) => result(item, "failed", api_message(&e)),
         },
+    }
+}
+
+async fn replace(
+    api: &Api<DynamicObject>,
+    item: &Item,
+    obj: &mut DynamicObject,
+    cur: DynamicObject,
+    params: &PostParams,
+    detail: &str,
+) -> ObjectResult {
+    obj.metadata.resource_version = cur.metadata.resource_version;
+    match api.replace(&item.name, params, obj).await {
+        Ok(_) if params.dry_run => result(item, "accepted", "server-side dry run"),
+        Ok(_) => result(item, "updated", detail),
+        Err(e) => result(item, "failed", api_message(&e)),
     }
 }

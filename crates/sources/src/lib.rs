@@ -11,6 +11,7 @@ pub mod etcd;
 mod etcd_target;
 mod hooks;
 pub mod k8s;
+pub mod k8s_pod;
 pub mod k8s_restore;
 pub mod k8s_volume;
 mod pgbase;

@@ -18,8 +18,8 @@ use std::time::Duration;
 pub use fault::{FaultConfig, FaultLayer};
 pub use guard::AppendOnlyLayer;
 pub use location::Location;
-pub use sftp::HostKeyCheck;
 pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
+pub use sftp::HostKeyCheck;
 pub use throttle::ThrottleLayer;
 
 /// Why storage could not be set up.

@@ -181,7 +181,10 @@ impl Core {
         }
         match fs.metadata(root).await {
             Ok(m) if m.file_type().is_some_and(|t| t.is_dir()) => Ok(()),
-            Ok(_) => Err(Error::new(ErrorKind::NotADirectory, format!("sftp {}: {root} on the server is not a directory", self.settings.target()))),
+            Ok(_) => Err(Error::new(
+                ErrorKind::NotADirectory,
+                format!("sftp {}: {root} on the server is not a directory", self.settings.target()),
+            )),
             Err(e) => Err(Error::new(
                 sftp_kind(&e),
                 format!("sftp {}: the directory {root} does not exist on the server and cannot be created ({e})", self.settings.target()),
@@ -223,8 +226,7 @@ fn login_error(s: &SftpSettings, e: &openssh::Error) -> Error {
     let line = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('@') && !l.starts_with("Warning: Permanently added"))
-        .next_back()
+        .rfind(|l| !l.is_empty() && !l.starts_with('@') && !l.starts_with("Warning: Permanently added"))
         .unwrap_or("ssh failed without a message")
         .trim_end_matches('.');
     let target = s.target();
@@ -234,14 +236,34 @@ fn login_error(s: &SftpSettings, e: &openssh::Error) -> Error {
     };
     let file = s.known_hosts.as_deref().unwrap_or("~/.ssh/known_hosts");
     let (kind, what) = if text.contains("IDENTIFICATION HAS CHANGED") {
-        (ErrorKind::PermissionDenied, format!("the host key of {target} differs from the one in {file}: if the server was reinstalled, remove the old entry with ssh-keygen -R and add the new one"))
+        (
+            ErrorKind::PermissionDenied,
+            format!(
+                "the host key of {target} differs from the one in {file}: if the server was reinstalled, remove the old entry with ssh-keygen -R and add the new one"
+            ),
+        )
     } else if line.contains("Host key verification failed") || line.contains("No ED25519 host key is known") {
-        (ErrorKind::PermissionDenied, format!("the host key of {target} is not in {file} (strict checking): verify and add it with `{keyscan} >> {file}`, name another file in TRESOR_SFTP_KNOWN_HOSTS, or set TRESOR_SFTP_HOST_KEY_CHECK=accept-new"))
+        (
+            ErrorKind::PermissionDenied,
+            format!(
+                "the host key of {target} is not in {file} (strict checking): verify and add it with `{keyscan} >> {file}`, name another file in TRESOR_SFTP_KNOWN_HOSTS, or set TRESOR_SFTP_HOST_KEY_CHECK=accept-new"
+            ),
+        )
     } else if line.contains("Permission denied") {
         let key = s.key.as_deref().unwrap_or("ssh's default keys");
-        (ErrorKind::PermissionDenied, format!("{target} refused the login with {key} ({line}): add its public key to the server's authorized_keys, or set TRESOR_SFTP_KEY"))
+        (
+            ErrorKind::PermissionDenied,
+            format!(
+                "{target} refused the login with {key} ({line}): add its public key to the server's authorized_keys, or set TRESOR_SFTP_KEY"
+            ),
+        )
     } else if ["Connection reset", "Connection closed", "kex_exchange_identification"].iter().any(|w| line.contains(w)) {
-        (ErrorKind::Unexpected, format!("{target} closed the connection before login ({line}): is it an SSH server that lets this client in (AllowUsers, MaxStartups)?"))
+        (
+            ErrorKind::Unexpected,
+            format!(
+                "{target} closed the connection before login ({line}): is it an SSH server that lets this client in (AllowUsers, MaxStartups)?"
+            ),
+        )
     } else if line.contains("timed out") {
         (ErrorKind::Unexpected, format!("no answer from {target} within {}s ({line})", s.connect_timeout().as_secs()))
     } else {

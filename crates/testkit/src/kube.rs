@@ -9,6 +9,10 @@
 //! `TRESOR_KUBE_AUDIT_LOG` names a file (kube_audit). Plain HTTP on a free
 //! loopback port. Real `kubectl` works against it (tests/kubectl.rs),
 //! which is what makes it a faithful stand-in where no cluster can run.
+//! Pod Security admission runs on every create (kube_admission), and the
+//! controllers a cluster runs beside the API server (namespace defaults,
+//! endpoints, jobs and their pods, scheduling, garbage collection) act
+//! inside the writes that trigger them (kube_controllers).
 //! Not served: OpenAPI documents (kubectl's client-side validation),
 //! subresources other than `status` and `token`, server-side apply,
 //! finalizers (a deleted namespace is gone at once), aggregated ClusterRoles.
@@ -27,7 +31,8 @@ use tokio::sync::oneshot;
 
 use crate::kube_audit::{self, Coverage};
 use crate::kube_auth::{self, ADMIN_TOKEN, Attrs, Identity};
-use crate::kube_store::{ApiError, Part, Res, Store};
+use crate::kube_controllers::Propagation;
+use crate::kube_store::{ApiError, Part, Res, Store, key};
 use crate::kube_tls;
 
 pub struct KubeServer {
@@ -88,6 +93,13 @@ impl KubeServer {
     /// Creating objects of this resource (plural) is denied by an admission webhook.
     pub fn deny_create(&self, plural: &str) {
         self.store.lock().expect("not poisoned").denied.push(plural.into());
+    }
+
+    /// From now on, a controller makes an object of this resource (plural)
+    /// between a client's GET that found it missing and the client's create,
+    /// which then answers 409 AlreadyExists: the race with live controllers, met every time.
+    pub fn race(&self, plural: &str) {
+        self.store.lock().expect("not poisoned").racing.push(plural.into());
     }
 
     /// Record every request but the administrator's to this file (one JSON line each, appended).
@@ -260,6 +272,7 @@ async fn handle(
 ) -> Response {
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let mut store = shared.lock().expect("not poisoned");
+    store.warnings.clear();
     let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let Some(id) = kube_auth::authenticate(&store, bearer) else {
         return fail(kube_auth::unauthorized());
@@ -299,10 +312,24 @@ async fn handle(
         (Some(_), _) => return not_served(),
         (None, false) => crud(&mut store, &res, &t, &method, &q, parsed, Part::Main),
     };
-    match result {
+    if method == Method::GET
+        && let (Err(e), Some(name)) = (&result, t.name)
+        && e.code == 404
+        && store.racing.contains(&res.plural)
+    {
+        let k = key(&res, t.ns, name);
+        store.race_armed.insert(k);
+    }
+    let mut response = match result {
         Ok((code, v)) => reply(code, v),
         Err(e) => fail(e),
+    };
+    for w in store.warnings.drain(..) {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("299 - {w:?}")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    response
 }
 
 fn review(store: &Store, id: &Identity, res: &Res, body: Value) -> Result<(StatusCode, Value), ApiError> {
@@ -327,7 +354,9 @@ fn crud(
     // A server-side dry run answers as the write would, and stores nothing.
     let dry = q.contains_key("dryRun");
     match (method, name) {
-        (&Method::GET, None) => store.list(res, ns, q.get("labelSelector").map(String::as_str)).map(ok),
+        (&Method::GET, None) => {
+            store.list(res, ns, q.get("labelSelector").map(String::as_str), q.get("fieldSelector").map(String::as_str)).map(ok)
+        }
         (&Method::GET, Some(n)) => store.get(res, ns, n).map(ok),
         (&Method::POST, None) if dry => body.and_then(|b| store.clone().create(res, ns, b)).map(|v| (StatusCode::CREATED, v)),
         (&Method::POST, None) => body.and_then(|b| store.create(res, ns, b)).map(|v| (StatusCode::CREATED, v)),
@@ -339,7 +368,10 @@ fn crud(
             Err(ApiError::new(415, "UnsupportedMediaType", "this fake applies merge patches only (not JSON patches)".into()))
         }
         (&Method::PATCH, Some(n)) => body.and_then(|b| store.patch(res, ns, n, &b, part)).map(ok),
-        (&Method::DELETE, Some(n)) if part == Part::Main => store.delete(res, ns, n).map(ok),
+        (&Method::DELETE, Some(n)) if part == Part::Main => {
+            let options = body.unwrap_or(Value::Null);
+            store.delete(res, ns, n, Propagation::of(res, &options, q.get("propagationPolicy").map(String::as_str))).map(ok)
+        }
         _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
     }
 }

@@ -2,13 +2,17 @@
 //! those that CRDs add), the objects, the resourceVersion counter, and the
 //! API's semantics: create (409 on a name taken, 404 without the
 //! namespace), replace (409 on a stale resourceVersion), merge patch,
-//! delete (a namespace takes its objects along), label selectors.
+//! delete (a namespace takes its objects along, owners their dependents),
+//! label and field selectors; Pod Security admission (kube_admission) and
+//! the cluster's controllers (kube_controllers) run inside the writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
+use crate::kube_admission::{self as admission, Level};
 use crate::kube_auth::Identity;
+use crate::kube_controllers::{self as controllers, Propagation};
 
 /// Which part of an object a write is for: the object (whose `.status`
 /// stays as it was when the type has a status subresource), or `/status`
@@ -91,6 +95,9 @@ fn builtin() -> Vec<Res> {
         Res::new("v1", "PersistentVolume", "persistentvolumes", false, &["pv"]).with_status(),
         Res::new("v1", "Pod", "pods", true, &["po"]).with_status(),
         Res::new("v1", "Event", "events", true, &["ev"]),
+        Res::new("v1", "Endpoints", "endpoints", true, &["ep"]),
+        Res::new("v1", "Node", "nodes", false, &["no"]).with_status(),
+        Res::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", true, &[]),
         Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]).with_status(),
         Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]).with_status(),
         Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]).with_status(),
@@ -209,15 +216,24 @@ pub struct Store {
     pub denied: Vec<String>,
     /// Every change, for watches: (resourceVersion, type, group/plural, object).
     pub events: Vec<(u64, &'static str, String, Value)>,
+    /// Warnings for the current request (Pod Security's `warn`, templates that would be refused).
+    pub warnings: Vec<String>,
+    /// Plurals where a controller makes an object between a client's GET that found nothing and its create.
+    pub racing: Vec<String>,
+    /// Keys such a GET found missing: the next create of one meets the controller's object.
+    pub race_armed: BTreeSet<String>,
 }
 
-fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
+pub fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
     format!("{}/{}/{}/{name}", res.group, res.plural, ns.unwrap_or(""))
 }
 
 impl Store {
     pub fn new() -> Store {
-        Store { resources: builtin(), ..Store::default() }
+        let mut store = Store { resources: builtin(), ..Store::default() };
+        let nodes = store.find("", "v1", "nodes").expect("built in");
+        store.create(&nodes, None, controllers::node()).expect("a fresh store takes its node");
+        store
     }
 
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<Res> {
@@ -263,7 +279,14 @@ impl Store {
                 format!("admission webhook \"validate.example.com\" denied the request: {} {name} is not allowed here", res.kind),
             ));
         }
+        self.admit(res, ns, &name, &obj)?;
         let k = key(res, ns, &name);
+        if self.race_armed.remove(&k) {
+            // A controller got there first, with an object of the same name.
+            let mut theirs = obj.clone();
+            self.stamp(&mut theirs, res, ns, None, None);
+            self.objects.insert(k.clone(), theirs);
+        }
         if self.objects.contains_key(&k) {
             return Err(ApiError::new(409, "AlreadyExists", format!("{}{} \"{name}\" already exists", res.plural, group_suffix(res))));
         }
@@ -280,9 +303,38 @@ impl Store {
             "customresourcedefinitions" => self.register_crd(&mut obj),
             _ => {}
         }
+        let unschedulable = (res.group.is_empty() && res.plural == "pods").then(|| controllers::schedule(&mut obj)).flatten();
         self.objects.insert(k, obj.clone());
         self.record("ADDED", res, &obj);
+        if let Some(why) = unschedulable {
+            controllers::event(self, &obj, "Warning", "FailedScheduling", &why, "default-scheduler");
+        }
+        controllers::created(self, res, &obj);
         Ok(obj)
+    }
+
+    /// Pod Security admission: refuse a pod its namespace's `enforce` level
+    /// forbids; warn for its `warn` level, and for workload templates.
+    fn admit(&mut self, res: &Res, ns: Option<&str>, name: &str, obj: &Value) -> Result<(), ApiError> {
+        let Some(spec) = admission::template_of(&res.kind, obj) else { return Ok(()) };
+        let namespace = ns.and_then(|n| self.objects.get(&format!("/namespaces//{n}")));
+        let (enforce, warn) = admission::levels(namespace);
+        let is_pod = res.group.is_empty() && res.plural == "pods";
+        if is_pod && let Some(v) = admission::violations(enforce, spec) {
+            return Err(ApiError::new(403, "Forbidden", format!("pods \"{name}\" is forbidden: violates {v}")));
+        }
+        let mut levels = vec![warn];
+        if !is_pod {
+            levels.push(enforce);
+        }
+        levels.sort();
+        levels.dedup();
+        for level in levels.into_iter().filter(|l| *l != Level::Privileged) {
+            if let Some(v) = admission::violations(level, spec) {
+                self.warnings.push(format!("would violate {v}"));
+            }
+        }
+        Ok(())
     }
 
     fn record(&mut self, kind: &'static str, res: &Res, obj: &Value) {
@@ -325,7 +377,8 @@ impl Store {
         self.objects.get(&key(res, ns, name)).cloned().ok_or_else(|| not_found(res, name))
     }
 
-    pub fn list(&self, res: &Res, ns: Option<&str>, selector: Option<&str>) -> Result<Value, ApiError> {
+    pub fn list(&self, res: &Res, ns: Option<&str>, selector: Option<&str>, fields: Option<&str>) -> Result<Value, ApiError> {
+        let fields = field_selector(res, fields)?;
         let prefix = format!("{}/{}/", res.group, res.plural);
         let items: Vec<Value> = self
             .objects
@@ -336,6 +389,7 @@ impl Store {
             .filter(|v| {
                 selector.is_none_or(|s| v["metadata"]["labels"].as_object().map_or(selects(s, &Default::default()), |l| selects(s, l)))
             })
+            .filter(|v| fields.iter().all(|(path, want, equal)| (field(v, path) == *want) == *equal))
             .cloned()
             .collect();
         Ok(
@@ -377,6 +431,9 @@ impl Store {
         self.stamp(&mut obj, res, ns, Some(old["metadata"]["uid"].clone()), Some(old["metadata"]["creationTimestamp"].clone()));
         self.objects.insert(key(res, ns, name), obj.clone());
         self.record("MODIFIED", res, &obj);
+        if part == Part::Status && res.group.is_empty() && res.plural == "pods" {
+            controllers::pod_status(self, &obj);
+        }
         Ok(obj)
     }
 
@@ -387,14 +444,60 @@ impl Store {
         self.replace(res, ns, name, obj, part)
     }
 
-    pub fn delete(&mut self, res: &Res, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub fn delete(&mut self, res: &Res, ns: Option<&str>, name: &str, policy: Propagation) -> Result<Value, ApiError> {
         let obj = self.objects.remove(&key(res, ns, name)).ok_or_else(|| not_found(res, name))?;
         if res.plural == "namespaces" {
             self.objects.retain(|_, v| v["metadata"]["namespace"] != name);
         }
         self.rv += 1;
         self.record("DELETED", res, &obj);
+        controllers::deleted(self, &obj, policy)?;
         Ok(obj)
+    }
+}
+
+/// Fields a field selector may name, per resource (the API server refuses others).
+fn selectable(res: &Res) -> &'static [&'static str] {
+    match (res.group.as_str(), res.plural.as_str()) {
+        ("", "events") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "reason",
+            "type",
+        ],
+        ("", "pods") => &["spec.nodeName", "spec.restartPolicy", "spec.serviceAccountName", "status.phase"],
+        _ => &[],
+    }
+}
+
+/// `a.b=v,c!=w` → (path, value, equal), checked against what the resource allows.
+fn field_selector(res: &Res, fields: Option<&str>) -> Result<Vec<(String, String, bool)>, ApiError> {
+    let mut out = Vec::new();
+    for term in fields.into_iter().flat_map(|f| f.split(',')).map(str::trim).filter(|t| !t.is_empty()) {
+        let (path, value, equal) = match term.split_once("!=") {
+            Some((p, v)) => (p, v, false),
+            None => match term.split_once("==").or_else(|| term.split_once('=')) {
+                Some((p, v)) => (p, v, true),
+                None => return Err(ApiError::new(400, "BadRequest", format!("invalid selector: '{term}'; can't understand '{term}'"))),
+            },
+        };
+        if !matches!(path, "metadata.name" | "metadata.namespace") && !selectable(res).contains(&path) {
+            return Err(ApiError::new(400, "BadRequest", format!("field label not supported: {path}")));
+        }
+        out.push((path.to_string(), value.to_string(), equal));
+    }
+    Ok(out)
+}
+
+fn field(obj: &Value, path: &str) -> String {
+    let v = path.split('.').fold(obj, |v, k| &v[k]);
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 

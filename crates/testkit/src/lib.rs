@@ -13,8 +13,10 @@
 mod certs;
 mod etcd;
 mod kube;
+mod kube_admission;
 mod kube_audit;
 mod kube_auth;
+mod kube_controllers;
 mod kube_store;
 mod kube_tls;
 pub mod net;

@@ -24,7 +24,11 @@ pub struct SshServer {
 }
 
 fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "tresor-test", "-f"]).arg(path).output().expect("run ssh-keygen");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "tresor-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
     assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -77,7 +77,7 @@ fn real_kubectl_works_against_the_fake() {
     let (ok, _, err) = k(&["create", "--validate=false", "-f", &cm]);
     assert!(!ok && err.ends_with("configmaps \"settings\" already exists"), "{err}");
     assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app=shop", "-o", "jsonpath={.items[*].metadata.name}"]).1, "settings");
-    assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app!=shop", "-o", "name"]).1, "");
+    assert_eq!(k(&["get", "cm", "-n", "shop", "-l", "app!=shop", "-o", "name"]).1, "configmap/kube-root-ca.crt");
     assert_eq!(k(&["get", "cm", "settings", "-n", "shop", "-o", "jsonpath={.data.mode}"]).1, "fast");
     let stale = c.file("stale.yaml", &CM.replace("  name: settings\n", "  name: settings\n  resourceVersion: \"1\"\n"));
     let (ok, _, err) = k(&["replace", "--validate=false", "-f", &stale]);
@@ -186,4 +186,101 @@ fn status_is_a_subresource_the_object_cannot_change() {
         "error: application/json-patch+json is not supported by example.com/v1, Kind=Widget: this fake applies merge patches only (not JSON patches)"
     );
     assert_eq!(c.k(&["get", "widget", "w1", "-n", "shop", "-o", "jsonpath={.spec.size}"]).1, "4");
+}
+
+const RESTRICTED_VIOLATIONS: &str = "allowPrivilegeEscalation != false (container \"NAME\" must set securityContext.allowPrivilegeEscalation=false), \
+     unrestricted capabilities (container \"NAME\" must set securityContext.capabilities.drop=[\"ALL\"]), \
+     runAsNonRoot != true (pod or container \"NAME\" must set securityContext.runAsNonRoot=true), \
+     seccompProfile (pod or container \"NAME\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")";
+
+#[test]
+fn pod_security_refuses_pods_and_the_job_controller_reports_it() {
+    let c = Kubectl::start();
+    assert!(c.k(&["create", "namespace", "hard"]).0);
+    assert!(c.k(&["label", "namespace", "hard", "pod-security.kubernetes.io/enforce=restricted"]).0);
+    let (ok, _, err) = c.k(&["run", "plain", "--image=busybox", "-n", "hard"]);
+    assert!(!ok);
+    let violations = RESTRICTED_VIOLATIONS.replace("NAME", "plain");
+    assert_eq!(
+        err,
+        format!("Error from server (Forbidden): pods \"plain\" is forbidden: violates PodSecurity \"restricted:latest\": {violations}")
+    );
+
+    // A Job is admitted with a warning; its pod is refused when the job controller makes it.
+    let (ok, out, err) = c.k(&["create", "job", "backup", "--image=busybox", "-n", "hard"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "job.batch/backup created");
+    let violations = RESTRICTED_VIOLATIONS.replace("NAME", "backup");
+    assert_eq!(err, format!("Warning: would violate PodSecurity \"restricted:latest\": {violations}"));
+    let events = |name: &str, what: &str| {
+        let selector = format!("involvedObject.name={name}");
+        c.k(&["get", "events", "-n", "hard", "--field-selector", &selector, "-o", &format!("jsonpath={what}")]).1
+    };
+    assert_eq!(events("backup", "{.items[*].reason}"), "FailedCreate");
+    let message = events("backup", "{.items[0].message}");
+    assert!(message.starts_with("Error creating: pods \"backup-"), "{message}");
+    assert!(message.ends_with(&format!("is forbidden: violates PodSecurity \"restricted:latest\": {violations}")), "{message}");
+    assert_eq!(c.k(&["get", "pods", "-n", "hard", "-o", "name"]).1, "");
+
+    // `warn` admits, with the same words.
+    assert!(c.k(&["create", "namespace", "soft"]).0);
+    assert!(c.k(&["label", "namespace", "soft", "pod-security.kubernetes.io/warn=restricted"]).0);
+    let (ok, out, err) = c.k(&["run", "plain", "--image=busybox", "-n", "soft"]);
+    assert!(ok && out == "pod/plain created", "{err}");
+    assert_eq!(
+        err,
+        format!("Warning: would violate PodSecurity \"restricted:latest\": {}", RESTRICTED_VIOLATIONS.replace("NAME", "plain"))
+    );
+}
+
+#[test]
+fn controllers_make_what_a_cluster_makes_and_collect_what_it_collects() {
+    let c = Kubectl::start();
+    assert!(c.k(&["create", "namespace", "shop"]).0);
+    assert_eq!(
+        c.k(&["get", "serviceaccounts,configmaps", "-n", "shop", "-o", "name"]).1,
+        "serviceaccount/default\nconfigmap/kube-root-ca.crt"
+    );
+    assert!(c.k(&["create", "service", "clusterip", "api", "--tcp=80:8080", "-n", "shop"]).0);
+    assert_eq!(c.k(&["get", "endpoints", "api", "-n", "shop", "-o", "name"]).1, "endpoints/api");
+    let slices = c.k(&[
+        "get",
+        "endpointslices",
+        "-n",
+        "shop",
+        "-l",
+        "kubernetes.io/service-name=api",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(slices.1, "api");
+
+    // A job's pod runs on the node, and its success completes the Job.
+    assert!(c.k(&["create", "job", "once", "--image=busybox", "-n", "shop"]).0);
+    let pod = c.k(&["get", "pods", "-n", "shop", "-l", "job-name=once", "-o", "jsonpath={.items[0].metadata.name}"]).1;
+    assert!(pod.starts_with("once-"), "{pod}");
+    assert_eq!(c.k(&["get", "pod", &pod, "-n", "shop", "-o", "jsonpath={.spec.nodeName}"]).1, "fake-node");
+    let done = r#"{"status":{"phase":"Succeeded"}}"#;
+    assert!(c.k(&["patch", "pod", &pod, "-n", "shop", "--subresource=status", "--type=merge", "-p", done]).0);
+    assert_eq!(c.k(&["get", "job", "once", "-n", "shop", "-o", "jsonpath={.status.succeeded}"]).1, "1");
+
+    // kubectl deletes in the background: the pod goes with its Job.
+    assert_eq!(c.k(&["delete", "job", "once", "-n", "shop"]).1, "job.batch \"once\" deleted");
+    assert_eq!(c.k(&["get", "pods", "-n", "shop", "-o", "name"]).1, "");
+    // Orphaned, the pod stays and forgets its owner.
+    assert!(c.k(&["create", "job", "twice", "--image=busybox", "-n", "shop"]).0);
+    assert!(c.k(&["delete", "job", "twice", "-n", "shop", "--cascade=orphan"]).0);
+    let left = c.k(&["get", "pods", "-n", "shop", "-o", "jsonpath={.items[*].metadata.ownerReferences}"]);
+    assert_eq!(left, (true, String::new(), String::new()));
+    assert_eq!(c.k(&["get", "pods", "-n", "shop", "-o", "name"]).1.lines().count(), 1);
+
+    // A pod no node takes stays Pending, and the scheduler says why.
+    assert!(c.k(&["run", "picky", "--image=busybox", "-n", "shop", "--overrides", r#"{"spec":{"nodeSelector":{"disk":"ssd"}}}"#]).0);
+    let selector = "involvedObject.name=picky";
+    let why =
+        c.k(&["get", "events", "-n", "shop", "--field-selector", selector, "-o", "jsonpath={.items[*].reason}: {.items[*].message}"]).1;
+    assert_eq!(
+        why,
+        "FailedScheduling: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+    );
 }

@@ -326,6 +326,9 @@ pub struct VolumeArgs {
     /// Tags for the snapshot (default source=pvc:NAMESPACE/CLAIM).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// What the Job serves, labelled on it (default NAMESPACE.CLAIM): an unfinished Job of the same source is adopted, not doubled, e.g. shop-data.
+    #[arg(long)]
+    pub source: Option<String>,
     #[command(flatten)]
     pub job: VolumeJobArgs,
 }
@@ -362,6 +365,24 @@ pub struct VolumeJobArgs {
     /// The cluster: k8s://[CONTEXT], e.g. k8s://prod.
     #[arg(long, default_value = "k8s://")]
     pub cluster: String,
+    /// This run's id, part of the names of what it makes (default: the time), e.g. nightly-42.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// The user the Job's pod runs as (default 10001, the image's user), e.g. 999.
+    #[arg(long)]
+    pub run_as_user: Option<i64>,
+    /// The group the Job's pod runs as (default: the user's id), e.g. 999.
+    #[arg(long)]
+    pub run_as_group: Option<i64>,
+    /// The group that owns the volume's files for the pod (fsGroup; default: the user's id), e.g. 999.
+    #[arg(long)]
+    pub fs_group: Option<i64>,
+    /// Run the Job on nodes with this label, KEY=VALUE; repeatable, e.g. disktype=ssd.
+    #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+    pub node_selector: Vec<String>,
+    /// Resources and tolerations come from a plan source's `pod:`.
+    #[arg(skip)]
+    pub pod: tresor_sources::k8s_pod::PodSettings,
 }
 
 #[derive(Args)]

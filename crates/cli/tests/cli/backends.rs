@@ -9,12 +9,14 @@ use tresor_testkit::{RudeServer, Rudeness, SshServer, WebdavServer};
 
 use super::*;
 
+/// The repository URL for a name, and where its objects lie on disk.
+type Locate = Box<dyn Fn(&str) -> (String, PathBuf)>;
+
 /// A server and how to point tresor at a repository on it.
 struct Backend {
     name: &'static str,
     vars: Vec<(String, String)>,
-    /// The repository URL for a name, and where its objects lie on disk.
-    repo: Box<dyn Fn(&str) -> (String, PathBuf)>,
+    repo: Locate,
     _server: Box<dyn Any>,
 }
 
@@ -73,7 +75,11 @@ fn dedup_prune_and_faults(b: &Backend) {
     let flaky = env.cmd(&["backup", src.to_str().unwrap()]).env("TRESOR_FAULTS", "error-rate=0.1,seed=42").output().unwrap();
     assert!(flaky.status.success(), "{}: {}", b.name, String::from_utf8_lossy(&flaky.stderr));
     let target = env.path("flaky-out");
-    let out = env.cmd(&["restore", "latest", "--target", target.to_str().unwrap()]).env("TRESOR_FAULTS", "error-rate=0.1,seed=43").output().unwrap();
+    let out = env
+        .cmd(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .env("TRESOR_FAULTS", "error-rate=0.1,seed=43")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}: {}", b.name, String::from_utf8_lossy(&out.stderr));
     assert_eq!(inventory(&src), inventory(&restored(&env, "flaky-out", &src)), "{}", b.name);
 

@@ -62,7 +62,9 @@ fn a_wrong_password_or_a_missing_repository_fails_once_and_alerts_at_once() {
     .unwrap();
     let d = start_daemon(&env, &plan, None);
     let j = wait_jobs(&d, "the first runs", |j| {
-        count(j, "locked", "backup", "failed") == 1 && count(j, "gone", "backup", "failed") == 1 && count(j, "fine", "backup", "succeeded") == 1
+        count(j, "locked", "backup", "failed") == 1
+            && count(j, "gone", "backup", "failed") == 1
+            && count(j, "fine", "backup", "succeeded") == 1
     });
     let reason = |s: &str| (backups(&j, s)[0]["reason"].clone(), backups(&j, s)[0]["temporary"].clone());
     assert_eq!(reason("locked"), (serde_json::json!("wrong_password"), serde_json::json!(false)));
@@ -186,7 +188,8 @@ fn a_storage_outage_is_retried_until_it_heals() {
     let first = backups(&j, "files")[0].clone();
     assert_eq!((&first["reason"], &first["temporary"]), (&serde_json::json!("repository"), &serde_json::json!(true)), "{first}");
     let j = wait_jobs(&d, "the retry once the storage is back", |j| count(j, "files", "backup", "succeeded") == 1);
-    let runs: Vec<(&str, &str)> = backups(&j, "files").iter().map(|x| (x["trigger"].as_str().unwrap(), x["status"].as_str().unwrap())).collect();
+    let runs: Vec<(&str, &str)> =
+        backups(&j, "files").iter().map(|x| (x["trigger"].as_str().unwrap(), x["status"].as_str().unwrap())).collect();
     assert_eq!(runs, [("first", "failed"), ("retry", "succeeded")]);
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
     for line in ["backup_repository_errors_total{repository=\"main\"} 1", "backup_jobs_queued 0"] {

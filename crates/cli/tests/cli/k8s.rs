@@ -26,6 +26,7 @@ metadata:
   name: shop
   labels:
     team: web
+    pod-security.kubernetes.io/enforce: restricted
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -206,17 +207,26 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     let out = tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "sh*"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let listing = env.ok(&["ls", "latest"]);
-    let files: Vec<&str> = listing.lines().filter(|l| l.ends_with(".yaml")).collect();
+    // The slice's name is the endpoint slice controller's to choose.
+    let files: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.ends_with(".yaml"))
+        .map(|l| if l.starts_with("/namespaces/shop/discovery.k8s.io/EndpointSlice/web-") { "EndpointSlice web-*" } else { l })
+        .collect();
     assert_eq!(
         files,
         [
             "/cluster/apiextensions.k8s.io/CustomResourceDefinition/widgets.example.com.yaml",
             "/cluster/core/Namespace/shop.yaml",
             "/namespaces/shop/apps/Deployment/web.yaml",
+            "/namespaces/shop/core/ConfigMap/kube-root-ca.crt.yaml",
             "/namespaces/shop/core/ConfigMap/settings.yaml",
+            "/namespaces/shop/core/Endpoints/web.yaml",
             "/namespaces/shop/core/PersistentVolumeClaim/data.yaml",
             "/namespaces/shop/core/Secret/creds.yaml",
             "/namespaces/shop/core/Service/web.yaml",
+            "/namespaces/shop/core/ServiceAccount/default.yaml",
+            "EndpointSlice web-*",
             "/namespaces/shop/example.com/Widget/w1.yaml",
         ],
         "events, other namespaces and unrelated cluster objects are left out"
@@ -230,7 +240,7 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     }
     let snap = &env.json(&["snapshots"])[0];
     assert_eq!(snap["source"]["kind"], "k8s");
-    assert_eq!(snap["source"]["consistency"]["objects"], 8);
+    assert_eq!(snap["source"]["consistency"]["objects"], 12);
     assert_eq!(snap["source"]["consistency"]["namespaces"], serde_json::json!(["shop"]));
 
     // A selector, and a resource the API refuses: the rest is saved, the refusal named, exit 3.
@@ -296,17 +306,18 @@ fn a_namespace_round_trips_under_a_new_name_field_by_field() {
     let plan = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--dry-run"]);
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(
-        text.starts_with("would create  CustomResourceDefinition widgets.example.com\nwould create  Namespace shop-restored\n"),
+        text.contains("\nwould create  CustomResourceDefinition widgets.example.com\nwould create  Namespace shop-restored\n"),
         "{text}"
     );
-    assert!(text.ends_with("8 objects: 0 created, 0 updated, 0 skipped, 0 failed (dry run: nothing changed)\n"), "{text}");
+    assert!(text.ends_with("12 objects: 0 created, 0 updated, 4 skipped, 0 failed (dry run: nothing changed)\n"), "{text}");
     assert!(!c.kubectl(&["get", "namespace", "shop-restored"]).status.success(), "a dry run creates nothing");
 
     let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["status"], "completed");
-    let order: Vec<&str> = report["results"].as_array().unwrap().iter().map(|r| r["object"].as_str().unwrap()).collect();
+    let results = report["results"].as_array().unwrap().iter();
+    let order: Vec<&str> = results.filter(|r| r["result"] != "skipped").map(|r| r["object"].as_str().unwrap()).collect();
     assert_eq!(
         order,
         [
@@ -328,12 +339,57 @@ fn a_namespace_round_trips_under_a_new_name_field_by_field() {
     let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("skipped       ConfigMap shop-restored/settings: it exists; --existing update replaces it\n"), "{text}");
-    assert!(text.ends_with("8 objects: 0 created, 0 updated, 8 skipped, 0 failed\n"), "{text}");
+    assert!(text.ends_with("12 objects: 0 created, 0 updated, 12 skipped, 0 failed\n"), "{text}");
     assert!(c.kubectl(&["patch", "configmap", "settings", "-n", "shop-restored", "-p", r#"{"data":{"mode":"slow"}}"#]).status.success());
     let out =
         tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--existing", "update"]);
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("8 objects: 0 created, 8 updated, 0 skipped, 0 failed\n"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("12 objects: 0 created, 9 updated, 3 skipped, 0 failed\n"), "the default account is updated too: {text}");
     assert_eq!(shown(&c, "configmap", "shop-restored", "settings"), before[2], "updated back to the snapshot's version");
+}
+
+/// The cluster's controllers make Endpoints, EndpointSlices, default
+/// ServiceAccounts and `kube-root-ca.crt` as soon as a Service or a
+/// namespace exists, and may make any object between tresor's look and its
+/// create: restores complete every time, and say what they left to the cluster.
+#[test]
+fn restores_meet_live_controllers_and_complete_every_time() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for line in [
+        "skipped       ConfigMap copy/kube-root-ca.crt: made by the cluster in every namespace: the API server's CA\n",
+        "skipped       Endpoints copy/web: made by the cluster: the endpoints of a Service with a selector\n",
+        "skipped       ServiceAccount copy/default: made by the cluster in every namespace; --existing update restores its settings\n",
+    ] {
+        assert!(text.contains(line), "{line}{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("skipped       EndpointSlice copy/web-")
+            && l.ends_with(": made by the cluster: the endpoint slice of a Service with a selector")),
+        "{text}"
+    );
+    assert!(c.kubectl(&["get", "endpoints", "web", "-n", "copy"]).status.success(), "the cluster made them");
+
+    // A controller makes the ConfigMaps between tresor's look and its create: 409, taken as existing.
+    c.server.race("configmaps");
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:raced"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("skipped       ConfigMap raced/settings: made meanwhile by the cluster; --existing update replaces it\n"),
+        "{text}"
+    );
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:raced2", "--existing", "update"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("updated       ConfigMap raced2/settings: made meanwhile by the cluster, then replaced\n"), "{text}");
+    assert!(text.contains("updated       ServiceAccount raced2/default\n"), "{text}");
+    assert_eq!(c.kubectl(&["get", "cm", "settings", "-n", "raced2", "-o", "jsonpath={.data.greeting}"]).stdout, b"hello");
 }
 
 #[test]
@@ -353,12 +409,12 @@ fn a_failing_custom_resource_is_reported_and_the_rest_is_restored() {
         "{text}"
     );
     assert!(
-        text.ends_with("8 objects: 6 created, 0 updated, 1 skipped, 1 failed\n"),
+        text.ends_with("12 objects: 6 created, 0 updated, 5 skipped, 1 failed\n"),
         "the CRD exists still (skipped), the rest created: {text}"
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "tresor: restore partial: 1 of 8 objects failed; first: Widget copy/w1: admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here\n"
+        "tresor: restore partial: 1 of 12 objects failed; first: Widget copy/w1: admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here\n"
     );
     assert!(c.kubectl(&["get", "deployment", "web", "-n", "copy"]).status.success());
 }
@@ -398,15 +454,59 @@ fn names(c: &Cluster, what: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
 }
 
+/// A volume command run in the background until it ends: (exit code, stdout, stderr).
+struct Running(std::process::Child);
+
+impl Running {
+    fn start(env: &Env, c: &Cluster, args: &[&str]) -> Running {
+        Running(env.cmd(args).env("KUBECONFIG", &c.kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+    }
+
+    fn end(self) -> (Option<i32>, String, String) {
+        let out = self.0.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The pod of a Job, once the job controller made it.
+fn pod_of(c: &Cluster, job: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = c.kubectl(&["get", "pods", "-n", "shop", "-l", &format!("job-name={job}"), "-o", "name"]);
+        if let Some(p) = String::from_utf8_lossy(&out.stdout).lines().next() {
+            return p.trim_start_matches("pod/").to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no pod for Job {job}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The kubelet's part: the pod ran and exited with this phase.
+fn pod_ends(c: &Cluster, pod: &str, phase: &str) {
+    let patch = format!(r#"{{"status":{{"phase":"{phase}"}}}}"#);
+    let out = c.kubectl(&["patch", "pod", pod, "-n", "shop", "--subresource=status", "--type=merge", "-p", &patch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pod in `shop` that mounts the claim `data`, admitted by `restricted`.
+const USER_POD: &str = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "db", "namespace": "shop"}, "spec": {
+  "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+  "containers": [{"name": "db", "image": "postgres:15", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+  "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}"#;
+
 #[test]
-fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
+fn volume_jobs_pass_restricted_pod_security_are_adopted_and_cleaned_up() {
     let env = Env::new();
     let c = Cluster::start();
-    let out = tresor(&env, &c, &["volume", "backup", "shop/data", "--secret", "repo-creds", "--json"]);
+    c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], USER_POD);
+    let args = ["volume", "backup", "shop/data", "--secret", "repo-creds", "--run", "r1", "--json"];
+    let out = tresor(&env, &c, &args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let job_name = made["created"][0].as_str().unwrap().strip_prefix("Job/").unwrap().to_string();
-    let job = c.server.object("batch", "jobs", Some("shop"), &job_name).unwrap();
+    assert_eq!(made["created"], serde_json::json!(["Job/tresor-backup-data-r1"]));
+    let job = c.server.object("batch", "jobs", Some("shop"), "tresor-backup-data-r1").unwrap();
+    assert_eq!(job["metadata"]["labels"]["tresor.dev/source"], "shop.data");
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(pod["volumes"][0]["persistentVolumeClaim"], serde_json::json!({"claimName": "data", "readOnly": true}));
     assert_eq!(
@@ -414,65 +514,113 @@ fn volumes_are_backed_up_and_restored_through_jobs_and_csi_snapshots() {
         serde_json::json!(["backup", "/data", "--host", "shop/data", "--tag", "source=pvc:shop/data"])
     );
     assert_eq!(pod["containers"][0]["envFrom"][0]["secretRef"]["name"], "repo-creds");
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    let pinned =
+        &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0];
+    assert_eq!(pinned["values"], serde_json::json!(["fake-node"]), "a ReadWriteOnce claim in use is read on its node");
+    // `shop` enforces `restricted`: that the job controller made the pod is admission's yes.
+    let pod = pod_of(&c, "tresor-backup-data-r1");
 
-    // With a CSI snapshot: snapshot, clone, a Job on the clone; once the Job succeeds the clone and snapshot go.
+    // A retry (another run id) adopts the unfinished Job instead of making a second.
+    let mut retry = Running::start(&env, &c, &["volume", "backup", "shop/data", "--secret", "repo-creds", "--run", "r2", "--wait", "60s"]);
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(retry.0.stderr.as_mut().unwrap()), &mut said).unwrap();
+    assert_eq!(said, "tresor: adopting Job shop/tresor-backup-data-r1, left unfinished by an earlier run\n");
+    assert_eq!(names(&c, "jobs"), ["job.batch/tresor-backup-data-r1"]);
+    pod_ends(&c, &pod, "Succeeded");
+    let (code, stdout, stderr) = retry.end();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "created Job/tresor-backup-data-r1\n");
+    assert!(names(&c, "jobs").is_empty(), "the Job is removed");
+    assert_eq!(names(&c, "pods"), ["pod/db"], "and its pod with it");
+
+    // With a CSI snapshot: a snapshot and a clone owned by the Job, all removed once it succeeded.
     c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], SNAPSHOT_CRD);
-    let mut run = env
-        .cmd(&["volume", "backup", "shop/data", "--secret", "repo-creds", "--csi-snapshot-class", "csi-snap", "--wait", "60s"])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let clone_job = loop {
-        if let Some(j) = names(&c, "jobs").into_iter().find(|j| j != &format!("job.batch/{job_name}")) {
-            break j;
-        }
-        if run.try_wait().unwrap().is_some() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("tresor volume backup ended early: {err}");
-        }
-        assert!(std::time::Instant::now() < deadline, "no job for the clone");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let snapshots = names(&c, "volumesnapshots");
-    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
-    let claims = names(&c, "persistentvolumeclaims");
-    let clone =
-        claims.iter().find(|p| p.ends_with("-clone")).expect("a clone claim").trim_start_matches("persistentvolumeclaim/").to_string();
-    let cloned = c.server.object("", "persistentvolumeclaims", Some("shop"), &clone).unwrap();
+    let csi =
+        ["volume", "backup", "shop/data", "--secret", "repo-creds", "--csi-snapshot-class", "csi-snap", "--run", "r3", "--wait", "60s"];
+    let run = Running::start(&env, &c, &csi);
+    let name = "tresor-backup-data-r3";
+    let pod = pod_of(&c, name);
+    let job_uid = c.server.object("batch", "jobs", Some("shop"), name).unwrap()["metadata"]["uid"].clone();
+    let snapshot = c.server.object("snapshot.storage.k8s.io", "volumesnapshots", Some("shop"), name).expect("a snapshot");
+    assert_eq!(snapshot["metadata"]["ownerReferences"][0]["uid"], job_uid);
+    let cloned = c.server.object("", "persistentvolumeclaims", Some("shop"), name).expect("a clone");
+    assert_eq!(cloned["metadata"]["ownerReferences"][0]["uid"], job_uid);
     assert_eq!(cloned["spec"]["dataSource"]["kind"], "VolumeSnapshot");
     assert_eq!(cloned["spec"]["resources"]["requests"]["storage"], "1Gi", "the clone is the size of the claim");
-    let j = clone_job.trim_start_matches("job.batch/").to_string();
-    assert_eq!(
-        c.server.object("batch", "jobs", Some("shop"), &j).unwrap()["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
-        clone
-    );
-    assert!(
-        c.kubectl(&["patch", "job", &j, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#, "--subresource=status"])
-            .status
-            .success()
-    );
-    let status = run.wait().unwrap();
-    assert!(status.success());
+    let job = c.server.object("batch", "jobs", Some("shop"), name).unwrap();
+    assert_eq!(job["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], name);
+    assert!(job["spec"]["template"]["spec"]["affinity"].is_null(), "a clone is not pinned");
+    pod_ends(&c, &pod, "Succeeded");
+    let (code, _, stderr) = run.end();
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(names(&c, "volumesnapshots").is_empty(), "the snapshot is removed after the job");
-    assert!(!names(&c, "persistentvolumeclaims").iter().any(|p| p.ends_with("-clone")), "and the clone");
+    assert_eq!(names(&c, "persistentvolumeclaims"), ["persistentvolumeclaim/data"], "and the clone");
+    assert!(names(&c, "jobs").is_empty());
 
-    let out = tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds"]);
+    let out =
+        tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds", "--run", "r4"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let claim = c.server.object("", "persistentvolumeclaims", Some("shop"), "restored").unwrap();
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "2Gi");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let restore_job = text.lines().find_map(|l| l.strip_prefix("created Job/")).unwrap();
-    let job = c.server.object("batch", "jobs", Some("shop"), restore_job).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "created PersistentVolumeClaim/restored\ncreated Job/tresor-restore-restored-r4\n");
+    let job = c.server.object("batch", "jobs", Some("shop"), "tresor-restore-restored-r4").unwrap();
     assert_eq!(
         job["spec"]["template"]["spec"]["containers"][0]["args"],
         serde_json::json!(["restore", "0123abcd", "--target", "/data", "--verify"])
     );
+    let again =
+        tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds", "--run", "r5"]);
+    assert_eq!(String::from_utf8_lossy(&again.stderr), "tresor: error: k8s://: claim shop/restored exists; restore into a new claim\n");
     let err = tresor(&env, &c, &["volume", "backup", "data", "--secret", "s"]);
     assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, not \"data\"\n");
+}
+
+#[test]
+fn a_refused_or_unplaceable_volume_job_is_reported_with_the_clusters_words_and_removed() {
+    let env = Env::new();
+    let c = Cluster::start();
+    let base = ["volume", "backup", "shop/data", "--secret", "repo-creds"];
+    let out = tresor(&env, &c, &[&base[..], &["--run", "root", "--run-as-user", "0", "--wait", "60s"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(
+            "tresor: error: k8s://: Job tresor-backup-data-root: its pod was refused: Error creating: pods \"tresor-backup-data-root-"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "is forbidden: violates PodSecurity \"restricted:latest\": runAsNonRoot != true (pod must not set securityContext.runAsNonRoot=false), runAsUser=0 (pod must not set runAsUser=0)\n"
+        ),
+        "{err}"
+    );
+    assert!(names(&c, "jobs").is_empty(), "removed after the refusal");
+
+    let out = tresor(&env, &c, &[&base[..], &["--run", "ssd", "--node-selector", "disk=ssd", "--wait", "2s"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: error: k8s://: Job tresor-backup-data-ssd: did not finish within 2s; last event: FailedScheduling: 0/1 nodes are available: \
+         1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.\n"
+    );
+    assert!(names(&c, "jobs").is_empty() && names(&c, "pods").is_empty(), "the Job and its pod are removed after the timeout");
+
+    // A role without `delete jobs`: the backup ran, and what stays is said, with the API's words.
+    let patch = r#"{"rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["create", "delete"]},
+        {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"], "verbs": ["create", "delete"]}]}"#;
+    assert!(c.kubectl(&["patch", "clusterrole", "tresor-volume-jobs", "--type=merge", "-p", patch]).status.success());
+    let run = Running::start(&env, &c, &[&base[..], &["--run", "kept", "--wait", "60s"]].concat());
+    pod_ends(&c, &pod_of(&c, "tresor-backup-data-kept"), "Succeeded");
+    let (code, _, stderr) = run.end();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        "tresor: error: k8s://: Job tresor-backup-data-kept succeeded, but Job/tresor-backup-data-kept stays: jobs.batch \"tresor-backup-data-kept\" is forbidden: \
+         User \"system:serviceaccount:tresor:tresor\" cannot delete resource \"jobs\" in API group \"batch\" in the namespace \"shop\"\n"
+    );
 }
 
 #[test]
@@ -583,12 +731,15 @@ fn the_daemon_backs_up_a_volume_through_a_job_and_waits_for_it() {
         1,
         "the daemon waits for the Job"
     );
-    assert!(
-        c.kubectl(&["patch", "job", &job, "-n", "shop", "--type", "merge", "-p", r#"{"status":{"succeeded":1}}"#, "--subresource=status"])
-            .status
-            .success()
-    );
+    assert!(job.starts_with("tresor-backup-data-job-"), "named after the daemon's job: {job}");
+    assert_eq!(spec["metadata"]["labels"]["tresor.dev/source"], "shop-data");
+    pod_ends(&c, &pod_of(&c, &job), "Succeeded");
     super::daemon::wait_jobs(&d, "the volume backup", |j| super::daemon::count(j, "shop-data", "backup", "succeeded") == 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !names(&c, "jobs").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the finished Job stays: {:?}", names(&c, "jobs"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// Least privilege, shown: the requests tresor made as the shipped service
@@ -636,6 +787,7 @@ fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
             "ClusterRoleBinding \"tresor-plans\" of ClusterRole \"tresor-plans\": patch tresor.dev/backupplans/status",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create batch/jobs",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create snapshot.storage.k8s.io/volumesnapshots",
+            "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete batch/jobs",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete persistentvolumeclaims",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete snapshot.storage.k8s.io/volumesnapshots",
         ];
@@ -659,7 +811,7 @@ fn a_scratch_namespace_that_cannot_be_removed_is_reported() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "tresor: restore partial: 1 of 9 objects failed; first: Namespace shop-drill: the drill's scratch namespace stays: \
+        "tresor: restore partial: 1 of 13 objects failed; first: Namespace shop-drill: the drill's scratch namespace stays: \
          namespaces \"shop-drill\" is forbidden: User \"system:serviceaccount:tresor:tresor\" cannot delete resource \"namespaces\" \
          in API group \"\" at the cluster scope\n"
     );

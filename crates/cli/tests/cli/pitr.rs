@@ -24,7 +24,12 @@ fn postgres_env() -> Env {
 }
 
 fn archiving_server(env: &Env) -> PostgresServer {
-    let push = format!("'{}' --repo '{}' --password-file '{}' --no-cache --quiet pg wal-push %p", shared_bin().display(), env.repo, env.path("pw").display());
+    let push = format!(
+        "'{}' --repo '{}' --password-file '{}' --no-cache --quiet pg wal-push %p",
+        shared_bin().display(),
+        env.repo,
+        env.path("pw").display()
+    );
     PostgresServer::start_with(&format!("archive_mode = on\narchive_command = '{}'\nwal_level = replica\n", push.replace('\'', "''")))
 }
 
