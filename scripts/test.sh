@@ -52,4 +52,12 @@ fi
 # Nothing but Rust and a C compiler builds tresor: a build script that
 # still wanted protoc would fail here, as on a fresh machine.
 export PROTOC=/nonexistent
-cargo test --workspace --locked "$@"
+# Every request tresor makes to the fake API server, as the shipped service
+# account, is logged; after the whole suite, the least-privilege test checks
+# the shipped roles against that log: nothing missing, nothing unused.
+audit=$(mktemp /tmp/tresor-kube-audit.XXXXXX)
+trap 'rm -f "$audit"' EXIT
+TRESOR_KUBE_AUDIT_LOG="$audit" cargo test --workspace --locked "$@"
+if [ $# -eq 0 ]; then
+  TRESOR_KUBE_AUDIT_CHECK="$audit" cargo test --locked -p tresor-cli --test cli -- --exact k8s::the_shipped_roles_allow_what_tresor_does_and_no_more
+fi
