@@ -134,6 +134,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         grace: crate::commands::parse_duration(&a.grace)?,
         failing: Default::default(),
         http: tresor_controller::notify::client(),
+        unprotected: Default::default(),
     });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;

@@ -108,6 +108,12 @@ fn backup(s: &SourceJob) -> Result<BackupArgs> {
     a.paths = vec![PathBuf::from(&s.url)];
     a.tags = vec![format!("source={}", s.name), format!("class={}", s.class)];
     a.tags.extend(s.tags.iter().cloned());
+    if let Some(f) = &s.scope {
+        let k = &mut a.k8s;
+        (k.include_namespaces, k.exclude_namespaces) = (f.include_namespaces.clone(), f.exclude_namespaces.clone());
+        (k.include_resources, k.exclude_resources) = (f.include_resources.clone(), f.exclude_resources.clone());
+        (k.selector, k.include_cluster_resources) = (f.selector.clone(), f.include_cluster_resources);
+    }
     a.pre_hook = s.hooks.pre.clone();
     a.post_hook = s.hooks.post.clone();
     if let Some(t) = s.hooks.timeout_secs {
@@ -119,12 +125,13 @@ fn backup(s: &SourceJob) -> Result<BackupArgs> {
     Ok(a)
 }
 
-/// `pvc://NAMESPACE/CLAIM?secret=NAME[&csi-snapshot-class=C][&cluster=k8s://CTX][&image=I]`:
-/// a Job in the cluster backs the claim up; this job waits for it.
+/// `pvc://NAMESPACE/CLAIM?secret=NAME[&csi-snapshot-class=C][&cluster=k8s://CTX][&image=I]`
+/// (or `NAMESPACE/*`, `*`, with `selector=LABELS`: every claim that matches
+/// when the job runs): a Job in the cluster backs each claim up; this job waits for them.
 fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
     let (claim, query) = rest.split_once('?').unwrap_or((rest, ""));
     let mut job = defaults::<VolumeJobArgs>(&["--secret", "-"])?;
-    let (mut secret, mut csi_snapshot_class) = (None, None);
+    let (mut secret, mut csi_snapshot_class, mut selector) = (None, None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
@@ -132,7 +139,8 @@ fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
             "csi-snapshot-class" => csi_snapshot_class = Some(v.into()),
             "cluster" => job.cluster = v.into(),
             "image" => job.image = v.into(),
-            other => bail!("pvc://{claim}: unknown setting {other:?} (known: secret, csi-snapshot-class, cluster, image)"),
+            "selector" => selector = Some(v.to_string()),
+            other => bail!("pvc://{claim}: unknown setting {other:?} (known: secret, selector, csi-snapshot-class, cluster, image)"),
         }
     }
     job.secret =
@@ -141,7 +149,8 @@ fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
     let source = spec.source.as_ref().context("a volume job names its source")?;
     job.run = source.run.clone();
     job.pod = source.pod.clone().unwrap_or_default();
-    let args = VolumeArgs { claim: claim.into(), csi_snapshot_class, tags: vec![own_tag(spec)], source: Some(spec.name.clone()), job };
+    let args =
+        VolumeArgs { claim: claim.into(), selector, csi_snapshot_class, tags: vec![own_tag(spec)], source: Some(spec.name.clone()), job };
     Ok(VolumeCmd { command: VolumeCommand::Backup(args) })
 }
 

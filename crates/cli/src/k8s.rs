@@ -82,8 +82,22 @@ pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a
 fn claim_of(spec: &str) -> Result<(String, String)> {
     match spec.split_once('/') {
         Some((ns, claim)) if !ns.is_empty() && !claim.is_empty() => Ok((ns.into(), claim.into())),
-        _ => bail!("name the claim as NAMESPACE/CLAIM, not {spec:?}"),
+        _ => bail!("name the claim as NAMESPACE/CLAIM, NAMESPACE/* or *, not {spec:?}"),
     }
+}
+
+/// The claims a backup takes: one named, or those `NAMESPACE/*` or `*` (with `--selector`) match now.
+async fn backup_claims(cluster: &str, spec: &str, selector: Option<&str>) -> Result<Vec<String>> {
+    let namespace = match spec {
+        "*" => None,
+        _ => match claim_of(spec)? {
+            (ns, claim) if claim == "*" => Some(ns),
+            _ if selector.is_some() => bail!("--selector chooses among claims: name them as NAMESPACE/* or *, not {spec:?}"),
+            _ => return Ok(vec![spec.to_string()]),
+        },
+    };
+    let found = tresor_sources::k8s_volume::claims(cluster, namespace.as_deref(), selector).await?;
+    Ok(found.into_iter().map(|(ns, claim)| format!("{ns}/{claim}")).collect())
 }
 
 /// The pod settings: the plan's, with the command line's on top.
@@ -116,9 +130,41 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
     let made = match cmd.command {
         VolumeCommand::Backup(a) => {
             let cluster = a.job.cluster.clone();
-            let v = job(&a.claim, a.job, a.csi_snapshot_class, a.tags, a.source)?;
-            let ns = v.namespace.clone();
-            backup(&cluster, &v, |name| eprintln!("tresor: adopting Job {ns}/{name}, left unfinished by an earlier run")).await?
+            let claims = backup_claims(&cluster, &a.claim, a.selector.as_deref()).await?;
+            if claims.is_empty() {
+                eprintln!("tresor: no claim matches {}{}", a.claim, a.selector.as_ref().map(|s| format!(" with {s}")).unwrap_or_default());
+            }
+            let many = claims.len() > 1 || claims.first().is_some_and(|c| *c != a.claim);
+            let mut runs = Vec::new();
+            for claim in &claims {
+                // Each claim of a wildcard is its own source for adoption, and its own host for retention.
+                let source = match (&a.source, many) {
+                    (Some(s), true) => Some(format!("{s}.{}", claim.replace('/', "."))),
+                    (s, _) => s.clone(),
+                };
+                runs.push(job(claim, a.job.clone(), a.csi_snapshot_class.clone(), a.tags.clone(), source)?);
+            }
+            let results = futures::future::join_all(runs.iter().map(|v| {
+                let ns = v.namespace.clone();
+                backup(&cluster, v, move |name| eprintln!("tresor: adopting Job {ns}/{name}, left unfinished by an earlier run"))
+            }))
+            .await;
+            let mut made = Vec::new();
+            let mut failed = Vec::new();
+            for (v, r) in runs.iter().zip(results) {
+                match r {
+                    Ok(m) => made.extend(m),
+                    Err(e) => failed.push(format!("{}/{}: {e}", v.namespace, v.claim)),
+                }
+            }
+            match failed.as_slice() {
+                [] => made,
+                [one] if claims.len() == 1 => bail!("{}", one.split_once(": ").map_or(one.as_str(), |(_, e)| e)),
+                _ => {
+                    made.iter().for_each(|m| println!("created {m}"));
+                    bail!("{} of {} volumes failed: {}", failed.len(), claims.len(), failed.join("; "))
+                }
+            }
         }
         VolumeCommand::Restore(a) => {
             let cluster = a.job.cluster.clone();

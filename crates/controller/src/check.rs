@@ -157,6 +157,15 @@ fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
     }
 }
 
+/// A source URL's kind, without what could be a password: `redis://`, `command:`, or `a path`.
+fn scheme(url: &str) -> String {
+    match url.split_once("://") {
+        Some((s, _)) => format!("{s}://"),
+        None if url.starts_with("command:") => "command:".into(),
+        None => "a path".into(),
+    }
+}
+
 fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let mut seen = BTreeSet::new();
     for s in &plan.sources {
@@ -172,6 +181,15 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
             && !plan.repositories.contains_key(r)
         {
             out.push(error(at.source(&s.name, "repository"), format!("source {}: unknown repository {r:?}", s.name)));
+        }
+        if s.scope.is_some() && !s.url.starts_with("k8s://") {
+            out.push(error(
+                at.source(&s.name, "scope"),
+                format!("source {}: scope: is for k8s:// sources, not {}", s.name, scheme(&s.url)),
+            ));
+        }
+        if s.pod.is_some() && !s.url.starts_with("pvc://") {
+            out.push(error(at.source(&s.name, "pod"), format!("source {}: pod: is for pvc:// sources, not {}", s.name, scheme(&s.url))));
         }
         match Schedule::parse(&s.schedule) {
             Err(e) => out.push(error(at.source(&s.name, "schedule"), format!("source {}: {e}", s.name))),

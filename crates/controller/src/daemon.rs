@@ -53,6 +53,8 @@ pub struct Shared {
     pub failing: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Webhook deliveries, in order per source and receiver.
     pub http: Notifier,
+    /// The newest survey of the cluster's claims: per covered namespace, those no source backs up.
+    pub unprotected: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Shared {
@@ -329,6 +331,7 @@ pub async fn run(
     for name in shared.plan().repositories.keys() {
         measure_repository(&shared, name);
     }
+    survey_volumes(&shared);
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
     loop {
@@ -522,6 +525,30 @@ fn announce(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, now: DateTime<Utc
             audit.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
         });
     }
+}
+
+/// How often the cluster's claims are surveyed for ones no source backs up.
+const SURVEY_EVERY: Duration = Duration::from_secs(300);
+
+/// Survey the cluster's claims now and every few minutes, while the plan has Kubernetes sources.
+fn survey_volumes(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let plan = shared.plan();
+            if crate::coverage::wanted(&plan) {
+                match crate::coverage::survey().await {
+                    Ok((namespaces, claims)) => {
+                        let found = crate::coverage::unprotected(&plan, &namespaces, &claims);
+                        shared.metrics.set_unprotected(&found);
+                        *shared.unprotected.lock().expect("not poisoned") = found;
+                    }
+                    Err(e) => tracing::warn!("cannot survey the cluster's volumes: {e}"),
+                }
+            }
+            tokio::time::sleep(SURVEY_EVERY).await;
+        }
+    });
 }
 
 /// Measure a repository's size in the background: a local one by its

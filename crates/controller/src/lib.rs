@@ -13,6 +13,7 @@ pub mod api;
 pub mod check;
 pub mod child;
 pub mod clock;
+pub mod coverage;
 pub mod daemon;
 pub mod drill;
 mod drill_pg;

@@ -40,6 +40,11 @@ pub struct RepoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub source: String,
     pub class: String,
@@ -82,6 +87,7 @@ pub struct Metrics {
     storage_free: Family<RepoLabels, Gauge>,
     repo_size: Family<RepoLabels, Gauge>,
     storage_size: Family<RepoLabels, Gauge>,
+    unprotected: Family<NamespaceLabels, Gauge>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
@@ -121,6 +127,7 @@ impl Metrics {
             storage_free: Family::default(),
             repo_size: Family::default(),
             storage_size: Family::default(),
+            unprotected: Family::default(),
             newest: Mutex::default(),
             registry: Registry::default(),
         };
@@ -153,6 +160,11 @@ impl Metrics {
         r.register("backup_repository_size_bytes", "What the repository takes in storage", m.repo_size.clone());
         r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
         r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", m.storage_size.clone());
+        r.register(
+            "backup_unprotected_volumes",
+            "Claims in namespaces the plan covers that no pvc:// source backs up",
+            m.unprotected.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -176,6 +188,14 @@ impl Metrics {
                 let _ = self.failure.get_or_create(&l);
                 let _ = self.restore_failure.get_or_create(&l);
             }
+        }
+    }
+
+    /// The newest survey: a series per covered namespace (zero when all its claims are protected).
+    pub fn set_unprotected(&self, by_namespace: &BTreeMap<String, Vec<String>>) {
+        self.unprotected.clear();
+        for (namespace, claims) in by_namespace {
+            self.unprotected.get_or_create(&NamespaceLabels { namespace: namespace.clone() }).set(claims.len() as i64);
         }
     }
 

@@ -94,6 +94,9 @@ pub struct SourceJob {
     /// The daemon's id of this run: names what the job makes in a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Which objects a `k8s://` source takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<tresor_sources::k8s::Filters>,
 }
 
 impl std::fmt::Debug for SourceJob {
@@ -105,6 +108,7 @@ impl std::fmt::Debug for SourceJob {
             .field("tags", &self.tags)
             .field("hooks", &self.hooks)
             .field("pod", &self.pod)
+            .field("scope", &self.scope)
             .finish()
     }
 }

@@ -191,6 +191,8 @@ pub struct SourceSpec {
     pub verify: Verify,
     /// How the Job of a `pvc://` source runs: user, groups, resources, node selector, tolerations.
     pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
+    /// Which objects a `k8s://` source takes: namespaces, resources, a selector, cluster resources.
+    pub scope: Option<tresor_sources::k8s::Filters>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -67,6 +67,7 @@ fn source_job(w: &Work, s: &SourceSpec) -> SourceJob {
         },
         pod: s.pod.clone(),
         run: w.run.clone(),
+        scope: s.scope.clone(),
     }
 }
 

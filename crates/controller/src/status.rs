@@ -293,6 +293,7 @@ pub fn page(shared: &Shared) -> String {
         .collect();
     let classes_head =
         ["class", "RPO", "RTO", "state", "newest point", "RPO history", "backups ok (30 d)", "failing sources", "last drill"];
+    let unprotected = unprotected_section(shared);
     let body = [
         "<h1>Data classes</h1>".to_string(),
         table("classes", true, &classes_head, &class_rows(shared, &plan, now)),
@@ -304,8 +305,27 @@ pub fn page(shared: &Shared) -> String {
         table("storage", false, &["repository", "stored", "free", "file system"], &storage),
         "<h2>Next runs</h2>".into(),
         table("next", false, &["what", "when"], &next),
+        unprotected,
     ];
     shell("tresor status", REFRESH, &body.concat(), now)
+}
+
+/// Claims in covered namespaces that no source backs up, when a survey found any.
+fn unprotected_section(shared: &Shared) -> String {
+    let found = shared.unprotected.lock().expect("not poisoned").clone();
+    let rows: String = found
+        .iter()
+        .flat_map(|(ns, claims)| claims.iter().map(move |c| (ns, c)))
+        .map(|(ns, c)| format!("<tr data-claim=\"{ns}/{c}\"><td>{ns}</td><td>{c}</td></tr>\n", ns = esc(ns), c = esc(c)))
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let count = found.values().map(Vec::len).sum::<usize>();
+    format!(
+        "<h2 class=\"bad\">Unprotected volumes <small>({count})</small></h2><p>Claims in namespaces the plan covers that no <code>pvc://</code> source backs up.</p>{}",
+        table("unprotected", false, &["namespace", "claim"], &rows)
+    )
 }
 
 fn snapshot_rows(list: &[Value]) -> String {

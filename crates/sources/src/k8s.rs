@@ -13,21 +13,31 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::config::KubeConfigOptions;
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope, verbs};
 use kube::{Client, Config};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tresor_engine::SourceInfo;
 
 use crate::{Error, Result};
 
-/// Which objects a backup or restore takes.
-#[derive(Debug, Clone, Default)]
+/// Which objects a backup or restore takes; in a plan, a `k8s://` source's `scope:`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Filters {
+    /// Namespace globs, e.g. `shop-*`.
+    #[serde(default, rename = "namespaces", skip_serializing_if = "Vec::is_empty")]
     pub include_namespaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_namespaces: Vec<String>,
     /// Resource names as `kubectl` takes them: `deployments`, `deployment`, `deploy`, `Deployment`, `widgets.example.com`.
+    #[serde(default, rename = "resources", skip_serializing_if = "Vec::is_empty")]
     pub include_resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_resources: Vec<String>,
+    /// A label selector, e.g. `app=shop,tier!=db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     /// `None`: cluster-scoped objects only when no namespace is included by name.
+    #[serde(default, rename = "cluster_resources", skip_serializing_if = "Option::is_none")]
     pub include_cluster_resources: Option<bool>,
 }
 

@@ -217,6 +217,28 @@ async fn finish(k: &Ns, v: &VolumeJob, name: &str, remove: Vec<(String, String)>
     }
 }
 
+/// The claims `namespace/*` (or `*`, every namespace) names, optionally
+/// narrowed by a label selector: (namespace, claim), sorted.
+pub async fn claims(url: &str, namespace: Option<&str>, selector: Option<&str>) -> Result<Vec<(String, String)>> {
+    let client = client(url).await?;
+    let ar = resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims");
+    let api: Api<DynamicObject> = match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &ar),
+        None => Api::all_with(client, &ar),
+    };
+    let lp = selector.map_or_else(ListParams::default, |s| ListParams::default().labels(s));
+    let list = api.list(&lp).await.map_err(|e| Error::failed(url, api_message(&e)))?;
+    let mut out: Vec<(String, String)> = list
+        .items
+        .into_iter()
+        // A clone tresor made for a CSI backup is not a volume to protect.
+        .filter(|c| c.metadata.labels.as_ref().is_none_or(|l| l.get("app.kubernetes.io/managed-by").is_none_or(|m| m != "tresor")))
+        .filter_map(|c| Some((c.metadata.namespace?, c.metadata.name?)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// Create a claim and a Job that restores `snapshot` into it.
 pub async fn restore(url: &str, v: &VolumeJob, snapshot: &str, size: &str, storage_class: Option<&str>) -> Result<Vec<String>> {
     let k = Ns::new(url, &v.namespace).await?;

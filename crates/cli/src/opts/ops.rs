@@ -318,8 +318,11 @@ pub enum VolumeCommand {
 
 #[derive(Args)]
 pub struct VolumeArgs {
-    /// The claim to back up: NAMESPACE/CLAIM, e.g. shop/data-db-0.
+    /// The claims to back up: NAMESPACE/CLAIM, every claim of a namespace (NAMESPACE/*) or of the cluster (*), e.g. shop/data-db-0.
     pub claim: String,
+    /// With NAMESPACE/* or *: only claims with these labels, e.g. backup=daily.
+    #[arg(long)]
+    pub selector: Option<String>,
     /// Back up a clone made from a CSI VolumeSnapshot of this class instead of the live claim.
     #[arg(long)]
     pub csi_snapshot_class: Option<String>,
@@ -350,7 +353,7 @@ pub struct VolumeRestoreArgs {
 }
 
 /// How a volume Job runs.
-#[derive(Args)]
+#[derive(Args, Clone)]
 #[command(next_help_heading = KUBERNETES)]
 pub struct VolumeJobArgs {
     /// The Secret (in the claim's namespace) with TRESOR_REPOSITORY, TRESOR_PASSWORD and storage credentials.

@@ -573,7 +573,7 @@ fn volume_jobs_pass_restricted_pod_security_are_adopted_and_cleaned_up() {
         tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds", "--run", "r5"]);
     assert_eq!(String::from_utf8_lossy(&again.stderr), "tresor: error: k8s://: claim shop/restored exists; restore into a new claim\n");
     let err = tresor(&env, &c, &["volume", "backup", "data", "--secret", "s"]);
-    assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, not \"data\"\n");
+    assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, NAMESPACE/* or *, not \"data\"\n");
 }
 
 #[test]
@@ -740,6 +740,76 @@ fn the_daemon_backs_up_a_volume_through_a_job_and_waits_for_it() {
         assert!(std::time::Instant::now() < deadline, "the finished Job stays: {:?}", names(&c, "jobs"));
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Claims in shop: `data` (no label, named by no source), and two labelled `backup=daily`.
+const DAILY_CLAIMS: &str = r#"{"apiVersion": "v1", "kind": "List", "items": [
+  {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "logs", "namespace": "shop", "labels": {"backup": "daily"}},
+   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+  {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "uploads", "namespace": "shop", "labels": {"backup": "daily"}},
+   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}"#;
+
+/// A plan covers a namespace by scope and its volumes by selector: every
+/// matching claim is backed up, a claim nobody named is counted and listed
+/// as unprotected, and the namespace-scoped resource backup takes only its namespace.
+#[test]
+fn plans_cover_namespaces_and_volumes_by_selector_and_name_what_is_unprotected() {
+    let mut env = Env::new();
+    let c = Cluster::start();
+    c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], DAILY_CLAIMS);
+    env.vars.push(("KUBECONFIG".into(), c.kubeconfig.display().to_string()));
+    let plan = env.path("plan.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+             sources:\n  - name: shop-volumes\n    class: standard\n    url: \"pvc://shop/*?selector=backup=daily&secret=repo-creds\"\n    schedule: \"@daily\"\n    timeout: 10m\n\
+             \x20   pod: {{run_as_user: 999, fs_group: 999, resources: {{limits: {{memory: 1Gi}}}}}}\n\
+             \x20 - name: shop-resources\n    class: standard\n    url: \"k8s://\"\n    schedule: \"@daily\"\n\
+             \x20   scope: {{namespaces: [shop], exclude_resources: [secrets]}}\n\
+             daemon:\n  state: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display()
+        ),
+    )
+    .unwrap();
+    let d = super::daemon::start_daemon(&env, &plan, None);
+    for claim in ["logs", "uploads"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let job = loop {
+            let found = names(&c, "jobs").into_iter().find(|j| j.starts_with(&format!("job.batch/tresor-backup-{claim}-job-")));
+            if let Some(j) = found {
+                break j.trim_start_matches("job.batch/").to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "no Job for {claim}: {:?}", names(&c, "jobs"));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let spec = c.server.object("batch", "jobs", Some("shop"), &job).unwrap();
+        let pod = &spec["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsUser"], 999, "the plan's pod settings");
+        assert_eq!(pod["containers"][0]["resources"]["limits"]["memory"], "1Gi");
+        assert_eq!(spec["metadata"]["labels"]["tresor.dev/source"], format!("shop-volumes.shop.{claim}"));
+        pod_ends(&c, &pod_of(&c, &job), "Succeeded");
+    }
+    let jobs = super::daemon::wait_jobs(&d, "both backups", |j| {
+        super::daemon::count(j, "shop-volumes", "backup", "succeeded") == 1
+            && super::daemon::count(j, "shop-resources", "backup", "succeeded") == 1
+    });
+    assert_eq!(super::daemon::count(&jobs, "shop-volumes", "backup", "failed"), 0);
+    assert!(!names(&c, "jobs").iter().any(|j| j.contains("data")), "the unlabelled claim is not backed up");
+
+    let (_, metrics) = super::daemon::http(d.port, "GET", "/metrics", None);
+    assert!(metrics.contains("backup_unprotected_volumes{namespace=\"shop\"} 1\n"), "{metrics}");
+    let (_, page) = super::daemon::http(d.port, "GET", "/", None);
+    assert!(page.contains("<tr data-claim=\"shop/data\"><td>shop</td><td>data</td></tr>"), "{page}");
+
+    let snaps = env.json(&["snapshots", "--tag", "source=shop-resources"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(snaps[0]["source"]["consistency"]["namespaces"], serde_json::json!(["shop"]));
+    let listing = env.ok(&["ls", snaps[0]["id"].as_str().unwrap()]);
+    assert!(listing.contains("/namespaces/shop/core/ConfigMap/settings.yaml"), "{listing}");
+    assert!(!listing.contains("/Secret/") && !listing.contains("/namespaces/other/"), "the scope's exclusions: {listing}");
 }
 
 /// Least privilege, shown: the requests tresor made as the shipped service
