@@ -812,6 +812,57 @@ fn plans_cover_namespaces_and_volumes_by_selector_and_name_what_is_unprotected()
     assert!(!listing.contains("/Secret/") && !listing.contains("/namespaces/other/"), "the scope's exclusions: {listing}");
 }
 
+/// The Prometheus operator's resources, as a cluster that has it knows them.
+const MONITORING_CRDS: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: servicemonitors.monitoring.coreos.com\nspec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  names: {plural: servicemonitors, singular: servicemonitor, kind: ServiceMonitor}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n---\napiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: prometheusrules.monitoring.coreos.com\nspec:\n  group: monitoring.coreos.com\n  scope: Namespaced\n  names: {plural: prometheusrules, singular: prometheusrule, kind: PrometheusRule}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n";
+
+/// `kubectl kustomize deploy/kubernetes`, applied to a cluster that
+/// enforces `restricted` where the set asks for it: accepted without a
+/// single Pod Security warning, and the daemon's pod itself admitted.
+#[test]
+fn deploy_kubernetes_renders_a_set_that_a_restricted_cluster_runs() {
+    let server = KubeServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = server.kubeconfig(dir.path());
+    let kubectl = |args: &[&str], input: Option<&str>| {
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &admin)
+            .arg(format!("--cache-dir={}", dir.path().join("cache").display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.unwrap_or_default().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes");
+    let (ok, rendered, err) = kubectl(&["kustomize", deploy], None);
+    assert!(ok, "{err}");
+    assert!(kubectl(&["create", "--validate=false", "-f", "-"], Some(MONITORING_CRDS)).0);
+    let (ok, out, err) = kubectl(&["create", "--validate=false", "-f", "-"], Some(&rendered));
+    assert!(ok, "{err}");
+    assert_eq!(err, "", "no warnings, Pod Security's least of all");
+    assert!(out.contains("deployment.apps/tresor created\n"), "{out}");
+    let (_, labels, _) =
+        kubectl(&["get", "namespace", "tresor", "-o", "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}"], None);
+    assert_eq!(labels, "restricted");
+
+    // The daemon's pod, as the Deployment's controller would make it.
+    let (_, deployment, _) = kubectl(&["get", "deployment", "tresor", "-n", "tresor", "-o", "json"], None);
+    let deployment: serde_json::Value = serde_json::from_str(&deployment).unwrap();
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "tresor-0", "namespace": "tresor"},
+        "spec": deployment["spec"]["template"]["spec"]});
+    let (ok, out, err) = kubectl(&["create", "--validate=false", "-f", "-"], Some(&pod.to_string()));
+    assert!(ok && err.is_empty(), "{err}");
+    assert_eq!(out, "pod/tresor-0 created\n");
+    let mounts = &deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+    let writable: Vec<&str> =
+        mounts.as_array().unwrap().iter().filter(|m| m["readOnly"] != true).filter_map(|m| m["mountPath"].as_str()).collect();
+    assert_eq!(writable, ["/var/lib/tresor", "/tmp", "/var/tmp/tresor", "/var/cache/tresor"], "state, and scratch on a read-only root");
+}
+
 /// Least privilege, shown: the requests tresor made as the shipped service
 /// account, against deploy/kubernetes's roles: nothing it needed is
 /// missing, and every granted verb was used. The requests are a whole
