@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::plan::Plan;
@@ -53,6 +54,15 @@ pub struct JobLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// Durations from a second to a day, for percentiles across runs.
+type Durations = Family<SourceLabels, Histogram, fn() -> Histogram>;
+
+fn durations() -> Durations {
+    Family::new_with_constructor(|| {
+        Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14_400.0, 28_800.0, 86_400.0])
+    })
+}
+
 /// A repository's storage as the status page shows it.
 pub struct Storage {
     pub stored: Option<u64>,
@@ -66,6 +76,8 @@ pub struct Metrics {
     failure: Family<FailureLabels, Counter>,
     job_failure: Family<JobLabels, Counter>,
     duration: Family<SourceLabels, FloatGauge>,
+    duration_histogram: Durations,
+    restore_histogram: Durations,
     size: Family<SourceLabels, Gauge>,
     added: Family<SourceLabels, Gauge>,
     last_success: Family<SourceLabels, FloatGauge>,
@@ -106,6 +118,8 @@ impl Metrics {
             failure: Family::default(),
             job_failure: Family::default(),
             duration: Family::default(),
+            duration_histogram: durations(),
+            restore_histogram: durations(),
             size: Family::default(),
             added: Family::default(),
             last_success: Family::default(),
@@ -135,6 +149,8 @@ impl Metrics {
         r.register("backup_job_failure", "Backups that failed, by reason", m.failure.clone());
         r.register("tresor_job_failure", "Follow-up jobs (forget, copy, prune) that failed", m.job_failure.clone());
         r.register("backup_duration_seconds", "Duration of the newest backup", m.duration.clone());
+        r.register("backup_job_duration_seconds", "Durations of backups (for percentiles)", m.duration_histogram.clone());
+        r.register("restore_job_duration_seconds", "Durations of restores and drills (for percentiles)", m.restore_histogram.clone());
         r.register("backup_size_bytes", "Bytes read by the newest backup", m.size.clone());
         r.register("backup_added_bytes", "Bytes the newest backup added to the repository (before compression)", m.added.clone());
         r.register("backup_last_success_timestamp_seconds", "When the newest successful backup ended", m.last_success.clone());
@@ -179,6 +195,8 @@ impl Metrics {
             let l = SourceLabels { source: s.name.clone(), class: s.class.clone() };
             let _ = self.success.get_or_create(&l);
             let _ = self.restore_success.get_or_create(&l);
+            let _ = self.duration_histogram.get_or_create(&l);
+            let _ = self.restore_histogram.get_or_create(&l);
             self.restore_duration.get_or_create(&l).set(f64::NAN);
             if plan.classes.get(&s.class).is_some_and(|c| c.offsite.is_some()) {
                 self.lag.get_or_create(&l).set(f64::NAN);
@@ -236,6 +254,7 @@ impl Metrics {
     pub fn backup_done(&self, source: &str, class: &str, o: &Outcome, seconds: f64, at: DateTime<Utc>) {
         let l = SourceLabels { source: source.into(), class: class.into() };
         self.duration.get_or_create(&l).set(seconds);
+        self.duration_histogram.get_or_create(&l).observe(seconds);
         if o.status == "succeeded" {
             self.success.get_or_create(&l).inc();
             self.size.get_or_create(&l).set(o.bytes_processed.unwrap_or(0) as i64);
@@ -255,6 +274,7 @@ impl Metrics {
     pub fn restore_done(&self, source: &str, class: &str, ok: bool, reason: &str, seconds: f64) {
         let l = SourceLabels { source: source.into(), class: class.into() };
         self.restore_duration.get_or_create(&l).set(seconds);
+        self.restore_histogram.get_or_create(&l).observe(seconds);
         if ok {
             self.restore_success.get_or_create(&l).inc();
         } else {
@@ -267,6 +287,7 @@ impl Metrics {
         let l = SourceLabels { source: source.into(), class: class.into() };
         let rto = report["rto_seconds"].as_f64().unwrap_or(0.0);
         self.drill_duration.get_or_create(&l).set(rto);
+        self.restore_histogram.get_or_create(&l).observe(rto);
         self.rto_achieved.get_or_create(&l).set(rto);
         self.drill_success.get_or_create(&l).set(i64::from(report["passed"].as_bool() == Some(true)));
         if let Some(rpo) = report["rpo_seconds"].as_f64() {

@@ -254,6 +254,11 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
         "restore_failure_total{source=\"files\",class=\"standard\",reason=\"source_unreachable\"} 0".into(),
         "backup_repository_errors_total{repository=\"offsite\"} 0".into(),
         format!("backup_rpo_seconds{{class=\"critical\"}} {never}.0"),
+        // Histograms for percentiles: three backups of files, each in the +Inf bucket and some below.
+        "backup_job_duration_seconds_count{source=\"files\",class=\"standard\"} 3".into(),
+        "backup_job_duration_seconds_bucket{le=\"+Inf\",source=\"files\",class=\"standard\"} 3".into(),
+        "restore_job_duration_seconds_count{source=\"cache\",class=\"critical\"} 1".into(),
+        "restore_job_duration_seconds_count{source=\"files\",class=\"standard\"} 0".into(),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
