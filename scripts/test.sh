@@ -30,6 +30,12 @@ command -v ssh >/dev/null || need+=(openssh-client)
 command -v rclone >/dev/null || need+=(rclone)
 # Real bash completion for the completion script's test.
 [ -f /usr/share/bash-completion/bash_completion ] || need+=(bash-completion)
+# The image test: mmdebstrap builds the image's root file system (cached in
+# /var/cache/tresor-image), umoci unpacks the image, runc runs it.
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v objcopy >/dev/null || need+=(binutils)
+command -v umoci >/dev/null || need+=(umoci)
+command -v runc >/dev/null || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need[*]} (run as root to install them)" >&2

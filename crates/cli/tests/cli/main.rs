@@ -19,6 +19,7 @@ mod deploy;
 mod doctor;
 mod drill;
 mod help;
+mod image;
 mod jobs;
 mod k8s;
 mod pitr;
