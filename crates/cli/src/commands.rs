@@ -21,9 +21,7 @@ pub fn location(g: &Global) -> Result<Location> {
 }
 
 pub fn read_password_file(path: &Path) -> Result<Password> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
-    let pw = text.strip_suffix('\n').unwrap_or(&text);
-    Ok(Password::new(pw.strip_suffix('\r').unwrap_or(pw)))
+    Password::read_file(path).with_context(|| format!("cannot read password file {}", path.display()))
 }
 
 /// The password from `$TRESOR_PASSWORD`, the password file, or a prompt.
@@ -212,13 +210,6 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn snapshot_json(s: &Snapshot) -> serde_json::Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    v["id"] = json!(s.id);
-    v["short_id"] = json!(s.id.short());
-    v
-}
-
 pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     let repo = open(g).await?;
     let snaps = tresor_engine::select::filter(repo.snapshots().await?, &a.select.filter(), a.all);
@@ -228,15 +219,17 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
             None => snaps,
         };
         if g.json {
-            return print_json(&snaps.iter().map(snapshot_json).collect::<Vec<_>>()).map(|_| 0);
+            return print_json(&snaps.iter().map(Snapshot::to_json).collect::<Vec<_>>()).map(|_| 0);
         }
         snapshot_table(&snaps);
         return Ok(0);
     };
     let groups = tresor_engine::select::group(snaps, &GroupBy::parse(by)?, a.latest);
     if g.json {
-        let v: Vec<_> =
-            groups.iter().map(|(key, s)| json!({"group_key": key, "snapshots": s.iter().map(snapshot_json).collect::<Vec<_>>()})).collect();
+        let v: Vec<_> = groups
+            .iter()
+            .map(|(key, s)| json!({"group_key": key, "snapshots": s.iter().map(Snapshot::to_json).collect::<Vec<_>>()}))
+            .collect();
         return print_json(&v).map(|_| 0);
     }
     for (key, snaps) in &groups {

@@ -101,7 +101,11 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         (None, None) => embedded_default(&a.data_dir, clock.now())?,
     };
     let plan = load_plan(&plan_file, clock.now())?;
-    let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
+    // Jobs run as this program itself, or as a wrapper (nice, ionice, a test's recorder) named in TRESOR_JOB_PROGRAM.
+    let exe = match std::env::var_os("TRESOR_JOB_PROGRAM") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe().context("cannot tell where tresor is installed")?,
+    };
     init_repositories(&plan, &exe)?;
     let listen = a.listen.clone().unwrap_or_else(|| plan.daemon.listen.clone());
     let addr: SocketAddr = listen.parse().with_context(|| format!("cannot read listen address {listen:?} (use HOST:PORT)"))?;
@@ -135,6 +139,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         failing: Default::default(),
         http: tresor_controller::notify::client(),
         unprotected: Default::default(),
+        repos: Default::default(),
     });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;

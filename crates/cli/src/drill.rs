@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use tresor_controller::daemon::load_plan;
-use tresor_controller::drill::{Report, Tresor, drill};
+use tresor_controller::drill::{Report, drill};
 use tresor_controller::plan::Plan;
 use tresor_controller::state::{AuditEntry, State};
 
@@ -85,13 +85,13 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
 }
 
 /// `tresor report`: targets against measurements, per class, since a date.
-pub fn report(a: ReportArgs) -> Result<u8> {
+pub async fn report(a: ReportArgs) -> Result<u8> {
     let plan_file = std::path::absolute(&a.plan)?;
     let (plan, _) = Plan::load(&plan_file)?;
     let state = State::open(&state_of(&plan, &plan_file))?;
     let now = tresor_controller::daemon::Clock::from_env().now();
     let since = now - chrono::Duration::from_std(crate::commands::parse_duration(&a.since)?)?;
-    let facts = tresor_controller::report::RepoFacts { lags: archive_lags(&plan, now), holds: holds(&plan) };
+    let facts = tresor_controller::repos::Handles::default().facts(&plan, now).await;
     let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, facts, since, now);
     let text = match a.format.as_str() {
         "json" => serde_json::to_string_pretty(&report)?,
@@ -103,50 +103,4 @@ pub fn report(a: ReportArgs) -> Result<u8> {
         None => print!("{text}"),
     }
     Ok(0)
-}
-
-/// One of the plan's repositories, asked through a job.
-fn ask(
-    repo: &tresor_controller::plan::Repository,
-    what: impl Fn(&Tresor) -> Result<serde_json::Value, String>,
-) -> Option<serde_json::Value> {
-    let exe = std::env::current_exe().ok()?;
-    what(&Tresor::new(&exe, repo, "")).ok()
-}
-
-/// Legal holds per repository that answers.
-fn holds(plan: &Plan) -> std::collections::BTreeMap<String, u64> {
-    plan.repositories.iter().filter_map(|(name, r)| Some((name.clone(), ask(r, |t| t.holds())?.as_array()?.len() as u64))).collect()
-}
-
-/// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
-/// WAL file archived for its cluster is (the cluster from its newest base
-/// backup). Sources whose repository cannot be read are left out.
-fn archive_lags(plan: &Plan, now: chrono::DateTime<chrono::Utc>) -> std::collections::BTreeMap<String, f64> {
-    let mut out = std::collections::BTreeMap::new();
-    // One listing per repository, however many sources it holds.
-    let mut listings: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = std::collections::BTreeMap::new();
-    for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
-        let Some((name, repo)) = plan.repository_of(s) else { continue };
-        if !listings.contains_key(name) {
-            let listed = ask(repo, |t| t.snapshots()).and_then(|v| v.as_array().cloned()).unwrap_or_default();
-            listings.insert(name, listed);
-        }
-        let snaps = &listings[name];
-        let tag = format!("source={}", s.name);
-        let base = snaps
-            .iter()
-            .rev()
-            .find(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())));
-        let Some(system_id) = base.and_then(|b| b["source"]["consistency"]["system_id"].as_str()) else { continue };
-        let newest = snaps
-            .iter()
-            .filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id)
-            .filter_map(|x| chrono::DateTime::parse_from_rfc3339(x["time"].as_str()?).ok())
-            .max();
-        if let Some(t) = newest {
-            out.insert(s.name.clone(), (now - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0);
-        }
-    }
-    out
 }

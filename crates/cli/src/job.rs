@@ -98,7 +98,6 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
             }
             crate::commands::snapshots(g, a).await
         }
-        Kind::Holds => crate::retention::holds(g).await,
         Kind::Stats => crate::commands::stats(g, StatsArgs { snapshot: None }).await,
     }
 }

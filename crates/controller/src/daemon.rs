@@ -55,6 +55,8 @@ pub struct Shared {
     pub http: Notifier,
     /// The newest survey of the cluster's claims: per covered namespace, those no source backs up.
     pub unprotected: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Unlocked repositories for reads.
+    pub repos: crate::repos::Handles,
 }
 
 impl Shared {
@@ -287,6 +289,9 @@ impl Loop {
                 Ok(plan) => {
                     self.shared.metrics.declare(&plan);
                     *self.shared.plan.write().expect("not poisoned") = plan;
+                    // Repositories may have moved or changed password: unlock them anew.
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move { shared.repos.clear().await });
                     let _ = self.plan_runs(now, false);
                     tracing::info!("plan reloaded from {}", self.shared.plan_file.display());
                     self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "succeeded", "");
@@ -349,6 +354,7 @@ pub async fn run(
         lp.start_jobs();
     }
     shared.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    shared.repos.clear().await;
     if !lp.tasks.is_empty() {
         tracing::info!("stopping: waiting up to {}s for {} running job(s)", shared.grace.as_secs(), lp.tasks.len());
     }

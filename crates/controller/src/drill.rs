@@ -82,11 +82,6 @@ impl<'a> Tresor<'a> {
         self.job(Kind::Snapshots, None)
     }
 
-    /// The repository's legal holds.
-    pub fn holds(&self) -> Result<Value, String> {
-        self.job(Kind::Holds, None)
-    }
-
     /// Restore snapshot `id` as `r` says.
     pub fn restore(&self, id: &str, r: RestoreSpec) -> Result<Value, String> {
         self.job(Kind::Restore, Some(RestoreSpec { snapshot: Some(id.into()), ..r }))

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod planwatch;
 pub mod report;
 pub mod report_html;
+pub mod repos;
 pub mod runner;
 pub mod schedule;
 pub mod scratch;

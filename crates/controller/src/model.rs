@@ -22,7 +22,6 @@ pub enum Kind {
     /// A source's snapshots (without a source: all, archive pieces too).
     Snapshots,
     /// The repository's legal holds.
-    Holds,
     /// A repository's size in storage.
     Stats,
 }
@@ -37,7 +36,6 @@ impl Kind {
             Kind::Restore => "restore",
             Kind::Drill => "drill",
             Kind::Snapshots => "snapshots",
-            Kind::Holds => "holds",
             Kind::Stats => "stats",
         }
     }

@@ -196,6 +196,32 @@ pub struct RepoFacts {
     pub holds: BTreeMap<String, u64>,
 }
 
+/// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
+/// WAL file archived for its cluster is (the cluster from its newest base
+/// backup), from each repository's whole snapshot listing (`snapshots --all
+/// --json`). Sources whose repository has no listing are left out.
+pub fn archive_lags(plan: &Plan, listings: &BTreeMap<String, Vec<serde_json::Value>>, now: DateTime<Utc>) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
+        let Some(snaps) = plan.repository_of(s).and_then(|(name, _)| listings.get(name)) else { continue };
+        let tag = format!("source={}", s.name);
+        let base = snaps
+            .iter()
+            .rev()
+            .find(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())));
+        let Some(system_id) = base.and_then(|b| b["source"]["consistency"]["system_id"].as_str()) else { continue };
+        let newest = snaps
+            .iter()
+            .filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id)
+            .filter_map(|x| DateTime::parse_from_rfc3339(x["time"].as_str()?).ok())
+            .max();
+        if let Some(t) = newest {
+            out.insert(s.name.clone(), (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0);
+        }
+    }
+    out
+}
+
 pub fn build(plan: &Plan, jobs: &[Job], drills: &[drill::Report], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
     let lags = &facts.lags;
     let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, now)).collect();

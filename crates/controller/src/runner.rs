@@ -135,11 +135,6 @@ impl Runner {
         }
     }
 
-    /// The snapshots of one source (tagged `source=NAME`), as JSON.
-    pub async fn snapshots(&self, repo: &Repository, source: &str) -> Result<serde_json::Value, String> {
-        self.query(Self::query_spec(Kind::Snapshots, source, repo)).await
-    }
-
     /// What a repository's blobs take in storage, if it answers.
     pub async fn repository_size(&self, repo: &Repository) -> Option<u64> {
         self.query(Self::query_spec(Kind::Stats, "", repo)).await.ok()?["total_stored_size"].as_u64()

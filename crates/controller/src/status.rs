@@ -5,7 +5,6 @@
 //! repository is escaped.
 
 use std::fmt::Write;
-use std::process::Stdio;
 
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
@@ -395,11 +394,8 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
         return (StatusCode::NOT_FOUND, Html(shell("tresor: no such source", SOURCE_REFRESH, &body, now))).into_response();
     };
     let snapshots = match plan.repository_of(source) {
-        Some((_, repo)) => match shared.runner.snapshots(repo, name).await {
-            Ok(list) => {
-                let list = list.as_array().cloned().unwrap_or_default();
-                table("snapshots", false, &["snapshot", "time", "kind", "host", "files", "size", "paths"], &snapshot_rows(&list))
-            }
+        Some((repo_name, repo)) => match shared.repos.snapshots(repo_name, repo, Some(name)).await {
+            Ok(list) => table("snapshots", false, &["snapshot", "time", "kind", "host", "files", "size", "paths"], &snapshot_rows(&list)),
             Err(e) => format!("<p class=\"error\">cannot list the snapshots: {}</p>", esc(&e)),
         },
         None => "<p class=\"error\">the source's repository is not in the plan</p>".into(),
@@ -435,21 +431,20 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
 
 /// The compliance report of the last 30 days, as `tresor report --format html` writes it.
 pub async fn report(shared: &Shared) -> Response {
-    let out = tokio::process::Command::new(&shared.runner.exe)
-        .args(["report", "--format", "html", "--since", "30d", "--plan"])
-        .arg(&shared.plan_file)
-        .env_remove("TRESOR_STATE")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await;
-    let why = match out {
-        Ok(o) if o.status.success() => return Html(String::from_utf8_lossy(&o.stdout).into_owned()).into_response(),
-        Ok(o) => String::from_utf8_lossy(&o.stderr).lines().rfind(|l| !l.trim().is_empty()).unwrap_or("failed").to_string(),
-        Err(e) => e.to_string(),
-    };
-    let body = format!("<h1>No report</h1><p class=\"error\">{}</p>", esc(&why));
-    (StatusCode::BAD_GATEWAY, Html(shell("tresor: no report", REFRESH, &body, shared.clock.now()))).into_response()
+    let plan = shared.plan();
+    let now = shared.clock.now();
+    let since = now - chrono::Duration::days(30);
+    let facts = shared.repos.facts(&plan, now).await;
+    let history = shared.state.jobs_since(since).and_then(|jobs| Ok((jobs, shared.state.drills(since)?)));
+    match history {
+        Ok((jobs, drills)) => {
+            Html(crate::report_html::html(&crate::report::build(&plan, &jobs, &drills, facts, since, now))).into_response()
+        }
+        Err(e) => {
+            let body = format!("<h1>No report</h1><p class=\"error\">{}</p>", esc(&e.to_string()));
+            (StatusCode::BAD_GATEWAY, Html(shell("tresor: no report", REFRESH, &body, now))).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,13 @@ impl Password {
         Password(Zeroizing::new(s.into()))
     }
 
+    /// A password file's content, without its final line break (`\n` or `\r\n`).
+    pub fn read_file(path: &std::path::Path) -> std::io::Result<Password> {
+        let text = Zeroizing::new(std::fs::read_to_string(path)?);
+        let pw = text.strip_suffix('\n').unwrap_or(&text);
+        Ok(Password::new(pw.strip_suffix('\r').unwrap_or(pw)))
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }

@@ -83,6 +83,16 @@ pub struct Snapshot {
     pub errors: Vec<FileError>,
 }
 
+impl Snapshot {
+    /// As `tresor snapshots --json` lists it: the stored fields, its id and short id.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        v["id"] = serde_json::json!(self.id);
+        v["short_id"] = serde_json::json!(self.id.short());
+        v
+    }
+}
+
 #[cfg(test)]
 impl Snapshot {
     /// A snapshot for rule tests: only what selection and retention read.

@@ -297,6 +297,46 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert!(audit.contains("\"actor\":\"api:admin\",\"action\":\"backup\",\"target\":\"files\",\"result\":\"succeeded\""), "{audit}");
 }
 
+/// Reads go through the daemon's own unlocked handles: snapshot lists, a
+/// source's page and the report start no job process (every job is run
+/// through a recording wrapper, so one started would be counted).
+#[test]
+fn snapshot_lists_the_status_page_and_the_report_start_no_child_process() {
+    let mut env = Env::new();
+    let redis = RedisServer::start(&[]);
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let started = env.path("jobs-started");
+    let wrapper = env.path("job-wrapper");
+    fs::write(&wrapper, format!("#!/bin/sh\necho \"$@\" >> {}\nexec {BIN} \"$@\"\n", started.display())).unwrap();
+    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    env.vars.push(("TRESOR_JOB_PROGRAM".into(), wrapper.display().to_string()));
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let d = start_daemon(&env, &plan, Some(&clock));
+    // The first runs and the cache's retention and copy after its backup; the retry of `down` waits for the clock.
+    wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
+            && count(j, "down", "backup", "failed") == 1
+            && j.iter().all(|x| x["status"] != "running")
+    });
+    let before = fs::read_to_string(&started).unwrap();
+    assert!(before.lines().count() >= 3, "jobs go through the wrapper: {before}");
+    for _ in 0..3 {
+        let (status, listed) = http(d.port, "GET", "/api/v1/sources/files/snapshots", Some("read-token"));
+        assert_eq!(status, 200, "{listed}");
+        let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        assert_eq!(listed, env.json(&["snapshots", "--tag", "source=files"]), "the same listing as the CLI's");
+    }
+    let (status, page) = http(d.port, "GET", "/sources/files", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("<table id=\"snapshots\""), "{page}");
+    let (status, report) = http(d.port, "GET", "/report", None);
+    assert_eq!(status, 200, "{report}");
+    assert!(report.contains("standard"), "{report}");
+    assert_eq!(fs::read_to_string(&started).unwrap(), before, "no job process was started by the reads");
+}
+
 #[test]
 fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() {
     let env = Env::new();

@@ -498,7 +498,8 @@ fn unreadable_files_are_recorded_and_exit_3() {
             Command::new("chmod").args(["-R", "a+rwX"]).arg(p).status().unwrap();
         }
         fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o000)).unwrap();
-        let args: Vec<String> = std::iter::once(shared_bin().display().to_string()).chain(["backup".into(), src.display().to_string()]).collect();
+        let args: Vec<String> =
+            std::iter::once(shared_bin().display().to_string()).chain(["backup".into(), src.display().to_string()]).collect();
         cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).args(&args).env("TRESOR_REPOSITORY", &env.repo);
         for (k, v) in &env.vars {

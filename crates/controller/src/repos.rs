@@ -1,0 +1,76 @@
+//! Reads of the plan's repositories — snapshot lists, legal holds, the
+//! report's facts — through one unlocked handle per repository, opened on
+//! first use and kept: no child process and no key derivation per request.
+//! The handles are dropped, and with them their keys (zeroized on drop),
+//! when the plan is reloaded and when the daemon stops.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tresor_engine::{OpenOptions, Password, Repository};
+use tresor_storage::{Location, StorageOptions};
+
+use crate::plan::{self, Plan};
+use crate::report::RepoFacts;
+
+#[derive(Default)]
+pub struct Handles {
+    open: tokio::sync::Mutex<BTreeMap<String, Arc<Repository>>>,
+}
+
+impl Handles {
+    /// The plan repository `name`, unlocked once.
+    pub async fn get(&self, name: &str, r: &plan::Repository) -> Result<Arc<Repository>, String> {
+        let mut open = self.open.lock().await;
+        if let Some(h) = open.get(name) {
+            return Ok(h.clone());
+        }
+        let password =
+            Password::read_file(&r.password_file).map_err(|e| format!("cannot read password file {}: {e}", r.password_file.display()))?;
+        let location = Location::parse(&r.url).map_err(|e| e.to_string())?;
+        let opts = OpenOptions { password, cache_root: None, storage: StorageOptions::default() };
+        let repo = Arc::new(Repository::open(&location, &opts).await.map_err(|e| e.to_string())?);
+        open.insert(name.to_string(), repo.clone());
+        Ok(repo)
+    }
+
+    /// Forget every handle (a reload, a stop): the next read unlocks again.
+    pub async fn clear(&self) {
+        self.open.lock().await.clear();
+    }
+
+    /// The snapshots of a source (tagged `source=NAME`), or every one (also
+    /// the hidden pieces of archives) without a source, oldest first, as
+    /// `tresor snapshots --json` lists them.
+    pub async fn snapshots(&self, name: &str, r: &plan::Repository, source: Option<&str>) -> Result<Vec<Value>, String> {
+        let repo = self.get(name, r).await?;
+        let all = repo.snapshots().await.map_err(|e| e.to_string())?;
+        let filter = tresor_engine::select::SnapshotFilter {
+            tags: source.map(|s| format!("source={s}")).into_iter().collect(),
+            ..Default::default()
+        };
+        let chosen = tresor_engine::select::filter(all, &filter, source.is_none());
+        Ok(chosen.iter().map(tresor_engine::snapshot::Snapshot::to_json).collect())
+    }
+
+    /// The report's facts from the repositories that answer: legal holds per
+    /// repository, and the WAL archive lag of each PostgreSQL base-backup source.
+    pub async fn facts(&self, plan: &Plan, now: DateTime<Utc>) -> RepoFacts {
+        let mut holds = BTreeMap::new();
+        let mut listings = BTreeMap::new();
+        for (name, r) in &plan.repositories {
+            let Ok(repo) = self.get(name, r).await else { continue };
+            if let Ok(h) = tresor_engine::holds::holds(&repo).await {
+                holds.insert(name.clone(), h.len() as u64);
+            }
+            let wanted =
+                plan.sources.iter().any(|s| s.url.starts_with("pgbase://") && plan.repository_of(s).is_some_and(|(n, _)| n == name));
+            if wanted && let Ok(list) = self.snapshots(name, r, None).await {
+                listings.insert(name.clone(), list);
+            }
+        }
+        RepoFacts { lags: crate::report::archive_lags(plan, &listings, now), holds }
+    }
+}
