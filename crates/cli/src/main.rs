@@ -89,6 +89,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Daemon(a) => daemon::daemon(&g, a).await,
         Command::Plan(a) => match a.command {
             opts::PlanCommand::Check(c) => daemon::plan_check(&g, c),
+            opts::PlanCommand::Crd => {
+                print!("{}", tresor_controller::crd::backup_plan_crd());
+                Ok(0)
+            }
         },
         Command::Jobs(a) => daemon::jobs(&g, a),
         Command::Audit(a) => daemon::audit(&g, a),

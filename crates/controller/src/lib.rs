@@ -14,6 +14,7 @@ pub mod check;
 pub mod child;
 pub mod clock;
 pub mod coverage;
+pub mod crd;
 pub mod daemon;
 pub mod drill;
 mod drill_pg;

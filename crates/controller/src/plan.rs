@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::Error;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub repositories: BTreeMap<String, Repository>,
@@ -25,7 +26,7 @@ pub struct Plan {
 }
 
 /// Where drills restore to.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrillSettings {
     /// Scratch space for restored data (default: the system's temporary directory).
@@ -33,7 +34,7 @@ pub struct DrillSettings {
 }
 
 /// A class's restore drills: when, and who owns the protocol entries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrillSpec {
     pub schedule: String,
@@ -41,7 +42,7 @@ pub struct DrillSpec {
 }
 
 /// How a drill validates a restored source, beyond what the backup recorded.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
     /// PostgreSQL: queries on the restored database, each answering one value.
@@ -53,7 +54,7 @@ pub struct Verify {
     pub command: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Query {
     pub sql: String,
@@ -66,7 +67,7 @@ pub struct Query {
 }
 
 /// A webhook told when a source's backups start failing and when they recover.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     pub url: String,
@@ -83,7 +84,7 @@ fn default_webhook_retries() -> u32 {
     4
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookFormat {
     /// `{"event": "failure" | "recovery", "source", "class", …}`
@@ -94,7 +95,7 @@ pub enum WebhookFormat {
     Alertmanager,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
     /// A path or URL, as `tresor --repo` takes it.
@@ -105,7 +106,7 @@ pub struct Repository {
     pub init: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Class {
     pub rpo: Span,
@@ -121,7 +122,7 @@ pub struct Class {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     pub last: Option<u32>,
@@ -167,7 +168,7 @@ impl Keep {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
@@ -195,7 +196,7 @@ pub struct SourceSpec {
     pub scope: Option<tresor_sources::k8s::Filters>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Hooks {
     pub pre: Option<String>,
@@ -205,7 +206,7 @@ pub struct Hooks {
     pub on_error: OnError,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     #[default]
@@ -213,7 +214,7 @@ pub enum OnError {
     Continue,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
     pub listen: String,
@@ -298,6 +299,33 @@ impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
         let text = String::deserialize(d)?;
         Span::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What [`Span::parse`] reads, for schemas (the BackupPlan CRD): digits and
+/// a unit, with the whitespace its `trim` allows around them.
+pub(crate) const SPAN_PATTERN: &str = r"^\s*[0-9]+(s|m|min|h|d|w|y)\s*$";
+
+// By hand: serde reads a span from a string the derive cannot see into.
+impl JsonSchema for Span {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Span".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": SPAN_PATTERN, "description": "A duration: 90s, 15m (or 15min), 2h, 30d, 2w, 1y."})
+    }
+}
+
+// By hand: an untagged count-or-span is Kubernetes' int-or-string, which a
+// structural schema cannot say with `anyOf`.
+impl JsonSchema for Keep {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Keep".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"x-kubernetes-int-or-string": true, "description": "A count of periods (30) or a span (7d)."})
     }
 }
 

@@ -20,7 +20,7 @@ use tresor_engine::SourceInfo;
 use crate::{Error, Result};
 
 /// Which objects a backup or restore takes; in a plan, a `k8s://` source's `scope:`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Filters {
     /// Namespace globs, e.g. `shop-*`.

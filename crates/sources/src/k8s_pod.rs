@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// How a volume Job's pod runs; every field optional (`pod:` of a `pvc://` source in the plan).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PodSettings {
     /// The user the Job runs as (default 10001, the image's user). Files it
@@ -25,11 +25,13 @@ pub struct PodSettings {
     pub fs_group: Option<i64>,
     /// The container's resources, as Kubernetes takes them: `{requests: {cpu: 100m}, limits: {memory: 1Gi}}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("type" = "object", "x-kubernetes-preserve-unknown-fields" = true))]
     pub resources: Option<Value>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations, as Kubernetes takes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {"type": "object", "x-kubernetes-preserve-unknown-fields": true}))]
     pub tolerations: Vec<Value>,
 }
 

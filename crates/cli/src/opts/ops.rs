@@ -239,6 +239,8 @@ pub struct PlanCmd {
 pub enum PlanCommand {
     /// Parse and lint a plan; exit 1 on any error.
     Check(PlanCheckArgs),
+    /// Print the BackupPlan CustomResourceDefinition, its schema generated from the plan's fields.
+    Crd,
 }
 
 #[derive(Args)]
