@@ -21,7 +21,7 @@ use tresor_controller::runner::Runner;
 use tresor_controller::state::State;
 
 use crate::commands::print_json;
-use crate::opts::{AuditArgs, Cli, Command as Cmd, DaemonArgs, Global, JobsArgs, KeyCommand, PlanCheckArgs};
+use crate::opts::{AuditArgs, AuditCommand, Cli, Command as Cmd, DaemonArgs, Global, JobsArgs, KeyCommand, PlanCheckArgs};
 
 const DEFAULT_PLAN: &str = include_str!("default-plan.yaml");
 
@@ -231,7 +231,10 @@ pub fn jobs(g: &Global, a: JobsArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
+pub async fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
+    if let Some(AuditCommand::Verify) = a.command {
+        return verify_evidence(g).await;
+    }
     let state = State::open(&a.state)?;
     let entries = state.audit_log(a.limit)?;
     if g.json {
@@ -241,6 +244,26 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
         println!("{}  {:<14} {:<8} {:<20} {:<10} {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.target, e.result, e.detail);
     }
     Ok(0)
+}
+
+/// `tresor audit verify`: the repository's evidence chain, entry by entry.
+async fn verify_evidence(g: &Global) -> Result<u8> {
+    let repo = crate::commands::open(g).await?;
+    let v = tresor_engine::evidence::verify(&repo).await?;
+    if g.json {
+        print_json(&v)?;
+    } else {
+        let head = v.head.map_or("none".into(), |h| format!("{} ({})", h.seq, h.hash.short()));
+        println!("evidence log: {} entries, head {head}", v.entries);
+        for p in &v.problems {
+            println!("problem: {p}");
+        }
+    }
+    if v.problems.is_empty() {
+        return Ok(0);
+    }
+    eprintln!("tresor: error: the evidence log is not intact: {} problems, first: {}", v.problems.len(), v.problems[0]);
+    Ok(crate::EXIT_ERROR)
 }
 
 /// Commands that change or read back protected data, recorded in the audit

@@ -95,7 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
         },
         Command::Jobs(a) => daemon::jobs(&g, a),
-        Command::Audit(a) => daemon::audit(&g, a),
+        Command::Audit(a) => daemon::audit(&g, a).await,
         Command::Drill(a) => drill::drills(&g, a).await,
         Command::Report(a) => drill::report(a).await,
         Command::Volume(a) => k8s::volume(&g, a).await,

@@ -251,10 +251,10 @@ async fn snapshots(State(app): State<App>, headers: HeaderMap, Path(name): Path<
         return r.into_response();
     }
     let plan = app.shared.plan();
-    let Some((repo_name, repo)) = plan.sources.iter().find(|s| s.name == name).and_then(|s| plan.repository_of(s)) else {
+    let Some((_, repo)) = plan.sources.iter().find(|s| s.name == name).and_then(|s| plan.repository_of(s)) else {
         return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
     };
-    match app.shared.repos.snapshots(repo_name, repo, Some(&name)).await {
+    match app.shared.repos.snapshots(repo, Some(&name)).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(e) => error(StatusCode::BAD_GATEWAY, &e),
     }

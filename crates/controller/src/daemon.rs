@@ -457,6 +457,19 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         tracing::error!("job history: {e}");
     }
     let seconds = wall.elapsed().as_secs_f64();
+    // The job, as evidence in its repository (its log stays in the local state only).
+    let record = Job {
+        id: *id.as_ref().unwrap_or(&0),
+        ended_at: Some(ended),
+        duration: Some(seconds),
+        outcome: Outcome { log: None, ..outcome.clone() },
+        ..job
+    };
+    // A repository the job could not reach or open would only make the daemon wait for it again.
+    let unreachable = matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing" | "wrong_password"));
+    if !unreachable && let Err(e) = shared.repos.append(&w.repo, "job", serde_json::to_value(&record).unwrap_or_default()).await {
+        tracing::warn!("the evidence of job {} stays local: {e}", record.id);
+    }
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
         let plan = shared.plan();
         if let Some((name, _)) = plan.repositories.iter().find(|(_, r)| r.url == w.repo.url) {

@@ -15,16 +15,19 @@ use tresor_storage::{Location, StorageOptions};
 use crate::plan::{self, Plan};
 use crate::report::RepoFacts;
 
+/// Keyed by the repository's URL, so a renamed plan entry keeps its handle.
 #[derive(Default)]
 pub struct Handles {
     open: tokio::sync::Mutex<BTreeMap<String, Arc<Repository>>>,
+    /// One evidence appender per repository at a time: two would fork the chain.
+    appending: tokio::sync::Mutex<()>,
 }
 
 impl Handles {
-    /// The plan repository `name`, unlocked once.
-    pub async fn get(&self, name: &str, r: &plan::Repository) -> Result<Arc<Repository>, String> {
+    /// The plan repository `r`, unlocked once.
+    pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
         let mut open = self.open.lock().await;
-        if let Some(h) = open.get(name) {
+        if let Some(h) = open.get(&r.url) {
             return Ok(h.clone());
         }
         let password =
@@ -32,8 +35,15 @@ impl Handles {
         let location = Location::parse(&r.url).map_err(|e| e.to_string())?;
         let opts = OpenOptions { password, cache_root: None, storage: StorageOptions::default() };
         let repo = Arc::new(Repository::open(&location, &opts).await.map_err(|e| e.to_string())?);
-        open.insert(name.to_string(), repo.clone());
+        open.insert(r.url.clone(), repo.clone());
         Ok(repo)
+    }
+
+    /// Append an evidence entry to the repository's log (FORMAT.md §12d).
+    pub async fn append(&self, r: &plan::Repository, kind: &str, body: Value) -> Result<tresor_engine::evidence::Head, String> {
+        let repo = self.get(r).await?;
+        let _one = self.appending.lock().await;
+        tresor_engine::evidence::append(&repo, kind, None, body).await.map_err(|e| e.to_string())
     }
 
     /// Forget every handle (a reload, a stop): the next read unlocks again.
@@ -44,8 +54,8 @@ impl Handles {
     /// The snapshots of a source (tagged `source=NAME`), or every one (also
     /// the hidden pieces of archives) without a source, oldest first, as
     /// `tresor snapshots --json` lists them.
-    pub async fn snapshots(&self, name: &str, r: &plan::Repository, source: Option<&str>) -> Result<Vec<Value>, String> {
-        let repo = self.get(name, r).await?;
+    pub async fn snapshots(&self, r: &plan::Repository, source: Option<&str>) -> Result<Vec<Value>, String> {
+        let repo = self.get(r).await?;
         let all = repo.snapshots().await.map_err(|e| e.to_string())?;
         let filter = tresor_engine::select::SnapshotFilter {
             tags: source.map(|s| format!("source={s}")).into_iter().collect(),
@@ -61,13 +71,13 @@ impl Handles {
         let mut holds = BTreeMap::new();
         let mut listings = BTreeMap::new();
         for (name, r) in &plan.repositories {
-            let Ok(repo) = self.get(name, r).await else { continue };
+            let Ok(repo) = self.get(r).await else { continue };
             if let Ok(h) = tresor_engine::holds::holds(&repo).await {
                 holds.insert(name.clone(), h.len() as u64);
             }
             let wanted =
                 plan.sources.iter().any(|s| s.url.starts_with("pgbase://") && plan.repository_of(s).is_some_and(|(n, _)| n == name));
-            if wanted && let Ok(list) = self.snapshots(name, r, None).await {
+            if wanted && let Ok(list) = self.snapshots(r, None).await {
                 listings.insert(name.clone(), list);
             }
         }

@@ -394,7 +394,7 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
         return (StatusCode::NOT_FOUND, Html(shell("tresor: no such source", SOURCE_REFRESH, &body, now))).into_response();
     };
     let snapshots = match plan.repository_of(source) {
-        Some((repo_name, repo)) => match shared.repos.snapshots(repo_name, repo, Some(name)).await {
+        Some((_, repo)) => match shared.repos.snapshots(repo, Some(name)).await {
             Ok(list) => table("snapshots", false, &["snapshot", "time", "kind", "host", "files", "size", "paths"], &snapshot_rows(&list)),
             Err(e) => format!("<p class=\"error\">cannot list the snapshots: {}</p>", esc(&e)),
         },

@@ -43,6 +43,8 @@ pub struct CopyReport {
     /// this run, and how far it is ahead of the newest one it had.
     pub newest_missing: Option<DateTime<FixedOffset>>,
     pub lag_seconds: Option<i64>,
+    /// Evidence entries carried to the target.
+    pub evidence_copied: usize,
 }
 
 /// Replication state of selected source snapshots against a target.
@@ -84,6 +86,9 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
         report.newest_missing = Some(t);
         report.lag_seconds = Some(secs);
     }
+    if !opts.dry_run {
+        report.evidence_copied = copy_evidence(&src, &dst).await?;
+    }
     if opts.dry_run || state.missing.is_empty() {
         report.copied = state.missing.iter().map(|s| (s.id, Id::default())).collect();
         return Ok(report);
@@ -95,6 +100,21 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
     result?;
     ended?;
     Ok(report)
+}
+
+/// Carry the evidence entries the target lacks, re-sealed with its key
+/// under the same names (their chain is of plaintext hashes, so it holds
+/// in both); how many. First, so copied snapshots find the heads they name.
+async fn copy_evidence(src: &Repository, dst: &Repository) -> Result<usize> {
+    let have: std::collections::BTreeSet<(u64, Id)> = crate::evidence::names(dst).await?.into_iter().collect();
+    let mut copied = 0;
+    for (seq, hash) in crate::evidence::names(src).await? {
+        if !have.contains(&(seq, hash)) {
+            crate::evidence::store(dst, &crate::evidence::load_plain(src, seq, &hash).await?).await?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
 }
 
 async fn run(

@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy;
 pub mod crypto;
 mod error;
+pub mod evidence;
 pub mod fsmeta;
 pub mod holds;
 mod id;

@@ -427,6 +427,18 @@ impl Repository {
         self.crypto.open_file(kind, id, &bytes)
     }
 
+    /// Seal `plaintext` as a `kind` file bound to `id` and write it at `path`
+    /// (for files named otherwise than by their id: evidence entries).
+    pub(crate) async fn save_sealed_at(&self, kind: &str, path: &str, id: &Id, plaintext: &[u8]) -> Result<()> {
+        self.write(path, self.crypto.seal_file(kind, id, plaintext)).await
+    }
+
+    /// Read and open the `kind` file at `path`, bound to `id`, bypassing the cache.
+    pub(crate) async fn load_sealed_at(&self, kind: &'static str, path: &str, id: &Id) -> Result<Vec<u8>> {
+        let bytes = self.read(path).await?;
+        self.crypto.open_file(kind, id, &bytes)
+    }
+
     /// Ids of the objects in `dir` (`index/`, `snapshots/`, …).
     pub async fn list_ids(&self, dir: &str) -> Result<Vec<Id>> {
         let names = list_names(&self.op, dir).await?;
@@ -602,8 +614,15 @@ impl Repository {
 
     // ---- snapshots --------------------------------------------------------
 
+    /// Save a snapshot, recording where the evidence log stands (§12d).
     pub async fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
-        self.save_file("snapshot", SNAPSHOTS, &serde_json::to_vec(snap).expect("snapshots serialize")).await
+        // A copy keeps the head its original recorded; its entries came along first.
+        let evidence = match snap.evidence {
+            Some(h) => Some(h),
+            None => crate::evidence::head(self).await?,
+        };
+        let snap = Snapshot { evidence, ..snap.clone() };
+        self.save_file("snapshot", SNAPSHOTS, &serde_json::to_vec(&snap).expect("snapshots serialize")).await
     }
 
     /// The id a named snapshot is stored under: keyed, so names stay secret.

@@ -74,6 +74,9 @@ pub struct Snapshot {
     /// For a copy made by `tresor copy`: the snapshot it was copied from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
+    /// The evidence log's head when the snapshot was saved (§12d).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::evidence::Head>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
     pub program_version: String,
@@ -112,6 +115,7 @@ impl Snapshot {
             source: SourceInfo::default(),
             parent: None,
             original: None,
+            evidence: None,
             excludes: Vec::new(),
             program_version: String::new(),
             summary: None,

@@ -268,12 +268,20 @@ pub struct JobsArgs {
 
 #[derive(Args)]
 pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
     /// The daemon's state database.
     #[arg(long, env = "TRESOR_STATE", default_value = "tresor-data/state.db")]
     pub state: PathBuf,
     /// Show at most this many entries, newest first.
     #[arg(long, default_value_t = 100, help_heading = OUTPUT)]
     pub limit: usize,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the repository's evidence log (jobs, audit, drills): every entry intact, none missing; exit 1 naming each that is not.
+    Verify,
 }
 
 #[derive(Args)]

@@ -111,6 +111,12 @@ pub(super) fn set_clock(clock: &Path, at: &str) {
     fs::rename(&next, clock).unwrap();
 }
 
+/// Finished jobs of the main repository (every source but prune's of others), from the stopped daemon's state.
+pub(super) fn jobs_in_state(env: &Env) -> u64 {
+    let jobs = env.json(&["jobs", "--state", env.path("state.db").to_str().unwrap(), "--limit", "1000"]);
+    jobs.as_array().unwrap().iter().filter(|j| j["status"] != "running").count() as u64
+}
+
 pub(super) fn count(j: &[serde_json::Value], source: &str, kind: &str, status: &str) -> usize {
     j.iter().filter(|x| x["source"] == source && x["kind"] == kind && x["status"] == status).count()
 }
@@ -335,6 +341,86 @@ fn snapshot_lists_the_status_page_and_the_report_start_no_child_process() {
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("standard"), "{report}");
     assert_eq!(fs::read_to_string(&started).unwrap(), before, "no job process was started by the reads");
+}
+
+/// The evidence log in the repository: the daemon appends every finished
+/// job, `copy` carries the log off site, and `audit verify` finds an
+/// altered entry, a removed one, and the newest ones removed.
+#[test]
+fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    redis.script("SET a 1\n");
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let mut d = start_daemon(&env, &plan, Some(&clock));
+    wait_jobs(&d, "first runs", |j| {
+        count(j, "files", "backup", "succeeded") == 1
+            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
+            && count(j, "down", "backup", "failed") == 1
+            && j.iter().all(|x| x["status"] != "running")
+    });
+    // Its last append follows the job's end in the history: stop the daemon, then read.
+    assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
+    assert!(d.child.wait().unwrap().success());
+    let jobs = super::daemon::jobs_in_state(&env);
+    let verified = env.json(&["audit", "verify"]);
+    assert_eq!(verified["problems"], serde_json::json!([]));
+    assert_eq!(verified["entries"], jobs, "one entry per finished job of this repository");
+    let offsite = env.path("offsite").display().to_string();
+    let off = env.json(&["--repo", &offsite, "audit", "verify"]);
+    assert_eq!(off["problems"], serde_json::json!([]), "the copy carried the log it found");
+    assert!(off["entries"].as_u64().unwrap() >= 2, "{off}");
+
+    let dir = std::path::Path::new(&env.repo).join("evidence");
+    let mut names: Vec<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let text = env.ok(&["audit", "verify"]);
+    assert!(text.starts_with(&format!("evidence log: {} entries, head {} (", names.len(), names.len())), "{text}");
+
+    // A new snapshot records the head; removing the newest entries is then found too.
+    let snap = env.json(&["backup", env.path("files").to_str().unwrap()]);
+    let short = &snap["snapshot_id"].as_str().or(snap["id"].as_str()).unwrap()[..8];
+    let last = dir.join(names.last().unwrap());
+    fs::remove_file(&last).unwrap();
+    let n = names.len();
+    let out = env.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("problem: entries {n} to {n} are gone: snapshot {short} recorded the log at entry {n}\n")),
+        "{stdout}"
+    );
+
+    // An altered entry in the middle, and the first one removed.
+    let middle = dir.join(&names[1]);
+    let mut bytes = fs::read(&middle).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(&middle, bytes).unwrap();
+    fs::remove_file(dir.join(&names[0])).unwrap();
+    let out = env.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("problem: evidence/{}: altered: ", names[1])), "{stdout}");
+    assert!(stdout.contains(&format!("problem: entries 1 to 1 are missing (before evidence/{})\n", names[1])), "{stdout}");
+    // And each snapshot saved when entry 1 was the head names it as removed.
+    let at_first: Vec<String> = env
+        .json(&["snapshots"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["evidence"]["seq"] == 1)
+        .map(|s| format!("problem: entry 1 is not the one snapshot {} recorded: replaced or removed\n", s["short_id"].as_str().unwrap()))
+        .collect();
+    for line in &at_first {
+        assert!(stdout.contains(line.as_str()), "{line}{stdout}");
+    }
+    let problems = stdout.lines().filter(|l| l.starts_with("problem: ")).count();
+    assert_eq!(problems, 3 + at_first.len(), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&format!("tresor: error: the evidence log is not intact: {problems} problems, first: ")), "{stderr}");
 }
 
 #[test]

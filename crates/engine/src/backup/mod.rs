@@ -463,6 +463,7 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
         original: None,
+        evidence: None,
         excludes,
         program_version: concat!("tresor ", env!("CARGO_PKG_VERSION")).into(),
         summary: Some(summary),
