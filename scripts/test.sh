@@ -45,6 +45,19 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+# The Azure Blob and GCS backends' real servers: Microsoft's Azurite (npm)
+# and gcp-storage-emulator (PyPI), pinned.
+if ! command -v azurite-blob >/dev/null || ! command -v gcp-storage-emulator >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: azurite-blob or gcp-storage-emulator (run as root to install them)" >&2
+    exit 1
+  fi
+  command -v azurite-blob >/dev/null || npm install -g --no-fund --no-audit azurite@3.37.0
+  command -v gcp-storage-emulator >/dev/null || pip install --quiet gcp-storage-emulator==2026.7.19
+  # pyenv's shims learn of a new script only on a rehash.
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
+fi
+
 # kubectl proves the fake API server against the real client and renders
 # deploy/kubernetes; 1.24 or newer (scripts/install-kubectl.sh says why).
 if [ "$(id -u)" -eq 0 ]; then

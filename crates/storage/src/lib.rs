@@ -3,18 +3,21 @@
 //! A repository lives behind an OpenDAL [`Operator`]; this crate turns a
 //! repository location (a path or a URL) into an operator and stacks the thin
 //! layers every backend shares: a timeout on every call, retries with back-off
-//! for temporary errors, optional fault injection for tests, and bandwidth
-//! limits. Nothing here knows
+//! for temporary errors, errors a user can act on, optional fault injection
+//! for tests, and bandwidth limits. Nothing here knows
 //! about the repository format: it moves opaque, immutable objects.
 
+mod explain;
 mod fault;
 mod guard;
 mod location;
+mod octet;
 mod sftp;
 mod throttle;
 
 use std::time::Duration;
 
+use explain::ExplainLayer;
 pub use fault::{FaultConfig, FaultLayer};
 pub use guard::AppendOnlyLayer;
 pub use location::Location;
@@ -80,6 +83,8 @@ fn parse_timeout(text: &str) -> Option<Duration> {
 /// sits above it, so a server that stops answering ends the call after one
 /// timeout rather than after one per retry; the bandwidth limit sits above
 /// that, so waiting for the budget never counts as a silent server.
+/// Errors are explained (a refused login, a missing bucket) above the
+/// retries, once, from the last attempt's error.
 pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, StorageError> {
     if let Ok(text) = std::env::var(TIMEOUT_VAR) {
         parse_timeout(&text).ok_or(StorageError::InvalidTimeout(text))?;
@@ -94,7 +99,10 @@ pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, S
         .with_min_delay(Duration::from_millis(50))
         .with_max_delay(Duration::from_secs(10))
         .with_max_times(options.max_retries.unwrap_or(8));
-    let op = op.layer(retry).layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout()).with_io_timeout(timeout()));
+    let op = op
+        .layer(retry)
+        .layer(ExplainLayer::new(location))
+        .layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout()).with_io_timeout(timeout()));
     Ok(if options.limit_upload.is_some() || options.limit_download.is_some() {
         op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))
     } else {

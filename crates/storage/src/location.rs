@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use opendal::{Operator, services};
 
 use crate::StorageError;
+use crate::octet::OctetStreamLayer;
 use crate::sftp::{HostKeyCheck, SftpSettings};
 
 /// Where a repository lives. Credentials are never part of this value: they
@@ -16,7 +17,7 @@ pub enum Location {
     Fs(PathBuf),
     S3 { bucket: String, root: String, endpoint: Option<String>, region: Option<String> },
     Azblob { container: String, root: String },
-    Gcs { bucket: String, root: String },
+    Gcs { bucket: String, root: String, endpoint: Option<String>, predefined_acl: Option<String>, storage_class: Option<String> },
     Webdav { endpoint: String, root: String },
     Sftp { endpoint: String, user: Option<String>, root: String },
 }
@@ -33,7 +34,7 @@ impl fmt::Display for Location {
             Location::Fs(p) => write!(f, "{}", p.display()),
             Location::S3 { bucket, root, .. } => write!(f, "s3://{bucket}{root}"),
             Location::Azblob { container, root } => write!(f, "azblob://{container}{root}"),
-            Location::Gcs { bucket, root } => write!(f, "gcs://{bucket}{root}"),
+            Location::Gcs { bucket, root, .. } => write!(f, "gcs://{bucket}{root}"),
             Location::Webdav { endpoint, root } => write!(f, "webdav {endpoint}{root}"),
             Location::Sftp { endpoint, root, .. } => write!(f, "sftp://{endpoint}{root}"),
         }
@@ -42,7 +43,7 @@ impl fmt::Display for Location {
 
 impl Location {
     /// Parse `s3://bucket/prefix?endpoint=URL&region=R`, `azblob://container/prefix`,
-    /// `gcs://bucket/prefix`, `webdav://host/path` (`webdavs://` for TLS),
+    /// `gcs://bucket/prefix?endpoint=URL&predefined_acl=A&storage_class=C`, `webdav://host/path` (`webdavs://` for TLS),
     /// `sftp://[user@]host[:port]/path`, or else a local path.
     pub fn parse(text: &str) -> Result<Location, StorageError> {
         let invalid = |reason: &str| StorageError::InvalidLocation { location: text.to_string(), reason: reason.to_string() };
@@ -70,7 +71,13 @@ impl Location {
         match scheme {
             "s3" => Ok(Location::S3 { bucket: host, root, endpoint: param("endpoint"), region: param("region") }),
             "azblob" => Ok(Location::Azblob { container: host, root }),
-            "gcs" | "gs" => Ok(Location::Gcs { bucket: host, root }),
+            "gcs" | "gs" => Ok(Location::Gcs {
+                bucket: host,
+                root,
+                endpoint: param("endpoint"),
+                predefined_acl: param("predefined_acl"),
+                storage_class: param("storage_class"),
+            }),
             "webdav" | "webdavs" if host.contains('@') => {
                 Err(invalid("put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL"))
             }
@@ -130,12 +137,9 @@ impl Location {
                 }
                 build(b)
             }
-            Location::Gcs { bucket, root } => {
-                let mut b = services::Gcs::default().bucket(bucket).root(root);
-                if let Some(v) = env(p, "GOOGLE_APPLICATION_CREDENTIALS") {
-                    b = b.credential_path(&v);
-                }
-                build(b)
+            Location::Gcs { bucket, root, endpoint, predefined_acl, storage_class } => {
+                let gcs = GcsSettings { bucket, root, endpoint, predefined_acl, storage_class };
+                build(gcs_builder(p, &gcs).map_err(|reason| self.invalid_setting(reason))?).map(|op| op.layer(OctetStreamLayer))
             }
             Location::Webdav { endpoint, root } => {
                 let mut b = services::Webdav::default().endpoint(endpoint).root(root);
@@ -154,12 +158,16 @@ impl Location {
 }
 
 impl Location {
-    fn sftp_settings(&self, p: &str, endpoint: &str, user: &Option<String>, root: &str) -> Result<SftpSettings, StorageError> {
-        let setup = |reason: String| StorageError::Setup {
-            scheme: "sftp",
+    fn invalid_setting(&self, reason: String) -> StorageError {
+        StorageError::Setup {
+            scheme: self.scheme(),
             location: self.to_string(),
-            source: Box::new(opendal::Error::new(opendal::ErrorKind::ConfigInvalid, reason)),
-        };
+            source: Box::new(opendal::Error::new(opendal::ErrorKind::ConfigInvalid, reason).with_operation("setup")),
+        }
+    }
+
+    fn sftp_settings(&self, p: &str, endpoint: &str, user: &Option<String>, root: &str) -> Result<SftpSettings, StorageError> {
+        let setup = |reason: String| self.invalid_setting(reason);
         let (host, port) = split_port(endpoint).ok_or_else(|| setup(format!("cannot read the port in {endpoint:?}")))?;
         let check_text = env(p, "TRESOR_SFTP_HOST_KEY_CHECK").unwrap_or_default();
         let check = HostKeyCheck::parse(&check_text)
@@ -209,6 +217,53 @@ fn env(prefix: &str, name: &str) -> Option<String> {
     (!prefix.is_empty()).then(|| get(&format!("{prefix}{name}"))).flatten().or_else(|| get(name))
 }
 
+struct GcsSettings<'a> {
+    bucket: &'a str,
+    root: &'a str,
+    endpoint: &'a Option<String>,
+    predefined_acl: &'a Option<String>,
+    storage_class: &'a Option<String>,
+}
+
+/// Credentials come from `GOOGLE_APPLICATION_CREDENTIALS`, else gcloud's
+/// application default credentials, else the metadata server (a GCE VM or
+/// GKE workload identity). Google's own clients treat
+/// `STORAGE_EMULATOR_HOST` as an emulator that wants no credentials; so
+/// does tresor, unless a credentials file is given.
+fn gcs_builder(p: &str, s: &GcsSettings) -> Result<services::Gcs, String> {
+    let mut b = services::Gcs::default().bucket(s.bucket).root(s.root);
+    let emulator = env(p, "STORAGE_EMULATOR_HOST").map(|h| if h.contains("://") { h } else { format!("http://{h}") });
+    if let Some(e) = s.endpoint.clone().or_else(|| emulator.clone()) {
+        b = b.endpoint(&e);
+    }
+    match env(p, "GOOGLE_APPLICATION_CREDENTIALS") {
+        Some(path) => {
+            check_gcs_credentials(&path)?;
+            b = b.credential_path(&path);
+        }
+        None if emulator.is_some() => b = b.allow_anonymous().disable_vm_metadata().disable_config_load(),
+        None => {}
+    }
+    if let Some(acl) = s.predefined_acl {
+        b = b.predefined_acl(acl);
+    }
+    if let Some(class) = s.storage_class {
+        b = b.default_storage_class(class);
+    }
+    Ok(b)
+}
+
+/// OpenDAL skips a credentials file it cannot read and falls back to the
+/// metadata server, which would turn a typo into a confusing error later.
+fn check_gcs_credentials(path: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read GOOGLE_APPLICATION_CREDENTIALS={path}: {e}"))?;
+    let typed = text.trim_start().starts_with('{') && text.contains("\"type\"");
+    if !typed {
+        return Err(format!("GOOGLE_APPLICATION_CREDENTIALS={path} is not a Google credentials file (JSON with a \"type\")"));
+    }
+    Ok(())
+}
+
 fn s3_builder(p: &str, bucket: &str, root: &str, endpoint: &Option<String>, region: &Option<String>) -> services::S3 {
     let mut b = services::S3::default().bucket(bucket).root(root);
     if let Some(e) = endpoint.clone().or_else(|| env(p, "AWS_ENDPOINT_URL_S3")).or_else(|| env(p, "AWS_ENDPOINT_URL")) {
@@ -242,6 +297,16 @@ mod tests {
             }
         );
         assert_eq!(Location::parse("s3://bkt").unwrap().to_string(), "s3://bkt/");
+        assert_eq!(
+            Location::parse("gs://bkt/x?endpoint=http://127.0.0.1:4443&storage_class=NEARLINE&predefined_acl=projectPrivate").unwrap(),
+            Location::Gcs {
+                bucket: "bkt".into(),
+                root: "/x/".into(),
+                endpoint: Some("http://127.0.0.1:4443".into()),
+                predefined_acl: Some("projectPrivate".into()),
+                storage_class: Some("NEARLINE".into())
+            }
+        );
         let err = Location::parse("ftp://x/y").unwrap_err().to_string();
         assert!(err.contains("unknown scheme \"ftp\""), "{err}");
         assert!(Location::parse("s3:///nobucket").is_err());

@@ -10,8 +10,10 @@
 //! - [`reachable_by_all`]: a copy of a program that other users (postgres, nobody) can run.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
 
+mod azurite;
 mod certs;
 mod etcd;
+mod gcs;
 mod kube;
 mod kube_admission;
 mod kube_audit;
@@ -29,8 +31,10 @@ mod sshd;
 mod tcp;
 mod webdav;
 
+pub use azurite::AzuriteServer;
 pub use certs::Certs;
 pub use etcd::{EtcdServer, EtcdTls};
+pub use gcs::GcsServer;
 pub use kube::KubeServer;
 pub use kube_audit::{AUDIT_LOG_VAR, Coverage};
 pub use postgres::PostgresServer;
