@@ -88,10 +88,22 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
 pub async fn report(a: ReportArgs) -> Result<u8> {
     let plan_file = std::path::absolute(&a.plan)?;
     let (plan, _) = Plan::load(&plan_file)?;
-    let state = State::open(&state_of(&plan, &plan_file))?;
+    let state_file = state_of(&plan, &plan_file);
+    let handles = tresor_controller::repos::Handles::default();
+    // Without the daemon's state, the repositories' evidence logs tell the history.
+    let state = if state_file.exists() {
+        State::open(&state_file)?
+    } else {
+        let state = State::in_memory()?;
+        handles
+            .rebuild(&plan, &state)
+            .await
+            .map_err(|e| anyhow::anyhow!("no state at {} and no history in the repositories: {e}", state_file.display()))?;
+        state
+    };
     let now = tresor_controller::daemon::Clock::from_env().now();
     let since = now - chrono::Duration::from_std(crate::commands::parse_duration(&a.since)?)?;
-    let facts = tresor_controller::repos::Handles::default().facts(&plan, now).await;
+    let facts = handles.facts(&plan, now).await;
     let report = tresor_controller::report::build(&plan, &state.jobs_since(since)?, &state.drills(since)?, facts, since, now);
     let text = match a.format.as_str() {
         "json" => serde_json::to_string_pretty(&report)?,

@@ -315,6 +315,14 @@ pub async fn run(
     let now = shared.clock.now();
     let (cancel, _) = watch::channel(false);
     let mut lp = Loop { shared: shared.clone(), queue: BinaryHeap::new(), delayed: Vec::new(), tasks: JoinSet::new(), cancel };
+    if shared.state.is_empty()? {
+        // A new state over repositories with a history (a lost claim, a new cluster): the evidence brings it back.
+        match shared.repos.rebuild(&shared.plan(), &shared.state).await {
+            Ok((0, _)) => {}
+            Ok((jobs, drills)) => tracing::info!("the job history was rebuilt from the repositories: {jobs} jobs, {drills} drills"),
+            Err(e) => tracing::warn!("the job history could not be rebuilt from the repositories: {e}"),
+        }
+    }
     for j in shared.state.mark_interrupted(now)? {
         tracing::warn!("job {} ({} {}) was interrupted when the daemon stopped; running it again", j.id, j.kind, j.source);
         shared.audit("daemon", &j.kind, &j.source, "failed", "interrupted: the daemon stopped while the job ran");
@@ -467,7 +475,12 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     };
     // A repository the job could not reach or open would only make the daemon wait for it again.
     let unreachable = matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing" | "wrong_password"));
-    if !unreachable && let Err(e) = shared.repos.append(&w.repo, "job", serde_json::to_value(&record).unwrap_or_default()).await {
+    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    if w.kind == Kind::Drill {
+        // The drill protocol: what a rebuilt state's report reads.
+        body["drills"] = outcome.summary.clone().unwrap_or_default();
+    }
+    if !unreachable && let Err(e) = shared.repos.append(&w.repo, "job", body).await {
         tracing::warn!("the evidence of job {} stays local: {e}", record.id);
     }
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {

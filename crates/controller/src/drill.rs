@@ -287,12 +287,16 @@ fn drill_k8s(t: &Tresor, snap: &Value, id: &str, r: &mut Report) -> Result<(), S
     let v = t.restore(id, RestoreSpec { to: Some(url), server_dry_run: true, namespace_mapping, ..RestoreSpec::default() })?;
     let results = v["results"].as_array().cloned().unwrap_or_default();
     let count = |what: &str| results.iter().filter(|x| x["result"] == what).count();
+    let made = results
+        .iter()
+        .filter(|x| x["result"] == "skipped" && x["detail"].as_str().is_some_and(|d| d.starts_with("made by the cluster")))
+        .count();
     r.bytes = snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0);
     r.checks.push(format!(
-        "{} objects accepted by the API in {} (server-side dry run), {} existing cluster objects left alone",
+        "{} objects accepted by the API in {} (server-side dry run), {} existing cluster objects left alone, {made} left to the cluster, which makes them itself",
         count("accepted"),
         namespaces.iter().map(|n| format!("{n}-drill")).collect::<Vec<_>>().join(", "),
-        count("skipped")
+        count("skipped") - made
     ));
     Ok(())
 }

@@ -14,6 +14,7 @@ use tresor_storage::{Location, StorageOptions};
 
 use crate::plan::{self, Plan};
 use crate::report::RepoFacts;
+use crate::state::{Job, State};
 
 /// Keyed by the repository's URL, so a renamed plan entry keeps its handle.
 #[derive(Default)]
@@ -63,6 +64,33 @@ impl Handles {
         };
         let chosen = tresor_engine::select::filter(all, &filter, source.is_none());
         Ok(chosen.iter().map(tresor_engine::snapshot::Snapshot::to_json).collect())
+    }
+
+    /// Fill an empty state from the repositories' evidence logs: every job
+    /// (each once, whichever copy of the log it is read from) and the drill
+    /// protocols inside drill jobs; how many of each.
+    pub async fn rebuild(&self, plan: &Plan, state: &State) -> Result<(usize, usize), String> {
+        let (mut jobs, mut drills) = (0, 0);
+        for r in plan.repositories.values() {
+            let repo = self.get(r).await?;
+            for e in tresor_engine::evidence::entries(&repo).await.map_err(|e| e.to_string())? {
+                if e.kind != "job" {
+                    continue;
+                }
+                let job: Job = serde_json::from_value(e.body.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
+                if !state.import_job(&job).map_err(|err| err.to_string())? {
+                    continue;
+                }
+                jobs += 1;
+                for d in e.body["drills"].as_array().into_iter().flatten() {
+                    let report: crate::drill::Report =
+                        serde_json::from_value(d.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
+                    state.record_drill(&report).map_err(|err| err.to_string())?;
+                    drills += 1;
+                }
+            }
+        }
+        Ok((jobs, drills))
     }
 
     /// The report's facts from the repositories that answer: legal holds per

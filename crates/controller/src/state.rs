@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -57,8 +57,8 @@ pub struct State {
     db: Mutex<Connection>,
 }
 
-/// One job as stored.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One job as stored (and as the evidence log keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Job {
     pub id: i64,
     pub source: String,
@@ -78,7 +78,7 @@ pub struct Job {
 }
 
 /// How a job ended.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Outcome {
     /// `running`, `succeeded`, `failed`, `cancelled`.
     pub status: String,
@@ -146,6 +146,17 @@ impl State {
             std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
         }
         let db = Connection::open(path).map_err(fail)?;
+        Self::init(db, path)
+    }
+
+    /// A state that lives only in memory: a history rebuilt from the evidence for one report.
+    pub fn in_memory() -> Result<State> {
+        let path = Path::new(":memory:");
+        Self::init(Connection::open_in_memory().map_err(|source| Error::State { path: path.to_path_buf(), source })?, path)
+    }
+
+    fn init(db: Connection, path: &Path) -> Result<State> {
+        let fail = |source| Error::State { path: path.to_path_buf(), source };
         db.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
         db.execute_batch("PRAGMA journal_mode = WAL;").map_err(fail)?;
         db.execute_batch(SCHEMA).map_err(fail)?;
@@ -243,6 +254,30 @@ impl State {
             db.query_row("SELECT max(scheduled_at) FROM jobs WHERE source = ?1 AND kind = ?2", [source, kind], |r| r.get(0))
                 .optional()
                 .map(Option::flatten)
+        })
+    }
+
+    /// Whether no job was ever recorded: a new daemon, or one whose state was lost.
+    pub fn is_empty(&self) -> Result<bool> {
+        self.with(|db| db.prepare("SELECT 1 FROM jobs LIMIT 1").and_then(|mut q| q.exists([])).map(|any| !any))
+    }
+
+    /// A finished job from the evidence log, under its own id; false when
+    /// that id is known (the same log read from a copy adds nothing).
+    pub fn import_job(&self, j: &Job) -> Result<bool> {
+        let o = &j.outcome;
+        self.with(|db| {
+            db.execute(
+                "INSERT OR IGNORE INTO jobs (id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, \
+                 message, snapshot, bytes_processed, bytes_added, duration, temporary) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, (julianday(?9) - julianday(?8)) * 86400.0, ?16)",
+                // The duration as finish_job computes it, so a rebuilt history reports the very same numbers.
+                params![
+                    j.id, j.source, j.class, j.kind, j.trigger, j.attempt, j.scheduled_at, j.started_at, j.ended_at, o.status, o.reason,
+                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary
+                ],
+            )
+            .map(|n| n == 1)
         })
     }
 

@@ -423,6 +423,58 @@ fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
     assert!(stderr.starts_with(&format!("tresor: error: the evidence log is not intact: {problems} problems, first: ")), "{stderr}");
 }
 
+/// The state lost (a claim gone, a new cluster): a report and a new daemon
+/// rebuild the job history and the drill protocol from the repository's
+/// evidence log, and tell the same numbers.
+#[test]
+fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    redis.script("SET a 1\nSET b 2\n");
+    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let mut d = start_daemon(&env, &plan, Some(&clock));
+    let quiet = |j: &[serde_json::Value]| {
+        count(j, "files", "backup", "succeeded") == 1
+            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
+            && count(j, "down", "backup", "failed") == 1
+            && j.iter().all(|x| x["status"] != "running")
+    };
+    wait_jobs(&d, "first runs", quiet);
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/drill", Some("admin-token"), &serde_json::json!({})).0, 202);
+    let before = wait_jobs(&d, "the drill", |j| quiet(j) && count(j, "cache", "drill", "succeeded") == 1);
+    assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
+    assert!(d.child.wait().unwrap().success());
+
+    let report = || {
+        let out =
+            env.cmd(&["report", "--plan", plan.to_str().unwrap(), "--format", "json"]).env("TRESOR_CLOCK_FILE", &clock).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let with_state = report();
+    assert_eq!(with_state["protocol"].as_array().unwrap().len(), 1, "the drill is in the protocol: {with_state}");
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = fs::remove_file(env.path(f));
+    }
+    assert_eq!(report(), with_state, "the same report from the evidence alone");
+    assert!(!env.path("state.db").exists(), "a report writes no state");
+
+    let d = start_daemon(&env, &plan, Some(&clock));
+    let key = |j: &serde_json::Value| {
+        (j["id"].as_i64().unwrap(), j["source"].clone(), j["kind"].clone(), j["status"].clone(), j["snapshot"].clone())
+    };
+    let old: Vec<_> = before.iter().map(key).collect();
+    let last = old.iter().map(|k| k.0).max().unwrap();
+    let after = wait_jobs(&d, "the rebuilt history", |j| j.iter().filter(|x| x["id"].as_i64().unwrap() <= last).count() == old.len());
+    let mut rebuilt: Vec<_> = after.iter().map(key).filter(|k| k.0 <= last).collect();
+    let mut old = old;
+    rebuilt.sort_by_key(|k| k.0);
+    old.sort_by_key(|k| k.0);
+    assert_eq!(rebuilt, old, "every job, under its own id");
+}
+
 #[test]
 fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() {
     let env = Env::new();
