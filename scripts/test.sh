@@ -20,6 +20,8 @@ command -v curl >/dev/null || need+=(curl)
 # Prometheus and promtool for the alert rules and the scrape test.
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+# A real Alertmanager: what it holds active after tresor's webhooks.
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 # Headless Chromium for the status page test.
 command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)

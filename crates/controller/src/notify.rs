@@ -48,10 +48,12 @@ fn body(hook: &Webhook, e: &Event) -> serde_json::Value {
             "time": e.time, "failing_since": e.since,
         }),
         WebhookFormat::Alertmanager => {
+            // The labels are the alert's identity: the recovery must carry exactly the
+            // failure's, so the reason (which a recovery has not) is an annotation.
             let mut alert = json!({
-                "labels": {"alertname": "TresorBackupFailed", "source": e.source, "class": e.class, "severity": "critical",
-                           "reason": e.reason.clone().unwrap_or_default()},
-                "annotations": {"summary": format!("Backups of {} ({}) fail", e.source, e.class), "description": e.message.clone().unwrap_or_default()},
+                "labels": {"alertname": "TresorBackupFailed", "source": e.source, "class": e.class, "severity": "critical"},
+                "annotations": {"summary": format!("Backups of {} ({}) fail", e.source, e.class), "description": e.message.clone().unwrap_or_default(),
+                                "reason": e.reason.clone().unwrap_or_default()},
                 "startsAt": e.since,
             });
             if e.change == Change::Recovery {

@@ -4,6 +4,7 @@
 //!   optionally with S3 Object Lock retention enforced.
 //! - [`KubeServer`]: an in-process fake Kubernetes API server, faithful enough for `kubectl`,
 //!   with bearer-token authentication, RBAC and a request log for least-privilege checks.
+//! - [`AlertmanagerServer`]: a real Prometheus Alertmanager, for what it holds active.
 //! - [`EtcdServer`]: a real single-member etcd on free ports.
 //! - [`PostgresServer`]: a real PostgreSQL 15 cluster (initdb in a temp dir).
 //! - [`RedisServer`]: a real `redis-server` on a free port, in a temp directory.
@@ -12,6 +13,7 @@
 
 mod azurite;
 mod certs;
+mod alertmanager;
 mod etcd;
 mod gcs;
 mod kube;
@@ -33,6 +35,7 @@ mod webdav;
 
 pub use azurite::AzuriteServer;
 pub use certs::Certs;
+pub use alertmanager::AlertmanagerServer;
 pub use etcd::{EtcdServer, EtcdTls};
 pub use gcs::GcsServer;
 pub use kube::KubeServer;

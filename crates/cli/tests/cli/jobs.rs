@@ -1,13 +1,14 @@
 //! The typed job protocol, end to end: permanent failures recorded once and
-//! alerted at once, a storage outage retried until it heals, and no secret
-//! on any command line while jobs run.
+//! alerted at once, a storage outage retried until it heals, no secret on
+//! any command line while jobs run, and a real Alertmanager left with no
+//! active alert when its receiver took the failure only after the recovery.
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tresor_testkit::{RedisServer, S3Server};
+use tresor_testkit::{AlertmanagerServer, RedisServer, S3Server};
 
 use super::daemon::{count, http, read_request, start_daemon, wait_jobs};
 use super::*;
@@ -245,4 +246,89 @@ fn no_secret_is_on_a_command_line_while_jobs_run() {
     assert_eq!(backups(&j, "cache").len(), 1, "{j:#?}");
     let (_, body) = http(d.port, "GET", "/api/v1/sources/cache/snapshots", Some("read-token"));
     assert!(!body.contains(SECRET), "the snapshot records the URL without its password: {body}");
+}
+
+/// Between the daemon and a real Alertmanager: refuses every delivery
+/// (503) until `open` is set, then forwards each; the bodies forwarded, in order.
+fn gate(am: Arc<AlertmanagerServer>, open: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (got, refused) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
+    let (seen, turned_away) = (got.clone(), refused.clone());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let (_, body) = read_request(&mut s);
+            let code = if open.load(Ordering::SeqCst) {
+                let (code, _) = am.request("POST", "/api/v2/alerts", &body);
+                seen.lock().unwrap().push(serde_json::from_str(&body).unwrap_or_default());
+                code
+            } else {
+                *turned_away.lock().unwrap() += 1;
+                503
+            };
+            let _ = write!(s, "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (port, got, refused)
+}
+
+#[test]
+fn alertmanager_is_left_with_no_active_alert_when_the_failure_got_through_only_after_the_recovery() {
+    let am = Arc::new(AlertmanagerServer::start());
+    // The harness tells the two orders apart: a resolution posted before its firing leaves the alert active.
+    let probe = |ends: Option<&str>| {
+        let mut a = serde_json::json!({"labels": {"alertname": "Probe"}, "startsAt": "2026-11-21T10:00:00Z"});
+        if let Some(e) = ends {
+            a["endsAt"] = e.into();
+        }
+        assert_eq!(am.request("POST", "/api/v2/alerts", &serde_json::json!([a]).to_string()).0, 200);
+    };
+    probe(Some("2026-11-21T10:05:00Z"));
+    probe(None);
+    assert_eq!(am.active().iter().filter(|a| a["labels"]["alertname"] == "Probe").count(), 1, "the reversed order re-opens it");
+
+    let env = Env::new();
+    let open = Arc::new(AtomicBool::new(false));
+    let (port, forwarded, refused) = gate(am.clone(), open.clone());
+    let flag = env.path("service-up");
+    let plan = env.path("plan.yaml");
+    let source = format!("command:test -e {} && echo ok || {{ echo 'backend down' >&2; exit 1; }}", flag.display());
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+             sources:\n  - name: flaky\n    class: standard\n    url: \"{source}\"\n    schedule: \"*/5 * * * *\"\n    retries: 0\n\
+             notifications:\n  - url: http://127.0.0.1:{port}/api/v2/alerts\n    format: alertmanager\n    retries: 8\n\
+             daemon:\n  state: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display()
+        ),
+    )
+    .unwrap();
+    let clock = env.path("clock");
+    super::daemon::set_clock(&clock, "2026-11-21T10:01:00Z");
+    let d = start_daemon(&env, &plan, Some(&clock));
+    wait_jobs(&d, "the failure", |j| count(j, "flaky", "backup", "failed") == 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while *refused.lock().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the failure was never delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    fs::write(&flag, "").unwrap();
+    super::daemon::set_clock(&clock, "2026-11-21T10:05:01Z");
+    wait_jobs(&d, "the recovery", |j| count(j, "flaky", "backup", "succeeded") == 1);
+    // Only now does the receiver take anything: the failure, still being retried, must go first.
+    open.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while forwarded.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "forwarded: {:?}", forwarded.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = forwarded.lock().unwrap().clone();
+    assert!(got[0][0].get("endsAt").is_none(), "the firing alert first: {got:?}");
+    assert_eq!(got[1][0]["endsAt"], "2026-11-21T10:05:01Z", "{got:?}");
+    let active: Vec<_> = am.active().into_iter().filter(|a| a["labels"]["alertname"] == "TresorBackupFailed").collect();
+    assert_eq!(active, Vec::<serde_json::Value>::new(), "Alertmanager holds no active alert for the recovered source");
 }
