@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use tresor_controller::daemon::load_plan;
-use tresor_controller::drill::{Report, drill};
+use tresor_controller::drill::drill;
+use tresor_controller::model::DrillReport as Report;
 use tresor_controller::plan::Plan;
 use tresor_controller::state::{AuditEntry, State};
 

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::daemon::{Command, Shared};
 use crate::runner::RestoreSpec;
+use crate::view::{class_states, redact};
 
 /// Bearer tokens. With none configured the API is open (the daemon then
 /// listens on loopback only).
@@ -123,50 +124,6 @@ async fn metrics(State(app): State<App>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
-/// Each class with its targets and its state now: `green` (newest point
-/// within the RPO, last job of every source succeeded), `amber` (within the
-/// RPO, but a job failed since), `red` (RPO missed).
-pub(crate) fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
-    let plan = shared.plan();
-    let now = shared.clock.now();
-    let ages = shared.metrics.rpo_ages(&plan, now);
-    plan.classes
-        .iter()
-        .map(|(name, c)| {
-            let age = ages.get(name).copied().unwrap_or(0.0);
-            let last_drill = shared.state.last_drill(name).ok().flatten().map(
-                |d| json!({"time": d.started, "passed": d.passed, "rto_seconds": d.rto_seconds, "test_id": d.test_id, "source": d.source}),
-            );
-            let failing: Vec<String> = plan
-                .sources
-                .iter()
-                .filter(|s| &s.class == name)
-                .filter(|s| {
-                    shared
-                        .state
-                        .jobs(1, Some(&s.name))
-                        .ok()
-                        .and_then(|j| j.into_iter().next())
-                        .is_some_and(|j| j.outcome.status == "failed")
-                })
-                .map(|s| s.name.clone())
-                .collect();
-            let state = if age > c.rpo.secs() as f64 {
-                "red"
-            } else if failing.is_empty() {
-                "green"
-            } else {
-                "amber"
-            };
-            json!({
-                "name": name, "description": c.description, "rpo": c.rpo.to_string(), "rto": c.rto.to_string(),
-                "rpo_seconds": c.rpo.secs(), "rto_seconds": c.rto.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
-                "state": state, "failing": failing, "offsite": c.offsite, "last_drill": last_drill,
-            })
-        })
-        .collect()
-}
-
 async fn classes(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(r) = app.allow(&headers, Scope::Read) {
         return r.into_response();
@@ -192,20 +149,6 @@ async fn sources(State(app): State<App>, headers: HeaderMap) -> Response {
         })
         .collect();
     axum::Json(out).into_response()
-}
-
-/// A URL without a password in its user part.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let auth = &url[s + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 #[derive(Deserialize)]
@@ -326,7 +269,7 @@ async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {
 mod tests {
     #[test]
     fn passwords_are_left_out_of_urls() {
-        assert_eq!(super::redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
-        assert_eq!(super::redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+        assert_eq!(crate::view::redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
+        assert_eq!(crate::view::redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
     }
 }

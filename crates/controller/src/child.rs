@@ -11,7 +11,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use crate::model::{JobResult, JobSpec, Reason, Status};
+use serde_json::Value;
+
+use crate::model::{JobResult, JobSpec, Kind, Reason, RepositorySpec, RestoreSpec, Status};
+use crate::plan::Repository;
 
 /// The arguments of every child: the spec comes on standard input.
 pub const JOB_RUN: [&str; 2] = ["job", "run"];
@@ -125,4 +128,68 @@ mod tests {
         let refused = read_result(Some(2), b"", b"tresor: error: cannot read the job spec\n", Duration::ZERO);
         assert_eq!((refused.reason, refused.message.as_deref()), (Some(Reason::Error), Some("cannot read the job spec")));
     }
+}
+
+/// `tresor` jobs against one source's repository, run to the end.
+pub struct Tresor<'a> {
+    exe: &'a Path,
+    repo: &'a Repository,
+    source: &'a str,
+}
+
+impl<'a> Tresor<'a> {
+    pub fn new(exe: &'a Path, repo: &'a Repository, source: &'a str) -> Tresor<'a> {
+        Tresor { exe, repo, source }
+    }
+
+    /// The job's details, or why it failed: its message and the first of
+    /// the errors that led to it (a restore names each damaged object on a
+    /// line of its own).
+    fn job(&self, kind: Kind, restore: Option<RestoreSpec>) -> Result<Value, String> {
+        let spec = JobSpec {
+            kind,
+            name: self.source.into(),
+            source: None,
+            repository: repository_spec(self.repo),
+            offsite: None,
+            restore,
+            forget: None,
+            plan_file: None,
+            timeout_secs: None,
+        };
+        let r = crate::child::run_blocking(self.exe, &spec);
+        if r.status == Status::Succeeded {
+            return Ok(r.details.unwrap_or_default());
+        }
+        let last = r.message.unwrap_or_else(|| "failed".into());
+        Err(match r.log.as_deref().and_then(|log| log.lines().find_map(|l| l.strip_prefix("error: "))) {
+            Some(first) => format!("{last}; first: {first}"),
+            None => last,
+        })
+    }
+
+    /// The source's snapshots, oldest first (without a source: all).
+    pub fn snapshots(&self) -> Result<Value, String> {
+        self.job(Kind::Snapshots, None)
+    }
+
+    /// Restore snapshot `id` as `r` says.
+    pub fn restore(&self, id: &str, r: RestoreSpec) -> Result<Value, String> {
+        self.job(Kind::Restore, Some(RestoreSpec { snapshot: Some(id.into()), ..r }))
+    }
+
+    /// Restore snapshot `id` into directory `target`.
+    pub fn restore_to_dir(&self, id: &str, target: &Path) -> Result<Value, String> {
+        self.restore(id, RestoreSpec { target: Some(target.display().to_string()), ..RestoreSpec::default() })
+    }
+
+    /// Restore snapshot `id` into a service.
+    pub fn restore_to(&self, id: &str, to: &str) -> Result<Value, String> {
+        self.restore(id, RestoreSpec { to: Some(to.into()), ..RestoreSpec::default() })
+    }
+}
+
+/// How the job protocol names one of the plan's repositories.
+pub fn repository_spec(repo: &Repository) -> RepositorySpec {
+    RepositorySpec { url: repo.url.clone(), password_file: Some(repo.password_file.clone()), password: None }
 }

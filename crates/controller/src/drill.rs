@@ -9,94 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{JobSpec, Kind, RestoreSpec, Status};
-use crate::plan::{Plan, Repository, SourceSpec};
+use crate::child::Tresor;
+use crate::model::{DrillReport as Report, RestoreSpec};
+use crate::plan::{Plan, SourceSpec};
 use crate::scratch;
-
-/// One drill, as the test protocol records it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Report {
-    pub test_id: String,
-    pub source: String,
-    pub class: String,
-    pub kind: String,
-    pub started: DateTime<Utc>,
-    pub snapshot: Option<String>,
-    pub snapshot_time: Option<DateTime<Utc>>,
-    /// Measured RTO: from the start to a validated restore.
-    pub rto_seconds: f64,
-    /// Achieved RPO: the restore point's age when the drill started.
-    pub rpo_seconds: Option<f64>,
-    pub rto_target: u64,
-    pub rpo_target: u64,
-    pub bytes: u64,
-    pub passed: bool,
-    pub checks: Vec<String>,
-    pub reasons: Vec<String>,
-    pub owner: Option<String>,
-}
-
-/// `tresor` jobs against one source's repository, run to the end.
-pub struct Tresor<'a> {
-    exe: &'a Path,
-    repo: &'a Repository,
-    source: &'a str,
-}
-
-impl<'a> Tresor<'a> {
-    pub fn new(exe: &'a Path, repo: &'a Repository, source: &'a str) -> Tresor<'a> {
-        Tresor { exe, repo, source }
-    }
-
-    /// The job's details, or why it failed: its message and the first of
-    /// the errors that led to it (a restore names each damaged object on a
-    /// line of its own).
-    fn job(&self, kind: Kind, restore: Option<RestoreSpec>) -> Result<Value, String> {
-        let spec = JobSpec {
-            kind,
-            name: self.source.into(),
-            source: None,
-            repository: crate::runner::repository_spec(self.repo),
-            offsite: None,
-            restore,
-            forget: None,
-            plan_file: None,
-            timeout_secs: None,
-        };
-        let r = crate::child::run_blocking(self.exe, &spec);
-        if r.status == Status::Succeeded {
-            return Ok(r.details.unwrap_or_default());
-        }
-        let last = r.message.unwrap_or_else(|| "failed".into());
-        Err(match r.log.as_deref().and_then(|log| log.lines().find_map(|l| l.strip_prefix("error: "))) {
-            Some(first) => format!("{last}; first: {first}"),
-            None => last,
-        })
-    }
-
-    /// The source's snapshots, oldest first (without a source: all).
-    pub fn snapshots(&self) -> Result<Value, String> {
-        self.job(Kind::Snapshots, None)
-    }
-
-    /// Restore snapshot `id` as `r` says.
-    pub fn restore(&self, id: &str, r: RestoreSpec) -> Result<Value, String> {
-        self.job(Kind::Restore, Some(RestoreSpec { snapshot: Some(id.into()), ..r }))
-    }
-
-    /// Restore snapshot `id` into directory `target`.
-    pub fn restore_to_dir(&self, id: &str, target: &Path) -> Result<Value, String> {
-        self.restore(id, RestoreSpec { target: Some(target.display().to_string()), ..RestoreSpec::default() })
-    }
-
-    /// Restore snapshot `id` into a service.
-    pub fn restore_to(&self, id: &str, to: &str) -> Result<Value, String> {
-        self.restore(id, RestoreSpec { to: Some(to.into()), ..RestoreSpec::default() })
-    }
-}
 
 /// Drill one source into `scratch_root`.
 pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {

@@ -7,7 +7,8 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::drill::{Report, Tresor};
+use crate::child::Tresor;
+use crate::model::DrillReport as Report;
 use crate::model::RestoreSpec;
 use crate::plan::{Query, SourceSpec};
 use crate::scratch::Postgres;

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -317,4 +318,27 @@ impl JobResult {
             log: None,
         }
     }
+}
+
+/// One drill, as the test protocol records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillReport {
+    pub test_id: String,
+    pub source: String,
+    pub class: String,
+    pub kind: String,
+    pub started: DateTime<Utc>,
+    pub snapshot: Option<String>,
+    pub snapshot_time: Option<DateTime<Utc>>,
+    /// Measured RTO: from the start to a validated restore.
+    pub rto_seconds: f64,
+    /// Achieved RPO: the restore point's age when the drill started.
+    pub rpo_seconds: Option<f64>,
+    pub rto_target: u64,
+    pub rpo_target: u64,
+    pub bytes: u64,
+    pub passed: bool,
+    pub checks: Vec<String>,
+    pub reasons: Vec<String>,
+    pub owner: Option<String>,
 }

@@ -1,22 +1,9 @@
-//! Rendering a report: the compliance mapping, Markdown, and a
+//! Rendering a report: Markdown, and a
 //! self-contained HTML page with inline SVG charts of RTO and RPO over time.
 
 use std::fmt::Write;
 
-use crate::plan::Span;
-use crate::report::{ClassReport, Control, Report, rate};
-
-fn dur(s: Option<f64>) -> String {
-    match s {
-        None => "—".into(),
-        Some(s) if s < 120.0 => format!("{s:.1} s"),
-        Some(s) => Span(std::time::Duration::from_secs(s as u64)).to_string(),
-    }
-}
-
-fn pct(r: Option<f64>) -> String {
-    r.map_or("—".into(), |r| format!("{:.2} %", r * 100.0))
-}
+use crate::report::{Report, dur, pct, rate};
 
 fn yes(b: Option<bool>) -> &'static str {
     match b {
@@ -24,57 +11,6 @@ fn yes(b: Option<bool>) -> &'static str {
         Some(false) => "MISSED",
         None => "not measured",
     }
-}
-
-/// What the report proves, control by control.
-pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
-    let (b_ok, b_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.backups_succeeded, a + c.backups));
-    let (d_ok, d_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.drills_passed, a + c.drills));
-    let rto: Vec<String> = classes
-        .iter()
-        .map(|c| format!("{} {} of {}", c.name, dur(c.rto_measured), Span(std::time::Duration::from_secs(c.rto_target))))
-        .collect();
-    let offsite = classes.iter().filter(|c| c.offsite.is_some()).count();
-    let backups = format!(
-        "{b_all} backups in the period, {} succeeded; every repository end-to-end encrypted (AEAD, Argon2id keys)",
-        pct(rate(b_ok, b_all))
-    );
-    let drills_text = format!("{d_all} restore drills, {} passed ({drills} protocol entries)", pct(rate(d_ok, d_all)));
-    vec![
-        Control {
-            framework: "ISO/IEC 27001:2022",
-            control: "A.8.13",
-            requirement: "Information backup: backups maintained and regularly tested per an agreed policy",
-            evidence: format!("{backups}; {drills_text}; retention per class"),
-        },
-        Control {
-            framework: "ISO/IEC 27001:2022",
-            control: "A.5.30",
-            requirement: "ICT readiness for business continuity: recovery objectives set and tested",
-            evidence: format!("RPO/RTO targets per class; measured RTO: {}", rto.join("; ")),
-        },
-        Control {
-            framework: "BSI IT-Grundschutz",
-            control: "OPS.1.1.5",
-            requirement: "Datensicherung: Konzept, regelmäßige Sicherung, Wiederherstellungstests",
-            evidence: format!(
-                "the plan is the backup concept; {backups}; {drills_text}; {offsite} of {} classes copied off-site",
-                classes.len()
-            ),
-        },
-        Control {
-            framework: "GDPR",
-            control: "Art. 32(1)(b)-(d)",
-            requirement: "Restore availability and access in a timely manner; regularly test and evaluate",
-            evidence: format!("{drills_text}; measured RTO against targets per class; encryption of all backups"),
-        },
-        Control {
-            framework: "NIS2",
-            control: "Art. 21(2)(c)",
-            requirement: "Business continuity: backup management and disaster recovery",
-            evidence: format!("{backups}; {drills_text}; alerting on failed jobs, missed RPO and failed drills"),
-        },
-    ]
 }
 
 pub fn markdown(r: &Report) -> String {
@@ -177,7 +113,7 @@ pub fn html(r: &Report) -> String {
     let md_tables = markdown(r);
     let mut body = String::new();
     for c in &r.classes {
-        let drills: Vec<&crate::drill::Report> = r.protocol.iter().filter(|d| d.class == c.name).collect();
+        let drills: Vec<&crate::model::DrillReport> = r.protocol.iter().filter(|d| d.class == c.name).collect();
         let rto: Vec<(i64, f64)> = drills.iter().map(|d| (d.started.timestamp(), d.rto_seconds)).collect();
         let rpo: Vec<(i64, f64)> = drills.iter().filter_map(|d| Some((d.started.timestamp(), d.rpo_seconds?))).collect();
         let state = if c.rpo_met && c.rto_met != Some(false) { "ok" } else { "missed" };

@@ -83,7 +83,7 @@ impl Handles {
                 }
                 jobs += 1;
                 for d in e.body["drills"].as_array().into_iter().flatten() {
-                    let report: crate::drill::Report =
+                    let report: crate::model::DrillReport =
                         serde_json::from_value(d.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
                     state.record_drill(&report).map_err(|err| err.to_string())?;
                     drills += 1;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, RepositorySpec, SourceJob};
+use crate::child::repository_spec;
+use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, SourceJob};
 pub use crate::model::{Kind, RestoreSpec};
 use crate::plan::{Class, Keep, OnError, Repository, SourceSpec};
 use crate::state::Outcome;
@@ -34,11 +35,6 @@ pub struct Work {
 #[derive(Debug, Clone)]
 pub struct Runner {
     pub exe: PathBuf,
-}
-
-/// How the job protocol names one of the plan's repositories.
-pub fn repository_spec(repo: &Repository) -> RepositorySpec {
-    RepositorySpec { url: repo.url.clone(), password_file: Some(repo.password_file.clone()), password: None }
 }
 
 /// A plan's rule for one period, as `forget` reads it.

@@ -282,7 +282,7 @@ impl State {
     }
 
     /// Keep a drill as a protocol entry.
-    pub fn record_drill(&self, r: &crate::drill::Report) -> Result<()> {
+    pub fn record_drill(&self, r: &crate::model::DrillReport) -> Result<()> {
         let json = serde_json::to_string(r).expect("reports serialize");
         self.with(|db| {
             db.execute(
@@ -294,7 +294,7 @@ impl State {
     }
 
     /// Drills since `since`, oldest first.
-    pub fn drills(&self, since: DateTime<Utc>) -> Result<Vec<crate::drill::Report>> {
+    pub fn drills(&self, since: DateTime<Utc>) -> Result<Vec<crate::model::DrillReport>> {
         let texts: Vec<String> = self.with(|db| {
             let mut q = db.prepare("SELECT report FROM drills WHERE started_at >= ?1 ORDER BY id")?;
             q.query_map([since], |r| r.get(0))?.collect()
@@ -303,7 +303,7 @@ impl State {
     }
 
     /// The newest drill of a class.
-    pub fn last_drill(&self, class: &str) -> Result<Option<crate::drill::Report>> {
+    pub fn last_drill(&self, class: &str) -> Result<Option<crate::model::DrillReport>> {
         let text: Option<String> = self.with(|db| {
             db.query_row("SELECT report FROM drills WHERE class = ?1 ORDER BY id DESC LIMIT 1", [class], |r| r.get(0)).optional()
         })?;
@@ -336,7 +336,7 @@ impl State {
     }
 
     /// A source's newest drills first.
-    pub fn source_drills(&self, source: &str, limit: usize) -> Result<Vec<crate::drill::Report>> {
+    pub fn source_drills(&self, source: &str, limit: usize) -> Result<Vec<crate::model::DrillReport>> {
         let texts: Vec<String> = self.with(|db| {
             let mut q = db.prepare("SELECT report FROM drills WHERE source = ?1 ORDER BY id DESC LIMIT ?2")?;
             q.query_map(params![source, limit as i64], |r| r.get(0))?.collect()

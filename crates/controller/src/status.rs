@@ -11,10 +11,10 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::api::{class_states, redact};
 use crate::daemon::Shared;
 use crate::plan::Plan;
 use crate::state::Job;
+use crate::view::{class_states, redact};
 
 /// Seconds between reloads: the status page, and a source page (which asks the repository).
 const REFRESH: u32 = 15;
@@ -348,7 +348,7 @@ fn snapshot_rows(list: &[Value]) -> String {
         .collect()
 }
 
-fn drill_rows(drills: &[crate::drill::Report]) -> String {
+fn drill_rows(drills: &[crate::model::DrillReport]) -> String {
     drills
         .iter()
         .map(|d| {
