@@ -77,8 +77,14 @@ pub fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
         limit_upload: g.limit_upload.as_deref().map(parse_rate).transpose()?,
         limit_download: g.limit_download.as_deref().map(parse_rate).transpose()?,
         env_prefix: None,
+        timeout: g.storage_timeout.as_deref().map(storage_timeout).transpose()?,
     };
     Ok(OpenOptions { password, cache_root, storage })
+}
+
+fn storage_timeout(text: &str) -> Result<std::time::Duration> {
+    tresor_storage::parse_timeout(text)
+        .ok_or_else(|| anyhow!("invalid --storage-timeout (TRESOR_STORAGE_TIMEOUT) {text:?} (expected seconds, e.g. 30, 30s or 2m)"))
 }
 
 /// `1048576`, `512K`, `10M`, `1G`: bytes per second, binary suffixes.

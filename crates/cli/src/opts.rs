@@ -66,6 +66,9 @@ pub struct Global {
     /// Download limit in bytes per second, e.g. 500K or 10M (suffixes K, M, G).
     #[arg(long, env = "TRESOR_LIMIT_DOWNLOAD", global = true, help_heading = REPOSITORY)]
     pub limit_download: Option<String>,
+    /// How long any storage call may wait for an answer, retries included, e.g. 30s or 2m (default 60s).
+    #[arg(long, env = "TRESOR_STORAGE_TIMEOUT", global = true, help_heading = REPOSITORY)]
+    pub storage_timeout: Option<String>,
     /// Argon2id memory in KiB for new keys (lower only for tests).
     #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
     pub kdf_memory_kib: Option<u32>,

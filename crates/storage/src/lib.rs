@@ -56,6 +56,8 @@ pub struct StorageOptions {
     /// Credentials are looked up under this prefix first
     /// (`TRESOR_TO_AWS_ACCESS_KEY_ID` for a copy target), then without it.
     pub env_prefix: Option<&'static str>,
+    /// How long any call may wait for an answer (default: [`TIMEOUT_VAR`], else 60 s).
+    pub timeout: Option<Duration>,
 }
 
 /// How long any storage call may wait for an answer, retries included.
@@ -67,7 +69,8 @@ pub fn timeout() -> Duration {
     std::env::var(TIMEOUT_VAR).ok().and_then(|t| parse_timeout(&t)).unwrap_or(DEFAULT_TIMEOUT)
 }
 
-fn parse_timeout(text: &str) -> Option<Duration> {
+/// `30`, `30s` or `2m`; None for anything else, zero included.
+pub fn parse_timeout(text: &str) -> Option<Duration> {
     let t = text.trim();
     let (n, unit) = match t.strip_suffix('m') {
         Some(n) => (n, 60),
@@ -89,7 +92,8 @@ pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, S
     if let Ok(text) = std::env::var(TIMEOUT_VAR) {
         parse_timeout(&text).ok_or(StorageError::InvalidTimeout(text))?;
     }
-    let op = location.operator(options.env_prefix.unwrap_or(""))?;
+    let limit = options.timeout.unwrap_or_else(timeout);
+    let op = location.operator(options.env_prefix.unwrap_or(""), limit)?;
     let op = match &options.faults {
         Some(cfg) => op.layer(FaultLayer::new(cfg.clone())),
         None => op,
@@ -102,7 +106,7 @@ pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, S
     let op = op
         .layer(retry)
         .layer(ExplainLayer::new(location))
-        .layer(opendal::layers::TimeoutLayer::new().with_timeout(timeout()).with_io_timeout(timeout()));
+        .layer(opendal::layers::TimeoutLayer::new().with_timeout(limit).with_io_timeout(limit));
     Ok(if options.limit_upload.is_some() || options.limit_download.is_some() {
         op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))
     } else {

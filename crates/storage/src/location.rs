@@ -114,7 +114,7 @@ impl Location {
         }
     }
 
-    pub(crate) fn operator(&self, p: &str) -> Result<Operator, StorageError> {
+    pub(crate) fn operator(&self, p: &str, timeout: std::time::Duration) -> Result<Operator, StorageError> {
         let built = match self {
             Location::Fs(path) => {
                 let root = path.to_string_lossy().to_string();
@@ -151,7 +151,9 @@ impl Location {
                 }
                 build(b)
             }
-            Location::Sftp { endpoint, user, root } => return Ok(crate::sftp::operator(self.sftp_settings(p, endpoint, user, root)?)),
+            Location::Sftp { endpoint, user, root } => {
+                return Ok(crate::sftp::operator(self.sftp_settings(p, endpoint, user, root, timeout)?));
+            }
         };
         built.map_err(|source| StorageError::Setup { scheme: self.scheme(), location: self.to_string(), source: Box::new(source) })
     }
@@ -166,7 +168,14 @@ impl Location {
         }
     }
 
-    fn sftp_settings(&self, p: &str, endpoint: &str, user: &Option<String>, root: &str) -> Result<SftpSettings, StorageError> {
+    fn sftp_settings(
+        &self,
+        p: &str,
+        endpoint: &str,
+        user: &Option<String>,
+        root: &str,
+        timeout: std::time::Duration,
+    ) -> Result<SftpSettings, StorageError> {
         let setup = |reason: String| self.invalid_setting(reason);
         let (host, port) = split_port(endpoint).ok_or_else(|| setup(format!("cannot read the port in {endpoint:?}")))?;
         let check_text = env(p, "TRESOR_SFTP_HOST_KEY_CHECK").unwrap_or_default();
@@ -186,7 +195,7 @@ impl Location {
             known_hosts: env(p, "TRESOR_SFTP_KNOWN_HOSTS"),
             check,
             root,
-            timeout: crate::timeout(),
+            timeout,
         })
     }
 }

@@ -258,7 +258,11 @@ fn a_server_that_accepts_and_never_answers_ends_within_the_timeout() {
     let err = fails_fast(&env, &["snapshots"], 1, Duration::from_secs(8), &["timeout"]);
     assert!(!err.contains(server.secret_key()), "{err}");
     with_var(&mut env, "TRESOR_STORAGE_TIMEOUT", "soon");
-    fails_fast(&env, &["snapshots"], 1, Duration::from_secs(8), &["invalid TRESOR_STORAGE_TIMEOUT=\"soon\""]);
+    let err = fails_fast(&env, &["snapshots"], 1, Duration::from_secs(8), &[]);
+    assert_eq!(err, "tresor: error: invalid --storage-timeout (TRESOR_STORAGE_TIMEOUT) \"soon\" (expected seconds, e.g. 30, 30s or 2m)\n");
+    // The flag, over the default: two seconds, not sixty.
+    env.vars.retain(|(k, _)| k != "TRESOR_STORAGE_TIMEOUT");
+    fails_fast(&env, &["snapshots", "--storage-timeout", "2s"], 1, Duration::from_secs(8), &["timeout"]);
 }
 
 #[test]
