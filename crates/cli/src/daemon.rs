@@ -158,9 +158,51 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     }
     eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());
     eprintln!("tresor daemon: status page {scheme}://{bound}/  metrics {scheme}://{bound}/metrics");
-    run(shared, rx, shutdown_signals(tx)).await?;
+    let Some(leader) = lead(&a, &shared, &tx).await? else { return Ok(0) };
+    let lost = std::sync::atomic::AtomicBool::new(false);
+    let held = async {
+        match &leader {
+            Some((lease, term)) => {
+                lease.hold(*term).await;
+                lost.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let stop = async {
+        tokio::select! {
+            _ = shutdown_signals(tx) => {}
+            _ = held => {}
+        }
+    };
+    run(shared, rx, stop).await?;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        // Another replica leads now: stop, and come back as a standby.
+        bail!("lost the lease: another replica leads now");
+    }
     eprintln!("tresor daemon: stopped");
     Ok(0)
+}
+
+/// Under leader election, wait for the lease (a standby serves its page
+/// and is not ready meanwhile): Some(the lease and its term), or Some(None)
+/// without election; None when stopped while standing by.
+async fn lead(
+    a: &DaemonArgs,
+    shared: &Arc<Shared>,
+    tx: &tokio::sync::mpsc::UnboundedSender<Command>,
+) -> Result<Option<Option<(tresor_controller::leader::Lease, u64)>>> {
+    let Some(spec) = &a.leader_election else { return Ok(Some(None)) };
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", tresor_engine::hostname(), std::process::id()));
+    let lease = tresor_controller::leader::Lease::new(spec, &identity, crate::commands::parse_duration(&a.lease_duration)?).await?;
+    eprintln!("tresor daemon: standing by for the lease {spec} as {identity}");
+    let term = tokio::select! {
+        term = lease.acquire() => term,
+        _ = shutdown_signals(tx.clone()) => return Ok(None),
+    };
+    shared.repos.set_term(term);
+    eprintln!("tresor daemon: leading, term {term}");
+    Ok(Some(Some((lease, term))))
 }
 
 /// SIGTERM or SIGINT stops the daemon; SIGHUP reloads the plan.

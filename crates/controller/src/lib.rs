@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod drill;
 mod drill_pg;
 pub mod failure;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod notify;

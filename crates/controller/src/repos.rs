@@ -17,11 +17,18 @@ use crate::report::RepoFacts;
 use crate::state::{Job, State};
 
 /// Keyed by the repository's URL, so a renamed plan entry keeps its handle.
-#[derive(Default)]
 pub struct Handles {
     open: tokio::sync::Mutex<BTreeMap<String, Arc<Repository>>>,
     /// One evidence appender per repository at a time: two would fork the chain.
     appending: tokio::sync::Mutex<()>,
+    /// The leader's term under leader election (`u64::MAX`: none), recorded in every entry.
+    term: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles { open: Default::default(), appending: Default::default(), term: std::sync::atomic::AtomicU64::new(u64::MAX) }
+    }
 }
 
 impl Handles {
@@ -40,11 +47,17 @@ impl Handles {
         Ok(repo)
     }
 
+    /// From now on, entries carry this leader's term: a job run twice by two leaders shows.
+    pub fn set_term(&self, term: u64) {
+        self.term.store(term, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Append an evidence entry to the repository's log (FORMAT.md §12d).
     pub async fn append(&self, r: &plan::Repository, kind: &str, body: Value) -> Result<tresor_engine::evidence::Head, String> {
         let repo = self.get(r).await?;
         let _one = self.appending.lock().await;
-        tresor_engine::evidence::append(&repo, kind, None, body).await.map_err(|e| e.to_string())
+        let term = Some(self.term.load(std::sync::atomic::Ordering::SeqCst)).filter(|t| *t != u64::MAX);
+        tresor_engine::evidence::append(&repo, kind, term, body).await.map_err(|e| e.to_string())
     }
 
     /// Forget every handle (a reload, a stop): the next read unlocks again.

@@ -100,7 +100,9 @@ pub fn coverage(store: &Store, id: &Identity, requests: &[Attrs]) -> Coverage {
     let mut missing: Vec<String> = requests.iter().filter(|a| kube_auth::authorize(store, id, a).is_none()).map(describe).collect();
     missing.sort();
     missing.dedup();
+    // Every namespace, not only those requested in: a Role nobody used is unused too.
     let mut namespaces: Vec<&str> = requests.iter().map(|a| a.namespace.as_str()).collect();
+    namespaces.extend(store.all("", "namespaces").filter_map(|n| n["metadata"]["name"].as_str()));
     namespaces.push("");
     namespaces.sort_unstable();
     namespaces.dedup();

@@ -98,6 +98,7 @@ fn builtin() -> Vec<Res> {
         Res::new("v1", "Endpoints", "endpoints", true, &["ep"]),
         Res::new("v1", "Node", "nodes", false, &["no"]).with_status(),
         Res::new("discovery.k8s.io/v1", "EndpointSlice", "endpointslices", true, &[]),
+        Res::new("coordination.k8s.io/v1", "Lease", "leases", true, &[]),
         Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]).with_status(),
         Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]).with_status(),
         Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]).with_status(),

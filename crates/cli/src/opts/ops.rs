@@ -227,6 +227,12 @@ pub struct DaemonArgs {
     /// How long running jobs may take to finish after SIGTERM before they are cancelled.
     #[arg(long, default_value = "60s")]
     pub grace: String,
+    /// Run jobs only while holding this Lease, k8s://[CONTEXT]/NAMESPACE/NAME (a standby replica waits for it), e.g. k8s://tresor/tresor-leader.
+    #[arg(long, env = "TRESOR_LEADER_ELECTION", help_heading = KUBERNETES)]
+    pub leader_election: Option<String>,
+    /// How long the lease lasts without renewal: a standby takes over this long after the leader stopped renewing.
+    #[arg(long, env = "TRESOR_LEASE_DURATION", default_value = "15s", help_heading = KUBERNETES)]
+    pub lease_duration: String,
 }
 
 #[derive(Args)]

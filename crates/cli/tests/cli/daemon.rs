@@ -52,6 +52,11 @@ impl Drop for Daemon {
 }
 
 pub(super) fn start_daemon(env: &Env, plan: &Path, clock: Option<&Path>) -> Daemon {
+    spawn_daemon(env, plan, clock, "/readyz")
+}
+
+/// A daemon that answers `wait_for` with 200 (a standby is alive, `/healthz`, but not ready).
+pub(super) fn spawn_daemon(env: &Env, plan: &Path, clock: Option<&Path>, wait_for: &str) -> Daemon {
     let port = tresor_testkit::net::free_port();
     let mut cmd = env.cmd(&["daemon", "--plan", plan.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--grace", "5s"]);
     if let Some(clock) = clock {
@@ -66,16 +71,16 @@ pub(super) fn start_daemon(env: &Env, plan: &Path, clock: Option<&Path>) -> Daem
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http_ok(port).is_none() {
+    while http_ok(port, wait_for).is_none() {
         assert!(Instant::now() < deadline, "the daemon did not answer");
         std::thread::sleep(Duration::from_millis(100));
     }
     Daemon { child, port }
 }
 
-fn http_ok(port: u16) -> Option<()> {
+fn http_ok(port: u16, path: &str) -> Option<()> {
     TcpStream::connect(("127.0.0.1", port)).ok()?;
-    (http(port, "GET", "/readyz", None).0 == 200).then_some(())
+    (http(port, "GET", path, None).0 == 200).then_some(())
 }
 
 pub(super) fn jobs(d: &Daemon) -> Vec<serde_json::Value> {

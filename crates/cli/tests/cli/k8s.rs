@@ -18,7 +18,7 @@ pub(super) struct Cluster {
 }
 
 /// What deploy/kubernetes gives tresor's identity, applied as a cluster administrator would.
-const SHIPPED: [&str; 3] = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"];
+const SHIPPED: [&str; 4] = ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "leader-election.yaml"];
 
 const OBJECTS: &str = r#"apiVersion: v1
 kind: Namespace
@@ -622,6 +622,9 @@ fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete batch/jobs",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete persistentvolumeclaims",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete snapshot.storage.k8s.io/volumesnapshots",
+            "RoleBinding \"tresor/tresor-leader-election\" of Role \"tresor-leader-election\": create coordination.k8s.io/leases",
+            "RoleBinding \"tresor/tresor-leader-election\" of Role \"tresor-leader-election\": get coordination.k8s.io/leases",
+            "RoleBinding \"tresor/tresor-leader-election\" of Role \"tresor-leader-election\": update coordination.k8s.io/leases",
         ];
         assert_eq!(unused, theirs, "granted and never used");
     }

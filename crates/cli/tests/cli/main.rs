@@ -28,6 +28,7 @@ mod repair;
 mod replicate;
 mod restic;
 mod sources;
+mod standby;
 mod volumes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
