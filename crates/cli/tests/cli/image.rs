@@ -291,7 +291,8 @@ fn the_image_backs_up_restores_and_drills_as_the_deployment_runs_it() {
     let pod = deployment_pod();
     let work = tempfile::Builder::new().prefix("tresor-image-run-").tempdir().unwrap();
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let (data, state) = (host_dir(work.path(), "data", None), host_dir(work.path(), "state", Some(pod.user)));
+    // Restored files land in a host directory bound in for the test, so the host can compare them.
+    let (data, out) = (host_dir(work.path(), "data", None), host_dir(work.path(), "out", Some(pod.user)));
     let (plan_dir, secrets) = (host_dir(work.path(), "plan", None), host_dir(work.path(), "secrets", None));
     fs::write(secrets.join("repository-password"), "correct horse\n").unwrap();
     files_to_back_up(&data.join("src"), pod.user);
@@ -302,16 +303,16 @@ fn the_image_backs_up_restores_and_drills_as_the_deployment_runs_it() {
         [("TRESOR_REPOSITORY", repo.as_str()), ("TRESOR_PASSWORD_FILE", PASSWORD_FILE), ("TRESOR_KDF_MEMORY_KIB", "64")]
             .map(|(k, v)| (k.into(), v.into())),
     );
-    let volumes = [("plan", plan_dir.as_path()), ("secrets", secrets.as_path()), ("state", state.as_path())];
-    let c = Container::build(&pod, &volumes, &[(&data, "/data", true)], &env);
+    let volumes = [("plan", plan_dir.as_path()), ("secrets", secrets.as_path())];
+    let c = Container::build(&pod, &volumes, &[(&data, "/data", true), (&out, "/out", false)], &env);
     check_inside(&c, &pod);
 
-    // Files: backed up to S3 and restored into the state volume, byte for byte.
+    // Files: backed up to S3 and restored, byte for byte.
     c.tresor(&["init"]);
     let backup = c.tresor_json(&["backup", "/data/src"]);
     assert_eq!(backup["files_new"], 4, "the four regular files: {backup}");
-    c.tresor(&["restore", backup["snapshot_id"].as_str().unwrap(), "--target", "/var/lib/tresor/restored"]);
-    assert_eq!(inventory(&state.join("restored/data/src")), inventory(&data.join("src")));
+    c.tresor(&["restore", backup["snapshot_id"].as_str().unwrap(), "--target", "/out/restored"]);
+    assert_eq!(inventory(&out.join("restored/data/src")), inventory(&data.join("src")));
 
     // PostgreSQL: pg_dump and pg_restore of the image against a harness server.
     let pg = PostgresServer::start();
