@@ -76,6 +76,18 @@ impl Shared {
         if let Err(e) = self.state.audit(&e) {
             tracing::error!("audit trail: {e}");
         }
+        self.audit_to_repositories(&e);
+    }
+
+    /// The audit entry as evidence too: in the repository of the source it
+    /// names, else in every one (appended in the background, in order).
+    fn audit_to_repositories(&self, e: &AuditEntry) {
+        let plan = self.plan();
+        let targets: Vec<crate::plan::Repository> = match plan.sources.iter().find(|s| s.name == e.target) {
+            Some(s) => plan.repository_of(s).map(|(_, r)| r.clone()).into_iter().collect(),
+            None => plan.repositories.values().cloned().collect(),
+        };
+        self.repos.append_later(targets, "audit", serde_json::to_value(e).unwrap_or_default());
     }
 }
 
@@ -362,7 +374,6 @@ pub async fn run(
         lp.start_jobs();
     }
     shared.ready.store(false, std::sync::atomic::Ordering::SeqCst);
-    shared.repos.clear().await;
     if !lp.tasks.is_empty() {
         tracing::info!("stopping: waiting up to {}s for {} running job(s)", shared.grace.as_secs(), lp.tasks.len());
     }
@@ -376,6 +387,9 @@ pub async fn run(
             }
         }
     }
+    // The evidence of the last jobs, then the keys.
+    shared.repos.flush().await;
+    shared.repos.clear().await;
     Ok(())
 }
 

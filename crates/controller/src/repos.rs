@@ -14,27 +14,40 @@ use tresor_storage::{Location, StorageOptions};
 
 use crate::plan::{self, Plan};
 use crate::report::RepoFacts;
-use crate::state::{Job, State};
+use crate::state::{AuditEntry, Job, State};
+
+/// Shared by clones (a spawned append holds one).
+#[derive(Clone, Default)]
+pub struct Handles {
+    inner: Arc<Inner>,
+}
 
 /// Keyed by the repository's URL, so a renamed plan entry keeps its handle.
-pub struct Handles {
+struct Inner {
     open: tokio::sync::Mutex<BTreeMap<String, Arc<Repository>>>,
     /// One evidence appender per repository at a time: two would fork the chain.
     appending: tokio::sync::Mutex<()>,
     /// The leader's term under leader election (`u64::MAX`: none), recorded in every entry.
     term: std::sync::atomic::AtomicU64,
+    /// Appends started in the background and not yet done.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
-impl Default for Handles {
+impl Default for Inner {
     fn default() -> Self {
-        Handles { open: Default::default(), appending: Default::default(), term: std::sync::atomic::AtomicU64::new(u64::MAX) }
+        Inner {
+            open: Default::default(),
+            appending: Default::default(),
+            term: std::sync::atomic::AtomicU64::new(u64::MAX),
+            pending: Default::default(),
+        }
     }
 }
 
 impl Handles {
     /// The plan repository `r`, unlocked once.
     pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
-        let mut open = self.open.lock().await;
+        let mut open = self.inner.open.lock().await;
         if let Some(h) = open.get(&r.url) {
             return Ok(h.clone());
         }
@@ -49,20 +62,42 @@ impl Handles {
 
     /// From now on, entries carry this leader's term: a job run twice by two leaders shows.
     pub fn set_term(&self, term: u64) {
-        self.term.store(term, std::sync::atomic::Ordering::SeqCst);
+        self.inner.term.store(term, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Append an evidence entry to the repository's log (FORMAT.md §12d).
     pub async fn append(&self, r: &plan::Repository, kind: &str, body: Value) -> Result<tresor_engine::evidence::Head, String> {
         let repo = self.get(r).await?;
-        let _one = self.appending.lock().await;
-        let term = Some(self.term.load(std::sync::atomic::Ordering::SeqCst)).filter(|t| *t != u64::MAX);
+        let _one = self.inner.appending.lock().await;
+        let term = Some(self.inner.term.load(std::sync::atomic::Ordering::SeqCst)).filter(|t| *t != u64::MAX);
         tresor_engine::evidence::append(&repo, kind, term, body).await.map_err(|e| e.to_string())
+    }
+
+    /// Append an entry to each of `targets` in the background (from code that cannot wait); [`flush`](Self::flush) waits for it.
+    pub fn append_later(&self, targets: Vec<plan::Repository>, kind: &'static str, body: Value) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let handles = self.clone();
+        handles.inner.pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        rt.spawn(async move {
+            for r in targets {
+                if let Err(err) = handles.append(&r, kind, body.clone()).await {
+                    tracing::warn!("the {kind} entry stays local: {err}");
+                }
+            }
+            handles.inner.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+
+    /// Wait until the background appends are done (a stopping daemon loses none).
+    pub async fn flush(&self) {
+        while self.inner.pending.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Forget every handle (a reload, a stop): the next read unlocks again.
     pub async fn clear(&self) {
-        self.open.lock().await.clear();
+        self.inner.open.lock().await.clear();
     }
 
     /// The snapshots of a source (tagged `source=NAME`), or every one (also
@@ -84,9 +119,16 @@ impl Handles {
     /// protocols inside drill jobs; how many of each.
     pub async fn rebuild(&self, plan: &Plan, state: &State) -> Result<(usize, usize), String> {
         let (mut jobs, mut drills) = (0, 0);
+        // The same audit entry read from two copies of a log is one.
+        let mut audited = std::collections::BTreeSet::new();
         for r in plan.repositories.values() {
             let repo = self.get(r).await?;
             for e in tresor_engine::evidence::entries(&repo).await.map_err(|e| e.to_string())? {
+                if e.kind == "audit" && audited.insert(e.body.to_string()) {
+                    let entry: AuditEntry =
+                        serde_json::from_value(e.body.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
+                    state.audit(&entry).map_err(|err| err.to_string())?;
+                }
                 if e.kind != "job" {
                     continue;
                 }

@@ -100,7 +100,7 @@ pub struct Outcome {
     pub summary: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AuditEntry {
     pub time: DateTime<Utc>,
     pub actor: String,

@@ -372,7 +372,7 @@ fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
     let jobs = super::daemon::jobs_in_state(&env);
     let verified = env.json(&["audit", "verify"]);
     assert_eq!(verified["problems"], serde_json::json!([]));
-    assert_eq!(verified["entries"], jobs, "one entry per finished job of this repository");
+    assert_eq!(verified["entries"], 2 * jobs, "a job entry and its audit entry per finished job of this repository");
     let offsite = env.path("offsite").display().to_string();
     let off = env.json(&["--repo", &offsite, "audit", "verify"]);
     assert_eq!(off["problems"], serde_json::json!([]), "the copy carried the log it found");
@@ -458,6 +458,8 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
+    let audit = || env.json(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--limit", "1000"]);
+    let audited = audit();
     let with_state = report();
     assert_eq!(with_state["protocol"].as_array().unwrap().len(), 1, "the drill is in the protocol: {with_state}");
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
@@ -474,6 +476,11 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     let last = old.iter().map(|k| k.0).max().unwrap();
     let after = wait_jobs(&d, "the rebuilt history", |j| j.iter().filter(|x| x["id"].as_i64().unwrap() <= last).count() == old.len());
     let mut rebuilt: Vec<_> = after.iter().map(key).filter(|k| k.0 <= last).collect();
+    let trail = audit();
+    // What the daemon audits; a job's own process (a drill's `cli:` entry) writes to the local state only.
+    for e in audited.as_array().unwrap().iter().filter(|e| !e["actor"].as_str().unwrap().starts_with("cli:")) {
+        assert!(trail.as_array().unwrap().contains(e), "the audit trail comes back too: {e} not in {trail}");
+    }
     let mut old = old;
     rebuilt.sort_by_key(|k| k.0);
     old.sort_by_key(|k| k.0);

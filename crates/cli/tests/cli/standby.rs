@@ -62,5 +62,5 @@ fn a_standby_takes_over_when_the_leader_is_killed_mid_backup() {
     assert_eq!(env.json(&["snapshots", "--tag", "source=slow"]).as_array().unwrap().len(), 1, "one snapshot from the two leaders");
     let verified = env.json(&["audit", "verify"]);
     assert_eq!(verified["problems"], serde_json::json!([]));
-    assert_eq!(verified["entries"], 1, "only the finished run is evidence");
+    assert_eq!(verified["entries"], 2, "only the finished run is evidence: its job and its audit entry");
 }
