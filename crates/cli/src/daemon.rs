@@ -121,6 +121,14 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     let state_file = plan.daemon.state.clone().unwrap_or_else(|| plan_file.with_file_name("tresor-state.db"));
     let state = State::open(&state_file)?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    // Runs as Kubernetes objects only beside a BackupPlan resource: outside a cluster nothing changes.
+    let (runs, notes) = match &resource {
+        Some(_) => {
+            let (runs, notes) = tresor_controller::runs::Runs::channel();
+            (runs, Some(notes))
+        }
+        None => (Default::default(), None),
+    };
     let tick = std::env::var("TRESOR_TICK_MS").ok().and_then(|t| t.parse().ok()).map_or(Duration::from_millis(500), Duration::from_millis);
     let summary = format!("{} sources in {} classes", plan.sources.len(), plan.classes.len());
     let shared = Arc::new(Shared {
@@ -140,6 +148,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         http: tresor_controller::notify::client(),
         unprotected: Default::default(),
         repos: Default::default(),
+        runs,
     });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;
@@ -154,6 +163,9 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tokio::spawn(tresor_controller::serve::serve(listener, app, tls));
     if let Some(r) = resource {
+        if let Some(notes) = notes {
+            tokio::spawn(tresor_controller::runs::follow(r.clone(), shared.clone(), notes));
+        }
         tokio::spawn(tresor_controller::planwatch::watch(r, plan_file.clone(), tx.clone()));
     }
     eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());

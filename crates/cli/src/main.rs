@@ -93,6 +93,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 print!("{}", tresor_controller::crd::backup_plan_crd());
                 Ok(0)
             }
+            opts::PlanCommand::RunCrds => {
+                print!("{}", tresor_controller::crd::run_crds());
+                Ok(0)
+            }
         },
         Command::Jobs(a) => daemon::jobs(&g, a),
         Command::Audit(a) => daemon::audit(&g, a).await,

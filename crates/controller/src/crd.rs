@@ -1,16 +1,22 @@
-//! The `BackupPlan` CustomResourceDefinition (deploy/kubernetes/
-//! crd-backupplan.yaml), generated: its spec schema comes from the plan's
-//! own types (`JsonSchema` on [`Plan`] and what it holds), made structural
-//! as an API server demands, so no plan field can be missing from it and
-//! pruned by the server. A test holds the shipped file to this output.
+//! The CustomResourceDefinitions, generated: `BackupPlan` (deploy/
+//! kubernetes/crd-backupplan.yaml), whose spec schema comes from the plan's
+//! own types (`JsonSchema` on [`Plan`] and what it holds), and the runs
+//! `BackupRun`, `RestoreRun`, `DrillRun` (crd-runs.yaml, from [`crate::runs`]'
+//! types), made structural as an API server demands, so no field can be
+//! missing from them and pruned by the server. Tests hold the shipped files
+//! to this output.
 
+use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use crate::plan::Plan;
+use crate::runs::{BackupRunSpec, RestoreRunSpec, RunKind, RunStatus};
 
 /// How to rewrite the shipped file after a change to the plan's types.
 pub const REGENERATE: &str = "cargo run -q -p tresor-cli -- plan crd > deploy/kubernetes/crd-backupplan.yaml";
+/// How to rewrite the shipped run CRDs after a change to their types.
+pub const REGENERATE_RUNS: &str = "cargo run -q -p tresor-cli -- plan run-crds > deploy/kubernetes/crd-runs.yaml";
 
 /// The CRD as YAML, with a header saying it is generated.
 pub fn backup_plan_crd() -> String {
@@ -20,7 +26,7 @@ pub fn backup_plan_crd() -> String {
         "classes": {"type": "integer", "description": "The accepted plan's classes."},
         "sources": {"type": "integer", "description": "The accepted plan's sources."},
     }});
-    let mut spec = spec_schema();
+    let mut spec = schema_of::<Plan>();
     spec.insert("description".into(), "The plan file's fields (tresor.yaml; examples/tresor.yaml documents each).".into());
     let crd = json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -58,14 +64,81 @@ pub fn backup_plan_crd() -> String {
     )
 }
 
-/// The plan's JSON schema, made structural.
-fn spec_schema() -> Map<String, Value> {
+/// The three run CRDs as YAML documents, with a header saying they are generated.
+pub fn run_crds() -> String {
+    let docs: Vec<String> =
+        RunKind::ALL.iter().map(|k| serde_norway::to_string(&run_crd(*k)).expect("a JSON value always serializes as YAML")).collect();
+    format!(
+        "# Generated from the run types by `tresor plan run-crds`: do not edit by hand.\n\
+         # Regenerate with: {REGENERATE_RUNS}\n\
+         # Each backup, restore and drill of a daemon with --plan-resource is one\n\
+         # of these, in the BackupPlan's namespace (docs/KUBERNETES.md).\n{}",
+        docs.join("---\n")
+    )
+}
+
+fn run_crd(kind: RunKind) -> Value {
+    let (mut spec, about) = match kind {
+        RunKind::Backup => (
+            schema_of::<BackupRunSpec>(),
+            "A backup of one of the plan's sources: one the daemon ran, or one asked for by creating this object.",
+        ),
+        RunKind::Restore => (
+            schema_of::<RestoreRunSpec>(),
+            "A restore of one of the plan's sources: one the daemon ran, or one asked for by creating this object (into its own namespace, unless the plan's daemon.restore_namespaces allows more).",
+        ),
+        RunKind::Drill => (schema_of::<BackupRunSpec>(), "A restore drill the daemon ran: restored, validated and timed in scratch space."),
+    };
+    spec.insert("description".into(), "What the run is for.".into());
+    let mut status = schema_of::<RunStatus>();
+    status.insert("description".into(), "What the daemon made of it.".into());
+    let column = |name: &str, kind: &str, path: &str| json!({"name": name, "type": kind, "jsonPath": path});
+    let mut columns = vec![
+        column("Phase", "string", ".status.phase"),
+        column("Source", "string", ".spec.source"),
+        column("Snapshot", "string", ".status.snapshot"),
+        column("Size", "string", ".status.size"),
+    ];
+    if kind == RunKind::Drill {
+        columns.push(column("RTO", "number", ".status.rto_seconds"));
+        columns.push(column("RPO", "number", ".status.rpo_seconds"));
+    }
+    columns.push(json!({"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1}));
+    columns.push(column("Age", "date", ".metadata.creationTimestamp"));
+    let plural = kind.plural();
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.tresor.dev"), "labels": {"app.kubernetes.io/name": "tresor"}},
+        "spec": {
+            "group": "tresor.dev",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.kind().to_lowercase(), "kind": kind.kind()},
+            "versions": [{
+                "name": "v1alpha1",
+                "served": true,
+                "storage": true,
+                "additionalPrinterColumns": columns,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": about,
+                    "required": ["spec"],
+                    "properties": {"spec": spec, "status": status},
+                }},
+            }],
+        },
+    })
+}
+
+/// A type's JSON schema, made structural.
+fn schema_of<T: JsonSchema>() -> Map<String, Value> {
     let settings = SchemaSettings::openapi3().with(|s| {
         // An API server takes neither `$ref` nor definitions.
         s.inline_subschemas = true;
         s.meta_schema = None;
     });
-    let schema = settings.into_generator().into_root_schema_for::<Plan>();
+    let schema = settings.into_generator().into_root_schema_for::<T>();
     structural(object(schema.to_value()))
 }
 
@@ -88,6 +161,10 @@ fn structural(mut node: Map<String, Value>) -> Map<String, Value> {
         if let Some(Value::Array(alternatives)) = node.remove(junctor) {
             fold(&mut node, alternatives);
         }
+    }
+    // An optional enum's `null` is `nullable`'s to say: an API server checks enum values against the type.
+    if let Some(Value::Array(values)) = node.get_mut("enum") {
+        values.retain(|v| !v.is_null());
     }
     // `deny_unknown_fields` says `additionalProperties: false`; a structural
     // schema may not have it beside `properties`, and prunes unknown fields anyway.
@@ -154,10 +231,8 @@ mod tests {
         serde_norway::from_str(&backup_plan_crd()).unwrap()
     }
 
-    #[test]
-    fn the_shipped_crd_is_the_generated_one() {
-        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes/crd-backupplan.yaml")).unwrap();
-        let generated = backup_plan_crd();
+    fn is_shipped(file: &str, generated: &str, regenerate: &str) {
+        let shipped = std::fs::read_to_string(format!("{}/../../deploy/kubernetes/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let differs = shipped
             .lines()
             .zip(generated.lines())
@@ -165,9 +240,45 @@ mod tests {
             .map_or(shipped.lines().count().min(generated.lines().count()), |i| i);
         assert!(
             shipped == generated,
-            "deploy/kubernetes/crd-backupplan.yaml is not what the plan's types make (from line {}); regenerate it: {REGENERATE}",
+            "deploy/kubernetes/{file} is not what the types make (from line {}); regenerate it: {regenerate}",
             differs + 1
         );
+    }
+
+    #[test]
+    fn the_shipped_crds_are_the_generated_ones() {
+        is_shipped("crd-backupplan.yaml", &backup_plan_crd(), REGENERATE);
+        is_shipped("crd-runs.yaml", &run_crds(), REGENERATE_RUNS);
+    }
+
+    #[test]
+    fn the_run_schemas_are_structural_and_take_a_restore_run() {
+        let docs: Vec<Value> = run_crds().split("---\n").map(|d| serde_norway::from_str(d).unwrap()).collect();
+        assert_eq!(
+            docs.iter().map(|d| d["spec"]["names"]["kind"].as_str().unwrap()).collect::<Vec<_>>(),
+            ["BackupRun", "RestoreRun", "DrillRun"]
+        );
+        for d in &docs {
+            let mut faults = Vec::new();
+            structural_faults(&d["spec"]["versions"][0]["schema"]["openAPIV3Schema"], "", &mut faults);
+            assert!(faults.is_empty(), "{}: not structural: {faults:#?}", d["metadata"]["name"]);
+        }
+        let root = &docs[1]["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let run = json!({
+            "spec": {"source": "shop", "snapshot": "latest", "to": "k8s://", "namespace_mapping": ["shop:shop"], "server_dry_run": true},
+            "status": {"phase": "Succeeded", "job": 7, "snapshot": "ab12", "bytes": 10, "size": "10 B", "start_time": "2026-11-30T09:00:00+00:00",
+                "end_time": "2026-11-30T09:00:05+00:00", "reason": null, "message": null},
+        });
+        let mut out = Vec::new();
+        violations(&run, root, "", &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+        let columns: Vec<&str> = docs[2]["spec"]["versions"][0]["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(columns, ["Phase", "Source", "Snapshot", "Size", "RTO", "RPO", "Reason", "Age"]);
     }
 
     /// The keys an apiextensions.k8s.io/v1 schema node may have here: no
@@ -228,6 +339,7 @@ mod tests {
             Some("array") => value.is_array(),
             Some("string") => value.is_string(),
             Some("integer") => value.is_i64() || value.is_u64(),
+            Some("number") => value.is_number(),
             Some("boolean") => value.is_boolean(),
             _ => false,
         };

@@ -57,6 +57,8 @@ pub struct Shared {
     pub unprotected: Mutex<BTreeMap<String, Vec<String>>>,
     /// Unlocked repositories for reads.
     pub repos: crate::repos::Handles,
+    /// The jobs as Kubernetes objects (with a BackupPlan resource only).
+    pub runs: crate::runs_hook::Runs,
 }
 
 impl Shared {
@@ -268,7 +270,9 @@ impl Loop {
         let retries = plan.sources.iter().find(|s| s.name == q.name).and_then(|s| s.retries).unwrap_or(plan.daemon.retries);
         // A permanent failure (a wrong password, a missing repository,
         // refused credentials) would fail the same way again: recorded once.
-        if outcome.status == "failed" && outcome.temporary && q.attempt < retries {
+        let retry = outcome.status == "failed" && outcome.temporary && q.attempt < retries;
+        self.shared.runs.finished(&q.actor, q.kind, &q.name, &outcome, retry, now);
+        if retry {
             let wait = plan.daemon.retry_backoff.0 * 2u32.saturating_pow(q.attempt);
             let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
             tracing::warn!(
@@ -470,6 +474,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         outcome: Outcome { status: "running".into(), ..Outcome::default() },
     };
     let id = shared.state.start_job(&job);
+    shared.runs.started(&q.actor, w.kind, &w.name, id.as_ref().ok().copied(), started);
     let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
     let outcome = shared.runner.run(&w, cancel).await;
     let ended = shared.clock.now();

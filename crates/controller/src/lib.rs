@@ -29,6 +29,8 @@ pub mod report;
 pub mod report_html;
 pub mod repos;
 pub mod runner;
+pub mod runs;
+pub mod runs_hook;
 pub mod schedule;
 pub mod scratch;
 pub mod serve;

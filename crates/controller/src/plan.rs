@@ -236,6 +236,28 @@ pub struct DaemonSettings {
     pub tls_key_file: Option<PathBuf>,
     /// Run `prune` on this schedule (after `forget`, which follows every backup).
     pub prune_schedule: Option<String>,
+    /// With `--plan-resource`: namespaces (globs) a RestoreRun may restore
+    /// into besides its own, the BackupPlan's.
+    pub restore_namespaces: Vec<String>,
+    /// With `--plan-resource`: which finished BackupRun, RestoreRun and
+    /// DrillRun objects the daemon made stay in the cluster.
+    pub runs: RunHistory,
+}
+
+/// Finished runs kept per source and kind: the newest `keep`, none older than `max_age`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunHistory {
+    /// The newest this many per source and kind (default 50).
+    pub keep: u32,
+    /// None that ended longer ago (default 30d).
+    pub max_age: Span,
+}
+
+impl Default for RunHistory {
+    fn default() -> Self {
+        RunHistory { keep: 50, max_age: Span(Duration::from_secs(30 * 86_400)) }
+    }
 }
 
 impl Default for DaemonSettings {
@@ -252,6 +274,8 @@ impl Default for DaemonSettings {
             tls_cert_file: None,
             tls_key_file: None,
             prune_schedule: Some("@daily".into()),
+            restore_namespaces: Vec::new(),
+            runs: RunHistory::default(),
         }
     }
 }

@@ -2,7 +2,8 @@
 //! named groups (and groups CRDs add), CRUD on namespaced and cluster
 //! objects, label selectors, resourceVersion, watches (events streamed
 //! for a few seconds at a time), server-side dry runs, `status`
-//! subresources, and the API's 401/403/404/409 Status answers. Every
+//! subresources, the tables `kubectl get` prints from a CRD's printer
+//! columns, and the API's 401/403/404/409 Status answers. Every
 //! request is authenticated (bearer tokens: the harness's administrator,
 //! or service accounts' tokens from TokenRequest) and authorized by RBAC
 //! from the stored roles and bindings (kube_auth), and recorded when
@@ -320,7 +321,9 @@ async fn handle(
         let k = key(&res, t.ns, name);
         store.race_armed.insert(k);
     }
+    let tabled = method == Method::GET && headers.get(header::ACCEPT).and_then(|h| h.to_str().ok()).is_some_and(|a| a.contains("as=Table"));
     let mut response = match result {
+        Ok((code, v)) if tabled => reply(code, table(&store, &res, v)),
         Ok((code, v)) => reply(code, v),
         Err(e) => fail(e),
     };
@@ -330,6 +333,76 @@ async fn handle(
         }
     }
     response
+}
+
+/// A list or an object as `kubectl get` asks for it (`as=Table`): the
+/// columns its CRD prints (`additionalPrinterColumns`) as the API server
+/// renders them. Other resources answer as they are, and kubectl prints
+/// their names and ages itself.
+fn table(store: &Store, res: &Res, body: Value) -> Value {
+    let crd = store.objects.get(&format!("apiextensions.k8s.io/customresourcedefinitions//{}.{}", res.plural, res.group));
+    let version = crd.and_then(|c| c["spec"]["versions"].as_array()).into_iter().flatten().find(|v| v["name"] == res.version.as_str());
+    let Some(columns) = version.and_then(|v| v["additionalPrinterColumns"].as_array()).filter(|c| !c.is_empty()) else { return body };
+    let items = body["items"].as_array().cloned().unwrap_or_else(|| vec![body.clone()]);
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
+    defs.extend(columns.iter().map(|c| {
+        json!({"name": c["name"], "type": c["type"], "format": c["format"].as_str().unwrap_or(""),
+            "description": c["description"].as_str().unwrap_or(""), "priority": c["priority"].as_i64().unwrap_or(0)})
+    }));
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|o| {
+            let mut cells = vec![o["metadata"]["name"].clone()];
+            cells.extend(columns.iter().map(|c| cell(o, c)));
+            json!({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
+        })
+        .collect();
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+        "columnDefinitions": defs, "rows": rows})
+}
+
+/// One cell: the value at the column's path (dotted fields only: no
+/// filters or indices), a date as its age.
+fn cell(o: &Value, column: &Value) -> Value {
+    let path = column["jsonPath"].as_str().unwrap_or_default();
+    let v = path.split('.').filter(|s| !s.is_empty()).fold(o, |v, k| &v[k]);
+    match (column["type"].as_str(), v.as_str()) {
+        (Some("date"), Some(t)) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_or_else(|_| "<invalid>".into(), |t| age((chrono::Utc::now() - t.to_utc()).num_seconds()).into()),
+        _ => v.clone(),
+    }
+}
+
+/// An age as the API server prints one (apimachinery's `duration.HumanDuration`).
+fn age(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86_400);
+    let two =
+        |big: i64, unit: &str, small: i64, sub: &str| if small == 0 { format!("{big}{unit}") } else { format!("{big}{unit}{small}{sub}") };
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        two(m, "m", s % 60, "s")
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        two(h, "h", m % 60, "m")
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 192 {
+        two(d, "d", h % 24, "h")
+    } else if h < 24 * 365 * 2 {
+        format!("{d}d")
+    } else if h < 24 * 365 * 8 {
+        two(d / 365, "y", d % 365, "d")
+    } else {
+        format!("{}y", d / 365)
+    }
 }
 
 fn review(store: &Store, id: &Identity, res: &Res, body: Value) -> Result<(StatusCode, Value), ApiError> {

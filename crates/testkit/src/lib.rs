@@ -11,9 +11,9 @@
 //! - [`reachable_by_all`]: a copy of a program that other users (postgres, nobody) can run.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
 
+mod alertmanager;
 mod azurite;
 mod certs;
-mod alertmanager;
 mod etcd;
 mod gcs;
 mod kube;
@@ -33,9 +33,9 @@ mod sshd;
 mod tcp;
 mod webdav;
 
+pub use alertmanager::AlertmanagerServer;
 pub use azurite::AzuriteServer;
 pub use certs::Certs;
-pub use alertmanager::AlertmanagerServer;
 pub use etcd::{EtcdServer, EtcdTls};
 pub use gcs::GcsServer;
 pub use kube::KubeServer;

@@ -247,6 +247,8 @@ pub enum PlanCommand {
     Check(PlanCheckArgs),
     /// Print the BackupPlan CustomResourceDefinition, its schema generated from the plan's fields.
     Crd,
+    /// Print the BackupRun, RestoreRun and DrillRun CustomResourceDefinitions (runs as Kubernetes objects).
+    RunCrds,
 }
 
 #[derive(Args)]

@@ -447,10 +447,36 @@ fn end_to_end_against_a_real_cluster_when_one_is_given() {
     assert_eq!(String::from_utf8_lossy(&restored.stdout), "fast");
 }
 
-
 pub(super) fn names(c: &Cluster, what: &str) -> Vec<String> {
     let out = c.kubectl(&["get", what, "-n", "shop", "-o", "name"]);
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+/// A daemon on BackupPlan shop/nightly (there already), once it is ready; its log in `daemon.log`.
+pub(super) fn plan_daemon(env: &Env) -> super::daemon::Daemon {
+    let port = tresor_testkit::net::free_port();
+    let data = env.path("data");
+    let child = env
+        .cmd(&[
+            "daemon",
+            "--plan-resource",
+            "k8s://shop/nightly",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("TRESOR_TICK_MS", "100")
+        .stderr(fs::File::create(env.path("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let d = super::daemon::Daemon { child, port };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while super::daemon::http(port, "GET", "/readyz", None).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the daemon did not start: {}", fs::read_to_string(env.path("daemon.log")).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    d
 }
 
 #[test]
@@ -478,27 +504,8 @@ fn the_daemon_follows_a_backupplan_resource_and_refuses_a_bad_one() {
         env.path("state.db").display()
     );
     c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], &plan);
-    let port = tresor_testkit::net::free_port();
-    let data = env.path("data");
-    let child = env
-        .cmd(&[
-            "daemon",
-            "--plan-resource",
-            "k8s://shop/nightly",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(fs::File::create(env.path("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let d = super::daemon::Daemon { child, port };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while super::daemon::http(port, "GET", "/readyz", None).0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "the daemon did not start: {}", fs::read_to_string(env.path("daemon.log")).unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let d = plan_daemon(&env);
+    let port = d.port;
     super::daemon::wait_jobs(&d, "the first backup", |j| super::daemon::count(j, "files", "backup", "succeeded") == 1);
     let status = || c.server.object("tresor.dev", "backupplans", Some("shop"), "nightly").unwrap()["status"].clone();
     assert_eq!((status()["accepted"].as_str(), status()["sources"].as_u64()), (Some("True"), Some(1)));
@@ -613,10 +620,19 @@ fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
     if suite.is_some() {
         assert_eq!(unused, Vec::<&str>::new(), "granted and never used by the suite");
     } else {
-        // What the daemon (watching its BackupPlan, saying so in its status) and volume Jobs use.
+        // What the daemon (watching its BackupPlan, saying so in its status, keeping its runs as objects) and volume Jobs use.
         let theirs = [
             "ClusterRoleBinding \"tresor-backup\" of ClusterRole \"tresor-backup\": watch */*",
             "ClusterRoleBinding \"tresor-plans\" of ClusterRole \"tresor-plans\": patch tresor.dev/backupplans/status",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": create tresor.dev/backupruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": create tresor.dev/drillruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": create tresor.dev/restoreruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": delete tresor.dev/backupruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": delete tresor.dev/drillruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": delete tresor.dev/restoreruns",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": patch tresor.dev/backupruns/status",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": patch tresor.dev/drillruns/status",
+            "ClusterRoleBinding \"tresor-runs\" of ClusterRole \"tresor-runs\": patch tresor.dev/restoreruns/status",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create batch/jobs",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": create snapshot.storage.k8s.io/volumesnapshots",
             "ClusterRoleBinding \"tresor-volume-jobs\" of ClusterRole \"tresor-volume-jobs\": delete batch/jobs",

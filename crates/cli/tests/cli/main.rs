@@ -27,6 +27,7 @@ mod prune;
 mod repair;
 mod replicate;
 mod restic;
+mod runs;
 mod sources;
 mod standby;
 mod volumes;
