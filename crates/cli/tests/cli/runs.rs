@@ -4,7 +4,7 @@
 //! RestoreRun or DrillRun that real kubectl lists with its columns; starts
 //! the runs created with kubectl; refuses, in their status, a restore of a
 //! snapshot that is not there or into a namespace it may not write; and
-//! prunes its own finished runs beyond the plan's count.
+//! prunes its own finished runs beyond the plan's count and age.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,11 @@ struct Setup {
 
 /// A daemon on BackupPlan shop/nightly with the source `files` (13 bytes in
 /// two files) and `more` sources, its `daemon` settings taken from `daemon`.
-fn start(more: &[Value], mut daemon: Value) -> Setup {
-    let mut env = Env::new();
+fn start(more: &[Value], daemon: Value) -> Setup {
+    start_with(Env::new(), more, daemon)
+}
+
+fn start_with(mut env: Env, more: &[Value], mut daemon: Value) -> Setup {
     let c = Cluster::start();
     env.vars.push(("KUBECONFIG".into(), c.kubeconfig.display().to_string()));
     for crd in ["crd-backupplan.yaml", "crd-runs.yaml"] {
@@ -268,5 +271,28 @@ fn the_daemons_finished_runs_beyond_the_count_are_deleted_and_those_people_made_
             assert!(run["status"]["rto_seconds"].as_f64().is_some_and(|s| s > 0.0), "{run:#}");
             assert_eq!(run["status"]["snapshot"], s.newest(&jobs, "backup")["snapshot"], "the drill restored the newest backup");
         }
+    }
+}
+
+#[test]
+fn the_daemons_runs_that_ended_longer_ago_than_the_age_are_deleted() {
+    let mut env = Env::new();
+    let clock = env.path("clock");
+    super::daemon::set_clock(&clock, "2026-11-21T10:00:00Z");
+    env.vars.push(("TRESOR_CLOCK_FILE".into(), clock.display().to_string()));
+    let s = start_with(env, &[], json!({"runs": {"max_age": "1d"}}));
+    let jobs = wait_jobs(&s.d, "the first backup", |j| count(j, "files", "backup", "succeeded") == 1);
+    let first = format!("files-{}", s.newest(&jobs, "backup")["id"]);
+    assert_eq!(s.ended("backupruns", &first)["status"]["end_time"], "2026-11-21T10:00:00+00:00");
+
+    // Two days on: the daily backup runs, and the first run is older than a day.
+    super::daemon::set_clock(&clock, "2026-11-23T10:00:00Z");
+    let jobs = wait_jobs(&s.d, "the daily backup", |j| count(j, "files", "backup", "succeeded") == 2);
+    let second = format!("files-{}", s.newest(&jobs, "backup")["id"]);
+    assert_eq!(s.ended("backupruns", &second)["status"]["end_time"], "2026-11-23T10:00:00+00:00");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.names("backupruns") != [second.clone()] {
+        assert!(Instant::now() < deadline, "{:?}, not [{second}]", s.names("backupruns"));
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
