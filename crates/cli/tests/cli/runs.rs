@@ -4,7 +4,8 @@
 //! RestoreRun or DrillRun that real kubectl lists with its columns; starts
 //! the runs created with kubectl; refuses, in their status, a restore of a
 //! snapshot that is not there or into a namespace it may not write; and
-//! prunes its own finished runs beyond the plan's count and age.
+//! prunes its own finished runs beyond the plan's count and age; a daemon
+//! killed mid-run ends that run, when it comes back, as its job ended.
 
 use std::time::{Duration, Instant};
 
@@ -295,4 +296,37 @@ fn the_daemons_runs_that_ended_longer_ago_than_the_age_are_deleted() {
         assert!(Instant::now() < deadline, "{:?}, not [{second}]", s.names("backupruns"));
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_restarted_daemon_ends_the_run_its_stop_interrupted_and_runs_it_again() {
+    let env = Env::new();
+    let mark = env.path("slow-once");
+    let slow = format!("command:test -e {m} || {{ touch {m}; sleep 60; }}; echo payload", m = mark.display());
+    let source = json!({"name": "slow", "class": "standard", "url": slow, "schedule": "@daily"});
+    let mut s = start_with(env, &[source], json!({}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let jobs = wait_jobs(&s.d, "the job list", |_| true);
+        if let Some(j) = jobs.iter().find(|j| j["source"] == "slow" && j["status"] == "running") {
+            break j["id"].clone();
+        }
+        assert!(Instant::now() < deadline, "the slow backup did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let name = format!("slow-{id}");
+    s.wait_run("backupruns", &name, |o| o["status"]["phase"] == "Running");
+    s.d.child.kill().unwrap();
+    s.d.child.wait().unwrap();
+
+    s.d = super::k8s::plan_daemon(&s.env);
+    let run = s.ended("backupruns", &name);
+    assert_eq!(
+        (run["status"]["phase"].as_str(), run["status"]["reason"].as_str(), run["status"]["message"].as_str(), &run["status"]["job"]),
+        (Some("Failed"), Some("interrupted"), Some("the daemon stopped while the job ran"), &id)
+    );
+    let jobs = wait_jobs(&s.d, "the backup again", |j| count(j, "slow", "backup", "succeeded") == 1);
+    let again = jobs.iter().find(|j| j["source"] == "slow" && j["status"] == "succeeded").unwrap();
+    let rerun = s.wait_run("backupruns", &format!("slow-{}", again["id"]), |o| o["status"]["phase"] == "Succeeded");
+    assert_eq!(rerun["status"]["snapshot"], again["snapshot"]);
 }
