@@ -308,6 +308,25 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert!(audit.contains("\"actor\":\"api:admin\",\"action\":\"backup\",\"target\":\"files\",\"result\":\"succeeded\""), "{audit}");
 }
 
+/// The daemon of [`write_plan`] at 10:07, once its first runs are over: the
+/// backups, the cache's retention and copy after its own; `down`'s retry
+/// waits for the clock, so nothing else starts until the test moves it.
+fn after_first_runs(env: &Env, redis: &RedisServer) -> (PathBuf, PathBuf, Daemon) {
+    let plan = write_plan(env, redis, tresor_testkit::net::free_port());
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let d = start_daemon(env, &plan, Some(&clock));
+    wait_jobs(&d, "first runs", first_runs_over);
+    (plan, clock, d)
+}
+
+fn first_runs_over(j: &[serde_json::Value]) -> bool {
+    count(j, "files", "backup", "succeeded") == 1
+        && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
+        && count(j, "down", "backup", "failed") == 1
+        && j.iter().all(|x| x["status"] != "running")
+}
+
 /// Reads go through the daemon's own unlocked handles: snapshot lists, a
 /// source's page and the report start no job process (every job is run
 /// through a recording wrapper, so one started would be counted).
@@ -315,22 +334,12 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
 fn snapshot_lists_the_status_page_and_the_report_start_no_child_process() {
     let mut env = Env::new();
     let redis = RedisServer::start(&[]);
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
     let started = env.path("jobs-started");
     let wrapper = env.path("job-wrapper");
     fs::write(&wrapper, format!("#!/bin/sh\necho \"$@\" >> {}\nexec {BIN} \"$@\"\n", started.display())).unwrap();
     fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     env.vars.push(("TRESOR_JOB_PROGRAM".into(), wrapper.display().to_string()));
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let d = start_daemon(&env, &plan, Some(&clock));
-    // The first runs and the cache's retention and copy after its backup; the retry of `down` waits for the clock.
-    wait_jobs(&d, "first runs", |j| {
-        count(j, "files", "backup", "succeeded") == 1
-            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
-            && count(j, "down", "backup", "failed") == 1
-            && j.iter().all(|x| x["status"] != "running")
-    });
+    let (_, _, d) = after_first_runs(&env, &redis);
     let before = fs::read_to_string(&started).unwrap();
     assert!(before.lines().count() >= 3, "jobs go through the wrapper: {before}");
     for _ in 0..3 {
@@ -356,16 +365,7 @@ fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
     let env = Env::new();
     let redis = RedisServer::start(&[]);
     redis.script("SET a 1\n");
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let mut d = start_daemon(&env, &plan, Some(&clock));
-    wait_jobs(&d, "first runs", |j| {
-        count(j, "files", "backup", "succeeded") == 1
-            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
-            && count(j, "down", "backup", "failed") == 1
-            && j.iter().all(|x| x["status"] != "running")
-    });
+    let (_, _, mut d) = after_first_runs(&env, &redis);
     // Its last append follows the job's end in the history: stop the daemon, then read.
     assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
     assert!(d.child.wait().unwrap().success());
@@ -436,19 +436,9 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     let env = Env::new();
     let redis = RedisServer::start(&[]);
     redis.script("SET a 1\nSET b 2\n");
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let mut d = start_daemon(&env, &plan, Some(&clock));
-    let quiet = |j: &[serde_json::Value]| {
-        count(j, "files", "backup", "succeeded") == 1
-            && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
-            && count(j, "down", "backup", "failed") == 1
-            && j.iter().all(|x| x["status"] != "running")
-    };
-    wait_jobs(&d, "first runs", quiet);
+    let (plan, clock, mut d) = after_first_runs(&env, &redis);
     assert_eq!(post_json(d.port, "/api/v1/sources/cache/drill", Some("admin-token"), &serde_json::json!({})).0, 202);
-    let before = wait_jobs(&d, "the drill", |j| quiet(j) && count(j, "cache", "drill", "succeeded") == 1);
+    let before = wait_jobs(&d, "the drill", |j| first_runs_over(j) && count(j, "cache", "drill", "succeeded") == 1);
     assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
     assert!(d.child.wait().unwrap().success());
 
