@@ -137,7 +137,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         state,
         metrics: Default::default(),
         clock,
-        runner: Runner { exe },
+        runner: Runner::children(exe),
         next_runs: Default::default(),
         running: Default::default(),
         commands: tx.clone(),

@@ -114,22 +114,6 @@ fn tail(stderr: &str) -> Option<String> {
     Some(t[from..].to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_last_result_line_is_the_result_and_a_killed_child_was_interrupted() {
-        let ok = serde_json::to_string(&JobResult { snapshot: Some("ab".into()), ..JobResult::succeeded() }).unwrap();
-        let r = read_result(Some(0), format!("{{\"noise\":1}}\n{ok}\n").as_bytes(), b"warning: x\n", Duration::from_secs(2));
-        assert_eq!((r.status, r.snapshot.as_deref(), r.log.as_deref()), (Status::Succeeded, Some("ab"), Some("warning: x")));
-        let killed = read_result(None, b"", b"", Duration::ZERO);
-        assert_eq!((killed.reason, killed.temporary), (Some(Reason::Interrupted), true));
-        let refused = read_result(Some(2), b"", b"tresor: error: cannot read the job spec\n", Duration::ZERO);
-        assert_eq!((refused.reason, refused.message.as_deref()), (Some(Reason::Error), Some("cannot read the job spec")));
-    }
-}
-
 /// `tresor` jobs against one source's repository, run to the end.
 pub struct Tresor<'a> {
     exe: &'a Path,
@@ -192,4 +176,20 @@ impl<'a> Tresor<'a> {
 /// How the job protocol names one of the plan's repositories.
 pub fn repository_spec(repo: &Repository) -> RepositorySpec {
     RepositorySpec { url: repo.url.clone(), password_file: Some(repo.password_file.clone()), password: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_result_line_is_the_result_and_a_killed_child_was_interrupted() {
+        let ok = serde_json::to_string(&JobResult { snapshot: Some("ab".into()), ..JobResult::succeeded() }).unwrap();
+        let r = read_result(Some(0), format!("{{\"noise\":1}}\n{ok}\n").as_bytes(), b"warning: x\n", Duration::from_secs(2));
+        assert_eq!((r.status, r.snapshot.as_deref(), r.log.as_deref()), (Status::Succeeded, Some("ab"), Some("warning: x")));
+        let killed = read_result(None, b"", b"", Duration::ZERO);
+        assert_eq!((killed.reason, killed.temporary), (Some(Reason::Interrupted), true));
+        let refused = read_result(Some(2), b"", b"tresor: error: cannot read the job spec\n", Duration::ZERO);
+        assert_eq!((refused.reason, refused.message.as_deref()), (Some(Reason::Error), Some("cannot read the job spec")));
+    }
 }

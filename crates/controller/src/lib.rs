@@ -32,6 +32,8 @@ pub mod runner;
 pub mod runs;
 pub mod runs_hook;
 pub mod schedule;
+#[cfg(test)]
+mod scheduler_tests;
 pub mod scratch;
 pub mod serve;
 pub mod state;

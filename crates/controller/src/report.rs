@@ -229,22 +229,6 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     Report { generated: now, since, classes, protocol: drills.to_vec(), compliance, holds: facts.holds }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restore_time_is_predicted_from_the_drill_history() {
-        assert_eq!(predict(&[], 10), None);
-        assert_eq!(predict(&[(100, 10.0)], 300), Some(30.0), "one size: proportional");
-        let p = predict(&[(100, 10.0), (200, 20.0), (300, 30.0)], 1000).unwrap();
-        assert!((p - 100.0).abs() < 1e-9, "{p}");
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        let pts = [at("2026-11-21T10:00:00Z"), at("2026-11-21T10:15:00Z"), at("2026-11-21T11:00:00Z")];
-        assert_eq!(rpo(&pts, at("2026-11-21T11:05:00Z")), (Some(300.0), Some(2700.0)));
-    }
-}
-
 pub(crate) fn dur(s: Option<f64>) -> String {
     match s {
         None => "—".into(),
@@ -306,4 +290,20 @@ pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
             evidence: format!("{backups}; {drills_text}; alerting on failed jobs, missed RPO and failed drills"),
         },
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_time_is_predicted_from_the_drill_history() {
+        assert_eq!(predict(&[], 10), None);
+        assert_eq!(predict(&[(100, 10.0)], 300), Some(30.0), "one size: proportional");
+        let p = predict(&[(100, 10.0), (200, 20.0), (300, 30.0)], 1000).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let pts = [at("2026-11-21T10:00:00Z"), at("2026-11-21T10:15:00Z"), at("2026-11-21T11:00:00Z")];
+        assert_eq!(rpo(&pts, at("2026-11-21T11:05:00Z")), (Some(300.0), Some(2700.0)));
+    }
 }

@@ -2,7 +2,10 @@
 //! by a `tresor job run` child, its [`JobResult`] recorded as an outcome.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tokio::sync::watch;
 
@@ -31,10 +34,26 @@ pub struct Work {
     pub run: Option<String>,
 }
 
-/// Runs `tresor` (this very program, as a child).
-#[derive(Debug, Clone)]
+/// Where jobs run: `tresor job run` children (the daemon's), or, for tests
+/// of the scheduler, a stand-in that answers with results of its own.
+pub trait Jobs: Send + Sync {
+    fn run<'a>(&'a self, spec: &'a JobSpec, limit: Duration, cancel: watch::Receiver<bool>) -> BoxFuture<'a, JobResult>;
+}
+
+struct Children(PathBuf);
+
+impl Jobs for Children {
+    fn run<'a>(&'a self, spec: &'a JobSpec, limit: Duration, cancel: watch::Receiver<bool>) -> BoxFuture<'a, JobResult> {
+        Box::pin(crate::child::run(&self.0, spec, limit, cancel))
+    }
+}
+
+/// Runs jobs, as `tresor` (this very program) children unless told otherwise.
+#[derive(Clone)]
 pub struct Runner {
+    /// The program drills and queries run as.
     pub exe: PathBuf,
+    jobs: Arc<dyn Jobs>,
 }
 
 /// A plan's rule for one period, as `forget` reads it.
@@ -107,10 +126,20 @@ pub fn outcome(r: JobResult) -> Outcome {
 }
 
 impl Runner {
+    /// Jobs as children running `exe`.
+    pub fn children(exe: PathBuf) -> Runner {
+        Runner { jobs: Arc::new(Children(exe.clone())), exe }
+    }
+
+    /// Jobs run by `jobs` (a test's stand-in).
+    pub fn with(exe: PathBuf, jobs: Arc<dyn Jobs>) -> Runner {
+        Runner { exe, jobs }
+    }
+
     /// A query job's details, or its message.
     async fn query(&self, spec: JobSpec) -> Result<serde_json::Value, String> {
         let (_, never) = watch::channel(false);
-        let r = crate::child::run(&self.exe, &spec, Duration::from_secs(3600), never).await;
+        let r = self.jobs.run(&spec, Duration::from_secs(3600), never).await;
         match r.status {
             crate::model::Status::Succeeded => Ok(r.details.unwrap_or_default()),
             _ => Err(r.message.unwrap_or_else(|| "failed".into())),
@@ -139,6 +168,7 @@ impl Runner {
     /// Run to the end, the time limit, or cancellation.
     pub async fn run(&self, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
         let limit = w.timeout.unwrap_or(Duration::from_secs(24 * 3600));
-        outcome(crate::child::run(&self.exe, &spec(w), limit, cancel).await)
+        let spec = spec(w);
+        outcome(self.jobs.run(&spec, limit, cancel).await)
     }
 }

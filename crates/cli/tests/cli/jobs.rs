@@ -248,9 +248,13 @@ fn no_secret_is_on_a_command_line_while_jobs_run() {
     assert!(!body.contains(SECRET), "the snapshot records the URL without its password: {body}");
 }
 
+/// The bodies a receiver took, in order.
+type Taken = Arc<Mutex<Vec<serde_json::Value>>>;
+
 /// Between the daemon and a real Alertmanager: refuses every delivery
-/// (503) until `open` is set, then forwards each; the bodies forwarded, in order.
-fn gate(am: Arc<AlertmanagerServer>, open: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>, Arc<Mutex<usize>>) {
+/// (503) until `open` is set, then forwards each; its port, the bodies
+/// forwarded, and how many it refused.
+fn gate(am: Arc<AlertmanagerServer>, open: Arc<AtomicBool>) -> (u16, Taken, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (got, refused) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
