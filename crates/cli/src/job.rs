@@ -16,8 +16,8 @@ use tresor_engine::Password;
 
 use crate::commands::{capture_json, captured_json};
 use crate::opts::{
-    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, StatsArgs,
-    VolumeArgs, VolumeCmd, VolumeCommand, VolumeJobArgs,
+    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, VolumeArgs,
+    VolumeCmd, VolumeCommand, VolumeJobArgs,
 };
 
 /// A command's arguments with clap's defaults, the given ones set; the
@@ -98,7 +98,6 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
             }
             crate::commands::snapshots(g, a).await
         }
-        Kind::Stats => crate::commands::stats(g, StatsArgs { snapshot: None }).await,
     }
 }
 

@@ -603,8 +603,8 @@ fn survey_volumes(shared: &Arc<Shared>) {
 }
 
 /// Measure a repository's size in the background: a local one by its
-/// files, a remote one through `tresor stats` (which reads the whole index,
-/// so only at start and after a prune).
+/// files, a remote one by listing its packs through the daemon's handle
+/// (a listing of every pack, so only at start and after a prune).
 fn measure_repository(shared: &Arc<Shared>, name: &str) {
     let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
     let (shared, name) = (shared.clone(), name.to_string());
@@ -614,7 +614,7 @@ fn measure_repository(shared: &Arc<Shared>, name: &str) {
             let dir = PathBuf::from(&repo.url);
             tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok()
         } else {
-            shared.runner.repository_size(&repo).await
+            shared.repos.stored_size(&repo).await.ok()
         };
         if let Some(bytes) = bytes {
             shared.metrics.repository_size(&name, bytes);

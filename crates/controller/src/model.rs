@@ -22,9 +22,6 @@ pub enum Kind {
     Drill,
     /// A source's snapshots (without a source: all, archive pieces too).
     Snapshots,
-    /// The repository's legal holds.
-    /// A repository's size in storage.
-    Stats,
 }
 
 impl Kind {
@@ -37,7 +34,6 @@ impl Kind {
             Kind::Restore => "restore",
             Kind::Drill => "drill",
             Kind::Snapshots => "snapshots",
-            Kind::Stats => "stats",
         }
     }
 }

@@ -136,35 +136,6 @@ impl Runner {
         Runner { exe, jobs }
     }
 
-    /// A query job's details, or its message.
-    async fn query(&self, spec: JobSpec) -> Result<serde_json::Value, String> {
-        let (_, never) = watch::channel(false);
-        let r = self.jobs.run(&spec, Duration::from_secs(3600), never).await;
-        match r.status {
-            crate::model::Status::Succeeded => Ok(r.details.unwrap_or_default()),
-            _ => Err(r.message.unwrap_or_else(|| "failed".into())),
-        }
-    }
-
-    fn query_spec(kind: Kind, name: &str, repo: &Repository) -> JobSpec {
-        JobSpec {
-            kind,
-            name: name.into(),
-            source: None,
-            repository: repository_spec(repo),
-            offsite: None,
-            restore: None,
-            forget: None,
-            plan_file: None,
-            timeout_secs: None,
-        }
-    }
-
-    /// What a repository's blobs take in storage, if it answers.
-    pub async fn repository_size(&self, repo: &Repository) -> Option<u64> {
-        self.query(Self::query_spec(Kind::Stats, "", repo)).await.ok()?["total_stored_size"].as_u64()
-    }
-
     /// Run to the end, the time limit, or cancellation.
     pub async fn run(&self, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
         let limit = w.timeout.unwrap_or(Duration::from_secs(24 * 3600));
