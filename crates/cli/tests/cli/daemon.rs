@@ -428,30 +428,68 @@ fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
     assert!(stderr.starts_with(&format!("tresor: error: the evidence log is not intact: {problems} problems, first: ")), "{stderr}");
 }
 
-/// The state lost (a claim gone, a new cluster): a report and a new daemon
-/// rebuild the job history and the drill protocol from the repository's
-/// evidence log, and tell the same numbers.
+/// Every job in a state database, oldest first: (id, source, kind, status, snapshot).
+fn history(env: &Env, db: &str) -> Vec<(i64, String, String, String, String)> {
+    let jobs = env.json(&["jobs", "--state", env.path(db).to_str().unwrap(), "--limit", "100000"]);
+    let mut out: Vec<_> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            let s = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+            (j["id"].as_i64().unwrap(), s("source"), s("kind"), s("status"), s("snapshot"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The state lost after a month (a claim gone, a new cluster): a report and
+/// a new daemon rebuild the job history, the drill protocol and the audit
+/// trail from the repository's evidence log, and tell the same numbers.
 #[test]
 fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     let env = Env::new();
     let redis = RedisServer::start(&[]);
     redis.script("SET a 1\nSET b 2\n");
     let (plan, clock, mut d) = after_first_runs(&env, &redis);
-    assert_eq!(post_json(d.port, "/api/v1/sources/cache/drill", Some("admin-token"), &serde_json::json!({})).0, 202);
-    let before = wait_jobs(&d, "the drill", |j| first_runs_over(j) && count(j, "cache", "drill", "succeeded") == 1);
+    // A month of history: the daemon's clock moves a day at a time, each day's backups run, and a drill every week.
+    let start = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:07:00Z").unwrap();
+    let done =
+        |source: &str, kind: &str| history(&env, "state.db").iter().filter(|j| j.1 == source && j.2 == kind && j.3 == "succeeded").count();
+    let settled = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(done("files", "backup") == n && done("cache", "copy") == n && history(&env, "state.db").iter().all(|j| j.3 != "running")) {
+            assert!(Instant::now() < deadline, "day {n} did not settle: {:?}", history(&env, "state.db"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for day in 1..=30 {
+        set_clock(&clock, &(start + chrono::Duration::days(day)).to_rfc3339());
+        settled(day as usize + 1);
+        if day % 7 == 0 {
+            assert_eq!(post_json(d.port, "/api/v1/sources/cache/drill", Some("admin-token"), &serde_json::json!({})).0, 202);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while done("cache", "drill") < (day / 7) as usize {
+                assert!(Instant::now() < deadline, "the drill of day {day}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
     assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
     assert!(d.child.wait().unwrap().success());
 
     let report = || {
-        let out =
-            env.cmd(&["report", "--plan", plan.to_str().unwrap(), "--format", "json"]).env("TRESOR_CLOCK_FILE", &clock).output().unwrap();
+        let args = ["report", "--plan", plan.to_str().unwrap(), "--format", "json", "--since", "40d"];
+        let out = env.cmd(&args).env("TRESOR_CLOCK_FILE", &clock).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let audit = || env.json(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--limit", "1000"]);
-    let audited = audit();
+    let audit = || env.json(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--limit", "100000"]);
+    let (audited, old) = (audit(), history(&env, "state.db"));
     let with_state = report();
-    assert_eq!(with_state["protocol"].as_array().unwrap().len(), 1, "the drill is in the protocol: {with_state}");
+    assert_eq!(with_state["protocol"].as_array().unwrap().len(), 4, "the four drills are in the protocol: {with_state}");
+    assert!(old.len() > 150, "a month of jobs: {}", old.len());
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
         let _ = fs::remove_file(env.path(f));
     }
@@ -459,22 +497,23 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     assert!(!env.path("state.db").exists(), "a report writes no state");
 
     let d = start_daemon(&env, &plan, Some(&clock));
-    let key = |j: &serde_json::Value| {
-        (j["id"].as_i64().unwrap(), j["source"].clone(), j["kind"].clone(), j["status"].clone(), j["snapshot"].clone())
+    let last = old.last().unwrap().0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rebuilt = loop {
+        let h: Vec<_> = history(&env, "state.db").into_iter().filter(|j| j.0 <= last).collect();
+        if h.len() == old.len() {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "the rebuilt history: {} of {} jobs", h.len(), old.len());
+        std::thread::sleep(Duration::from_millis(100));
     };
-    let old: Vec<_> = before.iter().map(key).collect();
-    let last = old.iter().map(|k| k.0).max().unwrap();
-    let after = wait_jobs(&d, "the rebuilt history", |j| j.iter().filter(|x| x["id"].as_i64().unwrap() <= last).count() == old.len());
-    let mut rebuilt: Vec<_> = after.iter().map(key).filter(|k| k.0 <= last).collect();
+    assert_eq!(rebuilt, old, "every job, under its own id");
     let trail = audit();
     // What the daemon audits; a job's own process (a drill's `cli:` entry) writes to the local state only.
     for e in audited.as_array().unwrap().iter().filter(|e| !e["actor"].as_str().unwrap().starts_with("cli:")) {
         assert!(trail.as_array().unwrap().contains(e), "the audit trail comes back too: {e} not in {trail}");
     }
-    let mut old = old;
-    rebuilt.sort_by_key(|k| k.0);
-    old.sort_by_key(|k| k.0);
-    assert_eq!(rebuilt, old, "every job, under its own id");
+    drop(d);
 }
 
 #[test]
