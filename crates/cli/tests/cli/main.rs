@@ -18,6 +18,7 @@ mod daemon;
 mod deploy;
 mod doctor;
 mod drill;
+mod evidence;
 mod help;
 mod image;
 mod jobs;
