@@ -7,9 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use globset::Glob;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::ApiResource;
+use tresor_sources::k8s::Matcher;
 
 use crate::plan::Plan;
 
@@ -49,22 +49,11 @@ fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
     })
 }
 
-fn glob_match(patterns: &[String], name: &str) -> bool {
-    patterns.iter().any(|p| Glob::new(p).map(|g| g.compile_matcher().is_match(name)).unwrap_or(p == name))
-}
-
-/// Whether the plan covers this namespace: a `pvc://` or `k8s://` source takes it.
-fn covered(plan: &Plan, ns: &str) -> bool {
-    plan.sources.iter().any(|s| {
-        if let Some(m) = pvc_match(&s.url) {
-            return m.namespace.as_deref().is_none_or(|n| n == ns);
-        }
-        if !s.url.starts_with("k8s://") {
-            return false;
-        }
-        let scope = s.scope.clone().unwrap_or_default();
-        (scope.include_namespaces.is_empty() || glob_match(&scope.include_namespaces, ns)) && !glob_match(&scope.exclude_namespaces, ns)
-    })
+/// Whether the plan covers this namespace: a `pvc://` source names it, or
+/// a `k8s://` source's scope (`scopes`, compiled once) takes it.
+fn covered(plan: &Plan, scopes: &[Matcher], ns: &str) -> bool {
+    plan.sources.iter().filter_map(|s| pvc_match(&s.url)).any(|m| m.namespace.as_deref().is_none_or(|n| n == ns))
+        || scopes.iter().any(|m| m.namespace(ns))
 }
 
 fn protected(plan: &Plan, c: &Claim) -> bool {
@@ -77,7 +66,15 @@ fn protected(plan: &Plan, c: &Claim) -> bool {
 
 /// Per covered namespace, its claims that no source backs up (an empty list: all protected).
 pub fn unprotected(plan: &Plan, namespaces: &[String], claims: &[Claim]) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = namespaces.iter().filter(|n| covered(plan, n)).map(|n| (n.clone(), Vec::new())).collect();
+    // A scope whose globs do not compile covers nothing (plan check names it).
+    let scopes: Vec<Matcher> = plan
+        .sources
+        .iter()
+        .filter(|s| s.url.starts_with("k8s://"))
+        .filter_map(|s| Matcher::new(&s.scope.clone().unwrap_or_default()).ok())
+        .collect();
+    let mut out: BTreeMap<String, Vec<String>> =
+        namespaces.iter().filter(|n| covered(plan, &scopes, n)).map(|n| (n.clone(), Vec::new())).collect();
     for c in claims {
         if let Some(list) = out.get_mut(&c.namespace)
             && !protected(plan, c)

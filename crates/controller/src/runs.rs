@@ -423,7 +423,10 @@ fn namespaces_written(spec: &RestoreRunSpec, snapshot: &Value) -> Option<Vec<Str
 
 /// A RestoreRun in `own` may write `writes` when each is `own` or matches one of `globs`.
 fn allowed(own: &str, globs: &[String], writes: Option<Vec<String>>) -> Result<(), String> {
-    let matches = |ns: &str| globs.iter().any(|g| globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(ns)));
+    // The backup filters' namespace globs; none given allows none (not all, as a filter would).
+    let scope = tresor_sources::k8s::Filters { include_namespaces: globs.to_vec(), ..Default::default() };
+    let matcher = tresor_sources::k8s::Matcher::new(&scope).ok().filter(|_| !globs.is_empty());
+    let matches = |ns: &str| matcher.as_ref().is_some_and(|m| m.namespace(ns));
     let rule = format!("a RestoreRun in namespace {own} may restore only into {own} and the namespaces daemon.restore_namespaces allows");
     match writes {
         None if globs.iter().any(|g| g == "*") => Ok(()),
