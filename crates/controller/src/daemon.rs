@@ -82,13 +82,11 @@ impl Shared {
     }
 
     /// The audit entry as evidence too: in the repository of the source it
-    /// names, else in every one (appended in the background, in order).
+    /// names, else in every primary one (appended in the background, in order).
     fn audit_to_repositories(&self, e: &AuditEntry) {
         let plan = self.plan();
-        let targets: Vec<crate::plan::Repository> = match plan.sources.iter().find(|s| s.name == e.target) {
-            Some(s) => plan.repository_of(s).map(|(_, r)| r.clone()).into_iter().collect(),
-            None => plan.repositories.values().cloned().collect(),
-        };
+        let source = plan.sources.iter().find(|s| s.name == e.target).and_then(|s| plan.repository_of(s)).map(|(_, r)| r.clone());
+        let targets = crate::repos::evidence_targets(&plan, source.as_ref());
         self.repos.append_later(targets, "audit", serde_json::to_value(e).unwrap_or_default());
     }
 }
@@ -499,8 +497,12 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         // The drill protocol: what a rebuilt state's report reads.
         body["drills"] = outcome.summary.clone().unwrap_or_default();
     }
-    if !unreachable && let Err(e) = shared.repos.append(&w.repo, "job", body).await {
-        tracing::warn!("the evidence of job {} stays local: {e}", record.id);
+    if !unreachable {
+        for target in crate::repos::evidence_targets(&shared.plan(), Some(&w.repo)) {
+            if let Err(e) = shared.repos.append(&target, "job", body.clone()).await {
+                tracing::warn!("the evidence of job {} stays local: {e}", record.id);
+            }
+        }
     }
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
         let plan = shared.plan();

@@ -16,6 +16,24 @@ use crate::plan::{self, Plan};
 use crate::report::RepoFacts;
 use crate::state::{AuditEntry, Job, State};
 
+/// Where the daemon appends evidence about `concerning` (a repository, or the
+/// whole plan): that repository, unless it is a class's off-site copy, whose
+/// log `copy` fills from its primary and which a direct append would fork;
+/// evidence about it, or about the plan, goes to every primary repository.
+pub fn evidence_targets(plan: &Plan, concerning: Option<&plan::Repository>) -> Vec<plan::Repository> {
+    let offsite: Vec<&str> = plan
+        .classes
+        .values()
+        .filter_map(|c| c.offsite.as_deref())
+        .filter_map(|n| plan.repositories.get(n))
+        .map(|r| r.url.as_str())
+        .collect();
+    match concerning {
+        Some(r) if !offsite.contains(&r.url.as_str()) => vec![r.clone()],
+        _ => plan.repositories.values().filter(|r| !offsite.contains(&r.url.as_str())).cloned().collect(),
+    }
+}
+
 /// Shared by clones (a spawned append holds one).
 #[derive(Clone, Default)]
 pub struct Handles {

@@ -181,6 +181,11 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     }
     assert!(Command::new("kill").args(["-TERM", &d.child.id().to_string()]).status().unwrap().success());
     assert!(d.child.wait().unwrap().success());
+    // A month of daily copies and of prunes of both repositories: each log one chain, the off-site one a copy.
+    for repo in [env.repo.clone(), env.path("offsite").display().to_string()] {
+        let verified = env.json(&["--repo", &repo, "audit", "verify"]);
+        assert_eq!(verified["problems"], serde_json::json!([]), "{repo}");
+    }
 
     let report = || {
         let args = ["report", "--plan", plan.to_str().unwrap(), "--format", "json", "--since", "40d"];
