@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_engine::{NodeKind, Repository, Snapshot};
 use tresor_sources::k8s_restore::{Existing, ObjectResult, RestoreOptions, restore as apply};
+use tresor_sources::k8s_transform::Transforms;
 
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand, VolumeJobArgs};
@@ -26,17 +27,54 @@ async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<
     Ok(out)
 }
 
+/// `OLD:NEW` pairs of a mapping flag.
+fn pairs(flag: &str, given: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut mapping = std::collections::BTreeMap::new();
+    for m in given {
+        match m.split_once(':') {
+            Some((old, new)) if !old.is_empty() && !new.is_empty() => mapping.insert(old.to_string(), new.to_string()),
+            _ => bail!("cannot read {flag} {m:?} (use OLD:NEW)"),
+        };
+    }
+    Ok(mapping)
+}
+
+/// `OLD:NEW` of registries that may have ports (`registry:5000:mirror:5000`):
+/// the first colon that does not begin a port (digits, then the end, `/` or `:`).
+fn registry_pair(m: &str) -> Option<(&str, &str)> {
+    let is_port = |rest: &str| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && matches!(rest.as_bytes().get(digits), None | Some(b'/' | b':'))
+    };
+    let at = m.match_indices(':').map(|(i, _)| i).find(|&i| !is_port(&m[i + 1..]))?;
+    let (old, new) = (&m[..at], &m[at + 1..]);
+    (!old.is_empty() && !new.is_empty()).then_some((old, new))
+}
+
 fn options(a: &RestoreArgs) -> Result<RestoreOptions> {
     if a.k8s.selector.is_some() {
         bail!("--selector chooses objects at backup time; a restore takes --include/--exclude-namespaces and -resources");
     }
-    let mut mapping = std::collections::BTreeMap::new();
-    for m in &a.namespace_mapping {
-        let Some((old, new)) = m.split_once(':') else { bail!("cannot read namespace mapping {m:?} (use OLD:NEW)") };
-        mapping.insert(old.to_string(), new.to_string());
+    let mut transforms = match &a.transforms {
+        Some(file) => Transforms::load(file)?,
+        None => Transforms::default(),
+    };
+    // The command line's mappings go on top of the file's.
+    transforms.storage_classes.extend(pairs("--storage-class-mapping", &a.storage_class_mapping)?);
+    for m in &a.image_registry_mapping {
+        let Some((old, new)) = registry_pair(m) else { bail!("cannot read --image-registry-mapping {m:?} (use OLD:NEW)") };
+        transforms.image_registries.insert(old.into(), new.into());
     }
-    let existing = if a.existing == "update" { Existing::Update } else { Existing::Skip };
-    Ok(RestoreOptions { filters: a.k8s.filters(), mapping, existing, dry_run: a.dry_run, server_dry_run: a.server_dry_run })
+    let base = if a.rehearsal { RestoreOptions::rehearsal() } else { RestoreOptions::default() };
+    Ok(RestoreOptions {
+        filters: a.k8s.filters(),
+        mapping: pairs("namespace mapping", &a.namespace_mapping)?,
+        existing: if a.existing == "update" { Existing::Update } else { Existing::Skip },
+        dry_run: a.dry_run,
+        server_dry_run: a.server_dry_run,
+        transforms,
+        ..base
+    })
 }
 
 /// The overall status: `completed`, or `partial:` with the count and the first failure.
@@ -60,6 +98,9 @@ pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a
         for r in &results {
             let detail = if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) };
             println!("{:<13} {}{detail}", r.result, r.object);
+            for change in &r.changes {
+                println!("{:<13}   {change}", "");
+            }
         }
         let accepted = if a.server_dry_run { format!(", {} accepted by a server-side dry run", count("accepted")) } else { String::new() };
         println!(
@@ -180,4 +221,17 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_mappings_split_at_the_colon_that_is_no_port() {
+        let p = super::registry_pair;
+        assert_eq!(p("old.registry:new.registry"), Some(("old.registry", "new.registry")));
+        assert_eq!(p("old:5000:new:6000/team"), Some(("old:5000", "new:6000/team")));
+        assert_eq!(p("old:10.0.0.1:5000"), Some(("old", "10.0.0.1:5000")));
+        assert_eq!(p("localhost:5000"), None);
+        assert_eq!(p("old:"), None);
+    }
 }

@@ -407,6 +407,21 @@ pub struct RestoreArgs {
     /// stored), into namespaces created for it and removed after: a drill.
     #[arg(long, requires = "to", conflicts_with = "dry_run", help_heading = KUBERNETES)]
     pub server_dry_run: bool,
+    /// With --to k8s://: OLD:NEW, claims (and StatefulSets' claim templates) of storage class OLD get NEW (repeatable).
+    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    pub storage_class_mapping: Vec<String>,
+    /// With --to k8s://: OLD:NEW, container images from registry OLD come from NEW, e.g. old.registry:new.registry (repeatable).
+    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    pub image_registry_mapping: Vec<String>,
+    /// With --to k8s://: a YAML file of transforms: storage_classes, image_registries, and rules
+    /// that select objects (kinds, namespaces, names, selector) and apply JSON patches (RFC 6902).
+    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    pub transforms: Option<PathBuf>,
+    /// With --to k8s://: a rehearsal beside production: namespaces into <ns>-dr, workloads scaled
+    /// to 0, CronJobs and Jobs suspended, Ingress hosts prefixed dr-, no Pods, and no
+    /// cluster-scoped objects unless --include-cluster-resources true.
+    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    pub rehearsal: bool,
     #[command(flatten)]
     pub k8s: K8sFilterArgs,
 }

@@ -194,6 +194,9 @@ pub struct SourceSpec {
     pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
     /// Which objects a `k8s://` source takes: namespaces, resources, a selector, cluster resources.
     pub scope: Option<tresor_sources::k8s::Filters>,
+    /// How a `k8s://` source's restores into another cluster rewrite its
+    /// objects: a transforms file (storage classes, image registries, JSON patches).
+    pub transforms: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -7,7 +7,9 @@
 //! EndpointSlices, `kube-root-ca.crt`, default ServiceAccounts, token
 //! Secrets) are skipped with that reason, and a create that meets one a
 //! controller made meanwhile (409) follows the same choice as any object
-//! that exists.
+//! that exists. Transforms (`k8s_transform.rs`) rewrite objects for another
+//! cluster, and a rehearsal's rewrites keep what it restores from touching
+//! production; each object's result lists what they changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,15 +20,17 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::k8s::{Filters, Matcher, api_message, client};
+use crate::k8s_transform::{Compiled, REHEARSAL_LABEL, Rehearsal, Transforms};
 use crate::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Existing {
+    #[default]
     Skip,
     Update,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
     pub filters: Filters,
     /// Old namespace → new.
@@ -37,6 +41,30 @@ pub struct RestoreOptions {
     /// it, and stores nothing. Namespaces it needs are created for real and
     /// removed afterwards (a drill).
     pub server_dry_run: bool,
+    /// Storage classes, registries and JSON patches for another cluster.
+    pub transforms: Transforms,
+    /// A rehearsal's safety rewrites; cluster-scoped objects only with
+    /// `filters.include_cluster_resources: Some(true)`.
+    pub rehearsal: Option<Rehearsal>,
+}
+
+impl RestoreOptions {
+    /// A rehearsal inside a live cluster: each namespace into `<ns>-dr`,
+    /// Deployments, StatefulSets and ReplicaSets scaled to 0, CronJobs and
+    /// Jobs suspended, DaemonSets on no node, Ingress hosts prefixed `dr-`,
+    /// no Pods and no cluster-scoped objects; nothing that exists replaced.
+    pub fn rehearsal() -> RestoreOptions {
+        RestoreOptions { rehearsal: Some(Rehearsal::default()), ..RestoreOptions::default() }
+    }
+
+    /// Where the snapshot's namespace `ns` is restored.
+    pub fn namespace_for(&self, ns: &str) -> String {
+        match (self.mapping.get(ns), &self.rehearsal) {
+            (Some(to), _) => to.clone(),
+            (None, Some(r)) => format!("{ns}{}", r.namespace_suffix),
+            (None, None) => ns.to_string(),
+        }
+    }
 }
 
 /// What happened to one object.
@@ -47,6 +75,9 @@ pub struct ObjectResult {
     /// `created`, `updated`, `skipped`, `failed`, or with `--dry-run` `would create` and so on.
     pub result: String,
     pub detail: String,
+    /// What the transforms changed, e.g. `storageClassName: fast -> standard`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 /// Restore order by kind: what others depend on comes first.
@@ -70,11 +101,18 @@ fn rank(kind: &str) -> u8 {
 struct Item {
     obj: Value,
     ns: Option<String>,
+    /// The namespace in the snapshot.
+    old_ns: Option<String>,
     name: String,
     kind: String,
+    changes: Vec<String>,
 }
 
 impl Item {
+    fn namespace(obj: Value, name: &str) -> Item {
+        Item { obj, ns: None, old_ns: None, name: name.into(), kind: "Namespace".into(), changes: Vec::new() }
+    }
+
     fn label(&self) -> String {
         match &self.ns {
             Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
@@ -84,7 +122,7 @@ impl Item {
 }
 
 fn result(item: &Item, result: &str, detail: impl Into<String>) -> ObjectResult {
-    ObjectResult { object: item.label(), result: result.into(), detail: detail.into() }
+    ObjectResult { object: item.label(), result: result.into(), detail: detail.into(), changes: item.changes.clone() }
 }
 
 /// The plural of a kind: from discovery, else from a CRD being restored.
@@ -100,8 +138,15 @@ fn plural_of(discovery: &Discovery, objects: &[Value], group: &str, kind: &str) 
         .unwrap_or_else(|| format!("{}s", kind.to_lowercase()))
 }
 
-/// The objects to restore, mapped, filtered, in order; and those left out, with why.
-fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreOptions) -> (Vec<Item>, Vec<ObjectResult>) {
+/// The objects to restore, mapped, filtered, transformed, in order; and
+/// those left out or failing their transforms, with why.
+fn prepare(
+    objects: Vec<Value>,
+    discovery: &Discovery,
+    m: &Matcher,
+    o: &RestoreOptions,
+    t: &Compiled,
+) -> (Vec<Item>, Vec<ObjectResult>) {
     let plurals: Vec<String> = objects
         .iter()
         .map(|obj| {
@@ -113,48 +158,69 @@ fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreO
     let services: BTreeSet<(String, String)> = objects
         .iter()
         .filter(|obj| obj["kind"] == "Service" && obj["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()))
-        .filter_map(|obj| {
-            let ns = obj["metadata"]["namespace"].as_str()?;
-            Some((o.mapping.get(ns).cloned().unwrap_or(ns.into()), obj["metadata"]["name"].as_str()?.to_string()))
-        })
+        .filter_map(|obj| Some((o.namespace_for(obj["metadata"]["namespace"].as_str()?), obj["metadata"]["name"].as_str()?.to_string())))
         .collect();
     let mut items = Vec::new();
     let mut skipped = Vec::new();
-    for (mut obj, plural) in objects.into_iter().zip(plurals) {
-        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let old_ns = obj["metadata"]["namespace"].as_str().map(String::from);
-        let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g).to_string();
-        let scope_ns = old_ns.clone().or_else(|| (kind == "Namespace").then(|| name.clone()));
-        if scope_ns.as_deref().is_some_and(|ns| !m.namespace(ns)) || !m.resource(&kind, &plural, &group, &[]) {
-            continue;
-        }
-        let ns = old_ns.map(|n| o.mapping.get(&n).cloned().unwrap_or(n));
-        let name = if kind == "Namespace" { o.mapping.get(&name).cloned().unwrap_or(name) } else { name };
-        obj["metadata"]["name"] = name.clone().into();
-        if let Some(ns) = &ns {
-            obj["metadata"]["namespace"] = ns.clone().into();
-        }
-        if kind == "Service" {
-            // Cluster IPs are the new cluster's to assign.
-            for f in ["clusterIP", "clusterIPs"] {
-                obj["spec"].as_object_mut().map(|s| s.remove(f));
-            }
-        }
-        let item = Item { obj, ns, name, kind };
-        if let Some(why) = made_by_the_cluster(&item, &services, o.existing) {
+    for (obj, plural) in objects.into_iter().zip(plurals) {
+        let Some(mut item) = place(obj, &plural, m, o) else { continue };
+        if let Some(why) = left_out(&item, &services, o) {
             skipped.push(result(&item, "skipped", why));
             continue;
         }
-        if let Some(owner) = item.obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
-            let by = format!("{} {}", owner["kind"].as_str().unwrap_or("?"), owner["name"].as_str().unwrap_or("?"));
-            skipped.push(result(&item, "skipped", format!("owned by {by}: its controller recreates it")));
-            continue;
+        match t.apply(&mut item.obj, item.old_ns.as_deref(), o.rehearsal.as_ref()) {
+            Ok(changes) => item.changes = changes,
+            Err(why) => {
+                skipped.push(result(&item, "failed", why));
+                continue;
+            }
         }
         items.push(item);
     }
     items.sort_by(|a, b| rank(&a.kind).cmp(&rank(&b.kind)).then(a.kind.cmp(&b.kind)).then(a.ns.cmp(&b.ns)).then(a.name.cmp(&b.name)));
     (items, skipped)
+}
+
+/// An object the filters take, in its new namespace (and a Namespace under its new name).
+fn place(mut obj: Value, plural: &str, m: &Matcher, o: &RestoreOptions) -> Option<Item> {
+    let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let old_ns = obj["metadata"]["namespace"].as_str().map(String::from);
+    let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g).to_string();
+    let scope_ns = old_ns.clone().or_else(|| (kind == "Namespace").then(|| name.clone()));
+    if scope_ns.as_deref().is_some_and(|ns| !m.namespace(ns)) || !m.resource(&kind, plural, &group, &[]) {
+        return None;
+    }
+    let ns = old_ns.as_deref().map(|n| o.namespace_for(n));
+    let name = if kind == "Namespace" { o.namespace_for(&name) } else { name };
+    obj["metadata"]["name"] = name.clone().into();
+    if let Some(ns) = &ns {
+        obj["metadata"]["namespace"] = ns.clone().into();
+    }
+    if kind == "Service" {
+        // Cluster IPs are the new cluster's to assign.
+        for f in ["clusterIP", "clusterIPs"] {
+            obj["spec"].as_object_mut().map(|s| s.remove(f));
+        }
+    }
+    Some(Item { obj, ns, old_ns, name, kind, changes: Vec::new() })
+}
+
+/// Why an object is not restored: the cluster makes it, its owner's
+/// controller does, or a rehearsal leaves it out.
+fn left_out(item: &Item, services: &BTreeSet<(String, String)>, o: &RestoreOptions) -> Option<String> {
+    if let Some(why) = made_by_the_cluster(item, services, o.existing) {
+        return Some(why.into());
+    }
+    if let Some(owner) = item.obj["metadata"]["ownerReferences"].as_array().and_then(|o| o.first()) {
+        let by = format!("{} {}", owner["kind"].as_str().unwrap_or("?"), owner["name"].as_str().unwrap_or("?"));
+        return Some(format!("owned by {by}: its controller recreates it"));
+    }
+    o.rehearsal.as_ref()?;
+    if item.ns.is_none() && item.kind != "Namespace" && o.filters.include_cluster_resources != Some(true) {
+        return Some("cluster-scoped: a rehearsal leaves it out (--include-cluster-resources true restores it)".into());
+    }
+    (item.kind == "Pod").then(|| "a rehearsal starts no Pods: their workloads come back scaled to 0".into())
 }
 
 /// Why the cluster makes this object itself, so a restore leaves it to the cluster.
@@ -197,6 +263,12 @@ async fn discover(client: &Client, url: &str) -> Result<Discovery> {
 /// Restore the YAML `files` of a snapshot (path, contents) into the cluster `url` names.
 pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOptions) -> Result<Vec<ObjectResult>> {
     let m = Matcher::new(&o.filters)?;
+    let t = o.transforms.compile().map_err(|e| Error::failed(url, e))?;
+    if o.rehearsal.is_some()
+        && let Some((ns, _)) = o.mapping.iter().find(|(from, to)| from == to)
+    {
+        return Err(Error::failed(url, format!("a rehearsal restores beside production: --namespace-mapping {ns}:{ns} would write into {ns}")));
+    }
     let objects = files
         .iter()
         .map(|(path, yaml)| {
@@ -205,14 +277,17 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
         .collect::<Result<Vec<Value>>>()?;
     let client = client(url).await?;
     let mut discovery = discover(&client, url).await?;
-    let (items, mut out) = prepare(objects, &discovery, &m, o);
+    let (items, mut out) = prepare(objects, &discovery, &m, o, &t);
     let restored_ns: BTreeSet<String> = items.iter().filter(|i| i.kind == "Namespace").map(|i| i.name.clone()).collect();
     let needed_ns: BTreeSet<String> = items.iter().filter_map(|i| i.ns.clone()).filter(|n| !restored_ns.contains(n)).collect();
     let mut scratch_ns = Vec::new();
     for ns in needed_ns.iter().chain(restored_ns.iter().filter(|_| o.server_dry_run)) {
-        let obj =
+        let mut obj =
             serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"tresor.dev/drill": "true"}}});
-        let item = Item { obj, ns: None, name: ns.clone(), kind: "Namespace".into() };
+        if o.rehearsal.is_some() {
+            obj["metadata"]["labels"][REHEARSAL_LABEL] = "true".into();
+        }
+        let item = Item::namespace(obj, ns);
         let real = RestoreOptions { server_dry_run: false, ..o.clone() };
         let r = apply(&client, &discovery, &item, &real).await;
         if o.server_dry_run && r.result == "created" {
@@ -247,7 +322,7 @@ async fn remove_namespaces(client: &Client, discovery: &Discovery, names: &[Stri
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     for n in names {
         if let Err(e) = api.delete(n, &Default::default()).await {
-            let item = Item { obj: namespace.clone(), ns: None, name: n.clone(), kind: "Namespace".into() };
+            let item = Item::namespace(namespace.clone(), n);
             failed.push(result(&item, "failed", format!("the drill's scratch namespace stays: {}", api_message(&e))));
         }
     }

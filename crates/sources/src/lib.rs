@@ -13,6 +13,7 @@ mod hooks;
 pub mod k8s;
 pub mod k8s_pod;
 pub mod k8s_restore;
+pub mod k8s_transform;
 pub mod k8s_volume;
 mod pgbase;
 pub mod pgwal;

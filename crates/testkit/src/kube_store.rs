@@ -102,6 +102,8 @@ fn builtin() -> Vec<Res> {
         Res::new("apps/v1", "Deployment", "deployments", true, &["deploy"]).with_status(),
         Res::new("apps/v1", "StatefulSet", "statefulsets", true, &["sts"]).with_status(),
         Res::new("apps/v1", "DaemonSet", "daemonsets", true, &["ds"]).with_status(),
+        Res::new("apps/v1", "ReplicaSet", "replicasets", true, &["rs"]).with_status(),
+        Res::new("networking.k8s.io/v1", "Ingress", "ingresses", true, &["ing"]).with_status(),
         Res::new("batch/v1", "Job", "jobs", true, &[]).with_status(),
         Res::new("batch/v1", "CronJob", "cronjobs", true, &["cj"]).with_status(),
         Res::new("rbac.authorization.k8s.io/v1", "Role", "roles", true, &[]),
@@ -281,6 +283,7 @@ impl Store {
             ));
         }
         self.admit(res, ns, &name, &obj)?;
+        crate::kube_validate::validate(res, &name, &obj)?;
         let k = key(res, ns, &name);
         if self.race_armed.remove(&k) {
             // A controller got there first, with an object of the same name.
@@ -400,6 +403,9 @@ impl Store {
 
     pub fn replace(&mut self, res: &Res, ns: Option<&str>, name: &str, mut obj: Value, part: Part) -> Result<Value, ApiError> {
         let old = self.get(res, ns, name)?;
+        if part == Part::Main {
+            crate::kube_validate::validate(res, name, &obj)?;
+        }
         let given = obj["metadata"]["resourceVersion"].as_str().map(String::from);
         if given.is_some_and(|g| Some(g.as_str()) != old["metadata"]["resourceVersion"].as_str()) {
             return Err(ApiError::new(

@@ -23,6 +23,7 @@ mod kube_auth;
 mod kube_controllers;
 mod kube_store;
 mod kube_tls;
+mod kube_validate;
 pub mod net;
 mod object_lock;
 mod postgres;

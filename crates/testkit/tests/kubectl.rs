@@ -284,3 +284,35 @@ fn controllers_make_what_a_cluster_makes_and_collect_what_it_collects() {
         "FailedScheduling: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
     );
 }
+
+/// What a restore rewrites is validated as a cluster validates it: a
+/// namespace name (a rehearsal's `<ns>-dr`) is a DNS label of at most 63
+/// characters, an Ingress host (a rehearsal's `dr-` prefix) a DNS
+/// subdomain or `*.` and one; kubectl prints the refusals as for a cluster.
+#[test]
+fn names_and_hosts_a_restore_rewrites_are_validated_as_a_cluster_validates_them() {
+    let c = Kubectl::start();
+    let long = "a".repeat(64);
+    let (ok, _, err) = c.k(&["create", "namespace", &long]);
+    assert!(!ok);
+    assert_eq!(err, format!("The Namespace \"{long}\" is invalid: metadata.name: Invalid value: \"{long}\": must be no more than 63 characters"));
+    assert_eq!(c.k(&["create", "namespace", &"a".repeat(63)]).1, format!("namespace/{} created", "a".repeat(63)));
+    assert!(c.k(&["create", "namespace", "shop"]).0);
+    let ingress = |host: &str| {
+        let tls = "  tls:\n  - hosts: [\"shop.example.com\"]\n";
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: shop\nspec:\n{tls}  rules:\n  - host: \"{host}\"\n")
+    };
+    let (ok, _, err) = c.k(&["create", "--validate=false", "-f", &c.file("bad.yaml", &ingress("dr-*.example.com"))]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "The Ingress \"web\" is invalid: spec.rules[0].host: Invalid value: \"dr-*.example.com\": a wildcard DNS-1123 subdomain must start \
+         with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with \
+         an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+    );
+    let (_, out, err) = c.k(&["create", "--validate=false", "-f", &c.file("good.yaml", &ingress("*.dr-example.com"))]);
+    assert_eq!(out, "ingress.networking.k8s.io/web created", "{err}");
+    assert_eq!(c.k(&["get", "ing", "web", "-n", "shop", "-o", "jsonpath={.spec.rules[0].host}"]).1, "*.dr-example.com");
+    let (ok, _, err) = c.k(&["patch", "ingress", "web", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"rules":[{"host":"Shop.example.com"}]}}"#]);
+    assert!(!ok && err.starts_with("The Ingress \"web\" is invalid: spec.rules[0].host: Invalid value: \"Shop.example.com\": a lowercase RFC 1123 subdomain"), "{err}");
+}
