@@ -69,17 +69,21 @@ pub fn kdf(g: &Global) -> KdfParams {
 }
 
 pub fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
-    let faults = g.faults.as_deref().map(FaultConfig::parse).transpose()?;
     let cache_root = if g.no_cache { None } else { g.cache_dir.clone().or_else(Cache::default_root) };
-    let storage = StorageOptions {
-        faults,
+    Ok(OpenOptions { password, cache_root, storage: storage_options(g)? })
+}
+
+/// The storage layers' settings from the global flags (a bucket source
+/// takes the same timeout and limits as the repository).
+pub fn storage_options(g: &Global) -> Result<StorageOptions> {
+    Ok(StorageOptions {
+        faults: g.faults.as_deref().map(FaultConfig::parse).transpose()?,
         max_retries: None,
         limit_upload: g.limit_upload.as_deref().map(parse_rate).transpose()?,
         limit_download: g.limit_download.as_deref().map(parse_rate).transpose()?,
         env_prefix: None,
         timeout: g.storage_timeout.as_deref().map(storage_timeout).transpose()?,
-    };
-    Ok(OpenOptions { password, cache_root, storage })
+    })
 }
 
 fn storage_timeout(text: &str) -> Result<std::time::Duration> {

@@ -105,6 +105,12 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
         return run_and_report(g, repo, a, opts).await;
     }
     if let [one] = a.paths.as_slice()
+        && let Some(url) = one.to_str().filter(|u| tresor_sources::bucket::is_bucket(u))
+    {
+        let url = url.to_string();
+        return crate::sources::backup_bucket(g, a, &url).await;
+    }
+    if let [one] = a.paths.as_slice()
         && let Some(url) = one.to_str().filter(|u| tresor_sources::is_source(u))
     {
         let source = tresor_sources::from_url(url)?;
@@ -251,6 +257,9 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("k8s://")) {
         let to = to.to_string();
         return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
+    }
+    if let Some(to) = a.to.as_deref().filter(|t| tresor_sources::bucket::is_bucket(t)) {
+        return crate::sources::restore_bucket(g, &repo, &snap, to, &a).await;
     }
     let Some(target) = a.target.clone() else {
         let to = a.to.as_deref().expect("clap requires --target or --to");

@@ -195,14 +195,20 @@ pub struct BackupArgs {
     ///   pgbase://USER@HOST[:PORT]                pgbase://backup@db:5432
     ///   etcd://HOST:PORT[,HOST:PORT…][?cacert=…] etcd://10.0.0.2:2379,10.0.0.3:2379
     ///   k8s://[CONTEXT]                          k8s://prod
+    ///   bucket+s3://BUCKET[/PREFIX][?endpoint=…]  bucket+s3://harbor/docker?region=eu-west-1
+    ///   bucket+azblob://CONTAINER[/PREFIX]       bucket+azblob://uploads
+    ///   bucket+gcs://BUCKET[/PREFIX]             bucket+gcs://gitlab-artifacts
     ///   command:COMMAND                          "command:mariadb-dump --all-databases"
     ///
     /// redis:// and rediss:// (TLS; TRESOR_REDIS_CACERT, _CERT, _KEY) take an RDB over the
     /// replication protocol; redis-aof: a Redis 7 AOF directory. postgres:// with a database
     /// runs pg_dump; without one, pg_dumpall --globals-only (roles and tablespaces); pgbase://
     /// a base backup (see `tresor pg backup`). etcd:// takes a snapshot from the first member that answers (TLS: cacert, cert, key in the URL or TRESOR_ETCD_CACERT, _CERT, _KEY). k8s://
-    /// takes the cluster's objects as YAML (see the Kubernetes options). command: runs a
-    /// program (sh -c) and backs up its standard output.
+    /// takes the cluster's objects as YAML (see the Kubernetes options). bucket+ takes a
+    /// bucket's objects under the prefix as files with their metadata, downloading only what
+    /// changed since the last backup (credentials: TRESOR_SOURCE_AWS_ACCESS_KEY_ID and the
+    /// like, else the usual variables). command: runs a program (sh -c) and backs up its
+    /// standard output.
     #[arg(verbatim_doc_comment)]
     pub paths: Vec<PathBuf>,
     /// Tag the snapshot, e.g. --tag daily (repeatable).
@@ -359,14 +365,17 @@ pub struct RestoreArgs {
     ///   postgres://USER@HOST[:PORT]              postgres://postgres@db:5432
     ///   etcd-data:DIR[?SETTING=VALUE&…]          "etcd-data:/var/lib/etcd?name=m1"
     ///   k8s://[CONTEXT]                          k8s://prod
+    ///   bucket+s3://BUCKET[/PREFIX][?endpoint=…]  bucket+s3://harbor-restored
     ///   command:COMMAND                          "command:mariadb shop"
     ///
     /// redis:// makes a running instance load the snapshot's RDB. postgres:// with a database
     /// runs pg_restore (creating the database when missing); without one it restores the
     /// cluster's roles and tablespaces. etcd-data: builds a new member's data directory
     /// (settings: name, initial-cluster, initial-cluster-token, initial-advertise-peer-urls).
-    /// k8s:// applies the objects of a k8s:// snapshot. command: runs a program (sh -c) with
-    /// the data on its standard input.
+    /// k8s:// applies the objects of a k8s:// snapshot. bucket+s3://, bucket+azblob:// and
+    /// bucket+gcs:// write a bucket snapshot's files back as objects with their metadata
+    /// (--include/--exclude: key prefixes or globs; refused onto objects unless --flush, which
+    /// deletes them first). command: runs a program (sh -c) with the data on its standard input.
     #[arg(long, conflicts_with = "target", verbatim_doc_comment, help_heading = TARGET)]
     pub to: Option<String>,
     /// With --target: read every restored file back and check it against the snapshot's content hashes.
@@ -391,7 +400,8 @@ pub struct RestoreArgs {
     /// With --to: allow replacing what the target holds.
     #[arg(long, requires = "to", help_heading = SERVICES)]
     pub flush: bool,
-    /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs).
+    /// With --to postgres://: restore with this many parallel jobs (pg_restore --jobs); with
+    /// --to bucket+…: objects written at once (default 8).
     #[arg(long, requires = "to", default_value_t = 1, help_heading = SERVICES)]
     pub jobs: usize,
     /// With --to k8s://: OLD:NEW, restore namespace OLD's objects into NEW (repeatable).

@@ -1,12 +1,15 @@
-//! `restore --to URL`: a data-source snapshot back into a running service.
+//! `restore --to URL`: a data-source snapshot back into a running service;
+//! buckets, backed up and restored object by object.
 
 use anyhow::{Result, bail};
 use serde_json::json;
-use tresor_engine::{NodeKind, Repository, Snapshot};
+use tresor_engine::backup::BackupOptions;
+use tresor_engine::{Id, NodeKind, Repository, Snapshot};
 use tresor_sources::Target;
+use tresor_sources::bucket::{self, Bucket, BucketRestore, Listing, restore_into};
 
-use crate::commands::print_json;
-use crate::opts::Global;
+use crate::commands::{human, open, print_json, storage_options};
+use crate::opts::{BackupArgs, Global, RestoreArgs};
 
 /// Restore the snapshot's one stream into the service a URL names.
 pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, flush: bool, jobs: usize) -> Result<u8> {
@@ -35,4 +38,71 @@ pub async fn stream_into(repo: &Repository, snap: &Snapshot, target: &mut dyn Ta
     }
     let said = tokio::task::block_in_place(|| target.finish())?;
     Ok((file.name.clone(), file.size, said))
+}
+
+/// Objects downloaded at once by a bucket backup unless --threads says otherwise:
+/// the workers wait on the network more than they compute.
+const BUCKET_DOWNLOADS: usize = 8;
+
+/// Back up a bucket (`bucket+s3://…`): its listing streams into the
+/// engine, objects the parent snapshot holds unchanged are not downloaded.
+pub async fn backup_bucket(g: &Global, mut a: BackupArgs, url: &str) -> Result<(u8, Id)> {
+    let time = a.time.as_deref().map(crate::data::parse_time).transpose()?;
+    let bucket = Bucket::open(url, &storage_options(g)?)?;
+    let listing = Listing::start(&bucket).await?;
+    let repo = open(g).await?;
+    let name = bucket.name();
+    let parent = match (&a.parent, a.force) {
+        (_, true) => None,
+        (Some(spec), _) => Some(repo.find_snapshot(spec).await?),
+        (None, _) => {
+            repo.snapshots().await?.into_iter().rev().find(|s| s.source.kind == bucket::KIND && s.source.url.as_deref() == Some(&name))
+        }
+    };
+    let report = listing.report();
+    let (input, info) = listing.into_input();
+    let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
+    let opts = BackupOptions {
+        host: Some(host),
+        time,
+        parent,
+        entries: Some(input),
+        source: Some(Box::new(move || Ok(info()))),
+        ..Default::default()
+    };
+    a.threads = Some(a.threads.filter(|&n| n > 0).unwrap_or(BUCKET_DOWNLOADS));
+    let (code, id) = crate::data::run_and_report(g, repo, a, opts).await?;
+    let r = report.lock().expect("not poisoned");
+    for c in &r.changed {
+        eprintln!("warning: {}: {} while the backup ran", c.key, c.change);
+    }
+    if r.changed_count > r.changed.len() as u64 {
+        eprintln!("warning: {} more objects changed while the backup ran", r.changed_count - r.changed.len() as u64);
+    }
+    if !g.json && !g.quiet {
+        println!("{name}: {} objects ({}) listed, {} downloaded ({})", r.objects, human(r.bytes), r.downloaded, human(r.downloaded_bytes));
+    }
+    Ok((code, id))
+}
+
+/// Restore a snapshot's files into a bucket as objects, with their metadata.
+pub async fn restore_bucket(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a: &RestoreArgs) -> Result<u8> {
+    let target = Bucket::open(to, &storage_options(g)?)?;
+    let opts = BucketRestore {
+        flush: a.flush,
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+        concurrency: if a.jobs > 1 { a.jobs } else { BUCKET_DOWNLOADS },
+    };
+    let r = restore_into(repo, snap.tree, &target, &opts).await?;
+    if g.json {
+        print_json(&json!({"snapshot": snap.id, "target": target.name(), "result": r}))?;
+    } else {
+        let deleted = if r.deleted > 0 { format!(" ({} objects deleted first)", r.deleted) } else { String::new() };
+        println!("restored {} objects ({}) from snapshot {} into {}{deleted}", r.objects, human(r.bytes), snap.id.short(), target.name());
+    }
+    if r.metadata_not_set > 0 {
+        eprintln!("warning: {} objects restored without some of their metadata, which {} cannot store", r.metadata_not_set, target.name());
+    }
+    Ok(0)
 }

@@ -41,4 +41,4 @@ pub use id::{Id, IdBuildHasher, IdMap, IdSet};
 pub use keys::{KdfParams, Password};
 pub use repo::{InitOptions, OpenOptions, Repository, Settings};
 pub use snapshot::{Snapshot, SourceInfo, Summary};
-pub use tree::{Node, NodeKind, Tree};
+pub use tree::{Node, NodeKind, ObjectMeta, Tree};

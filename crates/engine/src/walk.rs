@@ -1,5 +1,6 @@
 //! Walking snapshot trees, and the glob filters commands share.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -39,12 +40,22 @@ impl PathFilter {
     }
 }
 
+/// A name that stays inside its directory when joined to it: tresor never
+/// stores another, so a tree holding one was not made by it.
+pub fn is_safe_name(name: &[u8]) -> bool {
+    !matches!(name, b"" | b"." | b"..") && !name.contains(&b'/') && !name.contains(&0)
+}
+
 /// Visit every node below `tree`, depth first in name order. The visitor
 /// returns whether to descend into a directory.
 pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
     let t = repo.load_tree(&tree).await?;
     for node in &t.nodes {
-        let path = base.join(node.os_name());
+        let name = node.os_name();
+        if !is_safe_name(name.as_bytes()) {
+            return Err(Error::Corrupt { kind: "tree", id: tree.to_hex(), reason: format!("unsafe entry name {:?}", node.name) });
+        }
+        let path = base.join(name);
         if visit(&path, node)?
             && let Some(sub) = node.subtree
         {

@@ -6,6 +6,7 @@
 //! so the backup fails, and no snapshot is saved) when the stream turns out
 //! truncated or corrupt, or when the producing process reports an error.
 
+pub mod bucket;
 mod command;
 pub mod etcd;
 mod etcd_target;

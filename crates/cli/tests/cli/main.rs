@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 use tresor_testkit::S3Server;
 
 mod backends;
+mod bucket;
 mod conformance;
 mod crash;
 mod daemon;

@@ -31,7 +31,10 @@ use crate::tree::{Node, Tree};
 use crate::walk::PathFilter;
 use crate::{Error, Id, IdSet, Repository, Result};
 
+mod virtual_input;
 mod walker;
+
+pub use virtual_input::{VirtualEntry, VirtualFile, VirtualInput};
 
 /// Packs written between two index checkpoints: a killed backup leaves at
 /// most this many unindexed packs behind, which the next backup cannot reuse.
@@ -54,6 +57,9 @@ pub struct BackupOptions {
     /// Or back up these files, made by a source (Kubernetes objects as
     /// YAML), by relative path (`namespaces/shop/apps/Deployment/web.yaml`).
     pub generated: Option<BTreeMap<String, Vec<u8>>>,
+    /// Or back up these entries as they come, their content read only
+    /// when it changed since the parent snapshot (objects of a bucket).
+    pub entries: Option<VirtualInput>,
     /// What the data came from, asked once it has all been read: a source
     /// learns parts of its consistency point while it streams, and may
     /// find then that what it gave was not consistent (no snapshot).
@@ -124,6 +130,8 @@ struct Shared {
     stop: AtomicBool,
     excludes: PathFilter,
     one_file_system: bool,
+    /// How a virtual input renames a file that shares its name with a directory.
+    rename_clash: Option<fn(&std::ffi::OsStr) -> std::ffi::OsString>,
 }
 
 /// Data packs go to storage in pieces of this size while they are filled,
@@ -166,14 +174,19 @@ struct DirState {
     pending: usize,
     parent: Option<Parent>,
     old_subtree: Option<Id>,
+    /// Children arrive in any order (a virtual input): sort them when
+    /// sealing, and date the directory by its newest child.
+    grow: bool,
 }
 
 struct FileJob {
+    /// The file to read, or (for a virtual entry) the name its errors carry.
     path: PathBuf,
     node: Node,
     existed: bool,
     dir: Arc<Mutex<DirState>>,
     slot: usize,
+    content: Option<Box<dyn VirtualFile>>,
 }
 
 impl Shared {
@@ -288,11 +301,14 @@ impl Shared {
     }
 
     fn seal_dir(&self, ctx: &mut ThreadCtx, dir: &Arc<Mutex<DirState>>) -> Result<()> {
-        let (mut node, tree, parent, old) = {
+        let (mut node, mut tree, parent, old, grow) = {
             let mut d = dir.lock().expect("not poisoned");
             let tree = Tree { nodes: std::mem::take(&mut d.slots).into_iter().flatten().collect() };
-            (std::mem::take(&mut d.node), tree, d.parent.take(), d.old_subtree)
+            (std::mem::take(&mut d.node), tree, d.parent.take(), d.old_subtree, d.grow)
         };
+        if grow {
+            virtual_input::settle(&mut tree, &mut node, self.rename_clash);
+        }
         let id = self.add_blob(ctx, BlobKind::Tree, &tree.encode())?;
         let c = &self.counters;
         match old {
@@ -311,7 +327,10 @@ impl Shared {
     }
 
     fn process_file(&self, ctx: &mut ThreadCtx, job: FileJob) -> Result<()> {
-        let FileJob { path, mut node, existed, dir, slot } = job;
+        let FileJob { path, mut node, existed, dir, slot, content } = job;
+        if let Some(content) = content {
+            return self.process_virtual(ctx, FileJob { path, node, existed, dir, slot, content: None }, content);
+        }
         let file = match fsmeta::open_noatime(&path) {
             Ok(f) => f,
             Err(e) => {
@@ -319,7 +338,26 @@ impl Shared {
                 return self.fill(ctx, &dir, slot, None);
             }
         };
-        match self.chunk_into(ctx, file, Some(node.size), &mut node) {
+        let read = self.chunk_into(ctx, file, Some(node.size), &mut node);
+        self.settle_file(ctx, read, FileJob { path, node, existed, dir, slot, content: None })
+    }
+
+    /// A virtual entry's content is opened here, on a worker, so that
+    /// downloads run in parallel; what its source says once it was read
+    /// completes the node.
+    fn process_virtual(&self, ctx: &mut ThreadCtx, mut job: FileJob, mut content: Box<dyn VirtualFile>) -> Result<()> {
+        let read = match content.open() {
+            Ok(reader) => self.chunk_into(ctx, reader, Some(job.node.size), &mut job.node),
+            Err(e) => Err(e.into()),
+        };
+        let read = read.and_then(|()| content.finish(&mut job.node).map_err(Error::from));
+        self.settle_file(ctx, read, job)
+    }
+
+    /// A file that could not be read is a warning and a missing node.
+    fn settle_file(&self, ctx: &mut ThreadCtx, read: Result<()>, job: FileJob) -> Result<()> {
+        let FileJob { path, node, existed, dir, slot, .. } = job;
+        match read {
             Ok(()) => {
                 let c = &self.counters;
                 if existed { &c.files_changed } else { &c.files_new }.fetch_add(1, Relaxed);
@@ -331,6 +369,16 @@ impl Shared {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A file reused from the parent snapshot, unread.
+    fn count_unmodified(&self, size: u64) {
+        let c = &self.counters;
+        c.files_unmodified.fetch_add(1, Relaxed);
+        c.files.fetch_add(1, Relaxed);
+        c.bytes.fetch_add(size, Relaxed);
+        self.progress.files.fetch_add(1, Relaxed);
+        self.progress.bytes.fetch_add(size, Relaxed);
     }
 
     fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, size_hint: Option<u64>, node: &mut Node) -> Result<()> {
@@ -409,8 +457,22 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
-    let BackupOptions { paths, tags, host, excludes, one_file_system, parent, time, threads, stdin, generated, source, name, progress } =
-        opts;
+    let BackupOptions {
+        paths,
+        tags,
+        host,
+        excludes,
+        one_file_system,
+        parent,
+        time,
+        threads,
+        stdin,
+        generated,
+        entries,
+        source,
+        name,
+        progress,
+    } = opts;
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -425,16 +487,18 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         stop: AtomicBool::new(false),
         excludes: PathFilter::new(&excludes)?,
         one_file_system,
+        rename_clash: entries.as_ref().map(|e| e.rename_clash),
     });
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let parent_tree = parent.as_ref().map(|p| p.tree);
     let job = {
         let shared = shared.clone();
         let paths = paths.clone();
-        let input = match (stdin, generated) {
-            (Some((name, reader)), _) => Input::Stream(name, reader),
-            (None, Some(files)) => Input::Generated(files),
-            (None, None) => Input::Paths,
+        let input = match (stdin, generated, entries) {
+            (Some((name, reader)), _, _) => Input::Stream(name, reader),
+            (None, Some(files), _) => Input::Generated(files),
+            (None, None, Some(entries)) => Input::Virtual(entries),
+            (None, None, None) => Input::Paths,
         };
         tokio::task::spawn_blocking(move || archive(&shared, &paths, input, parent_tree, threads))
     };
@@ -494,6 +558,7 @@ enum Input {
     Paths,
     Stream(String, Box<dyn Read + Send>),
     Generated(BTreeMap<String, Vec<u8>>),
+    Virtual(VirtualInput),
 }
 
 /// Run the walker on this thread and the workers beside it; the root tree id.
@@ -512,6 +577,7 @@ fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option
             let walked = match input {
                 Input::Stream(name, reader) => w.stream(&name, reader, Parent::Root(root_tx)),
                 Input::Generated(files) => w.generated(&walker::generated_tree(&files), Parent::Root(root_tx)),
+                Input::Virtual(entries) => w.entries(entries, parent_tree, Parent::Root(root_tx)),
                 Input::Paths => w.walk_root(&walker::layout(paths)?, parent_tree, Parent::Root(root_tx)),
             };
             let flushed = shared.flush(&mut w.ctx);

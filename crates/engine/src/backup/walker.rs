@@ -60,19 +60,26 @@ fn unchanged(old: &Node, new: &Node) -> bool {
     old.kind == NodeKind::File && old.size == new.size && old.mtime == new.mtime && old.ctime == new.ctime && old.inode == new.inode
 }
 
-fn new_dir(node: Node, children: usize, parent: Parent, old_subtree: Option<Id>) -> Arc<Mutex<DirState>> {
-    Arc::new(Mutex::new(DirState { node, slots: vec![None; children], pending: children + 1, parent: Some(parent), old_subtree }))
+pub(super) fn new_dir(node: Node, children: usize, parent: Parent, old_subtree: Option<Id>) -> Arc<Mutex<DirState>> {
+    Arc::new(Mutex::new(DirState {
+        node,
+        slots: vec![None; children],
+        pending: children + 1,
+        parent: Some(parent),
+        old_subtree,
+        grow: false,
+    }))
 }
 
 impl Walker<'_> {
-    fn old_tree(&self, id: Option<Id>) -> Option<Tree> {
+    pub(super) fn old_tree(&self, id: Option<Id>) -> Option<Tree> {
         let repo = self.shared.repo.clone();
         // A parent tree that cannot be read only costs re-reading files.
         self.shared.rt.block_on(async move { repo.load_tree(&id?).await.ok() })
     }
 
     /// The walker's own "listing finished" count on a directory.
-    fn release(&mut self, dir: &Arc<Mutex<DirState>>) -> Result<()> {
+    pub(super) fn release(&mut self, dir: &Arc<Mutex<DirState>>) -> Result<()> {
         self.shared.fill(&mut self.ctx, dir, usize::MAX, None)
     }
 
@@ -181,15 +188,10 @@ impl Walker<'_> {
             NodeKind::File => {
                 if let Some(o) = old.filter(|o| unchanged(o, &node) && o.content.iter().all(|id| shared.index.contains(id))) {
                     node.content = o.content.clone();
-                    let c = &shared.counters;
-                    c.files_unmodified.fetch_add(1, Relaxed);
-                    c.files.fetch_add(1, Relaxed);
-                    c.bytes.fetch_add(node.size, Relaxed);
-                    shared.progress.files.fetch_add(1, Relaxed);
-                    shared.progress.bytes.fetch_add(node.size, Relaxed);
+                    shared.count_unmodified(node.size);
                     return shared.fill(&mut self.ctx, dir, slot, Some(node));
                 }
-                let job = FileJob { path: path.to_path_buf(), node, existed: old.is_some(), dir: dir.clone(), slot };
+                let job = FileJob { path: path.to_path_buf(), node, existed: old.is_some(), dir: dir.clone(), slot, content: None };
                 self.jobs.send(job).map_err(|_| Error::Interrupted)
             }
             NodeKind::Symlink => {

@@ -1,0 +1,318 @@
+//! Buckets as a data source (issue 16): objects backed up as files with
+//! their metadata, restored into another bucket (or a directory) object by
+//! object, incremental by listing, and the faults a bucket has.
+
+use std::time::Duration;
+
+use opendal::{Operator, services};
+use tresor_testkit::{AzuriteServer, GcsServer, RudeServer, Rudeness, S3Server};
+
+use super::*;
+
+/// Fails with exit 1 in one line holding `says`, and saves no snapshot.
+fn fails_in_one_line(env: &Env, args: &[&str], says: &str) -> String {
+    let err = env.fails(args, 1);
+    assert!(err.starts_with("tresor: error: ") && err.lines().count() == 1 && err.contains(says), "{args:?}: {err}");
+    err
+}
+
+/// A store the tests write and read objects in, outside tresor.
+pub(super) struct Store {
+    pub op: Operator,
+    rt: tokio::runtime::Runtime,
+}
+
+/// What tresor must bring back of an object: size, content hash, content
+/// type and user metadata.
+pub(super) type Objects = BTreeMap<String, String>;
+
+impl Store {
+    fn new(op: Operator) -> Store {
+        Store { op, rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap() }
+    }
+
+    pub fn s3(server: &S3Server, bucket: &str) -> Store {
+        let b = services::S3::default()
+            .bucket(bucket)
+            .endpoint(&server.endpoint())
+            .region(server.region())
+            .access_key_id(server.access_key())
+            .secret_access_key(server.secret_key());
+        Store::new(Operator::new(b).unwrap().finish())
+    }
+
+    fn azure(server: &AzuriteServer, container: &str) -> Store {
+        let b = services::Azblob::default()
+            .container(container)
+            .endpoint(&server.endpoint())
+            .account_name("devstoreaccount1")
+            .account_key(server.key());
+        Store::new(Operator::new(b).unwrap().finish())
+    }
+
+    fn gcs(server: &GcsServer, root: &str) -> Store {
+        let b = services::Gcs::default()
+            .bucket(server.bucket())
+            .root(root)
+            .endpoint(&server.endpoint())
+            .allow_anonymous()
+            .disable_vm_metadata()
+            .disable_config_load();
+        Store::new(Operator::new(b).unwrap().finish())
+    }
+
+    pub fn put(&self, key: &str, data: Vec<u8>, content_type: Option<&str>, meta: &[(&str, &str)]) {
+        self.put_all(vec![(
+            key.to_string(),
+            data,
+            content_type.map(String::from),
+            meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        )]);
+    }
+
+    /// Write many objects, 16 at a time.
+    fn put_all(&self, objects: Vec<(String, Vec<u8>, Option<String>, Vec<(String, String)>)>) {
+        use futures::StreamExt;
+        let op = &self.op;
+        self.rt.block_on(async {
+            let puts = futures::stream::iter(objects).map(|(key, data, ct, meta)| async move {
+                if key.ends_with('/') {
+                    return op.create_dir(&key).await.unwrap();
+                }
+                let mut w = op.write_with(&key, data);
+                if let Some(ct) = ct {
+                    w = w.content_type(&ct);
+                }
+                if !meta.is_empty() {
+                    w = w.user_metadata(meta);
+                }
+                w.await.unwrap_or_else(|e| panic!("put {key}: {e}"));
+            });
+            puts.buffer_unordered(16).collect::<Vec<()>>().await;
+        });
+    }
+
+    fn delete(&self, key: &str) {
+        self.rt.block_on(self.op.delete(key)).unwrap();
+    }
+
+    /// Every object with what a restore must keep, read through the store's API.
+    pub fn objects(&self) -> Objects {
+        use futures::StreamExt;
+        let op = &self.op;
+        self.rt.block_on(async {
+            let entries = op.list_with("").recursive(true).await.unwrap();
+            let keys: Vec<String> = entries.into_iter().map(|e| e.path().to_string()).filter(|p| p != "/").collect();
+            let described = futures::stream::iter(keys).map(|key| async move {
+                let meta = op.stat(&key).await.unwrap();
+                let hash = if key.ends_with('/') {
+                    String::new()
+                } else {
+                    blake3::hash(&op.read(&key).await.unwrap().to_vec()).to_hex().to_string()
+                };
+                let user: BTreeMap<_, _> = meta.user_metadata().cloned().unwrap_or_default().into_iter().collect();
+                let what = format!("{} {hash} {:?} {user:?}", meta.content_length(), meta.content_type());
+                (key, what)
+            });
+            described.buffer_unordered(16).collect::<Vec<_>>().await.into_iter().collect()
+        })
+    }
+}
+
+/// The variables that point a bucket source (and target) at the server,
+/// under the source prefix only: the repository is local.
+pub(super) fn source_vars(server: &S3Server) -> Vec<(String, String)> {
+    server.env().into_iter().map(|(k, v)| (format!("TRESOR_SOURCE_{k}"), v)).collect()
+}
+
+pub(super) fn s3_url(server: &S3Server, bucket: &str) -> String {
+    format!("bucket+s3://{bucket}?endpoint={}&region={}", server.endpoint(), server.region())
+}
+
+fn env_for(vars: Vec<(String, String)>) -> Env {
+    let mut env = Env::new();
+    env.vars.extend(vars);
+    env.ok(&["init"]);
+    env
+}
+
+fn newest(env: &Env) -> serde_json::Value {
+    env.json(&["snapshots"]).as_array().unwrap().last().unwrap().clone()
+}
+
+fn new_bucket(server: &S3Server, name: &str) -> Store {
+    fs::create_dir(server.root().join(name)).unwrap();
+    Store::s3(server, name)
+}
+
+#[test]
+fn ten_thousand_objects_round_trip_into_a_fresh_bucket_and_an_unchanged_bucket_downloads_nothing() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    let mut objects = Vec::new();
+    for i in 0..10_000u64 {
+        let key = format!("p{}/q{}/obj-{i:05}", i % 10, i % 7);
+        let data = if i % 100 == 0 { Vec::new() } else { random_bytes(100 + (i as usize % 3000), i) };
+        let ct = (i % 3 == 0).then(|| "application/x-tresor".to_string());
+        let meta = if i % 5 == 0 { vec![("owner".to_string(), format!("team-{}", i % 4))] } else { Vec::new() };
+        objects.push((key, data, ct, meta));
+    }
+    source.put_all(objects);
+    source.put("big/layer.tar", random_bytes(100 << 20, 7), Some("application/octet-stream"), &[("digest", "sha256-of-nothing")]);
+    let before = source.objects();
+    assert_eq!(before.len(), 10_001);
+
+    let env = env_for(source_vars(&server));
+    let url = s3_url(&server, server.bucket());
+    let out = env.ok(&["backup", &url]);
+    assert!(out.contains("10001 objects"), "{out}");
+    let first = newest(&env);
+    assert_eq!(first["source"]["kind"], "bucket");
+    let point = &first["source"]["consistency"];
+    assert_eq!(
+        (point["objects"].as_u64(), point["downloaded"].as_u64(), point["vanished"].as_u64()),
+        (Some(10_001), Some(10_001), Some(0))
+    );
+    assert!(point["listing_started"].as_str() <= point["listing_ended"].as_str(), "{point}");
+
+    let fresh = new_bucket(&server, "fresh");
+    let id = first["id"].as_str().unwrap();
+    let out = env.ok(&["restore", id, "--to", &s3_url(&server, "fresh")]);
+    assert!(out.starts_with("restored 10001 objects"), "{out}");
+    assert_eq!(fresh.objects(), before, "every object, its bytes and metadata");
+
+    // Into the same bucket only with --flush.
+    let err = env.fails(&["restore", id, "--to", &s3_url(&server, "fresh")], 1);
+    assert!(err.contains("holds objects") && err.contains("--flush") && err.lines().count() == 1, "{err}");
+
+    let out = env.ok(&["backup", &url]);
+    assert!(out.contains("0 downloaded"), "{out}");
+    let second = newest(&env);
+    assert_eq!(second["source"]["consistency"]["downloaded"], 0);
+    assert_eq!(second["tree"], first["tree"], "the same tree, not a byte read");
+}
+
+#[test]
+fn a_bucket_snapshot_restores_into_a_directory_and_by_key_prefix_or_glob() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    source.put("docs/readme.md", b"# hello\n".to_vec(), Some("text/markdown"), &[]);
+    source.put("docs/img/logo.png", random_bytes(5000, 1), Some("image/png"), &[("alt", "logo")]);
+    source.put("100%/ü 日本.txt", b"unicode".to_vec(), None, &[]);
+    source.put("logs/2024.log", b"log".to_vec(), None, &[]);
+    let env = env_for(source_vars(&server));
+    env.ok(&["backup", &format!("bucket+s3://{}/?endpoint={}", server.bucket(), server.endpoint())]);
+    let id = newest(&env)["id"].as_str().unwrap().to_string();
+
+    let dir = env.path("restored");
+    env.ok(&["restore", &id, "--target", dir.to_str().unwrap()]);
+    assert_eq!(fs::read(dir.join("docs/readme.md")).unwrap(), b"# hello\n");
+    assert_eq!(fs::read(dir.join("100%25/ü 日本.txt")).unwrap(), b"unicode", "% escaped, the rest kept");
+
+    let fresh = new_bucket(&server, "picked");
+    env.ok(&["restore", &id, "--to", &s3_url(&server, "picked"), "--include", "docs/", "--exclude", "*.png"]);
+    assert_eq!(fresh.objects().keys().collect::<Vec<_>>(), ["docs/readme.md"]);
+}
+
+#[test]
+fn wrong_credentials_a_missing_bucket_and_a_silent_endpoint_are_one_line_and_no_snapshot() {
+    let server = S3Server::start();
+    Store::s3(&server, server.bucket()).put("a", b"a".to_vec(), None, &[]);
+    let mut env = env_for(source_vars(&server));
+    let url = s3_url(&server, server.bucket());
+    fails_in_one_line(&env, &["backup", &s3_url(&server, "no-such-bucket")], "bucket no-such-bucket does not exist");
+    let silent = RudeServer::start(Rudeness::Silent);
+    let quiet = format!("bucket+s3://{}?endpoint=http://127.0.0.1:{}", server.bucket(), silent.port());
+    fails_in_one_line(&env, &["backup", &quiet, "--storage-timeout", "2s"], "timeout");
+    env.vars.retain(|(k, _)| k != "TRESOR_SOURCE_AWS_SECRET_ACCESS_KEY");
+    env.vars.push(("TRESOR_SOURCE_AWS_SECRET_ACCESS_KEY".into(), "wrong".into()));
+    let err = fails_in_one_line(&env, &["backup", &url], "refused");
+    assert!(!err.contains("wrong") && !err.contains(server.secret_key()), "{err}");
+    assert_eq!(env.json(&["snapshots"]), serde_json::json!([]));
+}
+
+#[test]
+fn an_object_deleted_between_listing_and_download_is_reported_and_the_rest_saved() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    source.put("a-big", random_bytes(24 << 20, 3), None, &[]);
+    source.put("b-kept", b"kept".to_vec(), None, &[]);
+    source.put("z-gone", b"gone".to_vec(), None, &[]);
+    let env = env_for(source_vars(&server));
+    // One worker, downloading slowly: z-gone is read well after the
+    // listing (fetched before the repository opens its session) ended.
+    let child = env
+        .cmd(&["backup", &s3_url(&server, server.bucket()), "--threads", "1", "--limit-download", "2M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sessions = env.path("repo/sessions");
+    while fs::read_dir(&sessions).map_or(true, |d| d.count() == 0) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    source.delete("z-gone");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("z-gone: deleted after it was listed"), "{err}");
+    let snap = newest(&env);
+    assert_eq!(snap["source"]["consistency"]["vanished"], 1);
+    assert_eq!(snap["errors"][0]["path"], "z-gone");
+    let dir = env.path("out");
+    env.ok(&["restore", snap["id"].as_str().unwrap(), "--target", dir.to_str().unwrap()]);
+    assert_eq!(fs::read(dir.join("b-kept")).unwrap(), b"kept");
+    assert_eq!(fs::metadata(dir.join("a-big")).unwrap().len(), 24 << 20);
+    assert!(!dir.join("z-gone").exists());
+}
+
+/// Keys a file system cannot hold as they are come back exactly, and a
+/// restore into a directory stays inside it.
+#[test]
+fn azure_blob_round_trips_with_keys_no_file_system_holds() {
+    let server = AzuriteServer::start();
+    let source = Store::azure(&server, server.container());
+    source.put("shop/a", b"an object named as a prefix".to_vec(), Some("text/plain"), &[("k", "v")]);
+    source.put("shop/a/b", b"below it".to_vec(), None, &[]);
+    source.put("shop/folder/", Vec::new(), None, &[]);
+    source.put("shop/x..y/%41/.hidden", b"dots".to_vec(), None, &[]);
+    for i in 0..50 {
+        source.put(&format!("shop/n/{i}"), random_bytes(i * 100, i as u64), Some("application/json"), &[("i", &i.to_string())]);
+    }
+    server.create_container("copy");
+    let vars: Vec<(String, String)> = server.env().into_iter().map(|(k, v)| (format!("TRESOR_SOURCE_{k}"), v)).collect();
+    let env = env_for(vars);
+    env.ok(&["backup", &format!("bucket+azblob://{}/shop", server.container())]);
+    let id = newest(&env)["id"].as_str().unwrap().to_string();
+    env.ok(&["restore", &id, "--to", "bucket+azblob://copy/shop"]);
+    let shop = Store::azure(&server, server.container());
+    let copy = Store::azure(&server, "copy");
+    assert_eq!(copy.objects(), shop.objects());
+    assert_eq!(copy.objects().len(), 54);
+
+    let dir = env.path("jail/restored");
+    env.ok(&["restore", &id, "--target", dir.to_str().unwrap()]);
+    assert_eq!(fs::read(dir.join("a%")).unwrap(), b"an object named as a prefix");
+    assert_eq!(fs::read(dir.join("a/b")).unwrap(), b"below it");
+    assert!(dir.join("folder/%").is_file());
+    assert_eq!(fs::read(dir.join("x..y/%2541/.hidden")).unwrap(), b"dots");
+    assert_eq!(fs::read_dir(env.path("jail")).unwrap().count(), 1, "nothing beside the target");
+}
+
+#[test]
+fn gcs_round_trips_with_metadata() {
+    let server = GcsServer::start();
+    let source = Store::gcs(&server, "/uploads/");
+    // gcp-storage-emulator drops the connection on an empty upload, so
+    // every object here holds bytes.
+    for i in 0..40 {
+        source.put(&format!("{}/file-{i}", i % 4), random_bytes(1 + i * 700, i as u64), Some("image/jpeg"), &[("n", &i.to_string())]);
+    }
+    let env = env_for(server.env().into_iter().map(|(k, v)| (format!("TRESOR_SOURCE_{k}"), v)).collect());
+    env.ok(&["backup", &format!("bucket+gcs://{}/uploads", server.bucket())]);
+    let id = newest(&env)["id"].as_str().unwrap().to_string();
+    env.ok(&["restore", &id, "--to", &format!("bucket+gcs://{}/restored", server.bucket())]);
+    let restored = Store::gcs(&server, "/restored/");
+    assert_eq!(restored.objects(), source.objects());
+    assert_eq!(restored.objects().len(), 40);
+}

@@ -1,0 +1,175 @@
+//! A bucket snapshot written back into a bucket: each file of the snapshot
+//! is the object its names decode to, below the target's prefix, with the
+//! metadata recorded at backup, as far as the target store takes it.
+
+use futures::StreamExt;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+use tresor_engine::{Id, Node, Repository};
+
+use super::{Bucket, names};
+use crate::{Error, Result};
+
+/// How a restore into a bucket runs.
+#[derive(Debug, Default, Clone)]
+pub struct BucketRestore {
+    /// Replace what the target holds below its prefix (deleted first).
+    pub flush: bool,
+    /// Keys to restore: a pattern with `*`, `?` or `[` is a glob over the
+    /// whole key (`*` crosses `/`), any other a key prefix. Empty: all.
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+    /// Objects written at once.
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects deleted from the target first (`--flush`).
+    pub deleted: u64,
+    /// Objects whose recorded metadata the target store cannot set.
+    pub metadata_not_set: u64,
+}
+
+/// Key prefixes and globs.
+struct KeyFilter {
+    prefixes: Vec<String>,
+    globs: GlobSet,
+}
+
+impl KeyFilter {
+    fn new(patterns: &[String]) -> Result<KeyFilter> {
+        let mut globs = GlobSetBuilder::new();
+        let mut prefixes = Vec::new();
+        for p in patterns {
+            if p.contains(['*', '?', '[']) {
+                globs.add(Glob::new(p).map_err(|e| Error::failed("bucket restore", format!("bad pattern {p:?}: {e}")))?);
+            } else {
+                prefixes.push(p.clone());
+            }
+        }
+        let globs = globs.build().map_err(|e| Error::failed("bucket restore", e))?;
+        Ok(KeyFilter { prefixes, globs })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.globs.is_empty()
+    }
+
+    fn matches(&self, key: &str) -> bool {
+        self.prefixes.iter().any(|p| key.starts_with(p.as_str())) || self.globs.is_match(key)
+    }
+}
+
+/// Restore the snapshot's tree `root` into `bucket`.
+pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &BucketRestore) -> Result<RestoreReport> {
+    let (includes, excludes) = (KeyFilter::new(&opts.includes)?, KeyFilter::new(&opts.excludes)?);
+    let mut report = RestoreReport::default();
+    let mut held = bucket.op.lister_with("").recursive(true).await.map_err(|e| bucket.error(e))?;
+    if let Some(first) = held.next().await.transpose().map_err(|e| bucket.error(e))?.filter(|e| e.path() != "/") {
+        if !opts.flush {
+            let why = format!("it holds objects ({} and maybe more); restore with --flush to replace them", first.path());
+            return Err(Error::failed(bucket.name(), why));
+        }
+        report.deleted = delete_all(bucket).await?;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<(String, Node)>(256);
+    let walked = async move {
+        let mut dirs = vec![(root, String::new())];
+        while let Some((tree, prefix)) = dirs.pop() {
+            let tree = repo.load_tree(&tree).await.map_err(|e| Error::failed(bucket.name(), e))?;
+            for node in tree.nodes {
+                let name = names::names_to_key([node.os_name().as_os_str()])
+                    .ok_or_else(|| Error::failed(bucket.name(), format!("{:?} is not a name a bucket backup makes", node.name)))?;
+                let key = format!("{prefix}{name}");
+                match node.subtree {
+                    Some(sub) if node.is_dir() => dirs.push((sub, format!("{key}/"))),
+                    _ if node.is_file() => {
+                        let wanted = (includes.is_empty() || includes.matches(&key)) && !excludes.matches(&key);
+                        if wanted && tx.send((key, node)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok::<_, Error>(())
+    };
+    let objects = tokio_stream(rx).map(|(key, node)| put(repo, bucket, key, node)).buffer_unordered(opts.concurrency.max(1));
+    let written = async {
+        let mut objects = std::pin::pin!(objects);
+        while let Some(done) = objects.next().await {
+            let (bytes, all_metadata) = done?;
+            report.objects += 1;
+            report.bytes += bytes;
+            report.metadata_not_set += u64::from(!all_metadata);
+        }
+        Ok::<_, Error>(())
+    };
+    let (walked, written) = futures::join!(walked, written);
+    written?;
+    walked?;
+    Ok(report)
+}
+
+fn tokio_stream<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+async fn delete_all(bucket: &Bucket) -> Result<u64> {
+    let mut count = 0;
+    let mut lister = bucket.op.lister_with("").recursive(true).await.map_err(|e| bucket.error(e))?;
+    while let Some(entry) = lister.next().await.transpose().map_err(|e| bucket.error(e))? {
+        if entry.path() != "/" {
+            bucket.op.delete(entry.path()).await.map_err(|e| bucket.error(e))?;
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// Write one object: its bytes and the metadata the store takes. The
+/// size, and whether every recorded piece of metadata was set.
+async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Result<(u64, bool)> {
+    let fail = |e: opendal::Error| bucket.error(e);
+    if key.ends_with('/') && node.size == 0 {
+        bucket.op.create_dir(&key).await.map_err(fail)?;
+        return Ok((0, true));
+    }
+    let cap = bucket.op.info().full_capability();
+    let meta = node.object.clone().unwrap_or_default();
+    let mut all = true;
+    let mut w = bucket.op.writer_with(&key).chunk(8 << 20);
+    let mut set = |value: &Option<String>, able: bool| {
+        all &= value.is_none() || able;
+        value.as_deref().filter(|_| able).map(String::from)
+    };
+    if let Some(v) = set(&meta.content_type, cap.write_with_content_type) {
+        w = w.content_type(&v);
+    }
+    if let Some(v) = set(&meta.content_encoding, cap.write_with_content_encoding) {
+        w = w.content_encoding(&v);
+    }
+    if let Some(v) = set(&meta.content_disposition, cap.write_with_content_disposition) {
+        w = w.content_disposition(&v);
+    }
+    if let Some(v) = set(&meta.cache_control, cap.write_with_cache_control) {
+        w = w.cache_control(&v);
+    }
+    if !meta.user_metadata.is_empty() {
+        all &= cap.write_with_user_metadata;
+        if cap.write_with_user_metadata {
+            w = w.user_metadata(meta.user_metadata.clone());
+        }
+    }
+    let mut writer = w.await.map_err(fail)?;
+    for id in &node.content {
+        let blob = repo.load_blob(id).await.map_err(|e| Error::failed(bucket.name(), format!("{key}: {e}")))?;
+        writer.write(blob).await.map_err(fail)?;
+    }
+    writer.close().await.map_err(fail)?;
+    Ok((node.size, all))
+}
