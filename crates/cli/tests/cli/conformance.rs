@@ -139,6 +139,28 @@ fn command(env: &Env) -> Case {
     }
 }
 
+/// Objects with metadata, back into a fresh bucket of the in-process S3 server.
+fn bucket(server: S3Server) -> Case {
+    use super::bucket::{Store, s3_url};
+    let source = Store::s3(&server, server.bucket());
+    for i in 0..30 {
+        source.put(&format!("dir{}/obj{i}", i % 3), random_bytes(i * 1000, i as u64), Some("text/plain"), &[("n", &i.to_string())]);
+    }
+    fs::create_dir(server.root().join("restored")).unwrap();
+    let target = Store::s3(&server, "restored");
+    Case {
+        name: "bucket",
+        before: format!("{:?}", source.objects()),
+        url: s3_url(&server, server.bucket()),
+        bad: s3_url(&server, "no-such-bucket"),
+        restore: vec!["--to".into(), s3_url(&server, "restored")],
+        kind: "bucket",
+        point: &["listing_started", "listing_ended", "objects"],
+        after: Box::new(move || format!("{:?}", target.objects())),
+        _keep: vec![Box::new(server)],
+    }
+}
+
 impl Case {
     fn run(self, env: &Env, bin: &str) {
         let run = |args: &[&str]| env.cmd(args).env("TRESOR_PG_BIN", bin).output().unwrap();
@@ -169,11 +191,13 @@ impl Case {
 
 #[test]
 fn every_source_round_trips_records_its_point_and_fails_cleanly() {
-    let env = Env::new();
+    let mut env = Env::new();
+    let s3 = S3Server::start();
+    env.vars.extend(super::bucket::source_vars(&s3));
     env.ok(&["init"]);
     let bin = PostgresServer::bin_dir().display().to_string();
     let pg = std::rc::Rc::new(PostgresServer::start());
-    let cases = [redis(), redis_aof(&env), postgres(&pg), postgres_globals(&pg), etcd(&env), command(&env)];
+    let cases = [redis(), redis_aof(&env), postgres(&pg), postgres_globals(&pg), etcd(&env), command(&env), bucket(s3)];
     for case in cases {
         case.run(&env, &bin);
     }
