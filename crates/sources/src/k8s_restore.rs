@@ -140,13 +140,7 @@ fn plural_of(discovery: &Discovery, objects: &[Value], group: &str, kind: &str) 
 
 /// The objects to restore, mapped, filtered, transformed, in order; and
 /// those left out or failing their transforms, with why.
-fn prepare(
-    objects: Vec<Value>,
-    discovery: &Discovery,
-    m: &Matcher,
-    o: &RestoreOptions,
-    t: &Compiled,
-) -> (Vec<Item>, Vec<ObjectResult>) {
+fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreOptions, t: &Compiled) -> (Vec<Item>, Vec<ObjectResult>) {
     let plurals: Vec<String> = objects
         .iter()
         .map(|obj| {
@@ -267,7 +261,10 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
     if o.rehearsal.is_some()
         && let Some((ns, _)) = o.mapping.iter().find(|(from, to)| from == to)
     {
-        return Err(Error::failed(url, format!("a rehearsal restores beside production: --namespace-mapping {ns}:{ns} would write into {ns}")));
+        return Err(Error::failed(
+            url,
+            format!("a rehearsal restores beside production: --namespace-mapping {ns}:{ns} would write into {ns}"),
+        ));
     }
     let objects = files
         .iter()

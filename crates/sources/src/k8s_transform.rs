@@ -264,10 +264,8 @@ fn rewrite_image(image: &str, map: &BTreeMap<String, String>) -> Option<String> 
         (false, true) => format!("docker.io/{image}"),
         (false, false) => format!("docker.io/library/{image}"),
     };
-    let (old, new) = map
-        .iter()
-        .filter(|(old, _)| full.starts_with(&format!("{}/", old.trim_end_matches('/'))))
-        .max_by_key(|(old, _)| old.len())?;
+    let (old, new) =
+        map.iter().filter(|(old, _)| full.starts_with(&format!("{}/", old.trim_end_matches('/')))).max_by_key(|(old, _)| old.len())?;
     Some(format!("{}{}", new.trim_end_matches('/'), &full[old.trim_end_matches('/').len()..]))
 }
 
@@ -382,7 +380,10 @@ mod tests {
         let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}});
         assert_eq!(t.apply(&mut cm, None, None).unwrap_err(), "transforms rule 2: replace /data/missing failed: the path does not exist");
         let mut s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {}});
-        assert_eq!(t.apply(&mut s, None, None).unwrap_err(), "transforms rule 3: move /data/nope to /data/b failed: /data/nope does not exist");
+        assert_eq!(
+            t.apply(&mut s, None, None).unwrap_err(),
+            "transforms rule 3: move /data/nope to /data/b failed: /data/nope does not exist"
+        );
         let bad = serde_norway::from_str::<Transforms>("rules:\n- names: ['[']\n  patch: []\n").unwrap();
         assert!(bad.compile().err().unwrap().starts_with("transforms rule 1: bad pattern \"[\": "));
     }

@@ -101,7 +101,9 @@ mod tests {
     fn names_and_hosts_are_judged_as_apimachinery_judges_them() {
         assert!(dns_label("shop-dr").is_empty());
         assert_eq!(dns_label(&"a".repeat(64)), ["must be no more than 63 characters"]);
-        assert!(dns_label("Shop")[0].ends_with("(e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"));
+        assert!(
+            dns_label("Shop")[0].ends_with("(e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+        );
         assert!(dns_subdomain("dr-shop.example.com").is_empty());
         assert!(dns_subdomain("*.dr-example.com").is_empty());
         assert!(dns_subdomain("dr-*.example.com")[0].starts_with("a wildcard DNS-1123 subdomain must start with '*.'"));

@@ -146,6 +146,11 @@ data:
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(OBJECTS)
+    }
+
+    /// A cluster with tresor's shipped identity and these objects (YAML documents).
+    pub fn start_with(objects: &str) -> Cluster {
         let server = KubeServer::start();
         let dir = tempfile::tempdir().unwrap();
         let admin = server.kubeconfig(dir.path());
@@ -159,12 +164,13 @@ impl Cluster {
         let token = String::from_utf8(token.stdout).unwrap();
         c.kubeconfig = c.server.kubeconfig_with_token(&c.dir.path().join("kubeconfig-tresor"), "tresor", token.trim());
         let file = c.dir.path().join("objects.yaml");
-        fs::write(&file, OBJECTS).unwrap();
+        fs::write(&file, objects).unwrap();
         // Namespaces and the CRD first, as kubectl needs them to exist.
-        for doc in OBJECTS.split("---\n").filter(|d| d.contains("kind: Namespace") || d.contains("kind: CustomResourceDefinition")) {
+        let first = |d: &&str| d.contains("kind: Namespace") || d.contains("kind: CustomResourceDefinition");
+        for doc in objects.split("---\n").filter(first) {
             c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], doc);
         }
-        for doc in OBJECTS.split("---\n").filter(|d| !(d.contains("kind: Namespace") || d.contains("kind: CustomResourceDefinition"))) {
+        for doc in objects.split("---\n").filter(|d| !d.trim().is_empty() && !first(d)) {
             c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], doc);
         }
         c
@@ -267,7 +273,7 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
 }
 
 /// An object as kubectl shows it, without what the API sets at runtime.
-fn shown(c: &Cluster, kind: &str, ns: &str, name: &str) -> serde_json::Value {
+pub(super) fn shown(c: &Cluster, kind: &str, ns: &str, name: &str) -> serde_json::Value {
     let out = c.kubectl(&["get", kind, name, "-n", ns, "-o", "json"]);
     assert!(out.status.success(), "kubectl get {kind} {ns}/{name}: {}", String::from_utf8_lossy(&out.stderr));
     let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -32,6 +32,7 @@ mod restic;
 mod runs;
 mod sources;
 mod standby;
+mod transforms;
 mod volumes;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");

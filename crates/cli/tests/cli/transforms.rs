@@ -1,0 +1,329 @@
+//! Restores into another cluster and rehearsals, against the fake API
+//! server as the shipped service account: a namespace backed up from one
+//! cluster comes back in a second with another storage class, another
+//! registry and JSON patches, object for object as expected; a patch that
+//! cannot apply fails its object alone; a rehearsal inside the live cluster
+//! restores beside production and leaves production as it was.
+
+use serde_json::{Value, json};
+
+use super::k8s::{Cluster, shown, tresor};
+use super::*;
+
+const SHOP: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: fast
+provisioner: ebs.csi.aws.com
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: shop
+spec:
+  storageClassName: fast
+  accessModes: [ReadWriteOnce]
+  resources:
+    requests:
+      storage: 1Gi
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      initContainers:
+      - name: migrate
+        image: old.registry/shop/migrate:1.0
+      containers:
+      - name: web
+        image: old.registry/shop/web:1.0
+      - name: proxy
+        image: nginx:1.27
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+  namespace: shop
+spec:
+  replicas: 2
+  serviceName: db
+  selector:
+    matchLabels:
+      app: db
+  template:
+    metadata:
+      labels:
+        app: db
+    spec:
+      containers:
+      - name: db
+        image: old.registry/shop/db:15
+  volumeClaimTemplates:
+  - metadata:
+      name: pgdata
+    spec:
+      storageClassName: fast
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests:
+          storage: 5Gi
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: report
+  namespace: shop
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: report
+            image: old.registry/shop/report:2
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: shop
+spec:
+  tls:
+  - hosts: [shop.example.com]
+    secretName: shop-tls
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: web
+            port:
+              number: 80
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+data:
+  mode: fast
+  greeting: hello
+  debug: "true"
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: debug
+  namespace: shop
+spec:
+  containers:
+  - name: sh
+    image: old.registry/tools/sh:1
+"#;
+
+/// What a second cluster needs that the first did not have.
+const TRANSFORMS: &str = r#"rules:
+- kinds: [apps/Deployment]
+  names: ["web*"]
+  selector:
+    matchLabels: {app: web}
+  patch:
+  - {op: test, path: /spec/replicas, value: 3}
+  - {op: replace, path: /spec/replicas, value: 1}
+  - {op: add, path: /metadata/labels/site, value: b}
+- kinds: [ConfigMap]
+  namespaces: ["sh*"]
+  patch:
+  - {op: copy, from: /data/mode, path: /data/previous-mode}
+  - {op: move, from: /data/greeting, path: /data/welcome}
+  - {op: remove, path: /data/debug}
+"#;
+
+const KINDS: [(&str, &str); 6] = [
+    ("persistentvolumeclaim", "data"),
+    ("deployment", "web"),
+    ("statefulset", "db"),
+    ("cronjob", "report"),
+    ("ingress", "web"),
+    ("configmap", "settings"),
+];
+
+fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the transforms should have made of the first cluster's objects.
+fn expected(mut before: Vec<Value>) -> Vec<Value> {
+    before[0]["spec"]["storageClassName"] = "standard".into();
+    let web = &mut before[1];
+    web["spec"]["replicas"] = 1.into();
+    web["metadata"]["labels"]["site"] = "b".into();
+    web["spec"]["template"]["spec"]["initContainers"][0]["image"] = "new.registry/shop/migrate:1.0".into();
+    web["spec"]["template"]["spec"]["containers"][0]["image"] = "new.registry/shop/web:1.0".into();
+    before[2]["spec"]["template"]["spec"]["containers"][0]["image"] = "new.registry/shop/db:15".into();
+    before[2]["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = "standard".into();
+    before[3]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["image"] = "new.registry/shop/report:2".into();
+    before[5]["data"] = json!({"mode": "fast", "previous-mode": "fast", "welcome": "hello"});
+    before
+}
+
+/// A repository with a backup of the first cluster's `shop`, and a second, empty cluster.
+fn backed_up_and_a_second_cluster() -> (Env, Cluster, Cluster) {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let first = Cluster::start_with(SHOP);
+    ok(&tresor(&env, &first, &["backup", "k8s://", "--include-namespaces", "shop"]));
+    (env, first, Cluster::start_with(""))
+}
+
+#[test]
+fn a_namespace_comes_back_in_another_cluster_with_its_storage_class_registry_and_patches() {
+    let (env, first, second) = backed_up_and_a_second_cluster();
+    let before: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&first, k, "shop", n)).collect();
+    fs::write(env.path("transforms.yaml"), TRANSFORMS).unwrap();
+    let transforms = env.path("transforms.yaml").display().to_string();
+    let restore = |extra: &[&str]| {
+        let args = [
+            &["restore", "latest", "--to", "k8s://", "--storage-class-mapping", "fast:standard"][..],
+            &["--image-registry-mapping", "old.registry:new.registry", "--transforms", &transforms],
+            extra,
+        ];
+        tresor(&env, &second, &args.concat())
+    };
+
+    // The preview says what each transform changes, and changes nothing.
+    let text = ok(&restore(&["--dry-run"]));
+    for lines in [
+        "would create  PersistentVolumeClaim shop/data\n                storageClassName: fast -> standard\n",
+        "would create  Deployment shop/web\n                image: old.registry/shop/migrate:1.0 -> new.registry/shop/migrate:1.0\n                image: old.registry/shop/web:1.0 -> new.registry/shop/web:1.0\n                rule 1: test /spec/replicas\n                rule 1: replace /spec/replicas\n                rule 1: add /metadata/labels/site\n",
+        "would create  StatefulSet shop/db\n                volumeClaimTemplates[pgdata] storageClassName: fast -> standard\n                image: old.registry/shop/db:15 -> new.registry/shop/db:15\n",
+        "would create  CronJob shop/report\n                image: old.registry/shop/report:2 -> new.registry/shop/report:2\n",
+        "would create  ConfigMap shop/settings\n                rule 2: copy /data/mode to /data/previous-mode\n                rule 2: move /data/greeting to /data/welcome\n                rule 2: remove /data/debug\n",
+        "would create  Ingress shop/web\n",
+    ] {
+        assert!(text.contains(lines), "{lines}\n{text}");
+    }
+    assert!(!second.kubectl(&["get", "namespace", "shop"]).status.success(), "a preview creates nothing");
+
+    let out = ok(&restore(&["--json"]));
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["status"], "completed");
+    let pod = report["results"].as_array().unwrap().iter().find(|r| r["object"] == "Pod shop/debug").unwrap();
+    assert_eq!(pod["changes"], json!(["image: old.registry/tools/sh:1 -> new.registry/tools/sh:1"]));
+    let after: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&second, k, "shop", n)).collect();
+    assert_eq!(after, expected(before), "every object as the transforms made it, field by field");
+}
+
+#[test]
+fn a_patch_that_cannot_apply_fails_its_object_and_the_rest_is_restored() {
+    let (env, _first, second) = backed_up_and_a_second_cluster();
+    let file = env.path("transforms.yaml");
+    fs::write(
+        &file,
+        "rules:\n- kinds: [Deployment]\n  patch:\n  - {op: test, path: /spec/replicas, value: 5}\n  - {op: replace, path: /spec/replicas, value: 1}\n\
+         - kinds: [v1/ConfigMap, core/ConfigMap]\n  patch:\n  - {op: replace, path: /data/nothing, value: x}\n",
+    )
+    .unwrap();
+    let out = tresor(&env, &second, &["restore", "latest", "--to", "k8s://", "--transforms", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("failed        Deployment shop/web: transforms rule 1: test /spec/replicas failed: the value differs\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("failed        ConfigMap shop/settings: transforms rule 2: replace /data/nothing failed: the path does not exist\n"),
+        "{text}"
+    );
+    assert!(text.contains("created       StatefulSet shop/db\n"), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: restore partial: 2 of 10 objects failed; first: Deployment shop/web: transforms rule 1: test /spec/replicas failed: the value differs\n"
+    );
+    assert!(!second.kubectl(&["get", "deployment", "web", "-n", "shop"]).status.success(), "the failed object is not there");
+    assert!(second.kubectl(&["get", "statefulset", "db", "-n", "shop"]).status.success());
+
+    // A file that is no transforms file: one line, nothing restored.
+    fs::write(&file, "rules:\n- kinds: [Deployment]\n  patch:\n  - {op: frobnicate, path: /x}\n").unwrap();
+    let out = tresor(&env, &second, &["restore", "latest", "--to", "k8s://", "--transforms", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: {}: not a transforms file: rules[0].patch[0].op: unknown variant `frobnicate`, expected one of \
+             `add`, `remove`, `replace`, `move`, `copy`, `test` at line 4 column 10\n",
+            file.display()
+        )
+    );
+}
+
+#[test]
+fn a_rehearsal_in_the_live_cluster_restores_beside_production_and_runs_nothing() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start_with(SHOP);
+    ok(&tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop", "--include-cluster-resources", "true"]));
+    let production: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop", n)).collect();
+    assert!(c.kubectl(&["delete", "storageclass", "fast"]).status.success());
+
+    let refused = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--rehearsal", "--namespace-mapping", "shop:shop"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "tresor: error: k8s://: a rehearsal restores beside production: --namespace-mapping shop:shop would write into shop\n"
+    );
+
+    // Even replacing what exists, a rehearsal writes only into its own namespaces.
+    let text = ok(&tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--rehearsal", "--existing", "update"]));
+    for line in [
+        "skipped       StorageClass fast: cluster-scoped: a rehearsal leaves it out (--include-cluster-resources true restores it)\n",
+        "skipped       Pod shop-dr/debug: a rehearsal starts no Pods: their workloads come back scaled to 0\n",
+        "created       Namespace shop-dr\n                label: tresor.dev/rehearsal=true\n",
+        "created       Deployment shop-dr/web\n                replicas: 3 -> 0\n",
+        "created       StatefulSet shop-dr/db\n                replicas: 2 -> 0\n",
+        "created       CronJob shop-dr/report\n                suspend: false -> true\n",
+        "created       Ingress shop-dr/web\n                host: shop.example.com -> dr-shop.example.com\n",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    let get = |kind: &str, path: &str| {
+        String::from_utf8(c.kubectl(&["get", kind, "-n", "shop-dr", "-o", &format!("jsonpath={path}")]).stdout).unwrap()
+    };
+    assert_eq!(get("deployment/web", "{.spec.replicas}"), "0");
+    assert_eq!(get("statefulset/db", "{.spec.replicas}"), "0");
+    assert_eq!(get("cronjob/report", "{.spec.suspend}"), "true");
+    assert_eq!(get("ingress/web", "{.spec.rules[0].host} {.spec.tls[0].hosts[0]}"), "dr-shop.example.com dr-shop.example.com");
+    assert_eq!(get("pods", "{.items[*].metadata.name}"), "", "nothing runs in the rehearsal");
+    let label = c.kubectl(&["get", "namespace", "shop-dr", "-o", "jsonpath={.metadata.labels.tresor\\.dev/rehearsal}"]);
+    assert_eq!(label.stdout, b"true");
+    assert!(!c.kubectl(&["get", "storageclass", "fast"]).status.success(), "no cluster-scoped object restored");
+    let now: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop", n)).collect();
+    assert_eq!(now, production, "production untouched");
+}
