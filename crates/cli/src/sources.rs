@@ -47,6 +47,9 @@ const BUCKET_DOWNLOADS: usize = 8;
 /// Back up a bucket (`bucket+s3://…`): its listing streams into the
 /// engine, objects the parent snapshot holds unchanged are not downloaded.
 pub async fn backup_bucket(g: &Global, mut a: BackupArgs, url: &str) -> Result<(u8, Id)> {
+    if !a.excludes.is_empty() || !a.exclude_file.is_empty() {
+        bail!("--exclude and --exclude-file do not apply to a bucket source: back up a narrower prefix instead");
+    }
     let time = a.time.as_deref().map(crate::data::parse_time).transpose()?;
     let bucket = Bucket::open(url, &storage_options(g)?)?;
     let listing = Listing::start(&bucket).await?;

@@ -221,6 +221,7 @@ fn wrong_credentials_a_missing_bucket_and_a_silent_endpoint_are_one_line_and_no_
     let mut env = env_for(source_vars(&server));
     let url = s3_url(&server, server.bucket());
     fails_in_one_line(&env, &["backup", &s3_url(&server, "no-such-bucket")], "bucket no-such-bucket does not exist");
+    fails_in_one_line(&env, &["backup", &url, "--exclude", "*.log"], "do not apply to a bucket source");
     let silent = RudeServer::start(Rudeness::Silent);
     let quiet = format!("bucket+s3://{}?endpoint=http://127.0.0.1:{}", server.bucket(), silent.port());
     fails_in_one_line(&env, &["backup", &quiet, "--storage-timeout", "2s"], "timeout");
