@@ -80,6 +80,7 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
         "etcd" => drill_etcd(t, &id, dir, point, r),
         "command" => drill_command(t, source, &id, &target, r),
         "k8s" => drill_k8s(t, &snap, &id, r),
+        "bucket" => crate::drill_bucket::drill_bucket(t, &id, &target, point, r),
         other => Err(format!("no drill for sources of kind {other}")),
     }
 }

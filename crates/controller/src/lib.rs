@@ -17,6 +17,7 @@ pub mod coverage;
 pub mod crd;
 pub mod daemon;
 pub mod drill;
+mod drill_bucket;
 mod drill_pg;
 pub mod failure;
 pub mod leader;

@@ -317,3 +317,46 @@ fn gcs_round_trips_with_metadata() {
     assert_eq!(restored.objects(), source.objects());
     assert_eq!(restored.objects().len(), 40);
 }
+
+/// A bucket drill restores into its scratch directory and checks the count,
+/// the bytes and a sample of content hashes recorded at backup; a backup
+/// that downloaded nothing still records the sample (from its parent).
+#[test]
+fn a_bucket_drill_counts_sums_and_reads_back_a_sample() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    let objects: Vec<_> =
+        (0..1500u64).map(|i| (format!("v2/blobs/{}/{i}", i % 16), random_bytes(10 + i as usize, i), None, Vec::new())).collect();
+    source.put_all(objects);
+    let env = env_for(source_vars(&server));
+    let url = s3_url(&server, server.bucket());
+    env.ok(&["backup", &url, "--tag", "source=registry"]);
+    env.ok(&["backup", &url, "--tag", "source=registry"]);
+    let point = &newest(&env)["source"]["consistency"];
+    assert_eq!((point["downloaded"].as_u64(), point["sample"].as_array().map(Vec::len)), (Some(0), Some(9)), "{point}");
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1h\n    rto: 1h\n\
+             sources:\n  - name: registry\n    class: standard\n    url: \"{url}\"\n    schedule: \"@hourly\"\n\
+             daemon:\n  state: {}\ndrills:\n  scratch_dir: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("state.db").display(),
+            env.path("scratch").display()
+        ),
+    )
+    .unwrap();
+    let reports = env.json(&["drill", "--plan", plan.to_str().unwrap(), "registry"]);
+    let r = &reports[0];
+    assert_eq!(r["passed"], true, "{r}");
+    let bytes: u64 = (0..1500u64).map(|i| 10 + i).sum();
+    assert_eq!(
+        r["checks"],
+        serde_json::json!([
+            format!("1500 objects ({bytes} bytes) restored, as the backup listed"),
+            "9 sampled objects read back and matched the content hashes recorded at backup"
+        ])
+    );
+}

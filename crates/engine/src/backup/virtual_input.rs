@@ -26,6 +26,9 @@ pub trait VirtualFile: Send {
     /// Called once the content was read to its end: complete the node
     /// (a content hash, what a re-check found).
     fn finish(&mut self, node: &mut Node) -> std::io::Result<()>;
+    /// Called instead of [`open`](Self::open) when the parent snapshot's
+    /// node `old` serves unchanged (what it recorded then holds now).
+    fn reused(&mut self, _old: &Node) {}
 }
 
 /// One file of a virtual input. Entries must come so that each directory
@@ -128,12 +131,13 @@ impl Walker<'_> {
     fn virtual_file(&mut self, entry: VirtualEntry, name: &OsStr, dir: &Arc<Mutex<DirState>>, old: Option<Node>) -> Result<()> {
         let shared = self.shared;
         let slot = add_slot(dir);
-        let VirtualEntry { path, mut node, unchanged, content } = entry;
+        let VirtualEntry { path, mut node, unchanged, mut content } = entry;
         node.set_name(name);
         (node.uid, node.gid) = fsmeta::process_ids();
         if let Some(o) = old.as_ref().filter(|o| unchanged(o, &node) && o.content.iter().all(|id| shared.index.contains(id))) {
             node.content = o.content.clone();
             node.object = o.object.clone();
+            content.reused(o);
             shared.count_unmodified(node.size);
             return shared.fill(&mut self.ctx, dir, slot, Some(node));
         }

@@ -22,6 +22,11 @@ use crate::Result;
 
 /// How many changed objects a snapshot names; more are only counted.
 const CHANGES_NAMED: usize = 1000;
+/// Objects whose content hash the snapshot records for drills: the first
+/// few listed, then every thousandth, up to this many.
+const SAMPLE: usize = 32;
+const SAMPLE_FIRST: u64 = 8;
+const SAMPLE_EVERY: u64 = 1000;
 
 /// What a backup of a bucket found, recorded in the snapshot's consistency.
 #[derive(Debug, Default, Serialize)]
@@ -40,6 +45,18 @@ pub struct ListingReport {
     pub changed_count: u64,
     /// Objects listed but gone when downloaded: left out of the snapshot.
     pub vanished: u64,
+    /// Content hashes a drill compares restored files with.
+    pub sample: Vec<Sampled>,
+}
+
+/// One object of the sample: where it lies in a restore (its names joined
+/// by `/`), its size and the BLAKE3 of its bytes as backed up.
+#[derive(Debug, Serialize)]
+pub struct Sampled {
+    pub key: String,
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +67,12 @@ pub struct Change {
 }
 
 impl ListingReport {
+    fn sample(&mut self, key: &str, size: u64, hash: Option<&str>) {
+        let Some(hash) = hash else { return };
+        let names: Vec<String> = names::key_to_names(key).into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+        self.sample.push(Sampled { key: key.to_string(), path: names.join("/"), size, blake3: hash.to_string() });
+    }
+
     fn record(&mut self, key: &str, change: &'static str) {
         self.changed_count += 1;
         if self.changed.len() < CHANGES_NAMED {
@@ -118,9 +141,10 @@ impl Listing {
         let mut r = self.report.lock().expect("not poisoned");
         r.objects += 1;
         r.bytes += node.size;
+        let sampled = (r.objects <= SAMPLE_FIRST || r.objects % SAMPLE_EVERY == 0) && r.sample.len() < SAMPLE;
         drop(r);
         let tap = Tap { rt: self.rt.clone(), hasher: Arc::new(Mutex::new(blake3::Hasher::new())), report: self.report.clone() };
-        let content = Content { op: self.op.clone(), listed: node.clone(), addressable: addressable(&key), key: key.clone(), tap };
+        let content = Content { op: self.op.clone(), listed: node.clone(), addressable: addressable(&key), key: key.clone(), sampled, tap };
         VirtualEntry { path: names::key_to_names(&key), node, unchanged: same_object, content: Box::new(content) }
     }
 }
@@ -190,6 +214,7 @@ struct Content {
     key: String,
     listed: Node,
     addressable: bool,
+    sampled: bool,
     tap: Tap,
 }
 
@@ -213,12 +238,22 @@ impl VirtualFile for Content {
         Ok(Box::new(ObjectReader { stream, piece: Bytes::new(), tap: self.tap.clone() }))
     }
 
+    fn reused(&mut self, old: &Node) {
+        if self.sampled {
+            let hash = old.object.as_ref().and_then(|o| o.blake3.as_deref());
+            self.tap.report.lock().expect("not poisoned").sample(&self.key, old.size, hash);
+        }
+    }
+
     /// The check after download: the object's metadata as it is now (HEAD).
     fn finish(&mut self, node: &mut Node) -> std::io::Result<()> {
         let hash = self.tap.hasher.lock().expect("not poisoned").finalize().to_hex().to_string();
         let mut report = self.tap.report.lock().expect("not poisoned");
         report.downloaded += 1;
         report.downloaded_bytes += node.size;
+        if self.sampled {
+            report.sample(&self.key, node.size, Some(&hash));
+        }
         if self.key.ends_with('/') {
             node.object.get_or_insert_default().blake3 = Some(hash);
             return Ok(());
