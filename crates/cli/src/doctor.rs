@@ -39,7 +39,8 @@ impl std::fmt::Display for Check {
 }
 
 pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
-    let (plan, text) = Plan::load(&a.plan)?;
+    let (mut plan, text) = Plan::load(&a.plan)?;
+    server_archive_timeouts(&mut plan);
     let findings = check(&plan, &text, chrono::Utc::now());
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     // A plan that contradicts itself is not worth connecting for.
@@ -74,6 +75,17 @@ pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
         }
     }
     Ok(if errors + failed > 0 { crate::EXIT_ERROR } else { 0 })
+}
+
+/// A WAL-archiving source's `archive_timeout` as its server has it, when
+/// it answers (the check judges the RPO by it, not by the plan's word).
+fn server_archive_timeouts(plan: &mut Plan) {
+    for s in plan.sources.iter_mut().filter(|s| s.url.starts_with("pgbase://")) {
+        let Some(w) = s.wal_archive.as_mut() else { continue };
+        if let Ok(p) = tokio::task::block_in_place(|| tresor_sources::pgwal::server_position(&s.url)) {
+            w.archive_timeout = Some(tresor_controller::plan::Span(std::time::Duration::from_secs(p.archive_timeout)));
+        }
+    }
 }
 
 fn finding_json(f: &Finding) -> serde_json::Value {

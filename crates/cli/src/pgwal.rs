@@ -23,6 +23,7 @@ use futures::StreamExt;
 use tresor_engine::backup::{BackupOptions, backup};
 use tresor_engine::{NodeKind, Repository, SourceInfo};
 use tresor_sources::pgwal::{self, WalFile, WalKind};
+use tresor_sources::walrecord;
 
 use crate::commands::open;
 use crate::opts::{Global, WalFetchArgs, WalPushArgs};
@@ -117,6 +118,11 @@ async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, d
     if let Some(s) = seg_size {
         point.insert("wal_segment_size".to_string(), s.into());
     }
+    if wal.kind == WalKind::Segment
+        && let Some(s) = seg_size
+    {
+        records(&mut point, &data, wal.segno(s) * s);
+    }
     let info = SourceInfo { kind: KIND.into(), url: None, consistency: point };
     let opts = BackupOptions {
         stdin: Some((wal.name.clone(), Box::new(std::io::Cursor::new(data)))),
@@ -126,6 +132,19 @@ async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, d
     };
     backup(repo.clone(), opts).await?;
     Ok("archived")
+}
+
+/// What the segment's records say (tresor_sources::walrecord), recorded
+/// so the RPO of the archive is known without reading WAL again: where its
+/// valid WAL ends, whether it ends in a switch, its newest commit.
+fn records(point: &mut BTreeMap<String, serde_json::Value>, data: &[u8], start_lsn: u64) {
+    let r = walrecord::read_segment(data, start_lsn);
+    point.insert("end_lsn".into(), format!("{:X}/{:X}", r.end_lsn >> 32, r.end_lsn as u32).into());
+    point.insert("switched".into(), r.switched.into());
+    point.insert("commits".into(), r.commits.into());
+    if let Some(t) = r.last_commit_unix_micros.and_then(chrono::DateTime::from_timestamp_micros) {
+        point.insert("last_commit".into(), t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+    }
 }
 
 pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {

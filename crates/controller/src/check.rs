@@ -195,11 +195,13 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
             Err(e) => out.push(error(at.source(&s.name, "schedule"), format!("source {}: {e}", s.name))),
             Ok(sched) => {
                 let gap = sched.longest_gap(now) + s.spread.map_or(Duration::ZERO, |d| d.0);
-                if gap > class.rpo.0 {
+                let wal = crate::walrpo::archive_covers(s, class.rpo);
+                if gap > class.rpo.0 && !matches!(wal, Some(Ok(()))) {
+                    let why = wal.and_then(Result::err).map_or(String::new(), |w| format!(", and {w}"));
                     out.push(error(
                         at.source(&s.name, "schedule"),
                         format!(
-                            "source {}: schedule {:?} leaves up to {} between backups, longer than class {}'s RPO {}",
+                            "source {}: schedule {:?} leaves up to {} between backups, longer than class {}'s RPO {}{why}",
                             s.name,
                             s.schedule,
                             Span(gap),

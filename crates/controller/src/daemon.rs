@@ -359,6 +359,7 @@ pub async fn run(
         measure_repository(&shared, name);
     }
     survey_volumes(&shared);
+    watch_wal(&shared);
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
     loop {
@@ -600,6 +601,32 @@ fn survey_volumes(shared: &Arc<Shared>) {
                 }
             }
             tokio::time::sleep(SURVEY_EVERY).await;
+        }
+    });
+}
+
+/// How often the daemon looks at the WAL archives.
+const WAL_EVERY: Duration = Duration::from_secs(15);
+
+/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) in the
+/// metrics, now and every few seconds.
+fn watch_wal(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let plan = shared.plan();
+            let mut listings = BTreeMap::new();
+            for (name, r) in &plan.repositories {
+                if crate::walrpo::pg_sources(&plan, name).next().is_some()
+                    && let Ok(list) = shared.repos.snapshots(r, None).await
+                {
+                    listings.insert(name.clone(), list);
+                }
+            }
+            for (source, p) in crate::walrpo::points(&plan, &listings).await {
+                shared.metrics.wal_point(&plan, &source, p);
+            }
+            tokio::time::sleep(WAL_EVERY).await;
         }
     });
 }

@@ -40,6 +40,7 @@ pub mod serve;
 pub mod state;
 pub mod status;
 pub mod view;
+pub mod walrpo;
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::plan::Plan;
 use crate::state::Outcome;
+use crate::walrpo::WalPoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -100,8 +101,12 @@ pub struct Metrics {
     repo_size: Family<RepoLabels, Gauge>,
     storage_size: Family<RepoLabels, Gauge>,
     unprotected: Family<NamespaceLabels, Gauge>,
+    wal_lag: Family<SourceLabels, FloatGauge>,
+    wal_gap: Family<SourceLabels, Gauge>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// Sources that archive WAL: the archive's newest figures.
+    wal: Mutex<BTreeMap<String, WalPoint>>,
 }
 
 impl Default for Metrics {
@@ -142,7 +147,10 @@ impl Metrics {
             repo_size: Family::default(),
             storage_size: Family::default(),
             unprotected: Family::default(),
+            wal_lag: Family::default(),
+            wal_gap: Family::default(),
             newest: Mutex::default(),
+            wal: Mutex::default(),
             registry: Registry::default(),
         };
         r.register("backup_job_success", "Backups that saved a snapshot", m.success.clone());
@@ -181,6 +189,12 @@ impl Metrics {
             "Claims in namespaces the plan covers that no pvc:// source backs up",
             m.unprotected.clone(),
         );
+        r.register(
+            "backup_wal_archive_lag_seconds",
+            "How far a WAL-archiving source's archive is behind its server (0: nothing unarchived)",
+            m.wal_lag.clone(),
+        );
+        r.register("backup_wal_archive_gap_segments", "WAL segments missing after the unbroken part of the archive", m.wal_gap.clone());
         Metrics { registry: r, ..m }
     }
 
@@ -299,14 +313,25 @@ impl Metrics {
         self.lag.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(seconds);
     }
 
+    /// A WAL-archiving source's newest figures (crate::walrpo).
+    pub fn wal_point(&self, plan: &Plan, source: &str, p: WalPoint) {
+        if let Some(s) = plan.sources.iter().find(|s| s.name == source) {
+            self.wal_gap.get_or_create(&SourceLabels { source: source.into(), class: s.class.clone() }).set(p.chain.gap_segments as i64);
+        }
+        self.wal.lock().expect("not poisoned").insert(source.into(), p);
+    }
+
     /// Seconds since each class's stalest source last had a restorable
-    /// point; a source that never had one counts from the Unix epoch (as
+    /// point (for a source that archives WAL, the archive's RPO when
+    /// smaller); a source that never had one counts from the Unix epoch (as
     /// `time() - backup_last_success_timestamp_seconds` would, with 0).
     pub fn rpo_ages(&self, plan: &Plan, now: DateTime<Utc>) -> BTreeMap<String, f64> {
         let newest = self.newest.lock().expect("not poisoned");
+        let wal = self.wal.lock().expect("not poisoned");
         let mut out: BTreeMap<String, f64> = plan.classes.keys().map(|c| (c.clone(), 0.0)).collect();
         for s in &plan.sources {
             let age = newest.get(&s.name).map_or(now.timestamp() as f64, |t| (now - *t).num_milliseconds() as f64 / 1000.0);
+            let age = wal.get(&s.name).map_or(age, |w| age.min(w.rpo(now)));
             let e = out.entry(s.class.clone()).or_insert(0.0);
             *e = e.max(age);
         }
@@ -321,6 +346,11 @@ impl Metrics {
             if let Some(c) = plan.classes.get(&class) {
                 self.rpo_target.get_or_create(&l).set(c.rpo.secs() as i64);
                 self.rto_target.get_or_create(&l).set(c.rto.secs() as i64);
+            }
+        }
+        for (source, w) in self.wal.lock().expect("not poisoned").iter() {
+            if let Some(s) = plan.sources.iter().find(|s| &s.name == source) {
+                self.wal_lag.get_or_create(&SourceLabels { source: source.clone(), class: s.class.clone() }).set(w.lag(now));
             }
         }
         for (name, repo) in &plan.repositories {

@@ -194,9 +194,21 @@ pub struct SourceSpec {
     pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
     /// Which objects a `k8s://` source takes: namespaces, resources, a selector, cluster resources.
     pub scope: Option<tresor_sources::k8s::Filters>,
+    /// A `pgbase://` source whose cluster archives WAL through `tresor pg wal-push`:
+    /// its RPO counts the archive, not only the base backups.
+    pub wal_archive: Option<WalArchive>,
     /// How a `k8s://` source's restores into another cluster rewrite its
     /// objects: a transforms file (storage classes, image registries, JSON patches).
     pub transforms: Option<PathBuf>,
+}
+
+/// A `pgbase://` source's WAL archive, as the plan states it (crate::walrpo).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WalArchive {
+    /// The cluster's `archive_timeout` (`plan check --connect` asks the
+    /// server instead): the longest a commit waits before its segment is archived.
+    pub archive_timeout: Option<Span>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -41,7 +41,7 @@ pub struct ClassReport {
     pub retention: String,
     /// Retention ran without a failure in the period (forget jobs).
     pub retention_ok: bool,
-    /// For PostgreSQL base-backup sources: the age of the newest archived WAL file.
+    /// For PostgreSQL base-backup sources that archive WAL: how far the archive is behind (crate::walrpo).
     pub wal_archive_lag: Option<f64>,
 }
 
@@ -111,6 +111,7 @@ fn class_report(
     jobs: &[Job],
     drills: &[DrillReport],
     lags: &BTreeMap<String, f64>,
+    wal_rpo: &BTreeMap<String, f64>,
     now: DateTime<Utc>,
 ) -> ClassReport {
     let c = &plan.classes[name];
@@ -122,6 +123,11 @@ fn class_report(
     let (mut measured, mut predicted) = (None::<f64>, None::<f64>);
     for s in &sources {
         let (age, gap) = rpo(&points(jobs, s), now);
+        // A source that archives WAL is as fresh as its archive (crate::walrpo).
+        let age = match (age, wal_rpo.get(s)) {
+            (Some(a), Some(w)) => Some(a.min(*w)),
+            (a, w) => a.or(w.copied()),
+        };
         current = match (current, age) {
             (_, None) => Some(f64::INFINITY),
             (c, Some(a)) => Some(c.unwrap_or(0.0).max(a)),
@@ -193,38 +199,14 @@ fn retention_text(r: &crate::plan::Retention) -> String {
 pub struct RepoFacts {
     /// The WAL archive lag of each PostgreSQL base-backup source that has archived WAL.
     pub lags: BTreeMap<String, f64>,
+    /// The achieved RPO of those sources, counting their archived WAL.
+    pub wal_rpo: BTreeMap<String, f64>,
     pub holds: BTreeMap<String, u64>,
-}
-
-/// For each PostgreSQL base-backup source (`pgbase://`): how old the newest
-/// WAL file archived for its cluster is (the cluster from its newest base
-/// backup), from each repository's whole snapshot listing (`snapshots --all
-/// --json`). Sources whose repository has no listing are left out.
-pub fn archive_lags(plan: &Plan, listings: &BTreeMap<String, Vec<serde_json::Value>>, now: DateTime<Utc>) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for s in plan.sources.iter().filter(|s| s.url.starts_with("pgbase://")) {
-        let Some(snaps) = plan.repository_of(s).and_then(|(name, _)| listings.get(name)) else { continue };
-        let tag = format!("source={}", s.name);
-        let base = snaps
-            .iter()
-            .rev()
-            .find(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())));
-        let Some(system_id) = base.and_then(|b| b["source"]["consistency"]["system_id"].as_str()) else { continue };
-        let newest = snaps
-            .iter()
-            .filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id)
-            .filter_map(|x| DateTime::parse_from_rfc3339(x["time"].as_str()?).ok())
-            .max();
-        if let Some(t) = newest {
-            out.insert(s.name.clone(), (now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0);
-        }
-    }
-    out
 }
 
 pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
     let lags = &facts.lags;
-    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, now)).collect();
+    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, &facts.wal_rpo, now)).collect();
     let compliance = controls(&classes, drills.len());
     Report { generated: now, since, classes, protocol: drills.to_vec(), compliance, holds: facts.holds }
 }

@@ -189,6 +189,9 @@ impl Handles {
                 listings.insert(name.clone(), list);
             }
         }
-        RepoFacts { lags: crate::report::archive_lags(plan, &listings, now), holds }
+        let wal = crate::walrpo::points(plan, &listings).await;
+        let lags = wal.iter().map(|(s, p)| (s.clone(), p.lag(now))).collect();
+        let wal_rpo = wal.iter().map(|(s, p)| (s.clone(), p.rpo(now))).collect();
+        RepoFacts { lags, wal_rpo, holds }
     }
 }

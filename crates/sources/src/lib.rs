@@ -18,6 +18,7 @@ pub mod k8s_transform;
 pub mod k8s_volume;
 mod pgbase;
 pub mod pgwal;
+pub mod walrecord;
 mod postgres;
 pub mod probe;
 mod redis;

@@ -131,6 +131,43 @@ pub fn check_segment(file: &WalFile, data: &[u8]) -> Result<SegmentHeader, Strin
     Ok(SegmentHeader { system_id, seg_size })
 }
 
+/// What a running cluster says about its WAL, for the archive's RPO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPosition {
+    /// `pg_current_wal_lsn()`: how far it has written WAL.
+    pub current_lsn: u64,
+    /// Its newest commit (`pg_last_committed_xact()`, microseconds since
+    /// the Unix epoch) when it tracks commit timestamps.
+    pub last_commit_unix_micros: Option<i64>,
+    /// `archive_timeout` in seconds (0: off).
+    pub archive_timeout: u64,
+    /// `archive_mode` is not `off`.
+    pub archiving: bool,
+}
+
+/// Ask the cluster behind `pgbase://USER@HOST:PORT` where its WAL stands.
+pub fn server_position(url: &str) -> crate::Result<ServerPosition> {
+    let rest = url.strip_prefix("pgbase://").unwrap_or(url);
+    let pg = crate::postgres::Postgres::parse_cluster(&format!("postgres://{rest}"))?;
+    // pg_last_committed_xact() fails without track_commit_timestamp, so it is asked only with it.
+    let said = pg.query(
+        "postgres",
+        "SELECT pg_current_wal_lsn() || '|' || (SELECT setting FROM pg_settings WHERE name = 'archive_timeout') || '|' \
+         || (SELECT setting FROM pg_settings WHERE name = 'archive_mode') || '|' \
+         || coalesce(CASE WHEN current_setting('track_commit_timestamp')::bool \
+            THEN (SELECT (extract(epoch FROM timestamp) * 1000000)::bigint::text FROM pg_last_committed_xact()) END, '')",
+    )?;
+    let parts: Vec<&str> = said.trim().split('|').collect();
+    let bad = || pg.fail(format!("unexpected answer about the WAL position: {said:?}"));
+    let [lsn, timeout, mode, commit] = parts[..] else { return Err(bad()) };
+    Ok(ServerPosition {
+        current_lsn: parse_lsn(lsn).ok_or_else(bad)?,
+        last_commit_unix_micros: if commit.is_empty() { None } else { Some(commit.parse().map_err(|_| bad())?) },
+        archive_timeout: timeout.parse().map_err(|_| bad())?,
+        archiving: mode != "off",
+    })
+}
+
 /// Missing segments of one timeline: `(first missing, last missing)`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gap {

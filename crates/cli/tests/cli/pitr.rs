@@ -11,7 +11,7 @@ use super::*;
 
 /// The `postgres` user runs archive_command and restore_command, so (as
 /// root) the repository is that user's, and so is every tresor run here.
-fn postgres_env() -> Env {
+pub(super) fn postgres_env() -> Env {
     let mut env = Env::new();
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
@@ -24,17 +24,22 @@ fn postgres_env() -> Env {
 }
 
 fn archiving_server(env: &Env) -> PostgresServer {
+    archiving_server_with(env, "")
+}
+
+/// An archiving server with `conf` added to its configuration.
+pub(super) fn archiving_server_with(env: &Env, conf: &str) -> PostgresServer {
     let push = format!(
         "'{}' --repo '{}' --password-file '{}' --no-cache --quiet pg wal-push %p",
         shared_bin().display(),
         env.repo,
         env.path("pw").display()
     );
-    PostgresServer::start_with(&format!("archive_mode = on\narchive_command = '{}'\nwal_level = replica\n", push.replace('\'', "''")))
+    PostgresServer::start_with(&format!("archive_mode = on\narchive_command = '{}'\nwal_level = replica\n{conf}", push.replace('\'', "''")))
 }
 
 /// Close the current segment and wait until the archiver has pushed it.
-fn switch_and_archive(pg: &PostgresServer) -> String {
+pub(super) fn switch_and_archive(pg: &PostgresServer) -> String {
     let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
     let got = pg.wait_for("postgres", "SELECT last_archived_wal FROM pg_stat_archiver", &seg);
     assert_eq!(got, seg, "archived: {}", pg.log().lines().rev().take(8).collect::<Vec<_>>().join("\n"));
