@@ -42,6 +42,9 @@ fn print(r: &Report) {
     for why in &r.reasons {
         println!("  failed: {why}");
     }
+    if let Some(silence) = &r.silence {
+        println!("  {}", tresor_controller::silence::describe(silence));
+    }
 }
 
 pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
@@ -57,7 +60,12 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
     let actor = format!("cli:{}@{}", tresor_engine::username(), tresor_engine::hostname());
     let mut reports = Vec::new();
     for s in &chosen {
-        let r = tokio::task::block_in_place(|| drill(&exe, &plan, s, &scratch));
+        // The drill's alerts silenced while it runs (drills.silence), expired after.
+        let silence = tresor_controller::silence::for_drill(&plan, s, &state.drills(chrono::Utc::now() - chrono::Duration::days(90))?).await;
+        let mut r = tokio::task::block_in_place(|| drill(&exe, &plan, s, &scratch));
+        if let Some(silence) = silence {
+            r.silence = Some(silence.end().await);
+        }
         state.record_drill(&r)?;
         let detail = if r.passed { r.test_id.clone() } else { format!("{}: {}", r.test_id, r.reasons.join("; ")) };
         let result = if r.passed { "succeeded" } else { "failed" };

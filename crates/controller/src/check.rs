@@ -120,6 +120,11 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
     }
     check_classes(plan, &at, &mut out);
     check_sources(plan, &at, now, &mut out);
+    for m in plan.drills.silence.iter().flat_map(|s| &s.matchers) {
+        if let Err(e) = crate::silence::matcher(m, "", "") {
+            out.push(error(at.entry("drills", "silence"), e));
+        }
+    }
     if let Some(s) = &plan.daemon.prune_schedule
         && let Err(e) = Schedule::parse(s)
     {

@@ -37,6 +37,7 @@ pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) 
         passed: false,
         checks: Vec::new(),
         reasons: Vec::new(),
+        silence: None,
         owner: class.and_then(|c| c.drill.as_ref()).and_then(|d| d.owner.clone()),
     };
     let dir = scratch_root.join(&r.test_id);

@@ -37,6 +37,7 @@ pub mod schedule;
 mod scheduler_tests;
 pub mod scratch;
 pub mod serve;
+pub mod silence;
 pub mod state;
 pub mod status;
 pub mod view;

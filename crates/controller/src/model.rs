@@ -337,4 +337,22 @@ pub struct DrillReport {
     pub checks: Vec<String>,
     pub reasons: Vec<String>,
     pub owner: Option<String>,
+    /// The Alertmanager silence that covered the drill, or why there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence: Option<DrillSilence>,
+}
+
+/// A drill's Alertmanager silence (crate::silence), as its protocol keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrillSilence {
+    /// The silence's id; none: the drill's alerts were not silenced.
+    pub id: Option<String>,
+    /// The plan's matchers.
+    pub matchers: Vec<String>,
+    /// When it was made to end at the latest.
+    pub until: Option<DateTime<Utc>>,
+    /// It was expired when the drill ended.
+    pub expired: bool,
+    /// What went wrong making or expiring it.
+    pub error: Option<String>,
 }

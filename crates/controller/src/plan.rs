@@ -31,6 +31,23 @@ pub struct Plan {
 pub struct DrillSettings {
     /// Scratch space for restored data (default: the system's temporary directory).
     pub scratch_dir: Option<PathBuf>,
+    /// Alerts silenced in Alertmanager while a drill runs.
+    pub silence: Option<SilenceSettings>,
+}
+
+/// `drills.silence`: what a drill silences while it runs (crate::silence).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceSettings {
+    /// Alertmanager's URL (`http://alertmanager:9093`).
+    pub alertmanager: String,
+    /// Matchers as Alertmanager writes them (`alertname=~"Backup.*"`,
+    /// `source={source}`); `{source}` and `{class}` stand for the drilled source's.
+    pub matchers: Vec<String>,
+    /// Added to the drill's expected time (its longest passed drill, else its class's RTO); default 10m.
+    pub margin: Option<Span>,
+    /// Sent as `Authorization: Bearer …`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// A class's restore drills: when, and who owns the protocol entries.

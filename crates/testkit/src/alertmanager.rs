@@ -62,6 +62,13 @@ impl AlertmanagerServer {
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(dechunk(&body).trim()).expect("alertmanager's alert list")
     }
+
+    /// Every silence it holds (active, pending or expired).
+    pub fn silences(&self) -> Vec<serde_json::Value> {
+        let (code, body) = self.request("GET", "/api/v2/silences", "");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(dechunk(&body).trim()).expect("alertmanager's silence list")
+    }
 }
 
 /// A body sent with chunked transfer encoding, joined.

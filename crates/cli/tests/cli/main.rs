@@ -34,6 +34,7 @@ mod sources;
 mod standby;
 mod transforms;
 mod volumes;
+mod silence;
 mod walrpo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
