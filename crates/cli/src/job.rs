@@ -87,7 +87,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
         }
         Kind::Drill => {
             let plan = spec.plan_file.clone().context("a drill job names its plan")?;
-            crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan, scratch: None }).await
+            crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), ..DrillArgs::default() }).await
         }
         Kind::Snapshots => {
             let mut a = defaults::<SnapshotsArgs>(&[])?;

@@ -6,6 +6,7 @@ mod daemon;
 mod data;
 mod demo;
 mod doctor;
+mod dr;
 mod drill;
 mod job;
 mod k8s;
@@ -14,6 +15,7 @@ mod manual;
 mod opts;
 mod pg;
 mod pgwal;
+mod protocol;
 mod prune;
 mod retention;
 mod sources;
@@ -102,6 +104,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Audit(a) => daemon::audit(&g, a).await,
         Command::Drill(a) => drill::drills(&g, a).await,
         Command::Report(a) => drill::report(a).await,
+        Command::Dr(a) => dr::dr(&g, a).await,
         Command::Volume(a) => k8s::volume(&g, a).await,
         Command::Completion(a) => manual::completion(a),
         Command::Man(a) => manual::man(a),

@@ -1,12 +1,16 @@
 //! Command-line syntax. Every argument says what it does: the help, the man
 //! pages and the shell completions are all generated from these definitions.
 
+mod app;
+mod dr;
 mod ops;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use app::*;
+pub use dr::*;
 pub use ops::*;
 
 /// Help sections, shared so that every command groups the same way.
@@ -131,6 +135,8 @@ pub enum Command {
     Drill(DrillArgs),
     /// Compliance report: RPO/RTO targets against measurements, success rates, the drill protocol.
     Report(ReportArgs),
+    /// Disaster recovery: rehearse bringing the whole plan back from the off-site copy.
+    Dr(DrCmd),
     /// Kubernetes volumes: back a claim up, or restore into a new one, through a Job in the cluster.
     Volume(VolumeCmd),
     /// Print a shell completion script, e.g. `tresor completion bash > /etc/bash_completion.d/tresor`.

@@ -159,6 +159,28 @@ fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
         if !used.contains(name.as_str()) {
             out.push(warning(at.entry("classes", name), format!("class {name} has no sources")));
         }
+        check_drill(name, class, at, out);
+    }
+    let mut ids = BTreeSet::new();
+    for (name, id) in plan.classes.iter().filter_map(|(n, c)| Some((n, c.drill.as_ref()?.id.as_deref()?))) {
+        if !ids.insert(id) {
+            out.push(error(at.field("classes", name, "id"), format!("class {name}: drill id {id:?} is another class's too")));
+        }
+    }
+}
+
+/// A class's drills: a schedule the daemon can run (else they would never
+/// run), and an off-site copy to drill from when `from: offsite` asks for one.
+fn check_drill(name: &str, class: &crate::plan::Class, at: &Lines, out: &mut Vec<Finding>) {
+    let Some(d) = &class.drill else { return };
+    if let Err(e) = Schedule::parse(&d.schedule) {
+        out.push(error(at.field("classes", name, "schedule"), format!("class {name}: drill {e}")));
+    }
+    if d.from == crate::model::BackupCopy::Offsite && class.offsite.is_none() {
+        out.push(error(
+            at.field("classes", name, "from"),
+            format!("class {name}: its drills restore from the off-site copy (from: offsite), but the class has no offsite: repository"),
+        ));
     }
 }
 

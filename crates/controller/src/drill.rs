@@ -12,15 +12,23 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::child::Tresor;
-use crate::model::{DrillReport as Report, RestoreSpec};
+use crate::model::{BackupCopy, DrillReport as Report, RestoreSpec};
 use crate::plan::{Plan, SourceSpec};
 use crate::scratch;
 
-/// Drill one source into `scratch_root`.
+pub use crate::origin::Origin;
+
+/// Drill one source into `scratch_root`, from the copy its class's `drill.from` names.
 pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {
+    drill_from(exe, plan, source, Origin::of_plan(plan, source), scratch_root)
+}
+
+/// Drill one source into `scratch_root` from `origin` (or fail with why there is none).
+pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<Origin, String>, scratch_root: &Path) -> Report {
     let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
     let class = plan.classes.get(&source.class);
+    let spec = class.and_then(|c| c.drill.as_ref());
     let mut r = Report {
         test_id: format!("DRILL-{}-{}", started.format("%Y%m%d-%H%M%S"), source.name),
         source: source.name.clone(),
@@ -38,14 +46,18 @@ pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) 
         checks: Vec::new(),
         reasons: Vec::new(),
         silence: None,
-        owner: class.and_then(|c| c.drill.as_ref()).and_then(|d| d.owner.clone()),
+        owner: spec.and_then(|d| d.owner.clone()),
+        from: origin.as_ref().map_or(BackupCopy::Primary, |o| o.copy),
+        repository: origin.as_ref().ok().map(|o| o.name.clone()),
+        test: spec.and_then(|d| d.id.clone()),
+        test_type: spec.map(|d| d.test_type.as_str().to_string()),
     };
     let dir = scratch_root.join(&r.test_id);
-    let result = match plan.repository_of(source) {
-        Some((_, repo)) => std::fs::create_dir_all(&dir)
+    let result = match &origin {
+        Ok(o) => std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
-            .and_then(|_| run(&Tresor::new(exe, repo, &source.name), source, &dir, &mut r)),
-        None => Err("the source's repository is not in the plan".into()),
+            .and_then(|_| run(&Tresor::new(exe, &o.repo, &source.name), source, &dir, &mut r)),
+        Err(e) => Err(e.clone()),
     };
     r.rto_seconds = t0.elapsed().as_secs_f64();
     r.rpo_seconds = r.snapshot_time.map(|t| (started - t).num_milliseconds() as f64 / 1000.0);

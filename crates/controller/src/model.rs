@@ -340,6 +340,61 @@ pub struct DrillReport {
     /// The Alertmanager silence that covered the drill, or why there was none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silence: Option<DrillSilence>,
+    /// Which copy was restored.
+    #[serde(default)]
+    pub from: BackupCopy,
+    /// The repository restored from: its name in the plan, or its URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The test plan's id for the class's drills (`drill.id`, e.g. `BT-DR-01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    /// The kind of test (`drill.type`: `restore`, `validation`, `dr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_type: Option<String>,
+}
+
+/// The evidence entry kind of an [`Annotation`].
+pub const ANNOTATION: &str = "annotation";
+
+/// A finding and a follow-up about one drill (lessons learned), kept as an
+/// evidence entry of its own (kind `annotation`): appended, never an edit
+/// of the protocol entry it is about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Annotation {
+    /// The protocol entry annotated (`DRILL-…`).
+    pub test_id: String,
+    /// That drill's test id in the plan (`BT-DR-01`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    pub source: String,
+    pub time: DateTime<Utc>,
+    /// Who wrote it: `user@host`.
+    pub author: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_up: Option<String>,
+}
+
+/// A copy of a source's backups: where a drill restores from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupCopy {
+    /// The repository the source backs up to.
+    #[default]
+    Primary,
+    /// Another repository: the class's off-site one (`offsite:`, which `copy` fills), or any other.
+    Offsite,
+}
+
+impl BackupCopy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupCopy::Primary => "primary",
+            BackupCopy::Offsite => "off-site",
+        }
+    }
 }
 
 /// A drill's Alertmanager silence (crate::silence), as its protocol keeps it.

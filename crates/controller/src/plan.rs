@@ -31,6 +31,8 @@ pub struct Plan {
 pub struct DrillSettings {
     /// Scratch space for restored data (default: the system's temporary directory).
     pub scratch_dir: Option<PathBuf>,
+    /// The platform's RTO: a cold-start rehearsal (`tresor dr rehearse`) brings every source back within it.
+    pub platform_rto: Option<Span>,
     /// Alerts silenced in Alertmanager while a drill runs.
     pub silence: Option<SilenceSettings>,
 }
@@ -56,6 +58,37 @@ pub struct SilenceSettings {
 pub struct DrillSpec {
     pub schedule: String,
     pub owner: Option<String>,
+    /// The test's id in the test plan (`BT-DR-01`), named in each protocol entry.
+    pub id: Option<String>,
+    /// What kind of test the drills are, for the test plan.
+    #[serde(rename = "type", default)]
+    pub test_type: TestType,
+    /// Which copy the drills restore from: the source's own repository, or the class's off-site one.
+    #[serde(default)]
+    pub from: crate::model::BackupCopy,
+}
+
+/// Kinds of test, as test plans name them.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, JsonSchema, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestType {
+    /// A restore drill: the newest backup restored into scratch and validated.
+    #[default]
+    Restore,
+    /// A validation: the restored data checked against the application's expectations.
+    Validation,
+    /// A disaster-recovery exercise.
+    Dr,
+}
+
+impl TestType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestType::Restore => "restore",
+            TestType::Validation => "validation",
+            TestType::Dr => "dr",
+        }
+    }
 }
 
 /// How a drill validates a restored source, beyond what the backup recorded.
@@ -402,12 +435,15 @@ impl Plan {
         Ok((Plan::parse(&text, file)?, text))
     }
 
-    /// The repository a source writes to: its own, else the first one.
+    /// The repository a source writes to: its own, else the first one that
+    /// is no class's off-site copy (which `copy` fills), else the first one.
     pub fn repository_of<'a>(&'a self, s: &'a SourceSpec) -> Option<(&'a str, &'a Repository)> {
+        let offsite = |name: &str| self.classes.values().any(|c| c.offsite.as_deref() == Some(name));
         match &s.repository {
-            Some(name) => self.repositories.get_key_value(name).map(|(k, v)| (k.as_str(), v)),
-            None => self.repositories.iter().next().map(|(k, v)| (k.as_str(), v)),
+            Some(name) => self.repositories.get_key_value(name),
+            None => self.repositories.iter().find(|(k, _)| !offsite(k)).or_else(|| self.repositories.iter().next()),
         }
+        .map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn priority(&self, class: &str) -> u32 {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::model::DrillReport;
+use crate::model::{Annotation, BackupCopy, DrillReport};
 use crate::plan::{Plan, Span};
 use crate::state::Job;
 
@@ -36,6 +36,10 @@ pub struct ClassReport {
     pub drills: u64,
     pub drills_passed: u64,
     pub last_drill: Option<DateTime<Utc>>,
+    /// When a drill from the source's own repository last passed.
+    pub last_proven_primary: Option<DateTime<Utc>>,
+    /// When a drill from another copy (the off-site repository) last passed.
+    pub last_proven_offsite: Option<DateTime<Utc>>,
     pub offsite: Option<String>,
     pub last_offsite_copy: Option<DateTime<Utc>>,
     pub retention: String,
@@ -53,13 +57,38 @@ pub struct Control {
     pub evidence: String,
 }
 
+/// One test of the test plan: a class's drills as the plan states them.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedTest {
+    /// The plan's test id (`drill.id`), if it gives one.
+    pub id: Option<String>,
+    #[serde(rename = "type")]
+    pub test_type: crate::plan::TestType,
+    pub class: String,
+    /// The sources drilled.
+    pub scope: Vec<String>,
+    /// The copy restored from.
+    pub from: BackupCopy,
+    /// The drill schedule, and the longest time between two runs.
+    pub frequency: String,
+    pub every: Option<u64>,
+    pub owner: Option<String>,
+    /// The newest drill of the class in the period, and whether it passed.
+    pub last_run: Option<DateTime<Utc>>,
+    pub last_passed: Option<bool>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub generated: DateTime<Utc>,
     pub since: DateTime<Utc>,
     pub classes: Vec<ClassReport>,
+    /// The classes' drills as the plan states them.
+    pub tests: Vec<PlannedTest>,
     /// Every drill in the window: the test protocol.
     pub protocol: Vec<DrillReport>,
+    /// Findings and follow-ups recorded about the protocol's drills.
+    pub annotations: Vec<Annotation>,
     /// Legal holds per repository (snapshots kept whatever the retention says).
     pub holds: BTreeMap<String, u64>,
     pub compliance: Vec<Control>,
@@ -150,6 +179,7 @@ fn class_report(
     let current = current.filter(|a| a.is_finite());
     let rpo_target = c.rpo.secs();
     let copies = jobs.iter().filter(mine).filter(|j| j.kind == "copy" && j.outcome.status == "succeeded");
+    let proven = |copy: BackupCopy| class_drills.iter().filter(|d| d.passed && d.from == copy).map(|d| d.started).max();
     ClassReport {
         name: name.into(),
         description: c.description.clone(),
@@ -167,6 +197,8 @@ fn class_report(
         drills: class_drills.len() as u64,
         drills_passed: class_drills.iter().filter(|d| d.passed).count() as u64,
         last_drill: class_drills.last().map(|d| d.started),
+        last_proven_primary: proven(BackupCopy::Primary),
+        last_proven_offsite: proven(BackupCopy::Offsite),
         offsite: c.offsite.clone(),
         last_offsite_copy: copies.filter_map(|j| j.ended_at).max(),
         retention: retention_text(&c.retention),
@@ -202,16 +234,44 @@ pub struct RepoFacts {
     /// The achieved RPO of those sources, counting their archived WAL.
     pub wal_rpo: BTreeMap<String, f64>,
     pub holds: BTreeMap<String, u64>,
+    /// Findings and follow-ups about drills, from the evidence logs.
+    pub annotations: Vec<Annotation>,
 }
 
 pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
     let lags = &facts.lags;
-    let classes: Vec<ClassReport> = plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, &facts.wal_rpo, now)).collect();
-    let compliance = controls(&classes, drills.len());
-    Report { generated: now, since, classes, protocol: drills.to_vec(), compliance, holds: facts.holds }
+    let classes: Vec<ClassReport> =
+        plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, &facts.wal_rpo, now)).collect();
+    let tests = planned_tests(plan, drills, now);
+    let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).collect();
+    let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
+    let compliance = controls(&classes, drills, &tests, &annotations);
+    Report { generated: now, since, classes, tests, protocol: drills.to_vec(), annotations, compliance, holds: facts.holds }
 }
 
-pub(crate) fn dur(s: Option<f64>) -> String {
+/// The test plan: each class with a drill schedule, and how its drills went.
+fn planned_tests(plan: &Plan, drills: &[DrillReport], now: DateTime<Utc>) -> Vec<PlannedTest> {
+    let mut out = Vec::new();
+    for (class, c) in &plan.classes {
+        let Some(d) = &c.drill else { continue };
+        let last = drills.iter().rfind(|r| &r.class == class);
+        out.push(PlannedTest {
+            id: d.id.clone(),
+            test_type: d.test_type,
+            class: class.clone(),
+            scope: plan.sources.iter().filter(|s| &s.class == class).map(|s| s.name.clone()).collect(),
+            from: d.from,
+            frequency: d.schedule.clone(),
+            every: crate::schedule::Schedule::parse(&d.schedule).ok().map(|s| s.longest_gap(now).as_secs()),
+            owner: d.owner.clone(),
+            last_run: last.map(|r| r.started),
+            last_passed: last.map(|r| r.passed),
+        });
+    }
+    out
+}
+
+pub fn dur(s: Option<f64>) -> String {
     match s {
         None => "—".into(),
         Some(s) if s < 120.0 => format!("{s:.1} s"),
@@ -224,7 +284,8 @@ pub(crate) fn pct(r: Option<f64>) -> String {
 }
 
 /// What the report proves, control by control.
-pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
+pub fn controls(classes: &[ClassReport], protocol: &[DrillReport], tests: &[PlannedTest], annotations: &[Annotation]) -> Vec<Control> {
+    let drills = protocol.len();
     let (b_ok, b_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.backups_succeeded, a + c.backups));
     let (d_ok, d_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.drills_passed, a + c.drills));
     let rto: Vec<String> = classes
@@ -237,6 +298,27 @@ pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
         pct(rate(b_ok, b_all))
     );
     let drills_text = format!("{d_all} restore drills, {} passed ({drills} protocol entries)", pct(rate(d_ok, d_all)));
+    let offsite_proven: Vec<String> =
+        classes.iter().filter_map(|c| Some(format!("{} {}", c.name, c.last_proven_offsite?.format("%Y-%m-%d")))).collect();
+    let offsite_text = format!(
+        "{} of {} classes restored from their off-site copy in the period{}",
+        offsite_proven.len(),
+        classes.len(),
+        if offsite_proven.is_empty() { String::new() } else { format!(" ({})", offsite_proven.join(", ")) }
+    );
+    let planned: Vec<String> = tests
+        .iter()
+        .map(|t| {
+            format!(
+                "{} ({}, {}, {})",
+                t.id.as_deref().unwrap_or(&t.class),
+                t.test_type.as_str(),
+                t.frequency,
+                t.owner.as_deref().unwrap_or("no owner")
+            )
+        })
+        .collect();
+    let dr = protocol.iter().filter(|d| d.test_type.as_deref() == Some("dr")).count();
     vec![
         Control {
             framework: "ISO/IEC 27001:2022",
@@ -248,7 +330,18 @@ pub fn controls(classes: &[ClassReport], drills: usize) -> Vec<Control> {
             framework: "ISO/IEC 27001:2022",
             control: "A.5.30",
             requirement: "ICT readiness for business continuity: recovery objectives set and tested",
-            evidence: format!("RPO/RTO targets per class; measured RTO: {}", rto.join("; ")),
+            evidence: format!("RPO/RTO targets per class; measured RTO: {}; {offsite_text}", rto.join("; ")),
+        },
+        Control {
+            framework: "ISO/IEC 27001:2013",
+            control: "A.17.1.1",
+            requirement: "Planning information security continuity: continuity requirements determined, recovery planned and exercised",
+            evidence: format!(
+                "test plan: {} ({}); {drills} protocol entries, {dr} of them disaster-recovery exercises; {} findings and follow-ups recorded; {offsite_text}",
+                planned.len(),
+                if planned.is_empty() { "no drill schedules".into() } else { planned.join("; ") },
+                annotations.len()
+            ),
         },
         Control {
             framework: "BSI IT-Grundschutz",

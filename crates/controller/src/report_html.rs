@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use crate::model::DrillReport;
 use crate::report::{Report, dur, pct, rate};
 
 fn yes(b: Option<bool>) -> &'static str {
@@ -19,11 +20,11 @@ pub fn markdown(r: &Report) -> String {
         r.generated.format("%Y-%m-%d %H:%M UTC"),
         r.since.format("%Y-%m-%d")
     );
-    s += "## Recovery objectives per class\n\n| class | RPO target | RPO now | worst gap | RPO | WAL archive lag | RTO target | measured RTO | RTO | predicted RTO | backups ok (target > 99.9 %) | drills passed (target 100 %) | last drill | off-site | retention |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "## Recovery objectives per class\n\n| class | RPO target | RPO now | worst gap | RPO | WAL archive lag | RTO target | measured RTO | RTO | predicted RTO | backups ok (target > 99.9 %) | drills passed (target 100 %) | last drill | last proven (primary / off-site) | off-site | retention |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for c in &r.classes {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} ({}/{}) | {} ({}/{}) | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} ({}/{}) | {} ({}/{}) | {} | {} / {} | {} | {} |",
             c.name,
             dur(Some(c.rpo_target as f64)),
             dur(c.rpo_current),
@@ -42,6 +43,8 @@ pub fn markdown(r: &Report) -> String {
             c.drills_passed,
             c.drills,
             c.last_drill.map_or("never".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
+            date(c.last_proven_primary),
+            date(c.last_proven_offsite),
             c.offsite.as_deref().map_or("none".to_string(), |o| format!(
                 "{o} ({})",
                 c.last_offsite_copy.map_or("no copy yet".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
@@ -55,21 +58,23 @@ pub fn markdown(r: &Report) -> String {
         "\nLegal holds: {}. Every repository is encrypted end to end (AEAD; keys from Argon2id).",
         if holds.is_empty() { "none".into() } else { holds.join(", ") }
     );
-    s += "\n## Test protocol\n\n| date | test id | scope | result | measured RTO | achieved RPO | follow-ups | owner |\n|---|---|---|---|---|---|---|---|\n";
+    test_plan(r, &mut s);
+    s += "\n## Test protocol\n\n| date | test id | test | copy | scope | result | measured RTO | achieved RPO | findings / follow-ups | owner |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for d in &r.protocol {
         let result = if d.passed { "passed".to_string() } else { format!("FAILED: {}", d.reasons.join("; ")) };
-        let follow = if d.passed { "none".to_string() } else { "investigate and repeat the drill".into() };
         let _ = writeln!(
             s,
-            "| {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} |",
             d.started.format("%Y-%m-%d %H:%M"),
             d.test_id,
+            d.test.as_deref().unwrap_or("—"),
+            copy(d),
             d.source,
             d.class,
-            result,
+            cell(&result),
             dur(Some(d.rto_seconds)),
             dur(d.rpo_seconds),
-            follow,
+            cell(&follow_ups(r, d)),
             d.owner.as_deref().unwrap_or("—")
         );
     }
@@ -78,6 +83,70 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(s, "| {} | {} | {} | {} |", c.framework, c.control, c.requirement, c.evidence);
     }
     s
+}
+
+fn date(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.map_or("never".into(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+}
+
+/// Text fit for a table cell: one line, no column separator.
+fn cell(text: &str) -> String {
+    text.replace(['\n', '\r'], " ").replace('|', "/")
+}
+
+/// The copy a drill restored: `primary`, or `off-site` with the repository's name.
+fn copy(d: &DrillReport) -> String {
+    match (&d.from, &d.repository) {
+        (crate::model::BackupCopy::Offsite, Some(repo)) => format!("off-site ({repo})"),
+        (from, _) => from.as_str().to_string(),
+    }
+}
+
+/// What people recorded about a drill; for a failed drill without any, what is due.
+fn follow_ups(r: &Report, d: &DrillReport) -> String {
+    let notes: Vec<String> = r
+        .annotations
+        .iter()
+        .filter(|a| a.test_id == d.test_id)
+        .map(|a| {
+            let parts: Vec<String> = [("finding", &a.finding), ("follow-up", &a.follow_up)]
+                .iter()
+                .filter_map(|(k, v)| Some(format!("{k}: {}", v.as_deref()?)))
+                .collect();
+            format!("{} ({}, {})", parts.join("; "), a.author, a.time.format("%Y-%m-%d"))
+        })
+        .collect();
+    match (notes.is_empty(), d.passed) {
+        (false, _) => notes.join("; "),
+        (true, true) => "none".into(),
+        (true, false) => "investigate and repeat the drill".into(),
+    }
+}
+
+/// The test plan: each class's drills as the plan states them.
+fn test_plan(r: &Report, s: &mut String) {
+    *s +=
+        "\n## Test plan\n\n| test id | type | scope | copy | frequency | owner | last run | result |\n|---|---|---|---|---|---|---|---|\n";
+    for t in &r.tests {
+        let every = t.every.map_or(String::new(), |e| format!(" (every {})", crate::plan::Span(std::time::Duration::from_secs(e))));
+        let result = match t.last_passed {
+            Some(true) => "passed",
+            Some(false) => "FAILED",
+            None => "not run",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} ({}) | {} | {}{every} | {} | {} | {result} |",
+            t.id.as_deref().unwrap_or("—"),
+            t.test_type.as_str(),
+            t.class,
+            t.scope.join(", "),
+            t.from.as_str(),
+            t.frequency,
+            t.owner.as_deref().unwrap_or("—"),
+            date(t.last_run),
+        );
+    }
 }
 
 fn esc(s: &str) -> String {

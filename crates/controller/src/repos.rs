@@ -192,6 +192,25 @@ impl Handles {
         let wal = crate::walrpo::points(plan, &listings).await;
         let lags = wal.iter().map(|(s, p)| (s.clone(), p.lag(now))).collect();
         let wal_rpo = wal.iter().map(|(s, p)| (s.clone(), p.rpo(now))).collect();
-        RepoFacts { lags, wal_rpo, holds }
+        RepoFacts { lags, wal_rpo, holds, annotations: self.annotations(plan).await }
+    }
+
+    /// The drill annotations in the logs of the repositories that answer,
+    /// each once however many logs hold it, oldest first.
+    pub async fn annotations(&self, plan: &Plan) -> Vec<crate::model::Annotation> {
+        let mut out: Vec<crate::model::Annotation> = Vec::new();
+        for r in evidence_targets(plan, None) {
+            let Ok(repo) = self.get(&r).await else { continue };
+            let Ok(entries) = tresor_engine::evidence::entries(&repo).await else { continue };
+            for e in entries.into_iter().filter(|e| e.kind == crate::model::ANNOTATION) {
+                if let Ok(a) = serde_json::from_value(e.body)
+                    && !out.contains(&a)
+                {
+                    out.push(a);
+                }
+            }
+        }
+        out.sort_by_key(|a| a.time);
+        out
     }
 }

@@ -1,12 +1,16 @@
 //! Verify a restore against its snapshot: every restored file is read back
-//! from disk, cut with the repository's chunker and each chunk's keyed id
-//! compared with the snapshot's content list. What reached the disk is
-//! checked, not what the restore meant to write.
+//! from disk, cut where the snapshot's blobs end (their plaintext lengths,
+//! from the index) and each piece's keyed id compared with the snapshot's
+//! content list. What reached the disk is checked, not what the restore
+//! meant to write. Cutting by the blobs rather than with this repository's
+//! chunker verifies a snapshot `copy` brought from a repository of another
+//! chunker key as well: it keeps the source's cuts.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use crate::chunker::Chunker;
-use crate::{NodeKind, Repository, Result};
+use crate::crypto::Crypto;
+use crate::{Id, NodeKind, Repository, Result};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct VerifyReport {
@@ -20,35 +24,50 @@ pub struct VerifyReport {
 /// folder a `SNAPSHOT:PATH` restore took) under `target`, laid out as
 /// `restore` writes it.
 pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) -> Result<VerifyReport> {
-    let files: Vec<(PathBuf, Vec<crate::Id>, u64)> = crate::walk::list(repo, tree, "")
+    let index = repo.index().await?;
+    let files: Vec<(PathBuf, Vec<(Id, usize)>, u64)> = crate::walk::list(repo, tree, "")
         .await?
         .into_iter()
         .filter(|(_, n)| n.kind == NodeKind::File)
-        .map(|(p, n)| (target.join(p.strip_prefix("/").unwrap_or(&p)), n.content, n.size))
+        .map(|(p, n)| {
+            let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();
+            (target.join(p.strip_prefix("/").unwrap_or(&p)), blobs, n.size)
+        })
         .collect();
-    let chunker = Chunker::new(repo.crypto().gear_seed(), repo.config().chunker);
     let crypto = repo.crypto().clone();
     tokio::task::spawn_blocking(move || {
         let mut report = VerifyReport::default();
         let mut buf = Vec::new();
         for (path, want, size) in files {
             report.files += 1;
-            let mut ids = Vec::with_capacity(want.len());
-            let read = std::fs::File::open(&path).map_err(std::io::Error::other).and_then(|f| {
-                chunker.chunk_stream::<_, std::io::Error>(f, Some(size), &mut buf, |chunk| {
-                    ids.push(crypto.blob_id(chunk));
-                    Ok(())
-                })
-            });
-            match read {
-                Ok(n) if n == size && ids == want => report.bytes += n,
-                Ok(n) if n != size => report.mismatched.push(format!("{}: {n} bytes, the snapshot has {size}", path.display())),
-                Ok(_) => report.mismatched.push(format!("{}: content differs from the snapshot", path.display())),
-                Err(e) => report.mismatched.push(format!("{}: {e}", path.display())),
+            match check_file(&path, &want, size, &crypto, &mut buf) {
+                Ok(()) => report.bytes += size,
+                Err(why) => report.mismatched.push(format!("{}: {why}", path.display())),
             }
         }
         report
     })
     .await
     .map_err(|e| crate::Error::Invalid(format!("verify thread failed: {e}")))
+}
+
+/// One restored file against its blobs: its length, then each piece's id.
+fn check_file(path: &Path, want: &[(Id, usize)], size: u64, crypto: &Crypto, buf: &mut Vec<u8>) -> Result<(), String> {
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let n = f.metadata().map_err(|e| e.to_string())?.len();
+    if n != size {
+        return Err(format!("{n} bytes, the snapshot has {size}"));
+    }
+    let differs = || "content differs from the snapshot".to_string();
+    if want.iter().map(|(_, len)| *len as u64).sum::<u64>() != size {
+        return Err(differs());
+    }
+    for (id, len) in want {
+        buf.resize(*len, 0);
+        f.read_exact(buf).map_err(|e| e.to_string())?;
+        if crypto.blob_id(buf) != *id {
+            return Err(differs());
+        }
+    }
+    Ok(())
 }

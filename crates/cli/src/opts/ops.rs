@@ -292,16 +292,46 @@ pub enum AuditCommand {
     Verify,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct DrillArgs {
+    #[command(subcommand)]
+    pub command: Option<DrillCommand>,
     /// A class or a source (default: every source of the plan).
     pub name: Option<String>,
     /// The plan file (tresor.yaml).
-    #[arg(long, env = "TRESOR_PLAN")]
-    pub plan: PathBuf,
+    #[arg(long, env = "TRESOR_PLAN", required = true)]
+    pub plan: Option<PathBuf>,
     /// Scratch space for restored data (overrides the plan's drills.scratch_dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Restore from this copy: a repository of the plan by name, `offsite` (each class's off-site repository), `primary`, or any repository's URL (default: the class's drill.from).
+    #[arg(long, value_name = "REPOSITORY")]
+    pub from: Option<String>,
+    /// The password file of a --from repository given by URL (default: the source's repository's).
+    #[arg(long, value_name = "FILE", requires = "from")]
+    pub from_password_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum DrillCommand {
+    /// Record a finding and a follow-up for a drill (lessons learned): an entry appended to the evidence log, shown with the drill in reports.
+    Annotate(AnnotateArgs),
+}
+
+#[derive(Args)]
+pub struct AnnotateArgs {
+    /// The plan file (tresor.yaml).
+    #[arg(long, env = "TRESOR_PLAN")]
+    pub plan: PathBuf,
+    /// The drill: its protocol id (DRILL-…), or a test id of the plan (drill.id, e.g. BT-DR-01) for that test's newest drill.
+    pub id: String,
+    /// What the drill showed.
+    #[arg(long)]
+    pub finding: Option<String>,
+    /// What is to be done about it, by whom.
+    #[arg(long)]
+    pub follow_up: Option<String>,
 }
 
 #[derive(Args)]

@@ -26,6 +26,7 @@ mod jobs;
 mod k8s;
 mod pitr;
 mod prune;
+mod rehearse;
 mod repair;
 mod replicate;
 mod restic;

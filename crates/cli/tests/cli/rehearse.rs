@@ -1,0 +1,413 @@
+//! Disaster rehearsals (issue 15): drills from the off-site copy (an S3
+//! repository with its own password, filled by `copy`), the test plan's ids,
+//! types and owners in the protocol, annotations appended to the evidence
+//! log, and the report's ISO 27001 mapping. Real servers: Redis, the
+//! in-process S3 server.
+
+use std::os::unix::fs::PermissionsExt;
+
+use tresor_testkit::{RedisServer, S3Server};
+
+use super::sources::fill;
+use super::*;
+
+struct Site {
+    env: Env,
+    s3: Option<S3Server>,
+    _redis: RedisServer,
+    plan: PathBuf,
+    offsite: String,
+    scratch: tempfile::TempDir,
+}
+
+/// A plan of two classes, each copied to an off-site S3 repository with a
+/// password of its own: `critical` (Redis) drills from the off-site copy as
+/// test BT-DR-01, `archive` (a volume) from its primary as BT-VL-01.
+fn site(drill_schedule: &str) -> Site {
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    let env = Env::with_repo(dir, repo, s3.env());
+    fs::write(env.path("offsite-pw"), "another horse\n").unwrap();
+    let offsite = format!("s3://{}/offsite", s3.bucket());
+    env.ok(&["init"]);
+    let out = env.as_holder_of("offsite-pw", &["-r", &offsite, "init"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let redis = RedisServer::start(&[]);
+    fill(&redis);
+    let volume = env.path("volume");
+    sample_tree(&volume);
+    let scratch = tempfile::Builder::new().prefix("tresor-rehearse-").tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            r#"repositories:
+  primary:
+    url: {repo}
+    password_file: {pw}
+  offsite:
+    url: {offsite}
+    password_file: {offsite_pw}
+classes:
+  critical:
+    rpo: 15m
+    rto: 2h
+    offsite: offsite
+    drill:
+      schedule: "{drill_schedule}"
+      owner: Homelab Owner
+      id: BT-DR-01
+      type: dr
+      from: offsite
+  archive:
+    rpo: 1d
+    rto: 1d
+    offsite: offsite
+    drill:
+      schedule: "0 3 1 */6 *"
+      owner: Platform Lead
+      id: BT-VL-01
+      type: validation
+sources:
+  - name: sessions
+    class: critical
+    url: {redis}
+    schedule: "*/15 * * * *"
+    verify:
+      min_keys: 2000
+  - name: documents
+    class: archive
+    url: {volume}
+    schedule: "@daily"
+daemon:
+  state: {state}
+drills:
+  scratch_dir: {scratch}
+"#,
+            repo = env.repo,
+            pw = env.path("pw").display(),
+            offsite_pw = env.path("offsite-pw").display(),
+            redis = redis.url(),
+            volume = volume.display(),
+            state = env.path("state.db").display(),
+            scratch = scratch.path().display(),
+        ),
+    )
+    .unwrap();
+    env.ok(&["backup", &redis.url(), "--tag", "source=sessions"]);
+    env.ok(&["backup", volume.to_str().unwrap(), "--tag", "source=documents"]);
+    env.ok(&["copy", "--to", &offsite, "--to-password-file", env.path("offsite-pw").to_str().unwrap()]);
+    Site { env, s3: Some(s3), _redis: redis, plan, offsite, scratch }
+}
+
+impl Site {
+    fn drill(&self, args: &[&str]) -> Output {
+        let mut all = vec!["drill", "--plan", self.plan.to_str().unwrap(), "--json"];
+        all.extend(args);
+        self.env.run(&all)
+    }
+
+    fn reports(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.drill(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<serde_json::Value>(text.lines().last().unwrap()).unwrap().as_array().unwrap().clone()
+    }
+
+    fn protocol_entries(&self) -> usize {
+        let drills = self.env.json(&["audit", "--state", self.env.path("state.db").to_str().unwrap()]);
+        drills.as_array().unwrap().iter().filter(|a| a["action"] == "drill").count()
+    }
+
+    fn report(&self, format: &str) -> String {
+        let out = self.env.run(&["report", "--plan", self.plan.to_str().unwrap(), "--format", format]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn fields(r: &serde_json::Value) -> (String, String, String, String, bool) {
+    let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+    (s("source"), s("from"), s("repository"), s("test"), r["passed"].as_bool().unwrap())
+}
+
+#[test]
+fn drills_restore_from_the_offsite_copy_and_the_report_shows_when_each_copy_was_proven() {
+    let site = site("0 4 1 1 *");
+    // The plan's drill.from: critical from the off-site copy, archive from its primary.
+    let reports = site.reports(&[]);
+    let got: Vec<_> = reports.iter().map(fields).collect();
+    let want = [
+        ("sessions".to_string(), "offsite".to_string(), "offsite".to_string(), "BT-DR-01".to_string(), true),
+        ("documents".into(), "primary".into(), "primary".into(), "BT-VL-01".into(), true),
+    ];
+    assert_eq!(got, want, "{reports:#?}");
+    assert_eq!(reports[0]["checks"][0], "2007 keys, as recorded at backup");
+    assert_eq!((reports[0]["test_type"].as_str(), reports[1]["test_type"].as_str()), (Some("dr"), Some("validation")));
+    assert_eq!(reports[0]["owner"], "Homelab Owner");
+    assert!(reports[0]["rto_seconds"].as_f64().unwrap() > 0.0);
+
+    // --from names the copy: the off-site repository by its plan name, or by URL with its password file.
+    let by_name = site.reports(&["archive", "--from", "offsite"]);
+    assert_eq!(fields(&by_name[0]), ("documents".into(), "offsite".into(), "offsite".into(), "BT-VL-01".into(), true));
+    assert!(by_name[0]["checks"][0].as_str().unwrap().ends_with("read back and matched the snapshot's content hashes"));
+    let pw = site.env.path("offsite-pw");
+    let by_url = site.reports(&["documents", "--from", &site.offsite, "--from-password-file", pw.to_str().unwrap()]);
+    assert_eq!(fields(&by_url[0]), ("documents".into(), "offsite".into(), site.offsite.clone(), "BT-VL-01".into(), true));
+    assert_eq!(fs::read_dir(site.scratch.path()).unwrap().count(), 0, "scratch is removed after each drill");
+
+    let text = site.env.ok(&["drill", "--plan", site.plan.to_str().unwrap(), "critical"]);
+    assert!(
+        text.starts_with("PASS sessions (critical) DRILL-") && text.lines().next().unwrap().ends_with(" from the off-site copy offsite"),
+        "{text}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
+    let class = |n: &str| json["classes"].as_array().unwrap().iter().find(|c| c["name"] == n).unwrap().clone();
+    let (critical, archive) = (class("critical"), class("archive"));
+    assert!(critical["last_proven_offsite"].is_string() && critical["last_proven_primary"].is_null(), "{critical}");
+    assert!(archive["last_proven_offsite"].is_string() && archive["last_proven_primary"].is_string(), "{archive}");
+    let md = site.report("md");
+    let row = md.lines().find(|l| l.starts_with("| critical | 15m | ")).unwrap();
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(row.contains(&format!(" | never / {day} ")), "{row}");
+    assert!(md.contains("| BT-DR-01 | dr | critical (sessions) | off-site | 0 4 1 1 * (every 365d) | Homelab Owner | "), "{md}");
+    assert!(md.contains("| BT-VL-01 | validation | archive (documents) | primary | 0 3 1 */6 * (every "), "{md}");
+    let sessions_row = md.lines().find(|l| l.contains(" | BT-DR-01 | off-site (offsite) | sessions (critical) | passed | ")).unwrap_or("");
+    assert!(sessions_row.starts_with(&format!("| {day}")), "the protocol names the copy: {md}");
+    assert!(md.contains("2 of 2 classes restored from their off-site copy in the period"), "{md}");
+
+    // Faults: a wrong password, then an unreachable off-site repository:
+    // one line, at once, and neither scratch nor the protocol touched.
+    let entries = site.protocol_entries();
+    let marker = site.scratch.path().join("left-alone");
+    fs::write(&marker, "x").unwrap();
+    let out = site.drill(&["documents", "--from", &site.offsite]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(12), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: cannot open the off-site repository {}; no drill ran: wrong password: no key of this repository opens with it\n",
+            site.offsite
+        )
+    );
+    let mut site = site;
+    drop(site.s3.take());
+    let started = std::time::Instant::now();
+    let out =
+        site.env.cmd(&["drill", "--plan", site.plan.to_str().unwrap(), "critical"]).env("TRESOR_STORAGE_TIMEOUT", "5s").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("tresor: error: cannot open the off-site repository offsite; no drill ran: storage read of config failed"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    assert_eq!(
+        fs::read_dir(site.scratch.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>(),
+        [marker.file_name().unwrap()]
+    );
+    assert_eq!(site.protocol_entries(), entries, "no protocol entry for a drill that never ran");
+}
+
+#[test]
+fn annotations_join_the_protocol_through_the_evidence_log_and_plan_check_refuses_a_bad_drill_schedule() {
+    let site = site("@yearly");
+    let reports = site.reports(&["critical"]);
+    let id = reports[0]["test_id"].as_str().unwrap().to_string();
+    let out = site.env.ok(&[
+        "drill",
+        "annotate",
+        "BT-DR-01",
+        "--plan",
+        site.plan.to_str().unwrap(),
+        "--finding",
+        "restore from off-site took 3x longer | link saturated",
+        "--follow-up",
+        "order a faster uplink (Homelab Owner)",
+    ]);
+    assert_eq!(out, format!("annotated {id} (sessions): recorded in the evidence log of primary\n"));
+    let err = site.env.fails(&["drill", "annotate", "BT-XX-99", "--plan", site.plan.to_str().unwrap(), "--finding", "x"], 1);
+    assert_eq!(err, "tresor: error: no drill BT-XX-99 in the protocol (give a drill's id, DRILL-…, or a test id of the plan's drills)\n");
+    let err = site.env.fails(&["drill", "annotate", &id, "--plan", site.plan.to_str().unwrap()], 1);
+    assert_eq!(err, "tresor: error: nothing to record: give --finding, --follow-up or both\n");
+
+    // An appended entry of the chain, which stays intact; the off-site log is left to `copy`.
+    let verify = site.env.json(&["audit", "verify"]);
+    assert_eq!((verify["entries"].as_u64(), verify["problems"].as_array().map(Vec::len)), (Some(1), Some(0)), "{verify}");
+    let md = site.report("md");
+    let row = md.lines().find(|l| l.contains(&id)).unwrap();
+    assert!(
+        row.contains(
+            " | finding: restore from off-site took 3x longer / link saturated; follow-up: order a faster uplink (Homelab Owner) ("
+        ),
+        "{row}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
+    assert_eq!(json["annotations"].as_array().unwrap().len(), 1);
+    assert_eq!(json["annotations"][0]["test"], "BT-DR-01");
+    let controls: Vec<(String, String)> = json["compliance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["framework"].as_str().unwrap().to_string(), c["control"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(controls.contains(&("ISO/IEC 27001:2022".into(), "A.5.30".into())), "{controls:?}");
+    let continuity = json["compliance"].as_array().unwrap().iter().find(|c| c["control"] == "A.17.1.1").unwrap();
+    assert_eq!(continuity["framework"], "ISO/IEC 27001:2013");
+    let evidence = continuity["evidence"].as_str().unwrap();
+    assert!(
+        evidence.starts_with("test plan: 2 (BT-VL-01 (validation, 0 3 1 */6 *, Platform Lead); BT-DR-01 (dr, @yearly, Homelab Owner)); 1 protocol entries, 1 of them disaster-recovery exercises; 1 findings and follow-ups recorded; "),
+        "{evidence}"
+    );
+
+    // An unparseable drill schedule is refused by line, not dropped.
+    let text = fs::read_to_string(&site.plan).unwrap().replace("\"@yearly\"", "\"every new year\"");
+    fs::write(&site.plan, text).unwrap();
+    let out = site.env.run(&["plan", "check", site.plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = format!(
+        "{}:14: error: class critical: drill schedule \"every new year\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)",
+        site.plan.display()
+    );
+    assert_eq!(stdout.lines().filter(|l| l.contains(": error: ")).collect::<Vec<_>>(), [line.as_str()], "{stdout}");
+    let err = site.env.fails(&["drill", "--plan", site.plan.to_str().unwrap()], 1);
+    assert!(err.starts_with("tresor: error: the plan has 1 error(s); first: "), "{err}");
+}
+
+/// The drill tests' ERP-like platform (Redis, PostgreSQL, etcd, the cluster's
+/// objects, a volume) lost but for its off-site copy: `dr rehearse` brings
+/// every source back from it in dependency order with an empty state
+/// directory, validates each, and times the platform against its target.
+#[test]
+fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
+    use tresor_testkit::{EtcdServer, PostgresServer};
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo").display().to_string();
+    let mut env = Env::with_repo(dir, repo, s3.env());
+    env.vars.push(("TRESOR_PG_BIN".into(), PostgresServer::bin_dir().display().to_string()));
+    fs::write(env.path("offsite-pw"), "another horse\n").unwrap();
+    let offsite = format!("s3://{}/offsite", s3.bucket());
+    env.ok(&["init"]);
+    assert!(env.as_holder_of("offsite-pw", &["-r", &offsite, "init"]).status.success());
+    let redis = RedisServer::start(&[]);
+    fill(&redis);
+    let pg = PostgresServer::start();
+    pg.psql("postgres", "CREATE DATABASE erp");
+    pg.pgbench_init("erp", 1);
+    let cluster = super::k8s::Cluster::start();
+    env.vars.push(("KUBECONFIG".into(), cluster.kubeconfig.display().to_string()));
+    let etcd = EtcdServer::start();
+    for i in 0..30 {
+        assert!(etcd.ctl(&["put", &format!("/registry/configmaps/erp/cm{i}"), "v"]).status.success());
+    }
+    let volume = env.path("volume");
+    sample_tree(&volume);
+    let state_dir = env.path("empty-state");
+    fs::create_dir_all(&state_dir).unwrap();
+    let scratch = tempfile::Builder::new().prefix("tresor-rehearse-").tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let sources = [
+        ("sessions", "critical", redis.url()),
+        ("erp-db", "critical", pg.url("erp")),
+        ("documents", "archive", volume.display().to_string()),
+        ("cluster-config", "standard", etcd.url()),
+        ("k8s-config", "standard", "k8s://".to_string()),
+    ];
+    let listed: String = sources
+        .iter()
+        .map(|(name, class, url)| format!("  - name: {name}\n    class: {class}\n    url: \"{url}\"\n    schedule: \"@hourly\"\n"))
+        .collect();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\n  offsite:\n    url: {offsite}\n    password_file: {}\n\
+             classes:\n  critical:\n    rpo: 1h\n    rto: 2h\n    offsite: offsite\n  standard:\n    rpo: 1h\n    rto: 8h\n    offsite: offsite\n\
+             \x20 archive:\n    rpo: 1d\n    rto: 1d\n    offsite: offsite\nsources:\n{listed}\
+             daemon:\n  state: {}\ndrills:\n  scratch_dir: {}\n  platform_rto: 4h\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("offsite-pw").display(),
+            state_dir.join("state.db").display(),
+            scratch.path().display()
+        ),
+    )
+    .unwrap();
+    for (name, _, url) in &sources[..4] {
+        env.ok(&["backup", url, "--tag", &format!("source={name}")]);
+    }
+    env.ok(&["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=k8s-config"]);
+    env.ok(&["copy", "--to", &offsite, "--to-password-file", env.path("offsite-pw").to_str().unwrap()]);
+
+    let rehearse = |extra: &[&str]| {
+        let mut args = vec!["dr", "rehearse", "--plan", plan.to_str().unwrap(), "--from", "offsite"];
+        args.extend(extra);
+        env.run(&args)
+    };
+    let out = rehearse(&["--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let steps = r["steps"].as_array().unwrap();
+    let order: Vec<(&str, &str, &str, bool)> = steps
+        .iter()
+        .map(|s| {
+            let d = &s["drill"];
+            (s["tier"].as_str().unwrap(), d["source"].as_str().unwrap(), d["repository"].as_str().unwrap(), d["passed"].as_bool().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("cluster configuration and secrets", "cluster-config", "offsite", true),
+            ("cluster configuration and secrets", "k8s-config", "offsite", true),
+            ("databases", "sessions", "offsite", true),
+            ("databases", "erp-db", "offsite", true),
+            ("volumes and files", "documents", "offsite", true),
+        ],
+        "{r:#}"
+    );
+    let done: Vec<f64> = steps.iter().map(|s| s["done_after_seconds"].as_f64().unwrap()).collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "each step ends after the one before: {done:?}");
+    assert_eq!((r["rto_target"].as_u64(), r["rto_met"].as_bool(), r["passed"].as_bool()), (Some(14_400), Some(true), Some(true)));
+    assert!(r["rto_seconds"].as_f64().unwrap() >= done[4], "{r}");
+    assert_eq!(fs::read_dir(&state_dir).unwrap().count(), 0, "a rehearsal needs no state and writes none");
+    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch is removed");
+
+    // A source the off-site copy lacks: the rest come back, the protocol names it.
+    env.ok(&["backup", volume.to_str().unwrap(), "--tag", "source=uploads"]);
+    let text = fs::read_to_string(&plan).unwrap().replace(
+        "daemon:\n",
+        &format!("  - name: uploads\n    class: archive\n    url: \"{}\"\n    schedule: \"@hourly\"\ndaemon:\n", volume.display()),
+    );
+    fs::write(&plan, text).unwrap();
+    let out = rehearse(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.starts_with("rehearsal from offsite: 5 of 6 sources back and validated\n"), "{text}");
+    assert!(text.contains("  6. volumes and files: FAIL uploads (archive) in "), "{text}");
+    assert!(text.contains("     failed: the source has no snapshot to restore\n"), "{text}");
+    assert!(text.lines().last().unwrap().starts_with("platform RTO ") && text.ends_with(" (target 4h): met\n"), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().split(", platform RTO").next(),
+        Some("tresor: error: the rehearsal failed: 1 of 6 sources not back")
+    );
+
+    // The off-site copy's password wrong: one line, at once, scratch untouched.
+    let out = env.run(&["dr", "rehearse", "--plan", plan.to_str().unwrap(), "--from", &offsite]);
+    assert_eq!(out.status.code(), Some(12));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: cannot open the off-site repository {offsite}; no drill ran: wrong password: no key of this repository opens with it\n"
+        )
+    );
+    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
+}
