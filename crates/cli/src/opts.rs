@@ -1,7 +1,6 @@
 //! Command-line syntax. Every argument says what it does: the help, the man
 //! pages and the shell completions are all generated from these definitions.
 
-mod app;
 mod dr;
 mod ops;
 
@@ -9,7 +8,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use app::*;
 pub use dr::*;
 pub use ops::*;
 
