@@ -296,11 +296,41 @@ fn safety(obj: &mut Value, r: &Rehearsal, changes: &mut Vec<String>) {
                 rewrite_hosts(hosts.collect(), r, &mut Vec::new());
             }
         }
+        "Service" => private_service(obj, changes),
         "Namespace" => {
             obj["metadata"]["labels"][REHEARSAL_LABEL] = "true".into();
             changes.push(format!("label: {REHEARSAL_LABEL}=true"));
         }
         _ => {}
+    }
+}
+
+/// A Service reachable only inside the cluster: a rehearsal's must not
+/// claim production's load balancer address, external IPs or node ports.
+fn private_service(obj: &mut Value, changes: &mut Vec<String>) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    if let Some(t @ ("LoadBalancer" | "NodePort")) = spec.get("type").and_then(Value::as_str) {
+        changes.push(format!("type: {t} -> ClusterIP"));
+        spec.insert("type".into(), "ClusterIP".into());
+    }
+    // What only an externally reachable Service may carry, and what points at production's addresses.
+    for field in [
+        "loadBalancerIP",
+        "externalIPs",
+        "loadBalancerSourceRanges",
+        "loadBalancerClass",
+        "allocateLoadBalancerNodePorts",
+        "externalTrafficPolicy",
+        "healthCheckNodePort",
+    ] {
+        if spec.remove(field).is_some() {
+            changes.push(format!("{field}: removed"));
+        }
+    }
+    for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(n) = port.as_object_mut().and_then(|p| p.remove("nodePort")) {
+            changes.push(format!("nodePort {n}: removed"));
+        }
     }
 }
 
@@ -401,6 +431,14 @@ mod tests {
         let changes = t.apply(&mut ing, Some("shop"), Some(&r)).unwrap();
         assert_eq!(changes, ["host: shop.example.com -> dr-shop.example.com", "host: *.example.com -> *.dr-example.com"]);
         assert_eq!(ing["spec"]["tls"][0]["hosts"][0], "dr-shop.example.com");
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"type": "LoadBalancer",
+            "loadBalancerIP": "203.0.113.7", "externalTrafficPolicy": "Local", "ports": [{"port": 80, "nodePort": 30080}]}});
+        let changes = t.apply(&mut svc, Some("shop"), Some(&r)).unwrap();
+        assert_eq!(
+            changes,
+            ["type: LoadBalancer -> ClusterIP", "loadBalancerIP: removed", "externalTrafficPolicy: removed", "nodePort 30080: removed"]
+        );
+        assert_eq!(svc["spec"], json!({"type": "ClusterIP", "ports": [{"port": 80}]}));
         let mut cj = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"}, "spec": {"suspend": false}});
         assert_eq!(t.apply(&mut cj, Some("shop"), Some(&r)).unwrap(), ["suspend: false -> true"]);
     }

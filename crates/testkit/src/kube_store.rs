@@ -283,7 +283,7 @@ impl Store {
             ));
         }
         self.admit(res, ns, &name, &obj)?;
-        crate::kube_validate::validate(res, &name, &obj)?;
+        crate::kube_validate::validate(self, res, ns, &name, &obj)?;
         let k = key(res, ns, &name);
         if self.race_armed.remove(&k) {
             // A controller got there first, with an object of the same name.
@@ -404,7 +404,7 @@ impl Store {
     pub fn replace(&mut self, res: &Res, ns: Option<&str>, name: &str, mut obj: Value, part: Part) -> Result<Value, ApiError> {
         let old = self.get(res, ns, name)?;
         if part == Part::Main {
-            crate::kube_validate::validate(res, name, &obj)?;
+            crate::kube_validate::validate(self, res, ns, name, &obj)?;
         }
         let given = obj["metadata"]["resourceVersion"].as_str().map(String::from);
         if given.is_some_and(|g| Some(g.as_str()) != old["metadata"]["resourceVersion"].as_str()) {

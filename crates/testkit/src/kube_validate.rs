@@ -2,12 +2,13 @@
 //! Kubernetes 1.30 says it (apimachinery's validation messages): namespace
 //! names are DNS-1123 labels (a rehearsal's `<ns>-dr` can pass 63
 //! characters), Ingress hosts DNS-1123 subdomains or wildcards (a
-//! rehearsal prefixes them). A refusal is 422 Invalid with the causes
+//! rehearsal prefixes them), Services' node ports and traffic policy (a
+//! rehearsal makes its Services internal). A refusal is 422 Invalid with the causes
 //! kubectl prints.
 
 use serde_json::{Value, json};
 
-use crate::kube_store::{ApiError, Res};
+use crate::kube_store::{ApiError, Res, Store};
 
 const LABEL: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 
@@ -58,37 +59,71 @@ fn dns_subdomain(s: &str) -> Vec<String> {
     errs
 }
 
-/// Refuse `obj` as the API server would, or let it through.
-pub fn validate(res: &Res, name: &str, obj: &Value) -> Result<(), ApiError> {
-    let mut causes: Vec<(String, String)> = Vec::new();
-    let mut invalid = |field: String, value: &str, errs: Vec<String>| {
-        causes.extend(errs.into_iter().map(|e| (field.clone(), format!("Invalid value: {value:?}: {e}"))));
-    };
-    match (res.group.as_str(), res.plural.as_str()) {
-        ("", "namespaces") => invalid("metadata.name".into(), name, dns_label(name)),
-        ("networking.k8s.io", "ingresses") => {
-            for (i, rule) in obj["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
-                let host = rule["host"].as_str().unwrap_or_default();
-                if !host.is_empty() {
-                    invalid(format!("spec.rules[{i}].host"), host, dns_subdomain(host));
-                }
-            }
-            for (i, tls) in obj["spec"]["tls"].as_array().into_iter().flatten().enumerate() {
-                for (j, host) in tls["hosts"].as_array().into_iter().flatten().filter_map(Value::as_str).enumerate() {
-                    invalid(format!("spec.tls[{i}].hosts[{j}]"), host, dns_subdomain(host));
-                }
-            }
+/// A refusal's cause: reason, field, message.
+type Cause = (&'static str, String, String);
+
+fn invalid(causes: &mut Vec<Cause>, field: String, value: &str, errs: Vec<String>) {
+    causes.extend(errs.into_iter().map(|e| ("FieldValueInvalid", field.clone(), format!("Invalid value: {value}: {e}"))));
+}
+
+/// Ingress hosts: DNS subdomains, or wildcards.
+fn ingress(obj: &Value, causes: &mut Vec<Cause>) {
+    for (i, rule) in obj["spec"]["rules"].as_array().into_iter().flatten().enumerate() {
+        let host = rule["host"].as_str().unwrap_or_default();
+        if !host.is_empty() {
+            invalid(causes, format!("spec.rules[{i}].host"), &format!("{host:?}"), dns_subdomain(host));
         }
+    }
+    for (i, tls) in obj["spec"]["tls"].as_array().into_iter().flatten().enumerate() {
+        for (j, host) in tls["hosts"].as_array().into_iter().flatten().filter_map(Value::as_str).enumerate() {
+            invalid(causes, format!("spec.tls[{i}].hosts[{j}]"), &format!("{host:?}"), dns_subdomain(host));
+        }
+    }
+}
+
+/// Services: node ports and an external traffic policy only on externally
+/// reachable types, and a node port taken by another Service refused (the
+/// fake checks node ports, it does not allocate them).
+fn service(store: &Store, ns: Option<&str>, name: &str, obj: &Value, causes: &mut Vec<Cause>) {
+    let kind = obj["spec"]["type"].as_str().unwrap_or("ClusterIP");
+    let external = matches!(kind, "NodePort" | "LoadBalancer");
+    if let Some(policy) = obj["spec"]["externalTrafficPolicy"].as_str().filter(|_| !external) {
+        let why = vec!["may only be set for externally-accessible services".to_string()];
+        invalid(causes, "spec.externalTrafficPolicy".into(), &format!("{policy:?}"), why);
+    }
+    let others: Vec<u64> = store
+        .all("", "services")
+        .filter(|s| !(s["metadata"]["namespace"].as_str() == ns && s["metadata"]["name"] == name))
+        .flat_map(|s| s["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_u64()))
+        .collect();
+    for (i, port) in obj["spec"]["ports"].as_array().into_iter().flatten().enumerate() {
+        let Some(n) = port["nodePort"].as_u64() else { continue };
+        let field = format!("spec.ports[{i}].nodePort");
+        if !external {
+            causes.push(("FieldValueForbidden", field, format!("Forbidden: may not be used when `type` is '{kind}'")));
+        } else if others.contains(&n) {
+            invalid(causes, field, &n.to_string(), vec!["provided port is already allocated".into()]);
+        }
+    }
+}
+
+/// Refuse `obj` as the API server would, or let it through.
+pub fn validate(store: &Store, res: &Res, ns: Option<&str>, name: &str, obj: &Value) -> Result<(), ApiError> {
+    let mut causes: Vec<Cause> = Vec::new();
+    match (res.group.as_str(), res.plural.as_str()) {
+        ("", "namespaces") => invalid(&mut causes, "metadata.name".into(), &format!("{name:?}"), dns_label(name)),
+        ("", "services") => service(store, ns, name, obj, &mut causes),
+        ("networking.k8s.io", "ingresses") => ingress(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
         return Ok(());
     }
     let kind = if res.group.is_empty() { res.kind.clone() } else { format!("{}.{}", res.kind, res.group) };
-    let each: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+    let each: Vec<String> = causes.iter().map(|(_, f, m)| format!("{f}: {m}")).collect();
     let all = if each.len() == 1 { each[0].clone() } else { format!("[{}]", each.join(", ")) };
     let mut e = ApiError::new(422, "Invalid", format!("{kind} {name:?} is invalid: {all}"));
-    let causes: Vec<Value> = causes.iter().map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f})).collect();
+    let causes: Vec<Value> = causes.iter().map(|(r, f, m)| json!({"reason": r, "message": m, "field": f})).collect();
     e.details = Some(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}));
     Err(e)
 }

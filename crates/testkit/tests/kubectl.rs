@@ -288,19 +288,26 @@ fn controllers_make_what_a_cluster_makes_and_collect_what_it_collects() {
 /// What a restore rewrites is validated as a cluster validates it: a
 /// namespace name (a rehearsal's `<ns>-dr`) is a DNS label of at most 63
 /// characters, an Ingress host (a rehearsal's `dr-` prefix) a DNS
-/// subdomain or `*.` and one; kubectl prints the refusals as for a cluster.
+/// subdomain or `*.` and one, a node port (which a rehearsal drops) one
+/// Service's and only an external one's; kubectl prints the refusals as for
+/// a cluster.
 #[test]
-fn names_and_hosts_a_restore_rewrites_are_validated_as_a_cluster_validates_them() {
+fn what_a_restore_rewrites_is_validated_as_a_cluster_validates_it() {
     let c = Kubectl::start();
     let long = "a".repeat(64);
     let (ok, _, err) = c.k(&["create", "namespace", &long]);
     assert!(!ok);
-    assert_eq!(err, format!("The Namespace \"{long}\" is invalid: metadata.name: Invalid value: \"{long}\": must be no more than 63 characters"));
+    assert_eq!(
+        err,
+        format!("The Namespace \"{long}\" is invalid: metadata.name: Invalid value: \"{long}\": must be no more than 63 characters")
+    );
     assert_eq!(c.k(&["create", "namespace", &"a".repeat(63)]).1, format!("namespace/{} created", "a".repeat(63)));
     assert!(c.k(&["create", "namespace", "shop"]).0);
     let ingress = |host: &str| {
         let tls = "  tls:\n  - hosts: [\"shop.example.com\"]\n";
-        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: shop\nspec:\n{tls}  rules:\n  - host: \"{host}\"\n")
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n  namespace: shop\nspec:\n{tls}  rules:\n  - host: \"{host}\"\n"
+        )
     };
     let (ok, _, err) = c.k(&["create", "--validate=false", "-f", &c.file("bad.yaml", &ingress("dr-*.example.com"))]);
     assert!(!ok);
@@ -313,6 +320,27 @@ fn names_and_hosts_a_restore_rewrites_are_validated_as_a_cluster_validates_them(
     let (_, out, err) = c.k(&["create", "--validate=false", "-f", &c.file("good.yaml", &ingress("*.dr-example.com"))]);
     assert_eq!(out, "ingress.networking.k8s.io/web created", "{err}");
     assert_eq!(c.k(&["get", "ing", "web", "-n", "shop", "-o", "jsonpath={.spec.rules[0].host}"]).1, "*.dr-example.com");
-    let (ok, _, err) = c.k(&["patch", "ingress", "web", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"rules":[{"host":"Shop.example.com"}]}}"#]);
-    assert!(!ok && err.starts_with("The Ingress \"web\" is invalid: spec.rules[0].host: Invalid value: \"Shop.example.com\": a lowercase RFC 1123 subdomain"), "{err}");
+    let (ok, _, err) =
+        c.k(&["patch", "ingress", "web", "-n", "shop", "--type=merge", "-p", r#"{"spec":{"rules":[{"host":"Shop.example.com"}]}}"#]);
+    assert!(
+        !ok && err.starts_with(
+            "The Ingress \"web\" is invalid: spec.rules[0].host: Invalid value: \"Shop.example.com\": a lowercase RFC 1123 subdomain"
+        ),
+        "{err}"
+    );
+
+    // A node port belongs to one Service, and only to an externally reachable one.
+    let service = |name: &str, kind: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  type: {kind}\n  ports:\n  - port: 80\n    nodePort: 30080\n"
+        )
+    };
+    let (_, out, err) = c.k(&["create", "--validate=false", "-f", &c.file("a.yaml", &service("web", "NodePort"))]);
+    assert_eq!(out, "service/web created", "{err}");
+    let (ok, _, err) = c.k(&["create", "--validate=false", "-f", &c.file("b.yaml", &service("web-dr", "LoadBalancer"))]);
+    assert!(!ok);
+    assert_eq!(err, "The Service \"web-dr\" is invalid: spec.ports[0].nodePort: Invalid value: 30080: provided port is already allocated");
+    let (ok, _, err) = c.k(&["create", "--validate=false", "-f", &c.file("c.yaml", &service("internal", "ClusterIP"))]);
+    assert!(!ok);
+    assert_eq!(err, "The Service \"internal\" is invalid: spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'");
 }

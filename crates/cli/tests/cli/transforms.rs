@@ -3,7 +3,9 @@
 //! cluster comes back in a second with another storage class, another
 //! registry and JSON patches, object for object as expected; a patch that
 //! cannot apply fails its object alone; a rehearsal inside the live cluster
-//! restores beside production and leaves production as it was.
+//! restores beside production (its Service internal: production's node
+//! port is taken, as the fake API server checks) and leaves production as
+//! it was.
 
 use serde_json::{Value, json};
 
@@ -124,6 +126,20 @@ spec:
             name: web
             port:
               number: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector:
+    app: web
+  ports:
+  - port: 80
+    nodePort: 30080
 ---
 apiVersion: v1
 kind: ConfigMap
@@ -264,7 +280,7 @@ fn a_patch_that_cannot_apply_fails_its_object_and_the_rest_is_restored() {
     assert!(text.contains("created       StatefulSet shop/db\n"), "{text}");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "tresor: restore partial: 2 of 10 objects failed; first: Deployment shop/web: transforms rule 1: test /spec/replicas failed: the value differs\n"
+        "tresor: restore partial: 2 of 13 objects failed; first: Deployment shop/web: transforms rule 1: test /spec/replicas failed: the value differs\n"
     );
     assert!(!second.kubectl(&["get", "deployment", "web", "-n", "shop"]).status.success(), "the failed object is not there");
     assert!(second.kubectl(&["get", "statefulset", "db", "-n", "shop"]).status.success());
@@ -310,6 +326,7 @@ fn a_rehearsal_in_the_live_cluster_restores_beside_production_and_runs_nothing()
         "created       StatefulSet shop-dr/db\n                replicas: 2 -> 0\n",
         "created       CronJob shop-dr/report\n                suspend: false -> true\n",
         "created       Ingress shop-dr/web\n                host: shop.example.com -> dr-shop.example.com\n",
+        "created       Service shop-dr/web\n                type: LoadBalancer -> ClusterIP\n                externalTrafficPolicy: removed\n                nodePort 30080: removed\n",
     ] {
         assert!(text.contains(line), "{line}\n{text}");
     }
