@@ -25,6 +25,8 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 # Headless Chromium for the status page test.
 command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)
+# scripts/soak.sh (its short run is a test) reads tresor's JSON with jq.
+command -v jq >/dev/null || need+=(jq)
 command -v runuser >/dev/null || need+=(util-linux)
 # The SFTP and WebDAV backends' real servers: OpenSSH's sshd, rclone serve webdav.
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)

@@ -34,8 +34,7 @@ pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
             report(g, "added", &id)?;
         }
         KeyCommand::Passwd(n) => {
-            let id = repo.add_key(&new_password(&n.new_password_file)?, kdf(g), &n.label).await?;
-            repo.remove_key_unchecked(&repo.key_id()).await?;
+            let id = repo.change_password(&new_password(&n.new_password_file)?, kdf(g), &n.label).await?;
             report(g, "changed password, new key", &id)?;
         }
         KeyCommand::Remove { id } => {

@@ -57,6 +57,9 @@ pub enum Error {
     AppendOnly(String),
     #[error("interrupted")]
     Interrupted,
+    /// Key slots change one command at a time (docs/ARCHITECTURE.md §7).
+    #[error("another key command is running ({0}); try again once it has ended")]
+    KeysBusy(String),
     /// A backed-up stream failed while it was read; its error names its
     /// producer (a source wraps a typed error of its own in it).
     #[error("{0}")]
@@ -117,7 +120,7 @@ impl Error {
             Error::Io { source, .. } | Error::Stream(source) => {
                 matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
             }
-            Error::Interrupted | Error::LeaseExpired { .. } => true,
+            Error::Interrupted | Error::LeaseExpired { .. } | Error::KeysBusy(_) => true,
             _ => false,
         }
     }
@@ -138,6 +141,7 @@ impl Error {
             | Error::NoMatch(_)
             | Error::AmbiguousSnapshot(_)
             | Error::NoSuchPath(_)
+            | Error::KeysBusy(_)
             | Error::Io { .. }
             | Error::Invalid(_) => ErrorKind::Other,
         }

@@ -44,7 +44,7 @@ fn name_of(seq: u64, hash: &Id) -> String {
 }
 
 /// `<seq>-<hash>` back into its parts.
-fn parse_name(name: &str) -> Option<(u64, Id)> {
+pub(crate) fn parse_name(name: &str) -> Option<(u64, Id)> {
     let (seq, hash) = name.split_once('-')?;
     let bytes: Vec<u8> = (0..hash.len()).step_by(2).map(|i| u8::from_str_radix(hash.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
     Some((seq.parse().ok()?, Id::from_slice(&bytes)?))

@@ -23,13 +23,16 @@ pub struct Hold {
 pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
     let mut out = Vec::new();
     for id in repo.list_ids(HOLDS).await? {
-        let bytes = repo.load_file("hold", HOLDS, &id).await?;
-        let mut h: Hold = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("hold", id, e))?;
-        h.id = id;
-        out.push(h);
+        out.push(parse(&id, &repo.load_file("hold", HOLDS, &id).await?)?);
     }
     out.sort_by_key(|a| a.time);
     Ok(out)
+}
+
+/// A hold file's plaintext.
+pub(crate) fn parse(id: &Id, plain: &[u8]) -> Result<Hold> {
+    let h: Hold = serde_json::from_slice(plain).map_err(|e| Error::corrupt("hold", id, e))?;
+    Ok(Hold { id: *id, ..h })
 }
 
 pub async fn hold(repo: &Repository, snapshot: Id, reason: &str) -> Result<Hold> {

@@ -16,6 +16,8 @@ pub mod crypto;
 mod error;
 pub mod evidence;
 pub mod fsmeta;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod holds;
 mod id;
 pub mod index;

@@ -151,17 +151,12 @@ impl Repository {
 
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
         let (op, config) = Self::locate(location, &opts.storage).await?;
-        let keys = Self::read_keys(&op).await?;
-        if keys.is_empty() {
+        let (slots, opened) = crate::keys::unlock(&op, &opts.password).await?;
+        if slots == 0 {
             return Err(Error::corrupt("repository", location, "it has no key files"));
         }
         let mut tampered = None;
-        for (id, key) in keys {
-            let master = match key.unlock(&id, &opts.password) {
-                Ok(m) => m,
-                Err(Error::WrongPassword) => continue,
-                Err(e) => return Err(e),
-            };
+        for (id, master) in opened {
             let crypto = Crypto::new(&master, config.aead);
             match config.verify(&crypto) {
                 Ok(()) => return Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), id, opts)),
@@ -208,18 +203,6 @@ impl Repository {
         }
     }
 
-    async fn read_keys(op: &Operator) -> Result<Vec<(Id, KeyFile)>> {
-        let mut out = Vec::new();
-        for name in list_names(op, KEYS).await? {
-            let Ok(id) = name.parse::<Id>() else { continue };
-            let path = format!("{KEYS}{name}");
-            let bytes = op.read(&path).await.map_err(storage_err("read", &path))?.to_vec();
-            let key: KeyFile = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("key", id, e))?;
-            out.push((id, key));
-        }
-        Ok(out)
-    }
-
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -240,42 +223,9 @@ impl Repository {
         self.key_id
     }
 
-    // ---- keys -------------------------------------------------------------
-
-    pub async fn keys(&self) -> Result<Vec<(Id, KeyFile)>> {
-        Self::read_keys(&self.op).await
-    }
-
-    /// Wrap the master secret under another password: rotation touches no data.
-    pub async fn add_key(&self, password: &Password, kdf: KdfParams, label: &str) -> Result<Id> {
-        if password.is_empty() {
-            return Err(Error::Invalid("refusing an empty password".into()));
-        }
-        let (id, key) = KeyFile::create(&self.master, password, kdf, label)?;
-        let path = format!("{KEYS}{}", id.to_hex());
-        self.op.write(&path, serde_json::to_vec_pretty(&key).expect("key serializes")).await.map_err(storage_err("write", &path))?;
-        Ok(id)
-    }
-
-    pub async fn remove_key(&self, id: &Id) -> Result<()> {
-        let keys = self.keys().await?;
-        if !keys.iter().any(|(k, _)| k == id) {
-            return Err(Error::Invalid(format!("no key {}", id.short())));
-        }
-        if *id == self.key_id {
-            return Err(Error::Invalid("refusing to remove the key in use; open with another key to remove this one".into()));
-        }
-        if keys.len() == 1 {
-            return Err(Error::Invalid("refusing to remove the last key".into()));
-        }
-        self.remove_key_unchecked(id).await
-    }
-
-    /// Remove a slot without the safety checks; `key passwd` uses it after
-    /// the replacement slot is safely written.
-    pub async fn remove_key_unchecked(&self, id: &Id) -> Result<()> {
-        let path = format!("{KEYS}{}", id.to_hex());
-        self.op.delete(&path).await.map_err(storage_err("delete", &path))
+    /// The master secret, for wrapping it in new key slots.
+    pub(crate) fn master(&self) -> &MasterKey {
+        &self.master
     }
 }
 
@@ -297,14 +247,7 @@ impl Repository {
 
     /// Whether `password` opens this repository (any key slot).
     pub async fn confirms(&self, password: &Password) -> Result<bool> {
-        for (id, key) in self.keys().await? {
-            match key.unlock(&id, password) {
-                Ok(m) if *m.0 == *self.master.0 => return Ok(true),
-                Ok(_) | Err(Error::WrongPassword) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(false)
+        Ok(crate::keys::unlock(&self.op, password).await?.1.iter().any(|(_, m)| *m.0 == *self.master.0))
     }
 }
 

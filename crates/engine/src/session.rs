@@ -167,12 +167,15 @@ async fn beat(
     Ok(now)
 }
 
+/// `<session id>-<sequence>` back into its parts.
+pub(crate) fn parse_beat_name(name: &str) -> Option<(Id, u64)> {
+    name.split_once('-').and_then(|(i, s)| Some((i.parse::<Id>().ok()?, s.parse::<u64>().ok()?)))
+}
+
 async fn newest_beats(repo: &Repository) -> Result<HashMap<Id, (u64, String)>> {
     let mut newest: HashMap<Id, (u64, String)> = HashMap::new();
     for name in list_names(repo.operator(), SESSIONS).await? {
-        let Some((id, seq)) = name.split_once('-').and_then(|(i, s)| Some((i.parse::<Id>().ok()?, s.parse::<u64>().ok()?))) else {
-            continue;
-        };
+        let Some((id, seq)) = parse_beat_name(&name) else { continue };
         let slot = newest.entry(id).or_insert((seq, name.clone()));
         if seq >= slot.0 {
             *slot = (seq, name);
@@ -215,8 +218,13 @@ async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<Sess
         r => r?,
     };
     let plain = repo.crypto().open_file("session", id, &bytes)?;
-    let b: Beat = serde_json::from_slice(&plain).map_err(|e| Error::corrupt("session", id, e))?;
-    Ok(Some(SessionInfo {
+    parse_beat(id, &plain, last_beat).map(Some)
+}
+
+/// A heartbeat's plaintext, as the session it describes.
+pub(crate) fn parse_beat(id: &Id, plain: &[u8], last_beat: DateTime<Utc>) -> Result<SessionInfo> {
+    let b: Beat = serde_json::from_slice(plain).map_err(|e| Error::corrupt("session", id, e))?;
+    Ok(SessionInfo {
         id: *id,
         host: b.host,
         pid: b.pid,
@@ -224,7 +232,7 @@ async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<Sess
         started: b.started.unwrap_or(last_beat),
         last_beat,
         ended: b.ended,
-    }))
+    })
 }
 
 /// Remove the heartbeats of a session presumed dead.

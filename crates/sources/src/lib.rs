@@ -10,6 +10,8 @@ pub mod bucket;
 mod command;
 pub mod etcd;
 mod etcd_target;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hooks;
 pub mod k8s;
 pub mod k8s_pod;

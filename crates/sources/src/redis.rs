@@ -150,8 +150,14 @@ impl Conn {
         let first = self.line()?;
         match first.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
             Some(n) if n >= 0 => {
-                let mut body = vec![0; n as usize + 2];
-                self.reader.read_exact(&mut body)?;
+                // Read as it arrives rather than allocated up front: the
+                // length is the server's word, and may be absurd.
+                let want = n as u64 + 2;
+                let mut body = Vec::new();
+                (&mut self.reader).take(want).read_to_end(&mut body)?;
+                if body.len() as u64 != want {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
+                }
                 body.truncate(n as usize);
                 Ok(String::from_utf8_lossy(&body).into_owned())
             }
@@ -189,7 +195,19 @@ pub(crate) fn key_count(info: &str) -> u64 {
 
 impl Source for RedisSource {
     fn open(&mut self) -> Result<Stream> {
-        let mut c = self.connect()?;
+        let c = self.connect()?;
+        self.replicate(c)
+    }
+
+    fn info(&self) -> SourceInfo {
+        SourceInfo { kind: "redis".into(), url: Some(self.url()), consistency: self.point.clone() }
+    }
+}
+
+impl RedisSource {
+    /// The exchange on an open connection: key count and sample, then the
+    /// RDB through `PSYNC`, as a stream that checks it.
+    pub(crate) fn replicate(&mut self, mut c: Conn) -> Result<Stream> {
         let info = c.call(&["INFO", "keyspace"]).map_err(|e| self.fail(e))?;
         if info.starts_with('-') {
             return Err(self.refused(&info));
@@ -227,10 +245,6 @@ impl Source for RedisSource {
         self.point.insert("rdb_bytes".into(), len.into());
         let reader = RdbReader { url: self.url(), inner: c.reader, len, pos: 0, crc: 0, trailer: [0; 8], magic: [0; 5] };
         Ok(Stream { name: "dump.rdb".into(), reader: Box::new(reader) })
-    }
-
-    fn info(&self) -> SourceInfo {
-        SourceInfo { kind: "redis".into(), url: Some(self.url()), consistency: self.point.clone() }
     }
 }
 

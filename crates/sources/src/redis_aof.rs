@@ -21,12 +21,12 @@ pub struct AofDir {
     info: SourceInfo,
 }
 
-struct Entry {
-    name: String,
-    kind: String,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) kind: String,
 }
 
-fn parse_manifest(text: &str) -> Option<Vec<Entry>> {
+pub(crate) fn parse_manifest(text: &str) -> Option<Vec<Entry>> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -39,7 +39,11 @@ fn parse_manifest(text: &str) -> Option<Vec<Entry>> {
 
 fn check_file(path: &Path, kind: &str) -> std::result::Result<u64, String> {
     let data = std::fs::read(path).map_err(|e| format!("{} is named in the manifest but cannot be read: {e}", path.display()))?;
-    let name = path.display();
+    check_bytes(&path.display().to_string(), kind, &data)
+}
+
+/// An RDB (its CRC64 trailer) or an AOF (it starts with a command).
+pub(crate) fn check_bytes(name: &str, kind: &str, data: &[u8]) -> std::result::Result<u64, String> {
     if data.starts_with(b"REDIS") {
         let (body, trailer) = data.split_at(data.len().saturating_sub(8));
         let stored = u64::from_le_bytes(trailer.try_into().map_err(|_| format!("{name} is too short for an RDB"))?);

@@ -102,7 +102,7 @@ impl Source for EtcdSource {
                 }
             }
         });
-        let reader = SnapshotReader { url, rx, chunk: Vec::new(), at: 0, hasher: Sha256::new(), held: Vec::new(), total: 0 };
+        let reader = SnapshotReader::new(url, rx);
         Ok(Stream { name: "etcd.db".into(), reader: Box::new(reader) })
     }
 
@@ -124,7 +124,23 @@ struct SnapshotReader {
     total: u64,
 }
 
+/// Chunks as the Maintenance API delivers them, read through the check.
+pub(crate) fn read_checked(url: &str, chunks: impl IntoIterator<Item = Vec<u8>>) -> std::io::Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    for c in chunks {
+        tx.send(Ok(c)).expect("the receiver is here");
+    }
+    drop(tx);
+    let mut out = Vec::new();
+    SnapshotReader::new(url.into(), rx).read_to_end(&mut out)?;
+    Ok(out)
+}
+
 impl SnapshotReader {
+    fn new(url: String, rx: Receiver<std::io::Result<Vec<u8>>>) -> SnapshotReader {
+        SnapshotReader { url, rx, chunk: Vec::new(), at: 0, hasher: Sha256::new(), held: Vec::new(), total: 0 }
+    }
+
     fn take_in(&mut self, chunk: &[u8]) {
         self.held.extend_from_slice(chunk);
         if self.held.len() > HASH_LEN {
@@ -176,16 +192,7 @@ mod tests {
     use super::*;
 
     fn read_all(data: Vec<u8>) -> std::io::Result<Vec<u8>> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        for piece in data.chunks(7) {
-            tx.send(Ok(piece.to_vec())).unwrap();
-        }
-        drop(tx);
-        let mut r =
-            SnapshotReader { url: "etcd://x".into(), rx, chunk: Vec::new(), at: 0, hasher: Sha256::new(), held: Vec::new(), total: 0 };
-        let mut out = Vec::new();
-        r.read_to_end(&mut out)?;
-        Ok(out)
+        read_checked("etcd://x", data.chunks(7).map(<[u8]>::to_vec))
     }
 
     #[test]

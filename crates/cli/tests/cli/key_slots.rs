@@ -1,0 +1,176 @@
+//! Key slots under concurrency (docs/ARCHITECTURE.md §7): `key remove`,
+//! `key passwd` and opens racing each other, on a local repository and on
+//! S3, never leave a repository without a slot that opens it.
+
+use std::process::Child;
+
+use super::*;
+
+const PW2: &str = "second password";
+const PW3: &str = "third password";
+
+/// A repository with two slots: `pw` (the Env's) and `pw2`.
+fn two_slots(env: &Env) -> (String, String) {
+    env.ok(&["init"]);
+    fs::write(env.path("pw2"), format!("{PW2}\n")).unwrap();
+    fs::write(env.path("pw3"), format!("{PW3}\n")).unwrap();
+    env.ok(&["key", "add", "--new-password-file", env.path("pw2").to_str().unwrap()]);
+    let listed = env.json(&["key", "list"]);
+    let id =
+        |current: bool| listed.as_array().unwrap().iter().find(|k| k["current"] == current).unwrap()["id"].as_str().unwrap().to_string();
+    (id(true), id(false))
+}
+
+fn spawn(mut c: Command) -> Child {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn finish(c: Child) -> (bool, String) {
+    let out = c.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Which of the three passwords still open the repository.
+fn openers(env: &Env) -> Vec<&'static str> {
+    [("pw", "correct horse"), ("pw2", PW2), ("pw3", PW3)]
+        .into_iter()
+        .filter(|(file, _)| env.as_holder_of(file, &["snapshots"]).status.success())
+        .map(|(_, pw)| pw)
+        .collect()
+}
+
+/// What a losing command may say: it opened after its slot went, found it
+/// gone under the claim, or found its target gone (under the claim, or
+/// already when the CLI matched the id).
+fn is_a_clean_refusal(stderr: &str) -> bool {
+    stderr == "tresor: error: wrong password: no key of this repository opens with it\n"
+        || (stderr.starts_with("tresor: error: the key this command opened the repository with (")
+            && stderr.ends_with(") was removed meanwhile; nothing changed\n"))
+        || (stderr.starts_with("tresor: error: no key ") && stderr.lines().count() == 1)
+        || (stderr.starts_with("tresor: error: 0 keys match ") && stderr.ends_with("; give a unique id prefix\n"))
+}
+
+fn removes_race(new_env: impl Fn(usize) -> Env) {
+    for round in 0..6 {
+        let env = new_env(round);
+        let (a, b) = two_slots(&env);
+        // Each removes the other's slot: done at once without care, none would remain.
+        let p1 = spawn(env.cmd(&["key", "remove", &b]));
+        let mut c2 = env.cmd(&["key", "remove", &a]);
+        c2.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
+        let p2 = spawn(c2);
+        let (r1, r2) = (finish(p1), finish(p2));
+        assert!(r1.0 != r2.0, "round {round}: exactly one removal succeeds: {r1:?} {r2:?}");
+        let loser = if r1.0 { &r2.1 } else { &r1.1 };
+        assert!(is_a_clean_refusal(loser), "round {round}: {loser}");
+        let expected = if r1.0 { vec!["correct horse"] } else { vec![PW2] };
+        assert_eq!(openers(&env), expected, "round {round}: the winner's slot alone remains");
+        assert_eq!(env.as_holder_of(if r1.0 { "pw" } else { "pw2" }, &["key", "list", "--json"]).status.code(), Some(0));
+    }
+}
+
+fn passwd_and_remove_race(new_env: impl Fn(usize) -> Env) {
+    for round in 0..4 {
+        let env = new_env(round);
+        let (a, _) = two_slots(&env);
+        let p1 = spawn(env.cmd(&["key", "passwd", "--new-password-file", env.path("pw3").to_str().unwrap()]));
+        let mut c2 = env.cmd(&["key", "remove", &a]);
+        c2.env("TRESOR_PASSWORD_FILE", env.path("pw2"));
+        let p2 = spawn(c2);
+        let (r1, r2) = (finish(p1), finish(p2));
+        for (ok, stderr) in [&r1, &r2] {
+            assert!(*ok || is_a_clean_refusal(stderr), "round {round}: {stderr}");
+        }
+        let open = openers(&env);
+        assert!(open.contains(&PW2), "round {round}: the remover's own slot stays: {open:?}");
+        assert!(!open.contains(&"correct horse"), "round {round}: slot a went, replaced or removed: {open:?}");
+        assert_eq!(open.contains(&PW3), r1.0, "round {round}: the new password opens exactly when passwd succeeded");
+    }
+}
+
+/// Opens during `key passwd`: each one either opens (with the old slot or
+/// the new) or says the password is wrong, never a storage error about a
+/// slot that vanished while it was read.
+fn opens_during_passwd(env: &Env) {
+    two_slots(env);
+    let mut expect_new = false;
+    for round in 0..6 {
+        let (from, to) = if expect_new { ("pw3", "pw") } else { ("pw", "pw3") };
+        let mut c = env.cmd(&["key", "passwd", "--new-password-file", env.path(to).to_str().unwrap()]);
+        c.env("TRESOR_PASSWORD_FILE", env.path(from));
+        let passwd = spawn(c);
+        let opener = |f: &str| {
+            let mut c = env.cmd(&["snapshots"]);
+            c.env("TRESOR_PASSWORD_FILE", env.path(f));
+            spawn(c)
+        };
+        let opens: Vec<Child> = [from, to, from, to].into_iter().map(opener).collect();
+        assert_eq!(finish(passwd), (true, String::new()), "round {round}");
+        for o in opens {
+            let (ok, stderr) = finish(o);
+            assert!(ok || stderr == "tresor: error: wrong password: no key of this repository opens with it\n", "round {round}: {stderr}");
+        }
+        expect_new = !expect_new;
+        assert!(env.as_holder_of(to, &["snapshots"]).status.success(), "round {round}: the new password opens");
+        assert!(!env.as_holder_of(from, &["snapshots"]).status.success(), "round {round}: the old one no longer does");
+    }
+    assert!(env.as_holder_of("pw2", &["snapshots"]).status.success(), "the other slot was never touched");
+}
+
+fn races(new_env: impl Fn(usize) -> Env) {
+    removes_race(&new_env);
+    passwd_and_remove_race(|round| new_env(round + 10));
+    opens_during_passwd(&new_env(20));
+}
+
+#[test]
+fn key_commands_racing_on_a_local_repository_keep_a_usable_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    races(|round| Env::with_repo(tempfile::tempdir().unwrap(), dir.path().join(format!("r{round}")).display().to_string(), Vec::new()));
+}
+
+#[test]
+fn key_commands_racing_on_s3_keep_a_usable_slot() {
+    let server = S3Server::start();
+    races(|round| Env::with_repo(tempfile::tempdir().unwrap(), format!("s3://{}/keys{round}", server.bucket()), server.env()));
+}
+
+/// A key command waits for a live claim and names it; the claim of a
+/// process that is gone is taken over.
+#[test]
+fn a_live_claim_holds_key_commands_back_and_a_dead_ones_does_not() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    fs::write(env.path("pw2"), format!("{PW2}\n")).unwrap();
+    let pw2 = env.path("pw2").display().to_string();
+    let add = ["key", "add", "--new-password-file", &pw2];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let claim = |pid: u32| {
+        rt.block_on(async {
+            let repo = super::fuzz_corpus::open_in_process(&env).await;
+            let body = serde_json::json!({"host": tresor_engine::hostname(), "pid": pid, "command": "key remove"}).to_string();
+            repo.save_file("key claim", tresor_engine::keys::CLAIMS, body.as_bytes()).await.unwrap()
+        })
+    };
+    let claim_file = |id: tresor_engine::Id| Path::new(&env.repo).join("locks/keys").join(id.to_hex());
+    let live = claim(std::process::id());
+    let out = env.run(&add);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: another key command is running (`tresor key remove` on {}, process {}); try again once it has ended\n",
+            tresor_engine::hostname(),
+            std::process::id()
+        )
+    );
+    assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 1, "nothing was added");
+    fs::remove_file(claim_file(live)).unwrap();
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead_pid = gone.id();
+    gone.wait().unwrap();
+    let dead = claim(dead_pid);
+    env.ok(&add);
+    assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 2);
+    assert!(!claim_file(dead).exists(), "the dead process's claim was removed");
+    assert_eq!(fs::read_dir(Path::new(&env.repo).join("locks/keys")).unwrap().count(), 0, "and the command's own");
+}
