@@ -83,6 +83,10 @@ pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
         .filter(|(w, _)| w.kind == WalKind::Segment && w.timeline == start.timeline)
         .map(|(w, x)| (w.segno(size), x))
         .collect();
+    // A cluster that archives no WAL through tresor has only its base backups' RPO.
+    if segments.is_empty() {
+        return None;
+    }
     let base_end_seg = base_end_lsn / size;
     let mut next = start.segno(size);
     while segments.contains_key(&next) || next <= base_end_seg {
@@ -192,6 +196,8 @@ mod tests {
         assert_eq!(c.archived_at, at("2026-11-30T10:03:00Z"));
         assert_eq!(c.gap_segments, 2, "segments 5 and 6 are missing before 7");
         assert_eq!(chain("other", &listing()), None);
+        let bases_only: Vec<Value> = listing().into_iter().filter(|x| x["source"]["kind"] == "pg-base").collect();
+        assert_eq!(chain("db", &bases_only), None, "no WAL archived: the base backups' RPO only");
     }
 
     #[test]
