@@ -5,7 +5,10 @@
 # then hands over to bench.py. Settings (environment):
 #   BENCH_RUNS=3              runs per measurement (median reported)
 #   BENCH_DATASETS=linux,large  (add pg for PostgreSQL; pg alone: only that part,
-#                             merged into the existing results, like bench.py pg)
+#                             merged into the existing results, like bench.py pg;
+#                             bucket alone: tresor's bucket source against rclone
+#                             sync, bench/bucket.py, printed and in bench/bucket.md)
+#   BENCH_BUCKET_OBJECTS=5000 objects in the bucket benchmark
 #   BENCH_PG_SCALE=50         pgbench scale of the PostgreSQL database
 #   BENCH_TOOLS=tresor,restic,rustic,borg
 #   BENCH_QUICK=1             1 run and a 300 MiB large-file set
@@ -82,7 +85,20 @@ main() {
     install_rustic
     install_b3sum
     build_tresor
+    if [[ $BENCH_DATASETS == bucket ]]; then
+        bench_bucket
+        return
+    fi
     python3 "$BENCH_DIR/bench.py" run
+}
+
+# The bucket row: the in-process S3 server as a program, Debian's rclone.
+bench_bucket() {
+    command -v rclone >/dev/null || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone
+    (cd "$REPO_ROOT" && cargo build --release -p tresor-testkit --example s3_server)
+    local target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release
+    python3 "$BENCH_DIR/bucket.py" --objects "${BENCH_BUCKET_OBJECTS:-5000}" --tresor "$target/tresor" \
+        --server "$target/examples/s3_server" --out "$BENCH_DIR/bucket.md"
 }
 
 main "$@"
