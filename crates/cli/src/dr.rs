@@ -41,6 +41,9 @@ fn print(r: &Rehearsal) {
         None => "",
     };
     println!("platform RTO {} ({target}){met}", seconds(r.rto_seconds));
+    if r.scratch.exists() {
+        println!("the restored data is kept in {}", r.scratch.display());
+    }
 }
 
 pub async fn dr(g: &Global, a: DrCmd) -> Result<u8> {
@@ -53,7 +56,7 @@ pub async fn dr(g: &Global, a: DrCmd) -> Result<u8> {
     let scratch = a.scratch.clone().or(plan.drills.scratch_dir.clone()).unwrap_or_else(std::env::temp_dir);
     let exe = std::env::current_exe()?;
     let origin_of = |s: &tresor_controller::plan::SourceSpec| by_source.get(&s.name).cloned().ok_or_else(|| "not in the plan".to_string());
-    let r = tokio::task::block_in_place(|| rehearse(&exe, &plan, &a.from, origin_of, &scratch));
+    let r = tokio::task::block_in_place(|| rehearse(&exe, &plan, &a.from, origin_of, &scratch, a.keep));
     if g.json {
         print_json(&r)?;
     } else {

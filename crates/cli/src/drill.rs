@@ -103,7 +103,7 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
         // The drill's alerts silenced while it runs (drills.silence), expired after.
         let silence =
             tresor_controller::silence::for_drill(&plan, s, &state.drills(chrono::Utc::now() - chrono::Duration::days(90))?).await;
-        let mut r = tokio::task::block_in_place(|| drill_from(&exe, &plan, s, Ok(origin), &scratch));
+        let mut r = tokio::task::block_in_place(|| drill_from(&exe, &plan, s, Ok(origin), &scratch, false));
         if let Some(silence) = silence {
             r.silence = Some(silence.end().await);
         }

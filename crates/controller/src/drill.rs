@@ -20,11 +20,12 @@ pub use crate::origin::Origin;
 
 /// Drill one source into `scratch_root`, from the copy its class's `drill.from` names.
 pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {
-    drill_from(exe, plan, source, Origin::of_plan(plan, source), scratch_root)
+    drill_from(exe, plan, source, Origin::of_plan(plan, source), scratch_root, false)
 }
 
-/// Drill one source into `scratch_root` from `origin` (or fail with why there is none).
-pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<Origin, String>, scratch_root: &Path) -> Report {
+/// Drill one source into `scratch_root` from `origin` (or fail with why there is none);
+/// `keep` leaves the restored data there.
+pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<Origin, String>, scratch_root: &Path, keep: bool) -> Report {
     let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
     let class = plan.classes.get(&source.class);
@@ -65,7 +66,9 @@ pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<O
         r.reasons.push(e);
     }
     r.passed = r.reasons.is_empty();
-    let _ = std::fs::remove_dir_all(&dir);
+    if !keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     r
 }
 

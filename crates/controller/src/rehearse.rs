@@ -5,9 +5,11 @@
 //! files), each validated as its drill validates it. The platform RTO runs
 //! from the start to the last source validated, against the plan's
 //! `drills.platform_rto`. A rehearsal reads no state: it must work where
-//! the daemon and its state are gone.
+//! the daemon and its state are gone. Its scratch space is one directory,
+//! which the next rehearsal empties first: what a killed (or a kept)
+//! rehearsal left is gone before anything is restored again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -32,6 +34,8 @@ pub struct Rehearsal {
     pub started: DateTime<Utc>,
     /// The repository the platform came back from.
     pub from: String,
+    /// Where the restored data is, while it is kept.
+    pub scratch: PathBuf,
     pub steps: Vec<Step>,
     /// Start to the last source validated.
     pub rto_seconds: f64,
@@ -58,23 +62,31 @@ pub fn rehearse(
     from: &str,
     origin_of: impl Fn(&SourceSpec) -> Result<Origin, String>,
     scratch: &Path,
+    keep: bool,
 ) -> Rehearsal {
     let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
+    let root = scratch.join("tresor-rehearsal");
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::create_dir_all(&root);
     let mut order: Vec<&SourceSpec> = plan.sources.iter().collect();
     order.sort_by_key(|s| tier(s).0);
     let steps: Vec<Step> = order
         .into_iter()
         .map(|s| {
-            let drill = drill_from(exe, plan, s, origin_of(s), scratch);
+            let drill = drill_from(exe, plan, s, origin_of(s), &root, keep);
             Step { tier: tier(s).1, done_after_seconds: t0.elapsed().as_secs_f64(), drill }
         })
         .collect();
     let rto_seconds = t0.elapsed().as_secs_f64();
+    if !keep {
+        let _ = std::fs::remove_dir_all(&root);
+    }
     let rto_target = plan.drills.platform_rto.map(|s| s.secs());
     Rehearsal {
         started,
         from: from.into(),
+        scratch: root,
         passed: steps.iter().all(|s| s.drill.passed),
         steps,
         rto_seconds,

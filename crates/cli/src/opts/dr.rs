@@ -30,4 +30,7 @@ pub struct RehearseArgs {
     /// Scratch space for restored data (overrides the plan's drills.scratch_dir).
     #[arg(long)]
     pub scratch: Option<PathBuf>,
+    /// Leave the restored data in the scratch space (the next rehearsal removes it).
+    #[arg(long)]
+    pub keep: bool,
 }

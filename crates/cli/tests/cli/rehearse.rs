@@ -351,7 +351,11 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
         args.extend(extra);
         env.run(&args)
     };
-    let out = rehearse(&["--json"]);
+    // What a killed rehearsal left in its scratch directory goes before anything is restored.
+    let left = scratch.path().join("tresor-rehearsal/DRILL-20261130-000000-sessions/restore");
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("dump.rdb"), "half").unwrap();
+    let out = rehearse(&["--json", "--keep"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
@@ -379,7 +383,12 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
     assert_eq!((r["rto_target"].as_u64(), r["rto_met"].as_bool(), r["passed"].as_bool()), (Some(14_400), Some(true), Some(true)));
     assert!(r["rto_seconds"].as_f64().unwrap() >= done[4], "{r}");
     assert_eq!(fs::read_dir(&state_dir).unwrap().count(), 0, "a rehearsal needs no state and writes none");
-    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch is removed");
+    let mut kept: Vec<String> =
+        fs::read_dir(r["scratch"].as_str().unwrap()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    kept.sort();
+    let mut want: Vec<String> = steps.iter().map(|s| s["drill"]["test_id"].as_str().unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(kept, want, "--keep leaves each source's restored data, and nothing the killed run left");
 
     // A source the off-site copy lacks: the rest come back, the protocol names it.
     env.ok(&["backup", volume.to_str().unwrap(), "--tag", "source=uploads"]);
@@ -399,6 +408,7 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
         String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().split(", platform RTO").next(),
         Some("tresor: error: the rehearsal failed: 1 of 6 sources not back")
     );
+    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the kept data is gone, and this run's too");
 
     // The off-site copy's password wrong: one line, at once, scratch untouched.
     let out = env.run(&["dr", "rehearse", "--plan", plan.to_str().unwrap(), "--from", &offsite]);
