@@ -291,6 +291,17 @@ fn azure_blob_round_trips_with_keys_no_file_system_holds() {
     assert_eq!(copy.objects(), shop.objects());
     assert_eq!(copy.objects().len(), 54);
 
+    // Onto another store: the n/ objects into a bucket of the S3 server
+    // (whose files cannot hold both a and a/b).
+    let s3 = S3Server::start();
+    let other = new_bucket(&s3, "other");
+    let mut env = env;
+    env.vars.extend(source_vars(&s3));
+    env.ok(&["restore", &id, "--to", &s3_url(&s3, "other"), "--include", "n/"]);
+    let n_objects: Objects =
+        shop.objects().into_iter().filter(|(k, _)| k.starts_with("shop/n/")).map(|(k, v)| (k["shop/".len()..].to_string(), v)).collect();
+    assert_eq!(other.objects(), n_objects);
+
     let dir = env.path("jail/restored");
     env.ok(&["restore", &id, "--target", dir.to_str().unwrap()]);
     assert_eq!(fs::read(dir.join("a%")).unwrap(), b"an object named as a prefix");
