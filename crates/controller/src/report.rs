@@ -152,10 +152,12 @@ fn class_report(
     let (mut measured, mut predicted) = (None::<f64>, None::<f64>);
     for s in &sources {
         let (age, gap) = rpo(&points(jobs, s), now);
-        // A source that archives WAL is as fresh as its archive (crate::walrpo).
-        let age = match (age, wal_rpo.get(s)) {
-            (Some(a), Some(w)) => Some(a.min(*w)),
-            (a, w) => a.or(w.copied()),
+        // A source that archives WAL is as fresh as its archive (crate::walrpo), which
+        // bridges the gaps between its base backups; the archive's own history is not
+        // kept, so its worst gap is its RPO now.
+        let (age, gap) = match wal_rpo.get(s) {
+            Some(w) => (Some(age.map_or(*w, |a| a.min(*w))), Some(*w)),
+            None => (age, gap),
         };
         current = match (current, age) {
             (_, None) => Some(f64::INFINITY),

@@ -109,6 +109,8 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     assert_eq!((rpo, lag), (0.0, 0.0));
     let report = report_json(&env, &plan);
     assert_eq!(report["classes"][0]["rpo_current"], 0.0);
+    // The archive bridges the day between base backups: no gap, the RPO met.
+    assert_eq!((&report["classes"][0]["rpo_worst_gap"], &report["classes"][0]["rpo_met"]), (&0.0.into(), &true.into()));
     assert_eq!(report["classes"][0]["wal_archive_lag"], 0.0);
     // What wal-push recorded of the segment holding the second commit.
     let wal = env.json(&["snapshots", "--all"]);
