@@ -193,6 +193,19 @@ fn scheme(url: &str) -> String {
     }
 }
 
+/// A source's transforms file: for `k8s://` sources only, and readable as transforms.
+fn check_transforms(s: &crate::plan::SourceSpec, at: &Lines, out: &mut Vec<Finding>) {
+    let Some(file) = &s.transforms else { return };
+    let why = if !s.url.starts_with("k8s://") {
+        Some(format!("transforms: is for k8s:// sources, not {}", scheme(&s.url)))
+    } else {
+        tresor_sources::k8s_transform::Transforms::load(file).err().map(|e| format!("transforms: {e}"))
+    };
+    if let Some(why) = why {
+        out.push(error(at.source(&s.name, "transforms"), format!("source {}: {why}", s.name)));
+    }
+}
+
 fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let mut seen = BTreeSet::new();
     for s in &plan.sources {
@@ -215,6 +228,7 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
                 format!("source {}: scope: is for k8s:// sources, not {}", s.name, scheme(&s.url)),
             ));
         }
+        check_transforms(s, at, out);
         if s.pod.is_some() && !s.url.starts_with("pvc://") {
             out.push(error(at.source(&s.name, "pod"), format!("source {}: pod: is for pvc:// sources, not {}", s.name, scheme(&s.url))));
         }

@@ -344,3 +344,40 @@ fn a_rehearsal_in_the_live_cluster_restores_beside_production_and_runs_nothing()
     let now: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop", n)).collect();
     assert_eq!(now, production, "production untouched");
 }
+
+/// A plan's `transforms:` is checked with the plan: only for `k8s://`
+/// sources, and a file that is no transforms file is an error on its line.
+#[test]
+fn plan_check_reads_a_sources_transforms_file() {
+    let env = Env::new();
+    let good = env.path("dr-site.yaml");
+    fs::write(&good, TRANSFORMS).unwrap();
+    let bad = env.path("broken.yaml");
+    fs::write(&bad, "rules:\n- names: ['[']\n  patch: []\n").unwrap();
+    let plan = env.path("tresor.yaml");
+    let source = |name: &str, url: &str, file: &Path| {
+        format!("  - name: {name}\n    class: standard\n    url: {url}\n    schedule: \"@daily\"\n    transforms: {}\n", file.display())
+    };
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\n    init: true\nclasses:\n  standard:\n    \
+             rpo: 1d\n    rto: 8h\n    offsite: primary\n    retention:\n      daily: 30\nsources:\n{}{}{}",
+            source("cluster", "k8s://", &good),
+            source("broken", "k8s://", &bad),
+            source("files", "/srv/files", &good)
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let (p, b) = (plan.display(), bad.display());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{p}:23: error: source broken: transforms: {b}: transforms rule 1: bad pattern \"[\": error parsing glob '[': unclosed character class; missing ']'\n\
+             {p}:28: error: source files: transforms: is for k8s:// sources, not a path\n\
+             {p}: 3 sources, 1 classes: 2 errors, 0 warnings\n"
+        )
+    );
+}
