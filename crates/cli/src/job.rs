@@ -193,6 +193,7 @@ fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
     }
     a.flush = r.flush;
     a.verify = r.verify;
+    a.delete = r.delete;
     a.server_dry_run = r.server_dry_run;
     a.namespace_mapping = r.namespace_mapping.clone();
     match &r.snapshot {
@@ -208,12 +209,17 @@ fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
 }
 
 /// A base backup as a data directory that recovers to its own
-/// consistency point and archives no WAL (a drill's scratch cluster).
+/// consistency point (or through the WAL to `recover_to`) and archives no
+/// WAL (a drill's scratch cluster, an application's restore).
 fn base_backup(r: &RestoreSpec) -> Result<PgCmd> {
     let target = r.target.as_deref().context("a base backup restores into a directory")?;
     let mut a = defaults::<PgRestoreArgs>(&["--target", target])?;
     a.snapshot = r.snapshot.clone();
-    a.immediate = true;
+    match r.recover_to.as_deref() {
+        None => a.immediate = true,
+        Some("latest") => a.latest = true,
+        Some(t) => a.time = Some(t.into()),
+    }
     a.no_archive = true;
     Ok(PgCmd { command: PgCommand::Restore(a) })
 }

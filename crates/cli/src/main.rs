@@ -17,6 +17,7 @@ mod pg;
 mod pgwal;
 mod protocol;
 mod prune;
+mod restore_app;
 mod retention;
 mod sources;
 
@@ -73,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Snapshots(a) => commands::snapshots(&g, a).await,
         Command::Ls(a) => data::ls(&g, a).await,
         Command::Restore(a) => data::restore(&g, a).await,
+        Command::RestoreApp(a) => restore_app::restore_app(&g, a).await,
         Command::Dump(a) => data::dump(&g, a).await,
         Command::Diff(a) => data::diff(&g, a).await,
         Command::Stats(a) => commands::stats(&g, a).await,

@@ -2,6 +2,7 @@
 //! pages and the shell completions are all generated from these definitions.
 
 mod dr;
+mod app;
 mod ops;
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use dr::*;
+pub use app::*;
 pub use ops::*;
 
 /// Help sections, shared so that every command groups the same way.
@@ -91,6 +93,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot into a directory or a running service.
     Restore(RestoreArgs),
+    /// Restore an application of the plan as of a moment: its sources in order, between its hooks, then its smoke checks.
+    RestoreApp(RestoreAppArgs),
     /// Write one file of a snapshot to standard output.
     Dump(DumpArgs),
     /// Show what changed between two snapshots.

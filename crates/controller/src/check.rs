@@ -90,6 +90,14 @@ impl<'a> Lines<'a> {
     }
 }
 
+impl Lines<'_> {
+    /// The line of an application's `name:`.
+    fn application(&self, name: &str) -> usize {
+        let (start, end) = self.section("applications");
+        (start + 1..end).find(|&i| key_of(self.lines[i]) == Some("name") && value_of(self.lines[i]) == name).map_or(start + 1, |i| i + 1)
+    }
+}
+
 /// How far back a retention policy keeps snapshots, roughly.
 fn reach(r: &Retention) -> Duration {
     let day = 86_400;
@@ -120,6 +128,9 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
     }
     check_classes(plan, &at, &mut out);
     check_sources(plan, &at, now, &mut out);
+    for (app, message) in crate::app::faults(plan) {
+        out.push(error(at.application(&app), message));
+    }
     for m in plan.drills.silence.iter().flat_map(|s| &s.matchers) {
         if let Err(e) = crate::silence::matcher(m, "", "") {
             out.push(error(at.entry("drills", "silence"), e));

@@ -81,6 +81,12 @@ fn run_query(pg: &Postgres, q: &Query, db: &str, point: Option<DateTime<Utc>>) -
         }
         return Ok(format!("{} = {n} (at least {min})", q.sql));
     }
+    if let Some(want) = &q.equals {
+        if value != *want {
+            return Err(format!("{}: answered {value:?}, not {want:?}", q.sql));
+        }
+        return Ok(format!("{} = {value}", q.sql));
+    }
     if let Some(max_age) = q.max_age {
         let at = DateTime::parse_from_str(&value, "%Y-%m-%d %H:%M:%S%.f%#z")
             .map_err(|_| format!("{}: answered {value:?}, not a timestamp", q.sql))?

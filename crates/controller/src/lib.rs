@@ -10,6 +10,9 @@
 //! repository.
 
 pub mod api;
+pub mod app;
+pub mod app_hooks;
+pub mod app_restore;
 pub mod check;
 pub mod child;
 pub mod clock;

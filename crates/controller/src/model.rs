@@ -162,6 +162,13 @@ pub struct RestoreSpec {
     /// its own consistency point, with no WAL archive.
     #[serde(default)]
     pub base_backup: bool,
+    /// A base backup recovered instead through the archived WAL to this
+    /// moment (RFC 3339), or to the archive's end (`latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_to: Option<String>,
+    /// With a target directory: remove files there that the snapshot lacks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete: bool,
 }
 
 /// One job, complete: the child needs nothing else (no plan, no argv).

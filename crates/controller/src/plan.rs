@@ -23,6 +23,9 @@ pub struct Plan {
     pub notifications: Vec<Webhook>,
     #[serde(default)]
     pub drills: DrillSettings,
+    /// Sources that come back together, in order, between restore hooks (`tresor restore-app`).
+    #[serde(default)]
+    pub applications: Vec<Application>,
 }
 
 /// Where drills restore to.
@@ -100,8 +103,12 @@ pub struct Verify {
     pub queries: Vec<Query>,
     /// Redis: at least this many keys.
     pub min_keys: Option<u64>,
-    /// Command sources: run with the restored file in `$TRESOR_DRILL_FILE`; exit 0 passes.
+    /// Command sources: run with the restored file in `$TRESOR_DRILL_FILE`;
+    /// an application: run once it is back. Exit 0 passes.
     pub command: Option<String>,
+    /// Requests that must answer their status (an application's smoke checks).
+    #[serde(default)]
+    pub http: Vec<HttpCheck>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -114,6 +121,90 @@ pub struct Query {
     pub min: Option<i64>,
     /// The answer, a timestamp, must be at most this old at the restore point.
     pub max_age: Option<Span>,
+    /// The answer must be exactly this.
+    pub equals: Option<String>,
+    /// In an application's checks: the server asked (`postgres://USER@HOST:PORT`).
+    pub url: Option<String>,
+}
+
+/// Sources that come back together (`tresor restore-app`; app.rs orders them).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Application {
+    pub name: String,
+    /// The sources it is made of, each restored after those it names in `after`.
+    pub sources: Vec<AppSource>,
+    #[serde(default)]
+    pub hooks: RestoreHooks,
+    /// Smoke checks once every source is back and the post-hooks ran.
+    #[serde(default)]
+    pub verify: Verify,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppSource {
+    /// A source of the plan, by name.
+    pub source: String,
+    /// Sources of this application restored before this one.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Where it comes back: a service URL as `restore --to` takes it, or a
+    /// directory; default: where it was backed up from (a `pgbase://`
+    /// cluster needs one: a new data directory).
+    pub target: Option<String>,
+    /// Replace what the target holds (`restore --flush`).
+    #[serde(default)]
+    pub flush: bool,
+}
+
+/// Hooks before the first source is touched and after the last is back.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreHooks {
+    #[serde(default)]
+    pub pre: Vec<RestoreHook>,
+    #[serde(default)]
+    pub post: Vec<RestoreHook>,
+    /// Each hook's time limit unless it sets its own (default 5m).
+    pub timeout: Option<Span>,
+}
+
+/// One hook: exactly one of `scale`, `command` and `http` (`plan check` says so).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreHook {
+    pub scale: Option<Scale>,
+    /// Run with `sh -c`; exit 0 passes.
+    pub command: Option<String>,
+    pub http: Option<HttpCheck>,
+    pub timeout: Option<Span>,
+}
+
+/// A Deployment or StatefulSet scaled, waiting until it is ready.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Scale {
+    /// `k8s://` (default) or `k8s://CONTEXT`.
+    pub cluster: Option<String>,
+    pub namespace: String,
+    /// `deployment/NAME` or `statefulset/NAME`.
+    pub workload: String,
+    /// The replicas; left out (in a post-hook): those it had before the pre-hook scaled it.
+    pub replicas: Option<u32>,
+}
+
+/// An HTTP request and the status it must answer.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: String,
+    /// The status expected (default 200).
+    pub status: Option<u16>,
+    /// Text the body must contain.
+    pub contains: Option<String>,
 }
 
 /// A webhook told when a source's backups start failing and when they recover.

@@ -26,6 +26,7 @@ pub mod probe;
 mod redis;
 mod redis_aof;
 mod redis_target;
+pub mod restore_hooks;
 mod tls;
 
 use std::io::Read;

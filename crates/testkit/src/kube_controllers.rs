@@ -11,6 +11,9 @@
 //!   event); a pod's terminal phase, set through `pods/status` as a kubelet
 //!   does, makes the Job complete, or fail and try again up to its
 //!   `backoffLimit`;
+//! - a Deployment or StatefulSet reports its replicas all ready as soon as
+//!   its spec asks for them (a kubelet that starts every pod at once); at
+//!   zero the counts are left out, as the API server omits zero counts;
 //! - deleting an object deletes its dependents (ownerReferences) unless the
 //!   propagation policy orphans them: Jobs orphan their pods by default, as
 //!   batch/v1 does.
@@ -44,8 +47,33 @@ pub fn created(store: &mut Store, r: &Res, obj: &Value) {
         ("", "namespaces") => namespace_defaults(store, obj["metadata"]["name"].as_str().unwrap_or_default()),
         ("", "services") if obj["spec"]["selector"].as_object().is_some_and(|s| !s.is_empty()) => endpoints(store, &ns, obj),
         ("batch", "jobs") if obj["spec"]["suspend"] != true => job_pod(store, &ns, obj),
-        _ => {}
+        _ => updated(store, r, obj),
     }
+}
+
+/// What the cluster's controllers do once `obj`'s spec was written.
+pub fn updated(store: &mut Store, r: &Res, obj: &Value) {
+    if r.group == "apps" && (r.plural == "deployments" || r.plural == "statefulsets") {
+        workload_status(store, r, obj);
+    }
+}
+
+/// The workload controllers: every replica the spec asks for is ready.
+fn workload_status(store: &mut Store, r: &Res, obj: &Value) {
+    let replicas = obj["spec"]["replicas"].as_u64().unwrap_or(1);
+    let status = match replicas {
+        0 => json!({}),
+        n => json!({"replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n, "currentReplicas": n}),
+    };
+    if obj["status"] == status || (replicas == 0 && obj["status"].is_null()) {
+        return;
+    }
+    let ns = obj["metadata"]["namespace"].as_str().map(String::from);
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut with = obj.clone();
+    with["status"] = status;
+    with["metadata"]["resourceVersion"] = Value::Null;
+    let _ = store.replace(r, ns.as_deref(), &name, with, Part::Status);
 }
 
 fn made(store: &mut Store, group: &str, plural: &str, ns: Option<&str>, obj: Value) {

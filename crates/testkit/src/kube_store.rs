@@ -441,6 +441,9 @@ impl Store {
         if part == Part::Status && res.group.is_empty() && res.plural == "pods" {
             controllers::pod_status(self, &obj);
         }
+        if part == Part::Main {
+            controllers::updated(self, res, &obj);
+        }
         Ok(obj)
     }
 

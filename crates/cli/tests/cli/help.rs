@@ -152,8 +152,8 @@ fn bash_offers(word: &str) -> Vec<String> {
 
 #[test]
 fn bash_completes_subcommands() {
-    assert_eq!(bash_offers("res"), ["restore"]);
-    assert_eq!(bash_offers("re"), ["restore", "repair", "release", "report"]);
+    assert_eq!(bash_offers("res"), ["restore", "restore-app"]);
+    assert_eq!(bash_offers("re"), ["restore", "restore-app", "repair", "release", "report"]);
 }
 
 #[test]

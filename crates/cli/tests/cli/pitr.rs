@@ -23,7 +23,7 @@ pub(super) fn postgres_env() -> Env {
     env
 }
 
-fn archiving_server(env: &Env) -> PostgresServer {
+pub(super) fn archiving_server(env: &Env) -> PostgresServer {
     archiving_server_with(env, "")
 }
 

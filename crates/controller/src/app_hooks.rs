@@ -1,0 +1,163 @@
+//! Running an application's restore hooks and smoke checks: workloads
+//! scaled (through `tresor_sources::restore_hooks`), commands, HTTP
+//! requests, SQL queries; each with a time limit, each outcome kept.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tresor_sources::restore_hooks::Workload;
+
+use crate::plan::{HttpCheck, Query, RestoreHook, Scale, Verify};
+
+/// A hook's time limit when neither it nor its application sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One hook or check, as it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `pre`, `post` or `check`.
+    pub phase: String,
+    pub what: String,
+    pub passed: bool,
+    pub detail: String,
+    pub seconds: f64,
+}
+
+/// A runtime for the hooks' network calls (they run on a thread of their own).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+pub fn workload(s: &Scale) -> Result<Workload, String> {
+    Workload::parse(s.cluster.as_deref().unwrap_or("k8s://"), &s.namespace, &s.workload)
+}
+
+/// Run one hook; its outcome, and for a scale the replicas it had and has.
+pub fn run_hook(rt: &tokio::runtime::Runtime, phase: &str, h: &RestoreHook, limit: Duration) -> (Outcome, Option<(u32, u32)>) {
+    let started = Instant::now();
+    let mut scaled = None;
+    let result: Result<String, String> = match (&h.scale, &h.command, &h.http) {
+        (Some(s), _, _) => workload(s).and_then(|w| {
+            let done = match s.replicas {
+                Some(n) if phase == "pre" => rt.block_on(w.scale_to(n, limit)).map(Some),
+                n => rt.block_on(w.scale_back(n, limit)),
+            };
+            match done.map_err(|e| e.to_string())? {
+                Some((from, to)) => {
+                    scaled = Some((from, to));
+                    Ok(format!("{from} → {to} replicas, ready"))
+                }
+                None => Ok("no replicas remembered: left as it is".into()),
+            }
+        }),
+        (_, Some(c), _) => command(phase, c, limit),
+        (_, _, Some(check)) => rt.block_on(http(check, limit)),
+        _ => Err("the hook says nothing to do".into()),
+    };
+    (outcome(phase, h.describe(), result, started), scaled)
+}
+
+/// A command through `sh -c`; how it failed in its own last words (the hook's name is the outcome's).
+fn command(phase: &str, c: &str, limit: Duration) -> Result<String, String> {
+    tresor_sources::run_hook(phase, c, limit, &[("TRESOR_HOOK", phase)]).map(|_| "exit 0".into()).map_err(|e| {
+        let said = e.to_string();
+        said.strip_prefix(&format!("{phase} hook {c:?}: ")).map_or(said.clone(), String::from)
+    })
+}
+
+fn outcome(phase: &str, what: String, result: Result<String, String>, started: Instant) -> Outcome {
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(detail) => Outcome { phase: phase.into(), what, passed: true, detail, seconds },
+        Err(detail) => Outcome { phase: phase.into(), what, passed: false, detail, seconds },
+    }
+}
+
+/// One request: it must answer the status expected (and hold the text asked for).
+pub async fn http(check: &HttpCheck, limit: Duration) -> Result<String, String> {
+    let want = check.status.unwrap_or(200);
+    let client = reqwest::Client::builder().timeout(limit).build().map_err(|e| e.to_string())?;
+    let resp = client.get(&check.url).send().await.map_err(|e| format!("GET {}: {}", check.url, root_cause(&e)))?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    let first = body.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+    if status != want {
+        return Err(format!("GET {} answered {status}, not {want}: {first}", check.url));
+    }
+    if let Some(text) = &check.contains
+        && !body.contains(text.as_str())
+    {
+        return Err(format!("GET {} answered {status} without {text:?}: {first}", check.url));
+    }
+    Ok(format!("answered {status}"))
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The application's smoke checks; `postgres` is the server a query
+/// without its own URL asks (the application's PostgreSQL target).
+pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&str>, limit: Duration) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    for check in &v.http {
+        let started = Instant::now();
+        out.push(outcome("check", format!("http {}", check.url), rt.block_on(http(check, limit)), started));
+    }
+    if let Some(c) = &v.command {
+        let started = Instant::now();
+        out.push(outcome("check", format!("command {c:?}"), command("check", c, limit), started));
+    }
+    for q in &v.queries {
+        let started = Instant::now();
+        let ran = match q.url.as_deref().or(postgres) {
+            Some(url) => query(url, q),
+            None => Err("no server to ask: give the query a url".into()),
+        };
+        out.push(outcome("check", format!("sql {}", q.sql), ran, started));
+    }
+    out
+}
+
+/// One query through `psql`; the connection in its environment, where a password is out of sight.
+fn query(url: &str, q: &Query) -> Result<String, String> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or("a query's url is postgres://…")?;
+    let (auth, host) = rest.split_once('@').unwrap_or(("postgres", rest));
+    let (user, password) = auth.split_once(':').map_or((auth, None), |(u, p)| (u, Some(p)));
+    let (hostport, db) = host.split_once('/').unwrap_or((host, ""));
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    let db = q.database.as_deref().unwrap_or(if db.is_empty() { "postgres" } else { db });
+    let mut c = std::process::Command::new(crate::scratch::Postgres::bin_dir().join("psql"));
+    c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", &q.sql]);
+    c.envs([("PGHOST", host), ("PGPORT", port), ("PGUSER", user), ("PGDATABASE", db)]);
+    if let Some(p) = password {
+        c.env("PGPASSWORD", p);
+    }
+    let out = c.output().map_err(|e| format!("cannot run psql: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").to_string());
+    }
+    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    judge(q, value)
+}
+
+/// A query's answer against what the plan expects of it.
+fn judge(q: &Query, value: String) -> Result<String, String> {
+    if let Some(want) = &q.equals
+        && value != *want
+    {
+        return Err(format!("answered {value:?}, not {want:?}"));
+    }
+    if let Some(min) = q.min {
+        let n: i64 = value.parse().map_err(|_| format!("answered {value:?}, not a number"))?;
+        if n < min {
+            return Err(format!("answered {n}, less than the plan's minimum {min}"));
+        }
+    }
+    Ok(format!("answered {value:?}"))
+}
