@@ -404,7 +404,7 @@ impl BackupCopy {
     }
 }
 
-/// A drill's Alertmanager silence (crate::silence), as its protocol keeps it.
+/// A drill's Alertmanager silence, as its protocol keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DrillSilence {
     /// The silence's id; none: the drill's alerts were not silenced.
