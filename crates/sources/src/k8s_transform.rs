@@ -34,7 +34,7 @@ pub struct Transforms {
 }
 
 /// Which objects a rule patches (every condition given must hold), and the patch.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// `Kind` or `group/Kind`: `Deployment`, `apps/Deployment`, `core/Service`, `example.com/Widget`.
@@ -50,6 +50,19 @@ pub struct Rule {
     #[serde(default)]
     pub selector: Option<LabelSelector>,
     pub patch: Vec<PatchOperation>,
+}
+
+/// Without the patch's values, which may be a Secret's.
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("kinds", &self.kinds)
+            .field("namespaces", &self.namespaces)
+            .field("names", &self.names)
+            .field("selector", &self.selector)
+            .field("patch", &self.patch.iter().map(describe).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// A rehearsal's safety rewrites: what it restores cannot serve, run or
@@ -414,6 +427,8 @@ mod tests {
             t.apply(&mut s, None, None).unwrap_err(),
             "transforms rule 3: move /data/nope to /data/b failed: /data/nope does not exist"
         );
+        let secret = serde_norway::from_str::<Transforms>("rules:\n- patch:\n  - {op: add, path: /data/key, value: czNjcmV0}\n").unwrap();
+        assert!(!format!("{secret:?}").contains("czNjcmV0"), "{secret:?}");
         let bad = serde_norway::from_str::<Transforms>("rules:\n- names: ['[']\n  patch: []\n").unwrap();
         assert!(bad.compile().err().unwrap().starts_with("transforms rule 1: bad pattern \"[\": "));
     }
