@@ -89,3 +89,46 @@ pub fn etcd_snapshot(data: &[u8]) {
         assert_eq!(out, rest);
     }
 }
+
+/// A Kubernetes object as a snapshot stores it (one YAML file), prepared
+/// for a restore: filters, namespace mapping, the cluster's own objects
+/// left out, and a rehearsal's rewrites (plurals as discovery would
+/// guess them for unknown kinds; no cluster is asked).
+pub fn k8s_object(data: &[u8]) {
+    use crate::k8s::{Filters, Matcher};
+    use crate::k8s_restore::{RestoreOptions, parse_objects, prepare};
+    let files = [("namespaces/shop/apps/Deployment/web.yaml".to_string(), data.to_vec())];
+    let Ok(objects) = parse_objects("k8s://fuzz", &files) else { return };
+    let plurals: Vec<String> = objects.iter().map(|o| format!("{}s", o["kind"].as_str().unwrap_or_default().to_lowercase())).collect();
+    let matcher = Matcher::new(&Filters::default()).expect("no filters");
+    let mapped = RestoreOptions { mapping: [("shop".to_string(), "shop-2".to_string())].into(), ..RestoreOptions::default() };
+    for options in [mapped, RestoreOptions::rehearsal()] {
+        let transforms = options.transforms.compile().expect("no transforms");
+        let _ = prepare(objects.clone(), plurals.clone(), &matcher, &options, &transforms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Found writing the k8s_object target: a snapshot file that is YAML
+    /// but not an object with metadata made the restore panic when it
+    /// wrote the mapped name into it (corpus/k8s_object/crash-*).
+    #[test]
+    fn a_yaml_file_that_is_no_object_is_refused_in_one_line() {
+        for (yaml, path) in [(&b"42\n"[..], "a.yaml"), (b"kind: ConfigMap\nmetadata: web\n", "b.yaml"), (b"- kind: Service\n", "c.yaml")] {
+            let err = crate::k8s_restore::parse_objects("k8s://x", &[(path.to_string(), yaml.to_vec())]).err().expect("refused");
+            assert_eq!(err.to_string(), format!("k8s://x: {path} in the snapshot is not a Kubernetes object (a mapping with metadata)"));
+        }
+        super::k8s_object(b"kind: ConfigMap\nmetadata: web\n");
+    }
+
+    /// Found by the wal_names and wal_segment fuzzers: a name of the right
+    /// length in bytes with a multi-byte character where the parser cuts
+    /// it at fixed offsets panicked (corpus/wal_*/crash-*).
+    #[test]
+    fn a_wal_name_that_is_not_ascii_is_no_wal_name() {
+        for name in ["000000010000000\u{48a}artial1", "0000000\u{420}00000tial    x", "000000010000000000000002.\u{420}0000028.backup"] {
+            assert_eq!(crate::pgwal::WalFile::parse(name), None, "{name}");
+        }
+    }
+}

@@ -98,7 +98,7 @@ fn rank(kind: &str) -> u8 {
     }
 }
 
-struct Item {
+pub(crate) struct Item {
     obj: Value,
     ns: Option<String>,
     /// The namespace in the snapshot.
@@ -140,14 +140,13 @@ fn plural_of(discovery: &Discovery, objects: &[Value], group: &str, kind: &str) 
 
 /// The objects to restore, mapped, filtered, transformed, in order; and
 /// those left out or failing their transforms, with why.
-fn prepare(objects: Vec<Value>, discovery: &Discovery, m: &Matcher, o: &RestoreOptions, t: &Compiled) -> (Vec<Item>, Vec<ObjectResult>) {
-    let plurals: Vec<String> = objects
-        .iter()
-        .map(|obj| {
-            let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g);
-            plural_of(discovery, &objects, group, obj["kind"].as_str().unwrap_or_default())
-        })
-        .collect();
+pub(crate) fn prepare(
+    objects: Vec<Value>,
+    plurals: Vec<String>,
+    m: &Matcher,
+    o: &RestoreOptions,
+    t: &Compiled,
+) -> (Vec<Item>, Vec<ObjectResult>) {
     // Services with selectors, by their mapped namespace and name: their endpoints are the cluster's to make.
     let services: BTreeSet<(String, String)> = objects
         .iter()
@@ -254,6 +253,22 @@ async fn discover(client: &Client, url: &str) -> Result<Discovery> {
     Discovery::new(client.clone()).run().await.map_err(|e| Error::failed(url, format!("API discovery failed: {}", api_message(&e))))
 }
 
+/// The objects of a snapshot's YAML files (path, contents). Each must be a
+/// mapping with a mapping under `metadata`: the restore writes into both.
+pub(crate) fn parse_objects(url: &str, files: &[(String, Vec<u8>)]) -> Result<Vec<Value>> {
+    files
+        .iter()
+        .map(|(path, yaml)| {
+            let obj = serde_norway::from_slice::<Value>(yaml)
+                .map_err(|e| Error::failed(url, format!("{path} in the snapshot is not YAML: {e}")))?;
+            if !obj.is_object() || !obj["metadata"].is_object() {
+                return Err(Error::failed(url, format!("{path} in the snapshot is not a Kubernetes object (a mapping with metadata)")));
+            }
+            Ok(obj)
+        })
+        .collect()
+}
+
 /// Restore the YAML `files` of a snapshot (path, contents) into the cluster `url` names.
 pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOptions) -> Result<Vec<ObjectResult>> {
     let m = Matcher::new(&o.filters)?;
@@ -266,15 +281,17 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
             format!("a rehearsal restores beside production: --namespace-mapping {ns}:{ns} would write into {ns}"),
         ));
     }
-    let objects = files
-        .iter()
-        .map(|(path, yaml)| {
-            serde_norway::from_slice::<Value>(yaml).map_err(|e| Error::failed(url, format!("{path} in the snapshot is not YAML: {e}")))
-        })
-        .collect::<Result<Vec<Value>>>()?;
+    let objects = parse_objects(url, &files)?;
     let client = client(url).await?;
     let mut discovery = discover(&client, url).await?;
-    let (items, mut out) = prepare(objects, &discovery, &m, o, &t);
+    let plurals = objects
+        .iter()
+        .map(|obj| {
+            let group = obj["apiVersion"].as_str().and_then(|v| v.rsplit_once('/')).map_or("", |(g, _)| g);
+            plural_of(&discovery, &objects, group, obj["kind"].as_str().unwrap_or_default())
+        })
+        .collect();
+    let (items, mut out) = prepare(objects, plurals, &m, o, &t);
     let restored_ns: BTreeSet<String> = items.iter().filter(|i| i.kind == "Namespace").map(|i| i.name.clone()).collect();
     let needed_ns: BTreeSet<String> = items.iter().filter_map(|i| i.ns.clone()).filter(|n| !restored_ns.contains(n)).collect();
     let mut scratch_ns = Vec::new();

@@ -41,6 +41,10 @@ fn hex8(s: &str) -> Option<u32> {
 
 impl WalFile {
     pub fn parse(name: &str) -> Option<WalFile> {
+        // WAL names are ASCII; slicing at fixed byte offsets relies on it.
+        if !name.is_ascii() {
+            return None;
+        }
         if let Some(tli) = name.strip_suffix(".history") {
             return Some(WalFile { name: name.into(), kind: WalKind::History, timeline: hex8(tli)?, log: 0, seg: 0 });
         }

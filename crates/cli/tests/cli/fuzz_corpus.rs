@@ -37,6 +37,7 @@ const TARGETS: &[(&str, Entry)] = &[
     ("wal_names", tresor_sources::fuzzing::wal_names),
     ("wal_segment", tresor_sources::fuzzing::wal_segment),
     ("etcd_snapshot", tresor_sources::fuzzing::etcd_snapshot),
+    ("k8s_object", tresor_sources::fuzzing::k8s_object),
     ("plan", plan),
 ];
 
@@ -47,9 +48,11 @@ fn fuzz_dir() -> PathBuf {
 #[test]
 fn every_corpus_input_passes_through_its_parser() {
     let manifest = fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
-    let declared: Vec<&str> =
+    let mut declared: Vec<&str> =
         manifest.lines().filter_map(|l| l.strip_prefix("name = \"")?.strip_suffix('"')).filter(|n| *n != "tresor-fuzz").collect();
-    let known: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+    let mut known: Vec<&str> = TARGETS.iter().map(|(n, _)| *n).collect();
+    declared.sort();
+    known.sort();
     assert_eq!(declared, known, "fuzz/Cargo.toml and this table name the same targets");
     let mut replayed = 0;
     for (name, entry) in TARGETS {
@@ -190,6 +193,15 @@ fn sha256_trailed(body: &[u8]) -> Vec<u8> {
     [body, &digest].concat()
 }
 
+/// Objects as the deploy manifests hold them: a CRD, RBAC, a Deployment…
+fn kubernetes_objects() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+    let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let docs = files.iter().flat_map(|f| fs::read_to_string(f).unwrap().split("\n---\n").map(String::from).collect::<Vec<_>>());
+    docs.filter(|d| d.contains("\nkind: ") && d.len() < 4096).take(8).map(String::into_bytes).collect()
+}
+
 #[test]
 #[ignore = "rewrites fuzz/corpus/*/seed-*: run by hand after a format change"]
 fn regenerate_seed_corpus() {
@@ -213,6 +225,7 @@ fn regenerate_seed_corpus() {
     by_target.insert("etcd_snapshot", vec![[vec![31], sha256_trailed(&bolt)].concat(), [vec![255], sha256_trailed(b"")].concat()]);
     let plans = [fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tresor.yaml")).unwrap()];
     by_target.insert("plan", plans.to_vec());
+    by_target.insert("k8s_object", kubernetes_objects());
     for (t, inputs) in &by_target {
         write_seeds(t, inputs);
     }
