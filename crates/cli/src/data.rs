@@ -256,7 +256,12 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     }
     if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("k8s://")) {
         let to = to.to_string();
+        // A preview is the k8s restore's look at each object without a write.
+        let a = RestoreArgs { dry_run: a.dry_run || a.preview, ..a };
         return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
+    }
+    if a.preview {
+        return crate::preview::directory(g, &repo, &snap, folder, &a).await;
     }
     if let Some(to) = a.to.as_deref().filter(|t| tresor_sources::bucket::is_bucket(t)) {
         return crate::sources::restore_bucket(g, &repo, &snap, to, &a).await;

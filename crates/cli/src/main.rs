@@ -15,6 +15,7 @@ mod manual;
 mod opts;
 mod pg;
 mod pgwal;
+mod preview;
 mod protocol;
 mod prune;
 mod restore_app;

@@ -310,3 +310,53 @@ fn plan_check_names_unknown_sources_and_cycles_in_an_application() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_preview_lists_exactly_what_the_restore_then_changes() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let dir = env.path("volume");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("a.txt"), "as backed up").unwrap();
+    fs::write(dir.join("b.txt"), "kept").unwrap();
+    env.ok(&["backup", dir.to_str().unwrap()]);
+    fs::write(dir.join("a.txt"), "changed since").unwrap();
+    fs::remove_file(dir.join("b.txt")).unwrap();
+    fs::write(dir.join("c.txt"), "added since").unwrap();
+    let spec = format!("latest:{}", dir.display());
+    let args = ["restore", spec.as_str(), "--target", dir.to_str().unwrap(), "--delete"];
+    let preview = env.json(&[&args[..], &["--preview"]].concat());
+    assert_eq!(
+        (&preview["added"], &preview["changed"], &preview["removed"]),
+        (&serde_json::json!(["b.txt"]), &serde_json::json!(["a.txt"]), &serde_json::json!(["c.txt"]))
+    );
+    assert_eq!(fs::read_to_string(dir.join("c.txt")).unwrap(), "added since", "a preview changes nothing");
+    let done = env.json(&args);
+    assert_eq!((done["files_restored"].as_u64(), done["files_deleted"].as_u64()), (Some(2), Some(1)));
+    assert_eq!((fs::read_to_string(dir.join("a.txt")).unwrap(), dir.join("c.txt").exists()), ("as backed up".to_string(), false));
+
+    let cluster = Cluster::start();
+    let backup = tresor(&env, &cluster, &["backup", "k8s://", "--include-namespaces", "shop"]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    assert!(cluster.kubectl(&["delete", "configmap", "settings", "-n", "shop"]).status.success());
+    let results = |out: &Output| -> Vec<(String, String)> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["results"].as_array().unwrap().iter().map(|r| (r["object"].as_str().unwrap().into(), r["result"].as_str().unwrap().into())).collect()
+    };
+    let previewed = results(&tresor(&env, &cluster, &["restore", "latest", "--to", "k8s://", "--preview", "--json"]));
+    assert!(cluster.server.object("", "configmaps", Some("shop"), "settings").is_none(), "a preview changes nothing");
+    let restored = results(&tresor(&env, &cluster, &["restore", "latest", "--to", "k8s://", "--json"]));
+    let done = |r: &str| match r {
+        "would create" => "created".to_string(),
+        "would update" => "updated".into(),
+        "would skip" => "skipped".into(),
+        other => other.into(),
+    };
+    let would: Vec<(String, String)> = previewed.iter().map(|(o, r)| (o.clone(), done(r))).collect();
+    assert_eq!(would, restored, "the preview named each object's result");
+    let created: Vec<&str> = restored.iter().filter(|(_, r)| r == "created").map(|(o, _)| o.as_str()).collect();
+    assert_eq!(created.len(), 1, "{restored:?}");
+    assert!(created[0].ends_with("settings"), "{created:?}");
+    assert!(previewed.iter().all(|(o, r)| (r == "would create") == o.ends_with("settings")), "{previewed:?}");
+}
