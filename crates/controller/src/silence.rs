@@ -227,7 +227,7 @@ mod tests {
             Matcher { name: "alertname".into(), value: "Backup.*".into(), is_regex: true, is_equal: true }
         );
         assert_eq!(m("class!={class}").unwrap(), Matcher { name: "class".into(), value: "critical".into(), is_regex: false, is_equal: false });
-        assert_eq!(m("severity!~page|info").unwrap().is_regex, true);
+        assert!(m("severity!~page|info").unwrap().is_regex);
         assert_eq!(
             m("alertname"),
             Err("silence matcher \"alertname\": expected name=value, name!=value, name=~regex or name!~regex".into())

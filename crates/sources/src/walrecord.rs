@@ -174,9 +174,11 @@ pub fn read_segment(data: &[u8], start_lsn: u64) -> SegmentRecords {
     }
     let mut prev: Option<u64> = None;
     let mut rec = Vec::new();
-    loop {
-        let Some(at) = pages.next_record(pos) else { break };
-        out.end_lsn = start_lsn + at as u64;
+    while let Some(at) = pages.next_record(pos) {
+        if prev.is_none() {
+            // Valid WAL starts here; after a record, it ends where that record ends.
+            out.end_lsn = start_lsn + at as u64;
+        }
         rec.clear();
         let Some(_) = pages.read(at, RECORD_HEADER, &mut rec) else { break };
         let total = u32_at(&rec, 0) as usize;
@@ -316,6 +318,14 @@ mod tests {
         // Four records: 8 + 10 032 + 8 + 56 bytes of aligned record data after the long header.
         let data = maxalign(24 + 2 + 12) + maxalign(24 + 5 + 10_000) + maxalign(24 + 2 + 12) + maxalign(24 + 2 + 30);
         assert_eq!(got.end_lsn, START + physical(data) as u64);
+    }
+
+    #[test]
+    fn wal_that_ends_at_a_page_boundary_ends_there_not_after_the_next_header() {
+        // One record filling the first page exactly: 8192 - 40 bytes.
+        let main = vec![3u8; PAGE - LONG_PAGE_HEADER - RECORD_HEADER - 5];
+        let got = read_segment(&segment(START, &[(0x0A, 0x00, main)], 0), START);
+        assert_eq!((got.commits, got.end_lsn), (0, START + PAGE as u64));
     }
 
     #[test]
