@@ -360,3 +360,23 @@ fn a_preview_lists_exactly_what_the_restore_then_changes() {
     assert!(created[0].ends_with("settings"), "{created:?}");
     assert!(previewed.iter().all(|(o, r)| (r == "would create") == o.ends_with("settings")), "{previewed:?}");
 }
+
+#[test]
+fn a_pre_hook_that_overruns_is_killed_and_a_dead_runs_replicas_are_found_on_the_workload() {
+    let h = harbor();
+    let plan = h.plan("        - {command: \"sleep 30\", timeout: 1s}\n", "/health");
+    assert_eq!(
+        h.refused(&plan, &["--latest"]),
+        "tresor: error: pre-restore hook command \"sleep 30\" failed: timed out after 1s and was killed; nothing restored; replicas restored: deployment/web in shop: 0 → 2"
+    );
+    assert_eq!((h.repos().as_str(), h.core()), ("library/nginx,pushed/after", (2, None)));
+
+    // A tresor that died after scaling the core down left its replicas (3) on the workload.
+    let patch = r#"{"metadata":{"annotations":{"tresor.dev/replicas-before-restore":"3"}},"spec":{"replicas":0}}"#;
+    assert!(h.cluster.kubectl(&["patch", "deployment", "web", "-n", "shop", "--type=merge", "-p", patch]).status.success());
+    let out = h.restore(&h.plan("", "/health"), &["--latest", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["scaled_up"], serde_json::json!(["deployment/web in shop: 0 → 3"]), "back to the replicas before the first run");
+    assert_eq!(h.core(), (3, None));
+}
