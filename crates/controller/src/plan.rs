@@ -40,7 +40,7 @@ pub struct DrillSettings {
     pub silence: Option<SilenceSettings>,
 }
 
-/// `drills.silence`: what a drill silences while it runs (crate::silence).
+/// `drills.silence`: what a drill silences while it runs.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceSettings {
@@ -343,7 +343,7 @@ pub struct SourceSpec {
     pub transforms: Option<PathBuf>,
 }
 
-/// A `pgbase://` source's WAL archive, as the plan states it (crate::walrpo).
+/// A `pgbase://` source's WAL archive, as the plan states it.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WalArchive {
