@@ -1334,6 +1334,10 @@ class Report:
         parts.append(self.prune_memory_section())
         if self.meta.get("pg"):
             parts.append(self.pg_section())
+        # The bucket row is measured apart (bench/bucket.py) and kept as it was written.
+        bucket = Path(__file__).resolve().parent / "bucket.md"
+        if bucket.exists():
+            parts.append("## Bucket backup: tresor and rclone sync\n\n" + bucket.read_text())
         parts += [self.targets_section(), self.problems_section()]
         return "\n".join(parts).rstrip() + "\n"
 
