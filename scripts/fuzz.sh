@@ -3,7 +3,7 @@
 # starting from its committed seed corpus in fuzz/corpus/TARGET. New inputs
 # that reach new code go to fuzz/target/corpus/TARGET (not committed; merge
 # the useful ones by hand), crashes to fuzz/artifacts/TARGET. A summary line
-# per target (executions, seconds, crashes) goes to stdout and to
+# per target (executions, seconds it ran, crashes) goes to stdout and to
 # fuzz/target/fuzz-summary.tsv.
 #
 #   scripts/fuzz.sh SECONDS [TARGET…]
@@ -36,12 +36,13 @@ for t in "${targets[@]}"; do
   mkdir -p "$work" "fuzz/artifacts/$t"
   log=fuzz/target/fuzz-$t.log
   status=0
+  began=$(date +%s)
   # -rss_limit_mb: a parser that allocates without bound is a finding.
   "$bins/$t" "$work" "fuzz/corpus/$t" -artifact_prefix="fuzz/artifacts/$t/" \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
   crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
-  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "${execs:-0}" "$secs" "$crashes" | tee -a "$summary"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "${execs:-0}" "$(($(date +%s) - began))" "$crashes" | tee -a "$summary"
   if [ "$status" -ne 0 ]; then
     echo "$t: the fuzzer stopped with status $status; see $log and fuzz/artifacts/$t" >&2
   fi

@@ -115,9 +115,19 @@ mod tests {
     /// wrote the mapped name into it (corpus/k8s_object/crash-*).
     #[test]
     fn a_yaml_file_that_is_no_object_is_refused_in_one_line() {
-        for (yaml, path) in [(&b"42\n"[..], "a.yaml"), (b"kind: ConfigMap\nmetadata: web\n", "b.yaml"), (b"- kind: Service\n", "c.yaml")] {
+        for (yaml, path) in [
+            (&b"42\n"[..], "a.yaml"),
+            (b"kind: ConfigMap\nmetadata: web\n", "b.yaml"),
+            (b"- kind: Service\n", "c.yaml"),
+            (b"kind: Deployment\nmetadata: {name: w}\nspec: [1]\n", "d.yaml"),
+        ] {
             let err = crate::k8s_restore::parse_objects("k8s://x", &[(path.to_string(), yaml.to_vec())]).err().expect("refused");
-            assert_eq!(err.to_string(), format!("k8s://x: {path} in the snapshot is not a Kubernetes object (a mapping with metadata)"));
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "k8s://x: {path} in the snapshot is not a Kubernetes object (a mapping with metadata, and mappings where a restore writes)"
+                )
+            );
         }
         super::k8s_object(b"kind: ConfigMap\nmetadata: web\n");
     }

@@ -253,6 +253,16 @@ async fn discover(client: &Client, url: &str) -> Result<Discovery> {
     Discovery::new(client.clone()).run().await.map_err(|e| Error::failed(url, format!("API discovery failed: {}", api_message(&e))))
 }
 
+/// Where a restore (mapping, a rehearsal's rewrites) writes into an object:
+/// each must be a mapping or absent.
+const WRITTEN: [&[&str]; 4] =
+    [&["spec"], &["spec", "template"], &["spec", "template", "spec"], &["spec", "template", "spec", "nodeSelector"]];
+
+fn mapping_or_absent(obj: &Value, path: &[&str]) -> bool {
+    let v = path.iter().fold(obj, |v, key| &v[*key]);
+    v.is_object() || v.is_null()
+}
+
 /// The objects of a snapshot's YAML files (path, contents). Each must be a
 /// mapping with a mapping under `metadata`: the restore writes into both.
 pub(crate) fn parse_objects(url: &str, files: &[(String, Vec<u8>)]) -> Result<Vec<Value>> {
@@ -261,8 +271,13 @@ pub(crate) fn parse_objects(url: &str, files: &[(String, Vec<u8>)]) -> Result<Ve
         .map(|(path, yaml)| {
             let obj = serde_norway::from_slice::<Value>(yaml)
                 .map_err(|e| Error::failed(url, format!("{path} in the snapshot is not YAML: {e}")))?;
-            if !obj.is_object() || !obj["metadata"].is_object() {
-                return Err(Error::failed(url, format!("{path} in the snapshot is not a Kubernetes object (a mapping with metadata)")));
+            if !obj.is_object() || !obj["metadata"].is_object() || !WRITTEN.iter().all(|path| mapping_or_absent(&obj, path)) {
+                return Err(Error::failed(
+                    url,
+                    format!(
+                        "{path} in the snapshot is not a Kubernetes object (a mapping with metadata, and mappings where a restore writes)"
+                    ),
+                ));
             }
             Ok(obj)
         })
