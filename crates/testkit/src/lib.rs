@@ -32,6 +32,7 @@ mod redis;
 mod s3;
 mod sshd;
 mod tcp;
+mod tripwire;
 mod webdav;
 
 pub use alertmanager::AlertmanagerServer;

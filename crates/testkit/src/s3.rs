@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::object_lock::ObjectLockStore;
+use crate::tripwire::Tripwire;
 
 const BUCKET: &str = "tresor-test";
 const ACCESS_KEY: &str = "tresor-test-key";
@@ -42,24 +43,34 @@ impl S3Server {
     ///
     /// Panics if the temp dir, bucket directory, listener or thread can't be set up.
     pub fn start() -> S3Server {
-        Self::start_with(None)
+        Self::start_with(Rules::None)
     }
 
     /// A server whose bucket has S3 Object Lock with this default retention:
     /// objects younger than it cannot be deleted or overwritten.
     pub fn with_object_lock(retention: Duration) -> S3Server {
-        Self::start_with(Some(retention))
+        Self::start_with(Rules::ObjectLock(retention))
     }
 
-    fn start_with(retention: Option<Duration>) -> S3Server {
+    /// A server on which the first GET of object `read` deletes object
+    /// `delete` of the same bucket before it is answered.
+    pub fn deleting_on_read(read: &str, delete: &str) -> S3Server {
+        Self::start_with(Rules::Tripwire { read: read.to_string(), delete: delete.to_string() })
+    }
+
+    fn start_with(rules: Rules) -> S3Server {
         let dir = tempfile::Builder::new().prefix("tresor-s3-").tempdir().expect("create temp dir for the S3 store");
         // s3s-fs maps each top-level directory of its root to a bucket.
         std::fs::create_dir(dir.path().join(BUCKET)).expect("create bucket directory");
         let store = s3s_fs::FileSystem::new(dir.path()).expect("open s3s-fs store");
+        let root = dir.path().to_path_buf();
 
-        let mut builder = match retention {
-            Some(retention) => S3ServiceBuilder::new(ObjectLockStore { inner: store, root: dir.path().to_path_buf(), retention }),
-            None => S3ServiceBuilder::new(store),
+        let mut builder = match rules {
+            Rules::ObjectLock(retention) => S3ServiceBuilder::new(ObjectLockStore { inner: store, root, retention }),
+            Rules::Tripwire { read, delete } => {
+                S3ServiceBuilder::new(Tripwire { inner: store, root, read, delete, sprung: Default::default() })
+            }
+            Rules::None => S3ServiceBuilder::new(store),
         };
         // With auth set, s3s verifies SigV4 signatures and rejects anonymous requests.
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -130,6 +141,13 @@ impl S3Server {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
     }
+}
+
+/// What the server does beyond s3s-fs.
+enum Rules {
+    None,
+    ObjectLock(Duration),
+    Tripwire { read: String, delete: String },
 }
 
 impl Drop for S3Server {
