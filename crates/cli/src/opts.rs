@@ -1,16 +1,16 @@
 //! Command-line syntax. Every argument says what it does: the help, the man
 //! pages and the shell completions are all generated from these definitions.
 
-mod dr;
 mod app;
+mod dr;
 mod ops;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use dr::*;
 pub use app::*;
+pub use dr::*;
 pub use ops::*;
 
 /// Help sections, shared so that every command groups the same way.

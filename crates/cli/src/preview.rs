@@ -35,14 +35,22 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
     let removed: Vec<PathBuf> = if a.delete { present(target).into_iter().filter(|p| !wanted.contains(p)).collect() } else { Vec::new() };
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
-        print_json(&json!({"snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed)}))?;
+        print_json(
+            &json!({"snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed)}),
+        )?;
     } else {
         for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed)] {
             for p in list.iter() {
                 println!("{mark}    {}", p.display());
             }
         }
-        println!("{} added, {} changed, {} removed in {} (preview: nothing changed)", added.len(), changed.len(), removed.len(), target.display());
+        println!(
+            "{} added, {} changed, {} removed in {} (preview: nothing changed)",
+            added.len(),
+            changed.len(),
+            removed.len(),
+            target.display()
+        );
     }
     Ok(0)
 }

@@ -16,7 +16,11 @@ pub async fn restore_app(g: &Global, a: RestoreAppArgs) -> Result<u8> {
     let plan = load_plan(&a.plan, Utc::now())?;
     let Some(app) = plan.applications.iter().find(|x| x.name == a.app).cloned() else {
         let known: Vec<&str> = plan.applications.iter().map(|x| x.name.as_str()).collect();
-        bail!("the plan has no application {:?} (applications: {})", a.app, if known.is_empty() { "none".into() } else { known.join(", ") });
+        bail!(
+            "the plan has no application {:?} (applications: {})",
+            a.app,
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        );
     };
     let time = a.time.as_deref().map(crate::data::parse_time).transpose()?.map(|t| t.with_timezone(&Utc));
     let mut targets = BTreeMap::new();
@@ -34,10 +38,9 @@ pub async fn restore_app(g: &Global, a: RestoreAppArgs) -> Result<u8> {
     }
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let (namespace_mapping, dry_run) = (a.namespace_mapping.clone(), a.dry_run);
-    let report = tokio::task::spawn_blocking(move || {
-        run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run })
-    })
-    .await?;
+    let report =
+        tokio::task::spawn_blocking(move || run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run }))
+            .await?;
     if g.json {
         print_json(&report)?;
     } else {

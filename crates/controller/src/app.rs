@@ -28,9 +28,10 @@ impl Application {
         let mut done: BTreeSet<&str> = BTreeSet::new();
         let mut out = Vec::new();
         while out.len() < self.sources.len() {
-            let next = self.sources.iter().find(|s| {
-                !done.contains(s.source.as_str()) && s.after.iter().all(|a| done.contains(a.as_str()) || !self.has(a))
-            });
+            let next = self
+                .sources
+                .iter()
+                .find(|s| !done.contains(s.source.as_str()) && s.after.iter().all(|a| done.contains(a.as_str()) || !self.has(a)));
             match next {
                 Some(s) => {
                     done.insert(&s.source);

@@ -151,7 +151,8 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
     };
     match kind.as_str() {
         "pg-base" => {
-            let dir = target.ok_or_else(|| format!("source {}: a base backup comes back as a new data directory: give it a target", spec.name))?;
+            let dir = target
+                .ok_or_else(|| format!("source {}: a base backup comes back as a new data directory: give it a target", spec.name))?;
             let wal = newest_wal(&Tresor::new(r.exe, repo, ""), snap)?;
             out.spec.base_backup = true;
             out.spec.target = Some(dir.clone());

@@ -128,13 +128,13 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
     }
     check_classes(plan, &at, &mut out);
     check_sources(plan, &at, now, &mut out);
-    for (app, message) in crate::app::faults(plan) {
-        out.push(error(at.application(&app), message));
-    }
     for m in plan.drills.silence.iter().flat_map(|s| &s.matchers) {
         if let Err(e) = crate::silence::matcher(m, "", "") {
             out.push(error(at.entry("drills", "silence"), e));
         }
+    }
+    for (app, message) in crate::app::faults(plan) {
+        out.push(error(at.application(&app), message));
     }
     if let Some(s) = &plan.daemon.prune_schedule
         && let Err(e) = Schedule::parse(s)

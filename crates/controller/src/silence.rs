@@ -37,7 +37,9 @@ pub struct Matcher {
 /// (the value optionally in double quotes), with `{source}` and `{class}`
 /// standing for the drilled source's.
 pub fn matcher(text: &str, source: &str, class: &str) -> Result<Matcher, String> {
-    let at = text.find(['=', '!']).ok_or_else(|| format!("silence matcher {text:?}: expected name=value, name!=value, name=~regex or name!~regex"))?;
+    let at = text
+        .find(['=', '!'])
+        .ok_or_else(|| format!("silence matcher {text:?}: expected name=value, name!=value, name=~regex or name!~regex"))?;
     let (name, rest) = text.split_at(at);
     let (is_equal, is_regex, value) = if let Some(v) = rest.strip_prefix("=~") {
         (true, true, v)
@@ -130,7 +132,13 @@ impl Silence {
         }
     }
 
-    async fn create(s: &SilenceSettings, source: &str, class: &str, expected: Duration, comment: &str) -> Result<(Live, DateTime<Utc>), String> {
+    async fn create(
+        s: &SilenceSettings,
+        source: &str,
+        class: &str,
+        expected: Duration,
+        comment: &str,
+    ) -> Result<(Live, DateTime<Utc>), String> {
         let matchers = s.matchers.iter().map(|m| matcher(m, source, class)).collect::<Result<Vec<_>, _>>()?;
         let token = match &s.token_file {
             Some(f) => Some(std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?.trim().to_string()),
@@ -202,10 +210,9 @@ pub async fn for_drill(plan: &Plan, source: &SourceSpec, history: &[DrillReport]
 /// What the drill's protocol says of its silence, in one line.
 pub fn describe(s: &DrillSilence) -> String {
     match (&s.id, &s.error) {
-        (Some(id), None) => format!(
-            "alerts matching {} silenced by Alertmanager silence {id}, expired when the drill ended",
-            s.matchers.join(", ")
-        ),
+        (Some(id), None) => {
+            format!("alerts matching {} silenced by Alertmanager silence {id}, expired when the drill ended", s.matchers.join(", "))
+        }
         (Some(id), Some(e)) => format!("alerts matching {} silenced by Alertmanager silence {id}; {e}", s.matchers.join(", ")),
         (None, e) => format!("its alerts were not silenced: {}", e.as_deref().unwrap_or("no silence was made")),
     }
@@ -218,15 +225,15 @@ mod tests {
     #[test]
     fn matchers_read_as_alertmanager_writes_them() {
         let m = |t: &str| matcher(t, "db", "critical");
-        assert_eq!(
-            m("source={source}").unwrap(),
-            Matcher { name: "source".into(), value: "db".into(), is_regex: false, is_equal: true }
-        );
+        assert_eq!(m("source={source}").unwrap(), Matcher { name: "source".into(), value: "db".into(), is_regex: false, is_equal: true });
         assert_eq!(
             m(r#"alertname=~"Backup.*""#).unwrap(),
             Matcher { name: "alertname".into(), value: "Backup.*".into(), is_regex: true, is_equal: true }
         );
-        assert_eq!(m("class!={class}").unwrap(), Matcher { name: "class".into(), value: "critical".into(), is_regex: false, is_equal: false });
+        assert_eq!(
+            m("class!={class}").unwrap(),
+            Matcher { name: "class".into(), value: "critical".into(), is_regex: false, is_equal: false }
+        );
         assert!(m("severity!~page|info").unwrap().is_regex);
         assert_eq!(
             m("alertname"),

@@ -98,7 +98,11 @@ pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
         end_lsn: base_end_lsn,
         newest_commit: base_time,
         archived_at: base_time,
-        gap_segments: segments.keys().next_back().filter(|&&hi| hi >= next).map_or(0, |hi| hi - next + 1 - (segments.range(next..).count() as u64)),
+        gap_segments: segments
+            .keys()
+            .next_back()
+            .filter(|&&hi| hi >= next)
+            .map_or(0, |hi| hi - next + 1 - (segments.range(next..).count() as u64)),
     };
     for (_, x) in segments.range(start.segno(size)..next) {
         let seg = &x["source"]["consistency"];

@@ -30,7 +30,8 @@ pub struct Workload {
 impl Workload {
     /// `deployment/web` (or `deploy/`, `statefulset/`, `sts/`) in `namespace`.
     pub fn parse(cluster: &str, namespace: &str, spec: &str) -> std::result::Result<Workload, String> {
-        let (kind, name) = spec.split_once('/').ok_or_else(|| format!("cannot read workload {spec:?} (use deployment/NAME or statefulset/NAME)"))?;
+        let (kind, name) =
+            spec.split_once('/').ok_or_else(|| format!("cannot read workload {spec:?} (use deployment/NAME or statefulset/NAME)"))?;
         let kind = match kind.to_lowercase().as_str() {
             "deployment" | "deployments" | "deploy" => "Deployment",
             "statefulset" | "statefulsets" | "sts" => "StatefulSet",
@@ -64,7 +65,9 @@ impl Workload {
     /// Write `obj` back (an update, so a concurrent change is a conflict, not lost).
     async fn put(&self, api: &Api<DynamicObject>, obj: Value) -> Result<()> {
         let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| self.fail(ErrorKind::Other, e))?;
-        api.replace(&self.name, &PostParams::default(), &obj).await.map_err(|e| self.fail(ErrorKind::Other, crate::k8s::api_message(&e)))?;
+        api.replace(&self.name, &PostParams::default(), &obj)
+            .await
+            .map_err(|e| self.fail(ErrorKind::Other, crate::k8s::api_message(&e)))?;
         Ok(())
     }
 
@@ -147,7 +150,13 @@ mod tests {
         let w = Workload::parse("k8s://", "shop", "deploy/web").unwrap();
         assert_eq!((w.kind, w.name.as_str(), w.label()), ("Deployment", "web", "deployment/web in shop".to_string()));
         assert_eq!(Workload::parse("k8s://", "shop", "sts/db").unwrap().kind, "StatefulSet");
-        assert_eq!(Workload::parse("k8s://", "shop", "pod/x").unwrap_err(), "cannot scale a pod: only deployment/NAME and statefulset/NAME");
-        assert_eq!(Workload::parse("k8s://", "shop", "web").unwrap_err(), "cannot read workload \"web\" (use deployment/NAME or statefulset/NAME)");
+        assert_eq!(
+            Workload::parse("k8s://", "shop", "pod/x").unwrap_err(),
+            "cannot scale a pod: only deployment/NAME and statefulset/NAME"
+        );
+        assert_eq!(
+            Workload::parse("k8s://", "shop", "web").unwrap_err(),
+            "cannot read workload \"web\" (use deployment/NAME or statefulset/NAME)"
+        );
     }
 }

@@ -295,7 +295,11 @@ mod tests {
     /// Where the `n`th byte of record data lands in a segment.
     fn physical(n: usize) -> usize {
         let first = PAGE - LONG_PAGE_HEADER;
-        if n < first { LONG_PAGE_HEADER + n } else { PAGE + (n - first) / (PAGE - SHORT_PAGE_HEADER) * PAGE + SHORT_PAGE_HEADER + (n - first) % (PAGE - SHORT_PAGE_HEADER) }
+        if n < first {
+            LONG_PAGE_HEADER + n
+        } else {
+            PAGE + (n - first) / (PAGE - SHORT_PAGE_HEADER) * PAGE + SHORT_PAGE_HEADER + (n - first) % (PAGE - SHORT_PAGE_HEADER)
+        }
     }
 
     fn commit(pg_micros: i64) -> (u8, u8, Vec<u8>) {

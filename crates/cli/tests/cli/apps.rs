@@ -25,7 +25,8 @@ fn web() -> u16 {
             let mut buf = [0u8; 4096];
             let n = s.read(&mut buf).unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            let (status, body) = if head.starts_with("GET /health ") { ("200 OK", "shop ok") } else { ("503 Service Unavailable", "maintenance") };
+            let (status, body) =
+                if head.starts_with("GET /health ") { ("200 OK", "shop ok") } else { ("503 Service Unavailable", "maintenance") };
             let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
         }
     });
@@ -99,7 +100,10 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
     fs::write(uploads.join("b.txt"), "added after").unwrap();
     env.ok(&["backup", &redis.url(), "--tag", "source=cache"]);
     env.ok(&["backup", uploads.to_str().unwrap(), "--tag", "source=uploads"]);
-    cluster.kubectl_stdin(&["create", "--validate=false", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: shop}\ndata: {x: y}\n");
+    cluster.kubectl_stdin(
+        &["create", "--validate=false", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: late, namespace: shop}\ndata: {x: y}\n",
+    );
     assert!(tresor(&env, &cluster, &["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=objects"]).status.success());
     switch_and_archive(&pg);
 
@@ -115,7 +119,15 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
         d = data.display(),
         r = restored.display()
     );
-    let start = if is_root() { format!("chown -R postgres:postgres {} && runuser -u postgres -- sh -c \"{}\"", restored.display(), start.replace('"', "\\\"").replace('$', "\\$")) } else { start };
+    let start = if is_root() {
+        format!(
+            "chown -R postgres:postgres {} && runuser -u postgres -- sh -c \"{}\"",
+            restored.display(),
+            start.replace('"', "\\\"").replace('$', "\\$")
+        )
+    } else {
+        start
+    };
     let _started = Started(data.display().to_string());
     let sources = format!(
         "  - {{name: db, class: app, url: \"pgbase://postgres@127.0.0.1:{}\", schedule: \"@daily\"}}\n  - {{name: cache, class: app, url: \"{}\", schedule: \"@daily\"}}\n  - {{name: uploads, class: app, url: {}, schedule: \"@daily\"}}\n  - {{name: objects, class: app, url: \"k8s://\", schedule: \"@daily\", scope: {{namespaces: [shop]}}}}\n",
@@ -131,7 +143,17 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
     let plan = write_plan(&env, &sources, &app);
     env.user = None;
     let out = env
-        .cmd(&["restore-app", "shop", "--plan", plan.to_str().unwrap(), "--time", &t, "--namespace-mapping", "shop:shop-restored", "--json"])
+        .cmd(&[
+            "restore-app",
+            "shop",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--time",
+            &t,
+            "--namespace-mapping",
+            "shop:shop-restored",
+            "--json",
+        ])
         .env("KUBECONFIG", &cluster.kubeconfig)
         .output()
         .unwrap();
@@ -140,7 +162,8 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
     assert_eq!(r["passed"], true, "{r:#}");
 
     // Every source reached its point, in the application's order.
-    let by: BTreeMap<&str, &serde_json::Value> = r["sources"].as_array().unwrap().iter().map(|s| (s["source"].as_str().unwrap(), s)).collect();
+    let by: BTreeMap<&str, &serde_json::Value> =
+        r["sources"].as_array().unwrap().iter().map(|s| (s["source"].as_str().unwrap(), s)).collect();
     let order: Vec<&str> = r["sources"].as_array().unwrap().iter().map(|s| s["source"].as_str().unwrap()).collect();
     assert_eq!(order, ["db", "cache", "uploads", "objects"]);
     let at = chrono::DateTime::parse_from_rfc3339(&t).unwrap();
@@ -157,7 +180,17 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
 
     // What each holds now: exactly what was there at T.
     let rows = Command::new(bin.join("psql"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-XAtc", "SELECT string_agg(note, ',' ORDER BY id) FROM t", "postgres"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-XAtc",
+            "SELECT string_agg(note, ',' ORDER BY id) FROM t",
+            "postgres",
+        ])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&rows.stdout).trim(), "early");
@@ -166,7 +199,8 @@ fn an_application_comes_back_as_of_a_moment_between_two_writes() {
     assert!(!uploads.join("b.txt").exists(), "a file added after T is gone");
     assert!(cluster.server.object("", "configmaps", Some("shop-restored"), "settings").is_some());
     assert!(cluster.server.object("", "configmaps", Some("shop-restored"), "late").is_none());
-    let checks: Vec<(&str, bool)> = r["checks"].as_array().unwrap().iter().map(|c| (c["what"].as_str().unwrap(), c["passed"] == true)).collect();
+    let checks: Vec<(&str, bool)> =
+        r["checks"].as_array().unwrap().iter().map(|c| (c["what"].as_str().unwrap(), c["passed"] == true)).collect();
     let sql = "sql SELECT string_agg(note, ',' ORDER BY id) FROM t";
     assert_eq!(checks, [(format!("http http://127.0.0.1:{http}/health").as_str(), true), (sql, true)]);
 }
@@ -342,7 +376,12 @@ fn a_preview_lists_exactly_what_the_restore_then_changes() {
     let results = |out: &Output| -> Vec<(String, String)> {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["results"].as_array().unwrap().iter().map(|r| (r["object"].as_str().unwrap().into(), r["result"].as_str().unwrap().into())).collect()
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["object"].as_str().unwrap().into(), r["result"].as_str().unwrap().into()))
+            .collect()
     };
     let previewed = results(&tresor(&env, &cluster, &["restore", "latest", "--to", "k8s://", "--preview", "--json"]));
     assert!(cluster.server.object("", "configmaps", Some("shop"), "settings").is_none(), "a preview changes nothing");

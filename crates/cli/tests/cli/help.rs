@@ -125,7 +125,10 @@ fn restore_help_reads_in_sections_and_lists_every_target() {
     let specs = |section: &str| entries(&page).into_iter().filter(|e| e.section == section).map(|e| e.spec).collect::<Vec<_>>();
     assert_eq!(specs("Snapshot selection"), ["--host <HOSTS>", "--tag <TAGS>", "--path <PATHS>"]);
     assert_eq!(specs("Filters"), ["-i, --include <INCLUDES>", "-e, --exclude <EXCLUDES>"]);
-    assert_eq!(specs("Target"), ["-t, --target <TARGET>", "--to <TO>", "--verify", "--verify-only", "--overwrite <OVERWRITE>", "--delete", "--preview"]);
+    assert_eq!(
+        specs("Target"),
+        ["-t, --target <TARGET>", "--to <TO>", "--verify", "--verify-only", "--overwrite <OVERWRITE>", "--delete", "--preview"]
+    );
 }
 
 /// What bash offers for `tresor WORD<TAB>`: Debian's bash-completion and

@@ -33,13 +33,13 @@ mod rehearse;
 mod repair;
 mod replicate;
 mod restic;
-mod soak;
 mod runs;
+mod silence;
+mod soak;
 mod sources;
 mod standby;
 mod transforms;
 mod volumes;
-mod silence;
 mod walrpo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");

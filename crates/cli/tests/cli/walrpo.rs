@@ -69,8 +69,10 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     fs::write(&plan, plan_text(&env, pg.port(), "    wal_archive:\n      archive_timeout: 10m\n")).unwrap();
     let said = check_plan(&env, &plan, &[]);
     assert!(
-        said.contains(":13: error: source db: schedule \"0 1 * * *\" leaves up to 1d between backups, longer than class db's RPO 5m, \
-             and the cluster's archive_timeout 10m lets a commit wait that long unarchived, longer than the RPO 5m\n"),
+        said.contains(
+            ":13: error: source db: schedule \"0 1 * * *\" leaves up to 1d between backups, longer than class db's RPO 5m, \
+             and the cluster's archive_timeout 10m lets a commit wait that long unarchived, longer than the RPO 5m\n"
+        ),
         "{said}"
     );
     fs::write(&plan, plan_text(&env, pg.port(), "    wal_archive: {}\n")).unwrap();
@@ -89,10 +91,8 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     let d = start_daemon(&env, &plan, None);
     wait_jobs(&d, "the first base backup", |j| j.iter().any(|j| j["kind"] == "backup" && j["status"] == "succeeded"));
     pg.psql("postgres", "INSERT INTO t (note) VALUES ('archived')");
-    let committed: f64 = pg
-        .psql("postgres", "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM t WHERE note = 'archived'")
-        .parse()
-        .unwrap();
+    let committed: f64 =
+        pg.psql("postgres", "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM t WHERE note = 'archived'").parse().unwrap();
     switch_and_archive(&pg);
     std::thread::sleep(Duration::from_secs(2));
     pg.psql("postgres", "INSERT INTO t (note) VALUES ('waiting')");
@@ -114,7 +114,11 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     assert_eq!(report["classes"][0]["wal_archive_lag"], 0.0);
     // What wal-push recorded of the segment holding the second commit.
     let wal = env.json(&["snapshots", "--all"]);
-    let segments = wal.as_array().unwrap().iter().filter(|s| s["source"]["kind"] == "pg-wal" && s["source"]["consistency"]["file"].as_str().unwrap().len() == 24);
+    let segments = wal
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["source"]["kind"] == "pg-wal" && s["source"]["consistency"]["file"].as_str().unwrap().len() == 24);
     let newest = segments.max_by_key(|s| s["source"]["consistency"]["file"].as_str().unwrap().to_string()).unwrap();
     let point = &newest["source"]["consistency"];
     assert_eq!((point["switched"].as_bool(), point["commits"].as_u64()), (Some(true), Some(1)), "{point}");
