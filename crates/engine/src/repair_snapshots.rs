@@ -34,10 +34,17 @@ pub struct RepairedSnapshot {
 }
 
 pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptions) -> Result<Vec<RepairedSnapshot>> {
+    // Snapshots first, the index after: a backup saves its index before its
+    // snapshot, so an index read later knows every blob of the snapshots
+    // listed. Read the other way round, a snapshot that a concurrent backup
+    // saved in between would look as if its data were lost, and be "repaired"
+    // into one without its files.
+    let snaps = repo.snapshots().await?;
+    repo.reset_index().await;
     let index = repo.index().await?;
     let damaged = damaged_blobs(&repo, &index, opts.read_data).await?;
     let session = if opts.dry_run { None } else { Some(Session::start(repo.clone(), "repair snapshots").await?) };
-    let result = run(&repo, &index, &damaged, opts, session.as_ref()).await;
+    let result = run(&repo, snaps, &index, &damaged, opts, session.as_ref()).await;
     if let Some(s) = session {
         s.end().await?;
     }
@@ -67,6 +74,7 @@ async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Res
 
 async fn run(
     repo: &Repository,
+    snaps: Vec<Snapshot>,
     index: &Index,
     damaged: &IdSet,
     opts: &RepairSnapshotsOptions,
@@ -74,7 +82,7 @@ async fn run(
 ) -> Result<Vec<RepairedSnapshot>> {
     let mut fixer = Fixer { repo, index, damaged, sink: if opts.dry_run { None } else { Some(BlobSink::new(repo).await?) } };
     let mut out = Vec::new();
-    for snap in repo.snapshots().await? {
+    for snap in snaps {
         let mut lost = Vec::new();
         let tree = fixer.tree(snap.tree, String::new(), &mut lost).await?;
         if lost.is_empty() {
