@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use tresor_controller::daemon::load_plan;
-use tresor_controller::drill::{Origin, drill_from};
+use tresor_controller::drill::{Mode, Origin, drill_from};
 use tresor_controller::model::{BackupCopy, DrillReport as Report};
 use tresor_controller::plan::{Plan, SourceSpec};
 use tresor_controller::state::{AuditEntry, State};
@@ -103,7 +103,7 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
         // The drill's alerts silenced while it runs (drills.silence), expired after.
         let silence =
             tresor_controller::silence::for_drill(&plan, s, &state.drills(chrono::Utc::now() - chrono::Duration::days(90))?).await;
-        let mut r = tokio::task::block_in_place(|| drill_from(&exe, &plan, s, Ok(origin), &scratch, false));
+        let mut r = tokio::task::block_in_place(|| drill_from(&exe, &plan, s, Ok(origin), &scratch, Mode::default()));
         if let Some(silence) = silence {
             r.silence = Some(silence.end().await);
         }

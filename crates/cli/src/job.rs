@@ -196,6 +196,8 @@ fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
     a.delete = r.delete;
     a.server_dry_run = r.server_dry_run;
     a.namespace_mapping = r.namespace_mapping.clone();
+    a.rehearsal = r.rehearsal;
+    a.transforms = r.transforms.clone();
     match &r.snapshot {
         Some(id) => a.snapshot = id.clone(),
         None => {

@@ -18,14 +18,23 @@ use crate::scratch;
 
 pub use crate::origin::Origin;
 
-/// Drill one source into `scratch_root`, from the copy its class's `drill.from` names.
-pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {
-    drill_from(exe, plan, source, Origin::of_plan(plan, source), scratch_root, false)
+/// How a drill runs: on its own, or as a step of a rehearsal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Leave the restored data in the scratch directory.
+    pub keep: bool,
+    /// Kubernetes objects restored for real beside production (`<ns>-dr`,
+    /// nothing running), not sent as a server-side dry run.
+    pub rehearsal: bool,
 }
 
-/// Drill one source into `scratch_root` from `origin` (or fail with why there is none);
-/// `keep` leaves the restored data there.
-pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<Origin, String>, scratch_root: &Path, keep: bool) -> Report {
+/// Drill one source into `scratch_root`, from the copy its class's `drill.from` names.
+pub fn drill(exe: &Path, plan: &Plan, source: &SourceSpec, scratch_root: &Path) -> Report {
+    drill_from(exe, plan, source, Origin::of_plan(plan, source), scratch_root, Mode::default())
+}
+
+/// Drill one source into `scratch_root` from `origin` (or fail with why there is none).
+pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<Origin, String>, scratch_root: &Path, mode: Mode) -> Report {
     let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
     let class = plan.classes.get(&source.class);
@@ -57,7 +66,7 @@ pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<O
     let result = match &origin {
         Ok(o) => std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
-            .and_then(|_| run(&Tresor::new(exe, &o.repo, &source.name), source, &dir, &mut r)),
+            .and_then(|_| run(&Tresor::new(exe, &o.repo, &source.name), source, &dir, mode, &mut r)),
         Err(e) => Err(e.clone()),
     };
     r.rto_seconds = t0.elapsed().as_secs_f64();
@@ -66,14 +75,14 @@ pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<O
         r.reasons.push(e);
     }
     r.passed = r.reasons.is_empty();
-    if !keep {
+    if !mode.keep {
         let _ = std::fs::remove_dir_all(&dir);
     }
     r
 }
 
 /// Pick the newest snapshot, restore it into `dir` the way its kind needs, validate.
-fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<(), String> {
+fn run(t: &Tresor, source: &SourceSpec, dir: &Path, mode: Mode, r: &mut Report) -> Result<(), String> {
     let snaps = t.snapshots()?;
     let snap = snaps.as_array().and_then(|a| a.last()).ok_or("the source has no snapshot to restore")?.clone();
     let id = snap["id"].as_str().unwrap_or_default().to_string();
@@ -95,7 +104,7 @@ fn run(t: &Tresor, source: &SourceSpec, dir: &Path, r: &mut Report) -> Result<()
         "postgres" | "pg-base" => crate::drill_pg::drill_postgres(t, source, &id, dir, point, r),
         "etcd" => drill_etcd(t, &id, dir, point, r),
         "command" => drill_command(t, source, &id, &target, r),
-        "k8s" => drill_k8s(t, &snap, &id, r),
+        "k8s" => drill_k8s(t, source, &snap, &id, mode, r),
         "bucket" => crate::drill_bucket::drill_bucket(t, &id, &target, point, r),
         other => Err(format!("no drill for sources of kind {other}")),
     }
@@ -211,27 +220,47 @@ fn drill_command(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, r: &m
 
 /// Kubernetes resources: every object sent to the API as a server-side
 /// dry run into `<namespace>-drill` (created for the drill and removed
-/// after); each must be accepted.
-fn drill_k8s(t: &Tresor, snap: &Value, id: &str, r: &mut Report) -> Result<(), String> {
+/// Restore `id`'s objects through the source's transforms: as a drill, a
+/// server-side dry run into `<ns>-drill`; as a rehearsal's step, for real
+/// into `<ns>-dr` with nothing running, serving or scheduled.
+fn drill_k8s(t: &Tresor, source: &SourceSpec, snap: &Value, id: &str, mode: Mode, r: &mut Report) -> Result<(), String> {
     let url = snap["source"]["url"].as_str().unwrap_or("k8s://").to_string();
     let namespaces: Vec<String> = snap["source"]["consistency"]["namespaces"]
         .as_array()
         .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())
         .unwrap_or_default();
-    let namespace_mapping: Vec<String> = namespaces.iter().map(|n| format!("{n}:{n}-drill")).collect();
-    let v = t.restore(id, RestoreSpec { to: Some(url), server_dry_run: true, namespace_mapping, ..RestoreSpec::default() })?;
+    let suffix = if mode.rehearsal { "-dr" } else { "-drill" };
+    let into = namespaces.iter().map(|n| format!("{n}{suffix}")).collect::<Vec<_>>().join(", ");
+    let transforms = source.transforms.as_deref().map(|f| std::path::absolute(f).unwrap_or_else(|_| f.to_path_buf()));
+    let spec = if mode.rehearsal {
+        RestoreSpec { to: Some(url), rehearsal: true, transforms, ..RestoreSpec::default() }
+    } else {
+        let namespace_mapping = namespaces.iter().map(|n| format!("{n}:{n}{suffix}")).collect();
+        RestoreSpec { to: Some(url), server_dry_run: true, namespace_mapping, transforms, ..RestoreSpec::default() }
+    };
+    let v = t.restore(id, spec)?;
     let results = v["results"].as_array().cloned().unwrap_or_default();
     let count = |what: &str| results.iter().filter(|x| x["result"] == what).count();
     let made = results
         .iter()
         .filter(|x| x["result"] == "skipped" && x["detail"].as_str().is_some_and(|d| d.starts_with("made by the cluster")))
         .count();
+    let transformed = results.iter().filter(|x| x["changes"].as_array().is_some_and(|c| !c.is_empty())).count();
     r.bytes = snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0);
-    r.checks.push(format!(
-        "{} objects accepted by the API in {} (server-side dry run), {} existing cluster objects left alone, {made} left to the cluster, which makes them itself",
-        count("accepted"),
-        namespaces.iter().map(|n| format!("{n}-drill")).collect::<Vec<_>>().join(", "),
-        count("skipped") - made
-    ));
+    let (done, other) = if mode.rehearsal {
+        let done =
+            format!("{} objects restored into {into} (workloads at 0 replicas, CronJobs suspended, Ingress hosts dr-)", count("created"));
+        (done, "left out (cluster-scoped, Pods) or existing")
+    } else {
+        (
+            format!("{} objects accepted by the API in {into} (server-side dry run)", count("accepted")),
+            "existing cluster objects left alone",
+        )
+    };
+    r.checks.push(format!("{done}, {} {other}, {made} left to the cluster, which makes them itself", count("skipped") - made));
+    if source.transforms.is_some() {
+        let by = if mode.rehearsal { "the source's transforms and the rehearsal's safety rewrites" } else { "the source's transforms" };
+        r.checks.push(format!("{transformed} objects rewritten by {by}"));
+    }
     Ok(())
 }

@@ -169,6 +169,13 @@ pub struct RestoreSpec {
     /// With a target directory: remove files there that the snapshot lacks.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delete: bool,
+    /// Kubernetes objects: restored as a rehearsal beside production
+    /// (`<ns>-dr`, workloads at 0, CronJobs suspended, Ingress hosts `dr-`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rehearsal: bool,
+    /// Kubernetes objects: the source's transforms file (storage classes, registries, JSON patches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transforms: Option<PathBuf>,
 }
 
 /// One job, complete: the child needs nothing else (no plan, no argv).

@@ -5,9 +5,13 @@
 //! files), each validated as its drill validates it. The platform RTO runs
 //! from the start to the last source validated, against the plan's
 //! `drills.platform_rto`. A rehearsal reads no state: it must work where
-//! the daemon and its state are gone. Its scratch space is one directory,
-//! which the next rehearsal empties first: what a killed (or a kept)
-//! rehearsal left is gone before anything is restored again.
+//! the daemon and its state are gone. Kubernetes objects come back for
+//! real beside production (`<ns>-dr`, nothing running, serving or
+//! scheduled), through the sources' transforms. Its scratch space is one
+//! directory and the namespaces labelled as a rehearsal's, which the next
+//! rehearsal empties first: what a killed (or a kept) rehearsal left —
+//! directories, namespaces, and the scratch servers it started (the
+//! markers in `scratch.rs`) — is gone before anything is restored again.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,7 +19,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::drill::{Origin, drill_from};
+use crate::drill::{Mode, Origin, drill_from};
 use crate::model::DrillReport;
 use crate::plan::{Plan, SourceSpec};
 
@@ -41,8 +45,11 @@ pub struct Rehearsal {
     pub rto_seconds: f64,
     pub rto_target: Option<u64>,
     pub rto_met: Option<bool>,
-    /// Every source back and validated.
+    /// Every source back and validated, and no scratch left behind.
     pub passed: bool,
+    /// Scratch that could not be removed (a namespace, a directory), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_behind: Vec<String>,
 }
 
 /// The order sources come back in: what the others need first.
@@ -67,30 +74,62 @@ pub fn rehearse(
     let started = crate::clock::Clock::from_env().now();
     let t0 = Instant::now();
     let root = scratch.join("tresor-rehearsal");
-    let _ = std::fs::remove_dir_all(&root);
-    let _ = std::fs::create_dir_all(&root);
+    let mut left_behind = clean(plan, &root);
+    if let Err(e) = std::fs::create_dir_all(&root) {
+        left_behind.push(format!("cannot create the scratch directory {}: {e}", root.display()));
+    }
     let mut order: Vec<&SourceSpec> = plan.sources.iter().collect();
     order.sort_by_key(|s| tier(s).0);
+    let mode = Mode { keep, rehearsal: true };
     let steps: Vec<Step> = order
         .into_iter()
         .map(|s| {
-            let drill = drill_from(exe, plan, s, origin_of(s), &root, keep);
+            let drill = drill_from(exe, plan, s, origin_of(s), &root, mode);
             Step { tier: tier(s).1, done_after_seconds: t0.elapsed().as_secs_f64(), drill }
         })
         .collect();
     let rto_seconds = t0.elapsed().as_secs_f64();
     if !keep {
-        let _ = std::fs::remove_dir_all(&root);
+        left_behind.extend(clean(plan, &root));
     }
     let rto_target = plan.drills.platform_rto.map(|s| s.secs());
     Rehearsal {
         started,
         from: from.into(),
         scratch: root,
-        passed: steps.iter().all(|s| s.drill.passed),
+        passed: left_behind.is_empty() && steps.iter().all(|s| s.drill.passed),
         steps,
         rto_seconds,
         rto_met: rto_target.map(|t| rto_seconds <= t as f64),
         rto_target,
+        left_behind,
+    }
+}
+
+/// Remove what a rehearsal leaves: its scratch servers, its directory, and
+/// the rehearsal namespaces of each cluster the plan backs up. What stays, and why.
+pub fn clean(plan: &Plan, root: &Path) -> Vec<String> {
+    let mut left = crate::scratch::stop_servers(root);
+    if let Err(e) = std::fs::remove_dir_all(root)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        left.push(format!("the scratch directory {} stays: {e}", root.display()));
+    }
+    let clusters: std::collections::BTreeSet<&str> =
+        plan.sources.iter().map(|s| s.url.as_str()).filter(|u| u.starts_with("k8s://")).collect();
+    for url in clusters {
+        if let Err(e) = on_runtime(tresor_sources::k8s_restore::remove_rehearsal_namespaces(url)) {
+            left.push(e.to_string());
+        }
+    }
+    left
+}
+
+/// Run `f` to its end from synchronous code: on the runtime this thread
+/// blocks for (the CLI's `block_in_place`, the daemon's blocking tasks), or a runtime of its own.
+fn on_runtime<T>(f: impl std::future::Future<Output = T>) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(f),
+        Err(_) => tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime").block_on(f),
     }
 }

@@ -44,6 +44,73 @@ fn wait<T>(limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> Result<
 
 struct Guard(Child);
 
+/// The file a scratch server's pid is recorded in, in its directory, as
+/// soon as it starts: a drill killed before it could stop the server
+/// leaves it, and the next rehearsal stops what it names (PostgreSQL's own
+/// `postmaster.pid` serves the same end).
+const SERVER_MARKER: &str = ".tresor-scratch-server";
+
+impl Guard {
+    fn recorded(child: Child, dir: &Path) -> Result<Guard, String> {
+        let g = Guard(child);
+        let marker = dir.join(SERVER_MARKER);
+        std::fs::write(&marker, format!("{}\n", g.0.id())).map_err(|e| format!("cannot write {}: {e}", marker.display()))?;
+        Ok(g)
+    }
+}
+
+/// Stop every scratch server a drill started below `root` and left running:
+/// each marker's (or `postmaster.pid`'s) process, if it still serves that
+/// directory (a pid the system gave to another process since is left
+/// alone). What could not be stopped, and why.
+pub fn stop_servers(root: &Path) -> Vec<String> {
+    let mut markers = Vec::new();
+    find_markers(root, &mut markers);
+    let mut left = Vec::new();
+    for (file, dir, signal) in markers {
+        let pid = std::fs::read_to_string(&file).ok().and_then(|t| t.lines().next()?.trim().parse::<i32>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else { continue };
+        if !serves(pid, &dir) {
+            continue;
+        }
+        // SAFETY: kill(2) with a pid and a signal touches no memory.
+        unsafe { libc::kill(pid, signal) };
+        if wait(Duration::from_secs(60), || if running(pid) { Err(format!("pid {pid}")) } else { Ok(()) }).is_err() {
+            left.push(format!("the scratch server {pid} in {} does not stop", dir.display()));
+        }
+    }
+    left
+}
+
+/// Markers below `dir`: (file, the server's directory, the signal that stops it).
+fn find_markers(dir: &Path, out: &mut Vec<(PathBuf, PathBuf, i32)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        match e.file_name().to_str() {
+            Some(SERVER_MARKER) => out.push((path, dir.to_path_buf(), libc::SIGKILL)),
+            // PostgreSQL's immediate shutdown: the postmaster takes its backends with it.
+            Some("postmaster.pid") => out.push((path, dir.to_path_buf(), libc::SIGQUIT)),
+            _ if e.file_type().is_ok_and(|t| t.is_dir()) => find_markers(&path, out),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `pid` is the server of `dir`: its working directory (Redis and
+/// PostgreSQL move there, and Redis rewrites its command line) or its command line names it.
+fn serves(pid: i32, dir: &Path) -> bool {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    cwd.as_deref() == Some(dir) || String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+}
+
+/// Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|state| state != "Z"))
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -67,7 +134,7 @@ impl Redis {
             None => cmd.args(["--appendonly", "no", "--dbfilename", "dump.rdb"]),
         };
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let r = Redis { port, _child: Guard(child) };
+        let r = Redis { port, _child: Guard::recorded(child, dir)? };
         wait(Duration::from_secs(120), || r.keys())?;
         Ok(r)
     }
@@ -187,7 +254,7 @@ impl Etcd {
             cmd.arg(format!("--{side}trusted-ca-file")).arg(&tls.ca).arg(format!("--{side}client-cert-auth"));
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
-        let e = Etcd { port, tls, _child: Guard(child) };
+        let e = Etcd { port, _child: Guard::recorded(child, tls_dir)?, tls };
         wait(Duration::from_secs(60), || e.count())?;
         Ok(e)
     }

@@ -413,3 +413,25 @@ async fn replace(
         Err(e) => result(item, "failed", api_message(&e)),
     }
 }
+
+/// Remove every namespace a rehearsal made (they carry `REHEARSAL_LABEL`):
+/// what an earlier rehearsal kept, or left when it was killed. The names removed.
+pub async fn remove_rehearsal_namespaces(url: &str) -> Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::Namespace;
+    let client = client(url).await?;
+    let api: Api<Namespace> = Api::all(client);
+    let list =
+        api.list(&Default::default()).await.map_err(|e| Error::failed(url, format!("cannot list namespaces: {}", api_message(&e))))?;
+    let mut removed = Vec::new();
+    for ns in list.items {
+        let name = ns.metadata.name.unwrap_or_default();
+        if ns.metadata.labels.as_ref().and_then(|l| l.get(REHEARSAL_LABEL)).is_none() {
+            continue;
+        }
+        api.delete(&name, &Default::default())
+            .await
+            .map_err(|e| Error::failed(url, format!("the rehearsal's namespace {name} stays: {}", api_message(&e))))?;
+        removed.push(name);
+    }
+    Ok(removed)
+}

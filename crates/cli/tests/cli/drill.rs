@@ -12,17 +12,18 @@ use super::daemon::{count, http, set_clock, start_daemon, wait_jobs};
 use super::sources::{contents, fill, row_counts};
 use super::*;
 
-struct Erp {
-    env: Env,
-    cluster: super::k8s::Cluster,
+pub(super) struct Erp {
+    pub(super) env: Env,
+    pub(super) cluster: super::k8s::Cluster,
     redis: RedisServer,
     pg: PostgresServer,
     etcd: EtcdServer,
-    plan: PathBuf,
-    scratch: tempfile::TempDir,
+    pub(super) plan: PathBuf,
+    pub(super) scratch: tempfile::TempDir,
 }
 
-fn erp() -> Erp {
+/// The platform, each source backed up once.
+pub(super) fn erp() -> Erp {
     let mut env = Env::new();
     env.vars.push(("TRESOR_PG_BIN".into(), PostgresServer::bin_dir().display().to_string()));
     env.ok(&["init"]);

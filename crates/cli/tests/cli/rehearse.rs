@@ -421,3 +421,60 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
     );
     assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0);
 }
+
+/// The pid in the first file below `dir` whose path ends with `name`, once one is there.
+fn pid_in(dir: &Path, name: &str) -> u32 {
+    fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+        fs::read_dir(dir).ok()?.flatten().find_map(|e| match e.path().to_string_lossy().ends_with(name) {
+            true => Some(e.path()),
+            false if e.path().is_dir() => find(&e.path(), name),
+            false => None,
+        })
+    }
+    // Polls for the file the rehearsal writes as the server starts: the event itself, not a guess at its time.
+    for _ in 0..60_000 {
+        let pid = find(dir, name).and_then(|f| fs::read_to_string(f).ok()?.lines().next()?.trim().parse().ok());
+        if let Some(pid) = pid {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no {name} below {}", dir.display());
+}
+
+/// Whether `pid` runs (a zombie no longer does).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// A rehearsal of the drill tests' platform killed (SIGKILL) while its
+/// scratch Redis runs, and the next one killed while its scratch PostgreSQL
+/// runs: each next run stops the servers, removes the directories and the
+/// `<ns>-dr` namespace the killed one left, and the last brings the
+/// platform back and leaves nothing.
+#[test]
+fn a_rehearsal_killed_midway_leaves_nothing_the_next_run_does_not_clean() {
+    let erp = super::drill::erp();
+    let scratch = erp.scratch.path();
+    let args = ["dr", "rehearse", "--plan", erp.plan.to_str().unwrap(), "--from", "primary"];
+    let killed_at = |marker: &str| {
+        let mut child = erp.env.cmd(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let pid = pid_in(scratch, marker);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(alive(pid), "the scratch server outlived the rehearsal it was started by");
+        assert!(erp.cluster.kubectl(&["get", "namespace", "shop-dr"]).status.success(), "the cluster step was done");
+        pid
+    };
+    let redis_server = killed_at("-sessions/restore/.tresor-scratch-server");
+    let postgres = killed_at("postmaster.pid");
+    assert!(!alive(redis_server), "the second run stopped the Redis the first left");
+
+    let out = erp.env.run(&args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("rehearsal from primary: 5 of 5 sources back and validated\n"), "{text}");
+    assert!(!alive(postgres), "the PostgreSQL the second run left is stopped");
+    assert_eq!(fs::read_dir(scratch).unwrap().count(), 0, "no scratch directory stays");
+    assert!(!erp.cluster.kubectl(&["get", "namespace", "shop-dr"]).status.success(), "no rehearsal namespace stays");
+}
