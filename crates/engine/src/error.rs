@@ -60,6 +60,9 @@ pub enum Error {
     /// Key slots change one command at a time (docs/ARCHITECTURE.md §7).
     #[error("another key command is running ({0}); try again once it has ended")]
     KeysBusy(String),
+    /// The evidence log takes one appender at a time (docs/ARCHITECTURE.md §7).
+    #[error("another writer is appending to the evidence log ({0}); try again once it has ended")]
+    EvidenceBusy(String),
     /// A backed-up stream failed while it was read; its error names its
     /// producer (a source wraps a typed error of its own in it).
     #[error("{0}")]
@@ -120,7 +123,7 @@ impl Error {
             Error::Io { source, .. } | Error::Stream(source) => {
                 matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
             }
-            Error::Interrupted | Error::LeaseExpired { .. } | Error::KeysBusy(_) => true,
+            Error::Interrupted | Error::LeaseExpired { .. } | Error::KeysBusy(_) | Error::EvidenceBusy(_) => true,
             _ => false,
         }
     }
@@ -142,6 +145,7 @@ impl Error {
             | Error::AmbiguousSnapshot(_)
             | Error::NoSuchPath(_)
             | Error::KeysBusy(_)
+            | Error::EvidenceBusy(_)
             | Error::Io { .. }
             | Error::Invalid(_) => ErrorKind::Other,
         }

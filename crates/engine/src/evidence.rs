@@ -71,10 +71,24 @@ pub(crate) async fn store(repo: &Repository, plaintext: &[u8]) -> Result<Head> {
     Ok(Head { seq: entry.seq, hash })
 }
 
-/// Append an entry after the current head; the new head. One appender per
-/// repository at a time (the daemon that leads): two at once would fork
-/// the chain, which `verify` reports.
+/// Claims of the appenders (`locks/evidence/<id>`, sealed, as key commands' claims).
+pub const CLAIMS: &str = "locks/evidence/";
+
+/// Append an entry after the current head; the new head. Appenders take
+/// turns through a claim in the repository (the daemon's, `drill annotate`'s,
+/// on any host): two reading the same head would fork the chain.
 pub async fn append(repo: &Repository, kind: &str, term: Option<u64>, body: Value) -> Result<Head> {
+    // The claim keeps other processes out; a process's own tasks take turns here,
+    // since a claim of this process that append-only storage kept is not another's.
+    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = TURN.lock().await;
+    let claim = crate::keys::exclusive_in(repo, CLAIMS, &format!("evidence append {kind}"), Error::EvidenceBusy).await?;
+    let appended = append_claimed(repo, kind, term, body).await;
+    claim.release().await?;
+    appended
+}
+
+async fn append_claimed(repo: &Repository, kind: &str, term: Option<u64>, body: Value) -> Result<Head> {
     let prev = head(repo).await?;
     let entry = Entry {
         seq: prev.map_or(1, |h| h.seq + 1),

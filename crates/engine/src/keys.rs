@@ -171,7 +171,7 @@ struct Claim {
 
 /// The right to change key slots, held while a [`Claim`] of this process
 /// is the only live one (docs/ARCHITECTURE.md §7). Dropped by [`Exclusive::release`].
-struct Exclusive<'a> {
+pub(crate) struct Exclusive<'a> {
     repo: &'a Repository,
     path: String,
 }
@@ -179,7 +179,7 @@ struct Exclusive<'a> {
 impl Exclusive<'_> {
     /// Remove the claim. Where nothing can be deleted (append-only, Object
     /// Lock) it stays, and counts as stale once this process has ended.
-    async fn release(self) -> Result<()> {
+    pub(crate) async fn release(self) -> Result<()> {
         self.repo
             .delete_unless_locked(&self.path)
             .await
@@ -200,21 +200,27 @@ fn stale(claim: &Claim, age: chrono::Duration, timeout_secs: u64) -> bool {
 /// other and withdraw; one that lists before another claims is seen by it
 /// (listings show every completed write), so two never both proceed.
 async fn exclusive<'a>(repo: &'a Repository, command: &str) -> Result<Exclusive<'a>> {
+    exclusive_in(repo, CLAIMS, command, Error::KeysBusy).await
+}
+
+/// The same claim under `dir` (the evidence log's appenders take
+/// theirs in `locks/evidence/`); `busy` names the holder when it never ends.
+pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, dir: &str, command: &str, busy: fn(String) -> Error) -> Result<Exclusive<'a>> {
     let body =
         serde_json::to_vec(&Claim { host: crate::hostname(), pid: std::process::id(), command: command.into() }).expect("claims serialize");
     let mut holder = String::new();
     for attempt in 0..CLAIM_ATTEMPTS {
-        let mine = repo.save_file("key claim", CLAIMS, &body).await?;
-        let path = format!("{CLAIMS}{}", mine.to_hex());
-        let now = crate::session::mtime(repo, &path).await?;
+        let mine = repo.save_file("key claim", dir, &body).await?;
+        let path = format!("{dir}{}", mine.to_hex());
+        let now = repo.stored_time(&path).await?;
         let mut live = None;
-        for other in repo.list_ids(CLAIMS).await?.into_iter().filter(|id| *id != mine) {
-            let other_path = format!("{CLAIMS}{}", other.to_hex());
+        for other in repo.list_ids(dir).await?.into_iter().filter(|id| *id != mine) {
+            let other_path = format!("{dir}{}", other.to_hex());
             let read = async {
-                let plain = repo.load_file_uncached("key claim", CLAIMS, &other).await?;
+                let plain = repo.load_file_uncached("key claim", dir, &other).await?;
                 Ok::<_, Error>((
                     serde_json::from_slice::<Claim>(&plain).map_err(|e| Error::corrupt("key claim", other, e))?,
-                    crate::session::mtime(repo, &other_path).await?,
+                    repo.stored_time(&other_path).await?,
                 ))
             };
             match read.await {
@@ -223,6 +229,8 @@ async fn exclusive<'a>(repo: &'a Repository, command: &str) -> Result<Exclusive<
                 Ok((claim, at)) if stale(&claim, now - at, repo.config().session_timeout_secs) => {
                     let _ = repo.delete_unless_locked(&other_path).await;
                 }
+                // One an earlier turn of this process could not delete (append-only storage).
+                Ok((claim, _)) if claim.host == crate::hostname() && claim.pid == std::process::id() => {}
                 Ok((claim, _)) => live = Some(format!("`tresor {}` on {}, process {}", claim.command, claim.host, claim.pid)),
             }
         }
@@ -233,7 +241,7 @@ async fn exclusive<'a>(repo: &'a Repository, command: &str) -> Result<Exclusive<
         let pause = 20 + rand::random::<u64>() % (40 + 10 * u64::from(attempt));
         tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
     }
-    Err(Error::KeysBusy(holder))
+    Err(busy(holder))
 }
 
 fn slot_path(id: &Id) -> String {

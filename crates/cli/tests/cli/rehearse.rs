@@ -478,3 +478,25 @@ fn a_rehearsal_killed_midway_leaves_nothing_the_next_run_does_not_clean() {
     assert_eq!(fs::read_dir(scratch).unwrap().count(), 0, "no scratch directory stays");
     assert!(!erp.cluster.kubectl(&["get", "namespace", "shop-dr"]).status.success(), "no rehearsal namespace stays");
 }
+
+/// Appenders of the evidence log take turns through a claim in the
+/// repository: eight `drill annotate` processes at once leave one chain of
+/// eight entries, numbered without a gap or a fork.
+#[test]
+fn concurrent_appenders_leave_one_unbroken_evidence_chain() {
+    let site = site("@yearly");
+    site.reports(&["critical"]);
+    let plan = site.plan.to_str().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            let finding = format!("finding {i}");
+            site.env.cmd(&["drill", "annotate", "BT-DR-01", "--plan", plan, "--finding", &finding]).stdout(Stdio::null()).spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let verify = site.env.json(&["audit", "verify"]);
+    assert_eq!((verify["entries"].as_u64(), verify["problems"].as_array().map(Vec::len)), (Some(8), Some(0)), "{verify}");
+    assert_eq!(verify["head"]["seq"], 8, "{verify}");
+}
