@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_engine::holds::{hold as place_hold, holds as list_holds, release as release_hold};
-use tresor_engine::repo::SNAPSHOTS;
 use tresor_engine::retention::{GroupBy, Period, Policy, Span, plan};
 use tresor_engine::{Id, Snapshot};
 
@@ -90,15 +89,8 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         print_report(&report, a.dry_run);
     }
     if !a.dry_run {
-        let mut locked = 0;
-        for s in &remove {
-            match repo.delete(&format!("{SNAPSHOTS}{}", s.id.to_hex())).await {
-                Err(tresor_engine::Error::Storage { source, .. }) if source.kind() == tresor_storage::OpErrorKind::PermissionDenied => {
-                    locked += 1
-                }
-                r => r?,
-            }
-        }
+        let ids: Vec<Id> = remove.iter().map(|s| s.id).collect();
+        let locked = repo.remove_snapshots(&ids).await?.locked.len();
         if locked > 0 {
             eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
         }

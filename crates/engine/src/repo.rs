@@ -81,6 +81,13 @@ pub struct Repository {
     cache: Option<Cache>,
     tree_packs: Mutex<HashMap<Id, Arc<Vec<u8>>>>,
     index: tokio::sync::Mutex<Option<Arc<Index>>>,
+    /// Snapshots already read and opened. A snapshot file is named by the
+    /// hash of what it holds, or by its name for a piece of an archive that
+    /// is stored once and never replaced, so a long-lived handle (the
+    /// daemon's, which lists a WAL archive's thousands of snapshots every
+    /// few seconds) reads each only once; the listing stays fresh, so a
+    /// deleted snapshot is never served. `check` reads past this.
+    opened: Mutex<HashMap<Id, Snapshot>>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -146,6 +153,7 @@ impl Repository {
             cache,
             tree_packs: Mutex::new(HashMap::new()),
             index: tokio::sync::Mutex::new(None),
+            opened: Mutex::new(HashMap::new()),
         }
     }
 
@@ -391,6 +399,14 @@ impl Repository {
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
 
+    /// The storage's modification time of an object: the one clock that
+    /// every writer of a repository shares (sessions, marks, key claims).
+    pub async fn stored_time(&self, path: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        let meta = self.op.stat(path).await.map_err(storage_err("stat", path))?;
+        let t = meta.last_modified().ok_or_else(|| Error::Invalid(format!("the storage reports no modification time for {path}")))?;
+        Ok(chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::from(t)))
+    }
+
     // ---- index ------------------------------------------------------------
 
     /// Every index file. A file deleted between the listing and its read
@@ -422,7 +438,7 @@ impl Repository {
         for id in self.list_ids(MARKS).await? {
             let path = format!("{MARKS}{}", id.to_hex());
             let loaded =
-                async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, crate::session::mtime(self, &path).await?)) };
+                async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, self.stored_time(&path).await?)) };
             match loaded.await {
                 Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
                 Err(e) if is_not_found(&e) => continue,
@@ -603,8 +619,17 @@ impl Repository {
     /// All snapshots, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let ids = self.list_ids(SNAPSHOTS).await?;
-        let mut snaps: Vec<Snapshot> =
-            futures::stream::iter(ids).map(|id| async move { self.load_snapshot(&id).await }).buffer_unordered(16).try_collect().await?;
+        let (mut snaps, unread) = {
+            let mut opened = self.opened.lock().expect("not poisoned");
+            let listed: HashSet<Id> = ids.iter().copied().collect();
+            opened.retain(|id, _| listed.contains(id));
+            let (known, unread): (Vec<Id>, Vec<Id>) = ids.into_iter().partition(|id| opened.contains_key(id));
+            (known.iter().map(|id| opened[id].clone()).collect::<Vec<Snapshot>>(), unread)
+        };
+        let read: Vec<Snapshot> =
+            futures::stream::iter(unread).map(|id| async move { self.load_snapshot(&id).await }).buffer_unordered(16).try_collect().await?;
+        self.opened.lock().expect("not poisoned").extend(read.iter().map(|s| (s.id, s.clone())));
+        snaps.extend(read);
         snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(snaps)
     }
@@ -615,6 +640,20 @@ impl Repository {
     }
 
     /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
+    /// Delete snapshots (`forget`). A snapshot the storage's Object Lock
+    /// still protects stays and is counted, so the rest go on.
+    pub async fn remove_snapshots(&self, ids: &[Id]) -> Result<Removal> {
+        let mut out = Removal::default();
+        for id in ids {
+            match self.delete(&format!("{SNAPSHOTS}{}", id.to_hex())).await {
+                Err(Error::Storage { source, .. }) if source.kind() == opendal::ErrorKind::PermissionDenied => out.locked.push(*id),
+                Err(e) => return Err(e),
+                Ok(()) => out.removed.push(*id),
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn find_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
         crate::select::select(self.snapshots().await?, spec, filter)
     }
@@ -626,6 +665,14 @@ pub struct Mark {
     pub id: Id,
     /// When the storage stored the mark.
     pub time: chrono::DateTime<chrono::Utc>,
+/// What [`Repository::remove_snapshots`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    pub removed: Vec<Id>,
+    /// Left in place under the storage's Object Lock.
+    pub locked: Vec<Id>,
+}
+
     pub file: IndexFile,
 }
 

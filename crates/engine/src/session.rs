@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,20 +69,13 @@ fn beat_path(id: &Id, seq: u64) -> String {
     format!("{SESSIONS}{}-{seq:010}", id.to_hex())
 }
 
-/// The storage's modification time of an object.
-pub async fn mtime(repo: &Repository, path: &str) -> Result<DateTime<Utc>> {
-    let meta = repo.operator().stat(path).await.map_err(|e| Error::storage("stat", path, e))?;
-    let t = meta.last_modified().ok_or_else(|| Error::Invalid(format!("the storage reports no modification time for {path}")))?;
-    Ok(DateTime::<Utc>::from(SystemTime::from(t)))
-}
-
 impl Session {
     pub async fn start(repo: Arc<Repository>, command: &str) -> Result<Session> {
         let id = Id::random();
         let timeout = Duration::from_secs(repo.config().session_timeout_secs);
         let issued = Instant::now();
         write_beat(&repo, &id, 0, Beat::new(command, None)).await?;
-        let started = mtime(&repo, &beat_path(&id, 0)).await?;
+        let started = repo.stored_time(&beat_path(&id, 0)).await?;
         let state = Arc::new(tokio::sync::Mutex::new(BeatState { seq: 0, last_ok: issued }));
         let task = {
             let (repo, state, command) = (repo.clone(), state.clone(), command.to_string());
@@ -158,7 +151,7 @@ async fn beat(
     let issued = Instant::now();
     let seq = st.seq + 1;
     write_beat(repo, id, seq, Beat::new(command, Some(started))).await?;
-    let now = mtime(repo, &beat_path(id, seq)).await?;
+    let now = repo.stored_time(&beat_path(id, seq)).await?;
     let previous = std::mem::replace(&mut st.seq, seq);
     st.last_ok = issued;
     if !repo.config().append_only {
@@ -213,7 +206,7 @@ async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<Sess
         Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
         r => r?,
     };
-    let last_beat = match mtime(repo, &path).await {
+    let last_beat = match repo.stored_time(&path).await {
         Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
         r => r?,
     };

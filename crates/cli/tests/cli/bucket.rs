@@ -209,6 +209,26 @@ fn a_bucket_snapshot_restores_into_a_directory_and_by_key_prefix_or_glob() {
 }
 
 #[test]
+fn a_flush_restore_overwrites_what_the_snapshot_holds_and_only_then_deletes_the_rest() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    source.put("keep/a.txt", b"snapshot a".to_vec(), Some("text/plain"), &[]);
+    source.put("keep/b.bin", random_bytes(3000, 7), None, &[("k", "v")]);
+    let env = env_for(source_vars(&server));
+    env.ok(&["backup", &s3_url(&server, server.bucket())]);
+    let id = newest(&env)["id"].as_str().unwrap().to_string();
+    let expected = source.objects();
+
+    let target = new_bucket(&server, "busy");
+    target.put("keep/a.txt", b"changed since".to_vec(), None, &[]);
+    target.put("extra/one", b"not in the snapshot".to_vec(), None, &[]);
+    target.put("extra/two", b"nor this".to_vec(), None, &[]);
+    let out = env.ok(&["restore", &id, "--to", &s3_url(&server, "busy"), "--flush"]);
+    assert!(out.starts_with("restored 2 objects") && out.trim_end().ends_with(", then deleted 2 objects the snapshot does not hold"), "{out}");
+    assert_eq!(target.objects(), expected, "exactly the snapshot's objects, bytes and metadata");
+}
+
+#[test]
 fn wrong_credentials_a_missing_bucket_and_a_silent_endpoint_are_one_line_and_no_snapshot() {
     let server = S3Server::start();
     Store::s3(&server, server.bucket()).put("a", b"a".to_vec(), None, &[]);

@@ -108,7 +108,7 @@ pub(super) async fn sweep(
 async fn delete_pack(repo: &Repository, pack: &Id, now: DateTime<Utc>) -> Result<bool> {
     let path = pack_path(pack);
     if let Some(lock) = repo.config().object_lock_secs {
-        match session::mtime(repo, &path).await {
+        match repo.stored_time(&path).await {
             Ok(t) if now - t < chrono::Duration::seconds(lock as i64) => return Ok(false),
             Err(e) if is_not_found(&e) => return Ok(true),
             Err(e) => return Err(e),
@@ -140,7 +140,7 @@ async fn orphans(
     let before = live.iter().map(|s| s.started).min().unwrap_or(now).min(now - grace) - SLOP;
     let times: Vec<(Id, Option<DateTime<Utc>>)> = futures::stream::iter(candidates.into_iter().filter(|p| !marked.contains(p)))
         .map(|p| async move {
-            match session::mtime(repo, &pack_path(&p)).await {
+            match repo.stored_time(&pack_path(&p)).await {
                 Ok(t) => Ok((p, Some(t))),
                 Err(e) if is_not_found(&e) => Ok((p, None)),
                 Err(e) => Err(e),

@@ -198,7 +198,7 @@ impl View {
 async fn file_times(repo: &Repository, files: Vec<Id>) -> Result<IdMap<DateTime<Utc>>> {
     let times: Vec<Option<(Id, DateTime<Utc>)>> = futures::stream::iter(files)
         .map(|id| async move {
-            match crate::session::mtime(repo, &format!("{INDEX}{}", id.to_hex())).await {
+            match repo.stored_time(&format!("{INDEX}{}", id.to_hex())).await {
                 Ok(t) => Ok(Some((id, t))),
                 Err(e) if crate::repo::is_not_found(&e) => Ok(None),
                 Err(e) => Err(e),

@@ -13,7 +13,10 @@ use crate::{Error, Result};
 /// How a restore into a bucket runs.
 #[derive(Debug, Default, Clone)]
 pub struct BucketRestore {
-    /// Replace what the target holds below its prefix (deleted first).
+    /// Replace what the target holds below its prefix: the snapshot's
+    /// objects are written first, and only once all are written are the
+    /// objects it does not hold deleted, so a restore that fails midway
+    /// loses nothing the target held.
     pub flush: bool,
     /// Keys to restore: a pattern with `*`, `?` or `[` is a glob over the
     /// whole key (`*` crosses `/`), any other a key prefix. Empty: all.
@@ -27,7 +30,8 @@ pub struct BucketRestore {
 pub struct RestoreReport {
     pub objects: u64,
     pub bytes: u64,
-    /// Objects deleted from the target first (`--flush`).
+    /// Objects the snapshot does not hold, deleted from the target after
+    /// the restore (`--flush`).
     pub deleted: u64,
     /// Objects whose recorded metadata the target store cannot set.
     pub metadata_not_set: u64,
@@ -73,8 +77,8 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
             let why = format!("it holds objects ({} and maybe more); restore with --flush to replace them", first.path());
             return Err(Error::failed(bucket.name(), why));
         }
-        report.deleted = delete_all(bucket).await?;
     }
+    let mut written_keys = std::collections::HashSet::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<(String, Node)>(256);
     let walked = async move {
         let mut dirs = vec![(root, String::new())];
@@ -102,7 +106,10 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     let written = async {
         let mut objects = std::pin::pin!(objects);
         while let Some(done) = objects.next().await {
-            let (bytes, all_metadata) = done?;
+            let (key, bytes, all_metadata) = done?;
+            if opts.flush {
+                written_keys.insert(key);
+            }
             report.objects += 1;
             report.bytes += bytes;
             report.metadata_not_set += u64::from(!all_metadata);
@@ -112,6 +119,9 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     let (walked, written) = futures::join!(walked, written);
     written?;
     walked?;
+    if opts.flush {
+        report.deleted = delete_others(bucket, &written_keys).await?;
+    }
     Ok(report)
 }
 
@@ -119,11 +129,12 @@ fn tokio_stream<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<I
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
-async fn delete_all(bucket: &Bucket) -> Result<u64> {
+/// Delete every object below the target's prefix but those just written.
+async fn delete_others(bucket: &Bucket, keep: &std::collections::HashSet<String>) -> Result<u64> {
     let mut count = 0;
     let mut lister = bucket.op.lister_with("").recursive(true).await.map_err(|e| bucket.error(e))?;
     while let Some(entry) = lister.next().await.transpose().map_err(|e| bucket.error(e))? {
-        if entry.path() != "/" {
+        if entry.path() != "/" && !keep.contains(entry.path()) {
             bucket.op.delete(entry.path()).await.map_err(|e| bucket.error(e))?;
             count += 1;
         }
@@ -131,13 +142,13 @@ async fn delete_all(bucket: &Bucket) -> Result<u64> {
     Ok(count)
 }
 
-/// Write one object: its bytes and the metadata the store takes. The
+/// Write one object: its bytes and the metadata the store takes. Its key,
 /// size, and whether every recorded piece of metadata was set.
-async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Result<(u64, bool)> {
+async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Result<(String, u64, bool)> {
     let fail = |e: opendal::Error| bucket.error(e);
     if key.ends_with('/') && node.size == 0 {
         bucket.op.create_dir(&key).await.map_err(fail)?;
-        return Ok((0, true));
+        return Ok((key, 0, true));
     }
     let cap = bucket.op.info().full_capability();
     let meta = node.object.clone().unwrap_or_default();
@@ -171,5 +182,5 @@ async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Res
         writer.write(blob).await.map_err(fail)?;
     }
     writer.close().await.map_err(fail)?;
-    Ok((node.size, all))
+    Ok((key, node.size, all))
 }
