@@ -13,7 +13,7 @@ use tresor_engine::retention::GroupBy;
 use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
 use tresor_storage::{FaultConfig, Location, StorageOptions};
 
-use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs};
+use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs, SynthArgs};
 
 pub fn location(g: &Global) -> Result<Location> {
     let repo = g.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use --repo or set TRESOR_REPOSITORY"))?;
@@ -286,6 +286,14 @@ pub fn human(n: u64) -> String {
         u += 1;
     }
     if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+/// Benchmarks only: fill the repository with synthetic blobs (bench/index.py).
+pub async fn synth(g: &Global, a: SynthArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let made = tresor_engine::synth::generate(&repo, a.blobs).await?;
+    println!("{}", serde_json::to_string(&made)?);
+    Ok(0)
 }
 
 pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {

@@ -156,6 +156,17 @@ pub enum Command {
 pub struct CompletionArgs {
     /// The shell the script is for.
     pub shell: clap_complete::Shell,
+    /// Benchmarks only (bench/index.py): add synthetic blobs to the
+    /// repository and a snapshot tagged `synthetic` that reaches them all.
+    #[command(hide = true)]
+    Synth(SynthArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// How many 16-byte data blobs to write.
+    #[arg(long)]
+    pub blobs: u64,
 }
 
 #[derive(Args)]

@@ -12,10 +12,11 @@ use std::path::Path;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::index::{Index, IndexBuilder};
 use crate::pack::{open_blob, read_trailer};
 use crate::repo::{DATA, INDEX, list_with_size, pack_path};
 use crate::walk::walk;
-use crate::{Error, Id, Repository, Result};
+use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CheckOptions {
@@ -53,21 +54,17 @@ impl CheckReport {
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
-    let mut readable = Vec::new();
+    // Index files are added one at a time and dropped (docs/ARCHITECTURE.md,
+    // "Index memory"); a damaged one is a problem and adds nothing.
+    let mut builder = IndexBuilder::default();
     for id in repo.list_ids(INDEX).await? {
-        match repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| crate::index::IndexFile::decode(&id, &p)) {
-            Ok(f) => readable.push((id, f)),
-            Err(e) => report.problems.push(Problem {
-                object: format!("index {}", id.short()),
-                error: e.to_string(),
-                snapshots: vec![],
-                files: vec![],
-            }),
+        if let Err(e) = repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| builder.add_file(id, &p)) {
+            report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
         }
     }
     // Judge everything else against the index files that are intact, so a
     // damaged index shows up as the blobs it made unreachable.
-    let mut index = crate::index::merge(&readable, &Default::default());
+    let (mut index, _) = builder.finish(&IdSet::default());
     let stored: HashMap<Id, u64> =
         list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
     // Marked packs still serve readers until a prune sweeps them; one already
@@ -77,6 +74,7 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
             index.add_pack(p.id, p.size, &p.entries);
         }
     }
+    index.seal();
     let index = std::sync::Arc::new(index);
     repo.set_index(index.clone()).await;
     report.blobs = index.blob_count();
@@ -113,14 +111,8 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     }
     // A pack that cannot be read at all takes all its blobs with it; one
     // that can has been judged blob by blob above.
-    for (pack, why) in &bad_packs {
-        for (id, p, _) in index.blobs() {
-            if p == *pack {
-                damaged.entry(id).or_insert_with(|| (format!("pack {}", pack.short()), why.clone()));
-            }
-        }
-    }
-    check_snapshots(repo, &mut report, &damaged).await?;
+    let unreadable: IdMap<String> = bad_packs.iter().cloned().collect();
+    check_snapshots(repo, &mut report, &Damage { blobs: damaged, packs: unreadable }).await?;
     // Every damaged pack is a problem, even one no snapshot uses.
     for (pack, why) in bad_packs.iter().chain(&partly_bad) {
         let object = format!("pack {}", pack.short());
@@ -166,7 +158,23 @@ pub(crate) async fn verify_pack(repo: &Repository, pack: &Id) -> Result<Vec<Dama
     .map_err(|e| Error::Invalid(format!("check thread failed: {e}")))?
 }
 
-async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &HashMap<Id, (String, String)>) -> Result<()> {
+/// What is damaged: blobs found bad by reading, with the object and why,
+/// and packs that cannot be read at all, which take all their blobs along.
+struct Damage {
+    blobs: HashMap<Id, (String, String)>,
+    packs: IdMap<String>,
+}
+
+impl Damage {
+    fn of(&self, index: &Index, id: &Id) -> Option<(String, String)> {
+        self.blobs.get(id).cloned().or_else(|| {
+            let pack = index.pack_of(id)?;
+            Some((format!("pack {}", pack.short()), self.packs.get(&pack)?.clone()))
+        })
+    }
+}
+
+async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &Damage) -> Result<()> {
     let index = repo.index().await?;
     let ids = repo.list_ids(crate::repo::SNAPSHOTS).await?;
     report.snapshots = ids.len();
@@ -193,8 +201,8 @@ async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &
             }
             p.files.push(format!("{}:{}", snap.id.short(), path.display()));
         };
-        let blob_problem = |id: &Id, path: &Path| match damaged.get(id) {
-            Some((object, why)) => Some((object.clone(), why.clone(), path.to_path_buf())),
+        let blob_problem = |id: &Id, path: &Path| match damaged.of(&index, id) {
+            Some((object, why)) => Some((object, why, path.to_path_buf())),
             None if !index.contains(id) => Some((format!("blob {}", id.short()), "it is not in any index".into(), path.to_path_buf())),
             None => None,
         };
@@ -209,7 +217,7 @@ async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &
                     pending.push(p);
                 }
             }
-            Ok(node.subtree.is_none_or(|s| index.contains(&s) && !damaged.contains_key(&s)))
+            Ok(node.subtree.is_none_or(|s| index.contains(&s) && damaged.of(&index, &s).is_none()))
         })
         .await;
         for p in pending {

@@ -4,129 +4,13 @@
 //! them. A new index file may name older ones it supersedes (prune writes
 //! such files); readers then ignore the superseded ones.
 
-use crate::id::{IdMap, IdSet};
-use crate::pack::{BlobKind, ENTRY_LEN, PackEntry};
+mod compact;
+
+pub use compact::{BlobKey, BlobLoc, Index, PackUsage};
+
+use crate::id::IdSet;
+use crate::pack::{ENTRY_LEN, PackEntry};
 use crate::{Error, Id, Result};
-
-/// A blob's place, kept compact: this struct is the bulk of the engine's
-/// memory on large repositories (see docs/ARCHITECTURE.md).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BlobLoc {
-    pub pack: u32,
-    pub offset: u32,
-    pub length: u32,
-    pub raw_length: u32,
-    pub kind: BlobKind,
-    pub flags: u8,
-    /// Reachability mark for prune; sits in what would be padding.
-    pub used: bool,
-}
-
-#[derive(Default)]
-pub struct Index {
-    packs: Vec<Id>,
-    pack_sizes: Vec<u64>,
-    /// Entries each pack holds, duplicates of blobs stored elsewhere included.
-    pack_entries: Vec<u32>,
-    pack_nums: IdMap<u32>,
-    blobs: IdMap<BlobLoc>,
-}
-
-impl Index {
-    pub fn add_pack(&mut self, pack: Id, size: u64, entries: &[PackEntry]) {
-        let num = *self.pack_nums.entry(pack).or_insert_with(|| {
-            self.packs.push(pack);
-            self.pack_sizes.push(size);
-            self.pack_entries.push(0);
-            (self.packs.len() - 1) as u32
-        });
-        self.pack_entries[num as usize] += entries.len() as u32;
-        for e in entries {
-            self.blobs.entry(e.id).or_insert(BlobLoc {
-                pack: num,
-                offset: e.offset,
-                length: e.length,
-                raw_length: e.raw_length,
-                kind: e.kind,
-                flags: e.flags,
-                used: false,
-            });
-        }
-    }
-
-    pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
-    }
-
-    pub fn get(&self, id: &Id) -> Option<(Id, PackEntry)> {
-        let l = self.blobs.get(id)?;
-        Some((
-            self.packs[l.pack as usize],
-            PackEntry { kind: l.kind, flags: l.flags, id: *id, offset: l.offset, length: l.length, raw_length: l.raw_length },
-        ))
-    }
-
-    pub fn pack_of(&self, id: &Id) -> Option<Id> {
-        self.blobs.get(id).map(|l| self.packs[l.pack as usize])
-    }
-
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
-    }
-
-    pub fn packs(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
-        self.packs.iter().copied().zip(self.pack_sizes.iter().copied())
-    }
-
-    pub fn has_pack(&self, id: &Id) -> bool {
-        self.pack_nums.contains_key(id)
-    }
-
-    /// Mark a blob reachable; whether it already was, `None` if unknown.
-    pub fn mark_used(&mut self, id: &Id) -> Option<bool> {
-        let l = self.blobs.get_mut(id)?;
-        Some(std::mem::replace(&mut l.used, true))
-    }
-
-    /// Per pack, in [`Index::packs`] order: entries stored and the bytes of
-    /// the reachable blobs this index locates there.
-    pub fn pack_usage(&self) -> Vec<PackUsage> {
-        let mut out: Vec<PackUsage> = self.pack_entries.iter().map(|&n| PackUsage { entries: n, ..Default::default() }).collect();
-        for l in self.blobs.values().filter(|l| l.used) {
-            let u = &mut out[l.pack as usize];
-            u.used_blobs += 1;
-            u.used_bytes += u64::from(l.length);
-        }
-        out
-    }
-
-    /// The reachable blobs located in the given packs.
-    pub fn used_in(&self, packs: &IdSet) -> IdMap<Vec<PackEntry>> {
-        let mut out: IdMap<Vec<PackEntry>> = IdMap::default();
-        for (id, l) in self.blobs.iter().filter(|(_, l)| l.used) {
-            let pack = self.packs[l.pack as usize];
-            if packs.contains(&pack) {
-                let e = PackEntry { kind: l.kind, flags: l.flags, id: *id, offset: l.offset, length: l.length, raw_length: l.raw_length };
-                out.entry(pack).or_default().push(e);
-            }
-        }
-        out
-    }
-
-    pub fn blobs(&self) -> impl Iterator<Item = (Id, Id, PackEntry)> + '_ {
-        self.blobs.keys().map(|id| {
-            let (pack, e) = self.get(id).expect("present");
-            (*id, pack, e)
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PackUsage {
-    pub entries: u32,
-    pub used_blobs: u32,
-    pub used_bytes: u64,
-}
 
 /// One index file's content.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -166,6 +50,41 @@ impl IndexFile {
     }
 
     pub fn decode(file_id: &Id, b: &[u8]) -> Result<IndexFile> {
+        let raw = RawIndexFile::parse(file_id, b)?;
+        let packs = raw.packs.iter().map(|p| IndexedPack { id: p.id, size: p.size, entries: p.entries().collect() }).collect();
+        Ok(IndexFile { supersedes: raw.supersedes, packs })
+    }
+}
+
+/// An index file checked but not decoded: its entries are read straight
+/// from the file's bytes, so loading the index never holds them twice.
+pub struct RawIndexFile<'a> {
+    pub supersedes: Vec<Id>,
+    pub packs: Vec<RawPack<'a>>,
+}
+
+pub struct RawPack<'a> {
+    pub id: Id,
+    pub size: u64,
+    entries: &'a [u8],
+}
+
+impl RawPack<'_> {
+    pub fn len(&self) -> usize {
+        self.entries.len() / ENTRY_LEN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = PackEntry> + '_ {
+        self.entries.chunks_exact(ENTRY_LEN).map(|c| PackEntry::decode(c).expect("checked by parse"))
+    }
+}
+
+impl<'a> RawIndexFile<'a> {
+    pub fn parse(file_id: &'a Id, b: &'a [u8]) -> Result<RawIndexFile<'a>> {
         let mut r = Reader { b, pos: 0, id: file_id };
         if r.u32()? != INDEX_VERSION {
             return Err(Error::corrupt("index", file_id, "unknown index version"));
@@ -173,19 +92,21 @@ impl IndexFile {
         let n = r.u32()? as usize;
         let supersedes = (0..n).map(|_| r.id()).collect::<Result<_>>()?;
         let n = r.u32()? as usize;
-        let mut packs = Vec::with_capacity(n.min(1 << 20));
+        let mut packs = Vec::with_capacity(n.min(1 << 16));
         for _ in 0..n {
             let id = r.id()?;
             let size = u64::from(r.u32()?) | (u64::from(r.u32()?) << 32);
             let count = r.u32()? as usize;
-            let raw = r.take(count.checked_mul(ENTRY_LEN).ok_or_else(|| r.bad())?)?;
-            let entries = raw.chunks_exact(ENTRY_LEN).map(|c| PackEntry::decode(c).ok_or_else(|| r.bad())).collect::<Result<_>>()?;
-            packs.push(IndexedPack { id, size, entries });
+            let entries = r.take(count.checked_mul(ENTRY_LEN).ok_or_else(|| r.bad())?)?;
+            if entries.chunks_exact(ENTRY_LEN).any(|c| PackEntry::decode(c).is_none()) {
+                return Err(r.bad());
+            }
+            packs.push(RawPack { id, size, entries });
         }
         if r.pos != b.len() {
             return Err(r.bad());
         }
-        Ok(IndexFile { supersedes, packs })
+        Ok(RawIndexFile { supersedes, packs })
     }
 }
 
@@ -213,25 +134,73 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Build the repository index from index files, skipping superseded ones
-/// and the packs in `without`.
-pub fn merge(files: &[(Id, IndexFile)], without: &IdSet) -> Index {
-    let superseded: IdSet = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-    let mut index = Index::default();
-    for (id, f) in files {
-        if superseded.contains(id) {
-            continue;
+/// What one index file holds, without its entries.
+#[derive(Debug, Clone)]
+pub struct FileSummary {
+    pub id: Id,
+    pub supersedes: Vec<Id>,
+    /// Each pack listed, with its entry count.
+    pub packs: Vec<(Id, u32)>,
+}
+
+/// Builds an [`Index`] from index files one at a time, each dropped once
+/// added. Whether a file is superseded is known only when all are read, so
+/// every file's entries go in and those of packs only superseded files list
+/// come out in [`IndexBuilder::finish`], before duplicates are resolved.
+#[derive(Default)]
+pub struct IndexBuilder {
+    index: Index,
+    files: Vec<FileSummary>,
+}
+
+impl IndexBuilder {
+    /// Add the index file `id` with plaintext `plain`; a malformed one adds
+    /// nothing.
+    pub fn add_file(&mut self, id: Id, plain: &[u8]) -> Result<()> {
+        let raw = RawIndexFile::parse(&id, plain)?;
+        let mut summary = FileSummary { id, supersedes: raw.supersedes, packs: Vec::with_capacity(raw.packs.len()) };
+        for p in &raw.packs {
+            self.index.add_pack(p.id, p.size, p.entries());
+            summary.packs.push((p.id, p.len() as u32));
         }
-        for p in f.packs.iter().filter(|p| !without.contains(&p.id)) {
-            index.add_pack(p.id, p.size, &p.entries);
-        }
+        self.files.push(summary);
+        Ok(())
     }
-    index
+
+    /// The index of the files no other file supersedes, without the packs
+    /// in `without`, sealed; and what every file held.
+    pub fn finish(self, without: &IdSet) -> (Index, Vec<FileSummary>) {
+        let IndexBuilder { mut index, files } = self;
+        let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
+        let nums: crate::IdMap<usize> = index.packs().enumerate().map(|(n, (p, _))| (p, n)).collect();
+        let mut keep = vec![false; nums.len()];
+        let mut entries = vec![0u32; nums.len()];
+        for f in files.iter().filter(|f| !superseded.contains(&f.id)) {
+            for (p, n) in f.packs.iter().filter(|(p, _)| !without.contains(p)) {
+                keep[nums[p]] = true;
+                entries[nums[p]] += n;
+            }
+        }
+        index.retain_packs(&keep, &entries);
+        index.seal();
+        (index, files)
+    }
+}
+
+/// Build the repository index from decoded index files, skipping superseded
+/// ones and the packs in `without`.
+pub fn merge(files: &[(Id, IndexFile)], without: &IdSet) -> Index {
+    let mut b = IndexBuilder::default();
+    for (id, f) in files {
+        b.add_file(*id, &f.encode()).expect("an encoded index file parses");
+    }
+    b.finish(without).0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pack::BlobKind;
 
     #[test]
     fn encode_decode_and_supersede() {
@@ -249,5 +218,30 @@ mod tests {
         assert!(!idx.contains(&Id([9; 32])));
         let idx = merge(&[(Id([2; 32]), IndexFile::default())], &IdSet::default());
         assert_eq!(idx.blob_count(), 0);
+    }
+
+    /// A blob in a pack only a superseded file lists is found where the
+    /// superseding file puts it, whichever file is read first.
+    #[test]
+    fn builder_drops_superseded_packs_in_any_order() {
+        let blob = Id([9; 32]);
+        let e = |offset| PackEntry { kind: BlobKind::Data, flags: 0, id: blob, offset, length: 4, raw_length: 4 };
+        let old = IndexFile { supersedes: vec![], packs: vec![IndexedPack { id: Id([1; 32]), size: 10, entries: vec![e(1)] }] };
+        let new = IndexFile { supersedes: vec![Id([2; 32])], packs: vec![IndexedPack { id: Id([4; 32]), size: 20, entries: vec![e(2)] }] };
+        for order in [[(Id([2; 32]), &old), (Id([3; 32]), &new)], [(Id([3; 32]), &new), (Id([2; 32]), &old)]] {
+            let mut b = IndexBuilder::default();
+            for (id, f) in order {
+                b.add_file(id, &f.encode()).unwrap();
+            }
+            let (idx, files) = b.finish(&IdSet::default());
+            assert_eq!(idx.get(&blob).map(|(p, e)| (p, e.offset)), Some((Id([4; 32]), 2)));
+            assert_eq!(idx.packs().collect::<Vec<_>>(), vec![(Id([4; 32]), 20)]);
+            assert_eq!(idx.pack_usage().iter().map(|u| u.entries).collect::<Vec<_>>(), vec![1]);
+            assert_eq!(files.len(), 2);
+        }
+        let mut b = IndexBuilder::default();
+        assert!(b.add_file(Id([5; 32]), &old.encode()[..20]).is_err());
+        b.add_file(Id([2; 32]), &old.encode()).unwrap();
+        assert_eq!(b.finish(&[Id([1; 32])].into_iter().collect()).0.blob_count(), 0);
     }
 }

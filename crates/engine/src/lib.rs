@@ -32,6 +32,8 @@ pub mod retention;
 pub mod select;
 pub mod session;
 pub mod sink;
+#[doc(hidden)]
+pub mod synth;
 pub mod snapshot;
 pub mod tree;
 pub mod verify;

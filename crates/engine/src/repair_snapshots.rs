@@ -52,9 +52,17 @@ pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptio
     result
 }
 
-/// Blobs in packs missing from storage, and with `read_data` those that
-/// fail to read back.
-async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<IdSet> {
+/// What is lost besides blobs no index lists: blobs that fail to read back,
+/// and packs missing from storage or unreadable, which take all their blobs
+/// (kept as packs: the index knows blobs by key, not by full id).
+struct Damaged {
+    blobs: IdSet,
+    packs: IdSet,
+}
+
+/// Packs missing from storage, and with `read_data` unreadable packs and
+/// blobs that fail to read back.
+async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<Damaged> {
     let stored: IdSet = list_names(repo.operator(), DATA).await?.iter().filter_map(|n| n.parse().ok()).collect();
     let mut bad_packs: IdSet = index.packs().map(|(p, _)| p).filter(|p| !stored.contains(p)).collect();
     let mut damaged = IdSet::default();
@@ -68,15 +76,14 @@ async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Res
             }
         }
     }
-    damaged.extend(index.blobs().filter(|(_, p, _)| bad_packs.contains(p)).map(|(b, _, _)| b));
-    Ok(damaged)
+    Ok(Damaged { blobs: damaged, packs: bad_packs })
 }
 
 async fn run(
     repo: &Repository,
     snaps: Vec<Snapshot>,
     index: &Index,
-    damaged: &IdSet,
+    damaged: &Damaged,
     opts: &RepairSnapshotsOptions,
     session: Option<&Session>,
 ) -> Result<Vec<RepairedSnapshot>> {
@@ -108,13 +115,13 @@ async fn run(
 struct Fixer<'a> {
     repo: &'a Repository,
     index: &'a Index,
-    damaged: &'a IdSet,
+    damaged: &'a Damaged,
     sink: Option<BlobSink<'a>>,
 }
 
 impl Fixer<'_> {
     fn lost(&self, id: &Id) -> bool {
-        !self.index.contains(id) || self.damaged.contains(id)
+        self.damaged.blobs.contains(id) || self.index.pack_of(id).is_none_or(|p| self.damaged.packs.contains(&p))
     }
 
     /// The repaired tree's id. A tree that stays the same keeps its id,

@@ -15,7 +15,7 @@ use tresor_storage::{Location, Operator, StorageOptions};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
-use crate::index::{self, Index, IndexFile, IndexedPack};
+use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack};
 use crate::keys::{KdfParams, KeyFile, Password};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
@@ -409,23 +409,29 @@ impl Repository {
 
     // ---- index ------------------------------------------------------------
 
-    /// Every index file. A file deleted between the listing and its read
-    /// was superseded by one written before the deletion: list again.
-    pub async fn load_index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+    /// The index of every index file, without the packs in `without`, and
+    /// what each file held. Files are added as they arrive and dropped, so
+    /// the index is all that stays (docs/ARCHITECTURE.md, "Index memory").
+    /// A file deleted between the listing and its read was superseded by one
+    /// written before the deletion: list again.
+    pub async fn load_index(&self, without: &IdSet) -> Result<(Index, Vec<FileSummary>)> {
         let mut attempts = 0;
         loop {
             let ids = self.list_ids(INDEX).await?;
-            let loaded = futures::stream::iter(ids)
-                .map(|id| async move {
-                    let plain = self.load_file("index", INDEX, &id).await?;
-                    Ok::<_, Error>((id, IndexFile::decode(&id, &plain)?))
-                })
-                .buffer_unordered(8)
-                .try_collect()
-                .await;
-            match loaded {
+            let mut builder = IndexBuilder::default();
+            let mut loaded = futures::stream::iter(ids)
+                .map(|id| async move { Ok::<_, Error>((id, self.load_file("index", INDEX, &id).await?)) })
+                .buffer_unordered(8);
+            let added = async {
+                while let Some((id, plain)) = loaded.try_next().await? {
+                    builder.add_file(id, &plain)?;
+                }
+                Ok::<_, Error>(())
+            };
+            match added.await {
                 Err(e) if is_not_found(&e) && attempts < 5 => attempts += 1,
-                r => return r,
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(builder.finish(without)),
             }
         }
     }
@@ -456,12 +462,13 @@ impl Repository {
         if let Some(i) = slot.as_ref() {
             return Ok(i.clone());
         }
-        let mut index = index::merge(&self.load_index_files().await?, &IdSet::default());
+        let (mut index, _) = self.load_index(&IdSet::default()).await?;
         for m in self.load_marks().await? {
             for p in &m.file.packs {
                 index.add_pack(p.id, p.size, &p.entries);
             }
         }
+        index.seal();
         let index = Arc::new(index);
         *slot = Some(index.clone());
         Ok(index)
@@ -471,9 +478,8 @@ impl Repository {
     /// that nothing new comes to depend on them. Call it only after the
     /// writer's session has started.
     pub async fn writer_index(&self) -> Result<Arc<Index>> {
-        let files = self.load_index_files().await?;
         let marked: IdSet = self.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
-        Ok(Arc::new(index::merge(&files, &marked)))
+        Ok(Arc::new(self.load_index(&marked).await?.0))
     }
 
     pub async fn set_index(&self, index: Arc<Index>) {

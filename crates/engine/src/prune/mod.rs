@@ -16,10 +16,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexedPack};
-use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackWriter};
+use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackEntry, PackWriter};
 use crate::repo::{INDEX, MARKS, pack_path};
 use crate::session::{Session, SessionInfo, sessions};
-use crate::{Error, Id, IdSet, Repository, Result};
+use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 use view::View;
 
 /// Packs per index file written by prune.
@@ -178,16 +178,14 @@ async fn plan(
 }
 
 /// Copy the used blobs out of the packs to repack, into new packs.
-async fn repack(repo: &Repository, view: &View, packs: &IdSet, session: &Session) -> Result<Vec<IndexedPack>> {
-    let used = view.index.used_in(packs);
+async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session: &Session) -> Result<Vec<IndexedPack>> {
     let target = repo.config().pack_size as usize;
     let mut writers: [Option<PackWriter>; 2] = [None, None];
     let mut out = Vec::new();
-    let mut order: Vec<&Id> = used.keys().collect();
-    order.sort();
-    for pack in order {
+    used.sort_by(|a, b| a.0.cmp(&b.0));
+    for (pack, entries) in &used {
         let bytes = repo.read(&pack_path(pack)).await?;
-        for e in &used[pack] {
+        for e in entries {
             let sealed = bytes
                 .get(e.offset as usize..(e.offset + e.length) as usize)
                 .ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"))?;
@@ -219,13 +217,12 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     {
         return Ok(own);
     }
-    let mut pieces: Vec<IndexedPack> = repack(repo, view, &plan.repack, session).await?;
-    for m in &view.marks {
-        pieces.extend(m.file.packs.iter().filter(|p| plan.rescue.contains(&p.id)).cloned());
-    }
     let going = |p: &Id| plan.mark.contains(p) || plan.repack.contains(p);
     let affected: IdSet = view.pack_file.iter().filter(|(p, _)| going(p)).map(|(_, f)| *f).collect();
-    let mut marked = Vec::new();
+    let (mut marked, mut kept) = (Vec::new(), Vec::new());
+    // The index holds blob keys, not ids: the full entries of the blobs to
+    // copy come from the index files, filtered by the reachability marks.
+    let mut used: IdMap<Vec<PackEntry>> = IdMap::default();
     for file in &affected {
         // A concurrent prune superseded and removed it: its packs are in
         // that prune's files, and stay unmarked by this one.
@@ -234,9 +231,17 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
             r => r?,
         };
         for p in IndexFile::decode(file, &plain)?.packs {
-            if going(&p.id) { marked.push(p) } else { pieces.push(p) }
+            if plan.repack.contains(&p.id) {
+                used.entry(p.id).or_insert_with(|| p.entries.iter().filter(|e| view.index.used_in_pack(&e.id, &p.id)).copied().collect());
+            }
+            if going(&p.id) { marked.push(p) } else { kept.push(p) }
         }
     }
+    let mut pieces: Vec<IndexedPack> = repack(repo, used.into_iter().collect(), session).await?;
+    for m in &view.marks {
+        pieces.extend(m.file.packs.iter().filter(|p| plan.rescue.contains(&p.id)).cloned());
+    }
+    pieces.extend(kept);
     if !marked.is_empty() {
         repo.save_file("mark", MARKS, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
     }

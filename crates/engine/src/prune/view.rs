@@ -53,10 +53,10 @@ impl View {
     /// after its index files, so each one listed finds its blobs.
     pub async fn load(repo: &Repository) -> Result<(View, Vec<Id>)> {
         let snapshots = repo.list_ids(crate::repo::SNAPSHOTS).await?;
-        let files = repo.load_index_files().await?;
-        let superseded: IdSet = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+        let (index, files) = repo.load_index(&IdSet::default()).await?;
+        let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
         let mut view = View {
-            index: Index::default(),
+            index,
             pack_file: IdMap::default(),
             file_time: IdMap::default(),
             stale_files: Vec::new(),
@@ -67,19 +67,19 @@ impl View {
             track: false,
             newly_used: IdSet::default(),
         };
-        let present: IdSet = files.iter().map(|(id, _)| *id).collect();
+        let present: IdSet = files.iter().map(|f| f.id).collect();
         let mut live = Vec::new();
-        for (id, f) in files {
-            if superseded.contains(&id) {
-                view.stale_files.push(id);
+        for f in files {
+            if superseded.contains(&f.id) {
+                view.stale_files.push(f.id);
                 continue;
             }
             if f.packs.is_empty() && !f.supersedes.iter().any(|s| present.contains(s)) {
-                view.spent_files.push(id);
+                view.spent_files.push(f.id);
                 continue;
             }
-            view.add_file(id, &f);
-            live.push(id);
+            view.pack_file.extend(f.packs.iter().map(|(p, _)| (*p, f.id)));
+            live.push(f.id);
         }
         view.file_time = file_times(repo, live).await?;
         for m in &view.marks {
@@ -88,10 +88,11 @@ impl View {
                 view.mark_of.insert(p.id, m.id);
             }
         }
+        view.index.seal();
         Ok((view, snapshots))
     }
 
-    pub fn add_file(&mut self, id: Id, f: &IndexFile) {
+    fn add_file(&mut self, id: Id, f: &IndexFile) {
         for p in &f.packs {
             self.index.add_pack(p.id, p.size, &p.entries);
             self.pack_file.insert(p.id, id);
@@ -99,7 +100,8 @@ impl View {
     }
 
     /// Index files that appeared since the view was loaded (written by
-    /// writers that finished meanwhile); their packs join the view.
+    /// writers that finished meanwhile); their packs join the view, and the
+    /// index is sealed again (with the marked packs added before).
     pub async fn add_new_files(&mut self, repo: &Repository, own: &IdSet) -> Result<IdSet> {
         let mut packs = IdSet::default();
         for id in repo.list_ids(INDEX).await? {
@@ -117,6 +119,7 @@ impl View {
             self.add_file(id, &f);
             self.file_time.insert(id, Utc::now());
         }
+        self.index.seal();
         Ok(packs)
     }
 

@@ -1,0 +1,307 @@
+//! The in-memory index: one 36-byte slot per blob in a sorted array.
+//!
+//! A slot keys its blob by the first 16 bytes of the id. Ids are BLAKE3
+//! keyed with a repository secret, so two different blobs share a 128-bit
+//! prefix with probability n²/2¹²⁹ (1.5·10⁻²³ at 10⁸ blobs), and nobody
+//! without the key can make them; docs/ARCHITECTURE.md §"Index memory"
+//! weighs that against hardware error rates. Every read still verifies the
+//! full id of what it decrypts.
+
+use std::borrow::Borrow;
+
+use crate::Id;
+use crate::id::IdMap;
+use crate::pack::{BlobKind, PackEntry};
+
+/// The part of a blob id the index keys by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobKey(pub [u8; 16]);
+
+impl BlobKey {
+    pub fn of(id: &Id) -> BlobKey {
+        BlobKey(id.0[..16].try_into().expect("16 bytes"))
+    }
+}
+
+/// A blob's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLoc {
+    pub pack: u32,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+    pub kind: BlobKind,
+    pub flags: u8,
+    /// Reachability mark for prune; sits in what would be padding.
+    pub used: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    key: BlobKey,
+    loc: BlobLoc,
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 36);
+
+/// Which pack holds each blob. Slots are appended unsorted by
+/// [`Index::add_pack`] and sorted by [`Index::seal`]; lookups binary-search
+/// the sorted part and scan the rest, so an index is always correct and is
+/// fast once sealed. Of duplicates, the blob in the pack added first wins.
+#[derive(Default)]
+pub struct Index {
+    packs: Vec<Id>,
+    pack_sizes: Vec<u64>,
+    /// Entries each pack holds, duplicates of blobs stored elsewhere included.
+    pack_entries: Vec<u32>,
+    pack_nums: IdMap<u32>,
+    slots: Vec<Slot>,
+    /// Slots `..sorted` are sorted by key and unique.
+    sorted: usize,
+}
+
+impl Index {
+    pub fn add_pack<E: Borrow<PackEntry>>(&mut self, pack: Id, size: u64, entries: impl IntoIterator<Item = E>) {
+        let num = *self.pack_nums.entry(pack).or_insert_with(|| {
+            self.packs.push(pack);
+            self.pack_sizes.push(size);
+            self.pack_entries.push(0);
+            (self.packs.len() - 1) as u32
+        });
+        let before = self.slots.len();
+        self.slots.extend(entries.into_iter().map(|e| {
+            let e = e.borrow();
+            Slot {
+                key: BlobKey::of(&e.id),
+                loc: BlobLoc {
+                    pack: num,
+                    offset: e.offset,
+                    length: e.length,
+                    raw_length: e.raw_length,
+                    kind: e.kind,
+                    flags: e.flags,
+                    used: false,
+                },
+            }
+        }));
+        self.pack_entries[num as usize] += (self.slots.len() - before) as u32;
+    }
+
+    /// Sort the slots and drop duplicates (keeping the earliest pack's, and
+    /// any reachability mark): lookups are binary searches from here on.
+    pub fn seal(&mut self) {
+        if self.sorted == self.slots.len() {
+            return;
+        }
+        // Pack numbers follow the order packs were added in, so ordering
+        // equal keys by pack puts the one added first in front.
+        self.slots.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.loc.pack.cmp(&b.loc.pack)));
+        self.slots.dedup_by(|later, first| {
+            let same = later.key == first.key;
+            if same {
+                first.loc.used |= later.loc.used;
+            }
+            same
+        });
+        self.slots.shrink_to_fit();
+        self.sorted = self.slots.len();
+    }
+
+    fn find(&self, id: &Id) -> Option<usize> {
+        let key = BlobKey::of(id);
+        match self.slots[..self.sorted].binary_search_by(|s| s.key.cmp(&key)) {
+            Ok(i) => Some(i),
+            Err(_) => self.slots[self.sorted..].iter().position(|s| s.key == key).map(|i| i + self.sorted),
+        }
+    }
+
+    pub fn contains(&self, id: &Id) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Where `id` is stored. The entry carries the id asked for: reading it
+    /// back verifies that id against what the pack holds.
+    pub fn get(&self, id: &Id) -> Option<(Id, PackEntry)> {
+        let l = self.slots[self.find(id)?].loc;
+        Some((
+            self.packs[l.pack as usize],
+            PackEntry { kind: l.kind, flags: l.flags, id: *id, offset: l.offset, length: l.length, raw_length: l.raw_length },
+        ))
+    }
+
+    pub fn pack_of(&self, id: &Id) -> Option<Id> {
+        self.find(id).map(|i| self.packs[self.slots[i].loc.pack as usize])
+    }
+
+    /// Blobs indexed (after [`Index::seal`]: distinct blobs).
+    pub fn blob_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn packs(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
+        self.packs.iter().copied().zip(self.pack_sizes.iter().copied())
+    }
+
+    pub fn has_pack(&self, id: &Id) -> bool {
+        self.pack_nums.contains_key(id)
+    }
+
+    /// Mark a blob reachable; whether it already was, `None` if unknown.
+    pub fn mark_used(&mut self, id: &Id) -> Option<bool> {
+        let i = self.find(id)?;
+        Some(std::mem::replace(&mut self.slots[i].loc.used, true))
+    }
+
+    /// Whether `id` is marked reachable and located in `pack`: the blobs a
+    /// repack of `pack` must keep.
+    pub fn used_in_pack(&self, id: &Id, pack: &Id) -> bool {
+        self.find(id).is_some_and(|i| self.slots[i].loc.used && self.packs[self.slots[i].loc.pack as usize] == *pack)
+    }
+
+    /// Per pack, in [`Index::packs`] order: entries stored and the bytes of
+    /// the reachable blobs this index locates there.
+    pub fn pack_usage(&self) -> Vec<PackUsage> {
+        let mut out: Vec<PackUsage> = self.pack_entries.iter().map(|&n| PackUsage { entries: n, ..Default::default() }).collect();
+        for l in self.slots.iter().map(|s| &s.loc).filter(|l| l.used) {
+            let u = &mut out[l.pack as usize];
+            u.used_blobs += 1;
+            u.used_bytes += u64::from(l.length);
+        }
+        out
+    }
+
+    /// Every blob: its key, its pack and its place there.
+    pub fn blobs(&self) -> impl Iterator<Item = (BlobKey, Id, BlobLoc)> + '_ {
+        self.slots.iter().map(|s| (s.key, self.packs[s.loc.pack as usize], s.loc))
+    }
+
+    /// Keep only the packs `keep` says, with `entries` as their entry
+    /// counts; their numbers close up.
+    pub(super) fn retain_packs(&mut self, keep: &[bool], entries: &[u32]) {
+        let mut renum = vec![u32::MAX; self.packs.len()];
+        let mut next = 0usize;
+        for (old, &k) in keep.iter().enumerate() {
+            if k {
+                renum[old] = next as u32;
+                self.packs[next] = self.packs[old];
+                self.pack_sizes[next] = self.pack_sizes[old];
+                self.pack_entries[next] = entries[old];
+                next += 1;
+            }
+        }
+        self.packs.truncate(next);
+        self.pack_sizes.truncate(next);
+        self.pack_entries.truncate(next);
+        self.pack_nums = self.packs.iter().enumerate().map(|(n, p)| (*p, n as u32)).collect();
+        let sorted = self.sorted;
+        let mut kept_sorted = 0;
+        let mut i = 0;
+        self.slots.retain_mut(|s| {
+            let n = renum[s.loc.pack as usize];
+            let keep = n != u32::MAX;
+            s.loc.pack = n;
+            kept_sorted += usize::from(keep && i < sorted);
+            i += 1;
+            keep
+        });
+        self.sorted = kept_sorted;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackUsage {
+    pub entries: u32,
+    pub used_blobs: u32,
+    pub used_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: Id, offset: u32) -> PackEntry {
+        PackEntry { kind: BlobKind::Data, flags: 0, id, offset, length: 10, raw_length: 7 }
+    }
+
+    /// An id whose first 16 bytes are `prefix` and last byte `tail`.
+    fn id(prefix: u8, tail: u8) -> Id {
+        let mut b = [prefix; 32];
+        b[31] = tail;
+        Id(b)
+    }
+
+    #[test]
+    fn lookups_before_and_after_sealing() {
+        let mut idx = Index::default();
+        let ids: Vec<Id> = (0..200u8).rev().map(|i| id(i, i)).collect();
+        idx.add_pack(Id([1; 32]), 100, ids[..100].iter().enumerate().map(|(n, i)| entry(*i, n as u32)));
+        idx.add_pack(Id([2; 32]), 200, ids[100..].iter().enumerate().map(|(n, i)| entry(*i, n as u32)));
+        let check = |idx: &Index| {
+            for (n, i) in ids.iter().enumerate() {
+                let (pack, e) = idx.get(i).expect("indexed");
+                assert_eq!((pack, e.offset, e.id), (Id([1 + (n / 100) as u8; 32]), (n % 100) as u32, *i));
+            }
+            assert!(!idx.contains(&id(250, 250)));
+        };
+        check(&idx);
+        idx.seal();
+        check(&idx);
+        assert_eq!(idx.blob_count(), 200);
+        assert_eq!(idx.packs().collect::<Vec<_>>(), vec![(Id([1; 32]), 100), (Id([2; 32]), 200)]);
+    }
+
+    #[test]
+    fn absent_ids_and_prefix_neighbours() {
+        let mut idx = Index::default();
+        idx.add_pack(Id([1; 32]), 1, [entry(id(5, 0), 0), entry(id(7, 0), 1)]);
+        idx.seal();
+        for absent in [id(4, 0), id(6, 0), id(8, 0), Id([0; 32]), Id([255; 32])] {
+            assert!(!idx.contains(&absent));
+            assert_eq!(idx.get(&absent), None);
+            assert_eq!(idx.pack_of(&absent), None);
+        }
+        // The ids differ past the 16 bytes the index keys by: a neighbour
+        // one bit away in the key is another blob, one past it the same.
+        let mut near = id(5, 0);
+        near.0[15] ^= 1;
+        assert!(!idx.contains(&near));
+        assert_eq!(idx.get(&id(5, 9)).map(|(_, e)| (e.offset, e.id)), Some((0, id(5, 9))));
+    }
+
+    #[test]
+    fn duplicates_across_packs_keep_the_first_and_its_mark() {
+        let mut idx = Index::default();
+        idx.add_pack(Id([1; 32]), 1, [entry(id(3, 0), 11)]);
+        idx.add_pack(Id([2; 32]), 1, [entry(id(3, 0), 22), entry(id(4, 0), 33)]);
+        assert_eq!(idx.mark_used(&id(3, 0)), Some(false));
+        assert_eq!(idx.mark_used(&id(3, 0)), Some(true));
+        idx.add_pack(Id([3; 32]), 1, [entry(id(3, 0), 44)]);
+        idx.seal();
+        assert_eq!(idx.blob_count(), 2);
+        assert_eq!(idx.get(&id(3, 0)).map(|(p, e)| (p, e.offset)), Some((Id([1; 32]), 11)));
+        assert_eq!(idx.mark_used(&id(3, 0)), Some(true));
+        assert!(idx.used_in_pack(&id(3, 0), &Id([1; 32])));
+        assert!(!idx.used_in_pack(&id(3, 0), &Id([2; 32])));
+        assert!(!idx.used_in_pack(&id(4, 0), &Id([2; 32])));
+        let usage = idx.pack_usage();
+        assert_eq!(
+            usage.iter().map(|u| (u.entries, u.used_blobs, u.used_bytes)).collect::<Vec<_>>(),
+            vec![(1, 1, 10), (2, 0, 0), (1, 0, 0)]
+        );
+    }
+
+    #[test]
+    fn retained_packs_close_up() {
+        let mut idx = Index::default();
+        idx.add_pack(Id([1; 32]), 1, [entry(id(3, 0), 1)]);
+        idx.add_pack(Id([2; 32]), 2, [entry(id(3, 0), 2), entry(id(4, 0), 3)]);
+        idx.add_pack(Id([3; 32]), 3, [entry(id(5, 0), 4)]);
+        idx.retain_packs(&[false, true, true], &[0, 2, 1]);
+        idx.seal();
+        assert_eq!(idx.packs().collect::<Vec<_>>(), vec![(Id([2; 32]), 2), (Id([3; 32]), 3)]);
+        assert!(!idx.has_pack(&Id([1; 32])));
+        assert_eq!(idx.get(&id(3, 0)).map(|(p, e)| (p, e.offset)), Some((Id([2; 32]), 2)));
+        assert_eq!(idx.pack_of(&id(5, 0)), Some(Id([3; 32])));
+        assert_eq!(idx.blob_count(), 3);
+    }
+}
