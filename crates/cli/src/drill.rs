@@ -22,7 +22,7 @@ fn seconds(s: f64) -> String {
     if s < 120.0 { format!("{s:.1} s") } else { format!("{:.1} min", s / 60.0) }
 }
 
-fn print(r: &Report) {
+pub(crate) fn print(r: &Report) {
     let verdict = if r.passed { "PASS" } else { "FAIL" };
     let from = match (r.from, &r.repository) {
         (BackupCopy::Offsite, Some(repo)) => format!(" from the off-site copy {repo}"),
@@ -86,6 +86,9 @@ pub async fn origins(
 pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
     if let Some(DrillCommand::Annotate(n)) = a.command {
         return crate::protocol::annotate(g, n).await;
+    }
+    if let Some(app) = &a.app {
+        return crate::app_drill::drill(g, &a, app).await;
     }
     let plan_file = std::path::absolute(a.plan.as_ref().context("--plan is required")?)?;
     let plan = load_plan(&plan_file, chrono::Utc::now())?;

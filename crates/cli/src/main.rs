@@ -1,5 +1,6 @@
 //! `tresor`: the command-line tool.
 
+mod app_drill;
 mod commands;
 mod copy;
 mod daemon;

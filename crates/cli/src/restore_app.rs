@@ -39,7 +39,7 @@ pub async fn restore_app(g: &Global, a: RestoreAppArgs) -> Result<u8> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let (namespace_mapping, dry_run) = (a.namespace_mapping.clone(), a.dry_run);
     let report =
-        tokio::task::spawn_blocking(move || run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run }))
+        tokio::task::spawn_blocking(move || run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run, scratch: false }))
             .await?;
     if g.json {
         print_json(&report)?;
@@ -68,7 +68,7 @@ fn print(r: &Report) {
         );
     }
     for o in r.hooks.iter().chain(&r.checks) {
-        println!("{} {} {}: {} ({:.1} s)", o.phase, if o.passed { "ok" } else { "FAILED" }, o.what, o.detail, o.seconds);
+        println!("{}", crate::app_drill::outcome_line(o));
     }
     if !r.sources.is_empty() {
         println!("application {}: consistency window {:.1} s between its sources' points", r.application, r.consistency_window_seconds);

@@ -4,24 +4,21 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tresor_sources::restore_hooks::Workload;
 
+use crate::model::HookOutcome;
 use crate::plan::{HttpCheck, Query, RestoreHook, Scale, Verify};
 
 /// A hook's time limit when neither it nor its application sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// One hook or check, as it went.
-#[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
-    /// `pre`, `post` or `check`.
-    pub phase: String,
-    pub what: String,
-    pub passed: bool,
-    pub detail: String,
-    pub seconds: f64,
-}
+/// One hook or check, as it went (the protocol's type).
+pub type Outcome = HookOutcome;
+
+/// What a command hook or check finds in its environment besides
+/// `TRESOR_HOOK`: each source's target, `TRESOR_TARGET_<SOURCE>` (upper
+/// case, other than letters and digits `_`).
+pub type HookEnv = [(String, String)];
 
 /// A runtime for the hooks' network calls (they run on a thread of their own).
 pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -33,7 +30,13 @@ pub fn workload(s: &Scale) -> Result<Workload, String> {
 }
 
 /// Run one hook; its outcome, and for a scale the replicas it had and has.
-pub fn run_hook(rt: &tokio::runtime::Runtime, phase: &str, h: &RestoreHook, limit: Duration) -> (Outcome, Option<(u32, u32)>) {
+pub fn run_hook(
+    rt: &tokio::runtime::Runtime,
+    phase: &str,
+    h: &RestoreHook,
+    limit: Duration,
+    env: &HookEnv,
+) -> (Outcome, Option<(u32, u32)>) {
     let started = Instant::now();
     let mut scaled = None;
     let result: Result<String, String> = match (&h.scale, &h.command, &h.http) {
@@ -50,27 +53,40 @@ pub fn run_hook(rt: &tokio::runtime::Runtime, phase: &str, h: &RestoreHook, limi
                 None => Ok("no replicas remembered: left as it is".into()),
             }
         }),
-        (_, Some(c), _) => command(phase, c, limit),
+        (_, Some(c), _) => command(phase, c, limit, env),
         (_, _, Some(check)) => rt.block_on(http(check, limit)),
         _ => Err("the hook says nothing to do".into()),
     };
-    (outcome(phase, h.describe(), result, started), scaled)
+    (outcome(phase, kind_of(h), h.describe(), result, started), scaled)
 }
 
 /// A command through `sh -c`; how it failed in its own last words (the hook's name is the outcome's).
-fn command(phase: &str, c: &str, limit: Duration) -> Result<String, String> {
-    tresor_sources::run_hook(phase, c, limit, &[("TRESOR_HOOK", phase)]).map(|_| "exit 0".into()).map_err(|e| {
+fn command(phase: &str, c: &str, limit: Duration, env: &HookEnv) -> Result<String, String> {
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    vars.push(("TRESOR_HOOK", phase));
+    tresor_sources::run_hook(phase, c, limit, &vars).map(|_| "exit 0".into()).map_err(|e| {
         let said = e.to_string();
         said.strip_prefix(&format!("{phase} hook {c:?}: ")).map_or(said.clone(), String::from)
     })
 }
 
-fn outcome(phase: &str, what: String, result: Result<String, String>, started: Instant) -> Outcome {
-    let seconds = started.elapsed().as_secs_f64();
-    match result {
-        Ok(detail) => Outcome { phase: phase.into(), what, passed: true, detail, seconds },
-        Err(detail) => Outcome { phase: phase.into(), what, passed: false, detail, seconds },
+/// A hook's kind, as outcomes name it.
+pub fn kind_of(h: &RestoreHook) -> &'static str {
+    match (&h.scale, &h.command, &h.http) {
+        (Some(_), _, _) => "scale",
+        (_, Some(_), _) => "command",
+        (_, _, Some(_)) => "http",
+        _ => "nothing",
     }
+}
+
+pub fn outcome(phase: &str, kind: &str, what: String, result: Result<String, String>, started: Instant) -> Outcome {
+    let seconds = started.elapsed().as_secs_f64();
+    let (passed, detail) = match result {
+        Ok(d) => (true, d),
+        Err(d) => (false, d),
+    };
+    Outcome { phase: phase.into(), kind: kind.into(), what, passed, detail, seconds }
 }
 
 /// One request: it must answer the status expected (and hold the text asked for).
@@ -102,15 +118,15 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// The application's smoke checks; `postgres` is the server a query
 /// without its own URL asks (the application's PostgreSQL target).
-pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&str>, limit: Duration) -> Vec<Outcome> {
+pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&str>, limit: Duration, env: &HookEnv) -> Vec<Outcome> {
     let mut out = Vec::new();
     for check in &v.http {
         let started = Instant::now();
-        out.push(outcome("check", format!("http {}", check.url), rt.block_on(http(check, limit)), started));
+        out.push(outcome("check", "http", format!("http {}", check.url), rt.block_on(http(check, limit)), started));
     }
     if let Some(c) = &v.command {
         let started = Instant::now();
-        out.push(outcome("check", format!("command {c:?}"), command("check", c, limit), started));
+        out.push(outcome("check", "command", format!("command {c:?}"), command("check", c, limit, env), started));
     }
     for q in &v.queries {
         let started = Instant::now();
@@ -118,7 +134,7 @@ pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&
             Some(url) => query(url, q),
             None => Err("no server to ask: give the query a url".into()),
         };
-        out.push(outcome("check", format!("sql {}", q.sql), ran, started));
+        out.push(outcome("check", "sql", format!("sql {}", q.sql), ran, started));
     }
     out
 }

@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app_hooks::{DEFAULT_TIMEOUT, Outcome, run_hook, runtime, smoke_checks};
+use crate::app_hooks::{DEFAULT_TIMEOUT, HookEnv, Outcome, outcome, run_hook, runtime, smoke_checks};
 use crate::child::Tresor;
 use crate::model::RestoreSpec;
+pub use crate::model::SourcePoint;
 use crate::plan::{AppSource, Application, Plan, RestoreHook, Scale, SourceSpec};
 
 /// What to restore: the application, the moment, where to.
@@ -33,26 +34,9 @@ pub struct Request<'a> {
     pub namespace_mapping: Vec<String>,
     /// Say what would be done; do nothing.
     pub dry_run: bool,
-}
-
-/// One source's part.
-#[derive(Debug, Clone, Serialize)]
-pub struct SourcePoint {
-    pub source: String,
-    pub kind: String,
-    pub snapshot: String,
-    /// When the snapshot was taken.
-    pub snapshot_time: DateTime<Utc>,
-    /// The moment the source is back at: the snapshot's, or for a base
-    /// backup recovered through the WAL, the time asked for.
-    pub point: DateTime<Utc>,
-    /// Recovered exactly to the time asked for (archived WAL).
-    pub exact: bool,
-    pub target: String,
-    /// What the restore said; empty in a dry run.
-    pub result: String,
-    #[serde(skip)]
-    spec: RestoreSpec,
+    /// Into scratch targets (a drill): scale hooks, which act on the
+    /// application's own workloads, are skipped and said to be.
+    pub scratch: bool,
 }
 
 /// The whole restore, as it went.
@@ -139,6 +123,7 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
     let target = r.targets.get(&spec.name).cloned().or_else(|| entry.target.clone());
     let id = snap["id"].as_str().unwrap_or_default().to_string();
     let mut out = SourcePoint {
+        bytes: snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0),
         source: spec.name.clone(),
         kind: kind.clone(),
         snapshot: id.clone(),
@@ -241,19 +226,56 @@ pub fn restore_app(r: &Request) -> Report {
 
 fn run(r: &Request, report: &mut Report) -> Result<(), String> {
     let rt = runtime()?;
+    let scaled_down = pre_hooks(&rt, r, report)?;
+    restore_sources(r, report, &scaled_down)?;
+    post_hooks(&rt, r, report)?;
+    let postgres = report.sources.iter().find(|s| s.kind == "postgres").and_then(|s| s.spec.to.clone());
+    smoke(&rt, r, report, postgres.as_deref())
+}
+
+/// Each source's target for the hooks' commands (`TRESOR_TARGET_<SOURCE>`).
+pub fn hook_env(report: &Report) -> Vec<(String, String)> {
+    report
+        .sources
+        .iter()
+        .map(|s| {
+            let name: String = s.source.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+            let to = s.spec.to.clone().or_else(|| s.spec.target.clone()).unwrap_or_else(|| s.target.clone());
+            (format!("TRESOR_TARGET_{name}"), to)
+        })
+        .collect()
+}
+
+/// One hook; into scratch targets a scale is skipped (it would act on production).
+fn hook(rt: &tokio::runtime::Runtime, r: &Request, phase: &str, h: &RestoreHook, env: &HookEnv) -> (Outcome, Option<(u32, u32)>) {
+    if r.scratch && h.scale.is_some() {
+        let skipped = Ok("skipped: a drill restores into scratch targets and leaves the application's workloads alone".to_string());
+        return (outcome(phase, "scale", h.describe(), skipped, Instant::now()), None);
+    }
+    run_hook(rt, phase, h, limit_of(r.app, h), env)
+}
+
+/// The pre-hooks, in order; the scale-downs they made. A failure undoes those and restores nothing.
+pub(crate) fn pre_hooks<'a>(rt: &tokio::runtime::Runtime, r: &Request<'a>, report: &mut Report) -> Result<Vec<&'a RestoreHook>, String> {
+    let env = hook_env(report);
     let mut scaled_down = Vec::new();
     for h in &r.app.hooks.pre {
-        let (o, scaled) = run_hook(&rt, "pre", h, limit_of(r.app, h));
+        let (o, scaled) = hook(rt, r, "pre", h, &env);
         let failed = (!o.passed).then(|| format!("pre-restore hook {} failed: {}", o.what, o.detail));
         report.hooks.push(o);
         if let Some(why) = failed {
-            let undone = undo(&rt, r.app, &scaled_down, report);
+            let undone = undo(rt, r.app, &scaled_down, report);
             return Err(format!("{why}; nothing restored{undone}"));
         }
         if scaled.is_some() {
             scaled_down.push(h);
         }
     }
+    Ok(scaled_down)
+}
+
+/// Each source restored, in the application's order.
+pub(crate) fn restore_sources(r: &Request, report: &mut Report, scaled_down: &[&RestoreHook]) -> Result<(), String> {
     for i in 0..report.sources.len() {
         let s = &report.sources[i];
         let spec = r.plan.sources.iter().find(|p| p.name == s.source).expect("prepared from the plan");
@@ -270,8 +292,14 @@ fn run(r: &Request, report: &mut Report) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// The post-hooks, in order; the first that fails stops them.
+pub(crate) fn post_hooks(rt: &tokio::runtime::Runtime, r: &Request, report: &mut Report) -> Result<(), String> {
+    let env = hook_env(report);
     for h in &r.app.hooks.post {
-        let (o, scaled) = run_hook(&rt, "post", h, limit_of(r.app, h));
+        let (o, scaled) = hook(rt, r, "post", h, &env);
         if let (Some((from, to)), Some(s)) = (scaled, &h.scale) {
             report.scaled_up.push(format!("{} in {}: {from} → {to}", s.workload, s.namespace));
         }
@@ -281,8 +309,13 @@ fn run(r: &Request, report: &mut Report) -> Result<(), String> {
             return Err(why);
         }
     }
-    let postgres = report.sources.iter().find(|s| s.kind == "postgres").and_then(|s| s.spec.to.clone());
-    report.checks = smoke_checks(&rt, &r.app.verify, postgres.as_deref(), r.app.hooks.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0));
+    Ok(())
+}
+
+/// The smoke checks; `postgres` is the server a query without a URL asks.
+pub(crate) fn smoke(rt: &tokio::runtime::Runtime, r: &Request, report: &mut Report, postgres: Option<&str>) -> Result<(), String> {
+    let limit = r.app.hooks.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
+    report.checks = smoke_checks(rt, &r.app.verify, postgres, limit, &hook_env(report));
     if let Some(bad) = report.checks.iter().find(|c| !c.passed) {
         let up = if report.scaled_up.is_empty() { "none".to_string() } else { report.scaled_up.join(", ") };
         return Err(format!("smoke check {} failed: {}; scaled up before it: {up}", bad.what, bad.detail));
@@ -296,7 +329,7 @@ fn undo(rt: &tokio::runtime::Runtime, app: &Application, down: &[&RestoreHook], 
     for h in down.iter().rev() {
         let Some(s) = &h.scale else { continue };
         let undo = RestoreHook { scale: Some(Scale { replicas: None, ..s.clone() }), ..Default::default() };
-        let (o, scaled) = run_hook(rt, "undo", &undo, limit_of(app, h));
+        let (o, scaled) = run_hook(rt, "undo", &undo, limit_of(app, h), &[]);
         if let Some((from, to)) = scaled {
             back.push(format!("{} in {}: {from} → {to}", s.workload, s.namespace));
         }

@@ -61,6 +61,7 @@ pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<O
         repository: origin.as_ref().ok().map(|o| o.name.clone()),
         test: spec.and_then(|d| d.id.clone()),
         test_type: spec.map(|d| d.test_type.as_str().to_string()),
+        application: None,
     };
     let dir = scratch_root.join(&r.test_id);
     let result = match &origin {

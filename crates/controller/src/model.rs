@@ -366,6 +366,10 @@ pub struct DrillReport {
     /// The kind of test (`drill.type`: `restore`, `validation`, `dr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_type: Option<String>,
+    /// A drill of a whole application (`drill --app`): its sources' points,
+    /// hooks and smoke checks; `source` is then the application's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<AppDrill>,
 }
 
 /// The evidence entry kind of an [`Annotation`].
@@ -424,4 +428,54 @@ pub struct DrillSilence {
     pub expired: bool,
     /// What went wrong making or expiring it.
     pub error: Option<String>,
+}
+
+/// One restore hook or smoke check of an application, as it went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HookOutcome {
+    /// `pre`, `post`, `undo` (a scale-down taken back) or `check`.
+    pub phase: String,
+    /// `scale`, `command`, `http` or `sql`.
+    pub kind: String,
+    /// What it does, in a line.
+    pub what: String,
+    pub passed: bool,
+    /// What it said: its result, or how it failed.
+    pub detail: String,
+    pub seconds: f64,
+}
+
+/// One source of an application restore: the restore point it reaches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SourcePoint {
+    pub source: String,
+    pub kind: String,
+    pub snapshot: String,
+    /// When the snapshot was taken.
+    pub snapshot_time: DateTime<Utc>,
+    /// The moment the source is back at: the snapshot's, or for a base
+    /// backup recovered through the WAL, the time asked for.
+    pub point: DateTime<Utc>,
+    /// Recovered exactly to the time asked for (archived WAL).
+    pub exact: bool,
+    pub target: String,
+    /// The snapshot's size (bytes it processed), for predictions.
+    #[serde(default)]
+    pub bytes: u64,
+    /// What the restore said; empty in a dry run.
+    pub result: String,
+    /// The restore to run (it may hold a password: never shown).
+    #[serde(skip)]
+    pub spec: RestoreSpec,
+}
+
+/// What a drill of an application records beyond every drill's fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AppDrill {
+    /// Its sources, in the order they came back.
+    pub sources: Vec<SourcePoint>,
+    /// The spread between the sources' points.
+    pub consistency_window_seconds: f64,
+    pub hooks: Vec<HookOutcome>,
+    pub smoke_checks: Vec<HookOutcome>,
 }

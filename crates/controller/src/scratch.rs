@@ -139,6 +139,10 @@ impl Redis {
         Ok(r)
     }
 
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
     pub fn exists(&self, key: &str) -> Result<bool, String> {
         Ok(output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "EXISTS", key]), "redis-cli EXISTS")? == "1")
     }

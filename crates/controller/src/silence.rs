@@ -201,10 +201,20 @@ impl Drop for Silence {
 /// The silence for a drill of `source`, when the plan asks for one: for
 /// its expected time (from `history`, else its class's RTO) plus the margin.
 pub async fn for_drill(plan: &Plan, source: &SourceSpec, history: &[DrillReport]) -> Option<Silence> {
-    let settings = plan.drills.silence.as_ref()?;
-    let rto = plan.classes.get(&source.class).map_or(Duration::ZERO, |c| c.rto.0);
     let comment = format!("tresor: restore drill of {} ({})", source.name, source.class);
-    Some(Silence::begin(settings, &source.name, &source.class, expected(history, &source.name, rto), &comment).await)
+    for_name(plan, &source.name, &source.class, history, &comment).await
+}
+
+/// The silence for a drill of an application, as for a source's: its name
+/// stands for `{source}`, its strictest class (the drill's) for `{class}`.
+pub async fn for_app(plan: &Plan, app: &str, class: &str, history: &[DrillReport]) -> Option<Silence> {
+    for_name(plan, app, class, history, &format!("tresor: restore drill of application {app}")).await
+}
+
+async fn for_name(plan: &Plan, name: &str, class: &str, history: &[DrillReport], comment: &str) -> Option<Silence> {
+    let settings = plan.drills.silence.as_ref()?;
+    let rto = plan.classes.get(class).map_or(Duration::ZERO, |c| c.rto.0);
+    Some(Silence::begin(settings, name, class, expected(history, name, rto), comment).await)
 }
 
 /// What the drill's protocol says of its silence, in one line.

@@ -311,6 +311,9 @@ pub struct DrillArgs {
     /// The password file of a --from repository given by URL (default: the source's repository's).
     #[arg(long, value_name = "FILE", requires = "from")]
     pub from_password_file: Option<PathBuf>,
+    /// Drill a whole application of the plan: its sources into scratch targets, in its order, between its hooks (scale hooks skipped), then its smoke checks; one protocol entry with its RTO end to end.
+    #[arg(long, value_name = "APP", conflicts_with_all = ["name", "from"])]
+    pub app: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -39,7 +39,7 @@ fn is_root() -> bool {
 }
 
 /// The plan: one repository, one class, these sources and this application.
-fn write_plan(env: &Env, sources: &str, application: &str) -> PathBuf {
+pub(super) fn write_plan(env: &Env, sources: &str, application: &str) -> PathBuf {
     let plan = format!(
         "repositories:\n  main: {{url: {}, password_file: {}}}\nclasses:\n  app: {{rpo: 1d, rto: 1h, retention: {{daily: 7}}}}\nsources:\n{sources}applications:\n{application}",
         env.repo,
@@ -299,6 +299,35 @@ fn a_failing_pre_hook_or_a_moment_before_every_point_restores_nothing() {
     );
     assert_eq!(h.repos(), "library/nginx,pushed/after", "nothing restored");
     assert_eq!(h.core(), (2, None), "replicas as they were");
+    // Each hook's outcome is in the result: the scale-down, the failure, the scale-down taken back.
+    let out = h.restore(&plan, &["--latest", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hooks: Vec<(&str, &str, &str, bool, &str)> = r["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let s = |k: &str| o[k].as_str().unwrap();
+            assert!(o["seconds"].as_f64().unwrap() >= 0.0, "{o}");
+            (s("phase"), s("kind"), s("what"), o["passed"].as_bool().unwrap(), s("detail"))
+        })
+        .collect();
+    assert_eq!(
+        hooks,
+        [
+            ("pre", "scale", "scale deployment/web in shop to 0", true, "2 → 0 replicas, ready"),
+            (
+                "pre",
+                "command",
+                "command \"echo maintenance mode refused >&2; exit 3\"",
+                false,
+                "failed (exit status: 3): maintenance mode refused"
+            ),
+            ("undo", "scale", "scale deployment/web in shop back", true, "0 → 2 replicas, ready"),
+        ]
+    );
+    assert_eq!((r["sources"][0]["result"].as_str(), h.repos().as_str(), h.core()), (Some(""), "library/nginx,pushed/after", (2, None)));
 
     let oldest = h.env.json(&["snapshots"])[0]["time"].as_str().unwrap().to_string();
     let oldest = chrono::DateTime::parse_from_rfc3339(&oldest).unwrap().with_timezone(&chrono::Utc).to_rfc3339();

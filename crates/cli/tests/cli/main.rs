@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use tresor_testkit::S3Server;
 
+mod app_drill;
 mod apps;
 mod backends;
 mod bucket;
