@@ -22,6 +22,7 @@ mod prune;
 mod restore_app;
 mod retention;
 mod sources;
+mod standby;
 
 use std::process::ExitCode;
 
@@ -110,6 +111,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Report(a) => drill::report(a).await,
         Command::Dr(a) => dr::dr(&g, a).await,
         Command::Volume(a) => k8s::volume(&g, a).await,
+        Command::Standby(a) => standby::standby(&g, a).await,
+        Command::Failover(a) => standby::failover(&g, a).await,
         Command::Completion(a) => manual::completion(a),
         Command::Man(a) => manual::man(a),
         Command::Job(a) => match a.command {

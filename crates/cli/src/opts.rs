@@ -4,6 +4,7 @@
 mod app;
 mod dr;
 mod ops;
+mod standby;
 
 use std::path::PathBuf;
 
@@ -12,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 pub use app::*;
 pub use dr::*;
 pub use ops::*;
+pub use standby::*;
 
 /// Help sections, shared so that every command groups the same way.
 pub(crate) const REPOSITORY: &str = "Repository";
@@ -139,6 +141,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Disaster recovery: rehearse bringing the whole plan back from the off-site copy.
     Dr(DrCmd),
+    /// Warm standbys: make a source's standby from its newest backup, show each standby's lag.
+    Standby(StandbyCmd),
+    /// Promote a source's warm standby (PostgreSQL: pg_promote once it has replayed the archive); recorded like a drill.
+    Failover(FailoverArgs),
     /// Kubernetes volumes: back a claim up, or restore into a new one, through a Job in the cluster.
     Volume(VolumeCmd),
     /// Print a shell completion script, e.g. `tresor completion bash > /etc/bash_completion.d/tresor`.

@@ -131,8 +131,8 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The recovery settings appended to `postgresql.auto.conf`.
-fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedOffset>>) -> Result<String> {
+/// tresor's `restore_command` for the repository of `g`, as a setting.
+pub(crate) fn restore_command(g: &Global) -> Result<String> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let repo = g.repo.as_deref().context("no repository given")?;
     let pw = g.password_file.as_deref().context(
@@ -145,8 +145,16 @@ fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedO
         shell_quote(repo),
         shell_quote(&pw.display().to_string())
     );
-    let conf = |v: &str| format!("'{}'", v.replace('\'', "''"));
-    let mut out = format!("\n# Written by tresor pg restore.\nrestore_command = {}\n", conf(&command));
+    Ok(format!("restore_command = {}\n", conf(&command)))
+}
+
+fn conf(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// The recovery settings appended to `postgresql.auto.conf`.
+fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedOffset>>) -> Result<String> {
+    let mut out = format!("\n# Written by tresor pg restore.\n{}", restore_command(g)?);
     match (time, &a.lsn, a.immediate) {
         (Some(t), _, _) => out += &format!("recovery_target_time = {}\n", conf(&t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string())),
         (_, Some(l), _) => out += &format!("recovery_target_lsn = {}\n", conf(l)),

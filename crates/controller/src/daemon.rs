@@ -608,8 +608,9 @@ fn survey_volumes(shared: &Arc<Shared>) {
 /// How often the daemon looks at the WAL archives.
 const WAL_EVERY: Duration = Duration::from_secs(15);
 
-/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) in the
-/// metrics, now and every few seconds.
+/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) and their
+/// standbys' lag (crate::standby) in the metrics, and their standbys made
+/// once, now and every few seconds.
 fn watch_wal(shared: &Arc<Shared>) {
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -625,6 +626,16 @@ fn watch_wal(shared: &Arc<Shared>) {
             }
             for (source, p) in crate::walrpo::points(&plan, &listings).await {
                 shared.metrics.wal_point(&plan, &source, p);
+            }
+            for (source, p) in crate::standby::points(&plan, &listings).await {
+                shared.metrics.standby_point(&source, p);
+            }
+            // A failure (no base backup yet) is retried at the next look, so it is logged, not audited each time.
+            for (source, made) in crate::standby::make_unmade(&plan, &shared.plan_file, &shared.runner.exe).await {
+                match made {
+                    Ok(()) => shared.audit("daemon", "standby refresh", &source, "succeeded", ""),
+                    Err(e) => tracing::warn!("cannot make the standby of {source}: {e}"),
+                }
             }
             tokio::time::sleep(WAL_EVERY).await;
         }

@@ -44,6 +44,7 @@ mod scheduler_tests;
 pub mod scratch;
 pub mod serve;
 pub mod silence;
+pub mod standby;
 pub mod state;
 pub mod status;
 pub mod view;

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::plan::Plan;
 use crate::state::Outcome;
+use crate::standby::StandbyPoint;
 use crate::walrpo::WalPoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +104,9 @@ pub struct Metrics {
     unprotected: Family<NamespaceLabels, Gauge>,
     wal_lag: Family<SourceLabels, FloatGauge>,
     wal_gap: Family<SourceLabels, Gauge>,
+    standby_lag: Family<SourceLabels, FloatGauge>,
+    /// Sources with a warm standby: its newest figures (crate::standby).
+    standbys: Mutex<BTreeMap<String, StandbyPoint>>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Sources that archive WAL: the archive's newest figures.
@@ -149,6 +153,8 @@ impl Metrics {
             unprotected: Family::default(),
             wal_lag: Family::default(),
             wal_gap: Family::default(),
+            standby_lag: Family::default(),
+            standbys: Mutex::default(),
             newest: Mutex::default(),
             wal: Mutex::default(),
             registry: Registry::default(),
@@ -195,6 +201,11 @@ impl Metrics {
             m.wal_lag.clone(),
         );
         r.register("backup_wal_archive_gap_segments", "WAL segments missing after the unbroken part of the archive", m.wal_gap.clone());
+        r.register(
+            "standby_lag_seconds",
+            "Age of the oldest archived commit a source's warm standby has not replayed (0: replayed to the archive's end)",
+            m.standby_lag.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -321,6 +332,16 @@ impl Metrics {
         self.wal.lock().expect("not poisoned").insert(source.into(), p);
     }
 
+    /// A warm standby's newest figures (crate::standby).
+    pub fn standby_point(&self, source: &str, p: StandbyPoint) {
+        self.standbys.lock().expect("not poisoned").insert(source.into(), p);
+    }
+
+    /// Each standby's newest figures, by source.
+    pub fn standbys(&self) -> BTreeMap<String, StandbyPoint> {
+        self.standbys.lock().expect("not poisoned").clone()
+    }
+
     /// Seconds since each class's stalest source last had a restorable
     /// point (for a source that archives WAL, the archive's RPO when
     /// smaller); a source that never had one counts from the Unix epoch (as
@@ -351,6 +372,11 @@ impl Metrics {
         for (source, w) in self.wal.lock().expect("not poisoned").iter() {
             if let Some(s) = plan.sources.iter().find(|s| &s.name == source) {
                 self.wal_lag.get_or_create(&SourceLabels { source: source.clone(), class: s.class.clone() }).set(w.lag(now));
+            }
+        }
+        for (source, p) in self.standbys() {
+            if let Some(s) = plan.sources.iter().find(|s| s.name == source) {
+                self.standby_lag.get_or_create(&SourceLabels { source, class: s.class.clone() }).set(p.lag(now));
             }
         }
         for (name, repo) in &plan.repositories {

@@ -341,6 +341,23 @@ pub struct SourceSpec {
     /// How a `k8s://` source's restores into another cluster rewrite its
     /// objects: a transforms file (storage classes, image registries, JSON patches).
     pub transforms: Option<PathBuf>,
+    /// A warm standby kept ready from this source's backups (`tresor standby
+    /// refresh`, `tresor failover`).
+    pub standby: Option<Standby>,
+}
+
+/// A source's warm standby. For a `pgbase://` source: a data directory made
+/// from the newest base backup with `standby.signal` and tresor's
+/// `restore_command`, which a PostgreSQL server started on it keeps
+/// replaying from the WAL archive; `tresor failover` promotes that server.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Standby {
+    /// The standby's data directory (made once, when it does not exist or is empty).
+    pub target: PathBuf,
+    /// The standby server, asked for its replay position and promoted by
+    /// `failover`: `postgres://USER[:PASSWORD]@HOST[:PORT]`.
+    pub server: Option<String>,
 }
 
 /// A `pgbase://` source's WAL archive, as the plan states it.

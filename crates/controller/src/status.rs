@@ -305,8 +305,31 @@ pub fn page(shared: &Shared) -> String {
         "<h2>Next runs</h2>".into(),
         table("next", false, &["what", "when"], &next),
         unprotected,
+        standby_section(shared, &plan, now),
     ];
     shell("tresor status", REFRESH, &body.concat(), now)
+}
+
+/// Each warm standby's lag (crate::standby), when the plan has standbys.
+fn standby_section(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
+    let points = shared.metrics.standbys();
+    let rows: String = plan
+        .sources
+        .iter()
+        .filter_map(|s| Some((s, s.standby.as_ref()?)))
+        .map(|(s, standby)| {
+            let (lag, waiting) = match points.get(&s.name) {
+                Some(p) => (human(p.lag(now)), p.waiting_segments.to_string()),
+                None => ("not measured yet".into(), String::new()),
+            };
+            let target = esc(&standby.target.display().to_string());
+            format!("<tr data-standby=\"{n}\"><td>{n}</td><td>{target}</td><td>{lag}</td><td>{waiting}</td></tr>\n", n = esc(&s.name))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!("<h2>Standbys</h2>{}", table("standbys", false, &["source", "standby", "lag", "segments not replayed"], &rows))
 }
 
 /// Claims in covered namespaces that no source backs up, when a survey found any.

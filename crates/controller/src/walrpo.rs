@@ -56,21 +56,26 @@ impl WalPoint {
     }
 }
 
-fn secs(t: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
+pub(crate) fn secs(t: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
     ((now - t).num_milliseconds() as f64 / 1000.0).max(0.0)
 }
 
-fn time(v: &Value) -> Option<DateTime<Utc>> {
+pub(crate) fn time(v: &Value) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// The newest base backup of `source` in its repository's listing.
+pub(crate) fn newest_base<'a>(source: &str, snaps: &'a [Value]) -> Option<&'a Value> {
+    let tag = format!("source={source}");
+    snaps
+        .iter()
+        .filter(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())))
+        .max_by_key(|x| time(&x["time"]))
 }
 
 /// The chain of `source` in its repository's listing (`snapshots --all --json`).
 pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
-    let tag = format!("source={source}");
-    let base = snaps
-        .iter()
-        .filter(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())))
-        .max_by_key(|x| time(&x["time"]))?;
+    let base = newest_base(source, snaps)?;
     let point = &base["source"]["consistency"];
     let system_id = point["system_id"].as_str()?;
     let size = point["wal_segment_size"].as_u64().unwrap_or(16 << 20);

@@ -172,6 +172,41 @@ pub fn server_position(url: &str) -> crate::Result<ServerPosition> {
     })
 }
 
+/// What a standby server says about its replay, for its lag and its failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayPosition {
+    /// `pg_last_wal_replay_lsn()`: the end of the last record replayed (None: nothing replayed yet).
+    pub lsn: Option<u64>,
+    /// Still a standby (`pg_is_in_recovery()`), not promoted.
+    pub in_recovery: bool,
+    /// The newest commit replayed (`pg_last_xact_replay_timestamp()`, microseconds since the Unix epoch).
+    pub last_commit_unix_micros: Option<i64>,
+}
+
+/// Ask the standby server at `postgres://USER@HOST:PORT` how far it has replayed.
+pub fn replay_position(url: &str) -> crate::Result<ReplayPosition> {
+    let pg = crate::postgres::Postgres::parse_cluster(url)?;
+    let said = pg.query(
+        "postgres",
+        "SELECT coalesce(pg_last_wal_replay_lsn()::text, '') || '|' || pg_is_in_recovery() || '|' \
+         || coalesce((extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint::text, '')",
+    )?;
+    let bad = || pg.fail(format!("unexpected answer about the replay position: {said:?}"));
+    let [lsn, recovery, commit] = said.trim().split('|').collect::<Vec<_>>()[..] else { return Err(bad()) };
+    Ok(ReplayPosition {
+        lsn: if lsn.is_empty() { None } else { Some(parse_lsn(lsn).ok_or_else(bad)?) },
+        in_recovery: recovery == "t" || recovery == "true",
+        last_commit_unix_micros: if commit.is_empty() { None } else { Some(commit.parse().map_err(|_| bad())?) },
+    })
+}
+
+/// Promote the standby server at `postgres://USER@HOST:PORT` and wait (up
+/// to `wait_secs`) until it accepts writes: `pg_promote`'s answer.
+pub fn promote(url: &str, wait_secs: u32) -> crate::Result<bool> {
+    let pg = crate::postgres::Postgres::parse_cluster(url)?;
+    Ok(pg.query("postgres", &format!("SELECT pg_promote(true, {wait_secs})"))?.trim() == "t")
+}
+
 /// Missing segments of one timeline: `(first missing, last missing)`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Gap {

@@ -42,6 +42,7 @@ mod standby;
 mod transforms;
 mod volumes;
 mod walrpo;
+mod warm_standby;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tresor");
 
