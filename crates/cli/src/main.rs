@@ -15,6 +15,7 @@ mod keys;
 mod manual;
 mod opts;
 mod pg;
+mod pgspool;
 mod pgwal;
 mod preview;
 mod protocol;

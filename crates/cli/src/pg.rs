@@ -12,7 +12,7 @@ use chrono::{DateTime, FixedOffset};
 use serde_json::json;
 use tresor_engine::{Id, IdSet, Snapshot};
 use tresor_sources::PG_BASE;
-use tresor_sources::pgwal::{self, WalFile, WalKind};
+use tresor_sources::pgwal::{self, ArchivedSegment, RecoveryEnd, WalFile, WalKind};
 
 use crate::commands::{open, print_json};
 use crate::opts::{Global, PgCmd, PgCommand, PgRestoreArgs};
@@ -32,6 +32,7 @@ pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
         }
         PgCommand::WalPush(a) => crate::pgwal::push(g, a).await,
         PgCommand::WalFetch(a) => crate::pgwal::fetch(g, a).await,
+        PgCommand::WalPrefetch { pgdata } => crate::pgspool::prefetch(g, pgdata).await,
         PgCommand::Restore(a) => restore(g, a).await,
         PgCommand::Verify => verify(g).await,
     }
@@ -193,16 +194,15 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     let settings = recovery_settings(g, &a, time)?;
     std::fs::create_dir_all(&a.target).with_context(|| format!("cannot create {}", a.target.display()))?;
     std::fs::set_permissions(&a.target, std::fs::Permissions::from_mode(0o700))?;
+    // Started first, so that its unlock overlaps the base backup's restore.
+    let prefetcher = match recovery_plan(chain, base, &a, time) {
+        Some(plan) if a.prefetch > 0 => Some(crate::pgspool::start(g, &a.target, &plan).map(|p| (p, plan.segments.len()))?),
+        _ => None,
+    };
     let mut unpack = tresor_sources::unpack_into(&a.target);
     let (_, bytes, _) = crate::sources::stream_into(&repo, base, unpack.as_mut(), false).await?;
     write_recovery(&a.target, &settings)?;
-    // The first segments recovery asks for, fetched now: each restore_command
-    // call would otherwise unlock the repository again.
-    if let (Some(id), Some(first)) =
-        (point(base, "system_id").and_then(|i| i.parse().ok()), point(base, "start_wal").and_then(WalFile::parse))
-    {
-        crate::pgwal::prefetch(&repo, id, &first, seg_size(base), &a.target.join(crate::pgwal::PREFETCHED), 8, true).await;
-    }
+    let prefetch = prefetcher.map(|(p, planned)| json!({"pid": p.hand_over(), "segments_planned": planned, "window": a.prefetch}));
     let stop = match (&a.time, &a.lsn, a.latest) {
         (Some(t), _, _) => format!("time {t}"),
         (_, Some(l), _) => format!("LSN {l}"),
@@ -210,7 +210,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         _ => "the end of the base backup".into(),
     };
     if g.json {
-        print_json(&json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop}))?;
+        print_json(&json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop, "prefetch": prefetch}))?;
     } else {
         println!(
             "restored base backup {} (WAL from {} on timeline {}) into {}; start PostgreSQL on it and it recovers to {stop}",
@@ -221,6 +221,41 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// The segments this recovery will read (tresor_sources::pgwal's
+/// recovery_chain), for the prefetcher; `None` when the base backup does
+/// not say where its WAL starts.
+fn recovery_plan(chain: &Chain, base: &Snapshot, a: &PgRestoreArgs, time: Option<DateTime<FixedOffset>>) -> Option<crate::pgspool::Plan> {
+    let size = chain.seg_size();
+    let start = WalFile::parse(point(base, "start_wal")?)?;
+    let end = match (time, &a.lsn, a.immediate) {
+        (Some(t), _, _) => RecoveryEnd::AfterCommit(t.timestamp_micros()),
+        (_, Some(l), _) => RecoveryEnd::Segment(pgwal::lsn_segno(l, size)?),
+        (_, _, true) => RecoveryEnd::Segment(point(base, "end_lsn").and_then(|l| pgwal::lsn_segno(l, size)).unwrap_or(start.segno(size))),
+        _ => RecoveryEnd::Latest,
+    };
+    let archived: Vec<ArchivedSegment> = chain
+        .wal
+        .iter()
+        .map(|(w, s)| ArchivedSegment {
+            file: w.clone(),
+            last_commit_micros: point(s, "last_commit").and_then(|c| DateTime::parse_from_rfc3339(c).ok()).map(|c| c.timestamp_micros()),
+        })
+        .collect();
+    let mut last_segment = BTreeMap::new();
+    for (w, _) in chain.wal.iter().filter(|(w, _)| w.kind == WalKind::Segment) {
+        let last = last_segment.entry(w.timeline).or_insert(0);
+        *last = w.segno(size).max(*last);
+    }
+    Some(crate::pgspool::Plan {
+        system_id: point(base, "system_id")?.parse().ok()?,
+        window: a.prefetch,
+        segments: pgwal::recovery_chain(&archived, start.timeline, start.segno(size), end, size),
+        history: chain.wal.iter().filter(|(w, _)| w.kind == WalKind::History).map(|(w, _)| w.name.clone()).collect(),
+        last_segment,
+        seg_size: size,
+    })
 }
 
 fn write_recovery(dir: &Path, settings: &str) -> Result<()> {

@@ -10,8 +10,10 @@
 //! Both run once per file and pay for unlocking the repository each time,
 //! so each run does more than asked: a push also archives other files the
 //! archiver has marked ready (and leaves a note, so their own push returns
-//! at once), and a fetch also fetches the following segments in parallel
-//! into `pg_wal/tresor-prefetch/`.
+//! at once). A fetch first looks in the spool of `tresor pg restore`'s
+//! prefetcher (crate::pgspool), which answers without an unlock; without
+//! a prefetcher it fetches the following segments in parallel into
+//! `pg_wal/tresor-prefetch/` itself.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -151,8 +153,14 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
     let pgdata = pgdata(a.pgdata)?;
     let wal = WalFile::parse(&a.file).with_context(|| format!("{:?} is not a WAL file name", a.file))?;
     let spool = pgdata.join(PREFETCHED);
+    let (record, own_prefetch) = match crate::pgspool::take(&pgdata, &wal, &a.dest)? {
+        crate::pgspool::Take::Served => return Ok(0),
+        crate::pgspool::Take::Absent => return Ok(not_archived(&wal)),
+        crate::pgspool::Take::Fetch { record } => (record, 0),
+        crate::pgspool::Take::NoPrefetcher => (false, a.prefetch),
+    };
     let spooled = spool.join(&wal.name);
-    let running_low = || std::fs::read_dir(&spool).map_or(0, |d| d.count()) < a.prefetch.div_ceil(2);
+    let running_low = || std::fs::read_dir(&spool).map_or(0, |d| d.count()) < own_prefetch.div_ceil(2);
     let from_spool = spooled.exists();
     if from_spool {
         move_file(&spooled, &a.dest)?;
@@ -168,25 +176,30 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
     } else {
         match fetch_one(&repo, system_id, &wal.name, &a.dest).await? {
             Some(seg_size) => seg_size,
-            None => {
-                eprintln!("tresor: {} is not in the archive", wal.name);
-                return Ok(1);
-            }
+            None => return Ok(not_archived(&wal)),
         }
     };
+    if record {
+        crate::pgspool::note_fallback(&pgdata, &wal.name);
+    }
     if let (WalKind::Segment, Some(seg_size)) = (wal.kind, seg_size) {
-        prefetch(&repo, system_id, &wal, seg_size, &spool, a.prefetch, false).await;
+        prefetch(&repo, system_id, &wal, seg_size, &spool, own_prefetch).await;
     }
     Ok(0)
 }
 
-/// The segments after `wal` (or from it, with `inclusive`) into the spool,
-/// several at a time; those not archived (yet) are skipped.
-pub async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u64, spool: &Path, count: usize, inclusive: bool) {
+fn not_archived(wal: &WalFile) -> u8 {
+    eprintln!("tresor: {} is not in the archive", wal.name);
+    1
+}
+
+/// The segments after `wal` into the spool, several at a time; those not
+/// archived (yet) are skipped.
+async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u64, spool: &Path, count: usize) {
     if count == 0 || std::fs::create_dir_all(spool).is_err() {
         return;
     }
-    let first = wal.segno(seg_size) + u64::from(!inclusive);
+    let first = wal.segno(seg_size) + 1;
     let names: Vec<String> =
         (first..first + count as u64).map(|s| pgwal::segment_name(wal.timeline, s, seg_size)).filter(|n| !spool.join(n).exists()).collect();
     let fetched = futures::stream::iter(names)
@@ -201,7 +214,7 @@ pub async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size
 
 /// Write one archived file to `dest` (whole or not at all); its segment
 /// size if it is archived, `None` if not.
-async fn fetch_one(repo: &Repository, system_id: u64, file: &str, dest: &Path) -> Result<Option<Option<u64>>> {
+pub(crate) async fn fetch_one(repo: &Repository, system_id: u64, file: &str, dest: &Path) -> Result<Option<Option<u64>>> {
     let Some(snap) = repo.find_named(&pgwal::snapshot_name(system_id, file)).await? else {
         return Ok(None);
     };
@@ -226,7 +239,7 @@ async fn fetch_one(repo: &Repository, system_id: u64, file: &str, dest: &Path) -
     Ok(Some(snap.source.consistency.get("wal_segment_size").and_then(|v| v.as_u64())))
 }
 
-fn move_file(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {
     if std::fs::rename(from, to).is_err() {
         std::fs::copy(from, to).with_context(|| format!("cannot write {}", to.display()))?;
         let _ = std::fs::remove_file(from);

@@ -262,6 +262,58 @@ pub fn unneeded(files: &[WalFile], oldest_base_start: Option<u64>, seg_size: u64
     files.iter().filter(|f| f.kind != WalKind::History && f.segno(seg_size) < start).collect()
 }
 
+/// An archived segment as a recovery plan sees it: its name and, when its
+/// records were read at push time, the time of its newest commit.
+#[derive(Clone, Debug)]
+pub struct ArchivedSegment {
+    pub file: WalFile,
+    pub last_commit_micros: Option<i64>,
+}
+
+/// Where a recovery stops reading WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryEnd {
+    /// Through this segment (the one holding a target LSN or a backup's end).
+    Segment(u64),
+    /// Through the first segment with a commit after this moment (Unix
+    /// microseconds): recovery stops at that commit.
+    AfterCommit(i64),
+    /// Through the end of the archived WAL.
+    Latest,
+}
+
+/// The segments a recovery from segment `start` on `timeline` reads, in
+/// order: the archived ones from `start` on, without a gap (a gap ends any
+/// recovery), up to `end` and one more (PostgreSQL decodes WAL ahead of
+/// replay, into the segment after the one where it stops). Later
+/// timelines are not followed: their segments are named only once
+/// PostgreSQL chooses the timeline.
+pub fn recovery_chain(archived: &[ArchivedSegment], timeline: u32, start: u64, end: RecoveryEnd, seg_size: u64) -> Vec<String> {
+    let mut on_tli: Vec<&ArchivedSegment> = archived
+        .iter()
+        .filter(|a| a.file.kind == WalKind::Segment && a.file.timeline == timeline && a.file.segno(seg_size) >= start)
+        .collect();
+    on_tli.sort_by_key(|a| a.file.segno(seg_size));
+    let mut out = Vec::new();
+    let mut stopped = false;
+    for (want, a) in (start..).zip(on_tli) {
+        let segno = a.file.segno(seg_size);
+        if segno != want {
+            break;
+        }
+        out.push(a.file.name.clone());
+        if stopped {
+            break;
+        }
+        stopped = match end {
+            RecoveryEnd::Segment(s) => segno >= s,
+            RecoveryEnd::AfterCommit(t) => a.last_commit_micros.is_some_and(|c| c > t),
+            RecoveryEnd::Latest => false,
+        };
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +373,33 @@ mod tests {
         let gone: Vec<&str> = unneeded(&files, Some(4), MB16).iter().map(|f| f.name.as_str()).collect();
         assert_eq!(gone, ["000000010000000000000003"]);
         assert!(unneeded(&files, None, MB16).is_empty());
+    }
+
+    #[test]
+    fn a_recovery_reads_the_chain_from_its_start_to_its_end() {
+        let seg = |n: &str, commit: Option<i64>| ArchivedSegment { file: WalFile::parse(n).unwrap(), last_commit_micros: commit };
+        let archived = vec![
+            seg("000000010000000000000002", Some(100)),
+            seg("000000010000000000000003", None),
+            seg("000000010000000000000004", Some(300)),
+            seg("000000010000000000000005", Some(400)),
+            seg("000000010000000000000007", Some(700)),
+            seg("000000020000000000000005", Some(500)),
+            seg("00000002.history", None),
+        ];
+        let names = |end| recovery_chain(&archived, 1, 3, end, MB16);
+        assert_eq!(
+            names(RecoveryEnd::AfterCommit(250)),
+            ["000000010000000000000003", "000000010000000000000004", "000000010000000000000005"],
+            "through the segment of the first commit after 250, and the one after it"
+        );
+        assert_eq!(names(RecoveryEnd::Segment(3)), ["000000010000000000000003", "000000010000000000000004"]);
+        assert_eq!(
+            names(RecoveryEnd::Latest),
+            ["000000010000000000000003", "000000010000000000000004", "000000010000000000000005"],
+            "the gap at 6 ends the chain"
+        );
+        assert_eq!(names(RecoveryEnd::AfterCommit(900)), names(RecoveryEnd::Latest));
+        assert!(recovery_chain(&archived, 1, 6, RecoveryEnd::Latest, MB16).is_empty(), "the first segment is missing");
     }
 }

@@ -50,9 +50,11 @@ impl PostgresServer {
     }
 
     /// Start the data directory `dir/data` (a restored one), on a new port.
+    /// As root, `dir` and everything in it must be the postgres user's
+    /// already: a chown here would race a process still writing into it
+    /// (tresor's WAL prefetcher).
     pub fn adopt(dir: TempDir) -> PostgresServer {
         let server = PostgresServer { port: free_port(), dir, bin: Self::bin_dir() };
-        server.own();
         server.launch();
         server
     }

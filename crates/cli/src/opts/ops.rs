@@ -149,6 +149,13 @@ pub enum PgCommand {
     WalPush(WalPushArgs),
     /// Fetch an archived WAL file: `restore_command = 'tresor … pg wal-fetch %f %p'`.
     WalFetch(WalFetchArgs),
+    /// Keep the WAL a restored cluster will replay fetched ahead (started by `pg restore`).
+    #[command(hide = true)]
+    WalPrefetch {
+        /// The restored data directory.
+        #[arg(long)]
+        pgdata: PathBuf,
+    },
     /// Build a data directory that recovers to a point in time.
     Restore(PgRestoreArgs),
     /// Report gaps in the archived WAL, per cluster and timeline.
@@ -207,6 +214,11 @@ pub struct PgRestoreArgs {
     /// running cluster, whose archive it must not branch).
     #[arg(long)]
     pub no_archive: bool,
+    /// Keep this many WAL segments fetched ahead of the recovery, by one
+    /// process that unlocks the repository once (0: each segment is fetched
+    /// when PostgreSQL asks for it).
+    #[arg(long, default_value_t = 16)]
+    pub prefetch: usize,
 }
 
 #[derive(Args)]

@@ -3,7 +3,8 @@
 //! restores that recover through `tresor pg wal-fetch`, and retention that
 //! follows the WAL chain.
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use tresor_testkit::PostgresServer;
 
@@ -46,21 +47,35 @@ pub(super) fn switch_and_archive(pg: &PostgresServer) -> String {
     seg
 }
 
-fn restore_and_start(env: &Env, point: &[&str]) -> PostgresServer {
+/// A directory for a restored cluster, the user's who runs tresor.
+fn restore_dir(env: &Env) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     if let Some(user) = env.user {
         assert!(Command::new("chown").args([user]).arg(dir.path()).status().unwrap().success());
     }
-    let data = dir.path().join("data");
+    dir
+}
+
+fn restore_args<'a>(data: &'a Path, point: &[&'a str]) -> Vec<&'a str> {
     // Beside the running cluster, the restored one must not archive into its chain.
     let mut args = vec!["pg", "restore", "--no-archive", "--target", data.to_str().unwrap()];
     args.extend_from_slice(point);
-    let said = env.ok(&args);
-    assert!(said.starts_with("restored base backup "), "{said}");
+    args
+}
+
+/// Start the restored cluster and wait until it has left recovery.
+fn start_restored(dir: tempfile::TempDir) -> PostgresServer {
     let pg = PostgresServer::adopt(dir);
     let state = pg.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
     assert_eq!(state, "f", "recovery ended: {}", pg.log().lines().rev().take(8).collect::<Vec<_>>().join("\n"));
     pg
+}
+
+fn restore_and_start(env: &Env, point: &[&str]) -> PostgresServer {
+    let dir = restore_dir(env);
+    let said = env.ok(&restore_args(&dir.path().join("data"), point));
+    assert!(said.starts_with("restored base backup "), "{said}");
+    start_restored(dir)
 }
 
 fn notes(pg: &PostgresServer) -> String {
@@ -197,5 +212,76 @@ fn wal_gaps_are_reported_and_bad_wal_is_refused() {
     assert_eq!(
         (out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()),
         (Some(1), "tresor: 0000000100000000000000FF is not in the archive\n")
+    );
+}
+
+/// Wait (up to two minutes) until `done` holds: a process outside the test
+/// gets there at its own pace.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !done() {
+        assert!(Instant::now() < until, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The prefetcher's report, once it has removed its spool.
+fn prefetch_report(pg: &PostgresServer) -> serde_json::Value {
+    let report = pg.dir().join("data/tresor-prefetch.json");
+    wait_until("the prefetcher's report", || report.exists());
+    assert!(!pg.dir().join("data/pg_wal/tresor-prefetch").exists(), "the spool is gone");
+    serde_json::from_slice(&fs::read(report).unwrap()).unwrap()
+}
+
+#[test]
+fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missing_from_it() {
+    let env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    let start = env.json(&["snapshots"])[0]["source"]["consistency"]["start_wal"].as_str().unwrap().to_string();
+    let batch = |n: u32| pg.psql("postgres", &format!("INSERT INTO t SELECT g, 'batch {n}' FROM generate_series(1, 1000) g"));
+    batch(1);
+    switch_and_archive(&pg);
+    batch(2);
+    switch_and_archive(&pg);
+    let between = pg.psql("postgres", r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    batch(3);
+    switch_and_archive(&pg);
+    batch(4);
+    switch_and_archive(&pg);
+    let count = |pg: &PostgresServer| pg.psql("postgres", "SELECT count(*) FROM t");
+
+    // Every segment the recovery reads comes out of the spool.
+    let dir = restore_dir(&env);
+    let out = env.json(&restore_args(&dir.path().join("data"), &["--time", &between]));
+    let planned = out["prefetch"]["segments_planned"].as_u64().unwrap();
+    assert!(planned >= 4, "from the base backup's start through the segment of batch 3, and one more: {out}");
+    assert_eq!(out["prefetch"]["window"], 16, "{out}");
+    let at = start_restored(dir);
+    assert_eq!(count(&at), "2000", "recovered to the moment between batch 2 and batch 3");
+    let report = prefetch_report(&at);
+    assert_eq!(
+        (&report["segments_prefetched"], &report["served_from_spool"], &report["fetched_by_fallback"], &report["ended"]),
+        (&planned.into(), &(planned + 1).into(), &0.into(), &"recovery ended".into()),
+        "PostgreSQL asks for the segment where it stopped a second time, when it ends recovery: {report} {}",
+        at.log()
+    );
+    drop(at);
+
+    // A segment gone from the spool is fetched from the repository instead.
+    let dir = restore_dir(&env);
+    let out = env.json(&restore_args(&dir.path().join("data"), &["--time", &between, "--prefetch", "2"]));
+    assert_eq!(out["prefetch"]["segments_planned"], planned, "{out}");
+    let first = dir.path().join("data/pg_wal/tresor-prefetch").join(&start);
+    wait_until("the first segment in the spool", || first.exists());
+    fs::remove_file(&first).unwrap();
+    let at = start_restored(dir);
+    assert_eq!(count(&at), "2000");
+    let report = prefetch_report(&at);
+    assert_eq!(
+        (&report["served_from_spool"], &report["fallback_files"], &report["window"]),
+        (&planned.into(), &serde_json::json!([start]), &2.into()),
+        "{report}"
     );
 }

@@ -1,0 +1,342 @@
+//! The WAL spool of a point-in-time recovery. `tresor pg restore` plans
+//! the segments the recovery will read (tresor_sources::pgwal's
+//! recovery_chain) and starts one prefetcher, `tresor pg wal-prefetch`:
+//! it unlocks the repository once and keeps the next `window` segments of
+//! that plan, fetched and checked against their BLAKE3, in
+//! `pg_wal/tresor-prefetch/`, refilling as PostgreSQL takes them. The
+//! restore_command (`tresor pg wal-fetch`) then only moves a file out of
+//! the spool: no password, no unlock. Anything else (a file the plan does
+//! not hold, one gone from the spool, a prefetcher that died) falls back
+//! to fetching from the repository.
+//!
+//! Files in the spool besides the segments (all dot-named, so never taken
+//! for WAL): `.plan` (the plan), `.pid` (the prefetcher), `.progress` (how
+//! many planned segments it has finished, in plan order), `.served` and
+//! `.fallback` (one line per restore_command answered from the spool or
+//! from the repository). When recovery ends, the prefetcher writes
+//! `tresor-prefetch.json` into the data directory and removes the spool.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tresor_engine::Repository;
+use tresor_sources::pgwal::{WalFile, WalKind};
+
+use crate::commands::open;
+use crate::opts::Global;
+use crate::pgwal::{PREFETCHED, fetch_one};
+
+const PLAN: &str = ".plan";
+const PID: &str = ".pid";
+const PROGRESS: &str = ".progress";
+const SERVED: &str = ".served";
+const FALLBACK: &str = ".fallback";
+/// A segment handed out, kept (the newest `KEPT`) for a second request.
+const SERVED_COPY: &str = ".served-";
+const KEPT: usize = 2;
+/// The prefetcher's account of a recovery, in the data directory.
+pub const REPORT: &str = "tresor-prefetch.json";
+/// Fetches running at once: enough to hide a fetch's latency, few enough
+/// to leave the cores to PostgreSQL's replay.
+const PARALLEL: usize = 3;
+/// How often the prefetcher looks at the spool and the server.
+const POLL: Duration = Duration::from_millis(10);
+/// A prefetcher whose server never starts gives up after this.
+const NO_SERVER: Duration = Duration::from_secs(600);
+
+/// What the recovery will read, as the archive was when the restore began.
+#[derive(Serialize, Deserialize)]
+pub struct Plan {
+    pub system_id: u64,
+    pub window: usize,
+    pub segments: Vec<String>,
+    /// The timeline history files archived.
+    pub history: Vec<String>,
+    /// Per timeline, the highest segment archived.
+    pub last_segment: BTreeMap<u32, u64>,
+    pub seg_size: u64,
+}
+
+impl Plan {
+    /// Whether the archive (as planned) lacks `wal`: answered without
+    /// opening the repository.
+    fn lacks(&self, wal: &WalFile) -> bool {
+        match wal.kind {
+            WalKind::History => !self.history.contains(&wal.name),
+            WalKind::Segment => self.last_segment.get(&wal.timeline).is_none_or(|last| wal.segno(self.seg_size) > *last),
+            WalKind::Partial | WalKind::BackupHistory => false,
+        }
+    }
+}
+
+fn spool(pgdata: &Path) -> PathBuf {
+    pgdata.join(PREFETCHED)
+}
+
+/// A running prefetcher: stopped (and its spool removed) if the restore
+/// that started it fails before handing it over.
+pub struct Prefetcher {
+    pid: Option<u32>,
+}
+
+impl Prefetcher {
+    /// The restore succeeded: the prefetcher runs on after it.
+    pub fn hand_over(mut self) -> Option<u32> {
+        self.pid.take()
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill has no memory preconditions; the prefetcher
+            // cleans up on SIGTERM.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+/// Write the plan into the spool and start the prefetcher on it.
+pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
+    let dir = spool(pgdata);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join(PLAN), serde_json::to_vec(plan)?).with_context(|| format!("cannot write {}", dir.display()))?;
+    let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
+    let mut cmd = std::process::Command::new(exe);
+    if let Some(repo) = &g.repo {
+        cmd.args(["--repo", repo]);
+    }
+    if let Some(pw) = &g.password_file {
+        cmd.arg("--password-file").arg(std::path::absolute(pw)?);
+    }
+    if g.no_cache {
+        cmd.arg("--no-cache");
+    }
+    if let Some(c) = &g.cache_dir {
+        cmd.arg("--cache-dir").arg(std::path::absolute(c)?);
+    }
+    cmd.args(["--quiet", "pg", "wal-prefetch", "--pgdata"]).arg(std::path::absolute(pgdata)?);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // Its own session: the prefetcher outlives this process and must not
+    // get the terminal's signals meant for it.
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().context("cannot start the WAL prefetcher")?;
+    let prefetcher = Prefetcher { pid: Some(child.id()) };
+    std::fs::write(dir.join(PID), child.id().to_string()).with_context(|| format!("cannot write {}", dir.display()))?;
+    Ok(prefetcher)
+}
+
+/// How restore_command's request was answered from the spool.
+pub enum Take {
+    /// Moved out of the spool into place.
+    Served,
+    /// Not archived (as planned): no need to ask the repository.
+    Absent,
+    /// To fetch from the repository; `record` when a prefetcher counts it.
+    Fetch { record: bool },
+    /// No prefetcher runs here: fetch as without one.
+    NoPrefetcher,
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks the process exists.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn read_number(path: &Path) -> Option<usize> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Answer a restore_command for `wal` from the spool: at once if it is
+/// there; if it is planned and not yet fetched, once the prefetcher has it.
+pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
+    let dir = spool(pgdata);
+    let Some(pid) = read_number(&dir.join(PID)) else {
+        return Ok(Take::NoPrefetcher);
+    };
+    let plan: Plan = match std::fs::read(dir.join(PLAN)).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(p) => p,
+        None => return Ok(Take::NoPrefetcher),
+    };
+    let index = plan.segments.iter().position(|s| *s == wal.name);
+    let file = dir.join(&wal.name);
+    let kept = dir.join(format!("{SERVED_COPY}{}", wal.name));
+    loop {
+        // A segment handed out before is asked for again at the end of
+        // recovery: its kept copy answers.
+        if kept.exists() && std::fs::copy(&kept, dest).is_ok() {
+            note(&dir, SERVED, &wal.name);
+            return Ok(Take::Served);
+        }
+        if std::fs::rename(&file, &kept).is_ok() && std::fs::copy(&kept, dest).is_ok() {
+            note(&dir, SERVED, &wal.name);
+            return Ok(Take::Served);
+        }
+        let waiting = index.is_some_and(|i| read_number(&dir.join(PROGRESS)).unwrap_or(0) <= i) && alive(pid as u32);
+        if !waiting {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    if !alive(pid as u32) {
+        // A prefetcher killed outright leaves its spool; the first fetch
+        // after it removes it, and later ones find no prefetcher.
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(Take::Fetch { record: false });
+    }
+    Ok(if plan.lacks(wal) { Take::Absent } else { Take::Fetch { record: true } })
+}
+
+/// One line for the prefetcher's account (appends of one short line do
+/// not interleave).
+pub fn note(dir: &Path, log: &str, name: &str) {
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(log))
+        .and_then(|mut f| f.write_all(format!("{name}\n").as_bytes()));
+}
+
+pub fn note_fallback(pgdata: &Path, name: &str) {
+    note(&spool(pgdata), FALLBACK, name);
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).map_or(Vec::new(), |t| t.lines().map(str::to_string).collect())
+}
+
+/// When to stop: recovery ended (PostgreSQL removes recovery.signal), the
+/// server stopped, or it never started.
+struct Watch {
+    began: Instant,
+    signal_seen: bool,
+    server_seen: bool,
+}
+
+impl Watch {
+    fn ended(&mut self, pgdata: &Path) -> Option<&'static str> {
+        let signal = pgdata.join("recovery.signal").exists();
+        let server = pgdata.join("postmaster.pid").exists();
+        let ended = if self.signal_seen && !signal {
+            Some("recovery ended")
+        } else if self.server_seen && !server {
+            Some("the server stopped")
+        } else if !self.server_seen && self.began.elapsed() > NO_SERVER {
+            Some("the server did not start")
+        } else {
+            None
+        };
+        self.signal_seen |= signal;
+        self.server_seen |= server;
+        ended
+    }
+}
+
+/// Segments in the spool now (dot-named files are not).
+fn spooled(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
+}
+
+/// Remove the kept copies of handed-out segments but the newest `KEPT`.
+fn drop_old_copies(dir: &Path, plan: &[String]) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut kept: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().strip_prefix(SERVED_COPY)?.to_string();
+            Some((plan.iter().position(|p| *p == name)?, e.path()))
+        })
+        .collect();
+    kept.sort();
+    for (_, path) in kept.iter().rev().skip(KEPT) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `tresor pg wal-prefetch`: the prefetcher `start` runs.
+pub async fn prefetch(g: &Global, pgdata: PathBuf) -> Result<u8> {
+    let dir = spool(&pgdata);
+    let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join(PLAN)).context("no prefetch plan")?)?;
+    let mut warnings = Vec::new();
+    let (ended, prefetched) = match open(g).await {
+        Ok(repo) => fill(&repo, &plan, &pgdata, &mut warnings).await?,
+        Err(e) => {
+            warnings.push(format!("cannot open the repository: {e:#}"));
+            ("the repository could not be opened", 0)
+        }
+    };
+    let report = json!({
+        "segments_planned": plan.segments.len(),
+        "segments_prefetched": prefetched,
+        "window": plan.window,
+        "served_from_spool": lines(&dir.join(SERVED)).len(),
+        "fetched_by_fallback": lines(&dir.join(FALLBACK)).len(),
+        "fallback_files": lines(&dir.join(FALLBACK)),
+        "ended": ended,
+        "warnings": warnings,
+    });
+    // The report appears once the spool is gone: whoever waits for it
+    // finds the recovery's files as they stay.
+    let mut report = report;
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        report["warnings"].as_array_mut().expect("an array").push(format!("cannot remove {}: {e}", dir.display()).into());
+    }
+    let tmp = pgdata.join(format!(".{REPORT}"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
+    std::fs::rename(&tmp, pgdata.join(REPORT))?;
+    Ok(0)
+}
+
+/// Keep the window full until recovery ends; why it ended and how many
+/// segments were fetched.
+async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<String>) -> Result<(&'static str, usize)> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let dir = spool(pgdata);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut watch = Watch { began: Instant::now(), signal_seen: false, server_seen: false };
+    let mut running = FuturesOrdered::new();
+    let (mut next, mut done, mut fetched) = (0, 0, 0);
+    let ended = loop {
+        if let Some(why) = watch.ended(pgdata) {
+            break why;
+        }
+        drop_old_copies(&dir, &plan.segments);
+        let held = spooled(&dir);
+        while next < plan.segments.len() && held + running.len() < plan.window && running.len() < PARALLEL {
+            let name = plan.segments[next].clone();
+            let dest = dir.join(&name);
+            running.push_back(async move { (fetch_one(repo, plan.system_id, &name, &dest).await, name) });
+            next += 1;
+        }
+        tokio::select! {
+            Some((result, name)) = running.next(), if !running.is_empty() => {
+                done += 1;
+                match result {
+                    Ok(Some(_)) => fetched += 1,
+                    Ok(None) => warnings.push(format!("{name} is no longer in the archive")),
+                    Err(e) => warnings.push(format!("{name}: {e:#}")),
+                }
+                std::fs::write(dir.join(".progress.tmp"), done.to_string())?;
+                std::fs::rename(dir.join(".progress.tmp"), dir.join(PROGRESS))?;
+            }
+            _ = term.recv() => break "stopped",
+            _ = tokio::time::sleep(POLL) => {}
+        }
+    };
+    Ok((ended, fetched))
+}
