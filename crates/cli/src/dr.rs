@@ -41,6 +41,9 @@ fn print(r: &Rehearsal) {
         None => "",
     };
     println!("platform RTO {} ({target}){met}", seconds(r.rto_seconds));
+    for why in &r.left_behind {
+        println!("scratch left behind: {why}");
+    }
     if r.scratch.exists() {
         println!("the restored data is kept in {}", r.scratch.display());
     }
@@ -61,6 +64,10 @@ pub async fn dr(g: &Global, a: DrCmd) -> Result<u8> {
         print_json(&r)?;
     } else {
         print(&r);
+    }
+    if let Some(why) = r.left_behind.first() {
+        eprintln!("tresor: error: the rehearsal's scratch stays: {why}");
+        return Ok(crate::EXIT_ERROR);
     }
     let failed = r.steps.iter().filter(|s| !s.drill.passed).count();
     if failed > 0 || r.rto_met == Some(false) {

@@ -441,3 +441,39 @@ fn a_rehearsal_restores_the_plans_cluster_into_dr_namespaces_through_its_transfo
     assert!(!c.kubectl(&["get", "namespace", "shop-dr"]).status.success(), "no rehearsal namespace stays");
     assert!(c.kubectl(&["get", "namespace", "shop"]).status.success());
 }
+
+/// A rehearsal namespace that cannot be removed fails the rehearsal with
+/// one line that names it, never a silent leftover.
+#[test]
+fn a_rehearsal_whose_namespace_cannot_be_removed_fails_by_name() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start_with(SHOP);
+    ok(&tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=cluster"]));
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
+             sources:\n  - name: cluster\n    class: standard\n    url: k8s://\n    schedule: \"@daily\"\n",
+            env.repo,
+            env.path("pw").display(),
+        ),
+    )
+    .unwrap();
+    // The restore role without its namespace delete rule.
+    let patch = r#"{"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["create", "update"]}]}"#;
+    assert!(c.kubectl(&["patch", "clusterrole", "tresor-restore", "--type=merge", "-p", patch]).status.success());
+    let out = tresor(
+        &env,
+        &c,
+        &["dr", "rehearse", "--plan", plan.to_str().unwrap(), "--from", "primary", "--scratch", env.path("").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "tresor: error: the rehearsal's scratch stays: k8s://: the rehearsal's namespace shop-dr stays: namespaces \"shop-dr\" is \
+         forbidden: User \"system:serviceaccount:tresor:tresor\" cannot delete resource \"namespaces\" in API group \"\" at the cluster scope\n"
+    );
+    assert!(c.kubectl(&["get", "namespace", "shop-dr"]).status.success(), "the namespace the error names is there");
+}
