@@ -382,6 +382,23 @@ fn plan_check_reads_a_sources_transforms_file() {
     );
 }
 
+/// A plan of one `k8s://` source, `cluster`, with `more` of its fields, scratch in the test's directory.
+fn cluster_plan(env: &Env, more: &str) -> PathBuf {
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
+             sources:\n  - name: cluster\n    class: standard\n    url: k8s://\n    schedule: \"@daily\"\n{more}drills:\n  scratch_dir: {}\n",
+            env.repo,
+            env.path("pw").display(),
+            env.path("").display()
+        ),
+    )
+    .unwrap();
+    plan
+}
+
 /// `dr rehearse` brings a plan's `k8s://` source back into the live cluster
 /// as a rehearsal, through the source's `transforms:` file: beside
 /// production in `shop-dr`, nothing running, serving or scheduled, its claims
@@ -394,20 +411,7 @@ fn a_rehearsal_restores_the_plans_cluster_into_dr_namespaces_through_its_transfo
     ok(&tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=cluster"]));
     let production: Vec<Value> = KINDS.iter().map(|(k, n)| shown(&c, k, "shop", n)).collect();
     fs::write(env.path("dr-site.yaml"), "storage_classes:\n  fast: standard\n").unwrap();
-    let plan = env.path("tresor.yaml");
-    fs::write(
-        &plan,
-        format!(
-            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
-             sources:\n  - name: cluster\n    class: standard\n    url: k8s://\n    schedule: \"@daily\"\n    transforms: {}\n\
-             drills:\n  scratch_dir: {}\n",
-            env.repo,
-            env.path("pw").display(),
-            env.path("dr-site.yaml").display(),
-            env.path("").display()
-        ),
-    )
-    .unwrap();
+    let plan = cluster_plan(&env, &format!("    transforms: {}\n", env.path("dr-site.yaml").display()));
     let rehearse = |extra: &[&str]| {
         let args = [&["dr", "rehearse", "--plan", plan.to_str().unwrap(), "--from", "primary", "--json"][..], extra].concat();
         let out = ok(&tresor(&env, &c, &args));
@@ -450,17 +454,7 @@ fn a_rehearsal_whose_namespace_cannot_be_removed_fails_by_name() {
     env.ok(&["init"]);
     let c = Cluster::start_with(SHOP);
     ok(&tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=cluster"]));
-    let plan = env.path("tresor.yaml");
-    fs::write(
-        &plan,
-        format!(
-            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
-             sources:\n  - name: cluster\n    class: standard\n    url: k8s://\n    schedule: \"@daily\"\n",
-            env.repo,
-            env.path("pw").display(),
-        ),
-    )
-    .unwrap();
+    let plan = cluster_plan(&env, "");
     // The restore role without its namespace delete rule.
     let patch = r#"{"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["create", "update"]}]}"#;
     assert!(c.kubectl(&["patch", "clusterrole", "tresor-restore", "--type=merge", "-p", patch]).status.success());
