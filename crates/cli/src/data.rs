@@ -260,6 +260,9 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         let a = RestoreArgs { dry_run: a.dry_run || a.preview, ..a };
         return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
     }
+    if let (true, Some(to)) = (a.preview, a.to.as_deref()) {
+        return crate::preview::service(g, &snap, to);
+    }
     if a.preview {
         return crate::preview::directory(g, &repo, &snap, folder, &a).await;
     }

@@ -55,6 +55,21 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
     Ok(0)
 }
 
+/// The preview of restoring into a Redis or PostgreSQL target: what it holds that would be replaced.
+pub fn service(g: &Global, snap: &Snapshot, to: &str) -> Result<u8> {
+    let Some(replaces) = tresor_controller::app_preview::replaces(to).map_err(|e| anyhow::anyhow!("{e}"))? else {
+        bail!("--preview takes --target DIR, --to k8s://, redis:// or postgres://");
+    };
+    // The target as said: without its password.
+    let shown = tresor_controller::view::redact(to);
+    if g.json {
+        print_json(&json!({"snapshot": snap.id, "target": shown, "replaces": replaces}))?;
+    } else {
+        println!("{shown} {replaces} (preview: nothing changed)");
+    }
+    Ok(0)
+}
+
 /// The file's bytes are the node's content.
 async fn same(repo: &Repository, node: &Node, have: &[u8]) -> Result<bool> {
     if have.len() as u64 != node.size {

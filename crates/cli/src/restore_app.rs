@@ -37,11 +37,15 @@ pub async fn restore_app(g: &Global, a: RestoreAppArgs) -> Result<u8> {
         }
     }
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
-    let (namespace_mapping, dry_run) = (a.namespace_mapping.clone(), a.dry_run);
-    let report =
-        tokio::task::spawn_blocking(move || run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run, scratch: false }))
-            .await?;
-    if g.json {
+    let state = crate::drill::state_of(&plan, &std::path::absolute(&a.plan)?);
+    let (namespace_mapping, dry_run) = (a.namespace_mapping.clone(), a.dry_run || a.preview);
+    let report = tokio::task::spawn_blocking(move || {
+        run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run, scratch: false })
+    })
+    .await?;
+    if a.preview {
+        preview(g, &report, &state)?;
+    } else if g.json {
         print_json(&report)?;
     } else {
         print(&report);
@@ -76,4 +80,37 @@ fn print(r: &Report) {
     if r.passed && !r.dry_run {
         println!("application {} restored in {:.1} s; {} smoke checks passed", r.application, r.seconds, r.checks.len());
     }
+}
+
+/// `--preview`: per source what would be replaced and the predicted duration.
+fn preview(g: &Global, r: &Report, state: &std::path::Path) -> Result<()> {
+    let history = match state.exists() {
+        true => tresor_controller::state::State::open(state)?.drills(chrono::DateTime::<Utc>::UNIX_EPOCH)?,
+        false => Vec::new(),
+    };
+    let previews = tresor_controller::app_preview::preview(r, &history);
+    let total: Option<f64> = previews.iter().map(|p| p.predicted_seconds).sum();
+    if g.json {
+        return print_json(
+            &serde_json::json!({"application": r.application, "sources": previews, "predicted_seconds": total, "error": r.error}),
+        );
+    }
+    for p in &previews {
+        let replaces = p.replaces.as_deref().unwrap_or("restored there");
+        let predicted = match p.predicted_seconds {
+            Some(s) => format!("predicted {s:.1} s from {} drills", p.drills),
+            None => "no drill history to predict its duration".into(),
+        };
+        println!(
+            "{} ({}) snapshot {} into {}: {replaces}; {predicted}",
+            p.source,
+            p.kind,
+            &p.snapshot[..8.min(p.snapshot.len())],
+            p.target
+        );
+    }
+    if let Some(t) = total {
+        println!("application {}: predicted {t:.1} s (preview: nothing changed)", r.application);
+    }
+    Ok(())
 }

@@ -176,7 +176,7 @@ impl Scratch {
 }
 
 /// The database a `postgres://…/DB` source backs up (`postgres` without one).
-fn database_of(url: &str) -> String {
+pub(crate) fn database_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let path = rest.split_once('/').map_or("", |(_, p)| p);
     let db = path.split(['?', '#']).next().unwrap_or("");

@@ -140,7 +140,7 @@ pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&
 }
 
 /// One query through `psql`; the connection in its environment, where a password is out of sight.
-fn query(url: &str, q: &Query) -> Result<String, String> {
+pub(crate) fn query(url: &str, q: &Query) -> Result<String, String> {
     let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or("a query's url is postgres://…")?;
     let (auth, host) = rest.split_once('@').unwrap_or(("postgres", rest));
     let (user, password) = auth.split_once(':').map_or((auth, None), |(u, p)| (u, Some(p)));

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod app;
 pub mod app_drill;
+pub mod app_preview;
 pub mod app_hooks;
 pub mod app_restore;
 pub mod check;

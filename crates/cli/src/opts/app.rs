@@ -23,6 +23,9 @@ pub struct RestoreAppArgs {
     /// Say which restore point and target each source would take; touch nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Say, per source, what its target holds that the restore would replace and how long it is predicted to take (from the drill history); touch nothing.
+    #[arg(long)]
+    pub preview: bool,
     /// SOURCE=TARGET: restore this source there instead of the plan's target (a service URL or a directory; repeatable).
     #[arg(long = "target", value_name = "SOURCE=TARGET", help_heading = TARGET)]
     pub targets: Vec<String>,

@@ -448,3 +448,71 @@ fn a_pre_hook_that_overruns_is_killed_and_a_dead_runs_replicas_are_found_on_the_
     assert_eq!(r["scaled_up"], serde_json::json!(["deployment/web in shop: 0 → 3"]), "back to the replicas before the first run");
     assert_eq!(h.core(), (3, None));
 }
+
+#[test]
+fn a_preview_says_what_each_target_holds_and_predicts_its_duration_from_the_drill_history() {
+    let h = harbor();
+    let plan = h.plan("", "/health");
+    let snap = h.env.json(&["snapshots"])[0].clone();
+    let id = &snap["id"].as_str().unwrap()[..8];
+    let out = h.restore(&plan, &["--latest", "--preview"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "registry-db (postgres) snapshot {id} into {}: database registry holds 1 tables and would be replaced; no drill history to predict its duration\n",
+            h.pg.url("registry")
+        )
+    );
+    assert_eq!((h.repos().as_str(), h.core()), ("library/nginx,pushed/after", (2, None)), "a preview changes nothing");
+
+    // A drill of the source: the preview predicts from it, for the snapshot's size (the report's model).
+    let drilled = h.env.ok(&["drill", "registry-db", "--plan", plan.to_str().unwrap(), "--json"]);
+    let d = serde_json::from_str::<serde_json::Value>(drilled.lines().last().unwrap()).unwrap()[0].clone();
+    let (rto, bytes) = (d["rto_seconds"].as_f64().unwrap(), d["bytes"].as_u64().unwrap());
+    let size = snap["summary"]["total_bytes_processed"].as_u64().unwrap();
+    let predicted = if bytes > 0 { rto * size as f64 / bytes as f64 } else { rto };
+    let out = h.restore(&plan, &["--latest", "--preview", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &v["sources"][0];
+    assert_eq!(
+        (p["replaces"].as_str(), p["predicted_seconds"].as_f64(), p["drills"].as_u64(), v["predicted_seconds"].as_f64()),
+        (Some("database registry holds 1 tables and would be replaced"), Some(predicted), Some(1), Some(predicted))
+    );
+    let text = String::from_utf8_lossy(&h.restore(&plan, &["--latest", "--preview"]).stdout).to_string();
+    assert!(
+        text.ends_with(&format!(
+            "; predicted {predicted:.1} s from 1 drills\napplication harbor: predicted {predicted:.1} s (preview: nothing changed)\n"
+        )),
+        "{text}"
+    );
+    assert_eq!(h.repos(), "library/nginx,pushed/after");
+}
+
+#[test]
+fn a_preview_of_a_redis_or_postgresql_restore_says_what_would_be_replaced() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let redis = RedisServer::start(&[]);
+    redis.cli(&["SET", "a", "1"]);
+    redis.cli(&["SET", "b", "2"]);
+    env.ok(&["backup", &redis.url()]);
+    redis.cli(&["SET", "c", "3"]);
+    let url = redis.url();
+    let args = ["restore", "latest", "--to", url.as_str(), "--preview"];
+    assert_eq!(env.ok(&args), format!("{url} holds 3 keys and would be replaced (preview: nothing changed)\n"));
+    assert_eq!(env.json(&args)["replaces"], "holds 3 keys and would be replaced");
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "3", "a preview changes nothing");
+
+    let pg = PostgresServer::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql("shop", "CREATE TABLE orders (id int); CREATE TABLE carts (id int)");
+    env.ok(&["backup", &pg.url("shop")]);
+    pg.psql("shop", "CREATE TABLE later (id int)");
+    let url = pg.url("shop");
+    assert_eq!(
+        env.ok(&["restore", "latest", "--to", &url, "--preview"]),
+        format!("{url} database shop holds 3 tables and would be replaced (preview: nothing changed)\n")
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM later"), "0", "a preview changes nothing");
+}

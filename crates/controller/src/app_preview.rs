@@ -1,0 +1,79 @@
+//! `restore-app --preview`: per source of an application, what its target
+//! holds that the restore would replace (a Redis: its keys; a PostgreSQL
+//! database: its tables) and the restore's predicted duration for the
+//! snapshot's size from the source's drill history (the report's model,
+//! `report::predict`). Nothing is written.
+
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+
+use crate::app_restore::Report;
+use crate::model::DrillReport;
+use crate::plan::Query;
+
+/// One source's preview.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub source: String,
+    pub kind: String,
+    pub snapshot: String,
+    pub target: String,
+    /// What the target holds that would be replaced, when tresor can tell.
+    pub replaces: Option<String>,
+    /// From the source's passed drills, for the snapshot's size.
+    pub predicted_seconds: Option<f64>,
+    /// How many drills the prediction rests on.
+    pub drills: usize,
+}
+
+/// The preview of each source of a prepared (dry-run) restore.
+pub fn preview(report: &Report, history: &[DrillReport]) -> Vec<Preview> {
+    report
+        .sources
+        .iter()
+        .map(|s| {
+            let past: Vec<(u64, f64)> =
+                history.iter().filter(|d| d.source == s.source && d.passed).map(|d| (d.bytes, d.rto_seconds)).collect();
+            Preview {
+                source: s.source.clone(),
+                kind: s.kind.clone(),
+                snapshot: s.snapshot.clone(),
+                target: s.target.clone(),
+                replaces: s
+                    .spec
+                    .to
+                    .as_deref()
+                    .and_then(|to| replaces(to).unwrap_or_else(|e| Some(format!("cannot tell what it holds: {e}")))),
+                predicted_seconds: crate::report::predict(&past, s.bytes),
+                drills: past.len(),
+            }
+        })
+        .collect()
+}
+
+/// What a Redis or PostgreSQL target holds, which a restore there replaces:
+/// "holds N keys and would be replaced"; other targets: none.
+pub fn replaces(url: &str) -> Result<Option<String>, String> {
+    match url.split_once("://").map_or("", |(scheme, _)| scheme) {
+        "redis" | "rediss" => {
+            let out = Command::new("redis-cli")
+                .args(["-u", url, "DBSIZE"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let keys: u64 = text.parse().map_err(|_| format!("redis-cli DBSIZE answered {text:?}"))?;
+            Ok(Some(format!("holds {keys} keys and would be replaced")))
+        }
+        "postgres" | "postgresql" => {
+            let db = crate::app_drill::database_of(url);
+            let sql = "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')";
+            let q = Query { sql: sql.into(), database: None, min: None, max_age: None, equals: None, url: None };
+            let answer = crate::app_hooks::query(url, &q)?;
+            let n = answer.trim_start_matches("answered ").trim_matches('"');
+            Ok(Some(format!("database {db} holds {n} tables and would be replaced")))
+        }
+        _ => Ok(None),
+    }
+}
