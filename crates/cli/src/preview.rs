@@ -13,10 +13,10 @@ use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs};
 
-/// The preview of restoring `snap` (its `folder`) into `a.target`.
-pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: Option<&str>, a: &RestoreArgs) -> Result<u8> {
-    let Some(target) = a.target.as_deref() else { bail!("--preview takes --target DIR or --to k8s://") };
-    let base = folder.unwrap_or("/");
+/// What restoring `snap`'s `base` into `target` would add, change and (with `delete`) remove.
+pub type Changes = (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>);
+
+pub async fn changes(repo: &Repository, snap: &Snapshot, base: &str, target: &Path, delete: bool) -> Result<Changes> {
     let mut added = Vec::new();
     let mut changed = Vec::new();
     let mut wanted = BTreeSet::new();
@@ -32,7 +32,14 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
             Ok(_) => {}
         }
     }
-    let removed: Vec<PathBuf> = if a.delete { present(target).into_iter().filter(|p| !wanted.contains(p)).collect() } else { Vec::new() };
+    let removed: Vec<PathBuf> = if delete { present(target).into_iter().filter(|p| !wanted.contains(p)).collect() } else { Vec::new() };
+    Ok((added, changed, removed))
+}
+
+/// The preview of restoring `snap` (its `folder`) into `a.target`.
+pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: Option<&str>, a: &RestoreArgs) -> Result<u8> {
+    let Some(target) = a.target.as_deref() else { bail!("--preview takes --target DIR or --to k8s://") };
+    let (added, changed, removed) = changes(repo, snap, folder.unwrap_or("/"), target, a.delete).await?;
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
         print_json(

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
-use tresor_controller::app_restore::{Report, Request, restore_app as run};
+use tresor_controller::app_restore::{Report, Request, SourcePoint, restore_app as run};
 use tresor_controller::daemon::load_plan;
+use tresor_controller::plan::Plan;
 
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreAppArgs};
@@ -39,12 +40,13 @@ pub async fn restore_app(g: &Global, a: RestoreAppArgs) -> Result<u8> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let state = crate::drill::state_of(&plan, &std::path::absolute(&a.plan)?);
     let (namespace_mapping, dry_run) = (a.namespace_mapping.clone(), a.dry_run || a.preview);
+    let shared = plan.clone();
     let report = tokio::task::spawn_blocking(move || {
-        run(&Request { exe: &exe, plan: &plan, app: &app, time, targets, namespace_mapping, dry_run, scratch: false })
+        run(&Request { exe: &exe, plan: &shared, app: &app, time, targets, namespace_mapping, dry_run, scratch: false })
     })
     .await?;
     if a.preview {
-        preview(g, &report, &state)?;
+        preview(g, &plan, &report, &state).await?;
     } else if g.json {
         print_json(&report)?;
     } else {
@@ -83,12 +85,17 @@ fn print(r: &Report) {
 }
 
 /// `--preview`: per source what would be replaced and the predicted duration.
-fn preview(g: &Global, r: &Report, state: &std::path::Path) -> Result<()> {
+async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -> Result<()> {
     let history = match state.exists() {
         true => tresor_controller::state::State::open(state)?.drills(chrono::DateTime::<Utc>::UNIX_EPOCH)?,
         false => Vec::new(),
     };
-    let previews = tresor_controller::app_preview::preview(r, &history);
+    let mut previews = tresor_controller::app_preview::preview(r, &history);
+    for (p, s) in previews.iter_mut().zip(&r.sources) {
+        if s.kind == "files" {
+            p.replaces = Some(files(g, plan, s).await?);
+        }
+    }
     let total: Option<f64> = previews.iter().map(|p| p.predicted_seconds).sum();
     if g.json {
         return print_json(
@@ -113,4 +120,28 @@ fn preview(g: &Global, r: &Report, state: &std::path::Path) -> Result<()> {
         println!("application {}: predicted {t:.1} s (preview: nothing changed)", r.application);
     }
     Ok(())
+}
+
+/// A directory source's preview (`restore --preview`'s): what it would add, change and remove.
+async fn files(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
+    let spec = plan.sources.iter().find(|p| p.name == s.source).context("prepared from the plan")?;
+    let (_, repo) = plan.repository_of(spec).context("prepared from the plan")?;
+    let password = tresor_engine::Password::read_file(&repo.password_file)
+        .with_context(|| format!("cannot read password file {}", repo.password_file.display()))?;
+    let location = tresor_storage::Location::parse(&repo.url)?;
+    let repository = tresor_engine::Repository::open(&location, &crate::commands::open_options(g, password)?).await?;
+    let (id, folder) = s.spec.snapshot.as_deref().unwrap_or_default().split_once(':').unwrap_or((s.snapshot.as_str(), "/"));
+    let snap = repository.find_snapshot(id).await?;
+    let target = std::path::Path::new(&s.target);
+    let (added, changed, removed) = crate::preview::changes(&repository, &snap, folder, target, s.spec.delete).await?;
+    let names = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
+    Ok(format!(
+        "{} added ({}), {} changed ({}), {} removed ({})",
+        added.len(),
+        names(&added),
+        changed.len(),
+        names(&changed),
+        removed.len(),
+        names(&removed)
+    ))
 }

@@ -516,3 +516,34 @@ fn a_preview_of_a_redis_or_postgresql_restore_says_what_would_be_replaced() {
     );
     assert_eq!(pg.psql("shop", "SELECT count(*) FROM later"), "0", "a preview changes nothing");
 }
+
+#[test]
+fn an_application_preview_lists_a_directorys_changes_which_the_restore_then_makes() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let dir = env.path("volume");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("a.txt"), "as backed up").unwrap();
+    fs::write(dir.join("b.txt"), "kept").unwrap();
+    let id = snapshot_id(&env.ok(&["backup", dir.to_str().unwrap(), "--tag", "source=volume"]));
+    fs::write(dir.join("a.txt"), "changed since").unwrap();
+    fs::remove_file(dir.join("b.txt")).unwrap();
+    fs::write(dir.join("c.txt"), "added since").unwrap();
+    let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
+    let plan = write_plan(&env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n");
+    let args = ["restore-app", "vol", "--plan", plan.to_str().unwrap(), "--latest"];
+    assert_eq!(
+        env.ok(&[&args[..], &["--preview"]].concat()),
+        format!(
+            "volume (files) snapshot {id} into {}: 1 added (b.txt), 1 changed (a.txt), 1 removed (c.txt); no drill history to predict its duration\n",
+            dir.display()
+        )
+    );
+    assert_eq!(fs::read_to_string(dir.join("c.txt")).unwrap(), "added since", "a preview changes nothing");
+    let done = env.json(&args);
+    assert_eq!(done["sources"][0]["result"], "2 files restored, 1 deleted");
+    assert_eq!(
+        (fs::read_to_string(dir.join("a.txt")).unwrap(), dir.join("b.txt").exists(), dir.join("c.txt").exists()),
+        ("as backed up".to_string(), true, false)
+    );
+}
