@@ -374,18 +374,24 @@ fn plan_check_names_unknown_sources_and_cycles_in_an_application() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
-fn a_preview_lists_exactly_what_the_restore_then_changes() {
-    let env = Env::new();
+/// A directory backed up (tagged `source=volume`), then changed: a.txt changed, b.txt gone, c.txt added; the snapshot's id.
+fn changed_volume(env: &Env) -> (PathBuf, String) {
     env.ok(&["init"]);
     let dir = env.path("volume");
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("a.txt"), "as backed up").unwrap();
     fs::write(dir.join("b.txt"), "kept").unwrap();
-    env.ok(&["backup", dir.to_str().unwrap()]);
+    let id = snapshot_id(&env.ok(&["backup", dir.to_str().unwrap(), "--tag", "source=volume"]));
     fs::write(dir.join("a.txt"), "changed since").unwrap();
     fs::remove_file(dir.join("b.txt")).unwrap();
     fs::write(dir.join("c.txt"), "added since").unwrap();
+    (dir, id)
+}
+
+#[test]
+fn a_preview_lists_exactly_what_the_restore_then_changes() {
+    let env = Env::new();
+    let (dir, _) = changed_volume(&env);
     let spec = format!("latest:{}", dir.display());
     let args = ["restore", spec.as_str(), "--target", dir.to_str().unwrap(), "--delete"];
     let preview = env.json(&[&args[..], &["--preview"]].concat());
@@ -520,15 +526,7 @@ fn a_preview_of_a_redis_or_postgresql_restore_says_what_would_be_replaced() {
 #[test]
 fn an_application_preview_lists_a_directorys_changes_which_the_restore_then_makes() {
     let env = Env::new();
-    env.ok(&["init"]);
-    let dir = env.path("volume");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("a.txt"), "as backed up").unwrap();
-    fs::write(dir.join("b.txt"), "kept").unwrap();
-    let id = snapshot_id(&env.ok(&["backup", dir.to_str().unwrap(), "--tag", "source=volume"]));
-    fs::write(dir.join("a.txt"), "changed since").unwrap();
-    fs::remove_file(dir.join("b.txt")).unwrap();
-    fs::write(dir.join("c.txt"), "added since").unwrap();
+    let (dir, id) = changed_volume(&env);
     let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
     let plan = write_plan(&env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n");
     let args = ["restore-app", "vol", "--plan", plan.to_str().unwrap(), "--latest"];
