@@ -12,7 +12,7 @@ use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand, VolumeJobArgs};
 
 /// Every `.yaml` file of the snapshot: path and contents.
-async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
+pub(crate) async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     for (path, node) in tresor_engine::walk::list(repo, snap.tree, "").await? {
         if node.kind != NodeKind::File || path.extension().is_none_or(|e| e != "yaml") {
@@ -28,7 +28,7 @@ async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<
 }
 
 /// `OLD:NEW` pairs of a mapping flag.
-fn pairs(flag: &str, given: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+pub(crate) fn pairs(flag: &str, given: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
     let mut mapping = std::collections::BTreeMap::new();
     for m in given {
         match m.split_once(':') {

@@ -92,8 +92,10 @@ async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -
     };
     let mut previews = tresor_controller::app_preview::preview(r, &history);
     for (p, s) in previews.iter_mut().zip(&r.sources) {
-        if s.kind == "files" {
-            p.replaces = Some(files(g, plan, s).await?);
+        match s.kind.as_str() {
+            "files" => p.replaces = Some(files(g, plan, s).await?),
+            "k8s" => p.replaces = Some(objects(g, plan, s).await?),
+            _ => {}
         }
     }
     let total: Option<f64> = previews.iter().map(|p| p.predicted_seconds).sum();
@@ -124,16 +126,9 @@ async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -
 
 /// A directory source's preview (`restore --preview`'s): what it would add, change and remove.
 async fn files(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
-    let spec = plan.sources.iter().find(|p| p.name == s.source).context("prepared from the plan")?;
-    let (_, repo) = plan.repository_of(spec).context("prepared from the plan")?;
-    let password = tresor_engine::Password::read_file(&repo.password_file)
-        .with_context(|| format!("cannot read password file {}", repo.password_file.display()))?;
-    let location = tresor_storage::Location::parse(&repo.url)?;
-    let repository = tresor_engine::Repository::open(&location, &crate::commands::open_options(g, password)?).await?;
-    let (id, folder) = s.spec.snapshot.as_deref().unwrap_or_default().split_once(':').unwrap_or((s.snapshot.as_str(), "/"));
-    let snap = repository.find_snapshot(id).await?;
+    let (repository, snap, folder) = open(g, plan, s).await?;
     let target = std::path::Path::new(&s.target);
-    let (added, changed, removed) = crate::preview::changes(&repository, &snap, folder, target, s.spec.delete).await?;
+    let (added, changed, removed) = crate::preview::changes(&repository, &snap, &folder, target, s.spec.delete).await?;
     let names = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
     Ok(format!(
         "{} added ({}), {} changed ({}), {} removed ({})",
@@ -144,4 +139,37 @@ async fn files(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
         removed.len(),
         names(&removed)
     ))
+}
+
+/// The source's repository, its snapshot and the folder in it the restore takes.
+async fn open(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<(tresor_engine::Repository, tresor_engine::Snapshot, String)> {
+    let spec = plan.sources.iter().find(|p| p.name == s.source).context("prepared from the plan")?;
+    let (_, repo) = plan.repository_of(spec).context("prepared from the plan")?;
+    let password = tresor_engine::Password::read_file(&repo.password_file)
+        .with_context(|| format!("cannot read password file {}", repo.password_file.display()))?;
+    let location = tresor_storage::Location::parse(&repo.url)?;
+    let repository = tresor_engine::Repository::open(&location, &crate::commands::open_options(g, password)?).await?;
+    let (id, folder) = s.spec.snapshot.as_deref().unwrap_or_default().split_once(':').unwrap_or((s.snapshot.as_str(), "/"));
+    let snap = repository.find_snapshot(id).await?;
+    Ok((repository, snap, folder.to_string()))
+}
+
+/// A `k8s://` source's preview (`restore --preview`'s): each object's would-be result.
+async fn objects(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
+    let (repository, snap, _) = open(g, plan, s).await?;
+    let opts = tresor_sources::k8s_restore::RestoreOptions {
+        mapping: crate::k8s::pairs("namespace mapping", &s.spec.namespace_mapping)?,
+        dry_run: true,
+        ..Default::default()
+    };
+    let to = s.spec.to.clone().unwrap_or_else(|| "k8s://".into());
+    let results = tresor_sources::k8s_restore::restore(&to, crate::k8s::objects(&repository, &snap).await?, &opts).await?;
+    let said: Vec<String> = ["would create", "would update", "would skip"]
+        .iter()
+        .map(|what| {
+            let names: Vec<&str> = results.iter().filter(|r| r.result == *what).map(|r| r.object.as_str()).collect();
+            format!("{} {what} ({})", names.len(), names.join(" "))
+        })
+        .collect();
+    Ok(said.join(", "))
 }

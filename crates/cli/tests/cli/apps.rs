@@ -545,3 +545,33 @@ fn an_application_preview_lists_a_directorys_changes_which_the_restore_then_make
         ("as backed up".to_string(), true, false)
     );
 }
+
+#[test]
+fn an_application_preview_names_each_kubernetes_objects_would_be_result() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let cluster = Cluster::start();
+    let backup = tresor(&env, &cluster, &["backup", "k8s://", "--include-namespaces", "shop", "--tag", "source=objects"]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    assert!(cluster.kubectl(&["delete", "configmap", "settings", "-n", "shop"]).status.success());
+    let sources = "  - {name: objects, class: app, url: \"k8s://\", schedule: \"@daily\", scope: {namespaces: [shop]}}\n";
+    let plan = write_plan(&env, sources, "  - name: ns\n    sources:\n      - {source: objects}\n");
+    let out = tresor(&env, &cluster, &["restore-app", "ns", "--plan", plan.to_str().unwrap(), "--latest", "--preview", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The same results `restore --preview` gives for the snapshot, counted and named.
+    let single = tresor(&env, &cluster, &["restore", "latest", "--to", "k8s://", "--preview", "--json"]);
+    let results = serde_json::from_slice::<serde_json::Value>(&single.stdout).unwrap()["results"].as_array().unwrap().clone();
+    let said: Vec<String> = ["would create", "would update", "would skip"]
+        .iter()
+        .map(|what| {
+            let names: Vec<&str> = results.iter().filter(|r| r["result"] == *what).map(|r| r["object"].as_str().unwrap()).collect();
+            format!("{} {what} ({})", names.len(), names.join(" "))
+        })
+        .collect();
+    assert_eq!(v["sources"][0]["replaces"].as_str(), Some(said.join(", ").as_str()));
+    let created: Vec<&serde_json::Value> = results.iter().filter(|r| r["result"] == "would create").collect();
+    assert!(created.len() == 1 && created[0]["object"].as_str().unwrap().ends_with("settings"), "{created:?}");
+    assert!(cluster.server.object("", "configmaps", Some("shop"), "settings").is_none(), "a preview changes nothing");
+}
