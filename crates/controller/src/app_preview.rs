@@ -4,8 +4,6 @@
 //! snapshot's size from the source's drill history (the report's model,
 //! `report::predict`). Nothing is written.
 
-use std::process::{Command, Stdio};
-
 use serde::Serialize;
 
 use crate::app_restore::Report;
@@ -57,13 +55,7 @@ pub fn preview(report: &Report, history: &[DrillReport]) -> Vec<Preview> {
 pub fn replaces(url: &str) -> Result<Option<String>, String> {
     match url.split_once("://").map_or("", |(scheme, _)| scheme) {
         "redis" | "rediss" => {
-            let out = Command::new("redis-cli")
-                .args(["-u", url, "DBSIZE"])
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run redis-cli: {e}"))?;
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let keys: u64 = text.parse().map_err(|_| format!("redis-cli DBSIZE answered {text:?}"))?;
+            let keys = tresor_sources::RedisSource::parse(url).and_then(|r| r.keys()).map_err(|e| e.to_string())?;
             Ok(Some(format!("holds {keys} keys and would be replaced")))
         }
         "postgres" | "postgresql" => {

@@ -167,6 +167,18 @@ impl Conn {
 }
 
 impl RedisSource {
+    /// How many keys the instance holds: what a restore into it would
+    /// replace. Asked over tresor's own connection (TLS, AUTH), so no
+    /// password goes onto a command line.
+    pub fn keys(&self) -> Result<u64> {
+        let mut c = self.connect()?;
+        match c.call(&["INFO", "keyspace"]) {
+            Ok(reply) if reply.starts_with('-') => Err(self.refused(&reply)),
+            Ok(reply) => Ok(key_count(&reply)),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
     /// What answers at the URL, in one line: `Redis 7.0.15, master` or
     /// `Redis 7.0.15, replica of 10.0.0.5:6379`.
     pub(crate) fn describe(&self) -> Result<String> {
