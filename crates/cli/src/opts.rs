@@ -156,12 +156,6 @@ pub enum Command {
     /// standard output.
     #[command(hide = true)]
     Job(JobCmd),
-}
-
-#[derive(Args)]
-pub struct CompletionArgs {
-    /// The shell the script is for.
-    pub shell: clap_complete::Shell,
     /// Benchmarks only (bench/index.py): add synthetic blobs to the
     /// repository and a snapshot tagged `synthetic` that reaches them all.
     #[command(hide = true)]
@@ -173,6 +167,12 @@ pub struct SynthArgs {
     /// How many 16-byte data blobs to write.
     #[arg(long)]
     pub blobs: u64,
+}
+
+#[derive(Args)]
+pub struct CompletionArgs {
+    /// The shell the script is for.
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Args)]

@@ -640,12 +640,6 @@ impl Repository {
         Ok(snaps)
     }
 
-    /// Resolve `latest`, a full id or a unique id prefix.
-    pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
-        self.find_filtered(spec, &SnapshotFilter::default()).await
-    }
-
-    /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
     /// Delete snapshots (`forget`). A snapshot the storage's Object Lock
     /// still protects stays and is counted, so the rest go on.
     pub async fn remove_snapshots(&self, ids: &[Id]) -> Result<Removal> {
@@ -660,17 +654,17 @@ impl Repository {
         Ok(out)
     }
 
+    /// Resolve `latest`, a full id or a unique id prefix.
+    pub async fn find_snapshot(&self, spec: &str) -> Result<Snapshot> {
+        self.find_filtered(spec, &SnapshotFilter::default()).await
+    }
+
+    /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
     pub async fn find_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
         crate::select::select(self.snapshots().await?, spec, filter)
     }
 }
 
-/// Packs marked for deletion by a prune, as stored under `marks/`.
-#[derive(Debug, Clone)]
-pub struct Mark {
-    pub id: Id,
-    /// When the storage stored the mark.
-    pub time: chrono::DateTime<chrono::Utc>,
 /// What [`Repository::remove_snapshots`] did.
 #[derive(Debug, Default)]
 pub struct Removal {
@@ -679,6 +673,12 @@ pub struct Removal {
     pub locked: Vec<Id>,
 }
 
+/// Packs marked for deletion by a prune, as stored under `marks/`.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    pub id: Id,
+    /// When the storage stored the mark.
+    pub time: chrono::DateTime<chrono::Utc>,
     pub file: IndexFile,
 }
 
