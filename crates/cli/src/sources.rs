@@ -101,7 +101,8 @@ pub async fn restore_bucket(g: &Global, repo: &Repository, snap: &Snapshot, to: 
     if g.json {
         print_json(&json!({"snapshot": snap.id, "target": target.name(), "result": r}))?;
     } else {
-        let deleted = if r.deleted > 0 { format!(", then deleted {} objects the snapshot does not hold", r.deleted) } else { String::new() };
+        let deleted =
+            if r.deleted > 0 { format!(", then deleted {} objects the snapshot does not hold", r.deleted) } else { String::new() };
         println!("restored {} objects ({}) from snapshot {} into {}{deleted}", r.objects, human(r.bytes), snap.id.short(), target.name());
     }
     if r.metadata_not_set > 0 {

@@ -12,8 +12,8 @@
 pub mod api;
 pub mod app;
 pub mod app_drill;
-pub mod app_preview;
 pub mod app_hooks;
+pub mod app_preview;
 pub mod app_restore;
 pub mod check;
 pub mod child;

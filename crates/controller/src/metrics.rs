@@ -15,8 +15,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::plan::Plan;
-use crate::state::Outcome;
 use crate::standby::StandbyPoint;
+use crate::state::Outcome;
 use crate::walrpo::WalPoint;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -59,7 +59,12 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     let mut builder = IndexBuilder::default();
     for id in repo.list_ids(INDEX).await? {
         if let Err(e) = repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| builder.add_file(id, &p)) {
-            report.problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
+            report.problems.push(Problem {
+                object: format!("index {}", id.short()),
+                error: e.to_string(),
+                snapshots: vec![],
+                files: vec![],
+            });
         }
     }
     // Judge everything else against the index files that are intact, so a

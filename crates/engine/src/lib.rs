@@ -32,9 +32,9 @@ pub mod retention;
 pub mod select;
 pub mod session;
 pub mod sink;
+pub mod snapshot;
 #[doc(hidden)]
 pub mod synth;
-pub mod snapshot;
 pub mod tree;
 pub mod verify;
 pub mod walk;

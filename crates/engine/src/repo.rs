@@ -443,8 +443,7 @@ impl Repository {
         let mut out = Vec::new();
         for id in self.list_ids(MARKS).await? {
             let path = format!("{MARKS}{}", id.to_hex());
-            let loaded =
-                async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, self.stored_time(&path).await?)) };
+            let loaded = async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, self.stored_time(&path).await?)) };
             match loaded.await {
                 Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
                 Err(e) if is_not_found(&e) => continue,

@@ -96,7 +96,8 @@ mod tests {
             std::fs::File::open(home.path().join(name)).expect("open").set_modified(long_ago).expect("age it");
         }
         remove_stale_versions(home.path(), "current");
-        let mut left: Vec<String> = std::fs::read_dir(home.path()).expect("list").map(|e| e.expect("entry").file_name().into_string().expect("utf-8")).collect();
+        let mut left: Vec<String> =
+            std::fs::read_dir(home.path()).expect("list").map(|e| e.expect("entry").file_name().into_string().expect("utf-8")).collect();
         left.sort();
         assert_eq!(left, ["current", "recent"]);
     }

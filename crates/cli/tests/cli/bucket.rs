@@ -224,7 +224,10 @@ fn a_flush_restore_overwrites_what_the_snapshot_holds_and_only_then_deletes_the_
     target.put("extra/one", b"not in the snapshot".to_vec(), None, &[]);
     target.put("extra/two", b"nor this".to_vec(), None, &[]);
     let out = env.ok(&["restore", &id, "--to", &s3_url(&server, "busy"), "--flush"]);
-    assert!(out.starts_with("restored 2 objects") && out.trim_end().ends_with(", then deleted 2 objects the snapshot does not hold"), "{out}");
+    assert!(
+        out.starts_with("restored 2 objects") && out.trim_end().ends_with(", then deleted 2 objects the snapshot does not hold"),
+        "{out}"
+    );
     assert_eq!(target.objects(), expected, "exactly the snapshot's objects, bytes and metadata");
 }
 
