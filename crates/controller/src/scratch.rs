@@ -416,10 +416,13 @@ mod tests {
         assert!(!etcd.version().unwrap().is_empty(), "tresor's own client reads its status over TLS");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&tls_dir), 0o700);
+        let pid = std::fs::read_to_string(tls_dir.join(SERVER_MARKER)).unwrap();
+        assert_eq!(pid, format!("{}\n", etcd._child.0.id()), "the member's pid, for the next rehearsal to stop a killed one");
         let mut files: Vec<(String, u32)> = std::fs::read_dir(&tls_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), mode(&p)))
+            .filter(|(name, _)| name != SERVER_MARKER)
             .collect();
         files.sort();
         let want = ["ca.crt", "client.crt", "client.key", "server.crt", "server.key"].map(|n| (n.to_string(), 0o600));
