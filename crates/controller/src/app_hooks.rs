@@ -139,16 +139,22 @@ pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&
     out
 }
 
-/// One query through `psql`; the connection in its environment, where a password is out of sight.
+/// One query through `psql`, judged against what the plan expects of it.
 pub(crate) fn query(url: &str, q: &Query) -> Result<String, String> {
+    judge(q, psql_value(url, &q.sql, q.database.as_deref())?)
+}
+
+/// What one query through `psql` answers; the connection in its
+/// environment, where a password is out of sight.
+pub(crate) fn psql_value(url: &str, sql: &str, database: Option<&str>) -> Result<String, String> {
     let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or("a query's url is postgres://…")?;
     let (auth, host) = rest.split_once('@').unwrap_or(("postgres", rest));
     let (user, password) = auth.split_once(':').map_or((auth, None), |(u, p)| (u, Some(p)));
     let (hostport, db) = host.split_once('/').unwrap_or((host, ""));
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-    let db = q.database.as_deref().unwrap_or(if db.is_empty() { "postgres" } else { db });
+    let db = database.unwrap_or(if db.is_empty() { "postgres" } else { db });
     let mut c = std::process::Command::new(crate::scratch::Postgres::bin_dir().join("psql"));
-    c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", &q.sql]);
+    c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     c.envs([("PGHOST", host), ("PGPORT", port), ("PGUSER", user), ("PGDATABASE", db)]);
     if let Some(p) = password {
         c.env("PGPASSWORD", p);
@@ -158,8 +164,7 @@ pub(crate) fn query(url: &str, q: &Query) -> Result<String, String> {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").to_string());
     }
-    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    judge(q, value)
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A query's answer against what the plan expects of it.

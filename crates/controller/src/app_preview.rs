@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use crate::app_restore::Report;
 use crate::model::DrillReport;
-use crate::plan::Query;
 
 /// One source's preview.
 #[derive(Debug, Clone, Serialize)]
@@ -61,9 +60,7 @@ pub fn replaces(url: &str) -> Result<Option<String>, String> {
         "postgres" | "postgresql" => {
             let db = crate::app_drill::database_of(url);
             let sql = "SELECT count(*) FROM information_schema.tables WHERE table_schema NOT IN ('pg_catalog', 'information_schema')";
-            let q = Query { sql: sql.into(), database: None, min: None, max_age: None, equals: None, url: None };
-            let answer = crate::app_hooks::query(url, &q)?;
-            let n = answer.trim_start_matches("answered ").trim_matches('"');
+            let n = crate::app_hooks::psql_value(url, sql, None)?;
             Ok(Some(format!("database {db} holds {n} tables and would be replaced")))
         }
         _ => Ok(None),

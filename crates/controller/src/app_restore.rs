@@ -167,27 +167,15 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
         "redis" | "redis-aof" | "postgres" => {
             let to = target.unwrap_or_else(|| spec.url.clone());
             out.spec.to = Some(to.clone());
-            out.target = redact(&to);
+            out.target = crate::model::redact(&to);
         }
         other => {
             let to = target.ok_or_else(|| format!("source {}: a {other} snapshot needs a target", spec.name))?;
             out.spec.to = Some(to.clone());
-            out.target = redact(&to);
+            out.target = crate::model::redact(&to);
         }
     }
     Ok(out)
-}
-
-/// A URL without its password.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) if rest.contains('@') => {
-            let (auth, host) = rest.split_once('@').unwrap_or(("", rest));
-            let user = auth.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}{}@{host}", if auth.contains(':') { ":***" } else { "" })
-        }
-        _ => url.to_string(),
-    }
 }
 
 /// When the newest WAL segment of the base backup's cluster was archived.

@@ -479,3 +479,17 @@ pub struct AppDrill {
     pub hooks: Vec<HookOutcome>,
     pub smoke_checks: Vec<HookOutcome>,
 }
+
+/// A URL without a password in its user part.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use crate::daemon::Shared;
+pub use crate::model::redact;
 
 /// Each class with its targets and its state now: `green` (newest point
 /// within the RPO, last job of every source succeeded), `amber` (within the
@@ -47,18 +48,4 @@ pub fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
             })
         })
         .collect()
-}
-
-/// A URL without a password in its user part.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let auth = &url[s + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
