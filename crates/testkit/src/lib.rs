@@ -25,14 +25,13 @@ mod kube_store;
 mod kube_tls;
 mod kube_validate;
 pub mod net;
-mod object_lock;
 mod postgres;
 mod reach;
 mod redis;
 mod s3;
+mod s3_rules;
 mod sshd;
 mod tcp;
-mod tripwire;
 mod webdav;
 
 pub use alertmanager::AlertmanagerServer;

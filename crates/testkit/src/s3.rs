@@ -13,8 +13,7 @@ use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-use crate::object_lock::ObjectLockStore;
-use crate::tripwire::Tripwire;
+use crate::s3_rules::{RuledStore, Rules};
 
 const BUCKET: &str = "tresor-test";
 const ACCESS_KEY: &str = "tresor-test-key";
@@ -66,11 +65,8 @@ impl S3Server {
         let root = dir.path().to_path_buf();
 
         let mut builder = match rules {
-            Rules::ObjectLock(retention) => S3ServiceBuilder::new(ObjectLockStore { inner: store, root, retention }),
-            Rules::Tripwire { read, delete } => {
-                S3ServiceBuilder::new(Tripwire { inner: store, root, read, delete, sprung: Default::default() })
-            }
             Rules::None => S3ServiceBuilder::new(store),
+            rules => S3ServiceBuilder::new(RuledStore::new(store, root, rules)),
         };
         // With auth set, s3s verifies SigV4 signatures and rejects anonymous requests.
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
@@ -141,13 +137,6 @@ impl S3Server {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
     }
-}
-
-/// What the server does beyond s3s-fs.
-enum Rules {
-    None,
-    ObjectLock(Duration),
-    Tripwire { read: String, delete: String },
 }
 
 impl Drop for S3Server {
