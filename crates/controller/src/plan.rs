@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::Error;
 
+mod debug;
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
@@ -41,7 +43,7 @@ pub struct DrillSettings {
 }
 
 /// `drills.silence`: what a drill silences while it runs.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceSettings {
     /// Alertmanager's URL (`http://alertmanager:9093`).
@@ -111,7 +113,7 @@ pub struct Verify {
     pub http: Vec<HttpCheck>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Query {
     pub sql: String,
@@ -197,7 +199,7 @@ pub struct Scale {
 }
 
 /// An HTTP request and the status it must answer.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
     pub url: String,
@@ -208,7 +210,7 @@ pub struct HttpCheck {
 }
 
 /// A webhook told when a source's backups start failing and when they recover.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     pub url: String,
@@ -236,7 +238,7 @@ pub enum WebhookFormat {
     Alertmanager,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
     /// A path or URL, as `tresor --repo` takes it.
@@ -309,7 +311,7 @@ impl Keep {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
@@ -350,7 +352,7 @@ pub struct SourceSpec {
 /// from the newest base backup with `standby.signal` and tresor's
 /// `restore_command`, which a PostgreSQL server started on it keeps
 /// replaying from the WAL archive; `tresor failover` promotes that server.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Standby {
     /// The standby's data directory (made once, when it does not exist or is empty).
