@@ -89,6 +89,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
             let plan = spec.plan_file.clone().context("a drill job names its plan")?;
             crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), ..DrillArgs::default() }).await
         }
+        Kind::Rehearsal => crate::dr::job(g, spec.plan_file.as_deref().context("a rehearsal job names its plan")?).await,
         Kind::Snapshots => {
             let mut a = defaults::<SnapshotsArgs>(&[])?;
             // No source: every snapshot, the pieces of archives too.
@@ -232,6 +233,7 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
         Ok(0) => JobResult::succeeded(),
         Ok(crate::EXIT_INCOMPLETE) => JobResult { message: Some("some files could not be read".into()), ..JobResult::succeeded() },
         Ok(_) if spec.kind == Kind::Drill => JobResult::failed(Reason::Error, false, drills_failed(details.as_ref())),
+        Ok(_) if spec.kind == Kind::Rehearsal => JobResult::failed(Reason::Error, false, rehearsal_failed(details.as_ref())),
         Ok(code) => JobResult::failed(Reason::Error, false, format!("exit code {code}")),
         Err(e) => {
             let (reason, temporary) = tresor_controller::failure::classify(e.as_ref());
@@ -257,4 +259,15 @@ fn drills_failed(reports: Option<&Value>) -> String {
     let all = reports.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
     let failed = all.iter().filter(|r| r["passed"] != true).count();
     format!("{failed} of {} drills failed", all.len())
+}
+
+fn rehearsal_failed(protocol: Option<&Value>) -> String {
+    let steps = protocol.and_then(|p| p["steps"].as_array()).map_or(&[][..], Vec::as_slice);
+    let failed = steps.iter().filter(|s| s["drill"]["passed"] != true).count();
+    let missed = protocol.is_some_and(|p| p["rto_met"] == false);
+    match (failed, missed) {
+        (0, true) => "the rehearsal missed the platform RTO".into(),
+        (0, false) => "the rehearsal's scratch stays".into(),
+        _ => format!("the rehearsal failed: {failed} of {} sources not back", steps.len()),
+    }
 }

@@ -22,20 +22,23 @@ pub async fn annotate(g: &Global, a: AnnotateArgs) -> Result<u8> {
     let handles = Handles::default();
     let state = crate::drill::history(plan, &plan_file, &handles).await?;
     let drills = state.drills(DateTime::<Utc>::UNIX_EPOCH)?;
-    let Some(d) = drills.iter().rev().find(|d| d.test_id == a.id || d.test.as_deref() == Some(a.id.as_str())) else {
-        bail!("no drill {} in the protocol (give a drill's id, DRILL-…, or a test id of the plan's drills)", a.id);
+    let drill = drills.iter().rev().find(|d| d.test_id == a.id || d.test.as_deref() == Some(a.id.as_str()));
+    let rehearsals = handles.rehearsals(plan).await;
+    let rehearsal = rehearsals.iter().rev().find(|r| r.test_id == a.id || r.test.as_deref() == Some(a.id.as_str()));
+    // The newest protocol entry of that id: a drill's is about its source's
+    // repository, a rehearsal's about the whole plan (every primary's log).
+    let (test_id, test, source, own) = match (drill, rehearsal) {
+        (d, Some(r)) if d.is_none_or(|d| d.started <= r.started) => {
+            (r.test_id.clone(), r.test.clone(), tresor_controller::daemon::REHEARSAL.to_string(), None)
+        }
+        (Some(d), _) => {
+            let own = plan.sources.iter().find(|s| s.name == d.source).and_then(|s| plan.repository_of(s)).map(|(_, r)| r);
+            (d.test_id.clone(), d.test.clone(), d.source.clone(), own)
+        }
+        _ => bail!("no drill {} in the protocol (give a drill's id, DRILL-…, or a test id of the plan's drills)", a.id),
     };
     let writer = format!("{}@{}", tresor_engine::username(), tresor_engine::hostname());
-    let note = Annotation {
-        test_id: d.test_id.clone(),
-        test: d.test.clone(),
-        source: d.source.clone(),
-        time: Utc::now(),
-        author: writer.clone(),
-        finding: a.finding,
-        follow_up: a.follow_up,
-    };
-    let own = plan.sources.iter().find(|s| s.name == d.source).and_then(|s| plan.repository_of(s)).map(|(_, r)| r);
+    let note = Annotation { test_id, test, source, time: Utc::now(), author: writer.clone(), finding: a.finding, follow_up: a.follow_up };
     let targets = evidence_targets(plan, own);
     let body = serde_json::to_value(&note)?;
     for r in &targets {

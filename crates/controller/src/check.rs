@@ -133,6 +133,7 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
             out.push(error(at.entry("drills", "silence"), e));
         }
     }
+    check_rehearsal(plan, &at, &mut out);
     for (app, message) in crate::app::faults(plan) {
         out.push(error(at.application(&app), message));
     }
@@ -192,6 +193,31 @@ fn check_drill(name: &str, class: &crate::plan::Class, at: &Lines, out: &mut Vec
             at.field("classes", name, "from"),
             format!("class {name}: its drills restore from the off-site copy (from: offsite), but the class has no offsite: repository"),
         ));
+    }
+}
+
+/// `drills.rehearsal`: a schedule the daemon can run, a copy it can
+/// rehearse from (a repository of the plan, `primary` or `offsite`), and a
+/// test id no class's drills use, so `drill annotate ID` finds one test.
+fn check_rehearsal(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
+    let Some(r) = &plan.drills.rehearsal else { return };
+    if let Err(e) = Schedule::parse(&r.schedule) {
+        out.push(error(at.field("drills", "rehearsal", "schedule"), format!("drills.rehearsal: {e}")));
+    }
+    if !plan.repositories.contains_key(&r.from) && !["primary", "offsite"].contains(&r.from.as_str()) {
+        let names: Vec<&str> = plan.repositories.keys().map(String::as_str).collect();
+        out.push(error(
+            at.field("drills", "rehearsal", "from"),
+            format!(
+                "drills.rehearsal: unknown repository {:?} to rehearse from (the plan's: {}; or primary, offsite)",
+                r.from,
+                names.join(", ")
+            ),
+        ));
+    }
+    let taken = plan.classes.iter().find(|(_, c)| r.id.is_some() && c.drill.as_ref().and_then(|d| d.id.as_ref()) == r.id.as_ref());
+    if let (Some(id), Some((class, _))) = (&r.id, taken) {
+        out.push(error(at.field("drills", "rehearsal", "id"), format!("drills.rehearsal: test id {id:?} is class {class}'s drill id too")));
     }
 }
 

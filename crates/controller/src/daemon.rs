@@ -25,6 +25,10 @@ use crate::schedule::{Schedule, spread_offset};
 use crate::state::{AuditEntry, Job, Outcome, State};
 use crate::{Error, Result};
 
+/// The daemon's name of its scheduled rehearsal of the whole plan: the job
+/// history's source, the drill metrics' `source` label.
+pub const REHEARSAL: &str = "platform";
+
 /// Requests from the API (or signals) to the daemon loop.
 #[derive(Debug)]
 pub enum Command {
@@ -176,6 +180,9 @@ impl Loop {
                 next.insert(format!("drill:{class}"), t);
             }
         }
+        if let Some(t) = plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)) {
+            next.insert(format!("rehearsal:{REHEARSAL}"), t);
+        }
         *self.shared.next_runs.lock().expect("not poisoned") = next;
         Ok(())
     }
@@ -199,8 +206,12 @@ impl Loop {
     }
 
     /// The jobs a due schedule starts (a source's backup, a repository's
-    /// prune, a class's drills), and when it is due next.
+    /// prune, a class's drills, the plan's rehearsal), and when it is due next.
     fn due_jobs(&self, plan: &Plan, key: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> (Vec<Queued>, Option<DateTime<Utc>>) {
+        if key.strip_prefix("rehearsal:") == Some(REHEARSAL) {
+            let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, "schedule", at, 0, "daemon") };
+            return (vec![q], plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)));
+        }
         if let Some(repo) = key.strip_prefix("prune:") {
             let q = Queued {
                 priority: 0,
@@ -397,8 +408,12 @@ pub async fn run(
 }
 
 fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Option<Work> {
-    if q.kind == Kind::Prune {
-        let repo = plan.repositories.get(&q.name)?.clone();
+    if matches!(q.kind, Kind::Prune | Kind::Rehearsal) {
+        // A rehearsal concerns the whole plan: its job runs against the first primary repository.
+        let repo = match q.kind {
+            Kind::Prune => plan.repositories.get(&q.name)?.clone(),
+            _ => crate::repos::evidence_targets(plan, None).into_iter().next()?,
+        };
         return Some(Work {
             kind,
             name: q.name.clone(),
@@ -498,7 +513,14 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         // The drill protocol: what a rebuilt state's report reads.
         body["drills"] = outcome.summary.clone().unwrap_or_default();
     }
-    if !unreachable {
+    if let (Kind::Rehearsal, Some(protocol)) = (w.kind, &outcome.summary) {
+        // The plan's protocol, in every primary's log (never the off-site copy's, which `copy` fills).
+        let e = shared.repos.record(&shared.plan(), crate::model::REHEARSAL, protocol.clone()).await;
+        for n in e.not_recorded {
+            tracing::warn!("the rehearsal's protocol is not in the evidence log of {}: {}", n.repository, n.reason);
+        }
+        shared.metrics.drill_done(REHEARSAL, "", protocol);
+    } else if !unreachable {
         for target in crate::repos::evidence_targets(&shared.plan(), Some(&w.repo)) {
             if let Err(e) = shared.repos.append(&target, "job", body.clone()).await {
                 tracing::warn!("the evidence of job {} stays local: {e}", record.id);

@@ -22,6 +22,8 @@ pub enum Kind {
     Drill,
     /// A source's snapshots (without a source: all, archive pieces too).
     Snapshots,
+    /// A cold-start rehearsal of the whole plan (`drills.rehearsal`).
+    Rehearsal,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Restore => "restore",
             Kind::Drill => "drill",
             Kind::Snapshots => "snapshots",
+            Kind::Rehearsal => "rehearsal",
         }
     }
 }
@@ -195,7 +198,7 @@ pub struct JobSpec {
     pub restore: Option<RestoreSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forget: Option<ForgetSpec>,
-    /// A drill reads the plan (its checks, its scratch directory).
+    /// A drill or a rehearsal reads the plan (its checks, its scratch directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_file: Option<PathBuf>,
     /// How long a job may run; a Kubernetes volume backup waits this long for its Job.
@@ -393,6 +396,27 @@ pub struct Annotation {
     pub finding: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow_up: Option<String>,
+}
+
+/// The evidence entry kind of a cold-start rehearsal's protocol.
+pub const REHEARSAL: &str = "rehearsal";
+
+/// Where an entry was appended: the evidence logs it is in, and those it
+/// is not in, with why (a site lost with its primary repository).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EvidenceRecord {
+    /// The plan's repositories whose evidence log holds the entry.
+    pub recorded_in: Vec<String>,
+    pub not_recorded: Vec<NotRecorded>,
+}
+
+/// A repository whose evidence log an entry could not join.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NotRecorded {
+    /// Its name in the plan.
+    pub repository: String,
+    /// Why: the repository's open or append error (no password in it).
+    pub reason: String,
 }
 
 /// A copy of a source's backups: where a drill restores from.

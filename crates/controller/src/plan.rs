@@ -40,6 +40,26 @@ pub struct DrillSettings {
     pub platform_rto: Option<Span>,
     /// Alerts silenced in Alertmanager while a drill runs.
     pub silence: Option<SilenceSettings>,
+    /// The daemon's cold-start rehearsals of the whole platform (`tresor dr rehearse`).
+    pub rehearsal: Option<RehearsalSpec>,
+}
+
+/// `drills.rehearsal`: when the daemon rehearses a cold start, from which
+/// copy, and the test plan's entry for it (as a class's [`DrillSpec`] names its drills).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RehearsalSpec {
+    /// A cron expression of five fields, or `@yearly` (and the other `@` names).
+    pub schedule: String,
+    /// What `dr rehearse --from` takes: a repository of the plan, `primary`
+    /// (each source's own) or `offsite` (each class's off-site repository).
+    pub from: String,
+    pub owner: Option<String>,
+    /// The test's id in the test plan (`BT-DR-01`), named in each protocol entry.
+    pub id: Option<String>,
+    /// What kind of test the rehearsals are, for the test plan (default `dr`).
+    #[serde(rename = "type", default = "TestType::dr")]
+    pub test_type: TestType,
 }
 
 /// `drills.silence`: what a drill silences while it runs.
@@ -87,6 +107,10 @@ pub enum TestType {
 }
 
 impl TestType {
+    fn dr() -> TestType {
+        TestType::Dr
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TestType::Restore => "restore",

@@ -17,24 +17,33 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::drill::{Mode, Origin, drill_from};
-use crate::model::DrillReport;
+use crate::model::{DrillReport, EvidenceRecord};
 use crate::plan::{Plan, SourceSpec};
 
 /// One source brought back: its place in the order and its drill's protocol.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Step {
-    pub tier: &'static str,
+    pub tier: String,
     /// Seconds from the rehearsal's start to this step's end.
     pub done_after_seconds: f64,
     pub drill: DrillReport,
 }
 
-/// A rehearsal's protocol.
-#[derive(Debug, Clone, Serialize)]
+/// A rehearsal's protocol: an evidence entry of kind `rehearsal` (FORMAT.md §12d).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Rehearsal {
+    /// The protocol entry's id (`REHEARSAL-20261130-171500`), which `drill annotate` takes.
+    pub test_id: String,
+    /// The test plan's id, type and owner (`drills.rehearsal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub started: DateTime<Utc>,
     /// The repository the platform came back from.
     pub from: String,
@@ -48,8 +57,12 @@ pub struct Rehearsal {
     /// Every source back and validated, and no scratch left behind.
     pub passed: bool,
     /// Scratch that could not be removed (a namespace, a directory), and why.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_behind: Vec<String>,
+    /// Where the protocol joined the evidence logs: set once appended, so
+    /// absent from the entry itself; says why not where a log was out of reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceRecord>,
 }
 
 /// The order sources come back in: what the others need first.
@@ -85,7 +98,7 @@ pub fn rehearse(
         .into_iter()
         .map(|s| {
             let drill = drill_from(exe, plan, s, origin_of(s), &root, mode);
-            Step { tier: tier(s).1, done_after_seconds: t0.elapsed().as_secs_f64(), drill }
+            Step { tier: tier(s).1.into(), done_after_seconds: t0.elapsed().as_secs_f64(), drill }
         })
         .collect();
     let rto_seconds = t0.elapsed().as_secs_f64();
@@ -93,7 +106,12 @@ pub fn rehearse(
         left_behind.extend(clean(plan, &root));
     }
     let rto_target = plan.drills.platform_rto.map(|s| s.secs());
+    let spec = plan.drills.rehearsal.as_ref();
     Rehearsal {
+        test_id: format!("REHEARSAL-{}", started.format("%Y%m%d-%H%M%S")),
+        test: spec.and_then(|r| r.id.clone()),
+        test_type: spec.map(|r| r.test_type.as_str().to_string()),
+        owner: spec.and_then(|r| r.owner.clone()),
         started,
         from: from.into(),
         scratch: root,
@@ -103,6 +121,7 @@ pub fn rehearse(
         rto_met: rto_target.map(|t| rto_seconds <= t as f64),
         rto_target,
         left_behind,
+        evidence: None,
     }
 }
 

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::model::{Annotation, BackupCopy, DrillReport};
 use crate::plan::{Plan, Span};
+use crate::rehearse::Rehearsal;
 use crate::state::Job;
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,11 +88,80 @@ pub struct Report {
     pub tests: Vec<PlannedTest>,
     /// Every drill in the window: the test protocol.
     pub protocol: Vec<DrillReport>,
-    /// Findings and follow-ups recorded about the protocol's drills.
+    /// Cold-start rehearsals in the window, the newest of each test first seen.
+    pub rehearsals: Vec<RehearsalReport>,
+    /// Findings and follow-ups recorded about the protocol's drills and rehearsals.
     pub annotations: Vec<Annotation>,
     /// Legal holds per repository (snapshots kept whatever the retention says).
     pub holds: BTreeMap<String, u64>,
     pub compliance: Vec<Control>,
+}
+
+/// The newest cold-start rehearsal of one test of the test plan, from the evidence logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct RehearsalReport {
+    /// The test plan's id (`drills.rehearsal.id`), else the protocol entry's.
+    pub test: String,
+    /// The newest protocol entry (`REHEARSAL-…`), which findings are attached to.
+    pub test_id: String,
+    pub last_run: DateTime<Utc>,
+    /// The repository the platform came back from.
+    pub from: String,
+    /// Rehearsals of this test in the period.
+    pub runs: u64,
+    pub passed: bool,
+    pub sources: u64,
+    pub sources_back: u64,
+    pub rto_seconds: f64,
+    /// `drills.platform_rto` when it ran.
+    pub rto_target: Option<u64>,
+    pub rto_met: Option<bool>,
+}
+
+/// Per test, the newest rehearsal in the window and how many ran.
+fn rehearsal_reports(rehearsals: &[Rehearsal], since: DateTime<Utc>) -> Vec<RehearsalReport> {
+    let mut out: Vec<RehearsalReport> = Vec::new();
+    for r in rehearsals.iter().filter(|r| r.started >= since) {
+        let test = r.test.clone().unwrap_or_else(|| r.test_id.clone());
+        let runs = out.iter().find(|o| o.test == test).map_or(0, |o| o.runs) + 1;
+        out.retain(|o| o.test != test);
+        out.push(RehearsalReport {
+            test,
+            test_id: r.test_id.clone(),
+            last_run: r.started,
+            from: r.from.clone(),
+            runs,
+            passed: r.passed,
+            sources: r.steps.len() as u64,
+            sources_back: r.steps.iter().filter(|s| s.drill.passed).count() as u64,
+            rto_seconds: r.rto_seconds,
+            rto_target: r.rto_target,
+            rto_met: r.rto_met,
+        });
+    }
+    out
+}
+
+/// The rehearsals as compliance evidence: each test's newest entry, its verdict and platform RTO.
+fn rehearsal_evidence(rehearsals: &[RehearsalReport]) -> String {
+    if rehearsals.is_empty() {
+        return "no cold-start rehearsal in the period".into();
+    }
+    let each: Vec<String> = rehearsals
+        .iter()
+        .map(|r| {
+            let target = r.rto_target.map_or("no platform target".into(), |t| format!("of {}", Span(std::time::Duration::from_secs(t))));
+            let verdict = if r.passed { "passed" } else { "FAILED" };
+            format!(
+                "{} {} {verdict}, platform RTO {} {target} (evidence entry {})",
+                r.test,
+                r.last_run.format("%Y-%m-%d"),
+                dur(Some(r.rto_seconds)),
+                r.test_id
+            )
+        })
+        .collect();
+    format!("cold-start rehearsals: {}", each.join("; "))
 }
 
 pub fn rate(ok: u64, all: u64) -> Option<f64> {
@@ -236,8 +306,10 @@ pub struct RepoFacts {
     /// The achieved RPO of those sources, counting their archived WAL.
     pub wal_rpo: BTreeMap<String, f64>,
     pub holds: BTreeMap<String, u64>,
-    /// Findings and follow-ups about drills, from the evidence logs.
+    /// Findings and follow-ups about drills and rehearsals, from the evidence logs.
     pub annotations: Vec<Annotation>,
+    /// The cold-start rehearsals' protocols, from the evidence logs.
+    pub rehearsals: Vec<Rehearsal>,
 }
 
 pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
@@ -245,10 +317,12 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     let classes: Vec<ClassReport> =
         plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, &facts.wal_rpo, now)).collect();
     let tests = planned_tests(plan, drills, now);
-    let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).collect();
+    let rehearsed: Vec<&Rehearsal> = facts.rehearsals.iter().filter(|r| r.started >= since).collect();
+    let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).chain(rehearsed.iter().map(|r| r.test_id.as_str())).collect();
     let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
-    let compliance = controls(&classes, drills, &tests, &annotations);
-    Report { generated: now, since, classes, tests, protocol: drills.to_vec(), annotations, compliance, holds: facts.holds }
+    let rehearsals = rehearsal_reports(&facts.rehearsals, since);
+    let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals);
+    Report { generated: now, since, classes, tests, protocol: drills.to_vec(), rehearsals, annotations, compliance, holds: facts.holds }
 }
 
 /// The test plan: each class with a drill schedule, and how its drills went.
@@ -286,7 +360,14 @@ pub(crate) fn pct(r: Option<f64>) -> String {
 }
 
 /// What the report proves, control by control.
-pub fn controls(classes: &[ClassReport], protocol: &[DrillReport], tests: &[PlannedTest], annotations: &[Annotation]) -> Vec<Control> {
+pub fn controls(
+    classes: &[ClassReport],
+    protocol: &[DrillReport],
+    tests: &[PlannedTest],
+    annotations: &[Annotation],
+    rehearsals: &[RehearsalReport],
+) -> Vec<Control> {
+    let rehearsed = rehearsal_evidence(rehearsals);
     let drills = protocol.len();
     let (b_ok, b_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.backups_succeeded, a + c.backups));
     let (d_ok, d_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.drills_passed, a + c.drills));
@@ -332,14 +413,14 @@ pub fn controls(classes: &[ClassReport], protocol: &[DrillReport], tests: &[Plan
             framework: "ISO/IEC 27001:2022",
             control: "A.5.30",
             requirement: "ICT readiness for business continuity: recovery objectives set and tested",
-            evidence: format!("RPO/RTO targets per class; measured RTO: {}; {offsite_text}", rto.join("; ")),
+            evidence: format!("RPO/RTO targets per class; measured RTO: {}; {offsite_text}; {rehearsed}", rto.join("; ")),
         },
         Control {
             framework: "ISO/IEC 27001:2013",
             control: "A.17.1.1",
             requirement: "Planning information security continuity: continuity requirements determined, recovery planned and exercised",
             evidence: format!(
-                "test plan: {} ({}); {drills} protocol entries, {dr} of them disaster-recovery exercises; {} findings and follow-ups recorded; {offsite_text}",
+                "test plan: {} ({}); {drills} protocol entries, {dr} of them disaster-recovery exercises; {} findings and follow-ups recorded; {offsite_text}; {rehearsed}",
                 planned.len(),
                 if planned.is_empty() { "no drill schedules".into() } else { planned.join("; ") },
                 annotations.len()

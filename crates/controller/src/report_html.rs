@@ -74,10 +74,11 @@ pub fn markdown(r: &Report) -> String {
             cell(&result),
             dur(Some(d.rto_seconds)),
             dur(d.rpo_seconds),
-            cell(&follow_ups(r, d)),
+            cell(&follow_ups(r, &d.test_id, d.passed)),
             d.owner.as_deref().unwrap_or("—")
         );
     }
+    rehearsals(r, &mut s);
     s += "\n## Compliance evidence\n\n| framework | control | requirement | evidence |\n|---|---|---|---|\n";
     for c in &r.compliance {
         let _ = writeln!(s, "| {} | {} | {} | {} |", c.framework, c.control, c.requirement, c.evidence);
@@ -102,12 +103,12 @@ fn copy(d: &DrillReport) -> String {
     }
 }
 
-/// What people recorded about a drill; for a failed drill without any, what is due.
-fn follow_ups(r: &Report, d: &DrillReport) -> String {
+/// What people recorded about a drill or rehearsal; for a failed one without any, what is due.
+fn follow_ups(r: &Report, test_id: &str, passed: bool) -> String {
     let notes: Vec<String> = r
         .annotations
         .iter()
-        .filter(|a| a.test_id == d.test_id)
+        .filter(|a| a.test_id == test_id)
         .map(|a| {
             let parts: Vec<String> = [("finding", &a.finding), ("follow-up", &a.follow_up)]
                 .iter()
@@ -116,10 +117,32 @@ fn follow_ups(r: &Report, d: &DrillReport) -> String {
             format!("{} ({}, {})", parts.join("; "), a.author, a.time.format("%Y-%m-%d"))
         })
         .collect();
-    match (notes.is_empty(), d.passed) {
+    match (notes.is_empty(), passed) {
         (false, _) => notes.join("; "),
         (true, true) => "none".into(),
         (true, false) => "investigate and repeat the drill".into(),
+    }
+}
+
+/// The cold-start rehearsals: per test, its newest run against the platform target.
+fn rehearsals(r: &Report, s: &mut String) {
+    *s += "\n## Cold-start rehearsals\n\n| test | last run | protocol entry | from | sources back | platform RTO | target | RTO | result | findings / follow-ups |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    for t in &r.rehearsals {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} of {} | {} | {} | {} | {} | {} |",
+            t.test,
+            t.last_run.format("%Y-%m-%d %H:%M"),
+            t.test_id,
+            t.from,
+            t.sources_back,
+            t.sources,
+            dur(Some(t.rto_seconds)),
+            t.rto_target.map_or("—".into(), |x| dur(Some(x as f64))),
+            yes(t.rto_met),
+            if t.passed { "passed" } else { "FAILED" },
+            cell(&follow_ups(r, &t.test_id, t.passed)),
+        );
     }
 }
 

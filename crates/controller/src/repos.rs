@@ -12,7 +12,9 @@ use serde_json::Value;
 use tresor_engine::{OpenOptions, Password, Repository};
 use tresor_storage::{Location, StorageOptions};
 
+use crate::model::{EvidenceRecord, NotRecorded};
 use crate::plan::{self, Plan};
+use crate::rehearse::Rehearsal;
 use crate::report::RepoFacts;
 use crate::state::{AuditEntry, Job, State};
 
@@ -192,17 +194,31 @@ impl Handles {
         let wal = crate::walrpo::points(plan, &listings).await;
         let lags = wal.iter().map(|(s, p)| (s.clone(), p.lag(now))).collect();
         let wal_rpo = wal.iter().map(|(s, p)| (s.clone(), p.rpo(now))).collect();
-        RepoFacts { lags, wal_rpo, holds, annotations: self.annotations(plan).await }
+        RepoFacts { lags, wal_rpo, holds, annotations: self.annotations(plan).await, rehearsals: self.rehearsals(plan).await }
     }
 
-    /// The drill annotations in the logs of the repositories that answer,
-    /// each once however many logs hold it, oldest first.
-    pub async fn annotations(&self, plan: &Plan) -> Vec<crate::model::Annotation> {
-        let mut out: Vec<crate::model::Annotation> = Vec::new();
+    /// Append `body` to the evidence log of every primary repository (what
+    /// concerns the whole plan: a rehearsal); where it went, and where not and why.
+    pub async fn record(&self, plan: &Plan, kind: &str, body: Value) -> EvidenceRecord {
+        let mut out = EvidenceRecord::default();
         for r in evidence_targets(plan, None) {
-            let Ok(repo) = self.get(&r).await else { continue };
+            let name = plan.repositories.iter().find(|(_, p)| p.url == r.url).map_or_else(|| r.url.clone(), |(n, _)| n.clone());
+            match self.append(&r, kind, body.clone()).await {
+                Ok(_) => out.recorded_in.push(name),
+                Err(reason) => out.not_recorded.push(NotRecorded { repository: name, reason }),
+            }
+        }
+        out
+    }
+
+    /// The entries of `kind` in the logs of the repositories that answer,
+    /// each once however many logs (a primary's, its off-site copy's) hold it.
+    async fn entries_of<T: serde::de::DeserializeOwned + PartialEq>(&self, plan: &Plan, kind: &str) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for r in plan.repositories.values() {
+            let Ok(repo) = self.get(r).await else { continue };
             let Ok(entries) = tresor_engine::evidence::entries(&repo).await else { continue };
-            for e in entries.into_iter().filter(|e| e.kind == crate::model::ANNOTATION) {
+            for e in entries.into_iter().filter(|e| e.kind == kind) {
                 if let Ok(a) = serde_json::from_value(e.body)
                     && !out.contains(&a)
                 {
@@ -210,7 +226,20 @@ impl Handles {
                 }
             }
         }
+        out
+    }
+
+    /// The drill annotations in the evidence logs, oldest first.
+    pub async fn annotations(&self, plan: &Plan) -> Vec<crate::model::Annotation> {
+        let mut out: Vec<crate::model::Annotation> = self.entries_of(plan, crate::model::ANNOTATION).await;
         out.sort_by_key(|a| a.time);
+        out
+    }
+
+    /// The cold-start rehearsals' protocols in the evidence logs, oldest first.
+    pub async fn rehearsals(&self, plan: &Plan) -> Vec<Rehearsal> {
+        let mut out: Vec<Rehearsal> = self.entries_of(plan, crate::model::REHEARSAL).await;
+        out.sort_by_key(|r| r.started);
         out
     }
 }

@@ -104,7 +104,7 @@ pub fn spec(w: &Work) -> JobSpec {
         offsite: w.offsite.as_ref().filter(|_| w.kind == Kind::Copy).map(repository_spec),
         restore: w.restore.clone().filter(|_| w.kind == Kind::Restore),
         forget,
-        plan_file: (w.kind == Kind::Drill).then(|| w.plan_file.clone()),
+        plan_file: matches!(w.kind, Kind::Drill | Kind::Rehearsal).then(|| w.plan_file.clone()),
         timeout_secs: w.timeout.map(|t| t.as_secs()),
     }
 }

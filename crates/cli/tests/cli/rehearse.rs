@@ -403,7 +403,13 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
     assert!(text.starts_with("rehearsal from offsite: 5 of 6 sources back and validated\n"), "{text}");
     assert!(text.contains("  6. volumes and files: FAIL uploads (archive) in "), "{text}");
     assert!(text.contains("     failed: the source has no snapshot to restore\n"), "{text}");
-    assert!(text.lines().last().unwrap().starts_with("platform RTO ") && text.ends_with(" (target 4h): met\n"), "{text}");
+    let rto = text.lines().find(|l| l.starts_with("platform RTO ")).unwrap_or_default();
+    assert!(rto.ends_with(" (target 4h): met"), "{text}");
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("evidence: REHEARSAL-") && last.ends_with(" recorded in the evidence log of primary"),
+        "a failed rehearsal is evidence too: {text}"
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default().split(", platform RTO").next(),
         Some("tresor: error: the rehearsal failed: 1 of 6 sources not back")
@@ -499,4 +505,202 @@ fn concurrent_appenders_leave_one_unbroken_evidence_chain() {
     let verify = site.env.json(&["audit", "verify"]);
     assert_eq!((verify["entries"].as_u64(), verify["problems"].as_array().map(Vec::len)), (Some(8), Some(0)), "{verify}");
     assert_eq!(verify["head"]["seq"], 8, "{verify}");
+}
+
+/// The site with a rehearsal in its test plan: BT-DR-01 from the off-site
+/// copy on `schedule`, against a 4h platform target (the class's drills
+/// take another id: a test id names one test).
+fn with_rehearsal(site: &Site, schedule: &str) {
+    let text = fs::read_to_string(&site.plan).unwrap().replace("id: BT-DR-01", "id: BT-OS-01");
+    let rehearsal = format!(
+        "  platform_rto: 4h\n  rehearsal:\n    schedule: \"{schedule}\"\n    from: offsite\n    id: BT-DR-01\n    owner: Platform Lead\n"
+    );
+    fs::write(&site.plan, text + &rehearsal).unwrap();
+}
+
+impl Site {
+    fn rehearse(&self, json: bool) -> (Output, String) {
+        let mut args = vec!["dr", "rehearse", "--plan", self.plan.to_str().unwrap(), "--from", "offsite"];
+        if json {
+            args.push("--json");
+        }
+        let out = self.env.run(&args);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        (out, text)
+    }
+
+    /// (entries, problems) of a repository's evidence chain: the primary's, or with `offsite` the off-site copy's.
+    fn chain(&self, offsite: bool) -> (u64, usize) {
+        let out = match offsite {
+            true => self.env.as_holder_of("offsite-pw", &["-r", &self.offsite, "audit", "verify", "--json"]),
+            false => self.env.run(&["audit", "verify", "--json"]),
+        };
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["entries"].as_u64().unwrap(), v["problems"].as_array().unwrap().len())
+    }
+}
+
+/// A rehearsal's protocol is one `rehearsal` entry of the primary's chain,
+/// which `copy` carries to the off-site copy; annotated by its test id, it
+/// shows in the report with its platform RTO and as ISO 27001 evidence. With
+/// the primary lost, the rehearsal still passes and says it was not recorded.
+#[test]
+fn a_rehearsal_joins_the_primary_evidence_chain_which_copy_carries_off_site() {
+    let site = site("@yearly");
+    with_rehearsal(&site, "@yearly");
+    let plan = site.plan.to_str().unwrap();
+    let (_, text) = site.rehearse(true);
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let id = r["test_id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("REHEARSAL-"), "{r}");
+    assert_eq!((r["test"].as_str(), r["test_type"].as_str(), r["owner"].as_str()), (Some("BT-DR-01"), Some("dr"), Some("Platform Lead")));
+    assert_eq!(r["evidence"], serde_json::json!({"recorded_in": ["primary"], "not_recorded": []}));
+    assert_eq!(site.chain(false), (1, 0), "one entry in the primary's chain");
+    assert_eq!(site.chain(true), (0, 0), "never appended to the off-site copy's chain");
+    site.env.ok(&["copy", "--to", &site.offsite, "--to-password-file", site.env.path("offsite-pw").to_str().unwrap()]);
+    assert_eq!(site.chain(true), (1, 0), "copy carried it");
+
+    let out = site.env.ok(&[
+        "drill",
+        "annotate",
+        "BT-DR-01",
+        "--plan",
+        plan,
+        "--finding",
+        "DNS came back last | 20 min lost",
+        "--follow-up",
+        "bring DNS back first (Platform Lead)",
+    ]);
+    assert_eq!(out, format!("annotated {id} (platform): recorded in the evidence log of primary\n"));
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let md = site.report("md");
+    let row = md.lines().find(|l| l.starts_with("| BT-DR-01 | ")).unwrap_or_default();
+    assert!(row.starts_with(&format!("| BT-DR-01 | {day} ")) && row.contains(&format!(" | {id} | offsite | 2 of 2 | ")), "{md}");
+    assert!(
+        row.contains(" | 4h | met | passed | finding: DNS came back last / 20 min lost; follow-up: bring DNS back first (Platform Lead) ("),
+        "{row}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
+    let got = &json["rehearsals"][0];
+    assert_eq!(json["rehearsals"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(
+        (got["test"].as_str(), got["test_id"].as_str(), got["passed"].as_bool(), got["rto_target"].as_u64(), got["rto_met"].as_bool()),
+        (Some("BT-DR-01"), Some(id.as_str()), Some(true), Some(14_400), Some(true))
+    );
+    for control in ["A.5.30", "A.17.1.1"] {
+        let c = json["compliance"].as_array().unwrap().iter().find(|c| c["control"] == control).unwrap();
+        let evidence = c["evidence"].as_str().unwrap();
+        let cited = evidence.split("; cold-start rehearsals: ").nth(1).unwrap_or_default();
+        assert!(
+            cited.starts_with(&format!("BT-DR-01 {day} passed, platform RTO "))
+                && cited.ends_with(&format!(" of 4h (evidence entry {id})")),
+            "{control}: {evidence}"
+        );
+    }
+
+    // The site lost with its primary repository: the rehearsal stands, and says what it could not record.
+    let primary = PathBuf::from(&site.env.repo);
+    let lost = site.env.path("repo-lost");
+    fs::rename(&primary, &lost).unwrap();
+    let (_, text) = site.rehearse(false);
+    let said: Vec<&str> = text.lines().filter(|l| l.starts_with("evidence: ")).collect();
+    let why = format!("no repository at {}: nothing is there (run `tresor init` first)", site.env.repo);
+    assert_eq!(said, [format!("evidence: NOT recorded in the evidence log of primary: {why}").as_str()], "{text}");
+    assert!(!text.contains("correct horse"), "{text}");
+    let (_, text) = site.rehearse(true);
+    let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!((r["passed"].as_bool(), r["evidence"]["recorded_in"].as_array().map(Vec::len)), (Some(true), Some(0)), "{r}");
+    assert_eq!(r["evidence"]["not_recorded"], serde_json::json!([{"repository": "primary", "reason": why}]), "{r}");
+    fs::rename(&lost, &primary).unwrap();
+    assert_eq!(site.chain(false), (2, 0), "the rehearsal and its annotation; nothing half-written");
+}
+
+/// `plan check` refuses a rehearsal schedule it cannot parse, a copy to
+/// rehearse from that is no repository, and a test id a class's drills use.
+#[test]
+fn plan_check_refuses_a_bad_rehearsal_schedule_an_unknown_copy_and_a_taken_id() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    let check = |schedule: &str, from: &str, id: &str| {
+        let text = format!(
+            "repositories:\n  primary:\n    url: {repo}\n    password_file: {pw}\n  vault:\n    url: {repo}-vault\n    password_file: {pw}\n\
+             classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n    offsite: vault\n    retention:\n      daily: 7\n    drill:\n      schedule: \"@monthly\"\n      id: BT-VL-01\n\
+             sources:\n  - name: documents\n    class: standard\n    url: /srv/documents\n    schedule: \"@daily\"\n\
+             drills:\n  rehearsal:\n    schedule: \"{schedule}\"\n    from: {from}\n    id: {id}\n",
+            repo = env.repo,
+            pw = env.path("pw").display(),
+        );
+        fs::write(&plan, text).unwrap();
+        let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let errors: Vec<String> = stdout.lines().filter(|l| l.contains(": error: ")).map(String::from).collect();
+        (out.status.code(), errors)
+    };
+    let at = |line: usize, message: &str| format!("{}:{line}: error: {message}", plan.display());
+    assert_eq!(check("@yearly", "vault", "BT-DR-01"), (Some(0), vec![]));
+    assert_eq!(check("0 4 1 1 *", "offsite", "BT-DR-01"), (Some(0), vec![]));
+    assert_eq!(
+        check("once a year", "vault", "BT-DR-01"),
+        (
+            Some(1),
+            vec![at(
+                25,
+                "drills.rehearsal: schedule \"once a year\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
+            )]
+        )
+    );
+    assert_eq!(
+        check("@yearly", "tape", "BT-DR-01"),
+        (
+            Some(1),
+            vec![at(
+                26,
+                "drills.rehearsal: unknown repository \"tape\" to rehearse from (the plan's: primary, vault; or primary, offsite)"
+            )]
+        )
+    );
+    assert_eq!(
+        check("@yearly", "vault", "BT-VL-01"),
+        (Some(1), vec![at(27, "drills.rehearsal: test id \"BT-VL-01\" is class standard's drill id too")])
+    );
+}
+
+/// The daemon runs the plan's rehearsal when its schedule is due, as a job
+/// of kind `rehearsal`: in the job history, in the drill metrics as source
+/// `platform`, its protocol in the primary's evidence chain, where the
+/// report and the status page's report find it.
+#[test]
+fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
+    use super::daemon::{count, http, set_clock, start_daemon, wait_jobs};
+    let site = site("@yearly");
+    with_rehearsal(&site, "0 5 1 12 *");
+    let clock = site.env.path("clock");
+    set_clock(&clock, "2026-11-30T10:00:00Z");
+    let d = start_daemon(&site.env, &site.plan, Some(&clock));
+    let first = wait_jobs(&d, "first backups", |j| {
+        count(j, "sessions", "backup", "succeeded") == 1 && count(j, "documents", "backup", "succeeded") == 1
+    });
+    assert!(!first.iter().any(|j| j["kind"] == "rehearsal"), "not due yet");
+    set_clock(&clock, "2026-12-01T05:00:01Z");
+    let jobs = wait_jobs(&d, "the rehearsal", |j| count(j, "platform", "rehearsal", "succeeded") == 1);
+    let job = jobs.iter().find(|j| j["kind"] == "rehearsal").unwrap();
+    assert_eq!((job["trigger"].as_str(), job["attempt"].as_u64()), (Some("schedule"), Some(0)), "{job}");
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    assert!(metrics.contains("restore_drill_success{source=\"platform\",class=\"\"} 1"), "{metrics}");
+    let (status, page) = http(d.port, "GET", "/report", Some("read-token"));
+    assert_eq!(status, 200);
+    assert!(page.contains("<h2>Cold-start rehearsals</h2>") && page.contains("<td>BT-DR-01</td><td>2026-12-01 05:00</td>"), "{page}");
+    drop(d);
+
+    let (entries, problems) = site.chain(false);
+    assert_eq!(problems, 0, "{entries} entries");
+    let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
+    let r = &json["rehearsals"];
+    assert_eq!(r.as_array().map(Vec::len), Some(1), "{json}");
+    assert_eq!(
+        (r[0]["test"].as_str(), r[0]["last_run"].as_str(), r[0]["from"].as_str(), r[0]["passed"].as_bool(), r[0]["sources_back"].as_u64()),
+        (Some("BT-DR-01"), Some("2026-12-01T05:00:01Z"), Some("offsite"), Some(true), Some(2))
+    );
 }
