@@ -19,7 +19,7 @@ use crate::app_hooks::{DEFAULT_TIMEOUT, HookEnv, Outcome, outcome, run_hook, run
 use crate::child::Tresor;
 use crate::model::RestoreSpec;
 pub use crate::model::SourcePoint;
-use crate::plan::{AppSource, Application, Plan, RestoreHook, Scale, SourceSpec};
+use crate::plan::{AppSource, Application, Plan, Repository, RestoreHook, Scale, SourceSpec};
 
 /// What to restore: the application, the moment, where to.
 pub struct Request<'a> {
@@ -100,8 +100,31 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
     let t = Tresor::new(r.exe, repo, &spec.name);
     let snaps = t.snapshots()?;
     let snaps: Vec<&Value> = snaps.as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let (snap, snapshot_time) = chosen(r, spec, &snaps)?;
+    let kind = snap["source"]["kind"].as_str().unwrap_or("files").to_string();
+    let target = r.targets.get(&spec.name).cloned().or_else(|| entry.target.clone());
+    let id = snap["id"].as_str().unwrap_or_default().to_string();
+    let mut out = SourcePoint {
+        bytes: snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0),
+        source: spec.name.clone(),
+        kind,
+        snapshot: id.clone(),
+        snapshot_time,
+        point: snapshot_time,
+        exact: false,
+        target: String::new(),
+        result: String::new(),
+        spec: RestoreSpec { snapshot: Some(id.clone()), flush: entry.flush, ..RestoreSpec::default() },
+    };
+    aim(&mut out, r, spec, repo, snap, target)?;
+    Ok(out)
+}
+
+/// The newest snapshot ready at or before the request's time (a base
+/// backup is a point once it was complete; the others are their start's),
+/// and that moment.
+fn chosen<'s>(r: &Request, spec: &SourceSpec, snaps: &[&'s Value]) -> Result<(&'s Value, DateTime<Utc>), String> {
     let oldest = snaps.first().ok_or_else(|| format!("source {} has no restore point", spec.name))?;
-    // A base backup is a point once it was complete; the others are their start's (a dump's snapshot).
     let ready = |s: &Value| match s["source"]["kind"] == "pg-base" {
         true => time_of(&s["summary"]["backup_end"]).or_else(|| time_of(&s["time"])),
         false => time_of(&s["time"]),
@@ -118,23 +141,20 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
             ready(oldest).map(|t| t.to_rfc3339()).unwrap_or_default()
         ));
     };
-    let kind = snap["source"]["kind"].as_str().unwrap_or("files").to_string();
-    let snapshot_time = ready(snap).unwrap_or_default();
-    let target = r.targets.get(&spec.name).cloned().or_else(|| entry.target.clone());
-    let id = snap["id"].as_str().unwrap_or_default().to_string();
-    let mut out = SourcePoint {
-        bytes: snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0),
-        source: spec.name.clone(),
-        kind: kind.clone(),
-        snapshot: id.clone(),
-        snapshot_time,
-        point: snapshot_time,
-        exact: false,
-        target: String::new(),
-        result: String::new(),
-        spec: RestoreSpec { snapshot: Some(id.clone()), flush: entry.flush, ..RestoreSpec::default() },
-    };
-    match kind.as_str() {
+    Ok((snap, ready(snap).unwrap_or_default()))
+}
+
+/// Where and how one source's point comes back, by the snapshot's kind.
+fn aim(
+    out: &mut SourcePoint,
+    r: &Request,
+    spec: &SourceSpec,
+    repo: &Repository,
+    snap: &Value,
+    target: Option<String>,
+) -> Result<(), String> {
+    let (id, snapshot_time) = (out.snapshot.clone(), out.snapshot_time);
+    match out.kind.as_str() {
         "pg-base" => {
             let dir = target
                 .ok_or_else(|| format!("source {}: a base backup comes back as a new data directory: give it a target", spec.name))?;
@@ -175,7 +195,7 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
             out.target = crate::model::redact(&to);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// When the newest WAL segment of the base backup's cluster was archived.
