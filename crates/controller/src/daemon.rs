@@ -371,6 +371,9 @@ pub async fn run(
     }
     survey_volumes(&shared);
     watch_wal(&shared);
+    // The status page's rehearsals from the logs: stand-alone ones too, and those before a restart.
+    let reader = shared.clone();
+    tokio::spawn(async move { reader.repos.rehearsals(&reader.plan()).await });
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
     loop {

@@ -119,7 +119,7 @@ pub struct RehearsalReport {
 }
 
 /// Per test, the newest rehearsal in the window and how many ran.
-fn rehearsal_reports(rehearsals: &[Rehearsal], since: DateTime<Utc>) -> Vec<RehearsalReport> {
+pub fn rehearsal_reports(rehearsals: &[Rehearsal], since: DateTime<Utc>) -> Vec<RehearsalReport> {
     let mut out: Vec<RehearsalReport> = Vec::new();
     for r in rehearsals.iter().filter(|r| r.started >= since) {
         let test = r.test.clone().unwrap_or_else(|| r.test_id.clone());

@@ -51,6 +51,8 @@ struct Inner {
     term: std::sync::atomic::AtomicU64,
     /// Appends started in the background and not yet done.
     pending: std::sync::atomic::AtomicUsize,
+    /// The rehearsals' protocols as last read from the logs, and those appended since (for the status page).
+    rehearsals: std::sync::Mutex<Vec<Rehearsal>>,
 }
 
 impl Default for Inner {
@@ -60,6 +62,7 @@ impl Default for Inner {
             appending: Default::default(),
             term: std::sync::atomic::AtomicU64::new(u64::MAX),
             pending: Default::default(),
+            rehearsals: Default::default(),
         }
     }
 }
@@ -208,6 +211,11 @@ impl Handles {
                 Err(reason) => out.not_recorded.push(NotRecorded { repository: name, reason }),
             }
         }
+        if kind == crate::model::REHEARSAL
+            && let Ok(r) = serde_json::from_value::<Rehearsal>(body)
+        {
+            self.inner.rehearsals.lock().expect("not poisoned").push(r);
+        }
         out
     }
 
@@ -240,6 +248,12 @@ impl Handles {
     pub async fn rehearsals(&self, plan: &Plan) -> Vec<Rehearsal> {
         let mut out: Vec<Rehearsal> = self.entries_of(plan, crate::model::REHEARSAL).await;
         out.sort_by_key(|r| r.started);
+        out.clone_into(&mut self.inner.rehearsals.lock().expect("not poisoned"));
         out
+    }
+
+    /// The rehearsals as last read by [`rehearsals`](Self::rehearsals), and those recorded since, oldest first.
+    pub fn known_rehearsals(&self) -> Vec<Rehearsal> {
+        self.inner.rehearsals.lock().expect("not poisoned").clone()
     }
 }

@@ -306,6 +306,7 @@ pub fn page(shared: &Shared) -> String {
         table("next", false, &["what", "when"], &next),
         unprotected,
         standby_section(shared, &plan, now),
+        rehearsal_section(shared),
     ];
     shell("tresor status", REFRESH, &body.concat(), now)
 }
@@ -330,6 +331,33 @@ fn standby_section(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
         return String::new();
     }
     format!("<h2>Standbys</h2>{}", table("standbys", false, &["source", "standby", "lag", "segments not replayed"], &rows))
+}
+
+/// Each cold-start rehearsal test's newest run (crate::rehearse), from the
+/// evidence logs as the daemon last read them, when there is one.
+fn rehearsal_section(shared: &Shared) -> String {
+    let tests = crate::report::rehearsal_reports(&shared.repos.known_rehearsals(), DateTime::<Utc>::UNIX_EPOCH);
+    let rows: String = tests
+        .iter()
+        .map(|t| {
+            let target = t.rto_target.map_or("no target".into(), |x| human(x as f64));
+            let (class, verdict) = if t.passed { ("ok", "passed") } else { ("bad", "FAILED") };
+            format!(
+                "<tr data-rehearsal=\"{n}\"><td>{n}</td><td>{} UTC</td><td>{}</td><td>{} of {}</td><td>{} (target {target})</td><td class=\"{class}\">{verdict}</td></tr>\n",
+                time(t.last_run),
+                esc(&t.from),
+                t.sources_back,
+                t.sources,
+                human(t.rto_seconds),
+                n = esc(&t.test),
+            )
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let head = ["test", "last run", "from", "sources back", "platform RTO", "result"];
+    format!("<h2>Cold-start rehearsals</h2>{}", table("rehearsals", false, &head, &rows))
 }
 
 /// Claims in covered namespaces that no source backs up, when a survey found any.

@@ -689,6 +689,15 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
     assert_eq!((job["trigger"].as_str(), job["attempt"].as_u64()), (Some("schedule"), Some(0)), "{job}");
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
     assert!(metrics.contains("restore_drill_success{source=\"platform\",class=\"\"} 1"), "{metrics}");
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
+    let row = page.lines().find(|l| l.starts_with("<tr data-rehearsal=\"BT-DR-01\">")).unwrap_or_default();
+    assert!(
+        row.starts_with(
+            "<tr data-rehearsal=\"BT-DR-01\"><td>BT-DR-01</td><td>2026-12-01 05:00:01 UTC</td><td>offsite</td><td>2 of 2</td><td>"
+        ),
+        "{page}"
+    );
+    assert!(row.ends_with(" (target 4.0 h)</td><td class=\"ok\">passed</td></tr>"), "{row}");
     let (status, page) = http(d.port, "GET", "/report", Some("read-token"));
     assert_eq!(status, 200);
     assert!(page.contains("<h2>Cold-start rehearsals</h2>") && page.contains("<td>BT-DR-01</td><td>2026-12-01 05:00</td>"), "{page}");
