@@ -90,16 +90,7 @@ fn read_token(file: Option<&Path>, var: &str) -> Result<Option<String>> {
 pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     let clock = Clock::from_env();
     let resource = a.plan_resource.as_deref().map(tresor_controller::planwatch::PlanRef::parse).transpose()?;
-    let plan_file = match (&a.plan, &resource) {
-        (Some(p), _) => std::path::absolute(p)?,
-        (None, Some(r)) => {
-            std::fs::create_dir_all(&a.data_dir)?;
-            let file = std::path::absolute(a.data_dir.join(format!("backupplan-{}-{}.yaml", r.namespace, r.name)))?;
-            tresor_controller::planwatch::fetch(r, &file).await?;
-            file
-        }
-        (None, None) => embedded_default(&a.data_dir, clock.now())?,
-    };
+    let plan_file = plan_file_of(&a, resource.as_ref(), &clock).await?;
     let plan = load_plan(&plan_file, clock.now())?;
     // Jobs run as this program itself, or as a wrapper (nice, ionice, a test's recorder) named in TRESOR_JOB_PROGRAM.
     let exe = match std::env::var_os("TRESOR_JOB_PROGRAM") {
@@ -153,15 +144,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;
     let bound = listener.local_addr()?;
-    let app = router(shared.clone(), tokens);
-    let daemon_settings = shared.plan().daemon;
-    let tls = match (&daemon_settings.tls_cert_file, &daemon_settings.tls_key_file) {
-        (Some(cert), Some(key)) => Some(tresor_controller::serve::tls(cert, key)?),
-        (None, None) => None,
-        _ => bail!("daemon.tls_cert_file and daemon.tls_key_file go together"),
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tokio::spawn(tresor_controller::serve::serve(listener, app, tls));
+    let scheme = start_serving(listener, &shared, tokens)?;
     if let Some(r) = resource {
         if let Some(notes) = notes {
             tokio::spawn(tresor_controller::runs::follow(r.clone(), shared.clone(), notes));
@@ -171,6 +154,47 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
     eprintln!("tresor daemon: plan {} ({summary}), state {}", plan_file.display(), state_file.display());
     eprintln!("tresor daemon: status page {scheme}://{bound}/  metrics {scheme}://{bound}/metrics");
     let Some(leader) = lead(&a, &shared, &tx).await? else { return Ok(0) };
+    run_while_leading(shared, rx, tx, leader).await?;
+    eprintln!("tresor daemon: stopped");
+    Ok(0)
+}
+/// The plan to run: the file given, a BackupPlan resource's copy fetched
+/// into the data directory, or the embedded example.
+async fn plan_file_of(a: &DaemonArgs, resource: Option<&tresor_controller::planwatch::PlanRef>, clock: &Clock) -> Result<PathBuf> {
+    Ok(match (&a.plan, resource) {
+        (Some(p), _) => std::path::absolute(p)?,
+        (None, Some(r)) => {
+            std::fs::create_dir_all(&a.data_dir)?;
+            let file = std::path::absolute(a.data_dir.join(format!("backupplan-{}-{}.yaml", r.namespace, r.name)))?;
+            tresor_controller::planwatch::fetch(r, &file).await?;
+            file
+        }
+        (None, None) => embedded_default(&a.data_dir, clock.now())?,
+    })
+}
+
+/// Serves the API, status page and metrics, over TLS when the plan names a
+/// certificate; returns the scheme it serves.
+fn start_serving(listener: tokio::net::TcpListener, shared: &Arc<Shared>, tokens: Tokens) -> Result<&'static str> {
+    let settings = shared.plan().daemon;
+    let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tresor_controller::serve::tls(cert, key)?),
+        (None, None) => None,
+        _ => bail!("daemon.tls_cert_file and daemon.tls_key_file go together"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tokio::spawn(tresor_controller::serve::serve(listener, router(shared.clone(), tokens), tls));
+    Ok(scheme)
+}
+
+/// Runs the scheduler until a signal stops it or, with leader election,
+/// until the lease is lost.
+async fn run_while_leading(
+    shared: Arc<Shared>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    leader: Option<(tresor_controller::leader::Lease, u64)>,
+) -> Result<()> {
     let lost = std::sync::atomic::AtomicBool::new(false);
     let held = async {
         match &leader {
@@ -192,8 +216,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         // Another replica leads now: stop, and come back as a standby.
         bail!("lost the lease: another replica leads now");
     }
-    eprintln!("tresor daemon: stopped");
-    Ok(0)
+    Ok(())
 }
 
 /// Under leader election, wait for the lease (a standby serves its page
