@@ -687,8 +687,13 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
     let jobs = wait_jobs(&d, "the rehearsal", |j| count(j, "platform", "rehearsal", "succeeded") == 1);
     let job = jobs.iter().find(|j| j["kind"] == "rehearsal").unwrap();
     assert_eq!((job["trigger"].as_str(), job["attempt"].as_u64()), (Some("schedule"), Some(0)), "{job}");
-    let (_, metrics) = http(d.port, "GET", "/metrics", None);
-    assert!(metrics.contains("restore_drill_success{source=\"platform\",class=\"\"} 1"), "{metrics}");
+    // The job is in the history before its protocol is appended and measured: wait for the measurement, then look.
+    let measured = "restore_drill_success{source=\"platform\",class=\"\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http(d.port, "GET", "/metrics", None).1.contains(measured) {
+        assert!(std::time::Instant::now() < deadline, "no {measured} in the metrics");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     let row = page.lines().find(|l| l.starts_with("<tr data-rehearsal=\"BT-DR-01\">")).unwrap_or_default();
     assert!(
