@@ -29,7 +29,7 @@ pub async fn annotate(g: &Global, a: AnnotateArgs) -> Result<u8> {
     // repository, a rehearsal's about the whole plan (every primary's log).
     let (test_id, test, source, own) = match (drill, rehearsal) {
         (d, Some(r)) if d.is_none_or(|d| d.started <= r.started) => {
-            (r.test_id.clone(), r.test.clone(), tresor_controller::daemon::REHEARSAL.to_string(), None)
+            (r.test_id.clone(), r.test.clone(), tresor_controller::rehearse::PLATFORM.to_string(), None)
         }
         (Some(d), _) => {
             let own = plan.sources.iter().find(|s| s.name == d.source).and_then(|s| plan.repository_of(s)).map(|(_, r)| r);

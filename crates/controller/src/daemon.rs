@@ -27,7 +27,7 @@ use crate::{Error, Result};
 
 /// The daemon's name of its scheduled rehearsal of the whole plan: the job
 /// history's source, the drill metrics' `source` label.
-pub const REHEARSAL: &str = "platform";
+pub const REHEARSAL: &str = crate::rehearse::PLATFORM;
 
 /// Requests from the API (or signals) to the daemon loop.
 #[derive(Debug)]

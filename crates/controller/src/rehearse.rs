@@ -23,6 +23,10 @@ use crate::drill::{Mode, Origin, drill_from};
 use crate::model::{DrillReport, EvidenceRecord};
 use crate::plan::{Plan, SourceSpec};
 
+/// What a rehearsal brings back, the whole plan, as the job history, the
+/// drill metrics, the test plan and annotations name it.
+pub const PLATFORM: &str = "platform";
+
 /// One source brought back: its place in the order and its drill's protocol.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Step {

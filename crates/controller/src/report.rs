@@ -316,8 +316,8 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     let lags = &facts.lags;
     let classes: Vec<ClassReport> =
         plan.classes.keys().map(|name| class_report(plan, name, jobs, drills, lags, &facts.wal_rpo, now)).collect();
-    let tests = planned_tests(plan, drills, now);
     let rehearsed: Vec<&Rehearsal> = facts.rehearsals.iter().filter(|r| r.started >= since).collect();
+    let tests = planned_tests(plan, drills, &rehearsed, now);
     let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).chain(rehearsed.iter().map(|r| r.test_id.as_str())).collect();
     let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
     let rehearsals = rehearsal_reports(&facts.rehearsals, since);
@@ -325,8 +325,10 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     Report { generated: now, since, classes, tests, protocol: drills.to_vec(), rehearsals, annotations, compliance, holds: facts.holds }
 }
 
-/// The test plan: each class with a drill schedule, and how its drills went.
-fn planned_tests(plan: &Plan, drills: &[DrillReport], now: DateTime<Utc>) -> Vec<PlannedTest> {
+/// The test plan: each class with a drill schedule, and how its drills went;
+/// then the plan's cold-start rehearsal, and how its newest went.
+fn planned_tests(plan: &Plan, drills: &[DrillReport], rehearsed: &[&Rehearsal], now: DateTime<Utc>) -> Vec<PlannedTest> {
+    let every = |schedule: &str| crate::schedule::Schedule::parse(schedule).ok().map(|s| s.longest_gap(now).as_secs());
     let mut out = Vec::new();
     for (class, c) in &plan.classes {
         let Some(d) = &c.drill else { continue };
@@ -338,10 +340,26 @@ fn planned_tests(plan: &Plan, drills: &[DrillReport], now: DateTime<Utc>) -> Vec
             scope: plan.sources.iter().filter(|s| &s.class == class).map(|s| s.name.clone()).collect(),
             from: d.from,
             frequency: d.schedule.clone(),
-            every: crate::schedule::Schedule::parse(&d.schedule).ok().map(|s| s.longest_gap(now).as_secs()),
+            every: every(&d.schedule),
             owner: d.owner.clone(),
             last_run: last.map(|r| r.started),
             last_passed: last.map(|r| r.passed),
+        });
+    }
+    if let Some(r) = &plan.drills.rehearsal {
+        let last = rehearsed.iter().rfind(|x| x.test == r.id);
+        let offsite = r.from == "offsite" || plan.classes.values().any(|c| c.offsite.as_ref() == Some(&r.from));
+        out.push(PlannedTest {
+            id: r.id.clone(),
+            test_type: r.test_type,
+            class: crate::rehearse::PLATFORM.into(),
+            scope: plan.sources.iter().map(|s| s.name.clone()).collect(),
+            from: if offsite { BackupCopy::Offsite } else { BackupCopy::Primary },
+            frequency: r.schedule.clone(),
+            every: every(&r.schedule),
+            owner: r.owner.clone(),
+            last_run: last.map(|x| x.started),
+            last_passed: last.map(|x| x.passed),
         });
     }
     out

@@ -576,12 +576,15 @@ fn a_rehearsal_joins_the_primary_evidence_chain_which_copy_carries_off_site() {
     assert_eq!(out, format!("annotated {id} (platform): recorded in the evidence log of primary\n"));
     let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
     let md = site.report("md");
-    let row = md.lines().find(|l| l.starts_with("| BT-DR-01 | ")).unwrap_or_default();
+    let row = md.lines().find(|l| l.starts_with(&format!("| BT-DR-01 | {day} "))).unwrap_or_default();
     assert!(row.starts_with(&format!("| BT-DR-01 | {day} ")) && row.contains(&format!(" | {id} | offsite | 2 of 2 | ")), "{md}");
     assert!(
         row.contains(" | 4h | met | passed | finding: DNS came back last / 20 min lost; follow-up: bring DNS back first (Platform Lead) ("),
         "{row}"
     );
+    let planned = md.lines().find(|l| l.starts_with("| BT-DR-01 | dr | ")).unwrap_or_default();
+    assert!(planned.starts_with("| BT-DR-01 | dr | platform (sessions, documents) | off-site | @yearly (every "), "{md}");
+    assert!(planned.contains(" | Platform Lead | ") && planned.ends_with(" | passed |"), "{planned}");
     let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
     let got = &json["rehearsals"][0];
     assert_eq!(json["rehearsals"].as_array().unwrap().len(), 1, "{json}");
