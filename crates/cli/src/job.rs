@@ -90,6 +90,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
             crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), ..DrillArgs::default() }).await
         }
         Kind::Rehearsal => crate::dr::job(g, spec.plan_file.as_deref().context("a rehearsal job names its plan")?).await,
+        Kind::Standby => crate::standby::job(g, spec).await,
         Kind::Snapshots => {
             let mut a = defaults::<SnapshotsArgs>(&[])?;
             // No source: every snapshot, the pieces of archives too.

@@ -3,7 +3,11 @@
 //! `pgbase://` source the standby is a data directory made once from the
 //! newest base backup; the PostgreSQL server started on it keeps itself
 //! current through `tresor pg wal-fetch`, and `failover` promotes it once
-//! it has replayed the archive to its end.
+//! it has replayed the archive to its end. A directory or Redis standby is
+//! refreshed from the newest snapshot (copy.rs); `failover` makes it current.
+//! The daemon runs refreshes as `standby` jobs ([`job`]).
+
+mod copy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,10 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tresor_controller::daemon::load_plan;
+use tresor_controller::daemon::{Clock, load_plan};
+use tresor_controller::model::{JobSpec, redact};
 use tresor_controller::plan::{self, Plan, SourceSpec, Span, Standby};
 use tresor_controller::repos::{Handles, evidence_targets};
-use tresor_controller::standby::{FAILOVER, Failover};
+use tresor_controller::standby::{FAILOVER, Failover, StandbyKind};
 use tresor_engine::Snapshot;
 use tresor_sources::PG_BASE;
 use tresor_sources::pgwal::{self, ReplayPosition};
@@ -30,16 +35,24 @@ pub async fn standby(g: &Global, cmd: StandbyCmd) -> Result<u8> {
     }
 }
 
-/// The plan, one of its sources with a standby, and that source's repository.
-fn chosen(plan_file: &Path, name: &str) -> Result<(Plan, SourceSpec, Standby, plan::Repository)> {
+/// One of the plan's sources with a standby.
+struct Chosen {
+    plan: Plan,
+    source: SourceSpec,
+    standby: Standby,
+    kind: StandbyKind,
+    repo: plan::Repository,
+}
+
+/// The plan and its source `name`, which has a standby.
+fn chosen(plan_file: &Path, name: &str) -> Result<Chosen> {
     let plan = load_plan(&std::path::absolute(plan_file)?, Utc::now())?;
     let source = plan.sources.iter().find(|s| s.name == name).with_context(|| format!("the plan has no source {name}"))?.clone();
     let standby = source.standby.clone().with_context(|| format!("source {name} has no standby: in the plan"))?;
-    if !source.url.starts_with("pgbase://") {
-        bail!("source {name}: only a pgbase:// source has a standby so far");
-    }
+    // plan check refuses a standby of any other kind.
+    let kind = StandbyKind::of(&source.url).with_context(|| format!("source {name}: its kind has no standby"))?;
     let repo = plan.repository_of(&source).map(|(_, r)| r.clone()).with_context(|| format!("source {name} has no repository"))?;
-    Ok((plan, source, standby, repo))
+    Ok(Chosen { plan, source, standby, kind, repo })
 }
 
 /// `g` with the repository of the plan.
@@ -51,25 +64,49 @@ fn global_for(g: &Global, repo: &plan::Repository) -> Global {
 }
 
 async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
-    let (_, source, standby, repo) = chosen(&a.plan, &a.source)?;
-    let target = &standby.target;
+    let c = chosen(&a.plan, &a.source)?;
+    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target.to_string_lossy()).await
+}
+
+/// The daemon's `standby` job: the source's URL says the kind, the restore
+/// spec the standby (a directory, or a service as `to`).
+pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
+    let source = spec.source.as_ref().context("a standby job names its source")?;
+    let kind = StandbyKind::of(&source.url).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
+    let r = spec.restore.as_ref().context("a standby job names its standby")?;
+    let target = r.to.as_deref().or(r.target.as_deref()).context("a standby job names its standby")?;
+    refresh_one(g, &spec.name, kind, target).await
+}
+
+/// Make `source`'s standby at `target` current, and say so.
+async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &str) -> Result<u8> {
+    if kind != StandbyKind::Postgres {
+        let r = copy::refresh(g, source, kind, target).await?;
+        if g.json {
+            print_json(
+                &json!({"source": source, "target": redact(target), "snapshot_id": r.snapshot.id, "current": r.current, "summary": r.summary}),
+            )?;
+        } else if !g.quiet {
+            println!("{}", copy::said(source, target, &r));
+        }
+        return Ok(0);
+    }
+    let target = Path::new(target);
     if !tresor_controller::standby::unmade(target) {
         if !g.quiet {
             println!(
-                "the standby of {} in {} is made already; the PostgreSQL server on it keeps it current from the WAL archive",
-                source.name,
+                "the standby of {source} in {} is made already; the PostgreSQL server on it keeps it current from the WAL archive",
                 target.display()
             );
         }
         return Ok(0);
     }
-    let (base, bytes) = make_pg_standby(&global_for(g, &repo), &source.name, target).await?;
+    let (base, bytes) = make_pg_standby(g, source, target).await?;
     if g.json {
-        print_json(&json!({"source": source.name, "target": target, "base_backup": base.id, "bytes": bytes}))?;
+        print_json(&json!({"source": source, "target": target, "base_backup": base.id, "bytes": bytes}))?;
     } else if !g.quiet {
         println!(
-            "made the standby of {} in {} from base backup {} ({bytes} bytes); start PostgreSQL on it and it keeps replaying the WAL archive",
-            source.name,
+            "made the standby of {source} in {} from base backup {} ({bytes} bytes); start PostgreSQL on it and it keeps replaying the WAL archive",
             target.display(),
             base.id.short()
         );
@@ -118,37 +155,72 @@ async fn status(g: &Global, plan_file: &Path) -> Result<u8> {
     let plan = load_plan(&std::path::absolute(plan_file)?, Utc::now())?;
     let handles = Handles::default();
     let failovers = failovers(&plan, &handles).await;
+    // The daemon's clock (a test's, if it sets one): the lag of a stale source grows with it.
+    let now = Clock::from_env().now();
     let mut out = Vec::new();
     for s in plan.sources.iter().filter(|s| s.standby.is_some()) {
-        let (_, _, standby, repo) = chosen(plan_file, &s.name)?;
-        let listing = handles.snapshots(&repo, None).await.map_err(anyhow::Error::msg)?;
-        let replayed = match &standby.server {
-            Some(server) => replay_position(server).await.ok(),
-            None => None,
+        let c = chosen(plan_file, &s.name)?;
+        let listing = handles.snapshots(&c.repo, None).await.map_err(anyhow::Error::msg)?;
+        let mut v = match c.kind {
+            StandbyKind::Postgres => pg_status(&c, &listing, now).await,
+            _ => copy_status(&c, &listing, now),
         };
-        let point = tresor_controller::standby::point(&s.name, &listing, replayed.as_ref().and_then(|r| r.lsn));
-        let gap = tresor_controller::walrpo::chain(&s.name, &listing).map_or(0, |c| c.gap_segments);
-        out.push(json!({
-            "source": s.name,
-            "target": standby.target,
-            "server_answered": replayed.is_some(),
-            "in_recovery": replayed.as_ref().map(|r| r.in_recovery),
-            "replayed_lsn": point.as_ref().map(|p| lsn(p.replayed_lsn)),
-            "lag_seconds": point.as_ref().map(|p| p.lag(Utc::now())),
-            "waiting_segments": point.as_ref().map(|p| p.waiting_segments),
-            "gap_segments": gap,
-            "failovers": failovers.iter().filter(|f| f.source == s.name).collect::<Vec<_>>(),
-        }));
+        v["source"] = json!(s.name);
+        v["target"] = json!(redact(&c.standby.target.to_string_lossy()));
+        v["failovers"] = json!(failovers.iter().filter(|f| f.source == s.name).collect::<Vec<_>>());
+        out.push(v);
     }
     if g.json {
         print_json(&out)?;
         return Ok(0);
     }
     for s in &out {
-        let lag = s["lag_seconds"].as_f64().map_or("unknown (no base backup)".into(), |l| format!("{l:.1} s"));
-        println!("{}: lag {lag}, {} archived segments not replayed", s["source"].as_str().unwrap_or(""), s["waiting_segments"]);
+        let lag = s["lag_seconds"].as_f64().map_or("unknown (no backup yet)".into(), |l| format!("{l:.1} s"));
+        let name = s["source"].as_str().unwrap_or("");
+        match s.get("waiting_segments") {
+            Some(n) => println!("{name}: lag {lag}, {n} archived segments not replayed"),
+            None => {
+                let held = s["snapshot"].as_str().map_or("nothing yet".into(), |id| format!("snapshot {}", &id[..id.len().min(8)]));
+                println!("{name}: lag {lag}, holds {held}, {} newer snapshots not held", s["waiting_snapshots"]);
+            }
+        }
     }
     Ok(0)
+}
+
+async fn pg_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
+    let name = &c.source.name;
+    let replayed = match &c.standby.server {
+        Some(server) => replay_position(server).await.ok(),
+        None => None,
+    };
+    let point = tresor_controller::standby::point(name, listing, replayed.as_ref().and_then(|r| r.lsn));
+    let gap = tresor_controller::walrpo::chain(name, listing).map_or(0, |c| c.gap_segments);
+    json!({
+        "kind": "postgres",
+        "server_answered": replayed.is_some(),
+        "in_recovery": replayed.as_ref().map(|r| r.in_recovery),
+        "replayed_lsn": point.as_ref().map(|p| lsn(p.replayed_lsn)),
+        "lag_seconds": point.as_ref().map(|p| p.lag(now)),
+        "waiting_segments": point.as_ref().map(|p| p.waiting),
+        "gap_segments": gap,
+    })
+}
+
+fn copy_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
+    use tresor_controller::standby::{copy_point, held, own_snapshots};
+    let held = held(&c.source.name, c.kind, &c.standby.target);
+    let rpo = c.plan.classes.get(&c.source.class).map_or(0, |k| k.rpo.secs());
+    let point = copy_point(&own_snapshots(&c.source.name, listing), &held, rpo);
+    json!({
+        "kind": if c.kind == StandbyKind::Redis { "redis" } else { "directory" },
+        "snapshot": held.snapshot,
+        "snapshot_time": held.snapshot_time,
+        "refreshed": held.refreshed,
+        "refreshing": held.refreshing,
+        "lag_seconds": point.as_ref().map(|p| p.lag(now)),
+        "waiting_snapshots": point.as_ref().map(|p| p.waiting),
+    })
 }
 
 /// The failovers in the logs of the repositories that answer, each once, oldest first.
@@ -173,11 +245,15 @@ pub async fn failover(g: &Global, a: FailoverArgs) -> Result<u8> {
     let clock = Instant::now();
     let started = Utc::now();
     let timeout = Duration::from_secs(Span::parse(&a.timeout).map_err(anyhow::Error::msg)?.secs());
-    let (plan, source, standby, repo) = chosen(&a.plan, &a.source)?;
-    let name = &source.name;
-    let server = standby.server.as_deref().with_context(|| format!("the standby of {name} names no server to promote (standby.server)"))?;
+    let c = chosen(&a.plan, &a.source)?;
+    if c.kind != StandbyKind::Postgres {
+        return failover_copy(&global_for(g, &c.repo), &c, started, clock).await;
+    }
+    let name = &c.source.name;
+    let server =
+        c.standby.server.as_deref().with_context(|| format!("the standby of {name} names no server to promote (standby.server)"))?;
     let handles = Handles::default();
-    let listing = handles.snapshots(&repo, None).await.map_err(anyhow::Error::msg)?;
+    let listing = handles.snapshots(&c.repo, None).await.map_err(anyhow::Error::msg)?;
     let chain = tresor_controller::walrpo::chain(name, &listing)
         .with_context(|| format!("the repository holds no base backup with archived WAL of {name}"))?;
     if chain.gap_segments > 0 && !a.force {
@@ -198,23 +274,69 @@ pub async fn failover(g: &Global, a: FailoverArgs) -> Result<u8> {
         source: name.clone(),
         started,
         seconds: clock.elapsed().as_secs_f64(),
-        lsn: lsn(reached.lsn.unwrap_or_default()),
-        archive_end_lsn: lsn(chain.end_lsn),
+        lsn: Some(lsn(reached.lsn.unwrap_or_default())),
+        archive_end_lsn: Some(lsn(chain.end_lsn)),
+        snapshot: None,
+        snapshot_time: None,
         last_commit: reached.last_commit_unix_micros.and_then(DateTime::from_timestamp_micros),
         gap_segments: chain.gap_segments,
         forced: a.force && chain.gap_segments > 0,
-        author: format!("{}@{}", tresor_engine::username(), tresor_engine::hostname()),
+        author: author(),
     };
-    let body: Value = serde_json::to_value(&record)?;
-    for r in evidence_targets(&plan, Some(&repo)) {
-        handles.append(&r, FAILOVER, body.clone()).await.map_err(|e| anyhow::anyhow!("promoted, but cannot record the failover: {e}"))?;
-    }
+    record_failover(&c, &handles, &record, "promoted").await?;
     if g.json {
         print_json(&record)?;
     } else {
         println!(
             "promoted the standby of {name} in {:.1} s: it had replayed to {}, the archive's end {}; recorded in the evidence log",
-            record.seconds, record.lsn, record.archive_end_lsn
+            record.seconds,
+            record.lsn.as_deref().unwrap_or_default(),
+            record.archive_end_lsn.as_deref().unwrap_or_default()
+        );
+    }
+    Ok(0)
+}
+
+fn author() -> String {
+    format!("{}@{}", tresor_engine::username(), tresor_engine::hostname())
+}
+
+/// The failover as an entry of the evidence logs (`done`: what was done, should it fail).
+async fn record_failover(c: &Chosen, handles: &Handles, record: &Failover, done: &str) -> Result<()> {
+    let body: Value = serde_json::to_value(record)?;
+    for r in evidence_targets(&c.plan, Some(&c.repo)) {
+        handles.append(&r, FAILOVER, body.clone()).await.map_err(|e| anyhow::anyhow!("{done}, but cannot record the failover: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A directory or Redis standby's failover: a last refresh from the newest
+/// snapshot, so the standby takes over current, recorded like a promotion.
+async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: Instant) -> Result<u8> {
+    let (name, target) = (&c.source.name, c.standby.target.to_string_lossy());
+    let r = copy::refresh(g, name, c.kind, &target).await?;
+    let record = Failover {
+        source: name.clone(),
+        started,
+        seconds: clock.elapsed().as_secs_f64(),
+        lsn: None,
+        archive_end_lsn: None,
+        snapshot: Some(r.snapshot.id.to_string()),
+        snapshot_time: Some(r.snapshot.time.with_timezone(&Utc)),
+        last_commit: None,
+        gap_segments: 0,
+        forced: false,
+        author: author(),
+    };
+    record_failover(c, &Handles::default(), &record, "made current").await?;
+    if g.json {
+        print_json(&record)?;
+    } else {
+        println!(
+            "made the standby of {name} at {} current in {:.1} s: it holds the newest snapshot {}; recorded in the evidence log",
+            redact(&target),
+            record.seconds,
+            r.snapshot.id.short()
         );
     }
     Ok(0)

@@ -269,9 +269,8 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
         if s.pod.is_some() && !s.url.starts_with("pvc://") {
             out.push(error(at.source(&s.name, "pod"), format!("source {}: pod: is for pvc:// sources, not {}", s.name, scheme(&s.url))));
         }
-        if s.standby.is_some() && !s.url.starts_with("pgbase://") {
-            let why = format!("source {}: standby: is for pgbase:// sources (so far), not {}", s.name, scheme(&s.url));
-            out.push(error(at.source(&s.name, "standby"), why));
+        if let Some(why) = s.standby.as_ref().and_then(|b| crate::standby::refused(&s.url, b, &scheme(&s.url))) {
+            out.push(error(at.source(&s.name, "standby"), format!("source {}: {why}", s.name)));
         }
         match Schedule::parse(&s.schedule) {
             Err(e) => out.push(error(at.source(&s.name, "schedule"), format!("source {}: {e}", s.name))),

@@ -167,6 +167,7 @@ impl Loop {
                 let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");
                 self.queue.push(q);
             }
+            self.queue_standby(&plan, &s.name, "first", now);
         }
         if let Some(p) = &plan.daemon.prune_schedule {
             for repo in plan.repositories.keys() {
@@ -279,10 +280,20 @@ impl Loop {
         let retries = plan.sources.iter().find(|s| s.name == q.name).and_then(|s| s.retries).unwrap_or(plan.daemon.retries);
         // A permanent failure (a wrong password, a missing repository,
         // refused credentials) would fail the same way again: recorded once.
-        let retry = outcome.status == "failed" && outcome.temporary && q.attempt < retries;
+        // A standby is tried until it is made current, unless a newer job for it waits already.
+        let retry = match q.kind {
+            Kind::Standby => outcome.status == "failed" && !self.waiting(&q.name, Kind::Standby),
+            _ => outcome.status == "failed" && outcome.temporary && q.attempt < retries,
+        };
         self.shared.runs.finished(&q.actor, q.kind, &q.name, &outcome, retry, now);
+        if q.kind == Kind::Backup && outcome.status == "succeeded" {
+            self.queue_standby(&plan, &q.name, "backup", now);
+        }
         if retry {
-            let wait = plan.daemon.retry_backoff.0 * 2u32.saturating_pow(q.attempt);
+            let wait = match q.kind {
+                Kind::Standby => crate::standby::backoff(plan.daemon.retry_backoff.0, q.attempt, crate::standby::rpo(&plan, &q.name)),
+                _ => plan.daemon.retry_backoff.0 * 2u32.saturating_pow(q.attempt),
+            };
             let due = now + chrono::Duration::from_std(wait).unwrap_or_default();
             tracing::warn!(
                 "{} {} failed ({}); attempt {} in {}s",
@@ -294,6 +305,21 @@ impl Loop {
             );
             self.delayed.push(Queued { due, attempt: q.attempt + 1, trigger: "retry", ..q });
         }
+    }
+
+    /// Whether a job of `kind` for `name` is queued or waits for its time.
+    fn waiting(&self, name: &str, kind: Kind) -> bool {
+        self.queue.iter().chain(&self.delayed).any(|o| o.name == name && o.kind == kind)
+    }
+
+    /// Queue a job that makes `name`'s standby current (crate::standby),
+    /// if it has one; it replaces a retry waiting out its back-off.
+    fn queue_standby(&mut self, plan: &Plan, name: &str, trigger: &'static str, now: DateTime<Utc>) {
+        let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
+        let (Some(standby), Some(kind)) = (&s.standby, crate::standby::StandbyKind::of(&s.url)) else { return };
+        self.delayed.retain(|o| !(o.name == name && o.kind == Kind::Standby));
+        let q = self.queued(name, Kind::Standby, trigger, now, 0, "daemon");
+        self.queue.push(Queued { restore: Some(crate::standby::restore_spec(standby, kind)), ..q });
     }
 
     fn command(&mut self, cmd: Command, now: DateTime<Utc>) {
@@ -633,9 +659,8 @@ fn survey_volumes(shared: &Arc<Shared>) {
 /// How often the daemon looks at the WAL archives.
 const WAL_EVERY: Duration = Duration::from_secs(15);
 
-/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) and their
-/// standbys' lag (crate::standby) in the metrics, and their standbys made
-/// once, now and every few seconds.
+/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) and the
+/// standbys' lag (crate::standby) in the metrics, now and every few seconds.
 fn watch_wal(shared: &Arc<Shared>) {
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -643,7 +668,7 @@ fn watch_wal(shared: &Arc<Shared>) {
             let plan = shared.plan();
             let mut listings = BTreeMap::new();
             for (name, r) in &plan.repositories {
-                if crate::walrpo::pg_sources(&plan, name).next().is_some()
+                if (crate::walrpo::pg_sources(&plan, name).next().is_some() || crate::standby::wanted(&plan, name))
                     && let Ok(list) = shared.repos.snapshots(r, None).await
                 {
                     listings.insert(name.clone(), list);
@@ -654,13 +679,6 @@ fn watch_wal(shared: &Arc<Shared>) {
             }
             for (source, p) in crate::standby::points(&plan, &listings).await {
                 shared.metrics.standby_point(&source, p);
-            }
-            // A failure (no base backup yet) is retried at the next look, so it is logged, not audited each time.
-            for (source, made) in crate::standby::make_unmade(&plan, &shared.plan_file, &shared.runner.exe).await {
-                match made {
-                    Ok(()) => shared.audit("daemon", "standby refresh", &source, "succeeded", ""),
-                    Err(e) => tracing::warn!("cannot make the standby of {source}: {e}"),
-                }
             }
             tokio::time::sleep(WAL_EVERY).await;
         }

@@ -203,7 +203,7 @@ impl Metrics {
         r.register("backup_wal_archive_gap_segments", "WAL segments missing after the unbroken part of the archive", m.wal_gap.clone());
         r.register(
             "standby_lag_seconds",
-            "Age of the oldest archived commit a source's warm standby has not replayed (0: replayed to the archive's end)",
+            "How far a source's warm standby is behind: the age of the oldest archived commit or snapshot it lacks (0: it holds the newest, within the RPO)",
             m.standby_lag.clone(),
         );
         Metrics { registry: r, ..m }

@@ -24,6 +24,9 @@ pub enum Kind {
     Snapshots,
     /// A cold-start rehearsal of the whole plan (`drills.rehearsal`).
     Rehearsal,
+    /// A source's warm standby made current from its newest snapshot
+    /// (`restore` names the standby: a directory, or a service as `to`).
+    Standby,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             Kind::Restore => "restore",
             Kind::Drill => "drill",
             Kind::Snapshots => "snapshots",
+            Kind::Standby => "standby",
             Kind::Rehearsal => "rehearsal",
         }
     }

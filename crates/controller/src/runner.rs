@@ -102,7 +102,7 @@ pub fn spec(w: &Work) -> JobSpec {
         source: w.source.as_ref().map(|s| source_job(w, s)),
         repository: repository_spec(&w.repo),
         offsite: w.offsite.as_ref().filter(|_| w.kind == Kind::Copy).map(repository_spec),
-        restore: w.restore.clone().filter(|_| w.kind == Kind::Restore),
+        restore: w.restore.clone().filter(|_| matches!(w.kind, Kind::Restore | Kind::Standby)),
         forget,
         plan_file: matches!(w.kind, Kind::Drill | Kind::Rehearsal).then(|| w.plan_file.clone()),
         timeout_secs: w.timeout.map(|t| t.as_secs()),

@@ -1,8 +1,8 @@
-//! Warm standbys (a source's `standby:` in the plan): how far a PostgreSQL
-//! standby that replays the WAL archive through `tresor pg wal-fetch` is
-//! behind that archive, and what its failover records.
+//! Warm standbys (a source's `standby:` in the plan): how far each is
+//! behind its source, and what its failover records.
 //!
-//! The lag is the age of the oldest archived commit the standby has not
+//! A PostgreSQL standby replays the WAL archive through `tresor pg
+//! wal-fetch`. Its lag is the age of the oldest archived commit it has not
 //! replayed, zero when its replay has reached the end of the archive. Each
 //! archived segment records its newest commit (FORMAT.md §12), so the age is
 //! that of the oldest unreplayed segment that holds a commit, by that
@@ -10,16 +10,23 @@
 //! before a gap while the primary keeps archiving must look ever staler.
 //! Segments past a gap count, as they never get replayed; a standby server
 //! that does not answer counts as replayed to its base backup's end.
+//!
+//! A directory or Redis standby is a copy of one snapshot, refreshed from
+//! the newest ([`Held`] says which it holds). Its lag is the age of the
+//! oldest snapshot newer than the one it holds; holding the newest, zero
+//! while that snapshot is within the class's RPO and past it the snapshot's
+//! age: a standby of a source that stopped backing up is as stale as its
+//! source, and says so.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tresor_sources::pgwal::{self, WalFile, WalKind};
 
-use crate::plan::Plan;
+use crate::plan::{Plan, SourceSpec, Standby};
 use crate::walrpo::{newest_base, secs, time};
 
 /// The evidence entry kind of a [`Failover`].
@@ -33,14 +40,23 @@ pub struct Failover {
     pub started: DateTime<Utc>,
     /// From the start to a promoted server that accepts writes.
     pub seconds: f64,
-    /// The WAL position the standby had replayed when it was promoted (`X/Y`).
-    pub lsn: String,
-    /// The end of the unbroken archive it was to reach (`X/Y`).
-    pub archive_end_lsn: String,
+    /// PostgreSQL: the WAL position the standby had replayed when it was promoted (`X/Y`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// PostgreSQL: the end of the unbroken archive it was to reach (`X/Y`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_end_lsn: Option<String>,
+    /// A directory or Redis standby: the snapshot it holds, made current by the failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// That snapshot's time: the point the standby took over at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_time: Option<DateTime<Utc>>,
     /// The newest commit it had replayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_commit: Option<DateTime<Utc>>,
     /// Segments missing from the archive after its unbroken part.
+    #[serde(default)]
     pub gap_segments: u64,
     /// Promoted despite a gap (`--force`).
     pub forced: bool,
@@ -49,20 +65,29 @@ pub struct Failover {
 }
 
 /// One standby's figures at a moment.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct StandbyPoint {
-    /// The oldest archived commit it has not replayed (by its segment's newest).
-    pub oldest_unreplayed: Option<DateTime<Utc>>,
-    /// Archived segments it has not replayed.
-    pub waiting_segments: u64,
-    /// The replay position it counted from.
+    /// The oldest data it lacks: an archived commit it has not replayed
+    /// (by its segment's newest), a snapshot newer than the one it holds.
+    pub oldest_missing: Option<DateTime<Utc>>,
+    /// Archived segments it has not replayed, or snapshots newer than the one it holds.
+    pub waiting: u64,
+    /// PostgreSQL: the replay position it counted from.
     pub replayed_lsn: u64,
+    /// A copy that holds its source's newest snapshot: that snapshot's time
+    /// and the class's RPO in seconds.
+    pub newest_held: Option<(DateTime<Utc>, u64)>,
 }
 
 impl StandbyPoint {
-    /// Seconds since the oldest archived commit it has not replayed (0: none).
+    /// Seconds since the oldest data it lacks; holding the newest snapshot,
+    /// 0 within the RPO and that snapshot's age past it.
     pub fn lag(&self, now: DateTime<Utc>) -> f64 {
-        self.oldest_unreplayed.map_or(0.0, |t| secs(t, now))
+        match (self.oldest_missing, self.newest_held) {
+            (Some(t), _) => secs(t, now),
+            (None, Some((t, rpo))) if secs(t, now) > rpo as f64 => secs(t, now),
+            _ => 0.0,
+        }
     }
 }
 
@@ -76,7 +101,7 @@ pub fn point(source: &str, snaps: &[Value], replayed: Option<u64>) -> Option<Sta
     let start = WalFile::parse(facts["start_wal"].as_str()?)?;
     let base_end = facts["end_lsn"].as_str().and_then(pgwal::parse_lsn)?;
     let replayed = replayed.unwrap_or(base_end);
-    let mut p = StandbyPoint { oldest_unreplayed: None, waiting_segments: 0, replayed_lsn: replayed };
+    let mut p = StandbyPoint { replayed_lsn: replayed, ..StandbyPoint::default() };
     for x in snaps.iter().filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id) {
         let seg = &x["source"]["consistency"];
         let Some(w) = seg["file"].as_str().and_then(WalFile::parse) else { continue };
@@ -88,31 +113,170 @@ pub fn point(source: &str, snaps: &[Value], replayed: Option<u64>) -> Option<Sta
         if end <= replayed {
             continue;
         }
-        p.waiting_segments += 1;
+        p.waiting += 1;
         if let Some(t) = time(&seg["last_commit"]) {
-            p.oldest_unreplayed = Some(p.oldest_unreplayed.map_or(t, |o| o.min(t)));
+            p.oldest_missing = Some(p.oldest_missing.map_or(t, |o| o.min(t)));
         }
     }
     Some(p)
 }
 
-/// The `pgbase://` sources with a standby whose repository is `repo`.
-fn standby_sources<'a>(plan: &'a Plan, repo: &'a str) -> impl Iterator<Item = (&'a str, Option<String>)> {
-    crate::walrpo::pg_sources(plan, repo).filter_map(|s| Some((s.name.as_str(), s.standby.as_ref()?.server.clone())))
+/// What a source's standby is, by the source's URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyKind {
+    /// A data directory that a PostgreSQL server keeps replaying from the WAL archive.
+    Postgres,
+    /// A directory refreshed from the newest snapshot (a path or `pvc://` source).
+    Directory,
+    /// A Redis instance reloaded from the newest snapshot.
+    Redis,
 }
 
-/// Every standby's point, from the repositories' listings and the standby
-/// servers (asked off the async threads: psql).
-pub async fn points(plan: &Plan, listings: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, StandbyPoint> {
-    let mut out = BTreeMap::new();
-    for (repo, snaps) in listings {
-        for (name, server) in standby_sources(plan, repo) {
-            let replayed = match server {
+impl StandbyKind {
+    /// None: the source's kind has no standby.
+    pub fn of(source_url: &str) -> Option<StandbyKind> {
+        match source_url.split_once("://") {
+            Some(("pgbase", _)) => Some(StandbyKind::Postgres),
+            Some(("redis" | "rediss", _)) => Some(StandbyKind::Redis),
+            Some(("pvc", _)) => Some(StandbyKind::Directory),
+            None if !source_url.starts_with("command:") => Some(StandbyKind::Directory),
+            _ => None,
+        }
+    }
+}
+
+/// Which snapshot a directory or Redis standby holds, kept beside it (a
+/// directory's) or in the local cache (a Redis instance's): written after
+/// each refresh, and marked `refreshing` while one runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Held {
+    /// The snapshot it holds completely (none yet: never refreshed to the end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_time: Option<DateTime<Utc>>,
+    /// When it was refreshed to that snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed: Option<DateTime<Utc>>,
+    /// A refresh to this snapshot started and has not ended (killed, or running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshing: Option<String>,
+}
+
+/// Where the record of what `source`'s standby holds lives: beside a
+/// directory (`.NAME.tresor-standby.json`), for a Redis instance in the
+/// local cache (`standby/SOURCE.json`). None: a PostgreSQL standby (its
+/// server knows), or no cache.
+pub fn held_file(source: &str, kind: StandbyKind, target: &Path) -> Option<PathBuf> {
+    match kind {
+        StandbyKind::Postgres => None,
+        StandbyKind::Directory => {
+            let name = target.file_name()?.to_string_lossy();
+            Some(target.with_file_name(format!(".{name}.tresor-standby.json")))
+        }
+        StandbyKind::Redis => Some(tresor_engine::cache::Cache::default_root()?.join("standby").join(format!("{source}.json"))),
+    }
+}
+
+/// What the standby holds, as last recorded (default: nothing).
+pub fn held(source: &str, kind: StandbyKind, target: &Path) -> Held {
+    let text = held_file(source, kind, target).and_then(|f| std::fs::read(f).ok());
+    text.and_then(|t| serde_json::from_slice(&t).ok()).unwrap_or_default()
+}
+
+/// Record what the standby holds: written aside and renamed, so a refresh
+/// killed while writing it leaves the last record whole.
+pub fn record_held(source: &str, kind: StandbyKind, target: &Path, held: &Held) -> std::io::Result<()> {
+    let Some(file) = held_file(source, kind, target) else { return Ok(()) };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let next = file.with_extension("next");
+    std::fs::write(&next, serde_json::to_vec(held).unwrap_or_default())?;
+    std::fs::rename(next, file)
+}
+
+/// Why a source's `standby:` cannot be kept (`scheme`: the source's kind,
+/// as `plan check` names it), or None.
+pub fn refused(source_url: &str, standby: &Standby, scheme: &str) -> Option<String> {
+    let target = standby.target.to_string_lossy();
+    let to_service = target.contains("://");
+    match StandbyKind::of(source_url) {
+        None => Some(format!("standby: is for pgbase://, redis://, pvc:// and path sources, not {scheme}")),
+        Some(StandbyKind::Redis) if !target.starts_with("redis://") => {
+            Some("the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT".into())
+        }
+        Some(StandbyKind::Directory | StandbyKind::Postgres) if to_service => {
+            Some(format!("the standby of a {scheme} source is a directory: target: /PATH"))
+        }
+        Some(StandbyKind::Directory | StandbyKind::Redis) if standby.server.is_some() => {
+            Some("standby.server is for pgbase:// sources (the PostgreSQL server to promote)".into())
+        }
+        _ => None,
+    }
+}
+
+/// The snapshots of `source` in its repository's listing (its own backups,
+/// archive pieces left out), oldest first.
+pub fn own_snapshots<'a>(source: &str, snaps: &'a [Value]) -> Vec<&'a Value> {
+    let tag = format!("source={source}");
+    let mut own: Vec<&Value> = snaps
+        .iter()
+        .filter(|x| x["source"]["kind"] != "pg-wal" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())))
+        .collect();
+    own.sort_by_key(|x| time(&x["time"]));
+    own
+}
+
+/// A directory or Redis standby that holds `held`, against its source's
+/// snapshots (oldest first) and its class's RPO. None: no snapshot yet.
+pub fn copy_point(own: &[&Value], held: &Held, rpo_secs: u64) -> Option<StandbyPoint> {
+    let newest = own.last()?;
+    let at = held.snapshot.as_deref().and_then(|id| own.iter().position(|x| x["id"] == id));
+    let newer = &own[at.map_or(0, |i| i + 1)..];
+    Some(StandbyPoint {
+        oldest_missing: newer.first().and_then(|x| time(&x["time"])),
+        waiting: newer.len() as u64,
+        replayed_lsn: 0,
+        newest_held: newer.is_empty().then(|| time(&newest["time"]).map(|t| (t, rpo_secs))).flatten(),
+    })
+}
+
+/// The sources with a standby whose repository is `repo`.
+fn standby_sources<'a>(plan: &'a Plan, repo: &'a str) -> impl Iterator<Item = &'a SourceSpec> {
+    plan.sources.iter().filter(move |s| s.standby.is_some() && plan.repository_of(s).is_some_and(|(n, _)| n == repo))
+}
+
+/// Whether repository `repo` backs up a source with a standby.
+pub fn wanted(plan: &Plan, repo: &str) -> bool {
+    standby_sources(plan, repo).next().is_some()
+}
+
+/// One standby's point: a PostgreSQL standby's from its server (asked off
+/// the async threads: psql), a copy's from what it holds.
+pub async fn point_of(plan: &Plan, s: &SourceSpec, snaps: &[Value]) -> Option<StandbyPoint> {
+    match StandbyKind::of(&s.url)? {
+        StandbyKind::Postgres => {
+            let replayed = match s.standby.as_ref()?.server.clone() {
                 Some(url) => tokio::task::spawn_blocking(move || pgwal::replay_position(&url)).await.ok().and_then(Result::ok),
                 None => None,
             };
-            if let Some(p) = point(name, snaps, replayed.and_then(|r| r.lsn)) {
-                out.insert(name.to_string(), p);
+            point(&s.name, snaps, replayed.and_then(|r| r.lsn))
+        }
+        kind @ (StandbyKind::Directory | StandbyKind::Redis) => {
+            let rpo = plan.classes.get(&s.class).map_or(0, |c| c.rpo.secs());
+            copy_point(&own_snapshots(&s.name, snaps), &held(&s.name, kind, &s.standby.as_ref()?.target), rpo)
+        }
+    }
+}
+
+/// Every standby's point, from the repositories' listings.
+pub async fn points(plan: &Plan, listings: &BTreeMap<String, Vec<Value>>) -> BTreeMap<String, StandbyPoint> {
+    let mut out = BTreeMap::new();
+    for (repo, snaps) in listings {
+        for s in standby_sources(plan, repo) {
+            if let Some(p) = point_of(plan, s, snaps).await {
+                out.insert(s.name.clone(), p);
             }
         }
     }
@@ -124,26 +288,26 @@ pub fn unmade(target: &Path) -> bool {
     std::fs::read_dir(target).map_or(true, |mut d| d.next().is_none())
 }
 
-/// Make each standby of the plan not made yet, as `exe standby refresh
-/// NAME --plan FILE` (the command an operator runs); each one made or why
-/// not, by source.
-pub async fn make_unmade(plan: &Plan, plan_file: &Path, exe: &Path) -> Vec<(String, Result<(), String>)> {
-    let mut out = Vec::new();
-    for s in plan.sources.iter().filter(|s| s.standby.as_ref().is_some_and(|b| unmade(&b.target))) {
-        let ran = tokio::process::Command::new(exe)
-            .args(["--quiet", "standby", "refresh", &s.name, "--plan"])
-            .arg(plan_file)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await;
-        let result = match ran {
-            Ok(o) if o.status.success() => Ok(()),
-            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()),
-            Err(e) => Err(format!("cannot run {}: {e}", exe.display())),
-        };
-        out.push((s.name.clone(), result));
+/// How long the daemon waits before it tries a failed standby job again:
+/// doubling from the first retry's wait, at most the class's RPO (the
+/// longest the standby may be behind), never less than the first wait.
+pub fn backoff(first: std::time::Duration, attempt: u32, rpo: std::time::Duration) -> std::time::Duration {
+    first.saturating_mul(2u32.saturating_pow(attempt)).min(rpo.max(first))
+}
+
+/// The RPO of `source`'s class (none known: no limit).
+pub fn rpo(plan: &Plan, source: &str) -> std::time::Duration {
+    let class = plan.sources.iter().find(|s| s.name == source).and_then(|s| plan.classes.get(&s.class));
+    class.map_or(std::time::Duration::MAX, |c| c.rpo.0)
+}
+
+/// How a standby job names its standby: a directory, or a service (`to`).
+pub fn restore_spec(standby: &Standby, kind: StandbyKind) -> crate::model::RestoreSpec {
+    let target = standby.target.to_string_lossy().into_owned();
+    match kind {
+        StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target), ..Default::default() },
+        StandbyKind::Postgres | StandbyKind::Directory => crate::model::RestoreSpec { target: Some(target), ..Default::default() },
     }
-    out
 }
 
 #[cfg(test)]
@@ -172,12 +336,31 @@ mod tests {
     #[test]
     fn the_lag_is_the_age_of_the_oldest_unreplayed_commit_and_zero_at_the_archives_end() {
         let now = DateTime::parse_from_rfc3339("2026-11-30T10:10:00Z").unwrap().with_timezone(&Utc);
-        let at = |lsn: Option<u64>| point("db", &listing(), lsn).map(|p| (p.lag(now), p.waiting_segments));
+        let at = |lsn: Option<u64>| point("db", &listing(), lsn).map(|p| (p.lag(now), p.waiting));
         assert_eq!(at(None), Some((540.0, 4)), "an unknown position counts from the base backup's end");
         assert_eq!(at(Some(0x3000000)), Some((540.0, 3)), "segment 2 holds no commit");
         assert_eq!(at(Some(0x4000000)), Some((480.0, 2)));
         assert_eq!(at(Some(0x5000000)), Some((60.0, 1)), "stuck before the gap, the segment after it waits");
         assert_eq!(at(Some(0x8000000)), Some((0.0, 0)));
         assert_eq!(point("other", &listing(), None), None);
+    }
+
+    #[test]
+    fn a_copy_lags_by_the_oldest_snapshot_it_lacks_and_by_its_newest_once_past_the_rpo() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let snaps = [("a", "2026-11-30T10:00:00Z"), ("b", "2026-11-30T11:00:00Z"), ("c", "2026-11-30T12:00:00Z")]
+            .map(|(id, t)| json!({"id": id, "time": t, "tags": ["source=files"], "source": {"kind": "files"}}));
+        let own = own_snapshots("files", &snaps);
+        let holding = |id: Option<&str>| Held { snapshot: id.map(String::from), ..Held::default() };
+        let lag = |id: Option<&str>, now: &str| copy_point(&own, &holding(id), 3600).map(|p| (p.lag(at(now)), p.waiting));
+        assert_eq!(lag(Some("c"), "2026-11-30T12:30:00Z"), Some((0.0, 0)), "the newest, within the RPO");
+        assert_eq!(lag(Some("c"), "2026-11-30T13:30:00Z"), Some((5400.0, 0)), "the newest, past the RPO: its age");
+        assert_eq!(lag(Some("c"), "2026-11-30T14:30:00Z"), Some((9000.0, 0)), "and growing");
+        assert_eq!(lag(Some("a"), "2026-11-30T12:30:00Z"), Some((5400.0, 2)), "b waits since 11:00");
+        assert_eq!(lag(None, "2026-11-30T12:30:00Z"), Some((9000.0, 3)), "nothing held: all wait");
+        assert_eq!(copy_point(&own_snapshots("other", &snaps), &holding(None), 3600), None);
+        let secs = std::time::Duration::from_secs;
+        let waits: Vec<u64> = (0..5).map(|n| backoff(secs(60), n, secs(300)).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 300, 300]);
     }
 }

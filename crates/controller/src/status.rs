@@ -320,17 +320,17 @@ fn standby_section(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
         .filter_map(|s| Some((s, s.standby.as_ref()?)))
         .map(|(s, standby)| {
             let (lag, waiting) = match points.get(&s.name) {
-                Some(p) => (human(p.lag(now)), p.waiting_segments.to_string()),
+                Some(p) => (human(p.lag(now)), p.waiting.to_string()),
                 None => ("not measured yet".into(), String::new()),
             };
-            let target = esc(&standby.target.display().to_string());
+            let target = esc(&crate::model::redact(&standby.target.to_string_lossy()));
             format!("<tr data-standby=\"{n}\"><td>{n}</td><td>{target}</td><td>{lag}</td><td>{waiting}</td></tr>\n", n = esc(&s.name))
         })
         .collect();
     if rows.is_empty() {
         return String::new();
     }
-    format!("<h2>Standbys</h2>{}", table("standbys", false, &["source", "standby", "lag", "segments not replayed"], &rows))
+    format!("<h2>Standbys</h2>{}", table("standbys", false, &["source", "standby", "lag", "not applied (segments, snapshots)"], &rows))
 }
 
 /// Each cold-start rehearsal test's newest run (crate::rehearse), from the

@@ -12,9 +12,9 @@ pub struct StandbyCmd {
 
 #[derive(Subcommand)]
 pub enum StandbyCommand {
-    /// Make a source's standby (its plan's `standby:`) from the newest backup, if it is not made yet: for PostgreSQL a data directory with standby.signal and tresor's restore_command.
+    /// Make a source's standby (its plan's `standby:`) current: a directory or Redis instance refreshed from the newest snapshot (only what changed is written); for PostgreSQL a data directory with standby.signal and tresor's restore_command, made once.
     Refresh(StandbyArgs),
-    /// Each standby's lag: the age of the oldest archived commit it has not replayed, and its failovers.
+    /// Each standby's lag (the age of the oldest archived commit or snapshot it lacks; past the RPO, of the newest), and its failovers.
     Status(StandbyStatusArgs),
 }
 
@@ -36,7 +36,7 @@ pub struct StandbyStatusArgs {
 
 #[derive(Args)]
 pub struct FailoverArgs {
-    /// The source whose standby to promote.
+    /// The source whose standby to promote (PostgreSQL) or make current (a directory, a Redis instance).
     pub source: String,
     /// The plan file (tresor.yaml).
     #[arg(long, env = "TRESOR_PLAN")]

@@ -3,13 +3,17 @@
 //! refresh` that a second server keeps replaying through `tresor pg
 //! wal-fetch`, its lag falling back to zero after each archived segment, and
 //! `tresor failover` promoting it with exactly the commits the archive holds,
-//! refusing an archive with a gap unless forced.
+//! refusing an archive with a gap unless forced. Directory and Redis
+//! standbys refreshed from the newest snapshot (only what changed written, a
+//! killed refresh completed by the next), their lag growing when the source
+//! has no new snapshot, their failover, and the daemon's standby jobs
+//! backing off to the RPO.
 
-use tresor_testkit::PostgresServer;
+use tresor_testkit::{PostgresServer, RedisServer};
 
 use std::time::{Duration, Instant};
 
-use super::daemon::{http, jobs, start_daemon, wait_jobs};
+use super::daemon::{count, http, jobs, set_clock, start_daemon, wait_jobs};
 use super::pitr::{archiving_server, postgres_env, switch_and_archive};
 use super::*;
 
@@ -84,8 +88,11 @@ fn made_and_started(env: &Env, primary: &PostgresServer, by_daemon: bool) -> (Po
         let d = start_daemon(env, &plan, None);
         wait_jobs(&d, "the first base backup", |j| j.iter().any(|j| j["kind"] == "backup" && j["status"] == "succeeded"));
         wait_until("the daemon makes the standby", || target.join("standby.signal").exists());
-        let audit = env.ok(&["audit", "--state", env.path("state.db").to_str().unwrap()]);
-        assert!(audit.lines().any(|l| l.contains("standby refresh") && l.contains("db") && l.contains("succeeded")), "{audit}");
+        // A standby job at start (the test's base backup is there), and one after the daemon's backup.
+        let made = wait_jobs(&d, "the standby jobs", |j| count(j, "db", "standby", "succeeded") == 2);
+        let triggers: Vec<_> = made.iter().filter(|j| j["kind"] == "standby").map(|j| j["trigger"].as_str().unwrap()).collect();
+        assert_eq!(triggers.len(), 2, "{made:?}");
+        assert!(triggers.contains(&"first") && triggers.contains(&"backup"), "{triggers:?}");
     } else {
         let said = env.ok(&["standby", "refresh", "db", "--plan", plan.to_str().unwrap()]);
         assert!(said.starts_with(&format!("made the standby of db in {} from base backup ", target.display())), "{said}");
@@ -219,15 +226,16 @@ fn failover_refuses_a_standby_stuck_before_a_wal_gap_unless_forced() {
 }
 
 #[test]
-fn plan_check_refuses_a_standby_of_a_source_other_than_pgbase() {
+fn plan_check_refuses_a_standby_of_a_source_that_has_none() {
     let env = Env::new();
     let plan = env.path("plan.yaml");
     let text = format!(
         "repositories:\n  main:\n    url: {}\n    password_file: {}\nclasses:\n  c:\n    rpo: 1d\n    rto: 1h\n\
-         sources:\n  - name: files\n    class: c\n    url: {}\n    schedule: \"@daily\"\n    standby:\n      target: {}\n",
+         sources:\n  - name: dump\n    class: c\n    url: postgres://postgres@db/shop\n    schedule: \"@daily\"\n    standby:\n      target: {}\n\
+         \x20 - name: cache\n    class: c\n    url: redis://cache:6379\n    schedule: \"@daily\"\n    standby:\n      target: {}\n",
         env.repo,
         env.path("pw").display(),
-        env.path("data").display(),
+        env.path("copy").display(),
         env.path("copy").display()
     );
     fs::write(&plan, text).unwrap();
@@ -239,8 +247,302 @@ fn plan_check_refuses_a_standby_of_a_source_other_than_pgbase() {
         format!(
             "{p}:6: warning: class c has no off-site copy (offsite: REPOSITORY)\n\
              {p}:6: warning: class c has no retention: every snapshot is kept forever\n\
-             {p}:14: error: source files: standby: is for pgbase:// sources (so far), not a path\n\
-             {p}: 1 sources, 1 classes: 1 errors, 2 warnings\n"
+             {p}:14: error: source dump: standby: is for pgbase://, redis://, pvc:// and path sources, not postgres://\n\
+             {p}:20: error: source cache: the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT\n\
+             {p}: 2 sources, 1 classes: 2 errors, 2 warnings\n"
         )
     );
+}
+
+/// A plan whose source `name` (at `url`, class c with this RPO) keeps a standby at `target`.
+fn write_copy_plan(env: &Env, name: &str, url: &str, target: &str, rpo: &str) -> PathBuf {
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {}\nclasses:\n  c:\n    rpo: {rpo}\n    rto: 1h\n\
+         sources:\n  - name: {name}\n    class: c\n    url: {url}\n    schedule: \"*/5 * * * *\"\n    standby:\n      target: {target}\n\
+         daemon:\n  state: {}\n  retry_backoff: 1m\n",
+        env.repo,
+        env.path("pw").display(),
+        env.path("state.db").display()
+    );
+    let plan = env.path("plan.yaml");
+    fs::write(&plan, text).unwrap();
+    plan
+}
+
+/// A source directory of `files` (name, content) backed up as source `files`; the snapshot's id.
+fn back_up(env: &Env, src: &Path, files: &[(impl AsRef<Path>, Vec<u8>)]) -> String {
+    for (name, content) in files {
+        let path = src.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    let out = env.json(&["backup", src.to_str().unwrap(), "--tag", "source=files"]);
+    out["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// A directory source `files` with its standby in `standby/files`: the plan, the source, the standby.
+fn directory_standby(env: &Env) -> (PathBuf, PathBuf, PathBuf) {
+    env.ok(&["init"]);
+    let (src, standby) = (env.path("data"), env.path("standby").join("files"));
+    fs::create_dir_all(env.path("standby")).unwrap();
+    let plan = write_copy_plan(env, "files", src.to_str().unwrap(), standby.to_str().unwrap(), "1h");
+    (plan, src, standby)
+}
+
+/// Inode and status-change time: a file rewritten, or its metadata set, changes them.
+fn touched(path: &Path) -> (u64, i64, i64) {
+    let md = fs::metadata(path).unwrap();
+    (md.ino(), md.ctime(), md.ctime_nsec())
+}
+
+#[test]
+fn a_directory_standby_is_refreshed_with_only_what_changed_and_holds_the_snapshot_byte_for_byte() {
+    let env = Env::new();
+    let (plan, src, standby) = directory_standby(&env);
+    let plan_arg = plan.to_str().unwrap();
+    let first = back_up(
+        &env,
+        &src,
+        &[
+            ("a.txt", b"alpha".to_vec()),
+            ("b.txt", b"beta".to_vec()),
+            ("sub/c.txt", b"gamma".to_vec()),
+            ("big.bin", random_bytes(3 << 20, 1)),
+        ],
+    );
+    let said = env.ok(&["standby", "refresh", "files", "--plan", plan_arg]);
+    assert_eq!(
+        said,
+        format!(
+            "refreshed the standby of files in {} to snapshot {}: 4 files written, 0 left as they were, 0 removed\n",
+            standby.display(),
+            &first[..8]
+        )
+    );
+    assert_eq!(inventory(&standby), inventory(&src));
+    let kept = ["a.txt", "big.bin"].map(|f| touched(&standby.join(f)));
+
+    // One file changed, one added, one removed.
+    fs::remove_file(src.join("sub/c.txt")).unwrap();
+    let second = back_up(&env, &src, &[("b.txt", b"beta, longer now".to_vec()), ("new.txt", b"delta".to_vec())]);
+    let s = status(&env, &plan);
+    assert_eq!(
+        (&s["kind"], &s["snapshot"], s["waiting_snapshots"].as_u64()),
+        (&"directory".into(), &first.as_str().into(), Some(1)),
+        "{s}"
+    );
+    let r = env.json(&["standby", "refresh", "files", "--plan", plan_arg]);
+    let sum = &r["summary"];
+    assert_eq!(
+        (sum["files_restored"].as_u64(), sum["files_skipped"].as_u64(), sum["files_deleted"].as_u64(), &r["snapshot_id"]),
+        (Some(2), Some(2), Some(1), &second.as_str().into()),
+        "{r}"
+    );
+    assert_eq!(inventory(&standby), inventory(&src), "byte for byte, times and modes too");
+    assert_eq!(["a.txt", "big.bin"].map(|f| touched(&standby.join(f))), kept, "unchanged files are not rewritten");
+
+    let again = env.ok(&["standby", "refresh", "files", "--plan", plan_arg]);
+    assert_eq!(again, format!("the standby of files in {} holds the newest snapshot {} already\n", standby.display(), &second[..8]));
+    let s = status(&env, &plan);
+    assert_eq!(
+        (&s["snapshot"], s["waiting_snapshots"].as_u64(), s["lag_seconds"].as_f64()),
+        (&second.as_str().into(), Some(0), Some(0.0)),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_refresh_killed_midway_is_completed_by_the_next() {
+    let env = Env::new();
+    let (plan, src, standby) = directory_standby(&env);
+    let plan_arg = plan.to_str().unwrap();
+    let files = |seed: u64| (0..6).map(|i| (format!("f{i}.bin"), random_bytes(2 << 20, seed + i))).collect::<Vec<_>>();
+    let first = back_up(&env, &src, &files(10));
+    env.ok(&["standby", "refresh", "files", "--plan", plan_arg]);
+    let before = inventory(&standby);
+    let second = back_up(&env, &src, &files(20));
+
+    // Slowed to 1 MiB/s for 12 MiB, it is killed once it has begun to write.
+    let mut child = env
+        .cmd(&["standby", "refresh", "files", "--plan", plan_arg])
+        .env("TRESOR_LIMIT_DOWNLOAD", "1M")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let marker = env.path("standby").join(".files.tresor-standby.json");
+    wait_until("the refresh begins to write", || {
+        fs::read_to_string(&marker).is_ok_and(|m| m.contains("refreshing")) && inventory(&standby) != before
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert_ne!(inventory(&standby), inventory(&src), "killed before it was done");
+    let s = status(&env, &plan);
+    assert_eq!(
+        (&s["snapshot"], &s["refreshing"], s["waiting_snapshots"].as_u64()),
+        (&first.as_str().into(), &second.as_str().into(), Some(1)),
+        "{s}"
+    );
+
+    let r = env.json(&["standby", "refresh", "files", "--plan", plan_arg]);
+    assert_eq!((&r["snapshot_id"], &r["current"]), (&second.as_str().into(), &false.into()), "{r}");
+    assert_eq!(inventory(&standby), inventory(&src), "the next refresh completes it");
+    let s = status(&env, &plan);
+    assert_eq!(
+        (&s["snapshot"], &s["refreshing"], s["waiting_snapshots"].as_u64()),
+        (&second.as_str().into(), &serde_json::Value::Null, Some(0)),
+        "{s}"
+    );
+}
+
+/// Each key of a Redis instance with its value (strings and hashes).
+fn redis_keys(r: &RedisServer) -> Vec<String> {
+    let mut keys: Vec<String> = r.cli(&["--scan"]).lines().map(String::from).collect();
+    keys.sort();
+    keys.iter()
+        .map(|k| format!("{k}={}", if r.cli(&["TYPE", k]) == "hash" { r.cli(&["HGETALL", k]) } else { r.cli(&["GET", k]) }))
+        .collect()
+}
+
+#[test]
+fn a_redis_standby_holds_exactly_the_snapshots_keys_and_failover_makes_it_current() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (source, spare) = (RedisServer::start(&[]), RedisServer::start(&[]));
+    source.script("SET a 1\nSET b 2\nHSET h f v\n");
+    spare.script("SET junk x\nSET a stale\n");
+    let plan = write_copy_plan(&env, "cache", &source.url(), &spare.url(), "1h");
+    let plan_arg = plan.to_str().unwrap();
+    let backup = |env: &Env| env.json(&["backup", &source.url(), "--tag", "source=cache"])["snapshot_id"].as_str().unwrap().to_string();
+    let first = backup(&env);
+    let said = env.ok(&["standby", "refresh", "cache", "--plan", plan_arg]);
+    assert!(said.starts_with(&format!("reloaded the standby of cache at {} from snapshot {}: ", spare.url(), &first[..8])), "{said}");
+    assert_eq!(redis_keys(&spare), ["a=1", "b=2", "h=f\nv"]);
+
+    source.script("SET c 3\nDEL a\n");
+    let second = backup(&env);
+    let s = status(&env, &plan);
+    assert_eq!((&s["kind"], &s["snapshot"], s["waiting_snapshots"].as_u64()), (&"redis".into(), &first.as_str().into(), Some(1)), "{s}");
+    assert!(s["lag_seconds"].as_f64().unwrap() > 0.0, "the second snapshot waits: {s}");
+
+    let said = env.ok(&["failover", "cache", "--plan", plan_arg]);
+    assert!(said.starts_with(&format!("made the standby of cache at {} current in ", spare.url())), "{said}");
+    assert!(said.ends_with(&format!(" s: it holds the newest snapshot {}; recorded in the evidence log\n", &second[..8])), "{said}");
+    assert_eq!(redis_keys(&spare), ["b=2", "c=3", "h=f\nv"]);
+    let s = status(&env, &plan);
+    assert_eq!((s["lag_seconds"].as_f64(), s["waiting_snapshots"].as_u64()), (Some(0.0), Some(0)), "{s}");
+    let f = &s["failovers"];
+    assert_eq!(f.as_array().map(Vec::len), Some(1), "{f}");
+    assert_eq!((&f[0]["source"], &f[0]["snapshot"], &f[0]["forced"]), (&"cache".into(), &second.as_str().into(), &false.into()), "{f}");
+    assert!(f[0]["lsn"].is_null() && f[0]["seconds"].as_f64().is_some_and(|x| x > 0.0), "{f}");
+}
+
+#[test]
+fn a_directory_failover_makes_the_standby_current_and_is_recorded() {
+    let env = Env::new();
+    let (plan, src, standby) = directory_standby(&env);
+    let plan_arg = plan.to_str().unwrap();
+    back_up(&env, &src, &[("a.txt", b"one".to_vec())]);
+    env.ok(&["standby", "refresh", "files", "--plan", plan_arg]);
+    let newest = back_up(&env, &src, &[("a.txt", b"two, newer".to_vec())]);
+    let f = env.json(&["failover", "files", "--plan", plan_arg]);
+    assert_eq!((&f["source"], &f["snapshot"], &f["gap_segments"]), (&"files".into(), &newest.as_str().into(), &0.into()), "{f}");
+    assert_eq!(inventory(&standby), inventory(&src));
+    let recorded = &status(&env, &plan)["failovers"];
+    assert_eq!(recorded, &serde_json::json!([f]), "the evidence log holds the entry as printed");
+}
+
+/// Seconds `at` plus `secs`, as the clock file takes it.
+fn plus(at: &str, secs: i64) -> String {
+    let t = chrono::DateTime::parse_from_rfc3339(at).unwrap() + chrono::Duration::seconds(secs);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[test]
+fn a_standby_whose_source_has_no_new_snapshot_lags_more_and_more_and_is_alerted() {
+    let env = Env::new();
+    let (plan, src, _) = directory_standby(&env);
+    let plan_arg = plan.to_str().unwrap();
+    let id = back_up(&env, &src, &[("a.txt", b"the last backup".to_vec())]);
+    env.ok(&["standby", "refresh", "files", "--plan", plan_arg]);
+    let taken = env.json(&["snapshots"])[0]["time"].as_str().unwrap().to_string();
+    // The source is gone: no new snapshot comes.
+    fs::remove_dir_all(&src).unwrap();
+    let clock = env.path("clock");
+    let lag_at = |secs: i64| {
+        set_clock(&clock, &plus(&taken, secs));
+        let out = env.cmd(&["standby", "status", "--plan", plan_arg, "--json"]).env("TRESOR_CLOCK_FILE", &clock).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v[0]["snapshot"].as_str() == Some(id.as_str())).then(|| v[0]["lag_seconds"].as_f64()).flatten()
+    };
+    assert_eq!(lag_at(1800), Some(0.0), "within its RPO (1h) it holds the newest");
+    assert_eq!(lag_at(5400), Some(5400.0), "past the RPO, the newest snapshot's age");
+    assert_eq!(lag_at(9000), Some(9000.0), "and growing");
+
+    // The daemon: its first backup fails, the standby stays stale, its lag exceeds the RPO StandbyLagging compares it to.
+    set_clock(&clock, &plus(&taken, 3 * 3600));
+    let d = start_daemon(&env, &plan, Some(&clock));
+    let j = wait_jobs(&d, "the failed backup and the standby job", |j| {
+        count(j, "files", "backup", "failed") == 1 && count(j, "files", "standby", "succeeded") == 1
+    });
+    assert_eq!(j.iter().filter(|j| j["kind"] == "standby").map(|j| &j["trigger"]).collect::<Vec<_>>(), ["first"], "{j:?}");
+    let metric = "standby_lag_seconds{source=\"files\",class=\"c\"} ";
+    let exported = || {
+        let (_, text) = http(d.port, "GET", "/metrics", None);
+        text.lines().find_map(|l| l.strip_prefix(metric)?.trim().parse::<f64>().ok())
+    };
+    wait_until("the daemon exports the standby's lag", || exported().is_some());
+    assert_eq!(exported(), Some(10800.0));
+    let (_, text) = http(d.port, "GET", "/metrics", None);
+    assert!(text.contains("backup_rpo_target_seconds{class=\"c\"} 3600\n"), "the alert's threshold: {text}");
+    let (_, page) = http(d.port, "GET", "/", None);
+    let row =
+        format!("<tr data-standby=\"files\"><td>files</td><td>{}</td><td>3.0 h</td><td>0</td></tr>", env.path("standby/files").display());
+    assert!(page.contains(&row), "{row} in {page}");
+}
+
+#[test]
+fn the_daemons_standby_job_backs_off_doubling_up_to_the_rpo() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let source = RedisServer::start(&[]);
+    source.script("SET a 1\n");
+    // Nothing listens where the standby should be.
+    let dead = format!("redis://127.0.0.1:{}", tresor_testkit::net::free_port());
+    let plan = write_copy_plan(&env, "cache", &source.url(), &dead, "5m");
+    let clock = env.path("clock");
+    let t0 = "2026-11-30T10:00:00Z";
+    set_clock(&clock, t0);
+    let d = start_daemon(&env, &plan, Some(&clock));
+    let chain = |j: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        j.iter().filter(|j| j["kind"] == "standby" && j["trigger"] != "first" && j["status"] != "running").cloned().collect()
+    };
+    wait_jobs(&d, "the backup, then its standby job", |j| count(j, "cache", "backup", "succeeded") == 1 && chain(j).len() == 1);
+    // Its scheduled backups fail from now on: no new snapshot starts a new chain of attempts.
+    drop(source);
+    // Each retry waits twice as long as the one before, at most the RPO (5m): 1m, 2m, 4m, 5m, 5m.
+    let mut at = t0.to_string();
+    for (n, wait) in [60, 120, 240, 300, 300].into_iter().enumerate() {
+        // The daemon has taken the job's end in (and set its retry) once nothing runs.
+        wait_until("the daemon takes the attempt in", || http(d.port, "GET", "/metrics", None).1.contains("\nbackup_jobs_running 0\n"));
+        let j = chain(&jobs(&d));
+        assert_eq!(j.len(), n + 1, "no attempt before its time: {j:?}");
+        at = plus(&at, wait);
+        set_clock(&clock, &at);
+        wait_jobs(&d, "the next attempt", |j| chain(j).len() == n + 2);
+    }
+    let j = chain(&jobs(&d));
+    let attempts: Vec<_> =
+        j.iter().map(|j| (j["attempt"].as_u64().unwrap(), j["trigger"].as_str().unwrap(), j["reason"].as_str().unwrap())).collect();
+    assert_eq!(
+        attempts,
+        [(0, "backup", "source_unreachable")].into_iter().chain((1..6).map(|n| (n, "retry", "source_unreachable"))).collect::<Vec<_>>()
+    );
+    let waits: Vec<i64> = j
+        .windows(2)
+        .map(|w| {
+            let t = |v: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+            (t(&w[1]["scheduled_at"]) - t(&w[0]["ended_at"])).num_seconds()
+        })
+        .collect();
+    assert_eq!(waits, [60, 120, 240, 300, 300], "scheduled after each failure, by the job history");
 }
