@@ -136,7 +136,7 @@ pub struct ForgetSpec {
 }
 
 /// What a restore job restores, and where to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSpec {
     /// A snapshot id; default: the source's newest backup.
@@ -183,6 +183,29 @@ pub struct RestoreSpec {
     /// Kubernetes objects: the source's transforms file (storage classes, registries, JSON patches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transforms: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RestoreSpec {
+    /// `to` may hold a service's password (a Redis standby's, a restore's): redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreSpec")
+            .field("snapshot", &self.snapshot)
+            .field("to", &self.to.as_deref().map(redact))
+            .field("target", &self.target)
+            .field("flush", &self.flush)
+            .field("host", &self.host)
+            .field("tag", &self.tag)
+            .field("path", &self.path)
+            .field("verify", &self.verify)
+            .field("server_dry_run", &self.server_dry_run)
+            .field("namespace_mapping", &self.namespace_mapping)
+            .field("base_backup", &self.base_backup)
+            .field("recover_to", &self.recover_to)
+            .field("delete", &self.delete)
+            .field("rehearsal", &self.rehearsal)
+            .field("transforms", &self.transforms)
+            .finish()
+    }
 }
 
 /// One job, complete: the child needs nothing else (no plan, no argv).

@@ -130,5 +130,9 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("redis://default:***@cache:6379") && shown.contains("\"/srv/standby\""), "{shown}");
+        // The daemon's standby job for the Redis standby names it in its restore spec.
+        let standby = plan.sources[0].standby.as_ref().unwrap();
+        let work = format!("{:?}", crate::standby::restore_spec(standby, crate::standby::StandbyKind::Redis));
+        assert!(!work.contains("standby-secret") && work.contains("redis://default:***@spare:6379"), "{work}");
     }
 }
