@@ -316,6 +316,12 @@ fn a_restarted_daemon_ends_the_run_its_stop_interrupted_and_runs_it_again() {
     };
     let name = format!("slow-{id}");
     s.wait_run("backupruns", &name, |o| o["status"]["phase"] == "Running");
+    // The job is running before its shell has run: kill the daemon only once
+    // the source has marked its first run, or the rerun would be the slow one.
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "the slow source did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     s.d.child.kill().unwrap();
     s.d.child.wait().unwrap();
 
