@@ -93,6 +93,11 @@ fn storage_timeout(text: &str) -> Result<std::time::Duration> {
 
 /// `1048576`, `512K`, `10M`, `1G`: bytes per second, binary suffixes.
 fn parse_rate(text: &str) -> Result<u64> {
+    parse_bytes(text).ok_or_else(|| anyhow!("cannot read rate {text:?} (bytes per second, e.g. 500K or 10M)"))
+}
+
+/// `1048576`, `512K`, `10M`, `1G`: a positive number of bytes, binary suffixes.
+fn parse_bytes(text: &str) -> Option<u64> {
     let t = text.trim();
     let (n, mult) = match t.char_indices().last() {
         Some((i, 'K' | 'k')) => (&t[..i], 1 << 10),
@@ -100,10 +105,7 @@ fn parse_rate(text: &str) -> Result<u64> {
         Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    match n.parse::<u64>() {
-        Ok(v) if v > 0 => Ok(v * mult),
-        _ => bail!("cannot read rate {text:?} (bytes per second, e.g. 500K or 10M)"),
-    }
+    n.parse::<u64>().ok().filter(|&v| v > 0).and_then(|v| v.checked_mul(mult))
 }
 
 pub async fn append_only(g: &Global, a: crate::opts::AppendOnlyArgs) -> Result<u8> {
@@ -139,7 +141,18 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
     let storage = open_options(g, Password::new(""))?.storage;
     Repository::probe(&loc, &storage).await?;
     let opts = open_options(g, password(g, false)?)?;
-    Ok(Arc::new(Repository::open(&loc, &opts).await?))
+    let repo = Repository::open(&loc, &opts).await?;
+    repo.set_memory_limit(max_memory(g)?);
+    Ok(Arc::new(repo))
+}
+
+/// `--max-memory` (TRESOR_MAX_MEMORY) in bytes.
+pub fn max_memory(g: &Global) -> Result<Option<u64>> {
+    let Some(text) = g.max_memory.as_deref() else { return Ok(None) };
+    match parse_bytes(text) {
+        Some(v) => Ok(Some(v)),
+        None => bail!("cannot read --max-memory (TRESOR_MAX_MEMORY) {text:?} (bytes, e.g. 512M or 4G)"),
+    }
 }
 
 /// `90s`, `15min`, `36h`, `30d`, `2w`, `1y`; a bare number is seconds.

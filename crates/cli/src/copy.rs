@@ -46,6 +46,7 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     Repository::probe(&to, &opts.storage).await.context("target")?;
     opts.password = target_password(&a)?;
     let dst = std::sync::Arc::new(Repository::open(&to, &opts).await.context("target")?);
+    dst.set_memory_limit(crate::commands::max_memory(g)?);
     let selected = select(src.snapshots().await?, &a)?;
     let r = run_copy(src, dst, selected, &CopyOptions { dry_run: a.dry_run, verify: !a.no_verify }).await?;
     if g.json {

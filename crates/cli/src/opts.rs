@@ -75,6 +75,9 @@ pub struct Global {
     /// How long any storage call may wait for an answer, retries included, e.g. 30s or 2m (default 60s).
     #[arg(long, env = "TRESOR_STORAGE_TIMEOUT", global = true, help_heading = REPOSITORY)]
     pub storage_timeout: Option<String>,
+    /// Memory a command may use, e.g. 512M or 4G (suffixes K, M, G): one whose repository index would not fit stops before it starts.
+    #[arg(long, env = "TRESOR_MAX_MEMORY", global = true, help_heading = REPOSITORY)]
+    pub max_memory: Option<String>,
     /// Argon2id memory in KiB for new keys (lower only for tests).
     #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
     pub kdf_memory_kib: Option<u32>,

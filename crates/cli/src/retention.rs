@@ -43,6 +43,10 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     if repo.config().append_only && !a.dry_run {
         return Err(tresor_engine::Error::AppendOnly("forget".into()).into());
     }
+    // A prune that cannot fit must refuse before any snapshot goes.
+    if a.prune {
+        repo.ensure_memory().await?;
+    }
     let held: HashMap<Id, String> =
         list_holds(&repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
     let all = repo.snapshots().await?;

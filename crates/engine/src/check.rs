@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::index::{Index, IndexBuilder};
 use crate::pack::{open_blob, read_trailer};
-use crate::repo::{DATA, INDEX, list_with_size, pack_path};
+use crate::repo::{DATA, INDEX, each_with_size, pack_path};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
@@ -52,6 +52,7 @@ impl CheckReport {
 }
 
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
+    repo.ensure_memory().await?;
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Index files are added one at a time and dropped (docs/ARCHITECTURE.md,
@@ -70,33 +71,40 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     // Judge everything else against the index files that are intact, so a
     // damaged index shows up as the blobs it made unreachable.
     let (mut index, _) = builder.finish(&IdSet::default());
-    let stored: HashMap<Id, u64> =
-        list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
     // Marked packs still serve readers until a prune sweeps them; one already
     // swept is no problem unless a snapshot needs it, which the walk shows.
-    for m in repo.load_marks().await? {
-        for p in m.file.packs.iter().filter(|p| stored.contains_key(&p.id)) {
+    let marks = repo.load_marks().await?;
+    let marked: IdSet = marks.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).filter(|p| !index.has_pack(p)).collect();
+    let stored = Stored::list(repo, &index, &marked).await?;
+    for m in &marks {
+        for p in m.file.packs.iter().filter(|p| stored.marked.contains_key(&p.id)) {
             index.add_pack(p.id, p.size, &p.entries);
         }
     }
+    drop(marks);
     index.seal();
     let index = std::sync::Arc::new(index);
     repo.set_index(index.clone()).await;
     report.blobs = index.blob_count();
+    report.unindexed_packs = stored.unindexed.clone();
     // Packs that cannot be read at all, and packs with some damaged blobs.
     let mut bad_packs: Vec<(Id, String)> = Vec::new();
     let mut partly_bad: Vec<(Id, String)> = Vec::new();
-    for (pack, size) in index.packs() {
+    for (n, (pack, size)) in index.packs().enumerate() {
         report.packs += 1;
-        match stored.get(&pack) {
+        match stored.size(n, &pack) {
             None => bad_packs.push((pack, "it is missing from storage".into())),
-            Some(&s) if s != size => bad_packs.push((pack, format!("it is {s} bytes, the index says {size}"))),
+            Some(s) if s != size => bad_packs.push((pack, format!("it is {s} bytes, the index says {size}"))),
             _ => {}
         }
     }
-    report.unindexed_packs = stored.keys().filter(|p| !index.has_pack(p)).map(|p| p.to_hex()).collect();
     if opts.read_data > 0.0 {
-        let selected: Vec<Id> = index.packs().map(|(p, _)| p).filter(|p| stored.contains_key(p) && selected(p, opts.read_data)).collect();
+        let selected: Vec<Id> = index
+            .packs()
+            .enumerate()
+            .filter(|(n, (p, _))| stored.size(*n, p).is_some() && selected(p, opts.read_data))
+            .map(|(_, (p, _))| p)
+            .collect();
         report.packs_read = selected.len();
         let results: Vec<(Id, Result<Vec<DamagedBlob>>)> =
             futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await;
@@ -126,6 +134,44 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
         }
     }
     Ok(report)
+}
+
+/// The packs storage holds, by pack number: a listing of millions of packs
+/// costs 8 bytes each beside the index, not a map of full ids.
+struct Stored {
+    /// Stored size of each pack the index files list, by number; `NONE` if
+    /// storage lacks it.
+    sizes: Vec<u64>,
+    /// Stored size of each marked pack (not in an index file) storage holds.
+    marked: IdMap<u64>,
+    /// Packs neither an index file nor a mark lists.
+    unindexed: Vec<String>,
+}
+
+impl Stored {
+    const NONE: u64 = u64::MAX;
+
+    async fn list(repo: &Repository, index: &Index, marked: &IdSet) -> Result<Stored> {
+        let mut s = Stored { sizes: vec![Self::NONE; index.pack_count()], marked: IdMap::default(), unindexed: Vec::new() };
+        each_with_size(repo.operator(), DATA, |name, size| {
+            let Ok(pack) = name.parse::<Id>() else { return };
+            match index.pack_num(&pack) {
+                Some(n) => s.sizes[n as usize] = size,
+                None if marked.contains(&pack) => _ = s.marked.insert(pack, size),
+                None => s.unindexed.push(name.to_string()),
+            }
+        })
+        .await?;
+        Ok(s)
+    }
+
+    /// Pack `n` of the index (the marked ones come after the index files').
+    fn size(&self, n: usize, pack: &Id) -> Option<u64> {
+        match self.sizes.get(n) {
+            Some(&s) => Some(s).filter(|&s| s != Self::NONE),
+            None => self.marked.get(pack).copied(),
+        }
+    }
 }
 
 /// A stable pseudo-random subset: the same packs for the same fraction, so

@@ -67,6 +67,12 @@ pub enum Error {
     /// producer (a source wraps a typed error of its own in it).
     #[error("{0}")]
     Stream(#[source] std::io::Error),
+    /// Refused before any work under a memory limit (`--max-memory`).
+    #[error(
+        "this command would need about {} MiB of memory (an index of up to {blobs} blobs: {} MiB), more than the limit of {} MiB; it did not start",
+        needed.div_ceil(1 << 20), index.div_ceil(1 << 20), limit >> 20
+    )]
+    MemoryLimit { needed: u64, index: u64, blobs: u64, limit: u64 },
 }
 
 /// What kind of failure an [`Error`] is, for those who act on it
@@ -147,6 +153,7 @@ impl Error {
             | Error::KeysBusy(_)
             | Error::EvidenceBusy(_)
             | Error::Io { .. }
+            | Error::MemoryLimit { .. }
             | Error::Invalid(_) => ErrorKind::Other,
         }
     }

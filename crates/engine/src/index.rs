@@ -4,8 +4,10 @@
 //! them. A new index file may name older ones it supersedes (prune writes
 //! such files); readers then ignore the superseded ones.
 
+mod budget;
 mod compact;
 
+pub use budget::{MemoryEstimate, WORKING_SET};
 pub use compact::{BlobKey, BlobLoc, Index, PackUsage};
 
 use crate::id::IdSet;

@@ -63,10 +63,13 @@ pub struct Settings {
     pub object_lock_secs: Option<u64>,
 }
 
-/// How many tree packs stay decoded in memory: enough for a walk of a large
-/// snapshot without re-reading packs, small enough to stay bounded.
+/// How many tree packs stay in memory, least recently used out first. A
+/// walk reads trees in about the order a backup wrote them, so it reads
+/// each pack about once with two default (16 MiB) packs kept; a larger cap
+/// only grows peak memory: at 256 MiB it was most of what `check` and prune
+/// held beyond the index (docs/ARCHITECTURE.md §9).
 const TREE_PACKS_IN_MEMORY: usize = 64;
-const TREE_PACK_BYTES_IN_MEMORY: usize = 256 << 20;
+const TREE_PACK_BYTES_IN_MEMORY: usize = 32 << 20;
 
 pub struct Repository {
     op: Operator,
@@ -79,7 +82,10 @@ pub struct Repository {
     master: MasterKey,
     key_id: Id,
     cache: Option<Cache>,
-    tree_packs: Mutex<HashMap<Id, Arc<Vec<u8>>>>,
+    tree_packs: Mutex<TreePacks>,
+    /// Held while a tree pack is read: parallel tree loads that miss the
+    /// same pack wait for one read instead of each holding a copy.
+    tree_pack_read: tokio::sync::Mutex<()>,
     index: tokio::sync::Mutex<Option<Arc<Index>>>,
     /// Snapshots already read and opened. A snapshot file is named by the
     /// hash of what it holds, or by its name for a piece of an archive that
@@ -88,6 +94,8 @@ pub struct Repository {
     /// few seconds) reads each only once; the listing stays fresh, so a
     /// deleted snapshot is never served. `check` reads past this.
     opened: Mutex<HashMap<Id, Snapshot>>,
+    /// Bytes commands may use, 0 for no limit (`index/budget.rs`).
+    pub(crate) memory_limit: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Repository {
@@ -151,9 +159,11 @@ impl Repository {
             master,
             key_id,
             cache,
-            tree_packs: Mutex::new(HashMap::new()),
+            tree_packs: Mutex::new(TreePacks::default()),
+            tree_pack_read: tokio::sync::Mutex::new(()),
             index: tokio::sync::Mutex::new(None),
             opened: Mutex::new(HashMap::new()),
+            memory_limit: Default::default(),
         }
     }
 
@@ -273,27 +283,44 @@ async fn list_files(op: &Operator, dir: &str) -> Result<Vec<opendal::Entry>> {
     Ok(entries.into_iter().filter(|e| e.metadata().is_file() && !e.name().starts_with('.')).collect())
 }
 
-/// Names and sizes of the objects under `dir`; a size the backend does not
-/// report in listings is fetched with a `stat`.
-/// An object deleted between the listing and its `stat` is left out.
+/// Names and sizes of the objects under `dir` ([`each_with_size`]).
 pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64)>> {
-    let found: Vec<Option<(String, u64)>> = futures::stream::iter(list_files(op, dir).await?)
-        .map(|e| async move {
-            let name = e.name().to_string();
+    let mut found = Vec::new();
+    each_with_size(op, dir, |name, size| found.push((name.to_string(), size))).await?;
+    Ok(found)
+}
+
+/// Call `f` with the name and size of each object under `dir` as the
+/// listing streams in, so that a listing of millions of packs is never held
+/// whole. A size the backend does not report in listings is fetched with a
+/// `stat`; an object deleted between the listing and its `stat` is left out.
+pub async fn each_with_size(op: &Operator, dir: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
+    let lister = match op.lister_with(dir).recursive(true).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(storage_err("list", dir)(e)),
+    };
+    let mut sized = lister
+        .map_err(|e| Error::storage("list", dir, e))
+        .try_filter(|e| std::future::ready(e.metadata().is_file() && !e.name().starts_with('.')))
+        .map_ok(|e| async move {
             let len = e.metadata().content_length();
             if len > 0 {
-                return Ok(Some((name, len)));
+                return Ok(Some((e, len)));
             }
             match op.stat(e.path()).await {
-                Ok(meta) => Ok(Some((name, meta.content_length()))),
+                Ok(meta) => Ok(Some((e, meta.content_length()))),
                 Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
                 Err(err) => Err(storage_err("stat", e.path())(err)),
             }
         })
-        .buffer_unordered(16)
-        .try_collect()
-        .await?;
-    Ok(found.into_iter().flatten().collect())
+        .try_buffer_unordered(16);
+    while let Some(found) = sized.try_next().await? {
+        if let Some((e, len)) = found {
+            f(e.name(), len);
+        }
+    }
+    Ok(())
 }
 
 impl Repository {
@@ -415,6 +442,7 @@ impl Repository {
     /// A file deleted between the listing and its read was superseded by one
     /// written before the deletion: list again.
     pub async fn load_index(&self, without: &IdSet) -> Result<(Index, Vec<FileSummary>)> {
+        self.ensure_memory().await?;
         let mut attempts = 0;
         loop {
             let ids = self.list_ids(INDEX).await?;
@@ -523,7 +551,11 @@ impl Repository {
     /// from few packs.
     async fn tree_pack(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
         if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
-            return Ok(p.clone());
+            return Ok(p);
+        }
+        let _reading = self.tree_pack_read.lock().await;
+        if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
+            return Ok(p);
         }
         let path = pack_path(id);
         let bytes =
@@ -538,11 +570,7 @@ impl Repository {
                 }
             };
         let bytes = Arc::new(bytes);
-        let mut packs = self.tree_packs.lock().expect("not poisoned");
-        if packs.len() >= TREE_PACKS_IN_MEMORY || packs.values().map(|p| p.len()).sum::<usize>() > TREE_PACK_BYTES_IN_MEMORY {
-            packs.clear();
-        }
-        packs.insert(*id, bytes.clone());
+        self.tree_packs.lock().expect("not poisoned").insert(*id, bytes.clone());
         Ok(bytes)
     }
 
@@ -565,7 +593,7 @@ impl Repository {
                 // The cached copy may be what is damaged: storage decides,
                 // through the ranged read below.
                 Err(_) => self.tree_packs.lock().expect("not poisoned").remove(&pack),
-            };
+            }
         }
         let sealed = self.read_range(&pack_path(&pack), range).await?;
         open_blob(&self.crypto, &e, &sealed)
@@ -661,6 +689,42 @@ impl Repository {
     /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
     pub async fn find_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
         crate::select::select(self.snapshots().await?, spec, filter)
+    }
+}
+
+/// Whole tree packs, least recently used first, within
+/// [`TREE_PACKS_IN_MEMORY`] and [`TREE_PACK_BYTES_IN_MEMORY`] (the newest
+/// one stays even when it alone is larger).
+#[derive(Default)]
+struct TreePacks {
+    packs: Vec<(Id, Arc<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl TreePacks {
+    fn get(&mut self, id: &Id) -> Option<Arc<Vec<u8>>> {
+        let i = self.packs.iter().position(|(p, _)| p == id)?;
+        let entry = self.packs.remove(i);
+        let bytes = entry.1.clone();
+        self.packs.push(entry);
+        Some(bytes)
+    }
+
+    fn insert(&mut self, id: Id, bytes: Arc<Vec<u8>>) {
+        self.remove(&id);
+        self.bytes += bytes.len();
+        self.packs.push((id, bytes));
+        while self.packs.len() > 1 && (self.packs.len() > TREE_PACKS_IN_MEMORY || self.bytes > TREE_PACK_BYTES_IN_MEMORY) {
+            let (_, old) = self.packs.remove(0);
+            self.bytes -= old.len();
+        }
+    }
+
+    fn remove(&mut self, id: &Id) {
+        if let Some(i) = self.packs.iter().position(|(p, _)| p == id) {
+            let (_, old) = self.packs.remove(i);
+            self.bytes -= old.len();
+        }
     }
 }
 

@@ -71,6 +71,9 @@ fn beat_path(id: &Id, seq: u64) -> String {
 
 impl Session {
     pub async fn start(repo: Arc<Repository>, command: &str) -> Result<Session> {
+        // Every writer loads the index: one that cannot fit stops before its
+        // session is the first thing it writes.
+        repo.ensure_memory().await?;
         let id = Id::random();
         let timeout = Duration::from_secs(repo.config().session_timeout_secs);
         let issued = Instant::now();

@@ -146,6 +146,15 @@ impl Index {
         self.pack_nums.contains_key(id)
     }
 
+    /// A pack's number: its place in [`Index::packs`].
+    pub fn pack_num(&self, id: &Id) -> Option<u32> {
+        self.pack_nums.get(id).copied()
+    }
+
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
     /// Mark a blob reachable; whether it already was, `None` if unknown.
     pub fn mark_used(&mut self, id: &Id) -> Option<bool> {
         let i = self.find(id)?;
