@@ -3,8 +3,9 @@
 //! `pgbase://` source the standby is a data directory made once from the
 //! newest base backup; the PostgreSQL server started on it keeps itself
 //! current through `tresor pg wal-fetch`, and `failover` promotes it once
-//! it has replayed the archive to its end. A directory or Redis standby is
-//! refreshed from the newest snapshot (copy.rs); `failover` makes it current.
+//! it has replayed the archive to its end. A directory, claim or Redis standby is
+//! refreshed from the newest snapshot (copy.rs), a claim by a Job in the
+//! cluster; `failover` makes it current.
 //! The daemon runs refreshes as `standby` jobs ([`job`]).
 
 mod copy;
@@ -50,7 +51,7 @@ fn chosen(plan_file: &Path, name: &str) -> Result<Chosen> {
     let source = plan.sources.iter().find(|s| s.name == name).with_context(|| format!("the plan has no source {name}"))?.clone();
     let standby = source.standby.clone().with_context(|| format!("source {name} has no standby: in the plan"))?;
     // plan check refuses a standby of any other kind.
-    let kind = StandbyKind::of(&source.url).with_context(|| format!("source {name}: its kind has no standby"))?;
+    let kind = StandbyKind::of(&source.url, &standby.target).with_context(|| format!("source {name}: its kind has no standby"))?;
     let repo = plan.repository_of(&source).map(|(_, r)| r.clone()).with_context(|| format!("source {name} has no repository"))?;
     Ok(Chosen { plan, source, standby, kind, repo })
 }
@@ -68,13 +69,13 @@ async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
     refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target.to_string_lossy()).await
 }
 
-/// The daemon's `standby` job: the source's URL says the kind, the restore
-/// spec the standby (a directory, or a service as `to`).
+/// The daemon's `standby` job: the source's URL and the standby say the
+/// kind, the restore spec the standby (a directory, or a service or claim as `to`).
 pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let source = spec.source.as_ref().context("a standby job names its source")?;
-    let kind = StandbyKind::of(&source.url).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
     let target = r.to.as_deref().or(r.target.as_deref()).context("a standby job names its standby")?;
+    let kind = StandbyKind::of(&source.url, Path::new(target)).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
     refresh_one(g, &spec.name, kind, target).await
 }
 
@@ -213,7 +214,7 @@ fn copy_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
     let rpo = c.plan.classes.get(&c.source.class).map_or(0, |k| k.rpo.secs());
     let point = copy_point(&own_snapshots(&c.source.name, listing), &held, rpo);
     json!({
-        "kind": if c.kind == StandbyKind::Redis { "redis" } else { "directory" },
+        "kind": c.kind.name(),
         "snapshot": held.snapshot,
         "snapshot_time": held.snapshot_time,
         "refreshed": held.refreshed,
@@ -310,7 +311,7 @@ async fn record_failover(c: &Chosen, handles: &Handles, record: &Failover, done:
     Ok(())
 }
 
-/// A directory or Redis standby's failover: a last refresh from the newest
+/// A directory, claim or Redis standby's failover: a last refresh from the newest
 /// snapshot, so the standby takes over current, recorded like a promotion.
 async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: Instant) -> Result<u8> {
     let (name, target) = (&c.source.name, c.standby.target.to_string_lossy());

@@ -316,7 +316,8 @@ impl Loop {
     /// if it has one; it replaces a retry waiting out its back-off.
     fn queue_standby(&mut self, plan: &Plan, name: &str, trigger: &'static str, now: DateTime<Utc>) {
         let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
-        let (Some(standby), Some(kind)) = (&s.standby, crate::standby::StandbyKind::of(&s.url)) else { return };
+        let Some(standby) = &s.standby else { return };
+        let Some(kind) = crate::standby::StandbyKind::of(&s.url, &standby.target) else { return };
         self.delayed.retain(|o| !(o.name == name && o.kind == Kind::Standby));
         let q = self.queued(name, Kind::Standby, trigger, now, 0, "daemon");
         self.queue.push(Queued { restore: Some(crate::standby::restore_spec(standby, kind)), ..q });

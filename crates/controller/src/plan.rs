@@ -376,15 +376,18 @@ pub struct SourceSpec {
 /// from the newest base backup with `standby.signal` and tresor's
 /// `restore_command`, which a PostgreSQL server started on it keeps
 /// replaying from the WAL archive; `tresor failover` promotes that server.
-/// For a path or `pvc://` source: a directory, and for a `redis://` source
-/// a Redis instance, refreshed from each newest snapshot; `tresor failover`
-/// makes it current.
+/// For a path or `pvc://` source: a directory, or an existing claim that a
+/// Job in its namespace restores into, and for a `redis://` source a Redis
+/// instance, refreshed from each newest snapshot; `tresor failover` makes
+/// it current.
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Standby {
     /// PostgreSQL: the standby's data directory (made once, when it does not
     /// exist or is empty); a path or `pvc://` source: the directory kept
-    /// current; a Redis source: the instance reloaded, `redis://[USER[:PASSWORD]@]HOST[:PORT]`.
+    /// current, or a claim that exists, `pvc://NAMESPACE/CLAIM?secret=NAME[&cluster=k8s://CONTEXT][&image=IMAGE]`
+    /// (the Secret holds the repository's settings, as a volume backup's);
+    /// a Redis source: the instance reloaded, `redis://[USER[:PASSWORD]@]HOST[:PORT]`.
     pub target: PathBuf,
     /// The standby server, asked for its replay position and promoted by
     /// `failover`: `postgres://USER[:PASSWORD]@HOST[:PORT]`.

@@ -11,8 +11,8 @@
 //! Segments past a gap count, as they never get replayed; a standby server
 //! that does not answer counts as replayed to its base backup's end.
 //!
-//! A directory or Redis standby is a copy of one snapshot, refreshed from
-//! the newest ([`Held`] says which it holds). Its lag is the age of the
+//! A directory, claim or Redis standby is a copy of one snapshot, refreshed
+//! from the newest ([`Held`] says which it holds). Its lag is the age of the
 //! oldest snapshot newer than the one it holds; holding the newest, zero
 //! while that snapshot is within the class's RPO and past it the snapshot's
 //! age: a standby of a source that stopped backing up is as stale as its
@@ -121,32 +121,49 @@ pub fn point(source: &str, snaps: &[Value], replayed: Option<u64>) -> Option<Sta
     Some(p)
 }
 
-/// What a source's standby is, by the source's URL.
+/// What a source's standby is, by the source's URL and the standby's target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StandbyKind {
     /// A data directory that a PostgreSQL server keeps replaying from the WAL archive.
     Postgres,
     /// A directory refreshed from the newest snapshot (a path or `pvc://` source).
     Directory,
+    /// A claim (`pvc://NAMESPACE/CLAIM?secret=NAME`) refreshed from the
+    /// newest snapshot by a Job in its namespace (a path or `pvc://` source).
+    Claim,
     /// A Redis instance reloaded from the newest snapshot.
     Redis,
 }
 
 impl StandbyKind {
     /// None: the source's kind has no standby.
-    pub fn of(source_url: &str) -> Option<StandbyKind> {
+    pub fn of(source_url: &str, target: &Path) -> Option<StandbyKind> {
+        let copy = match target.to_string_lossy().starts_with("pvc://") {
+            true => StandbyKind::Claim,
+            false => StandbyKind::Directory,
+        };
         match source_url.split_once("://") {
             Some(("pgbase", _)) => Some(StandbyKind::Postgres),
             Some(("redis" | "rediss", _)) => Some(StandbyKind::Redis),
-            Some(("pvc", _)) => Some(StandbyKind::Directory),
-            None if !source_url.starts_with("command:") => Some(StandbyKind::Directory),
+            Some(("pvc", _)) => Some(copy),
+            None if !source_url.starts_with("command:") => Some(copy),
             _ => None,
+        }
+    }
+
+    /// How `standby status` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StandbyKind::Postgres => "postgres",
+            StandbyKind::Directory => "directory",
+            StandbyKind::Claim => "claim",
+            StandbyKind::Redis => "redis",
         }
     }
 }
 
-/// Which snapshot a directory or Redis standby holds, kept beside it (a
-/// directory's) or in the local cache (a Redis instance's): written after
+/// Which snapshot a directory, claim or Redis standby holds, kept beside it
+/// (a directory's) or in the local cache (a claim's, a Redis instance's): written after
 /// each refresh, and marked `refreshing` while one runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Held {
@@ -164,9 +181,9 @@ pub struct Held {
 }
 
 /// Where the record of what `source`'s standby holds lives: beside a
-/// directory (`.NAME.tresor-standby.json`), for a Redis instance in the
-/// local cache (`standby/SOURCE.json`). None: a PostgreSQL standby (its
-/// server knows), or no cache.
+/// directory (`.NAME.tresor-standby.json`), for a claim or a Redis instance
+/// in the local cache (`standby/SOURCE.json`). None: a PostgreSQL standby
+/// (its server knows), or no cache.
 pub fn held_file(source: &str, kind: StandbyKind, target: &Path) -> Option<PathBuf> {
     match kind {
         StandbyKind::Postgres => None,
@@ -174,7 +191,9 @@ pub fn held_file(source: &str, kind: StandbyKind, target: &Path) -> Option<PathB
             let name = target.file_name()?.to_string_lossy();
             Some(target.with_file_name(format!(".{name}.tresor-standby.json")))
         }
-        StandbyKind::Redis => Some(tresor_engine::cache::Cache::default_root()?.join("standby").join(format!("{source}.json"))),
+        StandbyKind::Claim | StandbyKind::Redis => {
+            Some(tresor_engine::cache::Cache::default_root()?.join("standby").join(format!("{source}.json")))
+        }
     }
 }
 
@@ -201,17 +220,19 @@ pub fn record_held(source: &str, kind: StandbyKind, target: &Path, held: &Held) 
 pub fn refused(source_url: &str, standby: &Standby, scheme: &str) -> Option<String> {
     let target = standby.target.to_string_lossy();
     let to_service = target.contains("://");
-    match StandbyKind::of(source_url) {
+    match StandbyKind::of(source_url, &standby.target) {
         None => Some(format!("standby: is for pgbase://, redis://, pvc:// and path sources, not {scheme}")),
         Some(StandbyKind::Redis) if !target.starts_with("redis://") => {
             Some("the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT".into())
         }
-        Some(StandbyKind::Directory | StandbyKind::Postgres) if to_service => {
-            Some(format!("the standby of a {scheme} source is a directory: target: /PATH"))
-        }
-        Some(StandbyKind::Directory | StandbyKind::Redis) if standby.server.is_some() => {
+        Some(StandbyKind::Postgres) if to_service => Some(format!("the standby of a {scheme} source is a directory: target: /PATH")),
+        Some(StandbyKind::Directory) if to_service => Some(
+            "the standby of a path or pvc:// source is a directory or a claim: target: /PATH or pvc://NAMESPACE/CLAIM?secret=NAME".into(),
+        ),
+        Some(StandbyKind::Directory | StandbyKind::Claim | StandbyKind::Redis) if standby.server.is_some() => {
             Some("standby.server is for pgbase:// sources (the PostgreSQL server to promote)".into())
         }
+        Some(StandbyKind::Claim) => tresor_sources::k8s_standby::StandbyClaim::parse(&target).err(),
         _ => None,
     }
 }
@@ -228,7 +249,7 @@ pub fn own_snapshots<'a>(source: &str, snaps: &'a [Value]) -> Vec<&'a Value> {
     own
 }
 
-/// A directory or Redis standby that holds `held`, against its source's
+/// A directory, claim or Redis standby that holds `held`, against its source's
 /// snapshots (oldest first) and its class's RPO. None: no snapshot yet.
 pub fn copy_point(own: &[&Value], held: &Held, rpo_secs: u64) -> Option<StandbyPoint> {
     let newest = own.last()?;
@@ -255,7 +276,7 @@ pub fn wanted(plan: &Plan, repo: &str) -> bool {
 /// One standby's point: a PostgreSQL standby's from its server (asked off
 /// the async threads: psql), a copy's from what it holds.
 pub async fn point_of(plan: &Plan, s: &SourceSpec, snaps: &[Value]) -> Option<StandbyPoint> {
-    match StandbyKind::of(&s.url)? {
+    match StandbyKind::of(&s.url, &s.standby.as_ref()?.target)? {
         StandbyKind::Postgres => {
             let replayed = match s.standby.as_ref()?.server.clone() {
                 Some(url) => tokio::task::spawn_blocking(move || pgwal::replay_position(&url)).await.ok().and_then(Result::ok),
@@ -263,7 +284,7 @@ pub async fn point_of(plan: &Plan, s: &SourceSpec, snaps: &[Value]) -> Option<St
             };
             point(&s.name, snaps, replayed.and_then(|r| r.lsn))
         }
-        kind @ (StandbyKind::Directory | StandbyKind::Redis) => {
+        kind @ (StandbyKind::Directory | StandbyKind::Claim | StandbyKind::Redis) => {
             let rpo = plan.classes.get(&s.class).map_or(0, |c| c.rpo.secs());
             copy_point(&own_snapshots(&s.name, snaps), &held(&s.name, kind, &s.standby.as_ref()?.target), rpo)
         }
@@ -301,11 +322,11 @@ pub fn rpo(plan: &Plan, source: &str) -> std::time::Duration {
     class.map_or(std::time::Duration::MAX, |c| c.rpo.0)
 }
 
-/// How a standby job names its standby: a directory, or a service (`to`).
+/// How a standby job names its standby: a directory, or a service or claim (`to`).
 pub fn restore_spec(standby: &Standby, kind: StandbyKind) -> crate::model::RestoreSpec {
     let target = standby.target.to_string_lossy().into_owned();
     match kind {
-        StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target), ..Default::default() },
+        StandbyKind::Claim | StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target), ..Default::default() },
         StandbyKind::Postgres | StandbyKind::Directory => crate::model::RestoreSpec { target: Some(target), ..Default::default() },
     }
 }

@@ -35,6 +35,9 @@ pub struct PodSettings {
     pub tolerations: Vec<Value>,
 }
 
+/// The image volume Jobs run unless told otherwise.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/tresor/tresor:0.1.0";
+
 /// The image's own user.
 pub const DEFAULT_USER: i64 = 10001;
 

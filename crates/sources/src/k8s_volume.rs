@@ -52,18 +52,18 @@ fn dynamic(v: Value) -> Result<DynamicObject> {
 }
 
 /// The APIs of one namespace that volume Jobs use.
-struct Ns {
+pub(crate) struct Ns {
     url: String,
     client: Client,
     ns: String,
 }
 
 impl Ns {
-    async fn new(url: &str, ns: &str) -> Result<Ns> {
+    pub(crate) async fn new(url: &str, ns: &str) -> Result<Ns> {
         Ok(Ns { url: url.into(), client: client(url).await?, ns: ns.into() })
     }
 
-    fn api(&self, kind: &str) -> Api<DynamicObject> {
+    pub(crate) fn api(&self, kind: &str) -> Api<DynamicObject> {
         let ar = match kind {
             "Job" => resource("batch/v1", kind, "jobs"),
             "VolumeSnapshot" => resource("snapshot.storage.k8s.io/v1", kind, "volumesnapshots"),
@@ -74,12 +74,12 @@ impl Ns {
         Api::namespaced_with(self.client.clone(), &self.ns, &ar)
     }
 
-    fn fail(&self, e: kube::Error) -> Error {
+    pub(crate) fn fail(&self, e: kube::Error) -> Error {
         Error::failed(&self.url, api_message(&e))
     }
 
     /// Create `obj`; one that exists already (made by an earlier attempt of this run) is taken as it is.
-    async fn ensure(&self, kind: &str, obj: Value) -> Result<Value> {
+    pub(crate) async fn ensure(&self, kind: &str, obj: Value) -> Result<Value> {
         let api = self.api(kind);
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
         match api.create(&PostParams::default(), &dynamic(obj)?).await {
@@ -91,13 +91,13 @@ impl Ns {
         }
     }
 
-    async fn list(&self, kind: &str, lp: &ListParams) -> Result<Vec<Value>> {
+    pub(crate) async fn list(&self, kind: &str, lp: &ListParams) -> Result<Vec<Value>> {
         let list = self.api(kind).list(lp).await.map_err(|e| self.fail(e))?;
         Ok(list.items.into_iter().map(|o| serde_json::to_value(o).unwrap_or_default()).collect())
     }
 
     /// Remove what a run made, Jobs with their pods; what stays, with why.
-    async fn remove(&self, made: &[(String, String)]) -> Vec<String> {
+    pub(crate) async fn remove(&self, made: &[(String, String)]) -> Vec<String> {
         let mut stays = Vec::new();
         for (kind, name) in made {
             match self.api(kind).delete(name, &DeleteParams::background()).await {
@@ -116,7 +116,7 @@ fn finished(job: &Value) -> bool {
 }
 
 /// An unfinished Job of this source to adopt; finished ones are removed (with what they own).
-async fn previous(k: &Ns, source: &str) -> Result<(Option<String>, Vec<String>)> {
+pub(crate) async fn previous(k: &Ns, source: &str) -> Result<(Option<String>, Vec<String>)> {
     let lp = ListParams::default().labels(&format!("tresor.dev/source={}", label_value(source)));
     let (mut active, mut done) = (None, Vec::new());
     for job in k.list("Job", &lp).await? {
@@ -135,7 +135,7 @@ fn owned_by(mut obj: Value, job: &Value) -> Value {
     obj
 }
 
-fn job_object(v: &VolumeJob, name: &str, claim: &str, read_only: bool, args: Vec<String>, node: Option<&str>) -> Value {
+pub(crate) fn job_object(v: &VolumeJob, name: &str, claim: &str, read_only: bool, args: Vec<String>, node: Option<&str>) -> Value {
     let l = labels(&v.source, &v.run);
     json!({
         "apiVersion": "batch/v1", "kind": "Job",
@@ -205,7 +205,7 @@ fn with_stays(e: Error, url: &str, stays: &[String]) -> Error {
 }
 
 /// Wait for the Job when asked, then remove `remove` whatever the outcome; the names made.
-async fn finish(k: &Ns, v: &VolumeJob, name: &str, remove: Vec<(String, String)>) -> Result<Vec<String>> {
+pub(crate) async fn finish(k: &Ns, v: &VolumeJob, name: &str, remove: Vec<(String, String)>) -> Result<Vec<String>> {
     let names = remove.iter().map(|(kind, n)| format!("{kind}/{n}")).collect();
     let Some(limit) = v.wait else { return Ok(names) };
     let outcome = wait(k, name, limit).await;

@@ -16,6 +16,7 @@ mod hooks;
 pub mod k8s;
 pub mod k8s_pod;
 pub mod k8s_restore;
+pub mod k8s_standby;
 pub mod k8s_transform;
 pub mod k8s_volume;
 mod pgbase;

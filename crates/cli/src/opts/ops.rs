@@ -423,7 +423,7 @@ pub struct VolumeJobArgs {
     #[arg(long)]
     pub secret: String,
     /// The container image the Job runs.
-    #[arg(long, default_value = "ghcr.io/tresor/tresor:0.1.0")]
+    #[arg(long, default_value = tresor_sources::k8s_pod::DEFAULT_IMAGE)]
     pub image: String,
     /// Wait this long for the Job, e.g. 30min (then, for a CSI backup, remove the clone and the snapshot).
     #[arg(long)]

@@ -12,7 +12,7 @@ pub struct StandbyCmd {
 
 #[derive(Subcommand)]
 pub enum StandbyCommand {
-    /// Make a source's standby (its plan's `standby:`) current: a directory or Redis instance refreshed from the newest snapshot (only what changed is written); for PostgreSQL a data directory with standby.signal and tresor's restore_command, made once.
+    /// Make a source's standby (its plan's `standby:`) current: a directory, claim (through a Job in its namespace) or Redis instance refreshed from the newest snapshot (only what changed is written); for PostgreSQL a data directory with standby.signal and tresor's restore_command, made once.
     Refresh(StandbyArgs),
     /// Each standby's lag (the age of the oldest archived commit or snapshot it lacks; past the RPO, of the newest), and its failovers.
     Status(StandbyStatusArgs),
@@ -36,7 +36,7 @@ pub struct StandbyStatusArgs {
 
 #[derive(Args)]
 pub struct FailoverArgs {
-    /// The source whose standby to promote (PostgreSQL) or make current (a directory, a Redis instance).
+    /// The source whose standby to promote (PostgreSQL) or make current (a directory, a claim, a Redis instance).
     pub source: String,
     /// The plan file (tresor.yaml).
     #[arg(long, env = "TRESOR_PLAN")]

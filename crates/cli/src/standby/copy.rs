@@ -3,8 +3,9 @@
 //! restored in place as `restore SNAPSHOT:PATH --overwrite if-changed
 //! --delete` would (PATH: the directory backed up; files whose
 //! size and time match are left alone, changed ones rewritten, those the
-//! snapshot lacks removed); a Redis instance loads the snapshot's RDB as
-//! `restore --to redis:// --flush` does. What the standby holds is recorded
+//! snapshot lacks removed); a claim gets the same restore from a Job in its
+//! namespace that mounts it (tresor_sources::k8s_standby); a Redis instance
+//! loads the snapshot's RDB as `restore --to redis:// --flush` does. What the standby holds is recorded
 //! (tresor_controller::standby::Held) only once the restore has ended, and
 //! marked `refreshing` while it runs: a refresh killed midway leaves a
 //! record of the last complete one, and the next refresh writes whatever
@@ -13,6 +14,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
@@ -21,6 +23,9 @@ use tresor_controller::model::redact;
 use tresor_controller::standby::{Held, StandbyKind, held, record_held};
 use tresor_engine::restore::{Overwrite, RestoreOptions, restore};
 use tresor_engine::{Repository, Snapshot};
+use tresor_sources::k8s_pod::{DEFAULT_IMAGE, PodSettings};
+use tresor_sources::k8s_standby::{self, StandbyClaim};
+use tresor_sources::k8s_volume::VolumeJob;
 
 use crate::commands::open;
 use crate::opts::Global;
@@ -56,6 +61,7 @@ pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str) 
     record(&Held { refreshing: Some(id.clone()), ..was })?;
     let summary = match kind {
         StandbyKind::Directory => into_directory(repo, &snapshot, path).await?,
+        StandbyKind::Claim => into_claim(source, &snapshot, target).await?,
         StandbyKind::Redis => into_redis(&repo, &snapshot, target).await?,
         StandbyKind::Postgres => bail!("a PostgreSQL standby is made, not refreshed from a snapshot"),
     };
@@ -64,15 +70,18 @@ pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str) 
     Ok(Refreshed { snapshot, current: false, summary })
 }
 
-async fn into_directory(repo: Arc<Repository>, snap: &Snapshot, target: &Path) -> Result<Value> {
-    // The standby mirrors the backed-up directory, not the path to it.
-    let subfolder = match snap.paths.as_slice() {
+/// The standby mirrors the backed-up directory, not the path to it.
+fn folder(snap: &Snapshot) -> Option<String> {
+    match snap.paths.as_slice() {
         [one] => Some(one.clone()),
         _ => None,
-    };
+    }
+}
+
+async fn into_directory(repo: Arc<Repository>, snap: &Snapshot, target: &Path) -> Result<Value> {
     let opts = RestoreOptions {
         target: target.to_path_buf(),
-        subfolder,
+        subfolder: folder(snap),
         overwrite: Overwrite::IfChanged,
         delete: true,
         ..RestoreOptions::default()
@@ -82,6 +91,36 @@ async fn into_directory(repo: Arc<Repository>, snap: &Snapshot, target: &Path) -
         bail!("the standby in {} is not complete: {} errors, the first: {first}", target.display(), s.errors.len());
     }
     Ok(serde_json::to_value(&s)?)
+}
+
+/// How long a refresh waits for its claim's Job; a refresh killed before
+/// adopts the unfinished Job the next time.
+const CLAIM_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// Restore `snap` into the claim `to` names through a Job in its namespace
+/// (named after the claim and the snapshot), and wait for it.
+async fn into_claim(source: &str, snap: &Snapshot, to: &str) -> Result<Value> {
+    let c = StandbyClaim::parse(to).map_err(anyhow::Error::msg)?;
+    let what = folder(snap).map_or_else(|| snap.id.to_string(), |p| format!("{}:{p}", snap.id));
+    let v = VolumeJob {
+        image: c.image.unwrap_or_else(|| DEFAULT_IMAGE.into()),
+        secret: c.secret,
+        csi_snapshot_class: None,
+        wait: Some(CLAIM_WAIT),
+        tags: Vec::new(),
+        pod: PodSettings::default(),
+        // Its own label: a backup Job of the same source is no refresh to adopt.
+        source: format!("{source}.standby"),
+        run: snap.id.short(),
+        namespace: c.namespace,
+        claim: c.claim,
+    };
+    let ns = v.namespace.clone();
+    let made = k8s_standby::refresh(&c.cluster, &v, &what, |job| {
+        eprintln!("tresor: adopting Job {ns}/{job}, left unfinished by an earlier refresh");
+    })
+    .await?;
+    Ok(json!({"created": made}))
 }
 
 async fn into_redis(repo: &Repository, snap: &Snapshot, to: &str) -> Result<Value> {
@@ -98,11 +137,14 @@ pub fn said(source: &str, target: &str, r: &Refreshed) -> String {
     if r.current {
         return format!("the standby of {source} in {to} holds the newest snapshot {short} already");
     }
-    match r.summary.get("files_restored") {
-        Some(files) => format!(
+    if let Some(files) = r.summary.get("files_restored") {
+        return format!(
             "refreshed the standby of {source} in {to} to snapshot {short}: {files} files written, {} left as they were, {} removed",
             r.summary["files_skipped"], r.summary["files_deleted"]
-        ),
+        );
+    }
+    match r.summary["created"].as_array().and_then(|c| c.first()) {
+        Some(job) => format!("refreshed the standby of {source} in {to} to snapshot {short} through {}", job.as_str().unwrap_or_default()),
         None => format!("reloaded the standby of {source} at {to} from snapshot {short}: {}", r.summary["result"].as_str().unwrap_or("")),
     }
 }

@@ -10,21 +10,21 @@ use super::*;
 const SNAPSHOT_CRD: &str = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: volumesnapshots.snapshot.storage.k8s.io\nspec:\n  group: snapshot.storage.k8s.io\n  scope: Namespaced\n  names:\n    plural: volumesnapshots\n    singular: volumesnapshot\n    kind: VolumeSnapshot\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n";
 
 /// A volume command run in the background until it ends: (exit code, stdout, stderr).
-struct Running(std::process::Child);
+pub(super) struct Running(pub std::process::Child);
 
 impl Running {
-    fn start(env: &Env, c: &Cluster, args: &[&str]) -> Running {
+    pub(super) fn start(env: &Env, c: &Cluster, args: &[&str]) -> Running {
         Running(env.cmd(args).env("KUBECONFIG", &c.kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
     }
 
-    fn end(self) -> (Option<i32>, String, String) {
+    pub(super) fn end(self) -> (Option<i32>, String, String) {
         let out = self.0.wait_with_output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 
 /// The pod of a Job, once the job controller made it.
-fn pod_of(c: &Cluster, job: &str) -> String {
+pub(super) fn pod_of(c: &Cluster, job: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let out = c.kubectl(&["get", "pods", "-n", "shop", "-l", &format!("job-name={job}"), "-o", "name"]);
@@ -37,7 +37,7 @@ fn pod_of(c: &Cluster, job: &str) -> String {
 }
 
 /// The kubelet's part: the pod ran and exited with this phase.
-fn pod_ends(c: &Cluster, pod: &str, phase: &str) {
+pub(super) fn pod_ends(c: &Cluster, pod: &str, phase: &str) {
     let patch = format!(r#"{{"status":{{"phase":"{phase}"}}}}"#);
     let out = c.kubectl(&["patch", "pod", pod, "-n", "shop", "--subresource=status", "--type=merge", "-p", &patch]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

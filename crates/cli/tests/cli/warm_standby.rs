@@ -9,12 +9,15 @@
 //! has no new snapshot, their failover, and the daemon's standby jobs
 //! backing off to the RPO.
 
+use serde_json::json;
 use tresor_testkit::{PostgresServer, RedisServer};
 
 use std::time::{Duration, Instant};
 
 use super::daemon::{count, http, jobs, set_clock, start_daemon, wait_jobs};
+use super::k8s::{Cluster, names};
 use super::pitr::{archiving_server, postgres_env, switch_and_archive};
+use super::volumes::{Running, pod_ends, pod_of};
 use super::*;
 
 /// A plan whose source db has a standby in `target`, asked at `server` if given.
@@ -239,19 +242,29 @@ fn plan_check_refuses_a_standby_of_a_source_that_has_none() {
         env.path("copy").display()
     );
     fs::write(&plan, text).unwrap();
-    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let p = plan.display();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!(
-            "{p}:6: warning: class c has no off-site copy (offsite: REPOSITORY)\n\
-             {p}:6: warning: class c has no retention: every snapshot is kept forever\n\
-             {p}:14: error: source dump: standby: is for pgbase://, redis://, pvc:// and path sources, not postgres://\n\
-             {p}:20: error: source cache: the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT\n\
-             {p}: 2 sources, 1 classes: 2 errors, 2 warnings\n"
-        )
+    check_refuses(
+        &env,
+        &plan,
+        2,
+        &[
+            (14, "source dump: standby: is for pgbase://, redis://, pvc:// and path sources, not postgres://"),
+            (20, "source cache: the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT"),
+        ],
     );
+}
+
+/// `plan check` of a plan with class c (no off-site copy, no retention) and
+/// `sources` sources: exit 1, and these errors (line, what).
+fn check_refuses(env: &Env, plan: &Path, sources: usize, errors: &[(u32, &str)]) {
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    let p = plan.display();
+    let mut want = format!(
+        "{p}:6: warning: class c has no off-site copy (offsite: REPOSITORY)\n{p}:6: warning: class c has no retention: every snapshot is kept forever\n"
+    );
+    errors.iter().for_each(|(line, e)| want += &format!("{p}:{line}: error: {e}\n"));
+    want += &format!("{p}: {sources} sources, 1 classes: {} errors, 2 warnings\n", errors.len());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    assert_eq!(out.status.code(), Some(1));
 }
 
 /// A plan whose source `name` (at `url`, class c with this RPO) keeps a standby at `target`.
@@ -545,4 +558,172 @@ fn the_daemons_standby_job_backs_off_doubling_up_to_the_rpo() {
         })
         .collect();
     assert_eq!(waits, [60, 120, 240, 300, 300], "scheduled after each failure, by the job history");
+}
+
+/// A claim `spare` in `shop` for a standby: made by the cluster's
+/// administrator (tresor never makes one).
+const SPARE_CLAIM: &str = r#"{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "spare", "namespace": "shop"},
+  "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}"#;
+
+/// A directory source `files` whose standby is the claim `target` names, in the fake cluster.
+fn claim_standby(target: &str) -> (Env, Cluster, PathBuf, PathBuf) {
+    let mut env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    c.kubectl_stdin(&["create", "--validate=false", "-f", "-"], SPARE_CLAIM);
+    env.vars.push(("KUBECONFIG".into(), c.kubeconfig.display().to_string()));
+    let src = env.path("data");
+    let plan = write_copy_plan(&env, "files", src.to_str().unwrap(), target, "1h");
+    (env, c, plan, src)
+}
+
+const SPARE: &str = "pvc://shop/spare?secret=repo-creds";
+
+#[test]
+fn a_claim_standby_is_refreshed_by_a_job_in_its_namespace_adopted_when_killed_and_failed_over() {
+    let (env, c, plan, src) = claim_standby(SPARE);
+    let plan_arg = plan.to_str().unwrap();
+    let first = back_up(&env, &src, &[("a.txt", b"alpha".to_vec())]);
+    let job = format!("tresor-standby-spare-{}", &first[..8]);
+    let refresh = ["standby", "refresh", "files", "--plan", plan_arg];
+    let mut killed = Running::start(&env, &c, &refresh);
+    let pod = pod_of(&c, &job);
+    let made = c.server.object("batch", "jobs", Some("shop"), &job).unwrap();
+    assert_eq!(
+        (&made["metadata"]["labels"], &made["spec"]["ttlSecondsAfterFinished"]),
+        (
+            &json!({"app.kubernetes.io/managed-by": "tresor", "tresor.dev/source": "files.standby", "tresor.dev/run": &first[..8]}),
+            &json!(3600)
+        )
+    );
+    let spec = &made["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["containers"][0]["args"],
+        json!(["restore", format!("{first}:{}", src.display()), "--target", "/data", "--overwrite", "if-changed", "--delete"])
+    );
+    assert_eq!(spec["volumes"][0], json!({"name": "data", "persistentVolumeClaim": {"claimName": "spare", "readOnly": false}}));
+    assert_eq!(spec["containers"][0]["volumeMounts"][0], json!({"name": "data", "mountPath": "/data", "readOnly": false}));
+    assert_eq!(spec["containers"][0]["envFrom"], json!([{"secretRef": {"name": "repo-creds"}}]));
+    assert_eq!(
+        (&spec["securityContext"], &spec["containers"][0]["securityContext"]),
+        (
+            &json!({"runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}),
+            &json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
+        ),
+        "`shop` enforces restricted: that the job controller made its pod is admission's yes"
+    );
+    assert!(spec["affinity"].is_null(), "no pod mounts the claim: not pinned");
+
+    // Killed while it waits: the next refresh adopts the Job rather than making a second.
+    unsafe { libc::kill(killed.0.id() as i32, libc::SIGKILL) };
+    killed.0.wait().unwrap();
+    let s = status(&env, &plan);
+    assert_eq!((&s["kind"], &s["snapshot"], &s["refreshing"]), (&"claim".into(), &json!(null), &first.as_str().into()), "{s}");
+    let mut retry = Running::start(&env, &c, &refresh);
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(retry.0.stderr.as_mut().unwrap()), &mut said).unwrap();
+    assert_eq!(said, format!("tresor: adopting Job shop/{job}, left unfinished by an earlier refresh\n"));
+    assert_eq!(names(&c, "jobs"), [format!("job.batch/{job}")]);
+    pod_ends(&c, &pod, "Succeeded");
+    let (code, stdout, stderr) = retry.end();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, format!("refreshed the standby of files in {SPARE} to snapshot {} through Job/{job}\n", &first[..8]));
+    assert!(names(&c, "jobs").is_empty() && names(&c, "pods").is_empty(), "the Job is removed, its pod with it");
+    let s = status(&env, &plan);
+    assert_eq!(
+        (&s["snapshot"], &s["refreshing"], s["waiting_snapshots"].as_u64(), s["lag_seconds"].as_f64()),
+        (&first.as_str().into(), &json!(null), Some(0), Some(0.0)),
+        "{s}"
+    );
+
+    // It holds the newest: no Job (one would be waited for, and nobody ends its pod).
+    let again = env.ok(&refresh);
+    assert_eq!(again, format!("the standby of files in {SPARE} holds the newest snapshot {} already\n", &first[..8]));
+    assert!(names(&c, "jobs").is_empty());
+
+    // Failover: a last refresh to the newest snapshot, recorded.
+    let second = back_up(&env, &src, &[("a.txt", b"alpha, changed".to_vec())]);
+    assert_eq!(status(&env, &plan)["waiting_snapshots"], 1);
+    let failover = Running::start(&env, &c, &["failover", "files", "--plan", plan_arg, "--json"]);
+    let job = format!("tresor-standby-spare-{}", &second[..8]);
+    pod_ends(&c, &pod_of(&c, &job), "Succeeded");
+    let (code, stdout, stderr) = failover.end();
+    assert_eq!(code, Some(0), "{stderr}");
+    let f: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((&f["source"], &f["snapshot"], &f["forced"]), (&"files".into(), &second.as_str().into(), &false.into()), "{f}");
+    assert!(names(&c, "jobs").is_empty());
+    let s = status(&env, &plan);
+    assert_eq!((&s["snapshot"], s["waiting_snapshots"].as_u64()), (&second.as_str().into(), Some(0)), "{s}");
+    assert_eq!(s["failovers"], json!([f]), "the evidence log holds the entry as printed");
+}
+
+#[test]
+fn a_claim_standby_that_does_not_exist_is_an_error_naming_it_and_is_not_made() {
+    let (env, c, plan, src) = claim_standby("pvc://shop/absent?secret=repo-creds");
+    back_up(&env, &src, &[("a.txt", b"alpha".to_vec())]);
+    let err = env.fails(&["standby", "refresh", "files", "--plan", plan.to_str().unwrap()], 1);
+    assert_eq!(
+        err,
+        "tresor: error: k8s://: the standby claim shop/absent does not exist (tresor keeps a claim current, it never makes one)\n"
+    );
+    assert_eq!(names(&c, "persistentvolumeclaims"), ["persistentvolumeclaim/data", "persistentvolumeclaim/spare"]);
+    assert!(names(&c, "jobs").is_empty());
+}
+
+#[test]
+fn plan_check_accepts_a_claim_standby_and_refuses_a_malformed_one() {
+    let env = Env::new();
+    let plan = env.path("plan.yaml");
+    let source = |name: &str, url: &str, target: &str| {
+        format!("  - name: {name}\n    class: c\n    url: {url}\n    schedule: \"@daily\"\n    standby:\n      target: \"{target}\"\n")
+    };
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {}\nclasses:\n  c:\n    rpo: 1d\n    rto: 1h\nsources:\n{}{}{}{}{}",
+        env.repo,
+        env.path("pw").display(),
+        source("good", "pvc://shop/data?secret=s", "pvc://shop/spare?secret=s&cluster=k8s://dr&image=reg/tresor:1"),
+        source("wild", "/srv/data", "pvc://shop/*?secret=s"),
+        source("bare", "pvc://shop/data?secret=s", "pvc://shop/spare"),
+        source("odd", "/srv/data", "pvc://shop/spare?secret=s&selector=a"),
+        source("cache", "/srv/data", "redis://cache:6379"),
+    );
+    fs::write(&plan, text).unwrap();
+    // The first source's claim is accepted.
+    check_refuses(
+        &env,
+        &plan,
+        5,
+        &[
+            (
+                20,
+                "source wild: a standby is one claim, pvc://NAMESPACE/CLAIM?secret=NAME[&cluster=k8s://CONTEXT][&image=IMAGE], not pvc://shop/*?secret=s",
+            ),
+            (26, "source bare: the standby claim shop/spare names no secret=NAME (the Secret with the repository's settings)"),
+            (32, "source odd: the standby claim shop/spare: unknown setting \"selector\" (known: secret, cluster, image)"),
+            (
+                38,
+                "source cache: the standby of a path or pvc:// source is a directory or a claim: target: /PATH or pvc://NAMESPACE/CLAIM?secret=NAME",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn the_daemons_standby_job_refreshes_a_claim_through_a_job() {
+    let (env, c, plan, src) = claim_standby(SPARE);
+    let id = back_up(&env, &src, &[("a.txt", b"alpha".to_vec())]);
+    // The source is gone: the daemon's backups fail, its standby job at start is the only one.
+    fs::remove_dir_all(&src).unwrap();
+    let d = start_daemon(&env, &plan, None);
+    pod_ends(&c, &pod_of(&c, &format!("tresor-standby-spare-{}", &id[..8])), "Succeeded");
+    let j = wait_jobs(&d, "the standby job", |j| count(j, "files", "standby", "succeeded") == 1);
+    assert_eq!(j.iter().filter(|j| j["kind"] == "standby").map(|j| &j["trigger"]).collect::<Vec<_>>(), ["first"], "{j:?}");
+    assert_eq!(status(&env, &plan)["snapshot"], id.as_str());
+    let metric = "standby_lag_seconds{source=\"files\",class=\"c\"} ";
+    let exported = || {
+        let (_, text) = http(d.port, "GET", "/metrics", None);
+        text.lines().find_map(|l| l.strip_prefix(metric)?.trim().parse::<f64>().ok())
+    };
+    // Looked at every 15 s: once after the refresh, it holds the newest snapshot, within the RPO.
+    wait_until("the daemon's standby lag falls to 0", || exported() == Some(0.0));
 }
