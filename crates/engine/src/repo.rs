@@ -275,12 +275,36 @@ pub async fn list_names(op: &Operator, dir: &str) -> Result<Vec<String>> {
 }
 
 async fn list_files(op: &Operator, dir: &str) -> Result<Vec<opendal::Entry>> {
-    let entries = match op.list_with(dir).recursive(true).await {
-        Ok(e) => e,
-        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+    match files(op, dir).await? {
+        Some(files) => files.try_collect().await,
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The objects under `dir` as the listing streams in (hidden ones, a
+/// backend's temporary files, left out); `None` if there is no `dir`.
+async fn files<'a>(op: &Operator, dir: &'a str) -> Result<Option<impl futures::Stream<Item = Result<opendal::Entry>> + 'a>> {
+    let lister = match op.lister_with(dir).recursive(true).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(storage_err("list", dir)(e)),
     };
-    Ok(entries.into_iter().filter(|e| e.metadata().is_file() && !e.name().starts_with('.')).collect())
+    Ok(Some(
+        lister
+            .map_err(move |e| Error::storage("list", dir, e))
+            .try_filter(|e| std::future::ready(e.metadata().is_file() && !e.name().starts_with('.'))),
+    ))
+}
+
+/// Call `f` with the name of each object under `dir` as the listing streams
+/// in, so that a listing of millions of packs is never held whole.
+pub async fn each_name(op: &Operator, dir: &str, mut f: impl FnMut(&str)) -> Result<()> {
+    let Some(files) = files(op, dir).await? else { return Ok(()) };
+    let mut files = std::pin::pin!(files);
+    while let Some(e) = files.try_next().await? {
+        f(e.name());
+    }
+    Ok(())
 }
 
 /// Names and sizes of the objects under `dir` ([`each_with_size`]).
@@ -295,14 +319,8 @@ pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64
 /// whole. A size the backend does not report in listings is fetched with a
 /// `stat`; an object deleted between the listing and its `stat` is left out.
 pub async fn each_with_size(op: &Operator, dir: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
-    let lister = match op.lister_with(dir).recursive(true).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(storage_err("list", dir)(e)),
-    };
-    let mut sized = lister
-        .map_err(|e| Error::storage("list", dir, e))
-        .try_filter(|e| std::future::ready(e.metadata().is_file() && !e.name().starts_with('.')))
+    let Some(files) = files(op, dir).await? else { return Ok(()) };
+    let mut sized = files
         .map_ok(|e| async move {
             let len = e.metadata().content_length();
             if len > 0 {

@@ -159,7 +159,8 @@ async fn plan(
         let area = size.saturating_sub(overhead + u64::from(usage.entries) * ENTRY_LEN as u64);
         let unused = area.saturating_sub(usage.used_bytes);
         report.unused_bytes += unused;
-        if view.pack_file.get(&pack).and_then(|f| view.file_time.get(f)).zip(protect_from).is_some_and(|(t, from)| *t >= from) {
+        if view.pack_file.get(&view.index, &pack).and_then(|f| view.file_time.get(&f)).zip(protect_from).is_some_and(|(t, from)| *t >= from)
+        {
             continue;
         }
         if usage.used_blobs == 0 {
@@ -218,7 +219,7 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
         return Ok(own);
     }
     let going = |p: &Id| plan.mark.contains(p) || plan.repack.contains(p);
-    let affected: IdSet = view.pack_file.iter().filter(|(p, _)| going(p)).map(|(_, f)| *f).collect();
+    let affected: IdSet = view.pack_file.iter(&view.index).filter(|(p, _)| going(p)).map(|(_, f)| f).collect();
     let (mut marked, mut kept) = (Vec::new(), Vec::new());
     // The index holds blob keys, not ids: the full entries of the blobs to
     // copy come from the index files, filtered by the reachability marks.

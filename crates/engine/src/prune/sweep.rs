@@ -6,7 +6,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::view::View;
 use super::{Plan, PruneOptions, PruneReport, SLOP, Written, live_sessions};
 use crate::index::{IndexFile, IndexedPack};
-use crate::repo::{DATA, MARKS, Mark, is_not_found, list_names, pack_path};
+use crate::repo::{DATA, MARKS, Mark, each_name, is_not_found, pack_path};
 use crate::session::{self, Session, SessionInfo};
 use crate::{Error, Id, IdSet, Repository, Result};
 
@@ -65,7 +65,7 @@ pub(super) async fn sweep(
     let indexed = |p: &Id| {
         indexed_late.contains(p)
             || written.packs.contains(p)
-            || (view.pack_file.contains_key(p) && !plan.mark.contains(p) && !plan.repack.contains(p))
+            || (view.pack_file.contains(&view.index, p) && !plan.mark.contains(p) && !plan.repack.contains(p))
     };
     let mut rescue: Vec<IndexedPack> = Vec::new();
     let mut doomed: Vec<(usize, IndexedPack)> = Vec::new();
@@ -130,8 +130,9 @@ async fn orphans(
     report: &mut PruneReport,
 ) -> Result<()> {
     let known = |p: &Id| view.index.has_pack(p) || written.packs.contains(p);
-    let listed: Vec<Id> = list_names(repo.operator(), DATA).await?.iter().filter_map(|n| n.parse().ok()).collect();
-    let candidates: Vec<Id> = listed.into_iter().filter(|p| !known(p)).collect();
+    // Streamed: only the unknown packs are kept, not a listing of them all.
+    let mut candidates: Vec<Id> = Vec::new();
+    each_name(repo.operator(), DATA, |name| candidates.extend(name.parse().ok().filter(|p| !known(p)))).await?;
     if candidates.is_empty() {
         return Ok(());
     }

@@ -26,12 +26,53 @@ struct NodeRefs {
     subtree: Option<Id>,
 }
 
+/// The index file that lists each pack, by the index's pack number: 4
+/// bytes a pack, not a map of full ids (docs/ARCHITECTURE.md §9).
+#[derive(Default)]
+pub(super) struct PackFiles {
+    files: Vec<Id>,
+    file_nums: IdMap<u32>,
+    /// Per pack number, a place in `files`; [`PackFiles::NONE`] if no file lists it.
+    of: Vec<u32>,
+}
+
+impl PackFiles {
+    const NONE: u32 = u32::MAX;
+
+    fn set(&mut self, index: &Index, pack: &Id, file: Id) {
+        let n = index.pack_num(pack).expect("a listed pack is indexed") as usize;
+        let files = &mut self.files;
+        let f = *self.file_nums.entry(file).or_insert_with(|| {
+            files.push(file);
+            (files.len() - 1) as u32
+        });
+        if self.of.len() <= n {
+            self.of.resize(n + 1, Self::NONE);
+        }
+        self.of[n] = f;
+    }
+
+    pub fn get(&self, index: &Index, pack: &Id) -> Option<Id> {
+        let n = index.pack_num(pack)? as usize;
+        self.of.get(n).filter(|&&f| f != Self::NONE).map(|&f| self.files[f as usize])
+    }
+
+    pub fn contains(&self, index: &Index, pack: &Id) -> bool {
+        self.get(index, pack).is_some()
+    }
+
+    /// Every pack an index file lists, with that file.
+    pub fn iter<'a>(&'a self, index: &'a Index) -> impl Iterator<Item = (Id, Id)> + 'a {
+        index.packs().zip(&self.of).filter(|(_, f)| **f != Self::NONE).map(|((p, _), &f)| (p, self.files[f as usize]))
+    }
+}
+
 pub(super) struct View {
     /// Index-file packs first, then marked packs: a blob stored in both is
     /// located in the index file's pack.
     pub index: Index,
     /// The index file that lists each indexed pack.
-    pub pack_file: IdMap<Id>,
+    pub pack_file: PackFiles,
     /// Storage time of each live index file.
     pub file_time: IdMap<DateTime<Utc>>,
     /// Index files already superseded (left behind by a crash).
@@ -57,7 +98,7 @@ impl View {
         let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
         let mut view = View {
             index,
-            pack_file: IdMap::default(),
+            pack_file: PackFiles::default(),
             file_time: IdMap::default(),
             stale_files: Vec::new(),
             spent_files: Vec::new(),
@@ -78,12 +119,17 @@ impl View {
                 view.spent_files.push(f.id);
                 continue;
             }
-            view.pack_file.extend(f.packs.iter().map(|(p, _)| (*p, f.id)));
+            for (p, _) in &f.packs {
+                view.pack_file.set(&view.index, p, f.id);
+            }
             live.push(f.id);
         }
         view.file_time = file_times(repo, live).await?;
         for m in &view.marks {
-            for p in m.file.packs.iter().filter(|p| !view.pack_file.contains_key(&p.id)) {
+            for p in &m.file.packs {
+                if view.pack_file.contains(&view.index, &p.id) {
+                    continue;
+                }
                 view.index.add_pack(p.id, p.size, &p.entries);
                 view.mark_of.insert(p.id, m.id);
             }
@@ -95,7 +141,7 @@ impl View {
     fn add_file(&mut self, id: Id, f: &IndexFile) {
         for p in &f.packs {
             self.index.add_pack(p.id, p.size, &p.entries);
-            self.pack_file.insert(p.id, id);
+            self.pack_file.set(&self.index, &p.id, id);
         }
     }
 
