@@ -2,7 +2,7 @@
 """Memory per blob: tresor on synthetic repositories of growing size.
 
 Usage:
-    index.py [--sizes 1000000,10000000] [--bin PATH] [--work DIR] [--out FILE]
+    index.py [--sizes 1000000,10000000] [--blobs-per-pack N] [--bin PATH] [--work DIR] [--out FILE]
 
 For each size N: `tresor synth --blobs N` fills a fresh repository with N
 16-byte blobs in valid packs and index files and one snapshot reaching them
@@ -45,7 +45,7 @@ def small_tree(root: Path) -> None:
         (root / f"f{i:03}").write_bytes(os.urandom(64 * 1024))
 
 
-def measure(bin_: str, work: Path, n: int) -> dict:
+def measure(bin_: str, work: Path, n: int, per_pack: int) -> dict:
     repo, copy, restore, cache = (work / f"{k}-{n}" for k in ("repo", "copy", "restore", "cache"))
     for p in (repo, copy, restore, cache):
         shutil.rmtree(p, ignore_errors=True)
@@ -66,7 +66,7 @@ def measure(bin_: str, work: Path, n: int) -> dict:
         out[name] = {"seconds": round(r["seconds"], 2), "rss_mib": round(r["rss_kib"] / 1024, 1)}
         print(f"{n:>11,} {name:<13} {r['seconds']:9.2f} s {r['rss_kib'] / 1024:9.1f} MiB", flush=True)
 
-    step("synth", "synth", "--blobs", str(n))
+    step("synth", "synth", "--blobs", str(n), "--blobs-per-pack", str(per_pack))
     small_tree(work / "small")
     step("backup", "backup", str(work / "small"))
     snaps = json.loads(tresor(bin_, env, "--json", "snapshots"))
@@ -98,13 +98,14 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1000000,10000000")
+    ap.add_argument("--blobs-per-pack", type=int, default=1000, help="data blobs to a pack (default 16 MiB packs of 1 MiB chunks: about 16)")
     ap.add_argument("--bin", default=str(Path(__file__).resolve().parent.parent / "target/release/tresor"))
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "work" / "index"))
     ap.add_argument("--out", default=None, help="results JSON (default WORK/results.json)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = [measure(a.bin, work, int(s)) for s in a.sizes.split(",")]
+    rows = [measure(a.bin, work, int(s), a.blobs_per_pack) for s in a.sizes.split(",")]
     Path(a.out or work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(table(rows))
 

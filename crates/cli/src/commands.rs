@@ -304,7 +304,7 @@ pub fn human(n: u64) -> String {
 /// Benchmarks only: fill the repository with synthetic blobs (bench/index.py).
 pub async fn synth(g: &Global, a: SynthArgs) -> Result<u8> {
     let repo = open(g).await?;
-    let made = tresor_engine::synth::generate(&repo, a.blobs).await?;
+    let made = tresor_engine::synth::generate(&repo, a.blobs, a.blobs_per_pack).await?;
     println!("{}", serde_json::to_string(&made)?);
     Ok(0)
 }

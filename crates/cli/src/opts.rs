@@ -170,6 +170,9 @@ pub struct SynthArgs {
     /// How many 16-byte data blobs to write.
     #[arg(long)]
     pub blobs: u64,
+    /// Data blobs to a pack (the default 16 MiB packs of 1 MiB chunks hold about 16).
+    #[arg(long, default_value_t = tresor_engine::synth::BLOBS_PER_PACK)]
+    pub blobs_per_pack: usize,
 }
 
 #[derive(Args)]

@@ -14,8 +14,9 @@ use crate::{Id, Repository, Result, Snapshot};
 
 /// About what a backup of 1 MiB chunks puts in a 1 GiB pack... scaled to
 /// tiny blobs: the per-pack costs (interned pack ids) then count as they
-/// would in a real repository of this many blobs.
-const BLOBS_PER_PACK: usize = 1000;
+/// would in a real repository of this many blobs. The default 16 MiB packs
+/// hold about 16 such chunks: `blobs_per_pack` measures that too.
+pub const BLOBS_PER_PACK: usize = 1000;
 /// Packs per index file, as a backup checkpoints them.
 const PACKS_PER_INDEX: usize = 32;
 const BLOBS_PER_FILE: usize = 10;
@@ -35,6 +36,7 @@ pub struct Generated {
 struct Packer<'a> {
     repo: &'a Repository,
     kind: BlobKind,
+    per_pack: usize,
     writer: Option<PackWriter>,
     in_pack: usize,
     indexed: Vec<IndexedPack>,
@@ -43,8 +45,8 @@ struct Packer<'a> {
 }
 
 impl<'a> Packer<'a> {
-    fn new(repo: &'a Repository, kind: BlobKind) -> Packer<'a> {
-        Packer { repo, kind, writer: None, in_pack: 0, indexed: Vec::new(), packs: 0, index_files: 0 }
+    fn new(repo: &'a Repository, kind: BlobKind, per_pack: usize) -> Packer<'a> {
+        Packer { repo, kind, per_pack, writer: None, in_pack: 0, indexed: Vec::new(), packs: 0, index_files: 0 }
     }
 
     async fn put(&mut self, plain: &[u8]) -> Result<Id> {
@@ -54,7 +56,7 @@ impl<'a> Packer<'a> {
         let w = self.writer.get_or_insert_with(|| PackWriter::new(self.kind, target));
         w.add(crypto, id, plain.len(), 0, plain);
         self.in_pack += 1;
-        if self.in_pack >= BLOBS_PER_PACK || w.len() >= target {
+        if self.in_pack >= self.per_pack || w.len() >= target {
             self.seal().await?;
         }
         Ok(id)
@@ -96,17 +98,17 @@ async fn put_tree(trees: &mut Packer<'_>, nodes: Vec<Node>) -> Result<Id> {
     trees.put(&t.encode()).await
 }
 
-/// Write `blobs` distinct data blobs of 16 bytes into `repo`, and a snapshot
-/// tagged `synthetic` whose files (10 blobs each, 1000 to a directory)
-/// reference them all.
+/// Write `blobs` distinct data blobs of 16 bytes into `repo`, `per_pack` to
+/// a data pack, and a snapshot tagged `synthetic` whose files (10 blobs
+/// each, 1000 to a directory) reference them all.
 #[doc(hidden)]
-pub async fn generate(repo: &Repository, blobs: u64) -> Result<Generated> {
-    if blobs == 0 {
-        return Err(crate::Error::Invalid("a synthetic repository needs at least one blob".into()));
+pub async fn generate(repo: &Repository, blobs: u64, per_pack: usize) -> Result<Generated> {
+    if blobs == 0 || per_pack == 0 {
+        return Err(crate::Error::Invalid("a synthetic repository needs at least one blob, and at least one to a pack".into()));
     }
     // A different seed per run: a second generation adds new blobs.
     let seed = Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
-    let (mut data, mut trees) = (Packer::new(repo, BlobKind::Data), Packer::new(repo, BlobKind::Tree));
+    let (mut data, mut trees) = (Packer::new(repo, BlobKind::Data, per_pack), Packer::new(repo, BlobKind::Tree, BLOBS_PER_PACK));
     let (mut level, mut nodes, mut file) = (Vec::new(), Vec::new(), node(String::new(), NodeKind::File));
     let mut tree_count = 0u64;
     for n in 0..blobs {

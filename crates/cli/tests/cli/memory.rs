@@ -70,6 +70,10 @@ fn a_repository_past_the_memory_limit_is_refused_before_work() {
         env.fails(&["check", "--max-memory", "lots"], 1),
         "tresor: error: cannot read --max-memory (TRESOR_MAX_MEMORY) \"lots\" (bytes, e.g. 512M or 4G)\n"
     );
+    assert_eq!(
+        env.fails(&["synth", "--blobs", "10", "--blobs-per-pack", "0"], 1),
+        "tresor: error: a synthetic repository needs at least one blob, and at least one to a pack\n"
+    );
 }
 
 #[test]
