@@ -24,6 +24,7 @@ use tresor_controller::repos::{Handles, evidence_targets};
 use tresor_controller::standby::{FAILOVER, Failover, StandbyKind};
 use tresor_engine::Snapshot;
 use tresor_sources::PG_BASE;
+use tresor_sources::k8s_pod::PodSettings;
 use tresor_sources::pgwal::{self, ReplayPosition};
 
 use crate::commands::{open, print_json};
@@ -66,7 +67,8 @@ fn global_for(g: &Global, repo: &plan::Repository) -> Global {
 
 async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
     let c = chosen(&a.plan, &a.source)?;
-    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target.to_string_lossy()).await
+    let pod = c.source.pod.clone().unwrap_or_default();
+    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target.to_string_lossy(), &pod).await
 }
 
 /// The daemon's `standby` job: the source's URL and the standby say the
@@ -76,13 +78,13 @@ pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
     let target = r.to.as_deref().or(r.target.as_deref()).context("a standby job names its standby")?;
     let kind = StandbyKind::of(&source.url, Path::new(target)).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
-    refresh_one(g, &spec.name, kind, target).await
+    refresh_one(g, &spec.name, kind, target, &source.pod.clone().unwrap_or_default()).await
 }
 
-/// Make `source`'s standby at `target` current, and say so.
-async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &str) -> Result<u8> {
+/// Make `source`'s standby at `target` current, and say so (`pod`: how a claim's Job runs).
+async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &str, pod: &PodSettings) -> Result<u8> {
     if kind != StandbyKind::Postgres {
-        let r = copy::refresh(g, source, kind, target).await?;
+        let r = copy::refresh(g, source, kind, target, pod).await?;
         if g.json {
             print_json(
                 &json!({"source": source, "target": redact(target), "snapshot_id": r.snapshot.id, "current": r.current, "summary": r.summary}),
@@ -315,7 +317,7 @@ async fn record_failover(c: &Chosen, handles: &Handles, record: &Failover, done:
 /// snapshot, so the standby takes over current, recorded like a promotion.
 async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: Instant) -> Result<u8> {
     let (name, target) = (&c.source.name, c.standby.target.to_string_lossy());
-    let r = copy::refresh(g, name, c.kind, &target).await?;
+    let r = copy::refresh(g, name, c.kind, &target, &c.source.pod.clone().unwrap_or_default()).await?;
     let record = Failover {
         source: name.clone(),
         started,

@@ -357,7 +357,7 @@ pub struct SourceSpec {
     pub timeout: Option<Span>,
     #[serde(default)]
     pub verify: Verify,
-    /// How the Job of a `pvc://` source runs: user, groups, resources, node selector, tolerations.
+    /// How the Job of a `pvc://` source runs (and that of its claim standby): user, groups, resources, node selector, tolerations.
     pub pod: Option<tresor_sources::k8s_pod::PodSettings>,
     /// Which objects a `k8s://` source takes: namespaces, resources, a selector, cluster resources.
     pub scope: Option<tresor_sources::k8s::Filters>,

@@ -47,8 +47,9 @@ async fn newest(repo: &Repository, source: &str) -> Result<Snapshot> {
     newest.with_context(|| format!("the repository holds no snapshot of {source} to refresh its standby from"))
 }
 
-/// Make `source`'s standby at `target` hold its newest snapshot, unless it does.
-pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str) -> Result<Refreshed> {
+/// Make `source`'s standby at `target` hold its newest snapshot, unless it
+/// does (`pod`: how a claim's Job runs, the source's `pod:`).
+pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str, pod: &PodSettings) -> Result<Refreshed> {
     let repo = open(g).await?;
     let snapshot = newest(&repo, source).await?;
     let id = snapshot.id.to_string();
@@ -61,7 +62,7 @@ pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str) 
     record(&Held { refreshing: Some(id.clone()), ..was })?;
     let summary = match kind {
         StandbyKind::Directory => into_directory(repo, &snapshot, path).await?,
-        StandbyKind::Claim => into_claim(source, &snapshot, target).await?,
+        StandbyKind::Claim => into_claim(source, &snapshot, target, pod).await?,
         StandbyKind::Redis => into_redis(&repo, &snapshot, target).await?,
         StandbyKind::Postgres => bail!("a PostgreSQL standby is made, not refreshed from a snapshot"),
     };
@@ -98,8 +99,10 @@ async fn into_directory(repo: Arc<Repository>, snap: &Snapshot, target: &Path) -
 const CLAIM_WAIT: Duration = Duration::from_secs(6 * 3600);
 
 /// Restore `snap` into the claim `to` names through a Job in its namespace
-/// (named after the claim and the snapshot), and wait for it.
-async fn into_claim(source: &str, snap: &Snapshot, to: &str) -> Result<Value> {
+/// (named after the claim and the snapshot), and wait for it. The Job runs
+/// as the source's backup Jobs do: the files it writes are the user's they
+/// back up.
+async fn into_claim(source: &str, snap: &Snapshot, to: &str, pod: &PodSettings) -> Result<Value> {
     let c = StandbyClaim::parse(to).map_err(anyhow::Error::msg)?;
     let what = folder(snap).map_or_else(|| snap.id.to_string(), |p| format!("{}:{p}", snap.id));
     let v = VolumeJob {
@@ -108,7 +111,7 @@ async fn into_claim(source: &str, snap: &Snapshot, to: &str) -> Result<Value> {
         csi_snapshot_class: None,
         wait: Some(CLAIM_WAIT),
         tags: Vec::new(),
-        pod: PodSettings::default(),
+        pod: pod.clone(),
         // Its own label: a backup Job of the same source is no refresh to adopt.
         source: format!("{source}.standby"),
         run: snap.id.short(),

@@ -580,8 +580,11 @@ fn claim_standby(target: &str) -> (Env, Cluster, PathBuf, PathBuf) {
 const SPARE: &str = "pvc://shop/spare?secret=repo-creds";
 
 #[test]
-fn a_claim_standby_is_refreshed_by_a_job_in_its_namespace_adopted_when_killed_and_failed_over() {
+fn a_claim_standby_is_refreshed_by_a_job_in_its_namespace_and_adopted_when_killed() {
     let (env, c, plan, src) = claim_standby(SPARE);
+    // A pvc:// source with pod settings: its standby's Job runs as its backups do.
+    let pvc = "    url: pvc://shop/data?secret=repo-creds\n    pod: {run_as_user: 999, fs_group: 999}\n";
+    fs::write(&plan, fs::read_to_string(&plan).unwrap().replace(&format!("    url: {}\n", src.display()), pvc)).unwrap();
     let plan_arg = plan.to_str().unwrap();
     let first = back_up(&env, &src, &[("a.txt", b"alpha".to_vec())]);
     let job = format!("tresor-standby-spare-{}", &first[..8]);
@@ -607,7 +610,7 @@ fn a_claim_standby_is_refreshed_by_a_job_in_its_namespace_adopted_when_killed_an
     assert_eq!(
         (&spec["securityContext"], &spec["containers"][0]["securityContext"]),
         (
-            &json!({"runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}),
+            &json!({"runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}}),
             &json!({"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}})
         ),
         "`shop` enforces restricted: that the job controller made its pod is admission's yes"
@@ -640,18 +643,32 @@ fn a_claim_standby_is_refreshed_by_a_job_in_its_namespace_adopted_when_killed_an
     let again = env.ok(&refresh);
     assert_eq!(again, format!("the standby of files in {SPARE} holds the newest snapshot {} already\n", &first[..8]));
     assert!(names(&c, "jobs").is_empty());
+}
 
-    // Failover: a last refresh to the newest snapshot, recorded.
+#[test]
+fn a_claim_failover_removes_the_job_of_an_older_snapshot_refreshes_to_the_newest_and_is_recorded() {
+    let (env, c, plan, src) = claim_standby(SPARE);
+    let plan_arg = plan.to_str().unwrap();
+    let first = back_up(&env, &src, &[("a.txt", b"alpha".to_vec())]);
+    let mut killed = Running::start(&env, &c, &["standby", "refresh", "files", "--plan", plan_arg]);
+    let stale = format!("tresor-standby-spare-{}", &first[..8]);
+    pod_of(&c, &stale);
+    unsafe { libc::kill(killed.0.id() as i32, libc::SIGKILL) };
+    killed.0.wait().unwrap();
+
+    // A newer snapshot: the unfinished Job would write the older one over it, so it goes.
     let second = back_up(&env, &src, &[("a.txt", b"alpha, changed".to_vec())]);
-    assert_eq!(status(&env, &plan)["waiting_snapshots"], 1);
+    assert_eq!(status(&env, &plan)["waiting_snapshots"], 2);
     let failover = Running::start(&env, &c, &["failover", "files", "--plan", plan_arg, "--json"]);
     let job = format!("tresor-standby-spare-{}", &second[..8]);
-    pod_ends(&c, &pod_of(&c, &job), "Succeeded");
+    let pod = pod_of(&c, &job);
+    assert_eq!(names(&c, "jobs"), [format!("job.batch/{job}")], "the older snapshot's Job is gone");
+    pod_ends(&c, &pod, "Succeeded");
     let (code, stdout, stderr) = failover.end();
     assert_eq!(code, Some(0), "{stderr}");
     let f: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!((&f["source"], &f["snapshot"], &f["forced"]), (&"files".into(), &second.as_str().into(), &false.into()), "{f}");
-    assert!(names(&c, "jobs").is_empty());
+    assert!(names(&c, "jobs").is_empty() && names(&c, "pods").is_empty(), "both Jobs removed, with their pods");
     let s = status(&env, &plan);
     assert_eq!((&s["snapshot"], s["waiting_snapshots"].as_u64()), (&second.as_str().into(), Some(0)), "{s}");
     assert_eq!(s["failovers"], json!([f]), "the evidence log holds the entry as printed");
