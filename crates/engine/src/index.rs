@@ -174,13 +174,13 @@ impl IndexBuilder {
     pub fn finish(self, without: &IdSet) -> (Index, Vec<FileSummary>) {
         let IndexBuilder { mut index, files } = self;
         let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
-        let nums: crate::IdMap<usize> = index.packs().enumerate().map(|(n, (p, _))| (p, n)).collect();
-        let mut keep = vec![false; nums.len()];
-        let mut entries = vec![0u32; nums.len()];
+        let mut keep = vec![false; index.pack_count()];
+        let mut entries = vec![0u32; index.pack_count()];
         for f in files.iter().filter(|f| !superseded.contains(&f.id)) {
             for (p, n) in f.packs.iter().filter(|(p, _)| !without.contains(p)) {
-                keep[nums[p]] = true;
-                entries[nums[p]] += n;
+                let num = index.pack_num(p).expect("every listed pack was added") as usize;
+                keep[num] = true;
+                entries[num] += n;
             }
         }
         index.retain_packs(&keep, &entries);

@@ -9,8 +9,11 @@
 
 use std::borrow::Borrow;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use crate::Id;
-use crate::id::IdMap;
+use crate::id::{IdBuildHasher, IdMap};
 use crate::pack::{BlobKind, PackEntry};
 
 /// The part of a blob id the index keys by.
@@ -54,7 +57,12 @@ pub struct Index {
     pack_sizes: Vec<u64>,
     /// Entries each pack holds, duplicates of blobs stored elsewhere included.
     pack_entries: Vec<u32>,
-    pack_nums: IdMap<u32>,
+    /// Pack numbers by the first 8 bytes of the pack id: 16 bytes a bucket
+    /// where the full id took 36, more than a byte a blob at the 16 blobs a
+    /// default pack holds. A pack whose first 8 bytes another pack has
+    /// already (random ids: about never) is in `pack_nums_full`.
+    pack_nums: HashMap<u64, u32, IdBuildHasher>,
+    pack_nums_full: IdMap<u32>,
     slots: Vec<Slot>,
     /// Slots `..sorted` are sorted by key and unique.
     sorted: usize,
@@ -62,12 +70,17 @@ pub struct Index {
 
 impl Index {
     pub fn add_pack<E: Borrow<PackEntry>>(&mut self, pack: Id, size: u64, entries: impl IntoIterator<Item = E>) {
-        let num = *self.pack_nums.entry(pack).or_insert_with(|| {
-            self.packs.push(pack);
-            self.pack_sizes.push(size);
-            self.pack_entries.push(0);
-            (self.packs.len() - 1) as u32
-        });
+        let num = match self.pack_num(&pack) {
+            Some(n) => n,
+            None => {
+                self.packs.push(pack);
+                self.pack_sizes.push(size);
+                self.pack_entries.push(0);
+                let n = (self.packs.len() - 1) as u32;
+                self.number(pack, n);
+                n
+            }
+        };
         let before = self.slots.len();
         self.slots.extend(entries.into_iter().map(|e| {
             let e = e.borrow();
@@ -143,12 +156,23 @@ impl Index {
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
-        self.pack_nums.contains_key(id)
+        self.pack_num(id).is_some()
     }
 
     /// A pack's number: its place in [`Index::packs`].
     pub fn pack_num(&self, id: &Id) -> Option<u32> {
-        self.pack_nums.get(id).copied()
+        match self.pack_nums.get(&pack_prefix(id)) {
+            Some(&n) if self.packs[n as usize] == *id => Some(n),
+            Some(_) => self.pack_nums_full.get(id).copied(),
+            None => None,
+        }
+    }
+
+    fn number(&mut self, pack: Id, n: u32) {
+        match self.pack_nums.entry(pack_prefix(&pack)) {
+            Entry::Vacant(e) => _ = e.insert(n),
+            Entry::Occupied(_) => _ = self.pack_nums_full.insert(pack, n),
+        }
     }
 
     pub fn pack_count(&self) -> usize {
@@ -201,7 +225,11 @@ impl Index {
         self.packs.truncate(next);
         self.pack_sizes.truncate(next);
         self.pack_entries.truncate(next);
-        self.pack_nums = self.packs.iter().enumerate().map(|(n, p)| (*p, n as u32)).collect();
+        self.pack_nums = HashMap::with_capacity_and_hasher(next, IdBuildHasher);
+        self.pack_nums_full = IdMap::default();
+        for n in 0..next {
+            self.number(self.packs[n], n as u32);
+        }
         let sorted = self.sorted;
         let mut kept_sorted = 0;
         let mut i = 0;
@@ -215,6 +243,10 @@ impl Index {
         });
         self.sorted = kept_sorted;
     }
+}
+
+fn pack_prefix(id: &Id) -> u64 {
+    u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -297,6 +329,29 @@ mod tests {
             usage.iter().map(|u| (u.entries, u.used_blobs, u.used_bytes)).collect::<Vec<_>>(),
             vec![(1, 1, 10), (2, 0, 0), (1, 0, 0)]
         );
+    }
+
+    /// Packs whose ids share their first 8 bytes keep their own numbers,
+    /// before and after the numbers close up.
+    #[test]
+    fn packs_sharing_a_prefix_stay_apart() {
+        let mut idx = Index::default();
+        let pack = |tail: u8| {
+            let mut p = [7u8; 32];
+            p[31] = tail;
+            Id(p)
+        };
+        idx.add_pack(pack(1), 10, [entry(id(1, 0), 1)]);
+        idx.add_pack(pack(2), 20, [entry(id(2, 0), 2)]);
+        idx.add_pack(pack(3), 30, [entry(id(3, 0), 3)]);
+        idx.add_pack(pack(2), 20, [entry(id(4, 0), 4)]);
+        assert_eq!((idx.pack_num(&pack(1)), idx.pack_num(&pack(2)), idx.pack_num(&pack(3))), (Some(0), Some(1), Some(2)));
+        assert_eq!(idx.pack_num(&pack(4)), None);
+        idx.retain_packs(&[false, true, true], &[0, 2, 1]);
+        idx.seal();
+        assert_eq!((idx.pack_num(&pack(1)), idx.pack_num(&pack(2)), idx.pack_num(&pack(3))), (None, Some(0), Some(1)));
+        assert_eq!(idx.pack_of(&id(4, 0)), Some(pack(2)));
+        assert_eq!(idx.pack_of(&id(3, 0)), Some(pack(3)));
     }
 
     #[test]
