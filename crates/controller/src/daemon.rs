@@ -544,8 +544,11 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         body["drills"] = outcome.summary.clone().unwrap_or_default();
     }
     if let (Kind::Rehearsal, Some(protocol)) = (w.kind, &outcome.summary) {
-        // The plan's protocol, in every primary's log (never the off-site copy's, which `copy` fills).
-        let e = shared.repos.record(&shared.plan(), crate::model::REHEARSAL, protocol.clone()).await;
+        // The plan's protocol, in every primary's log (never the off-site copy's, which `copy` fills),
+        // with the job that ran it, for a state rebuilt from the logs.
+        let mut entry = protocol.clone();
+        entry["job"] = body;
+        let e = shared.repos.record(&shared.plan(), crate::model::REHEARSAL, entry).await;
         for n in e.not_recorded {
             tracing::warn!("the rehearsal's protocol is not in the evidence log of {}: {}", n.repository, n.reason);
         }

@@ -145,8 +145,9 @@ impl Handles {
     }
 
     /// Fill an empty state from the repositories' evidence logs: every job
-    /// (each once, whichever copy of the log it is read from) and the drill
-    /// protocols inside drill jobs; how many of each.
+    /// (each once, whichever copy of the log it is read from, the daemon's
+    /// rehearsals among them) and the drill protocols inside drill jobs; how
+    /// many of each.
     pub async fn rebuild(&self, plan: &Plan, state: &State) -> Result<(usize, usize), String> {
         let (mut jobs, mut drills) = (0, 0);
         // The same audit entry read from two copies of a log is one.
@@ -159,15 +160,18 @@ impl Handles {
                         serde_json::from_value(e.body.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
                     state.audit(&entry).map_err(|err| err.to_string())?;
                 }
-                if e.kind != "job" {
-                    continue;
-                }
-                let job: Job = serde_json::from_value(e.body.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
+                // A rehearsal the daemon ran carries its job; one run by hand has none.
+                let body = match e.kind.as_str() {
+                    "job" => &e.body,
+                    crate::model::REHEARSAL if e.body.get("job").is_some() => &e.body["job"],
+                    _ => continue,
+                };
+                let job: Job = serde_json::from_value(body.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
                 if !state.import_job(&job).map_err(|err| err.to_string())? {
                     continue;
                 }
                 jobs += 1;
-                for d in e.body["drills"].as_array().into_iter().flatten() {
+                for d in body["drills"].as_array().into_iter().flatten() {
                     let report: crate::model::DrillReport =
                         serde_json::from_value(d.clone()).map_err(|err| format!("evidence entry {}: {err}", e.seq))?;
                     state.record_drill(&report).map_err(|err| err.to_string())?;

@@ -711,6 +711,16 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
     assert!(page.contains("<h2>Cold-start rehearsals</h2>") && page.contains("<td>BT-DR-01</td><td>2026-12-01 05:00</td>"), "{page}");
     drop(d);
 
+    // The state lost: a new daemon has the rehearsal's job back from the evidence.
+    for f in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = fs::remove_file(site.env.path(f));
+    }
+    let d = start_daemon(&site.env, &site.plan, Some(&clock));
+    let jobs = wait_jobs(&d, "the rebuilt history", |j| count(j, "platform", "rehearsal", "succeeded") >= 1);
+    let back = jobs.iter().find(|j| j["kind"] == "rehearsal" && j["started_at"] == job["started_at"]);
+    assert_eq!(back.map(|j| (&j["trigger"], &j["ended_at"])), Some((&job["trigger"], &job["ended_at"])), "{jobs:?}");
+    drop(d);
+
     let (entries, problems) = site.chain(false);
     assert_eq!(problems, 0, "{entries} entries");
     let json: serde_json::Value = serde_json::from_str(&site.report("json")).unwrap();
