@@ -17,7 +17,8 @@ directory that recovers to that moment and the server is started on it until
 `pg_is_in_recovery()` answers f: `tar -x` with `restore_command = 'cp ARCHIVE/%f
 %p'` against `tresor pg restore --time T`. Every restored cluster must hold
 exactly the rows committed before the target. Prints one Markdown row per
-SEGMENTS value.
+SEGMENTS value, and on stderr each restore's two phases (base backup
+restored; recovery replayed until promoted) and the prefetcher's report.
 """
 
 import os
@@ -128,6 +129,8 @@ def measure(segments):
     d_restore, t_restore = direct_unpack + direct_replay, tresor_unpack + tresor_replay
     print(f"| {segments} | {direct_backup:.2f} / {tresor_backup:.2f} | {d_restore:.2f} / {t_restore:.2f} | "
           f"{t_restore / d_restore:.2f}× | {direct_total:.2f} / {tresor_total:.2f} | {tresor_total / direct_total:.2f}× |", flush=True)
+    print(f"{segments} segments: base restore (s) direct / tresor {direct_unpack:.2f} / {tresor_unpack:.2f}, "
+          f"replay until promoted {direct_replay:.2f} / {tresor_replay:.2f}", file=sys.stderr, flush=True)
     print(report.replace("\n", " "), file=sys.stderr, flush=True)
     shutil.rmtree(WORK, ignore_errors=True)
 

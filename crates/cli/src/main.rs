@@ -39,8 +39,16 @@ pub const EXIT_NO_REPOSITORY: u8 = 10;
 pub const EXIT_WRONG_PASSWORD: u8 = 12;
 
 fn main() -> ExitCode {
+    // PostgreSQL starts a restore_command per WAL file: one the spool
+    // answers starts nothing else (crate::pgspool).
+    if let Some(code) = pgspool::serve_restore_command(&std::env::args_os().collect::<Vec<_>>()) {
+        return ExitCode::from(code);
+    }
     tune_malloc();
     let cli = Cli::parse();
+    if let Command::Pg(opts::PgCmd { command: opts::PgCommand::WalPrefetch { .. } }) = &cli.command {
+        pgspool::keep_buffers();
+    }
     // Libraries that log their own failures (kube's client) stay quiet: tresor's one-line error says it.
     let filter = if cli.global.verbose { "info" } else { "warn,kube_client=off" };
     tracing_subscriber::fmt()

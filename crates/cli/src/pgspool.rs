@@ -39,7 +39,8 @@ const PID: &str = ".pid";
 const PROGRESS: &str = ".progress";
 const SERVED: &str = ".served";
 const FALLBACK: &str = ".fallback";
-/// A segment handed out, kept (the newest `KEPT`) for a second request.
+/// A segment handed out and kept for a second request: only the last
+/// `KEPT` planned ones.
 const SERVED_COPY: &str = ".served-";
 const KEPT: usize = 2;
 /// The prefetcher's account of a recovery, in the data directory.
@@ -47,8 +48,12 @@ pub const REPORT: &str = "tresor-prefetch.json";
 /// Fetches running at once: enough to hide a fetch's latency, few enough
 /// to leave the cores to PostgreSQL's replay.
 const PARALLEL: usize = 3;
-/// How often the prefetcher looks at the spool and the server.
-const POLL: Duration = Duration::from_millis(10);
+/// How often the prefetcher looks at the spool and the server: its window
+/// holds seconds of replay, so refilling late costs nothing.
+const POLL: Duration = Duration::from_millis(50);
+/// How often a restore_command waiting for a planned segment looks again:
+/// replay stands still meanwhile.
+const WAIT: Duration = Duration::from_millis(2);
 /// A prefetcher whose server never starts gives up after this.
 const NO_SERVER: Duration = Duration::from_secs(600);
 
@@ -141,6 +146,7 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
 }
 
 /// How restore_command's request was answered from the spool.
+#[derive(Debug, PartialEq)]
 pub enum Take {
     /// Moved out of the spool into place.
     Served,
@@ -150,6 +156,9 @@ pub enum Take {
     Fetch { record: bool },
     /// No prefetcher runs here: fetch as without one.
     NoPrefetcher,
+    /// The prefetcher died without removing its spool: fetch from the
+    /// repository, uncounted.
+    Orphaned,
 }
 
 fn alive(pid: u32) -> bool {
@@ -165,6 +174,17 @@ fn read_number(path: &Path) -> Option<usize> {
 /// Answer a restore_command for `wal` from the spool: at once if it is
 /// there; if it is planned and not yet fetched, once the prefetcher has it.
 pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
+    let took = lookup(pgdata, wal, dest)?;
+    if took == Take::Orphaned {
+        // A prefetcher killed outright leaves its spool; the first fetch
+        // after it removes it, and later ones find no prefetcher.
+        let _ = std::fs::remove_dir_all(spool(pgdata));
+    }
+    Ok(took)
+}
+
+/// `take` without touching a dead prefetcher's spool.
+fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
     let dir = spool(pgdata);
     let Some(pid) = read_number(&dir.join(PID)) else {
         return Ok(Take::NoPrefetcher);
@@ -174,16 +194,20 @@ pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
         None => return Ok(Take::NoPrefetcher),
     };
     let index = plan.segments.iter().position(|s| *s == wal.name);
+    // PostgreSQL asks for the segment where recovery stops a second time
+    // when it ends recovery: the last planned segments are copied out and
+    // kept for that. Every other one is moved (no 16 MiB copy); asked for
+    // again (after a restart), it comes from the repository.
+    let last = index.is_some_and(|i| i + KEPT >= plan.segments.len());
     let file = dir.join(&wal.name);
     let kept = dir.join(format!("{SERVED_COPY}{}", wal.name));
     loop {
-        // A segment handed out before is asked for again at the end of
-        // recovery: its kept copy answers.
-        if kept.exists() && std::fs::copy(&kept, dest).is_ok() {
-            note(&dir, SERVED, &wal.name);
-            return Ok(Take::Served);
-        }
-        if std::fs::rename(&file, &kept).is_ok() && std::fs::copy(&kept, dest).is_ok() {
+        let served = if last {
+            (kept.exists() || std::fs::rename(&file, &kept).is_ok()) && std::fs::copy(&kept, dest).is_ok()
+        } else {
+            std::fs::rename(&file, dest).is_ok()
+        };
+        if served {
             note(&dir, SERVED, &wal.name);
             return Ok(Take::Served);
         }
@@ -191,15 +215,44 @@ pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
         if !waiting {
             break;
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(WAIT);
     }
     if !alive(pid as u32) {
-        // A prefetcher killed outright leaves its spool; the first fetch
-        // after it removes it, and later ones find no prefetcher.
-        let _ = std::fs::remove_dir_all(&dir);
-        return Ok(Take::Fetch { record: false });
+        return Ok(Take::Orphaned);
     }
     Ok(if plan.lacks(wal) { Take::Absent } else { Take::Fetch { record: true } })
+}
+
+/// Global options `pg restore` writes into the restore_command before
+/// `pg wal-fetch` (crate::pg's restore_command), with a value and without.
+const WITH_VALUE: [&str; 4] = ["--repo", "-r", "--password-file", "--cache-dir"];
+const FLAGS: [&str; 3] = ["--no-cache", "--quiet", "-q"];
+
+/// restore_command's quick answer, before the command line parser, the
+/// logger and the runtime start: a run shaped as `pg restore` writes it
+/// (`… pg wal-fetch %f %p`, in the data directory) whose file the spool
+/// holds, or that the plan knows is not archived. Anything else (`None`)
+/// goes the ordinary way.
+pub fn serve_restore_command(args: &[std::ffi::OsString]) -> Option<u8> {
+    let args: Vec<&str> = args.iter().skip(1).map(|a| a.to_str()).collect::<Option<_>>()?;
+    let [globals @ .., "pg", "wal-fetch", file, dest] = args.as_slice() else {
+        return None;
+    };
+    let mut rest = globals.iter();
+    while let Some(arg) = rest.next() {
+        match *arg {
+            a if WITH_VALUE.contains(&a) => rest.next()?,
+            a if FLAGS.contains(&a) => a,
+            _ => return None,
+        };
+    }
+    let wal = WalFile::parse(file)?;
+    let pgdata = std::env::current_dir().ok()?;
+    match lookup(&pgdata, &wal, Path::new(dest)).ok()? {
+        Take::Served => Some(0),
+        Take::Absent => Some(crate::pgwal::not_archived(&wal)),
+        Take::Fetch { .. } | Take::NoPrefetcher | Take::Orphaned => None,
+    }
 }
 
 /// One line for the prefetcher's account (appends of one short line do
@@ -252,19 +305,16 @@ fn spooled(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
 }
 
-/// Remove the kept copies of handed-out segments but the newest `KEPT`.
-fn drop_old_copies(dir: &Path, plan: &[String]) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut kept: Vec<(usize, PathBuf)> = entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let name = e.file_name().to_string_lossy().strip_prefix(SERVED_COPY)?.to_string();
-            Some((plan.iter().position(|p| *p == name)?, e.path()))
-        })
-        .collect();
-    kept.sort();
-    for (_, path) in kept.iter().rev().skip(KEPT) {
-        let _ = std::fs::remove_file(path);
+/// The prefetcher frees and allocates 16 MiB of blob buffers per segment
+/// all its life: kept in the heap rather than mapped afresh each time (as
+/// main's tune_malloc has it for the other commands), they cost no page
+/// faults, which were a quarter of its CPU time. Called before any thread
+/// starts.
+pub fn keep_buffers() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
     }
 }
 
@@ -315,7 +365,6 @@ async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<
         if let Some(why) = watch.ended(pgdata) {
             break why;
         }
-        drop_old_copies(&dir, &plan.segments);
         let held = spooled(&dir);
         while next < plan.segments.len() && held + running.len() < plan.window && running.len() < PARALLEL {
             let name = plan.segments[next].clone();

@@ -157,6 +157,7 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
         crate::pgspool::Take::Served => return Ok(0),
         crate::pgspool::Take::Absent => return Ok(not_archived(&wal)),
         crate::pgspool::Take::Fetch { record } => (record, 0),
+        crate::pgspool::Take::Orphaned => (false, 0),
         crate::pgspool::Take::NoPrefetcher => (false, a.prefetch),
     };
     let spooled = spool.join(&wal.name);
@@ -188,7 +189,7 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn not_archived(wal: &WalFile) -> u8 {
+pub(crate) fn not_archived(wal: &WalFile) -> u8 {
     eprintln!("tresor: {} is not in the archive", wal.name);
     1
 }

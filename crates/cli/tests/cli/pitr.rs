@@ -284,4 +284,29 @@ fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missi
         (&planned.into(), &serde_json::json!([start]), &2.into()),
         "{report}"
     );
+    drop(at);
+
+    // A segment is moved out of the spool, not copied: asked for again
+    // (as after a restart), it comes from the repository, the same bytes.
+    let dir = restore_dir(&env);
+    let data = dir.path().join("data");
+    env.json(&restore_args(&data, &["--time", &between]));
+    let first = data.join("pg_wal/tresor-prefetch").join(&start);
+    wait_until("the first segment in the spool", || first.exists());
+    let spooled = fs::read(&first).unwrap();
+    for copy in ["once", "twice"] {
+        let out = env.cmd(&["pg", "wal-fetch", &start, &format!("pg_wal/{copy}")]).current_dir(&data).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(fs::read(data.join("pg_wal").join(copy)).unwrap() == spooled, "{copy}: the segment as prefetched");
+        fs::remove_file(data.join("pg_wal").join(copy)).unwrap();
+        assert!(!first.exists(), "moved out of the spool");
+    }
+    let at = start_restored(dir);
+    assert_eq!(count(&at), "2000");
+    let report = prefetch_report(&at);
+    assert_eq!(
+        (&report["served_from_spool"], &report["fallback_files"]),
+        (&(planned + 1).into(), &serde_json::json!([start, start])),
+        "ours and PostgreSQL's second asking for the first segment fetched from the repository: {report}"
+    );
 }
