@@ -6,9 +6,9 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -64,7 +64,10 @@ impl fmt::Debug for MasterKey {
 }
 
 enum Cipher {
-    Aes(Box<Aes256Gcm>),
+    /// ring's AES-GCM (BoringSSL's assembly): restore and backup move
+    /// gigabytes through it, and the pure-Rust GHASH took a fifth of their
+    /// CPU. Same standard AES-256-GCM, so the format is unchanged.
+    Aes(Box<LessSafeKey>),
     XChaCha(Box<XChaCha20Poly1305>),
 }
 
@@ -91,7 +94,7 @@ impl Crypto {
     pub fn new(master: &MasterKey, aead: Aead) -> Crypto {
         let enc = master.derive("tresor v1 2024 object encryption");
         let cipher = match aead {
-            Aead::Aes256Gcm => Cipher::Aes(Box::new(Aes256Gcm::new_from_slice(&enc[..]).expect("32-byte key"))),
+            Aead::Aes256Gcm => Cipher::Aes(Box::new(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &enc[..]).expect("32-byte key")))),
             Aead::Xchacha20Poly1305 => Cipher::XChaCha(Box::new(XChaCha20Poly1305::new_from_slice(&enc[..]).expect("32-byte key"))),
         };
         Crypto {
@@ -130,11 +133,16 @@ impl Crypto {
         out.extend_from_slice(plaintext);
         let (head, body) = out.split_at_mut(start + nlen);
         let nonce = &head[start..];
-        let tag = match &self.cipher {
-            Cipher::Aes(c) => c.encrypt_in_place_detached(Nonce::from_slice(nonce), ad, body),
-            Cipher::XChaCha(c) => c.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, body),
-        }
-        .expect("plaintext within AEAD limits");
+        let tag: [u8; TAG_LEN] = match &self.cipher {
+            Cipher::Aes(c) => {
+                let nonce = Nonce::try_assume_unique_for_key(nonce).expect("12-byte nonce");
+                let tag = c.seal_in_place_separate_tag(nonce, Aad::from(ad), body).expect("plaintext within AEAD limits");
+                tag.as_ref().try_into().expect("16-byte tag")
+            }
+            Cipher::XChaCha(c) => {
+                c.encrypt_in_place_detached(XNonce::from_slice(nonce), ad, body).expect("plaintext within AEAD limits").into()
+            }
+        };
         out.extend_from_slice(&tag);
     }
 
@@ -162,12 +170,16 @@ impl Crypto {
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
         out.clear();
         out.extend_from_slice(ct);
-        let tag = aes_gcm::Tag::from_slice(tag);
         match &self.cipher {
-            Cipher::Aes(c) => c.decrypt_in_place_detached(Nonce::from_slice(nonce), ad, out, tag),
-            Cipher::XChaCha(c) => c.decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, tag),
+            Cipher::Aes(c) => {
+                let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthError)?;
+                let tag = Tag::try_from(tag).map_err(|_| AuthError)?;
+                c.open_in_place_separate_tag(nonce, Aad::from(ad), tag, out, 0..).map(|_| ()).map_err(|_| AuthError)
+            }
+            Cipher::XChaCha(c) => c
+                .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, chacha20poly1305::Tag::from_slice(tag))
+                .map_err(|_| AuthError),
         }
-        .map_err(|_| AuthError)
     }
 }
 
@@ -241,6 +253,26 @@ mod tests {
             assert!(c.open(b"ad", &bad).is_err());
             assert!(c.open(b"ad", &sealed[..3]).is_err());
         }
+    }
+
+    /// ring seals what the pure-Rust aes-gcm crate (the implementation
+    /// repositories were written with before) opens, and the other way round.
+    #[test]
+    fn aes_gcm_agrees_with_the_reference_implementation() {
+        use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+        let master = MasterKey::generate();
+        let c = Crypto::new(&master, Aead::Aes256Gcm);
+        let reference = aes_gcm::Aes256Gcm::new_from_slice(&master.derive("tresor v1 2024 object encryption")[..]).unwrap();
+        let plain: Vec<u8> = (0..100_003u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let sealed = c.seal(b"ad", &plain);
+        let (nonce, body) = sealed.split_at(12);
+        let opened = reference.decrypt(aes_gcm::Nonce::from_slice(nonce), Payload { msg: body, aad: b"ad" }).unwrap();
+        assert_eq!(opened, plain);
+        let mut theirs = nonce.to_vec();
+        theirs.extend(reference.encrypt(aes_gcm::Nonce::from_slice(nonce), Payload { msg: &plain[..], aad: b"ad" }).unwrap());
+        assert_eq!(theirs, sealed, "same key, nonce and input: same bytes");
+        assert_eq!(c.open(b"ad", &theirs).unwrap(), plain);
+        assert!(c.open(b"other", &theirs).is_err());
     }
 
     #[test]

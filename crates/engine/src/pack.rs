@@ -130,7 +130,13 @@ pub struct SealedPack {
 
 impl PackWriter {
     pub fn new(kind: BlobKind, capacity: usize) -> PackWriter {
-        PackWriter { id: Id::random(), kind, buf: Vec::with_capacity(capacity), drained: 0, entries: Vec::new() }
+        PackWriter::with_buffer(kind, Vec::with_capacity(capacity))
+    }
+
+    /// A pack filled into `buf` (cleared first), a buffer the caller recycles.
+    pub fn with_buffer(kind: BlobKind, mut buf: Vec<u8>) -> PackWriter {
+        buf.clear();
+        PackWriter { id: Id::random(), kind, buf, drained: 0, entries: Vec::new() }
     }
 
     /// Length of the pack so far, drained bytes included.
@@ -143,11 +149,13 @@ impl PackWriter {
         self.buf.len()
     }
 
-    /// Hand over the buffered bytes, e.g. to a storage writer.
-    pub fn drain(&mut self) -> Vec<u8> {
+    /// Hand over the buffered bytes, e.g. to a storage writer; `next` (a
+    /// buffer the caller recycles, cleared here) takes their place, so a
+    /// streamed pack does not fault in fresh pages for every piece.
+    pub fn drain_into(&mut self, mut next: Vec<u8>) -> Vec<u8> {
+        next.clear();
         self.drained += self.buf.len();
-        let fresh = Vec::with_capacity(self.buf.capacity());
-        std::mem::replace(&mut self.buf, fresh)
+        std::mem::replace(&mut self.buf, next)
     }
 
     pub fn is_empty(&self) -> bool {

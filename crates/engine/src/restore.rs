@@ -339,6 +339,13 @@ fn create(
     Ok(())
 }
 
+/// Whether `data` is all zeros, compared against a zero page with `memcmp`
+/// (vectorised), not byte by byte: restore checks every byte it writes.
+fn is_zeros(data: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 thread_local! {
     /// Buffers reused across blobs: plaintext, compressed form, glued blob.
     static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
@@ -415,7 +422,7 @@ impl Writer {
                 }
             }
             let plain: &[u8] = plain;
-            let zeros = plain.iter().all(|&b| b == 0);
+            let zeros = is_zeros(plain);
             for (fi, offset) in targets {
                 let f = &self.files[fi];
                 if let Err(e) = self.write_blob(f, offset, plain, zeros) {
@@ -447,7 +454,7 @@ impl Writer {
         // its full size, so they read back as zeros and stay holes on disk.
         const BLOCK: usize = 64 * 1024;
         for (i, block) in data.chunks(BLOCK).enumerate() {
-            if !block.iter().all(|&b| b == 0) {
+            if !is_zeros(block) {
                 file.write_all_at(block, offset + (i * BLOCK) as u64)?;
             }
         }

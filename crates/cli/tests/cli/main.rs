@@ -28,6 +28,7 @@ mod image;
 mod jobs;
 mod k8s;
 mod key_slots;
+mod large_files;
 mod memory;
 mod pitr;
 mod prune;

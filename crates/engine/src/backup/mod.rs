@@ -31,6 +31,7 @@ use crate::tree::{Node, Tree};
 use crate::walk::PathFilter;
 use crate::{Error, Id, IdSet, Repository, Result};
 
+mod pipeline;
 mod virtual_input;
 mod walker;
 
@@ -160,6 +161,11 @@ struct ThreadCtx {
     compressor: Compressor,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
+    /// A pack piece's buffer back from storage, for the next piece.
+    spare: Vec<u8>,
+    /// The packer thread's context for large files (`pipeline.rs`), kept
+    /// between files so its open pack fills across them.
+    packer: Option<Box<ThreadCtx>>,
 }
 
 enum Parent {
@@ -235,7 +241,9 @@ impl Shared {
 
     fn add_data_blob(&self, ctx: &mut ThreadCtx, id: Id, raw: usize, flags: u8, payload: &[u8]) -> Result<PackEntry> {
         if ctx.data.is_none() {
-            let pack = PackWriter::new(BlobKind::Data, STREAM_PIECE + (1 << 20));
+            let mut buf = std::mem::take(&mut ctx.spare);
+            buf.reserve(STREAM_PIECE + (1 << 20));
+            let pack = PackWriter::with_buffer(BlobKind::Data, buf);
             let sink = self.rt.block_on(self.repo.pack_writer(&pack.id))?;
             ctx.data = Some(OpenPack { pack, sink });
         }
@@ -243,12 +251,10 @@ impl Shared {
         let entry = open.pack.add(self.repo.crypto(), id, raw, flags, payload);
         let result = if open.pack.len() >= self.repo.config().pack_size as usize {
             let open = ctx.data.take().expect("open");
-            self.close_data_pack(open)
+            self.close_data_pack(open).map(|spare| ctx.spare = spare)
         } else if open.pack.buffered() >= STREAM_PIECE {
-            let piece = open.pack.drain();
-            self.rt
-                .block_on(open.sink.write(piece))
-                .map_err(|source| Error::storage("write", crate::repo::pack_path(&open.pack.id), source))
+            let piece = open.pack.drain_into(std::mem::take(&mut ctx.spare));
+            self.write_piece(&mut open.sink, &open.pack.id, piece).map(|spare| ctx.spare = spare)
         } else {
             Ok(())
         };
@@ -261,15 +267,29 @@ impl Shared {
     }
 
     /// Write the rest and the trailer; the uploader closes the pack and only
-    /// then lets the index know it exists.
-    fn close_data_pack(&self, open: OpenPack) -> Result<()> {
+    /// then lets the index know it exists. The last piece's buffer comes back.
+    fn close_data_pack(&self, open: OpenPack) -> Result<Vec<u8>> {
         let OpenPack { pack, mut sink } = open;
         let sealed = pack.finish(self.repo.crypto());
-        if let Err(source) = self.rt.block_on(sink.write(sealed.bytes)) {
-            let _ = self.rt.block_on(sink.abort());
-            return Err(Error::storage("write", crate::repo::pack_path(&sealed.id), source));
-        }
-        self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))
+        let spare = match self.write_piece(&mut sink, &sealed.id, sealed.bytes) {
+            Ok(spare) => spare,
+            Err(e) => {
+                let _ = self.rt.block_on(sink.abort());
+                return Err(e);
+            }
+        };
+        self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))?;
+        Ok(spare)
+    }
+
+    /// Write one piece of a streamed pack and take its buffer back: once
+    /// `write` returns, a local writer has copied it out, so the buffer is
+    /// ours again (a backend that keeps it, buffering a multipart part,
+    /// leaves an empty one) and the next piece reuses its pages.
+    fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<Vec<u8>> {
+        let piece = bytes::Bytes::from(piece);
+        self.rt.block_on(sink.write(piece.clone())).map_err(|source| Error::storage("write", crate::repo::pack_path(pack), source))?;
+        Ok(piece.try_into_mut().map(Vec::from).unwrap_or_default())
     }
 
     fn send(&self, msg: PackMsg) -> Result<()> {
@@ -277,6 +297,9 @@ impl Shared {
     }
 
     fn flush(&self, ctx: &mut ThreadCtx) -> Result<()> {
+        if let Some(mut packer) = ctx.packer.take() {
+            self.flush(&mut packer)?;
+        }
         if let Some(open) = ctx.data.take() {
             self.close_data_pack(open)?;
         }
@@ -383,14 +406,20 @@ impl Shared {
 
     fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, size_hint: Option<u64>, node: &mut Node) -> Result<()> {
         let mut buf = std::mem::take(&mut ctx.buf);
-        let mut content = Vec::new();
-        let result = self.chunker.chunk_stream(reader, size_hint, &mut buf, |chunk: &[u8]| {
-            content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
-            self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
-            Ok::<_, Error>(())
-        });
+        let result = if size_hint.is_none_or(|s| s >= pipeline::PIPELINE_MIN) {
+            self.chunk_pipelined(ctx, reader, size_hint, &mut buf)
+        } else {
+            let mut content = Vec::new();
+            self.chunker
+                .chunk_stream(reader, size_hint, &mut buf, |chunk: &[u8]| {
+                    content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
+                    self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
+                    Ok::<_, Error>(())
+                })
+                .map(|total| (total, content))
+        };
         ctx.buf = buf;
-        let total = result.map_err(|e| match e {
+        let (total, content) = result.map_err(|e| match e {
             Error::Io { source, .. } => Error::io(PathBuf::new(), source),
             other => other,
         })?;
@@ -412,7 +441,7 @@ impl From<std::io::Error> for Error {
 impl ThreadCtx {
     fn new(level: i32) -> Result<ThreadCtx> {
         let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
-        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new() })
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), spare: Vec::new(), packer: None })
     }
 }
 

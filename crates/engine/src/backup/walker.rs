@@ -226,7 +226,7 @@ impl Walker<'_> {
             match kid {
                 Generated::File(data) => {
                     (node.kind, node.mode) = (NodeKind::File, 0o600);
-                    self.shared.chunk_into(&mut self.ctx, *data, None, &mut node)?;
+                    self.shared.chunk_into(&mut self.ctx, *data, Some(data.len() as u64), &mut node)?;
                     self.shared.counters.files_new.fetch_add(1, Relaxed);
                     self.shared.fill(&mut self.ctx, dir, slot, Some(node))?;
                 }
