@@ -31,6 +31,14 @@ def measured(cmd: list, env: dict) -> tuple[float, int]:
     return float(seconds), int(kib) // 1024
 
 
+def emit(lines: list, out) -> None:
+    """Print the table's lines, and write them to the file `out` if given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)
+
+
 def make_objects(root: Path, n: int) -> int:
     """n files in nested prefixes, 1 KiB to 1 MiB, plus a 64 MiB one: total bytes."""
     rng = random.Random(16)
@@ -89,10 +97,7 @@ def main() -> None:
     ]
     for run, (ts, tm), (rs, rm) in rows:
         lines.append(f"| {run} | {ts:.1f} s | {rs:.1f} s | {ts / rs:.2f} | {tm} MiB | {rm} MiB |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
