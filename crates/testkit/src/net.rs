@@ -1,18 +1,30 @@
 //! Networking helpers shared by the server harnesses.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Mutex;
 
-/// Returns a loopback port that was free a moment ago.
+/// Returns a loopback port that was free a moment ago, and that this
+/// process has not handed out before.
 ///
 /// The port is released before returning, so another process could grab it
 /// before the caller binds it; harnesses spawning external servers (redis,
 /// postgres, etcd) accept that small race because those servers must bind
-/// the port themselves. In-process servers should bind `127.0.0.1:0` directly.
+/// the port themselves. Within one test process the race is closed: the
+/// kernel may offer a released port again, to a test starting its server
+/// beside one whose server has not bound yet. In-process servers should
+/// bind `127.0.0.1:0` directly.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("bind 127.0.0.1:0 to find a free port")
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The next connection to an in-process server, or `None` once `shutdown`

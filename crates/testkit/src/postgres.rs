@@ -107,7 +107,7 @@ impl PostgresServer {
         } else {
             Command::new(&exe).args(args).status()
         };
-        assert!(status.expect("run a PostgreSQL program").success(), "{program} {args:?} failed");
+        assert!(status.expect("run a PostgreSQL program").success(), "{program} {args:?} failed; the server's log:\n{}", self.log());
     }
 
     pub fn port(&self) -> u16 {

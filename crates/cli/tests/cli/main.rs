@@ -89,13 +89,20 @@ impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = match self.user {
             Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(shared_bin());
+                // setpriv execs tresor in its own place (runuser would stay its parent), so
+                // killing the child kills tresor: a daemon never outlives its test.
+                let mut c = Command::new("setpriv");
+                c.args([&format!("--reuid={user}"), &format!("--regid={user}"), "--init-groups", "--"]).arg(shared_bin());
                 c
             }
             None => Command::new(BIN),
         };
         c.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("TRESOR_REPOSITORY", &self.repo);
+        if let Some(user) = self.user {
+            // What runuser would set.
+            let home = format!("/var/lib/{user}");
+            c.env("HOME", if Path::new(&home).is_dir() { home.as_str() } else { "/" }).env("USER", user).env("LOGNAME", user);
+        }
         for (k, v) in &self.vars {
             c.env(k, v);
         }
