@@ -25,6 +25,7 @@ command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 # Headless Chromium for the status page test.
 command -v chromium >/dev/null || need+=(chromium)
 command -v tar >/dev/null || need+=(tar)
+command -v /usr/bin/time >/dev/null || need+=(time)
 # scripts/soak.sh (its short run is a test) reads tresor's JSON with jq.
 command -v jq >/dev/null || need+=(jq)
 command -v runuser >/dev/null || need+=(util-linux)

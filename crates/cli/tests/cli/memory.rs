@@ -30,16 +30,19 @@ fn expected_refusal(repo: &Path, limit_mib: u64) -> String {
     )
 }
 
-/// Exit code and peak resident memory (KiB) of a command run to its end.
-fn run_measured(mut c: Command) -> (i32, u64) {
-    let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as libc::pid_t);
-    assert!(libc::WIFEXITED(status));
-    (libc::WEXITSTATUS(status), usage.ru_maxrss as u64)
+/// Run `c` and return its exit code and peak RSS in KiB, as GNU time
+/// measures it. Not wait4's own figure: a child spawned from this test
+/// process keeps, across its exec, the high-water mark of the memory it was
+/// spawned from (the whole test binary's), which says nothing of tresor.
+fn run_measured(c: Command) -> (i32, u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed.args(["-f", "%M", "-o"]).arg(report.path()).arg(c.get_program()).args(c.get_args());
+    timed.env_clear().envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let status = timed.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+    let peak = fs::read_to_string(report.path()).unwrap();
+    let peak = peak.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("GNU time said {peak:?}"));
+    (status.code().unwrap(), peak)
 }
 
 /// A repository of 100,000 synthetic blobs, and a small directory to back up.
