@@ -224,6 +224,13 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     assert_eq!(j.iter().filter(|x| x["kind"] == "drill").count(), 2);
     assert_eq!(http(d.port, "POST", "/api/v1/sources/documents/drill", Some("admin-token")).0, 202);
     wait_jobs(&d, "the API's drill", |j| count(j, "documents", "drill", "succeeded") == 1);
+    // The job is in the history before its drill is measured: wait for the measurement, then look.
+    let measured = "restore_drill_success{source=\"documents\",class=\"archive\"} ";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http(d.port, "GET", "/metrics", None).1.contains(measured) {
+        assert!(std::time::Instant::now() < deadline, "no {measured} in the metrics");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
     for line in [
         "restore_drill_success{source=\"sessions\",class=\"critical\"} 1",
