@@ -1,12 +1,11 @@
 //! `forget`, `hold`, `release` and `holds`.
 
-use std::collections::HashMap;
-
-use anyhow::{Result, bail};
+use anyhow::Result;
 use serde_json::json;
+use tresor_engine::Snapshot;
+use tresor_engine::forget::{self, Choice, Inventory};
 use tresor_engine::holds::{hold as place_hold, holds as list_holds, release as release_hold};
-use tresor_engine::retention::{GroupBy, Period, Policy, Span, plan};
-use tresor_engine::{Id, Snapshot};
+use tresor_engine::retention::{GroupBy, Period, Policy, Span};
 
 use crate::commands::{open, print_json};
 use crate::opts::{ForgetArgs, Global, HoldArgs};
@@ -40,61 +39,37 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
 
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let repo = open(g).await?;
-    if repo.config().append_only && !a.dry_run {
-        return Err(tresor_engine::Error::AppendOnly("forget".into()).into());
+    if !a.dry_run {
+        forget::allowed(&repo)?;
     }
     // A prune that cannot fit must refuse before any snapshot goes.
     if a.prune {
         repo.ensure_memory().await?;
     }
-    let held: HashMap<Id, String> =
-        list_holds(&repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
-    let all = repo.snapshots().await?;
-    let mut remove: Vec<Snapshot> = Vec::new();
-    let mut report = Vec::new();
-    if a.snapshots.is_empty() {
+    let inv = Inventory::load(&repo).await?;
+    let mut plan = if a.snapshots.is_empty() {
         // Named pieces of an archive (WAL) follow their chain, below.
-        let chosen = tresor_engine::select::filter(all.clone(), &a.select.filter(), false);
-        let groups = plan(chosen, &policy(&a)?, GroupBy::parse(&a.group_by)?, &chrono::Local, &held, a.allow_empty)?;
-        for group in groups {
-            let (keep, gone): (Vec<_>, Vec<_>) = group.verdicts.into_iter().partition(|v| v.keep());
-            report.push(json!({
-                "group": group.key,
-                "keep": keep.iter().map(|v| json!({"id": v.snapshot.id, "time": v.snapshot.time, "reasons": v.reasons})).collect::<Vec<_>>(),
-                "remove": gone.iter().map(|v| json!({"id": v.snapshot.id, "time": v.snapshot.time})).collect::<Vec<_>>(),
-            }));
-            remove.extend(gone.into_iter().map(|v| v.snapshot));
-        }
+        let (filter, policy) = (a.select.filter(), policy(&a)?);
+        let choice = Choice::Policy { filter: &filter, policy: &policy, by: GroupBy::parse(&a.group_by)?, allow_empty: a.allow_empty };
+        forget::plan(&inv, choice, &chrono::Local)?
     } else {
-        for spec in &a.snapshots {
-            let s = tresor_engine::select::select(all.clone(), spec, &Default::default())?;
-            if let Some(reason) = held.get(&s.id) {
-                bail!("snapshot {} is under legal hold: {reason}; release it first", s.id.short());
-            }
-            remove.push(s);
-        }
-        report.push(
-            json!({"group": "given", "keep": [], "remove": remove.iter().map(|s| json!({"id": s.id, "time": s.time})).collect::<Vec<_>>()}),
-        );
-    }
-    let removed: tresor_engine::IdSet = remove.iter().map(|s| s.id).collect();
+        forget::plan(&inv, Choice::Given(&a.snapshots), &chrono::Local)?
+    };
+    let removed = plan.removed();
+    let Inventory { snapshots: all, held } = inv;
     let wal = crate::pg::wal_to_forget(&all, &removed, &held);
     if !wal.is_empty() {
-        report.push(json!({
-            "group": "pg-wal (no remaining base backup needs it)",
-            "keep": [],
-            "remove": wal.iter().map(|s| json!({"id": s.id, "time": s.time, "name": s.name})).collect::<Vec<_>>(),
-        }));
-        remove.extend(wal);
+        let key = "pg-wal (no remaining base backup needs it)".to_string();
+        plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal, named: true });
     }
+    let report: Vec<serde_json::Value> = plan.groups.iter().map(group_json).collect();
     if g.json {
         print_json(&json!({"dry_run": a.dry_run, "groups": report}))?;
     } else {
         print_report(&report, a.dry_run);
     }
     if !a.dry_run {
-        let ids: Vec<Id> = remove.iter().map(|s| s.id).collect();
-        let locked = repo.remove_snapshots(&ids).await?.locked.len();
+        let locked = forget::execute(&repo, &plan).await?.locked.len();
         if locked > 0 {
             eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
         }
@@ -103,6 +78,18 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         crate::prune::run(g, &repo, &a.prune_opts, a.dry_run).await?;
     }
     Ok(0)
+}
+
+fn group_json(group: &forget::Group) -> serde_json::Value {
+    let removal = |s: &Snapshot| match group.named {
+        true => json!({"id": s.id, "time": s.time, "name": s.name}),
+        false => json!({"id": s.id, "time": s.time}),
+    };
+    json!({
+        "group": group.key,
+        "keep": group.keep.iter().map(|v| json!({"id": v.snapshot.id, "time": v.snapshot.time, "reasons": v.reasons})).collect::<Vec<_>>(),
+        "remove": group.remove.iter().map(removal).collect::<Vec<_>>(),
+    })
 }
 
 fn print_report(report: &[serde_json::Value], dry_run: bool) {

@@ -15,6 +15,7 @@ pub mod copy;
 pub mod crypto;
 mod error;
 pub mod evidence;
+pub mod forget;
 pub mod fsmeta;
 #[doc(hidden)]
 pub mod fuzzing;
