@@ -84,45 +84,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    /// Each module and the modules of this crate it names (`crate::NAME`).
-    fn imports() -> BTreeMap<String, BTreeSet<String>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut out = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).expect("the crate's sources") {
-            let path = entry.expect("a source file").path();
-            let Some(module) = path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension().is_some_and(|e| e == "rs")) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&path).expect("a readable source");
-            let names: BTreeSet<String> = text
-                .split("crate::")
-                .skip(1)
-                .filter_map(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
-                .filter(|name| !name.is_empty() && *name != module && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
-                .map(String::from)
-                .collect();
-            out.insert(module.to_string(), names);
-        }
-        out
-    }
-
     /// No module reaches itself through the modules it imports: the
     /// crate's layers stay a tree (model at the bottom, the daemon above).
     #[test]
     fn modules_import_each_other_without_cycles() {
-        let graph = imports();
-        for start in graph.keys().filter(|m| *m != "lib") {
-            let mut stack: Vec<Vec<String>> = vec![vec![start.clone()]];
-            while let Some(path) = stack.pop() {
-                for next in graph.get(path.last().expect("non-empty")).into_iter().flatten() {
-                    assert!(next != start, "an import cycle: {} -> {start}", path.join(" -> "));
-                    if !path.contains(next) && graph.contains_key(next) {
-                        stack.push([path.clone(), vec![next.clone()]].concat());
-                    }
-                }
-            }
-        }
+        tresor_testkit::imports::assert_layered(env!("CARGO_MANIFEST_DIR"));
     }
 }

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::index::{Index, IndexBuilder};
+use crate::objects::{Kind, each_with_size};
 use crate::pack::{open_blob, read_trailer};
-use crate::repo::{DATA, INDEX, each_with_size, pack_path};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
@@ -58,8 +58,8 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     // Index files are added one at a time and dropped (docs/ARCHITECTURE.md,
     // "Index memory"); a damaged one is a problem and adds nothing.
     let mut builder = IndexBuilder::default();
-    for id in repo.list_ids(INDEX).await? {
-        if let Err(e) = repo.load_file_uncached("index", INDEX, &id).await.and_then(|p| builder.add_file(id, &p)) {
+    for id in repo.list_ids(Kind::Index).await? {
+        if let Err(e) = repo.load_file_uncached(Kind::Index, &id).await.and_then(|p| builder.add_file(id, &p)) {
             report.problems.push(Problem {
                 object: format!("index {}", id.short()),
                 error: e.to_string(),
@@ -153,7 +153,7 @@ impl Stored {
 
     async fn list(repo: &Repository, index: &Index, marked: &IdSet) -> Result<Stored> {
         let mut s = Stored { sizes: vec![Self::NONE; index.pack_count()], marked: IdMap::default(), unindexed: Vec::new() };
-        each_with_size(repo.operator(), DATA, |name, size| {
+        each_with_size(repo.operator(), Kind::Pack, |name, size| {
             let Ok(pack) = name.parse::<Id>() else { return };
             match index.pack_num(&pack) {
                 Some(n) => s.sizes[n as usize] = size,
@@ -187,7 +187,7 @@ pub(crate) type DamagedBlob = (Id, String);
 /// Read a whole pack and judge every blob in it: `Err` when the pack itself
 /// is unreadable, else the blobs that are damaged, with the reason.
 pub(crate) async fn verify_pack(repo: &Repository, pack: &Id) -> Result<Vec<DamagedBlob>> {
-    let bytes = repo.read(&pack_path(pack)).await?;
+    let bytes = repo.read(&Kind::Pack.path(pack)).await?;
     let entries = read_trailer(repo.crypto(), pack, &bytes, bytes.len() as u64)?;
     let index = repo.index().await?;
     let crypto = repo.crypto().clone();
@@ -227,24 +227,22 @@ impl Damage {
 
 async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &Damage) -> Result<()> {
     let index = repo.index().await?;
-    let ids = repo.list_ids(crate::repo::SNAPSHOTS).await?;
+    let ids = repo.list_ids(Kind::Snapshot).await?;
     report.snapshots = ids.len();
     let mut found: HashMap<String, Problem> = HashMap::new();
     for id in ids {
-        let snap =
-            match repo.load_file_uncached("snapshot", crate::repo::SNAPSHOTS, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b))
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    report.problems.push(Problem {
-                        object: format!("snapshot {}", id.short()),
-                        error: e.to_string(),
-                        snapshots: vec![id.short()],
-                        files: vec![],
-                    });
-                    continue;
-                }
-            };
+        let snap = match repo.load_file_uncached(Kind::Snapshot, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b)) {
+            Ok(s) => s,
+            Err(e) => {
+                report.problems.push(Problem {
+                    object: format!("snapshot {}", id.short()),
+                    error: e.to_string(),
+                    snapshots: vec![id.short()],
+                    files: vec![],
+                });
+                continue;
+            }
+        };
         let mut note = |object: String, error: String, path: &Path| {
             let p = found.entry(object.clone()).or_insert_with(|| Problem { object, error, snapshots: vec![], files: vec![] });
             if !p.snapshots.contains(&snap.id.short()) {

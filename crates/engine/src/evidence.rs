@@ -12,9 +12,8 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::objects::{Kind, list_names};
 use crate::{Error, Id, Repository, Result};
-
-pub const EVIDENCE: &str = "evidence/";
 
 /// Where the log stood: its newest entry's number and plaintext hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +52,7 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, Id)> {
 /// The entries' names in order: (seq, hash), as listed (no object read).
 pub async fn names(repo: &Repository) -> Result<Vec<(u64, Id)>> {
     let mut out: Vec<(u64, Id)> =
-        crate::repo::list_names(repo.operator(), EVIDENCE).await?.iter().filter_map(|n| parse_name(n.rsplit('/').next()?)).collect();
+        list_names(repo.operator(), Kind::Evidence).await?.iter().filter_map(|n| parse_name(n.rsplit('/').next()?)).collect();
     out.sort();
     Ok(out)
 }
@@ -67,12 +66,9 @@ pub async fn head(repo: &Repository) -> Result<Option<Head>> {
 pub(crate) async fn store(repo: &Repository, plaintext: &[u8]) -> Result<Head> {
     let entry: Entry = serde_json::from_slice(plaintext).map_err(|e| Error::Invalid(format!("not an evidence entry: {e}")))?;
     let hash = Id(*blake3::hash(plaintext).as_bytes());
-    repo.save_sealed_at("evidence", &format!("{EVIDENCE}{}", name_of(entry.seq, &hash)), &hash, plaintext).await?;
+    repo.save_sealed_at(Kind::Evidence, &name_of(entry.seq, &hash), &hash, plaintext).await?;
     Ok(Head { seq: entry.seq, hash })
 }
-
-/// Claims of the appenders (`locks/evidence/<id>`, sealed, as key commands' claims).
-pub const CLAIMS: &str = "locks/evidence/";
 
 /// Append an entry after the current head; the new head. Appenders take
 /// turns through a claim in the repository (the daemon's, `drill annotate`'s,
@@ -82,7 +78,7 @@ pub async fn append(repo: &Repository, kind: &str, term: Option<u64>, body: Valu
     // since a claim of this process that append-only storage kept is not another's.
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = TURN.lock().await;
-    let claim = crate::keys::exclusive_in(repo, CLAIMS, &format!("evidence append {kind}"), Error::EvidenceBusy).await?;
+    let claim = crate::keys::exclusive_in(repo, Kind::EvidenceClaim, &format!("evidence append {kind}"), Error::EvidenceBusy).await?;
     let appended = append_claimed(repo, kind, term, body).await;
     claim.release().await?;
     appended
@@ -104,7 +100,7 @@ async fn append_claimed(repo: &Repository, kind: &str, term: Option<u64>, body: 
 
 /// An entry's plaintext, checked against the hash its name gives.
 pub async fn load_plain(repo: &Repository, seq: u64, hash: &Id) -> Result<Vec<u8>> {
-    let plain = repo.load_sealed_at("evidence", &format!("{EVIDENCE}{}", name_of(seq, hash)), hash).await?;
+    let plain = repo.load_sealed_at(Kind::Evidence, &name_of(seq, hash), hash).await?;
     if blake3::hash(&plain).as_bytes() != hash.as_bytes() {
         return Err(Error::corrupt("evidence entry", *hash, "its content does not match its name"));
     }
@@ -139,7 +135,7 @@ pub async fn verify(repo: &Repository) -> Result<Verification> {
         Verification { entries: names.len() as u64, head: names.last().map(|&(seq, hash)| Head { seq, hash }), ..Default::default() };
     let mut prev: Option<(u64, Id)> = None;
     for &(seq, hash) in &names {
-        let name = format!("{EVIDENCE}{}", name_of(seq, &hash));
+        let name = Kind::Evidence.named(&name_of(seq, &hash));
         match prev {
             Some((p, _)) if p == seq => v.problems.push(format!("{name}: a second entry number {seq}: two appenders forked the log")),
             Some((p, _)) if p + 1 != seq => v.problems.push(format!("entries {} to {} are missing (before {name})", p + 1, seq - 1)),

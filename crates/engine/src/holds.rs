@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset, Local};
 use serde::{Deserialize, Serialize};
 
-use crate::repo::HOLDS;
+use crate::objects::Kind;
 use crate::{Error, Id, Repository, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,8 +22,8 @@ pub struct Hold {
 
 pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
     let mut out = Vec::new();
-    for id in repo.list_ids(HOLDS).await? {
-        out.push(parse(&id, &repo.load_file("hold", HOLDS, &id).await?)?);
+    for id in repo.list_ids(Kind::Hold).await? {
+        out.push(parse(&id, &repo.load_file(Kind::Hold, &id).await?)?);
     }
     out.sort_by_key(|a| a.time);
     Ok(out)
@@ -41,7 +41,7 @@ pub async fn hold(repo: &Repository, snapshot: Id, reason: &str) -> Result<Hold>
     }
     let by = format!("{}@{}", crate::username(), crate::hostname());
     let mut h = Hold { id: Id::default(), snapshot, reason: reason.to_string(), by, time: Local::now().fixed_offset() };
-    h.id = repo.save_file("hold", HOLDS, &serde_json::to_vec(&h).expect("holds serialize")).await?;
+    h.id = repo.save_file(Kind::Hold, &serde_json::to_vec(&h).expect("holds serialize")).await?;
     Ok(h)
 }
 
@@ -52,7 +52,7 @@ pub async fn release(repo: &Repository, snapshot: Id) -> Result<usize> {
         return Err(Error::Invalid(format!("snapshot {} is not held", snapshot.short())));
     }
     for h in &found {
-        repo.delete(&format!("{HOLDS}{}", h.id.to_hex())).await?;
+        repo.delete(&Kind::Hold.path(&h.id)).await?;
     }
     Ok(found.len())
 }

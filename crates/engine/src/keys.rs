@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 use tresor_storage::Operator;
 
 use crate::crypto::{Aead, Crypto, MasterKey, file_ad};
-use crate::repo::{KEYS, list_names};
+use crate::objects::{Kind, is_not_found, list_names};
 use crate::{Error, Id, Repository, Result};
 
 /// A password, zeroed on drop and never printed.
@@ -155,8 +155,6 @@ impl KeyFile {
     }
 }
 
-/// Claims of the key commands running (`locks/keys/<id>`, sealed).
-pub const CLAIMS: &str = "locks/keys/";
 /// How often a key command looks again for a moment no other runs.
 const CLAIM_ATTEMPTS: u32 = 40;
 
@@ -200,31 +198,31 @@ fn stale(claim: &Claim, age: chrono::Duration, timeout_secs: u64) -> bool {
 /// other and withdraw; one that lists before another claims is seen by it
 /// (listings show every completed write), so two never both proceed.
 async fn exclusive<'a>(repo: &'a Repository, command: &str) -> Result<Exclusive<'a>> {
-    exclusive_in(repo, CLAIMS, command, Error::KeysBusy).await
+    exclusive_in(repo, Kind::KeyClaim, command, Error::KeysBusy).await
 }
 
-/// The same claim under `dir` (the evidence log's appenders take
+/// The same claim as a `kind` object (the evidence log's appenders take
 /// theirs in `locks/evidence/`); `busy` names the holder when it never ends.
-pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, dir: &str, command: &str, busy: fn(String) -> Error) -> Result<Exclusive<'a>> {
+pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, kind: Kind, command: &str, busy: fn(String) -> Error) -> Result<Exclusive<'a>> {
     let body =
         serde_json::to_vec(&Claim { host: crate::hostname(), pid: std::process::id(), command: command.into() }).expect("claims serialize");
     let mut holder = String::new();
     for attempt in 0..CLAIM_ATTEMPTS {
-        let mine = repo.save_file("key claim", dir, &body).await?;
-        let path = format!("{dir}{}", mine.to_hex());
+        let mine = repo.save_file(kind, &body).await?;
+        let path = kind.path(&mine);
         let now = repo.stored_time(&path).await?;
         let mut live = None;
-        for other in repo.list_ids(dir).await?.into_iter().filter(|id| *id != mine) {
-            let other_path = format!("{dir}{}", other.to_hex());
+        for other in repo.list_ids(kind).await?.into_iter().filter(|id| *id != mine) {
+            let other_path = kind.path(&other);
             let read = async {
-                let plain = repo.load_file_uncached("key claim", dir, &other).await?;
+                let plain = repo.load_file_uncached(kind, &other).await?;
                 Ok::<_, Error>((
                     serde_json::from_slice::<Claim>(&plain).map_err(|e| Error::corrupt("key claim", other, e))?,
                     repo.stored_time(&other_path).await?,
                 ))
             };
             match read.await {
-                Err(e) if crate::repo::is_not_found(&e) => {}
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(e),
                 Ok((claim, at)) if stale(&claim, now - at, repo.config().session_timeout_secs) => {
                     let _ = repo.delete_unless_locked(&other_path).await;
@@ -245,7 +243,7 @@ pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, dir: &str, command: &
 }
 
 fn slot_path(id: &Id) -> String {
-    format!("{KEYS}{}", id.to_hex())
+    Kind::Key.path(id)
 }
 
 /// Every readable slot, and whether one vanished between listing and
@@ -253,7 +251,7 @@ fn slot_path(id: &Id) -> String {
 pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, bool)> {
     let mut out = Vec::new();
     let mut vanished = false;
-    for name in list_names(op, KEYS).await? {
+    for name in list_names(op, Kind::Key).await? {
         let Ok(id) = name.parse::<Id>() else { continue };
         let path = slot_path(&id);
         match op.read(&path).await {

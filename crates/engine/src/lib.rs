@@ -23,6 +23,7 @@ pub mod holds;
 mod id;
 pub mod index;
 pub mod keys;
+pub mod objects;
 pub mod pack;
 pub mod prune;
 pub mod repair;
@@ -47,3 +48,13 @@ pub use keys::{KdfParams, Password};
 pub use repo::{InitOptions, OpenOptions, Repository, Settings};
 pub use snapshot::{Snapshot, SourceInfo, Summary};
 pub use tree::{Node, NodeKind, ObjectMeta, Tree};
+
+#[cfg(test)]
+mod tests {
+    /// No module reaches itself through the modules it imports: the object
+    /// layout below the repository handle, the commands above it.
+    #[test]
+    fn modules_import_each_other_without_cycles() {
+        tresor_testkit::imports::assert_layered(env!("CARGO_MANIFEST_DIR"));
+    }
+}

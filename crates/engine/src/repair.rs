@@ -10,8 +10,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexedPack};
+use crate::objects::{Kind, list_with_size};
 use crate::pack::{FOOTER_LEN, read_trailer};
-use crate::repo::{DATA, INDEX, list_with_size, pack_path};
 use crate::{Error, Id, Repository, Result};
 
 /// Packs per rebuilt index file.
@@ -30,7 +30,7 @@ pub struct RepairReport {
 }
 
 async fn pack_entries(repo: &Repository, id: &Id, size: u64) -> Result<IndexedPack> {
-    let path = pack_path(id);
+    let path = Kind::Pack.path(id);
     let start = size.saturating_sub(TAIL);
     let mut tail = repo.read_range(&path, start..size).await?.to_vec();
     if tail.len() >= FOOTER_LEN {
@@ -46,9 +46,9 @@ async fn pack_entries(repo: &Repository, id: &Id, size: u64) -> Result<IndexedPa
 }
 
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
-    let old: Vec<Id> = repo.list_ids(INDEX).await?;
+    let old: Vec<Id> = repo.list_ids(Kind::Index).await?;
     let packs: Vec<(Id, u64)> =
-        list_with_size(repo.operator(), DATA).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
+        list_with_size(repo.operator(), Kind::Pack).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
     let read: Vec<(Id, Result<IndexedPack>)> = futures::stream::iter(packs)
         .map(|(id, size)| async move { (id, pack_entries(repo, &id, size).await) })
         .buffer_unordered(16)
@@ -88,7 +88,7 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     repo.save_index(&IndexFile { supersedes: old.clone(), packs: Vec::new() }).await?;
     report.index_files_written = files.len() + 1;
     for id in &old {
-        repo.delete(&format!("{INDEX}{}", id.to_hex())).await?;
+        repo.delete(&Kind::Index.path(id)).await?;
         report.index_files_removed += 1;
     }
     repo.reset_index().await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::index::Index;
+use crate::objects::{Kind, list_names};
 use crate::pack::BlobKind;
-use crate::repo::{DATA, list_names};
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
 use crate::tree::{Node, Tree};
@@ -63,7 +63,7 @@ struct Damaged {
 /// Packs missing from storage, and with `read_data` unreadable packs and
 /// blobs that fail to read back.
 async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<Damaged> {
-    let stored: IdSet = list_names(repo.operator(), DATA).await?.iter().filter_map(|n| n.parse().ok()).collect();
+    let stored: IdSet = list_names(repo.operator(), Kind::Pack).await?.iter().filter_map(|n| n.parse().ok()).collect();
     let mut bad_packs: IdSet = index.packs().map(|(p, _)| p).filter(|p| !stored.contains(p)).collect();
     let mut damaged = IdSet::default();
     if read_data {
@@ -104,7 +104,7 @@ async fn run(
             crate::backup::commit(repo, session, &mut copy).await?;
             repaired = Some(copy.id);
             if opts.forget {
-                repo.delete(&format!("{}{}", crate::repo::SNAPSHOTS, snap.id.to_hex())).await?;
+                repo.delete(&Kind::Snapshot.path(&snap.id)).await?;
             }
         }
         out.push(RepairedSnapshot { id: snap.id, repaired, lost });

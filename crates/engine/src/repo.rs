@@ -1,7 +1,6 @@
 //! The repository: opening, unlocking, and reading and writing its objects.
 //!
-//! Layout (details in docs/FORMAT.md):
-//! `config`, `keys/<id>`, `data/<id[..2]>/<id>`, `index/<id>`, `snapshots/<id>`.
+//! Where each object lives is [`crate::objects`]' (details in docs/FORMAT.md).
 //! Every object is written once under a fresh name and never modified.
 
 use std::collections::{HashMap, HashSet};
@@ -17,22 +16,18 @@ use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack};
 use crate::keys::{KdfParams, KeyFile, Password};
+use crate::objects::{Kind, is_not_found, list_names};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
 
-pub const KEYS: &str = "keys/";
-pub const INDEX: &str = "index/";
-pub const SNAPSHOTS: &str = "snapshots/";
-pub const DATA: &str = "data/";
-pub const HOLDS: &str = "holds/";
-pub const MARKS: &str = "marks/";
+const CONFIG: &str = Kind::Config.dir();
 
+/// Where a pack is stored ([`Kind::Pack`]); restore's writer names packs through it.
 pub fn pack_path(id: &Id) -> String {
-    let hex = id.to_hex();
-    format!("data/{}/{}", &hex[..2], hex)
+    Kind::Pack.path(id)
 }
 
 /// How to reach and unlock a repository.
@@ -114,7 +109,7 @@ impl Repository {
             return Err(Error::Invalid("refusing an empty password".into()));
         }
         let op = tresor_storage::open(location, &opts.open.storage)?;
-        if op.exists("config").await.map_err(storage_err("stat", "config"))? {
+        if op.exists(CONFIG).await.map_err(storage_err("stat", CONFIG))? {
             return Err(Error::AlreadyExists(location.to_string()));
         }
         let master = MasterKey::generate();
@@ -130,11 +125,11 @@ impl Repository {
         let crypto = Crypto::new(&master, opts.aead);
         config.sign(&crypto);
         let (key_id, key) = KeyFile::create(&master, &opts.open.password, opts.kdf, "initial key")?;
-        let key_path = format!("{KEYS}{}", key_id.to_hex());
+        let key_path = Kind::Key.path(&key_id);
         let key_json = serde_json::to_vec_pretty(&key).expect("key serializes");
         op.write(&key_path, key_json).await.map_err(storage_err("write", &key_path))?;
         // The config goes last: its presence is what makes this a repository.
-        op.write("config", config.to_bytes()).await.map_err(storage_err("write", "config"))?;
+        op.write(CONFIG, config.to_bytes()).await.map_err(storage_err("write", CONFIG))?;
         Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), key_id, &opts.open))
     }
 
@@ -194,7 +189,7 @@ impl Repository {
     /// OpenDAL's fs backend creates its root: look before it can, so that
     /// opening a mistyped path neither succeeds nor leaves a directory.
     async fn locate(location: &Location, storage: &StorageOptions) -> Result<(Operator, Config)> {
-        if location.local_path().is_some_and(|p| !p.join("config").exists()) {
+        if location.local_path().is_some_and(|p| !p.join(CONFIG).exists()) {
             return Err(Self::missing(location));
         }
         let op = tresor_storage::open(location, storage)?;
@@ -203,10 +198,10 @@ impl Repository {
     }
 
     async fn read_config(op: &Operator, location: &Location) -> Result<Config> {
-        match op.read("config").await {
+        match op.read(CONFIG).await {
             Ok(buf) => Config::parse(&location.to_string(), &buf.to_vec()),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => Err(Self::missing(location)),
-            Err(e) => Err(storage_err("read", "config")(e)),
+            Err(e) => Err(storage_err("read", CONFIG)(e)),
         }
     }
 
@@ -259,7 +254,7 @@ impl Repository {
         let mut config = self.config.clone();
         config.append_only = on;
         config.sign(&self.crypto);
-        self.raw.write("config", config.to_bytes()).await.map_err(storage_err("write", "config"))?;
+        self.raw.write(CONFIG, config.to_bytes()).await.map_err(storage_err("write", CONFIG))?;
         Ok(())
     }
 
@@ -267,78 +262,6 @@ impl Repository {
     pub async fn confirms(&self, password: &Password) -> Result<bool> {
         Ok(crate::keys::unlock(&self.op, password).await?.1.iter().any(|(_, m)| *m.0 == *self.master.0))
     }
-}
-
-/// Names (last path component) of the objects under `dir`, recursively.
-pub async fn list_names(op: &Operator, dir: &str) -> Result<Vec<String>> {
-    Ok(list_files(op, dir).await?.into_iter().map(|e| e.name().to_string()).collect())
-}
-
-async fn list_files(op: &Operator, dir: &str) -> Result<Vec<opendal::Entry>> {
-    match files(op, dir).await? {
-        Some(files) => files.try_collect().await,
-        None => Ok(Vec::new()),
-    }
-}
-
-/// The objects under `dir` as the listing streams in (hidden ones, a
-/// backend's temporary files, left out); `None` if there is no `dir`.
-async fn files<'a>(op: &Operator, dir: &'a str) -> Result<Option<impl futures::Stream<Item = Result<opendal::Entry>> + 'a>> {
-    let lister = match op.lister_with(dir).recursive(true).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(storage_err("list", dir)(e)),
-    };
-    Ok(Some(
-        lister
-            .map_err(move |e| Error::storage("list", dir, e))
-            .try_filter(|e| std::future::ready(e.metadata().is_file() && !e.name().starts_with('.'))),
-    ))
-}
-
-/// Call `f` with the name of each object under `dir` as the listing streams
-/// in, so that a listing of millions of packs is never held whole.
-pub async fn each_name(op: &Operator, dir: &str, mut f: impl FnMut(&str)) -> Result<()> {
-    let Some(files) = files(op, dir).await? else { return Ok(()) };
-    let mut files = std::pin::pin!(files);
-    while let Some(e) = files.try_next().await? {
-        f(e.name());
-    }
-    Ok(())
-}
-
-/// Names and sizes of the objects under `dir` ([`each_with_size`]).
-pub async fn list_with_size(op: &Operator, dir: &str) -> Result<Vec<(String, u64)>> {
-    let mut found = Vec::new();
-    each_with_size(op, dir, |name, size| found.push((name.to_string(), size))).await?;
-    Ok(found)
-}
-
-/// Call `f` with the name and size of each object under `dir` as the
-/// listing streams in, so that a listing of millions of packs is never held
-/// whole. A size the backend does not report in listings is fetched with a
-/// `stat`; an object deleted between the listing and its `stat` is left out.
-pub async fn each_with_size(op: &Operator, dir: &str, mut f: impl FnMut(&str, u64)) -> Result<()> {
-    let Some(files) = files(op, dir).await? else { return Ok(()) };
-    let mut sized = files
-        .map_ok(|e| async move {
-            let len = e.metadata().content_length();
-            if len > 0 {
-                return Ok(Some((e, len)));
-            }
-            match op.stat(e.path()).await {
-                Ok(meta) => Ok(Some((e, meta.content_length()))),
-                Err(err) if err.kind() == opendal::ErrorKind::NotFound => Ok(None),
-                Err(err) => Err(storage_err("stat", e.path())(err)),
-            }
-        })
-        .try_buffer_unordered(16);
-    while let Some(found) = sized.try_next().await? {
-        if let Some((e, len)) = found {
-            f(e.name(), len);
-        }
-    }
-    Ok(())
 }
 
 impl Repository {
@@ -390,11 +313,11 @@ impl Repository {
 
     // ---- whole encrypted files --------------------------------------------
 
-    /// Encrypt and store `plaintext` under a fresh random id in `dir`.
-    pub async fn save_file(&self, kind: &str, dir: &str, plaintext: &[u8]) -> Result<Id> {
+    /// Encrypt and store `plaintext` as a `kind` object under a fresh random id.
+    pub async fn save_file(&self, kind: Kind, plaintext: &[u8]) -> Result<Id> {
         let id = Id::random();
-        let sealed = self.crypto.seal_file(kind, &id, plaintext);
-        let path = format!("{dir}{}", id.to_hex());
+        let sealed = self.crypto.seal_file(kind.label(), &id, plaintext);
+        let path = kind.path(&id);
         if let Some(c) = &self.cache {
             c.put(&path, &sealed);
         }
@@ -402,15 +325,15 @@ impl Repository {
         Ok(id)
     }
 
-    pub async fn load_file(&self, kind: &'static str, dir: &str, id: &Id) -> Result<Vec<u8>> {
-        let path = format!("{dir}{}", id.to_hex());
+    pub async fn load_file(&self, kind: Kind, id: &Id) -> Result<Vec<u8>> {
+        let path = kind.path(id);
         if let Some(bytes) = self.cache.as_ref().and_then(|c| c.get(&path))
-            && let Ok(plain) = self.crypto.open_file(kind, id, &bytes)
+            && let Ok(plain) = self.crypto.open_file(kind.label(), id, &bytes)
         {
             return Ok(plain);
         }
         let bytes = self.read(&path).await?;
-        let plain = self.crypto.open_file(kind, id, &bytes)?;
+        let plain = self.crypto.open_file(kind.label(), id, &bytes)?;
         if let Some(c) = &self.cache {
             c.put(&path, &bytes);
         }
@@ -418,28 +341,28 @@ impl Repository {
     }
 
     /// Read a file from storage, bypassing the cache: what `check` must judge.
-    pub async fn load_file_uncached(&self, kind: &'static str, dir: &str, id: &Id) -> Result<Vec<u8>> {
-        let bytes = self.read(&format!("{dir}{}", id.to_hex())).await?;
-        self.crypto.open_file(kind, id, &bytes)
+    pub async fn load_file_uncached(&self, kind: Kind, id: &Id) -> Result<Vec<u8>> {
+        let bytes = self.read(&kind.path(id)).await?;
+        self.crypto.open_file(kind.label(), id, &bytes)
     }
 
-    /// Seal `plaintext` as a `kind` file bound to `id` and write it at `path`
-    /// (for files named otherwise than by their id: evidence entries).
-    pub(crate) async fn save_sealed_at(&self, kind: &str, path: &str, id: &Id, plaintext: &[u8]) -> Result<()> {
-        self.write(path, self.crypto.seal_file(kind, id, plaintext)).await
+    /// Seal `plaintext` as a `kind` object bound to `id` and store it as
+    /// `name` (for objects named otherwise than by their id: evidence entries).
+    pub(crate) async fn save_sealed_at(&self, kind: Kind, name: &str, id: &Id, plaintext: &[u8]) -> Result<()> {
+        self.write(&kind.named(name), self.crypto.seal_file(kind.label(), id, plaintext)).await
     }
 
-    /// Read and open the `kind` file at `path`, bound to `id`, bypassing the cache.
-    pub(crate) async fn load_sealed_at(&self, kind: &'static str, path: &str, id: &Id) -> Result<Vec<u8>> {
-        let bytes = self.read(path).await?;
-        self.crypto.open_file(kind, id, &bytes)
+    /// Read and open the `kind` object `name`, bound to `id`, bypassing the cache.
+    pub(crate) async fn load_sealed_at(&self, kind: Kind, name: &str, id: &Id) -> Result<Vec<u8>> {
+        let bytes = self.read(&kind.named(name)).await?;
+        self.crypto.open_file(kind.label(), id, &bytes)
     }
 
-    /// Ids of the objects in `dir` (`index/`, `snapshots/`, …).
-    pub async fn list_ids(&self, dir: &str) -> Result<Vec<Id>> {
-        let names = list_names(&self.op, dir).await?;
+    /// Ids of the objects of `kind`.
+    pub async fn list_ids(&self, kind: Kind) -> Result<Vec<Id>> {
+        let names = list_names(&self.op, kind).await?;
         if let Some(c) = &self.cache {
-            c.retain(dir, &names.iter().cloned().collect::<HashSet<_>>());
+            c.retain(kind.dir(), &names.iter().cloned().collect::<HashSet<_>>());
         }
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
@@ -463,10 +386,10 @@ impl Repository {
         self.ensure_memory().await?;
         let mut attempts = 0;
         loop {
-            let ids = self.list_ids(INDEX).await?;
+            let ids = self.list_ids(Kind::Index).await?;
             let mut builder = IndexBuilder::default();
             let mut loaded = futures::stream::iter(ids)
-                .map(|id| async move { Ok::<_, Error>((id, self.load_file("index", INDEX, &id).await?)) })
+                .map(|id| async move { Ok::<_, Error>((id, self.load_file(Kind::Index, &id).await?)) })
                 .buffer_unordered(8);
             let added = async {
                 while let Some((id, plain)) = loaded.try_next().await? {
@@ -487,9 +410,9 @@ impl Repository {
     /// skipped: its packs are gone or back in the index.
     pub async fn load_marks(&self) -> Result<Vec<Mark>> {
         let mut out = Vec::new();
-        for id in self.list_ids(MARKS).await? {
-            let path = format!("{MARKS}{}", id.to_hex());
-            let loaded = async { Ok::<_, Error>((self.load_file_uncached("mark", MARKS, &id).await?, self.stored_time(&path).await?)) };
+        for id in self.list_ids(Kind::Mark).await? {
+            let path = Kind::Mark.path(&id);
+            let loaded = async { Ok::<_, Error>((self.load_file_uncached(Kind::Mark, &id).await?, self.stored_time(&path).await?)) };
             match loaded.await {
                 Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
                 Err(e) if is_not_found(&e) => continue,
@@ -537,7 +460,7 @@ impl Repository {
     }
 
     pub async fn save_index(&self, file: &IndexFile) -> Result<Id> {
-        self.save_file("index", INDEX, &file.encode()).await
+        self.save_file(Kind::Index, &file.encode()).await
     }
 
     // ---- packs and blobs --------------------------------------------------
@@ -632,7 +555,7 @@ impl Repository {
             None => crate::evidence::head(self).await?,
         };
         let snap = Snapshot { evidence, ..snap.clone() };
-        self.save_file("snapshot", SNAPSHOTS, &serde_json::to_vec(&snap).expect("snapshots serialize")).await
+        self.save_file(Kind::Snapshot, &serde_json::to_vec(&snap).expect("snapshots serialize")).await
     }
 
     /// The id a named snapshot is stored under: keyed, so names stay secret.
@@ -648,15 +571,15 @@ impl Repository {
         }
         let id = self.named_snapshot_id(name);
         let plain = serde_json::to_vec(snap).expect("snapshots serialize");
-        let sealed = self.crypto.seal_file("snapshot", &id, &plain);
-        self.write(&format!("{SNAPSHOTS}{}", id.to_hex()), sealed).await?;
+        let sealed = self.crypto.seal_file(Kind::Snapshot.label(), &id, &plain);
+        self.write(&Kind::Snapshot.path(&id), sealed).await?;
         Ok(id)
     }
 
     /// The snapshot of this name, if stored.
     pub async fn find_named(&self, name: &str) -> Result<Option<Snapshot>> {
         let id = self.named_snapshot_id(name);
-        match self.load_file_uncached("snapshot", SNAPSHOTS, &id).await {
+        match self.load_file_uncached(Kind::Snapshot, &id).await {
             Ok(bytes) => parse_snapshot(&id, &bytes).map(Some),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e),
@@ -664,12 +587,12 @@ impl Repository {
     }
 
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        parse_snapshot(id, &self.load_file("snapshot", SNAPSHOTS, id).await?)
+        parse_snapshot(id, &self.load_file(Kind::Snapshot, id).await?)
     }
 
     /// All snapshots, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let ids = self.list_ids(SNAPSHOTS).await?;
+        let ids = self.list_ids(Kind::Snapshot).await?;
         let (mut snaps, unread) = {
             let mut opened = self.opened.lock().expect("not poisoned");
             let listed: HashSet<Id> = ids.iter().copied().collect();
@@ -690,7 +613,7 @@ impl Repository {
     pub async fn remove_snapshots(&self, ids: &[Id]) -> Result<Removal> {
         let mut out = Removal::default();
         for id in ids {
-            match self.delete(&format!("{SNAPSHOTS}{}", id.to_hex())).await {
+            match self.delete(&Kind::Snapshot.path(id)).await {
                 Err(Error::Storage { source, .. }) if source.kind() == opendal::ErrorKind::PermissionDenied => out.locked.push(*id),
                 Err(e) => return Err(e),
                 Ok(()) => out.removed.push(*id),
@@ -761,10 +684,6 @@ pub struct Mark {
     /// When the storage stored the mark.
     pub time: chrono::DateTime<chrono::Utc>,
     pub file: IndexFile,
-}
-
-pub fn is_not_found(e: &Error) -> bool {
-    matches!(e, Error::Storage { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
 }
 
 pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {

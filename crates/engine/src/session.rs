@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::repo::list_names;
+use crate::objects::{Kind, is_not_found, list_names};
 use crate::{Error, Id, Repository, Result};
-
-pub const SESSIONS: &str = "sessions/";
 
 #[derive(Serialize, Deserialize)]
 struct Beat {
@@ -66,7 +64,7 @@ pub struct Session {
 }
 
 fn beat_path(id: &Id, seq: u64) -> String {
-    format!("{SESSIONS}{}-{seq:010}", id.to_hex())
+    Kind::Session.named(&format!("{}-{seq:010}", id.to_hex()))
 }
 
 impl Session {
@@ -139,7 +137,7 @@ impl Beat {
 }
 
 async fn write_beat(repo: &Repository, id: &Id, seq: u64, b: Beat) -> Result<()> {
-    let sealed = repo.crypto().seal_file("session", id, &serde_json::to_vec(&b).expect("beats serialize"));
+    let sealed = repo.crypto().seal_file(Kind::Session.label(), id, &serde_json::to_vec(&b).expect("beats serialize"));
     repo.write(&beat_path(id, seq), sealed).await
 }
 
@@ -170,7 +168,7 @@ pub(crate) fn parse_beat_name(name: &str) -> Option<(Id, u64)> {
 
 async fn newest_beats(repo: &Repository) -> Result<HashMap<Id, (u64, String)>> {
     let mut newest: HashMap<Id, (u64, String)> = HashMap::new();
-    for name in list_names(repo.operator(), SESSIONS).await? {
+    for name in list_names(repo.operator(), Kind::Session).await? {
         let Some((id, seq)) = parse_beat_name(&name) else { continue };
         let slot = newest.entry(id).or_insert((seq, name.clone()));
         if seq >= slot.0 {
@@ -204,16 +202,16 @@ pub async fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>> {
 }
 
 async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<SessionInfo>> {
-    let path = format!("{SESSIONS}{name}");
+    let path = Kind::Session.named(&name);
     let bytes = match repo.read(&path).await {
-        Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
+        Err(e) if is_not_found(&e) => return Ok(None),
         r => r?,
     };
     let last_beat = match repo.stored_time(&path).await {
-        Err(e) if crate::repo::is_not_found(&e) => return Ok(None),
+        Err(e) if is_not_found(&e) => return Ok(None),
         r => r?,
     };
-    let plain = repo.crypto().open_file("session", id, &bytes)?;
+    let plain = repo.crypto().open_file(Kind::Session.label(), id, &bytes)?;
     parse_beat(id, &plain, last_beat).map(Some)
 }
 
@@ -234,9 +232,9 @@ pub(crate) fn parse_beat(id: &Id, plain: &[u8], last_beat: DateTime<Utc>) -> Res
 /// Remove the heartbeats of a session presumed dead.
 pub async fn remove(repo: &Repository, id: &Id) -> Result<()> {
     let prefix = format!("{}-", id.to_hex());
-    for name in list_names(repo.operator(), SESSIONS).await? {
+    for name in list_names(repo.operator(), Kind::Session).await? {
         if name.starts_with(&prefix) {
-            repo.delete_unless_locked(&format!("{SESSIONS}{name}")).await?;
+            repo.delete_unless_locked(&Kind::Session.named(&name)).await?;
         }
     }
     Ok(())

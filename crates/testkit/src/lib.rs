@@ -10,12 +10,14 @@
 //! - [`RedisServer`]: a real `redis-server` on a free port, in a temp directory.
 //! - [`reachable_by_all`]: a copy of a program that other users (postgres, nobody) can run.
 //! - [`net::free_port`]: a free loopback port for harnesses that spawn external servers.
+//! - [`imports::import_cycle`]: an import cycle between a crate's modules, from its source text.
 
 mod alertmanager;
 mod azurite;
 mod certs;
 mod etcd;
 mod gcs;
+pub mod imports;
 mod kube;
 mod kube_admission;
 mod kube_audit;

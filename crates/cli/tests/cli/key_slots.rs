@@ -149,7 +149,7 @@ fn a_live_claim_holds_key_commands_back_and_a_dead_ones_does_not() {
         rt.block_on(async {
             let repo = super::fuzz_corpus::open_in_process(&env).await;
             let body = serde_json::json!({"host": tresor_engine::hostname(), "pid": pid, "command": "key remove"}).to_string();
-            repo.save_file("key claim", tresor_engine::keys::CLAIMS, body.as_bytes()).await.unwrap()
+            repo.save_file(tresor_engine::objects::Kind::KeyClaim, body.as_bytes()).await.unwrap()
         })
     };
     let claim_file = |id: tresor_engine::Id| Path::new(&env.repo).join("locks/keys").join(id.to_hex());

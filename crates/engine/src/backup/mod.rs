@@ -288,7 +288,7 @@ impl Shared {
     /// leaves an empty one) and the next piece reuses its pages.
     fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<Vec<u8>> {
         let piece = bytes::Bytes::from(piece);
-        self.rt.block_on(sink.write(piece.clone())).map_err(|source| Error::storage("write", crate::repo::pack_path(pack), source))?;
+        self.rt.block_on(sink.write(piece.clone())).map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))?;
         Ok(piece.try_into_mut().map(Vec::from).unwrap_or_default())
     }
 
@@ -576,7 +576,7 @@ pub(crate) async fn commit(repo: &Repository, session: &Session, snap: &mut Snap
         None => repo.save_snapshot(snap).await?,
     };
     if let Err(e) = session.check_lease().await {
-        repo.delete(&format!("{}{}", crate::repo::SNAPSHOTS, snap.id.to_hex())).await?;
+        repo.delete(&crate::objects::Kind::Snapshot.path(&snap.id)).await?;
         return Err(e);
     }
     Ok(())
@@ -636,7 +636,7 @@ async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<Pac
                 Ok(_) => Ok(done),
                 Err(source) => {
                     let _ = sink.abort().await;
-                    Err(Error::storage("write", crate::repo::pack_path(&done.id), source))
+                    Err(Error::storage("write", crate::objects::Kind::Pack.path(&done.id), source))
                 }
             },
         }

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::repo::{INDEX, MARKS, list_with_size};
+use crate::objects::{Kind, list_with_size};
 use crate::{Error, Repository, Result};
 
 /// Bytes of an index slot in memory (`compact.rs`).
@@ -58,8 +58,8 @@ impl Repository {
 
     /// The estimate from a listing of the index files and marks.
     pub async fn memory_estimate(&self) -> Result<MemoryEstimate> {
-        let mut files = list_with_size(self.operator(), INDEX).await?;
-        files.extend(list_with_size(self.operator(), MARKS).await?);
+        let mut files = list_with_size(self.operator(), Kind::Index).await?;
+        files.extend(list_with_size(self.operator(), Kind::Mark).await?);
         Ok(MemoryEstimate::of_stored(files.len(), files.iter().map(|(_, s)| s).sum()))
     }
 

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexedPack};
+use crate::objects::{Kind, is_not_found};
 use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackEntry, PackWriter};
-use crate::repo::{INDEX, MARKS, pack_path};
 use crate::session::{Session, SessionInfo, sessions};
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 use view::View;
@@ -84,7 +84,7 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
     let mut result = run(&repo, opts, &session).await;
     for _ in 0..3 {
         match &result {
-            Err(e) if crate::repo::is_not_found(e) => {
+            Err(e) if is_not_found(e) => {
                 tracing::info!("prune starts over: {e}");
                 result = run(&repo, opts, &session).await;
             }
@@ -185,7 +185,7 @@ async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session:
     let mut out = Vec::new();
     used.sort_by(|a, b| a.0.cmp(&b.0));
     for (pack, entries) in &used {
-        let bytes = repo.read(&pack_path(pack)).await?;
+        let bytes = repo.read(&Kind::Pack.path(pack)).await?;
         for e in entries {
             let sealed = bytes
                 .get(e.offset as usize..(e.offset + e.length) as usize)
@@ -227,8 +227,8 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     for file in &affected {
         // A concurrent prune superseded and removed it: its packs are in
         // that prune's files, and stay unmarked by this one.
-        let plain = match repo.load_file("index", INDEX, file).await {
-            Err(e) if crate::repo::is_not_found(&e) => continue,
+        let plain = match repo.load_file(Kind::Index, file).await {
+            Err(e) if is_not_found(&e) => continue,
             r => r?,
         };
         for p in IndexFile::decode(file, &plain)?.packs {
@@ -244,7 +244,7 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     }
     pieces.extend(kept);
     if !marked.is_empty() {
-        repo.save_file("mark", MARKS, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
+        repo.save_file(Kind::Mark, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
     }
     own.packs.extend(pieces.iter().map(|p| p.id));
     for chunk in pieces.chunks(PACKS_PER_INDEX) {
@@ -257,7 +257,7 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
         report.index_files_written += 1;
     }
     for id in old.iter().chain(&view.spent_files) {
-        if repo.delete_unless_locked(&format!("{INDEX}{}", id.to_hex())).await? {
+        if repo.delete_unless_locked(&Kind::Index.path(id)).await? {
             report.index_files_removed += 1;
         }
     }

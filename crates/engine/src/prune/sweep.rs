@@ -6,7 +6,8 @@ use futures::{StreamExt, TryStreamExt};
 use super::view::View;
 use super::{Plan, PruneOptions, PruneReport, SLOP, Written, live_sessions};
 use crate::index::{IndexFile, IndexedPack};
-use crate::repo::{DATA, MARKS, Mark, each_name, is_not_found, pack_path};
+use crate::objects::{Kind, each_name, is_not_found};
+use crate::repo::Mark;
 use crate::session::{self, Session, SessionInfo};
 use crate::{Error, Id, IdSet, Repository, Result};
 
@@ -58,7 +59,7 @@ pub(super) async fn sweep(
     }
     // Writers that finished since the view was loaded: their index files
     // and snapshots count before anything is deleted.
-    let snapshots = repo.list_ids(crate::repo::SNAPSHOTS).await?;
+    let snapshots = repo.list_ids(Kind::Snapshot).await?;
     let indexed_late = view.add_new_files(repo, &written.files).await?;
     view.track = true;
     view.reach_snapshots(repo, snapshots).await?;
@@ -98,7 +99,7 @@ pub(super) async fn sweep(
         }
     }
     for (m, _) in eligible.iter().zip(locked).filter(|(_, l)| !l) {
-        repo.delete_unless_locked(&format!("{MARKS}{}", m.id.to_hex())).await?;
+        repo.delete_unless_locked(&Kind::Mark.path(&m.id)).await?;
     }
     orphans(repo, view, written, &live, now, grace, report).await?;
     dead_sessions(repo, now, grace).await
@@ -106,7 +107,7 @@ pub(super) async fn sweep(
 
 /// Delete a pack unless Object Lock still protects it; whether it is gone.
 async fn delete_pack(repo: &Repository, pack: &Id, now: DateTime<Utc>) -> Result<bool> {
-    let path = pack_path(pack);
+    let path = Kind::Pack.path(pack);
     if let Some(lock) = repo.config().object_lock_secs {
         match repo.stored_time(&path).await {
             Ok(t) if now - t < chrono::Duration::seconds(lock as i64) => return Ok(false),
@@ -132,7 +133,7 @@ async fn orphans(
     let known = |p: &Id| view.index.has_pack(p) || written.packs.contains(p);
     // Streamed: only the unknown packs are kept, not a listing of them all.
     let mut candidates: Vec<Id> = Vec::new();
-    each_name(repo.operator(), DATA, |name| candidates.extend(name.parse().ok().filter(|p| !known(p)))).await?;
+    each_name(repo.operator(), Kind::Pack, |name| candidates.extend(name.parse().ok().filter(|p| !known(p)))).await?;
     if candidates.is_empty() {
         return Ok(());
     }
@@ -141,7 +142,7 @@ async fn orphans(
     let before = live.iter().map(|s| s.started).min().unwrap_or(now).min(now - grace) - SLOP;
     let times: Vec<(Id, Option<DateTime<Utc>>)> = futures::stream::iter(candidates.into_iter().filter(|p| !marked.contains(p)))
         .map(|p| async move {
-            match repo.stored_time(&pack_path(&p)).await {
+            match repo.stored_time(&Kind::Pack.path(&p)).await {
                 Ok(t) => Ok((p, Some(t))),
                 Err(e) if is_not_found(&e) => Ok((p, None)),
                 Err(e) => Err(e),

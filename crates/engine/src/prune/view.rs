@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::index::{Index, IndexFile};
-use crate::repo::{INDEX, Mark};
+use crate::objects::{Kind, is_not_found};
+use crate::repo::Mark;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
 /// Trees fetched at once while reaching: enough to hide storage latency,
@@ -93,7 +94,7 @@ impl View {
     /// Snapshots are listed before the index is read: a snapshot is stored
     /// after its index files, so each one listed finds its blobs.
     pub async fn load(repo: &Repository) -> Result<(View, Vec<Id>)> {
-        let snapshots = repo.list_ids(crate::repo::SNAPSHOTS).await?;
+        let snapshots = repo.list_ids(Kind::Snapshot).await?;
         let (index, files) = repo.load_index(&IdSet::default()).await?;
         let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
         let mut view = View {
@@ -150,15 +151,15 @@ impl View {
     /// index is sealed again (with the marked packs added before).
     pub async fn add_new_files(&mut self, repo: &Repository, own: &IdSet) -> Result<IdSet> {
         let mut packs = IdSet::default();
-        for id in repo.list_ids(INDEX).await? {
+        for id in repo.list_ids(Kind::Index).await? {
             if self.file_time.contains_key(&id) || self.stale_files.contains(&id) || self.spent_files.contains(&id) || own.contains(&id) {
                 continue;
             }
-            let f = match repo.load_file("index", INDEX, &id).await {
+            let f = match repo.load_file(Kind::Index, &id).await {
                 Ok(plain) => IndexFile::decode(&id, &plain)?,
                 // Superseded and removed by a concurrent prune, whose own
                 // file lists the same packs.
-                Err(e) if crate::repo::is_not_found(&e) => continue,
+                Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
             };
             packs.extend(f.packs.iter().map(|p| p.id));
@@ -232,7 +233,7 @@ impl View {
             }
             let snap = match repo.load_snapshot(&id).await {
                 Ok(s) => s,
-                Err(e) if crate::repo::is_not_found(&e) => continue,
+                Err(e) if is_not_found(&e) => continue,
                 Err(e) => return Err(e),
             };
             self.reach(repo, &id, snap.tree).await?;
@@ -247,9 +248,9 @@ impl View {
 async fn file_times(repo: &Repository, files: Vec<Id>) -> Result<IdMap<DateTime<Utc>>> {
     let times: Vec<Option<(Id, DateTime<Utc>)>> = futures::stream::iter(files)
         .map(|id| async move {
-            match repo.stored_time(&format!("{INDEX}{}", id.to_hex())).await {
+            match repo.stored_time(&Kind::Index.path(&id)).await {
                 Ok(t) => Ok(Some((id, t))),
-                Err(e) if crate::repo::is_not_found(&e) => Ok(None),
+                Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
         })
