@@ -1,6 +1,6 @@
 //! The WAL spool of a point-in-time recovery. `tresor pg restore` plans
-//! the segments the recovery will read (tresor_sources::pgwal's
-//! recovery_chain) and starts one prefetcher, `tresor pg wal-prefetch`:
+//! the segments the recovery will read (tresor_sources::pitr's
+//! recovery_plan) and starts one prefetcher, `tresor pg wal-prefetch`:
 //! it unlocks the repository once and keeps the next `window` segments of
 //! that plan, fetched and checked against their BLAKE3, in
 //! `pg_wal/tresor-prefetch/`, refilling as PostgreSQL takes them. The
@@ -16,7 +16,6 @@
 //! from the repository). When recovery ends, the prefetcher writes
 //! `tresor-prefetch.json` into the data directory and removes the spool.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -25,10 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tresor_engine::Repository;
-use tresor_sources::pgwal::{WalFile, WalKind};
+use tresor_sources::pgwal::WalFile;
+use tresor_sources::pitr::Plan;
 
 use crate::commands::open;
 use crate::opts::Global;
@@ -56,31 +55,6 @@ const POLL: Duration = Duration::from_millis(50);
 const WAIT: Duration = Duration::from_millis(2);
 /// A prefetcher whose server never starts gives up after this.
 const NO_SERVER: Duration = Duration::from_secs(600);
-
-/// What the recovery will read, as the archive was when the restore began.
-#[derive(Serialize, Deserialize)]
-pub struct Plan {
-    pub system_id: u64,
-    pub window: usize,
-    pub segments: Vec<String>,
-    /// The timeline history files archived.
-    pub history: Vec<String>,
-    /// Per timeline, the highest segment archived.
-    pub last_segment: BTreeMap<u32, u64>,
-    pub seg_size: u64,
-}
-
-impl Plan {
-    /// Whether the archive (as planned) lacks `wal`: answered without
-    /// opening the repository.
-    fn lacks(&self, wal: &WalFile) -> bool {
-        match wal.kind {
-            WalKind::History => !self.history.contains(&wal.name),
-            WalKind::Segment => self.last_segment.get(&wal.timeline).is_none_or(|last| wal.segno(self.seg_size) > *last),
-            WalKind::Partial | WalKind::BackupHistory => false,
-        }
-    }
-}
 
 fn spool(pgdata: &Path) -> PathBuf {
     pgdata.join(PREFETCHED)

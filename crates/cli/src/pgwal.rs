@@ -15,7 +15,6 @@
 //! a prefetcher it fetches the following segments in parallel into
 //! `pg_wal/tresor-prefetch/` itself.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,12 +24,13 @@ use futures::StreamExt;
 use tresor_engine::backup::{BackupOptions, backup};
 use tresor_engine::{NodeKind, Repository, SourceInfo};
 use tresor_sources::pgwal::{self, WalFile, WalKind};
-use tresor_sources::walrecord;
+use tresor_sources::pitr::recorded_seg_size;
+use tresor_sources::walarchive::{self, Push};
 
 use crate::commands::open;
 use crate::opts::{Global, WalFetchArgs, WalPushArgs};
 
-pub const KIND: &str = "pg-wal";
+pub use tresor_sources::pgwal::KIND;
 const PUSHED: &str = "pg_wal/tresor-pushed";
 pub const PREFETCHED: &str = "pg_wal/tresor-prefetch";
 
@@ -38,27 +38,19 @@ fn pgdata(given: Option<PathBuf>) -> Result<PathBuf> {
     given.map_or_else(|| std::env::current_dir().context("cannot tell the working directory"), Ok)
 }
 
-fn parse_name(path: &Path) -> Result<WalFile> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    WalFile::parse(&name).with_context(|| format!("{name:?} is not a WAL file name"))
-}
-
-/// Files the archiver has marked ready, other than `except`, oldest first.
+/// Files the archiver has marked ready, other than `except`, oldest first
+/// (walarchive::ready).
 fn ready_files(pgdata: &Path, except: &str, limit: usize) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(pgdata.join("pg_wal/archive_status")) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".ready").map(str::to_string))
-        .filter(|n| n != except && WalFile::parse(n).is_some())
-        .collect();
-    names.sort();
-    names.into_iter().take(limit).map(|n| pgdata.join("pg_wal").join(n)).collect()
+    let names = entries.filter_map(|e| e.ok()?.file_name().into_string().ok());
+    walarchive::ready(names, except, limit).into_iter().map(|n| pgdata.join("pg_wal").join(n)).collect()
 }
 
 pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
     let pgdata = pgdata(a.pgdata)?;
-    let wal = parse_name(&a.path)?;
+    let wal = walarchive::parse_path(&a.path)?;
     let data = std::fs::read(&a.path).with_context(|| format!("cannot read {}", a.path.display()))?;
     let hash = blake3::hash(&data).to_hex().to_string();
     let note = pgdata.join(PUSHED).join(&wal.name);
@@ -76,7 +68,7 @@ pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
         println!("{} {said}", wal.name);
     }
     for path in ready_files(&pgdata, &wal.name, a.batch) {
-        let Ok(wal) = parse_name(&path) else { continue };
+        let Ok(wal) = walarchive::parse_path(&path) else { continue };
         let Ok(data) = std::fs::read(&path) else { continue };
         let hash = blake3::hash(&data).to_hex().to_string();
         match push_one(&repo, control, &wal, data, hash.clone()).await {
@@ -90,41 +82,15 @@ pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// Check and store one WAL file; what happened, in a few words.
+/// Check and store one WAL file (the rules: walarchive); what happened,
+/// in a few words.
 async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, data: Vec<u8>, hash: String) -> Result<&'static str> {
-    let (system_id, seg_size) = match wal.kind {
-        WalKind::Segment | WalKind::Partial => {
-            let h = pgwal::check_segment(wal, &data).map_err(anyhow::Error::msg)?;
-            if let Some(c) = control.filter(|&c| c != h.system_id) {
-                bail!("{} belongs to the cluster with system identifier {}, not to this one ({c})", wal.name, h.system_id);
-            }
-            (h.system_id, Some(h.seg_size))
-        }
-        WalKind::History | WalKind::BackupHistory => {
-            let id = control.context("cannot read global/pg_control: run in the data directory or give --pgdata")?;
-            (id, None)
-        }
-    };
-    let name = pgwal::snapshot_name(system_id, &wal.name);
-    if let Some(existing) = repo.find_named(&name).await? {
-        if existing.source.consistency.get("blake3").and_then(|v| v.as_str()) == Some(hash.as_str()) {
-            return Ok("archived already, identical");
-        }
-        bail!("{} is archived already with different content; the archive keeps the copy it has", wal.name);
+    let who = walarchive::identify(wal, &data, control)?;
+    let name = pgwal::snapshot_name(who.system_id, &wal.name);
+    if walarchive::compare(wal, repo.find_named(&name).await?.as_ref(), &hash)? == Push::Identical {
+        return Ok("archived already, identical");
     }
-    let mut point = BTreeMap::new();
-    point.insert("system_id".to_string(), system_id.to_string().into());
-    point.insert("file".to_string(), wal.name.clone().into());
-    point.insert("timeline".to_string(), wal.timeline.into());
-    point.insert("blake3".to_string(), hash.into());
-    if let Some(s) = seg_size {
-        point.insert("wal_segment_size".to_string(), s.into());
-    }
-    if wal.kind == WalKind::Segment
-        && let Some(s) = seg_size
-    {
-        records(&mut point, &data, wal.segno(s) * s);
-    }
+    let point = walarchive::recorded_point(wal, who, &hash, &data);
     let info = SourceInfo { kind: KIND.into(), url: None, consistency: point };
     let opts = BackupOptions {
         stdin: Some((wal.name.clone(), Box::new(std::io::Cursor::new(data)))),
@@ -136,22 +102,9 @@ async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, d
     Ok("archived")
 }
 
-/// What the segment's records say (tresor_sources::walrecord), recorded
-/// so the RPO of the archive is known without reading WAL again: where its
-/// valid WAL ends, whether it ends in a switch, its newest commit.
-fn records(point: &mut BTreeMap<String, serde_json::Value>, data: &[u8], start_lsn: u64) {
-    let r = walrecord::read_segment(data, start_lsn);
-    point.insert("end_lsn".into(), format!("{:X}/{:X}", r.end_lsn >> 32, r.end_lsn as u32).into());
-    point.insert("switched".into(), r.switched.into());
-    point.insert("commits".into(), r.commits.into());
-    if let Some(t) = r.last_commit_unix_micros.and_then(chrono::DateTime::from_timestamp_micros) {
-        point.insert("last_commit".into(), t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
-    }
-}
-
 pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
     let pgdata = pgdata(a.pgdata)?;
-    let wal = WalFile::parse(&a.file).with_context(|| format!("{:?} is not a WAL file name", a.file))?;
+    let wal = walarchive::parse_name(&a.file)?;
     let spool = pgdata.join(PREFETCHED);
     let (record, own_prefetch) = match crate::pgspool::take(&pgdata, &wal, &a.dest)? {
         crate::pgspool::Take::Served => return Ok(0),
@@ -161,7 +114,7 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
         crate::pgspool::Take::NoPrefetcher => (false, a.prefetch),
     };
     let spooled = spool.join(&wal.name);
-    let running_low = || std::fs::read_dir(&spool).map_or(0, |d| d.count()) < own_prefetch.div_ceil(2);
+    let running_low = || walarchive::running_low(std::fs::read_dir(&spool).map_or(0, |d| d.count()), own_prefetch);
     let from_spool = spooled.exists();
     if from_spool {
         move_file(&spooled, &a.dest)?;
@@ -173,7 +126,7 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
         .with_context(|| format!("cannot read global/pg_control in {}: run in the data directory or give --pgdata", pgdata.display()))?;
     let repo = open(g).await?;
     let seg_size = if from_spool {
-        repo.find_named(&pgwal::snapshot_name(system_id, &wal.name)).await?.and_then(|s| s.source.consistency["wal_segment_size"].as_u64())
+        repo.find_named(&pgwal::snapshot_name(system_id, &wal.name)).await?.as_ref().and_then(recorded_seg_size)
     } else {
         match fetch_one(&repo, system_id, &wal.name, &a.dest).await? {
             Some(seg_size) => seg_size,
@@ -200,9 +153,7 @@ async fn prefetch(repo: &Repository, system_id: u64, wal: &WalFile, seg_size: u6
     if count == 0 || std::fs::create_dir_all(spool).is_err() {
         return;
     }
-    let first = wal.segno(seg_size) + 1;
-    let names: Vec<String> =
-        (first..first + count as u64).map(|s| pgwal::segment_name(wal.timeline, s, seg_size)).filter(|n| !spool.join(n).exists()).collect();
+    let names: Vec<String> = walarchive::following(wal, seg_size, count).into_iter().filter(|n| !spool.join(n).exists()).collect();
     let fetched = futures::stream::iter(names)
         .map(|n| async move { fetch_one(repo, system_id, &n, &spool.join(&n)).await })
         .buffer_unordered(4)
@@ -237,7 +188,7 @@ pub(crate) async fn fetch_one(repo: &Repository, system_id: u64, file: &str, des
         bail!("the archived {file} does not match the BLAKE3 recorded when it was pushed");
     }
     move_file(&tmp, dest)?;
-    Ok(Some(snap.source.consistency.get("wal_segment_size").and_then(|v| v.as_u64())))
+    Ok(Some(recorded_seg_size(&snap)))
 }
 
 pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {

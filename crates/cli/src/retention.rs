@@ -57,7 +57,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     };
     let removed = plan.removed();
     let Inventory { snapshots: all, held } = inv;
-    let wal = crate::pg::wal_to_forget(&all, &removed, &held);
+    let wal = tresor_sources::pitr::wal_to_forget(&all, &removed, &held);
     if !wal.is_empty() {
         let key = "pg-wal (no remaining base backup needs it)".to_string();
         plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal, named: true });

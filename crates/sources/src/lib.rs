@@ -21,6 +21,7 @@ pub mod k8s_transform;
 pub mod k8s_volume;
 mod pgbase;
 pub mod pgwal;
+pub mod pitr;
 mod postgres;
 pub mod probe;
 mod redis;
@@ -28,6 +29,7 @@ mod redis_aof;
 mod redis_target;
 pub mod restore_hooks;
 mod tls;
+pub mod walarchive;
 pub mod walrecord;
 
 use std::io::Read;

@@ -10,6 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// The kind of a WAL file's snapshot (FORMAT.md §12).
+pub const KIND: &str = "pg-wal";
+
 /// Where a WAL file lives in the repository: one named snapshot per file,
 /// keyed by the cluster's system identifier.
 pub fn snapshot_name(system_id: u64, file: &str) -> String {

@@ -1,0 +1,541 @@
+//! Point-in-time recovery's rules over a repository's snapshots: which
+//! `pg-base` and `pg-wal` snapshots form one cluster's chain, which WAL
+//! forgetting a base backup leaves unneeded, which base backup a recovery
+//! starts from, which segments it will read, and what `pg verify` reports.
+//! Pure functions: the binary lists the snapshots and acts on the answers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, FixedOffset};
+use serde::{Deserialize, Serialize};
+use tresor_engine::{Id, IdSet, Snapshot};
+
+use crate::PG_BASE;
+use crate::pgwal::{self, ArchivedSegment, Gap, KIND as PG_WAL, RecoveryEnd, Span, WalFile, WalKind};
+
+/// Why a point-in-time rule refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no base backup {spec}")]
+    NoSuchBase {
+        spec: String,
+        #[source]
+        source: tresor_engine::Error,
+    },
+    #[error("cannot read LSN {0:?} (use X/Y)")]
+    BadLsn(String),
+    #[error("no base backup was complete before the target; the oldest ended at {}", .oldest_end.to_rfc3339())]
+    NoBaseBefore { oldest_end: DateTime<FixedOffset> },
+    #[error("the repository holds no base backup (tresor pg backup)")]
+    NoBase,
+    #[error("the repository holds no base backup of cluster {0}")]
+    NoCluster(String),
+    #[error("the repository holds {} clusters ({}): choose one with --system-id", .0.len(), .0.join(", "))]
+    SeveralClusters(Vec<String>),
+    #[error("{0:?} is not a WAL file name")]
+    NotWalName(String),
+    /// A segment's header does not match its name (pgwal::check_segment).
+    #[error("{0}")]
+    BadSegment(String),
+    #[error("{file} belongs to the cluster with system identifier {segment}, not to this one ({control})")]
+    OtherCluster { file: String, segment: u64, control: u64 },
+    #[error("cannot read global/pg_control: run in the data directory or give --pgdata")]
+    NoControl,
+    #[error("{0} is archived already with different content; the archive keeps the copy it has")]
+    Conflict(String),
+}
+
+impl Error {
+    /// Whether trying again later may succeed: none of these changes with
+    /// time (the archive or the request must change first).
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            Error::NoSuchBase { source, .. } => source.is_temporary(),
+            _ => false,
+        }
+    }
+}
+
+/// A string the snapshot's source recorded under `key`.
+pub fn point<'a>(s: &'a Snapshot, key: &str) -> Option<&'a str> {
+    s.source.consistency.get(key).and_then(|v| v.as_str())
+}
+
+/// A number the snapshot's source recorded under `key`, if it fits a u32.
+pub fn point_u32(s: &Snapshot, key: &str) -> Option<u32> {
+    s.source.consistency.get(key).and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok())
+}
+
+/// The WAL segment size a snapshot recorded, if any.
+pub fn recorded_seg_size(s: &Snapshot) -> Option<u64> {
+    s.source.consistency.get("wal_segment_size").and_then(|v| v.as_u64())
+}
+
+/// The segment size of the cluster a snapshot belongs to: PostgreSQL's
+/// default (16 MiB) when it recorded none.
+pub fn seg_size(s: &Snapshot) -> u64 {
+    recorded_seg_size(s).unwrap_or(16 << 20)
+}
+
+/// One cluster's chain: its base backups (in the order listed, oldest
+/// first) and archived WAL.
+#[derive(Default)]
+pub struct Chain<'a> {
+    pub bases: Vec<&'a Snapshot>,
+    pub wal: Vec<(WalFile, &'a Snapshot)>,
+}
+
+impl Chain<'_> {
+    /// The cluster's segment size, from its first base backup, else its
+    /// first WAL file.
+    pub fn seg_size(&self) -> u64 {
+        self.bases.first().copied().or(self.wal.first().map(|(_, s)| *s)).map_or(16 << 20, seg_size)
+    }
+
+    /// The first segment the oldest of these base backups needs.
+    fn oldest_start(&self, bases: &[&Snapshot]) -> Option<u64> {
+        let size = self.seg_size();
+        bases.iter().filter_map(|b| WalFile::parse(point(b, "start_wal")?)).map(|w| w.segno(size)).min()
+    }
+
+    /// Its archived WAL files' names, parsed.
+    pub fn files(&self) -> Vec<WalFile> {
+        self.wal.iter().map(|(w, _)| w.clone()).collect()
+    }
+}
+
+/// The chains of the clusters in `snaps`, by system identifier. Snapshots
+/// of other kinds, and those without a system identifier or (WAL) a file
+/// name, belong to none.
+pub fn chains(snaps: &[Snapshot]) -> BTreeMap<String, Chain<'_>> {
+    let mut out: BTreeMap<String, Chain> = BTreeMap::new();
+    for s in snaps {
+        let Some(system_id) = point(s, "system_id") else { continue };
+        match s.source.kind.as_str() {
+            PG_BASE => out.entry(system_id.into()).or_default().bases.push(s),
+            PG_WAL => {
+                if let Some(w) = point(s, "file").and_then(WalFile::parse) {
+                    out.entry(system_id.into()).or_default().wal.push((w, s));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The chain a recovery works on: the cluster asked for, or the only one.
+pub fn chain_of<'c, 'a>(all: &'c BTreeMap<String, Chain<'a>>, system_id: Option<&str>) -> Result<&'c Chain<'a>, Error> {
+    match (system_id, all.len()) {
+        (Some(id), _) => all.get(id).ok_or_else(|| Error::NoCluster(id.into())),
+        (None, 1) => Ok(all.values().next().expect("one")),
+        (None, 0) => Err(Error::NoBase),
+        (None, _) => Err(Error::SeveralClusters(all.keys().cloned().collect())),
+    }
+}
+
+/// WAL that forgetting `removed` leaves no base backup needing: per
+/// cluster that loses a base backup, the files before the oldest base
+/// backup that stays. Held files stay.
+pub fn wal_to_forget(all: &[Snapshot], removed: &IdSet, held: &HashMap<Id, String>) -> Vec<Snapshot> {
+    let mut out = Vec::new();
+    for chain in chains(all).values() {
+        if !chain.bases.iter().any(|b| removed.contains(&b.id)) {
+            continue;
+        }
+        let staying: Vec<&Snapshot> = chain.bases.iter().copied().filter(|b| !removed.contains(&b.id)).collect();
+        let files = chain.files();
+        let gone: Vec<&WalFile> = pgwal::unneeded(&files, chain.oldest_start(&staying), chain.seg_size());
+        for (w, s) in &chain.wal {
+            if gone.contains(&w) && !removed.contains(&s.id) && !held.contains_key(&s.id) {
+                out.push((*s).clone());
+            }
+        }
+    }
+    out
+}
+
+/// When a base backup was complete: its recorded end, else its start.
+pub fn base_end(b: &Snapshot) -> DateTime<FixedOffset> {
+    b.summary.as_ref().and_then(|s| s.backup_end).unwrap_or(b.time)
+}
+
+/// Where a recovery stops (one of `pg restore`'s `--time`, `--lsn`,
+/// `--immediate`, `--latest`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stop {
+    Time(DateTime<FixedOffset>),
+    /// As given (`X/Y`), read when a rule needs it.
+    Lsn(String),
+    /// As soon as the base backup is consistent.
+    Immediate,
+    /// Through all archived WAL.
+    Latest,
+}
+
+/// The base backup to start from: the one `spec` names, or the newest
+/// (last of `bases`) that was complete before the recovery target.
+pub fn choose_base<'a>(bases: &[&'a Snapshot], spec: Option<&str>, stop: &Stop) -> Result<&'a Snapshot, Error> {
+    if let Some(spec) = spec {
+        let chosen = tresor_engine::select::select(bases.iter().map(|b| (*b).clone()).collect(), spec, &Default::default())
+            .map_err(|source| Error::NoSuchBase { spec: spec.into(), source })?;
+        return Ok(bases.iter().find(|b| b.id == chosen.id).expect("selected from these"));
+    }
+    let lsn = match stop {
+        Stop::Lsn(l) => Some(pgwal::parse_lsn(l).ok_or_else(|| Error::BadLsn(l.clone()))?),
+        _ => None,
+    };
+    let fits = |b: &&&Snapshot| match (stop, lsn) {
+        (Stop::Time(t), _) => base_end(b) <= *t,
+        (_, Some(l)) => point(b, "end_lsn").and_then(pgwal::parse_lsn).is_some_and(|e| e <= l),
+        _ => true,
+    };
+    let found = bases.iter().rev().find(fits).copied();
+    found.ok_or_else(|| match bases.first() {
+        Some(b) => Error::NoBaseBefore { oldest_end: base_end(b) },
+        None => Error::NoBase,
+    })
+}
+
+/// What a recovery will read, as the archive was when the restore began:
+/// the plan `pg restore` hands its WAL prefetcher (serialised into the
+/// spool as it is).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub system_id: u64,
+    pub window: usize,
+    pub segments: Vec<String>,
+    /// The timeline history files archived.
+    pub history: Vec<String>,
+    /// Per timeline, the highest segment archived.
+    pub last_segment: BTreeMap<u32, u64>,
+    pub seg_size: u64,
+}
+
+impl Plan {
+    /// Whether the archive (as planned) lacks `wal`: answered without
+    /// opening the repository.
+    pub fn lacks(&self, wal: &WalFile) -> bool {
+        match wal.kind {
+            WalKind::History => !self.history.contains(&wal.name),
+            WalKind::Segment => self.last_segment.get(&wal.timeline).is_none_or(|last| wal.segno(self.seg_size) > *last),
+            WalKind::Partial | WalKind::BackupHistory => false,
+        }
+    }
+}
+
+/// The segments a recovery from `base` to `stop` will read
+/// (pgwal::recovery_chain), with `window` segments to fetch ahead; `None`
+/// when the base backup does not say where its WAL starts.
+pub fn recovery_plan(chain: &Chain, base: &Snapshot, stop: &Stop, window: usize) -> Option<Plan> {
+    let size = chain.seg_size();
+    let start = WalFile::parse(point(base, "start_wal")?)?;
+    let end = match stop {
+        Stop::Time(t) => RecoveryEnd::AfterCommit(t.timestamp_micros()),
+        Stop::Lsn(l) => RecoveryEnd::Segment(pgwal::lsn_segno(l, size)?),
+        Stop::Immediate => {
+            RecoveryEnd::Segment(point(base, "end_lsn").and_then(|l| pgwal::lsn_segno(l, size)).unwrap_or(start.segno(size)))
+        }
+        Stop::Latest => RecoveryEnd::Latest,
+    };
+    let archived: Vec<ArchivedSegment> = chain
+        .wal
+        .iter()
+        .map(|(w, s)| ArchivedSegment {
+            file: w.clone(),
+            last_commit_micros: point(s, "last_commit").and_then(|c| DateTime::parse_from_rfc3339(c).ok()).map(|c| c.timestamp_micros()),
+        })
+        .collect();
+    let mut last_segment = BTreeMap::new();
+    for (w, _) in chain.wal.iter().filter(|(w, _)| w.kind == WalKind::Segment) {
+        let last = last_segment.entry(w.timeline).or_insert(0);
+        *last = w.segno(size).max(*last);
+    }
+    Some(Plan {
+        system_id: point(base, "system_id")?.parse().ok()?,
+        window,
+        segments: pgwal::recovery_chain(&archived, start.timeline, start.segno(size), end, size),
+        history: chain.wal.iter().filter(|(w, _)| w.kind == WalKind::History).map(|(w, _)| w.name.clone()).collect(),
+        last_segment,
+        seg_size: size,
+    })
+}
+
+/// What keeps a chain from recovering across it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// Segments missing between archived ones.
+    Gap(Gap),
+    /// A base backup whose end the archived WAL of its timeline does not
+    /// reach: it recovers no further than its end.
+    StartsAfter { base: Id, timeline: u32, first: u64, end: u64, seg_size: u64 },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Gap(gap) => {
+                write!(f, "gap on timeline {}: {} … {} ({} segments missing)", gap.timeline, gap.first, gap.last, gap.count)
+            }
+            Problem::StartsAfter { base, timeline, first, end, seg_size } => write!(
+                f,
+                "base backup {}: the archived WAL starts at {}, after its end {}: it recovers no further than its end",
+                base.short(),
+                pgwal::segment_name(*timeline, *first, *seg_size),
+                pgwal::segment_name(*timeline, *end, *seg_size)
+            ),
+        }
+    }
+}
+
+/// `pg verify`'s findings on one chain: the archived range per timeline
+/// and its problems, gaps first.
+pub fn verify(chain: &Chain) -> (BTreeMap<u32, Span>, Vec<Problem>) {
+    let size = chain.seg_size();
+    let (ranges, gaps) = pgwal::gaps(&chain.files(), size);
+    let mut problems: Vec<Problem> = gaps.into_iter().map(Problem::Gap).collect();
+    for b in &chain.bases {
+        let (Some(end), Some(tli)) = (point(b, "end_lsn").and_then(|e| pgwal::lsn_segno(e, size)), point_u32(b, "timeline")) else {
+            continue;
+        };
+        if let Some(first) = ranges.get(&tli).map(|r| r.first).filter(|lo| *lo > end + 1) {
+            problems.push(Problem::StartsAfter { base: b.id, timeline: tli, first, end, seg_size: size });
+        }
+    }
+    (ranges, problems)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use serde_json::json;
+    use tresor_engine::{SourceInfo, Summary};
+
+    use super::*;
+
+    const MB16: u64 = 16 << 20;
+
+    fn at(minute: i64) -> DateTime<FixedOffset> {
+        DateTime::from_timestamp(1_700_000_000 + minute * 60, 0).unwrap().fixed_offset()
+    }
+
+    /// A snapshot of `kind` recording `point`, taken at minute `n`.
+    pub(crate) fn snap(n: u8, kind: &str, point: serde_json::Value) -> Snapshot {
+        Snapshot {
+            id: Id([n; 32]),
+            time: at(n.into()),
+            tree: Id([0; 32]),
+            paths: vec![],
+            hostname: "db".into(),
+            username: "postgres".into(),
+            uid: 0,
+            gid: 0,
+            tags: vec![],
+            name: None,
+            source: SourceInfo { kind: kind.into(), url: None, consistency: serde_json::from_value(point).unwrap() },
+            parent: None,
+            original: None,
+            evidence: None,
+            excludes: vec![],
+            program_version: "test".into(),
+            summary: None,
+            errors: vec![],
+        }
+    }
+
+    /// A base backup of cluster 7 on timeline 1 whose WAL runs from
+    /// segment `start` through `end`, complete at minute `ended`.
+    fn base(n: u8, start: u64, end: u64, ended: i64) -> Snapshot {
+        let mut b = snap(
+            n,
+            PG_BASE,
+            json!({"system_id": "7", "timeline": 1, "start_wal": pgwal::segment_name(1, start, MB16),
+                   "start_lsn": format!("0/{:X}", start * MB16), "end_lsn": format!("0/{:X}", end * MB16 + 0x100)}),
+        );
+        b.summary = Some(Summary { backup_end: Some(at(ended)), ..Default::default() });
+        b
+    }
+
+    fn wal(n: u8, file: &str, last_commit_minute: Option<i64>) -> Snapshot {
+        let mut point = json!({"system_id": "7", "file": file});
+        if let Some(m) = last_commit_minute {
+            point["last_commit"] = at(m).to_rfc3339().into();
+        }
+        snap(n, PG_WAL, point)
+    }
+
+    fn seg(tli: u32, segno: u64) -> String {
+        pgwal::segment_name(tli, segno, MB16)
+    }
+
+    fn names(snaps: &[Snapshot]) -> Vec<&str> {
+        snaps.iter().map(|s| point(s, "file").unwrap()).collect()
+    }
+
+    #[test]
+    fn chains_are_per_cluster_and_skip_what_is_not_theirs() {
+        let snaps = vec![
+            base(1, 3, 3, 2),
+            wal(2, &seg(1, 3), None),
+            snap(3, PG_BASE, json!({"system_id": "8"})),
+            snap(4, PG_WAL, json!({"system_id": "7", "file": "not-wal"})),
+            snap(5, PG_WAL, json!({"file": seg(1, 4)})),
+            snap(6, "redis", json!({"system_id": "7"})),
+        ];
+        let all = chains(&snaps);
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["7", "8"]);
+        assert_eq!((all["7"].bases.len(), all["7"].wal.len()), (1, 1));
+        assert_eq!(all["7"].wal[0].0.name, seg(1, 3));
+        assert_eq!((all["8"].bases.len(), all["8"].wal.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_recovery_works_on_the_cluster_asked_for_or_the_only_one() {
+        let snaps = vec![base(1, 3, 3, 2), snap(2, PG_BASE, json!({"system_id": "8"}))];
+        let all = chains(&snaps);
+        assert_eq!(chain_of(&all, Some("8")).unwrap().bases[0].id, Id([2; 32]));
+        assert_eq!(chain_of(&all, Some("9")).err().unwrap().to_string(), "the repository holds no base backup of cluster 9");
+        assert_eq!(chain_of(&all, None).err().unwrap().to_string(), "the repository holds 2 clusters (7, 8): choose one with --system-id");
+        assert_eq!(chain_of(&chains(&snaps[..1]), None).unwrap().bases.len(), 1);
+        assert_eq!(chain_of(&chains(&[]), None).err().unwrap().to_string(), "the repository holds no base backup (tresor pg backup)");
+    }
+
+    #[test]
+    fn the_segment_size_comes_from_the_snapshots() {
+        let mut small = base(1, 3, 3, 2);
+        small.source.consistency.insert("wal_segment_size".into(), json!(1 << 20));
+        assert_eq!((seg_size(&small), recorded_seg_size(&small)), (1 << 20, Some(1 << 20)));
+        assert_eq!((seg_size(&base(2, 3, 3, 2)), recorded_seg_size(&base(2, 3, 3, 2))), (MB16, None));
+        let mut w = wal(3, &seg(1, 3), None);
+        w.source.consistency.insert("wal_segment_size".into(), json!(64 << 20));
+        let snaps = vec![w, base(4, 3, 3, 2)];
+        assert_eq!(chains(&snaps)["7"].seg_size(), MB16, "the first base backup's size wins over the WAL's");
+        assert_eq!(chains(&snaps[..1])["7"].seg_size(), 64 << 20, "without a base backup, the first WAL file's");
+    }
+
+    #[test]
+    fn forgetting_a_base_backup_forgets_the_wal_only_it_needed() {
+        let snaps = vec![
+            base(1, 3, 3, 2),
+            base(2, 6, 6, 5),
+            wal(10, &seg(1, 3), None),
+            wal(11, &seg(1, 4), None),
+            wal(12, &seg(1, 5), None),
+            wal(13, &seg(1, 6), None),
+            wal(14, "00000002.history", None),
+        ];
+        let ids = |ns: &[u8]| ns.iter().map(|n| Id([*n; 32])).collect::<IdSet>();
+        let none = HashMap::new();
+        let gone = wal_to_forget(&snaps, &ids(&[1]), &none);
+        assert_eq!(names(&gone), [seg(1, 3), seg(1, 4), seg(1, 5)], "before the oldest base backup that stays; history stays");
+        let held = HashMap::from([(Id([11; 32]), "audit".to_string())]);
+        assert_eq!(names(&wal_to_forget(&snaps, &ids(&[1]), &held)), [seg(1, 3), seg(1, 5)], "a held WAL file stays");
+        assert_eq!(names(&wal_to_forget(&snaps, &ids(&[1, 10]), &none)), [seg(1, 4), seg(1, 5)], "removed already: not twice");
+        assert!(wal_to_forget(&snaps, &ids(&[2]), &none).is_empty(), "the older base backup (say, held) keeps its WAL and all after");
+        assert!(wal_to_forget(&snaps, &ids(&[1, 2]), &none).is_empty(), "with no base backup left the chain is not cut blind");
+        assert!(wal_to_forget(&snaps, &ids(&[10]), &none).is_empty(), "no base backup removed: WAL is never forgotten by policy");
+    }
+
+    #[test]
+    fn the_base_backup_is_the_newest_complete_before_the_target() {
+        let (b1, b2, b3) = (base(1, 3, 3, 10), base(2, 6, 6, 20), base(3, 9, 9, 30));
+        let bases = [&b1, &b2, &b3];
+        let chosen = |stop: Stop| choose_base(&bases, None, &stop).map(|b| b.id);
+        assert_eq!(chosen(Stop::Time(at(25))).unwrap(), b2.id);
+        assert_eq!(chosen(Stop::Time(at(20))).unwrap(), b2.id, "complete at the target itself counts");
+        assert_eq!(chosen(Stop::Time(at(99))).unwrap(), b3.id);
+        assert_eq!(
+            chosen(Stop::Time(at(9))).unwrap_err().to_string(),
+            "no base backup was complete before the target; the oldest ended at 2023-11-14T22:23:20+00:00"
+        );
+        assert_eq!(chosen(Stop::Lsn("0/8000000".into())).unwrap(), b2.id, "the newest whose end LSN is at or before it");
+        assert_eq!(chosen(Stop::Lsn("0/6000100".into())).unwrap(), b2.id);
+        assert_eq!(chosen(Stop::Lsn("0/30000FF".into())).unwrap_err().to_string(), chosen(Stop::Time(at(9))).unwrap_err().to_string());
+        assert_eq!(chosen(Stop::Lsn("3000000".into())).unwrap_err().to_string(), r#"cannot read LSN "3000000" (use X/Y)"#);
+        assert_eq!((chosen(Stop::Latest).unwrap(), chosen(Stop::Immediate).unwrap()), (b3.id, b3.id));
+        assert_eq!(
+            choose_base(&[], None, &Stop::Latest).unwrap_err().to_string(),
+            "the repository holds no base backup (tresor pg backup)"
+        );
+    }
+
+    #[test]
+    fn a_base_backup_asked_for_is_taken_whatever_the_target() {
+        let (b1, b2) = (base(1, 3, 3, 10), base(2, 6, 6, 20));
+        let bases = [&b1, &b2];
+        assert_eq!(choose_base(&bases, Some("0101"), &Stop::Time(at(0))).unwrap().id, b1.id);
+        assert_eq!(choose_base(&bases, Some("latest"), &Stop::Lsn("bad".into())).unwrap().id, b2.id, "the LSN is not read then");
+        let e = choose_base(&bases, Some("0303"), &Stop::Latest).unwrap_err();
+        let chain: Vec<String> = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect();
+        assert_eq!(chain, ["no base backup 0303", r#"no snapshot matches "0303""#]);
+        assert!(!e.is_temporary());
+    }
+
+    #[test]
+    fn the_recovery_plan_follows_the_base_backups_timeline_to_the_target() {
+        let mut snaps = vec![base(1, 3, 4, 10)];
+        for (n, (tli, segno, commit)) in
+            [(1, 3, Some(5)), (1, 4, Some(12)), (1, 5, Some(20)), (1, 6, None), (2, 6, Some(30)), (2, 7, None)].into_iter().enumerate()
+        {
+            snaps.push(wal(10 + n as u8, &seg(tli, segno), commit));
+        }
+        snaps.push(wal(20, "00000002.history", None));
+        let all = chains(&snaps);
+        let chain = &all["7"];
+        let plan = |stop: Stop| recovery_plan(chain, chain.bases[0], &stop, 16).unwrap();
+        let latest = plan(Stop::Latest);
+        assert_eq!(latest.segments, [seg(1, 3), seg(1, 4), seg(1, 5), seg(1, 6)], "timeline 2 is PostgreSQL's choice, not planned");
+        assert_eq!(latest.history, ["00000002.history"]);
+        assert_eq!(latest.last_segment, BTreeMap::from([(1, 6), (2, 7)]));
+        assert_eq!((latest.system_id, latest.window, latest.seg_size), (7, 16, MB16));
+        assert_eq!(plan(Stop::Time(at(11))).segments, [seg(1, 3), seg(1, 4), seg(1, 5)], "through the first commit after it, and one more");
+        assert_eq!(plan(Stop::Lsn("0/5000010".into())).segments, [seg(1, 3), seg(1, 4), seg(1, 5), seg(1, 6)]);
+        assert_eq!(plan(Stop::Immediate).segments, [seg(1, 3), seg(1, 4), seg(1, 5)], "through the base backup's end segment");
+        assert_eq!(recovery_plan(chain, chain.bases[0], &Stop::Lsn("x".into()), 16), None);
+        let no_start = snap(2, PG_BASE, json!({"system_id": "7"}));
+        assert_eq!(recovery_plan(chain, &no_start, &Stop::Latest, 16), None, "a base backup that does not say where its WAL starts");
+    }
+
+    #[test]
+    fn a_plan_knows_what_the_archive_lacks() {
+        let plan = Plan {
+            system_id: 7,
+            window: 4,
+            segments: vec![],
+            history: vec!["00000002.history".into()],
+            last_segment: BTreeMap::from([(1, 6)]),
+            seg_size: MB16,
+        };
+        let lacks = |name: &str| plan.lacks(&WalFile::parse(name).unwrap());
+        assert!(!lacks(&seg(1, 6)) && lacks(&seg(1, 7)) && lacks(&seg(2, 1)));
+        assert!(!lacks("00000002.history") && lacks("00000003.history"));
+        assert!(!lacks("000000010000000000000009.partial"), "not known to the plan: asked of the repository");
+    }
+
+    #[test]
+    fn verify_finds_gaps_and_base_backups_the_archive_does_not_reach() {
+        let snaps = vec![
+            base(1, 2, 3, 2),
+            base(2, 6, 6, 5),
+            wal(10, &seg(1, 6), None),
+            wal(11, &seg(1, 9), None),
+            wal(12, &seg(1, 10), None),
+            wal(13, &seg(2, 11), None),
+        ];
+        let all = chains(&snaps);
+        let (ranges, problems) = verify(&all["7"]);
+        assert_eq!(ranges[&1], Span { first: 6, last: 10, count: 3 });
+        assert_eq!(ranges[&2], Span { first: 11, last: 11, count: 1 });
+        let said: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            [
+                "gap on timeline 1: 000000010000000000000007 … 000000010000000000000008 (2 segments missing)".to_string(),
+                format!(
+                    "base backup {}: the archived WAL starts at 000000010000000000000006, after its end 000000010000000000000003: it recovers no further than its end",
+                    Id([1; 32]).short()
+                ),
+            ]
+        );
+        assert!(verify(&chains(&snaps[1..3])["7"]).1.is_empty(), "a base backup whose WAL is archived from its end on");
+    }
+}
