@@ -12,15 +12,10 @@ use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::objects::{Kind, list_names};
-use crate::{Error, Id, Repository, Result};
+pub use crate::snapshot::Head;
 
-/// Where the log stood: its newest entry's number and plaintext hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    pub seq: u64,
-    pub hash: Id,
-}
+use crate::objects::{Kind, evidence_entries, evidence_name as name_of};
+use crate::{Error, Id, Repository, Result};
 
 /// One entry: its place in the chain, when and by whom, and what it proves.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,28 +33,14 @@ pub struct Entry {
     pub body: Value,
 }
 
-fn name_of(seq: u64, hash: &Id) -> String {
-    format!("{seq:012}-{}", hash.to_hex())
-}
-
-/// `<seq>-<hash>` back into its parts.
-pub(crate) fn parse_name(name: &str) -> Option<(u64, Id)> {
-    let (seq, hash) = name.split_once('-')?;
-    let bytes: Vec<u8> = (0..hash.len()).step_by(2).map(|i| u8::from_str_radix(hash.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
-    Some((seq.parse().ok()?, Id::from_slice(&bytes)?))
-}
-
 /// The entries' names in order: (seq, hash), as listed (no object read).
 pub async fn names(repo: &Repository) -> Result<Vec<(u64, Id)>> {
-    let mut out: Vec<(u64, Id)> =
-        list_names(repo.operator(), Kind::Evidence).await?.iter().filter_map(|n| parse_name(n.rsplit('/').next()?)).collect();
-    out.sort();
-    Ok(out)
+    evidence_entries(repo.operator()).await
 }
 
 /// The newest entry, from the listing alone.
 pub async fn head(repo: &Repository) -> Result<Option<Head>> {
-    Ok(names(repo).await?.last().map(|&(seq, hash)| Head { seq, hash }))
+    crate::objects::evidence_head(repo.operator()).await
 }
 
 /// Store a sealed entry under its name; the name is the plaintext's own hash.

@@ -154,7 +154,7 @@ pub fn session(data: &[u8]) {
 /// `[name length][entry name][entry plaintext]`.
 pub fn evidence(data: &[u8]) {
     let Some((name, plain)) = named(data) else { return };
-    let _ = crate::evidence::parse_name(name);
+    let _ = crate::objects::parse_evidence_name(name);
     let Ok(e) = serde_json::from_slice::<crate::evidence::Entry>(plain) else { return };
     let back: crate::evidence::Entry = serde_json::from_slice(&serde_json::to_vec(&e).expect("entries serialize")).expect("reads back");
     assert_eq!(back, e);

@@ -8,6 +8,7 @@
 use futures::TryStreamExt;
 use tresor_storage::Operator;
 
+use crate::snapshot::Head;
 use crate::{Error, Id, Result};
 
 /// A kind of object in a repository.
@@ -154,6 +155,32 @@ pub async fn each_with_size(op: &Operator, kind: Kind, mut f: impl FnMut(&str, u
         }
     }
     Ok(())
+}
+
+/// An evidence entry's name: its 12-digit number and its plaintext's hash.
+pub fn evidence_name(seq: u64, hash: &Id) -> String {
+    format!("{seq:012}-{}", hash.to_hex())
+}
+
+/// `<seq>-<hash>` back into its parts.
+pub fn parse_evidence_name(name: &str) -> Option<(u64, Id)> {
+    let (seq, hash) = name.split_once('-')?;
+    let bytes: Vec<u8> = (0..hash.len()).step_by(2).map(|i| u8::from_str_radix(hash.get(i..i + 2)?, 16).ok()).collect::<Option<_>>()?;
+    Some((seq.parse().ok()?, Id::from_slice(&bytes)?))
+}
+
+/// The evidence entries in order, (seq, hash), from the listing alone.
+pub async fn evidence_entries(op: &Operator) -> Result<Vec<(u64, Id)>> {
+    let mut out: Vec<(u64, Id)> =
+        list_names(op, Kind::Evidence).await?.iter().filter_map(|n| parse_evidence_name(n.rsplit('/').next()?)).collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The evidence log's newest entry, from the listing alone: what a snapshot
+/// records when it is saved.
+pub async fn evidence_head(op: &Operator) -> Result<Option<Head>> {
+    Ok(evidence_entries(op).await?.last().map(|&(seq, hash)| Head { seq, hash }))
 }
 
 /// Whether `e` says the object was not there.

@@ -14,9 +14,9 @@ use tresor_storage::{Location, Operator, StorageOptions};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
-use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack};
+use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack, MemoryEstimate};
 use crate::keys::{KdfParams, KeyFile, Password};
-use crate::objects::{Kind, is_not_found, list_names};
+use crate::objects::{Kind, is_not_found, list_names, list_with_size};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
 use crate::snapshot::Snapshot;
@@ -90,7 +90,7 @@ pub struct Repository {
     /// deleted snapshot is never served. `check` reads past this.
     opened: Mutex<HashMap<Id, Snapshot>>,
     /// Bytes commands may use, 0 for no limit (`index/budget.rs`).
-    pub(crate) memory_limit: std::sync::atomic::AtomicU64,
+    memory_limit: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Repository {
@@ -552,7 +552,7 @@ impl Repository {
         // A copy keeps the head its original recorded; its entries came along first.
         let evidence = match snap.evidence {
             Some(h) => Some(h),
-            None => crate::evidence::head(self).await?,
+            None => crate::objects::evidence_head(&self.op).await?,
         };
         let snap = Snapshot { evidence, ..snap.clone() };
         self.save_file(Kind::Snapshot, &serde_json::to_vec(&snap).expect("snapshots serialize")).await
@@ -630,6 +630,39 @@ impl Repository {
     /// The snapshot `spec` names, `latest` narrowed by `filter` ([`crate::select`]).
     pub async fn find_filtered(&self, spec: &str, filter: &SnapshotFilter) -> Result<Snapshot> {
         crate::select::select(self.snapshots().await?, spec, filter)
+    }
+}
+
+impl Repository {
+    // ---- memory (`--max-memory`, `index/budget.rs`) ------------------------
+
+    /// Limit the memory commands on this handle may use (`None`: no limit);
+    /// [`Repository::ensure_memory`] holds them to it.
+    pub fn set_memory_limit(&self, limit: Option<u64>) {
+        self.memory_limit.store(limit.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn memory_limit(&self) -> Option<u64> {
+        Some(self.memory_limit.load(std::sync::atomic::Ordering::Relaxed)).filter(|&l| l > 0)
+    }
+
+    /// The estimate from a listing of the index files and marks.
+    pub async fn memory_estimate(&self) -> Result<MemoryEstimate> {
+        let mut files = list_with_size(self.operator(), Kind::Index).await?;
+        files.extend(list_with_size(self.operator(), Kind::Mark).await?);
+        Ok(MemoryEstimate::of_stored(files.len(), files.iter().map(|(_, s)| s).sum()))
+    }
+
+    /// Under a memory limit, refuse before any work when the estimate
+    /// exceeds it. Called where the index is loaded and where a writer's
+    /// session starts, so nothing is read or written first.
+    pub async fn ensure_memory(&self) -> Result<()> {
+        let Some(limit) = self.memory_limit() else { return Ok(()) };
+        let e = self.memory_estimate().await?;
+        if e.total > limit {
+            return Err(Error::MemoryLimit { needed: e.total, index: e.index, blobs: e.blobs, limit });
+        }
+        Ok(())
     }
 }
 

@@ -76,7 +76,7 @@ pub struct Snapshot {
     pub original: Option<Id>,
     /// The evidence log's head when the snapshot was saved (§12d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evidence: Option<crate::evidence::Head>,
+    pub evidence: Option<Head>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
     pub program_version: String,
@@ -94,6 +94,14 @@ impl Snapshot {
         v["short_id"] = serde_json::json!(self.id.short());
         v
     }
+}
+
+/// Where the evidence log stood (FORMAT.md §12d): its newest entry's number
+/// and plaintext hash, as a snapshot records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Id,
 }
 
 #[cfg(test)]

@@ -5,11 +5,6 @@
 //! it, known from a listing before any is read. A command whose estimate
 //! exceeds the limit stops there, having read and changed nothing.
 
-use std::sync::atomic::Ordering;
-
-use crate::objects::{Kind, list_with_size};
-use crate::{Error, Repository, Result};
-
 /// Bytes of an index slot in memory (`compact.rs`).
 const SLOT: u64 = 36;
 /// Stored bytes per entry at least: every entry holds a 32-byte keyed hash,
@@ -42,37 +37,6 @@ impl MemoryEstimate {
         let blobs = stored / STORED_PER_ENTRY;
         let index = blobs * SLOT;
         MemoryEstimate { files, stored, blobs, index, total: index + WORKING_SET }
-    }
-}
-
-impl Repository {
-    /// Limit the memory commands on this handle may use (`None`: no limit);
-    /// [`Repository::ensure_memory`] holds them to it.
-    pub fn set_memory_limit(&self, limit: Option<u64>) {
-        self.memory_limit.store(limit.unwrap_or(0), Ordering::Relaxed);
-    }
-
-    pub fn memory_limit(&self) -> Option<u64> {
-        Some(self.memory_limit.load(Ordering::Relaxed)).filter(|&l| l > 0)
-    }
-
-    /// The estimate from a listing of the index files and marks.
-    pub async fn memory_estimate(&self) -> Result<MemoryEstimate> {
-        let mut files = list_with_size(self.operator(), Kind::Index).await?;
-        files.extend(list_with_size(self.operator(), Kind::Mark).await?);
-        Ok(MemoryEstimate::of_stored(files.len(), files.iter().map(|(_, s)| s).sum()))
-    }
-
-    /// Under a memory limit, refuse before any work when the estimate
-    /// exceeds it. Called where the index is loaded and where a writer's
-    /// session starts, so nothing is read or written first.
-    pub async fn ensure_memory(&self) -> Result<()> {
-        let Some(limit) = self.memory_limit() else { return Ok(()) };
-        let e = self.memory_estimate().await?;
-        if e.total > limit {
-            return Err(Error::MemoryLimit { needed: e.total, index: e.index, blobs: e.blobs, limit });
-        }
-        Ok(())
     }
 }
 
