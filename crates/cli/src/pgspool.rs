@@ -39,9 +39,8 @@ const PROGRESS: &str = ".progress";
 const SERVED: &str = ".served";
 const FALLBACK: &str = ".fallback";
 /// A segment handed out and kept for a second request: only the last
-/// `KEPT` planned ones.
+/// planned ones (pitr::KEPT).
 const SERVED_COPY: &str = ".served-";
-const KEPT: usize = 2;
 /// The prefetcher's account of a recovery, in the data directory.
 pub const REPORT: &str = "tresor-prefetch.json";
 /// Fetches running at once: enough to hide a fetch's latency, few enough
@@ -167,12 +166,11 @@ fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
         Some(p) => p,
         None => return Ok(Take::NoPrefetcher),
     };
-    let index = plan.segments.iter().position(|s| *s == wal.name);
     // PostgreSQL asks for the segment where recovery stops a second time
     // when it ends recovery: the last planned segments are copied out and
     // kept for that. Every other one is moved (no 16 MiB copy); asked for
     // again (after a restart), it comes from the repository.
-    let last = index.is_some_and(|i| i + KEPT >= plan.segments.len());
+    let (index, last) = plan.place(&wal.name);
     let file = dir.join(&wal.name);
     let kept = dir.join(format!("{SERVED_COPY}{}", wal.name));
     loop {
@@ -340,7 +338,7 @@ async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<
             break why;
         }
         let held = spooled(&dir);
-        while next < plan.segments.len() && held + running.len() < plan.window && running.len() < PARALLEL {
+        for _ in 0..plan.to_start(next, held, running.len(), PARALLEL) {
             let name = plan.segments[next].clone();
             let dest = dir.join(&name);
             running.push_back(async move { (fetch_one(repo, plan.system_id, &name, &dest).await, name) });

@@ -212,7 +212,27 @@ pub struct Plan {
     pub seg_size: u64,
 }
 
+/// PostgreSQL asks for the segment where recovery stops a second time,
+/// when it ends recovery: so many of the last planned segments are kept
+/// for that once handed out.
+pub const KEPT: usize = 2;
+
 impl Plan {
+    /// Where `name` stands in the plan, and whether it is one of the last
+    /// [`KEPT`].
+    pub fn place(&self, name: &str) -> (Option<usize>, bool) {
+        let index = self.segments.iter().position(|s| s == name);
+        (index, index.is_some_and(|i| i + KEPT >= self.segments.len()))
+    }
+
+    /// How many planned segments from `next` on to start fetching now,
+    /// with `held` in the spool and `running` fetches under way: the
+    /// window bounds the spool, `parallel` the fetches at once.
+    pub fn to_start(&self, next: usize, held: usize, running: usize, parallel: usize) -> usize {
+        let left = self.segments.len().saturating_sub(next);
+        left.min(self.window.saturating_sub(held + running)).min(parallel.saturating_sub(running))
+    }
+
     /// Whether the archive (as planned) lacks `wal`: answered without
     /// opening the repository.
     pub fn lacks(&self, wal: &WalFile) -> bool {
@@ -509,6 +529,28 @@ pub(crate) mod tests {
         assert!(!lacks(&seg(1, 6)) && lacks(&seg(1, 7)) && lacks(&seg(2, 1)));
         assert!(!lacks("00000002.history") && lacks("00000003.history"));
         assert!(!lacks("000000010000000000000009.partial"), "not known to the plan: asked of the repository");
+    }
+
+    #[test]
+    fn the_prefetcher_keeps_its_window_and_the_last_segments_are_kept() {
+        let plan = Plan {
+            system_id: 7,
+            window: 4,
+            segments: (3..8).map(|n| seg(1, n)).collect(),
+            history: vec![],
+            last_segment: BTreeMap::new(),
+            seg_size: MB16,
+        };
+        assert_eq!(plan.to_start(0, 0, 0, 3), 3, "no more at once than parallel");
+        assert_eq!(plan.to_start(3, 1, 1, 3), 2, "the window: one spooled, one running");
+        assert_eq!(plan.to_start(3, 4, 0, 3), 0, "a full spool waits");
+        assert_eq!(plan.to_start(4, 0, 0, 3), 1, "none past the plan's end");
+        assert_eq!(plan.to_start(5, 0, 0, 3), 0);
+        assert_eq!(plan.to_start(0, 0, 3, 3), 0);
+        assert_eq!(plan.place(&seg(1, 3)), (Some(0), false));
+        assert_eq!(plan.place(&seg(1, 5)), (Some(2), false));
+        assert_eq!((plan.place(&seg(1, 6)), plan.place(&seg(1, 7))), ((Some(3), true), (Some(4), true)));
+        assert_eq!(plan.place(&seg(1, 8)), (None, false));
     }
 
     #[test]
