@@ -1,34 +1,37 @@
 //! Restore: the backup pipeline backwards.
 //!
-//! First the snapshot's trees are walked and every directory, link and empty
-//! file is created. Then each needed pack is fetched once, in parallel, with
-//! one ranged read, and its blobs are decrypted and written at their offsets
-//! in every file that uses them. Metadata goes last, so writing a file's
-//! content cannot disturb its times, and directories are finished deepest
-//! first.
+//! The snapshot's trees are walked and every directory, link and file is
+//! created; every few thousand files (a batch), the packs their content
+//! needs are fetched, in parallel, in bounded ranges, and the blobs are
+//! decrypted and written at their offsets in every file that uses them
+//! (restore/write.rs). Metadata goes last, so writing a file's content
+//! cannot disturb its times: a file's when its last blob is written, a
+//! directory's once the walk has left it and its batch is written, deepest
+//! first. Only one batch is held, so memory does not grow with the number of
+//! files in the snapshot (only `delete` keeps every restored path).
 //!
 //! A file that exists in the target is replaced, kept or compared as the
 //! `Overwrite` mode says; with `delete`, what the snapshot lacks goes.
 
 mod existing;
+mod write;
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::fsmeta;
-use crate::pack::{PackEntry, open_blob_into};
-use crate::repo::pack_path;
+use crate::index::Index;
+use crate::pack::PackEntry;
 use crate::tree::{Node, NodeKind};
-use crate::walk::{PathFilter, walk};
+use crate::walk::{PathFilter, Walker};
 use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
 pub use existing::Overwrite;
 use existing::{Decision, Existing};
+use write::Writer;
 
 #[derive(Default)]
 pub struct RestoreOptions {
@@ -74,85 +77,85 @@ struct FilePlan {
 /// Where one blob goes: file number and offset.
 type Targets = Vec<(usize, u64)>;
 
-struct Plan {
-    dirs: Vec<(PathBuf, Node)>,
+/// Entries walked before their content is written: what one batch holds
+/// (about 1 KiB each) is all restore keeps of the snapshot's files.
+const BATCH_ENTRIES: usize = 4096;
+
+/// Chunks a batch may need before it is written, for batches of large files.
+const BATCH_CHUNKS: usize = 16384;
+
+/// What the walk created and has not finished yet.
+#[derive(Default)]
+struct Batch {
+    files: Vec<FilePlan>,
+    chunks: usize,
+    entries: usize,
     links: Vec<(PathBuf, Node)>,
     hardlinks: Vec<(PathBuf, PathBuf)>,
-    files: Vec<FilePlan>,
-    errors: Vec<String>,
-    /// Every path the restore took, for `delete`.
-    taken: HashSet<PathBuf>,
-    skipped: u64,
-    bytes_skipped: u64,
+    /// Directories created, in walk order; those the walk is still inside
+    /// stay for a later batch.
+    dirs: Vec<(PathBuf, Node)>,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.entries >= BATCH_ENTRIES || self.chunks >= BATCH_CHUNKS
+    }
+}
+
+/// Restore-wide state beside the batch.
+struct Restorer<'a> {
+    repo: &'a Arc<Repository>,
+    index: Arc<Index>,
+    includes: PathFilter,
+    excludes: PathFilter,
+    existing: Existing,
+    writer: Arc<Writer>,
+    batch: Batch,
+    /// The first path of every multiply-linked inode restored.
+    first_link: HashMap<(u64, u64), PathBuf>,
+    /// Every path the restore took, for `delete` only.
+    taken: Option<HashSet<PathBuf>>,
+    summary: RestoreSummary,
 }
 
 pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptions) -> Result<RestoreSummary> {
-    let includes = PathFilter::new(&opts.includes)?;
-    let excludes = PathFilter::new(&opts.excludes)?;
     let root = match &opts.subfolder {
         Some(folder) => crate::walk::folder(&repo, snap.tree, folder).await?,
         None => snap.tree,
     };
+    let mut r = Restorer {
+        repo: &repo,
+        index: repo.index().await?,
+        includes: PathFilter::new(&opts.includes)?,
+        excludes: PathFilter::new(&opts.excludes)?,
+        existing: Existing::new(&repo, opts.overwrite),
+        writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
+        batch: Batch::default(),
+        first_link: HashMap::new(),
+        taken: opts.delete.then(HashSet::new),
+        summary: RestoreSummary::default(),
+    };
     std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
-    let existing = Existing::new(&repo, opts.overwrite);
-    let mut plan = make_plan(&repo, root, &opts.target, &includes, &excludes, &existing).await?;
-    let taken = std::mem::take(&mut plan.taken);
-    let (skipped, bytes_skipped) = (plan.skipped, plan.bytes_skipped);
-    let index = repo.index().await?;
-    let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
-    let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
-    let mut errors = plan.errors;
-    for (fi, f) in plan.files.iter().enumerate() {
-        // Without every blob the offsets of the later ones are unknown, so
-        // such a file is reported and left alone rather than written wrong.
-        if let Some(missing) = f.node.content.iter().find(|id| !index.contains(id)) {
-            errors.push(format!("{}: {}", f.path.display(), Error::MissingBlob(*missing)));
-            f.remaining.store(0, Relaxed);
-            f.failed.store(true, Relaxed);
-            let _ = std::fs::remove_file(&f.path);
-            continue;
+    let mut walker = Walker::new(&repo);
+    walker.enter(root, Path::new("/")).await?;
+    while let Some((path, node)) = walker.next()? {
+        let dest = opts.target.join(path.strip_prefix("/").unwrap_or(&path));
+        if r.visit(&path, &dest, &node)?
+            && let Some(sub) = node.subtree
+        {
+            walker.enter(sub, &path).await?;
         }
-        let mut offset = 0u64;
-        for id in &f.node.content {
-            let (pack, entry) = index.get(id).expect("checked above");
-            let list = by_pack.entry(pack).or_default();
-            let slot = *blob_slot.entry(*id).or_insert_with(|| {
-                list.push((entry, Vec::new()));
-                (pack, list.len() - 1)
-            });
-            by_pack.get_mut(&slot.0).expect("pack planned")[slot.1].1.push((fi, offset));
-            offset += u64::from(entry.raw_length);
+        if r.batch.full() {
+            r.flush(Some(&dest)).await?;
         }
     }
-    let shared = Arc::new(Writer {
-        files: plan.files,
-        errors: Mutex::new(errors),
-        bytes: AtomicU64::new(0),
-        owner: fsmeta::is_root(),
-        progress: opts.progress.clone(),
-    });
-    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
-    futures::stream::iter(fetch_ranges(by_pack))
-        .map(|(pack, blobs)| {
-            let (repo, shared) = (repo.clone(), shared.clone());
-            async move {
-                let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
-                let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
-                let bytes = repo.read_range_parts(&pack_path(&pack), start..end).await?;
-                tokio::task::spawn_blocking(move || shared.write_pack(&repo, start, &bytes, blobs))
-                    .await
-                    .map_err(|e| Error::Invalid(format!("restore thread failed: {e}")))
-            }
-        })
-        .buffer_unordered(parallel)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let shared = Arc::into_inner(shared).expect("all writers finished");
-    let mut summary = finish(shared, plan.dirs, plan.links, plan.hardlinks);
-    summary.total_files += skipped;
-    summary.files_skipped = skipped;
-    summary.bytes_skipped = bytes_skipped;
-    if opts.delete {
+    r.flush(None).await?;
+    let Restorer { writer, mut summary, taken, includes, excludes, .. } = r;
+    let writer = Arc::into_inner(writer).expect("all writers finished");
+    summary.bytes_restored = writer.bytes.into_inner();
+    summary.errors = writer.errors.into_inner().expect("not poisoned");
+    if let Some(taken) = taken {
         let (deleted, errors) = existing::delete_extra(&opts.target, &taken, &includes, &excludes);
         summary.files_deleted = deleted;
         summary.errors.extend(errors);
@@ -160,64 +163,159 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     Ok(summary)
 }
 
-/// Longest span one fetch reads: it bounds restore memory to a few of these
-/// in flight, however large packs are.
-const MAX_FETCH: u64 = 8 << 20;
+impl Restorer<'_> {
+    /// Create what `path` names, if it is restored; whether to descend.
+    fn visit(&mut self, path: &Path, dest: &Path, node: &Node) -> Result<bool> {
+        let (take, descend) = wanted(path, node, &self.includes, &self.excludes);
+        if !take {
+            return Ok(descend);
+        }
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+        }
+        if let Some(taken) = &mut self.taken {
+            taken.insert(dest.to_path_buf());
+        }
+        self.batch.entries += 1;
+        if let Err(e) = self.create(dest, node) {
+            self.writer.error(dest, e);
+        }
+        Ok(descend)
+    }
 
-/// Split each pack's blobs, in offset order, into runs of at most
-/// `MAX_FETCH` bytes; each run is one ranged read.
-fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
-    let mut out = Vec::new();
-    for (pack, mut blobs) in by_pack {
-        blobs.sort_by_key(|(e, _)| e.offset);
-        let mut run: Vec<(PackEntry, Targets)> = Vec::new();
-        for b in blobs {
-            let start = run.first().map_or(u64::from(b.0.offset), |(e, _)| u64::from(e.offset));
-            if !run.is_empty() && u64::from(b.0.offset) + u64::from(b.0.length) - start > MAX_FETCH {
-                out.push((pack, std::mem::take(&mut run)));
+    /// Write the batch's content, then finish its files, links and the
+    /// directories the walk has left (`inside` is where it is now; `None`
+    /// at the end).
+    async fn flush(&mut self, inside: Option<&Path>) -> Result<()> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let by_pack = self.blobs_by_pack(&batch.files);
+        let files = Arc::new(std::mem::take(&mut batch.files));
+        self.writer.fetch_and_write(self.repo, &files, by_pack).await?;
+        let w = &self.writer;
+        let s = &mut self.summary;
+        for f in files.iter() {
+            if f.remaining.load(Relaxed) > 0 {
+                w.fail(f, "not all of its content could be restored");
             }
-            run.push(b);
         }
-        if !run.is_empty() {
-            out.push((pack, run));
+        s.total_files += (files.len() + batch.hardlinks.len()) as u64;
+        s.files_restored += files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64;
+        for (link, original) in &batch.hardlinks {
+            let _ = std::fs::remove_file(link);
+            match std::fs::hard_link(original, link) {
+                Ok(()) => s.files_restored += 1,
+                Err(e) => w.error(link, e),
+            }
         }
+        for (path, node) in &batch.links {
+            if let Err(e) = fsmeta::apply(path, node, w.owner) {
+                w.error(path, e);
+            }
+        }
+        let (mut done, open): (Vec<_>, Vec<_>) = batch.dirs.into_iter().partition(|(d, _)| inside.is_none_or(|i| !i.starts_with(d)));
+        self.batch.dirs = open;
+        // Deepest first: finishing a directory must not touch a parent already done.
+        done.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (path, node) in &done {
+            if let Err(e) = fsmeta::apply(path, node, w.owner) {
+                w.error(path, e);
+            }
+        }
+        s.dirs_restored += done.len() as u64;
+        Ok(())
     }
-    out
-}
 
-fn finish(w: Writer, mut dirs: Vec<(PathBuf, Node)>, links: Vec<(PathBuf, Node)>, hardlinks: Vec<(PathBuf, PathBuf)>) -> RestoreSummary {
-    for f in &w.files {
-        if f.remaining.load(Relaxed) > 0 {
-            w.fail(f, "not all of its content could be restored");
+    /// The blobs the files need, by pack, each with every place it goes. A
+    /// file with a blob the index lacks is reported and left alone: the
+    /// offsets of its later blobs are unknown, so it would be written wrong.
+    fn blobs_by_pack(&self, files: &[FilePlan]) -> IdMap<Vec<(PackEntry, Targets)>> {
+        let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
+        let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
+        for (fi, f) in files.iter().enumerate() {
+            if let Some(missing) = f.node.content.iter().find(|id| !self.index.contains(id)) {
+                self.writer.error(&f.path, Error::MissingBlob(*missing));
+                f.remaining.store(0, Relaxed);
+                f.failed.store(true, Relaxed);
+                let _ = std::fs::remove_file(&f.path);
+                continue;
+            }
+            let mut offset = 0u64;
+            for id in &f.node.content {
+                let (pack, entry) = self.index.get(id).expect("checked above");
+                let list = by_pack.entry(pack).or_default();
+                let slot = *blob_slot.entry(*id).or_insert_with(|| {
+                    list.push((entry, Vec::new()));
+                    (pack, list.len() - 1)
+                });
+                by_pack.get_mut(&slot.0).expect("pack planned")[slot.1].1.push((fi, offset));
+                offset += u64::from(entry.raw_length);
+            }
         }
+        by_pack
     }
-    let mut links_made = 0u64;
-    for (link, original) in &hardlinks {
-        let _ = std::fs::remove_file(link);
-        match std::fs::hard_link(original, link) {
-            Ok(()) => links_made += 1,
-            Err(e) => w.error(link, e),
+
+    fn create(&mut self, dest: &Path, node: &Node) -> std::io::Result<()> {
+        let batch = &mut self.batch;
+        match node.kind {
+            NodeKind::Dir => {
+                match std::fs::create_dir(dest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
+                batch.dirs.push((dest.to_path_buf(), node.clone()));
+            }
+            NodeKind::File => {
+                if node.links > 1 && node.inode != 0 {
+                    if let Some(original) = self.first_link.get(&(node.device, node.inode)) {
+                        batch.hardlinks.push((dest.to_path_buf(), original.clone()));
+                        return Ok(());
+                    }
+                    self.first_link.insert((node.device, node.inode), dest.to_path_buf());
+                }
+                match self.existing.decide(dest, node) {
+                    Decision::Write => {}
+                    decision => {
+                        if decision == Decision::KeepContent {
+                            fsmeta::apply(dest, node, fsmeta::is_root())?;
+                        }
+                        self.summary.total_files += 1;
+                        self.summary.files_skipped += 1;
+                        self.summary.bytes_skipped += node.size;
+                        return Ok(());
+                    }
+                }
+                let chunks = node.content.len();
+                if chunks != 1 {
+                    // Truncate, then extend: blobs that are all zeros are never
+                    // written, so holes stay holes and sparse files stay sparse.
+                    let f = std::fs::File::create(dest)?;
+                    f.set_len(node.size)?;
+                }
+                batch.chunks += chunks;
+                batch.files.push(FilePlan {
+                    path: dest.to_path_buf(),
+                    node: node.clone(),
+                    remaining: AtomicU32::new(chunks as u32),
+                    failed: AtomicBool::new(false),
+                    create_on_write: chunks == 1,
+                });
+                if chunks == 0 {
+                    let f = batch.files.last().expect("just pushed");
+                    fsmeta::apply(&f.path, &f.node, fsmeta::is_root())?;
+                }
+            }
+            NodeKind::Symlink => {
+                let _ = std::fs::remove_file(dest);
+                std::os::unix::fs::symlink(node.os_link_target().unwrap_or_default(), dest)?;
+                batch.links.push((dest.to_path_buf(), node.clone()));
+            }
+            _ => {
+                let _ = std::fs::remove_file(dest);
+                fsmeta::make_special(dest, node)?;
+                batch.links.push((dest.to_path_buf(), node.clone()));
+            }
         }
-    }
-    for (path, node) in &links {
-        if let Err(e) = fsmeta::apply(path, node, w.owner) {
-            w.error(path, e);
-        }
-    }
-    // Deepest first: finishing a directory must not touch a parent already done.
-    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (path, node) in &dirs {
-        if let Err(e) = fsmeta::apply(path, node, w.owner) {
-            w.error(path, e);
-        }
-    }
-    RestoreSummary {
-        total_files: (w.files.len() + hardlinks.len()) as u64,
-        files_restored: w.files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64 + links_made,
-        dirs_restored: dirs.len() as u64,
-        bytes_restored: w.bytes.load(Relaxed),
-        errors: w.errors.into_inner().expect("not poisoned"),
-        ..RestoreSummary::default()
+        Ok(())
     }
 }
 
@@ -232,232 +330,4 @@ fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter
     }
     // Not (yet) included: descend into directories looking for matches.
     (false, node.is_dir())
-}
-
-async fn make_plan(
-    repo: &Repository,
-    root: Id,
-    target: &Path,
-    includes: &PathFilter,
-    excludes: &PathFilter,
-    existing: &Existing,
-) -> Result<Plan> {
-    let mut plan = Plan {
-        dirs: Vec::new(),
-        links: Vec::new(),
-        hardlinks: Vec::new(),
-        files: Vec::new(),
-        errors: Vec::new(),
-        taken: HashSet::new(),
-        skipped: 0,
-        bytes_skipped: 0,
-    };
-    let mut first_link: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    walk(repo, root, Path::new("/"), &mut |path, node| {
-        let (take, descend) = wanted(path, node, includes, excludes);
-        if !take {
-            return Ok(descend);
-        }
-        let dest = target.join(path.strip_prefix("/").unwrap_or(path));
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        plan.taken.insert(dest.clone());
-        if let Err(e) = create(&mut plan, &mut first_link, &dest, node, existing) {
-            plan.errors.push(format!("{}: {e}", dest.display()));
-        }
-        Ok(descend)
-    })
-    .await?;
-    Ok(plan)
-}
-
-fn create(
-    plan: &mut Plan,
-    first_link: &mut HashMap<(u64, u64), PathBuf>,
-    dest: &Path,
-    node: &Node,
-    existing: &Existing,
-) -> std::io::Result<()> {
-    match node.kind {
-        NodeKind::Dir => {
-            match std::fs::create_dir(dest) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                _ => {}
-            }
-            plan.dirs.push((dest.to_path_buf(), node.clone()));
-        }
-        NodeKind::File => {
-            if node.links > 1 && node.inode != 0 {
-                if let Some(original) = first_link.get(&(node.device, node.inode)) {
-                    plan.hardlinks.push((dest.to_path_buf(), original.clone()));
-                    return Ok(());
-                }
-                first_link.insert((node.device, node.inode), dest.to_path_buf());
-            }
-            match existing.decide(dest, node) {
-                Decision::Write => {}
-                decision => {
-                    if decision == Decision::KeepContent {
-                        fsmeta::apply(dest, node, fsmeta::is_root())?;
-                    }
-                    plan.skipped += 1;
-                    plan.bytes_skipped += node.size;
-                    return Ok(());
-                }
-            }
-            let chunks = node.content.len();
-            if chunks != 1 {
-                // Truncate, then extend: blobs that are all zeros are never
-                // written, so holes stay holes and sparse files stay sparse.
-                let f = std::fs::File::create(dest)?;
-                f.set_len(node.size)?;
-            }
-            plan.files.push(FilePlan {
-                path: dest.to_path_buf(),
-                node: node.clone(),
-                remaining: AtomicU32::new(chunks as u32),
-                failed: AtomicBool::new(false),
-                create_on_write: chunks == 1,
-            });
-            if chunks == 0 {
-                let f = plan.files.last().expect("just pushed");
-                fsmeta::apply(&f.path, &f.node, fsmeta::is_root())?;
-            }
-        }
-        NodeKind::Symlink => {
-            let _ = std::fs::remove_file(dest);
-            std::os::unix::fs::symlink(node.os_link_target().unwrap_or_default(), dest)?;
-            plan.links.push((dest.to_path_buf(), node.clone()));
-        }
-        _ => {
-            let _ = std::fs::remove_file(dest);
-            fsmeta::make_special(dest, node)?;
-            plan.links.push((dest.to_path_buf(), node.clone()));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `data` is all zeros, compared against a zero page with `memcmp`
-/// (vectorised), not byte by byte: restore checks every byte it writes.
-fn is_zeros(data: &[u8]) -> bool {
-    const ZEROS: [u8; 4096] = [0; 4096];
-    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
-}
-
-thread_local! {
-    /// Buffers reused across blobs: plaintext, compressed form, glued blob.
-    static BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
-
-struct Writer {
-    files: Vec<FilePlan>,
-    errors: Mutex<Vec<String>>,
-    bytes: AtomicU64,
-    owner: bool,
-    progress: Option<Arc<crate::backup::Progress>>,
-}
-
-impl Writer {
-    fn error(&self, path: &Path, e: impl std::fmt::Display) {
-        self.errors.lock().expect("not poisoned").push(format!("{}: {e}", path.display()));
-    }
-
-    /// A file that will not be restored whole: its first error is reported,
-    /// so a full disk says so once per file, not once per chunk.
-    fn fail(&self, f: &FilePlan, e: impl std::fmt::Display) {
-        if !f.failed.swap(true, Relaxed) {
-            self.error(&f.path, e);
-        }
-    }
-
-    fn write_pack(&self, repo: &Repository, base: u64, bytes: &opendal::Buffer, blobs: Vec<(PackEntry, Targets)>) {
-        BUFFERS.with(|b| {
-            let (plain, scratch, glued) = &mut *b.borrow_mut();
-            self.write_blobs(repo, base, bytes, blobs, [plain, scratch, glued]);
-        });
-    }
-
-    /// `bufs`: plaintext, compressed form, and a blob glued from pieces.
-    fn write_blobs(
-        &self,
-        repo: &Repository,
-        base: u64,
-        bytes: &opendal::Buffer,
-        blobs: Vec<(PackEntry, Targets)>,
-        bufs: [&mut Vec<u8>; 3],
-    ) {
-        let [plain, scratch, glued] = bufs;
-        for (entry, targets) in blobs {
-            let (at, len) = ((u64::from(entry.offset) - base) as usize, entry.length as usize);
-            // Borrowed when the blob lies in one piece of the fetched buffer,
-            // else glued into a reused buffer: no allocation per blob.
-            let single;
-            let sealed: Option<&[u8]> = if at + len > bytes.len() {
-                None
-            } else {
-                let part = bytes.slice(at..at + len);
-                if bytes::Buf::chunk(&part).len() == len {
-                    single = part.to_bytes();
-                    Some(&single)
-                } else {
-                    glued.clear();
-                    for piece in part {
-                        glued.extend_from_slice(&piece);
-                    }
-                    Some(glued.as_slice())
-                }
-            };
-            let opened = sealed
-                .ok_or_else(|| Error::corrupt("pack", entry.id, "short read"))
-                .and_then(|s| open_blob_into(repo.crypto(), &entry, s, plain, scratch));
-            match opened {
-                Ok(()) => {}
-                Err(e) => {
-                    for (fi, _) in &targets {
-                        self.fail(&self.files[*fi], &e);
-                    }
-                    continue;
-                }
-            }
-            let plain: &[u8] = plain;
-            let zeros = is_zeros(plain);
-            for (fi, offset) in targets {
-                let f = &self.files[fi];
-                if let Err(e) = self.write_blob(f, offset, plain, zeros) {
-                    self.fail(f, e);
-                    continue;
-                }
-                self.bytes.fetch_add(plain.len() as u64, Relaxed);
-                if let Some(p) = &self.progress {
-                    p.bytes.fetch_add(plain.len() as u64, Relaxed);
-                }
-                if f.remaining.fetch_sub(1, Relaxed) == 1
-                    && let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner)
-                {
-                    self.fail(f, e);
-                }
-            }
-        }
-    }
-
-    fn write_blob(&self, f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<()> {
-        if f.create_on_write {
-            return std::fs::write(&f.path, data);
-        }
-        if zeros {
-            return Ok(());
-        }
-        let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
-        // Zero runs inside a blob are skipped too: the file was extended to
-        // its full size, so they read back as zeros and stay holes on disk.
-        const BLOCK: usize = 64 * 1024;
-        for (i, block) in data.chunks(BLOCK).enumerate() {
-            if !is_zeros(block) {
-                file.write_all_at(block, offset + (i * BLOCK) as u64)?;
-            }
-        }
-        Ok(())
-    }
 }

@@ -49,20 +49,54 @@ pub fn is_safe_name(name: &[u8]) -> bool {
 /// Visit every node below `tree`, depth first in name order. The visitor
 /// returns whether to descend into a directory.
 pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
-    let t = repo.load_tree(&tree).await?;
-    for node in &t.nodes {
-        let name = node.os_name();
-        if !is_safe_name(name.as_bytes()) {
-            return Err(Error::Corrupt { kind: "tree", id: tree.to_hex(), reason: format!("unsafe entry name {:?}", node.name) });
-        }
-        let path = base.join(name);
-        if visit(&path, node)?
+    let mut walker = Walker::new(repo);
+    walker.enter(tree, base).await?;
+    while let Some((path, node)) = walker.next()? {
+        if visit(&path, &node)?
             && let Some(sub) = node.subtree
         {
-            Box::pin(walk(repo, sub, &path, visit)).await?;
+            walker.enter(sub, &path).await?;
         }
     }
     Ok(())
+}
+
+/// The nodes below a tree one at a time, depth first in name order, for
+/// callers that await between nodes (restore writes as it walks). Only the
+/// trees on the way to the current node are held, not the whole snapshot.
+pub struct Walker<'a> {
+    repo: &'a Repository,
+    /// Each directory being visited: its tree, its path, its nodes still to come.
+    open: Vec<(Id, PathBuf, std::vec::IntoIter<Node>)>,
+}
+
+impl<'a> Walker<'a> {
+    pub fn new(repo: &'a Repository) -> Walker<'a> {
+        Walker { repo, open: Vec::new() }
+    }
+
+    /// Visit the nodes of `tree`, named below `base`, before the rest.
+    pub async fn enter(&mut self, tree: Id, base: &Path) -> Result<()> {
+        let t = self.repo.load_tree(&tree).await?;
+        self.open.push((tree, base.to_path_buf(), t.nodes.into_iter()));
+        Ok(())
+    }
+
+    /// The next node with its path; `None` when every entered tree is done.
+    pub fn next(&mut self) -> Result<Option<(PathBuf, Node)>> {
+        while let Some((tree, base, nodes)) = self.open.last_mut() {
+            let Some(node) = nodes.next() else {
+                self.open.pop();
+                continue;
+            };
+            let name = node.os_name();
+            if !is_safe_name(name.as_bytes()) {
+                return Err(Error::Corrupt { kind: "tree", id: tree.to_hex(), reason: format!("unsafe entry name {:?}", node.name) });
+            }
+            return Ok(Some((base.join(name), node)));
+        }
+        Ok(None)
+    }
 }
 
 /// The node at `path` (`/` or empty for the root) of a snapshot tree.

@@ -36,6 +36,7 @@ mod rehearse;
 mod repair;
 mod replicate;
 mod restic;
+mod restore_batches;
 mod runs;
 mod silence;
 mod soak;

@@ -1,0 +1,307 @@
+//! Restore's fetching and writing: packs read in bounded ranges, blobs
+//! opened into a fixed set of reused buffers and written into their files.
+//!
+//! Memory stays flat whatever the size of files or packs: at most
+//! `fetches()` ranges of about `MAX_FETCH` are held at once, and at most
+//! `writers()` blobs are opened at once, each into a buffer set taken from a
+//! pool of that many (not one per blocking-pool thread, of which tokio may
+//! run many), trimmed after a large blob.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use super::{FilePlan, Targets};
+use crate::fsmeta;
+use crate::pack::{PackEntry, open_blob_into};
+use crate::repo::pack_path;
+use crate::{Error, Id, IdMap, Repository, Result};
+
+/// Longest span one fetch reads (a blob longer than this is read alone).
+/// Small enough that the ranges in flight stay a few MiB; large enough that
+/// a pack of 1 MiB chunks is still read in few requests.
+const MAX_FETCH: u64 = 2 << 20;
+
+/// Unneeded bytes a fetch reads through rather than split in two: a pack
+/// partly needed (a filtered restore, one batch of many) is not read whole.
+const MAX_GAP: u64 = 256 << 10;
+
+/// A buffer grown past this by a large blob is given back afterwards, so a
+/// few 8 MiB chunks do not keep 8 MiB per writer for the rest of the restore.
+const KEEP_BUFFER: usize = 2 << 20;
+
+/// Blobs opened at once: one per core.
+pub(super) fn writers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Ranges fetched at once: the writers' plus two, so storage latency is
+/// hidden without holding many ranges waiting for a writer.
+fn fetches() -> usize {
+    writers() + 2
+}
+
+/// Buffers reused across blobs: plaintext, compressed form, glued blob.
+#[derive(Default)]
+pub(super) struct Buffers {
+    plain: Vec<u8>,
+    scratch: Vec<u8>,
+    glued: Vec<u8>,
+}
+
+impl Buffers {
+    /// Give back what a large blob grew.
+    fn trim(&mut self) {
+        for b in [&mut self.plain, &mut self.scratch, &mut self.glued] {
+            if b.capacity() > KEEP_BUFFER {
+                *b = Vec::new();
+            }
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub(super) errors: Mutex<Vec<String>>,
+    pub(super) bytes: AtomicU64,
+    pub(super) owner: bool,
+    progress: Option<Arc<crate::backup::Progress>>,
+    /// One buffer set per permit of `slots`.
+    buffers: Mutex<Vec<Buffers>>,
+    slots: Semaphore,
+}
+
+impl Writer {
+    pub(super) fn new(owner: bool, progress: Option<Arc<crate::backup::Progress>>) -> Writer {
+        let n = writers();
+        Writer {
+            errors: Mutex::new(Vec::new()),
+            bytes: AtomicU64::new(0),
+            owner,
+            progress,
+            buffers: Mutex::new((0..n).map(|_| Buffers::default()).collect()),
+            slots: Semaphore::new(n),
+        }
+    }
+
+    pub(super) fn error(&self, path: &Path, e: impl std::fmt::Display) {
+        self.errors.lock().expect("not poisoned").push(format!("{}: {e}", path.display()));
+    }
+
+    /// A file that will not be restored whole: its first error is reported,
+    /// so a full disk says so once per file, not once per chunk.
+    pub(super) fn fail(&self, f: &FilePlan, e: impl std::fmt::Display) {
+        if !f.failed.swap(true, Relaxed) {
+            self.error(&f.path, e);
+        }
+    }
+
+    fn take_buffers(&self) -> Buffers {
+        self.buffers.lock().expect("not poisoned").pop().expect("a buffer set for every permit")
+    }
+
+    fn put_buffers(&self, mut b: Buffers) {
+        b.trim();
+        self.buffers.lock().expect("not poisoned").push(b);
+    }
+
+    /// Fetch every range of `by_pack` and write its blobs into `files`.
+    pub(super) async fn fetch_and_write(
+        self: &Arc<Self>,
+        repo: &Arc<Repository>,
+        files: &Arc<Vec<FilePlan>>,
+        by_pack: IdMap<Vec<(PackEntry, Targets)>>,
+    ) -> Result<()> {
+        futures::stream::iter(fetch_ranges(by_pack))
+            .map(|(pack, blobs)| {
+                let (repo, files, writer) = (repo.clone(), files.clone(), self.clone());
+                async move {
+                    let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
+                    let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
+                    let bytes = repo.read_range_parts(&pack_path(&pack), start..end).await?;
+                    let _slot = writer.slots.acquire().await.expect("never closed");
+                    let mut bufs = writer.take_buffers();
+                    let w = writer.clone();
+                    let bufs = tokio::task::spawn_blocking(move || {
+                        w.write_blobs(&repo, &files, start, &bytes, blobs, &mut bufs);
+                        bufs
+                    })
+                    .await
+                    .map_err(|e| Error::Invalid(format!("restore thread failed: {e}")))?;
+                    writer.put_buffers(bufs);
+                    Ok::<_, Error>(())
+                }
+            })
+            .buffer_unordered(fetches())
+            .try_collect::<()>()
+            .await
+    }
+
+    fn write_blobs(
+        &self,
+        repo: &Repository,
+        files: &[FilePlan],
+        base: u64,
+        bytes: &opendal::Buffer,
+        blobs: Vec<(PackEntry, Targets)>,
+        bufs: &mut Buffers,
+    ) {
+        let Buffers { plain, scratch, glued } = bufs;
+        for (entry, targets) in blobs {
+            let (at, len) = ((u64::from(entry.offset) - base) as usize, entry.length as usize);
+            // Borrowed when the blob lies in one piece of the fetched buffer,
+            // else glued into a reused buffer: no allocation per blob.
+            let single;
+            let sealed: Option<&[u8]> = if at + len > bytes.len() {
+                None
+            } else {
+                let part = bytes.slice(at..at + len);
+                if bytes::Buf::chunk(&part).len() == len {
+                    single = part.to_bytes();
+                    Some(&single)
+                } else {
+                    glued.clear();
+                    for piece in part {
+                        glued.extend_from_slice(&piece);
+                    }
+                    Some(glued.as_slice())
+                }
+            };
+            let opened = sealed
+                .ok_or_else(|| Error::corrupt("pack", entry.id, "short read"))
+                .and_then(|s| open_blob_into(repo.crypto(), &entry, s, plain, scratch));
+            if let Err(e) = opened {
+                for (fi, _) in &targets {
+                    self.fail(&files[*fi], &e);
+                }
+                continue;
+            }
+            let plain: &[u8] = plain;
+            let zeros = is_zeros(plain);
+            for (fi, offset) in targets {
+                let f = &files[fi];
+                if let Err(e) = write_blob(f, offset, plain, zeros) {
+                    self.fail(f, e);
+                    continue;
+                }
+                self.bytes.fetch_add(plain.len() as u64, Relaxed);
+                if let Some(p) = &self.progress {
+                    p.bytes.fetch_add(plain.len() as u64, Relaxed);
+                }
+                if f.remaining.fetch_sub(1, Relaxed) == 1
+                    && let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner)
+                {
+                    self.fail(f, e);
+                }
+            }
+        }
+    }
+}
+
+fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<()> {
+    if f.create_on_write {
+        return std::fs::write(&f.path, data);
+    }
+    if zeros {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
+    // Zero runs inside a blob are skipped too: the file was extended to
+    // its full size, so they read back as zeros and stay holes on disk.
+    const BLOCK: usize = 64 * 1024;
+    for (i, block) in data.chunks(BLOCK).enumerate() {
+        if !is_zeros(block) {
+            file.write_all_at(block, offset + (i * BLOCK) as u64)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `data` is all zeros, compared against a zero page with `memcmp`
+/// (vectorised), not byte by byte: restore checks every byte it writes.
+fn is_zeros(data: &[u8]) -> bool {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
+/// Split each pack's blobs, in offset order, into runs of at most
+/// `MAX_FETCH` bytes with no gap over `MAX_GAP`; each run is one ranged read.
+fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+    let mut out = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|(e, _)| e.offset);
+        let mut run: Vec<(PackEntry, Targets)> = Vec::new();
+        let mut end = 0u64;
+        for b in blobs {
+            let (offset, length) = (u64::from(b.0.offset), u64::from(b.0.length));
+            if let Some((first, _)) = run.first()
+                && (offset + length - u64::from(first.offset) > MAX_FETCH || offset.saturating_sub(end) > MAX_GAP)
+            {
+                out.push((pack, std::mem::take(&mut run)));
+            }
+            end = end.max(offset + length);
+            run.push(b);
+        }
+        if !run.is_empty() {
+            out.push((pack, run));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::BlobKind;
+
+    fn blob(n: u8, offset: u32, length: u32) -> (PackEntry, Targets) {
+        let entry = PackEntry { kind: BlobKind::Data, flags: 0, id: Id([n; 32]), offset, length, raw_length: length };
+        (entry, vec![(0, 0)])
+    }
+
+    fn spans(ranges: &[(Id, Vec<(PackEntry, Targets)>)]) -> Vec<(u32, u32)> {
+        let mut s: Vec<(u32, u32)> =
+            ranges.iter().map(|(_, b)| (b[0].0.offset, b.last().map_or(0, |(e, _)| e.offset + e.length))).collect();
+        s.sort();
+        s
+    }
+
+    /// What bounds restore memory: no fetch spans more than `MAX_FETCH`
+    /// unless it is one blob, and unneeded stretches are not read.
+    #[test]
+    fn fetches_are_bounded_and_skip_gaps() {
+        const MIB: u32 = 1 << 20;
+        let mut by_pack = IdMap::default();
+        let mut blobs: Vec<_> = (0..10u8).map(|i| blob(i, u32::from(i) * MIB, MIB)).collect();
+        // A blob larger than a fetch, alone; then one past a wide gap.
+        blobs.push(blob(10, 10 * MIB, 8 * MIB));
+        blobs.push(blob(11, 18 * MIB + (MAX_GAP as u32) + 1, 100));
+        blobs.reverse();
+        by_pack.insert(Id([1; 32]), blobs);
+        let ranges = fetch_ranges(by_pack);
+        assert_eq!(
+            spans(&ranges),
+            vec![
+                (0, 2 * MIB),
+                (2 * MIB, 4 * MIB),
+                (4 * MIB, 6 * MIB),
+                (6 * MIB, 8 * MIB),
+                (8 * MIB, 10 * MIB),
+                (10 * MIB, 18 * MIB),
+                (18 * MIB + MAX_GAP as u32 + 1, 18 * MIB + MAX_GAP as u32 + 101)
+            ]
+        );
+        assert_eq!(ranges.iter().map(|(_, b)| b.len()).sum::<usize>(), 12);
+    }
+
+    /// Buffers grown by a large blob are given back; ordinary ones kept.
+    #[test]
+    fn large_buffers_are_given_back() {
+        let mut b = Buffers { plain: Vec::with_capacity(8 << 20), scratch: Vec::with_capacity(1 << 20), glued: Vec::new() };
+        b.trim();
+        assert_eq!((b.plain.capacity(), b.scratch.capacity() >= 1 << 20), (0, true));
+    }
+}
