@@ -522,11 +522,6 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
     let outcome = shared.runner.run(&w, cancel).await;
     let ended = shared.clock.now();
-    if let Ok(id) = id
-        && let Err(e) = shared.state.finish_job(id, ended, &outcome)
-    {
-        tracing::error!("job history: {e}");
-    }
     let seconds = wall.elapsed().as_secs_f64();
     // The job, as evidence in its repository (its log stays in the local state only).
     let record = Job {
@@ -536,9 +531,29 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         outcome: Outcome { log: None, ..outcome.clone() },
         ..job
     };
+    record_evidence(shared, &w, &record, &outcome).await;
+    measure(shared, &w, &outcome, seconds, ended);
+    // The history says a job ended only once its evidence and metrics are recorded,
+    // so whoever waits for the job's end reads them complete.
+    if let Ok(id) = id
+        && let Err(e) = shared.state.finish_job(id, ended, &outcome)
+    {
+        tracing::error!("job history: {e}");
+    }
+    let detail = match (&outcome.snapshot, &outcome.reason, &outcome.message) {
+        (Some(s), _, _) => format!("snapshot {s}"),
+        (_, Some(r), Some(m)) => format!("{r}: {m}"),
+        _ => String::new(),
+    };
+    shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
+    outcome
+}
+
+/// The job's record in its repositories' evidence logs; a rehearsal's protocol in every primary's.
+async fn record_evidence(shared: &Arc<Shared>, w: &Work, record: &Job, outcome: &Outcome) {
     // A repository the job could not reach or open would only make the daemon wait for it again.
     let unreachable = matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing" | "wrong_password"));
-    let mut body = serde_json::to_value(&record).unwrap_or_default();
+    let mut body = serde_json::to_value(record).unwrap_or_default();
     if w.kind == Kind::Drill {
         // The drill protocol: what a rebuilt state's report reads.
         body["drills"] = outcome.summary.clone().unwrap_or_default();
@@ -560,6 +575,10 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
             }
         }
     }
+}
+
+/// The job's outcome in the metrics (and, for a backup, to the webhooks).
+fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ended: DateTime<Utc>) {
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
         let plan = shared.plan();
         if let Some((name, _)) = plan.repositories.iter().find(|(_, r)| r.url == w.repo.url) {
@@ -568,8 +587,8 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     }
     match w.kind {
         Kind::Backup => {
-            shared.metrics.backup_done(&w.name, &w.class, &outcome, seconds, ended);
-            announce(shared, &w, &outcome, ended);
+            shared.metrics.backup_done(&w.name, &w.class, outcome, seconds, ended);
+            announce(shared, w, outcome, ended);
             if !w.repo.url.contains("://") {
                 let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
                 if let Some(name) = name {
@@ -591,13 +610,6 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
         _ => {}
     }
-    let detail = match (&outcome.snapshot, &outcome.reason, &outcome.message) {
-        (Some(s), _, _) => format!("snapshot {s}"),
-        (_, Some(r), Some(m)) => format!("{r}: {m}"),
-        _ => String::new(),
-    };
-    shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
-    outcome
 }
 
 /// Tell the webhooks when a source starts failing or recovers.
