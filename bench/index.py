@@ -54,7 +54,7 @@ def measure(bin_: str, work: Path, n: int, per_pack: int) -> dict:
     # A small Argon2 at init: its 64 MiB would otherwise be every small
     # command's peak and hide the index below it.
     env = dict(os.environ, TRESOR_REPOSITORY=str(repo), TRESOR_PASSWORD_FILE=str(pw), TRESOR_CACHE_DIR=str(cache),
-               TRESOR_KDF_MEMORY_KIB="8192")
+               TRESOR_KDF_MEMORY="8M")
     tresor(bin_, env, "init")
     logs = work / "logs" / str(n)
     out: dict = {"blobs": n}

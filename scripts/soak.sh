@@ -28,7 +28,7 @@ fi
 bin=$(realpath "$bin")
 work=${SOAK_DIR:-$(mktemp -d /tmp/tresor-soak.XXXXXX)}
 mkdir -p "$work"
-export TRESOR_REPOSITORY=$work/repo TRESOR_KDF_MEMORY_KIB=64 TRESOR_CACHE_DIR=$work/cache
+export TRESOR_REPOSITORY=$work/repo TRESOR_KDF_MEMORY=64K TRESOR_CACHE_DIR=$work/cache
 offsite=$work/offsite
 printf 'soak password\n' >"$work/pw"
 printf 'writer password\n' >"$work/pw-writer"

@@ -59,13 +59,13 @@ pub fn prompt(what: &str, confirm: bool) -> Result<Password> {
     Ok(Password::new(first))
 }
 
-pub fn kdf(g: &Global) -> KdfParams {
-    let mut k = KdfParams::default();
-    if let Some(m) = g.kdf_memory_kib {
-        k.memory_kib = m.max(8);
-        k.iterations = 1;
+/// `--kdf-memory` (TRESOR_KDF_MEMORY): the key derivation of the slots this command writes.
+pub fn kdf(g: &Global) -> Result<KdfParams> {
+    let Some(text) = g.kdf_memory.as_deref() else { return Ok(KdfParams::default()) };
+    match parse_bytes(text).map(|b| b >> 10) {
+        Some(kib @ 8..=0x40_0000) => Ok(KdfParams::with_memory(kib as u32)),
+        _ => bail!("cannot read --kdf-memory (TRESOR_KDF_MEMORY) {text:?} (from 8K to 4G, e.g. 16M)"),
     }
-    k
 }
 
 pub fn open_options(g: &Global, password: Password) -> Result<OpenOptions> {
@@ -208,6 +208,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
     if !(4..=512).contains(&a.pack_size_mib) {
         bail!("--pack-size-mib must be between 4 and 512");
     }
+    let kdf = kdf(g)?;
     if let Some(p) = loc.local_path() {
         std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
     }
@@ -215,7 +216,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
         open: open_options(g, password(g, true)?)?,
         aead,
         compression: a.compression,
-        kdf: kdf(g),
+        kdf,
         pack_size: Some(a.pack_size_mib * 1024 * 1024),
         settings: Settings {
             session_timeout_secs: a.session_timeout,

@@ -8,6 +8,8 @@ use crate::commands::{kdf, new_password, open, print_json};
 use crate::opts::{Global, KeyArgs, KeyCommand};
 
 pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
+    // Refused before the unlock, whatever the command.
+    let kdf = kdf(g)?;
     let repo = open(g).await?;
     match a.command {
         KeyCommand::List => {
@@ -30,11 +32,11 @@ pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
             }
         }
         KeyCommand::Add(n) => {
-            let id = repo.add_key(&new_password(&n.new_password_file)?, kdf(g), &n.label).await?;
+            let id = repo.add_key(&new_password(&n.new_password_file)?, kdf, &n.label).await?;
             report(g, "added", &id)?;
         }
         KeyCommand::Passwd(n) => {
-            let id = repo.change_password(&new_password(&n.new_password_file)?, kdf(g), &n.label).await?;
+            let id = repo.change_password(&new_password(&n.new_password_file)?, kdf, &n.label).await?;
             report(g, "changed password, new key", &id)?;
         }
         KeyCommand::Remove { id } => {

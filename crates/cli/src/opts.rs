@@ -78,9 +78,9 @@ pub struct Global {
     /// Memory a command may use, e.g. 512M or 4G (suffixes K, M, G): one whose repository index would not fit stops before it starts.
     #[arg(long, env = "TRESOR_MAX_MEMORY", global = true, help_heading = REPOSITORY)]
     pub max_memory: Option<String>,
-    /// Argon2id memory in KiB for new keys (lower only for tests).
-    #[arg(long, env = "TRESOR_KDF_MEMORY_KIB", global = true, hide = true)]
-    pub kdf_memory_kib: Option<u32>,
+    /// Memory the password's key derivation (Argon2id) takes in keys this command writes (init, key add, key passwd), e.g. 16M (default 64M): less memory, more passes for the same unlock time, weaker against guessing on GPUs.
+    #[arg(long, env = "TRESOR_KDF_MEMORY", global = true, help_heading = REPOSITORY)]
+    pub kdf_memory: Option<String>,
     /// The repository password itself, from a job's spec: never an argument.
     #[arg(skip)]
     pub password: Option<tresor_engine::Password>,

@@ -67,6 +67,20 @@ impl Default for KdfParams {
     }
 }
 
+impl KdfParams {
+    /// The default's cost in another amount of memory: below 64 MiB the passes
+    /// rise (at most [`MAX_KDF`]'s 64) so that an unlock still does the default's
+    /// work, and so takes about as long; what is lost is memory-hardness, which
+    /// falls with the memory. For unlocking in small containers, and for tests.
+    pub fn with_memory(memory_kib: u32) -> KdfParams {
+        let d = KdfParams::default();
+        let memory_kib = memory_kib.max(8 * d.parallelism);
+        let work = u64::from(d.memory_kib) * u64::from(d.iterations);
+        let passes = work.div_ceil(u64::from(memory_kib)).clamp(1, u64::from(MAX_KDF.iterations));
+        KdfParams { memory_kib, iterations: passes as u32, ..d }
+    }
+}
+
 /// The on-disk form of a key slot (`keys/<id>`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyFile {
@@ -374,6 +388,17 @@ mod tests {
     use super::*;
 
     const CHEAP: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+
+    #[test]
+    fn less_memory_buys_more_passes_for_the_same_work() {
+        assert_eq!(KdfParams::with_memory(64 * 1024), KdfParams::default());
+        assert_eq!(KdfParams::with_memory(16 * 1024), KdfParams { memory_kib: 16 * 1024, iterations: 12, parallelism: 1 });
+        assert_eq!(KdfParams::with_memory(20 * 1024), KdfParams { memory_kib: 20 * 1024, iterations: 10, parallelism: 1 });
+        assert_eq!(KdfParams::with_memory(1 << 20), KdfParams { memory_kib: 1 << 20, iterations: 1, parallelism: 1 });
+        // Tiny test keys: the passes stop at what a stored slot may ask for, the memory at Argon2's least.
+        assert_eq!(KdfParams::with_memory(64), KdfParams { memory_kib: 64, iterations: 64, parallelism: 1 });
+        assert_eq!(KdfParams::with_memory(0).memory_kib, 8);
+    }
 
     #[test]
     fn wrap_and_unwrap() {

@@ -174,3 +174,25 @@ fn a_live_claim_holds_key_commands_back_and_a_dead_ones_does_not() {
     assert!(!claim_file(dead).exists(), "the dead process's claim was removed");
     assert_eq!(fs::read_dir(Path::new(&env.repo).join("locks/keys")).unwrap().count(), 0, "and the command's own");
 }
+
+#[test]
+fn a_key_with_less_memory_takes_more_passes_and_opens() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["init", "--kdf-memory", "0"], 1),
+        "tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) \"0\" (from 8K to 4G, e.g. 16M)\n"
+    );
+    assert!(!env.path("repo").exists(), "a refused init creates nothing");
+    env.ok(&["init", "--kdf-memory", "16M"]);
+    let dir = env.path("repo/keys");
+    let slots: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(slots.len(), 1);
+    let slot: serde_json::Value = serde_json::from_slice(&fs::read(&slots[0]).unwrap()).unwrap();
+    assert_eq!((slot["memory_kib"].as_u64(), slot["iterations"].as_u64()), (Some(16384), Some(12)));
+    env.ok(&["snapshots"]);
+    for bad in ["4K", "5G", "lots"] {
+        let err = env.fails(&["key", "add", "--kdf-memory", bad, "--new-password-file", env.path("pw").to_str().unwrap()], 1);
+        assert_eq!(err, format!("tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) {bad:?} (from 8K to 4G, e.g. 16M)\n"));
+    }
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "a refused key add writes no slot");
+}

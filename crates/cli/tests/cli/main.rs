@@ -73,7 +73,7 @@ impl Env {
         fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
         vars.push(("TRESOR_PASSWORD_FILE".into(), dir.path().join("pw").display().to_string()));
         vars.push(("TRESOR_CACHE_DIR".into(), dir.path().join("cache").display().to_string()));
-        vars.push(("TRESOR_KDF_MEMORY_KIB".into(), "64".into()));
+        vars.push(("TRESOR_KDF_MEMORY".into(), "64K".into()));
         Env { dir, repo, vars, user: None }
     }
 
