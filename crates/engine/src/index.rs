@@ -141,8 +141,9 @@ impl<'a> Reader<'a> {
 pub struct FileSummary {
     pub id: Id,
     pub supersedes: Vec<Id>,
-    /// Each pack listed, with its entry count.
-    pub packs: Vec<(Id, u32)>,
+    /// Each pack listed that the index kept, by its number there, with the
+    /// file's entry count for it: 8 bytes a pack where the id took 36.
+    pub packs: Vec<(u32, u32)>,
 }
 
 /// Builds an [`Index`] from index files one at a time, each dropped once
@@ -162,8 +163,8 @@ impl IndexBuilder {
         let raw = RawIndexFile::parse(&id, plain)?;
         let mut summary = FileSummary { id, supersedes: raw.supersedes, packs: Vec::with_capacity(raw.packs.len()) };
         for p in &raw.packs {
-            self.index.add_pack(p.id, p.size, p.entries());
-            summary.packs.push((p.id, p.len() as u32));
+            let num = self.index.add_pack(p.id, p.size, p.entries());
+            summary.packs.push((num, p.len() as u32));
         }
         self.files.push(summary);
         Ok(())
@@ -172,18 +173,24 @@ impl IndexBuilder {
     /// The index of the files no other file supersedes, without the packs
     /// in `without`, sealed; and what every file held.
     pub fn finish(self, without: &IdSet) -> (Index, Vec<FileSummary>) {
-        let IndexBuilder { mut index, files } = self;
+        let IndexBuilder { mut index, mut files } = self;
         let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
+        let unwanted: Vec<bool> = index.packs().map(|(p, _)| without.contains(&p)).collect();
         let mut keep = vec![false; index.pack_count()];
         let mut entries = vec![0u32; index.pack_count()];
         for f in files.iter().filter(|f| !superseded.contains(&f.id)) {
-            for (p, n) in f.packs.iter().filter(|(p, _)| !without.contains(p)) {
-                let num = index.pack_num(p).expect("every listed pack was added") as usize;
-                keep[num] = true;
-                entries[num] += n;
+            for &(num, n) in f.packs.iter().filter(|(num, _)| !unwanted[*num as usize]) {
+                keep[num as usize] = true;
+                entries[num as usize] += n;
             }
         }
-        index.retain_packs(&keep, &entries);
+        let renum = index.retain_packs(&keep, &entries);
+        for f in &mut files {
+            f.packs.retain_mut(|(num, _)| {
+                *num = renum[*num as usize];
+                *num != u32::MAX
+            });
+        }
         index.seal();
         (index, files)
     }

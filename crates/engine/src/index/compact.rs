@@ -69,7 +69,7 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn add_pack<E: Borrow<PackEntry>>(&mut self, pack: Id, size: u64, entries: impl IntoIterator<Item = E>) {
+    pub fn add_pack<E: Borrow<PackEntry>>(&mut self, pack: Id, size: u64, entries: impl IntoIterator<Item = E>) -> u32 {
         let num = match self.pack_num(&pack) {
             Some(n) => n,
             None => {
@@ -98,6 +98,7 @@ impl Index {
             }
         }));
         self.pack_entries[num as usize] += (self.slots.len() - before) as u32;
+        num
     }
 
     /// Sort the slots and drop duplicates (keeping the earliest pack's, and
@@ -210,7 +211,9 @@ impl Index {
 
     /// Keep only the packs `keep` says, with `entries` as their entry
     /// counts; their numbers close up.
-    pub(super) fn retain_packs(&mut self, keep: &[bool], entries: &[u32]) {
+    /// Keep the packs `keep` says, numbered anew; each old number's new one
+    /// (`u32::MAX` for a pack gone).
+    pub(super) fn retain_packs(&mut self, keep: &[bool], entries: &[u32]) -> Vec<u32> {
         let mut renum = vec![u32::MAX; self.packs.len()];
         let mut next = 0usize;
         for (old, &k) in keep.iter().enumerate() {
@@ -242,6 +245,7 @@ impl Index {
             keep
         });
         self.sorted = kept_sorted;
+        renum
     }
 }
 

@@ -40,8 +40,9 @@ pub(super) struct PackFiles {
 impl PackFiles {
     const NONE: u32 = u32::MAX;
 
-    fn set(&mut self, index: &Index, pack: &Id, file: Id) {
-        let n = index.pack_num(pack).expect("a listed pack is indexed") as usize;
+    /// The pack numbered `n` in the index is listed by `file`.
+    fn set(&mut self, n: u32, file: Id) {
+        let n = n as usize;
         let files = &mut self.files;
         let f = *self.file_nums.entry(file).or_insert_with(|| {
             files.push(file);
@@ -120,8 +121,8 @@ impl View {
                 view.spent_files.push(f.id);
                 continue;
             }
-            for (p, _) in &f.packs {
-                view.pack_file.set(&view.index, p, f.id);
+            for &(n, _) in &f.packs {
+                view.pack_file.set(n, f.id);
             }
             live.push(f.id);
         }
@@ -141,8 +142,8 @@ impl View {
 
     fn add_file(&mut self, id: Id, f: &IndexFile) {
         for p in &f.packs {
-            self.index.add_pack(p.id, p.size, &p.entries);
-            self.pack_file.set(&self.index, &p.id, id);
+            let n = self.index.add_pack(p.id, p.size, &p.entries);
+            self.pack_file.set(n, id);
         }
     }
 
