@@ -34,6 +34,7 @@ pub mod retention;
 pub mod select;
 pub mod session;
 pub mod sink;
+pub mod slots;
 pub mod snapshot;
 #[doc(hidden)]
 pub mod synth;
@@ -44,8 +45,8 @@ pub mod walk;
 pub use error::{Error, ErrorKind, Result};
 pub use fsmeta::{hostname, username};
 pub use id::{Id, IdBuildHasher, IdMap, IdSet};
-pub use keys::{KdfParams, Password};
 pub use repo::{InitOptions, OpenOptions, Repository, Settings};
+pub use slots::{KdfParams, Password};
 pub use snapshot::{Snapshot, SourceInfo, Summary};
 pub use tree::{Node, NodeKind, ObjectMeta, Tree};
 

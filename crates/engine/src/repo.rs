@@ -15,7 +15,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack, MemoryEstimate};
-use crate::keys::{KdfParams, KeyFile, Password};
+use crate::slots::{KdfParams, KeyFile, Password};
 use crate::objects::{Kind, is_not_found, list_names, list_with_size};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
@@ -164,7 +164,7 @@ impl Repository {
 
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
         let (op, config) = Self::locate(location, &opts.storage).await?;
-        let (slots, opened) = crate::keys::unlock(&op, &opts.password).await?;
+        let (slots, opened) = crate::slots::unlock(&op, &opts.password).await?;
         if slots == 0 {
             return Err(Error::corrupt("repository", location, "it has no key files"));
         }
@@ -260,7 +260,7 @@ impl Repository {
 
     /// Whether `password` opens this repository (any key slot).
     pub async fn confirms(&self, password: &Password) -> Result<bool> {
-        Ok(crate::keys::unlock(&self.op, password).await?.1.iter().any(|(_, m)| *m.0 == *self.master.0))
+        Ok(crate::slots::unlock(&self.op, password).await?.1.iter().any(|(_, m)| *m.0 == *self.master.0))
     }
 }
 

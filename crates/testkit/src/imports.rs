@@ -6,10 +6,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Each top-level module of the crate whose sources are in `src` and the
-/// modules of the crate it names (`crate::NAME`, doc comments too). A
-/// module's submodules (`src/NAME/**.rs`) count as the module; its tests
-/// (from a line `#[cfg(test)]` on) do not: a test may reach up a layer.
+/// modules of the crate it names (`crate::NAME`, `crate::{A, b::C}`, doc
+/// comments too; a name `lib.rs` re-exports, such as `crate::Repository`,
+/// counts as the module it comes from). A module's submodules
+/// (`src/NAME/**.rs`) count as the module; its tests (from a line
+/// `#[cfg(test)]` on) do not: a test may reach up a layer.
 pub fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let reexported = reexports(src);
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, path) in sources(src) {
         let text = std::fs::read_to_string(&path).expect("a readable source");
@@ -17,11 +20,58 @@ pub fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let names = code
             .split("crate::")
             .skip(1)
-            .filter_map(|rest| rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next())
-            .filter(|name| !name.is_empty() && *name != module && name.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+            .flat_map(named)
+            .filter_map(|name| match name.chars().next() {
+                Some(c) if c.is_ascii_lowercase() => Some(name),
+                _ => reexported.get(name).map(String::as_str),
+            })
+            .filter(|name| *name != module)
             .map(String::from)
             .collect::<Vec<_>>();
         out.entry(module).or_default().extend(names);
+    }
+    out
+}
+
+/// The first path segment of each item named after a `crate::`: one, or
+/// each of a `{...}` group's.
+fn named(rest: &str) -> Vec<&str> {
+    let Some(group) = rest.strip_prefix('{') else { return vec![ident(rest)] };
+    let (mut depth, mut items, mut start) = (0, Vec::new(), 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(ident(&group[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(ident(&group[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.into_iter().filter(|name| !name.is_empty()).collect()
+}
+
+/// The identifier `s` begins with, after any spaces.
+fn ident(s: &str) -> &str {
+    s.trim_start().split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or_default()
+}
+
+/// The names `lib.rs` re-exports (`pub use MODULE::NAME;` or
+/// `pub use MODULE::{A, B};`) and the module each comes from.
+fn reexports(src: &Path) -> BTreeMap<String, String> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in lib.lines() {
+        let Some(path) = line.trim().strip_prefix("pub use ").and_then(|p| p.strip_suffix(';')) else { continue };
+        let Some((module, rest)) = path.split_once("::") else { continue };
+        for name in named(rest) {
+            out.insert(name.to_string(), module.to_string());
+        }
     }
     out
 }
@@ -94,5 +144,20 @@ mod tests {
         std::fs::write(src.join("objects.rs"), "use crate::repo::Repository;").unwrap();
         std::fs::write(src.join("keys.rs"), "use crate::objects::Kind;").unwrap();
         assert_eq!(import_cycle(src).as_deref(), Some("keys -> objects -> repo -> keys"));
+    }
+
+    #[test]
+    fn a_cycle_through_a_name_lib_re_exports_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path();
+        std::fs::write(src.join("lib.rs"), "pub mod repo; pub mod keys;\npub use repo::{Options, Repository};\n").unwrap();
+        std::fs::write(src.join("keys.rs"), "use crate::{Error, objects::{Kind, list}};").unwrap();
+        std::fs::write(src.join("objects.rs"), "").unwrap();
+        std::fs::write(src.join("repo.rs"), "use crate::keys::unlock;").unwrap();
+        assert_eq!(imports(src)["keys"], BTreeSet::from(["objects".to_string()]));
+        assert_eq!(import_cycle(src), None);
+        std::fs::write(src.join("keys.rs"), "use crate::{Error, Repository, objects::{Kind, list}};").unwrap();
+        assert_eq!(imports(src)["keys"], BTreeSet::from(["objects".to_string(), "repo".to_string()]));
+        assert_eq!(import_cycle(src).as_deref(), Some("keys -> repo -> keys"));
     }
 }
