@@ -398,9 +398,7 @@ pub async fn run(
     }
     survey_volumes(&shared);
     watch_wal(&shared);
-    // The status page's rehearsals from the logs: stand-alone ones too, and those before a restart.
-    let reader = shared.clone();
-    tokio::spawn(async move { reader.repos.rehearsals(&reader.plan()).await });
+    watch_rehearsals(&shared);
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
     loop {
@@ -697,6 +695,29 @@ fn watch_wal(shared: &Arc<Shared>) {
                 shared.metrics.standby_point(&source, p);
             }
             tokio::time::sleep(WAL_EVERY).await;
+        }
+    });
+}
+
+/// How often, by the daemon's clock, the evidence logs' heads are looked at for rehearsals run without the daemon.
+const REHEARSALS_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// The status page's rehearsals from the logs, now and whenever a log's head
+/// moved (checked every [`REHEARSALS_EVERY`]): those before a restart and
+/// stand-alone ones (`tresor dr rehearse` by hand) too, without reading
+/// every log on every page view.
+fn watch_rehearsals(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut last: Option<DateTime<Utc>> = None;
+        loop {
+            let now = shared.clock.now();
+            // A clock set back starts the interval again.
+            if last.is_none_or(|l| now < l || now >= l + REHEARSALS_EVERY) {
+                shared.repos.refresh_rehearsals(&shared.plan()).await;
+                last = Some(now);
+            }
+            tokio::time::sleep(shared.tick).await;
         }
     });
 }

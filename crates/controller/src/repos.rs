@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tresor_engine::evidence::Head;
 use tresor_engine::{OpenOptions, Password, Repository};
 use tresor_storage::{Location, StorageOptions};
 
@@ -53,6 +54,8 @@ struct Inner {
     pending: std::sync::atomic::AtomicUsize,
     /// The rehearsals' protocols as last read from the logs, and those appended since (for the status page).
     rehearsals: std::sync::Mutex<Vec<Rehearsal>>,
+    /// Each repository's evidence head (by URL) when the rehearsals were last read; `None`: not read yet.
+    heads: std::sync::Mutex<Option<Vec<(String, Option<Head>)>>>,
 }
 
 impl Default for Inner {
@@ -63,6 +66,7 @@ impl Default for Inner {
             term: std::sync::atomic::AtomicU64::new(u64::MAX),
             pending: Default::default(),
             rehearsals: Default::default(),
+            heads: Default::default(),
         }
     }
 }
@@ -254,6 +258,26 @@ impl Handles {
         out.sort_by_key(|r| r.started);
         out.clone_into(&mut self.inner.rehearsals.lock().expect("not poisoned"));
         out
+    }
+
+    /// Read the rehearsals again when an evidence log's head moved since
+    /// they were last read here (a stand-alone `dr rehearse`, a `copy`):
+    /// one listing per repository, the logs' entries only on a change.
+    pub async fn refresh_rehearsals(&self, plan: &Plan) {
+        let mut heads = Vec::new();
+        for r in plan.repositories.values() {
+            let head = match self.get(r).await {
+                Ok(repo) => tresor_engine::evidence::head(&repo).await.ok().flatten(),
+                Err(_) => None,
+            };
+            heads.push((r.url.clone(), head));
+        }
+        if self.inner.heads.lock().expect("not poisoned").as_ref() == Some(&heads) {
+            return;
+        }
+        // The heads are taken before the entries: an entry appended in between moves a head the next refresh sees.
+        self.rehearsals(plan).await;
+        *self.inner.heads.lock().expect("not poisoned") = Some(heads);
     }
 
     /// The rehearsals as last read by [`rehearsals`](Self::rehearsals), and those recorded since, oldest first.

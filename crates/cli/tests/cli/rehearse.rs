@@ -670,6 +670,21 @@ fn plan_check_refuses_a_bad_rehearsal_schedule_an_unknown_copy_and_a_taken_id() 
     );
 }
 
+/// A daemon over the site with its rehearsal on `schedule`, its clock at
+/// 2026-11-30 10:00 and both sources' first backups done: the clock file,
+/// the daemon, the jobs then.
+fn daemon_with_rehearsal(site: &Site, schedule: &str) -> (PathBuf, super::daemon::Daemon, Vec<serde_json::Value>) {
+    use super::daemon::{count, set_clock, start_daemon, wait_jobs};
+    with_rehearsal(site, schedule);
+    let clock = site.env.path("clock");
+    set_clock(&clock, "2026-11-30T10:00:00Z");
+    let d = start_daemon(&site.env, &site.plan, Some(&clock));
+    let first = wait_jobs(&d, "first backups", |j| {
+        count(j, "sessions", "backup", "succeeded") == 1 && count(j, "documents", "backup", "succeeded") == 1
+    });
+    (clock, d, first)
+}
+
 /// The daemon runs the plan's rehearsal when its schedule is due, as a job
 /// of kind `rehearsal`: in the job history, in the drill metrics as source
 /// `platform`, its protocol in the primary's evidence chain, where the
@@ -678,13 +693,7 @@ fn plan_check_refuses_a_bad_rehearsal_schedule_an_unknown_copy_and_a_taken_id() 
 fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
     use super::daemon::{count, http, set_clock, start_daemon, wait_jobs};
     let site = site("@yearly");
-    with_rehearsal(&site, "0 5 1 12 *");
-    let clock = site.env.path("clock");
-    set_clock(&clock, "2026-11-30T10:00:00Z");
-    let d = start_daemon(&site.env, &site.plan, Some(&clock));
-    let first = wait_jobs(&d, "first backups", |j| {
-        count(j, "sessions", "backup", "succeeded") == 1 && count(j, "documents", "backup", "succeeded") == 1
-    });
+    let (clock, d, first) = daemon_with_rehearsal(&site, "0 5 1 12 *");
     assert!(!first.iter().any(|j| j["kind"] == "rehearsal"), "not due yet");
     set_clock(&clock, "2026-12-01T05:00:01Z");
     let jobs = wait_jobs(&d, "the rehearsal", |j| count(j, "platform", "rehearsal", "succeeded") == 1);
@@ -730,4 +739,48 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
         (r[0]["test"].as_str(), r[0]["last_run"].as_str(), r[0]["from"].as_str(), r[0]["passed"].as_bool(), r[0]["sources_back"].as_u64()),
         (Some("BT-DR-01"), Some("2026-12-01T05:00:01Z"), Some("offsite"), Some(true), Some(2))
     );
+}
+
+/// A rehearsal run by hand while the daemon runs shows on the status page
+/// once the daemon's clock has moved a minute (the daemon looks at the
+/// evidence logs' heads then, not on every page view); until then the page
+/// shows what it last read.
+#[test]
+fn a_stand_alone_rehearsal_shows_on_the_running_daemons_status_page() {
+    use super::daemon::{http, set_clock};
+    let site = site("@yearly");
+    let (clock, d, _) = daemon_with_rehearsal(&site, "@yearly");
+    let row = || {
+        let (status, page) = http(d.port, "GET", "/", Some("read-token"));
+        assert_eq!(status, 200, "{page}");
+        page.lines().find(|l| l.starts_with("<tr data-rehearsal=\"BT-DR-01\">")).map(str::to_string)
+    };
+    // The last-run cell of the status page's row for the rehearsal that printed `text`.
+    let cell = |text: &str| {
+        let r: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let started: chrono::DateTime<chrono::Utc> = r["started"].as_str().unwrap().parse().unwrap();
+        assert!(r["test_id"].as_str().unwrap().starts_with("REHEARSAL-"), "{r}");
+        format!("<td>BT-DR-01</td><td>{} UTC</td>", started.format("%Y-%m-%d %H:%M:%S"))
+    };
+    let wait_row = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let got = row();
+            if got.as_deref().is_some_and(|r| r.contains(want)) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no {want} on the status page: {got:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let (_, first) = site.rehearse(true);
+    set_clock(&clock, "2026-11-30T10:01:00Z");
+    wait_row(&cell(&first));
+
+    // The daemon read the logs at 10:01: a second run shows after the next minute, not before.
+    let (_, second) = site.rehearse(true);
+    assert_ne!(cell(&first), cell(&second), "two runs, a second apart at least");
+    assert!(row().is_some_and(|r| r.contains(&cell(&first))), "the page reads its list, not the logs");
+    set_clock(&clock, "2026-11-30T10:02:00Z");
+    wait_row(&cell(&second));
 }
