@@ -122,7 +122,16 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::default();
-        let m = Metrics {
+        let m = Metrics::unregistered();
+        m.register_backups(&mut r);
+        m.register_restores(&mut r);
+        m.register_jobs_and_storage(&mut r);
+        Metrics { registry: r, ..m }
+    }
+
+    /// Every family empty, none in a registry yet.
+    fn unregistered() -> Metrics {
+        Metrics {
             success: Family::default(),
             failure: Family::default(),
             job_failure: Family::default(),
@@ -158,55 +167,67 @@ impl Metrics {
             newest: Mutex::default(),
             wal: Mutex::default(),
             registry: Registry::default(),
-        };
-        r.register("backup_job_success", "Backups that saved a snapshot", m.success.clone());
-        r.register("backup_job_failure", "Backups that failed, by reason", m.failure.clone());
-        r.register("tresor_job_failure", "Follow-up jobs (forget, copy, prune) that failed", m.job_failure.clone());
-        r.register("backup_duration_seconds", "Duration of the newest backup", m.duration.clone());
-        r.register("backup_job_duration_seconds", "Durations of backups (for percentiles)", m.duration_histogram.clone());
-        r.register("restore_job_duration_seconds", "Durations of restores and drills (for percentiles)", m.restore_histogram.clone());
-        r.register("backup_size_bytes", "Bytes read by the newest backup", m.size.clone());
-        r.register("backup_added_bytes", "Bytes the newest backup added to the repository (before compression)", m.added.clone());
-        r.register("backup_last_success_timestamp_seconds", "When the newest successful backup ended", m.last_success.clone());
-        r.register("backup_last_failure_timestamp_seconds", "When the newest failed backup ended", m.last_failure.clone());
-        r.register("backup_rpo_seconds", "Age of the newest restorable point of the class's stalest source", m.rpo.clone());
-        r.register("backup_rpo_target_seconds", "The class's RPO target", m.rpo_target.clone());
-        r.register("backup_rto_target_seconds", "The class's RTO target", m.rto_target.clone());
-        r.register("restore_success", "Restores that succeeded", m.restore_success.clone());
-        r.register("restore_failure", "Restores that failed, by reason", m.restore_failure.clone());
-        r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", m.restore_duration.clone());
-        r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", m.lag.clone());
-        r.register("restore_drill_duration_seconds", "How long the newest drill took to a validated restore", m.drill_duration.clone());
-        r.register("restore_drill_success", "Whether the newest drill passed (1) or failed (0)", m.drill_success.clone());
-        r.register("rto_achieved_seconds", "Measured RTO of the newest drill", m.rto_achieved.clone());
-        r.register("rpo_achieved_seconds", "Age of the restore point the newest drill restored", m.rpo_achieved.clone());
-        r.register("backup_jobs_running", "Jobs running now", m.running.clone());
-        r.register("backup_jobs_queued", "Jobs waiting for a free slot, their source or their retry", m.queued.clone());
+        }
+    }
+
+    /// The backups' outcomes, sizes and durations, and the classes' targets.
+    fn register_backups(&self, r: &mut Registry) {
+        r.register("backup_job_success", "Backups that saved a snapshot", self.success.clone());
+        r.register("backup_job_failure", "Backups that failed, by reason", self.failure.clone());
+        r.register("tresor_job_failure", "Follow-up jobs (forget, copy, prune) that failed", self.job_failure.clone());
+        r.register("backup_duration_seconds", "Duration of the newest backup", self.duration.clone());
+        r.register("backup_job_duration_seconds", "Durations of backups (for percentiles)", self.duration_histogram.clone());
+        r.register("restore_job_duration_seconds", "Durations of restores and drills (for percentiles)", self.restore_histogram.clone());
+        r.register("backup_size_bytes", "Bytes read by the newest backup", self.size.clone());
+        r.register("backup_added_bytes", "Bytes the newest backup added to the repository (before compression)", self.added.clone());
+        r.register("backup_last_success_timestamp_seconds", "When the newest successful backup ended", self.last_success.clone());
+        r.register("backup_last_failure_timestamp_seconds", "When the newest failed backup ended", self.last_failure.clone());
+        r.register("backup_rpo_seconds", "Age of the newest restorable point of the class's stalest source", self.rpo.clone());
+        r.register("backup_rpo_target_seconds", "The class's RPO target", self.rpo_target.clone());
+        r.register("backup_rto_target_seconds", "The class's RTO target", self.rto_target.clone());
+    }
+
+    /// The restores' and drills' outcomes, the RTO and RPO they achieved, and the off-site copy's lag.
+    fn register_restores(&self, r: &mut Registry) {
+        r.register("restore_success", "Restores that succeeded", self.restore_success.clone());
+        r.register("restore_failure", "Restores that failed, by reason", self.restore_failure.clone());
+        r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", self.restore_duration.clone());
+        r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", self.lag.clone());
+        r.register("restore_drill_duration_seconds", "How long the newest drill took to a validated restore", self.drill_duration.clone());
+        r.register("restore_drill_success", "Whether the newest drill passed (1) or failed (0)", self.drill_success.clone());
+        r.register("rto_achieved_seconds", "Measured RTO of the newest drill", self.rto_achieved.clone());
+        r.register("rpo_achieved_seconds", "Age of the restore point the newest drill restored", self.rpo_achieved.clone());
+    }
+
+    /// The job queue, the repositories and their storage, the unprotected
+    /// volumes, the WAL archives and the standbys.
+    fn register_jobs_and_storage(&self, r: &mut Registry) {
+        r.register("backup_jobs_running", "Jobs running now", self.running.clone());
+        r.register("backup_jobs_queued", "Jobs waiting for a free slot, their source or their retry", self.queued.clone());
         r.register(
             "backup_repository_errors",
             "Jobs that failed because their repository could not be reached or was missing",
-            m.repo_errors.clone(),
+            self.repo_errors.clone(),
         );
-        r.register("backup_repository_size_bytes", "What the repository takes in storage", m.repo_size.clone());
-        r.register("backup_storage_free_bytes", "Free space where a local repository lives", m.storage_free.clone());
-        r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", m.storage_size.clone());
+        r.register("backup_repository_size_bytes", "What the repository takes in storage", self.repo_size.clone());
+        r.register("backup_storage_free_bytes", "Free space where a local repository lives", self.storage_free.clone());
+        r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", self.storage_size.clone());
         r.register(
             "backup_unprotected_volumes",
             "Claims in namespaces the plan covers that no pvc:// source backs up",
-            m.unprotected.clone(),
+            self.unprotected.clone(),
         );
         r.register(
             "backup_wal_archive_lag_seconds",
             "How far a WAL-archiving source's archive is behind its server (0: nothing unarchived)",
-            m.wal_lag.clone(),
+            self.wal_lag.clone(),
         );
-        r.register("backup_wal_archive_gap_segments", "WAL segments missing after the unbroken part of the archive", m.wal_gap.clone());
+        r.register("backup_wal_archive_gap_segments", "WAL segments missing after the unbroken part of the archive", self.wal_gap.clone());
         r.register(
             "standby_lag_seconds",
             "How far a source's warm standby is behind: the age of the oldest archived commit or snapshot it lacks (0: it holds the newest, within the RPO)",
-            m.standby_lag.clone(),
+            self.standby_lag.clone(),
         );
-        Metrics { registry: r, ..m }
     }
 
     /// Create every source's series at zero (its restore time and

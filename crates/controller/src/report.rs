@@ -385,28 +385,69 @@ pub fn controls(
     annotations: &[Annotation],
     rehearsals: &[RehearsalReport],
 ) -> Vec<Control> {
-    let rehearsed = rehearsal_evidence(rehearsals);
-    let drills = protocol.len();
+    let f = findings(classes, protocol, rehearsals);
+    let mut out = iso_27001(&f, tests, annotations);
+    out.extend(bsi_gdpr_nis2(&f));
+    out
+}
+
+/// The period's facts the controls cite, each sentence built once.
+struct Findings {
+    /// The backups' count and success rate, and the encryption.
+    backups: String,
+    /// The drills' count and pass rate, and the protocol's entries.
+    drills: String,
+    /// How many protocol entries, and how many of them disaster-recovery exercises.
+    entries: usize,
+    dr: usize,
+    /// Each class's measured RTO against its target.
+    rto: String,
+    /// Which classes were restored from their off-site copy.
+    offsite_proven: String,
+    /// The cold-start rehearsals' newest runs.
+    rehearsed: String,
+    /// How many classes have an off-site copy, of how many.
+    copied_offsite: usize,
+    classes: usize,
+}
+
+fn findings(classes: &[ClassReport], protocol: &[DrillReport], rehearsals: &[RehearsalReport]) -> Findings {
     let (b_ok, b_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.backups_succeeded, a + c.backups));
     let (d_ok, d_all) = classes.iter().fold((0, 0), |(o, a), c| (o + c.drills_passed, a + c.drills));
     let rto: Vec<String> = classes
         .iter()
         .map(|c| format!("{} {} of {}", c.name, dur(c.rto_measured), Span(std::time::Duration::from_secs(c.rto_target))))
         .collect();
-    let offsite = classes.iter().filter(|c| c.offsite.is_some()).count();
-    let backups = format!(
-        "{b_all} backups in the period, {} succeeded; every repository end-to-end encrypted (AEAD, Argon2id keys)",
-        pct(rate(b_ok, b_all))
-    );
-    let drills_text = format!("{d_all} restore drills, {} passed ({drills} protocol entries)", pct(rate(d_ok, d_all)));
-    let offsite_proven: Vec<String> =
+    Findings {
+        backups: format!(
+            "{b_all} backups in the period, {} succeeded; every repository end-to-end encrypted (AEAD, Argon2id keys)",
+            pct(rate(b_ok, b_all))
+        ),
+        drills: format!("{d_all} restore drills, {} passed ({} protocol entries)", pct(rate(d_ok, d_all)), protocol.len()),
+        entries: protocol.len(),
+        dr: protocol.iter().filter(|d| d.test_type.as_deref() == Some("dr")).count(),
+        rto: rto.join("; "),
+        offsite_proven: offsite_proven(classes),
+        rehearsed: rehearsal_evidence(rehearsals),
+        copied_offsite: classes.iter().filter(|c| c.offsite.is_some()).count(),
+        classes: classes.len(),
+    }
+}
+
+/// How many classes were restored from their off-site copy in the period, and when last.
+fn offsite_proven(classes: &[ClassReport]) -> String {
+    let proven: Vec<String> =
         classes.iter().filter_map(|c| Some(format!("{} {}", c.name, c.last_proven_offsite?.format("%Y-%m-%d")))).collect();
-    let offsite_text = format!(
+    format!(
         "{} of {} classes restored from their off-site copy in the period{}",
-        offsite_proven.len(),
+        proven.len(),
         classes.len(),
-        if offsite_proven.is_empty() { String::new() } else { format!(" ({})", offsite_proven.join(", ")) }
-    );
+        if proven.is_empty() { String::new() } else { format!(" ({})", proven.join(", ")) }
+    )
+}
+
+/// The test plan in one line: how many tests, and each one's id, type, frequency and owner.
+fn test_plan(tests: &[PlannedTest]) -> String {
     let planned: Vec<String> = tests
         .iter()
         .map(|t| {
@@ -419,51 +460,64 @@ pub fn controls(
             )
         })
         .collect();
-    let dr = protocol.iter().filter(|d| d.test_type.as_deref() == Some("dr")).count();
+    format!("{} ({})", planned.len(), if planned.is_empty() { "no drill schedules".into() } else { planned.join("; ") })
+}
+
+/// ISO/IEC 27001's backup, ICT readiness and continuity controls.
+fn iso_27001(f: &Findings, tests: &[PlannedTest], annotations: &[Annotation]) -> Vec<Control> {
+    let (backups, drills, offsite, rehearsed) = (&f.backups, &f.drills, &f.offsite_proven, &f.rehearsed);
     vec![
         Control {
             framework: "ISO/IEC 27001:2022",
             control: "A.8.13",
             requirement: "Information backup: backups maintained and regularly tested per an agreed policy",
-            evidence: format!("{backups}; {drills_text}; retention per class"),
+            evidence: format!("{backups}; {drills}; retention per class"),
         },
         Control {
             framework: "ISO/IEC 27001:2022",
             control: "A.5.30",
             requirement: "ICT readiness for business continuity: recovery objectives set and tested",
-            evidence: format!("RPO/RTO targets per class; measured RTO: {}; {offsite_text}; {rehearsed}", rto.join("; ")),
+            evidence: format!("RPO/RTO targets per class; measured RTO: {}; {offsite}; {rehearsed}", f.rto),
         },
         Control {
             framework: "ISO/IEC 27001:2013",
             control: "A.17.1.1",
             requirement: "Planning information security continuity: continuity requirements determined, recovery planned and exercised",
             evidence: format!(
-                "test plan: {} ({}); {drills} protocol entries, {dr} of them disaster-recovery exercises; {} findings and follow-ups recorded; {offsite_text}; {rehearsed}",
-                planned.len(),
-                if planned.is_empty() { "no drill schedules".into() } else { planned.join("; ") },
+                "test plan: {}; {} protocol entries, {} of them disaster-recovery exercises; {} findings and follow-ups recorded; {offsite}; {rehearsed}",
+                test_plan(tests),
+                f.entries,
+                f.dr,
                 annotations.len()
             ),
         },
+    ]
+}
+
+/// The BSI IT-Grundschutz module, GDPR and NIS2 articles on backups and recovery.
+fn bsi_gdpr_nis2(f: &Findings) -> Vec<Control> {
+    let (backups, drills) = (&f.backups, &f.drills);
+    vec![
         Control {
             framework: "BSI IT-Grundschutz",
             control: "OPS.1.1.5",
             requirement: "Datensicherung: Konzept, regelmäßige Sicherung, Wiederherstellungstests",
             evidence: format!(
-                "the plan is the backup concept; {backups}; {drills_text}; {offsite} of {} classes copied off-site",
-                classes.len()
+                "the plan is the backup concept; {backups}; {drills}; {} of {} classes copied off-site",
+                f.copied_offsite, f.classes
             ),
         },
         Control {
             framework: "GDPR",
             control: "Art. 32(1)(b)-(d)",
             requirement: "Restore availability and access in a timely manner; regularly test and evaluate",
-            evidence: format!("{drills_text}; measured RTO against targets per class; encryption of all backups"),
+            evidence: format!("{drills}; measured RTO against targets per class; encryption of all backups"),
         },
         Control {
             framework: "NIS2",
             control: "Art. 21(2)(c)",
             requirement: "Business continuity: backup management and disaster recovery",
-            evidence: format!("{backups}; {drills_text}; alerting on failed jobs, missed RPO and failed drills"),
+            evidence: format!("{backups}; {drills}; alerting on failed jobs, missed RPO and failed drills"),
         },
     ]
 }
