@@ -477,31 +477,27 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
     Ok(snap)
 }
 
-async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> Result<Snapshot> {
+async fn run(repo: Arc<Repository>, mut opts: BackupOptions, session: &Session) -> Result<Snapshot> {
     let started = Instant::now();
     let start_time = Local::now().fixed_offset();
+    let (tree, counters, errors) = archive_and_upload(&repo, &mut opts).await?;
+    let summary = counters.summary(started.elapsed().as_secs_f64(), start_time, Local::now().fixed_offset());
+    let mut snap = snapshot_of(opts, tree, start_time, summary, errors)?;
+    commit(&repo, session, &mut snap).await?;
+    Ok(snap)
+}
+
+/// Read the input (taken out of `opts`: what it reads and the progress it
+/// reports) into packs and trees, stored by the time this returns: the
+/// root tree, the counts and the files that could not be read.
+async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) -> Result<(Id, Counters, Vec<FileError>)> {
     let index = repo.writer_index().await?;
     // Queued messages are small (closes, and tree packs of a few MiB), so
     // several closes (each an fsync or a multipart completion) can overlap.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
-    let BackupOptions {
-        paths,
-        tags,
-        host,
-        excludes,
-        one_file_system,
-        parent,
-        time,
-        threads,
-        stdin,
-        generated,
-        entries,
-        source,
-        name,
-        progress,
-    } = opts;
+    let entries = opts.entries.take();
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -510,39 +506,45 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         inflight: Mutex::new(IdSet::default()),
         uploads: tx,
         counters: Counters::default(),
-        progress: progress.unwrap_or_default(),
+        progress: opts.progress.take().unwrap_or_default(),
         errors: Mutex::new(Vec::new()),
         failure: Mutex::new(None),
         stop: AtomicBool::new(false),
-        excludes: PathFilter::new(&excludes)?,
-        one_file_system,
+        excludes: PathFilter::new(&opts.excludes)?,
+        one_file_system: opts.one_file_system,
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
     });
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let parent_tree = parent.as_ref().map(|p| p.tree);
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let parent_tree = opts.parent.as_ref().map(|p| p.tree);
     let job = {
         let shared = shared.clone();
-        let paths = paths.clone();
-        let input = match (stdin, generated, entries) {
-            (Some((name, reader)), _, _) => Input::Stream(name, reader),
-            (None, Some(files), _) => Input::Generated(files),
-            (None, None, Some(entries)) => Input::Virtual(entries),
-            (None, None, None) => Input::Paths,
-        };
+        let paths = opts.paths.clone();
+        let input = Input::chosen(opts.stdin.take(), opts.generated.take(), entries);
         tokio::task::spawn_blocking(move || archive(&shared, &paths, input, parent_tree, threads))
     };
     let walked = job.await.map_err(|e| Error::Invalid(format!("backup thread failed: {e}")))?;
     let shared = Arc::into_inner(shared).expect("the pipeline threads have ended");
-    let Shared { counters: c, errors, uploads, .. } = shared;
+    let Shared { counters, errors, uploads, .. } = shared;
     drop(uploads);
     let uploaded = uploader.await.map_err(|e| Error::Invalid(format!("upload task failed: {e}")))?;
     // An upload error explains an interrupted pipeline, so it is reported first.
     uploaded?;
-    let tree = walked?;
-    let summary = c.summary(started.elapsed().as_secs_f64(), start_time, Local::now().fixed_offset());
+    Ok((walked?, counters, errors.into_inner().expect("not poisoned")))
+}
+
+/// The snapshot of a backup whose root tree is stored, described by the
+/// rest of its options; its id is given when it is stored.
+fn snapshot_of(
+    opts: BackupOptions,
+    tree: Id,
+    start_time: DateTime<FixedOffset>,
+    summary: Summary,
+    errors: Vec<FileError>,
+) -> Result<Snapshot> {
+    let BackupOptions { paths, tags, host, excludes, parent, time, source, name, .. } = opts;
     let stdin_name = paths.is_empty();
     let source = source.map(|f| f().map_err(Error::Invalid)).transpose()?;
-    let mut snap = Snapshot {
+    Ok(Snapshot {
         id: Id::default(),
         time: time.unwrap_or(start_time),
         tree,
@@ -560,10 +562,8 @@ async fn run(repo: Arc<Repository>, opts: BackupOptions, session: &Session) -> R
         excludes,
         program_version: concat!("tresor ", env!("CARGO_PKG_VERSION")).into(),
         summary: Some(summary),
-        errors: errors.into_inner().expect("not poisoned"),
-    };
-    commit(&repo, session, &mut snap).await?;
-    Ok(snap)
+        errors,
+    })
 }
 
 /// Store the snapshot, under a live lease only. A lease that lapsed while
@@ -588,6 +588,23 @@ enum Input {
     Stream(String, Box<dyn Read + Send>),
     Generated(BTreeMap<String, Vec<u8>>),
     Virtual(VirtualInput),
+}
+
+impl Input {
+    /// The stream if there is one, else generated files, else virtual
+    /// entries, else the paths.
+    fn chosen(
+        stdin: Option<(String, Box<dyn Read + Send>)>,
+        generated: Option<BTreeMap<String, Vec<u8>>>,
+        entries: Option<VirtualInput>,
+    ) -> Input {
+        match (stdin, generated, entries) {
+            (Some((name, reader)), _, _) => Input::Stream(name, reader),
+            (None, Some(files), _) => Input::Generated(files),
+            (None, None, Some(entries)) => Input::Virtual(entries),
+            (None, None, None) => Input::Paths,
+        }
+    }
 }
 
 /// Run the walker on this thread and the workers beside it; the root tree id.
