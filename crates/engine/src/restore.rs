@@ -7,8 +7,9 @@
 //! (restore/write.rs). Metadata goes last, so writing a file's content
 //! cannot disturb its times: a file's when its last blob is written, a
 //! directory's once the walk has left it and its batch is written, deepest
-//! first. Only one batch is held, so memory does not grow with the number of
-//! files in the snapshot (only `delete` keeps every restored path).
+//! first. A batch is written while the walk fills the next, and no more
+//! are held, so memory does not grow with the number of files in the
+//! snapshot (only `delete` keeps every restored path).
 //!
 //! A file that exists in the target is replaced, kept or compared as the
 //! `Overwrite` mode says; with `delete`, what the snapshot lacks goes.
@@ -116,6 +117,8 @@ struct Restorer<'a> {
     first_link: HashMap<(u64, u64), PathBuf>,
     /// Every path the restore took, for `delete` only.
     taken: Option<HashSet<PathBuf>>,
+    /// The batch before, being written while the walk goes on.
+    writing: Option<tokio::task::JoinHandle<Result<[u64; 3]>>>,
     summary: RestoreSummary,
 }
 
@@ -134,6 +137,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         batch: Batch::default(),
         first_link: HashMap::new(),
         taken: opts.delete.then(HashSet::new),
+        writing: None,
         summary: RestoreSummary::default(),
     };
     std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
@@ -151,6 +155,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         }
     }
     r.flush(None).await?;
+    r.wait().await?;
     let Restorer { writer, mut summary, taken, includes, excludes, .. } = r;
     let writer = Arc::into_inner(writer).expect("all writers finished");
     summary.bytes_restored = writer.bytes.into_inner();
@@ -183,45 +188,33 @@ impl Restorer<'_> {
         Ok(descend)
     }
 
-    /// Write the batch's content, then finish its files, links and the
-    /// directories the walk has left (`inside` is where it is now; `None`
-    /// at the end).
+    /// Hand the batch to a task that writes its content, then finishes its
+    /// files, links and the directories the walk has left (`inside` is where
+    /// it is now; `None` at the end). The walk goes on meanwhile; the batch
+    /// before must be done first, so at most two are held.
     async fn flush(&mut self, inside: Option<&Path>) -> Result<()> {
         let mut batch = std::mem::take(&mut self.batch);
+        let (done, open) = batch.dirs.into_iter().partition(|(d, _)| inside.is_none_or(|i| !i.starts_with(d)));
+        (batch.dirs, self.batch.dirs) = (done, open);
         let by_pack = self.blobs_by_pack(&batch.files);
-        let files = Arc::new(std::mem::take(&mut batch.files));
-        self.writer.fetch_and_write(self.repo, &files, by_pack).await?;
-        let w = &self.writer;
-        let s = &mut self.summary;
-        for f in files.iter() {
-            if f.remaining.load(Relaxed) > 0 {
-                w.fail(f, "not all of its content could be restored");
-            }
+        self.wait().await?;
+        let (repo, writer) = (self.repo.clone(), self.writer.clone());
+        self.writing = Some(tokio::spawn(async move {
+            let files = Arc::new(std::mem::take(&mut batch.files));
+            writer.fetch_and_write(&repo, &files, by_pack).await?;
+            Ok(finish(&writer, &files, batch))
+        }));
+        Ok(())
+    }
+
+    /// Wait for the batch being written, and count it.
+    async fn wait(&mut self) -> Result<()> {
+        if let Some(task) = self.writing.take() {
+            let [files, restored, dirs] = task.await.map_err(|e| Error::Invalid(format!("restore task failed: {e}")))??;
+            self.summary.total_files += files;
+            self.summary.files_restored += restored;
+            self.summary.dirs_restored += dirs;
         }
-        s.total_files += (files.len() + batch.hardlinks.len()) as u64;
-        s.files_restored += files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64;
-        for (link, original) in &batch.hardlinks {
-            let _ = std::fs::remove_file(link);
-            match std::fs::hard_link(original, link) {
-                Ok(()) => s.files_restored += 1,
-                Err(e) => w.error(link, e),
-            }
-        }
-        for (path, node) in &batch.links {
-            if let Err(e) = fsmeta::apply(path, node, w.owner) {
-                w.error(path, e);
-            }
-        }
-        let (mut done, open): (Vec<_>, Vec<_>) = batch.dirs.into_iter().partition(|(d, _)| inside.is_none_or(|i| !i.starts_with(d)));
-        self.batch.dirs = open;
-        // Deepest first: finishing a directory must not touch a parent already done.
-        done.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-        for (path, node) in &done {
-            if let Err(e) = fsmeta::apply(path, node, w.owner) {
-                w.error(path, e);
-            }
-        }
-        s.dirs_restored += done.len() as u64;
         Ok(())
     }
 
@@ -317,6 +310,38 @@ impl Restorer<'_> {
         }
         Ok(())
     }
+}
+
+/// Finish a written batch: files not written whole fail, then hard links,
+/// link metadata, and its directories deepest first (finishing a directory
+/// must not touch a parent already done). Files, restored files and
+/// directories, counted.
+fn finish(w: &Writer, files: &[FilePlan], mut batch: Batch) -> [u64; 3] {
+    for f in files {
+        if f.remaining.load(Relaxed) > 0 {
+            w.fail(f, "not all of its content could be restored");
+        }
+    }
+    let mut restored = files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64;
+    for (link, original) in &batch.hardlinks {
+        let _ = std::fs::remove_file(link);
+        match std::fs::hard_link(original, link) {
+            Ok(()) => restored += 1,
+            Err(e) => w.error(link, e),
+        }
+    }
+    for (path, node) in &batch.links {
+        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+            w.error(path, e);
+        }
+    }
+    batch.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (path, node) in &batch.dirs {
+        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+            w.error(path, e);
+        }
+    }
+    [(files.len() + batch.hardlinks.len()) as u64, restored, batch.dirs.len() as u64]
 }
 
 /// Should `path` be restored? Included paths bring their whole subtree and
