@@ -55,6 +55,45 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     repo.ensure_memory().await?;
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
+    let (index, stored) = load_index(repo, &mut report).await?;
+    report.blobs = index.blob_count();
+    report.unindexed_packs = stored.unindexed.clone();
+    // Packs that cannot be read at all, and packs with some damaged blobs.
+    let mut bad_packs = missing_or_resized(&index, &stored, &mut report);
+    let mut partly_bad: Vec<(Id, String)> = Vec::new();
+    if opts.read_data > 0.0 {
+        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, &mut report).await {
+            match result {
+                Err(e) => bad_packs.push((pack, e.to_string())),
+                Ok(bad_blobs) => {
+                    if let Some((_, why)) = bad_blobs.first() {
+                        partly_bad.push((pack, why.clone()));
+                    }
+                    for (blob, why) in bad_blobs {
+                        damaged.insert(blob, (format!("pack {}", pack.short()), why));
+                    }
+                }
+            }
+        }
+    }
+    // A pack that cannot be read at all takes all its blobs with it; one
+    // that can has been judged blob by blob above.
+    let unreadable: IdMap<String> = bad_packs.iter().cloned().collect();
+    check_snapshots(repo, &mut report, &Damage { blobs: damaged, packs: unreadable }).await?;
+    // Every damaged pack is a problem, even one no snapshot uses.
+    for (pack, why) in bad_packs.iter().chain(&partly_bad) {
+        let object = format!("pack {}", pack.short());
+        if !report.problems.iter().any(|p| p.object == object) {
+            report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
+        }
+    }
+    Ok(report)
+}
+
+/// The index of the intact index files and the marked packs storage still
+/// holds, set as the repository's, and the packs storage holds; a damaged
+/// index file is a problem in `report`.
+async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std::sync::Arc<Index>, Stored)> {
     // Index files are added one at a time and dropped (docs/ARCHITECTURE.md,
     // "Index memory"); a damaged one is a problem and adds nothing.
     let mut builder = IndexBuilder::default();
@@ -85,11 +124,13 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     index.seal();
     let index = std::sync::Arc::new(index);
     repo.set_index(index.clone()).await;
-    report.blobs = index.blob_count();
-    report.unindexed_packs = stored.unindexed.clone();
-    // Packs that cannot be read at all, and packs with some damaged blobs.
-    let mut bad_packs: Vec<(Id, String)> = Vec::new();
-    let mut partly_bad: Vec<(Id, String)> = Vec::new();
+    Ok((index, stored))
+}
+
+/// The indexed packs storage lacks or holds at another size than the
+/// index says, each with why; counts the packs in `report`.
+fn missing_or_resized(index: &Index, stored: &Stored, report: &mut CheckReport) -> Vec<(Id, String)> {
+    let mut bad_packs = Vec::new();
     for (n, (pack, size)) in index.packs().enumerate() {
         report.packs += 1;
         match stored.size(n, &pack) {
@@ -98,42 +139,26 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
             _ => {}
         }
     }
-    if opts.read_data > 0.0 {
-        let selected: Vec<Id> = index
-            .packs()
-            .enumerate()
-            .filter(|(n, (p, _))| stored.size(*n, p).is_some() && selected(p, opts.read_data))
-            .map(|(_, (p, _))| p)
-            .collect();
-        report.packs_read = selected.len();
-        let results: Vec<(Id, Result<Vec<DamagedBlob>>)> =
-            futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await;
-        for (pack, result) in results {
-            match result {
-                Err(e) => bad_packs.push((pack, e.to_string())),
-                Ok(bad_blobs) => {
-                    if let Some((_, why)) = bad_blobs.first() {
-                        partly_bad.push((pack, why.clone()));
-                    }
-                    for (blob, why) in bad_blobs {
-                        damaged.insert(blob, (format!("pack {}", pack.short()), why));
-                    }
-                }
-            }
-        }
-    }
-    // A pack that cannot be read at all takes all its blobs with it; one
-    // that can has been judged blob by blob above.
-    let unreadable: IdMap<String> = bad_packs.iter().cloned().collect();
-    check_snapshots(repo, &mut report, &Damage { blobs: damaged, packs: unreadable }).await?;
-    // Every damaged pack is a problem, even one no snapshot uses.
-    for (pack, why) in bad_packs.iter().chain(&partly_bad) {
-        let object = format!("pack {}", pack.short());
-        if !report.problems.iter().any(|p| p.object == object) {
-            report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
-        }
-    }
-    Ok(report)
+    bad_packs
+}
+
+/// Read the `fraction` of the stored packs chosen by their ids, four at a
+/// time: each pack's damaged blobs, or why it cannot be read at all.
+async fn read_packs(
+    repo: &Repository,
+    index: &Index,
+    stored: &Stored,
+    fraction: f64,
+    report: &mut CheckReport,
+) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
+    let selected: Vec<Id> = index
+        .packs()
+        .enumerate()
+        .filter(|(n, (p, _))| stored.size(*n, p).is_some() && selected(p, fraction))
+        .map(|(_, (p, _))| p)
+        .collect();
+    report.packs_read = selected.len();
+    futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
 }
 
 /// The packs storage holds, by pack number: a listing of millions of packs
