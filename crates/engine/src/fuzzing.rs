@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 
 use crate::crypto::{Aead, Crypto, MasterKey, blob_ad, file_ad};
 use crate::index::{self, IndexFile};
-use crate::slots::{KdfParams, KeyFile, Password};
 use crate::pack::{BlobKind, FLAG_ZSTD, PACK_MAGIC, PackEntry, PackWriter, open_blob, read_trailer};
+use crate::slots::{KdfParams, KeyFile, Password};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Id, IdSet};

@@ -15,20 +15,15 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack, MemoryEstimate};
-use crate::slots::{KdfParams, KeyFile, Password};
 use crate::objects::{Kind, is_not_found, list_names, list_with_size};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
+use crate::slots::{KdfParams, KeyFile, Password};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
 
 const CONFIG: &str = Kind::Config.dir();
-
-/// Where a pack is stored ([`Kind::Pack`]); restore's writer names packs through it.
-pub fn pack_path(id: &Id) -> String {
-    Kind::Pack.path(id)
-}
 
 /// How to reach and unlock a repository.
 #[derive(Debug, Clone)]
@@ -467,7 +462,7 @@ impl Repository {
 
     /// Upload a sealed pack; what the index must record about it.
     pub async fn save_pack(&self, pack: SealedPack) -> Result<IndexedPack> {
-        let path = pack_path(&pack.id);
+        let path = Kind::Pack.path(&pack.id);
         if pack.kind == BlobKind::Tree
             && let Some(c) = &self.cache
         {
@@ -482,7 +477,7 @@ impl Repository {
     /// name before `close` succeeds (a renamed temp file on fs, a completed
     /// multipart upload on object stores).
     pub async fn pack_writer(&self, id: &Id) -> Result<opendal::Writer> {
-        let path = pack_path(id);
+        let path = Kind::Pack.path(id);
         let w = self.op.writer_with(&path);
         let w = if self.location.local_path().is_some() { w.await } else { w.chunk(8 << 20).await };
         w.map_err(storage_err("write", &path))
@@ -498,7 +493,7 @@ impl Repository {
         if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
             return Ok(p);
         }
-        let path = pack_path(id);
+        let path = Kind::Pack.path(id);
         let bytes =
             match self.cache.as_ref().and_then(|c| c.get(&path)).filter(|b| read_trailer(&self.crypto, id, b, b.len() as u64).is_ok()) {
                 Some(b) => b,
@@ -536,7 +531,7 @@ impl Repository {
                 Err(_) => self.tree_packs.lock().expect("not poisoned").remove(&pack),
             }
         }
-        let sealed = self.read_range(&pack_path(&pack), range).await?;
+        let sealed = self.read_range(&Kind::Pack.path(&pack), range).await?;
         open_blob(&self.crypto, &e, &sealed)
     }
 

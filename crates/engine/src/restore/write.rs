@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use super::{FilePlan, Targets};
 use crate::fsmeta;
+use crate::objects::Kind;
 use crate::pack::{PackEntry, open_blob_into};
-use crate::repo::pack_path;
 use crate::{Error, Id, IdMap, Repository, Result};
 
 /// Longest span one fetch reads (a blob longer than this is read alone).
@@ -121,7 +121,7 @@ impl Writer {
                 async move {
                     let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
                     let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
-                    let bytes = repo.read_range_parts(&pack_path(&pack), start..end).await?;
+                    let bytes = repo.read_range_parts(&Kind::Pack.path(&pack), start..end).await?;
                     let _slot = writer.slots.acquire().await.expect("never closed");
                     let mut bufs = writer.take_buffers();
                     let w = writer.clone();
