@@ -125,7 +125,8 @@ impl Handles {
     /// What the repository's packs take in storage, from one listing (no index read, no child).
     pub async fn stored_size(&self, r: &plan::Repository) -> Result<u64, String> {
         let repo = self.get(r).await?;
-        let packs = tresor_engine::objects::list_with_size(repo.operator(), tresor_engine::objects::Kind::Pack).await.map_err(|e| e.to_string())?;
+        let packs =
+            tresor_engine::objects::list_with_size(repo.operator(), tresor_engine::objects::Kind::Pack).await.map_err(|e| e.to_string())?;
         Ok(packs.iter().map(|(_, size)| size).sum())
     }
 

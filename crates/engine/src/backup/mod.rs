@@ -288,7 +288,9 @@ impl Shared {
     /// leaves an empty one) and the next piece reuses its pages.
     fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<Vec<u8>> {
         let piece = bytes::Bytes::from(piece);
-        self.rt.block_on(sink.write(piece.clone())).map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))?;
+        self.rt
+            .block_on(sink.write(piece.clone()))
+            .map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))?;
         Ok(piece.try_into_mut().map(Vec::from).unwrap_or_default())
     }
 
