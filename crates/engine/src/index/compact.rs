@@ -228,9 +228,8 @@ impl Index {
         self.packs.truncate(next);
         self.pack_sizes.truncate(next);
         self.pack_entries.truncate(next);
-        // Cleared, not replaced: a new map beside the old one was, for a
-        // moment, a second map of every pack (about 2 bytes a blob at 16
-        // blobs to a pack).
+        // Cleared, not replaced: a new map beside the old one would be, for
+        // a moment, a second map of every pack.
         self.pack_nums.clear();
         self.pack_nums_full.clear();
         for n in 0..next {
