@@ -3,7 +3,10 @@
 use std::net::TcpStream;
 
 use opendal::{EntryMode, ErrorKind, Operator, services::S3};
-use tresor_testkit::{S3Server, net::free_port};
+use tresor_testkit::{
+    S3Server,
+    net::{free_port, reserved_listener},
+};
 
 const MIB: usize = 1 << 20;
 
@@ -119,4 +122,17 @@ fn free_port_is_bindable() {
     let port = free_port();
     assert_ne!(port, 0);
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port is free");
+}
+
+#[test]
+fn a_reserved_port_lies_below_the_ephemeral_range_and_binds_again_once_closed() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let first = reserved_listener();
+    let port = first.local_addr().unwrap().port();
+    assert!(port < low, "{port} below {low}");
+    let second = reserved_listener();
+    assert_ne!(second.local_addr().unwrap().port(), port, "a port is handed out once while held");
+    drop(first);
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("the closed port binds again");
 }

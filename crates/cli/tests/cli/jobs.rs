@@ -108,7 +108,8 @@ fn a_wrong_password_or_a_missing_repository_fails_once_and_alerts_at_once() {
 
 /// A TCP forwarder to a server that can be taken off the network: while
 /// down, its port refuses connections, as a storage endpoint that is
-/// unreachable does.
+/// unreachable does. The port lies outside the ephemeral range, so no other
+/// socket takes it while it is closed and it can always be bound again.
 struct Outage {
     port: u16,
     up: Arc<AtomicBool>,
@@ -116,7 +117,7 @@ struct Outage {
 
 impl Outage {
     fn new(to: u16) -> Outage {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = tresor_testkit::net::reserved_listener();
         let port = listener.local_addr().unwrap().port();
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
@@ -254,16 +255,19 @@ type Taken = Arc<Mutex<Vec<serde_json::Value>>>;
 /// Between the daemon and a real Alertmanager: refuses every delivery
 /// (503) until `open` is set, then forwards each; its port, the bodies
 /// forwarded, and how many it refused.
-fn gate(am: Arc<AlertmanagerServer>, open: Arc<AtomicBool>) -> (u16, Taken, Arc<Mutex<usize>>) {
+fn gate(am: &Arc<AlertmanagerServer>, open: Arc<AtomicBool>) -> (u16, Taken, Arc<Mutex<usize>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (got, refused) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(0)));
     let (seen, turned_away) = (got.clone(), refused.clone());
+    // The thread outlives the test; a strong reference would keep
+    // Alertmanager running after it, and its directory on disk.
+    let am = Arc::downgrade(am);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { continue };
             let (_, body) = read_request(&mut s);
-            let code = if open.load(Ordering::SeqCst) {
+            let code = if let (true, Some(am)) = (open.load(Ordering::SeqCst), am.upgrade()) {
                 let (code, _) = am.request("POST", "/api/v2/alerts", &body);
                 seen.lock().unwrap().push(serde_json::from_str(&body).unwrap_or_default());
                 code
@@ -294,7 +298,7 @@ fn alertmanager_is_left_with_no_active_alert_when_the_failure_got_through_only_a
 
     let env = Env::new();
     let open = Arc::new(AtomicBool::new(false));
-    let (port, forwarded, refused) = gate(am.clone(), open.clone());
+    let (port, forwarded, refused) = gate(&am, open.clone());
     let flag = env.path("service-up");
     let plan = env.path("plan.yaml");
     let source = format!("command:test -e {} && echo ok || {{ echo 'backend down' >&2; exit 1; }}", flag.display());
@@ -325,7 +329,9 @@ fn alertmanager_is_left_with_no_active_alert_when_the_failure_got_through_only_a
     wait_jobs(&d, "the recovery", |j| count(j, "flaky", "backup", "succeeded") == 1);
     // Only now does the receiver take anything: the failure, still being retried, must go first.
     open.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // The next attempt comes when the daemon's backoff (1 s doubling, eight
+    // retries, 255 s in all) runs out: up to 128 s from now under load.
+    let deadline = Instant::now() + Duration::from_secs(300);
     while forwarded.lock().unwrap().len() < 2 {
         assert!(Instant::now() < deadline, "forwarded: {:?}", forwarded.lock().unwrap());
         std::thread::sleep(Duration::from_millis(100));
