@@ -175,11 +175,11 @@ impl IndexBuilder {
     pub fn finish(self, without: &IdSet) -> (Index, Vec<FileSummary>) {
         let IndexBuilder { mut index, mut files } = self;
         let superseded: IdSet = files.iter().flat_map(|f| f.supersedes.iter().copied()).collect();
-        let unwanted: Vec<bool> = index.packs().map(|(p, _)| without.contains(&p)).collect();
         let mut keep = vec![false; index.pack_count()];
         let mut entries = vec![0u32; index.pack_count()];
+        let wanted = |num: u32| without.is_empty() || !without.contains(&index.pack_id(num));
         for f in files.iter().filter(|f| !superseded.contains(&f.id)) {
-            for &(num, n) in f.packs.iter().filter(|(num, _)| !unwanted[*num as usize]) {
+            for &(num, n) in f.packs.iter().filter(|(num, _)| wanted(*num)) {
                 keep[num as usize] = true;
                 entries[num as usize] += n;
             }

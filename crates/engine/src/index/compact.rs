@@ -9,11 +9,10 @@
 
 use std::borrow::Borrow;
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use hashbrown::HashTable;
 
 use crate::Id;
-use crate::id::{IdBuildHasher, IdMap};
+use crate::id::IdMap;
 use crate::pack::{BlobKind, PackEntry};
 
 /// The part of a blob id the index keys by.
@@ -54,15 +53,19 @@ const _: () = assert!(std::mem::size_of::<Slot>() == 36);
 #[derive(Default)]
 pub struct Index {
     packs: Vec<Id>,
-    pack_sizes: Vec<u64>,
+    /// A pack's size; [`BIG_PACK`] for one of 4 GiB or more, whose size is
+    /// in `big_pack_sizes`. Packs stay below 4 GiB (docs/FORMAT.md, their
+    /// offsets are u32), but an index file may say otherwise and `check`
+    /// must compare what it says.
+    pack_sizes: Vec<u32>,
+    big_pack_sizes: IdMap<u64>,
     /// Entries each pack holds, duplicates of blobs stored elsewhere included.
     pack_entries: Vec<u32>,
-    /// Pack numbers by the first 8 bytes of the pack id: 16 bytes a bucket
-    /// where the full id took 36, more than a byte a blob at the 16 blobs a
-    /// default pack holds. A pack whose first 8 bytes another pack has
-    /// already (random ids: about never) is in `pack_nums_full`.
-    pack_nums: HashMap<u64, u32, IdBuildHasher>,
-    pack_nums_full: IdMap<u32>,
+    /// Pack numbers, hashed and compared through the ids in `packs`: a
+    /// bucket is the number and a control byte, 5 bytes where a map keyed by
+    /// the id's first 8 bytes took 17 (at the 16 blobs a default pack holds,
+    /// about 1.5 bytes a blob less).
+    pack_nums: HashTable<u32>,
     slots: Vec<Slot>,
     /// Slots `..sorted` are sorted by key and unique.
     sorted: usize,
@@ -74,10 +77,13 @@ impl Index {
             Some(n) => n,
             None => {
                 self.packs.push(pack);
-                self.pack_sizes.push(size);
+                self.pack_sizes.push(u32::try_from(size).unwrap_or(BIG_PACK));
+                if size >= u64::from(BIG_PACK) {
+                    self.big_pack_sizes.insert(pack, size);
+                }
                 self.pack_entries.push(0);
                 let n = (self.packs.len() - 1) as u32;
-                self.number(pack, n);
+                self.number(n);
                 n
             }
         };
@@ -153,7 +159,15 @@ impl Index {
     }
 
     pub fn packs(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
-        self.packs.iter().copied().zip(self.pack_sizes.iter().copied())
+        self.packs.iter().zip(&self.pack_sizes).map(|(id, &size)| match size {
+            BIG_PACK => (*id, self.big_pack_sizes[id]),
+            size => (*id, u64::from(size)),
+        })
+    }
+
+    /// The id of pack number `num`.
+    pub fn pack_id(&self, num: u32) -> Id {
+        self.packs[num as usize]
     }
 
     pub fn has_pack(&self, id: &Id) -> bool {
@@ -162,18 +176,13 @@ impl Index {
 
     /// A pack's number: its place in [`Index::packs`].
     pub fn pack_num(&self, id: &Id) -> Option<u32> {
-        match self.pack_nums.get(&pack_prefix(id)) {
-            Some(&n) if self.packs[n as usize] == *id => Some(n),
-            Some(_) => self.pack_nums_full.get(id).copied(),
-            None => None,
-        }
+        self.pack_nums.find(pack_hash(id), |&n| self.packs[n as usize] == *id).copied()
     }
 
-    fn number(&mut self, pack: Id, n: u32) {
-        match self.pack_nums.entry(pack_prefix(&pack)) {
-            Entry::Vacant(e) => _ = e.insert(n),
-            Entry::Occupied(_) => _ = self.pack_nums_full.insert(pack, n),
-        }
+    /// Enter pack number `n`, not yet in the table.
+    fn number(&mut self, n: u32) {
+        let packs = &self.packs;
+        self.pack_nums.insert_unique(pack_hash(&packs[n as usize]), n, |&m| pack_hash(&packs[m as usize]));
     }
 
     pub fn pack_count(&self) -> usize {
@@ -209,10 +218,8 @@ impl Index {
         self.slots.iter().map(|s| (s.key, self.packs[s.loc.pack as usize], s.loc))
     }
 
-    /// Keep only the packs `keep` says, with `entries` as their entry
-    /// counts; their numbers close up.
-    /// Keep the packs `keep` says, numbered anew; each old number's new one
-    /// (`u32::MAX` for a pack gone).
+    /// Keep the packs `keep` says, with `entries` as their entry counts,
+    /// numbered anew; each old number's new one (`u32::MAX` for a pack gone).
     pub(super) fn retain_packs(&mut self, keep: &[bool], entries: &[u32]) -> Vec<u32> {
         let mut renum = vec![u32::MAX; self.packs.len()];
         let mut next = 0usize;
@@ -231,10 +238,12 @@ impl Index {
         // Cleared, not replaced: a new map beside the old one would be, for
         // a moment, a second map of every pack.
         self.pack_nums.clear();
-        self.pack_nums_full.clear();
         for n in 0..next {
-            self.number(self.packs[n], n as u32);
+            self.number(n as u32);
         }
+        let mut big = std::mem::take(&mut self.big_pack_sizes);
+        big.retain(|id, _| self.has_pack(id));
+        self.big_pack_sizes = big;
         let sorted = self.sorted;
         let mut kept_sorted = 0;
         let mut i = 0;
@@ -251,9 +260,13 @@ impl Index {
     }
 }
 
-fn pack_prefix(id: &Id) -> u64 {
+/// A pack id's hash: its first 8 bytes, already random (a keyed BLAKE3).
+fn pack_hash(id: &Id) -> u64 {
     u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
 }
+
+/// What `pack_sizes` holds for a pack of 4 GiB or more.
+const BIG_PACK: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PackUsage {
@@ -358,6 +371,23 @@ mod tests {
         assert_eq!((idx.pack_num(&pack(1)), idx.pack_num(&pack(2)), idx.pack_num(&pack(3))), (None, Some(0), Some(1)));
         assert_eq!(idx.pack_of(&id(4, 0)), Some(pack(2)));
         assert_eq!(idx.pack_of(&id(3, 0)), Some(pack(3)));
+    }
+
+    /// A size of 4 GiB or more (a damaged index file's) is kept whole for
+    /// `check` to report, through the numbers closing up.
+    #[test]
+    fn pack_sizes_past_u32_are_kept_whole() {
+        let mut idx = Index::default();
+        let sizes = [u64::from(u32::MAX) - 1, u64::from(u32::MAX), 5 << 32, 7];
+        for (n, &size) in sizes.iter().enumerate() {
+            idx.add_pack(Id([n as u8 + 1; 32]), size, [entry(id(n as u8, 0), 0)]);
+        }
+        let sized = |s: &[u64]| s.iter().enumerate().map(|(n, &s)| (Id([n as u8 + 1; 32]), s)).collect::<Vec<_>>();
+        assert_eq!(idx.packs().collect::<Vec<_>>(), sized(&sizes));
+        idx.retain_packs(&[true, false, true, true], &[1, 0, 1, 1]);
+        let kept = [(Id([1; 32]), sizes[0]), (Id([3; 32]), 5 << 32), (Id([4; 32]), 7)];
+        assert_eq!(idx.packs().collect::<Vec<_>>(), kept);
+        assert_eq!(idx.big_pack_sizes.len(), 1);
     }
 
     #[test]
