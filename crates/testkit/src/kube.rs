@@ -76,10 +76,10 @@ impl KubeServer {
     /// A kubeconfig at `path` that authenticates with `token` (from `kubectl create token`).
     pub fn kubeconfig_with_token(&self, path: &Path, user: &str, token: &str) -> PathBuf {
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: {user}\n  user:\n    token: {token}\n\
              contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: {user}\ncurrent-context: fake\n",
             self.url(),
-            kube_tls::ca_file().display()
+            kube_tls::ca_data()
         );
         std::fs::write(path, text).expect("write kubeconfig");
         path.to_path_buf()

@@ -1,10 +1,9 @@
 //! HTTPS for the fake API server. kubectl (client-go) sends no bearer
 //! token over plain HTTP, so an API server that authenticates must speak
 //! TLS, as every real one does. One CA and one certificate for 127.0.0.1,
-//! made by `openssl` once per process; clients trust the CA through
-//! `certificate-authority` in their kubeconfig.
+//! made by `openssl` once per process and held in memory; clients trust the
+//! CA through `certificate-authority-data` in their kubeconfig.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
@@ -15,8 +14,13 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::oneshot;
 
+/// The PEM texts: held in memory, not in a directory, because a process's
+/// statics are never dropped: a temp dir kept in one stayed in /tmp after
+/// every test process that started a `KubeServer`.
 struct Certificates {
-    dir: tempfile::TempDir,
+    ca: String,
+    server: String,
+    key: String,
 }
 
 fn certificates() -> &'static Certificates {
@@ -30,22 +34,22 @@ fn certificates() -> &'static Certificates {
             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext 2>/dev/null";
         let out = Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().expect("openssl (in the base image)");
         assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-        Certificates { dir }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect("openssl's output");
+        Certificates { ca: read("ca.crt"), server: read("server.crt"), key: read("server.key") }
     })
 }
 
-/// The CA file a kubeconfig's `certificate-authority` names.
-pub fn ca_file() -> PathBuf {
-    certificates().dir.path().join("ca.crt")
+/// The CA, base64 PEM, as a kubeconfig's `certificate-authority-data` holds it.
+pub fn ca_data() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(&certificates().ca)
 }
 
 fn server_config() -> Arc<rustls::ServerConfig> {
-    let dir: &Path = certificates().dir.path();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.crt"))
-        .expect("server certificate")
-        .collect::<Result<_, _>>()
-        .expect("server certificate PEM");
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server key");
+    let certs = certificates();
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certs.server.as_bytes()).collect::<Result<_, _>>().expect("server certificate PEM");
+    let key = PrivateKeyDer::from_pem_slice(certs.key.as_bytes()).expect("server key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
