@@ -1,30 +1,20 @@
 //! Networking helpers shared by the server harnesses.
 
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
 /// Returns a loopback port that was free a moment ago, and that this
 /// process has not handed out before.
 ///
-/// The port is released before returning, so another process could grab it
-/// before the caller binds it; harnesses spawning external servers (redis,
-/// postgres, etcd) accept that small race because those servers must bind
-/// the port themselves. Within one test process the race is closed: the
-/// kernel may offer a released port again, to a test starting its server
-/// beside one whose server has not bound yet. In-process servers should
-/// bind `127.0.0.1:0` directly.
+/// The port is released before returning, so that the server the caller
+/// spawns (redis, postgres, etcd) can bind it. It lies below the kernel's
+/// ephemeral range, like [`reserved_listener`]'s: from the ephemeral range,
+/// any `bind(0)` in a test running beside (an in-process S3 or Kubernetes
+/// server, a webhook receiver) or any outgoing connection could take it
+/// before the server bound it, which then never started, or, if a test used
+/// it as a port where nothing listens, turned it into one where something does.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|listener| listener.local_addr())
-            .expect("bind 127.0.0.1:0 to find a free port")
-            .port();
-        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
+    reserved(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok().then_some(port))
 }
 
 /// A loopback listener on a port below the kernel's ephemeral range, which
@@ -33,6 +23,13 @@ pub fn free_port() -> u16 {
 /// network for a while) without another socket having taken the port
 /// meanwhile, as one from the ephemeral range can be.
 pub fn reserved_listener() -> TcpListener {
+    reserved(|port| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).ok())
+}
+
+/// The first port below the ephemeral range that `take` accepts, going on
+/// from the last one this process handed out, so that none is handed out
+/// twice (the range is only gone round again after some 20 000 ports).
+fn reserved<T>(mut take: impl FnMut(u16) -> Option<T>) -> T {
     static NEXT: Mutex<u16> = Mutex::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -48,8 +45,8 @@ pub fn reserved_listener() -> TcpListener {
     for _ in 0..span {
         let port = floor + *next % span;
         *next = (*next + 1) % span;
-        if let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
-            return listener;
+        if let Some(taken) = take(port) {
+            return taken;
         }
     }
     panic!("no loopback port free in {floor}..{low}");

@@ -117,17 +117,23 @@ fn drop_stops_server_and_removes_store() {
     assert!(TcpStream::connect(&addr).is_err());
 }
 
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> u16 {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    range.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 #[test]
-fn free_port_is_bindable() {
+fn a_free_port_is_bindable_below_the_ephemeral_range_and_handed_out_once() {
     let port = free_port();
-    assert_ne!(port, 0);
+    assert!(port > 0 && port < ephemeral_low(), "{port} below {}", ephemeral_low());
+    assert_ne!(free_port(), port);
     std::net::TcpListener::bind(("127.0.0.1", port)).expect("port is free");
 }
 
 #[test]
 fn a_reserved_port_lies_below_the_ephemeral_range_and_binds_again_once_closed() {
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let low = ephemeral_low();
     let first = reserved_listener();
     let port = first.local_addr().unwrap().port();
     assert!(port < low, "{port} below {low}");
