@@ -70,7 +70,12 @@ pub(super) fn spawn_daemon(env: &Env, plan: &Path, clock: Option<&Path>, wait_fo
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Before it is ready the daemon, its state new, rebuilds the job history
+    // from the repositories: a repository down at the start (a storage
+    // outage) answers only when the storage calls give up, after the
+    // retries (about 21 s measured, 25 s of back-off at worst) or the
+    // storage timeout (60 s) that bounds them.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while http_ok(port, wait_for).is_none() {
         assert!(Instant::now() < deadline, "the daemon did not answer");
         std::thread::sleep(Duration::from_millis(100));
@@ -94,7 +99,10 @@ pub(super) fn jobs(d: &Daemon) -> Vec<serde_json::Value> {
 
 /// Wait until `want` holds for the job list.
 pub(super) fn wait_jobs(d: &Daemon, what: &str, want: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // A job against a storage that is down fails only once its storage
+    // call gives up: after the retries, or the storage timeout (60 s) that
+    // bounds them, on top of the job's own start under load.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let j = jobs(d);
         if want(&j) {
