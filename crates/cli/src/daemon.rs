@@ -62,8 +62,10 @@ fn init_repositories(plan: &Plan, exe: &Path) -> Result<()> {
             std::io::Write::write_all(&mut f, format!("{}\n", hex::encode(secret)).as_bytes())?;
         }
         let base = |cmd: &str| {
+            // The URL in the environment: a command line is anyone's to read.
             std::process::Command::new(exe)
-                .args(["--repo", &r.url, "--password-file", &r.password_file.display().to_string(), "--quiet", cmd])
+                .env("TRESOR_REPOSITORY", r.url.expose())
+                .args(["--password-file", &r.password_file.display().to_string(), "--quiet", cmd])
                 .output()
                 .with_context(|| format!("cannot run {}", exe.display()))
         };

@@ -82,7 +82,7 @@ pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
 fn server_archive_timeouts(plan: &mut Plan) {
     for s in plan.sources.iter_mut().filter(|s| s.url.starts_with("pgbase://")) {
         let Some(w) = s.wal_archive.as_mut() else { continue };
-        if let Ok(p) = tokio::task::block_in_place(|| tresor_sources::pgwal::server_position(&s.url)) {
+        if let Ok(p) = tokio::task::block_in_place(|| tresor_sources::pgwal::server_position(s.url.expose())) {
             w.archive_timeout = Some(tresor_controller::plan::Span(std::time::Duration::from_secs(p.archive_timeout)));
         }
     }
@@ -107,8 +107,9 @@ fn checks(g: &Global, plan: &Plan) -> Result<Vec<Pending>> {
         out.push(Box::pin(timed("repository", name.clone(), repository(r.clone(), opts))));
     }
     for s in &plan.sources {
-        let kind = kind_of(&s.url);
-        out.push(Box::pin(timed(kind, s.name.clone(), source(kind, s.url.clone()))));
+        // Told apart by the redacted URL, which keeps the scheme; the probe connects with the whole.
+        let kind = kind_of(&s.url.to_string());
+        out.push(Box::pin(timed(kind, s.name.clone(), source(kind, s.url.expose().to_string()))));
     }
     Ok(out)
 }
@@ -128,7 +129,7 @@ async fn timed(kind: &'static str, name: String, probe: impl Future<Output = Res
 /// local file system) free space.
 async fn repository(r: plan::Repository, mut opts: OpenOptions) -> Result<String, String> {
     let failed = |e: anyhow::Error| crate::one_line(&e);
-    let loc = Location::parse(&r.url).map_err(|e| failed(e.into()))?;
+    let loc = Location::parse(r.url.expose()).map_err(|e| failed(e.into()))?;
     match Repository::probe(&loc, &opts.storage).await {
         Err(tresor_engine::Error::NoRepository { .. }) if r.init => {
             return Ok("not there yet: the daemon creates it when it starts (init: true)".into());

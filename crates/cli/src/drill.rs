@@ -73,7 +73,7 @@ pub async fn origins(
             let what = format!("the off-site repository {}", origin.name);
             let password = tresor_engine::Password::read_file(&origin.repo.password_file)
                 .with_context(|| format!("{what}: cannot read password file {}", origin.repo.password_file.display()))?;
-            let location = tresor_storage::Location::parse(&origin.repo.url).with_context(|| what.clone())?;
+            let location = tresor_storage::Location::parse(origin.repo.url.expose()).with_context(|| what.clone())?;
             tresor_engine::Repository::open(&location, &crate::commands::open_options(g, password)?)
                 .await
                 .with_context(|| format!("cannot open {what}; no drill ran"))?;

@@ -147,7 +147,7 @@ async fn open(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<(tresor_engine
     let (_, repo) = plan.repository_of(spec).context("prepared from the plan")?;
     let password = tresor_engine::Password::read_file(&repo.password_file)
         .with_context(|| format!("cannot read password file {}", repo.password_file.display()))?;
-    let location = tresor_storage::Location::parse(&repo.url)?;
+    let location = tresor_storage::Location::parse(repo.url.expose())?;
     let repository = tresor_engine::Repository::open(&location, &crate::commands::open_options(g, password)?).await?;
     let (id, folder) = s.spec.snapshot.as_deref().unwrap_or_default().split_once(':').unwrap_or((s.snapshot.as_str(), "/"));
     let snap = repository.find_snapshot(id).await?;

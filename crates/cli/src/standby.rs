@@ -60,7 +60,7 @@ fn chosen(plan_file: &Path, name: &str) -> Result<Chosen> {
 /// `g` with the repository of the plan.
 fn global_for(g: &Global, repo: &plan::Repository) -> Global {
     let mut g = g.clone();
-    g.repo = Some(repo.url.clone());
+    g.repo = Some(repo.url.expose().to_string());
     g.password_file = Some(repo.password_file.clone());
     g
 }
@@ -68,7 +68,7 @@ fn global_for(g: &Global, repo: &plan::Repository) -> Global {
 async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
     let c = chosen(&a.plan, &a.source)?;
     let pod = c.source.pod.clone().unwrap_or_default();
-    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target.to_string_lossy(), &pod).await
+    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, c.standby.target.expose(), &pod).await
 }
 
 /// The daemon's `standby` job: the source's URL and the standby say the
@@ -77,7 +77,8 @@ pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let source = spec.source.as_ref().context("a standby job names its source")?;
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
     let target = r.to.as_deref().or(r.target.as_deref()).context("a standby job names its standby")?;
-    let kind = StandbyKind::of(&source.url, Path::new(target)).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
+    let kind = StandbyKind::of(&source.url.as_str().into(), &target.into())
+        .with_context(|| format!("source {}: its kind has no standby", spec.name))?;
     refresh_one(g, &spec.name, kind, target, &source.pod.clone().unwrap_or_default()).await
 }
 
@@ -169,7 +170,7 @@ async fn status(g: &Global, plan_file: &Path) -> Result<u8> {
             _ => copy_status(&c, &listing, now),
         };
         v["source"] = json!(s.name);
-        v["target"] = json!(redact(&c.standby.target.to_string_lossy()));
+        v["target"] = json!(c.standby.target.to_string());
         v["failovers"] = json!(failovers.iter().filter(|f| f.source == s.name).collect::<Vec<_>>());
         out.push(v);
     }
@@ -194,7 +195,7 @@ async fn status(g: &Global, plan_file: &Path) -> Result<u8> {
 async fn pg_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
     let name = &c.source.name;
     let replayed = match &c.standby.server {
-        Some(server) => replay_position(server).await.ok(),
+        Some(server) => replay_position(server.expose()).await.ok(),
         None => None,
     };
     let point = tresor_controller::standby::point(name, listing, replayed.as_ref().and_then(|r| r.lsn));
@@ -212,7 +213,7 @@ async fn pg_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
 
 fn copy_status(c: &Chosen, listing: &[Value], now: DateTime<Utc>) -> Value {
     use tresor_controller::standby::{copy_point, held, own_snapshots};
-    let held = held(&c.source.name, c.kind, &c.standby.target);
+    let held = held(&c.source.name, c.kind, c.standby.directory());
     let rpo = c.plan.classes.get(&c.source.class).map_or(0, |k| k.rpo.secs());
     let point = copy_point(&own_snapshots(&c.source.name, listing), &held, rpo);
     json!({
@@ -253,8 +254,12 @@ pub async fn failover(g: &Global, a: FailoverArgs) -> Result<u8> {
         return failover_copy(&global_for(g, &c.repo), &c, started, clock).await;
     }
     let name = &c.source.name;
-    let server =
-        c.standby.server.as_deref().with_context(|| format!("the standby of {name} names no server to promote (standby.server)"))?;
+    let server = c
+        .standby
+        .server
+        .as_ref()
+        .map(plan::SecretUrl::expose)
+        .with_context(|| format!("the standby of {name} names no server to promote (standby.server)"))?;
     let handles = Handles::default();
     let listing = handles.snapshots(&c.repo, None).await.map_err(anyhow::Error::msg)?;
     let chain = tresor_controller::walrpo::chain(name, &listing)
@@ -316,8 +321,8 @@ async fn record_failover(c: &Chosen, handles: &Handles, record: &Failover, done:
 /// A directory, claim or Redis standby's failover: a last refresh from the newest
 /// snapshot, so the standby takes over current, recorded like a promotion.
 async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: Instant) -> Result<u8> {
-    let (name, target) = (&c.source.name, c.standby.target.to_string_lossy());
-    let r = copy::refresh(g, name, c.kind, &target, &c.source.pod.clone().unwrap_or_default()).await?;
+    let (name, target) = (&c.source.name, &c.standby.target);
+    let r = copy::refresh(g, name, c.kind, target.expose(), &c.source.pod.clone().unwrap_or_default()).await?;
     let record = Failover {
         source: name.clone(),
         started,
@@ -336,8 +341,7 @@ async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: In
         print_json(&record)?;
     } else {
         println!(
-            "made the standby of {name} at {} current in {:.1} s: it holds the newest snapshot {}; recorded in the evidence log",
-            redact(&target),
+            "made the standby of {name} at {target} current in {:.1} s: it holds the newest snapshot {}; recorded in the evidence log",
             record.seconds,
             r.snapshot.id.short()
         );

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::daemon::{Command, Shared};
 use crate::runner::RestoreSpec;
-use crate::view::{class_states, redact};
+use crate::view::class_states;
 
 /// Bearer tokens. With none configured the API is open (the daemon then
 /// listens on loopback only).
@@ -143,7 +143,7 @@ async fn sources(State(app): State<App>, headers: HeaderMap) -> Response {
         .map(|s| {
             let last = app.shared.state.last_success(&s.name).ok().flatten();
             json!({
-                "name": s.name, "class": s.class, "url": redact(&s.url), "schedule": s.schedule,
+                "name": s.name, "class": s.class, "url": s.url.to_string(), "schedule": s.schedule,
                 "next_run": next.get(&s.name), "last_success": last.and_then(|j| j.ended_at),
             })
         })

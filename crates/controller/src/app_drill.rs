@@ -128,7 +128,7 @@ impl Scratch {
                 "postgres" => {
                     let pg = scratch::Postgres::start(&home, true)?;
                     let spec = plan.sources.iter().find(|p| p.name == s.source).expect("prepared from the plan");
-                    let url = pg.url(&database_of(&spec.url));
+                    let url = pg.url(&database_of(&spec.url.to_string()));
                     servers.postgres.push(pg);
                     url
                 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tresor_sources::restore_hooks::Workload;
 
 use crate::model::HookOutcome;
-use crate::plan::{HttpCheck, Query, RestoreHook, Scale, Verify};
+use crate::plan::{HttpCheck, Query, RestoreHook, Scale, SecretUrl, Verify};
 
 /// A hook's time limit when neither it nor its application sets one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -93,7 +93,7 @@ pub fn outcome(phase: &str, kind: &str, what: String, result: Result<String, Str
 pub async fn http(check: &HttpCheck, limit: Duration) -> Result<String, String> {
     let want = check.status.unwrap_or(200);
     let client = reqwest::Client::builder().timeout(limit).build().map_err(|e| e.to_string())?;
-    let resp = client.get(&check.url).send().await.map_err(|e| format!("GET {}: {}", check.url, root_cause(&e)))?;
+    let resp = client.get(check.url.expose()).send().await.map_err(|e| format!("GET {}: {}", check.url, root_cause(&e)))?;
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
     let first = body.lines().next().unwrap_or("").chars().take(200).collect::<String>();
@@ -130,7 +130,7 @@ pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, postgres: Option<&
     }
     for q in &v.queries {
         let started = Instant::now();
-        let ran = match q.url.as_deref().or(postgres) {
+        let ran = match q.url.as_ref().map(SecretUrl::expose).or(postgres) {
             Some(url) => query(url, q),
             None => Err("no server to ask: give the query a url".into()),
         };

@@ -102,7 +102,8 @@ fn point_of(r: &Request, entry: &AppSource, spec: &SourceSpec) -> Result<SourceP
     let snaps: Vec<&Value> = snaps.as_array().map(|a| a.iter().collect()).unwrap_or_default();
     let (snap, snapshot_time) = chosen(r, spec, &snaps)?;
     let kind = snap["source"]["kind"].as_str().unwrap_or("files").to_string();
-    let target = r.targets.get(&spec.name).cloned().or_else(|| entry.target.clone());
+    // A service's URL, for the restore's spec (a child's standard input), redacted where shown.
+    let target = r.targets.get(&spec.name).cloned().or_else(|| entry.target.as_ref().map(|t| t.expose().to_string()));
     let id = snap["id"].as_str().unwrap_or_default().to_string();
     let mut out = SourcePoint {
         bytes: snap["summary"]["total_bytes_processed"].as_u64().unwrap_or(0),
@@ -179,13 +180,13 @@ fn aim(
             out.target = dir;
         }
         "k8s" => {
-            let to = target.unwrap_or_else(|| spec.url.clone());
+            let to = target.unwrap_or_else(|| spec.url.expose().to_string());
             out.spec.to = Some(to.clone());
             out.spec.namespace_mapping = r.namespace_mapping.clone();
             out.target = to;
         }
         "redis" | "redis-aof" | "postgres" => {
-            let to = target.unwrap_or_else(|| spec.url.clone());
+            let to = target.unwrap_or_else(|| spec.url.expose().to_string());
             out.spec.to = Some(to.clone());
             out.target = crate::model::redact(&to);
         }

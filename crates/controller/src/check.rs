@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::plan::{Plan, Retention, Span};
+use crate::plan::{Plan, Retention, SecretUrl, Span};
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,9 +222,9 @@ fn check_rehearsal(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
 }
 
 /// A source URL's kind, without what could be a password: `redis://`, `command:`, or `a path`.
-fn scheme(url: &str) -> String {
-    match url.split_once("://") {
-        Some((s, _)) => format!("{s}://"),
+fn scheme(url: &SecretUrl) -> String {
+    match url.scheme() {
+        Some(s) => format!("{s}://"),
         None if url.starts_with("command:") => "command:".into(),
         None => "a path".into(),
     }

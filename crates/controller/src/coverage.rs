@@ -52,12 +52,12 @@ fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
 /// Whether the plan covers this namespace: a `pvc://` source names it, or
 /// a `k8s://` source's scope (`scopes`, compiled once) takes it.
 fn covered(plan: &Plan, scopes: &[Matcher], ns: &str) -> bool {
-    plan.sources.iter().filter_map(|s| pvc_match(&s.url)).any(|m| m.namespace.as_deref().is_none_or(|n| n == ns))
+    plan.sources.iter().filter_map(|s| pvc_match(&s.url.to_string())).any(|m| m.namespace.as_deref().is_none_or(|n| n == ns))
         || scopes.iter().any(|m| m.namespace(ns))
 }
 
 fn protected(plan: &Plan, c: &Claim) -> bool {
-    plan.sources.iter().filter_map(|s| pvc_match(&s.url)).any(|m| {
+    plan.sources.iter().filter_map(|s| pvc_match(&s.url.to_string())).any(|m| {
         m.namespace.as_deref().is_none_or(|n| n == c.namespace)
             && m.claim.as_deref().is_none_or(|n| n == c.name)
             && m.selector.as_deref().is_none_or(|sel| selects(sel, &c.labels))

@@ -587,7 +587,7 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ende
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, outcome, seconds, ended);
             announce(shared, w, outcome, ended);
-            if !w.repo.url.contains("://") {
+            if w.repo.url.as_path().is_some() {
                 let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
                 if let Some(name) = name {
                     measure_repository(shared, &name);
@@ -729,12 +729,9 @@ fn measure_repository(shared: &Arc<Shared>, name: &str) {
     let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
     let (shared, name) = (shared.clone(), name.to_string());
     tokio::spawn(async move {
-        let local = !repo.url.contains("://");
-        let bytes = if local {
-            let dir = PathBuf::from(&repo.url);
-            tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok()
-        } else {
-            shared.repos.stored_size(&repo).await.ok()
+        let bytes = match repo.url.as_path().map(std::path::Path::to_path_buf) {
+            Some(dir) => tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok(),
+            None => shared.repos.stored_size(&repo).await.ok(),
         };
         if let Some(bytes) = bytes {
             shared.metrics.repository_size(&name, bytes);

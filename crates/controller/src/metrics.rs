@@ -415,11 +415,8 @@ impl Metrics {
 
 /// Free and total bytes of the file system holding a local repository
 /// (URLs with a scheme are remote: their space is the provider's to report).
-pub fn local_space(url: &str) -> Option<(u64, u64)> {
-    if url.contains("://") {
-        return None;
-    }
-    let path = std::ffi::CString::new(url).ok()?;
+pub fn local_space(url: &crate::plan::SecretUrl) -> Option<(u64, u64)> {
+    let path = std::ffi::CString::new(url.as_path()?.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statvfs writes only into the zeroed struct we pass, and the path is NUL-terminated.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {

@@ -531,16 +531,41 @@ pub struct AppDrill {
     pub smoke_checks: Vec<HookOutcome>,
 }
 
-/// A URL without a password in its user part.
+/// A URL without its secrets: the password in its user part and the values
+/// of credential-like query parameters (`token=`, `password=`,
+/// `X-Amz-Signature=`, …) shown as `***`. The user part ends at the last `@`
+/// before the path, as libpq reads it (a password may hold `?` or `#`).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let auth = &url[s + 3..at];
-            match auth.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
+    let Some(s) = url.find("://").map(|s| s + 3) else { return url.to_string() };
+    let authority = url[s..].find('/').map_or(url.len(), |end| s + end);
+    let (mut out, rest) = match url[s..authority].rfind('@').map(|at| s + at) {
+        Some(at) if url[s..at].contains(':') => {
+            let user = url[s..at].split_once(':').map_or("", |(user, _)| user);
+            (format!("{}{user}:***@", &url[..s]), &url[at + 1..])
         }
-        _ => url.to_string(),
+        _ => (url[..s].to_string(), &url[s..]),
+    };
+    match rest.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query.split('&').map(redact_param).collect();
+            out.extend([path, "?", &params.join("&")]);
+        }
+        None => out.push_str(rest),
+    }
+    out
+}
+
+/// `name=value`, its value `***` when the name says it is a credential. Not
+/// `key` or `secret` alone: an etcd URL's `key` names a file, a `pvc://`
+/// URL's `secret` a Kubernetes Secret.
+fn redact_param(param: &str) -> String {
+    const PARTS: [&str; 9] = ["password", "passwd", "token", "apikey", "api_key", "signature", "credential", "secret_key", "access_key"];
+    const NAMES: [&str; 6] = ["pass", "pwd", "sig", "auth", "authorization", "client_secret"];
+    match param.split_once('=') {
+        Some((name, _)) => {
+            let n = name.to_ascii_lowercase().replace('-', "_");
+            if PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) { format!("{name}=***") } else { param.to_string() }
+        }
+        None => param.to_string(),
     }
 }

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use tokio::sync::mpsc;
 
-use crate::plan::{Webhook, WebhookFormat};
+use crate::plan::{SecretUrl, Webhook, WebhookFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -72,7 +72,7 @@ type Queue = mpsc::UnboundedSender<(Webhook, Event, Done)>;
 /// The deliveries of every source to every receiver, one ordered queue each.
 pub struct Notifier {
     client: reqwest::Client,
-    queues: Mutex<HashMap<(String, String), Queue>>,
+    queues: Mutex<HashMap<(String, SecretUrl), Queue>>,
 }
 
 /// The notifier the daemon shares.
@@ -114,8 +114,11 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<
             tokio::time::sleep(wait).await;
             wait *= 2;
         }
-        let mut req =
-            client.post(&hook.url).header("content-type", "application/json").body(payload.clone()).timeout(Duration::from_secs(10));
+        let mut req = client
+            .post(hook.url.expose())
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .timeout(Duration::from_secs(10));
         if let Some(t) = &token {
             req = req.bearer_auth(t);
         }

@@ -39,7 +39,7 @@ impl Origin {
                 let (_, own) = plan.repository_of(source).ok_or("the source's repository is not in the plan")?;
                 let password_file = password_file.map_or_else(|| own.password_file.clone(), PathBuf::from);
                 let repo = Repository { url: url.into(), password_file, init: false };
-                let copy = if url == own.url { BackupCopy::Primary } else { BackupCopy::Offsite };
+                let copy = if own.url == url.into() { BackupCopy::Primary } else { BackupCopy::Offsite };
                 Ok(Origin { copy, name: url.into(), repo })
             }
         }
@@ -59,8 +59,8 @@ impl Origin {
 
     fn named(plan: &Plan, source: &SourceSpec, name: &str) -> Result<Origin, String> {
         let repo = plan.repositories.get(name).ok_or_else(|| format!("no repository {name} in the plan"))?;
-        let own = plan.repository_of(source).map(|(_, r)| r.url.as_str());
-        let copy = if own == Some(repo.url.as_str()) { BackupCopy::Primary } else { BackupCopy::Offsite };
+        let own = plan.repository_of(source).map(|(_, r)| &r.url);
+        let copy = if own == Some(&repo.url) { BackupCopy::Primary } else { BackupCopy::Offsite };
         Ok(Origin { copy, name: name.into(), repo: repo.clone() })
     }
 }

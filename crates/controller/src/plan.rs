@@ -11,7 +11,9 @@ use serde::Deserialize;
 
 use crate::Error;
 
-mod debug;
+mod secret_url;
+
+pub use secret_url::SecretUrl;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -63,11 +65,11 @@ pub struct RehearsalSpec {
 }
 
 /// `drills.silence`: what a drill silences while it runs.
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceSettings {
     /// Alertmanager's URL (`http://alertmanager:9093`).
-    pub alertmanager: String,
+    pub alertmanager: SecretUrl,
     /// Matchers as Alertmanager writes them (`alertname=~"Backup.*"`,
     /// `source={source}`); `{source}` and `{class}` stand for the drilled source's.
     pub matchers: Vec<String>,
@@ -137,7 +139,7 @@ pub struct Verify {
     pub http: Vec<HttpCheck>,
 }
 
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Query {
     pub sql: String,
@@ -150,7 +152,7 @@ pub struct Query {
     /// The answer must be exactly this.
     pub equals: Option<String>,
     /// In an application's checks: the server asked (`postgres://USER@HOST:PORT`).
-    pub url: Option<String>,
+    pub url: Option<SecretUrl>,
 }
 
 /// Sources that come back together (`tresor restore-app`; app.rs orders them).
@@ -180,7 +182,7 @@ pub struct AppSource {
     /// Where it comes back: a service URL as `restore --to` takes it, or a
     /// directory; default: where it was backed up from (a `pgbase://`
     /// cluster needs one: a new data directory).
-    pub target: Option<String>,
+    pub target: Option<SecretUrl>,
     /// Replace what the target holds (`restore --flush`).
     #[serde(default)]
     pub flush: bool,
@@ -223,10 +225,10 @@ pub struct Scale {
 }
 
 /// An HTTP request and the status it must answer.
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCheck {
-    pub url: String,
+    pub url: SecretUrl,
     /// The status expected (default 200).
     pub status: Option<u16>,
     /// Text the body must contain.
@@ -234,10 +236,10 @@ pub struct HttpCheck {
 }
 
 /// A webhook told when a source's backups start failing and when they recover.
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
-    pub url: String,
+    pub url: SecretUrl,
     #[serde(default)]
     pub format: WebhookFormat,
     /// Sent as `Authorization: Bearer …`.
@@ -262,11 +264,11 @@ pub enum WebhookFormat {
     Alertmanager,
 }
 
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repository {
     /// A path or URL, as `tresor --repo` takes it.
-    pub url: String,
+    pub url: SecretUrl,
     pub password_file: PathBuf,
     /// Create the repository (and a password file that does not exist) at start.
     #[serde(default)]
@@ -335,13 +337,13 @@ impl Keep {
     }
 }
 
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
     pub class: String,
     /// A data-source URL (`redis://…`, `postgres://…`, `command:…`, …) or a path.
-    pub url: String,
+    pub url: SecretUrl,
     pub schedule: String,
     /// Start each run up to this much later than scheduled, the same offset
     /// for a source every time, so sources on one schedule do not all start together.
@@ -380,7 +382,7 @@ pub struct SourceSpec {
 /// Job in its namespace restores into, and for a `redis://` source a Redis
 /// instance, refreshed from each newest snapshot; `tresor failover` makes
 /// it current.
-#[derive(Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Standby {
     /// PostgreSQL: the standby's data directory (made once, when it does not
@@ -388,10 +390,18 @@ pub struct Standby {
     /// current, or a claim that exists, `pvc://NAMESPACE/CLAIM?secret=NAME[&cluster=k8s://CONTEXT][&image=IMAGE]`
     /// (the Secret holds the repository's settings, as a volume backup's);
     /// a Redis source: the instance reloaded, `redis://[USER[:PASSWORD]@]HOST[:PORT]`.
-    pub target: PathBuf,
+    pub target: SecretUrl,
     /// The standby server, asked for its replay position and promoted by
     /// `failover`: `postgres://USER[:PASSWORD]@HOST[:PORT]`.
-    pub server: Option<String>,
+    pub server: Option<SecretUrl>,
+}
+
+impl Standby {
+    /// The directory a path standby is; empty for a claim or a Redis
+    /// instance, whose record of what it holds is not beside it.
+    pub fn directory(&self) -> &Path {
+        self.target.as_path().unwrap_or(Path::new(""))
+    }
 }
 
 /// A `pgbase://` source's WAL archive, as the plan states it.

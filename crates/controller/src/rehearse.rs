@@ -71,7 +71,7 @@ pub struct Rehearsal {
 
 /// The order sources come back in: what the others need first.
 pub fn tier(source: &SourceSpec) -> (u8, &'static str) {
-    let scheme = source.url.split_once("://").map_or("", |(s, _)| s);
+    let scheme = source.url.scheme().unwrap_or("");
     match scheme {
         "etcd" | "k8s" => (0, "cluster configuration and secrets"),
         "redis" | "postgres" | "postgresql" | "pgbase" => (1, "databases"),
@@ -139,7 +139,7 @@ pub fn clean(plan: &Plan, root: &Path) -> Vec<String> {
         left.push(format!("the scratch directory {} stays: {e}", root.display()));
     }
     let clusters: std::collections::BTreeSet<&str> =
-        plan.sources.iter().map(|s| s.url.as_str()).filter(|u| u.starts_with("k8s://")).collect();
+        plan.sources.iter().filter(|s| s.url.starts_with("k8s://")).map(|s| s.url.expose()).collect();
     for url in clusters {
         if let Err(e) = on_runtime(tresor_sources::k8s_restore::remove_rehearsal_namespaces(url)) {
             left.push(e.to_string());

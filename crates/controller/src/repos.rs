@@ -24,16 +24,11 @@ use crate::state::{AuditEntry, Job, State};
 /// log `copy` fills from its primary and which a direct append would fork;
 /// evidence about it, or about the plan, goes to every primary repository.
 pub fn evidence_targets(plan: &Plan, concerning: Option<&plan::Repository>) -> Vec<plan::Repository> {
-    let offsite: Vec<&str> = plan
-        .classes
-        .values()
-        .filter_map(|c| c.offsite.as_deref())
-        .filter_map(|n| plan.repositories.get(n))
-        .map(|r| r.url.as_str())
-        .collect();
+    let offsite: Vec<&plan::SecretUrl> =
+        plan.classes.values().filter_map(|c| c.offsite.as_deref()).filter_map(|n| plan.repositories.get(n)).map(|r| &r.url).collect();
     match concerning {
-        Some(r) if !offsite.contains(&r.url.as_str()) => vec![r.clone()],
-        _ => plan.repositories.values().filter(|r| !offsite.contains(&r.url.as_str())).cloned().collect(),
+        Some(r) if !offsite.contains(&&r.url) => vec![r.clone()],
+        _ => plan.repositories.values().filter(|r| !offsite.contains(&&r.url)).cloned().collect(),
     }
 }
 
@@ -45,7 +40,7 @@ pub struct Handles {
 
 /// Keyed by the repository's URL, so a renamed plan entry keeps its handle.
 struct Inner {
-    open: tokio::sync::Mutex<BTreeMap<String, Arc<Repository>>>,
+    open: tokio::sync::Mutex<BTreeMap<plan::SecretUrl, Arc<Repository>>>,
     /// One evidence appender per repository at a time: two would fork the chain.
     appending: tokio::sync::Mutex<()>,
     /// The leader's term under leader election (`u64::MAX`: none), recorded in every entry.
@@ -55,7 +50,7 @@ struct Inner {
     /// The rehearsals' protocols as last read from the logs, and those appended since (for the status page).
     rehearsals: std::sync::Mutex<Vec<Rehearsal>>,
     /// Each repository's evidence head (by URL) when the rehearsals were last read; `None`: not read yet.
-    heads: std::sync::Mutex<Option<Vec<(String, Option<Head>)>>>,
+    heads: std::sync::Mutex<Option<Vec<(plan::SecretUrl, Option<Head>)>>>,
 }
 
 impl Default for Inner {
@@ -80,7 +75,7 @@ impl Handles {
         }
         let password =
             Password::read_file(&r.password_file).map_err(|e| format!("cannot read password file {}: {e}", r.password_file.display()))?;
-        let location = Location::parse(&r.url).map_err(|e| e.to_string())?;
+        let location = Location::parse(r.url.expose()).map_err(|e| e.to_string())?;
         let opts = OpenOptions { password, cache_root: None, storage: StorageOptions::default() };
         let repo = Arc::new(Repository::open(&location, &opts).await.map_err(|e| e.to_string())?);
         open.insert(r.url.clone(), repo.clone());
@@ -214,7 +209,7 @@ impl Handles {
     pub async fn record(&self, plan: &Plan, kind: &str, body: Value) -> EvidenceRecord {
         let mut out = EvidenceRecord::default();
         for r in evidence_targets(plan, None) {
-            let name = plan.repositories.iter().find(|(_, p)| p.url == r.url).map_or_else(|| r.url.clone(), |(n, _)| n.clone());
+            let name = plan.repositories.iter().find(|(_, p)| p.url == r.url).map_or_else(|| r.url.to_string(), |(n, _)| n.clone());
             match self.append(&r, kind, body.clone()).await {
                 Ok(_) => out.recorded_in.push(name),
                 Err(reason) => out.not_recorded.push(NotRecorded { repository: name, reason }),

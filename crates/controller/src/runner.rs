@@ -72,7 +72,8 @@ fn source_job(w: &Work, s: &SourceSpec) -> SourceJob {
     SourceJob {
         name: w.name.clone(),
         class: w.class.clone(),
-        url: s.url.clone(),
+        // The job's spec travels on the child's standard input.
+        url: s.url.expose().to_string(),
         tags: s.tags.clone(),
         hooks: HooksSpec {
             pre: h.pre.clone(),

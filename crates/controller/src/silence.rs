@@ -147,7 +147,7 @@ impl Silence {
         let now = Utc::now();
         let until = now + (expected + s.margin.map_or(DEFAULT_MARGIN, |m| m.0));
         let body = json!({"matchers": matchers, "startsAt": now, "endsAt": until, "createdBy": "tresor", "comment": comment});
-        let base = s.alertmanager.trim_end_matches('/').to_string();
+        let base = s.alertmanager.expose().trim_end_matches('/').to_string();
         let client = reqwest::Client::new();
         let mut req = client
             .post(format!("{base}/api/v2/silences"))

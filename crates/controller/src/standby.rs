@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tresor_sources::pgwal::{self, WalFile, WalKind};
 
-use crate::plan::{Plan, SourceSpec, Standby};
+use crate::plan::{Plan, SecretUrl, SourceSpec, Standby};
 use crate::walrpo::{newest_base, secs, time};
 
 /// The evidence entry kind of a [`Failover`].
@@ -137,15 +137,15 @@ pub enum StandbyKind {
 
 impl StandbyKind {
     /// None: the source's kind has no standby.
-    pub fn of(source_url: &str, target: &Path) -> Option<StandbyKind> {
-        let copy = match target.to_string_lossy().starts_with("pvc://") {
+    pub fn of(source_url: &SecretUrl, target: &SecretUrl) -> Option<StandbyKind> {
+        let copy = match target.scheme() == Some("pvc") {
             true => StandbyKind::Claim,
             false => StandbyKind::Directory,
         };
-        match source_url.split_once("://") {
-            Some(("pgbase", _)) => Some(StandbyKind::Postgres),
-            Some(("redis" | "rediss", _)) => Some(StandbyKind::Redis),
-            Some(("pvc", _)) => Some(copy),
+        match source_url.scheme() {
+            Some("pgbase") => Some(StandbyKind::Postgres),
+            Some("redis" | "rediss") => Some(StandbyKind::Redis),
+            Some("pvc") => Some(copy),
             None if !source_url.starts_with("command:") => Some(copy),
             _ => None,
         }
@@ -217,10 +217,10 @@ pub fn record_held(source: &str, kind: StandbyKind, target: &Path, held: &Held) 
 
 /// Why a source's `standby:` cannot be kept (`scheme`: the source's kind,
 /// as `plan check` names it), or None.
-pub fn refused(source_url: &str, standby: &Standby, scheme: &str) -> Option<String> {
-    let target = standby.target.to_string_lossy();
-    let to_service = target.contains("://");
-    match StandbyKind::of(source_url, &standby.target) {
+pub fn refused(source_url: &SecretUrl, standby: &Standby, scheme: &str) -> Option<String> {
+    let target = &standby.target;
+    let to_service = target.scheme().is_some();
+    match StandbyKind::of(source_url, target) {
         None => Some(format!("standby: is for pgbase://, redis://, pvc:// and path sources, not {scheme}")),
         Some(StandbyKind::Redis) if !target.starts_with("redis://") => {
             Some("the standby of a redis:// source is a Redis instance: target: redis://HOST:PORT".into())
@@ -232,7 +232,8 @@ pub fn refused(source_url: &str, standby: &Standby, scheme: &str) -> Option<Stri
         Some(StandbyKind::Directory | StandbyKind::Claim | StandbyKind::Redis) if standby.server.is_some() => {
             Some("standby.server is for pgbase:// sources (the PostgreSQL server to promote)".into())
         }
-        Some(StandbyKind::Claim) => tresor_sources::k8s_standby::StandbyClaim::parse(&target).err(),
+        // Parsed as shown: its errors quote it.
+        Some(StandbyKind::Claim) => tresor_sources::k8s_standby::StandbyClaim::parse(&target.to_string()).err(),
         _ => None,
     }
 }
@@ -279,14 +280,14 @@ pub async fn point_of(plan: &Plan, s: &SourceSpec, snaps: &[Value]) -> Option<St
     match StandbyKind::of(&s.url, &s.standby.as_ref()?.target)? {
         StandbyKind::Postgres => {
             let replayed = match s.standby.as_ref()?.server.clone() {
-                Some(url) => tokio::task::spawn_blocking(move || pgwal::replay_position(&url)).await.ok().and_then(Result::ok),
+                Some(url) => tokio::task::spawn_blocking(move || pgwal::replay_position(url.expose())).await.ok().and_then(Result::ok),
                 None => None,
             };
             point(&s.name, snaps, replayed.and_then(|r| r.lsn))
         }
         kind @ (StandbyKind::Directory | StandbyKind::Claim | StandbyKind::Redis) => {
             let rpo = plan.classes.get(&s.class).map_or(0, |c| c.rpo.secs());
-            copy_point(&own_snapshots(&s.name, snaps), &held(&s.name, kind, &s.standby.as_ref()?.target), rpo)
+            copy_point(&own_snapshots(&s.name, snaps), &held(&s.name, kind, s.standby.as_ref()?.directory()), rpo)
         }
     }
 }
@@ -324,7 +325,8 @@ pub fn rpo(plan: &Plan, source: &str) -> std::time::Duration {
 
 /// How a standby job names its standby: a directory, or a service or claim (`to`).
 pub fn restore_spec(standby: &Standby, kind: StandbyKind) -> crate::model::RestoreSpec {
-    let target = standby.target.to_string_lossy().into_owned();
+    // The job's spec travels on the child's standard input.
+    let target = standby.target.expose().to_string();
     match kind {
         StandbyKind::Claim | StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target), ..Default::default() },
         StandbyKind::Postgres | StandbyKind::Directory => crate::model::RestoreSpec { target: Some(target), ..Default::default() },

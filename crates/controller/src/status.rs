@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::daemon::Shared;
 use crate::plan::Plan;
 use crate::state::Job;
-use crate::view::{class_states, redact};
+use crate::view::class_states;
 
 /// Seconds between reloads: the status page, and a source page (which asks the repository).
 const REFRESH: u32 = 15;
@@ -323,7 +323,7 @@ fn standby_section(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
                 Some(p) => (human(p.lag(now)), p.waiting.to_string()),
                 None => ("not measured yet".into(), String::new()),
             };
-            let target = esc(&crate::model::redact(&standby.target.to_string_lossy()));
+            let target = esc(&standby.target.to_string());
             format!("<tr data-standby=\"{n}\"><td>{n}</td><td>{target}</td><td>{lag}</td><td>{waiting}</td></tr>\n", n = esc(&s.name))
         })
         .collect();
@@ -459,7 +459,7 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
         format!(
             "<dl class=\"facts\"><dt>class</dt><dd>{class}</dd><dt>URL</dt><dd><code>{url}</code></dd><dt>schedule</dt><dd><code>{sched}</code></dd><dt>next run</dt><dd>{next}</dd></dl>",
             class = esc(&source.class),
-            url = esc(&redact(&source.url)),
+            url = esc(&source.url.to_string()),
             sched = esc(&source.schedule),
             next = next.map_or("—".into(), |t| format!("{} UTC", time(t))),
         ),

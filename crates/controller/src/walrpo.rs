@@ -145,7 +145,7 @@ pub async fn points(plan: &Plan, listings: &BTreeMap<String, Vec<Value>>) -> BTr
         for s in pg_sources(plan, repo) {
             let Some(chain) = chain(&s.name, snaps) else { continue };
             let url = s.url.clone();
-            let server = tokio::task::spawn_blocking(move || pgwal::server_position(&url)).await.ok().and_then(Result::ok);
+            let server = tokio::task::spawn_blocking(move || pgwal::server_position(url.expose())).await.ok().and_then(Result::ok);
             out.insert(s.name.clone(), point(chain, server.as_ref()));
         }
     }
