@@ -24,10 +24,10 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tresor_sources::pgwal::{self, WalFile, WalKind};
+use tresor_sources::{pgwal, pitr};
 
 use crate::plan::{Plan, SecretUrl, SourceSpec, Standby};
-use crate::walrpo::{newest_base, secs, time};
+use crate::walrpo::{Archive, archive, pg_snapshots, secs, time, time_of};
 
 /// The evidence entry kind of a [`Failover`].
 pub const FAILOVER: &str = "failover";
@@ -93,28 +93,19 @@ impl StandbyPoint {
 
 /// `source`'s standby against its repository's listing (`snapshots --all
 /// --json`), given how far it has replayed (None: unknown).
-pub fn point(source: &str, snaps: &[Value], replayed: Option<u64>) -> Option<StandbyPoint> {
-    let base = newest_base(source, snaps)?;
-    let facts = &base["source"]["consistency"];
-    let system_id = facts["system_id"].as_str()?;
-    let size = facts["wal_segment_size"].as_u64().unwrap_or(16 << 20);
-    let start = WalFile::parse(facts["start_wal"].as_str()?)?;
-    let base_end = facts["end_lsn"].as_str().and_then(pgwal::parse_lsn)?;
-    let replayed = replayed.unwrap_or(base_end);
+pub fn point(source: &str, listing: &[Value], replayed: Option<u64>) -> Option<StandbyPoint> {
+    let snaps = pg_snapshots(listing);
+    let Archive { size, start, end_lsn, segments, .. } = archive(source, &snaps)?;
+    let replayed = replayed.unwrap_or(end_lsn);
     let mut p = StandbyPoint { replayed_lsn: replayed, ..StandbyPoint::default() };
-    for x in snaps.iter().filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id) {
-        let seg = &x["source"]["consistency"];
-        let Some(w) = seg["file"].as_str().and_then(WalFile::parse) else { continue };
-        if w.kind != WalKind::Segment || w.timeline != start.timeline || w.segno(size) < start.segno(size) {
-            continue;
-        }
+    for (segno, s) in segments.range(start.segno(size)..) {
         // A segment archived before its records were read ends, for all we know, where the segment does.
-        let end = seg["end_lsn"].as_str().and_then(pgwal::parse_lsn).unwrap_or((w.segno(size) + 1) * size);
+        let end = pitr::point(s, "end_lsn").and_then(pgwal::parse_lsn).unwrap_or((segno + 1) * size);
         if end <= replayed {
             continue;
         }
         p.waiting += 1;
-        if let Some(t) = time(&seg["last_commit"]) {
+        if let Some(t) = time_of(s, "last_commit") {
             p.oldest_missing = Some(p.oldest_missing.map_or(t, |o| o.min(t)));
         }
     }
@@ -340,14 +331,12 @@ mod tests {
     use super::*;
 
     fn wal(file: &str, end: &str, commit: Option<&str>) -> Value {
-        json!({"time": "2026-11-30T10:10:00Z", "source": {"kind": "pg-wal", "consistency": {"system_id": "7", "file": file, "end_lsn": end, "last_commit": commit}}})
+        crate::walrpo::tests::wal(file, end, commit, "2026-11-30T10:10:00Z")
     }
 
     fn listing() -> Vec<Value> {
         vec![
-            json!({"time": "2026-11-30T10:00:00Z", "tags": ["source=db"],
-                   "source": {"kind": "pg-base", "consistency": {"system_id": "7", "wal_segment_size": 16777216,
-                   "start_wal": "000000010000000000000002", "end_lsn": "0/2000100"}}}),
+            crate::walrpo::tests::base("2026-11-30T10:00:00Z", None),
             wal("000000010000000000000002", "0/3000000", None),
             wal("000000010000000000000003", "0/4000000", Some("2026-11-30T10:01:00Z")),
             wal("000000010000000000000004", "0/5000000", Some("2026-11-30T10:02:00Z")),

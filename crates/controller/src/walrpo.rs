@@ -16,7 +16,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tresor_sources::pgwal::{self, ServerPosition, WalFile, WalKind};
+use tresor_engine::Snapshot;
+use tresor_sources::PG_BASE;
+use tresor_sources::pgwal::{self, KIND as PG_WAL, ServerPosition, WalFile, WalKind};
+use tresor_sources::pitr;
 
 use crate::plan::{Plan, SourceSpec, Span};
 
@@ -64,30 +67,55 @@ pub(crate) fn time(v: &Value) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(v.as_str()?).ok().map(|t| t.with_timezone(&Utc))
 }
 
-/// The newest base backup of `source` in its repository's listing.
-pub(crate) fn newest_base<'a>(source: &str, snaps: &'a [Value]) -> Option<&'a Value> {
+/// The pg-base and pg-wal snapshots of a repository's listing
+/// (`snapshots --all --json`), typed for [`pitr`]'s rules.
+pub(crate) fn pg_snapshots(listing: &[Value]) -> Vec<Snapshot> {
+    let typed = |x: &Value| {
+        let mut s: Snapshot = serde_json::from_value(x.clone()).ok()?;
+        s.id = serde_json::from_value(x["id"].clone()).ok()?;
+        Some(s)
+    };
+    listing.iter().filter(|x| x["source"]["kind"] == PG_BASE || x["source"]["kind"] == PG_WAL).filter_map(typed).collect()
+}
+
+/// The WAL archive from a source's newest base backup: that backup, its
+/// segment size, first segment and end, and the archived segments of its
+/// cluster (pitr::chains) on its timeline, by number.
+pub(crate) struct Archive<'a> {
+    pub base: &'a Snapshot,
+    pub size: u64,
+    pub start: WalFile,
+    pub end_lsn: u64,
+    pub segments: BTreeMap<u64, &'a Snapshot>,
+}
+
+/// The archive of `source` among `snaps` (from [`pg_snapshots`]); None
+/// without a base backup that says where its WAL starts and ends.
+pub(crate) fn archive<'a>(source: &str, snaps: &'a [Snapshot]) -> Option<Archive<'a>> {
     let tag = format!("source={source}");
-    snaps
-        .iter()
-        .filter(|x| x["source"]["kind"] == "pg-base" && x["tags"].as_array().is_some_and(|t| t.iter().any(|v| v == tag.as_str())))
-        .max_by_key(|x| time(&x["time"]))
+    let base = snaps.iter().filter(|s| s.source.kind == PG_BASE && s.tags.contains(&tag)).max_by_key(|s| s.time)?;
+    let size = pitr::seg_size(base);
+    let start = WalFile::parse(pitr::point(base, "start_wal")?)?;
+    let end_lsn = pitr::point(base, "end_lsn").and_then(pgwal::parse_lsn)?;
+    let chain = pitr::chains(snaps).remove(pitr::point(base, "system_id")?)?;
+    let segments = chain
+        .wal
+        .into_iter()
+        .filter(|(w, _)| w.kind == WalKind::Segment && w.timeline == start.timeline)
+        .map(|(w, s)| (w.segno(size), s))
+        .collect();
+    Some(Archive { base, size, start, end_lsn, segments })
+}
+
+/// When a snapshot's source recorded `key` as a time.
+pub(crate) fn time_of(s: &Snapshot, key: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(pitr::point(s, key)?).ok().map(|t| t.with_timezone(&Utc))
 }
 
 /// The chain of `source` in its repository's listing (`snapshots --all --json`).
-pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
-    let base = newest_base(source, snaps)?;
-    let point = &base["source"]["consistency"];
-    let system_id = point["system_id"].as_str()?;
-    let size = point["wal_segment_size"].as_u64().unwrap_or(16 << 20);
-    let start = WalFile::parse(point["start_wal"].as_str()?)?;
-    let base_end_lsn = point["end_lsn"].as_str().and_then(pgwal::parse_lsn)?;
-    let segments: BTreeMap<u64, &Value> = snaps
-        .iter()
-        .filter(|x| x["source"]["kind"] == "pg-wal" && x["source"]["consistency"]["system_id"] == system_id)
-        .filter_map(|x| Some((WalFile::parse(x["source"]["consistency"]["file"].as_str()?)?, x)))
-        .filter(|(w, _)| w.kind == WalKind::Segment && w.timeline == start.timeline)
-        .map(|(w, x)| (w.segno(size), x))
-        .collect();
+pub fn chain(source: &str, listing: &[Value]) -> Option<Chain> {
+    let snaps = pg_snapshots(listing);
+    let Archive { base, size, start, end_lsn: base_end_lsn, segments } = archive(source, &snaps)?;
     // A cluster that archives no WAL through tresor has only its base backups' RPO.
     if segments.is_empty() {
         return None;
@@ -97,7 +125,7 @@ pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
     while segments.contains_key(&next) || next <= base_end_seg {
         next += 1;
     }
-    let base_time = time(&base["summary"]["backup_end"]).or_else(|| time(&base["time"]))?;
+    let base_time = pitr::base_end(base).with_timezone(&Utc);
     let mut c = Chain {
         newest_segment: None,
         end_lsn: base_end_lsn,
@@ -109,15 +137,14 @@ pub fn chain(source: &str, snaps: &[Value]) -> Option<Chain> {
             .filter(|&&hi| hi >= next)
             .map_or(0, |hi| hi - next + 1 - (segments.range(next..).count() as u64)),
     };
-    for (_, x) in segments.range(start.segno(size)..next) {
-        let seg = &x["source"]["consistency"];
-        c.newest_segment = seg["file"].as_str().map(String::from);
+    for (_, s) in segments.range(start.segno(size)..next) {
+        c.newest_segment = pitr::point(s, "file").map(String::from);
         // A segment archived before its records were read says nothing of its end: the chain ends before it.
-        c.end_lsn = seg["end_lsn"].as_str().and_then(pgwal::parse_lsn).unwrap_or(c.end_lsn);
-        if let Some(t) = time(&seg["last_commit"]) {
+        c.end_lsn = pitr::point(s, "end_lsn").and_then(pgwal::parse_lsn).unwrap_or(c.end_lsn);
+        if let Some(t) = time_of(s, "last_commit") {
             c.newest_commit = c.newest_commit.max(t);
         }
-        c.archived_at = time(&x["time"]).unwrap_or(c.archived_at);
+        c.archived_at = s.time.with_timezone(&Utc);
     }
     Some(c)
 }
@@ -171,8 +198,9 @@ pub fn archive_covers(s: &SourceSpec, rpo: Span) -> Option<Result<(), String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
+    use tresor_engine::{Id, Summary};
 
     use super::*;
 
@@ -180,15 +208,31 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn wal(file: &str, end: &str, commit: Option<&str>, time: &str) -> Value {
-        json!({"time": time, "source": {"kind": "pg-wal", "consistency": {"system_id": "7", "file": file, "end_lsn": end, "last_commit": commit}}})
+    /// A snapshot of `kind` recording `point`, taken at `time`.
+    pub(crate) fn snapshot(time: &str, tags: &[&str], kind: &str, point: Value) -> Snapshot {
+        let stored = json!({"time": time, "tree": Id::default(), "paths": [], "hostname": "db", "username": "postgres", "tags": tags,
+                            "source": {"kind": kind, "consistency": point}, "program_version": "test"});
+        Snapshot { id: Id::random(), ..serde_json::from_value(stored).unwrap() }
+    }
+
+    /// A WAL segment of cluster 7 as `snapshots --all --json` lists it.
+    pub(crate) fn wal(file: &str, end: &str, commit: Option<&str>, time: &str) -> Value {
+        snapshot(time, &[], PG_WAL, json!({"system_id": "7", "file": file, "end_lsn": end, "last_commit": commit})).to_json()
+    }
+
+    /// A base backup of `source=db` on cluster 7 from segment 2, as listed.
+    pub(crate) fn base(time: &str, backup_end: Option<&str>) -> Value {
+        let point =
+            json!({"system_id": "7", "wal_segment_size": 16777216, "start_wal": "000000010000000000000002", "end_lsn": "0/2000100"});
+        let mut b = snapshot(time, &["source=db"], PG_BASE, point);
+        let backup_end = backup_end.map(|t| DateTime::parse_from_rfc3339(t).unwrap());
+        b.summary = backup_end.map(|t| Summary { backup_end: Some(t), ..Summary::default() });
+        b.to_json()
     }
 
     fn listing() -> Vec<Value> {
         vec![
-            json!({"time": "2026-11-30T10:00:00Z", "tags": ["source=db"], "summary": {"backup_end": "2026-11-30T10:00:05Z"},
-                   "source": {"kind": "pg-base", "consistency": {"system_id": "7", "wal_segment_size": 16777216,
-                   "start_wal": "000000010000000000000002", "end_lsn": "0/2000100"}}}),
+            base("2026-11-30T10:00:00Z", Some("2026-11-30T10:00:05Z")),
             wal("000000010000000000000002", "0/3000000", None, "2026-11-30T10:00:06Z"),
             wal("000000010000000000000003", "0/4000000", Some("2026-11-30T10:01:00.5Z"), "2026-11-30T10:02:00Z"),
             wal("000000010000000000000004", "0/4000A28", Some("2026-11-30T10:02:30Z"), "2026-11-30T10:03:00Z"),
@@ -207,6 +251,11 @@ mod tests {
         assert_eq!(chain("other", &listing()), None);
         let bases_only: Vec<Value> = listing().into_iter().filter(|x| x["source"]["kind"] == "pg-base").collect();
         assert_eq!(chain("db", &bases_only), None, "no WAL archived: the base backups' RPO only");
+        let mut other = listing();
+        let mut stranger = wal("000000010000000000000005", "0/6000000", None, "2026-11-30T10:04:00Z");
+        stranger["source"]["consistency"]["system_id"] = "8".into();
+        other.push(stranger);
+        assert_eq!(chain("db", &other), Some(c), "another cluster's segment is no part of the chain");
     }
 
     #[test]
