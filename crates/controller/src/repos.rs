@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tresor_engine::evidence::Head;
-use tresor_engine::{OpenOptions, Password, Repository};
+use tresor_engine::{ErrorKind, OpenOptions, Password, Repository};
 use tresor_storage::{Location, StorageOptions};
 
 use crate::model::{EvidenceRecord, NotRecorded};
@@ -51,6 +51,33 @@ struct Inner {
     rehearsals: std::sync::Mutex<Vec<Rehearsal>>,
     /// Each repository's evidence head (by URL) when the rehearsals were last read; `None`: not read yet.
     heads: std::sync::Mutex<Option<Vec<(plan::SecretUrl, Option<Head>)>>>,
+    /// Repositories that refused their password (by URL), not tried again
+    /// with the same password file: each try costs a key derivation.
+    refused: std::sync::Mutex<BTreeMap<plan::SecretUrl, Refused>>,
+    /// Opens attempted: each one that finds a repository derives a key.
+    opens: std::sync::atomic::AtomicU64,
+}
+
+/// A refused open and what it was tried with.
+struct Refused {
+    tried: Tried,
+    error: String,
+}
+
+/// A plan entry's password file as an open read it: a change of its path,
+/// size or modification time (or of the entry's `init`) is a new password.
+#[derive(PartialEq)]
+struct Tried {
+    password_file: std::path::PathBuf,
+    init: bool,
+    file: Option<(u64, Option<std::time::SystemTime>)>,
+}
+
+impl Tried {
+    fn of(r: &plan::Repository) -> Tried {
+        let file = std::fs::metadata(&r.password_file).ok().map(|m| (m.len(), m.modified().ok()));
+        Tried { password_file: r.password_file.clone(), init: r.init, file }
+    }
 }
 
 impl Default for Inner {
@@ -62,24 +89,50 @@ impl Default for Inner {
             pending: Default::default(),
             rehearsals: Default::default(),
             heads: Default::default(),
+            refused: Default::default(),
+            opens: Default::default(),
         }
     }
 }
 
 impl Handles {
-    /// The plan repository `r`, unlocked once.
+    /// The plan repository `r`, unlocked once. One that refused its
+    /// password answers with that refusal until its password file changes;
+    /// one missing or unreachable (no key derived) is tried each time.
     pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
         let mut open = self.inner.open.lock().await;
         if let Some(h) = open.get(&r.url) {
             return Ok(h.clone());
         }
+        // Looked at before the password is read: a change in between is seen next time.
+        let tried = Tried::of(r);
+        if let Some(refused) = self.inner.refused.lock().expect("not poisoned").get(&r.url).filter(|f| f.tried == tried) {
+            return Err(refused.error.clone());
+        }
         let password =
             Password::read_file(&r.password_file).map_err(|e| format!("cannot read password file {}: {e}", r.password_file.display()))?;
         let location = Location::parse(r.url.expose()).map_err(|e| e.to_string())?;
         let opts = OpenOptions { password, cache_root: None, storage: StorageOptions::default() };
-        let repo = Arc::new(Repository::open(&location, &opts).await.map_err(|e| e.to_string())?);
+        self.inner.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let opened = Repository::open(&location, &opts).await;
+        let mut refused = self.inner.refused.lock().expect("not poisoned");
+        let repo = match opened {
+            Ok(repo) => Arc::new(repo),
+            Err(e) if e.kind() == ErrorKind::WrongPassword => {
+                let error = e.to_string();
+                refused.insert(r.url.clone(), Refused { tried, error: error.clone() });
+                return Err(error);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        refused.remove(&r.url);
         open.insert(r.url.clone(), repo.clone());
         Ok(repo)
+    }
+
+    /// How many opens were attempted (those that found a repository derived a key).
+    pub fn opens(&self) -> u64 {
+        self.inner.opens.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, entries carry this leader's term: a job run twice by two leaders shows.
@@ -125,9 +178,10 @@ impl Handles {
         Ok(packs.iter().map(|(_, size)| size).sum())
     }
 
-    /// Forget every handle (a reload, a stop): the next read unlocks again.
+    /// Forget every handle and refusal (a reload, a stop): the next read unlocks again.
     pub async fn clear(&self) {
         self.inner.open.lock().await.clear();
+        self.inner.refused.lock().expect("not poisoned").clear();
     }
 
     /// The snapshots of a source (tagged `source=NAME`), or every one (also
@@ -279,5 +333,52 @@ impl Handles {
     /// The rehearsals as last read by [`rehearsals`](Self::rehearsals), and those recorded since, oldest first.
     pub fn known_rehearsals(&self) -> Vec<Rehearsal> {
         self.inner.rehearsals.lock().expect("not poisoned").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tresor_engine::{InitOptions, KdfParams};
+
+    use super::*;
+
+    fn entry(dir: &std::path::Path, password: &str) -> plan::Repository {
+        let password_file = dir.join("pw");
+        std::fs::write(&password_file, password).unwrap();
+        plan::Repository { url: dir.join("repo").to_str().unwrap().into(), password_file, init: false }
+    }
+
+    async fn init(r: &plan::Repository, password: &str) {
+        let open = OpenOptions { password: Password::new(password), cache_root: None, storage: StorageOptions::default() };
+        let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        let opts = InitOptions { open, aead: Default::default(), compression: 3, kdf, pack_size: None, settings: Default::default() };
+        Repository::init(&Location::parse(r.url.expose()).unwrap(), &opts).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_password_is_tried_again_only_once_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = entry(dir.path(), "wrong");
+        let text = format!(
+            "repositories:\n  main:\n    url: {}\n    password_file: {}\nclasses: {{}}\nsources: []\n",
+            r.url.expose(),
+            r.password_file.display()
+        );
+        let plan = Plan::parse(&text, "plan.yaml".as_ref()).unwrap();
+        let handles = Handles::default();
+        let missing = handles.get(&r).await.unwrap_err();
+        assert!(missing.starts_with("no repository at "), "{missing}");
+        assert_eq!((handles.get(&r).await.unwrap_err(), handles.opens()), (missing, 2), "a missing repository is looked for each time");
+        init(&r, "right").await;
+        let refused = "wrong password: no key of this repository opens with it";
+        assert_eq!(handles.get(&r).await.unwrap_err(), refused);
+        for _ in 0..3 {
+            handles.refresh_rehearsals(&plan).await;
+        }
+        assert_eq!((handles.get(&r).await.unwrap_err(), handles.opens()), (refused.to_string(), 3), "refused once, not every refresh");
+        std::fs::write(&r.password_file, "right").unwrap();
+        handles.get(&r).await.expect("the mended password file opens it");
+        handles.refresh_rehearsals(&plan).await;
+        assert_eq!(handles.opens(), 4, "and the open handle is kept");
     }
 }
