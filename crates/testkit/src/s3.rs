@@ -1,6 +1,6 @@
 //! In-process S3 server: s3s over an s3s-fs store in a temp directory.
 
-use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
+use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -75,8 +75,11 @@ impl S3Server {
         let service = builder.build();
 
         // Bind here rather than on the server thread so the port is known and
-        // accepting before `start` returns, with no handshake needed.
-        let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        // accepting before `start` returns, with no handshake needed. Below
+        // the ephemeral range: a test that drops the server to meet a storage
+        // that is down finds its port closed, not taken by another test's
+        // bind(0) (answering as another S3 server, or as something else).
+        let listener = crate::net::reserved_listener();
         // tokio's `TcpListener::from_std` requires a non-blocking socket.
         listener.set_nonblocking(true).expect("make listener non-blocking");
         let port = listener.local_addr().expect("listener address").port();
