@@ -57,12 +57,14 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     };
     let removed = plan.removed();
     let Inventory { snapshots: all, held } = inv;
+    // The groups from here on remove named pieces of an archive (WAL files), shown by name.
+    let named = plan.groups.len();
     let wal = tresor_sources::pitr::wal_to_forget(&all, &removed, &held);
     if !wal.is_empty() {
         let key = "pg-wal (no remaining base backup needs it)".to_string();
-        plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal, named: true });
+        plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal });
     }
-    let report: Vec<serde_json::Value> = plan.groups.iter().map(group_json).collect();
+    let report: Vec<serde_json::Value> = plan.groups.iter().enumerate().map(|(i, g)| group_json(g, i >= named)).collect();
     if g.json {
         print_json(&json!({"dry_run": a.dry_run, "groups": report}))?;
     } else {
@@ -80,8 +82,9 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn group_json(group: &forget::Group) -> serde_json::Value {
-    let removal = |s: &Snapshot| match group.named {
+/// A group as `forget` reports it; `named`: its removals are shown by name too.
+fn group_json(group: &forget::Group, named: bool) -> serde_json::Value {
+    let removal = |s: &Snapshot| match named {
         true => json!({"id": s.id, "time": s.time, "name": s.name}),
         false => json!({"id": s.id, "time": s.time}),
     };

@@ -48,8 +48,6 @@ pub struct Group {
     pub key: String,
     pub keep: Vec<Verdict>,
     pub remove: Vec<Snapshot>,
-    /// The removals are named pieces of an archive (WAL files), shown by name.
-    pub named: bool,
 }
 
 /// Every group's verdicts, in the order they are shown.
@@ -76,7 +74,7 @@ pub fn plan<Tz: TimeZone>(inv: &Inventory, choice: Choice<'_>, tz: &Tz) -> Resul
                 .into_iter()
                 .map(|g| {
                     let (keep, gone): (Vec<Verdict>, Vec<Verdict>) = g.verdicts.into_iter().partition(Verdict::keep);
-                    Group { key: g.key, keep, remove: gone.into_iter().map(|v| v.snapshot).collect(), named: false }
+                    Group { key: g.key, keep, remove: gone.into_iter().map(|v| v.snapshot).collect() }
                 })
                 .collect();
             Ok(Plan { groups })
@@ -90,12 +88,13 @@ pub fn plan<Tz: TimeZone>(inv: &Inventory, choice: Choice<'_>, tz: &Tz) -> Resul
                 }
                 remove.push(s);
             }
-            Ok(Plan { groups: vec![Group { key: "given".into(), keep: Vec::new(), remove, named: false }] })
+            Ok(Plan { groups: vec![Group { key: "given".into(), keep: Vec::new(), remove }] })
         }
     }
 }
 
-/// Refuse removal in an append-only repository.
+/// Refuse removal in an append-only repository: the caller asks before
+/// it plans, so such a forget refuses before any work.
 pub fn allowed(repo: &Repository) -> Result<()> {
     if repo.config().append_only {
         return Err(Error::AppendOnly("forget".into()));
@@ -103,10 +102,10 @@ pub fn allowed(repo: &Repository) -> Result<()> {
     Ok(())
 }
 
-/// Remove what `plan` says. A snapshot the storage's Object Lock still
-/// protects stays and is listed in the result's `locked`.
+/// Remove what `plan` says, once [`allowed`] said yes. A snapshot the
+/// storage's Object Lock still protects stays and is listed in the
+/// result's `locked`.
 pub async fn execute(repo: &Repository, plan: &Plan) -> Result<Removal> {
-    allowed(repo)?;
     let ids: Vec<Id> = plan.groups.iter().flat_map(|g| &g.remove).map(|s| s.id).collect();
     repo.remove_snapshots(&ids).await
 }
@@ -148,7 +147,6 @@ mod tests {
             ]
         );
         assert_eq!(g.remove, [inv.snapshots[1].clone()]);
-        assert!(!g.named);
         assert_eq!(p.removed(), [inv.snapshots[1].id].into_iter().collect());
     }
 
@@ -159,7 +157,7 @@ mod tests {
         let p = plan(&inv, Choice::Given(&given), &UTC).unwrap();
         assert_eq!(
             p.groups,
-            [Group { key: "given".into(), keep: vec![], remove: vec![inv.snapshots[1].clone(), inv.snapshots[2].clone()], named: false }]
+            [Group { key: "given".into(), keep: vec![], remove: vec![inv.snapshots[1].clone(), inv.snapshots[2].clone()] }]
         );
         let held = [inv.snapshots[0].id.to_hex()];
         let err = plan(&inv, Choice::Given(&held), &UTC).unwrap_err().to_string();

@@ -134,10 +134,21 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     let newer = env.json(&["snapshots"])[1].clone();
     let start = newer["source"]["consistency"]["start_wal"].as_str().unwrap().to_string();
     assert!(before.first().unwrap() < &start, "WAL older than the second base backup exists: {before:?} vs {start}");
+    // The plan's WAL group shows its files by name; the policy's group shows ids and times only.
+    let dry = env.json(&["forget", "--keep-last", "1", "--dry-run"]);
+    let groups = dry["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{dry}");
+    assert_eq!(groups[0]["remove"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(groups[0]["remove"][0].as_object().unwrap().keys().collect::<Vec<_>>(), ["id", "time"]);
+    assert_eq!(groups[1]["group"], "pg-wal (no remaining base backup needs it)");
+    let mut shown: Vec<&str> = groups[1]["remove"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    shown.sort();
     env.ok(&["forget", "--keep-last", "1", "--prune", "--max-unused", "0"]);
     let after = wal_names(&env);
     let expected: Vec<String> = before.iter().filter(|n| n.as_str() >= start.as_str() || n.ends_with(".history")).cloned().collect();
     assert_eq!(after, expected, "exactly the WAL before the remaining base backup is gone");
+    let gone: Vec<String> = before.iter().filter(|n| !after.contains(n)).map(|n| format!("pg-wal/{system_id}/{n}")).collect();
+    assert_eq!(shown, gone, "the dry run named the WAL files that went");
     let verified = env.ok(&["pg", "verify"]);
     assert!(verified.starts_with(&format!("cluster {system_id}: 1 base backups, {} WAL files\n", after.len())), "{verified}");
     let recovered = restore_and_start(&env, &["--latest"]);
