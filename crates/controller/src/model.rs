@@ -59,7 +59,7 @@ pub struct RepositorySpec {
 impl std::fmt::Debug for RepositorySpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RepositorySpec")
-            .field("url", &self.url)
+            .field("url", &redact(&self.url))
             .field("password_file", &self.password_file)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()

@@ -113,6 +113,9 @@ mod tests {
         let standby = plan.sources[0].standby.as_ref().unwrap();
         let work = format!("{:?}", crate::standby::restore_spec(standby, crate::standby::StandbyKind::Redis));
         assert!(!work.contains("standby-secret") && work.contains("redis://default:***@spare:6379"), "{work}");
+        // And every job names its repository in its spec.
+        let repo = format!("{:?}", crate::child::repository_spec(&plan.repositories["main"]));
+        assert!(!repo.contains("repo-secret") && repo.contains("s3://key:***@bucket/prefix"), "{repo}");
     }
 
     #[test]
