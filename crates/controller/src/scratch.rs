@@ -121,12 +121,29 @@ impl Drop for Guard {
 /// A `redis-server` loading `dir` (dump.rdb, or an AOF directory).
 pub struct Redis {
     port: u16,
-    _child: Guard,
+    child: Guard,
 }
+
+/// How often a scratch server is started on another port when the one
+/// found free was taken before the server could bind it.
+const PORT_TRIES: usize = 3;
 
 impl Redis {
     pub fn start(dir: &Path, aof_dir: Option<&str>) -> Result<Redis, String> {
-        let port = free_port()?;
+        let mut port = free_port()?;
+        for _ in 1..PORT_TRIES {
+            match Self::start_on(port, dir, aof_dir)? {
+                Some(r) => return Ok(r),
+                None => port = free_port()?,
+            }
+        }
+        Self::start_on(port, dir, aof_dir)?.ok_or_else(|| format!("redis-server exited at start: port {port} taken"))
+    }
+
+    /// The server on `port` once it has loaded `dir`; `None` if it exited
+    /// first (the port taken). Until it is ours that answers, a server of
+    /// someone else's on the port would otherwise pass for the drill's.
+    fn start_on(port: u16, dir: &Path, aof_dir: Option<&str>) -> Result<Option<Redis>, String> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args(["--save", "", "--daemonize", "no"]);
         match aof_dir {
@@ -134,9 +151,18 @@ impl Redis {
             None => cmd.args(["--appendonly", "no", "--dbfilename", "dump.rdb"]),
         };
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
-        let r = Redis { port, _child: Guard::recorded(child, dir)? };
-        wait(Duration::from_secs(120), || r.keys())?;
-        Ok(r)
+        let mut r = Redis { port, child: Guard::recorded(child, dir)? };
+        let pid = r.child.0.id();
+        let up = wait(Duration::from_secs(120), || {
+            if r.child.0.try_wait().map_err(|e| e.to_string())?.is_some() {
+                return Ok(false);
+            }
+            match redis_info(port)?.lines().find_map(|l| l.strip_prefix("process_id:")) {
+                Some(p) if p.trim() == pid.to_string() => r.keys().map(|_| true),
+                _ => Err(format!("another server answers on 127.0.0.1:{port}")),
+            }
+        })?;
+        Ok(up.then_some(r))
     }
 
     pub fn url(&self) -> String {
@@ -151,6 +177,34 @@ impl Redis {
     pub fn keys(&self) -> Result<u64, String> {
         let text = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "DBSIZE"]), "redis-cli DBSIZE")?;
         text.parse().map_err(|_| format!("redis-cli DBSIZE: {text}"))
+    }
+}
+
+/// `INFO server` from whatever answers on `port`, with a time limit: a
+/// listener that is not Redis must not hold the drill up.
+fn redis_info(port: u16) -> Result<String, String> {
+    use std::io::Read;
+    let fail = |e: std::io::Error| format!("127.0.0.1:{port}: {e}");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(fail)?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
+    s.write_all(b"INFO server\r\n").map_err(fail)?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).map_err(fail)?;
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        // A bulk reply: `$LEN\r\n` then LEN bytes and `\r\n`.
+        let whole = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")).and_then(|(len, body)| {
+            let len: usize = len.parse().ok()?;
+            (body.len() >= len).then(|| body[..len].to_string())
+        });
+        match whole {
+            Some(body) => return Ok(body),
+            None if n == 0 || !text.starts_with('$') => return Err(format!("127.0.0.1:{port}: no Redis answer: {}", text.trim())),
+            None => {}
+        }
     }
 }
 
@@ -405,6 +459,19 @@ mod tests {
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).to_string()).collect();
         let at = args.iter().position(|a| a == "--listen-peer-urls").unwrap();
         args[at + 1].rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_server_already_on_the_port_never_passes_for_the_drills_redis() {
+        let other = tresor_testkit::RedisServer::start(&[]);
+        let port = other.port();
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Redis::start_on(port, dir.path(), None).unwrap().is_none(), "the other server answered for the drill's");
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        assert!(Redis::start_on(port, dir.path(), None).unwrap().is_none(), "a listener that never answers");
+        let r = Redis::start(dir.path(), None).unwrap();
+        assert_eq!(r.keys().unwrap(), 0);
     }
 
     #[test]
