@@ -125,8 +125,26 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<
         match req.send().await {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => last = format!("{} answered {}", hook.url, r.status()),
-            Err(err) => last = format!("{}: {err}", hook.url),
+            Err(err) => last = format!("{}: {}", hook.url, crate::silence::without_url(&err)),
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_that_fails_names_the_receiver_without_its_token() {
+        // Port 1: nothing listens there, so the connection is refused at once.
+        let hook: Webhook = serde_norway::from_str("url: http://127.0.0.1:1/hook?channel=ops&token=hook-secret\nretries: 0\n").unwrap();
+        let now = Utc::now();
+        let event =
+            Event { change: Change::Failure, source: "db".into(), class: "c".into(), reason: None, message: None, time: now, since: now };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let err = rt.block_on(deliver(&reqwest::Client::new(), &hook, &event)).unwrap_err();
+        assert!(err.starts_with("http://127.0.0.1:1/hook?channel=ops&token=***: "), "{err}");
+        assert!(!err.contains("hook-secret"), "{err}");
+    }
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::model::{DrillReport, DrillSilence};
-use crate::plan::{Plan, SilenceSettings, SourceSpec};
+use crate::plan::{Plan, SecretUrl, SilenceSettings, SourceSpec};
 
 /// The margin added to a drill's expected time when the plan gives none.
 pub const DEFAULT_MARGIN: Duration = Duration::from_secs(600);
@@ -81,14 +81,15 @@ pub struct Silence {
 
 struct Live {
     client: reqwest::Client,
-    base: String,
+    /// Messages name it: redacted.
+    base: SecretUrl,
     token: Option<String>,
     id: String,
 }
 
 impl Live {
     async fn expire(&self) -> Result<(), String> {
-        let mut req = self.client.delete(format!("{}/api/v2/silence/{}", self.base, self.id)).timeout(Duration::from_secs(10));
+        let mut req = self.client.delete(format!("{}/api/v2/silence/{}", self.base.expose(), self.id)).timeout(Duration::from_secs(10));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -100,8 +101,9 @@ impl Live {
     }
 }
 
-/// A reqwest error's words without its URL (which the message names already).
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error's words without its URL (which the message names
+/// already, redacted: the error's would show a password or token).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     let mut words = e.to_string();
     if let Some(url) = e.url() {
         words = words.replace(&format!(" ({url})"), "").replace(url.as_str(), "");
@@ -147,10 +149,10 @@ impl Silence {
         let now = Utc::now();
         let until = now + (expected + s.margin.map_or(DEFAULT_MARGIN, |m| m.0));
         let body = json!({"matchers": matchers, "startsAt": now, "endsAt": until, "createdBy": "tresor", "comment": comment});
-        let base = s.alertmanager.expose().trim_end_matches('/').to_string();
+        let base = SecretUrl::from(s.alertmanager.expose().trim_end_matches('/'));
         let client = reqwest::Client::new();
         let mut req = client
-            .post(format!("{base}/api/v2/silences"))
+            .post(format!("{}/api/v2/silences", base.expose()))
             .header("content-type", "application/json")
             .body(body.to_string())
             .timeout(Duration::from_secs(10));
@@ -266,5 +268,16 @@ mod tests {
         let history = [d("db", 120.0, true), d("db", 900.0, false), d("db", 300.5, true), d("other", 5000.0, true)];
         assert_eq!(expected(&history, "db", Duration::from_secs(3600)), Duration::from_secs_f64(300.5));
         assert_eq!(expected(&history, "new", Duration::from_secs(3600)), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn an_alertmanager_out_of_reach_is_named_without_its_password() {
+        // Port 1: nothing listens there, so the connection is refused at once.
+        let settings: SilenceSettings = serde_norway::from_str("alertmanager: http://am:am-secret@127.0.0.1:1/\nmatchers: []\n").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let silence = rt.block_on(Silence::begin(&settings, "db", "c", Duration::from_secs(60), "drill"));
+        let error = silence.record.error.clone().unwrap();
+        assert!(error.starts_with("cannot reach Alertmanager at http://am:***@127.0.0.1:1: "), "{error}");
+        assert!(!error.contains("am-secret"), "{error}");
     }
 }
