@@ -9,15 +9,17 @@
 //! directory's once the walk has left it and its batch is written, deepest
 //! first. A batch is written while the walk fills the next, and no more
 //! are held, so memory does not grow with the number of files in the
-//! snapshot (only `delete` keeps every restored path).
+//! snapshot (`delete` keeps the names taken in the directories the walk is
+//! inside, no more).
 //!
 //! A file that exists in the target is replaced, kept or compared as the
-//! `Overwrite` mode says; with `delete`, what the snapshot lacks goes.
+//! `Overwrite` mode says; with `delete`, what the snapshot lacks goes from
+//! each directory as the walk leaves it.
 
 mod existing;
 mod write;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -31,7 +33,7 @@ use crate::tree::{Node, NodeKind};
 use crate::walk::{PathFilter, Walker};
 use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
 pub use existing::Overwrite;
-use existing::{Decision, Existing};
+use existing::{Decision, Existing, Walked};
 use write::Writer;
 
 #[derive(Default)]
@@ -115,8 +117,10 @@ struct Restorer<'a> {
     batch: Batch,
     /// The first path of every multiply-linked inode restored.
     first_link: HashMap<(u64, u64), PathBuf>,
-    /// Every path the restore took, for `delete` only.
-    taken: Option<HashSet<PathBuf>>,
+    /// For `delete` only: the directories the walk is inside, outermost first.
+    walked: Option<Vec<Walked>>,
+    /// What `delete` could not remove.
+    delete_errors: Vec<String>,
     /// The batch before, being written while the walk goes on.
     writing: Option<tokio::task::JoinHandle<Result<[u64; 3]>>>,
     summary: RestoreSummary,
@@ -136,7 +140,8 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
         batch: Batch::default(),
         first_link: HashMap::new(),
-        taken: opts.delete.then(HashSet::new),
+        walked: opts.delete.then(|| vec![Walked::new(&opts.target)]),
+        delete_errors: Vec::new(),
         writing: None,
         summary: RestoreSummary::default(),
     };
@@ -145,26 +150,25 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     walker.enter(root, Path::new("/")).await?;
     while let Some((path, node)) = walker.next()? {
         let dest = opts.target.join(path.strip_prefix("/").unwrap_or(&path));
+        r.leave(&opts.target, dest.parent());
         if r.visit(&path, &dest, &node)?
             && let Some(sub) = node.subtree
         {
             walker.enter(sub, &path).await?;
+            r.enter(&dest);
         }
         if r.batch.full() {
             r.flush(Some(&dest)).await?;
         }
     }
+    r.leave(&opts.target, None);
     r.flush(None).await?;
     r.wait().await?;
-    let Restorer { writer, mut summary, taken, includes, excludes, .. } = r;
+    let Restorer { writer, mut summary, delete_errors, .. } = r;
     let writer = Arc::into_inner(writer).expect("all writers finished");
     summary.bytes_restored = writer.bytes.into_inner();
     summary.errors = writer.errors.into_inner().expect("not poisoned");
-    if let Some(taken) = taken {
-        let (deleted, errors) = existing::delete_extra(&opts.target, &taken, &includes, &excludes);
-        summary.files_deleted = deleted;
-        summary.errors.extend(errors);
-    }
+    summary.errors.extend(delete_errors);
     Ok(summary)
 }
 
@@ -178,14 +182,39 @@ impl Restorer<'_> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
         }
-        if let Some(taken) = &mut self.taken {
-            taken.insert(dest.to_path_buf());
+        if let Some(here) = self.walked.as_mut().and_then(|w| w.last_mut())
+            && let Some(name) = dest.file_name()
+        {
+            here.taken.insert(name.to_os_string());
         }
         self.batch.entries += 1;
         if let Err(e) = self.create(dest, node) {
             self.writer.error(dest, e);
         }
         Ok(descend)
+    }
+
+    /// For `delete`: the walk goes into the directory `dest`.
+    fn enter(&mut self, dest: &Path) {
+        let Some(walked) = &mut self.walked else { return };
+        if let (Some(here), Some(name)) = (walked.last_mut(), dest.file_name()) {
+            here.entered.insert(name.to_os_string());
+        }
+        walked.push(Walked::new(dest));
+    }
+
+    /// For `delete`: the walk is now in `dir` (`None`: done), so it has left
+    /// every directory deeper than that; remove what those hold and the
+    /// snapshot lacks. Before the directories' metadata is set, which their
+    /// batch does once the walk has left them.
+    fn leave(&mut self, target: &Path, dir: Option<&Path>) {
+        let Some(walked) = &mut self.walked else { return };
+        while walked.last().is_some_and(|w| dir.is_none_or(|d| d != w.dir)) {
+            let done = walked.pop().expect("just seen");
+            let (deleted, errors) = existing::delete_extra(target, &done, &self.includes, &self.excludes);
+            self.summary.files_deleted += deleted;
+            self.delete_errors.extend(errors);
+        }
     }
 
     /// Hand the batch to a task that writes its content, then finishes its

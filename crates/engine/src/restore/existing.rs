@@ -3,6 +3,7 @@
 //! snapshot does not have.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -93,29 +94,42 @@ impl Existing {
     }
 }
 
-/// Remove what lies in `target` but not in `restored` (the paths the
-/// restore took), within what the filters select: a path an include does
-/// not reach or an exclude names was not restored, so it is not removed
-/// either. The number of entries removed, and what could not be removed.
-pub(super) fn delete_extra(target: &Path, restored: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
+/// A directory of the target the walk is inside, for `delete`: the names
+/// it took there, and those of the directories it went into.
+pub(super) struct Walked {
+    pub(super) dir: PathBuf,
+    pub(super) taken: HashSet<OsString>,
+    pub(super) entered: HashSet<OsString>,
+}
+
+impl Walked {
+    pub(super) fn new(dir: &Path) -> Walked {
+        Walked { dir: dir.to_path_buf(), taken: HashSet::new(), entered: HashSet::new() }
+    }
+}
+
+/// Remove what lies in a directory the walk has left but did not take
+/// there, within what the filters select: a path an include does not reach
+/// or an exclude names was not restored, so it is not removed either. A
+/// directory the walk went into is done when the walk leaves it; any other
+/// directory that stays is looked into, as nothing below it was restored.
+/// The number of entries removed, and what could not be removed.
+pub(super) fn delete_extra(target: &Path, walked: &Walked, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
     let (mut removed, mut errors) = (0u64, Vec::new());
-    let mut stack = vec![target.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut stack = vec![(walked.dir.clone(), true)];
+    while let Some((dir, walked_here)) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
-            let path = entry.path();
-            let in_snapshot = Path::new("/").join(path.strip_prefix(target).unwrap_or(&path));
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if restored.contains(&path) {
-                if is_dir {
-                    stack.push(path);
-                }
+            let (path, name) = (entry.path(), entry.file_name());
+            if walked_here && walked.entered.contains(&name) {
                 continue;
             }
+            let in_snapshot = Path::new("/").join(path.strip_prefix(target).unwrap_or(&path));
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             let selected = !excludes.matches(&in_snapshot) && (includes.is_empty() || in_snapshot.ancestors().any(|a| includes.matches(a)));
-            if !selected {
+            if (walked_here && walked.taken.contains(&name)) || !selected {
                 if is_dir {
-                    stack.push(path);
+                    stack.push((path, false));
                 }
                 continue;
             }
