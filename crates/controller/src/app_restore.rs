@@ -183,7 +183,7 @@ fn aim(
             let to = target.unwrap_or_else(|| spec.url.expose().to_string());
             out.spec.to = Some(to.clone());
             out.spec.namespace_mapping = r.namespace_mapping.clone();
-            out.target = to;
+            out.target = crate::model::redact(&to);
         }
         "redis" | "redis-aof" | "postgres" => {
             let to = target.unwrap_or_else(|| spec.url.expose().to_string());

@@ -12,7 +12,7 @@ use crate::plan::{Plan, Repository, SourceSpec};
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub copy: BackupCopy,
-    /// Its name in the plan, or its URL when the plan does not name it.
+    /// Its name in the plan, or its URL (redacted) when the plan does not name it.
     pub name: String,
     pub repo: Repository,
 }
@@ -40,7 +40,8 @@ impl Origin {
                 let password_file = password_file.map_or_else(|| own.password_file.clone(), PathBuf::from);
                 let repo = Repository { url: url.into(), password_file, init: false };
                 let copy = if own.url == url.into() { BackupCopy::Primary } else { BackupCopy::Offsite };
-                Ok(Origin { copy, name: url.into(), repo })
+                // Named in messages and drill reports: redacted.
+                Ok(Origin { copy, name: crate::model::redact(url), repo })
             }
         }
     }
@@ -62,5 +63,21 @@ impl Origin {
         let own = plan.repository_of(source).map(|(_, r)| &r.url);
         let copy = if own == Some(&repo.url) { BackupCopy::Primary } else { BackupCopy::Offsite };
         Ok(Origin { copy, name: name.into(), repo: repo.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repository_given_by_url_is_named_without_its_password() {
+        let text = "repositories:\n  main:\n    url: /srv/repo\n    password_file: /pw\nclasses:\n  c:\n    rpo: 1h\n    rto: 1h\n\
+            sources:\n  - name: db\n    class: c\n    url: /data\n    schedule: \"@hourly\"\n";
+        let plan = Plan::parse(text, Path::new("plan.yaml")).unwrap();
+        let o = Origin::resolve(&plan, &plan.sources[0], "sftp://backup:repo-secret@vault/x", None).unwrap();
+        assert_eq!(o.name, "sftp://backup:***@vault/x");
+        assert_eq!(o.repo.url.expose(), "sftp://backup:repo-secret@vault/x");
+        assert!(o.copy == BackupCopy::Offsite && o.repo.password_file == Path::new("/pw"));
     }
 }
