@@ -46,7 +46,7 @@ impl Location {
     /// `gcs://bucket/prefix?endpoint=URL&predefined_acl=A&storage_class=C`, `webdav://host/path` (`webdavs://` for TLS),
     /// `sftp://[user@]host[:port]/path`, or else a local path.
     pub fn parse(text: &str) -> Result<Location, StorageError> {
-        let invalid = |reason: &str| StorageError::InvalidLocation { location: text.to_string(), reason: reason.to_string() };
+        let invalid = |reason: &str| StorageError::InvalidLocation { location: without_password(text), reason: reason.to_string() };
         let Some((scheme, rest)) = text.split_once("://") else {
             if text.is_empty() {
                 return Err(invalid("empty location"));
@@ -289,9 +289,36 @@ fn s3_builder(p: &str, bucket: &str, root: &str, endpoint: &Option<String>, regi
     b
 }
 
+/// `text` with the password of a URL's user part shown as `***`: a
+/// location refused for carrying credentials is quoted in its error.
+fn without_password(text: &str) -> String {
+    let Some(start) = text.find("://").map(|s| s + 3) else { return text.to_string() };
+    let end = text[start..].find('/').map_or(text.len(), |e| start + e);
+    match text[start..end].rfind('@').map(|at| start + at) {
+        Some(at) => match text[start..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &text[..start], &text[at..]),
+            None => text.to_string(),
+        },
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_location_refused_for_its_credentials_is_quoted_without_the_password() {
+        let err = Location::parse("webdavs://backup:hunter2@dav.example/repo").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid repository location \"webdavs://backup:***@dav.example/repo\": \
+             put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL"
+        );
+        assert!(!format!("{err:?}").contains("hunter2"));
+        let err = Location::parse("ftp://u:p@ss@host/x").unwrap_err().to_string();
+        assert!(err.starts_with("invalid repository location \"ftp://u:***@host/x\": unknown scheme"), "{err}");
+    }
 
     #[test]
     fn parses_paths_and_urls() {
