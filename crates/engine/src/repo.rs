@@ -484,14 +484,23 @@ impl Repository {
     }
 
     /// Tree packs are read whole and kept: a walk touches many small trees
-    /// from few packs.
-    async fn tree_pack(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
+    /// from few packs. `None` for a pack that was held and let go: a walk
+    /// in another order than the packs were written (a backup's parallel
+    /// lookups in its parent) would read every pack whole again at each
+    /// turn, so its trees are read one by one from then on.
+    async fn tree_pack(&self, id: &Id) -> Result<Option<Arc<Vec<u8>>>> {
         if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
-            return Ok(p);
+            return Ok(Some(p));
         }
         let _reading = self.tree_pack_read.lock().await;
-        if let Some(p) = self.tree_packs.lock().expect("not poisoned").get(id) {
-            return Ok(p);
+        {
+            let mut held = self.tree_packs.lock().expect("not poisoned");
+            if let Some(p) = held.get(id) {
+                return Ok(Some(p));
+            }
+            if held.let_go.contains(id) {
+                return Ok(None);
+            }
         }
         let path = Kind::Pack.path(id);
         let bytes =
@@ -507,7 +516,7 @@ impl Repository {
             };
         let bytes = Arc::new(bytes);
         self.tree_packs.lock().expect("not poisoned").insert(*id, bytes.clone());
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 
     pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
@@ -519,8 +528,9 @@ impl Repository {
     /// A blob at a known place, for callers with an index of their own.
     pub async fn load_blob_at(&self, pack: Id, e: PackEntry) -> Result<Vec<u8>> {
         let range = u64::from(e.offset)..u64::from(e.offset) + u64::from(e.length);
-        if e.kind == BlobKind::Tree {
-            let p = self.tree_pack(&pack).await?;
+        if e.kind == BlobKind::Tree
+            && let Some(p) = self.tree_pack(&pack).await?
+        {
             let cached = p
                 .get(range.start as usize..range.end as usize)
                 .ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"));
@@ -668,6 +678,8 @@ impl Repository {
 struct TreePacks {
     packs: Vec<(Id, Arc<Vec<u8>>)>,
     bytes: usize,
+    /// Packs held once and pushed out by newer ones (a few per GiB of trees).
+    let_go: IdSet,
 }
 
 impl TreePacks {
@@ -684,8 +696,9 @@ impl TreePacks {
         self.bytes += bytes.len();
         self.packs.push((id, bytes));
         while self.packs.len() > 1 && (self.packs.len() > TREE_PACKS_IN_MEMORY || self.bytes > TREE_PACK_BYTES_IN_MEMORY) {
-            let (_, old) = self.packs.remove(0);
+            let (id, old) = self.packs.remove(0);
             self.bytes -= old.len();
+            self.let_go.insert(id);
         }
     }
 
@@ -718,4 +731,23 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
     let mut s: Snapshot = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("snapshot", id, e))?;
     s.id = *id;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_pack_pushed_out_is_remembered_so_it_is_not_read_whole_again() {
+        let mut held = TreePacks::default();
+        let ids: Vec<Id> = (0u8..3).map(|n| Id([n; 32])).collect();
+        for id in &ids {
+            held.insert(*id, Arc::new(vec![0; TREE_PACK_BYTES_IN_MEMORY / 2]));
+        }
+        assert!(held.get(&ids[0]).is_none(), "three halves of the cap hold two");
+        assert_eq!(held.let_go.iter().copied().collect::<Vec<_>>(), [ids[0]]);
+        assert!(held.get(&ids[1]).is_some() && held.get(&ids[2]).is_some());
+        held.remove(&ids[1]);
+        assert!(!held.let_go.contains(&ids[1]), "a copy dropped as damaged may be read whole again");
+    }
 }
