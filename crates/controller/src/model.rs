@@ -536,23 +536,15 @@ pub struct AppDrill {
 /// `X-Amz-Signature=`, …) shown as `***`. The user part ends at the last `@`
 /// before the path, as libpq reads it (a password may hold `?` or `#`).
 pub fn redact(url: &str) -> String {
-    let Some(s) = url.find("://").map(|s| s + 3) else { return url.to_string() };
-    let authority = url[s..].find('/').map_or(url.len(), |end| s + end);
-    let (mut out, rest) = match url[s..authority].rfind('@').map(|at| s + at) {
-        Some(at) if url[s..at].contains(':') => {
-            let user = url[s..at].split_once(':').map_or("", |(user, _)| user);
-            (format!("{}{user}:***@", &url[..s]), &url[at + 1..])
-        }
-        _ => (url[..s].to_string(), &url[s..]),
-    };
-    match rest.split_once('?') {
+    let url = tresor_storage::without_password(url);
+    let Some(s) = url.find("://").map(|s| s + 3) else { return url };
+    match url[s..].split_once('?') {
         Some((path, query)) => {
             let params: Vec<String> = query.split('&').map(redact_param).collect();
-            out.extend([path, "?", &params.join("&")]);
+            format!("{}{path}?{}", &url[..s], params.join("&"))
         }
-        None => out.push_str(rest),
+        None => url,
     }
-    out
 }
 
 /// `name=value`, its value `***` when the name says it is a credential. Not

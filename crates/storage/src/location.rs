@@ -289,9 +289,11 @@ fn s3_builder(p: &str, bucket: &str, root: &str, endpoint: &Option<String>, regi
     b
 }
 
-/// `text` with the password of a URL's user part shown as `***`: a
-/// location refused for carrying credentials is quoted in its error.
-fn without_password(text: &str) -> String {
+/// `text` with the password of a URL's user part shown as `***` (the user
+/// part ends at the last `@` before the path, as libpq reads it, so a
+/// password may hold `?` or `#`): a location refused for carrying
+/// credentials is quoted in its error, and the plan's URLs are shown so.
+pub fn without_password(text: &str) -> String {
     let Some(start) = text.find("://").map(|s| s + 3) else { return text.to_string() };
     let end = text[start..].find('/').map_or(text.len(), |e| start + e);
     match text[start..end].rfind('@').map(|at| start + at) {
