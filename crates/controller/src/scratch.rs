@@ -142,7 +142,8 @@ impl Redis {
 
     /// The server on `port` once it has loaded `dir`; `None` if it exited
     /// first (the port taken). Until it is ours that answers, a server of
-    /// someone else's on the port would otherwise pass for the drill's.
+    /// someone else's on the port would otherwise pass for the drill's (a
+    /// listener that never answers holds a try for the client's 60 s).
     fn start_on(port: u16, dir: &Path, aof_dir: Option<&str>) -> Result<Option<Redis>, String> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args(["--save", "", "--daemonize", "no"]);
@@ -157,8 +158,9 @@ impl Redis {
             if r.child.0.try_wait().map_err(|e| e.to_string())?.is_some() {
                 return Ok(false);
             }
-            match redis_info(port)?.lines().find_map(|l| l.strip_prefix("process_id:")) {
-                Some(p) if p.trim() == pid.to_string() => r.keys().map(|_| true),
+            let answering = tresor_sources::RedisSource::parse(&r.url()).and_then(|s| s.server_pid()).map_err(|e| e.to_string())?;
+            match answering {
+                Some(p) if p == pid => r.keys().map(|_| true),
                 _ => Err(format!("another server answers on 127.0.0.1:{port}")),
             }
         })?;
@@ -177,34 +179,6 @@ impl Redis {
     pub fn keys(&self) -> Result<u64, String> {
         let text = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "DBSIZE"]), "redis-cli DBSIZE")?;
         text.parse().map_err(|_| format!("redis-cli DBSIZE: {text}"))
-    }
-}
-
-/// `INFO server` from whatever answers on `port`, with a time limit: a
-/// listener that is not Redis must not hold the drill up.
-fn redis_info(port: u16) -> Result<String, String> {
-    use std::io::Read;
-    let fail = |e: std::io::Error| format!("127.0.0.1:{port}: {e}");
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(fail)?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
-    s.write_all(b"INFO server\r\n").map_err(fail)?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = s.read(&mut buf).map_err(fail)?;
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got);
-        // A bulk reply: `$LEN\r\n` then LEN bytes and `\r\n`.
-        let whole = text.strip_prefix('$').and_then(|t| t.split_once("\r\n")).and_then(|(len, body)| {
-            let len: usize = len.parse().ok()?;
-            (body.len() >= len).then(|| body[..len].to_string())
-        });
-        match whole {
-            Some(body) => return Ok(body),
-            None if n == 0 || !text.starts_with('$') => return Err(format!("127.0.0.1:{port}: no Redis answer: {}", text.trim())),
-            None => {}
-        }
     }
 }
 

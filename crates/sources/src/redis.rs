@@ -171,33 +171,40 @@ impl RedisSource {
     /// replace. Asked over tresor's own connection (TLS, AUTH), so no
     /// password goes onto a command line.
     pub fn keys(&self) -> Result<u64> {
-        let mut c = self.connect()?;
-        match c.call(&["INFO", "keyspace"]) {
-            Ok(reply) if reply.starts_with('-') => Err(self.refused(&reply)),
-            Ok(reply) => Ok(key_count(&reply)),
-            Err(e) => Err(self.fail(e)),
-        }
+        Ok(key_count(&self.info(&mut self.connect()?, "keyspace")?))
+    }
+
+    /// The process id the server reports: tells the server one started
+    /// from another that answers on the same port.
+    pub fn server_pid(&self) -> Result<Option<u32>> {
+        Ok(field(&self.info(&mut self.connect()?, "server")?, "process_id").parse().ok())
     }
 
     /// What answers at the URL, in one line: `Redis 7.0.15, master` or
     /// `Redis 7.0.15, replica of 10.0.0.5:6379`.
     pub(crate) fn describe(&self) -> Result<String> {
         let mut c = self.connect()?;
-        let mut info = |section: &str| match c.call(&["INFO", section]) {
-            Ok(reply) if reply.starts_with('-') => Err(self.refused(&reply)),
-            Ok(reply) => Ok(reply),
-            Err(e) => Err(self.fail(e)),
-        };
-        let (server, replication) = (info("server")?, info("replication")?);
-        fn field(text: &str, key: &str) -> String {
-            text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).unwrap_or("unknown").trim().to_string()
-        }
+        let (server, replication) = (self.info(&mut c, "server")?, self.info(&mut c, "replication")?);
         let role = match field(&replication, "role").as_str() {
             "slave" => format!("replica of {}:{}", field(&replication, "master_host"), field(&replication, "master_port")),
             other => other.to_string(),
         };
         Ok(format!("Redis {}, {role}", field(&server, "redis_version")))
     }
+
+    /// One section of `INFO`; an error reply typed by its code.
+    fn info(&self, c: &mut Conn, section: &str) -> Result<String> {
+        match c.call(&["INFO", section]) {
+            Ok(reply) if reply.starts_with('-') => Err(self.refused(&reply)),
+            Ok(reply) => Ok(reply),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+}
+
+/// A field of an `INFO` section (`key:value` lines), `unknown` if missing.
+fn field(text: &str, key: &str) -> String {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).unwrap_or("unknown").trim().to_string()
 }
 
 /// Keys per the server's `INFO keyspace` (`db0:keys=3,expires=1,…`).
