@@ -10,7 +10,9 @@ the repository's size.
 The tree (default 2,000,000 files in 100,000 directories, 0 to 4 KiB each,
 the same bytes on every run) is written under --work (default
 /tmp/tresor-bench-files) and removed at the end, with the repositories and
-the restored trees; --tree uses (and keeps) one written before.
+the restored trees; --tree DIR uses (and keeps) the tree in DIR, writing it
+there first if DIR does not exist, so that tools can be measured in
+separate runs on one tree when the disk cannot hold every restored tree.
 restic and rustic are found on PATH or in bench/.tools/bin (bench/run.sh
 installs them). Prints a Markdown table (and writes it to --out). The
 restored tree is checked for the same number of files and bytes.
@@ -140,7 +142,7 @@ def main() -> None:
     ap.add_argument("--tools", default="tresor,restic,rustic")
     ap.add_argument("--tresor", default=str(ROOT / "target/release/tresor"))
     ap.add_argument("--work", default="/tmp/tresor-bench-files")
-    ap.add_argument("--tree", help="a tree written by an earlier run (--files and --dirs as then)")
+    ap.add_argument("--tree", help="a tree to keep: written there unless an earlier run did (--files and --dirs as then)")
     ap.add_argument("--out")
     args = ap.parse_args()
     os.environ["PATH"] = f"{TOOLS}:{os.environ['PATH']}"
@@ -148,11 +150,12 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=False)
     try:
-        check_room(work, args.files, args.dirs, len(tools) + (0 if args.tree else 1))
+        tree = Path(args.tree) if args.tree else work / "tree"
+        written = tree.exists()
+        check_room(work, args.files, args.dirs, len(tools) + (0 if written else 1))
         (work / "pw").write_text("bench\n")
         t = time.monotonic()
-        tree = Path(args.tree) if args.tree else work / "tree"
-        want = tally(tree) if args.tree else make_tree(tree, args.files, args.dirs)
+        want = tally(tree) if written else make_tree(tree, args.files, args.dirs)
         print(f"tree: {want[0]} files, {want[1] / 2**20:.0f} MiB in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
         rows = {tool: measure(tool, args, work, tree, want) if shutil.which(exe(tool, args.tresor)) else None for tool in tools}
     finally:
