@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tresor_engine::evidence::Head;
-use tresor_engine::{ErrorKind, OpenOptions, Password, Repository};
+use tresor_engine::{ErrorKind, Id, OpenOptions, Password, Repository};
 use tresor_storage::{Location, StorageOptions};
 
 use crate::model::{EvidenceRecord, NotRecorded};
@@ -52,15 +52,19 @@ struct Inner {
     /// Each repository's evidence head (by URL) when the rehearsals were last read; `None`: not read yet.
     heads: std::sync::Mutex<Option<Vec<(plan::SecretUrl, Option<Head>)>>>,
     /// Repositories that refused their password (by URL), not tried again
-    /// with the same password file: each try costs a key derivation.
+    /// with the same password file and key slots: each try costs a key derivation.
     refused: std::sync::Mutex<BTreeMap<plan::SecretUrl, Refused>>,
     /// Opens attempted: each one that finds a repository derives a key.
+    #[cfg(test)]
     opens: std::sync::atomic::AtomicU64,
 }
 
 /// A refused open and what it was tried with.
 struct Refused {
     tried: Tried,
+    /// The repository's key slots as listed before the open (`None`: the
+    /// listing failed, so the refusal is not trusted to hold).
+    slots: Option<Vec<Id>>,
     error: String,
 }
 
@@ -80,6 +84,13 @@ impl Tried {
     }
 }
 
+impl Refused {
+    /// Whether trying again would be refused the same way: the same password and the same, known, slots.
+    fn holds(&self, tried: &Tried, slots: &Option<Vec<Id>>) -> bool {
+        self.tried == *tried && self.slots.is_some() && self.slots == *slots
+    }
+}
+
 impl Default for Inner {
     fn default() -> Self {
         Inner {
@@ -90,6 +101,7 @@ impl Default for Inner {
             rehearsals: Default::default(),
             heads: Default::default(),
             refused: Default::default(),
+            #[cfg(test)]
             opens: Default::default(),
         }
     }
@@ -97,22 +109,26 @@ impl Default for Inner {
 
 impl Handles {
     /// The plan repository `r`, unlocked once. One that refused its
-    /// password answers with that refusal until its password file changes;
-    /// one missing or unreachable (no key derived) is tried each time.
+    /// password answers with that refusal until its password file or its
+    /// key slots change (one listing each time, no key derivation); one
+    /// missing or unreachable (no key derived) is tried each time.
     pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
         let mut open = self.inner.open.lock().await;
         if let Some(h) = open.get(&r.url) {
             return Ok(h.clone());
         }
-        // Looked at before the password is read: a change in between is seen next time.
+        // Looked at before the password is read and the slots unlocked: a change in between is seen next time.
         let tried = Tried::of(r);
-        if let Some(refused) = self.inner.refused.lock().expect("not poisoned").get(&r.url).filter(|f| f.tried == tried) {
+        let location = Location::parse(r.url.expose()).map_err(|e| e.to_string())?;
+        let storage = StorageOptions::default();
+        let slots = Repository::key_slots(&location, &storage).await.ok();
+        if let Some(refused) = self.inner.refused.lock().expect("not poisoned").get(&r.url).filter(|f| f.holds(&tried, &slots)) {
             return Err(refused.error.clone());
         }
         let password =
             Password::read_file(&r.password_file).map_err(|e| format!("cannot read password file {}: {e}", r.password_file.display()))?;
-        let location = Location::parse(r.url.expose()).map_err(|e| e.to_string())?;
-        let opts = OpenOptions { password, cache_root: None, storage: StorageOptions::default() };
+        let opts = OpenOptions { password, cache_root: None, storage };
+        #[cfg(test)]
         self.inner.opens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let opened = Repository::open(&location, &opts).await;
         let mut refused = self.inner.refused.lock().expect("not poisoned");
@@ -120,7 +136,7 @@ impl Handles {
             Ok(repo) => Arc::new(repo),
             Err(e) if e.kind() == ErrorKind::WrongPassword => {
                 let error = e.to_string();
-                refused.insert(r.url.clone(), Refused { tried, error: error.clone() });
+                refused.insert(r.url.clone(), Refused { tried, slots, error: error.clone() });
                 return Err(error);
             }
             Err(e) => return Err(e.to_string()),
@@ -131,7 +147,8 @@ impl Handles {
     }
 
     /// How many opens were attempted (those that found a repository derived a key).
-    pub fn opens(&self) -> u64 {
+    #[cfg(test)]
+    fn opens(&self) -> u64 {
         self.inner.opens.load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -380,5 +397,24 @@ mod tests {
         handles.get(&r).await.expect("the mended password file opens it");
         handles.refresh_rehearsals(&plan).await;
         assert_eq!(handles.opens(), 4, "and the open handle is kept");
+    }
+
+    #[tokio::test]
+    async fn a_refused_password_is_tried_again_once_a_key_is_added_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = entry(dir.path(), "daemon's");
+        init(&r, "operator's").await;
+        let handles = Handles::default();
+        let refused = "wrong password: no key of this repository opens with it";
+        assert_eq!(handles.get(&r).await.unwrap_err(), refused);
+        assert_eq!((handles.get(&r).await.unwrap_err(), handles.opens()), (refused.to_string(), 1), "the same slots are not tried again");
+        // The operator's mend, as `tresor key add` makes it.
+        let location = Location::parse(r.url.expose()).unwrap();
+        let operator = OpenOptions { password: Password::new("operator's"), cache_root: None, storage: StorageOptions::default() };
+        let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        Repository::open(&location, &operator).await.unwrap().add_key(&Password::new("daemon's"), kdf, "daemon").await.unwrap();
+        handles.get(&r).await.expect("the added key opens it");
+        handles.get(&r).await.unwrap();
+        assert_eq!(handles.opens(), 2, "opened once and kept");
     }
 }

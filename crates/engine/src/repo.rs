@@ -180,6 +180,13 @@ impl Repository {
         Ok(Self::locate(location, storage).await?.1)
     }
 
+    /// The ids of the repository's key slots, sorted, from one listing and
+    /// without a password: whoever remembers that a password was refused
+    /// sees a slot added (`key add`) or replaced without an Argon2id run.
+    pub async fn key_slots(location: &Location, storage: &StorageOptions) -> Result<Vec<Id>> {
+        crate::slots::slot_ids(&Self::locate(location, storage).await?.0).await
+    }
+
     /// The operator and the checked config of an existing repository.
     /// OpenDAL's fs backend creates its root: look before it can, so that
     /// opening a mistyped path neither succeeds nor leaves a directory.

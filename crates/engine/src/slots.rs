@@ -170,13 +170,19 @@ pub(crate) fn slot_path(id: &Id) -> String {
     Kind::Key.path(id)
 }
 
+/// The ids of the stored slots, sorted, from one listing (other names under `keys/` left out).
+pub(crate) async fn slot_ids(op: &Operator) -> Result<Vec<Id>> {
+    let mut ids: Vec<Id> = list_names(op, Kind::Key).await?.iter().filter_map(|name| name.parse().ok()).collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// Every readable slot, and whether one vanished between listing and
 /// reading (a concurrent `key passwd` or `remove`).
 pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, bool)> {
     let mut out = Vec::new();
     let mut vanished = false;
-    for name in list_names(op, Kind::Key).await? {
-        let Ok(id) = name.parse::<Id>() else { continue };
+    for id in slot_ids(op).await? {
         let path = slot_path(&id);
         match op.read(&path).await {
             Ok(buf) => out.push((id, KeyFile::parse(&id, &buf.to_vec())?)),
