@@ -20,6 +20,35 @@ fn free_port() -> Result<u16, String> {
     l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
+/// Whether another process holds `port` on loopback: what tells a server
+/// that exited at start because its port was taken from one that failed
+/// for a reason of its own (whose error is then the drill's).
+fn taken(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// How often a scratch server is started on another port when the one
+/// found free was taken before the server could bind it.
+const PORT_TRIES: usize = 3;
+
+/// `start_on` a port from `ports` (a free one, in a drill), and on others
+/// while it answers `None`: the server exited at start as its port was
+/// taken in between. [`PORT_TRIES`] tries.
+fn on_free_port<T>(
+    what: &str,
+    mut ports: impl FnMut() -> Result<u16, String>,
+    mut start_on: impl FnMut(u16) -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    let mut port = ports()?;
+    for _ in 1..PORT_TRIES {
+        match start_on(port)? {
+            Some(server) => return Ok(server),
+            None => port = ports()?,
+        }
+    }
+    start_on(port)?.ok_or_else(|| format!("{what} exited at start: port {port} taken"))
+}
+
 fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -124,20 +153,9 @@ pub struct Redis {
     child: Guard,
 }
 
-/// How often a scratch server is started on another port when the one
-/// found free was taken before the server could bind it.
-const PORT_TRIES: usize = 3;
-
 impl Redis {
     pub fn start(dir: &Path, aof_dir: Option<&str>) -> Result<Redis, String> {
-        let mut port = free_port()?;
-        for _ in 1..PORT_TRIES {
-            match Self::start_on(port, dir, aof_dir)? {
-                Some(r) => return Ok(r),
-                None => port = free_port()?,
-            }
-        }
-        Self::start_on(port, dir, aof_dir)?.ok_or_else(|| format!("redis-server exited at start: port {port} taken"))
+        on_free_port("redis-server", free_port, |port| Self::start_on(port, dir, aof_dir))
     }
 
     /// The server on `port` once it has loaded `dir`; `None` if it exited
@@ -267,12 +285,25 @@ pub struct Etcd {
 impl Etcd {
     /// Start a member on `data`, with certificates made in `tls_dir`.
     pub fn start(data: &Path, tls_dir: &Path) -> Result<Etcd, String> {
+        Self::start_with(data, tls_dir, free_port)
+    }
+
+    /// [`start`](Self::start) with its client port from `ports`.
+    fn start_with(data: &Path, tls_dir: &Path, ports: impl FnMut() -> Result<u16, String>) -> Result<Etcd, String> {
         if tls_dir.to_string_lossy().contains('&') {
             return Err(format!("the scratch directory {} holds '&', which an etcd:// URL cannot carry", tls_dir.display()));
         }
         let tls = EtcdTls::make(tls_dir)?;
-        let (port, peer) = (free_port()?, free_port()?);
-        let client = format!("https://127.0.0.1:{port}");
+        let (port, child) = on_free_port("etcd", ports, |port| Self::start_on(port, data, &tls, tls_dir))?;
+        Ok(Etcd { port, tls, _child: child })
+    }
+
+    /// The member serving on `port` once it answers; `None` if it exited
+    /// first with its client or peer port taken (it binds both before it
+    /// opens `data`, so the next try finds the data as it was).
+    fn start_on(port: u16, data: &Path, tls: &EtcdTls, tls_dir: &Path) -> Result<Option<(u16, Guard)>, String> {
+        let peer = free_port()?;
+        let client = endpoint(port);
         // etcd serves its whole client API on the peer port as well, so
         // the peer port wants TLS and a client certificate just as much.
         let peer_url = format!("https://127.0.0.1:{peer}");
@@ -286,26 +317,26 @@ impl Etcd {
             cmd.arg(format!("--{side}trusted-ca-file")).arg(&tls.ca).arg(format!("--{side}client-cert-auth"));
         }
         let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
-        let e = Etcd { port, _child: Guard::recorded(child, tls_dir)?, tls };
-        wait(Duration::from_secs(60), || e.count())?;
-        Ok(e)
+        let mut child = Guard::recorded(child, tls_dir)?;
+        let exited = wait(Duration::from_secs(60), || match child.0.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => Ok(Some(status)),
+            None => count(port, tls).map(|_| None),
+        })?;
+        match exited {
+            None => Ok(Some((port, child))),
+            Some(_) if taken(port) || taken(peer) => Ok(None),
+            Some(status) => Err(format!("etcd exited at start ({status})")),
+        }
     }
 
     /// The member's client URL.
     pub fn endpoint(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        endpoint(self.port)
     }
 
-    /// (revision, key count): a range answer counts every match whatever
-    /// its limit (etcdctl 3.4 has no --count-only).
+    /// (revision, key count) of the member's data.
     pub fn count(&self) -> Result<(i64, i64), String> {
-        let mut cmd = Command::new("etcdctl");
-        cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.endpoint()]);
-        cmd.arg("--cacert").arg(&self.tls.ca).arg("--cert").arg(&self.tls.client_cert).arg("--key").arg(&self.tls.client_key);
-        cmd.args(["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
-        let text = output(&mut cmd, "etcdctl get")?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("etcdctl get: {e}"))?;
-        Ok((v["header"]["revision"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0)))
+        count(self.port, &self.tls)
     }
 
     /// The member's etcd version, as tresor's own client reads it over TLS
@@ -322,6 +353,22 @@ impl Etcd {
     }
 }
 
+fn endpoint(port: u16) -> String {
+    format!("https://127.0.0.1:{port}")
+}
+
+/// (revision, key count) of the member on `port`: a range answer counts
+/// every match whatever its limit (etcdctl 3.4 has no --count-only).
+fn count(port: u16, tls: &EtcdTls) -> Result<(i64, i64), String> {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3").args(["--endpoints", &endpoint(port)]);
+    cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+    cmd.args(["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
+    let text = output(&mut cmd, "etcdctl get")?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("etcdctl get: {e}"))?;
+    Ok((v["header"]["revision"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0)))
+}
+
 fn member_status(url: &str) -> Result<tresor_sources::etcd::MemberStatus, String> {
     // Drills run on a blocking thread (block_in_place), where a runtime of
     // their own may be entered.
@@ -332,6 +379,18 @@ fn member_status(url: &str) -> Result<tresor_sources::etcd::MemberStatus, String
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// `bin/program`, run as the `postgres` user when tresor runs as root.
+fn as_owner(bin: &Path, program: &str) -> Command {
+    let exe = bin.join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe).current_dir("/");
+        c
+    } else {
+        Command::new(exe)
+    }
 }
 
 /// A PostgreSQL cluster in a scratch directory: a new one (`initdb`) or a
@@ -348,35 +407,40 @@ impl Postgres {
     }
 
     fn as_owner(&self, program: &str) -> Command {
-        let exe = self.bin.join(program);
-        if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(exe).current_dir("/");
-            c
-        } else {
-            Command::new(exe)
-        }
+        as_owner(&self.bin, program)
     }
 
     /// `initdb` a new cluster in `dir/data`, or start the one there with `fresh` false.
     pub fn start(dir: &Path, fresh: bool) -> Result<Postgres, String> {
-        let pg = Postgres { port: free_port()?, bin: Self::bin_dir(), data: dir.join("data") };
+        Self::start_with(dir, fresh, free_port)
+    }
+
+    /// [`start`](Self::start) with its port from `ports`.
+    fn start_with(dir: &Path, fresh: bool, ports: impl FnMut() -> Result<u16, String>) -> Result<Postgres, String> {
+        let (bin, data) = (Self::bin_dir(), dir.join("data"));
         if is_root() {
             output(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir), "chown")?;
         }
         if fresh {
             output(
-                pg.as_owner("initdb").arg("-D").arg(&pg.data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
+                as_owner(&bin, "initdb").arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]),
                 "initdb",
             )?;
         }
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", pg.port, dir.display());
-        let log = dir.join("server.log");
-        output(
-            pg.as_owner("pg_ctl").arg("-D").arg(&pg.data).args(["-o", &opts, "-l"]).arg(&log).args(["-w", "-t", "120", "start"]),
-            "pg_ctl start",
-        )?;
-        Ok(pg)
+        on_free_port("PostgreSQL", ports, |port| {
+            let pg = Postgres { port, bin: bin.clone(), data: data.clone() };
+            let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
+            let log = dir.join("server.log");
+            let started = output(
+                pg.as_owner("pg_ctl").arg("-D").arg(&pg.data).args(["-o", &opts, "-l"]).arg(&log).args(["-w", "-t", "120", "start"]),
+                "pg_ctl start",
+            );
+            let Err(e) = started else { return Ok(Some(pg)) };
+            // Stopped first (a server that outlived pg_ctl's wait), so only another process can hold the port.
+            drop(pg);
+            // The postmaster binds its port before it reads the data, which the next try finds as it was.
+            if taken(port) { Ok(None) } else { Err(e) }
+        })
     }
 
     pub fn url(&self, db: &str) -> String {
@@ -446,6 +510,51 @@ mod tests {
         assert!(Redis::start_on(port, dir.path(), None).unwrap().is_none(), "a listener that never answers");
         let r = Redis::start(dir.path(), None).unwrap();
         assert_eq!(r.keys().unwrap(), 0);
+    }
+
+    /// A port a listener holds, and ports that offer it first, then free ones: the port found free taken before the server binds it.
+    fn taken_first() -> (std::net::TcpListener, impl FnMut() -> Result<u16, String>) {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut first = Some(holder.local_addr().unwrap().port());
+        (holder, move || first.take().map_or_else(free_port, Ok))
+    }
+
+    #[test]
+    fn a_port_taken_before_the_drills_postgresql_binds_it_is_left_for_another() {
+        let (holder, ports) = taken_first();
+        let held = holder.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres::start_with(dir.path(), true, ports).unwrap();
+        assert_ne!(pg.port, held);
+        assert_eq!(pg.query("postgres", "SELECT current_setting('port')").unwrap(), pg.port.to_string());
+        let data = pg.query("postgres", "SELECT current_setting('data_directory')").unwrap();
+        assert_eq!(data, dir.path().join("data").display().to_string(), "the drill's own cluster answers");
+    }
+
+    #[test]
+    fn a_postgresql_that_fails_for_its_own_reason_is_not_started_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut asked = 0;
+        let err = Postgres::start_with(dir.path(), false, || {
+            asked += 1;
+            free_port()
+        })
+        .err()
+        .unwrap();
+        let missing = format!("pg_ctl start: pg_ctl: directory \"{}\" does not exist", dir.path().join("data").display());
+        assert_eq!((err, asked), (missing, 1), "pg_ctl's reason, after one try");
+    }
+
+    #[test]
+    fn a_port_taken_before_the_drills_etcd_binds_it_is_left_for_another() {
+        let (holder, ports) = taken_first();
+        let held = holder.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = Etcd::start_with(&dir.path().join("member"), &dir.path().join("tls"), ports).unwrap();
+        assert_ne!(etcd.port, held);
+        assert_eq!(etcd.count().unwrap().1, 0, "the drill's own member answers, over its TLS");
+        let pid = std::fs::read_to_string(dir.path().join("tls").join(SERVER_MARKER)).unwrap();
+        assert_eq!(pid, format!("{}\n", etcd._child.0.id()), "the marker names the member that runs");
     }
 
     #[test]
