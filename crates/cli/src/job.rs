@@ -53,9 +53,9 @@ pub async fn run(g: &Global) -> Result<u8> {
 fn global(g: &Global, spec: &JobSpec) -> Global {
     let r = &spec.repository;
     Global {
-        repo: Some(r.url.clone()),
+        repo: Some(r.url.expose().to_string()),
         password_file: r.password_file.clone(),
-        password: r.password.clone().map(Password::new),
+        password: r.password.as_ref().map(|p| Password::new(p.expose())),
         json: true,
         quiet: true,
         ..g.clone()
@@ -70,7 +70,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
     match spec.kind {
         Kind::Backup => {
             let source = spec.source.as_ref().context("a backup job names its source")?;
-            if let Some(claim) = source.url.strip_prefix("pvc://") {
+            if let Some(claim) = source.url.expose().strip_prefix("pvc://") {
                 return crate::k8s::volume(g, volume(claim, spec)?).await;
             }
             crate::data::backup(g, backup(source)?).await
@@ -105,7 +105,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
 
 fn backup(s: &SourceJob) -> Result<BackupArgs> {
     let mut a = defaults::<BackupArgs>(&[])?;
-    a.paths = vec![PathBuf::from(&s.url)];
+    a.paths = vec![PathBuf::from(s.url.expose())];
     a.tags = vec![format!("source={}", s.name), format!("class={}", s.class)];
     a.tags.extend(s.tags.iter().cloned());
     if let Some(f) = &s.scope {
@@ -177,9 +177,9 @@ fn forget(spec: &JobSpec) -> Result<ForgetArgs> {
 
 fn copy(spec: &JobSpec) -> Result<CopyArgs> {
     let to = spec.offsite.as_ref().context("a copy job names its target")?;
-    let mut a = defaults::<CopyArgs>(&["--to", &to.url])?;
+    let mut a = defaults::<CopyArgs>(&["--to", to.url.expose()])?;
     a.to_password_file = to.password_file.clone();
-    a.to_password = to.password.clone().map(Password::new);
+    a.to_password = to.password.as_ref().map(|p| Password::new(p.expose()));
     a.select.tags = vec![own_tag(spec)];
     Ok(a)
 }
@@ -189,7 +189,7 @@ fn copy(spec: &JobSpec) -> Result<CopyArgs> {
 fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
     let mut a = defaults::<RestoreArgs>(&["latest", "--target", "."])?;
     a.target = r.target.as_ref().map(PathBuf::from);
-    a.to = r.to.clone();
+    a.to = r.to.as_ref().map(|to| to.expose().to_string());
     if a.target.is_none() && a.to.is_none() {
         bail!("a restore needs a target directory or a service to restore to");
     }

@@ -162,8 +162,8 @@ async fn objects(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
         dry_run: true,
         ..Default::default()
     };
-    let to = s.spec.to.clone().unwrap_or_else(|| "k8s://".into());
-    let results = tresor_sources::k8s_restore::restore(&to, crate::k8s::objects(&repository, &snap).await?, &opts).await?;
+    let to = s.spec.to.as_ref().map_or("k8s://", |to| to.expose());
+    let results = tresor_sources::k8s_restore::restore(to, crate::k8s::objects(&repository, &snap).await?, &opts).await?;
     let said: Vec<String> = ["would create", "would update", "would skip"]
         .iter()
         .map(|what| {

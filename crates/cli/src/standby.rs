@@ -18,9 +18,10 @@ use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tresor_controller::daemon::{Clock, load_plan};
-use tresor_controller::model::{JobSpec, redact};
+use tresor_controller::model::JobSpec;
 use tresor_controller::plan::{self, Plan, SourceSpec, Span, Standby};
 use tresor_controller::repos::{Handles, evidence_targets};
+use tresor_controller::secret_url::redact;
 use tresor_controller::standby::{FAILOVER, Failover, StandbyKind};
 use tresor_engine::Snapshot;
 use tresor_sources::PG_BASE;
@@ -76,9 +77,8 @@ async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
 pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let source = spec.source.as_ref().context("a standby job names its source")?;
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
-    let target = r.to.as_deref().or(r.target.as_deref()).context("a standby job names its standby")?;
-    let kind = StandbyKind::of(&source.url.as_str().into(), &target.into())
-        .with_context(|| format!("source {}: its kind has no standby", spec.name))?;
+    let target = r.to.as_ref().map(|to| to.expose()).or(r.target.as_deref()).context("a standby job names its standby")?;
+    let kind = StandbyKind::of(&source.url, &target.into()).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
     refresh_one(g, &spec.name, kind, target, &source.pod.clone().unwrap_or_default()).await
 }
 

@@ -16,7 +16,7 @@ use crate::app_hooks::runtime;
 use crate::app_restore::{Report as Restore, Request, post_hooks, pre_hooks, prepare, restore_sources, smoke};
 use crate::child::Tresor;
 use crate::model::{AppDrill, BackupCopy, DrillReport};
-use crate::plan::{Application, Plan};
+use crate::plan::{Application, Plan, SecretUrl};
 use crate::scratch;
 
 /// Drill `app` into `scratch_root`; the protocol entry.
@@ -118,17 +118,17 @@ impl Scratch {
         for s in &mut report.sources {
             let home = dir.join(&s.source);
             std::fs::create_dir_all(&home).map_err(|e| format!("cannot create {}: {e}", home.display()))?;
-            let to = match s.kind.as_str() {
+            let to: SecretUrl = match s.kind.as_str() {
                 "redis" | "redis-aof" => {
                     let server = scratch::Redis::start(&home, None)?;
-                    let url = server.url();
+                    let url = server.url().into();
                     servers.redis.push((s.source.clone(), server));
                     url
                 }
                 "postgres" => {
                     let pg = scratch::Postgres::start(&home, true)?;
                     let spec = plan.sources.iter().find(|p| p.name == s.source).expect("prepared from the plan");
-                    let url = pg.url(&database_of(&spec.url.to_string()));
+                    let url = pg.url(&database_of(&spec.url.to_string())).into();
                     servers.postgres.push(pg);
                     url
                 }
@@ -143,8 +143,8 @@ impl Scratch {
             };
             // A new server holds nothing to replace.
             s.spec.flush = false;
-            s.spec.to = Some(to.clone());
-            s.target = to;
+            s.target = to.to_string();
+            s.spec.to = Some(to);
         }
         Ok(servers)
     }
@@ -163,7 +163,8 @@ impl Scratch {
                     asked = asked.or(Some(pg.url("postgres")));
                     self.postgres.push(pg);
                 }
-                "postgres" => asked = asked.or(s.spec.to.clone()),
+                // To connect to.
+                "postgres" => asked = asked.or_else(|| s.spec.to.as_ref().map(|u| u.expose().to_string())),
                 "redis" | "redis-aof" => {
                     let (_, server) = self.redis.iter().find(|(n, _)| *n == s.source).expect("started in retarget");
                     r.checks.push(format!("{}: {} keys in the scratch Redis", s.source, server.keys()?));

@@ -40,8 +40,8 @@ pub fn preview(report: &Report, history: &[DrillReport]) -> Vec<Preview> {
                 replaces: s
                     .spec
                     .to
-                    .as_deref()
-                    .and_then(|to| replaces(to).unwrap_or_else(|e| Some(format!("cannot tell what it holds: {e}")))),
+                    .as_ref()
+                    .and_then(|to| replaces(to.expose()).unwrap_or_else(|e| Some(format!("cannot tell what it holds: {e}")))),
                 predicted_seconds: crate::report::predict(&past, s.bytes),
                 drills: past.len(),
             }

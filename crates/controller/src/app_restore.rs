@@ -19,7 +19,7 @@ use crate::app_hooks::{DEFAULT_TIMEOUT, HookEnv, Outcome, outcome, run_hook, run
 use crate::child::Tresor;
 use crate::model::RestoreSpec;
 pub use crate::model::SourcePoint;
-use crate::plan::{AppSource, Application, Plan, Repository, RestoreHook, Scale, SourceSpec};
+use crate::plan::{AppSource, Application, Plan, Repository, RestoreHook, Scale, SecretUrl, SourceSpec};
 
 /// What to restore: the application, the moment, where to.
 pub struct Request<'a> {
@@ -180,20 +180,20 @@ fn aim(
             out.target = dir;
         }
         "k8s" => {
-            let to = target.unwrap_or_else(|| spec.url.expose().to_string());
-            out.spec.to = Some(to.clone());
+            let to = target.map_or_else(|| spec.url.clone(), SecretUrl::from);
+            out.target = to.to_string();
+            out.spec.to = Some(to);
             out.spec.namespace_mapping = r.namespace_mapping.clone();
-            out.target = crate::model::redact(&to);
         }
         "redis" | "redis-aof" | "postgres" => {
-            let to = target.unwrap_or_else(|| spec.url.expose().to_string());
-            out.spec.to = Some(to.clone());
-            out.target = crate::model::redact(&to);
+            let to = target.map_or_else(|| spec.url.clone(), SecretUrl::from);
+            out.target = to.to_string();
+            out.spec.to = Some(to);
         }
         other => {
-            let to = target.ok_or_else(|| format!("source {}: a {other} snapshot needs a target", spec.name))?;
-            out.spec.to = Some(to.clone());
-            out.target = crate::model::redact(&to);
+            let to = SecretUrl::from(target.ok_or_else(|| format!("source {}: a {other} snapshot needs a target", spec.name))?);
+            out.target = to.to_string();
+            out.spec.to = Some(to);
         }
     }
     Ok(())
@@ -239,7 +239,7 @@ fn run(r: &Request, report: &mut Report) -> Result<(), String> {
     restore_sources(r, report, &scaled_down)?;
     post_hooks(&rt, r, report)?;
     let postgres = report.sources.iter().find(|s| s.kind == "postgres").and_then(|s| s.spec.to.clone());
-    smoke(&rt, r, report, postgres.as_deref())
+    smoke(&rt, r, report, postgres.as_ref().map(SecretUrl::expose))
 }
 
 /// Each source's target for the hooks' commands (`TRESOR_TARGET_<SOURCE>`).
@@ -249,7 +249,9 @@ pub fn hook_env(report: &Report) -> Vec<(String, String)> {
         .iter()
         .map(|s| {
             let name: String = s.source.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
-            let to = s.spec.to.clone().or_else(|| s.spec.target.clone()).unwrap_or_else(|| s.target.clone());
+            // An environment variable of the hook's process: the URL whole.
+            let to =
+                s.spec.to.as_ref().map(|u| u.expose().to_string()).or_else(|| s.spec.target.clone()).unwrap_or_else(|| s.target.clone());
             (format!("TRESOR_TARGET_{name}"), to)
         })
         .collect()

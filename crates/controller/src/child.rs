@@ -175,7 +175,7 @@ impl<'a> Tresor<'a> {
 
 /// How the job protocol names one of the plan's repositories.
 pub fn repository_spec(repo: &Repository) -> RepositorySpec {
-    RepositorySpec { url: repo.url.expose().to_string(), password_file: Some(repo.password_file.clone()), password: None }
+    RepositorySpec { url: repo.url.clone(), password_file: Some(repo.password_file.clone()), password: None }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::child::Tresor;
 use crate::model::{BackupCopy, DrillReport as Report, RestoreSpec};
-use crate::plan::{Plan, SourceSpec};
+use crate::plan::{Plan, SecretUrl, SourceSpec};
 use crate::scratch;
 
 pub use crate::origin::Origin;
@@ -225,7 +225,7 @@ fn drill_command(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, r: &m
 /// server-side dry run into `<ns>-drill`; as a rehearsal's step, for real
 /// into `<ns>-dr` with nothing running, serving or scheduled.
 fn drill_k8s(t: &Tresor, source: &SourceSpec, snap: &Value, id: &str, mode: Mode, r: &mut Report) -> Result<(), String> {
-    let url = snap["source"]["url"].as_str().unwrap_or("k8s://").to_string();
+    let url = SecretUrl::from(snap["source"]["url"].as_str().unwrap_or("k8s://"));
     let namespaces: Vec<String> = snap["source"]["consistency"]["namespaces"]
         .as_array()
         .map(|a| a.iter().filter_map(|n| n.as_str().map(String::from)).collect())

@@ -43,6 +43,7 @@ pub mod schedule;
 #[cfg(test)]
 mod scheduler_tests;
 pub mod scratch;
+pub mod secret_url;
 pub mod serve;
 pub mod silence;
 pub mod standby;

@@ -4,12 +4,18 @@
 //! its standard output; secrets (a source URL's password, a repository
 //! password) travel only in the spec, never on a command line.
 //!
-//! This module depends on no other module of the controller.
+//! The fields that may hold a secret are [`SecretUrl`]s and
+//! [`SecretString`]s, so the derived `Debug` of every type here shows none.
+//!
+//! This module depends on no other module of the controller but the leaf
+//! `secret_url`.
 
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+use crate::secret_url::{SecretString, SecretUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,24 +52,14 @@ impl Kind {
 }
 
 /// A repository and how to open it: a password file, or the password itself.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySpec {
-    pub url: String,
+    pub url: SecretUrl,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for RepositorySpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RepositorySpec")
-            .field("url", &redact(&self.url))
-            .field("password_file", &self.password_file)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub password: Option<SecretString>,
 }
 
 /// Commands run around a backup.
@@ -79,12 +75,12 @@ pub struct HooksSpec {
 }
 
 /// What a backup reads: a source's URL (which may hold a password) or path.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceJob {
     pub name: String,
     pub class: String,
-    pub url: String,
+    pub url: SecretUrl,
     /// Tags beyond `source=NAME` and `class=CLASS`.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -99,20 +95,6 @@ pub struct SourceJob {
     /// Which objects a `k8s://` source takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<tresor_sources::k8s::Filters>,
-}
-
-impl std::fmt::Debug for SourceJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceJob")
-            .field("name", &self.name)
-            .field("class", &self.class)
-            .field("url", &"<not shown: it may hold a password>")
-            .field("tags", &self.tags)
-            .field("hooks", &self.hooks)
-            .field("pod", &self.pod)
-            .field("scope", &self.scope)
-            .finish()
-    }
 }
 
 /// A retention rule per period: a count of snapshots, or a span (`30d`).
@@ -136,13 +118,13 @@ pub struct ForgetSpec {
 }
 
 /// What a restore job restores, and where to.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSpec {
     /// A snapshot id; default: the source's newest backup.
     pub snapshot: Option<String>,
     /// A service (`redis://…`, `postgres://…/DB`, `etcd-data:DIR`, `command:…`) …
-    pub to: Option<String>,
+    pub to: Option<SecretUrl>,
     /// … or a directory for the raw files.
     pub target: Option<String>,
     #[serde(default)]
@@ -183,29 +165,6 @@ pub struct RestoreSpec {
     /// Kubernetes objects: the source's transforms file (storage classes, registries, JSON patches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transforms: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for RestoreSpec {
-    /// `to` may hold a service's password (a Redis standby's, a restore's): redacted.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RestoreSpec")
-            .field("snapshot", &self.snapshot)
-            .field("to", &self.to.as_deref().map(redact))
-            .field("target", &self.target)
-            .field("flush", &self.flush)
-            .field("host", &self.host)
-            .field("tag", &self.tag)
-            .field("path", &self.path)
-            .field("verify", &self.verify)
-            .field("server_dry_run", &self.server_dry_run)
-            .field("namespace_mapping", &self.namespace_mapping)
-            .field("base_backup", &self.base_backup)
-            .field("recover_to", &self.recover_to)
-            .field("delete", &self.delete)
-            .field("rehearsal", &self.rehearsal)
-            .field("transforms", &self.transforms)
-            .finish()
-    }
 }
 
 /// One job, complete: the child needs nothing else (no plan, no argv).
@@ -531,33 +490,62 @@ pub struct AppDrill {
     pub smoke_checks: Vec<HookOutcome>,
 }
 
-/// A URL without its secrets: the password in its user part and the values
-/// of credential-like query parameters (`token=`, `password=`,
-/// `X-Amz-Signature=`, …) shown as `***`. The user part ends at the last `@`
-/// before the path, as libpq reads it (a password may hold `?` or `#`).
-pub fn redact(url: &str) -> String {
-    let url = tresor_storage::without_password(url);
-    let Some(s) = url.find("://").map(|s| s + 3) else { return url };
-    match url[s..].split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query.split('&').map(redact_param).collect();
-            format!("{}{path}?{}", &url[..s], params.join("&"))
-        }
-        None => url,
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `name=value`, its value `***` when the name says it is a credential. Not
-/// `key` or `secret` alone: an etcd URL's `key` names a file, a `pvc://`
-/// URL's `secret` a Kubernetes Secret.
-fn redact_param(param: &str) -> String {
-    const PARTS: [&str; 9] = ["password", "passwd", "token", "apikey", "api_key", "signature", "credential", "secret_key", "access_key"];
-    const NAMES: [&str; 6] = ["pass", "pwd", "sig", "auth", "authorization", "client_secret"];
-    match param.split_once('=') {
-        Some((name, _)) => {
-            let n = name.to_ascii_lowercase().replace('-', "_");
-            if PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) { format!("{name}=***") } else { param.to_string() }
+    /// A job with a secret in each field that can hold one, each named `KIND-pw`.
+    fn job() -> JobSpec {
+        let repository = |url: &str, password: &str| RepositorySpec {
+            url: url.into(),
+            password_file: None,
+            password: Some(password.to_string().into()),
+        };
+        JobSpec {
+            kind: Kind::Restore,
+            name: "cache".into(),
+            source: Some(SourceJob {
+                name: "cache".into(),
+                class: "gold".into(),
+                url: "redis://default:source-pw@cache:6379".into(),
+                ..SourceJob::default()
+            }),
+            repository: repository("s3://key:repo-pw@bucket/prefix", "password-pw"),
+            offsite: Some(repository("sftp://backup:offsite-pw@far/repo", "offpass-pw")),
+            restore: Some(RestoreSpec {
+                to: Some("postgres://app:to-pw@db:5432/shop?sslmode=require&password=query-pw".into()),
+                recover_to: Some("2026-12-01T02:00:00+00:00".into()),
+                ..RestoreSpec::default()
+            }),
+            forget: None,
+            plan_file: None,
+            timeout_secs: Some(60),
         }
-        None => param.to_string(),
+    }
+
+    #[test]
+    fn a_job_travels_as_the_plain_strings_and_debug_shows_no_secret() {
+        let json = "{\"kind\":\"restore\",\"name\":\"cache\",\
+            \"source\":{\"name\":\"cache\",\"class\":\"gold\",\"url\":\"redis://default:source-pw@cache:6379\",\"tags\":[],\
+            \"hooks\":{\"pre\":null,\"post\":null,\"timeout_secs\":null,\"continue_on_error\":false}},\
+            \"repository\":{\"url\":\"s3://key:repo-pw@bucket/prefix\",\"password\":\"password-pw\"},\
+            \"offsite\":{\"url\":\"sftp://backup:offsite-pw@far/repo\",\"password\":\"offpass-pw\"},\
+            \"restore\":{\"snapshot\":null,\"to\":\"postgres://app:to-pw@db:5432/shop?sslmode=require&password=query-pw\",\
+            \"target\":null,\"flush\":false,\"host\":[],\"tag\":[],\"path\":[],\"verify\":false,\"server_dry_run\":false,\
+            \"namespace_mapping\":[],\"base_backup\":false,\"recover_to\":\"2026-12-01T02:00:00+00:00\"},\
+            \"timeout_secs\":60}";
+        assert_eq!(serde_json::to_string(&job()).unwrap(), json);
+        assert_eq!(serde_json::from_str::<JobSpec>(json).unwrap(), job());
+        for shown in [format!("{:?}", job()), format!("{:#?}", job())] {
+            for secret in ["source", "repo", "password", "offsite", "offpass", "to", "query"].map(|s| format!("{s}-pw")) {
+                assert!(!shown.contains(&secret), "{secret} in {shown}");
+            }
+            // What is no secret still shows: where the job goes, and to when.
+            for part in
+                ["redis://default:***@cache:6379", "postgres://app:***@db:5432/shop?sslmode=require&password=***", "2026-12-01T02:00:00"]
+            {
+                assert!(shown.contains(part), "{part} not in {shown}");
+            }
+        }
     }
 }

@@ -41,7 +41,7 @@ impl Origin {
                 let repo = Repository { url: url.into(), password_file, init: false };
                 let copy = if own.url == url.into() { BackupCopy::Primary } else { BackupCopy::Offsite };
                 // Named in messages and drill reports: redacted.
-                Ok(Origin { copy, name: crate::model::redact(url), repo })
+                Ok(Origin { copy, name: crate::secret_url::redact(url), repo })
             }
         }
     }

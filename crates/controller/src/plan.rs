@@ -11,9 +11,7 @@ use serde::Deserialize;
 
 use crate::Error;
 
-mod secret_url;
-
-pub use secret_url::SecretUrl;
+pub use crate::secret_url::SecretUrl;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

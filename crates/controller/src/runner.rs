@@ -72,8 +72,7 @@ fn source_job(w: &Work, s: &SourceSpec) -> SourceJob {
     SourceJob {
         name: w.name.clone(),
         class: w.class.clone(),
-        // The job's spec travels on the child's standard input.
-        url: s.url.expose().to_string(),
+        url: s.url.clone(),
         tags: s.tags.clone(),
         hooks: HooksSpec {
             pre: h.pre.clone(),

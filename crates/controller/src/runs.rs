@@ -29,6 +29,7 @@ use crate::model::RestoreSpec;
 use crate::planwatch::PlanRef;
 use crate::runs_hook::Note;
 pub use crate::runs_hook::{Notes, RunKind, Runs};
+use crate::secret_url::SecretUrl;
 use crate::state::Outcome;
 
 /// What a BackupRun (and a DrillRun) is for.
@@ -49,7 +50,7 @@ pub struct RestoreRunSpec {
     /// A service (`redis://…`, `postgres://…/DB`, `etcd-data:DIR`,
     /// `command:…`), the cluster (`k8s://`, with `namespace_mapping`) or a
     /// claim (`pvc://NAMESPACE/CLAIM`) …
-    pub to: Option<String>,
+    pub to: Option<SecretUrl>,
     /// … or a directory of the daemon's for the raw files.
     pub target: Option<String>,
     /// Empty the service first.
@@ -409,7 +410,8 @@ impl Cluster {
 /// snapshot under the mapping (`None`: the snapshot holds every namespace,
 /// and cluster-scoped objects).
 fn namespaces_written(spec: &RestoreRunSpec, snapshot: &Value) -> Option<Vec<String>> {
-    let to = spec.to.as_deref().unwrap_or_default();
+    // A claim's namespace and the scheme: no credentials.
+    let to = spec.to.as_ref().map_or("", SecretUrl::expose);
     if let Some(claim) = to.strip_prefix("pvc://") {
         return Some(vec![claim.split('/').next().unwrap_or_default().to_string()]);
     }

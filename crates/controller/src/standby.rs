@@ -316,11 +316,13 @@ pub fn rpo(plan: &Plan, source: &str) -> std::time::Duration {
 
 /// How a standby job names its standby: a directory, or a service or claim (`to`).
 pub fn restore_spec(standby: &Standby, kind: StandbyKind) -> crate::model::RestoreSpec {
-    // The job's spec travels on the child's standard input.
-    let target = standby.target.expose().to_string();
+    let target = &standby.target;
     match kind {
-        StandbyKind::Claim | StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target), ..Default::default() },
-        StandbyKind::Postgres | StandbyKind::Directory => crate::model::RestoreSpec { target: Some(target), ..Default::default() },
+        StandbyKind::Claim | StandbyKind::Redis => crate::model::RestoreSpec { to: Some(target.clone()), ..Default::default() },
+        // A directory's path holds no credentials.
+        StandbyKind::Postgres | StandbyKind::Directory => {
+            crate::model::RestoreSpec { target: Some(target.expose().to_string()), ..Default::default() }
+        }
     }
 }
 

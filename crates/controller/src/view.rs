@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::daemon::Shared;
-pub use crate::model::redact;
+pub use crate::secret_url::redact;
 
 /// Each class with its targets and its state now: `green` (newest point
 /// within the RPO, last job of every source succeeded), `amber` (within the

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use serde_json::{Value, json};
-use tresor_controller::model::redact;
+use tresor_controller::secret_url::redact;
 use tresor_controller::standby::{Held, StandbyKind, held, record_held};
 use tresor_engine::restore::{Overwrite, RestoreOptions, restore};
 use tresor_engine::{Repository, Snapshot};

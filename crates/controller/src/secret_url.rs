@@ -1,12 +1,15 @@
-//! [`SecretUrl`]: a URL of the plan that Debug and Display show redacted.
+//! [`SecretUrl`]: a URL of the plan and of the job protocol that Debug and
+//! Display show redacted, and [`SecretString`]: a password they do not show.
+//!
+//! This module depends on no other module of the controller: the plan and
+//! the job protocol's types both hold its types.
 
 use std::fmt;
 use std::path::Path;
 
-use crate::model::redact;
-
-/// A URL of the plan that may carry credentials (a service's password in its
-/// user part, a webhook's token in its query), or a path. Debug and Display
+/// A URL of the plan or of a job that may carry credentials (a service's
+/// password in its user part, a webhook's token in its query), or a path.
+/// Debug and Display
 /// show it redacted ([`redact`]), so no `{:?}` or `{}` of a plan, a part of
 /// it or a message naming the URL shows a secret; [`SecretUrl::expose`]
 /// gives it whole to the code that connects with it. Read and written as the
@@ -77,6 +80,63 @@ impl schemars::JsonSchema for SecretUrl {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         <String as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
+/// A password in a job's spec: serialized as the plain string, never
+/// shown by Debug; [`SecretString::expose`] gives it to the code that opens
+/// the repository with it.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(transparent)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// The password itself: to open a repository with, never for a message.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(secret: String) -> SecretString {
+        SecretString(secret)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A URL without its secrets: the password in its user part and the values
+/// of credential-like query parameters (`token=`, `password=`,
+/// `X-Amz-Signature=`, …) shown as `***`. The user part ends at the last `@`
+/// before the path, as libpq reads it (a password may hold `?` or `#`).
+pub fn redact(url: &str) -> String {
+    let url = tresor_storage::without_password(url);
+    let Some(s) = url.find("://").map(|s| s + 3) else { return url };
+    match url[s..].split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query.split('&').map(redact_param).collect();
+            format!("{}{path}?{}", &url[..s], params.join("&"))
+        }
+        None => url,
+    }
+}
+
+/// `name=value`, its value `***` when the name says it is a credential. Not
+/// `key` or `secret` alone: an etcd URL's `key` names a file, a `pvc://`
+/// URL's `secret` a Kubernetes Secret.
+fn redact_param(param: &str) -> String {
+    const PARTS: [&str; 9] = ["password", "passwd", "token", "apikey", "api_key", "signature", "credential", "secret_key", "access_key"];
+    const NAMES: [&str; 6] = ["pass", "pwd", "sig", "auth", "authorization", "client_secret"];
+    match param.split_once('=') {
+        Some((name, _)) => {
+            let n = name.to_ascii_lowercase().replace('-', "_");
+            if PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) { format!("{name}=***") } else { param.to_string() }
+        }
+        None => param.to_string(),
     }
 }
 
