@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::cache::Cache;
 use tresor_engine::check::{CheckOptions, check as run_check};
 use tresor_engine::crypto::Aead;
@@ -16,7 +17,7 @@ use tresor_storage::{FaultConfig, Location, StorageOptions};
 use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs, SynthArgs};
 
 pub fn location(g: &Global) -> Result<Location> {
-    let repo = g.repo.as_deref().ok_or_else(|| anyhow!("no repository given: use --repo or set TRESOR_REPOSITORY"))?;
+    let repo = g.repo.as_ref().map(SecretUrl::expose).ok_or_else(|| anyhow!("no repository given: use --repo or set TRESOR_REPOSITORY"))?;
     Ok(Location::parse(repo)?)
 }
 

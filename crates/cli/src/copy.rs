@@ -37,7 +37,7 @@ fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
 
 pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     let src = open(g).await?;
-    let to = tresor_storage::Location::parse(&a.to)?;
+    let to = tresor_storage::Location::parse(a.to.expose())?;
     if to.to_string() == location(g)?.to_string() {
         anyhow::bail!("--to names the source repository itself");
     }

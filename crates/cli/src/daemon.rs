@@ -18,6 +18,7 @@ use tresor_controller::check::{Severity, check};
 use tresor_controller::daemon::{Clock, Command, Shared, load_plan, run};
 use tresor_controller::plan::Plan;
 use tresor_controller::runner::Runner;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_controller::state::State;
 
 use crate::commands::print_json;
@@ -347,16 +348,20 @@ async fn verify_evidence(g: &Global) -> Result<u8> {
 
 /// Commands that change or read back protected data, recorded in the audit
 /// trail when `TRESOR_STATE` names the daemon's state database: the action
-/// and its target.
+/// and its target. Each URL is shown as [`SecretUrl`] displays it, without
+/// its password: the trail is read by whoever may read the state database.
 pub fn audited(cli: &Cli) -> Option<(&'static str, String)> {
     std::env::var_os("TRESOR_STATE")?;
-    let repo = cli.global.repo.clone().unwrap_or_default();
+    let repo = cli.global.repo.as_ref().map(SecretUrl::to_string).unwrap_or_default();
     let (action, what) = match &cli.command {
-        Cmd::Backup(a) => ("backup", a.paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")),
-        Cmd::Restore(a) => (
-            "restore",
-            format!("{} to {}", a.snapshot, a.to.clone().or(a.target.as_ref().map(|t| t.display().to_string())).unwrap_or_default()),
-        ),
+        // A path to back up may be a data source's URL (redis://:PASSWORD@HOST).
+        Cmd::Backup(a) => {
+            ("backup", a.paths.iter().map(|p| SecretUrl::from(p.display().to_string()).to_string()).collect::<Vec<_>>().join(" "))
+        }
+        Cmd::Restore(a) => {
+            let to = a.to.as_ref().map(SecretUrl::to_string).or(a.target.as_ref().map(|t| t.display().to_string()));
+            ("restore", format!("{} to {}", a.snapshot, to.unwrap_or_default()))
+        }
         Cmd::Forget(a) => ("forget", a.snapshots.join(" ")),
         Cmd::Prune(_) => ("prune", String::new()),
         Cmd::Copy(a) => ("copy", format!("to {}", a.to)),

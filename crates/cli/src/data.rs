@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, FixedOffset, Local, NaiveDateTime, TimeZone};
 use serde_json::json;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::backup::{BackupOptions, Progress, backup as run_backup};
 use tresor_engine::restore::{RestoreOptions, RestoreSummary, restore as run_restore};
 use tresor_engine::walk::{find, list};
@@ -254,23 +255,24 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     if folder.is_some() && a.to.is_some() {
         bail!("SNAPSHOT:PATH restores a folder into --target; --to takes a whole data-source snapshot");
     }
-    if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("k8s://")) {
+    let to = a.to.as_ref().map(SecretUrl::expose);
+    if let Some(to) = to.filter(|t| t.starts_with("k8s://")) {
         let to = to.to_string();
         // A preview is the k8s restore's look at each object without a write.
         let a = RestoreArgs { dry_run: a.dry_run || a.preview, ..a };
         return crate::k8s::restore(g, &repo, &snap, &to, &a).await;
     }
-    if let (true, Some(to)) = (a.preview, a.to.as_deref()) {
+    if let (true, Some(to)) = (a.preview, &a.to) {
         return crate::preview::service(g, &snap, to);
     }
     if a.preview {
         return crate::preview::directory(g, &repo, &snap, folder, &a).await;
     }
-    if let Some(to) = a.to.as_deref().filter(|t| tresor_sources::bucket::is_bucket(t)) {
+    if let Some(to) = to.filter(|t| tresor_sources::bucket::is_bucket(t)) {
         return crate::sources::restore_bucket(g, &repo, &snap, to, &a).await;
     }
     let Some(target) = a.target.clone() else {
-        let to = a.to.as_deref().expect("clap requires --target or --to");
+        let to = to.expect("clap requires --target or --to");
         return crate::sources::restore_to(g, &repo, &snap, to, a.flush, a.jobs).await;
     };
     if (a.verify || a.verify_only) && !(a.includes.is_empty() && a.excludes.is_empty()) {

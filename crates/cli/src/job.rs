@@ -53,7 +53,7 @@ pub async fn run(g: &Global) -> Result<u8> {
 fn global(g: &Global, spec: &JobSpec) -> Global {
     let r = &spec.repository;
     Global {
-        repo: Some(r.url.expose().to_string()),
+        repo: Some(r.url.clone()),
         password_file: r.password_file.clone(),
         password: r.password.as_ref().map(|p| Password::new(p.expose())),
         json: true,
@@ -189,7 +189,7 @@ fn copy(spec: &JobSpec) -> Result<CopyArgs> {
 fn restore(spec: &JobSpec, r: &RestoreSpec) -> Result<RestoreArgs> {
     let mut a = defaults::<RestoreArgs>(&["latest", "--target", "."])?;
     a.target = r.target.as_ref().map(PathBuf::from);
-    a.to = r.to.as_ref().map(|to| to.expose().to_string());
+    a.to = r.to.clone();
     if a.target.is_none() && a.to.is_none() {
         bail!("a restore needs a target directory or a service to restore to");
     }

@@ -9,6 +9,7 @@ mod standby;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tresor_controller::secret_url::SecretUrl;
 
 pub use app::*;
 pub use dr::*;
@@ -44,7 +45,7 @@ pub struct Global {
     /// azblob://CONTAINER/PREFIX, gcs://BUCKET/PREFIX, webdav://HOST/PATH (webdavs:// for TLS),
     /// sftp://[USER@]HOST[:PORT]/PATH.
     #[arg(short = 'r', long = "repo", env = "TRESOR_REPOSITORY", global = true, help_heading = REPOSITORY)]
-    pub repo: Option<String>,
+    pub repo: Option<SecretUrl>,
     /// File holding the repository password (else $TRESOR_PASSWORD, else a prompt).
     #[arg(long, env = "TRESOR_PASSWORD_FILE", global = true, help_heading = REPOSITORY)]
     pub password_file: Option<PathBuf>,
@@ -408,7 +409,7 @@ pub struct RestoreArgs {
     /// (--include/--exclude: key prefixes or globs; refused onto objects unless --flush, which
     /// deletes them first). command: runs a program (sh -c) with the data on its standard input.
     #[arg(long, conflicts_with = "target", verbatim_doc_comment, help_heading = TARGET)]
-    pub to: Option<String>,
+    pub to: Option<SecretUrl>,
     /// With --target: read every restored file back and check it against the snapshot's content hashes.
     #[arg(long, conflicts_with = "to", help_heading = TARGET)]
     pub verify: bool,

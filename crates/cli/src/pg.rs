@@ -45,7 +45,7 @@ fn shell_quote(s: &str) -> String {
 /// tresor's `restore_command` for the repository of `g`, as a setting.
 pub(crate) fn restore_command(g: &Global) -> Result<String> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
-    let repo = g.repo.as_deref().context("no repository given")?;
+    let repo = g.repo.as_ref().context("no repository given")?.expose();
     let pw = g.password_file.as_deref().context(
         "pg restore writes a restore_command that reads the repository password from a file: give --password-file (or TRESOR_PASSWORD_FILE)",
     )?;

@@ -90,7 +90,7 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let mut cmd = std::process::Command::new(exe);
     if let Some(repo) = &g.repo {
-        cmd.args(["--repo", repo]);
+        cmd.args(["--repo", repo.expose()]);
     }
     if let Some(pw) = &g.password_file {
         cmd.arg("--password-file").arg(std::path::absolute(pw)?);

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use serde_json::json;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::print_json;
@@ -63,12 +64,12 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
 }
 
 /// The preview of restoring into a Redis or PostgreSQL target: what it holds that would be replaced.
-pub fn service(g: &Global, snap: &Snapshot, to: &str) -> Result<u8> {
-    let Some(replaces) = tresor_controller::app_preview::replaces(to).map_err(|e| anyhow::anyhow!("{e}"))? else {
+pub fn service(g: &Global, snap: &Snapshot, to: &SecretUrl) -> Result<u8> {
+    let Some(replaces) = tresor_controller::app_preview::replaces(to.expose()).map_err(|e| anyhow::anyhow!("{e}"))? else {
         bail!("--preview takes --target DIR, --to k8s://, redis:// or postgres://");
     };
     // The target as said: without its password.
-    let shown = tresor_controller::view::redact(to);
+    let shown = to.to_string();
     if g.json {
         print_json(&json!({"snapshot": snap.id, "target": shown, "replaces": replaces}))?;
     } else {

@@ -21,7 +21,7 @@ use tresor_controller::daemon::{Clock, load_plan};
 use tresor_controller::model::JobSpec;
 use tresor_controller::plan::{self, Plan, SourceSpec, Span, Standby};
 use tresor_controller::repos::{Handles, evidence_targets};
-use tresor_controller::secret_url::redact;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_controller::standby::{FAILOVER, Failover, StandbyKind};
 use tresor_engine::Snapshot;
 use tresor_sources::PG_BASE;
@@ -61,7 +61,7 @@ fn chosen(plan_file: &Path, name: &str) -> Result<Chosen> {
 /// `g` with the repository of the plan.
 fn global_for(g: &Global, repo: &plan::Repository) -> Global {
     let mut g = g.clone();
-    g.repo = Some(repo.url.expose().to_string());
+    g.repo = Some(repo.url.clone());
     g.password_file = Some(repo.password_file.clone());
     g
 }
@@ -69,7 +69,7 @@ fn global_for(g: &Global, repo: &plan::Repository) -> Global {
 async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
     let c = chosen(&a.plan, &a.source)?;
     let pod = c.source.pod.clone().unwrap_or_default();
-    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, c.standby.target.expose(), &pod).await
+    refresh_one(&global_for(g, &c.repo), &c.source.name, c.kind, &c.standby.target, &pod).await
 }
 
 /// The daemon's `standby` job: the source's URL and the standby say the
@@ -77,25 +77,26 @@ async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
 pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let source = spec.source.as_ref().context("a standby job names its source")?;
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
-    let target = r.to.as_ref().map(|to| to.expose()).or(r.target.as_deref()).context("a standby job names its standby")?;
-    let kind = StandbyKind::of(&source.url, &target.into()).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
-    refresh_one(g, &spec.name, kind, target, &source.pod.clone().unwrap_or_default()).await
+    let target = r.to.clone().or(r.target.clone().map(SecretUrl::from)).context("a standby job names its standby")?;
+    let kind = StandbyKind::of(&source.url, &target).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
+    refresh_one(g, &spec.name, kind, &target, &source.pod.clone().unwrap_or_default()).await
 }
 
 /// Make `source`'s standby at `target` current, and say so (`pod`: how a claim's Job runs).
-async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &str, pod: &PodSettings) -> Result<u8> {
+async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &SecretUrl, pod: &PodSettings) -> Result<u8> {
     if kind != StandbyKind::Postgres {
         let r = copy::refresh(g, source, kind, target, pod).await?;
         if g.json {
             print_json(
-                &json!({"source": source, "target": redact(target), "snapshot_id": r.snapshot.id, "current": r.current, "summary": r.summary}),
+                &json!({"source": source, "target": target.to_string(), "snapshot_id": r.snapshot.id, "current": r.current, "summary": r.summary}),
             )?;
         } else if !g.quiet {
             println!("{}", copy::said(source, target, &r));
         }
         return Ok(0);
     }
-    let target = Path::new(target);
+    // A PostgreSQL standby is a data directory: a path, which holds no secret.
+    let target = Path::new(target.expose());
     if !tresor_controller::standby::unmade(target) {
         if !g.quiet {
             println!(
@@ -322,7 +323,7 @@ async fn record_failover(c: &Chosen, handles: &Handles, record: &Failover, done:
 /// snapshot, so the standby takes over current, recorded like a promotion.
 async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: Instant) -> Result<u8> {
     let (name, target) = (&c.source.name, &c.standby.target);
-    let r = copy::refresh(g, name, c.kind, target.expose(), &c.source.pod.clone().unwrap_or_default()).await?;
+    let r = copy::refresh(g, name, c.kind, target, &c.source.pod.clone().unwrap_or_default()).await?;
     let record = Failover {
         source: name.clone(),
         started,

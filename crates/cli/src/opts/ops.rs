@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use tresor_controller::secret_url::SecretUrl;
 
 use super::{KUBERNETES, OUTPUT, POLICY, PRUNING, SELECTION};
 
@@ -76,7 +77,7 @@ pub struct CopyArgs {
     /// The target repository: a path or URL, as --repo takes (S3 credentials from
     /// TRESOR_TO_AWS_*, else AWS_*), e.g. s3://offsite/prod.
     #[arg(long)]
-    pub to: String,
+    pub to: SecretUrl,
     /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
     #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
     pub to_password_file: Option<PathBuf>,

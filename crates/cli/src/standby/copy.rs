@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use serde_json::{Value, json};
-use tresor_controller::secret_url::redact;
+use tresor_controller::secret_url::SecretUrl;
 use tresor_controller::standby::{Held, StandbyKind, held, record_held};
 use tresor_engine::restore::{Overwrite, RestoreOptions, restore};
 use tresor_engine::{Repository, Snapshot};
@@ -49,11 +49,12 @@ async fn newest(repo: &Repository, source: &str) -> Result<Snapshot> {
 
 /// Make `source`'s standby at `target` hold its newest snapshot, unless it
 /// does (`pod`: how a claim's Job runs, the source's `pod:`).
-pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str, pod: &PodSettings) -> Result<Refreshed> {
+pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &SecretUrl, pod: &PodSettings) -> Result<Refreshed> {
     let repo = open(g).await?;
     let snapshot = newest(&repo, source).await?;
     let id = snapshot.id.to_string();
-    let path = Path::new(target);
+    // A Redis or claim standby's record is kept by source name, not by a path.
+    let path = target.as_path().unwrap_or(Path::new(""));
     let was = held(source, kind, path);
     if was.snapshot.as_deref() == Some(&id) && was.refreshing.is_none() {
         return Ok(Refreshed { snapshot, current: true, summary: json!({}) });
@@ -62,7 +63,7 @@ pub async fn refresh(g: &Global, source: &str, kind: StandbyKind, target: &str, 
     record(&Held { refreshing: Some(id.clone()), ..was })?;
     let summary = match kind {
         StandbyKind::Directory => into_directory(repo, &snapshot, path).await?,
-        StandbyKind::Claim => into_claim(source, &snapshot, target, pod).await?,
+        StandbyKind::Claim => into_claim(source, &snapshot, target.expose(), pod).await?,
         StandbyKind::Redis => into_redis(&repo, &snapshot, target).await?,
         StandbyKind::Postgres => bail!("a PostgreSQL standby is made, not refreshed from a snapshot"),
     };
@@ -126,17 +127,17 @@ async fn into_claim(source: &str, snap: &Snapshot, to: &str, pod: &PodSettings) 
     Ok(json!({"created": made}))
 }
 
-async fn into_redis(repo: &Repository, snap: &Snapshot, to: &str) -> Result<Value> {
-    let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs: 1 })?;
+async fn into_redis(repo: &Repository, snap: &Snapshot, to: &SecretUrl) -> Result<Value> {
+    let mut target = tresor_sources::target_from_url(to.expose(), tresor_sources::TargetOptions { jobs: 1 })?;
     let (_, bytes, said) = crate::sources::stream_into(repo, snap, target.as_mut(), true)
         .await
-        .with_context(|| format!("cannot reload the standby at {}", redact(to)))?;
+        .with_context(|| format!("cannot reload the standby at {to}"))?;
     Ok(json!({"bytes": bytes, "result": said}))
 }
 
 /// One line of what a refresh did.
-pub fn said(source: &str, target: &str, r: &Refreshed) -> String {
-    let (to, short) = (redact(target), r.snapshot.id.short());
+pub fn said(source: &str, to: &SecretUrl, r: &Refreshed) -> String {
+    let short = r.snapshot.id.short();
     if r.current {
         return format!("the standby of {source} in {to} holds the newest snapshot {short} already");
     }

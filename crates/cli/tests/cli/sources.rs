@@ -177,6 +177,61 @@ fn redis_auth_unreachable_and_corrupt_streams_fail_without_a_snapshot() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "the intact stream is accepted");
 }
 
+/// Commands run with `TRESOR_STATE` join the daemon's audit trail naming
+/// their repository and targets: each URL there without its password, what
+/// the command did with it (success or the one-line error) alike.
+#[test]
+fn the_audit_trail_names_each_url_of_a_command_without_its_password() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let server = RedisServer::start(&["--requirepass", "s3cret"]);
+    server.cli(&["-a", "s3cret", "--no-auth-warning", "SET", "k", "v"]);
+    let (url, shown) =
+        (format!("redis://default:s3cret@127.0.0.1:{}", server.port()), format!("redis://default:***@127.0.0.1:{}", server.port()));
+    let webdav = "webdavs://backup:hunter2@dav.example/repo";
+    let state = env.path("state.db");
+    let audited = |args: &[&str]| env.cmd(args).env("TRESOR_STATE", &state).output().unwrap();
+    assert!(audited(&["backup", &url]).status.success());
+    assert!(audited(&["restore", "latest", "--to", &url, "--flush"]).status.success());
+    assert_eq!(server.cli(&["-a", "s3cret", "--no-auth-warning", "GET", "k"]), "v", "the restore reached the instance");
+    assert_eq!(audited(&["restore", "latest", "--to", &url]).status.code(), Some(1));
+    assert_eq!(audited(&["copy", "--to", webdav]).status.code(), Some(1));
+    assert_eq!(audited(&["forget", "--keep-last", "1", "-r", webdav]).status.code(), Some(1));
+
+    let trail = env.json(&["audit", "--state", state.to_str().unwrap()]);
+    assert!(!trail.to_string().contains("s3cret") && !trail.to_string().contains("hunter2"), "{trail}");
+    let entries: Vec<Vec<String>> = trail
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| ["action", "target", "result", "detail"].iter().map(|k| e[k].as_str().unwrap().to_string()).collect())
+        .collect();
+    let repo = &env.repo;
+    let refused = "invalid repository location \"webdavs://backup:***@dav.example/repo\": \
+        put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL";
+    assert_eq!(
+        entries,
+        [
+            ["backup", &format!("{repo} {shown}"), "succeeded", ""],
+            ["restore", &format!("{repo} latest to {shown}"), "succeeded", ""],
+            [
+                "restore",
+                &format!("{repo} latest to {shown}"),
+                "failed",
+                &format!(
+                    "redis://default@127.0.0.1:{}: the instance holds 1 keys; restoring replaces them all: add --flush to allow it",
+                    server.port()
+                )
+            ],
+            ["copy", &format!("{repo} to webdavs://backup:***@dav.example/repo"), "failed", refused],
+            ["forget", "webdavs://backup:***@dav.example/repo", "failed", refused],
+        ]
+        .map(|e| e.map(String::from)),
+        "{trail}"
+    );
+}
+
 /// A one-connection fake master that sends `rdb` (cut after `cut` bytes).
 fn fake_master(rdb: Vec<u8>, cut: Option<usize>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
