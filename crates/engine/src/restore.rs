@@ -115,6 +115,9 @@ struct Restorer<'a> {
     existing: Existing,
     writer: Arc<Writer>,
     batch: Batch,
+    /// The deepest directory known to exist: the last one made, or the
+    /// last one entries were created in.
+    made: Option<PathBuf>,
     /// The first path of every multiply-linked inode restored.
     first_link: HashMap<(u64, u64), PathBuf>,
     /// For `delete` only: the directories the walk is inside, outermost first.
@@ -139,6 +142,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         existing: Existing::new(&repo, opts.overwrite),
         writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
         batch: Batch::default(),
+        made: None,
         first_link: HashMap::new(),
         walked: opts.delete.then(|| vec![Walked::new(&opts.target)]),
         delete_errors: Vec::new(),
@@ -179,8 +183,13 @@ impl Restorer<'_> {
         if !take {
             return Ok(descend);
         }
-        if let Some(parent) = dest.parent() {
+        // A directory this restore made, and so each above it, exists: most
+        // entries need no look at the target before they are created.
+        if let Some(parent) = dest.parent()
+            && !self.made.as_deref().is_some_and(|made| made.starts_with(parent))
+        {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            self.made = Some(parent.to_path_buf());
         }
         if let Some(here) = self.walked.as_mut().and_then(|w| w.last_mut())
             && let Some(name) = dest.file_name()
@@ -281,8 +290,9 @@ impl Restorer<'_> {
         match node.kind {
             NodeKind::Dir => {
                 match std::fs::create_dir(dest) {
+                    Ok(()) => self.made = Some(dest.to_path_buf()),
                     Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                    _ => {}
+                    Err(_) => {}
                 }
                 batch.dirs.push((dest.to_path_buf(), node.clone()));
             }

@@ -183,30 +183,41 @@ impl Writer {
             let zeros = is_zeros(plain);
             for (fi, offset) in targets {
                 let f = &files[fi];
-                if let Err(e) = write_blob(f, offset, plain, zeros) {
-                    self.fail(f, e);
-                    continue;
-                }
+                let file = match write_blob(f, offset, plain, zeros) {
+                    Ok(file) => file,
+                    Err(e) => {
+                        self.fail(f, e);
+                        continue;
+                    }
+                };
                 self.bytes.fetch_add(plain.len() as u64, Relaxed);
                 if let Some(p) = &self.progress {
                     p.bytes.fetch_add(plain.len() as u64, Relaxed);
                 }
-                if f.remaining.fetch_sub(1, Relaxed) == 1
-                    && let Err(e) = fsmeta::apply(&f.path, &f.node, self.owner)
-                {
-                    self.fail(f, e);
+                if f.remaining.fetch_sub(1, Relaxed) == 1 {
+                    let applied = match &file {
+                        Some(file) => fsmeta::apply_to_file(file, &f.node, self.owner),
+                        None => fsmeta::apply(&f.path, &f.node, self.owner),
+                    };
+                    if let Err(e) = applied {
+                        self.fail(f, e);
+                    }
                 }
             }
         }
     }
 }
 
-fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<()> {
+/// Write one blob where it goes in its file; the file, if it was opened,
+/// so that the last blob's writer sets its metadata through it.
+fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<Option<std::fs::File>> {
     if f.create_on_write {
-        return std::fs::write(&f.path, data);
+        let mut file = std::fs::File::create(&f.path)?;
+        std::io::Write::write_all(&mut file, data)?;
+        return Ok(Some(file));
     }
     if zeros {
-        return Ok(());
+        return Ok(None);
     }
     let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
     // Zero runs inside a blob are skipped too: the file was extended to
@@ -217,7 +228,7 @@ fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::R
             file.write_all_at(block, offset + (i * BLOCK) as u64)?;
         }
     }
-    Ok(())
+    Ok(Some(file))
 }
 
 /// Whether `data` is all zeros, compared against a zero page with `memcmp`
