@@ -68,6 +68,9 @@ impl Location {
             })
         };
         let root = if path == "/" { "/".to_string() } else { format!("{path}/") };
+        if let Some(hint) = credentials_hint(scheme, &host) {
+            return Err(invalid(&format!("put credentials in {hint}, not in the URL")));
+        }
         match scheme {
             "s3" => Ok(Location::S3 { bucket: host, root, endpoint: param("endpoint"), region: param("region") }),
             "azblob" => Ok(Location::Azblob { container: host, root }),
@@ -78,9 +81,6 @@ impl Location {
                 predefined_acl: param("predefined_acl"),
                 storage_class: param("storage_class"),
             }),
-            "webdav" | "webdavs" if host.contains('@') => {
-                Err(invalid("put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL"))
-            }
             "webdav" => Ok(Location::Webdav { endpoint: format!("http://{host}"), root }),
             "webdavs" => Ok(Location::Webdav { endpoint: format!("https://{host}"), root }),
             "sftp" => {
@@ -198,6 +198,24 @@ impl Location {
             timeout,
         })
     }
+}
+
+/// Where a scheme's credentials come from, when the URL's user part carries
+/// any: a password for every scheme (it would be quoted in each error and
+/// audit entry), and for the buckets and WebDAV any user part at all (a
+/// bucket name cannot hold `@`; WebDAV's user is read from the environment
+/// too). An sftp user without a password is the login name and stays.
+fn credentials_hint(scheme: &str, host: &str) -> Option<&'static str> {
+    let (user, _) = host.rsplit_once('@')?;
+    let hint = match scheme {
+        "s3" => "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        "azblob" => "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY",
+        "gcs" | "gs" => "GOOGLE_APPLICATION_CREDENTIALS",
+        "webdav" | "webdavs" => "TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD",
+        "sftp" if user.contains(':') => "TRESOR_SFTP_KEY",
+        _ => return None,
+    };
+    Some(hint)
 }
 
 /// `host`, `host:port`, `[v6addr]` or `[v6addr]:port`.
@@ -318,6 +336,20 @@ mod tests {
              put credentials in TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD, not in the URL"
         );
         assert!(!format!("{err:?}").contains("hunter2"));
+        let aws = "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY";
+        let cases = [
+            ("s3://key:hunter2@bucket/prefix", "s3://key:***@bucket/prefix", aws),
+            ("s3://key@bucket", "s3://key@bucket", aws),
+            ("sftp://backup:hunter2@far:2222/~/repo", "sftp://backup:***@far:2222/~/repo", "TRESOR_SFTP_KEY"),
+            ("gs://k:hunter2@bkt", "gs://k:***@bkt", "GOOGLE_APPLICATION_CREDENTIALS"),
+            ("azblob://acct:hunter2@container/x", "azblob://acct:***@container/x", "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY"),
+        ];
+        for (url, shown, hint) in cases {
+            let err = Location::parse(url).unwrap_err().to_string();
+            assert_eq!(err, format!("invalid repository location \"{shown}\": put credentials in {hint}, not in the URL"));
+        }
+        let sftp = Location::parse("sftp://backup@far/repo").unwrap();
+        assert_eq!(sftp, Location::Sftp { endpoint: "far".into(), user: Some("backup".into()), root: "/repo/".into() });
         let err = Location::parse("ftp://u:p@ss@host/x").unwrap_err().to_string();
         assert!(err.starts_with("invalid repository location \"ftp://u:***@host/x\": unknown scheme"), "{err}");
     }
