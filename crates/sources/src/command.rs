@@ -13,6 +13,9 @@ use crate::{Error, Result, Source, Stream};
 
 pub struct CommandSource {
     command: String,
+    /// The command as messages and the snapshot name it: each word that is
+    /// a URL without its password (`pg_dump postgres://app:***@db/shop`).
+    shown: String,
 }
 
 impl CommandSource {
@@ -20,11 +23,13 @@ impl CommandSource {
         if command.trim().is_empty() {
             return Err(Error::failed("command:", "no command given"));
         }
-        Ok(CommandSource { command: command.trim().to_string() })
+        let command = command.trim().to_string();
+        let shown = command.split_inclusive(char::is_whitespace).map(tresor_storage::without_password).collect();
+        Ok(CommandSource { command, shown })
     }
 
     fn name(&self) -> String {
-        format!("command {:?}", self.command)
+        format!("command {:?}", self.shown)
     }
 }
 
@@ -36,7 +41,7 @@ impl Source for CommandSource {
     }
 
     fn info(&self) -> SourceInfo {
-        SourceInfo { kind: "command".into(), url: Some(format!("command:{}", self.command)), ..Default::default() }
+        SourceInfo { kind: "command".into(), url: Some(format!("command:{}", self.shown)), ..Default::default() }
     }
 }
 
@@ -180,4 +185,25 @@ impl crate::Target for CommandTarget {
 /// A program's own last word on a failure: the last non-empty stderr line.
 fn last_line(stderr: &str) -> &str {
     stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_named_without_the_passwords_of_its_urls() {
+        let command = "true postgres://app:hunter2@db/shop && echo 'pg_dump: connection refused' >&2 && exit 2";
+        let shown = "true postgres://app:***@db/shop && echo 'pg_dump: connection refused' >&2 && exit 2";
+        let mut source = CommandSource::new(command).unwrap();
+        assert_eq!(source.info().url.as_deref(), Some(format!("command:{shown}").as_str()));
+        let mut stream = source.open().unwrap();
+        let err = stream.reader.read_to_end(&mut Vec::new()).unwrap_err().to_string();
+        assert_eq!(err, format!("command {shown:?} failed (exit status: 2): pg_dump: connection refused; no snapshot was saved"));
+        let mut target = CommandTarget::new(&format!("cat >/dev/null; {command}")).unwrap();
+        crate::Target::begin(&mut target, 0, false).unwrap();
+        let err = crate::Target::finish(&mut target).unwrap_err().to_string();
+        let shown = format!("cat >/dev/null; {shown}");
+        assert_eq!(err, format!("command {shown:?}: failed (exit status: 2): pg_dump: connection refused"));
+    }
 }
