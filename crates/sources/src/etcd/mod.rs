@@ -35,9 +35,12 @@ pub struct EtcdSource {
 pub fn parse(url: &str) -> Result<Config> {
     let rest = url.strip_prefix("etcd://").unwrap_or_default();
     let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // A refused URL is named without its query or the password of a user
+    // part: either may be a credential put where tresor does not read one.
+    let shown = tresor_storage::without_password(url.split('?').next().unwrap_or_default());
     let endpoints: Vec<String> = hosts.trim_end_matches('/').split(',').filter(|h| !h.is_empty()).map(String::from).collect();
     if endpoints.is_empty() || hosts.contains('@') {
-        return Err(Error::failed(url, USAGE));
+        return Err(Error::failed(shown, USAGE));
     }
     let param = |name: &str| -> Result<Option<String>> {
         let mut found = None;
@@ -45,7 +48,10 @@ pub fn parse(url: &str) -> Result<Config> {
             match pair.split_once('=') {
                 Some((k, v)) if k == name => found = Some(v.to_string()),
                 Some((k, _)) if ["cacert", "cert", "key", "tls"].contains(&k) => {}
-                _ => return Err(Error::failed(url, format!("unknown parameter {pair:?}; {USAGE}"))),
+                _ => {
+                    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                    return Err(Error::failed(shown.as_str(), format!("unknown parameter {key:?}; {USAGE}")));
+                }
             }
         }
         Ok(found.or_else(|| std::env::var(format!("TRESOR_ETCD_{}", name.to_uppercase())).ok()))
@@ -205,5 +211,15 @@ mod tests {
         let err = read_all(snap).unwrap_err().to_string();
         assert_eq!(err, "etcd://x: the snapshot (222 bytes) fails its SHA-256 check; no snapshot was saved");
         assert!(read_all(b"short".to_vec()).is_err(), "a stream shorter than its hash is refused");
+    }
+
+    #[test]
+    fn a_refused_url_is_named_without_its_credentials() {
+        let refused = |url: &str| parse(url).unwrap_err().to_string();
+        assert_eq!(
+            refused("etcd://db:2379?cacert=/ca.pem&password=hunter2"),
+            format!("etcd://db:2379: unknown parameter \"password\"; {USAGE}")
+        );
+        assert_eq!(refused("etcd://root:hunter2@db:2379"), format!("etcd://root:***@db:2379: {USAGE}"));
     }
 }
