@@ -103,6 +103,16 @@ impl From<String> for SecretString {
     }
 }
 
+/// Zeroed on drop, as the engine's `Password` is, so a job spec's password
+/// does not linger in freed memory.
+impl Drop for SecretString {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SecretString {}
+
 impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
