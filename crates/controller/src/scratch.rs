@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Datelike;
@@ -53,10 +53,38 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("{what}: {}", err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("failed").trim()));
+        return Err(format!("{what}: {}", last_line(&String::from_utf8_lossy(&out.stderr)).unwrap_or("failed")));
     }
     Ok(text)
+}
+
+fn last_line(text: &str) -> Option<&str> {
+    text.lines().rfind(|l| !l.trim().is_empty()).map(str::trim)
+}
+
+/// `cmd` with its output and errors both to a new log file `dir/name`:
+/// what a server that exits at start says why in.
+fn log_to(cmd: &mut Command, dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let copy = file.try_clone().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    cmd.stdin(Stdio::null()).stdout(file).stderr(copy);
+    Ok(path)
+}
+
+/// A server's exit at start with the last line of its `log`: its own reason.
+fn exit_error(what: &str, status: ExitStatus, log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    match last_line(&String::from_utf8_lossy(&text)) {
+        Some(line) => format!("{what} exited at start ({status}): {line}"),
+        None => format!("{what} exited at start ({status})"),
+    }
 }
 
 /// Poll `f` for up to `limit`; its last error if it never succeeds.
@@ -155,13 +183,20 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path, aof_dir: Option<&str>) -> Result<Redis, String> {
-        on_free_port("redis-server", free_port, |port| Self::start_on(port, dir, aof_dir))
+        Self::start_with(dir, aof_dir, free_port)
+    }
+
+    /// [`start`](Self::start) with its port from `ports`.
+    fn start_with(dir: &Path, aof_dir: Option<&str>, ports: impl FnMut() -> Result<u16, String>) -> Result<Redis, String> {
+        on_free_port("redis-server", ports, |port| Self::start_on(port, dir, aof_dir))
     }
 
     /// The server on `port` once it has loaded `dir`; `None` if it exited
-    /// first (the port taken). Until it is ours that answers, a server of
-    /// someone else's on the port would otherwise pass for the drill's (a
-    /// listener that never answers holds a try for the client's 60 s).
+    /// first with the port taken, its own error (the last line of its log,
+    /// `dir/redis-server.log`) if it exited for another reason. Until it is
+    /// ours that answers, a server of someone else's on the port would
+    /// otherwise pass for the drill's (a listener that never answers holds
+    /// a try for the client's 60 s).
     fn start_on(port: u16, dir: &Path, aof_dir: Option<&str>) -> Result<Option<Redis>, String> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args(["--save", "", "--daemonize", "no"]);
@@ -169,20 +204,25 @@ impl Redis {
             Some(name) => cmd.args(["--appendonly", "yes", "--appenddirname", name]),
             None => cmd.args(["--appendonly", "no", "--dbfilename", "dump.rdb"]),
         };
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
+        let log = log_to(&mut cmd, dir, "redis-server.log")?;
+        let child = cmd.spawn().map_err(|e| format!("cannot start redis-server: {e}"))?;
         let mut r = Redis { port, child: Guard::recorded(child, dir)? };
         let pid = r.child.0.id();
-        let up = wait(Duration::from_secs(120), || {
-            if r.child.0.try_wait().map_err(|e| e.to_string())?.is_some() {
-                return Ok(false);
+        let exit = wait(Duration::from_secs(120), || {
+            if let Some(status) = r.child.0.try_wait().map_err(|e| e.to_string())? {
+                return Ok(Some(status));
             }
             let answering = tresor_sources::RedisSource::parse(&r.url()).and_then(|s| s.server_pid()).map_err(|e| e.to_string())?;
             match answering {
-                Some(p) if p == pid => r.keys().map(|_| true),
+                Some(p) if p == pid => r.keys().map(|_| None),
                 _ => Err(format!("another server answers on 127.0.0.1:{port}")),
             }
         })?;
-        Ok(up.then_some(r))
+        match exit {
+            None => Ok(Some(r)),
+            Some(_) if taken(port) => Ok(None),
+            Some(status) => Err(exit_error("redis-server", status, &log)),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -300,7 +340,8 @@ impl Etcd {
 
     /// The member serving on `port` once it answers; `None` if it exited
     /// first with its client or peer port taken (it binds both before it
-    /// opens `data`, so the next try finds the data as it was).
+    /// opens `data`, so the next try finds the data as it was), its own
+    /// error (the last line of `tls_dir/etcd.log`) if for another reason.
     fn start_on(port: u16, data: &Path, tls: &EtcdTls, tls_dir: &Path) -> Result<Option<(u16, Guard)>, String> {
         let peer = free_port()?;
         let client = endpoint(port);
@@ -316,7 +357,8 @@ impl Etcd {
             cmd.arg(format!("--{side}cert-file")).arg(&tls.server_cert).arg(format!("--{side}key-file")).arg(&tls.server_key);
             cmd.arg(format!("--{side}trusted-ca-file")).arg(&tls.ca).arg(format!("--{side}client-cert-auth"));
         }
-        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
+        let log = log_to(&mut cmd, tls_dir, "etcd.log")?;
+        let child = cmd.spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
         let mut child = Guard::recorded(child, tls_dir)?;
         let exited = wait(Duration::from_secs(60), || match child.0.try_wait().map_err(|e| e.to_string())? {
             Some(status) => Ok(Some(status)),
@@ -325,7 +367,7 @@ impl Etcd {
         match exited {
             None => Ok(Some((port, child))),
             Some(_) if taken(port) || taken(peer) => Ok(None),
-            Some(status) => Err(format!("etcd exited at start ({status})")),
+            Some(status) => Err(exit_error("etcd", status, &log)),
         }
     }
 
@@ -535,14 +577,45 @@ mod tests {
     fn a_postgresql_that_fails_for_its_own_reason_is_not_started_again() {
         let dir = tempfile::tempdir().unwrap();
         let mut asked = 0;
-        let err = Postgres::start_with(dir.path(), false, || {
-            asked += 1;
-            free_port()
-        })
-        .err()
-        .unwrap();
+        let err = Postgres::start_with(dir.path(), false, counted(&mut asked)).err().unwrap();
         let missing = format!("pg_ctl start: pg_ctl: directory \"{}\" does not exist", dir.path().join("data").display());
         assert_eq!((err, asked), (missing, 1), "pg_ctl's reason, after one try");
+    }
+
+    /// `free_port`, counting how often it was asked.
+    fn counted(asked: &mut usize) -> impl FnMut() -> Result<u16, String> + '_ {
+        move || {
+            *asked += 1;
+            free_port()
+        }
+    }
+
+    #[test]
+    fn a_redis_that_fails_for_its_own_reason_is_started_once_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        // The real case: a dump of an RDB version this redis-server cannot read.
+        std::fs::write(dir.path().join("dump.rdb"), b"REDIS0099").unwrap();
+        let mut asked = 0;
+        let err = Redis::start_with(dir.path(), None, counted(&mut asked)).err().unwrap();
+        assert_eq!(asked, 1, "started once: {err}");
+        let (ours, line) = err.split_once("): ").unwrap();
+        assert_eq!(ours, "redis-server exited at start (exit status: 1");
+        assert!(line.ends_with("# Fatal error loading the DB: Invalid argument. Exiting."), "its log's last line: {line}");
+        let log = std::fs::read_to_string(dir.path().join("redis-server.log")).unwrap();
+        assert!(log.contains("# Can't handle RDB format version 99\n"), "the log keeps the whole reason: {log}");
+    }
+
+    #[test]
+    fn an_etcd_that_fails_for_its_own_reason_is_started_once_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = dir.path().join("member");
+        std::fs::write(&member, b"a file, not a data directory").unwrap();
+        let mut asked = 0;
+        let err = Etcd::start_with(&member, &dir.path().join("tls"), counted(&mut asked)).err().unwrap();
+        assert_eq!(asked, 1, "started once: {err}");
+        let (ours, line) = err.split_once("): ").unwrap();
+        assert_eq!(ours, "etcd exited at start (exit status: 1");
+        assert!(line.ends_with(&format!("etcdmain: error listing data dir: {}", member.display())), "its log's last line: {line}");
     }
 
     #[test]
@@ -575,8 +648,8 @@ mod tests {
             .filter(|(name, _)| name != SERVER_MARKER)
             .collect();
         files.sort();
-        let want = ["ca.crt", "client.crt", "client.key", "server.crt", "server.key"].map(|n| (n.to_string(), 0o600));
-        assert_eq!(files, want, "no CA key on disk; the rest for this user only");
+        let want = ["ca.crt", "client.crt", "client.key", "etcd.log", "server.crt", "server.key"].map(|n| (n.to_string(), 0o600));
+        assert_eq!(files, want, "no CA key on disk; the rest, and the member's log, for this user only");
 
         let other = EtcdTls::make(&dir.path().join("other")).unwrap();
         let ca = etcd.tls.ca.display().to_string();
