@@ -291,8 +291,16 @@ impl Restorer<'_> {
             NodeKind::Dir => {
                 match std::fs::create_dir(dest) {
                     Ok(()) => self.made = Some(dest.to_path_buf()),
-                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-                    Err(_) => {}
+                    // A link there is replaced, so nothing is restored through
+                    // it into wherever it points.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        if std::fs::symlink_metadata(dest)?.file_type().is_symlink() {
+                            std::fs::remove_file(dest)?;
+                            std::fs::create_dir(dest)?;
+                            self.made = Some(dest.to_path_buf());
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
                 batch.dirs.push((dest.to_path_buf(), node.clone()));
             }
@@ -320,8 +328,7 @@ impl Restorer<'_> {
                 if chunks != 1 {
                     // Truncate, then extend: blobs that are all zeros are never
                     // written, so holes stay holes and sparse files stay sparse.
-                    let f = std::fs::File::create(dest)?;
-                    f.set_len(node.size)?;
+                    write::create_file(dest)?.set_len(node.size)?;
                 }
                 batch.chunks += chunks;
                 batch.files.push(FilePlan {

@@ -7,7 +7,7 @@
 //! pool of that many (not one per blocking-pool thread, of which tokio may
 //! run many), trimmed after a large blob.
 
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -212,14 +212,14 @@ impl Writer {
 /// so that the last blob's writer sets its metadata through it.
 fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<Option<std::fs::File>> {
     if f.create_on_write {
-        let mut file = std::fs::File::create(&f.path)?;
+        let mut file = create_file(&f.path)?;
         std::io::Write::write_all(&mut file, data)?;
         return Ok(Some(file));
     }
     if zeros {
         return Ok(None);
     }
-    let file = std::fs::OpenOptions::new().write(true).open(&f.path)?;
+    let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&f.path)?;
     // Zero runs inside a blob are skipped too: the file was extended to
     // its full size, so they read back as zeros and stay holes on disk.
     const BLOCK: usize = 64 * 1024;
@@ -229,6 +229,20 @@ fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::R
         }
     }
     Ok(Some(file))
+}
+
+/// Create or truncate the regular file at `path`. A symbolic link the
+/// target holds there is replaced, never followed: restore would otherwise
+/// write, chmod and chown whatever the link points at.
+pub(super) fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let open = || std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(path);
+    match open() {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        opened => opened,
+    }
 }
 
 /// Whether `data` is all zeros, compared against a zero page with `memcmp`
