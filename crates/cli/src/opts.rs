@@ -44,10 +44,10 @@ pub struct Global {
     /// Forms: a local path (/srv/backup), s3://BUCKET/PREFIX[?endpoint=URL&region=R],
     /// azblob://CONTAINER/PREFIX, gcs://BUCKET/PREFIX, webdav://HOST/PATH (webdavs:// for TLS),
     /// sftp://[USER@]HOST[:PORT]/PATH.
-    #[arg(short = 'r', long = "repo", env = "TRESOR_REPOSITORY", global = true, help_heading = REPOSITORY)]
+    #[arg(short = 'r', long = "repo", env = "TRESOR_REPOSITORY", hide_env_values = true, global = true, help_heading = REPOSITORY)]
     pub repo: Option<SecretUrl>,
     /// File holding the repository password (else $TRESOR_PASSWORD, else a prompt).
-    #[arg(long, env = "TRESOR_PASSWORD_FILE", global = true, help_heading = REPOSITORY)]
+    #[arg(long, env = "TRESOR_PASSWORD_FILE", hide_env_values = true, global = true, help_heading = REPOSITORY)]
     pub password_file: Option<PathBuf>,
     /// Print machine-readable JSON.
     #[arg(long, global = true, help_heading = OUTPUT)]
@@ -561,7 +561,7 @@ pub enum KeyCommand {
 #[derive(Args)]
 pub struct NewPassword {
     /// File holding the new password (else $TRESOR_NEW_PASSWORD, else a prompt).
-    #[arg(long, env = "TRESOR_NEW_PASSWORD_FILE")]
+    #[arg(long, env = "TRESOR_NEW_PASSWORD_FILE", hide_env_values = true)]
     pub new_password_file: Option<PathBuf>,
     /// A label for the key, e.g. who holds it.
     #[arg(long, default_value = "")]

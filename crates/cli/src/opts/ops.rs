@@ -79,7 +79,7 @@ pub struct CopyArgs {
     #[arg(long)]
     pub to: SecretUrl,
     /// File holding the target's password (else $TRESOR_TO_PASSWORD, else a prompt).
-    #[arg(long, env = "TRESOR_TO_PASSWORD_FILE")]
+    #[arg(long, env = "TRESOR_TO_PASSWORD_FILE", hide_env_values = true)]
     pub to_password_file: Option<PathBuf>,
     /// The target's password itself, from a job's spec: never an argument.
     #[arg(skip)]
@@ -102,7 +102,7 @@ pub struct AppendOnlyArgs {
     /// on or off
     pub mode: String,
     /// For `off`: a file with the password again (else $TRESOR_CONFIRM_PASSWORD, else a prompt).
-    #[arg(long, env = "TRESOR_CONFIRM_PASSWORD_FILE")]
+    #[arg(long, env = "TRESOR_CONFIRM_PASSWORD_FILE", hide_env_values = true)]
     pub confirm_password_file: Option<PathBuf>,
 }
 

@@ -191,3 +191,31 @@ fn man_pages_cover_every_command_with_its_help() {
         assert!(restore.contains(text), "tresor-restore.1 lacks {text:?}");
     }
 }
+
+/// clap shows an argument's environment value in the help unless told not
+/// to; a repository URL or a password file's path is not for a help page.
+#[test]
+fn help_names_the_variables_of_secrets_without_their_values() {
+    let vars = [
+        ("TRESOR_REPOSITORY", "s3://key:hunter2@bucket/prod"),
+        ("TRESOR_PASSWORD_FILE", "/run/hunter2/password"),
+        ("TRESOR_NEW_PASSWORD_FILE", "/run/hunter2/new"),
+        ("TRESOR_TO_PASSWORD_FILE", "/run/hunter2/to"),
+        ("TRESOR_CONFIRM_PASSWORD_FILE", "/run/hunter2/confirm"),
+    ];
+    let pages: [(&[&str], &[&str]); 4] = [
+        (&[], &["TRESOR_REPOSITORY", "TRESOR_PASSWORD_FILE"]),
+        (&["copy"], &["TRESOR_REPOSITORY", "TRESOR_TO_PASSWORD_FILE"]),
+        (&["key", "add"], &["TRESOR_NEW_PASSWORD_FILE"]),
+        (&["append-only"], &["TRESOR_CONFIRM_PASSWORD_FILE"]),
+    ];
+    for (path, names) in pages {
+        let out = Command::new(BIN).args(path).arg("--help").env("COLUMNS", "120").envs(vars).output().unwrap();
+        assert!(out.status.success(), "tresor {path:?} --help: {}", String::from_utf8_lossy(&out.stderr));
+        let page = String::from_utf8(out.stdout).unwrap();
+        assert!(!page.contains("hunter2"), "tresor {path:?} --help shows a secret:\n{page}");
+        for name in names {
+            assert!(page.contains(&format!("[env: {name}]")), "tresor {path:?} --help does not name {name}:\n{page}");
+        }
+    }
+}
