@@ -45,6 +45,8 @@ fn shell_quote(s: &str) -> String {
 /// tresor's `restore_command` for the repository of `g`, as a setting.
 pub(crate) fn restore_command(g: &Global) -> Result<String> {
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
+    // Safe to write into PostgreSQL's settings and its command line: a
+    // repository URL holds no password (Location::parse refuses one).
     let repo = g.repo.as_ref().context("no repository given")?.expose();
     let pw = g.password_file.as_deref().context(
         "pg restore writes a restore_command that reads the repository password from a file: give --password-file (or TRESOR_PASSWORD_FILE)",

@@ -89,8 +89,10 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
     std::fs::write(dir.join(PLAN), serde_json::to_vec(plan)?).with_context(|| format!("cannot write {}", dir.display()))?;
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let mut cmd = std::process::Command::new(exe);
+    // In the environment, not on the command line, which `ps` shows to
+    // every user of the machine; the daemon passes its children the same.
     if let Some(repo) = &g.repo {
-        cmd.args(["--repo", repo.expose()]);
+        cmd.env("TRESOR_REPOSITORY", repo.expose());
     }
     if let Some(pw) = &g.password_file {
         cmd.arg("--password-file").arg(std::path::absolute(pw)?);
