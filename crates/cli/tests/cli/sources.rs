@@ -271,20 +271,22 @@ fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
     env.ok(&["init"]);
     let data = env.path("export.sql");
     fs::write(&data, random_bytes(3 << 20, 77)).unwrap();
-    let src = format!("command:cat {}", data.display());
+    // A URL in the command is recorded and named without its password.
+    let src = format!("command:cat {}; true postgres://app:hunter2@db/shop", data.display());
     env.ok(&["backup", &src, "--stdin-filename", "export.sql"]);
     let snap = &env.json(&["snapshots"])[0];
-    assert_eq!((snap["source"]["kind"].as_str(), snap["source"]["url"].as_str()), (Some("command"), Some(src.as_str())));
+    let recorded = format!("command:cat {}; true postgres://app:***@db/shop", data.display());
+    assert_eq!((snap["source"]["kind"].as_str(), snap["source"]["url"].as_str()), (Some("command"), Some(recorded.as_str())));
     let out = env.cmd(&["dump", "latest", "export.sql"]).output().unwrap();
     assert!(out.stdout == fs::read(&data).unwrap(), "byte-identical");
-    let failing = "command:head -c 100000 /dev/zero; echo 'mariadb-dump: Got error: 1045: Access denied' >&2; exit 2";
+    let failing = "command:true postgres://app:hunter2@db/shop; head -c 100000 /dev/zero; \
+        echo 'mariadb-dump: Got error: 1045: Access denied' >&2; exit 2";
     let err = env.fails(&["backup", failing], 1);
     assert_eq!(
         err,
-        format!(
-            "tresor: error: command {:?} failed (exit status: 2): mariadb-dump: Got error: 1045: Access denied; no snapshot was saved\n",
-            &failing["command:".len()..]
-        )
+        "tresor: error: command \"true postgres://app:***@db/shop; head -c 100000 /dev/zero; \
+         echo 'mariadb-dump: Got error: 1045: Access denied' >&2; exit 2\" failed (exit status: 2): \
+         mariadb-dump: Got error: 1045: Access denied; no snapshot was saved\n"
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
 
