@@ -159,7 +159,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::NoRepository { .. } | Error::NotARepository { .. }) => EXIT_NO_REPOSITORY,
-        Some(Error::WrongPassword) => EXIT_WRONG_PASSWORD,
+        Some(Error::WrongPassword { .. }) => EXIT_WRONG_PASSWORD,
         _ => EXIT_ERROR,
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tresor_engine::evidence::Head;
-use tresor_engine::{ErrorKind, Id, OpenOptions, Password, Repository};
+use tresor_engine::{Error, Id, OpenOptions, Password, Repository};
 use tresor_storage::{Location, StorageOptions};
 
 use crate::model::{EvidenceRecord, NotRecorded};
@@ -57,14 +57,17 @@ struct Inner {
     /// Opens attempted: each one that finds a repository derives a key.
     #[cfg(test)]
     opens: std::sync::atomic::AtomicU64,
+    /// Listings of key slots besides those the opens make themselves.
+    #[cfg(test)]
+    listings: std::sync::atomic::AtomicU64,
 }
 
 /// A refused open and what it was tried with.
 struct Refused {
     tried: Tried,
-    /// The repository's key slots as listed before the open (`None`: the
-    /// listing failed, so the refusal is not trusted to hold).
-    slots: Option<Vec<Id>>,
+    /// The key slots the refused open tried the password on, as its own
+    /// unlock listed them: a slot added since is missing from them.
+    slots: Vec<Id>,
     error: String,
 }
 
@@ -84,13 +87,6 @@ impl Tried {
     }
 }
 
-impl Refused {
-    /// Whether trying again would be refused the same way: the same password and the same, known, slots.
-    fn holds(&self, tried: &Tried, slots: &Option<Vec<Id>>) -> bool {
-        self.tried == *tried && self.slots.is_some() && self.slots == *slots
-    }
-}
-
 impl Default for Inner {
     fn default() -> Self {
         Inner {
@@ -103,6 +99,8 @@ impl Default for Inner {
             refused: Default::default(),
             #[cfg(test)]
             opens: Default::default(),
+            #[cfg(test)]
+            listings: Default::default(),
         }
     }
 }
@@ -110,20 +108,33 @@ impl Default for Inner {
 impl Handles {
     /// The plan repository `r`, unlocked once. One that refused its
     /// password answers with that refusal until its password file or its
-    /// key slots change (one listing each time, no key derivation); one
-    /// missing or unreachable (no key derived) is tried each time.
+    /// key slots change (one listing on each read while refused, no key
+    /// derivation); one missing or unreachable (no key derived) is tried
+    /// each time.
     pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
         let mut open = self.inner.open.lock().await;
         if let Some(h) = open.get(&r.url) {
             return Ok(h.clone());
         }
-        // Looked at before the password is read and the slots unlocked: a change in between is seen next time.
+        // Looked at before the password is read: a change in between is seen next time.
         let tried = Tried::of(r);
         let location = Location::parse(r.url.expose()).map_err(|e| e.to_string())?;
         let storage = StorageOptions::default();
-        let slots = Repository::key_slots(&location, &storage).await.ok();
-        if let Some(refused) = self.inner.refused.lock().expect("not poisoned").get(&r.url).filter(|f| f.holds(&tried, &slots)) {
-            return Err(refused.error.clone());
+        let remembered = self
+            .inner
+            .refused
+            .lock()
+            .expect("not poisoned")
+            .get(&r.url)
+            .filter(|f| f.tried == tried)
+            .map(|f| (f.slots.clone(), f.error.clone()));
+        if let Some((slots, error)) = remembered {
+            // Only a remembered refusal costs a listing; a repository that cannot be listed could not be opened either.
+            #[cfg(test)]
+            self.inner.listings.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if Repository::key_slots(&location, &storage).await.map_err(|e| e.to_string())? == slots {
+                return Err(error);
+            }
         }
         let password =
             Password::read_file(&r.password_file).map_err(|e| format!("cannot read password file {}: {e}", r.password_file.display()))?;
@@ -134,12 +145,13 @@ impl Handles {
         let mut refused = self.inner.refused.lock().expect("not poisoned");
         let repo = match opened {
             Ok(repo) => Arc::new(repo),
-            Err(e) if e.kind() == ErrorKind::WrongPassword => {
+            Err(e) => {
                 let error = e.to_string();
-                refused.insert(r.url.clone(), Refused { tried, slots, error: error.clone() });
+                if let Error::WrongPassword { slots } = e {
+                    refused.insert(r.url.clone(), Refused { tried, slots, error: error.clone() });
+                }
                 return Err(error);
             }
-            Err(e) => return Err(e.to_string()),
         };
         refused.remove(&r.url);
         open.insert(r.url.clone(), repo.clone());
@@ -150,6 +162,12 @@ impl Handles {
     #[cfg(test)]
     fn opens(&self) -> u64 {
         self.inner.opens.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many listings of key slots were made besides the opens' own.
+    #[cfg(test)]
+    fn listings(&self) -> u64 {
+        self.inner.listings.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// From now on, entries carry this leader's term: a job run twice by two leaders shows.
@@ -407,7 +425,9 @@ mod tests {
         let handles = Handles::default();
         let refused = "wrong password: no key of this repository opens with it";
         assert_eq!(handles.get(&r).await.unwrap_err(), refused);
+        assert_eq!(handles.listings(), 0, "the refused open's own listing is remembered");
         assert_eq!((handles.get(&r).await.unwrap_err(), handles.opens()), (refused.to_string(), 1), "the same slots are not tried again");
+        assert_eq!(handles.listings(), 1);
         // The operator's mend, as `tresor key add` makes it.
         let location = Location::parse(r.url.expose()).unwrap();
         let operator = OpenOptions { password: Password::new("operator's"), cache_root: None, storage: StorageOptions::default() };
@@ -415,6 +435,16 @@ mod tests {
         Repository::open(&location, &operator).await.unwrap().add_key(&Password::new("daemon's"), kdf, "daemon").await.unwrap();
         handles.get(&r).await.expect("the added key opens it");
         handles.get(&r).await.unwrap();
-        assert_eq!(handles.opens(), 2, "opened once and kept");
+        assert_eq!((handles.opens(), handles.listings()), (2, 2), "opened once and kept");
+    }
+
+    #[tokio::test]
+    async fn a_first_open_lists_no_key_slots_besides_its_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = entry(dir.path(), "right");
+        init(&r, "right").await;
+        let handles = Handles::default();
+        handles.get(&r).await.unwrap();
+        assert_eq!((handles.opens(), handles.listings()), (1, 0));
     }
 }

@@ -17,8 +17,11 @@ pub enum Error {
     NotARepository { location: String, reason: String },
     #[error("a repository already exists at {0}")]
     AlreadyExists(String),
+    /// `slots`: the key slots the password was tried on, sorted (those
+    /// one listing found and could read): a slot not among them is one a
+    /// caller that remembers the refusal has to try the password on.
     #[error("wrong password: no key of this repository opens with it")]
-    WrongPassword,
+    WrongPassword { slots: Vec<Id> },
     #[error("repository format version {found} is newer than this tresor supports (version {supported}); upgrade tresor to use it")]
     NewerFormat { found: u32, supported: u32 },
     #[error("storage {op} of {path} failed: {source}")]
@@ -137,7 +140,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NoRepository { .. } | Error::NotARepository { .. } => ErrorKind::NoRepository,
-            Error::WrongPassword => ErrorKind::WrongPassword,
+            Error::WrongPassword { .. } => ErrorKind::WrongPassword,
             Error::Storage { source, .. } if storage_full(source) => ErrorKind::StorageFull,
             Error::Io { source, .. } if io_full(source) => ErrorKind::StorageFull,
             Error::Storage { .. } | Error::Setup(_) | Error::LeaseExpired { .. } => ErrorKind::Storage,

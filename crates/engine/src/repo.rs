@@ -160,7 +160,7 @@ impl Repository {
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
         let (op, config) = Self::locate(location, &opts.storage).await?;
         let (slots, opened) = crate::slots::unlock(&op, &opts.password).await?;
-        if slots == 0 {
+        if slots.is_empty() {
             return Err(Error::corrupt("repository", location, "it has no key files"));
         }
         let mut tampered = None;
@@ -171,7 +171,7 @@ impl Repository {
                 Err(e) => tampered = Some(e),
             }
         }
-        Err(tampered.unwrap_or(Error::WrongPassword))
+        Err(tampered.unwrap_or(Error::WrongPassword { slots }))
     }
 
     /// Is there a repository of a format this build reads? Answered without
@@ -182,7 +182,8 @@ impl Repository {
 
     /// The ids of the repository's key slots, sorted, from one listing and
     /// without a password: whoever remembers that a password was refused
-    /// sees a slot added (`key add`) or replaced without an Argon2id run.
+    /// (and the slots [`Error::WrongPassword`] named) sees a slot added
+    /// (`key add`) or replaced without an Argon2id run.
     pub async fn key_slots(location: &Location, storage: &StorageOptions) -> Result<Vec<Id>> {
         crate::slots::slot_ids(&Self::locate(location, storage).await?.0).await
     }

@@ -151,8 +151,8 @@ impl KeyFile {
         })
     }
 
-    /// Unwrap the master secret; `Error::WrongPassword` if this slot does not
-    /// open with `password`.
+    /// Unwrap the master secret; `Error::WrongPassword` (naming this slot) if
+    /// it does not open with `password`.
     pub fn unlock(&self, id: &Id, password: &Password) -> Result<MasterKey> {
         if self.kdf != "argon2id" {
             return Err(Error::corrupt("key", id, format!("unknown key derivation {:?}", self.kdf)));
@@ -160,7 +160,7 @@ impl KeyFile {
         let salt = B64.decode(&self.salt).map_err(|e| Error::corrupt("key", id, e))?;
         let data = B64.decode(&self.data).map_err(|e| Error::corrupt("key", id, e))?;
         let kek = derive_kek(password, &salt, self.params)?;
-        let secret = wrap_crypto(&kek).open(&file_ad("key", id, 0), &data).map_err(|_| Error::WrongPassword)?;
+        let secret = wrap_crypto(&kek).open(&file_ad("key", id, 0), &data).map_err(|_| Error::WrongPassword { slots: vec![*id] })?;
         let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::corrupt("key", id, "wrapped secret has the wrong length"))?;
         Ok(MasterKey(Zeroizing::new(bytes)))
     }
@@ -193,28 +193,28 @@ pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, boo
     Ok((out, vanished))
 }
 
-/// How many slots there are, and those `password` opens with the master
-/// secret in each. A slot that vanished while being read may have been
-/// replaced by one this password opens (`key passwd`): the slots are then
-/// listed again.
-pub(crate) async fn unlock(op: &Operator, password: &Password) -> Result<(usize, Vec<(Id, MasterKey)>)> {
-    let mut seen = 0;
+/// The slots `password` was tried on (sorted), and those it opens with
+/// the master secret in each. A slot that vanished while being read may
+/// have been replaced by one this password opens (`key passwd`): the slots
+/// are then listed again.
+pub(crate) async fn unlock(op: &Operator, password: &Password) -> Result<(Vec<Id>, Vec<(Id, MasterKey)>)> {
+    let mut tried = Vec::new();
     for _ in 0..4 {
         let (slots, vanished) = read_slots(op).await?;
-        seen = slots.len();
+        tried = slots.iter().map(|(id, _)| *id).collect();
         let mut opened = Vec::new();
         for (id, key) in slots {
             match key.unlock(&id, password) {
                 Ok(m) => opened.push((id, m)),
-                Err(Error::WrongPassword) => continue,
+                Err(Error::WrongPassword { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
         if !opened.is_empty() || !vanished {
-            return Ok((seen, opened));
+            return Ok((tried, opened));
         }
     }
-    Ok((seen, Vec::new()))
+    Ok((tried, Vec::new()))
 }
 
 #[cfg(test)]
@@ -240,7 +240,7 @@ mod tests {
         let (id, file) = KeyFile::create(&master, &Password::new("pw"), CHEAP, "").unwrap();
         let back = file.unlock(&id, &Password::new("pw")).unwrap();
         assert_eq!(&back.0[..], &master.0[..]);
-        assert!(matches!(file.unlock(&id, &Password::new("nope")), Err(Error::WrongPassword)));
+        assert!(matches!(file.unlock(&id, &Password::new("nope")), Err(Error::WrongPassword { slots }) if slots == [id]));
         // A slot copied under another id does not open: the id is bound in.
         assert!(file.unlock(&Id::random(), &Password::new("pw")).is_err());
         assert_eq!(format!("{:?}", Password::new("pw")), "Password(<redacted>)");
