@@ -155,7 +155,15 @@ def main() -> None:
         check_room(work, args.files, args.dirs, len(tools) + (0 if written else 1))
         (work / "pw").write_text("bench\n")
         t = time.monotonic()
-        want = tally(tree) if written else make_tree(tree, args.files, args.dirs)
+        if written:
+            want = tally(tree)
+        else:
+            # Written aside and renamed when whole: a run stopped while writing
+            # leaves no tree that a later --tree run would take for finished.
+            partial = tree.with_name(tree.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            want = make_tree(partial, args.files, args.dirs)
+            partial.rename(tree)
         print(f"tree: {want[0]} files, {want[1] / 2**20:.0f} MiB in {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
         rows = {tool: measure(tool, args, work, tree, want) if shutil.which(exe(tool, args.tresor)) else None for tool in tools}
     finally:
