@@ -119,36 +119,7 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// A URL without its secrets: the password in its user part and the values
-/// of credential-like query parameters (`token=`, `password=`,
-/// `X-Amz-Signature=`, …) shown as `***`. The user part ends at the last `@`
-/// before the path, as libpq reads it (a password may hold `?` or `#`).
-pub fn redact(url: &str) -> String {
-    let url = tresor_storage::without_password(url);
-    let Some(s) = url.find("://").map(|s| s + 3) else { return url };
-    match url[s..].split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query.split('&').map(redact_param).collect();
-            format!("{}{path}?{}", &url[..s], params.join("&"))
-        }
-        None => url,
-    }
-}
-
-/// `name=value`, its value `***` when the name says it is a credential. Not
-/// `key` or `secret` alone: an etcd URL's `key` names a file, a `pvc://`
-/// URL's `secret` a Kubernetes Secret.
-fn redact_param(param: &str) -> String {
-    const PARTS: [&str; 9] = ["password", "passwd", "token", "apikey", "api_key", "signature", "credential", "secret_key", "access_key"];
-    const NAMES: [&str; 6] = ["pass", "pwd", "sig", "auth", "authorization", "client_secret"];
-    match param.split_once('=') {
-        Some((name, _)) => {
-            let n = name.to_ascii_lowercase().replace('-', "_");
-            if PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) { format!("{name}=***") } else { param.to_string() }
-        }
-        None => param.to_string(),
-    }
-}
+pub use tresor_storage::redact;
 
 #[cfg(test)]
 mod tests {

@@ -11,6 +11,13 @@ use tresor_engine::SourceInfo;
 
 use crate::{Error, Result, Source, Stream};
 
+/// One word of a command as messages name it: a URL in it without its
+/// password and credential-like query values, its trailing space kept.
+fn shown_word(word: &str) -> String {
+    let url = word.trim_end();
+    format!("{}{}", tresor_storage::redact(url), &word[url.len()..])
+}
+
 pub struct CommandSource {
     command: String,
     /// The command as messages and the snapshot name it: each word that is
@@ -24,7 +31,7 @@ impl CommandSource {
             return Err(Error::failed("command:", "no command given"));
         }
         let command = command.trim().to_string();
-        let shown = command.split_inclusive(char::is_whitespace).map(tresor_storage::without_password).collect();
+        let shown = command.split_inclusive(char::is_whitespace).map(shown_word).collect();
         Ok(CommandSource { command, shown })
     }
 
@@ -193,8 +200,8 @@ mod tests {
 
     #[test]
     fn a_command_is_named_without_the_passwords_of_its_urls() {
-        let command = "true postgres://app:hunter2@db/shop && echo 'pg_dump: connection refused' >&2 && exit 2";
-        let shown = "true postgres://app:***@db/shop && echo 'pg_dump: connection refused' >&2 && exit 2";
+        let command = "true postgres://app:hunter2@db/shop postgres://db/shop?sslmode=require&password=hunter2 && echo 'pg_dump: connection refused' >&2 && exit 2";
+        let shown = "true postgres://app:***@db/shop postgres://db/shop?sslmode=require&password=*** && echo 'pg_dump: connection refused' >&2 && exit 2";
         let mut source = CommandSource::new(command).unwrap();
         assert_eq!(source.info().url.as_deref(), Some(format!("command:{shown}").as_str()));
         let mut stream = source.open().unwrap();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use explain::ExplainLayer;
 pub use fault::{FaultConfig, FaultLayer};
 pub use guard::AppendOnlyLayer;
-pub use location::{Location, without_password};
+pub use location::{Location, redact, without_password};
 pub use opendal::{Buffer, Error as OpError, ErrorKind as OpErrorKind, Operator};
 pub use sftp::HostKeyCheck;
 pub use throttle::ThrottleLayer;

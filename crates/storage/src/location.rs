@@ -68,7 +68,7 @@ impl Location {
             })
         };
         let root = if path == "/" { "/".to_string() } else { format!("{path}/") };
-        if let Some(hint) = credentials_hint(scheme, &host) {
+        if let Some(hint) = credentials_hint(scheme, &host, without_password(text) != text) {
             return Err(invalid(&format!("put credentials in {hint}, not in the URL")));
         }
         match scheme {
@@ -205,14 +205,16 @@ impl Location {
 /// audit entry), and for the buckets and WebDAV any user part at all (a
 /// bucket name cannot hold `@`; WebDAV's user is read from the environment
 /// too). An sftp user without a password is the login name and stays.
-fn credentials_hint(scheme: &str, host: &str) -> Option<&'static str> {
-    let (user, _) = host.rsplit_once('@')?;
+fn credentials_hint(scheme: &str, host: &str, password: bool) -> Option<&'static str> {
+    if !password && !host.contains('@') {
+        return None;
+    }
     let hint = match scheme {
         "s3" => "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
         "azblob" => "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY",
         "gcs" | "gs" => "GOOGLE_APPLICATION_CREDENTIALS",
         "webdav" | "webdavs" => "TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD",
-        "sftp" if user.contains(':') => "TRESOR_SFTP_KEY",
+        "sftp" if password => "TRESOR_SFTP_KEY",
         _ => return None,
     };
     Some(hint)
@@ -307,19 +309,49 @@ fn s3_builder(p: &str, bucket: &str, root: &str, endpoint: &Option<String>, regi
     b
 }
 
-/// `text` with the password of a URL's user part shown as `***` (the user
-/// part ends at the last `@` before the path, as libpq reads it, so a
-/// password may hold `?` or `#`): a location refused for carrying
-/// credentials is quoted in its error, and the plan's URLs are shown so.
+/// `text` with the password of a URL's user part shown as `***`. The user
+/// part ends at the last `@` of the text, not the first one before the
+/// path: a password may hold `/`, `?` or `#` (an AWS secret key often holds
+/// `/`), and showing too little of a URL is safe where too much is not.
 pub fn without_password(text: &str) -> String {
     let Some(start) = text.find("://").map(|s| s + 3) else { return text.to_string() };
-    let end = text[start..].find('/').map_or(text.len(), |e| start + e);
-    match text[start..end].rfind('@').map(|at| start + at) {
+    match text[start..].rfind('@').map(|at| start + at) {
         Some(at) => match text[start..at].split_once(':') {
             Some((user, _)) => format!("{}{user}:***{}", &text[..start], &text[at..]),
             None => text.to_string(),
         },
         None => text.to_string(),
+    }
+}
+
+/// A URL without its secrets: the password in its user part and the values
+/// of credential-like query parameters (`token=`, `password=`,
+/// `X-Amz-Signature=`, …) shown as `***`: for every message, log line and
+/// record that names a URL.
+pub fn redact(url: &str) -> String {
+    let url = without_password(url);
+    let Some(s) = url.find("://").map(|s| s + 3) else { return url };
+    match url[s..].split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query.split('&').map(redact_param).collect();
+            format!("{}{path}?{}", &url[..s], params.join("&"))
+        }
+        None => url,
+    }
+}
+
+/// `name=value`, its value `***` when the name says it is a credential. Not
+/// `key` or `secret` alone: an etcd URL's `key` names a file, a `pvc://`
+/// URL's `secret` a Kubernetes Secret.
+fn redact_param(param: &str) -> String {
+    const PARTS: [&str; 9] = ["password", "passwd", "token", "apikey", "api_key", "signature", "credential", "secret_key", "access_key"];
+    const NAMES: [&str; 6] = ["pass", "pwd", "sig", "auth", "authorization", "client_secret"];
+    match param.split_once('=') {
+        Some((name, _)) => {
+            let n = name.to_ascii_lowercase().replace('-', "_");
+            if PARTS.iter().any(|p| n.contains(p)) || NAMES.contains(&n.as_str()) { format!("{name}=***") } else { param.to_string() }
+        }
+        None => param.to_string(),
     }
 }
 
@@ -343,6 +375,11 @@ mod tests {
             ("sftp://backup:hunter2@far:2222/~/repo", "sftp://backup:***@far:2222/~/repo", "TRESOR_SFTP_KEY"),
             ("gs://k:hunter2@bkt", "gs://k:***@bkt", "GOOGLE_APPLICATION_CREDENTIALS"),
             ("azblob://acct:hunter2@container/x", "azblob://acct:***@container/x", "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY"),
+            // A secret key holding `/` or `?`, where the host or the query
+            // would otherwise end; a credential in the endpoint's URL.
+            ("s3://AKIA:wJal/rK7x@bucket/prefix", "s3://AKIA:***@bucket/prefix", aws),
+            ("s3://AKIA:wJa?lrK7x@bucket/p", "s3://AKIA:***@bucket/p", aws),
+            ("s3://bkt/x?endpoint=http://u:hunter2@minio:9000", "s3://bkt/x?endpoint=http:***@minio:9000", aws),
         ];
         for (url, shown, hint) in cases {
             let err = Location::parse(url).unwrap_err().to_string();

@@ -37,9 +37,11 @@ pub fn parse(url: &str) -> Result<Config> {
     let (hosts, query) = rest.split_once('?').unwrap_or((rest, ""));
     // A refused URL is named without its query or the password of a user
     // part: either may be a credential put where tresor does not read one.
-    let shown = tresor_storage::without_password(url.split('?').next().unwrap_or_default());
+    // The password is hidden first: it may hold the `?` the query is cut at.
+    let hidden = tresor_storage::without_password(url);
+    let shown = hidden.split('?').next().unwrap_or_default().to_string();
     let endpoints: Vec<String> = hosts.trim_end_matches('/').split(',').filter(|h| !h.is_empty()).map(String::from).collect();
-    if endpoints.is_empty() || hosts.contains('@') {
+    if endpoints.is_empty() || hosts.contains('@') || hidden != url {
         return Err(Error::failed(shown, USAGE));
     }
     let param = |name: &str| -> Result<Option<String>> {
@@ -221,5 +223,8 @@ mod tests {
             format!("etcd://db:2379: unknown parameter \"password\"; {USAGE}")
         );
         assert_eq!(refused("etcd://root:hunter2@db:2379"), format!("etcd://root:***@db:2379: {USAGE}"));
+        // A password holding the `?` a query starts at, or a `/`.
+        assert_eq!(refused("etcd://root:hu?nter2@db:2379"), format!("etcd://root:***@db:2379: {USAGE}"));
+        assert_eq!(refused("etcd://root:hu/nter2@db:2379"), format!("etcd://root:***@db:2379: {USAGE}"));
     }
 }
