@@ -17,9 +17,10 @@ pub enum Error {
     NotARepository { location: String, reason: String },
     #[error("a repository already exists at {0}")]
     AlreadyExists(String),
-    /// `slots`: the key slots the password was tried on, sorted (those
-    /// one listing found and could read): a slot not among them is one a
-    /// caller that remembers the refusal has to try the password on.
+    /// `slots`: the listing of key slots the password was tried against,
+    /// sorted (a slot listed but gone when read counts, so a stale listing
+    /// does not make a caller unlock again each time): a slot not among
+    /// them is one a caller that remembers the refusal has to try.
     #[error("wrong password: no key of this repository opens with it")]
     WrongPassword { slots: Vec<Id> },
     #[error("repository format version {found} is newer than this tresor supports (version {supported}); upgrade tresor to use it")]

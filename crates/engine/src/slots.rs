@@ -177,31 +177,34 @@ pub(crate) async fn slot_ids(op: &Operator) -> Result<Vec<Id>> {
     Ok(ids)
 }
 
-/// Every readable slot, and whether one vanished between listing and
-/// reading (a concurrent `key passwd` or `remove`).
-pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, bool)> {
+/// Every readable slot, and the listing they were read from (sorted): a
+/// listed slot missing from the first vanished between listing and reading
+/// (a concurrent `key passwd` or `remove`).
+pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, Vec<Id>)> {
     let mut out = Vec::new();
-    let mut vanished = false;
-    for id in slot_ids(op).await? {
-        let path = slot_path(&id);
+    let listed = slot_ids(op).await?;
+    for id in &listed {
+        let path = slot_path(id);
         match op.read(&path).await {
-            Ok(buf) => out.push((id, KeyFile::parse(&id, &buf.to_vec())?)),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => vanished = true,
+            Ok(buf) => out.push((*id, KeyFile::parse(id, &buf.to_vec())?)),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::storage("read", path, e)),
         }
     }
-    Ok((out, vanished))
+    Ok((out, listed))
 }
 
-/// The slots `password` was tried on (sorted), and those it opens with
-/// the master secret in each. A slot that vanished while being read may
-/// have been replaced by one this password opens (`key passwd`): the slots
-/// are then listed again.
+/// The listing `password` was tried against (sorted: a caller compares a
+/// later listing with it, so a slot listed but unreadable counts as seen),
+/// and the slots it opens with the master secret in each. A slot that
+/// vanished while being read may have been replaced by one this password
+/// opens (`key passwd`): the slots are then listed again.
 pub(crate) async fn unlock(op: &Operator, password: &Password) -> Result<(Vec<Id>, Vec<(Id, MasterKey)>)> {
     let mut tried = Vec::new();
     for _ in 0..4 {
-        let (slots, vanished) = read_slots(op).await?;
-        tried = slots.iter().map(|(id, _)| *id).collect();
+        let (slots, listed) = read_slots(op).await?;
+        let vanished = slots.len() != listed.len();
+        tried = listed;
         let mut opened = Vec::new();
         for (id, key) in slots {
             match key.unlock(&id, password) {
