@@ -244,6 +244,17 @@ fn prefetch_report(pg: &PostgresServer) -> serde_json::Value {
     serde_json::from_slice(&fs::read(report).unwrap()).unwrap()
 }
 
+/// The prefetcher running for `data` gets the repository through its
+/// environment: `ps` shows every user its command line.
+fn assert_no_repository_in_the_prefetchers_command_line(env: &Env, data: &Path) {
+    let pid = fs::read_to_string(data.join("pg_wal/tresor-prefetch/.pid")).unwrap();
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).skip(1).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).to_string()).collect();
+    assert_eq!(&args[args.len() - 5..], ["--quiet", "pg", "wal-prefetch", "--pgdata", data.to_str().unwrap()], "{args:?}");
+    assert!(!args.iter().any(|a| a == "--repo" || a.contains(&env.repo)), "the repository on the prefetcher's command line: {args:?}");
+}
+
 #[test]
 fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missing_from_it() {
     let env = postgres_env();
@@ -304,14 +315,7 @@ fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missi
     env.json(&restore_args(&data, &["--time", &between]));
     let first = data.join("pg_wal/tresor-prefetch").join(&start);
     wait_until("the first segment in the spool", || first.exists());
-    // The prefetcher gets the repository through its environment: `ps`
-    // shows every user its command line.
-    let pid = fs::read_to_string(data.join("pg_wal/tresor-prefetch/.pid")).unwrap();
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> =
-        cmdline.split(|b| *b == 0).skip(1).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).to_string()).collect();
-    assert_eq!(&args[args.len() - 5..], ["--quiet", "pg", "wal-prefetch", "--pgdata", data.to_str().unwrap()], "{args:?}");
-    assert!(!args.iter().any(|a| a == "--repo" || a.contains(&env.repo)), "the repository on the prefetcher's command line: {args:?}");
+    assert_no_repository_in_the_prefetchers_command_line(&env, &data);
     let spooled = fs::read(&first).unwrap();
     for copy in ["once", "twice"] {
         let out = env.cmd(&["pg", "wal-fetch", &start, &format!("pg_wal/{copy}")]).current_dir(&data).output().unwrap();
