@@ -355,9 +355,10 @@ pub fn audited(cli: &Cli) -> Option<(&'static str, String)> {
     let repo = cli.global.repo.as_ref().map(SecretUrl::to_string).unwrap_or_default();
     let (action, what) = match &cli.command {
         // A path to back up may be a data source's URL (redis://:PASSWORD@HOST).
-        Cmd::Backup(a) => {
-            ("backup", a.paths.iter().map(|p| SecretUrl::from(p.display().to_string()).to_string()).collect::<Vec<_>>().join(" "))
-        }
+        Cmd::Backup(a) => (
+            "backup",
+            a.paths.iter().map(|p| tresor_controller::secret_url::redact(&p.display().to_string())).collect::<Vec<_>>().join(" "),
+        ),
         Cmd::Restore(a) => {
             let to = a.to.as_ref().map(SecretUrl::to_string).or(a.target.as_ref().map(|t| t.display().to_string()));
             ("restore", format!("{} to {}", a.snapshot, to.unwrap_or_default()))

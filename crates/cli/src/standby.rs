@@ -77,7 +77,7 @@ async fn refresh(g: &Global, a: StandbyArgs) -> Result<u8> {
 pub async fn job(g: &Global, spec: &JobSpec) -> Result<u8> {
     let source = spec.source.as_ref().context("a standby job names its source")?;
     let r = spec.restore.as_ref().context("a standby job names its standby")?;
-    let target = r.to.clone().or(r.target.clone().map(SecretUrl::from)).context("a standby job names its standby")?;
+    let target = r.to.clone().or_else(|| r.target.clone().map(SecretUrl::from)).context("a standby job names its standby")?;
     let kind = StandbyKind::of(&source.url, &target).with_context(|| format!("source {}: its kind has no standby", spec.name))?;
     refresh_one(g, &spec.name, kind, &target, &source.pod.clone().unwrap_or_default()).await
 }

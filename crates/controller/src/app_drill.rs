@@ -143,8 +143,7 @@ impl Scratch {
             };
             // A new server holds nothing to replace.
             s.spec.flush = false;
-            s.target = to.to_string();
-            s.spec.to = Some(to);
+            s.aim_to(to);
         }
         Ok(servers)
     }

@@ -179,21 +179,14 @@ fn aim(
             out.spec.delete = true;
             out.target = dir;
         }
-        "k8s" => {
-            let to = target.map_or_else(|| spec.url.clone(), SecretUrl::from);
-            out.target = to.to_string();
-            out.spec.to = Some(to);
-            out.spec.namespace_mapping = r.namespace_mapping.clone();
-        }
-        "redis" | "redis-aof" | "postgres" => {
-            let to = target.map_or_else(|| spec.url.clone(), SecretUrl::from);
-            out.target = to.to_string();
-            out.spec.to = Some(to);
+        "k8s" | "redis" | "redis-aof" | "postgres" => {
+            out.aim_to(target.map_or_else(|| spec.url.clone(), SecretUrl::from));
+            if out.kind == "k8s" {
+                out.spec.namespace_mapping = r.namespace_mapping.clone();
+            }
         }
         other => {
-            let to = SecretUrl::from(target.ok_or_else(|| format!("source {}: a {other} snapshot needs a target", spec.name))?);
-            out.target = to.to_string();
-            out.spec.to = Some(to);
+            out.aim_to(SecretUrl::from(target.ok_or_else(|| format!("source {}: a {other} snapshot needs a target", spec.name))?));
         }
     }
     Ok(())

@@ -479,6 +479,14 @@ pub struct SourcePoint {
     pub spec: RestoreSpec,
 }
 
+impl SourcePoint {
+    /// Restore into the service `to`, recorded by its shown form.
+    pub fn aim_to(&mut self, to: SecretUrl) {
+        self.target = to.to_string();
+        self.spec.to = Some(to);
+    }
+}
+
 /// What a drill of an application records beyond every drill's fields.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AppDrill {

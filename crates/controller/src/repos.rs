@@ -108,9 +108,9 @@ impl Default for Inner {
 impl Handles {
     /// The plan repository `r`, unlocked once. One that refused its
     /// password answers with that refusal until its password file or its
-    /// key slots change (one listing on each read while refused, no key
-    /// derivation); one missing or unreachable (no key derived) is tried
-    /// each time.
+    /// key slots change (on each read while refused, a config read and one
+    /// listing, no key derivation); one missing or unreachable (no key
+    /// derived) is tried each time.
     pub async fn get(&self, r: &plan::Repository) -> Result<Arc<Repository>, String> {
         let mut open = self.inner.open.lock().await;
         if let Some(h) = open.get(&r.url) {
@@ -383,10 +383,22 @@ mod tests {
         plan::Repository { url: dir.join("repo").to_str().unwrap().into(), password_file, init: false }
     }
 
+    /// Key slots cheap to derive: the tests count unlocks, not their cost.
+    const KDF: KdfParams = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+
+    fn open_with(password: &str) -> OpenOptions {
+        OpenOptions { password: Password::new(password), cache_root: None, storage: StorageOptions::default() }
+    }
+
     async fn init(r: &plan::Repository, password: &str) {
-        let open = OpenOptions { password: Password::new(password), cache_root: None, storage: StorageOptions::default() };
-        let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
-        let opts = InitOptions { open, aead: Default::default(), compression: 3, kdf, pack_size: None, settings: Default::default() };
+        let opts = InitOptions {
+            open: open_with(password),
+            aead: Default::default(),
+            compression: 3,
+            kdf: KDF,
+            pack_size: None,
+            settings: Default::default(),
+        };
         Repository::init(&Location::parse(r.url.expose()).unwrap(), &opts).await.unwrap();
     }
 
@@ -430,9 +442,8 @@ mod tests {
         assert_eq!(handles.listings(), 1);
         // The operator's mend, as `tresor key add` makes it.
         let location = Location::parse(r.url.expose()).unwrap();
-        let operator = OpenOptions { password: Password::new("operator's"), cache_root: None, storage: StorageOptions::default() };
-        let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
-        Repository::open(&location, &operator).await.unwrap().add_key(&Password::new("daemon's"), kdf, "daemon").await.unwrap();
+        let operator = Repository::open(&location, &open_with("operator's")).await.unwrap();
+        operator.add_key(&Password::new("daemon's"), KDF, "daemon").await.unwrap();
         handles.get(&r).await.expect("the added key opens it");
         handles.get(&r).await.unwrap();
         assert_eq!((handles.opens(), handles.listings()), (2, 2), "opened once and kept");
