@@ -243,6 +243,7 @@ impl Redis {
 /// The drill's own CA and its certificates for the scratch etcd member
 /// and for tresor, as PEM files only this user may read, in the drill's
 /// scratch directory (removed with it). The CA's key never leaves memory.
+#[derive(Clone)]
 struct EtcdTls {
     ca: PathBuf,
     server_cert: PathBuf,
@@ -334,17 +335,16 @@ impl Etcd {
             return Err(format!("the scratch directory {} holds '&', which an etcd:// URL cannot carry", tls_dir.display()));
         }
         let tls = EtcdTls::make(tls_dir)?;
-        let (port, child) = on_free_port("etcd", ports, |port| Self::start_on(port, data, &tls, tls_dir))?;
-        Ok(Etcd { port, tls, _child: child })
+        on_free_port("etcd", ports, |port| Self::start_on(port, data, &tls, tls_dir))
     }
 
     /// The member serving on `port` once it answers; `None` if it exited
     /// first with its client or peer port taken (it binds both before it
     /// opens `data`, so the next try finds the data as it was), its own
     /// error (the last line of `tls_dir/etcd.log`) if for another reason.
-    fn start_on(port: u16, data: &Path, tls: &EtcdTls, tls_dir: &Path) -> Result<Option<(u16, Guard)>, String> {
+    fn start_on(port: u16, data: &Path, tls: &EtcdTls, tls_dir: &Path) -> Result<Option<Etcd>, String> {
         let peer = free_port()?;
-        let client = endpoint(port);
+        let client = format!("https://127.0.0.1:{port}");
         // etcd serves its whole client API on the peer port as well, so
         // the peer port wants TLS and a client certificate just as much.
         let peer_url = format!("https://127.0.0.1:{peer}");
@@ -359,13 +359,13 @@ impl Etcd {
         }
         let log = log_to(&mut cmd, tls_dir, "etcd.log")?;
         let child = cmd.spawn().map_err(|e| format!("cannot start etcd: {e}"))?;
-        let mut child = Guard::recorded(child, tls_dir)?;
-        let exited = wait(Duration::from_secs(60), || match child.0.try_wait().map_err(|e| e.to_string())? {
+        let mut member = Etcd { port, tls: tls.clone(), _child: Guard::recorded(child, tls_dir)? };
+        let exited = wait(Duration::from_secs(60), || match member._child.0.try_wait().map_err(|e| e.to_string())? {
             Some(status) => Ok(Some(status)),
-            None => count(port, tls).map(|_| None),
+            None => member.count().map(|_| None),
         })?;
         match exited {
-            None => Ok(Some((port, child))),
+            None => Ok(Some(member)),
             Some(_) if taken(port) || taken(peer) => Ok(None),
             Some(status) => Err(exit_error("etcd", status, &log)),
         }
@@ -373,12 +373,20 @@ impl Etcd {
 
     /// The member's client URL.
     pub fn endpoint(&self) -> String {
-        endpoint(self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 
-    /// (revision, key count) of the member's data.
+    /// (revision, key count) of the member's data: a range answer counts
+    /// every match whatever its limit (etcdctl 3.4 has no --count-only).
     pub fn count(&self) -> Result<(i64, i64), String> {
-        count(self.port, &self.tls)
+        let tls = &self.tls;
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.endpoint()]);
+        cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
+        cmd.args(["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
+        let text = output(&mut cmd, "etcdctl get")?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("etcdctl get: {e}"))?;
+        Ok((v["header"]["revision"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0)))
     }
 
     /// The member's etcd version, as tresor's own client reads it over TLS
@@ -393,22 +401,6 @@ impl Etcd {
         );
         member_status(&url).map(|s| s.version)
     }
-}
-
-fn endpoint(port: u16) -> String {
-    format!("https://127.0.0.1:{port}")
-}
-
-/// (revision, key count) of the member on `port`: a range answer counts
-/// every match whatever its limit (etcdctl 3.4 has no --count-only).
-fn count(port: u16, tls: &EtcdTls) -> Result<(i64, i64), String> {
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3").args(["--endpoints", &endpoint(port)]);
-    cmd.arg("--cacert").arg(&tls.ca).arg("--cert").arg(&tls.client_cert).arg("--key").arg(&tls.client_key);
-    cmd.args(["get", "", "--prefix", "--keys-only", "--limit", "1", "-w", "json"]);
-    let text = output(&mut cmd, "etcdctl get")?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("etcdctl get: {e}"))?;
-    Ok((v["header"]["revision"].as_i64().unwrap_or(0), v["count"].as_i64().unwrap_or(0)))
 }
 
 fn member_status(url: &str) -> Result<tresor_sources::etcd::MemberStatus, String> {
