@@ -115,9 +115,10 @@ struct Restorer<'a> {
     existing: Existing,
     writer: Arc<Writer>,
     batch: Batch,
-    /// The deepest directory known to exist: the last one made, or the
-    /// last one entries were created in.
-    made: Option<PathBuf>,
+    /// The deepest directory known to exist (below the target, it and each
+    /// above it a directory, not a link): the last one made or found, or the
+    /// last one entries were created in; at first the target.
+    made: PathBuf,
     /// The first path of every multiply-linked inode restored.
     first_link: HashMap<(u64, u64), PathBuf>,
     /// For `delete` only: the directories the walk is inside, outermost first.
@@ -142,7 +143,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         existing: Existing::new(&repo, opts.overwrite),
         writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
         batch: Batch::default(),
-        made: None,
+        made: opts.target.clone(),
         first_link: HashMap::new(),
         walked: opts.delete.then(|| vec![Walked::new(&opts.target)]),
         delete_errors: Vec::new(),
@@ -183,13 +184,16 @@ impl Restorer<'_> {
         if !take {
             return Ok(descend);
         }
-        // A directory this restore made, and so each above it, exists: most
-        // entries need no look at the target before they are created.
+        // `made`, and so each directory above it, exists: most entries need
+        // no look at the target before they are created.
         if let Some(parent) = dest.parent()
-            && !self.made.as_deref().is_some_and(|made| made.starts_with(parent))
+            && !self.made.starts_with(parent)
         {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-            self.made = Some(parent.to_path_buf());
+            if let Err((at, e)) = self.make_parents(parent) {
+                self.writer.error(&at, e);
+                return Ok(false);
+            }
+            self.made = parent.to_path_buf();
         }
         if let Some(here) = self.walked.as_mut().and_then(|w| w.last_mut())
             && let Some(name) = dest.file_name()
@@ -199,8 +203,25 @@ impl Restorer<'_> {
         self.batch.entries += 1;
         if let Err(e) = self.create(dest, node) {
             self.writer.error(dest, e);
+            return Ok(false);
         }
         Ok(descend)
+    }
+
+    /// Make `dir` and the directories above it that the walk did not
+    /// restore (an included path's), each as the walk makes a directory
+    /// (`make_dir`), from the deepest one `made` shows exists: following a
+    /// link there would restore outside the target. What stopped it, where.
+    fn make_parents(&self, dir: &Path) -> std::result::Result<(), (PathBuf, std::io::Error)> {
+        let known = self.made.components().zip(dir.components()).take_while(|(a, b)| a == b).count();
+        let mut at = PathBuf::new();
+        for (i, component) in dir.components().enumerate() {
+            at.push(component);
+            if i >= known {
+                make_dir(&at).map_err(|e| (at.clone(), e))?;
+            }
+        }
+        Ok(())
     }
 
     /// For `delete`: the walk goes into the directory `dest`.
@@ -289,19 +310,8 @@ impl Restorer<'_> {
         let batch = &mut self.batch;
         match node.kind {
             NodeKind::Dir => {
-                match std::fs::create_dir(dest) {
-                    Ok(()) => self.made = Some(dest.to_path_buf()),
-                    // A link there is replaced, so nothing is restored through
-                    // it into wherever it points.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if std::fs::symlink_metadata(dest)?.file_type().is_symlink() {
-                            std::fs::remove_file(dest)?;
-                            std::fs::create_dir(dest)?;
-                            self.made = Some(dest.to_path_buf());
-                        }
-                    }
-                    Err(e) => return Err(e),
-                }
+                make_dir(dest)?;
+                self.made = dest.to_path_buf();
                 batch.dirs.push((dest.to_path_buf(), node.clone()));
             }
             NodeKind::File => {
@@ -355,6 +365,27 @@ impl Restorer<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Make the directory `dir`, or keep the one there. A link there is
+/// replaced, so nothing is restored through it into wherever it points;
+/// anything else is the target's own (a file is not removed to make room)
+/// and an error.
+fn make_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let kind = std::fs::symlink_metadata(dir)?.file_type();
+            if kind.is_symlink() {
+                std::fs::remove_file(dir)?;
+                std::fs::create_dir(dir)
+            } else if kind.is_dir() {
+                Ok(())
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory, so nothing is restored into it"))
+            }
+        }
+        made => made,
     }
 }
 

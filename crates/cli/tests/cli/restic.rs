@@ -230,6 +230,82 @@ fn links_in_the_target_are_replaced_never_written_through() {
     assert_eq!(fs::read_to_string(dir.join("sub/inner")).unwrap(), "snapshot inner");
 }
 
+/// The directories above an included path, which the walk does not
+/// restore, are made as the walk makes its own: a link standing where one
+/// goes is replaced, never followed, so nothing lands outside the target.
+#[test]
+fn ancestors_of_an_included_path_replace_links_never_follow_them() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for (file, text) in [("a/b/c", "snapshot c"), ("x/y/z", "snapshot z")] {
+        fs::create_dir_all(src.join(file).parent().unwrap()).unwrap();
+        fs::write(src.join(file), text).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let outside = env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let dir = restored(&env, "t", &src);
+    fs::create_dir_all(dir.join("x")).unwrap();
+    symlink(&outside, dir.join("a")).unwrap();
+    symlink(&outside, dir.join("x/y")).unwrap();
+    let target = env.path("t").display().to_string();
+    let (c, z) = (format!("{}/a/b/c", src.display()), format!("{}/x/y/z", src.display()));
+    let out = env.run(&["restore", "latest", "--target", &target, "--include", &c, "--include", &z]);
+    assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(0), String::new()));
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "something was restored through a link");
+    for ancestor in ["a", "a/b", "x", "x/y"] {
+        assert!(fs::symlink_metadata(dir.join(ancestor)).unwrap().is_dir(), "{ancestor} is not a directory");
+    }
+    assert_eq!(fs::read(dir.join("a/b/c")).unwrap(), b"snapshot c");
+    assert_eq!(fs::read(dir.join("x/y/z")).unwrap(), b"snapshot z");
+}
+
+/// A file standing where the snapshot has a directory, an included path's
+/// ancestor or a directory the walk restores, is left as it is (bytes and
+/// mode) and nothing is restored into it; the restore says so and goes on.
+#[test]
+fn a_file_where_a_directory_goes_is_kept_and_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/c"), "snapshot c").unwrap();
+    fs::write(src.join("top"), "snapshot top").unwrap();
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let target = env.path("t");
+    let dir = restored(&env, "t", &src);
+    fs::create_dir_all(&dir).unwrap();
+    for (in_the_way, include, restored) in [("a", Some("a/b/c"), 0), ("a/b", Some("a/b/c"), 0), ("a", None, 1)] {
+        let _ = fs::remove_file(dir.join("a"));
+        let _ = fs::remove_dir_all(dir.join("a"));
+        fs::create_dir_all(dir.join(in_the_way).parent().unwrap()).unwrap();
+        fs::write(dir.join(in_the_way), "mine").unwrap();
+        fs::set_permissions(dir.join(in_the_way), fs::Permissions::from_mode(0o600)).unwrap();
+        let include = include.map(|p| format!("{}/{p}", src.display()));
+        let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
+        args.extend(include.iter().flat_map(|p| ["--include", p.as_str()]));
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(1), "{in_the_way}, {include:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("restore of snapshot {id} to {} failed: {restored} of {restored} files restored\n", target.display())
+        );
+        assert_eq!(
+            String::from_utf8(out.stderr).unwrap(),
+            format!(
+                "error: {}: not a directory, so nothing is restored into it\ntresor: error: 1 errors during restore\n",
+                dir.join(in_the_way).display()
+            )
+        );
+        let md = fs::symlink_metadata(dir.join(in_the_way)).unwrap();
+        assert_eq!((fs::read_to_string(dir.join(in_the_way)).unwrap(), md.permissions().mode() & 0o7777), ("mine".into(), 0o600));
+    }
+    assert_eq!(fs::read(dir.join("top")).unwrap(), b"snapshot top");
+}
+
 #[test]
 fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
     let env = Env::new();
