@@ -14,6 +14,7 @@ use chrono::Datelike;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
+use tresor_sources::last_line;
 
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
@@ -53,13 +54,9 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {what}: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if !out.status.success() {
-        return Err(format!("{what}: {}", last_line(&String::from_utf8_lossy(&out.stderr)).unwrap_or("failed")));
+        return Err(format!("{what}: {}", last_line(&String::from_utf8_lossy(&out.stderr)).map_or("failed", str::trim)));
     }
     Ok(text)
-}
-
-fn last_line(text: &str) -> Option<&str> {
-    text.lines().rfind(|l| !l.trim().is_empty()).map(str::trim)
 }
 
 /// `cmd` with its output and errors both to a new log file `dir/name`:
@@ -81,7 +78,7 @@ fn log_to(cmd: &mut Command, dir: &Path, name: &str) -> Result<PathBuf, String> 
 /// A server's exit at start with the last line of its `log`: its own reason.
 fn exit_error(what: &str, status: ExitStatus, log: &Path) -> String {
     let text = std::fs::read(log).unwrap_or_default();
-    match last_line(&String::from_utf8_lossy(&text)) {
+    match last_line(&String::from_utf8_lossy(&text)).map(str::trim) {
         Some(line) => format!("{what} exited at start ({status}): {line}"),
         None => format!("{what} exited at start ({status})"),
     }

@@ -114,7 +114,7 @@ impl ChildOutput {
             return Ok(());
         }
         let stderr = self.stderr.lock().expect("not poisoned");
-        let said = last_line(&stderr);
+        let said = last_line(&stderr).unwrap_or("no message");
         Err(std::io::Error::other(format!("{} failed ({status}): {said}; no snapshot was saved", self.name)))
     }
 }
@@ -151,7 +151,7 @@ impl CommandTarget {
         let out = child.wait_with_output().map_err(|e| Error::failed(self.name(), e))?;
         let text = String::from_utf8_lossy(&out.stderr).to_string();
         if !out.status.success() {
-            return Err(Error::failed(self.name(), format!("failed ({}): {}", out.status, last_line(&text))));
+            return Err(Error::failed(self.name(), format!("failed ({}): {}", out.status, last_line(&text).unwrap_or("no message"))));
         }
         Ok(text)
     }
@@ -189,14 +189,23 @@ impl crate::Target for CommandTarget {
     }
 }
 
-/// A program's own last word on a failure: the last non-empty stderr line.
-fn last_line(stderr: &str) -> &str {
-    stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message")
+/// A program's own last word on a failure: the last line of what it wrote
+/// (its stderr, or its log) that is not blank, as written.
+pub fn last_line(text: &str) -> Option<&str> {
+    text.lines().rfind(|l| !l.trim().is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_programs_last_word_is_its_last_line_that_is_not_blank() {
+        assert_eq!(last_line("starting\n  pg_dump: connection refused \n \t\n\n"), Some("  pg_dump: connection refused "));
+        assert_eq!(last_line("one line"), Some("one line"));
+        assert_eq!(last_line(" \n\t\n"), None);
+        assert_eq!(last_line(""), None);
+    }
 
     #[test]
     fn a_command_is_named_without_the_passwords_of_its_urls() {
