@@ -135,10 +135,21 @@ def version(tool: str, tresor: str) -> str:
     return out.stdout.strip().splitlines()[0]
 
 
+def count(text: str) -> int:
+    """--files or --dirs, refused below 1: directories are made only as files
+    go in them (no file, no tree to rename into place), files are dealt to
+    directories by number (no directory, a division by zero), and an empty
+    tree would measure nothing."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--files", type=int, default=2_000_000)
-    ap.add_argument("--dirs", type=int, default=100_000)
+    ap.add_argument("--files", type=count, default=2_000_000)
+    ap.add_argument("--dirs", type=count, default=100_000)
     ap.add_argument("--tools", default="tresor,restic,rustic")
     ap.add_argument("--tresor", default=str(ROOT / "target/release/tresor"))
     ap.add_argument("--work", default="/tmp/tresor-bench-files")
