@@ -5,6 +5,9 @@
 //! 50 M blobs a matter of minutes.
 
 use chrono::Utc;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 use crate::index::{IndexFile, IndexedPack};
 use crate::pack::{BlobKind, PackWriter};
@@ -21,6 +24,9 @@ pub const BLOBS_PER_PACK: usize = 1000;
 const PACKS_PER_INDEX: usize = 32;
 const BLOBS_PER_FILE: usize = 10;
 const NODES_PER_TREE: usize = 1000;
+/// Packs being written at once: each write ends in an fsync, and at 16
+/// blobs to a pack one after another they, not the hashing, set the pace.
+const IN_FLIGHT: usize = 32;
 
 /// What [`generate`] made.
 #[derive(Debug, serde::Serialize)]
@@ -39,6 +45,7 @@ struct Packer<'a> {
     per_pack: usize,
     writer: Option<PackWriter>,
     in_pack: usize,
+    writing: FuturesUnordered<BoxFuture<'a, Result<IndexedPack>>>,
     indexed: Vec<IndexedPack>,
     packs: u64,
     index_files: u64,
@@ -46,7 +53,17 @@ struct Packer<'a> {
 
 impl<'a> Packer<'a> {
     fn new(repo: &'a Repository, kind: BlobKind, per_pack: usize) -> Packer<'a> {
-        Packer { repo, kind, per_pack, writer: None, in_pack: 0, indexed: Vec::new(), packs: 0, index_files: 0 }
+        Packer {
+            repo,
+            kind,
+            per_pack,
+            writer: None,
+            in_pack: 0,
+            writing: FuturesUnordered::new(),
+            indexed: Vec::new(),
+            packs: 0,
+            index_files: 0,
+        }
     }
 
     async fn put(&mut self, plain: &[u8]) -> Result<Id> {
@@ -65,9 +82,26 @@ impl<'a> Packer<'a> {
     async fn seal(&mut self) -> Result<()> {
         self.in_pack = 0;
         if let Some(w) = self.writer.take() {
-            self.indexed.push(self.repo.save_pack(w.finish(self.repo.crypto())).await?);
+            self.writing.push(Box::pin(self.repo.save_pack(w.finish(self.repo.crypto()))));
             self.packs += 1;
         }
+        // A write moves on only when polled: each seal polls those in flight
+        // without waiting, so their steps (write, fsync, rename) overlap the
+        // hashing of the next pack.
+        while let Some(Some(pack)) = self.writing.next().now_or_never() {
+            self.written(pack?).await?;
+        }
+        while self.writing.len() >= IN_FLIGHT {
+            if let Some(pack) = self.writing.next().await {
+                self.written(pack?).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An index file lists only packs already written.
+    async fn written(&mut self, pack: IndexedPack) -> Result<()> {
+        self.indexed.push(pack);
         if self.indexed.len() >= PACKS_PER_INDEX {
             self.flush().await?;
         }
@@ -84,6 +118,9 @@ impl<'a> Packer<'a> {
 
     async fn finish(&mut self) -> Result<()> {
         self.seal().await?;
+        while let Some(pack) = self.writing.next().await {
+            self.written(pack?).await?;
+        }
         self.flush().await
     }
 }

@@ -125,3 +125,18 @@ fn check_judges_marked_stray_and_missing_packs_from_the_listing() {
         "{text}"
     );
 }
+
+/// The generator writes packs many at a time; every one it counts is
+/// indexed, no index file lists more than a backup's checkpoint of 32, and
+/// the repository checks whole.
+#[test]
+fn a_synthetic_repository_at_16_blobs_to_a_pack_is_whole() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mut made: serde_json::Value = serde_json::from_str(&env.ok(&["synth", "--blobs", "1000", "--blobs-per-pack", "16"])).unwrap();
+    made.as_object_mut().unwrap().remove("snapshot");
+    // 63 data packs (62 of 16, one of 8) and one tree pack; 63 = 32 + 31.
+    assert_eq!(made, serde_json::json!({"blobs": 1000, "trees": 2, "packs": 64, "index_files": 3}));
+    assert_eq!(fs::read_dir(Path::new(&env.repo).join("index")).unwrap().count(), 3);
+    env.ok(&["check", "--read-data"]);
+}
