@@ -14,7 +14,7 @@
 //!
 //! A file that exists in the target is replaced, kept or compared as the
 //! `Overwrite` mode says; with `delete`, what the snapshot lacks goes from
-//! each directory as the walk leaves it.
+//! each directory as the walk leaves it, never through a link.
 
 mod existing;
 mod write;
@@ -145,7 +145,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         batch: Batch::default(),
         made: opts.target.clone(),
         first_link: HashMap::new(),
-        walked: opts.delete.then(|| vec![Walked::new(&opts.target)]),
+        walked: opts.delete.then(|| vec![Walked::new(&opts.target, true)]),
         delete_errors: Vec::new(),
         writing: None,
         summary: RestoreSummary::default(),
@@ -230,7 +230,8 @@ impl Restorer<'_> {
         if let (Some(here), Some(name)) = (walked.last_mut(), dest.file_name()) {
             here.entered.insert(name.to_os_string());
         }
-        walked.push(Walked::new(dest));
+        // One this restore made or found is a directory: no lstat when leaving it.
+        walked.push(Walked::new(dest, self.made.starts_with(dest)));
     }
 
     /// For `delete`: the walk is now in `dir` (`None`: done), so it has left
@@ -240,10 +241,13 @@ impl Restorer<'_> {
     fn leave(&mut self, target: &Path, dir: Option<&Path>) {
         let Some(walked) = &mut self.walked else { return };
         while walked.last().is_some_and(|w| dir.is_none_or(|d| d != w.dir)) {
+            let listable = existing::reached_without_links(walked);
             let done = walked.pop().expect("just seen");
-            let (deleted, errors) = existing::delete_extra(target, &done, &self.includes, &self.excludes);
-            self.summary.files_deleted += deleted;
-            self.delete_errors.extend(errors);
+            if listable {
+                let (deleted, errors) = existing::delete_extra(target, &done, &self.includes, &self.excludes);
+                self.summary.files_deleted += deleted;
+                self.delete_errors.extend(errors);
+            }
         }
     }
 

@@ -306,6 +306,59 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
     assert_eq!(fs::read(dir.join("top")).unwrap(), b"snapshot top");
 }
 
+/// `--delete` never lists or deletes through a link: an included path the
+/// snapshot lacks, below a directory the walk passes through but does not
+/// restore, which the target holds as a link (or below a link above it),
+/// is beyond the target. The link is left as it is. Links within the
+/// target are deleted as links.
+#[test]
+fn delete_never_reaches_through_a_link() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d1")).unwrap();
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let target = env.path("t");
+    let dir = restored(&env, "t", &src);
+    let gone = format!("{}/d1/gone", src.display());
+    // The repro (T/src/d1 a link), then a link one above it (T/src).
+    for (link, outside) in [(dir.join("d1"), env.path("outside")), (dir.clone(), env.path("outside2").join("d1"))] {
+        fs::create_dir_all(outside.join("gone")).unwrap();
+        fs::write(outside.join("gone/v"), "not the target's").unwrap();
+        let _ = fs::remove_file(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        symlink(if link == dir { outside.parent().unwrap() } else { &outside }, &link).unwrap();
+        let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap(), "--delete", "--include", &gone]);
+        assert_eq!(
+            (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap()),
+            (Some(0), format!("restored snapshot {id} to {}: 0 files, 0 dirs, 0 B\n", target.display()), String::new()),
+            "{link:?}"
+        );
+        assert_eq!(fs::read(outside.join("gone/v")).unwrap(), b"not the target's", "{link:?}");
+        assert!(fs::symlink_metadata(&link).unwrap().is_symlink(), "{link:?} was not left");
+    }
+    // Within the target, a link is deleted as a link: gone itself, or one inside it.
+    let _ = fs::remove_file(&dir);
+    fs::create_dir_all(dir.join("d1")).unwrap();
+    let outside = env.path("outside3");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("v"), "not the target's").unwrap();
+    for link in [dir.join("d1/gone"), dir.join("d1/gone/l")] {
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        symlink(&outside, &link).unwrap();
+        let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap(), "--delete", "--include", &gone]);
+        assert_eq!(
+            (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap()),
+            (Some(0), format!("restored snapshot {id} to {}: 0 files, 0 dirs, 0 B; 1 deleted\n", target.display()), String::new()),
+            "{link:?}"
+        );
+        assert!(fs::symlink_metadata(dir.join("d1/gone")).is_err(), "{link:?}");
+        assert_eq!(fs::read(outside.join("v")).unwrap(), b"not the target's", "{link:?}");
+    }
+}
+
 #[test]
 fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
     let env = Env::new();

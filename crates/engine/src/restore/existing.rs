@@ -100,12 +100,30 @@ pub(super) struct Walked {
     pub(super) dir: PathBuf,
     pub(super) taken: HashSet<OsString>,
     pub(super) entered: HashSet<OsString>,
+    /// Known to be a directory, not a link.
+    real: bool,
 }
 
 impl Walked {
-    pub(super) fn new(dir: &Path) -> Walked {
-        Walked { dir: dir.to_path_buf(), taken: HashSet::new(), entered: HashSet::new() }
+    pub(super) fn new(dir: &Path, real: bool) -> Walked {
+        Walked { dir: dir.to_path_buf(), taken: HashSet::new(), entered: HashSet::new(), real }
     }
+}
+
+/// Whether the innermost directory the walk is inside (`walked`, outermost
+/// first, the target first) may be listed for `delete`: it and each above
+/// it below the target (which may itself be a link) is a directory, not a
+/// link. The walk passes through directories it does not restore, looking
+/// for included paths, and leaves a link there as it is; what lies beyond
+/// one is not the target's, so nothing there is read or deleted. A
+/// directory found is one for good, as a restore replaces a link with a
+/// directory and never the reverse; a link is looked at again, as the walk
+/// may have replaced it since.
+pub(super) fn reached_without_links(walked: &mut [Walked]) -> bool {
+    walked.iter_mut().skip(1).all(|w| {
+        w.real = w.real || std::fs::symlink_metadata(&w.dir).is_ok_and(|m| m.is_dir());
+        w.real
+    })
 }
 
 /// Remove what lies in a directory the walk has left but did not take
@@ -113,7 +131,9 @@ impl Walked {
 /// or an exclude names was not restored, so it is not removed either. A
 /// directory the walk went into is done when the walk leaves it; any other
 /// directory that stays is looked into, as nothing below it was restored.
-/// The number of entries removed, and what could not be removed.
+/// `walked.dir` must be reached through no link (`reached_without_links`);
+/// below it, links are removed as links, never followed. The number of
+/// entries removed, and what could not be removed.
 pub(super) fn delete_extra(target: &Path, walked: &Walked, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
     let (mut removed, mut errors) = (0u64, Vec::new());
     let mut stack = vec![(walked.dir.clone(), true)];
