@@ -138,11 +138,21 @@ pub async fn append_only(g: &Global, a: crate::opts::AppendOnlyArgs) -> Result<u
 }
 
 pub async fn open(g: &Global) -> Result<Arc<Repository>> {
-    let loc = location(g)?;
+    probe(g).await?;
+    unlock(g).await
+}
+
+/// Whether the repository is there and answers, before any key is derived.
+pub async fn probe(g: &Global) -> Result<()> {
     let storage = open_options(g, Password::new(""))?.storage;
-    Repository::probe(&loc, &storage).await?;
+    Repository::probe(&location(g)?, &storage).await?;
+    Ok(())
+}
+
+/// [`open`] of a repository [`probe`] found.
+pub async fn unlock(g: &Global) -> Result<Arc<Repository>> {
     let opts = open_options(g, password(g, false)?)?;
-    let repo = Repository::open(&loc, &opts).await?;
+    let repo = Repository::open(&location(g)?, &opts).await?;
     repo.set_memory_limit(max_memory(g)?);
     Ok(Arc::new(repo))
 }
