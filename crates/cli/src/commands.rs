@@ -138,21 +138,11 @@ pub async fn append_only(g: &Global, a: crate::opts::AppendOnlyArgs) -> Result<u
 }
 
 pub async fn open(g: &Global) -> Result<Arc<Repository>> {
-    probe(g).await?;
-    unlock(g).await
-}
-
-/// Whether the repository is there and answers, before any key is derived.
-pub async fn probe(g: &Global) -> Result<()> {
+    let loc = location(g)?;
     let storage = open_options(g, Password::new(""))?.storage;
-    Repository::probe(&location(g)?, &storage).await?;
-    Ok(())
-}
-
-/// [`open`] of a repository [`probe`] found.
-pub async fn unlock(g: &Global) -> Result<Arc<Repository>> {
+    Repository::probe(&loc, &storage).await?;
     let opts = open_options(g, password(g, false)?)?;
-    let repo = Repository::open(&location(g)?, &opts).await?;
+    let repo = Repository::open(&loc, &opts).await?;
     repo.set_memory_limit(max_memory(g)?);
     Ok(Arc::new(repo))
 }

@@ -147,21 +147,8 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
 /// while it flows; the snapshot records the source and its consistency point.
 async fn backup_source(g: &Global, a: BackupArgs, source: Box<dyn tresor_sources::Source>) -> Result<(u8, tresor_engine::Id)> {
     let time = a.time.as_deref().map(parse_time).transpose()?;
-    // A repository that is missing or does not answer stops the backup
-    // before the source is touched. Then the source starts (PostgreSQL's
-    // checkpoint, Redis's fork) while the key is derived: each takes a
-    // fraction of a second, and a short backup waited for both in turn.
-    crate::commands::probe(g).await?;
-    let opening = tokio::task::spawn_blocking(move || {
-        let mut source = source;
-        source.open().map(|stream| (source, stream))
-    });
-    let repo = crate::commands::unlock(g).await;
-    let opened = opening.await.context("opening the source")?;
-    // A refused password is the error to show, as when nothing overlapped.
-    let repo = repo?;
-    let (source, stream) = opened?;
-    let opts = stream_options(source, stream, &a, time);
+    let repo = open(g).await?;
+    let opts = source_options(source, &a, time)?;
     run_and_report(g, repo, a, opts).await
 }
 
@@ -191,17 +178,17 @@ async fn backup_k8s(g: &Global, a: BackupArgs, url: &str) -> Result<(u8, tresor_
     Ok((code, id))
 }
 
-/// An open source's stream as a backup of one file.
-fn stream_options(
-    source: Box<dyn tresor_sources::Source>,
-    stream: tresor_sources::Stream,
+/// Open a source and describe its stream as a backup of one file.
+pub fn source_options(
+    mut source: Box<dyn tresor_sources::Source>,
     a: &BackupArgs,
     time: Option<DateTime<FixedOffset>>,
-) -> BackupOptions {
+) -> Result<BackupOptions> {
+    let stream = tokio::task::block_in_place(|| source.open())?;
     let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
     let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
     let info = Box::new(move || Ok(source.info()));
-    BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(info), ..Default::default() }
+    Ok(BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(info), ..Default::default() })
 }
 
 pub async fn run_and_report(
