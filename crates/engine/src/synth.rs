@@ -5,9 +5,9 @@
 //! 50 M blobs a matter of minutes.
 
 use chrono::Utc;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use std::sync::Arc;
+
+use tokio::task::{JoinError, JoinSet};
 
 use crate::index::{IndexFile, IndexedPack};
 use crate::pack::{BlobKind, PackWriter};
@@ -26,6 +26,8 @@ const BLOBS_PER_FILE: usize = 10;
 const NODES_PER_TREE: usize = 1000;
 /// Packs being written at once: each write ends in an fsync, and at 16
 /// blobs to a pack one after another they, not the hashing, set the pace.
+/// Each is a task of its own: a write that moved on only when the generator
+/// polled it spent the storage timeout waiting for the generator.
 const IN_FLIGHT: usize = 32;
 
 /// What [`generate`] made.
@@ -39,27 +41,27 @@ pub struct Generated {
 }
 
 /// Blobs of one kind on their way into packs and index files.
-struct Packer<'a> {
-    repo: &'a Repository,
+struct Packer {
+    repo: Arc<Repository>,
     kind: BlobKind,
     per_pack: usize,
     writer: Option<PackWriter>,
     in_pack: usize,
-    writing: FuturesUnordered<BoxFuture<'a, Result<IndexedPack>>>,
+    writing: JoinSet<Result<IndexedPack>>,
     indexed: Vec<IndexedPack>,
     packs: u64,
     index_files: u64,
 }
 
-impl<'a> Packer<'a> {
-    fn new(repo: &'a Repository, kind: BlobKind, per_pack: usize) -> Packer<'a> {
+impl Packer {
+    fn new(repo: &Arc<Repository>, kind: BlobKind, per_pack: usize) -> Packer {
         Packer {
-            repo,
+            repo: repo.clone(),
             kind,
             per_pack,
             writer: None,
             in_pack: 0,
-            writing: FuturesUnordered::new(),
+            writing: JoinSet::new(),
             indexed: Vec::new(),
             packs: 0,
             index_files: 0,
@@ -82,18 +84,16 @@ impl<'a> Packer<'a> {
     async fn seal(&mut self) -> Result<()> {
         self.in_pack = 0;
         if let Some(w) = self.writer.take() {
-            self.writing.push(Box::pin(self.repo.save_pack(w.finish(self.repo.crypto()))));
+            let (repo, sealed) = (self.repo.clone(), w.finish(self.repo.crypto()));
+            self.writing.spawn(async move { repo.save_pack(sealed).await });
             self.packs += 1;
         }
-        // A write moves on only when polled: each seal polls those in flight
-        // without waiting, so their steps (write, fsync, rename) overlap the
-        // hashing of the next pack.
-        while let Some(Some(pack)) = self.writing.next().now_or_never() {
-            self.written(pack?).await?;
+        while let Some(done) = self.writing.try_join_next() {
+            self.written(joined(done)?).await?;
         }
         while self.writing.len() >= IN_FLIGHT {
-            if let Some(pack) = self.writing.next().await {
-                self.written(pack?).await?;
+            if let Some(done) = self.writing.join_next().await {
+                self.written(joined(done)?).await?;
             }
         }
         Ok(())
@@ -118,18 +118,24 @@ impl<'a> Packer<'a> {
 
     async fn finish(&mut self) -> Result<()> {
         self.seal().await?;
-        while let Some(pack) = self.writing.next().await {
-            self.written(pack?).await?;
+        while let Some(done) = self.writing.join_next().await {
+            self.written(joined(done)?).await?;
         }
         self.flush().await
     }
+}
+
+/// A write task's result; the generator never aborts one, so only a panic
+/// ends one early, and it goes on as the generator's own.
+fn joined(done: std::result::Result<Result<IndexedPack>, JoinError>) -> Result<IndexedPack> {
+    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn node(name: String, kind: NodeKind) -> Node {
     Node { name, kind, mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 }, ..Default::default() }
 }
 
-async fn put_tree(trees: &mut Packer<'_>, nodes: Vec<Node>) -> Result<Id> {
+async fn put_tree(trees: &mut Packer, nodes: Vec<Node>) -> Result<Id> {
     let mut t = Tree { nodes };
     t.sort();
     trees.put(&t.encode()).await
@@ -139,7 +145,7 @@ async fn put_tree(trees: &mut Packer<'_>, nodes: Vec<Node>) -> Result<Id> {
 /// a data pack, and a snapshot tagged `synthetic` whose files (10 blobs
 /// each, 1000 to a directory) reference them all.
 #[doc(hidden)]
-pub async fn generate(repo: &Repository, blobs: u64, per_pack: usize) -> Result<Generated> {
+pub async fn generate(repo: &Arc<Repository>, blobs: u64, per_pack: usize) -> Result<Generated> {
     if blobs == 0 || per_pack == 0 {
         return Err(crate::Error::Invalid("a synthetic repository needs at least one blob, and at least one to a pack".into()));
     }
