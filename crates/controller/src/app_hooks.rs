@@ -162,7 +162,7 @@ pub(crate) fn psql_value(url: &str, sql: &str, database: Option<&str>) -> Result
     let out = c.output().map_err(|e| format!("cannot run psql: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").to_string());
+        return Err(tresor_sources::last_line(&err).unwrap_or("psql failed").to_string());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

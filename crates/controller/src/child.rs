@@ -91,7 +91,7 @@ fn read_result(code: Option<i32>, stdout: &[u8], stderr: &[u8], took: Duration) 
     let mut r = written.unwrap_or_else(|| match code {
         None => JobResult::failed(Reason::Interrupted, true, "the job was killed"),
         Some(c) => {
-            let line = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("tresor: error: ");
+            let line = tresor_sources::last_line(&stderr).unwrap_or("").trim_start_matches("tresor: error: ");
             JobResult::failed(Reason::Error, false, if line.is_empty() { format!("exit code {c}") } else { line.to_string() })
         }
     });

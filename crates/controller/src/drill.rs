@@ -209,11 +209,7 @@ fn drill_command(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, r: &m
         .map_err(|e| format!("cannot run the verify command: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "the verify command failed ({}): {}",
-            out.status,
-            err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message")
-        ));
+        return Err(format!("the verify command failed ({}): {}", out.status, tresor_sources::last_line(&err).unwrap_or("no message")));
     }
     r.checks.push(format!("verify command passed: {cmd}"));
     Ok(())

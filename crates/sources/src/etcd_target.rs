@@ -93,7 +93,7 @@ impl Target for EtcdDataTarget {
         let out = out.map_err(|e| self.fail(format!("cannot run etcdutl or etcdctl: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            return Err(self.fail(text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("snapshot restore failed").trim()));
+            return Err(self.fail(crate::last_line(&text).unwrap_or("snapshot restore failed").trim()));
         }
         Ok(format!("etcd data directory {} written; start etcd with --data-dir {}", self.dir.display(), self.dir.display()))
     }

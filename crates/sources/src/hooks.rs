@@ -39,6 +39,6 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
     if let Some(mut err) = child.stderr.take() {
         let _ = err.read_to_string(&mut text);
     }
-    let said = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message");
+    let said = crate::last_line(&text).unwrap_or("no message");
     Err(Error::of(ErrorKind::Hook, &name, format!("failed ({status}): {said}")))
 }

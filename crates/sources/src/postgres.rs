@@ -126,7 +126,7 @@ impl Postgres {
             .map_err(|e| self.fail(format!("cannot run psql: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            let said = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").trim_start_matches("psql: ");
+            let said = crate::last_line(&text).unwrap_or("psql failed").trim_start_matches("psql: ");
             return Err(Error::of(self.failure_kind(out.status.code()), self.url(), said.trim_start_matches("error: ")));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -234,11 +234,7 @@ impl PostgresTarget {
         let out = out.map_err(|e| self.pg.fail(format!("cannot run pg_restore: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
-            return Err(self.pg.fail(format!(
-                "pg_restore failed ({}): {}",
-                out.status,
-                text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("")
-            )));
+            return Err(self.pg.fail(format!("pg_restore failed ({}): {}", out.status, crate::last_line(&text).unwrap_or(""))));
         }
         Ok(())
     }
