@@ -133,7 +133,7 @@ fn missing_or_resized(index: &Index, stored: &Stored, report: &mut CheckReport) 
     let mut bad_packs = Vec::new();
     for (n, (pack, size)) in index.packs().enumerate() {
         report.packs += 1;
-        match stored.size(n, &pack) {
+        match stored.size(index, n, &pack) {
             None => bad_packs.push((pack, "it is missing from storage".into())),
             Some(s) if s != size => bad_packs.push((pack, format!("it is {s} bytes, the index says {size}"))),
             _ => {}
@@ -154,19 +154,21 @@ async fn read_packs(
     let selected: Vec<Id> = index
         .packs()
         .enumerate()
-        .filter(|(n, (p, _))| stored.size(*n, p).is_some() && selected(p, fraction))
+        .filter(|(n, (p, _))| stored.size(index, *n, p).is_some() && selected(p, fraction))
         .map(|(_, (p, _))| p)
         .collect();
     report.packs_read = selected.len();
     futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
 }
 
-/// The packs storage holds, by pack number: a listing of millions of packs
-/// costs 8 bytes each beside the index, not a map of full ids.
+/// The packs storage holds, by pack number: each listed pack is compared
+/// with the index as the listing streams, so what stays is a byte a pack
+/// and the few that differ, not a size per pack.
 struct Stored {
-    /// Stored size of each pack the index files list, by number; `NONE` if
-    /// storage lacks it.
-    sizes: Vec<u64>,
+    /// Whether storage holds each pack the index files list, by number.
+    present: Vec<bool>,
+    /// Stored size of each listed pack the index gives another size.
+    resized: HashMap<u32, u64>,
     /// Stored size of each marked pack (not in an index file) storage holds.
     marked: IdMap<u64>,
     /// Packs neither an index file nor a mark lists.
@@ -174,14 +176,18 @@ struct Stored {
 }
 
 impl Stored {
-    const NONE: u64 = u64::MAX;
-
     async fn list(repo: &Repository, index: &Index, marked: &IdSet) -> Result<Stored> {
-        let mut s = Stored { sizes: vec![Self::NONE; index.pack_count()], marked: IdMap::default(), unindexed: Vec::new() };
+        let mut s =
+            Stored { present: vec![false; index.pack_count()], resized: HashMap::new(), marked: IdMap::default(), unindexed: Vec::new() };
         each_with_size(repo.operator(), Kind::Pack, |name, size| {
             let Ok(pack) = name.parse::<Id>() else { return };
             match index.pack_num(&pack) {
-                Some(n) => s.sizes[n as usize] = size,
+                Some(n) => {
+                    s.present[n as usize] = true;
+                    if size != index.pack_size(n) {
+                        s.resized.insert(n, size);
+                    }
+                }
                 None if marked.contains(&pack) => _ = s.marked.insert(pack, size),
                 None => s.unindexed.push(name.to_string()),
             }
@@ -190,10 +196,12 @@ impl Stored {
         Ok(s)
     }
 
-    /// Pack `n` of the index (the marked ones come after the index files').
-    fn size(&self, n: usize, pack: &Id) -> Option<u64> {
-        match self.sizes.get(n) {
-            Some(&s) => Some(s).filter(|&s| s != Self::NONE),
+    /// The stored size of pack `n` of `index` (the marked ones come after
+    /// the index files'), `None` if storage lacks it.
+    fn size(&self, index: &Index, n: usize, pack: &Id) -> Option<u64> {
+        match self.present.get(n) {
+            Some(false) => None,
+            Some(true) => Some(self.resized.get(&(n as u32)).copied().unwrap_or_else(|| index.pack_size(n as u32))),
             None => self.marked.get(pack).copied(),
         }
     }

@@ -159,10 +159,15 @@ impl Index {
     }
 
     pub fn packs(&self) -> impl Iterator<Item = (Id, u64)> + '_ {
-        self.packs.iter().zip(&self.pack_sizes).map(|(id, &size)| match size {
-            BIG_PACK => (*id, self.big_pack_sizes[id]),
-            size => (*id, u64::from(size)),
-        })
+        (0..self.packs.len() as u32).map(|n| (self.packs[n as usize], self.pack_size(n)))
+    }
+
+    /// The size the index files give pack number `num`.
+    pub fn pack_size(&self, num: u32) -> u64 {
+        match self.pack_sizes[num as usize] {
+            BIG_PACK => self.big_pack_sizes[&self.packs[num as usize]],
+            size => u64::from(size),
+        }
     }
 
     /// The id of pack number `num`.
@@ -202,15 +207,24 @@ impl Index {
     }
 
     /// Per pack, in [`Index::packs`] order: entries stored and the bytes of
-    /// the reachable blobs this index locates there.
-    pub fn pack_usage(&self) -> Vec<PackUsage> {
-        let mut out: Vec<PackUsage> = self.pack_entries.iter().map(|&n| PackUsage { entries: n, ..Default::default() }).collect();
+    /// the reachable blobs this index locates there. Built from 4 bytes a
+    /// pack (a quarter of a byte a blob at the 16 a default pack holds), not
+    /// a struct of counts per pack.
+    pub fn pack_usage(&self) -> impl Iterator<Item = PackUsage> + '_ {
+        let mut bytes = vec![0u32; self.packs.len()];
         for l in self.slots.iter().map(|s| &s.loc).filter(|l| l.used) {
-            let u = &mut out[l.pack as usize];
-            u.used_blobs += 1;
-            u.used_bytes += u64::from(l.length);
+            // A pack's blobs do not overlap and it stays below 4 GiB, so
+            // only an index file that lies saturates; `max(1)` keeps a
+            // (malformed) empty used blob counted as used.
+            let b = &mut bytes[l.pack as usize];
+            *b = b.saturating_add(l.length.max(1));
         }
-        out
+        self.pack_entries.iter().zip(bytes).map(|(&entries, b)| PackUsage { entries, used: b > 0, used_bytes: u64::from(b) })
+    }
+
+    /// Blobs marked reachable.
+    pub fn used_blob_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.loc.used).count()
     }
 
     /// Every blob: its key, its pack and its place there.
@@ -271,7 +285,8 @@ const BIG_PACK: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PackUsage {
     pub entries: u32,
-    pub used_blobs: u32,
+    /// Whether any blob located there is reachable.
+    pub used: bool,
     pub used_bytes: u64,
 }
 
@@ -343,11 +358,11 @@ mod tests {
         assert!(idx.used_in_pack(&id(3, 0), &Id([1; 32])));
         assert!(!idx.used_in_pack(&id(3, 0), &Id([2; 32])));
         assert!(!idx.used_in_pack(&id(4, 0), &Id([2; 32])));
-        let usage = idx.pack_usage();
         assert_eq!(
-            usage.iter().map(|u| (u.entries, u.used_blobs, u.used_bytes)).collect::<Vec<_>>(),
-            vec![(1, 1, 10), (2, 0, 0), (1, 0, 0)]
+            idx.pack_usage().map(|u| (u.entries, u.used, u.used_bytes)).collect::<Vec<_>>(),
+            vec![(1, true, 10), (2, false, 0), (1, false, 0)]
         );
+        assert_eq!(idx.used_blob_count(), 1);
     }
 
     /// Packs whose ids share their first 8 bytes keep their own numbers,

@@ -142,15 +142,15 @@ async fn plan(
 ) -> Result<Plan> {
     report.snapshots = view.reach_snapshots(repo, snapshots).await?;
     report.blobs = view.index.blob_count();
+    report.used_blobs = view.index.used_blob_count();
     // Packs indexed after the oldest live writer started may be its work in
     // progress: leave them to a later prune rather than make others re-store.
     let protect_from = live.iter().map(|s| s.started).min().map(|t| t - SLOP);
     let overhead = (4 + repo.crypto().aead().overhead() + FOOTER_LEN) as u64;
     let mut plan = Plan::default();
     for ((pack, size), usage) in view.index.packs().zip(view.index.pack_usage()) {
-        report.used_blobs += usage.used_blobs as usize;
         if view.mark_of.contains_key(&pack) {
-            if usage.used_blobs > 0 {
+            if usage.used {
                 plan.rescue.insert(pack);
             }
             continue;
@@ -163,7 +163,7 @@ async fn plan(
         {
             continue;
         }
-        if usage.used_blobs == 0 {
+        if !usage.used {
             plan.mark.insert(pack);
             report.marked_bytes += size;
         } else if area > 0 && unused as f64 / area as f64 > opts.max_unused {
