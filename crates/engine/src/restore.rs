@@ -119,6 +119,11 @@ struct Restorer<'a> {
     /// above it a directory, not a link): the last one made or found, or the
     /// last one entries were created in; at first the target.
     made: PathBuf,
+    /// Where making the directories above an included path last failed (a
+    /// file stands there, say): reported once, and what the walk meets
+    /// below it is skipped without a word, not tried and reported again for
+    /// each entry. The walk meets all that lies below a path together.
+    blocked: Option<PathBuf>,
     /// The first path of every multiply-linked inode restored.
     first_link: HashMap<(u64, u64), PathBuf>,
     /// For `delete` only: the directories the walk is inside, outermost first.
@@ -144,6 +149,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
         batch: Batch::default(),
         made: opts.target.clone(),
+        blocked: None,
         first_link: HashMap::new(),
         walked: opts.delete.then(|| vec![Walked::new(&opts.target, true)]),
         delete_errors: Vec::new(),
@@ -189,8 +195,12 @@ impl Restorer<'_> {
         if let Some(parent) = dest.parent()
             && !self.made.starts_with(parent)
         {
+            if self.blocked.as_ref().is_some_and(|b| parent.starts_with(b)) {
+                return Ok(false);
+            }
             if let Err((at, e)) = self.make_parents(parent) {
                 self.writer.error(&at, e);
+                self.blocked = Some(at);
                 return Ok(false);
             }
             self.made = parent.to_path_buf();

@@ -306,6 +306,47 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
     assert_eq!(fs::read(dir.join("top")).unwrap(), b"snapshot top");
 }
 
+/// Many included files below one file in the way: the restore says so once
+/// for each file in the way, not once for each entry it keeps out, and
+/// counts each as one error.
+#[test]
+fn a_file_in_the_way_of_many_included_files_is_reported_once() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for file in ["a/b/c1.txt", "a/b/c2.txt", "a/b/c3.txt", "d/e/f1.txt", "d/e/f2.txt", "top.txt"] {
+        fs::create_dir_all(src.join(file).parent().unwrap()).unwrap();
+        fs::write(src.join(file), file).unwrap();
+    }
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let target = env.path("t");
+    let dir = restored(&env, "t", &src);
+    fs::create_dir_all(dir.join("d")).unwrap();
+    let mine = random_bytes(4096, 3);
+    for in_the_way in ["a", "d/e"] {
+        fs::write(dir.join(in_the_way), &mine).unwrap();
+    }
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", "*.txt"]);
+    assert_eq!(
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap()),
+        (
+            Some(1),
+            format!("restore of snapshot {id} to {} failed: 1 of 1 files restored\n", target.display()),
+            format!(
+                "error: {}: not a directory, so nothing is restored into it\n\
+                 error: {}: not a directory, so nothing is restored into it\n\
+                 tresor: error: 2 errors during restore\n",
+                dir.join("a").display(),
+                dir.join("d/e").display()
+            )
+        )
+    );
+    for in_the_way in ["a", "d/e"] {
+        assert_eq!(fs::read(dir.join(in_the_way)).unwrap(), mine, "{in_the_way}");
+    }
+    assert_eq!(fs::read(dir.join("top.txt")).unwrap(), b"top.txt");
+}
+
 /// `--delete` never lists or deletes through a link: an included path the
 /// snapshot lacks, below a directory the walk passes through but does not
 /// restore, which the target holds as a link (or below a link above it),
