@@ -94,14 +94,19 @@ async fn same(repo: &Repository, node: &Node, have: &[u8]) -> Result<bool> {
     Ok(true)
 }
 
-/// Every file and directory below `root`, relative to it.
+/// Every entry below `root`, relative to it, as `--delete` sees them: a
+/// link is an entry of its own and never followed, so nothing beyond one is
+/// listed. `--delete` removes a link the snapshot lacks as a link, and a
+/// link where the snapshot has a directory is replaced by one, so what it
+/// points at is never the target's.
 fn present(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![root.to_path_buf()];
     while let Some(dir) = todo.pop() {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = e.path();
-            if p.is_dir() {
+            // The entry's own type (lstat), unlike `Path::is_dir`.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 todo.push(p.clone());
             }
             out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf());

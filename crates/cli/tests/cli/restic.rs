@@ -400,6 +400,42 @@ fn delete_never_reaches_through_a_link() {
     }
 }
 
+/// `--preview --delete` lists what `--delete` removes: never anything
+/// beyond a link to outside the target. A link the snapshot lacks is
+/// removed as a link; one where it has a directory is replaced by it.
+#[test]
+fn a_preview_of_delete_never_lists_through_a_link() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::write(src.join("keep/f"), "snapshot f").unwrap();
+    fs::write(src.join("readme"), "hi").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    fs::create_dir_all(&target).unwrap();
+    fs::write(target.join("readme"), "hi").unwrap();
+    for name in ["keep", "gone"] {
+        let outside = env.path(&format!("outside-{name}"));
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("v"), "not the target's").unwrap();
+        symlink(&outside, target.join(name)).unwrap();
+    }
+    let spec = format!("latest:{}", src.display());
+    let args = ["restore", spec.as_str(), "--target", target.to_str().unwrap(), "--delete"];
+    assert_eq!(
+        env.ok(&[&args[..], &["--preview"]].concat()),
+        format!("+    keep/f\n-    gone\n1 added, 0 changed, 1 removed in {} (preview: nothing changed)\n", target.display())
+    );
+    let done = env.json(&args);
+    assert_eq!((done["files_restored"].as_u64(), done["files_deleted"].as_u64()), (Some(2), Some(1)), "{done}");
+    assert_eq!(super::inventory(&target).keys().cloned().collect::<Vec<_>>(), ["keep", "keep/f", "readme"]);
+    for name in ["keep", "gone"] {
+        assert_eq!(fs::read(env.path(&format!("outside-{name}/v"))).unwrap(), b"not the target's", "{name}");
+    }
+}
+
 #[test]
 fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
     let env = Env::new();
