@@ -5,7 +5,6 @@
 //! dropped.
 
 use std::io::Write;
-use std::ops::RangeInclusive;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,6 +15,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 use tresor_sources::last_line;
+
+mod redis_log;
+
+use redis_log::redis_reason;
 
 fn free_port() -> Result<u16, String> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
@@ -90,55 +93,6 @@ fn exit_error(what: &str, status: ExitStatus, log: &Path, reason: fn(&str) -> Op
 /// at start is its reason.
 fn last_log_line(log: &str) -> Option<&str> {
     last_line(log).map(str::trim)
-}
-
-/// The levels Redis marks its log lines with: `.` debug, `-` verbose,
-/// `*` notice, `#` warning.
-#[derive(Debug, PartialEq)]
-enum RedisLevel {
-    Debug,
-    Verbose,
-    Notice,
-    Warning,
-}
-
-/// A line of Redis's log, `pid:role dd Mon yyyy hh:mm:ss.mmm level message`:
-/// its level and message; `None` for a line in another form (a config
-/// file error, redis-check-rdb's report, a message's own line breaks).
-fn redis_log_line(line: &str) -> Option<(RedisLevel, &str)> {
-    let number = |s: &str, len: RangeInclusive<usize>| len.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
-    let mut parts = line.splitn(7, ' ');
-    let [head, day, month, year, time, level] = std::array::from_fn(|_| parts.next().unwrap_or_default());
-    let (pid, role) = head.split_once(':')?;
-    let clock: Vec<&str> = time.split([':', '.']).collect();
-    let formed = number(pid, 1..=10)
-        && role.len() == 1
-        && role.bytes().all(|b| b.is_ascii_uppercase())
-        && number(day, 2..=2)
-        && month.len() == 3
-        && month.bytes().all(|b| b.is_ascii_alphabetic())
-        && number(year, 4..=4)
-        && clock.len() == 4
-        && clock.iter().zip([2, 2, 2, 3]).all(|(part, n)| number(part, n..=n));
-    let level = match level {
-        "." => RedisLevel::Debug,
-        "-" => RedisLevel::Verbose,
-        "*" => RedisLevel::Notice,
-        "#" => RedisLevel::Warning,
-        _ => return None,
-    };
-    formed.then(|| (level, parts.next().unwrap_or_default()))
-}
-
-/// Why a redis-server exited at start: the message of its log's last
-/// warning (`#`), as it writes fatal errors at that level and may follow
-/// one with unmarked lines (redis-check-rdb's report on a broken RDB
-/// file); the last line of a log without one (an error in its
-/// configuration is written unmarked).
-fn redis_reason(log: &str) -> Option<&str> {
-    let warned =
-        log.lines().rev().filter_map(redis_log_line).find(|(level, message)| *level == RedisLevel::Warning && !message.trim().is_empty());
-    warned.map(|(_, message)| message.trim()).or_else(|| last_log_line(log))
 }
 
 /// Poll `f` for up to `limit`; its last error if it never succeeds.
@@ -647,63 +601,6 @@ mod tests {
         assert_eq!(err, "redis-server exited at start (exit status: 1): Fatal error loading the DB: Invalid argument. Exiting.");
         let log = std::fs::read_to_string(dir.path().join("redis-server.log")).unwrap();
         assert!(log.contains("# Can't handle RDB format version 99\n"), "the log keeps the whole reason: {log}");
-    }
-
-    /// redis-server 7.0.15's log on a truncated dump.rdb: its last warning
-    /// names the cause, and redis-check-rdb's report follows it.
-    const TRUNCATED_RDB_LOG: &str = "\
-19086:C 01 Dec 2026 06:28:13.889 # oO0OoO0OoO0Oo Redis is starting oO0OoO0OoO0Oo
-19086:C 01 Dec 2026 06:28:13.889 # Redis version=7.0.15, bits=64, commit=00000000, modified=0, pid=19086, just started
-19086:C 01 Dec 2026 06:28:13.889 # Configuration loaded
-19086:M 01 Dec 2026 06:28:13.890 * monotonic clock: POSIX clock_gettime
-19086:M 01 Dec 2026 06:28:13.890 * Running mode=standalone, port=59045.
-19086:M 01 Dec 2026 06:28:13.890 # Server initialized
-19086:M 01 Dec 2026 06:28:13.890 # WARNING Memory overcommit must be enabled! Without it, a background save or replication may fail under low memory condition. Being disabled, it can can also cause failures without low memory condition, see https://github.com/jemalloc/jemalloc/issues/1328. To fix this issue add 'vm.overcommit_memory = 1' to /etc/sysctl.conf and then reboot or run the command 'sysctl vm.overcommit_memory=1' for this to take effect.
-19086:M 01 Dec 2026 06:28:13.891 # Short read or OOM loading DB. Unrecoverable error, aborting now.
-19086:M 01 Dec 2026 06:28:13.891 # Internal error in RDB reading offset 0, function at rdb.c:3249 -> Unexpected EOF reading RDB file
-[offset 0] Checking RDB file dump.rdb
---- RDB ERROR DETECTED ---
-[offset 20] Unexpected EOF reading RDB file
-[additional info] While doing: read-aux
-[additional info] Reading type 0 (string)
-[info] 0 keys read
-[info] 0 expires
-[info] 0 already expired
-";
-
-    /// Its output on a `--dir` that does not exist: no line in its log's form.
-    const CONFIG_ERROR_LOG: &str = "
-*** FATAL CONFIG FILE ERROR (Redis 7.0.15) ***
-Reading the configuration file, at line 4
->>> 'dir \"/tmp/h2-redis/nope\"'
-No such file or directory
-";
-
-    #[test]
-    fn a_redis_that_exits_at_start_is_quoted_by_its_last_warning() {
-        assert_eq!(
-            redis_reason(TRUNCATED_RDB_LOG),
-            Some("Internal error in RDB reading offset 0, function at rdb.c:3249 -> Unexpected EOF reading RDB file")
-        );
-        assert_eq!(redis_reason(CONFIG_ERROR_LOG), Some("No such file or directory"), "the last line, with no warning");
-        assert_eq!(
-            redis_reason("1:M 01 Dec 2026 06:18:08.937 # \n1:M 01 Dec 2026 06:18:08.937 * Ready\n"),
-            Some("1:M 01 Dec 2026 06:18:08.937 * Ready"),
-            "a warning without a message is passed over"
-        );
-        assert_eq!(redis_reason(" \n"), None);
-        assert_eq!(redis_log_line("7:C 01 Dec 2026 06:28:13.889 . a # b"), Some((RedisLevel::Debug, "a # b")));
-        assert_eq!(redis_log_line("7:S 01 Dec 2026 06:28:13.889 - "), Some((RedisLevel::Verbose, "")));
-        assert_eq!(redis_log_line("7:M 01 Dec 2026 06:28:13.889 *"), Some((RedisLevel::Notice, "")));
-        for unmarked in [
-            "[offset 0] Checking RDB file dump.rdb",
-            "7:M 01 Dec 2026 06:28:13 # no milliseconds",
-            "7:M 1 Dec 2026 06:28:13.889 # a",
-            "x:M 01 Dec 2026 06:28:13.889 # a",
-            "7:M 01 Dec 2026 06:28:13.889 ! a",
-        ] {
-            assert_eq!(redis_log_line(unmarked), None, "{unmarked}");
-        }
     }
 
     #[test]
