@@ -3,44 +3,115 @@
 //! differs) and, with --delete, remove; Kubernetes: each object's would-be
 //! result and why (the `--dry-run` the k8s restore has).
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
+use tresor_engine::restore::{RestoreOptions, wanted};
+use tresor_engine::walk::{PathFilter, Walker};
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs};
 
-/// What restoring `snap`'s `base` into `target` would add, change and (with `delete`) remove.
+/// What a restore would add, change and (with `delete`) remove in its target.
 pub type Changes = (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>);
 
+/// [`planned`] for a whole folder: restore-app's directory sources take no filters.
 pub async fn changes(repo: &Repository, snap: &Snapshot, base: &str, target: &Path, delete: bool) -> Result<Changes> {
-    let mut added = Vec::new();
-    let mut changed = Vec::new();
-    let mut wanted = BTreeSet::new();
-    for (path, node) in tresor_engine::walk::list(repo, snap.tree, base).await? {
-        let rel = path.strip_prefix(Path::new("/").join(base.trim_start_matches('/'))).unwrap_or(&path).to_path_buf();
-        wanted.insert(rel.clone());
-        if node.kind != NodeKind::File {
+    let opts = RestoreOptions { target: target.to_path_buf(), subfolder: Some(base.to_string()), delete, ..Default::default() };
+    planned(repo, snap, &opts).await
+}
+
+/// What `tresor_engine::restore::restore(repo, snap, opts)` would add,
+/// change and remove, found as it finds them: the same walk, the same
+/// `wanted` for what is restored and what the walk goes into, and for
+/// `delete` the same selection of what the target holds.
+pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Changes> {
+    let root = match &opts.subfolder {
+        Some(folder) => tresor_engine::walk::folder(repo, snap.tree, folder).await?,
+        None => snap.tree,
+    };
+    let (includes, excludes) = (PathFilter::new(&opts.includes)?, PathFilter::new(&opts.excludes)?);
+    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    // What the walk restores or goes into: `delete` leaves these.
+    let mut kept = HashSet::new();
+    let mut walker = Walker::new(repo);
+    walker.enter(root, Path::new("/")).await?;
+    while let Some((path, node)) = walker.next()? {
+        let (take, descend) = wanted(&path, &node, &includes, &excludes);
+        let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
+        if descend && let Some(sub) = node.subtree {
+            walker.enter(sub, &path).await?;
+            kept.insert(rel.clone());
+        }
+        if !take {
             continue;
         }
-        match std::fs::read(target.join(&rel)) {
-            Err(_) => added.push(rel),
-            Ok(have) if !same(repo, &node, &have).await? => changed.push(rel),
-            Ok(_) => {}
+        kept.insert(rel.clone());
+        if node.kind == NodeKind::File {
+            match held(&opts.target, &rel) {
+                None => added.push(rel),
+                Some(true) if same(repo, &node, &opts.target.join(&rel)).await? => {}
+                Some(_) => changed.push(rel),
+            }
         }
     }
-    let removed: Vec<PathBuf> = if delete { present(target).into_iter().filter(|p| !wanted.contains(p)).collect() } else { Vec::new() };
+    let mut removed = Vec::new();
+    if opts.delete {
+        removed = present(&opts.target).into_iter().filter(|p| removes(p, &kept, &includes, &excludes)).collect();
+    }
     Ok((added, changed, removed))
+}
+
+/// What the target holds at `rel` where the snapshot has a file, seen as
+/// the restore sees it, each component's own type (lstat), outermost
+/// first. `None`: nothing reached without a link, so the file is new, as a
+/// link above it is replaced by a directory of the restore's own. Else
+/// whether it is a regular file; a link there is not one, the restore
+/// replaces it. The target itself may be a link: the restore follows it.
+fn held(target: &Path, rel: &Path) -> Option<bool> {
+    let mut at = target.to_path_buf();
+    let mut parts = rel.components().peekable();
+    while let Some(part) = parts.next() {
+        at.push(part);
+        let kind = std::fs::symlink_metadata(&at).ok()?.file_type();
+        if parts.peek().is_none() {
+            return Some(kind.is_file());
+        }
+        if !kind.is_dir() {
+            return None;
+        }
+    }
+    None
+}
+
+/// Whether `delete` removes `rel` (as `existing::delete_extra` selects):
+/// it, or a directory above it, is neither restored nor gone into, and is
+/// within what the filters select, as `wanted` says (a path alone decides
+/// that, whatever its node).
+fn removes(rel: &Path, kept: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> bool {
+    let any = Node::default();
+    rel.ancestors()
+        .filter(|a| !a.as_os_str().is_empty() && !kept.contains(*a))
+        .any(|a| wanted(&Path::new("/").join(a), &any, includes, excludes).0)
 }
 
 /// The preview of restoring `snap` (its `folder`) into `a.target`.
 pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: Option<&str>, a: &RestoreArgs) -> Result<u8> {
-    let Some(target) = a.target.as_deref() else { bail!("--preview takes --target DIR or --to k8s://") };
-    let (added, changed, removed) = changes(repo, snap, folder.unwrap_or("/"), target, a.delete).await?;
+    let Some(target) = a.target.clone() else { bail!("--preview takes --target DIR or --to k8s://") };
+    let opts = RestoreOptions {
+        target,
+        subfolder: folder.map(String::from),
+        includes: a.includes.clone(),
+        excludes: a.excludes.clone(),
+        delete: a.delete,
+        ..Default::default()
+    };
+    let (added, changed, removed) = planned(repo, snap, &opts).await?;
+    let target = &opts.target;
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
         print_json(
@@ -78,8 +149,9 @@ pub fn service(g: &Global, snap: &Snapshot, to: &SecretUrl) -> Result<u8> {
     Ok(0)
 }
 
-/// The file's bytes are the node's content.
-async fn same(repo: &Repository, node: &Node, have: &[u8]) -> Result<bool> {
+/// The file's bytes are the node's content; one that cannot be read is not.
+async fn same(repo: &Repository, node: &Node, file: &Path) -> Result<bool> {
+    let Ok(have) = std::fs::read(file) else { return Ok(false) };
     if have.len() as u64 != node.size {
         return Ok(false);
     }

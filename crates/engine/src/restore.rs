@@ -437,7 +437,7 @@ fn finish(w: &Writer, files: &[FilePlan], mut batch: Batch) -> [u64; 3] {
 
 /// Should `path` be restored? Included paths bring their whole subtree and
 /// the directories above them.
-fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter) -> (bool, bool) {
+pub fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter) -> (bool, bool) {
     if excludes.matches(path) {
         return (false, false);
     }

@@ -436,6 +436,98 @@ fn a_preview_of_delete_never_lists_through_a_link() {
     }
 }
 
+/// `--preview` with `--include` and `--exclude` says what the restore does
+/// with them: it adds and changes only what they select and, with
+/// `--delete`, removes only within it; what they leave out stays.
+#[test]
+fn a_preview_with_filters_lists_only_what_they_select() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("conf")).unwrap();
+    for (file, text) in [("conf/app.conf", "x=1"), ("conf/trace.log", "snapshot log"), ("readme", "hi")] {
+        fs::write(src.join(file), text).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    fs::create_dir_all(target.join("conf/old.d")).unwrap();
+    let mine = [("conf/debug.log", "mine"), ("notes", "mine"), ("readme", "mine")];
+    for (file, text) in [("conf/old.d/a.conf", "stale"), ("conf/stale.conf", "stale")].iter().chain(&mine) {
+        fs::write(target.join(file), text).unwrap();
+    }
+    let spec = format!("latest:{}", src.display());
+    let args = ["restore", spec.as_str(), "--target", target.to_str().unwrap(), "--delete", "--include", "/conf", "--exclude", "*.log"];
+    assert_eq!(
+        env.ok(&[&args[..], &["--preview"]].concat()),
+        format!(
+            "+    conf/app.conf\n-    conf/old.d\n-    conf/old.d/a.conf\n-    conf/stale.conf\n\
+             1 added, 0 changed, 3 removed in {} (preview: nothing changed)\n",
+            target.display()
+        )
+    );
+    let done = env.json(&args);
+    assert_eq!((done["files_restored"].as_u64(), done["files_deleted"].as_u64()), (Some(1), Some(2)), "{done}");
+    assert_eq!(
+        super::inventory(&target).keys().cloned().collect::<Vec<_>>(),
+        ["conf", "conf/app.conf", "conf/debug.log", "notes", "readme"]
+    );
+    assert_eq!(fs::read(target.join("conf/app.conf")).unwrap(), b"x=1");
+    for (file, text) in mine {
+        assert_eq!(fs::read(target.join(file)).unwrap(), text.as_bytes(), "{file}");
+    }
+}
+
+/// `--preview` sees the target as the restore does, never through a link:
+/// a file below a link to a directory is new (the restore makes the link a
+/// directory of its own), a link where the snapshot has a file is changed
+/// (the restore replaces it), whatever they point at holds. The target
+/// itself may be a link, which both follow.
+#[test]
+fn a_preview_never_compares_through_a_link() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let files = [("same", "same"), ("small", "snapshot small"), ("sub/inner", "snapshot inner")];
+    for (file, text) in files {
+        fs::write(src.join(file), text).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    // Outside the target: the snapshot's bytes behind one link, others behind the other.
+    let victim = env.path("victim");
+    fs::create_dir_all(victim.join("sub")).unwrap();
+    let outside = [("small", "snapshot small"), ("sub/inner", "victim inner")];
+    for (file, text) in outside {
+        fs::write(victim.join(file), text).unwrap();
+    }
+    let (real, target) = (env.path("real"), env.path("t"));
+    fs::create_dir_all(&real).unwrap();
+    symlink(&real, &target).unwrap();
+    fs::write(real.join("same"), "same").unwrap();
+    for name in ["small", "sub"] {
+        symlink(victim.join(name), real.join(name)).unwrap();
+    }
+    let spec = format!("latest:{}", src.display());
+    let args = ["restore", spec.as_str(), "--target", target.to_str().unwrap()];
+    let preview = [&args[..], &["--preview"]].concat();
+    let said = |text: &str| format!("{text} in {} (preview: nothing changed)\n", target.display());
+    assert_eq!(env.ok(&preview), said("+    sub/inner\nM    small\n1 added, 1 changed, 0 removed"));
+    let done = env.json(&args);
+    assert_eq!(done["files_restored"].as_u64(), Some(3), "{done}");
+    for name in ["small", "sub"] {
+        assert!(!fs::symlink_metadata(real.join(name)).unwrap().is_symlink(), "{name} is still a link");
+    }
+    for (file, text) in files {
+        assert_eq!(fs::read(real.join(file)).unwrap(), text.as_bytes(), "{file}");
+    }
+    for (file, text) in outside {
+        assert_eq!(fs::read(victim.join(file)).unwrap(), text.as_bytes(), "{file}");
+    }
+    // The restore did all the preview said: nothing is left to add or change.
+    assert_eq!(env.ok(&preview), said("0 added, 0 changed, 0 removed"));
+}
+
 #[test]
 fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
     let env = Env::new();
