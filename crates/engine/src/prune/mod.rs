@@ -159,8 +159,7 @@ async fn plan(
         let area = size.saturating_sub(overhead + u64::from(usage.entries) * ENTRY_LEN as u64);
         let unused = area.saturating_sub(usage.used_bytes);
         report.unused_bytes += unused;
-        if view.pack_file.get(&view.index, &pack).and_then(|f| view.file_time.get(&f)).zip(protect_from).is_some_and(|(t, from)| *t >= from)
-        {
+        if view.pack_file.time(&view.index, &pack).zip(protect_from).is_some_and(|(t, from)| t >= from) {
             continue;
         }
         if !usage.used {

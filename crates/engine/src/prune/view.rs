@@ -27,12 +27,15 @@ struct NodeRefs {
     subtree: Option<Id>,
 }
 
-/// The index file that lists each pack, by the index's pack number: 4
-/// bytes a pack, not a map of full ids (docs/ARCHITECTURE.md §9).
+/// The index file that lists each pack, by the index's pack number (4
+/// bytes a pack), and each live index file's storage time, by the file's
+/// place: no map keyed by file ids beside them (docs/ARCHITECTURE.md §9).
 #[derive(Default)]
 pub(super) struct PackFiles {
     files: Vec<Id>,
-    file_nums: IdMap<u32>,
+    /// Storage time of each file in `files`; `None` for one a concurrent
+    /// prune removed before its time was read.
+    times: Vec<Option<DateTime<Utc>>>,
     /// Per pack number, a place in `files`; [`PackFiles::NONE`] if no file lists it.
     of: Vec<u32>,
 }
@@ -40,27 +43,37 @@ pub(super) struct PackFiles {
 impl PackFiles {
     const NONE: u32 = u32::MAX;
 
-    /// The pack numbered `n` in the index is listed by `file`.
-    fn set(&mut self, n: u32, file: Id) {
-        let n = n as usize;
-        let files = &mut self.files;
-        let f = *self.file_nums.entry(file).or_insert_with(|| {
-            files.push(file);
-            (files.len() - 1) as u32
-        });
-        if self.of.len() <= n {
-            self.of.resize(n + 1, Self::NONE);
+    /// The live index file `file`, stored at `time`, lists the packs
+    /// numbered `packs` in the index.
+    fn add(&mut self, file: Id, time: Option<DateTime<Utc>>, packs: impl IntoIterator<Item = u32>) {
+        let f = self.files.len() as u32;
+        self.files.push(file);
+        self.times.push(time);
+        for n in packs {
+            let n = n as usize;
+            if self.of.len() <= n {
+                self.of.resize(n + 1, Self::NONE);
+            }
+            self.of[n] = f;
         }
-        self.of[n] = f;
+    }
+
+    fn place(&self, index: &Index, pack: &Id) -> Option<usize> {
+        let n = index.pack_num(pack)? as usize;
+        self.of.get(n).filter(|&&f| f != Self::NONE).map(|&f| f as usize)
     }
 
     pub fn get(&self, index: &Index, pack: &Id) -> Option<Id> {
-        let n = index.pack_num(pack)? as usize;
-        self.of.get(n).filter(|&&f| f != Self::NONE).map(|&f| self.files[f as usize])
+        self.place(index, pack).map(|f| self.files[f])
+    }
+
+    /// When the index file that lists `pack` was stored.
+    pub fn time(&self, index: &Index, pack: &Id) -> Option<DateTime<Utc>> {
+        self.place(index, pack).and_then(|f| self.times[f])
     }
 
     pub fn contains(&self, index: &Index, pack: &Id) -> bool {
-        self.get(index, pack).is_some()
+        self.place(index, pack).is_some()
     }
 
     /// Every pack an index file lists, with that file.
@@ -73,10 +86,9 @@ pub(super) struct View {
     /// Index-file packs first, then marked packs: a blob stored in both is
     /// located in the index file's pack.
     pub index: Index,
-    /// The index file that lists each indexed pack.
+    /// The index file that lists each indexed pack, and when each live
+    /// index file was stored.
     pub pack_file: PackFiles,
-    /// Storage time of each live index file.
-    pub file_time: IdMap<DateTime<Utc>>,
     /// Index files already superseded (left behind by a crash).
     pub stale_files: Vec<Id>,
     /// Empty files whose superseded files are all gone: their work is done.
@@ -101,7 +113,6 @@ impl View {
         let mut view = View {
             index,
             pack_file: PackFiles::default(),
-            file_time: IdMap::default(),
             stale_files: Vec::new(),
             spent_files: Vec::new(),
             marks: repo.load_marks().await?,
@@ -111,7 +122,6 @@ impl View {
             newly_used: IdSet::default(),
         };
         let present: IdSet = files.iter().map(|f| f.id).collect();
-        let mut live = Vec::new();
         for f in files {
             if superseded.contains(&f.id) {
                 view.stale_files.push(f.id);
@@ -121,12 +131,9 @@ impl View {
                 view.spent_files.push(f.id);
                 continue;
             }
-            for &(n, _) in &f.packs {
-                view.pack_file.set(n, f.id);
-            }
-            live.push(f.id);
+            view.pack_file.add(f.id, None, f.packs.iter().map(|&(n, _)| n));
         }
-        view.file_time = file_times(repo, live).await?;
+        view.pack_file.times = file_times(repo, &view.pack_file.files).await?;
         for m in &view.marks {
             for p in &m.file.packs {
                 if view.pack_file.contains(&view.index, &p.id) {
@@ -141,10 +148,8 @@ impl View {
     }
 
     fn add_file(&mut self, id: Id, f: &IndexFile) {
-        for p in &f.packs {
-            let n = self.index.add_pack(p.id, p.size, &p.entries);
-            self.pack_file.set(n, id);
-        }
+        let nums: Vec<u32> = f.packs.iter().map(|p| self.index.add_pack(p.id, p.size, &p.entries)).collect();
+        self.pack_file.add(id, Some(Utc::now()), nums);
     }
 
     /// Index files that appeared since the view was loaded (written by
@@ -152,8 +157,9 @@ impl View {
     /// index is sealed again (with the marked packs added before).
     pub async fn add_new_files(&mut self, repo: &Repository, own: &IdSet) -> Result<IdSet> {
         let mut packs = IdSet::default();
+        let known: IdSet = self.pack_file.files.iter().chain(&self.stale_files).chain(&self.spent_files).chain(own).copied().collect();
         for id in repo.list_ids(Kind::Index).await? {
-            if self.file_time.contains_key(&id) || self.stale_files.contains(&id) || self.spent_files.contains(&id) || own.contains(&id) {
+            if known.contains(&id) {
                 continue;
             }
             let f = match repo.load_file(Kind::Index, &id).await {
@@ -165,7 +171,6 @@ impl View {
             };
             packs.extend(f.packs.iter().map(|p| p.id));
             self.add_file(id, &f);
-            self.file_time.insert(id, Utc::now());
         }
         self.index.seal();
         Ok(packs)
@@ -244,19 +249,19 @@ impl View {
     }
 }
 
-/// Storage times of index files; one a concurrent prune removed meanwhile
-/// has none (its packs are then simply not protected as recent).
-async fn file_times(repo: &Repository, files: Vec<Id>) -> Result<IdMap<DateTime<Utc>>> {
-    let times: Vec<Option<(Id, DateTime<Utc>)>> = futures::stream::iter(files)
+/// Storage times of index files, in their order; one a concurrent prune
+/// removed meanwhile has none (its packs are then simply not protected as
+/// recent).
+async fn file_times(repo: &Repository, files: &[Id]) -> Result<Vec<Option<DateTime<Utc>>>> {
+    futures::stream::iter(files)
         .map(|id| async move {
-            match repo.stored_time(&Kind::Index.path(&id)).await {
-                Ok(t) => Ok(Some((id, t))),
+            match repo.stored_time(&Kind::Index.path(id)).await {
+                Ok(t) => Ok(Some(t)),
                 Err(e) if is_not_found(&e) => Ok(None),
                 Err(e) => Err(e),
             }
         })
-        .buffer_unordered(16)
+        .buffered(16)
         .try_collect()
-        .await?;
-    Ok(times.into_iter().flatten().collect())
+        .await
 }
