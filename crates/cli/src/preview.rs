@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
-use tresor_engine::restore::{RestoreOptions, wanted};
+use tresor_engine::restore::{RestoreOptions, deletable, wanted};
 use tresor_engine::walk::{PathFilter, Walker};
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
@@ -61,7 +61,11 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
     }
     let mut removed = Vec::new();
     if opts.delete {
-        removed = present(&opts.target).into_iter().filter(|p| removes(p, &kept, &includes, &excludes)).collect();
+        let present = present(&opts.target);
+        // A directory holding what `delete` leaves is left too (`existing::remove`).
+        let stays: HashSet<&Path> =
+            present.iter().filter(|p| !deletable(&Path::new("/").join(p), &includes, &excludes)).flat_map(|p| p.ancestors()).collect();
+        removed = present.iter().filter(|p| !stays.contains(p.as_path()) && removes(p, &kept, &includes, &excludes)).cloned().collect();
     }
     Ok((added, changed, removed))
 }
@@ -88,15 +92,12 @@ fn held(target: &Path, rel: &Path) -> Option<bool> {
     None
 }
 
-/// Whether `delete` removes `rel` (as `existing::delete_extra` selects):
-/// it, or a directory above it, is neither restored nor gone into, and is
-/// within what the filters select, as `wanted` says (a path alone decides
-/// that, whatever its node).
+/// Whether `delete` removes `rel` (as `existing::delete_extra` selects),
+/// unless it holds what `delete` leaves: it, or a directory above it, is
+/// neither restored nor gone into, and it is `deletable` (within what the
+/// filters select, below no exclude).
 fn removes(rel: &Path, kept: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> bool {
-    let any = Node::default();
-    rel.ancestors()
-        .filter(|a| !a.as_os_str().is_empty() && !kept.contains(*a))
-        .any(|a| wanted(&Path::new("/").join(a), &any, includes, excludes).0)
+    deletable(&Path::new("/").join(rel), includes, excludes) && rel.ancestors().any(|a| !a.as_os_str().is_empty() && !kept.contains(a))
 }
 
 /// The preview of restoring `snap` (its `folder`) into `a.target`.

@@ -441,9 +441,25 @@ pub fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFi
     if excludes.matches(path) {
         return (false, false);
     }
-    if includes.is_empty() || path.ancestors().any(|a| includes.matches(a)) {
+    if included(path, includes) {
         return (true, true);
     }
     // Not (yet) included: descend into directories looking for matches.
     (false, node.is_dir())
+}
+
+/// Whether `delete` may remove what the target holds at `path` (as the
+/// snapshot would name it) when the snapshot lacks it: only what the
+/// filters select, as `wanted` does, so neither `path` nor any directory
+/// above it may be excluded, as the walk goes into no excluded directory.
+/// The root is no entry of the snapshot: an exclude matching it alone
+/// excludes nothing there.
+pub fn deletable(path: &Path, includes: &PathFilter, excludes: &PathFilter) -> bool {
+    let mut entries = path.ancestors().take_while(|a| a.parent().is_some());
+    !entries.any(|a| excludes.matches(a)) && included(path, includes)
+}
+
+/// An include names `path` or a directory above it (or there is none).
+fn included(path: &Path, includes: &PathFilter) -> bool {
+    includes.is_empty() || path.ancestors().any(|a| includes.matches(a))
 }

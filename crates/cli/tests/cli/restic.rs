@@ -551,6 +551,46 @@ fn delete_removes_what_the_snapshot_lacks_within_what_is_restored() {
     assert_eq!(super::inventory(&dir).keys().cloned().collect::<Vec<_>>(), ["conf", "conf/app.conf", "readme"]);
 }
 
+/// `--delete` removes only what the filters select: nothing at or below
+/// an excluded path, whether a directory (`logs`) or a glob (`*.log`)
+/// names it, is the restore's, not even inside a directory the snapshot
+/// lacks and the rest of which goes (`gone`). `--preview` lists just what goes.
+#[test]
+fn delete_leaves_what_is_excluded_alone() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for (file, text) in [("a/keep", "k"), ("logs/app", "snapshot log")] {
+        fs::create_dir_all(src.join(file).parent().unwrap()).unwrap();
+        fs::write(src.join(file), text).unwrap();
+    }
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let target = env.path("t");
+    let (stale, mine) = (["a/stale", "extra", "gone/f"], ["a/x.log", "gone/logs/kept", "logs/mine", "logs/sub/deep"]);
+    for file in stale.iter().chain(&mine) {
+        fs::create_dir_all(target.join(file).parent().unwrap()).unwrap();
+        fs::write(target.join(file), file).unwrap();
+    }
+    let before = super::inventory(&target);
+    let spec = format!("latest:{}", src.display());
+    let args = ["restore", spec.as_str(), "--target", target.to_str().unwrap(), "--delete", "--exclude", "logs", "--exclude", "*.log"];
+    assert_eq!(
+        env.ok(&[&args[..], &["--preview"]].concat()),
+        format!(
+            "+    a/keep\n-    a/stale\n-    extra\n-    gone/f\n1 added, 0 changed, 3 removed in {} (preview: nothing changed)\n",
+            target.display()
+        )
+    );
+    assert_eq!(env.ok(&args), format!("restored snapshot {id} to {}: 1 files, 1 dirs, 1 B; 3 deleted\n", target.display()));
+    let after = super::inventory(&target);
+    let gone: Vec<_> = before.keys().filter(|k| !after.contains_key(*k)).cloned().collect();
+    assert_eq!(gone, stale);
+    for file in mine {
+        assert_eq!((after.get(file), fs::read(target.join(file)).unwrap()), (before.get(file), file.as_bytes().to_vec()), "{file}");
+    }
+    assert_eq!(fs::read(target.join("a/keep")).unwrap(), b"k");
+}
+
 /// A tmpfs with the given limits, unmounted however the test ends.
 struct Tmpfs(PathBuf);
 

@@ -127,13 +127,14 @@ pub(super) fn reached_without_links(walked: &mut [Walked]) -> bool {
 }
 
 /// Remove what lies in a directory the walk has left but did not take
-/// there, within what the filters select: a path an include does not reach
-/// or an exclude names was not restored, so it is not removed either. A
-/// directory the walk went into is done when the walk leaves it; any other
-/// directory that stays is looked into, as nothing below it was restored.
-/// `walked.dir` must be reached through no link (`reached_without_links`);
-/// below it, links are removed as links, never followed. The number of
-/// entries removed, and what could not be removed.
+/// there, within what the filters select (`deletable`): a path an include
+/// does not reach was not restored, so it is not removed either, and
+/// nothing at or below a path an exclude names is touched. A directory the
+/// walk went into is done when the walk leaves it; one it took, or that no
+/// include reaches, is looked into, as nothing below it was restored; an
+/// excluded one is not. `walked.dir` must be reached through no link
+/// (`reached_without_links`); below it, links are removed as links, never
+/// followed. The number of entries removed, and what could not be removed.
 pub(super) fn delete_extra(target: &Path, walked: &Walked, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
     let (mut removed, mut errors) = (0u64, Vec::new());
     let mut stack = vec![(walked.dir.clone(), true)];
@@ -146,19 +147,51 @@ pub(super) fn delete_extra(target: &Path, walked: &Walked, includes: &PathFilter
             }
             let in_snapshot = Path::new("/").join(path.strip_prefix(target).unwrap_or(&path));
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            let selected = !excludes.matches(&in_snapshot) && (includes.is_empty() || in_snapshot.ancestors().any(|a| includes.matches(a)));
-            if (walked_here && walked.taken.contains(&name)) || !selected {
-                if is_dir {
+            if (walked_here && walked.taken.contains(&name)) || !super::deletable(&in_snapshot, includes, excludes) {
+                // What is looked into is never below an exclude: this entry alone may be.
+                if is_dir && !excludes.matches(&in_snapshot) {
                     stack.push((path, false));
                 }
                 continue;
             }
-            let gone = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            match gone {
-                Ok(()) => removed += 1,
-                Err(e) => errors.push(format!("{}: cannot delete: {e}", path.display())),
-            }
+            removed += remove(&path, is_dir, &in_snapshot, excludes, &mut errors).0;
         }
     }
     (removed, errors)
+}
+
+/// Remove `path` (`in_snapshot` in the snapshot), which `delete` may
+/// remove, and all below it but what an exclude names there, which keeps
+/// the directories above it. The entries removed, a directory removed
+/// whole counting as one, and whether `path` is gone.
+fn remove(path: &Path, is_dir: bool, in_snapshot: &Path, excludes: &PathFilter, errors: &mut Vec<String>) -> (u64, bool) {
+    let mut removed = 0;
+    // Without excludes, nothing below is kept: std removes it all, never following a link.
+    if is_dir && !excludes.is_empty() {
+        let mut whole = true;
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            let below = in_snapshot.join(entry.file_name());
+            if excludes.matches(&below) {
+                whole = false;
+                continue;
+            }
+            let (n, gone) = remove(&entry.path(), entry.file_type().is_ok_and(|t| t.is_dir()), &below, excludes, errors);
+            (removed, whole) = (removed + n, whole && gone);
+        }
+        if !whole {
+            return (removed, false);
+        }
+    }
+    let gone = match (is_dir, excludes.is_empty()) {
+        (false, _) => std::fs::remove_file(path),
+        (true, true) => std::fs::remove_dir_all(path),
+        (true, false) => std::fs::remove_dir(path),
+    };
+    match gone {
+        Ok(()) => (1, true),
+        Err(e) => {
+            errors.push(format!("{}: cannot delete: {e}", path.display()));
+            (removed, false)
+        }
+    }
 }
