@@ -63,10 +63,6 @@ impl PackFiles {
         self.of.get(n).filter(|&&f| f != Self::NONE).map(|&f| f as usize)
     }
 
-    pub fn get(&self, index: &Index, pack: &Id) -> Option<Id> {
-        self.place(index, pack).map(|f| self.files[f])
-    }
-
     /// When the index file that lists `pack` was stored.
     pub fn time(&self, index: &Index, pack: &Id) -> Option<DateTime<Utc>> {
         self.place(index, pack).and_then(|f| self.times[f])
