@@ -223,6 +223,8 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     // The index holds blob keys, not ids: the full entries of the blobs to
     // copy come from the index files, filtered by the reachability marks.
     let mut used: IdMap<Vec<PackEntry>> = IdMap::default();
+    // A pack two affected files list is marked or kept once.
+    let mut listed = IdSet::default();
     for file in &affected {
         // A concurrent prune superseded and removed it: its packs are in
         // that prune's files, and stay unmarked by this one.
@@ -231,6 +233,9 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
             r => r?,
         };
         for p in IndexFile::decode(file, &plain)?.packs {
+            if !listed.insert(p.id) {
+                continue;
+            }
             if plan.repack.contains(&p.id) {
                 used.entry(p.id).or_insert_with(|| p.entries.iter().filter(|e| view.index.used_in_pack(&e.id, &p.id)).copied().collect());
             }

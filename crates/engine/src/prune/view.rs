@@ -38,6 +38,11 @@ pub(super) struct PackFiles {
     times: Vec<Option<DateTime<Utc>>>,
     /// Per pack number, a place in `files`; [`PackFiles::NONE`] if no file lists it.
     of: Vec<u32>,
+    /// Further (pack number, place) pairs, sorted, for a pack more than one
+    /// live file lists (a prune that died before its superseding file was
+    /// stored leaves such pairs): each of those files must be rewritten when
+    /// the pack goes, or one would still list a deleted pack.
+    also: Vec<(u32, u32)>,
 }
 
 impl PackFiles {
@@ -49,32 +54,47 @@ impl PackFiles {
         let f = self.files.len() as u32;
         self.files.push(file);
         self.times.push(time);
+        let before = self.also.len();
         for n in packs {
-            let n = n as usize;
-            if self.of.len() <= n {
-                self.of.resize(n + 1, Self::NONE);
+            let i = n as usize;
+            if self.of.len() <= i {
+                self.of.resize(i + 1, Self::NONE);
             }
-            self.of[n] = f;
+            match self.of[i] {
+                Self::NONE => self.of[i] = f,
+                first if first != f => self.also.push((n, f)),
+                _ => {}
+            }
+        }
+        if self.also.len() > before {
+            self.also.sort_unstable();
         }
     }
 
-    fn place(&self, index: &Index, pack: &Id) -> Option<usize> {
-        let n = index.pack_num(pack)? as usize;
-        self.of.get(n).filter(|&&f| f != Self::NONE).map(|&f| f as usize)
+    /// The places of the files that list `pack`.
+    fn places(&self, index: &Index, pack: &Id) -> impl Iterator<Item = usize> + '_ {
+        let n = index.pack_num(pack);
+        let first = n.and_then(|n| self.of.get(n as usize)).filter(|&&f| f != Self::NONE).map(|&f| f as usize);
+        let more = n.map_or(&[][..], |n| {
+            let from = self.also.partition_point(|&(m, _)| m < n);
+            &self.also[from..from + self.also[from..].partition_point(|&(m, _)| m == n)]
+        });
+        first.into_iter().chain(more.iter().map(|&(_, f)| f as usize))
     }
 
-    /// When the index file that lists `pack` was stored.
+    /// When the newest index file that lists `pack` was stored.
     pub fn time(&self, index: &Index, pack: &Id) -> Option<DateTime<Utc>> {
-        self.place(index, pack).and_then(|f| self.times[f])
+        self.places(index, pack).filter_map(|f| self.times[f]).max()
     }
 
     pub fn contains(&self, index: &Index, pack: &Id) -> bool {
-        self.place(index, pack).is_some()
+        self.places(index, pack).next().is_some()
     }
 
-    /// Every pack an index file lists, with that file.
+    /// Every pack a live index file lists, with each file that lists it.
     pub fn iter<'a>(&'a self, index: &'a Index) -> impl Iterator<Item = (Id, Id)> + 'a {
-        index.packs().zip(&self.of).filter(|(_, f)| **f != Self::NONE).map(|((p, _), &f)| (p, self.files[f as usize]))
+        let first = index.packs().zip(&self.of).filter(|(_, f)| **f != Self::NONE).map(|((p, _), &f)| (p, self.files[f as usize]));
+        first.chain(self.also.iter().map(|&(n, f)| (index.pack_id(n), self.files[f as usize])))
     }
 }
 
@@ -260,4 +280,30 @@ async fn file_times(repo: &Repository, files: &[Id]) -> Result<Vec<Option<DateTi
         .buffered(16)
         .try_collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pack two live files list (left by a prune that died before its
+    /// superseding file) goes with both files, and is as recent as the
+    /// newer one.
+    #[test]
+    fn a_pack_two_files_list_belongs_to_both() {
+        let mut index = Index::default();
+        let (p1, p2, p3) = (Id([1; 32]), Id([2; 32]), Id([3; 32]));
+        let n1 = index.add_pack(p1, 10, std::iter::empty::<crate::pack::PackEntry>());
+        let n2 = index.add_pack(p2, 10, std::iter::empty::<crate::pack::PackEntry>());
+        let (a, b) = (Id([10; 32]), Id([11; 32]));
+        let t = |s| DateTime::from_timestamp(s, 0);
+        let mut files = PackFiles::default();
+        files.add(a, t(100), [n1, n2, n2]);
+        files.add(b, t(200), [n2]);
+        assert_eq!(files.iter(&index).collect::<Vec<_>>(), vec![(p1, a), (p2, a), (p2, b)]);
+        assert_eq!(files.time(&index, &p1), t(100));
+        assert_eq!(files.time(&index, &p2), t(200));
+        assert!(files.contains(&index, &p2));
+        assert!(!files.contains(&index, &p3));
+    }
 }
