@@ -1,15 +1,17 @@
 //! `restore --preview`: what a restore would change in its target, before
 //! anything does. A directory: the files it would add, change (content
-//! differs) and, with --delete, remove; Kubernetes: each object's would-be
-//! result and why (the `--dry-run` the k8s restore has).
+//! differs and `--overwrite` lets it write) and, with --delete, remove, and
+//! what stands in its way; Kubernetes: each object's would-be result and
+//! why (the `--dry-run` the k8s restore has).
 
 use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
-use tresor_engine::restore::{RestoreOptions, deletable, wanted};
+use tresor_engine::restore::{Overwrite, RestoreOptions, deletable, wanted};
 use tresor_engine::walk::{PathFilter, Walker};
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
@@ -19,25 +21,43 @@ use crate::opts::{Global, RestoreArgs};
 /// What a restore would add, change and (with `delete`) remove in its target.
 pub type Changes = (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>);
 
+/// What `tresor_engine::restore::restore` would do in its target, each
+/// path relative to it.
+#[derive(Default)]
+pub struct Plan {
+    /// Files restored where the target has nothing.
+    pub added: Vec<PathBuf>,
+    /// Files the target holds with other content, which the restore writes.
+    pub changed: Vec<PathBuf>,
+    /// What `delete` removes, a directory removed whole as one entry.
+    pub removed: Vec<PathBuf>,
+    /// Where what the target holds stops the restore: it reports an error
+    /// for each, once, and restores nothing there or below.
+    pub unrestorable: Vec<PathBuf>,
+}
+
 /// [`planned`] for a whole folder: restore-app's directory sources take no filters.
 pub async fn changes(repo: &Repository, snap: &Snapshot, base: &str, target: &Path, delete: bool) -> Result<Changes> {
     let opts = RestoreOptions { target: target.to_path_buf(), subfolder: Some(base.to_string()), delete, ..Default::default() };
-    planned(repo, snap, &opts).await
+    let plan = planned(repo, snap, &opts).await?;
+    Ok((plan.added, plan.changed, plan.removed))
 }
 
-/// What `tresor_engine::restore::restore(repo, snap, opts)` would add,
-/// change and remove, found as it finds them: the same walk, the same
-/// `wanted` for what is restored and what the walk goes into, and for
-/// `delete` the same selection of what the target holds.
-pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Changes> {
+/// What `tresor_engine::restore::restore(repo, snap, opts)` would do,
+/// found as it finds it: the same walk, the same `wanted` for what is
+/// restored and what the walk goes into, the same `--overwrite` rule, and
+/// for `delete` the same selection of what the target holds.
+pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) -> Result<Plan> {
     let root = match &opts.subfolder {
         Some(folder) => tresor_engine::walk::folder(repo, snap.tree, folder).await?,
         None => snap.tree,
     };
     let (includes, excludes) = (PathFilter::new(&opts.includes)?, PathFilter::new(&opts.excludes)?);
-    let (mut added, mut changed) = (Vec::new(), Vec::new());
+    let mut plan = Plan::default();
     // What the walk restores or goes into: `delete` leaves these.
     let mut kept = HashSet::new();
+    // The inodes of multiply-linked files met, as the restore's `first_link`.
+    let mut linked = HashSet::new();
     let mut walker = Walker::new(repo);
     walker.enter(root, Path::new("/")).await?;
     while let Some((path, node)) = walker.next()? {
@@ -51,45 +71,108 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
             continue;
         }
         kept.insert(rel.clone());
-        if node.kind == NodeKind::File {
-            match held(&opts.target, &rel) {
-                None => added.push(rel),
-                Some(true) if same(repo, &node, &opts.target.join(&rel)).await? => {}
-                Some(_) => changed.push(rel),
-            }
+        // The walk meets all below a path together: only the last one in the way can hold this.
+        if plan.unrestorable.last().is_some_and(|at| rel.starts_with(at)) {
+            continue;
+        }
+        let held = held(&opts.target, &rel, node.is_dir());
+        if let Held::InTheWay(at) = held {
+            plan.unrestorable.push(at);
+            continue;
+        }
+        if node.kind != NodeKind::File {
+            continue;
+        }
+        // A later path of a multiply-linked file is linked to the first whatever `--overwrite` says.
+        let follows = node.links > 1 && node.inode != 0 && !linked.insert((node.device, node.inode));
+        let mode = if follows { Overwrite::Always } else { opts.overwrite };
+        match held {
+            Held::Nothing => plan.added.push(rel),
+            Held::File(md) if keeps(mode, &md, &node) || same(repo, &node, &opts.target.join(&rel)).await? => {}
+            _ => plan.changed.push(rel),
         }
     }
-    let mut removed = Vec::new();
     if opts.delete {
-        let present = present(&opts.target);
-        // A directory holding what `delete` leaves is left too (`existing::remove`).
-        let stays: HashSet<&Path> =
-            present.iter().filter(|p| !deletable(&Path::new("/").join(p), &includes, &excludes)).flat_map(|p| p.ancestors()).collect();
-        removed = present.iter().filter(|p| !stays.contains(p.as_path()) && removes(p, &kept, &includes, &excludes)).cloned().collect();
+        plan.removed = removed(&opts.target, &kept, &includes, &excludes);
     }
-    Ok((added, changed, removed))
+    Ok(plan)
 }
 
-/// What the target holds at `rel` where the snapshot has a file, seen as
-/// the restore sees it, each component's own type (lstat), outermost
-/// first. `None`: nothing reached without a link, so the file is new, as a
-/// link above it is replaced by a directory of the restore's own. Else
-/// whether it is a regular file; a link there is not one, the restore
-/// replaces it. The target itself may be a link: the restore follows it.
-fn held(target: &Path, rel: &Path) -> Option<bool> {
+/// What `delete` removes (`existing::delete_extra`): what the target holds
+/// that `removes` selects, but a directory holding what `delete` leaves,
+/// which is left too, and what lies below a directory removed whole, which
+/// goes with it as one entry (`existing::remove`).
+fn removed(target: &Path, kept: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> Vec<PathBuf> {
+    let present = present(target);
+    let stays: HashSet<&Path> =
+        present.iter().filter(|p| !deletable(&Path::new("/").join(p), includes, excludes)).flat_map(|p| p.ancestors()).collect();
+    let gone: HashSet<&Path> =
+        present.iter().filter(|p| !stays.contains(p.as_path()) && removes(p, kept, includes, excludes)).map(PathBuf::as_path).collect();
+    // All below a directory that goes goes: whatever stays keeps the directories above it.
+    present.iter().filter(|p| gone.contains(p.as_path()) && !p.parent().is_some_and(|d| gone.contains(d))).cloned().collect()
+}
+
+/// What the target holds where the snapshot has an entry, seen as the
+/// restore sees it.
+enum Held {
+    /// Nothing, or nothing reached without a link: a link above it is
+    /// replaced by a directory of the restore's own.
+    Nothing,
+    /// A regular file, where the snapshot has one.
+    File(std::fs::Metadata),
+    /// What the restore replaces or keeps as it is: a link or special
+    /// file where the snapshot has a file, a directory where it has one.
+    Other,
+    /// What the restore neither replaces nor restores into (`make_dir`
+    /// refuses what is not a directory or a link; a directory is never
+    /// removed to make room for anything else): where it stands.
+    InTheWay(PathBuf),
+}
+
+/// What the target holds at `rel`, where the snapshot has a directory
+/// (`dir`) or something else, each component's own type (lstat),
+/// outermost first. The target itself may be a link: the restore follows it.
+fn held(target: &Path, rel: &Path, dir: bool) -> Held {
     let mut at = target.to_path_buf();
     let mut parts = rel.components().peekable();
     while let Some(part) = parts.next() {
         at.push(part);
-        let kind = std::fs::symlink_metadata(&at).ok()?.file_type();
-        if parts.peek().is_none() {
-            return Some(kind.is_file());
+        let Ok(md) = std::fs::symlink_metadata(&at) else { return Held::Nothing };
+        let (kind, last) = (md.file_type(), parts.peek().is_none());
+        let way = || Held::InTheWay(at.strip_prefix(target).unwrap_or(&at).to_path_buf());
+        if !last || dir {
+            if kind.is_symlink() {
+                return Held::Nothing;
+            }
+            if !kind.is_dir() {
+                return way();
+            }
+            continue;
         }
-        if !kind.is_dir() {
-            return None;
-        }
+        return if kind.is_dir() {
+            way()
+        } else if kind.is_file() {
+            Held::File(md)
+        } else {
+            Held::Other
+        };
     }
-    None
+    Held::Other
+}
+
+/// Whether `--overwrite` (`mode`) leaves the regular file `md` the target
+/// holds where the snapshot has `node` as it is. The rule of
+/// `tresor_engine::restore::existing::Existing::decide`, which is not
+/// public: `Decision::Keep` there. Its `KeepContent` keeps content equal
+/// to the snapshot's, which `same` finds.
+fn keeps(mode: Overwrite, md: &std::fs::Metadata, node: &Node) -> bool {
+    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    match mode {
+        Overwrite::Always => false,
+        Overwrite::Never => true,
+        Overwrite::IfNewer => node.mtime <= mtime,
+        Overwrite::IfChanged => md.len() == node.size && mtime == node.mtime,
+    }
 }
 
 /// Whether `delete` removes `rel` (as `existing::delete_extra` selects),
@@ -100,7 +183,9 @@ fn removes(rel: &Path, kept: &HashSet<PathBuf>, includes: &PathFilter, excludes:
     deletable(&Path::new("/").join(rel), includes, excludes) && rel.ancestors().any(|a| !a.as_os_str().is_empty() && !kept.contains(a))
 }
 
-/// The preview of restoring `snap` (its `folder`) into `a.target`.
+/// The preview of restoring `snap` (its `folder`) into `a.target`: a line
+/// a path, marked `+` added, `M` changed, `-` removed, `!` not restorable
+/// (in the restore's way), then the counts.
 pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: Option<&str>, a: &RestoreArgs) -> Result<u8> {
     let Some(target) = a.target.clone() else { bail!("--preview takes --target DIR or --to k8s://") };
     let opts = RestoreOptions {
@@ -108,27 +193,30 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
         subfolder: folder.map(String::from),
         includes: a.includes.clone(),
         excludes: a.excludes.clone(),
+        overwrite: a.overwrite.parse()?,
         delete: a.delete,
-        ..Default::default()
+        progress: None,
     };
-    let (added, changed, removed) = planned(repo, snap, &opts).await?;
+    let Plan { added, changed, removed, unrestorable } = planned(repo, snap, &opts).await?;
     let target = &opts.target;
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
-        print_json(
-            &json!({"snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed)}),
-        )?;
+        print_json(&json!({
+            "snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed),
+            "unrestorable": show(&unrestorable),
+        }))?;
     } else {
-        for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed)] {
+        for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed), ("!", &unrestorable)] {
             for p in list.iter() {
                 println!("{mark}    {}", p.display());
             }
         }
         println!(
-            "{} added, {} changed, {} removed in {} (preview: nothing changed)",
+            "{} added, {} changed, {} removed, {} not restorable in {} (preview: nothing changed)",
             added.len(),
             changed.len(),
             removed.len(),
+            unrestorable.len(),
             target.display()
         );
     }
