@@ -27,17 +27,24 @@ struct NodeRefs {
     subtree: Option<Id>,
 }
 
-/// The index file that lists each pack, by the index's pack number (4
-/// bytes a pack), and each live index file's storage time, by the file's
-/// place: no map keyed by file ids beside them (docs/ARCHITECTURE.md §9).
+/// The index file that lists each pack, by the index's pack number, and
+/// each live index file's storage time, by the file's place: no map keyed
+/// by file ids beside them (docs/ARCHITECTURE.md §9). The index numbers
+/// packs in the order files list them, so a file's packs are mostly one
+/// run of numbers: a run is 8 bytes where a table by pack number took 4
+/// bytes a pack (a quarter of a byte a blob at 16 blobs a pack).
 #[derive(Default)]
 pub(super) struct PackFiles {
     files: Vec<Id>,
     /// Storage time of each file in `files`; `None` for one a concurrent
     /// prune removed before its time was read.
     times: Vec<Option<DateTime<Utc>>>,
-    /// Per pack number, a place in `files`; [`PackFiles::NONE`] if no file lists it.
-    of: Vec<u32>,
+    /// Runs of pack numbers (first number, place in `files`), by first
+    /// number: a run ends where the next begins, the last at `next`;
+    /// [`PackFiles::NONE`] as the place for numbers no file lists first.
+    runs: Vec<(u32, u32)>,
+    /// The pack numbers below it are in `runs`.
+    next: u32,
     /// Further (pack number, place) pairs, sorted, for a pack more than one
     /// live file lists (a prune that died before its superseding file was
     /// stored leaves such pairs): each of those files must be rewritten when
@@ -56,14 +63,16 @@ impl PackFiles {
         self.times.push(time);
         let before = self.also.len();
         for n in packs {
-            let i = n as usize;
-            if self.of.len() <= i {
-                self.of.resize(i + 1, Self::NONE);
-            }
-            match self.of[i] {
-                Self::NONE => self.of[i] = f,
-                first if first != f => self.also.push((n, f)),
-                _ => {}
+            if n >= self.next {
+                if n > self.next {
+                    self.runs.push((self.next, Self::NONE));
+                }
+                if self.runs.last().is_none_or(|&(_, p)| p != f) {
+                    self.runs.push((n, f));
+                }
+                self.next = n + 1;
+            } else if self.first(n) != Some(f) {
+                self.also.push((n, f));
             }
         }
         if self.also.len() > before {
@@ -71,10 +80,19 @@ impl PackFiles {
         }
     }
 
+    /// The place of the first file that lists pack number `n`.
+    fn first(&self, n: u32) -> Option<u32> {
+        if n >= self.next {
+            return None;
+        }
+        let run = self.runs.partition_point(|&(start, _)| start <= n) - 1;
+        Some(self.runs[run].1).filter(|&f| f != Self::NONE)
+    }
+
     /// The places of the files that list `pack`.
     fn places(&self, index: &Index, pack: &Id) -> impl Iterator<Item = usize> + '_ {
         let n = index.pack_num(pack);
-        let first = n.and_then(|n| self.of.get(n as usize)).filter(|&&f| f != Self::NONE).map(|&f| f as usize);
+        let first = n.and_then(|n| self.first(n)).map(|f| f as usize);
         let more = n.map_or(&[][..], |n| {
             let from = self.also.partition_point(|&(m, _)| m < n);
             &self.also[from..from + self.also[from..].partition_point(|&(m, _)| m == n)]
@@ -93,7 +111,9 @@ impl PackFiles {
 
     /// Every pack a live index file lists, with each file that lists it.
     pub fn iter<'a>(&'a self, index: &'a Index) -> impl Iterator<Item = (Id, Id)> + 'a {
-        let first = index.packs().zip(&self.of).filter(|(_, f)| **f != Self::NONE).map(|((p, _), &f)| (p, self.files[f as usize]));
+        let ends = self.runs.iter().skip(1).map(|&(start, _)| start).chain([self.next]);
+        let first = self.runs.iter().zip(ends).filter(|((_, f), _)| *f != Self::NONE);
+        let first = first.flat_map(move |(&(start, f), end)| (start..end).map(move |n| (index.pack_id(n), self.files[f as usize])));
         first.chain(self.also.iter().map(|&(n, f)| (index.pack_id(n), self.files[f as usize])))
     }
 }
@@ -305,5 +325,30 @@ mod tests {
         assert_eq!(files.time(&index, &p2), t(200));
         assert!(files.contains(&index, &p2));
         assert!(!files.contains(&index, &p3));
+    }
+
+    /// Runs of numbers with gaps (packs only a skipped file lists), a pack
+    /// listed again later, and one of a gap listed first by a later file:
+    /// each pack maps to exactly the files that list it.
+    #[test]
+    fn runs_map_every_pack_to_its_files() {
+        let mut index = Index::default();
+        let packs: Vec<Id> = (1..=9).map(|i| Id([i; 32])).collect();
+        let nums: Vec<u32> = packs.iter().map(|p| index.add_pack(*p, 10, std::iter::empty::<crate::pack::PackEntry>())).collect();
+        let (a, b, c) = (Id([10; 32]), Id([11; 32]), Id([12; 32]));
+        let mut files = PackFiles::default();
+        files.add(a, None, [nums[0], nums[1], nums[2]]);
+        // nums[3] and nums[4]: a superseded file's, skipped.
+        files.add(b, None, [nums[5], nums[1], nums[6]]);
+        files.add(c, None, [nums[3], nums[7]]);
+        let mut got: Vec<(Id, Id)> = files.iter(&index).collect();
+        got.sort();
+        let mut want =
+            vec![(packs[0], a), (packs[1], a), (packs[1], b), (packs[2], a), (packs[3], c), (packs[5], b), (packs[6], b), (packs[7], c)];
+        want.sort();
+        assert_eq!(got, want);
+        for (i, p) in packs.iter().enumerate() {
+            assert_eq!(files.contains(&index, p), ![4, 8].contains(&i), "pack {i}");
+        }
     }
 }
