@@ -423,8 +423,9 @@ pub struct RestoreArgs {
     /// With --target: remove files in the target that are not in the snapshot (within what is restored).
     #[arg(long, conflicts_with = "to", help_heading = TARGET)]
     pub delete: bool,
-    /// Say what the restore would change, change nothing: files added, changed and (with
-    /// --delete) removed in --target; with --to k8s:// each object created, updated or skipped and why.
+    /// Say what the restore would change, change nothing: files added, changed (as --overwrite
+    /// allows), (with --delete) removed in --target, and what stands in its way; with --to k8s://
+    /// each object created, updated or skipped and why.
     #[arg(long, conflicts_with_all = ["verify", "verify_only"], help_heading = TARGET)]
     pub preview: bool,
     /// Restore only paths matching this glob and what is below them, e.g. '/home/*/docs' (repeatable).
