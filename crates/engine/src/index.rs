@@ -261,4 +261,119 @@ mod tests {
         b.add_file(Id([2; 32]), &old.encode()).unwrap();
         assert_eq!(b.finish(&[Id([1; 32])].into_iter().collect()).0.blob_count(), 0);
     }
+
+    fn pack(id: u8, size: u64, kind: BlobKind, blobs: &[(u8, u32)]) -> IndexedPack {
+        let entries =
+            blobs.iter().map(|&(b, offset)| PackEntry { kind, flags: 0, id: Id([b; 32]), offset, length: 8, raw_length: 9 }).collect();
+        IndexedPack { id: Id([id; 32]), size, entries }
+    }
+
+    /// Three live files: data and tree packs, a blob stored in two packs,
+    /// a pack of no entries, one of 4 GiB or more, and pack 1 listed by two
+    /// files with the same entries (what a prune that died before its
+    /// superseding file leaves).
+    fn live_files() -> Vec<(Id, IndexFile)> {
+        let (data, tree) = (BlobKind::Data, BlobKind::Tree);
+        let file = |packs| IndexFile { supersedes: vec![], packs };
+        let p1 = pack(1, 100, data, &[(11, 0), (12, 10), (13, 20)]);
+        vec![
+            (Id([101; 32]), file(vec![p1.clone(), pack(2, 200, tree, &[(21, 0), (22, 10)]), pack(3, 30, data, &[])])),
+            (Id([102; 32]), file(vec![pack(4, 400, data, &[(12, 30), (14, 40)]), pack(5, 5 << 32, tree, &[(21, 50), (23, 60)])])),
+            (Id([103; 32]), file(vec![pack(6, 600, tree, &[(22, 70), (24, 80)]), p1])),
+        ]
+    }
+
+    /// Packs by their ids' byte, with their sizes.
+    fn sized(packs: &[(u8, u64)]) -> Vec<(Id, u64)> {
+        packs.iter().map(|&(p, size)| (Id([p; 32]), size)).collect()
+    }
+
+    /// Every blob the files name: 1x data, 2x trees, 99 none.
+    const BLOBS: [u8; 9] = [11, 12, 13, 14, 21, 22, 23, 24, 99];
+
+    /// Everything `finish` yields, by pack and blob ids: each blob's place,
+    /// the packs, their usage, the blob count and each file's packs.
+    type Outcome = (Vec<Option<(Id, PackEntry)>>, Vec<(Id, u64)>, Vec<(u32, bool, u64)>, usize, Vec<(Id, Vec<Id>, Vec<(Id, u32)>)>);
+
+    fn builder(files: &[(Id, IndexFile)]) -> IndexBuilder {
+        let mut b = IndexBuilder::default();
+        for (id, f) in files {
+            b.add_file(*id, &f.encode()).unwrap();
+        }
+        b
+    }
+
+    fn finished(files: &[(Id, IndexFile)], without: &IdSet) -> Outcome {
+        let (mut idx, summaries) = builder(files).finish(without);
+        // Marks make `pack_usage` count bytes: a blob of two packs counts
+        // in the one that wins.
+        for blob in [12, 22] {
+            idx.mark_used(&Id([blob; 32]));
+        }
+        let summaries = summaries
+            .into_iter()
+            .map(|f| (f.id, f.supersedes, f.packs.iter().map(|&(n, count)| (idx.pack_id(n), count)).collect()))
+            .collect();
+        (
+            BLOBS.iter().map(|&b| idx.get(&Id([b; 32]))).collect(),
+            idx.packs().collect(),
+            idx.pack_usage().map(|u| (u.entries, u.used, u.used_bytes)).collect(),
+            idx.blob_count(),
+            summaries,
+        )
+    }
+
+    /// With nothing to drop, the path that renumbers packs (forced by a
+    /// `without` naming a pack no file lists) yields what sealing the
+    /// loaded index as it is yields.
+    #[test]
+    fn finish_renumbering_nothing_equals_sealing_as_loaded() {
+        let files = live_files();
+        let fast = finished(&files, &IdSet::default());
+        let slow = finished(&files, &[Id([77; 32])].into_iter().collect());
+        assert_eq!(slow, fast);
+        // And what both yield is the files' content.
+        let (data, tree) = (BlobKind::Data, BlobKind::Tree);
+        let at = |p: u8, kind, b: u8, offset| Some((Id([p; 32]), pack(p, 0, kind, &[(b, offset)]).entries[0]));
+        let places = vec![
+            at(1, data, 11, 0),
+            at(1, data, 12, 10),
+            at(1, data, 13, 20),
+            at(4, data, 14, 40),
+            at(2, tree, 21, 0),
+            at(2, tree, 22, 10),
+            at(5, tree, 23, 60),
+            at(6, tree, 24, 80),
+            None,
+        ];
+        assert_eq!(fast.0, places);
+        assert_eq!(fast.1, sized(&[(1, 100), (2, 200), (3, 30), (4, 400), (5, 5 << 32), (6, 600)]));
+        assert_eq!(fast.2, vec![(6, true, 8), (2, true, 8), (0, false, 0), (2, false, 0), (2, false, 0), (2, false, 0)]);
+        assert_eq!(fast.3, 8);
+        let listed = |f: u8, packs: &[(u8, u32)]| (Id([f; 32]), vec![], packs.iter().map(|&(p, n)| (Id([p; 32]), n)).collect::<Vec<_>>());
+        assert_eq!(fast.4, vec![listed(101, &[(1, 3), (2, 2), (3, 0)]), listed(102, &[(4, 2), (5, 2)]), listed(103, &[(6, 2), (1, 3)])]);
+    }
+
+    /// Dropping pack 2 (by `without`) and packs 4 and 5 (their only file
+    /// superseded) closes the numbers up: each file's summary keeps the
+    /// packs left, under their new numbers, and every lookup finds the pack
+    /// that really holds the blob.
+    #[test]
+    fn finish_drops_packs_from_the_middle_and_renumbers() {
+        let mut files = live_files();
+        let successor = IndexFile { supersedes: vec![Id([102; 32])], packs: vec![pack(7, 700, BlobKind::Data, &[(14, 90)])] };
+        files.push((Id([104; 32]), successor));
+        let (idx, summaries) = builder(&files).finish(&[Id([2; 32])].into_iter().collect());
+        assert_eq!(idx.packs().collect::<Vec<_>>(), sized(&[(1, 100), (3, 30), (6, 600), (7, 700)]));
+        assert_eq!(idx.pack_usage().map(|u| u.entries).collect::<Vec<_>>(), vec![6, 0, 2, 1]);
+        let nums = summaries.iter().map(|f| (f.id, f.packs.clone())).collect::<Vec<_>>();
+        let expected = [(101, vec![(0, 3), (1, 0)]), (102, vec![]), (103, vec![(2, 2), (0, 3)]), (104, vec![(3, 1)])];
+        assert_eq!(nums, expected.map(|(f, packs)| (Id([f; 32]), packs)));
+        let places = BLOBS.iter().map(|&b| idx.get(&Id([b; 32])).map(|(p, e)| (p, e.offset))).collect::<Vec<_>>();
+        let at = |p: u8, offset| Some((Id([p; 32]), offset));
+        assert_eq!(places, vec![at(1, 0), at(1, 10), at(1, 20), at(7, 90), None, at(6, 70), None, at(6, 80), None]);
+        assert_eq!(idx.blob_count(), 6);
+        assert_eq!(idx.pack_num(&Id([7; 32])), Some(3));
+        assert!(!idx.has_pack(&Id([2; 32])) && !idx.has_pack(&Id([5; 32])));
+    }
 }

@@ -1,10 +1,15 @@
 //! Prune: space comes back, no snapshot loses a byte, with backups and other
 //! prunes running at the same time and prunes killed at random moments.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tresor_engine::Id;
+use tresor_engine::index::IndexFile;
+use tresor_engine::objects::Kind;
 
 use super::*;
 
@@ -222,4 +227,48 @@ fn killed_prunes_leave_a_repository_that_checks_and_restores() {
     env.ok(&["prune", "--max-unused", "0"]);
     assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
     assert_all_restore(&env, &taken, "final");
+}
+
+/// A prune that dies after storing its new index files but before the one
+/// superseding the old files leaves two live files listing the same packs
+/// (here: one more file listing every pack). The next prune that deletes or
+/// repacks such a pack rewrites both files, so none lists a deleted pack
+/// and every snapshot restores from the copies that remain.
+#[test]
+fn a_pack_two_live_index_files_list_goes_from_both() {
+    let env = Env::new();
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    let taken: Vec<_> = (0..3).map(|i| backup_generation(&env, 0, i)).collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed_twice = rt.block_on(list_every_pack_again(&env));
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"), "a pack two files list is no damage");
+    env.ok(&["forget", "--keep-last", "1"]);
+    let r = env.json(&["prune", "--max-unused", "0"]);
+    let (marked, repacked) = (r["marked_packs"].as_u64().unwrap(), r["repacked_packs"].as_u64().unwrap());
+    assert!(repacked > 0 && marked > repacked, "packs listed twice were repacked and others deleted unread: {r}");
+    assert_eq!(r["deleted_packs"].as_u64(), Some(marked), "{r}");
+    let (indexed, stored) = rt.block_on(indexed_and_stored_packs(&env));
+    assert_eq!(indexed, stored, "the index lists exactly the packs storage holds");
+    assert_eq!(listed_twice.difference(&stored).count() as u64, marked, "every pack that went was listed twice");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
+    assert_all_restore(&env, &taken, "twice");
+}
+
+/// Store one more index file listing every pack the live files list, as a
+/// prune that died before superseding them leaves it; the packs' ids.
+async fn list_every_pack_again(env: &Env) -> BTreeSet<Id> {
+    let repo = fuzz_corpus::open_in_process(env).await;
+    let mut packs = Vec::new();
+    for id in repo.list_ids(Kind::Index).await.unwrap() {
+        packs.extend(IndexFile::decode(&id, &repo.load_file(Kind::Index, &id).await.unwrap()).unwrap().packs);
+    }
+    repo.save_index(&IndexFile { supersedes: Vec::new(), packs: packs.clone() }).await.unwrap();
+    packs.iter().map(|p| p.id).collect()
+}
+
+/// The packs the live index files list, and those storage holds.
+async fn indexed_and_stored_packs(env: &Env) -> (BTreeSet<Id>, BTreeSet<Id>) {
+    let repo = fuzz_corpus::open_in_process(env).await;
+    let (index, _) = repo.load_index(&Default::default()).await.unwrap();
+    (index.packs().map(|(p, _)| p).collect(), repo.list_ids(Kind::Pack).await.unwrap().into_iter().collect())
 }
