@@ -18,9 +18,6 @@ use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs};
 
-/// What a restore would add, change and (with `delete`) remove in its target.
-pub type Changes = (Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>);
-
 /// What `tresor_engine::restore::restore` would do in its target, each
 /// path relative to it.
 #[derive(Default)]
@@ -37,10 +34,9 @@ pub struct Plan {
 }
 
 /// [`planned`] for a whole folder: restore-app's directory sources take no filters.
-pub async fn changes(repo: &Repository, snap: &Snapshot, base: &str, target: &Path, delete: bool) -> Result<Changes> {
+pub async fn changes(repo: &Repository, snap: &Snapshot, base: &str, target: &Path, delete: bool) -> Result<Plan> {
     let opts = RestoreOptions { target: target.to_path_buf(), subfolder: Some(base.to_string()), delete, ..Default::default() };
-    let plan = planned(repo, snap, &opts).await?;
-    Ok((plan.added, plan.changed, plan.removed))
+    planned(repo, snap, &opts).await
 }
 
 /// What `tresor_engine::restore::restore(repo, snap, opts)` would do,

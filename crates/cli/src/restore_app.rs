@@ -124,21 +124,26 @@ async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -
     Ok(())
 }
 
-/// A directory source's preview (`restore --preview`'s): what it would add, change and remove.
+/// A directory source's preview (`restore --preview`'s): what it would
+/// add, change and remove, and what stands in its way if anything does.
 async fn files(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
     let (repository, snap, folder) = open(g, plan, s).await?;
     let target = std::path::Path::new(&s.target);
-    let (added, changed, removed) = crate::preview::changes(&repository, &snap, &folder, target, s.spec.delete).await?;
+    let p = crate::preview::changes(&repository, &snap, &folder, target, s.spec.delete).await?;
     let names = |v: &[std::path::PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
-    Ok(format!(
+    let mut text = format!(
         "{} added ({}), {} changed ({}), {} removed ({})",
-        added.len(),
-        names(&added),
-        changed.len(),
-        names(&changed),
-        removed.len(),
-        names(&removed)
-    ))
+        p.added.len(),
+        names(&p.added),
+        p.changed.len(),
+        names(&p.changed),
+        p.removed.len(),
+        names(&p.removed)
+    );
+    if !p.unrestorable.is_empty() {
+        text += &format!(", {} not restorable ({})", p.unrestorable.len(), names(&p.unrestorable));
+    }
+    Ok(text)
 }
 
 /// The source's repository, its snapshot and the folder in it the restore takes.

@@ -549,6 +549,40 @@ fn an_application_preview_lists_a_directorys_changes_which_the_restore_then_make
     );
 }
 
+/// A file where the snapshot has a directory: the preview names it as not
+/// restorable, and the restore then fails there.
+#[test]
+fn an_application_preview_names_what_stands_in_a_directorys_way() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let dir = env.path("volume");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/x.txt"), "below").unwrap();
+    fs::write(dir.join("a.txt"), "top").unwrap();
+    let id = snapshot_id(&env.ok(&["backup", dir.to_str().unwrap(), "--tag", "source=volume"]));
+    fs::remove_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub"), "in the way").unwrap();
+    let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
+    let plan = write_plan(&env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n");
+    let args = ["restore-app", "vol", "--plan", plan.to_str().unwrap(), "--latest"];
+    assert_eq!(
+        env.ok(&[&args[..], &["--preview"]].concat()),
+        format!(
+            "volume (files) snapshot {id} into {}: 0 added (), 0 changed (), 0 removed (), 1 not restorable (sub); no drill history to predict its duration\n",
+            dir.display()
+        )
+    );
+    let stderr = env.fails(&args, 1);
+    assert_eq!(
+        stderr,
+        format!(
+            "tresor: error: restore of source volume failed: 1 errors during restore; first: {}: not a directory, so nothing is restored into it\n",
+            dir.join("sub").display()
+        )
+    );
+    assert_eq!(fs::read_to_string(dir.join("sub")).unwrap(), "in the way", "what stands in the way is kept");
+}
+
 #[test]
 fn an_application_preview_names_each_kubernetes_objects_would_be_result() {
     let env = Env::new();
