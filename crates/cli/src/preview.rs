@@ -5,7 +5,6 @@
 //! why (the `--dry-run` the k8s restore has).
 
 use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
@@ -84,7 +83,7 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
         let mode = if follows { Overwrite::Always } else { opts.overwrite };
         match held {
             Held::Nothing => plan.added.push(rel),
-            Held::File(md) if keeps(mode, &md, &node) || same(repo, &node, &opts.target.join(&rel)).await? => {}
+            Held::File(md) if mode.keeps(&md, &node) || same(repo, &node, &opts.target.join(&rel)).await? => {}
             _ => plan.changed.push(rel),
         }
     }
@@ -154,21 +153,6 @@ fn held(target: &Path, rel: &Path, dir: bool) -> Held {
         };
     }
     Held::Other
-}
-
-/// Whether `--overwrite` (`mode`) leaves the regular file `md` the target
-/// holds where the snapshot has `node` as it is. The rule of
-/// `tresor_engine::restore::existing::Existing::decide`, which is not
-/// public: `Decision::Keep` there. Its `KeepContent` keeps content equal
-/// to the snapshot's, which `same` finds.
-fn keeps(mode: Overwrite, md: &std::fs::Metadata, node: &Node) -> bool {
-    let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    match mode {
-        Overwrite::Always => false,
-        Overwrite::Never => true,
-        Overwrite::IfNewer => node.mtime <= mtime,
-        Overwrite::IfChanged => md.len() == node.size && mtime == node.mtime,
-    }
 }
 
 /// Whether `delete` removes `rel` (as `existing::delete_extra` selects),

@@ -526,19 +526,26 @@ fn a_preview_of_a_redis_or_postgresql_restore_says_what_would_be_replaced() {
     assert_eq!(pg.psql("shop", "SELECT count(*) FROM later"), "0", "a preview changes nothing");
 }
 
+/// The plan of an application `vol` of one directory source, `volume` at `dir`.
+fn volume_app(env: &Env, dir: &Path) -> PathBuf {
+    let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
+    write_plan(env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n")
+}
+
+/// What `restore-app vol --preview` says restoring snapshot `id` into `dir` does.
+fn volume_preview(id: &str, dir: &Path, does: &str) -> String {
+    format!("volume (files) snapshot {id} into {}: {does}; no drill history to predict its duration\n", dir.display())
+}
+
 #[test]
 fn an_application_preview_lists_a_directorys_changes_which_the_restore_then_makes() {
     let env = Env::new();
     let (dir, id) = changed_volume(&env);
-    let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
-    let plan = write_plan(&env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n");
+    let plan = volume_app(&env, &dir);
     let args = ["restore-app", "vol", "--plan", plan.to_str().unwrap(), "--latest"];
     assert_eq!(
         env.ok(&[&args[..], &["--preview"]].concat()),
-        format!(
-            "volume (files) snapshot {id} into {}: 1 added (b.txt), 1 changed (a.txt), 1 removed (c.txt); no drill history to predict its duration\n",
-            dir.display()
-        )
+        volume_preview(&id, &dir, "1 added (b.txt), 1 changed (a.txt), 1 removed (c.txt)")
     );
     assert_eq!(fs::read_to_string(dir.join("c.txt")).unwrap(), "added since", "a preview changes nothing");
     let done = env.json(&args);
@@ -562,15 +569,11 @@ fn an_application_preview_names_what_stands_in_a_directorys_way() {
     let id = snapshot_id(&env.ok(&["backup", dir.to_str().unwrap(), "--tag", "source=volume"]));
     fs::remove_dir_all(dir.join("sub")).unwrap();
     fs::write(dir.join("sub"), "in the way").unwrap();
-    let sources = format!("  - {{name: volume, class: app, url: {}, schedule: \"@daily\"}}\n", dir.display());
-    let plan = write_plan(&env, &sources, "  - name: vol\n    sources:\n      - {source: volume}\n");
+    let plan = volume_app(&env, &dir);
     let args = ["restore-app", "vol", "--plan", plan.to_str().unwrap(), "--latest"];
     assert_eq!(
         env.ok(&[&args[..], &["--preview"]].concat()),
-        format!(
-            "volume (files) snapshot {id} into {}: 0 added (), 0 changed (), 0 removed (), 1 not restorable (sub); no drill history to predict its duration\n",
-            dir.display()
-        )
+        volume_preview(&id, &dir, "0 added (), 0 changed (), 0 removed (), 1 not restorable (sub)")
     );
     let stderr = env.fails(&args, 1);
     assert_eq!(

@@ -38,6 +38,22 @@ impl FromStr for Overwrite {
     }
 }
 
+impl Overwrite {
+    /// Whether this mode leaves the regular file `md`, which the target
+    /// holds where the snapshot has `node`, as it is, by size and mtime
+    /// alone (`if-changed` may still find the content equal by reading it).
+    /// `restore --preview` asks the same.
+    pub fn keeps(self, md: &std::fs::Metadata, node: &Node) -> bool {
+        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+        match self {
+            Overwrite::Always => false,
+            Overwrite::Never => true,
+            Overwrite::IfNewer => node.mtime <= mtime,
+            Overwrite::IfChanged => md.len() == node.size && mtime == node.mtime,
+        }
+    }
+}
+
 /// What to do with one file of the snapshot.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Decision {
@@ -71,15 +87,12 @@ impl Existing {
         if !md.is_file() {
             return Decision::Write;
         }
-        let mtime = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-        match self.mode {
-            Overwrite::Always => Decision::Write,
-            Overwrite::Never => Decision::Keep,
-            Overwrite::IfNewer if node.mtime > mtime => Decision::Write,
-            Overwrite::IfNewer => Decision::Keep,
-            Overwrite::IfChanged if md.len() == node.size && mtime == node.mtime => Decision::Keep,
-            Overwrite::IfChanged if md.len() == node.size && self.same_content(dest, node) => Decision::KeepContent,
-            Overwrite::IfChanged => Decision::Write,
+        if self.mode.keeps(&md, node) {
+            Decision::Keep
+        } else if self.mode == Overwrite::IfChanged && md.len() == node.size && self.same_content(dest, node) {
+            Decision::KeepContent
+        } else {
+            Decision::Write
         }
     }
 
