@@ -16,6 +16,7 @@
 //! `Overwrite` mode says; with `delete`, what the snapshot lacks goes from
 //! each directory as the walk leaves it, never through a link.
 
+mod dirfd;
 mod existing;
 mod write;
 
@@ -151,7 +152,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         made: opts.target.clone(),
         blocked: None,
         first_link: HashMap::new(),
-        walked: opts.delete.then(|| vec![Walked::new(&opts.target, true)]),
+        walked: opts.delete.then(|| vec![Walked::new(&opts.target)]),
         delete_errors: Vec::new(),
         writing: None,
         summary: RestoreSummary::default(),
@@ -240,8 +241,7 @@ impl Restorer<'_> {
         if let (Some(here), Some(name)) = (walked.last_mut(), dest.file_name()) {
             here.entered.insert(name.to_os_string());
         }
-        // One this restore made or found is a directory: no lstat when leaving it.
-        walked.push(Walked::new(dest, self.made.starts_with(dest)));
+        walked.push(Walked::new(dest));
     }
 
     /// For `delete`: the walk is now in `dir` (`None`: done), so it has left
@@ -251,13 +251,10 @@ impl Restorer<'_> {
     fn leave(&mut self, target: &Path, dir: Option<&Path>) {
         let Some(walked) = &mut self.walked else { return };
         while walked.last().is_some_and(|w| dir.is_none_or(|d| d != w.dir)) {
-            let listable = existing::reached_without_links(walked);
-            let done = walked.pop().expect("just seen");
-            if listable {
-                let (deleted, errors) = existing::delete_extra(target, &done, &self.includes, &self.excludes);
-                self.summary.files_deleted += deleted;
-                self.delete_errors.extend(errors);
-            }
+            let (deleted, errors) = existing::delete_extra(target, walked, &self.includes, &self.excludes);
+            walked.pop();
+            self.summary.files_deleted += deleted;
+            self.delete_errors.extend(errors);
         }
     }
 

@@ -7,7 +7,9 @@ use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
+use super::dirfd::{Dir, Entry};
 use crate::chunker::Chunker;
 use crate::tree::Node;
 use crate::walk::PathFilter;
@@ -113,92 +115,112 @@ pub(super) struct Walked {
     pub(super) dir: PathBuf,
     pub(super) taken: HashSet<OsString>,
     pub(super) entered: HashSet<OsString>,
-    /// Known to be a directory, not a link.
-    real: bool,
+    /// `dir`, once reached without a link (`reached`).
+    opened: Option<Arc<Dir>>,
 }
 
 impl Walked {
-    pub(super) fn new(dir: &Path, real: bool) -> Walked {
-        Walked { dir: dir.to_path_buf(), taken: HashSet::new(), entered: HashSet::new(), real }
+    pub(super) fn new(dir: &Path) -> Walked {
+        Walked { dir: dir.to_path_buf(), taken: HashSet::new(), entered: HashSet::new(), opened: None }
     }
 }
 
-/// Whether the innermost directory the walk is inside (`walked`, outermost
-/// first, the target first) may be listed for `delete`: it and each above
-/// it below the target (which may itself be a link) is a directory, not a
-/// link. The walk passes through directories it does not restore, looking
-/// for included paths, and leaves a link there as it is; what lies beyond
-/// one is not the target's, so nothing there is read or deleted. A
-/// directory found is one for good, as a restore replaces a link with a
-/// directory and never the reverse; a link is looked at again, as the walk
-/// may have replaced it since.
-pub(super) fn reached_without_links(walked: &mut [Walked]) -> bool {
-    walked.iter_mut().skip(1).all(|w| {
-        w.real = w.real || std::fs::symlink_metadata(&w.dir).is_ok_and(|m| m.is_dir());
-        w.real
-    })
+/// The innermost directory the walk is inside (the last of `walked`,
+/// outermost first, the target first), opened from the target (which may
+/// itself be a link) one directory at a time, each relative to the one
+/// above and never through a link; `None` where a link, or no directory,
+/// is met. The walk passes through directories it does not restore,
+/// looking for included paths, and leaves a link there as it is; what
+/// lies beyond one is not the target's, so nothing there is read or
+/// deleted. A directory opened stays open till the walk leaves it, as a
+/// restore replaces a link with a directory and never the reverse; a link
+/// is looked at again, as the walk may have replaced it since.
+fn reached(walked: &mut [Walked]) -> Option<Arc<Dir>> {
+    for i in 0..walked.len() {
+        if walked[i].opened.is_none() {
+            let dir = match i.checked_sub(1) {
+                None => Dir::open(&walked[i].dir),
+                Some(up) => walked[up].opened.as_ref()?.open_dir(walked[i].dir.file_name()?),
+            };
+            walked[i].opened = Some(Arc::new(dir.ok()?));
+        }
+    }
+    walked.last()?.opened.clone()
 }
 
-/// Remove what lies in a directory the walk has left but did not take
-/// there, within what the filters select (`deletable`): a path an include
-/// does not reach was not restored, so it is not removed either, and
-/// nothing at or below a path an exclude names is touched. A directory the
-/// walk went into is done when the walk leaves it; one it took, or that no
-/// include reaches, is looked into, as nothing below it was restored; an
-/// excluded one is not. `walked.dir` must be reached through no link
-/// (`reached_without_links`); below it, links are removed as links, never
+/// Remove what lies in the directory the walk is leaving (the last of
+/// `walked`) but did not take there, within what the filters select
+/// (`deletable`): a path an include does not reach was not restored, so
+/// it is not removed either, and nothing at or below a path an exclude
+/// names is touched. A directory the walk went into is done when the walk
+/// leaves it; one it took, or that no include reaches, is looked into, as
+/// nothing below it was restored; an excluded one is not. All goes through
+/// directory fds (`reached`, `Dir`): links are removed as links, never
 /// followed. The number of entries removed, and what could not be removed.
-pub(super) fn delete_extra(target: &Path, walked: &Walked, includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
+pub(super) fn delete_extra(target: &Path, walked: &mut [Walked], includes: &PathFilter, excludes: &PathFilter) -> (u64, Vec<String>) {
     let (mut removed, mut errors) = (0u64, Vec::new());
-    let mut stack = vec![(walked.dir.clone(), true)];
-    while let Some((dir, walked_here)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let (path, name) = (entry.path(), entry.file_name());
-            if walked_here && walked.entered.contains(&name) {
+    let Some(dir) = reached(walked) else { return (removed, errors) };
+    let walked = walked.last().expect("reached");
+    // What to look into: a directory open and the name there of one in it
+    // (none: itself). Depth first, so only those above the deepest are open.
+    let mut stack: Vec<(Arc<Dir>, Option<OsString>, PathBuf)> = vec![(dir, None, walked.dir.clone())];
+    while let Some((holder, name, path)) = stack.pop() {
+        let walked_here = name.is_none();
+        let dir = match name {
+            None => holder,
+            Some(name) => match holder.open_dir(&name) {
+                Ok(dir) => Arc::new(dir),
+                Err(_) => continue,
+            },
+        };
+        let Ok(entries) = dir.entries() else { continue };
+        for entry in entries {
+            if walked_here && walked.entered.contains(&entry.name) {
                 continue;
             }
+            let path = path.join(&entry.name);
             let in_snapshot = Path::new("/").join(path.strip_prefix(target).unwrap_or(&path));
-            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-            if (walked_here && walked.taken.contains(&name)) || !super::deletable(&in_snapshot, includes, excludes) {
+            if (walked_here && walked.taken.contains(&entry.name)) || !super::deletable(&in_snapshot, includes, excludes) {
                 // What is looked into is never below an exclude: this entry alone may be.
-                if is_dir && !excludes.matches(&in_snapshot) {
-                    stack.push((path, false));
+                if entry.is_dir && !excludes.matches(&in_snapshot) {
+                    stack.push((dir.clone(), Some(entry.name), path));
                 }
                 continue;
             }
-            removed += remove(&path, is_dir, &in_snapshot, excludes, &mut errors).0;
+            removed += remove(&dir, &entry, &path, &in_snapshot, excludes, &mut errors).0;
         }
     }
     (removed, errors)
 }
 
-/// Remove `path` (`in_snapshot` in the snapshot), which `delete` may
-/// remove, and all below it but what an exclude names there, which keeps
-/// the directories above it. The entries removed, a directory removed
-/// whole counting as one, and whether `path` is gone.
-fn remove(path: &Path, is_dir: bool, in_snapshot: &Path, excludes: &PathFilter, errors: &mut Vec<String>) -> (u64, bool) {
+/// Remove `entry` of `holder` (`path`, `in_snapshot` in the snapshot),
+/// which `delete` may remove, and all below it but what an exclude names
+/// there, which keeps the directories above it. The entries removed, a
+/// directory removed whole counting as one, and whether `entry` is gone.
+fn remove(holder: &Dir, entry: &Entry, path: &Path, in_snapshot: &Path, excludes: &PathFilter, errors: &mut Vec<String>) -> (u64, bool) {
     let mut removed = 0;
-    // Without excludes, nothing below is kept: std removes it all, never following a link.
-    if is_dir && !excludes.is_empty() {
+    // Without excludes, nothing below is kept: `remove_all` removes it all, never following a link.
+    if entry.is_dir && !excludes.is_empty() {
         let mut whole = true;
-        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
-            let below = in_snapshot.join(entry.file_name());
-            if excludes.matches(&below) {
-                whole = false;
-                continue;
+        if let Ok(dir) = holder.open_dir(&entry.name) {
+            for below in dir.entries().unwrap_or_default() {
+                let in_snapshot = in_snapshot.join(&below.name);
+                if excludes.matches(&in_snapshot) {
+                    whole = false;
+                    continue;
+                }
+                let (n, gone) = remove(&dir, &below, &path.join(&below.name), &in_snapshot, excludes, errors);
+                (removed, whole) = (removed + n, whole && gone);
             }
-            let (n, gone) = remove(&entry.path(), entry.file_type().is_ok_and(|t| t.is_dir()), &below, excludes, errors);
-            (removed, whole) = (removed + n, whole && gone);
         }
         if !whole {
             return (removed, false);
         }
     }
-    let gone = match (is_dir, excludes.is_empty()) {
-        (false, _) => std::fs::remove_file(path),
-        (true, true) => std::fs::remove_dir_all(path),
-        (true, false) => std::fs::remove_dir(path),
+    let gone = match (entry.is_dir, excludes.is_empty()) {
+        (false, _) => holder.unlink(&entry.name),
+        (true, true) => holder.remove_all(&entry.name),
+        (true, false) => holder.rmdir(&entry.name),
     };
     match gone {
         Ok(()) => (1, true),
@@ -206,5 +228,138 @@ fn remove(path: &Path, is_dir: bool, in_snapshot: &Path, excludes: &PathFilter, 
             errors.push(format!("{}: cannot delete: {e}", path.display()));
             (removed, false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn filter(patterns: &[&str]) -> PathFilter {
+        PathFilter::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// The walk leaves the innermost of `walked`, as `Restorer::leave` does it.
+    fn leave(target: &Path, walked: &mut Vec<Walked>, excludes: &[&str]) -> (u64, Vec<String>) {
+        let done = delete_extra(target, walked, &filter(&[]), &filter(excludes));
+        walked.pop();
+        done
+    }
+
+    /// Every path below `root`, relative to it, sorted; a link is listed, never followed.
+    fn inventory(root: &Path) -> Vec<String> {
+        let (mut out, mut todo) = (Vec::new(), vec![root.to_path_buf()]);
+        while let Some(dir) = todo.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let path = e.unwrap().path();
+                if fs::symlink_metadata(&path).unwrap().is_dir() {
+                    todo.push(path.clone());
+                }
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Files at `paths` below `root`, with the directories above them.
+    fn files(root: &Path, paths: &[&str]) {
+        for p in paths {
+            fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+            fs::write(root.join(p), p).unwrap();
+        }
+    }
+
+    /// A directory the walk is inside, swapped for a link to outside the
+    /// target before the walk leaves it: nothing beyond the link is listed
+    /// or removed, neither when leaving a directory below it nor it.
+    #[test]
+    fn a_walked_directory_swapped_for_a_link_is_not_listed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (target, outside) = (tmp.path().join("t"), tmp.path().join("outside"));
+        fs::create_dir_all(target.join("a/b")).unwrap();
+        files(&outside, &["b/x", "y"]);
+        let mut walked: Vec<Walked> = ["", "a", "a/b"].iter().map(|d| Walked::new(&target.join(d))).collect();
+        walked[0].entered.insert("a".into());
+        walked[1].entered.insert("b".into());
+        fs::remove_dir_all(target.join("a")).unwrap();
+        symlink(&outside, target.join("a")).unwrap();
+        for left in ["a/b", "a", ""] {
+            assert_eq!(leave(&target, &mut walked, &[]), (0, vec![]), "leaving {left:?}");
+        }
+        assert_eq!(inventory(&outside), ["b", "b/x", "y"]);
+        assert_eq!(inventory(&target), ["a"]);
+    }
+
+    /// A directory the snapshot lacks goes whole, counted as one, with a
+    /// link in it to a directory outside the target removed as a link:
+    /// what it points at stays, with or without excludes.
+    #[test]
+    fn a_link_in_a_directory_removed_whole_goes_as_a_link() {
+        for excludes in [&[][..], &["*.keep"][..]] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (target, outside) = (tmp.path().join("t"), tmp.path().join("outside"));
+            files(&target, &["gone/f"]);
+            files(&outside, &["v"]);
+            symlink(&outside, target.join("gone/link")).unwrap();
+            assert_eq!(leave(&target, &mut vec![Walked::new(&target)], excludes), (1, vec![]), "{excludes:?}");
+            assert_eq!(inventory(&target), Vec::<String>::new(), "{excludes:?}");
+            assert_eq!(fs::read(outside.join("v")).unwrap(), b"v", "{excludes:?}");
+        }
+    }
+
+    /// Below a directory the snapshot lacks, what an exclude names (a file
+    /// by name, a directory by path) stays with the directories above it;
+    /// the rest goes, a directory emptied of it whole counted as one.
+    #[test]
+    fn what_an_exclude_names_below_a_removed_directory_stays_with_its_parents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        files(&target, &["old/b.conf", "old/deep/x.conf", "old/kept/z", "old/sub/a.conf", "old/sub/keep.log"]);
+        assert_eq!(leave(&target, &mut vec![Walked::new(&target)], &["*.log", "/old/kept"]), (3, vec![]));
+        assert_eq!(inventory(&target), ["old", "old/kept", "old/kept/z", "old/sub", "old/sub/keep.log"]);
+    }
+
+    /// What cannot be removed is reported with its full path: a directory
+    /// the snapshot lacks whose entry cannot go (read-only, which root
+    /// overrides) as itself without excludes, as that entry with them; and,
+    /// for root too, an entry found a directory where it was listed as a
+    /// file, or a file where it was listed as a directory, as if swapped
+    /// in between.
+    #[test]
+    fn what_cannot_be_removed_is_reported_with_its_full_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("t");
+        let t = target.display();
+        if !crate::fsmeta::is_root() {
+            let denied = "cannot delete: Permission denied (os error 13)";
+            for (excludes, at) in [(&[][..], "gone"), (&["*.keep"][..], "gone/f")] {
+                files(&target, &["gone/f"]);
+                fs::set_permissions(target.join("gone"), fs::Permissions::from_mode(0o555)).unwrap();
+                let done = leave(&target, &mut vec![Walked::new(&target)], excludes);
+                fs::set_permissions(target.join("gone"), fs::Permissions::from_mode(0o755)).unwrap();
+                assert_eq!(done, (0, vec![format!("{t}/{at}: {denied}")]), "{excludes:?}");
+                assert_eq!(inventory(&target), ["gone", "gone/f"], "{excludes:?}");
+                fs::remove_dir_all(target.join("gone")).unwrap();
+            }
+        }
+        files(&target, &["d/f", "f"]);
+        let holder = Dir::open(&target).unwrap();
+        let swapped = |name: &str, is_dir, excludes: &[&str]| {
+            let mut errors = Vec::new();
+            let entry = Entry { name: name.into(), is_dir };
+            let path = target.join(name);
+            let done = remove(&holder, &entry, &path, &Path::new("/").join(name), &filter(excludes), &mut errors);
+            (done, errors)
+        };
+        for excludes in [&[][..], &["*.keep"][..]] {
+            let is_a_dir = format!("{t}/d: cannot delete: Is a directory (os error 21)");
+            assert_eq!(swapped("d", false, excludes), ((0, false), vec![is_a_dir]), "{excludes:?}");
+        }
+        let not_a_dir = format!("{t}/f: cannot delete: Not a directory (os error 20)");
+        assert_eq!(swapped("f", true, &["*.keep"]), ((0, false), vec![not_a_dir]));
+        assert_eq!(inventory(&target), ["d", "d/f", "f"]);
     }
 }
