@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
-use tresor_engine::restore::{Overwrite, RestoreOptions, deletable, wanted};
+use tresor_engine::restore::{RestoreOptions, deletable, wanted};
 use tresor_engine::walk::{PathFilter, Walker};
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
@@ -51,8 +51,6 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
     let mut plan = Plan::default();
     // What the walk restores or goes into: `delete` leaves these.
     let mut kept = HashSet::new();
-    // The inodes of multiply-linked files met, as the restore's `first_link`.
-    let mut linked = HashSet::new();
     let mut walker = Walker::new(repo);
     walker.enter(root, Path::new("/")).await?;
     while let Some((path, node)) = walker.next()? {
@@ -78,12 +76,9 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
         if node.kind != NodeKind::File {
             continue;
         }
-        // A later path of a multiply-linked file is linked to the first whatever `--overwrite` says.
-        let follows = node.links > 1 && node.inode != 0 && !linked.insert((node.device, node.inode));
-        let mode = if follows { Overwrite::Always } else { opts.overwrite };
         match held {
             Held::Nothing => plan.added.push(rel),
-            Held::File(md) if mode.keeps(&md, &node) || same(repo, &node, &opts.target.join(&rel)).await? => {}
+            Held::File(md) if opts.overwrite.keeps(&md, &node) || same(repo, &node, &opts.target.join(&rel)).await? => {}
             _ => plan.changed.push(rel),
         }
     }

@@ -125,7 +125,8 @@ struct Restorer<'a> {
     /// below it is skipped without a word, not tried and reported again for
     /// each entry. The walk meets all that lies below a path together.
     blocked: Option<PathBuf>,
-    /// The first path of every multiply-linked inode restored.
+    /// The first path of every multiply-linked inode to hold the snapshot's
+    /// content (written, or found equal): later paths written link to it.
     first_link: HashMap<(u64, u64), PathBuf>,
     /// For `delete` only: the directories the walk is inside, outermost first.
     walked: Option<Vec<Walked>>,
@@ -326,24 +327,28 @@ impl Restorer<'_> {
                 batch.dirs.push((dest.to_path_buf(), node.clone()));
             }
             NodeKind::File => {
-                if node.links > 1 && node.inode != 0 {
-                    if let Some(original) = self.first_link.get(&(node.device, node.inode)) {
+                // Every path of a multiply-linked file obeys `--overwrite`; one
+                // written is linked to the first path holding the snapshot's content.
+                let inode = (node.links > 1 && node.inode != 0).then_some((node.device, node.inode));
+                let decision = self.existing.decide(dest, node);
+                if decision != Decision::Write {
+                    if decision == Decision::KeepContent {
+                        fsmeta::apply(dest, node, fsmeta::is_root())?;
+                        if let Some(inode) = inode {
+                            self.first_link.entry(inode).or_insert_with(|| dest.to_path_buf());
+                        }
+                    }
+                    self.summary.total_files += 1;
+                    self.summary.files_skipped += 1;
+                    self.summary.bytes_skipped += node.size;
+                    return Ok(());
+                }
+                if let Some(inode) = inode {
+                    if let Some(original) = self.first_link.get(&inode) {
                         batch.hardlinks.push((dest.to_path_buf(), original.clone()));
                         return Ok(());
                     }
-                    self.first_link.insert((node.device, node.inode), dest.to_path_buf());
-                }
-                match self.existing.decide(dest, node) {
-                    Decision::Write => {}
-                    decision => {
-                        if decision == Decision::KeepContent {
-                            fsmeta::apply(dest, node, fsmeta::is_root())?;
-                        }
-                        self.summary.total_files += 1;
-                        self.summary.files_skipped += 1;
-                        self.summary.bytes_skipped += node.size;
-                        return Ok(());
-                    }
+                    self.first_link.insert(inode, dest.to_path_buf());
                 }
                 let chunks = node.content.len();
                 if chunks != 1 {

@@ -37,6 +37,7 @@ mod repair;
 mod replicate;
 mod restic;
 mod restore_batches;
+mod restore_preview;
 mod runs;
 mod silence;
 mod soak;
