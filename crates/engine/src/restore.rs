@@ -107,6 +107,27 @@ impl Batch {
     }
 }
 
+/// A directory of the snapshot, or one above an included path, that could
+/// not be made. The walk meets all that lies below a path together, so it
+/// still walks there, making nothing, to count what is not restored: a
+/// full disk is not one error but every entry it kept out.
+struct Blocked {
+    at: PathBuf,
+    error: std::io::Error,
+    /// Entries the walk met below it that would have been restored.
+    below: u64,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        if self.below > 0 {
+            write!(f, "; {} entries below it not restored", self.below)?;
+        }
+        Ok(())
+    }
+}
+
 /// Restore-wide state beside the batch.
 struct Restorer<'a> {
     repo: &'a Arc<Repository>,
@@ -120,11 +141,11 @@ struct Restorer<'a> {
     /// above it a directory, not a link): the last one made or found, or the
     /// last one entries were created in; at first the target.
     made: PathBuf,
-    /// Where making the directories above an included path last failed (a
-    /// file stands there, say): reported once, and what the walk meets
-    /// below it is skipped without a word, not tried and reported again for
-    /// each entry. The walk meets all that lies below a path together.
-    blocked: Option<PathBuf>,
+    /// The directory the walk is inside and could not make (a file stands
+    /// there, or the disk is full): what it meets below is neither tried
+    /// nor reported entry by entry, but counted, and reported with it once
+    /// the walk leaves it (`leave`).
+    blocked: Option<Blocked>,
     /// The first path of every multiply-linked inode to hold the snapshot's
     /// content (written, or found equal): later paths written link to it.
     first_link: HashMap<(u64, u64), PathBuf>,
@@ -189,7 +210,7 @@ impl Restorer<'_> {
     /// Create what `path` names, if it is restored; whether to descend.
     fn visit(&mut self, path: &Path, dest: &Path, node: &Node) -> Result<bool> {
         let (take, descend) = wanted(path, node, &self.includes, &self.excludes);
-        if !take {
+        if !take || self.skip_blocked(node) {
             return Ok(descend);
         }
         // `made`, and so each directory above it, exists: most entries need
@@ -197,13 +218,10 @@ impl Restorer<'_> {
         if let Some(parent) = dest.parent()
             && !self.made.starts_with(parent)
         {
-            if self.blocked.as_ref().is_some_and(|b| parent.starts_with(b)) {
-                return Ok(false);
-            }
-            if let Err((at, e)) = self.make_parents(parent) {
-                self.writer.error(&at, e);
-                self.blocked = Some(at);
-                return Ok(false);
+            if let Err((at, error)) = self.make_parents(parent) {
+                self.blocked = Some(Blocked { at, error, below: 0 });
+                self.skip_blocked(node);
+                return Ok(descend);
             }
             self.made = parent.to_path_buf();
         }
@@ -213,11 +231,25 @@ impl Restorer<'_> {
             here.taken.insert(name.to_os_string());
         }
         self.batch.entries += 1;
-        if let Err(e) = self.create(dest, node) {
-            self.writer.error(dest, e);
+        if let Err(error) = self.create(dest, node) {
+            if node.kind == NodeKind::Dir {
+                self.blocked = Some(Blocked { at: dest.to_path_buf(), error, below: 0 });
+                return Ok(descend);
+            }
+            self.writer.error(dest, error);
             return Ok(false);
         }
         Ok(descend)
+    }
+
+    /// Whether the walk is below a directory it could not make (`leave`
+    /// ends that): then `node` is not restored, only counted, a file in
+    /// the summary's total too.
+    fn skip_blocked(&mut self, node: &Node) -> bool {
+        let Some(blocked) = &mut self.blocked else { return false };
+        blocked.below += 1;
+        self.summary.total_files += u64::from(node.kind == NodeKind::File);
+        true
     }
 
     /// Make `dir` and the directories above it that the walk did not
@@ -245,11 +277,15 @@ impl Restorer<'_> {
         walked.push(Walked::new(dest));
     }
 
-    /// For `delete`: the walk is now in `dir` (`None`: done), so it has left
-    /// every directory deeper than that; remove what those hold and the
-    /// snapshot lacks. Before the directories' metadata is set, which their
-    /// batch does once the walk has left them.
+    /// The walk is now in `dir` (`None`: done), so it has left every
+    /// directory deeper than that: a directory it could not make is
+    /// reported, with what it kept out. For `delete`, remove what those
+    /// directories hold and the snapshot lacks, before their metadata is
+    /// set, which their batch does once the walk has left them.
     fn leave(&mut self, target: &Path, dir: Option<&Path>) {
+        if let Some(blocked) = self.blocked.take_if(|b| dir.is_none_or(|d| !d.starts_with(&b.at))) {
+            self.writer.error(&blocked.at, &blocked);
+        }
         let Some(walked) = &mut self.walked else { return };
         while walked.last().is_some_and(|w| dir.is_none_or(|d| d != w.dir)) {
             let (deleted, errors) = existing::delete_extra(target, walked, &self.includes, &self.excludes);

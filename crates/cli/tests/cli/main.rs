@@ -38,6 +38,7 @@ mod replicate;
 mod restic;
 mod restore_batches;
 mod restore_preview;
+mod restore_safety;
 mod runs;
 mod silence;
 mod soak;

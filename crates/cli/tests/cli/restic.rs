@@ -264,7 +264,8 @@ fn ancestors_of_an_included_path_replace_links_never_follow_them() {
 
 /// A file standing where the snapshot has a directory, an included path's
 /// ancestor or a directory the walk restores, is left as it is (bytes and
-/// mode) and nothing is restored into it; the restore says so and goes on.
+/// mode) and nothing is restored into it; the restore says so, with the
+/// entries it kept out (counted in the files to restore), and goes on.
 #[test]
 fn a_file_where_a_directory_goes_is_kept_and_reported() {
     use std::os::unix::fs::PermissionsExt;
@@ -278,7 +279,10 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
     let target = env.path("t");
     let dir = restored(&env, "t", &src);
     fs::create_dir_all(&dir).unwrap();
-    for (in_the_way, include, restored) in [("a", Some("a/b/c"), 0), ("a/b", Some("a/b/c"), 0), ("a", None, 1)] {
+    // Below `a` the walk restores `b` and `c`, `c` alone with the include.
+    for (in_the_way, include, restored, files, below) in
+        [("a", Some("a/b/c"), 0, 1, 1), ("a/b", Some("a/b/c"), 0, 1, 1), ("a", None, 1, 2, 2)]
+    {
         let _ = fs::remove_file(dir.join("a"));
         let _ = fs::remove_dir_all(dir.join("a"));
         fs::create_dir_all(dir.join(in_the_way).parent().unwrap()).unwrap();
@@ -291,12 +295,13 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
         assert_eq!(out.status.code(), Some(1), "{in_the_way}, {include:?}");
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
-            format!("restore of snapshot {id} to {} failed: {restored} of {restored} files restored\n", target.display())
+            format!("restore of snapshot {id} to {} failed: {restored} of {files} files restored\n", target.display())
         );
         assert_eq!(
             String::from_utf8(out.stderr).unwrap(),
             format!(
-                "error: {}: not a directory, so nothing is restored into it\ntresor: error: 1 errors during restore\n",
+                "error: {}: not a directory, so nothing is restored into it; {below} entries below it not restored\n\
+                 tresor: error: 1 errors during restore\n",
                 dir.join(in_the_way).display()
             )
         );
@@ -307,8 +312,8 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
 }
 
 /// Many included files below one file in the way: the restore says so once
-/// for each file in the way, not once for each entry it keeps out, and
-/// counts each as one error.
+/// for each file in the way, with the count of the entries it keeps out
+/// (not a line for each), and counts each as one error.
 #[test]
 fn a_file_in_the_way_of_many_included_files_is_reported_once() {
     let env = Env::new();
@@ -331,10 +336,10 @@ fn a_file_in_the_way_of_many_included_files_is_reported_once() {
         (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap()),
         (
             Some(1),
-            format!("restore of snapshot {id} to {} failed: 1 of 1 files restored\n", target.display()),
+            format!("restore of snapshot {id} to {} failed: 1 of 6 files restored\n", target.display()),
             format!(
-                "error: {}: not a directory, so nothing is restored into it\n\
-                 error: {}: not a directory, so nothing is restored into it\n\
+                "error: {}: not a directory, so nothing is restored into it; 3 entries below it not restored\n\
+                 error: {}: not a directory, so nothing is restored into it; 2 entries below it not restored\n\
                  tresor: error: 2 errors during restore\n",
                 dir.join("a").display(),
                 dir.join("d/e").display()
@@ -464,10 +469,10 @@ fn delete_leaves_what_is_excluded_alone() {
 }
 
 /// A tmpfs with the given limits, unmounted however the test ends.
-struct Tmpfs(PathBuf);
+pub(super) struct Tmpfs(pub(super) PathBuf);
 
 impl Tmpfs {
-    fn mount(at: PathBuf, limits: &str) -> Tmpfs {
+    pub(super) fn mount(at: PathBuf, limits: &str) -> Tmpfs {
         fs::create_dir_all(&at).unwrap();
         let out = Command::new("mount").args(["-t", "tmpfs", "-o", limits, "tmpfs"]).arg(&at).output().unwrap();
         assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));

@@ -1,0 +1,65 @@
+//! What a restore that cannot finish tells: every entry it kept out is
+//! accounted for, not only the directory that stopped it.
+
+use super::*;
+use crate::restic::Tmpfs;
+
+/// A file of several chunks (longer than the largest chunk, 8 MiB), mostly
+/// a hole: the restore creates it when the walk meets it, so it takes its
+/// inode in walk order, and writes only its tail.
+fn several_chunks(name: &str) -> Vec<u8> {
+    [vec![0; (8 << 20) + 1], name.as_bytes().to_vec()].concat()
+}
+
+/// A target out of inodes partway: each directory the restore could not
+/// make is reported once, with the count of the entries below it (files,
+/// directories, links) it did not restore; its files count among the
+/// files to restore, and only those on disk, byte for byte, as restored.
+/// The walk goes by name, and takes one inode for each directory and file
+/// (a file of one chunk would take its inode only when written, after the
+/// walk): `a` and `b` with their files fit, `c` and `d` do not. Restoring
+/// an included path, the directories above it are made as the walk
+/// reaches it, and the first that does not fit is the one reported.
+#[test]
+fn a_directory_a_full_disk_keeps_out_is_reported_with_all_below_it() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    let files = ["a/f1", "a/f2", "b/f1", "b/f2", "c/f1", "c/f2", "c/sub/g1", "c/sub/g2", "d/f1"];
+    for file in files {
+        fs::create_dir_all(src.join(file).parent().unwrap()).unwrap();
+        fs::write(src.join(file), several_chunks(file)).unwrap();
+    }
+    symlink("f1", src.join("d/link")).unwrap();
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    // The tmpfs root and the directories down to the source's.
+    let above = src.components().count();
+    let c_sub = format!("{}/c/sub", src.display());
+    // Inodes, options, the files the snapshot has there, those restored, and each directory reported with its count.
+    let cases = [
+        ("whole", above + 6, vec![], 9, &["a/f1", "a/f2", "b/f1", "b/f2"][..], &[("c", 5), ("d", 2)][..]),
+        ("included", above, vec!["--include", c_sub.as_str()], 2, &[][..], &[("c", 3)][..]),
+    ];
+    for (name, inodes, options, total, present, reported) in cases {
+        let disk = Tmpfs::mount(env.path(name), &format!("size=16m,nr_inodes={inodes}"));
+        let out = env.run(&[&["restore", &id, "--target", disk.0.to_str().unwrap(), "--json"][..], &options].concat());
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dir = restored(&env, name, &src);
+        let mut stderr: String = reported
+            .iter()
+            .map(|(d, n)| {
+                format!("error: {}: No space left on device (os error 28); {n} entries below it not restored\n", dir.join(d).display())
+            })
+            .collect();
+        stderr += &format!("tresor: error: {} errors during restore\n", reported.len());
+        assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(1), stderr), "{name}");
+        let on_disk: Vec<&str> = files.into_iter().filter(|f| fs::read(dir.join(f)).is_ok_and(|b| b == several_chunks(f))).collect();
+        assert_eq!(on_disk, present, "{name}");
+        assert_eq!(
+            (summary["total_files"].as_u64(), summary["files_restored"].as_u64()),
+            (Some(total), Some(present.len() as u64)),
+            "{name}: {summary}"
+        );
+    }
+}
