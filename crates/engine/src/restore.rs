@@ -122,7 +122,8 @@ impl std::fmt::Display for Blocked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.error)?;
         if self.below > 0 {
-            write!(f, "; {} entries below it not restored", self.below)?;
+            let entries = if self.below == 1 { "entry" } else { "entries" };
+            write!(f, "; {} {entries} below it not restored", self.below)?;
         }
         Ok(())
     }

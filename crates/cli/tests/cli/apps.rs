@@ -580,7 +580,7 @@ fn an_application_preview_names_what_stands_in_a_directorys_way() {
         stderr,
         format!(
             "tresor: error: restore of source volume failed: 1 errors during restore; first: {}: not a directory, so nothing is restored into it; \
-             1 entries below it not restored\n",
+             1 entry below it not restored\n",
             dir.join("sub").display()
         )
     );

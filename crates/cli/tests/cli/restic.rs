@@ -281,7 +281,7 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
     fs::create_dir_all(&dir).unwrap();
     // Below `a` the walk restores `b` and `c`, `c` alone with the include.
     for (in_the_way, include, restored, files, below) in
-        [("a", Some("a/b/c"), 0, 1, 1), ("a/b", Some("a/b/c"), 0, 1, 1), ("a", None, 1, 2, 2)]
+        [("a", Some("a/b/c"), 0, 1, "1 entry"), ("a/b", Some("a/b/c"), 0, 1, "1 entry"), ("a", None, 1, 2, "2 entries")]
     {
         let _ = fs::remove_file(dir.join("a"));
         let _ = fs::remove_dir_all(dir.join("a"));
@@ -300,7 +300,7 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
         assert_eq!(
             String::from_utf8(out.stderr).unwrap(),
             format!(
-                "error: {}: not a directory, so nothing is restored into it; {below} entries below it not restored\n\
+                "error: {}: not a directory, so nothing is restored into it; {below} below it not restored\n\
                  tresor: error: 1 errors during restore\n",
                 dir.join(in_the_way).display()
             )
