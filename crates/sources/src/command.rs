@@ -119,6 +119,20 @@ impl ChildOutput {
     }
 }
 
+/// A backup that stops reading early (its storage failed, a verify error,
+/// a cancelled job) drops the output unfinished: the program would go on
+/// until it next writes into the closed pipe (a `pg_basebackup` holding a
+/// backup open on the server, a `command:` that blocks) and stay a zombie
+/// in a long-lived daemon. After `finish` this only reads the kept status.
+/// The stderr drain is not joined: a grandchild (a pipeline in `sh -c`)
+/// may hold that pipe open, and the thread ends by itself when it closes.
+impl Drop for ChildOutput {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `--to command:…`: the stream goes to a program's standard input
 /// (`mariadb`, `vault operator raft snapshot restore /dev/stdin`, …).
 pub struct CommandTarget {
@@ -154,6 +168,18 @@ impl CommandTarget {
             return Err(Error::failed(self.name(), format!("failed ({}): {}", out.status, last_line(&text).unwrap_or("no message"))));
         }
         Ok(text)
+    }
+}
+
+/// A restore that fails mid-stream drops the target unfinished: killed,
+/// not given end of input, so the program cannot take a partial stream as
+/// the whole one (and commit it), and reaped, not left a zombie.
+impl Drop for CommandTarget {
+    fn drop(&mut self) {
+        if let Some((mut child, _)) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -221,5 +247,44 @@ mod tests {
         let err = crate::Target::finish(&mut target).unwrap_err().to_string();
         let shown = format!("cat >/dev/null; {shown}");
         assert_eq!(err, format!("command {shown:?}: failed (exit status: 2): pg_dump: connection refused"));
+    }
+
+    /// Whether process `pid` (a zombie too: /proc keeps its entry) is gone
+    /// once `end` ran. It is killed either way, so a failure leaves none behind.
+    fn gone_after(pid: &str, end: impl FnOnce()) -> bool {
+        let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+        assert!(proc.exists(), "{pid} runs");
+        end();
+        let gone = !proc.exists();
+        let _ = Command::new("kill").args(["-KILL", pid]).output();
+        gone
+    }
+
+    #[test]
+    fn a_program_whose_output_is_dropped_unfinished_is_killed_and_reaped() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$; exec sleep 600"]);
+        let mut reader = spawn_output("sleeper".into(), cmd).unwrap();
+        let mut pid = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut reader), &mut pid).unwrap();
+        assert!(gone_after(pid.trim(), || drop(reader)), "sleep {} outlived its reader", pid.trim());
+    }
+
+    #[test]
+    fn a_restore_program_dropped_mid_stream_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let mut target = CommandTarget::new(&format!("echo $$ > {}; exec sleep 600", pidfile.display())).unwrap();
+        crate::Target::begin(&mut target, 7, false).unwrap();
+        crate::Target::write(&mut target, b"partial").unwrap();
+        let started = std::time::Instant::now();
+        let pid = loop {
+            let text = std::fs::read_to_string(&pidfile).unwrap_or_default();
+            if text.ends_with('\n') || started.elapsed().as_secs() > 10 {
+                break text.trim().to_string();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(gone_after(&pid, || drop(target)), "sleep {pid} outlived its restore");
     }
 }

@@ -537,3 +537,42 @@ fn etcd_over_tls_with_client_certificates() {
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a refused connection");
 }
+
+/// A backup that stops reading its source before the end, here because the
+/// repository's disk is full, kills the source's program and reaps it: it
+/// had data left to give and then sleeps ten minutes, and is gone as soon
+/// as tresor has exited (an orphan would have been taken over by init and
+/// still run). The data is six times the disk: with three times as much
+/// (48 MB), the engine had read it all before a pack write failed, and
+/// waited for the end of a stream that had ended but for `sleep`.
+#[test]
+fn a_command_source_is_killed_when_the_backup_stops_reading_it() {
+    let mut env = Env::new();
+    let disk = super::restic::Tmpfs::mount(env.path("disk"), "size=16m");
+    env.repo = disk.0.join("repo").display().to_string();
+    env.ok(&["init"]);
+    let pidfile = env.path("pid");
+    let src = format!("command:echo $$ > {}; head -c 100000000 /dev/urandom; exec sleep 600", pidfile.display());
+    let out = env.run(&["backup", &src]);
+    let pid: libc::pid_t = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // SAFETY: kill only signals; the pid is the program's, ours to stop.
+    let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(!alive, "the program (pid {pid}) outlived the backup");
+    // The pack's name and how much of it fitted vary with the random data.
+    let err = String::from_utf8(out.stderr).unwrap();
+    let pack = err.split(' ').nth(5).unwrap_or_default();
+    let written = err.split("written: ").nth(1).and_then(|w| w.split(' ').next()).unwrap_or_default();
+    assert!(pack.len() == 72 && written.parse::<u64>().is_ok(), "{err}");
+    assert_eq!(
+        (out.status.code(), err.as_str()),
+        (
+            Some(1),
+            format!(
+                "tresor: error: storage write of {pack} failed: Unexpected (persistent) at write, context: \
+                 {{ service: fs, path: {pack}, written: {written} }} => no storage space, source: No space left on device (os error 28)\n"
+            )
+            .as_str()
+        )
+    );
+}
