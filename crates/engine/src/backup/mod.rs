@@ -282,10 +282,11 @@ impl Shared {
         Ok(spare)
     }
 
-    /// Write one piece of a streamed pack and take its buffer back: once
-    /// `write` returns, a local writer has copied it out, so the buffer is
-    /// ours again (a backend that keeps it, buffering a multipart part,
-    /// leaves an empty one) and the next piece reuses its pages.
+    /// Write one piece of a streamed pack and take its buffer back where
+    /// the writer has let go of it, so the next piece reuses its pages. A
+    /// writer that still holds it leaves an empty one: the local backend
+    /// does, so there every piece's pages are fresh (docs/BENCHMARKS.md,
+    /// "Large files": a page fault for every 4 KiB backed up).
     fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<Vec<u8>> {
         let piece = bytes::Bytes::from(piece);
         self.rt
