@@ -4,6 +4,7 @@
 //! partial stream is never saved as a snapshot.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
@@ -69,20 +70,29 @@ pub(crate) fn spawn_output_and_stderr(name: String, mut cmd: Command) -> Result<
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
         let stdout = child.stdout.take().expect("piped");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("piped");
-        let collected = stderr.clone();
-        // Drained beside stdout, so a chatty program cannot block on a full pipe.
-        let drain = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err_pipe.read_to_string(&mut text);
-            *collected.lock().expect("not poisoned") = text;
-        });
-        Ok((Box::new(ChildOutput { name, child, stdout, stderr: stderr.clone(), drain: Some(drain) }), stderr))
+        let (stderr, drain) = drain_stderr(&mut child);
+        Ok((Box::new(ChildOutput { name, child, stdout, stderr: stderr.clone(), drain: Some(drain), reaped: false }), stderr))
     }
+}
+
+/// Read a program's standard error on a thread of its own, so that a
+/// chatty program (`pg_restore --verbose`) cannot block on a full pipe
+/// while tresor waits on its other end; the text is there once the
+/// thread has ended.
+pub(crate) fn drain_stderr(child: &mut Child) -> (Stderr, std::thread::JoinHandle<()>) {
+    let stderr = Stderr::default();
+    let mut pipe = child.stderr.take().expect("piped");
+    let collected = stderr.clone();
+    let drain = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        *collected.lock().expect("not poisoned") = text;
+    });
+    (stderr, drain)
 }
 
 struct ChildOutput {
@@ -91,6 +101,7 @@ struct ChildOutput {
     stdout: std::process::ChildStdout,
     stderr: Arc<Mutex<String>>,
     drain: Option<std::thread::JoinHandle<()>>,
+    reaped: bool,
 }
 
 impl Read for ChildOutput {
@@ -107,6 +118,7 @@ impl ChildOutput {
     /// At the end of the output: the program must have succeeded.
     fn finish(&mut self) -> std::io::Result<()> {
         let status = self.child.wait()?;
+        self.reaped = true;
         if let Some(d) = self.drain.take() {
             let _ = d.join();
         }
@@ -123,14 +135,25 @@ impl ChildOutput {
 /// a cancelled job) drops the output unfinished: the program would go on
 /// until it next writes into the closed pipe (a `pg_basebackup` holding a
 /// backup open on the server, a `command:` that blocks) and stay a zombie
-/// in a long-lived daemon. After `finish` this only reads the kept status.
-/// The stderr drain is not joined: a grandchild (a pipeline in `sh -c`)
+/// in a long-lived daemon. After `finish` (the program reaped) there is
+/// nothing to do. The stderr drain is not joined: a grandchild (a pipeline in `sh -c`)
 /// may hold that pipe open, and the thread ends by itself when it closes.
 impl Drop for ChildOutput {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !self.reaped {
+            kill_group(&mut self.child);
+        }
     }
+}
+
+/// Kill a program started in a process group of its own, with whatever it
+/// started (the stages of an `sh -c` pipeline), and reap it. Only for a
+/// program not reaped yet: until then its id, the group's, is not reused.
+pub(crate) fn kill_group(child: &mut Child) {
+    let group = i32::try_from(child.id()).expect("a process id");
+    // SAFETY: kill(2) on a process group id, no memory involved.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 /// `--to command:…`: the stream goes to a program's standard input
@@ -138,7 +161,15 @@ impl Drop for ChildOutput {
 pub struct CommandTarget {
     name: String,
     command: Option<Command>,
-    child: Option<(Child, std::process::ChildStdin)>,
+    child: Option<Running>,
+}
+
+/// A target program taking its input: its standard error drained aside.
+struct Running {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stderr: Stderr,
+    drain: std::thread::JoinHandle<()>,
 }
 
 impl CommandTarget {
@@ -160,12 +191,13 @@ impl CommandTarget {
 
     /// Close the program's input and wait: what it said on standard error.
     pub(crate) fn finish_with_stderr(&mut self) -> Result<String> {
-        let (child, stdin) = self.child.take().expect("begun");
+        let Running { mut child, stdin, stderr, drain } = self.child.take().expect("begun");
         drop(stdin);
-        let out = child.wait_with_output().map_err(|e| Error::failed(self.name(), e))?;
-        let text = String::from_utf8_lossy(&out.stderr).to_string();
-        if !out.status.success() {
-            return Err(Error::failed(self.name(), format!("failed ({}): {}", out.status, last_line(&text).unwrap_or("no message"))));
+        let status = child.wait().map_err(|e| Error::failed(self.name(), e))?;
+        let _ = drain.join();
+        let text = std::mem::take(&mut *stderr.lock().expect("not poisoned"));
+        if !status.success() {
+            return Err(Error::failed(self.name(), format!("failed ({status}): {}", last_line(&text).unwrap_or("no message"))));
         }
         Ok(text)
     }
@@ -176,9 +208,8 @@ impl CommandTarget {
 /// the whole one (and commit it), and reaped, not left a zombie.
 impl Drop for CommandTarget {
     fn drop(&mut self) {
-        if let Some((mut child, _)) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut running) = self.child.take() {
+            kill_group(&mut running.child);
         }
     }
 }
@@ -192,16 +223,18 @@ impl crate::Target for CommandTarget {
             .stdin(Stdio::piped())
             .stdout(Stdio::inherit())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .map_err(|e| Error::failed(self.name(), format!("cannot start it: {e}")))?;
         let stdin = child.stdin.take().expect("piped");
-        self.child = Some((child, stdin));
+        let (stderr, drain) = drain_stderr(&mut child);
+        self.child = Some(Running { child, stdin, stderr, drain });
         Ok(())
     }
 
     fn write(&mut self, data: &[u8]) -> Result<()> {
         let name = self.name();
-        let (_, stdin) = self.child.as_mut().expect("begun");
+        let stdin = &mut self.child.as_mut().expect("begun").stdin;
         // A program that stopped reading has failed: finish() says why.
         if stdin.write_all(data).is_err() {
             return self.finish().map(|_| ()).and(Err(Error::failed(name, "it stopped reading its input")));
@@ -222,7 +255,7 @@ pub fn last_line(text: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -268,6 +301,56 @@ mod tests {
         let mut pid = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut reader), &mut pid).unwrap();
         assert!(gone_after(pid.trim(), || drop(reader)), "sleep {} outlived its reader", pid.trim());
+    }
+
+    /// What `sh -c` started dies with it: the program is killed with its
+    /// process group.
+    #[test]
+    fn what_a_dropped_programs_shell_started_is_killed_with_it() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 600 & echo $!; wait"]);
+        let mut reader = spawn_output("pipeline".into(), cmd).unwrap();
+        let mut pid = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut reader), &mut pid).unwrap();
+        assert!(runs(pid.trim()), "sleep {} runs", pid.trim());
+        drop(reader);
+        assert!(!survives(pid.trim()), "sleep {} outlived the shell that started it", pid.trim());
+    }
+
+    /// Whether process `pid` runs: neither gone nor a zombie (a killed
+    /// grandchild stays one until init reaps it).
+    pub(crate) fn runs(pid: &str) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    }
+
+    /// Whether `pid` still runs once given time to die (a process group's
+    /// kill is not waited for). It is killed either way.
+    pub(crate) fn survives(pid: &str) -> bool {
+        let since = std::time::Instant::now();
+        while runs(pid) && since.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let survived = runs(pid);
+        let _ = Command::new("kill").args(["-KILL", pid]).output();
+        survived
+    }
+
+    /// A program that says a megabyte on standard error before it reads
+    /// its input (a verbose `pg_restore`) takes all of it: with its stderr
+    /// left in the pipe, both sides would wait on each other forever.
+    #[test]
+    fn a_restore_program_that_talks_before_it_reads_takes_all_its_input() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut target = CommandTarget::new("head -c 1048576 /dev/zero | tr '\\0' x >&2; wc -c >&2").unwrap();
+            crate::Target::begin(&mut target, 1 << 20, false).unwrap();
+            let written = (0..16).try_for_each(|_| crate::Target::write(&mut target, &[7u8; 64 << 10]));
+            let _ = done.send(written.and_then(|()| target.finish_with_stderr()));
+        });
+        let said = finished.recv_timeout(std::time::Duration::from_secs(120)).expect("the restore program and tresor wait on each other");
+        let said = said.unwrap();
+        assert_eq!((said.len(), said.strip_prefix(&"x".repeat(1 << 20))), ((1 << 20) + 8, Some("1048576\n")));
     }
 
     #[test]

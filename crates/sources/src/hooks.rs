@@ -1,14 +1,16 @@
 //! Consistency hooks: commands run before and after a backup (quiesce a
 //! service, `fsfreeze`, flush), each with a time limit.
 
-use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::{Error, ErrorKind, Result};
 
 /// Run `command` with `sh -c` and these extra variables; fails with its own
-/// last word, or when it outlives `timeout` (it is then killed).
+/// last word, or when it outlives `timeout` (it is then killed, with what
+/// it started). Its standard error is read as it runs: a hook that says
+/// much would otherwise block on the pipe and be taken for a slow one.
 pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &str)]) -> Result<()> {
     let name = format!("{which} hook {command:?}");
     let mut child = Command::new("sh")
@@ -18,16 +20,17 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| Error::of(ErrorKind::Hook, &name, format!("cannot start it: {e}")))?;
+    let (stderr, drain) = crate::command::drain_stderr(&mut child);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| Error::of(ErrorKind::Hook, &name, e))? {
             break status;
         }
         if started.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
+            crate::command::kill_group(&mut child);
             return Err(Error::of(ErrorKind::Hook, &name, format!("timed out after {}s and was killed", timeout.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -35,10 +38,34 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
     if status.success() {
         return Ok(());
     }
-    let mut text = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut text);
-    }
+    let _ = drain.join();
+    let text = stderr.lock().expect("not poisoned");
     let said = crate::last_line(&text).unwrap_or("no message");
     Err(Error::of(ErrorKind::Hook, &name, format!("failed ({status}): {said}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hook that says a megabyte before it fails is reported with its
+    /// own last word, not left blocked on its pipe until the time limit.
+    #[test]
+    fn a_hook_that_says_much_fails_with_its_last_word() {
+        let command = "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'quiesce: no such service' >&2; exit 3";
+        let err = run_hook("pre", command, Duration::from_secs(600), &[]).unwrap_err();
+        assert_eq!(err.to_string(), format!("pre hook {command:?}: failed (exit status: 3): quiesce: no such service"));
+    }
+
+    /// A hook killed at its time limit takes what it started with it.
+    #[test]
+    fn a_hook_past_its_time_limit_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let command = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+        let err = run_hook("post", &command, Duration::from_secs(1), &[]).unwrap_err();
+        assert_eq!(err.to_string(), format!("post hook {command:?}: timed out after 1s and was killed"));
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        assert!(!crate::command::tests::survives(pid.trim()), "sleep {} outlived its hook", pid.trim());
+    }
 }

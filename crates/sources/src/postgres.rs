@@ -204,12 +204,13 @@ impl Source for Postgres {
 /// dropped and recreated).
 ///
 /// With `jobs` > 1, `pg_restore --jobs` needs a file it can seek in: the
-/// stream goes to a temporary file first, removed afterwards.
+/// stream goes to a temporary file first, removed afterwards, and on every
+/// path (a restore that fails mid-stream drops the target unfinished).
 pub struct PostgresTarget {
     pg: Postgres,
     jobs: usize,
     inner: Option<CommandTarget>,
-    spool: Option<(PathBuf, std::fs::File, Command)>,
+    spool: Option<(tempfile::NamedTempFile, Command)>,
 }
 
 impl PostgresTarget {
@@ -218,19 +219,20 @@ impl PostgresTarget {
     }
 
     fn spool_to(&mut self, mut cmd: Command) -> Result<()> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!("tresor-pg-restore-{}-{nanos}.dump", std::process::id()));
-        let file = std::fs::File::create_new(&path).map_err(|e| self.pg.fail(format!("cannot write {}: {e}", path.display())))?;
-        cmd.arg(format!("--jobs={}", self.jobs)).arg(&path);
-        self.spool = Some((path, file, cmd));
+        let file = tempfile::Builder::new()
+            .prefix("tresor-pg-restore-")
+            .suffix(".dump")
+            .tempfile()
+            .map_err(|e| self.pg.fail(format!("cannot write a temporary file in {}: {e}", std::env::temp_dir().display())))?;
+        cmd.arg(format!("--jobs={}", self.jobs)).arg(file.path());
+        self.spool = Some((file, cmd));
         Ok(())
     }
 
     fn finish_spool(&mut self) -> Result<()> {
-        let (path, file, mut cmd) = self.spool.take().expect("spooling");
-        drop(file);
+        let (file, mut cmd) = self.spool.take().expect("spooling");
         let out = cmd.output();
-        let _ = std::fs::remove_file(&path);
+        drop(file);
         let out = out.map_err(|e| self.pg.fail(format!("cannot run pg_restore: {e}")))?;
         if !out.status.success() {
             let text = String::from_utf8_lossy(&out.stderr);
@@ -309,9 +311,9 @@ impl Target for PostgresTarget {
     }
 
     fn write(&mut self, data: &[u8]) -> Result<()> {
-        if let Some((path, file, _)) = &mut self.spool {
+        if let Some((file, _)) = &mut self.spool {
             return std::io::Write::write_all(file, data)
-                .map_err(|e| Error::failed(self.pg.url(), format!("cannot write {}: {e}", path.display())));
+                .map_err(|e| Error::failed(self.pg.url(), format!("cannot write {}: {e}", file.path().display())));
         }
         self.inner.as_mut().expect("begun").write(data)
     }
@@ -327,5 +329,24 @@ impl Target for PostgresTarget {
         let tables =
             self.pg.query(&self.pg.db, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")?;
         Ok(format!("{} restored, {tables} tables", self.pg.url()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parallel restore that fails mid-stream leaves no copy of the dump
+    /// behind in the temporary directory.
+    #[test]
+    fn a_parallel_restore_dropped_mid_stream_removes_its_spooled_dump() {
+        let pg = Postgres::parse("postgres://app@127.0.0.1:1/shop").unwrap();
+        let mut target = PostgresTarget::new(pg, 4);
+        target.spool_to(Command::new("pg_restore")).unwrap();
+        target.write(b"PGDMP partial").unwrap();
+        let path = target.spool.as_ref().map(|(file, _)| file.path().to_path_buf()).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"PGDMP partial");
+        drop(target);
+        assert!(!path.exists(), "{} outlived its restore", path.display());
     }
 }
