@@ -46,8 +46,12 @@ fn main() -> ExitCode {
     }
     tune_malloc();
     let cli = Cli::parse();
-    if let Command::Pg(opts::PgCmd { command: opts::PgCommand::WalPrefetch { .. } }) = &cli.command {
-        pgspool::keep_buffers();
+    match &cli.command {
+        Command::Pg(opts::PgCmd { command: opts::PgCommand::WalPrefetch { .. } }) => pgspool::keep_buffers(),
+        Command::Restore(_) | Command::RestoreApp(_) | Command::Pg(opts::PgCmd { command: opts::PgCommand::Restore(_) }) => {
+            keep_read_buffers()
+        }
+        _ => {}
     }
     // Libraries that log their own failures (kube's client) stay quiet: tresor's one-line error says it.
     let filter = if cli.global.verbose { "info" } else { "warn,kube_client=off" };
@@ -141,6 +145,24 @@ fn tune_malloc() {
     // SAFETY: mallopt only sets an allocator parameter, before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// A restore (`restore`, `restore-app`, `pg restore`) reads every pack
+/// range through OpenDAL's fs reader, which copies it through a 2 MiB
+/// buffer of tokio's, new for every range, into another: mapped afresh each
+/// time (as `tune_malloc` has it), they cost a page fault for every 4 KiB
+/// restored and a third of a large file's restore time (docs/BENCHMARKS.md,
+/// "Large files"). Served from one heap that keeps up to 16 MiB freed, they
+/// are reused (one heap, not one per thread, so that little is kept);
+/// larger buffers (chunks, the key derivation's 64 MiB) are still mapped
+/// and handed back. Called before any thread starts.
+fn keep_read_buffers() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

@@ -7,6 +7,7 @@
 //! invariants; `docs/FORMAT.md` the bytes.
 
 pub mod backup;
+mod bufpool;
 pub mod cache;
 pub mod check;
 pub mod chunker;

@@ -21,6 +21,7 @@ use chrono::{DateTime, FixedOffset, Local};
 use crossbeam_channel::{Receiver, Sender};
 use futures::StreamExt;
 
+use crate::bufpool::BufPool;
 use crate::chunker::Chunker;
 use crate::fsmeta::{self, NameCache};
 use crate::index::{Index, IndexFile, IndexedPack};
@@ -124,6 +125,8 @@ struct Shared {
     index: Arc<Index>,
     inflight: Mutex<IdSet>,
     uploads: tokio::sync::mpsc::Sender<PackMsg>,
+    /// Pack pieces' buffers, back from storage for the next pieces.
+    pieces: Arc<BufPool>,
     counters: Counters,
     progress: Arc<Progress>,
     errors: Mutex<Vec<FileError>>,
@@ -161,8 +164,6 @@ struct ThreadCtx {
     compressor: Compressor,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
-    /// A pack piece's buffer back from storage, for the next piece.
-    spare: Vec<u8>,
     /// The packer thread's context for large files (`pipeline.rs`), kept
     /// between files so its open pack fills across them.
     packer: Option<Box<ThreadCtx>>,
@@ -241,7 +242,7 @@ impl Shared {
 
     fn add_data_blob(&self, ctx: &mut ThreadCtx, id: Id, raw: usize, flags: u8, payload: &[u8]) -> Result<PackEntry> {
         if ctx.data.is_none() {
-            let mut buf = std::mem::take(&mut ctx.spare);
+            let mut buf = self.pieces.take();
             buf.reserve(STREAM_PIECE + (1 << 20));
             let pack = PackWriter::with_buffer(BlobKind::Data, buf);
             let sink = self.rt.block_on(self.repo.pack_writer(&pack.id))?;
@@ -251,10 +252,10 @@ impl Shared {
         let entry = open.pack.add(self.repo.crypto(), id, raw, flags, payload);
         let result = if open.pack.len() >= self.repo.config().pack_size as usize {
             let open = ctx.data.take().expect("open");
-            self.close_data_pack(open).map(|spare| ctx.spare = spare)
+            self.close_data_pack(open)
         } else if open.pack.buffered() >= STREAM_PIECE {
-            let piece = open.pack.drain_into(std::mem::take(&mut ctx.spare));
-            self.write_piece(&mut open.sink, &open.pack.id, piece).map(|spare| ctx.spare = spare)
+            let piece = open.pack.drain_into(self.pieces.take());
+            self.write_piece(&mut open.sink, &open.pack.id, piece)
         } else {
             Ok(())
         };
@@ -267,32 +268,24 @@ impl Shared {
     }
 
     /// Write the rest and the trailer; the uploader closes the pack and only
-    /// then lets the index know it exists. The last piece's buffer comes back.
-    fn close_data_pack(&self, open: OpenPack) -> Result<Vec<u8>> {
+    /// then lets the index know it exists.
+    fn close_data_pack(&self, open: OpenPack) -> Result<()> {
         let OpenPack { pack, mut sink } = open;
         let sealed = pack.finish(self.repo.crypto());
-        let spare = match self.write_piece(&mut sink, &sealed.id, sealed.bytes) {
-            Ok(spare) => spare,
-            Err(e) => {
-                let _ = self.rt.block_on(sink.abort());
-                return Err(e);
-            }
-        };
-        self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))?;
-        Ok(spare)
+        if let Err(e) = self.write_piece(&mut sink, &sealed.id, sealed.bytes) {
+            let _ = self.rt.block_on(sink.abort());
+            return Err(e);
+        }
+        self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))
     }
 
-    /// Write one piece of a streamed pack and take its buffer back where
-    /// the writer has let go of it, so the next piece reuses its pages. A
-    /// writer that still holds it leaves an empty one: the local backend
-    /// does, so there every piece's pages are fresh (docs/BENCHMARKS.md,
-    /// "Large files": a page fault for every 4 KiB backed up).
-    fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<Vec<u8>> {
-        let piece = bytes::Bytes::from(piece);
+    /// Write one piece of a streamed pack, its buffer lent: it comes back
+    /// to the pool once the writer lets go of it (the local backend keeps
+    /// each piece until the next write), so pieces reuse faulted-in pages.
+    fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<()> {
         self.rt
-            .block_on(sink.write(piece.clone()))
-            .map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))?;
-        Ok(piece.try_into_mut().map(Vec::from).unwrap_or_default())
+            .block_on(sink.write(self.pieces.lend(piece)))
+            .map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))
     }
 
     fn send(&self, msg: PackMsg) -> Result<()> {
@@ -444,7 +437,7 @@ impl From<std::io::Error> for Error {
 impl ThreadCtx {
     fn new(level: i32) -> Result<ThreadCtx> {
         let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
-        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), spare: Vec::new(), packer: None })
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), packer: None })
     }
 }
 
@@ -501,6 +494,7 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
     let entries = opts.entries.take();
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -516,8 +510,10 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         excludes: PathFilter::new(&opts.excludes)?,
         one_file_system: opts.one_file_system,
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
+        // One spare piece for each open pack (the workers' and the large
+        // file packer's): the one its writer lets go of at the next write.
+        pieces: BufPool::new(threads + 1),
     });
-    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let parent_tree = opts.parent.as_ref().map(|p| p.tree);
     let job = {
         let shared = shared.clone();
