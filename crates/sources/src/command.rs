@@ -5,8 +5,10 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tresor_engine::SourceInfo;
 
@@ -59,54 +61,104 @@ pub(crate) fn spawn_output(name: String, cmd: Command) -> Result<Box<dyn Read + 
     spawn_output_and_stderr(name, cmd).map(|(out, _)| out)
 }
 
-/// What a program says on standard error, filled in as it ends.
-pub(crate) type Stderr = Arc<Mutex<String>>;
+/// What a program says on standard error, gathered as it says it.
+#[derive(Clone, Default)]
+pub(crate) struct Stderr(Arc<Mutex<Vec<u8>>>);
+
+impl Stderr {
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+}
 
 /// [`spawn_output`], and the program's standard error, complete once the
 /// output has been read to its end.
 pub(crate) fn spawn_output_and_stderr(name: String, mut cmd: Command) -> Result<(Box<dyn Read + Send>, Stderr)> {
-    {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
-        let stdout = child.stdout.take().expect("piped");
-        let (stderr, drain) = drain_stderr(&mut child);
-        Ok((Box::new(ChildOutput { name, child, stdout, stderr: stderr.clone(), drain: Some(drain), reaped: false }), stderr))
-    }
+    let program =
+        Program::start(&mut cmd, Stdio::null(), Stdio::piped()).map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
+    let stderr = program.stderr.clone();
+    Ok((Box::new(ChildOutput { name, program, reaped: false }), stderr))
 }
 
-/// Read a program's standard error on a thread of its own, so that a
-/// chatty program (`pg_restore --verbose`) cannot block on a full pipe
-/// while tresor waits on its other end; the text is there once the
-/// thread has ended.
-pub(crate) fn drain_stderr(child: &mut Child) -> (Stderr, std::thread::JoinHandle<()>) {
-    let stderr = Stderr::default();
-    let mut pipe = child.stderr.take().expect("piped");
-    let collected = stderr.clone();
-    let drain = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = pipe.read_to_string(&mut text);
-        *collected.lock().expect("not poisoned") = text;
-    });
-    (stderr, drain)
+/// How long a program's standard error is read once it has exited: what
+/// it left running in the background (`daemon &`) may hold the pipe open
+/// for good, and its exit must not wait on that.
+const STDERR_AFTER_EXIT: Duration = Duration::from_secs(5);
+
+/// A program in a process group of its own, so that it is killed with
+/// what it started (the stages of an `sh -c` pipeline), its standard error
+/// read on a thread as it runs: a chatty program (`pg_restore --verbose`)
+/// would otherwise block on a full pipe while tresor waits on its other end.
+pub(crate) struct Program {
+    child: Child,
+    stderr: Stderr,
+    /// Disconnected once the reading thread has ended.
+    drained: Receiver<()>,
+}
+
+impl Program {
+    pub(crate) fn start(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> std::io::Result<Program> {
+        let mut child = cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).process_group(0).spawn()?;
+        let mut pipe = child.stderr.take().expect("piped");
+        let stderr = Stderr::default();
+        let said = stderr.clone();
+        let (ended, drained) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            // Dropped as the thread ends, which is what `said` waits for.
+            let _ended = ended;
+            let mut buf = [0; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => said.0.lock().expect("not poisoned").extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Program { child, stderr, drained })
+    }
+
+    pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// Wait for the program to exit: its status and what it said.
+    pub(crate) fn wait(&mut self) -> std::io::Result<(ExitStatus, String)> {
+        let status = self.child.wait()?;
+        Ok((status, self.said()))
+    }
+
+    /// What it said on standard error, once it has exited.
+    pub(crate) fn said(&self) -> String {
+        let _ = self.drained.recv_timeout(STDERR_AFTER_EXIT);
+        self.stderr.text()
+    }
+
+    /// Kill it with its process group, and reap it. Only for a program not
+    /// reaped yet: until then its id, the group's, is not reused.
+    pub(crate) fn kill(&mut self) {
+        let group = i32::try_from(self.child.id()).expect("a process id");
+        // SAFETY: kill(2) on a process group id, no memory involved.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
 }
 
 struct ChildOutput {
     name: String,
-    child: Child,
-    stdout: std::process::ChildStdout,
-    stderr: Arc<Mutex<String>>,
-    drain: Option<std::thread::JoinHandle<()>>,
+    program: Program,
     reaped: bool,
 }
 
 impl Read for ChildOutput {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.stdout.read(buf)?;
+        let stdout = self.program.child.stdout.as_mut().expect("piped");
+        let n = stdout.read(buf)?;
         if n == 0 && !buf.is_empty() {
             self.finish()?;
         }
@@ -117,16 +169,12 @@ impl Read for ChildOutput {
 impl ChildOutput {
     /// At the end of the output: the program must have succeeded.
     fn finish(&mut self) -> std::io::Result<()> {
-        let status = self.child.wait()?;
+        let (status, said) = self.program.wait()?;
         self.reaped = true;
-        if let Some(d) = self.drain.take() {
-            let _ = d.join();
-        }
         if status.success() {
             return Ok(());
         }
-        let stderr = self.stderr.lock().expect("not poisoned");
-        let said = last_line(&stderr).unwrap_or("no message");
+        let said = last_line(&said).unwrap_or("no message");
         Err(std::io::Error::other(format!("{} failed ({status}): {said}; no snapshot was saved", self.name)))
     }
 }
@@ -136,24 +184,13 @@ impl ChildOutput {
 /// until it next writes into the closed pipe (a `pg_basebackup` holding a
 /// backup open on the server, a `command:` that blocks) and stay a zombie
 /// in a long-lived daemon. After `finish` (the program reaped) there is
-/// nothing to do. The stderr drain is not joined: a grandchild (a pipeline in `sh -c`)
-/// may hold that pipe open, and the thread ends by itself when it closes.
+/// nothing to do.
 impl Drop for ChildOutput {
     fn drop(&mut self) {
         if !self.reaped {
-            kill_group(&mut self.child);
+            self.program.kill();
         }
     }
-}
-
-/// Kill a program started in a process group of its own, with whatever it
-/// started (the stages of an `sh -c` pipeline), and reap it. Only for a
-/// program not reaped yet: until then its id, the group's, is not reused.
-pub(crate) fn kill_group(child: &mut Child) {
-    let group = i32::try_from(child.id()).expect("a process id");
-    // SAFETY: kill(2) on a process group id, no memory involved.
-    unsafe { libc::kill(-group, libc::SIGKILL) };
-    let _ = child.wait();
 }
 
 /// `--to command:…`: the stream goes to a program's standard input
@@ -164,12 +201,10 @@ pub struct CommandTarget {
     child: Option<Running>,
 }
 
-/// A target program taking its input: its standard error drained aside.
+/// A target program taking its input.
 struct Running {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    stderr: Stderr,
-    drain: std::thread::JoinHandle<()>,
+    program: Program,
+    stdin: ChildStdin,
 }
 
 impl CommandTarget {
@@ -191,11 +226,9 @@ impl CommandTarget {
 
     /// Close the program's input and wait: what it said on standard error.
     pub(crate) fn finish_with_stderr(&mut self) -> Result<String> {
-        let Running { mut child, stdin, stderr, drain } = self.child.take().expect("begun");
+        let Running { mut program, stdin } = self.child.take().expect("begun");
         drop(stdin);
-        let status = child.wait().map_err(|e| Error::failed(self.name(), e))?;
-        let _ = drain.join();
-        let text = std::mem::take(&mut *stderr.lock().expect("not poisoned"));
+        let (status, text) = program.wait().map_err(|e| Error::failed(self.name(), e))?;
         if !status.success() {
             return Err(Error::failed(self.name(), format!("failed ({status}): {}", last_line(&text).unwrap_or("no message"))));
         }
@@ -209,26 +242,18 @@ impl CommandTarget {
 impl Drop for CommandTarget {
     fn drop(&mut self) {
         if let Some(mut running) = self.child.take() {
-            kill_group(&mut running.child);
+            running.program.kill();
         }
     }
 }
 
 impl crate::Target for CommandTarget {
     fn begin(&mut self, _len: u64, _overwrite: bool) -> Result<()> {
-        let mut child = self
-            .command
-            .take()
-            .expect("begun once")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
+        let mut cmd = self.command.take().expect("begun once");
+        let mut program = Program::start(&mut cmd, Stdio::piped(), Stdio::inherit())
             .map_err(|e| Error::failed(self.name(), format!("cannot start it: {e}")))?;
-        let stdin = child.stdin.take().expect("piped");
-        let (stderr, drain) = drain_stderr(&mut child);
-        self.child = Some(Running { child, stdin, stderr, drain });
+        let stdin = program.take_stdin().expect("piped");
+        self.child = Some(Running { program, stdin });
         Ok(())
     }
 
@@ -315,6 +340,21 @@ pub(crate) mod tests {
         assert!(runs(pid.trim()), "sleep {} runs", pid.trim());
         drop(reader);
         assert!(!survives(pid.trim()), "sleep {} outlived the shell that started it", pid.trim());
+    }
+
+    /// A program that leaves a process behind holding its standard error
+    /// (`daemon &`) has ended when it exits: its output is not held open
+    /// until what it left behind ends.
+    #[test]
+    fn a_program_ends_when_it_exits_not_when_what_it_left_behind_does() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "sleep 600 >/dev/null & echo $!"]);
+        let mut reader = spawn_output("daemonizer".into(), cmd).unwrap();
+        let mut pid = String::new();
+        reader.read_to_string(&mut pid).unwrap();
+        let running = runs(pid.trim());
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
+        assert!(running, "the output of the program that started sleep {} ended only with it", pid.trim());
     }
 
     /// Whether process `pid` runs: neither gone nor a zombie (a killed

@@ -1,10 +1,10 @@
 //! Consistency hooks: commands run before and after a backup (quiesce a
 //! service, `fsfreeze`, flush), each with a time limit.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::command::Program;
 use crate::{Error, ErrorKind, Result};
 
 /// Run `command` with `sh -c` and these extra variables; fails with its own
@@ -13,24 +13,17 @@ use crate::{Error, ErrorKind, Result};
 /// much would otherwise block on the pipe and be taken for a slow one.
 pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &str)]) -> Result<()> {
     let name = format!("{which} hook {command:?}");
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).envs(env.iter().copied());
+    let mut hook = Program::start(&mut cmd, Stdio::null(), Stdio::null())
         .map_err(|e| Error::of(ErrorKind::Hook, &name, format!("cannot start it: {e}")))?;
-    let (stderr, drain) = crate::command::drain_stderr(&mut child);
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| Error::of(ErrorKind::Hook, &name, e))? {
+        if let Some(status) = hook.try_wait().map_err(|e| Error::of(ErrorKind::Hook, &name, e))? {
             break status;
         }
         if started.elapsed() >= timeout {
-            crate::command::kill_group(&mut child);
+            hook.kill();
             return Err(Error::of(ErrorKind::Hook, &name, format!("timed out after {}s and was killed", timeout.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -38,9 +31,8 @@ pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &st
     if status.success() {
         return Ok(());
     }
-    let _ = drain.join();
-    let text = stderr.lock().expect("not poisoned");
-    let said = crate::last_line(&text).unwrap_or("no message");
+    let said = hook.said();
+    let said = crate::last_line(&said).unwrap_or("no message");
     Err(Error::of(ErrorKind::Hook, &name, format!("failed ({status}): {said}")))
 }
 
@@ -55,6 +47,21 @@ mod tests {
         let command = "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'quiesce: no such service' >&2; exit 3";
         let err = run_hook("pre", command, Duration::from_secs(600), &[]).unwrap_err();
         assert_eq!(err.to_string(), format!("pre hook {command:?}: failed (exit status: 3): quiesce: no such service"));
+    }
+
+    /// A hook that fails, leaving a process behind that holds its standard
+    /// error, is reported when it exits, with its own last word.
+    #[test]
+    fn a_failed_hook_is_reported_when_it_exits_not_when_what_it_left_behind_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let command = format!("sleep 600 >/dev/null & echo $! > {}; echo 'quiesce: no such service' >&2; exit 3", pidfile.display());
+        let err = run_hook("pre", &command, Duration::from_secs(600), &[]).unwrap_err();
+        let pid = std::fs::read_to_string(&pidfile).unwrap();
+        let running = crate::command::tests::runs(pid.trim());
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
+        assert_eq!(err.to_string(), format!("pre hook {command:?}: failed (exit status: 3): quiesce: no such service"));
+        assert!(running, "the hook was reported only once sleep {} had ended", pid.trim());
     }
 
     /// A hook killed at its time limit takes what it started with it.

@@ -62,7 +62,7 @@ impl Source for PgBase {
 
     fn info(&self) -> SourceInfo {
         let mut point = self.point.clone();
-        let said = self.stderr.as_ref().map(|s| s.lock().expect("not poisoned").clone()).unwrap_or_default();
+        let said = self.stderr.as_ref().map(Stderr::text).unwrap_or_default();
         let (start, end, timeline) = wal_range(&said);
         let seg_size = point.get("wal_segment_size").and_then(|v| v.as_u64()).unwrap_or(16 << 20);
         if let (Some(start), Some(tli)) = (start, timeline) {

@@ -229,16 +229,17 @@ impl PostgresTarget {
         Ok(())
     }
 
+    /// `pg_restore --jobs` on the spooled dump, run as the streamed one is.
     fn finish_spool(&mut self) -> Result<()> {
-        let (file, mut cmd) = self.spool.take().expect("spooling");
-        let out = cmd.output();
+        let (file, cmd) = self.spool.take().expect("spooling");
+        let mut restore = self.restore_program(cmd);
+        let done = restore.begin(0, false).and_then(|()| restore.finish_with_stderr());
         drop(file);
-        let out = out.map_err(|e| self.pg.fail(format!("cannot run pg_restore: {e}")))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            return Err(self.pg.fail(format!("pg_restore failed ({}): {}", out.status, crate::last_line(&text).unwrap_or(""))));
-        }
-        Ok(())
+        done.map(drop)
+    }
+
+    fn restore_program(&self, cmd: Command) -> CommandTarget {
+        CommandTarget::program(format!("pg_restore into {}", self.pg.url()), cmd)
     }
 }
 
@@ -304,7 +305,7 @@ impl Target for PostgresTarget {
         if self.jobs > 1 {
             return self.spool_to(cmd);
         }
-        let mut inner = CommandTarget::program(format!("pg_restore into {}", self.pg.url()), cmd);
+        let mut inner = self.restore_program(cmd);
         inner.begin(len, overwrite)?;
         self.inner = Some(inner);
         Ok(())
