@@ -67,22 +67,6 @@ impl Dir {
         self.unlink_at(name, libc::AT_REMOVEDIR)
     }
 
-    /// Remove `name` and all below it, as `std::fs::remove_dir_all` does:
-    /// a link, or anything else but a directory, goes itself, and is never
-    /// followed; what went meanwhile below it is no error. The first error
-    /// stops it.
-    pub(super) fn remove_all(&self, name: &OsStr) -> io::Result<()> {
-        let dir = match self.open_dir(name) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => return self.unlink(name),
-            opened => opened?,
-        };
-        for entry in dir.entries()? {
-            let gone = if entry.is_dir { dir.remove_all(&entry.name) } else { dir.unlink(&entry.name) };
-            gone.or_else(not_found)?;
-        }
-        self.rmdir(name).or_else(not_found)
-    }
-
     fn unlink_at(&self, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
         let name = c_name(name)?;
         // SAFETY: an open fd and a NUL-terminated name, both alive for the call.
@@ -147,6 +131,7 @@ fn c_name(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
-fn not_found(e: io::Error) -> io::Result<()> {
+/// What is gone already is no error for a removal.
+pub(super) fn not_found(e: io::Error) -> io::Result<()> {
     if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
 }

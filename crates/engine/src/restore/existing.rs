@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::dirfd::{Dir, Entry};
+use super::dirfd::{Dir, Entry, not_found};
 use crate::chunker::Chunker;
 use crate::tree::Node;
 use crate::walk::PathFilter;
@@ -195,12 +195,12 @@ pub(super) fn delete_extra(target: &Path, walked: &mut [Walked], includes: &Path
 
 /// Remove `entry` of `holder` (`path`, `in_snapshot` in the snapshot),
 /// which `delete` may remove, and all below it but what an exclude names
-/// there, which keeps the directories above it. The entries removed, a
-/// directory removed whole counting as one, and whether `entry` is gone.
+/// there, which keeps the directories above it; a link goes as a link,
+/// never followed, and what went meanwhile is gone. The entries removed,
+/// a directory removed whole counting as one, and whether `entry` is gone.
 fn remove(holder: &Dir, entry: &Entry, path: &Path, in_snapshot: &Path, excludes: &PathFilter, errors: &mut Vec<String>) -> (u64, bool) {
     let mut removed = 0;
-    // Without excludes, nothing below is kept: `remove_all` removes it all, never following a link.
-    if entry.is_dir && !excludes.is_empty() {
+    if entry.is_dir {
         let mut whole = true;
         if let Ok(dir) = holder.open_dir(&entry.name) {
             for below in dir.entries().unwrap_or_default() {
@@ -217,12 +217,8 @@ fn remove(holder: &Dir, entry: &Entry, path: &Path, in_snapshot: &Path, excludes
             return (removed, false);
         }
     }
-    let gone = match (entry.is_dir, excludes.is_empty()) {
-        (false, _) => holder.unlink(&entry.name),
-        (true, true) => holder.remove_all(&entry.name),
-        (true, false) => holder.rmdir(&entry.name),
-    };
-    match gone {
+    let gone = if entry.is_dir { holder.rmdir(&entry.name) } else { holder.unlink(&entry.name) };
+    match gone.or_else(not_found) {
         Ok(()) => (1, true),
         Err(e) => {
             errors.push(format!("{}: cannot delete: {e}", path.display()));
