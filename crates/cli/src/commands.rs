@@ -147,6 +147,15 @@ pub async fn open(g: &Global) -> Result<Arc<Repository>> {
     Ok(Arc::new(repo))
 }
 
+/// Open with the key the tresor that started this one wrote on standard
+/// input (`Repository::hand_key`): no password, no Argon2id run.
+pub async fn open_handed(g: &Global) -> Result<Arc<Repository>> {
+    let opts = open_options(g, Password::new(""))?;
+    let repo = Repository::open_with_handed_key(&location(g)?, &opts, &mut std::io::stdin().lock()).await?;
+    repo.set_memory_limit(max_memory(g)?);
+    Ok(Arc::new(repo))
+}
+
 /// `--max-memory` (TRESOR_MAX_MEMORY) in bytes.
 pub fn max_memory(g: &Global) -> Result<Option<u64>> {
     let Some(text) = g.max_memory.as_deref() else { return Ok(None) };

@@ -103,9 +103,9 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     let settings = recovery_settings(g, &a, time)?;
     std::fs::create_dir_all(&a.target).with_context(|| format!("cannot create {}", a.target.display()))?;
     std::fs::set_permissions(&a.target, std::fs::Permissions::from_mode(0o700))?;
-    // Started first, so that its unlock overlaps the base backup's restore.
+    // Started first, so that it fetches while the base backup is restored.
     let prefetcher = match pitr::recovery_plan(chain, base, &stop_at, a.prefetch) {
-        Some(plan) if a.prefetch > 0 => Some(crate::pgspool::start(g, &a.target, &plan).map(|p| (p, plan.segments.len()))?),
+        Some(plan) if a.prefetch > 0 => Some(crate::pgspool::start(g, &repo, &a.target, &plan).map(|p| (p, plan.segments.len()))?),
         _ => None,
     };
     let mut unpack = tresor_sources::unpack_into(&a.target);

@@ -1,7 +1,7 @@
 //! The WAL spool of a point-in-time recovery. `tresor pg restore` plans
 //! the segments the recovery will read (tresor_sources::pitr's
 //! recovery_plan) and starts one prefetcher, `tresor pg wal-prefetch`:
-//! it unlocks the repository once and keeps the next `window` segments of
+//! handed the key `pg restore` unlocked, it keeps the next `window` segments of
 //! that plan, fetched and checked against their BLAKE3, in
 //! `pg_wal/tresor-prefetch/`, refilling as PostgreSQL takes them. The
 //! restore_command (`tresor pg wal-fetch`) then only moves a file out of
@@ -29,7 +29,7 @@ use tresor_engine::Repository;
 use tresor_sources::pgwal::WalFile;
 use tresor_sources::pitr::Plan;
 
-use crate::commands::open;
+use crate::commands::open_handed;
 use crate::opts::Global;
 use crate::pgwal::{PREFETCHED, fetch_one};
 
@@ -82,8 +82,9 @@ impl Drop for Prefetcher {
     }
 }
 
-/// Write the plan into the spool and start the prefetcher on it.
-pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
+/// Write the plan into the spool and start the prefetcher on it, handing
+/// it the unlocked key on its standard input (`open_handed`).
+pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
     let dir = spool(pgdata);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join(PLAN), serde_json::to_vec(plan)?).with_context(|| format!("cannot write {}", dir.display()))?;
@@ -94,9 +95,6 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
     if let Some(repo) = &g.repo {
         cmd.env("TRESOR_REPOSITORY", repo.expose());
     }
-    if let Some(pw) = &g.password_file {
-        cmd.arg("--password-file").arg(std::path::absolute(pw)?);
-    }
     if g.no_cache {
         cmd.arg("--no-cache");
     }
@@ -104,7 +102,7 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
         cmd.arg("--cache-dir").arg(std::path::absolute(c)?);
     }
     cmd.args(["--quiet", "pg", "wal-prefetch", "--pgdata"]).arg(std::path::absolute(pgdata)?);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
     // Its own session: the prefetcher outlives this process and must not
     // get the terminal's signals meant for it.
     // SAFETY: setsid is async-signal-safe.
@@ -114,8 +112,10 @@ pub fn start(g: &Global, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
             Ok(())
         })
     };
-    let child = cmd.spawn().context("cannot start the WAL prefetcher")?;
+    let mut child = cmd.spawn().context("cannot start the WAL prefetcher")?;
     let prefetcher = Prefetcher { pid: Some(child.id()) };
+    let mut key = child.stdin.take().expect("piped");
+    repo.hand_key(&mut key).context("cannot hand the key to the WAL prefetcher")?;
     std::fs::write(dir.join(PID), child.id().to_string()).with_context(|| format!("cannot write {}", dir.display()))?;
     Ok(prefetcher)
 }
@@ -297,7 +297,7 @@ pub async fn prefetch(g: &Global, pgdata: PathBuf) -> Result<u8> {
     let dir = spool(&pgdata);
     let plan: Plan = serde_json::from_slice(&std::fs::read(dir.join(PLAN)).context("no prefetch plan")?)?;
     let mut warnings = Vec::new();
-    let (ended, prefetched) = match open(g).await {
+    let (ended, prefetched) = match open_handed(g).await {
         Ok(repo) => fill(&repo, &plan, &pgdata, &mut warnings).await?,
         Err(e) => {
             warnings.push(format!("cannot open the repository: {e:#}"));

@@ -23,6 +23,8 @@ use crate::snapshot::Snapshot;
 use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
 
+mod handoff;
+
 const CONFIG: &str = Kind::Config.dir();
 
 /// How to reach and unlock a repository.

@@ -253,6 +253,37 @@ fn assert_no_repository_in_the_prefetchers_command_line(env: &Env, data: &Path) 
         cmdline.split(|b| *b == 0).skip(1).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).to_string()).collect();
     assert_eq!(&args[args.len() - 5..], ["--quiet", "pg", "wal-prefetch", "--pgdata", data.to_str().unwrap()], "{args:?}");
     assert!(!args.iter().any(|a| a == "--repo" || a.contains(&env.repo)), "the repository on the prefetcher's command line: {args:?}");
+    assert!(!args.iter().any(|a| a == "--password-file"), "it is handed the key, not a password: {args:?}");
+}
+
+/// The prefetcher opens the repository only with the key `pg restore`
+/// hands it on its standard input: handed none, or one that does not open
+/// the repository, it fetches nothing and its report says why.
+#[test]
+fn a_prefetcher_handed_no_key_or_a_wrong_one_opens_nothing() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let plan = serde_json::json!({"system_id": 1, "window": 16, "segments": ["000000010000000000000001"], "history": [],
+        "last_segment": {}, "seg_size": 16 << 20});
+    for (key, why) in [
+        (vec![], "no key was handed over: failed to fill whole buffer"),
+        (vec![7; 64], "the key handed over does not open this repository"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("pg_wal/tresor-prefetch");
+        fs::create_dir_all(&spool).unwrap();
+        fs::write(spool.join(".plan"), plan.to_string()).unwrap();
+        let mut child =
+            env.cmd(&["pg", "wal-prefetch", "--pgdata", dir.path().to_str().unwrap()]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), &key).unwrap();
+        assert!(child.wait().unwrap().success());
+        let report: serde_json::Value = serde_json::from_slice(&fs::read(dir.path().join("tresor-prefetch.json")).unwrap()).unwrap();
+        assert_eq!(
+            (&report["ended"], &report["segments_prefetched"], &report["warnings"]),
+            (&"the repository could not be opened".into(), &0.into(), &serde_json::json!([format!("cannot open the repository: {why}")])),
+            "{report}"
+        );
+    }
 }
 
 #[test]
