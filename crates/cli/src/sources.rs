@@ -1,6 +1,8 @@
 //! `restore --to URL`: a data-source snapshot back into a running service;
 //! buckets, backed up and restored object by object.
 
+use std::sync::mpsc::Receiver;
+
 use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_engine::backup::BackupOptions;
@@ -23,21 +25,56 @@ pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str
     Ok(0)
 }
 
+/// Blobs read ahead of a target that is slower to take them.
+const STREAM_AHEAD: usize = 2;
+
 /// Stream the snapshot's one file into a target, blob by blob: the file's
-/// name and size, and what the target said.
+/// name and size, and what the target said. The target takes the blobs on
+/// a thread of its own while the next ones are read and decrypted: `tar -x`
+/// or `pg_restore` at the other end of a pipe would otherwise wait while
+/// tresor reads, and tresor while they write.
 pub async fn stream_into(repo: &Repository, snap: &Snapshot, target: &mut dyn Target, flush: bool) -> Result<(String, u64, String)> {
     let root = repo.load_tree(&snap.tree).await?;
     let files: Vec<_> = root.nodes.iter().filter(|n| n.kind == NodeKind::File).collect();
     let [file] = files.as_slice() else {
         bail!("snapshot {} holds {} files at its root; --to takes a snapshot of one data-source stream", snap.id.short(), files.len());
     };
-    tokio::task::block_in_place(|| target.begin(file.size, flush))?;
-    for id in &file.content {
-        let blob = repo.load_blob(id).await?;
-        tokio::task::block_in_place(|| target.write(&blob))?;
-    }
-    let said = tokio::task::block_in_place(|| target.finish())?;
+    let runtime = tokio::runtime::Handle::current();
+    let said = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let (ahead, taken) = std::sync::mpsc::sync_channel::<Vec<u8>>(STREAM_AHEAD);
+            let writer = scope.spawn(move || take_all(target, file.size, file.content.len(), flush, taken));
+            let read = runtime.block_on(async {
+                for id in &file.content {
+                    // A writer that has stopped has failed: its error says why.
+                    if ahead.send(repo.load_blob(id).await?).is_err() {
+                        break;
+                    }
+                }
+                anyhow::Ok(())
+            });
+            drop(ahead);
+            let written = writer.join().expect("the target's thread does not panic");
+            read.and(written?.ok_or_else(|| anyhow::anyhow!("the stream ended early")))
+        })
+    })?;
     Ok((file.name.clone(), file.size, said))
+}
+
+/// Give the target every one of `blobs` blobs, then finish it: `None` when
+/// fewer came (a read failed), so that a partial stream is never finished
+/// as if it were whole (the target, dropped unfinished, is stopped).
+fn take_all(target: &mut dyn Target, len: u64, blobs: usize, flush: bool, taken: Receiver<Vec<u8>>) -> Result<Option<String>> {
+    target.begin(len, flush)?;
+    let mut count = 0;
+    for blob in taken {
+        target.write(&blob)?;
+        count += 1;
+    }
+    if count < blobs {
+        return Ok(None);
+    }
+    Ok(Some(target.finish()?))
 }
 
 /// Objects downloaded at once by a bucket backup unless --threads says otherwise:
