@@ -298,6 +298,28 @@ fn command_sources_stream_stdout_and_fail_with_the_commands_message() {
     assert!(err.ends_with("failed (exit status: 1): ERROR 1049: Unknown database\n"), "{err}");
 }
 
+/// A stream whose later blob is damaged reaches its program only in part,
+/// and the program is stopped, never given the end of its input: what it
+/// would do with a whole stream (commit, load, `touch finished`) it never does.
+#[test]
+fn a_stream_cut_short_by_a_damaged_blob_never_reaches_its_programs_end() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let data = env.path("data.bin");
+    fs::write(&data, random_bytes(12 << 20, 17)).unwrap();
+    env.ok(&["backup", &format!("command:cat {}", data.display())]);
+    let pack = biggest(&Path::new(&env.repo).join("data"));
+    flip_byte(&pack, fs::metadata(&pack).unwrap().len() * 3 / 4);
+    let (copy, finished) = (env.path("copy.bin"), env.path("finished"));
+    let to = format!("command:cat > {}; touch {}", copy.display(), finished.display());
+    let err = env.fails(&["restore", "latest", "--to", &to], 1);
+    let blob = err.strip_prefix("tresor: error: blob ").and_then(|e| e.strip_suffix(" is damaged: it fails authentication\n"));
+    assert!(blob.is_some_and(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())), "{err}");
+    assert!(!finished.exists(), "the program was given the end of its input");
+    let (got, want) = (fs::read(&copy).unwrap_or_default(), fs::read(&data).unwrap());
+    assert!(got.len() < want.len() && want.starts_with(&got), "a prefix of the stream: {} of {} bytes", got.len(), want.len());
+}
+
 pub(super) fn row_counts(pg: &PostgresServer, db: &str) -> String {
     pg.psql(
         db,
