@@ -19,6 +19,13 @@ directory that recovers to that moment and the server is started on it until
 exactly the rows committed before the target. Prints one Markdown row per
 SEGMENTS value, and on stderr each restore's two phases (base backup
 restored; recovery replayed until promoted) and the prefetcher's report.
+
+Nothing is removed until every run has been measured: each run works in a
+directory of its own. ext4 skips inodes freed in the last minute (five, while
+their table block is dirty) when it creates a file, scanning past each one
+for every file created, so a restore made right after a removal pays for
+the removal: a `tar -x` of the base backup took 1.1-1.5 s in that state
+against 0.4 s without it.
 """
 
 import os
@@ -67,27 +74,26 @@ def recovered(data, port):
     return time.monotonic() - t
 
 
-def tresor(*args):
-    return [TRESOR, "--repo", WORK / "repo", "--password-file", WORK / "pw", "--no-cache", "--quiet", *args]
+def tresor(work, *args):
+    return [TRESOR, "--repo", work / "repo", "--password-file", work / "pw", "--no-cache", "--quiet", *args]
 
 
-def measure(segments):
-    shutil.rmtree(WORK, ignore_errors=True)
-    (WORK / "archive").mkdir(parents=True)
-    (WORK / "pw").write_text("bench\n")
-    run(*tresor("init"))
-    src = WORK / "src"
+def measure(segments, work):
+    (work / "archive").mkdir(parents=True)
+    (work / "pw").write_text("bench\n")
+    run(*tresor(work, "init"))
+    src = work / "src"
     run(PG_BIN / "initdb", "-D", src, "-A", "trust", "-U", "postgres", "--no-sync")
-    push = " ".join(f"'{a}'" for a in tresor("pg", "wal-push", "%p"))
+    push = " ".join(f"'{a}'" for a in tresor(work, "pg", "wal-push", "%p"))
     with open(src / "postgresql.conf", "a") as conf:
         conf.write(f"archive_mode = on\nwal_level = replica\n"
-                   f"archive_command = 'cp %p {WORK}/archive/%f && {push.replace(chr(39), chr(39) * 2)}'\n")
+                   f"archive_command = 'cp %p {work}/archive/%f && {push.replace(chr(39), chr(39) * 2)}'\n")
     start(src, PORT)
     run(PG_BIN / "pgbench", "-i", "-q", "-s", SCALE, "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "postgres")
     psql(PORT, "CREATE TABLE t (id int, note text); CHECKPOINT")
-    direct_backup = timed(PG_BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-D", WORK / "basebackup", "-Ft",
+    direct_backup = timed(PG_BIN / "pg_basebackup", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-D", work / "basebackup", "-Ft",
                           "-X", "fetch", "-c", "fast")
-    tresor_backup = timed(*tresor("pg", "backup", f"postgres://postgres@127.0.0.1:{PORT}"))
+    tresor_backup = timed(*tresor(work, "pg", "backup", f"postgres://postgres@127.0.0.1:{PORT}"))
     script = "".join(f"INSERT INTO t SELECT g, 'segment {i}' FROM generate_series(1, 1000) g;\nSELECT pg_switch_wal();\n"
                      for i in range(segments))
     run(PG_BIN / "psql", "-X", "-q", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", "postgres", input=script)
@@ -100,23 +106,22 @@ def measure(segments):
     want = str(segments * 1000)
 
     pg_target = target.replace("T", " ").replace("Z", "+00")
-    direct = WORK / "direct"
+    direct = work / "direct"
     direct.mkdir(mode=0o700)
     t = time.monotonic()
-    run("tar", "-x", "-f", WORK / "basebackup/base.tar", "-C", direct)
+    run("tar", "-x", "-f", work / "basebackup/base.tar", "-C", direct)
     with open(direct / "postgresql.auto.conf", "a") as conf:
-        conf.write(f"restore_command = 'cp {WORK}/archive/%f %p'\nrecovery_target_time = '{pg_target}'\n"
+        conf.write(f"restore_command = 'cp {work}/archive/%f %p'\nrecovery_target_time = '{pg_target}'\n"
                    "recovery_target_action = 'promote'\narchive_mode = 'off'\n")
     (direct / "recovery.signal").write_text("")
     direct_unpack = time.monotonic() - t
     direct_replay = recovered(direct, PORT2)
     assert psql(PORT2, "SELECT count(*) FROM t") == want
     stop(direct)
-    shutil.rmtree(direct)
 
-    restored = WORK / "restored"
+    restored = work / "restored"
     t = time.monotonic()
-    run(*tresor("pg", "restore", "--time", target, "--no-archive", "--target", restored))
+    run(*tresor(work, "pg", "restore", "--time", target, "--no-archive", "--target", restored))
     tresor_unpack = time.monotonic() - t
     tresor_replay = recovered(restored, PORT2)
     assert psql(PORT2, "SELECT count(*) FROM t") == want
@@ -132,7 +137,6 @@ def measure(segments):
     print(f"{segments} segments: base restore (s) direct / tresor {direct_unpack:.2f} / {tresor_unpack:.2f}, "
           f"replay until promoted {direct_replay:.2f} / {tresor_replay:.2f}", file=sys.stderr, flush=True)
     print(report.replace("\n", " "), file=sys.stderr, flush=True)
-    shutil.rmtree(WORK, ignore_errors=True)
 
 
 def main():
@@ -140,8 +144,10 @@ def main():
     print("| segments replayed | backup (s): direct / tresor | PITR restore until promoted (s): direct / tresor | restore ratio "
           "| backup + restore (s): direct / tresor | total ratio |")
     print("|---:|---:|---:|---:|---:|---:|")
-    for n in [int(a) for a in sys.argv[1:]] or [8, 500]:
-        measure(n)
+    shutil.rmtree(WORK, ignore_errors=True)
+    for i, n in enumerate([int(a) for a in sys.argv[1:]] or [8, 500]):
+        measure(n, WORK / f"run-{i}")
+    shutil.rmtree(WORK)
 
 
 if __name__ == "__main__":
