@@ -211,20 +211,22 @@ impl Restorer<'_> {
     /// Create what `path` names, if it is restored; whether to descend.
     fn visit(&mut self, path: &Path, dest: &Path, node: &Node) -> Result<bool> {
         let (take, descend) = wanted(path, node, &self.includes, &self.excludes);
-        if !take || self.skip_blocked(node) {
+        if !take {
             return Ok(descend);
         }
         // `made`, and so each directory above it, exists: most entries need
         // no look at the target before they are created.
-        if let Some(parent) = dest.parent()
+        if self.blocked.is_none()
+            && let Some(parent) = dest.parent()
             && !self.made.starts_with(parent)
         {
-            if let Err((at, error)) = self.make_parents(parent) {
-                self.blocked = Some(Blocked { at, error, below: 0 });
-                self.skip_blocked(node);
-                return Ok(descend);
+            match self.make_parents(parent) {
+                Ok(()) => self.made = parent.to_path_buf(),
+                Err((at, error)) => self.blocked = Some(Blocked { at, error, below: 0 }),
             }
-            self.made = parent.to_path_buf();
+        }
+        if self.skip_blocked(node) {
+            return Ok(descend);
         }
         if let Some(here) = self.walked.as_mut().and_then(|w| w.last_mut())
             && let Some(name) = dest.file_name()

@@ -3,7 +3,9 @@
 //! repository without an Argon2id run of its own: on two cores that run
 //! took a core from the restore beside it. Only ever through a pipe to the
 //! child: never a file, the environment or a command line, which other
-//! users of the machine can read.
+//! users of the machine can read. Raw bytes, not a serde value like the
+//! jobs tresor hands its children: no copy of the key lands in a buffer
+//! that is not zeroed.
 
 use std::io::{Read, Write};
 
