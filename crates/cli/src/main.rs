@@ -9,6 +9,7 @@ mod demo;
 mod doctor;
 mod dr;
 mod drill;
+mod heap;
 mod job;
 mod k8s;
 mod keys;
@@ -44,14 +45,10 @@ fn main() -> ExitCode {
     if let Some(code) = pgspool::serve_restore_command(&std::env::args_os().collect::<Vec<_>>()) {
         return ExitCode::from(code);
     }
-    tune_malloc();
+    heap::DEFAULT.apply();
     let cli = Cli::parse();
-    match &cli.command {
-        Command::Pg(opts::PgCmd { command: opts::PgCommand::WalPrefetch { .. } }) => pgspool::keep_buffers(),
-        Command::Restore(_) | Command::RestoreApp(_) | Command::Pg(opts::PgCmd { command: opts::PgCommand::Restore(_) }) => {
-            keep_read_buffers()
-        }
-        _ => {}
+    if let Some(heap) = heap::Heap::of(&cli.command) {
+        heap.apply();
     }
     // Libraries that log their own failures (kube's client) stay quiet: tresor's one-line error says it.
     let filter = if cli.global.verbose { "info" } else { "warn,kube_client=off" };
@@ -132,37 +129,6 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             opts::JobCommand::Run => job::run(&g).await,
         },
         Command::Synth(a) => commands::synth(&g, a).await,
-    }
-}
-
-/// Buffers of a MiB or more come and go by the thousand (chunks, pack pieces,
-/// storage reads) across many threads; glibc would keep freed ones in
-/// per-thread heaps and the process would hold twice its working set.
-/// Mapping them directly hands the memory back: measured, backup peak memory
-/// fell from 148 to 78 MiB on the Linux tree, at a cost of about a second of
-/// page faults per 2.5 GB restored (docs/BENCHMARKS.md).
-fn tune_malloc() {
-    // SAFETY: mallopt only sets an allocator parameter, before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
-/// A restore (`restore`, `restore-app`, `pg restore`) reads every pack
-/// range through OpenDAL's fs reader, which copies it through a 2 MiB
-/// buffer of tokio's, new for every range, into another: mapped afresh each
-/// time (as `tune_malloc` has it), they cost a page fault for every 4 KiB
-/// restored and a third of a large file's restore time (docs/BENCHMARKS.md,
-/// "Large files"). Served from one heap that keeps up to 16 MiB freed, they
-/// are reused (one heap, not one per thread, so that little is kept);
-/// larger buffers (chunks, the key derivation's 64 MiB) are still mapped
-/// and handed back. Called before any thread starts.
-fn keep_read_buffers() {
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

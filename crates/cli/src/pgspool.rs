@@ -279,19 +279,6 @@ fn spooled(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |d| d.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count())
 }
 
-/// The prefetcher frees and allocates 16 MiB of blob buffers per segment
-/// all its life: kept in the heap rather than mapped afresh each time (as
-/// main's tune_malloc has it for the other commands), they cost no page
-/// faults, which were a quarter of its CPU time. Called before any thread
-/// starts.
-pub fn keep_buffers() {
-    // SAFETY: mallopt only sets allocator parameters.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
-    }
-}
-
 /// `tresor pg wal-prefetch`: the prefetcher `start` runs.
 pub async fn prefetch(g: &Global, pgdata: PathBuf) -> Result<u8> {
     let dir = spool(&pgdata);
