@@ -54,8 +54,11 @@ pub async fn stream_into(repo: &Repository, snap: &Snapshot, target: &mut dyn Ta
                 anyhow::Ok(())
             });
             drop(ahead);
-            let written = writer.join().expect("the target's thread does not panic");
-            read.and(written?.ok_or_else(|| anyhow::anyhow!("the stream ended early")))
+            // The writer's error first: a read that stopped because the
+            // writer had failed did not fail itself.
+            let said = writer.join().expect("the target's thread does not panic")?;
+            read?;
+            anyhow::Ok(said.expect("a target given every blob is finished"))
         })
     })?;
     Ok((file.name.clone(), file.size, said))

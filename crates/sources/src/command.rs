@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,11 +63,30 @@ pub(crate) fn spawn_output(name: String, cmd: Command) -> Result<Box<dyn Read + 
 
 /// What a program says on standard error, gathered as it says it.
 #[derive(Clone, Default)]
-pub(crate) struct Stderr(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Stderr(Arc<Mutex<Said>>);
+
+#[derive(Default)]
+struct Said {
+    text: Vec<u8>,
+    /// No more is kept: the program has exited and what it left behind
+    /// may talk for ever.
+    closed: bool,
+}
 
 impl Stderr {
     pub(crate) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned").text).into_owned()
+    }
+
+    fn hear(&self, words: &[u8]) {
+        let mut said = self.0.lock().expect("not poisoned");
+        if !said.closed {
+            said.text.extend_from_slice(words);
+        }
+    }
+
+    fn close(&self) {
+        self.0.lock().expect("not poisoned").closed = true;
     }
 }
 
@@ -82,7 +101,8 @@ pub(crate) fn spawn_output_and_stderr(name: String, mut cmd: Command) -> Result<
 
 /// How long a program's standard error is read once it has exited: what
 /// it left running in the background (`daemon &`) may hold the pipe open
-/// for good, and its exit must not wait on that.
+/// for good, and its exit must not wait on that. What is said after it is
+/// read and dropped, so a leftover that talks for ever holds no memory.
 const STDERR_AFTER_EXIT: Duration = Duration::from_secs(5);
 
 /// A program in a process group of its own, so that it is killed with
@@ -110,7 +130,7 @@ impl Program {
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => said.0.lock().expect("not poisoned").extend_from_slice(&buf[..n]),
+                    Ok(n) => said.hear(&buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
@@ -135,7 +155,9 @@ impl Program {
 
     /// What it said on standard error, once it has exited.
     pub(crate) fn said(&self) -> String {
-        let _ = self.drained.recv_timeout(STDERR_AFTER_EXIT);
+        if self.drained.recv_timeout(STDERR_AFTER_EXIT) == Err(RecvTimeoutError::Timeout) {
+            self.stderr.close();
+        }
         self.stderr.text()
     }
 
@@ -355,6 +377,25 @@ pub(crate) mod tests {
         let running = runs(pid.trim());
         let _ = Command::new("kill").args(["-KILL", pid.trim()]).output();
         assert!(running, "the output of the program that started sleep {} ended only with it", pid.trim());
+    }
+
+    /// What a process left behind says once its program's standard error
+    /// has been waited for is not kept.
+    #[test]
+    fn what_is_said_after_the_wait_for_a_programs_stderr_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let spoke = dir.path().join("spoke");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"echo bye >&2; (sleep 7; echo late >&2; touch "$0"; sleep 2) >/dev/null &"#]).arg(&spoke);
+        let mut program = Program::start(&mut cmd, Stdio::null(), Stdio::null()).unwrap();
+        let (status, said) = program.wait().unwrap();
+        assert!(status.success());
+        assert_eq!(said, "bye\n");
+        while !spoke.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(program.stderr.text(), "bye\n");
     }
 
     /// Whether process `pid` runs: neither gone nor a zombie (a killed
