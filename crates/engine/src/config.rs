@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Aead, Crypto};
+use crate::pack::BlobKind;
 use crate::{Error, Id, Result};
 
 /// The format this build writes and the newest it reads.
@@ -61,7 +62,21 @@ struct Probe {
     version: Option<u32>,
 }
 
+/// Tree packs are sealed at this size when `pack_size` is larger: a writer
+/// holds its tree pack whole until it is sealed (one per thread, and more
+/// on their way to storage), where data packs stream out in pieces, and a
+/// walk caches tree packs whole.
+pub const TREE_PACK_MAX: usize = 4 << 20;
+
 impl Config {
+    /// The size at which a writer seals a pack of `kind`.
+    pub fn pack_target(&self, kind: BlobKind) -> usize {
+        match kind {
+            BlobKind::Data => self.pack_size as usize,
+            BlobKind::Tree => (self.pack_size as usize).min(TREE_PACK_MAX),
+        }
+    }
+
     pub fn new(aead: Aead, compression: i32) -> Config {
         Config {
             format: "tresor".into(),
@@ -130,6 +145,16 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tree packs are sealed at 4 MiB unless packs are smaller; data packs
+    /// at the pack size.
+    #[test]
+    fn tree_packs_are_sealed_at_four_mib_at_most() {
+        let mut c = Config::new(Aead::Aes256Gcm, 3);
+        assert_eq!((c.pack_target(BlobKind::Data), c.pack_target(BlobKind::Tree)), (16 << 20, 4 << 20));
+        c.pack_size = 2 << 20;
+        assert_eq!((c.pack_target(BlobKind::Data), c.pack_target(BlobKind::Tree)), (2 << 20, 2 << 20));
+    }
 
     #[test]
     fn refuses_newer_and_foreign_configs() {

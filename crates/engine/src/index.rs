@@ -8,7 +8,7 @@ mod budget;
 mod compact;
 
 pub use budget::{MemoryEstimate, WORKING_SET};
-pub use compact::{BlobKey, BlobLoc, Index, PackUsage};
+pub use compact::{BlobKey, BlobLoc, Index, KeySet, PackUsage};
 
 use crate::id::IdSet;
 use crate::pack::{ENTRY_LEN, PackEntry};
@@ -29,6 +29,45 @@ pub struct IndexedPack {
 }
 
 const INDEX_VERSION: u32 = 1;
+
+/// Packs stored between two index checkpoints: a writer killed between
+/// them leaves at most this many unindexed packs behind, which the next
+/// writer cannot reuse.
+const CHECKPOINT_PACKS: usize = 32;
+
+/// Blobs that bring an index checkpoint forward: packs of small files hold
+/// thousands of blobs each, and an index file is held decoded, encoded and
+/// sealed at once while it is written, about 150 bytes a blob.
+const CHECKPOINT_BLOBS: usize = 65_536;
+
+/// Packs a writer has stored and no index file names yet.
+#[derive(Default)]
+pub struct Unindexed {
+    packs: Vec<IndexedPack>,
+    blobs: usize,
+}
+
+impl Unindexed {
+    pub fn push(&mut self, pack: IndexedPack) {
+        self.blobs += pack.entries.len();
+        self.packs.push(pack);
+    }
+
+    /// Whether an index file should name them now.
+    pub fn due(&self) -> bool {
+        self.packs.len() >= CHECKPOINT_PACKS || self.blobs >= CHECKPOINT_BLOBS
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.packs.is_empty()
+    }
+
+    /// The index file that names them all, leaving none.
+    pub fn take(&mut self) -> IndexFile {
+        self.blobs = 0;
+        IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut self.packs) }
+    }
+}
 
 impl IndexFile {
     pub fn encode(&self) -> Vec<u8> {
@@ -235,6 +274,34 @@ mod tests {
         assert!(!idx.contains(&Id([9; 32])));
         let idx = merge(&[(Id([2; 32]), IndexFile::default())], &IdSet::default());
         assert_eq!(idx.blob_count(), 0);
+    }
+
+    /// An index file is due every 32 packs, or sooner once the packs hold
+    /// 65,536 blobs; taking it leaves nothing pending.
+    #[test]
+    fn an_index_checkpoint_is_due_by_packs_or_by_blobs() {
+        let pack = |n: u8, blobs: usize| IndexedPack {
+            id: Id([n; 32]),
+            size: 1,
+            entries: vec![PackEntry { kind: BlobKind::Data, flags: 0, id: Id([n; 32]), offset: 0, length: 1, raw_length: 1 }; blobs],
+        };
+        let mut few = Unindexed::default();
+        for n in 0..31 {
+            few.push(pack(n, 1));
+        }
+        assert!(!few.due());
+        few.push(pack(31, 1));
+        assert!(few.due());
+        assert_eq!(few.take().packs.len(), 32);
+        assert!(few.is_empty() && !few.due());
+        let mut many = Unindexed::default();
+        many.push(pack(1, 40_000));
+        assert!(!many.due());
+        many.push(pack(2, 25_536));
+        assert!(many.due());
+        assert_eq!(many.take().packs.iter().map(|p| p.entries.len()).sum::<usize>(), 65_536);
+        many.push(pack(3, 1));
+        assert!(!many.due(), "the count starts again");
     }
 
     /// A blob in a pack only a superseded file lists is found where the

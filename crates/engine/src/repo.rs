@@ -450,9 +450,19 @@ impl Repository {
     /// The index a writer deduplicates against: marked packs left out, so
     /// that nothing new comes to depend on them. Call it only after the
     /// writer's session has started.
+    ///
+    /// With no marks before the load and none after it, it is what
+    /// [`Repository::index`] would load now, and becomes the reading index
+    /// unless one is loaded: a backup that reads its parent's trees then
+    /// holds one index, not two (at 36 bytes a blob, 72 MiB a copy at two
+    /// million files).
     pub async fn writer_index(&self) -> Result<Arc<Index>> {
         let marked: IdSet = self.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
-        Ok(Arc::new(self.load_index(&marked).await?.0))
+        let index = Arc::new(self.load_index(&marked).await?.0);
+        if marked.is_empty() && self.load_marks().await?.is_empty() {
+            self.index.lock().await.get_or_insert_with(|| index.clone());
+        }
+        Ok(index)
     }
 
     pub async fn set_index(&self, index: Arc<Index>) {
@@ -744,20 +754,4 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tree_pack_pushed_out_is_remembered_so_it_is_not_read_whole_again() {
-        let mut held = TreePacks::default();
-        let ids: Vec<Id> = (0u8..3).map(|n| Id([n; 32])).collect();
-        for id in &ids {
-            held.insert(*id, Arc::new(vec![0; TREE_PACK_BYTES_IN_MEMORY / 2]));
-        }
-        assert!(held.get(&ids[0]).is_none(), "three halves of the cap hold two");
-        assert_eq!(held.let_go.iter().copied().collect::<Vec<_>>(), [ids[0]]);
-        assert!(held.get(&ids[1]).is_some() && held.get(&ids[2]).is_some());
-        held.remove(&ids[1]);
-        assert!(!held.let_go.contains(&ids[1]), "a copy dropped as damaged may be read whole again");
-    }
-}
+mod tests;

@@ -7,12 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::index::{Index, IndexFile, IndexedPack};
+use crate::index::{BlobKey, Index, KeySet, Unindexed};
 use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackWriter};
-use crate::{Error, Id, IdSet, Repository, Result};
-
-/// Packs written between two index checkpoints.
-const PACKS_PER_CHECKPOINT: usize = 32;
+use crate::{Error, Id, Repository, Result};
 
 /// One step of a recursive tree rewrite (`copy`, `repair snapshots`):
 /// boxed, as async recursion needs.
@@ -23,11 +20,11 @@ pub struct BlobSink<'a> {
     /// What the repository held at the start (a writer index, so nothing
     /// new comes to depend on marked packs).
     index: Arc<Index>,
-    added: IdSet,
+    added: KeySet,
     writers: [Option<PackWriter>; 2],
     compressor: Compressor,
     zbuf: Vec<u8>,
-    unindexed: Vec<IndexedPack>,
+    unindexed: Unindexed,
     /// Packs written, in order.
     pub written: Vec<Id>,
     /// Blobs stored, and their packed bytes; blobs found present.
@@ -42,11 +39,11 @@ impl<'a> BlobSink<'a> {
         Ok(BlobSink {
             repo,
             index: repo.writer_index().await?,
-            added: IdSet::default(),
+            added: KeySet::default(),
             writers: [None, None],
             compressor: Compressor::new(repo.config().compression).map_err(|e| Error::Invalid(format!("zstd: {e}")))?,
             zbuf: Vec::new(),
-            unindexed: Vec::new(),
+            unindexed: Unindexed::default(),
             written: Vec::new(),
             stored: 0,
             stored_bytes: 0,
@@ -56,17 +53,17 @@ impl<'a> BlobSink<'a> {
 
     /// Whether the repository holds `id` (before or since this sink began).
     pub fn holds(&self, id: &Id) -> bool {
-        self.index.contains(id) || self.added.contains(id)
+        self.index.contains(id) || self.added.contains(&BlobKey::of(id))
     }
 
     /// Store a blob unless the repository holds it; its id.
     pub async fn put(&mut self, kind: BlobKind, plain: &[u8]) -> Result<Id> {
         let id = self.repo.crypto().blob_id(plain);
-        if self.index.contains(&id) || !self.added.insert(id) {
+        if self.index.contains(&id) || !self.added.insert(BlobKey::of(&id)) {
             self.present += 1;
             return Ok(id);
         }
-        let target = self.repo.config().pack_size as usize;
+        let target = self.repo.config().pack_target(kind);
         let slot = &mut self.writers[usize::from(kind == BlobKind::Tree)];
         let writer = slot.get_or_insert_with(|| PackWriter::new(kind, target));
         let (compressor, zbuf, crypto) = (&mut self.compressor, &mut self.zbuf, self.repo.crypto());
@@ -79,7 +76,7 @@ impl<'a> BlobSink<'a> {
         if writer.len() >= target {
             let full = slot.take().expect("present");
             self.store(full).await?;
-            if self.unindexed.len() >= PACKS_PER_CHECKPOINT {
+            if self.unindexed.due() {
                 self.index_stored().await?;
             }
         }
@@ -96,8 +93,7 @@ impl<'a> BlobSink<'a> {
 
     async fn index_stored(&mut self) -> Result<()> {
         if !self.unindexed.is_empty() {
-            let packs = std::mem::take(&mut self.unindexed);
-            self.repo.save_index(&IndexFile { supersedes: Vec::new(), packs }).await?;
+            self.repo.save_index(&self.unindexed.take()).await?;
         }
         Ok(())
     }

@@ -24,23 +24,19 @@ use futures::StreamExt;
 use crate::bufpool::BufPool;
 use crate::chunker::Chunker;
 use crate::fsmeta::{self, NameCache};
-use crate::index::{Index, IndexFile, IndexedPack};
+use crate::index::{BlobKey, Index, IndexedPack, KeySet, Unindexed};
 use crate::pack::{BlobKind, Compressor, FLAG_ZSTD, PackEntry, PackWriter, SealedPack};
 use crate::session::Session;
 use crate::snapshot::{FileError, Snapshot, SourceInfo, Summary};
 use crate::tree::{Node, Tree};
 use crate::walk::PathFilter;
-use crate::{Error, Id, IdSet, Repository, Result};
+use crate::{Error, Id, Repository, Result};
 
 mod pipeline;
 mod virtual_input;
 mod walker;
 
 pub use virtual_input::{VirtualEntry, VirtualFile, VirtualInput};
-
-/// Packs written between two index checkpoints: a killed backup leaves at
-/// most this many unindexed packs behind, which the next backup cannot reuse.
-const INDEX_CHECKPOINT_PACKS: usize = 32;
 
 pub type SourceFn = Box<dyn FnOnce() -> std::result::Result<SourceInfo, String> + Send>;
 
@@ -123,7 +119,9 @@ struct Shared {
     rt: tokio::runtime::Handle,
     chunker: Chunker,
     index: Arc<Index>,
-    inflight: Mutex<IdSet>,
+    /// Blobs stored by this run, by the index's key (docs/ARCHITECTURE.md
+    /// §9: why 16 bytes of an id are enough), half an id's memory each.
+    inflight: Mutex<KeySet>,
     uploads: tokio::sync::mpsc::Sender<PackMsg>,
     /// Pack pieces' buffers, back from storage for the next pieces.
     pieces: Arc<BufPool>,
@@ -212,7 +210,7 @@ impl Shared {
     fn add_blob(&self, ctx: &mut ThreadCtx, kind: BlobKind, data: &[u8]) -> Result<Id> {
         let crypto = self.repo.crypto();
         let id = crypto.blob_id(data);
-        if self.index.contains(&id) || !self.inflight.lock().expect("not poisoned").insert(id) {
+        if self.index.contains(&id) || !self.inflight.lock().expect("not poisoned").insert(BlobKey::of(&id)) {
             return Ok(id);
         }
         let mut zbuf = std::mem::take(&mut ctx.zbuf);
@@ -230,10 +228,10 @@ impl Shared {
     }
 
     fn add_tree_blob(&self, ctx: &mut ThreadCtx, id: Id, raw: usize, flags: u8, payload: &[u8]) -> Result<PackEntry> {
-        let pack_size = self.repo.config().pack_size as usize;
+        let target = self.repo.config().pack_target(BlobKind::Tree);
         let writer = ctx.tree.get_or_insert_with(|| PackWriter::new(BlobKind::Tree, 1 << 20));
         let entry = writer.add(self.repo.crypto(), id, raw, flags, payload);
-        if writer.len() >= pack_size {
+        if writer.len() >= target {
             let full = ctx.tree.take().expect("just filled");
             self.send(PackMsg::Upload(full.finish(self.repo.crypto())))?;
         }
@@ -250,7 +248,7 @@ impl Shared {
         }
         let open = ctx.data.as_mut().expect("just opened");
         let entry = open.pack.add(self.repo.crypto(), id, raw, flags, payload);
-        let result = if open.pack.len() >= self.repo.config().pack_size as usize {
+        let result = if open.pack.len() >= self.repo.config().pack_target(BlobKind::Data) {
             let open = ctx.data.take().expect("open");
             self.close_data_pack(open)
         } else if open.pack.buffered() >= STREAM_PIECE {
@@ -500,7 +498,7 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         repo: repo.clone(),
         rt: tokio::runtime::Handle::current(),
         index,
-        inflight: Mutex::new(IdSet::default()),
+        inflight: Mutex::new(KeySet::default()),
         uploads: tx,
         counters: Counters::default(),
         progress: opts.progress.take().unwrap_or_default(),
@@ -639,8 +637,8 @@ fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option
     root_rx.try_recv().map_err(|_| Error::Interrupted)
 }
 
-/// Upload sealed packs as they come and write an index file every
-/// `INDEX_CHECKPOINT_PACKS` packs and at the end. Index files only ever name
+/// Upload sealed packs as they come and write an index file whenever one
+/// is due ([`Unindexed::due`]) and at the end. Index files only ever name
 /// packs whose upload has completed.
 async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<PackMsg>, concurrency: usize) -> Result<Vec<Id>> {
     let packs = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) });
@@ -658,25 +656,25 @@ async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<Pac
         }
     };
     let mut uploads = std::pin::pin!(packs.map(store).buffer_unordered(concurrency));
-    let (mut pending, mut files) = (Vec::new(), Vec::new());
+    let (mut pending, mut files) = (Unindexed::default(), Vec::new());
     while let Some(done) = uploads.next().await {
         let done = match done {
             Ok(d) => d,
             Err(e) => {
                 // Index what did arrive, so a retried backup can reuse it.
                 if !pending.is_empty() {
-                    let _ = repo.save_index(&IndexFile { supersedes: Vec::new(), packs: pending }).await;
+                    let _ = repo.save_index(&pending.take()).await;
                 }
                 return Err(e);
             }
         };
         pending.push(done);
-        if pending.len() >= INDEX_CHECKPOINT_PACKS {
-            files.push(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut pending) }).await?);
+        if pending.due() {
+            files.push(repo.save_index(&pending.take()).await?);
         }
     }
     if !pending.is_empty() {
-        files.push(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: pending }).await?);
+        files.push(repo.save_index(&pending.take()).await?);
     }
     Ok(files)
 }

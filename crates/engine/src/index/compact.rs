@@ -25,6 +25,9 @@ impl BlobKey {
     }
 }
 
+/// Blobs by the index's key.
+pub type KeySet = std::collections::HashSet<BlobKey, crate::IdBuildHasher>;
+
 /// A blob's place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLoc {

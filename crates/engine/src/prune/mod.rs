@@ -179,7 +179,6 @@ async fn plan(
 
 /// Copy the used blobs out of the packs to repack, into new packs.
 async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session: &Session) -> Result<Vec<IndexedPack>> {
-    let target = repo.config().pack_size as usize;
     let mut writers: [Option<PackWriter>; 2] = [None, None];
     let mut out = Vec::new();
     used.sort_by(|a, b| a.0.cmp(&b.0));
@@ -190,6 +189,7 @@ async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session:
                 .get(e.offset as usize..(e.offset + e.length) as usize)
                 .ok_or_else(|| Error::corrupt("pack", pack, "it is shorter than the index says"))?;
             let slot = &mut writers[usize::from(e.kind == BlobKind::Tree)];
+            let target = repo.config().pack_target(e.kind);
             slot.get_or_insert_with(|| PackWriter::new(e.kind, target)).add_sealed(e, sealed);
             if slot.as_ref().is_some_and(|w| w.len() >= target) {
                 let w = slot.take().expect("present");

@@ -1,0 +1,52 @@
+use super::*;
+
+#[test]
+fn a_tree_pack_pushed_out_is_remembered_so_it_is_not_read_whole_again() {
+    let mut held = TreePacks::default();
+    let ids: Vec<Id> = (0u8..3).map(|n| Id([n; 32])).collect();
+    for id in &ids {
+        held.insert(*id, Arc::new(vec![0; TREE_PACK_BYTES_IN_MEMORY / 2]));
+    }
+    assert!(held.get(&ids[0]).is_none(), "three halves of the cap hold two");
+    assert_eq!(held.let_go.iter().copied().collect::<Vec<_>>(), [ids[0]]);
+    assert!(held.get(&ids[1]).is_some() && held.get(&ids[2]).is_some());
+    held.remove(&ids[1]);
+    assert!(!held.let_go.contains(&ids[1]), "a copy dropped as damaged may be read whole again");
+}
+
+async fn repository(dir: &std::path::Path) -> Repository {
+    let open = repo_opts();
+    let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+    let opts = InitOptions { open, aead: Aead::Aes256Gcm, compression: 3, kdf, pack_size: None, settings: Settings::default() };
+    Repository::init(&Location::Fs(dir.to_path_buf()), &opts).await.unwrap()
+}
+
+fn listing(pack: u8, blob: u8) -> IndexFile {
+    let entry = PackEntry { kind: BlobKind::Data, flags: 0, id: Id([blob; 32]), offset: 0, length: 1, raw_length: 1 };
+    IndexFile { supersedes: Vec::new(), packs: vec![IndexedPack { id: Id([pack; 32]), size: 1, entries: vec![entry] }] }
+}
+
+/// With no pack marked, a writer's index is the reading index, loaded
+/// once; with one marked, the writer's leaves the marked pack out and the
+/// reading index is loaded apart, with it.
+#[tokio::test]
+async fn a_writer_shares_the_reading_index_unless_a_pack_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path()).await;
+    repo.save_index(&listing(1, 10)).await.unwrap();
+    let writer = repo.writer_index().await.unwrap();
+    assert!(Arc::ptr_eq(&writer, &repo.index().await.unwrap()));
+    assert!(writer.contains(&Id([10; 32])));
+
+    let marked = Repository::open(&Location::Fs(dir.path().to_path_buf()), &repo_opts()).await.unwrap();
+    marked.save_file(Kind::Mark, &listing(2, 20).encode()).await.unwrap();
+    let writer = marked.writer_index().await.unwrap();
+    let reading = marked.index().await.unwrap();
+    assert!(!Arc::ptr_eq(&writer, &reading));
+    assert!(writer.contains(&Id([10; 32])) && !writer.contains(&Id([20; 32])));
+    assert!(reading.contains(&Id([10; 32])) && reading.contains(&Id([20; 32])));
+}
+
+fn repo_opts() -> OpenOptions {
+    OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
+}
