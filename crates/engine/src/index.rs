@@ -35,10 +35,32 @@ const INDEX_VERSION: u32 = 1;
 /// writer cannot reuse.
 const CHECKPOINT_PACKS: usize = 32;
 
-/// Blobs that bring an index checkpoint forward: packs of small files hold
-/// thousands of blobs each, and an index file is held decoded, encoded and
-/// sealed at once while it is written, about 150 bytes a blob.
-const CHECKPOINT_BLOBS: usize = 65_536;
+/// Blobs an index file names at most (beyond one pack that holds more):
+/// packs of small files hold thousands of blobs each, an index file is held
+/// decoded, encoded and sealed at once while it is written (about 150 bytes
+/// a blob), and a reader holds several files decoded while it loads them.
+const FILE_BLOBS: usize = 65_536;
+
+/// Packs an index file written by prune or `repair index` names at most: at
+/// 16 blobs to a pack (1 MiB chunks) as many blobs as [`FILE_BLOBS`].
+pub const FILE_PACKS: usize = 4096;
+
+/// The index files that name `packs`, in order: a new file once one names
+/// `max_packs` packs or [`FILE_BLOBS`] blobs.
+pub fn index_files(packs: impl IntoIterator<Item = IndexedPack>, max_packs: usize) -> Vec<IndexFile> {
+    let mut files = Vec::new();
+    let mut open = Unindexed::default();
+    for pack in packs {
+        open.push(pack);
+        if open.packs.len() >= max_packs || open.blobs >= FILE_BLOBS {
+            files.push(open.take());
+        }
+    }
+    if !open.is_empty() {
+        files.push(open.take());
+    }
+    files
+}
 
 /// Packs a writer has stored and no index file names yet.
 #[derive(Default)]
@@ -55,7 +77,7 @@ impl Unindexed {
 
     /// Whether an index file should name them now.
     pub fn due(&self) -> bool {
-        self.packs.len() >= CHECKPOINT_PACKS || self.blobs >= CHECKPOINT_BLOBS
+        self.packs.len() >= CHECKPOINT_PACKS || self.blobs >= FILE_BLOBS
     }
 
     pub fn is_empty(&self) -> bool {
@@ -276,32 +298,47 @@ mod tests {
         assert_eq!(idx.blob_count(), 0);
     }
 
+    /// Pack `n` with `blobs` entries (all of one blob: only counts matter).
+    fn blobs_in(n: u8, blobs: usize) -> IndexedPack {
+        let entry = PackEntry { kind: BlobKind::Data, flags: 0, id: Id([n; 32]), offset: 0, length: 1, raw_length: 1 };
+        IndexedPack { id: Id([n; 32]), size: 1, entries: vec![entry; blobs] }
+    }
+
     /// An index file is due every 32 packs, or sooner once the packs hold
     /// 65,536 blobs; taking it leaves nothing pending.
     #[test]
     fn an_index_checkpoint_is_due_by_packs_or_by_blobs() {
-        let pack = |n: u8, blobs: usize| IndexedPack {
-            id: Id([n; 32]),
-            size: 1,
-            entries: vec![PackEntry { kind: BlobKind::Data, flags: 0, id: Id([n; 32]), offset: 0, length: 1, raw_length: 1 }; blobs],
-        };
         let mut few = Unindexed::default();
         for n in 0..31 {
-            few.push(pack(n, 1));
+            few.push(blobs_in(n, 1));
         }
         assert!(!few.due());
-        few.push(pack(31, 1));
+        few.push(blobs_in(31, 1));
         assert!(few.due());
         assert_eq!(few.take().packs.len(), 32);
         assert!(few.is_empty() && !few.due());
         let mut many = Unindexed::default();
-        many.push(pack(1, 40_000));
+        many.push(blobs_in(1, 40_000));
         assert!(!many.due());
-        many.push(pack(2, 25_536));
+        many.push(blobs_in(2, 25_536));
         assert!(many.due());
         assert_eq!(many.take().packs.iter().map(|p| p.entries.len()).sum::<usize>(), 65_536);
-        many.push(pack(3, 1));
+        many.push(blobs_in(3, 1));
         assert!(!many.due(), "the count starts again");
+    }
+
+    /// Prune and repair split their packs by count and by blobs; a pack
+    /// larger than the bound gets a file of its own, and every pack is named
+    /// once, in order.
+    #[test]
+    fn index_files_are_bounded_by_packs_and_by_blobs() {
+        let shape = |files: &[IndexFile]| files.iter().map(|f| f.packs.iter().map(|p| p.id.0[0]).collect()).collect::<Vec<Vec<u8>>>();
+        let small = index_files((0..10).map(|n| blobs_in(n, 16)), 4);
+        assert_eq!(shape(&small), [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        let big =
+            index_files([blobs_in(0, 30_000), blobs_in(1, 30_000), blobs_in(2, 10_000), blobs_in(3, 100_000), blobs_in(4, 1)], FILE_PACKS);
+        assert_eq!(shape(&big), [vec![0, 1, 2], vec![3], vec![4]]);
+        assert!(index_files(Vec::new(), FILE_PACKS).is_empty());
     }
 
     /// A blob in a pack only a superseded file lists is found where the

@@ -9,13 +9,11 @@
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::{FILE_PACKS, IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, list_with_size};
 use crate::pack::{FOOTER_LEN, read_trailer};
 use crate::{Error, Id, Repository, Result};
 
-/// Packs per rebuilt index file.
-const PACKS_PER_INDEX: usize = 4096;
 /// The tail read first: enough for the trailer of any ordinary pack.
 const TAIL: u64 = 256 * 1024;
 
@@ -73,15 +71,8 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
         return Ok(report);
     }
     good.sort_by_key(|p| p.id);
-    let mut chunks: Vec<Vec<IndexedPack>> = Vec::new();
-    for p in good {
-        match chunks.last_mut() {
-            Some(c) if c.len() < PACKS_PER_INDEX => c.push(p),
-            _ => chunks.push(vec![p]),
-        }
-    }
-    let files: Vec<Id> = futures::stream::iter(chunks)
-        .map(|packs| async move { repo.save_index(&IndexFile { supersedes: Vec::new(), packs }).await })
+    let files: Vec<Id> = futures::stream::iter(index_files(good, FILE_PACKS))
+        .map(|file| async move { repo.save_index(&file).await })
         .buffered(4)
         .try_collect()
         .await?;

@@ -202,7 +202,7 @@ pub async fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>> {
 }
 
 async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<SessionInfo>> {
-    let path = Kind::Session.named(&name);
+    let path = Kind::Session.named(name);
     let bytes = match repo.read(&path).await {
         Err(e) if is_not_found(&e) => return Ok(None),
         r => r?,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tokio::task::{JoinError, JoinSet};
 
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::{IndexedPack, Unindexed};
 use crate::pack::{BlobKind, PackWriter};
 use crate::snapshot::SourceInfo;
 use crate::tree::{Node, NodeKind, Tree};
@@ -20,8 +20,6 @@ use crate::{Id, Repository, Result, Snapshot};
 /// would in a real repository of this many blobs. The default 16 MiB packs
 /// hold about 16 such chunks: `blobs_per_pack` measures that too.
 pub const BLOBS_PER_PACK: usize = 1000;
-/// Packs per index file, as a backup checkpoints them.
-const PACKS_PER_INDEX: usize = 32;
 const BLOBS_PER_FILE: usize = 10;
 const NODES_PER_TREE: usize = 1000;
 /// Packs being written at once: each write ends in an fsync, and at 16
@@ -48,7 +46,7 @@ struct Packer {
     writer: Option<PackWriter>,
     in_pack: usize,
     writing: JoinSet<Result<IndexedPack>>,
-    indexed: Vec<IndexedPack>,
+    indexed: Unindexed,
     packs: u64,
     index_files: u64,
 }
@@ -62,7 +60,7 @@ impl Packer {
             writer: None,
             in_pack: 0,
             writing: JoinSet::new(),
-            indexed: Vec::new(),
+            indexed: Unindexed::default(),
             packs: 0,
             index_files: 0,
         }
@@ -102,7 +100,7 @@ impl Packer {
     /// An index file lists only packs already written.
     async fn written(&mut self, pack: IndexedPack) -> Result<()> {
         self.indexed.push(pack);
-        if self.indexed.len() >= PACKS_PER_INDEX {
+        if self.indexed.due() {
             self.flush().await?;
         }
         Ok(())
@@ -110,7 +108,7 @@ impl Packer {
 
     async fn flush(&mut self) -> Result<()> {
         if !self.indexed.is_empty() {
-            self.repo.save_index(&IndexFile { supersedes: Vec::new(), packs: std::mem::take(&mut self.indexed) }).await?;
+            self.repo.save_index(&self.indexed.take()).await?;
             self.index_files += 1;
         }
         Ok(())

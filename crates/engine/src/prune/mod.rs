@@ -15,15 +15,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::{FILE_PACKS, IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, is_not_found};
 use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackEntry, PackWriter};
 use crate::session::{Session, SessionInfo, sessions};
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 use view::View;
-
-/// Packs per index file written by prune.
-const PACKS_PER_INDEX: usize = 4096;
 
 /// Object stores stamp whole seconds: a session that started this close
 /// after a mark is treated as older than it.
@@ -181,7 +178,7 @@ async fn plan(
 async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session: &Session) -> Result<Vec<IndexedPack>> {
     let mut writers: [Option<PackWriter>; 2] = [None, None];
     let mut out = Vec::new();
-    used.sort_by(|a, b| a.0.cmp(&b.0));
+    used.sort_by_key(|a| a.0);
     for (pack, entries) in &used {
         let bytes = repo.read(&Kind::Pack.path(pack)).await?;
         for e in entries {
@@ -251,8 +248,8 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
         repo.save_file(Kind::Mark, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
     }
     own.packs.extend(pieces.iter().map(|p| p.id));
-    for chunk in pieces.chunks(PACKS_PER_INDEX) {
-        own.files.insert(repo.save_index(&IndexFile { supersedes: Vec::new(), packs: chunk.to_vec() }).await?);
+    for file in index_files(pieces, FILE_PACKS) {
+        own.files.insert(repo.save_index(&file).await?);
         report.index_files_written += 1;
     }
     let old: Vec<Id> = affected.iter().copied().chain(view.stale_files.iter().copied()).collect();
