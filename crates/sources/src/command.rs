@@ -171,6 +171,14 @@ impl Program {
     }
 }
 
+/// Nothing reads what it says once it is gone (a hook that succeeded is
+/// never asked), so a leftover that talks for ever holds no memory.
+impl Drop for Program {
+    fn drop(&mut self) {
+        self.stderr.close();
+    }
+}
+
 struct ChildOutput {
     name: String,
     program: Program,
@@ -379,23 +387,49 @@ pub(crate) mod tests {
         assert!(running, "the output of the program that started sleep {} ended only with it", pid.trim());
     }
 
+    /// A program that says `first` on standard error and exits, leaving
+    /// behind a process that says "late" there after `secs` seconds.
+    fn leaving_a_talker(first: &str, secs: u32) -> (tempfile::TempDir, Program) {
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!(r#"printf '{first}' >&2; (sleep {secs}; echo late >&2; touch "$0"/spoke; sleep 1) >/dev/null &"#);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]).arg(dir.path());
+        let program = Program::start(&mut cmd, Stdio::null(), Stdio::null()).unwrap();
+        (dir, program)
+    }
+
+    /// Once the leftover has spoken, and its words had time to be read.
+    fn after_it_spoke(dir: &tempfile::TempDir) {
+        while !dir.path().join("spoke").exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     /// What a process left behind says once its program's standard error
     /// has been waited for is not kept.
     #[test]
     fn what_is_said_after_the_wait_for_a_programs_stderr_is_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let spoke = dir.path().join("spoke");
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", r#"echo bye >&2; (sleep 7; echo late >&2; touch "$0"; sleep 2) >/dev/null &"#]).arg(&spoke);
-        let mut program = Program::start(&mut cmd, Stdio::null(), Stdio::null()).unwrap();
+        let (dir, mut program) = leaving_a_talker("bye\\n", 7);
         let (status, said) = program.wait().unwrap();
         assert!(status.success());
         assert_eq!(said, "bye\n");
-        while !spoke.exists() {
+        after_it_spoke(&dir);
+        assert_eq!(program.stderr.text(), "bye\n");
+    }
+
+    /// A program dropped without being asked what it said (a hook that
+    /// succeeded) keeps nothing its leftovers say afterwards.
+    #[test]
+    fn what_is_said_after_a_program_is_dropped_is_not_kept() {
+        let (dir, mut program) = leaving_a_talker("", 3);
+        while program.try_wait().unwrap().is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(program.stderr.text(), "bye\n");
+        let heard = program.stderr.clone();
+        drop(program);
+        after_it_spoke(&dir);
+        assert_eq!(heard.text(), "");
     }
 
     /// Whether process `pid` runs: neither gone nor a zombie (a killed
