@@ -35,26 +35,28 @@ const INDEX_VERSION: u32 = 1;
 /// writer cannot reuse.
 const CHECKPOINT_PACKS: usize = 32;
 
-/// Blobs an index file names at most (beyond one pack that holds more):
-/// packs of small files hold thousands of blobs each, an index file is held
-/// decoded, encoded and sealed at once while it is written (about 150 bytes
-/// a blob), and a reader holds several files decoded while it loads them.
+/// Blobs that close an index file: packs of small files hold thousands of
+/// blobs each, an index file is held decoded, encoded and sealed at once
+/// while it is written (about 150 bytes a blob), and a reader holds several
+/// files decoded while it loads them. A backup's checkpoint closes at the
+/// pack that reaches it; prune and `repair index` close a file before the
+/// pack that would pass it (a pack that alone holds more gets its own).
 const FILE_BLOBS: usize = 65_536;
 
 /// Packs an index file written by prune or `repair index` names at most: at
 /// 16 blobs to a pack (1 MiB chunks) as many blobs as [`FILE_BLOBS`].
-pub const FILE_PACKS: usize = 4096;
+const FILE_PACKS: usize = 4096;
 
-/// The index files that name `packs`, in order: a new file once one names
-/// `max_packs` packs or [`FILE_BLOBS`] blobs.
-pub fn index_files(packs: impl IntoIterator<Item = IndexedPack>, max_packs: usize) -> Vec<IndexFile> {
+/// The index files that name `packs`, in order, each within [`FILE_PACKS`]
+/// and [`FILE_BLOBS`].
+pub fn index_files(packs: impl IntoIterator<Item = IndexedPack>) -> Vec<IndexFile> {
     let mut files = Vec::new();
     let mut open = Unindexed::default();
     for pack in packs {
-        open.push(pack);
-        if open.packs.len() >= max_packs || open.blobs >= FILE_BLOBS {
+        if !open.is_empty() && (open.packs.len() >= FILE_PACKS || open.blobs + pack.entries.len() > FILE_BLOBS) {
             files.push(open.take());
         }
+        open.push(pack);
     }
     if !open.is_empty() {
         files.push(open.take());
@@ -327,18 +329,17 @@ mod tests {
         assert!(!many.due(), "the count starts again");
     }
 
-    /// Prune and repair split their packs by count and by blobs; a pack
-    /// larger than the bound gets a file of its own, and every pack is named
-    /// once, in order.
+    /// Prune and repair split their packs by count and by blobs: no file
+    /// passes either bound unless one pack alone does, and every pack is
+    /// named once, in order.
     #[test]
     fn index_files_are_bounded_by_packs_and_by_blobs() {
         let shape = |files: &[IndexFile]| files.iter().map(|f| f.packs.iter().map(|p| p.id.0[0]).collect()).collect::<Vec<Vec<u8>>>();
-        let small = index_files((0..10).map(|n| blobs_in(n, 16)), 4);
-        assert_eq!(shape(&small), [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
-        let big =
-            index_files([blobs_in(0, 30_000), blobs_in(1, 30_000), blobs_in(2, 10_000), blobs_in(3, 100_000), blobs_in(4, 1)], FILE_PACKS);
-        assert_eq!(shape(&big), [vec![0, 1, 2], vec![3], vec![4]]);
-        assert!(index_files(Vec::new(), FILE_PACKS).is_empty());
+        let many = index_files((0..=FILE_PACKS).map(|n| blobs_in(n as u8, 1)));
+        assert_eq!(many.iter().map(|f| f.packs.len()).collect::<Vec<_>>(), [FILE_PACKS, 1]);
+        let big = index_files([blobs_in(0, 30_000), blobs_in(1, 35_536), blobs_in(2, 1), blobs_in(3, 100_000), blobs_in(4, 1)]);
+        assert_eq!(shape(&big), [vec![0, 1], vec![2], vec![3], vec![4]]);
+        assert!(index_files(Vec::new()).is_empty());
     }
 
     /// A blob in a pack only a superseded file lists is found where the

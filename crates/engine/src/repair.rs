@@ -9,7 +9,7 @@
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::index::{FILE_PACKS, IndexFile, IndexedPack, index_files};
+use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, list_with_size};
 use crate::pack::{FOOTER_LEN, read_trailer};
 use crate::{Error, Id, Repository, Result};
@@ -71,11 +71,8 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
         return Ok(report);
     }
     good.sort_by_key(|p| p.id);
-    let files: Vec<Id> = futures::stream::iter(index_files(good, FILE_PACKS))
-        .map(|file| async move { repo.save_index(&file).await })
-        .buffered(4)
-        .try_collect()
-        .await?;
+    let files: Vec<Id> =
+        futures::stream::iter(index_files(good)).map(|file| async move { repo.save_index(&file).await }).buffered(4).try_collect().await?;
     repo.save_index(&IndexFile { supersedes: old.clone(), packs: Vec::new() }).await?;
     report.index_files_written = files.len() + 1;
     for id in &old {

@@ -69,7 +69,7 @@ impl Packer {
     async fn put(&mut self, plain: &[u8]) -> Result<Id> {
         let crypto = self.repo.crypto();
         let id = crypto.blob_id(plain);
-        let target = self.repo.config().pack_size as usize;
+        let target = self.repo.config().pack_target(self.kind);
         let w = self.writer.get_or_insert_with(|| PackWriter::new(self.kind, target));
         w.add(crypto, id, plain.len(), 0, plain);
         self.in_pack += 1;

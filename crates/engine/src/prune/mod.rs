@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::index::{FILE_PACKS, IndexFile, IndexedPack, index_files};
+use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, is_not_found};
 use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackEntry, PackWriter};
 use crate::session::{Session, SessionInfo, sessions};
@@ -248,7 +248,7 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
         repo.save_file(Kind::Mark, &IndexFile { supersedes: Vec::new(), packs: marked }.encode()).await?;
     }
     own.packs.extend(pieces.iter().map(|p| p.id));
-    for file in index_files(pieces, FILE_PACKS) {
+    for file in index_files(pieces) {
         own.files.insert(repo.save_index(&file).await?);
         report.index_files_written += 1;
     }

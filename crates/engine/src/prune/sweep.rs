@@ -5,7 +5,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::view::View;
 use super::{Plan, PruneOptions, PruneReport, SLOP, Written, live_sessions};
-use crate::index::{IndexFile, IndexedPack};
+use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, each_name, is_not_found};
 use crate::repo::Mark;
 use crate::session::{self, Session, SessionInfo};
@@ -83,9 +83,11 @@ pub(super) async fn sweep(
         }
     }
     if !rescue.is_empty() {
-        repo.save_index(&IndexFile { supersedes: Vec::new(), packs: rescue.clone() }).await?;
-        report.index_files_written += 1;
         report.rescued_packs += rescue.len();
+        for file in index_files(rescue) {
+            repo.save_index(&file).await?;
+            report.index_files_written += 1;
+        }
     }
     // A mark with a pack still locked stays, to be swept again later.
     let mut locked = vec![false; eligible.len()];
