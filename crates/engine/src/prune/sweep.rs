@@ -5,7 +5,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::view::View;
 use super::{Plan, PruneOptions, PruneReport, SLOP, Written, live_sessions};
-use crate::index::{IndexFile, IndexedPack, index_files};
+use crate::index::{IndexedPack, index_files};
 use crate::objects::{Kind, each_name, is_not_found};
 use crate::repo::Mark;
 use crate::session::{self, Session, SessionInfo};
