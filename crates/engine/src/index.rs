@@ -302,8 +302,7 @@ mod tests {
 
     /// Pack `n` with `blobs` entries (all of one blob: only counts matter).
     fn blobs_in(n: u8, blobs: usize) -> IndexedPack {
-        let entry = PackEntry { kind: BlobKind::Data, flags: 0, id: Id([n; 32]), offset: 0, length: 1, raw_length: 1 };
-        IndexedPack { id: Id([n; 32]), size: 1, entries: vec![entry; blobs] }
+        pack(n, 1, BlobKind::Data, &vec![(n, 0); blobs])
     }
 
     /// An index file is due every 32 packs, or sooner once the packs hold
