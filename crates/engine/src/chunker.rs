@@ -7,7 +7,7 @@
 
 use std::io::{self, Read};
 
-use fastcdc::v2020::{MASKS, cut_gear};
+use fastcdc::v2020::MASKS;
 
 use crate::config::ChunkerParams;
 
@@ -40,30 +40,45 @@ impl Chunker {
         self.params
     }
 
-    /// Length of the next chunk at the start of `data`; `data` holds at least
-    /// `max` bytes unless it is the end of the stream.
-    pub fn next_cut(&self, data: &[u8]) -> usize {
+    /// Where the search for the next cut starts: FastCDC never cuts before
+    /// `min`, so the first pair of bytes it looks at is at `min / 2 * 2`.
+    fn search(&self) -> Search {
+        Search { hash: 0, pair: self.params.min as usize / 2 }
+    }
+
+    /// The cut of a chunk whose first `data.len()` bytes are known (all of
+    /// them when `eof`), or `None` while it depends on bytes not read yet.
+    /// The search goes on from where `s` left it, so each byte is looked at
+    /// once however the chunk arrives, and the cut is the one `cut_gear`
+    /// finds in the whole window (§7 of FORMAT.md).
+    fn resume(&self, s: &mut Search, data: &[u8], eof: bool) -> Option<usize> {
         let p = self.params;
-        let (_, n) = cut_gear(
-            data,
-            p.min as usize,
-            p.avg as usize,
-            p.max as usize,
-            self.mask_s,
-            self.mask_l,
-            self.mask_s << 1,
-            self.mask_l << 1,
-            &self.gear,
-            &self.gear_ls,
-        );
-        n
+        let (min, avg, max) = (p.min as usize, p.avg as usize, p.max as usize);
+        if eof && data.len() <= min {
+            return Some(data.len());
+        }
+        let limit = data.len().min(max);
+        // Before `avg` the stricter mask; `cut_gear` narrows that phase to a
+        // window shorter than `avg`, which is only ever the stream's end,
+        // and there `limit` stops the search at the same pair.
+        let cut = s
+            .scan(data, (avg / 2).min(limit / 2), self.mask_s, &self.gear, &self.gear_ls)
+            .or_else(|| s.scan(data, limit / 2, self.mask_l, &self.gear, &self.gear_ls));
+        match cut {
+            Some(n) => Some(n),
+            None if data.len() >= max => Some(max),
+            None if eof => Some(data.len()),
+            None => None,
+        }
     }
 
     /// Split everything `reader` yields into chunks and hand each to `sink`.
     ///
-    /// `buf` is the caller's reusable buffer: at most twice the maximum chunk
-    /// size is ever held, whatever the size of the stream, and no more than
-    /// `size_hint` + 1 bytes when the stream is known to be small.
+    /// `buf` is the caller's reusable buffer. It starts at four average
+    /// chunks (or the stream's `size_hint` + 1 bytes, if smaller) and grows
+    /// only when one chunk fills it, never past the maximum chunk (and back
+    /// when the stream ends): a chunk must be contiguous, but the bytes after
+    /// it need not be read yet.
     pub fn chunk_stream<R: Read, E: From<io::Error>>(
         &self,
         mut reader: R,
@@ -72,40 +87,80 @@ impl Chunker {
         mut sink: impl FnMut(&[u8]) -> Result<(), E>,
     ) -> Result<u64, E> {
         let max = self.params.max as usize;
-        let want = size_hint.map_or(2 * max, |h| usize::try_from(h).unwrap_or(usize::MAX).saturating_add(1).min(2 * max));
+        let start = (4 * self.params.avg as usize).min(max);
+        let want = size_hint.map_or(start, |h| usize::try_from(h).unwrap_or(usize::MAX).saturating_add(1).min(start));
         if buf.len() < want {
             buf.resize(want, 0);
         }
         let (mut pos, mut end, mut eof, mut total) = (0usize, 0usize, false, 0u64);
+        let mut search = self.search();
         loop {
-            if !eof && end - pos < max {
-                if buf.len() - end < max && pos > 0 {
-                    buf.copy_within(pos..end, 0);
-                    end -= pos;
-                    pos = 0;
-                }
-                while end < buf.len() {
-                    let n = read_retrying(&mut reader, &mut buf[end..])?;
-                    if n == 0 {
-                        eof = true;
-                        break;
+            if let Some(n) = self.resume(&mut search, &buf[pos..end], eof) {
+                if n == 0 {
+                    // A chunk longer than `start` is rare; the next streams
+                    // should not all hold the buffer it needed.
+                    if buf.len() > start {
+                        buf.truncate(start);
+                        buf.shrink_to_fit();
                     }
-                    end += n;
+                    return Ok(total);
                 }
-                if !eof && buf.len() < 2 * max {
-                    // The stream is larger than its hint said (a growing file).
-                    buf.resize(2 * max, 0);
-                    continue;
+                sink(&buf[pos..pos + n])?;
+                pos += n;
+                total += n as u64;
+                search = self.search();
+                continue;
+            }
+            if end == buf.len() {
+                buf.copy_within(pos..end, 0);
+                end -= pos;
+                pos = 0;
+                if end == buf.len() {
+                    // One undecided chunk fills the buffer; it is shorter
+                    // than `max`, or `resume` would have cut it.
+                    buf.resize((2 * end).max(start).min(max), 0);
                 }
             }
-            if pos == end {
-                return Ok(total);
+            match read_retrying(&mut reader, &mut buf[end..])? {
+                0 => eof = true,
+                n => end += n,
             }
-            let n = self.next_cut(&buf[pos..end]);
-            sink(&buf[pos..pos + n])?;
-            pos += n;
-            total += n as u64;
         }
+    }
+}
+
+/// A cut-point search paused at the end of the bytes read so far: the gear
+/// hash, and the index of the next pair of bytes (the hash takes two bytes
+/// per step, as in `cut_gear`).
+struct Search {
+    hash: u64,
+    pair: usize,
+}
+
+impl Search {
+    /// Go on up to (not including) pair `until` with `mask` (and `mask << 1`
+    /// for a pair's first byte); the cut, if one is found on the way.
+    fn scan(&mut self, data: &[u8], until: usize, mask: u64, gear: &[u64; 256], gear_ls: &[u64; 256]) -> Option<usize> {
+        if self.pair >= until {
+            return None;
+        }
+        let mask_ls = mask << 1;
+        let mut hash = self.hash;
+        let first = self.pair;
+        for (k, pair) in data[2 * first..2 * until].chunks_exact(2).enumerate() {
+            let a = 2 * (first + k);
+            hash = (hash << 2).wrapping_add(gear_ls[pair[0] as usize]);
+            if hash & mask_ls == 0 {
+                return Some(a);
+            }
+            hash = hash.wrapping_add(gear[pair[1] as usize]);
+            if hash & mask == 0 {
+                return Some(a + 1);
+            }
+        }
+        self.hash = hash;
+        self.pair = until;
+        None
     }
 }
 
@@ -152,6 +207,74 @@ mod tests {
         let later = cuts(&c, &shifted);
         // After the first boundary the chunks line up again: dedup survives inserts.
         assert_eq!(&later[later.len() - 10..], &sizes[sizes.len() - 10..]);
+    }
+
+    /// The cuts of `cut_gear` itself, called on the whole rest of the stream
+    /// at every step: what FORMAT.md §7 defines.
+    fn reference(c: &Chunker, data: &[u8]) -> Vec<usize> {
+        let p = c.params;
+        let (mut pos, mut sizes) = (0, Vec::new());
+        while pos < data.len() {
+            let (_, n) = fastcdc::v2020::cut_gear(
+                &data[pos..],
+                p.min as usize,
+                p.avg as usize,
+                p.max as usize,
+                c.mask_s,
+                c.mask_l,
+                c.mask_s << 1,
+                c.mask_l << 1,
+                &c.gear,
+                &c.gear_ls,
+            );
+            sizes.push(n);
+            pos += n;
+        }
+        sizes
+    }
+
+    /// A reader that hands out pieces of 1 to `most` bytes, as a pipe or a
+    /// slow disk may.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        state: u64,
+        most: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = (1 + (self.state >> 33) as usize % self.most).min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn cuts_are_cut_gears_however_the_stream_arrives() {
+        let p = ChunkerParams { min: 256, avg: 1024, max: 4096 };
+        let c = Chunker::new(&[3; 32], p);
+        let mut data = pseudo_random(200_000, 3);
+        // A run of zeros has no cut point: chunks of exactly `max`.
+        data[50_000..70_000].fill(0);
+        // Ends of every kind: empty, within `min`, before `avg`, odd, long.
+        for len in [0, 1, 255, 256, 257, 700, 1023, 1025, 4095, 4097, 9_999, 50_001, 71_234, 200_000] {
+            let data = &data[..len];
+            let want = reference(&c, data);
+            for (most, hint) in [(1 << 20, Some(len as u64)), (7, None), (300, Some(10)), (5000, Some(1 << 30))] {
+                let (mut sizes, mut buf) = (Vec::new(), Vec::new());
+                let reader = Trickle { data, state: len as u64, most };
+                let total = c
+                    .chunk_stream::<_, io::Error>(reader, hint, &mut buf, |ch| {
+                        sizes.push(ch.len());
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!((total, &sizes), (len as u64, &want), "len {len}, reads of <= {most}, hint {hint:?}");
+                assert!(buf.len() <= 4096, "the buffer grew to {} bytes", buf.len());
+            }
+        }
     }
 
     #[test]
