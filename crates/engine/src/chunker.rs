@@ -11,6 +11,10 @@ use fastcdc::v2020::MASKS;
 
 use crate::config::ChunkerParams;
 
+/// The most [`Chunker::chunk_owned`] reads at once: the bytes past a cut are
+/// copied, and reads this small keep them to about a tenth of a 1 MiB chunk.
+const READ_STEP: usize = 256 << 10;
+
 pub struct Chunker {
     gear: Box<[u64; 256]>,
     gear_ls: Box<[u64; 256]>,
@@ -124,6 +128,48 @@ impl Chunker {
             match read_retrying(&mut reader, &mut buf[end..])? {
                 0 => eof = true,
                 n => end += n,
+            }
+        }
+    }
+
+    /// Split everything `reader` yields into chunks, each read straight into
+    /// a buffer of its own from `take` and handed to `sink` with its length.
+    ///
+    /// For a consumer on another thread: no buffer of this side's, and no
+    /// copy of a chunk but the bytes read past its cut, which start the next
+    /// buffer (reads of at most [`READ_STEP`] keep those few). A buffer's
+    /// length is what was ever zeroed in it, not its content, so a recycled
+    /// buffer is not zeroed again.
+    pub fn chunk_owned<R: Read, E: From<io::Error>>(
+        &self,
+        mut reader: R,
+        mut take: impl FnMut() -> Result<Vec<u8>, E>,
+        mut sink: impl FnMut(Vec<u8>, usize) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        let (mut cur, mut filled, mut eof, mut total) = (take()?, 0usize, false, 0u64);
+        let mut search = self.search();
+        loop {
+            if let Some(n) = self.resume(&mut search, &cur[..filled], eof) {
+                if n == 0 {
+                    return Ok(total);
+                }
+                let (mut next, tail) = (take()?, filled - n);
+                if next.len() < tail {
+                    next.resize(tail, 0);
+                }
+                next[..tail].copy_from_slice(&cur[n..filled]);
+                sink(cur, n)?;
+                total += n as u64;
+                (cur, filled) = (next, tail);
+                search = self.search();
+                continue;
+            }
+            if cur.len() < filled + READ_STEP {
+                cur.resize(filled + READ_STEP, 0);
+            }
+            match read_retrying(&mut reader, &mut cur[filled..filled + READ_STEP])? {
+                0 => eof = true,
+                n => filled += n,
             }
         }
     }
@@ -263,16 +309,35 @@ mod tests {
             let data = &data[..len];
             let want = reference(&c, data);
             for (most, hint) in [(1 << 20, Some(len as u64)), (7, None), (300, Some(10)), (5000, Some(1 << 30))] {
-                let (mut sizes, mut buf) = (Vec::new(), Vec::new());
+                let (mut sizes, mut joined, mut buf) = (Vec::new(), Vec::new(), Vec::new());
                 let reader = Trickle { data, state: len as u64, most };
                 let total = c
                     .chunk_stream::<_, io::Error>(reader, hint, &mut buf, |ch| {
                         sizes.push(ch.len());
+                        joined.extend_from_slice(ch);
                         Ok(())
                     })
                     .unwrap();
                 assert_eq!((total, &sizes), (len as u64, &want), "len {len}, reads of <= {most}, hint {hint:?}");
+                assert!(joined == data, "len {len}, reads of <= {most}: other bytes than the stream's");
                 assert!(buf.len() <= 4096, "the buffer grew to {} bytes", buf.len());
+            }
+            for most in [7, 300, 1 << 20] {
+                // Two buffers taking turns, as the pipeline's recycle them.
+                let (mut sizes, mut joined) = (Vec::new(), Vec::new());
+                let pool = std::cell::RefCell::new(vec![Vec::new(), Vec::new()]);
+                let reader = Trickle { data, state: len as u64, most };
+                let take = || Ok(pool.borrow_mut().pop().expect("a buffer is back before the next is taken"));
+                let total = c
+                    .chunk_owned::<_, io::Error>(reader, take, |b, n| {
+                        sizes.push(n);
+                        joined.extend_from_slice(&b[..n]);
+                        pool.borrow_mut().push(b);
+                        Ok(())
+                    })
+                    .unwrap();
+                assert_eq!((total, &sizes), (len as u64, &want), "owned buffers, len {len}, reads of <= {most}");
+                assert!(joined == data, "owned buffers, len {len}, reads of <= {most}: other bytes than the stream's");
             }
         }
     }

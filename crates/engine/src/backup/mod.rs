@@ -399,20 +399,19 @@ impl Shared {
     }
 
     fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, size_hint: Option<u64>, node: &mut Node) -> Result<()> {
-        let mut buf = std::mem::take(&mut ctx.buf);
         let result = if size_hint.is_none_or(|s| s >= pipeline::PIPELINE_MIN) {
-            self.chunk_pipelined(ctx, reader, size_hint, &mut buf)
+            self.chunk_pipelined(ctx, reader)
         } else {
+            let mut buf = std::mem::take(&mut ctx.buf);
             let mut content = Vec::new();
-            self.chunker
-                .chunk_stream(reader, size_hint, &mut buf, |chunk: &[u8]| {
-                    content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
-                    self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
-                    Ok::<_, Error>(())
-                })
-                .map(|total| (total, content))
+            let read = self.chunker.chunk_stream(reader, size_hint, &mut buf, |chunk: &[u8]| {
+                content.push(self.add_blob(ctx, BlobKind::Data, chunk)?);
+                self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
+                Ok::<_, Error>(())
+            });
+            ctx.buf = buf;
+            read.map(|total| (total, content))
         };
-        ctx.buf = buf;
         let (total, content) = result.map_err(|e| match e {
             Error::Io { source, .. } => Error::io(PathBuf::new(), source),
             other => other,

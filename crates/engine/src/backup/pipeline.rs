@@ -5,10 +5,12 @@
 //! such inputs the worker only reads and finds the cut points; a packer
 //! thread beside it hashes each chunk, checks it against the index,
 //! compresses, encrypts and packs it. The two halves cost about the same.
-//! Chunks travel in a fixed set of recycled buffers, so memory stays
-//! bounded (`PIPELINE_BUFFERS` × the largest chunk) and nothing is allocated
-//! per chunk. The packer has its own [`ThreadCtx`] (its own open packs),
-//! kept by the worker between files and flushed with the worker's.
+//! Chunks travel in a fixed set of recycled buffers, read straight into
+//! them ([`Chunker::chunk_owned`](crate::chunker::Chunker::chunk_owned)), so
+//! memory stays bounded (`PIPELINE_BUFFERS` × the largest chunk and one
+//! read) and nothing is allocated or copied whole per chunk. The packer has
+//! its own [`ThreadCtx`] (its own open packs), kept by the worker between
+//! files and flushed with the worker's.
 
 use std::io::Read;
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,18 +30,12 @@ const PIPELINE_BUFFERS: usize = 4;
 impl Shared {
     /// Chunk `reader` with a packer thread beside this one; the total size
     /// and the blob ids, in order.
-    pub(super) fn chunk_pipelined(
-        &self,
-        ctx: &mut ThreadCtx,
-        reader: impl Read,
-        size_hint: Option<u64>,
-        buf: &mut Vec<u8>,
-    ) -> Result<(u64, Vec<Id>)> {
+    pub(super) fn chunk_pipelined(&self, ctx: &mut ThreadCtx, reader: impl Read) -> Result<(u64, Vec<Id>)> {
         let mut packer_ctx = match ctx.packer.take() {
             Some(p) => p,
             None => Box::new(ThreadCtx::new(self.repo.config().compression)?),
         };
-        let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE_BUFFERS);
+        let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, usize)>(PIPELINE_BUFFERS);
         let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE_BUFFERS);
         for _ in 0..PIPELINE_BUFFERS {
             free_tx.send(Vec::new()).expect("room for every buffer");
@@ -50,19 +46,18 @@ impl Shared {
             // or failed) the reader's next send or receive fails at once.
             let packer = s.spawn(move || {
                 let mut content = Vec::new();
-                for chunk in full_rx {
-                    content.push(self.add_blob(packer_ctx, BlobKind::Data, &chunk)?);
-                    self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
-                    let _ = free_tx.send(chunk);
+                for (buf, len) in full_rx {
+                    content.push(self.add_blob(packer_ctx, BlobKind::Data, &buf[..len])?);
+                    self.progress.bytes.fetch_add(len as u64, Relaxed);
+                    let _ = free_tx.send(buf);
                 }
                 Ok::<_, Error>(content)
             });
-            let read = self.chunker.chunk_stream(reader, size_hint, buf, |chunk: &[u8]| {
-                let mut b = free_rx.recv().map_err(|_| Error::Interrupted)?;
-                b.clear();
-                b.extend_from_slice(chunk);
-                full_tx.send(b).map_err(|_| Error::Interrupted)
-            });
+            let read = self.chunker.chunk_owned(
+                reader,
+                || free_rx.recv().map_err(|_| Error::Interrupted),
+                |buf, len| full_tx.send((buf, len)).map_err(|_| Error::Interrupted),
+            );
             drop(full_tx);
             (read, packer.join().expect("the packer thread does not panic"))
         });
