@@ -12,7 +12,8 @@ use fastcdc::v2020::MASKS;
 use crate::config::ChunkerParams;
 
 /// The most [`Chunker::chunk_owned`] reads at once: the bytes past a cut are
-/// copied, and reads this small keep them to about a tenth of a 1 MiB chunk.
+/// copied, and reads this small keep them to an eighth of a 1 MiB chunk on
+/// average (half a read).
 const READ_STEP: usize = 256 << 10;
 
 pub struct Chunker {

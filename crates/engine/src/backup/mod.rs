@@ -137,9 +137,9 @@ struct Shared {
 }
 
 /// Data packs go to storage in pieces of this size while they are filled,
-/// so a thread holds a piece of a pack rather than all of it. Small enough
-/// to still be in the core's cache when the kernel copies it into the page
-/// cache: with 4 MiB pieces a large-file backup spent 1.7 times the system
+/// so a thread holds a piece of a pack rather than all of it. Small enough,
+/// we infer, to still be in the core's cache when the kernel copies it into
+/// the page cache: with 4 MiB pieces a large-file backup spent 1.7 times the system
 /// time and took 1.27 times as long (docs/BENCHMARKS.md).
 const STREAM_PIECE: usize = 256 << 10;
 
