@@ -32,6 +32,9 @@ use crate::tree::{Node, Tree};
 use crate::walk::PathFilter;
 use crate::{Error, Id, Repository, Result};
 
+use pack_sink::PackSink;
+
+mod pack_sink;
 mod pipeline;
 mod virtual_input;
 mod walker;
@@ -149,13 +152,13 @@ const STREAM_PIECE: usize = 256 << 10;
 /// wait for a flush to disk or a multipart completion; workers go on).
 enum PackMsg {
     Upload(SealedPack),
-    Close(opendal::Writer, IndexedPack),
+    Close(PackSink, IndexedPack),
 }
 
 /// A data pack being streamed to storage.
 struct OpenPack {
     pack: PackWriter,
-    sink: opendal::Writer,
+    sink: PackSink,
 }
 
 /// What each thread owns: its open packs and its compression context.
@@ -246,7 +249,7 @@ impl Shared {
             let mut buf = self.pieces.take();
             buf.reserve(STREAM_PIECE + (1 << 20));
             let pack = PackWriter::with_buffer(BlobKind::Data, buf);
-            let sink = self.rt.block_on(self.repo.pack_writer(&pack.id))?;
+            let sink = PackSink::new(pack.id, self.rt.block_on(self.repo.pack_writer(&pack.id))?);
             ctx.data = Some(OpenPack { pack, sink });
         }
         let open = ctx.data.as_mut().expect("just opened");
@@ -255,15 +258,17 @@ impl Shared {
             let open = ctx.data.take().expect("open");
             self.close_data_pack(open)
         } else if open.pack.buffered() >= STREAM_PIECE {
-            let piece = open.pack.drain_into(self.pieces.take());
-            self.write_piece(&mut open.sink, &open.pack.id, piece)
+            // Lent: the buffer returns to the pool when the writer lets go of
+            // it, so pieces reuse pages already faulted in (`bufpool.rs`).
+            let pack = &mut open.pack;
+            open.sink.write(&self.rt, || self.pieces.lend(pack.drain_into(self.pieces.take())))
         } else {
             Ok(())
         };
         if result.is_err()
-            && let Some(mut open) = ctx.data.take()
+            && let Some(open) = ctx.data.take()
         {
-            let _ = self.rt.block_on(open.sink.abort());
+            self.rt.block_on(open.sink.abort());
         }
         result.map(|()| entry)
     }
@@ -273,20 +278,11 @@ impl Shared {
     fn close_data_pack(&self, open: OpenPack) -> Result<()> {
         let OpenPack { pack, mut sink } = open;
         let sealed = pack.finish(self.repo.crypto());
-        if let Err(e) = self.write_piece(&mut sink, &sealed.id, sealed.bytes) {
-            let _ = self.rt.block_on(sink.abort());
+        if let Err(e) = sink.write(&self.rt, || self.pieces.lend(sealed.bytes)) {
+            self.rt.block_on(sink.abort());
             return Err(e);
         }
         self.send(PackMsg::Close(sink, IndexedPack { id: sealed.id, size: sealed.size, entries: sealed.entries }))
-    }
-
-    /// Write one piece of a streamed pack, its buffer lent: it comes back
-    /// to the pool once the writer lets go of it (the local backend keeps
-    /// each piece until the next write), so pieces reuse faulted-in pages.
-    fn write_piece(&self, sink: &mut opendal::Writer, pack: &Id, piece: Vec<u8>) -> Result<()> {
-        self.rt
-            .block_on(sink.write(self.pieces.lend(piece)))
-            .map_err(|source| Error::storage("write", crate::objects::Kind::Pack.path(pack), source))
     }
 
     fn send(&self, msg: PackMsg) -> Result<()> {
@@ -648,13 +644,7 @@ async fn upload_packs(repo: Arc<Repository>, rx: tokio::sync::mpsc::Receiver<Pac
     let store = |msg| async move {
         match msg {
             PackMsg::Upload(pack) => repo.save_pack(pack).await,
-            PackMsg::Close(mut sink, done) => match sink.close().await {
-                Ok(_) => Ok(done),
-                Err(source) => {
-                    let _ = sink.abort().await;
-                    Err(Error::storage("write", crate::objects::Kind::Pack.path(&done.id), source))
-                }
-            },
+            PackMsg::Close(sink, done) => sink.close().await.map(|()| done),
         }
     };
     let mut uploads = std::pin::pin!(packs.map(store).buffer_unordered(concurrency));
