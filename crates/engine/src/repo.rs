@@ -96,7 +96,7 @@ impl std::fmt::Debug for Repository {
     }
 }
 
-fn storage_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(opendal::Error) -> Error + 'a {
+pub(crate) fn storage_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(opendal::Error) -> Error + 'a {
     move |source| Error::storage(op, path, source)
 }
 

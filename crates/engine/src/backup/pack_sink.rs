@@ -10,6 +10,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use crate::objects::Kind;
+use crate::repo::storage_err;
 use crate::{Error, Id, Result};
 
 type Written = (opendal::Writer, opendal::Result<()>);
@@ -17,14 +18,14 @@ type Written = (opendal::Writer, opendal::Result<()>);
 /// Exactly one of `idle` and `busy` holds the writer, except after a write
 /// task was lost (a panic, the runtime shutting down).
 pub(super) struct PackSink {
-    pack: Id,
+    path: String,
     idle: Option<opendal::Writer>,
     busy: Option<JoinHandle<Written>>,
 }
 
 impl PackSink {
     pub(super) fn new(pack: Id, writer: opendal::Writer) -> PackSink {
-        PackSink { pack, idle: Some(writer), busy: None }
+        PackSink { path: Kind::Pack.path(&pack), idle: Some(writer), busy: None }
     }
 
     /// Once the write before it has ended, start writing the piece `piece`
@@ -45,7 +46,7 @@ impl PackSink {
     /// Finish the pack; on failure nothing is left behind.
     pub(super) async fn close(mut self) -> Result<()> {
         let closed = match self.settle().await {
-            Ok(w) => w.close().await.map(drop).map_err(|e| Error::storage("write", Kind::Pack.path(&self.pack), e)),
+            Ok(w) => w.close().await.map(drop).map_err(storage_err("write", &self.path)),
             Err(e) => Err(e),
         };
         if closed.is_err() {
@@ -67,7 +68,7 @@ impl PackSink {
         if let Some(task) = self.busy.take() {
             let (w, written) = task.await.map_err(|_| Error::Interrupted)?;
             self.idle = Some(w);
-            written.map_err(|e| Error::storage("write", Kind::Pack.path(&self.pack), e))?;
+            written.map_err(storage_err("write", &self.path))?;
         }
         self.idle.as_mut().ok_or(Error::Interrupted)
     }
