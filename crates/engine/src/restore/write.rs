@@ -123,7 +123,7 @@ impl Writer {
         files: &Arc<Vec<FilePlan>>,
         by_pack: IdMap<Vec<(PackEntry, Targets)>>,
     ) -> Result<()> {
-        futures::stream::iter(fetch_ranges(by_pack))
+        futures::stream::iter(fetch_ranges(by_pack, fetches()))
             .map(|(pack, blobs)| {
                 let (repo, files, writer) = (repo.clone(), files.clone(), self.clone());
                 async move {
@@ -262,25 +262,49 @@ fn is_zeros(data: &[u8]) -> bool {
 
 /// Split each pack's blobs, in offset order, into runs of at most
 /// `MAX_FETCH` bytes with no gap over `MAX_GAP`; each run is one ranged read.
-fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+///
+/// The runs are dealt out `width` packs at a time, one run of each in turn,
+/// so the runs in flight together come from different packs. A pack's runs
+/// hold consecutive stretches of one file: taken in order, two writer
+/// threads wrote the same file at once and queued on its inode lock (ext4
+/// takes it for every write), the waiting thread spinning.
+fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>, width: usize) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+    let per_pack: Vec<_> = by_pack.into_iter().map(|(pack, blobs)| pack_runs(pack, blobs)).collect();
+    let mut out = Vec::with_capacity(per_pack.iter().map(Vec::len).sum());
+    let mut packs = per_pack.into_iter().peekable();
+    while packs.peek().is_some() {
+        let mut group: Vec<_> = packs.by_ref().take(width.max(1)).map(Vec::into_iter).collect();
+        while !group.is_empty() {
+            group.retain_mut(|runs| match runs.next() {
+                Some(run) => {
+                    out.push(run);
+                    true
+                }
+                None => false,
+            });
+        }
+    }
+    out
+}
+
+/// One pack's runs, in offset order.
+fn pack_runs(pack: Id, mut blobs: Vec<(PackEntry, Targets)>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+    blobs.sort_by_key(|(e, _)| e.offset);
     let mut out = Vec::new();
-    for (pack, mut blobs) in by_pack {
-        blobs.sort_by_key(|(e, _)| e.offset);
-        let mut run: Vec<(PackEntry, Targets)> = Vec::new();
-        let mut end = 0u64;
-        for b in blobs {
-            let (offset, length) = (u64::from(b.0.offset), u64::from(b.0.length));
-            if let Some((first, _)) = run.first()
-                && (offset + length - u64::from(first.offset) > MAX_FETCH || offset.saturating_sub(end) > MAX_GAP)
-            {
-                out.push((pack, std::mem::take(&mut run)));
-            }
-            end = end.max(offset + length);
-            run.push(b);
+    let mut run: Vec<(PackEntry, Targets)> = Vec::new();
+    let mut end = 0u64;
+    for b in blobs {
+        let (offset, length) = (u64::from(b.0.offset), u64::from(b.0.length));
+        if let Some((first, _)) = run.first()
+            && (offset + length - u64::from(first.offset) > MAX_FETCH || offset.saturating_sub(end) > MAX_GAP)
+        {
+            out.push((pack, std::mem::take(&mut run)));
         }
-        if !run.is_empty() {
-            out.push((pack, run));
-        }
+        end = end.max(offset + length);
+        run.push(b);
+    }
+    if !run.is_empty() {
+        out.push((pack, run));
     }
     out
 }
@@ -314,7 +338,7 @@ mod tests {
         blobs.push(blob(11, 18 * MIB + (MAX_GAP as u32) + 1, 100));
         blobs.reverse();
         by_pack.insert(Id([1; 32]), blobs);
-        let ranges = fetch_ranges(by_pack);
+        let ranges = fetch_ranges(by_pack, 4);
         assert_eq!(
             spans(&ranges),
             vec![
@@ -328,6 +352,27 @@ mod tests {
             ]
         );
         assert_eq!(ranges.iter().map(|(_, b)| b.len()).sum::<usize>(), 12);
+    }
+
+    /// Runs in flight together (`width` in a row) come from different
+    /// packs, and each pack's runs still come in offset order.
+    #[test]
+    fn runs_in_flight_together_come_from_different_packs() {
+        const MIB: u32 = 1 << 20;
+        let mut by_pack = IdMap::default();
+        for p in 0..8u8 {
+            by_pack.insert(Id([p; 32]), (0..4u8).map(|i| blob(i, u32::from(i) * 2 * MIB, 2 * MIB)).collect());
+        }
+        let ranges = fetch_ranges(by_pack, 4);
+        assert_eq!(ranges.len(), 32);
+        for window in ranges.chunks(4) {
+            let packs: std::collections::HashSet<_> = window.iter().map(|(p, _)| *p).collect();
+            assert_eq!(packs.len(), 4, "a window of four runs names {} packs", packs.len());
+        }
+        for p in 0..8u8 {
+            let offsets: Vec<u32> = ranges.iter().filter(|(id, _)| *id == Id([p; 32])).map(|(_, b)| b[0].0.offset).collect();
+            assert_eq!(offsets, vec![0, 2 * MIB, 4 * MIB, 6 * MIB]);
+        }
     }
 
     /// Buffers grown by a large blob are given back; ordinary ones kept.
