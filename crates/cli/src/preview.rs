@@ -53,7 +53,7 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
     let mut kept = HashSet::new();
     let mut walker = Walker::new(repo);
     walker.enter(root, Path::new("/")).await?;
-    while let Some((path, node)) = walker.next()? {
+    while let Some((path, node)) = walker.next_node()? {
         let (take, descend) = wanted(&path, &node, &includes, &excludes);
         let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
         if descend && let Some(sub) = node.subtree {

@@ -252,7 +252,7 @@ async fn trigger_restore(
         }
     }
     let snapshot = spec.snapshot.clone();
-    let _ = app.shared.commands.send(Command::Restore { source: name.clone(), spec, actor });
+    let _ = app.shared.commands.send(Command::Restore { source: name.clone(), spec: Box::new(spec), actor });
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name, "snapshot": snapshot}))).into_response()
 }
 

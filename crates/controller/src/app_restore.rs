@@ -216,10 +216,10 @@ pub fn restore_app(r: &Request) -> Report {
         Ok(rep) => rep,
         Err(e) => return Report { error: Some(e), ..empty(r) },
     };
-    if !r.dry_run {
-        if let Err(e) = run(r, &mut report) {
-            report.error = Some(e);
-        }
+    if !r.dry_run
+        && let Err(e) = run(r, &mut report)
+    {
+        report.error = Some(e);
     }
     report.passed = report.error.is_none() && report.hooks.iter().chain(&report.checks).all(|o| o.passed);
     report.seconds = started.elapsed().as_secs_f64();

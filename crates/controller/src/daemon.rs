@@ -34,7 +34,7 @@ pub const REHEARSAL: &str = crate::rehearse::PLATFORM;
 pub enum Command {
     Backup { source: String, actor: String },
     Drill { source: String, actor: String },
-    Restore { source: String, spec: RestoreSpec, actor: String },
+    Restore { source: String, spec: Box<RestoreSpec>, actor: String },
     Reload { actor: String },
 }
 
@@ -335,7 +335,7 @@ impl Loop {
             }
             Command::Restore { source, spec, actor } => {
                 let q = self.queued(&source, Kind::Restore, "api", now, 0, &actor);
-                self.queue.push(Queued { priority: u32::MAX, restore: Some(spec), ..q });
+                self.queue.push(Queued { priority: u32::MAX, restore: Some(*spec), ..q });
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {

@@ -19,6 +19,9 @@ use crate::rehearse::Rehearsal;
 use crate::report::RepoFacts;
 use crate::state::{AuditEntry, Job, State};
 
+/// Each repository's evidence head, by URL (`None`: a log not started).
+type Heads = Vec<(plan::SecretUrl, Option<Head>)>;
+
 /// Where the daemon appends evidence about `concerning` (a repository, or the
 /// whole plan): that repository, unless it is a class's off-site copy, whose
 /// log `copy` fills from its primary and which a direct append would fork;
@@ -50,7 +53,7 @@ struct Inner {
     /// The rehearsals' protocols as last read from the logs, and those appended since (for the status page).
     rehearsals: std::sync::Mutex<Vec<Rehearsal>>,
     /// Each repository's evidence head (by URL) when the rehearsals were last read; `None`: not read yet.
-    heads: std::sync::Mutex<Option<Vec<(plan::SecretUrl, Option<Head>)>>>,
+    heads: std::sync::Mutex<Option<Heads>>,
     /// Repositories that refused their password (by URL), not tried again
     /// with the same password file and key slots: each try costs a key derivation.
     refused: std::sync::Mutex<BTreeMap<plan::SecretUrl, Refused>>,

@@ -401,7 +401,7 @@ impl Cluster {
             base_backup: spec.base_backup,
             ..RestoreSpec::default()
         };
-        Ok((Command::Restore { source: spec.source, spec: restore, actor }, id))
+        Ok((Command::Restore { source: spec.source, spec: Box::new(restore), actor }, id))
     }
 }
 

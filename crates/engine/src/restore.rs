@@ -183,7 +183,7 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let mut walker = Walker::new(&repo);
     walker.enter(root, Path::new("/")).await?;
-    while let Some((path, node)) = walker.next()? {
+    while let Some((path, node)) = walker.next_node()? {
         let dest = opts.target.join(path.strip_prefix("/").unwrap_or(&path));
         r.leave(&opts.target, dest.parent());
         if r.visit(&path, &dest, &node)?

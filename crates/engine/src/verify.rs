@@ -20,12 +20,15 @@ pub struct VerifyReport {
     pub mismatched: Vec<String>,
 }
 
+/// A restored file's path, its blobs with their plain lengths, its size.
+type Expected = (PathBuf, Vec<(Id, usize)>, u64);
+
 /// Check every regular file of the snapshot tree `tree` (the root, or the
 /// folder a `SNAPSHOT:PATH` restore took) under `target`, laid out as
 /// `restore` writes it.
 pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) -> Result<VerifyReport> {
     let index = repo.index().await?;
-    let files: Vec<(PathBuf, Vec<(Id, usize)>, u64)> = crate::walk::list(repo, tree, "")
+    let files: Vec<Expected> = crate::walk::list(repo, tree, "")
         .await?
         .into_iter()
         .filter(|(_, n)| n.kind == NodeKind::File)

@@ -51,7 +51,7 @@ pub fn is_safe_name(name: &[u8]) -> bool {
 pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
     let mut walker = Walker::new(repo);
     walker.enter(tree, base).await?;
-    while let Some((path, node)) = walker.next()? {
+    while let Some((path, node)) = walker.next_node()? {
         if visit(&path, &node)?
             && let Some(sub) = node.subtree
         {
@@ -83,7 +83,7 @@ impl<'a> Walker<'a> {
     }
 
     /// The next node with its path; `None` when every entered tree is done.
-    pub fn next(&mut self) -> Result<Option<(PathBuf, Node)>> {
+    pub fn next_node(&mut self) -> Result<Option<(PathBuf, Node)>> {
         while let Some((tree, base, nodes)) = self.open.last_mut() {
             let Some(node) = nodes.next() else {
                 self.open.pop();

@@ -121,7 +121,7 @@ mod tests {
             (b"- kind: Service\n", "c.yaml"),
             (b"kind: Deployment\nmetadata: {name: w}\nspec: [1]\n", "d.yaml"),
         ] {
-            let err = crate::k8s_restore::parse_objects("k8s://x", &[(path.to_string(), yaml.to_vec())]).err().expect("refused");
+            let err = crate::k8s_restore::parse_objects("k8s://x", &[(path.to_string(), yaml.to_vec())]).expect_err("refused");
             assert_eq!(
                 err.to_string(),
                 format!(

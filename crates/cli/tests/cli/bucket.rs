@@ -24,6 +24,9 @@ pub(super) struct Store {
 /// type and user metadata.
 pub(super) type Objects = BTreeMap<String, String>;
 
+/// An object to write: key, content, content type, user metadata.
+type Object = (String, Vec<u8>, Option<String>, Vec<(String, String)>);
+
 impl Store {
     fn new(op: Operator) -> Store {
         Store { op, rt: tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap() }
@@ -69,7 +72,7 @@ impl Store {
     }
 
     /// Write many objects, 16 at a time.
-    fn put_all(&self, objects: Vec<(String, Vec<u8>, Option<String>, Vec<(String, String)>)>) {
+    fn put_all(&self, objects: Vec<Object>) {
         use futures::StreamExt;
         let op = &self.op;
         self.rt.block_on(async {

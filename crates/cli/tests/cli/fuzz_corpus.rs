@@ -145,8 +145,7 @@ fn recorded_redis_exchange() -> Vec<u8> {
     drop(stream);
     drop(source);
     proxy.join().unwrap();
-    let bytes = recorded.lock().unwrap().clone();
-    bytes
+    recorded.lock().unwrap().clone()
 }
 
 /// A Redis 7 AOF directory's manifest and files, written by a real server.

@@ -141,7 +141,7 @@ impl Listing {
         let mut r = self.report.lock().expect("not poisoned");
         r.objects += 1;
         r.bytes += node.size;
-        let sampled = (r.objects <= SAMPLE_FIRST || r.objects % SAMPLE_EVERY == 0) && r.sample.len() < SAMPLE;
+        let sampled = (r.objects <= SAMPLE_FIRST || r.objects.is_multiple_of(SAMPLE_EVERY)) && r.sample.len() < SAMPLE;
         drop(r);
         let tap = Tap { rt: self.rt.clone(), hasher: Arc::new(Mutex::new(blake3::Hasher::new())), report: self.report.clone() };
         let content = Content { op: self.op.clone(), listed: node.clone(), addressable: addressable(&key), key: key.clone(), sampled, tap };

@@ -72,11 +72,11 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     let (includes, excludes) = (KeyFilter::new(&opts.includes)?, KeyFilter::new(&opts.excludes)?);
     let mut report = RestoreReport::default();
     let mut held = bucket.op.lister_with("").recursive(true).await.map_err(|e| bucket.error(e))?;
-    if let Some(first) = held.next().await.transpose().map_err(|e| bucket.error(e))?.filter(|e| e.path() != "/") {
-        if !opts.flush {
-            let why = format!("it holds objects ({} and maybe more); restore with --flush to replace them", first.path());
-            return Err(Error::failed(bucket.name(), why));
-        }
+    if let Some(first) = held.next().await.transpose().map_err(|e| bucket.error(e))?.filter(|e| e.path() != "/")
+        && !opts.flush
+    {
+        let why = format!("it holds objects ({} and maybe more); restore with --flush to replace them", first.path());
+        return Err(Error::failed(bucket.name(), why));
     }
     let mut written_keys = std::collections::HashSet::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<(String, Node)>(256);
