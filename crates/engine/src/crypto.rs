@@ -162,25 +162,60 @@ impl Crypto {
     /// Decrypt into `out`, a buffer the caller reuses: restore decrypts
     /// gigabytes, and a fresh allocation per blob would cost a mapping each.
     pub fn open_into(&self, ad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<(), AuthError> {
+        self.open_pieces_into(ad, [sealed], sealed.len(), out)
+    }
+
+    /// [`Crypto::open_into`] of a sealed blob of `len` bytes given in
+    /// pieces, as a ranged read delivers it: the ciphertext is copied once,
+    /// into `out`, and decrypted there, never glued together first.
+    pub fn open_pieces_into<P: AsRef<[u8]>>(
+        &self,
+        ad: &[u8],
+        pieces: impl IntoIterator<Item = P>,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), AuthError> {
         let nlen = self.aead.nonce_len();
-        if sealed.len() < nlen + TAG_LEN {
+        if len < nlen + TAG_LEN {
             return Err(AuthError);
         }
-        let (nonce, rest) = sealed.split_at(nlen);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let (mut nonce, mut tag, ct_end) = ([0u8; 24], [0u8; TAG_LEN], len - TAG_LEN);
         out.clear();
-        out.extend_from_slice(ct);
+        out.reserve(ct_end - nlen);
+        let mut at = 0;
+        for piece in pieces {
+            let piece = piece.as_ref();
+            let (i, n) = overlap(piece, at, 0..nlen);
+            nonce[i..i + n.len()].copy_from_slice(n);
+            out.extend_from_slice(overlap(piece, at, nlen..ct_end).1);
+            let (i, t) = overlap(piece, at, ct_end..len);
+            tag[i..i + t.len()].copy_from_slice(t);
+            at += piece.len();
+        }
+        if at != len {
+            return Err(AuthError);
+        }
+        let nonce = &nonce[..nlen];
         match &self.cipher {
             Cipher::Aes(c) => {
                 let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| AuthError)?;
-                let tag = Tag::try_from(tag).map_err(|_| AuthError)?;
+                let tag = Tag::from(tag);
                 c.open_in_place_separate_tag(nonce, Aad::from(ad), tag, out, 0..).map(|_| ()).map_err(|_| AuthError)
             }
             Cipher::XChaCha(c) => c
-                .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, chacha20poly1305::Tag::from_slice(tag))
+                .decrypt_in_place_detached(XNonce::from_slice(nonce), ad, out, chacha20poly1305::Tag::from_slice(&tag))
                 .map_err(|_| AuthError),
         }
     }
+}
+
+/// The part of `piece`, which starts at byte `at` of the whole, that lies in
+/// `region` of the whole, with its offset into the region (an empty part's
+/// offset is within the region too, so it can be copied like any other).
+fn overlap(piece: &[u8], at: usize, region: std::ops::Range<usize>) -> (usize, &[u8]) {
+    let end = at + piece.len();
+    let (from, to) = (region.start.clamp(at, end), region.end.clamp(at, end));
+    (from.saturating_sub(region.start).min(region.len()), &piece[from - at..to - at])
 }
 
 /// Flag byte of a sealed file: the plaintext was zstd-compressed first.
@@ -252,6 +287,32 @@ mod tests {
             bad[aead.nonce_len()] ^= 1;
             assert!(c.open(b"ad", &bad).is_err());
             assert!(c.open(b"ad", &sealed[..3]).is_err());
+        }
+    }
+
+    /// A sealed blob opens the same however a ranged read cut it, the cuts
+    /// inside the nonce and the tag too; pieces short of or past its length,
+    /// or one changed byte in any of them, fail.
+    #[test]
+    fn pieces_open_wherever_they_are_cut() {
+        for aead in [Aead::Aes256Gcm, Aead::Xchacha20Poly1305] {
+            let c = Crypto::new(&MasterKey::generate(), aead);
+            let plain: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
+            let sealed = c.seal(b"ad", &plain);
+            let len = sealed.len();
+            let mut out = Vec::new();
+            for a in 0..=len {
+                for b in [a, a + 1, (a + len) / 2, len - 1, len].into_iter().filter(|&b| a <= b && b <= len) {
+                    let pieces = [&sealed[..a], &sealed[a..b], &sealed[b..]];
+                    c.open_pieces_into(b"ad", pieces, len, &mut out).unwrap();
+                    assert!(out == plain, "cut at {a} and {b}");
+                }
+                let mut bad = sealed.clone();
+                bad[a.min(len - 1)] ^= 1;
+                assert!(c.open_pieces_into(b"ad", [&bad[..a], &bad[a..]], len, &mut out).is_err(), "byte {a} changed");
+            }
+            assert!(c.open_pieces_into(b"ad", [&sealed[..len - 1]], len, &mut out).is_err());
+            assert!(c.open_pieces_into(b"ad", [&sealed[..], b"x"], len, &mut out).is_err());
         }
     }
 

@@ -248,17 +248,25 @@ thread_local! {
 /// Decrypt, decompress and check one blob.
 pub fn open_blob(crypto: &Crypto, e: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    open_blob_into(crypto, e, sealed, &mut out, &mut Vec::new())?;
+    open_blob_into(crypto, e, [sealed], sealed.len(), &mut out, &mut Vec::new())?;
     Ok(out)
 }
 
-/// [`open_blob`] into reusable buffers: `out` gets the plaintext, `scratch`
-/// holds the compressed form when there is one.
-pub fn open_blob_into(crypto: &Crypto, e: &PackEntry, sealed: &[u8], out: &mut Vec<u8>, scratch: &mut Vec<u8>) -> Result<()> {
+/// [`open_blob`] of `len` sealed bytes given in pieces, into reusable
+/// buffers: `out` gets the plaintext, `scratch` holds the compressed form
+/// when there is one.
+pub fn open_blob_into<P: AsRef<[u8]>>(
+    crypto: &Crypto,
+    e: &PackEntry,
+    sealed: impl IntoIterator<Item = P>,
+    len: usize,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+) -> Result<()> {
     let zstd = e.flags & FLAG_ZSTD != 0;
     let target = if zstd { &mut *scratch } else { &mut *out };
     crypto
-        .open_into(&blob_ad(e.kind as u8, e.flags, &e.id), sealed, target)
+        .open_pieces_into(&blob_ad(e.kind as u8, e.flags, &e.id), sealed, len, target)
         .map_err(|AuthError| Error::corrupt("blob", e.id, "it fails authentication"))?;
     if zstd {
         out.clear();

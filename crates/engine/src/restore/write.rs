@@ -49,22 +49,21 @@ fn fetches() -> usize {
     writers() + 2
 }
 
-/// Buffers reused across blobs: plaintext, compressed form, glued blob.
+/// Buffers reused across blobs: plaintext, compressed form.
 pub(super) struct Buffers {
     plain: Vec<u8>,
     scratch: Vec<u8>,
-    glued: Vec<u8>,
 }
 
 impl Buffers {
     fn new() -> Buffers {
         let kept = || Vec::with_capacity(KEEP_BUFFER);
-        Buffers { plain: kept(), scratch: kept(), glued: kept() }
+        Buffers { plain: kept(), scratch: kept() }
     }
 
     /// Give back what a large blob grew.
     fn trim(&mut self) {
-        for b in [&mut self.plain, &mut self.scratch, &mut self.glued] {
+        for b in [&mut self.plain, &mut self.scratch] {
             if b.capacity() > KEEP_BUFFER {
                 *b = Vec::with_capacity(KEEP_BUFFER);
             }
@@ -157,30 +156,16 @@ impl Writer {
         blobs: Vec<(PackEntry, Targets)>,
         bufs: &mut Buffers,
     ) {
-        let Buffers { plain, scratch, glued } = bufs;
+        let Buffers { plain, scratch } = bufs;
         for (entry, targets) in blobs {
             let (at, len) = ((u64::from(entry.offset) - base) as usize, entry.length as usize);
-            // Borrowed when the blob lies in one piece of the fetched buffer,
-            // else glued into a reused buffer: no allocation per blob.
-            let single;
-            let sealed: Option<&[u8]> = if at + len > bytes.len() {
-                None
+            // Decrypted from the pieces of the fetched buffer it lies in:
+            // nothing allocated or glued together per blob.
+            let opened = if at + len > bytes.len() {
+                Err(Error::corrupt("pack", entry.id, "short read"))
             } else {
-                let part = bytes.slice(at..at + len);
-                if bytes::Buf::chunk(&part).len() == len {
-                    single = part.to_bytes();
-                    Some(&single)
-                } else {
-                    glued.clear();
-                    for piece in part {
-                        glued.extend_from_slice(&piece);
-                    }
-                    Some(glued.as_slice())
-                }
+                open_blob_into(repo.crypto(), &entry, bytes.slice(at..at + len), len, plain, scratch)
             };
-            let opened = sealed
-                .ok_or_else(|| Error::corrupt("pack", entry.id, "short read"))
-                .and_then(|s| open_blob_into(repo.crypto(), &entry, s, plain, scratch));
             if let Err(e) = opened {
                 for (fi, _) in &targets {
                     self.fail(&files[*fi], &e);
