@@ -245,6 +245,9 @@ fn is_zeros(data: &[u8]) -> bool {
     data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
 }
 
+/// One ranged read: a pack, and the blobs of it to read, in offset order.
+type Run = (Id, Vec<(PackEntry, Targets)>);
+
 /// Split each pack's blobs, in offset order, into runs of at most
 /// `MAX_FETCH` bytes with no gap over `MAX_GAP`; each run is one ranged read.
 ///
@@ -253,7 +256,7 @@ fn is_zeros(data: &[u8]) -> bool {
 /// hold consecutive stretches of one file: taken in order, two writer
 /// threads wrote the same file at once and queued on its inode lock (ext4
 /// takes it for every write), the waiting thread spinning.
-fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>, width: usize) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>, width: usize) -> Vec<Run> {
     let per_pack: Vec<_> = by_pack.into_iter().map(|(pack, blobs)| pack_runs(pack, blobs)).collect();
     let mut out = Vec::with_capacity(per_pack.iter().map(Vec::len).sum());
     let mut packs = per_pack.into_iter().peekable();
@@ -273,7 +276,7 @@ fn fetch_ranges(by_pack: IdMap<Vec<(PackEntry, Targets)>>, width: usize) -> Vec<
 }
 
 /// One pack's runs, in offset order.
-fn pack_runs(pack: Id, mut blobs: Vec<(PackEntry, Targets)>) -> Vec<(Id, Vec<(PackEntry, Targets)>)> {
+fn pack_runs(pack: Id, mut blobs: Vec<(PackEntry, Targets)>) -> Vec<Run> {
     blobs.sort_by_key(|(e, _)| e.offset);
     let mut out = Vec::new();
     let mut run: Vec<(PackEntry, Targets)> = Vec::new();
@@ -304,7 +307,7 @@ mod tests {
         (entry, vec![(0, 0)])
     }
 
-    fn spans(ranges: &[(Id, Vec<(PackEntry, Targets)>)]) -> Vec<(u32, u32)> {
+    fn spans(ranges: &[Run]) -> Vec<(u32, u32)> {
         let mut s: Vec<(u32, u32)> =
             ranges.iter().map(|(_, b)| (b[0].0.offset, b.last().map_or(0, |(e, _)| e.offset + e.length))).collect();
         s.sort();
