@@ -155,19 +155,15 @@ impl Crypto {
     /// Decrypt `nonce || ciphertext || tag`.
     pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, AuthError> {
         let mut buf = Vec::new();
-        self.open_into(ad, sealed, &mut buf)?;
+        self.open_pieces_into(ad, [sealed], sealed.len(), &mut buf)?;
         Ok(buf)
     }
 
-    /// Decrypt into `out`, a buffer the caller reuses: restore decrypts
-    /// gigabytes, and a fresh allocation per blob would cost a mapping each.
-    pub fn open_into(&self, ad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> Result<(), AuthError> {
-        self.open_pieces_into(ad, [sealed], sealed.len(), out)
-    }
-
-    /// [`Crypto::open_into`] of a sealed blob of `len` bytes given in
-    /// pieces, as a ranged read delivers it: the ciphertext is copied once,
-    /// into `out`, and decrypted there, never glued together first.
+    /// Decrypt `nonce || ciphertext || tag`, `len` bytes given in pieces as
+    /// a ranged read delivers them, into `out`, a buffer the caller reuses
+    /// (restore decrypts gigabytes, and a fresh allocation per blob would
+    /// cost a mapping each): the ciphertext is copied once, into `out`, and
+    /// decrypted there, never glued together first.
     pub fn open_pieces_into<P: AsRef<[u8]>>(
         &self,
         ad: &[u8],
