@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 
 use crate::crypto::{Aead, Crypto, MasterKey, blob_ad, file_ad};
 use crate::index::{self, IndexFile};
-use crate::pack::{BlobKind, FLAG_ZSTD, PACK_MAGIC, PackEntry, PackWriter, open_blob, read_trailer};
+use crate::pack::{BlobKind, FLAG_ZSTD, PACK_MAGIC, PackEntry, PackWriter, open_blob, open_blob_into, read_trailer};
 use crate::slots::{KdfParams, KeyFile, Password};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
@@ -47,7 +47,8 @@ fn opened(kind: &'static str, data: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `[mode][area length u16][blob area][tail]`: the tail is the pack's end
-/// as stored (even mode) or the trailer's plaintext (odd mode).
+/// as stored (even mode) or the trailer's plaintext (odd mode). The mode's
+/// other bits choose where restore's ranged read cuts each blob.
 pub fn pack(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
     let Some((len, rest)) = rest.split_first_chunk::<2>() else { return };
@@ -64,9 +65,24 @@ pub fn pack(data: &[u8]) {
         pack.extend_from_slice(PACK_MAGIC);
     }
     let Ok(entries) = read_trailer(crypto(), &ID, &pack, pack.len() as u64) else { return };
+    let stride = 1 + usize::from(mode >> 1).pow(2);
     for e in entries.into_iter().filter(|e| e.raw_length <= MAX_RAW) {
-        let _ = open_blob(crypto(), &e, &pack[e.offset as usize..(e.offset + e.length) as usize]);
+        let _ = open_whole_and_in_pieces(&e, &pack[e.offset as usize..(e.offset + e.length) as usize], stride);
     }
+}
+
+/// [`open_blob`] of `sealed`, which must agree with opening it as restore
+/// does: from the pieces a ranged read delivers, here `stride` bytes each.
+fn open_whole_and_in_pieces(e: &PackEntry, sealed: &[u8], stride: usize) -> crate::Result<Vec<u8>> {
+    let whole = open_blob(crypto(), e, sealed);
+    let mut plain = Vec::new();
+    let cut = open_blob_into(crypto(), e, sealed.chunks(stride), sealed.len(), &mut plain, &mut Vec::new()).map(|()| plain);
+    assert_eq!(outcome(&whole), outcome(&cut), "a blob opens the same in pieces");
+    whole
+}
+
+fn outcome(r: &crate::Result<Vec<u8>>) -> Result<&[u8], String> {
+    r.as_deref().map_err(ToString::to_string)
 }
 
 /// `[kind][flags][raw length u32][payload]`, the payload sealed here as
@@ -77,7 +93,7 @@ pub fn blob(data: &[u8]) {
     let raw_length = u32::from_le_bytes([*a, *b, *c, *d]).min(MAX_RAW);
     let sealed = crypto().seal(&blob_ad(kind as u8, *flags, &ID), payload);
     let e = PackEntry { kind, flags: *flags, id: ID, offset: 0, length: sealed.len() as u32, raw_length };
-    if let Ok(plain) = open_blob(crypto(), &e, &sealed) {
+    if let Ok(plain) = open_whole_and_in_pieces(&e, &sealed, 1 + sealed.len() % 61) {
         assert_eq!(plain.len(), raw_length as usize);
         if flags & FLAG_ZSTD == 0 {
             assert_eq!(plain, payload);
