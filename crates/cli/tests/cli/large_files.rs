@@ -1,14 +1,15 @@
-//! Files of 16 MiB and more are read and chunked by their worker while a
-//! packer thread beside it hashes, compresses, encrypts and packs
+//! Files of 16 MiB and more are read and chunked by their worker while
+//! packer threads beside it hash, compress, encrypt and pack
 //! (engine/src/backup/pipeline.rs): what that stores must restore byte for
-//! byte, deduplicate as the one-thread path does and pass a full check.
+//! byte and in order, deduplicate as the one-thread path does and pass a
+//! full check; a packer that fails stops the others and the reader.
 
 use std::fs;
 
 use crate::{Env, random_bytes, restored};
 
 #[test]
-fn large_files_round_trip_and_deduplicate_through_the_packer_thread() {
+fn large_files_round_trip_and_deduplicate_through_the_packer_threads() {
     let env = Env::new();
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
@@ -34,4 +35,20 @@ fn large_files_round_trip_and_deduplicate_through_the_packer_thread() {
     assert_eq!(fs::read(out.join("big.bin")).unwrap(), data);
     assert_eq!(fs::read(out.join("shifted.bin")).unwrap(), shifted);
     assert_eq!(fs::read(out.join("small.txt")).unwrap(), b"small\n");
+}
+
+#[test]
+fn a_full_disk_under_a_large_file_fails_in_one_line_without_a_snapshot() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big.bin"), random_bytes(48 << 20, 12)).unwrap();
+    env.ok(&["init"]);
+    let out = env.cmd(&["backup", src.to_str().unwrap()]).env("TRESOR_FAULTS", "write-limit=20000000").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0, "no snapshot from a failed backup");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
 }

@@ -168,9 +168,9 @@ struct ThreadCtx {
     compressor: Compressor,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
-    /// The packer thread's context for large files (`pipeline.rs`), kept
-    /// between files so its open pack fills across them.
-    packer: Option<Box<ThreadCtx>>,
+    /// The packer threads' contexts for large files (`pipeline.rs`), kept
+    /// between files so their open packs fill across them.
+    packers: Vec<ThreadCtx>,
 }
 
 enum Parent {
@@ -290,7 +290,7 @@ impl Shared {
     }
 
     fn flush(&self, ctx: &mut ThreadCtx) -> Result<()> {
-        if let Some(mut packer) = ctx.packer.take() {
+        for mut packer in std::mem::take(&mut ctx.packers) {
             self.flush(&mut packer)?;
         }
         if let Some(open) = ctx.data.take() {
@@ -433,7 +433,7 @@ impl From<std::io::Error> for Error {
 impl ThreadCtx {
     fn new(level: i32) -> Result<ThreadCtx> {
         let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
-        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), packer: None })
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), packers: Vec::new() })
     }
 }
 
@@ -506,9 +506,9 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         excludes: PathFilter::new(&opts.excludes)?,
         one_file_system: opts.one_file_system,
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
-        // One spare piece for each open pack (the workers' and the large
-        // file packer's): the one its writer lets go of at the next write.
-        pieces: BufPool::new(threads + 1),
+        // One spare piece for each open pack (the workers' and one large
+        // file's packers'): the one its writer lets go of at the next write.
+        pieces: BufPool::new(threads + pipeline::PIPELINE_PACKERS),
     });
     let parent_tree = opts.parent.as_ref().map(|p| p.tree);
     let job = {
