@@ -168,9 +168,9 @@ struct ThreadCtx {
     compressor: Compressor,
     buf: Vec<u8>,
     zbuf: Vec<u8>,
-    /// The packer threads' contexts for large files (`pipeline.rs`), kept
-    /// between files so their open packs fill across them.
-    packers: Vec<ThreadCtx>,
+    /// Where this thread sends a large file's chunks (`pipeline.rs`); none
+    /// on the packer threads themselves.
+    pack_jobs: Option<Sender<pipeline::PackJob>>,
 }
 
 enum Parent {
@@ -290,9 +290,6 @@ impl Shared {
     }
 
     fn flush(&self, ctx: &mut ThreadCtx) -> Result<()> {
-        for mut packer in std::mem::take(&mut ctx.packers) {
-            self.flush(&mut packer)?;
-        }
         if let Some(open) = ctx.data.take() {
             self.close_data_pack(open)?;
         }
@@ -398,8 +395,9 @@ impl Shared {
     }
 
     fn chunk_into(&self, ctx: &mut ThreadCtx, reader: impl Read, size_hint: Option<u64>, node: &mut Node) -> Result<()> {
-        let result = if size_hint.is_none_or(|s| s >= pipeline::PIPELINE_MIN) {
-            self.chunk_pipelined(ctx, reader)
+        let pipelined = ctx.pack_jobs.as_ref().filter(|_| size_hint.is_none_or(|s| s >= pipeline::PIPELINE_MIN));
+        let result = if let Some(jobs) = pipelined {
+            self.chunk_pipelined(jobs, reader)
         } else {
             let mut buf = std::mem::take(&mut ctx.buf);
             let mut content = Vec::new();
@@ -431,14 +429,14 @@ impl From<std::io::Error> for Error {
 }
 
 impl ThreadCtx {
-    fn new(level: i32) -> Result<ThreadCtx> {
+    fn new(level: i32, pack_jobs: Option<Sender<pipeline::PackJob>>) -> Result<ThreadCtx> {
         let compressor = Compressor::new(level).map_err(|e| Error::Invalid(format!("zstd level {level}: {e}")))?;
-        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), packers: Vec::new() })
+        Ok(ThreadCtx { data: None, tree: None, compressor, buf: Vec::new(), zbuf: Vec::new(), pack_jobs })
     }
 }
 
-fn worker(shared: &Shared, jobs: Receiver<FileJob>) {
-    let mut ctx = match ThreadCtx::new(shared.repo.config().compression) {
+fn worker(shared: &Shared, jobs: Receiver<FileJob>, pack_jobs: Sender<pipeline::PackJob>) {
+    let mut ctx = match ThreadCtx::new(shared.repo.config().compression, Some(pack_jobs)) {
         Ok(c) => c,
         Err(e) => return shared.fail(e),
     };
@@ -506,8 +504,8 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         excludes: PathFilter::new(&opts.excludes)?,
         one_file_system: opts.one_file_system,
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
-        // One spare piece for each open pack (the workers' and one large
-        // file's packers'): the one its writer lets go of at the next write.
+        // One spare piece for each open pack (the workers' and the
+        // packers'): the one its writer lets go of at the next write.
         pieces: BufPool::new(threads + pipeline::PIPELINE_PACKERS),
     });
     let parent_tree = opts.parent.as_ref().map(|p| p.tree);
@@ -606,14 +604,27 @@ impl Input {
 fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option<Id>, threads: usize) -> Result<Id> {
     let (job_tx, job_rx) = crossbeam_channel::bounded::<FileJob>(256);
     let (root_tx, root_rx) = crossbeam_channel::bounded::<Id>(1);
+    // The packers end when the last sender, a worker's or the walker's, is
+    // dropped with its thread's context.
+    let (pack_tx, pack_rx) = crossbeam_channel::bounded::<pipeline::PackJob>(pipeline::PIPELINE_PACKERS);
     std::thread::scope(|s| {
+        for _ in 0..pipeline::PIPELINE_PACKERS {
+            let rx = pack_rx.clone();
+            // Named, so that a thread listing (and the crash soak) can tell
+            // a backup inside the large-file pipeline.
+            std::thread::Builder::new()
+                .name(pipeline::PACKER_THREAD.into())
+                .spawn_scoped(s, move || pipeline::packer(shared, rx))
+                .expect("a packer thread can be started");
+        }
+        drop(pack_rx);
         for _ in 0..threads.max(1) {
-            let rx = job_rx.clone();
-            s.spawn(move || worker(shared, rx));
+            let (rx, pack_tx) = (job_rx.clone(), pack_tx.clone());
+            s.spawn(move || worker(shared, rx, pack_tx));
         }
         drop(job_rx);
         let run = || -> Result<()> {
-            let ctx = ThreadCtx::new(shared.repo.config().compression)?;
+            let ctx = ThreadCtx::new(shared.repo.config().compression, Some(pack_tx))?;
             let mut w = walker::Walker { shared, ctx, jobs: job_tx.clone(), names: NameCache::default() };
             let walked = match input {
                 Input::Stream(name, reader) => w.stream(&name, reader, Parent::Root(root_tx)),

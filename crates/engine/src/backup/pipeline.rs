@@ -1,23 +1,24 @@
-//! One large file (or a stream) on several threads.
+//! Large files (and streams) on several threads.
 //!
 //! A single worker reading, chunking, hashing, compressing, encrypting and
 //! packing a multi-gigabyte file uses one core however many there are. For
 //! such inputs the worker only reads and finds the cut points; packer
-//! threads beside it hash each chunk, check it against the index,
-//! compress, encrypt and pack it. On incompressible data the two halves
-//! cost about the same, but compression makes the packing half several
-//! times the reading half (a 2 GiB tar of `/usr/lib`: 9.7 s of user time on
-//! 1.2 cores with one packer), so [`PIPELINE_PACKERS`] share it, chunks
-//! dealt to whichever is free and put back in order by sequence number.
-//! Chunks travel in a fixed set of recycled buffers, read straight into
-//! them ([`Chunker::chunk_owned`](crate::chunker::Chunker::chunk_owned)), so
-//! memory stays bounded (`PIPELINE_BUFFERS` × the largest chunk and one
-//! read) and nothing is allocated or copied whole per chunk. Each packer has
-//! its own [`ThreadCtx`] (its own open packs), kept by the worker between
-//! files and flushed with the worker's.
+//! threads hash each chunk, check it against the index, compress, encrypt
+//! and pack it. On incompressible data the two halves cost about the same,
+//! but compression makes the packing half several times the reading half
+//! (a 2 GiB tar of `/usr/lib`: 9.7 s of user time on 1.2 cores with one
+//! packer), so [`PIPELINE_PACKERS`] share it. They serve every worker: a
+//! backup has that many packer threads and open packs beside its workers'
+//! however many large files are read at once, and when one file ends the
+//! packers go on with the others'. Chunks are dealt to whichever packer is
+//! free and put back in order by sequence number. Chunks travel in a fixed
+//! set of buffers per file, read straight into
+//! ([`Chunker::chunk_owned`](crate::chunker::Chunker::chunk_owned)) and
+//! handed back with each chunk's id, so memory stays bounded
+//! (`PIPELINE_BUFFERS` × the largest chunk and one read, per file being
+//! read) and nothing is allocated or copied whole per chunk.
 
 use std::io::Read;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -30,92 +31,128 @@ use crate::{Error, Id, Result};
 /// a file is a few chunks and a second thread would cost more than it saves.
 pub(super) const PIPELINE_MIN: u64 = 16 << 20;
 
-/// Packer threads per pipelined input. Each holds an open pack and a
-/// compression buffer, and every worker may be pipelining a file at once,
-/// so each one more costs memory times the worker count.
+/// Packer threads of a backup, shared by its workers. Each holds an open
+/// pack and a compression context once it has packed a chunk.
 pub(super) const PIPELINE_PACKERS: usize = 2;
 
-/// Chunk buffers between reader and packers: enough that no thread waits
-/// for another on an uneven chunk, few enough to bound memory.
+/// The name of a packer thread (at most 15 bytes, Linux's limit);
+/// scripts/soak.sh looks for it.
+pub(super) const PACKER_THREAD: &str = "backup-packer";
+
+/// Chunk buffers per file being read: enough that no thread waits for
+/// another on an uneven chunk, few enough to bound memory.
 const PIPELINE_BUFFERS: usize = 4;
 
-/// A chunk on its way to a packer: its place in the file, its buffer and
-/// how much of the buffer it fills.
-type Chunk = (usize, Vec<u8>, usize);
+/// A chunk on its way to a packer: its place in its file, its buffer, how
+/// much of the buffer it fills, and where the packer reports.
+pub(super) struct PackJob {
+    n: usize,
+    buf: Vec<u8>,
+    len: usize,
+    done: Sender<Packed>,
+}
+
+/// A chunk packed: its place, its id (or why it has none), and its buffer,
+/// free for the next chunk.
+type Packed = (usize, Result<Id>, Vec<u8>);
+
+/// A packer thread: packs chunks of any file until the workers and the
+/// walker are done, then closes its open packs.
+pub(super) fn packer(shared: &Shared, jobs: Receiver<PackJob>) {
+    let mut ctx = None;
+    for PackJob { n, buf, len, done } in jobs {
+        let packed = shared.pack_chunk(&mut ctx, &buf[..len]);
+        // The file's reader keeps room for every chunk it has out, and one
+        // that has gone (its file failed) needs no answer.
+        let _ = done.send((n, packed, buf));
+    }
+    if let Some(mut ctx) = ctx
+        && let Err(e) = shared.flush(&mut ctx)
+    {
+        shared.fail(e);
+    }
+}
 
 impl Shared {
-    /// Chunk `reader` with packer threads beside this one; the total size
-    /// and the blob ids, in order.
-    pub(super) fn chunk_pipelined(&self, ctx: &mut ThreadCtx, reader: impl Read) -> Result<(u64, Vec<Id>)> {
-        let mut packers = std::mem::take(&mut ctx.packers);
-        while packers.len() < PIPELINE_PACKERS {
-            packers.push(ThreadCtx::new(self.repo.config().compression)?);
+    /// Chunk `reader`, its chunks packed by the packer threads behind
+    /// `jobs`; the total size and the blob ids, in order.
+    pub(super) fn chunk_pipelined(&self, jobs: &Sender<PackJob>, reader: impl Read) -> Result<(u64, Vec<Id>)> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<Packed>(PIPELINE_BUFFERS);
+        let mut chunks = FileChunks { free: vec![Vec::new(); PIPELINE_BUFFERS], ids: Vec::new(), failure: None, back: 0 };
+        let mut sent = 0;
+        let read = self.chunker.chunk_owned(
+            reader,
+            || chunks.take(&done_rx),
+            |buf, len| {
+                let job = PackJob { n: sent, buf, len, done: done_tx.clone() };
+                jobs.send(job).map_err(|_| Error::Interrupted)?;
+                sent += 1;
+                Ok(())
+            },
+        );
+        // Without this end a packer that died with a chunk would leave the
+        // wait below hanging; with it, the wait ends.
+        drop(done_tx);
+        while chunks.back < sent && chunks.wait(&done_rx) {}
+        if chunks.back < sent {
+            chunks.failure.get_or_insert(Error::Interrupted);
         }
-        let (full_tx, full_rx) = crossbeam_channel::bounded::<Chunk>(PIPELINE_BUFFERS);
-        let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(PIPELINE_BUFFERS);
-        for _ in 0..PIPELINE_BUFFERS {
-            free_tx.send(Vec::new()).expect("room for every buffer");
-        }
-        let failed = AtomicBool::new(false);
-        let (read, packed) = std::thread::scope(|s| {
-            // The packers own the only other ends of the channels: when they
-            // stop (done, or one failed) the reader's next send or receive
-            // fails at once.
-            let handles: Vec<_> = packers
-                .iter_mut()
-                .map(|packer_ctx| {
-                    let (full_rx, free_tx, failed) = (full_rx.clone(), free_tx.clone(), &failed);
-                    s.spawn(move || self.pack_chunks(packer_ctx, full_rx, free_tx, failed))
-                })
-                .collect();
-            drop((full_rx, free_tx));
-            let mut next = 0;
-            let read = self.chunker.chunk_owned(
-                reader,
-                || free_rx.recv().map_err(|_| Error::Interrupted),
-                |buf, len| {
-                    next += 1;
-                    full_tx.send((next - 1, buf, len)).map_err(|_| Error::Interrupted)
-                },
-            );
-            drop(full_tx);
-            let packed: Vec<_> = handles.into_iter().map(|h| h.join().expect("a packer thread does not panic")).collect();
-            (read, packed)
-        });
-        ctx.packers = packers;
         // A packer's error explains the reader's `Interrupted`.
-        let mut content = Vec::new();
-        for ids in packed {
-            content.extend(ids?);
+        if let Some(e) = chunks.failure {
+            return Err(e);
         }
-        content.sort_unstable_by_key(|&(n, _)| n);
-        Ok((read?, content.into_iter().map(|(_, id)| id).collect()))
+        chunks.ids.sort_unstable_by_key(|&(n, _)| n);
+        Ok((read?, chunks.ids.into_iter().map(|(_, id)| id).collect()))
     }
 
-    /// One packer's share of the chunks, each with its place in the file.
-    fn pack_chunks(
-        &self,
-        ctx: &mut ThreadCtx,
-        full: Receiver<Chunk>,
-        free: Sender<Vec<u8>>,
-        failed: &AtomicBool,
-    ) -> Result<Vec<(usize, Id)>> {
-        let mut content = Vec::new();
-        for (n, buf, len) in full {
-            // Another packer failed: stop, so that the channels close.
-            if failed.load(Relaxed) {
-                break;
-            }
-            match self.add_blob(ctx, BlobKind::Data, &buf[..len]) {
-                Ok(id) => content.push((n, id)),
-                Err(e) => {
-                    failed.store(true, Relaxed);
-                    return Err(e);
-                }
-            }
-            self.progress.bytes.fetch_add(len as u64, Relaxed);
-            let _ = free.send(buf);
+    /// Pack one chunk with this packer's context, made at its first chunk.
+    fn pack_chunk(&self, ctx: &mut Option<ThreadCtx>, chunk: &[u8]) -> Result<Id> {
+        if ctx.is_none() {
+            *ctx = Some(ThreadCtx::new(self.repo.config().compression, None)?);
         }
-        Ok(content)
+        let ctx = ctx.as_mut().expect("made above");
+        let id = self.add_blob(ctx, BlobKind::Data, chunk)?;
+        self.progress.bytes.fetch_add(chunk.len() as u64, Relaxed);
+        Ok(id)
+    }
+}
+
+/// One file's side of the pipeline: its free buffers, the ids of its
+/// chunks packed so far, the first error a packer met with one of them.
+struct FileChunks {
+    free: Vec<Vec<u8>>,
+    ids: Vec<(usize, Id)>,
+    failure: Option<Error>,
+    back: usize,
+}
+
+impl FileChunks {
+    /// A buffer for the next chunk, once one is free; none once a chunk of
+    /// this file failed, so that the reader stops.
+    fn take(&mut self, done: &Receiver<Packed>) -> Result<Vec<u8>> {
+        if self.free.is_empty() && !self.wait(done) {
+            return Err(Error::Interrupted);
+        }
+        match self.failure {
+            Some(_) => Err(Error::Interrupted),
+            None => Ok(self.free.pop().expect("a buffer came back")),
+        }
+    }
+
+    /// Wait for the next packed chunk of this file; false if the packers
+    /// are gone.
+    fn wait(&mut self, done: &Receiver<Packed>) -> bool {
+        let Ok((n, packed, buf)) = done.recv() else {
+            return false;
+        };
+        self.back += 1;
+        self.free.push(buf);
+        match packed {
+            Ok(id) => self.ids.push((n, id)),
+            Err(e) => {
+                self.failure.get_or_insert(e);
+            }
+        }
+        true
     }
 }
