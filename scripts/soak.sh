@@ -5,7 +5,8 @@
 # snapshot must restore to exactly what was backed up, and the same command
 # run again must succeed. Then byte flips: FLIPS sampled single-byte changes
 # in data, index and snapshot objects, each of which `check --read-data`
-# must find.
+# must find. One file of the backed-up tree is large enough for the
+# large-file pipeline; a round killed while the victim read it says so.
 #
 #   scripts/soak.sh N [SEED] [FLIPS]      (FLIPS defaults to 1000)
 #
@@ -28,6 +29,7 @@ fi
 bin=$(realpath "$bin")
 work=${SOAK_DIR:-$(mktemp -d /tmp/tresor-soak.XXXXXX)}
 mkdir -p "$work"
+work=$(realpath "$work")
 export TRESOR_REPOSITORY=$work/repo TRESOR_KDF_MEMORY=64K TRESOR_CACHE_DIR=$work/cache
 offsite=$work/offsite
 printf 'soak password\n' >"$work/pw"
@@ -45,7 +47,10 @@ fail() {
 t() { "$bin" "$@" >"$work/last.log" 2>&1; }
 must() { t "$@" || fail "tresor $* (round ${round:-setup}): $(cat "$work/last.log")"; }
 
-rand_below() { echo $((RANDOM * 32768 + RANDOM)) | awk -v n="$1" '{print $1 % n}'; }
+# A number below $1 in $rnd. Never call it in a command substitution: bash
+# reseeds RANDOM in every subshell from the clock, so the seed would not
+# replay.
+rand_below() { rnd=$(((RANDOM * 32768 + RANDOM) % $1)); }
 
 # Deterministic file contents: AES-CTR keystream of a name.
 # (openssl stops on the closed pipe: that is the end, not a failure.)
@@ -59,12 +64,26 @@ tree_hash() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0r sha256sum
 mutate() {
   local dir=$1 n
   for _ in 1 2 3; do
-    n=$(rand_below 24)
-    fill "$dir/f$n" "$dir/$round/$n" $((64 * 1024 + $(rand_below $((768 * 1024)))))
+    rand_below 24
+    n=$rnd
+    rand_below $((768 * 1024))
+    fill "$dir/f$n" "$dir/$round/$n" $((64 * 1024 + rnd))
   done
 }
 
+# One file of the source is above the 16 MiB at which backup hands a file's
+# chunks to packer threads, so that kills land inside that pipeline too; a
+# few MiB of it change each round, in place.
+big_mib=20
+mutate_big() {
+  rand_below $((3 * 1024 * 1024))
+  fill "$work/region" "big/$round" $((1024 * 1024 + rnd))
+  rand_below $((big_mib - 4))
+  dd if="$work/region" of="$work/src/big" bs=1M seek="$rnd" conv=notrunc status=none
+}
+
 mkdir -p "$work/src" "$work/writer"
+fill "$work/src/big" "src/big" $((big_mib * 1024 * 1024))
 for i in $(seq 0 23); do
   fill "$work/src/f$i" "src/$i" $((64 * 1024 + i * 16384))
   fill "$work/writer/f$i" "writer/$i" $((32 * 1024 + i * 8192))
@@ -96,11 +115,11 @@ verify_all() {
   done <<<"$list"
 }
 
-# The command a round kills, from its number: every kind in turn, in a
-# seeded order.
+# The kind of command a round kills, in $kind, drawn from the seed.
 pick() {
   local kinds=(backup prune copy repair-index repair-snapshots key-add key-passwd key-remove)
-  echo "${kinds[$(rand_below ${#kinds[@]})]}"
+  rand_below ${#kinds[@]}
+  kind=${kinds[$rnd]}
 }
 
 command_for() {
@@ -143,16 +162,19 @@ declare -A took=([backup]=1500 [copy]=1500 [prune]=900 [repair-index]=900 [repai
 
 printf 'extra password\n' >"$work/pw-extra"
 kills=0
+in_pipeline=0
 start=$(date +%s)
 for round in $(seq 1 "$rounds"); do
   mutate "$work/src"
+  mutate_big
   mutate "$work/writer"
   expected[s$round]=$(tree_hash "$work/src")
   expected[w$round]=$(tree_hash "$work/writer")
-  kind=$(pick)
+  pick
   printf 'next password %s\n' "$round" >"$work/pw-next"
   read -r -a args <<<"$(command_for "$kind")"
-  delay=$(rand_below "${took[$kind]}")
+  rand_below "${took[$kind]}"
+  delay=$rnd
   # The concurrent writer opens with its own slot, which no key command touches.
   TRESOR_PASSWORD_FILE=$work/pw-writer "$bin" backup --tag "w$round" "$work/writer" >"$work/writer.log" 2>&1 &
   writer=$!
@@ -160,9 +182,16 @@ for round in $(seq 1 "$rounds"); do
   victim=$!
   sleep "$(awk -v ms="$delay" 'BEGIN {print ms / 1000}')"
   outcome="finished before the kill at ${delay} ms"
+  # Whether the kill lands inside the large-file pipeline: the victim has
+  # the large file open just before it (a backup reads it only there).
+  packing=$(find /proc/"$victim"/fd -lname "$work/src/big" 2>/dev/null | wc -l || true)
   if kill -KILL "$victim" 2>/dev/null; then
     kills=$((kills + 1))
     outcome="killed after ${delay} ms"
+    if [ "$packing" -gt 0 ]; then
+      in_pipeline=$((in_pipeline + 1))
+      outcome="$outcome, inside the large-file pipeline"
+    fi
   fi
   { wait "$victim"; } 2>/dev/null || true
   wait "$writer" || fail "round $round: the concurrent backup failed: $(cat "$work/writer.log")"
@@ -192,11 +221,14 @@ mapfile -t objects < <(cd "$work/flips" && find data index snapshots -type f | s
 found=0
 start=$(date +%s)
 for n in $(seq 1 "$flips"); do
-  object=${objects[$(rand_below ${#objects[@]})]}
+  rand_below ${#objects[@]}
+  object=${objects[$rnd]}
   file=$work/flips/$object
   size=$(stat -c %s "$file")
-  at=$(rand_below "$size")
-  mask=$((1 + $(rand_below 255)))
+  rand_below "$size"
+  at=$rnd
+  rand_below 255
+  mask=$((1 + rnd))
   cp "$file" "$work/flip.orig"
   byte=$(od -An -tu1 -j "$at" -N1 "$file" | tr -d ' ')
   printf "\\x$(printf %02x $((byte ^ mask)))" | dd of="$file" bs=1 seek="$at" conv=notrunc status=none
@@ -208,5 +240,5 @@ for n in $(seq 1 "$flips"); do
 done
 flip_secs=$(($(date +%s) - start))
 must check --read-data --no-cache
-echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run, every check and restore exact, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
+echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run ($in_pipeline of them backups inside the large-file pipeline), every check and restore exact, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
 [ -n "${SOAK_DIR:-}" ] || rm -rf "$work"
