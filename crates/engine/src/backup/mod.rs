@@ -488,7 +488,8 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
     let concurrency = 8;
     let uploader = tokio::spawn(upload_packs(repo.clone(), rx, concurrency));
     let entries = opts.entries.take();
-    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+    let packers = pipeline::packer_count(threads);
     let shared = Arc::new(Shared {
         chunker: Chunker::new(repo.crypto().gear_seed(), repo.config().chunker),
         repo: repo.clone(),
@@ -506,14 +507,14 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
         // One spare piece for each open pack (the workers' and the
         // packers'): the one its writer lets go of at the next write.
-        pieces: BufPool::new(threads + pipeline::PIPELINE_PACKERS),
+        pieces: BufPool::new(threads + packers),
     });
     let parent_tree = opts.parent.as_ref().map(|p| p.tree);
     let job = {
         let shared = shared.clone();
         let paths = opts.paths.clone();
         let input = Input::chosen(opts.stdin.take(), opts.generated.take(), entries);
-        tokio::task::spawn_blocking(move || archive(&shared, &paths, input, parent_tree, threads))
+        tokio::task::spawn_blocking(move || archive(&shared, &paths, input, parent_tree, threads, packers))
     };
     let walked = job.await.map_err(|e| Error::Invalid(format!("backup thread failed: {e}")))?;
     let shared = Arc::into_inner(shared).expect("the pipeline threads have ended");
@@ -600,15 +601,16 @@ impl Input {
     }
 }
 
-/// Run the walker on this thread and the workers beside it; the root tree id.
-fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option<Id>, threads: usize) -> Result<Id> {
+/// Run the walker on this thread and the workers and packers beside it;
+/// the root tree id.
+fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option<Id>, workers: usize, packers: usize) -> Result<Id> {
     let (job_tx, job_rx) = crossbeam_channel::bounded::<FileJob>(256);
     let (root_tx, root_rx) = crossbeam_channel::bounded::<Id>(1);
     // The packers end when the last sender, a worker's or the walker's, is
     // dropped with its thread's context.
-    let (pack_tx, pack_rx) = crossbeam_channel::bounded::<pipeline::PackJob>(pipeline::PIPELINE_PACKERS);
+    let (pack_tx, pack_rx) = crossbeam_channel::bounded::<pipeline::PackJob>(packers);
     std::thread::scope(|s| {
-        for _ in 0..pipeline::PIPELINE_PACKERS {
+        for _ in 0..packers {
             let rx = pack_rx.clone();
             // Named, so that a thread listing (and the crash soak) can tell
             // a backup inside the large-file pipeline.
@@ -618,7 +620,7 @@ fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option
                 .expect("a packer thread can be started");
         }
         drop(pack_rx);
-        for _ in 0..threads.max(1) {
+        for _ in 0..workers {
             let (rx, pack_tx) = (job_rx.clone(), pack_tx.clone());
             s.spawn(move || worker(shared, rx, pack_tx));
         }

@@ -7,10 +7,10 @@
 //! and pack it. On incompressible data the two halves cost about the same,
 //! but compression makes the packing half several times the reading half
 //! (a 2 GiB tar of `/usr/lib`: 9.7 s of user time on 1.2 cores with one
-//! packer), so [`PIPELINE_PACKERS`] share it. They serve every worker: a
-//! backup has that many packer threads and open packs beside its workers'
-//! however many large files are read at once, and when one file ends the
-//! packers go on with the others'. Chunks are dealt to whichever packer is
+//! packer), so several packers share it ([`packer_count`]). They serve
+//! every worker: a backup has that many packer threads and open packs
+//! beside its workers' however many large files are read at once, and when
+//! one file ends the packers go on with the others'. Chunks are dealt to whichever packer is
 //! free and put back in order by sequence number. Chunks travel in a fixed
 //! set of buffers per file, read straight into
 //! ([`Chunker::chunk_owned`](crate::chunker::Chunker::chunk_owned)) and
@@ -31,9 +31,14 @@ use crate::{Error, Id, Result};
 /// a file is a few chunks and a second thread would cost more than it saves.
 pub(super) const PIPELINE_MIN: u64 = 16 << 20;
 
-/// Packer threads of a backup, shared by its workers. Each holds an open
-/// pack and a compression context once it has packed a chunk.
-pub(super) const PIPELINE_PACKERS: usize = 2;
+/// Packer threads of a backup, shared by its workers: as many as the
+/// workers, but no more than the cores, since packing is all CPU (a
+/// bucket's backup runs more workers than cores, for its downloads). Each
+/// holds an open pack and a compression context once it has packed a chunk.
+pub(super) fn packer_count(workers: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    workers.min(cores).max(1)
+}
 
 /// The name of a packer thread (at most 15 bytes, Linux's limit);
 /// scripts/soak.sh looks for it.
@@ -154,5 +159,18 @@ impl FileChunks {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::packer_count;
+
+    #[test]
+    fn packers_follow_the_workers_up_to_the_cores() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(packer_count(1), 1);
+        assert_eq!(packer_count(cores), cores);
+        assert_eq!(packer_count(cores + 6), cores, "a bucket's extra workers wait on downloads, not on the CPU");
     }
 }
