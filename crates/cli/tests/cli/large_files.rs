@@ -64,13 +64,17 @@ fn large_files_read_at_once_share_the_packers_and_restore_in_their_own_order() {
 }
 
 #[test]
-fn a_full_disk_under_a_large_file_fails_in_one_line_without_a_snapshot() {
+fn a_full_disk_under_large_files_fails_in_one_line_without_a_snapshot() {
     let env = Env::new();
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("big.bin"), random_bytes(48 << 20, 12)).unwrap();
+    // Two files read at once, their chunks on the same packers, when the
+    // disk fills: both readers must stop, not wait on each other.
+    fs::write(src.join("big0.bin"), random_bytes(32 << 20, 12)).unwrap();
+    fs::write(src.join("big1.bin"), random_bytes(32 << 20, 13)).unwrap();
     env.ok(&["init"]);
-    let out = env.cmd(&["backup", src.to_str().unwrap()]).env("TRESOR_FAULTS", "write-limit=20000000").output().unwrap();
+    let mut backup = env.cmd(&["backup", "--threads", "2", src.to_str().unwrap()]);
+    let out = backup.env("TRESOR_FAULTS", "write-limit=20000000").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("No space left on device"), "{err}");
