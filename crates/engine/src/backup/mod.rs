@@ -7,8 +7,10 @@
 //! ```
 //! Directories finish bottom-up without the walker ever waiting: each one
 //! counts its unfinished children, and whichever thread completes the last
-//! child seals the directory's tree and reports to its parent. Memory is
-//! bounded by the job queue, one open pack per thread and the upload queue.
+//! child seals the directory's tree and reports to its parent. A file of
+//! 16 MiB or more is only read and chunked on its worker; the backup's
+//! packer threads pack its chunks (`pipeline.rs`). Memory is bounded by the
+//! job queue, one open pack per thread and the upload queue.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -612,8 +614,8 @@ fn archive(shared: &Shared, paths: &[PathBuf], input: Input, parent_tree: Option
     std::thread::scope(|s| {
         for _ in 0..packers {
             let rx = pack_rx.clone();
-            // Named, so that a thread listing (and the crash soak) can tell
-            // a backup inside the large-file pipeline.
+            // Named, so that a profile or a thread listing tells packing
+            // from reading.
             std::thread::Builder::new()
                 .name(pipeline::PACKER_THREAD.into())
                 .spawn_scoped(s, move || pipeline::packer(shared, rx))

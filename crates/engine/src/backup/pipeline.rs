@@ -40,8 +40,7 @@ pub(super) fn packer_count(workers: usize) -> usize {
     workers.min(cores).max(1)
 }
 
-/// The name of a packer thread (at most 15 bytes, Linux's limit);
-/// scripts/soak.sh looks for it.
+/// The name of a packer thread (at most 15 bytes, Linux's limit).
 pub(super) const PACKER_THREAD: &str = "backup-packer";
 
 /// Chunk buffers per file being read: enough that no thread waits for
