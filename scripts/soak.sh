@@ -6,7 +6,8 @@
 # run again must succeed. Then byte flips: FLIPS sampled single-byte changes
 # in data, index and snapshot objects, each of which `check --read-data`
 # must find. One file of the backed-up tree is large enough for the
-# large-file pipeline; a round killed while the victim read it says so.
+# large-file pipeline; half the backups are killed within a moment of
+# opening it, and a round killed while the victim read it says so.
 #
 #   scripts/soak.sh N [SEED] [FLIPS]      (FLIPS defaults to 1000)
 #
@@ -156,6 +157,40 @@ settle_password() {
   fi
 }
 
+# The moments around a kill are timed without starting a process: `sleep`,
+# `date` or `find` each cost milliseconds, about as long as release keeps
+# the changed large file open. A FIFO held open both ways never delivers a
+# line, so `read -t` on it waits exactly the given time.
+mkfifo "$work/tick"
+exec 9<>"$work/tick"
+pause_ms() {
+  local secs
+  printf -v secs '%d.%03d' $(($1 / 1000)) $(($1 % 1000))
+  read -r -t "$secs" -u 9 || true
+}
+# Whether process $1 has the large file open (-ef follows /proc's fd links).
+has_big() {
+  local fd
+  for fd in /proc/"$1"/fd/*; do
+    [ "$fd" -ef "$work/src/big" ] && return 0
+  done
+  return 1
+}
+
+# Wait until process $1 has the large file open, for at most as long as a
+# backup last took (it may have ended first: a zombie has no open files).
+# An aimed kill lands 0 to big_window ms after that; the window halves
+# (down to 10 ms) whenever the file was closed first, so it follows how long
+# this binary keeps the file open (tens of ms in release, far more in debug).
+big_window=250
+wait_for_big() {
+  local until=$((${EPOCHREALTIME//[!0-9]/} + took[backup] * 1000))
+  while [ "${EPOCHREALTIME//[!0-9]/}" -lt "$until" ]; do
+    has_big "$1" && return
+    pause_ms 1
+  done
+}
+
 # How long each kind of command took when last run to its end: a kill
 # lands at a random moment within that, so nearly every one hits mid-run.
 declare -A took=([backup]=1500 [copy]=1500 [prune]=900 [repair-index]=900 [repair-snapshots]=900 [key-add]=150 [key-passwd]=150 [key-remove]=150)
@@ -163,6 +198,8 @@ declare -A took=([backup]=1500 [copy]=1500 [prune]=900 [repair-index]=900 [repai
 printf 'extra password\n' >"$work/pw-extra"
 kills=0
 in_pipeline=0
+aimed=0
+aimed_in=0
 start=$(date +%s)
 for round in $(seq 1 "$rounds"); do
   mutate "$work/src"
@@ -175,23 +212,43 @@ for round in $(seq 1 "$rounds"); do
   read -r -a args <<<"$(command_for "$kind")"
   rand_below "${took[$kind]}"
   delay=$rnd
+  # Half the backups are aimed at the large-file pipeline: their delay
+  # counts from the moment the victim opens the large file.
+  rand_below 2
+  aim=0
+  [ "$rnd" = 1 ] && [ "$kind" = backup ] && aim=1
+  if [ "$aim" = 1 ]; then
+    aimed=$((aimed + 1))
+    rand_below $big_window
+    delay=$rnd
+  fi
   # The concurrent writer opens with its own slot, which no key command touches.
   TRESOR_PASSWORD_FILE=$work/pw-writer "$bin" backup --tag "w$round" "$work/writer" >"$work/writer.log" 2>&1 &
   writer=$!
   "$bin" "${args[@]}" >/dev/null 2>&1 &
   victim=$!
-  sleep "$(awk -v ms="$delay" 'BEGIN {print ms / 1000}')"
   outcome="finished before the kill at ${delay} ms"
+  if [ "$aim" = 1 ]; then
+    wait_for_big "$victim"
+    outcome="finished before the kill at ${delay} ms after it opened the large file"
+  fi
+  pause_ms "$delay"
   # Whether the kill lands inside the large-file pipeline: the victim has
   # the large file open just before it (a backup reads it only there).
-  packing=$(find /proc/"$victim"/fd -lname "$work/src/big" 2>/dev/null | wc -l || true)
+  packing=0
+  has_big "$victim" && packing=1
   if kill -KILL "$victim" 2>/dev/null; then
     kills=$((kills + 1))
     outcome="killed after ${delay} ms"
+    [ "$aim" = 1 ] && outcome="$outcome from the large file's opening"
     if [ "$packing" -gt 0 ]; then
       in_pipeline=$((in_pipeline + 1))
+      aimed_in=$((aimed_in + aim))
       outcome="$outcome, inside the large-file pipeline"
     fi
+  fi
+  if [ "$aim" = 1 ] && [ "$packing" = 0 ] && [ "$big_window" -gt 10 ]; then
+    big_window=$((big_window / 2))
   fi
   { wait "$victim"; } 2>/dev/null || true
   wait "$writer" || fail "round $round: the concurrent backup failed: $(cat "$work/writer.log")"
@@ -240,5 +297,5 @@ for n in $(seq 1 "$flips"); do
 done
 flip_secs=$(($(date +%s) - start))
 must check --read-data --no-cache
-echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run ($in_pipeline of them backups inside the large-file pipeline), every check and restore exact, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
+echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run ($in_pipeline of them backups inside the large-file pipeline; $aimed_in of the $aimed backups aimed at it), every check and restore exact, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
 [ -n "${SOAK_DIR:-}" ] || rm -rf "$work"
