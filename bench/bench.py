@@ -1359,7 +1359,11 @@ class Report:
             "- Default settings for every tool. Compression defaults: restic ≥0.14 and rustic "
             "zstd (auto), borg lz4; borg uses `repokey-blake2` encryption.",
             "- The 1% change overwrites 8 bytes in the middle of every 100th non-empty file "
-            "(sorted order).", "",
+            "(sorted order).",
+            "- \"Paired\" figures in the sections below come from whole-process timing of two "
+            "commands run in turn (A B A B …), the A/B ratio taken pair by pair and its median "
+            "quoted, so a drift in the machine's speed cancels out; `/usr/bin/time -v` in such an "
+            "alternating loop repeats them.", "",
             "| tool | version |", "|---|---|",
         ]
         for name, ver in v.items():
