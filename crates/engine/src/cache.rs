@@ -4,7 +4,10 @@
 //! Objects are cached exactly as stored, still encrypted: the cache holds
 //! nothing an attacker with the storage does not already have. An object
 //! never changes once written, so a cached copy is valid until the object is
-//! deleted from the repository, at which point `retain` drops it.
+//! deleted from the repository: the process that deletes it drops its copy
+//! (`remove`), and a listing of index files or snapshots drops any copy
+//! another process deleted (`retain`). Tree packs are never listed that way,
+//! so one deleted by another host's prune stays in this host's cache.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,11 @@ impl Cache {
         if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, &target).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
+    }
+
+    /// Drop the cached copy of an object deleted from the repository.
+    pub fn remove(&self, path: &str) {
+        let _ = std::fs::remove_file(self.dir.join(path));
     }
 
     /// Drop cached files of `dir` whose names are not in `keep`.

@@ -161,19 +161,25 @@ impl Repository {
 
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
         let (op, config) = Self::locate(location, &opts.storage).await?;
-        let (slots, opened) = crate::slots::unlock(&op, &opts.password).await?;
+        let mut tampered = None;
+        let (slots, opened) = crate::slots::unlock(&op, &opts.password, |master| match config.verify(&Crypto::new(master, config.aead)) {
+            Ok(()) => true,
+            Err(e) => {
+                tampered = Some(e);
+                false
+            }
+        })
+        .await?;
         if slots.is_empty() {
             return Err(Error::corrupt("repository", location, "it has no key files"));
         }
-        let mut tampered = None;
-        for (id, master) in opened {
-            let crypto = Crypto::new(&master, config.aead);
-            match config.verify(&crypto) {
-                Ok(()) => return Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), id, opts)),
-                Err(e) => tampered = Some(e),
+        match opened {
+            Some((id, master)) => {
+                let crypto = Crypto::new(&master, config.aead);
+                Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), id, opts))
             }
+            None => Err(tampered.unwrap_or(Error::WrongPassword { slots })),
         }
-        Err(tampered.unwrap_or(Error::WrongPassword { slots }))
     }
 
     /// Is there a repository of a format this build reads? Answered without
@@ -265,7 +271,7 @@ impl Repository {
 
     /// Whether `password` opens this repository (any key slot).
     pub async fn confirms(&self, password: &Password) -> Result<bool> {
-        Ok(crate::slots::unlock(&self.op, password).await?.1.iter().any(|(_, m)| *m.0 == *self.master.0))
+        Ok(crate::slots::unlock(&self.op, password, |m| *m.0 == *self.master.0).await?.1.is_some())
     }
 }
 
@@ -304,8 +310,13 @@ impl Repository {
     }
 
     /// Make sure an object is gone: one already deleted (by a concurrent
-    /// forget or prune) is not an error.
+    /// forget or prune) is not an error. Its cached copy goes first: a
+    /// cached tree pack is otherwise dropped by nothing, as no command lists
+    /// `data/` through `list_ids`.
     pub async fn delete(&self, path: &str) -> Result<()> {
+        if let Some(c) = &self.cache {
+            c.remove(path);
+        }
         match self.op.delete(path).await {
             Err(e) if e.kind() != opendal::ErrorKind::NotFound => Err(storage_err("delete", path)(e)),
             _ => Ok(()),

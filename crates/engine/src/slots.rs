@@ -196,28 +196,37 @@ pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, Vec
 
 /// The listing `password` was tried against (sorted: a caller compares a
 /// later listing with it, so a slot listed but unreadable counts as seen),
-/// and the slots it opens with the master secret in each. A slot that
-/// vanished while being read may have been replaced by one this password
-/// opens (`key passwd`): the slots are then listed again.
-pub(crate) async fn unlock(op: &Operator, password: &Password) -> Result<(Vec<Id>, Vec<(Id, MasterKey)>)> {
+/// and the first slot, in that order, that `password` opens and `accept`
+/// takes, with its master secret. Slots are tried one at a time and the
+/// search stops there: each try is a full key derivation. `accept` sees
+/// every slot that opens until one is taken (a tampered config is reported
+/// by it, not here). A slot that vanished while being read may have been
+/// replaced by one this password opens (`key passwd`): the slots are then
+/// listed again.
+pub(crate) async fn unlock(
+    op: &Operator,
+    password: &Password,
+    mut accept: impl FnMut(&MasterKey) -> bool,
+) -> Result<(Vec<Id>, Option<(Id, MasterKey)>)> {
     let mut tried = Vec::new();
     for _ in 0..4 {
         let (slots, listed) = read_slots(op).await?;
         let vanished = slots.len() != listed.len();
         tried = listed;
-        let mut opened = Vec::new();
+        let mut any_opened = false;
         for (id, key) in slots {
             match key.unlock(&id, password) {
-                Ok(m) => opened.push((id, m)),
+                Ok(m) if accept(&m) => return Ok((tried, Some((id, m)))),
+                Ok(_) => any_opened = true,
                 Err(Error::WrongPassword { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
-        if !opened.is_empty() || !vanished {
-            return Ok((tried, opened));
+        if any_opened || !vanished {
+            return Ok((tried, None));
         }
     }
-    Ok((tried, Vec::new()))
+    Ok((tried, None))
 }
 
 #[cfg(test)]

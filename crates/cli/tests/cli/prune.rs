@@ -34,6 +34,19 @@ fn contents(dir: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// The packs (tree packs) in the local cache of `env`'s one repository.
+fn cached_packs(env: &Env) -> BTreeSet<String> {
+    files_under(&env.path("cache"))
+        .iter()
+        .filter(|p| p.parent().unwrap().parent().unwrap().ends_with("data"))
+        .map(|p| file_name(p))
+        .collect()
+}
+
 /// Every snapshot restores to exactly the files it was taken of.
 fn assert_all_restore(env: &Env, taken: &[(String, u64, u64)], scratch: &str) {
     let snaps = env.json(&["snapshots"]);
@@ -74,8 +87,15 @@ fn prune_frees_space_and_keeps_every_snapshot_whole(env: &Env) {
     let dry = env.json(&["prune", "--dry-run"]);
     assert!(dry["marked_packs"].as_u64().unwrap() > 0, "{dry}");
     assert_eq!(env.json(&["stats"]), before, "a dry run changes nothing");
+    let cached = cached_packs(env);
     let r = env.json(&["prune", "--max-unused", "0"]);
     assert_eq!(r["marked_packs"], dry["marked_packs"], "{r}");
+    let still = cached_packs(env);
+    assert!(still.is_subset(&cached) && still.len() < cached.len(), "the deleted tree packs left the cache: {cached:?} -> {still:?}");
+    if Path::new(&env.repo).is_dir() {
+        let stored: BTreeSet<String> = files_under(&Path::new(&env.repo).join("data")).iter().map(|p| file_name(p)).collect();
+        assert!(still.is_subset(&stored), "every cached pack is still stored: {still:?}");
+    }
     assert_eq!(r["deleted_packs"], r["marked_packs"], "nothing else writes, so the marks are swept at once: {r}");
     assert!(r["repacked_packs"].as_u64().unwrap() > 0, "packs mixing old and kept data were repacked: {r}");
     let after = env.json(&["stats"]);

@@ -47,6 +47,25 @@ async fn a_writer_shares_the_reading_index_unless_a_pack_is_marked() {
     assert!(reading.contains(&Id([10; 32])) && reading.contains(&Id([20; 32])));
 }
 
+/// Slots are tried in order of id and the first that opens ends the search:
+/// a later slot is not derived, so a damaged one there does not stop an open.
+#[tokio::test]
+async fn the_first_slot_that_opens_ends_the_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(dir.path()).await;
+    let added = repo.add_key(&Password::new("pw"), KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }, "").await.unwrap();
+    let (first, last) = if added < repo.key_id() { (added, repo.key_id()) } else { (repo.key_id(), added) };
+    let path = dir.path().join(crate::slots::slot_path(&last));
+    let mut slot: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    slot["data"] = format!("!{}", slot["data"].as_str().unwrap()).into();
+    std::fs::write(&path, serde_json::to_vec(&slot).unwrap()).unwrap();
+    let location = Location::Fs(dir.path().to_path_buf());
+    assert_eq!(Repository::open(&location, &repo_opts()).await.unwrap().key_id(), first);
+    let wrong = OpenOptions { password: Password::new("nope"), ..repo_opts() };
+    let e = Repository::open(&location, &wrong).await.err().unwrap();
+    assert!(matches!(&e, Error::Corrupt { .. }), "a wrong password reaches the damaged slot: {e}");
+}
+
 fn repo_opts() -> OpenOptions {
     OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
 }
