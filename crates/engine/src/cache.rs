@@ -5,14 +5,15 @@
 //! nothing an attacker with the storage does not already have. An object
 //! never changes once written, so a cached copy is valid until the object is
 //! deleted from the repository: the process that deletes it drops its copy
-//! (`remove`), and a listing of index files or snapshots drops any copy
-//! another process deleted (`retain`). Tree packs are never listed that way,
-//! so one deleted by another host's prune stays in this host's cache.
+//! (`remove`), a listing of index files or snapshots drops any copy another
+//! process deleted (`retain`), and loading the index drops cached packs it
+//! no longer lists (`retain_packs`), as `data/` is never listed whole.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::Id;
+use crate::objects::Kind;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -55,6 +56,19 @@ impl Cache {
     /// Drop the cached copy of an object deleted from the repository.
     pub fn remove(&self, path: &str) {
         let _ = std::fs::remove_file(self.dir.join(path));
+    }
+
+    /// Drop cached packs for which `keep` says no. A pack a concurrent
+    /// writer on this host cached before indexing it may go too: that costs
+    /// a download, never a wrong read.
+    pub fn retain_packs(&self, keep: impl Fn(&Id) -> bool) {
+        let Ok(entries) = walk(&self.dir.join(Kind::Pack.dir())) else { return };
+        for path in entries {
+            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Id>().ok());
+            if id.is_some_and(|id| !keep(&id)) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
     /// Drop cached files of `dir` whose names are not in `keep`.

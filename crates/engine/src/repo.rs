@@ -310,9 +310,8 @@ impl Repository {
     }
 
     /// Make sure an object is gone: one already deleted (by a concurrent
-    /// forget or prune) is not an error. Its cached copy goes first: a
-    /// cached tree pack is otherwise dropped by nothing, as no command lists
-    /// `data/` through `list_ids`.
+    /// forget or prune) is not an error. Its cached copy goes first (other
+    /// hosts drop theirs at their next listing or index load).
     pub async fn delete(&self, path: &str) -> Result<()> {
         if let Some(c) = &self.cache {
             c.remove(path);
@@ -453,6 +452,9 @@ impl Repository {
             }
         }
         index.seal();
+        if let Some(c) = &self.cache {
+            c.retain_packs(|p| index.has_pack(p));
+        }
         let index = Arc::new(index);
         *slot = Some(index.clone());
         Ok(index)
@@ -626,7 +628,8 @@ impl Repository {
         parse_snapshot(id, &self.load_file(Kind::Snapshot, id).await?)
     }
 
-    /// All snapshots, oldest first.
+    /// All snapshots, oldest first. One deleted between the listing and its
+    /// read (a concurrent `forget`) is left out, as a later listing would.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let ids = self.list_ids(Kind::Snapshot).await?;
         let (mut snaps, unread) = {
@@ -636,8 +639,17 @@ impl Repository {
             let (known, unread): (Vec<Id>, Vec<Id>) = ids.into_iter().partition(|id| opened.contains_key(id));
             (known.iter().map(|id| opened[id].clone()).collect::<Vec<Snapshot>>(), unread)
         };
-        let read: Vec<Snapshot> =
-            futures::stream::iter(unread).map(|id| async move { self.load_snapshot(&id).await }).buffer_unordered(16).try_collect().await?;
+        let read: Vec<Snapshot> = futures::stream::iter(unread)
+            .map(|id| async move {
+                match self.load_snapshot(&id).await {
+                    Err(e) if is_not_found(&e) => Ok(None),
+                    r => r.map(Some),
+                }
+            })
+            .buffer_unordered(16)
+            .try_filter_map(|s| async move { Ok(s) })
+            .try_collect()
+            .await?;
         self.opened.lock().expect("not poisoned").extend(read.iter().map(|s| (s.id, s.clone())));
         snaps.extend(read);
         snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));

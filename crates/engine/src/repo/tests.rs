@@ -66,6 +66,26 @@ async fn the_first_slot_that_opens_ends_the_search() {
     assert!(matches!(&e, Error::Corrupt { .. }), "a wrong password reaches the damaged slot: {e}");
 }
 
+/// Loading the index drops cached packs it no longer lists (deleted by a
+/// prune elsewhere) and keeps those it does.
+#[tokio::test]
+async fn loading_the_index_drops_cached_packs_it_no_longer_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repository(&dir.path().join("repo")).await;
+    repo.save_index(&listing(1, 10)).await.unwrap();
+    let cache = dir.path().join("cache");
+    let cached = |pack: u8| cache.join(repo.config().id.to_hex()).join(Kind::Pack.path(&Id([pack; 32])));
+    for pack in [1, 2] {
+        std::fs::create_dir_all(cached(pack).parent().unwrap()).unwrap();
+        std::fs::write(cached(pack), b"sealed pack").unwrap();
+    }
+    let opts = OpenOptions { cache_root: Some(cache.clone()), ..repo_opts() };
+    let reopened = Repository::open(&Location::Fs(dir.path().join("repo")), &opts).await.unwrap();
+    reopened.index().await.unwrap();
+    assert!(cached(1).exists(), "a listed pack stays cached");
+    assert!(!cached(2).exists(), "a pack no index file lists is dropped");
+}
+
 fn repo_opts() -> OpenOptions {
     OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
 }
