@@ -1,5 +1,7 @@
 //! Networking helpers shared by the server harnesses.
 
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::net::{Ipv4Addr, TcpListener};
 use std::sync::Mutex;
 
@@ -28,7 +30,8 @@ pub fn reserved_listener() -> TcpListener {
 
 /// The first port below the ephemeral range that `take` accepts, going on
 /// from the last one this process handed out, so that none is handed out
-/// twice (the range is only gone round again after some 20 000 ports).
+/// twice (the range is only gone round again after some 20 000 ports), and
+/// that no other test process holds (see [`claim`]).
 fn reserved<T>(mut take: impl FnMut(u16) -> Option<T>) -> T {
     static NEXT: Mutex<u16> = Mutex::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -45,11 +48,42 @@ fn reserved<T>(mut take: impl FnMut(u16) -> Option<T>) -> T {
     for _ in 0..span {
         let port = floor + *next % span;
         *next = (*next + 1) % span;
+        let Some(claimed) = claim(port) else { continue };
         if let Some(taken) = take(port) {
+            let mut held = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+            if held.len() == HELD {
+                held.pop_front();
+            }
+            held.extend(claimed);
             return taken;
         }
     }
     panic!("no loopback port free in {floor}..{low}");
+}
+
+/// The ports this process handed out last, each locked until it exits or
+/// [`HELD`] newer ones push it out: long after its server bound it or its
+/// test ended, and far within a fresh Debian's limit of 1,024 open files.
+static CLAIMED: Mutex<VecDeque<File>> = Mutex::new(VecDeque::new());
+const HELD: usize = 256;
+
+/// A lock on `port` that no other test process holds (the kernel drops it
+/// when the holder exits, even if it is killed). A port
+/// [`free_port`] hands out is free only until the caller's server binds it:
+/// test binaries run side by side (two checkouts, or copies of one binary
+/// stressed at once) would otherwise hand out the same port and one server
+/// would not start. `Some(None)` where the lock directory cannot be used:
+/// the port is then taken on the bind alone, as before the locks.
+fn claim(port: u16) -> Option<Option<File>> {
+    let dir = std::env::temp_dir().join("tresor-test-ports");
+    let opened = std::fs::create_dir_all(&dir)
+        .and_then(|()| OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())));
+    let Ok(file) = opened else { return Some(None) };
+    match file.try_lock() {
+        Ok(()) => Some(Some(file)),
+        Err(TryLockError::WouldBlock) => None,
+        Err(TryLockError::Error(_)) => Some(None),
+    }
 }
 
 /// The next connection to an in-process server, or `None` once `shutdown`
