@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset, Local};
 use serde::{Deserialize, Serialize};
 
-use crate::objects::Kind;
+use crate::objects::{Kind, is_not_found};
 use crate::{Error, Id, Repository, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -20,10 +20,16 @@ pub struct Hold {
     pub time: DateTime<FixedOffset>,
 }
 
+/// Every hold, oldest first; one released between the listing and its read
+/// is left out.
 pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
     let mut out = Vec::new();
     for id in repo.list_ids(Kind::Hold).await? {
-        out.push(parse(&id, &repo.load_file(Kind::Hold, &id).await?)?);
+        match repo.load_file(Kind::Hold, &id).await {
+            Ok(plain) => out.push(parse(&id, &plain)?),
+            Err(e) if is_not_found(&e) => continue,
+            Err(e) => return Err(e),
+        }
     }
     out.sort_by_key(|a| a.time);
     Ok(out)
