@@ -5,7 +5,7 @@
 use chrono::{DateTime, FixedOffset, Local};
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Kind, is_not_found};
+use crate::objects::{Kind, unless_gone};
 use crate::{Error, Id, Repository, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -25,10 +25,8 @@ pub struct Hold {
 pub async fn holds(repo: &Repository) -> Result<Vec<Hold>> {
     let mut out = Vec::new();
     for id in repo.list_ids(Kind::Hold).await? {
-        match repo.load_file(Kind::Hold, &id).await {
-            Ok(plain) => out.push(parse(&id, &plain)?),
-            Err(e) if is_not_found(&e) => continue,
-            Err(e) => return Err(e),
+        if let Some(plain) = unless_gone(repo.load_file(Kind::Hold, &id).await)? {
+            out.push(parse(&id, &plain)?);
         }
     }
     out.sort_by_key(|a| a.time);

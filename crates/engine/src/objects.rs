@@ -188,6 +188,15 @@ pub fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Storage { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
 }
 
+/// `None` for an object that was not there (listed, then deleted by a
+/// concurrent command before it was read), else what `r` holds.
+pub fn unless_gone<T>(r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Err(e) if is_not_found(&e) => Ok(None),
+        r => r.map(Some),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack, MemoryEstimate};
-use crate::objects::{Kind, is_not_found, list_names, list_with_size};
+use crate::objects::{Kind, is_not_found, list_names, list_with_size, unless_gone};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
 use crate::slots::{KdfParams, KeyFile, Password};
@@ -428,10 +428,8 @@ impl Repository {
         for id in self.list_ids(Kind::Mark).await? {
             let path = Kind::Mark.path(&id);
             let loaded = async { Ok::<_, Error>((self.load_file_uncached(Kind::Mark, &id).await?, self.stored_time(&path).await?)) };
-            match loaded.await {
-                Ok((plain, time)) => out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? }),
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
+            if let Some((plain, time)) = unless_gone(loaded.await)? {
+                out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? });
             }
         }
         Ok(out)
@@ -617,11 +615,7 @@ impl Repository {
     /// The snapshot of this name, if stored.
     pub async fn find_named(&self, name: &str) -> Result<Option<Snapshot>> {
         let id = self.named_snapshot_id(name);
-        match self.load_file_uncached(Kind::Snapshot, &id).await {
-            Ok(bytes) => parse_snapshot(&id, &bytes).map(Some),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        unless_gone(self.load_file_uncached(Kind::Snapshot, &id).await)?.map(|bytes| parse_snapshot(&id, &bytes)).transpose()
     }
 
     pub async fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
@@ -640,12 +634,7 @@ impl Repository {
             (known.iter().map(|id| opened[id].clone()).collect::<Vec<Snapshot>>(), unread)
         };
         let read: Vec<Snapshot> = futures::stream::iter(unread)
-            .map(|id| async move {
-                match self.load_snapshot(&id).await {
-                    Err(e) if is_not_found(&e) => Ok(None),
-                    r => r.map(Some),
-                }
-            })
+            .map(|id| async move { unless_gone(self.load_snapshot(&id).await) })
             .buffer_unordered(16)
             .try_filter_map(|s| async move { Ok(s) })
             .try_collect()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::objects::{Kind, is_not_found, list_names};
+use crate::objects::{Kind, list_names, unless_gone};
 use crate::{Error, Id, Repository, Result};
 
 #[derive(Serialize, Deserialize)]
@@ -203,14 +203,8 @@ pub async fn sessions(repo: &Repository) -> Result<Vec<SessionInfo>> {
 
 async fn read_beat(repo: &Repository, id: &Id, name: &str) -> Result<Option<SessionInfo>> {
     let path = Kind::Session.named(name);
-    let bytes = match repo.read(&path).await {
-        Err(e) if is_not_found(&e) => return Ok(None),
-        r => r?,
-    };
-    let last_beat = match repo.stored_time(&path).await {
-        Err(e) if is_not_found(&e) => return Ok(None),
-        r => r?,
-    };
+    let Some(bytes) = unless_gone(repo.read(&path).await)? else { return Ok(None) };
+    let Some(last_beat) = unless_gone(repo.stored_time(&path).await)? else { return Ok(None) };
     let plain = repo.crypto().open_file(Kind::Session.label(), id, &bytes)?;
     parse_beat(id, &plain, last_beat).map(Some)
 }

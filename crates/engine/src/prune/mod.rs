@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexedPack, index_files};
-use crate::objects::{Kind, is_not_found};
+use crate::objects::{Kind, is_not_found, unless_gone};
 use crate::pack::{BlobKind, ENTRY_LEN, FOOTER_LEN, PackEntry, PackWriter};
 use crate::session::{Session, SessionInfo, sessions};
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
@@ -225,10 +225,7 @@ async fn rewrite(repo: &Repository, view: &View, plan: &Plan, session: &Session,
     for file in &affected {
         // A concurrent prune superseded and removed it: its packs are in
         // that prune's files, and stay unmarked by this one.
-        let plain = match repo.load_file(Kind::Index, file).await {
-            Err(e) if is_not_found(&e) => continue,
-            r => r?,
-        };
+        let Some(plain) = unless_gone(repo.load_file(Kind::Index, file).await)? else { continue };
         for p in IndexFile::decode(file, &plain)?.packs {
             if !listed.insert(p.id) {
                 continue;

@@ -6,7 +6,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::view::View;
 use super::{Plan, PruneOptions, PruneReport, SLOP, Written, live_sessions};
 use crate::index::{IndexedPack, index_files};
-use crate::objects::{Kind, each_name, is_not_found};
+use crate::objects::{Kind, each_name, is_not_found, unless_gone};
 use crate::repo::Mark;
 use crate::session::{self, Session, SessionInfo};
 use crate::{Error, Id, IdSet, Repository, Result};
@@ -143,13 +143,7 @@ async fn orphans(
     let marked: IdSet = repo.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
     let before = live.iter().map(|s| s.started).min().unwrap_or(now).min(now - grace) - SLOP;
     let times: Vec<(Id, Option<DateTime<Utc>>)> = futures::stream::iter(candidates.into_iter().filter(|p| !marked.contains(p)))
-        .map(|p| async move {
-            match repo.stored_time(&Kind::Pack.path(&p)).await {
-                Ok(t) => Ok((p, Some(t))),
-                Err(e) if is_not_found(&e) => Ok((p, None)),
-                Err(e) => Err(e),
-            }
-        })
+        .map(|p| async move { Ok::<_, Error>((p, unless_gone(repo.stored_time(&Kind::Pack.path(&p)).await)?)) })
         .buffer_unordered(16)
         .try_collect()
         .await?;

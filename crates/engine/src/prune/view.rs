@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::index::{Index, IndexFile};
-use crate::objects::{Kind, is_not_found};
+use crate::objects::{Kind, unless_gone};
 use crate::repo::Mark;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
@@ -198,13 +198,10 @@ impl View {
             if known.contains(&id) {
                 continue;
             }
-            let f = match repo.load_file(Kind::Index, &id).await {
-                Ok(plain) => IndexFile::decode(&id, &plain)?,
-                // Superseded and removed by a concurrent prune, whose own
-                // file lists the same packs.
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
-            };
+            // One gone was superseded and removed by a concurrent prune,
+            // whose own file lists the same packs.
+            let Some(plain) = unless_gone(repo.load_file(Kind::Index, &id).await)? else { continue };
+            let f = IndexFile::decode(&id, &plain)?;
             packs.extend(f.packs.iter().map(|p| p.id));
             self.add_file(id, &f);
         }
@@ -273,11 +270,7 @@ impl View {
             if self.snapshots.contains(&id) {
                 continue;
             }
-            let snap = match repo.load_snapshot(&id).await {
-                Ok(s) => s,
-                Err(e) if is_not_found(&e) => continue,
-                Err(e) => return Err(e),
-            };
+            let Some(snap) = unless_gone(repo.load_snapshot(&id).await)? else { continue };
             self.reach(repo, &id, snap.tree).await?;
             walked += 1;
         }
@@ -290,13 +283,7 @@ impl View {
 /// recent).
 async fn file_times(repo: &Repository, files: &[Id]) -> Result<Vec<Option<DateTime<Utc>>>> {
     futures::stream::iter(files)
-        .map(|id| async move {
-            match repo.stored_time(&Kind::Index.path(id)).await {
-                Ok(t) => Ok(Some(t)),
-                Err(e) if is_not_found(&e) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
+        .map(|id| async move { unless_gone(repo.stored_time(&Kind::Index.path(id)).await) })
         .buffered(16)
         .try_collect()
         .await
