@@ -7,13 +7,11 @@
 //! deleted from the repository: the process that deletes it drops its copy
 //! (`remove`), a listing of index files or snapshots drops any copy another
 //! process deleted (`retain`), and loading the index drops cached packs it
-//! no longer lists (`retain_packs`), as `data/` is never listed whole.
+//! no longer lists (`retain` again), as `data/` is never listed whole.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::Id;
-use crate::objects::Kind;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -58,25 +56,11 @@ impl Cache {
         let _ = std::fs::remove_file(self.dir.join(path));
     }
 
-    /// Drop cached packs for which `keep` says no. A pack a concurrent
-    /// writer on this host cached before indexing it may go too: that costs
-    /// a download, never a wrong read.
-    pub fn retain_packs(&self, keep: impl Fn(&Id) -> bool) {
-        let Ok(entries) = walk(&self.dir.join(Kind::Pack.dir())) else { return };
-        for path in entries {
-            let id = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<Id>().ok());
-            if id.is_some_and(|id| !keep(&id)) {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-
-    /// Drop cached files of `dir` whose names are not in `keep`.
-    pub fn retain(&self, dir: &str, keep: &HashSet<String>) {
+    /// Drop cached files of `dir` whose names `keep` refuses.
+    pub fn retain(&self, dir: &str, keep: impl Fn(&str) -> bool) {
         let Ok(entries) = walk(&self.dir.join(dir)) else { return };
         for path in entries {
-            let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            if !keep.contains(&name) {
+            if !keep(&path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()) {
                 let _ = std::fs::remove_file(path);
             }
         }

@@ -377,7 +377,8 @@ impl Repository {
     pub async fn list_ids(&self, kind: Kind) -> Result<Vec<Id>> {
         let names = list_names(&self.op, kind).await?;
         if let Some(c) = &self.cache {
-            c.retain(kind.dir(), &names.iter().cloned().collect::<HashSet<_>>());
+            let listed: HashSet<&str> = names.iter().map(String::as_str).collect();
+            c.retain(kind.dir(), |name| listed.contains(name));
         }
         Ok(names.iter().filter_map(|n| n.parse().ok()).collect())
     }
@@ -450,8 +451,10 @@ impl Repository {
             }
         }
         index.seal();
+        // A pack a concurrent writer on this host cached before indexing it
+        // may go too: that costs a download, never a wrong read.
         if let Some(c) = &self.cache {
-            c.retain_packs(|p| index.has_pack(p));
+            c.retain(Kind::Pack.dir(), |name| name.parse::<Id>().map_or(true, |p| index.has_pack(&p)));
         }
         let index = Arc::new(index);
         *slot = Some(index.clone());

@@ -3,7 +3,8 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 /// Returns a loopback port that was free a moment ago, and that this
 /// process has not handed out before.
@@ -75,10 +76,13 @@ const HELD: usize = 256;
 /// would not start. `Some(None)` where the lock directory cannot be used:
 /// the port is then taken on the bind alone, as before the locks.
 fn claim(port: u16) -> Option<Option<File>> {
-    let dir = std::env::temp_dir().join("tresor-test-ports");
-    let opened = std::fs::create_dir_all(&dir)
-        .and_then(|()| OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string())));
-    let Ok(file) = opened else { return Some(None) };
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join("tresor-test-ports");
+        std::fs::create_dir_all(&dir).is_ok().then_some(dir)
+    });
+    let opened = dir.as_ref().map(|d| OpenOptions::new().create(true).truncate(false).write(true).open(d.join(port.to_string())));
+    let Some(Ok(file)) = opened else { return Some(None) };
     match file.try_lock() {
         Ok(()) => Some(Some(file)),
         Err(TryLockError::WouldBlock) => None,
