@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::index::{Index, IndexBuilder};
-use crate::objects::{Kind, each_with_size};
+use crate::objects::{Kind, each_with_size, is_not_found, unless_gone};
 use crate::pack::{open_blob, read_trailer};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
@@ -51,20 +51,56 @@ impl CheckReport {
     }
 }
 
+/// How often `check` runs when it found problems and the index files or
+/// marks changed meanwhile.
+const RUNS: usize = 3;
+
+/// Readers hold no session, so a prune or backup may change the repository
+/// while `check` reads it. A prune rewrites index files or marks before it
+/// deletes anything, a backup adds index files: problems found while those
+/// changed are checked again against what storage holds then, so a
+/// concurrent command is not taken for damage. A pack's bytes never change,
+/// so a run after the first reads only the packs not found whole before.
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     repo.ensure_memory().await?;
+    let mut whole = IdSet::default();
+    let mut run = 1;
+    loop {
+        let (report, built_from) = check_once(repo, opts, &mut whole).await?;
+        if report.ok() || run == RUNS || index_and_marks(repo).await? == built_from {
+            return Ok(report);
+        }
+        run += 1;
+    }
+}
+
+/// One check, reading only packs not in `whole`, which it adds the packs it
+/// found whole to; the index files and marks it judged against.
+async fn check_once(repo: &Repository, opts: CheckOptions, whole: &mut IdSet) -> Result<(CheckReport, Vec<Id>)> {
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
-    let (index, stored) = load_index(repo, &mut report).await?;
+    // Snapshots first: each is stored after the index files it needs, so a
+    // backup committed meanwhile finds its blobs in the index loaded next.
+    let snapshots = repo.list_ids(Kind::Snapshot).await?;
+    let (index, stored, built_from) = load_index(repo, &mut report).await?;
     report.blobs = index.blob_count();
     report.unindexed_packs = stored.unindexed.clone();
     // Packs that cannot be read at all, and packs with some damaged blobs.
     let mut bad_packs = missing_or_resized(&index, &stored, &mut report);
     let mut partly_bad: Vec<(Id, String)> = Vec::new();
+    // Marked packs a prune swept since the listing: no damage by
+    // themselves, only for a snapshot that needs a blob found only there.
+    let mut swept = IdSet::default();
     if opts.read_data > 0.0 {
-        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, &mut report).await {
+        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, whole, &mut report).await {
             match result {
-                Err(e) => bad_packs.push((pack, e.to_string())),
+                Ok(bad_blobs) if bad_blobs.is_empty() => _ = whole.insert(pack),
+                Err(e) => {
+                    if is_not_found(&e) && stored.is_marked(&index, &pack) {
+                        swept.insert(pack);
+                    }
+                    bad_packs.push((pack, e.to_string()));
+                }
                 Ok(bad_blobs) => {
                     if let Some((_, why)) = bad_blobs.first() {
                         partly_bad.push((pack, why.clone()));
@@ -79,40 +115,50 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     // A pack that cannot be read at all takes all its blobs with it; one
     // that can has been judged blob by blob above.
     let unreadable: IdMap<String> = bad_packs.iter().cloned().collect();
-    check_snapshots(repo, &mut report, &Damage { blobs: damaged, packs: unreadable }).await?;
+    check_snapshots(repo, snapshots, &mut report, &Damage { blobs: damaged, packs: unreadable }).await?;
     // Every damaged pack is a problem, even one no snapshot uses.
-    for (pack, why) in bad_packs.iter().chain(&partly_bad) {
+    for (pack, why) in bad_packs.iter().chain(&partly_bad).filter(|(p, _)| !swept.contains(p)) {
         let object = format!("pack {}", pack.short());
         if !report.problems.iter().any(|p| p.object == object) {
             report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
         }
     }
-    Ok(report)
+    Ok((report, built_from))
+}
+
+/// The ids of the index files and marks storage holds, sorted.
+async fn index_and_marks(repo: &Repository) -> Result<Vec<Id>> {
+    let mut ids = repo.list_ids(Kind::Index).await?;
+    ids.extend(repo.list_ids(Kind::Mark).await?);
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// The index of the intact index files and the marked packs storage still
-/// holds, set as the repository's, and the packs storage holds; a damaged
-/// index file is a problem in `report`.
-async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std::sync::Arc<Index>, Stored)> {
-    // Index files are added one at a time and dropped (docs/ARCHITECTURE.md,
-    // "Index memory"); a damaged one is a problem and adds nothing.
-    let mut builder = IndexBuilder::default();
-    for id in repo.list_ids(Kind::Index).await? {
-        if let Err(e) = repo.load_file_uncached(Kind::Index, &id).await.and_then(|p| builder.add_file(id, &p)) {
-            report.problems.push(Problem {
-                object: format!("index {}", id.short()),
-                error: e.to_string(),
-                snapshots: vec![],
-                files: vec![],
-            });
+/// holds, set as the repository's; the packs storage holds; the index files
+/// and marks it was built from. A damaged index file is a problem in
+/// `report`; one deleted after the listing was superseded by a prune, and
+/// the files are listed again.
+async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std::sync::Arc<Index>, Stored, Vec<Id>)> {
+    let mut attempts = 0;
+    let (builder, mut built_from) = loop {
+        match index_files(repo).await? {
+            Some((builder, ids, problems)) => {
+                report.problems.extend(problems);
+                break (builder, ids);
+            }
+            None if attempts < 5 => attempts += 1,
+            None => return Err(Error::Invalid("the index files kept changing while they were read".into())),
         }
-    }
+    };
     // Judge everything else against the index files that are intact, so a
     // damaged index shows up as the blobs it made unreachable.
     let (mut index, _) = builder.finish(&IdSet::default());
     // Marked packs still serve readers until a prune sweeps them; one already
     // swept is no problem unless a snapshot needs it, which the walk shows.
     let marks = repo.load_marks().await?;
+    built_from.extend(marks.iter().map(|m| m.id));
+    built_from.sort_unstable();
     let marked: IdSet = marks.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).filter(|p| !index.has_pack(p)).collect();
     let stored = Stored::list(repo, &index, &marked).await?;
     for m in &marks {
@@ -124,7 +170,26 @@ async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std:
     index.seal();
     let index = std::sync::Arc::new(index);
     repo.set_index(index.clone()).await;
-    Ok((index, stored))
+    Ok((index, stored, built_from))
+}
+
+/// The index files as listed, each added to a builder one at a time and
+/// dropped (docs/ARCHITECTURE.md, "Index memory"), with their ids and a
+/// problem for each damaged one, which adds nothing; `None` when one was
+/// deleted after the listing.
+async fn index_files(repo: &Repository) -> Result<Option<(IndexBuilder, Vec<Id>, Vec<Problem>)>> {
+    let ids = repo.list_ids(Kind::Index).await?;
+    let (mut builder, mut problems) = (IndexBuilder::default(), Vec::new());
+    for id in &ids {
+        let added = match repo.load_file_uncached(Kind::Index, id).await {
+            Err(e) if is_not_found(&e) => return Ok(None),
+            loaded => loaded.and_then(|plain| builder.add_file(*id, &plain)),
+        };
+        if let Err(e) = added {
+            problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
+        }
+    }
+    Ok(Some((builder, ids, problems)))
 }
 
 /// The indexed packs storage lacks or holds at another size than the
@@ -142,13 +207,15 @@ fn missing_or_resized(index: &Index, stored: &Stored, report: &mut CheckReport) 
     bad_packs
 }
 
-/// Read the `fraction` of the stored packs chosen by their ids, four at a
-/// time: each pack's damaged blobs, or why it cannot be read at all.
+/// Read the `fraction` of the stored packs chosen by their ids, but those
+/// in `whole`, four at a time: each pack's damaged blobs, or why it cannot
+/// be read at all.
 async fn read_packs(
     repo: &Repository,
     index: &Index,
     stored: &Stored,
     fraction: f64,
+    whole: &IdSet,
     report: &mut CheckReport,
 ) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
     let selected: Vec<Id> = index
@@ -158,7 +225,8 @@ async fn read_packs(
         .map(|(_, (p, _))| p)
         .collect();
     report.packs_read = selected.len();
-    futures::stream::iter(selected).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
+    let unread = selected.into_iter().filter(|p| !whole.contains(p));
+    futures::stream::iter(unread).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
 }
 
 /// The packs storage holds, by pack number: each listed pack is compared
@@ -194,6 +262,12 @@ impl Stored {
         })
         .await?;
         Ok(s)
+    }
+
+    /// Whether `pack` is in `index` by a mark only (they come after the
+    /// index files' packs).
+    fn is_marked(&self, index: &Index, pack: &Id) -> bool {
+        index.pack_num(pack).is_some_and(|n| n as usize >= self.present.len())
     }
 
     /// The stored size of pack `n` of `index` (the marked ones come after
@@ -258,13 +332,18 @@ impl Damage {
     }
 }
 
-async fn check_snapshots(repo: &Repository, report: &mut CheckReport, damaged: &Damage) -> Result<()> {
+/// Walk the snapshots `ids`, but those forgotten since the listing.
+async fn check_snapshots(repo: &Repository, ids: Vec<Id>, report: &mut CheckReport, damaged: &Damage) -> Result<()> {
     let index = repo.index().await?;
-    let ids = repo.list_ids(Kind::Snapshot).await?;
-    report.snapshots = ids.len();
     let mut found: HashMap<String, Problem> = HashMap::new();
     for id in ids {
-        let snap = match repo.load_file_uncached(Kind::Snapshot, &id).await.and_then(|b| crate::repo::parse_snapshot(&id, &b)) {
+        let loaded = match unless_gone(repo.load_file_uncached(Kind::Snapshot, &id).await) {
+            Ok(None) => continue,
+            Ok(Some(bytes)) => crate::repo::parse_snapshot(&id, &bytes),
+            Err(e) => Err(e),
+        };
+        report.snapshots += 1;
+        let snap = match loaded {
             Ok(s) => s,
             Err(e) => {
                 report.problems.push(Problem {

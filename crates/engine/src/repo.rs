@@ -14,8 +14,8 @@ use tresor_storage::{Location, Operator, StorageOptions};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::crypto::{Aead, Crypto, MasterKey};
-use crate::index::{FileSummary, Index, IndexBuilder, IndexFile, IndexedPack, MemoryEstimate};
-use crate::objects::{Kind, is_not_found, list_names, list_with_size, unless_gone};
+use crate::index::{IndexedPack, MemoryEstimate};
+use crate::objects::{Kind, list_names, list_with_size, unless_gone};
 use crate::pack::{BlobKind, PackEntry, SealedPack, open_blob, read_trailer};
 use crate::select::SnapshotFilter;
 use crate::slots::{KdfParams, KeyFile, Password};
@@ -24,6 +24,10 @@ use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
 
 mod handoff;
+mod reading;
+
+pub use reading::Mark;
+pub(crate) use reading::RELOCATIONS;
 
 const CONFIG: &str = Kind::Config.dir();
 
@@ -78,7 +82,7 @@ pub struct Repository {
     /// Held while a tree pack is read: parallel tree loads that miss the
     /// same pack wait for one read instead of each holding a copy.
     tree_pack_read: tokio::sync::Mutex<()>,
-    index: tokio::sync::Mutex<Option<Arc<Index>>>,
+    index: tokio::sync::Mutex<Option<reading::Reading>>,
     /// Snapshots already read and opened. A snapshot file is named by the
     /// hash of what it holds, or by its name for a piece of an archive that
     /// is stored once and never replaced, so a long-lived handle (the
@@ -391,107 +395,6 @@ impl Repository {
         Ok(chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::from(t)))
     }
 
-    // ---- index ------------------------------------------------------------
-
-    /// The index of every index file, without the packs in `without`, and
-    /// what each file held. Files are added as they arrive and dropped, so
-    /// the index is all that stays (docs/ARCHITECTURE.md, "Index memory").
-    /// A file deleted between the listing and its read was superseded by one
-    /// written before the deletion: list again.
-    pub async fn load_index(&self, without: &IdSet) -> Result<(Index, Vec<FileSummary>)> {
-        self.ensure_memory().await?;
-        let mut attempts = 0;
-        loop {
-            let ids = self.list_ids(Kind::Index).await?;
-            let mut builder = IndexBuilder::default();
-            let mut loaded = futures::stream::iter(ids)
-                .map(|id| async move { Ok::<_, Error>((id, self.load_file(Kind::Index, &id).await?)) })
-                .buffer_unordered(8);
-            let added = async {
-                while let Some((id, plain)) = loaded.try_next().await? {
-                    builder.add_file(id, &plain)?;
-                }
-                Ok::<_, Error>(())
-            };
-            match added.await {
-                Err(e) if is_not_found(&e) && attempts < 5 => attempts += 1,
-                Err(e) => return Err(e),
-                Ok(()) => return Ok(builder.finish(without)),
-            }
-        }
-    }
-
-    /// The packs prune has marked for deletion (docs/ARCHITECTURE.md §7),
-    /// with the storage time of each mark. A mark removed meanwhile is
-    /// skipped: its packs are gone or back in the index.
-    pub async fn load_marks(&self) -> Result<Vec<Mark>> {
-        let mut out = Vec::new();
-        for id in self.list_ids(Kind::Mark).await? {
-            let path = Kind::Mark.path(&id);
-            let loaded = async { Ok::<_, Error>((self.load_file_uncached(Kind::Mark, &id).await?, self.stored_time(&path).await?)) };
-            if let Some((plain, time)) = unless_gone(loaded.await)? {
-                out.push(Mark { id, time, file: IndexFile::decode(&id, &plain)? });
-            }
-        }
-        Ok(out)
-    }
-
-    /// The repository index for reading, loaded once per process: the index
-    /// files, and behind them the marked packs (a snapshot committed by a
-    /// writer that started before the mark may still need them).
-    pub async fn index(&self) -> Result<Arc<Index>> {
-        let mut slot = self.index.lock().await;
-        if let Some(i) = slot.as_ref() {
-            return Ok(i.clone());
-        }
-        let (mut index, _) = self.load_index(&IdSet::default()).await?;
-        for m in self.load_marks().await? {
-            for p in &m.file.packs {
-                index.add_pack(p.id, p.size, &p.entries);
-            }
-        }
-        index.seal();
-        // A pack a concurrent writer on this host cached before indexing it
-        // may go too: that costs a download, never a wrong read.
-        if let Some(c) = &self.cache {
-            c.retain(Kind::Pack.dir(), |name| name.parse::<Id>().map_or(true, |p| index.has_pack(&p)));
-        }
-        let index = Arc::new(index);
-        *slot = Some(index.clone());
-        Ok(index)
-    }
-
-    /// The index a writer deduplicates against: marked packs left out, so
-    /// that nothing new comes to depend on them. Call it only after the
-    /// writer's session has started.
-    ///
-    /// With no marks before the load and none after it, it is what
-    /// [`Repository::index`] would load now, and becomes the reading index
-    /// unless one is loaded: a backup that reads its parent's trees then
-    /// holds one index, not two (at 36 bytes a blob, 72 MiB a copy at two
-    /// million files).
-    pub async fn writer_index(&self) -> Result<Arc<Index>> {
-        let marked: IdSet = self.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
-        let index = Arc::new(self.load_index(&marked).await?.0);
-        if marked.is_empty() && self.load_marks().await?.is_empty() {
-            self.index.lock().await.get_or_insert_with(|| index.clone());
-        }
-        Ok(index)
-    }
-
-    pub async fn set_index(&self, index: Arc<Index>) {
-        *self.index.lock().await = Some(index);
-    }
-
-    /// Forget the loaded index (after this process changed it).
-    pub async fn reset_index(&self) {
-        *self.index.lock().await = None;
-    }
-
-    pub async fn save_index(&self, file: &IndexFile) -> Result<Id> {
-        self.save_file(Kind::Index, &file.encode()).await
-    }
-
     // ---- packs and blobs --------------------------------------------------
 
     /// Upload a sealed pack; what the index must record about it.
@@ -551,12 +454,6 @@ impl Repository {
         let bytes = Arc::new(bytes);
         self.tree_packs.lock().expect("not poisoned").insert(*id, bytes.clone());
         Ok(Some(bytes))
-    }
-
-    pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
-        let index = self.index().await?;
-        let (pack, e) = index.get(id).ok_or(Error::MissingBlob(*id))?;
-        self.load_blob_at(pack, e).await
     }
 
     /// A blob at a known place, for callers with an index of their own.
@@ -753,15 +650,6 @@ pub struct Removal {
     pub locked: Vec<Id>,
 }
 
-/// Packs marked for deletion by a prune, as stored under `marks/`.
-#[derive(Debug, Clone)]
-pub struct Mark {
-    pub id: Id,
-    /// When the storage stored the mark.
-    pub time: chrono::DateTime<chrono::Utc>,
-    pub file: IndexFile,
-}
-
 pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
     let mut s: Snapshot = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("snapshot", id, e))?;
     s.id = *id;
@@ -769,4 +657,4 @@ pub fn parse_snapshot(id: &Id, bytes: &[u8]) -> Result<Snapshot> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -306,12 +306,14 @@ impl Restorer<'_> {
         let mut batch = std::mem::take(&mut self.batch);
         let (done, open) = batch.dirs.into_iter().partition(|(d, _)| inside.is_none_or(|i| !i.starts_with(d)));
         (batch.dirs, self.batch.dirs) = (done, open);
+        // The newest index: a batch before may have found packs moved.
+        self.index = self.repo.index().await?;
         let by_pack = self.blobs_by_pack(&batch.files);
         self.wait().await?;
-        let (repo, writer) = (self.repo.clone(), self.writer.clone());
+        let (repo, writer, index) = (self.repo.clone(), self.writer.clone(), self.index.clone());
         self.writing = Some(tokio::spawn(async move {
             let files = Arc::new(std::mem::take(&mut batch.files));
-            writer.fetch_and_write(&repo, &files, by_pack).await?;
+            writer.fetch_and_write(&repo, &files, by_pack, index).await?;
             Ok(finish(&writer, &files, batch))
         }));
         Ok(())
@@ -504,3 +506,6 @@ pub fn deletable(path: &Path, includes: &PathFilter, excludes: &PathFilter) -> b
 fn included(path: &Path, includes: &PathFilter) -> bool {
     includes.is_empty() || path.ancestors().any(|a| includes.matches(a))
 }
+
+#[cfg(test)]
+mod tests;

@@ -165,13 +165,50 @@ fn prune_waits_for_a_backup_that_started_before_it() {
     assert_eq!(files_under(&Path::new(&env.repo).join("data")).len(), 0, "nothing is left once nothing is needed");
 }
 
+/// A snapshot no forget in the test removes, whose packs a prune repacks:
+/// they also held a file only a forgotten snapshot had. Its id and files.
+fn pinned_snapshot(env: &Env) -> (String, BTreeMap<String, String>) {
+    let dir = env.path("pinned");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("keep.bin"), random_bytes(3 << 20, 900_001)).unwrap();
+    fs::write(dir.join("scratch.bin"), random_bytes(2 << 20, 900_002)).unwrap();
+    let backup = || env.json(&["backup", dir.to_str().unwrap(), "--host", "pinned", "--threads", "1"])["snapshot_id"].as_str().unwrap().to_string();
+    let first = backup();
+    fs::remove_file(dir.join("scratch.bin")).unwrap();
+    let pinned = backup();
+    env.ok(&["forget", &first]);
+    (pinned, contents(&dir))
+}
+
+/// Checks and restores of the pinned snapshot while the others write and
+/// prune: what they change under it is never reported as damage, and a
+/// pack a prune moves is read where the newer index puts it.
+fn read_until(env: &Env, done: &AtomicBool, (pinned, files): &(String, BTreeMap<String, String>)) {
+    let mut round = 0;
+    while !done.load(Ordering::Relaxed) || round == 0 {
+        let check = env.run(&["check", "--read-data"]);
+        assert!(check.status.success(), "check {round}: {}", String::from_utf8_lossy(&check.stdout));
+        let target = env.path("reader");
+        env.ok(&["restore", pinned, "--target", target.to_str().unwrap()]);
+        assert_eq!(&contents(&restored(env, "reader", &env.path("pinned"))), files, "restore {round}");
+        fs::remove_dir_all(&target).unwrap();
+        round += 1;
+    }
+}
+
 /// Three writers back up in rounds while another thread forgets and prunes
-/// (repacking everything it can) as fast as it can; two prunes overlap.
+/// (repacking everything it can) as fast as it can; two prunes overlap; a
+/// reader checks and restores all the while.
 fn writers_and_prunes_at_once(env: &Env) {
     env.ok(&["init", "--pack-size-mib", "4"]);
+    let pinned = pinned_snapshot(env);
     let taken = Arc::new(Mutex::new(Vec::new()));
     let done = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {
+        let reader = {
+            let (done, pinned) = (done.clone(), &pinned);
+            s.spawn(move || read_until(env, &done, pinned))
+        };
         let writers: Vec<_> = (0..3)
             .map(|w| {
                 let taken = taken.clone();
@@ -199,6 +236,7 @@ fn writers_and_prunes_at_once(env: &Env) {
             w.join().unwrap();
         }
         done.store(true, Ordering::Relaxed);
+        reader.join().unwrap();
     });
     env.ok(&["forget", "--keep-last", "2", "--group-by", "host"]);
     env.ok(&["prune", "--max-unused", "0"]);
@@ -207,7 +245,7 @@ fn writers_and_prunes_at_once(env: &Env) {
     assert_eq!(taken.len(), 12);
     assert_all_restore(env, &taken, "many");
     let snaps = env.json(&["snapshots"]);
-    assert_eq!(snaps.as_array().unwrap().len(), 6, "the last two of each writer survive: {snaps}");
+    assert_eq!(snaps.as_array().unwrap().len(), 7, "the last two of each writer and the pinned one survive: {snaps}");
 }
 
 #[test]

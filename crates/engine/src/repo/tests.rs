@@ -1,4 +1,5 @@
 use super::*;
+use crate::index::IndexFile;
 
 #[test]
 fn a_tree_pack_pushed_out_is_remembered_so_it_is_not_read_whole_again() {
@@ -14,7 +15,7 @@ fn a_tree_pack_pushed_out_is_remembered_so_it_is_not_read_whole_again() {
     assert!(!held.let_go.contains(&ids[1]), "a copy dropped as damaged may be read whole again");
 }
 
-async fn repository(dir: &std::path::Path) -> Repository {
+pub(crate) async fn repository(dir: &std::path::Path) -> Repository {
     let open = repo_opts();
     let kdf = KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 };
     let opts = InitOptions { open, aead: Aead::Aes256Gcm, compression: 3, kdf, pack_size: None, settings: Settings::default() };
@@ -86,6 +87,6 @@ async fn loading_the_index_drops_cached_packs_it_no_longer_lists() {
     assert!(!cached(2).exists(), "a pack no index file lists is dropped");
 }
 
-fn repo_opts() -> OpenOptions {
+pub(crate) fn repo_opts() -> OpenOptions {
     OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
 }

@@ -17,8 +17,10 @@ use tokio::sync::Semaphore;
 
 use super::{FilePlan, Targets};
 use crate::fsmeta;
-use crate::objects::Kind;
+use crate::index::Index;
+use crate::objects::{Kind, is_not_found};
 use crate::pack::{PackEntry, open_blob_into};
+use crate::repo::RELOCATIONS;
 use crate::{Error, Id, IdMap, Repository, Result};
 
 /// Longest span one fetch reads (a blob longer than this is read alone).
@@ -115,20 +117,49 @@ impl Writer {
         self.buffers.lock().expect("not poisoned").push(b);
     }
 
-    /// Fetch every range of `by_pack` and write its blobs into `files`.
+    /// Fetch every range of `by_pack`, planned with `index`, and write its
+    /// blobs into `files`. Restore holds no session, so a concurrent prune
+    /// may sweep a pack meanwhile: its blobs are then read where a newer
+    /// index puts them (`Repository::relocated`).
     pub(super) async fn fetch_and_write(
         self: &Arc<Self>,
         repo: &Arc<Repository>,
         files: &Arc<Vec<FilePlan>>,
-        by_pack: IdMap<Vec<(PackEntry, Targets)>>,
+        mut by_pack: IdMap<Vec<(PackEntry, Targets)>>,
+        mut index: Arc<Index>,
     ) -> Result<()> {
+        for _ in 0..=RELOCATIONS {
+            let mut gone = self.fetch_runs(repo, files, by_pack).await?;
+            if gone.is_empty() {
+                return Ok(());
+            }
+            match repo.relocated(&index).await? {
+                Some(newer) => index = newer,
+                None => return Err(gone.swap_remove(0).1),
+            }
+            by_pack = self.regroup(files, gone, &index);
+        }
+        Err(Error::Invalid(format!("restore: packs were moved {RELOCATIONS} times while they were read")))
+    }
+
+    /// Fetch every range of `by_pack` and write its blobs into `files`; the
+    /// runs whose pack storage no longer holds, with the error.
+    async fn fetch_runs(
+        self: &Arc<Self>,
+        repo: &Arc<Repository>,
+        files: &Arc<Vec<FilePlan>>,
+        by_pack: IdMap<Vec<(PackEntry, Targets)>>,
+    ) -> Result<Vec<(Run, Error)>> {
         futures::stream::iter(fetch_ranges(by_pack, fetches()))
             .map(|(pack, blobs)| {
                 let (repo, files, writer) = (repo.clone(), files.clone(), self.clone());
                 async move {
                     let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
                     let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
-                    let bytes = repo.read_range_parts(&Kind::Pack.path(&pack), start..end).await?;
+                    let bytes = match repo.read_range_parts(&Kind::Pack.path(&pack), start..end).await {
+                        Err(e) if is_not_found(&e) => return Ok(Some(((pack, blobs), e))),
+                        read => read?,
+                    };
                     let _slot = writer.slots.acquire().await.expect("never closed");
                     let mut bufs = writer.take_buffers();
                     let w = writer.clone();
@@ -139,12 +170,27 @@ impl Writer {
                     .await
                     .map_err(|e| Error::Invalid(format!("restore thread failed: {e}")))?;
                     writer.put_buffers(bufs);
-                    Ok::<_, Error>(())
+                    Ok::<_, Error>(None)
                 }
             })
             .buffer_unordered(fetches())
-            .try_collect::<()>()
+            .try_filter_map(|gone| async move { Ok(gone) })
+            .try_collect()
             .await
+    }
+
+    /// The blobs of runs whose pack is gone, by pack again in `index`; a
+    /// blob it lacks (its snapshot was forgotten meanwhile) fails the
+    /// files it goes to.
+    fn regroup(&self, files: &[FilePlan], gone: Vec<(Run, Error)>, index: &Index) -> IdMap<Vec<(PackEntry, Targets)>> {
+        let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
+        for (entry, targets) in gone.into_iter().flat_map(|((_, blobs), _)| blobs) {
+            match index.get(&entry.id) {
+                Some((pack, moved)) => by_pack.entry(pack).or_default().push((moved, targets)),
+                None => targets.iter().for_each(|(fi, _)| self.fail(&files[*fi], Error::MissingBlob(entry.id))),
+            }
+        }
+        by_pack
     }
 
     fn write_blobs(

@@ -1,0 +1,67 @@
+//! Restore beside a prune (docs/ARCHITECTURE.md §7.3a).
+
+use std::sync::Arc;
+
+use tresor_storage::Location;
+
+use super::{RestoreOptions, restore};
+use crate::Repository;
+use crate::backup::{BackupOptions, backup};
+use crate::objects::{Kind, is_not_found};
+use crate::prune::{PruneOptions, prune};
+use crate::repo::tests::{repo_opts, repository};
+
+/// `n` bytes no other seed gives, the same at every run.
+fn content(seed: &str, n: usize) -> Vec<u8> {
+    let mut out = vec![0; n];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    out
+}
+
+/// Readers hold no session, so a prune does not wait for them: a reader
+/// that loaded its index before a prune repacked and deleted the packs it
+/// planned to read finds the blobs where the newer index puts them. A pack
+/// gone while the index files and marks stayed as they were is missing,
+/// not moved: that read fails at once.
+#[tokio::test]
+async fn reads_follow_blobs_a_prune_moved_after_the_index_was_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(repository(&dir.path().join("repo")).await);
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for n in 0..8 {
+        std::fs::write(src.join(format!("f{n}")), content(&format!("old {n}"), 200_000)).unwrap();
+    }
+    let snap = |repo: &Arc<Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
+    let old = snap(&repo).await.unwrap();
+    for n in 0..4 {
+        std::fs::write(src.join(format!("f{n}")), content(&format!("new {n}"), 200_000)).unwrap();
+    }
+    let kept = snap(&repo).await.unwrap();
+    repo.remove_snapshots(&[old.id]).await.unwrap();
+
+    let location = Location::Fs(dir.path().join("repo"));
+    let (restorer, loader) = (Arc::new(Repository::open(&location, &repo_opts()).await.unwrap()), Repository::open(&location, &repo_opts()).await.unwrap());
+    let stale = restorer.index().await.unwrap();
+    loader.index().await.unwrap();
+    let unchanged = crate::walk::list(&restorer, kept.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("f7")).unwrap().1;
+    let (blob, (before, _)) = (unchanged.content[0], stale.get(&unchanged.content[0]).unwrap());
+
+    let report = prune(repo.clone(), &PruneOptions { max_unused: 0.0, grace: std::time::Duration::ZERO, dry_run: false }).await.unwrap();
+    assert!(report.repacked_packs > 0, "{report:?}");
+    assert!(!dir.path().join("repo").join(Kind::Pack.path(&before)).exists(), "the pack the readers planned to read is gone");
+
+    let out = dir.path().join("out");
+    let summary = restore(restorer.clone(), &kept, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(summary.errors, Vec::<String>::new());
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    for n in 0..8 {
+        assert_eq!(std::fs::read(restored.join(format!("f{n}"))).unwrap(), std::fs::read(src.join(format!("f{n}"))).unwrap(), "f{n}");
+    }
+    assert_eq!(loader.load_blob(&blob).await.unwrap(), content("old 7", 200_000));
+
+    let (after, _) = loader.index().await.unwrap().get(&blob).unwrap();
+    std::fs::remove_file(dir.path().join("repo").join(Kind::Pack.path(&after))).unwrap();
+    let e = loader.load_blob(&blob).await.err().unwrap();
+    assert!(is_not_found(&e), "{e}");
+}
