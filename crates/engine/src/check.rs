@@ -67,7 +67,7 @@ pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport>
     let mut run = 1;
     loop {
         let (report, built_from) = check_once(repo, opts, &mut whole).await?;
-        if report.ok() || run == RUNS || index_and_marks(repo).await? == built_from {
+        if report.ok() || run == RUNS || repo.index_and_marks().await? == built_from {
             return Ok(report);
         }
         run += 1;
@@ -124,14 +124,6 @@ async fn check_once(repo: &Repository, opts: CheckOptions, whole: &mut IdSet) ->
         }
     }
     Ok((report, built_from))
-}
-
-/// The ids of the index files and marks storage holds, sorted.
-async fn index_and_marks(repo: &Repository) -> Result<Vec<Id>> {
-    let mut ids = repo.list_ids(Kind::Index).await?;
-    ids.extend(repo.list_ids(Kind::Mark).await?);
-    ids.sort_unstable();
-    Ok(ids)
 }
 
 /// The index of the intact index files and the marked packs storage still

@@ -172,7 +172,8 @@ fn pinned_snapshot(env: &Env) -> (String, BTreeMap<String, String>) {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("keep.bin"), random_bytes(3 << 20, 900_001)).unwrap();
     fs::write(dir.join("scratch.bin"), random_bytes(2 << 20, 900_002)).unwrap();
-    let backup = || env.json(&["backup", dir.to_str().unwrap(), "--host", "pinned", "--threads", "1"])["snapshot_id"].as_str().unwrap().to_string();
+    let backup =
+        || env.json(&["backup", dir.to_str().unwrap(), "--host", "pinned", "--threads", "1"])["snapshot_id"].as_str().unwrap().to_string();
     let first = backup();
     fs::remove_file(dir.join("scratch.bin")).unwrap();
     let pinned = backup();

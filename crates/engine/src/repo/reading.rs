@@ -9,7 +9,6 @@ use futures::{StreamExt, TryStreamExt};
 use super::Repository;
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile};
 use crate::objects::{Kind, is_not_found, unless_gone};
-use crate::pack::PackEntry;
 use crate::{Error, Id, IdSet, Result};
 
 /// How often one read follows its blob to a newer index before it gives
@@ -110,12 +109,14 @@ impl Repository {
         Ok(Reading { index: Arc::new(index), built_from: Some(built_from) })
     }
 
-    /// A read through `stale` found a pack gone. Readers hold no session, so
-    /// a concurrent prune may sweep a pack they planned to read, but only
-    /// after it rewrote index files or marks to say where the blobs it kept
-    /// are now (§7.2). So: the reading index again when those changed since
-    /// it was built (or another read already loaded a newer one); `None`
-    /// when they did not, and the pack is missing, not moved.
+    /// A read through `stale` found a pack gone, or a blob missing from it.
+    /// Readers hold no session, so a concurrent prune may sweep a pack they
+    /// planned to read, but only after it rewrote index files or marks to
+    /// say where the blobs it kept are now (§7.2); a blob a backup stored
+    /// after the load is in an index file written since. So: the reading
+    /// index again when those changed since it was built (or another read
+    /// already loaded a newer one); `None` when they did not, and the pack
+    /// or blob is missing, not moved.
     pub async fn relocated(&self, stale: &Arc<Index>) -> Result<Option<Arc<Index>>> {
         let mut slot = self.index.lock().await;
         if let Some(r) = slot.as_ref()
@@ -123,18 +124,24 @@ impl Repository {
         {
             return Ok(Some(r.index.clone()));
         }
-        if let Some(built_from) = slot.as_ref().and_then(|r| r.built_from.as_ref()) {
-            let mut now = self.list_ids(Kind::Index).await?;
-            now.extend(self.list_ids(Kind::Mark).await?);
-            now.sort_unstable();
-            if &now == built_from {
-                return Ok(None);
-            }
+        if let Some(built_from) = slot.as_ref().and_then(|r| r.built_from.as_ref())
+            && &self.index_and_marks().await? == built_from
+        {
+            return Ok(None);
         }
         let reading = self.load_reading().await?;
         let index = reading.index.clone();
         *slot = Some(reading);
         Ok(Some(index))
+    }
+
+    /// The ids of the index files and marks storage holds, sorted: what a
+    /// prune changes before it deletes a pack.
+    pub async fn index_and_marks(&self) -> Result<Vec<Id>> {
+        let mut ids = self.list_ids(Kind::Index).await?;
+        ids.extend(self.list_ids(Kind::Mark).await?);
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     /// The index a writer deduplicates against: marked packs left out, so
@@ -173,17 +180,23 @@ impl Repository {
     }
 
     /// A blob's plaintext, found through the reading index, and through a
-    /// newer one when a concurrent prune moved it (`relocated`).
+    /// newer one when a concurrent prune moved it or a backup stored it
+    /// after the index was loaded (a long-lived handle's: `relocated`).
     pub async fn load_blob(&self, id: &Id) -> Result<Vec<u8>> {
         let mut index = self.index().await?;
         let mut moves = 0;
         loop {
-            let (pack, e): (Id, PackEntry) = index.get(id).ok_or(Error::MissingBlob(*id))?;
-            match self.load_blob_at(pack, e).await {
-                Err(err) if is_not_found(&err) && moves < RELOCATIONS => match self.relocated(&index).await? {
-                    Some(newer) => (index, moves) = (newer, moves + 1),
-                    None => return Err(err),
-                },
+            let loaded = match index.get(id) {
+                Some((pack, e)) => self.load_blob_at(pack, e).await,
+                None => Err(Error::MissingBlob(*id)),
+            };
+            match loaded {
+                Err(err) if (is_not_found(&err) || matches!(err, Error::MissingBlob(_))) && moves < RELOCATIONS => {
+                    match self.relocated(&index).await? {
+                        Some(newer) => (index, moves) = (newer, moves + 1),
+                        None => return Err(err),
+                    }
+                }
                 loaded => return loaded,
             }
         }

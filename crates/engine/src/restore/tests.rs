@@ -41,7 +41,8 @@ async fn reads_follow_blobs_a_prune_moved_after_the_index_was_loaded() {
     repo.remove_snapshots(&[old.id]).await.unwrap();
 
     let location = Location::Fs(dir.path().join("repo"));
-    let (restorer, loader) = (Arc::new(Repository::open(&location, &repo_opts()).await.unwrap()), Repository::open(&location, &repo_opts()).await.unwrap());
+    let (restorer, loader) =
+        (Arc::new(Repository::open(&location, &repo_opts()).await.unwrap()), Repository::open(&location, &repo_opts()).await.unwrap());
     let stale = restorer.index().await.unwrap();
     loader.index().await.unwrap();
     let unchanged = crate::walk::list(&restorer, kept.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("f7")).unwrap().1;
@@ -64,4 +65,23 @@ async fn reads_follow_blobs_a_prune_moved_after_the_index_was_loaded() {
     std::fs::remove_file(dir.path().join("repo").join(Kind::Pack.path(&after))).unwrap();
     let e = loader.load_blob(&blob).await.err().unwrap();
     assert!(is_not_found(&e), "{e}");
+}
+
+/// A long-lived handle finds a blob a backup stored after it loaded its
+/// index; one no index file lists is missing, at once.
+#[tokio::test]
+async fn a_blob_stored_after_the_index_was_loaded_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Arc::new(repository(&dir.path().join("repo")).await);
+    let reader = Repository::open(&Location::Fs(dir.path().join("repo")), &repo_opts()).await.unwrap();
+    let before = reader.index().await.unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("later"), content("later", 100_000)).unwrap();
+    let snap = backup(writer, BackupOptions { paths: vec![src], ..Default::default() }).await.unwrap();
+    let file = crate::walk::list(&reader, snap.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("later")).unwrap().1;
+    assert!(!before.contains(&file.content[0]));
+    assert_eq!(reader.load_blob(&file.content[0]).await.unwrap(), content("later", 100_000));
+    let e = reader.load_blob(&crate::Id([7; 32])).await.err().unwrap();
+    assert!(matches!(e, crate::Error::MissingBlob(_)), "{e}");
 }
