@@ -60,23 +60,27 @@ const RUNS: usize = 3;
 /// deletes anything, a backup adds index files: problems found while those
 /// changed are checked again against what storage holds then, so a
 /// concurrent command is not taken for damage. A pack's bytes never change,
-/// so a run after the first reads only the packs not found whole before.
+/// so a run after the first reads again only the packs the run before found
+/// damaged or could not read: check speaks for the packs there were when it
+/// began.
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     repo.ensure_memory().await?;
-    let mut whole = IdSet::default();
+    let mut only = None;
     let mut run = 1;
     loop {
-        let (report, built_from) = check_once(repo, opts, &mut whole).await?;
+        let (report, built_from, bad) = check_once(repo, opts, only.as_ref()).await?;
         if report.ok() || run == RUNS || repo.index_and_marks().await? == built_from {
             return Ok(report);
         }
+        only = Some(bad);
         run += 1;
     }
 }
 
-/// One check, reading only packs not in `whole`, which it adds the packs it
-/// found whole to; the index files and marks it judged against.
-async fn check_once(repo: &Repository, opts: CheckOptions, whole: &mut IdSet) -> Result<(CheckReport, Vec<Id>)> {
+/// One check, reading (of the selected packs) only those in `only` if
+/// given; the index files and marks it judged against, and the packs it
+/// found damaged or could not read.
+async fn check_once(repo: &Repository, opts: CheckOptions, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
     let mut report = CheckReport::default();
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Snapshots first: each is stored after the index files it needs, so a
@@ -92,9 +96,8 @@ async fn check_once(repo: &Repository, opts: CheckOptions, whole: &mut IdSet) ->
     // themselves, only for a snapshot that needs a blob found only there.
     let mut swept = IdSet::default();
     if opts.read_data > 0.0 {
-        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, whole, &mut report).await {
+        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, only, &mut report).await {
             match result {
-                Ok(bad_blobs) if bad_blobs.is_empty() => _ = whole.insert(pack),
                 Err(e) => {
                     if is_not_found(&e) && stored.is_marked(&index, &pack) {
                         swept.insert(pack);
@@ -123,7 +126,8 @@ async fn check_once(repo: &Repository, opts: CheckOptions, whole: &mut IdSet) ->
             report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
         }
     }
-    Ok((report, built_from))
+    let bad = bad_packs.iter().chain(&partly_bad).map(|(p, _)| *p).collect();
+    Ok((report, built_from, bad))
 }
 
 /// The index of the intact index files and the marked packs storage still
@@ -199,15 +203,15 @@ fn missing_or_resized(index: &Index, stored: &Stored, report: &mut CheckReport) 
     bad_packs
 }
 
-/// Read the `fraction` of the stored packs chosen by their ids, but those
-/// in `whole`, four at a time: each pack's damaged blobs, or why it cannot
-/// be read at all.
+/// Read the `fraction` of the stored packs chosen by their ids (of them
+/// only those in `only`, if given), four at a time: each pack's damaged
+/// blobs, or why it cannot be read at all.
 async fn read_packs(
     repo: &Repository,
     index: &Index,
     stored: &Stored,
     fraction: f64,
-    whole: &IdSet,
+    only: Option<&IdSet>,
     report: &mut CheckReport,
 ) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
     let selected: Vec<Id> = index
@@ -217,8 +221,8 @@ async fn read_packs(
         .map(|(_, (p, _))| p)
         .collect();
     report.packs_read = selected.len();
-    let unread = selected.into_iter().filter(|p| !whole.contains(p));
-    futures::stream::iter(unread).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
+    let read = selected.into_iter().filter(|p| only.is_none_or(|o| o.contains(p)));
+    futures::stream::iter(read).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
 }
 
 /// The packs storage holds, by pack number: each listed pack is compared
