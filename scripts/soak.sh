@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Crash soak: kill backup, forget+prune, copy, repair and key commands at
 # random moments, N times, while another backup writes to the same
-# repository; after each kill the repository must check clean, every
-# snapshot must restore to exactly what was backed up, and the same command
-# run again must succeed. Then byte flips: FLIPS sampled single-byte changes
+# repository and, from the second round, a reader checks it (`check
+# --read-data`) and restores the writer's snapshot of the round before;
+# the reader must succeed, exactly; after each kill the repository must
+# check clean, every snapshot must restore to exactly what was backed up,
+# and the same command run again must succeed. Then byte flips: FLIPS sampled single-byte changes
 # in data, index and snapshot objects, each of which `check --read-data`
 # must find. One file of the backed-up tree is large enough for the
 # large-file pipeline; half the backups are killed within a moment of
@@ -116,6 +118,19 @@ verify_all() {
   done <<<"$list"
 }
 
+# The reader beside a round, with the writer's slot (no key command touches
+# it): a check of the whole repository, then a restore of the writer's
+# snapshot of round $1, which no command of this round removes (forget
+# keeps the last three), compared with what was backed up.
+reader() {
+  local out=$work/reader-out
+  export TRESOR_PASSWORD_FILE=$work/pw-writer
+  "$bin" check --read-data --no-cache >"$work/reader.log" 2>&1 || return 1
+  rm -rf "$out"
+  "$bin" restore latest --tag "w$1" --no-cache --target "$out" >>"$work/reader.log" 2>&1 || return 1
+  [ "$(tree_hash "$out$work/writer")" = "${expected[w$1]}" ] || { echo "the restore of w$1 differs from what was backed up" >>"$work/reader.log"; return 1; }
+}
+
 # The kind of command a round kills, in $kind, drawn from the seed.
 pick() {
   local kinds=(backup prune copy repair-index repair-snapshots key-add key-passwd key-remove)
@@ -197,6 +212,7 @@ declare -A took=([backup]=1500 [copy]=1500 [prune]=900 [repair-index]=900 [repai
 
 printf 'extra password\n' >"$work/pw-extra"
 kills=0
+readers=0
 in_pipeline=0
 aimed=0
 aimed_in=0
@@ -225,6 +241,11 @@ for round in $(seq 1 "$rounds"); do
   # The concurrent writer opens with its own slot, which no key command touches.
   TRESOR_PASSWORD_FILE=$work/pw-writer "$bin" backup --tag "w$round" "$work/writer" >"$work/writer.log" 2>&1 &
   writer=$!
+  readerpid=
+  if [ "$round" -gt 1 ]; then
+    reader $((round - 1)) &
+    readerpid=$!
+  fi
   "$bin" "${args[@]}" >/dev/null 2>&1 &
   victim=$!
   outcome="finished before the kill at ${delay} ms"
@@ -252,6 +273,10 @@ for round in $(seq 1 "$rounds"); do
   fi
   { wait "$victim"; } 2>/dev/null || true
   wait "$writer" || fail "round $round: the concurrent backup failed: $(cat "$work/writer.log")"
+  if [ -n "$readerpid" ]; then
+    wait "$readerpid" || fail "round $round: the concurrent reader failed: $(cat "$work/reader.log")"
+    readers=$((readers + 1))
+  fi
   [ "$kind" = key-passwd ] && settle_password
   verify_all "$TRESOR_REPOSITORY" "$work/pw" "round $round ($kind $outcome)"
   checked=$restored
@@ -297,5 +322,5 @@ for n in $(seq 1 "$flips"); do
 done
 flip_secs=$(($(date +%s) - start))
 must check --read-data --no-cache
-echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run ($in_pipeline of them backups inside the large-file pipeline; $aimed_in of the $aimed backups aimed at it), every check and restore exact, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
+echo "soak seed $seed: $rounds rounds, $kills commands killed mid-run ($in_pipeline of them backups inside the large-file pipeline; $aimed_in of the $aimed backups aimed at it), every check and restore exact, concurrent readers exact: $readers, every rerun ok (${kill_secs}s); $found of $flips byte flips found by check --read-data (${flip_secs}s)"
 [ -n "${SOAK_DIR:-}" ] || rm -rf "$work"

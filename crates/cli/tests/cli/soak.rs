@@ -1,7 +1,7 @@
 //! The crash soak (scripts/soak.sh, docs/RELIABILITY.md) in small, so CI
 //! keeps the script working: two rounds of killed commands beside a
-//! concurrent backup, each followed by check, exact restores of every
-//! snapshot and a rerun; then twelve byte flips, each found by
+//! concurrent backup (and in the second a reader: check and a restore),
+//! each followed by check, exact restores of every snapshot and a rerun; then twelve byte flips, each found by
 //! `check --read-data`. Seed 9 draws a backup first, so the source's
 //! large file goes through the packer pipeline (whether the kill lands
 //! inside it depends on timing, so that is reported, not asserted).
@@ -29,5 +29,6 @@ fn a_short_crash_soak_passes() {
     assert!(lines[0].starts_with("round 1: backup "), "{stdout}");
     let summary = lines[2];
     assert!(summary.starts_with("soak seed 9: 2 rounds, "), "{summary}");
+    assert!(summary.contains(", concurrent readers exact: 1, "), "round 2 had a reader beside it: {summary}");
     assert!(summary.contains("; 12 of 12 byte flips found by check --read-data"), "{summary}");
 }
