@@ -739,9 +739,9 @@ fn repair_index_rebuilds_from_packs_alone() {
     assert_eq!(files_under(&index_dir).len(), again["index_files_written"].as_u64().unwrap() as usize);
 }
 
-#[test]
-fn restore_reports_and_leaves_out_files_whose_blobs_are_gone() {
-    let env = Env::new();
+/// Two snapshots, the second adding `kept.txt`, with the pack that holds
+/// the first one's `lost.bin` deleted: the source and that pack's path.
+fn with_lost_pack(env: &Env) -> (PathBuf, PathBuf) {
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     env.ok(&["init"]);
@@ -751,13 +751,38 @@ fn restore_reports_and_leaves_out_files_whose_blobs_are_gone() {
     fs::write(src.join("kept.txt"), "still here").unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
     fs::remove_file(&lost_pack).unwrap();
-    env.ok(&["--no-cache", "repair", "index"]);
+    (src, lost_pack)
+}
+
+/// The restore of the latest snapshot fails with one error, the last line
+/// of stderr, and restores `kept.txt`: stderr, and the restored source.
+fn restore_with_one_error(env: &Env, src: &Path) -> (String, PathBuf) {
     let out = env.run(&["--no-cache", "restore", "latest", "--target", env.path("r").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("lost.bin: blob") && err.contains("is referenced but not in any index"), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.ends_with("tresor: error: 1 errors during restore\n"), "{err}");
-    let back = restored(&env, "r", &src);
-    assert!(!back.join("lost.bin").exists(), "no file of guessed content is left behind");
+    let back = restored(env, "r", src);
     assert_eq!(fs::read(back.join("kept.txt")).unwrap(), b"still here");
+    (err, back)
+}
+
+#[test]
+fn restore_reports_and_leaves_out_files_whose_blobs_are_gone() {
+    let env = Env::new();
+    let (src, _) = with_lost_pack(&env);
+    env.ok(&["--no-cache", "repair", "index"]);
+    let (err, back) = restore_with_one_error(&env, &src);
+    assert!(err.contains("lost.bin: blob") && err.contains("is referenced but not in any index"), "{err}");
+    assert!(!back.join("lost.bin").exists(), "no file of guessed content is left behind");
+}
+
+/// A pack missing from storage while the index still lists it fails the
+/// files that need it, by name; the rest of the snapshot is restored.
+#[test]
+fn restore_restores_what_a_missing_pack_does_not_hold() {
+    let env = Env::new();
+    let (src, lost_pack) = with_lost_pack(&env);
+    let (err, _) = restore_with_one_error(&env, &src);
+    let pack = lost_pack.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(&format!("lost.bin: pack {pack} is damaged: it is missing from storage\n")), "{err}");
 }

@@ -120,7 +120,8 @@ impl Writer {
     /// Fetch every range of `by_pack`, planned with `index`, and write its
     /// blobs into `files`. Restore holds no session, so a concurrent prune
     /// may sweep a pack meanwhile: its blobs are then read where a newer
-    /// index puts them (`Repository::relocated`).
+    /// index puts them (`Repository::relocated`). A pack missing, not
+    /// moved, fails the files that need it; the others are restored.
     pub(super) async fn fetch_and_write(
         self: &Arc<Self>,
         repo: &Arc<Repository>,
@@ -129,27 +130,31 @@ impl Writer {
         mut index: Arc<Index>,
     ) -> Result<()> {
         for _ in 0..=RELOCATIONS {
-            let mut gone = self.fetch_runs(repo, files, by_pack).await?;
+            let gone = self.fetch_runs(repo, files, by_pack).await?;
             if gone.is_empty() {
                 return Ok(());
             }
-            match repo.relocated(&index).await? {
-                Some(newer) => index = newer,
-                None => return Err(gone.swap_remove(0).1),
-            }
+            let Some(newer) = repo.relocated(&index).await? else {
+                for (pack, blobs) in gone {
+                    let missing = Error::corrupt("pack", pack, "it is missing from storage");
+                    blobs.iter().flat_map(|(_, targets)| targets).for_each(|(fi, _)| self.fail(&files[*fi], &missing));
+                }
+                return Ok(());
+            };
+            index = newer;
             by_pack = self.regroup(files, gone, &index);
         }
         Err(Error::Invalid(format!("restore: packs were moved {RELOCATIONS} times while they were read")))
     }
 
     /// Fetch every range of `by_pack` and write its blobs into `files`; the
-    /// runs whose pack storage no longer holds, with the error.
+    /// runs whose pack storage does not hold.
     async fn fetch_runs(
         self: &Arc<Self>,
         repo: &Arc<Repository>,
         files: &Arc<Vec<FilePlan>>,
         by_pack: IdMap<Vec<(PackEntry, Targets)>>,
-    ) -> Result<Vec<(Run, Error)>> {
+    ) -> Result<Vec<Run>> {
         futures::stream::iter(fetch_ranges(by_pack, fetches()))
             .map(|(pack, blobs)| {
                 let (repo, files, writer) = (repo.clone(), files.clone(), self.clone());
@@ -157,7 +162,7 @@ impl Writer {
                     let start = blobs.iter().map(|(e, _)| u64::from(e.offset)).min().unwrap_or(0);
                     let end = blobs.iter().map(|(e, _)| u64::from(e.offset) + u64::from(e.length)).max().unwrap_or(0);
                     let bytes = match repo.read_range_parts(&Kind::Pack.path(&pack), start..end).await {
-                        Err(e) if is_not_found(&e) => return Ok(Some(((pack, blobs), e))),
+                        Err(e) if is_not_found(&e) => return Ok(Some((pack, blobs))),
                         read => read?,
                     };
                     let _slot = writer.slots.acquire().await.expect("never closed");
@@ -182,9 +187,9 @@ impl Writer {
     /// The blobs of runs whose pack is gone, by pack again in `index`; a
     /// blob it lacks (its snapshot was forgotten meanwhile) fails the
     /// files it goes to.
-    fn regroup(&self, files: &[FilePlan], gone: Vec<(Run, Error)>, index: &Index) -> IdMap<Vec<(PackEntry, Targets)>> {
+    fn regroup(&self, files: &[FilePlan], gone: Vec<Run>, index: &Index) -> IdMap<Vec<(PackEntry, Targets)>> {
         let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
-        for (entry, targets) in gone.into_iter().flat_map(|((_, blobs), _)| blobs) {
+        for (entry, targets) in gone.into_iter().flat_map(|(_, blobs)| blobs) {
             match index.get(&entry.id) {
                 Some((pack, moved)) => by_pack.entry(pack).or_default().push((moved, targets)),
                 None => targets.iter().for_each(|(fi, _)| self.fail(&files[*fi], Error::MissingBlob(entry.id))),
