@@ -3,7 +3,7 @@
 //! an unreachable Alertmanager does not stop a drill, whose protocol says
 //! its alerts were not silenced.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use tresor_testkit::AlertmanagerServer;
 
 use super::*;
@@ -76,7 +76,8 @@ fn a_drill_silences_its_alerts_while_it_runs_and_expires_the_silence_after() {
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!((all[0]["id"].as_str(), all[0]["status"]["state"].as_str()), (Some(id.as_str()), Some("expired")));
     assert!(time(&all[0]["startsAt"]) <= started, "{} after the drill started {started}", all[0]["startsAt"]);
-    let ended = started + chrono::Duration::milliseconds((report["rto_seconds"].as_f64().unwrap() * 1000.0) as i64);
+    // Alertmanager writes its times to the millisecond, cut, not rounded.
+    let ended = (started + chrono::Duration::milliseconds((report["rto_seconds"].as_f64().unwrap() * 1000.0) as i64)).trunc_subsecs(3);
     assert!(time(&all[0]["endsAt"]) >= ended, "{} before the drill ended {ended}", all[0]["endsAt"]);
 
     // The protocol keeps it; the text says it; a second drill makes a second silence, for its history's time.
