@@ -60,6 +60,9 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
             println!("copied snapshot {} -> {}", from.short(), to.short());
         }
     }
+    for id in &r.forgotten {
+        println!("snapshot {} was forgotten in the source while it was copied: skipped", id.short());
+    }
     println!("{} selected snapshots were in the target already", r.present);
     if !a.dry_run {
         println!(

@@ -14,6 +14,7 @@ use chrono::{DateTime, FixedOffset};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::objects::{Kind, unless_gone, vanished};
 use crate::pack::BlobKind;
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
@@ -32,6 +33,9 @@ pub struct CopyReport {
     pub dry_run: bool,
     /// `source id -> target id` of each snapshot copied.
     pub copied: Vec<(Id, Id)>,
+    /// Selected source snapshots the source forgot, and a prune swept
+    /// data of, while they were copied: skipped.
+    pub forgotten: Vec<Id>,
     /// Source snapshots the target already has.
     pub present: usize,
     pub blobs_copied: u64,
@@ -130,7 +134,18 @@ async fn run(
         c.learn(s.tree, d.tree).await?;
     }
     for snap in state.missing {
-        let tree = c.tree(snap.tree).await?;
+        let tree = match c.tree(snap.tree).await {
+            // Copy holds no session in the source (§7.3a): a snapshot
+            // forgotten there meanwhile may lose its data to a prune.
+            Err(e) if vanished(&e) => {
+                if unless_gone(src.stored_time(&Kind::Snapshot.path(&snap.id)).await)?.is_some() {
+                    return Err(e);
+                }
+                report.forgotten.push(snap.id);
+                continue;
+            }
+            tree => tree?,
+        };
         c.sink.flush().await?;
         let mut copy = Snapshot { id: Id::default(), tree, original: Some(snap.id), parent: None, ..snap.clone() };
         crate::backup::commit(dst, session, &mut copy).await?;
@@ -229,3 +244,6 @@ impl Copier<'_> {
         Ok(ids.iter().map(|i| self.map[i]).collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -188,6 +188,12 @@ pub fn is_not_found(e: &Error) -> bool {
     matches!(e, Error::Storage { source, .. } if source.kind() == opendal::ErrorKind::NotFound)
 }
 
+/// Whether `e` says a read found its pack gone or its blob in no index: what
+/// a concurrent prune (or forget and prune) does to a reader's plan.
+pub fn vanished(e: &Error) -> bool {
+    is_not_found(e) || matches!(e, Error::MissingBlob(_))
+}
+
 /// `None` for an object that was not there (listed, then deleted by a
 /// concurrent command before it was read), else what `r` holds.
 pub fn unless_gone<T>(r: Result<T>) -> Result<Option<T>> {

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::Repository;
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile};
-use crate::objects::{Kind, is_not_found, unless_gone};
+use crate::objects::{Kind, is_not_found, unless_gone, vanished};
 use crate::{Error, Id, IdSet, Result};
 
 /// How often one read follows its blob to a newer index before it gives
@@ -191,12 +191,10 @@ impl Repository {
                 None => Err(Error::MissingBlob(*id)),
             };
             match loaded {
-                Err(err) if (is_not_found(&err) || matches!(err, Error::MissingBlob(_))) && moves < RELOCATIONS => {
-                    match self.relocated(&index).await? {
-                        Some(newer) => (index, moves) = (newer, moves + 1),
-                        None => return Err(err),
-                    }
-                }
+                Err(err) if vanished(&err) && moves < RELOCATIONS => match self.relocated(&index).await? {
+                    Some(newer) => (index, moves) = (newer, moves + 1),
+                    None => return Err(err),
+                },
                 loaded => return loaded,
             }
         }

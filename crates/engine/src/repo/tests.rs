@@ -90,3 +90,10 @@ async fn loading_the_index_drops_cached_packs_it_no_longer_lists() {
 pub(crate) fn repo_opts() -> OpenOptions {
     OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
 }
+
+/// `n` bytes no other seed gives, the same at every run.
+pub(crate) fn content(seed: &str, n: usize) -> Vec<u8> {
+    let mut out = vec![0; n];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    out
+}

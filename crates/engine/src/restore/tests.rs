@@ -9,14 +9,7 @@ use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::objects::{Kind, is_not_found};
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{repo_opts, repository};
-
-/// `n` bytes no other seed gives, the same at every run.
-fn content(seed: &str, n: usize) -> Vec<u8> {
-    let mut out = vec![0; n];
-    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
-    out
-}
+use crate::repo::tests::{content, repo_opts, repository};
 
 /// Readers hold no session, so a prune does not wait for them: a reader
 /// that loaded its index before a prune repacked and deleted the packs it

@@ -1,0 +1,41 @@
+//! Copy beside a forget and prune in the source (docs/ARCHITECTURE.md §7.3a).
+
+use std::sync::Arc;
+
+use tresor_storage::Location;
+
+use super::{CopyOptions, copy};
+use crate::Repository;
+use crate::backup::{BackupOptions, backup};
+use crate::prune::{PruneOptions, prune};
+use crate::repo::tests::{content, repo_opts, repository};
+
+/// A selected snapshot that the source forgets, and whose data a prune
+/// sweeps, before the copy reaches it is skipped and named; the others are
+/// copied whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_forgotten_in_the_source_meanwhile_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (Arc::new(repository(&dir.path().join("src")).await), Arc::new(repository(&dir.path().join("dst")).await));
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let snap = |seed: &'static str| {
+        std::fs::write(data.join("f"), content(seed, 200_000)).unwrap();
+        backup(src.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() })
+    };
+    let gone = snap("gone").await.unwrap();
+    let kept = snap("kept").await.unwrap();
+    let selected = src.snapshots().await.unwrap();
+
+    let other = Arc::new(Repository::open(&Location::Fs(dir.path().join("src")), &repo_opts()).await.unwrap());
+    other.remove_snapshots(&[gone.id]).await.unwrap();
+    let pruned = prune(other, &PruneOptions { max_unused: 0.0, grace: std::time::Duration::ZERO, dry_run: false }).await.unwrap();
+    assert!(pruned.deleted_packs > 0, "{pruned:?}");
+
+    let report = copy(src, dst.clone(), selected, &CopyOptions::default()).await.unwrap();
+    assert_eq!(report.forgotten, [gone.id]);
+    assert_eq!(report.copied.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [kept.id]);
+    let copied = dst.snapshots().await.unwrap();
+    let file = crate::walk::list(&dst, copied[0].tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("f")).unwrap().1;
+    assert_eq!(dst.load_blob(&file.content[0]).await.unwrap(), content("kept", 200_000));
+}
