@@ -189,8 +189,13 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         if r.visit(&path, &dest, &node)?
             && let Some(sub) = node.subtree
         {
-            walker.enter(sub, &path).await?;
-            r.enter(&dest);
+            // A damaged directory loses what is below it, not the rest of
+            // the snapshot; `--delete` leaves what that directory holds.
+            match walker.enter(sub, &path).await {
+                Ok(()) => r.enter(&dest),
+                Err(e) if damaged(&e) => r.writer.error(&dest, format!("its contents were not restored: {e}")),
+                Err(e) => return Err(e),
+            }
         }
         if r.batch.full() {
             r.flush(Some(&dest)).await?;
@@ -476,6 +481,12 @@ fn finish(w: &Writer, files: &[FilePlan], mut batch: Batch) -> [u64; 3] {
         }
     }
     [(files.len() + batch.hardlinks.len()) as u64, restored, batch.dirs.len() as u64]
+}
+
+/// Is `e` the repository's damage, not a failure to reach it: a tree
+/// blob no index lists, whose pack storage lacks, or that fails to open.
+fn damaged(e: &Error) -> bool {
+    crate::objects::vanished(e) || matches!(e, Error::Corrupt { .. })
 }
 
 /// Should `path` be restored? Included paths bring their whole subtree and

@@ -1,4 +1,5 @@
-//! Restore beside a prune (docs/ARCHITECTURE.md §7.3a).
+//! Restore beside a prune (docs/ARCHITECTURE.md §7.3a), and of a
+//! snapshot whose trees are damaged.
 
 use std::sync::Arc;
 
@@ -77,4 +78,36 @@ async fn a_blob_stored_after_the_index_was_loaded_is_found() {
     assert_eq!(reader.load_blob(&file.content[0]).await.unwrap(), content("later", 100_000));
     let e = reader.load_blob(&crate::Id([7; 32])).await.err().unwrap();
     assert!(matches!(e, crate::Error::MissingBlob(_)), "{e}");
+}
+
+/// A directory whose tree fails to open is reported, with the rest of the
+/// snapshot restored: restore aborts only when it cannot reach storage.
+#[tokio::test]
+async fn a_damaged_directory_loses_its_contents_not_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(repository(&dir.path().join("repo")).await);
+    let src = dir.path().join("src");
+    for (name, seed) in [("a/x", "x"), ("a/y", "y"), ("b/z", "z"), ("c", "c")] {
+        std::fs::create_dir_all(src.join(name).parent().unwrap()).unwrap();
+        std::fs::write(src.join(name), content(seed, 50_000)).unwrap();
+    }
+    let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
+    let b = crate::walk::list(&repo, snap.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("src/b")).unwrap().1;
+    let tree = b.subtree.unwrap();
+    let (pack, e) = repo.index().await.unwrap().get(&tree).unwrap();
+    let path = dir.path().join("repo").join(Kind::Pack.path(&pack));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(e.offset + e.length / 2) as usize] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let fresh = Arc::new(Repository::open(&Location::Fs(dir.path().join("repo")), &repo_opts()).await.unwrap());
+    let out = dir.path().join("out");
+    let summary = restore(fresh, &snap, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
+    let restored = out.join(src.strip_prefix("/").unwrap());
+    let damage = crate::Error::corrupt("blob", tree, "it fails authentication");
+    assert_eq!(summary.errors, vec![format!("{}: its contents were not restored: {damage}", restored.join("b").display())]);
+    for (name, seed) in [("a/x", "x"), ("a/y", "y"), ("c", "c")] {
+        assert_eq!(std::fs::read(restored.join(name)).unwrap(), content(seed, 50_000), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(restored.join("b")).unwrap().count(), 0);
 }
