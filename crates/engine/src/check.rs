@@ -65,30 +65,53 @@ const RUNS: usize = 3;
 /// began.
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     repo.ensure_memory().await?;
-    let mut only = None;
-    let mut run = 1;
+    let first = survey(repo).await?;
+    settle(repo, opts, first).await
+}
+
+/// Judge `first`, and survey and judge again while problems were found and
+/// the index files or marks changed since the survey.
+async fn settle(repo: &Repository, opts: CheckOptions, first: Survey) -> Result<CheckReport> {
+    let (mut surveyed, mut only, mut run) = (first, None, 1);
     loop {
-        let (report, built_from, bad) = check_once(repo, opts, only.as_ref()).await?;
+        let (report, built_from, bad) = judge(repo, opts, surveyed, only.as_ref()).await?;
         if report.ok() || run == RUNS || repo.index_and_marks().await? == built_from {
             return Ok(report);
         }
         only = Some(bad);
         run += 1;
+        surveyed = survey(repo).await?;
     }
 }
 
-/// One check, reading (of the selected packs) only those in `only` if
-/// given; the index files and marks it judged against, and the packs it
-/// found damaged or could not read.
-async fn check_once(repo: &Repository, opts: CheckOptions, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
+/// What a check run judges: the snapshots, then the index and the packs
+/// storage holds, listed in that order.
+struct Survey {
+    report: CheckReport,
+    snapshots: Vec<Id>,
+    index: std::sync::Arc<Index>,
+    stored: Stored,
+    /// The index files and marks the index was built from.
+    built_from: Vec<Id>,
+}
+
+async fn survey(repo: &Repository) -> Result<Survey> {
     let mut report = CheckReport::default();
-    let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Snapshots first: each is stored after the index files it needs, so a
     // backup committed meanwhile finds its blobs in the index loaded next.
     let snapshots = repo.list_ids(Kind::Snapshot).await?;
     let (index, stored, built_from) = load_index(repo, &mut report).await?;
     report.blobs = index.blob_count();
     report.unindexed_packs = stored.unindexed.clone();
+    Ok(Survey { report, snapshots, index, stored, built_from })
+}
+
+/// Judge a survey, reading (of the selected packs) only those in `only`
+/// if given; the index files and marks it judged against, and the packs
+/// it found damaged or could not read.
+async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
+    let Survey { mut report, snapshots, index, stored, built_from } = survey;
+    let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Packs that cannot be read at all, and packs with some damaged blobs.
     let mut bad_packs = missing_or_resized(&index, &stored, &mut report);
     let mut partly_bad: Vec<(Id, String)> = Vec::new();
@@ -392,3 +415,6 @@ async fn check_snapshots(repo: &Repository, ids: Vec<Id>, report: &mut CheckRepo
     report.problems.extend(problems);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,7 @@ use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::objects::{Kind, is_not_found};
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{content, repo_opts, repository};
+use crate::repo::tests::{content, forgotten_old_snapshot, repo_opts, repository};
 
 /// Readers hold no session, so a prune does not wait for them: a reader
 /// that loaded its index before a prune repacked and deleted the packs it
@@ -20,19 +20,8 @@ use crate::repo::tests::{content, repo_opts, repository};
 #[tokio::test]
 async fn reads_follow_blobs_a_prune_moved_after_the_index_was_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Arc::new(repository(&dir.path().join("repo")).await);
+    let (repo, kept) = forgotten_old_snapshot(dir.path()).await;
     let src = dir.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    for n in 0..8 {
-        std::fs::write(src.join(format!("f{n}")), content(&format!("old {n}"), 200_000)).unwrap();
-    }
-    let snap = |repo: &Arc<Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
-    let old = snap(&repo).await.unwrap();
-    for n in 0..4 {
-        std::fs::write(src.join(format!("f{n}")), content(&format!("new {n}"), 200_000)).unwrap();
-    }
-    let kept = snap(&repo).await.unwrap();
-    repo.remove_snapshots(&[old.id]).await.unwrap();
 
     let location = Location::Fs(dir.path().join("repo"));
     let (restorer, loader) =

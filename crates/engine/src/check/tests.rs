@@ -1,0 +1,70 @@
+//! Check beside a prune (docs/ARCHITECTURE.md §7.3a): the prune lands
+//! between the survey and the judging of one run, every time.
+
+use std::time::Duration;
+
+use tresor_storage::Location;
+
+use super::{CheckOptions, judge, settle, survey};
+use crate::Repository;
+use crate::objects::Kind;
+use crate::prune::{PruneOptions, prune};
+use crate::repo::tests::{forgotten_old_snapshot, repo_opts};
+
+/// Judged against a survey taken before the prune, the packs the prune
+/// swept look damaged; the run that follows, against what storage holds
+/// then, finds the repository whole.
+#[tokio::test]
+async fn a_prune_between_survey_and_judging_is_not_taken_for_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = forgotten_old_snapshot(dir.path()).await;
+    let root = dir.path().join("repo");
+    let checker = Repository::open(&Location::Fs(root.clone()), &repo_opts()).await.unwrap();
+    let opts = CheckOptions { read_data: 1.0 };
+    let (stale, settled) = (survey(&checker).await.unwrap(), survey(&checker).await.unwrap());
+    let packs: Vec<_> = stale.index.packs().map(|(p, _)| p).collect();
+    let pruned = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
+    assert!(pruned.repacked_packs > 0 && pruned.deleted_packs > 0, "{pruned:?}");
+    let mut swept: Vec<String> =
+        packs.iter().filter(|p| !root.join(Kind::Pack.path(p)).exists()).map(|p| format!("pack {}", p.short())).collect();
+    swept.sort();
+    assert_eq!(swept.len(), pruned.deleted_packs);
+
+    let (first, _, bad) = judge(&checker, opts, stale, None).await.unwrap();
+    let mut objects: Vec<String> = first.problems.iter().map(|p| p.object.clone()).collect();
+    objects.sort();
+    assert_eq!(objects, swept, "{:?}", first.problems);
+    assert_eq!(bad.len(), swept.len());
+
+    let report = settle(&checker, opts, settled).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let stored = walkdir(&root.join("data"));
+    assert_eq!((report.snapshots, report.packs), (1, stored));
+}
+
+fn prune_opts(grace: Duration) -> PruneOptions {
+    PruneOptions { max_unused: 0.0, grace, dry_run: false }
+}
+
+/// Marked packs that a survey saw, swept before they are read, are no
+/// damage by themselves: the first run finds the repository whole.
+#[tokio::test]
+async fn marked_packs_swept_after_the_survey_are_no_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = forgotten_old_snapshot(dir.path()).await;
+    let marking = prune(repo.clone(), &prune_opts(Duration::from_secs(3600))).await.unwrap();
+    assert!(marking.marked_packs > 0 && marking.deleted_packs == 0, "{marking:?}");
+    let checker = Repository::open(&Location::Fs(dir.path().join("repo")), &repo_opts()).await.unwrap();
+    let stale = survey(&checker).await.unwrap();
+    let sweeping = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
+    assert_eq!(sweeping.deleted_packs, marking.marked_packs, "{sweeping:?}");
+
+    let (report, _, bad) = judge(&checker, CheckOptions { read_data: 1.0 }, stale, None).await.unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(bad.len(), marking.marked_packs);
+}
+
+/// The files below `dir`, at any depth.
+fn walkdir(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walkdir(&p) } else { 1 }).sum()
+}
