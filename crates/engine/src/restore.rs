@@ -132,7 +132,6 @@ impl std::fmt::Display for Blocked {
 /// Restore-wide state beside the batch.
 struct Restorer<'a> {
     repo: &'a Arc<Repository>,
-    index: Arc<Index>,
     includes: PathFilter,
     excludes: PathFilter,
     existing: Existing,
@@ -166,7 +165,6 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     };
     let mut r = Restorer {
         repo: &repo,
-        index: repo.index().await?,
         includes: PathFilter::new(&opts.includes)?,
         excludes: PathFilter::new(&opts.excludes)?,
         existing: Existing::new(&repo, opts.overwrite),
@@ -311,11 +309,13 @@ impl Restorer<'_> {
         let mut batch = std::mem::take(&mut self.batch);
         let (done, open) = batch.dirs.into_iter().partition(|(d, _)| inside.is_none_or(|i| !i.starts_with(d)));
         (batch.dirs, self.batch.dirs) = (done, open);
-        // The newest index: a batch before may have found packs moved.
-        self.index = self.repo.index().await?;
-        let by_pack = self.blobs_by_pack(&batch.files);
+        // Planned once the batch before is written, with the newest index:
+        // that batch may have found packs moved, and then let go of the
+        // index it had, so one index is held (`Repository::relocated`).
         self.wait().await?;
-        let (repo, writer, index) = (self.repo.clone(), self.writer.clone(), self.index.clone());
+        let index = self.repo.index().await?;
+        let by_pack = self.blobs_by_pack(&batch.files, &index);
+        let (repo, writer) = (self.repo.clone(), self.writer.clone());
         self.writing = Some(tokio::spawn(async move {
             let files = Arc::new(std::mem::take(&mut batch.files));
             writer.fetch_and_write(&repo, &files, by_pack, index).await?;
@@ -338,11 +338,11 @@ impl Restorer<'_> {
     /// The blobs the files need, by pack, each with every place it goes. A
     /// file with a blob the index lacks is reported and left alone: the
     /// offsets of its later blobs are unknown, so it would be written wrong.
-    fn blobs_by_pack(&self, files: &[FilePlan]) -> IdMap<Vec<(PackEntry, Targets)>> {
+    fn blobs_by_pack(&self, files: &[FilePlan], index: &Index) -> IdMap<Vec<(PackEntry, Targets)>> {
         let mut by_pack: IdMap<Vec<(PackEntry, Targets)>> = IdMap::default();
         let mut blob_slot: IdMap<(Id, usize)> = IdMap::default();
         for (fi, f) in files.iter().enumerate() {
-            if let Some(missing) = f.node.content.iter().find(|id| !self.index.contains(id)) {
+            if let Some(missing) = f.node.content.iter().find(|id| !index.contains(id)) {
                 self.writer.error(&f.path, Error::MissingBlob(*missing));
                 f.remaining.store(0, Relaxed);
                 f.failed.store(true, Relaxed);
@@ -351,7 +351,7 @@ impl Restorer<'_> {
             }
             let mut offset = 0u64;
             for id in &f.node.content {
-                let (pack, entry) = self.index.get(id).expect("checked above");
+                let (pack, entry) = index.get(id).expect("checked above");
                 let list = by_pack.entry(pack).or_default();
                 let slot = *blob_slot.entry(*id).or_insert_with(|| {
                     list.push((entry, Vec::new()));
@@ -519,4 +519,4 @@ fn included(path: &Path, includes: &PathFilter) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,8 @@ use super::{CheckOptions, judge, settle, survey};
 use crate::Repository;
 use crate::objects::Kind;
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{forgotten_old_snapshot, repo_opts};
+use crate::repo::tests::repo_opts;
+use crate::restore::tests::forgotten_old_snapshot;
 
 /// Judged against a survey taken before the prune, the packs the prune
 /// swept look damaged; the run that follows, against what storage holds

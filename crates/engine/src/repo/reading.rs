@@ -116,11 +116,14 @@ impl Repository {
     /// after the load is in an index file written since. So: the reading
     /// index again when those changed since it was built (or another read
     /// already loaded a newer one); `None` when they did not, and the pack
-    /// or blob is missing, not moved.
-    pub async fn relocated(&self, stale: &Arc<Index>) -> Result<Option<Arc<Index>>> {
+    /// or blob is missing, not moved. The caller hands over its `stale`
+    /// index, which is let go before the newer one is built: a reader that
+    /// holds no other copy holds one index at a time, as `--max-memory`
+    /// foresees.
+    pub async fn relocated(&self, stale: Arc<Index>) -> Result<Option<Arc<Index>>> {
         let mut slot = self.index.lock().await;
         if let Some(r) = slot.as_ref()
-            && !Arc::ptr_eq(&r.index, stale)
+            && !Arc::ptr_eq(&r.index, &stale)
         {
             return Ok(Some(r.index.clone()));
         }
@@ -129,6 +132,8 @@ impl Repository {
         {
             return Ok(None);
         }
+        *slot = None;
+        drop(stale);
         let reading = self.load_reading().await?;
         let index = reading.index.clone();
         *slot = Some(reading);
@@ -191,7 +196,7 @@ impl Repository {
                 None => Err(Error::MissingBlob(*id)),
             };
             match loaded {
-                Err(err) if vanished(&err) && moves < RELOCATIONS => match self.relocated(&index).await? {
+                Err(err) if vanished(&err) && moves < RELOCATIONS => match self.relocated(index).await? {
                     Some(newer) => (index, moves) = (newer, moves + 1),
                     None => return Err(err),
                 },

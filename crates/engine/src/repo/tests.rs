@@ -91,28 +91,6 @@ pub(crate) fn repo_opts() -> OpenOptions {
     OpenOptions { password: Password::new("pw"), cache_root: None, storage: StorageOptions::default() }
 }
 
-/// A repository in `dir/repo` whose one snapshot (returned) of `dir/src`
-/// shares packs with a forgotten one, so that a prune both repacks and
-/// deletes: files f0..f7 of 200,000 bytes, f0..f3 rewritten since.
-pub(crate) async fn forgotten_old_snapshot(dir: &std::path::Path) -> (Arc<Repository>, crate::Snapshot) {
-    let repo = Arc::new(repository(&dir.join("repo")).await);
-    let src = dir.join("src");
-    std::fs::create_dir(&src).unwrap();
-    for n in 0..8 {
-        std::fs::write(src.join(format!("f{n}")), content(&format!("old {n}"), 200_000)).unwrap();
-    }
-    let snap = |repo: &Arc<Repository>| {
-        crate::backup::backup(repo.clone(), crate::backup::BackupOptions { paths: vec![src.clone()], ..Default::default() })
-    };
-    let old = snap(&repo).await.unwrap();
-    for n in 0..4 {
-        std::fs::write(src.join(format!("f{n}")), content(&format!("new {n}"), 200_000)).unwrap();
-    }
-    let kept = snap(&repo).await.unwrap();
-    repo.remove_snapshots(&[old.id]).await.unwrap();
-    (repo, kept)
-}
-
 /// `n` bytes no other seed gives, the same at every run.
 pub(crate) fn content(seed: &str, n: usize) -> Vec<u8> {
     let mut out = vec![0; n];

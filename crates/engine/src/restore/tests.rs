@@ -10,7 +10,27 @@ use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::objects::{Kind, is_not_found};
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{content, forgotten_old_snapshot, repo_opts, repository};
+use crate::repo::tests::{content, repo_opts, repository};
+
+/// A repository in `dir/repo` whose one snapshot (returned) of `dir/src`
+/// shares packs with a forgotten one, so that a prune both repacks and
+/// deletes: files f0..f7 of 200,000 bytes, f0..f3 rewritten since.
+pub(crate) async fn forgotten_old_snapshot(dir: &std::path::Path) -> (Arc<Repository>, crate::Snapshot) {
+    let repo = Arc::new(repository(&dir.join("repo")).await);
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    for n in 0..8 {
+        std::fs::write(src.join(format!("f{n}")), content(&format!("old {n}"), 200_000)).unwrap();
+    }
+    let snap = |repo: &Arc<Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
+    let old = snap(&repo).await.unwrap();
+    for n in 0..4 {
+        std::fs::write(src.join(format!("f{n}")), content(&format!("new {n}"), 200_000)).unwrap();
+    }
+    let kept = snap(&repo).await.unwrap();
+    repo.remove_snapshots(&[old.id]).await.unwrap();
+    (repo, kept)
+}
 
 /// Readers hold no session, so a prune does not wait for them: a reader
 /// that loaded its index before a prune repacked and deleted the packs it

@@ -134,7 +134,7 @@ impl Writer {
             if gone.is_empty() {
                 return Ok(());
             }
-            let Some(newer) = repo.relocated(&index).await? else {
+            let Some(newer) = repo.relocated(index).await? else {
                 for (pack, blobs) in gone {
                     let missing = Error::corrupt("pack", pack, "it is missing from storage");
                     blobs.iter().flat_map(|(_, targets)| targets).for_each(|(fi, _)| self.fail(&files[*fi], &missing));
