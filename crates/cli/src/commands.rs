@@ -331,12 +331,14 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
     };
     let (mut files, mut bytes) = (0u64, 0u64);
     for s in &snaps {
-        for (_, n) in tresor_engine::walk::list(&repo, s.tree, "/").await? {
+        tresor_engine::walk::each(&repo, s.tree, "/", &mut |_, n| {
             if n.is_file() {
                 files += 1;
                 bytes += n.size;
             }
-        }
+            Ok(())
+        })
+        .await?;
     }
     let v = json!({
         "snapshots_count": snaps.len(),

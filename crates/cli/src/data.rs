@@ -1,6 +1,5 @@
 //! Commands that move data: backup, restore, ls, dump, diff.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::backup::{BackupOptions, Progress, backup as run_backup};
 use tresor_engine::restore::{RestoreOptions, RestoreSummary, restore as run_restore};
-use tresor_engine::walk::{find, list};
+use tresor_engine::walk::find;
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::{human, open, print_json};
@@ -385,33 +384,35 @@ fn kind_char(n: &Node) -> char {
 pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let repo = open(g).await?;
     let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
-    let entries = list(&repo, snap.tree, &in_folder(folder, a.path.as_deref().unwrap_or("/"))).await?;
-    let mut out = std::io::stdout().lock();
-    for (path, n) in entries {
-        if g.json {
-            writeln!(
-                out,
-                "{}",
-                json!({"message_type": "node", "struct_type": "node", "name": n.name, "path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links})
-            )?;
-        } else if a.long {
-            let t = DateTime::from_timestamp_nanos(n.mtime).with_timezone(&Local);
-            writeln!(
-                out,
-                "{}{:04o} {:>6} {:>6} {:>12} {} {}",
-                kind_char(&n),
-                n.mode,
-                n.uid,
-                n.gid,
-                n.size,
-                t.format("%Y-%m-%d %H:%M:%S"),
-                path.display()
-            )?;
-        } else {
-            writeln!(out, "{}", path.display())?;
-        }
-    }
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let base = in_folder(folder, a.path.as_deref().unwrap_or("/"));
+    tresor_engine::walk::each(&repo, snap.tree, &base, &mut |path, n| {
+        writeln!(out, "{}", ls_line(g.json, a.long, path, n)).map_err(tresor_engine::Error::Stream)
+    })
+    .await?;
+    out.flush()?;
     Ok(0)
+}
+
+/// One node as `ls` prints it: a path, a long line or a JSON object.
+fn ls_line(json: bool, long: bool, path: &std::path::Path, n: &Node) -> String {
+    if json {
+        json!({"message_type": "node", "struct_type": "node", "name": n.name, "path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links}).to_string()
+    } else if long {
+        let t = DateTime::from_timestamp_nanos(n.mtime).with_timezone(&Local);
+        format!(
+            "{}{:04o} {:>6} {:>6} {:>12} {} {}",
+            kind_char(n),
+            n.mode,
+            n.uid,
+            n.gid,
+            n.size,
+            t.format("%Y-%m-%d %H:%M:%S"),
+            path.display()
+        )
+    } else {
+        path.display().to_string()
+    }
 }
 
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
@@ -430,49 +431,26 @@ pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn same_content(a: &Node, b: &Node) -> bool {
-    a.kind == b.kind
-        && a.content == b.content
-        && a.subtree.is_some() == b.subtree.is_some()
-        && a.link_target == b.link_target
-        && a.mode == b.mode
-        && a.mtime == b.mtime
-        && a.uid == b.uid
-        && a.gid == b.gid
-}
-
-/// Paths relative to the folder a `SNAPSHOT:PATH` argument named, so two
-/// folders compare by what is inside them.
-fn under(entries: Vec<(PathBuf, Node)>, folder: Option<&str>) -> BTreeMap<PathBuf, Node> {
-    let base = std::path::Path::new("/").join(folder.unwrap_or("/").trim_start_matches('/'));
-    entries.into_iter().map(|(p, n)| (std::path::Path::new("/").join(p.strip_prefix(&base).unwrap_or(&p)), n)).collect()
-}
-
 pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     let repo = open(g).await?;
     let ((sa, fa), (sb, fb)) = (resolve(&repo, &a.a, &a.select).await?, resolve(&repo, &a.b, &a.select).await?);
-    let left: BTreeMap<PathBuf, Node> = under(list(&repo, sa.tree, fa.unwrap_or("/")).await?, fa);
-    let right: BTreeMap<PathBuf, Node> = under(list(&repo, sb.tree, fb.unwrap_or("/")).await?, fb);
-    let mut changes = Vec::new();
-    for (p, n) in &left {
-        match right.get(p) {
-            None => changes.push(("-", p)),
-            Some(m) if !n.is_dir() && !same_content(n, m) => changes.push(("M", p)),
-            _ => {}
-        }
-    }
-    changes.extend(right.keys().filter(|p| !left.contains_key(*p)).map(|p| ("+", p)));
-    changes.sort_by(|x, y| x.1.cmp(y.1));
-    for (m, p) in &changes {
-        if g.json {
-            println!("{}", json!({"message_type": "change", "modifier": m, "path": p}));
-        } else {
-            println!("{m}    {}", p.display());
-        }
-    }
+    let left = tresor_engine::walk::folder(&repo, sa.tree, fa.unwrap_or("/")).await?;
+    let right = tresor_engine::walk::folder(&repo, sb.tree, fb.unwrap_or("/")).await?;
+    let mut counts = [0usize; 3];
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    tresor_engine::diff::diff(&repo, left, right, &mut |change, path| {
+        counts[change as usize] += 1;
+        let line = match g.json {
+            true => json!({"message_type": "change", "modifier": change.modifier(), "path": path}).to_string(),
+            false => format!("{}    {}", change.modifier(), path.display()),
+        };
+        writeln!(out, "{line}").map_err(tresor_engine::Error::Stream)
+    })
+    .await?;
     if !g.json {
-        let count = |k: &str| changes.iter().filter(|(m, _)| *m == k).count();
-        println!("{} added, {} removed, {} modified", count("+"), count("-"), count("M"));
+        let [added, removed, modified] = counts;
+        writeln!(out, "{added} added, {removed} removed, {modified} modified")?;
     }
+    out.flush()?;
     Ok(0)
 }

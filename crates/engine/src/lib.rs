@@ -14,6 +14,7 @@ pub mod chunker;
 pub mod config;
 pub mod copy;
 pub mod crypto;
+pub mod diff;
 mod error;
 pub mod evidence;
 pub mod forget;

@@ -8,8 +8,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::crypto::Crypto;
+use crate::walk::Walker;
 use crate::{Id, NodeKind, Repository, Result};
 
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -23,35 +25,73 @@ pub struct VerifyReport {
 /// A restored file's path, its blobs with their plain lengths, its size.
 type Expected = (PathBuf, Vec<(Id, usize)>, u64);
 
+/// Files handed to a reading thread at a time: the walk goes on while they
+/// are read, and holds no more than two such batches, whatever the size of
+/// the snapshot.
+const BATCH: usize = 512;
+
 /// Check every regular file of the snapshot tree `tree` (the root, or the
 /// folder a `SNAPSHOT:PATH` restore took) under `target`, laid out as
 /// `restore` writes it.
 pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) -> Result<VerifyReport> {
     let index = repo.index().await?;
-    let files: Vec<Expected> = crate::walk::list(repo, tree, "")
-        .await?
-        .into_iter()
-        .filter(|(_, n)| n.kind == NodeKind::File)
-        .map(|(p, n)| {
-            let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();
-            (target.join(p.strip_prefix("/").unwrap_or(&p)), blobs, n.size)
-        })
-        .collect();
     let crypto = repo.crypto().clone();
-    tokio::task::spawn_blocking(move || {
-        let mut report = VerifyReport::default();
-        let mut buf = Vec::new();
-        for (path, want, size) in files {
-            report.files += 1;
-            match check_file(&path, &want, size, &crypto, &mut buf) {
-                Ok(()) => report.bytes += size,
-                Err(why) => report.mismatched.push(format!("{}: {why}", path.display())),
-            }
+    let mut report = VerifyReport::default();
+    let mut reading: Option<Reading> = None;
+    let mut batch = Vec::new();
+    let mut walker = Walker::new(repo);
+    walker.enter(tree, Path::new("/")).await?;
+    while let Some((path, n)) = walker.next_node()? {
+        if let Some(sub) = n.subtree {
+            walker.enter(sub, &path).await?;
         }
-        report
-    })
-    .await
-    .map_err(|e| crate::Error::Invalid(format!("verify thread failed: {e}")))
+        if n.kind == NodeKind::File {
+            let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();
+            batch.push((target.join(path.strip_prefix("/").unwrap_or(&path)), blobs, n.size));
+        }
+        if batch.len() == BATCH {
+            report.add(joined(reading.replace(check_batch(std::mem::take(&mut batch), &crypto))).await?);
+        }
+    }
+    report.add(joined(reading.replace(check_batch(batch, &crypto))).await?);
+    report.add(joined(reading).await?);
+    Ok(report)
+}
+
+type Reading = tokio::task::JoinHandle<VerifyReport>;
+
+fn check_batch(files: Vec<Expected>, crypto: &Arc<Crypto>) -> Reading {
+    let crypto = crypto.clone();
+    tokio::task::spawn_blocking(move || check_files(files, &crypto))
+}
+
+/// What the batch read before found; nothing when there was none.
+async fn joined(reading: Option<Reading>) -> Result<VerifyReport> {
+    match reading {
+        Some(r) => r.await.map_err(|e| crate::Error::Invalid(format!("verify thread failed: {e}"))),
+        None => Ok(VerifyReport::default()),
+    }
+}
+
+impl VerifyReport {
+    fn add(&mut self, other: VerifyReport) {
+        self.files += other.files;
+        self.bytes += other.bytes;
+        self.mismatched.extend(other.mismatched);
+    }
+}
+
+fn check_files(files: Vec<Expected>, crypto: &Crypto) -> VerifyReport {
+    let mut report = VerifyReport::default();
+    let mut buf = Vec::new();
+    for (path, want, size) in files {
+        report.files += 1;
+        match check_file(&path, &want, size, crypto, &mut buf) {
+            Ok(()) => report.bytes += size,
+            Err(why) => report.mismatched.push(format!("{}: {why}", path.display())),
+        }
+    }
+    report
 }
 
 /// One restored file against its blobs: its length, then each piece's id.

@@ -125,18 +125,25 @@ pub async fn folder(repo: &Repository, root: Id, path: &str) -> Result<Id> {
     }
 }
 
-/// Every node of a snapshot with its path, in order.
-pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBuf, Node)>> {
-    let mut out = Vec::new();
+/// Call `visit` with every node below the path `base` of a snapshot (the
+/// node itself when it is not a directory) and its path, in order,
+/// holding only the trees on the way to the current node.
+pub async fn each(repo: &Repository, root: Id, base: &str, visit: &mut (dyn FnMut(&Path, &Node) -> Result<()> + Send)) -> Result<()> {
     let start = match find(repo, root, base).await? {
         None => root,
         Some(n) if n.is_dir() => n.subtree.ok_or_else(|| Error::NoSuchPath(base.to_string()))?,
-        Some(n) => return Ok(vec![(PathBuf::from("/").join(base.trim_start_matches('/')), n)]),
+        Some(n) => return visit(&PathBuf::from("/").join(base.trim_start_matches('/')), &n),
     };
     let prefix = PathBuf::from("/").join(base.trim_start_matches('/'));
-    walk(repo, start, &prefix, &mut |p, n| {
+    walk(repo, start, &prefix, &mut |p, n| visit(p, n).map(|()| true)).await
+}
+
+/// Every node of a snapshot with its path, in order ([`each`], held).
+pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBuf, Node)>> {
+    let mut out = Vec::new();
+    each(repo, root, base, &mut |p, n| {
         out.push((p.to_path_buf(), n.clone()));
-        Ok(true)
+        Ok(())
     })
     .await?;
     Ok(out)
