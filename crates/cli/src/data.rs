@@ -11,11 +11,10 @@ use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::backup::{BackupOptions, Progress, backup as run_backup};
 use tresor_engine::restore::{RestoreOptions, RestoreSummary, restore as run_restore};
-use tresor_engine::walk::find;
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::{human, open, print_json};
-use crate::opts::{BackupArgs, DiffArgs, DumpArgs, Global, LsArgs, RestoreArgs, SelectArgs};
+use crate::opts::{BackupArgs, DiffArgs, DumpArgs, FindArgs, Global, LsArgs, RestoreArgs, SelectArgs};
 
 pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
@@ -419,7 +418,9 @@ pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     let repo = open(g).await?;
     let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
     let path = in_folder(folder, &a.path);
-    let node = find(&repo, snap.tree, &path).await?.with_context(|| format!("{path:?} names the snapshot root, not a file"))?;
+    let node = tresor_engine::walk::find(&repo, snap.tree, &path)
+        .await?
+        .with_context(|| format!("{path:?} names the snapshot root, not a file"))?;
     if !node.is_file() {
         bail!("{} is not a regular file", a.path);
     }
@@ -450,6 +451,40 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     if !g.json {
         let [added, removed, modified] = counts;
         writeln!(out, "{added} added, {removed} removed, {modified} modified")?;
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// Every snapshot the filters pass, oldest first, searched for the
+/// patterns; a snapshot with matches is named before them.
+pub async fn find(g: &Global, a: FindArgs) -> Result<u8> {
+    let repo = open(g).await?;
+    let snaps = tresor_engine::select::filter(repo.snapshots().await?, &a.select.filter(), false);
+    let mut finder = tresor_engine::find::Finder::new(&repo, &a.patterns)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let (mut matches, mut holding) = (0, 0);
+    for snap in &snaps {
+        let mut first = true;
+        let found = finder
+            .search(snap.tree, &mut |path, n| {
+                if first && !g.json {
+                    let when = snap.time.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S");
+                    writeln!(out, "Found matching entries in snapshot {} from {when}", snap.id.short()).map_err(tresor_engine::Error::Stream)?;
+                }
+                first = false;
+                let line = match g.json {
+                    true => json!({"message_type": "match", "snapshot_id": snap.id, "path": path, "type": n.kind, "size": n.size, "mtime": n.mtime}).to_string(),
+                    false => ls_line(false, a.long, path, n),
+                };
+                writeln!(out, "{line}").map_err(tresor_engine::Error::Stream)
+            })
+            .await?;
+        matches += found;
+        holding += u64::from(found > 0);
+    }
+    if !g.json {
+        writeln!(out, "{matches} matches in {holding} of {} snapshots", snaps.len())?;
     }
     out.flush()?;
     Ok(0)

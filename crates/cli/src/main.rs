@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::RestoreApp(a) => restore_app::restore_app(&g, a).await,
         Command::Dump(a) => data::dump(&g, a).await,
         Command::Diff(a) => data::diff(&g, a).await,
+        Command::Find(a) => data::find(&g, a).await,
         Command::Stats(a) => commands::stats(&g, a).await,
         Command::Check(a) => commands::check(&g, a).await,
         Command::Key(a) => keys::key(&g, a).await,

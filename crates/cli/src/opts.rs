@@ -105,6 +105,8 @@ pub enum Command {
     Dump(DumpArgs),
     /// Show what changed between two snapshots.
     Diff(DiffArgs),
+    /// Find the files and directories matching patterns in every snapshot.
+    Find(FindArgs),
     /// Repository and snapshot statistics.
     Stats(StatsArgs),
     /// Verify the repository.
@@ -489,6 +491,18 @@ pub struct DiffArgs {
     pub a: String,
     /// The newer snapshot: an id, an id prefix or `latest`.
     pub b: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+#[derive(Args)]
+pub struct FindArgs {
+    /// Patterns as --include takes them: with a /, the whole path (e.g. '/etc/**/*.conf'); without, a name (e.g. 'config.yaml').
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Long listing with mode, size and time.
+    #[arg(short, long, help_heading = OUTPUT)]
+    pub long: bool,
     #[command(flatten)]
     pub select: SelectArgs,
 }

@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod diff;
 mod error;
 pub mod evidence;
+pub mod find;
 pub mod forget;
 pub mod fsmeta;
 #[doc(hidden)]

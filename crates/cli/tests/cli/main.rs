@@ -313,10 +313,24 @@ fn dedup_incremental_diff_ls_dump_and_stdin() {
     let first_id = first["snapshot_id"].as_str().unwrap();
     let second_id = second["snapshot_id"].as_str().unwrap();
     let diff = env.ok(&["diff", &first_id[..8], &second_id[..10]]);
-    let f3 = format!("M    {}/f3.txt", src.display());
-    let copy = format!("+    {}/copy.bin", src.display());
-    assert!(diff.contains(&f3) && diff.contains(&copy), "{diff}");
-    assert!(diff.ends_with("1 added, 0 removed, 1 modified\n"), "{diff}");
+    let s = src.display();
+    assert_eq!(diff, format!("+    {s}/copy.bin\nM    {s}/f3.txt\n1 added, 0 removed, 1 modified\n"));
+
+    // Each snapshot with matches is named (its time cut off here), then its
+    // matches in path order.
+    let found = env.ok(&["find", "f3.txt", "copy.bin"]);
+    let found: Vec<&str> = found.lines().map(|l| l.split(" from ").next().unwrap()).collect();
+    let third_id = third["snapshot_id"].as_str().unwrap();
+    let named = |id: &str| format!("Found matching entries in snapshot {}", &id[..8]);
+    let (copy, f3) = (format!("{s}/copy.bin"), format!("{s}/f3.txt"));
+    let want = [named(first_id), f3.clone(), named(second_id), copy.clone(), f3.clone(), named(third_id), copy, f3];
+    assert_eq!(found[..8], want);
+    assert_eq!(found[8..], ["5 matches in 3 of 3 snapshots"]);
+    let as_json = env.ok(&["find", "--json", "--tag", "one", "*.txt"]);
+    assert_eq!(as_json.lines().count(), 20);
+    assert!(as_json.starts_with("{\"message_type\":\"match\",\"mtime\":"), "{as_json}");
+    let bad = env.fails(&["find", "["], 1);
+    assert!(bad.starts_with("tresor: error: bad pattern \"[\": "), "{bad}");
 
     let ls = env.ok(&["ls", "latest", src.to_str().unwrap()]);
     assert_eq!(ls.lines().count(), 22);
