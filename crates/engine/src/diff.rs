@@ -7,12 +7,11 @@
 //! not the size of the snapshots.
 
 use std::iter::Peekable;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::tree::Node;
-use crate::walk::is_safe_name;
-use crate::{Error, Id, Repository, Result};
+use crate::walk::child;
+use crate::{Id, Repository, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -66,12 +65,8 @@ pub async fn diff(repo: &Repository, left: Id, right: Id, visit: &mut (dyn FnMut
             (Some(_), None) => (top.left.next(), None),
             (None, Some(_)) => (None, top.right.next()),
         };
-        let name = l.as_ref().or(r.as_ref()).expect("one side has the entry").os_name();
-        if !is_safe_name(name.as_bytes()) {
-            let at = format!("at {}", top.base.display());
-            return Err(Error::Corrupt { kind: "tree", id: at, reason: format!("unsafe entry name {name:?}") });
-        }
-        let path = top.base.join(name);
+        let node = l.as_ref().or(r.as_ref()).expect("one side has the entry");
+        let path = child(&top.base, node, &format!("at {}", top.base.display()))?;
         match (&l, &r) {
             (Some(_), None) => visit(Change::Removed, &path)?,
             (None, Some(_)) => visit(Change::Added, &path)?,

@@ -6,11 +6,10 @@
 //! snapshots costs about one walk plus what changed between them.
 
 use std::collections::HashSet;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::tree::Node;
-use crate::walk::{PathFilter, is_safe_name};
+use crate::walk::{PathFilter, child};
 use crate::{Error, Id, Repository, Result};
 
 pub struct Finder<'a> {
@@ -59,11 +58,7 @@ impl<'a> Finder<'a> {
                 }
                 continue;
             };
-            let name = node.os_name();
-            if !is_safe_name(name.as_bytes()) {
-                return Err(Error::Corrupt { kind: "tree", id: top.tree.to_hex(), reason: format!("unsafe entry name {name:?}") });
-            }
-            let path = top.base.join(name);
+            let path = child(&top.base, &node, &top.tree.to_hex())?;
             if self.patterns.matches(&path) {
                 visit(&path, &node)?;
                 top.matched = true;

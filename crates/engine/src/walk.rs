@@ -46,6 +46,16 @@ pub fn is_safe_name(name: &[u8]) -> bool {
     !matches!(name, b"" | b"." | b"..") && !name.contains(&b'/') && !name.contains(&0)
 }
 
+/// Where `node` of the tree `tree` (named for the error) at `base` is: a
+/// name that would leave `base` makes the tree damaged.
+pub(crate) fn child(base: &Path, node: &Node, tree: &str) -> Result<PathBuf> {
+    let name = node.os_name();
+    if !is_safe_name(name.as_bytes()) {
+        return Err(Error::Corrupt { kind: "tree", id: tree.to_string(), reason: format!("unsafe entry name {name:?}") });
+    }
+    Ok(base.join(name))
+}
+
 /// Visit every node below `tree`, depth first in name order. The visitor
 /// returns whether to descend into a directory.
 pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
@@ -89,11 +99,7 @@ impl<'a> Walker<'a> {
                 self.open.pop();
                 continue;
             };
-            let name = node.os_name();
-            if !is_safe_name(name.as_bytes()) {
-                return Err(Error::Corrupt { kind: "tree", id: tree.to_hex(), reason: format!("unsafe entry name {:?}", node.name) });
-            }
-            return Ok(Some((base.join(name), node)));
+            return Ok(Some((child(base, &node, &tree.to_hex())?, node)));
         }
         Ok(None)
     }
@@ -147,4 +153,29 @@ pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBu
     })
     .await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::path::Path;
+
+    use super::child;
+    use crate::tree::Node;
+
+    /// A name that would leave its directory, or that no directory can
+    /// hold, makes the tree damaged, whichever reader meets it.
+    #[test]
+    fn a_name_that_leaves_its_directory_is_damage() {
+        let named = |name: &[u8]| {
+            let mut n = Node::default();
+            n.set_name(<OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+            n
+        };
+        assert_eq!(child(Path::new("/srv"), &named(b"app.conf"), "t").unwrap(), Path::new("/srv/app.conf"));
+        for (name, shown) in [(&b".."[..], "\"..\""), (b"a/b", "\"a/b\""), (b"", "\"\""), (b"nul\0", "\"nul\\0\"")] {
+            let e = child(Path::new("/srv"), &named(name), "1a2b").unwrap_err();
+            assert_eq!(e.to_string(), format!("tree 1a2b is damaged: unsafe entry name {shown}"));
+        }
+    }
 }
