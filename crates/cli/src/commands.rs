@@ -329,9 +329,9 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
         Some(spec) => vec![repo.find_snapshot(spec).await?],
         None => repo.snapshots().await?,
     };
-    let (mut files, mut bytes) = (0u64, 0u64);
+    let (mut files, mut bytes, mut lost) = (0u64, 0u64, Vec::new());
     for s in &snaps {
-        tresor_engine::walk::each(&repo, s.tree, "/", &mut |_, n| {
+        let unread = tresor_engine::walk::each(&repo, s.tree, "/", &mut |_, n| {
             if n.is_file() {
                 files += 1;
                 bytes += n.size;
@@ -339,6 +339,7 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
             Ok(())
         })
         .await?;
+        lost.extend(crate::data::in_snapshot(s, unread));
     }
     let v = json!({
         "snapshots_count": snaps.len(),
@@ -352,7 +353,8 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
         "dedup_ratio": if raw > 0 { bytes as f64 / raw as f64 } else { 0.0 },
     });
     if g.json {
-        return print_json(&v).map(|_| 0);
+        print_json(&v)?;
+        return crate::data::unread(&lost, "counted");
     }
     println!("snapshots:            {}", snaps.len());
     println!("files (all snapshots): {files}, {}", human(bytes));
@@ -360,7 +362,7 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
     println!("stored in {} packs:   {}", index.packs().count(), human(stored));
     println!("compression ratio:    {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
     println!("deduplication ratio:  {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
-    Ok(0)
+    crate::data::unread(&lost, "counted")
 }
 
 fn parse_subset(s: &str) -> Result<f64> {

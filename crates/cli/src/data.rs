@@ -11,6 +11,7 @@ use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::backup::{BackupOptions, Progress, backup as run_backup};
 use tresor_engine::restore::{RestoreOptions, RestoreSummary, restore as run_restore};
+use tresor_engine::walk::Unread;
 use tresor_engine::{Node, NodeKind, Repository, Snapshot};
 
 use crate::commands::{human, open, print_json};
@@ -385,12 +386,30 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let base = in_folder(folder, a.path.as_deref().unwrap_or("/"));
-    tresor_engine::walk::each(&repo, snap.tree, &base, &mut |path, n| {
+    let lost = tresor_engine::walk::each(&repo, snap.tree, &base, &mut |path, n| {
         writeln!(out, "{}", ls_line(g.json, a.long, path, n)).map_err(tresor_engine::Error::Stream)
     })
     .await?;
     out.flush()?;
-    Ok(0)
+    unread(&in_snapshot(&snap, lost), "listed")
+}
+
+/// What a reader of `snap` went on without, each named with the snapshot.
+pub fn in_snapshot(snap: &Snapshot, lost: Vec<Unread>) -> Vec<(String, Unread)> {
+    lost.into_iter().map(|u| (format!("snapshot {}: ", snap.id.short()), u)).collect()
+}
+
+/// Name each damaged directory a reader went on without (after what it
+/// did print), each after its prefix; the command then fails.
+pub fn unread(lost: &[(String, Unread)], not: &str) -> Result<u8> {
+    for (prefix, u) in lost {
+        eprintln!("error: {prefix}{}: its contents were not {not}: {}", u.path.display(), u.error);
+    }
+    match lost.len() {
+        0 => Ok(0),
+        1 => bail!("1 directory could not be read"),
+        n => bail!("{n} directories could not be read"),
+    }
 }
 
 /// One node as `ls` prints it: a path, a long line or a JSON object.
@@ -439,7 +458,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     let right = tresor_engine::walk::folder(&repo, sb.tree, fb.unwrap_or("/")).await?;
     let mut counts = [0usize; 3];
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    tresor_engine::diff::diff(&repo, left, right, &mut |change, path| {
+    let lost = tresor_engine::diff::diff(&repo, left, right, &mut |change, path| {
         counts[change as usize] += 1;
         let line = match g.json {
             true => json!({"message_type": "change", "modifier": change.modifier(), "path": path}).to_string(),
@@ -453,7 +472,8 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
         writeln!(out, "{added} added, {removed} removed, {modified} modified")?;
     }
     out.flush()?;
-    Ok(0)
+    let lost: Vec<_> = lost.into_iter().map(|u| (String::new(), u)).collect();
+    unread(&lost, "compared")
 }
 
 /// Every snapshot the filters pass, oldest first, searched for the
@@ -463,7 +483,7 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<u8> {
     let snaps = tresor_engine::select::filter(repo.snapshots().await?, &a.select.filter(), false);
     let mut finder = tresor_engine::find::Finder::new(&repo, &a.patterns)?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
-    let (mut matches, mut holding) = (0, 0);
+    let (mut matches, mut holding, mut lost) = (0, 0, Vec::new());
     for snap in &snaps {
         let mut first = true;
         let found = finder
@@ -480,12 +500,13 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<u8> {
                 writeln!(out, "{line}").map_err(tresor_engine::Error::Stream)
             })
             .await?;
-        matches += found;
-        holding += u64::from(found > 0);
+        matches += found.matches;
+        holding += u64::from(found.matches > 0);
+        lost.extend(in_snapshot(snap, found.unread));
     }
     if !g.json {
         writeln!(out, "{matches} matches in {holding} of {} snapshots", snaps.len())?;
     }
     out.flush()?;
-    Ok(0)
+    unread(&lost, "searched")
 }

@@ -403,8 +403,11 @@ async fn check_snapshots(repo: &Repository, ids: Vec<Id>, report: &mut CheckRepo
         for p in pending {
             note(p.0, p.1, &p.2);
         }
-        if let Err(e) = walked {
-            note(format!("snapshot {}", snap.id.short()), format!("its trees cannot be read: {e}"), Path::new("/"));
+        match walked {
+            Ok(unread) => {
+                unread.iter().for_each(|u| note(format!("tree {}", u.tree.short()), format!("it cannot be read: {}", u.error), &u.path))
+            }
+            Err(e) => note(format!("snapshot {}", snap.id.short()), format!("its trees cannot be read: {e}"), Path::new("/")),
         }
     }
     let mut problems: Vec<Problem> = found.into_values().collect();

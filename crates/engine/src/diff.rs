@@ -9,9 +9,10 @@
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 
+use crate::objects::is_damage;
 use crate::tree::Node;
-use crate::walk::child;
-use crate::{Id, Repository, Result};
+use crate::walk::{Unread, child};
+use crate::{Error, Id, Repository, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -45,11 +46,18 @@ struct Frame {
 }
 
 /// Call `visit` with every change from tree `left` to tree `right`, paths
-/// below `/`, in path order.
-pub async fn diff(repo: &Repository, left: Id, right: Id, visit: &mut (dyn FnMut(Change, &Path) -> Result<()> + Send)) -> Result<()> {
-    let mut open = Vec::new();
+/// below `/`, in path order. A directory damaged on either side, the root
+/// too, is not compared: it is returned, and what changed below it is not
+/// reported.
+pub async fn diff(
+    repo: &Repository,
+    left: Id,
+    right: Id,
+    visit: &mut (dyn FnMut(Change, &Path) -> Result<()> + Send),
+) -> Result<Vec<Unread>> {
+    let (mut open, mut unread) = (Vec::new(), Vec::new());
     if left != right {
-        open.push(frame(repo, PathBuf::from("/"), Some(left), Some(right)).await?);
+        frame(repo, &mut open, &mut unread, PathBuf::from("/"), Some(left), Some(right)).await?;
     }
     while let Some(top) = open.last_mut() {
         let (l, r) = match (top.left.peek(), top.right.peek()) {
@@ -75,19 +83,38 @@ pub async fn diff(repo: &Repository, left: Id, right: Id, visit: &mut (dyn FnMut
         }
         let (below_l, below_r) = (l.and_then(|n| n.subtree), r.and_then(|n| n.subtree));
         if below_l != below_r {
-            open.push(frame(repo, path, below_l, below_r).await?);
+            frame(repo, &mut open, &mut unread, path, below_l, below_r).await?;
         }
+    }
+    Ok(unread)
+}
+
+/// Compare the directory at `base` next; one damaged on a side is noted.
+async fn frame(
+    repo: &Repository,
+    open: &mut Vec<Frame>,
+    unread: &mut Vec<Unread>,
+    base: PathBuf,
+    left: Option<Id>,
+    right: Option<Id>,
+) -> Result<()> {
+    let sides = match nodes(repo, left).await {
+        Ok(left) => nodes(repo, right).await.map(|right| (left, right)),
+        Err(e) => Err(e),
+    };
+    match sides {
+        Ok((left, right)) => open.push(Frame { base, left, right }),
+        Err((tree, error)) if is_damage(&error) => unread.push(Unread { path: base, tree, error }),
+        Err((_, e)) => return Err(e),
     }
     Ok(())
 }
 
-async fn frame(repo: &Repository, base: PathBuf, left: Option<Id>, right: Option<Id>) -> Result<Frame> {
-    Ok(Frame { base, left: nodes(repo, left).await?, right: nodes(repo, right).await? })
-}
-
-async fn nodes(repo: &Repository, tree: Option<Id>) -> Result<Nodes> {
+/// The entries of `tree`, none when the side lacks the directory; the
+/// tree with the error when it cannot be read.
+async fn nodes(repo: &Repository, tree: Option<Id>) -> std::result::Result<Nodes, (Id, Error)> {
     let nodes = match tree {
-        Some(id) => repo.load_tree(&id).await?.nodes,
+        Some(id) => repo.load_tree(&id).await.map_err(|e| (id, e))?.nodes,
         None => Vec::new(),
     };
     Ok(nodes.into_iter().peekable())

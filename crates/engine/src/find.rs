@@ -8,8 +8,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::objects::is_damage;
 use crate::tree::Node;
-use crate::walk::{PathFilter, child};
+use crate::walk::{PathFilter, Unread, child};
 use crate::{Error, Id, Repository, Result};
 
 pub struct Finder<'a> {
@@ -21,13 +22,22 @@ pub struct Finder<'a> {
     pub trees_read: u64,
 }
 
+/// What one search found: how many paths matched, and the damaged
+/// directories it could not look into.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub matches: u64,
+    pub unread: Vec<Unread>,
+}
+
 /// A directory being searched: its tree, its path, its entries still to
-/// come, and whether anything at or below them matched so far.
+/// come, and whether it must be searched again in another snapshot
+/// (something at or below it matched, or could not be read).
 struct Open {
     tree: Id,
     base: PathBuf,
     nodes: std::vec::IntoIter<Node>,
-    matched: bool,
+    again: bool,
 }
 
 impl<'a> Finder<'a> {
@@ -41,19 +51,18 @@ impl<'a> Finder<'a> {
     }
 
     /// Call `visit` with every matching node below the tree `root`, in
-    /// path order; how many matched.
-    pub async fn search(&mut self, root: Id, visit: &mut (dyn FnMut(&Path, &Node) -> Result<()> + Send)) -> Result<u64> {
+    /// path order. A damaged directory, the root too, is passed over and
+    /// named in what is returned.
+    pub async fn search(&mut self, root: Id, visit: &mut (dyn FnMut(&Path, &Node) -> Result<()> + Send)) -> Result<Found> {
+        let mut found = Found::default();
         let mut open = Vec::new();
-        if !self.barren.contains(&(root, PathBuf::from("/"))) {
-            open.push(self.open(root, PathBuf::from("/")).await?);
-        }
-        let mut found = 0;
+        self.open(&mut open, &mut found, root, PathBuf::from("/")).await?;
         while let Some(top) = open.last_mut() {
             let Some(node) = top.nodes.next() else {
                 let done = open.pop().expect("the top is open");
                 match open.last_mut() {
-                    Some(parent) if done.matched => parent.matched = true,
-                    _ if !done.matched => _ = self.barren.insert((done.tree, done.base)),
+                    Some(parent) if done.again => parent.again = true,
+                    _ if !done.again => _ = self.barren.insert((done.tree, done.base)),
                     _ => {}
                 }
                 continue;
@@ -61,23 +70,34 @@ impl<'a> Finder<'a> {
             let path = child(&top.base, &node, &top.tree.to_hex())?;
             if self.patterns.matches(&path) {
                 visit(&path, &node)?;
-                top.matched = true;
-                found += 1;
+                top.again = true;
+                found.matches += 1;
             }
             if let Some(sub) = node.subtree {
-                let key = (sub, path);
-                if !self.barren.contains(&key) {
-                    open.push(self.open(key.0, key.1).await?);
-                }
+                self.open(&mut open, &mut found, sub, path).await?;
             }
         }
         Ok(found)
     }
 
-    async fn open(&mut self, tree: Id, base: PathBuf) -> Result<Open> {
+    /// Search `tree` at `base` next, unless it is known to hold no match;
+    /// a damaged one is noted, and its directory searched again next time.
+    async fn open(&mut self, open: &mut Vec<Open>, found: &mut Found, tree: Id, base: PathBuf) -> Result<()> {
+        let key = (tree, base);
+        if self.barren.contains(&key) {
+            return Ok(());
+        }
+        let (tree, base) = key;
         self.trees_read += 1;
-        let nodes = self.repo.load_tree(&tree).await?.nodes.into_iter();
-        Ok(Open { tree, base, nodes, matched: false })
+        match self.repo.load_tree(&tree).await {
+            Ok(t) => open.push(Open { tree, base, nodes: t.nodes.into_iter(), again: false }),
+            Err(error) if is_damage(&error) => {
+                open.last_mut().into_iter().for_each(|parent| parent.again = true);
+                found.unread.push(Unread { path: base, tree, error });
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 }
 

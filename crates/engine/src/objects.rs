@@ -194,6 +194,12 @@ pub fn vanished(e: &Error) -> bool {
     is_not_found(e) || matches!(e, Error::MissingBlob(_))
 }
 
+/// Whether `e` says an object the reader needs is damaged or gone: a
+/// reader may go on without it, naming what it lost.
+pub fn is_damage(e: &Error) -> bool {
+    vanished(e) || matches!(e, Error::Corrupt { .. })
+}
+
 /// `None` for an object that was not there (listed, then deleted by a
 /// concurrent command before it was read), else what `r` holds.
 pub fn unless_gone<T>(r: Result<T>) -> Result<Option<T>> {

@@ -189,10 +189,9 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         {
             // A damaged directory loses what is below it, not the rest of
             // the snapshot; `--delete` leaves what that directory holds.
-            match walker.enter(sub, &path).await {
-                Ok(()) => r.enter(&dest),
-                Err(e) if damaged(&e) => r.writer.error(&dest, format!("its contents were not restored: {e}")),
-                Err(e) => return Err(e),
+            match walker.descend(sub, &path).await? {
+                None => r.enter(&dest),
+                Some(lost) => r.writer.error(&dest, format!("its contents were not restored: {}", lost.error)),
             }
         }
         if r.batch.full() {
@@ -485,10 +484,6 @@ fn finish(w: &Writer, files: &[FilePlan], mut batch: Batch) -> [u64; 3] {
 
 /// Is `e` the repository's damage, not a failure to reach it: a tree
 /// blob no index lists, whose pack storage lacks, or that fails to open.
-fn damaged(e: &Error) -> bool {
-    crate::objects::vanished(e) || matches!(e, Error::Corrupt { .. })
-}
-
 /// Should `path` be restored? Included paths bring their whole subtree and
 /// the directories above them.
 pub fn wanted(path: &Path, node: &Node, includes: &PathFilter, excludes: &PathFilter) -> (bool, bool) {

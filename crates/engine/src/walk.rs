@@ -56,19 +56,35 @@ pub(crate) fn child(base: &Path, node: &Node, tree: &str) -> Result<PathBuf> {
     Ok(base.join(name))
 }
 
+/// A directory whose tree is damaged or gone: a reader went on without
+/// what is below it.
+#[derive(Debug)]
+pub struct Unread {
+    pub path: PathBuf,
+    pub tree: Id,
+    pub error: Error,
+}
+
 /// Visit every node below `tree`, depth first in name order. The visitor
-/// returns whether to descend into a directory.
-pub async fn walk(repo: &Repository, tree: Id, base: &Path, visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send)) -> Result<()> {
+/// returns whether to descend into a directory. A damaged directory below
+/// `tree` is passed over and returned; a damaged `tree` ends the walk.
+pub async fn walk(
+    repo: &Repository,
+    tree: Id,
+    base: &Path,
+    visit: &mut (dyn FnMut(&Path, &Node) -> Result<bool> + Send),
+) -> Result<Vec<Unread>> {
     let mut walker = Walker::new(repo);
     walker.enter(tree, base).await?;
+    let mut unread = Vec::new();
     while let Some((path, node)) = walker.next_node()? {
         if visit(&path, &node)?
             && let Some(sub) = node.subtree
         {
-            walker.enter(sub, &path).await?;
+            unread.extend(walker.descend(sub, &path).await?);
         }
     }
-    Ok(())
+    Ok(unread)
 }
 
 /// The nodes below a tree one at a time, depth first in name order, for
@@ -90,6 +106,16 @@ impl<'a> Walker<'a> {
         let t = self.repo.load_tree(&tree).await?;
         self.open.push((tree, base.to_path_buf(), t.nodes.into_iter()));
         Ok(())
+    }
+
+    /// [`Walker::enter`], but a damaged or missing `tree` is passed over and
+    /// returned rather than ending the walk.
+    pub async fn descend(&mut self, tree: Id, base: &Path) -> Result<Option<Unread>> {
+        match self.enter(tree, base).await {
+            Ok(()) => Ok(None),
+            Err(error) if crate::objects::is_damage(&error) => Ok(Some(Unread { path: base.to_path_buf(), tree, error })),
+            Err(e) => Err(e),
+        }
     }
 
     /// The next node with its path; `None` when every entered tree is done.
@@ -133,26 +159,36 @@ pub async fn folder(repo: &Repository, root: Id, path: &str) -> Result<Id> {
 
 /// Call `visit` with every node below the path `base` of a snapshot (the
 /// node itself when it is not a directory) and its path, in order,
-/// holding only the trees on the way to the current node.
-pub async fn each(repo: &Repository, root: Id, base: &str, visit: &mut (dyn FnMut(&Path, &Node) -> Result<()> + Send)) -> Result<()> {
+/// holding only the trees on the way to the current node; the damaged
+/// directories passed over ([`walk`]).
+pub async fn each(
+    repo: &Repository,
+    root: Id,
+    base: &str,
+    visit: &mut (dyn FnMut(&Path, &Node) -> Result<()> + Send),
+) -> Result<Vec<Unread>> {
     let start = match find(repo, root, base).await? {
         None => root,
         Some(n) if n.is_dir() => n.subtree.ok_or_else(|| Error::NoSuchPath(base.to_string()))?,
-        Some(n) => return visit(&PathBuf::from("/").join(base.trim_start_matches('/')), &n),
+        Some(n) => return visit(&PathBuf::from("/").join(base.trim_start_matches('/')), &n).map(|()| Vec::new()),
     };
     let prefix = PathBuf::from("/").join(base.trim_start_matches('/'));
     walk(repo, start, &prefix, &mut |p, n| visit(p, n).map(|()| true)).await
 }
 
-/// Every node of a snapshot with its path, in order ([`each`], held).
+/// Every node of a snapshot with its path, in order ([`each`], held); a
+/// damaged directory is an error, as the list would be incomplete.
 pub async fn list(repo: &Repository, root: Id, base: &str) -> Result<Vec<(PathBuf, Node)>> {
     let mut out = Vec::new();
-    each(repo, root, base, &mut |p, n| {
+    let unread = each(repo, root, base, &mut |p, n| {
         out.push((p.to_path_buf(), n.clone()));
         Ok(())
     })
     .await?;
-    Ok(out)
+    match unread.into_iter().next() {
+        Some(lost) => Err(lost.error),
+        None => Ok(out),
+    }
 }
 
 #[cfg(test)]

@@ -86,3 +86,56 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
         )
     );
 }
+
+/// `ls`, `find`, `diff` and `stats` go on past a directory whose tree is
+/// damaged: what they can read is printed in full, the directory is named
+/// with the damage, and they fail.
+#[test]
+fn readers_name_a_damaged_directory_and_read_the_rest() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for d in ["a", "b", "c"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join(format!("{d}.conf")), d).unwrap();
+    }
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    fs::write(src.join("b/b.conf"), "b changed").unwrap();
+    fs::write(src.join("c/c.conf"), "c changed").unwrap();
+    let second = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let b = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let repo = fuzz_corpus::open_in_process(&env).await;
+        let snap = repo.find_snapshot(&second).await.unwrap();
+        let b = tresor_engine::walk::find(&repo, snap.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
+        let (pack, e) = repo.index().await.unwrap().get(&b).unwrap();
+        let stored = Path::new(&env.repo).join(tresor_engine::objects::Kind::Pack.path(&pack));
+        flip_byte(&stored, u64::from(e.offset + e.length / 2));
+        b
+    });
+    let damage = tresor_engine::Error::corrupt("blob", b, "it fails authentication");
+    let (s, failed) = (src.display(), "tresor: error: 1 directory could not be read\n");
+    let fails = |args: &[&str]| {
+        let out = env.run(&[args, &["--no-cache"]].concat());
+        assert_eq!(out.status.code(), Some(1), "tresor {args:?}");
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+
+    let (listed, errors) = fails(&["ls", &second, src.to_str().unwrap()]);
+    assert_eq!(listed, format!("{s}/a\n{s}/a/a.conf\n{s}/b\n{s}/c\n{s}/c/c.conf\n"));
+    assert_eq!(errors, format!("error: snapshot {second}: {s}/b: its contents were not listed: {damage}\n{failed}"));
+
+    let (found, errors) = fails(&["find", "*.conf"]);
+    let found: Vec<&str> = found.lines().map(|l| l.split(" from ").next().unwrap()).collect();
+    let named = |id: &str| format!("Found matching entries in snapshot {id}");
+    let (a, b_, c) = (format!("{s}/a/a.conf"), format!("{s}/b/b.conf"), format!("{s}/c/c.conf"));
+    let want = [named(&first), a.clone(), b_, c.clone(), named(&second), a, c, "5 matches in 2 of 2 snapshots".into()];
+    assert_eq!(found, want);
+    assert_eq!(errors, format!("error: snapshot {second}: {s}/b: its contents were not searched: {damage}\n{failed}"));
+
+    let (changes, errors) = fails(&["diff", &first, &second]);
+    assert_eq!(changes, format!("M    {s}/c/c.conf\n0 added, 0 removed, 1 modified\n"));
+    assert_eq!(errors, format!("error: {s}/b: its contents were not compared: {damage}\n{failed}"));
+
+    let (_, errors) = fails(&["stats"]);
+    assert_eq!(errors, format!("error: snapshot {second}: {s}/b: its contents were not counted: {damage}\n{failed}"));
+}

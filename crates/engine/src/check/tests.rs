@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use tresor_storage::Location;
 
-use super::{CheckOptions, judge, settle, survey};
+use super::{CheckOptions, Problem, check, judge, settle, survey};
 use crate::Repository;
+use crate::backup::{BackupOptions, backup};
 use crate::objects::Kind;
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::repo_opts;
+use crate::repo::tests::{content, damaged, repo_opts, repository};
 use crate::restore::tests::forgotten_old_snapshot;
 
 /// Judged against a survey taken before the prune, the packs the prune
@@ -68,4 +69,31 @@ async fn marked_packs_swept_after_the_survey_are_no_damage() {
 /// The files below `dir`, at any depth.
 fn walkdir(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).map(|p| if p.is_dir() { walkdir(&p) } else { 1 }).sum()
+}
+
+/// Without reading the packs, a subtree that fails to open is found by the
+/// walk: it is named with the paths it holds, and the walk goes on to the
+/// rest of the snapshot.
+#[tokio::test]
+async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = std::sync::Arc::new(repository(&dir.path().join("repo")).await);
+    let src = dir.path().join("src");
+    for d in ["a", "b"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        std::fs::write(src.join(d).join("f"), content(d, 100)).unwrap();
+    }
+    let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
+    let b = crate::walk::find(&repo, snap.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
+    let checker = damaged(&repo, &dir.path().join("repo"), &b).await;
+
+    let report = check(&checker, CheckOptions { read_data: 0.0 }).await.unwrap();
+    let damage = crate::Error::corrupt("blob", b, "it fails authentication");
+    let want = Problem {
+        object: format!("tree {}", b.short()),
+        error: format!("it cannot be read: {damage}"),
+        snapshots: vec![snap.id.short()],
+        files: vec![format!("{}:{}", snap.id.short(), src.join("b").display())],
+    };
+    assert_eq!(report.problems, vec![want]);
 }

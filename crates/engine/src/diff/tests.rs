@@ -3,8 +3,7 @@ use std::sync::Arc;
 
 use super::{Change, diff};
 use crate::backup::{BackupOptions, backup};
-use crate::objects::Kind;
-use crate::repo::tests::{content, repository};
+use crate::repo::tests::{content, damaged, repository};
 
 fn write(root: &Path, files: &[(&str, &str)]) {
     for (name, seed) in files {
@@ -34,13 +33,7 @@ async fn changes_come_in_path_order_and_an_unchanged_subtree_is_not_read() {
     let new = snap(&repo).await.unwrap();
 
     let unchanged = crate::walk::find(&repo, new.tree, &format!("{}/same", src.display())).await.unwrap().unwrap().subtree.unwrap();
-    let (pack, e) = repo.index().await.unwrap().get(&unchanged).unwrap();
-    let stored = dir.path().join("repo").join(Kind::Pack.path(&pack));
-    let mut bytes = std::fs::read(&stored).unwrap();
-    bytes[(e.offset + e.length / 2) as usize] ^= 1;
-    std::fs::write(&stored, bytes).unwrap();
-    let repo =
-        crate::Repository::open(&tresor_storage::Location::Fs(dir.path().join("repo")), &crate::repo::tests::repo_opts()).await.unwrap();
+    let repo = damaged(&repo, &dir.path().join("repo"), &unchanged).await;
 
     assert!(repo.load_tree(&unchanged).await.is_err(), "the unchanged directory's tree is damaged");
     let mut seen = Vec::new();
@@ -61,7 +54,37 @@ async fn changes_come_in_path_order_and_an_unchanged_subtree_is_not_read() {
     .await
     .unwrap();
     assert_eq!(none, 0);
-    let e = diff(&repo, crate::Id([9; 32]), new.tree, &mut |_, _| Ok(())).await.err().unwrap();
-    assert!(matches!(e, crate::Error::MissingBlob(_)), "{e}");
+    let unread = diff(&repo, crate::Id([9; 32]), new.tree, &mut |_, _| Ok(())).await.unwrap();
+    assert_eq!(unread.len(), 1);
+    assert_eq!((unread[0].path.as_path(), unread[0].tree), (Path::new("/"), crate::Id([9; 32])));
+    assert!(matches!(unread[0].error, crate::Error::MissingBlob(_)), "{}", unread[0].error);
     assert_eq!(Change::Removed.modifier(), "-");
+}
+
+/// A directory that changed but whose tree is damaged on one side is
+/// named, and what changed elsewhere is still reported in full.
+#[tokio::test]
+async fn a_damaged_directory_is_named_and_the_rest_compared() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(repository(&dir.path().join("repo")).await);
+    let src = dir.path().join("src");
+    write(&src, &[("a/x", "x"), ("b/y", "y"), ("c/z", "z")]);
+    let snap = |repo: &Arc<crate::Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
+    let old = snap(&repo).await.unwrap();
+    write(&src, &[("a/x", "x changed"), ("b/y", "y changed"), ("c/z", "z changed")]);
+    let new = snap(&repo).await.unwrap();
+    let b = crate::walk::find(&repo, new.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
+    let repo = damaged(&repo, &dir.path().join("repo"), &b).await;
+
+    let mut seen = Vec::new();
+    let unread = diff(&repo, old.tree, new.tree, &mut |c, p| {
+        seen.push(format!("{} {}", c.modifier(), p.strip_prefix(&src).unwrap().display()));
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, ["M a/x", "M c/z"]);
+    assert_eq!(unread.len(), 1);
+    assert_eq!((unread[0].path.as_path(), unread[0].tree), (src.join("b").as_path(), b));
+    assert_eq!(unread[0].error.to_string(), crate::Error::corrupt("blob", b, "it fails authentication").to_string());
 }

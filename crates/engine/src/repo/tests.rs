@@ -97,3 +97,15 @@ pub(crate) fn content(seed: &str, n: usize) -> Vec<u8> {
     blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
     out
 }
+
+/// Flip a byte inside the stored blob `id` of the repository at `dir`, and
+/// open it afresh (no cache holds the blob whole): reading it then fails
+/// authentication.
+pub(crate) async fn damaged(repo: &Repository, dir: &std::path::Path, id: &Id) -> Repository {
+    let (pack, e) = repo.index().await.unwrap().get(id).unwrap();
+    let stored = dir.join(Kind::Pack.path(&pack));
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[(e.offset + e.length / 2) as usize] ^= 0x40;
+    std::fs::write(&stored, bytes).unwrap();
+    Repository::open(&Location::Fs(dir.to_path_buf()), &repo_opts()).await.unwrap()
+}

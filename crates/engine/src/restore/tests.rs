@@ -103,13 +103,7 @@ async fn a_damaged_directory_loses_its_contents_not_the_snapshot() {
     let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
     let b = crate::walk::list(&repo, snap.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("src/b")).unwrap().1;
     let tree = b.subtree.unwrap();
-    let (pack, e) = repo.index().await.unwrap().get(&tree).unwrap();
-    let path = dir.path().join("repo").join(Kind::Pack.path(&pack));
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[(e.offset + e.length / 2) as usize] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
-
-    let fresh = Arc::new(Repository::open(&Location::Fs(dir.path().join("repo")), &repo_opts()).await.unwrap());
+    let fresh = Arc::new(crate::repo::tests::damaged(&repo, &dir.path().join("repo"), &tree).await);
     let out = dir.path().join("out");
     let summary = restore(fresh, &snap, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
