@@ -51,7 +51,7 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     let r = run_copy(src, dst, selected, &CopyOptions { dry_run: a.dry_run, verify: !a.no_verify }).await?;
     if g.json {
         print_json(&r)?;
-        return Ok(0);
+        return damaged(&r.damaged);
     }
     for (from, to) in &r.copied {
         if a.dry_run {
@@ -78,5 +78,17 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
         (Some(t), Some(lag)) => println!("replication lag before this run: {lag}s (newest missing snapshot from {t})"),
         _ => println!("replication lag: none, the target had every selected snapshot"),
     }
-    Ok(0)
+    damaged(&r.damaged)
+}
+
+/// Name each selected snapshot the source holds damaged; the copy then
+/// fails with the first one's damage, which says why to the daemon too.
+fn damaged(snapshots: &[(tresor_engine::Id, String)]) -> Result<u8> {
+    let Some((first, why)) = snapshots.first() else { return Ok(0) };
+    for (id, why) in snapshots {
+        eprintln!("error: snapshot {} was not copied: {why}", id.short());
+    }
+    let n = snapshots.len();
+    Err(anyhow::Error::new(tresor_engine::Error::corrupt("snapshot", first.short(), why))
+        .context(format!("{n} of the selected snapshots could not be copied, the others were")))
 }

@@ -355,11 +355,13 @@ fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &Res
 /// Read a restored tree back and check it against the snapshot.
 async fn verify(g: &Global, repo: &Repository, snap: &Snapshot, tree: tresor_engine::Id, target: &std::path::Path) -> Result<u8> {
     let report = tresor_engine::verify::verify_restored(repo, tree, target).await?;
+    report.mismatched.iter().for_each(|m| eprintln!("differs: {m}"));
+    report.unread.iter().for_each(|u| eprintln!("error: {u}"));
     if let Some(first) = report.mismatched.first() {
-        for m in &report.mismatched {
-            eprintln!("differs: {m}");
-        }
         bail!("{} of {} restored files differ from the snapshot; first: {first}", report.mismatched.len(), report.files);
+    }
+    if !report.unread.is_empty() {
+        bail!("{}", could_not_be_read(report.unread.len()));
     }
     if g.json {
         print_json(&json!({"message_type": "verified", "snapshot_id": snap.id, "files": report.files, "bytes": report.bytes}))?;
@@ -407,8 +409,14 @@ pub fn unread(lost: &[(String, Unread)], not: &str) -> Result<u8> {
     }
     match lost.len() {
         0 => Ok(0),
-        1 => bail!("1 directory could not be read"),
-        n => bail!("{n} directories could not be read"),
+        n => bail!("{}", could_not_be_read(n)),
+    }
+}
+
+fn could_not_be_read(directories: usize) -> String {
+    match directories {
+        1 => "1 directory could not be read".into(),
+        n => format!("{n} directories could not be read"),
     }
 }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, FixedOffset};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::objects::{Kind, unless_gone, vanished};
+use crate::objects::{Kind, is_damage, unless_gone, vanished};
 use crate::pack::BlobKind;
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
@@ -36,6 +36,10 @@ pub struct CopyReport {
     /// Selected source snapshots the source forgot, and a prune swept
     /// data of, while they were copied: skipped.
     pub forgotten: Vec<Id>,
+    /// Selected source snapshots with a tree or blob damaged or gone in the
+    /// source, and the first such damage met: not copied (a copy holds
+    /// whole snapshots only), the others copied all the same.
+    pub damaged: Vec<(Id, String)>,
     /// Source snapshots the target already has.
     pub present: usize,
     pub blobs_copied: u64,
@@ -129,19 +133,21 @@ async fn run(
     session: &Session,
     report: &mut CopyReport,
 ) -> Result<()> {
-    let mut c = Copier { src, dst, sink: BlobSink::new(dst).await?, map: IdMap::default(), reused: 0 };
+    let mut c = Copier { src, dst, sink: BlobSink::new(dst).await?, map: IdMap::default(), reused: 0, source_damaged: false };
     for (s, d) in &state.pairs {
         c.learn(s.tree, d.tree).await?;
     }
     for snap in state.missing {
+        c.source_damaged = false;
         let tree = match c.tree(snap.tree).await {
             // Copy holds no session in the source (§7.3a): a snapshot
             // forgotten there meanwhile may lose its data to a prune.
-            Err(e) if vanished(&e) => {
-                if unless_gone(src.stored_time(&Kind::Snapshot.path(&snap.id)).await)?.is_some() {
-                    return Err(e);
+            // Damage in one snapshot must not hold back the newer ones.
+            Err(e) if c.source_damaged => {
+                match vanished(&e) && unless_gone(src.stored_time(&Kind::Snapshot.path(&snap.id)).await)?.is_none() {
+                    true => report.forgotten.push(snap.id),
+                    false => report.damaged.push((snap.id, e.to_string())),
                 }
-                report.forgotten.push(snap.id);
                 continue;
             }
             tree => tree?,
@@ -175,6 +181,8 @@ struct Copier<'a> {
     /// Source id to target id, for blobs and trees known to be in the target.
     map: IdMap<Id>,
     reused: u64,
+    /// Whether a read of the source met damage (not the target's failure).
+    source_damaged: bool,
 }
 
 impl Copier<'_> {
@@ -185,7 +193,12 @@ impl Copier<'_> {
             if self.map.contains_key(&s) {
                 return Ok(());
             }
-            let (st, dt) = (self.src.load_tree(&s).await?, self.dst.load_tree(&d).await?);
+            let (st, dt) = match (self.src.load_tree(&s).await, self.dst.load_tree(&d).await) {
+                (Ok(st), Ok(dt)) => (st, dt),
+                // Learning only saves transfer: a damaged tree teaches nothing.
+                (Err(e), _) | (_, Err(e)) if is_damage(&e) => return Ok(()),
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            };
             if self.sink.holds(&d) {
                 self.map.insert(s, d);
             }
@@ -213,7 +226,7 @@ impl Copier<'_> {
                 self.reused += 1;
                 return Ok(*d);
             }
-            let mut t: Tree = self.src.load_tree(&id).await?;
+            let mut t: Tree = self.read_source(self.src.load_tree(&id).await)?;
             for node in &mut t.nodes {
                 if let Some(sub) = node.subtree {
                     node.subtree = Some(self.tree(sub).await?);
@@ -228,6 +241,14 @@ impl Copier<'_> {
         })
     }
 
+    /// `r`, a read of the source, noting whether it met damage there.
+    fn read_source<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            self.source_damaged |= is_damage(e);
+        }
+        r
+    }
+
     async fn contents(&mut self, ids: &[Id]) -> Result<Vec<Id>> {
         let mut wanted: Vec<Id> = ids.iter().filter(|i| !self.map.contains_key(i)).copied().collect();
         wanted.sort();
@@ -237,7 +258,7 @@ impl Copier<'_> {
         let mut fetched =
             futures::stream::iter(wanted).map(|id| async move { Ok::<_, Error>((id, src.load_blob(&id).await?)) }).buffered(8);
         while let Some(r) = fetched.next().await {
-            let (id, plain) = r?;
+            let (id, plain) = self.read_source(r)?;
             let new = self.sink.put(BlobKind::Data, &plain).await?;
             self.map.insert(id, new);
         }

@@ -20,6 +20,9 @@ pub struct VerifyReport {
     pub bytes: u64,
     /// Restored files that differ from the snapshot, and how.
     pub mismatched: Vec<String>,
+    /// Restored directories whose tree in the snapshot is damaged: what
+    /// they hold was not verified.
+    pub unread: Vec<String>,
 }
 
 /// A restored file's path, its blobs with their plain lengths, its size.
@@ -42,8 +45,11 @@ pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) 
     let mut walker = Walker::new(repo);
     walker.enter(tree, Path::new("/")).await?;
     while let Some((path, n)) = walker.next_node()? {
-        if let Some(sub) = n.subtree {
-            walker.enter(sub, &path).await?;
+        if let Some(sub) = n.subtree
+            && let Some(lost) = walker.descend(sub, &path).await?
+        {
+            let restored = target.join(path.strip_prefix("/").unwrap_or(&path));
+            report.unread.push(format!("{}: its contents were not verified: {}", restored.display(), lost.error));
         }
         if n.kind == NodeKind::File {
             let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();

@@ -87,9 +87,10 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
     );
 }
 
-/// `ls`, `find`, `diff` and `stats` go on past a directory whose tree is
-/// damaged: what they can read is printed in full, the directory is named
-/// with the damage, and they fail.
+/// `ls`, `find`, `diff`, `stats`, `restore` and its verify go on past a
+/// directory whose tree is damaged: what they can read is printed in full,
+/// the directory is named with the damage, and they fail. `copy` copies the
+/// other snapshot whole and names the damaged one.
 #[test]
 fn readers_name_a_damaged_directory_and_read_the_rest() {
     let env = Env::new();
@@ -138,4 +139,19 @@ fn readers_name_a_damaged_directory_and_read_the_rest() {
 
     let (_, errors) = fails(&["stats"]);
     assert_eq!(errors, format!("error: snapshot {second}: {s}/b: its contents were not counted: {damage}\n{failed}"));
+
+    let out = env.path("out");
+    let restored_b = out.join(src.strip_prefix("/").unwrap()).join("b");
+    let (_, errors) = fails(&["restore", &second, "--target", out.to_str().unwrap()]);
+    assert!(errors.starts_with(&format!("error: {}: its contents were not restored: {damage}\n", restored_b.display())), "{errors}");
+    let (_, errors) = fails(&["restore", &second, "--target", out.to_str().unwrap(), "--verify-only"]);
+    assert_eq!(errors, format!("error: {}: its contents were not verified: {damage}\n{failed}", restored_b.display()));
+
+    let offsite = env.path("offsite");
+    assert!(env.cmd(&["init"]).env("TRESOR_REPOSITORY", &offsite).output().unwrap().status.success());
+    let (offsite, pw) = (offsite.to_str().unwrap(), env.path("pw"));
+    let (copied, errors) = fails(&["copy", "--to", offsite, "--to-password-file", pw.to_str().unwrap()]);
+    assert!(copied.starts_with(&format!("copied snapshot {first} -> ")), "{copied}");
+    let not_copied = format!("1 of the selected snapshots could not be copied, the others were: snapshot {second} is damaged: {damage}");
+    assert_eq!(errors, format!("error: snapshot {second} was not copied: {damage}\ntresor: error: {not_copied}\n"));
 }

@@ -8,7 +8,7 @@ use super::{CopyOptions, copy};
 use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{content, repo_opts, repository};
+use crate::repo::tests::{content, damaged, repo_opts, repository};
 
 /// A selected snapshot that the source forgets, and whose data a prune
 /// sweeps, before the copy reaches it is skipped and named; the others are
@@ -38,4 +38,41 @@ async fn a_snapshot_forgotten_in_the_source_meanwhile_is_skipped() {
     let copied = dst.snapshots().await.unwrap();
     let file = crate::walk::list(&dst, copied[0].tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("f")).unwrap().1;
     assert_eq!(dst.load_blob(&file.content[0]).await.unwrap(), content("kept", 200_000));
+}
+
+/// A snapshot with a damaged blob in the source is named and not copied;
+/// those before and after it are copied whole, and the next copy tries
+/// only it again. A damaged tree of a snapshot already copied costs only
+/// what learning from it would have saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_named_and_the_others_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Arc::new(repository(&dir.path().join("src")).await);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let mut snaps = Vec::new();
+    for seed in ["one", "two", "three"] {
+        std::fs::write(data.join("f"), content(seed, 100_000)).unwrap();
+        snaps.push(backup(src.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap());
+    }
+    let f = data.join("f").to_str().unwrap().to_string();
+    let blob = crate::walk::find(&src, snaps[1].tree, &f).await.unwrap().unwrap().content[0];
+    let src = Arc::new(damaged(&src, &dir.path().join("src"), &blob).await);
+    let dst = Arc::new(repository(&dir.path().join("dst")).await);
+
+    let report = copy(src.clone(), dst.clone(), snaps.clone(), &CopyOptions::default()).await.unwrap();
+    assert_eq!(report.copied.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [snaps[0].id, snaps[2].id]);
+    let damage = crate::Error::corrupt("blob", blob, "it fails authentication");
+    assert_eq!(report.damaged, [(snaps[1].id, damage.to_string())]);
+    for (from, to) in &report.copied {
+        let seed = if *from == snaps[0].id { "one" } else { "three" };
+        let copied = dst.snapshots().await.unwrap().into_iter().find(|s| s.id == *to).unwrap();
+        let file = crate::walk::find(&dst, copied.tree, &f).await.unwrap().unwrap();
+        assert_eq!(dst.load_blob(&file.content[0]).await.unwrap(), content(seed, 100_000));
+    }
+
+    let root = src.load_tree(&snaps[0].tree).await.unwrap();
+    let src = Arc::new(damaged(&src, &dir.path().join("src"), &root.nodes[0].subtree.unwrap()).await);
+    let again = copy(src, dst, snaps, &CopyOptions::default()).await.unwrap();
+    assert_eq!((again.present, again.copied.len(), again.damaged.len()), (2, 0, 1));
 }
