@@ -87,6 +87,19 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
     );
 }
 
+/// Flip a byte inside the stored tree of the directory `dir` in `snapshot`;
+/// that tree's id.
+fn damage_tree(env: &Env, snapshot: &str, dir: &Path) -> tresor_engine::Id {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let repo = fuzz_corpus::open_in_process(env).await;
+        let snap = repo.find_snapshot(snapshot).await.unwrap();
+        let tree = tresor_engine::walk::find(&repo, snap.tree, dir.to_str().unwrap()).await.unwrap().unwrap().subtree.unwrap();
+        let (pack, e) = repo.index().await.unwrap().get(&tree).unwrap();
+        flip_byte(&Path::new(&env.repo).join(tresor_engine::objects::Kind::Pack.path(&pack)), u64::from(e.offset + e.length / 2));
+        tree
+    })
+}
+
 /// `ls`, `find`, `diff`, `stats`, `restore` and its verify go on past a
 /// directory whose tree is damaged: what they can read is printed in full,
 /// the directory is named with the damage, and they fail. `copy` copies the
@@ -104,15 +117,7 @@ fn readers_name_a_damaged_directory_and_read_the_rest() {
     fs::write(src.join("b/b.conf"), "b changed").unwrap();
     fs::write(src.join("c/c.conf"), "c changed").unwrap();
     let second = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
-    let b = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let repo = fuzz_corpus::open_in_process(&env).await;
-        let snap = repo.find_snapshot(&second).await.unwrap();
-        let b = tresor_engine::walk::find(&repo, snap.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
-        let (pack, e) = repo.index().await.unwrap().get(&b).unwrap();
-        let stored = Path::new(&env.repo).join(tresor_engine::objects::Kind::Pack.path(&pack));
-        flip_byte(&stored, u64::from(e.offset + e.length / 2));
-        b
-    });
+    let b = damage_tree(&env, &second, &src.join("b"));
     let damage = tresor_engine::Error::corrupt("blob", b, "it fails authentication");
     let (s, failed) = (src.display(), "tresor: error: 1 directory could not be read\n");
     let fails = |args: &[&str]| {
@@ -154,4 +159,36 @@ fn readers_name_a_damaged_directory_and_read_the_rest() {
     assert!(copied.starts_with(&format!("copied snapshot {first} -> ")), "{copied}");
     let not_copied = format!("1 of the selected snapshots could not be copied, the others were: snapshot {second} is damaged: {damage}");
     assert_eq!(errors, format!("error: snapshot {second} was not copied: {damage}\ntresor: error: {not_copied}\n"));
+}
+
+/// A prune that meets a damaged tree deletes nothing and names the way
+/// out; after `repair snapshots --read-data --forget` it succeeds, the
+/// repository checks whole and the rest of the data restores exactly.
+#[test]
+fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for d in ["a", "b"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("data"), random_bytes(200_000, u64::from(d.as_bytes()[0]))).unwrap();
+    }
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let b = damage_tree(&env, &id, &src.join("b"));
+    let stored = files_under(Path::new(&env.repo));
+    let err = env.fails(&["prune", "--max-unused", "0", "--no-cache"], 1);
+    let damage = tresor_engine::Error::corrupt("blob", b, "it fails authentication");
+    let way_out = "run `tresor check --read-data`, then `tresor repair snapshots --read-data`";
+    let said = format!("snapshot {id} is damaged: its tree {} cannot be read ({damage}); nothing was deleted ({way_out})", b.short());
+    assert_eq!(err, format!("tresor: error: {said}\n"));
+    assert_eq!(files_under(Path::new(&env.repo)), stored, "nothing stored was touched");
+
+    let repaired = env.json(&["repair", "snapshots", "--read-data", "--forget", "--no-cache"]);
+    assert_eq!(repaired[0]["lost"], serde_json::json!([format!("{}/b/ (the directory listing)", src.display())]), "{repaired}");
+    env.ok(&["prune", "--max-unused", "0", "--no-cache"]);
+    assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
+    let out = restored(&env, "out", &src);
+    assert_eq!(fs::read(out.join("a/data")).unwrap(), fs::read(src.join("a/data")).unwrap());
+    assert_eq!(fs::read_dir(out.join("b")).unwrap().count(), 0);
 }

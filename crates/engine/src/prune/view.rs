@@ -231,8 +231,11 @@ impl View {
             let places: Vec<_> = batch.iter().map(|id| self.index.get(id).expect("marked, so indexed")).collect();
             let trees: Vec<TreeRefs> = futures::stream::iter(places)
                 .map(|(pack, e)| async move {
-                    let bytes = repo.load_blob_at(pack, e).await?;
-                    serde_json::from_slice::<TreeRefs>(&bytes).map_err(|err| Error::corrupt("tree", e.id, err))
+                    let read = repo
+                        .load_blob_at(pack, e)
+                        .await
+                        .and_then(|bytes| serde_json::from_slice::<TreeRefs>(&bytes).map_err(|err| Error::corrupt("tree", e.id, err)));
+                    read.map_err(|err| unreadable(snapshot, &e.id, err))
                 })
                 .buffered(PARALLEL_TREES)
                 .try_collect()
@@ -276,6 +279,19 @@ impl View {
         }
         Ok(walked)
     }
+}
+
+/// A tree of `snapshot` that cannot be read: what lies below it is
+/// unknown, so nothing may be deleted, and the way out is named.
+fn unreadable(snapshot: &Id, tree: &Id, err: Error) -> Error {
+    if !crate::objects::is_damage(&err) {
+        return err;
+    }
+    let why = format!(
+        "its tree {} cannot be read ({err}); nothing was deleted (run `tresor check --read-data`, then `tresor repair snapshots --read-data`)",
+        tree.short()
+    );
+    Error::corrupt("snapshot", snapshot.short(), why)
 }
 
 /// Storage times of index files, in their order; one a concurrent prune
