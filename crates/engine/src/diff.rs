@@ -9,10 +9,9 @@
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 
-use crate::objects::is_damage;
 use crate::tree::Node;
-use crate::walk::{Unread, child};
-use crate::{Error, Id, Repository, Result};
+use crate::walk::{Unread, child, entries};
+use crate::{Id, Repository, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -98,26 +97,23 @@ async fn frame(
     left: Option<Id>,
     right: Option<Id>,
 ) -> Result<()> {
-    let sides = match nodes(repo, left).await {
-        Ok(left) => nodes(repo, right).await.map(|right| (left, right)),
-        Err(e) => Err(e),
+    let sides = match side(repo, left, &base).await? {
+        Ok(left) => side(repo, right, &base).await?.map(|right| (left, right)),
+        Err(lost) => Err(lost),
     };
     match sides {
         Ok((left, right)) => open.push(Frame { base, left, right }),
-        Err((tree, error)) if is_damage(&error) => unread.push(Unread { path: base, tree, error }),
-        Err((_, e)) => return Err(e),
+        Err(lost) => unread.push(lost),
     }
     Ok(())
 }
 
-/// The entries of `tree`, none when the side lacks the directory; the
-/// tree with the error when it cannot be read.
-async fn nodes(repo: &Repository, tree: Option<Id>) -> std::result::Result<Nodes, (Id, Error)> {
-    let nodes = match tree {
-        Some(id) => repo.load_tree(&id).await.map_err(|e| (id, e))?.nodes,
-        None => Vec::new(),
-    };
-    Ok(nodes.into_iter().peekable())
+/// The entries of one side's `tree`, none when the side lacks the directory.
+async fn side(repo: &Repository, tree: Option<Id>, base: &Path) -> Result<std::result::Result<Nodes, Unread>> {
+    Ok(match tree {
+        Some(id) => entries(repo, id, base).await?.map(|nodes| nodes.into_iter().peekable()),
+        None => Ok(Vec::new().into_iter().peekable()),
+    })
 }
 
 /// The same entry as far as a restore can tell: kind, content, link target

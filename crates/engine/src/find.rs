@@ -8,9 +8,8 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::objects::is_damage;
 use crate::tree::Node;
-use crate::walk::{PathFilter, Unread, child};
+use crate::walk::{PathFilter, Unread, child, entries};
 use crate::{Error, Id, Repository, Result};
 
 pub struct Finder<'a> {
@@ -89,13 +88,12 @@ impl<'a> Finder<'a> {
         }
         let (tree, base) = key;
         self.trees_read += 1;
-        match self.repo.load_tree(&tree).await {
-            Ok(t) => open.push(Open { tree, base, nodes: t.nodes.into_iter(), again: false }),
-            Err(error) if is_damage(&error) => {
+        match entries(self.repo, tree, &base).await? {
+            Ok(nodes) => open.push(Open { tree, base, nodes: nodes.into_iter(), again: false }),
+            Err(lost) => {
                 open.last_mut().into_iter().for_each(|parent| parent.again = true);
-                found.unread.push(Unread { path: base, tree, error });
+                found.unread.push(lost);
             }
-            Err(e) => return Err(e),
         }
         Ok(())
     }

@@ -65,6 +65,16 @@ pub struct Unread {
     pub error: Error,
 }
 
+/// The entries of `tree`, the directory at `path`; when the tree is damaged
+/// or gone (`objects::is_damage`), the directory a reader goes on without.
+pub(crate) async fn entries(repo: &Repository, tree: Id, path: &Path) -> Result<std::result::Result<Vec<Node>, Unread>> {
+    match repo.load_tree(&tree).await {
+        Ok(t) => Ok(Ok(t.nodes)),
+        Err(error) if crate::objects::is_damage(&error) => Ok(Err(Unread { path: path.to_path_buf(), tree, error })),
+        Err(e) => Err(e),
+    }
+}
+
 /// Visit every node below `tree`, depth first in name order. The visitor
 /// returns whether to descend into a directory. A damaged directory below
 /// `tree` is passed over and returned; a damaged `tree` ends the walk.
@@ -103,19 +113,22 @@ impl<'a> Walker<'a> {
 
     /// Visit the nodes of `tree`, named below `base`, before the rest.
     pub async fn enter(&mut self, tree: Id, base: &Path) -> Result<()> {
-        let t = self.repo.load_tree(&tree).await?;
-        self.open.push((tree, base.to_path_buf(), t.nodes.into_iter()));
-        Ok(())
+        match self.descend(tree, base).await? {
+            Some(lost) => Err(lost.error),
+            None => Ok(()),
+        }
     }
 
     /// [`Walker::enter`], but a damaged or missing `tree` is passed over and
     /// returned rather than ending the walk.
     pub async fn descend(&mut self, tree: Id, base: &Path) -> Result<Option<Unread>> {
-        match self.enter(tree, base).await {
-            Ok(()) => Ok(None),
-            Err(error) if crate::objects::is_damage(&error) => Ok(Some(Unread { path: base.to_path_buf(), tree, error })),
-            Err(e) => Err(e),
-        }
+        Ok(match entries(self.repo, tree, base).await? {
+            Ok(nodes) => {
+                self.open.push((tree, base.to_path_buf(), nodes.into_iter()));
+                None
+            }
+            Err(lost) => Some(lost),
+        })
     }
 
     /// The next node with its path; `None` when every entered tree is done.
