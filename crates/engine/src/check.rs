@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::index::{Index, IndexBuilder};
-use crate::objects::{Kind, each_with_size, is_not_found, unless_gone};
+use crate::objects::{Kind, each_with_size, is_damage, is_not_found, unless_gone};
 use crate::pack::{open_blob, read_trailer};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
@@ -121,6 +121,9 @@ async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Opti
     if opts.read_data > 0.0 {
         for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, only, &mut report).await {
             match result {
+                // Storage that does not answer says nothing about the data:
+                // no check may report an outage as damage.
+                Err(e) if !is_damage(&e) => return Err(e),
                 Err(e) => {
                     if is_not_found(&e) && stored.is_marked(&index, &pack) {
                         swept.insert(pack);
@@ -407,7 +410,10 @@ async fn check_snapshots(repo: &Repository, ids: Vec<Id>, report: &mut CheckRepo
             Ok(unread) => {
                 unread.iter().for_each(|u| note(format!("tree {}", u.tree.short()), format!("it cannot be read: {}", u.error), &u.path))
             }
-            Err(e) => note(format!("snapshot {}", snap.id.short()), format!("its trees cannot be read: {e}"), Path::new("/")),
+            Err(e) if is_damage(&e) => {
+                note(format!("snapshot {}", snap.id.short()), format!("its trees cannot be read: {e}"), Path::new("/"))
+            }
+            Err(e) => return Err(e),
         }
     }
     let mut problems: Vec<Problem> = found.into_values().collect();

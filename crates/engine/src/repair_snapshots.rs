@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::index::Index;
-use crate::objects::{Kind, list_names};
+use crate::objects::{Kind, is_damage, list_names};
 use crate::pack::BlobKind;
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
@@ -70,9 +70,9 @@ async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Res
         for (pack, _) in index.packs().filter(|(p, _)| stored.contains(p)) {
             match crate::check::verify_pack(repo, &pack).await {
                 Ok(bad) => damaged.extend(bad.into_iter().map(|(b, _)| b)),
-                Err(_) => {
-                    bad_packs.insert(pack);
-                }
+                // An outage is no damage: what it hides is not lost.
+                Err(e) if is_damage(&e) => _ = bad_packs.insert(pack),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -129,7 +129,14 @@ impl Fixer<'_> {
     /// the new snapshot depends on nothing a prune is about to delete.
     fn tree<'s>(&'s mut self, id: Id, path: String, lost: &'s mut Vec<String>) -> Step<'s, Id> {
         Box::pin(async move {
-            let t = if self.lost(&id) { None } else { self.repo.load_tree(&id).await.ok() };
+            let t = match self.lost(&id) {
+                true => None,
+                false => match self.repo.load_tree(&id).await {
+                    Ok(t) => Some(t),
+                    Err(e) if is_damage(&e) => None,
+                    Err(e) => return Err(e),
+                },
+            };
             let Some(t) = t else {
                 lost.push(format!("{}/ (the directory listing)", path));
                 return self.store(&Tree { nodes: Vec::new() }).await;

@@ -25,19 +25,24 @@ pub struct FaultConfig {
     pub seed: u64,
     /// After this many bytes were written, every write fails as a full disk would.
     pub write_limit: Option<u64>,
+    /// Every read of a path starting with this fails, as storage that stopped
+    /// answering would once the retries gave up: an outage, not damage.
+    pub unreadable: Option<String>,
 }
 
 impl FaultConfig {
-    /// Parse `error-rate=0.1,seed=7,write-limit=1000000` (every key optional).
+    /// Parse `error-rate=0.1,seed=7,write-limit=1000000,unreadable=data/`
+    /// (every key optional).
     pub fn parse(text: &str) -> Result<FaultConfig, StorageError> {
         let bad = || StorageError::InvalidFaults(text.to_string());
-        let mut cfg = FaultConfig { error_rate: 0.0, seed: 0, write_limit: None };
+        let mut cfg = FaultConfig { error_rate: 0.0, seed: 0, write_limit: None, unreadable: None };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
             match k.trim() {
                 "error-rate" => cfg.error_rate = v.trim().parse().map_err(|_| bad())?,
                 "seed" => cfg.seed = v.trim().parse().map_err(|_| bad())?,
                 "write-limit" => cfg.write_limit = Some(v.trim().parse().map_err(|_| bad())?),
+                "unreadable" => cfg.unreadable = Some(v.trim().to_string()),
                 _ => return Err(bad()),
             }
         }
@@ -122,6 +127,11 @@ impl<A: Access> LayeredAccess for FaultAccessor<A> {
 
     async fn read(&self, path: &str, args: OpRead) -> Result<(RpRead, Self::Reader)> {
         self.state.roll("read", path)?;
+        if self.state.cfg.unreadable.as_deref().is_some_and(|prefix| path.starts_with(prefix)) {
+            return Err(Error::new(ErrorKind::Unexpected, "injected outage: storage does not answer")
+                .with_operation("read")
+                .with_context("path", path));
+        }
         self.inner.read(path, args).await
     }
 
@@ -173,8 +183,8 @@ mod tests {
 
     #[test]
     fn parses_settings() {
-        let cfg = FaultConfig::parse("error-rate=0.25,seed=9,write-limit=100").unwrap();
-        assert_eq!(cfg, FaultConfig { error_rate: 0.25, seed: 9, write_limit: Some(100) });
+        let cfg = FaultConfig::parse("error-rate=0.25,seed=9,write-limit=100,unreadable=data/").unwrap();
+        assert_eq!(cfg, FaultConfig { error_rate: 0.25, seed: 9, write_limit: Some(100), unreadable: Some("data/".into()) });
         assert!(FaultConfig::parse("error-rate=2").is_err());
         assert!(FaultConfig::parse("bogus=1").is_err());
     }

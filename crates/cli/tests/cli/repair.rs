@@ -192,3 +192,29 @@ fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
     assert_eq!(fs::read(out.join("a/data")).unwrap(), fs::read(src.join("a/data")).unwrap());
     assert_eq!(fs::read_dir(out.join("b")).unwrap().count(), 0);
 }
+
+/// Storage that stops answering is an outage, not damage: `repair
+/// snapshots` and `check` fail with the storage's error and change nothing.
+/// (Before, the repair took every directory it could not read for lost, and
+/// with `--forget` replaced the snapshot by an empty one.)
+#[test]
+fn an_outage_is_never_taken_for_damage() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/data"), random_bytes(100_000, 5)).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let (snapshots, stored) = (env.ok(&["snapshots", "--json"]), files_under(Path::new(&env.repo)));
+    let checks: [&[&str]; 4] =
+        [&["repair", "snapshots", "--forget"], &["repair", "snapshots", "--read-data", "--forget"], &["check"], &["check", "--read-data"]];
+    for args in checks {
+        let out = env.cmd(&[args, &["--no-cache"]].concat()).env("TRESOR_FAULTS", "unreadable=data/").output().unwrap();
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(out.status.code(), Some(1), "tresor {args:?}: {err}");
+        assert!(err.starts_with("tresor: error: ") && err.contains("injected outage: storage does not answer"), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    assert_eq!(env.ok(&["snapshots", "--json"]), snapshots);
+    assert_eq!(files_under(Path::new(&env.repo)), stored, "nothing stored was touched");
+}
