@@ -205,6 +205,7 @@ async fn index_files(repo: &Repository) -> Result<Option<(IndexBuilder, Vec<Id>,
     for id in &ids {
         let added = match repo.load_file_uncached(Kind::Index, id).await {
             Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if !is_damage(&e) => return Err(e),
             loaded => loaded.and_then(|plain| builder.add_file(*id, &plain)),
         };
         if let Err(e) = added {
@@ -362,7 +363,8 @@ async fn check_snapshots(repo: &Repository, ids: Vec<Id>, report: &mut CheckRepo
         let loaded = match unless_gone(repo.load_file_uncached(Kind::Snapshot, &id).await) {
             Ok(None) => continue,
             Ok(Some(bytes)) => crate::repo::parse_snapshot(&id, &bytes),
-            Err(e) => Err(e),
+            Err(e) if is_damage(&e) => Err(e),
+            Err(e) => return Err(e),
         };
         report.snapshots += 1;
         let snap = match loaded {

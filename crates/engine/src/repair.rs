@@ -10,9 +10,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::index::{IndexFile, IndexedPack, index_files};
-use crate::objects::{Kind, list_with_size};
+use crate::objects::{Kind, is_damage, list_with_size};
 use crate::pack::{FOOTER_LEN, read_trailer};
-use crate::{Error, Id, Repository, Result};
+use crate::{Id, Repository, Result};
 
 /// The tail read first: enough for the trailer of any ordinary pack.
 const TAIL: u64 = 256 * 1024;
@@ -60,10 +60,10 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
                 report.blobs += p.entries.len();
                 good.push(p);
             }
-            Err(Error::Storage { source, .. }) if !source.is_temporary() && source.kind() != opendal::ErrorKind::NotFound => {
-                return Err(Error::Invalid(format!("cannot read pack {}: {source}", id.short())));
-            }
-            Err(e) => report.unreadable.push(format!("{}: {e}", id.short())),
+            Err(e) if is_damage(&e) => report.unreadable.push(format!("{}: {e}", id.short())),
+            // Storage not answering (even after the retries) says nothing
+            // about the pack: left out, its blobs would be in no index.
+            Err(e) => return Err(e),
         }
     }
     report.packs = good.len();

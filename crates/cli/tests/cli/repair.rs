@@ -194,7 +194,8 @@ fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
 }
 
 /// Storage that stops answering is an outage, not damage: `repair
-/// snapshots` and `check` fail with the storage's error and change nothing.
+/// snapshots`, `repair index` and `check` fail with the storage's error and
+/// change nothing.
 /// (Before, the repair took every directory it could not read for lost, and
 /// with `--forget` replaced the snapshot by an empty one.)
 #[test]
@@ -206,10 +207,17 @@ fn an_outage_is_never_taken_for_damage() {
     fs::write(src.join("a/data"), random_bytes(100_000, 5)).unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
     let (snapshots, stored) = (env.ok(&["snapshots", "--json"]), files_under(Path::new(&env.repo)));
-    let checks: [&[&str]; 4] =
-        [&["repair", "snapshots", "--forget"], &["repair", "snapshots", "--read-data", "--forget"], &["check"], &["check", "--read-data"]];
-    for args in checks {
-        let out = env.cmd(&[args, &["--no-cache"]].concat()).env("TRESOR_FAULTS", "unreadable=data/").output().unwrap();
+    let checks: [&[&str]; 5] = [
+        &["repair", "snapshots", "--forget"],
+        &["repair", "snapshots", "--read-data", "--forget"],
+        &["repair", "index"],
+        &["check"],
+        &["check", "--read-data"],
+    ];
+    let outages = checks.iter().map(|args| (*args, "data/")).chain([(&["check"][..], "index/"), (&["check"][..], "snapshots/")]);
+    for (args, unreadable) in outages {
+        let faults = format!("unreadable={unreadable}");
+        let out = env.cmd(&[args, &["--no-cache"]].concat()).env("TRESOR_FAULTS", faults).output().unwrap();
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(out.status.code(), Some(1), "tresor {args:?}: {err}");
         assert!(err.starts_with("tresor: error: ") && err.contains("injected outage: storage does not answer"), "{args:?}: {err}");
