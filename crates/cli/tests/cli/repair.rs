@@ -194,8 +194,8 @@ fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
 }
 
 /// Storage that stops answering is an outage, not damage: `repair
-/// snapshots`, `repair index` and `check` fail with the storage's error and
-/// change nothing.
+/// snapshots`, `repair index`, `check` and `copy` fail with the storage's
+/// error and change nothing.
 /// (Before, the repair took every directory it could not read for lost, and
 /// with `--forget` replaced the snapshot by an empty one.)
 #[test]
@@ -206,13 +206,17 @@ fn an_outage_is_never_taken_for_damage() {
     fs::create_dir_all(src.join("a")).unwrap();
     fs::write(src.join("a/data"), random_bytes(100_000, 5)).unwrap();
     env.ok(&["backup", src.to_str().unwrap()]);
+    let offsite = env.path("offsite");
+    assert!(env.cmd(&["init"]).env("TRESOR_REPOSITORY", &offsite).output().unwrap().status.success());
     let (snapshots, stored) = (env.ok(&["snapshots", "--json"]), files_under(Path::new(&env.repo)));
-    let checks: [&[&str]; 5] = [
+    let (offsite, pw) = (offsite.to_str().unwrap(), env.path("pw"));
+    let checks: [&[&str]; 6] = [
         &["repair", "snapshots", "--forget"],
         &["repair", "snapshots", "--read-data", "--forget"],
         &["repair", "index"],
         &["check"],
         &["check", "--read-data"],
+        &["copy", "--to", offsite, "--to-password-file", pw.to_str().unwrap()],
     ];
     let outages = checks.iter().map(|args| (*args, "data/")).chain([(&["check"][..], "index/"), (&["check"][..], "snapshots/")]);
     for (args, unreadable) in outages {
@@ -225,4 +229,6 @@ fn an_outage_is_never_taken_for_damage() {
     }
     assert_eq!(env.ok(&["snapshots", "--json"]), snapshots);
     assert_eq!(files_under(Path::new(&env.repo)), stored, "nothing stored was touched");
+    let copies = env.cmd(&["snapshots", "--json"]).env("TRESOR_REPOSITORY", offsite).output().unwrap();
+    assert_eq!(String::from_utf8(copies.stdout).unwrap().trim(), "[]", "an outage copies no snapshot, whole or damaged");
 }
