@@ -11,20 +11,37 @@ use tresor_sources::k8s_transform::Transforms;
 use crate::commands::print_json;
 use crate::opts::{Global, RestoreArgs, VolumeCmd, VolumeCommand, VolumeJobArgs};
 
-/// Every `.yaml` file of the snapshot: path and contents.
-pub(crate) async fn objects(repo: &Repository, snap: &Snapshot) -> Result<Vec<(String, Vec<u8>)>> {
+/// Every `.yaml` file of the snapshot, path and contents; and as failed
+/// results, each directory or file that is damaged in the repository, so
+/// a restore goes on without what it holds and names it.
+pub(crate) async fn objects(repo: &Repository, snap: &Snapshot) -> Result<(Vec<(String, Vec<u8>)>, Vec<ObjectResult>)> {
+    let mut files = Vec::new();
+    let unread = tresor_engine::walk::each(repo, snap.tree, "", &mut |path, node| {
+        if node.kind == NodeKind::File && path.extension().is_some_and(|e| e == "yaml") {
+            files.push((path.display().to_string(), node.content.clone(), node.size));
+        }
+        Ok(())
+    })
+    .await?;
+    let lost = |object: String, detail: String| ObjectResult { object, result: "failed".into(), detail, changes: Vec::new() };
+    let mut failed: Vec<ObjectResult> =
+        unread.into_iter().map(|u| lost(format!("{}/", u.path.display()), format!("its objects were not read: {}", u.error))).collect();
     let mut out = Vec::new();
-    for (path, node) in tresor_engine::walk::list(repo, snap.tree, "").await? {
-        if node.kind != NodeKind::File || path.extension().is_none_or(|e| e != "yaml") {
-            continue;
+    'files: for (path, content, size) in files {
+        let mut bytes = Vec::with_capacity(size as usize);
+        for id in &content {
+            match repo.load_blob(id).await {
+                Ok(blob) => bytes.extend_from_slice(&blob),
+                Err(e) if tresor_engine::objects::is_damage(&e) => {
+                    failed.push(lost(path, format!("it cannot be read: {e}")));
+                    continue 'files;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        let mut bytes = Vec::with_capacity(node.size as usize);
-        for id in &node.content {
-            bytes.extend_from_slice(&repo.load_blob(id).await?);
-        }
-        out.push((path.display().to_string(), bytes));
+        out.push((path, bytes));
     }
-    Ok(out)
+    Ok((out, failed))
 }
 
 /// `OLD:NEW` pairs of a mapping flag.
@@ -88,8 +105,9 @@ fn status(results: &[ObjectResult]) -> String {
 
 pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a: &RestoreArgs) -> Result<u8> {
     let opts = options(a)?;
-    let objects = objects(repo, snap).await?;
-    let results = apply(to, objects, &opts).await?;
+    let (objects, lost) = objects(repo, snap).await?;
+    let mut results = apply(to, objects, &opts).await?;
+    results.extend(lost);
     let count = |what: &str| results.iter().filter(|r| r.result == what).count();
     let status = status(&results);
     if g.json {

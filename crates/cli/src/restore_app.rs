@@ -168,13 +168,19 @@ async fn objects(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
         ..Default::default()
     };
     let to = s.spec.to.as_ref().map_or("k8s://", |to| to.expose());
-    let results = tresor_sources::k8s_restore::restore(to, crate::k8s::objects(&repository, &snap).await?, &opts).await?;
-    let said: Vec<String> = ["would create", "would update", "would skip"]
+    let (objects, lost) = crate::k8s::objects(&repository, &snap).await?;
+    let mut results = tresor_sources::k8s_restore::restore(to, objects, &opts).await?;
+    results.extend(lost);
+    let mut said: Vec<String> = ["would create", "would update", "would skip"]
         .iter()
         .map(|what| {
             let names: Vec<&str> = results.iter().filter(|r| r.result == *what).map(|r| r.object.as_str()).collect();
             format!("{} {what} ({})", names.len(), names.join(" "))
         })
         .collect();
+    let failed: Vec<String> = results.iter().filter(|r| r.result == "failed").map(|r| format!("{}: {}", r.object, r.detail)).collect();
+    if !failed.is_empty() {
+        said.push(format!("{} failed ({})", failed.len(), failed.join("; ")));
+    }
     Ok(said.join(", "))
 }

@@ -425,6 +425,27 @@ fn a_failing_custom_resource_is_reported_and_the_rest_is_restored() {
     assert!(c.kubectl(&["get", "deployment", "web", "-n", "copy"]).status.success());
 }
 
+/// A directory of objects damaged in the repository is one failed result,
+/// named with the damage; the other objects are restored.
+#[test]
+fn a_damaged_directory_of_objects_is_reported_and_the_rest_is_restored() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let widgets = Path::new("/namespaces/shop/example.com/Widget");
+    let tree = super::repair::damage_tree(&env, "latest", widgets);
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(3));
+    let damage = tresor_engine::Error::corrupt("blob", tree, "it fails authentication");
+    let failed = format!("{}/: its objects were not read: {damage}", widgets.display());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("failed        {failed}\n")), "{text}");
+    assert!(text.ends_with("12 objects: 6 created, 0 updated, 5 skipped, 1 failed\n"), "the rest restored: {text}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: restore partial: 1 of 12 objects failed; first: {failed}\n"));
+    assert!(c.kubectl(&["get", "deployment", "web", "-n", "copy"]).status.success());
+}
+
 /// Against a real cluster when `TRESOR_E2E_KUBECONFIG` names its kubeconfig:
 /// a throwaway namespace with a ConfigMap and a Secret is backed up,
 /// deleted, restored under another name and compared. Skipped (and said

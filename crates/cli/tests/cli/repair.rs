@@ -89,7 +89,7 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
 
 /// Flip a byte inside the stored tree of the directory `dir` in `snapshot`;
 /// that tree's id.
-fn damage_tree(env: &Env, snapshot: &str, dir: &Path) -> tresor_engine::Id {
+pub(super) fn damage_tree(env: &Env, snapshot: &str, dir: &Path) -> tresor_engine::Id {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let repo = fuzz_corpus::open_in_process(env).await;
         let snap = repo.find_snapshot(snapshot).await.unwrap();
