@@ -234,6 +234,38 @@ fn a_flush_restore_overwrites_what_the_snapshot_holds_and_only_then_deletes_the_
     assert_eq!(target.objects(), expected, "exactly the snapshot's objects, bytes and metadata");
 }
 
+/// A key prefix whose listing is damaged in the repository is named and
+/// not restored; the rest is, and `--flush` keeps what the target holds
+/// below that prefix (it deletes only what the snapshot is known to lack).
+#[test]
+fn a_damaged_prefix_is_named_and_a_flush_keeps_what_the_target_holds_below_it() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    source.put("keep/a.txt", b"snapshot a".to_vec(), Some("text/plain"), &[]);
+    source.put("lost/b.txt", b"snapshot b".to_vec(), None, &[]);
+    let env = env_for(source_vars(&server));
+    env.ok(&["backup", &s3_url(&server, server.bucket())]);
+    let listed = env.ok(&["ls", "latest"]);
+    let lost = listed.lines().find(|l| l.ends_with("/lost")).unwrap_or_else(|| panic!("{listed}"));
+    let tree = super::repair::damage_tree(&env, "latest", Path::new(lost));
+
+    let target = new_bucket(&server, "busy");
+    target.put("lost/old.txt", b"held before".to_vec(), None, &[]);
+    target.put("extra/one", b"not in the snapshot".to_vec(), None, &[]);
+    let out = env.run(&["restore", "latest", "--to", &s3_url(&server, "busy"), "--flush", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("restored 1 objects") && said.trim_end().ends_with(", then deleted 1 objects the snapshot does not hold"),
+        "{said}"
+    );
+    let damage = tresor_engine::Error::corrupt("blob", tree, "it fails authentication");
+    let errors = format!("error: lost/*: these objects were not restored: {damage}\ntresor: error: 1 key prefix could not be read\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), errors);
+    let held: Vec<String> = target.objects().keys().cloned().collect();
+    assert_eq!(held, ["keep/a.txt", "lost/old.txt"], "the restored object, and the one below the damaged prefix kept");
+}
+
 #[test]
 fn wrong_credentials_a_missing_bucket_and_a_silent_endpoint_are_one_line_and_no_snapshot() {
     let server = S3Server::start();

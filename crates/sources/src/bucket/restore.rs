@@ -35,6 +35,10 @@ pub struct RestoreReport {
     pub deleted: u64,
     /// Objects whose recorded metadata the target store cannot set.
     pub metadata_not_set: u64,
+    /// Key prefixes whose listing is damaged in the repository, each with
+    /// why: their objects were not restored, and `--flush` kept what the
+    /// target holds below them.
+    pub unread: Vec<(String, String)>,
 }
 
 /// Key prefixes and globs.
@@ -81,9 +85,16 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     let mut written_keys = std::collections::HashSet::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<(String, Node)>(256);
     let walked = async move {
-        let mut dirs = vec![(root, String::new())];
+        let (mut dirs, mut unread) = (vec![(root, String::new())], Vec::new());
         while let Some((tree, prefix)) = dirs.pop() {
-            let tree = repo.load_tree(&tree).await.map_err(|e| Error::failed(bucket.name(), e))?;
+            let tree = match repo.load_tree(&tree).await {
+                Ok(tree) => tree,
+                Err(e) if tresor_engine::objects::is_damage(&e) => {
+                    unread.push((prefix, e.to_string()));
+                    continue;
+                }
+                Err(e) => return Err(Error::failed(bucket.name(), e)),
+            };
             for node in tree.nodes {
                 let name = names::names_to_key([node.os_name().as_os_str()])
                     .ok_or_else(|| Error::failed(bucket.name(), format!("{:?} is not a name a bucket backup makes", node.name)))?;
@@ -93,14 +104,14 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
                     _ if node.is_file() => {
                         let wanted = (includes.is_empty() || includes.matches(&key)) && !excludes.matches(&key);
                         if wanted && tx.send((key, node)).await.is_err() {
-                            return Ok(());
+                            return Ok(unread);
                         }
                     }
                     _ => {}
                 }
             }
         }
-        Ok::<_, Error>(())
+        Ok::<_, Error>(unread)
     };
     let objects = tokio_stream(rx).map(|(key, node)| put(repo, bucket, key, node)).buffer_unordered(opts.concurrency.max(1));
     let written = async {
@@ -118,9 +129,10 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     };
     let (walked, written) = futures::join!(walked, written);
     written?;
-    walked?;
+    report.unread = walked?;
     if opts.flush {
-        report.deleted = delete_others(bucket, &written_keys).await?;
+        let kept = |key: &str| written_keys.contains(key) || report.unread.iter().any(|(prefix, _)| key.starts_with(prefix.as_str()));
+        report.deleted = delete_others(bucket, &kept).await?;
     }
     Ok(report)
 }
@@ -129,12 +141,12 @@ fn tokio_stream<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<I
     futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
 }
 
-/// Delete every object below the target's prefix but those just written.
-async fn delete_others(bucket: &Bucket, keep: &std::collections::HashSet<String>) -> Result<u64> {
+/// Delete every object below the target's prefix but those to keep.
+async fn delete_others(bucket: &Bucket, keep: &dyn Fn(&str) -> bool) -> Result<u64> {
     let mut count = 0;
     let mut lister = bucket.op.lister_with("").recursive(true).await.map_err(|e| bucket.error(e))?;
     while let Some(entry) = lister.next().await.transpose().map_err(|e| bucket.error(e))? {
-        if entry.path() != "/" && !keep.contains(entry.path()) {
+        if entry.path() != "/" && !keep(entry.path()) {
             bucket.op.delete(entry.path()).await.map_err(|e| bucket.error(e))?;
             count += 1;
         }
