@@ -30,6 +30,10 @@ pub struct Plan {
     /// Where what the target holds stops the restore: it reports an error
     /// for each, once, and restores nothing there or below.
     pub unrestorable: Vec<PathBuf>,
+    /// Directories whose tree is damaged in the repository, with why: the
+    /// restore reports each, restores nothing below and deletes nothing
+    /// there.
+    pub damaged: Vec<(PathBuf, String)>,
 }
 
 /// [`planned`] for a whole folder: restore-app's directory sources take no filters.
@@ -57,7 +61,9 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
         let (take, descend) = wanted(&path, &node, &includes, &excludes);
         let rel = path.strip_prefix("/").unwrap_or(&path).to_path_buf();
         if descend && let Some(sub) = node.subtree {
-            walker.enter(sub, &path).await?;
+            if let Some(lost) = walker.descend(sub, &path).await? {
+                plan.damaged.push((rel.clone(), lost.error.to_string()));
+            }
             kept.insert(rel.clone());
         }
         if !take {
@@ -83,7 +89,8 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
         }
     }
     if opts.delete {
-        plan.removed = removed(&opts.target, &kept, &includes, &excludes);
+        let damaged: Vec<&Path> = plan.damaged.iter().map(|(p, _)| p.as_path()).collect();
+        plan.removed = removed(&opts.target, &kept, &damaged, &includes, &excludes);
     }
     Ok(plan)
 }
@@ -91,11 +98,12 @@ pub async fn planned(repo: &Repository, snap: &Snapshot, opts: &RestoreOptions) 
 /// What `delete` removes (`existing::delete_extra`): what the target holds
 /// that `removes` selects, but a directory holding what `delete` leaves,
 /// which is left too, and what lies below a directory removed whole, which
-/// goes with it as one entry (`existing::remove`).
-fn removed(target: &Path, kept: &HashSet<PathBuf>, includes: &PathFilter, excludes: &PathFilter) -> Vec<PathBuf> {
+/// goes with it as one entry (`existing::remove`); what a damaged directory
+/// holds, which the restore never looks into.
+fn removed(target: &Path, kept: &HashSet<PathBuf>, damaged: &[&Path], includes: &PathFilter, excludes: &PathFilter) -> Vec<PathBuf> {
     let present = present(target);
-    let stays: HashSet<&Path> =
-        present.iter().filter(|p| !deletable(&Path::new("/").join(p), includes, excludes)).flat_map(|p| p.ancestors()).collect();
+    let left = |p: &Path| !deletable(&Path::new("/").join(p), includes, excludes) || damaged.iter().any(|d| p.starts_with(d));
+    let stays: HashSet<&Path> = present.iter().filter(|p| left(p)).flat_map(|p| p.ancestors()).collect();
     let gone: HashSet<&Path> =
         present.iter().filter(|p| !stays.contains(p.as_path()) && removes(p, kept, includes, excludes)).map(PathBuf::as_path).collect();
     // All below a directory that goes goes: whatever stays keeps the directories above it.
@@ -172,13 +180,14 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
         delete: a.delete,
         progress: None,
     };
-    let Plan { added, changed, removed, unrestorable } = planned(repo, snap, &opts).await?;
+    let Plan { added, changed, removed, unrestorable, damaged } = planned(repo, snap, &opts).await?;
     let target = &opts.target;
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
         print_json(&json!({
             "snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed),
             "unrestorable": show(&unrestorable),
+            "damaged": damaged.iter().map(|(p, why)| json!({"path": p, "error": why})).collect::<Vec<_>>(),
         }))?;
     } else {
         for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed), ("!", &unrestorable)] {
@@ -186,8 +195,12 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
                 println!("{mark}    {}", p.display());
             }
         }
+        for (p, why) in &damaged {
+            println!("!    {}/: its contents cannot be read: {why}", p.display());
+        }
+        let damaged = if damaged.is_empty() { String::new() } else { format!(", {} damaged", damaged.len()) };
         println!(
-            "{} added, {} changed, {} removed, {} not restorable in {} (preview: nothing changed)",
+            "{} added, {} changed, {} removed, {} not restorable{damaged} in {} (preview: nothing changed)",
             added.len(),
             changed.len(),
             removed.len(),

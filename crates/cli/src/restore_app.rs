@@ -143,6 +143,10 @@ async fn files(g: &Global, plan: &Plan, s: &SourcePoint) -> Result<String> {
     if !p.unrestorable.is_empty() {
         text += &format!(", {} not restorable ({})", p.unrestorable.len(), names(&p.unrestorable));
     }
+    if !p.damaged.is_empty() {
+        let damaged: Vec<String> = p.damaged.iter().map(|(dir, why)| format!("{}/: {why}", dir.display())).collect();
+        text += &format!(", {} damaged ({})", damaged.len(), damaged.join("; "));
+    }
     Ok(text)
 }
 

@@ -191,7 +191,10 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
             // the snapshot; `--delete` leaves what that directory holds.
             match walker.descend(sub, &path).await? {
                 None => r.enter(&dest),
-                Some(lost) => r.writer.error(&dest, format!("its contents were not restored: {}", lost.error)),
+                Some(lost) => {
+                    r.passed_over(&dest);
+                    r.writer.error(&dest, format!("its contents were not restored: {}", lost.error));
+                }
             }
         }
         if r.batch.full() {
@@ -280,6 +283,17 @@ impl Restorer<'_> {
             here.entered.insert(name.to_os_string());
         }
         walked.push(Walked::new(dest));
+    }
+
+    /// For `delete`: the walk cannot go into the directory `dest` (its tree
+    /// is damaged), so what the target holds there is not known to be
+    /// extra: it stays, as if the walk had been there.
+    fn passed_over(&mut self, dest: &Path) {
+        if let Some(here) = self.walked.as_mut().and_then(|w| w.last_mut())
+            && let Some(name) = dest.file_name()
+        {
+            here.entered.insert(name.to_os_string());
+        }
     }
 
     /// The walk is now in `dir` (`None`: done), so it has left every

@@ -57,7 +57,10 @@ fn previewed_and_done(env: &Env, args: &[&str], target: &Path, name: &str) -> (L
         v.sort();
         v
     };
-    let (removed, unrestorable) = (list("removed"), list("unrestorable"));
+    let (removed, mut unrestorable) = (list("removed"), list("unrestorable"));
+    // A damaged directory is where the restore reports an error too.
+    unrestorable.extend(p["damaged"].as_array().unwrap().iter().map(|d| d["path"].as_str().unwrap().to_string()));
+    unrestorable.sort();
     let promised = Listed { added: list("added"), changed: list("changed"), deleted: removed.len() as u64, removed, unrestorable };
     let before = super::inventory(&done);
     let out = run(&done, &[]);
@@ -83,6 +86,31 @@ fn previewed_and_done(env: &Env, args: &[&str], target: &Path, name: &str) -> (L
     };
     assert_eq!(out.status.code(), Some(if did.unrestorable.is_empty() { 0 } else { 1 }), "{stderr}");
     (promised, did, done)
+}
+
+/// A directory damaged in the repository: the preview names it, as the
+/// restore then reports it, and with `--delete` neither removes what the
+/// target holds there.
+#[test]
+fn a_preview_names_a_damaged_directory_as_the_restore_does() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    for d in ["a", "b"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+        fs::write(src.join(d).join("f"), d).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    super::repair::damage_tree(&env, "latest", &src.join("b"));
+    let target = env.path("target");
+    fs::create_dir_all(target.join("b")).unwrap();
+    fs::write(target.join("b/held"), "held").unwrap();
+    fs::write(target.join("extra"), "not in the snapshot").unwrap();
+    let spec = format!("latest:{}", src.display());
+    let (promised, done, at) = previewed_and_done(&env, &[&spec, "--delete", "--no-cache"], &target, "damaged");
+    assert_eq!(promised, done);
+    assert_eq!((done.added, done.removed, done.unrestorable), (vec!["a/f".to_string()], vec!["extra".to_string()], vec!["b".to_string()]));
+    assert_eq!(fs::read(at.join("b/held")).unwrap(), b"held");
 }
 
 /// `--preview --delete` lists what `--delete` removes: never anything
