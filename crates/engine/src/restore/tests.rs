@@ -105,7 +105,7 @@ async fn a_damaged_directory_loses_its_contents_not_the_snapshot() {
     let tree = b.subtree.unwrap();
     let fresh = Arc::new(crate::repo::tests::damaged(&repo, &dir.path().join("repo"), &tree).await);
     let out = dir.path().join("out");
-    let summary = restore(fresh, &snap, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
+    let summary = restore(fresh.clone(), &snap, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     let damage = crate::Error::corrupt("blob", tree, "it fails authentication");
     assert_eq!(summary.errors, vec![format!("{}: its contents were not restored: {damage}", restored.join("b").display())]);
@@ -113,4 +113,14 @@ async fn a_damaged_directory_loses_its_contents_not_the_snapshot() {
         assert_eq!(std::fs::read(restored.join(name)).unwrap(), content(seed, 50_000), "{name}");
     }
     assert_eq!(std::fs::read_dir(restored.join("b")).unwrap().count(), 0);
+
+    // With `delete`, what the target holds in the damaged directory stays:
+    // what the snapshot holds there is unknown.
+    let held = dir.path().join("held");
+    let b = held.join(src.strip_prefix("/").unwrap()).join("b");
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(b.join("kept"), "k").unwrap();
+    let summary = restore(fresh, &snap, &RestoreOptions { target: held.clone(), delete: true, ..Default::default() }).await.unwrap();
+    assert_eq!((summary.files_deleted, summary.errors.len()), (0, 1));
+    assert_eq!(std::fs::read(b.join("kept")).unwrap(), b"k");
 }
