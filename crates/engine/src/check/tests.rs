@@ -10,8 +10,8 @@ use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::objects::Kind;
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{content, damaged, repo_opts, repository};
-use crate::restore::tests::forgotten_old_snapshot;
+use crate::repo::tests::{repo_opts, repository};
+use crate::restore::tests::{damaged_dir, forgotten_old_snapshot, write_files};
 
 /// Judged against a survey taken before the prune, the packs the prune
 /// swept look damaged; the run that follows, against what storage holds
@@ -79,13 +79,9 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let repo = std::sync::Arc::new(repository(&dir.path().join("repo")).await);
     let src = dir.path().join("src");
-    for d in ["a", "b"] {
-        std::fs::create_dir_all(src.join(d)).unwrap();
-        std::fs::write(src.join(d).join("f"), content(d, 100)).unwrap();
-    }
+    write_files(&src, &[("a/f", "a"), ("b/f", "b")]);
     let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
-    let b = crate::walk::find(&repo, snap.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
-    let checker = damaged(&repo, &dir.path().join("repo"), &b).await;
+    let (checker, b) = damaged_dir(&repo, &dir.path().join("repo"), snap.tree, &src.join("b")).await;
 
     let report = check(&checker, CheckOptions { read_data: 0.0 }).await.unwrap();
     let damage = crate::Error::corrupt("blob", b, "it fails authentication");

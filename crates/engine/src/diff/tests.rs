@@ -3,15 +3,8 @@ use std::sync::Arc;
 
 use super::{Change, diff};
 use crate::backup::{BackupOptions, backup};
-use crate::repo::tests::{content, damaged, repository};
-
-fn write(root: &Path, files: &[(&str, &str)]) {
-    for (name, seed) in files {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content(seed, 1000)).unwrap();
-    }
-}
+use crate::repo::tests::repository;
+use crate::restore::tests::{damaged_dir, write_files};
 
 /// Every kind of change, in path order; an unchanged directory is not
 /// read at all: its tree is damaged in storage, and the diff still
@@ -23,17 +16,16 @@ async fn changes_come_in_path_order_and_an_unchanged_subtree_is_not_read() {
     let src = dir.path().join("src");
     let same: Vec<(String, String)> = (0..50).map(|n| (format!("same/f{n}"), format!("same {n}"))).collect();
     let same: Vec<(&str, &str)> = same.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    write(&src, &same);
-    write(&src, &[("a/x", "x"), ("a/y", "y"), ("b", "b"), ("c/z", "z"), ("c/deep/w", "w"), ("d", "d")]);
+    write_files(&src, &same);
+    write_files(&src, &[("a/x", "x"), ("a/y", "y"), ("b", "b"), ("c/z", "z"), ("c/deep/w", "w"), ("d", "d")]);
     let snap = |repo: &Arc<crate::Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
     let old = snap(&repo).await.unwrap();
     std::fs::remove_file(src.join("b")).unwrap();
     std::fs::remove_dir_all(src.join("c")).unwrap();
-    write(&src, &[("a/x", "x changed"), ("b/q", "q"), ("a-b", "new"), ("e", "e")]);
+    write_files(&src, &[("a/x", "x changed"), ("b/q", "q"), ("a-b", "new"), ("e", "e")]);
     let new = snap(&repo).await.unwrap();
 
-    let unchanged = crate::walk::find(&repo, new.tree, &format!("{}/same", src.display())).await.unwrap().unwrap().subtree.unwrap();
-    let repo = damaged(&repo, &dir.path().join("repo"), &unchanged).await;
+    let (repo, unchanged) = damaged_dir(&repo, &dir.path().join("repo"), new.tree, &src.join("same")).await;
 
     assert!(repo.load_tree(&unchanged).await.is_err(), "the unchanged directory's tree is damaged");
     let mut seen = Vec::new();
@@ -68,13 +60,12 @@ async fn a_damaged_directory_is_named_and_the_rest_compared() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(repository(&dir.path().join("repo")).await);
     let src = dir.path().join("src");
-    write(&src, &[("a/x", "x"), ("b/y", "y"), ("c/z", "z")]);
+    write_files(&src, &[("a/x", "x"), ("b/y", "y"), ("c/z", "z")]);
     let snap = |repo: &Arc<crate::Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
     let old = snap(&repo).await.unwrap();
-    write(&src, &[("a/x", "x changed"), ("b/y", "y changed"), ("c/z", "z changed")]);
+    write_files(&src, &[("a/x", "x changed"), ("b/y", "y changed"), ("c/z", "z changed")]);
     let new = snap(&repo).await.unwrap();
-    let b = crate::walk::find(&repo, new.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
-    let repo = damaged(&repo, &dir.path().join("repo"), &b).await;
+    let (repo, b) = damaged_dir(&repo, &dir.path().join("repo"), new.tree, &src.join("b")).await;
 
     let mut seen = Vec::new();
     let unread = diff(&repo, old.tree, new.tree, &mut |c, p| {

@@ -3,7 +3,8 @@ use std::sync::Arc;
 
 use super::{Finder, Found};
 use crate::backup::{BackupOptions, backup};
-use crate::repo::tests::{content, damaged, repository};
+use crate::repo::tests::{content, repository};
+use crate::restore::tests::{damaged_dir, write_files};
 
 /// What a search of `tree` found: the matching paths below `src`, in order.
 async fn searched(finder: &mut Finder<'_>, tree: crate::Id, src: &Path) -> (Vec<PathBuf>, Found) {
@@ -66,16 +67,12 @@ async fn a_damaged_directory_is_named_in_every_snapshot_and_the_rest_searched() 
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(repository(&dir.path().join("repo")).await);
     let src = dir.path().join("src");
-    for d in ["a", "b", "c"] {
-        std::fs::create_dir_all(src.join(d)).unwrap();
-        std::fs::write(src.join(d).join("conf"), content(d, 100)).unwrap();
-    }
+    write_files(&src, &[("a/conf", "a"), ("b/conf", "b"), ("c/conf", "c")]);
     let snap = |repo: &Arc<crate::Repository>| backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() });
     let first = snap(&repo).await.unwrap();
     std::fs::write(src.join("c/conf"), "changed").unwrap();
     let second = snap(&repo).await.unwrap();
-    let b = crate::walk::find(&repo, first.tree, &format!("{}/b", src.display())).await.unwrap().unwrap().subtree.unwrap();
-    let repo = damaged(&repo, &dir.path().join("repo"), &b).await;
+    let (repo, b) = damaged_dir(&repo, &dir.path().join("repo"), first.tree, &src.join("b")).await;
 
     let mut finder = Finder::new(&repo, &["conf".into()]).unwrap();
     for s in [&first, &second] {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use tresor_storage::Location;
 
 use super::{RestoreOptions, restore};
-use crate::Repository;
 use crate::backup::{BackupOptions, backup};
 use crate::objects::{Kind, is_not_found};
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{content, repo_opts, repository};
+use crate::repo::tests::{content, damaged, repo_opts, repository};
+use crate::{Id, Repository};
 
 /// A repository in `dir/repo` whose one snapshot (returned) of `dir/src`
 /// shares packs with a forgotten one, so that a prune both repacks and
@@ -30,6 +30,24 @@ pub(crate) async fn forgotten_old_snapshot(dir: &std::path::Path) -> (Arc<Reposi
     let kept = snap(&repo).await.unwrap();
     repo.remove_snapshots(&[old.id]).await.unwrap();
     (repo, kept)
+}
+
+/// Writes each `(name, seed)` below `root` as 1,000 bytes of
+/// `content(seed)`, making the directories on the way.
+pub(crate) fn write_files(root: &std::path::Path, files: &[(&str, &str)]) {
+    for (name, seed) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content(seed, 1000)).unwrap();
+    }
+}
+
+/// Damages the tree of the directory `path` below the snapshot tree `root`
+/// in the repository stored at `dir` (see `repo::tests::damaged`); returns
+/// the repository opened afresh and the damaged tree's id.
+pub(crate) async fn damaged_dir(repo: &Repository, dir: &std::path::Path, root: Id, path: &std::path::Path) -> (Repository, Id) {
+    let tree = crate::walk::find(repo, root, path.to_str().unwrap()).await.unwrap().unwrap().subtree.unwrap();
+    (damaged(repo, dir, &tree).await, tree)
 }
 
 /// Readers hold no session, so a prune does not wait for them: a reader
@@ -96,21 +114,17 @@ async fn a_damaged_directory_loses_its_contents_not_the_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(repository(&dir.path().join("repo")).await);
     let src = dir.path().join("src");
-    for (name, seed) in [("a/x", "x"), ("a/y", "y"), ("b/z", "z"), ("c", "c")] {
-        std::fs::create_dir_all(src.join(name).parent().unwrap()).unwrap();
-        std::fs::write(src.join(name), content(seed, 50_000)).unwrap();
-    }
+    write_files(&src, &[("a/x", "x"), ("a/y", "y"), ("b/z", "z"), ("c", "c")]);
     let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
-    let b = crate::walk::list(&repo, snap.tree, "").await.unwrap().into_iter().find(|(p, _)| p.ends_with("src/b")).unwrap().1;
-    let tree = b.subtree.unwrap();
-    let fresh = Arc::new(crate::repo::tests::damaged(&repo, &dir.path().join("repo"), &tree).await);
+    let (fresh, tree) = damaged_dir(&repo, &dir.path().join("repo"), snap.tree, &src.join("b")).await;
+    let fresh = Arc::new(fresh);
     let out = dir.path().join("out");
     let summary = restore(fresh.clone(), &snap, &RestoreOptions { target: out.clone(), ..Default::default() }).await.unwrap();
     let restored = out.join(src.strip_prefix("/").unwrap());
     let damage = crate::Error::corrupt("blob", tree, "it fails authentication");
     assert_eq!(summary.errors, vec![format!("{}: its contents were not restored: {damage}", restored.join("b").display())]);
     for (name, seed) in [("a/x", "x"), ("a/y", "y"), ("c", "c")] {
-        assert_eq!(std::fs::read(restored.join(name)).unwrap(), content(seed, 50_000), "{name}");
+        assert_eq!(std::fs::read(restored.join(name)).unwrap(), content(seed, 1000), "{name}");
     }
     assert_eq!(std::fs::read_dir(restored.join("b")).unwrap().count(), 0);
 
