@@ -84,11 +84,9 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
 /// Name each selected snapshot the source holds damaged; the copy then
 /// fails with the first one's damage, which says why to the daemon too.
 fn damaged(snapshots: &[(tresor_engine::Id, String)]) -> Result<u8> {
-    let Some((first, why)) = snapshots.first() else { return Ok(0) };
-    for (id, why) in snapshots {
-        eprintln!("error: snapshot {} was not copied: {why}", id.short());
-    }
-    let n = snapshots.len();
-    Err(anyhow::Error::new(tresor_engine::Error::corrupt("snapshot", first.short(), why))
-        .context(format!("{n} of the selected snapshots could not be copied, the others were")))
+    let line = |(id, why): &(tresor_engine::Id, String)| format!("snapshot {} was not copied: {why}", id.short());
+    let selected = ["of the selected snapshots"; 2];
+    let Some(count) = crate::data::name_lost(snapshots, line, selected, "could not be copied, the others were") else { return Ok(0) };
+    let (first, why) = &snapshots[0];
+    Err(anyhow::Error::new(tresor_engine::Error::corrupt("snapshot", first.short(), why)).context(count))
 }

@@ -356,12 +356,12 @@ fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &Res
 async fn verify(g: &Global, repo: &Repository, snap: &Snapshot, tree: tresor_engine::Id, target: &std::path::Path) -> Result<u8> {
     let report = tresor_engine::verify::verify_restored(repo, tree, target).await?;
     report.mismatched.iter().for_each(|m| eprintln!("differs: {m}"));
-    report.unread.iter().for_each(|u| eprintln!("error: {u}"));
+    let lost = name_lost(&report.unread, |u| u.to_string(), DIRECTORIES, "could not be read");
     if let Some(first) = report.mismatched.first() {
         bail!("{} of {} restored files differ from the snapshot; first: {first}", report.mismatched.len(), report.files);
     }
-    if !report.unread.is_empty() {
-        bail!("{}", could_not_be_read(report.unread.len()));
+    if let Some(count) = lost {
+        bail!("{count}");
     }
     if g.json {
         print_json(&json!({"message_type": "verified", "snapshot_id": snap.id, "files": report.files, "bytes": report.bytes}))?;
@@ -404,19 +404,24 @@ pub fn in_snapshot(snap: &Snapshot, lost: Vec<Unread>) -> Vec<(String, Unread)> 
 /// Name each damaged directory a reader went on without (after what it
 /// did print), each after its prefix; the command then fails.
 pub fn unread(lost: &[(String, Unread)], not: &str) -> Result<u8> {
-    for (prefix, u) in lost {
-        eprintln!("error: {prefix}{}: its contents were not {not}: {}", u.path.display(), u.error);
-    }
-    match lost.len() {
-        0 => Ok(0),
-        n => bail!("{}", could_not_be_read(n)),
+    let line = |(prefix, u): &(String, Unread)| format!("{prefix}{}: its contents were not {not}: {}", u.path.display(), u.error);
+    match name_lost(lost, line, DIRECTORIES, "could not be read") {
+        None => Ok(0),
+        Some(count) => bail!("{count}"),
     }
 }
 
-fn could_not_be_read(directories: usize) -> String {
-    match directories {
-        1 => "1 directory could not be read".into(),
-        n => format!("{n} directories could not be read"),
+const DIRECTORIES: [&str; 2] = ["directory", "directories"];
+
+/// Names each thing a command went on without, one `error:` line each
+/// after what it did print, and returns how many there were as the
+/// message the command then fails with; `noun` is singular and plural.
+pub fn name_lost<T>(lost: &[T], line: impl Fn(&T) -> String, noun: [&str; 2], verdict: &str) -> Option<String> {
+    lost.iter().for_each(|t| eprintln!("error: {}", line(t)));
+    match lost.len() {
+        0 => None,
+        1 => Some(format!("1 {} {verdict}", noun[0])),
+        n => Some(format!("{n} {} {verdict}", noun[1])),
     }
 }
 

@@ -148,12 +148,9 @@ pub async fn restore_bucket(g: &Global, repo: &Repository, snap: &Snapshot, to: 
     if r.metadata_not_set > 0 {
         eprintln!("warning: {} objects restored without some of their metadata, which {} cannot store", r.metadata_not_set, target.name());
     }
-    for (prefix, why) in &r.unread {
-        eprintln!("error: {prefix}*: these objects were not restored: {why}");
-    }
-    match r.unread.len() {
-        0 => Ok(0),
-        1 => anyhow::bail!("1 key prefix could not be read"),
-        n => anyhow::bail!("{n} key prefixes could not be read"),
+    let line = |(prefix, why): &(String, String)| format!("{prefix}*: these objects were not restored: {why}");
+    match crate::data::name_lost(&r.unread, line, ["key prefix", "key prefixes"], "could not be read") {
+        None => Ok(0),
+        Some(count) => anyhow::bail!("{count}"),
     }
 }

@@ -205,6 +205,15 @@ pub(super) fn tresor(env: &Env, c: &Cluster, args: &[&str]) -> Output {
     env.cmd(args).env("KUBECONFIG", &c.kubeconfig).output().unwrap()
 }
 
+/// A cluster, and a repository holding one backup of its `shop` namespace.
+fn shop_backed_up() -> (Env, Cluster) {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let c = Cluster::start();
+    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    (env, c)
+}
+
 #[test]
 fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     let env = Env::new();
@@ -360,10 +369,7 @@ fn a_namespace_round_trips_under_a_new_name_field_by_field() {
 /// create: restores complete every time, and say what they left to the cluster.
 #[test]
 fn restores_meet_live_controllers_and_complete_every_time() {
-    let env = Env::new();
-    env.ok(&["init"]);
-    let c = Cluster::start();
-    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let (env, c) = shop_backed_up();
     let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
@@ -400,10 +406,7 @@ fn restores_meet_live_controllers_and_complete_every_time() {
 
 #[test]
 fn a_failing_custom_resource_is_reported_and_the_rest_is_restored() {
-    let env = Env::new();
-    env.ok(&["init"]);
-    let c = Cluster::start();
-    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let (env, c) = shop_backed_up();
     c.server.deny_create("widgets");
     let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy"]);
     assert_eq!(out.status.code(), Some(3));
@@ -429,10 +432,7 @@ fn a_failing_custom_resource_is_reported_and_the_rest_is_restored() {
 /// named with the damage; the other objects are restored.
 #[test]
 fn a_damaged_directory_of_objects_is_reported_and_the_rest_is_restored() {
-    let env = Env::new();
-    env.ok(&["init"]);
-    let c = Cluster::start();
-    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let (env, c) = shop_backed_up();
     let widgets = Path::new("/namespaces/shop/example.com/Widget");
     let tree = super::repair::damage_tree(&env, "latest", widgets);
     let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy", "--no-cache"]);
@@ -677,10 +677,7 @@ fn the_shipped_roles_allow_what_tresor_does_and_no_more() {
 /// restore reports, never a silent leftover.
 #[test]
 fn a_scratch_namespace_that_cannot_be_removed_is_reported() {
-    let c = Cluster::start();
-    let env = Env::new();
-    env.ok(&["init"]);
-    assert!(tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]).status.success());
+    let (env, c) = shop_backed_up();
     // The restore role without its namespace delete rule.
     let patch = r#"{"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["create", "update"]}]}"#;
     let out = c.kubectl(&["patch", "clusterrole", "tresor-restore", "--type=merge", "-p", patch]);

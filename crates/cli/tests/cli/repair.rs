@@ -87,6 +87,14 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
     );
 }
 
+/// Writes each `(path, bytes)` below `root`, making the directories on the way.
+pub(super) fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
+    for (name, bytes) in files {
+        fs::create_dir_all(root.join(name).parent().unwrap()).unwrap();
+        fs::write(root.join(name), bytes).unwrap();
+    }
+}
+
 /// Flip a byte inside the stored tree of the directory `dir` in `snapshot`;
 /// that tree's id.
 pub(super) fn damage_tree(env: &Env, snapshot: &str, dir: &Path) -> tresor_engine::Id {
@@ -109,10 +117,7 @@ fn readers_name_a_damaged_directory_and_read_the_rest() {
     let env = Env::new();
     env.ok(&["init"]);
     let src = env.path("src");
-    for d in ["a", "b", "c"] {
-        fs::create_dir_all(src.join(d)).unwrap();
-        fs::write(src.join(d).join(format!("{d}.conf")), d).unwrap();
-    }
+    write_tree(&src, &[("a/a.conf", b"a"), ("b/b.conf", b"b"), ("c/c.conf", b"c")]);
     let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
     fs::write(src.join("b/b.conf"), "b changed").unwrap();
     fs::write(src.join("c/c.conf"), "c changed").unwrap();
@@ -169,10 +174,8 @@ fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
     let env = Env::new();
     env.ok(&["init"]);
     let src = env.path("src");
-    for d in ["a", "b"] {
-        fs::create_dir_all(src.join(d)).unwrap();
-        fs::write(src.join(d).join("data"), random_bytes(200_000, u64::from(d.as_bytes()[0]))).unwrap();
-    }
+    let (a, b) = (random_bytes(200_000, 1), random_bytes(200_000, 2));
+    write_tree(&src, &[("a/data", &a), ("b/data", &b)]);
     let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
     let b = damage_tree(&env, &id, &src.join("b"));
     let stored = files_under(Path::new(&env.repo));

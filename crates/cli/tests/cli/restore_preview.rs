@@ -96,10 +96,7 @@ fn a_preview_names_a_damaged_directory_as_the_restore_does() {
     let env = Env::new();
     env.ok(&["init"]);
     let src = env.path("src");
-    for d in ["a", "b"] {
-        fs::create_dir_all(src.join(d)).unwrap();
-        fs::write(src.join(d).join("f"), d).unwrap();
-    }
+    super::repair::write_tree(&src, &[("a/f", b"a"), ("b/f", b"b")]);
     env.ok(&["backup", src.to_str().unwrap()]);
     super::repair::damage_tree(&env, "latest", &src.join("b"));
     let target = env.path("target");
