@@ -148,9 +148,14 @@ pub async fn restore_bucket(g: &Global, repo: &Repository, snap: &Snapshot, to: 
     if r.metadata_not_set > 0 {
         eprintln!("warning: {} objects restored without some of their metadata, which {} cannot store", r.metadata_not_set, target.name());
     }
-    let line = |(prefix, why): &(String, String)| format!("{prefix}*: these objects were not restored: {why}");
-    match crate::data::name_lost(&r.unread, line, ["key prefix", "key prefixes"], "could not be read") {
-        None => Ok(0),
-        Some(count) => anyhow::bail!("{count}"),
-    }
+    let below = |(prefix, why): &(String, String)| format!("{prefix}*: these objects were not restored: {why}");
+    let object = |(key, why): &(String, String)| format!("{key}: this object was not restored: {why}");
+    let lost: Vec<String> = [
+        crate::data::name_lost(&r.unread, below, ["key prefix", "key prefixes"], "could not be read"),
+        crate::data::name_lost(&r.damaged, object, ["object", "objects"], "could not be read"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if lost.is_empty() { Ok(0) } else { anyhow::bail!("{}", lost.join("; ")) }
 }

@@ -234,6 +234,20 @@ fn a_flush_restore_overwrites_what_the_snapshot_holds_and_only_then_deletes_the_
     assert_eq!(target.objects(), expected, "exactly the snapshot's objects, bytes and metadata");
 }
 
+/// Restores the latest snapshot into the bucket `busy` with `--flush`,
+/// which must restore one object, delete one and fail; what it wrote to
+/// stderr.
+fn restore_one_and_flush_one(env: &Env, server: &S3Server) -> String {
+    let out = env.run(&["restore", "latest", "--to", &s3_url(server, "busy"), "--flush", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("restored 1 objects") && said.trim_end().ends_with(", then deleted 1 objects the snapshot does not hold"),
+        "{said}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A key prefix whose listing is damaged in the repository is named and
 /// not restored; the rest is, and `--flush` keeps what the target holds
 /// below that prefix (it deletes only what the snapshot is known to lack).
@@ -252,18 +266,53 @@ fn a_damaged_prefix_is_named_and_a_flush_keeps_what_the_target_holds_below_it() 
     let target = new_bucket(&server, "busy");
     target.put("lost/old.txt", b"held before".to_vec(), None, &[]);
     target.put("extra/one", b"not in the snapshot".to_vec(), None, &[]);
-    let out = env.run(&["restore", "latest", "--to", &s3_url(&server, "busy"), "--flush", "--no-cache"]);
-    assert_eq!(out.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        said.starts_with("restored 1 objects") && said.trim_end().ends_with(", then deleted 1 objects the snapshot does not hold"),
-        "{said}"
-    );
+    let errors = restore_one_and_flush_one(&env, &server);
     let damage = tresor_engine::Error::corrupt("blob", tree, "it fails authentication");
-    let errors = format!("error: lost/*: these objects were not restored: {damage}\ntresor: error: 1 key prefix could not be read\n");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), errors);
+    let want = format!("error: lost/*: these objects were not restored: {damage}\ntresor: error: 1 key prefix could not be read\n");
+    assert_eq!(errors, want);
     let held: Vec<String> = target.objects().keys().cloned().collect();
     assert_eq!(held, ["keep/a.txt", "lost/old.txt"], "the restored object, and the one below the damaged prefix kept");
+}
+
+/// An object whose content is damaged in the repository is named and not
+/// restored, and the target's object under its key stays as it was: a
+/// small one is authenticated before its key is opened, a large one's
+/// write is aborted at the damaged blob, past its first part.
+#[test]
+fn a_damaged_object_is_named_and_the_targets_object_under_its_key_kept() {
+    let server = S3Server::start();
+    let source = Store::s3(&server, server.bucket());
+    let big = random_bytes(24 << 20, 7);
+    source.put("fine.txt", b"snapshot fine".to_vec(), None, &[]);
+    source.put("small.txt", b"snapshot small".to_vec(), None, &[]);
+    source.put("big.bin", big, None, &[]);
+    let env = env_for(source_vars(&server));
+    env.ok(&["backup", &s3_url(&server, server.bucket())]);
+    let listed = env.ok(&["ls", "latest"]);
+    let path = |name: &str| listed.lines().find(|l| l.ends_with(name)).unwrap_or_else(|| panic!("{listed}")).to_string();
+    let small = super::repair::damage_blob(&env, "latest", Path::new(&path("/small.txt")), |n| n.content[0]);
+    let last = super::repair::damage_blob(&env, "latest", Path::new(&path("/big.bin")), |n| *n.content.last().unwrap());
+
+    let target = new_bucket(&server, "busy");
+    let held_big = random_bytes(3 << 20, 8);
+    target.put("small.txt", b"held small".to_vec(), None, &[]);
+    target.put("big.bin", held_big.clone(), None, &[]);
+    target.put("extra", b"not in the snapshot".to_vec(), None, &[]);
+    let errors = restore_one_and_flush_one(&env, &server);
+    let damage = |id| tresor_engine::Error::corrupt("blob", id, "it fails authentication");
+    let want = format!(
+        "error: big.bin: this object was not restored: {}\nerror: small.txt: this object was not restored: {}\ntresor: error: 2 objects could not be read\n",
+        damage(last),
+        damage(small)
+    );
+    assert_eq!(errors, want);
+    let held = target.objects();
+    assert_eq!(held.keys().cloned().collect::<Vec<_>>(), ["big.bin", "fine.txt", "small.txt"]);
+    let hash = |key: &str| held[key].split(' ').nth(1).unwrap().to_string();
+    let of = |bytes: &[u8]| blake3::hash(bytes).to_hex().to_string();
+    assert_eq!(hash("fine.txt"), of(b"snapshot fine"));
+    assert_eq!(hash("small.txt"), of(b"held small"));
+    assert_eq!(hash("big.bin"), of(&held_big), "the large object's aborted write left the held one");
 }
 
 #[test]

@@ -98,13 +98,24 @@ pub(super) fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
 /// Flip a byte inside the stored tree of the directory `dir` in `snapshot`;
 /// that tree's id.
 pub(super) fn damage_tree(env: &Env, snapshot: &str, dir: &Path) -> tresor_engine::Id {
+    damage_blob(env, snapshot, dir, |node| node.subtree.unwrap())
+}
+
+/// Flip a byte inside the stored blob that `pick` names of the node at
+/// `path` in `snapshot`; that blob's id.
+pub(super) fn damage_blob(
+    env: &Env,
+    snapshot: &str,
+    path: &Path,
+    pick: fn(&tresor_engine::Node) -> tresor_engine::Id,
+) -> tresor_engine::Id {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let repo = fuzz_corpus::open_in_process(env).await;
         let snap = repo.find_snapshot(snapshot).await.unwrap();
-        let tree = tresor_engine::walk::find(&repo, snap.tree, dir.to_str().unwrap()).await.unwrap().unwrap().subtree.unwrap();
-        let (pack, e) = repo.index().await.unwrap().get(&tree).unwrap();
+        let blob = pick(&tresor_engine::walk::find(&repo, snap.tree, path.to_str().unwrap()).await.unwrap().unwrap());
+        let (pack, e) = repo.index().await.unwrap().get(&blob).unwrap();
         flip_byte(&Path::new(&env.repo).join(tresor_engine::objects::Kind::Pack.path(&pack)), u64::from(e.offset + e.length / 2));
-        tree
+        blob
     })
 }
 

@@ -39,6 +39,23 @@ pub struct RestoreReport {
     /// why: their objects were not restored, and `--flush` kept what the
     /// target holds below them.
     pub unread: Vec<(String, String)>,
+    /// Objects whose content is damaged in the repository, in key order,
+    /// each with why: not restored, and what the target held under their
+    /// key kept.
+    pub damaged: Vec<(String, String)>,
+}
+
+/// How much of an object is read, and so authenticated, before its key in
+/// the target is opened for writing: the writer's chunk, which it holds
+/// before sending anything anyway.
+const READ_AHEAD: u64 = 8 << 20;
+
+/// What became of one object of the snapshot.
+enum Put {
+    /// Its key, size, and whether every recorded piece of metadata was set.
+    Written(String, u64, bool),
+    /// Its key and the damage that kept it from the target.
+    Damaged(String, String),
 }
 
 /// Key prefixes and globs.
@@ -82,7 +99,8 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
         let why = format!("it holds objects ({} and maybe more); restore with --flush to replace them", first.path());
         return Err(Error::failed(bucket.name(), why));
     }
-    let mut written_keys = std::collections::HashSet::new();
+    // Keys a flush keeps: those written, and those of damaged objects.
+    let mut kept = std::collections::HashSet::new();
     let (tx, rx) = tokio::sync::mpsc::channel::<(String, Node)>(256);
     let walked = async move {
         let (mut dirs, mut unread) = (vec![(root, String::new())], Vec::new());
@@ -117,22 +135,30 @@ pub async fn restore_into(repo: &Repository, root: Id, bucket: &Bucket, opts: &B
     let written = async {
         let mut objects = std::pin::pin!(objects);
         while let Some(done) = objects.next().await {
-            let (key, bytes, all_metadata) = done?;
+            let (key, bytes, all_metadata) = match done? {
+                Put::Written(key, bytes, all) => (key, bytes, all),
+                Put::Damaged(key, why) => {
+                    kept.insert(key.clone());
+                    report.damaged.push((key, why));
+                    continue;
+                }
+            };
             if opts.flush {
-                written_keys.insert(key);
+                kept.insert(key);
             }
             report.objects += 1;
             report.bytes += bytes;
             report.metadata_not_set += u64::from(!all_metadata);
         }
+        report.damaged.sort();
         Ok::<_, Error>(())
     };
     let (walked, written) = futures::join!(walked, written);
     written?;
     report.unread = walked?;
     if opts.flush {
-        let kept = |key: &str| written_keys.contains(key) || report.unread.iter().any(|(prefix, _)| key.starts_with(prefix.as_str()));
-        report.deleted = delete_others(bucket, &kept).await?;
+        let keep = |key: &str| kept.contains(key) || report.unread.iter().any(|(prefix, _)| key.starts_with(prefix.as_str()));
+        report.deleted = delete_others(bucket, &keep).await?;
     }
     Ok(report)
 }
@@ -154,18 +180,62 @@ async fn delete_others(bucket: &Bucket, keep: &dyn Fn(&str) -> bool) -> Result<u
     Ok(count)
 }
 
-/// Write one object: its bytes and the metadata the store takes. Its key,
-/// size, and whether every recorded piece of metadata was set.
-async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Result<(String, u64, bool)> {
+/// Write one object, its bytes and the metadata the store takes; an
+/// object whose content is damaged in the repository leaves the target's
+/// object under its key as it was: what is read ahead is authenticated
+/// before the key is opened, and a damaged blob after that aborts the
+/// write, which the store then never completes.
+async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Result<Put> {
     let fail = |e: opendal::Error| bucket.error(e);
     if key.ends_with('/') && node.size == 0 {
         bucket.op.create_dir(&key).await.map_err(fail)?;
-        return Ok((key, 0, true));
+        return Ok(Put::Written(key, 0, true));
     }
+    let load = async |id: &Id| match repo.load_blob(id).await {
+        Ok(blob) => Ok(Ok(blob)),
+        Err(e) if tresor_engine::objects::is_damage(&e) => Ok(Err(e.to_string())),
+        Err(e) => Err(Error::failed(bucket.name(), format!("{key}: {e}"))),
+    };
+    let (mut ahead, mut read) = (Vec::new(), 0u64);
+    let mut blobs = node.content.iter();
+    while read < READ_AHEAD
+        && let Some(id) = blobs.next()
+    {
+        match load(id).await? {
+            Ok(blob) => {
+                read += blob.len() as u64;
+                ahead.push(blob);
+            }
+            Err(why) => return Ok(Put::Damaged(key, why)),
+        }
+    }
+    let (mut writer, all) = open_writer(bucket, &key, &node).await?;
+    for blob in ahead {
+        writer.write(blob).await.map_err(fail)?;
+    }
+    for id in blobs {
+        match load(id).await? {
+            Ok(blob) => writer.write(blob).await.map_err(fail)?,
+            Err(why) => {
+                let aborted = writer.abort().await.map_err(|e| {
+                    let why = format!("{key}: {why}; the target's object under this key was overwritten in part: {e}");
+                    Error::failed(bucket.name(), why)
+                });
+                return aborted.map(|()| Put::Damaged(key, why));
+            }
+        }
+    }
+    writer.close().await.map_err(fail)?;
+    Ok(Put::Written(key, node.size, all))
+}
+
+/// A writer for `key` with the metadata recorded in `node` that the store
+/// takes, and whether it takes all of it.
+async fn open_writer(bucket: &Bucket, key: &str, node: &Node) -> Result<(opendal::Writer, bool)> {
     let cap = bucket.op.info().full_capability();
     let meta = node.object.clone().unwrap_or_default();
     let mut all = true;
-    let mut w = bucket.op.writer_with(&key).chunk(8 << 20);
+    let mut w = bucket.op.writer_with(key).chunk(READ_AHEAD as usize);
     let mut set = |value: &Option<String>, able: bool| {
         all &= value.is_none() || able;
         value.as_deref().filter(|_| able).map(String::from)
@@ -188,11 +258,5 @@ async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Res
             w = w.user_metadata(meta.user_metadata.clone());
         }
     }
-    let mut writer = w.await.map_err(fail)?;
-    for id in &node.content {
-        let blob = repo.load_blob(id).await.map_err(|e| Error::failed(bucket.name(), format!("{key}: {e}")))?;
-        writer.write(blob).await.map_err(fail)?;
-    }
-    writer.close().await.map_err(fail)?;
-    Ok((key, node.size, all))
+    Ok((w.await.map_err(|e| bucket.error(e))?, all))
 }
