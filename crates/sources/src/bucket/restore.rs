@@ -218,7 +218,7 @@ async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Res
             Ok(blob) => writer.write(blob).await.map_err(fail)?,
             Err(why) => {
                 let aborted = writer.abort().await.map_err(|e| {
-                    let why = format!("{key}: {why}; the target's object under this key was overwritten in part: {e}");
+                    let why = format!("{key}: {why}; its write could not be aborted, so the target may hold it in part: {e}");
                     Error::failed(bucket.name(), why)
                 });
                 return aborted.map(|()| Put::Damaged(key, why));
