@@ -146,6 +146,9 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(failed) = e.downcast_ref::<pgwal::FetchFailed>() {
+        return failed.exit;
+    }
     match e.downcast_ref::<Error>() {
         Some(Error::NoRepository { .. } | Error::NotARepository { .. }) => EXIT_NO_REPOSITORY,
         Some(Error::WrongPassword { .. }) => EXIT_WRONG_PASSWORD,

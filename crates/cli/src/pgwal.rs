@@ -102,8 +102,32 @@ async fn push_one(repo: &Arc<Repository>, control: Option<u64>, wal: &WalFile, d
     Ok("archived")
 }
 
+/// A failed fetch of an archived file, with what restore_command exits
+/// with for it (walarchive::failed_fetch_exit).
+#[derive(Debug)]
+pub struct FetchFailed {
+    file: String,
+    pub exit: u8,
+}
+
+impl std::fmt::Display for FetchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.exit == walarchive::STOP_RECOVERY {
+            let how = "start the server again once it can be fetched, or recover to a point before it";
+            write!(f, "cannot fetch {}, so recovery is stopped rather than ended without it ({how})", self.file)
+        } else {
+            write!(f, "cannot fetch {}; the standby asks for it again", self.file)
+        }
+    }
+}
+
 pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
-    let pgdata = pgdata(a.pgdata)?;
+    let pgdata = pgdata(a.pgdata.clone())?;
+    let failed = FetchFailed { file: a.file.clone(), exit: walarchive::failed_fetch_exit(pgdata.join("standby.signal").exists()) };
+    fetch_into(g, a, pgdata).await.map_err(|e| e.context(failed))
+}
+
+async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> {
     let wal = walarchive::parse_name(&a.file)?;
     let spool = pgdata.join(PREFETCHED);
     let (record, own_prefetch) = match crate::pgspool::take(&pgdata, &wal, &a.dest)? {
@@ -144,7 +168,7 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
 
 pub(crate) fn not_archived(wal: &WalFile) -> u8 {
     eprintln!("tresor: {} is not in the archive", wal.name);
-    1
+    walarchive::NOT_ARCHIVED_YET
 }
 
 /// The segments after `wal` into the spool, several at a time; those not

@@ -121,10 +121,33 @@ pub fn running_low(spooled: usize, window: usize) -> bool {
     spooled < window.div_ceil(2)
 }
 
+/// How a fetch that failed for an archived file (storage that did not
+/// answer, damage, a failed write) ends, so that PostgreSQL never takes it
+/// for the end of the archive: a standby asks again later, as for a file
+/// not archived yet; any other recovery would end at the file before and
+/// promote without the WAL after it, so it is stopped instead, to go on
+/// when the server is started again.
+pub fn failed_fetch_exit(standby: bool) -> u8 {
+    if standby { NOT_ARCHIVED_YET } else { STOP_RECOVERY }
+}
+
+/// A restore_command's exit for a file the archive does not hold.
+pub const NOT_ARCHIVED_YET: u8 = 1;
+/// PostgreSQL stops recovery (FATAL) on a restore_command's exit above
+/// 125; 126 and 127 it reports as the shell's "not executable" and "not
+/// found", so neither.
+pub const STOP_RECOVERY: u8 = 200;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_failed_fetch_stops_a_recovery_and_a_standby_asks_again() {
+        assert_eq!(failed_fetch_exit(true), 1);
+        assert_eq!(failed_fetch_exit(false), 200);
+    }
 
     const MB16: u64 = 16 << 20;
 

@@ -67,9 +67,25 @@ impl PostgresServer {
     }
 
     fn launch(&self) {
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.path().display());
-        let log = self.dir.path().join("log").display().to_string();
-        self.run_as_owner("pg_ctl", &["-D", &self.data(), "-o", &opts, "-l", &log, "-w", "-t", "60", "start"]);
+        let started = start(&self.bin, self.dir.path(), self.port);
+        assert!(started, "pg_ctl start failed; the server's log:\n{}", self.log());
+    }
+
+    /// Start the data directory `dir/data` (a restored one), whose server
+    /// must stop by itself within a minute (its recovery stopped): the
+    /// server's log. Whether `pg_ctl` saw it start depends on how far
+    /// recovery got before it stopped, so only the stop counts. `dir`
+    /// stays the caller's, to start again.
+    pub fn start_refused(dir: &TempDir) -> String {
+        start(&Self::bin_dir(), dir.path(), free_port());
+        let pid = dir.path().join("data/postmaster.pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while pid.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        assert!(!pid.exists(), "the server is still running; its log:\n{log}");
+        log
     }
 
     /// Wait (up to a minute) until `sql` answers `want`; the last answer.
@@ -101,12 +117,7 @@ impl PostgresServer {
     }
 
     fn run_as_owner(&self, program: &str, args: &[&str]) {
-        let exe = self.bin.join(program);
-        let status = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).current_dir("/").status()
-        } else {
-            Command::new(&exe).args(args).status()
-        };
+        let status = as_owner(&self.bin.join(program), args).status();
         assert!(status.expect("run a PostgreSQL program").success(), "{program} {args:?} failed; the server's log:\n{}", self.log());
     }
 
@@ -147,11 +158,29 @@ impl Drop for PostgresServer {
     fn drop(&mut self) {
         let exe = self.bin.join("pg_ctl");
         let data = self.data();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).current_dir("/").output()
-        } else {
-            Command::new(&exe).args(args).output()
-        };
+        let _ = as_owner(&exe, &["-D", data.as_str(), "-m", "immediate", "-w", "stop"]).output();
     }
+}
+
+/// A PostgreSQL program run as the cluster's owner: the postgres user when
+/// run as root, which PostgreSQL requires.
+fn as_owner(exe: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(exe).args(args).current_dir("/");
+        c
+    } else {
+        let mut c = Command::new(exe);
+        c.args(args);
+        c
+    }
+}
+
+/// `pg_ctl start` of `dir/data` on `port`, logging to `dir/log`; whether
+/// the server started.
+fn start(bin: &Path, dir: &Path, port: u16) -> bool {
+    let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
+    let (data, log) = (dir.join("data").display().to_string(), dir.join("log").display().to_string());
+    let args = ["-D", &data, "-o", &opts, "-l", &log, "-w", "-t", "60", "start"];
+    as_owner(&bin.join("pg_ctl"), &args).status().expect("run pg_ctl").success()
 }

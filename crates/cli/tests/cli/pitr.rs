@@ -176,6 +176,45 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     assert!((0.0..600.0).contains(&lag), "the newest WAL file was archived moments ago: {lag}");
 }
 
+/// An archived segment that cannot be fetched (damaged here; storage that
+/// does not answer alike) stops the recovery: PostgreSQL is never told
+/// that the archive ends there, which would have it promote without the
+/// WAL after it. Once the segment can be fetched, starting the server
+/// again completes the recovery.
+#[test]
+fn a_segment_that_cannot_be_fetched_stops_recovery_instead_of_ending_it() {
+    let env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'early')");
+    switch_and_archive(&pg);
+    pg.psql("postgres", "INSERT INTO t VALUES (2, 'late')");
+    let late = switch_and_archive(&pg);
+    let all = env.json(&["snapshots", "--all"]);
+    let archived = all.as_array().unwrap().iter().find(|s| s["source"]["consistency"]["file"] == late.as_str()).unwrap();
+    let id = archived["id"].as_str().unwrap().to_string();
+    let listed = env.ok(&["ls", &id]);
+    let file = listed.lines().find(|l| l.ends_with(&late)).unwrap_or_else(|| panic!("{listed}"));
+    // A second flip of the same byte mends it.
+    let flip = || super::repair::damage_blob(&env, &id, Path::new(file), |n| n.content[0]);
+    let blob = flip();
+
+    let dir = restore_dir(&env);
+    env.ok(&restore_args(&dir.path().join("data"), &["--latest"]));
+    let log = PostgresServer::start_refused(&dir);
+    let said = log.lines().find(|l| l.starts_with("tresor: error: cannot fetch")).unwrap_or_else(|| panic!("{log}"));
+    let damage = tresor_engine::Error::corrupt("blob", blob, "it fails authentication");
+    let how = "start the server again once it can be fetched, or recover to a point before it";
+    assert_eq!(said, format!("tresor: error: cannot fetch {late}, so recovery is stopped rather than ended without it ({how}): {damage}"));
+    let fatal = format!("FATAL:  could not restore file \"{late}\" from archive: child process exited with exit code 200");
+    assert!(log.contains(&fatal), "{log}");
+
+    flip();
+    let recovered = start_restored(dir);
+    assert_eq!(notes(&recovered), "early,late", "the recovery went on past the segment once it could be fetched");
+}
+
 #[test]
 fn wal_gaps_are_reported_and_bad_wal_is_refused() {
     let env = postgres_env();
