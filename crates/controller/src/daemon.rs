@@ -682,13 +682,22 @@ fn watch_wal(shared: &Arc<Shared>) {
             let plan = shared.plan();
             let mut listings = BTreeMap::new();
             for (name, r) in &plan.repositories {
-                if (crate::walrpo::pg_sources(&plan, name).next().is_some() || crate::standby::wanted(&plan, name))
-                    && let Ok(list) = shared.repos.snapshots(r, None).await
-                {
-                    listings.insert(name.clone(), list);
+                if crate::walrpo::pg_sources(&plan, name).next().is_some() || crate::standby::wanted(&plan, name) {
+                    match shared.repos.snapshots(r, None).await {
+                        Ok(list) => {
+                            listings.insert(name.clone(), list);
+                        }
+                        Err(e) => tracing::warn!("cannot list repository {name} for its WAL archives: {e}"),
+                    }
                 }
             }
-            for (source, p) in crate::walrpo::points(&plan, &listings).await {
+            let fresh = crate::walrpo::points(&plan, &listings).await;
+            // A source whose archive could not be read this time keeps its
+            // last figures, but nothing says its newer commits are archived.
+            for s in plan.sources.iter().filter(|s| !fresh.contains_key(&s.name)) {
+                shared.metrics.wal_unconfirmed(&s.name);
+            }
+            for (source, p) in fresh {
                 shared.metrics.wal_point(&plan, &source, p);
             }
             for (source, p) in crate::standby::points(&plan, &listings).await {

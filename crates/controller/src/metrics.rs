@@ -353,6 +353,14 @@ impl Metrics {
         self.wal.lock().expect("not poisoned").insert(source.into(), p);
     }
 
+    /// A WAL-archiving source whose archive could not be read: its last
+    /// figures stand, never caught up (crate::walrpo::WalPoint::unconfirmed).
+    pub fn wal_unconfirmed(&self, source: &str) {
+        if let Some(p) = self.wal.lock().expect("not poisoned").get_mut(source) {
+            p.unconfirmed();
+        }
+    }
+
     /// A warm standby's newest figures (crate::standby).
     pub fn standby_point(&self, source: &str, p: StandbyPoint) {
         self.standbys.lock().expect("not poisoned").insert(source.into(), p);

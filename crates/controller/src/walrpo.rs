@@ -57,6 +57,14 @@ impl WalPoint {
     pub fn lag(&self, now: DateTime<Utc>) -> f64 {
         if self.caught_up { 0.0 } else { secs(self.chain.archived_at, now) }
     }
+
+    /// The point once the archive could not be read (storage down, the
+    /// chain gone): what was archived stays known, but not that the
+    /// server's commits since then reached it, so the RPO and lag grow
+    /// from the chain as last seen instead of standing at zero.
+    pub fn unconfirmed(&mut self) {
+        self.caught_up = false;
+    }
 }
 
 pub(crate) fn secs(t: DateTime<Utc>, now: DateTime<Utc>) -> f64 {
@@ -274,6 +282,9 @@ pub(crate) mod tests {
         // With commit timestamps, WAL past the end that holds no commit does not count.
         assert_eq!(point(c.clone(), Some(&pos(0x4000A30, Some("2026-11-30T10:02:30Z")))).rpo(now), 0.0);
         assert_eq!(point(c.clone(), Some(&pos(0x4000A30, Some("2026-11-30T10:04:00Z")))).rpo(now), 150.0);
-        assert_eq!(point(c, None).rpo(now), 150.0, "an unreachable server: the newest archived commit's age");
+        assert_eq!(point(c.clone(), None).rpo(now), 150.0, "an unreachable server: the newest archived commit's age");
+        let mut unread = point(c, Some(&pos(0x4000A28, None)));
+        unread.unconfirmed();
+        assert_eq!((unread.rpo(now), unread.lag(now)), (150.0, 120.0), "an archive that could not be read is never caught up");
     }
 }

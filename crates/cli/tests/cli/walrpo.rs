@@ -112,6 +112,16 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     // The archive bridges the day between base backups: no gap, the RPO met.
     assert_eq!((&report["classes"][0]["rpo_worst_gap"], &report["classes"][0]["rpo_met"]), (&0.0.into(), &true.into()));
     assert_eq!(report["classes"][0]["wal_archive_lag"], 0.0);
+    // The repository out of reach: the figures grow from the chain as last
+    // seen, never stand at zero while nothing says commits reach the archive.
+    let away = format!("{}.away", env.repo);
+    fs::rename(&env.repo, &away).unwrap();
+    let waiting: f64 =
+        pg.psql("postgres", "SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM t WHERE note = 'waiting'").parse().unwrap();
+    let (rpo, _) = wait_figures(&d, "an archive out of reach is not caught up", |rpo, lag| rpo > 0.0 && lag > 0.0);
+    assert!((rpo - (now_secs() - waiting)).abs() < 3.0, "the RPO {rpo} is the newest archived commit's age {}", now_secs() - waiting);
+    fs::rename(&away, &env.repo).unwrap();
+    wait_figures(&d, "caught up again once the archive is back", |rpo, lag| rpo == 0.0 && lag == 0.0);
     // What wal-push recorded of the segment holding the second commit.
     let wal = env.json(&["snapshots", "--all"]);
     let segments = wal
