@@ -185,7 +185,7 @@ pub async fn collect(url: &str, filters: &Filters) -> Result<(BTreeMap<String, V
             }
         }
     }
-    include_crds(&client, &discovery, &mut files).await;
+    refused.extend(include_crds(&client, &discovery, &mut files).await);
     let namespaces: std::collections::BTreeSet<&str> =
         files.keys().filter_map(|p| p.strip_prefix("namespaces/")?.split('/').next()).collect();
     let mut point = BTreeMap::new();
@@ -199,13 +199,16 @@ pub async fn collect(url: &str, filters: &Filters) -> Result<(BTreeMap<String, V
 }
 
 /// The definitions of the custom resources taken, even when cluster-scoped
-/// objects are not: their objects cannot be restored without them.
-async fn include_crds(client: &Client, discovery: &Discovery, files: &mut BTreeMap<String, Vec<u8>>) {
+/// objects are not: their objects cannot be restored without them. Those
+/// the API refused to give, with its message; a type no definition serves
+/// (an aggregated API's) is none.
+async fn include_crds(client: &Client, discovery: &Discovery, files: &mut BTreeMap<String, Vec<u8>>) -> Vec<String> {
     let Some((crd, _)) =
         discovery.groups().flat_map(|g| g.recommended_resources()).find(|(ar, _)| ar.plural == "customresourcedefinitions")
     else {
-        return;
+        return Vec::new();
     };
+    let mut refused = Vec::new();
     let custom: std::collections::BTreeSet<(String, String)> = discovery
         .groups()
         .flat_map(|g| g.recommended_resources())
@@ -216,14 +219,21 @@ async fn include_crds(client: &Client, discovery: &Discovery, files: &mut BTreeM
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &crd);
     for (plural, group) in custom {
         let name = format!("{plural}.{group}");
-        if let Ok(obj) = api.get(&name).await {
-            let mut v = serde_json::to_value(&obj).unwrap_or(Value::Null);
-            v["apiVersion"] = crd.api_version.clone().into();
-            v["kind"] = crd.kind.clone().into();
-            strip(&mut v);
-            files.entry(path_of(&crd, None, &name)).or_insert_with(|| serde_norway::to_string(&v).unwrap_or_default().into_bytes());
-        }
+        let obj = match api.get(&name).await {
+            Ok(obj) => obj,
+            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            Err(e) => {
+                refused.push(format!("{}.{} {name}: {}", crd.plural, crd.group, api_message(&e)));
+                continue;
+            }
+        };
+        let mut v = serde_json::to_value(&obj).unwrap_or(Value::Null);
+        v["apiVersion"] = crd.api_version.clone().into();
+        v["kind"] = crd.kind.clone().into();
+        strip(&mut v);
+        files.entry(path_of(&crd, None, &name)).or_insert_with(|| serde_norway::to_string(&v).unwrap_or_default().into_bytes());
     }
+    refused
 }
 
 fn wanted(m: &Matcher, ar: &ApiResource, caps: &ApiCapabilities) -> bool {

@@ -272,6 +272,17 @@ fn a_namespace_is_backed_up_object_by_object_without_runtime_fields() {
     let files: Vec<&str> = listing.lines().filter(|l| l.ends_with(".yaml")).collect();
     assert_eq!(files, ["/namespaces/shop/apps/Deployment/web.yaml", "/namespaces/shop/core/ConfigMap/settings.yaml"]);
 
+    // A custom resource's definition the API refuses: named, never dropped
+    // in silence, for the resource cannot be restored into a new cluster without it.
+    c.server.forbid("customresourcedefinitions");
+    let out = tresor(&env, &c, &["backup", "k8s://", "--include-namespaces", "shop"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let crd = "customresourcedefinitions.apiextensions.k8s.io widgets.example.com: customresourcedefinitions.apiextensions.k8s.io \"widgets.example.com\" is forbidden: \
+               User \"system:serviceaccount:tresor:tresor\" cannot get resource \"customresourcedefinitions\" in API group \"apiextensions.k8s.io\" at the cluster scope";
+    assert!(err.contains(&format!("warning: not backed up: {crd}\n")), "{err}");
+    assert!(env.ok(&["ls", "latest"]).contains("/namespaces/shop/example.com/Widget/"), "the custom resources themselves are saved");
+
     let dead = tresor_testkit::net::free_port();
     let cfg = env.path("dead-kubeconfig");
     fs::write(&cfg, fs::read_to_string(&c.kubeconfig).unwrap().replace(&c.server.url(), &format!("http://127.0.0.1:{dead}"))).unwrap();
