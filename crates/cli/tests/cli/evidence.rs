@@ -75,6 +75,12 @@ fn the_repository_keeps_a_chained_evidence_log_that_audit_verify_checks() {
     let jobs = super::daemon::jobs_in_state(&env);
     let verified = env.json(&["audit", "verify"]);
     assert_eq!(verified["problems"], serde_json::json!([]));
+    // Entries that cannot be read during an outage are not altered ones.
+    let out = env.cmd(&["audit", "verify"]).env("TRESOR_FAULTS", "unreadable=evidence/").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!((out.status.code(), err.lines().count()), (Some(1), 1), "{err}");
+    assert!(err.starts_with("tresor: error: ") && err.contains("injected outage: storage does not answer"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "no problem is reported");
     assert_eq!(verified["entries"], 2 * jobs, "a job entry and its audit entry per finished job of this repository");
     let offsite = env.path("offsite").display().to_string();
     let off = env.json(&["--repo", &offsite, "audit", "verify"]);
