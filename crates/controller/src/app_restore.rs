@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app_hooks::{DEFAULT_TIMEOUT, HookEnv, Outcome, outcome, run_hook, runtime, smoke_checks};
+use crate::app_hooks::{CheckTarget, DEFAULT_TIMEOUT, HookEnv, Outcome, outcome, run_hook, runtime, smoke_checks};
 use crate::child::Tresor;
 use crate::model::RestoreSpec;
 pub use crate::model::SourcePoint;
@@ -319,7 +319,9 @@ pub(crate) fn post_hooks(rt: &tokio::runtime::Runtime, r: &Request, report: &mut
 /// The smoke checks; `postgres` is the server a query without a URL asks.
 pub(crate) fn smoke(rt: &tokio::runtime::Runtime, r: &Request, report: &mut Report, postgres: Option<&str>) -> Result<(), String> {
     let limit = r.app.hooks.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
-    report.checks = smoke_checks(rt, &r.app.verify, postgres, limit, &hook_env(report));
+    // The application comes back to its newest source's point.
+    let to = CheckTarget { postgres, point: report.sources.iter().map(|s| s.point).max() };
+    report.checks = smoke_checks(rt, &r.app.verify, to, limit, &hook_env(report));
     if let Some(bad) = report.checks.iter().find(|c| !c.passed) {
         let up = if report.scaled_up.is_empty() { "none".to_string() } else { report.scaled_up.join(", ") };
         return Err(format!("smoke check {} failed: {}; scaled up before it: {up}", bad.what, bad.detail));

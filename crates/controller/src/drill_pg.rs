@@ -72,30 +72,10 @@ fn compare_rows(pg: &Postgres, db: &str, estimates: &Value, r: &mut Report) -> R
 
 /// One validation query; what it showed, or why it failed.
 fn run_query(pg: &Postgres, q: &Query, db: &str, point: Option<DateTime<Utc>>) -> Result<String, String> {
-    let db = q.database.as_deref().unwrap_or(db);
-    let value = pg.query(db, &q.sql)?;
-    if let Some(min) = q.min {
-        let n: i64 = value.parse().map_err(|_| format!("{}: answered {value:?}, not a number", q.sql))?;
-        if n < min {
-            return Err(format!("{}: {n}, less than the plan's minimum {min}", q.sql));
-        }
-        return Ok(format!("{} = {n} (at least {min})", q.sql));
+    let value = pg.query(q.database.as_deref().unwrap_or(db), &q.sql)?;
+    match q.judge(&value, point) {
+        Ok(met) if met.is_empty() => Ok(format!("{} = {value}", q.sql)),
+        Ok(met) => Ok(format!("{} = {value} ({met})", q.sql)),
+        Err(why) => Err(format!("{}: {why}", q.sql)),
     }
-    if let Some(want) = &q.equals {
-        if value != *want {
-            return Err(format!("{}: answered {value:?}, not {want:?}", q.sql));
-        }
-        return Ok(format!("{} = {value}", q.sql));
-    }
-    if let Some(max_age) = q.max_age {
-        let at = DateTime::parse_from_str(&value, "%Y-%m-%d %H:%M:%S%.f%#z")
-            .map_err(|_| format!("{}: answered {value:?}, not a timestamp", q.sql))?
-            .with_timezone(&Utc);
-        let age = point.map_or(0, |p| (p - at).num_seconds().max(0)) as u64;
-        if age > max_age.secs() {
-            return Err(format!("{}: the newest row is {age}s older than the restore point, more than {max_age}", q.sql));
-        }
-        return Ok(format!("{} = {value} (within {max_age} of the restore point)", q.sql));
-    }
-    Ok(format!("{} = {value}", q.sql))
 }

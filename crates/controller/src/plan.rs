@@ -153,6 +153,38 @@ pub struct Query {
     pub url: Option<SecretUrl>,
 }
 
+impl Query {
+    /// The query's answer against every condition the plan sets on it (at
+    /// least `min`, exactly `equals`, a timestamp at most `max_age` before
+    /// the restore point `point`): the conditions met, as the checks show
+    /// them, or why it failed.
+    pub fn judge(&self, value: &str, point: Option<chrono::DateTime<chrono::Utc>>) -> Result<String, String> {
+        let mut met = Vec::new();
+        if let Some(want) = &self.equals
+            && value != want
+        {
+            return Err(format!("answered {value:?}, not {want:?}"));
+        }
+        if let Some(min) = self.min {
+            let n: i64 = value.parse().map_err(|_| format!("answered {value:?}, not a number"))?;
+            if n < min {
+                return Err(format!("answered {n}, less than the plan's minimum {min}"));
+            }
+            met.push(format!("at least {min}"));
+        }
+        if let Some(max_age) = self.max_age {
+            let at = chrono::DateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .map_err(|_| format!("answered {value:?}, not a timestamp"))?;
+            let age = point.map_or(0, |p| (p - at.with_timezone(&chrono::Utc)).num_seconds().max(0)) as u64;
+            if age > max_age.secs() {
+                return Err(format!("the newest row is {age}s older than the restore point, more than {max_age}"));
+            }
+            met.push(format!("within {max_age} of the restore point"));
+        }
+        Ok(met.join(", "))
+    }
+}
+
 /// Sources that come back together (`tresor restore-app`; app.rs orders them).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -615,6 +647,24 @@ mod tests {
         assert_eq!(Span::parse("90s").unwrap().to_string(), "90s");
         assert_eq!(Span::parse("36h").unwrap().to_string(), "36h");
         assert_eq!(Span::parse("2x").unwrap_err(), "cannot read duration \"2x\" (use e.g. 90s, 15m, 2h, 30d)");
+    }
+
+    #[test]
+    fn a_query_meets_every_condition_the_plan_sets() {
+        let q = |yaml: &str| serde_norway::from_str::<Query>(&format!("sql: SELECT 1\n{yaml}")).unwrap();
+        let point = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(q("min: 3\nequals: \"5\"\n").judge("5", None), Ok("at least 3".into()));
+        assert_eq!(q("min: 3\nequals: \"5\"\n").judge("4", None), Err("answered \"4\", not \"5\"".into()));
+        assert_eq!(q("min: 3\n").judge("2", None), Err("answered 2, less than the plan's minimum 3".into()));
+        assert_eq!(q("min: 3\n").judge("many", None), Err("answered \"many\", not a number".into()));
+        let fresh = q("max_age: 1h\n");
+        assert_eq!(fresh.judge("2026-11-30 11:30:00+00", Some(point)), Ok("within 1h of the restore point".into()));
+        assert_eq!(
+            fresh.judge("2026-11-30 10:00:00+00", Some(point)),
+            Err("the newest row is 7200s older than the restore point, more than 1h".into())
+        );
+        assert_eq!(fresh.judge("yesterday", Some(point)), Err("answered \"yesterday\", not a timestamp".into()));
+        assert_eq!(q("").judge("anything", None), Ok(String::new()));
     }
 
     #[test]
