@@ -206,6 +206,16 @@ fn a_corrupted_snapshot_fails_its_drill_by_name_and_nothing_else() {
     assert!(why.contains(&pack[..16]) || why.contains("authentication"), "the damaged object is named: {why}");
     let (code, reports) = drill(&e, Some("critical"));
     assert_eq!(code, Some(0), "other classes still pass: {reports:#?}");
+
+    // An object the API refuses is one a real restore would lack.
+    e.cluster.server.deny_create("widgets");
+    let (code, reports) = drill(&e, Some("standard"));
+    assert_eq!(code, Some(1));
+    let verdicts: Vec<(&str, bool)> = reports.iter().map(|r| (r["source"].as_str().unwrap(), r["passed"].as_bool().unwrap())).collect();
+    assert_eq!(verdicts, [("cluster-config", true), ("k8s-config", false)]);
+    let why = reports[1]["reasons"][0].as_str().unwrap();
+    let denied = "admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here";
+    assert_eq!(why, format!("1 of 12 objects failed, first Widget shop-drill/w1: {denied}"));
 }
 
 #[test]
