@@ -232,7 +232,7 @@ fn base_backup(r: &RestoreSpec) -> Result<PgCmd> {
 fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
     let mut r = match ran {
         Ok(0) => JobResult::succeeded(),
-        Ok(crate::EXIT_INCOMPLETE) => JobResult { message: Some("some files could not be read".into()), ..JobResult::succeeded() },
+        Ok(crate::EXIT_INCOMPLETE) => JobResult::failed(Reason::Partial, false, partial(spec, details.as_ref())),
         Ok(_) if spec.kind == Kind::Drill => JobResult::failed(Reason::Error, false, drills_failed(details.as_ref())),
         Ok(_) if spec.kind == Kind::Rehearsal => JobResult::failed(Reason::Error, false, rehearsal_failed(details.as_ref())),
         Ok(code) => JobResult::failed(Reason::Error, false, format!("exit code {code}")),
@@ -244,8 +244,9 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
             JobResult::failed(reason, temporary, message)
         }
     };
+    // A partial backup's snapshot is stored all the same, and named.
     if let Some(d) = &details
-        && r.status == Status::Succeeded
+        && (r.status == Status::Succeeded || r.reason == Some(Reason::Partial))
     {
         r.snapshot = d["snapshot_id"].as_str().map(String::from);
         r.bytes_processed = d["total_bytes_processed"].as_u64();
@@ -254,6 +255,18 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
     }
     r.details = details;
     r
+}
+
+/// What a job that ran to the end without some of its work (exit 3) lacks.
+fn partial(spec: &JobSpec, details: Option<&Value>) -> String {
+    match (spec.kind, details) {
+        (Kind::Backup, Some(d)) => {
+            let id = d["snapshot_id"].as_str().map_or("?", |id| &id[..id.len().min(8)]);
+            format!("partial: some of the source could not be read; snapshot {id} holds the rest")
+        }
+        (_, Some(d)) if d["status"].as_str().is_some_and(|s| s.starts_with("partial")) => d["status"].as_str().unwrap_or_default().into(),
+        _ => "partial: some of it could not be done (see the log)".into(),
+    }
 }
 
 fn drills_failed(reports: Option<&Value>) -> String {
@@ -270,5 +283,26 @@ fn rehearsal_failed(protocol: Option<&Value>) -> String {
         (0, true) => "the rehearsal missed the platform RTO".into(),
         (0, false) => "the rehearsal's scratch stays".into(),
         _ => format!("the rehearsal failed: {failed} of {} sources not back", steps.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_job_that_ends_partial_is_a_failure_of_its_own_that_names_what_it_kept() {
+        let spec =
+            |kind: &str| serde_json::from_value::<JobSpec>(json!({"kind": kind, "name": "files", "repository": {"url": "/r"}})).unwrap();
+        let backup = judge(&spec("backup"), Ok(3), Some(json!({"snapshot_id": "ab12cd34ef56", "total_bytes_processed": 10})));
+        assert_eq!((backup.status, backup.reason, backup.temporary), (Status::Failed, Some(Reason::Partial), false));
+        assert_eq!(backup.message.as_deref(), Some("partial: some of the source could not be read; snapshot ab12cd34 holds the rest"));
+        assert_eq!((backup.snapshot.as_deref(), backup.bytes_processed), (Some("ab12cd34ef56"), Some(10)));
+        let said = "partial: 1 of 12 objects failed; first: Widget shop/w1: denied";
+        let restore = judge(&spec("restore"), Ok(3), Some(json!({"status": said, "results": []})));
+        assert_eq!((restore.reason, restore.message.as_deref()), (Some(Reason::Partial), Some(said)));
+        assert_eq!(judge(&spec("backup"), Ok(0), None).status, Status::Succeeded);
     }
 }

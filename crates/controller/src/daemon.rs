@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use crate::check::{Severity, check};
 pub use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::model::Reason;
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
@@ -474,7 +475,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
     })
 }
 
-/// One queued job and, after a successful backup, its retention and copy.
+/// One queued job and, after a backup, its retention (a whole one) and copy.
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
     let Some(w) = work(&plan, &shared.plan_file, q, q.kind) else {
@@ -486,11 +487,15 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         };
     };
     let outcome = run_one(shared, q, &w, cancel.clone()).await;
-    if q.kind != Kind::Backup || outcome.status != "succeeded" {
+    let whole = outcome.status == "succeeded";
+    let partial = outcome.reason.as_deref() == Some(Reason::Partial.as_str());
+    if q.kind != Kind::Backup || !(whole || partial) {
         return outcome;
     }
+    // A partial snapshot goes off site with what it holds, but retention
+    // waits for a whole one, so that partial ones never push one out.
     let class = w.class_spec.clone().unwrap_or_else(|| unreachable!("a backup has a class"));
-    if class.retention != Default::default() {
+    if whole && class.retention != Default::default() {
         run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel.clone()).await;
     }
     if w.offsite.is_some() {

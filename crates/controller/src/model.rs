@@ -207,13 +207,17 @@ pub enum Reason {
     Timeout,
     Interrupted,
     Shutdown,
+    /// It ran to the end without some of what it was to do (exit 3): a
+    /// backup whose snapshot lacks what could not be read, a restore
+    /// without the objects the API refused.
+    Partial,
     Unknown,
     Error,
 }
 
 impl Reason {
     /// Every reason a metric is declared for, from the start.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::SourceUnreachable,
         Reason::SourceAuth,
         Reason::SourceCorrupt,
@@ -225,6 +229,7 @@ impl Reason {
         Reason::Timeout,
         Reason::Interrupted,
         Reason::Shutdown,
+        Reason::Partial,
         Reason::Error,
     ];
 
@@ -241,6 +246,7 @@ impl Reason {
             Reason::Timeout => "timeout",
             Reason::Interrupted => "interrupted",
             Reason::Shutdown => "shutdown",
+            Reason::Partial => "partial",
             Reason::Unknown => "unknown",
             Reason::Error => "error",
         }

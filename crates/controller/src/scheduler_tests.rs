@@ -12,13 +12,14 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::daemon::{Clock, Shared, run};
-use crate::model::{JobResult, JobSpec, Reason};
+use crate::model::{JobResult, JobSpec, Kind, Reason};
 use crate::runner::{Jobs, Runner};
 
-/// Answers each (source, call number) from a script; every call counted.
+/// Answers each (source, call number) from a script; every call recorded
+/// with its kind.
 #[derive(Default)]
 struct Scripted {
-    calls: Mutex<BTreeMap<String, usize>>,
+    calls: Mutex<BTreeMap<String, Vec<Kind>>>,
     script: BTreeMap<(String, usize), JobResult>,
 }
 
@@ -26,9 +27,9 @@ impl Jobs for Scripted {
     fn run<'a>(&'a self, spec: &'a JobSpec, _: Duration, _: watch::Receiver<bool>) -> BoxFuture<'a, JobResult> {
         let n = {
             let mut calls = self.calls.lock().expect("not poisoned");
-            let n = calls.entry(spec.name.clone()).or_default();
-            *n += 1;
-            *n
+            let kinds = calls.entry(spec.name.clone()).or_default();
+            kinds.push(spec.kind);
+            kinds.len()
         };
         let result = self.script.get(&(spec.name.clone(), n)).cloned().unwrap_or_else(JobResult::succeeded);
         Box::pin(async move { result })
@@ -37,7 +38,11 @@ impl Jobs for Scripted {
 
 impl Scripted {
     fn calls(&self, source: &str) -> usize {
-        self.calls.lock().expect("not poisoned").get(source).copied().unwrap_or(0)
+        self.kinds(source).len()
+    }
+
+    fn kinds(&self, source: &str) -> Vec<Kind> {
+        self.calls.lock().expect("not poisoned").get(source).cloned().unwrap_or_default()
     }
 }
 
@@ -59,17 +64,30 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn temporary_failures_are_retried_after_the_back_off_and_permanent_ones_never() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let (plan_file, clock_file) = (dir.path().join("tresor.yaml"), dir.path().join("clock"));
-    std::fs::write(&plan_file, PLAN).expect("the plan");
+/// A daemon running in-process on a scripted runner.
+struct Started {
+    shared: Arc<Shared>,
+    jobs: Arc<Scripted>,
+    clock_file: std::path::PathBuf,
+    stop: oneshot::Sender<()>,
+    daemon: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+impl Started {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.daemon.await.expect("the daemon task").expect("a clean stop");
+    }
+}
+
+/// A daemon of `plan` whose jobs answer from `script`, at 10:00 by the
+/// clock file in `dir`.
+fn started(dir: &std::path::Path, plan: &str, script: BTreeMap<(String, usize), JobResult>) -> Started {
+    let (plan_file, clock_file) = (dir.join("tresor.yaml"), dir.join("clock"));
+    std::fs::write(&plan_file, plan).expect("the plan");
     set(&clock_file, "2026-11-21T10:00:00Z");
     let clock = Clock::File(clock_file.clone(), Arc::default());
     let plan = crate::daemon::load_plan(&plan_file, clock.now()).expect("a valid plan");
-    let mut script = BTreeMap::new();
-    script.insert(("flaky".to_string(), 1), JobResult::failed(Reason::SourceUnreachable, true, "connection refused"));
-    script.insert(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"));
     let jobs = Arc::new(Scripted { script, ..Scripted::default() });
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
@@ -95,6 +113,16 @@ async fn temporary_failures_are_retried_after_the_back_off_and_permanent_ones_ne
     let daemon = tokio::spawn(run(shared.clone(), rx, async move {
         let _ = stopped.await;
     }));
+    Started { shared, jobs, clock_file, stop, daemon }
+}
+
+#[tokio::test]
+async fn temporary_failures_are_retried_after_the_back_off_and_permanent_ones_never() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut script = BTreeMap::new();
+    script.insert(("flaky".to_string(), 1), JobResult::failed(Reason::SourceUnreachable, true, "connection refused"));
+    script.insert(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"));
+    let Started { shared, jobs, clock_file, stop, daemon } = started(dir.path(), PLAN, script);
 
     // Never backed up: both run at once, and both fail.
     until("the first runs", || jobs.calls("flaky") == 1 && jobs.calls("locked") == 1).await;
@@ -119,4 +147,32 @@ async fn temporary_failures_are_retried_after_the_back_off_and_permanent_ones_ne
     assert_eq!(jobs.calls("locked"), 1, "a wrong password is not retried");
     let _ = stop.send(());
     daemon.await.expect("the daemon task").expect("a clean stop");
+}
+
+const RETAINED: &str = "repositories:\n  main:\n    url: /nonexistent/tresor-scheduler-test\n    password_file: /nonexistent/pw\n\
+\x20 off:\n    url: /nonexistent/tresor-scheduler-offsite\n    password_file: /nonexistent/pw\n\
+classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n    offsite: off\n    retention:\n      last: 3\n\
+sources:\n  - {name: part, class: standard, url: /srv/a, schedule: '@daily'}\n";
+
+/// A partial backup (exit 3) is a failure with its own reason, never
+/// retried; its snapshot goes off site with what it holds, but retention
+/// waits for a whole backup, so partial snapshots never push whole ones out.
+#[tokio::test]
+async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let partial =
+        JobResult::failed(Reason::Partial, false, "partial: some of the source could not be read; snapshot ab12cd34 holds the rest");
+    let script = BTreeMap::from([(("part".to_string(), 1), partial)]);
+    let d = started(dir.path(), RETAINED, script);
+    let (shared, jobs) = (d.shared.clone(), d.jobs.clone());
+    let history = || shared.state.jobs(10, Some("part")).expect("the history");
+    until("the partial backup and its copy", || history().len() == 2 && history().iter().all(|j| j.outcome.status != "running")).await;
+    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Copy]);
+    let backup = history().into_iter().find(|j| j.kind == "backup").expect("the backup");
+    assert_eq!((backup.outcome.status.as_str(), backup.outcome.reason.as_deref()), ("failed", Some("partial")));
+
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the next day's whole backup, its retention and copy", || jobs.calls("part") == 5).await;
+    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
+    d.stop().await;
 }

@@ -215,7 +215,7 @@ fn a_corrupted_snapshot_fails_its_drill_by_name_and_nothing_else() {
     assert_eq!(verdicts, [("cluster-config", true), ("k8s-config", false)]);
     let why = reports[1]["reasons"][0].as_str().unwrap();
     let denied = "admission webhook \"validate.example.com\" denied the request: Widget w1 is not allowed here";
-    assert_eq!(why, format!("1 of 12 objects failed, first Widget shop-drill/w1: {denied}"));
+    assert_eq!(why, format!("partial: 1 of 12 objects failed; first: Widget shop-drill/w1: {denied}"));
 }
 
 #[test]
