@@ -86,7 +86,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         bail!("say where recovery stops: --time, --lsn, --latest or --immediate");
     }
     let time = a.time.as_deref().map(crate::data::parse_time).transpose()?;
-    if std::fs::read_dir(&a.target).is_ok_and(|mut d| d.next().is_some()) {
+    if !tresor_controller::standby::unmade(&a.target).with_context(|| format!("cannot read {}", a.target.display()))? {
         bail!("{} is not empty; pg restore builds a new data directory", a.target.display());
     }
     let repo = open(g).await?;

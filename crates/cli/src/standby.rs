@@ -97,7 +97,8 @@ async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &Secre
     }
     // A PostgreSQL standby is a data directory: a path, which holds no secret.
     let target = Path::new(target.expose());
-    if !tresor_controller::standby::unmade(target) {
+    let unmade = tresor_controller::standby::unmade(target).with_context(|| format!("cannot read {}", target.display()))?;
+    if !unmade {
         if !g.quiet {
             println!(
                 "the standby of {source} in {} is made already; the PostgreSQL server on it keeps it current from the WAL archive",

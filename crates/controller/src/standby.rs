@@ -296,9 +296,14 @@ pub async fn points(plan: &Plan, listings: &BTreeMap<String, Vec<Value>>) -> BTr
     out
 }
 
-/// Whether a standby's data directory is still to be made: missing or empty.
-pub fn unmade(target: &Path) -> bool {
-    std::fs::read_dir(target).map_or(true, |mut d| d.next().is_none())
+/// Whether a data directory is still to be made: missing or empty. One
+/// that cannot be read is neither: it may hold a cluster.
+pub fn unmade(target: &Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(target) {
+        Ok(mut d) => Ok(d.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// How long the daemon waits before it tries a failed standby job again:
@@ -345,6 +350,17 @@ mod tests {
             // After a gap (5 and 6 missing): never replayed.
             wal("000000010000000000000007", "0/8000000", Some("2026-11-30T10:09:00Z")),
         ]
+    }
+
+    #[test]
+    fn a_data_directory_is_unmade_only_when_missing_or_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(unmade(&dir.path().join("new")).unwrap());
+        assert!(unmade(dir.path()).unwrap());
+        std::fs::write(dir.path().join("PG_VERSION"), "15").unwrap();
+        assert!(!unmade(dir.path()).unwrap());
+        let e = unmade(&dir.path().join("PG_VERSION/data")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotADirectory, "an unreadable path is not an empty one");
     }
 
     #[test]

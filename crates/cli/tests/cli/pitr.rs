@@ -176,6 +176,27 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     assert!((0.0..600.0).contains(&lag), "the newest WAL file was archived moments ago: {lag}");
 }
 
+/// `pg restore` builds a new data directory: it refuses one that holds
+/// files, and one it cannot read, which may hold a cluster, before it
+/// opens the repository.
+#[test]
+fn pg_restore_refuses_a_target_that_holds_files_or_cannot_be_read() {
+    let env = Env::new();
+    let held = env.path("held");
+    fs::create_dir_all(&held).unwrap();
+    fs::write(held.join("PG_VERSION"), "15").unwrap();
+    let unreadable = held.join("PG_VERSION/data");
+    for (target, why) in [
+        (&held, format!("{} is not empty; pg restore builds a new data directory", held.display())),
+        (&unreadable, format!("cannot read {}: Not a directory (os error 20)", unreadable.display())),
+    ] {
+        let out = env.run(&["pg", "restore", "--latest", "--target", target.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {why}\n"));
+    }
+    assert_eq!(fs::read(held.join("PG_VERSION")).unwrap(), b"15");
+}
+
 /// An archived segment that cannot be fetched (damaged here; storage that
 /// does not answer alike) stops the recovery: PostgreSQL is never told
 /// that the archive ends there, which would have it promote without the
