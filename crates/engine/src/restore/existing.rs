@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -167,13 +168,10 @@ pub(super) fn delete_extra(target: &Path, walked: &mut [Walked], includes: &Path
     while let Some((holder, name, path)) = stack.pop() {
         let walked_here = name.is_none();
         let dir = match name {
-            None => holder,
-            Some(name) => match holder.open_dir(&name) {
-                Ok(dir) => Arc::new(dir),
-                Err(_) => continue,
-            },
+            None => Ok(holder),
+            Some(name) => holder.open_dir(&name).map(Arc::new),
         };
-        let Ok(entries) = dir.entries() else { continue };
+        let Some((dir, entries)) = listed(dir, &path, &mut errors) else { continue };
         for entry in entries {
             if walked_here && walked.entered.contains(&entry.name) {
                 continue;
@@ -191,6 +189,20 @@ pub(super) fn delete_extra(target: &Path, walked: &mut [Walked], includes: &Path
         }
     }
     (removed, errors)
+}
+
+/// What a directory to look into (`path`) holds: none when it went
+/// meanwhile, and none with the reason among `errors` when it cannot be
+/// read, for what the snapshot lacks there then stays.
+fn listed(dir: io::Result<Arc<Dir>>, path: &Path, errors: &mut Vec<String>) -> Option<(Arc<Dir>, Vec<Entry>)> {
+    match dir.and_then(|d| Ok((d.entries()?, d))) {
+        Ok((entries, d)) => Some((d, entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => {
+            errors.push(format!("{}: cannot look into it to delete what the snapshot lacks: {e}", path.display()));
+            None
+        }
+    }
 }
 
 /// Remove `entry` of `holder` (`path`, `in_snapshot` in the snapshot),
@@ -316,6 +328,23 @@ mod tests {
         files(&target, &["old/b.conf", "old/deep/x.conf", "old/kept/z", "old/sub/a.conf", "old/sub/keep.log"]);
         assert_eq!(leave(&target, &mut vec![Walked::new(&target)], &["*.log", "/old/kept"]), (3, vec![]));
         assert_eq!(inventory(&target), ["old", "old/kept", "old/kept/z", "old/sub", "old/sub/keep.log"]);
+    }
+
+    /// A directory that cannot be looked into is reported, never passed
+    /// over in silence: what the snapshot lacks there stays. One that went
+    /// meanwhile is none.
+    #[test]
+    fn a_directory_that_cannot_be_looked_into_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("d");
+        let mut errors = Vec::new();
+        assert!(listed(Err(io::Error::from(io::ErrorKind::PermissionDenied)), &path, &mut errors).is_none());
+        assert!(listed(Err(io::Error::from(io::ErrorKind::NotFound)), &path, &mut errors).is_none());
+        let denied = format!("{}: cannot look into it to delete what the snapshot lacks: permission denied", path.display());
+        assert_eq!(errors, [denied]);
+        files(&path, &["f"]);
+        let (_, entries) = listed(Dir::open(&path).map(Arc::new), &path, &mut errors).unwrap();
+        assert_eq!((entries.len(), errors.len()), (1, 1));
     }
 
     /// What cannot be removed is reported with its full path: a directory
