@@ -135,6 +135,8 @@ struct Loop {
     queue: BinaryHeap<Queued>,
     delayed: Vec<Queued>,
     tasks: JoinSet<(Queued, Outcome)>,
+    /// What each running task is for: a task that panics answers nothing.
+    started: BTreeMap<tokio::task::Id, Queued>,
     cancel: watch::Sender<bool>,
 }
 
@@ -259,10 +261,12 @@ impl Loop {
             }
             let shared = self.shared.clone();
             let cancel = self.cancel.subscribe();
-            self.tasks.spawn(async move {
+            let running = q.clone();
+            let task = self.tasks.spawn(async move {
                 let outcome = run_job(&shared, &q, cancel).await;
                 (q, outcome)
             });
+            self.started.insert(task.id(), running);
         }
         // A job for a source that is running now waits; duplicates of it are dropped.
         for q in skipped {
@@ -272,6 +276,32 @@ impl Loop {
         }
         self.shared.metrics.set_running(self.tasks.len());
         self.shared.metrics.set_queued(self.queue.len() + self.delayed.len());
+    }
+
+    /// A task ended: its job finished, or its task panicked, which fails
+    /// the job, so that its source is not held as running for ever.
+    fn joined(&mut self, done: std::result::Result<(tokio::task::Id, (Queued, Outcome)), tokio::task::JoinError>, now: DateTime<Utc>) {
+        let (q, outcome) = match done {
+            Ok((id, done)) => {
+                self.started.remove(&id);
+                done
+            }
+            Err(e) => {
+                let Some(q) = self.started.remove(&e.id()) else { return };
+                let message = format!("the {} job of {} ended without a result: {e}", q.kind.as_str(), q.name);
+                tracing::error!("{message}");
+                (
+                    q,
+                    Outcome {
+                        status: "failed".into(),
+                        reason: Some(Reason::Error.as_str().into()),
+                        message: Some(message),
+                        ..Outcome::default()
+                    },
+                )
+            }
+        };
+        self.finished(q, outcome, now);
     }
 
     fn finished(&mut self, q: Queued, outcome: Outcome, now: DateTime<Utc>) {
@@ -367,7 +397,14 @@ pub async fn run(
 ) -> Result<()> {
     let now = shared.clock.now();
     let (cancel, _) = watch::channel(false);
-    let mut lp = Loop { shared: shared.clone(), queue: BinaryHeap::new(), delayed: Vec::new(), tasks: JoinSet::new(), cancel };
+    let mut lp = Loop {
+        shared: shared.clone(),
+        queue: BinaryHeap::new(),
+        delayed: Vec::new(),
+        tasks: JoinSet::new(),
+        started: BTreeMap::new(),
+        cancel,
+    };
     if shared.state.is_empty()? {
         // A new state over repositories with a history (a lost claim, a new cluster): the evidence brings it back.
         match shared.repos.rebuild(&shared.plan(), &shared.state).await {
@@ -406,11 +443,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(cmd) = commands.recv() => lp.command(cmd, shared.clock.now()),
-            Some(done) = lp.tasks.join_next() => {
-                if let Ok((q, outcome)) = done {
-                    lp.finished(q, outcome, shared.clock.now());
-                }
-            }
+            Some(done) = lp.tasks.join_next_with_id() => lp.joined(done, shared.clock.now()),
             _ = tokio::time::sleep(shared.tick) => {}
         }
         lp.fire_due(shared.clock.now());

@@ -21,6 +21,8 @@ use crate::runner::{Jobs, Runner};
 struct Scripted {
     calls: Mutex<BTreeMap<String, Vec<Kind>>>,
     script: BTreeMap<(String, usize), JobResult>,
+    /// The call that panics instead of answering.
+    panics: Option<(String, usize)>,
 }
 
 impl Jobs for Scripted {
@@ -31,7 +33,9 @@ impl Jobs for Scripted {
             kinds.push(spec.kind);
             kinds.len()
         };
-        let result = self.script.get(&(spec.name.clone(), n)).cloned().unwrap_or_else(JobResult::succeeded);
+        let call = (spec.name.clone(), n);
+        assert!(self.panics.as_ref() != Some(&call), "a scripted panic");
+        let result = self.script.get(&call).cloned().unwrap_or_else(JobResult::succeeded);
         Box::pin(async move { result })
     }
 }
@@ -82,13 +86,13 @@ impl Started {
 
 /// A daemon of `plan` whose jobs answer from `script`, at 10:00 by the
 /// clock file in `dir`.
-fn started(dir: &std::path::Path, plan: &str, script: BTreeMap<(String, usize), JobResult>) -> Started {
+fn started(dir: &std::path::Path, plan: &str, jobs: Scripted) -> Started {
     let (plan_file, clock_file) = (dir.join("tresor.yaml"), dir.join("clock"));
     std::fs::write(&plan_file, plan).expect("the plan");
     set(&clock_file, "2026-11-21T10:00:00Z");
     let clock = Clock::File(clock_file.clone(), Arc::default());
     let plan = crate::daemon::load_plan(&plan_file, clock.now()).expect("a valid plan");
-    let jobs = Arc::new(Scripted { script, ..Scripted::default() });
+    let jobs = Arc::new(jobs);
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         plan: std::sync::RwLock::new(plan),
@@ -122,7 +126,7 @@ async fn temporary_failures_are_retried_after_the_back_off_and_permanent_ones_ne
     let mut script = BTreeMap::new();
     script.insert(("flaky".to_string(), 1), JobResult::failed(Reason::SourceUnreachable, true, "connection refused"));
     script.insert(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"));
-    let Started { shared, jobs, clock_file, stop, daemon } = started(dir.path(), PLAN, script);
+    let Started { shared, jobs, clock_file, stop, daemon } = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
 
     // Never backed up: both run at once, and both fail.
     until("the first runs", || jobs.calls("flaky") == 1 && jobs.calls("locked") == 1).await;
@@ -163,7 +167,7 @@ async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one
     let partial =
         JobResult::failed(Reason::Partial, false, "partial: some of the source could not be read; snapshot ab12cd34 holds the rest");
     let script = BTreeMap::from([(("part".to_string(), 1), partial)]);
-    let d = started(dir.path(), RETAINED, script);
+    let d = started(dir.path(), RETAINED, Scripted { script, ..Scripted::default() });
     let (shared, jobs) = (d.shared.clone(), d.jobs.clone());
     let history = || shared.state.jobs(10, Some("part")).expect("the history");
     until("the partial backup and its copy", || history().len() == 2 && history().iter().all(|j| j.outcome.status != "running")).await;
@@ -174,5 +178,18 @@ async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one
     set(&d.clock_file, "2026-11-22T12:00:00Z");
     until("the next day's whole backup, its retention and copy", || jobs.calls("part") == 5).await;
     assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
+    d.stop().await;
+}
+
+/// A job whose task panics fails, and its source is not held as running:
+/// its next run starts.
+#[tokio::test]
+async fn a_job_whose_task_panics_fails_and_its_source_runs_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), PLAN, Scripted { panics: Some(("flaky".into(), 1)), ..Scripted::default() });
+    let newest = || d.shared.state.jobs(1, Some("flaky")).expect("the history").into_iter().next();
+    until("the locked source's run", || d.jobs.calls("locked") == 1).await;
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the next day's run", || d.jobs.calls("flaky") == 2 && newest().is_some_and(|j| j.outcome.status == "succeeded")).await;
     d.stop().await;
 }
