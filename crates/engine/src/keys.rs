@@ -20,6 +20,20 @@ struct Claim {
     host: String,
     pid: u32,
     command: String,
+    /// The writer's PID namespace (`pid:[4026531836]`): containers that
+    /// share a host name need not share process ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid_ns: Option<String>,
+}
+
+impl Claim {
+    fn mine(command: &str) -> Claim {
+        Claim { host: crate::hostname(), pid: std::process::id(), command: command.into(), pid_ns: pid_namespace() }
+    }
+}
+
+fn pid_namespace() -> Option<String> {
+    std::fs::read_link("/proc/self/ns/pid").ok().map(|p| p.display().to_string())
 }
 
 /// The right to change key slots, held while a [`Claim`] of this process
@@ -41,10 +55,13 @@ impl Exclusive<'_> {
     }
 }
 
-/// Whether a claim's writer is gone: a process of this host that no longer
-/// runs, or a claim older than the session timeout (by the storage's clock).
+/// Whether a claim's writer is gone: a process that no longer runs among
+/// this one's (the same host and PID namespace; a claim that names no
+/// namespace is another's), or a claim older than the session timeout (by
+/// the storage's clock).
 fn stale(claim: &Claim, age: chrono::Duration, timeout_secs: u64) -> bool {
-    let here_and_dead = claim.host == crate::hostname() && !std::path::Path::new(&format!("/proc/{}", claim.pid)).exists();
+    let here = claim.host == crate::hostname() && claim.pid_ns.is_some() && claim.pid_ns == pid_namespace();
+    let here_and_dead = here && !std::path::Path::new(&format!("/proc/{}", claim.pid)).exists();
     here_and_dead || age.num_seconds() > timeout_secs as i64
 }
 
@@ -59,8 +76,7 @@ async fn exclusive<'a>(repo: &'a Repository, command: &str) -> Result<Exclusive<
 /// The same claim as a `kind` object (the evidence log's appenders take
 /// theirs in `locks/evidence/`); `busy` names the holder when it never ends.
 pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, kind: Kind, command: &str, busy: fn(String) -> Error) -> Result<Exclusive<'a>> {
-    let body =
-        serde_json::to_vec(&Claim { host: crate::hostname(), pid: std::process::id(), command: command.into() }).expect("claims serialize");
+    let body = serde_json::to_vec(&Claim::mine(command)).expect("claims serialize");
     let mut holder = String::new();
     for attempt in 0..CLAIM_ATTEMPTS {
         let mine = repo.save_file(kind, &body).await?;
@@ -176,5 +192,25 @@ impl Repository {
             "the key this command opened the repository with ({}) was removed meanwhile; nothing changed",
             self.key_id().short()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead writer is known only among this process's own: one of another
+    /// PID namespace on the same host (a container beside this one) counts
+    /// as live until the session timeout, as one that names no namespace.
+    #[test]
+    fn a_claim_is_stale_when_its_process_is_gone_here_or_it_timed_out() {
+        let dead = |pid_ns: Option<String>| Claim { pid: u32::MAX, pid_ns, ..Claim::mine("key add") };
+        let (young, old) = (chrono::Duration::seconds(10), chrono::Duration::seconds(601));
+        assert!(pid_namespace().is_some_and(|ns| ns.starts_with("pid:[")), "{:?}", pid_namespace());
+        assert!(stale(&dead(pid_namespace()), young, 600));
+        assert!(!stale(&Claim::mine("key add"), young, 600), "this very process runs");
+        assert!(!stale(&dead(Some("pid:[1]".into())), young, 600), "another namespace's process may run");
+        assert!(!stale(&dead(None), young, 600));
+        assert!(stale(&dead(Some("pid:[1]".into())), old, 600));
     }
 }

@@ -145,30 +145,35 @@ fn a_live_claim_holds_key_commands_back_and_a_dead_ones_does_not() {
     let pw2 = env.path("pw2").display().to_string();
     let add = ["key", "add", "--new-password-file", &pw2];
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let claim = |pid: u32| {
+    let here = fs::read_link("/proc/self/ns/pid").unwrap().display().to_string();
+    let claim = |pid: u32, pid_ns: &str| {
         rt.block_on(async {
             let repo = super::fuzz_corpus::open_in_process(&env).await;
-            let body = serde_json::json!({"host": tresor_engine::hostname(), "pid": pid, "command": "key remove"}).to_string();
+            let body =
+                serde_json::json!({"host": tresor_engine::hostname(), "pid": pid, "command": "key remove", "pid_ns": pid_ns}).to_string();
             repo.save_file(tresor_engine::objects::Kind::KeyClaim, body.as_bytes()).await.unwrap()
         })
     };
     let claim_file = |id: tresor_engine::Id| Path::new(&env.repo).join("locks/keys").join(id.to_hex());
-    let live = claim(std::process::id());
-    let out = env.run(&add);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stderr),
-        format!(
-            "tresor: error: another key command is running (`tresor key remove` on {}, process {}); try again once it has ended\n",
-            tresor_engine::hostname(),
-            std::process::id()
-        )
-    );
-    assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 1, "nothing was added");
-    fs::remove_file(claim_file(live)).unwrap();
     let mut gone = Command::new("true").spawn().unwrap();
     let dead_pid = gone.id();
     gone.wait().unwrap();
-    let dead = claim(dead_pid);
+    // Live here, and of a process id no longer in use here but in another
+    // PID namespace (a container beside this one), where it may run.
+    for (pid, pid_ns) in [(std::process::id(), here.as_str()), (dead_pid, "pid:[1]")] {
+        let held = claim(pid, pid_ns);
+        let out = env.run(&add);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "tresor: error: another key command is running (`tresor key remove` on {}, process {pid}); try again once it has ended\n",
+                tresor_engine::hostname(),
+            )
+        );
+        assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 1, "nothing was added");
+        fs::remove_file(claim_file(held)).unwrap();
+    }
+    let dead = claim(dead_pid, &here);
     env.ok(&add);
     assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 2);
     assert!(!claim_file(dead).exists(), "the dead process's claim was removed");
