@@ -204,8 +204,13 @@ impl Repository {
     /// OpenDAL's fs backend creates its root: look before it can, so that
     /// opening a mistyped path neither succeeds nor leaves a directory.
     async fn locate(location: &Location, storage: &StorageOptions) -> Result<(Operator, Config)> {
-        if location.local_path().is_some_and(|p| !p.join(CONFIG).exists()) {
-            return Err(Self::missing(location));
+        // A path that cannot be looked at (permissions, a stale mount) is
+        // not a missing repository, which `tresor init` would mend.
+        if let Some(p) = location.local_path() {
+            let config = p.join(CONFIG);
+            if !config.try_exists().map_err(|e| Error::io(&config, e))? {
+                return Err(Self::missing(location));
+            }
         }
         let op = tresor_storage::open(location, storage)?;
         let config = Self::read_config(&op, location).await?;

@@ -395,6 +395,11 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     );
     env.ok(&["init"]);
     assert!(env.fails(&["init"], 1).contains("a repository already exists at"));
+    // A path that cannot be looked at is not a missing repository, which `init` would mend.
+    let through_a_file = format!("{}/config/repo", env.repo);
+    let out = env.cmd(&["snapshots"]).env("TRESOR_REPOSITORY", &through_a_file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {through_a_file}/config: Not a directory (os error 20)\n"));
     let mut wrong = env.cmd(&["snapshots"]);
     wrong.env_remove("TRESOR_PASSWORD_FILE").env("TRESOR_PASSWORD", "guess");
     let out = wrong.output().unwrap();
