@@ -94,6 +94,10 @@ pub struct Report {
     pub annotations: Vec<Annotation>,
     /// Legal holds per repository (snapshots kept whatever the retention says).
     pub holds: BTreeMap<String, u64>,
+    /// Repositories that could not be read, with why: their holds,
+    /// rehearsals and findings are missing from this report.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub unread: BTreeMap<String, String>,
     pub compliance: Vec<Control>,
 }
 
@@ -310,6 +314,9 @@ pub struct RepoFacts {
     pub annotations: Vec<Annotation>,
     /// The cold-start rehearsals' protocols, from the evidence logs.
     pub rehearsals: Vec<Rehearsal>,
+    /// Repositories that could not be read, with why: what they hold is
+    /// missing from the facts.
+    pub unread: BTreeMap<String, String>,
 }
 
 pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts, since: DateTime<Utc>, now: DateTime<Utc>) -> Report {
@@ -322,7 +329,18 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
     let rehearsals = rehearsal_reports(&facts.rehearsals, since);
     let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals);
-    Report { generated: now, since, classes, tests, protocol: drills.to_vec(), rehearsals, annotations, compliance, holds: facts.holds }
+    Report {
+        generated: now,
+        since,
+        classes,
+        tests,
+        protocol: drills.to_vec(),
+        rehearsals,
+        annotations,
+        compliance,
+        holds: facts.holds,
+        unread: facts.unread,
+    }
 }
 
 /// The test plan: each class with a drill schedule, and how its drills went;

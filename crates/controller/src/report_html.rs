@@ -52,12 +52,16 @@ pub fn markdown(r: &Report) -> String {
             if c.retention_ok { c.retention.clone() } else { format!("{} (a retention run FAILED)", c.retention) }
         );
     }
-    let holds: Vec<String> = r.holds.iter().map(|(repo, n)| format!("{repo}: {n}")).collect();
+    let held = r.holds.iter().map(|(repo, n)| format!("{repo}: {n}"));
+    let holds: Vec<String> = held.chain(r.unread.keys().map(|repo| format!("{repo}: unknown"))).collect();
     let _ = writeln!(
         s,
         "\nLegal holds: {}. Every repository is encrypted end to end (AEAD; keys from Argon2id).",
         if holds.is_empty() { "none".into() } else { holds.join(", ") }
     );
+    for (repo, why) in &r.unread {
+        let _ = writeln!(s, "\n**Repository {repo} could not be read** ({why}): its holds, rehearsals and findings are missing here.");
+    }
     test_plan(r, &mut s);
     s += "\n## Test protocol\n\n| date | test id | test | copy | scope | result | measured RTO | achieved RPO | findings / follow-ups | owner |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for d in &r.protocol {

@@ -275,25 +275,34 @@ impl Handles {
     }
 
     /// The report's facts from the repositories that answer: legal holds per
-    /// repository, and the WAL archive lag of each PostgreSQL base-backup source.
+    /// repository, and the WAL archive lag of each PostgreSQL base-backup
+    /// source; those that do not are named with why, so that the report
+    /// never says "none" of what it could not read.
     pub async fn facts(&self, plan: &Plan, now: DateTime<Utc>) -> RepoFacts {
-        let mut holds = BTreeMap::new();
-        let mut listings = BTreeMap::new();
+        let (mut holds, mut listings, mut unread) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (name, r) in &plan.repositories {
-            let Ok(repo) = self.get(r).await else { continue };
-            if let Ok(h) = tresor_engine::holds::holds(&repo).await {
-                holds.insert(name.clone(), h.len() as u64);
-            }
             let wanted =
                 plan.sources.iter().any(|s| s.url.starts_with("pgbase://") && plan.repository_of(s).is_some_and(|(n, _)| n == name));
-            if wanted && let Ok(list) = self.snapshots(r, None).await {
-                listings.insert(name.clone(), list);
+            let read = async {
+                let repo = self.get(r).await?;
+                let held = tresor_engine::holds::holds(&repo).await.map_err(|e| e.to_string())?.len() as u64;
+                let listing = if wanted { Some(self.snapshots(r, None).await?) } else { None };
+                Ok::<_, String>((held, listing))
+            };
+            match read.await {
+                Ok((held, listing)) => {
+                    holds.insert(name.clone(), held);
+                    listings.extend(listing.map(|l| (name.clone(), l)));
+                }
+                Err(why) => {
+                    unread.insert(name.clone(), why);
+                }
             }
         }
         let wal = crate::walrpo::points(plan, &listings).await;
         let lags = wal.iter().map(|(s, p)| (s.clone(), p.lag(now))).collect();
         let wal_rpo = wal.iter().map(|(s, p)| (s.clone(), p.rpo(now))).collect();
-        RepoFacts { lags, wal_rpo, holds, annotations: self.annotations(plan).await, rehearsals: self.rehearsals(plan).await }
+        RepoFacts { lags, wal_rpo, holds, annotations: self.annotations(plan).await, rehearsals: self.rehearsals(plan).await, unread }
     }
 
     /// Append `body` to the evidence log of every primary repository (what

@@ -229,3 +229,37 @@ fn a_lost_state_is_rebuilt_from_the_repositorys_evidence() {
     }
     drop(d);
 }
+
+/// A repository the report cannot read is named with why, and its legal
+/// holds are unknown, never "none": a compliance report does not say what
+/// it could not see.
+#[test]
+fn a_report_names_a_repository_it_could_not_read() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (plan, off, state) = (env.path("plan.yaml"), env.path("off"), env.path("state.db"));
+    // The daemon's state (empty): the history need not come from the repositories.
+    drop(tresor_controller::state::State::open(&state).unwrap());
+    let text = format!(
+        "repositories:\n  main:\n    url: {}\n    password_file: {pw}\n  off:\n    url: {}\n    password_file: {pw}\n\
+         classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n    offsite: off\n\
+         sources:\n  - name: files\n    class: standard\n    url: {}\n    schedule: \"@daily\"\ndaemon:\n  state: {}\n",
+        env.repo,
+        off.display(),
+        env.path("files").display(),
+        state.display(),
+        pw = env.path("pw").display(),
+    );
+    fs::write(&plan, text).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&env.ok(&["report", "--plan", plan.to_str().unwrap(), "--format", "json"])).unwrap();
+    let why = format!("no repository at {}: nothing is there (run `tresor init` first)", off.display());
+    assert_eq!(report["unread"], serde_json::json!({"off": why}));
+    assert_eq!(report["holds"], serde_json::json!({"main": 0}));
+    let text = env.ok(&["report", "--plan", plan.to_str().unwrap()]);
+    assert!(text.contains("\nLegal holds: main: 0, off: unknown. "), "{text}");
+    assert!(
+        text.contains(&format!("\n**Repository off could not be read** ({why}): its holds, rehearsals and findings are missing here.\n")),
+        "{text}"
+    );
+}
