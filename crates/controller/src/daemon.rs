@@ -679,7 +679,7 @@ fn announce(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, now: DateTime<Utc
                 Err(e) => ("failed", e),
             };
             let what = if event.change == Change::Failure { "failure" } else { "recovery" };
-            audit.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url), result, &detail);
+            audit.audit("daemon", "notify", &format!("{what} of {} to {}", event.source, hook.url.origin()), result, &detail);
         });
     }
 }

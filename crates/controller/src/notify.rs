@@ -124,8 +124,8 @@ async fn deliver(client: &reqwest::Client, hook: &Webhook, e: &Event) -> Result<
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => return Ok(()),
-            Ok(r) => last = format!("{} answered {}", hook.url, r.status()),
-            Err(err) => last = format!("{}: {}", hook.url, crate::silence::without_url(&err)),
+            Ok(r) => last = format!("{} answered {}", hook.url.origin(), r.status()),
+            Err(err) => last = format!("{}: {}", hook.url.origin(), crate::silence::without_url(&err)),
         }
     }
     Err(last)

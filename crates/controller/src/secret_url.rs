@@ -38,6 +38,17 @@ impl SecretUrl {
         self.0.starts_with(prefix)
     }
 
+    /// Where a webhook goes, for messages and the audit trail:
+    /// `scheme://host:port/…`. A receiver's path may be its token (Slack,
+    /// Teams, Discord), which no redaction of names could know.
+    pub fn origin(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else { return redact(&self.0) };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let more = if rest.len() > authority.len() && rest[authority.len()..] != *"/" { "/…" } else { "" };
+        format!("{scheme}://{host}{more}")
+    }
+
     /// A path (no scheme, so no credentials) as a path; none for a URL.
     pub fn as_path(&self) -> Option<&Path> {
         self.scheme().is_none().then(|| Path::new(&self.0))
@@ -184,6 +195,15 @@ mod tests {
         }
         assert_eq!(plan.repositories["main"].url.to_string(), "s3://key:***@bucket/prefix");
         assert_eq!(format!("{:?}", db.standby.as_ref().unwrap().server.as_ref().unwrap()), "\"postgres://postgres:***@spare:5432\"");
+    }
+
+    #[test]
+    fn a_webhooks_origin_shows_neither_its_path_nor_its_user() {
+        let origin = |url: &str| SecretUrl::from(url).origin();
+        assert_eq!(origin("https://hooks.slack.com/services/T0/B0/XXXX-secret"), "https://hooks.slack.com/…");
+        assert_eq!(origin("http://u:pw-secret@127.0.0.1:9093/api/v2/alerts?token=t-secret"), "http://127.0.0.1:9093/…");
+        assert_eq!(origin("https://alerts.example.com/"), "https://alerts.example.com");
+        assert_eq!(origin("https://alerts.example.com?code=c-secret"), "https://alerts.example.com/…");
     }
 
     #[test]

@@ -443,7 +443,7 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
         format!(
             "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
              sources:\n  - name: flaky\n    class: standard\n    url: \"{source}\"\n    schedule: \"*/5 * * * *\"\n    retries: 0\n\
-             notifications:\n  - url: http://127.0.0.1:{port}/hook\n  - url: http://127.0.0.1:{port}/api/v2/alerts\n    format: alertmanager\n\
+             notifications:\n  - url: http://127.0.0.1:{port}/hook/T0-secret\n  - url: http://127.0.0.1:{port}/api/v2/alerts\n    format: alertmanager\n\
              daemon:\n  state: {}\n",
             env.repo,
             env.path("pw").display(),
@@ -469,7 +469,7 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
     let delivered = |path: &str| -> Vec<serde_json::Value> {
         got.iter().filter(|(p, _)| p == path).map(|(_, b)| serde_json::from_str(b).unwrap()).collect()
     };
-    let hook = delivered("/hook");
+    let hook = delivered("/hook/T0-secret");
     assert_eq!(hook.iter().map(|b| b["event"].as_str().unwrap()).collect::<Vec<_>>(), ["failure", "recovery"], "{got:?}");
     let (failure, recovery) = (&hook[0], &hook[1]);
     assert_eq!((failure["source"].as_str(), failure["class"].as_str()), (Some("flaky"), Some("standard")));
@@ -482,6 +482,18 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
     assert!(firing[0].get("endsAt").is_none(), "the firing alert comes first: {got:?}");
     assert_eq!(resolved[0]["endsAt"], "2026-11-21T10:05:01Z");
     assert_eq!(got.len(), 4, "one delivery each, the refused one retried: {got:?}");
+    // The audit trail names each receiver by its origin: a path may be its token.
+    // A delivery's entry follows its answer: wait for the last one.
+    let notified = format!("\"action\":\"notify\",\"target\":\"recovery of flaky to http://127.0.0.1:{port}/…\"");
+    let audit = loop {
+        let audit = env.ok(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--json"]);
+        if audit.matches(&notified).count() == 2 || Instant::now() > deadline {
+            break audit;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(audit.matches(&notified).count(), 2, "{audit}");
+    assert!(!audit.contains("T0-secret"), "{audit}");
 }
 
 #[test]
