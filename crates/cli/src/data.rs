@@ -122,8 +122,9 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
     let excludes = read_excludes(&a)?;
     let paths: Vec<PathBuf> =
         a.paths.iter().map(|p| std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))).collect::<Result<_>>()?;
-    for p in &paths {
-        std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {}", p.display()))?;
+    for (p, given) in paths.iter().zip(&a.paths) {
+        // A mistyped source URL is taken for a path: named as given, redacted.
+        std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {}", tresor_storage::redact(&given.display().to_string())))?;
     }
     let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = open(g).await?;

@@ -155,7 +155,7 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
     if url.starts_with("etcd-data:") {
         return Ok(Box::new(etcd_target::EtcdDataTarget::parse(url)?));
     }
-    Err(Error::Unknown(url.to_string()))
+    Err(Error::Unknown(tresor_storage::redact(url)))
 }
 
 /// Whether a backup argument names a source rather than a path.
@@ -182,5 +182,20 @@ pub fn from_url(url: &str) -> Result<Box<dyn Source>> {
     if let Some(rest) = url.strip_prefix("pgbase://") {
         return Ok(Box::new(PgBase::parse(&format!("postgres://{rest}"))?));
     }
-    Err(Error::Unknown(url.to_string()))
+    Err(Error::Unknown(tresor_storage::redact(url)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// A URL of a kind tresor does not know is named without its password.
+    #[test]
+    fn an_unknown_url_is_named_redacted() {
+        for e in [
+            super::from_url("mysql://root:pw-secret@db/shop").err(),
+            super::target_from_url("mysql://root:pw-secret@db/shop", Default::default()).err(),
+        ] {
+            let said = e.expect("refused").to_string();
+            assert!(said.starts_with("unknown source \"mysql://root:***@db/shop\""), "{said}");
+        }
+    }
 }

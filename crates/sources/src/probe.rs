@@ -31,7 +31,8 @@ pub fn pg_base(url: &str) -> Result<String> {
 
 /// A path to back up: it exists and can be read.
 pub fn path(path: &str) -> Result<String> {
-    let fail = |e: std::io::Error| Error::failed(path, e);
+    // A URL of a kind no probe knows is looked at as a path: named redacted.
+    let fail = |e: std::io::Error| Error::failed(tresor_storage::redact(path), e);
     let md = std::fs::metadata(path).map_err(fail)?;
     if md.is_dir() {
         let entries = std::fs::read_dir(path).map_err(fail)?.count();

@@ -409,6 +409,11 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     assert_eq!(err, "tresor: error: no snapshot matches \"deadbeef\"\n");
     let err = env.fails(&["backup", "/definitely/not/here"], 1);
     assert!(err.starts_with("tresor: error: cannot back up /definitely/not/here: No such file or directory"), "{err}");
+    // A URL of a kind tresor does not take, or credentials where a bucket refuses them: named without the secret.
+    let err = env.fails(&["backup", "mysql://root:pw-secret@db/shop"], 1);
+    assert_eq!(err, "tresor: error: cannot back up mysql://root:***@db/shop: No such file or directory (os error 2)\n");
+    let err = env.fails(&["backup", "bucket+s3://AKIA:key-secret@bucket/prefix"], 1);
+    assert!(err.starts_with("tresor: error: bucket+s3://AKIA:***@bucket/prefix: ") && !err.contains("key-secret"), "{err}");
     let config = Path::new(&env.repo).join("config");
     let text = fs::read_to_string(&config).unwrap().replace("\"version\": 1", "\"version\": 2");
     fs::write(&config, text).unwrap();

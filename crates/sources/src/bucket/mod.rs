@@ -63,9 +63,10 @@ impl Bucket {
     }
 }
 
-/// Up to the query string, which may hold nothing secret but is noise.
+/// Up to the query string, which is noise, and without a password in the
+/// user part (which `Location::parse` refuses, naming the URL this way).
 fn url_name(url: &str) -> String {
-    url.split('?').next().unwrap_or(url).to_string()
+    tresor_storage::without_password(url.split('?').next().unwrap_or(url))
 }
 
 /// A refused login is the credentials' fault; what no retry overcame is
