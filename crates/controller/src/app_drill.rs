@@ -178,6 +178,8 @@ impl Scratch {
 /// The database a `postgres://…/DB` source backs up (`postgres` without one).
 pub(crate) fn database_of(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    // After the user part, which may hold a `/` in its password.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     let path = rest.split_once('/').map_or("", |(_, p)| p);
     let db = path.split(['?', '#']).next().unwrap_or("");
     if db.is_empty() { "postgres".into() } else { db.into() }
@@ -201,6 +203,7 @@ mod tests {
     fn a_sources_database_is_its_urls_path() {
         assert_eq!(database_of("postgres://app:secret@db:5432/registry?sslmode=disable"), "registry");
         assert_eq!(database_of("postgres://db:5432"), "postgres");
+        assert_eq!(database_of("postgres://app:ab/cd@db/shop"), "shop", "a password with a slash is no database");
         assert_eq!(database_of("postgresql://db/"), "postgres");
     }
 }

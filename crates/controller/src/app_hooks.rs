@@ -159,7 +159,8 @@ pub(crate) fn query(url: &str, q: &Query, point: Option<DateTime<Utc>>) -> Resul
 /// environment, where a password is out of sight.
 pub(crate) fn psql_value(url: &str, sql: &str, database: Option<&str>) -> Result<String, String> {
     let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or("a query's url is postgres://…")?;
-    let (auth, host) = rest.split_once('@').unwrap_or(("postgres", rest));
+    // The last `@` ends the user part: a password may hold one.
+    let (auth, host) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
     let (user, password) = auth.split_once(':').map_or((auth, None), |(u, p)| (u, Some(p)));
     let (hostport, db) = host.split_once('/').unwrap_or((host, ""));
     let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
