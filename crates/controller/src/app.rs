@@ -14,7 +14,7 @@ impl RestoreHook {
                 Some(n) => format!("scale {} in {} to {n}", s.workload, s.namespace),
                 None => format!("scale {} in {} back", s.workload, s.namespace),
             },
-            (_, Some(c), _) => format!("command {c:?}"),
+            (_, Some(c), _) => format!("command {:?}", tresor_sources::shown_command(c)),
             (_, _, Some(h)) => format!("http {}", h.url),
             _ => "nothing".into(),
         }

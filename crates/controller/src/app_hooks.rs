@@ -67,7 +67,7 @@ fn command(phase: &str, c: &str, limit: Duration, env: &HookEnv) -> Result<Strin
     vars.push(("TRESOR_HOOK", phase));
     tresor_sources::run_hook(phase, c, limit, &vars).map(|_| "exit 0".into()).map_err(|e| {
         let said = e.to_string();
-        said.strip_prefix(&format!("{phase} hook {c:?}: ")).map_or(said.clone(), String::from)
+        said.strip_prefix(&format!("{phase} hook {:?}: ", tresor_sources::shown_command(c))).map_or(said.clone(), String::from)
     })
 }
 
@@ -134,7 +134,13 @@ pub fn smoke_checks(rt: &tokio::runtime::Runtime, v: &Verify, to: CheckTarget, l
     }
     if let Some(c) = &v.command {
         let started = Instant::now();
-        out.push(outcome("check", "command", format!("command {c:?}"), command("check", c, limit, env), started));
+        out.push(outcome(
+            "check",
+            "command",
+            format!("command {:?}", tresor_sources::shown_command(c)),
+            command("check", c, limit, env),
+            started,
+        ));
     }
     for q in &v.queries {
         let started = Instant::now();

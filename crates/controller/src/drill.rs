@@ -211,7 +211,7 @@ fn drill_command(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, r: &m
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(format!("the verify command failed ({}): {}", out.status, tresor_sources::last_line(&err).unwrap_or("no message")));
     }
-    r.checks.push(format!("verify command passed: {cmd}"));
+    r.checks.push(format!("verify command passed: {}", tresor_sources::shown_command(cmd)));
     Ok(())
 }
 

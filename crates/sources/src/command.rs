@@ -14,8 +14,14 @@ use tresor_engine::SourceInfo;
 
 use crate::{Error, Result, Source, Stream};
 
-/// One word of a command as messages name it: a URL in it without its
-/// password and credential-like query values, its trailing space kept.
+/// A command as messages, reports and the audit trail name it: each word
+/// that is a URL without its password and credential-like query values
+/// (`pg_dump postgres://app:***@db/shop`).
+pub fn shown_command(command: &str) -> String {
+    command.split_inclusive(char::is_whitespace).map(shown_word).collect()
+}
+
+/// One word of a command, its trailing space kept.
 fn shown_word(word: &str) -> String {
     let url = word.trim_end();
     format!("{}{}", tresor_storage::redact(url), &word[url.len()..])
@@ -34,7 +40,7 @@ impl CommandSource {
             return Err(Error::failed("command:", "no command given"));
         }
         let command = command.trim().to_string();
-        let shown = command.split_inclusive(char::is_whitespace).map(shown_word).collect();
+        let shown = shown_command(&command);
         Ok(CommandSource { command, shown })
     }
 

@@ -12,7 +12,7 @@ use crate::{Error, ErrorKind, Result};
 /// it started). Its standard error is read as it runs: a hook that says
 /// much would otherwise block on the pipe and be taken for a slow one.
 pub fn run_hook(which: &str, command: &str, timeout: Duration, env: &[(&str, &str)]) -> Result<()> {
-    let name = format!("{which} hook {command:?}");
+    let name = format!("{which} hook {:?}", crate::command::shown_command(command));
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command).envs(env.iter().copied());
     let mut hook = Program::start(&mut cmd, Stdio::null(), Stdio::null())
@@ -47,6 +47,13 @@ mod tests {
         let command = "head -c 1048576 /dev/zero | tr '\\0' x >&2; echo >&2; echo 'quiesce: no such service' >&2; exit 3";
         let err = run_hook("pre", command, Duration::from_secs(600), &[]).unwrap_err();
         assert_eq!(err.to_string(), format!("pre hook {command:?}: failed (exit status: 3): quiesce: no such service"));
+    }
+
+    /// A hook is named without the password of a URL in it.
+    #[test]
+    fn a_failed_hook_is_named_without_the_password_in_it() {
+        let err = run_hook("pre", "false postgres://app:pw-secret@db/shop", Duration::from_secs(60), &[]).unwrap_err();
+        assert_eq!(err.to_string(), "pre hook \"false postgres://app:***@db/shop\": failed (exit status: 1): no message");
     }
 
     /// A hook that fails, leaving a process behind that holds its standard

@@ -36,7 +36,7 @@ use std::io::Read;
 
 use tresor_engine::SourceInfo;
 
-pub use command::{CommandSource, last_line};
+pub use command::{CommandSource, last_line, shown_command};
 pub use hooks::run_hook;
 pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
 pub use redis::{RedisSource, crc64};
