@@ -71,8 +71,20 @@ fn render(spec: &Value, file: &Path) -> std::result::Result<(usize, usize), Stri
     if let Some(first) = check(&plan, &text, Utc::now()).into_iter().find(|f| f.severity == Severity::Error) {
         return Err(format!("line {first}"));
     }
-    std::fs::write(file, &text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    write_private(file, &text).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
     Ok((plan.classes.len(), plan.sources.len()))
+}
+
+/// Write `text` readable by this user alone: a plan's URLs may hold
+/// passwords. Written aside and renamed, so the daemon never reads half.
+fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let next = file.with_extension("next");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&next)?;
+    f.write_all(text.as_bytes())?;
+    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    std::fs::rename(next, file)
 }
 
 async fn set_status(api: &Api<DynamicObject>, name: &str, verdict: &std::result::Result<(usize, usize), String>) {

@@ -437,7 +437,11 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
     let (port, got) = receiver();
     let flag = env.path("service-up");
     let plan = env.path("plan.yaml");
-    let source = format!("command:test -e {} && echo ok || {{ echo 'backend down' >&2; exit 1; }}", flag.display());
+    // Its output would show the daemon's API tokens, were they handed to it.
+    let source = format!(
+        "command:test -e {} && echo ok$TRESOR_API_TOKEN$TRESOR_API_READ_TOKEN || {{ echo 'backend down' >&2; exit 1; }}",
+        flag.display()
+    );
     fs::write(
         &plan,
         format!(
@@ -494,6 +498,7 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
     };
     assert_eq!(audit.matches(&notified).count(), 2, "{audit}");
     assert!(!audit.contains("T0-secret"), "{audit}");
+    assert_eq!(env.ok(&["dump", "latest", "stdout"]), "ok\n", "a job's programs never see the daemon's API tokens");
 }
 
 #[test]

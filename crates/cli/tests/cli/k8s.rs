@@ -547,6 +547,9 @@ fn the_daemon_follows_a_backupplan_resource_and_refuses_a_bad_one() {
     super::daemon::wait_jobs(&d, "the first backup", |j| super::daemon::count(j, "files", "backup", "succeeded") == 1);
     let status = || c.server.object("tresor.dev", "backupplans", Some("shop"), "nightly").unwrap()["status"].clone();
     assert_eq!((status()["accepted"].as_str(), status()["sources"].as_u64()), (Some("True"), Some(1)));
+    // The plan as written for the daemon: its URLs may hold passwords.
+    let rendered = fs::metadata(env.path("data/backupplan-shop-nightly.yaml")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&rendered.permissions()) & 0o777, 0o600);
 
     let sources = || super::daemon::http(port, "GET", "/api/v1/sources", Some("read-token")).1;
     let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
