@@ -74,7 +74,8 @@ impl Postgres {
         if self.globals {
             return self.cluster_url();
         }
-        format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.db)
+        // A libpq query string (`?password=`) would come along in the database's name.
+        tresor_storage::redact(&format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.db))
     }
 
     pub(crate) fn cluster_url(&self) -> String {
@@ -336,6 +337,16 @@ impl Target for PostgresTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name a database source goes by shows no password, in the user
+    /// part or in a libpq query string.
+    #[test]
+    fn a_database_is_named_without_its_password() {
+        let pg = Postgres::parse("postgres://app:pw-secret@db/shop?password=q-secret&sslmode=disable").unwrap();
+        assert_eq!(pg.url(), "postgres://app@db:5432/shop?password=***&sslmode=disable");
+        let e = Postgres::parse("postgres://app:pw-secret@db:port/shop?password=q-secret").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
 
     /// A parallel restore that fails mid-stream leaves no copy of the dump
     /// behind in the temporary directory.

@@ -364,12 +364,14 @@ pub fn crc64(data: &[u8]) -> u64 {
     crc64_update(0, data)
 }
 
-/// A URL with any password in its user part left out.
+/// A URL with any password in its user part left out, and the values of
+/// credential-like query parameters (`?password=`) hidden.
 pub(crate) fn url_without_secret(url: &str) -> String {
-    match url.split_once("://").and_then(|(s, rest)| Some((s, rest.rsplit_once('@')?))) {
+    let shown = match url.split_once("://").and_then(|(s, rest)| Some((s, rest.rsplit_once('@')?))) {
         Some((scheme, (auth, host))) => format!("{scheme}://{}@{host}", auth.split(':').next().unwrap_or_default()),
         None => url.to_string(),
-    }
+    };
+    tresor_storage::redact(&shown)
 }
 
 #[cfg(test)]
