@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::child::repository_spec;
-use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, SourceJob};
+use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, Reason, SourceJob};
 pub use crate::model::{Kind, RestoreSpec};
 use crate::plan::{Class, Keep, OnError, Repository, SourceSpec};
 use crate::state::Outcome;
@@ -138,8 +138,14 @@ impl Runner {
 
     /// Run to the end, the time limit, or cancellation.
     pub async fn run(&self, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
+        use futures::FutureExt;
         let limit = w.timeout.unwrap_or(Duration::from_secs(24 * 3600));
         let spec = spec(w);
-        outcome(self.jobs.run(&spec, limit, cancel).await)
+        // A panic while running a job fails that job, recorded as any failure is.
+        let ran = std::panic::AssertUnwindSafe(async { self.jobs.run(&spec, limit, cancel).await }).catch_unwind().await;
+        outcome(ran.unwrap_or_else(|panic| {
+            let said = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+            JobResult::failed(Reason::Error, false, format!("the job panicked: {}", said.unwrap_or_default()))
+        }))
     }
 }

@@ -181,15 +181,19 @@ async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one
     d.stop().await;
 }
 
-/// A job whose task panics fails, and its source is not held as running:
-/// its next run starts.
+/// A job that panics fails, recorded as any failure is, and its source is
+/// not held as running: its next run starts.
 #[tokio::test]
-async fn a_job_whose_task_panics_fails_and_its_source_runs_again() {
+async fn a_job_that_panics_fails_and_its_source_runs_again() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let d = started(dir.path(), PLAN, Scripted { panics: Some(("flaky".into(), 1)), ..Scripted::default() });
-    let newest = || d.shared.state.jobs(1, Some("flaky")).expect("the history").into_iter().next();
-    until("the locked source's run", || d.jobs.calls("locked") == 1).await;
+    let history = || d.shared.state.jobs(10, Some("flaky")).expect("the history");
+    let ended = |j: &crate::state::Job| (j.outcome.status.clone(), j.outcome.reason.clone(), j.outcome.message.clone());
+    until("the first runs", || d.jobs.calls("flaky") == 1 && d.jobs.calls("locked") == 1).await;
+    until("the panic recorded", || history().first().is_some_and(|j| j.outcome.status != "running")).await;
+    let failed = ("failed".to_string(), Some("error".to_string()), Some("the job panicked: a scripted panic".to_string()));
+    assert_eq!(ended(&history()[0]), failed);
     set(&d.clock_file, "2026-11-22T12:00:00Z");
-    until("the next day's run", || d.jobs.calls("flaky") == 2 && newest().is_some_and(|j| j.outcome.status == "succeeded")).await;
+    until("the next day's run", || d.jobs.calls("flaky") == 2 && history()[0].outcome.status == "succeeded").await;
     d.stop().await;
 }

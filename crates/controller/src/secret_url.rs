@@ -43,9 +43,10 @@ impl SecretUrl {
     /// Teams, Discord), which no redaction of names could know.
     pub fn origin(&self) -> String {
         let Some((scheme, rest)) = self.0.split_once("://") else { return redact(&self.0) };
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
-        let more = if rest.len() > authority.len() && rest[authority.len()..] != *"/" { "/…" } else { "" };
+        // The user part ends at the last `@`: a raw password may hold a `/`.
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let more = if rest.len() > host.len() && rest[host.len()..] != *"/" { "/…" } else { "" };
         format!("{scheme}://{host}{more}")
     }
 
@@ -203,6 +204,7 @@ mod tests {
         assert_eq!(origin("https://hooks.slack.com/services/T0/B0/XXXX-secret"), "https://hooks.slack.com/…");
         assert_eq!(origin("http://u:pw-secret@127.0.0.1:9093/api/v2/alerts?token=t-secret"), "http://127.0.0.1:9093/…");
         assert_eq!(origin("https://alerts.example.com/"), "https://alerts.example.com");
+        assert_eq!(origin("https://u:p/w-secret@alerts.example.com/hook"), "https://alerts.example.com/…");
         assert_eq!(origin("https://alerts.example.com?code=c-secret"), "https://alerts.example.com/…");
     }
 
