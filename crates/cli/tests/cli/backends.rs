@@ -418,3 +418,15 @@ fn copy_goes_around_a_ring_of_every_backend() {
         assert_eq!(inventory(&src), inventory(&restored(to, "out", &src)), "restored from {}", to.repo);
     }
 }
+
+/// A local path that cannot be looked at (a file in the way, permissions,
+/// a stale mount) is not a missing repository, which `init` would mend.
+#[test]
+fn a_path_that_cannot_be_looked_at_is_no_missing_repository() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let through_a_file = format!("{}/config/repo", env.repo);
+    let out = env.cmd(&["snapshots"]).env("TRESOR_REPOSITORY", &through_a_file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {through_a_file}/config: Not a directory (os error 20)\n"));
+}

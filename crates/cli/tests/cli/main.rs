@@ -395,11 +395,6 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     );
     env.ok(&["init"]);
     assert!(env.fails(&["init"], 1).contains("a repository already exists at"));
-    // A path that cannot be looked at is not a missing repository, which `init` would mend.
-    let through_a_file = format!("{}/config/repo", env.repo);
-    let out = env.cmd(&["snapshots"]).env("TRESOR_REPOSITORY", &through_a_file).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {through_a_file}/config: Not a directory (os error 20)\n"));
     let mut wrong = env.cmd(&["snapshots"]);
     wrong.env_remove("TRESOR_PASSWORD_FILE").env("TRESOR_PASSWORD", "guess");
     let out = wrong.output().unwrap();
@@ -409,11 +404,6 @@ fn bad_input_gets_one_clear_line_and_the_right_exit_code() {
     assert_eq!(err, "tresor: error: no snapshot matches \"deadbeef\"\n");
     let err = env.fails(&["backup", "/definitely/not/here"], 1);
     assert!(err.starts_with("tresor: error: cannot back up /definitely/not/here: No such file or directory"), "{err}");
-    // A URL of a kind tresor does not take, or credentials where a bucket refuses them: named without the secret.
-    let err = env.fails(&["backup", "mysql://root:pw-secret@db/shop"], 1);
-    assert_eq!(err, "tresor: error: cannot back up mysql://root:***@db/shop: No such file or directory (os error 2)\n");
-    let err = env.fails(&["backup", "bucket+s3://AKIA:key-secret@bucket/prefix"], 1);
-    assert!(err.starts_with("tresor: error: bucket+s3://AKIA:***@bucket/prefix: ") && !err.contains("key-secret"), "{err}");
     let config = Path::new(&env.repo).join("config");
     let text = fs::read_to_string(&config).unwrap().replace("\"version\": 1", "\"version\": 2");
     fs::write(&config, text).unwrap();

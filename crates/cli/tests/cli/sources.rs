@@ -602,3 +602,16 @@ fn a_command_source_is_killed_when_the_backup_stops_reading_it() {
         )
     );
 }
+
+/// A URL of a kind tresor does not take (so taken for a path), and a bucket
+/// URL with credentials in it, which the bucket source refuses: each named
+/// without its secret.
+#[test]
+fn a_url_tresor_does_not_take_is_named_without_its_password() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let err = env.fails(&["backup", "mysql://root:pw-secret@db/shop"], 1);
+    assert_eq!(err, "tresor: error: cannot back up mysql://root:***@db/shop: No such file or directory (os error 2)\n");
+    let err = env.fails(&["backup", "bucket+s3://AKIA:key-secret@bucket/prefix"], 1);
+    assert!(err.starts_with("tresor: error: bucket+s3://AKIA:***@bucket/prefix: ") && !err.contains("key-secret"), "{err}");
+}
