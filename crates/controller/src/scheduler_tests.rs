@@ -160,7 +160,7 @@ sources:\n  - {name: part, class: standard, url: /srv/a, schedule: '@daily'}\n";
 
 /// A partial backup (exit 3) is a failure with its own reason, never
 /// retried; its snapshot goes off site with what it holds, but retention
-/// waits for a whole backup, so partial snapshots never push whole ones out.
+/// waits for a whole backup, so a run of partial snapshots never forgets a whole one.
 #[tokio::test]
 async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one() {
     let dir = tempfile::tempdir().expect("a temp dir");

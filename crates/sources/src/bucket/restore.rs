@@ -210,23 +210,37 @@ async fn put(repo: &Repository, bucket: &Bucket, key: String, node: Node) -> Res
         }
     }
     let (mut writer, all) = open_writer(bucket, &key, &node).await?;
-    for blob in ahead {
-        writer.write(blob).await.map_err(fail)?;
-    }
-    for id in blobs {
-        match load(id).await? {
-            Ok(blob) => writer.write(blob).await.map_err(fail)?,
-            Err(why) => {
-                let aborted = writer.abort().await.map_err(|e| {
-                    let why = format!("{key}: {why}; its write could not be aborted, so the target may hold it in part: {e}");
-                    Error::failed(bucket.name(), why)
-                });
-                return aborted.map(|()| Put::Damaged(key, why));
+    // The rest of the object; the damage met, if any.
+    let rest = async {
+        for blob in ahead {
+            writer.write(blob).await.map_err(fail)?;
+        }
+        for id in blobs {
+            match load(id).await? {
+                Ok(blob) => writer.write(blob).await.map_err(fail)?,
+                Err(why) => return Ok(Some(why)),
             }
         }
+        Ok::<_, Error>(None)
+    };
+    match rest.await {
+        Ok(None) => {
+            writer.close().await.map_err(fail)?;
+            Ok(Put::Written(key, node.size, all))
+        }
+        Ok(Some(why)) => {
+            let aborted = writer.abort().await.map_err(|e| {
+                let why = format!("{key}: {why}; its write could not be aborted, so the target may hold it in part: {e}");
+                Error::failed(bucket.name(), why)
+            });
+            aborted.map(|()| Put::Damaged(key, why))
+        }
+        Err(e) => {
+            // An outage: no upload is left open in the target either.
+            let _ = writer.abort().await;
+            Err(e)
+        }
     }
-    writer.close().await.map_err(fail)?;
-    Ok(Put::Written(key, node.size, all))
 }
 
 /// A writer for `key` with the metadata recorded in `node` that the store
