@@ -53,7 +53,8 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     let held = r.holds.iter().map(|(repo, n)| format!("{repo}: {n}"));
-    let holds: Vec<String> = held.chain(r.unread.keys().map(|repo| format!("{repo}: unknown"))).collect();
+    let unknown = r.unread.keys().filter(|repo| !r.holds.contains_key(*repo)).map(|repo| format!("{repo}: unknown"));
+    let holds: Vec<String> = held.chain(unknown).collect();
     let _ = writeln!(
         s,
         "\nLegal holds: {}. Every repository is encrypted end to end (AEAD; keys from Argon2id).",

@@ -283,19 +283,29 @@ impl Handles {
         for (name, r) in &plan.repositories {
             let wanted =
                 plan.sources.iter().any(|s| s.url.starts_with("pgbase://") && plan.repository_of(s).is_some_and(|(n, _)| n == name));
-            let read = async {
-                let repo = self.get(r).await?;
-                let held = tresor_engine::holds::holds(&repo).await.map_err(|e| e.to_string())?.len() as u64;
-                let listing = if wanted { Some(self.snapshots(r, None).await?) } else { None };
-                Ok::<_, String>((held, listing))
-            };
-            match read.await {
-                Ok((held, listing)) => {
-                    holds.insert(name.clone(), held);
-                    listings.extend(listing.map(|l| (name.clone(), l)));
-                }
+            let repo = match self.get(r).await {
+                Ok(repo) => repo,
                 Err(why) => {
                     unread.insert(name.clone(), why);
+                    continue;
+                }
+            };
+            match tresor_engine::holds::holds(&repo).await {
+                Ok(h) => {
+                    holds.insert(name.clone(), h.len() as u64);
+                }
+                Err(e) => {
+                    unread.insert(name.clone(), e.to_string());
+                }
+            }
+            if wanted {
+                match self.snapshots(r, None).await {
+                    Ok(list) => {
+                        listings.insert(name.clone(), list);
+                    }
+                    Err(why) => {
+                        unread.entry(name.clone()).or_insert(why);
+                    }
                 }
             }
         }
