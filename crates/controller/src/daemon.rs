@@ -526,7 +526,7 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         return outcome;
     }
     // A partial snapshot goes off site with what it holds, but retention
-    // waits for a whole one, so that a run of partial ones never forgets one.
+    // waits for a whole one (and never lets a partial one take a whole one's place).
     let class = w.class_spec.clone().unwrap_or_else(|| unreachable!("a backup has a class"));
     if whole && class.retention != Default::default() {
         run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel.clone()).await;

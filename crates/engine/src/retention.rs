@@ -128,21 +128,34 @@ impl Verdict {
 }
 
 /// Apply `policy` to one group of snapshots; verdicts come newest first.
+///
+/// A partial snapshot ([`Snapshot::is_partial`]) never takes a whole one's
+/// place: `last` counts whole snapshots, keeping the partial ones among
+/// them, and a period's snapshot is its newest whole one, a partial one
+/// only in a period that has no whole one.
 pub fn apply<Tz: TimeZone>(mut snaps: Vec<Snapshot>, policy: &Policy, tz: &Tz) -> Vec<Verdict> {
     snaps.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
     let Some(newest) = snaps.first().map(|s| s.time) else { return Vec::new() };
     let mut counters: Vec<(Period, u32, Option<i64>)> = policy.periods.iter().map(|&(p, n)| (p, n, None)).collect();
+    // Each period's buckets that hold a whole snapshot.
+    let whole: Vec<std::collections::HashSet<i64>> = policy
+        .periods
+        .iter()
+        .map(|(p, _)| snaps.iter().filter(|s| !s.is_partial()).map(|s| p.bucket(&s.time.with_timezone(tz))).collect())
+        .collect();
     let mut within_last: Vec<Option<i64>> = vec![None; policy.within_periods.len()];
     let mut verdicts = Vec::with_capacity(snaps.len());
-    for (i, snap) in snaps.into_iter().enumerate() {
+    let mut whole_seen = 0u64;
+    for snap in snaps {
         let local = snap.time.with_timezone(tz);
         let mut reasons = Vec::new();
-        if policy.last.is_some_and(|n| (i as u64) < u64::from(n)) {
+        if policy.last.is_some_and(|n| whole_seen < u64::from(n)) {
             reasons.push("last snapshot".to_string());
         }
-        for (period, left, last) in counters.iter_mut() {
+        whole_seen += u64::from(!snap.is_partial());
+        for ((period, left, last), whole) in counters.iter_mut().zip(&whole) {
             let b = period.bucket(&local);
-            if *left > 0 && *last != Some(b) {
+            if *left > 0 && *last != Some(b) && (!snap.is_partial() || !whole.contains(&b)) {
                 *last = Some(b);
                 *left = left.saturating_sub(1);
                 reasons.push(format!("{} snapshot", period.name()));
@@ -291,6 +304,42 @@ mod tests {
     fn keep_last() {
         let p = Policy { last: Some(2), ..Policy::default() };
         assert_eq!(kept(hourly_series(5), &p, &UTC), ["2026-01-01T04:15:00+00:00", "2026-01-01T03:15:00+00:00"]);
+    }
+
+    /// A partial snapshot never takes a whole one's place: `last` counts
+    /// whole ones and keeps the partial ones among them; a day's snapshot
+    /// is its newest whole one, a partial one only on a day without one.
+    #[test]
+    fn a_partial_snapshot_never_takes_a_whole_ones_place() {
+        let partial = |at: &str| {
+            let mut s = snap(at, &[]);
+            s.errors.push(crate::snapshot::FileError { path: "/data/locked".into(), error: "Permission denied".into() });
+            s
+        };
+        let series = || {
+            vec![
+                snap("2026-01-01T01:00:00+00:00", &[]),
+                snap("2026-01-02T01:00:00+00:00", &[]),
+                partial("2026-01-03T01:00:00+00:00"),
+                partial("2026-01-04T01:00:00+00:00"),
+                snap("2026-01-04T00:30:00+00:00", &[]),
+                snap("2026-01-05T01:00:00+00:00", &[]),
+            ]
+        };
+        let last = Policy { last: Some(3), ..Policy::default() };
+        let days = ["01-05T01:00", "01-04T01:00", "01-04T00:30", "01-03T01:00", "01-02T01:00"];
+        let at = |d: &[&str]| d.iter().map(|d| format!("2026-{d}:00+00:00")).collect::<Vec<_>>();
+        assert_eq!(kept(series(), &last, &UTC), at(&days));
+        let daily = Policy { periods: vec![(Period::Daily, 4)], ..Policy::default() };
+        assert_eq!(kept(series(), &daily, &UTC), at(&["01-05T01:00", "01-04T00:30", "01-03T01:00", "01-02T01:00"]));
+        let refused = Snapshot {
+            source: crate::SourceInfo {
+                consistency: [("refused".into(), serde_json::json!(["secrets: forbidden"]))].into(),
+                ..Default::default()
+            },
+            ..snap("2026-01-06T01:00:00+00:00", &[])
+        };
+        assert!(refused.is_partial() && !snap("2026-01-06T01:00:00+00:00", &[]).is_partial());
     }
 
     #[test]

@@ -87,6 +87,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether the backup went on without some of its source: files it
+    /// could not read (`errors`), or what the source was refused
+    /// (`source.consistency.refused`, e.g. the resource types a Kubernetes
+    /// API refused). Retention prefers a whole snapshot to a partial one.
+    pub fn is_partial(&self) -> bool {
+        !self.errors.is_empty() || self.source.consistency.contains_key("refused")
+    }
+
     /// As `tresor snapshots --json` lists it: the stored fields, its id and short id.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or_default();
