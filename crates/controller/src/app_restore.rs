@@ -319,8 +319,10 @@ pub(crate) fn post_hooks(rt: &tokio::runtime::Runtime, r: &Request, report: &mut
 /// The smoke checks; `postgres` is the server a query without a URL asks.
 pub(crate) fn smoke(rt: &tokio::runtime::Runtime, r: &Request, report: &mut Report, postgres: Option<&str>) -> Result<(), String> {
     let limit = r.app.hooks.timeout.map_or(DEFAULT_TIMEOUT, |s| s.0);
-    // The application comes back to its newest source's point.
-    let to = CheckTarget { postgres, point: report.sources.iter().map(|s| s.point).max() };
+    // A query's max_age counts back from the point its database is back at
+    // (without a PostgreSQL source, the application's newest point).
+    let databases = report.sources.iter().filter(|s| s.kind == "postgres" || s.kind == "pg-base").map(|s| s.point).max();
+    let to = CheckTarget { postgres, point: databases.or_else(|| report.sources.iter().map(|s| s.point).max()) };
     report.checks = smoke_checks(rt, &r.app.verify, to, limit, &hook_env(report));
     if let Some(bad) = report.checks.iter().find(|c| !c.passed) {
         let up = if report.scaled_up.is_empty() { "none".to_string() } else { report.scaled_up.join(", ") };
