@@ -95,6 +95,7 @@ pub fn faults(plan: &Plan) -> Vec<(String, String)> {
         if let Err(e) = app.order() {
             out.push((app.name.clone(), e));
         }
+        out.extend(app.verify.queries.iter().filter_map(crate::plan::Query::contradiction).map(say));
         for h in app.hooks.pre.iter().chain(&app.hooks.post) {
             let given = [h.scale.is_some(), h.command.is_some(), h.http.is_some()].iter().filter(|g| **g).count();
             if given != 1 {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::plan::{Plan, Retention, SecretUrl, Span};
+use crate::plan::{Plan, Query, Retention, SecretUrl, Span};
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,6 +246,9 @@ fn check_transforms(s: &crate::plan::SourceSpec, at: &Lines, out: &mut Vec<Findi
 fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let mut seen = BTreeSet::new();
     for s in &plan.sources {
+        for why in s.verify.queries.iter().filter_map(Query::contradiction) {
+            out.push(error(at.source(&s.name, "verify"), format!("source {}: {why}", s.name)));
+        }
         if !seen.insert(s.name.as_str()) {
             out.push(error(at.source(&s.name, "name"), format!("source {} is named twice", s.name)));
         }

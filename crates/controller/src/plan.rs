@@ -154,6 +154,13 @@ pub struct Query {
 }
 
 impl Query {
+    /// Why no answer can meet the query's conditions, if none can: `min`
+    /// asks for a number, `max_age` for a timestamp.
+    pub fn contradiction(&self) -> Option<String> {
+        (self.min.is_some() && self.max_age.is_some())
+            .then(|| format!("query {:?} asks for a number (min) and a timestamp (max_age): no answer is both", self.sql))
+    }
+
     /// The query's answer against every condition the plan sets on it (at
     /// least `min`, exactly `equals`, a timestamp at most `max_age` before
     /// the restore point `point`): the conditions met, as the checks show
@@ -665,6 +672,9 @@ mod tests {
         );
         assert_eq!(fresh.judge("yesterday", Some(point)), Err("answered \"yesterday\", not a timestamp".into()));
         assert_eq!(q("").judge("anything", None), Ok(String::new()));
+        assert_eq!(q("min: 1\nequals: \"1\"\n").contradiction(), None);
+        let both = "query \"SELECT 1\" asks for a number (min) and a timestamp (max_age): no answer is both";
+        assert_eq!(q("min: 1\nmax_age: 1h\n").contradiction().as_deref(), Some(both));
     }
 
     #[test]
