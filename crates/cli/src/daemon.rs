@@ -208,10 +208,13 @@ async fn run_while_leading(
             None => std::future::pending().await,
         }
     };
+    // A signal gives running jobs the plan's grace; a lost lease none, as
+    // another replica leads by then.
+    let grace = shared.grace;
     let stop = async {
         tokio::select! {
-            _ = shutdown_signals(tx) => {}
-            _ = held => {}
+            _ = shutdown_signals(tx) => grace,
+            _ = held => std::time::Duration::ZERO,
         }
     };
     run(shared, rx, stop).await?;

@@ -388,12 +388,13 @@ impl Loop {
     }
 }
 
-/// Run until `shutdown` resolves; then let running jobs finish within the
-/// grace period and cancel the rest.
+/// Run until `shutdown` resolves to the grace period running jobs then get
+/// to finish (a signal: the plan's; a lost lease: none, as another replica
+/// leads by then); the rest are cancelled.
 pub async fn run(
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = Duration>,
 ) -> Result<()> {
     let now = shared.clock.now();
     let (cancel, _) = watch::channel(false);
@@ -439,21 +440,21 @@ pub async fn run(
     watch_rehearsals(&shared);
     shared.ready.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::pin!(shutdown);
-    loop {
+    let grace = loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            g = &mut shutdown => break g,
             Some(cmd) = commands.recv() => lp.command(cmd, shared.clock.now()),
             Some(done) = lp.tasks.join_next_with_id() => lp.joined(done, shared.clock.now()),
             _ = tokio::time::sleep(shared.tick) => {}
         }
         lp.fire_due(shared.clock.now());
         lp.start_jobs();
-    }
+    };
     shared.ready.store(false, std::sync::atomic::Ordering::SeqCst);
     if !lp.tasks.is_empty() {
-        tracing::info!("stopping: waiting up to {}s for {} running job(s)", shared.grace.as_secs(), lp.tasks.len());
+        tracing::info!("stopping: waiting up to {}s for {} running job(s)", grace.as_secs(), lp.tasks.len());
     }
-    let deadline = tokio::time::Instant::now() + shared.grace;
+    let deadline = tokio::time::Instant::now() + grace;
     while !lp.tasks.is_empty() {
         match tokio::time::timeout_at(deadline, lp.tasks.join_next()).await {
             Ok(_) => {}

@@ -113,10 +113,14 @@ impl Lease {
         let mut last = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire().await {
-                Ok(Some(t)) if t == term => last = tokio::time::Instant::now(),
-                Ok(_) => return,
-                Err(e) => tracing::warn!("leader election: cannot renew: {e}"),
+            // A renewal that hangs (a half-open connection) must not outlast
+            // the lease: past the deadline another replica may lead.
+            let left = deadline.saturating_sub(last.elapsed());
+            match tokio::time::timeout(left, self.try_acquire()).await {
+                Ok(Ok(Some(t))) if t == term => last = tokio::time::Instant::now(),
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => tracing::warn!("leader election: cannot renew: {e}"),
+                Err(_) => tracing::warn!("leader election: the renewal did not answer in time"),
             }
             if last.elapsed() > deadline {
                 return;

@@ -116,6 +116,7 @@ fn started(dir: &std::path::Path, plan: &str, jobs: Scripted) -> Started {
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(run(shared.clone(), rx, async move {
         let _ = stopped.await;
+        Duration::from_secs(1)
     }));
     Started { shared, jobs, clock_file, stop, daemon }
 }
