@@ -208,7 +208,7 @@ async fn run_while_leading(
             None => std::future::pending().await,
         }
     };
-    // A signal gives running jobs the plan's grace; a lost lease none, as
+    // A signal gives running jobs the grace `--grace` sets; a lost lease none, as
     // another replica leads by then.
     let grace = shared.grace;
     let stop = async {

@@ -389,7 +389,7 @@ impl Loop {
 }
 
 /// Run until `shutdown` resolves to the grace period running jobs then get
-/// to finish (a signal: the plan's; a lost lease: none, as another replica
+/// to finish (a signal: `--grace`; a lost lease: none, as another replica
 /// leads by then); the rest are cancelled.
 pub async fn run(
     shared: Arc<Shared>,
