@@ -10,6 +10,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::discovery::ApiResource;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedSender;
@@ -108,9 +109,16 @@ pub async fn fetch(r: &PlanRef, file: &Path) -> Result<()> {
 
 /// Follow the resource: each changed spec checked, written and reloaded.
 pub async fn watch(r: PlanRef, file: PathBuf, commands: UnboundedSender<Command>) {
-    let Ok(api) = api(&r).await else { return };
+    let api = match api(&r).await {
+        Ok(api) => api,
+        Err(e) => {
+            tracing::error!("cannot watch {}: {e}; the plan stays as fetched at the start", r.label());
+            return;
+        }
+    };
     let mut last: Option<Value> = None;
-    let mut events = std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+    // Back off on lasting errors (a role without watch, the CRD gone), as the runs' watcher does.
+    let mut events = std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {
         let obj = match event {
             Ok(Event::Apply(o) | Event::InitApply(o)) if o.metadata.name.as_deref() == Some(r.name.as_str()) => o,
