@@ -158,8 +158,10 @@ pub async fn backup(url: &str, v: &VolumeJob, adopting: impl FnOnce(&str)) -> Re
     }
     let name = adopted.clone().unwrap_or_else(|| name(&["tresor-backup", &v.claim, &v.run]));
     let mut made = vec![("Job".to_string(), name.clone())];
-    if adopted.is_some() {
+    let job = if adopted.is_some() {
         adopting(&name);
+        let job = k.api("Job").get(&name).await.map_err(|e| k.fail(e))?;
+        serde_json::to_value(job).unwrap_or_default()
     } else {
         let claim = if v.csi_snapshot_class.is_some() { name.clone() } else { v.claim.clone() };
         let pods = k.list("Pod", &ListParams::default()).await?;
@@ -167,13 +169,15 @@ pub async fn backup(url: &str, v: &VolumeJob, adopting: impl FnOnce(&str)) -> Re
         let tags = if v.tags.is_empty() { vec![format!("source=pvc:{}/{}", v.namespace, v.claim)] } else { v.tags.clone() };
         let mut args = vec!["backup".into(), "/data".into(), "--host".into(), format!("{}/{}", v.namespace, v.claim)];
         tags.into_iter().for_each(|t| args.extend(["--tag".into(), t]));
-        let job = k.ensure("Job", job_object(v, &name, &claim, true, args, node.as_deref())).await?;
-        if let Some(class) = &v.csi_snapshot_class
-            && let Err(e) = clone(&k, v, &name, class, &source, &job).await
-        {
-            let stays = k.remove(&made).await;
-            return Err(with_stays(e, url, &stays));
-        }
+        k.ensure("Job", job_object(v, &name, &claim, true, args, node.as_deref())).await?
+    };
+    // Also for an adopted Job: a run killed between making its Job and its
+    // snapshot left a pod waiting for a claim no one else would make.
+    if let Some(class) = &v.csi_snapshot_class
+        && let Err(e) = clone(&k, v, &name, class, &source, &job).await
+    {
+        let stays = k.remove(&made).await;
+        return Err(with_stays(e, url, &stays));
     }
     if v.csi_snapshot_class.is_some() {
         made.extend([("PersistentVolumeClaim".to_string(), name.clone()), ("VolumeSnapshot".to_string(), name.clone())]);

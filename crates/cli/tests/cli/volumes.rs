@@ -113,6 +113,38 @@ fn volume_jobs_pass_restricted_pod_security_are_adopted_and_cleaned_up() {
     assert_eq!(names(&c, "persistentvolumeclaims"), ["persistentvolumeclaim/data"], "and the clone");
     assert!(names(&c, "jobs").is_empty());
 
+    // A run killed between making its Job and its snapshot: the next run
+    // adopts the Job and makes the snapshot and the clone its pod waits for.
+    let unwaited = ["volume", "backup", "shop/data", "--secret", "repo-creds", "--csi-snapshot-class", "csi-snap", "--run", "r6"];
+    assert!(tresor(&env, &c, &unwaited).status.success());
+    let name = "tresor-backup-data-r6";
+    assert!(c.kubectl(&["delete", "volumesnapshot", name, "-n", "shop"]).status.success());
+    assert!(c.kubectl(&["delete", "pvc", name, "-n", "shop"]).status.success());
+    let pod = pod_of(&c, name);
+    let mut csi_retry = csi;
+    csi_retry[8] = "r7";
+    let mut retry = Running::start(&env, &c, &csi_retry);
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(retry.0.stderr.as_mut().unwrap()), &mut said).unwrap();
+    assert_eq!(said, format!("tresor: adopting Job shop/{name}, left unfinished by an earlier run\n"));
+    let job_uid = c.server.object("batch", "jobs", Some("shop"), name).unwrap()["metadata"]["uid"].clone();
+    // It says so before it makes them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (group, plural) in [("snapshot.storage.k8s.io", "volumesnapshots"), ("", "persistentvolumeclaims")] {
+        let made = loop {
+            match c.server.object(group, plural, Some("shop"), name) {
+                Some(made) => break made,
+                None if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+                None => panic!("the adopting run makes its {plural}"),
+            }
+        };
+        assert_eq!(made["metadata"]["ownerReferences"][0]["uid"], job_uid);
+    }
+    pod_ends(&c, &pod, "Succeeded");
+    let (code, _, stderr) = retry.end();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(names(&c, "volumesnapshots").is_empty() && names(&c, "jobs").is_empty());
+
     let out =
         tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds", "--run", "r4"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
