@@ -125,6 +125,13 @@ fn backup(s: &SourceJob) -> Result<BackupArgs> {
     Ok(a)
 }
 
+/// How long a volume job waits for its Jobs: its time limit less what it
+/// needs to remove what they made, as the daemon kills the job at the limit.
+fn volume_wait(limit_secs: Option<u64>) -> u64 {
+    let limit = limit_secs.unwrap_or(6 * 3600);
+    limit.saturating_sub((limit / 10).clamp(5, 60))
+}
+
 /// `pvc://NAMESPACE/CLAIM?secret=NAME[&csi-snapshot-class=C][&cluster=k8s://CTX][&image=I]`
 /// (or `NAMESPACE/*`, `*`, with `selector=LABELS`: every claim that matches
 /// when the job runs): a Job in the cluster backs each claim up; this job waits for them.
@@ -145,7 +152,7 @@ fn volume(rest: &str, spec: &JobSpec) -> Result<VolumeCmd> {
     }
     job.secret =
         secret.filter(|s| !s.is_empty()).with_context(|| format!("pvc://{claim}: no secret=NAME with the repository's settings"))?;
-    job.wait = Some(format!("{}s", spec.timeout_secs.unwrap_or(6 * 3600)));
+    job.wait = Some(format!("{}s", volume_wait(spec.timeout_secs)));
     let source = spec.source.as_ref().context("a volume job names its source")?;
     job.run = source.run.clone();
     job.pod = source.pod.clone().unwrap_or_default();
@@ -304,5 +311,12 @@ mod tests {
         let restore = judge(&spec("restore"), Ok(3), Some(json!({"status": said, "results": []})));
         assert_eq!((restore.reason, restore.message.as_deref()), (Some(Reason::Partial), Some(said)));
         assert_eq!(judge(&spec("backup"), Ok(0), None).status, Status::Succeeded);
+    }
+
+    /// A volume job's wait ends before the daemon's kill, leaving time to
+    /// remove what its Jobs made.
+    #[test]
+    fn a_volume_jobs_wait_ends_before_its_time_limit() {
+        assert_eq!([volume_wait(Some(100)), volume_wait(Some(3600)), volume_wait(Some(20)), volume_wait(None)], [90, 3540, 15, 21_540]);
     }
 }
