@@ -317,7 +317,9 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
             obj["metadata"]["labels"][REHEARSAL_LABEL] = "true".into();
         }
         let item = Item::namespace(obj, ns);
-        let real = RestoreOptions { server_dry_run: false, ..o.clone() };
+        // Made when missing, never replaced: an existing namespace keeps its
+        // labels (Pod Security's among them) whatever `--existing` says.
+        let real = RestoreOptions { server_dry_run: false, existing: Existing::Skip, ..o.clone() };
         let r = apply(&client, &discovery, &item, &real).await;
         if o.server_dry_run && r.result == "created" {
             scratch_ns.push(ns.clone());

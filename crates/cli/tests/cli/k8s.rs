@@ -413,6 +413,17 @@ fn restores_meet_live_controllers_and_complete_every_time() {
     assert!(text.contains("updated       ConfigMap raced2/settings: made meanwhile by the cluster, then replaced\n"), "{text}");
     assert!(text.contains("updated       ServiceAccount raced2/default\n"), "{text}");
     assert_eq!(c.kubectl(&["get", "cm", "settings", "-n", "raced2", "-o", "jsonpath={.data.greeting}"]).stdout, b"hello");
+
+    // A namespace the objects need but the snapshot lacks is made when
+    // missing and never replaced, even with `--existing update`.
+    assert!(c.kubectl(&["label", "namespace", "copy", "pod-security.kubernetes.io/enforce=restricted"]).status.success());
+    // The Namespace object matches no selector of the workload's.
+    let without_namespaces = ["backup", "k8s://", "--include-namespaces", "shop", "-l", "app=web"];
+    assert!(tresor(&env, &c, &without_namespaces).status.success());
+    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:copy", "--existing", "update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let labels = &shown(&c, "namespace", "", "copy")["metadata"]["labels"];
+    assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted", "{labels}");
 }
 
 #[test]
