@@ -62,13 +62,23 @@ impl Workload {
         serde_json::to_value(obj).map_err(|e| self.fail(ErrorKind::Other, e))
     }
 
-    /// Write `obj` back (an update, so a concurrent change is a conflict, not lost).
-    async fn put(&self, api: &Api<DynamicObject>, obj: Value) -> Result<()> {
-        let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| self.fail(ErrorKind::Other, e))?;
-        api.replace(&self.name, &PostParams::default(), &obj)
-            .await
-            .map_err(|e| self.fail(ErrorKind::Other, crate::k8s::api_message(&e)))?;
-        Ok(())
+    /// Read the workload, let `change` alter it, and write it back as an
+    /// update, so that a concurrent change is a conflict, not lost; one that
+    /// meets a conflict (an autoscaler, a controller's write) is read and
+    /// changed afresh, a few times. `change` says what it found, or None to
+    /// write nothing.
+    async fn update<T>(&self, api: &Api<DynamicObject>, mut change: impl FnMut(&mut Value) -> Option<T>) -> Result<Option<T>> {
+        let mut conflicts = 0;
+        loop {
+            let mut obj = self.get(api).await?;
+            let Some(found) = change(&mut obj) else { return Ok(None) };
+            let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| self.fail(ErrorKind::Other, e))?;
+            match api.replace(&self.name, &PostParams::default(), &obj).await {
+                Ok(_) => return Ok(Some(found)),
+                Err(kube::Error::Api(s)) if s.code == 409 && conflicts < 4 => conflicts += 1,
+                Err(e) => return Err(self.fail(ErrorKind::Other, crate::k8s::api_message(&e))),
+            }
+        }
     }
 
     /// The replicas a scale-down remembered, if one did and was not undone.
@@ -82,13 +92,15 @@ impl Workload {
     /// it had and has now.
     pub async fn scale_to(&self, replicas: u32, limit: Duration) -> Result<(u32, u32)> {
         let api = self.api().await?;
-        let mut obj = self.get(&api).await?;
-        let had = obj["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
-        if remembered_in(&obj).is_none() {
-            obj["metadata"]["annotations"][REPLICAS_ANNOTATION] = json!(had.to_string());
-        }
-        obj["spec"]["replicas"] = json!(replicas);
-        self.put(&api, obj).await?;
+        let scaled = self.update(&api, |obj| {
+            let had = obj["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+            if remembered_in(obj).is_none() {
+                obj["metadata"]["annotations"][REPLICAS_ANNOTATION] = json!(had.to_string());
+            }
+            obj["spec"]["replicas"] = json!(replicas);
+            Some(had)
+        });
+        let had = scaled.await?.unwrap_or(replicas);
         self.wait_ready(&api, replicas, limit).await?;
         Ok((had, replicas))
     }
@@ -97,14 +109,16 @@ impl Workload {
     /// removed; `None` when nothing was remembered and no count is given.
     pub async fn scale_back(&self, replicas: Option<u32>, limit: Duration) -> Result<Option<(u32, u32)>> {
         let api = self.api().await?;
-        let mut obj = self.get(&api).await?;
-        let Some(want) = replicas.or(remembered_in(&obj)) else { return Ok(None) };
-        let had = obj["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
-        if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
-            a.remove(REPLICAS_ANNOTATION);
-        }
-        obj["spec"]["replicas"] = json!(want);
-        self.put(&api, obj).await?;
+        let scaled = self.update(&api, |obj| {
+            let want = replicas.or(remembered_in(obj))?;
+            let had = obj["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+            if let Some(a) = obj["metadata"]["annotations"].as_object_mut() {
+                a.remove(REPLICAS_ANNOTATION);
+            }
+            obj["spec"]["replicas"] = json!(want);
+            Some((had, want))
+        });
+        let Some((had, want)) = scaled.await? else { return Ok(None) };
         self.wait_ready(&api, want, limit).await?;
         Ok(Some((had, want)))
     }

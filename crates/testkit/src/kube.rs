@@ -103,6 +103,13 @@ impl KubeServer {
         self.store.lock().expect("not poisoned").racing.push(plural.into());
     }
 
+    /// The next replace of an object of this resource (plural) meets another
+    /// writer's update made since the client read it: 409 Conflict, as a
+    /// real API server answers a stale resourceVersion. Once per call.
+    pub fn contend(&self, plural: &str) {
+        self.store.lock().expect("not poisoned").contended.push(plural.into());
+    }
+
     /// Record every request but the administrator's to this file (one JSON line each, appended).
     pub fn record_requests_to(&self, path: &Path) {
         self.store.lock().expect("not poisoned").audit = Some(path.to_path_buf());

@@ -225,6 +225,10 @@ pub struct Store {
     pub racing: Vec<String>,
     /// Keys such a GET found missing: the next create of one meets the controller's object.
     pub race_armed: BTreeSet<String>,
+    /// Plurals whose next replace meets another writer's update made since
+    /// the client read (an autoscaler, a controller): 409 Conflict, once
+    /// per entry.
+    pub contended: Vec<String>,
 }
 
 pub fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
@@ -405,6 +409,16 @@ impl Store {
         let old = self.get(res, ns, name)?;
         if part == Part::Main {
             crate::kube_validate::validate(self, res, ns, name, &obj)?;
+        }
+        let mut old = old;
+        if part == Part::Main
+            && let Some(i) = self.contended.iter().position(|p| *p == res.plural)
+        {
+            self.contended.remove(i);
+            let (uid, created) = (old["metadata"]["uid"].clone(), old["metadata"]["creationTimestamp"].clone());
+            self.stamp(&mut old, res, ns, Some(uid), Some(created));
+            self.objects.insert(key(res, ns, name), old.clone());
+            self.record("MODIFIED", res, &old);
         }
         let given = obj["metadata"]["resourceVersion"].as_str().map(String::from);
         if given.is_some_and(|g| Some(g.as_str()) != old["metadata"]["resourceVersion"].as_str()) {

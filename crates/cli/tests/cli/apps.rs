@@ -265,6 +265,10 @@ impl Harbor {
 fn a_harbor_like_procedure_runs_from_the_plan_alone() {
     let h = harbor();
     let plan = h.plan("", "/health");
+    // Another writer updates the Deployment between each scale's read and
+    // its write: each is read and made again, never left half done.
+    h.cluster.server.contend("deployments");
+    h.cluster.server.contend("deployments");
     let out = h.restore(&plan, &["--latest", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
