@@ -259,9 +259,18 @@ pub async fn restore(url: &str, v: &VolumeJob, snapshot: &str, size: &str, stora
     let name = name(&["tresor-restore", &v.claim, &v.run]);
     let args = vec!["restore".into(), snapshot.into(), "--target".into(), "/data".into(), "--verify".into()];
     k.ensure("Job", job_object(v, &name, &v.claim, false, args, None)).await?;
-    let mut names = finish(&k, v, &name, vec![("Job".into(), name.clone())]).await?;
-    names.insert(0, format!("PersistentVolumeClaim/{}", v.claim));
-    Ok(names)
+    match finish(&k, v, &name, vec![("Job".into(), name.clone())]).await {
+        Ok(mut names) => {
+            names.insert(0, format!("PersistentVolumeClaim/{}", v.claim));
+            Ok(names)
+        }
+        Err(e) => {
+            // A claim this run made and did not fill is no restore: it goes,
+            // so that a retry can make it again.
+            let stays = k.remove(&[("PersistentVolumeClaim".to_string(), v.claim.clone())]).await;
+            Err(with_stays(e, url, &stays))
+        }
+    }
 }
 
 /// Until the Job succeeded (Ok), failed, was refused, or ran out of time (Err, with the cluster's words).

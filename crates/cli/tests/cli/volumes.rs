@@ -159,6 +159,13 @@ fn volume_jobs_pass_restricted_pod_security_are_adopted_and_cleaned_up() {
     let again =
         tresor(&env, &c, &["volume", "restore", "0123abcd", "shop/restored", "--size", "2Gi", "--secret", "repo-creds", "--run", "r5"]);
     assert_eq!(String::from_utf8_lossy(&again.stderr), "tresor: error: k8s://: claim shop/restored exists; restore into a new claim\n");
+    // A restore whose Job does not finish in time removes the claim it made, so a retry can make it again.
+    let unfinished = ["volume", "restore", "0123abcd", "shop/unfilled", "--size", "1Gi", "--secret", "repo-creds", "--wait", "2s"];
+    let out = tresor(&env, &c, &[&unfinished[..], &["--run", "r8"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.server.object("", "persistentvolumeclaims", Some("shop"), "unfilled").is_none(), "the claim it made is removed");
+    let out = tresor(&env, &c, &[&unfinished[..], &["--run", "r9"]].concat());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("exists"), "{}", String::from_utf8_lossy(&out.stderr));
     let err = tresor(&env, &c, &["volume", "backup", "data", "--secret", "s"]);
     assert_eq!(String::from_utf8_lossy(&err.stderr), "tresor: error: name the claim as NAMESPACE/CLAIM, NAMESPACE/* or *, not \"data\"\n");
 }
