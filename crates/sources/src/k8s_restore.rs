@@ -435,5 +435,20 @@ pub async fn remove_rehearsal_namespaces(url: &str) -> Result<Vec<String>> {
             .map_err(|e| Error::failed(url, format!("the rehearsal's namespace {name} stays: {}", api_message(&e))))?;
         removed.push(name);
     }
+    // A namespace is gone only once its objects are: a restore into one
+    // still terminating would be refused object by object.
+    let deadline = tokio::time::Instant::now() + NAMESPACE_GONE;
+    for name in &removed {
+        while api.get_opt(name).await.map_err(|e| Error::failed(url, api_message(&e)))?.is_some() {
+            if tokio::time::Instant::now() > deadline {
+                let why = format!("the rehearsal's namespace {name} is still terminating after {}s", NAMESPACE_GONE.as_secs());
+                return Err(Error::failed(url, why));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
     Ok(removed)
 }
+
+/// How long removing a rehearsal's namespaces may take.
+const NAMESPACE_GONE: std::time::Duration = std::time::Duration::from_secs(300);
