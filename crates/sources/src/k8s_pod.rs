@@ -48,7 +48,10 @@ pub fn labels(source: &str, run: &str) -> Value {
 
 /// A label value (at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends).
 pub fn label_value(s: &str) -> String {
-    let v: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).take(63).collect();
+    let v: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+    // Cut, a value keeps a hash of the whole: two long ones that share
+    // their first characters (claims `…-0` and `…-1`) stay apart.
+    let v = if v.len() > 63 { format!("{}-{}", &v[..50], &blake3::hash(s.as_bytes()).to_hex()[..12]) } else { v };
     v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string()
 }
 
@@ -108,9 +111,9 @@ pub fn name(parts: &[&str]) -> String {
     let raw = parts.join("-").to_lowercase();
     let mut n: String = raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     if n.len() > 63 {
-        // Keep it unique when cut: the tail holds the run.
-        let tail = n[n.len() - 20..].to_string();
-        n = format!("{}-{tail}", &n[..42]);
+        // Keep it unique when cut: a hash of the whole, and the tail, which holds the run.
+        let (hash, tail) = (blake3::hash(raw.as_bytes()).to_hex()[..10].to_string(), n[n.len() - 20..].to_string());
+        n = format!("{}-{hash}-{tail}", &n[..31]);
     }
     n.trim_matches('-').to_string()
 }
@@ -125,6 +128,12 @@ mod tests {
         let long = name(&["tresor", "backup", &"c".repeat(80), "run-0123456789abcdef"]);
         assert_eq!(long.len(), 63);
         assert!(long.ends_with("run-0123456789abcdef"), "{long}");
+        let other = name(&["tresor", "backup", &format!("{}d", "c".repeat(79)), "run-0123456789abcdef"]);
+        assert_eq!(other.len(), 63);
+        assert_ne!(long, other, "two long names that differ in the middle stay apart");
+        let (a, b) = (label_value(&format!("{}-0", "claim".repeat(14))), label_value(&format!("{}-1", "claim".repeat(14))));
+        assert!(a.len() <= 63 && b.len() <= 63 && a != b, "{a} {b}");
+        assert_eq!(label_value("shop.data"), "shop.data");
     }
 
     #[test]
