@@ -351,13 +351,48 @@ async fn remove_namespaces(client: &Client, discovery: &Discovery, names: &[Stri
     let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace"});
     let Some((ar, _)) = resource_of(discovery, &namespace) else { return failed };
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let mut deleted = Vec::new();
     for n in names {
-        if let Err(e) = api.delete(n, &Default::default()).await {
-            let item = Item::namespace(namespace.clone(), n);
-            failed.push(result(&item, "failed", format!("the drill's scratch namespace stays: {}", api_message(&e))));
+        match api.delete(n, &Default::default()).await {
+            Ok(_) => deleted.push(n.clone()),
+            Err(e) => {
+                let item = Item::namespace(namespace.clone(), n);
+                failed.push(result(&item, "failed", format!("the drill's scratch namespace stays: {}", api_message(&e))));
+            }
         }
     }
+    // The next drill of the same namespace would find it terminating.
+    let stays = match gone(&api, &deleted).await {
+        Ok(stays) => stays.into_iter().map(|n| (n, format!("still terminating after {}s", NAMESPACE_GONE.as_secs()))).collect(),
+        Err(e) => deleted.into_iter().map(|n| (n, api_message(&e))).collect::<Vec<_>>(),
+    };
+    for (n, why) in stays {
+        failed.push(result(&Item::namespace(namespace.clone(), &n), "failed", format!("the drill's scratch namespace stays: {why}")));
+    }
     failed
+}
+
+/// Until the namespaces `names` are gone, their objects with them, at most
+/// [`NAMESPACE_GONE`]; those still there then.
+async fn gone<K>(api: &Api<K>, names: &[String]) -> std::result::Result<Vec<String>, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + NAMESPACE_GONE;
+    let mut left = names.to_vec();
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for n in left {
+            if api.get_opt(&n).await?.is_some() {
+                still.push(n);
+            }
+        }
+        left = still;
+        if !left.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    Ok(left)
 }
 
 async fn apply(client: &Client, discovery: &Discovery, item: &Item, o: &RestoreOptions) -> ObjectResult {
@@ -437,18 +472,13 @@ pub async fn remove_rehearsal_namespaces(url: &str) -> Result<Vec<String>> {
     }
     // A namespace is gone only once its objects are: a restore into one
     // still terminating would be refused object by object.
-    let deadline = tokio::time::Instant::now() + NAMESPACE_GONE;
-    for name in &removed {
-        while api.get_opt(name).await.map_err(|e| Error::failed(url, api_message(&e)))?.is_some() {
-            if tokio::time::Instant::now() > deadline {
-                let why = format!("the rehearsal's namespace {name} is still terminating after {}s", NAMESPACE_GONE.as_secs());
-                return Err(Error::failed(url, why));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
+    let stays = gone(&api, &removed).await.map_err(|e| Error::failed(url, api_message(&e)))?;
+    if let Some(name) = stays.first() {
+        let why = format!("the rehearsal's namespace {name} is still terminating after {}s", NAMESPACE_GONE.as_secs());
+        return Err(Error::failed(url, why));
     }
     Ok(removed)
 }
 
-/// How long removing a rehearsal's namespaces may take.
+/// How long removing a drill's or a rehearsal's namespaces may take.
 const NAMESPACE_GONE: std::time::Duration = std::time::Duration::from_secs(300);
