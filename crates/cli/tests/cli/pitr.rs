@@ -47,6 +47,15 @@ pub(super) fn switch_and_archive(pg: &PostgresServer) -> String {
     seg
 }
 
+/// An archiving cluster with a table `t (id, note)`, and its base backup.
+fn backed_up_cluster() -> (Env, PostgresServer) {
+    let env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    (env, pg)
+}
+
 /// A directory for a restored cluster, the user's who runs tresor.
 fn restore_dir(env: &Env) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -204,10 +213,7 @@ fn pg_restore_refuses_a_target_that_holds_files_or_cannot_be_read() {
 /// again completes the recovery.
 #[test]
 fn a_segment_that_cannot_be_fetched_stops_recovery_instead_of_ending_it() {
-    let env = postgres_env();
-    let pg = archiving_server(&env);
-    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
-    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    let (env, pg) = backed_up_cluster();
     pg.psql("postgres", "INSERT INTO t VALUES (1, 'early')");
     switch_and_archive(&pg);
     pg.psql("postgres", "INSERT INTO t VALUES (2, 'late')");
@@ -238,10 +244,7 @@ fn a_segment_that_cannot_be_fetched_stops_recovery_instead_of_ending_it() {
 
 #[test]
 fn wal_gaps_are_reported_and_bad_wal_is_refused() {
-    let env = postgres_env();
-    let pg = archiving_server(&env);
-    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
-    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    let (env, pg) = backed_up_cluster();
     for i in 0..3 {
         pg.psql("postgres", &format!("INSERT INTO t VALUES ({i}, 'x')"));
         switch_and_archive(&pg);
@@ -348,10 +351,7 @@ fn a_prefetcher_handed_no_key_or_a_wrong_one_opens_nothing() {
 
 #[test]
 fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missing_from_it() {
-    let env = postgres_env();
-    let pg = archiving_server(&env);
-    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
-    env.ok(&["pg", "backup", &pg.cluster_url()]);
+    let (env, pg) = backed_up_cluster();
     let start = env.json(&["snapshots"])[0]["source"]["consistency"]["start_wal"].as_str().unwrap().to_string();
     let batch = |n: u32| pg.psql("postgres", &format!("INSERT INTO t SELECT g, 'batch {n}' FROM generate_series(1, 1000) g"));
     batch(1);
