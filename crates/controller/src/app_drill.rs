@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use tresor_sources::PgUrl;
+
 use crate::app_hooks::runtime;
 use crate::app_restore::{Report as Restore, Request, post_hooks, pre_hooks, prepare, restore_sources, smoke};
 use crate::child::Tresor;
@@ -177,12 +179,7 @@ impl Scratch {
 
 /// The database a `postgres://…/DB` source backs up (`postgres` without one).
 pub(crate) fn database_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    // After the user part, which may hold a `/` in its password.
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let path = rest.split_once('/').map_or("", |(_, p)| p);
-    let db = path.split(['?', '#']).next().unwrap_or("");
-    if db.is_empty() { "postgres".into() } else { db.into() }
+    PgUrl::parse(url).ok().and_then(|u| u.database).unwrap_or_else(|| "postgres".into())
 }
 
 /// The namespaces a `k8s://` snapshot holds.
@@ -205,5 +202,6 @@ mod tests {
         assert_eq!(database_of("postgres://db:5432"), "postgres");
         assert_eq!(database_of("postgres://app:ab/cd@db/shop"), "shop", "a password with a slash is no database");
         assert_eq!(database_of("postgresql://db/"), "postgres");
+        assert_eq!(database_of("postgres://db/sh%20op"), "sh op");
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tresor_sources::PgUrl;
 use tresor_sources::restore_hooks::Workload;
 
 use crate::model::HookOutcome;
@@ -164,18 +165,14 @@ pub(crate) fn query(url: &str, q: &Query, point: Option<DateTime<Utc>>) -> Resul
 /// What one query through `psql` answers; the connection in its
 /// environment, where a password is out of sight.
 pub(crate) fn psql_value(url: &str, sql: &str, database: Option<&str>) -> Result<String, String> {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or("a query's url is postgres://…")?;
-    // The last `@` ends the user part: a password may hold one.
-    let (auth, host) = rest.rsplit_once('@').unwrap_or(("postgres", rest));
-    let (user, password) = auth.split_once(':').map_or((auth, None), |(u, p)| (u, Some(p)));
-    let (hostport, db) = host.split_once('/').unwrap_or((host, ""));
-    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
-    let db = database.unwrap_or(if db.is_empty() { "postgres" } else { db });
+    let conn = PgUrl::parse(url).map_err(|why| format!("a query's url: {why}"))?;
+    let db = database.or(conn.database.as_deref()).unwrap_or("postgres");
     let mut c = std::process::Command::new(crate::scratch::Postgres::bin_dir().join("psql"));
     c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
-    c.envs([("PGHOST", host), ("PGPORT", port), ("PGUSER", user), ("PGDATABASE", db)]);
-    if let Some(p) = password {
-        c.env("PGPASSWORD", p);
+    conn.apply(&mut c);
+    c.env("PGDATABASE", db);
+    if conn.user.is_none() {
+        c.env("PGUSER", "postgres");
     }
     let out = c.output().map_err(|e| format!("cannot run psql: {e}"))?;
     if !out.status.success() {

@@ -20,6 +20,7 @@ pub mod k8s_standby;
 pub mod k8s_transform;
 pub mod k8s_volume;
 mod pgbase;
+mod pgurl;
 pub mod pgwal;
 pub mod pitr;
 mod postgres;
@@ -39,6 +40,7 @@ use tresor_engine::SourceInfo;
 pub use command::{CommandSource, last_line, shown_command};
 pub use hooks::run_hook;
 pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
+pub use pgurl::PgUrl;
 pub use redis::{RedisSource, crc64};
 pub use redis_aof::AofDir;
 

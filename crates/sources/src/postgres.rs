@@ -14,13 +14,11 @@ use std::process::Command;
 use tresor_engine::SourceInfo;
 
 use crate::command::{CommandTarget, spawn_output};
+use crate::pgurl::PgUrl;
 use crate::{Error, ErrorKind, Result, Source, Stream, Target};
 
 pub struct Postgres {
-    user: String,
-    password: Option<String>,
-    host: String,
-    port: u16,
+    conn: PgUrl,
     pub(crate) db: String,
     /// No database in the URL: the cluster's roles and tablespaces
     /// (`pg_dumpall --globals-only`).
@@ -30,7 +28,7 @@ pub struct Postgres {
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Postgres").field("url", &self.url()).field("password", &self.password.as_ref().map(|_| "<redacted>")).finish()
+        f.debug_struct("Postgres").field("url", &self.url()).finish_non_exhaustive()
     }
 }
 
@@ -47,39 +45,24 @@ impl Postgres {
     /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`, or without a
     /// database for the cluster's globals.
     pub fn parse(url: &str) -> Result<Postgres> {
-        let shown = crate::redis::url_without_secret(url);
-        let bad = |why: &str| Error::failed(&shown, why);
-        let rest =
-            url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(|| bad("not a postgres:// URL"))?;
-        let (auth, rest) = rest.rsplit_once('@').ok_or_else(|| bad("no user (postgres://USER@HOST/DB)"))?;
-        let (user, password) = match auth.split_once(':') {
-            Some((u, p)) => (u.to_string(), Some(p.to_string())),
-            None => (auth.to_string(), None),
-        };
-        let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad("the port is not a number"))?),
-            None => (hostport.to_string(), 5432),
-        };
-        if host.is_empty() || user.is_empty() {
-            return Err(bad("user and host are required (postgres://USER@HOST:PORT/DB)"));
+        let conn = PgUrl::parse(url).map_err(|why| Error::failed(crate::redis::url_without_secret(url), why))?;
+        if conn.user.is_none() {
+            return Err(Error::failed(conn.shown(), "no user (postgres://USER@HOST:PORT/DB)"));
         }
-        let password = password.or_else(|| std::env::var("TRESOR_PG_PASSWORD").ok()).or_else(|| std::env::var("PGPASSWORD").ok());
-        let globals = db.is_empty();
-        let db = if globals { "postgres".into() } else { db.to_string() };
-        Ok(Postgres { user, password, host, port, db, globals, point: BTreeMap::new() })
+        let globals = conn.database.is_none();
+        let db = conn.database.clone().unwrap_or_else(|| "postgres".into());
+        Ok(Postgres { conn: conn.with_password_from_env(), db, globals, point: BTreeMap::new() })
     }
 
     pub(crate) fn url(&self) -> String {
         if self.globals {
             return self.cluster_url();
         }
-        // A libpq query string (`?password=`) would come along in the database's name.
-        tresor_storage::redact(&format!("postgres://{}@{}:{}/{}", self.user, self.host, self.port, self.db))
+        format!("{}/{}", self.conn.shown(), self.db)
     }
 
     pub(crate) fn cluster_url(&self) -> String {
-        format!("postgres://{}@{}:{}", self.user, self.host, self.port)
+        self.conn.shown()
     }
 
     pub(crate) fn fail(&self, why: impl ToString) -> Error {
@@ -90,11 +73,11 @@ impl Postgres {
     /// unreachable when its port takes no connection.
     fn failure_kind(&self, code: Option<i32>) -> ErrorKind {
         let reachable = || {
-            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(self.host.as_str(), self.port)).ok().and_then(|mut a| a.next());
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(self.conn.host.as_str(), self.conn.port)).ok().and_then(|mut a| a.next());
             addr.is_some_and(|a| std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(5)).is_ok())
         };
         match code {
-            Some(2) if !self.host.starts_with('/') && !reachable() => ErrorKind::Unreachable,
+            Some(2) if !self.conn.host.starts_with('/') && !reachable() => ErrorKind::Unreachable,
             _ => ErrorKind::Other,
         }
     }
@@ -109,12 +92,9 @@ impl Postgres {
     /// A PostgreSQL client program pointed at the server.
     pub(crate) fn server_program(&self, name: &str) -> Command {
         let mut cmd = Command::new(client_program(name));
-        cmd.args(["-h", &self.host, "-p", &self.port.to_string(), "-U", &self.user]);
+        // The URL's `connect_timeout` comes after, and wins.
         cmd.env("PGCONNECT_TIMEOUT", "10");
-        match &self.password {
-            Some(p) => cmd.env("PGPASSWORD", p),
-            None => cmd.env_remove("PGPASSWORD"),
-        };
+        self.conn.apply(&mut cmd);
         cmd
     }
 
@@ -343,7 +323,8 @@ mod tests {
     #[test]
     fn a_database_is_named_without_its_password() {
         let pg = Postgres::parse("postgres://app:pw-secret@db/shop?password=q-secret&sslmode=disable").unwrap();
-        assert_eq!(pg.url(), "postgres://app@db:5432/shop?password=***&sslmode=disable");
+        assert_eq!(pg.url(), "postgres://app@db:5432/shop");
+        assert!(!format!("{pg:?}").contains("secret"), "{pg:?}");
         let e = Postgres::parse("postgres://app:pw-secret@db:port/shop?password=q-secret").unwrap_err().to_string();
         assert!(!e.contains("secret"), "{e}");
     }

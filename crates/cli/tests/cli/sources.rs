@@ -396,6 +396,24 @@ fn postgres_logical_round_trip_with_row_counts() {
         )
     );
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "no snapshot from a failed dump");
+
+    // The URL's query reaches the client programs, as it would reach psql's.
+    let out = run(&["backup", &format!("{}?sslmode=require", pg.url("shop"))]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: {}: connection to server at \"127.0.0.1\", port {} failed: server does not support SSL, but SSL was required\n",
+            pg.url("shop"),
+            pg.port()
+        )
+    );
+    let out = run(&["backup", &format!("{}?sslmode=disable&application_name=tresor%20test", pg.url("shop"))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snaps = env.json(&["snapshots"]);
+    assert_eq!(snaps[2]["source"]["url"], pg.url("shop"), "named without its query");
+    let out = run(&["restore", &snaps[2]["id"].as_str().unwrap()[..8], "--to", &format!("{}?sslmode=disable", pg.url("shop_q"))]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(row_counts(&pg, "shop_q"), before);
 }
 
 #[test]
