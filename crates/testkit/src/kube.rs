@@ -16,7 +16,8 @@
 //! inside the writes that trigger them (kube_controllers).
 //! Not served: OpenAPI documents (kubectl's client-side validation),
 //! subresources other than `status` and `token`, server-side apply,
-//! finalizers (a deleted namespace is gone at once), aggregated ClusterRoles.
+//! finalizers (a deleted namespace is Terminating for a set time, rather
+//! than until its finalizers are done), aggregated ClusterRoles.
 
 use std::net::{Ipv4Addr, TcpListener as StdTcpListener};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::kube_audit::{self, Coverage};
 use crate::kube_auth::{self, ADMIN_TOKEN, Attrs, Identity};
-use crate::kube_controllers::Propagation;
+use crate::kube_controllers::{self as controllers, Propagation};
 use crate::kube_store::{ApiError, Part, Res, Store, key};
 use crate::kube_tls;
 
@@ -91,6 +92,12 @@ impl KubeServer {
         self.store.lock().expect("not poisoned").forbidden.push(plural.into());
     }
 
+    /// From now on, requests for this resource (plural) by anyone but the
+    /// administrator are taken and never answered, as by a hung API server.
+    pub fn stall(&self, plural: &str) {
+        self.store.lock().expect("not poisoned").stalled.push(plural.into());
+    }
+
     /// Creating objects of this resource (plural) is denied by an admission webhook.
     pub fn deny_create(&self, plural: &str) {
         self.store.lock().expect("not poisoned").denied.push(plural.into());
@@ -110,6 +117,13 @@ impl KubeServer {
         self.store.lock().expect("not poisoned").contended.push(plural.into());
     }
 
+    /// A deleted namespace stays Terminating this long after its delete (1 s
+    /// unless set; it counts for those terminating already); zero removes
+    /// it at the next request.
+    pub fn terminate_namespaces_in(&self, time: std::time::Duration) {
+        self.store.lock().expect("not poisoned").namespace_termination = time;
+    }
+
     /// Record every request but the administrator's to this file (one JSON line each, appended).
     pub fn record_requests_to(&self, path: &Path) {
         self.store.lock().expect("not poisoned").audit = Some(path.to_path_buf());
@@ -117,7 +131,8 @@ impl KubeServer {
 
     /// The stored object, as a client would get it.
     pub fn object(&self, group: &str, plural: &str, ns: Option<&str>, name: &str) -> Option<Value> {
-        let store = self.store.lock().expect("not poisoned");
+        let mut store = self.store.lock().expect("not poisoned");
+        controllers::purge_namespaces(&mut store);
         let res = store.resources.iter().find(|r| r.group == group && r.plural == plural)?.clone();
         store.get(&res, ns, name).ok()
     }
@@ -141,15 +156,19 @@ impl Drop for KubeServer {
 
 /// A watch: one JSON event per line as changes happen, for up to `limit`
 /// seconds; then the stream ends and the client watches again.
-fn watch(shared: Arc<Mutex<Store>>, res: Res, ns: Option<String>, since: u64, limit: u64) -> Response {
+fn watch(shared: Arc<Mutex<Store>>, res: Res, ns: Option<String>, fields: Option<String>, since: u64, limit: u64) -> Response {
+    if let Err(e) = shared.lock().expect("not poisoned").events_after(&res, None, fields.as_deref(), u64::MAX) {
+        return fail(e);
+    }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(limit);
     let stream = futures::stream::unfold((shared, since), move |(shared, mut at)| {
-        let (res, ns) = (res.clone(), ns.clone());
+        let (res, ns, fields) = (res.clone(), ns.clone(), fields.clone());
         async move {
             loop {
                 let (events, rv) = {
-                    let s = shared.lock().expect("not poisoned");
-                    (s.events_after(&res, ns.as_deref(), at), s.rv)
+                    let mut s = shared.lock().expect("not poisoned");
+                    controllers::purge_namespaces(&mut s);
+                    (s.events_after(&res, ns.as_deref(), fields.as_deref(), at).unwrap_or_default(), s.rv)
                 };
                 if !events.is_empty() {
                     at = rv;
@@ -164,6 +183,12 @@ fn watch(shared: Arc<Mutex<Store>>, res: Res, ns: Option<String>, since: u64, li
         }
     });
     ([(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream)).into_response()
+}
+
+/// A request taken and never answered, until the server stops (which
+/// drops its task).
+fn stall() -> futures::future::BoxFuture<'static, Response> {
+    Box::pin(std::future::pending())
 }
 
 fn reply(code: StatusCode, body: Value) -> Response {
@@ -278,8 +303,33 @@ async fn handle(
     Query(q): Query<std::collections::HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
+    if stalled(&shared, &uri, &headers) {
+        return stall().await;
+    }
+    answer(shared, method, uri, headers, q, body)
+}
+
+/// Whether the request is for a resource [`KubeServer::stall`] named, by
+/// anyone but the administrator.
+fn stalled(shared: &Mutex<Store>, uri: &Uri, headers: &HeaderMap) -> bool {
+    let store = shared.lock().expect("not poisoned");
+    let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
+    let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let id = kube_auth::authenticate(&store, bearer);
+    id.is_some_and(|id| !id.is_admin()) && target(&segs).is_some_and(|t| store.stalled.iter().any(|p| p == t.plural))
+}
+
+fn answer(
+    shared: Arc<Mutex<Store>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    q: std::collections::HashMap<String, String>,
+    body: Bytes,
+) -> Response {
     let segs: Vec<&str> = uri.path().split('/').filter(|s| !s.is_empty()).collect();
     let mut store = shared.lock().expect("not poisoned");
+    controllers::purge_namespaces(&mut store);
     store.warnings.clear();
     let bearer = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     let Some(id) = kube_auth::authenticate(&store, bearer) else {
@@ -306,7 +356,7 @@ async fn handle(
         let since = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(store.rv);
         let limit = q.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(5u64).min(5);
         drop(store);
-        return watch(shared.clone(), res, t.ns.map(String::from), since, limit);
+        return watch(shared.clone(), res, t.ns.map(String::from), q.get("fieldSelector").cloned(), since, limit);
     }
     let parsed = serde_json::from_slice::<Value>(&body).map_err(|e| ApiError::new(400, "BadRequest", format!("the body is not JSON: {e}")));
     let result = match (t.sub, res.create_only) {

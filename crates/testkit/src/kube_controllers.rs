@@ -16,11 +16,15 @@
 //!   zero the counts are left out, as the API server omits zero counts;
 //! - deleting an object deletes its dependents (ownerReferences) unless the
 //!   propagation policy orphans them: Jobs orphan their pods by default, as
-//!   batch/v1 does.
+//!   batch/v1 does;
+//! - a deleted namespace loses its objects at once but stays, Terminating,
+//!   for the store's `namespace_termination`; meanwhile nothing can be
+//!   created in it, nor it again, and a second delete is a 409 Conflict.
+//!   It is gone at the first request after that time.
 
 use serde_json::{Value, json};
 
-use crate::kube_store::{ApiError, Part, Res, Store};
+use crate::kube_store::{ApiError, Part, Res, Store, key};
 
 /// The fake cluster's one node.
 pub const NODE: &str = "fake-node";
@@ -277,4 +281,45 @@ pub fn deleted(store: &mut Store, obj: &Value, policy: Propagation) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Whether namespace `ns` is being deleted.
+pub fn is_terminating(store: &Store, ns: &str) -> bool {
+    store.terminating.iter().any(|(n, _)| n == ns)
+}
+
+/// The first delete of a namespace: its objects go, and it is Terminating
+/// until [`purge_namespaces`] finds its time up.
+pub fn terminate_namespace(store: &mut Store, res: &Res, name: &str) -> Result<Value, ApiError> {
+    let mut ns = store.get(res, None, name)?;
+    if is_terminating(store, name) {
+        let why = "The system is ensuring all content is removed from this namespace.  \
+                   Upon completion, this namespace will automatically be purged by the system.";
+        return Err(ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on namespaces \"{name}\": {why}")));
+    }
+    store.objects.retain(|_, v| v["metadata"]["namespace"] != name);
+    store.rv += 1;
+    ns["metadata"]["resourceVersion"] = store.rv.to_string().into();
+    ns["metadata"]["deletionTimestamp"] = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string().into();
+    ns["status"]["phase"] = "Terminating".into();
+    store.objects.insert(key(res, None, name), ns.clone());
+    store.record("MODIFIED", res, &ns);
+    store.terminating.push((name.to_string(), std::time::Instant::now()));
+    Ok(ns)
+}
+
+/// Namespaces whose termination time is up are gone: the time as set now,
+/// so a test may end a termination it started long.
+pub fn purge_namespaces(store: &mut Store) {
+    let time = store.namespace_termination;
+    let (done, left): (Vec<_>, Vec<_>) =
+        std::mem::take(&mut store.terminating).into_iter().partition(|(_, deleted)| deleted.elapsed() >= time);
+    store.terminating = left;
+    let r = res(store, "", "namespaces");
+    for (name, _) in done {
+        if let Some(obj) = store.objects.remove(&key(&r, None, &name)) {
+            store.rv += 1;
+            store.record("DELETED", &r, &obj);
+        }
+    }
 }

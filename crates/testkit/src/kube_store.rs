@@ -1,9 +1,9 @@
 //! The fake API server's state: the resource catalog (built-in types and
 //! those that CRDs add), the objects, the resourceVersion counter, and the
 //! API's semantics: create (409 on a name taken, 404 without the
-//! namespace), replace (409 on a stale resourceVersion), merge patch,
-//! delete (a namespace takes its objects along, owners their dependents),
-//! label and field selectors; Pod Security admission (kube_admission) and
+//! namespace, 403 in one terminating), replace (409 on a stale
+//! resourceVersion), merge patch, delete (owners take their dependents
+//! along; a namespace is Terminating a while), label and field selectors; Pod Security admission (kube_admission) and
 //! the cluster's controllers (kube_controllers) run inside the writes.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +229,13 @@ pub struct Store {
     /// the client read (an autoscaler, a controller): 409 Conflict, once
     /// per entry.
     pub contended: Vec<String>,
+    /// Plurals whose requests by anyone but the administrator are never
+    /// answered (a hung API server, a half-open connection), for tests.
+    pub stalled: Vec<String>,
+    /// How long a deleted namespace stays Terminating before it is gone.
+    pub namespace_termination: std::time::Duration,
+    /// Terminating namespaces, and when each was deleted.
+    pub terminating: Vec<(String, std::time::Instant)>,
 }
 
 pub fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
@@ -237,7 +244,7 @@ pub fn key(res: &Res, ns: Option<&str>, name: &str) -> String {
 
 impl Store {
     pub fn new() -> Store {
-        let mut store = Store { resources: builtin(), ..Store::default() };
+        let mut store = Store { resources: builtin(), namespace_termination: std::time::Duration::from_secs(1), ..Store::default() };
         let nodes = store.find("", "v1", "nodes").expect("built in");
         store.create(&nodes, None, controllers::node()).expect("a fresh store takes its node");
         store
@@ -271,6 +278,18 @@ impl Store {
             && !self.objects.contains_key(&format!("/namespaces//{ns}"))
         {
             return Err(ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found")));
+        }
+        if let Some(ns) = ns.filter(|ns| res.namespaced && controllers::is_terminating(self, ns)) {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{}{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    res.plural,
+                    group_suffix(res)
+                ),
+            ));
         }
         let name = obj["metadata"]["name"].as_str().map(String::from).ok_or_else(|| {
             ApiError::new(
@@ -345,18 +364,22 @@ impl Store {
         Ok(())
     }
 
-    fn record(&mut self, kind: &'static str, res: &Res, obj: &Value) {
+    pub(crate) fn record(&mut self, kind: &'static str, res: &Res, obj: &Value) {
         self.events.push((self.rv, kind, format!("{}/{}", res.group, res.plural), obj.clone()));
     }
 
-    /// Changes to a resource (in a namespace) after `rv`, as watch events.
-    pub fn events_after(&self, res: &Res, ns: Option<&str>, rv: u64) -> Vec<Value> {
+    /// Changes to a resource (in a namespace, of objects a field selector
+    /// takes) after `rv`, as watch events.
+    pub fn events_after(&self, res: &Res, ns: Option<&str>, fields: Option<&str>, rv: u64) -> Result<Vec<Value>, ApiError> {
+        let fields = field_selector(res, fields)?;
         let key = format!("{}/{}", res.group, res.plural);
-        self.events
+        Ok(self
+            .events
             .iter()
             .filter(|(at, _, k, o)| *at > rv && *k == key && ns.is_none_or(|n| o["metadata"]["namespace"] == n))
+            .filter(|(.., o)| fields.iter().all(|(path, want, equal)| (field(o, path) == *want) == *equal))
             .map(|(_, kind, _, o)| json!({"type": kind, "object": o}))
-            .collect()
+            .collect())
     }
 
     /// A CRD adds its served versions to discovery and is Established at once.
@@ -469,6 +492,9 @@ impl Store {
     }
 
     pub fn delete(&mut self, res: &Res, ns: Option<&str>, name: &str, policy: Propagation) -> Result<Value, ApiError> {
+        if res.group.is_empty() && res.plural == "namespaces" && !self.namespace_termination.is_zero() {
+            return controllers::terminate_namespace(self, res, name);
+        }
         let obj = self.objects.remove(&key(res, ns, name)).ok_or_else(|| not_found(res, name))?;
         if res.plural == "namespaces" {
             self.objects.retain(|_, v| v["metadata"]["namespace"] != name);

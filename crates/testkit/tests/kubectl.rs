@@ -344,3 +344,39 @@ fn what_a_restore_rewrites_is_validated_as_a_cluster_validates_it() {
     assert!(!ok);
     assert_eq!(err, "The Service \"internal\" is invalid: spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'");
 }
+
+#[test]
+fn a_deleted_namespace_is_terminating_before_it_is_gone() {
+    let c = Kubectl::start();
+    c.server.terminate_namespaces_in(std::time::Duration::from_secs(600));
+    assert_eq!(c.k(&["create", "namespace", "shop"]).1, "namespace/shop created");
+    assert_eq!(c.k(&["create", "configmap", "settings", "-n", "shop"]).1, "configmap/settings created");
+    let deleted = std::time::Instant::now();
+    let (_, out, err) = c.k(&["delete", "namespace", "shop", "--wait=false"]);
+    assert_eq!(out, "namespace \"shop\" deleted", "{err}");
+    assert_eq!(c.k(&["get", "ns", "shop", "-o", "jsonpath={.status.phase}"]).1, "Terminating");
+    assert_eq!(c.k(&["get", "cm", "-n", "shop", "-o", "name"]).1, "", "its objects go first");
+    let (ok, _, err) = c.k(&["create", "configmap", "again", "-n", "shop"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "error: failed to create configmap: configmaps \"again\" is forbidden: unable to create new content in namespace shop because it is being terminated"
+    );
+    let (ok, _, err) = c.k(&["create", "namespace", "shop"]);
+    assert!(!ok);
+    assert_eq!(err, "Error from server (AlreadyExists): namespaces \"shop\" already exists");
+    let (ok, _, err) = c.k(&["delete", "namespace", "shop", "--wait=false"]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        "Error from server (Conflict): Operation cannot be fulfilled on namespaces \"shop\": The system is ensuring all content is \
+         removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+    );
+    // Its time up while kubectl watches for its deletion, the watch sees it go.
+    c.server.terminate_namespaces_in(deleted.elapsed() + std::time::Duration::from_secs(10));
+    let (_, out, err) = c.k(&["wait", "--for=delete", "namespace/shop", "--timeout=30s"]);
+    assert_eq!(out, "namespace/shop condition met", "{err}");
+    let (ok, _, err) = c.k(&["get", "ns", "shop"]);
+    assert!(!ok && err == "Error from server (NotFound): namespaces \"shop\" not found", "{err}");
+    assert_eq!(c.k(&["create", "namespace", "shop"]).1, "namespace/shop created");
+}
