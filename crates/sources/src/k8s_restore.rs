@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::Client;
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, PostParams, ResourceExt};
 use kube::discovery::{ApiResource, Discovery, Scope};
 use serde::Serialize;
 use serde_json::Value;
@@ -310,9 +310,15 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
     let restored_ns: BTreeSet<String> = items.iter().filter(|i| i.kind == "Namespace").map(|i| i.name.clone()).collect();
     let needed_ns: BTreeSet<String> = items.iter().filter_map(|i| i.ns.clone()).filter(|n| !restored_ns.contains(n)).collect();
     let mut scratch_ns = Vec::new();
-    for ns in needed_ns.iter().chain(restored_ns.iter().filter(|_| o.server_dry_run)) {
-        let mut obj =
-            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {"tresor.dev/drill": "true"}}});
+    let made: Vec<String> = needed_ns.iter().chain(restored_ns.iter().filter(|_| o.server_dry_run)).cloned().collect();
+    if o.server_dry_run {
+        out.extend(sweep_scratch(&client, &discovery, &made).await);
+    }
+    for ns in &made {
+        let mut obj = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+        if o.server_dry_run {
+            obj["metadata"]["labels"][SCRATCH_LABEL] = "true".into();
+        }
         if o.rehearsal.is_some() {
             obj["metadata"]["labels"][REHEARSAL_LABEL] = "true".into();
         }
@@ -342,6 +348,47 @@ pub async fn restore(url: &str, files: Vec<(String, Vec<u8>)>, o: &RestoreOption
     }
     out.extend(remove_namespaces(&client, &discovery, &scratch_ns).await);
     Ok(out)
+}
+
+/// The label of a namespace a server-side dry run made for itself, and
+/// removes after; one that carries it is no one else's (a real restore's
+/// namespaces carry none), so a drill may remove it.
+const SCRATCH_LABEL: &str = "tresor.dev/scratch";
+
+/// Of the namespaces a dry run is about to make, those an earlier one left
+/// (killed before it removed them): removed, with what they hold, and
+/// waited for, so that this run makes them anew and removes them after.
+/// One that cannot be removed is a failed result.
+async fn sweep_scratch(client: &Client, discovery: &Discovery, names: &[String]) -> Vec<ObjectResult> {
+    let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace"});
+    let Some((ar, _)) = resource_of(discovery, &namespace) else { return Vec::new() };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let fail = |n: &str, why: String| result(&Item::namespace(namespace.clone(), n), "failed", format!("an earlier drill's {why}"));
+    let (mut failed, mut deleted) = (Vec::new(), Vec::new());
+    for n in names {
+        let left = match api.get_opt(n).await {
+            Ok(found) => found.is_some_and(|ns| ns.labels().contains_key(SCRATCH_LABEL)),
+            Err(e) => {
+                failed.push(fail(n, format!("scratch namespace cannot be read: {}", api_message(&e))));
+                continue;
+            }
+        };
+        if !left {
+            continue;
+        }
+        match api.delete(n, &Default::default()).await {
+            // 409: terminating already.
+            Ok(_) => deleted.push(n.clone()),
+            Err(kube::Error::Api(s)) if s.code == 409 => deleted.push(n.clone()),
+            Err(e) => failed.push(fail(n, format!("scratch namespace stays: {}", api_message(&e)))),
+        }
+    }
+    match gone(&api, &deleted).await {
+        Ok(stays) => failed
+            .extend(stays.iter().map(|n| fail(n, format!("scratch namespace is still terminating after {}s", NAMESPACE_GONE.as_secs())))),
+        Err(e) => failed.extend(deleted.iter().map(|n| fail(n, format!("scratch namespace stays: {}", api_message(&e))))),
+    }
+    failed
 }
 
 /// Remove the namespaces a server-side dry run created for itself; one that

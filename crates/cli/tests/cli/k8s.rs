@@ -717,3 +717,36 @@ fn a_scratch_namespace_that_cannot_be_removed_is_reported() {
     );
     assert!(c.kubectl(&["get", "namespace", "shop-drill"]).status.success(), "the namespace the report names is there");
 }
+
+/// A drill killed before it removed its scratch namespace leaves it behind,
+/// with whatever came into it since. The next drill of that namespace
+/// removes it, waits while it terminates (the fake's 1 s), makes it anew
+/// and removes it after; a namespace without the scratch label is never
+/// touched.
+#[test]
+fn the_next_drill_removes_the_scratch_namespace_a_killed_drill_left() {
+    let (env, c) = shop_backed_up();
+    let drill = || {
+        let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-drill", "--server-dry-run"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    for args in [
+        &["create", "namespace", "shop-drill"][..],
+        &["label", "namespace", "shop-drill", "tresor.dev/scratch=true"],
+        &["create", "configmap", "leftover", "-n", "shop-drill"],
+    ] {
+        let out = c.kubectl(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    drill();
+    let out = c.kubectl(&["get", "namespace", "shop-drill"]);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Error from server (NotFound): namespaces \"shop-drill\" not found\n");
+
+    // Someone's own namespace of that name stays, and what it holds.
+    for args in [&["create", "namespace", "shop-drill"][..], &["create", "configmap", "mine", "-n", "shop-drill"]] {
+        assert!(c.kubectl(args).status.success());
+    }
+    drill();
+    let out = c.kubectl(&["get", "configmap", "mine", "-n", "shop-drill", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configmap/mine\n");
+}
