@@ -509,7 +509,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
     })
 }
 
-/// One queued job and, after a backup, its retention (a whole one) and copy.
+/// One queued job and, after a backup (whole or partial), its retention and copy.
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
     let Some(w) = work(&plan, &shared.plan_file, q, q.kind) else {
@@ -526,10 +526,10 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
     if q.kind != Kind::Backup || !(whole || partial) {
         return outcome;
     }
-    // A partial snapshot goes off site with what it holds, but retention
-    // waits for a whole one (and never lets a partial one take a whole one's place).
+    // A partial snapshot goes off site with what it holds; retention never
+    // lets it take a whole one's place, and keeps the newest whole one.
     let class = w.class_spec.clone().unwrap_or_else(|| unreachable!("a backup has a class"));
-    if whole && class.retention != Default::default() {
+    if class.retention != Default::default() {
         run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel.clone()).await;
     }
     if w.offsite.is_some() {

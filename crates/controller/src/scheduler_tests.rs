@@ -160,10 +160,11 @@ classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n    offsite: off\n    retention
 sources:\n  - {name: part, class: standard, url: /srv/a, schedule: '@daily'}\n";
 
 /// A partial backup (exit 3) is a failure with its own reason, never
-/// retried; its snapshot goes off site with what it holds, but retention
-/// waits for a whole backup, so a run of partial snapshots never forgets a whole one.
+/// retried; its snapshot goes off site with what it holds, and retention
+/// runs after it (whose rules keep the newest whole snapshot), so a source
+/// always partial does not grow without end.
 #[tokio::test]
-async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one() {
+async fn a_partial_backup_is_followed_by_retention_and_copied_off_site() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let partial =
         JobResult::failed(Reason::Partial, false, "partial: some of the source could not be read; snapshot ab12cd34 holds the rest");
@@ -171,14 +172,15 @@ async fn a_partial_backup_is_copied_off_site_but_retention_waits_for_a_whole_one
     let d = started(dir.path(), RETAINED, Scripted { script, ..Scripted::default() });
     let (shared, jobs) = (d.shared.clone(), d.jobs.clone());
     let history = || shared.state.jobs(10, Some("part")).expect("the history");
-    until("the partial backup and its copy", || history().len() == 2 && history().iter().all(|j| j.outcome.status != "running")).await;
-    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Copy]);
+    until("the partial backup, its retention and copy", || history().len() == 3 && history().iter().all(|j| j.outcome.status != "running"))
+        .await;
+    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Forget, Kind::Copy]);
     let backup = history().into_iter().find(|j| j.kind == "backup").expect("the backup");
     assert_eq!((backup.outcome.status.as_str(), backup.outcome.reason.as_deref()), ("failed", Some("partial")));
 
     set(&d.clock_file, "2026-11-22T12:00:00Z");
-    until("the next day's whole backup, its retention and copy", || jobs.calls("part") == 5).await;
-    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
+    until("the next day's whole backup, its retention and copy", || jobs.calls("part") == 6).await;
+    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Forget, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
     d.stop().await;
 }
 

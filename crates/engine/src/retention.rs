@@ -130,9 +130,10 @@ impl Verdict {
 /// Apply `policy` to one group of snapshots; verdicts come newest first.
 ///
 /// A partial snapshot ([`Snapshot::is_partial`]) never takes a whole one's
-/// place: `last` counts whole snapshots, keeping the partial ones among
-/// them, and a period's snapshot is its newest whole one, a partial one
-/// only in a period that has no whole one.
+/// place: `last` counts whole snapshots, keeping (at most as many) partial
+/// ones among them; a period's snapshot is its newest whole one, a partial
+/// one only in a period that has no whole one; and the newest whole
+/// snapshot stays while partial ones are newer, however long they run.
 pub fn apply<Tz: TimeZone>(mut snaps: Vec<Snapshot>, policy: &Policy, tz: &Tz) -> Vec<Verdict> {
     snaps.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
     let Some(newest) = snaps.first().map(|s| s.time) else { return Vec::new() };
@@ -145,14 +146,20 @@ pub fn apply<Tz: TimeZone>(mut snaps: Vec<Snapshot>, policy: &Policy, tz: &Tz) -
         .collect();
     let mut within_last: Vec<Option<i64>> = vec![None; policy.within_periods.len()];
     let mut verdicts = Vec::with_capacity(snaps.len());
-    let mut whole_seen = 0u64;
+    let (mut whole_seen, mut partial_kept, mut partial_newer) = (0u64, 0u64, false);
     for snap in snaps {
         let local = snap.time.with_timezone(tz);
         let mut reasons = Vec::new();
-        if policy.last.is_some_and(|n| whole_seen < u64::from(n)) {
+        let partial = snap.is_partial();
+        if policy.last.is_some_and(|n| whole_seen < u64::from(n) && (!partial || partial_kept < u64::from(n))) {
             reasons.push("last snapshot".to_string());
+            partial_kept += u64::from(partial);
         }
-        whole_seen += u64::from(!snap.is_partial());
+        if !partial && whole_seen == 0 && partial_newer {
+            reasons.push("newest whole snapshot".to_string());
+        }
+        whole_seen += u64::from(!partial);
+        partial_newer |= partial;
         for ((period, left, last), whole) in counters.iter_mut().zip(&whole) {
             let b = period.bucket(&local);
             if *left > 0 && *last != Some(b) && (!snap.is_partial() || !whole.contains(&b)) {
@@ -340,6 +347,30 @@ mod tests {
             ..snap("2026-01-06T01:00:00+00:00", &[])
         };
         assert!(refused.is_partial() && !snap("2026-01-06T01:00:00+00:00", &[]).is_partial());
+    }
+
+    /// A source partial for longer than the policy looks back keeps its
+    /// newest whole snapshot, and no more partial ones than `last` says.
+    #[test]
+    fn a_run_of_partial_snapshots_keeps_the_newest_whole_one_and_is_bounded() {
+        let partial = |day: u32| {
+            let mut s = snap(&format!("2026-01-{day:02}T01:00:00+00:00"), &[]);
+            s.errors.push(crate::snapshot::FileError { path: "/data/locked".into(), error: "Permission denied".into() });
+            s
+        };
+        let series = || {
+            let mut s = vec![snap("2026-01-01T01:00:00+00:00", &[]), snap("2026-01-02T01:00:00+00:00", &[])];
+            s.extend((3..=12).map(partial));
+            s
+        };
+        let at = |d: &[u32]| d.iter().map(|d| format!("2026-01-{d:02}T01:00:00+00:00")).collect::<Vec<_>>();
+        let last = Policy { last: Some(3), ..Policy::default() };
+        assert_eq!(kept(series(), &last, &UTC), at(&[12, 11, 10, 2, 1]));
+        let daily = Policy { periods: vec![(Period::Daily, 4)], ..Policy::default() };
+        assert_eq!(kept(series(), &daily, &UTC), at(&[12, 11, 10, 9, 2]));
+        let verdicts = apply(series(), &daily, &UTC);
+        let newest_whole = verdicts.iter().find(|v| v.snapshot.time.to_rfc3339().starts_with("2026-01-02")).unwrap();
+        assert_eq!(newest_whole.reasons, ["newest whole snapshot"]);
     }
 
     #[test]
