@@ -66,9 +66,20 @@ pub async fn stream_into(repo: &Repository, snap: &Snapshot, target: &mut dyn Ta
 
 /// Give the target every one of `blobs` blobs, then finish it: `None` when
 /// fewer came (a read failed), so that a partial stream is never finished
-/// as if it were whole (the target, dropped unfinished, is stopped).
+/// as if it were whole. A target that began and did not finish is aborted;
+/// should that fail too, its error is a line of its own.
 fn take_all(target: &mut dyn Target, len: u64, blobs: usize, flush: bool, taken: Receiver<Vec<u8>>) -> Result<Option<String>> {
     target.begin(len, flush)?;
+    let given = give_all(target, blobs, taken);
+    if !matches!(given, Ok(Some(_)))
+        && let Err(e) = target.abort()
+    {
+        eprintln!("error: {e}");
+    }
+    given
+}
+
+fn give_all(target: &mut dyn Target, blobs: usize, taken: Receiver<Vec<u8>>) -> Result<Option<String>> {
     let mut count = 0;
     for blob in taken {
         target.write(&blob)?;

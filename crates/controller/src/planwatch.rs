@@ -80,11 +80,8 @@ fn render(spec: &Value, file: &Path) -> std::result::Result<(usize, usize), Stri
 /// passwords. Written aside and renamed, so the daemon never reads half.
 fn write_private(file: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let next = file.with_extension("next");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&next)?;
-    f.write_all(text.as_bytes())?;
-    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    tresor_engine::fsmeta::create_private(&next)?.write_all(text.as_bytes())?;
     std::fs::rename(next, file)
 }
 

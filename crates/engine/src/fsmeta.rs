@@ -177,6 +177,15 @@ pub fn open_noatime(path: &Path) -> io::Result<std::fs::File> {
     }
 }
 
+/// Create `path`, or truncate it, readable and writable by this user alone,
+/// also when it was there with a wider mode: for files that hold secrets.
+pub fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 /// The uid and gid this process runs as.
 pub fn process_ids() -> (u32, u32) {
     // SAFETY: getuid and getgid have no preconditions.

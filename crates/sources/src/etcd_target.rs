@@ -1,8 +1,10 @@
 //! `--to etcd-data:DIR`: an etcd snapshot turned into a member's data
 //! directory by `etcdutl snapshot restore` (or, where only etcd 3.4 is
 //! installed, `etcdctl snapshot restore`), which checks the snapshot's
-//! SHA-256 trailer again. The snapshot passes through a file beside DIR,
-//! removed afterwards.
+//! SHA-256 trailer again. The snapshot passes through a file beside DIR
+//! (mode 0600: it holds every Secret of a Kubernetes cluster), removed
+//! afterwards. With `--flush`, a DIR that holds data is moved aside only
+//! once the snapshot is whole, and moved back when the tool fails.
 //!
 //! Member settings come as query parameters and are handed to the tool:
 //! `etcd-data:/var/lib/etcd?name=m1&initial-cluster=m1=http://10.0.0.1:2380&initial-advertise-peer-urls=http://10.0.0.1:2380`.
@@ -60,22 +62,47 @@ impl EtcdDataTarget {
     }
 }
 
+impl EtcdDataTarget {
+    fn holds_data(&self) -> bool {
+        std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Move a directory that holds data aside (an empty one is removed):
+    /// where it is kept.
+    fn move_aside(&self) -> Result<Option<PathBuf>> {
+        if !self.holds_data() {
+            if self.dir.exists() {
+                std::fs::remove_dir(&self.dir).map_err(|e| self.fail(e))?;
+            }
+            return Ok(None);
+        }
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let kept = self.beside(&format!(".before-restore-{secs}"));
+        std::fs::rename(&self.dir, &kept).map_err(|e| self.fail(format!("cannot move the old directory aside: {e}")))?;
+        Ok(Some(kept))
+    }
+
+    /// After the tool failed (`why`): what it left in DIR goes, and the old
+    /// directory comes back; the error says where the old one is.
+    fn put_back(&self, kept: Option<PathBuf>, why: &str) -> Error {
+        let Some(kept) = kept else { return self.fail(why) };
+        let _ = std::fs::remove_dir_all(&self.dir);
+        match std::fs::rename(&kept, &self.dir) {
+            Ok(()) => self.fail(format!("{why} (the old directory is back in place)")),
+            Err(e) => self.fail(format!("{why} (the old directory is in {}: cannot move it back: {e})", kept.display())),
+        }
+    }
+}
+
 impl Target for EtcdDataTarget {
     fn begin(&mut self, _len: u64, overwrite: bool) -> Result<()> {
-        if std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some()) {
-            if !overwrite {
-                return Err(
-                    self.fail("the directory holds data; restoring replaces it: add --flush to allow it (the old one is kept beside it)")
-                );
-            }
-            let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let kept = self.beside(&format!(".before-restore-{secs}"));
-            std::fs::rename(&self.dir, &kept).map_err(|e| self.fail(format!("cannot move the old directory aside: {e}")))?;
-        } else if self.dir.exists() {
-            std::fs::remove_dir(&self.dir).map_err(|e| self.fail(e))?;
+        if self.holds_data() && !overwrite {
+            return Err(
+                self.fail("the directory holds data; restoring replaces it: add --flush to allow it (the old one is kept beside it)")
+            );
         }
         let path = self.beside(".tresor-snapshot.db");
-        let file = std::fs::File::create(&path).map_err(|e| self.fail(format!("cannot write {}: {e}", path.display())))?;
+        let file = tresor_engine::fsmeta::create_private(&path).map_err(|e| self.fail(format!("cannot write {}: {e}", path.display())))?;
         self.file = Some((path, file));
         Ok(())
     }
@@ -88,13 +115,38 @@ impl Target for EtcdDataTarget {
     fn finish(&mut self) -> Result<String> {
         let (path, file) = self.file.take().expect("begun");
         drop(file);
+        let kept = match self.move_aside() {
+            Ok(kept) => kept,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         let out = self.restore_command(&path).output();
         let _ = std::fs::remove_file(&path);
-        let out = out.map_err(|e| self.fail(format!("cannot run etcdutl or etcdctl: {e}")))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            return Err(self.fail(crate::last_line(&text).unwrap_or("snapshot restore failed").trim()));
+        let failed = match &out {
+            Err(e) => Some(format!("cannot run etcdutl or etcdctl: {e}")),
+            Ok(o) if !o.status.success() => {
+                Some(crate::last_line(&String::from_utf8_lossy(&o.stderr)).unwrap_or("snapshot restore failed").trim().to_string())
+            }
+            Ok(_) => None,
+        };
+        if let Some(why) = failed {
+            return Err(self.put_back(kept, &why));
         }
-        Ok(format!("etcd data directory {} written; start etcd with --data-dir {}", self.dir.display(), self.dir.display()))
+        let dir = self.dir.display();
+        Ok(match kept {
+            Some(kept) => {
+                format!("etcd data directory {dir} written (the old one is in {}); start etcd with --data-dir {dir}", kept.display())
+            }
+            None => format!("etcd data directory {dir} written; start etcd with --data-dir {dir}"),
+        })
+    }
+
+    fn abort(&mut self) -> Result<()> {
+        if let Some((path, _)) = self.file.take() {
+            std::fs::remove_file(&path).map_err(|e| self.fail(format!("cannot remove {}: {e}", path.display())))?;
+        }
+        Ok(())
     }
 }

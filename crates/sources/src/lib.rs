@@ -128,6 +128,12 @@ pub trait Target: Send {
     /// After the last byte: wait until the service has taken the data and
     /// say what it holds now, in one line.
     fn finish(&mut self) -> Result<String>;
+    /// After `begin`, when the stream failed or `finish` did: put the service
+    /// back as it was where it can be (a Redis instance made a master
+    /// again), and remove what the restore wrote aside.
+    fn abort(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// How a restore target works, beyond its URL.

@@ -243,7 +243,12 @@ impl RedisSource {
         // Redis 7 can end the exchange after the RDB; older servers refuse
         // the option, which is harmless.
         let _ = c.call(&["REPLCONF", "rdb-only", "1"]).map_err(|e| self.fail(e))?;
-        let reply = c.call(&["PSYNC", "?", "-1"]).map_err(|e| self.fail(e))?;
+        let mut reply = c.call(&["PSYNC", "?", "-1"]).map_err(|e| self.fail(e))?;
+        // While a background save runs, the server holds its reply back
+        // and keeps the link alive with a newline each second.
+        while reply.is_empty() {
+            reply = c.line().map_err(|e| self.fail(e))?;
+        }
         let mut words = reply.split(' ');
         let (Some("+FULLRESYNC"), Some(replid), Some(offset)) = (words.next(), words.next(), words.next()) else {
             return Err(self.fail(format!("the server refused to send its data: {}", reply.trim_start_matches('-'))));

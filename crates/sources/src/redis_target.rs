@@ -2,7 +2,9 @@
 //! itself does. tresor briefly plays master: the instance is told
 //! `REPLICAOF` tresor's address, asks for a full resync, and receives the
 //! RDB, which it loads exactly as a replica would (every type, encoding and
-//! TTL). Then `REPLICAOF NO ONE` makes it a master again. No RDB parsing.
+//! TTL). Then `REPLICAOF NO ONE` makes it a master again, also when the
+//! restore fails: an instance left a replica of tresor's closed port would
+//! refuse every write. No RDB parsing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -15,11 +17,23 @@ pub struct RedisTarget {
     redis: RedisSource,
     control: Option<Conn>,
     replica: Option<TcpStream>,
+    /// The instance was told to replicate from tresor, and not yet released.
+    replicating: bool,
 }
 
 impl RedisTarget {
     pub fn new(redis: RedisSource) -> RedisTarget {
-        RedisTarget { redis, control: None, replica: None }
+        RedisTarget { redis, control: None, replica: None, replicating: false }
+    }
+
+    /// `REPLICAOF NO ONE` on `c`: the instance is a master again.
+    fn release(&mut self, c: &mut Conn) -> Result<()> {
+        let reply = c.call(&["REPLICAOF", "NO", "ONE"]).map_err(|e| self.redis.fail(e))?;
+        if !reply.starts_with('+') {
+            return Err(self.redis.fail(format!("REPLICAOF NO ONE failed: {}", reply.trim_start_matches('-'))));
+        }
+        self.replicating = false;
+        Ok(())
     }
 
     fn keys(&self, c: &mut Conn) -> Result<u64> {
@@ -92,6 +106,7 @@ impl Target for RedisTarget {
         if !reply.starts_with('+') {
             return Err(self.redis.fail(format!("the instance refused REPLICAOF: {}", reply.trim_start_matches('-'))));
         }
+        self.replicating = true;
         let mut replica = self.accept(listener)?;
         let header = format!("+FULLRESYNC {} 0\r\n${len}\r\n", "7e5e".repeat(10));
         replica.write_all(header.as_bytes()).map_err(|e| self.redis.fail(e))?;
@@ -118,12 +133,28 @@ impl Target for RedisTarget {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let reply = c.call(&["REPLICAOF", "NO", "ONE"]).map_err(|e| self.redis.fail(e))?;
         self.replica = None;
-        if !reply.starts_with('+') {
-            return Err(self.redis.fail(format!("REPLICAOF NO ONE failed: {}", reply.trim_start_matches('-'))));
-        }
+        self.release(&mut c)?;
         let keys = self.keys(&mut c)?;
         Ok(format!("{} loaded the RDB and holds {keys} keys", self.redis.url()))
+    }
+
+    /// Over a new connection: the control one may be what failed. An
+    /// unfinished transfer ends with the link, and the instance keeps the
+    /// data it had (it loads a replicated RDB only once it is whole).
+    fn abort(&mut self) -> Result<()> {
+        self.replica = None;
+        self.control = None;
+        if !self.replicating {
+            return Ok(());
+        }
+        let released = self.redis.connect().and_then(|mut c| self.release(&mut c));
+        released.map_err(|e| {
+            let why = match e {
+                Error::Failed { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            self.redis.fail(format!("the instance is left a replica of tresor, refusing writes, until it is given REPLICAOF NO ONE: {why}"))
+        })
     }
 }

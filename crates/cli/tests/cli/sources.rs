@@ -177,6 +177,49 @@ fn redis_auth_unreachable_and_corrupt_streams_fail_without_a_snapshot() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "the intact stream is accepted");
 }
 
+/// A restore into a running instance that fails mid-stream leaves it a
+/// master that takes writes, holding what it held: never a replica of
+/// tresor's closed port, refusing every write.
+#[test]
+fn a_redis_restore_that_fails_leaves_the_instance_a_master_with_its_data() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let source = RedisServer::start(&[]);
+    let values = random_bytes(12 << 20, 23);
+    let sets: String = values.chunks(8192).enumerate().map(|(i, v)| format!("SET k{i} {}\n", hex(v))).collect();
+    source.script(&sets);
+    env.ok(&["backup", &source.url()]);
+    let pack = biggest(&Path::new(&env.repo).join("data"));
+    flip_byte(&pack, fs::metadata(&pack).unwrap().len() * 3 / 4);
+
+    let target = RedisServer::start(&[]);
+    target.cli(&["SET", "kept", "1"]);
+    let err = env.fails(&["restore", "latest", "--to", &target.url(), "--flush"], 1);
+    assert!(err.starts_with("tresor: error: blob ") && err.ends_with(" is damaged: it fails authentication\n"), "{err}");
+    assert_eq!(target.cli(&["ROLE"]).lines().next(), Some("master"));
+    assert_eq!(target.cli(&["SET", "after", "2"]), "OK", "it takes writes");
+    assert_eq!(target.cli(&["GET", "kept"]), "1", "and keeps what it held");
+}
+
+/// While the server runs a background save it holds its PSYNC reply back,
+/// sending newlines: the backup waits through them for the data.
+#[test]
+fn a_redis_backup_waits_through_a_background_save() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let server = RedisServer::start(&["--repl-diskless-sync-delay", "0"]);
+    server.script(&(0..50).map(|i| format!("SET k{i} v{i}\n")).collect::<String>());
+    // 60 ms a key: a save takes 3 s.
+    server.cli(&["CONFIG", "SET", "rdb-key-save-delay", "60000"]);
+    assert_eq!(server.cli(&["BGSAVE"]), "Background saving started");
+    env.ok(&["backup", &server.url()]);
+    assert_eq!(env.json(&["snapshots"])[0]["source"]["consistency"]["keys"], 50);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Commands run with `TRESOR_STATE` join the daemon's audit trail naming
 /// their repository and targets: each URL there without its password, what
 /// the command did with it (success or the one-line error) alike.
@@ -505,6 +548,17 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     assert_eq!(kept.len(), 1, "the replaced directory is kept");
     let member_server = EtcdServer::with_data(&member);
     assert_eq!(keys(&member_server), before, "every key and value, from the data directory tresor wrote");
+    drop(member_server);
+    // The tool failing, the old directory is put back, and the snapshot file removed.
+    let out = env.cmd(&["restore", "latest", "--to", &to, "--flush"]).env("PATH", "/nonexistent").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tresor: error: {to}: cannot run etcdutl or etcdctl: No such file or directory (os error 2) (the old directory is back in place)\n"
+        )
+    );
+    assert!(!env.path("member.tresor-snapshot.db").exists(), "the snapshot file is removed");
+    assert_eq!(keys(&EtcdServer::with_data(&member)), before, "the member's data is where it was");
 
     let dead = format!("etcd://127.0.0.1:{}", tresor_testkit::net::free_port());
     let err = env.fails(&["backup", &dead], 1);

@@ -67,13 +67,7 @@ fn output(cmd: &mut Command, what: &str) -> Result<String, String> {
 /// what a server that exits at start says why in.
 fn log_to(cmd: &mut Command, dir: &Path, name: &str) -> Result<PathBuf, String> {
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let file = tresor_engine::fsmeta::create_private(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     let copy = file.try_clone().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     cmd.stdin(Stdio::null()).stdout(file).stderr(copy);
     Ok(path)
