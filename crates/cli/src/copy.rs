@@ -20,19 +20,28 @@ fn target_password(a: &CopyArgs) -> Result<Password> {
     prompt("target repository password", false)
 }
 
-/// The snapshots `a` selects: given ids, else the filters, newest N per
-/// host and path set.
+/// The snapshots `a` selects (given ids, else the filters, newest N per
+/// host and path set), and the WAL that continues the base backups among
+/// them, which carries no tags a filter could select it by.
 fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
     let filter = a.select.filter();
-    if !a.snapshots.is_empty() {
-        return a.snapshots.iter().map(|spec| Ok(tresor_engine::select::select(all.clone(), spec, &filter)?)).collect();
-    }
-    // Named pieces of continuous archives (WAL) go off-site too.
-    let matching = tresor_engine::select::filter(all, &filter, true);
-    Ok(match a.latest {
-        Some(n) => tresor_engine::select::newest_per_host_and_paths(matching, n),
-        None => matching,
-    })
+    let mut selected = if !a.snapshots.is_empty() {
+        a.snapshots.iter().map(|spec| Ok(tresor_engine::select::select(all.clone(), spec, &filter)?)).collect::<Result<Vec<_>>>()?
+    } else {
+        // Named pieces of continuous archives (WAL) go off-site too.
+        let matching = tresor_engine::select::filter(all.clone(), &filter, true);
+        match a.latest {
+            Some(n) => tresor_engine::select::newest_per_host_and_paths(matching, n),
+            None => matching,
+        }
+    };
+    let wal: Vec<Snapshot> = tresor_sources::pitr::continuing_wal(&selected, &all)
+        .into_iter()
+        .filter(|w| !selected.iter().any(|s| s.id == w.id))
+        .cloned()
+        .collect();
+    selected.extend(wal);
+    Ok(selected)
 }
 
 pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {

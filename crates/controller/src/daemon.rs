@@ -625,6 +625,10 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ende
     match w.kind {
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, outcome, seconds, ended);
+            let snapshot = outcome.status == "succeeded" || outcome.reason.as_deref() == Some(Reason::Partial.as_str());
+            if w.offsite.is_some() && snapshot {
+                shared.metrics.not_yet_offsite(&w.name, ended - chrono::Duration::milliseconds((seconds * 1000.0) as i64));
+            }
             announce(shared, w, outcome, ended);
             if w.repo.url.as_path().is_some() {
                 let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
@@ -643,7 +647,7 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ende
             }
         }
         Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
-        Kind::Copy if outcome.status == "succeeded" => shared.metrics.lag(&w.name, &w.class, outcome.lag_seconds.unwrap_or(0.0)),
+        Kind::Copy if outcome.status == "succeeded" => shared.metrics.offsite_current(&w.name, &w.class),
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
         _ => {}
     }

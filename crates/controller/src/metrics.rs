@@ -111,6 +111,9 @@ pub struct Metrics {
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Sources that archive WAL: the archive's newest figures.
     wal: Mutex<BTreeMap<String, WalPoint>>,
+    /// Sources with an off-site copy: when their oldest backup not yet
+    /// copied there started (none: the off-site copy is current).
+    offsite_behind: Mutex<BTreeMap<String, DateTime<Utc>>>,
 }
 
 impl Default for Metrics {
@@ -166,6 +169,7 @@ impl Metrics {
             standbys: Mutex::default(),
             newest: Mutex::default(),
             wal: Mutex::default(),
+            offsite_behind: Mutex::default(),
             registry: Registry::default(),
         }
     }
@@ -192,7 +196,11 @@ impl Metrics {
         r.register("restore_success", "Restores that succeeded", self.restore_success.clone());
         r.register("restore_failure", "Restores that failed, by reason", self.restore_failure.clone());
         r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", self.restore_duration.clone());
-        r.register("backup_replication_lag_seconds", "How far the off-site copy is behind", self.lag.clone());
+        r.register(
+            "backup_replication_lag_seconds",
+            "How long the oldest backup not yet off site has waited (0: the off-site copy is current)",
+            self.lag.clone(),
+        );
         r.register("restore_drill_duration_seconds", "How long the newest drill took to a validated restore", self.drill_duration.clone());
         r.register("restore_drill_success", "Whether the newest drill passed (1) or failed (0)", self.drill_success.clone());
         r.register("rto_achieved_seconds", "Measured RTO of the newest drill", self.rto_achieved.clone());
@@ -341,8 +349,17 @@ impl Metrics {
         }
     }
 
-    pub fn lag(&self, source: &str, class: &str, seconds: f64) {
-        self.lag.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(seconds);
+    /// A backup that started at `at` is not off site yet: the off-site
+    /// copy is behind from then until a copy succeeds, and its lag grows
+    /// while copies fail.
+    pub fn not_yet_offsite(&self, source: &str, at: DateTime<Utc>) {
+        self.offsite_behind.lock().expect("not poisoned").entry(source.into()).or_insert(at);
+    }
+
+    /// A copy succeeded: the off-site copy holds every backup.
+    pub fn offsite_current(&self, source: &str, class: &str) {
+        self.offsite_behind.lock().expect("not poisoned").remove(source);
+        self.lag.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(0.0);
     }
 
     /// A WAL-archiving source's newest figures (crate::walrpo).
@@ -401,6 +418,12 @@ impl Metrics {
         for (source, w) in self.wal.lock().expect("not poisoned").iter() {
             if let Some(s) = plan.sources.iter().find(|s| &s.name == source) {
                 self.wal_lag.get_or_create(&SourceLabels { source: source.clone(), class: s.class.clone() }).set(w.lag(now));
+            }
+        }
+        for (source, since) in self.offsite_behind.lock().expect("not poisoned").iter() {
+            if let Some(s) = plan.sources.iter().find(|s| &s.name == source) {
+                let behind = (now - *since).num_milliseconds().max(0) as f64 / 1000.0;
+                self.lag.get_or_create(&SourceLabels { source: source.clone(), class: s.class.clone() }).set(behind);
             }
         }
         for (source, p) in self.standbys() {

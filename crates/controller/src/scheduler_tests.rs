@@ -184,6 +184,35 @@ async fn a_partial_backup_is_followed_by_retention_and_copied_off_site() {
     d.stop().await;
 }
 
+/// `backup_replication_lag_seconds` is how long the oldest backup not yet
+/// off site has waited: it grows while copies fail, and is 0 once one
+/// succeeds, never the gap a successful copy just closed.
+#[tokio::test]
+async fn the_replication_lag_grows_while_copies_fail_and_is_zero_after_one_succeeds() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let down = JobResult::failed(Reason::Repository, false, "target: cannot reach the off-site repository");
+    let script = BTreeMap::from([(("part".to_string(), 3), down)]);
+    let d = started(dir.path(), RETAINED, Scripted { script, ..Scripted::default() });
+    let (shared, jobs) = (d.shared.clone(), d.jobs.clone());
+    let lag = |at: &str| {
+        let now = chrono::DateTime::parse_from_rfc3339(at).expect("a time").to_utc();
+        let text = shared.metrics.render(&shared.plan(), now);
+        let line = text.lines().find(|l| l.starts_with("backup_replication_lag_seconds{")).map(String::from);
+        line.unwrap_or_else(|| panic!("no lag in {text}"))
+    };
+    let history = || shared.state.jobs(10, Some("part")).expect("the history");
+    until("the backup, its retention and the failed copy", || {
+        history().len() == 3 && history().iter().all(|j| j.outcome.status != "running")
+    })
+    .await;
+    assert_eq!(lag("2026-11-21T16:00:00Z"), "backup_replication_lag_seconds{source=\"part\",class=\"standard\"} 21600.0");
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the next day's backup and copy", || jobs.calls("part") == 6).await;
+    until("the copy recorded", || history().iter().any(|j| j.kind == "copy" && j.outcome.status == "succeeded")).await;
+    assert_eq!(lag("2026-11-22T13:00:00Z"), "backup_replication_lag_seconds{source=\"part\",class=\"standard\"} 0.0");
+    d.stop().await;
+}
+
 /// A job that panics fails, recorded as any failure is, and its source is
 /// not held as running: its next run starts.
 #[tokio::test]

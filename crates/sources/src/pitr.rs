@@ -4,7 +4,7 @@
 //! starts from, which segments it will read, and what `pg verify` reports.
 //! Pure functions: the binary lists the snapshots and acts on the answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, FixedOffset};
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,15 @@ pub fn chains(snaps: &[Snapshot]) -> BTreeMap<String, Chain<'_>> {
         }
     }
     out
+}
+
+/// The archived WAL that continues the base backups among `selected`: every
+/// piece in `all` of their clusters' archives (by system identifier), which
+/// a copy of those base backups takes along, whatever selected them, so a
+/// recovery from the copy replays as far as one from the original.
+pub fn continuing_wal<'a>(selected: &[Snapshot], all: &'a [Snapshot]) -> Vec<&'a Snapshot> {
+    let clusters: BTreeSet<&str> = selected.iter().filter(|s| s.source.kind == PG_BASE).filter_map(|s| point(s, "system_id")).collect();
+    all.iter().filter(|s| s.source.kind == PG_WAL && point(s, "system_id").is_some_and(|id| clusters.contains(id))).collect()
 }
 
 /// The chain a recovery works on: the cluster asked for, or the only one.
@@ -389,6 +398,14 @@ pub(crate) mod tests {
 
     fn names(snaps: &[Snapshot]) -> Vec<&str> {
         snaps.iter().map(|s| point(s, "file").unwrap()).collect()
+    }
+
+    #[test]
+    fn a_base_backups_copy_takes_its_clusters_wal_along() {
+        let all = vec![base(1, 3, 3, 2), wal(2, &seg(1, 3), None), wal(3, &seg(1, 4), None), snap(4, PG_WAL, json!({"system_id": "8"}))];
+        let taken = |selected: &[Snapshot]| continuing_wal(selected, &all).iter().map(|s| s.id).collect::<Vec<_>>();
+        assert_eq!(taken(&all[..1]), [all[1].id, all[2].id]);
+        assert_eq!(taken(&[snap(5, "redis", json!({"system_id": "7"}))]), []);
     }
 
     #[test]

@@ -56,6 +56,27 @@ fn backed_up_cluster() -> (Env, PostgresServer) {
     (env, pg)
 }
 
+/// A copy that selects a cluster's base backup by its tag, as the daemon's
+/// copy job selects a source's snapshots, takes the WAL that continues it
+/// along (WAL carries no tags): a recovery from the copy replays to the
+/// newest commit, as one from the original would.
+#[test]
+fn a_copy_of_a_base_backup_takes_its_wal_and_recovers_to_the_newest_commit() {
+    let mut env = postgres_env();
+    let pg = archiving_server(&env);
+    pg.psql("postgres", "CREATE TABLE t (id int, note text)");
+    env.ok(&["pg", "backup", &pg.cluster_url(), "--tag", "source=db"]);
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'after the base backup')");
+    switch_and_archive(&pg);
+    let offsite = env.path("offsite").display().to_string();
+    let pw = env.path("pw").display().to_string();
+    env.ok(&["init", "-r", &offsite]);
+    env.ok(&["copy", "--tag", "source=db", "--to", &offsite, "--to-password-file", &pw]);
+    env.repo = offsite;
+    let recovered = restore_and_start(&env, &["--latest"]);
+    assert_eq!(notes(&recovered), "after the base backup");
+}
+
 /// A directory for a restored cluster, the user's who runs tresor.
 fn restore_dir(env: &Env) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
