@@ -57,7 +57,10 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     let dst = std::sync::Arc::new(Repository::open(&to, &opts).await.context("target")?);
     dst.set_memory_limit(crate::commands::max_memory(g)?);
     let selected = select(src.snapshots().await?, &a)?;
-    let r = run_copy(src, dst, selected, &CopyOptions { dry_run: a.dry_run, verify: !a.no_verify }).await?;
+    let unreadable = src.unreadable_snapshots();
+    let mut r = run_copy(src, dst, selected, &CopyOptions { dry_run: a.dry_run, verify: !a.no_verify }).await?;
+    // Whether a filter would have selected one is unknown: each is named, and fails the copy.
+    r.damaged.extend(unreadable);
     if g.json {
         print_json(&r)?;
         return damaged(&r.damaged);

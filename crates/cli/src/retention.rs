@@ -56,7 +56,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         forget::plan(&inv, Choice::Given(&a.snapshots), &chrono::Local)?
     };
     let removed = plan.removed();
-    let Inventory { snapshots: all, held } = inv;
+    let Inventory { snapshots: all, held, .. } = inv;
     // The groups from here on remove named pieces of an archive (WAL files), shown by name.
     let named = plan.groups.len();
     let wal = tresor_sources::pitr::wal_to_forget(&all, &removed, &held);
@@ -66,9 +66,13 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     }
     let report: Vec<serde_json::Value> = plan.groups.iter().enumerate().map(|(i, g)| group_json(g, i >= named)).collect();
     if g.json {
-        print_json(&json!({"dry_run": a.dry_run, "groups": report}))?;
+        print_json(&json!({"dry_run": a.dry_run, "groups": report, "unreadable": plan.unreadable}))?;
     } else {
         print_report(&report, a.dry_run);
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        for id in &plan.unreadable {
+            println!("{verb} snapshot {} (its file is damaged)", id.short());
+        }
     }
     if !a.dry_run {
         let locked = forget::execute(&repo, &plan).await?.locked.len();

@@ -21,12 +21,22 @@ use crate::{Error, Id, IdSet, Repository, Result, Snapshot};
 pub struct Inventory {
     pub snapshots: Vec<Snapshot>,
     pub held: HashMap<Id, String>,
+    /// Snapshots whose files are damaged: no policy can judge them, but
+    /// they may be forgotten by id.
+    pub unreadable: Vec<Id>,
 }
 
 impl Inventory {
     pub async fn load(repo: &Repository) -> Result<Inventory> {
         let held = crate::holds::holds(repo).await?.into_iter().map(|h| (h.snapshot, format!("{} ({})", h.reason, h.by))).collect();
-        Ok(Inventory { snapshots: repo.snapshots().await?, held })
+        let snapshots = repo.snapshots().await?;
+        Ok(Inventory { snapshots, held, unreadable: repo.unreadable_snapshots().into_iter().map(|(id, _)| id).collect() })
+    }
+
+    /// The one unreadable snapshot whose id `spec` begins.
+    fn unreadable(&self, spec: &str) -> Option<Id> {
+        let mut found = self.unreadable.iter().filter(|id| id.to_string().starts_with(spec));
+        found.next().filter(|_| found.next().is_none() && spec.len() >= 4).copied()
     }
 }
 
@@ -54,12 +64,14 @@ pub struct Group {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     pub groups: Vec<Group>,
+    /// Unreadable snapshots given by id, removed too.
+    pub unreadable: Vec<Id>,
 }
 
 impl Plan {
     /// The snapshots the plan removes.
     pub fn removed(&self) -> IdSet {
-        self.groups.iter().flat_map(|g| &g.remove).map(|s| s.id).collect()
+        self.groups.iter().flat_map(|g| &g.remove).map(|s| s.id).chain(self.unreadable.iter().copied()).collect()
     }
 }
 
@@ -77,18 +89,25 @@ pub fn plan<Tz: TimeZone>(inv: &Inventory, choice: Choice<'_>, tz: &Tz) -> Resul
                     Group { key: g.key, keep, remove: gone.into_iter().map(|v| v.snapshot).collect() }
                 })
                 .collect();
-            Ok(Plan { groups })
+            Ok(Plan { groups, unreadable: Vec::new() })
         }
         Choice::Given(specs) => {
-            let mut remove = Vec::with_capacity(specs.len());
+            let (mut remove, mut unreadable) = (Vec::with_capacity(specs.len()), Vec::new());
             for spec in specs {
-                let s = crate::select::select(inv.snapshots.clone(), spec, &SnapshotFilter::default())?;
-                if let Some(reason) = inv.held.get(&s.id) {
-                    return Err(Error::Invalid(format!("snapshot {} is under legal hold: {reason}; release it first", s.id.short())));
+                let (id, s) = match crate::select::select(inv.snapshots.clone(), spec, &SnapshotFilter::default()) {
+                    Ok(s) => (s.id, Some(s)),
+                    Err(Error::NoSnapshot(_)) if let Some(id) = inv.unreadable(spec) => (id, None),
+                    Err(e) => return Err(e),
+                };
+                if let Some(reason) = inv.held.get(&id) {
+                    return Err(Error::Invalid(format!("snapshot {} is under legal hold: {reason}; release it first", id.short())));
                 }
-                remove.push(s);
+                match s {
+                    Some(s) => remove.push(s),
+                    None => unreadable.push(id),
+                }
             }
-            Ok(Plan { groups: vec![Group { key: "given".into(), keep: Vec::new(), remove }] })
+            Ok(Plan { groups: vec![Group { key: "given".into(), keep: Vec::new(), remove }], unreadable })
         }
     }
 }
@@ -106,7 +125,7 @@ pub fn allowed(repo: &Repository) -> Result<()> {
 /// storage's Object Lock still protects stays and is listed in the
 /// result's `locked`.
 pub async fn execute(repo: &Repository, plan: &Plan) -> Result<Removal> {
-    let ids: Vec<Id> = plan.groups.iter().flat_map(|g| &g.remove).map(|s| s.id).collect();
+    let ids: Vec<Id> = plan.groups.iter().flat_map(|g| &g.remove).map(|s| s.id).chain(plan.unreadable.iter().copied()).collect();
     repo.remove_snapshots(&ids).await
 }
 
@@ -125,7 +144,7 @@ mod tests {
         wal.name = Some("pg-wal/000000010000000000000001".into());
         snaps.push(wal);
         let held = [(snaps[0].id, "audit (ann@h)".to_string())].into();
-        Inventory { snapshots: snaps, held }
+        Inventory { snapshots: snaps, held, unreadable: Vec::new() }
     }
 
     #[test]
@@ -163,6 +182,22 @@ mod tests {
         let err = plan(&inv, Choice::Given(&held), &UTC).unwrap_err().to_string();
         assert_eq!(err, format!("snapshot {} is under legal hold: audit (ann@h); release it first", inv.snapshots[0].id.short()));
         assert!(matches!(plan(&inv, Choice::Given(&["ffffffff".to_string()]), &UTC), Err(Error::NoSnapshot(_))));
+    }
+
+    /// A snapshot whose file is damaged can be judged by no policy, but
+    /// may be forgotten by its id (a prefix of at least four digits).
+    #[test]
+    fn an_unreadable_snapshot_is_forgotten_by_id_only() {
+        let mut inv = inventory();
+        let lost = Id([0xab; 32]);
+        inv.unreadable.push(lost);
+        let p = plan(&inv, Choice::Given(&["abab".to_string()]), &UTC).unwrap();
+        assert_eq!((p.unreadable.clone(), p.removed()), (vec![lost], [lost].into_iter().collect()));
+        assert!(matches!(plan(&inv, Choice::Given(&["ab".to_string()]), &UTC), Err(Error::NoSnapshot(_))), "too short a prefix");
+        let policy = Policy { last: Some(1), ..Policy::default() };
+        let filter = SnapshotFilter::default();
+        let choice = Choice::Policy { filter: &filter, policy: &policy, by: GroupBy::default(), allow_empty: false };
+        assert!(!plan(&inv, choice, &UTC).unwrap().removed().contains(&lost));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Where each object lives is [`crate::objects`]' (details in docs/FORMAT.md).
 //! Every object is written once under a fresh name and never modified.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -90,6 +90,8 @@ pub struct Repository {
     /// few seconds) reads each only once; the listing stays fresh, so a
     /// deleted snapshot is never served. `check` reads past this.
     opened: Mutex<HashMap<Id, Snapshot>>,
+    /// Snapshot files the newest listing found damaged, and how.
+    unreadable: Mutex<BTreeMap<Id, String>>,
     /// Bytes commands may use, 0 for no limit (`index/budget.rs`).
     memory_limit: std::sync::atomic::AtomicU64,
 }
@@ -159,6 +161,7 @@ impl Repository {
             tree_pack_read: tokio::sync::Mutex::new(()),
             index: tokio::sync::Mutex::new(None),
             opened: Mutex::new(HashMap::new()),
+            unreadable: Mutex::default(),
             memory_limit: Default::default(),
         }
     }
@@ -528,7 +531,10 @@ impl Repository {
     }
 
     /// All snapshots, oldest first. One deleted between the listing and its
-    /// read (a concurrent `forget`) is left out, as a later listing would.
+    /// read (a concurrent `forget`) is left out, as a later listing would;
+    /// so is one whose file is damaged, with a warning, and it is named by
+    /// [`Repository::unreadable_snapshots`]: one flipped byte must not stop
+    /// every backup, copy and forget.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let ids = self.list_ids(Kind::Snapshot).await?;
         let (mut snaps, unread) = {
@@ -538,16 +544,45 @@ impl Repository {
             let (known, unread): (Vec<Id>, Vec<Id>) = ids.into_iter().partition(|id| opened.contains_key(id));
             (known.iter().map(|id| opened[id].clone()).collect::<Vec<Snapshot>>(), unread)
         };
-        let read: Vec<Snapshot> = futures::stream::iter(unread)
-            .map(|id| async move { unless_gone(self.load_snapshot(&id).await) })
+        let loaded: Vec<(Id, std::result::Result<Option<Snapshot>, String>)> = futures::stream::iter(unread)
+            .map(|id| async move {
+                match self.load_snapshot(&id).await {
+                    Err(Error::Corrupt { reason, .. }) => Ok((id, Err(reason))),
+                    r => unless_gone(r).map(|s| (id, Ok(s))),
+                }
+            })
             .buffer_unordered(16)
-            .try_filter_map(|s| async move { Ok(s) })
             .try_collect()
             .await?;
+        let (mut read, mut damaged) = (Vec::new(), BTreeMap::new());
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => read.extend(s),
+                Err(why) => {
+                    damaged.insert(id, why);
+                }
+            }
+        }
+        self.note_unreadable(damaged);
         self.opened.lock().expect("not poisoned").extend(read.iter().map(|s| (s.id, s.clone())));
         snaps.extend(read);
         snaps.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok(snaps)
+    }
+
+    /// Warn of each snapshot file found damaged that this handle has not
+    /// warned of yet.
+    fn note_unreadable(&self, now: BTreeMap<Id, String>) {
+        let mut known = self.unreadable.lock().expect("not poisoned");
+        for (id, why) in now.iter().filter(|(id, _)| !known.contains_key(id)) {
+            tracing::warn!("snapshot {} cannot be read, so it is left out: {why}", id.short());
+        }
+        *known = now;
+    }
+
+    /// The snapshots the newest listing left out as damaged, and how.
+    pub fn unreadable_snapshots(&self) -> Vec<(Id, String)> {
+        self.unreadable.lock().expect("not poisoned").clone().into_iter().collect()
     }
 
     /// Delete snapshots (`forget`). A snapshot the storage's Object Lock

@@ -246,3 +246,50 @@ fn an_outage_is_never_taken_for_damage() {
     let copies = env.cmd(&["snapshots", "--json"]).env("TRESOR_REPOSITORY", offsite).output().unwrap();
     assert_eq!(String::from_utf8(copies.stdout).unwrap().trim(), "[]", "an outage copies no snapshot, whole or damaged");
 }
+
+/// One snapshot file damaged (a flipped byte) stops nothing but itself:
+/// every listing leaves it out with a warning, a backup finds its parent
+/// among the others, a copy copies the others and then fails naming it,
+/// and `forget` removes it by id.
+#[test]
+fn a_damaged_snapshot_file_stops_nothing_but_itself() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    write_tree(&src, &[("a.conf", b"a")]);
+    let first = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    write_tree(&src, &[("b.conf", b"b")]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    flip_byte(&Path::new(&env.repo).join("snapshots").join(&first), 40);
+    let short = &first[..8];
+    let warning = format!(" WARN snapshot {short} cannot be read, so it is left out: it fails authentication\n");
+    let fresh = |args: &[&str]| env.run(&[&["--no-cache"][..], args].concat());
+
+    let listed = fresh(&["snapshots", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stderr), warning);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&listed.stdout).unwrap().as_array().unwrap().len(), 1);
+    let backup = fresh(&["backup", src.to_str().unwrap()]);
+    assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
+    assert!(String::from_utf8_lossy(&backup.stdout).contains("0 new, 0 changed, 2 unmodified"), "its parent was found");
+
+    let offsite = env.path("offsite").display().to_string();
+    env.ok(&["init", "-r", &offsite]);
+    let pw = env.path("pw").display().to_string();
+    let copy = fresh(&["copy", "--to", &offsite, "--to-password-file", &pw]);
+    assert_eq!(copy.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&copy.stderr),
+        format!(
+            "{warning}error: snapshot {short} was not copied: it fails authentication\n\
+             tresor: error: 1 of the selected snapshots could not be copied, the others were: \
+             snapshot {short} is damaged: it fails authentication\n"
+        )
+    );
+    assert_eq!(env.json(&["snapshots", "-r", &offsite]).as_array().unwrap().len(), 2, "the others are off site");
+
+    let forgot = fresh(&["forget", short]);
+    assert!(String::from_utf8_lossy(&forgot.stdout).contains(&format!("removed snapshot {short} (its file is damaged)")));
+    let listed = fresh(&["snapshots"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stderr), "", "nothing left to warn of");
+    assert!(!Path::new(&env.repo).join("snapshots").join(&first).exists());
+}
