@@ -357,7 +357,7 @@ const fn table() -> [u64; 256] {
 
 static TABLE: [u64; 256] = table();
 
-fn crc64_update(mut crc: u64, data: &[u8]) -> u64 {
+pub(crate) fn crc64_update(mut crc: u64, data: &[u8]) -> u64 {
     for &b in data {
         crc = TABLE[((crc ^ u64::from(b)) & 0xff) as usize] ^ (crc >> 8);
     }

@@ -37,9 +37,37 @@ pub(crate) fn parse_manifest(text: &str) -> Option<Vec<Entry>> {
         .collect()
 }
 
+/// [`check_bytes`] of a file, read as it streams: a base RDB may be
+/// larger than the memory tresor may use.
 fn check_file(path: &Path, kind: &str) -> std::result::Result<u64, String> {
-    let data = std::fs::read(path).map_err(|e| format!("{} is named in the manifest but cannot be read: {e}", path.display()))?;
-    check_bytes(&path.display().to_string(), kind, &data)
+    use std::io::Read;
+    let name = path.display().to_string();
+    let cannot = |e: std::io::Error| format!("{name} is named in the manifest but cannot be read: {e}");
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    let mut head = Vec::with_capacity(16);
+    (&mut file).take(if len < 16 { 16 } else { 5 }).read_to_end(&mut head).map_err(cannot)?;
+    if len < 16 || head != b"REDIS" {
+        // All of a small file, or the first bytes of one that is no RDB, say what it is.
+        return check_bytes(&name, kind, &head).map(|_| len);
+    }
+    let mut crc = crate::redis::crc64_update(0, &head);
+    let mut body = (&mut file).take(len - 5 - 8);
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = body.read(&mut buf).map_err(cannot)?;
+        if n == 0 {
+            break;
+        }
+        crc = crate::redis::crc64_update(crc, &buf[..n]);
+    }
+    let mut trailer = [0u8; 8];
+    file.read_exact(&mut trailer).map_err(cannot)?;
+    let stored = u64::from_le_bytes(trailer);
+    if stored != 0 && crc != stored {
+        return Err(format!("{name} fails its CRC64 check"));
+    }
+    Ok(len)
 }
 
 /// An RDB (its CRC64 trailer) or an AOF (it starts with a command).
@@ -102,5 +130,38 @@ impl AofDir {
                 self.dir.display()
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file read as it streams says what its bytes say whole.
+    #[test]
+    fn a_file_is_checked_as_its_bytes_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rdb = b"REDIS0011".to_vec();
+        rdb.extend(std::iter::repeat_n(7u8, 3 << 20));
+        rdb.extend(crate::crc64(&rdb).to_le_bytes());
+        let mut flipped = rdb.clone();
+        flipped[2 << 20] ^= 1;
+        let cases: [(&str, &[u8], &str); 5] = [
+            ("good.rdb", &rdb, "b"),
+            ("flipped.rdb", &flipped, "b"),
+            ("short.rdb", b"REDIS0011", "b"),
+            ("incr.aof", b"*2\r\n$6\r\nSELECT\r\n", "i"),
+            ("junk.aof", b"hello", "i"),
+        ];
+        for (name, bytes, kind) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let whole = check_bytes(&path.display().to_string(), kind, bytes);
+            assert_eq!(check_file(&path, kind), whole, "{name}");
+        }
+        assert_eq!(
+            check_file(&dir.path().join("flipped.rdb"), "b").unwrap_err(),
+            format!("{}/flipped.rdb fails its CRC64 check", dir.path().display())
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! restore fails: an instance left a replica of tresor's closed port would
 //! refuse every write. No RDB parsing.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,8 @@ impl RedisTarget {
             }
         };
         stream.set_nonblocking(false).map_err(|e| self.redis.fail(e))?;
+        // A peer that connects and says nothing must not hold the restore.
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| self.redis.fail(e))?;
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| self.redis.fail(e))?);
         let mut writer = stream.try_clone().map_err(|e| self.redis.fail(e))?;
         loop {
@@ -73,22 +75,33 @@ impl RedisTarget {
     }
 }
 
+/// The most a replica's handshake command may hold: its words are few and short.
+const MAX_ARGS: usize = 16;
+const MAX_ARG: usize = 4096;
+
 fn read_command(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let n: usize =
-        line.trim().strip_prefix('*').and_then(|n| n.parse().ok()).ok_or_else(|| std::io::Error::other(format!("unexpected {line:?}")))?;
+    let n = read_count(r, '*', MAX_ARGS)?;
     let mut args = Vec::with_capacity(n);
     for _ in 0..n {
-        line.clear();
-        r.read_line(&mut line)?;
-        let len: usize = line.trim().strip_prefix('$').and_then(|n| n.parse().ok()).ok_or_else(|| std::io::Error::other("bad bulk"))?;
+        let len = read_count(r, '$', MAX_ARG)?;
         let mut buf = vec![0; len + 2];
         r.read_exact(&mut buf)?;
         buf.truncate(len);
         args.push(String::from_utf8_lossy(&buf).into_owned());
     }
     Ok(args)
+}
+
+/// A `*N` or `$N` line, N at most `max`; a line is read no further than a
+/// number's length.
+fn read_count(r: &mut impl BufRead, mark: char, max: usize) -> std::io::Result<usize> {
+    let mut line = String::new();
+    r.take(64).read_line(&mut line)?;
+    line.trim()
+        .strip_prefix(mark)
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n <= max)
+        .ok_or_else(|| std::io::Error::other(format!("unexpected {line:?}")))
 }
 
 impl Target for RedisTarget {
@@ -156,5 +169,21 @@ impl Target for RedisTarget {
             };
             self.redis.fail(format!("the instance is left a replica of tresor, refusing writes, until it is given REPLICAOF NO ONE: {why}"))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer's handshake is read within bounds: a huge count or length, or
+    /// an endless line, is refused before anything is allocated for it.
+    #[test]
+    fn a_handshake_command_is_read_within_bounds() {
+        let read = |bytes: &[u8]| read_command(&mut std::io::Cursor::new(bytes.to_vec())).map_err(|e| e.to_string());
+        assert_eq!(read(b"*2\r\n$8\r\nREPLCONF\r\n$4\r\ncapa\r\n"), Ok(vec!["REPLCONF".into(), "capa".into()]));
+        assert_eq!(read(b"*99999\r\n"), Err("unexpected \"*99999\\r\\n\"".into()));
+        assert_eq!(read(b"*1\r\n$18446744073709551615\r\n"), Err("unexpected \"$18446744073709551615\\r\\n\"".into()));
+        assert!(read(&[b'x'; 100_000]).unwrap_err().starts_with("unexpected \"xxxx"));
     }
 }
