@@ -44,6 +44,17 @@ fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
     Ok(selected)
 }
 
+/// The context of a failure to reach or open the target: typed, so that a
+/// copy job's result can say the off-site repository failed, not the source.
+#[derive(Debug)]
+pub struct InTarget;
+
+impl std::fmt::Display for InTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("target")
+    }
+}
+
 pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     let src = open(g).await?;
     let to = tresor_storage::Location::parse(a.to.expose())?;
@@ -52,9 +63,9 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     }
     let mut opts = open_options(g, Password::new(""))?;
     opts.storage.env_prefix = Some("TRESOR_TO_");
-    Repository::probe(&to, &opts.storage).await.context("target")?;
+    Repository::probe(&to, &opts.storage).await.context(InTarget)?;
     opts.password = target_password(&a)?;
-    let dst = std::sync::Arc::new(Repository::open(&to, &opts).await.context("target")?);
+    let dst = std::sync::Arc::new(Repository::open(&to, &opts).await.context(InTarget)?);
     dst.set_memory_limit(crate::commands::max_memory(g)?);
     let selected = select(src.snapshots().await?, &a)?;
     let unreadable = src.unreadable_snapshots();

@@ -248,7 +248,7 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
             let message = crate::one_line(&e);
             // The job's log says it as the command would.
             eprintln!("tresor: error: {message}");
-            JobResult::failed(reason, temporary, message)
+            JobResult { in_target: e.downcast_ref::<crate::copy::InTarget>().is_some(), ..JobResult::failed(reason, temporary, message) }
         }
     };
     // A partial backup's snapshot is stored all the same, and named.
@@ -311,6 +311,19 @@ mod tests {
         let restore = judge(&spec("restore"), Ok(3), Some(json!({"status": said, "results": []})));
         assert_eq!((restore.reason, restore.message.as_deref()), (Some(Reason::Partial), Some(said)));
         assert_eq!(judge(&spec("backup"), Ok(0), None).status, Status::Succeeded);
+    }
+
+    /// A copy that cannot reach its target says so in its result, as a
+    /// type rather than in words; one that fails in its source does not.
+    #[test]
+    fn a_copy_that_fails_in_its_target_says_so() {
+        let spec = serde_json::from_value::<JobSpec>(json!({"kind": "copy", "name": "db", "repository": {"url": "/r"}})).unwrap();
+        let down =
+            || anyhow::Error::new(tresor_engine::Error::NoRepository { location: "s3://off/site".into(), reason: "no config".into() });
+        let target = judge(&spec, Err(down().context(crate::copy::InTarget)), None);
+        assert_eq!((target.reason, target.in_target), (Some(Reason::RepositoryMissing), true));
+        assert_eq!(target.message.as_deref(), Some("target: no repository at s3://off/site: no config"));
+        assert!(!judge(&spec, Err(down()), None).in_target);
     }
 
     /// A volume job's wait ends before the daemon's kill, leaving time to

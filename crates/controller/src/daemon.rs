@@ -589,7 +589,8 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
 /// The job's record in its repositories' evidence logs; a rehearsal's protocol in every primary's.
 async fn record_evidence(shared: &Arc<Shared>, w: &Work, record: &Job, outcome: &Outcome) {
     // A repository the job could not reach or open would only make the daemon wait for it again.
-    let unreachable = matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing" | "wrong_password"));
+    let unreachable =
+        !outcome.in_target && matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing" | "wrong_password"));
     let mut body = serde_json::to_value(record).unwrap_or_default();
     if w.kind == Kind::Drill {
         // The drill protocol: what a rebuilt state's report reads.
@@ -618,7 +619,8 @@ async fn record_evidence(shared: &Arc<Shared>, w: &Work, record: &Job, outcome: 
 fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ended: DateTime<Utc>) {
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
         let plan = shared.plan();
-        if let Some((name, _)) = plan.repositories.iter().find(|(_, r)| r.url == w.repo.url) {
+        let failed = if outcome.in_target { w.offsite.as_ref() } else { Some(&w.repo) };
+        if let Some((name, _)) = plan.repositories.iter().find(|(_, r)| failed.is_some_and(|f| r.url == f.url)) {
             shared.metrics.repository_failed(name);
         }
     }

@@ -301,6 +301,10 @@ pub struct JobResult {
     /// The end of what the job printed on standard error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// For a copy: the failure is in the target (off-site) repository,
+    /// not in the source.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_target: bool,
 }
 
 impl JobResult {
@@ -321,6 +325,7 @@ impl JobResult {
             lag_seconds: None,
             details: None,
             log: None,
+            in_target: false,
         }
     }
 }

@@ -122,6 +122,7 @@ pub fn outcome(r: JobResult) -> Outcome {
         log: r.log,
         lag_seconds: r.lag_seconds,
         summary: r.details,
+        in_target: r.in_target,
     }
 }
 

@@ -213,6 +213,28 @@ async fn the_replication_lag_grows_while_copies_fail_and_is_zero_after_one_succe
     d.stop().await;
 }
 
+/// A copy that cannot reach its off-site repository is that repository's
+/// error, not the primary's, whose backups go on: the alert names the
+/// site that is down, and the copy's record stays in the primary's log.
+#[tokio::test]
+async fn a_copy_that_fails_in_its_target_is_charged_to_the_off_site_repository() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let down = JobResult { in_target: true, ..JobResult::failed(Reason::RepositoryMissing, false, "target: no repository at /off") };
+    let script = BTreeMap::from([(("part".to_string(), 3), down)]);
+    let d = started(dir.path(), RETAINED, Scripted { script, ..Scripted::default() });
+    let shared = d.shared.clone();
+    let history = || shared.state.jobs(10, Some("part")).expect("the history");
+    until("the backup, its retention and the failed copy", || {
+        history().len() == 3 && history().iter().all(|j| j.outcome.status != "running")
+    })
+    .await;
+    let text = shared.metrics.render(&shared.plan(), chrono::Utc::now());
+    let mut errors: Vec<&str> = text.lines().filter(|l| l.starts_with("backup_repository_errors_total{")).collect();
+    errors.sort();
+    assert_eq!(errors, ["backup_repository_errors_total{repository=\"main\"} 0", "backup_repository_errors_total{repository=\"off\"} 1"]);
+    d.stop().await;
+}
+
 /// A job that panics fails, recorded as any failure is, and its source is
 /// not held as running: its next run starts.
 #[tokio::test]

@@ -98,6 +98,9 @@ pub struct Outcome {
     /// The job's JSON summary, e.g. a drill's reports (not stored).
     #[serde(skip)]
     pub summary: Option<serde_json::Value>,
+    /// For a copy: it failed in the off-site repository (not stored).
+    #[serde(skip)]
+    pub in_target: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
