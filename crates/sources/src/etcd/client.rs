@@ -229,7 +229,11 @@ async fn channel(endpoint: &str, tls: Option<&Tls>) -> Result<Channel, String> {
     let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
         .map_err(|e| format!("not an endpoint: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_secs(600));
+        .timeout(Duration::from_secs(600))
+        // A connection whose peer vanished is found within a minute, not at TCP's leisure.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
     if let Some(tls) = tls {
         ep = ep.tls_config(tls_config(tls)?).map_err(|e| format!("TLS: {}", error_chain(&e)))?;
     }

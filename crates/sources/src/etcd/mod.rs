@@ -19,6 +19,21 @@ use crate::{Error, Result, Source, Stream};
 
 const HASH_LEN: usize = 32;
 
+/// How long the snapshot stream may send nothing: a member that froze, or
+/// a connection left half open, must not hold a backup for ever.
+const STALL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The stream's next message, unless `limit` passes first.
+async fn within<T, E: std::fmt::Display>(
+    limit: std::time::Duration,
+    next: impl std::future::Future<Output = std::result::Result<Option<T>, E>>,
+) -> std::result::Result<Option<T>, String> {
+    match tokio::time::timeout(limit, next).await {
+        Ok(r) => r.map_err(|e| format!("the snapshot stream broke: {e}")),
+        Err(_) => Err(format!("the snapshot stream stalled: nothing came for {} s", limit.as_secs())),
+    }
+}
+
 const USAGE: &str = "expected etcd://HOST:PORT[,HOST:PORT…][?cacert=CA.pem&cert=CLIENT.pem&key=CLIENT-KEY.pem] \
      (credentials from TRESOR_ETCD_USER and TRESOR_ETCD_PASSWORD)";
 
@@ -99,10 +114,10 @@ impl Source for EtcdSource {
         let name = url.clone();
         rt.spawn(async move {
             loop {
-                let next = match stream.message().await {
+                let next = match within(STALL, stream.message()).await {
                     Ok(Some(msg)) => Ok(msg.blob),
                     Ok(None) => break,
-                    Err(e) => Err(std::io::Error::other(format!("{name}: the snapshot stream broke: {e}; no snapshot was saved"))),
+                    Err(why) => Err(std::io::Error::other(format!("{name}: {why}; no snapshot was saved"))),
                 };
                 let last = next.is_err();
                 if tx.send(next).is_err() || last {
@@ -198,6 +213,15 @@ impl Read for SnapshotReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_stream_that_sends_nothing_is_a_failure() {
+        let stalled = std::future::pending::<std::result::Result<Option<Vec<u8>>, String>>();
+        let said = within(std::time::Duration::from_secs(1), stalled).await;
+        assert_eq!(said, Err("the snapshot stream stalled: nothing came for 1 s".into()));
+        let broke = within(STALL, async { Err::<Option<Vec<u8>>, _>("reset by peer") }).await;
+        assert_eq!(broke, Err("the snapshot stream broke: reset by peer".into()));
+    }
 
     fn read_all(data: Vec<u8>) -> std::io::Result<Vec<u8>> {
         read_checked("etcd://x", data.chunks(7).map(<[u8]>::to_vec))
