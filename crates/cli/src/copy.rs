@@ -74,7 +74,7 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     r.damaged.extend(unreadable);
     if g.json {
         print_json(&r)?;
-        return damaged(&r.damaged);
+        return damaged(&r);
     }
     for (from, to) in &r.copied {
         if a.dry_run {
@@ -101,15 +101,25 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
         (Some(t), Some(lag)) => println!("replication lag before this run: {lag}s (newest missing snapshot from {t})"),
         _ => println!("replication lag: none, the target had every selected snapshot"),
     }
-    damaged(&r.damaged)
+    damaged(&r)
 }
 
-/// Name each selected snapshot the source holds damaged; the copy then
-/// fails with the first one's damage, which says why to the daemon too.
-fn damaged(snapshots: &[(tresor_engine::Id, String)]) -> Result<u8> {
+/// Name each selected snapshot, and each evidence entry, the source holds
+/// damaged; the copy then fails with the first one's damage, which says
+/// why to the daemon too.
+fn damaged(r: &tresor_engine::copy::CopyReport) -> Result<u8> {
     let line = |(id, why): &(tresor_engine::Id, String)| format!("snapshot {} was not copied: {why}", id.short());
     let selected = ["of the selected snapshots"; 2];
-    let Some(count) = crate::data::name_lost(snapshots, line, selected, "could not be copied, the others were") else { return Ok(0) };
-    let (first, why) = &snapshots[0];
-    Err(anyhow::Error::new(tresor_engine::Error::corrupt("snapshot", first.short(), why)).context(count))
+    let snapshots = crate::data::name_lost(&r.damaged, line, selected, "could not be copied, the others were");
+    let line = |(seq, why): &(u64, String)| format!("evidence entry {seq} was not copied: {why}");
+    let entries = crate::data::name_lost(&r.evidence_damaged, line, ["evidence entry", "evidence entries"], "could not be copied");
+    if let (Some(count), Some((first, why))) = (snapshots, r.damaged.first()) {
+        return Err(anyhow::Error::new(tresor_engine::Error::corrupt("snapshot", first.short(), why)).context(count));
+    }
+    match (entries, r.evidence_damaged.first()) {
+        (Some(count), Some((seq, why))) => {
+            Err(anyhow::Error::new(tresor_engine::Error::corrupt("evidence entry", seq, why)).context(count))
+        }
+        _ => Ok(0),
+    }
 }

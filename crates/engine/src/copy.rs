@@ -53,6 +53,8 @@ pub struct CopyReport {
     pub lag_seconds: Option<i64>,
     /// Evidence entries carried to the target.
     pub evidence_copied: usize,
+    /// Evidence entries damaged in the source (number, damage), not carried.
+    pub evidence_damaged: Vec<(u64, String)>,
 }
 
 /// Replication state of selected source snapshots against a target.
@@ -95,7 +97,7 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
         report.lag_seconds = Some(secs);
     }
     if !opts.dry_run {
-        report.evidence_copied = copy_evidence(&src, &dst).await?;
+        copy_evidence(&src, &dst, &mut report).await?;
     }
     if opts.dry_run || state.missing.is_empty() {
         report.copied = state.missing.iter().map(|s| (s.id, Id::default())).collect();
@@ -112,17 +114,26 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
 
 /// Carry the evidence entries the target lacks, re-sealed with its key
 /// under the same names (their chain is of plaintext hashes, so it holds
-/// in both); how many. First, so copied snapshots find the heads they name.
-async fn copy_evidence(src: &Repository, dst: &Repository) -> Result<usize> {
+/// in both). First, so copied snapshots find the heads they name. An entry
+/// damaged in the source is named and not carried: evidence is never
+/// deleted, so one damaged entry must not stop every copy for good.
+async fn copy_evidence(src: &Repository, dst: &Repository, report: &mut CopyReport) -> Result<()> {
     let have: std::collections::BTreeSet<(u64, Id)> = crate::evidence::names(dst).await?.into_iter().collect();
-    let mut copied = 0;
     for (seq, hash) in crate::evidence::names(src).await? {
-        if !have.contains(&(seq, hash)) {
-            crate::evidence::store(dst, &crate::evidence::load_plain(src, seq, &hash).await?).await?;
-            copied += 1;
+        if have.contains(&(seq, hash)) {
+            continue;
+        }
+        match crate::evidence::load_plain(src, seq, &hash).await {
+            Ok(plain) => {
+                crate::evidence::store(dst, &plain).await?;
+                report.evidence_copied += 1;
+            }
+            Err(Error::Corrupt { reason, .. }) => report.evidence_damaged.push((seq, reason)),
+            Err(e) if is_damage(&e) => report.evidence_damaged.push((seq, e.to_string())),
+            Err(e) => return Err(e),
         }
     }
-    Ok(copied)
+    Ok(())
 }
 
 async fn run(

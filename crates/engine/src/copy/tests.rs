@@ -76,3 +76,30 @@ async fn a_damaged_snapshot_is_named_and_the_others_copied() {
     let again = copy(src, dst, snaps, &CopyOptions::default()).await.unwrap();
     assert_eq!((again.present, again.copied.len(), again.damaged.len()), (2, 0, 1));
 }
+
+/// An evidence entry damaged in the source is named and not carried: the
+/// snapshots and the other entries are copied all the same (evidence is
+/// never deleted, so one damaged entry must not stop every copy for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_evidence_entry_is_named_and_the_rest_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, dst) = (Arc::new(repository(&dir.path().join("src")).await), Arc::new(repository(&dir.path().join("dst")).await));
+    for n in 0..3 {
+        crate::evidence::append(&src, "job", None, serde_json::json!({"n": n})).await.unwrap();
+    }
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), content("evidence", 10_000)).unwrap();
+    let snap = backup(src.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap();
+    let mut entries: Vec<_> = std::fs::read_dir(dir.path().join("src/evidence")).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    let mut bytes = std::fs::read(&entries[1]).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&entries[1], bytes).unwrap();
+
+    let report = copy(src.clone(), dst.clone(), src.snapshots().await.unwrap(), &CopyOptions::default()).await.unwrap();
+    assert_eq!(report.copied.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [snap.id]);
+    assert_eq!((report.evidence_copied, report.evidence_damaged.len()), (2, 1));
+    let (seq, why) = &report.evidence_damaged[0];
+    assert_eq!((*seq, why.as_str()), (crate::evidence::names(&src).await.unwrap()[1].0, "it fails authentication"));
+}
