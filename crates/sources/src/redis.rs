@@ -231,12 +231,16 @@ impl RedisSource {
         if info.starts_with('-') {
             return Err(self.refused(&info));
         }
-        // A few key names, for a restore drill to look for.
+        // A few key names, for a restore drill to look for: without a TTL
+        // (one may run out before the drill), and names that are text.
         let mut sample: Vec<String> = Vec::new();
         for _ in 0..10 {
             let k = c.call(&["RANDOMKEY"]).map_err(|e| self.fail(e))?;
-            if sample.len() < 5 && !k.starts_with(['$', '-']) && !sample.contains(&k) {
-                sample.push(k);
+            if sample.len() < 5 && !k.starts_with(['$', '-']) && !k.contains(char::REPLACEMENT_CHARACTER) && !sample.contains(&k) {
+                let ttl = c.call(&["PTTL", &k]).map_err(|e| self.fail(e))?;
+                if ttl == ":-1" {
+                    sample.push(k);
+                }
             }
         }
         self.point.insert("sample_keys".into(), sample.into());

@@ -44,8 +44,7 @@ pub(super) fn erp() -> Erp {
     }
     let volume = env.path("volume");
     sample_tree(&volume);
-    let scratch = tempfile::Builder::new().prefix("tresor-drills-").tempdir().unwrap();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let scratch = scratch_dir("tresor-drills-");
     let plan = env.path("tresor.yaml");
     fs::write(
         &plan,
@@ -121,6 +120,14 @@ drills:
     Erp { env, cluster, redis, pg, etcd, plan, scratch }
 }
 
+/// A scratch directory that the servers a drill starts (as another user
+/// when the tests run as root) can enter.
+pub(super) fn scratch_dir(prefix: &str) -> tempfile::TempDir {
+    let scratch = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    scratch
+}
+
 fn drill(e: &Erp, name: Option<&str>) -> (Option<i32>, Vec<serde_json::Value>) {
     let mut args = vec!["drill", "--plan", e.plan.to_str().unwrap(), "--scratch", e.scratch.path().to_str().unwrap(), "--json"];
     args.extend(name);
@@ -132,6 +139,43 @@ fn drill(e: &Erp, name: Option<&str>) -> (Option<i32>, Vec<serde_json::Value>) {
     let reports = reports.as_array().unwrap().clone();
     assert!(!reports.is_empty(), "no drill ran: {text}{err}");
     (out.status.code(), reports)
+}
+
+/// A Redis drill counts the keys of every database, and those the restored
+/// instance dropped as expired when it loaded: keys in database 1, and a
+/// key whose TTL ran out between the backup and the drill, fail no drill.
+/// No key with a TTL is sampled for the drill to look for.
+#[test]
+fn a_redis_drill_counts_every_database_and_the_keys_expired_since_the_backup() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let redis = RedisServer::start(&[]);
+    let set = std::time::Instant::now();
+    redis.script("SET a 1\nSET b 2\nSELECT 1\nSET c 3\nSELECT 0\nSET brief x PX 10000\n");
+    env.ok(&["backup", &redis.url(), "--tag", "source=cache"]);
+    let snap = &env.json(&["snapshots"])[0];
+    assert_eq!(snap["source"]["consistency"]["keys"], 4);
+    let sampled = snap["source"]["consistency"]["sample_keys"].as_array().unwrap().clone();
+    assert!(sampled.iter().all(|k| k == "a" || k == "b"), "no key with a TTL, nor of another database: {sampled:?}");
+    let scratch = scratch_dir("tresor-drills-");
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 1h\n\
+             sources:\n  - name: cache\n    class: standard\n    url: {}\n    schedule: \"@daily\"\n",
+            env.repo,
+            env.path("pw").display(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    // The TTL's end, passed: not a measurement.
+    std::thread::sleep(std::time::Duration::from_millis(10_500).saturating_sub(set.elapsed()));
+    let out = env.json(&["drill", "--plan", plan.to_str().unwrap(), "--scratch", scratch.path().to_str().unwrap()]);
+    let report = &out[0];
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["checks"][0], "3 keys and 1 expired since the backup, as recorded at backup");
 }
 
 #[test]

@@ -4,8 +4,6 @@
 //! log, and the report's ISO 27001 mapping. Real servers: Redis, the
 //! in-process S3 server.
 
-use std::os::unix::fs::PermissionsExt;
-
 use tresor_testkit::{RedisServer, S3Server};
 
 use super::sources::fill;
@@ -37,8 +35,7 @@ fn site(drill_schedule: &str) -> Site {
     fill(&redis);
     let volume = env.path("volume");
     sample_tree(&volume);
-    let scratch = tempfile::Builder::new().prefix("tresor-rehearse-").tempdir().unwrap();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let scratch = super::drill::scratch_dir("tresor-rehearse-");
     let plan = env.path("tresor.yaml");
     fs::write(
         &plan,
@@ -311,8 +308,7 @@ fn a_cold_start_rehearsal_brings_the_platform_back_from_the_offsite_copy() {
     sample_tree(&volume);
     let state_dir = env.path("empty-state");
     fs::create_dir_all(&state_dir).unwrap();
-    let scratch = tempfile::Builder::new().prefix("tresor-rehearse-").tempdir().unwrap();
-    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let scratch = super::drill::scratch_dir("tresor-rehearse-");
     let sources = [
         ("sessions", "critical", redis.url()),
         ("erp-db", "critical", pg.url("erp")),

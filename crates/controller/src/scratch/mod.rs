@@ -235,7 +235,16 @@ impl Redis {
         Ok(output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "EXISTS", key]), "redis-cli EXISTS")? == "1")
     }
 
-    /// Keys in the loaded data set (an error while it still loads).
+    /// Once loaded: the keys of every database, and those the load dropped
+    /// as expired (Redis 7's `rdb_last_load_keys_expired`; 0 before it).
+    pub fn loaded(&self) -> Result<(u64, u64), String> {
+        let keys = tresor_sources::RedisSource::parse(&self.url()).and_then(|s| s.keys()).map_err(|e| e.to_string())?;
+        let info = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "INFO", "persistence"]), "redis-cli INFO")?;
+        let expired = info.lines().find_map(|l| l.trim().strip_prefix("rdb_last_load_keys_expired:")?.parse().ok()).unwrap_or(0);
+        Ok((keys, expired))
+    }
+
+    /// Keys in database 0 (an error while the data set still loads).
     pub fn keys(&self) -> Result<u64, String> {
         let text = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "DBSIZE"]), "redis-cli DBSIZE")?;
         text.parse().map_err(|_| format!("redis-cli DBSIZE: {text}"))
