@@ -146,8 +146,9 @@ fn split_port(hostport: &str) -> Result<(&str, u16), String> {
     Ok((host, port))
 }
 
-/// Undo `%XX` escapes, as libpq does in every part of a URL.
-fn decode(text: &str) -> Result<String, String> {
+/// Undo `%XX` escapes, as libpq does in every part of a URL (and Redis
+/// clients in a URL's user part).
+pub(crate) fn decode(text: &str) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

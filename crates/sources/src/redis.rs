@@ -37,13 +37,17 @@ impl RedisSource {
         let bad = |why: &str| Error::failed(url_without_secret(url), why);
         let tls = url.starts_with("rediss://").then(|| TlsFiles::from_env("TRESOR_REDIS_"));
         let rest = url.strip_prefix("redis://").or_else(|| url.strip_prefix("rediss://")).ok_or_else(|| bad("not a redis:// URL"))?;
-        let rest = rest.split('/').next().unwrap_or_default();
+        // The last `@` ends the user part, before any path: a password may hold a `/`.
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((a, h)) => (Some(a), h),
             None => (None, rest),
         };
+        let hostport = hostport.split(['/', '?']).next().unwrap_or_default();
         let (user, password) = match auth.map(|a| a.split_once(':').unwrap_or((a, ""))) {
-            Some((u, p)) => ((!u.is_empty()).then(|| u.to_string()), (!p.is_empty()).then(|| p.to_string())),
+            Some((u, p)) => {
+                let (u, p) = (crate::pgurl::decode(u).map_err(|e| bad(&e))?, crate::pgurl::decode(p).map_err(|e| bad(&e))?);
+                ((!u.is_empty()).then_some(u), (!p.is_empty()).then_some(p))
+            }
             None => (None, None),
         };
         let password = password.or_else(|| std::env::var("TRESOR_REDIS_PASSWORD").ok()).or_else(|| std::env::var("REDISCLI_AUTH").ok());
@@ -400,5 +404,8 @@ mod tests {
         assert!(!format!("{s:?}").contains("s3cret"));
         let err = RedisSource::parse("redis://u:s3cret@h:notaport").unwrap_err().to_string();
         assert_eq!(err, "redis://u@h:notaport: the port is not a number");
+        // A password with a `/` (base64 has them) or a %-escape, and a database path.
+        let s = RedisSource::parse("redis://backup:12/ab%40c@10.0.0.5:6380/0").unwrap();
+        assert_eq!((s.url(), s.password.as_deref()), ("redis://backup@10.0.0.5:6380".to_string(), Some("12/ab@c")));
     }
 }
