@@ -32,6 +32,15 @@ fn taken(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
 }
 
+/// Whether a server that exited at start lost one of `ports`: held now, or
+/// held when it bound and let go since (a process that probed for a free
+/// port of its own), which only the server's log still tells, in the
+/// system's words for `EADDRINUSE`.
+fn lost_port(ports: &[u16], log: &Path) -> bool {
+    let said = std::fs::read_to_string(log).unwrap_or_default().to_ascii_lowercase();
+    ports.iter().any(|p| taken(*p)) || said.contains("address already in use")
+}
+
 /// How often a scratch server is started on another port when the one
 /// found free was taken before the server could bind it.
 const PORT_TRIES: usize = 3;
@@ -222,7 +231,7 @@ impl Redis {
         })?;
         match exit {
             None => Ok(Some(r)),
-            Some(_) if taken(port) => Ok(None),
+            Some(_) if lost_port(&[port], &log) => Ok(None),
             Some(status) => Err(exit_error("redis-server", status, &log, redis_reason)),
         }
     }
@@ -377,7 +386,7 @@ impl Etcd {
         })?;
         match exited {
             None => Ok(Some(member)),
-            Some(_) if taken(port) || taken(peer) => Ok(None),
+            Some(_) if lost_port(&[port, peer], &log) => Ok(None),
             Some(status) => Err(exit_error("etcd", status, &log, last_log_line)),
         }
     }
@@ -476,6 +485,8 @@ impl Postgres {
             let pg = Postgres { port, bin: bin.clone(), data: data.clone() };
             let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", dir.display());
             let log = dir.join("server.log");
+            // pg_ctl appends: an earlier try's words must not speak for this one.
+            let _ = std::fs::remove_file(&log);
             let started = output(
                 pg.as_owner("pg_ctl").arg("-D").arg(&pg.data).args(["-o", &opts, "-l"]).arg(&log).args(["-w", "-t", "120", "start"]),
                 "pg_ctl start",
@@ -484,7 +495,7 @@ impl Postgres {
             // Stopped first (a server that outlived pg_ctl's wait), so only another process can hold the port.
             drop(pg);
             // The postmaster binds its port before it reads the data, which the next try finds as it was.
-            if taken(port) { Ok(None) } else { Err(e) }
+            if lost_port(&[port], &log) { Ok(None) } else { Err(e) }
         })
     }
 
@@ -562,6 +573,21 @@ mod tests {
         let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut first = Some(holder.local_addr().unwrap().port());
         (holder, move || first.take().map_or_else(free_port, Ok))
+    }
+
+    /// A port held when the server bound it, and let go before the server's
+    /// exit was looked at, is told by the server's log.
+    #[test]
+    fn a_port_lost_for_a_moment_is_told_by_the_servers_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("etcd.log");
+        let port = free_port().unwrap();
+        std::fs::write(&log, "etcdmain: listen tcp 127.0.0.1:43423: bind: address already in use\n").unwrap();
+        assert!(lost_port(&[port], &log));
+        std::fs::write(&log, "FATAL:  could not bind IPv4 address \"127.0.0.1\": Address already in use\n").unwrap();
+        assert!(lost_port(&[port], &log));
+        std::fs::write(&log, "FATAL:  data directory \"/x\" has invalid permissions\n").unwrap();
+        assert!(!lost_port(&[port], &log), "a failure of its own");
     }
 
     #[test]
