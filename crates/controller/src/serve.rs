@@ -3,9 +3,10 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -32,6 +33,12 @@ pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How long a client may take over its TLS handshake, and over a
+/// request's headers: one that connects and says nothing must not hold a
+/// descriptor for ever.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+const HEADERS: Duration = Duration::from_secs(30);
+
 /// Serve `app` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
     let Some(acceptor) = tls else {
@@ -41,15 +48,26 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>)
         return;
     };
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors, say: wait for some to close rather than spin.
+                tracing::warn!("HTTPS: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => return tracing::debug!("TLS handshake with {peer}: {e}"),
+            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
+                Err(_) => return tracing::debug!("TLS handshake with {peer}: nothing came for {} s", HANDSHAKE.as_secs()),
             };
             let service = TowerToHyperService::new(app);
-            if let Err(e) = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await {
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADERS);
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!("HTTPS connection from {peer}: {e}");
             }
         });

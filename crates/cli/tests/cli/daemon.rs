@@ -543,6 +543,15 @@ fn the_daemon_serves_https_with_the_given_certificate() {
     assert_eq!(String::from_utf8_lossy(&answer.stdout), "ok\n", "over TLS, trusting the given CA");
     assert_eq!(curl(&[]).status.code(), Some(60), "an untrusted certificate is refused by the client");
     assert_ne!(http(port, "GET", "/healthz", None).0, 200, "no plain HTTP on the TLS port");
+
+    // A client that connects and never starts its handshake is let go (after
+    // 10 s), rather than holding a descriptor for ever.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut silent, &mut buf);
+    assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{read:?}");
+    assert_eq!(String::from_utf8_lossy(&curl(&["--cacert", &ca]).stdout), "ok\n", "and the daemon serves on");
 }
 
 #[test]
