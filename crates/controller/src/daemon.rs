@@ -268,9 +268,12 @@ impl Loop {
             });
             self.started.insert(task.id(), running);
         }
-        // A job for a source that is running now waits; duplicates of it are dropped.
+        // A job for a source that is running now waits; duplicates of it
+        // (waiting already, or skipped in this same pass) are dropped. Two
+        // restores are duplicates only when they restore the same, the same way.
         for q in skipped {
-            if !self.queue.iter().any(|o| o.name == q.name && o.kind == q.kind) {
+            let same = |o: &Queued| o.name == q.name && o.kind == q.kind && o.restore == q.restore;
+            if !self.queue.iter().chain(&self.delayed).any(same) {
                 self.delayed.push(Queued { due: q.due, ..q });
             }
         }

@@ -23,6 +23,9 @@ struct Scripted {
     script: BTreeMap<(String, usize), JobResult>,
     /// The call that panics instead of answering.
     panics: Option<(String, usize)>,
+    /// The call that answers only once `release` is notified.
+    hold: Option<(String, usize)>,
+    release: tokio::sync::Notify,
 }
 
 impl Jobs for Scripted {
@@ -36,7 +39,13 @@ impl Jobs for Scripted {
         let call = (spec.name.clone(), n);
         assert!(self.panics.as_ref() != Some(&call), "a scripted panic");
         let result = self.script.get(&call).cloned().unwrap_or_else(JobResult::succeeded);
-        Box::pin(async move { result })
+        let held = self.hold.as_ref() == Some(&call);
+        Box::pin(async move {
+            if held {
+                self.release.notified().await;
+            }
+            result
+        })
     }
 }
 
@@ -232,6 +241,27 @@ async fn a_copy_that_fails_in_its_target_is_charged_to_the_off_site_repository()
     let mut errors: Vec<&str> = text.lines().filter(|l| l.starts_with("backup_repository_errors_total{")).collect();
     errors.sort();
     assert_eq!(errors, ["backup_repository_errors_total{repository=\"main\"} 0", "backup_repository_errors_total{repository=\"off\"} 1"]);
+    d.stop().await;
+}
+
+/// Backups asked for over the API while one of the source runs come to
+/// one more backup, not one each: a client that retries on a timeout
+/// must not queue a backup per try.
+#[tokio::test]
+async fn backups_asked_for_while_one_runs_come_to_one_more() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), PLAN, Scripted { hold: Some(("flaky".into(), 1)), ..Scripted::default() });
+    let (shared, jobs) = (d.shared.clone(), d.jobs.clone());
+    until("the first backup running", || jobs.calls("flaky") == 1).await;
+    for _ in 0..5 {
+        shared.commands.send(crate::daemon::Command::Backup { source: "flaky".into(), actor: "api:admin".into() }).expect("the loop");
+    }
+    // Let the loop take every command while the first backup still runs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    jobs.release.notify_one();
+    until("the one more backup", || jobs.calls("flaky") >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(jobs.calls("flaky"), 2, "{:?}", jobs.kinds("flaky"));
     d.stop().await;
 }
 
