@@ -60,6 +60,9 @@ fn a_standby_takes_over_when_the_leader_is_killed_mid_backup() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(jobs(&standby), Vec::<serde_json::Value>::new(), "a standby runs nothing");
     assert_eq!(http(standby.port, "GET", "/readyz", None).0, 503, "and is not ready, so a Service sends nobody to it");
+    let (status, body) = http(standby.port, "POST", "/api/v1/sources/slow/backup", Some("admin-token"));
+    assert_eq!(status, 503, "a job asked of a standby would not run: {body}");
+    assert!(body.contains("this replica runs no jobs now (standing by for the lease, starting or stopping)"), "{body}");
     let lease = c.server.object("coordination.k8s.io", "leases", Some("tresor"), "tresor-leader").expect("the lease");
     let first = lease["spec"]["holderIdentity"].as_str().unwrap().to_string();
     assert!(first.ends_with(&format!("-{}", leader.child.id())), "{lease}");
