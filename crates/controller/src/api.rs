@@ -224,20 +224,19 @@ fn trigger(app: &App, headers: &HeaderMap, name: String, job: impl FnOnce(String
     if !app.shared.plan().sources.iter().any(|s| s.name == name) {
         return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
     }
-    if let Err(refused) = queue(app, job(name.clone(), actor)) {
+    if let Some(refused) = queue(app, job(name.clone(), actor)) {
         return refused;
     }
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name}))).into_response()
 }
 
 /// Hand a job to the scheduler, which runs it only on a leading replica
-/// that is not stopping: elsewhere a 202 would promise what never runs.
-fn queue(app: &App, cmd: Command) -> Result<(), Response> {
+/// that is not stopping: elsewhere a 202 would promise what never runs
+/// (the refusal, then).
+fn queue(app: &App, cmd: Command) -> Option<Response> {
     let not_leading = "this replica runs no jobs now (standing by for the lease, starting or stopping): ask the one that leads";
-    if !app.shared.ready.load(Ordering::SeqCst) || app.shared.commands.send(cmd).is_err() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, not_leading));
-    }
-    Ok(())
+    let refused = !app.shared.ready.load(Ordering::SeqCst) || app.shared.commands.send(cmd).is_err();
+    refused.then(|| error(StatusCode::SERVICE_UNAVAILABLE, not_leading))
 }
 
 /// Restore a source's newest backup (or the snapshot named, or the newest
@@ -268,7 +267,7 @@ async fn trigger_restore(
         }
     }
     let snapshot = spec.snapshot.clone();
-    if let Err(refused) = queue(&app, Command::Restore { source: name.clone(), spec: Box::new(spec), actor }) {
+    if let Some(refused) = queue(&app, Command::Restore { source: name.clone(), spec: Box::new(spec), actor }) {
         return refused;
     }
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name, "snapshot": snapshot}))).into_response()
