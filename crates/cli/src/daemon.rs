@@ -143,6 +143,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         unprotected: Default::default(),
         repos: Default::default(),
         runs,
+        report: Default::default(),
     });
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|source| tresor_controller::Error::Listen { addr: listen.clone(), source })?;

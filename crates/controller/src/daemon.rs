@@ -64,6 +64,8 @@ pub struct Shared {
     pub repos: crate::repos::Handles,
     /// The jobs as Kubernetes objects (with a BackupPlan resource only).
     pub runs: crate::runs_hook::Runs,
+    /// The compliance report as last built, and when (`status::report`).
+    pub report: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Shared {

@@ -121,6 +121,7 @@ fn started(dir: &std::path::Path, plan: &str, jobs: Scripted) -> Started {
         unprotected: Default::default(),
         repos: Default::default(),
         runs: Default::default(),
+        report: Default::default(),
     });
     let (stop, stopped) = oneshot::channel::<()>();
     let daemon = tokio::spawn(run(shared.clone(), rx, async move {
@@ -262,6 +263,24 @@ async fn backups_asked_for_while_one_runs_come_to_one_more() {
     until("the one more backup", || jobs.calls("flaky") >= 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(jobs.calls("flaky"), 2, "{:?}", jobs.kinds("flaky"));
+    d.stop().await;
+}
+
+/// The report page, which needs no token and reads every repository's
+/// evidence log, is built at most once a minute: asked again, it is the
+/// report built before, though the clock moved on.
+#[tokio::test]
+async fn the_report_is_built_at_most_once_a_minute() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), PLAN, Scripted::default());
+    let page = |r: axum::response::Response| async move {
+        String::from_utf8(axum::body::to_bytes(r.into_body(), usize::MAX).await.expect("a body").to_vec()).expect("text")
+    };
+    let first = page(crate::status::report(&d.shared).await).await;
+    assert!(first.contains("2026-11-21 10:00 UTC"), "{first}");
+    set(&d.clock_file, "2026-11-21T11:30:00Z");
+    let again = page(crate::status::report(&d.shared).await).await;
+    assert_eq!(again, first);
     d.stop().await;
 }
 

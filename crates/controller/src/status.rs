@@ -481,7 +481,17 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
 }
 
 /// The compliance report of the last 30 days, as `tresor report --format html` writes it.
+/// How long a built report is served again: building one reads every
+/// repository's evidence log, and the page needs no token.
+const REPORT_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The compliance report, built at most once a minute and by one request
+/// at a time (the others wait for it).
 pub async fn report(shared: &Shared) -> Response {
+    let mut built = shared.report.lock().await;
+    if let Some((_, html)) = built.as_ref().filter(|(at, _)| at.elapsed() < REPORT_FRESH) {
+        return Html(html.clone()).into_response();
+    }
     let plan = shared.plan();
     let now = shared.clock.now();
     let since = now - chrono::Duration::days(30);
@@ -489,7 +499,9 @@ pub async fn report(shared: &Shared) -> Response {
     let history = shared.state.jobs_since(since).and_then(|jobs| Ok((jobs, shared.state.drills(since)?)));
     match history {
         Ok((jobs, drills)) => {
-            Html(crate::report_html::html(&crate::report::build(&plan, &jobs, &drills, facts, since, now))).into_response()
+            let html = crate::report_html::html(&crate::report::build(&plan, &jobs, &drills, facts, since, now));
+            *built = Some((std::time::Instant::now(), html.clone()));
+            Html(html).into_response()
         }
         Err(e) => {
             let body = format!("<h1>No report</h1><p class=\"error\">{}</p>", esc(&e.to_string()));
