@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::json;
-use tresor_controller::api::{Tokens, router};
+use tresor_controller::api::{Token, Tokens, router};
 use tresor_controller::check::{Severity, check};
 use tresor_controller::daemon::{Clock, Command, Shared, load_plan, run};
 use tresor_controller::plan::Plan;
@@ -82,12 +82,15 @@ fn init_repositories(plan: &Plan, exe: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_token(file: Option<&Path>, var: &str) -> Result<Option<String>> {
+/// A scope's token: its file (read here once, so that a daemon with an
+/// unreadable one does not start; then on every request), else the
+/// environment variable `var`.
+fn read_token(file: Option<&Path>, var: &str) -> Result<Token> {
     if let Some(f) = file {
         let t = std::fs::read_to_string(f).with_context(|| format!("cannot read token file {}", f.display()))?;
-        return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+        return Ok(if t.trim().is_empty() { Token::Unset } else { Token::File(f.to_path_buf()) });
     }
-    Ok(std::env::var(var).ok().filter(|t| !t.is_empty()))
+    Ok(std::env::var(var).ok().filter(|t| !t.is_empty()).map_or(Token::Unset, Token::Given))
 }
 
 pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
@@ -107,7 +110,7 @@ pub async fn daemon(_g: &Global, a: DaemonArgs) -> Result<u8> {
         admin: read_token(plan.daemon.admin_token_file.as_deref(), "TRESOR_API_TOKEN")?,
         read: read_token(plan.daemon.read_token_file.as_deref(), "TRESOR_API_READ_TOKEN")?,
     };
-    if tokens.admin.is_none() && tokens.read.is_none() && !addr.ip().is_loopback() {
+    if matches!((&tokens.admin, &tokens.read), (Token::Unset, Token::Unset)) && !addr.ip().is_loopback() {
         bail!(
             "listening on {addr} needs API tokens (daemon.admin_token_file or TRESOR_API_TOKEN); without them only a loopback address is allowed"
         );

@@ -22,8 +22,37 @@ use crate::view::class_states;
 /// listens on loopback only).
 #[derive(Clone, Default)]
 pub struct Tokens {
-    pub admin: Option<String>,
-    pub read: Option<String>,
+    pub admin: Token,
+    pub read: Token,
+}
+
+/// One scope's token: none, one given at start (an environment variable),
+/// or a file read on every request, so that a rotated file (a Kubernetes
+/// Secret updated) takes effect at once and the old token stops working.
+#[derive(Clone, Default)]
+pub enum Token {
+    #[default]
+    Unset,
+    Given(String),
+    File(std::path::PathBuf),
+}
+
+impl Token {
+    /// The token as it is now; none while its file cannot be read, so
+    /// that no request passes on a token that may have been revoked.
+    fn current(&self) -> Option<String> {
+        match self {
+            Token::Unset => None,
+            Token::Given(t) => Some(t.clone()),
+            Token::File(path) => match std::fs::read_to_string(path) {
+                Ok(t) => Some(t.trim().to_string()).filter(|t| !t.is_empty()),
+                Err(e) => {
+                    tracing::warn!("cannot read the token file {}: {e}", path.display());
+                    None
+                }
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -61,17 +90,18 @@ impl App {
     /// 401 without a valid token, 403 with a read-only one on a write endpoint.
     fn allow(&self, headers: &HeaderMap, need: Scope) -> Result<String, Denied> {
         let t = &self.tokens;
-        if t.admin.is_none() && t.read.is_none() {
+        if matches!((&t.admin, &t.read), (Token::Unset, Token::Unset)) {
             return Ok("anonymous".into());
         }
+        let (admin, read) = (t.admin.current(), t.read.current());
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         // Compared as BLAKE3 hashes, whose equality takes the same time
         // however many leading bytes match: a guess learns nothing from it.
         let is =
             |token: &Option<String>, g: &str| token.as_deref().is_some_and(|t| blake3::hash(t.as_bytes()) == blake3::hash(g.as_bytes()));
         let scope = match given {
-            Some(g) if is(&t.admin, g) => Scope::Admin,
-            Some(g) if is(&t.read, g) => Scope::Read,
+            Some(g) if is(&admin, g) => Scope::Admin,
+            Some(g) if is(&read, g) => Scope::Read,
             _ => return Err(Denied::Unauthorized),
         };
         if scope < need {

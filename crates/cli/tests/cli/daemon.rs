@@ -501,11 +501,9 @@ fn webhooks_announce_a_failure_and_the_recovery_with_retries() {
     assert_eq!(env.ok(&["dump", "latest", "stdout"]), "ok\n", "a job's programs never see the daemon's API tokens");
 }
 
-#[test]
-fn the_daemon_serves_https_with_the_given_certificate() {
-    let env = Env::new();
-    let certs = tresor_testkit::Certs::make(&env.path("tls"));
-    let [ca, crt, key] = [&certs.ca, &certs.server_cert, &certs.server_key].map(|p| p.display().to_string());
+/// A plan of one directory source, `files`, whose `daemon:` section ends
+/// with `daemon` (indented lines).
+fn files_plan(env: &Env, daemon: &str) -> PathBuf {
     fs::create_dir_all(env.path("files")).unwrap();
     let plan = env.path("plan.yaml");
     fs::write(
@@ -513,7 +511,7 @@ fn the_daemon_serves_https_with_the_given_certificate() {
         format!(
             "repositories:\n  main:\n    url: {}\n    password_file: {}\n    init: true\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
              sources:\n  - name: files\n    class: standard\n    url: {}\n    schedule: \"@daily\"\n\
-             daemon:\n  state: {}\n  tls_cert_file: {crt}\n  tls_key_file: {key}\n",
+             daemon:\n  state: {}\n{daemon}",
             env.repo,
             env.path("pw").display(),
             env.path("files").display(),
@@ -521,6 +519,15 @@ fn the_daemon_serves_https_with_the_given_certificate() {
         ),
     )
     .unwrap();
+    plan
+}
+
+#[test]
+fn the_daemon_serves_https_with_the_given_certificate() {
+    let env = Env::new();
+    let certs = tresor_testkit::Certs::make(&env.path("tls"));
+    let [ca, crt, key] = [&certs.ca, &certs.server_cert, &certs.server_key].map(|p| p.display().to_string());
+    let plan = files_plan(&env, &format!("  tls_cert_file: {crt}\n  tls_key_file: {key}\n"));
     let port = tresor_testkit::net::free_port();
     let child = env
         .cmd(&["daemon", "--plan", plan.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
@@ -552,6 +559,21 @@ fn the_daemon_serves_https_with_the_given_certificate() {
     let read = std::io::Read::read(&mut silent, &mut buf);
     assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{read:?}");
     assert_eq!(String::from_utf8_lossy(&curl(&["--cacert", &ca]).stdout), "ok\n", "and the daemon serves on");
+}
+
+/// A token file is read on every request: a rotated token (a Kubernetes
+/// Secret updated) works at once, and the old one no longer does.
+#[test]
+fn a_rotated_token_file_takes_effect_without_a_restart() {
+    let env = Env::new();
+    let token = env.path("admin-token");
+    fs::write(&token, "first-token\n").unwrap();
+    let plan = files_plan(&env, &format!("  admin_token_file: {}\n", token.display()));
+    let d = start_daemon(&env, &plan, None);
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("first-token")).0, 200);
+    fs::write(&token, "second-token\n").unwrap();
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("first-token")).0, 401, "the old token is revoked");
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("second-token")).0, 200);
 }
 
 #[test]
