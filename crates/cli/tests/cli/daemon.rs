@@ -559,6 +559,14 @@ fn the_daemon_serves_https_with_the_given_certificate() {
     let read = std::io::Read::read(&mut silent, &mut buf);
     assert!(matches!(read, Ok(0)) || read.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset), "{read:?}");
     assert_eq!(String::from_utf8_lossy(&curl(&["--cacert", &ca]).stdout), "ok\n", "and the daemon serves on");
+
+    // A renewed certificate (here from another CA) is served without a restart.
+    let renewed = tresor_testkit::Certs::make(&env.path("tls-renewed"));
+    fs::copy(&renewed.server_key, &key).unwrap();
+    fs::copy(&renewed.server_cert, &crt).unwrap();
+    let new_ca = renewed.ca.display().to_string();
+    assert_eq!(String::from_utf8_lossy(&curl(&["--cacert", &new_ca]).stdout), "ok\n", "the renewed certificate is served");
+    assert_eq!(curl(&["--cacert", &ca]).status.code(), Some(60), "and the old one no more");
 }
 
 /// A token file is read on every request: a rotated token (a Kubernetes
