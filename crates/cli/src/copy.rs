@@ -28,8 +28,9 @@ fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
     let mut selected = if !a.snapshots.is_empty() {
         a.snapshots.iter().map(|spec| Ok(tresor_engine::select::select(all.clone(), spec, &filter)?)).collect::<Result<Vec<_>>>()?
     } else {
-        // Named pieces of continuous archives (WAL) go off-site too.
-        let matching = tresor_engine::select::filter(all.clone(), &filter, true);
+        // Named pieces of continuous archives (WAL) go off-site too. Only
+        // what matches is cloned: a cluster's archive may be many thousand pieces.
+        let matching: Vec<Snapshot> = all.iter().filter(|s| filter.matches(s)).cloned().collect();
         match a.latest {
             Some(n) => tresor_engine::select::newest_per_host_and_paths(matching, n),
             None => matching,
