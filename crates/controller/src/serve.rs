@@ -1,5 +1,7 @@
 //! Serving the HTTP side: plain, or HTTPS with a given certificate
-//! (rustls with ring), HTTP/1.1 and HTTP/2 either way.
+//! (rustls with ring), HTTP/1.1 either way (no ALPN offers HTTP/2, and
+//! HTTP/1.1 alone lets a request's headers have a time limit from the
+//! first moment: version detection would wait for bytes without one).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -92,35 +94,67 @@ const HEADERS: Duration = Duration::from_secs(30);
 
 /// Serve `app` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>) {
-    let Some(acceptor) = tls else {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP server: {e}");
-        }
-        return;
-    };
+    serve_with(listener, app, tls, HEADERS).await
+}
+
+/// [`serve`], a request's headers given `headers`.
+async fn serve_with(listener: TcpListener, app: Router, tls: Option<TlsAcceptor>, headers: Duration) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, say: wait for some to close rather than spin.
-                tracing::warn!("HTTPS: cannot accept a connection: {e}");
+                tracing::warn!("HTTP: cannot accept a connection: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!("TLS handshake with {peer}: {e}"),
-                Err(_) => return tracing::debug!("TLS handshake with {peer}: nothing came for {} s", HANDSHAKE.as_secs()),
-            };
-            let service = TowerToHyperService::new(app);
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADERS);
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!("HTTPS connection from {peer}: {e}");
+            let Some(acceptor) = acceptor else { return connection(tcp, app, peer, headers).await };
+            match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => connection(stream, app, peer, headers).await,
+                Ok(Err(e)) => tracing::debug!("TLS handshake with {peer}: {e}"),
+                Err(_) => tracing::debug!("TLS handshake with {peer}: nothing came for {} s", HANDSHAKE.as_secs()),
             }
         });
+    }
+}
+
+/// Requests on one connection, plain or TLS.
+async fn connection<I>(io: I, app: Router, peer: std::net::SocketAddr, headers: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(headers);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app)).await {
+        tracing::debug!("connection from {peer}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Over plain HTTP, a client that connects and sends nothing is let go
+    /// once the time for a request's headers is up; one that asks is answered.
+    #[tokio::test]
+    async fn a_silent_client_is_let_go() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        tokio::spawn(serve_with(listener, app, None, Duration::from_secs(1)));
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0))), "closed by the server: {read:?}");
+        let mut asking = tokio::net::TcpStream::connect(addr).await.unwrap();
+        asking.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        asking.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("ok\n"), "{answer}");
     }
 }
