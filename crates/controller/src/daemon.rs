@@ -514,6 +514,11 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
     })
 }
 
+/// Whether a job ran to its end, whole or partial: a backup's snapshot was saved.
+fn saved(outcome: &Outcome) -> bool {
+    outcome.status == "succeeded" || outcome.reason.as_deref() == Some(Reason::Partial.as_str())
+}
+
 /// One queued job and, after a backup (whole or partial), its retention and copy.
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
@@ -526,9 +531,7 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         };
     };
     let outcome = run_one(shared, q, &w, cancel.clone()).await;
-    let whole = outcome.status == "succeeded";
-    let partial = outcome.reason.as_deref() == Some(Reason::Partial.as_str());
-    if q.kind != Kind::Backup || !(whole || partial) {
+    if q.kind != Kind::Backup || !saved(&outcome) {
         return outcome;
     }
     // A partial snapshot goes off site with what it holds; retention never
@@ -632,8 +635,7 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ende
     match w.kind {
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, outcome, seconds, ended);
-            let snapshot = outcome.status == "succeeded" || outcome.reason.as_deref() == Some(Reason::Partial.as_str());
-            if w.offsite.is_some() && snapshot {
+            if w.offsite.is_some() && saved(outcome) {
                 shared.metrics.not_yet_offsite(&w.name, ended - chrono::Duration::milliseconds((seconds * 1000.0) as i64));
             }
             announce(shared, w, outcome, ended);

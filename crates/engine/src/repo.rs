@@ -537,11 +537,15 @@ impl Repository {
     /// every backup, copy and forget.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let ids = self.list_ids(Kind::Snapshot).await?;
+        // A snapshot file is never rewritten: one found damaged is not read again.
+        let mut damaged = self.unreadable.lock().expect("not poisoned").clone();
+        damaged.retain(|id, _| ids.contains(id));
         let (mut snaps, unread) = {
             let mut opened = self.opened.lock().expect("not poisoned");
             let listed: HashSet<Id> = ids.iter().copied().collect();
             opened.retain(|id, _| listed.contains(id));
-            let (known, unread): (Vec<Id>, Vec<Id>) = ids.into_iter().partition(|id| opened.contains_key(id));
+            let (known, unread): (Vec<Id>, Vec<Id>) =
+                ids.into_iter().filter(|id| !damaged.contains_key(id)).partition(|id| opened.contains_key(id));
             (known.iter().map(|id| opened[id].clone()).collect::<Vec<Snapshot>>(), unread)
         };
         let loaded: Vec<(Id, std::result::Result<Option<Snapshot>, String>)> = futures::stream::iter(unread)
@@ -554,7 +558,7 @@ impl Repository {
             .buffer_unordered(16)
             .try_collect()
             .await?;
-        let (mut read, mut damaged) = (Vec::new(), BTreeMap::new());
+        let mut read = Vec::new();
         for (id, r) in loaded {
             match r {
                 Ok(s) => read.extend(s),
