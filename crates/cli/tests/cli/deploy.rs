@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{Daemon, count, http, set_clock, start_daemon, wait_jobs, write_plan};
+use super::daemon::{Daemon, after_first_runs, count, http, set_clock, wait_jobs};
 use super::*;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
@@ -59,24 +59,11 @@ impl Drop for Prometheus {
     }
 }
 
-/// The daemon on the test plan (files, a Redis cache with an off-site copy,
-/// a source that is down) once every first run is over.
-fn after_first_runs(env: &Env) -> (RedisServer, Daemon) {
-    let redis = RedisServer::start(&[]);
-    let plan = write_plan(env, &redis, tresor_testkit::net::free_port());
-    let d = start_daemon(env, &plan, None);
-    wait_jobs(&d, "first runs", |j| {
-        count(j, "files", "backup", "succeeded") == 1
-            && count(j, "cache", "copy", "succeeded") == 1
-            && count(j, "down", "backup", "failed") >= 1
-    });
-    (redis, d)
-}
-
 #[test]
 fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
     let env = Env::new();
-    let (_redis, d) = after_first_runs(&env);
+    let redis = RedisServer::start(&[]);
+    let (_, _, d) = after_first_runs(&env, &redis);
 
     let port = tresor_testkit::net::free_port();
     let config = env.path("prometheus.yml");
@@ -208,16 +195,8 @@ fn wait_drills(port: u16, token: Option<&str>, classes: &[&str]) -> Vec<serde_js
 fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_failed_job_red() {
     let env = Env::new();
     let redis = RedisServer::start(&[]);
-    let plan = write_plan(&env, &redis, tresor_testkit::net::free_port());
-    // A clock that stands still: the failed source's retry never comes, so the counts are exact.
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let d = start_daemon(&env, &plan, Some(&clock));
-    wait_jobs(&d, "first runs", |j| {
-        count(j, "files", "backup", "succeeded") == 1
-            && count(j, "cache", "copy", "succeeded") == 1
-            && count(j, "down", "backup", "failed") == 1
-    });
+    // The clock stands still: the failed source's retry never comes, so the counts are exact.
+    let (_, _, d) = after_first_runs(&env, &redis);
     let (status, _) = http(d.port, "POST", "/api/v1/sources/files/drill", Some("admin-token"));
     assert_eq!(status, 202);
     let classes = wait_drills(d.port, Some("read-token"), &["standard"]);

@@ -8,27 +8,8 @@ use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{Daemon, count, http, post_json, set_clock, start_daemon, wait_jobs, write_plan};
+use super::daemon::{after_first_runs, count, first_runs_over, http, post_json, set_clock, start_daemon, wait_jobs};
 use super::*;
-
-/// The daemon of [`write_plan`] at 10:07, once its first runs are over: the
-/// backups, the cache's retention and copy after its own; `down`'s retry
-/// waits for the clock, so nothing else starts until the test moves it.
-fn after_first_runs(env: &Env, redis: &RedisServer) -> (PathBuf, PathBuf, Daemon) {
-    let plan = write_plan(env, redis, tresor_testkit::net::free_port());
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let d = start_daemon(env, &plan, Some(&clock));
-    wait_jobs(&d, "first runs", first_runs_over);
-    (plan, clock, d)
-}
-
-fn first_runs_over(j: &[serde_json::Value]) -> bool {
-    count(j, "files", "backup", "succeeded") == 1
-        && ["backup", "forget", "copy"].iter().all(|k| count(j, "cache", k, "succeeded") == 1)
-        && count(j, "down", "backup", "failed") == 1
-        && j.iter().all(|x| x["status"] != "running")
-}
 
 /// Reads go through the daemon's own unlocked handles: snapshot lists, a
 /// source's page and the report start no job process (every job is run
