@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::index::Index;
 use crate::objects::{Kind, is_damage, list_names};
 use crate::pack::BlobKind;
+use crate::salvage::{Damaged, salvage};
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
 use crate::tree::{Node, Tree};
@@ -44,20 +45,19 @@ pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptio
     let index = repo.index().await?;
     let damaged = damaged_blobs(&repo, &index, opts.read_data).await?;
     let session = if opts.dry_run { None } else { Some(Session::start(repo.clone(), "repair snapshots").await?) };
-    let result = run(&repo, snaps, &index, &damaged, opts, session.as_ref()).await;
+    let mut result = run(&repo, snaps, &index, &damaged, opts, session.as_ref()).await;
     if let Some(s) = session {
+        if result.is_ok() {
+            // The snapshots first: a crash in between leaves them repaired
+            // and the index as it was, which the next repair takes out.
+            if let Err(e) = salvage(&repo, &damaged, &s).await {
+                result = Err(e);
+            }
+        }
         s.end().await?;
     }
     repo.reset_index().await;
     result
-}
-
-/// What is lost besides blobs no index lists: blobs that fail to read back,
-/// and packs missing from storage or unreadable, which take all their blobs
-/// (kept as packs: the index knows blobs by key, not by full id).
-struct Damaged {
-    blobs: IdSet,
-    packs: IdSet,
 }
 
 /// Packs missing from storage, and with `read_data` unreadable packs and
@@ -65,18 +65,23 @@ struct Damaged {
 async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<Damaged> {
     let stored: IdSet = list_names(repo.operator(), Kind::Pack).await?.iter().filter_map(|n| n.parse().ok()).collect();
     let mut bad_packs: IdSet = index.packs().map(|(p, _)| p).filter(|p| !stored.contains(p)).collect();
-    let mut damaged = IdSet::default();
+    let mut damaged = Damaged::default();
     if read_data {
         for (pack, _) in index.packs().filter(|(p, _)| stored.contains(p)) {
             match crate::check::verify_pack(repo, &pack).await {
-                Ok(bad) => damaged.extend(bad.into_iter().map(|(b, _)| b)),
+                Ok(bad) if bad.is_empty() => {}
+                Ok(bad) => {
+                    damaged.holding.insert(pack);
+                    damaged.blobs.extend(bad.into_iter().map(|(b, _)| b));
+                }
                 // An outage is no damage: what it hides is not lost.
                 Err(e) if is_damage(&e) => _ = bad_packs.insert(pack),
                 Err(e) => return Err(e),
             }
         }
     }
-    Ok(Damaged { blobs: damaged, packs: bad_packs })
+    damaged.packs = bad_packs;
+    Ok(damaged)
 }
 
 async fn run(

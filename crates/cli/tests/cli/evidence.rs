@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{after_first_runs, count, first_runs_over, http, post_json, set_clock, start_daemon, wait_jobs};
+use super::daemon::{after_first_runs, http, post_json, set_clock, start_daemon};
 use super::*;
 
 /// Reads go through the daemon's own unlocked handles: snapshot lists, a

@@ -59,6 +59,16 @@ fn repair_snapshots_drops_and_names_what_is_lost() {
     assert!(!out.join("dir/lose.bin").exists() && !out.join("damaged.bin").exists());
     assert!(out.join("dir").is_dir());
     assert!(env.json(&["repair", "snapshots", "--dry-run"]).as_array().unwrap().is_empty(), "nothing left to repair");
+
+    // The lost blobs are out of the index: the next backup stores their
+    // data again instead of deduplicating against what cannot be read.
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["restore", "latest", "--target", env.path("again").to_str().unwrap()]);
+    let again = restored(&env, "again", &src);
+    for f in ["keep.bin", "dir/lose.bin", "damaged.bin"] {
+        assert_eq!(fs::read(again.join(f)).unwrap(), fs::read(src.join(f)).unwrap(), "{f}");
+    }
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
 }
 
 #[test]
@@ -117,6 +127,47 @@ pub(super) fn damage_blob(
         flip_byte(&Path::new(&env.repo).join(tresor_engine::objects::Kind::Pack.path(&pack)), u64::from(e.offset + e.length / 2));
         blob
     })
+}
+
+/// A new repository with one snapshot of `src/a/data` and `src/b/data`
+/// (200 kB of random bytes each): the source, both contents and the
+/// snapshot's short id.
+fn two_dirs_backed_up(env: &Env) -> (PathBuf, Vec<u8>, Vec<u8>, String) {
+    env.ok(&["init"]);
+    let src = env.path("src");
+    let (a, b) = (random_bytes(200_000, 1), random_bytes(200_000, 2));
+    write_tree(&src, &[("a/data", &a), ("b/data", &b)]);
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    (src, a, b, id)
+}
+
+/// Without `--forget` the damaged original stays, and needs a blob the
+/// repair took out of the index: a prune names it and deletes nothing
+/// until it is forgotten; then the data backed up again restores exactly.
+#[test]
+fn a_kept_damaged_original_stops_prune_until_forgotten() {
+    let env = Env::new();
+    let (src, a, b, id) = two_dirs_backed_up(&env);
+    let blob = damage_blob(&env, &id, &src.join("b/data"), |node| node.content[0]);
+    let repaired = env.json(&["repair", "snapshots", "--read-data", "--no-cache"]);
+    assert_eq!(repaired[0]["lost"], serde_json::json!([format!("{}/b/data", src.display())]), "{repaired}");
+    let stored = files_under(Path::new(&env.repo));
+    let err = env.fails(&["prune", "--max-unused", "0", "--no-cache"], 1);
+    let said = format!(
+        "snapshot {id} needs blob {} that no index lists; nothing was deleted (run `tresor check`, then `tresor repair index`, \
+         or forget it if `tresor repair snapshots` replaced it)",
+        blob.short()
+    );
+    assert_eq!(err, format!("tresor: error: {said}\n"));
+    assert_eq!(files_under(Path::new(&env.repo)), stored, "nothing stored was touched");
+
+    env.ok(&["forget", &id, "--no-cache"]);
+    env.ok(&["prune", "--max-unused", "0", "--no-cache"]);
+    env.ok(&["backup", src.to_str().unwrap(), "--no-cache"]);
+    assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
+    let out = restored(&env, "out", &src);
+    assert_eq!((fs::read(out.join("a/data")).unwrap(), fs::read(out.join("b/data")).unwrap()), (a, b));
 }
 
 /// `ls`, `find`, `diff`, `stats`, `restore` and its verify go on past a
@@ -183,11 +234,7 @@ fn readers_name_a_damaged_directory_and_read_the_rest() {
 #[test]
 fn prune_deletes_nothing_past_a_damaged_tree_and_repair_is_the_way_out() {
     let env = Env::new();
-    env.ok(&["init"]);
-    let src = env.path("src");
-    let (a, b) = (random_bytes(200_000, 1), random_bytes(200_000, 2));
-    write_tree(&src, &[("a/data", &a), ("b/data", &b)]);
-    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let (src, _, _, id) = two_dirs_backed_up(&env);
     let b = damage_tree(&env, &id, &src.join("b"));
     let stored = files_under(Path::new(&env.repo));
     let err = env.fails(&["prune", "--max-unused", "0", "--no-cache"], 1);

@@ -175,7 +175,7 @@ async fn plan(
 }
 
 /// Copy the used blobs out of the packs to repack, into new packs.
-async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session: &Session) -> Result<Vec<IndexedPack>> {
+pub(crate) async fn repack(repo: &Repository, mut used: Vec<(Id, Vec<PackEntry>)>, session: &Session) -> Result<Vec<IndexedPack>> {
     let mut writers: [Option<PackWriter>; 2] = [None, None];
     let mut out = Vec::new();
     used.sort_by_key(|a| a.0);

@@ -215,7 +215,7 @@ impl View {
     pub async fn reach(&mut self, repo: &Repository, snapshot: &Id, root: Id) -> Result<()> {
         let missing = |blob: &Id| {
             Error::Invalid(format!(
-                "snapshot {} needs blob {} that no index lists; nothing was deleted (run `tresor check`, then `tresor repair index`)",
+                "snapshot {} needs blob {} that no index lists; nothing was deleted (run `tresor check`, then `tresor repair index`, or forget it if `tresor repair snapshots` replaced it)",
                 snapshot.short(),
                 blob.short()
             ))

@@ -1,0 +1,117 @@
+//! The last step of `repair snapshots`: take what is lost out of the index.
+//!
+//! A blob that stays indexed after it was found damaged or gone is one the
+//! next backup of the same data deduplicates against, and that backup
+//! cannot be restored either. So the readable blobs of a pack holding a
+//! damaged one are copied (sealed bytes unchanged) into new packs, and every
+//! index file naming a pack that is gone, unreadable or damaged is replaced
+//! by one without it: the new files first, then one file superseding the
+//! old ones, then their deletion, as `repair index` and prune do, so that a
+//! crash leaves the old index, both (duplicates are harmless) or the new
+//! one. A damaged pack stays in storage, unindexed, until a prune deletes it
+//! as an orphan.
+
+use crate::index::{IndexFile, IndexedPack, index_files};
+use crate::objects::{Kind, unless_gone};
+use crate::pack::PackEntry;
+use crate::session::Session;
+use crate::{Id, IdMap, IdSet, Repository, Result};
+
+/// What a repair found lost.
+#[derive(Default)]
+pub(crate) struct Damaged {
+    /// Blobs that fail to read back.
+    pub blobs: IdSet,
+    /// The packs holding those blobs; their other blobs read back whole.
+    pub holding: IdSet,
+    /// Packs missing from storage or unreadable, which take all their blobs.
+    pub packs: IdSet,
+}
+
+impl Damaged {
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.packs.is_empty()
+    }
+}
+
+/// What the salvage changed.
+#[derive(Debug, Default)]
+pub(crate) struct Salvaged {
+    /// Index entries taken out: the lost blobs and those of lost packs.
+    pub dropped_blobs: usize,
+    /// Readable blobs copied out of damaged packs.
+    pub copied_blobs: usize,
+    pub index_files_replaced: usize,
+}
+
+pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Session) -> Result<Salvaged> {
+    let mut out = Salvaged::default();
+    if damaged.is_empty() {
+        return Ok(out);
+    }
+    let (affected, packs) = affected_files(repo, damaged).await?;
+    let mut kept = Vec::new();
+    let mut readable: Vec<(Id, Vec<PackEntry>)> = Vec::new();
+    for p in packs {
+        if damaged.packs.contains(&p.id) {
+            out.dropped_blobs += p.entries.len();
+        } else if damaged.holding.contains(&p.id) {
+            let (bad, good): (Vec<PackEntry>, Vec<PackEntry>) = p.entries.into_iter().partition(|e| damaged.blobs.contains(&e.id));
+            out.dropped_blobs += bad.len();
+            out.copied_blobs += good.len();
+            readable.push((p.id, good));
+        } else {
+            kept.push(p);
+        }
+    }
+    let mut pieces = crate::prune::repack(repo, readable, session).await?;
+    pieces.extend(kept);
+    for file in index_files(pieces) {
+        repo.save_index(&file).await?;
+    }
+    if !affected.is_empty() {
+        repo.save_index(&IndexFile { supersedes: affected.clone(), packs: Vec::new() }).await?;
+    }
+    // Superseded files are ignored by every reader; deleting them only
+    // saves space, which an append-only repository does not allow.
+    for id in affected.iter().filter(|_| !repo.config().append_only) {
+        repo.delete_unless_locked(&Kind::Index.path(id)).await?;
+    }
+    out.index_files_replaced = affected.len();
+    repo.reset_index().await;
+    tracing::info!(
+        "lost blobs taken out of the index: {}; readable blobs of damaged packs copied: {}; index files replaced: {}",
+        out.dropped_blobs,
+        out.copied_blobs,
+        out.index_files_replaced
+    );
+    Ok(out)
+}
+
+/// The index files, of those no other file supersedes, that name a lost or
+/// damaged pack, and every pack they list (each once).
+async fn affected_files(repo: &Repository, damaged: &Damaged) -> Result<(Vec<Id>, Vec<IndexedPack>)> {
+    let hit = |p: &IndexedPack| damaged.packs.contains(&p.id) || damaged.holding.contains(&p.id);
+    let mut superseded = IdSet::default();
+    let mut files: IdMap<Vec<IndexedPack>> = IdMap::default();
+    for id in repo.list_ids(Kind::Index).await? {
+        // A concurrent prune superseded and removed it: its packs are in
+        // that prune's files, which this listing may have missed; the next
+        // repair finds them there.
+        let Some(plain) = unless_gone(repo.load_file(Kind::Index, &id).await)? else { continue };
+        let f = IndexFile::decode(&id, &plain)?;
+        superseded.extend(f.supersedes);
+        if f.packs.iter().any(hit) {
+            files.insert(id, f.packs);
+        }
+    }
+    let mut listed = IdSet::default();
+    let mut affected = Vec::new();
+    let mut packs = Vec::new();
+    for (id, file_packs) in files.into_iter().filter(|(id, _)| !superseded.contains(id)) {
+        affected.push(id);
+        packs.extend(file_packs.into_iter().filter(|p| listed.insert(p.id)));
+    }
+    affected.sort();
+    Ok((affected, packs))
+}
