@@ -105,7 +105,9 @@ async fn run(
             sink.flush().await?;
             let mut tags = snap.tags.clone();
             tags.push("repaired".into());
-            let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), name: None, ..snap.clone() };
+            // Not `original`: a copy off site that lost files no longer stands
+            // for its source's snapshot, which the next copy carries again whole.
+            let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), name: None, original: None, ..snap.clone() };
             crate::backup::commit(repo, session, &mut copy).await?;
             repaired = Some(copy.id);
             if opts.forget {

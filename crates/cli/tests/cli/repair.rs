@@ -340,3 +340,32 @@ fn a_damaged_snapshot_file_stops_nothing_but_itself() {
     assert_eq!(String::from_utf8_lossy(&listed.stderr), "", "nothing left to warn of");
     assert!(!Path::new(&env.repo).join("snapshots").join(&first).exists());
 }
+
+/// A copy repaired off site no longer stands for its original: the next
+/// `copy` carries the source's snapshot again, whole, and the data the
+/// repair lost is uploaded anew rather than matched against the damage.
+#[test]
+fn a_copy_repaired_off_site_is_copied_again_whole() {
+    let env = Env::new();
+    let primary = env.path("primary").display().to_string();
+    env.ok(&["init", "-r", &primary]);
+    let src = env.path("src");
+    let (a, b) = (random_bytes(200_000, 1), random_bytes(200_000, 2));
+    write_tree(&src, &[("a/data", &a), ("b/data", &b)]);
+    env.ok(&["backup", "-r", &primary, src.to_str().unwrap()]);
+    env.ok(&["init"]);
+    let pw = env.path("pw").display().to_string();
+    let copy = || env.json(&["copy", "-r", &primary, "--to", &env.repo, "--to-password-file", &pw, "--no-cache"]);
+    assert_eq!(copy()["copied"].as_array().unwrap().len(), 1);
+    let copied = env.json(&["snapshots"])[0]["id"].as_str().unwrap()[..8].to_string();
+    damage_blob(&env, &copied, &src.join("b/data"), |node| node.content[0]);
+    env.ok(&["repair", "snapshots", "--read-data", "--forget", "--no-cache"]);
+
+    let again = copy();
+    assert_eq!((again["present"].as_u64(), again["copied"].as_array().unwrap().len()), (Some(0), 1), "{again}");
+    let whole = again["copied"][0][1].as_str().unwrap().to_string();
+    env.ok(&["restore", &whole, "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
+    let out = restored(&env, "out", &src);
+    assert_eq!((fs::read(out.join("a/data")).unwrap(), fs::read(out.join("b/data")).unwrap()), (a, b));
+    assert_eq!(copy()["present"].as_u64(), Some(1), "and only once");
+}
