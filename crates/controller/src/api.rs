@@ -1,6 +1,7 @@
 //! The daemon's HTTP side: health and readiness, `/metrics`, a JSON API
 //! (bearer tokens: read-only and admin scopes), and the routes of the pages
-//! people read (`status.rs`).
+//! people read (`status.rs`; the same tokens, which a browser gives as
+//! HTTP Basic credentials).
 //! `docs/openapi.yaml` describes the API.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::daemon::{Command, Shared};
 use crate::runner::RestoreSpec;
@@ -94,7 +96,8 @@ impl App {
             return Ok("anonymous".into());
         }
         let (admin, read) = (t.admin.current(), t.read.current());
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let given = offered(headers);
+        let given = given.as_deref().map(String::as_str);
         // Compared as BLAKE3 hashes, whose equality takes the same time
         // however many leading bytes match: a guess learns nothing from it.
         let is =
@@ -109,6 +112,32 @@ impl App {
         }
         Ok(if scope == Scope::Admin { "api:admin" } else { "api:read" }.into())
     }
+}
+
+/// The token a request offers: a bearer token (API clients), or the
+/// password of HTTP Basic credentials (what a browser sends once the
+/// pages' 401 asked for them; the user name is not looked at).
+fn offered(headers: &HeaderMap) -> Option<Zeroizing<String>> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(Zeroizing::new(token.to_string()));
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let plain = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?);
+    let (_, password) = std::str::from_utf8(&plain).ok()?.split_once(':')?;
+    Some(Zeroizing::new(password.to_string()))
+}
+
+/// The pages are read as the API is: with a token configured, a browser is
+/// asked for it (any user name, the read or admin token as password).
+fn page_allowed(app: &App, headers: &HeaderMap) -> bool {
+    app.allow(headers, Scope::Read).is_ok()
+}
+
+fn ask_for_token() -> Response {
+    let ask = [(header::WWW_AUTHENTICATE, "Basic realm=\"tresor\", charset=\"UTF-8\"")];
+    (StatusCode::UNAUTHORIZED, ask, "a valid token is required: any user name, the read token as password\n").into_response()
 }
 
 pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
@@ -133,15 +162,24 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> Router {
         .with_state(app)
 }
 
-async fn status_page(State(app): State<App>) -> Html<String> {
-    Html(crate::status::page(&app.shared))
+async fn status_page(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !page_allowed(&app, &headers) {
+        return ask_for_token();
+    }
+    Html(crate::status::page(&app.shared)).into_response()
 }
 
-async fn source_page(State(app): State<App>, Path(name): Path<String>) -> Response {
+async fn source_page(State(app): State<App>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    if !page_allowed(&app, &headers) {
+        return ask_for_token();
+    }
     crate::status::source_page(&app.shared, &name).await
 }
 
-async fn report_page(State(app): State<App>) -> Response {
+async fn report_page(State(app): State<App>, headers: HeaderMap) -> Response {
+    if !page_allowed(&app, &headers) {
+        return ask_for_token();
+    }
     crate::status::report(&app.shared).await
 }
 
@@ -318,5 +356,22 @@ mod tests {
     fn passwords_are_left_out_of_urls() {
         assert_eq!(crate::view::redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");
         assert_eq!(crate::view::redact("redis://10.0.0.5:6379"), "redis://10.0.0.5:6379");
+    }
+
+    #[test]
+    fn a_token_is_offered_as_bearer_or_as_a_basic_password() {
+        let offered = |value: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            super::offered(&h).map(|t| t.to_string())
+        };
+        assert_eq!(offered("Bearer read-token").as_deref(), Some("read-token"));
+        // "anyone:read-token", and a password may hold colons (RFC 7617).
+        assert_eq!(offered("Basic YW55b25lOnJlYWQtdG9rZW4=").as_deref(), Some("read-token"));
+        assert_eq!(offered("Basic OmE6Yg==").as_deref(), Some("a:b"));
+        assert_eq!(offered("Basic bm9jb2xvbg=="), None, "no colon: no password");
+        assert_eq!(offered("Basic !!!"), None);
+        assert_eq!(offered("Digest x"), None);
+        assert!(super::offered(&axum::http::HeaderMap::new()).is_none());
     }
 }

@@ -22,21 +22,28 @@ pub(super) fn post_json(port: u16, path: &str, token: Option<&str>, body: &serde
 }
 
 fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let kind = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
-    let mut text = String::new();
-    // A server that drops the connection (a TLS port) answers nothing.
-    let head =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    if write!(s, "{head}{body}").is_err() || s.read_to_string(&mut text).is_err() {
-        return (0, String::new());
-    }
+    let text = exchange(port, &format!("{method} {path}"), &format!("{auth}{kind}"), body);
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_string())
+}
+
+/// The whole response (status line, headers, body) to one HTTP/1.1
+/// request with these extra header lines; empty when nobody answers (a TLS
+/// port drops the connection).
+fn exchange(port: u16, request_line: &str, headers: &str, body: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let head =
+        format!("{request_line} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let mut text = String::new();
+    if write!(s, "{head}{body}").is_err() || s.read_to_string(&mut text).is_err() {
+        return String::new();
+    }
+    text
 }
 
 pub(super) struct Daemon {
@@ -253,6 +260,26 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     set_clock(&clock, "2026-11-21T11:00:01Z");
     wait_jobs(&d, "11:00", |j| count(j, "files", "backup", "succeeded") == 2);
 
+    // The pages ask a browser for a token (any user, the token as password).
+    let page = |path: &str, basic: Option<&str>| {
+        let auth = basic.map(|b| format!("Authorization: Basic {b}\r\n"));
+        exchange(d.port, &format!("GET {path}"), &auth.unwrap_or_default(), "")
+    };
+    // base64 of "tresor:read-token" and of "tresor:wrong"
+    let (read, wrong) = ("dHJlc29yOnJlYWQtdG9rZW4=", "dHJlc29yOndyb25n");
+    for path in ["/", "/sources/files", "/report"] {
+        let refused = page(path, None);
+        assert!(refused.starts_with("HTTP/1.1 401 "), "{path}: {refused}");
+        assert!(refused.contains("\r\nwww-authenticate: Basic realm=\"tresor\", charset=\"UTF-8\"\r\n"), "{path}: {refused}");
+        assert!(page(path, Some(wrong)).starts_with("HTTP/1.1 401 "), "{path}");
+        assert!(page(path, Some(read)).starts_with("HTTP/1.1 200 "), "{path}");
+    }
+    assert_eq!(
+        (http(d.port, "GET", "/metrics", None).0, http(d.port, "GET", "/healthz", None).0),
+        (200, 200),
+        "scrapes and probes need none"
+    );
+
     // Tokens: none 401, read-only on a write 403, admin 202.
     assert_eq!(http(d.port, "GET", "/api/v1/jobs", None).0, 401);
     assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("wrong")).0, 401);
@@ -300,7 +327,7 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
-    let (_, page) = http(d.port, "GET", "/", None);
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     assert!(page.contains("<tr class=\"red\" data-class=\"critical\">"), "a class with a source that never succeeded is red: {page}");
     assert!(page.contains("<tr class=\"green\" data-class=\"standard\">"), "{page}");
     let tagged = env.json(&["snapshots", "--tag", "source=files"]);

@@ -161,6 +161,12 @@ pub(super) fn chromium(url: &str, dir: &Path) -> (String, Vec<u8>) {
     (dump_dom(url, dir), screenshot(url, dir, "status.png", (1200, 900)))
 }
 
+/// A page of a daemon that has the test tokens, as a browser opens it once
+/// asked: any user name, the read token as password.
+fn page_url(port: u16, path: &str) -> String {
+    format!("http://tresor:read-token@127.0.0.1:{port}{path}")
+}
+
 /// The line of the DOM that holds `needle` (a table row).
 fn line_with(dom: &str, needle: &str) -> String {
     dom.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle} in {dom}")).to_string()
@@ -203,7 +209,7 @@ fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_f
     let drill = &classes.iter().find(|c| c["name"] == "standard").unwrap()["last_drill"];
     assert_eq!(drill["passed"], true, "{drill}");
 
-    let url = format!("http://127.0.0.1:{}/", d.port);
+    let url = page_url(d.port, "/");
     let dom = dump_dom(&url, env.dir.path());
     assert!(dom.contains("<title>tresor status</title>") && dom.contains("<meta http-equiv=\"refresh\" content=\"15\">"), "{dom}");
     assert!(dom.contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"));
@@ -237,7 +243,7 @@ fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_f
     assert_eq!(&phone[16..20], &390u32.to_be_bytes(), "a 390-pixel-wide screenshot");
 
     // A source's page: the snapshots its repository lists, its drills and its failures.
-    let files_url = format!("http://127.0.0.1:{}/sources/files", d.port);
+    let files_url = page_url(d.port, "/sources/files");
     let files = dump_dom(&files_url, env.dir.path());
     let listed = env.json(&["snapshots", "--tag", "source=files"]);
     let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
@@ -251,14 +257,14 @@ fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_f
     assert_eq!(attr(&drilled, "data-rto-seconds"), attr(&standard, "data-rto-seconds"));
     assert!(files.contains("<h2>Failures <small>(0)</small></h2>"), "{files}");
     screenshot(&files_url, env.dir.path(), "source-page.png", (1280, 900));
-    let down = dump_dom(&format!("http://127.0.0.1:{}/sources/down", d.port), env.dir.path());
+    let down = dump_dom(&page_url(d.port, "/sources/down"), env.dir.path());
     let failure = line_with(&down, "<tr class=\"job-failed\"");
     assert!(failure.contains("<td>backup</td><td>2026-11-21 10:07:00</td><td>source_unreachable</td>"), "{failure}");
     assert!(down.contains("<h2>Failures <small>(1)</small></h2>"), "{down}");
-    let (status, body) = http(d.port, "GET", "/sources/nosuch", None);
+    let (status, body) = http(d.port, "GET", "/sources/nosuch", Some("read-token"));
     assert_eq!(status, 404);
     assert!(body.contains("<h1>No source nosuch</h1>"), "{body}");
-    let (status, report) = http(d.port, "GET", "/report", None);
+    let (status, report) = http(d.port, "GET", "/report", Some("read-token"));
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("<title>tresor compliance report</title>") && report.contains("data-class=\"standard\""), "{report}");
 }

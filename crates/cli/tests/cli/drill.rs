@@ -294,7 +294,7 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     }
     assert!(metrics.contains("rto_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
     assert!(metrics.contains("rpo_achieved_seconds{source=\"erp-db\",class=\"critical\"} "), "{metrics}");
-    let (_, page) = http(d.port, "GET", "/", None);
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     let row = page.lines().find(|l| l.contains("data-class=\"critical\"")).unwrap_or_default().to_string();
     assert!(row.contains("<td>passed 2026-") && row.contains("(RTO "), "the status page shows the class's last drill: {row}");
     let archive = page.lines().find(|l| l.contains("data-class=\"standard\"")).unwrap_or_default().to_string();

@@ -32,10 +32,10 @@ fn snapshot_lists_the_status_page_and_the_report_start_no_child_process() {
         let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
         assert_eq!(listed, env.json(&["snapshots", "--tag", "source=files"]), "the same listing as the CLI's");
     }
-    let (status, page) = http(d.port, "GET", "/sources/files", None);
+    let (status, page) = http(d.port, "GET", "/sources/files", Some("read-token"));
     assert_eq!(status, 200);
     assert!(page.contains("<table id=\"snapshots\""), "{page}");
-    let (status, report) = http(d.port, "GET", "/report", None);
+    let (status, report) = http(d.port, "GET", "/report", Some("read-token"));
     assert_eq!(status, 200, "{report}");
     assert!(report.contains("standard"), "{report}");
     assert_eq!(fs::read_to_string(&started).unwrap(), before, "no job process was started by the reads");

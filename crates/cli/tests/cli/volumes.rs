@@ -325,7 +325,7 @@ fn plans_cover_namespaces_and_volumes_by_selector_and_name_what_is_unprotected()
 
     let (_, metrics) = super::daemon::http(d.port, "GET", "/metrics", None);
     assert!(metrics.contains("backup_unprotected_volumes{namespace=\"shop\"} 1\n"), "{metrics}");
-    let (_, page) = super::daemon::http(d.port, "GET", "/", None);
+    let (_, page) = super::daemon::http(d.port, "GET", "/", Some("read-token"));
     assert!(page.contains("<tr data-claim=\"shop/data\"><td>shop</td><td>data</td></tr>"), "{page}");
 
     let snaps = env.json(&["snapshots", "--tag", "source=shop-resources"]);

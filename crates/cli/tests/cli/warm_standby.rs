@@ -163,7 +163,7 @@ fn a_standby_follows_the_wal_archive_and_failover_promotes_it_with_every_archive
     };
     wait_until("the daemon exports the standby's lag", || exported().is_some());
     assert_eq!(exported(), Some(0.0), "replayed to the archive's end");
-    let (_, page) = http(d.port, "GET", "/", None);
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     let row = format!("<tr data-standby=\"db\"><td>db</td><td>{}</td><td>0.00 s</td><td>0</td></tr>", standby.dir().join("data").display());
     assert!(page.contains(&row), "{row} in {page}");
     assert_eq!(jobs(&d).iter().filter(|j| j["kind"] == "backup").count(), 1, "no backup but the first daemon's");
@@ -507,7 +507,7 @@ fn a_standby_whose_source_has_no_new_snapshot_lags_more_and_more_and_is_alerted(
     assert_eq!(exported(), Some(10800.0));
     let (_, text) = http(d.port, "GET", "/metrics", None);
     assert!(text.contains("backup_rpo_target_seconds{class=\"c\"} 3600\n"), "the alert's threshold: {text}");
-    let (_, page) = http(d.port, "GET", "/", None);
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     let row =
         format!("<tr data-standby=\"files\"><td>files</td><td>{}</td><td>3.0 h</td><td>0</td></tr>", env.path("standby/files").display());
     assert!(page.contains(&row), "{row} in {page}");
