@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::objects::{Kind, is_damage, unless_gone, vanished};
 use crate::pack::BlobKind;
+use crate::salvage::{Damaged, salvage};
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
 use crate::tree::Tree;
@@ -164,6 +165,10 @@ async fn run(
             tree => tree?,
         };
         c.sink.flush().await?;
+        // Every pack before these read back: a bad one ends the copy.
+        if opts.verify {
+            verify(dst, &c.sink.written[report.packs_verified..], session, report).await?;
+        }
         let mut copy = Snapshot { id: Id::default(), tree, original: Some(snap.id), parent: None, ..snap.clone() };
         crate::backup::commit(dst, session, &mut copy).await?;
         report.copied.push((snap.id, copy.id));
@@ -173,16 +178,44 @@ async fn run(
     report.packs_written = c.sink.written.len();
     report.blobs_reused = c.reused + c.sink.present;
     if opts.verify {
-        dst.reset_index().await;
-        for pack in &c.sink.written {
-            let bad = crate::check::verify_pack(dst, pack).await?;
-            if let Some((blob, why)) = bad.first() {
-                return Err(Error::corrupt("blob", blob, format!("it did not read back from the target's pack {}: {why}", pack.short())));
-            }
-            report.packs_verified += 1;
-        }
+        verify(dst, &c.sink.written[report.packs_verified..], session, report).await?;
     }
     Ok(())
+}
+
+/// Read back the packs just written to the target, before the snapshot
+/// that needs them is saved. What does not read back is taken out of the
+/// target's index (`salvage`), so that the next copy uploads it again
+/// instead of deduplicating against it, and the copy fails naming it.
+async fn verify(dst: &Repository, packs: &[Id], session: &Session, report: &mut CopyReport) -> Result<()> {
+    if packs.is_empty() {
+        return Ok(());
+    }
+    // The index as now, with these packs: their trailers are compared with it.
+    dst.reset_index().await;
+    // A damaged pack leaves the index whole: the source still has all its
+    // blobs, and copying the readable ones within the target would write
+    // through the same storage that just damaged them.
+    let mut damaged = Damaged::default();
+    let mut first = None;
+    for pack in packs {
+        match crate::check::verify_pack(dst, pack).await {
+            Ok(bad) if bad.is_empty() => report.packs_verified += 1,
+            Ok(bad) => {
+                first.get_or_insert((*pack, bad[0].1.clone()));
+                damaged.packs.insert(*pack);
+            }
+            Err(e) if is_damage(&e) => {
+                first.get_or_insert((*pack, e.to_string()));
+                damaged.packs.insert(*pack);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((pack, why)) = first else { return Ok(()) };
+    salvage(dst, &damaged, session).await?;
+    let next = "it is out of the target's index now, and the next copy uploads what it held again";
+    Err(Error::corrupt("pack", pack, format!("it did not read back from the target ({why}); {next}")))
 }
 
 struct Copier<'a> {

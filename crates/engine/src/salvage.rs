@@ -1,4 +1,5 @@
-//! The last step of `repair snapshots`: take what is lost out of the index.
+//! Take what is lost out of the index: the last step of `repair snapshots`,
+//! and of a `copy --verify` that found a pack the target stored damaged.
 //!
 //! A blob that stays indexed after it was found damaged or gone is one the
 //! next backup of the same data deduplicates against, and that backup

@@ -28,14 +28,18 @@ pub struct FaultConfig {
     /// Every read of a path starting with this fails, as storage that stopped
     /// answering would once the retries gave up: an outage, not damage.
     pub unreadable: Option<String>,
+    /// Every object written under a path starting with this is stored with
+    /// one byte changed (in the middle of its first piece), as storage that
+    /// damages data silently would: only reading it back finds out.
+    pub garble: Option<String>,
 }
 
 impl FaultConfig {
-    /// Parse `error-rate=0.1,seed=7,write-limit=1000000,unreadable=data/`
+    /// Parse `error-rate=0.1,seed=7,write-limit=1000000,unreadable=data/,garble=data/`
     /// (every key optional).
     pub fn parse(text: &str) -> Result<FaultConfig, StorageError> {
         let bad = || StorageError::InvalidFaults(text.to_string());
-        let mut cfg = FaultConfig { error_rate: 0.0, seed: 0, write_limit: None, unreadable: None };
+        let mut cfg = FaultConfig { error_rate: 0.0, seed: 0, write_limit: None, unreadable: None, garble: None };
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part.split_once('=').ok_or_else(bad)?;
             match k.trim() {
@@ -43,6 +47,7 @@ impl FaultConfig {
                 "seed" => cfg.seed = v.trim().parse().map_err(|_| bad())?,
                 "write-limit" => cfg.write_limit = Some(v.trim().parse().map_err(|_| bad())?),
                 "unreadable" => cfg.unreadable = Some(v.trim().to_string()),
+                "garble" => cfg.garble = Some(v.trim().to_string()),
                 _ => return Err(bad()),
             }
         }
@@ -138,7 +143,8 @@ impl<A: Access> LayeredAccess for FaultAccessor<A> {
     async fn write(&self, path: &str, args: OpWrite) -> Result<(RpWrite, Self::Writer)> {
         self.state.roll("write", path)?;
         let (rp, w) = self.inner.write(path, args).await?;
-        Ok((rp, FaultWriter { inner: w, state: self.state.clone() }))
+        let garble = self.state.cfg.garble.as_deref().is_some_and(|prefix| path.starts_with(prefix));
+        Ok((rp, FaultWriter { inner: w, state: self.state.clone(), garble }))
     }
 
     async fn stat(&self, path: &str, args: OpStat) -> Result<RpStat> {
@@ -160,11 +166,20 @@ impl<A: Access> LayeredAccess for FaultAccessor<A> {
 pub struct FaultWriter<W> {
     inner: W,
     state: Arc<FaultState>,
+    /// A byte of the next non-empty piece is still to be changed.
+    garble: bool,
 }
 
 impl<W: oio::Write> oio::Write for FaultWriter<W> {
     async fn write(&mut self, bs: Buffer) -> Result<()> {
         self.state.account_write(bs.len() as u64)?;
+        if self.garble && !bs.is_empty() {
+            self.garble = false;
+            let mut bytes = bs.to_vec();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            return self.inner.write(Buffer::from(bytes)).await;
+        }
         self.inner.write(bs).await
     }
 
@@ -183,8 +198,9 @@ mod tests {
 
     #[test]
     fn parses_settings() {
-        let cfg = FaultConfig::parse("error-rate=0.25,seed=9,write-limit=100,unreadable=data/").unwrap();
-        assert_eq!(cfg, FaultConfig { error_rate: 0.25, seed: 9, write_limit: Some(100), unreadable: Some("data/".into()) });
+        let cfg = FaultConfig::parse("error-rate=0.25,seed=9,write-limit=100,unreadable=data/,garble=index/").unwrap();
+        let (unreadable, garble) = (Some("data/".into()), Some("index/".into()));
+        assert_eq!(cfg, FaultConfig { error_rate: 0.25, seed: 9, write_limit: Some(100), unreadable, garble });
         assert!(FaultConfig::parse("error-rate=2").is_err());
         assert!(FaultConfig::parse("bogus=1").is_err());
     }

@@ -103,3 +103,41 @@ async fn a_damaged_evidence_entry_is_named_and_the_rest_copied() {
     let (seq, why) = &report.evidence_damaged[0];
     assert_eq!((*seq, why.as_str()), (crate::evidence::names(&src).await.unwrap()[1].0, "it fails authentication"));
 }
+
+/// `verify` reads back what the copy wrote before the snapshot needing it
+/// is saved: with the target storing every pack damaged, the copy fails
+/// and saves nothing, and what did not read back is out of the target's
+/// index, so the next copy uploads it again and its snapshot reads back
+/// exactly (were it left indexed, that copy would deduplicate against it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_stops_at_what_the_target_stored_damaged_and_the_next_copy_uploads_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Arc::new(repository(&dir.path().join("src")).await);
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), content("verify", 300_000)).unwrap();
+    let snap = backup(src.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap();
+    repository(&dir.path().join("dst")).await;
+    let open = |opts: crate::OpenOptions| {
+        let at = Location::Fs(dir.path().join("dst"));
+        async move { Arc::new(Repository::open(&at, &opts).await.unwrap()) }
+    };
+    let mut garbling = repo_opts();
+    garbling.storage.faults = Some(tresor_storage::FaultConfig::parse("garble=data/").unwrap());
+    let verify = CopyOptions { verify: true, ..Default::default() };
+
+    let err = copy(src.clone(), open(garbling).await, vec![snap.clone()], &verify).await.unwrap_err().to_string();
+    let next = "it is out of the target's index now, and the next copy uploads what it held again";
+    assert!(err.contains(" is damaged: it did not read back from the target (blob ") && err.ends_with(next), "{err}");
+    let dst = open(repo_opts()).await;
+    assert!(dst.snapshots().await.unwrap().is_empty(), "nothing saved");
+    let report = copy(src, dst.clone(), vec![snap], &verify).await.unwrap();
+    assert_eq!((report.copied.len(), report.packs_verified), (1, report.packs_written));
+    let copied = dst.snapshots().await.unwrap();
+    let file = crate::walk::find(&dst, copied[0].tree, data.join("f").to_str().unwrap()).await.unwrap().unwrap();
+    let mut read = Vec::new();
+    for blob in &file.content {
+        read.extend(dst.load_blob(blob).await.unwrap());
+    }
+    assert_eq!(read, content("verify", 300_000));
+}
