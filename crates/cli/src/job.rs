@@ -248,7 +248,9 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
             let message = crate::one_line(&e);
             // The job's log says it as the command would.
             eprintln!("tresor: error: {message}");
-            JobResult { in_target: e.downcast_ref::<crate::copy::InTarget>().is_some(), ..JobResult::failed(reason, temporary, message) }
+            let in_target = e.downcast_ref::<crate::copy::InTarget>().is_some()
+                || e.chain().any(|c| c.downcast_ref::<tresor_engine::Error>().is_some_and(tresor_engine::Error::is_in_target));
+            JobResult { in_target, ..JobResult::failed(reason, temporary, message) }
         }
     };
     // A partial backup's snapshot is stored all the same, and named.
@@ -324,6 +326,11 @@ mod tests {
         assert_eq!((target.reason, target.in_target), (Some(Reason::RepositoryMissing), true));
         assert_eq!(target.message.as_deref(), Some("target: no repository at s3://off/site: no config"));
         assert!(!judge(&spec, Err(down()), None).in_target);
+        // Failing after the target opened: the engine says which side.
+        let full = || tresor_engine::Error::io("/off/site/data", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        let mid_copy = judge(&spec, Err(anyhow::Error::new(full().in_target())), None);
+        assert_eq!((mid_copy.reason, mid_copy.in_target), (Some(Reason::StorageFull), true));
+        assert_eq!(mid_copy.message, judge(&spec, Err(anyhow::Error::new(full())), None).message, "the same words");
     }
 
     /// A volume job's wait ends before the daemon's kill, leaving time to

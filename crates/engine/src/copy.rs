@@ -91,7 +91,7 @@ pub fn lag(p: &Pending) -> Option<(DateTime<FixedOffset>, i64)> {
 }
 
 pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snapshot>, opts: &CopyOptions) -> Result<CopyReport> {
-    let state = pending(selected, &dst).await?;
+    let state = pending(selected, &dst).await.map_err(Error::in_target)?;
     let mut report = CopyReport { dry_run: opts.dry_run, present: state.pairs.len(), ..Default::default() };
     if let Some((t, secs)) = lag(&state) {
         report.newest_missing = Some(t);
@@ -104,12 +104,12 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
         report.copied = state.missing.iter().map(|s| (s.id, Id::default())).collect();
         return Ok(report);
     }
-    let session = Session::start(dst.clone(), "copy").await?;
+    let session = Session::start(dst.clone(), "copy").await.map_err(Error::in_target)?;
     let result = run(&src, &dst, state, opts, &session, &mut report).await;
     let ended = session.end().await;
     dst.reset_index().await;
     result?;
-    ended?;
+    ended.map_err(Error::in_target)?;
     Ok(report)
 }
 
@@ -119,14 +119,14 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
 /// damaged in the source is named and not carried: evidence is never
 /// deleted, so one damaged entry must not stop every copy for good.
 async fn copy_evidence(src: &Repository, dst: &Repository, report: &mut CopyReport) -> Result<()> {
-    let have: std::collections::BTreeSet<(u64, Id)> = crate::evidence::names(dst).await?.into_iter().collect();
+    let have: std::collections::BTreeSet<(u64, Id)> = crate::evidence::names(dst).await.map_err(Error::in_target)?.into_iter().collect();
     for (seq, hash) in crate::evidence::names(src).await? {
         if have.contains(&(seq, hash)) {
             continue;
         }
         match crate::evidence::load_plain(src, seq, &hash).await {
             Ok(plain) => {
-                crate::evidence::store(dst, &plain).await?;
+                crate::evidence::store(dst, &plain).await.map_err(Error::in_target)?;
                 report.evidence_copied += 1;
             }
             Err(Error::Corrupt { reason, .. }) => report.evidence_damaged.push((seq, reason)),
@@ -145,7 +145,14 @@ async fn run(
     session: &Session,
     report: &mut CopyReport,
 ) -> Result<()> {
-    let mut c = Copier { src, dst, sink: BlobSink::new(dst).await?, map: IdMap::default(), reused: 0, source_damaged: false };
+    let mut c = Copier {
+        src,
+        dst,
+        sink: BlobSink::new(dst).await.map_err(Error::in_target)?,
+        map: IdMap::default(),
+        reused: 0,
+        source_damaged: false,
+    };
     for (s, d) in &state.pairs {
         c.learn(s.tree, d.tree).await?;
     }
@@ -164,13 +171,13 @@ async fn run(
             }
             tree => tree?,
         };
-        c.sink.flush().await?;
+        c.sink.flush().await.map_err(Error::in_target)?;
         // Every pack before these read back: a bad one ends the copy.
         if opts.verify {
-            verify(dst, &c.sink.written[report.packs_verified..], session, report).await?;
+            verify(dst, &c.sink.written[report.packs_verified..], session, report).await.map_err(Error::in_target)?;
         }
         let mut copy = Snapshot { id: Id::default(), tree, original: Some(snap.id), parent: None, ..snap.clone() };
-        crate::backup::commit(dst, session, &mut copy).await?;
+        crate::backup::commit(dst, session, &mut copy).await.map_err(Error::in_target)?;
         report.copied.push((snap.id, copy.id));
     }
     report.blobs_copied = c.sink.stored;
@@ -178,7 +185,7 @@ async fn run(
     report.packs_written = c.sink.written.len();
     report.blobs_reused = c.reused + c.sink.present;
     if opts.verify {
-        verify(dst, &c.sink.written[report.packs_verified..], session, report).await?;
+        verify(dst, &c.sink.written[report.packs_verified..], session, report).await.map_err(Error::in_target)?;
     }
     Ok(())
 }
@@ -241,7 +248,8 @@ impl Copier<'_> {
                 (Ok(st), Ok(dt)) => (st, dt),
                 // Learning only saves transfer: a damaged tree teaches nothing.
                 (Err(e), _) | (_, Err(e)) if is_damage(&e) => return Ok(()),
-                (Err(e), _) | (_, Err(e)) => return Err(e),
+                (Err(e), _) => return Err(e),
+                (_, Err(e)) => return Err(e.in_target()),
             };
             if self.sink.holds(&d) {
                 self.map.insert(s, d);
@@ -279,7 +287,7 @@ impl Copier<'_> {
                     node.content = self.contents(&node.content).await?;
                 }
             }
-            let new = self.sink.put(BlobKind::Tree, &t.encode()).await?;
+            let new = self.sink.put(BlobKind::Tree, &t.encode()).await.map_err(Error::in_target)?;
             self.map.insert(id, new);
             Ok(new)
         })
@@ -303,7 +311,7 @@ impl Copier<'_> {
             futures::stream::iter(wanted).map(|id| async move { Ok::<_, Error>((id, src.load_blob(&id).await?)) }).buffered(8);
         while let Some(r) = fetched.next().await {
             let (id, plain) = self.read_source(r)?;
-            let new = self.sink.put(BlobKind::Data, &plain).await?;
+            let new = self.sink.put(BlobKind::Data, &plain).await.map_err(Error::in_target)?;
             self.map.insert(id, new);
         }
         Ok(ids.iter().map(|i| self.map[i]).collect())

@@ -77,6 +77,10 @@ pub enum Error {
         needed.div_ceil(1 << 20), index.div_ceil(1 << 20), limit >> 20
     )]
     MemoryLimit { needed: u64, index: u64, blobs: u64, limit: u64 },
+    /// A copy's target failed (the source's errors are not wrapped): the
+    /// daemon charges the off-site repository with it, not the source.
+    #[error(transparent)]
+    InTarget(Box<Error>),
 }
 
 /// What kind of failure an [`Error`] is, for those who act on it
@@ -134,6 +138,7 @@ impl Error {
                 matches!(source.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
             }
             Error::Interrupted | Error::LeaseExpired { .. } | Error::KeysBusy(_) | Error::EvidenceBusy(_) => true,
+            Error::InTarget(e) => e.is_temporary(),
             _ => false,
         }
     }
@@ -159,7 +164,20 @@ impl Error {
             | Error::Io { .. }
             | Error::MemoryLimit { .. }
             | Error::Invalid(_) => ErrorKind::Other,
+            Error::InTarget(e) => e.kind(),
         }
+    }
+
+    /// This error, as one of a copy's target.
+    pub fn in_target(self) -> Error {
+        match self {
+            Error::InTarget(_) => self,
+            e => Error::InTarget(Box::new(e)),
+        }
+    }
+
+    pub fn is_in_target(&self) -> bool {
+        matches!(self, Error::InTarget(_))
     }
 
     /// A failed storage operation. The OpenDAL error is boxed: it is large,

@@ -104,6 +104,25 @@ async fn a_damaged_evidence_entry_is_named_and_the_rest_copied() {
     assert_eq!((*seq, why.as_str()), (crate::evidence::names(&src).await.unwrap()[1].0, "it fails authentication"));
 }
 
+/// A source repository `src` with one snapshot of `data/f` (300 kB of
+/// `seed`'s content) and an empty target `dst`, both under `dir`.
+async fn one_snapshot_and_a_target(dir: &std::path::Path, seed: &str) -> (Arc<Repository>, crate::Snapshot) {
+    let src = Arc::new(repository(&dir.join("src")).await);
+    let data = dir.join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), content(seed, 300_000)).unwrap();
+    let snap = backup(src.clone(), BackupOptions { paths: vec![data], ..Default::default() }).await.unwrap();
+    repository(&dir.join("dst")).await;
+    (src, snap)
+}
+
+/// The repository `name` under `dir`, opened with these faults injected.
+async fn open_with_faults(dir: &std::path::Path, name: &str, faults: &str) -> Arc<Repository> {
+    let mut opts = repo_opts();
+    opts.storage.faults = Some(tresor_storage::FaultConfig::parse(faults).unwrap());
+    Arc::new(Repository::open(&Location::Fs(dir.join(name)), &opts).await.unwrap())
+}
+
 /// `verify` reads back what the copy wrote before the snapshot needing it
 /// is saved: with the target storing every pack damaged, the copy fails
 /// and saves nothing, and what did not read back is out of the target's
@@ -112,32 +131,39 @@ async fn a_damaged_evidence_entry_is_named_and_the_rest_copied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_stops_at_what_the_target_stored_damaged_and_the_next_copy_uploads_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let src = Arc::new(repository(&dir.path().join("src")).await);
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    std::fs::write(data.join("f"), content("verify", 300_000)).unwrap();
-    let snap = backup(src.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap();
-    repository(&dir.path().join("dst")).await;
-    let open = |opts: crate::OpenOptions| {
-        let at = Location::Fs(dir.path().join("dst"));
-        async move { Arc::new(Repository::open(&at, &opts).await.unwrap()) }
-    };
-    let mut garbling = repo_opts();
-    garbling.storage.faults = Some(tresor_storage::FaultConfig::parse("garble=data/").unwrap());
+    let (src, snap) = one_snapshot_and_a_target(dir.path(), "verify").await;
     let verify = CopyOptions { verify: true, ..Default::default() };
 
-    let err = copy(src.clone(), open(garbling).await, vec![snap.clone()], &verify).await.unwrap_err().to_string();
+    let garbling = open_with_faults(dir.path(), "dst", "garble=data/").await;
+    let err = copy(src.clone(), garbling, vec![snap.clone()], &verify).await.unwrap_err().to_string();
     let next = "it is out of the target's index now, and the next copy uploads what it held again";
     assert!(err.contains(" is damaged: it did not read back from the target (blob ") && err.ends_with(next), "{err}");
-    let dst = open(repo_opts()).await;
+    let dst = open_with_faults(dir.path(), "dst", "").await;
     assert!(dst.snapshots().await.unwrap().is_empty(), "nothing saved");
     let report = copy(src, dst.clone(), vec![snap], &verify).await.unwrap();
     assert_eq!((report.copied.len(), report.packs_verified), (1, report.packs_written));
     let copied = dst.snapshots().await.unwrap();
-    let file = crate::walk::find(&dst, copied[0].tree, data.join("f").to_str().unwrap()).await.unwrap().unwrap();
+    let f = dir.path().join("data/f");
+    let file = crate::walk::find(&dst, copied[0].tree, f.to_str().unwrap()).await.unwrap().unwrap();
     let mut read = Vec::new();
     for blob in &file.content {
         read.extend(dst.load_blob(blob).await.unwrap());
     }
     assert_eq!(read, content("verify", 300_000));
+}
+
+/// A copy's error says whether the target failed (the daemon charges the
+/// off-site repository then) or the source did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_says_which_side_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, snap) = one_snapshot_and_a_target(dir.path(), "sides").await;
+    let no_verify = CopyOptions::default();
+
+    let full = copy(src, open_with_faults(dir.path(), "dst", "write-limit=1000").await, vec![snap.clone()], &no_verify).await;
+    let full = full.unwrap_err();
+    assert!(full.is_in_target() && full.to_string().ends_with("No space left on device (os error 28)"), "{full}");
+    let (src, dst) = (open_with_faults(dir.path(), "src", "unreadable=data/").await, open_with_faults(dir.path(), "dst", "").await);
+    let down = copy(src, dst, vec![snap], &no_verify).await.unwrap_err();
+    assert!(!down.is_in_target() && down.to_string().ends_with("injected outage: storage does not answer"), "{down}");
 }
