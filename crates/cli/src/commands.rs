@@ -389,7 +389,8 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
             report.snapshots, report.packs, report.blobs, report.packs_read
         );
         if !report.unindexed_packs.is_empty() {
-            println!("note: {} packs are not indexed (left by an interrupted backup; harmless)", report.unindexed_packs.len());
+            let n = report.unindexed_packs.len();
+            println!("note: {n} packs are not indexed (left by an interrupted backup, or taken out by a repair; a prune deletes them)");
         }
         for p in &report.problems {
             println!("error: {}: {}", p.object, p.error);
@@ -406,8 +407,18 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         if report.ok() {
             println!("no errors were found");
         }
+        if report.problems.iter().any(|p| !p.files.is_empty()) {
+            println!(
+                "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost; \
+                 the next backup then stores that data anew"
+            );
+        }
     }
-    if report.ok() { Ok(0) } else { bail!("check found {} problems", report.problems.len()) }
+    match report.problems.len() {
+        0 => Ok(0),
+        1 => bail!("check found 1 problem"),
+        n => bail!("check found {n} problems"),
+    }
 }
 
 pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {

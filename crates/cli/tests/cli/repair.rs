@@ -149,6 +149,14 @@ fn a_kept_damaged_original_stops_prune_until_forgotten() {
     let env = Env::new();
     let (src, a, b, id) = two_dirs_backed_up(&env);
     let blob = damage_blob(&env, &id, &src.join("b/data"), |node| node.content[0]);
+    let checked = env.run(&["check", "--read-data", "--no-cache"]);
+    assert_eq!(
+        (checked.status.code(), String::from_utf8_lossy(&checked.stderr).as_ref()),
+        (Some(1), "tresor: error: check found 1 problem\n")
+    );
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(said.contains(&format!("  damaged: {id}:{}/b/data\n", src.display())), "{said}");
+    assert!(said.ends_with("to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost; the next backup then stores that data anew\n"), "{said}");
     let repaired = env.json(&["repair", "snapshots", "--read-data", "--no-cache"]);
     assert_eq!(repaired[0]["lost"], serde_json::json!([format!("{}/b/data", src.display())]), "{repaired}");
     let stored = files_under(Path::new(&env.repo));
