@@ -107,7 +107,10 @@ impl FaultState {
         let Some(limit) = self.cfg.write_limit else { return Ok(()) };
         let total = self.written.fetch_add(len, Ordering::SeqCst) + len;
         if total > limit {
-            return Err(Error::new(ErrorKind::Unexpected, "No space left on device (os error 28)").with_operation("write"));
+            // As a local disk says it: the OS error below OpenDAL's.
+            return Err(Error::new(ErrorKind::Unexpected, "no storage space")
+                .with_operation("write")
+                .set_source(std::io::Error::from_raw_os_error(28)));
         }
         Ok(())
     }

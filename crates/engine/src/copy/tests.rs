@@ -162,7 +162,9 @@ async fn an_error_says_which_side_failed() {
 
     let full = copy(src, open_with_faults(dir.path(), "dst", "write-limit=1000").await, vec![snap.clone()], &no_verify).await;
     let full = full.unwrap_err();
-    assert!(full.is_in_target() && full.to_string().ends_with("No space left on device (os error 28)"), "{full}");
+    let said = "no storage space, source: No space left on device (os error 28)";
+    assert_eq!((full.is_in_target(), full.kind()), (true, crate::ErrorKind::StorageFull), "{full}");
+    assert!(full.to_string().ends_with(said), "{full}");
     let (src, dst) = (open_with_faults(dir.path(), "src", "unreadable=data/").await, open_with_faults(dir.path(), "dst", "").await);
     let down = copy(src, dst, vec![snap], &no_verify).await.unwrap_err();
     assert!(!down.is_in_target() && down.to_string().ends_with("injected outage: storage does not answer"), "{down}");
