@@ -29,7 +29,11 @@ impl Write for Replay {
 /// RANDOMKEY, REPLCONF and PSYNC, then the RDB), read to its end.
 pub fn redis_replication(data: &[u8]) {
     let mut source = RedisSource::parse("redis://fuzz:6379").expect("a valid URL");
-    let conn = Conn { reader: BufReader::new(Box::new(Replay(Cursor::new(data.to_vec())))), local: ([127, 0, 0, 1], 1).into() };
+    let conn = Conn {
+        reader: BufReader::new(Box::new(Replay(Cursor::new(data.to_vec())))),
+        local: ([127, 0, 0, 1], 1).into(),
+        peer: ([127, 0, 0, 1], 2).into(),
+    };
     if let Ok(mut stream) = source.replicate(conn) {
         let _ = std::io::copy(&mut stream.reader, &mut std::io::sink());
     }

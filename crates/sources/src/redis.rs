@@ -103,7 +103,7 @@ impl RedisSource {
             Some(files) => Box::new(files.wrap(tcp, &self.host).map_err(|e| self.fail(e))?),
             None => Box::new(tcp),
         };
-        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, stream), local };
+        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, stream), local, peer: addr };
         if let Some(pw) = &self.password {
             let mut args = vec!["AUTH"];
             args.extend(self.user.as_deref());
@@ -125,6 +125,8 @@ pub(crate) struct Conn {
     pub(crate) reader: BufReader<Box<dyn Duplex>>,
     /// Our end of the connection, as the server sees it.
     pub(crate) local: SocketAddr,
+    /// The server's address, as we reached it.
+    pub(crate) peer: SocketAddr,
 }
 
 impl Conn {
@@ -152,21 +154,23 @@ impl Conn {
     pub(crate) fn call(&mut self, args: &[&str]) -> std::io::Result<String> {
         self.send(args)?;
         let first = self.line()?;
-        match first.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()) {
-            Some(n) if n >= 0 => {
-                // Read as it arrives rather than allocated up front: the
-                // length is the server's word, and may be absurd.
-                let want = n as u64 + 2;
-                let mut body = Vec::new();
-                (&mut self.reader).take(want).read_to_end(&mut body)?;
-                if body.len() as u64 != want {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
-                }
-                body.truncate(n as usize);
-                Ok(String::from_utf8_lossy(&body).into_owned())
-            }
-            _ => Ok(first),
+        Ok(self.bulk(&first)?.unwrap_or(first))
+    }
+
+    /// The body of a bulk string whose `$N` line was `header`; none for
+    /// any other line.
+    pub(crate) fn bulk(&mut self, header: &str) -> std::io::Result<Option<String>> {
+        let Some(n) = header.strip_prefix('$').and_then(|n| n.parse::<i64>().ok()).filter(|n| *n >= 0) else { return Ok(None) };
+        // Read as it arrives rather than allocated up front: the
+        // length is the server's word, and may be absurd.
+        let want = n as u64 + 2;
+        let mut body = Vec::new();
+        (&mut self.reader).take(want).read_to_end(&mut body)?;
+        if body.len() as u64 != want {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
+        body.truncate(n as usize);
+        Ok(Some(String::from_utf8_lossy(&body).into_owned()))
     }
 }
 

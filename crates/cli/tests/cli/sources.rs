@@ -66,10 +66,13 @@ fn redis_round_trip_keeps_every_key_type_value_and_ttl() {
     assert!(ttl > 3_000_000 && ttl <= 3_600_000, "TTL kept: {ttl}");
 
     // Into a running instance: refused while it holds data, unless --flush.
+    // It proves itself with a one-time masterauth, its own put back after.
     let running = RedisServer::start(&[]);
+    running.cli(&["CONFIG", "SET", "masterauth", "its-own"]);
     let out = env.json(&["restore", "latest", "--to", &running.url()]);
     assert_eq!(out["result"], format!("{} loaded the RDB and holds 2007 keys", running.url()));
     assert_eq!(contents(&running), before);
+    assert_eq!(running.cli(&["CONFIG", "GET", "masterauth"]), "masterauth\nits-own");
     assert_eq!(running.cli(&["INFO", "replication"]).lines().find(|l| l.starts_with("role:")), Some("role:master"));
     running.cli(&["SET", "extra", "1"]);
     let err = env.fails(&["restore", "latest", "--to", &running.url()], 1);
@@ -199,6 +202,22 @@ fn a_redis_restore_that_fails_leaves_the_instance_a_master_with_its_data() {
     assert_eq!(target.cli(&["ROLE"]).lines().next(), Some("master"));
     assert_eq!(target.cli(&["SET", "after", "2"]), "OK", "it takes writes");
     assert_eq!(target.cli(&["GET", "kept"]), "1", "and keeps what it held");
+    assert_eq!(target.cli(&["CONFIG", "GET", "masterauth"]), "masterauth", "its masterauth is its own (none) again");
+}
+
+/// Where CONFIG is refused, the instance is known by its address instead:
+/// the restore goes through, and the instance is a master again after.
+#[test]
+fn a_redis_restore_without_config_knows_the_instance_by_its_address() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let source = RedisServer::start(&[]);
+    source.script("SET a 1\nSET b 2\n");
+    env.ok(&["backup", &source.url()]);
+    let target = RedisServer::start(&["--rename-command", "CONFIG", ""]);
+    let out = env.json(&["restore", "latest", "--to", &target.url()]);
+    assert_eq!(out["result"], format!("{} loaded the RDB and holds 2 keys", target.url()));
+    assert_eq!((target.cli(&["GET", "b"]).as_str(), target.cli(&["ROLE"]).lines().next()), ("2", Some("master")));
 }
 
 /// While the server runs a background save it holds its PSYNC reply back,
