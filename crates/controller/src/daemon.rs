@@ -325,6 +325,9 @@ impl Loop {
         if q.kind == Kind::Backup && outcome.status == "succeeded" {
             self.queue_standby(&plan, &q.name, "backup", now);
         }
+        if q.kind == Kind::Backup && saved(&outcome) {
+            self.queue_copy(&plan, &q.name, now);
+        }
         if retry {
             let wait = match q.kind {
                 Kind::Standby => crate::standby::backoff(plan.daemon.retry_backoff.0, q.attempt, crate::standby::rpo(&plan, &q.name)),
@@ -357,6 +360,19 @@ impl Loop {
         self.delayed.retain(|o| !(o.name == name && o.kind == Kind::Standby));
         let q = self.queued(name, Kind::Standby, trigger, now, 0, "daemon");
         self.queue.push(Queued { restore: Some(crate::standby::restore_spec(standby, kind)), ..q });
+    }
+
+    /// Queue the off-site copy of `name`'s new snapshot, if its class has
+    /// one. A job of its own, so that a slow copy never holds the source's
+    /// next backup back; a copy already waiting (a retry among them) takes
+    /// the new snapshot along, as each copy takes every one missing.
+    fn queue_copy(&mut self, plan: &Plan, name: &str, now: DateTime<Utc>) {
+        let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
+        if plan.classes.get(&s.class).and_then(|c| c.offsite.as_ref()).is_none() || self.waiting(name, Kind::Copy) {
+            return;
+        }
+        let q = self.queued(name, Kind::Copy, "backup", now, 0, "daemon");
+        self.queue.push(q);
     }
 
     fn command(&mut self, cmd: Command, now: DateTime<Utc>) {
@@ -519,7 +535,8 @@ fn saved(outcome: &Outcome) -> bool {
     outcome.status == "succeeded" || outcome.reason.as_deref() == Some(Reason::Partial.as_str())
 }
 
-/// One queued job and, after a backup (whole or partial), its retention and copy.
+/// One queued job and, after a backup (whole or partial), its retention;
+/// its copy is a job of its own (`Loop::queue_copy`).
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
     let Some(w) = work(&plan, &shared.plan_file, q, q.kind) else {
@@ -538,10 +555,7 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
     // lets it take a whole one's place, and keeps the newest whole one.
     let class = w.class_spec.clone().unwrap_or_else(|| unreachable!("a backup has a class"));
     if class.retention != Default::default() {
-        run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel.clone()).await;
-    }
-    if w.offsite.is_some() {
-        run_one(shared, q, &Work { kind: Kind::Copy, ..w.clone() }, cancel).await;
+        run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel).await;
     }
     outcome
 }

@@ -194,6 +194,26 @@ async fn a_partial_backup_is_followed_by_retention_and_copied_off_site() {
     d.stop().await;
 }
 
+/// An off-site copy is a job of its own: while a slow one runs, the
+/// source's next backup and retention go ahead, and the copy that backup
+/// asked for runs once the slow one is over (one more, taking along every
+/// snapshot missing off site).
+#[tokio::test]
+async fn a_slow_copy_never_holds_the_next_backup_back() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), RETAINED, Scripted { hold: Some(("part".into(), 3)), ..Scripted::default() });
+    let jobs = d.jobs.clone();
+    until("the first copy running", || jobs.calls("part") == 3).await;
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the next day's backup and retention, beside the copy", || jobs.calls("part") == 5).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(jobs.calls("part"), 5, "the second copy waits for the first");
+    jobs.release.notify_one();
+    until("the second copy", || jobs.calls("part") == 6).await;
+    assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Forget, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
+    d.stop().await;
+}
+
 /// `backup_replication_lag_seconds` is how long the oldest backup not yet
 /// off site has waited: it grows while copies fail, and is 0 once one
 /// succeeds, never the gap a successful copy just closed.
