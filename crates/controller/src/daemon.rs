@@ -442,6 +442,11 @@ pub async fn run(
             lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
         }
     }
+    for s in shared.plan().sources {
+        if shared.state.copy_due(&s.name)? {
+            lp.queue_copy(&shared.plan(), &s.name, now);
+        }
+    }
     shared.metrics.declare(&shared.plan());
     for s in shared.plan().sources {
         if let Some(j) = shared.state.last_success(&s.name)? {
@@ -591,7 +596,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         ..job
     };
     record_evidence(shared, &w, &record, &outcome).await;
-    measure(shared, &w, &outcome, seconds, ended);
+    measure(shared, &w, &outcome, seconds, (started, ended));
     // The history says a job ended only once its evidence and metrics are recorded,
     // so whoever waits for the job's end reads them complete.
     if let Ok(id) = id
@@ -637,8 +642,9 @@ async fn record_evidence(shared: &Arc<Shared>, w: &Work, record: &Job, outcome: 
     }
 }
 
-/// The job's outcome in the metrics (and, for a backup, to the webhooks).
-fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ended: DateTime<Utc>) {
+/// The job's outcome in the metrics (and, for a backup, to the webhooks);
+/// when it started and ended, by the daemon's clock.
+fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (started, ended): (DateTime<Utc>, DateTime<Utc>)) {
     if matches!(outcome.reason.as_deref(), Some("repository" | "repository_missing")) {
         let plan = shared.plan();
         let failed = if outcome.in_target { w.offsite.as_ref() } else { Some(&w.repo) };
@@ -650,7 +656,7 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, ende
         Kind::Backup => {
             shared.metrics.backup_done(&w.name, &w.class, outcome, seconds, ended);
             if w.offsite.is_some() && saved(outcome) {
-                shared.metrics.not_yet_offsite(&w.name, ended - chrono::Duration::milliseconds((seconds * 1000.0) as i64));
+                shared.metrics.not_yet_offsite(&w.name, started);
             }
             announce(shared, w, outcome, ended);
             if w.repo.url.as_path().is_some() {

@@ -106,7 +106,8 @@ fn started(dir: &std::path::Path, plan: &str, jobs: Scripted) -> Started {
     let shared = Arc::new(Shared {
         plan: std::sync::RwLock::new(plan),
         plan_file,
-        state: crate::state::State::in_memory().expect("a state"),
+        // On disk: a daemon started again in `dir` finds the history.
+        state: crate::state::State::open(&dir.join("state.db")).expect("a state"),
         metrics: Default::default(),
         clock,
         runner: Runner::with("/nonexistent/tresor".into(), jobs.clone()),
@@ -211,6 +212,36 @@ async fn a_slow_copy_never_holds_the_next_backup_back() {
     jobs.release.notify_one();
     until("the second copy", || jobs.calls("part") == 6).await;
     assert_eq!(jobs.kinds("part"), [Kind::Backup, Kind::Forget, Kind::Copy, Kind::Backup, Kind::Forget, Kind::Copy]);
+    d.stop().await;
+}
+
+/// A backup whose copy failed for good (or never ran: the daemon stopped)
+/// is copied when the daemon starts again, and only then.
+#[tokio::test]
+async fn a_backup_not_yet_off_site_is_copied_when_the_daemon_starts_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let down = JobResult::failed(Reason::Repository, false, "target: cannot reach the off-site repository");
+    let d = started(dir.path(), RETAINED, Scripted { script: BTreeMap::from([(("part".to_string(), 3), down)]), ..Scripted::default() });
+    let shared = d.shared.clone();
+    until("the failed copy", || {
+        shared.state.jobs(10, Some("part")).expect("the history").iter().any(|j| j.kind == "copy" && j.outcome.status == "failed")
+    })
+    .await;
+    d.stop().await;
+
+    let d = started(dir.path(), RETAINED, Scripted::default());
+    until("the copy at the start", || d.jobs.calls("part") == 1).await;
+    let shared = d.shared.clone();
+    until("it recorded", || {
+        shared.state.jobs(10, Some("part")).expect("the history").iter().any(|j| j.kind == "copy" && j.outcome.status == "succeeded")
+    })
+    .await;
+    assert_eq!(d.jobs.kinds("part"), [Kind::Copy], "the backup is not due");
+    d.stop().await;
+
+    let d = started(dir.path(), RETAINED, Scripted::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.jobs.calls("part"), 0, "nothing is missing off site now");
     d.stop().await;
 }
 

@@ -251,6 +251,21 @@ impl State {
         })
     }
 
+    /// Whether the newest backup of a source that saved a snapshot (whole
+    /// or partial) came after its newest successful copy: a copy failed
+    /// for good, or the daemon stopped before it ran.
+    pub fn copy_due(&self, source: &str) -> Result<bool> {
+        self.with(|db| {
+            db.query_row(
+                "SELECT coalesce((SELECT max(id) FROM jobs WHERE source = ?1 AND kind = 'backup' \
+                 AND (status = 'succeeded' OR reason = 'partial')) > \
+                 coalesce((SELECT max(id) FROM jobs WHERE source = ?1 AND kind = 'copy' AND status = 'succeeded'), 0), 0)",
+                [source],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// When the newest run of a schedule was due (for catch-up after downtime).
     pub fn last_scheduled(&self, source: &str, kind: &str) -> Result<Option<DateTime<Utc>>> {
         self.with(|db| {
