@@ -19,6 +19,7 @@ pub mod k8s_restore;
 pub mod k8s_standby;
 pub mod k8s_transform;
 pub mod k8s_volume;
+mod percent;
 mod pgbase;
 mod pgurl;
 pub mod pgwal;

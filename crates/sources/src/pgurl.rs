@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+use crate::percent::decode;
+
 /// The URL query parameters libpq takes, each with the environment variable
 /// that sets it for a client program.
 const SETTINGS: &[(&str, &str)] = &[
@@ -144,25 +146,6 @@ fn split_port(hostport: &str) -> Result<(&str, u16), String> {
     };
     let port = port.filter(|p| !p.is_empty()).map_or(Ok(5432), |p| p.parse().map_err(|_| "the port is not a number"))?;
     Ok((host, port))
-}
-
-/// Undo `%XX` escapes, as libpq does in every part of a URL (and Redis
-/// clients in a URL's user part).
-pub(crate) fn decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("a bad %-escape")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "a %-escape that is not UTF-8".into())
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ impl RedisSource {
         let hostport = hostport.split(['/', '?']).next().unwrap_or_default();
         let (user, password) = match auth.map(|a| a.split_once(':').unwrap_or((a, ""))) {
             Some((u, p)) => {
-                let (u, p) = (crate::pgurl::decode(u).map_err(|e| bad(&e))?, crate::pgurl::decode(p).map_err(|e| bad(&e))?);
+                let (u, p) = (crate::percent::decode(u).map_err(|e| bad(&e))?, crate::percent::decode(p).map_err(|e| bad(&e))?);
                 ((!u.is_empty()).then_some(u), (!p.is_empty()).then_some(p))
             }
             None => (None, None),
