@@ -326,7 +326,7 @@ impl Loop {
             self.queue_standby(&plan, &q.name, "backup", now);
         }
         if q.kind == Kind::Backup && saved(&outcome) {
-            self.queue_copy(&plan, &q.name, now);
+            self.queue_copy(&plan, &q.name, "backup", now);
         }
         if retry {
             let wait = match q.kind {
@@ -366,12 +366,12 @@ impl Loop {
     /// one. A job of its own, so that a slow copy never holds the source's
     /// next backup back; a copy already waiting (a retry among them) takes
     /// the new snapshot along, as each copy takes every one missing.
-    fn queue_copy(&mut self, plan: &Plan, name: &str, now: DateTime<Utc>) {
+    fn queue_copy(&mut self, plan: &Plan, name: &str, trigger: &'static str, now: DateTime<Utc>) {
         let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
         if plan.classes.get(&s.class).and_then(|c| c.offsite.as_ref()).is_none() || self.waiting(name, Kind::Copy) {
             return;
         }
-        let q = self.queued(name, Kind::Copy, "backup", now, 0, "daemon");
+        let q = self.queued(name, Kind::Copy, trigger, now, 0, "daemon");
         self.queue.push(q);
     }
 
@@ -444,7 +444,7 @@ pub async fn run(
     }
     for s in shared.plan().sources {
         if shared.state.copy_due(&s.name)? {
-            lp.queue_copy(&shared.plan(), &s.name, now);
+            lp.queue_copy(&shared.plan(), &s.name, "catch-up", now);
         }
     }
     shared.metrics.declare(&shared.plan());

@@ -237,6 +237,8 @@ async fn a_backup_not_yet_off_site_is_copied_when_the_daemon_starts_again() {
     })
     .await;
     assert_eq!(d.jobs.kinds("part"), [Kind::Copy], "the backup is not due");
+    let copy = shared.state.jobs(10, Some("part")).expect("the history").into_iter().find(|j| j.kind == "copy").expect("the copy");
+    assert_eq!(copy.trigger, "catch-up");
     d.stop().await;
 
     let d = started(dir.path(), RETAINED, Scripted::default());
