@@ -447,7 +447,8 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
 }
 
 async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engine::repair_snapshots::RepairSnapshotsOptions) -> Result<u8> {
-    let report = tresor_engine::repair_snapshots::repair_snapshots(repo, opts).await?;
+    let tresor_engine::repair_snapshots::RepairReport { snapshots: report, index } =
+        tresor_engine::repair_snapshots::repair_snapshots(repo, opts).await?;
     if g.json {
         print_json(&report)?;
         return Ok(0);
@@ -462,5 +463,13 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
         }
     }
     println!("{} damaged snapshots", report.len());
+    if index.dropped_blobs > 0 {
+        let blobs = |n: usize| format!("{n} blob{}", if n == 1 { "" } else { "s" });
+        println!(
+            "taken out of the index: {} lost, which the next backup of that data stores anew; {} readable from damaged packs copied to new packs",
+            blobs(index.dropped_blobs),
+            blobs(index.copied_blobs)
+        );
+    }
     Ok(0)
 }

@@ -34,7 +34,7 @@ pub mod repair_snapshots;
 pub mod repo;
 pub mod restore;
 pub mod retention;
-mod salvage;
+pub mod salvage;
 pub mod select;
 pub mod session;
 pub mod sink;

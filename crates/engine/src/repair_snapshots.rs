@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::index::Index;
 use crate::objects::{Kind, is_damage, list_names};
 use crate::pack::BlobKind;
-use crate::salvage::{Damaged, salvage};
+use crate::salvage::{Damaged, Salvaged, salvage};
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
 use crate::tree::{Node, Tree};
@@ -34,7 +34,15 @@ pub struct RepairedSnapshot {
     pub lost: Vec<String>,
 }
 
-pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptions) -> Result<Vec<RepairedSnapshot>> {
+/// What a repair did: the snapshots it saved again, and what it took out
+/// of the index.
+#[derive(Debug, Serialize)]
+pub struct RepairReport {
+    pub snapshots: Vec<RepairedSnapshot>,
+    pub index: Salvaged,
+}
+
+pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptions) -> Result<RepairReport> {
     // Snapshots first, the index after: a backup saves its index before its
     // snapshot, so an index read later knows every blob of the snapshots
     // listed. Read the other way round, a snapshot that a concurrent backup
@@ -45,15 +53,18 @@ pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptio
     let index = repo.index().await?;
     let damaged = damaged_blobs(&repo, &index, opts.read_data).await?;
     let session = if opts.dry_run { None } else { Some(Session::start(repo.clone(), "repair snapshots").await?) };
-    let mut result = run(&repo, snaps, &index, &damaged, opts, session.as_ref()).await;
-    if let Some(s) = session {
-        if result.is_ok() {
-            // The snapshots first: a crash in between leaves them repaired
-            // and the index as it was, which the next repair takes out.
-            if let Err(e) = salvage(&repo, &damaged, &s).await {
-                result = Err(e);
-            }
+    let mut result = run(&repo, snaps, &index, &damaged, opts, session.as_ref())
+        .await
+        .map(|snapshots| RepairReport { snapshots, index: Salvaged::default() });
+    if let (Some(s), Ok(report)) = (&session, &mut result) {
+        // The snapshots first: a crash in between leaves them repaired
+        // and the index as it was, which the next repair takes out.
+        match salvage(&repo, &damaged, s).await {
+            Ok(done) => report.index = done,
+            Err(e) => result = Err(e),
         }
+    }
+    if let Some(s) = session {
         s.end().await?;
     }
     repo.reset_index().await;

@@ -12,6 +12,8 @@
 //! one. A damaged pack stays in storage, unindexed, until a prune deletes it
 //! as an orphan.
 
+use serde::Serialize;
+
 use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, unless_gone};
 use crate::pack::PackEntry;
@@ -36,8 +38,8 @@ impl Damaged {
 }
 
 /// What the salvage changed.
-#[derive(Debug, Default)]
-pub(crate) struct Salvaged {
+#[derive(Debug, Default, Serialize)]
+pub struct Salvaged {
     /// Index entries taken out: the lost blobs and those of lost packs.
     pub dropped_blobs: usize,
     /// Readable blobs copied out of damaged packs.
