@@ -141,6 +141,54 @@ fn drill(e: &Erp, name: Option<&str>) -> (Option<i32>, Vec<serde_json::Value>) {
     (out.status.code(), reports)
 }
 
+/// A plan of one source, `cache`, the Redis instance backed up into `env`'s
+/// repository.
+fn cache_plan(env: &Env, redis: &RedisServer) -> PathBuf {
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        format!(
+            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 1h\n\
+             sources:\n  - name: cache\n    class: standard\n    url: {}\n    schedule: \"@daily\"\n",
+            env.repo,
+            env.path("pw").display(),
+            redis.url()
+        ),
+    )
+    .unwrap();
+    plan
+}
+
+/// A busy instance: keys written while the backup waited for its fork are
+/// in the data, and the backup counted the keys before and after; the
+/// drill holds the restored count to that range (it failed the drill when
+/// held to the count before).
+#[test]
+fn a_drill_of_a_busy_redis_holds_its_count_to_the_range_around_the_fork() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let redis = super::sources::saving_slowly();
+    let backup = env.cmd(&["backup", &redis.url(), "--tag", "source=cache"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Once it waits for its fork (PSYNC sent), the backup has counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !redis.cli(&["CLIENT", "LIST"]).contains(" cmd=psync ") {
+        assert!(std::time::Instant::now() < deadline, "the backup never asked for the data");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    redis.cli(&["CONFIG", "SET", "rdb-key-save-delay", "0"]);
+    redis.script(&(50..60).map(|i| format!("SET k{i} v{i}\n")).collect::<String>());
+    let out = backup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let point = env.json(&["snapshots"])[0]["source"]["consistency"].clone();
+    assert_eq!((&point["keys"], &point["keys_after"]), (&serde_json::json!(50), &serde_json::json!(60)), "{point}");
+
+    let scratch = scratch_dir("tresor-drills-");
+    let plan = cache_plan(&env, &redis);
+    let out = env.json(&["drill", "--plan", plan.to_str().unwrap(), "--scratch", scratch.path().to_str().unwrap()]);
+    assert_eq!(out[0]["passed"], true, "{out}");
+    assert_eq!(out[0]["checks"][0], "60 keys, within the 50 to 60 the instance held around the backup");
+}
+
 /// A Redis drill counts the keys of every database, and those the restored
 /// instance dropped as expired when it loaded: keys in database 1, and a
 /// key whose TTL ran out between the backup and the drill, fail no drill.
@@ -154,22 +202,12 @@ fn a_redis_drill_counts_every_database_and_the_keys_expired_since_the_backup() {
     redis.script("SET a 1\nSET b 2\nSELECT 1\nSET c 3\nSELECT 0\nSET brief x PX 10000\n");
     env.ok(&["backup", &redis.url(), "--tag", "source=cache"]);
     let snap = &env.json(&["snapshots"])[0];
-    assert_eq!(snap["source"]["consistency"]["keys"], 4);
+    let point = &snap["source"]["consistency"];
+    assert_eq!((&point["keys"], &point["keys_after"]), (&serde_json::json!(4), &serde_json::json!(4)), "idle: the same before and after");
     let sampled = snap["source"]["consistency"]["sample_keys"].as_array().unwrap().clone();
     assert!(sampled.iter().all(|k| k == "a" || k == "b"), "no key with a TTL, nor of another database: {sampled:?}");
     let scratch = scratch_dir("tresor-drills-");
-    let plan = env.path("tresor.yaml");
-    fs::write(
-        &plan,
-        format!(
-            "repositories:\n  primary:\n    url: {}\n    password_file: {}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 1h\n\
-             sources:\n  - name: cache\n    class: standard\n    url: {}\n    schedule: \"@daily\"\n",
-            env.repo,
-            env.path("pw").display(),
-            redis.url()
-        ),
-    )
-    .unwrap();
+    let plan = cache_plan(&env, &redis);
     // The TTL's end, passed: not a measurement.
     std::thread::sleep(std::time::Duration::from_millis(10_500).saturating_sub(set.elapsed()));
     let out = env.json(&["drill", "--plan", plan.to_str().unwrap(), "--scratch", scratch.path().to_str().unwrap()]);

@@ -226,13 +226,19 @@ fn a_redis_restore_without_config_knows_the_instance_by_its_address() {
 fn a_redis_backup_waits_through_a_background_save() {
     let env = Env::new();
     env.ok(&["init"]);
-    let server = RedisServer::start(&["--repl-diskless-sync-delay", "0"]);
-    server.script(&(0..50).map(|i| format!("SET k{i} v{i}\n")).collect::<String>());
-    // 60 ms a key: a save takes 3 s.
-    server.cli(&["CONFIG", "SET", "rdb-key-save-delay", "60000"]);
-    assert_eq!(server.cli(&["BGSAVE"]), "Background saving started");
+    let server = saving_slowly();
     env.ok(&["backup", &server.url()]);
     assert_eq!(env.json(&["snapshots"])[0]["source"]["consistency"]["keys"], 50);
+}
+
+/// A Redis server holding `k0`..`k49`, busy with a background save of
+/// 3 s (60 ms a key) that the fork for a replica waits for.
+pub(super) fn saving_slowly() -> RedisServer {
+    let server = RedisServer::start(&["--repl-diskless-sync-delay", "0"]);
+    server.script(&(0..50).map(|i| format!("SET k{i} v{i}\n")).collect::<String>());
+    server.cli(&["CONFIG", "SET", "rdb-key-save-delay", "60000"]);
+    assert_eq!(server.cli(&["BGSAVE"]), "Background saving started");
+    server
 }
 
 fn hex(bytes: &[u8]) -> String {
