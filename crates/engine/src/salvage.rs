@@ -68,6 +68,14 @@ pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Sess
         }
     }
     let mut pieces = crate::prune::repack(repo, readable, session).await?;
+    // Written through the storage that damaged the originals: read back
+    // before anything is indexed, or the index would trade one damage for another.
+    for piece in &pieces {
+        if let Some((blob, why)) = crate::check::verify_pack(repo, &piece.id).await?.into_iter().next() {
+            let copied = format!("its copy in pack {} did not read back ({why}); the index was left as it was", piece.id.short());
+            return Err(crate::Error::corrupt("blob", blob, copied));
+        }
+    }
     pieces.extend(kept);
     for file in index_files(pieces) {
         repo.save_index(&file).await?;
@@ -117,4 +125,43 @@ async fn affected_files(repo: &Repository, damaged: &Damaged) -> Result<(Vec<Id>
     }
     affected.sort();
     Ok((affected, packs))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tresor_storage::{FaultConfig, Location};
+
+    use crate::Repository;
+    use crate::backup::{BackupOptions, backup};
+    use crate::repair_snapshots::{RepairSnapshotsOptions, repair_snapshots};
+    use crate::repo::tests::{content, damaged, repo_opts, repository};
+
+    /// The copies of a damaged pack's readable blobs are read back before
+    /// the index changes: written through storage that damages them too,
+    /// the repair fails, and the index still names the pack it had.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn copies_that_do_not_read_back_leave_the_index_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("repo");
+        let repo = Arc::new(repository(&at).await);
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        // Chunks of one file share a pack: the damaged one's neighbours are copied.
+        std::fs::write(data.join("b"), content("b", 6 << 20)).unwrap();
+        let snap = backup(repo.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap();
+        let b = crate::walk::find(&repo, snap.tree, data.join("b").to_str().unwrap()).await.unwrap().unwrap().content[0];
+        let (pack, _) = repo.index().await.unwrap().get(&b).unwrap();
+        damaged(&repo, &at, &b).await;
+
+        let mut garbling = repo_opts();
+        garbling.storage.faults = Some(FaultConfig::parse("garble=data/").unwrap());
+        let garbling = Arc::new(Repository::open(&Location::Fs(at.clone()), &garbling).await.unwrap());
+        let opts = RepairSnapshotsOptions { read_data: true, ..Default::default() };
+        let err = repair_snapshots(garbling, &opts).await.unwrap_err().to_string();
+        assert!(err.contains(" did not read back (") && err.ends_with("; the index was left as it was"), "{err}");
+        let fresh = Repository::open(&Location::Fs(at), &repo_opts()).await.unwrap();
+        assert_eq!(fresh.index().await.unwrap().get(&b).map(|(p, _)| p), Some(pack));
+    }
 }
