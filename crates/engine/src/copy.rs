@@ -20,7 +20,7 @@ use crate::salvage::{Damaged, salvage};
 use crate::session::Session;
 use crate::sink::{BlobSink, Step};
 use crate::tree::Tree;
-use crate::{Error, Id, IdMap, Repository, Result, Snapshot};
+use crate::{Error, Id, IdMap, IdSet, Repository, Result, Snapshot};
 
 #[derive(Clone, Debug, Default)]
 pub struct CopyOptions {
@@ -66,7 +66,11 @@ pub struct Pending {
 }
 
 pub async fn pending(selected: Vec<Snapshot>, dst: &Repository) -> Result<Pending> {
-    let copies: IdMap<Snapshot> = dst.snapshots().await?.into_iter().filter_map(|s| Some((s.original?, s))).collect();
+    let held = dst.snapshots().await?;
+    // A copy that `repair snapshots` saved again without what it lost (and
+    // kept) no longer stands for its original either.
+    let repaired: IdSet = held.iter().filter(|s| s.tags.iter().any(|t| t == "repaired")).filter_map(|s| s.parent).collect();
+    let copies: IdMap<Snapshot> = held.into_iter().filter(|s| !repaired.contains(&s.id)).filter_map(|s| Some((s.original?, s))).collect();
     let mut out = Pending { missing: Vec::new(), pairs: Vec::new() };
     for s in selected {
         match copies.get(&s.id) {

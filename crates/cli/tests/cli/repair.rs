@@ -353,11 +353,17 @@ fn a_damaged_snapshot_file_stops_nothing_but_itself() {
     assert!(!Path::new(&env.repo).join("snapshots").join(&first).exists());
 }
 
-/// A copy repaired off site no longer stands for its original: the next
-/// `copy` carries the source's snapshot again, whole, and the data the
-/// repair lost is uploaded anew rather than matched against the damage.
+/// A copy repaired off site no longer stands for its original, nor does
+/// the damaged copy kept beside it: the next `copy` carries the source's
+/// snapshot again, whole, and the data the repair lost is uploaded anew
+/// rather than matched against the damage.
 #[test]
 fn a_copy_repaired_off_site_is_copied_again_whole() {
+    copied_again_whole(&["--forget"]);
+    copied_again_whole(&[]);
+}
+
+fn copied_again_whole(forget: &[&str]) {
     let env = Env::new();
     let primary = env.path("primary").display().to_string();
     env.ok(&["init", "-r", &primary]);
@@ -371,7 +377,7 @@ fn a_copy_repaired_off_site_is_copied_again_whole() {
     assert_eq!(copy()["copied"].as_array().unwrap().len(), 1);
     let copied = env.json(&["snapshots"])[0]["id"].as_str().unwrap()[..8].to_string();
     damage_blob(&env, &copied, &src.join("b/data"), |node| node.content[0]);
-    env.ok(&["repair", "snapshots", "--read-data", "--forget", "--no-cache"]);
+    env.ok(&[&["repair", "snapshots", "--read-data", "--no-cache"][..], forget].concat());
 
     let again = copy();
     assert_eq!((again["present"].as_u64(), again["copied"].as_array().unwrap().len()), (Some(0), 1), "{again}");
