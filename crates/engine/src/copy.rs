@@ -202,8 +202,10 @@ async fn verify(dst: &Repository, packs: &[Id], session: &Session, report: &mut 
     if packs.is_empty() {
         return Ok(());
     }
-    // The index as now, with these packs: their trailers are compared with it.
-    dst.reset_index().await;
+    // Each blob is judged by its pack's trailer (opened and hashed). The
+    // index is not loaded again for it, once per snapshot copied: the index
+    // files written beside were sealed from the same entries.
+    //
     // A damaged pack leaves the index whole: the source still has all its
     // blobs, and copying the readable ones within the target would write
     // through the same storage that just damaged them.
