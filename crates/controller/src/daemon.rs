@@ -442,9 +442,10 @@ pub async fn run(
             lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
         }
     }
-    for s in shared.plan().sources {
+    let plan = shared.plan();
+    for s in &plan.sources {
         if shared.state.copy_due(&s.name)? {
-            lp.queue_copy(&shared.plan(), &s.name, "catch-up", now);
+            lp.queue_copy(&plan, &s.name, "catch-up", now);
         }
     }
     shared.metrics.declare(&shared.plan());
