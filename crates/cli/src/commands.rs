@@ -439,6 +439,13 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
             "{verb} {} blobs in {} packs; wrote {} index files, removed {}",
             report.blobs, report.packs, report.index_files_written, report.index_files_removed
         );
+        if report.lost_blobs_left_out > 0 {
+            println!(
+                "left out {} a repair found lost ({} whole, which a prune deletes)",
+                counted(report.lost_blobs_left_out, "blob"),
+                counted(report.quarantined_packs, "damaged pack")
+            );
+        }
         for u in &report.unreadable {
             println!("unreadable pack {u}");
         }
@@ -464,12 +471,16 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
     }
     println!("{} damaged snapshots", report.len());
     if index.dropped_blobs > 0 {
-        let blobs = |n: usize| format!("{n} blob{}", if n == 1 { "" } else { "s" });
         println!(
             "taken out of the index: {} lost, which the next backup of that data stores anew; {} readable from damaged packs copied to new packs",
-            blobs(index.dropped_blobs),
-            blobs(index.copied_blobs)
+            counted(index.dropped_blobs, "blob"),
+            counted(index.copied_blobs, "blob")
         );
     }
     Ok(0)
+}
+
+/// `1 blob`, `2 blobs`.
+fn counted(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }

@@ -101,7 +101,7 @@ pub fn blob(data: &[u8]) {
     }
 }
 
-/// An index file, or a prune's mark (the same format): decoded, merged,
+/// An index file, a prune's mark or a quarantine record (the same format): decoded, merged,
 /// queried, and encoded back to the same bytes.
 pub fn index(data: &[u8]) {
     let Some(plain) = opened("index", data) else { return };

@@ -30,6 +30,8 @@ pub enum Kind {
     Session,
     /// `marks/<id>`: packs a prune marked for deletion.
     Mark,
+    /// `quarantine/<id>`: blobs a repair found lost, with their packs.
+    Quarantine,
     /// `locks/keys/<id>`: claims of running key commands.
     KeyClaim,
     /// `locks/evidence/<id>`: claims of evidence appenders.
@@ -50,6 +52,7 @@ impl Kind {
             Kind::Hold => "holds/",
             Kind::Session => "sessions/",
             Kind::Mark => "marks/",
+            Kind::Quarantine => "quarantine/",
             Kind::KeyClaim => "locks/keys/",
             Kind::EvidenceClaim => "locks/evidence/",
             Kind::Evidence => "evidence/",
@@ -68,6 +71,7 @@ impl Kind {
             Kind::Hold => "hold",
             Kind::Session => "session",
             Kind::Mark => "mark",
+            Kind::Quarantine => "quarantine",
             Kind::KeyClaim | Kind::EvidenceClaim => "key claim",
             Kind::Evidence => "evidence",
         }
@@ -226,6 +230,7 @@ mod tests {
             (Kind::Snapshot, "snapshots/"),
             (Kind::Hold, "holds/"),
             (Kind::Mark, "marks/"),
+            (Kind::Quarantine, "quarantine/"),
             (Kind::KeyClaim, "locks/keys/"),
             (Kind::EvidenceClaim, "locks/evidence/"),
         ];

@@ -4,7 +4,9 @@
 //! index is derived data. The rebuild writes the new index files, then one
 //! small file that supersedes every old one, and only then deletes the old
 //! files: a crash at any point leaves the old index, both (duplicates are
-//! harmless), or the new one, never a partial one.
+//! harmless), or the new one, never a partial one. The blobs a repair
+//! recorded lost (quarantine records, `salvage.rs`) are left out, though the
+//! damaged pack's trailer still lists them.
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
@@ -12,7 +14,7 @@ use serde::Serialize;
 use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, is_damage, list_with_size};
 use crate::pack::{FOOTER_LEN, read_trailer};
-use crate::{Id, Repository, Result};
+use crate::{Id, IdMap, IdSet, Repository, Result};
 
 /// The tail read first: enough for the trailer of any ordinary pack.
 const TAIL: u64 = 256 * 1024;
@@ -23,6 +25,10 @@ pub struct RepairReport {
     pub blobs: usize,
     /// Packs whose trailer cannot be read: `pack id: reason`.
     pub unreadable: Vec<String>,
+    /// Blobs a repair recorded lost, left out though their packs' trailers list them.
+    pub lost_blobs_left_out: usize,
+    /// Damaged packs left out whole: every other blob of theirs is in another pack.
+    pub quarantined_packs: usize,
     pub index_files_written: usize,
     pub index_files_removed: usize,
 }
@@ -43,6 +49,35 @@ async fn pack_entries(repo: &Repository, id: &Id, size: u64) -> Result<IndexedPa
     Ok(IndexedPack { id: *id, size, entries })
 }
 
+/// Take the blobs quarantine records name out of their packs' listings; a
+/// pack whose readable blobs all have copies elsewhere (the repair copied
+/// them before recording) is left out whole, else its readable blobs stay
+/// listed (a repair killed before it indexed its copies, which a prune then
+/// deleted as orphans).
+fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, report: &mut RepairReport) {
+    let mut lost: IdMap<IdSet> = IdMap::default();
+    for p in records.into_iter().flat_map(|(_, f)| f.packs) {
+        lost.entry(p.id).or_default().extend(p.entries.iter().map(|e| e.id));
+    }
+    let mut wanted = IdSet::default();
+    for p in packs.iter_mut() {
+        let Some(gone) = lost.get(&p.id) else { continue };
+        let before = p.entries.len();
+        p.entries.retain(|e| !gone.contains(&e.id));
+        report.lost_blobs_left_out += before - p.entries.len();
+        wanted.extend(p.entries.iter().map(|e| e.id));
+    }
+    let mut elsewhere = IdSet::default();
+    for p in packs.iter().filter(|p| !lost.contains_key(&p.id)) {
+        elsewhere.extend(p.entries.iter().map(|e| e.id).filter(|id| wanted.contains(id)));
+    }
+    packs.retain(|p| {
+        let whole_elsewhere = lost.contains_key(&p.id) && p.entries.iter().all(|e| elsewhere.contains(&e.id));
+        report.quarantined_packs += usize::from(whole_elsewhere);
+        !whole_elsewhere
+    });
+}
+
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
     let old: Vec<Id> = repo.list_ids(Kind::Index).await?;
     let packs: Vec<(Id, u64)> =
@@ -56,16 +91,15 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     let mut good = Vec::new();
     for (id, r) in read {
         match r {
-            Ok(p) => {
-                report.blobs += p.entries.len();
-                good.push(p);
-            }
+            Ok(p) => good.push(p),
             Err(e) if is_damage(&e) => report.unreadable.push(format!("{}: {e}", id.short())),
             // Storage not answering (even after the retries) says nothing
             // about the pack: left out, its blobs would be in no index.
             Err(e) => return Err(e),
         }
     }
+    leave_out_lost(&mut good, repo.load_quarantine().await?, &mut report);
+    report.blobs = good.iter().map(|p| p.entries.len()).sum();
     report.packs = good.len();
     if dry_run {
         return Ok(report);
@@ -81,4 +115,41 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     }
     repo.reset_index().await;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{BlobKind, PackEntry};
+
+    fn pack(id: u8, blobs: &[u8]) -> IndexedPack {
+        let entry = |b: &u8| PackEntry { kind: BlobKind::Data, flags: 0, id: Id([*b; 32]), offset: 0, length: 1, raw_length: 1 };
+        IndexedPack { id: Id([id; 32]), size: 100, entries: blobs.iter().map(entry).collect() }
+    }
+
+    fn listed(packs: &[IndexedPack]) -> Vec<(u8, Vec<u8>)> {
+        packs.iter().map(|p| (p.id.0[0], p.entries.iter().map(|e| e.id.0[0]).collect())).collect()
+    }
+
+    /// Pack 1 lost blob 11; its other blob, 12, was copied into pack 2.
+    #[test]
+    fn a_damaged_pack_whose_readable_blobs_were_copied_is_left_out_whole() {
+        let mut packs = vec![pack(1, &[11, 12]), pack(2, &[12]), pack(3, &[13])];
+        let mut report = RepairReport::default();
+        leave_out_lost(&mut packs, vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11])] })], &mut report);
+        assert_eq!(listed(&packs), [(2, vec![12]), (3, vec![13])]);
+        assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 1));
+    }
+
+    /// The copy of blob 12 is gone (the repair was killed before indexing
+    /// it and a prune deleted it): pack 1 stays listed without blob 11.
+    #[test]
+    fn a_damaged_pack_keeps_the_readable_blobs_that_have_no_copy() {
+        let mut packs = vec![pack(1, &[11, 12]), pack(3, &[13])];
+        let mut report = RepairReport::default();
+        let records = vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11]), pack(4, &[14])] })];
+        leave_out_lost(&mut packs, records, &mut report);
+        assert_eq!(listed(&packs), [(1, vec![12]), (3, vec![13])]);
+        assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 0));
+    }
 }

@@ -10,7 +10,8 @@
 //! old ones, then their deletion, as `repair index` and prune do, so that a
 //! crash leaves the old index, both (duplicates are harmless) or the new
 //! one. A damaged pack stays in storage, unindexed, until a prune deletes it
-//! as an orphan.
+//! as an orphan; a quarantine record names its lost blobs meanwhile, so that
+//! `repair index`, which reads every pack's trailer, leaves them out.
 
 use serde::Serialize;
 
@@ -54,15 +55,18 @@ pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Sess
     }
     let (affected, packs) = affected_files(repo, damaged).await?;
     let mut kept = Vec::new();
+    let mut lost = Vec::new();
     let mut readable: Vec<(Id, Vec<PackEntry>)> = Vec::new();
     for p in packs {
         if damaged.packs.contains(&p.id) {
             out.dropped_blobs += p.entries.len();
+            lost.push(p);
         } else if damaged.holding.contains(&p.id) {
             let (bad, good): (Vec<PackEntry>, Vec<PackEntry>) = p.entries.into_iter().partition(|e| damaged.blobs.contains(&e.id));
             out.dropped_blobs += bad.len();
             out.copied_blobs += good.len();
             readable.push((p.id, good));
+            lost.push(IndexedPack { id: p.id, size: p.size, entries: bad });
         } else {
             kept.push(p);
         }
@@ -76,6 +80,10 @@ pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Sess
             return Err(crate::Error::corrupt("blob", blob, copied));
         }
     }
+    // Recorded before the index changes, and only once the copies are
+    // safe: `repair index` reads the damaged pack's trailer too, and would
+    // list the lost blobs again for the next backup to deduplicate against.
+    repo.save_file(Kind::Quarantine, &IndexFile { supersedes: Vec::new(), packs: lost }.encode()).await?;
     pieces.extend(kept);
     for file in index_files(pieces) {
         repo.save_index(&file).await?;

@@ -1,7 +1,7 @@
 //! `repair snapshots`: damaged snapshots are saved again without exactly the
 //! files that cannot be restored, and the loss is named.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
@@ -180,6 +180,39 @@ fn a_kept_damaged_original_stops_prune_until_forgotten() {
     env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
     let out = restored(&env, "out", &src);
     assert_eq!((fs::read(out.join("a/data")).unwrap(), fs::read(out.join("b/data")).unwrap()), (a, b));
+}
+
+/// `repair index` reads every pack's trailer, the damaged one's too: after
+/// a repair it leaves out what the repair found lost, so the next backup
+/// stores that data anew. A prune then deletes the damaged pack and the
+/// quarantine record naming it.
+#[test]
+fn repair_index_after_a_repair_leaves_the_lost_blob_out() {
+    let env = Env::new();
+    let (src, a, b, id) = two_dirs_backed_up(&env);
+    let before: BTreeMap<PathBuf, Vec<u8>> = data_files(&env).into_iter().map(|p| (p.clone(), fs::read(&p).unwrap())).collect();
+    damage_blob(&env, &id, &src.join("b/data"), |node| node.content[0]);
+    let damaged: Vec<&PathBuf> = before.iter().filter(|(p, bytes)| fs::read(p).unwrap() != **bytes).map(|(p, _)| p).collect();
+    assert_eq!(damaged.len(), 1);
+    env.ok(&["repair", "snapshots", "--read-data", "--forget", "--no-cache"]);
+    let said = env.ok(&["repair", "index", "--no-cache"]);
+    assert!(said.ends_with("\nleft out 1 blob a repair found lost (1 damaged pack whole, which a prune deletes)\n"), "{said}");
+    env.ok(&["backup", src.to_str().unwrap(), "--no-cache"]);
+    assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
+    let out = restored(&env, "out", &src);
+    assert_eq!((fs::read(out.join("a/data")).unwrap(), fs::read(out.join("b/data")).unwrap()), (a, b));
+
+    let quarantine = Path::new(&env.repo).join("quarantine");
+    assert_eq!(files_under(&quarantine).len(), 1);
+    // Older than any live writer could be.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options().write(true).open(damaged[0]).unwrap().set_modified(hour_ago).unwrap();
+    let pruned = env.ok(&["prune", "--no-cache"]);
+    assert!(pruned.contains(", 1 unindexed packs deleted"), "{pruned}");
+    assert!(!damaged[0].exists());
+    assert!(!quarantine.exists() || files_under(&quarantine).is_empty(), "the record went with its pack");
+    assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
 }
 
 /// `ls`, `find`, `diff`, `stats`, `restore` and its verify go on past a

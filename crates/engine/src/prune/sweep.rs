@@ -121,8 +121,9 @@ async fn delete_pack(repo: &Repository, pack: &Id, now: DateTime<Utc>) -> Result
     repo.delete_unless_locked(&path).await
 }
 
-/// Packs no index or mark lists: left by killed writers. One younger than
-/// the oldest live session may be a live writer's, not yet indexed.
+/// Packs no index or mark lists: left by killed writers, or damaged ones a
+/// repair took out. One younger than the oldest live session may be a live
+/// writer's, not yet indexed. Then the quarantine records left without a pack.
 async fn orphans(
     repo: &Repository,
     view: &View,
@@ -136,9 +137,33 @@ async fn orphans(
     // Streamed: only the unknown packs are kept, not a listing of them all.
     let mut candidates: Vec<Id> = Vec::new();
     each_name(repo.operator(), Kind::Pack, |name| candidates.extend(name.parse().ok().filter(|p| !known(p)))).await?;
-    if candidates.is_empty() {
-        return Ok(());
+    let mut stored: IdSet = candidates.iter().copied().collect();
+    if !candidates.is_empty() {
+        for p in delete_orphans(repo, candidates, live, now, grace).await? {
+            stored.remove(&p);
+            report.orphan_packs_deleted += 1;
+        }
     }
+    // A quarantine record serves `repair index` while one of its packs is
+    // stored; an indexed one is stored (the repair was killed before its
+    // index files were written).
+    for (id, record) in repo.load_quarantine().await? {
+        if record.packs.iter().all(|p| !known(&p.id) && !stored.contains(&p.id)) {
+            repo.delete_unless_locked(&Kind::Quarantine.path(&id)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The orphans deleted of `candidates`: those older than every live
+/// session and the grace period, and in no mark.
+async fn delete_orphans(
+    repo: &Repository,
+    candidates: Vec<Id>,
+    live: &[SessionInfo],
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Result<Vec<Id>> {
     // Marks written by a concurrent prune name packs this view never saw.
     let marked: IdSet = repo.load_marks().await?.iter().flat_map(|m| m.file.packs.iter().map(|p| p.id)).collect();
     let before = live.iter().map(|s| s.started).min().unwrap_or(now).min(now - grace) - SLOP;
@@ -147,12 +172,13 @@ async fn orphans(
         .buffer_unordered(16)
         .try_collect()
         .await?;
+    let mut deleted = Vec::new();
     for (p, t) in times {
         if t.is_some_and(|t| t < before) && delete_pack(repo, &p, now).await? {
-            report.orphan_packs_deleted += 1;
+            deleted.push(p);
         }
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// Heartbeats of sessions long dead (killed writers) are removed.

@@ -76,6 +76,19 @@ impl Repository {
         Ok(out)
     }
 
+    /// The quarantine records (docs/FORMAT.md §12e): per record, the packs
+    /// a repair found damaged or gone, each with the blobs it lost. One
+    /// removed meanwhile is skipped: a prune found its packs gone.
+    pub async fn load_quarantine(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let mut out = Vec::new();
+        for id in self.list_ids(Kind::Quarantine).await? {
+            if let Some(plain) = unless_gone(self.load_file_uncached(Kind::Quarantine, &id).await)? {
+                out.push((id, IndexFile::decode(&id, &plain)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The repository index for reading, loaded once per process: the index
     /// files, and behind them the marked packs (a snapshot committed by a
     /// writer that started before the mark may still need them).
