@@ -49,6 +49,15 @@ async fn pack_entries(repo: &Repository, id: &Id, size: u64) -> Result<IndexedPa
     Ok(IndexedPack { id: *id, size, entries })
 }
 
+/// A quarantine record that cannot be read may name blobs that must stay
+/// out: the rebuild stops, and says how to go on without it.
+fn unreadable_record(id: &Id, e: crate::Error) -> crate::Error {
+    let path = Kind::Quarantine.path(id);
+    crate::Error::Invalid(format!(
+        "{e}, and may name blobs a repair found lost; nothing was changed (to rebuild the index without it, delete {path}, then run `tresor check --read-data`)"
+    ))
+}
+
 /// Take the blobs quarantine records name out of their packs' listings; a
 /// pack whose readable blobs all have copies elsewhere (the repair copied
 /// them before recording) is left out whole, else its readable blobs stay
@@ -98,7 +107,11 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
             Err(e) => return Err(e),
         }
     }
-    leave_out_lost(&mut good, repo.load_quarantine().await?, &mut report);
+    let mut records = Vec::new();
+    for (id, record) in repo.load_quarantine().await? {
+        records.push((id, record.map_err(|e| unreadable_record(&id, e))?));
+    }
+    leave_out_lost(&mut good, records, &mut report);
     report.blobs = good.iter().map(|p| p.entries.len()).sum();
     report.packs = good.len();
     if dry_run {

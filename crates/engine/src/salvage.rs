@@ -83,7 +83,9 @@ pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Sess
     // Recorded before the index changes, and only once the copies are
     // safe: `repair index` reads the damaged pack's trailer too, and would
     // list the lost blobs again for the next backup to deduplicate against.
-    repo.save_file(Kind::Quarantine, &IndexFile { supersedes: Vec::new(), packs: lost }.encode()).await?;
+    if !lost.is_empty() {
+        repo.save_file(Kind::Quarantine, &IndexFile { supersedes: Vec::new(), packs: lost }.encode()).await?;
+    }
     pieces.extend(kept);
     for file in index_files(pieces) {
         repo.save_index(&file).await?;

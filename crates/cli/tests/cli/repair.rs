@@ -204,14 +204,29 @@ fn repair_index_after_a_repair_leaves_the_lost_blob_out() {
     assert_eq!((fs::read(out.join("a/data")).unwrap(), fs::read(out.join("b/data")).unwrap()), (a, b));
 
     let quarantine = Path::new(&env.repo).join("quarantine");
-    assert_eq!(files_under(&quarantine).len(), 1);
+    let record = files_under(&quarantine);
+    assert_eq!(record.len(), 1);
+    let intact = fs::read(&record[0]).unwrap();
+    flip_byte(&record[0], 40);
+    let err = env.fails(&["repair", "index", "--no-cache"], 1);
+    let name = record[0].file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: quarantine {name} is damaged: it fails authentication, and may name blobs a repair found lost; \
+             nothing was changed (to rebuild the index without it, delete quarantine/{name}, then run `tresor check --read-data`)\n"
+        )
+    );
     // Older than any live writer could be.
     let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     fs::File::options().write(true).open(damaged[0]).unwrap().set_modified(hour_ago).unwrap();
     let pruned = env.ok(&["prune", "--no-cache"]);
     assert!(pruned.contains(", 1 unindexed packs deleted"), "{pruned}");
     assert!(!damaged[0].exists());
-    assert!(!quarantine.exists() || files_under(&quarantine).is_empty(), "the record went with its pack");
+    assert_eq!(files_under(&quarantine), record, "a damaged record is kept for repair index to name");
+    fs::write(&record[0], intact).unwrap();
+    env.ok(&["prune", "--no-cache"]);
+    assert!(!quarantine.exists() || files_under(&quarantine).is_empty(), "the record went once its pack was gone");
     assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
 }
 

@@ -148,6 +148,15 @@ async fn orphans(
     // stored; an indexed one is stored (the repair was killed before its
     // index files were written).
     for (id, record) in repo.load_quarantine().await? {
+        // Kept for `repair index` to refuse, which names it; deleting it
+        // here would let the lost blobs back into the index unseen.
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("{e}; kept");
+                continue;
+            }
+        };
         if record.packs.iter().all(|p| !known(&p.id) && !stored.contains(&p.id)) {
             repo.delete_unless_locked(&Kind::Quarantine.path(&id)).await?;
         }

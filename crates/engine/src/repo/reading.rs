@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::Repository;
 use crate::index::{FileSummary, Index, IndexBuilder, IndexFile};
-use crate::objects::{Kind, is_not_found, unless_gone, vanished};
+use crate::objects::{Kind, is_damage, is_not_found, unless_gone, vanished};
 use crate::{Error, Id, IdSet, Result};
 
 /// How often one read follows its blob to a newer index before it gives
@@ -77,14 +77,19 @@ impl Repository {
     }
 
     /// The quarantine records (docs/FORMAT.md §12e): per record, the packs
-    /// a repair found damaged or gone, each with the blobs it lost. One
-    /// removed meanwhile is skipped: a prune found its packs gone.
-    pub async fn load_quarantine(&self) -> Result<Vec<(Id, IndexFile)>> {
+    /// a repair found damaged or gone, each with the blobs it lost, or the
+    /// damage that keeps it from being read. One removed meanwhile is
+    /// skipped: a prune found its packs gone.
+    pub async fn load_quarantine(&self) -> Result<Vec<(Id, Result<IndexFile>)>> {
         let mut out = Vec::new();
         for id in self.list_ids(Kind::Quarantine).await? {
-            if let Some(plain) = unless_gone(self.load_file_uncached(Kind::Quarantine, &id).await)? {
-                out.push((id, IndexFile::decode(&id, &plain)?));
-            }
+            let record = match unless_gone(self.load_file_uncached(Kind::Quarantine, &id).await) {
+                Ok(None) => continue,
+                Ok(Some(plain)) => IndexFile::decode(&id, &plain),
+                Err(e) if is_damage(&e) => Err(e),
+                Err(e) => return Err(e),
+            };
+            out.push((id, record));
         }
         Ok(out)
     }
