@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use tresor_controller::secret_url::SecretUrl;
 use tresor_engine::cache::Cache;
-use tresor_engine::check::{CheckOptions, check as run_check};
+use tresor_engine::check::{CheckOptions, ReadData, check as run_check};
 use tresor_engine::crypto::Aead;
 use tresor_engine::retention::GroupBy;
 use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
@@ -365,20 +365,27 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
     crate::data::unread(&lost, "counted")
 }
 
-fn parse_subset(s: &str) -> Result<f64> {
-    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| anyhow!("--read-data-subset wants a percentage such as 10%"))?;
+pub fn parse_subset(s: &str) -> Result<ReadData> {
+    if let Some((n, of)) = s.split_once('/') {
+        return match (n.parse::<u32>(), of.parse::<u32>()) {
+            (Ok(n), Ok(of)) if (1..=of).contains(&n) => Ok(ReadData::slice(n, of)),
+            _ => bail!("--read-data-subset N/T wants 1 ≤ N ≤ T, such as 1/7"),
+        };
+    }
+    let v: f64 =
+        s.trim_end_matches('%').parse().map_err(|_| anyhow!("--read-data-subset wants a percentage such as 10% or a slice such as 1/7"))?;
     if !(0.0..=100.0).contains(&v) || v == 0.0 {
         bail!("--read-data-subset must be between 0% and 100%");
     }
-    Ok(v / 100.0)
+    Ok(ReadData::fraction(v / 100.0))
 }
 
 pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
     let repo = open(g).await?;
     let read_data = match (&a.read_data_subset, a.read_data) {
         (Some(s), _) => parse_subset(s)?,
-        (None, true) => 1.0,
-        (None, false) => 0.0,
+        (None, true) => ReadData::ALL,
+        (None, false) => ReadData::NONE,
     };
     let report = run_check(&repo, CheckOptions { read_data }).await?;
     if g.json {
@@ -416,8 +423,7 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
     }
     match report.problems.len() {
         0 => Ok(0),
-        1 => bail!("check found 1 problem"),
-        n => bail!("check found {n} problems"),
+        problems => Err(tresor_engine::Error::CheckFailed { problems }.into()),
     }
 }
 

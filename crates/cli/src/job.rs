@@ -16,8 +16,8 @@ use tresor_engine::Password;
 
 use crate::commands::{capture_json, captured_json};
 use crate::opts::{
-    BackupArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs, VolumeArgs,
-    VolumeCmd, VolumeCommand, VolumeJobArgs,
+    BackupArgs, CheckArgs, CopyArgs, DrillArgs, ForgetArgs, Global, PgCmd, PgCommand, PgRestoreArgs, PruneCmd, RestoreArgs, SnapshotsArgs,
+    VolumeArgs, VolumeCmd, VolumeCommand, VolumeJobArgs,
 };
 
 /// A command's arguments with clap's defaults, the given ones set; the
@@ -78,6 +78,10 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
         Kind::Forget => crate::retention::forget(g, forget(spec)?).await,
         Kind::Copy => crate::copy::copy(g, copy(spec)?).await,
         Kind::Prune => crate::prune::prune(g, defaults::<PruneCmd>(&[])?).await,
+        Kind::Check => {
+            let c = spec.check.context("a check job names its slice")?;
+            crate::commands::check(g, CheckArgs { read_data: false, read_data_subset: Some(format!("{}/{}", c.slice, c.slices)) }).await
+        }
         Kind::Restore => {
             let r = spec.restore.as_ref().context("a restore job says what")?;
             if r.base_backup {
@@ -245,7 +249,15 @@ fn judge(spec: &JobSpec, ran: Result<u8>, details: Option<Value>) -> JobResult {
         Ok(code) => JobResult::failed(Reason::Error, false, format!("exit code {code}")),
         Err(e) => {
             let (reason, temporary) = tresor_controller::failure::classify(e.as_ref());
-            let message = crate::one_line(&e);
+            let message = match (spec.kind, details.as_ref().and_then(|d| d["problems"].get(0))) {
+                (Kind::Check, Some(first)) => format!(
+                    "{}; first: {}: {}",
+                    crate::one_line(&e),
+                    first["object"].as_str().unwrap_or("?"),
+                    first["error"].as_str().unwrap_or("?")
+                ),
+                _ => crate::one_line(&e),
+            };
             // The job's log says it as the command would.
             eprintln!("tresor: error: {message}");
             let in_target = e.downcast_ref::<crate::copy::InTarget>().is_some()

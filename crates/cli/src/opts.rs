@@ -518,7 +518,8 @@ pub struct CheckArgs {
     /// Read and verify all data.
     #[arg(long)]
     pub read_data: bool,
-    /// Read and verify this share of the packs, e.g. 10%.
+    /// Read and verify this share of the packs: a percentage (10%, the same
+    /// packs every time) or slice N of T (1/7, then 2/7 … reads each pack once).
     #[arg(long)]
     pub read_data_subset: Option<String>,
 }

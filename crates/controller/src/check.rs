@@ -137,10 +137,13 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
     for (app, message) in crate::app::faults(plan) {
         out.push(error(at.application(&app), message));
     }
-    if let Some(s) = &plan.daemon.prune_schedule
-        && let Err(e) = Schedule::parse(s)
-    {
-        out.push(error(at.entry("daemon", "prune_schedule"), e));
+    for (key, schedule) in [("prune_schedule", &plan.daemon.prune_schedule), ("check_schedule", &plan.daemon.check_schedule)] {
+        if let Some(e) = schedule.as_deref().and_then(|s| Schedule::parse(s).err()) {
+            out.push(error(at.entry("daemon", key), e));
+        }
+    }
+    if plan.daemon.check_slices == 0 {
+        out.push(error(at.entry("daemon", "check_slices"), "check_slices must be at least 1 (1: every check reads every pack)".into()));
     }
     out.sort_by_key(|f| f.line);
     out

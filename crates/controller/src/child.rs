@@ -143,6 +143,7 @@ impl<'a> Tresor<'a> {
             forget: None,
             plan_file: None,
             timeout_secs: None,
+            check: None,
         };
         let r = crate::child::run_blocking(self.exe, &spec);
         if r.status == Status::Succeeded {

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::check::{Severity, check};
 pub use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::Reason;
+use crate::model::{CheckSpec, Reason};
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
@@ -174,10 +174,10 @@ impl Loop {
             }
             self.queue_standby(&plan, &s.name, "first", now);
         }
-        if let Some(p) = &plan.daemon.prune_schedule {
-            for repo in plan.repositories.keys() {
-                if let Some(t) = next_due(p, repo, None, now) {
-                    next.insert(format!("prune:{repo}"), t);
+        for (job, schedule) in [("prune", &plan.daemon.prune_schedule), ("check", &plan.daemon.check_schedule)] {
+            for repo in plan.repositories.keys().filter(|_| schedule.is_some()) {
+                if let Some(t) = schedule.as_deref().and_then(|s| next_due(s, repo, None, now)) {
+                    next.insert(format!("{job}:{repo}"), t);
                 }
             }
         }
@@ -218,18 +218,21 @@ impl Loop {
             let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, "schedule", at, 0, "daemon") };
             return (vec![q], plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)));
         }
-        if let Some(repo) = key.strip_prefix("prune:") {
+        for (prefix, kind, schedule) in
+            [("prune:", Kind::Prune, &plan.daemon.prune_schedule), ("check:", Kind::Check, &plan.daemon.check_schedule)]
+        {
+            let Some(repo) = key.strip_prefix(prefix) else { continue };
             let q = Queued {
                 priority: 0,
                 due: at,
                 name: repo.into(),
-                kind: Kind::Prune,
+                kind,
                 trigger: "schedule",
                 attempt: 0,
                 actor: "daemon".into(),
                 restore: None,
             };
-            return (vec![q], plan.daemon.prune_schedule.as_deref().and_then(|p| next_due(p, repo, None, now)));
+            return (vec![q], schedule.as_deref().and_then(|p| next_due(p, repo, None, now)));
         }
         if let Some(class) = key.strip_prefix("drill:") {
             let jobs = plan
@@ -498,10 +501,10 @@ pub async fn run(
 }
 
 fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Option<Work> {
-    if matches!(q.kind, Kind::Prune | Kind::Rehearsal) {
+    if matches!(q.kind, Kind::Prune | Kind::Check | Kind::Rehearsal) {
         // A rehearsal concerns the whole plan: its job runs against the first primary repository.
         let repo = match q.kind {
-            Kind::Prune => plan.repositories.get(&q.name)?.clone(),
+            Kind::Prune | Kind::Check => plan.repositories.get(&q.name)?.clone(),
             _ => crate::repos::evidence_targets(plan, None).into_iter().next()?,
         };
         return Some(Work {
@@ -516,6 +519,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
             restore: None,
             plan_file: plan_file.to_path_buf(),
             run: None,
+            check: None,
         });
     }
     let s = plan.sources.iter().find(|s| s.name == q.name)?;
@@ -533,6 +537,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
         restore: q.restore.clone(),
         plan_file: plan_file.to_path_buf(),
         run: None,
+        check: None,
     })
 }
 
@@ -545,7 +550,7 @@ fn saved(outcome: &Outcome) -> bool {
 /// its copy is a job of its own (`Loop::queue_copy`).
 async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>) -> Outcome {
     let plan = shared.plan();
-    let Some(w) = work(&plan, &shared.plan_file, q, q.kind) else {
+    let Some(mut w) = work(&plan, &shared.plan_file, q, q.kind) else {
         return Outcome {
             status: "failed".into(),
             reason: Some("unknown".into()),
@@ -553,6 +558,9 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
             ..Outcome::default()
         };
     };
+    if w.kind == Kind::Check {
+        w.check = Some(check_slice(shared, &plan, &w.name));
+    }
     let outcome = run_one(shared, q, &w, cancel.clone()).await;
     if q.kind != Kind::Backup || !saved(&outcome) {
         return outcome;
@@ -564,6 +572,18 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel).await;
     }
     outcome
+}
+
+/// The slice of its packs a repository's next check reads: the one after
+/// that of its last passed check, so that a slice found damaged is read
+/// again until it passes.
+fn check_slice(shared: &Shared, plan: &Plan, repo: &str) -> CheckSpec {
+    let slices = plan.daemon.check_slices.max(1);
+    let passed = shared.state.succeeded(repo, Kind::Check.as_str()).unwrap_or_else(|e| {
+        tracing::warn!("the checks of {repo} passed so far are unknown ({e}); this one reads the first slice");
+        0
+    });
+    CheckSpec { slice: (passed % u64::from(slices)) as u32 + 1, slices }
 }
 
 async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
@@ -677,6 +697,12 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (sta
             }
         }
         Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
+        Kind::Check => {
+            shared.metrics.check_done(&w.name, outcome, ended);
+            if outcome.status != "succeeded" {
+                shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str());
+            }
+        }
         Kind::Copy if outcome.status == "succeeded" => shared.metrics.offsite_current(&w.name, &w.class),
         _ if outcome.status != "succeeded" => shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str()),
         _ => {}

@@ -100,6 +100,8 @@ pub struct Metrics {
     repo_errors: Family<RepoLabels, Counter>,
     storage_free: Family<RepoLabels, Gauge>,
     repo_size: Family<RepoLabels, Gauge>,
+    check_passed: Family<RepoLabels, Gauge>,
+    check_problems: Family<RepoLabels, Gauge>,
     storage_size: Family<RepoLabels, Gauge>,
     unprotected: Family<NamespaceLabels, Gauge>,
     wal_lag: Family<SourceLabels, FloatGauge>,
@@ -161,6 +163,8 @@ impl Metrics {
             repo_errors: Family::default(),
             storage_free: Family::default(),
             repo_size: Family::default(),
+            check_passed: Family::default(),
+            check_problems: Family::default(),
             storage_size: Family::default(),
             unprotected: Family::default(),
             wal_lag: Family::default(),
@@ -218,6 +222,16 @@ impl Metrics {
             self.repo_errors.clone(),
         );
         r.register("backup_repository_size_bytes", "What the repository takes in storage", self.repo_size.clone());
+        r.register(
+            "backup_repository_check_last_success_timestamp_seconds",
+            "When the repository's newest passed check ended",
+            self.check_passed.clone(),
+        );
+        r.register(
+            "backup_repository_check_problems",
+            "Problems the repository's newest check found (0: it passed)",
+            self.check_problems.clone(),
+        );
         r.register("backup_storage_free_bytes", "Free space where a local repository lives", self.storage_free.clone());
         r.register("backup_storage_size_bytes", "Size of the file system a local repository lives on", self.storage_size.clone());
         r.register(
@@ -293,6 +307,18 @@ impl Metrics {
 
     pub fn set_queued(&self, n: usize) {
         self.queued.set(n as i64);
+    }
+
+    /// A check's verdict: passed, or the problems it found. A check that
+    /// could not judge (its repository unreachable) leaves both as they were.
+    pub fn check_done(&self, repository: &str, o: &Outcome, at: DateTime<Utc>) {
+        let l = RepoLabels { repository: repository.into() };
+        if o.status == "succeeded" {
+            self.check_passed.get_or_create(&l).set(at.timestamp());
+            self.check_problems.get_or_create(&l).set(0);
+        } else if let Some(found) = o.summary.as_ref().and_then(|s| s["problems"].as_array()) {
+            self.check_problems.get_or_create(&l).set(found.len() as i64);
+        }
     }
 
     pub fn repository_failed(&self, repository: &str) {

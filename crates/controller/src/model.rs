@@ -33,6 +33,8 @@ pub enum Kind {
     /// A source's warm standby made current from its newest snapshot
     /// (`restore` names the standby: a directory, or a service as `to`).
     Standby,
+    /// A repository's integrity check, reading one slice of its packs.
+    Check,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
             Kind::Snapshots => "snapshots",
             Kind::Standby => "standby",
             Kind::Rehearsal => "rehearsal",
+            Kind::Check => "check",
         }
     }
 }
@@ -190,6 +193,17 @@ pub struct JobSpec {
     /// How long a job may run; a Kubernetes volume backup waits this long for its Job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
+}
+
+/// Which packs a `check` job reads whole: slice `slice` of `slices`
+/// (`tresor check --read-data-subset SLICE/SLICES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub slice: u32,
+    pub slices: u32,
 }
 
 /// Why a job failed: each failure has exactly one of these.
@@ -539,6 +553,7 @@ mod tests {
             forget: None,
             plan_file: None,
             timeout_secs: Some(60),
+            check: None,
         }
     }
 

@@ -490,6 +490,14 @@ pub struct DaemonSettings {
     pub tls_key_file: Option<PathBuf>,
     /// Run `prune` on this schedule (after `forget`, which follows every backup).
     pub prune_schedule: Option<String>,
+    /// Check every repository on this schedule: its structure whole, and
+    /// the data of one slice of its packs read and verified.
+    pub check_schedule: Option<String>,
+    /// Into how many slices the packs are cut: each check that passes moves
+    /// on to the next, so every pack is read once every this many checks
+    /// (1: every check reads all; each slice is that share of the
+    /// repository's size, read from its storage).
+    pub check_slices: u32,
     /// With `--plan-resource`: namespaces (globs) a RestoreRun may restore
     /// into besides its own, the BackupPlan's.
     pub restore_namespaces: Vec<String>,
@@ -528,6 +536,8 @@ impl Default for DaemonSettings {
             tls_cert_file: None,
             tls_key_file: None,
             prune_schedule: Some("@daily".into()),
+            check_schedule: Some("@weekly".into()),
+            check_slices: 12,
             restore_namespaces: Vec::new(),
             runs: RunHistory::default(),
         }

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::child::repository_spec;
-use crate::model::{ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, Reason, SourceJob};
+use crate::model::{CheckSpec, ForgetSpec, HooksSpec, JobResult, JobSpec, Keep as KeepSpec, Reason, SourceJob};
 pub use crate::model::{Kind, RestoreSpec};
 use crate::plan::{Class, Keep, OnError, Repository, SourceSpec};
 use crate::state::Outcome;
@@ -32,6 +32,8 @@ pub struct Work {
     pub plan_file: PathBuf,
     /// The daemon's job id, once the job is recorded.
     pub run: Option<String>,
+    /// A check's slice of the packs.
+    pub check: Option<CheckSpec>,
 }
 
 /// Where jobs run: `tresor job run` children (the daemon's), or, for tests
@@ -106,6 +108,7 @@ pub fn spec(w: &Work) -> JobSpec {
         forget,
         plan_file: matches!(w.kind, Kind::Drill | Kind::Rehearsal).then(|| w.plan_file.clone()),
         timeout_secs: w.timeout.map(|t| t.as_secs()),
+        check: w.check.filter(|_| w.kind == Kind::Check),
     }
 }
 

@@ -20,6 +20,8 @@ use crate::runner::{Jobs, Runner};
 #[derive(Default)]
 struct Scripted {
     calls: Mutex<BTreeMap<String, Vec<Kind>>>,
+    /// The slices the check jobs were given, in order.
+    checks: Mutex<Vec<(u32, u32)>>,
     script: BTreeMap<(String, usize), JobResult>,
     /// The call that panics instead of answering.
     panics: Option<(String, usize)>,
@@ -34,6 +36,9 @@ impl Jobs for Scripted {
             let mut calls = self.calls.lock().expect("not poisoned");
             let kinds = calls.entry(spec.name.clone()).or_default();
             kinds.push(spec.kind);
+            if let Some(c) = spec.check {
+                self.checks.lock().expect("not poisoned").push((c.slice, c.slices));
+            }
             kinds.len()
         };
         let call = (spec.name.clone(), n);
@@ -351,5 +356,39 @@ async fn a_job_that_panics_fails_and_its_source_runs_again() {
     assert_eq!(ended(&history()[0]), failed);
     set(&d.clock_file, "2026-11-22T12:00:00Z");
     until("the next day's run", || d.jobs.calls("flaky") == 2 && history()[0].outcome.status == "succeeded").await;
+    d.stop().await;
+}
+
+const CHECKED: &str = "repositories:\n  main:\n    url: /nonexistent/tresor-scheduler-test\n    password_file: /nonexistent/pw\n\
+classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+sources:\n  - {name: app, class: standard, url: /srv/a, schedule: '@daily'}\n\
+daemon:\n  prune_schedule: null\n  check_schedule: '@daily'\n  check_slices: 3\n";
+
+/// Each passed check moves on to the next slice of the packs, so that
+/// three checks read them all; one that found damage reads its slice again
+/// next time. The metrics hold what the newest check found.
+#[tokio::test]
+async fn each_passed_check_reads_the_next_slice_and_a_failed_one_the_same_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let found = serde_json::json!({"problems": [{"object": "pack ab12cd34", "error": "it fails authentication"}]});
+    let damaged = JobResult { details: Some(found), ..JobResult::failed(Reason::Repository, false, "check found 1 problem") };
+    let d = started(dir.path(), CHECKED, Scripted { script: BTreeMap::from([(("main".to_string(), 2), damaged)]), ..Scripted::default() });
+    let metric = |name: &str| {
+        let text = d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
+        let line = format!("{name}{{repository=\"main\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str()).map(String::from))
+    };
+    let ended = || d.shared.state.jobs(1, Some("main")).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
+    until("the first backup", || d.jobs.calls("app") == 1).await;
+    for (n, day) in (1..=5).zip(22..) {
+        set(&d.clock_file, &format!("2026-11-{day}T12:00:00Z"));
+        until("the day's check", || d.jobs.calls("main") == n && ended()).await;
+        let problems = if n == 2 { "1" } else { "0" };
+        until("its verdict in the metrics", || metric("backup_repository_check_problems").as_deref() == Some(problems)).await;
+    }
+    assert_eq!(*d.jobs.checks.lock().expect("not poisoned"), [(1, 3), (2, 3), (2, 3), (3, 3), (1, 3)]);
+    assert_eq!(d.jobs.kinds("main"), [Kind::Check; 5]);
+    let last = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z").expect("a time").timestamp();
+    assert_eq!(metric("backup_repository_check_last_success_timestamp_seconds"), Some(last.to_string()));
     d.stop().await;
 }

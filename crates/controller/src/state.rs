@@ -275,6 +275,13 @@ impl State {
         })
     }
 
+    /// How many jobs of `kind` for `source` succeeded.
+    pub fn succeeded(&self, source: &str, kind: &str) -> Result<u64> {
+        self.with(|db| {
+            db.query_row("SELECT count(*) FROM jobs WHERE source = ?1 AND kind = ?2 AND status = 'succeeded'", [source, kind], |r| r.get(0))
+        })
+    }
+
     /// Whether no job was ever recorded: a new daemon, or one whose state was lost.
     pub fn is_empty(&self) -> Result<bool> {
         self.with(|db| db.prepare("SELECT 1 FROM jobs LIMIT 1").and_then(|mut q| q.exists([])).map(|any| !any))

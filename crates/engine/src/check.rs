@@ -20,8 +20,45 @@ use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CheckOptions {
-    /// Fraction of packs (0..=1) whose data is read and verified.
-    pub read_data: f64,
+    /// The packs whose data is read and verified.
+    pub read_data: ReadData,
+}
+
+/// Which packs a check reads whole: those whose id, read as a number,
+/// falls in `from..to` of the id space. Pack ids are random, so that is
+/// the same share of the packs; and a pack stays in its slice, so the
+/// slices `1/n` … `n/n` of successive checks read every pack once.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ReadData {
+    from: f64,
+    to: f64,
+}
+
+impl ReadData {
+    pub const NONE: ReadData = ReadData { from: 0.0, to: 0.0 };
+    pub const ALL: ReadData = ReadData { from: 0.0, to: 1.0 };
+
+    /// The first `fraction` (0..=1) of the packs, the same ones every time.
+    pub fn fraction(fraction: f64) -> ReadData {
+        ReadData { from: 0.0, to: fraction.clamp(0.0, 1.0) }
+    }
+
+    /// Slice `n` of `of` (`1 ≤ n ≤ of`).
+    pub fn slice(n: u32, of: u32) -> ReadData {
+        let of = of.max(1);
+        let n = n.clamp(1, of);
+        ReadData { from: f64::from(n - 1) / f64::from(of), to: f64::from(n) / f64::from(of) }
+    }
+
+    pub fn any(&self) -> bool {
+        self.to > self.from
+    }
+
+    fn wants(&self, pack: &Id) -> bool {
+        // In [0, 1): every pack falls in exactly one of the slices.
+        let v = f64::from(u32::from_le_bytes(pack.0[..4].try_into().expect("4 bytes"))) / (f64::from(u32::MAX) + 1.0);
+        self.from <= v && v < self.to
+    }
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq)]
@@ -118,7 +155,7 @@ async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Opti
     // Marked packs a prune swept since the listing: no damage by
     // themselves, only for a snapshot that needs a blob found only there.
     let mut swept = IdSet::default();
-    if opts.read_data > 0.0 {
+    if opts.read_data.any() {
         for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, only, &mut report).await {
             match result {
                 // Storage that does not answer says nothing about the data:
@@ -237,14 +274,14 @@ async fn read_packs(
     repo: &Repository,
     index: &Index,
     stored: &Stored,
-    fraction: f64,
+    read_data: ReadData,
     only: Option<&IdSet>,
     report: &mut CheckReport,
 ) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
     let selected: Vec<Id> = index
         .packs()
         .enumerate()
-        .filter(|(n, (p, _))| stored.size(index, *n, p).is_some() && selected(p, fraction))
+        .filter(|(n, (p, _))| stored.size(index, *n, p).is_some() && read_data.wants(p))
         .map(|(_, (p, _))| p)
         .collect();
     report.packs_read = selected.len();
@@ -302,13 +339,6 @@ impl Stored {
             None => self.marked.get(pack).copied(),
         }
     }
-}
-
-/// A stable pseudo-random subset: the same packs for the same fraction, so
-/// successive `--read-data-subset` runs can be planned.
-fn selected(pack: &Id, fraction: f64) -> bool {
-    let v = u32::from_le_bytes(pack.0[..4].try_into().expect("4 bytes"));
-    fraction >= 1.0 || (f64::from(v) / f64::from(u32::MAX)) < fraction
 }
 
 /// A blob found damaged, with the reason.

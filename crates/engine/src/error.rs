@@ -36,6 +36,9 @@ pub enum Error {
     Corrupt { kind: &'static str, id: String, reason: String },
     #[error("blob {0} is referenced but not in any index")]
     MissingBlob(Id),
+    /// What `check` found, reported in full beside this.
+    #[error("check found {problems} problem{}", if *problems == 1 { "" } else { "s" })]
+    CheckFailed { problems: usize },
     #[error("no snapshot matches {0:?}")]
     NoSnapshot(String),
     /// `latest` with filters that no snapshot passes: what was asked for.
@@ -150,9 +153,12 @@ impl Error {
             Error::Storage { source, .. } if storage_full(source) => ErrorKind::StorageFull,
             Error::Io { source, .. } if io_full(source) => ErrorKind::StorageFull,
             Error::Storage { .. } | Error::Setup(_) | Error::LeaseExpired { .. } => ErrorKind::Storage,
-            Error::NewerFormat { .. } | Error::Corrupt { .. } | Error::MissingBlob(_) | Error::AppendOnly(_) | Error::AlreadyExists(_) => {
-                ErrorKind::Repository
-            }
+            Error::NewerFormat { .. }
+            | Error::Corrupt { .. }
+            | Error::MissingBlob(_)
+            | Error::CheckFailed { .. }
+            | Error::AppendOnly(_)
+            | Error::AlreadyExists(_) => ErrorKind::Repository,
             Error::Stream(_) => ErrorKind::Stream,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::NoSnapshot(_)

@@ -15,6 +15,7 @@ mod app_drill;
 mod apps;
 mod backends;
 mod bucket;
+mod checks;
 mod conformance;
 mod crash;
 mod daemon;

@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use tresor_storage::Location;
 
-use super::{CheckOptions, Problem, check, judge, settle, survey};
-use crate::Repository;
+use super::{CheckOptions, Problem, ReadData, check, judge, settle, survey};
 use crate::backup::{BackupOptions, backup};
 use crate::objects::Kind;
 use crate::prune::{PruneOptions, prune};
 use crate::repo::tests::{repo_opts, repository};
 use crate::restore::tests::{damaged_dir, forgotten_old_snapshot, write_files};
+use crate::{Id, Repository};
 
 /// Judged against a survey taken before the prune, the packs the prune
 /// swept look damaged; the run that follows, against what storage holds
@@ -22,7 +22,7 @@ async fn a_prune_between_survey_and_judging_is_not_taken_for_damage() {
     let (repo, _) = forgotten_old_snapshot(dir.path()).await;
     let root = dir.path().join("repo");
     let checker = Repository::open(&Location::Fs(root.clone()), &repo_opts()).await.unwrap();
-    let opts = CheckOptions { read_data: 1.0 };
+    let opts = CheckOptions { read_data: ReadData::ALL };
     let (stale, settled) = (survey(&checker).await.unwrap(), survey(&checker).await.unwrap());
     let packs: Vec<_> = stale.index.packs().map(|(p, _)| p).collect();
     let pruned = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
@@ -61,7 +61,7 @@ async fn marked_packs_swept_after_the_survey_are_no_damage() {
     let sweeping = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
     assert_eq!(sweeping.deleted_packs, marking.marked_packs, "{sweeping:?}");
 
-    let (report, _, bad) = judge(&checker, CheckOptions { read_data: 1.0 }, stale, None).await.unwrap();
+    let (report, _, bad) = judge(&checker, CheckOptions { read_data: ReadData::ALL }, stale, None).await.unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(bad.len(), marking.marked_packs);
 }
@@ -83,7 +83,7 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
     let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
     let (checker, b) = damaged_dir(&repo, &dir.path().join("repo"), snap.tree, &src.join("b")).await;
 
-    let report = check(&checker, CheckOptions { read_data: 0.0 }).await.unwrap();
+    let report = check(&checker, CheckOptions { read_data: ReadData::NONE }).await.unwrap();
     let damage = crate::Error::corrupt("blob", b, "it fails authentication");
     let want = Problem {
         object: format!("tree {}", b.short()),
@@ -92,4 +92,22 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
         files: vec![format!("{}:{}", snap.id.short(), src.join("b").display())],
     };
     assert_eq!(report.problems, vec![want]);
+}
+
+/// Successive slices read every pack exactly once, and a fraction reads
+/// the packs of the slices it spans.
+#[test]
+fn slices_read_every_pack_once() {
+    let ids: Vec<Id> = (0..4096u32).map(|i| Id(*blake3::hash(&i.to_le_bytes()).as_bytes())).chain([Id([0; 32]), Id([0xff; 32])]).collect();
+    for of in [1, 3, 7] {
+        for id in &ids {
+            let slices: Vec<u32> = (1..=of).filter(|&n| ReadData::slice(n, of).wants(id)).collect();
+            assert_eq!(slices.len(), 1, "{id:?} in slices {slices:?} of {of}");
+        }
+    }
+    let seventh = ids.iter().filter(|id| ReadData::slice(1, 7).wants(id)).count();
+    assert!((450..720).contains(&seventh), "{seventh} of {} packs in slice 1/7", ids.len());
+    assert!(ids.iter().all(|id| ReadData::ALL.wants(id) && !ReadData::NONE.wants(id)));
+    let half = ReadData::fraction(0.5);
+    assert!(ids.iter().all(|id| half.wants(id) == (ReadData::slice(1, 2).wants(id))));
 }
