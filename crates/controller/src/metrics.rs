@@ -70,6 +70,10 @@ pub struct Storage {
     pub stored: Option<u64>,
     pub free: Option<u64>,
     pub total: Option<u64>,
+    /// When the newest check that passed ended, as seconds since the epoch.
+    pub checked: Option<i64>,
+    /// What the newest check found.
+    pub problems: Option<i64>,
 }
 
 pub struct Metrics {
@@ -294,9 +298,11 @@ impl Metrics {
         plan.repositories
             .iter()
             .map(|(name, r)| {
-                let stored = self.repo_size.get(&RepoLabels { repository: name.clone() }).map(|g| g.get() as u64);
+                let l = RepoLabels { repository: name.clone() };
+                let stored = self.repo_size.get(&l).map(|g| g.get() as u64);
                 let (free, total) = local_space(&r.url).unzip();
-                (name.clone(), Storage { stored, free, total })
+                let (checked, problems) = (self.check_passed.get(&l).map(|g| g.get()), self.check_problems.get(&l).map(|g| g.get()));
+                (name.clone(), Storage { stored, free, total, checked, problems })
             })
             .collect()
     }

@@ -268,6 +268,15 @@ fn source_rows(shared: &Shared, plan: &Plan) -> String {
     rows
 }
 
+/// A repository's newest check: the problems it found, else when one last passed.
+fn checked_cell(st: &crate::metrics::Storage) -> String {
+    match (st.problems, st.checked.and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))) {
+        (Some(n @ 1..), _) => format!("<td class=\"bad\">{n} problem{} found</td>", if n == 1 { "" } else { "s" }),
+        (_, Some(t)) => format!("<td class=\"ok\">passed {} UTC</td>", time(t)),
+        _ => "<td class=\"none\">not yet</td>".into(),
+    }
+}
+
 pub fn page(shared: &Shared) -> String {
     let plan = shared.plan();
     let now = shared.clock.now();
@@ -287,7 +296,11 @@ pub fn page(shared: &Shared) -> String {
             let free = st.free.map_or("remote".into(), bytes);
             let total = st.total.map_or(String::new(), bytes);
             let stored = st.stored.map_or("?".into(), bytes);
-            format!("<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td></tr>\n", n = esc(name))
+            let checked = checked_cell(st);
+            format!(
+                "<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td>{checked}</tr>\n",
+                n = esc(name)
+            )
         })
         .collect();
     let classes_head =
@@ -301,7 +314,7 @@ pub fn page(shared: &Shared) -> String {
         "<h2>Recent jobs</h2>".into(),
         table("jobs", false, &JOB_HEAD, &jobs),
         "<h2>Storage</h2>".into(),
-        table("storage", false, &["repository", "stored", "free", "file system"], &storage),
+        table("storage", false, &["repository", "stored", "free", "file system", "check"], &storage),
         "<h2>Next runs</h2>".into(),
         table("next", false, &["what", "when"], &next),
         unprotected,

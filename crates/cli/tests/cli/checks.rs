@@ -56,6 +56,11 @@ fn a_scheduled_check_finds_damage_and_the_metrics_say_so() {
     assert!(said.ends_with(" is damaged: it fails authentication"), "{said}");
     assert_eq!(settled("backup_repository_check_problems", "1").as_deref(), Some("1"));
     assert_eq!(metric("backup_repository_check_last_success_timestamp_seconds"), None);
+    let row = || {
+        let (_, page) = http(d.port, "GET", "/", Some("read-token"));
+        page.lines().find(|l| l.contains("data-repository=\"main\"")).unwrap().to_string()
+    };
+    assert!(row().ends_with("<td class=\"bad\">1 problem found</td></tr>"), "{}", row());
 
     fs::write(&pack, intact).unwrap();
     set_clock(&clock, "2026-11-23T00:30:00Z");
@@ -63,6 +68,7 @@ fn a_scheduled_check_finds_damage_and_the_metrics_say_so() {
     // 2026-11-23T00:30:00Z, by the daemon's clock.
     assert_eq!(settled("backup_repository_check_last_success_timestamp_seconds", "1795393800").as_deref(), Some("1795393800"));
     assert_eq!(metric("backup_repository_check_problems").as_deref(), Some("0"));
+    assert!(row().ends_with("<td class=\"ok\">passed 2026-11-23 00:30:00 UTC</td></tr>"), "{}", row());
 }
 
 /// `--read-data-subset N/T`: the slices 1/T … T/T read every pack once
