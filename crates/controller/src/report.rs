@@ -328,7 +328,7 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).chain(rehearsed.iter().map(|r| r.test_id.as_str())).collect();
     let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
     let rehearsals = rehearsal_reports(&facts.rehearsals, since);
-    let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals);
+    let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals, &checked(jobs));
     Report {
         generated: now,
         since,
@@ -402,8 +402,9 @@ pub fn controls(
     tests: &[PlannedTest],
     annotations: &[Annotation],
     rehearsals: &[RehearsalReport],
+    checks: &str,
 ) -> Vec<Control> {
-    let f = findings(classes, protocol, rehearsals);
+    let f = Findings { checks: checks.to_string(), ..findings(classes, protocol, rehearsals) };
     let mut out = iso_27001(&f, tests, annotations);
     out.extend(bsi_gdpr_nis2(&f));
     out
@@ -427,6 +428,29 @@ struct Findings {
     /// How many classes have an off-site copy, of how many.
     copied_offsite: usize,
     classes: usize,
+    /// The repository checks in the period, and where they found damage.
+    checks: String,
+}
+
+/// The period's repository checks in one sentence: how many passed, and
+/// the repositories whose checks failed, when last (the job history says
+/// why: damage found, or the repository out of reach).
+fn checked(jobs: &[Job]) -> String {
+    let checks: Vec<&Job> = jobs.iter().filter(|j| j.kind == "check" && j.outcome.status != "running").collect();
+    let passed = checks.iter().filter(|j| j.outcome.status == "succeeded").count();
+    let mut failed: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+    for j in checks.iter().filter(|j| j.outcome.status == "failed") {
+        let at = j.ended_at.unwrap_or(j.started_at);
+        failed.entry(&j.source).and_modify(|t| *t = (*t).max(at)).or_insert(at);
+    }
+    let failed: Vec<String> = failed.iter().map(|(r, t)| format!("{r} {}", t.format("%Y-%m-%d"))).collect();
+    format!(
+        "{} repository check{} (structure whole, a slice of the data read back), {} passed{}",
+        checks.len(),
+        if checks.len() == 1 { "" } else { "s" },
+        pct(rate(passed as u64, checks.len() as u64)),
+        if failed.is_empty() { String::new() } else { format!("; failed last: {}", failed.join(", ")) }
+    )
 }
 
 fn findings(classes: &[ClassReport], protocol: &[DrillReport], rehearsals: &[RehearsalReport]) -> Findings {
@@ -449,6 +473,7 @@ fn findings(classes: &[ClassReport], protocol: &[DrillReport], rehearsals: &[Reh
         rehearsed: rehearsal_evidence(rehearsals),
         copied_offsite: classes.iter().filter(|c| c.offsite.is_some()).count(),
         classes: classes.len(),
+        checks: String::new(),
     }
 }
 
@@ -489,7 +514,7 @@ fn iso_27001(f: &Findings, tests: &[PlannedTest], annotations: &[Annotation]) ->
             framework: "ISO/IEC 27001:2022",
             control: "A.8.13",
             requirement: "Information backup: backups maintained and regularly tested per an agreed policy",
-            evidence: format!("{backups}; {drills}; retention per class"),
+            evidence: format!("{backups}; {drills}; {}; retention per class", f.checks),
         },
         Control {
             framework: "ISO/IEC 27001:2022",
@@ -521,8 +546,8 @@ fn bsi_gdpr_nis2(f: &Findings) -> Vec<Control> {
             control: "OPS.1.1.5",
             requirement: "Datensicherung: Konzept, regelmäßige Sicherung, Wiederherstellungstests",
             evidence: format!(
-                "the plan is the backup concept; {backups}; {drills}; {} of {} classes copied off-site",
-                f.copied_offsite, f.classes
+                "the plan is the backup concept; {backups}; {drills}; {}; {} of {} classes copied off-site",
+                f.checks, f.copied_offsite, f.classes
             ),
         },
         Control {
@@ -553,5 +578,35 @@ mod tests {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let pts = [at("2026-11-21T10:00:00Z"), at("2026-11-21T10:15:00Z"), at("2026-11-21T11:00:00Z")];
         assert_eq!(rpo(&pts, at("2026-11-21T11:05:00Z")), (Some(300.0), Some(2700.0)));
+    }
+
+    #[test]
+    fn the_checks_of_the_period_are_counted_and_the_failed_named() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let job = |repo: &str, kind: &str, status: &str, ended: &str| Job {
+            id: 0,
+            source: repo.into(),
+            class: String::new(),
+            kind: kind.into(),
+            trigger: "schedule".into(),
+            attempt: 0,
+            scheduled_at: at(ended),
+            started_at: at(ended),
+            ended_at: Some(at(ended)),
+            duration: None,
+            outcome: crate::state::Outcome { status: status.into(), ..Default::default() },
+        };
+        let jobs = [
+            job("main", "check", "succeeded", "2026-11-08T04:00:00Z"),
+            job("main", "check", "failed", "2026-11-15T04:00:00Z"),
+            job("main", "check", "failed", "2026-11-22T04:00:00Z"),
+            job("off", "check", "succeeded", "2026-11-22T04:00:00Z"),
+            job("main", "prune", "failed", "2026-11-22T03:00:00Z"),
+        ];
+        assert_eq!(
+            checked(&jobs),
+            "4 repository checks (structure whole, a slice of the data read back), 50.00 % passed; failed last: main 2026-11-22"
+        );
+        assert_eq!(checked(&jobs[..1]), "1 repository check (structure whole, a slice of the data read back), 100.00 % passed");
     }
 }
