@@ -394,6 +394,9 @@ impl Loop {
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {
+                    for gone in self.shared.plan().repositories.keys().filter(|r| !plan.repositories.contains_key(*r)) {
+                        self.shared.metrics.forget_repository(gone);
+                    }
                     self.shared.metrics.declare(&plan);
                     *self.shared.plan.write().expect("not poisoned") = plan;
                     // Repositories may have moved or changed password: unlock them anew.
@@ -464,6 +467,10 @@ pub async fn run(
     lp.plan_runs(now, true)?;
     for name in shared.plan().repositories.keys() {
         measure_repository(&shared, name);
+        let checks: Vec<Job> = shared.state.jobs(200, Some(name))?.into_iter().filter(|j| j.kind == Kind::Check.as_str()).collect();
+        let passed = checks.iter().find(|j| j.outcome.status == "succeeded").and_then(|j| j.ended_at);
+        let newest = checks.iter().find_map(|j| j.outcome.problems);
+        shared.metrics.check_done(name, passed, newest);
     }
     survey_volumes(&shared);
     watch_wal(&shared);
@@ -574,6 +581,17 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
     outcome
 }
 
+/// What a check found: none when it passed, the problems its report lists
+/// when it judged, nothing when it could not judge (the repository unreachable).
+fn problems_found(outcome: &Outcome) -> Option<u64> {
+    if outcome.status == "succeeded" {
+        return Some(0);
+    }
+    let judged = outcome.reason.as_deref() == Some(Reason::RepositoryDamaged.as_str());
+    let listed = outcome.summary.as_ref().and_then(|s| s["problems"].as_array()).map(|p| p.len() as u64);
+    listed.filter(|_| judged)
+}
+
 /// The slice of its packs a repository's next check reads: the one after
 /// that of its last passed check, so that a slice found damaged is read
 /// again until it passes.
@@ -605,7 +623,10 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     let id = shared.state.start_job(&job);
     shared.runs.started(&q.actor, w.kind, &w.name, id.as_ref().ok().copied(), started);
     let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
-    let outcome = shared.runner.run(&w, cancel).await;
+    let mut outcome = shared.runner.run(&w, cancel).await;
+    if w.kind == Kind::Check {
+        outcome.problems = problems_found(&outcome);
+    }
     let ended = shared.clock.now();
     let seconds = wall.elapsed().as_secs_f64();
     // The job, as evidence in its repository (its log stays in the local state only).
@@ -698,7 +719,7 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (sta
         }
         Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
         Kind::Check => {
-            shared.metrics.check_done(&w.name, outcome, ended);
+            shared.metrics.check_done(&w.name, (outcome.status == "succeeded").then_some(ended), outcome.problems);
             if outcome.status != "succeeded" {
                 shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str());
             }

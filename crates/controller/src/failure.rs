@@ -26,6 +26,7 @@ pub fn of_engine(e: &tresor_engine::Error) -> (Reason, bool) {
         Engine::WrongPassword => Reason::WrongPassword,
         Engine::StorageFull => Reason::StorageFull,
         Engine::Storage | Engine::Repository => Reason::Repository,
+        Engine::Damaged => Reason::RepositoryDamaged,
         Engine::Interrupted => Reason::Interrupted,
         Engine::Stream => match e {
             tresor_engine::Error::Stream(io) => return of_io(io).unwrap_or((Reason::Error, false)),
@@ -83,7 +84,8 @@ mod tests {
         assert_eq!(classify(&E::WrongPassword { slots: vec![] }), (Reason::WrongPassword, false));
         assert_eq!(classify(&storage(opendal::ErrorKind::Unexpected, true)), (Reason::Repository, true));
         assert_eq!(classify(&storage(opendal::ErrorKind::PermissionDenied, false)), (Reason::Repository, false));
-        assert_eq!(classify(&E::corrupt("pack", "ab", "bad MAC")), (Reason::Repository, false));
+        assert_eq!(classify(&E::corrupt("pack", "ab", "bad MAC")), (Reason::RepositoryDamaged, false));
+        assert_eq!(classify(&E::CheckFailed { problems: 2 }), (Reason::RepositoryDamaged, false));
         assert_eq!(classify(&E::Interrupted), (Reason::Interrupted, true));
     }
 

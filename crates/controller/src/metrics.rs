@@ -315,16 +315,25 @@ impl Metrics {
         self.queued.set(n as i64);
     }
 
-    /// A check's verdict: passed, or the problems it found. A check that
-    /// could not judge (its repository unreachable) leaves both as they were.
-    pub fn check_done(&self, repository: &str, o: &Outcome, at: DateTime<Utc>) {
+    /// A check's verdict: when one last passed, and the problems the
+    /// newest found. A check that could not judge (its repository
+    /// unreachable) found none to count and leaves them as they were.
+    pub fn check_done(&self, repository: &str, passed: Option<DateTime<Utc>>, problems: Option<u64>) {
         let l = RepoLabels { repository: repository.into() };
-        if o.status == "succeeded" {
+        if let Some(at) = passed {
             self.check_passed.get_or_create(&l).set(at.timestamp());
-            self.check_problems.get_or_create(&l).set(0);
-        } else if let Some(found) = o.summary.as_ref().and_then(|s| s["problems"].as_array()) {
-            self.check_problems.get_or_create(&l).set(found.len() as i64);
         }
+        if let Some(n) = problems {
+            self.check_problems.get_or_create(&l).set(n as i64);
+        }
+    }
+
+    /// A repository gone from the plan: its checks' verdict goes with it,
+    /// so that no alert keeps firing for it.
+    pub fn forget_repository(&self, repository: &str) {
+        let l = RepoLabels { repository: repository.into() };
+        self.check_passed.remove(&l);
+        self.check_problems.remove(&l);
     }
 
     pub fn repository_failed(&self, repository: &str) {

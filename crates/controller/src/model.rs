@@ -216,6 +216,10 @@ pub enum Reason {
     HookFailed,
     StorageFull,
     Repository,
+    /// Something the repository stores does not read back whole: a
+    /// damaged or missing pack, index file, snapshot or blob (a check's
+    /// finding among them). The repository was reached.
+    RepositoryDamaged,
     RepositoryMissing,
     WrongPassword,
     Timeout,
@@ -231,13 +235,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason a metric is declared for, from the start.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::SourceUnreachable,
         Reason::SourceAuth,
         Reason::SourceCorrupt,
         Reason::HookFailed,
         Reason::StorageFull,
         Reason::Repository,
+        Reason::RepositoryDamaged,
         Reason::RepositoryMissing,
         Reason::WrongPassword,
         Reason::Timeout,
@@ -255,6 +260,7 @@ impl Reason {
             Reason::HookFailed => "hook_failed",
             Reason::StorageFull => "storage_full",
             Reason::Repository => "repository",
+            Reason::RepositoryDamaged => "repository_damaged",
             Reason::RepositoryMissing => "repository_missing",
             Reason::WrongPassword => "wrong_password",
             Reason::Timeout => "timeout",

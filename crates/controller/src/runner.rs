@@ -126,6 +126,7 @@ pub fn outcome(r: JobResult) -> Outcome {
         lag_seconds: r.lag_seconds,
         summary: r.details,
         in_target: r.in_target,
+        problems: None,
     }
 }
 

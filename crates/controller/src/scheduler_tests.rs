@@ -370,14 +370,9 @@ daemon:\n  prune_schedule: null\n  check_schedule: '@daily'\n  check_slices: 3\n
 #[tokio::test]
 async fn each_passed_check_reads_the_next_slice_and_a_failed_one_the_same_again() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let found = serde_json::json!({"problems": [{"object": "pack ab12cd34", "error": "it fails authentication"}]});
-    let damaged = JobResult { details: Some(found), ..JobResult::failed(Reason::Repository, false, "check found 1 problem") };
-    let d = started(dir.path(), CHECKED, Scripted { script: BTreeMap::from([(("main".to_string(), 2), damaged)]), ..Scripted::default() });
-    let metric = |name: &str| {
-        let text = d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
-        let line = format!("{name}{{repository=\"main\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(line.as_str()).map(String::from))
-    };
+    let d =
+        started(dir.path(), CHECKED, Scripted { script: BTreeMap::from([(("main".to_string(), 2), damaged())]), ..Scripted::default() });
+    let metric = |name: &str| check_metric(&d, name);
     let ended = || d.shared.state.jobs(1, Some("main")).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
     until("the first backup", || d.jobs.calls("app") == 1).await;
     for (n, day) in (1..=5).zip(22..) {
@@ -391,4 +386,43 @@ async fn each_passed_check_reads_the_next_slice_and_a_failed_one_the_same_again(
     let last = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z").expect("a time").timestamp();
     assert_eq!(metric("backup_repository_check_last_success_timestamp_seconds"), Some(last.to_string()));
     d.stop().await;
+}
+
+/// A check that found one problem, as the child reports it.
+fn damaged() -> JobResult {
+    let found = serde_json::json!({"problems": [{"object": "pack ab12cd34", "error": "it fails authentication"}]});
+    JobResult { details: Some(found), ..JobResult::failed(Reason::RepositoryDamaged, false, "check found 1 problem") }
+}
+
+/// The value of the check metric `name` of repository `main`.
+fn check_metric(d: &Started, name: &str) -> Option<String> {
+    let text = d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
+    let line = format!("{name}{{repository=\"main\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(line.as_str()).map(String::from))
+}
+
+/// A daemon started again shows its repositories' newest check verdicts
+/// from the history at once: the damage found stays alerted, and the last
+/// pass keeps its time.
+#[tokio::test]
+async fn a_daemon_started_again_keeps_the_newest_check_verdict() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d =
+        started(dir.path(), CHECKED, Scripted { script: BTreeMap::from([(("main".to_string(), 2), damaged())]), ..Scripted::default() });
+    let ended = |n: usize| {
+        let history = d.shared.state.jobs(10, Some("main")).expect("the history");
+        history.len() == n && history.iter().all(|j| j.outcome.status != "running")
+    };
+    until("the first backup", || d.jobs.calls("app") == 1).await;
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the passed check", || ended(1)).await;
+    set(&d.clock_file, "2026-11-23T12:00:00Z");
+    until("the failed check", || ended(2)).await;
+    d.stop().await;
+
+    let again = started(dir.path(), CHECKED, Scripted::default());
+    until("the verdicts from the history", || check_metric(&again, "backup_repository_check_problems").as_deref() == Some("1")).await;
+    let passed = chrono::DateTime::parse_from_rfc3339("2026-11-22T12:00:00Z").expect("a time").timestamp();
+    assert_eq!(check_metric(&again, "backup_repository_check_last_success_timestamp_seconds"), Some(passed.to_string()));
+    again.stop().await;
 }

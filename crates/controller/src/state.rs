@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     bytes_added INTEGER,
     duration REAL,
     log TEXT,
-    temporary INTEGER NOT NULL DEFAULT 0
+    temporary INTEGER NOT NULL DEFAULT 0,
+    problems INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
 CREATE TABLE IF NOT EXISTS drills (
@@ -89,6 +90,9 @@ pub struct Outcome {
     pub snapshot: Option<String>,
     pub bytes_processed: Option<u64>,
     pub bytes_added: Option<u64>,
+    /// For a check: the problems it found (0 when it passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problems: Option<u64>,
     /// The end of what the job printed on standard error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
@@ -134,13 +138,14 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
             bytes_added: r.get(14)?,
             log: r.get(16)?,
             temporary: r.get(17)?,
+            problems: r.get(18)?,
             ..Outcome::default()
         },
     })
 }
 
 const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
-                           snapshot, bytes_processed, bytes_added, duration, log, temporary";
+                           snapshot, bytes_processed, bytes_added, duration, log, temporary, problems";
 
 impl State {
     pub fn open(path: &Path) -> Result<State> {
@@ -175,6 +180,12 @@ impl State {
         if !has_temporary {
             db.execute_batch("ALTER TABLE jobs ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0").map_err(fail)?;
         }
+        // State from before checks counted their problems.
+        let has_problems: bool =
+            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'problems'").and_then(|mut q| q.exists([])).map_err(fail)?;
+        if !has_problems {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN problems INTEGER").map_err(fail)?;
+        }
         Ok(State { path: path.to_path_buf(), db: Mutex::new(db) })
     }
 
@@ -198,8 +209,8 @@ impl State {
         self.with(|db| {
             db.execute(
                 "UPDATE jobs SET ended_at = ?2, status = ?3, reason = ?4, message = ?5, snapshot = ?6, bytes_processed = ?7, bytes_added = ?8, \
-                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9, temporary = ?10 WHERE id = ?1",
-                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log, o.temporary],
+                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9, temporary = ?10, problems = ?11 WHERE id = ?1",
+                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log, o.temporary, o.problems],
             )
             .map(|_| ())
         })
@@ -294,12 +305,12 @@ impl State {
         self.with(|db| {
             db.execute(
                 "INSERT OR IGNORE INTO jobs (id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, \
-                 message, snapshot, bytes_processed, bytes_added, duration, temporary) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, (julianday(?9) - julianday(?8)) * 86400.0, ?16)",
+                 message, snapshot, bytes_processed, bytes_added, duration, temporary, problems) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, (julianday(?9) - julianday(?8)) * 86400.0, ?16, ?17)",
                 // The duration as finish_job computes it, so a rebuilt history reports the very same numbers.
                 params![
                     j.id, j.source, j.class, j.kind, j.trigger, j.attempt, j.scheduled_at, j.started_at, j.ended_at, o.status, o.reason,
-                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary
+                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary, o.problems
                 ],
             )
             .map(|n| n == 1)

@@ -97,8 +97,10 @@ pub enum ErrorKind {
     StorageFull,
     /// The storage did not answer, or refused.
     Storage,
-    /// The repository answered but cannot serve: damaged, newer, append-only.
+    /// The repository answered but cannot serve: newer, append-only.
     Repository,
+    /// Something it stores does not read back whole: damaged or missing.
+    Damaged,
     /// The stream being backed up failed.
     Stream,
     Interrupted,
@@ -153,12 +155,8 @@ impl Error {
             Error::Storage { source, .. } if storage_full(source) => ErrorKind::StorageFull,
             Error::Io { source, .. } if io_full(source) => ErrorKind::StorageFull,
             Error::Storage { .. } | Error::Setup(_) | Error::LeaseExpired { .. } => ErrorKind::Storage,
-            Error::NewerFormat { .. }
-            | Error::Corrupt { .. }
-            | Error::MissingBlob(_)
-            | Error::CheckFailed { .. }
-            | Error::AppendOnly(_)
-            | Error::AlreadyExists(_) => ErrorKind::Repository,
+            Error::NewerFormat { .. } | Error::AppendOnly(_) | Error::AlreadyExists(_) => ErrorKind::Repository,
+            Error::Corrupt { .. } | Error::MissingBlob(_) | Error::CheckFailed { .. } => ErrorKind::Damaged,
             Error::Stream(_) => ErrorKind::Stream,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::NoSnapshot(_)

@@ -59,11 +59,11 @@ fn unreadable_record(id: &Id, e: crate::Error) -> crate::Error {
 }
 
 /// Take the blobs quarantine records name out of their packs' listings; a
-/// pack whose readable blobs all have copies elsewhere (the repair copied
-/// them before recording) is left out whole, else its readable blobs stay
-/// listed (a repair killed before it indexed its copies, which a prune then
-/// deleted as orphans).
-fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, report: &mut RepairReport) {
+/// pack whose readable blobs all have copies in packs the index lists
+/// (`indexed`: the repair that copied them got as far as indexing them) is
+/// left out whole, else its readable blobs stay listed. A copy only stored
+/// is a killed repair's, which a prune may be deleting as an orphan now.
+fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, indexed: &IdSet, report: &mut RepairReport) {
     let mut lost: IdMap<IdSet> = IdMap::default();
     for p in records.into_iter().flat_map(|(_, f)| f.packs) {
         lost.entry(p.id).or_default().extend(p.entries.iter().map(|e| e.id));
@@ -77,7 +77,7 @@ fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, r
         wanted.extend(p.entries.iter().map(|e| e.id));
     }
     let mut elsewhere = IdSet::default();
-    for p in packs.iter().filter(|p| !lost.contains_key(&p.id)) {
+    for p in packs.iter().filter(|p| !lost.contains_key(&p.id) && indexed.contains(&p.id)) {
         elsewhere.extend(p.entries.iter().map(|e| e.id).filter(|id| wanted.contains(id)));
     }
     packs.retain(|p| {
@@ -85,6 +85,20 @@ fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, r
         report.quarantined_packs += usize::from(whole_elsewhere);
         !whole_elsewhere
     });
+}
+
+/// The packs the index files `files` list, of those that open: the index
+/// being rebuilt may be damaged.
+async fn indexed_packs(repo: &Repository, files: &[Id]) -> Result<IdSet> {
+    let mut out = IdSet::default();
+    for id in files {
+        match repo.load_file_uncached(Kind::Index, id).await.and_then(|plain| IndexFile::decode(id, &plain)) {
+            Ok(f) => out.extend(f.packs.iter().map(|p| p.id)),
+            Err(e) if is_damage(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
@@ -111,7 +125,8 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     for (id, record) in repo.load_quarantine().await? {
         records.push((id, record.map_err(|e| unreadable_record(&id, e))?));
     }
-    leave_out_lost(&mut good, records, &mut report);
+    let indexed = if records.is_empty() { IdSet::default() } else { indexed_packs(repo, &old).await? };
+    leave_out_lost(&mut good, records, &indexed, &mut report);
     report.blobs = good.iter().map(|p| p.entries.len()).sum();
     report.packs = good.len();
     if dry_run {
@@ -149,9 +164,20 @@ mod tests {
     fn a_damaged_pack_whose_readable_blobs_were_copied_is_left_out_whole() {
         let mut packs = vec![pack(1, &[11, 12]), pack(2, &[12]), pack(3, &[13])];
         let mut report = RepairReport::default();
-        leave_out_lost(&mut packs, vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11])] })], &mut report);
+        let records = || vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11])] })];
+        let indexed: IdSet = [1, 2, 3].map(|p| Id([p; 32])).into_iter().collect();
+        leave_out_lost(&mut packs, records(), &indexed, &mut report);
         assert_eq!(listed(&packs), [(2, vec![12]), (3, vec![13])]);
         assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 1));
+
+        // Pack 2 stored but in no index file: a killed repair's copy, which
+        // a prune may delete; pack 1 keeps blob 12.
+        let mut packs = vec![pack(1, &[11, 12]), pack(2, &[12]), pack(3, &[13])];
+        let mut report = RepairReport::default();
+        let indexed: IdSet = [1, 3].map(|p| Id([p; 32])).into_iter().collect();
+        leave_out_lost(&mut packs, records(), &indexed, &mut report);
+        assert_eq!(listed(&packs), [(1, vec![12]), (2, vec![12]), (3, vec![13])]);
+        assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 0));
     }
 
     /// The copy of blob 12 is gone (the repair was killed before indexing
@@ -161,7 +187,7 @@ mod tests {
         let mut packs = vec![pack(1, &[11, 12]), pack(3, &[13])];
         let mut report = RepairReport::default();
         let records = vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11]), pack(4, &[14])] })];
-        leave_out_lost(&mut packs, records, &mut report);
+        leave_out_lost(&mut packs, records, &IdSet::default(), &mut report);
         assert_eq!(listed(&packs), [(1, vec![12]), (3, vec![13])]);
         assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 0));
     }

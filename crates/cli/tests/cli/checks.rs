@@ -49,7 +49,7 @@ fn a_scheduled_check_finds_damage_and_the_metrics_say_so() {
     set_clock(&clock, "2026-11-22T00:30:00Z");
     let j = wait_jobs(&d, "the check", |j| count(j, "main", "check", "failed") == 1);
     let check = j.iter().find(|x| x["kind"] == "check").unwrap();
-    assert_eq!(check["reason"], "repository");
+    assert_eq!(check["reason"], "repository_damaged");
     let name = pack.file_name().unwrap().to_str().unwrap();
     let said = check["message"].as_str().unwrap();
     assert!(said.starts_with(&format!("check found 1 problem; first: pack {}: blob ", &name[..8])), "{said}");
