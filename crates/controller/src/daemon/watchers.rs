@@ -1,0 +1,114 @@
+//! The daemon's background watchers: the cluster's unprotected claims, the
+//! WAL archives and standbys, the rehearsals in the evidence logs, and a
+//! repository's size. Each runs beside the job loop and only feeds the
+//! metrics and the status page.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::Shared;
+
+/// How often the cluster's claims are surveyed for ones no source backs up.
+const SURVEY_EVERY: Duration = Duration::from_secs(300);
+
+/// Survey the cluster's claims now and every few minutes, while the plan has Kubernetes sources.
+pub(super) fn survey_volumes(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let plan = shared.plan();
+            if crate::coverage::wanted(&plan) {
+                match crate::coverage::survey().await {
+                    Ok((namespaces, claims)) => {
+                        let found = crate::coverage::unprotected(&plan, &namespaces, &claims);
+                        shared.metrics.set_unprotected(&found);
+                        *shared.unprotected.lock().expect("not poisoned") = found;
+                    }
+                    Err(e) => tracing::warn!("cannot survey the cluster's volumes: {e}"),
+                }
+            }
+            tokio::time::sleep(SURVEY_EVERY).await;
+        }
+    });
+}
+
+/// How often the daemon looks at the WAL archives.
+const WAL_EVERY: Duration = Duration::from_secs(15);
+
+/// The WAL-archiving sources' RPO and archive lag (crate::walrpo) and the
+/// standbys' lag (crate::standby) in the metrics, now and every few seconds.
+pub(super) fn watch_wal(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            let plan = shared.plan();
+            let mut listings = BTreeMap::new();
+            for (name, r) in &plan.repositories {
+                if crate::walrpo::pg_sources(&plan, name).next().is_some() || crate::standby::wanted(&plan, name) {
+                    match shared.repos.snapshots(r, None).await {
+                        Ok(list) => {
+                            listings.insert(name.clone(), list);
+                        }
+                        Err(e) => tracing::warn!("cannot list repository {name} for its WAL archives: {e}"),
+                    }
+                }
+            }
+            let fresh = crate::walrpo::points(&plan, &listings).await;
+            // A source whose archive could not be read this time keeps its
+            // last figures, but nothing says its newer commits are archived.
+            for s in plan.sources.iter().filter(|s| !fresh.contains_key(&s.name)) {
+                shared.metrics.wal_unconfirmed(&s.name);
+            }
+            for (source, p) in fresh {
+                shared.metrics.wal_point(&plan, &source, p);
+            }
+            for (source, p) in crate::standby::points(&plan, &listings).await {
+                shared.metrics.standby_point(&source, p);
+            }
+            tokio::time::sleep(WAL_EVERY).await;
+        }
+    });
+}
+
+/// How often, by the daemon's clock, the evidence logs' heads are looked at for rehearsals run without the daemon.
+const REHEARSALS_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// The status page's rehearsals from the logs, now and whenever a log's head
+/// moved (checked every [`REHEARSALS_EVERY`]): those before a restart and
+/// stand-alone ones (`tresor dr rehearse` by hand) too, without reading
+/// every log on every page view.
+pub(super) fn watch_rehearsals(shared: &Arc<Shared>) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let mut last: Option<DateTime<Utc>> = None;
+        loop {
+            let now = shared.clock.now();
+            // A clock set back starts the interval again.
+            if last.is_none_or(|l| now < l || now >= l + REHEARSALS_EVERY) {
+                shared.repos.refresh_rehearsals(&shared.plan()).await;
+                last = Some(now);
+            }
+            tokio::time::sleep(shared.tick).await;
+        }
+    });
+}
+
+/// Measure a repository's size in the background: a local one by its
+/// files, a remote one by listing its packs through the daemon's handle
+/// (a listing of every pack, so only at start and after a prune).
+pub(super) fn measure_repository(shared: &Arc<Shared>, name: &str) {
+    let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
+    let (shared, name) = (shared.clone(), name.to_string());
+    tokio::spawn(async move {
+        let bytes = match repo.url.as_path().map(std::path::Path::to_path_buf) {
+            Some(dir) => tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok(),
+            None => shared.repos.stored_size(&repo).await.ok(),
+        };
+        if let Some(bytes) = bytes {
+            shared.metrics.repository_size(&name, bytes);
+        }
+    });
+}
