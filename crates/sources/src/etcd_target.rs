@@ -77,7 +77,15 @@ impl EtcdDataTarget {
             return Ok(None);
         }
         let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let kept = self.beside(&format!(".before-restore-{secs}"));
+        // Two restores within a second would name the same directory, and
+        // the second rename fails on the first one's (not empty).
+        let kept = (0..)
+            .map(|n| match n {
+                0 => self.beside(&format!(".before-restore-{secs}")),
+                n => self.beside(&format!(".before-restore-{secs}-{n}")),
+            })
+            .find(|p| !p.exists())
+            .expect("an unused name");
         std::fs::rename(&self.dir, &kept).map_err(|e| self.fail(format!("cannot move the old directory aside: {e}")))?;
         Ok(Some(kept))
     }
@@ -148,5 +156,28 @@ impl Target for EtcdDataTarget {
             std::fs::remove_file(&path).map_err(|e| self.fail(format!("cannot remove {}: {e}", path.display())))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EtcdDataTarget;
+
+    /// Directories replaced twice within one second are both kept, each
+    /// under its own name.
+    #[test]
+    fn directories_moved_aside_within_a_second_keep_their_own_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("member");
+        let target = EtcdDataTarget::parse(&format!("etcd-data:{}", dir.display())).unwrap();
+        let mut kept = Vec::new();
+        for round in ["first", "second"] {
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("db"), round).unwrap();
+            kept.push(target.move_aside().unwrap().unwrap());
+        }
+        assert_ne!(kept[0], kept[1]);
+        let held: Vec<String> = kept.iter().map(|k| std::fs::read_to_string(k.join("db")).unwrap()).collect();
+        assert_eq!(held, ["first", "second"]);
     }
 }
