@@ -178,7 +178,7 @@ impl Loop {
             self.queue_standby(&plan, &s.name, "first", now);
         }
         for (job, schedule) in [("prune", &plan.daemon.prune_schedule), ("check", &plan.daemon.check_schedule)] {
-            for repo in plan.repositories.keys().filter(|_| schedule.is_some()) {
+            for repo in plan.repositories.keys() {
                 if let Some(t) = schedule.as_deref().and_then(|s| next_due(s, repo, None, now)) {
                     next.insert(format!("{job}:{repo}"), t);
                 }
