@@ -11,7 +11,7 @@ use tresor_engine::cache::Cache;
 use tresor_engine::check::{CheckOptions, ReadData, check as run_check};
 use tresor_engine::crypto::Aead;
 use tresor_engine::retention::GroupBy;
-use tresor_engine::{InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
+use tresor_engine::{Id, InitOptions, KdfParams, OpenOptions, Password, Repository, Settings, Snapshot};
 use tresor_storage::{FaultConfig, Location, StorageOptions};
 
 use crate::opts::{CheckArgs, Global, InitArgs, RepairArgs, RepairWhat, SnapshotsArgs, StatsArgs, SynthArgs};
@@ -381,13 +381,18 @@ pub fn parse_subset(s: &str) -> Result<ReadData> {
 }
 
 pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
-    let repo = open(g).await?;
     let read_data = match (&a.read_data_subset, a.read_data) {
         (Some(s), _) => parse_subset(s)?,
         (None, true) => ReadData::ALL,
         (None, false) => ReadData::NONE,
     };
-    let report = run_check(&repo, CheckOptions { read_data }).await?;
+    let also_read = a
+        .read_packs
+        .iter()
+        .map(|p| p.parse::<Id>().map_err(|_| anyhow!("--read-pack wants a pack's full id (64 hex digits), not {p:?}")))
+        .collect::<Result<_>>()?;
+    let repo = open(g).await?;
+    let report = run_check(&repo, CheckOptions { read_data, also_read }).await?;
     if g.json {
         print_json(&report)?;
     } else {

@@ -79,8 +79,13 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
         Kind::Copy => crate::copy::copy(g, copy(spec)?).await,
         Kind::Prune => crate::prune::prune(g, defaults::<PruneCmd>(&[])?).await,
         Kind::Check => {
-            let c = spec.check.context("a check job names its slice")?;
-            crate::commands::check(g, CheckArgs { read_data: false, read_data_subset: Some(format!("{}/{}", c.slice, c.slices)) }).await
+            let c = spec.check.as_ref().context("a check job names its slice")?;
+            let args = CheckArgs {
+                read_data: false,
+                read_data_subset: Some(format!("{}/{}", c.slice, c.slices)),
+                read_packs: c.packs.iter().map(|p| p.to_hex()).collect(),
+            };
+            crate::commands::check(g, args).await
         }
         Kind::Restore => {
             let r = spec.restore.as_ref().context("a restore job says what")?;

@@ -522,6 +522,10 @@ pub struct CheckArgs {
     /// packs every time) or slice N of T (1/7, then 2/7 … reads each pack once).
     #[arg(long)]
     pub read_data_subset: Option<String>,
+    /// Read and verify this pack too (its full id, as `--json` names damaged
+    /// packs), wherever it falls: to see whether damage found earlier is still there.
+    #[arg(long = "read-pack", value_name = "ID")]
+    pub read_packs: Vec<String>,
 }
 
 #[derive(Args)]

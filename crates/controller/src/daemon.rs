@@ -569,7 +569,7 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         };
     };
     if w.kind == Kind::Check {
-        w.check = Some(check_slice(shared, &plan, &w.name));
+        w.check = Some(check_scope(shared, &plan, &w.name));
     }
     let outcome = run_one(shared, q, &w, cancel.clone()).await;
     if q.kind != Kind::Backup || !saved(&outcome) {
@@ -584,27 +584,32 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
     outcome
 }
 
-/// What a check found: none when it passed, the problems its report lists
-/// when it judged, nothing when it could not judge (the repository unreachable).
-fn problems_found(outcome: &Outcome) -> Option<u64> {
+/// What a check found: none when it passed; when it found damage, the
+/// problems its report lists and the packs it names damaged; nothing when
+/// it could not judge (the repository unreachable).
+fn check_findings(outcome: &mut Outcome) {
     if outcome.status == "succeeded" {
-        return Some(0);
+        outcome.problems = Some(0);
+        return;
     }
-    let judged = outcome.reason.as_deref() == Some(Reason::RepositoryDamaged.as_str());
-    let listed = outcome.summary.as_ref().and_then(|s| s["problems"].as_array()).map(|p| p.len() as u64);
-    listed.filter(|_| judged)
+    let Some(report) = outcome.summary.as_ref().filter(|_| outcome.reason.as_deref() == Some(Reason::RepositoryDamaged.as_str())) else {
+        return;
+    };
+    outcome.problems = report["problems"].as_array().map(|p| p.len() as u64);
+    outcome.damaged_packs = serde_json::from_value(report["damaged_packs"].clone()).unwrap_or_default();
 }
 
-/// The slice of its packs a repository's next check reads: the one after
-/// that of its last passed check, so that a slice found damaged is read
-/// again until it passes.
-fn check_slice(shared: &Shared, plan: &Plan, repo: &str) -> CheckSpec {
+/// What a repository's next check reads: the slice after that of the last
+/// check that judged it, and the packs that one found damaged, so that the
+/// slices move on while damage found stays read (and reported) until it is
+/// dealt with.
+fn check_scope(shared: &Shared, plan: &Plan, repo: &str) -> CheckSpec {
     let slices = plan.daemon.check_slices.max(1);
-    let passed = shared.state.succeeded(repo, Kind::Check.as_str()).unwrap_or_else(|e| {
-        tracing::warn!("the checks of {repo} passed so far are unknown ({e}); this one reads the first slice");
-        0
+    let (judged, packs) = shared.state.checks_judged(repo).unwrap_or_else(|e| {
+        tracing::warn!("the checks of {repo} so far are unknown ({e}); this one reads the first slice");
+        (0, Vec::new())
     });
-    CheckSpec { slice: (passed % u64::from(slices)) as u32 + 1, slices }
+    CheckSpec { slice: (judged % u64::from(slices)) as u32 + 1, slices, packs }
 }
 
 async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {
@@ -628,7 +633,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
     let mut outcome = shared.runner.run(&w, cancel).await;
     if w.kind == Kind::Check {
-        outcome.problems = problems_found(&outcome);
+        check_findings(&mut outcome);
     }
     let ended = shared.clock.now();
     let seconds = wall.elapsed().as_secs_f64();

@@ -197,13 +197,17 @@ pub struct JobSpec {
     pub check: Option<CheckSpec>,
 }
 
-/// Which packs a `check` job reads whole: slice `slice` of `slices`
-/// (`tresor check --read-data-subset SLICE/SLICES`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which packs a `check` job reads whole: slice `slice` of `slices`, and
+/// `packs` wherever they fall (`tresor check --read-data-subset
+/// SLICE/SLICES --read-pack ID …`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     pub slice: u32,
     pub slices: u32,
+    /// The packs the previous check found damaged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packs: Vec<tresor_engine::Id>,
 }
 
 /// Why a job failed: each failure has exactly one of these.

@@ -493,10 +493,11 @@ pub struct DaemonSettings {
     /// Check every repository on this schedule: its structure whole, and
     /// the data of one slice of its packs read and verified.
     pub check_schedule: Option<String>,
-    /// Into how many slices the packs are cut: each check that passes moves
-    /// on to the next, so every pack is read once every this many checks
-    /// (1: every check reads all; each slice is that share of the
-    /// repository's size, read from its storage).
+    /// Into how many slices the packs are cut: each check moves on to the
+    /// next, so every pack is read once every this many checks (1: every
+    /// check reads all; each slice is that share of the repository's size,
+    /// read from its storage), and reads again the packs the one before
+    /// found damaged.
     pub check_slices: u32,
     /// With `--plan-resource`: namespaces (globs) a RestoreRun may restore
     /// into besides its own, the BackupPlan's.

@@ -108,7 +108,7 @@ pub fn spec(w: &Work) -> JobSpec {
         forget,
         plan_file: matches!(w.kind, Kind::Drill | Kind::Rehearsal).then(|| w.plan_file.clone()),
         timeout_secs: w.timeout.map(|t| t.as_secs()),
-        check: w.check.filter(|_| w.kind == Kind::Check),
+        check: w.check.clone().filter(|_| w.kind == Kind::Check),
     }
 }
 
@@ -127,6 +127,7 @@ pub fn outcome(r: JobResult) -> Outcome {
         summary: r.details,
         in_target: r.in_target,
         problems: None,
+        damaged_packs: Vec::new(),
     }
 }
 

@@ -12,7 +12,9 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::daemon::{Clock, Shared, run};
-use crate::model::{JobResult, JobSpec, Kind, Reason};
+use tresor_engine::Id;
+
+use crate::model::{CheckSpec, JobResult, JobSpec, Kind, Reason};
 use crate::runner::{Jobs, Runner};
 
 /// Answers each (source, call number) from a script; every call recorded
@@ -20,8 +22,8 @@ use crate::runner::{Jobs, Runner};
 #[derive(Default)]
 struct Scripted {
     calls: Mutex<BTreeMap<String, Vec<Kind>>>,
-    /// The slices the check jobs were given, in order.
-    checks: Mutex<Vec<(u32, u32)>>,
+    /// What the check jobs were given to read, in order.
+    checks: Mutex<Vec<CheckSpec>>,
     script: BTreeMap<(String, usize), JobResult>,
     /// The call that panics instead of answering.
     panics: Option<(String, usize)>,
@@ -36,8 +38,8 @@ impl Jobs for Scripted {
             let mut calls = self.calls.lock().expect("not poisoned");
             let kinds = calls.entry(spec.name.clone()).or_default();
             kinds.push(spec.kind);
-            if let Some(c) = spec.check {
-                self.checks.lock().expect("not poisoned").push((c.slice, c.slices));
+            if let Some(c) = &spec.check {
+                self.checks.lock().expect("not poisoned").push(c.clone());
             }
             kinds.len()
         };
@@ -364,33 +366,45 @@ classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
 sources:\n  - {name: app, class: standard, url: /srv/a, schedule: '@daily'}\n\
 daemon:\n  prune_schedule: null\n  check_schedule: '@daily'\n  check_slices: 3\n";
 
-/// Each passed check moves on to the next slice of the packs, so that
-/// three checks read them all; one that found damage reads its slice again
-/// next time. The metrics hold what the newest check found.
+/// Each check moves on to the next slice of the packs, so that three
+/// checks read them all; the packs one found damaged are read again by the
+/// next, wherever they fall, until a check finds them whole. The metrics
+/// hold what the newest check found.
 #[tokio::test]
-async fn each_passed_check_reads_the_next_slice_and_a_failed_one_the_same_again() {
+async fn each_check_reads_the_next_slice_and_the_packs_found_damaged_again() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let d =
-        started(dir.path(), CHECKED, Scripted { script: BTreeMap::from([(("main".to_string(), 2), damaged())]), ..Scripted::default() });
+    let script = BTreeMap::from([(("main".to_string(), 2), damaged()), (("main".to_string(), 3), damaged())]);
+    let d = started(dir.path(), CHECKED, Scripted { script, ..Scripted::default() });
     let metric = |name: &str| check_metric(&d, name);
     let ended = || d.shared.state.jobs(1, Some("main")).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
     until("the first backup", || d.jobs.calls("app") == 1).await;
     for (n, day) in (1..=5).zip(22..) {
         set(&d.clock_file, &format!("2026-11-{day}T12:00:00Z"));
         until("the day's check", || d.jobs.calls("main") == n && ended()).await;
-        let problems = if n == 2 { "1" } else { "0" };
+        let problems = if matches!(n, 2 | 3) { "1" } else { "0" };
         until("its verdict in the metrics", || metric("backup_repository_check_problems").as_deref() == Some(problems)).await;
     }
-    assert_eq!(*d.jobs.checks.lock().expect("not poisoned"), [(1, 3), (2, 3), (2, 3), (3, 3), (1, 3)]);
+    let read: Vec<(u32, u32, Vec<Id>)> =
+        d.jobs.checks.lock().expect("not poisoned").iter().map(|c| (c.slice, c.slices, c.packs.clone())).collect();
+    let p = damaged_pack();
+    assert_eq!(read, [(1, 3, vec![]), (2, 3, vec![]), (3, 3, vec![p]), (1, 3, vec![p]), (2, 3, vec![])]);
     assert_eq!(d.jobs.kinds("main"), [Kind::Check; 5]);
     let last = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z").expect("a time").timestamp();
     assert_eq!(metric("backup_repository_check_last_success_timestamp_seconds"), Some(last.to_string()));
     d.stop().await;
 }
 
+/// The pack `damaged` names.
+fn damaged_pack() -> Id {
+    Id([0xab; 32])
+}
+
 /// A check that found one problem, as the child reports it.
 fn damaged() -> JobResult {
-    let found = serde_json::json!({"problems": [{"object": "pack ab12cd34", "error": "it fails authentication"}]});
+    let found = serde_json::json!({
+        "problems": [{"object": format!("pack {}", damaged_pack().short()), "error": "it fails authentication"}],
+        "damaged_packs": [damaged_pack()],
+    });
     JobResult { details: Some(found), ..JobResult::failed(Reason::RepositoryDamaged, false, "check found 1 problem") }
 }
 

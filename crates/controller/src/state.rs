@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
+use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+use tresor_engine::Id;
 
 use crate::{Error, Result};
 
@@ -31,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     duration REAL,
     log TEXT,
     temporary INTEGER NOT NULL DEFAULT 0,
-    problems INTEGER
+    problems INTEGER,
+    damaged_packs TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_source ON jobs (source, id);
 CREATE TABLE IF NOT EXISTS drills (
@@ -93,6 +96,9 @@ pub struct Outcome {
     /// For a check: the problems it found (0 when it passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problems: Option<u64>,
+    /// For a check: the packs it found damaged, which the next one reads again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged_packs: Vec<Id>,
     /// The end of what the job printed on standard error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
@@ -139,13 +145,28 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
             log: r.get(16)?,
             temporary: r.get(17)?,
             problems: r.get(18)?,
+            damaged_packs: packs_from_sql(r.get(19)?).map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, Type::Text, e.into()))?,
             ..Outcome::default()
         },
     })
 }
 
 const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
-                           snapshot, bytes_processed, bytes_added, duration, log, temporary, problems";
+                           snapshot, bytes_processed, bytes_added, duration, log, temporary, problems, damaged_packs";
+
+/// The packs as the state keeps them: a JSON list of ids, or NULL for none.
+fn packs_to_sql(packs: &[Id]) -> Option<String> {
+    (!packs.is_empty()).then(|| serde_json::to_string(packs).expect("ids serialize"))
+}
+
+fn packs_from_sql(text: Option<String>) -> serde_json::Result<Vec<Id>> {
+    text.map_or(Ok(Vec::new()), |t| serde_json::from_str(&t))
+}
+
+/// Columns added since the first schema, each with its definition, for
+/// state written before them.
+const ADDED_COLUMNS: [(&str, &str); 4] =
+    [("log", "TEXT"), ("temporary", "INTEGER NOT NULL DEFAULT 0"), ("problems", "INTEGER"), ("damaged_packs", "TEXT")];
 
 impl State {
     pub fn open(path: &Path) -> Result<State> {
@@ -168,23 +189,12 @@ impl State {
         db.busy_timeout(std::time::Duration::from_secs(5)).map_err(fail)?;
         db.execute_batch("PRAGMA journal_mode = WAL;").map_err(fail)?;
         db.execute_batch(SCHEMA).map_err(fail)?;
-        // State from before job logs were kept.
-        let has_log: bool =
-            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'log'").and_then(|mut q| q.exists([])).map_err(fail)?;
-        if !has_log {
-            db.execute_batch("ALTER TABLE jobs ADD COLUMN log TEXT").map_err(fail)?;
-        }
-        // State from before failures were told temporary or not.
-        let has_temporary: bool =
-            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'temporary'").and_then(|mut q| q.exists([])).map_err(fail)?;
-        if !has_temporary {
-            db.execute_batch("ALTER TABLE jobs ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0").map_err(fail)?;
-        }
-        // State from before checks counted their problems.
-        let has_problems: bool =
-            db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'problems'").and_then(|mut q| q.exists([])).map_err(fail)?;
-        if !has_problems {
-            db.execute_batch("ALTER TABLE jobs ADD COLUMN problems INTEGER").map_err(fail)?;
+        for (column, definition) in ADDED_COLUMNS {
+            let has: bool =
+                db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = ?1").and_then(|mut q| q.exists([column])).map_err(fail)?;
+            if !has {
+                db.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {column} {definition}")).map_err(fail)?;
+            }
         }
         Ok(State { path: path.to_path_buf(), db: Mutex::new(db) })
     }
@@ -209,8 +219,22 @@ impl State {
         self.with(|db| {
             db.execute(
                 "UPDATE jobs SET ended_at = ?2, status = ?3, reason = ?4, message = ?5, snapshot = ?6, bytes_processed = ?7, bytes_added = ?8, \
-                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9, temporary = ?10, problems = ?11 WHERE id = ?1",
-                params![id, ended, o.status, o.reason, o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.log, o.temporary, o.problems],
+                 duration = (julianday(?2) - julianday(started_at)) * 86400.0, log = ?9, temporary = ?10, problems = ?11, \
+                 damaged_packs = ?12 WHERE id = ?1",
+                params![
+                    id,
+                    ended,
+                    o.status,
+                    o.reason,
+                    o.message,
+                    o.snapshot,
+                    o.bytes_processed,
+                    o.bytes_added,
+                    o.log,
+                    o.temporary,
+                    o.problems,
+                    packs_to_sql(&o.damaged_packs)
+                ],
             )
             .map(|_| ())
         })
@@ -286,10 +310,16 @@ impl State {
         })
     }
 
-    /// How many jobs of `kind` for `source` succeeded.
-    pub fn succeeded(&self, source: &str, kind: &str) -> Result<u64> {
+    /// How many checks of `repository` judged it (passed, or found
+    /// damage), and the packs the newest of them found damaged.
+    pub fn checks_judged(&self, repository: &str) -> Result<(u64, Vec<Id>)> {
+        let judged = "FROM jobs WHERE source = ?1 AND kind = 'check' AND problems IS NOT NULL";
         self.with(|db| {
-            db.query_row("SELECT count(*) FROM jobs WHERE source = ?1 AND kind = ?2 AND status = 'succeeded'", [source, kind], |r| r.get(0))
+            let count = db.query_row(&format!("SELECT count(*) {judged}"), [repository], |r| r.get(0))?;
+            let newest: Option<Option<String>> =
+                db.query_row(&format!("SELECT damaged_packs {judged} ORDER BY id DESC LIMIT 1"), [repository], |r| r.get(0)).optional()?;
+            let packs = packs_from_sql(newest.flatten()).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, e.into()))?;
+            Ok((count, packs))
         })
     }
 
@@ -305,12 +335,12 @@ impl State {
         self.with(|db| {
             db.execute(
                 "INSERT OR IGNORE INTO jobs (id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, \
-                 message, snapshot, bytes_processed, bytes_added, duration, temporary, problems) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, (julianday(?9) - julianday(?8)) * 86400.0, ?16, ?17)",
+                 message, snapshot, bytes_processed, bytes_added, duration, temporary, problems, damaged_packs) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, (julianday(?9) - julianday(?8)) * 86400.0, ?16, ?17, ?18)",
                 // The duration as finish_job computes it, so a rebuilt history reports the very same numbers.
                 params![
                     j.id, j.source, j.class, j.kind, j.trigger, j.attempt, j.scheduled_at, j.started_at, j.ended_at, o.status, o.reason,
-                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary, o.problems
+                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary, o.problems, packs_to_sql(&o.damaged_packs)
                 ],
             )
             .map(|n| n == 1)

@@ -18,10 +18,14 @@ use crate::pack::{open_blob, read_trailer};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct CheckOptions {
     /// The packs whose data is read and verified.
     pub read_data: ReadData,
+    /// Packs read and verified besides, wherever they fall: those an earlier
+    /// check found damaged, which must not go unread until they are dealt
+    /// with while the slices move on (one no index lists any more is not read).
+    pub also_read: IdSet,
 }
 
 /// Which packs a check reads whole: those whose id, read as a number,
@@ -80,6 +84,9 @@ pub struct CheckReport {
     pub packs_read: usize,
     pub unindexed_packs: Vec<String>,
     pub problems: Vec<Problem>,
+    /// The packs found damaged, unreadable, missing or at another size,
+    /// by their full ids (sorted): what a later check reads again.
+    pub damaged_packs: Vec<Id>,
 }
 
 impl CheckReport {
@@ -103,12 +110,12 @@ const RUNS: usize = 3;
 pub async fn check(repo: &Repository, opts: CheckOptions) -> Result<CheckReport> {
     repo.ensure_memory().await?;
     let first = survey(repo).await?;
-    settle(repo, opts, first).await
+    settle(repo, &opts, first).await
 }
 
 /// Judge `first`, and survey and judge again while problems were found and
 /// the index files or marks changed since the survey.
-async fn settle(repo: &Repository, opts: CheckOptions, first: Survey) -> Result<CheckReport> {
+async fn settle(repo: &Repository, opts: &CheckOptions, first: Survey) -> Result<CheckReport> {
     let (mut surveyed, mut only, mut run) = (first, None, 1);
     loop {
         let (report, built_from, bad) = judge(repo, opts, surveyed, only.as_ref()).await?;
@@ -146,7 +153,7 @@ async fn survey(repo: &Repository) -> Result<Survey> {
 /// Judge a survey, reading (of the selected packs) only those in `only`
 /// if given; the index files and marks it judged against, and the packs
 /// it found damaged or could not read.
-async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
+async fn judge(repo: &Repository, opts: &CheckOptions, survey: Survey, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
     let Survey { mut report, snapshots, index, stored, built_from } = survey;
     let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Packs that cannot be read at all, and packs with some damaged blobs.
@@ -155,8 +162,8 @@ async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Opti
     // Marked packs a prune swept since the listing: no damage by
     // themselves, only for a snapshot that needs a blob found only there.
     let mut swept = IdSet::default();
-    if opts.read_data.any() {
-        for (pack, result) in read_packs(repo, &index, &stored, opts.read_data, only, &mut report).await {
+    if opts.read_data.any() || !opts.also_read.is_empty() {
+        for (pack, result) in read_packs(repo, &index, &stored, opts, only, &mut report).await {
             match result {
                 // Storage that does not answer says nothing about the data:
                 // no check may report an outage as damage.
@@ -189,7 +196,9 @@ async fn judge(repo: &Repository, opts: CheckOptions, survey: Survey, only: Opti
             report.problems.push(Problem { object, error: why.clone(), snapshots: vec![], files: vec![] });
         }
     }
-    let bad = bad_packs.iter().chain(&partly_bad).map(|(p, _)| *p).collect();
+    let bad: IdSet = bad_packs.iter().chain(&partly_bad).map(|(p, _)| *p).collect();
+    report.damaged_packs = bad.iter().filter(|p| !swept.contains(p)).copied().collect();
+    report.damaged_packs.sort_unstable();
     Ok((report, built_from, bad))
 }
 
@@ -267,21 +276,21 @@ fn missing_or_resized(index: &Index, stored: &Stored, report: &mut CheckReport) 
     bad_packs
 }
 
-/// Read the `fraction` of the stored packs chosen by their ids (of them
-/// only those in `only`, if given), four at a time: each pack's damaged
-/// blobs, or why it cannot be read at all.
+/// Read the stored packs `opts` selects (of them only those in `only`, if
+/// given), four at a time: each pack's damaged blobs, or why it cannot be
+/// read at all.
 async fn read_packs(
     repo: &Repository,
     index: &Index,
     stored: &Stored,
-    read_data: ReadData,
+    opts: &CheckOptions,
     only: Option<&IdSet>,
     report: &mut CheckReport,
 ) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
     let selected: Vec<Id> = index
         .packs()
         .enumerate()
-        .filter(|(n, (p, _))| stored.size(index, *n, p).is_some() && read_data.wants(p))
+        .filter(|(n, (p, _))| stored.size(index, *n, p).is_some() && (opts.read_data.wants(p) || opts.also_read.contains(p)))
         .map(|(_, (p, _))| p)
         .collect();
     report.packs_read = selected.len();

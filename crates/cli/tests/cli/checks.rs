@@ -1,7 +1,9 @@
 //! The daemon's scheduled repository checks, with real children: damage
 //! that no backup reads is found, typed and counted in the metrics.
 
-use super::daemon::{count, http, set_clock, start_daemon, wait_jobs};
+use serde_json::json;
+
+use super::daemon::{Daemon, count, http, set_clock, start_daemon, wait_jobs};
 use super::*;
 
 /// A daily check that reads every pack finds a byte flipped in a pack
@@ -12,22 +14,7 @@ fn a_scheduled_check_finds_damage_and_the_metrics_say_so() {
     let env = Env::new();
     fs::create_dir_all(env.path("files")).unwrap();
     fs::write(env.path("files/a.bin"), random_bytes(300_000, 7)).unwrap();
-    let plan = env.path("plan.yaml");
-    let text = format!(
-        "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\n\
-         classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
-         sources:\n  - {{name: files, class: standard, url: {files}, schedule: '@daily'}}\n\
-         daemon:\n  state: {state}\n  prune_schedule: null\n  check_schedule: '@daily'\n  check_slices: 1\n",
-        repo = env.repo,
-        pw = env.path("pw").display(),
-        files = env.path("files").display(),
-        state = env.path("state.db").display(),
-    );
-    fs::write(&plan, text).unwrap();
-    let clock = env.path("clock");
-    set_clock(&clock, "2026-11-21T10:07:00Z");
-    let d = start_daemon(&env, &plan, Some(&clock));
-    wait_jobs(&d, "the first backup", |j| count(j, "files", "backup", "succeeded") == 1);
+    let (d, clock) = checking_daemon(&env, 1);
     let metric = |name: &str| {
         let (_, text) = http(d.port, "GET", "/metrics", None);
         let line = format!("{name}{{repository=\"main\"}} ");
@@ -71,6 +58,69 @@ fn a_scheduled_check_finds_damage_and_the_metrics_say_so() {
     assert!(row().ends_with("<td class=\"ok\">passed 2026-11-23 00:30:00 UTC</td></tr>"), "{}", row());
 }
 
+/// A daemon backing up `files` daily into the test's repository (made at
+/// start unless it exists), checking it daily in `slices` slices; its
+/// clock file, after the first backup.
+fn checking_daemon(env: &Env, slices: u32) -> (Daemon, PathBuf) {
+    let plan = env.path("plan.yaml");
+    let text = format!(
+        "repositories:\n  main:\n    url: {repo}\n    password_file: {pw}\n    init: true\n\
+         classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+         sources:\n  - {{name: files, class: standard, url: {files}, schedule: '@daily'}}\n\
+         daemon:\n  state: {state}\n  prune_schedule: null\n  check_schedule: '@daily'\n  check_slices: {slices}\n",
+        repo = env.repo,
+        pw = env.path("pw").display(),
+        files = env.path("files").display(),
+        state = env.path("state.db").display(),
+    );
+    fs::write(&plan, text).unwrap();
+    let clock = env.path("clock");
+    set_clock(&clock, "2026-11-21T10:07:00Z");
+    let d = start_daemon(env, &plan, Some(&clock));
+    wait_jobs(&d, "the first backup", |j| count(j, "files", "backup", "succeeded") == 1);
+    (d, clock)
+}
+
+/// Damage in two packs, one in each of two slices: the first check finds
+/// the one in its slice; the second reads the other slice and the pack
+/// found damaged, and finds both (reading its first slice again, as the
+/// daemon did before, it found one); with both mended the third passes.
+#[test]
+fn damage_found_is_read_again_while_the_slices_move_on() {
+    let env = Env::new();
+    // 24 packs: that all fall in one slice has odds of 2^-23.
+    env.ok(&["init", "--pack-size-mib", "4"]);
+    fs::create_dir_all(env.path("files")).unwrap();
+    fs::write(env.path("files/a.bin"), random_bytes(96 << 20, 11)).unwrap();
+    let (d, clock) = checking_daemon(&env, 2);
+    let packs: Vec<PathBuf> =
+        files_under(&Path::new(&env.repo).join("data")).into_iter().filter(|p| fs::metadata(p).unwrap().len() > 1 << 20).collect();
+    // Slice 1 of 2 holds the packs whose id's first four bytes, read little-endian, are below 2^31.
+    let in_first = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap()[6..8] < *"80";
+    let (first, second) = (packs.iter().find(|p| in_first(p)).unwrap().clone(), packs.iter().find(|p| !in_first(p)).unwrap().clone());
+    let intact = [fs::read(&first).unwrap(), fs::read(&second).unwrap()];
+    flip_byte(&first, 1000);
+    flip_byte(&second, 1000);
+    let name = |p: &PathBuf| p.file_name().unwrap().to_str().unwrap().to_string();
+    let newest_check =
+        |j: &[serde_json::Value]| j.iter().filter(|x| x["kind"] == "check").max_by_key(|x| x["id"].as_u64()).unwrap().clone();
+
+    set_clock(&clock, "2026-11-22T00:30:00Z");
+    let check = newest_check(&wait_jobs(&d, "the first check", |j| count(j, "main", "check", "failed") == 1));
+    assert_eq!((check["problems"].clone(), check["damaged_packs"].clone()), (json!(1), json!([name(&first)])), "{check}");
+    set_clock(&clock, "2026-11-23T00:30:00Z");
+    let check = newest_check(&wait_jobs(&d, "the second check", |j| count(j, "main", "check", "failed") == 2));
+    let mut both = [name(&first), name(&second)];
+    both.sort();
+    assert_eq!((check["problems"].clone(), check["damaged_packs"].clone()), (json!(2), json!(both)), "{check}");
+
+    fs::write(&first, &intact[0]).unwrap();
+    fs::write(&second, &intact[1]).unwrap();
+    set_clock(&clock, "2026-11-24T00:30:00Z");
+    let check = newest_check(&wait_jobs(&d, "the third check", |j| count(j, "main", "check", "succeeded") == 1));
+    assert_eq!((check["problems"].clone(), check.get("damaged_packs")), (json!(0), None), "{check}");
+}
+
 /// `--read-data-subset N/T`: the slices 1/T … T/T read every pack once
 /// between them; a slice outside 1..=T is refused.
 #[test]
@@ -90,6 +140,16 @@ fn slices_of_the_packs_read_each_once() {
         let err = env.fails(&["check", "--read-data-subset", bad], 1);
         assert_eq!(err, "tresor: error: --read-data-subset N/T wants 1 ≤ N ≤ T, such as 1/7\n");
     }
+    // A pack named with --read-pack is read besides its slice.
+    let pack = files_under(&Path::new(&env.repo).join("data"))
+        .into_iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .find(|n| u32::from_str_radix(&n[..8], 16).unwrap().swap_bytes() > u32::MAX / 3)
+        .unwrap();
+    let besides = env.json(&["check", "--read-data-subset", "1/3", "--read-pack", &pack]);
+    assert_eq!(besides["packs_read"].as_u64(), Some(read[0] + 1));
+    let err = env.fails(&["check", "--read-pack", &pack[..8]], 1);
+    assert_eq!(err, format!("tresor: error: --read-pack wants a pack's full id (64 hex digits), not {:?}\n", &pack[..8]));
 }
 
 /// A check schedule that does not parse, and zero slices, are plan errors

@@ -9,7 +9,7 @@ use super::{CheckOptions, Problem, ReadData, check, judge, settle, survey};
 use crate::backup::{BackupOptions, backup};
 use crate::objects::Kind;
 use crate::prune::{PruneOptions, prune};
-use crate::repo::tests::{repo_opts, repository};
+use crate::repo::tests::{damaged, repo_opts, repository};
 use crate::restore::tests::{damaged_dir, forgotten_old_snapshot, write_files};
 use crate::{Id, Repository};
 
@@ -22,7 +22,7 @@ async fn a_prune_between_survey_and_judging_is_not_taken_for_damage() {
     let (repo, _) = forgotten_old_snapshot(dir.path()).await;
     let root = dir.path().join("repo");
     let checker = Repository::open(&Location::Fs(root.clone()), &repo_opts()).await.unwrap();
-    let opts = CheckOptions { read_data: ReadData::ALL };
+    let opts = CheckOptions { read_data: ReadData::ALL, ..Default::default() };
     let (stale, settled) = (survey(&checker).await.unwrap(), survey(&checker).await.unwrap());
     let packs: Vec<_> = stale.index.packs().map(|(p, _)| p).collect();
     let pruned = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
@@ -32,13 +32,13 @@ async fn a_prune_between_survey_and_judging_is_not_taken_for_damage() {
     swept.sort();
     assert_eq!(swept.len(), pruned.deleted_packs);
 
-    let (first, _, bad) = judge(&checker, opts, stale, None).await.unwrap();
+    let (first, _, bad) = judge(&checker, &opts, stale, None).await.unwrap();
     let mut objects: Vec<String> = first.problems.iter().map(|p| p.object.clone()).collect();
     objects.sort();
     assert_eq!(objects, swept, "{:?}", first.problems);
     assert_eq!(bad.len(), swept.len());
 
-    let report = settle(&checker, opts, settled).await.unwrap();
+    let report = settle(&checker, &opts, settled).await.unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     let stored = walkdir(&root.join("data"));
     assert_eq!((report.snapshots, report.packs), (1, stored));
@@ -61,7 +61,7 @@ async fn marked_packs_swept_after_the_survey_are_no_damage() {
     let sweeping = prune(repo.clone(), &prune_opts(Duration::ZERO)).await.unwrap();
     assert_eq!(sweeping.deleted_packs, marking.marked_packs, "{sweeping:?}");
 
-    let (report, _, bad) = judge(&checker, CheckOptions { read_data: ReadData::ALL }, stale, None).await.unwrap();
+    let (report, _, bad) = judge(&checker, &CheckOptions { read_data: ReadData::ALL, ..Default::default() }, stale, None).await.unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(bad.len(), marking.marked_packs);
 }
@@ -83,7 +83,7 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
     let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
     let (checker, b) = damaged_dir(&repo, &dir.path().join("repo"), snap.tree, &src.join("b")).await;
 
-    let report = check(&checker, CheckOptions { read_data: ReadData::NONE }).await.unwrap();
+    let report = check(&checker, CheckOptions { read_data: ReadData::NONE, ..Default::default() }).await.unwrap();
     let damage = crate::Error::corrupt("blob", b, "it fails authentication");
     let want = Problem {
         object: format!("tree {}", b.short()),
@@ -92,6 +92,33 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
         files: vec![format!("{}:{}", snap.id.short(), src.join("b").display())],
     };
     assert_eq!(report.problems, vec![want]);
+}
+
+/// A pack named besides the slice is read wherever it falls, so damage an
+/// earlier check found is found again while the slices move on; the
+/// report names the damaged packs by their full ids.
+#[tokio::test]
+async fn a_pack_named_besides_the_slice_is_read_and_its_damage_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = std::sync::Arc::new(repository(&root).await);
+    let src = dir.path().join("src");
+    write_files(&src, &[("a", "a")]);
+    let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
+    let file = crate::walk::find(&repo, snap.tree, src.join("a").to_str().unwrap()).await.unwrap().unwrap();
+    let checker = damaged(&repo, &root, &file.content[0]).await;
+    let pack = checker.index().await.unwrap().pack_of(&file.content[0]).unwrap();
+    let elsewhere = if ReadData::slice(1, 2).wants(&pack) { ReadData::slice(2, 2) } else { ReadData::slice(1, 2) };
+
+    let slice_only = check(&checker, CheckOptions { read_data: elsewhere, ..Default::default() }).await.unwrap();
+    assert!(slice_only.ok(), "{:?}", slice_only.problems);
+    assert_eq!(slice_only.damaged_packs, Vec::<Id>::new());
+    let also_read = [pack].into_iter().collect();
+    let besides = check(&checker, CheckOptions { read_data: elsewhere, also_read }).await.unwrap();
+    assert_eq!(besides.packs_read, slice_only.packs_read + 1);
+    assert_eq!(besides.damaged_packs, vec![pack]);
+    let objects: Vec<&str> = besides.problems.iter().map(|p| p.object.as_str()).collect();
+    assert_eq!(objects, [format!("pack {}", pack.short())], "{:?}", besides.problems);
 }
 
 /// Successive slices read every pack exactly once, and a fraction reads
