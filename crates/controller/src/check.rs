@@ -137,16 +137,31 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
     for (app, message) in crate::app::faults(plan) {
         out.push(error(at.application(&app), message));
     }
+    check_repository_jobs(plan, &at, &mut out);
+    out.sort_by_key(|f| f.line);
+    out
+}
+
+/// The schedules of prune and check, and the check's slices, the daemon's
+/// and each repository's own.
+fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
+    let slices = "check_slices must be at least 1 (1: every check reads every pack)";
     for (key, schedule) in [("prune_schedule", &plan.daemon.prune_schedule), ("check_schedule", &plan.daemon.check_schedule)] {
         if let Some(e) = schedule.as_deref().and_then(|s| Schedule::parse(s).err()) {
             out.push(error(at.entry("daemon", key), e));
         }
     }
     if plan.daemon.check_slices == 0 {
-        out.push(error(at.entry("daemon", "check_slices"), "check_slices must be at least 1 (1: every check reads every pack)".into()));
+        out.push(error(at.entry("daemon", "check_slices"), slices.into()));
     }
-    out.sort_by_key(|f| f.line);
-    out
+    for (name, r) in &plan.repositories {
+        if let Some(e) = r.check_schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref()?).err()) {
+            out.push(error(at.field("repositories", name, "check_schedule"), format!("repository {name}: {e}")));
+        }
+        if r.check_slices == Some(0) {
+            out.push(error(at.field("repositories", name, "check_slices"), format!("repository {name}: {slices}")));
+        }
+    }
 }
 
 fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {

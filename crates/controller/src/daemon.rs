@@ -177,10 +177,10 @@ impl Loop {
             }
             self.queue_standby(&plan, &s.name, "first", now);
         }
-        for (job, schedule) in [("prune", &plan.daemon.prune_schedule), ("check", &plan.daemon.check_schedule)] {
+        for (prefix, kind) in REPOSITORY_JOBS {
             for repo in plan.repositories.keys() {
-                if let Some(t) = schedule.as_deref().and_then(|s| next_due(s, repo, None, now)) {
-                    next.insert(format!("{job}:{repo}"), t);
+                if let Some(t) = repository_schedule(&plan, kind, repo).and_then(|s| next_due(s, repo, None, now)) {
+                    next.insert(format!("{prefix}{repo}"), t);
                 }
             }
         }
@@ -221,9 +221,7 @@ impl Loop {
             let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, "schedule", at, 0, "daemon") };
             return (vec![q], plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)));
         }
-        for (prefix, kind, schedule) in
-            [("prune:", Kind::Prune, &plan.daemon.prune_schedule), ("check:", Kind::Check, &plan.daemon.check_schedule)]
-        {
+        for (prefix, kind) in REPOSITORY_JOBS {
             let Some(repo) = key.strip_prefix(prefix) else { continue };
             let q = Queued {
                 priority: 0,
@@ -235,7 +233,7 @@ impl Loop {
                 actor: "daemon".into(),
                 restore: None,
             };
-            return (vec![q], schedule.as_deref().and_then(|p| next_due(p, repo, None, now)));
+            return (vec![q], repository_schedule(plan, kind, repo).and_then(|p| next_due(p, repo, None, now)));
         }
         if let Some(class) = key.strip_prefix("drill:") {
             let jobs = plan
@@ -584,6 +582,18 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
     outcome
 }
 
+/// The jobs each repository runs on a schedule of its own, by the prefix
+/// of their keys among the next runs.
+const REPOSITORY_JOBS: [(&str, Kind); 2] = [("prune:", Kind::Prune), ("check:", Kind::Check)];
+
+/// The schedule of a repository's job of `kind` (one of `REPOSITORY_JOBS`).
+fn repository_schedule<'a>(plan: &'a Plan, kind: Kind, repo: &str) -> Option<&'a str> {
+    match kind {
+        Kind::Check => plan.check_schedule(repo),
+        _ => plan.daemon.prune_schedule.as_deref(),
+    }
+}
+
 /// What a check found: none when it passed; when it found damage, the
 /// problems its report lists and the packs it names damaged; nothing when
 /// it could not judge (the repository unreachable).
@@ -604,7 +614,7 @@ fn check_findings(outcome: &mut Outcome) {
 /// slices move on while damage found stays read (and reported) until it is
 /// dealt with.
 fn check_scope(shared: &Shared, plan: &Plan, repo: &str) -> CheckSpec {
-    let slices = plan.daemon.check_slices.max(1);
+    let slices = plan.check_slices(repo);
     let (judged, packs) = shared.state.checks_judged(repo).unwrap_or_else(|e| {
         tracing::warn!("the checks of {repo} so far are unknown ({e}); this one reads the first slice");
         (0, Vec::new())

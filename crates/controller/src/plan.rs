@@ -310,6 +310,20 @@ pub struct Repository {
     /// Create the repository (and a password file that does not exist) at start.
     #[serde(default)]
     pub init: bool,
+    /// Check this repository on this schedule rather than on
+    /// `daemon.check_schedule`; null: never (an off-site copy in cold
+    /// storage, whose reads fail, or whose egress costs).
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(with = "Option<String>")]
+    pub check_schedule: Option<Option<String>>,
+    /// Into how many slices its packs are cut, rather than `daemon.check_slices`.
+    #[serde(default)]
+    pub check_slices: Option<u32>,
+}
+
+/// A field that is there, null or not; a field left out stays `None`.
+fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -633,6 +647,19 @@ impl Plan {
     pub fn load(file: &Path) -> Result<(Plan, String), Error> {
         let text = std::fs::read_to_string(file).map_err(|e| Error::Plan { file: file.to_path_buf(), line: 0, message: e.to_string() })?;
         Ok((Plan::parse(&text, file)?, text))
+    }
+
+    /// When repository `name` is checked: on its own schedule, else on the daemon's.
+    pub fn check_schedule(&self, name: &str) -> Option<&str> {
+        match self.repositories.get(name).and_then(|r| r.check_schedule.as_ref()) {
+            Some(own) => own.as_deref(),
+            None => self.daemon.check_schedule.as_deref(),
+        }
+    }
+
+    /// Into how many slices repository `name`'s packs are cut for its checks.
+    pub fn check_slices(&self, name: &str) -> u32 {
+        self.repositories.get(name).and_then(|r| r.check_slices).unwrap_or(self.daemon.check_slices).max(1)
     }
 
     /// The repository a source writes to: its own, else the first one that

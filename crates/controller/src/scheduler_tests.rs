@@ -22,8 +22,8 @@ use crate::runner::{Jobs, Runner};
 #[derive(Default)]
 struct Scripted {
     calls: Mutex<BTreeMap<String, Vec<Kind>>>,
-    /// What the check jobs were given to read, in order.
-    checks: Mutex<Vec<CheckSpec>>,
+    /// What the check jobs were given to read, in order, by repository.
+    checks: Mutex<Vec<(String, CheckSpec)>>,
     script: BTreeMap<(String, usize), JobResult>,
     /// The call that panics instead of answering.
     panics: Option<(String, usize)>,
@@ -39,7 +39,7 @@ impl Jobs for Scripted {
             let kinds = calls.entry(spec.name.clone()).or_default();
             kinds.push(spec.kind);
             if let Some(c) = &spec.check {
-                self.checks.lock().expect("not poisoned").push(c.clone());
+                self.checks.lock().expect("not poisoned").push((spec.name.clone(), c.clone()));
             }
             kinds.len()
         };
@@ -385,12 +385,40 @@ async fn each_check_reads_the_next_slice_and_the_packs_found_damaged_again() {
         until("its verdict in the metrics", || metric("backup_repository_check_problems").as_deref() == Some(problems)).await;
     }
     let read: Vec<(u32, u32, Vec<Id>)> =
-        d.jobs.checks.lock().expect("not poisoned").iter().map(|c| (c.slice, c.slices, c.packs.clone())).collect();
+        d.jobs.checks.lock().expect("not poisoned").iter().map(|(_, c)| (c.slice, c.slices, c.packs.clone())).collect();
     let p = damaged_pack();
     assert_eq!(read, [(1, 3, vec![]), (2, 3, vec![]), (3, 3, vec![p]), (1, 3, vec![p]), (2, 3, vec![])]);
     assert_eq!(d.jobs.kinds("main"), [Kind::Check; 5]);
     let last = chrono::DateTime::parse_from_rfc3339("2026-11-26T12:00:00Z").expect("a time").timestamp();
     assert_eq!(metric("backup_repository_check_last_success_timestamp_seconds"), Some(last.to_string()));
+    d.stop().await;
+}
+
+/// A repository's own check schedule and slices take the daemon's place;
+/// one whose schedule is null is never checked, and its status row says so.
+#[tokio::test]
+async fn a_repository_checked_on_its_own_schedule_or_never() {
+    let plan = CHECKED.replace(
+        "classes:",
+        "  other:\n    url: /nonexistent/other\n    password_file: /nonexistent/pw\n    check_schedule: '0 6 * * *'\n    check_slices: 2\n\
+         \x20 cold:\n    url: /nonexistent/cold\n    password_file: /nonexistent/pw\n    check_schedule: null\n\
+         classes:",
+    );
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), &plan, Scripted::default());
+    until("the first backup", || d.jobs.calls("app") == 1).await;
+    let checks: Vec<String> =
+        d.shared.next_runs.lock().expect("not poisoned").keys().filter(|k| k.starts_with("check:")).cloned().collect();
+    assert_eq!(checks, ["check:main", "check:other"]);
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the day's checks", || d.jobs.calls("main") == 1 && d.jobs.calls("other") == 1).await;
+    let mut given: Vec<(String, u32, u32)> =
+        d.jobs.checks.lock().expect("not poisoned").iter().map(|(r, c)| (r.clone(), c.slice, c.slices)).collect();
+    given.sort();
+    assert_eq!(given, [("main".to_string(), 1, 3), ("other".to_string(), 1, 2)]);
+    let page = crate::status::page(&d.shared);
+    let row = page.lines().find(|l| l.contains("data-repository=\"cold\"")).expect("the row of cold");
+    assert!(row.ends_with("<td class=\"none\">not scheduled</td></tr>"), "{row}");
     d.stop().await;
 }
 

@@ -268,12 +268,14 @@ fn source_rows(shared: &Shared, plan: &Plan) -> String {
     rows
 }
 
-/// A repository's newest check: the problems it found, else when one last passed.
-fn checked_cell(st: &crate::metrics::Storage) -> String {
+/// A repository's newest check: the problems it found, else when one last
+/// passed; none yet, or none scheduled.
+fn checked_cell(st: &crate::metrics::Storage, scheduled: bool) -> String {
     match (st.problems, st.checked.and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))) {
         (Some(n @ 1..), _) => format!("<td class=\"bad\">{n} problem{} found</td>", if n == 1 { "" } else { "s" }),
         (_, Some(t)) => format!("<td class=\"ok\">passed {} UTC</td>", time(t)),
-        _ => "<td class=\"none\">not yet</td>".into(),
+        _ if scheduled => "<td class=\"none\">not yet</td>".into(),
+        _ => "<td class=\"none\">not scheduled</td>".into(),
     }
 }
 
@@ -296,7 +298,7 @@ pub fn page(shared: &Shared) -> String {
             let free = st.free.map_or("remote".into(), bytes);
             let total = st.total.map_or(String::new(), bytes);
             let stored = st.stored.map_or("?".into(), bytes);
-            let checked = checked_cell(st);
+            let checked = checked_cell(st, plan.check_schedule(name).is_some());
             format!(
                 "<tr data-repository=\"{n}\"><td>{n}</td><td>{stored}</td><td>{free}</td><td>{total}</td>{checked}</tr>\n",
                 n = esc(name)
