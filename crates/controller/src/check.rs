@@ -155,8 +155,10 @@ fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
         out.push(error(at.entry("daemon", "check_slices"), slices.into()));
     }
     for (name, r) in &plan.repositories {
-        if let Some(e) = r.check_schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref()?).err()) {
-            out.push(error(at.field("repositories", name, "check_schedule"), format!("repository {name}: {e}")));
+        for (key, schedule) in [("prune_schedule", &r.prune_schedule), ("check_schedule", &r.check_schedule)] {
+            if let Some(e) = schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref()?).err()) {
+                out.push(error(at.field("repositories", name, key), format!("repository {name}: {e}")));
+            }
         }
         if r.check_slices == Some(0) {
             out.push(error(at.field("repositories", name, "check_slices"), format!("repository {name}: {slices}")));

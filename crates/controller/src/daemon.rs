@@ -590,7 +590,7 @@ const REPOSITORY_JOBS: [(&str, Kind); 2] = [("prune:", Kind::Prune), ("check:", 
 fn repository_schedule<'a>(plan: &'a Plan, kind: Kind, repo: &str) -> Option<&'a str> {
     match kind {
         Kind::Check => plan.check_schedule(repo),
-        _ => plan.daemon.prune_schedule.as_deref(),
+        _ => plan.prune_schedule(repo),
     }
 }
 

@@ -38,7 +38,7 @@ impl Origin {
             url => {
                 let (_, own) = plan.repository_of(source).ok_or("the source's repository is not in the plan")?;
                 let password_file = password_file.map_or_else(|| own.password_file.clone(), PathBuf::from);
-                let repo = Repository { url: url.into(), password_file, init: false, check_schedule: None, check_slices: None };
+                let repo = Repository::new(url.into(), password_file);
                 let copy = if own.url == url.into() { BackupCopy::Primary } else { BackupCopy::Offsite };
                 // Named in messages and drill reports: redacted.
                 Ok(Origin { copy, name: crate::secret_url::redact(url), repo })

@@ -310,6 +310,11 @@ pub struct Repository {
     /// Create the repository (and a password file that does not exist) at start.
     #[serde(default)]
     pub init: bool,
+    /// Prune this repository on this schedule rather than on
+    /// `daemon.prune_schedule`; null: never (a repacking prune reads packs).
+    #[serde(default, deserialize_with = "given")]
+    #[schemars(with = "Option<String>")]
+    pub prune_schedule: Option<Option<String>>,
     /// Check this repository on this schedule rather than on
     /// `daemon.check_schedule`; null: never (an off-site copy in cold
     /// storage, whose reads fail, or whose egress costs).
@@ -319,6 +324,13 @@ pub struct Repository {
     /// Into how many slices its packs are cut, rather than `daemon.check_slices`.
     #[serde(default)]
     pub check_slices: Option<u32>,
+}
+
+impl Repository {
+    /// A repository at `url` opened with `password_file`, on the daemon's schedules.
+    pub fn new(url: SecretUrl, password_file: PathBuf) -> Repository {
+        Repository { url, password_file, init: false, prune_schedule: None, check_schedule: None, check_slices: None }
+    }
 }
 
 /// A field that is there, null or not; a field left out stays `None`.
@@ -651,10 +663,14 @@ impl Plan {
 
     /// When repository `name` is checked: on its own schedule, else on the daemon's.
     pub fn check_schedule(&self, name: &str) -> Option<&str> {
-        match self.repositories.get(name).and_then(|r| r.check_schedule.as_ref()) {
-            Some(own) => own.as_deref(),
-            None => self.daemon.check_schedule.as_deref(),
-        }
+        let own = self.repositories.get(name).and_then(|r| r.check_schedule.as_ref());
+        own.map_or(self.daemon.check_schedule.as_deref(), Option::as_deref)
+    }
+
+    /// When repository `name` is pruned: on its own schedule, else on the daemon's.
+    pub fn prune_schedule(&self, name: &str) -> Option<&str> {
+        let own = self.repositories.get(name).and_then(|r| r.prune_schedule.as_ref());
+        own.map_or(self.daemon.prune_schedule.as_deref(), Option::as_deref)
     }
 
     /// Into how many slices repository `name`'s packs are cut for its checks.

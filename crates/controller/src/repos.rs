@@ -402,13 +402,7 @@ mod tests {
     fn entry(dir: &std::path::Path, password: &str) -> plan::Repository {
         let password_file = dir.join("pw");
         std::fs::write(&password_file, password).unwrap();
-        plan::Repository {
-            url: dir.join("repo").to_str().unwrap().into(),
-            password_file,
-            init: false,
-            check_schedule: None,
-            check_slices: None,
-        }
+        plan::Repository::new(dir.join("repo").to_str().unwrap().into(), password_file)
     }
 
     /// Key slots cheap to derive: the tests count unlocks, not their cost.

@@ -394,13 +394,15 @@ async fn each_check_reads_the_next_slice_and_the_packs_found_damaged_again() {
     d.stop().await;
 }
 
-/// A repository's own check schedule and slices take the daemon's place;
-/// one whose schedule is null is never checked, and its status row says so.
+/// A repository's own check schedule and slices, and prune schedule, take
+/// the daemon's place (whose prune schedule is null here); one whose check
+/// schedule is null is never checked, and its status row says so.
 #[tokio::test]
 async fn a_repository_checked_on_its_own_schedule_or_never() {
     let plan = CHECKED.replace(
         "classes:",
         "  other:\n    url: /nonexistent/other\n    password_file: /nonexistent/pw\n    check_schedule: '0 6 * * *'\n    check_slices: 2\n\
+         \x20   prune_schedule: '0 7 * * *'\n\
          \x20 cold:\n    url: /nonexistent/cold\n    password_file: /nonexistent/pw\n    check_schedule: null\n\
          classes:",
     );
@@ -411,7 +413,10 @@ async fn a_repository_checked_on_its_own_schedule_or_never() {
         d.shared.next_runs.lock().expect("not poisoned").keys().filter(|k| k.starts_with("check:")).cloned().collect();
     assert_eq!(checks, ["check:main", "check:other"]);
     set(&d.clock_file, "2026-11-22T12:00:00Z");
-    until("the day's checks", || d.jobs.calls("main") == 1 && d.jobs.calls("other") == 1).await;
+    until("the day's checks and prune", || d.jobs.calls("main") == 1 && d.jobs.calls("other") == 2).await;
+    let mut other = d.jobs.kinds("other");
+    other.sort_by_key(|k| k.as_str());
+    assert_eq!((d.jobs.kinds("main"), other), (vec![Kind::Check], vec![Kind::Check, Kind::Prune]));
     let mut given: Vec<(String, u32, u32)> =
         d.jobs.checks.lock().expect("not poisoned").iter().map(|(r, c)| (r.clone(), c.slice, c.slices)).collect();
     given.sort();

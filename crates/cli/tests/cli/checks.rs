@@ -161,7 +161,7 @@ fn plan_check_refuses_a_bad_check_schedule_and_zero_slices() {
     fs::write(
         &plan,
         "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\n\
-         \x20 offsite:\n    url: /srv/offsite\n    password_file: /etc/tresor/pw\n    check_schedule: monthly\n    check_slices: 0\n\
+         \x20 offsite:\n    url: /srv/offsite\n    password_file: /etc/tresor/pw\n    prune_schedule: '0 3 * *'\n    check_schedule: monthly\n    check_slices: 0\n\
          classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
          sources:\n  - {name: wiki, class: standard, url: /srv/wiki, schedule: '@daily'}\n\
          daemon:\n  check_schedule: 'every sunday'\n  check_slices: 0\n",
@@ -176,13 +176,16 @@ fn plan_check_refuses_a_bad_check_schedule_and_zero_slices() {
         errors,
         [
             format!(
-                "{p}:8: error: repository offsite: schedule \"monthly\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
+                "{p}:8: error: repository offsite: schedule \"0 3 * *\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
             ),
-            format!("{p}:9: error: repository offsite: check_slices must be at least 1 (1: every check reads every pack)"),
             format!(
-                "{p}:17: error: schedule \"every sunday\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
+                "{p}:9: error: repository offsite: schedule \"monthly\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
             ),
-            format!("{p}:18: error: check_slices must be at least 1 (1: every check reads every pack)"),
+            format!("{p}:10: error: repository offsite: check_slices must be at least 1 (1: every check reads every pack)"),
+            format!(
+                "{p}:18: error: schedule \"every sunday\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
+            ),
+            format!("{p}:19: error: check_slices must be at least 1 (1: every check reads every pack)"),
         ],
         "{said}"
     );
