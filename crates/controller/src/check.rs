@@ -272,6 +272,12 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
         if !seen.insert(s.name.as_str()) {
             out.push(error(at.source(&s.name, "name"), format!("source {} is named twice", s.name)));
         }
+        if plan.repositories.contains_key(&s.name) {
+            // The job history, the queue and the status page know jobs by name:
+            // a repository's prune and check would pass for the source's jobs.
+            let why = format!("source {0} has the name of a repository: their jobs would share one history (rename one)", s.name);
+            out.push(error(at.source(&s.name, "name"), why));
+        }
         let Some(class) = plan.classes.get(&s.class) else {
             let known = plan.classes.keys().cloned().collect::<Vec<_>>().join(", ");
             out.push(error(at.source(&s.name, "class"), format!("source {}: unknown class {:?} (classes: {known})", s.name, s.class)));

@@ -149,7 +149,7 @@ fn plan_check_names_the_line_of_every_contradiction() {
         &plan,
         "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\nclasses:\n  critical:\n    rpo: 15m\n    rto: 2h\n    \
          offsite: offsite\n    retention:\n      daily: 7\n      minimum: 30d\n  standard:\n    rpo: 1d\n    rto: 8h\n    retention:\n      daily: 30\n\
-         sources:\n  - name: erp-db\n    class: critical\n    url: postgres://backup@erp:5432/erp\n    schedule: \"@hourly\"\n    scope: {namespaces: [erp]}\n  - name: wiki\n    \
+         sources:\n  - name: erp-db\n    class: critical\n    url: postgres://backup@erp:5432/erp\n    schedule: \"@hourly\"\n    scope: {namespaces: [erp]}\n  - name: primary\n    \
          class: gold\n    url: /srv/wiki\n    schedule: \"@daily\"\n",
     )
     .unwrap();
@@ -165,8 +165,9 @@ fn plan_check_names_the_line_of_every_contradiction() {
              {p}:13: warning: class standard has no sources\n\
              {p}:22: error: source erp-db: schedule \"@hourly\" leaves up to 1h between backups, longer than class critical's RPO 15m\n\
              {p}:23: error: source erp-db: scope: is for k8s:// sources, not postgres://\n\
-             {p}:25: error: source wiki: unknown class \"gold\" (classes: critical, standard)\n\
-             {p}: 2 sources, 2 classes: 5 errors, 2 warnings\n"
+             {p}:24: error: source primary has the name of a repository: their jobs would share one history (rename one)\n\
+             {p}:25: error: source primary: unknown class \"gold\" (classes: critical, standard)\n\
+             {p}: 2 sources, 2 classes: 6 errors, 2 warnings\n"
         )
     );
     fs::write(&plan, "repositories:\n  primary:\n    url: /srv/repo\n    pasword_file: /x\n").unwrap();
