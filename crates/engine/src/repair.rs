@@ -63,9 +63,9 @@ fn unreadable_record(id: &Id, e: crate::Error) -> crate::Error {
 /// (`indexed`: the repair that copied them got as far as indexing them) is
 /// left out whole, else its readable blobs stay listed. A copy only stored
 /// is a killed repair's, which a prune may be deleting as an orphan now.
-fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: Vec<(Id, IndexFile)>, indexed: &IdSet, report: &mut RepairReport) {
+fn leave_out_lost(packs: &mut Vec<IndexedPack>, records: IdMap<IndexFile>, indexed: &IdSet, report: &mut RepairReport) {
     let mut lost: IdMap<IdSet> = IdMap::default();
-    for p in records.into_iter().flat_map(|(_, f)| f.packs) {
+    for p in records.into_values().flat_map(|f| f.packs) {
         lost.entry(p.id).or_default().extend(p.entries.iter().map(|e| e.id));
     }
     let mut wanted = IdSet::default();
@@ -102,6 +102,11 @@ async fn indexed_packs(repo: &Repository, files: &[Id]) -> Result<IdSet> {
 }
 
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
+    // Quarantine records before the packs are read and after: a prune may
+    // delete a damaged pack and its record while the trailers are read (the
+    // record read before still keeps the lost blobs out), and a repair may
+    // record a pack read meanwhile (the one read after does).
+    let before = repo.load_quarantine().await?;
     let old: Vec<Id> = repo.list_ids(Kind::Index).await?;
     let packs: Vec<(Id, u64)> =
         list_with_size(repo.operator(), Kind::Pack).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
@@ -121,9 +126,9 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
             Err(e) => return Err(e),
         }
     }
-    let mut records = Vec::new();
-    for (id, record) in repo.load_quarantine().await? {
-        records.push((id, record.map_err(|e| unreadable_record(&id, e))?));
+    let mut records = IdMap::default();
+    for (id, record) in before.into_iter().chain(repo.load_quarantine().await?) {
+        records.insert(id, record.map_err(|e| unreadable_record(&id, e))?);
     }
     let indexed = if records.is_empty() { IdSet::default() } else { indexed_packs(repo, &old).await? };
     leave_out_lost(&mut good, records, &indexed, &mut report);
@@ -164,7 +169,7 @@ mod tests {
     fn a_damaged_pack_whose_readable_blobs_were_copied_is_left_out_whole() {
         let mut packs = vec![pack(1, &[11, 12]), pack(2, &[12]), pack(3, &[13])];
         let mut report = RepairReport::default();
-        let records = || vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11])] })];
+        let records = || [(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11])] })].into_iter().collect();
         let indexed: IdSet = [1, 2, 3].map(|p| Id([p; 32])).into_iter().collect();
         leave_out_lost(&mut packs, records(), &indexed, &mut report);
         assert_eq!(listed(&packs), [(2, vec![12]), (3, vec![13])]);
@@ -186,7 +191,8 @@ mod tests {
     fn a_damaged_pack_keeps_the_readable_blobs_that_have_no_copy() {
         let mut packs = vec![pack(1, &[11, 12]), pack(3, &[13])];
         let mut report = RepairReport::default();
-        let records = vec![(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11]), pack(4, &[14])] })];
+        let records =
+            [(Id([9; 32]), IndexFile { supersedes: Vec::new(), packs: vec![pack(1, &[11]), pack(4, &[14])] })].into_iter().collect();
         leave_out_lost(&mut packs, records, &IdSet::default(), &mut report);
         assert_eq!(listed(&packs), [(1, vec![12]), (3, vec![13])]);
         assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 0));

@@ -134,6 +134,11 @@ async fn orphans(
     report: &mut PruneReport,
 ) -> Result<()> {
     let known = |p: &Id| view.index.has_pack(p) || written.packs.contains(p);
+    // The records before the packs: a record is written once its packs are
+    // stored, so the listing holds every stored pack of a record read
+    // before it. A record read after could name a pack stored since the
+    // listing, which would pass for gone.
+    let records = repo.load_quarantine().await?;
     // Streamed: only the unknown packs are kept, not a listing of them all.
     let mut candidates: Vec<Id> = Vec::new();
     each_name(repo.operator(), Kind::Pack, |name| candidates.extend(name.parse().ok().filter(|p| !known(p)))).await?;
@@ -147,7 +152,7 @@ async fn orphans(
     // A quarantine record serves `repair index` while one of its packs is
     // stored; an indexed one is stored (the repair was killed before its
     // index files were written).
-    for (id, record) in repo.load_quarantine().await? {
+    for (id, record) in records {
         // Kept for `repair index` to refuse, which names it; deleting it
         // here would let the lost blobs back into the index unseen.
         let record = match record {
