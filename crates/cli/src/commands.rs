@@ -419,6 +419,10 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         if report.ok() {
             println!("no errors were found");
         }
+        if !report.damaged_packs.is_empty() {
+            let ids: Vec<String> = report.damaged_packs.iter().map(|p| format!("--read-pack {}", p.to_hex())).collect();
+            println!("to read the damaged packs again: tresor check {}", ids.join(" "));
+        }
         if report.problems.iter().any(|p| !p.files.is_empty()) {
             println!(
                 "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost; \

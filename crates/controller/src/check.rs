@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::plan::{Plan, Query, Retention, SecretUrl, Span};
+use crate::plan::{NEVER, Plan, Query, Retention, SecretUrl, Span};
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +147,7 @@ pub fn check(plan: &Plan, text: &str, now: DateTime<Utc>) -> Vec<Finding> {
 fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
     let slices = "check_slices must be at least 1 (1: every check reads every pack)";
     for (key, schedule) in [("prune_schedule", &plan.daemon.prune_schedule), ("check_schedule", &plan.daemon.check_schedule)] {
-        if let Some(e) = schedule.as_deref().and_then(|s| Schedule::parse(s).err()) {
+        if let Some(e) = schedule.as_deref().filter(|s| *s != NEVER).and_then(|s| Schedule::parse(s).err()) {
             out.push(error(at.entry("daemon", key), e));
         }
     }
@@ -156,7 +156,7 @@ fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
     }
     for (name, r) in &plan.repositories {
         for (key, schedule) in [("prune_schedule", &r.prune_schedule), ("check_schedule", &r.check_schedule)] {
-            if let Some(e) = schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref()?).err()) {
+            if let Some(e) = schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref().filter(|s| *s != NEVER)?).err()) {
                 out.push(error(at.field("repositories", name, key), format!("repository {name}: {e}")));
             }
         }

@@ -26,7 +26,7 @@ use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
 use crate::schedule::{Schedule, spread_offset};
-use crate::state::{AuditEntry, Job, Outcome, State};
+use crate::state::{AuditEntry, CheckHistory, Job, Outcome, State};
 use crate::{Error, Result};
 
 /// The daemon's name of its scheduled rehearsal of the whole plan: the job
@@ -606,20 +606,28 @@ fn check_findings(outcome: &mut Outcome) {
         return;
     };
     outcome.problems = report["problems"].as_array().map(|p| p.len() as u64);
-    outcome.damaged_packs = serde_json::from_value(report["damaged_packs"].clone()).unwrap_or_default();
+    outcome.damaged_packs = Some(serde_json::from_value(report["damaged_packs"].clone()).unwrap_or_else(|e| {
+        tracing::warn!("the check's damaged packs are unknown ({e}): the next check does not read them again");
+        Vec::new()
+    }));
 }
 
 /// What a repository's next check reads: the slice after that of the last
 /// check that judged it, and the packs that one found damaged, so that the
 /// slices move on while damage found stays read (and reported) until it is
-/// dealt with.
+/// dealt with. After damage a check recorded no packs for (one from before
+/// they were kept), that check's slice again: the one after the last pass.
 fn check_scope(shared: &Shared, plan: &Plan, repo: &str) -> CheckSpec {
-    let slices = plan.check_slices(repo);
-    let (judged, packs) = shared.state.checks_judged(repo).unwrap_or_else(|e| {
+    let slices = u64::from(plan.check_slices(repo));
+    let h = shared.state.check_history(repo).unwrap_or_else(|e| {
         tracing::warn!("the checks of {repo} so far are unknown ({e}); this one reads the first slice");
-        (0, Vec::new())
+        CheckHistory::default()
     });
-    CheckSpec { slice: (judged % u64::from(slices)) as u32 + 1, slices, packs }
+    let (done, packs) = match h.damaged {
+        Some(packs) => (h.judged, packs),
+        None => (h.passed, Vec::new()),
+    };
+    CheckSpec { slice: (done % slices) as u32 + 1, slices: slices as u32, packs }
 }
 
 async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Receiver<bool>) -> Outcome {

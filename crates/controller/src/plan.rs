@@ -311,13 +311,14 @@ pub struct Repository {
     #[serde(default)]
     pub init: bool,
     /// Prune this repository on this schedule rather than on
-    /// `daemon.prune_schedule`; null: never (a repacking prune reads packs).
+    /// `daemon.prune_schedule`; `never` (or null): not at all (a repacking
+    /// prune reads packs).
     #[serde(default, deserialize_with = "given")]
     #[schemars(with = "Option<String>")]
     pub prune_schedule: Option<Option<String>>,
     /// Check this repository on this schedule rather than on
-    /// `daemon.check_schedule`; null: never (an off-site copy in cold
-    /// storage, whose reads fail, or whose egress costs).
+    /// `daemon.check_schedule`; `never` (or null): not at all (an off-site
+    /// copy in cold storage, whose reads fail, or whose egress costs).
     #[serde(default, deserialize_with = "given")]
     #[schemars(with = "Option<String>")]
     pub check_schedule: Option<Option<String>>,
@@ -332,6 +333,11 @@ impl Repository {
         Repository { url, password_file, init: false, prune_schedule: None, check_schedule: None, check_slices: None }
     }
 }
+
+/// A prune or check schedule that turns the job off, as null does: a
+/// Kubernetes client may drop a null from an object it applies, and the
+/// daemon's schedule would then take its place.
+pub const NEVER: &str = "never";
 
 /// A field that is there, null or not; a field left out stays `None`.
 fn given<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
@@ -514,10 +520,12 @@ pub struct DaemonSettings {
     /// Serve HTTPS with this certificate chain and key (PEM).
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
-    /// Run `prune` on this schedule (after `forget`, which follows every backup).
+    /// Run `prune` on this schedule (after `forget`, which follows every
+    /// backup); `never` (or null): not at all.
     pub prune_schedule: Option<String>,
     /// Check every repository on this schedule: its structure whole, and
-    /// the data of one slice of its packs read and verified.
+    /// the data of one slice of its packs read and verified; `never` (or
+    /// null): not at all.
     pub check_schedule: Option<String>,
     /// Into how many slices the packs are cut: each check moves on to the
     /// next, so every pack is read once every this many checks (1: every
@@ -664,13 +672,13 @@ impl Plan {
     /// When repository `name` is checked: on its own schedule, else on the daemon's.
     pub fn check_schedule(&self, name: &str) -> Option<&str> {
         let own = self.repositories.get(name).and_then(|r| r.check_schedule.as_ref());
-        own.map_or(self.daemon.check_schedule.as_deref(), Option::as_deref)
+        own.map_or(self.daemon.check_schedule.as_deref(), Option::as_deref).filter(|s| *s != NEVER)
     }
 
     /// When repository `name` is pruned: on its own schedule, else on the daemon's.
     pub fn prune_schedule(&self, name: &str) -> Option<&str> {
         let own = self.repositories.get(name).and_then(|r| r.prune_schedule.as_ref());
-        own.map_or(self.daemon.prune_schedule.as_deref(), Option::as_deref)
+        own.map_or(self.daemon.prune_schedule.as_deref(), Option::as_deref).filter(|s| *s != NEVER)
     }
 
     /// Into how many slices repository `name`'s packs are cut for its checks.

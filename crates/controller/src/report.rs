@@ -328,7 +328,8 @@ pub fn build(plan: &Plan, jobs: &[Job], drills: &[DrillReport], facts: RepoFacts
     let ids: Vec<&str> = drills.iter().map(|d| d.test_id.as_str()).chain(rehearsed.iter().map(|r| r.test_id.as_str())).collect();
     let annotations: Vec<Annotation> = facts.annotations.into_iter().filter(|a| ids.contains(&a.test_id.as_str())).collect();
     let rehearsals = rehearsal_reports(&facts.rehearsals, since);
-    let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals, &checked(jobs));
+    let unchecked: Vec<&str> = plan.repositories.keys().map(String::as_str).filter(|r| plan.check_schedule(r).is_none()).collect();
+    let compliance = controls(&classes, drills, &tests, &annotations, &rehearsals, &checked(jobs, &unchecked));
     Report {
         generated: now,
         since,
@@ -432,10 +433,11 @@ struct Findings {
     checks: String,
 }
 
-/// The period's repository checks in one sentence: how many passed, and
-/// the repositories whose checks failed, when last (the job history says
-/// why: damage found, or the repository out of reach).
-fn checked(jobs: &[Job]) -> String {
+/// The period's repository checks in one sentence: how many passed, the
+/// repositories whose checks failed, when last (the job history says why:
+/// damage found, or the repository out of reach), and those the plan
+/// never checks.
+fn checked(jobs: &[Job], unchecked: &[&str]) -> String {
     let checks: Vec<&Job> = jobs.iter().filter(|j| j.kind == "check" && j.outcome.status != "running").collect();
     let passed = checks.iter().filter(|j| j.outcome.status == "succeeded").count();
     let mut failed: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
@@ -445,11 +447,12 @@ fn checked(jobs: &[Job]) -> String {
     }
     let failed: Vec<String> = failed.iter().map(|(r, t)| format!("{r} {}", t.format("%Y-%m-%d"))).collect();
     format!(
-        "{} repository check{} (structure whole, a slice of the data read back), {} passed{}",
+        "{} repository check{} (structure whole, a slice of the data read back), {} passed{}{}",
         checks.len(),
         if checks.len() == 1 { "" } else { "s" },
         pct(rate(passed as u64, checks.len() as u64)),
-        if failed.is_empty() { String::new() } else { format!("; failed last: {}", failed.join(", ")) }
+        if failed.is_empty() { String::new() } else { format!("; failed last: {}", failed.join(", ")) },
+        if unchecked.is_empty() { String::new() } else { format!("; never checked by plan: {}", unchecked.join(", ")) }
     )
 }
 
@@ -604,9 +607,12 @@ mod tests {
             job("main", "prune", "failed", "2026-11-22T03:00:00Z"),
         ];
         assert_eq!(
-            checked(&jobs),
+            checked(&jobs, &[]),
             "4 repository checks (structure whole, a slice of the data read back), 50.00 % passed; failed last: main 2026-11-22"
         );
-        assert_eq!(checked(&jobs[..1]), "1 repository check (structure whole, a slice of the data read back), 100.00 % passed");
+        assert_eq!(
+            checked(&jobs[..1], &["cold"]),
+            "1 repository check (structure whole, a slice of the data read back), 100.00 % passed; never checked by plan: cold"
+        );
     }
 }

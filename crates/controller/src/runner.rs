@@ -127,7 +127,7 @@ pub fn outcome(r: JobResult) -> Outcome {
         summary: r.details,
         in_target: r.in_target,
         problems: None,
-        damaged_packs: Vec::new(),
+        damaged_packs: None,
     }
 }
 

@@ -404,6 +404,7 @@ async fn a_repository_checked_on_its_own_schedule_or_never() {
         "  other:\n    url: /nonexistent/other\n    password_file: /nonexistent/pw\n    check_schedule: '0 6 * * *'\n    check_slices: 2\n\
          \x20   prune_schedule: '0 7 * * *'\n\
          \x20 cold:\n    url: /nonexistent/cold\n    password_file: /nonexistent/pw\n    check_schedule: null\n\
+         \x20 glacier:\n    url: /nonexistent/glacier\n    password_file: /nonexistent/pw\n    check_schedule: never\n\
          classes:",
     );
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -422,8 +423,46 @@ async fn a_repository_checked_on_its_own_schedule_or_never() {
     given.sort();
     assert_eq!(given, [("main".to_string(), 1, 3), ("other".to_string(), 1, 2)]);
     let page = crate::status::page(&d.shared);
-    let row = page.lines().find(|l| l.contains("data-repository=\"cold\"")).expect("the row of cold");
-    assert!(row.ends_with("<td class=\"none\">not scheduled</td></tr>"), "{row}");
+    for repo in ["cold", "glacier"] {
+        let row = page.lines().find(|l| l.contains(&format!("data-repository=\"{repo}\""))).expect("the row");
+        assert!(row.ends_with("<td class=\"none\">not scheduled</td></tr>"), "{row}");
+    }
+    d.stop().await;
+}
+
+/// A check from before damaged packs were recorded found damage: the next
+/// check reads that check's slice again (the one after the last pass),
+/// not the next one, which would let the damage go unread and the alert
+/// resolve.
+#[tokio::test]
+async fn damage_found_before_packs_were_recorded_is_read_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let state = crate::state::State::open(&dir.path().join("state.db")).expect("a state");
+    for (id, problems, status) in [(1, 0, "succeeded"), (2, 1, "failed")] {
+        let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-{}T04:00:00Z", 18 + id)).expect("a time").to_utc();
+        let outcome = crate::state::Outcome { status: status.into(), problems: Some(problems), ..Default::default() };
+        let job = crate::state::Job {
+            id,
+            source: "main".into(),
+            class: String::new(),
+            kind: "check".into(),
+            trigger: "schedule".into(),
+            attempt: 0,
+            scheduled_at: at,
+            started_at: at,
+            ended_at: Some(at),
+            duration: None,
+            outcome,
+        };
+        assert!(state.import_job(&job).expect("imported"));
+    }
+    drop(state);
+    let d = started(dir.path(), CHECKED, Scripted::default());
+    until("the first backup", || d.jobs.calls("app") == 1).await;
+    set(&d.clock_file, "2026-11-22T12:00:00Z");
+    until("the day's check", || d.jobs.calls("main") == 1).await;
+    let given: Vec<CheckSpec> = d.jobs.checks.lock().expect("not poisoned").iter().map(|(_, c)| c.clone()).collect();
+    assert_eq!(given, [CheckSpec { slice: 2, slices: 3, packs: vec![] }]);
     d.stop().await;
 }
 

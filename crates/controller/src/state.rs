@@ -96,9 +96,10 @@ pub struct Outcome {
     /// For a check: the problems it found (0 when it passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problems: Option<u64>,
-    /// For a check: the packs it found damaged, which the next one reads again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub damaged_packs: Vec<Id>,
+    /// For a check that found damage: the packs it found damaged, which the
+    /// next one reads again (none recorded by checks before they were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged_packs: Option<Vec<Id>>,
     /// The end of what the job printed on standard error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
@@ -145,7 +146,7 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
             log: r.get(16)?,
             temporary: r.get(17)?,
             problems: r.get(18)?,
-            damaged_packs: packs_from_sql(r.get(19)?).map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, Type::Text, e.into()))?,
+            damaged_packs: packs_from_sql(r.get(19)?)?,
             ..Outcome::default()
         },
     })
@@ -154,13 +155,26 @@ fn row_to_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
 const JOB_COLUMNS: &str = "id, source, class, kind, trigger, attempt, scheduled_at, started_at, ended_at, status, reason, message, \
                            snapshot, bytes_processed, bytes_added, duration, log, temporary, problems, damaged_packs";
 
-/// The packs as the state keeps them: a JSON list of ids, or NULL for none.
-fn packs_to_sql(packs: &[Id]) -> Option<String> {
-    (!packs.is_empty()).then(|| serde_json::to_string(packs).expect("ids serialize"))
+/// The packs as the state keeps them: a JSON list of ids; NULL where none
+/// were recorded.
+fn packs_to_sql(packs: Option<&Vec<Id>>) -> Option<String> {
+    packs.map(|p| serde_json::to_string(p).expect("ids serialize"))
 }
 
-fn packs_from_sql(text: Option<String>) -> serde_json::Result<Vec<Id>> {
-    text.map_or(Ok(Vec::new()), |t| serde_json::from_str(&t))
+fn packs_from_sql(text: Option<String>) -> rusqlite::Result<Option<Vec<Id>>> {
+    text.map(|t| serde_json::from_str(&t)).transpose().map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, Type::Text, e.into()))
+}
+
+/// What a repository's checks so far say of its next one.
+#[derive(Debug, Default, PartialEq)]
+pub struct CheckHistory {
+    /// Checks that judged it: passed, or found damage.
+    pub judged: u64,
+    pub passed: u64,
+    /// The packs the newest judged check found damaged; `None` when it
+    /// found damage and recorded no packs (a check from before they were
+    /// kept), so that its slice must be read again.
+    pub damaged: Option<Vec<Id>>,
 }
 
 /// Columns added since the first schema, each with its definition, for
@@ -233,7 +247,7 @@ impl State {
                     o.log,
                     o.temporary,
                     o.problems,
-                    packs_to_sql(&o.damaged_packs)
+                    packs_to_sql(o.damaged_packs.as_ref())
                 ],
             )
             .map(|_| ())
@@ -310,16 +324,24 @@ impl State {
         })
     }
 
-    /// How many checks of `repository` judged it (passed, or found
-    /// damage), and the packs the newest of them found damaged.
-    pub fn checks_judged(&self, repository: &str) -> Result<(u64, Vec<Id>)> {
+    /// What the checks of `repository` so far say of its next one.
+    pub fn check_history(&self, repository: &str) -> Result<CheckHistory> {
         let judged = "FROM jobs WHERE source = ?1 AND kind = 'check' AND problems IS NOT NULL";
         self.with(|db| {
-            let count = db.query_row(&format!("SELECT count(*) {judged}"), [repository], |r| r.get(0))?;
-            let newest: Option<Option<String>> =
-                db.query_row(&format!("SELECT damaged_packs {judged} ORDER BY id DESC LIMIT 1"), [repository], |r| r.get(0)).optional()?;
-            let packs = packs_from_sql(newest.flatten()).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, Type::Text, e.into()))?;
-            Ok((count, packs))
+            let (judged_n, passed) =
+                db.query_row(&format!("SELECT count(*), count(*) FILTER (WHERE problems = 0) {judged}"), [repository], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            let newest: Option<(u64, Option<String>)> = db
+                .query_row(&format!("SELECT problems, damaged_packs {judged} ORDER BY id DESC LIMIT 1"), [repository], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let damaged = match newest {
+                None | Some((0, _)) => Some(Vec::new()),
+                Some((_, packs)) => packs_from_sql(packs)?,
+            };
+            Ok(CheckHistory { judged: judged_n, passed, damaged })
         })
     }
 
@@ -340,7 +362,7 @@ impl State {
                 // The duration as finish_job computes it, so a rebuilt history reports the very same numbers.
                 params![
                     j.id, j.source, j.class, j.kind, j.trigger, j.attempt, j.scheduled_at, j.started_at, j.ended_at, o.status, o.reason,
-                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary, o.problems, packs_to_sql(&o.damaged_packs)
+                    o.message, o.snapshot, o.bytes_processed, o.bytes_added, o.temporary, o.problems, packs_to_sql(o.damaged_packs.as_ref())
                 ],
             )
             .map(|n| n == 1)

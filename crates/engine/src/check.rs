@@ -84,8 +84,8 @@ pub struct CheckReport {
     pub packs_read: usize,
     pub unindexed_packs: Vec<String>,
     pub problems: Vec<Problem>,
-    /// The packs found damaged, unreadable, missing or at another size,
-    /// by their full ids (sorted): what a later check reads again.
+    /// The stored packs found damaged, unreadable or at another size, by
+    /// their full ids (sorted): what a later check reads again.
     pub damaged_packs: Vec<Id>,
 }
 
@@ -197,7 +197,9 @@ async fn judge(repo: &Repository, opts: &CheckOptions, survey: Survey, only: Opt
         }
     }
     let bad: IdSet = bad_packs.iter().chain(&partly_bad).map(|(p, _)| *p).collect();
-    report.damaged_packs = bad.iter().filter(|p| !swept.contains(p)).copied().collect();
+    // Those storage holds: a missing pack cannot be read again, and every check finds it missing.
+    let held = |p: &Id| index.pack_num(p).is_some_and(|n| stored.size(&index, n as usize, p).is_some());
+    report.damaged_packs = bad.iter().filter(|p| !swept.contains(p) && held(p)).copied().collect();
     report.damaged_packs.sort_unstable();
     Ok((report, built_from, bad))
 }

@@ -46,10 +46,10 @@ fn a_wrong_password_or_a_missing_repository_fails_once_and_alerts_at_once() {
     fs::write(
         &plan,
         format!(
-            "repositories:\n  locked:\n    url: {repo}\n    password_file: {wrong}\n  gone:\n    url: {gone}\n    password_file: {pw}\n  \
+            "repositories:\n  locked-repo:\n    url: {repo}\n    password_file: {wrong}\n  gone-repo:\n    url: {gone}\n    password_file: {pw}\n  \
              main:\n    url: {repo}\n    password_file: {pw}\nclasses:\n  standard:\n    rpo: 1d\n    rto: 4h\nsources:\n\
-             \x20 - name: locked\n    class: standard\n    url: {files}\n    schedule: \"@daily\"\n    repository: locked\n    retries: 3\n\
-             \x20 - name: gone\n    class: standard\n    url: {files}\n    schedule: \"@daily\"\n    repository: gone\n    retries: 3\n\
+             \x20 - name: locked\n    class: standard\n    url: {files}\n    schedule: \"@daily\"\n    repository: locked-repo\n    retries: 3\n\
+             \x20 - name: gone\n    class: standard\n    url: {files}\n    schedule: \"@daily\"\n    repository: gone-repo\n    retries: 3\n\
              \x20 - name: fine\n    class: standard\n    url: {files}\n    schedule: \"@daily\"\n    repository: main\n\
              notifications:\n  - url: http://127.0.0.1:{hook}/hook\ndaemon:\n  retry_backoff: 1s\n  concurrency: 3\n  state: {state}\n",
             repo = env.repo,

@@ -94,20 +94,27 @@ async fn a_tree_that_cannot_be_read_is_named_with_its_directory() {
     assert_eq!(report.problems, vec![want]);
 }
 
+/// A repository below `dir` with one backup of one small file; where it
+/// is stored, and the file's blob.
+async fn one_file(dir: &std::path::Path) -> (std::sync::Arc<Repository>, std::path::PathBuf, Id) {
+    let root = dir.join("repo");
+    let repo = std::sync::Arc::new(repository(&root).await);
+    let src = dir.join("src");
+    write_files(&src, &[("a", "a")]);
+    let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
+    let file = crate::walk::find(&repo, snap.tree, src.join("a").to_str().unwrap()).await.unwrap().unwrap();
+    (repo, root, file.content[0])
+}
+
 /// A pack named besides the slice is read wherever it falls, so damage an
 /// earlier check found is found again while the slices move on; the
 /// report names the damaged packs by their full ids.
 #[tokio::test]
 async fn a_pack_named_besides_the_slice_is_read_and_its_damage_named() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("repo");
-    let repo = std::sync::Arc::new(repository(&root).await);
-    let src = dir.path().join("src");
-    write_files(&src, &[("a", "a")]);
-    let snap = backup(repo.clone(), BackupOptions { paths: vec![src.clone()], ..Default::default() }).await.unwrap();
-    let file = crate::walk::find(&repo, snap.tree, src.join("a").to_str().unwrap()).await.unwrap().unwrap();
-    let checker = damaged(&repo, &root, &file.content[0]).await;
-    let pack = checker.index().await.unwrap().pack_of(&file.content[0]).unwrap();
+    let (repo, root, blob) = one_file(dir.path()).await;
+    let checker = damaged(&repo, &root, &blob).await;
+    let pack = checker.index().await.unwrap().pack_of(&blob).unwrap();
     let elsewhere = if ReadData::slice(1, 2).wants(&pack) { ReadData::slice(2, 2) } else { ReadData::slice(1, 2) };
 
     let slice_only = check(&checker, CheckOptions { read_data: elsewhere, ..Default::default() }).await.unwrap();
@@ -119,6 +126,23 @@ async fn a_pack_named_besides_the_slice_is_read_and_its_damage_named() {
     assert_eq!(besides.damaged_packs, vec![pack]);
     let objects: Vec<&str> = besides.problems.iter().map(|p| p.object.as_str()).collect();
     assert_eq!(objects, [format!("pack {}", pack.short())], "{:?}", besides.problems);
+}
+
+/// A pack storage lost is a problem every check finds, not one to read
+/// again: the report does not name it among the damaged packs.
+#[tokio::test]
+async fn a_missing_pack_is_not_named_to_be_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, root, blob) = one_file(dir.path()).await;
+    let pack = repo.index().await.unwrap().pack_of(&blob).unwrap();
+    std::fs::remove_file(root.join(Kind::Pack.path(&pack))).unwrap();
+
+    let checker = Repository::open(&Location::Fs(root), &repo_opts()).await.unwrap();
+    let report = check(&checker, CheckOptions { read_data: ReadData::ALL, ..Default::default() }).await.unwrap();
+    let missing: Vec<&str> =
+        report.problems.iter().filter(|p| p.error == "it is missing from storage").map(|p| p.object.as_str()).collect();
+    assert_eq!(missing, [format!("pack {}", pack.short())], "{:?}", report.problems);
+    assert_eq!(report.damaged_packs, Vec::<Id>::new());
 }
 
 /// Successive slices read every pack exactly once, and a fraction reads
