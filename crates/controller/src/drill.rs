@@ -169,7 +169,7 @@ fn drill_redis(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, point: 
     // The backup counted every database, keys with a TTL among them; a
     // load drops those whose TTL has run out since.
     let (keys, expired) = server.loaded()?;
-    r.checks.push(key_count_check(keys, expired, point["keys"].as_u64(), point["keys_after"].as_u64())?);
+    r.checks.push(key_count_check(keys, expired, point)?);
     let sample: Vec<&str> = point["sample_keys"].as_array().map(|a| a.iter().filter_map(|k| k.as_str()).collect()).unwrap_or_default();
     for k in &sample {
         if !server.exists(k)? {
@@ -189,13 +189,21 @@ fn drill_redis(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, point: 
 }
 
 /// The restored key count (those expired on load among them) against
-/// what the backup recorded: the count before the fork and, from backups
-/// that took it, after the transfer; the fork's count lies between them,
-/// so with writes going on a count in that range is the data set whole.
-fn key_count_check(keys: u64, expired: u64, before: Option<u64>, after: Option<u64>) -> Result<String, String> {
+/// what the backup recorded: the count at the fork, where the RDB's head
+/// said it; else the count before the fork and, from backups that took
+/// it, after the transfer, which bound the fork's while the count only
+/// grows or only shrinks, so with writes going on a count in that range
+/// is taken for the data set whole.
+fn key_count_check(keys: u64, expired: u64, point: &Value) -> Result<String, String> {
     let held = if expired == 0 { format!("{keys} keys") } else { format!("{keys} keys and {expired} expired since the backup") };
-    let Some(before) = before else { return Ok(format!("{held} loaded")) };
-    let (low, high) = match after {
+    if let Some(fork) = point["keys_at_fork"].as_u64() {
+        return match keys + expired == fork {
+            true => Ok(format!("{held}, as the instance held when the backup forked")),
+            false => Err(format!("the restored data set holds {held}, the instance held {fork} when the backup forked")),
+        };
+    }
+    let Some(before) = point["keys"].as_u64() else { return Ok(format!("{held} loaded")) };
+    let (low, high) = match point["keys_after"].as_u64() {
         Some(after) => (before.min(after), before.max(after)),
         None => (before, before),
     };
@@ -278,20 +286,37 @@ fn drill_k8s(t: &Tresor, source: &SourceSpec, snap: &Value, id: &str, mode: Mode
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::key_count_check;
 
     /// Keys expired on load count as restored; a busy instance's count is
-    /// held to the range around its fork, an idle one's to the number.
+    /// held to the range around its fork, an idle one's to the number, and
+    /// either to the count at the fork where the backup read it.
     #[test]
     fn a_restored_key_count_is_held_to_what_the_backup_saw() {
-        assert_eq!(key_count_check(10, 0, Some(10), Some(10)), Ok("10 keys, as recorded at backup".into()));
-        assert_eq!(key_count_check(8, 2, Some(10), None), Ok("8 keys and 2 expired since the backup, as recorded at backup".into()));
-        assert_eq!(key_count_check(9, 0, Some(10), Some(10)), Err("the restored data set holds 9 keys, the backup recorded 10".into()));
-        let busy = key_count_check(12, 0, Some(10), Some(15));
+        let around = |before: u64, after: Option<u64>| json!({"keys": before, "keys_after": after});
+        assert_eq!(key_count_check(10, 0, &around(10, Some(10))), Ok("10 keys, as recorded at backup".into()));
+        assert_eq!(key_count_check(8, 2, &around(10, None)), Ok("8 keys and 2 expired since the backup, as recorded at backup".into()));
+        assert_eq!(key_count_check(9, 0, &around(10, Some(10))), Err("the restored data set holds 9 keys, the backup recorded 10".into()));
+        let busy = key_count_check(12, 0, &around(10, Some(15)));
         assert_eq!(busy, Ok("12 keys, within the 10 to 15 the instance held around the backup".into()));
-        assert_eq!(key_count_check(12, 0, Some(15), Some(10)), busy, "a shrinking instance too");
-        let short = key_count_check(9, 0, Some(10), Some(15));
+        assert_eq!(key_count_check(12, 0, &around(15, Some(10))), busy, "a shrinking instance too");
+        let short = key_count_check(9, 0, &around(10, Some(15)));
         assert_eq!(short, Err("the restored data set holds 9 keys, the instance held 10 to 15 around the backup".into()));
-        assert_eq!(key_count_check(7, 0, None, None), Ok("7 keys loaded".into()));
+        assert_eq!(key_count_check(7, 0, &json!({})), Ok("7 keys loaded".into()));
+
+        // A count that rose and fell back around the fork: outside the range, exact at the fork.
+        let churned = json!({"keys": 50, "keys_after": 50, "keys_at_fork": 60});
+        assert_eq!(
+            key_count_check(58, 2, &churned),
+            Ok("58 keys and 2 expired since the backup, as the instance held when the backup forked".into())
+        );
+        let lost = key_count_check(52, 0, &json!({"keys": 50, "keys_after": 55, "keys_at_fork": 53}));
+        assert_eq!(
+            lost,
+            Err("the restored data set holds 52 keys, the instance held 53 when the backup forked".into()),
+            "within the range, one short"
+        );
     }
 }

@@ -26,6 +26,7 @@ pub mod pgwal;
 pub mod pitr;
 mod postgres;
 pub mod probe;
+mod rdb_head;
 mod redis;
 mod redis_aof;
 mod redis_target;

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tresor_engine::SourceInfo;
 
+use crate::rdb_head::{self, Head};
 use crate::tls::TlsFiles;
 use crate::{Error, ErrorKind, Result, Source, Stream};
 
@@ -22,6 +24,10 @@ pub struct RedisSource {
     password: Option<String>,
     /// Filled in once the stream is open.
     point: BTreeMap<String, serde_json::Value>,
+    /// The databases that held keys before the fork.
+    dbs_before: Vec<u64>,
+    /// What the RDB's head says, once the stream has read it.
+    head: Arc<Mutex<Head>>,
 }
 
 impl std::fmt::Debug for RedisSource {
@@ -58,7 +64,8 @@ impl RedisSource {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        Ok(RedisSource { host, port, tls, user, password, point: BTreeMap::new() })
+        let head = Arc::new(Mutex::new(Head::More));
+        Ok(RedisSource { host, port, tls, user, password, point: BTreeMap::new(), dbs_before: Vec::new(), head })
     }
 
     pub(crate) fn url(&self) -> String {
@@ -215,6 +222,11 @@ fn field(text: &str, key: &str) -> String {
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).unwrap_or("unknown").trim().to_string()
 }
 
+/// The databases `INFO keyspace` lists (those that hold keys).
+fn keyspace_dbs(info: &str) -> Vec<u64> {
+    info.lines().filter_map(|l| l.strip_prefix("db")?.split_once(':')?.0.parse().ok()).collect()
+}
+
 /// Keys per the server's `INFO keyspace` (`db0:keys=3,expires=1,…`).
 pub(crate) fn key_count(info: &str) -> u64 {
     info.lines().filter(|l| l.starts_with("db")).filter_map(|l| l.split(['=', ',']).nth(1)?.parse::<u64>().ok()).sum()
@@ -229,18 +241,33 @@ impl Source for RedisSource {
     fn info(&self) -> SourceInfo {
         let mut consistency = self.point.clone();
         // Counted again once the data is in: the count at the fork, which
-        // a busy instance's writes move, lies between the two (a drill
-        // holds the restored count to them).
+        // a busy instance's writes move, lies between the two while the
+        // count only grows or only shrinks (a drill holds the restored
+        // count to them where the RDB's head does not say it).
         if consistency.contains_key("keys")
-            && let Ok(n) = self.keys()
+            && let Ok(info) = self.connect().and_then(|mut c| self.info(&mut c, "keyspace"))
         {
-            consistency.insert("keys_after".into(), n.into());
+            consistency.insert("keys_after".into(), key_count(&info).into());
+            if let Some(n) = self.keys_at_fork(&keyspace_dbs(&info)) {
+                consistency.insert("keys_at_fork".into(), n.into());
+            }
         }
         SourceInfo { kind: "redis".into(), url: Some(self.url()), consistency }
     }
 }
 
 impl RedisSource {
+    /// The keys the data set held at the fork, from the RDB's head: its
+    /// first database's count is all of them when no other database held
+    /// keys before the fork or after the transfer.
+    fn keys_at_fork(&self, dbs_after: &[u64]) -> Option<u64> {
+        match *self.head.lock().expect("not poisoned") {
+            Head::Empty => Some(0),
+            Head::FirstDb { db, keys } if self.dbs_before.iter().chain(dbs_after).all(|&d| d == db) => Some(keys),
+            _ => None,
+        }
+    }
+
     /// The exchange on an open connection: key count and sample, then the
     /// RDB through `PSYNC`, as a stream that checks it.
     pub(crate) fn replicate(&mut self, mut c: Conn) -> Result<Stream> {
@@ -288,7 +315,18 @@ impl RedisSource {
         self.point.insert("replication_offset".into(), offset.parse::<u64>().unwrap_or_default().into());
         self.point.insert("keys".into(), key_count(&info).into());
         self.point.insert("rdb_bytes".into(), len.into());
-        let reader = RdbReader { url: self.url(), inner: c.reader, len, pos: 0, crc: 0, trailer: [0; 8], magic: [0; 5] };
+        self.dbs_before = keyspace_dbs(&info);
+        *self.head.lock().expect("not poisoned") = Head::More;
+        let reader = RdbReader {
+            url: self.url(),
+            inner: c.reader,
+            len,
+            pos: 0,
+            crc: 0,
+            trailer: [0; 8],
+            magic: [0; 5],
+            head: (Vec::new(), self.head.clone()),
+        };
         Ok(Stream { name: "dump.rdb".into(), reader: Box::new(reader) })
     }
 }
@@ -303,7 +341,13 @@ struct RdbReader {
     crc: u64,
     trailer: [u8; 8],
     magic: [u8; 5],
+    /// The bytes read while the head is not yet read through, and what it says.
+    head: (Vec<u8>, Arc<Mutex<Head>>),
 }
+
+/// How much of an RDB is read for its head: aux fields and function
+/// libraries come before the first database; past this, it is not known.
+const HEAD_MAX: usize = 1 << 20;
 
 impl RdbReader {
     fn fail(&self, why: String) -> std::io::Error {
@@ -324,6 +368,22 @@ impl RdbReader {
             }
         }
         self.pos += bytes.len() as u64;
+        self.read_head(bytes);
+    }
+
+    fn read_head(&mut self, bytes: &[u8]) {
+        let (seen, head) = &mut self.head;
+        let mut said = head.lock().expect("not poisoned");
+        if *said != Head::More {
+            return;
+        }
+        seen.extend_from_slice(&bytes[..bytes.len().min(HEAD_MAX.saturating_sub(seen.len()))]);
+        *said = match rdb_head::read(seen) {
+            Head::More if seen.len() < HEAD_MAX => return,
+            Head::More => Head::Unknown,
+            known => known,
+        };
+        *seen = Vec::new();
     }
 
     fn verify(&self) -> std::io::Result<()> {

@@ -233,7 +233,7 @@ fn a_redis_backup_waits_through_a_background_save() {
 
 /// A Redis server holding `k0`..`k49`, busy with a background save of
 /// 3 s (60 ms a key) that the fork for a replica waits for.
-pub(super) fn saving_slowly() -> RedisServer {
+fn saving_slowly() -> RedisServer {
     let server = RedisServer::start(&["--repl-diskless-sync-delay", "0"]);
     server.script(&(0..50).map(|i| format!("SET k{i} v{i}\n")).collect::<String>());
     server.cli(&["CONFIG", "SET", "rdb-key-save-delay", "60000"]);
