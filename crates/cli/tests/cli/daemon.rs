@@ -183,6 +183,29 @@ fn plan_check_names_the_line_of_every_contradiction() {
     assert!(out.ends_with(": 4 sources, 2 classes: 0 errors, 0 warnings\n"), "the documented example is a clean plan: {out}");
 }
 
+/// `m` is minutes in a plan's durations and months in `forget
+/// --keep-within`: a retention span written with it is refused, by line,
+/// where a monthly rule read as minutes would let a prune delete history.
+#[test]
+fn plan_check_refuses_minutes_in_a_retention_span() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    let text = "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\nclasses:\n  standard:\n    rpo: 15m\n    \
+                rto: 8h\n    retention:\n      daily: 30\n      monthly: 12m\nsources:\n  - {name: wiki, class: standard, url: /srv/wiki, schedule: '*/15 * * * *'}\n";
+    fs::write(&plan, text).unwrap();
+    let err = env.fails(&["plan", "check", plan.to_str().unwrap()], 1);
+    let p = plan.display();
+    assert_eq!(
+        err,
+        format!(
+            "tresor: error: {p}:11: classes.standard.retention.monthly: retention span \"12m\": `m` would be minutes here, not months as in \
+             `forget --keep-within`; write 12mo for months or 12min for minutes\n"
+        )
+    );
+    fs::write(&plan, text.replace("12m\n", "12mo\n")).unwrap();
+    assert!(env.ok(&["plan", "check", plan.to_str().unwrap()]).contains(": 0 errors"));
+}
+
 pub(super) fn write_plan(env: &Env, redis: &RedisServer, dead: u16) -> PathBuf {
     let plan = env.path("plan.yaml");
     fs::create_dir_all(env.path("files")).unwrap();
