@@ -168,7 +168,7 @@ impl Scratch {
                 "postgres" => asked = asked.or_else(|| s.spec.to.as_ref().map(|u| u.expose().to_string())),
                 "redis" | "redis-aof" => {
                     let (_, server) = self.redis.iter().find(|(n, _)| *n == s.source).expect("started in retarget");
-                    r.checks.push(format!("{}: {} keys in the scratch Redis", s.source, server.loaded()?.0));
+                    r.checks.push(format!("{}: {} keys in the scratch Redis", s.source, server.loaded()?.keys));
                 }
                 _ => {}
             }

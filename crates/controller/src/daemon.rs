@@ -606,10 +606,10 @@ fn check_findings(outcome: &mut Outcome) {
         return;
     };
     outcome.problems = report["problems"].as_array().map(|p| p.len() as u64);
-    outcome.damaged_packs = Some(serde_json::from_value(report["damaged_packs"].clone()).unwrap_or_else(|e| {
-        tracing::warn!("the check's damaged packs are unknown ({e}): the next check does not read them again");
-        Vec::new()
-    }));
+    // Packs that do not parse are not recorded: the next check reads this one's slice again.
+    outcome.damaged_packs = serde_json::from_value(report["damaged_packs"].clone())
+        .inspect_err(|e| tracing::warn!("the check's damaged packs are unknown ({e}): the next check reads its slice again"))
+        .ok();
 }
 
 /// What a repository's next check reads: the slice after that of the last

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::child::Tresor;
 use crate::model::{BackupCopy, DrillReport as Report, RestoreSpec};
 use crate::plan::{Plan, SecretUrl, SourceSpec};
-use crate::scratch;
+use crate::scratch::{self, Loaded};
 
 pub use crate::origin::Origin;
 
@@ -168,8 +168,9 @@ fn drill_redis(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, point: 
     };
     // The backup counted every database, keys with a TTL among them; a
     // load drops those whose TTL has run out since.
-    let (keys, expired) = server.loaded()?;
-    r.checks.push(key_count_check(keys, expired, point)?);
+    let loaded = server.loaded()?;
+    let keys = loaded.keys;
+    r.checks.push(key_count_check(&loaded, point)?);
     let sample: Vec<&str> = point["sample_keys"].as_array().map(|a| a.iter().filter_map(|k| k.as_str()).collect()).unwrap_or_default();
     for k in &sample {
         if !server.exists(k)? {
@@ -190,16 +191,26 @@ fn drill_redis(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, point: 
 
 /// The restored key count (those expired on load among them) against
 /// what the backup recorded: the count at the fork, where the RDB's head
-/// said it; else the count before the fork and, from backups that took
-/// it, after the transfer, which bound the fork's while the count only
-/// grows or only shrinks, so with writes going on a count in that range
-/// is taken for the data set whole.
-fn key_count_check(keys: u64, expired: u64, point: &Value) -> Result<String, String> {
+/// said it and the restore holds no other database (less those with a TTL
+/// at most: one that runs out while the scratch instance loads, or before
+/// it is counted, is counted nowhere); else the count before the fork and,
+/// from backups that took it, after the transfer, which bound the fork's
+/// while the count only grows or only shrinks, so with writes going on a
+/// count in that range is taken for the data set whole.
+fn key_count_check(loaded: &Loaded, point: &Value) -> Result<String, String> {
+    let (keys, expired) = (loaded.keys, loaded.expired);
     let held = if expired == 0 { format!("{keys} keys") } else { format!("{keys} keys and {expired} expired since the backup") };
-    if let Some(fork) = point["keys_at_fork"].as_u64() {
-        return match keys + expired == fork {
-            true => Ok(format!("{held}, as the instance held when the backup forked")),
-            false => Err(format!("the restored data set holds {held}, the instance held {fork} when the backup forked")),
+    let fork = &point["keys_at_fork"];
+    if let (Some(db), Some(at_fork), Some(with_ttl)) = (fork["db"].as_u64(), fork["keys"].as_u64(), fork["with_ttl"].as_u64())
+        && loaded.databases.iter().all(|&d| d == db)
+    {
+        let ttl = if with_ttl == 0 { String::new() } else { format!(", {with_ttl} of them with a TTL") };
+        return match keys + expired {
+            n if n == at_fork => Ok(format!("{held}, as the instance held when the backup forked")),
+            n if n <= at_fork && n + with_ttl >= at_fork => {
+                Ok(format!("{held}, of the {at_fork} the instance held when the backup forked{ttl} (run out since)"))
+            }
+            _ => Err(format!("the restored data set holds {held}, the instance held {at_fork} when the backup forked{ttl}")),
         };
     }
     let Some(before) = point["keys"].as_u64() else { return Ok(format!("{held} loaded")) };
@@ -289,6 +300,11 @@ mod tests {
     use serde_json::json;
 
     use super::key_count_check;
+    use crate::scratch::Loaded;
+
+    fn loaded(keys: u64, expired: u64) -> Loaded {
+        Loaded { keys, expired, databases: vec![0] }
+    }
 
     /// Keys expired on load count as restored; a busy instance's count is
     /// held to the range around its fork, an idle one's to the number, and
@@ -296,27 +312,46 @@ mod tests {
     #[test]
     fn a_restored_key_count_is_held_to_what_the_backup_saw() {
         let around = |before: u64, after: Option<u64>| json!({"keys": before, "keys_after": after});
-        assert_eq!(key_count_check(10, 0, &around(10, Some(10))), Ok("10 keys, as recorded at backup".into()));
-        assert_eq!(key_count_check(8, 2, &around(10, None)), Ok("8 keys and 2 expired since the backup, as recorded at backup".into()));
-        assert_eq!(key_count_check(9, 0, &around(10, Some(10))), Err("the restored data set holds 9 keys, the backup recorded 10".into()));
-        let busy = key_count_check(12, 0, &around(10, Some(15)));
+        assert_eq!(key_count_check(&loaded(10, 0), &around(10, Some(10))), Ok("10 keys, as recorded at backup".into()));
+        let expired = key_count_check(&loaded(8, 2), &around(10, None));
+        assert_eq!(expired, Ok("8 keys and 2 expired since the backup, as recorded at backup".into()));
+        let short = key_count_check(&loaded(9, 0), &around(10, Some(10)));
+        assert_eq!(short, Err("the restored data set holds 9 keys, the backup recorded 10".into()));
+        let busy = key_count_check(&loaded(12, 0), &around(10, Some(15)));
         assert_eq!(busy, Ok("12 keys, within the 10 to 15 the instance held around the backup".into()));
-        assert_eq!(key_count_check(12, 0, &around(15, Some(10))), busy, "a shrinking instance too");
-        let short = key_count_check(9, 0, &around(10, Some(15)));
+        assert_eq!(key_count_check(&loaded(12, 0), &around(15, Some(10))), busy, "a shrinking instance too");
+        let short = key_count_check(&loaded(9, 0), &around(10, Some(15)));
         assert_eq!(short, Err("the restored data set holds 9 keys, the instance held 10 to 15 around the backup".into()));
-        assert_eq!(key_count_check(7, 0, &json!({})), Ok("7 keys loaded".into()));
+        assert_eq!(key_count_check(&loaded(7, 0), &json!({})), Ok("7 keys loaded".into()));
+    }
 
+    /// The count at the fork: exact, less the keys with a TTL at most (one
+    /// that runs out while the scratch instance loads is counted nowhere),
+    /// and only where the restore holds no database but the counted one.
+    #[test]
+    fn a_restored_key_count_is_held_to_the_fork_where_the_backup_read_it() {
+        let fork =
+            |keys: u64, with_ttl: u64| json!({"keys": 50, "keys_after": 50, "keys_at_fork": {"db": 0, "keys": keys, "with_ttl": with_ttl}});
         // A count that rose and fell back around the fork: outside the range, exact at the fork.
-        let churned = json!({"keys": 50, "keys_after": 50, "keys_at_fork": 60});
-        assert_eq!(
-            key_count_check(58, 2, &churned),
-            Ok("58 keys and 2 expired since the backup, as the instance held when the backup forked".into())
-        );
-        let lost = key_count_check(52, 0, &json!({"keys": 50, "keys_after": 55, "keys_at_fork": 53}));
+        let churned = key_count_check(&loaded(58, 2), &fork(60, 0));
+        assert_eq!(churned, Ok("58 keys and 2 expired since the backup, as the instance held when the backup forked".into()));
+        let within = json!({"keys": 50, "keys_after": 55, "keys_at_fork": {"db": 0, "keys": 53, "with_ttl": 0}});
+        let lost = key_count_check(&loaded(52, 0), &within);
         assert_eq!(
             lost,
             Err("the restored data set holds 52 keys, the instance held 53 when the backup forked".into()),
-            "within the range, one short"
+            "in the range, one short"
         );
+        let ran_out = key_count_check(&loaded(57, 1), &fork(60, 3));
+        assert_eq!(ran_out, Ok("57 keys and 1 expired since the backup, of the 60 the instance held when the backup forked, 3 of them with a TTL (run out since)".into()));
+        let short = key_count_check(&loaded(56, 0), &fork(60, 3));
+        assert_eq!(
+            short,
+            Err("the restored data set holds 56 keys, the instance held 60 when the backup forked, 3 of them with a TTL".into())
+        );
+        // Another database in the restore: written and emptied between the two counts, it is in the RDB.
+        let two = Loaded { keys: 61, expired: 0, databases: vec![0, 2] };
+        let ranged = key_count_check(&two, &json!({"keys": 50, "keys_after": 62, "keys_at_fork": {"db": 0, "keys": 60, "with_ttl": 0}}));
+        assert_eq!(ranged, Ok("61 keys, within the 50 to 62 the instance held around the backup".into()));
     }
 }

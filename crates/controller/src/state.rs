@@ -170,6 +170,7 @@ fn packs_from_sql(text: Option<String>) -> rusqlite::Result<Option<Vec<Id>>> {
 pub struct CheckHistory {
     /// Checks that judged it: passed, or found damage.
     pub judged: u64,
+    /// Checks that passed, those from before problems were counted too.
     pub passed: u64,
     /// The packs the newest judged check found damaged; `None` when it
     /// found damage and recorded no packs (a check from before they were
@@ -328,10 +329,14 @@ impl State {
     pub fn check_history(&self, repository: &str) -> Result<CheckHistory> {
         let judged = "FROM jobs WHERE source = ?1 AND kind = 'check' AND problems IS NOT NULL";
         self.with(|db| {
-            let (judged_n, passed) =
-                db.query_row(&format!("SELECT count(*), count(*) FILTER (WHERE problems = 0) {judged}"), [repository], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?;
+            let judged_n = db.query_row(&format!("SELECT count(*) {judged}"), [repository], |r| r.get(0))?;
+            // As the rule before damaged packs were kept counted them: checks
+            // from before problems were counted are among them.
+            let passed = db.query_row(
+                "SELECT count(*) FROM jobs WHERE source = ?1 AND kind = 'check' AND status = 'succeeded'",
+                [repository],
+                |r| r.get(0),
+            )?;
             let newest: Option<(u64, Option<String>)> = db
                 .query_row(&format!("SELECT problems, damaged_packs {judged} ORDER BY id DESC LIMIT 1"), [repository], |r| {
                     Ok((r.get(0)?, r.get(1)?))

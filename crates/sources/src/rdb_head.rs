@@ -9,8 +9,9 @@
 pub(crate) enum Head {
     /// The head goes on past the bytes given.
     More,
-    /// The first database's number, and the keys it held at the fork.
-    FirstDb { db: u64, keys: u64 },
+    /// The first database's number, the keys it held at the fork, and how
+    /// many of those had a TTL.
+    FirstDb { db: u64, keys: u64, expires: u64 },
     /// No database: the data set was empty at the fork.
     Empty,
     /// A head this reader does not follow (a module's data, an RDB older
@@ -112,7 +113,8 @@ fn first_db(c: &mut Cursor) -> Result<Head, Stop> {
                 if c.byte()? != RESIZE_DB {
                     return Err(Stop::Unknown);
                 }
-                return Ok(Head::FirstDb { db, keys: c.count()? });
+                let keys = c.count()?;
+                return Ok(Head::FirstDb { db, keys, expires: c.count()? });
             }
             EOF => return Ok(Head::Empty),
             _ => return Err(Stop::Unknown),
@@ -152,8 +154,8 @@ mod tests {
     #[test]
     fn the_first_database_and_its_keys_at_the_fork() {
         let bytes = head();
-        assert_eq!(read(&bytes), Head::FirstDb { db: 3, keys: 70_000 });
-        for cut in 0..bytes.len() - 1 {
+        assert_eq!(read(&bytes), Head::FirstDb { db: 3, keys: 70_000, expires: 2 });
+        for cut in 0..bytes.len() {
             assert_eq!(read(&bytes[..cut]), Head::More, "cut at {cut}");
         }
     }

@@ -189,6 +189,11 @@ impl RedisSource {
         Ok(key_count(&self.info(&mut self.connect()?, "keyspace")?))
     }
 
+    /// The databases that hold keys.
+    pub fn databases(&self) -> Result<Vec<u64>> {
+        Ok(keyspace_dbs(&self.info(&mut self.connect()?, "keyspace")?))
+    }
+
     /// The process id the server reports: tells the server one started
     /// from another that answers on the same port.
     pub fn server_pid(&self) -> Result<Option<u32>> {
@@ -248,8 +253,8 @@ impl Source for RedisSource {
             && let Ok(info) = self.connect().and_then(|mut c| self.info(&mut c, "keyspace"))
         {
             consistency.insert("keys_after".into(), key_count(&info).into());
-            if let Some(n) = self.keys_at_fork(&keyspace_dbs(&info)) {
-                consistency.insert("keys_at_fork".into(), n.into());
+            if let Some(fork) = self.keys_at_fork(&keyspace_dbs(&info)) {
+                consistency.insert("keys_at_fork".into(), fork);
             }
         }
         SourceInfo { kind: "redis".into(), url: Some(self.url()), consistency }
@@ -258,14 +263,16 @@ impl Source for RedisSource {
 
 impl RedisSource {
     /// The keys the data set held at the fork, from the RDB's head: its
-    /// first database's count is all of them when no other database held
-    /// keys before the fork or after the transfer.
-    fn keys_at_fork(&self, dbs_after: &[u64]) -> Option<u64> {
-        match *self.head.lock().expect("not poisoned") {
-            Head::Empty => Some(0),
-            Head::FirstDb { db, keys } if self.dbs_before.iter().chain(dbs_after).all(|&d| d == db) => Some(keys),
-            _ => None,
-        }
+    /// first database's number and count, and how many had a TTL; all of
+    /// the data set when no other database held keys before the fork or
+    /// after the transfer (a drill also looks at what the restore holds).
+    fn keys_at_fork(&self, dbs_after: &[u64]) -> Option<serde_json::Value> {
+        let (db, keys, with_ttl) = match *self.head.lock().expect("not poisoned") {
+            Head::Empty => (0, 0, 0),
+            Head::FirstDb { db, keys, expires } if self.dbs_before.iter().chain(dbs_after).all(|&d| d == db) => (db, keys, expires),
+            _ => return None,
+        };
+        Some(serde_json::json!({"db": db, "keys": keys, "with_ttl": with_ttl}))
     }
 
     /// The exchange on an open connection: key count and sample, then the
@@ -316,7 +323,8 @@ impl RedisSource {
         self.point.insert("keys".into(), key_count(&info).into());
         self.point.insert("rdb_bytes".into(), len.into());
         self.dbs_before = keyspace_dbs(&info);
-        *self.head.lock().expect("not poisoned") = Head::More;
+        // Its own: a reader of an earlier stream must not answer for this one.
+        self.head = Arc::new(Mutex::new(Head::More));
         let reader = RdbReader {
             url: self.url(),
             inner: c.reader,
@@ -325,7 +333,7 @@ impl RedisSource {
             crc: 0,
             trailer: [0; 8],
             magic: [0; 5],
-            head: (Vec::new(), self.head.clone()),
+            head: HeadRead { seen: Vec::new(), tried: 0, said: self.head.clone() },
         };
         Ok(Stream { name: "dump.rdb".into(), reader: Box::new(reader) })
     }
@@ -341,8 +349,17 @@ struct RdbReader {
     crc: u64,
     trailer: [u8; 8],
     magic: [u8; 5],
-    /// The bytes read while the head is not yet read through, and what it says.
-    head: (Vec<u8>, Arc<Mutex<Head>>),
+    head: HeadRead,
+}
+
+/// The RDB's head as it streams by.
+struct HeadRead {
+    /// The bytes read while the head is not yet read through.
+    seen: Vec<u8>,
+    /// How many of them the last reading had.
+    tried: usize,
+    /// What the head says, for the source's `info()`.
+    said: Arc<Mutex<Head>>,
 }
 
 /// How much of an RDB is read for its head: aux fields and function
@@ -368,22 +385,28 @@ impl RdbReader {
             }
         }
         self.pos += bytes.len() as u64;
-        self.read_head(bytes);
+        self.read_head(bytes, self.pos == self.len);
     }
 
-    fn read_head(&mut self, bytes: &[u8]) {
-        let (seen, head) = &mut self.head;
-        let mut said = head.lock().expect("not poisoned");
+    fn read_head(&mut self, bytes: &[u8], last: bool) {
+        let h = &mut self.head;
+        let mut said = h.said.lock().expect("not poisoned");
         if *said != Head::More {
             return;
         }
-        seen.extend_from_slice(&bytes[..bytes.len().min(HEAD_MAX.saturating_sub(seen.len()))]);
-        *said = match rdb_head::read(seen) {
-            Head::More if seen.len() < HEAD_MAX => return,
+        h.seen.extend_from_slice(&bytes[..bytes.len().min(HEAD_MAX.saturating_sub(h.seen.len()))]);
+        // Read again once half as much more came: a server that sends its
+        // head a byte at a time costs a few readings, not one a byte.
+        if !last && h.seen.len() < HEAD_MAX && h.seen.len() < h.tried + h.tried / 2 {
+            return;
+        }
+        h.tried = h.seen.len();
+        *said = match rdb_head::read(&h.seen) {
+            Head::More if h.seen.len() < HEAD_MAX && !last => return,
             Head::More => Head::Unknown,
             known => known,
         };
-        *seen = Vec::new();
+        h.seen = Vec::new();
     }
 
     fn verify(&self) -> std::io::Result<()> {

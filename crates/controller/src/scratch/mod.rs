@@ -192,6 +192,15 @@ pub struct Redis {
     child: Guard,
 }
 
+/// What a scratch Redis holds once it loaded: its keys, those it dropped
+/// as expired while loading, and the databases that hold keys.
+#[derive(Debug)]
+pub struct Loaded {
+    pub keys: u64,
+    pub expired: u64,
+    pub databases: Vec<u64>,
+}
+
 impl Redis {
     pub fn start(dir: &Path, aof_dir: Option<&str>) -> Result<Redis, String> {
         Self::start_with(dir, aof_dir, free_port)
@@ -246,11 +255,12 @@ impl Redis {
 
     /// Once loaded: the keys of every database, and those the load dropped
     /// as expired (Redis 7's `rdb_last_load_keys_expired`; 0 before it).
-    pub fn loaded(&self) -> Result<(u64, u64), String> {
-        let keys = tresor_sources::RedisSource::parse(&self.url()).and_then(|s| s.keys()).map_err(|e| e.to_string())?;
+    pub fn loaded(&self) -> Result<Loaded, String> {
+        let source = tresor_sources::RedisSource::parse(&self.url()).map_err(|e| e.to_string())?;
+        let (keys, databases) = (source.keys().map_err(|e| e.to_string())?, source.databases().map_err(|e| e.to_string())?);
         let info = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "INFO", "persistence"]), "redis-cli INFO")?;
         let expired = info.lines().find_map(|l| l.trim().strip_prefix("rdb_last_load_keys_expired:")?.parse().ok()).unwrap_or(0);
-        Ok((keys, expired))
+        Ok(Loaded { keys, expired, databases })
     }
 
     /// Keys in database 0 (an error while the data set still loads).
