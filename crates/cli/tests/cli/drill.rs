@@ -268,7 +268,10 @@ fn drills_restore_validate_and_measure_every_source_without_touching_production(
     assert_eq!(verdicts, [("sessions", true), ("erp-db", true), ("cluster-config", true), ("k8s-config", true), ("documents", true)]);
     let by = |name: &str| reports.iter().find(|r| r["source"] == name).unwrap().clone();
     let checks = |name: &str| by(name)["checks"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect::<Vec<_>>();
-    assert_eq!(checks("sessions"), ["2007 keys, as recorded at backup", "5 sampled keys present", "at least 2000 keys"]);
+    assert_eq!(
+        checks("sessions"),
+        ["2007 keys, as the instance held when the backup forked", "5 sampled keys present", "at least 2000 keys"]
+    );
     let pg_checks = checks("erp-db");
     assert!(
         pg_checks[1].starts_with("row counts of ") && pg_checks[1].ends_with(" tables match the backup's statistics (within 10 %)"),

@@ -334,7 +334,10 @@ fn the_image_backs_up_restores_and_drills_as_the_deployment_runs_it() {
     let by = |name: &str| reports.as_array().unwrap().iter().find(|r| r["source"] == name).unwrap_or_else(|| panic!("{reports}")).clone();
     let (sessions, shop) = (by("sessions"), by("shop-db"));
     assert_eq!((sessions["passed"].as_bool(), shop["passed"].as_bool()), (Some(true), Some(true)), "{reports:#}");
-    assert_eq!(sessions["checks"], json!(["2007 keys, as recorded at backup", "5 sampled keys present", "at least 2000 keys"]));
+    assert_eq!(
+        sessions["checks"],
+        json!(["2007 keys, as the instance held when the backup forked", "5 sampled keys present", "at least 2000 keys"])
+    );
     assert!(shop["checks"][0].as_str().unwrap().starts_with("pg_restore into a scratch cluster"), "{shop}");
     assert!(shop["checks"][1].as_str().unwrap().starts_with("row counts of "), "{shop}");
     assert_eq!(redis.cli(&["DBSIZE"]), "2007", "the drill left production alone");

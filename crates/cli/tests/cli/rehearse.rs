@@ -141,7 +141,7 @@ fn drills_restore_from_the_offsite_copy_and_the_report_shows_when_each_copy_was_
         ("documents".into(), "primary".into(), "primary".into(), "BT-VL-01".into(), true),
     ];
     assert_eq!(got, want, "{reports:#?}");
-    assert_eq!(reports[0]["checks"][0], "2007 keys, as recorded at backup");
+    assert_eq!(reports[0]["checks"][0], "2007 keys, as the instance held when the backup forked");
     assert_eq!((reports[0]["test_type"].as_str(), reports[1]["test_type"].as_str()), (Some("dr"), Some("validation")));
     assert_eq!(reports[0]["owner"], "Homelab Owner");
     assert!(reports[0]["rto_seconds"].as_f64().unwrap() > 0.0);
