@@ -375,9 +375,33 @@ pub fn parse_subset(s: &str) -> Result<ReadData> {
     let v: f64 =
         s.trim_end_matches('%').parse().map_err(|_| anyhow!("--read-data-subset wants a percentage such as 10% or a slice such as 1/7"))?;
     if !(0.0..=100.0).contains(&v) || v == 0.0 {
-        bail!("--read-data-subset must be between 0% and 100%");
+        bail!("--read-data-subset wants more than 0% and at most 100%");
     }
     Ok(ReadData::fraction(v / 100.0))
+}
+
+/// The packs `--read-pack` names, each by its id or a prefix of it that
+/// one indexed pack has; a daemon's check passes full ids, of which a
+/// prune may have deleted some since (`gone_ok`: not read, no error).
+async fn named_packs(repo: &Repository, named: &[String], gone_ok: bool) -> Result<tresor_engine::IdSet> {
+    if named.is_empty() {
+        return Ok(Default::default());
+    }
+    if gone_ok && let Ok(ids) = named.iter().map(|p| p.parse::<Id>()).collect::<std::result::Result<_, _>>() {
+        return Ok(ids);
+    }
+    let index = repo.index().await?;
+    let mut out = tresor_engine::IdSet::default();
+    for p in named {
+        let prefix = p.to_ascii_lowercase();
+        let found: Vec<Id> = index.packs().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(&prefix)).take(2).collect();
+        match found[..] {
+            [one] => _ = out.insert(one),
+            [] => bail!("--read-pack {p}: no pack the index lists has this id (mistyped, or deleted by a prune)"),
+            _ => bail!("--read-pack {p}: more than one pack has an id that starts so; give more digits"),
+        }
+    }
+    Ok(out)
 }
 
 pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
@@ -386,12 +410,13 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         (None, true) => ReadData::ALL,
         (None, false) => ReadData::NONE,
     };
-    let also_read = a
-        .read_packs
-        .iter()
-        .map(|p| p.parse::<Id>().map_err(|_| anyhow!("--read-pack wants a pack's full id (64 hex digits), not {p:?}")))
-        .collect::<Result<_>>()?;
+    for p in &a.read_packs {
+        if !(8..=64).contains(&p.len()) || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--read-pack wants a pack's id, or its first 8 hex digits or more, not {p:?}");
+        }
+    }
     let repo = open(g).await?;
+    let also_read = named_packs(&repo, &a.read_packs, a.gone_packs_ok).await?;
     let report = run_check(&repo, CheckOptions { read_data, also_read }).await?;
     if g.json {
         print_json(&report)?;
@@ -425,8 +450,8 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         }
         if report.problems.iter().any(|p| !p.files.is_empty()) {
             println!(
-                "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost; \
-                 the next backup then stores that data anew"
+                "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost \
+                 (with --forget it removes the damaged one, which check reports until then); the next backup then stores that data anew"
             );
         }
     }
@@ -476,9 +501,15 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
         return Ok(0);
     }
     for r in &report {
-        match r.repaired {
-            Some(new) => println!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
-            None => println!("snapshot {} would be repaired; it lost:", r.id.short()),
+        match (r.repaired, r.earlier) {
+            (Some(new), true) if opts.forget && !opts.dry_run => {
+                println!("snapshot {} was repaired as {} before, and is forgotten now; it lost:", r.id.short(), new.short())
+            }
+            (Some(new), true) => {
+                println!("snapshot {} was repaired as {} before (forget it, or add --forget); it lost:", r.id.short(), new.short())
+            }
+            (Some(new), false) => println!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
+            (None, _) => println!("snapshot {} would be repaired; it lost:", r.id.short()),
         }
         for p in &r.lost {
             println!("  {p}");

@@ -84,6 +84,7 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
                 read_data: false,
                 read_data_subset: Some(format!("{}/{}", c.slice, c.slices)),
                 read_packs: c.packs.iter().map(|p| p.to_hex()).collect(),
+                gone_packs_ok: true,
             };
             crate::commands::check(g, args).await
         }

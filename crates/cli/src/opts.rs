@@ -199,7 +199,7 @@ pub struct InitArgs {
     /// The cipher: aes-256-gcm or xchacha20-poly1305.
     #[arg(long, default_value = "aes-256-gcm")]
     pub aead: String,
-    /// Target pack size in MiB.
+    /// Target pack size in MiB, 4 to 512.
     #[arg(long, default_value_t = 16)]
     pub pack_size_mib: u32,
     /// Never delete or overwrite anything (forget and prune are refused)
@@ -522,10 +522,13 @@ pub struct CheckArgs {
     /// packs every time) or slice N of T (1/7, then 2/7 … reads each pack once).
     #[arg(long)]
     pub read_data_subset: Option<String>,
-    /// Read and verify this pack too (its full id, as `--json` names damaged
-    /// packs), wherever it falls: to see whether damage found earlier is still there.
+    /// Read and verify this pack too (its id, or its first 8 hex digits or
+    /// more), wherever it falls: to see whether damage found earlier is still there.
     #[arg(long = "read-pack", value_name = "ID")]
     pub read_packs: Vec<String>,
+    /// A daemon's check: a pack it names that a prune deleted since is not read, and no error.
+    #[arg(skip)]
+    pub gone_packs_ok: bool,
 }
 
 #[derive(Args)]

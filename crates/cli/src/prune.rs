@@ -16,11 +16,7 @@ pub async fn prune(g: &Global, a: PruneCmd) -> Result<u8> {
 }
 
 pub async fn run(g: &Global, repo: &Arc<Repository>, a: &PruneArgs, dry_run: bool) -> Result<()> {
-    if !(0.0..=100.0).contains(&a.max_unused) {
-        bail!("--max-unused is a percentage from 0 to 100");
-    }
-    let opts = PruneOptions { max_unused: a.max_unused / 100.0, grace: parse_duration(&a.grace)?, dry_run };
-    let r = run_prune(repo.clone(), &opts).await?;
+    let r = pruned(repo, a, dry_run).await?;
     if g.json {
         return print_json(&r);
     }
@@ -28,11 +24,20 @@ pub async fn run(g: &Global, repo: &Arc<Repository>, a: &PruneArgs, dry_run: boo
     Ok(())
 }
 
+/// Prune as `a` asks: what it did.
+pub async fn pruned(repo: &Arc<Repository>, a: &PruneArgs, dry_run: bool) -> Result<PruneReport> {
+    if !(0.0..=100.0).contains(&a.max_unused) {
+        bail!("--max-unused is a percentage from 0 to 100");
+    }
+    let opts = PruneOptions { max_unused: a.max_unused / 100.0, grace: parse_duration(&a.grace)?, dry_run };
+    Ok(run_prune(repo.clone(), &opts).await?)
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-fn print_report(r: &PruneReport) {
+pub fn print_report(r: &PruneReport) {
     let would = if r.dry_run { "would be " } else { "" };
     println!(
         "{} snapshots reach {} of {} blobs in {} packs; {} unused in indexed packs",

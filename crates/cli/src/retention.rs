@@ -65,9 +65,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal });
     }
     let report: Vec<serde_json::Value> = plan.groups.iter().enumerate().map(|(i, g)| group_json(g, i >= named)).collect();
-    if g.json {
-        print_json(&json!({"dry_run": a.dry_run, "groups": report, "unreadable": plan.unreadable}))?;
-    } else {
+    if !g.json {
         print_report(&report, a.dry_run);
         let verb = if a.dry_run { "would remove" } else { "removed" };
         for id in &plan.unreadable {
@@ -80,8 +78,16 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
             eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
         }
     }
-    if a.prune {
-        crate::prune::run(g, &repo, &a.prune_opts, a.dry_run).await?;
+    let pruned = if a.prune { Some(crate::prune::pruned(&repo, &a.prune_opts, a.dry_run).await?) } else { None };
+    if g.json {
+        // One document: the prune's report beside the forget's.
+        let mut out = json!({"dry_run": a.dry_run, "groups": report, "unreadable": plan.unreadable});
+        if let Some(p) = &pruned {
+            out["prune"] = serde_json::to_value(p)?;
+        }
+        print_json(&out)?;
+    } else if let Some(p) = &pruned {
+        crate::prune::print_report(p);
     }
     Ok(0)
 }

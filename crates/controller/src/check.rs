@@ -1,7 +1,7 @@
 //! `tresor plan check`: what parses can still contradict itself. Each
 //! finding names the line it is about.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -41,14 +41,20 @@ fn indent(l: &str) -> usize {
     l.len() - l.trim_start_matches([' ', '-']).len()
 }
 
+/// A line's first key: of a block mapping (`name: x`), or of a flow
+/// mapping that starts on it (`- {name: x, class: y}`).
 fn key_of(l: &str) -> Option<&str> {
-    let t = l.trim_start_matches([' ', '-']).trim_start();
+    let t = l.trim_start_matches([' ', '-']).trim_start().trim_start_matches('{').trim_start();
     let (k, _) = t.split_once(':')?;
     Some(k.trim().trim_matches(['"', '\'']))
 }
 
+/// The value of a line's first key; in a flow mapping, up to the next one.
 fn value_of(l: &str) -> &str {
-    l.split_once(':').map_or("", |(_, v)| v.split(" #").next().unwrap_or("").trim().trim_matches(['"', '\'']))
+    let flow = l.trim_start_matches([' ', '-']).trim_start().starts_with('{');
+    let v = l.split_once(':').map_or("", |(_, v)| v.split(" #").next().unwrap_or(""));
+    let v = if flow { v.split([',', '}']).next().unwrap_or("") } else { v };
+    v.trim().trim_matches(['"', '\''])
 }
 
 impl<'a> Lines<'a> {
@@ -79,8 +85,14 @@ impl<'a> Lines<'a> {
 
     /// The line of the source's `name:`, and of one of its fields.
     fn source(&self, name: &str, field: &str) -> usize {
+        self.nth_source(name, 0, field)
+    }
+
+    /// As `source`, for the `nth` (from 0) source of that name.
+    fn nth_source(&self, name: &str, nth: usize, field: &str) -> usize {
         let (start, end) = self.section("sources");
-        let Some(at) = (start + 1..end).find(|&i| key_of(self.lines[i]) == Some("name") && value_of(self.lines[i]) == name) else {
+        let named = (start + 1..end).filter(|&i| key_of(self.lines[i]) == Some("name") && value_of(self.lines[i]) == name);
+        let Some(at) = named.clone().nth(nth).or_else(|| named.clone().next_back()) else {
             return 0;
         };
         let item = (start + 1..=at).rev().find(|&i| self.lines[i].trim_start().starts_with('-')).unwrap_or(at);
@@ -264,52 +276,60 @@ fn check_transforms(s: &crate::plan::SourceSpec, at: &Lines, out: &mut Vec<Findi
 }
 
 fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
-    let mut seen = BTreeSet::new();
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &plan.sources {
+        // The how-manieth source of this name: each finding names its own lines.
+        let nth = *seen.entry(s.name.as_str()).and_modify(|n| *n += 1).or_default();
         for why in s.verify.queries.iter().filter_map(Query::contradiction) {
-            out.push(error(at.source(&s.name, "verify"), format!("source {}: {why}", s.name)));
+            out.push(error(at.nth_source(&s.name, nth, "verify"), format!("source {}: {why}", s.name)));
         }
-        if !seen.insert(s.name.as_str()) {
-            out.push(error(at.source(&s.name, "name"), format!("source {} is named twice", s.name)));
+        if nth > 0 {
+            out.push(error(at.nth_source(&s.name, nth, "name"), format!("source {} is named twice", s.name)));
         }
         if plan.repositories.contains_key(&s.name) {
             // The job history, the queue and the status page know jobs by name:
             // a repository's prune and check would pass for the source's jobs.
             let why = format!("source {0} has the name of a repository: their jobs would share one history (rename one)", s.name);
-            out.push(error(at.source(&s.name, "name"), why));
+            out.push(error(at.nth_source(&s.name, nth, "name"), why));
         }
         let Some(class) = plan.classes.get(&s.class) else {
             let known = plan.classes.keys().cloned().collect::<Vec<_>>().join(", ");
-            out.push(error(at.source(&s.name, "class"), format!("source {}: unknown class {:?} (classes: {known})", s.name, s.class)));
+            out.push(error(
+                at.nth_source(&s.name, nth, "class"),
+                format!("source {}: unknown class {:?} (classes: {known})", s.name, s.class),
+            ));
             continue;
         };
         if let Some(r) = &s.repository
             && !plan.repositories.contains_key(r)
         {
-            out.push(error(at.source(&s.name, "repository"), format!("source {}: unknown repository {r:?}", s.name)));
+            out.push(error(at.nth_source(&s.name, nth, "repository"), format!("source {}: unknown repository {r:?}", s.name)));
         }
         if s.scope.is_some() && !s.url.starts_with("k8s://") {
             out.push(error(
-                at.source(&s.name, "scope"),
+                at.nth_source(&s.name, nth, "scope"),
                 format!("source {}: scope: is for k8s:// sources, not {}", s.name, scheme(&s.url)),
             ));
         }
         check_transforms(s, at, out);
         if s.pod.is_some() && !s.url.starts_with("pvc://") {
-            out.push(error(at.source(&s.name, "pod"), format!("source {}: pod: is for pvc:// sources, not {}", s.name, scheme(&s.url))));
+            out.push(error(
+                at.nth_source(&s.name, nth, "pod"),
+                format!("source {}: pod: is for pvc:// sources, not {}", s.name, scheme(&s.url)),
+            ));
         }
         if let Some(why) = s.standby.as_ref().and_then(|b| crate::standby::refused(&s.url, b, &scheme(&s.url))) {
-            out.push(error(at.source(&s.name, "standby"), format!("source {}: {why}", s.name)));
+            out.push(error(at.nth_source(&s.name, nth, "standby"), format!("source {}: {why}", s.name)));
         }
         match Schedule::parse(&s.schedule) {
-            Err(e) => out.push(error(at.source(&s.name, "schedule"), format!("source {}: {e}", s.name))),
+            Err(e) => out.push(error(at.nth_source(&s.name, nth, "schedule"), format!("source {}: {e}", s.name))),
             Ok(sched) => {
                 let gap = sched.longest_gap(now) + s.spread.map_or(Duration::ZERO, |d| d.0);
                 let wal = crate::walrpo::archive_covers(s, class.rpo);
                 if gap > class.rpo.0 && !matches!(wal, Some(Ok(()))) {
                     let why = wal.and_then(Result::err).map_or(String::new(), |w| format!(", and {w}"));
                     out.push(error(
-                        at.source(&s.name, "schedule"),
+                        at.nth_source(&s.name, nth, "schedule"),
                         format!(
                             "source {}: schedule {:?} leaves up to {} between backups, longer than class {}'s RPO {}{why}",
                             s.name,

@@ -56,7 +56,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}:{line}: {message}", file.display())]
+    #[error("{}", plan_where(.file, .line, .message))]
     Plan { file: PathBuf, line: usize, message: String },
     #[error("the plan has {count} error(s); first: {first}")]
     PlanCheck { count: usize, first: String },
@@ -66,6 +66,15 @@ pub enum Error {
     Listen { addr: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `FILE:LINE: message`; without the line where there is none (the file
+/// cannot be read).
+fn plan_where(file: &std::path::Path, line: &usize, message: &str) -> String {
+    match line {
+        0 => format!("{}: {message}", file.display()),
+        n => format!("{}:{n}: {message}", file.display()),
+    }
 }
 
 impl Error {

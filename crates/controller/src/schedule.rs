@@ -28,7 +28,8 @@ impl Schedule {
                 "schedule {text:?} is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)"
             ));
         }
-        let cron = Cron::from_str(pattern).map_err(|e| format!("schedule {text:?}: {e}"))?;
+        out_of_range(pattern).map_or(Ok(()), |why| Err(format!("schedule {text:?}: {why}")))?;
+        let cron = Cron::from_str(pattern).map_err(|e| format!("schedule {text:?} is not a valid cron expression ({e})"))?;
         Ok(Schedule { cron, text: text.trim().to_string() })
     }
 
@@ -68,6 +69,23 @@ pub fn spread_offset(name: &str, spread: Duration) -> Duration {
     Duration::from_secs(hash % spread.as_secs().max(1))
 }
 
+/// The first number of a five-field pattern outside its field's range,
+/// named as a person reads it (croner says only "Number out of bounds").
+fn out_of_range(pattern: &str) -> Option<String> {
+    const FIELDS: [(&str, u32, u32); 5] =
+        [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
+    for (field, (name, low, high)) in pattern.split_whitespace().zip(FIELDS) {
+        // Steps (`*/90`) are not values of the field.
+        let values = field.split(',').map(|part| part.split('/').next().unwrap_or_default());
+        for n in values.flat_map(|v| v.split('-')).filter_map(|n| n.parse::<u32>().ok()) {
+            if !(low..=high).contains(&n) {
+                return Some(format!("{name} {n} is out of range ({low}-{high})"));
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,7 +102,11 @@ mod tests {
         assert_eq!(Schedule::parse("@hourly").unwrap().longest_gap(at("2026-11-21T10:07:00Z")), Duration::from_secs(3600));
         assert_eq!(Schedule::parse("0 2 * * 1-5").unwrap().longest_gap(at("2026-11-21T10:07:00Z")), Duration::from_secs(3 * 86_400));
         assert!(Schedule::parse("every hour").is_err());
-        assert!(Schedule::parse("61 * * * *").is_err());
+        assert_eq!(Schedule::parse("61 * * * *").unwrap_err(), "schedule \"61 * * * *\": minute 61 is out of range (0-59)");
+        assert_eq!(Schedule::parse("0 3 * 1-13 *").unwrap_err(), "schedule \"0 3 * 1-13 *\": month 13 is out of range (1-12)");
+        assert_eq!(Schedule::parse("0 0 0 * *").unwrap_err(), "schedule \"0 0 0 * *\": day of month 0 is out of range (1-31)");
+        assert!(Schedule::parse("*/90 * * * *").is_ok_and(|s| s.next_after(at("2026-11-21T10:07:00Z")).is_some()), "a step is no value");
+        assert!(Schedule::parse("0 2 * * mon-fri").is_ok());
         let d = spread_offset("orders-db", Duration::from_secs(300));
         assert!(d < Duration::from_secs(300) && d == spread_offset("orders-db", Duration::from_secs(300)));
     }

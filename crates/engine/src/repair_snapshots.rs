@@ -2,6 +2,7 @@
 //! damaged, leaving out exactly the files (and directory listings) that
 //! cannot be restored, and saying which.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -30,6 +31,9 @@ pub struct RepairedSnapshot {
     pub id: Id,
     /// The repaired copy (none in a dry run).
     pub repaired: Option<Id>,
+    /// The copy was saved by an earlier repair, which left the original.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub earlier: bool,
     /// Paths left out: files whose data is lost, directories whose listing is.
     pub lost: Vec<String>,
 }
@@ -104,11 +108,22 @@ async fn run(
     session: Option<&Session>,
 ) -> Result<Vec<RepairedSnapshot>> {
     let mut fixer = Fixer { repo, index, damaged, sink: if opts.dry_run { None } else { Some(BlobSink::new(repo).await?) } };
+    // The copies earlier repairs saved, by original and tree: a repair run
+    // again while an original is kept saves no second copy of it.
+    let earlier: HashMap<(Id, Id), Id> =
+        snaps.iter().filter(|s| s.tags.iter().any(|t| t == "repaired")).filter_map(|s| Some(((s.parent?, s.tree), s.id))).collect();
     let mut out = Vec::new();
     for snap in snaps {
         let mut lost = Vec::new();
         let tree = fixer.tree(snap.tree, String::new(), &mut lost).await?;
         if lost.is_empty() {
+            continue;
+        }
+        if let Some(&copy) = earlier.get(&(snap.id, tree)) {
+            if opts.forget && !opts.dry_run {
+                repo.delete(&Kind::Snapshot.path(&snap.id)).await?;
+            }
+            out.push(RepairedSnapshot { id: snap.id, repaired: Some(copy), earlier: true, lost });
             continue;
         }
         let mut repaired = None;
@@ -125,7 +140,7 @@ async fn run(
                 repo.delete(&Kind::Snapshot.path(&snap.id)).await?;
             }
         }
-        out.push(RepairedSnapshot { id: snap.id, repaired, lost });
+        out.push(RepairedSnapshot { id: snap.id, repaired, earlier: false, lost });
     }
     Ok(out)
 }

@@ -211,8 +211,12 @@ impl Repository {
         // not a missing repository, which `tresor init` would mend.
         if let Some(p) = location.local_path() {
             let config = p.join(CONFIG);
-            if !config.try_exists().map_err(|e| Error::io(&config, e))? {
-                return Err(Self::missing(location));
+            match config.try_exists() {
+                Ok(true) => {}
+                // A file where the repository should be: no repository either.
+                Ok(false) => return Err(Self::missing(location)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Err(Self::missing(location)),
+                Err(e) => return Err(Error::io(&config, e)),
             }
         }
         let op = tresor_storage::open(location, storage)?;

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::daemon::{Daemon, count, http, set_clock, start_daemon, wait_jobs};
+use super::daemon::{Daemon, count, http, plan_errors, set_clock, start_daemon, wait_jobs};
 use super::*;
 
 /// A daily check that reads every pack finds a byte flipped in a pack
@@ -122,7 +122,8 @@ fn damage_found_is_read_again_while_the_slices_move_on() {
 }
 
 /// `--read-data-subset N/T`: the slices 1/T … T/T read every pack once
-/// between them; a slice outside 1..=T is refused.
+/// between them; a slice outside 1..=T is refused. `--read-pack` reads a
+/// pack besides, named by a prefix; one no index lists is an error.
 #[test]
 fn slices_of_the_packs_read_each_once() {
     let env = Env::new();
@@ -145,10 +146,13 @@ fn slices_of_the_packs_read_each_once() {
     let pack = files_under(&Path::new(&env.repo).join("data"))[0].file_name().unwrap().to_str().unwrap().to_string();
     let third = (u64::from(u32::from_str_radix(&pack[..8], 16).unwrap().swap_bytes()) * 3) >> 32;
     let other = (third + 1) % 3;
-    let besides = env.json(&["check", "--read-data-subset", &format!("{}/3", other + 1), "--read-pack", &pack]);
-    assert_eq!(besides["packs_read"].as_u64(), Some(read[other as usize] + 1));
-    let err = env.fails(&["check", "--read-pack", &pack[..8]], 1);
-    assert_eq!(err, format!("tresor: error: --read-pack wants a pack's full id (64 hex digits), not {:?}\n", &pack[..8]));
+    let besides = env.json(&["check", "--read-data-subset", &format!("{}/3", other + 1), "--read-pack", &pack[..8]]);
+    assert_eq!(besides["packs_read"].as_u64(), Some(read[other as usize] + 1), "named by the 8 digits check prints");
+    let err = env.fails(&["check", "--read-pack", &pack[..7]], 1);
+    assert_eq!(err, format!("tresor: error: --read-pack wants a pack's id, or its first 8 hex digits or more, not {:?}\n", &pack[..7]));
+    let none = "0".repeat(64);
+    let err = env.fails(&["check", "--read-pack", &none], 1);
+    assert_eq!(err, format!("tresor: error: --read-pack {none}: no pack the index lists has this id (mistyped, or deleted by a prune)\n"));
 }
 
 /// A check schedule that does not parse, and zero slices, are plan errors
@@ -166,10 +170,7 @@ fn plan_check_refuses_a_bad_check_schedule_and_zero_slices() {
          daemon:\n  check_schedule: 'every sunday'\n  check_slices: 0\n",
     )
     .unwrap();
-    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let said = String::from_utf8_lossy(&out.stdout);
-    let errors: Vec<&str> = said.lines().filter(|l| l.contains(": error: ")).collect();
+    let (errors, said) = plan_errors(&env, &plan);
     let p = plan.display();
     assert_eq!(
         errors,

@@ -183,6 +183,41 @@ fn plan_check_names_the_line_of_every_contradiction() {
     assert!(out.ends_with(": 4 sources, 2 classes: 0 errors, 0 warnings\n"), "the documented example is a clean plan: {out}");
 }
 
+/// `plan check` of `plan`, which must fail: its error lines, and all it said.
+pub(super) fn plan_errors(env: &Env, plan: &Path) -> (Vec<String>, String) {
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    (said.lines().filter(|l| l.contains(": error: ")).map(String::from).collect(), said)
+}
+
+/// A source named twice is named at its second line; a schedule out of
+/// range says which field; a plan that cannot be read has no line.
+#[test]
+fn plan_check_names_the_duplicate_and_the_field_out_of_range() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\nclasses:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
+         sources:\n  - {name: docs, class: standard, url: /srv/a, schedule: '@daily'}\n  - {name: docs, class: standard, url: /srv/b, schedule: '61 * * * *'}\n",
+    )
+    .unwrap();
+    let (errors, said) = plan_errors(&env, &plan);
+    let p = plan.display();
+    assert_eq!(
+        errors,
+        [
+            format!("{p}:11: error: source docs is named twice"),
+            format!("{p}:11: error: source docs: schedule \"61 * * * *\": minute 61 is out of range (0-59)"),
+        ],
+        "{said}"
+    );
+    let gone = env.path("nothing.yaml");
+    let err = env.fails(&["plan", "check", gone.to_str().unwrap()], 1);
+    assert_eq!(err, format!("tresor: error: {}: No such file or directory (os error 2)\n", gone.display()));
+}
+
 /// `m` is minutes in a plan's durations and months in `forget
 /// --keep-within`: a retention span written with it is refused, by line,
 /// where a monthly rule read as minutes would let a prune delete history.

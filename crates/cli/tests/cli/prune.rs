@@ -79,8 +79,10 @@ fn prune_frees_space_and_keeps_every_snapshot_whole(env: &Env) {
     for i in 0..4 {
         taken.push(backup_generation(env, 0, i));
     }
-    let dry = env.json(&["forget", "--keep-last", "1", "--prune", "--dry-run"]);
-    assert_eq!(dry["marked_packs"], 0, "a dry run of forget reaches every snapshot still: {dry}");
+    let out = env.ok(&["forget", "--keep-last", "1", "--prune", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(&out).expect("one JSON document, the prune's report in it");
+    assert_eq!(dry["groups"][0]["remove"].as_array().map(Vec::len), Some(3), "{dry}");
+    assert_eq!(dry["prune"]["marked_packs"], 0, "a dry run of forget reaches every snapshot still: {dry}");
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 4);
     env.ok(&["forget", "--keep-last", "1"]);
     let before = env.json(&["stats"]);

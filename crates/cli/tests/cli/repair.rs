@@ -156,13 +156,22 @@ fn a_kept_damaged_original_stops_prune_until_forgotten() {
     );
     let said = String::from_utf8_lossy(&checked.stdout);
     assert!(said.contains(&format!("  damaged: {id}:{}/b/data\n", src.display())), "{said}");
-    assert!(said.ends_with("to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost; the next backup then stores that data anew\n"), "{said}");
+    let advice = "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost (with --forget \
+                  it removes the damaged one, which check reports until then); the next backup then stores that data anew\n";
+    assert!(said.ends_with(advice), "{said}");
     let repaired = env.ok(&["repair", "snapshots", "--read-data", "--no-cache"]);
     let lines: Vec<&str> = repaired.lines().collect();
     assert!(lines[0].starts_with(&format!("snapshot {id} repaired as ")), "{repaired}");
     assert_eq!(lines[1..3], [format!("  {}/b/data", src.display()).as_str(), "1 damaged snapshots"], "{repaired}");
     let copied = lines[3].strip_prefix("taken out of the index: 1 blob lost, which the next backup of that data stores anew; ");
     assert!(copied.is_some_and(|c| c.ends_with(" readable from damaged packs copied to new packs")), "{repaired}");
+    let copy = lines[0].strip_prefix(&format!("snapshot {id} repaired as ")).unwrap().trim_end_matches("; lost:").to_string();
+    // Run again while the original is kept: no second copy.
+    let snapshots = env.json(&["snapshots", "--no-cache"]).as_array().unwrap().len();
+    let again = env.ok(&["repair", "snapshots", "--read-data", "--no-cache"]);
+    let said = format!("snapshot {id} was repaired as {copy} before (forget it, or add --forget); it lost:");
+    assert_eq!(again.lines().next(), Some(said.as_str()), "{again}");
+    assert_eq!(env.json(&["snapshots", "--no-cache"]).as_array().unwrap().len(), snapshots);
     let stored = files_under(Path::new(&env.repo));
     let err = env.fails(&["prune", "--max-unused", "0", "--no-cache"], 1);
     let said = format!(
