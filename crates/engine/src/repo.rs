@@ -213,9 +213,10 @@ impl Repository {
             let config = p.join(CONFIG);
             match config.try_exists() {
                 Ok(true) => {}
-                // A file where the repository should be: no repository either.
                 Ok(false) => return Err(Self::missing(location)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => return Err(Self::missing(location)),
+                // A file where the repository should be is no repository; a
+                // file further up the path is a path that cannot be looked at.
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory && p.is_file() => return Err(Self::missing(location)),
                 Err(e) => return Err(Error::io(&config, e)),
             }
         }
