@@ -381,8 +381,9 @@ pub fn parse_subset(s: &str) -> Result<ReadData> {
 }
 
 /// The packs `--read-pack` names, each by its id or a prefix of it that
-/// one indexed pack has; a daemon's check passes full ids, of which a
-/// prune may have deleted some since (`gone_ok`: not read, no error).
+/// one stored pack has (found in the storage's listing, not the index,
+/// which may be what is damaged); a daemon's check passes full ids, of
+/// which a prune may have deleted some since (`gone_ok`: not read, no error).
 async fn named_packs(repo: &Repository, named: &[String], gone_ok: bool) -> Result<tresor_engine::IdSet> {
     if named.is_empty() {
         return Ok(Default::default());
@@ -390,14 +391,14 @@ async fn named_packs(repo: &Repository, named: &[String], gone_ok: bool) -> Resu
     if gone_ok && let Ok(ids) = named.iter().map(|p| p.parse::<Id>()).collect::<std::result::Result<_, _>>() {
         return Ok(ids);
     }
-    let index = repo.index().await?;
+    let stored = repo.list_ids(tresor_engine::objects::Kind::Pack).await?;
     let mut out = tresor_engine::IdSet::default();
     for p in named {
         let prefix = p.to_ascii_lowercase();
-        let found: Vec<Id> = index.packs().map(|(id, _)| id).filter(|id| id.to_hex().starts_with(&prefix)).take(2).collect();
+        let found: Vec<&Id> = stored.iter().filter(|id| id.to_hex().starts_with(&prefix)).take(2).collect();
         match found[..] {
-            [one] => _ = out.insert(one),
-            [] => bail!("--read-pack {p}: no pack the index lists has this id (mistyped, or deleted by a prune)"),
+            [one] => _ = out.insert(*one),
+            [] => bail!("--read-pack {p}: no pack stored has this id (mistyped, or deleted by a prune)"),
             _ => bail!("--read-pack {p}: more than one pack has an id that starts so; give more digits"),
         }
     }
@@ -448,7 +449,11 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
             let ids: Vec<String> = report.damaged_packs.iter().map(|p| format!("--read-pack {}", p.to_hex())).collect();
             println!("to read the damaged packs again: tresor check {}", ids.join(" "));
         }
-        if report.problems.iter().any(|p| !p.files.is_empty()) {
+        if !report.damaged_index_files.is_empty() {
+            // Not `repair snapshots` first: it would take the blobs the damaged
+            // index files list, still whole in their packs, for lost.
+            println!("the index can be rebuilt from the packs: run `tresor repair index`, then check again");
+        } else if report.problems.iter().any(|p| !p.files.is_empty()) {
             println!(
                 "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost \
                  (with --forget it removes the damaged one, which check reports until then); the next backup then stores that data anew"
@@ -500,13 +505,17 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
         print_json(&report)?;
         return Ok(0);
     }
+    let damaged: Vec<Id> = report.iter().map(|r| r.id).collect();
     for r in &report {
         match (r.repaired, r.earlier) {
-            (Some(new), true) if opts.forget && !opts.dry_run => {
-                println!("snapshot {} was repaired as {} before, and is forgotten now; it lost:", r.id.short(), new.short())
-            }
             (Some(new), true) => {
-                println!("snapshot {} was repaired as {} before (forget it, or add --forget); it lost:", r.id.short(), new.short())
+                let then = match (damaged.contains(&new), opts.forget, opts.dry_run) {
+                    (true, _, _) => "; that copy is damaged too, so it stays",
+                    (false, true, false) => ", and is forgotten now",
+                    (false, true, true) => " (it would be forgotten)",
+                    (false, false, _) => " (forget it, or add --forget)",
+                };
+                println!("snapshot {} was repaired as {} before{then}; it lost:", r.id.short(), new.short())
             }
             (Some(new), false) => println!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
             (None, _) => println!("snapshot {} would be repaired; it lost:", r.id.short()),

@@ -26,11 +26,15 @@ pub async fn run(g: &Global, repo: &Arc<Repository>, a: &PruneArgs, dry_run: boo
 
 /// Prune as `a` asks: what it did.
 pub async fn pruned(repo: &Arc<Repository>, a: &PruneArgs, dry_run: bool) -> Result<PruneReport> {
+    Ok(run_prune(repo.clone(), &options(a, dry_run)?).await?)
+}
+
+/// The prune `a` asks for, refused before anything is done when it cannot be.
+pub fn options(a: &PruneArgs, dry_run: bool) -> Result<PruneOptions> {
     if !(0.0..=100.0).contains(&a.max_unused) {
         bail!("--max-unused is a percentage from 0 to 100");
     }
-    let opts = PruneOptions { max_unused: a.max_unused / 100.0, grace: parse_duration(&a.grace)?, dry_run };
-    Ok(run_prune(repo.clone(), &opts).await?)
+    Ok(PruneOptions { max_unused: a.max_unused / 100.0, grace: parse_duration(&a.grace)?, dry_run })
 }
 
 fn mib(bytes: u64) -> String {

@@ -42,8 +42,9 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     if !a.dry_run {
         forget::allowed(&repo)?;
     }
-    // A prune that cannot fit must refuse before any snapshot goes.
+    // A prune that cannot fit, or is asked for wrongly, must refuse before any snapshot goes.
     if a.prune {
+        crate::prune::options(&a.prune_opts, a.dry_run)?;
         repo.ensure_memory().await?;
     }
     let inv = Inventory::load(&repo).await?;
@@ -78,17 +79,24 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
             eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
         }
     }
-    let pruned = if a.prune { Some(crate::prune::pruned(&repo, &a.prune_opts, a.dry_run).await?) } else { None };
+    let pruned = match a.prune {
+        true => Some(crate::prune::pruned(&repo, &a.prune_opts, a.dry_run).await),
+        false => None,
+    };
     if g.json {
-        // One document: the prune's report beside the forget's.
+        // One document: the prune's report (or why it failed) beside the
+        // forget's, which is done either way.
         let mut out = json!({"dry_run": a.dry_run, "groups": report, "unreadable": plan.unreadable});
-        if let Some(p) = &pruned {
-            out["prune"] = serde_json::to_value(p)?;
+        match &pruned {
+            Some(Ok(p)) => out["prune"] = serde_json::to_value(p)?,
+            Some(Err(e)) => out["prune"] = json!({"error": format!("{e:#}")}),
+            None => {}
         }
         print_json(&out)?;
-    } else if let Some(p) = &pruned {
+    } else if let Some(Ok(p)) = &pruned {
         crate::prune::print_report(p);
     }
+    pruned.transpose()?;
     Ok(0)
 }
 

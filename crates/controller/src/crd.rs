@@ -412,7 +412,7 @@ mod tests {
         assert_eq!(
             out,
             [
-                "spec.classes.critical.rpo: \"soon\" does not match ^\\s*[0-9]+(s|m|min|h|d|w|y)\\s*$",
+                "spec.classes.critical.rpo: \"soon\" does not match ^\\s*[0-9]+(s|m|min|h|d|w|mo|y)\\s*$",
                 "spec.classes.standard.retention.daily: neither integer nor string",
                 "spec.sources[0].scope.namespace: not in the schema, so pruned",
             ]
@@ -422,7 +422,9 @@ mod tests {
     #[test]
     fn the_span_pattern_accepts_what_the_plan_reads() {
         let pattern = regex::Regex::new(crate::plan::SPAN_PATTERN).unwrap();
-        for text in ["90s", "15m", "15min", "2h", "30d", "2w", "1y", " 7d ", "2x", "15", "m", "-1d", "1.5h", "15 m", "15mins", "1H"] {
+        for text in
+            ["90s", "15m", "15min", "2h", "30d", "2w", "6mo", "1y", " 7d ", "2x", "15", "m", "-1d", "1.5h", "15 m", "15mins", "1H", "6mon"]
+        {
             assert_eq!(pattern.is_match(text), crate::plan::Span::parse(text).is_ok(), "{text:?}");
         }
     }

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::Error;
 
+mod retention;
+pub use retention::{Keep, Retention};
+
 pub use crate::secret_url::SecretUrl;
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -360,93 +363,6 @@ pub struct Class {
     pub description: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    pub last: Option<u32>,
-    pub hourly: Option<Keep>,
-    pub daily: Option<Keep>,
-    pub weekly: Option<Keep>,
-    pub monthly: Option<Keep>,
-    pub yearly: Option<Keep>,
-    /// The shortest history the class must keep (a stated minimum, e.g. a
-    /// legal retention period): `plan check` refuses a policy shorter.
-    #[serde(default, deserialize_with = "retention_minimum")]
-    #[schemars(with = "Option<Span>")]
-    pub minimum: Option<Span>,
-}
-
-/// One GFS rule: keep the newest snapshot of this many periods (`daily: 30`),
-/// or of every period within a span (`hourly: 7d`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Keep {
-    Count(u32),
-    Within(Span),
-}
-
-impl<'de> Deserialize<'de> for Keep {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keep, D::Error> {
-        // A visitor, not an untagged enum: an error then names the rule's own line.
-        struct Rule;
-        impl serde::de::Visitor<'_> for Rule {
-            type Value = Keep;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a count of periods (30) or a span (7d)")
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Keep, E> {
-                u32::try_from(n).map(Keep::Count).map_err(|_| E::custom(format!("{n} periods are more than a rule keeps")))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Keep, E> {
-                u64::try_from(n).map_err(|_| E::custom(format!("{n}: a count of periods is not negative"))).and_then(|n| self.visit_u64(n))
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Keep, E> {
-                retention_span(text).map(Keep::Within).map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Rule)
-    }
-}
-
-fn retention_minimum<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
-    Option::<String>::deserialize(d)?.map(|t| retention_span(&t)).transpose().map_err(serde::de::Error::custom)
-}
-
-/// A span of a retention rule. A bare `m`, minutes in every duration of a
-/// plan, is refused here: in restic's and `forget`'s `--keep-within` it is
-/// months, and a monthly rule read as minutes would let a prune delete
-/// what it was meant to keep.
-fn retention_span(text: &str) -> Result<Span, String> {
-    match text.trim().strip_suffix('m') {
-        Some(n) => Err(format!(
-            "retention span {text:?}: `m` would be minutes here, not months as in `forget --keep-within`; write {n}mo for months or {n}min for minutes"
-        )),
-        None => Span::parse(text),
-    }
-}
-
-impl Keep {
-    /// How far back the rule reaches, for periods of `period` seconds.
-    pub fn reach(self, period: u64) -> u64 {
-        match self {
-            Keep::Count(n) => u64::from(n) * period,
-            Keep::Within(s) => s.secs(),
-        }
-    }
-
-    /// The `forget` option: `--keep-daily 30` or `--keep-within-daily 7d`
-    /// (in days, or hours when not whole days: `forget` reads `m` as months).
-    pub fn args(self, period: &str) -> [String; 2] {
-        match self {
-            Keep::Count(n) => [format!("--keep-{period}"), n.to_string()],
-            Keep::Within(s) => {
-                let secs = s.secs();
-                let span = if secs.is_multiple_of(86_400) { format!("{}d", secs / 86_400) } else { format!("{}h", secs.div_ceil(3600)) };
-                [format!("--keep-within-{period}"), span]
-            }
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
@@ -630,7 +546,7 @@ impl Span {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (n, unit) = t.split_at(split);
-        let n: u64 = n.parse().map_err(|_| format!("cannot read duration {text:?} (use e.g. 90s, 15m, 2h, 30d)"))?;
+        let n: u64 = n.parse().map_err(|_| format!("cannot read duration {text:?} (use e.g. 90s, 15m, 2h, 30d, 6mo)"))?;
         let secs = match unit {
             "s" => 1,
             "m" | "min" => 60,
@@ -670,7 +586,7 @@ impl<'de> Deserialize<'de> for Span {
 
 /// What [`Span::parse`] reads, for schemas (the BackupPlan CRD): digits and
 /// a unit, with the whitespace its `trim` allows around them.
-pub(crate) const SPAN_PATTERN: &str = r"^\s*[0-9]+(s|m|min|h|d|w|y)\s*$";
+pub(crate) const SPAN_PATTERN: &str = r"^\s*[0-9]+(s|m|min|h|d|w|mo|y)\s*$";
 
 // By hand: serde reads a span from a string the derive cannot see into.
 impl JsonSchema for Span {
@@ -679,19 +595,7 @@ impl JsonSchema for Span {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"type": "string", "pattern": SPAN_PATTERN, "description": "A duration: 90s, 15m (or 15min), 2h, 30d, 2w, 1y."})
-    }
-}
-
-// By hand: an untagged count-or-span is Kubernetes' int-or-string, which a
-// structural schema cannot say with `anyOf`.
-impl JsonSchema for Keep {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Keep".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({"x-kubernetes-int-or-string": true, "description": "A count of periods (30) or a span (7d)."})
+        schemars::json_schema!({"type": "string", "pattern": SPAN_PATTERN, "description": "A duration: 90s, 15m (or 15min), 2h, 30d, 2w, 6mo (30 days each), 1y."})
     }
 }
 
@@ -781,23 +685,5 @@ mod tests {
         assert_eq!(q("min: 1\nequals: \"1\"\n").contradiction(), None);
         let both = "query \"SELECT 1\" asks for a number (min) and a timestamp (max_age): no answer is both";
         assert_eq!(q("min: 1\nmax_age: 1h\n").contradiction().as_deref(), Some(both));
-    }
-
-    #[test]
-    fn retention_rules_are_counts_or_spans() {
-        let r: Retention = serde_norway::from_str("hourly: 7d\ndaily: 30\nweekly: 90min\nmonthly: 6mo\nminimum: 1y\n").unwrap();
-        assert_eq!(r.hourly.unwrap().args("hourly"), ["--keep-within-hourly".to_string(), "7d".into()]);
-        assert_eq!(r.daily.unwrap().args("daily"), ["--keep-daily".to_string(), "30".into()]);
-        assert_eq!(r.weekly.unwrap().args("weekly"), ["--keep-within-weekly".to_string(), "2h".into()], "minutes are not forget's months");
-        assert_eq!(r.monthly.unwrap().args("monthly"), ["--keep-within-monthly".to_string(), "180d".into()]);
-        assert_eq!(r.hourly.unwrap().reach(3600), 7 * 86_400);
-        assert!(serde_norway::from_str::<Retention>("daily: soon\n").is_err());
-        // `m`, minutes in a plan, is months to restic's --keep-within: refused in retention.
-        for text in ["monthly: 6m\n", "minimum: 12m\n"] {
-            let err = serde_norway::from_str::<Retention>(text).unwrap_err().to_string();
-            assert!(err.contains("`m` would be minutes here, not months as in `forget --keep-within`; write "), "{err}");
-        }
-        let err = serde_norway::from_str::<Retention>("monthly: 6m\n").unwrap_err().to_string();
-        assert!(err.contains("retention span \"6m\": `m` would be minutes here, not months as in `forget --keep-within`; write 6mo for months or 6min for minutes"), "{err}");
     }
 }

@@ -87,6 +87,9 @@ pub struct CheckReport {
     /// The stored packs found damaged, unreadable or at another size, by
     /// their full ids (sorted): what a later check reads again.
     pub damaged_packs: Vec<Id>,
+    /// Index files that do not open: the blobs they list pass for lost
+    /// until `repair index` rebuilds the index from the packs.
+    pub damaged_index_files: Vec<Id>,
 }
 
 impl CheckReport {
@@ -214,7 +217,10 @@ async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std:
     let (builder, mut built_from) = loop {
         match index_files(repo).await? {
             Some((builder, ids, problems)) => {
-                report.problems.extend(problems);
+                for (id, problem) in problems {
+                    report.damaged_index_files.push(id);
+                    report.problems.push(problem);
+                }
                 break (builder, ids);
             }
             None if attempts < 5 => attempts += 1,
@@ -247,7 +253,7 @@ async fn load_index(repo: &Repository, report: &mut CheckReport) -> Result<(std:
 /// dropped (docs/ARCHITECTURE.md, "Index memory"), with their ids and a
 /// problem for each damaged one, which adds nothing; `None` when one was
 /// deleted after the listing.
-async fn index_files(repo: &Repository) -> Result<Option<(IndexBuilder, Vec<Id>, Vec<Problem>)>> {
+async fn index_files(repo: &Repository) -> Result<Option<(IndexBuilder, Vec<Id>, Vec<(Id, Problem)>)>> {
     let ids = repo.list_ids(Kind::Index).await?;
     let (mut builder, mut problems) = (IndexBuilder::default(), Vec::new());
     for id in &ids {
@@ -257,7 +263,8 @@ async fn index_files(repo: &Repository) -> Result<Option<(IndexBuilder, Vec<Id>,
             loaded => loaded.and_then(|plain| builder.add_file(*id, &plain)),
         };
         if let Err(e) = added {
-            problems.push(Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] });
+            problems
+                .push((*id, Problem { object: format!("index {}", id.short()), error: e.to_string(), snapshots: vec![], files: vec![] }));
         }
     }
     Ok(Some((builder, ids, problems)))

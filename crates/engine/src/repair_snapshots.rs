@@ -29,7 +29,7 @@ pub struct RepairSnapshotsOptions {
 #[derive(Debug, Serialize)]
 pub struct RepairedSnapshot {
     pub id: Id,
-    /// The repaired copy (none in a dry run).
+    /// The repaired copy (none in a dry run, unless an earlier repair saved it).
     pub repaired: Option<Id>,
     /// The copy was saved by an earlier repair, which left the original.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -120,9 +120,6 @@ async fn run(
             continue;
         }
         if let Some(&copy) = earlier.get(&(snap.id, tree)) {
-            if opts.forget && !opts.dry_run {
-                repo.delete(&Kind::Snapshot.path(&snap.id)).await?;
-            }
             out.push(RepairedSnapshot { id: snap.id, repaired: Some(copy), earlier: true, lost });
             continue;
         }
@@ -142,7 +139,23 @@ async fn run(
         }
         out.push(RepairedSnapshot { id: snap.id, repaired, earlier: false, lost });
     }
+    if opts.forget && !opts.dry_run {
+        forget_repaired_before(repo, &out).await?;
+    }
     Ok(out)
+}
+
+/// Forget each original an earlier repair saved a copy of, unless this run
+/// found the copy damaged too (its tree's pack lost since): then the
+/// original may hold what the copy lost.
+async fn forget_repaired_before(repo: &Repository, out: &[RepairedSnapshot]) -> Result<()> {
+    let damaged: IdSet = out.iter().map(|r| r.id).collect();
+    for r in out.iter().filter(|r| r.earlier) {
+        if r.repaired.is_some_and(|copy| !damaged.contains(&copy)) {
+            repo.delete(&Kind::Snapshot.path(&r.id)).await?;
+        }
+    }
+    Ok(())
 }
 
 struct Fixer<'a> {

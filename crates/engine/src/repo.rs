@@ -216,7 +216,9 @@ impl Repository {
                 Ok(false) => return Err(Self::missing(location)),
                 // A file where the repository should be is no repository; a
                 // file further up the path is a path that cannot be looked at.
-                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory && p.is_file() => return Err(Self::missing(location)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotADirectory && p.exists() && !p.is_dir() => {
+                    return Err(Self::missing(location));
+                }
                 Err(e) => return Err(Error::io(&config, e)),
             }
         }

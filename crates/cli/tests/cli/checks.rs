@@ -152,7 +152,38 @@ fn slices_of_the_packs_read_each_once() {
     assert_eq!(err, format!("tresor: error: --read-pack wants a pack's id, or its first 8 hex digits or more, not {:?}\n", &pack[..7]));
     let none = "0".repeat(64);
     let err = env.fails(&["check", "--read-pack", &none], 1);
-    assert_eq!(err, format!("tresor: error: --read-pack {none}: no pack the index lists has this id (mistyped, or deleted by a prune)\n"));
+    assert_eq!(err, format!("tresor: error: --read-pack {none}: no pack stored has this id (mistyped, or deleted by a prune)\n"));
+}
+
+/// A damaged index file makes the blobs it lists pass for lost: check
+/// names it and advises `repair index`, not `repair snapshots` (which would
+/// save the snapshots without those blobs, still whole in their packs);
+/// `--read-pack` finds its pack in the storage's listing, not in that index.
+/// After `repair index` the check passes and the restore is whole.
+#[test]
+fn a_damaged_index_file_is_mended_by_repair_index_as_check_advises() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let data = random_bytes(300_000, 5);
+    fs::write(src.join("a.bin"), &data).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let pack = name(&biggest(&Path::new(&env.repo).join("data")));
+    let index = files_under(&Path::new(&env.repo).join("index"))[0].clone();
+    let len = fs::metadata(&index).unwrap().len();
+    flip_byte(&index, len / 2);
+
+    let out = env.run(&["check", "--read-pack", &pack[..8], "--no-cache"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("error: index {}: ", &name(&index)[..8])), "{said}");
+    assert!(said.ends_with("the index can be rebuilt from the packs: run `tresor repair index`, then check again\n"), "{said}");
+    env.ok(&["repair", "index", "--no-cache"]);
+    assert!(env.ok(&["check", "--read-data", "--no-cache"]).contains("no errors were found"));
+    env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap(), "--no-cache"]);
+    assert_eq!(fs::read(restored(&env, "out", &src).join("a.bin")).unwrap(), data);
 }
 
 /// A check schedule that does not parse, and zero slices, are plan errors

@@ -181,6 +181,15 @@ fn a_kept_damaged_original_stops_prune_until_forgotten() {
     );
     assert_eq!(err, format!("tresor: error: {said}\n"));
     assert_eq!(files_under(Path::new(&env.repo)), stored, "nothing stored was touched");
+    // forget --prune --json: one document, the forget's, with why the prune failed.
+    let out = env.run(&["forget", "--keep-last", "10", "--prune", "--max-unused", "0", "--json", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!((doc["groups"][0]["keep"].as_array().map(Vec::len), &doc["prune"]["error"]), (Some(2), &serde_json::json!(said)), "{doc}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {said}\n"));
+    let err = env.fails(&["forget", "--keep-last", "1", "--prune", "--max-unused", "200", "--no-cache"], 1);
+    assert_eq!(err, "tresor: error: --max-unused is a percentage from 0 to 100\n");
+    assert_eq!(files_under(Path::new(&env.repo)), stored, "a prune asked for wrongly is refused before forget removes anything");
 
     env.ok(&["forget", &id, "--no-cache"]);
     env.ok(&["prune", "--max-unused", "0", "--no-cache"]);
