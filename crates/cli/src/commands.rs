@@ -423,8 +423,11 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         print_json(&report)?;
     } else {
         println!(
-            "checked {} snapshots, {} packs, {} blobs ({} packs read)",
-            report.snapshots, report.packs, report.blobs, report.packs_read
+            "checked {}, {}, {} ({} read)",
+            counted(report.snapshots, "snapshot"),
+            counted(report.packs, "pack"),
+            counted(report.blobs, "blob"),
+            counted(report.packs_read, "pack")
         );
         if !report.unindexed_packs.is_empty() {
             let n = report.unindexed_packs.len();
@@ -524,7 +527,7 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
             println!("  {p}");
         }
     }
-    println!("{} damaged snapshots", report.len());
+    println!("{}", counted(report.len(), "damaged snapshot"));
     if index.dropped_blobs > 0 {
         println!(
             "taken out of the index: {} lost, which the next backup of that data stores anew; {} readable from damaged packs copied to new packs",
@@ -535,7 +538,8 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
     Ok(0)
 }
 
-/// `1 blob`, `2 blobs`.
-fn counted(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+/// `1 blob`, `2 blobs`, `2 classes`.
+pub(crate) fn counted(n: usize, noun: &str) -> String {
+    let plural = if noun.ends_with('s') { "es" } else { "s" };
+    format!("{n} {noun}{}", if n == 1 { "" } else { plural })
 }

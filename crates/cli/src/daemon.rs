@@ -284,12 +284,14 @@ pub fn plan_check(g: &Global, a: PlanCheckArgs) -> Result<u8> {
         for f in &findings {
             println!("{}:{f}", a.plan.display());
         }
+        let counted = crate::commands::counted;
         println!(
-            "{}: {} sources, {} classes: {errors} errors, {} warnings",
+            "{}: {}, {}: {}, {}",
             a.plan.display(),
-            plan.sources.len(),
-            plan.classes.len(),
-            findings.len() - errors
+            counted(plan.sources.len(), "source"),
+            counted(plan.classes.len(), "class"),
+            counted(errors, "error"),
+            counted(findings.len() - errors, "warning")
         );
     }
     Ok(if errors > 0 { crate::EXIT_ERROR } else { 0 })

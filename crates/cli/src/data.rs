@@ -331,7 +331,7 @@ fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &Res
                 s.total_files
             );
         }
-        bail!("{} errors during restore", s.errors.len());
+        bail!("{} during restore", crate::commands::counted(s.errors.len(), "error"));
     }
     if !g.json {
         let mut line = format!(

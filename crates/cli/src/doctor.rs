@@ -66,7 +66,7 @@ pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
             println!("{}:{f}", a.plan.display());
         }
         if errors > 0 {
-            println!("{}: {errors} errors: nothing was reached", a.plan.display());
+            println!("{}: {}: nothing was reached", a.plan.display(), crate::commands::counted(errors, "error"));
         } else {
             for c in &checks {
                 println!("{c}");

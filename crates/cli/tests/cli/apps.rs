@@ -583,7 +583,7 @@ fn an_application_preview_names_what_stands_in_a_directorys_way() {
     assert_eq!(
         stderr,
         format!(
-            "tresor: error: restore of source volume failed: 1 errors during restore; first: {}: not a directory, so nothing is restored into it; \
+            "tresor: error: restore of source volume failed: 1 error during restore; first: {}: not a directory, so nothing is restored into it; \
              1 entry below it not restored\n",
             dir.join("sub").display()
         )

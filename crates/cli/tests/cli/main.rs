@@ -784,7 +784,7 @@ fn restore_with_one_error(env: &Env, src: &Path) -> (String, PathBuf) {
     let out = env.run(&["--no-cache", "restore", "latest", "--target", env.path("r").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(err.ends_with("tresor: error: 1 errors during restore\n"), "{err}");
+    assert!(err.ends_with("tresor: error: 1 error during restore\n"), "{err}");
     let back = restored(env, "r", src);
     assert_eq!(fs::read(back.join("kept.txt")).unwrap(), b"still here");
     (err, back)

@@ -162,7 +162,7 @@ fn a_kept_damaged_original_stops_prune_until_forgotten() {
     let repaired = env.ok(&["repair", "snapshots", "--read-data", "--no-cache"]);
     let lines: Vec<&str> = repaired.lines().collect();
     assert!(lines[0].starts_with(&format!("snapshot {id} repaired as ")), "{repaired}");
-    assert_eq!(lines[1..3], [format!("  {}/b/data", src.display()).as_str(), "1 damaged snapshots"], "{repaired}");
+    assert_eq!(lines[1..3], [format!("  {}/b/data", src.display()).as_str(), "1 damaged snapshot"], "{repaired}");
     let copied = lines[3].strip_prefix("taken out of the index: 1 blob lost, which the next backup of that data stores anew; ");
     assert!(copied.is_some_and(|c| c.ends_with(" readable from damaged packs copied to new packs")), "{repaired}");
     let copy = lines[0].strip_prefix(&format!("snapshot {id} repaired as ")).unwrap().trim_end_matches("; lost:").to_string();

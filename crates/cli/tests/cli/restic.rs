@@ -301,7 +301,7 @@ fn a_file_where_a_directory_goes_is_kept_and_reported() {
             String::from_utf8(out.stderr).unwrap(),
             format!(
                 "error: {}: not a directory, so nothing is restored into it; {below} below it not restored\n\
-                 tresor: error: 1 errors during restore\n",
+                 tresor: error: 1 error during restore\n",
                 dir.join(in_the_way).display()
             )
         );
@@ -513,7 +513,7 @@ fn a_restore_onto_a_full_disk_ends_saying_it_failed() {
         let failed = super::restored(&env, disk.0.file_name().unwrap().to_str().unwrap(), &src).join(failed);
         assert_eq!(
             String::from_utf8(out.stderr).unwrap(),
-            format!("error: {}: No space left on device (os error 28)\ntresor: error: 1 errors during restore\n", failed.display())
+            format!("error: {}: No space left on device (os error 28)\ntresor: error: 1 error during restore\n", failed.display())
         );
     };
     let bytes = Tmpfs::mount(env.path("bytes"), "size=1m");

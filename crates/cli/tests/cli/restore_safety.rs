@@ -52,7 +52,8 @@ fn a_directory_a_full_disk_keeps_out_is_reported_with_all_below_it() {
                 format!("error: {}: No space left on device (os error 28); {n} entries below it not restored\n", dir.join(d).display())
             })
             .collect();
-        stderr += &format!("tresor: error: {} errors during restore\n", reported.len());
+        let n = reported.len();
+        stderr += &format!("tresor: error: {n} error{} during restore\n", if n == 1 { "" } else { "s" });
         assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(1), stderr), "{name}");
         let on_disk: Vec<&str> = files.into_iter().filter(|f| fs::read(dir.join(f)).is_ok_and(|b| b == several_chunks(f))).collect();
         assert_eq!(on_disk, present, "{name}");

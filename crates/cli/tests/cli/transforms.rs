@@ -377,7 +377,7 @@ fn plan_check_reads_a_sources_transforms_file() {
         format!(
             "{p}:23: error: source broken: transforms: {b}: transforms rule 1: bad pattern \"[\": error parsing glob '[': unclosed character class; missing ']'\n\
              {p}:28: error: source files: transforms: is for k8s:// sources, not a path\n\
-             {p}: 3 sources, 1 classes: 2 errors, 0 warnings\n"
+             {p}: 3 sources, 1 class: 2 errors, 0 warnings\n"
         )
     );
 }

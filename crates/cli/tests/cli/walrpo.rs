@@ -65,7 +65,7 @@ fn the_rpo_of_a_wal_archiving_cluster_is_its_newest_archived_commits_age_and_zer
     // Daily base backups under a 5-minute RPO: only with an archive_timeout within it.
     fs::write(&plan, plan_text(&env, pg.port(), "    wal_archive:\n      archive_timeout: 5m\n")).unwrap();
     let said = check_plan(&env, &plan, &[]);
-    assert!(said.ends_with(": 1 sources, 1 classes: 0 errors, 2 warnings\n"), "{said}");
+    assert!(said.ends_with(": 1 source, 1 class: 0 errors, 2 warnings\n"), "{said}");
     fs::write(&plan, plan_text(&env, pg.port(), "    wal_archive:\n      archive_timeout: 10m\n")).unwrap();
     let said = check_plan(&env, &plan, &[]);
     assert!(

@@ -262,7 +262,8 @@ fn check_refuses(env: &Env, plan: &Path, sources: usize, errors: &[(u32, &str)])
         "{p}:6: warning: class c has no off-site copy (offsite: REPOSITORY)\n{p}:6: warning: class c has no retention: every snapshot is kept forever\n"
     );
     errors.iter().for_each(|(line, e)| want += &format!("{p}:{line}: error: {e}\n"));
-    want += &format!("{p}: {sources} sources, 1 classes: {} errors, 2 warnings\n", errors.len());
+    let n = errors.len();
+    want += &format!("{p}: {sources} sources, 1 class: {n} error{}, 2 warnings\n", if n == 1 { "" } else { "s" });
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
     assert_eq!(out.status.code(), Some(1));
 }
