@@ -557,7 +557,11 @@ impl Span {
             "y" => 365 * 86_400,
             _ => return Err(format!("cannot read duration {text:?} (use e.g. 90s, 15m, 2h, 30d, 6mo)")),
         };
-        Ok(Span(Duration::from_secs(n * secs)))
+        // Bounded, so that sums of spans and the times they are added to cannot overflow.
+        match n.checked_mul(secs).filter(|&s| s <= MAX_SPAN_SECS) {
+            Some(s) => Ok(Span(Duration::from_secs(s))),
+            None => Err(format!("duration {text:?} is longer than 1000 years")),
+        }
     }
 
     pub fn secs(self) -> u64 {
@@ -583,6 +587,9 @@ impl<'de> Deserialize<'de> for Span {
         Span::parse(&text).map_err(serde::de::Error::custom)
     }
 }
+
+/// The longest span a plan may write: 1000 years.
+const MAX_SPAN_SECS: u64 = 1000 * 365 * 86_400;
 
 /// What [`Span::parse`] reads, for schemas (the BackupPlan CRD): digits and
 /// a unit, with the whitespace its `trim` allows around them.
@@ -664,6 +671,10 @@ mod tests {
         assert_eq!(Span::parse("36h").unwrap().to_string(), "36h");
         assert_eq!(Span::parse("2x").unwrap_err(), "cannot read duration \"2x\" (use e.g. 90s, 15m, 2h, 30d, 6mo)");
         assert_eq!(Span::parse("6mo").unwrap().secs(), 180 * 86_400);
+        // Found by the `plan` fuzzer: the product overflowed (a panic, or a short span in a release build).
+        assert_eq!(Span::parse("12222222222222222222h").unwrap_err(), "duration \"12222222222222222222h\" is longer than 1000 years");
+        assert_eq!(Span::parse("1001y").unwrap_err(), "duration \"1001y\" is longer than 1000 years");
+        assert_eq!(Span::parse("1000y").unwrap().secs(), 1000 * 365 * 86_400);
     }
 
     #[test]
