@@ -37,11 +37,13 @@ for t in "${targets[@]}"; do
   log=fuzz/target/fuzz-$t.log
   status=0
   began=$(date +%s)
+  # Crashes of this run: artifacts of earlier runs stay in the directory.
+  before=$(find "fuzz/artifacts/$t" -type f | wc -l)
   # -rss_limit_mb: a parser that allocates without bound is a finding.
   "$bins/$t" "$work" "fuzz/corpus/$t" -artifact_prefix="fuzz/artifacts/$t/" \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
-  crashes=$(find "fuzz/artifacts/$t" -type f | wc -l)
+  crashes=$(($(find "fuzz/artifacts/$t" -type f | wc -l) - before))
   printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "${execs:-0}" "$(($(date +%s) - began))" "$crashes" | tee -a "$summary"
   if [ "$status" -ne 0 ]; then
     echo "$t: the fuzzer stopped with status $status; see $log and fuzz/artifacts/$t" >&2
