@@ -429,6 +429,10 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
             counted(report.blobs, "blob"),
             counted(report.packs_read, "pack")
         );
+        if read_data.any() && report.packs_read == 0 && report.packs > 0 {
+            // The share is taken by pack id: a small one of a small repository may hold none.
+            println!("note: no pack falls in that share of the packs, so no data was read");
+        }
         if !report.unindexed_packs.is_empty() {
             let n = report.unindexed_packs.len();
             println!("note: {n} packs are not indexed (left by an interrupted backup, or taken out by a repair; a prune deletes them)");

@@ -141,6 +141,14 @@ fn slices_of_the_packs_read_each_once() {
         let err = env.fails(&["check", "--read-data-subset", bad], 1);
         assert_eq!(err, "tresor: error: --read-data-subset N/T wants 1 ≤ N ≤ T, such as 1/7\n");
     }
+    // A slice of 1000 that no pack falls in reads nothing, and says so.
+    let ids: Vec<u64> = files_under(&Path::new(&env.repo).join("data"))
+        .iter()
+        .map(|p| u64::from(u32::from_str_radix(&p.file_name().unwrap().to_str().unwrap()[..8], 16).unwrap().swap_bytes()))
+        .collect();
+    let empty = (0..1000).find(|n| ids.iter().all(|id| (id * 1000) >> 32 != *n)).unwrap() + 1;
+    let said = env.ok(&["check", "--read-data-subset", &format!("{empty}/1000")]);
+    assert!(said.contains("(0 packs read)\nnote: no pack falls in that share of the packs, so no data was read\n"), "{said}");
     // A pack named with --read-pack is read besides a slice it is not in
     // (its own: the first four bytes of its id, read little-endian, in thirds of 2^32).
     let pack = files_under(&Path::new(&env.repo).join("data"))[0].file_name().unwrap().to_str().unwrap().to_string();
