@@ -430,3 +430,15 @@ fn a_path_that_cannot_be_looked_at_is_no_missing_repository() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr), format!("tresor: error: {through_a_file}/config: Not a directory (os error 20)\n"));
 }
+
+/// A file where the repository should be is no repository (exit 10), as
+/// an empty directory is not; a file further up the path is the error above.
+#[test]
+fn a_file_where_the_repository_should_be_is_no_repository() {
+    let env = Env::new();
+    let file = env.path("a-file");
+    fs::write(&file, "not a repository").unwrap();
+    let out = env.cmd(&["snapshots"]).env("TRESOR_REPOSITORY", &file).output().unwrap();
+    let said = format!("tresor: error: {} is not a tresor repository: it is not a directory\n", file.display());
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), (Some(10), said));
+}
