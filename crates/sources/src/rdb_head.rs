@@ -20,6 +20,7 @@ pub(crate) enum Head {
 }
 
 const AUX: u8 = 0xFA;
+const MODULE_AUX: u8 = 0xF7;
 const FUNCTION: u8 = 0xF5;
 const SELECT_DB: u8 = 0xFE;
 const RESIZE_DB: u8 = 0xFB;
@@ -78,6 +79,34 @@ impl Cursor<'_> {
         self.length()?.map_err(|_| Stop::Unknown)
     }
 
+    /// Step over a module's aux data (Redis Stack's modules write them
+    /// before the keys): its id and when-fields, then typed values up to
+    /// the module's end mark.
+    fn skip_module_aux(&mut self) -> Result<(), Stop> {
+        const END: u64 = 0;
+        const SIGNED: u64 = 1;
+        const UNSIGNED: u64 = 2;
+        const FLOAT: u64 = 3;
+        const DOUBLE: u64 = 4;
+        const STRING: u64 = 5;
+        // The module id, then `when` as a typed unsigned value.
+        self.count()?;
+        if self.count()? != UNSIGNED {
+            return Err(Stop::Unknown);
+        }
+        self.count()?;
+        loop {
+            match self.count()? {
+                END => return Ok(()),
+                SIGNED | UNSIGNED => _ = self.count()?,
+                FLOAT => _ = self.take(4)?,
+                DOUBLE => _ = self.take(8)?,
+                STRING => self.skip_string()?,
+                _ => return Err(Stop::Unknown),
+            }
+        }
+    }
+
     /// Step over a string: raw, an integer, or LZF-compressed.
     fn skip_string(&mut self) -> Result<(), Stop> {
         let len = match self.length()? {
@@ -108,6 +137,7 @@ fn first_db(c: &mut Cursor) -> Result<Head, Stop> {
                 c.skip_string()?;
             }
             FUNCTION => c.skip_string()?,
+            MODULE_AUX => c.skip_module_aux()?,
             SELECT_DB => {
                 let db = c.count()?;
                 if c.byte()? != RESIZE_DB {
@@ -128,7 +158,8 @@ mod tests {
 
     /// An RDB head as Redis 7 writes it: aux fields (one an encoded
     /// integer, one long enough for a 14-bit length, one compressed), a
-    /// function library, then database 3 with 70,000 keys (a 32-bit length).
+    /// function library, a module's aux data, then database 3 with 70,000
+    /// keys (a 32-bit length).
     fn head() -> Vec<u8> {
         let mut b = b"REDIS0011".to_vec();
         b.extend([AUX, 9]);
@@ -147,6 +178,13 @@ mod tests {
         b.extend([0xC3, 3, 20, 1, 2, 3]);
         b.extend([FUNCTION, 5]);
         b.extend(b"#!lua");
+        // A module's aux data: id, when (unsigned 2), then an unsigned, a
+        // double, a float, a string, the end mark.
+        b.extend([MODULE_AUX, 0x81, 1, 2, 3, 4, 5, 6, 7, 8, 2, 2, 2, 7, 4]);
+        b.extend([0; 8]);
+        b.extend([3, 0, 0, 0, 0, 5, 3]);
+        b.extend(b"abc");
+        b.extend([0]);
         b.extend([SELECT_DB, 3, RESIZE_DB, 0x80, 0, 1, 0x11, 0x70, 2]);
         b
     }
@@ -163,7 +201,7 @@ mod tests {
     #[test]
     fn an_empty_data_set_and_heads_not_followed() {
         assert_eq!(read(b"REDIS0011\xFA\x01a\x01b\xFF"), Head::Empty);
-        assert_eq!(read(b"REDIS0011\xF7\x01"), Head::Unknown, "a module's aux data");
+        assert_eq!(read(b"REDIS0011\xF7\x01\x01\x02\xFF\x09"), Head::Unknown, "a module value of a type Redis does not write");
         assert_eq!(read(b"REDIS0006\xFE\x00\x00\x01a"), Head::Unknown, "no RESIZEDB (Redis before 3.2)");
         assert_eq!(read(b"RDB000011\xFF"), Head::Unknown);
         assert_eq!(read(b"REDIS0011\xFA\xC7"), Head::Unknown, "an encoding Redis does not write");

@@ -46,6 +46,10 @@ impl<'de> Deserialize<'de> for Keep {
                 u64::try_from(n).map_err(|_| E::custom(format!("{n}: a count of periods is not negative"))).and_then(|n| self.visit_u64(n))
             }
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Keep, E> {
+                // A count written as a string, as templates render an int-or-string ("30").
+                if let Ok(n) = text.trim().parse::<u64>() {
+                    return self.visit_u64(n);
+                }
                 retention_span(text).map(Keep::Within).map_err(E::custom)
             }
         }
@@ -118,6 +122,8 @@ mod tests {
         assert_eq!(r.monthly.unwrap().args("monthly"), ["--keep-within-monthly".to_string(), "180d".into()]);
         assert_eq!(r.hourly.unwrap().reach(3600), 7 * 86_400);
         assert!(serde_norway::from_str::<Retention>("daily: soon\n").is_err());
+        let quoted: Retention = serde_norway::from_str("daily: \"30\"\n").unwrap();
+        assert_eq!(quoted.daily, Some(Keep::Count(30)), "a count as a template renders an int-or-string");
         // `m`, minutes in a plan, is months to restic's --keep-within: refused in retention.
         for text in ["monthly: 6m\n", "minimum: 12m\n"] {
             let err = serde_norway::from_str::<Retention>(text).unwrap_err().to_string();
