@@ -189,9 +189,11 @@ impl RedisSource {
         Ok(key_count(&self.info(&mut self.connect()?, "keyspace")?))
     }
 
-    /// The databases that hold keys.
-    pub fn databases(&self) -> Result<Vec<u64>> {
-        Ok(keyspace_dbs(&self.info(&mut self.connect()?, "keyspace")?))
+    /// How many keys the instance holds, and the databases that hold them,
+    /// from one `INFO keyspace`.
+    pub fn keyspace(&self) -> Result<(u64, Vec<u64>)> {
+        let info = self.info(&mut self.connect()?, "keyspace")?;
+        Ok((key_count(&info), keyspace_dbs(&info)))
     }
 
     /// The process id the server reports: tells the server one started
@@ -333,7 +335,7 @@ impl RedisSource {
             crc: 0,
             trailer: [0; 8],
             magic: [0; 5],
-            head: HeadRead { seen: Vec::new(), tried: 0, said: self.head.clone() },
+            head: HeadRead { seen: Vec::new(), tried: 0, said: self.head.clone(), done: false },
         };
         Ok(Stream { name: "dump.rdb".into(), reader: Box::new(reader) })
     }
@@ -360,6 +362,8 @@ struct HeadRead {
     tried: usize,
     /// What the head says, for the source's `info()`.
     said: Arc<Mutex<Head>>,
+    /// The head is read through: the rest of the stream passes untouched.
+    done: bool,
 }
 
 /// How much of an RDB is read for its head: aux fields and function
@@ -390,10 +394,10 @@ impl RdbReader {
 
     fn read_head(&mut self, bytes: &[u8], last: bool) {
         let h = &mut self.head;
-        let mut said = h.said.lock().expect("not poisoned");
-        if *said != Head::More {
+        if h.done {
             return;
         }
+        let mut said = h.said.lock().expect("not poisoned");
         h.seen.extend_from_slice(&bytes[..bytes.len().min(HEAD_MAX.saturating_sub(h.seen.len()))]);
         // Read again once half as much more came: a server that sends its
         // head a byte at a time costs a few readings, not one a byte.
@@ -407,6 +411,7 @@ impl RdbReader {
             known => known,
         };
         h.seen = Vec::new();
+        h.done = true;
     }
 
     fn verify(&self) -> std::io::Result<()> {

@@ -257,7 +257,7 @@ impl Redis {
     /// as expired (Redis 7's `rdb_last_load_keys_expired`; 0 before it).
     pub fn loaded(&self) -> Result<Loaded, String> {
         let source = tresor_sources::RedisSource::parse(&self.url()).map_err(|e| e.to_string())?;
-        let (keys, databases) = (source.keys().map_err(|e| e.to_string())?, source.databases().map_err(|e| e.to_string())?);
+        let (keys, databases) = source.keyspace().map_err(|e| e.to_string())?;
         let info = output(Command::new("redis-cli").args(["-p", &self.port.to_string(), "INFO", "persistence"]), "redis-cli INFO")?;
         let expired = info.lines().find_map(|l| l.trim().strip_prefix("rdb_last_load_keys_expired:")?.parse().ok()).unwrap_or(0);
         Ok(Loaded { keys, expired, databases })
