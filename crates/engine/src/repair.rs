@@ -197,4 +197,32 @@ mod tests {
         assert_eq!(listed(&packs), [(1, vec![12]), (3, vec![13])]);
         assert_eq!((report.lost_blobs_left_out, report.quarantined_packs), (1, 0));
     }
+
+    /// A prune deletes a pack a repair left out and its quarantine record
+    /// after `repair index` read the pack's trailer: the record read before
+    /// the trailers still keeps the lost blob out of the rebuilt index.
+    #[tokio::test]
+    async fn a_record_deleted_while_the_trailers_are_read_still_keeps_its_blobs_out() {
+        use crate::repo::interleave::Interleave;
+        use crate::repo::tests::repo_opts;
+        use tresor_storage::Location;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, kept) = crate::restore::tests::forgotten_old_snapshot(dir.path()).await;
+        let root = dir.path().join("repo");
+        let (pack, lost) = repo.index().await.unwrap().get(&kept.tree).unwrap();
+        let record = IndexFile { supersedes: Vec::new(), packs: vec![IndexedPack { id: pack, size: 1, entries: vec![lost] }] };
+        let id = repo.save_file(Kind::Quarantine, &record.encode()).await.unwrap();
+        let gone = [root.join(Kind::Pack.path(&pack)), root.join(Kind::Quarantine.path(&id))];
+        let hook = Interleave::after_reading(
+            &Kind::Pack.path(&pack),
+            Box::new(move || Box::pin(async move { gone.iter().for_each(|p| std::fs::remove_file(p).unwrap()) })),
+        );
+        let repairing = Repository::open(&Location::Fs(root.clone()), &repo_opts()).await.unwrap().interleaved(&hook);
+        let report = repair_index(&repairing, false).await.unwrap();
+        assert!(hook.ran(), "the pack's trailer was read");
+        assert_eq!(report.lost_blobs_left_out, 1, "{report:?}");
+        let rebuilt = Repository::open(&Location::Fs(root), &repo_opts()).await.unwrap();
+        assert_eq!(rebuilt.index().await.unwrap().get(&lost.id), None, "the lost blob is indexed again");
+    }
 }

@@ -24,6 +24,8 @@ use crate::tree::Tree;
 use crate::{Error, Id, IdSet, Result};
 
 mod handoff;
+#[cfg(test)]
+pub(crate) mod interleave;
 mod reading;
 
 pub use reading::Mark;
@@ -264,6 +266,14 @@ impl Repository {
 
     pub fn key_id(&self) -> Id {
         self.key_id
+    }
+
+    /// This handle with another writer's step run at a point of its
+    /// storage traffic, for tests of races.
+    #[cfg(test)]
+    pub(crate) fn interleaved(mut self, hook: &interleave::Interleave) -> Repository {
+        self.op = self.op.layer(hook.clone());
+        self
     }
 
     /// The master secret, for wrapping it in new key slots.

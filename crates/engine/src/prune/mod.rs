@@ -7,6 +7,8 @@
 //! and why it is safe: docs/ARCHITECTURE.md §7.
 
 mod sweep;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::sync::Arc;
