@@ -1,6 +1,6 @@
-//! Errors a user can act on: a refused login or a missing bucket or
-//! container reported as what it is and which variables to check, instead
-//! of the raw HTTP response OpenDAL wraps it in.
+//! Errors a user can act on: a refused login, a missing bucket or
+//! container, or a server nothing answers for, reported as what it is and
+//! what to check, instead of the raw HTTP exchange OpenDAL wraps it in.
 
 use opendal::raw::*;
 use opendal::{Buffer, Error, ErrorKind, Metadata, Result};
@@ -20,10 +20,12 @@ struct Why {
     credentials: &'static str,
     /// `bucket x` or `container x`, with the error codes that say it is missing.
     bucket: Option<(String, &'static [&'static str])>,
+    /// The server the backend connects to, where the configuration names one.
+    endpoint: Option<String>,
 }
 
 impl ExplainLayer {
-    pub fn new(location: &Location) -> ExplainLayer {
+    pub fn new(location: &Location, env_prefix: &str) -> ExplainLayer {
         let (credentials, bucket) = match location {
             Location::S3 { bucket, .. } => {
                 ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", Some((format!("bucket {bucket}"), &["NoSuchBucket"][..])))
@@ -38,7 +40,7 @@ impl ExplainLayer {
             Location::Webdav { .. } => ("TRESOR_WEBDAV_USER and TRESOR_WEBDAV_PASSWORD", None),
             Location::Fs(_) | Location::Sftp { .. } => ("", None),
         };
-        ExplainLayer { why: Why { scheme: location.scheme(), credentials, bucket } }
+        ExplainLayer { why: Why { scheme: location.scheme(), credentials, bucket, endpoint: location.endpoint(env_prefix) } }
     }
 }
 
@@ -65,10 +67,42 @@ impl Why {
         } else if self.scheme == "gcs" && text.contains("no valid credential found") {
             let fix = "set GOOGLE_APPLICATION_CREDENTIALS, or run where the metadata server answers (GCE, GKE workload identity)";
             (ErrorKind::ConfigInvalid, format!("no Google credentials: {fix}"))
+        } else if let Some(cause) = self.unreachable(&err) {
+            // Past the retries, yet as temporary or not as it came: a job
+            // retried later may find the server up.
+            let message = match &self.endpoint {
+                Some(at) => format!("cannot connect to {at}: {cause}; check that the server runs there"),
+                None => format!("cannot connect to the {} service: {cause}", self.scheme),
+            };
+            let explained = Error::new(err.kind(), message).with_operation(op).with_context("service", self.scheme);
+            let explained = explained.with_context("path", path).with_temporary(err.is_temporary());
+            return explained.with_persistent(err.is_persistent());
         } else {
             return err;
         };
         Error::new(kind, message).with_operation(op).with_context("service", self.scheme).with_context("path", path).set_persistent()
+    }
+}
+
+impl Why {
+    /// Why a connection to the server could not be made, from the error's
+    /// chain of causes (an HTTP backend's socket error is at its end); not
+    /// for a connection lost midway, which is no wrong address.
+    fn unreachable(&self, err: &Error) -> Option<String> {
+        use std::io::ErrorKind as Io;
+        if matches!(self.scheme, "fs" | "sftp") {
+            return None;
+        }
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                let refused =
+                    matches!(io.kind(), Io::ConnectionRefused | Io::HostUnreachable | Io::NetworkUnreachable | Io::AddrNotAvailable);
+                return refused.then(|| io.to_string());
+            }
+            cause = e.source();
+        }
+        None
     }
 }
 
@@ -175,7 +209,7 @@ mod tests {
     use super::*;
 
     fn why(url: &str) -> Why {
-        ExplainLayer::new(&Location::parse(url).unwrap()).why
+        ExplainLayer::new(&Location::parse(url).unwrap(), "").why
     }
 
     #[test]
@@ -193,5 +227,22 @@ mod tests {
         assert!(err.to_string().ends_with("=> the container nope does not exist (tresor does not create it)"), "{err}");
         let plain = || Error::new(ErrorKind::NotFound, "no such object");
         assert_eq!(why("azblob://c/r").explain("read", "config", plain()).to_string(), plain().to_string());
+    }
+
+    /// A connection nobody accepts names the server and keeps its status;
+    /// one lost midway is left as it is.
+    #[test]
+    fn explains_a_server_nobody_answers_for() {
+        let io = |kind| Error::new(ErrorKind::Unexpected, "send http request").set_source(std::io::Error::from(kind)).set_persistent();
+        let err = why("s3://b/r?endpoint=http://127.0.0.1:1").explain("read", "config", io(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            err.to_string(),
+            "Unexpected (persistent) at read, context: { service: s3, path: config } => \
+             cannot connect to http://127.0.0.1:1: connection refused; check that the server runs there"
+        );
+        let err = why("gcs://b/r").explain("list", "data/", io(std::io::ErrorKind::HostUnreachable).set_temporary());
+        assert!(err.is_temporary() && err.to_string().ends_with("=> cannot connect to the gcs service: host unreachable"), "{err}");
+        let reset = io(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(why("s3://b/r").explain("read", "config", io(std::io::ErrorKind::ConnectionReset)).to_string(), reset.to_string());
     }
 }

@@ -105,7 +105,7 @@ pub fn open(location: &Location, options: &StorageOptions) -> Result<Operator, S
         .with_max_times(options.max_retries.unwrap_or(8));
     let op = op
         .layer(retry)
-        .layer(ExplainLayer::new(location))
+        .layer(ExplainLayer::new(location, options.env_prefix.unwrap_or("")))
         .layer(opendal::layers::TimeoutLayer::new().with_timeout(limit).with_io_timeout(limit));
     Ok(if options.limit_upload.is_some() || options.limit_download.is_some() {
         op.layer(ThrottleLayer::new(options.limit_upload, options.limit_download))

@@ -241,6 +241,23 @@ fn build<B: opendal::Builder>(builder: B) -> opendal::Result<Operator> {
 }
 
 /// A setting from the environment: `<prefix><name>` first, then `<name>`.
+impl Location {
+    /// The server an HTTP backend talks to, as its builder is given it
+    /// (`None`: the service's own default, or no server at all).
+    pub(crate) fn endpoint(&self, p: &str) -> Option<String> {
+        match self {
+            Location::S3 { endpoint, .. } => {
+                endpoint.clone().or_else(|| env(p, "AWS_ENDPOINT_URL_S3")).or_else(|| env(p, "AWS_ENDPOINT_URL"))
+            }
+            Location::Azblob { .. } => env(p, "AZURE_STORAGE_ENDPOINT")
+                .or_else(|| env(p, "AZURE_STORAGE_ACCOUNT").map(|a| format!("https://{a}.blob.core.windows.net"))),
+            Location::Gcs { endpoint, .. } => endpoint.clone(),
+            Location::Webdav { endpoint, .. } => Some(endpoint.clone()),
+            Location::Fs(_) | Location::Sftp { .. } => None,
+        }
+    }
+}
+
 fn env(prefix: &str, name: &str) -> Option<String> {
     let get = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     (!prefix.is_empty()).then(|| get(&format!("{prefix}{name}"))).flatten().or_else(|| get(name))
