@@ -501,6 +501,12 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
         for u in &report.unreadable {
             println!("unreadable pack {u}");
         }
+        for p in &report.listed_as_before {
+            println!("pack {p} indexed as the old index listed them: its trailer is damaged");
+        }
+        if !report.listed_as_before.is_empty() {
+            println!("run `tresor repair snapshots --read-data` to copy their blobs into new packs");
+        }
     }
     if report.unreadable.is_empty() { Ok(0) } else { bail!("{} packs could not be read", report.unreadable.len()) }
 }

@@ -12,9 +12,9 @@ use std::path::Path;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::index::{Index, IndexBuilder};
+use crate::index::{Index, IndexBuilder, IndexFile};
 use crate::objects::{Kind, each_with_size, is_damage, is_not_found, unless_gone};
-use crate::pack::{open_blob, read_trailer};
+use crate::pack::{PackEntry, open_blob, read_trailer};
 use crate::walk::walk;
 use crate::{Error, Id, IdMap, IdSet, Repository, Result};
 
@@ -158,36 +158,14 @@ async fn survey(repo: &Repository) -> Result<Survey> {
 /// it found damaged or could not read.
 async fn judge(repo: &Repository, opts: &CheckOptions, survey: Survey, only: Option<&IdSet>) -> Result<(CheckReport, Vec<Id>, IdSet)> {
     let Survey { mut report, snapshots, index, stored, built_from } = survey;
-    let mut damaged: HashMap<Id, (String, String)> = HashMap::new();
     // Packs that cannot be read at all, and packs with some damaged blobs.
     let mut bad_packs = missing_or_resized(&index, &stored, &mut report);
-    let mut partly_bad: Vec<(Id, String)> = Vec::new();
-    // Marked packs a prune swept since the listing: no damage by
-    // themselves, only for a snapshot that needs a blob found only there.
-    let mut swept = IdSet::default();
+    let mut read = Read::default();
     if opts.read_data.any() || !opts.also_read.is_empty() {
-        for (pack, result) in read_packs(repo, &index, &stored, opts, only, &mut report).await {
-            match result {
-                // Storage that does not answer says nothing about the data:
-                // no check may report an outage as damage.
-                Err(e) if !is_damage(&e) => return Err(e),
-                Err(e) => {
-                    if is_not_found(&e) && stored.is_marked(&index, &pack) {
-                        swept.insert(pack);
-                    }
-                    bad_packs.push((pack, e.to_string()));
-                }
-                Ok(bad_blobs) => {
-                    if let Some((_, why)) = bad_blobs.first() {
-                        partly_bad.push((pack, why.clone()));
-                    }
-                    for (blob, why) in bad_blobs {
-                        damaged.insert(blob, (format!("pack {}", pack.short()), why));
-                    }
-                }
-            }
-        }
+        let judged = read_packs(repo, &index, &stored, opts, only, &mut report).await;
+        read = read_judged(repo, &index, &stored, judged, &mut bad_packs).await?;
     }
+    let Read { damaged, partly_bad, swept } = read;
     // A pack that cannot be read at all takes all its blobs with it; one
     // that can has been judged blob by blob above.
     let unreadable: IdMap<String> = bad_packs.iter().cloned().collect();
@@ -205,6 +183,72 @@ async fn judge(repo: &Repository, opts: &CheckOptions, survey: Survey, only: Opt
     report.damaged_packs = bad.iter().filter(|p| !swept.contains(p) && held(p)).copied().collect();
     report.damaged_packs.sort_unstable();
     Ok((report, built_from, bad))
+}
+
+/// What reading the packs found besides the packs that cannot be read at all.
+#[derive(Default)]
+struct Read {
+    /// Damaged blobs: the pack they are in, and why.
+    damaged: HashMap<Id, (String, String)>,
+    /// Packs read blob by blob that hold damage, with the first problem.
+    partly_bad: Vec<(Id, String)>,
+    /// Marked packs a prune swept since the listing: no damage by
+    /// themselves, only for a snapshot that needs a blob found only there.
+    swept: IdSet,
+}
+
+/// Sort the packs read into `Read` and `bad_packs`; a pack whose trailer
+/// is damaged is read again blob by blob as the index files list it, so
+/// that the trailer takes no blob along that still reads back whole.
+async fn read_judged(
+    repo: &Repository,
+    index: &Index,
+    stored: &Stored,
+    judged: Vec<(Id, Result<Judged>)>,
+    bad_packs: &mut Vec<(Id, String)>,
+) -> Result<Read> {
+    let mut read = Read::default();
+    let mut trailers: Vec<(Id, Error)> = Vec::new();
+    let blobs = |pack: Id, bad: Vec<DamagedBlob>, problem: Option<String>, read: &mut Read| {
+        if let Some(why) = problem.or_else(|| bad.first().map(|(_, why)| why.clone())) {
+            read.partly_bad.push((pack, why));
+        }
+        for (blob, why) in bad {
+            read.damaged.insert(blob, (format!("pack {}", pack.short()), why));
+        }
+    };
+    for (pack, result) in judged {
+        match result {
+            // Storage that does not answer says nothing about the data:
+            // no check may report an outage as damage.
+            Err(e) if !is_damage(&e) => return Err(e),
+            Err(e) => {
+                if is_not_found(&e) && stored.is_marked(index, &pack) {
+                    read.swept.insert(pack);
+                }
+                bad_packs.push((pack, e.to_string()));
+            }
+            Ok(Judged::Trailer(e)) => trailers.push((pack, e)),
+            Ok(Judged::Blobs(bad)) => blobs(pack, bad, None, &mut read),
+        }
+    }
+    let listed = listed_entries(repo, &trailers.iter().map(|(p, _)| *p).collect()).await?;
+    for (pack, trailer) in trailers {
+        let Some(entries) = listed.get(&pack) else {
+            bad_packs.push((pack, trailer.to_string()));
+            continue;
+        };
+        match judge_pack(repo, &pack, Some(entries.clone())).await {
+            Err(e) if !is_damage(&e) => return Err(e),
+            Err(_) | Ok(Judged::Trailer(_)) => bad_packs.push((pack, trailer.to_string())),
+            Ok(Judged::Blobs(bad)) => {
+                let whole = entries.len() - bad.len();
+                let problem = format!("{trailer}; {whole} of its blobs read back whole where the index says");
+                blobs(pack, bad, Some(problem), &mut read);
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// The index of the intact index files and the marked packs storage still
@@ -295,7 +339,7 @@ async fn read_packs(
     opts: &CheckOptions,
     only: Option<&IdSet>,
     report: &mut CheckReport,
-) -> Vec<(Id, Result<Vec<DamagedBlob>>)> {
+) -> Vec<(Id, Result<Judged>)> {
     let selected: Vec<Id> = index
         .packs()
         .enumerate()
@@ -304,7 +348,7 @@ async fn read_packs(
         .collect();
     report.packs_read = selected.len();
     let read = selected.into_iter().filter(|p| only.is_none_or(|o| o.contains(p)));
-    futures::stream::iter(read).map(|p| async move { (p, verify_pack(repo, &p).await) }).buffer_unordered(4).collect().await
+    futures::stream::iter(read).map(|p| async move { (p, judge_pack(repo, &p, None).await) }).buffer_unordered(4).collect().await
 }
 
 /// The packs storage holds, by pack number: each listed pack is compared
@@ -362,29 +406,89 @@ impl Stored {
 /// A blob found damaged, with the reason.
 pub(crate) type DamagedBlob = (Id, String);
 
-/// Read a whole pack and judge every blob in it: `Err` when the pack itself
-/// is unreadable, else the blobs that are damaged, with the reason.
-pub(crate) async fn verify_pack(repo: &Repository, pack: &Id) -> Result<Vec<DamagedBlob>> {
+/// How a pack read whole was judged.
+pub(crate) enum Judged {
+    /// Its blobs, as its trailer or the index files list them: those
+    /// damaged, with the reason.
+    Blobs(Vec<DamagedBlob>),
+    /// Its trailer cannot be used: the blobs are still where the index
+    /// files say ([`listed_entries`]), each sealed on its own.
+    Trailer(Error),
+}
+
+/// Read a whole pack and judge every blob in it, as `listed` lists them or
+/// else as its trailer does: `Err` when the pack cannot be read at all.
+pub(crate) async fn judge_pack(repo: &Repository, pack: &Id, listed: Option<Vec<PackEntry>>) -> Result<Judged> {
     let bytes = repo.read(&Kind::Pack.path(pack)).await?;
-    let entries = read_trailer(repo.crypto(), pack, &bytes, bytes.len() as u64)?;
-    let index = repo.index().await?;
+    // Entries from the trailer are compared with the index; those from the
+    // index files are the index's, and the index may not load (a repair of
+    // it asks).
+    let (entries, index) = match listed {
+        Some(entries) => (entries, None),
+        None => match read_trailer(repo.crypto(), pack, &bytes, bytes.len() as u64) {
+            Ok(entries) => (entries, Some(repo.index().await?)),
+            Err(e) if is_damage(&e) => return Ok(Judged::Trailer(e)),
+            Err(e) => return Err(e),
+        },
+    };
     let crypto = repo.crypto().clone();
     let pack = *pack;
     tokio::task::spawn_blocking(move || {
-        let judge = |e: &crate::pack::PackEntry| -> Result<()> {
-            let plain = open_blob(&crypto, e, &bytes[e.offset as usize..(e.offset + e.length) as usize])?;
+        let judge = |e: &PackEntry| -> Result<()> {
+            let sealed = bytes
+                .get(e.offset as usize..e.offset as usize + e.length as usize)
+                .ok_or_else(|| Error::corrupt("blob", e.id, "it lies past the end of its pack"))?;
+            let plain = open_blob(&crypto, e, sealed)?;
             if crypto.blob_id(&plain) != e.id {
                 return Err(Error::corrupt("blob", e.id, "its content does not hash to its id"));
             }
-            if index.get(&e.id).is_some_and(|(p, ie)| p == pack && ie != *e) {
+            if index.as_ref().and_then(|i| i.get(&e.id)).is_some_and(|(p, ie)| p == pack && ie != *e) {
                 return Err(Error::corrupt("blob", e.id, "the pack trailer and the index disagree"));
             }
             Ok(())
         };
-        Ok(entries.iter().filter_map(|e| judge(e).err().map(|err| (e.id, err.to_string()))).collect())
+        Ok(Judged::Blobs(entries.iter().filter_map(|e| judge(e).err().map(|err| (e.id, err.to_string()))).collect()))
     })
     .await
     .map_err(|e| Error::Invalid(format!("check thread failed: {e}")))?
+}
+
+/// Read a whole pack and judge every blob in it by its trailer: `Err` when
+/// the pack itself is unreadable, else the blobs that are damaged, with the
+/// reason. For packs just written, which must read back whole.
+pub(crate) async fn verify_pack(repo: &Repository, pack: &Id) -> Result<Vec<DamagedBlob>> {
+    match judge_pack(repo, pack, None).await? {
+        Judged::Blobs(bad) => Ok(bad),
+        Judged::Trailer(e) => Err(e),
+    }
+}
+
+/// The entries the index files and marks list for each of `packs`, read
+/// in one pass (a file that does not open is passed over): where the
+/// blobs of a pack with a damaged trailer are.
+pub(crate) async fn listed_entries(repo: &Repository, packs: &IdSet) -> Result<IdMap<Vec<PackEntry>>> {
+    let mut out: IdMap<Vec<PackEntry>> = IdMap::default();
+    if packs.is_empty() {
+        return Ok(out);
+    }
+    for id in repo.list_ids(Kind::Index).await? {
+        let plain = match unless_gone(repo.load_file_uncached(Kind::Index, &id).await) {
+            Ok(Some(plain)) => plain,
+            Ok(None) => continue,
+            Err(e) if is_damage(&e) => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(file) = IndexFile::decode(&id, &plain) else { continue };
+        for p in file.packs.into_iter().filter(|p| packs.contains(&p.id)) {
+            out.entry(p.id).or_insert(p.entries);
+        }
+    }
+    for m in repo.load_marks().await? {
+        for p in m.file.packs.into_iter().filter(|p| packs.contains(&p.id)) {
+            out.entry(p.id).or_insert(p.entries);
+        }
+    }
+    Ok(out)
 }
 
 /// What is damaged: blobs found bad by reading, with the object and why,

@@ -11,9 +11,10 @@
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::check::{Judged, judge_pack, listed_entries};
 use crate::index::{IndexFile, IndexedPack, index_files};
 use crate::objects::{Kind, is_damage, list_with_size};
-use crate::pack::{FOOTER_LEN, read_trailer};
+use crate::pack::{FOOTER_LEN, PackEntry, read_trailer};
 use crate::{Id, IdMap, IdSet, Repository, Result};
 
 /// The tail read first: enough for the trailer of any ordinary pack.
@@ -23,8 +24,13 @@ const TAIL: u64 = 256 * 1024;
 pub struct RepairReport {
     pub packs: usize,
     pub blobs: usize,
-    /// Packs whose trailer cannot be read: `pack id: reason`.
+    /// Packs that cannot be read, or whose trailer cannot and no index
+    /// file lists them: `pack id: reason`.
     pub unreadable: Vec<String>,
+    /// Packs with a damaged trailer listed with the blobs the old index
+    /// files gave them that read back whole: `pack id: n of m blobs`.
+    /// `repair snapshots --read-data` copies those blobs out.
+    pub listed_as_before: Vec<String>,
     /// Blobs a repair recorded lost, left out though their packs' trailers list them.
     pub lost_blobs_left_out: usize,
     /// Damaged packs left out whole: every other blob of theirs is in another pack.
@@ -101,6 +107,37 @@ async fn indexed_packs(repo: &Repository, files: &[Id]) -> Result<IdSet> {
     Ok(out)
 }
 
+/// Packs whose trailer cannot be read keep the blobs the old index files
+/// list for them that read back whole: each blob is sealed on its own, and
+/// the trailer only repeats where they are. Left out, they would be in no
+/// index, and every snapshot needing one would be lost.
+async fn listed_as_before(
+    repo: &Repository,
+    damaged: Vec<(Id, u64, crate::Error)>,
+    good: &mut Vec<IndexedPack>,
+    report: &mut RepairReport,
+) -> Result<()> {
+    let listed = listed_entries(repo, &damaged.iter().map(|(p, _, _)| *p).collect()).await?;
+    for (id, size, trailer) in damaged {
+        let judged = match listed.get(&id) {
+            Some(entries) => judge_pack(repo, &id, Some(entries.clone())).await,
+            None => Ok(Judged::Trailer(trailer)),
+        };
+        match judged {
+            Ok(Judged::Blobs(bad)) => {
+                let lost: IdSet = bad.into_iter().map(|(b, _)| b).collect();
+                let entries: Vec<PackEntry> = listed[&id].iter().filter(|e| !lost.contains(&e.id)).copied().collect();
+                report.listed_as_before.push(format!("{}: {} of {} blobs", id.short(), entries.len(), listed[&id].len()));
+                good.push(IndexedPack { id, size, entries });
+            }
+            Ok(Judged::Trailer(e)) => report.unreadable.push(format!("{}: {e}", id.short())),
+            Err(e) if is_damage(&e) => report.unreadable.push(format!("{}: {e}", id.short())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairReport> {
     // Quarantine records before the packs are read and after: a prune may
     // delete a damaged pack and its record while the trailers are read (the
@@ -110,22 +147,24 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
     let old: Vec<Id> = repo.list_ids(Kind::Index).await?;
     let packs: Vec<(Id, u64)> =
         list_with_size(repo.operator(), Kind::Pack).await?.into_iter().filter_map(|(n, s)| Some((n.parse().ok()?, s))).collect();
-    let read: Vec<(Id, Result<IndexedPack>)> = futures::stream::iter(packs)
-        .map(|(id, size)| async move { (id, pack_entries(repo, &id, size).await) })
+    let read: Vec<(Id, u64, Result<IndexedPack>)> = futures::stream::iter(packs)
+        .map(|(id, size)| async move { (id, size, pack_entries(repo, &id, size).await) })
         .buffer_unordered(16)
         .collect()
         .await;
     let mut report = RepairReport::default();
     let mut good = Vec::new();
-    for (id, r) in read {
+    let mut damaged = Vec::new();
+    for (id, size, r) in read {
         match r {
             Ok(p) => good.push(p),
-            Err(e) if is_damage(&e) => report.unreadable.push(format!("{}: {e}", id.short())),
+            Err(e) if is_damage(&e) => damaged.push((id, size, e)),
             // Storage not answering (even after the retries) says nothing
             // about the pack: left out, its blobs would be in no index.
             Err(e) => return Err(e),
         }
     }
+    listed_as_before(repo, damaged, &mut good, &mut report).await?;
     let mut records = IdMap::default();
     for (id, record) in before.into_iter().chain(repo.load_quarantine().await?) {
         records.insert(id, record.map_err(|e| unreadable_record(&id, e))?);
@@ -153,7 +192,7 @@ pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairRepo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{BlobKind, PackEntry};
+    use crate::pack::BlobKind;
 
     fn pack(id: u8, blobs: &[u8]) -> IndexedPack {
         let entry = |b: &u8| PackEntry { kind: BlobKind::Data, flags: 0, id: Id([*b; 32]), offset: 0, length: 1, raw_length: 1 };

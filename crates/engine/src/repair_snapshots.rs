@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::check::{Judged, judge_pack, listed_entries};
 use crate::index::Index;
 use crate::objects::{Kind, is_damage, list_names};
 use crate::pack::BlobKind;
@@ -76,27 +77,52 @@ pub async fn repair_snapshots(repo: Arc<Repository>, opts: &RepairSnapshotsOptio
 }
 
 /// Packs missing from storage, and with `read_data` unreadable packs and
-/// blobs that fail to read back.
+/// blobs that fail to read back. A pack whose trailer is damaged holds its
+/// blobs where the index files say: those that read back whole are copied
+/// out with the rest of a damaged pack's.
 async fn damaged_blobs(repo: &Repository, index: &Index, read_data: bool) -> Result<Damaged> {
     let stored: IdSet = list_names(repo.operator(), Kind::Pack).await?.iter().filter_map(|n| n.parse().ok()).collect();
     let mut bad_packs: IdSet = index.packs().map(|(p, _)| p).filter(|p| !stored.contains(p)).collect();
     let mut damaged = Damaged::default();
     if read_data {
+        let mut trailers = IdSet::default();
         for (pack, _) in index.packs().filter(|(p, _)| stored.contains(p)) {
-            match crate::check::verify_pack(repo, &pack).await {
-                Ok(bad) if bad.is_empty() => {}
-                Ok(bad) => {
+            match judge_pack(repo, &pack, None).await {
+                Ok(Judged::Trailer(_)) => _ = trailers.insert(pack),
+                judged => damaged.judged(pack, judged, &mut bad_packs)?,
+            }
+        }
+        let listed = listed_entries(repo, &trailers).await?;
+        for pack in trailers {
+            match listed.get(&pack) {
+                Some(entries) => {
                     damaged.holding.insert(pack);
-                    damaged.blobs.extend(bad.into_iter().map(|(b, _)| b));
+                    damaged.judged(pack, judge_pack(repo, &pack, Some(entries.clone())).await, &mut bad_packs)?;
                 }
-                // An outage is no damage: what it hides is not lost.
-                Err(e) if is_damage(&e) => _ = bad_packs.insert(pack),
-                Err(e) => return Err(e),
+                None => _ = bad_packs.insert(pack),
             }
         }
     }
     damaged.packs = bad_packs;
     Ok(damaged)
+}
+
+impl Damaged {
+    /// Take in how `pack` was judged: its damaged blobs, or the pack as unreadable.
+    fn judged(&mut self, pack: Id, judged: Result<Judged>, bad_packs: &mut IdSet) -> Result<()> {
+        match judged {
+            Ok(Judged::Blobs(bad)) if bad.is_empty() => {}
+            Ok(Judged::Blobs(bad)) => {
+                self.holding.insert(pack);
+                self.blobs.extend(bad.into_iter().map(|(b, _)| b));
+            }
+            Ok(Judged::Trailer(_)) => _ = bad_packs.insert(pack),
+            // An outage is no damage: what it hides is not lost.
+            Err(e) if is_damage(&e) => _ = bad_packs.insert(pack),
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
 }
 
 async fn run(

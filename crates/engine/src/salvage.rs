@@ -26,7 +26,8 @@ use crate::{Id, IdMap, IdSet, Repository, Result};
 pub(crate) struct Damaged {
     /// Blobs that fail to read back.
     pub blobs: IdSet,
-    /// The packs holding those blobs; their other blobs read back whole.
+    /// The packs holding those blobs, or with a damaged trailer; their
+    /// other blobs read back whole.
     pub holding: IdSet,
     /// Packs missing from storage or unreadable, which take all their blobs.
     pub packs: IdSet,
@@ -34,7 +35,7 @@ pub(crate) struct Damaged {
 
 impl Damaged {
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty() && self.packs.is_empty()
+        self.blobs.is_empty() && self.packs.is_empty() && self.holding.is_empty()
     }
 }
 
@@ -66,7 +67,9 @@ pub(crate) async fn salvage(repo: &Repository, damaged: &Damaged, session: &Sess
             out.dropped_blobs += bad.len();
             out.copied_blobs += good.len();
             readable.push((p.id, good));
-            lost.push(IndexedPack { id: p.id, size: p.size, entries: bad });
+            if !bad.is_empty() {
+                lost.push(IndexedPack { id: p.id, size: p.size, entries: bad });
+            }
         } else {
             kept.push(p);
         }
@@ -173,5 +176,73 @@ mod tests {
         assert!(err.contains(" did not read back (") && err.ends_with("; the index was left as it was"), "{err}");
         let fresh = Repository::open(&Location::Fs(at), &repo_opts()).await.unwrap();
         assert_eq!(fresh.index().await.unwrap().get(&b).map(|(p, _)| p), Some(pack));
+    }
+
+    /// A pack whose trailer is damaged loses no blob: each is sealed on its
+    /// own where the index says. Check names the pack and no file, `repair
+    /// index` keeps its blobs indexed, and `repair snapshots --read-data`
+    /// copies them out, after which every file reads back as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_damaged_trailer_takes_no_blob_along() {
+        use crate::check::{CheckOptions, ReadData, check};
+        use crate::objects::Kind;
+        use crate::pack::FOOTER_LEN;
+
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("repo");
+        let repo = Arc::new(repository(&at).await);
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let names = ["a", "b", "c", "d"];
+        for n in names {
+            std::fs::write(data.join(n), content(n, 300_000)).unwrap();
+        }
+        let snap = backup(repo.clone(), BackupOptions { paths: vec![data.clone()], ..Default::default() }).await.unwrap();
+        let blobs = |n: &str| {
+            let (repo, path) = (repo.clone(), data.join(n));
+            async move { crate::walk::find(&repo, snap.tree, path.to_str().unwrap()).await.unwrap().unwrap().content }
+        };
+        let index = repo.index().await.unwrap();
+        let (pack, _) = index.get(&blobs("a").await[0]).unwrap();
+        let mut held = 0;
+        for n in names {
+            held += blobs(n).await.iter().filter(|b| index.pack_of(b) == Some(pack)).count();
+        }
+        let stored = at.join(Kind::Pack.path(&pack));
+        let mut bytes = std::fs::read(&stored).unwrap();
+        let n = bytes.len();
+        bytes[n - FOOTER_LEN - 3] ^= 0x10;
+        std::fs::write(&stored, bytes).unwrap();
+        let (location, opts) = (Location::Fs(at.clone()), repo_opts());
+        let fresh = || Repository::open(&location, &opts);
+        let all = || CheckOptions { read_data: ReadData::ALL, ..Default::default() };
+
+        let report = check(&fresh().await.unwrap(), all()).await.unwrap();
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+        let problem = &report.problems[0];
+        assert_eq!(problem.object, format!("pack {}", pack.short()));
+        let whole = format!("its trailer fails authentication; {held} of its blobs read back whole where the index says");
+        assert!(problem.error.ends_with(&whole), "{problem:?}");
+        assert!(problem.files.is_empty() && problem.snapshots.is_empty(), "{problem:?}");
+
+        let rebuilt = crate::repair::repair_index(&fresh().await.unwrap(), false).await.unwrap();
+        assert!(rebuilt.unreadable.is_empty(), "{rebuilt:?}");
+        assert_eq!(rebuilt.listed_as_before, [format!("{}: {held} of {held} blobs", pack.short())]);
+
+        let repair = RepairSnapshotsOptions { read_data: true, ..Default::default() };
+        let repaired = repair_snapshots(Arc::new(fresh().await.unwrap()), &repair).await.unwrap();
+        assert!(repaired.snapshots.is_empty(), "{:?}", repaired.snapshots);
+        assert_eq!((repaired.index.dropped_blobs, repaired.index.copied_blobs), (0, held));
+        let after = fresh().await.unwrap();
+        for n in names {
+            let mut restored = Vec::new();
+            for b in blobs(n).await {
+                assert_ne!(after.index().await.unwrap().pack_of(&b), Some(pack), "copied out of the damaged pack");
+                restored.extend(after.load_blob(&b).await.unwrap());
+            }
+            assert!(restored == content(n, 300_000), "{n} reads back as it was");
+        }
+        let report = check(&after, all()).await.unwrap();
+        assert!(report.ok(), "{:?}", report.problems);
     }
 }
