@@ -15,8 +15,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+mod timetable;
 mod watchers;
 
+use self::timetable::REPOSITORY_JOBS;
 use self::watchers::{measure_repository, survey_volumes, watch_rehearsals, watch_wal};
 use crate::check::{Severity, check};
 pub use crate::clock::Clock;
@@ -25,7 +27,7 @@ use crate::model::{CheckSpec, Reason};
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
-use crate::schedule::{Schedule, spread_offset};
+use crate::schedule::Schedule;
 use crate::state::{AuditEntry, CheckHistory, Job, Outcome, State};
 use crate::{Error, Result};
 
@@ -145,11 +147,6 @@ struct Loop {
     cancel: watch::Sender<bool>,
 }
 
-fn next_due(sched: &str, name: &str, spread: Option<Duration>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let next = Schedule::parse(sched).ok()?.next_after(after)?;
-    Some(next + chrono::Duration::from_std(spread_offset(name, spread.unwrap_or_default())).unwrap_or_default())
-}
-
 impl Loop {
     fn queued(&self, name: &str, kind: Kind, trigger: &'static str, due: DateTime<Utc>, attempt: u32, actor: &str) -> Queued {
         let plan = self.shared.plan.read().expect("not poisoned");
@@ -157,42 +154,25 @@ impl Loop {
         Queued { priority: plan.priority(&class), due, name: name.into(), kind, trigger, attempt, actor: actor.into(), restore: None }
     }
 
-    /// Set every next run from `now`; first backups and missed runs are queued now.
+    /// Set every next run from `now` (keeping those of the plan replaced
+    /// that are due, see `timetable::next_runs`); at the start, first
+    /// backups and missed runs are queued now.
     fn plan_runs(&mut self, now: DateTime<Utc>, at_start: bool) -> Result<()> {
         let plan = self.shared.plan();
-        let mut next = BTreeMap::new();
-        for s in &plan.sources {
-            if let Some(t) = next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now) {
-                next.insert(s.name.clone(), t);
-            }
-            if !at_start {
-                continue;
-            }
-            let last = self.shared.state.last_scheduled(&s.name, "backup")?;
-            let missed = last.and_then(|l| Schedule::parse(&s.schedule).ok()?.next_after(l)).is_some_and(|t| t <= now);
-            if last.is_none() || (missed && plan.daemon.catch_up) {
-                let trigger = if last.is_none() { "first" } else { "catch-up" };
-                let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");
-                self.queue.push(q);
-            }
-            self.queue_standby(&plan, &s.name, "first", now);
-        }
-        for (prefix, kind) in REPOSITORY_JOBS {
-            for repo in plan.repositories.keys() {
-                if let Some(t) = repository_schedule(&plan, kind, repo).and_then(|s| next_due(s, repo, None, now)) {
-                    next.insert(format!("{prefix}{repo}"), t);
+        if at_start {
+            for s in &plan.sources {
+                let last = self.shared.state.last_scheduled(&s.name, "backup")?;
+                let missed = last.and_then(|l| Schedule::parse(&s.schedule).ok()?.next_after(l)).is_some_and(|t| t <= now);
+                if last.is_none() || (missed && plan.daemon.catch_up) {
+                    let trigger = if last.is_none() { "first" } else { "catch-up" };
+                    let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");
+                    self.queue.push(q);
                 }
+                self.queue_standby(&plan, &s.name, "first", now);
             }
         }
-        for (class, c) in &plan.classes {
-            if let Some(t) = c.drill.as_ref().and_then(|d| next_due(&d.schedule, class, None, now)) {
-                next.insert(format!("drill:{class}"), t);
-            }
-        }
-        if let Some(t) = plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)) {
-            next.insert(format!("rehearsal:{REHEARSAL}"), t);
-        }
-        *self.shared.next_runs.lock().expect("not poisoned") = next;
+        let mut runs = self.shared.next_runs.lock().expect("not poisoned");
+        *runs = timetable::next_runs(&plan, now, &runs);
         Ok(())
     }
 
@@ -217,9 +197,10 @@ impl Loop {
     /// The jobs a due schedule starts (a source's backup, a repository's
     /// prune, a class's drills, the plan's rehearsal), and when it is due next.
     fn due_jobs(&self, plan: &Plan, key: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> (Vec<Queued>, Option<DateTime<Utc>>) {
+        let next = timetable::next_due(plan, key, now);
         if key.strip_prefix("rehearsal:") == Some(REHEARSAL) {
             let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, "schedule", at, 0, "daemon") };
-            return (vec![q], plan.drills.rehearsal.as_ref().and_then(|r| next_due(&r.schedule, REHEARSAL, None, now)));
+            return (vec![q], next);
         }
         for (prefix, kind) in REPOSITORY_JOBS {
             let Some(repo) = key.strip_prefix(prefix) else { continue };
@@ -233,7 +214,7 @@ impl Loop {
                 actor: "daemon".into(),
                 restore: None,
             };
-            return (vec![q], repository_schedule(plan, kind, repo).and_then(|p| next_due(p, repo, None, now)));
+            return (vec![q], next);
         }
         if let Some(class) = key.strip_prefix("drill:") {
             let jobs = plan
@@ -242,15 +223,11 @@ impl Loop {
                 .filter(|s| s.class == class)
                 .map(|s| self.queued(&s.name, Kind::Drill, "schedule", at, 0, "daemon"))
                 .collect();
-            let next = plan.classes.get(class).and_then(|c| c.drill.as_ref()).and_then(|d| next_due(&d.schedule, class, None, now));
             return (jobs, next);
         }
-        match plan.sources.iter().find(|s| s.name == key) {
-            Some(s) => (
-                vec![self.queued(key, Kind::Backup, "schedule", at, 0, "daemon")],
-                next_due(&s.schedule, &s.name, s.spread.map(|d| d.0), now),
-            ),
-            None => (Vec::new(), None),
+        match plan.sources.iter().any(|s| s.name == key) {
+            true => (vec![self.queued(key, Kind::Backup, "schedule", at, 0, "daemon")], next),
+            false => (Vec::new(), None),
         }
     }
 
@@ -580,18 +557,6 @@ async fn run_job(shared: &Arc<Shared>, q: &Queued, cancel: watch::Receiver<bool>
         run_one(shared, q, &Work { kind: Kind::Forget, ..w.clone() }, cancel).await;
     }
     outcome
-}
-
-/// The jobs each repository runs on a schedule of its own, by the prefix
-/// of their keys among the next runs.
-const REPOSITORY_JOBS: [(&str, Kind); 2] = [("prune:", Kind::Prune), ("check:", Kind::Check)];
-
-/// The schedule of a repository's job of `kind` (one of `REPOSITORY_JOBS`).
-fn repository_schedule<'a>(plan: &'a Plan, kind: Kind, repo: &str) -> Option<&'a str> {
-    match kind {
-        Kind::Check => plan.check_schedule(repo),
-        _ => plan.prune_schedule(repo),
-    }
 }
 
 /// What a check found: none when it passed; when it found damage, the

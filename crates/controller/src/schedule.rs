@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
 
 #[derive(Debug, Clone)]
@@ -33,9 +33,11 @@ impl Schedule {
         Ok(Schedule { cron, text: text.trim().to_string() })
     }
 
-    /// The first time after `t` the schedule fires.
+    /// The first time after `t` the schedule fires, in whole seconds:
+    /// croner keeps `t`'s fraction of a second in the time it finds, which
+    /// would move every run by whatever fraction "now" had.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.find_next_occurrence(&t, false).ok()
+        self.cron.find_next_occurrence(&t.trunc_subsecs(0), false).ok()
     }
 
     /// The longest time between two runs over the five weeks after `from`

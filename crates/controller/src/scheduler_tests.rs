@@ -512,3 +512,28 @@ async fn a_daemon_started_again_keeps_the_newest_check_verdict() {
     assert_eq!(check_metric(&again, "backup_repository_check_last_success_timestamp_seconds"), Some(passed.to_string()));
     again.stop().await;
 }
+
+const MINUTELY: &str = "repositories:\n  main:\n    url: /nonexistent/tresor-scheduler-test\n    password_file: /nonexistent/pw\n\
+classes:\n  standard:\n    rpo: 1h\n    rto: 4h\n\
+sources:\n  - {name: app, class: standard, url: /srv/a, schedule: '* * * * *'}\n\
+daemon:\n  prune_schedule: null\n";
+
+/// A reload a moment before a backup falls due never loses it: that
+/// minute's backup runs at its whole second, whatever fraction of a second
+/// the daemon's clock had at the reload.
+#[tokio::test]
+async fn a_reload_just_before_a_backup_falls_due_keeps_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), MINUTELY, Scripted::default());
+    let history = || d.shared.state.jobs(10, Some("app")).expect("the history");
+    until("the first backup", || history().first().is_some_and(|j| j.outcome.status == "succeeded")).await;
+    set(&d.clock_file, "2026-11-21T10:00:59.700Z");
+    d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
+    let reloaded = || d.shared.state.audit_log(10).expect("the trail").iter().any(|e| e.action == "reload" && e.result == "succeeded");
+    until("the reload", reloaded).await;
+    set(&d.clock_file, "2026-11-21T10:01:00.300Z");
+    until("the minute's backup", || history().len() == 2 && history()[0].outcome.status == "succeeded").await;
+    let due: Vec<String> = history().iter().map(|j| j.scheduled_at.to_rfc3339()).collect();
+    assert_eq!(due, ["2026-11-21T10:01:00+00:00", "2026-11-21T10:00:00+00:00"]);
+    d.stop().await;
+}
