@@ -419,7 +419,7 @@ pub struct RestoreArgs {
     #[arg(long, conflicts_with_all = ["to", "verify"], help_heading = TARGET)]
     pub verify_only: bool,
     /// With --target: what to do with a file that exists: always replace it, only if-changed
-    /// (its content differs), only if-newer (the snapshot's is newer), or never.
+    /// (its content differs; resumes a killed restore), only if-newer (the snapshot's is newer), or never.
     #[arg(long, default_value = "always", value_parser = ["always", "if-changed", "if-newer", "never"], conflicts_with = "to", help_heading = TARGET)]
     pub overwrite: String,
     /// With --target: remove files in the target that are not in the snapshot (within what is restored).
@@ -480,7 +480,7 @@ pub struct DumpArgs {
     /// The snapshot: an id, an id prefix or `latest`, with :PATH for a folder in it, e.g. latest:/srv/www.
     pub snapshot: String,
     /// The file's path in the snapshot (or in the folder SNAPSHOT:PATH names), e.g. /etc/hosts.
-    pub path: String,
+    pub path: std::ffi::OsString,
     #[command(flatten)]
     pub select: SelectArgs,
 }

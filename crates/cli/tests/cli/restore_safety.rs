@@ -64,3 +64,35 @@ fn a_directory_a_full_disk_keeps_out_is_reported_with_all_below_it() {
         );
     }
 }
+
+/// A restore over a target replaces each file it writes, never writes
+/// through it: a hard link from outside the target to a restored file keeps
+/// the local edit it holds, and the restored path holds the snapshot's
+/// content in a file of its own; a file of several chunks alike.
+#[test]
+fn a_restore_replaces_files_and_never_writes_through_a_hard_link() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("conf"), "from the snapshot\n").unwrap();
+    fs::write(src.join("big"), several_chunks("big")).unwrap();
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    let target = env.path("live");
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    let live = restored(&env, "live", &src);
+    let outside = env.path("outside");
+    fs::create_dir_all(&outside).unwrap();
+    for name in ["conf", "big"] {
+        fs::write(live.join(name), format!("local edit of {name}\n")).unwrap();
+        fs::hard_link(live.join(name), outside.join(name)).unwrap();
+    }
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(live.join("conf")).unwrap(), "from the snapshot\n");
+    assert!(fs::read(live.join("big")).unwrap() == several_chunks("big"));
+    for name in ["conf", "big"] {
+        assert_eq!(fs::read_to_string(outside.join(name)).unwrap(), format!("local edit of {name}\n"), "written through the link");
+        assert_ne!(fs::metadata(outside.join(name)).unwrap().ino(), fs::metadata(live.join(name)).unwrap().ino());
+    }
+}

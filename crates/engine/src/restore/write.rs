@@ -275,13 +275,15 @@ fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::R
     Ok(Some(file))
 }
 
-/// Create or truncate the regular file at `path`. A symbolic link the
-/// target holds there is replaced, never followed: restore would otherwise
-/// write, chmod and chown whatever the link points at.
+/// Create the regular file at `path` anew. Whatever the target holds
+/// there is replaced, never written through: a hard link to a file outside
+/// the target keeps its content, a read-only file needs no write access, a
+/// symbolic link is not followed, and no extended attribute of the old file
+/// stays.
 pub(super) fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
-    let open = || std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(path);
+    let open = || std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path);
     match open() {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             std::fs::remove_file(path)?;
             open()
         }
@@ -363,6 +365,21 @@ mod tests {
             ranges.iter().map(|(_, b)| (b[0].0.offset, b.last().map_or(0, |(e, _)| e.offset + e.length))).collect();
         s.sort();
         s
+    }
+
+    /// The file there is replaced, not written through: its other link
+    /// keeps the old content, its read-only mode asks for no write
+    /// permission.
+    #[test]
+    fn a_file_is_created_anew_not_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, other) = (dir.path().join("f"), dir.path().join("link"));
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        std::fs::hard_link(&path, &other).unwrap();
+        std::io::Write::write_all(&mut create_file(&path).unwrap(), b"new").unwrap();
+        assert_eq!((std::fs::read(&path).unwrap(), std::fs::read(&other).unwrap()), (b"new".to_vec(), b"old".to_vec()));
     }
 
     /// What bounds restore memory: no fetch spans more than `MAX_FETCH`
