@@ -429,7 +429,7 @@ pub fn name_lost<T>(lost: &[T], line: impl Fn(&T) -> String, noun: [&str; 2], ve
 /// One node as `ls` prints it: a path, a long line or a JSON object.
 fn ls_line(json: bool, long: bool, path: &std::path::Path, n: &Node) -> String {
     if json {
-        json!({"message_type": "node", "struct_type": "node", "name": n.name, "path": path, "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links}).to_string()
+        json!({"message_type": "node", "struct_type": "node", "name": n.name, "path": path.to_string_lossy(), "type": n.kind, "mode": n.mode, "size": n.size, "uid": n.uid, "gid": n.gid, "mtime": n.mtime, "links": n.links}).to_string()
     } else if long {
         let t = DateTime::from_timestamp_nanos(n.mtime).with_timezone(&Local);
         format!(
@@ -450,12 +450,13 @@ fn ls_line(json: bool, long: bool, path: &std::path::Path, n: &Node) -> String {
 pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     let repo = open(g).await?;
     let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
-    let path = in_folder(folder, &a.path);
+    let mut path = std::ffi::OsString::from(in_folder(folder, ""));
+    path.push(&a.path);
     let node = tresor_engine::walk::find(&repo, snap.tree, &path)
         .await?
         .with_context(|| format!("{path:?} names the snapshot root, not a file"))?;
     if !node.is_file() {
-        bail!("{} is not a regular file", a.path);
+        bail!("{} is not a regular file", a.path.to_string_lossy());
     }
     let mut out = std::io::stdout().lock();
     for id in &node.content {
@@ -475,7 +476,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> Result<u8> {
     let lost = tresor_engine::diff::diff(&repo, left, right, &mut |change, path| {
         counts[change as usize] += 1;
         let line = match g.json {
-            true => json!({"message_type": "change", "modifier": change.modifier(), "path": path}).to_string(),
+            true => json!({"message_type": "change", "modifier": change.modifier(), "path": path.to_string_lossy()}).to_string(),
             false => format!("{}    {}", change.modifier(), path.display()),
         };
         writeln!(out, "{line}").map_err(tresor_engine::Error::Stream)
@@ -508,7 +509,7 @@ pub async fn find(g: &Global, a: FindArgs) -> Result<u8> {
                 }
                 first = false;
                 let line = match g.json {
-                    true => json!({"message_type": "match", "snapshot_id": snap.id, "path": path, "type": n.kind, "size": n.size, "mtime": n.mtime}).to_string(),
+                    true => json!({"message_type": "match", "snapshot_id": snap.id, "path": path.to_string_lossy(), "type": n.kind, "size": n.size, "mtime": n.mtime}).to_string(),
                     false => ls_line(false, a.long, path, n),
                 };
                 writeln!(out, "{line}").map_err(tresor_engine::Error::Stream)

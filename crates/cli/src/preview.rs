@@ -185,9 +185,9 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
     let show = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
     if g.json {
         print_json(&json!({
-            "snapshot": snap.id, "target": target, "added": show(&added), "changed": show(&changed), "removed": show(&removed),
+            "snapshot": snap.id, "target": target.to_string_lossy(), "added": show(&added), "changed": show(&changed), "removed": show(&removed),
             "unrestorable": show(&unrestorable),
-            "damaged": damaged.iter().map(|(p, why)| json!({"path": p, "error": why})).collect::<Vec<_>>(),
+            "damaged": damaged.iter().map(|(p, why)| json!({"path": p.to_string_lossy(), "error": why})).collect::<Vec<_>>(),
         }))?;
     } else {
         for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed), ("!", &unrestorable)] {

@@ -144,20 +144,24 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// The node at `path` (`/` or empty for the root) of a snapshot tree.
-pub async fn find(repo: &Repository, root: Id, path: &str) -> Result<Option<Node>> {
+/// The node at `path` (`/` or empty for the root) of a snapshot tree; a
+/// path need not be UTF-8, as names on Linux need not.
+pub async fn find(repo: &Repository, root: Id, path: &(impl AsRef<std::ffi::OsStr> + ?Sized)) -> Result<Option<Node>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.as_ref();
+    let missing = || Error::NoSuchPath(path.to_string_lossy().into_owned());
     let mut tree = root;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&[u8]> = path.as_bytes().split(|b| *b == b'/').filter(|p| !p.is_empty()).collect();
     if parts.is_empty() {
         return Ok(None);
     }
     for (i, part) in parts.iter().enumerate() {
         let t = repo.load_tree(&tree).await?;
-        let node = t.nodes.into_iter().find(|n| n.os_name() == *part).ok_or_else(|| Error::NoSuchPath(path.to_string()))?;
+        let node = t.nodes.into_iter().find(|n| n.os_name().as_bytes() == *part).ok_or_else(missing)?;
         if i + 1 == parts.len() {
             return Ok(Some(node));
         }
-        tree = node.subtree.ok_or_else(|| Error::NoSuchPath(path.to_string()))?;
+        tree = node.subtree.ok_or_else(missing)?;
     }
     unreachable!("loop returns on the last part")
 }

@@ -31,6 +31,7 @@ mod k8s;
 mod key_slots;
 mod large_files;
 mod memory;
+mod names;
 mod pitr;
 mod prune;
 mod rehearse;

@@ -1,0 +1,32 @@
+//! Names that are not UTF-8, as Linux allows them: listed, found and
+//! compared in text and JSON (with U+FFFD where a byte is no UTF-8), and
+//! dumped by the name as it is on disk.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+use super::*;
+
+#[test]
+fn names_that_are_not_utf8_are_listed_found_compared_and_dumped() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let name = OsStr::from_bytes(b"inv\xff\xfe");
+    fs::write(src.join(name), "not UTF-8\n").unwrap();
+    let at = src.to_str().unwrap();
+    let first = env.json(&["backup", at])["snapshot_id"].as_str().unwrap().to_string();
+    fs::write(src.join(name), "changed\n").unwrap();
+    let second = env.json(&["backup", at])["snapshot_id"].as_str().unwrap().to_string();
+    let lossy = format!("{at}/inv\u{fffd}\u{fffd}");
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        env.ok(&[args, &["--json"]].concat()).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert!(lines(&["ls", &second, at]).iter().any(|n| n["path"] == lossy.as_str()), "ls --json");
+    assert!(lines(&["find", "inv*"]).iter().any(|n| n["path"] == lossy.as_str()), "find --json");
+    assert!(lines(&["diff", &first, &second]).iter().any(|c| c["path"] == lossy.as_str() && c["modifier"] == "M"), "diff --json");
+    assert!(env.ok(&["ls", &second, at]).lines().any(|l| l == lossy), "ls");
+    let dumped = env.cmd(&["dump", &second]).arg(src.join(name)).output().unwrap();
+    assert_eq!((dumped.status.code(), String::from_utf8_lossy(&dumped.stdout).as_ref()), (Some(0), "changed\n"));
+}
