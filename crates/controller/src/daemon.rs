@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
+mod history;
 mod timetable;
 mod watchers;
 
@@ -432,23 +433,10 @@ pub async fn run(
             lp.queue_copy(&plan, &s.name, "catch-up", now);
         }
     }
-    shared.metrics.declare(&shared.plan());
-    for s in shared.plan().sources {
-        if let Some(j) = shared.state.last_success(&s.name)? {
-            shared.metrics.seed(&s.name, &s.class, j.ended_at.unwrap_or(j.started_at));
-        }
-        let last = shared.state.jobs(50, Some(&s.name))?.into_iter().find(|j| j.kind == "backup");
-        if let Some(j) = last.filter(|j| j.outcome.status == "failed") {
-            shared.failing.lock().expect("not poisoned").insert(s.name.clone(), j.ended_at.unwrap_or(j.started_at));
-        }
-    }
+    history::restore(&shared)?;
     lp.plan_runs(now, true)?;
     for name in shared.plan().repositories.keys() {
         measure_repository(&shared, name);
-        let checks: Vec<Job> = shared.state.jobs(200, Some(name))?.into_iter().filter(|j| j.kind == Kind::Check.as_str()).collect();
-        let passed = checks.iter().find(|j| j.outcome.status == "succeeded").and_then(|j| j.ended_at);
-        let newest = checks.iter().find_map(|j| j.outcome.problems);
-        shared.metrics.check_done(name, passed, newest);
     }
     survey_volumes(&shared);
     watch_wal(&shared);

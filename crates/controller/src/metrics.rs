@@ -346,6 +346,11 @@ impl Metrics {
         self.last_success.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(at.timestamp() as f64);
     }
 
+    /// Seed the newest failed backup (from the state database at start).
+    pub fn seed_failure(&self, source: &str, class: &str, at: DateTime<Utc>) {
+        self.last_failure.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(at.timestamp() as f64);
+    }
+
     pub fn backup_done(&self, source: &str, class: &str, o: &Outcome, seconds: f64, at: DateTime<Utc>) {
         let l = SourceLabels { source: source.into(), class: class.into() };
         self.duration.get_or_create(&l).set(seconds);
@@ -358,7 +363,7 @@ impl Metrics {
         } else {
             let reason = o.reason.clone().unwrap_or_else(|| "error".into());
             self.failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason }).inc();
-            self.last_failure.get_or_create(&l).set(at.timestamp() as f64);
+            self.seed_failure(source, class, at);
         }
     }
 
@@ -380,9 +385,15 @@ impl Metrics {
     /// A drill's report (`tresor drill --json`).
     pub fn drill_done(&self, source: &str, class: &str, report: &serde_json::Value) {
         let l = SourceLabels { source: source.into(), class: class.into() };
+        self.restore_histogram.get_or_create(&l).observe(report["rto_seconds"].as_f64().unwrap_or(0.0));
+        self.drill_seen(source, class, report);
+    }
+
+    /// The newest drill's verdict and figures (from the history at start too).
+    pub fn drill_seen(&self, source: &str, class: &str, report: &serde_json::Value) {
+        let l = SourceLabels { source: source.into(), class: class.into() };
         let rto = report["rto_seconds"].as_f64().unwrap_or(0.0);
         self.drill_duration.get_or_create(&l).set(rto);
-        self.restore_histogram.get_or_create(&l).observe(rto);
         self.rto_achieved.get_or_create(&l).set(rto);
         self.drill_success.get_or_create(&l).set(i64::from(report["passed"].as_bool() == Some(true)));
         if let Some(rpo) = report["rpo_seconds"].as_f64() {

@@ -482,9 +482,13 @@ fn damaged() -> JobResult {
 
 /// The value of the check metric `name` of repository `main`.
 fn check_metric(d: &Started, name: &str) -> Option<String> {
+    metric(d, &format!("{name}{{repository=\"main\"}}"))
+}
+
+/// The value of one series (its name and labels) in the daemon's metrics now.
+fn metric(d: &Started, series: &str) -> Option<String> {
     let text = d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
-    let line = format!("{name}{{repository=\"main\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(line.as_str()).map(String::from))
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(String::from))
 }
 
 /// A daemon started again shows its repositories' newest check verdicts
@@ -536,4 +540,36 @@ async fn a_reload_just_before_a_backup_falls_due_keeps_it() {
     let due: Vec<String> = history().iter().map(|j| j.scheduled_at.to_rfc3339()).collect();
     assert_eq!(due, ["2026-11-21T10:01:00+00:00", "2026-11-21T10:00:00+00:00"]);
     d.stop().await;
+}
+
+/// A daemon started again keeps what its history says is failing alerted:
+/// the newest failed backup's time (BackupJobFailed) and the newest
+/// drill's failed verdict (BackupDrillFailed) are back at once.
+#[tokio::test]
+async fn a_daemon_started_again_keeps_failures_alerted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = BTreeMap::from([(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"))]);
+    let d = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
+    let ended =
+        |source: &str| d.shared.state.jobs(1, Some(source)).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
+    until("the first backups", || ended("flaky") && ended("locked")).await;
+    set(&d.clock_file, "2026-11-21T10:05:00Z");
+    // As the drill's child process records it.
+    let drill = serde_json::json!({
+        "test_id": "DRILL-20261121-100500-flaky", "source": "flaky", "class": "standard", "kind": "directory",
+        "started": "2026-11-21T10:05:00Z", "rto_seconds": 1.5, "rpo_seconds": 300.0, "rto_target": 14400, "rpo_target": 86400,
+        "bytes": 4096, "passed": false, "checks": [], "reasons": ["a file differs"], "owner": null,
+    });
+    d.shared.state.record_drill(&serde_json::from_value(drill).expect("a drill report")).expect("recorded");
+    d.stop().await;
+
+    let again = started(dir.path(), PLAN, Scripted::default());
+    until("the daemon ready", || again.shared.ready.load(std::sync::atomic::Ordering::SeqCst)).await;
+    let failed = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").expect("a time").timestamp();
+    let series = |s: &str, source: &str| metric(&again, &format!("{s}{{source=\"{source}\",class=\"standard\"}}"));
+    assert_eq!(series("backup_last_failure_timestamp_seconds", "locked"), Some(format!("{failed}.0")));
+    assert_eq!(series("backup_last_failure_timestamp_seconds", "flaky"), None, "flaky never failed");
+    assert_eq!(series("restore_drill_success", "flaky"), Some("0".into()));
+    assert_eq!(series("rpo_achieved_seconds", "flaky"), Some("300.0".into()));
+    again.stop().await;
 }

@@ -1,0 +1,43 @@
+//! What the daemon starts with, read back from the job history: each
+//! source's newest success and failure, whether it is failing, its newest
+//! drill's verdict, and each repository's newest check verdict. Without
+//! them a restart (or a pod moved) would clear every active failure
+//! series, and the alerts on them would resolve though nothing recovered.
+
+use crate::Result;
+use crate::model::Kind;
+use crate::state::Job;
+
+use super::Shared;
+
+/// The metrics and the failing sources as the history left them.
+pub(super) fn restore(shared: &Shared) -> Result<()> {
+    let plan = shared.plan();
+    shared.metrics.declare(&plan);
+    for s in &plan.sources {
+        if let Some(j) = shared.state.last_success(&s.name)? {
+            shared.metrics.seed(&s.name, &s.class, ended(&j));
+        }
+        if let Some(j) = shared.state.failures(&s.name, 50)?.into_iter().find(|j| j.kind == Kind::Backup.as_str()) {
+            shared.metrics.seed_failure(&s.name, &s.class, ended(&j));
+        }
+        let last = shared.state.jobs(50, Some(&s.name))?.into_iter().find(|j| j.kind == Kind::Backup.as_str());
+        if let Some(j) = last.filter(|j| j.outcome.status == "failed") {
+            shared.failing.lock().expect("not poisoned").insert(s.name.clone(), ended(&j));
+        }
+        if let Some(d) = shared.state.source_drills(&s.name, 1)?.into_iter().next() {
+            shared.metrics.drill_seen(&s.name, &s.class, &serde_json::to_value(&d).unwrap_or_default());
+        }
+    }
+    for name in plan.repositories.keys() {
+        let checks: Vec<Job> = shared.state.jobs(200, Some(name))?.into_iter().filter(|j| j.kind == Kind::Check.as_str()).collect();
+        let passed = checks.iter().find(|j| j.outcome.status == "succeeded").and_then(|j| j.ended_at);
+        let newest = checks.iter().find_map(|j| j.outcome.problems);
+        shared.metrics.check_done(name, passed, newest);
+    }
+    Ok(())
+}
+
+fn ended(j: &Job) -> chrono::DateTime<chrono::Utc> {
+    j.ended_at.unwrap_or(j.started_at)
+}
