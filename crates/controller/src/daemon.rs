@@ -373,9 +373,7 @@ impl Loop {
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {
-                    for gone in self.shared.plan().repositories.keys().filter(|r| !plan.repositories.contains_key(*r)) {
-                        self.shared.metrics.forget_repository(gone);
-                    }
+                    self.shared.metrics.forget_gone(&self.shared.plan(), &plan);
                     self.shared.metrics.declare(&plan);
                     *self.shared.plan.write().expect("not poisoned") = plan;
                     // Repositories may have moved or changed password: unlock them anew.

@@ -113,6 +113,8 @@ pub struct Metrics {
     standby_lag: Family<SourceLabels, FloatGauge>,
     /// Sources with a warm standby: its newest figures (crate::standby).
     standbys: Mutex<BTreeMap<String, StandbyPoint>>,
+    /// Failure reasons outside `Reason::ALL` that labelled a series, for removing it.
+    reasons: Mutex<std::collections::BTreeSet<String>>,
     /// Newest successful backup per source, for the RPO gauges.
     newest: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Sources that archive WAL: the archive's newest figures.
@@ -175,6 +177,7 @@ impl Metrics {
             wal_gap: Family::default(),
             standby_lag: Family::default(),
             standbys: Mutex::default(),
+            reasons: Mutex::default(),
             newest: Mutex::default(),
             wal: Mutex::default(),
             offsite_behind: Mutex::default(),
@@ -328,12 +331,82 @@ impl Metrics {
         }
     }
 
-    /// A repository gone from the plan: its checks' verdict goes with it,
-    /// so that no alert keeps firing for it.
-    pub fn forget_repository(&self, repository: &str) {
-        let l = RepoLabels { repository: repository.into() };
-        self.check_passed.remove(&l);
-        self.check_problems.remove(&l);
+    /// What a reload took out of `old` to make `new`: every series of a
+    /// repository, class or source gone, and of a source moved to another
+    /// class under its old one (its newest success and failure, and its
+    /// newest drill's figures, carried to the new), so that no alert keeps
+    /// firing, and no dashboard keeps a line, for something not in the plan.
+    pub fn forget_gone(&self, old: &Plan, new: &Plan) {
+        for repository in old.repositories.keys().filter(|r| !new.repositories.contains_key(*r)) {
+            let l = RepoLabels { repository: repository.clone() };
+            let families: [&dyn Forget<RepoLabels>; 6] =
+                [&self.repo_errors, &self.repo_size, &self.check_passed, &self.check_problems, &self.storage_free, &self.storage_size];
+            for f in families {
+                f.forget(&l);
+            }
+        }
+        for class in old.classes.keys().filter(|c| !new.classes.contains_key(*c)) {
+            let l = ClassLabels { class: class.clone() };
+            let families: [&dyn Forget<ClassLabels>; 3] = [&self.rpo, &self.rpo_target, &self.rto_target];
+            for f in families {
+                f.forget(&l);
+            }
+        }
+        for s in &old.sources {
+            let moved = match new.sources.iter().find(|n| n.name == s.name) {
+                Some(n) if n.class == s.class => continue,
+                Some(n) => Some(SourceLabels { source: s.name.clone(), class: n.class.clone() }),
+                None => None,
+            };
+            self.forget_source(&SourceLabels { source: s.name.clone(), class: s.class.clone() }, moved.as_ref());
+        }
+    }
+
+    /// Remove every series of source `l`; the figures that stand until the
+    /// next job are carried to `to` when the source moved there.
+    fn forget_source(&self, l: &SourceLabels, to: Option<&SourceLabels>) {
+        for f in [&self.last_success, &self.last_failure, &self.rto_achieved, &self.rpo_achieved, &self.drill_duration] {
+            if let (Some(to), Some(v)) = (to, f.get(l).map(|g| g.get())) {
+                f.get_or_create(to).set(v);
+            }
+            f.remove(l);
+        }
+        if let (Some(to), Some(v)) = (to, self.drill_success.get(l).map(|g| g.get())) {
+            self.drill_success.get_or_create(to).set(v);
+        }
+        let families: [&dyn Forget<SourceLabels>; 13] = [
+            &self.success,
+            &self.duration,
+            &self.duration_histogram,
+            &self.restore_histogram,
+            &self.size,
+            &self.added,
+            &self.restore_success,
+            &self.restore_duration,
+            &self.lag,
+            &self.drill_success,
+            &self.wal_lag,
+            &self.wal_gap,
+            &self.standby_lag,
+        ];
+        for f in families {
+            f.forget(l);
+        }
+        let seen = self.reasons.lock().expect("not poisoned").clone();
+        for reason in crate::model::Reason::ALL.map(|r| r.as_str().to_string()).into_iter().chain(seen) {
+            let f = FailureLabels { source: l.source.clone(), class: l.class.clone(), reason };
+            self.failure.remove(&f);
+            self.restore_failure.remove(&f);
+        }
+        for kind in crate::model::Kind::ALL {
+            self.job_failure.remove(&JobLabels { source: l.source.clone(), class: l.class.clone(), kind: kind.as_str().into() });
+        }
+        if to.is_none() {
+            self.newest.lock().expect("not poisoned").remove(&l.source);
+            self.wal.lock().expect("not poisoned").remove(&l.source);
+            self.offsite_behind.lock().expect("not poisoned").remove(&l.source);
+            self.standbys.lock().expect("not poisoned").remove(&l.source);
+        }
     }
 
     pub fn repository_failed(&self, repository: &str) {
@@ -361,10 +434,16 @@ impl Metrics {
             self.added.get_or_create(&l).set(o.bytes_added.unwrap_or(0) as i64);
             self.seed(source, class, at);
         } else {
-            let reason = o.reason.clone().unwrap_or_else(|| "error".into());
+            let reason = self.reason(o.reason.as_deref().unwrap_or("error"));
             self.failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason }).inc();
             self.seed_failure(source, class, at);
         }
+    }
+
+    /// A failure reason as a label, kept for `forget_source`.
+    fn reason(&self, reason: &str) -> String {
+        self.reasons.lock().expect("not poisoned").insert(reason.into());
+        reason.into()
     }
 
     pub fn job_failed(&self, source: &str, class: &str, kind: &str) {
@@ -378,7 +457,8 @@ impl Metrics {
         if ok {
             self.restore_success.get_or_create(&l).inc();
         } else {
-            self.restore_failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason: reason.into() }).inc();
+            let reason = self.reason(reason);
+            self.restore_failure.get_or_create(&FailureLabels { source: source.into(), class: class.into(), reason }).inc();
         }
     }
 
@@ -493,6 +573,17 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+/// A family whose series can be removed, whatever its metric's type.
+trait Forget<L> {
+    fn forget(&self, labels: &L);
+}
+
+impl<L: Clone + std::hash::Hash + Eq, M, C: prometheus_client::metrics::family::MetricConstructor<M>> Forget<L> for Family<L, M, C> {
+    fn forget(&self, labels: &L) {
+        self.remove(labels);
     }
 }
 

@@ -38,6 +38,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Backup,
+        Kind::Forget,
+        Kind::Copy,
+        Kind::Prune,
+        Kind::Restore,
+        Kind::Drill,
+        Kind::Snapshots,
+        Kind::Rehearsal,
+        Kind::Standby,
+        Kind::Check,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Backup => "backup",

@@ -485,6 +485,13 @@ fn check_metric(d: &Started, name: &str) -> Option<String> {
     metric(d, &format!("{name}{{repository=\"main\"}}"))
 }
 
+/// Wait until each of `sources` has ended its first job.
+async fn first_backups(d: &Started, sources: &[&str]) {
+    let ended =
+        |source: &str| d.shared.state.jobs(1, Some(source)).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
+    until("the first backups", || sources.iter().all(|s| ended(s))).await;
+}
+
 /// The value of one series (its name and labels) in the daemon's metrics now.
 fn metric(d: &Started, series: &str) -> Option<String> {
     let text = d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
@@ -550,9 +557,7 @@ async fn a_daemon_started_again_keeps_failures_alerted() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let script = BTreeMap::from([(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"))]);
     let d = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
-    let ended =
-        |source: &str| d.shared.state.jobs(1, Some(source)).expect("the history").first().is_some_and(|j| j.outcome.status != "running");
-    until("the first backups", || ended("flaky") && ended("locked")).await;
+    first_backups(&d, &["flaky", "locked"]).await;
     set(&d.clock_file, "2026-11-21T10:05:00Z");
     // As the drill's child process records it.
     let drill = serde_json::json!({
@@ -572,4 +577,41 @@ async fn a_daemon_started_again_keeps_failures_alerted() {
     assert_eq!(series("restore_drill_success", "flaky"), Some("0".into()));
     assert_eq!(series("rpo_achieved_seconds", "flaky"), Some("300.0".into()));
     again.stop().await;
+}
+
+const TWO_CLASSES: &str = "repositories:\n  main:\n    url: /nonexistent/tresor-scheduler-test\n    password_file: /nonexistent/pw\n\
+\x20 old:\n    url: /nonexistent/tresor-scheduler-old\n    password_file: /nonexistent/pw\n\
+classes:\n  critical:\n    rpo: 1d\n    rto: 4h\n  rare:\n    rpo: 1d\n    rto: 4h\n\
+sources:\n  - {name: broken, class: critical, url: /srv/a, schedule: '@daily'}\n\
+\x20 - {name: app, class: rare, url: /srv/b, schedule: '@daily'}\n";
+
+/// After a reload, nothing gone from the plan keeps a series: not a
+/// repository, a class or a source removed, nor a source under the class
+/// it moved from, whose newest failure moves to its new class.
+#[tokio::test]
+async fn a_reload_removes_the_series_of_what_left_the_plan() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = BTreeMap::from([(("broken".to_string(), 1), JobResult::failed(Reason::SourceUnreachable, false, "refused"))]);
+    let d = started(dir.path(), TWO_CLASSES, Scripted { script, ..Scripted::default() });
+    first_backups(&d, &["broken", "app"]).await;
+    let text = || d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now());
+    assert!(text().contains("backup_rpo_seconds{class=\"rare\"}"), "{}", text());
+    let plan = TWO_CLASSES.replace("  rare:\n", "  standard:\n").replace("class: critical", "class: standard");
+    let plan = plan.replace("\x20 - {name: app, class: rare, url: /srv/b, schedule: '@daily'}\n", "");
+    let plan = plan.replace("\x20 old:\n    url: /nonexistent/tresor-scheduler-old\n    password_file: /nonexistent/pw\n", "");
+    std::fs::write(dir.path().join("tresor.yaml"), plan).expect("the plan");
+    d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
+    until("the reload", || d.shared.plan().sources.len() == 1).await;
+    let text = text();
+    let stale: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["source=\"app\"", "class=\"rare\"", "repository=\"old\"", "source=\"broken\",class=\"critical\""].iter().any(|s| l.contains(s))
+        })
+        .collect();
+    assert_eq!(stale, Vec::<&str>::new());
+    let failed = chrono::DateTime::parse_from_rfc3339("2026-11-21T10:00:00Z").expect("a time").timestamp();
+    let series = "backup_last_failure_timestamp_seconds{source=\"broken\",class=\"standard\"}";
+    assert_eq!(metric(&d, series), Some(format!("{failed}.0")));
+    d.stop().await;
 }
