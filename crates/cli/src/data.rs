@@ -287,6 +287,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     }
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");
+    let filtered = filters_named(&a.includes, &a.excludes);
     let opts = RestoreOptions {
         target: target.clone(),
         subfolder: folder.map(String::from),
@@ -302,11 +303,21 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
         b.abort();
     }
     let summary = summary.with_context(|| format!("restore of snapshot {} to {} failed", snap.id.short(), target.display()))?;
+    if let Some(filters) = filtered.filter(|_| summary.selected == 0) {
+        bail!("nothing in snapshot {} is selected by {filters} ({}); nothing was restored", snap.id.short(), holds(&snap));
+    }
     report_restore(g, &snap, &target, &summary, started.elapsed().as_secs_f64())?;
     if a.verify {
         return verify(g, &repo, &snap, tree, &target).await;
     }
     Ok(0)
+}
+
+/// The filters given, as the user wrote them (`None`: no filter).
+fn filters_named(includes: &[String], excludes: &[String]) -> Option<String> {
+    let named = |flag: &str, v: &[String]| v.iter().map(|p| format!("{flag} '{p}'")).collect::<Vec<_>>();
+    let all = [named("--include", includes), named("--exclude", excludes)].concat();
+    (!all.is_empty()).then(|| all.join(" "))
 }
 
 /// The restore's summary; a restore with errors ends saying it failed.
@@ -392,9 +403,27 @@ pub async fn ls(g: &Global, a: LsArgs) -> Result<u8> {
     let lost = tresor_engine::walk::each(&repo, snap.tree, &base, &mut |path, n| {
         writeln!(out, "{}", ls_line(g.json, a.long, path, n)).map_err(tresor_engine::Error::Stream)
     })
-    .await?;
+    .await
+    .map_err(|e| not_in(&snap, e))?;
     out.flush()?;
     unread(&in_snapshot(&snap, lost), "listed")
+}
+
+/// A path `snap` lacks, named with the snapshot and the paths it holds
+/// (`latest` may be another backup's than meant).
+fn not_in(snap: &Snapshot, e: tresor_engine::Error) -> anyhow::Error {
+    match e {
+        tresor_engine::Error::NoSuchPath(p) => anyhow::anyhow!("path {p:?} is not in snapshot {} ({})", snap.id.short(), holds(snap)),
+        e => e.into(),
+    }
+}
+
+/// What a snapshot holds, for a message that says it lacks something.
+fn holds(snap: &Snapshot) -> String {
+    match snap.paths.is_empty() {
+        true => format!("a {} backup, of no paths", snap.source.kind),
+        false => format!("its paths: {}", snap.paths.join(", ")),
+    }
 }
 
 /// What a reader of `snap` went on without, each named with the snapshot.
@@ -453,7 +482,8 @@ pub async fn dump(g: &Global, a: DumpArgs) -> Result<u8> {
     let mut path = std::ffi::OsString::from(in_folder(folder, ""));
     path.push(&a.path);
     let node = tresor_engine::walk::find(&repo, snap.tree, &path)
-        .await?
+        .await
+        .map_err(|e| not_in(&snap, e))?
         .with_context(|| format!("{path:?} names the snapshot root, not a file"))?;
     if !node.is_file() {
         bail!("{} is not a regular file", a.path.to_string_lossy());

@@ -66,6 +66,10 @@ pub struct RestoreSummary {
     pub bytes_restored: u64,
     pub bytes_skipped: u64,
     pub errors: Vec<String>,
+    /// Entries the includes and excludes selected: none, with a filter
+    /// given, is a restore of nothing the user asked for.
+    #[serde(skip)]
+    pub selected: u64,
 }
 
 struct FilePlan {
@@ -219,6 +223,7 @@ impl Restorer<'_> {
         if !take {
             return Ok(descend);
         }
+        self.summary.selected += 1;
         // `made`, and so each directory above it, exists: most entries need
         // no look at the target before they are created.
         if self.blocked.is_none()

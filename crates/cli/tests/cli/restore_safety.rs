@@ -96,3 +96,46 @@ fn a_restore_replaces_files_and_never_writes_through_a_hard_link() {
         assert_ne!(fs::metadata(outside.join(name)).unwrap().ino(), fs::metadata(live.join(name)).unwrap().ino());
     }
 }
+
+/// A filter that selects nothing, or a path the snapshot lacks, is an
+/// error naming the snapshot and the paths it holds: `latest` is the
+/// newest backup of any path, here a stream's, not the directory's.
+#[test]
+fn a_filter_that_selects_nothing_and_a_path_not_there_name_the_snapshot() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("app.conf"), "listen 8080\n").unwrap();
+    let dir = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let stream =
+        env.cmd(&["backup", "--stdin", "--stdin-filename", "app.dump", "--json"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(stream.status.success(), "{stream:?}");
+    let latest =
+        env.json(&["snapshots"]).as_array().unwrap().iter().map(|s| s["short_id"].as_str().unwrap().to_string()).next_back().unwrap();
+    assert_ne!(latest, dir);
+    let target = env.path("restored");
+    let fails = |args: &[&str]| {
+        let out = env.run(args);
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let at = src.to_str().unwrap();
+    assert_eq!(
+        fails(&["ls", "latest", at]),
+        (Some(1), format!("tresor: error: path {at:?} is not in snapshot {latest} (a stdin backup, of no paths)\n"))
+    );
+    let selected = |id: &str, filters: &str, holds: &str| {
+        format!("tresor: error: nothing in snapshot {id} is selected by {filters} ({holds}); nothing was restored\n")
+    };
+    let t = target.to_str().unwrap();
+    assert_eq!(
+        fails(&["restore", "latest", "--target", t, "--include", "*.conf"]),
+        (Some(1), selected(&latest, "--include '*.conf'", "a stdin backup, of no paths"))
+    );
+    assert_eq!(
+        fails(&["restore", &dir, "--target", t, "--include", "app.conf", "--exclude", "*"]),
+        (Some(1), selected(&dir, "--include 'app.conf' --exclude '*'", &format!("its paths: {at}")))
+    );
+    env.ok(&["restore", &dir, "--target", t, "--include", "*.conf"]);
+    assert_eq!(fs::read_to_string(restored(&env, "restored", &src).join("app.conf")).unwrap(), "listen 8080\n");
+}
