@@ -50,6 +50,14 @@ fn main() -> ExitCode {
     if let Some(heap) = heap::Heap::of(&cli.command) {
         heap.apply();
     }
+    if prints_a_listing(&cli.command) {
+        // A listing piped into `head` ends when its reader goes, by SIGPIPE
+        // as `cat`'s does, not by a panic of `println!`. The other commands
+        // keep Rust's ignored SIGPIPE: a program they write to that quits
+        // early (a restore's `--to command:`) is an error they report.
+        // SAFETY: no other thread runs yet, and SIG_DFL is a valid handler.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // Libraries that log their own failures (kube's client) stay quiet: tresor's one-line error says it.
     let filter = if cli.global.verbose { "info" } else { "warn,kube_client=off" };
     tracing_subscriber::fmt()
@@ -144,6 +152,24 @@ pub fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
+}
+
+/// Commands that only print what they read, to be piped into a pager or `head`.
+fn prints_a_listing(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Snapshots(_)
+            | Command::Ls(_)
+            | Command::Dump(_)
+            | Command::Diff(_)
+            | Command::Find(_)
+            | Command::Stats(_)
+            | Command::Holds
+            | Command::Jobs(_)
+            | Command::Audit(_)
+            | Command::Completion(_)
+            | Command::Man(_)
+    )
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {

@@ -30,3 +30,22 @@ fn names_that_are_not_utf8_are_listed_found_compared_and_dumped() {
     let dumped = env.cmd(&["dump", &second]).arg(src.join(name)).output().unwrap();
     assert_eq!((dumped.status.code(), String::from_utf8_lossy(&dumped.stdout).as_ref()), (Some(0), "changed\n"));
 }
+
+/// A listing piped into a reader that stops early (`| head -1`) ends
+/// quietly by SIGPIPE, as `cat` does, not with a panic and exit 101.
+#[test]
+fn a_listing_whose_reader_stops_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for n in 0..3000 {
+        fs::write(src.join(format!("file-with-a-long-name-{n:05}")), "x").unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let mut ls = env.cmd(&["ls", "latest"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(ls.stdout.take());
+    let out = ls.wait_with_output().unwrap();
+    assert_eq!((out.status.signal(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(libc::SIGPIPE), ""));
+}
