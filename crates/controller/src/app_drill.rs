@@ -54,9 +54,8 @@ pub fn drill_app(exe: &Path, plan: &Plan, app: &Application, scratch_root: &Path
     let result = std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create the scratch directory {}: {e}", dir.display()))
         .and_then(|_| run(exe, plan, app, &dir, &mut r));
-    r.rto_seconds = t0.elapsed().as_secs_f64();
     // The application is as old as its oldest source's point.
-    r.rpo_seconds = r.snapshot_time.map(|t| (started - t).num_milliseconds() as f64 / 1000.0);
+    r.ended(t0.elapsed());
     if let Err(e) = result {
         r.reasons.push(e);
     }

@@ -70,8 +70,7 @@ pub fn drill_from(exe: &Path, plan: &Plan, source: &SourceSpec, origin: Result<O
             .and_then(|_| run(&Tresor::new(exe, &o.repo, &source.name), source, &dir, mode, &mut r)),
         Err(e) => Err(e.clone()),
     };
-    r.rto_seconds = t0.elapsed().as_secs_f64();
-    r.rpo_seconds = r.snapshot_time.map(|t| (started - t).num_milliseconds() as f64 / 1000.0);
+    r.ended(t0.elapsed());
     if let Err(e) = result {
         r.reasons.push(e);
     }

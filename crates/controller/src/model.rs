@@ -409,6 +409,17 @@ pub struct DrillReport {
     pub application: Option<AppDrill>,
 }
 
+impl DrillReport {
+    /// The drill's figures once it ended `elapsed` after it started: its
+    /// duration, and the age of the point it restored when it started. A
+    /// point taken after the drill started (a backup beside it) is as new
+    /// as the drill: no negative age.
+    pub fn ended(&mut self, elapsed: std::time::Duration) {
+        self.rto_seconds = elapsed.as_secs_f64();
+        self.rpo_seconds = self.snapshot_time.map(|t| (self.started - t).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+}
+
 /// The evidence entry kind of an [`Annotation`].
 pub const ANNOTATION: &str = "annotation";
 
@@ -578,6 +589,25 @@ mod tests {
             timeout_secs: Some(60),
             check: None,
         }
+    }
+
+    /// A drill that restored a point taken a moment after it started (a
+    /// backup running beside it) achieved an RPO of 0, never a negative one.
+    #[test]
+    fn a_drill_of_a_point_newer_than_itself_achieved_an_rpo_of_zero() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).expect("a time").to_utc();
+        let mut r: DrillReport = serde_json::from_value(serde_json::json!({
+            "test_id": "DRILL-20261207-194900-sample", "source": "sample", "class": "standard", "kind": "files",
+            "started": "2026-12-07T19:49:00.403Z", "rto_seconds": 0.0, "rto_target": 60, "rpo_target": 60,
+            "bytes": 0, "passed": false, "checks": [], "reasons": [], "owner": null,
+        }))
+        .expect("a drill report");
+        r.snapshot_time = Some(at("2026-12-07T19:49:00.480Z"));
+        r.ended(std::time::Duration::from_millis(1500));
+        assert_eq!((r.rto_seconds, r.rpo_seconds), (1.5, Some(0.0)));
+        r.snapshot_time = Some(at("2026-12-07T19:48:00.403Z"));
+        r.ended(std::time::Duration::from_millis(1500));
+        assert_eq!(r.rpo_seconds, Some(60.0));
     }
 
     #[test]
