@@ -370,7 +370,7 @@ async fn verify(g: &Global, repo: &Repository, snap: &Snapshot, tree: tresor_eng
     report.mismatched.iter().for_each(|m| eprintln!("differs: {m}"));
     let lost = name_lost(&report.unread, |u| u.to_string(), DIRECTORIES, "could not be read");
     if let Some(first) = report.mismatched.first() {
-        bail!("{} of {} restored files differ from the snapshot; first: {first}", report.mismatched.len(), report.files);
+        bail!("{} of {} restored entries differ from the snapshot; first: {first}", report.mismatched.len(), report.entries);
     }
     if let Some(count) = lost {
         bail!("{count}");

@@ -1,4 +1,7 @@
-//! Verify a restore against its snapshot: every restored file is read back
+//! Verify a restore against its snapshot: every entry is where the
+//! snapshot puts it, of its kind (a link pointing where the snapshot's
+//! does), with its permission bits (and, run as root, its owner); every
+//! restored file is read back
 //! from disk, cut where the snapshot's blobs end (their plaintext lengths,
 //! from the index) and each piece's keyed id compared with the snapshot's
 //! content list. What reached the disk is checked, not what the restore
@@ -12,13 +15,15 @@ use std::sync::Arc;
 
 use crate::crypto::Crypto;
 use crate::walk::Walker;
-use crate::{Id, NodeKind, Repository, Result};
+use crate::{Id, Node, NodeKind, Repository, Result};
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct VerifyReport {
+    /// Entries checked: files, directories, links and special files.
+    pub entries: u64,
     pub files: u64,
     pub bytes: u64,
-    /// Restored files that differ from the snapshot, and how.
+    /// Restored entries that differ from the snapshot, and how.
     pub mismatched: Vec<String>,
     /// Restored directories whose tree in the snapshot is damaged: what
     /// they hold was not verified.
@@ -43,17 +48,21 @@ pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) 
     let mut reading: Option<Reading> = None;
     let mut batch = Vec::new();
     let mut walker = Walker::new(repo);
+    let owner = crate::fsmeta::is_root();
     walker.enter(tree, Path::new("/")).await?;
     while let Some((path, n)) = walker.next_node()? {
+        let restored = target.join(path.strip_prefix("/").unwrap_or(&path));
+        report.entries += 1;
         if let Some(sub) = n.subtree
             && let Some(lost) = walker.descend(sub, &path).await?
         {
-            let restored = target.join(path.strip_prefix("/").unwrap_or(&path));
             report.unread.push(format!("{}: its contents were not verified: {}", restored.display(), lost.error));
         }
-        if n.kind == NodeKind::File {
+        if let Err(why) = check_entry(&restored, &n, owner) {
+            report.mismatched.push(format!("{}: {why}", restored.display()));
+        } else if n.kind == NodeKind::File {
             let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();
-            batch.push((target.join(path.strip_prefix("/").unwrap_or(&path)), blobs, n.size));
+            batch.push((restored, blobs, n.size));
         }
         if batch.len() == BATCH {
             report.add(joined(reading.replace(check_batch(std::mem::take(&mut batch), &crypto))).await?);
@@ -98,6 +107,44 @@ fn check_files(files: Vec<Expected>, crypto: &Crypto) -> VerifyReport {
         }
     }
     report
+}
+
+/// One restored entry against its node: there, of its kind, a link to the
+/// same target, the same permission bits and (`owner`) owner. What a link
+/// and a special file hold beyond that is not theirs to compare.
+fn check_entry(path: &Path, n: &Node, owner: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    let kind = crate::fsmeta::kind_of(&md);
+    if kind != n.kind {
+        return Err(format!("{} on disk, the snapshot has {}", kind_name(kind), kind_name(n.kind)));
+    }
+    if kind == NodeKind::Symlink {
+        let (is, want) = (std::fs::read_link(path).map_err(|e| e.to_string())?, n.os_link_target().unwrap_or_default());
+        return match is.as_os_str() == want {
+            true => Ok(()),
+            false => Err(format!("a link to {}, the snapshot's points to {}", is.display(), Path::new(&want).display())),
+        };
+    }
+    if md.mode() & 0o777 != n.mode & 0o777 {
+        return Err(format!("mode {:04o}, the snapshot has {:04o}", md.mode() & 0o7777, n.mode & 0o7777));
+    }
+    if owner && (md.uid(), md.gid()) != (n.uid, n.gid) {
+        return Err(format!("owner {}:{}, the snapshot has {}:{}", md.uid(), md.gid(), n.uid, n.gid));
+    }
+    Ok(())
+}
+
+fn kind_name(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::File => "a file",
+        NodeKind::Dir => "a directory",
+        NodeKind::Symlink => "a symbolic link",
+        NodeKind::Dev => "a block device",
+        NodeKind::Chardev => "a character device",
+        NodeKind::Fifo => "a fifo",
+        NodeKind::Socket => "a socket",
+    }
 }
 
 /// One restored file against its blobs: its length, then each piece's id.

@@ -88,10 +88,11 @@ fn restore_verify_reads_every_file_back_against_the_snapshot() {
     bytes[mid] ^= 1;
     fs::write(&victim, &bytes).unwrap();
     let err = env.fails(&["restore", "latest", "--target", out.to_str().unwrap(), "--verify-only"], 1);
+    let entries = env.ok(&["ls", "latest"]).lines().count();
     assert_eq!(
         err.lines().last().unwrap(),
         format!(
-            "tresor: error: 1 of {files} restored files differ from the snapshot; first: {}: content differs from the snapshot",
+            "tresor: error: 1 of {entries} restored entries differ from the snapshot; first: {}: content differs from the snapshot",
             victim.display()
         )
     );

@@ -139,3 +139,40 @@ fn a_filter_that_selects_nothing_and_a_path_not_there_name_the_snapshot() {
     env.ok(&["restore", &dir, "--target", t, "--include", "*.conf"]);
     assert_eq!(fs::read_to_string(restored(&env, "restored", &src).join("app.conf")).unwrap(), "listen 8080\n");
 }
+
+/// `--verify-only` checks every entry, not only the files' content: one
+/// gone, a link pointing elsewhere, changed permission bits and (run as
+/// root) a changed owner are each named.
+#[test]
+fn verify_only_names_every_entry_changed_since_the_restore() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    sample_tree(&src);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let out = env.path("out");
+    let t = out.to_str().unwrap();
+    env.ok(&["restore", "latest", "--target", t]);
+    assert!(env.ok(&["restore", "latest", "--target", t, "--verify-only"]).starts_with("verified "));
+    let at = restored(&env, "out", &src);
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut differs = Vec::new();
+    if root {
+        std::os::unix::fs::chown(at.join("empty"), Some(1), Some(1)).unwrap();
+        differs.push(format!("{}: owner 1:1, the snapshot has 0:0", at.join("empty").display()));
+    }
+    fs::remove_file(at.join("fifo")).unwrap();
+    differs.push(format!("{}: No such file or directory (os error 2)", at.join("fifo").display()));
+    fs::remove_file(at.join("link")).unwrap();
+    symlink("/etc/shadow", at.join("link")).unwrap();
+    differs.push(format!("{}: a link to /etc/shadow, the snapshot's points to sub/big.bin", at.join("link").display()));
+    fs::set_permissions(at.join("sub/deeper/text.log"), fs::Permissions::from_mode(0o777)).unwrap();
+    differs.push(format!("{}: mode 0777, the snapshot has 0644", at.join("sub/deeper/text.log").display()));
+    let entries = env.ok(&["ls", "latest"]).lines().count();
+    let err = env.fails(&["restore", "latest", "--target", t, "--verify-only"], 1);
+    let mut expected: String = differs.iter().map(|d| format!("differs: {d}\n")).collect();
+    expected +=
+        &format!("tresor: error: {} of {entries} restored entries differ from the snapshot; first: {}\n", differs.len(), differs[0]);
+    assert_eq!(err, expected);
+}
