@@ -212,10 +212,14 @@ impl Metrics {
             "How long the oldest backup not yet off site has waited (0: the off-site copy is current)",
             self.lag.clone(),
         );
-        r.register("restore_drill_duration_seconds", "How long the newest drill took to a validated restore", self.drill_duration.clone());
+        r.register(
+            "restore_drill_duration_seconds",
+            "How long the newest drill that passed took to a validated restore",
+            self.drill_duration.clone(),
+        );
         r.register("restore_drill_success", "Whether the newest drill passed (1) or failed (0)", self.drill_success.clone());
-        r.register("rto_achieved_seconds", "Measured RTO of the newest drill", self.rto_achieved.clone());
-        r.register("rpo_achieved_seconds", "Age of the restore point the newest drill restored", self.rpo_achieved.clone());
+        r.register("rto_achieved_seconds", "Measured RTO of the newest drill that passed", self.rto_achieved.clone());
+        r.register("rpo_achieved_seconds", "Age of the restore point the newest drill that passed restored", self.rpo_achieved.clone());
     }
 
     /// The job queue, the repositories and their storage, the unprotected
@@ -464,19 +468,23 @@ impl Metrics {
 
     /// A drill's report (`tresor drill --json`).
     pub fn drill_done(&self, source: &str, class: &str, report: &serde_json::Value) {
-        let l = SourceLabels { source: source.into(), class: class.into() };
-        self.restore_histogram.get_or_create(&l).observe(report["rto_seconds"].as_f64().unwrap_or(0.0));
+        if let Some(rto) = measured(report, "rto_seconds") {
+            self.restore_histogram.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).observe(rto);
+        }
         self.drill_seen(source, class, report);
     }
 
-    /// The newest drill's verdict and figures (from the history at start too).
+    /// The newest drill's verdict (from the history at start too), and the
+    /// RTO and RPO it measured: a drill that failed measured none, and the
+    /// last drill that passed keeps its figures.
     pub fn drill_seen(&self, source: &str, class: &str, report: &serde_json::Value) {
         let l = SourceLabels { source: source.into(), class: class.into() };
-        let rto = report["rto_seconds"].as_f64().unwrap_or(0.0);
-        self.drill_duration.get_or_create(&l).set(rto);
-        self.rto_achieved.get_or_create(&l).set(rto);
-        self.drill_success.get_or_create(&l).set(i64::from(report["passed"].as_bool() == Some(true)));
-        if let Some(rpo) = report["rpo_seconds"].as_f64() {
+        self.drill_success.get_or_create(&l).set(i64::from(report["passed"] == true));
+        if let Some(rto) = measured(report, "rto_seconds") {
+            self.drill_duration.get_or_create(&l).set(rto);
+            self.rto_achieved.get_or_create(&l).set(rto);
+        }
+        if let Some(rpo) = measured(report, "rpo_seconds") {
             self.rpo_achieved.get_or_create(&l).set(rpo);
         }
     }
@@ -574,6 +582,12 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
+}
+
+/// A drill report's figure `field`, when the drill passed: only a
+/// validated restore measures an RTO or an RPO (`DrillReport::measured_rto`).
+fn measured(report: &serde_json::Value, field: &str) -> Option<f64> {
+    report[field].as_f64().filter(|_| report["passed"] == true)
 }
 
 /// A family whose series can be removed, whatever its metric's type.

@@ -418,6 +418,17 @@ impl DrillReport {
         self.rto_seconds = elapsed.as_secs_f64();
         self.rpo_seconds = self.snapshot_time.map(|t| (self.started - t).num_milliseconds().max(0) as f64 / 1000.0);
     }
+
+    /// The measured RTO: only a drill that passed ended in a validated
+    /// restore; one that failed (finding no snapshot, say) measured none.
+    pub fn measured_rto(&self) -> Option<f64> {
+        self.passed.then_some(self.rto_seconds)
+    }
+
+    /// The achieved RPO, as [`DrillReport::measured_rto`]: of a drill that passed only.
+    pub fn achieved_rpo(&self) -> Option<f64> {
+        self.rpo_seconds.filter(|_| self.passed)
+    }
 }
 
 /// The evidence entry kind of an [`Annotation`].

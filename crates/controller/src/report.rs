@@ -238,8 +238,8 @@ fn class_report(
             (c, Some(a)) => Some(c.unwrap_or(0.0).max(a)),
         };
         worst = gap.map_or(worst, |g| Some(worst.unwrap_or(0.0).max(g)));
-        if let Some(last) = class_drills.iter().rev().find(|d| &d.source == s) {
-            measured = Some(measured.unwrap_or(0.0).max(last.rto_seconds));
+        if let Some(rto) = class_drills.iter().rev().filter(|d| &d.source == s).find_map(|d| d.measured_rto()) {
+            measured = Some(measured.unwrap_or(0.0).max(rto));
         }
         let history: Vec<(u64, f64)> =
             class_drills.iter().filter(|d| &d.source == s && d.passed).map(|d| (d.bytes, d.rto_seconds)).collect();

@@ -77,8 +77,8 @@ pub fn markdown(r: &Report) -> String {
             d.source,
             d.class,
             cell(&result),
-            dur(Some(d.rto_seconds)),
-            dur(d.rpo_seconds),
+            dur(d.measured_rto()),
+            dur(d.achieved_rpo()),
             cell(&follow_ups(r, &d.test_id, d.passed)),
             d.owner.as_deref().unwrap_or("—")
         );

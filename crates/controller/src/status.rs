@@ -170,13 +170,19 @@ fn drill_cell(d: &Value, rto_target: f64) -> String {
         return "<td>never</td>".into();
     }
     let when = d["time"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.format("%Y-%m-%d %H:%M").to_string());
-    let rto = d["rto_seconds"].as_f64().unwrap_or(0.0);
     let (verdict, class) = if d["passed"] == true { ("passed", "ok") } else { ("FAILED", "bad") };
-    let speed = if rto <= rto_target { "ok" } else { "bad" };
+    // A drill that failed measured no RTO (`DrillReport::measured_rto`).
+    let rto = match d["rto_seconds"].as_f64() {
+        Some(rto) => format!(
+            "data-rto-seconds=\"{rto:.3}\">(RTO <span class=\"{}\">{}</span>",
+            if rto <= rto_target { "ok" } else { "bad" },
+            human(rto)
+        ),
+        None => ">(no RTO measured".into(),
+    };
     format!(
-        "<td>{verdict} {when} <span class=\"drill {class}\" data-verdict=\"{verdict}\" data-rto-seconds=\"{rto:.3}\">(RTO <span class=\"{speed}\">{}</span>, \
+        "<td>{verdict} {when} <span class=\"drill {class}\" data-verdict=\"{verdict}\" {rto}, \
          target {})</span><small>{} · <a href=\"/report\">report</a></small></td>",
-        human(rto),
         human(rto_target),
         esc(d["source"].as_str().unwrap_or("")),
         when = when.unwrap_or_default(),
@@ -419,17 +425,18 @@ fn drill_rows(drills: &[crate::model::DrillReport]) -> String {
         .iter()
         .map(|d| {
             let (verdict, class) = if d.passed { ("passed", "ok") } else { ("FAILED", "bad") };
-            let speed = if d.rto_seconds <= d.rto_target as f64 { "ok" } else { "bad" };
             let notes = if d.passed { d.checks.join("; ") } else { d.reasons.join("; ") };
+            let (measured, speed, rto_h) = match d.measured_rto() {
+                Some(rto) => (format!(" data-rto-seconds=\"{rto:.3}\""), if rto <= d.rto_target as f64 { "ok" } else { "bad" }, human(rto)),
+                None => (String::new(), "none", "—".into()),
+            };
             format!(
-                "<tr data-drill=\"{id}\" data-rto-seconds=\"{rto:.3}\"><td>{when}</td><td>{id}</td><td class=\"{class}\">{verdict}</td>\
+                "<tr data-drill=\"{id}\"{measured}><td>{when}</td><td>{id}</td><td class=\"{class}\">{verdict}</td>\
                  <td class=\"{speed}\">{rto_h} <small>target {target}</small></td><td>{rpo}</td><td class=\"why\">{notes}</td></tr>\n",
                 id = esc(&d.test_id),
-                rto = d.rto_seconds,
                 when = time(d.started),
-                rto_h = human(d.rto_seconds),
                 target = human(d.rto_target as f64),
-                rpo = d.rpo_seconds.map_or("—".into(), human),
+                rpo = d.achieved_rpo().map_or("—".into(), human),
                 notes = esc(&notes),
             )
         })

@@ -18,7 +18,7 @@ pub fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
         .map(|(name, c)| {
             let age = ages.get(name).copied().unwrap_or(0.0);
             let last_drill = shared.state.last_drill(name).ok().flatten().map(
-                |d| json!({"time": d.started, "passed": d.passed, "rto_seconds": d.rto_seconds, "test_id": d.test_id, "source": d.source}),
+                |d| json!({"time": d.started, "passed": d.passed, "rto_seconds": d.measured_rto(), "test_id": d.test_id, "source": d.source}),
             );
             let failing: Vec<String> = plan
                 .sources
