@@ -52,6 +52,29 @@ pub fn kind_of(md: &Metadata) -> NodeKind {
     }
 }
 
+/// What the walk saw of a file: its size, mtime and ctime (nanoseconds).
+pub type Seen = (u64, i64, i64);
+
+/// What the walk saw of `n`.
+pub fn seen(n: &Node) -> Seen {
+    (n.size, n.mtime, n.ctime)
+}
+
+/// Why a file read whole may be torn: its size or times moved between the
+/// walk's look and the end of the read, so a writer was at it meanwhile. A
+/// file of a pseudo file system (`/proc`) keeps its size and times while
+/// what it reads changes, and is not taken for changed.
+pub fn changed_while_read(seen: Seen, after: &Metadata) -> Option<String> {
+    let now = (after.len(), ns(after.mtime(), after.mtime_nsec()), ns(after.ctime(), after.ctime_nsec()));
+    match now {
+        _ if now == seen => None,
+        (size, ..) if size != seen.0 => {
+            Some(format!("changed while it was read ({} bytes, then {size}); the snapshot holds what was read", seen.0))
+        }
+        _ => Some("modified while it was read; the snapshot holds what was read".into()),
+    }
+}
+
 /// The node for one directory entry, without content or subtree.
 pub fn node_from(name: &OsStr, md: &Metadata, names: &mut NameCache) -> Node {
     let mut n = Node {
@@ -244,6 +267,26 @@ pub fn username() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file written to after the walk looked is changed, by size or by
+    /// its times alone; one left alone is not.
+    #[test]
+    fn a_file_written_to_after_the_walk_looked_changed_while_read() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "0123456789").unwrap();
+        let look = || node_from(OsStr::new("f"), &std::fs::symlink_metadata(&path).unwrap(), &mut NameCache::default());
+        let (walked, md) = (seen(&look()), || std::fs::metadata(&path).unwrap());
+        assert_eq!(changed_while_read(walked, &md()), None);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"more").unwrap();
+        let said = changed_while_read(walked, &md());
+        assert_eq!(said.as_deref(), Some("changed while it was read (10 bytes, then 14); the snapshot holds what was read"));
+        let walked = seen(&look());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "abcdefghijklmn").unwrap();
+        assert_eq!(changed_while_read(walked, &md()).as_deref(), Some("modified while it was read; the snapshot holds what was read"));
+    }
 
     /// Restore sets a file's metadata through the file it has open when it
     /// can, by path otherwise: both must leave the same mode (setuid kept

@@ -82,3 +82,35 @@ fn a_full_disk_under_large_files_fails_in_one_line_without_a_snapshot() {
     assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 0, "no snapshot from a failed backup");
     assert!(env.ok(&["check", "--read-data"]).contains("no errors were found"));
 }
+
+/// A file appended to while it is read (here the moment the backup opened
+/// it, seen in its `/proc/PID/fd`; a debug build reads a sparse 256 MiB
+/// in seconds) is named in a warning: what the snapshot holds of it may be torn.
+/// The file beside it, left alone, is not.
+#[test]
+fn a_file_written_to_while_it_is_read_is_named() {
+    use std::io::Write;
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let growing = src.join("growing.img");
+    fs::File::create(&growing).unwrap().set_len(256 << 20).unwrap();
+    fs::write(src.join("still.txt"), "still\n").unwrap();
+    let child = env.cmd(&["backup", src.to_str().unwrap()]).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let fds = format!("/proc/{}/fd", child.id());
+    let open = || fs::read_dir(&fds).into_iter().flatten().flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p == growing));
+    while !open() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    fs::OpenOptions::new().append(true).open(&growing).unwrap().write_all(b"tail").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let said = format!(
+        " WARN {}: changed while it was read ({} bytes, then {}); the snapshot holds what was read\n",
+        growing.display(),
+        256u64 << 20,
+        (256u64 << 20) + 4
+    );
+    assert_eq!((out.status.code(), stderr), (Some(0), said));
+}

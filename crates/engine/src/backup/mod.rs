@@ -139,6 +139,10 @@ struct Shared {
     one_file_system: bool,
     /// How a virtual input renames a file that shares its name with a directory.
     rename_clash: Option<fn(&std::ffi::OsStr) -> std::ffi::OsString>,
+    /// A source judges what was read once it is all read (an AOF directory,
+    /// whose files grow while read and are whole to any length): no file
+    /// is reported as changed while it was read.
+    source_judges: bool,
 }
 
 /// Data packs go to storage in pieces of this size while they are filled,
@@ -353,7 +357,15 @@ impl Shared {
                 return self.fill(ctx, &dir, slot, None);
             }
         };
-        let read = self.chunk_into(ctx, file, Some(node.size), &mut node);
+        let seen = fsmeta::seen(&node);
+        let read = self.chunk_into(ctx, &file, Some(node.size), &mut node);
+        if read.is_ok()
+            && !self.source_judges
+            && let Ok(after) = file.metadata()
+            && let Some(why) = fsmeta::changed_while_read(seen, &after)
+        {
+            tracing::warn!("{}: {why}", path.display());
+        }
         self.settle_file(ctx, read, FileJob { path, node, existed, dir, slot, content: None })
     }
 
@@ -507,6 +519,7 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
         excludes: PathFilter::new(&opts.excludes)?,
         one_file_system: opts.one_file_system,
         rename_clash: entries.as_ref().map(|e| e.rename_clash),
+        source_judges: opts.source.is_some(),
         // One spare piece for each open pack (the workers' and the
         // packers'): the one its writer lets go of at the next write.
         pieces: BufPool::new(threads + packers),
