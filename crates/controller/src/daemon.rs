@@ -374,6 +374,7 @@ impl Loop {
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
                 Ok(plan) => {
                     self.shared.metrics.forget_gone(&self.shared.plan(), &plan);
+                    self.shared.metrics.take_on(&plan, now);
                     self.shared.metrics.declare(&plan);
                     *self.shared.plan.write().expect("not poisoned") = plan;
                     // Repositories may have moved or changed password: unlock them anew.

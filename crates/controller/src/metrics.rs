@@ -113,6 +113,8 @@ pub struct Metrics {
     standby_lag: Family<SourceLabels, FloatGauge>,
     /// Sources with a warm standby: its newest figures (crate::standby).
     standbys: Mutex<BTreeMap<String, StandbyPoint>>,
+    /// Sources without a restorable point yet: since when they wait for their first.
+    pending: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// Failure reasons outside `Reason::ALL` that labelled a series, for removing it.
     reasons: Mutex<std::collections::BTreeSet<String>>,
     /// Newest successful backup per source, for the RPO gauges.
@@ -178,6 +180,7 @@ impl Metrics {
             standby_lag: Family::default(),
             standbys: Mutex::default(),
             reasons: Mutex::default(),
+            pending: Mutex::default(),
             newest: Mutex::default(),
             wal: Mutex::default(),
             offsite_behind: Mutex::default(),
@@ -407,6 +410,7 @@ impl Metrics {
         }
         if to.is_none() {
             self.newest.lock().expect("not poisoned").remove(&l.source);
+            self.pending.lock().expect("not poisoned").remove(&l.source);
             self.wal.lock().expect("not poisoned").remove(&l.source);
             self.offsite_behind.lock().expect("not poisoned").remove(&l.source);
             self.standbys.lock().expect("not poisoned").remove(&l.source);
@@ -420,6 +424,7 @@ impl Metrics {
     /// Seed the newest successful backup (from the state database at start).
     pub fn seed(&self, source: &str, class: &str, at: DateTime<Utc>) {
         self.newest.lock().expect("not poisoned").insert(source.into(), at);
+        self.pending.lock().expect("not poisoned").remove(source);
         self.last_success.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).set(at.timestamp() as f64);
     }
 
@@ -528,16 +533,41 @@ impl Metrics {
         self.standbys.lock().expect("not poisoned").clone()
     }
 
+    /// Sources of `plan` the daemon takes on at `now`: each one without a
+    /// restorable point yet waits for its first from then on.
+    pub fn take_on(&self, plan: &Plan, now: DateTime<Utc>) {
+        let newest = self.newest.lock().expect("not poisoned");
+        let mut pending = self.pending.lock().expect("not poisoned");
+        for s in plan.sources.iter().filter(|s| !newest.contains_key(&s.name)) {
+            pending.entry(s.name.clone()).or_insert(now);
+        }
+    }
+
+    /// The source has waited for its first restorable point since `at`
+    /// (its first backup tried, by the history, at start).
+    pub fn pending_since(&self, source: &str, at: DateTime<Utc>) {
+        self.pending.lock().expect("not poisoned").insert(source.into(), at);
+    }
+
+    /// The sources of `plan` without a restorable point yet.
+    pub fn pending(&self, plan: &Plan) -> Vec<String> {
+        let newest = self.newest.lock().expect("not poisoned");
+        plan.sources.iter().filter(|s| !newest.contains_key(&s.name)).map(|s| s.name.clone()).collect()
+    }
+
     /// Seconds since each class's stalest source last had a restorable
     /// point (for a source that archives WAL, the archive's RPO when
-    /// smaller); a source that never had one counts from the Unix epoch (as
-    /// `time() - backup_last_success_timestamp_seconds` would, with 0).
+    /// smaller); a source that never had one counts from when the daemon
+    /// took it on (`take_on`), so a new source is pending within its RPO,
+    /// not missing it since 1970.
     pub fn rpo_ages(&self, plan: &Plan, now: DateTime<Utc>) -> BTreeMap<String, f64> {
         let newest = self.newest.lock().expect("not poisoned");
+        let pending = self.pending.lock().expect("not poisoned");
         let wal = self.wal.lock().expect("not poisoned");
         let mut out: BTreeMap<String, f64> = plan.classes.keys().map(|c| (c.clone(), 0.0)).collect();
         for s in &plan.sources {
-            let age = newest.get(&s.name).map_or(now.timestamp() as f64, |t| (now - *t).num_milliseconds() as f64 / 1000.0);
+            let since = newest.get(&s.name).or(pending.get(&s.name));
+            let age = since.map_or(0.0, |t| (now - *t).num_milliseconds().max(0) as f64 / 1000.0);
             let age = wal.get(&s.name).map_or(age, |w| age.min(w.rpo(now)));
             let e = out.entry(s.class.clone()).or_insert(0.0);
             *e = e.max(age);

@@ -651,3 +651,31 @@ async fn a_drill_that_restored_nothing_measures_no_rto() {
     }
     d.stop().await;
 }
+
+/// A source added to the plan and not backed up yet is pending, not a
+/// missed RPO since 1970: its class's RPO age counts it from when the
+/// daemon took it on, and the class stays green while that is within the
+/// RPO; the status page says whose first backup is pending.
+#[tokio::test]
+async fn a_new_source_is_pending_within_its_rpo() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let plan = PLAN.replace("\x20 - {name: locked, class: standard, url: /srv/b, schedule: '@daily', retries: 3}\n", "");
+    let d = started(dir.path(), &plan, Scripted::default());
+    first_backups(&d, &["flaky"]).await;
+    set(&d.clock_file, "2026-11-21T11:00:00Z");
+    let added = plan.replace("daemon:", "\x20 - {name: fresh, class: standard, url: /srv/c, schedule: '@daily'}\ndaemon:");
+    std::fs::write(dir.path().join("tresor.yaml"), added).expect("the plan");
+    d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
+    until("the reload", || d.shared.plan().sources.len() == 2).await;
+    set(&d.clock_file, "2026-11-21T12:30:00Z");
+    assert_eq!(metric(&d, "backup_rpo_seconds{class=\"standard\"}"), Some("9000.0".into()), "flaky's backup of 10:00 is the stalest");
+    let class = &crate::view::class_states(&d.shared)[0];
+    assert_eq!(
+        (&class["state"], &class["age_seconds"], &class["pending"]),
+        (&"green".into(), &9000.0.into(), &serde_json::json!(["fresh"]))
+    );
+    let page = crate::status::page(&d.shared);
+    let row = page.lines().find(|l| l.contains("data-class=\"standard\"")).expect("the class's row");
+    assert!(row.contains(">2.5 h old<small>first backup pending: <a href=\"/sources/fresh\">fresh</a></small></td>"), "{row}");
+    d.stop().await;
+}

@@ -192,7 +192,16 @@ fn drill_cell(d: &Value, rto_target: f64) -> String {
 fn class_row(plan: &Plan, c: &Value, history: &[(DateTime<Utc>, f64)], counts: (u64, u64)) -> String {
     let name = c["name"].as_str().unwrap_or("");
     let rto_target = plan.classes.get(name).map_or(0, |k| k.rto.secs()) as f64;
-    let age = c["age_seconds"].as_f64().map_or("never".to_string(), |a| format!("{} old", human(a)));
+    let pending: Vec<String> = c["pending"].as_array().into_iter().flatten().filter_map(|p| p.as_str()).map(source_link).collect();
+    let age = match c["age_seconds"].as_f64() {
+        _ if pending.len() == plan.sources.iter().filter(|s| s.class == name).count() => "never".to_string(),
+        Some(a) => format!("{} old", human(a)),
+        None => "never".to_string(),
+    };
+    let age = match pending.is_empty() {
+        true => age,
+        false => format!("{age}<small>first backup pending: {}</small>", pending.join(", ")),
+    };
     let failing: Vec<String> = c["failing"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).map(source_link).collect();
     let state = esc(c["state"].as_str().unwrap_or(""));
     format!(

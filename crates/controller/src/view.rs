@@ -8,11 +8,15 @@ pub use crate::secret_url::redact;
 
 /// Each class with its targets and its state now: `green` (newest point
 /// within the RPO, last job of every source succeeded), `amber` (within the
-/// RPO, but a job failed since), `red` (RPO missed).
+/// RPO, but a job failed since), `red` (RPO missed). A source without a
+/// backup yet is `pending`: it counts from when the daemon took it on
+/// (`Metrics::rpo_ages`), so it turns its class red only once it has gone
+/// longer than the RPO without one.
 pub fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
     let plan = shared.plan();
     let now = shared.clock.now();
     let ages = shared.metrics.rpo_ages(&plan, now);
+    let pending = shared.metrics.pending(&plan);
     plan.classes
         .iter()
         .map(|(name, c)| {
@@ -43,7 +47,8 @@ pub fn class_states(shared: &Shared) -> Vec<serde_json::Value> {
             };
             json!({
                 "name": name, "description": c.description, "rpo": c.rpo.to_string(), "rto": c.rto.to_string(),
-                "rpo_seconds": c.rpo.secs(), "rto_seconds": c.rto.secs(), "age_seconds": if age < now.timestamp() as f64 { json!(age) } else { json!(null) },
+                "rpo_seconds": c.rpo.secs(), "rto_seconds": c.rto.secs(), "age_seconds": age,
+                "pending": pending.iter().filter(|p| plan.sources.iter().any(|s| s.name == **p && &s.class == name)).collect::<Vec<_>>(),
                 "state": state, "failing": failing, "offsite": c.offsite, "last_drill": last_drill,
             })
         })

@@ -15,8 +15,14 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
     let plan = shared.plan();
     shared.metrics.declare(&plan);
     for s in &plan.sources {
-        if let Some(j) = shared.state.last_success(&s.name)? {
-            shared.metrics.seed(&s.name, &s.class, ended(&j));
+        match shared.state.last_success(&s.name)? {
+            Some(j) => shared.metrics.seed(&s.name, &s.class, ended(&j)),
+            None => {
+                let tried = shared.state.jobs(1000, Some(&s.name))?.into_iter().filter(|j| j.kind == Kind::Backup.as_str()).next_back();
+                if let Some(first) = tried {
+                    shared.metrics.pending_since(&s.name, first.scheduled_at);
+                }
+            }
         }
         if let Some(j) = shared.state.failures(&s.name, 50)?.into_iter().find(|j| j.kind == Kind::Backup.as_str()) {
             shared.metrics.seed_failure(&s.name, &s.class, ended(&j));
@@ -29,6 +35,7 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
             shared.metrics.drill_seen(&s.name, &s.class, &serde_json::to_value(&d).unwrap_or_default());
         }
     }
+    shared.metrics.take_on(&plan, shared.clock.now());
     for name in plan.repositories.keys() {
         let checks: Vec<Job> = shared.state.jobs(200, Some(name))?.into_iter().filter(|j| j.kind == Kind::Check.as_str()).collect();
         let passed = checks.iter().find(|j| j.outcome.status == "succeeded").and_then(|j| j.ended_at);
