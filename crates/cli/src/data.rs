@@ -470,7 +470,7 @@ fn ls_line(json: bool, long: bool, path: &std::path::Path, n: &Node) -> String {
             n.size,
             t.format("%Y-%m-%d %H:%M:%S"),
             path.display()
-        )
+        ) + &n.os_link_target().map(|t| format!(" -> {}", std::path::Path::new(&t).display())).unwrap_or_default()
     } else {
         path.display().to_string()
     }

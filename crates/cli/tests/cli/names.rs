@@ -49,3 +49,19 @@ fn a_listing_whose_reader_stops_ends_quietly() {
     let out = ls.wait_with_output().unwrap();
     assert_eq!((out.status.signal(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(libc::SIGPIPE), ""));
 }
+
+/// `ls --long` shows where a symbolic link points, as `ls -l` does.
+#[test]
+fn a_long_listing_shows_where_a_link_points() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/app.conf"), "listen 8080\n").unwrap();
+    std::os::unix::fs::symlink("etc/app.conf", src.join("current")).unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let listed = env.ok(&["ls", "--long", "latest", src.to_str().unwrap()]);
+    let link = listed.lines().find(|l| l.starts_with('l')).unwrap();
+    assert!(link.ends_with(&format!(" {}/current -> etc/app.conf", src.display())), "{listed}");
+    assert!(listed.lines().filter(|l| !l.starts_with('l')).all(|l| !l.contains(" -> ")), "{listed}");
+}
