@@ -18,7 +18,7 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         match shared.state.last_success(&s.name)? {
             Some(j) => shared.metrics.seed(&s.name, &s.class, ended(&j)),
             None => {
-                let tried = shared.state.jobs(1000, Some(&s.name))?.into_iter().filter(|j| j.kind == Kind::Backup.as_str()).next_back();
+                let tried = shared.state.jobs(1000, Some(&s.name))?.into_iter().rfind(|j| j.kind == Kind::Backup.as_str());
                 if let Some(first) = tried {
                     shared.metrics.pending_since(&s.name, first.scheduled_at);
                 }
