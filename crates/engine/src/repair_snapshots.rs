@@ -133,7 +133,8 @@ async fn run(
     opts: &RepairSnapshotsOptions,
     session: Option<&Session>,
 ) -> Result<Vec<RepairedSnapshot>> {
-    let mut fixer = Fixer { repo, index, damaged, sink: if opts.dry_run { None } else { Some(BlobSink::new(repo).await?) } };
+    let sink = if opts.dry_run { None } else { Some(BlobSink::new(repo).await?) };
+    let mut fixer = Fixer { repo, index, damaged, sink, lost_files: (0, 0) };
     // The copies earlier repairs saved, by original and tree: a repair run
     // again while an original is kept saves no second copy of it.
     let earlier: HashMap<(Id, Id), Id> =
@@ -141,6 +142,7 @@ async fn run(
     let mut out = Vec::new();
     for snap in snaps {
         let mut lost = Vec::new();
+        fixer.lost_files = (0, 0);
         let tree = fixer.tree(snap.tree, String::new(), &mut lost).await?;
         if lost.is_empty() {
             continue;
@@ -157,6 +159,12 @@ async fn run(
             // Not `original`: a copy off site that lost files no longer stands
             // for its source's snapshot, which the next copy carries again whole.
             let mut copy = Snapshot { id: Id::default(), tree, tags, parent: Some(snap.id), name: None, original: None, ..snap.clone() };
+            // What the copy holds: the files left out are not in its totals
+            // (those of a lost directory listing cannot be known).
+            if let Some(summary) = copy.summary.as_mut() {
+                summary.total_files_processed = summary.total_files_processed.saturating_sub(fixer.lost_files.0);
+                summary.total_bytes_processed = summary.total_bytes_processed.saturating_sub(fixer.lost_files.1);
+            }
             crate::backup::commit(repo, session, &mut copy).await?;
             repaired = Some(copy.id);
             if opts.forget {
@@ -189,6 +197,8 @@ struct Fixer<'a> {
     index: &'a Index,
     damaged: &'a Damaged,
     sink: Option<BlobSink<'a>>,
+    /// Files the snapshot being repaired loses, and their bytes.
+    lost_files: (u64, u64),
 }
 
 impl Fixer<'_> {
@@ -219,6 +229,7 @@ impl Fixer<'_> {
                 let p = format!("{path}/{}", node.name);
                 if node.content.iter().any(|b| self.lost(b)) {
                     lost.push(p);
+                    self.lost_files = (self.lost_files.0 + 1, self.lost_files.1 + node.size);
                     continue;
                 }
                 self.keep_blobs(&node.content).await?;

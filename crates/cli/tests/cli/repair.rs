@@ -53,6 +53,8 @@ fn repair_snapshots_drops_and_names_what_is_lost() {
     let ids: Vec<&str> = snaps.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [first.as_str(), repaired[0].as_str(), repaired[1].as_str()], "damaged snapshots were replaced by repaired copies");
     assert_eq!(snaps[2]["tags"], serde_json::json!(["repaired"]));
+    let totals = |s: &serde_json::Value| (s["summary"]["total_files_processed"].as_u64(), s["summary"]["total_bytes_processed"].as_u64());
+    assert_eq!([totals(&snaps[1]), totals(&snaps[2])], [(Some(1), Some(5 << 20)); 2], "a copy's totals leave out what it lost");
     env.ok(&["restore", "latest", "--target", env.path("out").to_str().unwrap()]);
     let out = restored(&env, "out", &src);
     assert_eq!(fs::read(out.join("keep.bin")).unwrap(), fs::read(src.join("keep.bin")).unwrap());
