@@ -191,9 +191,15 @@ async fn ready(State(app): State<App>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>) -> Response {
+/// OpenMetrics to a scraper that asks for it (Prometheus does), else the
+/// classic text format, which `promtool check metrics` and older scrapers read.
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let body = app.shared.metrics.render(&app.shared.plan(), app.shared.clock.now());
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).unwrap_or_default();
+    if accept.contains("application/openmetrics-text") {
+        return ([(header::CONTENT_TYPE, crate::metrics::OPENMETRICS)], body).into_response();
+    }
+    ([(header::CONTENT_TYPE, crate::metrics::CLASSIC)], crate::metrics::classic(&body)).into_response()
 }
 
 async fn classes(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -614,6 +614,32 @@ impl Metrics {
     }
 }
 
+/// The media type of the OpenMetrics exposition `Metrics::render` writes.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The media type of Prometheus' classic text format, which [`classic`] writes.
+pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// An OpenMetrics exposition in Prometheus' classic text format (0.0.4),
+/// for scrapers that do not ask for OpenMetrics (`promtool check metrics`,
+/// curl): there a counter's HELP and TYPE name it with its `_total`, as its
+/// samples do (OpenMetrics names the family without it), and there is no
+/// `# UNIT` or `# EOF`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> =
+        openmetrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines().filter(|l| *l != "# EOF" && !l.starts_with("# UNIT ")) {
+        let counter = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let (name, rest) = line.strip_prefix(p)?.split_once(' ')?;
+            counters.contains(name).then(|| format!("{p}{name}_total {rest}"))
+        });
+        out += counter.as_deref().unwrap_or(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// A drill report's figure `field`, when the drill passed: only a
 /// validated restore measures an RTO or an RPO (`DrillReport::measured_rto`).
 fn measured(report: &serde_json::Value, field: &str) -> Option<f64> {

@@ -679,3 +679,31 @@ async fn a_new_source_is_pending_within_its_rpo() {
     assert!(row.contains(">2.5 h old<small>first backup pending: <a href=\"/sources/fresh\">fresh</a></small></td>"), "{row}");
     d.stop().await;
 }
+
+/// The classic text format the daemon serves to scrapers that do not ask
+/// for OpenMetrics passes `promtool check metrics`: every family has its
+/// help text under the name its samples have.
+#[tokio::test]
+async fn the_classic_exposition_passes_promtools_check() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = BTreeMap::from([(("locked".to_string(), 1), JobResult::failed(Reason::WrongPassword, false, "wrong password"))]);
+    let d = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
+    first_backups(&d, &["flaky", "locked"]).await;
+    let text = crate::metrics::classic(&d.shared.metrics.render(&d.shared.plan(), d.shared.clock.now()));
+    d.stop().await;
+    assert!(
+        text.contains("# HELP backup_job_failure_total Backups that failed, by reason.\n# TYPE backup_job_failure_total counter\n"),
+        "{text}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("its input"), text.as_bytes()).expect("written");
+    let out = promtool.wait_with_output().expect("promtool's verdict");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!((out.status.code(), said.as_str()), (Some(0), ""));
+}

@@ -33,7 +33,7 @@ fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str)
 /// The whole response (status line, headers, body) to one HTTP/1.1
 /// request with these extra header lines; empty when nobody answers (a TLS
 /// port drops the connection).
-fn exchange(port: u16, request_line: &str, headers: &str, body: &str) -> String {
+pub(super) fn exchange(port: u16, request_line: &str, headers: &str, body: &str) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tresor_testkit::RedisServer;
 
-use super::daemon::{Daemon, after_first_runs, count, http, set_clock, wait_jobs};
+use super::daemon::{Daemon, after_first_runs, count, exchange, http, set_clock, wait_jobs};
 use super::*;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
@@ -99,7 +99,12 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
 
     // The dashboard asks only for metrics the daemon exports.
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
-    let exported: Vec<&str> = metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let exported: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(|n| n.trim_end_matches("_total"))
+        .collect();
     let dash: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(format!("{DEPLOY}/grafana/tresor-dashboard.json")).unwrap()).unwrap();
     let panels = dash["panels"].as_array().unwrap();
@@ -116,6 +121,38 @@ fn a_real_prometheus_scrapes_the_daemon_and_fires_the_failed_job_alert() {
             assert!(exported.contains(&base), "panel {:?} uses {n}, which /metrics does not export", p["title"]);
         }
     }
+}
+
+/// `/metrics` to a client without preferences (curl, promtool) is the
+/// classic text format, which `promtool check metrics` passes; to
+/// Prometheus, which asks for OpenMetrics first, it is OpenMetrics.
+#[test]
+fn the_metrics_pass_promtools_check_and_prometheus_gets_openmetrics() {
+    let env = Env::new();
+    let redis = RedisServer::start(&[]);
+    let (_, _, d) = after_first_runs(&env, &redis);
+    let plain = exchange(d.port, "GET /metrics", "", "");
+    let (head, body) = plain.split_once("\r\n\r\n").expect("a response");
+    assert!(head.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{head}");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    check.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!((out.status.code(), said.as_str()), (Some(0), ""));
+
+    // What Prometheus 2 and 3 send.
+    let accept = "Accept: application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+                  text/plain;version=0.0.4;q=0.5,*/*;q=0.1\r\n";
+    let open = exchange(d.port, "GET /metrics", accept, "");
+    let (head, body) = open.split_once("\r\n\r\n").expect("a response");
+    assert!(head.contains("\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\n"), "{head}");
+    assert!(body.contains("# TYPE backup_job_success counter\n") && body.ends_with("# EOF\n"), "{body}");
 }
 
 fn chromium_cmd(dir: &Path) -> Command {
