@@ -284,21 +284,37 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The snapshots as a table whose columns are as wide as what they hold;
+/// a backup of no paths (a stream, a database) shows its source instead.
 fn snapshot_table(snaps: &[Snapshot]) {
-    println!("{:<10} {:<25} {:<16} {:<16} {:>12}  paths", "ID", "Time", "Host", "Tags", "Size");
-    for s in snaps {
-        let size = s.summary.as_ref().map_or(0, |x| x.total_bytes_processed);
-        println!(
-            "{:<10} {:<25} {:<16} {:<16} {:>12}  {}",
-            s.id.short(),
-            s.time.format("%Y-%m-%d %H:%M:%S %:z"),
-            s.hostname,
-            s.tags.join(","),
-            human(size),
-            s.paths.join(" ")
+    let rows: Vec<[String; 6]> = snaps
+        .iter()
+        .map(|s| {
+            let what = match s.paths.is_empty() {
+                true => format!("({})", s.source.url.as_deref().unwrap_or(&s.source.kind)),
+                false => s.paths.join(" "),
+            };
+            let size = s.summary.as_ref().map_or(0, |x| x.total_bytes_processed);
+            let time = s.time.format("%Y-%m-%d %H:%M:%S %:z").to_string();
+            [s.id.short(), time, s.hostname.clone(), s.tags.join(","), human(size), what]
+        })
+        .collect();
+    let head = ["ID", "Time", "Host", "Tags", "Size", "Paths"].map(String::from);
+    let width = |c: usize| std::iter::once(&head).chain(&rows).map(|r| r[c].chars().count()).max().unwrap_or(0);
+    let widths = [width(0), width(1), width(2), width(3), width(4)];
+    for r in std::iter::once(&head).chain(&rows) {
+        let [id, time, host, tags, size, what] = r;
+        let line = format!(
+            "{id:<w0$}  {time:<w1$}  {host:<w2$}  {tags:<w3$}  {size:>w4$}  {what}",
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
         );
+        println!("{}", line.trim_end());
     }
-    println!("{} snapshots", snaps.len());
+    println!("{}", counted(snaps.len(), "snapshot"));
 }
 
 pub fn human(n: u64) -> String {

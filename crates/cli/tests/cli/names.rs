@@ -1,6 +1,7 @@
-//! Names that are not UTF-8, as Linux allows them: listed, found and
-//! compared in text and JSON (with U+FFFD where a byte is no UTF-8), and
-//! dumped by the name as it is on disk.
+//! What listings print: names that are not UTF-8, as Linux allows them,
+//! listed, found and compared in text and JSON (with U+FFFD where a byte
+//! is no UTF-8) and dumped by the name as it is on disk; link targets;
+//! tables; a reader that stops early.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -64,4 +65,28 @@ fn a_long_listing_shows_where_a_link_points() {
     let link = listed.lines().find(|l| l.starts_with('l')).unwrap();
     assert!(link.ends_with(&format!(" {}/current -> etc/app.conf", src.display())), "{listed}");
     assert!(listed.lines().filter(|l| !l.starts_with('l')).all(|l| !l.contains(" -> ")), "{listed}");
+}
+
+/// `snapshots` aligns every column under its head, however long a host or
+/// tag list, and a backup of no paths shows its source.
+#[test]
+fn the_snapshot_table_aligns_its_columns_and_shows_a_streams_source() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    env.ok(&["backup", "--host", "a-rather-long-host-name.example", "--tag", "nightly,db,eu-west", src.to_str().unwrap()]);
+    let stream = env.cmd(&["backup", "--stdin", "--stdin-filename", "app.dump"]).stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(stream.status.success(), "{stream:?}");
+    let table = env.ok(&["snapshots"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    let at = |head: &str| lines[0].find(head).unwrap();
+    for (row, what) in [(lines[1], src.display().to_string()), (lines[2], "(stdin)".to_string())] {
+        assert_eq!(row.find(&what), Some(at("Paths")), "{table}");
+        assert_eq!(row.find(&row[at("Time")..at("Time") + 19]), Some(at("Time")), "{table}");
+    }
+    assert_eq!(lines[1].find("a-rather-long-host-name.example"), Some(at("Host")), "{table}");
+    assert_eq!(lines[1].find("nightly,db,eu-west"), Some(at("Tags")), "{table}");
+    assert_eq!(lines[3], "2 snapshots");
 }
