@@ -205,6 +205,30 @@ fn a_redis_restore_that_fails_leaves_the_instance_a_master_with_its_data() {
     assert_eq!(target.cli(&["CONFIG", "GET", "masterauth"]), "masterauth", "its masterauth is its own (none) again");
 }
 
+/// An instance that refuses REPLICAOF (renamed away, as managed Redis
+/// services do) fails the restore in one line saying so, and is left as it
+/// was: a master holding its data, its own masterauth put back.
+#[test]
+fn a_redis_restore_refused_replicaof_leaves_the_instance_as_it_was() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let source = RedisServer::start(&[]);
+    source.script("SET a 1\n");
+    env.ok(&["backup", &source.url()]);
+    let target = RedisServer::start(&["--rename-command", "REPLICAOF", ""]);
+    target.cli(&["CONFIG", "SET", "masterauth", "its-own"]);
+    target.cli(&["SET", "kept", "1"]);
+    let err = env.fails(&["restore", "latest", "--to", &target.url(), "--flush"], 1);
+    let said = format!(
+        "tresor: error: {}: the instance refused REPLICAOF: ERR unknown command 'REPLICAOF', with args beginning with: ",
+        target.url()
+    );
+    assert!(err.starts_with(&said) && err.lines().count() == 1, "{err}");
+    assert_eq!(target.cli(&["ROLE"]).lines().next(), Some("master"));
+    assert_eq!(target.cli(&["GET", "kept"]), "1");
+    assert_eq!(target.cli(&["CONFIG", "GET", "masterauth"]), "masterauth\nits-own", "its own masterauth is back");
+}
+
 /// Where CONFIG is refused, the instance is known by its address instead:
 /// the restore goes through, and the instance is a master again after.
 #[test]
