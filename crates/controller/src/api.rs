@@ -320,11 +320,17 @@ async fn trigger_restore(
     State(app): State<App>,
     headers: HeaderMap,
     Path(name): Path<String>,
-    axum::Json(mut spec): axum::Json<RestoreSpec>,
+    body: Result<axum::Json<RestoreSpec>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let actor = match app.allow(&headers, Scope::Admin) {
         Ok(a) => a,
         Err(r) => return r.into_response(),
+    };
+    // A body that is no JSON restore request (no `Content-Type:
+    // application/json`: 415, a field unknown: 422) answers in the API's error schema too.
+    let mut spec = match body {
+        Ok(axum::Json(spec)) => spec,
+        Err(e) => return error(e.status(), &e.body_text()),
     };
     if !app.shared.plan().sources.iter().any(|s| s.name == name) {
         return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
@@ -358,6 +364,26 @@ async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use crate::model::{Kind, Reason, Trigger};
+
+    /// docs/openapi.yaml lists for a job every kind and trigger the code
+    /// writes, no more, and names every failure reason.
+    #[test]
+    fn the_apis_description_lists_the_codes_job_values() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml")).expect("the description");
+        let doc: serde_json::Value = serde_norway::from_str(&text).expect("YAML");
+        let job = &doc["components"]["schemas"]["Job"]["properties"];
+        let listed =
+            |field: &str| -> BTreeSet<&str> { job[field]["enum"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect() };
+        assert_eq!(listed("kind"), Kind::ALL.map(Kind::as_str).into());
+        assert_eq!(listed("trigger"), Trigger::ALL.map(Trigger::as_str).into());
+        let reasons = job["reason"]["description"].as_str().expect("the reasons");
+        let missing: Vec<&str> = Reason::ALL.map(Reason::as_str).into_iter().filter(|r| !reasons.contains(r)).collect();
+        assert_eq!(missing, Vec::<&str>::new());
+    }
+
     #[test]
     fn passwords_are_left_out_of_urls() {
         assert_eq!(crate::view::redact("postgres://app:s3cret@db:5432/shop"), "postgres://app:***@db:5432/shop");

@@ -24,7 +24,7 @@ use self::watchers::{measure_repository, survey_volumes, watch_rehearsals, watch
 use crate::check::{Severity, check};
 pub use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::model::{CheckSpec, Reason};
+use crate::model::{CheckSpec, Reason, Trigger};
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
@@ -110,7 +110,7 @@ struct Queued {
     due: DateTime<Utc>,
     name: String,
     kind: Kind,
-    trigger: &'static str,
+    trigger: Trigger,
     attempt: u32,
     actor: String,
     restore: Option<RestoreSpec>,
@@ -149,7 +149,7 @@ struct Loop {
 }
 
 impl Loop {
-    fn queued(&self, name: &str, kind: Kind, trigger: &'static str, due: DateTime<Utc>, attempt: u32, actor: &str) -> Queued {
+    fn queued(&self, name: &str, kind: Kind, trigger: Trigger, due: DateTime<Utc>, attempt: u32, actor: &str) -> Queued {
         let plan = self.shared.plan.read().expect("not poisoned");
         let class = plan.sources.iter().find(|s| s.name == name).map(|s| s.class.clone()).unwrap_or_default();
         Queued { priority: plan.priority(&class), due, name: name.into(), kind, trigger, attempt, actor: actor.into(), restore: None }
@@ -165,11 +165,11 @@ impl Loop {
                 let last = self.shared.state.last_scheduled(&s.name, "backup")?;
                 let missed = last.and_then(|l| Schedule::parse(&s.schedule).ok()?.next_after(l)).is_some_and(|t| t <= now);
                 if last.is_none() || (missed && plan.daemon.catch_up) {
-                    let trigger = if last.is_none() { "first" } else { "catch-up" };
+                    let trigger = if last.is_none() { Trigger::First } else { Trigger::CatchUp };
                     let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");
                     self.queue.push(q);
                 }
-                self.queue_standby(&plan, &s.name, "first", now);
+                self.queue_standby(&plan, &s.name, Trigger::First, now);
             }
         }
         let mut runs = self.shared.next_runs.lock().expect("not poisoned");
@@ -200,7 +200,7 @@ impl Loop {
     fn due_jobs(&self, plan: &Plan, key: &str, at: DateTime<Utc>, now: DateTime<Utc>) -> (Vec<Queued>, Option<DateTime<Utc>>) {
         let next = timetable::next_due(plan, key, now);
         if key.strip_prefix("rehearsal:") == Some(REHEARSAL) {
-            let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, "schedule", at, 0, "daemon") };
+            let q = Queued { priority: 0, ..self.queued(REHEARSAL, Kind::Rehearsal, Trigger::Schedule, at, 0, "daemon") };
             return (vec![q], next);
         }
         for (prefix, kind) in REPOSITORY_JOBS {
@@ -210,7 +210,7 @@ impl Loop {
                 due: at,
                 name: repo.into(),
                 kind,
-                trigger: "schedule",
+                trigger: Trigger::Schedule,
                 attempt: 0,
                 actor: "daemon".into(),
                 restore: None,
@@ -222,12 +222,12 @@ impl Loop {
                 .sources
                 .iter()
                 .filter(|s| s.class == class)
-                .map(|s| self.queued(&s.name, Kind::Drill, "schedule", at, 0, "daemon"))
+                .map(|s| self.queued(&s.name, Kind::Drill, Trigger::Schedule, at, 0, "daemon"))
                 .collect();
             return (jobs, next);
         }
         match plan.sources.iter().any(|s| s.name == key) {
-            true => (vec![self.queued(key, Kind::Backup, "schedule", at, 0, "daemon")], next),
+            true => (vec![self.queued(key, Kind::Backup, Trigger::Schedule, at, 0, "daemon")], next),
             false => (Vec::new(), None),
         }
     }
@@ -305,10 +305,10 @@ impl Loop {
         };
         self.shared.runs.finished(&q.actor, q.kind, &q.name, &outcome, retry, now);
         if q.kind == Kind::Backup && outcome.status == "succeeded" {
-            self.queue_standby(&plan, &q.name, "backup", now);
+            self.queue_standby(&plan, &q.name, Trigger::Backup, now);
         }
         if q.kind == Kind::Backup && saved(&outcome) {
-            self.queue_copy(&plan, &q.name, "backup", now);
+            self.queue_copy(&plan, &q.name, Trigger::Backup, now);
         }
         if retry {
             let wait = match q.kind {
@@ -324,7 +324,7 @@ impl Loop {
                 q.attempt + 2,
                 wait.as_secs()
             );
-            self.delayed.push(Queued { due, attempt: q.attempt + 1, trigger: "retry", ..q });
+            self.delayed.push(Queued { due, attempt: q.attempt + 1, trigger: Trigger::Retry, ..q });
         }
     }
 
@@ -335,7 +335,7 @@ impl Loop {
 
     /// Queue a job that makes `name`'s standby current (crate::standby),
     /// if it has one; it replaces a retry waiting out its back-off.
-    fn queue_standby(&mut self, plan: &Plan, name: &str, trigger: &'static str, now: DateTime<Utc>) {
+    fn queue_standby(&mut self, plan: &Plan, name: &str, trigger: Trigger, now: DateTime<Utc>) {
         let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
         let Some(standby) = &s.standby else { return };
         let Some(kind) = crate::standby::StandbyKind::of(&s.url, &standby.target) else { return };
@@ -348,7 +348,7 @@ impl Loop {
     /// one. A job of its own, so that a slow copy never holds the source's
     /// next backup back; a copy already waiting (a retry among them) takes
     /// the new snapshot along, as each copy takes every one missing.
-    fn queue_copy(&mut self, plan: &Plan, name: &str, trigger: &'static str, now: DateTime<Utc>) {
+    fn queue_copy(&mut self, plan: &Plan, name: &str, trigger: Trigger, now: DateTime<Utc>) {
         let Some(s) = plan.sources.iter().find(|s| s.name == name) else { return };
         if plan.classes.get(&s.class).and_then(|c| c.offsite.as_ref()).is_none() || self.waiting(name, Kind::Copy) {
             return;
@@ -360,15 +360,15 @@ impl Loop {
     fn command(&mut self, cmd: Command, now: DateTime<Utc>) {
         match cmd {
             Command::Backup { source, actor } => {
-                let q = self.queued(&source, Kind::Backup, "api", now, 0, &actor);
+                let q = self.queued(&source, Kind::Backup, Trigger::Api, now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, ..q });
             }
             Command::Drill { source, actor } => {
-                let q = self.queued(&source, Kind::Drill, "api", now, 0, &actor);
+                let q = self.queued(&source, Kind::Drill, Trigger::Api, now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, ..q });
             }
             Command::Restore { source, spec, actor } => {
-                let q = self.queued(&source, Kind::Restore, "api", now, 0, &actor);
+                let q = self.queued(&source, Kind::Restore, Trigger::Api, now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, restore: Some(*spec), ..q });
             }
             Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
@@ -423,13 +423,13 @@ pub async fn run(
         tracing::warn!("job {} ({} {}) was interrupted when the daemon stopped; running it again", j.id, j.kind, j.source);
         shared.audit("daemon", &j.kind, &j.source, "failed", "interrupted: the daemon stopped while the job ran");
         if j.kind == "backup" {
-            lp.queue.push(lp.queued(&j.source, Kind::Backup, "retry", now, j.attempt + 1, "daemon"));
+            lp.queue.push(lp.queued(&j.source, Kind::Backup, Trigger::Retry, now, j.attempt + 1, "daemon"));
         }
     }
     let plan = shared.plan();
     for s in &plan.sources {
         if shared.state.copy_due(&s.name)? {
-            lp.queue_copy(&plan, &s.name, "catch-up", now);
+            lp.queue_copy(&plan, &s.name, Trigger::CatchUp, now);
         }
     }
     history::restore(&shared)?;
@@ -590,7 +590,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         source: w.name.clone(),
         class: w.class.clone(),
         kind: w.kind.as_str().into(),
-        trigger: q.trigger.into(),
+        trigger: q.trigger.as_str().into(),
         attempt: q.attempt,
         scheduled_at: q.due,
         started_at: started,

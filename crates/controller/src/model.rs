@@ -67,6 +67,38 @@ impl Kind {
     }
 }
 
+/// What started a job, as the job history and the API name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Its schedule fell due.
+    Schedule,
+    /// A source's first backup, at the daemon's start (or its standby's first making current).
+    First,
+    /// A run missed while the daemon was down, or a copy not made before it stopped.
+    CatchUp,
+    /// A failed or interrupted job tried again.
+    Retry,
+    /// Asked for over the API.
+    Api,
+    /// A backup's follow-up: its off-site copy, or its standby made current.
+    Backup,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 6] = [Trigger::Schedule, Trigger::First, Trigger::CatchUp, Trigger::Retry, Trigger::Api, Trigger::Backup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::First => "first",
+            Trigger::CatchUp => "catch-up",
+            Trigger::Retry => "retry",
+            Trigger::Api => "api",
+            Trigger::Backup => "backup",
+        }
+    }
+}
+
 /// A repository and how to open it: a password file, or the password itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -707,3 +707,34 @@ async fn the_classic_exposition_passes_promtools_check() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!((out.status.code(), said.as_str()), (Some(0), ""));
 }
+
+/// A restore asked for with a body that is no JSON restore request is
+/// answered in the API's error schema, as every other refusal is: 415
+/// without `Content-Type: application/json`, 422 for a field unknown.
+#[tokio::test]
+async fn a_restore_request_that_is_no_json_request_is_refused_in_the_error_schema() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), PLAN, Scripted::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let url = format!("http://{}/api/v1/sources/flaky/restore", listener.local_addr().expect("its address"));
+    tokio::spawn(crate::serve::serve(listener, crate::api::router(d.shared.clone(), Default::default()), None));
+    let client = reqwest::Client::new();
+    let ask = |json: bool, body: &'static str| {
+        let req = client.post(&url).body(body);
+        let req = if json { req.header("Content-Type", "application/json") } else { req };
+        async move {
+            let r = req.send().await.expect("an answer");
+            let kind = r.headers().get("content-type").map(|v| v.to_str().expect("text").to_string());
+            (r.status().as_u16(), kind, r.text().await.expect("a body"))
+        }
+    };
+    let json = Some("application/json".to_string());
+    assert_eq!(
+        ask(false, r#"{"target": "/tmp/x"}"#).await,
+        (415, json.clone(), r#"{"error":"Expected request with `Content-Type: application/json`"}"#.to_string())
+    );
+    let (status, kind, body) = ask(true, r#"{"target": "/tmp/x", "bogus": 1}"#).await;
+    assert_eq!((status, kind), (422, json));
+    assert!(body.starts_with(r#"{"error":"Failed to deserialize the JSON body into the target type: bogus: unknown field `bogus`, expected one of `snapshot`, `to`, `target`"#), "{body}");
+    d.stop().await;
+}
