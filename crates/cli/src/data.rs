@@ -287,7 +287,8 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
     }
     let progress = Arc::new(Progress::default());
     let bar = progress_bar(g, progress.clone(), "restored");
-    let filtered = filters_named(&a.includes, &a.excludes);
+    // With --delete, an include the snapshot lacks asks the target to lack it too.
+    let filtered = filters_named(&a.includes, &a.excludes).filter(|_| !a.delete);
     let opts = RestoreOptions {
         target: target.clone(),
         subfolder: folder.map(String::from),
