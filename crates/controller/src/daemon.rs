@@ -20,7 +20,7 @@ mod timetable;
 mod watchers;
 
 use self::timetable::REPOSITORY_JOBS;
-use self::watchers::{measure_repository, survey_volumes, watch_rehearsals, watch_wal};
+use self::watchers::{Sizes, survey_volumes, watch_rehearsals, watch_wal};
 use crate::check::{Severity, check};
 pub use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -143,6 +143,8 @@ struct Loop {
     queue: BinaryHeap<Queued>,
     delayed: Vec<Queued>,
     tasks: JoinSet<(Queued, Outcome)>,
+    /// The repositories' sizes, measured after each job that writes to one.
+    sizes: Sizes,
     /// What each running task is for: a task that panics answers nothing.
     started: BTreeMap<tokio::task::Id, Queued>,
     cancel: watch::Sender<bool>,
@@ -304,6 +306,9 @@ impl Loop {
             _ => outcome.status == "failed" && outcome.temporary && q.attempt < retries,
         };
         self.shared.runs.finished(&q.actor, q.kind, &q.name, &outcome, retry, now);
+        if let Some(repo) = written(&plan, &q) {
+            self.sizes.measure(&self.shared, &repo);
+        }
         if q.kind == Kind::Backup && outcome.status == "succeeded" {
             self.queue_standby(&plan, &q.name, Trigger::Backup, now);
         }
@@ -410,6 +415,7 @@ pub async fn run(
         tasks: JoinSet::new(),
         started: BTreeMap::new(),
         cancel,
+        sizes: Sizes::default(),
     };
     if shared.state.is_empty()? {
         // A new state over repositories with a history (a lost claim, a new cluster): the evidence brings it back.
@@ -435,7 +441,7 @@ pub async fn run(
     history::restore(&shared)?;
     lp.plan_runs(now, true)?;
     for name in shared.plan().repositories.keys() {
-        measure_repository(&shared, name);
+        lp.sizes.measure(&shared, name);
     }
     survey_volumes(&shared);
     watch_wal(&shared);
@@ -511,6 +517,19 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
         run: None,
         check: None,
     })
+}
+
+/// The repository a job may have written to (a failed one too, its packs
+/// stored before it failed): a backup's, a copy's off-site one, the one
+/// pruned.
+fn written(plan: &Plan, q: &Queued) -> Option<String> {
+    let source = || plan.sources.iter().find(|s| s.name == q.name);
+    match q.kind {
+        Kind::Backup => source().and_then(|s| plan.repository_of(s)).map(|(name, _)| name.to_string()),
+        Kind::Copy => source().and_then(|s| plan.classes.get(&s.class)?.offsite.clone()),
+        Kind::Prune => Some(q.name.clone()),
+        _ => None,
+    }
 }
 
 /// Whether a job ran to its end, whole or partial: a backup's snapshot was saved.
@@ -679,12 +698,6 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (sta
                 shared.metrics.not_yet_offsite(&w.name, started);
             }
             announce(shared, w, outcome, ended);
-            if w.repo.url.as_path().is_some() {
-                let name = shared.plan().repository_of(w.source.as_ref().expect("a backup has a source")).map(|(n, _)| n.to_string());
-                if let Some(name) = name {
-                    measure_repository(shared, &name);
-                }
-            }
         }
         Kind::Restore => {
             let reason = outcome.reason.as_deref().unwrap_or("");
@@ -695,7 +708,6 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (sta
                 shared.metrics.drill_done(&w.name, &w.class, r);
             }
         }
-        Kind::Prune if outcome.status == "succeeded" => measure_repository(shared, &w.name),
         Kind::Check => {
             shared.metrics.check_done(&w.name, (outcome.status == "succeeded").then_some(ended), outcome.problems);
             if outcome.status != "succeeded" {

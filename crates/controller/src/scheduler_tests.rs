@@ -738,3 +738,26 @@ async fn a_restore_request_that_is_no_json_request_is_refused_in_the_error_schem
     assert!(body.starts_with(r#"{"error":"Failed to deserialize the JSON body into the target type: bogus: unknown field `bogus`, expected one of `snapshot`, `to`, `target`"#), "{body}");
     d.stop().await;
 }
+
+/// The off-site repository's size is measured again after each copy into
+/// it, not only at start and after a prune.
+#[tokio::test]
+async fn a_copy_measures_the_off_site_repository_again() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (main, off) = (dir.path().join("main"), dir.path().join("off"));
+    for repo in [&main, &off] {
+        std::fs::create_dir_all(repo).expect("a repository directory");
+    }
+    let plan = RETAINED
+        .replace("/nonexistent/tresor-scheduler-test", &main.display().to_string())
+        .replace("/nonexistent/tresor-scheduler-offsite", &off.display().to_string());
+    // The copy (the source's third job) waits until the test wrote what it copies.
+    let d = started(dir.path(), &plan, Scripted { hold: Some(("part".into(), 3)), ..Scripted::default() });
+    let size = || metric(&d, "backup_repository_size_bytes{repository=\"off\"}");
+    until("the copy running", || d.jobs.calls("part") == 3).await;
+    until("the size at the start", || size().as_deref() == Some("0")).await;
+    std::fs::write(off.join("pack"), vec![0u8; 20_000]).expect("the copied pack");
+    d.jobs.release.notify_one();
+    until("the size after the copy", || size().as_deref() == Some("20000")).await;
+    d.stop().await;
+}

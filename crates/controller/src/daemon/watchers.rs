@@ -1,10 +1,10 @@
 //! The daemon's background watchers: the cluster's unprotected claims, the
-//! WAL archives and standbys, the rehearsals in the evidence logs, and a
-//! repository's size. Each runs beside the job loop and only feeds the
+//! WAL archives and standbys, the rehearsals in the evidence logs, and the
+//! repositories' sizes. Each runs beside the job loop and only feeds the
 //! metrics and the status page.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -96,19 +96,55 @@ pub(super) fn watch_rehearsals(shared: &Arc<Shared>) {
     });
 }
 
-/// Measure a repository's size in the background: a local one by its
-/// files, a remote one by listing its packs through the daemon's handle
-/// (a listing of every pack, so only at start and after a prune).
-pub(super) fn measure_repository(shared: &Arc<Shared>, name: &str) {
-    let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
-    let (shared, name) = (shared.clone(), name.to_string());
-    tokio::spawn(async move {
-        let bytes = match repo.url.as_path().map(std::path::Path::to_path_buf) {
-            Some(dir) => tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok(),
-            None => shared.repos.stored_size(&repo).await.ok(),
-        };
-        if let Some(bytes) = bytes {
-            shared.metrics.repository_size(&name, bytes);
+/// How long after measuring a repository its size is measured again at
+/// the soonest: a remote one's measure lists every pack, which jobs
+/// writing to it one after another must not repeat for each.
+const MEASURE_GAP: Duration = Duration::from_secs(60);
+
+/// The repositories being measured, each with whether a job wrote to it
+/// since its measurement started: then it is measured once more, after
+/// [`MEASURE_GAP`], however many jobs wrote meanwhile.
+#[derive(Default)]
+pub(super) struct Sizes(Arc<Mutex<BTreeMap<String, bool>>>);
+
+impl Sizes {
+    /// Measure repository `name` in the background (a local one by its
+    /// files, a remote one by listing its packs through the daemon's
+    /// handle), or once more after the measurement running.
+    pub(super) fn measure(&self, shared: &Arc<Shared>, name: &str) {
+        {
+            let mut running = self.0.lock().expect("not poisoned");
+            if let Some(again) = running.get_mut(name) {
+                *again = true;
+                return;
+            }
+            running.insert(name.to_string(), false);
         }
-    });
+        let (shared, name, running) = (shared.clone(), name.to_string(), self.0.clone());
+        tokio::spawn(async move {
+            loop {
+                measure_repository(&shared, &name).await;
+                {
+                    let mut running = running.lock().expect("not poisoned");
+                    if running.get(&name) != Some(&true) {
+                        running.remove(&name);
+                        return;
+                    }
+                    running.insert(name.clone(), false);
+                }
+                tokio::time::sleep(MEASURE_GAP).await;
+            }
+        });
+    }
+}
+
+async fn measure_repository(shared: &Shared, name: &str) {
+    let Some(repo) = shared.plan().repositories.get(name).cloned() else { return };
+    let bytes = match repo.url.as_path().map(std::path::Path::to_path_buf) {
+        Some(dir) => tokio::task::spawn_blocking(move || crate::metrics::tree_size(&dir)).await.ok(),
+        None => shared.repos.stored_size(&repo).await.ok(),
+    };
+    if let Some(bytes) = bytes {
+        shared.metrics.repository_size(name, bytes);
+    }
 }
