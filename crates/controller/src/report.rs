@@ -32,6 +32,8 @@ pub struct ClassReport {
     /// Expected RTO at the current size, from the drill history.
     pub rto_predicted: Option<f64>,
     pub rto_prediction_over_target: bool,
+    /// Why there is no prediction: a source holds far more than its drills restored (`unpredictable`).
+    pub rto_unpredictable: Option<String>,
     pub backups: u64,
     pub backups_succeeded: u64,
     pub drills: u64,
@@ -189,10 +191,17 @@ fn rpo(points: &[DateTime<Utc>], now: DateTime<Utc>) -> (Option<f64>, Option<f64
     (Some(secs(*last, now)), Some(worst))
 }
 
-/// Least squares of RTO on restored bytes over passed drills; the RTO at `size`.
+/// How far beyond the largest restore its drills measured a source's
+/// history predicts: a small drill's time is mostly fixed cost, and says
+/// nothing of the throughput a restore a thousand times larger gets.
+pub const EXTRAPOLATION: f64 = 4.0;
+
+/// Least squares of RTO on restored bytes over passed drills; the RTO at
+/// `size`. None without a drill, or for a size more than [`EXTRAPOLATION`]
+/// times the largest drilled ([`unpredictable`] says why).
 pub fn predict(history: &[(u64, f64)], size: u64) -> Option<f64> {
     let n = history.len() as f64;
-    if history.is_empty() {
+    if history.is_empty() || unpredictable(history, size).is_some() {
         return None;
     }
     let (sx, sy) = history.iter().fold((0.0, 0.0), |(x, y), (b, t)| (x + *b as f64, y + t));
@@ -206,6 +215,25 @@ pub fn predict(history: &[(u64, f64)], size: u64) -> Option<f64> {
     }
     // One size only: time grows with the data.
     Some(if mx > 0.0 { my * at / mx } else { my })
+}
+
+/// Why the drills of `history` predict no RTO at `size`: it is more than
+/// [`EXTRAPOLATION`] times the largest they restored.
+pub fn unpredictable(history: &[(u64, f64)], size: u64) -> Option<String> {
+    let largest = history.iter().map(|(b, _)| *b).max()?;
+    (size as f64 > largest as f64 * EXTRAPOLATION)
+        .then(|| format!("not predictable: the largest drill restored {}, the source now holds {}", bytes(largest), bytes(size)))
+}
+
+/// A size as people read it: bytes up to a KiB, then one decimal in KiB, MiB, GiB or TiB.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 fn class_report(
@@ -223,7 +251,7 @@ fn class_report(
     let backups: Vec<&Job> = jobs.iter().filter(mine).filter(|j| j.kind == "backup").collect();
     let class_drills: Vec<&DrillReport> = drills.iter().filter(|d| d.class == name).collect();
     let (mut current, mut worst) = (None::<f64>, None::<f64>);
-    let (mut measured, mut predicted) = (None::<f64>, None::<f64>);
+    let (mut measured, mut predicted, mut unpredicted) = (None::<f64>, None::<f64>, None::<String>);
     for s in &sources {
         let (age, gap) = rpo(&points(jobs, s), now);
         // A source that archives WAL is as fresh as its archive (crate::walrpo), which
@@ -248,7 +276,9 @@ fn class_report(
             .rev()
             .find(|j| &j.source == s && j.kind == "backup" && j.outcome.status == "succeeded")
             .and_then(|j| j.outcome.bytes_processed);
-        if let Some(p) = size.and_then(|size| predict(&history, size)) {
+        if let Some(why) = size.and_then(|size| unpredictable(&history, size)) {
+            unpredicted.get_or_insert(format!("{s}: {why}"));
+        } else if let Some(p) = size.and_then(|size| predict(&history, size)) {
             predicted = Some(predicted.unwrap_or(0.0).max(p));
         }
     }
@@ -266,8 +296,10 @@ fn class_report(
         rpo_worst_gap: worst,
         rto_met: measured.map(|m| m <= c.rto.secs() as f64),
         rto_measured: measured,
-        rto_prediction_over_target: predicted.is_some_and(|p| p > c.rto.secs() as f64),
-        rto_predicted: predicted,
+        // A class with a source beyond its drills has no prediction: the others' would understate it.
+        rto_predicted: predicted.filter(|_| unpredicted.is_none()),
+        rto_prediction_over_target: unpredicted.is_none() && predicted.is_some_and(|p| p > c.rto.secs() as f64),
+        rto_unpredictable: unpredicted,
         backups: backups.len() as u64,
         backups_succeeded: backups.iter().filter(|j| j.outcome.status == "succeeded").count() as u64,
         drills: class_drills.len() as u64,
@@ -581,6 +613,46 @@ mod tests {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let pts = [at("2026-11-21T10:00:00Z"), at("2026-11-21T10:15:00Z"), at("2026-11-21T11:00:00Z")];
         assert_eq!(rpo(&pts, at("2026-11-21T11:05:00Z")), (Some(300.0), Some(2700.0)));
+    }
+
+    /// A drill far smaller than what the source holds now predicts no RTO
+    /// for it: 143 B restored in 0.28 s say nothing of 3 GiB (linearly
+    /// 6,360,838 s), and the report says so where the prediction would be.
+    #[test]
+    fn a_drill_far_smaller_than_the_source_predicts_no_rto() {
+        assert_eq!((predict(&[(100, 10.0)], 400), predict(&[(100, 10.0)], 401)), (Some(40.0), None));
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let text = "repositories:\n  main:\n    url: /nonexistent/r\n    password_file: /nonexistent/pw\n\
+                    classes:\n  standard:\n    rpo: 1d\n    rto: 4h\n\
+                    sources:\n  - {name: sample, class: standard, url: /srv/a, schedule: '@daily'}\n";
+        let plan = Plan::parse(text, std::path::Path::new("tresor.yaml")).unwrap();
+        let outcome = crate::state::Outcome { status: "succeeded".into(), bytes_processed: Some(3 << 30), ..Default::default() };
+        let (t, ended) = (at("2026-12-07T19:00:00Z"), Some(at("2026-12-07T19:05:00Z")));
+        let backup = Job {
+            id: 1,
+            source: "sample".into(),
+            class: "standard".into(),
+            kind: "backup".into(),
+            trigger: "schedule".into(),
+            attempt: 0,
+            scheduled_at: t,
+            started_at: t,
+            ended_at: ended,
+            duration: None,
+            outcome,
+        };
+        let drill: DrillReport = serde_json::from_value(serde_json::json!({
+            "test_id": "DRILL-20261207-185000-sample", "source": "sample", "class": "standard", "kind": "files",
+            "started": "2026-12-07T18:50:00Z", "rto_seconds": 0.28, "rto_target": 14400, "rpo_target": 86400,
+            "bytes": 143, "passed": true, "checks": [], "reasons": [], "owner": null,
+        }))
+        .unwrap();
+        let r = build(&plan, &[backup], &[drill], RepoFacts::default(), at("2026-11-07T00:00:00Z"), at("2026-12-07T20:00:00Z"));
+        let c = &r.classes[0];
+        assert_eq!((c.rto_predicted, c.rto_prediction_over_target, c.rto_measured), (None, false, Some(0.28)));
+        let why = "sample: not predictable: the largest drill restored 143 B, the source now holds 3.0 GiB";
+        assert_eq!(c.rto_unpredictable.as_deref(), Some(why));
+        assert!(crate::report_html::markdown(&r).contains(&format!("| {why} |")));
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub fn markdown(r: &Report) -> String {
             dur(Some(c.rto_target as f64)),
             dur(c.rto_measured),
             yes(c.rto_met),
-            dur(c.rto_predicted),
+            c.rto_unpredictable.clone().unwrap_or_else(|| dur(c.rto_predicted)),
             if c.rto_prediction_over_target { " (over target)" } else { "" },
             pct(rate(c.backups_succeeded, c.backups)),
             c.backups_succeeded,

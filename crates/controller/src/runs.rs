@@ -206,7 +206,7 @@ fn ended(o: &Outcome, job: Option<i64>, retrying: bool, at: DateTime<Utc>) -> Va
     }
     if let Some(n) = o.bytes_processed.or_else(|| drill.and_then(|d| d["bytes"].as_u64())) {
         s.insert("bytes".into(), json!(n));
-        s.insert("size".into(), json!(crate::status::bytes(n)));
+        s.insert("size".into(), json!(crate::report::bytes(n)));
     }
     if let Some(d) = drill {
         s.insert("rto_seconds".into(), d["rto_seconds"].clone());

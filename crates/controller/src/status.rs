@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::daemon::Shared;
 use crate::plan::Plan;
+use crate::report::bytes;
 use crate::state::Job;
 use crate::view::class_states;
 
@@ -59,16 +60,6 @@ fn human(secs: f64) -> String {
 
 fn time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let (mut v, mut u) = (n as f64, 0);
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
 }
 
 /// A table that scrolls sideways on a narrow screen (or turns into cards).
