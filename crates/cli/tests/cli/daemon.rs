@@ -364,7 +364,8 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
 
     let j = wait_jobs(&d, "quiet", |j| j.iter().all(|x| x["status"] != "running"));
     let (_, metrics) = http(d.port, "GET", "/metrics", None);
-    let never = chrono::DateTime::parse_from_rfc3339("2026-11-21T11:00:01Z").unwrap().timestamp();
+    // down never had a point: it counts from when the daemon took it on (10:07:00), not from 1970.
+    let never = 53 * 60 + 1;
     for line in [
         "backup_job_success_total{source=\"files\",class=\"standard\"} 3".to_string(),
         format!("backup_job_success_total{{source=\"cache\",class=\"critical\"}} {}", count(&j, "cache", "backup", "succeeded")),
@@ -387,7 +388,10 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     let (_, page) = http(d.port, "GET", "/", Some("read-token"));
-    assert!(page.contains("<tr class=\"red\" data-class=\"critical\">"), "a class with a source that never succeeded is red: {page}");
+    assert!(
+        page.contains("<tr class=\"red\" data-class=\"critical\">"),
+        "a class with a source that has gone longer than its RPO without a point is red: {page}"
+    );
     assert!(page.contains("<tr class=\"green\" data-class=\"standard\">"), "{page}");
     let tagged = env.json(&["snapshots", "--tag", "source=files"]);
     assert_eq!(tagged.as_array().unwrap().len(), 3, "every backup tagged with its source");

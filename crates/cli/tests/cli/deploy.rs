@@ -252,7 +252,9 @@ fn the_status_page_in_headless_chromium_shows_the_classes_history_drills_and_a_f
     assert!(dom.contains("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"));
     assert!(!dom.contains("<script") && !dom.contains("src=\"http"), "everything inline, nothing from elsewhere");
     let critical = line_with(&dom, "data-class=\"critical\"");
-    assert!(critical.starts_with("<tr class=\"red\""), "a class whose source never succeeded is red: {critical}");
+    // The clock stands still: down's first backup failed, but it is not yet longer than the RPO without one.
+    assert!(critical.starts_with("<tr class=\"amber\""), "a class whose new source fails, within its RPO, is amber: {critical}");
+    assert!(critical.contains("<small>first backup pending: <a href=\"/sources/down\">down</a></small>"), "{critical}");
     assert!(critical.contains("<td data-label=\"RPO\">15m</td><td data-label=\"RTO\">1h</td>"), "{critical}");
     assert!(critical.contains("<a href=\"/sources/down\">down</a>"), "the failing source, linked: {critical}");
     assert!(critical.contains("no restorable point yet"), "down never had one: {critical}");
