@@ -642,7 +642,7 @@ pub fn classic(openmetrics: &str) -> String {
 
 /// A drill report's figure `field`, when the drill passed: only a
 /// validated restore measures an RTO or an RPO (`DrillReport::measured_rto`).
-fn measured(report: &serde_json::Value, field: &str) -> Option<f64> {
+pub(crate) fn measured(report: &serde_json::Value, field: &str) -> Option<f64> {
     report[field].as_f64().filter(|_| report["passed"] == true)
 }
 

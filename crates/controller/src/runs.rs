@@ -209,8 +209,8 @@ fn ended(o: &Outcome, job: Option<i64>, retrying: bool, at: DateTime<Utc>) -> Va
         s.insert("size".into(), json!(crate::report::bytes(n)));
     }
     if let Some(d) = drill {
-        s.insert("rto_seconds".into(), d["rto_seconds"].clone());
-        s.insert("rpo_seconds".into(), d["rpo_seconds"].clone());
+        s.insert("rto_seconds".into(), json!(crate::metrics::measured(d, "rto_seconds")));
+        s.insert("rpo_seconds".into(), json!(crate::metrics::measured(d, "rpo_seconds")));
     }
     Value::Object(s)
 }
@@ -471,6 +471,20 @@ mod tests {
             allowed("shop", &[], namespaces_written(&spec("k8s://", &[]), &whole)).unwrap_err().starts_with("the snapshot holds every")
         );
         assert_eq!(allowed("shop", &["*".into()], namespaces_written(&spec("k8s://", &[]), &whole)), Ok(()));
+    }
+
+    /// A DrillRun whose drill failed shows no RTO or RPO: it measured none.
+    #[test]
+    fn a_failed_drill_run_shows_no_rto() {
+        let drill = |passed: bool| Outcome {
+            status: if passed { "succeeded" } else { "failed" }.into(),
+            summary: Some(json!([{"passed": passed, "rto_seconds": 0.334, "rpo_seconds": 12.5, "bytes": 0}])),
+            ..Outcome::default()
+        };
+        let at = DateTime::parse_from_rfc3339("2026-12-07T19:49:00Z").unwrap().to_utc();
+        let figures = |s: Value| (s["rto_seconds"].clone(), s["rpo_seconds"].clone());
+        assert_eq!(figures(ended(&drill(false), Some(7), false, at)), (Value::Null, Value::Null));
+        assert_eq!(figures(ended(&drill(true), Some(7), false, at)), (json!(0.334), json!(12.5)));
     }
 
     #[test]
