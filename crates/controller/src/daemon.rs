@@ -648,6 +648,12 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         (_, Some(r), Some(m)) => format!("{r}: {m}"),
         _ => String::new(),
     };
+    // A drill's entry names its protocol entries, as one run by hand does.
+    let tests: Vec<&str> = match w.kind {
+        Kind::Drill => outcome.summary.iter().filter_map(|s| s.as_array()).flatten().filter_map(|d| d["test_id"].as_str()).collect(),
+        _ => Vec::new(),
+    };
+    let detail = [tests.join(" "), detail].into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join(": ");
     shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
     outcome
 }

@@ -639,6 +639,12 @@ async fn a_drill_that_restored_nothing_measures_no_rto() {
         assert_eq!(series(figure), None, "{figure}");
     }
     assert_eq!(crate::view::class_states(&d.shared)[0]["last_drill"]["rto_seconds"], serde_json::Value::Null);
+    let newest = || d.shared.state.audit_log(1).expect("the trail").remove(0);
+    until("the drill's audit entry", || newest().action == "drill").await;
+    let audited = newest();
+    let entry =
+        (audited.actor.as_str(), audited.action.as_str(), audited.target.as_str(), audited.result.as_str(), audited.detail.as_str());
+    assert_eq!(entry, ("test", "drill", "flaky", "failed", "DRILL-20261121-100000-flaky: error: the drill failed"));
     let page = crate::status::page(&d.shared);
     let cell = page.lines().find(|l| l.contains("data-verdict=\"FAILED\"")).expect("the drill's cell");
     assert!(cell.contains("data-verdict=\"FAILED\" >(no RTO measured, target 4.0 h)</span>"), "{cell}");
