@@ -67,7 +67,7 @@ fn conf(v: &str) -> String {
 
 /// The recovery settings appended to `postgresql.auto.conf`.
 fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedOffset>>) -> Result<String> {
-    let mut out = format!("\n# Written by tresor pg restore.\n{}", restore_command(g)?);
+    let mut out = format!("\n{} pg restore.\n{}", tresor_sources::recovery_conf::MARK, restore_command(g)?);
     match (time, &a.lsn, a.immediate) {
         (Some(t), _, _) => out += &format!("recovery_target_time = {}\n", conf(&t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string())),
         (_, Some(l), _) => out += &format!("recovery_target_lsn = {}\n", conf(l)),
@@ -132,10 +132,11 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     Ok(0)
 }
 
+/// The settings into `postgresql.auto.conf` (those of an earlier recovery
+/// taken out) and `recovery.signal`.
 fn write_recovery(dir: &Path, settings: &str) -> Result<()> {
     let auto = dir.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(settings);
+    let text = tresor_sources::recovery_conf::with_recovery_settings(&std::fs::read_to_string(&auto).unwrap_or_default(), settings);
     std::fs::write(&auto, text).with_context(|| format!("cannot write {}", auto.display()))?;
     std::fs::write(dir.join("recovery.signal"), "").context("cannot write recovery.signal")?;
     Ok(())

@@ -5,9 +5,13 @@
 //! that plan, fetched and checked against their BLAKE3, in
 //! `pg_wal/tresor-prefetch/`, refilling as PostgreSQL takes them. The
 //! restore_command (`tresor pg wal-fetch`) then only moves a file out of
-//! the spool: no password, no unlock. Anything else (a file the plan does
-//! not hold, one gone from the spool, a prefetcher that died) falls back
-//! to fetching from the repository.
+//! the spool: no password, no unlock. A file the plan found not archived
+//! (the segment after the last, a newer timeline's history) is asked of
+//! the prefetcher (`.ask-NAME`), which looks in the repository, as the
+//! primary may have archived it since the plan was made, and fetches it
+//! into the spool or answers `.none-NAME`. Anything else (one gone from
+//! the spool, a prefetcher that died or could not look) falls back to
+//! fetching from the repository.
 //!
 //! Files in the spool besides the segments (all dot-named, so never taken
 //! for WAL): `.plan` (the plan), `.pid` (the prefetcher), `.progress` (how
@@ -41,6 +45,12 @@ const FALLBACK: &str = ".fallback";
 /// A segment handed out and kept for a second request: only the last
 /// planned ones (pitr::KEPT).
 const SERVED_COPY: &str = ".served-";
+/// A restore_command's question about a file the plan lacks, and the
+/// prefetcher's answers when it is not in the repository, or could not be
+/// looked for (the restore_command then fetches it itself).
+const ASK: &str = ".ask-";
+const NONE: &str = ".none-";
+const FAILED: &str = ".failed-";
 /// The prefetcher's account of a recovery, in the data directory.
 pub const REPORT: &str = "tresor-prefetch.json";
 /// Fetches running at once: enough to hide a fetch's latency, few enough
@@ -194,7 +204,40 @@ fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
     if !alive(pid as u32) {
         return Ok(Take::Orphaned);
     }
-    Ok(if plan.lacks(wal) { Take::Absent } else { Take::Fetch { record: true } })
+    if plan.lacks(wal) {
+        return Ok(ask(&dir, pid as u32, wal, dest));
+    }
+    Ok(Take::Fetch { record: true })
+}
+
+/// A file the plan did not find archived when it was made: the primary may
+/// have archived it since (its last segments, in a disaster). The
+/// prefetcher, which holds the unlocked key, looks in the repository and
+/// fetches it into the spool or says it is not there; saying "not archived"
+/// from the plan alone ended recovery before WAL that was there.
+fn ask(dir: &Path, pid: u32, wal: &WalFile, dest: &Path) -> Take {
+    let (file, none, failed) = (dir.join(&wal.name), dir.join(format!("{NONE}{}", wal.name)), dir.join(format!("{FAILED}{}", wal.name)));
+    // Answers to an earlier asking that was not there to take them.
+    let _ = (std::fs::remove_file(&none), std::fs::remove_file(&failed));
+    if std::fs::write(dir.join(format!("{ASK}{}", wal.name)), "").is_err() {
+        return Take::Fetch { record: true };
+    }
+    loop {
+        if std::fs::rename(&file, dest).is_ok() {
+            note(dir, SERVED, &wal.name);
+            return Take::Served;
+        }
+        if std::fs::remove_file(&none).is_ok() {
+            return Take::Absent;
+        }
+        if std::fs::remove_file(&failed).is_ok() {
+            return Take::Fetch { record: true };
+        }
+        if !alive(pid) {
+            return Take::Orphaned;
+        }
+        std::thread::sleep(WAIT);
+    }
 }
 
 /// Global options `pg restore` writes into the restore_command before
@@ -313,6 +356,29 @@ pub async fn prefetch(g: &Global, pgdata: PathBuf) -> Result<u8> {
     Ok(0)
 }
 
+/// Files restore_commands ask about (`ask`) that are not being looked for yet.
+fn questions(dir: &Path, asked: &mut std::collections::HashSet<String>) -> Vec<String> {
+    let names = std::fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok());
+    names.filter_map(|n| n.strip_prefix(ASK).map(str::to_string)).filter(|n| asked.insert(n.clone())).collect()
+}
+
+/// The answer to an `ask`: the file is in the spool already, or a marker
+/// says it is not in the repository or could not be looked for.
+fn answer(dir: &Path, result: Result<Option<Option<u64>>>, name: &str, warnings: &mut Vec<String>) {
+    let marker = match result {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(NONE),
+        Err(e) => {
+            warnings.push(format!("{name}: {e:#}"));
+            Some(FAILED)
+        }
+    };
+    if let Some(m) = marker {
+        let _ = std::fs::write(dir.join(format!("{m}{name}")), "");
+    }
+    let _ = std::fs::remove_file(dir.join(format!("{ASK}{name}")));
+}
+
 /// Keep the window full until recovery ends; why it ended and how many
 /// segments were fetched.
 async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<String>) -> Result<(&'static str, usize)> {
@@ -321,6 +387,7 @@ async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<
     let mut term = signal(SignalKind::terminate())?;
     let mut watch = Watch { began: Instant::now(), signal_seen: false, server_seen: false };
     let mut running = FuturesOrdered::new();
+    let (mut answers, mut asked) = (futures::stream::FuturesUnordered::new(), std::collections::HashSet::new());
     let (mut next, mut done, mut fetched) = (0, 0, 0);
     let ended = loop {
         if let Some(why) = watch.ended(pgdata) {
@@ -333,7 +400,15 @@ async fn fill(repo: &Repository, plan: &Plan, pgdata: &Path, warnings: &mut Vec<
             running.push_back(async move { (fetch_one(repo, plan.system_id, &name, &dest).await, name) });
             next += 1;
         }
+        for name in questions(&dir, &mut asked) {
+            let dest = dir.join(&name);
+            answers.push(async move { (fetch_one(repo, plan.system_id, &name, &dest).await, name) });
+        }
         tokio::select! {
+            Some((result, name)) = answers.next(), if !answers.is_empty() => {
+                answer(&dir, result, &name, warnings);
+                asked.remove(&name);
+            }
             Some((result, name)) = running.next(), if !running.is_empty() => {
                 done += 1;
                 match result {

@@ -134,14 +134,14 @@ async fn make_pg_standby(g: &Global, source: &str, target: &Path) -> Result<(Sna
         .filter(|s| s.source.kind == PG_BASE && s.tags.contains(&tag))
         .max_by_key(|s| s.time)
         .with_context(|| format!("the repository holds no base backup of {source}"))?;
-    let settings =
-        format!("\n# Written by tresor standby refresh.\n{}recovery_target_timeline = 'latest'\n", crate::pg::restore_command(g)?);
+    let mark = tresor_sources::recovery_conf::MARK;
+    let settings = format!("\n{mark} standby refresh.\n{}recovery_target_timeline = 'latest'\n", crate::pg::restore_command(g)?);
     std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))?;
     let mut unpack = tresor_sources::unpack_into(target);
     let (_, bytes, _) = crate::sources::stream_into(&repo, base, unpack.as_mut(), false).await?;
     let auto = target.join("postgresql.auto.conf");
-    let text = std::fs::read_to_string(&auto).unwrap_or_default() + &settings;
+    let text = tresor_sources::recovery_conf::with_recovery_settings(&std::fs::read_to_string(&auto).unwrap_or_default(), &settings);
     std::fs::write(&auto, text).with_context(|| format!("cannot write {}", auto.display()))?;
     std::fs::write(target.join("standby.signal"), "").context("cannot write standby.signal")?;
     Ok((base.clone(), bytes))

@@ -24,6 +24,7 @@ mod pgbase;
 mod pgurl;
 pub mod pgwal;
 pub mod pitr;
+pub mod recovery_conf;
 mod postgres;
 pub mod probe;
 mod rdb_head;

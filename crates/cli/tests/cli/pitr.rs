@@ -206,6 +206,42 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
     assert!((0.0..600.0).contains(&lag), "the newest WAL file was archived moments ago: {lag}");
 }
 
+/// WAL the primary archives after `pg restore` planned the recovery (in a
+/// disaster, the dying primary's last segments) is replayed: the
+/// prefetcher looks for what the plan did not find, it does not answer
+/// "not in the archive" from the plan. And a base backup of the recovered
+/// cluster, which holds the first recovery's settings in its
+/// postgresql.auto.conf, restores and starts: a restore takes them out.
+#[test]
+fn recovery_replays_wal_archived_after_the_restore_and_a_recovered_cluster_restores_again() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'before the restore')");
+    let between = pg.psql("postgres", r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    let data = dir.path().join("data");
+    env.ok(&restore_args(&data, &["--latest"]));
+    pg.psql("postgres", "INSERT INTO t VALUES (2, 'archived after the restore')");
+    switch_and_archive(&pg);
+    let recovered = start_restored(dir);
+    assert_eq!(notes(&recovered), "before the restore,archived after the restore");
+    let report = prefetch_report(&recovered);
+    assert_eq!(report["fetched_by_fallback"], 0, "asked of the prefetcher, not fetched with an unlock: {report}");
+    drop(recovered);
+
+    let dir = restore_dir(&env);
+    let at = restore_and_start(&env, &["--time", &between]);
+    assert_eq!(notes(&at), "before the restore");
+    let auto = std::fs::read_to_string(Path::new(&at.psql("postgres", "SHOW data_directory")).join("postgresql.auto.conf")).unwrap();
+    assert!(auto.contains("recovery_target_time = "), "{auto}");
+    env.ok(&["pg", "backup", &at.cluster_url()]);
+    let data = dir.path().join("data");
+    env.ok(&restore_args(&data, &["--latest", "--prefetch", "0"]));
+    let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("recovery_target_time = "), "{auto}");
+    assert_eq!(notes(&start_restored(dir)), "before the restore");
+}
+
 /// `pg restore` builds a new data directory: it refuses one that holds
 /// files, and one it cannot read, which may hold a cluster, before it
 /// opens the repository.
