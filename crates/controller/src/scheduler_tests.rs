@@ -441,20 +441,7 @@ async fn damage_found_before_packs_were_recorded_is_read_again() {
     for (id, problems, status) in [(1, 0, "succeeded"), (2, 1, "failed")] {
         let at = chrono::DateTime::parse_from_rfc3339(&format!("2026-11-{}T04:00:00Z", 18 + id)).expect("a time").to_utc();
         let outcome = crate::state::Outcome { status: status.into(), problems: Some(problems), ..Default::default() };
-        let job = crate::state::Job {
-            id,
-            source: "main".into(),
-            class: String::new(),
-            kind: "check".into(),
-            trigger: "schedule".into(),
-            attempt: 0,
-            scheduled_at: at,
-            started_at: at,
-            ended_at: Some(at),
-            duration: None,
-            outcome,
-        };
-        assert!(state.import_job(&job).expect("imported"));
+        assert!(state.import_job(&ended_job(id, "main", "check", at, outcome)).expect("imported"));
     }
     drop(state);
     let d = started(dir.path(), CHECKED, Scripted::default());
@@ -464,6 +451,23 @@ async fn damage_found_before_packs_were_recorded_is_read_again() {
     let given: Vec<CheckSpec> = d.jobs.checks.lock().expect("not poisoned").iter().map(|(_, c)| c.clone()).collect();
     assert_eq!(given, [CheckSpec { slice: 2, slices: 3, packs: vec![] }]);
     d.stop().await;
+}
+
+/// A scheduled job of `source` that started and ended at `at`, as a history holds it.
+fn ended_job(id: i64, source: &str, kind: &str, at: chrono::DateTime<chrono::Utc>, outcome: crate::state::Outcome) -> crate::state::Job {
+    crate::state::Job {
+        id,
+        source: source.into(),
+        class: String::new(),
+        kind: kind.into(),
+        trigger: "schedule".into(),
+        attempt: 0,
+        scheduled_at: at,
+        started_at: at,
+        ended_at: Some(at),
+        duration: None,
+        outcome,
+    }
 }
 
 /// The pack `damaged` names.
@@ -765,5 +769,22 @@ async fn a_copy_measures_the_off_site_repository_again() {
     std::fs::write(off.join("pack"), vec![0u8; 20_000]).expect("the copied pack");
     d.jobs.release.notify_one();
     until("the size after the copy", || size().as_deref() == Some("20000")).await;
+    d.stop().await;
+}
+
+/// A daemon started again keeps a failed rehearsal of the plan alerted
+/// (BackupDrillFailed on the platform's series), as its history says.
+#[tokio::test]
+async fn a_daemon_started_again_keeps_a_failed_rehearsal_alerted() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let state = crate::state::State::open(&dir.path().join("state.db")).expect("a state");
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-20T03:00:00Z").expect("a time").to_utc();
+    let failed = crate::state::Outcome { status: "failed".into(), reason: Some("error".into()), ..Default::default() };
+    assert!(state.import_job(&ended_job(1, crate::daemon::REHEARSAL, "rehearsal", at, failed)).expect("imported"));
+    drop(state);
+    let plan = format!("{PLAN}drills:\n  rehearsal: {{schedule: '@yearly', from: primary}}\n");
+    let d = started(dir.path(), &plan, Scripted::default());
+    until("the daemon ready", || d.shared.ready.load(std::sync::atomic::Ordering::SeqCst)).await;
+    assert_eq!(metric(&d, "restore_drill_success{source=\"platform\",class=\"\"}"), Some("0".into()));
     d.stop().await;
 }

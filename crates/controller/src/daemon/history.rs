@@ -1,6 +1,7 @@
 //! What the daemon starts with, read back from the job history: each
 //! source's newest success and failure, whether it is failing, its newest
-//! drill's verdict, and each repository's newest check verdict. Without
+//! drill's verdict, the plan's newest rehearsal's verdict, and each
+//! repository's newest check verdict. Without
 //! them a restart (or a pod moved) would clear every active failure
 //! series, and the alerts on them would resolve though nothing recovered.
 
@@ -34,6 +35,11 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         if let Some(d) = shared.state.source_drills(&s.name, 1)?.into_iter().next() {
             shared.metrics.drill_seen(&s.name, &s.class, &serde_json::to_value(&d).unwrap_or_default());
         }
+    }
+    // The plan's rehearsal: its protocol's figures are in the evidence logs, its verdict in the job history.
+    let rehearsed = shared.state.jobs(1, Some(super::REHEARSAL))?.into_iter().find(|j| j.kind == Kind::Rehearsal.as_str());
+    if let Some(j) = rehearsed.filter(|j| plan.drills.rehearsal.is_some() && j.outcome.status != "running") {
+        shared.metrics.drill_seen(super::REHEARSAL, "", &serde_json::json!({"passed": j.outcome.status == "succeeded"}));
     }
     shared.metrics.take_on(&plan, shared.clock.now());
     for name in plan.repositories.keys() {
