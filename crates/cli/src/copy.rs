@@ -32,7 +32,10 @@ fn select(all: Vec<Snapshot>, a: &CopyArgs) -> Result<Vec<Snapshot>> {
         // what matches is cloned: a cluster's archive may be many thousand pieces.
         let matching: Vec<Snapshot> = all.iter().filter(|s| filter.matches(s)).cloned().collect();
         match a.latest {
-            Some(n) => tresor_engine::select::newest_per_host_and_paths(matching, n),
+            // The newest N backups: a piece of an archive (a WAL file, newer
+            // than every base backup it continues) is none, and comes along
+            // with the base backups it continues (below).
+            Some(n) => tresor_engine::select::newest_per_host_and_paths(matching.into_iter().filter(|s| s.name.is_none()).collect(), n),
             None => matching,
         }
     };
