@@ -48,6 +48,12 @@ pub(crate) fn restore_command(g: &Global) -> Result<String> {
     // Safe to write into PostgreSQL's settings and its command line: a
     // repository URL holds no password (Location::parse refuses one).
     let repo = g.repo.as_ref().context("no repository given")?.expose();
+    // PostgreSQL runs restore_command in the data directory: a local
+    // repository given relative to where `pg restore` ran would not be found.
+    let repo = match tresor_storage::Location::parse(repo)? {
+        tresor_storage::Location::Fs(path) => std::path::absolute(path)?.display().to_string(),
+        _ => repo.to_string(),
+    };
     let pw = g.password_file.as_deref().context(
         "pg restore writes a restore_command that reads the repository password from a file: give --password-file (or TRESOR_PASSWORD_FILE)",
     )?;
@@ -55,7 +61,7 @@ pub(crate) fn restore_command(g: &Global) -> Result<String> {
     let command = format!(
         "{} --repo {} --password-file {} --no-cache --quiet pg wal-fetch %f %p",
         shell_quote(&exe.display().to_string()),
-        shell_quote(repo),
+        shell_quote(&repo),
         shell_quote(&pw.display().to_string())
     );
     Ok(format!("restore_command = {}\n", conf(&command)))

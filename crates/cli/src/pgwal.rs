@@ -62,7 +62,7 @@ pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
         return Ok(0);
     }
     let control = pgwal::system_id(&pgdata).ok();
-    let repo = open(g).await?;
+    let repo = open_archive(g).await?;
     let said = push_one(&repo, control, &wal, data, hash).await?;
     if !g.quiet {
         println!("{} {said}", wal.name);
@@ -148,7 +148,7 @@ async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> 
     }
     let system_id = pgwal::system_id(&pgdata)
         .with_context(|| format!("cannot read global/pg_control in {}: run in the data directory or give --pgdata", pgdata.display()))?;
-    let repo = open(g).await?;
+    let repo = open_archive(g).await?;
     let seg_size = if from_spool {
         repo.find_named(&pgwal::snapshot_name(system_id, &wal.name)).await?.as_ref().and_then(recorded_seg_size)
     } else {
@@ -164,6 +164,20 @@ async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> 
         prefetch(&repo, system_id, &wal, seg_size, &spool, own_prefetch).await;
     }
     Ok(0)
+}
+
+/// The repository, for PostgreSQL's archive_command and restore_command:
+/// one that is not there is not to be made (`tresor init`, the advice
+/// elsewhere), as an unmounted volume is the likelier cause.
+async fn open_archive(g: &Global) -> Result<std::sync::Arc<Repository>> {
+    open(g).await.map_err(|e| match e.downcast_ref::<tresor_engine::Error>() {
+        Some(tresor_engine::Error::NoRepository { location, .. } | tresor_engine::Error::NotARepository { location, .. }) => {
+            anyhow::anyhow!(
+                "no repository at {location}: check that its storage is mounted and reachable (the WAL archive never creates one)"
+            )
+        }
+        _ => e,
+    })
 }
 
 pub(crate) fn not_archived(wal: &WalFile) -> u8 {

@@ -249,6 +249,43 @@ fn recovery_replays_wal_archived_after_the_restore_and_a_recovered_cluster_resto
     assert_eq!(notes(&start_restored(dir)), "before the restore");
 }
 
+/// A repository given relative to where `pg restore` ran is found by the
+/// restore_command PostgreSQL runs in the data directory; a WAL command
+/// that finds no repository says to check its storage, never to create
+/// one (`tresor init` there would start an empty archive on a volume that
+/// is only not mounted).
+#[test]
+fn restore_command_finds_a_relative_repository_and_a_missing_one_is_not_to_be_made() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'archived')");
+    let seg = switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    let data = dir.path().join("data");
+    let args = [&["--repo", "repo"][..], &restore_args(&data, &["--latest", "--prefetch", "0"])].concat();
+    let out = env.cmd(&args).env_remove("TRESOR_REPOSITORY").current_dir(env.dir.path()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(notes(&start_restored(dir)), "archived");
+    let unmounted = env.path("unmounted");
+    let pgdata = pg.dir().join("data");
+    // A copy of the segment: the server may recycle its own at any checkpoint.
+    let wal = env.path(&seg);
+    env.ok(&["pg", "wal-fetch", &seg, wal.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap(), "--prefetch", "0"]);
+    for args in [
+        vec!["pg", "wal-push", wal.to_str().unwrap()],
+        vec!["pg", "wal-fetch", &seg, env.path("fetched").to_str().unwrap(), "--prefetch", "0"],
+    ] {
+        let out = env
+            .cmd(&[&["--repo", unmounted.to_str().unwrap()][..], &args, &["--pgdata", pgdata.to_str().unwrap()]].concat())
+            .output()
+            .unwrap();
+        let said = format!(
+            "no repository at {}: check that its storage is mounted and reachable (the WAL archive never creates one)\n",
+            unmounted.display()
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).ends_with(&said), "{args:?}: {out:?}");
+    }
+}
+
 /// `pg restore` builds a new data directory: it refuses one that holds
 /// files, and one it cannot read, which may hold a cluster, before it
 /// opens the repository.
