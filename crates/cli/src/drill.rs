@@ -113,14 +113,16 @@ pub async fn drills(g: &Global, a: DrillArgs) -> Result<u8> {
         state.record_drill(&r)?;
         let detail = if r.passed { r.test_id.clone() } else { format!("{}: {}", r.test_id, r.reasons.join("; ")) };
         let result = if r.passed { "succeeded" } else { "failed" };
-        state.audit(&AuditEntry {
-            time: chrono::Utc::now(),
-            actor: actor.clone(),
-            action: "drill".into(),
-            target: s.name.clone(),
-            result: result.into(),
-            detail,
-        })?;
+        if !a.for_daemon {
+            state.audit(&AuditEntry {
+                time: chrono::Utc::now(),
+                actor: actor.clone(),
+                action: "drill".into(),
+                target: s.name.clone(),
+                result: result.into(),
+                detail,
+            })?;
+        }
         if !g.json {
             print(&r);
         }

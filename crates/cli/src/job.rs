@@ -97,7 +97,8 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
         }
         Kind::Drill => {
             let plan = spec.plan_file.clone().context("a drill job names its plan")?;
-            crate::drill::drills(g, DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), ..DrillArgs::default() }).await
+            let a = DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), for_daemon: true, ..DrillArgs::default() };
+            crate::drill::drills(g, a).await
         }
         Kind::Rehearsal => crate::dr::job(g, spec.plan_file.as_deref().context("a rehearsal job names its plan")?).await,
         Kind::Standby => crate::standby::job(g, spec).await,

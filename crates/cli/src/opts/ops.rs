@@ -327,6 +327,10 @@ pub struct DrillArgs {
     /// Drill a whole application of the plan: its sources into scratch targets, in its order, between its hooks (scale hooks skipped), then its smoke checks; one protocol entry with its RTO end to end.
     #[arg(long, value_name = "APP", conflicts_with_all = ["name", "from"])]
     pub app: Option<String>,
+    /// Run as the daemon's drill job, which the daemon audits itself: no
+    /// second entry in the name of whoever runs the daemon.
+    #[arg(skip)]
+    pub for_daemon: bool,
 }
 
 #[derive(Subcommand)]
