@@ -108,7 +108,7 @@ async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -
         let replaces = p.replaces.as_deref().unwrap_or("restored there");
         let predicted = match p.predicted_seconds {
             Some(s) => format!("predicted {s:.1} s from {} drills", p.drills),
-            None => "no drill history to predict its duration".into(),
+            None => p.unpredictable.clone().unwrap_or_else(|| "no drill history to predict its duration".into()),
         };
         println!(
             "{} ({}) snapshot {} into {}: {replaces}; {predicted}",

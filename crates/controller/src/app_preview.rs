@@ -22,6 +22,10 @@ pub struct Preview {
     pub predicted_seconds: Option<f64>,
     /// How many drills the prediction rests on.
     pub drills: usize,
+    /// Why there is no prediction though drills passed: they restored far
+    /// less than the snapshot holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpredictable: Option<String>,
 }
 
 /// The preview of each source of a prepared (dry-run) restore.
@@ -43,6 +47,7 @@ pub fn preview(report: &Report, history: &[DrillReport]) -> Vec<Preview> {
                     .as_ref()
                     .and_then(|to| replaces(to.expose()).unwrap_or_else(|e| Some(format!("cannot tell what it holds: {e}")))),
                 predicted_seconds: crate::report::predict(&past, s.bytes),
+                unpredictable: crate::report::unpredictable(&past, s.bytes),
                 drills: past.len(),
             }
         })
