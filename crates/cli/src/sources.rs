@@ -15,6 +15,14 @@ use crate::opts::{BackupArgs, Global, RestoreArgs};
 
 /// Restore the snapshot's one stream into the service a URL names.
 pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, flush: bool, jobs: usize) -> Result<u8> {
+    // A data directory's tar is no stream a server loads; `latest` is the
+    // newest snapshot of any kind, often a base backup beside the dumps.
+    if snap.source.kind == tresor_sources::PG_BASE && !to.starts_with("command:") {
+        let id = snap.id.short();
+        bail!(
+            "snapshot {id} is a PostgreSQL base backup: restore it with `tresor pg restore {id} --target DIR`, or name the dump to restore"
+        );
+    }
     let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs })?;
     let (name, size, said) = stream_into(repo, snap, target.as_mut(), flush).await?;
     if g.json {

@@ -286,6 +286,20 @@ fn restore_command_finds_a_relative_repository_and_a_missing_one_is_not_to_be_ma
     }
 }
 
+/// `latest` is often a base backup beside a cluster's dumps: restoring one
+/// into a database is refused, naming `pg restore`, before the server is
+/// touched (pg_restore said "could not find header for file toc.dat").
+#[test]
+fn a_base_backup_restored_into_a_database_is_refused_naming_pg_restore() {
+    let (env, pg) = backed_up_cluster();
+    let id = env.json(&["snapshots"])[0]["short_id"].as_str().unwrap().to_string();
+    let err = env.fails(&["restore", "latest", "--to", &pg.url("copy")], 1);
+    let said = format!(
+        "snapshot {id} is a PostgreSQL base backup: restore it with `tresor pg restore {id} --target DIR`, or name the dump to restore"
+    );
+    assert_eq!(err, format!("tresor: error: {said}\n"));
+}
+
 /// `pg restore` builds a new data directory: it refuses one that holds
 /// files, and one it cannot read, which may hold a cluster, before it
 /// opens the repository.
