@@ -80,7 +80,7 @@ fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedO
         (_, _, true) => out += "recovery_target = 'immediate'\n",
         _ => {}
     }
-    out += "recovery_target_action = 'promote'\nrecovery_target_timeline = 'latest'\n";
+    out += &format!("recovery_target_action = 'promote'\nrecovery_target_timeline = {}\n", conf(&a.target_timeline));
     if a.no_archive {
         out += "archive_mode = 'off'\n";
     }

@@ -215,6 +215,12 @@ pub struct PgRestoreArgs {
     /// running cluster, whose archive it must not branch).
     #[arg(long)]
     pub no_archive: bool,
+    /// The timeline recovery follows: latest (the newest the archive holds,
+    /// through every promotion archived since the base backup, a test
+    /// restore's too if it archived), current (the base backup's), or a
+    /// timeline's number.
+    #[arg(long, value_name = "TIMELINE", default_value = "latest", value_parser = timeline)]
+    pub target_timeline: String,
     /// Keep this many WAL segments fetched ahead of the recovery, by one
     /// process that unlocks the repository once (0: each segment is fetched
     /// when PostgreSQL asks for it).
@@ -466,4 +472,13 @@ pub struct JobCmd {
 pub enum JobCommand {
     /// Run the job whose spec is on standard input.
     Run,
+}
+
+/// `latest`, `current` or a timeline's number, as PostgreSQL takes them.
+fn timeline(text: &str) -> Result<String, String> {
+    match text {
+        "latest" | "current" => Ok(text.into()),
+        n if n.parse::<u32>().is_ok_and(|n| n > 0) => Ok(n.into()),
+        _ => Err("give latest, current or a timeline's number (1 or more)".into()),
+    }
 }

@@ -286,6 +286,30 @@ fn restore_command_finds_a_relative_repository_and_a_missing_one_is_not_to_be_ma
     }
 }
 
+/// A test restore that archives into the production cluster's repository
+/// (no `--no-archive`) makes a newer timeline there; a later recovery to
+/// the latest point follows it by default, as PostgreSQL does, and follows
+/// production's own with `--target-timeline current`.
+#[test]
+fn a_recovery_follows_the_timeline_it_is_told() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'shared')");
+    switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    let data = dir.path().join("data");
+    env.ok(&["pg", "restore", "--target", data.to_str().unwrap(), "--latest"]);
+    let clone = start_restored(dir);
+    clone.psql("postgres", "INSERT INTO t VALUES (2, 'test restore')");
+    switch_and_archive(&clone);
+    drop(clone);
+    pg.psql("postgres", "INSERT INTO t VALUES (2, 'production')");
+    switch_and_archive(&pg);
+    assert_eq!(notes(&restore_and_start(&env, &["--latest"])), "shared,test restore");
+    assert_eq!(notes(&restore_and_start(&env, &["--latest", "--target-timeline", "current"])), "shared,production");
+    let err = env.fails(&["pg", "restore", "--target", env.path("x").to_str().unwrap(), "--latest", "--target-timeline", "0"], 2);
+    assert!(err.contains("give latest, current or a timeline's number (1 or more)"), "{err}");
+}
+
 /// `latest` is often a base backup beside a cluster's dumps: restoring one
 /// into a database is refused, naming `pg restore`, before the server is
 /// touched (pg_restore said "could not find header for file toc.dat").
