@@ -106,6 +106,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         _ => Stop::Latest,
     };
     let base = pitr::choose_base(&chain.bases, a.snapshot.as_deref(), &stop_at)?;
+    warn_short(chain, base, time);
     let settings = recovery_settings(g, &a, time)?;
     std::fs::create_dir_all(&a.target).with_context(|| format!("cannot create {}", a.target.display()))?;
     std::fs::set_permissions(&a.target, std::fs::Permissions::from_mode(0o700))?;
@@ -140,6 +141,29 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
 
 /// The settings into `postgresql.auto.conf` (those of an earlier recovery
 /// taken out) and `recovery.signal`.
+/// What the archive says before the recovery runs into it: a gap it
+/// cannot cross, and a target time after its newest commit (PostgreSQL
+/// then refuses to finish: "recovery ended before configured recovery
+/// target was reached", unless the WAL to it is archived meanwhile).
+fn warn_short(chain: &pitr::Chain, base: &tresor_engine::Snapshot, time: Option<DateTime<FixedOffset>>) {
+    // Gaps past where the base backup's WAL starts (WAL file names sort
+    // by timeline, then position); another base backup's problems are not this recovery's.
+    let start = point(base, "start_wal").unwrap_or_default();
+    for p in pitr::verify(chain).1 {
+        if matches!(&p, pitr::Problem::Gap(g) if g.last.as_str() >= start) {
+            eprintln!("warning: the WAL archive: {p}; recovery cannot cross it (tresor pg verify)");
+        }
+    }
+    let newest = chain.wal.iter().filter_map(|(_, s)| point(s, "last_commit")).filter_map(|c| DateTime::parse_from_rfc3339(c).ok()).max();
+    if let (Some(t), Some(c)) = (time, newest)
+        && t > c
+    {
+        eprintln!(
+            "warning: the newest commit the archive holds is at {c}, before {t}: recovery stops short of the target unless the WAL to it is archived meanwhile"
+        );
+    }
+}
+
 fn write_recovery(dir: &Path, settings: &str) -> Result<()> {
     let auto = dir.join("postgresql.auto.conf");
     let text = tresor_sources::recovery_conf::with_recovery_settings(&std::fs::read_to_string(&auto).unwrap_or_default(), settings);

@@ -404,6 +404,22 @@ fn wal_gaps_are_reported_and_bad_wal_is_refused() {
         String::from_utf8_lossy(&out.stderr),
         "tresor: error: the WAL archive has 1 problem(s); point-in-time recovery across them is impossible\n"
     );
+    // pg restore says so before the recovery runs into it, and that a target past the newest commit is not reached.
+    let gap = format!(
+        "warning: the WAL archive: gap on timeline 1: {middle} … {middle} (1 segments missing); recovery cannot cross it (tresor pg verify)\n"
+    );
+    let out = env.run(&["pg", "restore", "--target", env.path("r1").to_str().unwrap(), "--latest", "--prefetch", "0"]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), gap.as_str()));
+    let out =
+        env.run(&["pg", "restore", "--target", env.path("r2").to_str().unwrap(), "--time", "2030-01-01T00:00:00Z", "--prefetch", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with(&gap), "{stderr}");
+    assert!(
+        stderr.ends_with(
+            ", before 2030-01-01 00:00:00 +00:00: recovery stops short of the target unless the WAL to it is archived meanwhile\n"
+        ),
+        "{stderr}"
+    );
 
     // A file that is not WAL of its name, and one that differs from what is stored.
     let pgdata = pg.dir().join("data");
