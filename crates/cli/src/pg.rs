@@ -26,7 +26,10 @@ pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
                 [one] => one.to_string_lossy().to_string(),
                 _ => bail!("give one cluster URL: postgres://USER@HOST:PORT"),
             };
-            let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).unwrap_or(&url);
+            let rest = ["postgres://", "postgresql://", "pgbase://"].iter().find_map(|p| url.strip_prefix(p));
+            let Some(rest) = rest else {
+                bail!("{url} is no cluster URL: give postgres://USER@HOST:PORT (or the plan's pgbase://USER@HOST:PORT)");
+            };
             a.paths = vec![format!("pgbase://{rest}").into()];
             crate::data::backup(g, *a).await
         }

@@ -313,10 +313,15 @@ fn a_recovery_follows_the_timeline_it_is_told() {
 /// `latest` is often a base backup beside a cluster's dumps: restoring one
 /// into a database is refused, naming `pg restore`, before the server is
 /// touched (pg_restore said "could not find header for file toc.dat").
+/// `pg backup` takes the plan's pgbase:// form too, and no other URL.
 #[test]
 fn a_base_backup_restored_into_a_database_is_refused_naming_pg_restore() {
     let (env, pg) = backed_up_cluster();
-    let id = env.json(&["snapshots"])[0]["short_id"].as_str().unwrap().to_string();
+    let err = env.fails(&["pg", "backup", "redis://127.0.0.1:1"], 1);
+    let said = "redis://127.0.0.1:1 is no cluster URL: give postgres://USER@HOST:PORT (or the plan's pgbase://USER@HOST:PORT)";
+    assert_eq!(err, format!("tresor: error: {said}\n"));
+    env.ok(&["pg", "backup", &pg.cluster_url().replace("postgres://", "pgbase://")]);
+    let id = env.json(&["snapshots"]).as_array().unwrap().last().unwrap()["short_id"].as_str().unwrap().to_string();
     let err = env.fails(&["restore", "latest", "--to", &pg.url("copy")], 1);
     let said = format!(
         "snapshot {id} is a PostgreSQL base backup: restore it with `tresor pg restore {id} --target DIR`, or name the dump to restore"
