@@ -21,6 +21,10 @@ pub fn parse_time(s: &str) -> Result<DateTime<FixedOffset>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t);
     }
+    // As psql prints a timestamptz: `2026-12-07 20:24:10.2+00`.
+    if let Ok(t) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z") {
+        return Ok(t);
+    }
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S")
         .with_context(|| format!("cannot read time {s:?} (use RFC 3339 or \"YYYY-MM-DD HH:MM:SS\")"))?;
     let local = Local.from_local_datetime(&naive).single().with_context(|| format!("time {s:?} is ambiguous in the local time zone"))?;

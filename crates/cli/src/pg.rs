@@ -101,7 +101,12 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     let repo = open(g).await?;
     let snaps = repo.snapshots().await?;
     let all = chains(&snaps);
-    let chain = pitr::chain_of(&all, a.system_id.as_deref())?;
+    // A base backup named by id names its cluster too.
+    let named = a.snapshot.as_deref().and_then(|id| {
+        let mut of = all.iter().filter(|(_, c)| c.bases.iter().any(|b| b.id.to_hex().starts_with(id)));
+        of.next().filter(|_| of.next().is_none()).map(|(system_id, _)| system_id.as_str())
+    });
+    let chain = pitr::chain_of(&all, a.system_id.as_deref().or(named))?;
     let stop_at = match (time, &a.lsn, a.immediate) {
         (Some(t), _, _) => Stop::Time(t),
         (_, Some(l), _) => Stop::Lsn(l.clone()),

@@ -304,7 +304,8 @@ impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Problem::Gap(gap) => {
-                write!(f, "gap on timeline {}: {} … {} ({} segments missing)", gap.timeline, gap.first, gap.last, gap.count)
+                let s = if gap.count == 1 { "" } else { "s" };
+                write!(f, "gap on timeline {}: {} … {} ({} segment{s} missing)", gap.timeline, gap.first, gap.last, gap.count)
             }
             Problem::StartsAfter { base, timeline, first, end, seg_size } => write!(
                 f,

@@ -223,7 +223,9 @@ fn pitr_recovers_to_a_moment_between_two_transactions_and_retention_keeps_the_ch
 fn recovery_replays_wal_archived_after_the_restore_and_a_recovered_cluster_restores_again() {
     let (env, pg) = backed_up_cluster();
     pg.psql("postgres", "INSERT INTO t VALUES (1, 'before the restore')");
-    let between = pg.psql("postgres", r#"SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#);
+    // As psql prints it (`2026-12-07 20:24:10.2+00`), which --time takes.
+    let between = pg.psql("postgres", "SELECT clock_timestamp()");
+    assert!(between[between.len() - 3..].starts_with(['+', '-']), "an offset in hours: {between}");
     switch_and_archive(&pg);
     let dir = restore_dir(&env);
     let data = dir.path().join("data");
@@ -329,6 +331,20 @@ fn a_base_backup_restored_into_a_database_is_refused_naming_pg_restore() {
     assert_eq!(err, format!("tresor: error: {said}\n"));
 }
 
+/// With two clusters in the repository, a base backup named by its id
+/// names its cluster: no `--system-id` is asked for.
+#[test]
+fn a_base_backup_named_by_id_names_its_cluster() {
+    let (env, _pg) = backed_up_cluster();
+    let other = archiving_server(&env);
+    env.ok(&["pg", "backup", &other.cluster_url()]);
+    let id = env.json(&["snapshots"])[0]["short_id"].as_str().unwrap().to_string();
+    let err = env.fails(&["pg", "restore", "--target", env.path("r0").to_str().unwrap(), "--latest"], 1);
+    assert!(err.contains("--system-id"), "{err}");
+    let said = env.ok(&["pg", "restore", &id, "--target", env.path("r1").to_str().unwrap(), "--immediate", "--prefetch", "0"]);
+    assert!(said.starts_with(&format!("restored base backup {id} ")), "{said}");
+}
+
 /// `pg restore` builds a new data directory: it refuses one that holds
 /// files, and one it cannot read, which may hold a cluster, before it
 /// opens the repository.
@@ -404,14 +420,14 @@ fn wal_gaps_are_reported_and_bad_wal_is_refused() {
     let out = env.run(&["pg", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("  gap on timeline 1: {middle} … {middle} (1 segments missing)\n")), "{text}");
+    assert!(text.contains(&format!("  gap on timeline 1: {middle} … {middle} (1 segment missing)\n")), "{text}");
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "tresor: error: the WAL archive has 1 problem(s); point-in-time recovery across them is impossible\n"
     );
     // pg restore says so before the recovery runs into it, and that a target past the newest commit is not reached.
     let gap = format!(
-        "warning: the WAL archive: gap on timeline 1: {middle} … {middle} (1 segments missing); recovery cannot cross it (tresor pg verify)\n"
+        "warning: the WAL archive: gap on timeline 1: {middle} … {middle} (1 segment missing); recovery cannot cross it (tresor pg verify)\n"
     );
     let out = env.run(&["pg", "restore", "--target", env.path("r1").to_str().unwrap(), "--latest", "--prefetch", "0"]);
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), gap.as_str()));
