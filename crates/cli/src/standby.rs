@@ -133,7 +133,7 @@ async fn make_pg_standby(g: &Global, source: &str, target: &Path) -> Result<(Sna
         .iter()
         .filter(|s| s.source.kind == PG_BASE && s.tags.contains(&tag))
         .max_by_key(|s| s.time)
-        .with_context(|| format!("the repository holds no base backup of {source}"))?;
+        .with_context(|| format!("the repository holds no base backup of {source} (one tagged {tag}, as the plan's pgbase:// source or `pg backup --tag {tag}` makes)"))?;
     let mark = tresor_sources::recovery_conf::MARK;
     let settings = format!("\n{mark} standby refresh.\n{}recovery_target_timeline = 'latest'\n", crate::pg::restore_command(g)?);
     std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
