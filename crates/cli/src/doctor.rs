@@ -66,7 +66,12 @@ pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
             println!("{}:{f}", a.plan.display());
         }
         if errors > 0 {
-            println!("{}: {}: nothing was reached", a.plan.display(), crate::commands::counted(errors, "error"));
+            // Said so: a WAL source's server may have been asked for its archive_timeout already.
+            println!(
+                "{}: {}: the connections are checked once the plan has none",
+                a.plan.display(),
+                crate::commands::counted(errors, "error")
+            );
         } else {
             for c in &checks {
                 println!("{c}");

@@ -174,7 +174,7 @@ fn a_plan_with_errors_is_not_connected_for() {
         out,
         format!(
             "{p}:16: error: source cache: schedule \"@weekly\" leaves up to 7d between backups, longer than class data's RPO 1d\n\
-             {p}: 1 error: nothing was reached\n"
+             {p}: 1 error: the connections are checked once the plan has none\n"
         )
     );
 }
