@@ -332,6 +332,11 @@ async fn trigger_restore(
         Ok(axum::Json(spec)) => spec,
         Err(e) => return error(e.status(), &e.body_text()),
     };
+    // A file on the daemon's host, which the job would read: the plan
+    // names a source's transforms, a request does not.
+    if spec.transforms.is_some() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "\"transforms\" is the source's, from the plan: a request cannot name a file");
+    }
     if !app.shared.plan().sources.iter().any(|s| s.name == name) {
         return error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan"));
     }
