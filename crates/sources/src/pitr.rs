@@ -24,8 +24,9 @@ pub enum Error {
     },
     #[error("cannot read LSN {0:?} (use X/Y)")]
     BadLsn(String),
-    #[error("no base backup was complete before the target; the oldest ended at {}", .oldest_end.to_rfc3339())]
-    NoBaseBefore { oldest_end: DateTime<FixedOffset> },
+    /// `oldest_end` as the target is given: a time, or an LSN.
+    #[error("no base backup was complete before the target; the oldest ended at {oldest_end}")]
+    NoBaseBefore { oldest_end: String },
     #[error("the repository holds no base backup (tresor pg backup)")]
     NoBase,
     #[error("the repository holds no base backup of cluster {0}")]
@@ -201,7 +202,10 @@ pub fn choose_base<'a>(bases: &[&'a Snapshot], spec: Option<&str>, stop: &Stop) 
     };
     let found = bases.iter().rev().find(fits).copied();
     found.ok_or_else(|| match bases.first() {
-        Some(b) => Error::NoBaseBefore { oldest_end: base_end(b) },
+        Some(b) => {
+            let lsn = point(b, "end_lsn").filter(|_| lsn.is_some());
+            Error::NoBaseBefore { oldest_end: lsn.map_or_else(|| base_end(b).to_rfc3339(), |l| format!("LSN {l}")) }
+        }
         None => Error::NoBase,
     })
 }
@@ -487,7 +491,11 @@ pub(crate) mod tests {
         );
         assert_eq!(chosen(Stop::Lsn("0/8000000".into())).unwrap(), b2.id, "the newest whose end LSN is at or before it");
         assert_eq!(chosen(Stop::Lsn("0/6000100".into())).unwrap(), b2.id);
-        assert_eq!(chosen(Stop::Lsn("0/30000FF".into())).unwrap_err().to_string(), chosen(Stop::Time(at(9))).unwrap_err().to_string());
+        let end = b1.source.consistency["end_lsn"].as_str().unwrap().to_string();
+        assert_eq!(
+            chosen(Stop::Lsn("0/30000FF".into())).unwrap_err().to_string(),
+            format!("no base backup was complete before the target; the oldest ended at LSN {end}")
+        );
         assert_eq!(chosen(Stop::Lsn("3000000".into())).unwrap_err().to_string(), r#"cannot read LSN "3000000" (use X/Y)"#);
         assert_eq!((chosen(Stop::Latest).unwrap(), chosen(Stop::Immediate).unwrap()), (b3.id, b3.id));
         assert_eq!(
