@@ -176,6 +176,17 @@ fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
             out.push(error(at.field("repositories", name, "check_slices"), format!("repository {name}: {slices}")));
         }
     }
+    // Sources write to these: a copy off site in cold storage may go
+    // unchecked by choice, the copy backups land in first may not quietly.
+    let written: BTreeSet<&str> = plan.sources.iter().filter_map(|s| plan.repository_of(s)).map(|(name, _)| name).collect();
+    for name in written.into_iter().filter(|n| plan.check_schedule(n).is_none()) {
+        let line = match plan.repositories.get(name).is_some_and(|r| r.check_schedule.is_some()) {
+            true => at.field("repositories", name, "check_schedule"),
+            false => at.entry("daemon", "check_schedule"),
+        };
+        let why = "damage in it goes unnoticed until a restore needs the data";
+        out.push(warning(line, format!("repository {name} is never checked, though sources back up into it: {why}")));
+    }
 }
 
 fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {

@@ -229,3 +229,28 @@ fn plan_check_refuses_a_bad_check_schedule_and_zero_slices() {
         "{said}"
     );
 }
+
+/// A repository sources back up into that is never checked is a warning
+/// at the line that says so (its own, or the daemon's); an off-site copy
+/// left unchecked by choice (cold storage) is not.
+#[test]
+fn plan_check_warns_of_a_repository_backups_go_to_that_is_never_checked() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\n    check_schedule: never\n\
+         \x20 offsite:\n    url: /srv/offsite\n    password_file: /etc/tresor/pw\n    check_schedule: null\n\
+         classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n    offsite: offsite\n    retention: {daily: 7}\n\
+         sources:\n  - {name: wiki, class: standard, url: /srv/wiki, schedule: '@daily'}\n",
+    )
+    .unwrap();
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = said.lines().filter(|l| l.contains(": warning: ")).collect();
+    let p = plan.display();
+    let expected = format!(
+        "{p}:5: warning: repository primary is never checked, though sources back up into it: damage in it goes unnoticed until a restore needs the data"
+    );
+    assert_eq!(warnings, [expected.as_str()], "{said}");
+}
