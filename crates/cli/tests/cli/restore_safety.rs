@@ -176,3 +176,29 @@ fn verify_only_names_every_entry_changed_since_the_restore() {
         &format!("tresor: error: {} of {entries} restored entries differ from the snapshot; first: {}\n", differs.len(), differs[0]);
     assert_eq!(err, expected);
 }
+
+/// A restore run again by a user who is not root, into a target whose
+/// directory the first restore made read-only (the snapshot's 0555):
+/// the file there cannot be unlinked and replaced, so it is rewritten in
+/// place (it has no other name), and the restore succeeds as it did the
+/// first time.
+#[test]
+fn a_restore_again_into_a_read_only_directory_rewrites_its_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = crate::pitr::postgres_env();
+    let Some(user) = env.user else { return eprintln!("needs root, to run tresor as another user") };
+    let src = env.path("src");
+    // Made by that user: the backup reads it, the restores write it.
+    let script = format!("mkdir -p {s}/ro && echo kept > {s}/ro/f && chmod 0555 {s}/ro", s = src.display());
+    let mut made = Command::new("setpriv");
+    made.args([&format!("--reuid={user}"), &format!("--regid={user}"), "--init-groups", "--", "sh", "-c", &script]);
+    assert!(made.status().unwrap().success());
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    for _ in 0..2 {
+        env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    }
+    let dir = restored(&env, "t", &src);
+    assert_eq!(fs::metadata(dir.join("ro")).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(fs::read_to_string(dir.join("ro/f")).unwrap(), "kept\n");
+}

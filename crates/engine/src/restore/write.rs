@@ -281,12 +281,22 @@ fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::R
 /// symbolic link is not followed, and no extended attribute of the old file
 /// stays.
 pub(super) fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
     let open = || std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path);
     match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(path)?;
-            open()
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::remove_file(path) {
+            Ok(()) => open(),
+            // A directory an earlier restore made read-only (its snapshot's
+            // mode) keeps its names from a user who is not root: the file
+            // is rewritten in place, unless another name shares it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                match std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
+                    true => std::fs::OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(path),
+                    false => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        },
         opened => opened,
     }
 }
