@@ -51,6 +51,9 @@ const SERVED_COPY: &str = ".served-";
 const ASK: &str = ".ask-";
 const NONE: &str = ".none-";
 const FAILED: &str = ".failed-";
+/// How long a restore_command waits for the prefetcher's answer before it
+/// fetches the file itself: its look is one lookup in the repository.
+const ANSWER: Duration = Duration::from_secs(60);
 /// The prefetcher's account of a recovery, in the data directory.
 pub const REPORT: &str = "tresor-prefetch.json";
 /// Fetches running at once: enough to hide a fetch's latency, few enough
@@ -158,8 +161,10 @@ fn read_number(path: &Path) -> Option<usize> {
 
 /// Answer a restore_command for `wal` from the spool: at once if it is
 /// there; if it is planned and not yet fetched, once the prefetcher has it.
-pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
-    let took = lookup(pgdata, wal, dest)?;
+/// `ask`: whether a file the plan lacks may be asked of the prefetcher;
+/// not when the quick answer asked already and was told to fetch it.
+pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path, ask: bool) -> Result<Take> {
+    let took = lookup(pgdata, wal, dest, ask)?;
     if took == Take::Orphaned {
         // A prefetcher killed outright leaves its spool; the first fetch
         // after it removes it, and later ones find no prefetcher.
@@ -169,7 +174,7 @@ pub fn take(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
 }
 
 /// `take` without touching a dead prefetcher's spool.
-fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
+fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path, may_ask: bool) -> Result<Take> {
     let dir = spool(pgdata);
     let Some(pid) = read_number(&dir.join(PID)) else {
         return Ok(Take::NoPrefetcher);
@@ -204,7 +209,7 @@ fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path) -> Result<Take> {
     if !alive(pid as u32) {
         return Ok(Take::Orphaned);
     }
-    if plan.lacks(wal) {
+    if plan.lacks(wal) && may_ask {
         return Ok(ask(&dir, pid as u32, wal, dest));
     }
     Ok(Take::Fetch { record: true })
@@ -222,6 +227,7 @@ fn ask(dir: &Path, pid: u32, wal: &WalFile, dest: &Path) -> Take {
     if std::fs::write(dir.join(format!("{ASK}{}", wal.name)), "").is_err() {
         return Take::Fetch { record: true };
     }
+    let asked = Instant::now();
     loop {
         if std::fs::rename(&file, dest).is_ok() {
             note(dir, SERVED, &wal.name);
@@ -235,6 +241,11 @@ fn ask(dir: &Path, pid: u32, wal: &WalFile, dest: &Path) -> Take {
         }
         if !alive(pid) {
             return Take::Orphaned;
+        }
+        // A prefetcher stopped, hung on its storage, or a pid reused after
+        // it was killed: recovery must not wait on it for ever.
+        if asked.elapsed() > ANSWER {
+            return Take::Fetch { record: true };
         }
         std::thread::sleep(WAIT);
     }
@@ -251,6 +262,24 @@ const FLAGS: [&str; 3] = ["--no-cache", "--quiet", "-q"];
 /// holds, or that the plan knows is not archived. Anything else (`None`)
 /// goes the ordinary way.
 pub fn serve_restore_command(args: &[std::ffi::OsString]) -> Option<u8> {
+    let (wal, dest) = quick(args)?;
+    let pgdata = std::env::current_dir().ok()?;
+    match lookup(&pgdata, &wal, &dest, true).ok()? {
+        Take::Served => Some(0),
+        Take::Absent => Some(crate::pgwal::not_archived(&wal)),
+        Take::Fetch { .. } | Take::NoPrefetcher | Take::Orphaned => None,
+    }
+}
+
+/// Whether `args` are a restore_command `serve_restore_command` answers
+/// first (so `wal-fetch` runs after it only when told to fetch).
+pub fn serves_quickly(args: &[std::ffi::OsString]) -> bool {
+    quick(args).is_some()
+}
+
+/// The file and destination of a restore_command shaped as `pg restore`
+/// writes it.
+fn quick(args: &[std::ffi::OsString]) -> Option<(WalFile, PathBuf)> {
     let args: Vec<&str> = args.iter().skip(1).map(|a| a.to_str()).collect::<Option<_>>()?;
     let [globals @ .., "pg", "wal-fetch", file, dest] = args.as_slice() else {
         return None;
@@ -263,13 +292,7 @@ pub fn serve_restore_command(args: &[std::ffi::OsString]) -> Option<u8> {
             _ => return None,
         };
     }
-    let wal = WalFile::parse(file)?;
-    let pgdata = std::env::current_dir().ok()?;
-    match lookup(&pgdata, &wal, Path::new(dest)).ok()? {
-        Take::Served => Some(0),
-        Take::Absent => Some(crate::pgwal::not_archived(&wal)),
-        Take::Fetch { .. } | Take::NoPrefetcher | Take::Orphaned => None,
-    }
+    Some((WalFile::parse(file)?, PathBuf::from(dest)))
 }
 
 /// One line for the prefetcher's account (appends of one short line do

@@ -130,7 +130,10 @@ pub async fn fetch(g: &Global, a: WalFetchArgs) -> Result<u8> {
 async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> {
     let wal = walarchive::parse_name(&a.file)?;
     let spool = pgdata.join(PREFETCHED);
-    let (record, own_prefetch) = match crate::pgspool::take(&pgdata, &wal, &a.dest)? {
+    // Shaped as pg restore writes it, the quick answer (crate::pgspool)
+    // asked the prefetcher already: it said to fetch the file here.
+    let asked = crate::pgspool::serves_quickly(&std::env::args_os().collect::<Vec<_>>());
+    let (record, own_prefetch) = match crate::pgspool::take(&pgdata, &wal, &a.dest, !asked)? {
         crate::pgspool::Take::Served => return Ok(0),
         crate::pgspool::Take::Absent => return Ok(not_archived(&wal)),
         crate::pgspool::Take::Fetch { record } => (record, 0),
