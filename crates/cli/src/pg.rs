@@ -147,8 +147,6 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     Ok(0)
 }
 
-/// The settings into `postgresql.auto.conf` (those of an earlier recovery
-/// taken out) and `recovery.signal`.
 /// What the archive says before the recovery runs into it: a gap it
 /// cannot cross, and a target time after its newest commit (PostgreSQL
 /// then refuses to finish: "recovery ended before configured recovery
@@ -172,9 +170,18 @@ fn warn_short(chain: &pitr::Chain, base: &tresor_engine::Snapshot, time: Option<
     }
 }
 
+/// The settings into `postgresql.auto.conf` (those of an earlier recovery
+/// taken out) and `recovery.signal`.
 fn write_recovery(dir: &Path, settings: &str) -> Result<()> {
+    use tresor_sources::recovery_conf::{archives_off, with_recovery_settings};
     let auto = dir.join("postgresql.auto.conf");
-    let text = tresor_sources::recovery_conf::with_recovery_settings(&std::fs::read_to_string(&auto).unwrap_or_default(), settings);
+    let text = with_recovery_settings(&std::fs::read_to_string(&auto).unwrap_or_default(), settings);
+    if archives_off(&text) && !archives_off(settings) {
+        eprintln!(
+            "warning: {} keeps archive_mode = 'off' (an earlier restore's --no-archive, its mark gone with an ALTER SYSTEM): the cluster archives no WAL until ALTER SYSTEM RESET archive_mode",
+            auto.display()
+        );
+    }
     std::fs::write(&auto, text).with_context(|| format!("cannot write {}", auto.display()))?;
     std::fs::write(dir.join("recovery.signal"), "").context("cannot write recovery.signal")?;
     Ok(())
