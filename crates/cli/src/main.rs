@@ -50,7 +50,10 @@ fn main() -> ExitCode {
     if let Some(heap) = heap::Heap::of(&cli.command) {
         heap.apply();
     }
-    if prints_a_listing(&cli.command) {
+    // An sftp repository is reached through an ssh child's pipes: one that
+    // dies must be an error said, not a silent death by SIGPIPE.
+    let sftp = cli.global.repo.as_ref().is_some_and(|r| r.expose().starts_with("sftp://"));
+    if prints_a_listing(&cli.command) && !sftp {
         // A listing piped into `head` ends when its reader goes, by SIGPIPE
         // as `cat`'s does, not by a panic of `println!`. The other commands
         // keep Rust's ignored SIGPIPE: a program they write to that quits
