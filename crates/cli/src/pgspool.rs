@@ -191,7 +191,9 @@ fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path, may_ask: bool) -> Result<Ta
     let file = dir.join(&wal.name);
     let kept = dir.join(format!("{SERVED_COPY}{}", wal.name));
     loop {
-        let served = if last {
+        // A file asked of the prefetcher is kept too: it is the one past
+        // the plan's end, where recovery stops and asks again.
+        let served = if last || kept.exists() {
             (kept.exists() || std::fs::rename(&file, &kept).is_ok()) && std::fs::copy(&kept, dest).is_ok()
         } else {
             std::fs::rename(&file, dest).is_ok()
@@ -222,6 +224,7 @@ fn lookup(pgdata: &Path, wal: &WalFile, dest: &Path, may_ask: bool) -> Result<Ta
 /// from the plan alone ended recovery before WAL that was there.
 fn ask(dir: &Path, pid: u32, wal: &WalFile, dest: &Path) -> Take {
     let (file, none, failed) = (dir.join(&wal.name), dir.join(format!("{NONE}{}", wal.name)), dir.join(format!("{FAILED}{}", wal.name)));
+    let kept = dir.join(format!("{SERVED_COPY}{}", wal.name));
     // Answers to an earlier asking that was not there to take them.
     let _ = (std::fs::remove_file(&none), std::fs::remove_file(&failed));
     if std::fs::write(dir.join(format!("{ASK}{}", wal.name)), "").is_err() {
@@ -229,7 +232,7 @@ fn ask(dir: &Path, pid: u32, wal: &WalFile, dest: &Path) -> Take {
     }
     let asked = Instant::now();
     loop {
-        if std::fs::rename(&file, dest).is_ok() {
+        if std::fs::rename(&file, &kept).is_ok() && std::fs::copy(&kept, dest).is_ok() {
             note(dir, SERVED, &wal.name);
             return Take::Served;
         }

@@ -138,6 +138,10 @@ async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> 
         crate::pgspool::Take::Absent => return Ok(not_archived(&wal)),
         crate::pgspool::Take::Fetch { record } => (record, 0),
         crate::pgspool::Take::Orphaned => (false, 0),
+        // After a prefetcher's recovery ended (its report is there), a
+        // late call fetches its one file: a spool made now would stay in
+        // pg_wal with nobody to empty it.
+        crate::pgspool::Take::NoPrefetcher if pgdata.join(crate::pgspool::REPORT).exists() => (false, 0),
         crate::pgspool::Take::NoPrefetcher => (false, a.prefetch),
     };
     let spooled = spool.join(&wal.name);
