@@ -28,7 +28,6 @@ use crate::model::{CheckSpec, Reason, Trigger};
 use crate::notify::{Change, Event, Notifier};
 use crate::plan::Plan;
 use crate::runner::{Kind, RestoreSpec, Runner, Work};
-use crate::schedule::Schedule;
 use crate::state::{AuditEntry, CheckHistory, Job, Outcome, State};
 use crate::{Error, Result};
 
@@ -165,7 +164,9 @@ impl Loop {
         if at_start {
             for s in &plan.sources {
                 let last = self.shared.state.last_scheduled(&s.name, "backup")?;
-                let missed = last.and_then(|l| Schedule::parse(&s.schedule).ok()?.next_after(l)).is_some_and(|t| t <= now);
+                // With the source's spread, as the run it would be: a daemon
+                // started inside the spread runs that time's backup once.
+                let missed = last.and_then(|l| timetable::next_due(&plan, &s.name, l)).is_some_and(|t| t <= now);
                 if last.is_none() || (missed && plan.daemon.catch_up) {
                     let trigger = if last.is_none() { Trigger::First } else { Trigger::CatchUp };
                     let q = self.queued(&s.name, Kind::Backup, trigger, now, 0, "daemon");

@@ -553,6 +553,32 @@ async fn a_reload_just_before_a_backup_falls_due_keeps_it() {
     d.stop().await;
 }
 
+/// A daemon started inside a source's spread, after the schedule's time
+/// but before the source's run, runs that run once, at its time: no
+/// catch-up at start besides it.
+#[tokio::test]
+async fn a_daemon_started_inside_the_spread_runs_that_backup_once() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let plan = MINUTELY.replace("schedule: '* * * * *'}", "schedule: '0 10 * * *', spread: 30m}").replace("rpo: 1h", "rpo: 2d");
+    let offset = crate::schedule::spread_offset("app", std::time::Duration::from_secs(1800));
+    assert!(offset.as_secs() > 0, "app's run falls after 10:00");
+    let yesterday = chrono::DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z").expect("a time").with_timezone(&chrono::Utc)
+        + chrono::Duration::from_std(offset).expect("minutes");
+    let ok = crate::state::Outcome { status: "succeeded".into(), snapshot: Some("s".into()), ..Default::default() };
+    let state = crate::state::State::open(&dir.path().join("state.db")).expect("a state");
+    assert!(state.import_job(&ended_job(1, "app", "backup", yesterday, ok)).expect("imported"));
+    drop(state);
+    let d = started(dir.path(), &plan, Scripted::default());
+    let due = yesterday + chrono::Duration::days(1);
+    until("the daemon's start at 10:00", || d.shared.next_runs.lock().expect("not poisoned").get("app") == Some(&due)).await;
+    set(&d.clock_file, &(due + chrono::Duration::seconds(1)).to_rfc3339());
+    let history = || d.shared.state.jobs(10, Some("app")).expect("the history");
+    until("today's run", || history().iter().any(|j| j.scheduled_at == due && j.outcome.status == "succeeded")).await;
+    let triggers: Vec<String> = history().iter().filter(|j| j.id != 1).map(|j| j.trigger.clone()).collect();
+    assert_eq!(triggers, ["schedule"], "one backup, at its time");
+    d.stop().await;
+}
+
 /// A daemon started again keeps what its history says is failing alerted:
 /// the newest failed backup's time (BackupJobFailed) and the newest
 /// drill's failed verdict (BackupDrillFailed) are back at once.
@@ -563,13 +589,16 @@ async fn a_daemon_started_again_keeps_failures_alerted() {
     let d = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
     first_backups(&d, &["flaky", "locked"]).await;
     set(&d.clock_file, "2026-11-21T10:05:00Z");
-    // As the drill's child process records it.
-    let drill = serde_json::json!({
-        "test_id": "DRILL-20261121-100500-flaky", "source": "flaky", "class": "standard", "kind": "directory",
-        "started": "2026-11-21T10:05:00Z", "rto_seconds": 1.5, "rpo_seconds": 300.0, "rto_target": 14400, "rpo_target": 86400,
-        "bytes": 4096, "passed": false, "checks": [], "reasons": ["a file differs"], "owner": null,
-    });
-    d.shared.state.record_drill(&serde_json::from_value(drill).expect("a drill report")).expect("recorded");
+    // As the drill's child process records them: one that passed, then one that failed.
+    for (at, passed, rpo) in [("100100", true, 60.0), ("100500", false, 300.0)] {
+        let drill = serde_json::json!({
+            "test_id": format!("DRILL-20261121-{at}-flaky"), "source": "flaky", "class": "standard", "kind": "directory",
+            "started": format!("2026-11-21T{}:{}:{}Z", &at[..2], &at[2..4], &at[4..]), "rto_seconds": 1.5, "rpo_seconds": rpo,
+            "rto_target": 14400, "rpo_target": 86400, "bytes": 4096, "passed": passed, "checks": [],
+            "reasons": if passed { vec![] } else { vec!["a file differs"] }, "owner": null,
+        });
+        d.shared.state.record_drill(&serde_json::from_value(drill).expect("a drill report")).expect("recorded");
+    }
     d.stop().await;
 
     let again = started(dir.path(), PLAN, Scripted::default());
@@ -579,7 +608,7 @@ async fn a_daemon_started_again_keeps_failures_alerted() {
     assert_eq!(series("backup_last_failure_timestamp_seconds", "locked"), Some(format!("{failed}.0")));
     assert_eq!(series("backup_last_failure_timestamp_seconds", "flaky"), None, "flaky never failed");
     assert_eq!(series("restore_drill_success", "flaky"), Some("0".into()));
-    assert_eq!(series("rpo_achieved_seconds", "flaky"), None, "a drill that failed measured no RPO");
+    assert_eq!(series("rpo_achieved_seconds", "flaky"), Some("60.0".into()), "the newest drill that passed measured it");
     again.stop().await;
 }
 

@@ -318,11 +318,18 @@ impl State {
 
     /// When the newest run of a schedule was due (for catch-up after downtime).
     pub fn last_scheduled(&self, source: &str, kind: &str) -> Result<Option<DateTime<Utc>>> {
-        self.with(|db| {
-            db.query_row("SELECT max(scheduled_at) FROM jobs WHERE source = ?1 AND kind = ?2", [source, kind], |r| r.get(0))
-                .optional()
-                .map(Option::flatten)
-        })
+        self.scheduled("max", source, kind)
+    }
+
+    /// When the first job of `kind` for `source` was due: a source never
+    /// backed up has waited since then, however many retries came after.
+    pub fn first_scheduled(&self, source: &str, kind: &str) -> Result<Option<DateTime<Utc>>> {
+        self.scheduled("min", source, kind)
+    }
+
+    fn scheduled(&self, which: &str, source: &str, kind: &str) -> Result<Option<DateTime<Utc>>> {
+        let sql = format!("SELECT {which}(scheduled_at) FROM jobs WHERE source = ?1 AND kind = ?2");
+        self.with(|db| db.query_row(&sql, [source, kind], |r| r.get(0)).optional().map(Option::flatten))
     }
 
     /// What the checks of `repository` so far say of its next one.
@@ -479,5 +486,40 @@ impl State {
             })?
             .collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A source that has failed every backup since it was added has waited
+    /// since its first attempt, however many retries the history holds.
+    #[test]
+    fn the_first_backup_attempt_is_found_past_any_number_of_retries() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let state = State::open(&dir.path().join("state.db")).expect("a state");
+        let first = DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z").expect("a time").with_timezone(&Utc);
+        let outcome = Outcome { status: "failed".into(), ..Outcome::default() };
+        for n in 0..1500 {
+            let at = first + chrono::Duration::minutes(5 * n);
+            let job = Job {
+                id: n + 1,
+                source: "fresh".into(),
+                class: "standard".into(),
+                kind: "backup".into(),
+                trigger: "retry".into(),
+                attempt: 0,
+                scheduled_at: at,
+                started_at: at,
+                ended_at: Some(at),
+                duration: None,
+                outcome: outcome.clone(),
+            };
+            assert!(state.import_job(&job).expect("imported"));
+        }
+        assert_eq!(state.first_scheduled("fresh", "backup").expect("asked"), Some(first));
+        assert_eq!(state.last_scheduled("fresh", "backup").expect("asked"), Some(first + chrono::Duration::minutes(5 * 1499)));
+        assert_eq!(state.first_scheduled("other", "backup").expect("asked"), None);
     }
 }

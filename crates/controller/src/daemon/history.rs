@@ -19,9 +19,8 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         match shared.state.last_success(&s.name)? {
             Some(j) => shared.metrics.seed(&s.name, &s.class, ended(&j)),
             None => {
-                let tried = shared.state.jobs(1000, Some(&s.name))?.into_iter().rfind(|j| j.kind == Kind::Backup.as_str());
-                if let Some(first) = tried {
-                    shared.metrics.pending_since(&s.name, first.scheduled_at);
+                if let Some(first) = shared.state.first_scheduled(&s.name, Kind::Backup.as_str())? {
+                    shared.metrics.pending_since(&s.name, first);
                 }
             }
         }
@@ -32,8 +31,12 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         if let Some(j) = last.filter(|j| j.outcome.status == "failed") {
             shared.failing.lock().expect("not poisoned").insert(s.name.clone(), ended(&j));
         }
-        if let Some(d) = shared.state.source_drills(&s.name, 1)?.into_iter().next() {
-            shared.metrics.drill_seen(&s.name, &s.class, &serde_json::to_value(&d).unwrap_or_default());
+        // The newest drill's verdict, over the figures of the newest that
+        // passed: a failed drill measures none, and takes none away.
+        let drills = shared.state.source_drills(&s.name, 50)?;
+        let passed = drills.iter().find(|d| d.passed).filter(|_| drills.first().is_some_and(|d| !d.passed));
+        for d in passed.into_iter().chain(drills.first()) {
+            shared.metrics.drill_seen(&s.name, &s.class, &serde_json::to_value(d).unwrap_or_default());
         }
     }
     // The plan's rehearsal: its protocol's figures are in the evidence logs, its verdict in the job history.
