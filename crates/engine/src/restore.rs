@@ -210,8 +210,10 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
     r.wait().await?;
     let Restorer { writer, mut summary, delete_errors, .. } = r;
     let writer = Arc::into_inner(writer).expect("all writers finished");
+    let more = writer.full_beyond_named();
     summary.bytes_restored = writer.bytes.into_inner();
     summary.errors = writer.errors.into_inner().expect("not poisoned");
+    summary.errors.extend(more);
     summary.errors.extend(delete_errors);
     Ok(summary)
 }

@@ -202,3 +202,31 @@ fn a_restore_again_into_a_read_only_directory_rewrites_its_files() {
     assert_eq!(fs::metadata(dir.join("ro")).unwrap().permissions().mode() & 0o777, 0o555);
     assert_eq!(fs::read_to_string(dir.join("ro/f")).unwrap(), "kept\n");
 }
+
+/// A target that fills up names the first ten files it kept out, then
+/// counts the rest in one line with their size, not one line each.
+#[test]
+fn a_full_target_names_ten_files_and_counts_the_rest() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for n in 0..40 {
+        fs::write(src.join(format!("f{n:02}")), random_bytes(100 << 10, n)).unwrap();
+    }
+    let id = env.json(&["backup", src.to_str().unwrap()])["snapshot_id"].as_str().unwrap().to_string();
+    let disk = Tmpfs::mount(env.path("small"), "size=1m");
+    let out = env.run(&["restore", &id, "--target", disk.0.to_str().unwrap(), "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept_out = 40 - summary["files_restored"].as_u64().unwrap();
+    assert!(kept_out > 10, "{summary}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.ends_with(": No space left on device (os error 28)")).count(), 10, "{stderr}");
+    let more = format!(
+        "error: … and {} more files ({:.1} MiB) not restored: the target is full",
+        kept_out - 10,
+        (kept_out - 10) as f64 * 0.09765625
+    );
+    assert_eq!((out.status.code(), &lines[10..]), (Some(1), &[more.as_str(), "tresor: error: 11 errors during restore"][..]), "{stderr}");
+}

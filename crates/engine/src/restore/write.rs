@@ -73,8 +73,15 @@ impl Buffers {
     }
 }
 
+/// Files a full disk kept out that are named one by one; the rest are
+/// counted in one line (a restore into a full disk named 2,006 files).
+const FULL_NAMED: u64 = 10;
+
 pub(super) struct Writer {
     pub(super) errors: Mutex<Vec<String>>,
+    /// Files a full disk kept out: how many were named, and the files and
+    /// bytes of those only counted.
+    full: Mutex<(u64, u64, u64)>,
     pub(super) bytes: AtomicU64,
     pub(super) owner: bool,
     progress: Option<Arc<crate::backup::Progress>>,
@@ -88,6 +95,7 @@ impl Writer {
         let n = writers();
         Writer {
             errors: Mutex::new(Vec::new()),
+            full: Mutex::new((0, 0, 0)),
             bytes: AtomicU64::new(0),
             owner,
             progress,
@@ -106,6 +114,29 @@ impl Writer {
         if !f.failed.swap(true, Relaxed) {
             self.error(&f.path, e);
         }
+    }
+
+    /// A write that failed: past the first few files a full disk (or a
+    /// quota) kept out, a file is counted, not named.
+    fn fail_write(&self, f: &FilePlan, e: std::io::Error) {
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) && !f.failed.load(Relaxed) {
+            let mut full = self.full.lock().expect("not poisoned");
+            if full.0 >= FULL_NAMED {
+                f.failed.store(true, Relaxed);
+                *full = (full.0, full.1 + 1, full.2 + f.node.size);
+                return;
+            }
+            full.0 += 1;
+        }
+        self.fail(f, e);
+    }
+
+    /// The line for the files a full disk kept out beyond those named.
+    pub(super) fn full_beyond_named(&self) -> Option<String> {
+        let (_, files, bytes) = *self.full.lock().expect("not poisoned");
+        let s = if files == 1 { "" } else { "s" };
+        let mib = bytes as f64 / f64::from(1 << 20);
+        (files > 0).then(|| format!("… and {files} more file{s} ({mib:.1} MiB) not restored: the target is full"))
     }
 
     fn take_buffers(&self) -> Buffers {
@@ -230,7 +261,7 @@ impl Writer {
                 let file = match write_blob(f, offset, plain, zeros) {
                     Ok(file) => file,
                     Err(e) => {
-                        self.fail(f, e);
+                        self.fail_write(f, e);
                         continue;
                     }
                 };
