@@ -48,7 +48,8 @@ pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) 
     let mut reading: Option<Reading> = None;
     let mut batch = Vec::new();
     let mut walker = Walker::new(repo);
-    let owner = crate::fsmeta::is_root();
+    let modes = keeps_modes(target);
+    let attrs = Attrs { owner: crate::fsmeta::is_root() && modes, modes };
     walker.enter(tree, Path::new("/")).await?;
     while let Some((path, n)) = walker.next_node()? {
         let restored = target.join(path.strip_prefix("/").unwrap_or(&path));
@@ -58,7 +59,7 @@ pub async fn verify_restored(repo: &Repository, tree: crate::Id, target: &Path) 
         {
             report.unread.push(format!("{}: its contents were not verified: {}", restored.display(), lost.error));
         }
-        if let Err(why) = check_entry(&restored, &n, owner) {
+        if let Err(why) = check_entry(&restored, &n, attrs) {
             report.mismatched.push(format!("{}: {why}", restored.display()));
         } else if n.kind == NodeKind::File {
             let blobs = n.content.iter().map(|id| (*id, index.get(id).map_or(0, |(_, e)| e.raw_length as usize))).collect();
@@ -112,7 +113,31 @@ fn check_files(files: Vec<Expected>, crypto: &Crypto) -> VerifyReport {
 /// One restored entry against its node: there, of its kind, a link to the
 /// same target, the same permission bits and (`owner`) owner. What a link
 /// and a special file hold beyond that is not theirs to compare.
-fn check_entry(path: &Path, n: &Node, owner: bool) -> Result<(), String> {
+/// Which of an entry's attributes the target can be held to.
+#[derive(Clone, Copy)]
+struct Attrs {
+    /// Run as root, on a file system that keeps owners: the restore set
+    /// every owner.
+    owner: bool,
+    /// The file system keeps permission bits (FAT, exFAT and SMB mounts
+    /// show the mount's, and its owner, whatever a restore sets).
+    modes: bool,
+}
+
+/// Whether the file system `target` is on keeps permission bits.
+fn keeps_modes(target: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    const NONE: [i64; 5] = [0x4d44, 0x2011_bab0, 0xff53_4d42, 0xfe53_4d42, 0x517b];
+    let Ok(path) = std::ffi::CString::new(target.as_os_str().as_bytes()) else { return true };
+    // SAFETY: statfs writes only into the zeroed struct given, and the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+        return true;
+    }
+    !NONE.contains(&(st.f_type as i64))
+}
+
+fn check_entry(path: &Path, n: &Node, attrs: Attrs) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
     let kind = crate::fsmeta::kind_of(&md);
@@ -126,10 +151,10 @@ fn check_entry(path: &Path, n: &Node, owner: bool) -> Result<(), String> {
             false => Err(format!("a link to {}, the snapshot's points to {}", is.display(), Path::new(&want).display())),
         };
     }
-    if md.mode() & 0o777 != n.mode & 0o777 {
+    if attrs.modes && md.mode() & 0o777 != n.mode & 0o777 {
         return Err(format!("mode {:04o}, the snapshot has {:04o}", md.mode() & 0o7777, n.mode & 0o7777));
     }
-    if owner && (md.uid(), md.gid()) != (n.uid, n.gid) {
+    if attrs.owner && (md.uid(), md.gid()) != (n.uid, n.gid) {
         return Err(format!("owner {}:{}, the snapshot has {}:{}", md.uid(), md.gid(), n.uid, n.gid));
     }
     Ok(())
