@@ -203,7 +203,7 @@ fn sample_tree(root: &Path) {
     fs::write(root.join("small.txt"), b"hello tresor\n").unwrap();
     fs::write(root.join("sub/big.bin"), random_bytes(3 << 20, 1)).unwrap();
     fs::write(root.join("sub/deeper/text.log"), "line of text\n".repeat(50_000)).unwrap();
-    fs::write(root.join(std::ffi::OsStr::new_from_bytes(b"caf\xe9.txt")), b"latin-1 name").unwrap();
+    fs::write(root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9.txt")), b"latin-1 name").unwrap();
     std::os::unix::fs::symlink("sub/big.bin", root.join("link")).unwrap();
     fs::hard_link(root.join("small.txt"), root.join("sub/hardlink.txt")).unwrap();
     let fifo = std::ffi::CString::new(root.join("fifo").display().to_string()).unwrap();
@@ -214,15 +214,6 @@ fn sample_tree(root: &Path) {
     sparse.set_len(64 << 20).unwrap();
     use std::os::unix::fs::FileExt;
     sparse.write_all_at(b"end of a sparse file", (64 << 20) - 100).unwrap();
-}
-
-trait FromBytes {
-    fn new_from_bytes(b: &[u8]) -> &Self;
-}
-impl FromBytes for std::ffi::OsStr {
-    fn new_from_bytes(b: &[u8]) -> &Self {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
 }
 
 fn restored(env: &Env, target: &str, source: &Path) -> PathBuf {
