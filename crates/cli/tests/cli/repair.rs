@@ -76,10 +76,7 @@ fn repair_snapshots_drops_and_names_what_is_lost() {
 #[test]
 fn restore_verify_reads_every_file_back_against_the_snapshot() {
     let env = Env::new();
-    env.ok(&["init"]);
-    let src = env.path("src");
-    sample_tree(&src);
-    env.ok(&["backup", src.to_str().unwrap()]);
+    let src = crate::restore_safety::backed_up_sample(&env);
     let out = env.path("out");
     let said = env.ok(&["restore", "latest", "--target", out.to_str().unwrap(), "--verify"]);
     let files = inventory(&src).values().filter(|v| v.starts_with("file")).count();

@@ -140,6 +140,15 @@ fn a_filter_that_selects_nothing_and_a_path_not_there_name_the_snapshot() {
     assert_eq!(fs::read_to_string(restored(&env, "restored", &src).join("app.conf")).unwrap(), "listen 8080\n");
 }
 
+/// A new repository holding one backup of `sample_tree` at `src`.
+pub(super) fn backed_up_sample(env: &Env) -> PathBuf {
+    env.ok(&["init"]);
+    let src = env.path("src");
+    sample_tree(&src);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    src
+}
+
 /// `--verify-only` checks every entry, not only the files' content: one
 /// gone, a link pointing elsewhere, changed permission bits and (run as
 /// root) a changed owner are each named.
@@ -147,10 +156,7 @@ fn a_filter_that_selects_nothing_and_a_path_not_there_name_the_snapshot() {
 fn verify_only_names_every_entry_changed_since_the_restore() {
     use std::os::unix::fs::symlink;
     let env = Env::new();
-    env.ok(&["init"]);
-    let src = env.path("src");
-    sample_tree(&src);
-    env.ok(&["backup", src.to_str().unwrap()]);
+    let src = backed_up_sample(&env);
     let out = env.path("out");
     let t = out.to_str().unwrap();
     env.ok(&["restore", "latest", "--target", t]);
