@@ -382,6 +382,7 @@ impl Loop {
                     self.shared.metrics.forget_gone(&self.shared.plan(), &plan);
                     self.shared.metrics.take_on(&plan, now);
                     self.shared.metrics.declare(&plan);
+                    self.shared.metrics.plan_loaded(now);
                     *self.shared.plan.write().expect("not poisoned") = plan;
                     // Repositories may have moved or changed password: unlock them anew.
                     let shared = self.shared.clone();
@@ -392,6 +393,7 @@ impl Loop {
                 }
                 Err(e) => {
                     tracing::error!("the new plan is refused, the old one stays: {e}");
+                    self.shared.metrics.plan_refused(now, &e.to_string());
                     self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "failed", &e.to_string());
                 }
             },

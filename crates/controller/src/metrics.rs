@@ -101,6 +101,8 @@ pub struct Metrics {
     rpo_achieved: Family<SourceLabels, FloatGauge>,
     running: Gauge,
     queued: Gauge,
+    plan_ok: Gauge,
+    plan_loaded: FloatGauge,
     repo_errors: Family<RepoLabels, Counter>,
     storage_free: Family<RepoLabels, Gauge>,
     repo_size: Family<RepoLabels, Gauge>,
@@ -124,6 +126,8 @@ pub struct Metrics {
     /// Sources with an off-site copy: when their oldest backup not yet
     /// copied there started (none: the off-site copy is current).
     offsite_behind: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// The newest reload that refused the plan file, and why, until one loads it.
+    refused_plan: Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
 impl Default for Metrics {
@@ -168,6 +172,8 @@ impl Metrics {
             rpo_achieved: Family::default(),
             running: Gauge::default(),
             queued: Gauge::default(),
+            plan_ok: Gauge::default(),
+            plan_loaded: FloatGauge::default(),
             repo_errors: Family::default(),
             storage_free: Family::default(),
             repo_size: Family::default(),
@@ -184,6 +190,7 @@ impl Metrics {
             newest: Mutex::default(),
             wal: Mutex::default(),
             offsite_behind: Mutex::default(),
+            refused_plan: Mutex::default(),
             registry: Registry::default(),
         }
     }
@@ -230,6 +237,16 @@ impl Metrics {
     fn register_jobs_and_storage(&self, r: &mut Registry) {
         r.register("backup_jobs_running", "Jobs running now", self.running.clone());
         r.register("backup_jobs_queued", "Jobs waiting for a free slot, their source or their retry", self.queued.clone());
+        r.register(
+            "backup_plan_last_reload_successful",
+            "Whether the newest load of the plan file succeeded (0: it was refused, the daemon runs the plan it loaded before)",
+            self.plan_ok.clone(),
+        );
+        r.register(
+            "backup_plan_last_reload_success_timestamp_seconds",
+            "When the plan the daemon runs was loaded",
+            self.plan_loaded.clone(),
+        );
         r.register(
             "backup_repository_errors",
             "Jobs that failed because their repository could not be reached or was missing",
@@ -323,6 +340,24 @@ impl Metrics {
 
     pub fn set_queued(&self, n: usize) {
         self.queued.set(n as i64);
+    }
+
+    /// The plan file loaded (at start or by a reload): what the daemon runs now.
+    pub fn plan_loaded(&self, at: DateTime<Utc>) {
+        self.plan_ok.set(1);
+        self.plan_loaded.set(at.timestamp() as f64);
+        *self.refused_plan.lock().expect("not poisoned") = None;
+    }
+
+    /// A reload refused the plan file; the plan loaded before stays.
+    pub fn plan_refused(&self, at: DateTime<Utc>, why: &str) {
+        self.plan_ok.set(0);
+        *self.refused_plan.lock().expect("not poisoned") = Some((at, why.to_string()));
+    }
+
+    /// When the plan file was last refused and why, while no reload since loaded it.
+    pub fn refused_plan(&self) -> Option<(DateTime<Utc>, String)> {
+        self.refused_plan.lock().expect("not poisoned").clone()
     }
 
     /// A check's verdict: when one last passed, and the problems the

@@ -315,6 +315,7 @@ pub fn page(shared: &Shared) -> String {
         ["class", "RPO", "RTO", "state", "newest point", "RPO history", "backups ok (30 d)", "failing sources", "last drill"];
     let unprotected = unprotected_section(shared);
     let body = [
+        refused_plan_notice(shared),
         "<h1>Data classes</h1>".to_string(),
         table("classes", true, &classes_head, &class_rows(shared, &plan, now)),
         "<h2>Sources</h2>".into(),
@@ -330,6 +331,20 @@ pub fn page(shared: &Shared) -> String {
         rehearsal_section(shared),
     ];
     shell("tresor status", REFRESH, &body.concat(), now)
+}
+
+/// A reload that refused the plan file, until one loads it: the page shows
+/// the plan the daemon runs, which is no longer the file's.
+fn refused_plan_notice(shared: &Shared) -> String {
+    match shared.metrics.refused_plan() {
+        Some((at, why)) => format!(
+            "<p id=\"plan-refused\" class=\"bad\">The plan file {} was refused at {} UTC; the daemon runs the plan it loaded before. {}</p>\n",
+            esc(&shared.plan_file.display().to_string()),
+            time(at),
+            esc(&why)
+        ),
+        None => String::new(),
+    }
 }
 
 /// Each warm standby's lag (crate::standby), when the plan has standbys.

@@ -477,6 +477,23 @@ fn a_killed_daemon_reruns_its_interrupted_job_and_a_bad_reload_keeps_the_plan() 
     let (status, sources) = http(d.port, "GET", "/api/v1/sources", Some("read-token"));
     assert_eq!(status, 200);
     assert!(sources.contains("\"name\":\"export\""), "the old plan stays: {sources}");
+    // Refused, and said where an operator looks: a series an alert watches, and the status page.
+    let (_, metrics) = http(d.port, "GET", "/metrics", None);
+    assert!(metrics.lines().any(|l| l == "backup_plan_last_reload_successful 0"), "{metrics}");
+    let (_, page) = http(d.port, "GET", "/", Some("read-token"));
+    let refused = format!(
+        "<p id=\"plan-refused\" class=\"bad\">The plan file {} was refused at 2026-11-21 10:00:00 UTC; the daemon runs the plan it loaded before. ",
+        plan.display()
+    );
+    assert!(page.contains(&refused) && page.contains("cannot read duration &quot;soon&quot;"), "{page}");
+    fs::write(&plan, &text).unwrap();
+    assert_eq!(http(d.port, "POST", "/api/v1/reload", Some("admin-token")).0, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http(d.port, "GET", "/metrics", None).1.lines().any(|l| l == "backup_plan_last_reload_successful 1") {
+        assert!(Instant::now() < deadline, "the mended plan was not loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!http(d.port, "GET", "/", Some("read-token")).1.contains("plan-refused"), "the notice goes once the file loads");
 
     // Commands run by hand join the same audit trail.
     let state = env.path("state.db");

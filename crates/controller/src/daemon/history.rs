@@ -15,6 +15,7 @@ use super::Shared;
 pub(super) fn restore(shared: &Shared) -> Result<()> {
     let plan = shared.plan();
     shared.metrics.declare(&plan);
+    shared.metrics.plan_loaded(shared.clock.now());
     for s in &plan.sources {
         match shared.state.last_success(&s.name)? {
             Some(j) => shared.metrics.seed(&s.name, &s.class, ended(&j)),
