@@ -60,6 +60,7 @@ fn read_excludes(a: &BackupArgs) -> Result<Vec<String>> {
 /// A backup between its hooks. A failed pre-hook stops it (or, with
 /// `--on-error continue`, is a warning); the post-hook always runs.
 pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
+    stored_name(&a.stdin_filename, "--stdin-filename")?;
     let timeout = crate::commands::parse_duration(&a.hook_timeout)?;
     let strict = a.on_error == "fail";
     let hook = |which: &str, cmd: &str, env: &[(&str, &str)]| -> Result<()> {
@@ -189,10 +190,29 @@ pub fn source_options(
     time: Option<DateTime<FixedOffset>>,
 ) -> Result<BackupOptions> {
     let stream = tokio::task::block_in_place(|| source.open())?;
-    let name = if a.stdin_filename == "stdin" { stream.name } else { a.stdin_filename.clone() };
+    let name = if a.stdin_filename == "stdin" {
+        stored_name(&stream.name, "the stream's name")?;
+        stream.name
+    } else {
+        a.stdin_filename.clone()
+    };
     let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);
     let info = Box::new(move || Ok(source.info()));
     Ok(BackupOptions { host: Some(host), time, stdin: Some((name, stream.reader)), source: Some(info), ..Default::default() })
+}
+
+/// A stream is stored as one entry of the snapshot's root, and `dump`,
+/// `restore` and `check` refuse a tree whose entry would leave its
+/// directory: such a name would be saved as a snapshot nothing can read.
+/// `what` says where the name came from (a source names its stream after
+/// its database, which may hold a `/`).
+pub fn stored_name(name: &str, what: &str) -> Result<()> {
+    if !tresor_engine::walk::is_safe_name(name.as_bytes()) {
+        bail!(
+            "{what} {name:?} is not a file name: it must not be empty, \".\" or \"..\", nor hold a \"/\" (give e.g. --stdin-filename dump.sql)"
+        );
+    }
+    Ok(())
 }
 
 pub async fn run_and_report(

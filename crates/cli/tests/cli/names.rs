@@ -90,3 +90,29 @@ fn the_snapshot_table_aligns_its_columns_and_shows_a_streams_source() {
     assert_eq!(lines[1].find("nightly,db,eu-west"), Some(at("Tags")), "{table}");
     assert_eq!(lines[3], "2 snapshots");
 }
+
+/// A stream is stored as one entry of the snapshot's root: a name that is
+/// a path, or `.`, `..` or nothing, is refused before the pre-hook runs or
+/// the repository is written to, as `dump`, `restore` and `check` could
+/// never read the snapshot it made.
+#[test]
+fn a_stream_name_that_is_no_file_name_is_refused_before_the_backup() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let hooked = env.path("hooked");
+    let hook = format!("touch {}", hooked.display());
+    for bad in ["db/dump.sql", "..", "/etc/x", ".", ""] {
+        let said = format!(
+            "tresor: error: --stdin-filename {bad:?} is not a file name: it must not be empty, \".\" or \"..\", nor hold a \"/\" \
+             (give e.g. --stdin-filename dump.sql)\n"
+        );
+        let stdin = env.cmd(&["backup", "--stdin", "--stdin-filename", bad, "--pre-hook", &hook]).stdin(Stdio::null()).output().unwrap();
+        assert_eq!((stdin.status.code(), String::from_utf8_lossy(&stdin.stderr).as_ref()), (Some(1), said.as_str()), "--stdin {bad:?}");
+        assert_eq!(env.fails(&["backup", "command:echo x", "--stdin-filename", bad, "--pre-hook", &hook], 1), said, "command: {bad:?}");
+    }
+    assert!(!hooked.exists(), "a pre-hook ran");
+    assert_eq!(env.json(&["snapshots"]), serde_json::json!([]));
+    env.ok(&["backup", "command:echo x", "--stdin-filename", "x.txt"]);
+    assert_eq!(env.ok(&["dump", "latest", "x.txt"]), "x\n");
+    env.ok(&["check"]);
+}
