@@ -16,6 +16,7 @@
 //! `Overwrite` mode says; with `delete`, what the snapshot lacks goes from
 //! each directory as the walk leaves it, never through a link.
 
+mod beneath;
 mod dirfd;
 mod existing;
 mod write;
@@ -167,12 +168,14 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         Some(folder) => crate::walk::folder(&repo, snap.tree, folder).await?,
         None => snap.tree,
     };
+    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
+    let beneath = beneath::Beneath::open(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let mut r = Restorer {
         repo: &repo,
         includes: PathFilter::new(&opts.includes)?,
         excludes: PathFilter::new(&opts.excludes)?,
         existing: Existing::new(&repo, opts.overwrite),
-        writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone())),
+        writer: Arc::new(Writer::new(fsmeta::is_root(), opts.progress.clone(), beneath)),
         batch: Batch::default(),
         made: opts.target.clone(),
         blocked: None,
@@ -182,7 +185,6 @@ pub async fn restore(repo: Arc<Repository>, snap: &Snapshot, opts: &RestoreOptio
         writing: None,
         summary: RestoreSummary::default(),
     };
-    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(&opts.target, e))?;
     let mut walker = Walker::new(&repo);
     walker.enter(root, Path::new("/")).await?;
     while let Some((path, node)) = walker.next_node()? {
@@ -277,7 +279,7 @@ impl Restorer<'_> {
         for (i, component) in dir.components().enumerate() {
             at.push(component);
             if i >= known {
-                make_dir(&at).map_err(|e| (at.clone(), e))?;
+                self.writer.beneath.make_dir(&at).map_err(|e| (at.clone(), e))?;
             }
         }
         Ok(())
@@ -366,7 +368,7 @@ impl Restorer<'_> {
                 self.writer.error(&f.path, Error::MissingBlob(*missing));
                 f.remaining.store(0, Relaxed);
                 f.failed.store(true, Relaxed);
-                let _ = std::fs::remove_file(&f.path);
+                let _ = self.writer.beneath.remove(&f.path);
                 continue;
             }
             let mut offset = 0u64;
@@ -385,10 +387,10 @@ impl Restorer<'_> {
     }
 
     fn create(&mut self, dest: &Path, node: &Node) -> std::io::Result<()> {
-        let batch = &mut self.batch;
+        let (batch, beneath) = (&mut self.batch, &self.writer.beneath);
         match node.kind {
             NodeKind::Dir => {
-                make_dir(dest)?;
+                beneath.make_dir(dest)?;
                 self.made = dest.to_path_buf();
                 batch.dirs.push((dest.to_path_buf(), node.clone()));
             }
@@ -399,7 +401,7 @@ impl Restorer<'_> {
                 let decision = self.existing.decide(dest, node);
                 if decision != Decision::Write {
                     if decision == Decision::KeepContent {
-                        fsmeta::apply(dest, node, fsmeta::is_root())?;
+                        beneath.apply(dest, node, self.writer.owner)?;
                         if let Some(inode) = inode {
                             self.first_link.entry(inode).or_insert_with(|| dest.to_path_buf());
                         }
@@ -420,7 +422,7 @@ impl Restorer<'_> {
                 if chunks != 1 {
                     // Truncate, then extend: blobs that are all zeros are never
                     // written, so holes stay holes and sparse files stay sparse.
-                    write::create_file(dest)?.set_len(node.size)?;
+                    beneath.create_file(dest)?.set_len(node.size)?;
                 }
                 batch.chunks += chunks;
                 batch.files.push(FilePlan {
@@ -432,42 +434,19 @@ impl Restorer<'_> {
                 });
                 if chunks == 0 {
                     let f = batch.files.last().expect("just pushed");
-                    fsmeta::apply(&f.path, &f.node, fsmeta::is_root())?;
+                    beneath.apply(&f.path, &f.node, self.writer.owner)?;
                 }
             }
             NodeKind::Symlink => {
-                let _ = std::fs::remove_file(dest);
-                std::os::unix::fs::symlink(node.os_link_target().unwrap_or_default(), dest)?;
+                beneath.symlink(&node.os_link_target().unwrap_or_default(), dest)?;
                 batch.links.push((dest.to_path_buf(), node.clone()));
             }
             _ => {
-                let _ = std::fs::remove_file(dest);
-                fsmeta::make_special(dest, node)?;
+                beneath.make_special(dest, node)?;
                 batch.links.push((dest.to_path_buf(), node.clone()));
             }
         }
         Ok(())
-    }
-}
-
-/// Make the directory `dir`, or keep the one there. A link there is
-/// replaced, so nothing is restored through it into wherever it points;
-/// anything else is the target's own (a file is not removed to make room)
-/// and an error.
-fn make_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let kind = std::fs::symlink_metadata(dir)?.file_type();
-            if kind.is_symlink() {
-                std::fs::remove_file(dir)?;
-                std::fs::create_dir(dir)
-            } else if kind.is_dir() {
-                Ok(())
-            } else {
-                Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory, so nothing is restored into it"))
-            }
-        }
-        made => made,
     }
 }
 
@@ -483,20 +462,19 @@ fn finish(w: &Writer, files: &[FilePlan], mut batch: Batch) -> [u64; 3] {
     }
     let mut restored = files.iter().filter(|f| !f.failed.load(Relaxed)).count() as u64;
     for (link, original) in &batch.hardlinks {
-        let _ = std::fs::remove_file(link);
-        match std::fs::hard_link(original, link) {
+        match w.beneath.hard_link(original, link) {
             Ok(()) => restored += 1,
             Err(e) => w.error(link, e),
         }
     }
     for (path, node) in &batch.links {
-        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+        if let Err(e) = w.beneath.apply(path, node, w.owner) {
             w.error(path, e);
         }
     }
     batch.dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
     for (path, node) in &batch.dirs {
-        if let Err(e) = fsmeta::apply(path, node, w.owner) {
+        if let Err(e) = w.beneath.apply(path, node, w.owner) {
             w.error(path, e);
         }
     }

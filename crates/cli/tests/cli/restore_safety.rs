@@ -95,6 +95,24 @@ fn a_restore_replaces_files_and_never_writes_through_a_hard_link() {
         assert_eq!(fs::read_to_string(outside.join(name)).unwrap(), format!("local edit of {name}\n"), "written through the link");
         assert_ne!(fs::metadata(outside.join(name)).unwrap().ino(), fs::metadata(live.join(name)).unwrap().ino());
     }
+    // A file found to hold the snapshot's content (`if-changed`) but with
+    // another name outside is written anew too: its mode set in place
+    // would be set on the outside name as well.
+    use std::os::unix::fs::PermissionsExt;
+    let private = outside.join("private");
+    fs::write(
+        &private,
+        "from the snapshot
+",
+    )
+    .unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(live.join("conf")).unwrap();
+    fs::hard_link(&private, live.join("conf")).unwrap();
+    env.ok(&["restore", &id, "--target", target.to_str().unwrap(), "--overwrite", "if-changed"]);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!((mode(&private), mode(&live.join("conf"))), (0o600, 0o644));
+    assert_ne!(fs::metadata(&private).unwrap().ino(), fs::metadata(live.join("conf")).unwrap().ino());
 }
 
 /// A filter that selects nothing, or a path the snapshot lacks, is an

@@ -90,9 +90,12 @@ impl Existing {
         if !md.is_file() {
             return Decision::Write;
         }
+        // Another name of a file found equal may be outside the target:
+        // giving it the snapshot's owner and mode would give them there too,
+        // so such a file is written anew instead.
         if self.mode.keeps(&md, node) {
             Decision::Keep
-        } else if self.mode == Overwrite::IfChanged && md.len() == node.size && self.same_content(dest, node) {
+        } else if self.mode == Overwrite::IfChanged && md.len() == node.size && md.nlink() == 1 && self.same_content(dest, node) {
             Decision::KeepContent
         } else {
             Decision::Write

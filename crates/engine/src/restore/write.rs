@@ -7,7 +7,7 @@
 //! pool of that many (not one per blocking-pool thread, of which tokio may
 //! run many), trimmed after a large blob.
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
+use super::beneath::Beneath;
 use super::{FilePlan, Targets};
 use crate::fsmeta;
 use crate::index::Index;
@@ -84,6 +85,8 @@ pub(super) struct Writer {
     full: Mutex<(u64, u64, u64)>,
     pub(super) bytes: AtomicU64,
     pub(super) owner: bool,
+    /// Where every file is created and written, through no link.
+    pub(super) beneath: Beneath,
     progress: Option<Arc<crate::backup::Progress>>,
     /// One buffer set per permit of `slots`.
     buffers: Mutex<Vec<Buffers>>,
@@ -91,13 +94,14 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(owner: bool, progress: Option<Arc<crate::backup::Progress>>) -> Writer {
+    pub(super) fn new(owner: bool, progress: Option<Arc<crate::backup::Progress>>, beneath: Beneath) -> Writer {
         let n = writers();
         Writer {
             errors: Mutex::new(Vec::new()),
             full: Mutex::new((0, 0, 0)),
             bytes: AtomicU64::new(0),
             owner,
+            beneath,
             progress,
             buffers: Mutex::new((0..n).map(|_| Buffers::new()).collect()),
             slots: Semaphore::new(n),
@@ -258,7 +262,7 @@ impl Writer {
             let zeros = is_zeros(plain);
             for (fi, offset) in targets {
                 let f = &files[fi];
-                let file = match write_blob(f, offset, plain, zeros) {
+                let file = match write_blob(&self.beneath, f, offset, plain, zeros) {
                     Ok(file) => file,
                     Err(e) => {
                         self.fail_write(f, e);
@@ -272,7 +276,7 @@ impl Writer {
                 if f.remaining.fetch_sub(1, Relaxed) == 1 {
                     let applied = match &file {
                         Some(file) => fsmeta::apply_to_file(file, &f.node, self.owner),
-                        None => fsmeta::apply(&f.path, &f.node, self.owner),
+                        None => self.beneath.apply(&f.path, &f.node, self.owner),
                     };
                     if let Err(e) = applied {
                         self.fail(f, e);
@@ -285,16 +289,16 @@ impl Writer {
 
 /// Write one blob where it goes in its file; the file, if it was opened,
 /// so that the last blob's writer sets its metadata through it.
-fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<Option<std::fs::File>> {
+fn write_blob(beneath: &Beneath, f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::Result<Option<std::fs::File>> {
     if f.create_on_write {
-        let mut file = create_file(&f.path)?;
+        let mut file = beneath.create_file(&f.path)?;
         std::io::Write::write_all(&mut file, data)?;
         return Ok(Some(file));
     }
     if zeros {
         return Ok(None);
     }
-    let file = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(&f.path)?;
+    let file = beneath.open_file(&f.path)?;
     // Zero runs inside a blob are skipped too: the file was extended to
     // its full size, so they read back as zeros and stay holes on disk.
     const BLOCK: usize = 64 * 1024;
@@ -304,32 +308,6 @@ fn write_blob(f: &FilePlan, offset: u64, data: &[u8], zeros: bool) -> std::io::R
         }
     }
     Ok(Some(file))
-}
-
-/// Create the regular file at `path` anew. Whatever the target holds
-/// there is replaced, never written through: a hard link to a file outside
-/// the target keeps its content, a read-only file needs no write access, a
-/// symbolic link is not followed, and no extended attribute of the old file
-/// stays.
-pub(super) fn create_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::MetadataExt;
-    let open = || std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path);
-    match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::remove_file(path) {
-            Ok(()) => open(),
-            // A directory an earlier restore made read-only (its snapshot's
-            // mode) keeps its names from a user who is not root: the file
-            // is rewritten in place, unless another name shares it.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                match std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1) {
-                    true => std::fs::OpenOptions::new().write(true).truncate(true).custom_flags(libc::O_NOFOLLOW).open(path),
-                    false => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        },
-        opened => opened,
-    }
 }
 
 /// Whether `data` is all zeros, compared against a zero page with `memcmp`
@@ -406,21 +384,6 @@ mod tests {
             ranges.iter().map(|(_, b)| (b[0].0.offset, b.last().map_or(0, |(e, _)| e.offset + e.length))).collect();
         s.sort();
         s
-    }
-
-    /// The file there is replaced, not written through: its other link
-    /// keeps the old content, its read-only mode asks for no write
-    /// permission.
-    #[test]
-    fn a_file_is_created_anew_not_written_through() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let (path, other) = (dir.path().join("f"), dir.path().join("link"));
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
-        std::fs::hard_link(&path, &other).unwrap();
-        std::io::Write::write_all(&mut create_file(&path).unwrap(), b"new").unwrap();
-        assert_eq!((std::fs::read(&path).unwrap(), std::fs::read(&other).unwrap()), (b"new".to_vec(), b"old".to_vec()));
     }
 
     /// What bounds restore memory: no fetch spans more than `MAX_FETCH`
