@@ -172,14 +172,26 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Open a file for backup without moving its atime where the kernel allows
-/// it (owner or root), so reading a file does not change its node.
-pub fn open_noatime(path: &Path) -> io::Result<std::fs::File> {
+/// Open the file the walk found at `path` (`node`) for backup, without
+/// moving its atime where the kernel allows it (owner or root), so reading a
+/// file does not change its node. What is there now must be that file: a
+/// link (a user swapping their file for a link to one they cannot read, for
+/// the backup to store its content under their name), another file or a
+/// fifo (which would block the read) is refused, and not saved.
+pub fn open_for_backup(path: &Path, node: &Node) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::File::open(path),
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(flags | libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path),
         other => other,
+    };
+    let replaced = || io::Error::other("replaced while the backup ran (no longer the file the walk found); not saved");
+    let file = file.map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { replaced() } else { e })?;
+    let md = file.metadata()?;
+    if !md.is_file() || (md.dev(), md.ino()) != (node.device, node.inode) {
+        return Err(replaced());
     }
+    Ok(file)
 }
 
 /// Create `path`, or truncate it, readable and writable by this user alone,
@@ -268,5 +280,30 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, "abcdefghijklmn").unwrap();
         assert_eq!(changed_while_read(walked, &md()).as_deref(), Some("modified while it was read; the snapshot holds what was read"));
+    }
+
+    /// The file the walk found is read; a link, another file or a fifo put
+    /// in its place since is not.
+    #[test]
+    fn a_file_replaced_after_the_walk_looked_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, secret) = (dir.path().join("notes"), dir.path().join("secret"));
+        std::fs::write(&path, "mine").unwrap();
+        std::fs::write(&secret, "not mine").unwrap();
+        let look = || node_from(OsStr::new("notes"), &std::fs::symlink_metadata(&path).unwrap(), &mut NameCache::default());
+        let walked = look();
+        assert_eq!(std::io::read_to_string(open_for_backup(&path, &walked).unwrap()).unwrap(), "mine");
+        let said = "replaced while the backup ran (no longer the file the walk found); not saved";
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&secret, &path).unwrap();
+        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
+        std::fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path, alive for the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
     }
 }

@@ -116,3 +116,50 @@ fn a_stream_name_that_is_no_file_name_is_refused_before_the_backup() {
     assert_eq!(env.ok(&["dump", "latest", "x.txt"]), "x\n");
     env.ok(&["check"]);
 }
+
+/// Backup paths as the kernel reads them. A link on the way to a path
+/// (`homes` → `srv/home` for `homes/alice`) is stored as the directory it
+/// leads to: stored as a link, it held the path's entries, and the
+/// snapshot did not restore whole while check passed. `..` is resolved
+/// through the link before it, not dropped (`h3/../d` backed up `h3/d`).
+/// A path below another given path that is a link is refused: the link is
+/// stored as a link, and the path below it was silently missing.
+#[test]
+fn backup_paths_are_read_as_the_kernel_reads_them() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    env.ok(&["init"]);
+    fs::create_dir_all(env.path("srv/home/alice/docs")).unwrap();
+    fs::write(env.path("srv/home/alice/docs/letter.txt"), "letter\n").unwrap();
+    symlink(env.path("srv/home"), env.path("homes")).unwrap();
+    let named = env.path("homes/alice");
+    env.ok(&["backup", named.to_str().unwrap()]);
+    let out = env.path("out");
+    env.ok(&["restore", "latest", "--target", out.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(restored(&env, "out", &named).join("docs/letter.txt")).unwrap(), "letter\n");
+    assert!(env.ok(&["check"]).contains("no errors were found"));
+
+    fs::create_dir_all(env.path("h3/d")).unwrap();
+    fs::write(env.path("h3/d/wrong"), "wrong\n").unwrap();
+    fs::create_dir_all(env.path("d")).unwrap();
+    fs::write(env.path("d/right"), "right\n").unwrap();
+    symlink(env.path("srv/home/alice"), env.path("app")).unwrap();
+    for (given, meant) in [("h3/../d", env.path("d")), ("app/../alice/docs", env.path("srv/home/alice/docs"))] {
+        env.ok(&["backup", env.path(given).to_str().unwrap()]);
+        let snaps = env.json(&["snapshots"]);
+        let paths = &snaps.as_array().unwrap().last().unwrap()["paths"];
+        assert_eq!(paths, &serde_json::json!([fs::canonicalize(meant).unwrap()]), "{given}");
+    }
+
+    symlink(env.path("d"), env.path("current")).unwrap();
+    let (link, below) = (env.path("current"), env.path("current/right"));
+    let said = format!(
+        "tresor: error: backup path {} is below {}, a symbolic link the backup stores as a link, so nothing below it would be saved; give the path it points to\n",
+        below.display(),
+        link.display()
+    );
+    for paths in [[&link, &below], [&below, &link]] {
+        let out = env.run(&["backup", paths[0].to_str().unwrap(), paths[1].to_str().unwrap()]);
+        assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(1), said.clone()));
+    }
+}

@@ -350,7 +350,7 @@ impl Shared {
         if let Some(content) = content {
             return self.process_virtual(ctx, FileJob { path, node, existed, dir, slot, content: None }, content);
         }
-        let file = match fsmeta::open_noatime(&path) {
+        let file = match fsmeta::open_for_backup(&path, &node) {
             Ok(f) => f,
             Err(e) => {
                 self.warn(&path, e);
@@ -484,6 +484,7 @@ pub async fn backup(repo: Arc<Repository>, opts: BackupOptions) -> Result<Snapsh
 async fn run(repo: Arc<Repository>, mut opts: BackupOptions, session: &Session) -> Result<Snapshot> {
     let started = Instant::now();
     let start_time = Local::now().fixed_offset();
+    walker::resolve_parents(&mut opts.paths)?;
     let (tree, counters, errors) = archive_and_upload(&repo, &mut opts).await?;
     let summary = counters.summary(started.elapsed().as_secs_f64(), start_time, Local::now().fixed_offset());
     let mut snap = snapshot_of(opts, tree, start_time, summary, errors)?;

@@ -34,10 +34,19 @@ pub(super) fn layout(paths: &[PathBuf]) -> Result<Entry> {
         let mut real = PathBuf::from("/");
         for (i, name) in names.iter().enumerate() {
             real.push(name);
-            let Entry::Ancestor(_, kids) = at else { break };
+            let kids = match at {
+                Entry::Ancestor(_, kids) => kids,
+                // Below a path given too: its walk covers this one, if it is a directory.
+                Entry::Walk(outer) => return stored_as_a_directory(outer, p).map(|()| root),
+            };
             let last = i + 1 == names.len();
             let next = kids.entry(name.to_os_string()).or_insert_with(|| Entry::Ancestor(real.clone(), BTreeMap::new()));
             if last {
+                if let Entry::Ancestor(_, below) = next
+                    && let Some(inner) = below.values().next()
+                {
+                    stored_as_a_directory(&real, inner.path())?;
+                }
                 *next = Entry::Walk(real.clone());
             }
             at = next;
@@ -47,6 +56,44 @@ pub(super) fn layout(paths: &[PathBuf]) -> Result<Entry> {
         }
     }
     Ok(root)
+}
+
+impl Entry {
+    /// A path given, or the first one given below this ancestor.
+    fn path(&self) -> &Path {
+        match self {
+            Entry::Walk(p) => p,
+            Entry::Ancestor(p, kids) => kids.values().next().map_or(p.as_path(), Entry::path),
+        }
+    }
+}
+
+/// `inner`, a path given below `outer`, another, is saved by `outer`'s
+/// walk only if `outer` is a directory: a link there is stored as a link,
+/// and what is below it would silently be missing.
+fn stored_as_a_directory(outer: &Path, inner: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(outer) {
+        Ok(md) if md.file_type().is_symlink() => Err(Error::Invalid(format!(
+            "backup path {} is below {}, a symbolic link the backup stores as a link, so nothing below it would be saved; give the path it points to",
+            inner.display(),
+            outer.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The paths with each `..` resolved as the kernel resolves it, through the
+/// links before it (`/srv/app/../data` is in the directory `/srv/app`'s
+/// link points to, not in `/srv`); a path without one is kept as given.
+pub(super) fn resolve_parents(paths: &mut [PathBuf]) -> Result<()> {
+    for p in paths.iter_mut() {
+        let parts: Vec<Component> = p.components().collect();
+        let Some(last_up) = parts.iter().rposition(|c| *c == Component::ParentDir) else { continue };
+        let through: PathBuf = parts[..=last_up].iter().collect();
+        let resolved = std::fs::canonicalize(&through).map_err(|e| Error::io(&through, e))?;
+        *p = parts[last_up + 1..].iter().fold(resolved, |acc, c| acc.join(c));
+    }
+    Ok(())
 }
 
 pub(super) struct Walker<'a> {
@@ -108,7 +155,14 @@ impl Walker<'_> {
             match entry {
                 Entry::Walk(path) => self.visit(path, name, dir, slot, old_node, None, None)?,
                 Entry::Ancestor(path, grandkids) => {
-                    let md = match std::fs::symlink_metadata(path) {
+                    // A link on the way to a path given (`/home` → `/srv/home`
+                    // for `/home/alice`) is stored as the directory it leads
+                    // to: a link holds no entries, and the snapshot would
+                    // not restore whole.
+                    let md = match std::fs::metadata(path).and_then(|md| match md.is_dir() {
+                        true => Ok(md),
+                        false => Err(std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")),
+                    }) {
                         Ok(md) => md,
                         Err(e) => {
                             self.shared.warn(path, e);
