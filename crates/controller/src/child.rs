@@ -22,11 +22,10 @@ pub const JOB_RUN: [&str; 2] = ["job", "run"];
 fn command(exe: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(JOB_RUN);
-    // The daemon records its jobs itself; its API's tokens are its own,
-    // never a hook's or a source program's.
-    for var in ["TRESOR_STATE", "TRESOR_API_TOKEN", "TRESOR_API_READ_TOKEN"] {
-        cmd.env_remove(var);
-    }
+    // The daemon records its jobs itself; the job's repository and password
+    // come in its spec, so the daemon's own never reach a hook or a source
+    // program through it.
+    tresor_sources::without_secrets(&mut cmd).env_remove("TRESOR_STATE");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }

@@ -232,7 +232,7 @@ fn drill_command(t: &Tresor, source: &SourceSpec, id: &str, target: &Path, r: &m
         r.checks.push(format!("restored {} bytes; the plan names no verify command", r.bytes));
         return Ok(());
     };
-    let out = Command::new("sh")
+    let out = tresor_sources::without_secrets(&mut Command::new("sh"))
         .arg("-c")
         .arg(cmd)
         .env("TRESOR_DRILL_FILE", &file)

@@ -27,6 +27,37 @@ fn shown_word(word: &str) -> String {
     format!("{}{}", tresor_storage::redact(url), &word[url.len()..])
 }
 
+/// The variables tresor reads its own secrets from: the repository's
+/// password (and the file holding it), a new, a copy target's and a
+/// confirming one, and the daemon's API tokens. No program tresor starts
+/// needs them (a hook, a `command:` source or target, pg_dump, a drill's
+/// verify command, a scratch server, a daemon's job, which is given its
+/// repository in its spec), and one that logs or stores its environment
+/// would give them away. The repository's location goes too: nothing
+/// documents it to a hook, and without a password it is of no use there.
+pub const SECRET_VARS: [&str; 11] = [
+    "TRESOR_PASSWORD",
+    "TRESOR_PASSWORD_FILE",
+    "TRESOR_NEW_PASSWORD",
+    "TRESOR_NEW_PASSWORD_FILE",
+    "TRESOR_TO_PASSWORD",
+    "TRESOR_TO_PASSWORD_FILE",
+    "TRESOR_CONFIRM_PASSWORD",
+    "TRESOR_CONFIRM_PASSWORD_FILE",
+    "TRESOR_API_TOKEN",
+    "TRESOR_API_READ_TOKEN",
+    "TRESOR_REPOSITORY",
+];
+
+/// `cmd` without [`SECRET_VARS`] in its environment: every child tresor
+/// starts goes through here.
+pub fn without_secrets(cmd: &mut Command) -> &mut Command {
+    for var in SECRET_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 pub struct CommandSource {
     command: String,
     /// The command as messages and the snapshot name it: each word that is
@@ -124,7 +155,7 @@ pub(crate) struct Program {
 
 impl Program {
     pub(crate) fn start(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> std::io::Result<Program> {
-        let mut child = cmd.stdin(stdin).stdout(stdout).stderr(Stdio::piped()).process_group(0).spawn()?;
+        let mut child = without_secrets(cmd).stdin(stdin).stdout(stdout).stderr(Stdio::piped()).process_group(0).spawn()?;
         let mut pipe = child.stderr.take().expect("piped");
         let stderr = Stderr::default();
         let said = stderr.clone();

@@ -40,7 +40,7 @@ use std::io::Read;
 
 use tresor_engine::SourceInfo;
 
-pub use command::{CommandSource, last_line, shown_command};
+pub use command::{CommandSource, SECRET_VARS, last_line, shown_command, without_secrets};
 pub use hooks::run_hook;
 pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
 pub use pgurl::PgUrl;

@@ -539,6 +539,33 @@ fn hooks_run_around_a_backup_with_time_limits_and_on_error() {
     assert_eq!(fs::read_to_string(&log).unwrap(), "failure \n", "the post-hook runs after a failed backup too");
 }
 
+/// Hooks and `command:` sources see none of the variables tresor takes its
+/// secrets from: a hook that logs its environment, or a source that is
+/// `env`, would otherwise write the repository's password down.
+#[test]
+fn hooks_and_command_sources_never_see_the_repository_password() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let (pre, post) = (env.path("pre.env"), env.path("post.env"));
+    let secrets = [("TRESOR_PASSWORD", "correct horse"), ("TRESOR_NEW_PASSWORD", "new-pw-123"), ("TRESOR_API_TOKEN", "token-456")];
+    let mut backup = env.cmd(&["backup", "command:env", "--stdin-filename", "env.txt"]);
+    backup.args(["--pre-hook", &format!("env > {}", pre.display()), "--post-hook", &format!("env > {}", post.display())]);
+    let out = backup.envs(secrets).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored = env.ok(&["dump", "latest", "env.txt"]);
+    for (what, seen) in
+        [("pre-hook", fs::read_to_string(&pre).unwrap()), ("post-hook", fs::read_to_string(&post).unwrap()), ("source", stored)]
+    {
+        assert!(seen.lines().any(|l| l.starts_with("PATH=")), "{what} printed no environment: {seen}");
+        for (var, value) in secrets {
+            assert!(!seen.contains(var) && !seen.contains(value), "{what} saw {var}: {seen}");
+        }
+        for var in ["TRESOR_PASSWORD_FILE", "TRESOR_REPOSITORY"] {
+            assert!(!seen.contains(var), "{what} saw {var}: {seen}");
+        }
+    }
+}
+
 #[test]
 fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     let env = Env::new();

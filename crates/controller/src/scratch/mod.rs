@@ -219,6 +219,7 @@ impl Redis {
     /// a try for the client's 60 s).
     fn start_on(port: u16, dir: &Path, aof_dir: Option<&str>) -> Result<Option<Redis>, String> {
         let mut cmd = Command::new("redis-server");
+        tresor_sources::without_secrets(&mut cmd);
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"]).arg(dir).args(["--save", "", "--daemonize", "no"]);
         match aof_dir {
             Some(name) => cmd.args(["--appendonly", "yes", "--appenddirname", name]),
@@ -379,6 +380,7 @@ impl Etcd {
         // the peer port wants TLS and a client certificate just as much.
         let peer_url = format!("https://127.0.0.1:{peer}");
         let mut cmd = Command::new("etcd");
+        tresor_sources::without_secrets(&mut cmd);
         cmd.args(["--name", "drill", "--data-dir"])
             .arg(data)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client, "--listen-peer-urls", &peer_url])
@@ -448,13 +450,15 @@ fn is_root() -> bool {
 /// `bin/program`, run as the `postgres` user when tresor runs as root.
 fn as_owner(bin: &Path, program: &str) -> Command {
     let exe = bin.join(program);
-    if is_root() {
+    let mut c = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(exe).current_dir("/");
         c
     } else {
         Command::new(exe)
-    }
+    };
+    tresor_sources::without_secrets(&mut c);
+    c
 }
 
 /// A PostgreSQL cluster in a scratch directory: a new one (`initdb`) or a
