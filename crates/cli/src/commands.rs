@@ -205,6 +205,21 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
+/// A local repository's root, made its owner's alone (0700) when init
+/// creates it or finds it empty: the files below are written with the
+/// umask (0644 key files in 0755 directories), and key files are what a
+/// password is guessed against offline. A directory that already holds
+/// other files keeps the mode its owner gave it.
+pub fn private_root(p: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    let mut entries = std::fs::read_dir(p).with_context(|| format!("cannot read {}", p.display()))?;
+    if entries.next().is_none() {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("cannot restrict {}", p.display()))?;
+    }
+    Ok(())
+}
+
 pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
     let loc = location(g)?;
     let aead = match a.aead.as_str() {
@@ -220,7 +235,7 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
     }
     let kdf = kdf(g)?;
     if let Some(p) = loc.local_path() {
-        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+        private_root(p)?;
     }
     let opts = InitOptions {
         open: open_options(g, password(g, true)?)?,

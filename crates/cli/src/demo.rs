@@ -59,7 +59,7 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
     let repo = if repo_path.join("config").exists() {
         Repository::open(&loc, &open).await?
     } else {
-        std::fs::create_dir_all(&repo_path)?;
+        crate::commands::private_root(&repo_path)?;
         let init = InitOptions {
             open: open.clone(),
             aead: Aead::Aes256Gcm,

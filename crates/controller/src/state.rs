@@ -184,11 +184,18 @@ const ADDED_COLUMNS: [(&str, &str); 4] =
     [("log", "TEXT"), ("temporary", "INTEGER NOT NULL DEFAULT 0"), ("problems", "INTEGER"), ("damaged_packs", "TEXT")];
 
 impl State {
+    /// The database at `path`, made when missing: it and a directory made
+    /// for it are the daemon's user's alone (0600, 0700), as the job history
+    /// and audit trail name every repository, source and failure; SQLite
+    /// gives its `-wal` and `-shm` files the database's mode.
     pub fn open(path: &Path) -> Result<State> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let fail = |source| Error::State { path: path.to_path_buf(), source };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("cannot create {}: {e}", dir.display())))?;
+        let cannot = |what: &Path, e: std::io::Error| Error::Invalid(format!("cannot create {}: {e}", what.display()));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| cannot(dir, e))?;
         }
+        std::fs::OpenOptions::new().append(true).create(true).mode(0o600).open(path).map_err(|e| cannot(path, e))?;
         let db = Connection::open(path).map_err(fail)?;
         Self::init(db, path)
     }
@@ -521,5 +528,23 @@ mod tests {
         assert_eq!(state.first_scheduled("fresh", "backup").expect("asked"), Some(first));
         assert_eq!(state.last_scheduled("fresh", "backup").expect("asked"), Some(first + chrono::Duration::minutes(5 * 1499)));
         assert_eq!(state.first_scheduled("other", "backup").expect("asked"), None);
+    }
+
+    /// The state is its user's alone: the directory made for it 0700, the
+    /// database and SQLite's files beside it 0600, whatever the umask lets
+    /// others have.
+    #[test]
+    fn a_new_state_and_its_directory_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("tresor-data/state.db");
+        let state = State::open(&path).expect("a state");
+        let text = |s: &str| s.to_string();
+        let entry =
+            AuditEntry { time: Utc::now(), actor: text("t"), action: text("b"), target: text("r"), result: text("ok"), detail: text("") };
+        state.audit(&entry).expect("recorded");
+        let mode = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.permissions().mode() & 0o7777).ok();
+        let modes = ["tresor-data", "tresor-data/state.db", "tresor-data/state.db-wal", "tresor-data/state.db-shm"].map(mode);
+        assert_eq!(modes, [Some(0o700), Some(0o600), Some(0o600), Some(0o600)]);
     }
 }

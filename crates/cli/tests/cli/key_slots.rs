@@ -201,3 +201,41 @@ fn a_key_with_less_memory_takes_more_passes_and_opens() {
     }
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "a refused key add writes no slot");
 }
+
+/// A local repository's root is its owner's alone, whatever the umask: the
+/// key files below it are what a password is guessed against offline. An
+/// empty directory given to init is made so too; one that holds other
+/// files keeps its mode.
+#[test]
+fn init_makes_a_local_repository_readable_by_its_owner_only() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let init = |repo: &Path| {
+        let mut c = env.cmd(&["init"]);
+        // SAFETY: umask(2) is async-signal-safe and touches only the child.
+        unsafe {
+            c.env("TRESOR_REPOSITORY", repo).pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            })
+        };
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    let made = env.path("made/by/init");
+    init(&made);
+    assert_eq!((mode(&made), mode(made.parent().unwrap())), (0o700, 0o755));
+    assert_eq!(fs::read_dir(made.join("keys")).unwrap().count(), 1);
+    let empty = env.path("empty");
+    fs::create_dir(&empty).unwrap();
+    fs::set_permissions(&empty, fs::Permissions::from_mode(0o755)).unwrap();
+    init(&empty);
+    assert_eq!(mode(&empty), 0o700);
+    let shared = env.path("shared");
+    fs::create_dir(&shared).unwrap();
+    fs::write(shared.join("README"), "backups of host1\n").unwrap();
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o750)).unwrap();
+    init(&shared);
+    assert_eq!(mode(&shared), 0o750);
+}
