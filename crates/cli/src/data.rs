@@ -273,7 +273,30 @@ fn in_folder(folder: Option<&str>, path: &str) -> String {
     }
 }
 
-pub async fn restore(g: &Global, a: RestoreArgs) -> Result<u8> {
+/// A Kubernetes restore's options given to a restore that is none: refused,
+/// not ignored.
+fn kubernetes_only(a: &RestoreArgs) -> Result<()> {
+    let given = [
+        ("--server-dry-run", a.server_dry_run),
+        ("--rehearsal", a.rehearsal),
+        ("--namespace-mapping", !a.namespace_mapping.is_empty()),
+        ("--storage-class-mapping", !a.storage_class_mapping.is_empty()),
+        ("--image-registry-mapping", !a.image_registry_mapping.is_empty()),
+        ("--transforms", a.transforms.is_some()),
+    ];
+    match given.iter().find(|(_, set)| *set) {
+        Some((flag, _)) => bail!("{flag} works with --to k8s:// only"),
+        None => Ok(()),
+    }
+}
+
+pub async fn restore(g: &Global, mut a: RestoreArgs) -> Result<u8> {
+    if !a.to.as_ref().is_some_and(|t| t.expose().starts_with("k8s://")) {
+        kubernetes_only(&a)?;
+        // Anywhere but a cluster a dry run is the preview: with --target it
+        // restored, and with --delete deleted, for real.
+        a.preview |= a.dry_run;
+    }
     let repo = open(g).await?;
     let (snap, folder) = resolve(&repo, &a.snapshot, &a.select).await?;
     if folder.is_some() && a.to.is_some() {

@@ -449,8 +449,8 @@ pub struct RestoreArgs {
     /// With --to k8s://: what to do with objects that exist: skip (and say so) or update.
     #[arg(long, requires = "to", default_value = "skip", value_parser = ["skip", "update"], help_heading = KUBERNETES)]
     pub existing: String,
-    /// With --to k8s://: print what would be done, change nothing.
-    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    /// Print what would be done, change nothing: with --to k8s:// each object's fate, elsewhere the preview.
+    #[arg(long, help_heading = KUBERNETES)]
     pub dry_run: bool,
     /// With --to k8s://: send every object as a server-side dry run (validated and admitted, not
     /// stored), into namespaces created for it and removed after: a drill.

@@ -1,6 +1,6 @@
 //! `forget`, `hold`, `release` and `holds`.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::json;
 use tresor_engine::Snapshot;
 use tresor_engine::forget::{self, Choice, Inventory};
@@ -54,7 +54,10 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         let choice = Choice::Policy { filter: &filter, policy: &policy, by: GroupBy::parse(&a.group_by)?, allow_empty: a.allow_empty };
         forget::plan(&inv, choice, &chrono::Local)?
     } else {
-        forget::plan(&inv, Choice::Given(&a.snapshots), &chrono::Local)?
+        if !policy(&a)?.is_empty() {
+            bail!("forget takes snapshots or a --keep policy, not both: the policy would be ignored");
+        }
+        forget::plan(&inv, Choice::Given { specs: &a.snapshots, filter: &a.select.filter() }, &chrono::Local)?
     };
     let removed = plan.removed();
     let Inventory { snapshots: all, held, .. } = inv;
@@ -66,6 +69,11 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         plan.groups.push(forget::Group { key, keep: Vec::new(), remove: wal });
     }
     let report: Vec<serde_json::Value> = plan.groups.iter().enumerate().map(|(i, g)| group_json(g, i >= named)).collect();
+    // Said once done: "removed" printed first was read as done when the removal then failed.
+    let locked = match a.dry_run {
+        true => 0,
+        false => forget::execute(&repo, &plan).await?.locked.len(),
+    };
     if !g.json {
         print_report(&report, a.dry_run);
         let verb = if a.dry_run { "would remove" } else { "removed" };
@@ -73,11 +81,8 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
             println!("{verb} snapshot {} (its file is damaged)", id.short());
         }
     }
-    if !a.dry_run {
-        let locked = forget::execute(&repo, &plan).await?.locked.len();
-        if locked > 0 {
-            eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
-        }
+    if locked > 0 {
+        eprintln!("tresor: {locked} snapshot(s) are still under the storage's Object Lock and stay; forget them again once it expires");
     }
     let pruned = match a.prune {
         true => Some(crate::prune::pruned(&repo, &a.prune_opts, a.dry_run).await),

@@ -47,9 +47,9 @@ pub enum Choice<'a> {
     /// by `by`, each group under `policy`. A policy that would empty a group
     /// is refused unless `allow_empty`.
     Policy { filter: &'a SnapshotFilter, policy: &'a Policy, by: GroupBy, allow_empty: bool },
-    /// These snapshot specs (`latest`, ids, id prefixes), all removed; a held
-    /// one refuses the whole forget.
-    Given(&'a [String]),
+    /// These snapshot specs (`latest` the newest `filter` passes, ids, id
+    /// prefixes), all removed; a held one refuses the whole forget.
+    Given { specs: &'a [String], filter: &'a SnapshotFilter },
 }
 
 /// One group of a plan: what stays (with the rules that keep it) and what goes.
@@ -91,10 +91,10 @@ pub fn plan<Tz: TimeZone>(inv: &Inventory, choice: Choice<'_>, tz: &Tz) -> Resul
                 .collect();
             Ok(Plan { groups, unreadable: Vec::new() })
         }
-        Choice::Given(specs) => {
+        Choice::Given { specs, filter } => {
             let (mut remove, mut unreadable) = (Vec::with_capacity(specs.len()), Vec::new());
             for spec in specs {
-                let (id, s) = match crate::select::select(inv.snapshots.clone(), spec, &SnapshotFilter::default()) {
+                let (id, s) = match crate::select::select(inv.snapshots.clone(), spec, filter) {
                     Ok(s) => (s.id, Some(s)),
                     Err(Error::NoSnapshot(_)) if let Some(id) = inv.unreadable(spec) => (id, None),
                     Err(e) => return Err(e),
@@ -173,15 +173,32 @@ mod tests {
     fn given_snapshots_are_removed_unless_held() {
         let inv = inventory();
         let given = [inv.snapshots[1].id.to_hex()[..8].to_string(), "latest".to_string()];
-        let p = plan(&inv, Choice::Given(&given), &UTC).unwrap();
+        let p = plan(&inv, Choice::Given { specs: &given, filter: &SnapshotFilter::default() }, &UTC).unwrap();
         assert_eq!(
             p.groups,
             [Group { key: "given".into(), keep: vec![], remove: vec![inv.snapshots[1].clone(), inv.snapshots[2].clone()] }]
         );
         let held = [inv.snapshots[0].id.to_hex()];
-        let err = plan(&inv, Choice::Given(&held), &UTC).unwrap_err().to_string();
+        let err = plan(&inv, Choice::Given { specs: &held, filter: &SnapshotFilter::default() }, &UTC).unwrap_err().to_string();
         assert_eq!(err, format!("snapshot {} is under legal hold: audit (ann@h); release it first", inv.snapshots[0].id.short()));
-        assert!(matches!(plan(&inv, Choice::Given(&["ffffffff".to_string()]), &UTC), Err(Error::NoSnapshot(_))));
+        assert!(matches!(
+            plan(&inv, Choice::Given { specs: &["ffffffff".to_string()], filter: &SnapshotFilter::default() }, &UTC),
+            Err(Error::NoSnapshot(_))
+        ));
+    }
+
+    /// `latest` with a filter is the newest snapshot the filter passes, as
+    /// restore and copy take it: it removed the newest of any host.
+    #[test]
+    fn given_latest_is_the_newest_the_filter_passes() {
+        let mut inv = inventory();
+        inv.snapshots.push(Snapshot::sample("2026-01-04T12:00:00+00:00", "other", &["/data"], &[]));
+        let filter = SnapshotFilter { hosts: vec!["h".into()], ..SnapshotFilter::default() };
+        let p = plan(&inv, Choice::Given { specs: &["latest".to_string()], filter: &filter }, &UTC).unwrap();
+        assert_eq!(p.removed(), [inv.snapshots[2].id].into_iter().collect());
+        let none = SnapshotFilter { hosts: vec!["nosuch".into()], ..SnapshotFilter::default() };
+        let err = plan(&inv, Choice::Given { specs: &["latest".to_string()], filter: &none }, &UTC).unwrap_err();
+        assert_eq!(err.to_string(), "no snapshot matches host nosuch");
     }
 
     /// A snapshot whose file is damaged can be judged by no policy, but
@@ -193,10 +210,13 @@ mod tests {
         let byte = (0u8..=255).find(|b| inv.snapshots.iter().all(|s| s.id.0[0] != *b)).unwrap();
         let lost = Id([byte; 32]);
         inv.unreadable.push(lost);
-        let p = plan(&inv, Choice::Given(&[format!("{byte:02x}{byte:02x}")]), &UTC).unwrap();
+        let p = plan(&inv, Choice::Given { specs: &[format!("{byte:02x}{byte:02x}")], filter: &SnapshotFilter::default() }, &UTC).unwrap();
         assert_eq!((p.unreadable.clone(), p.removed()), (vec![lost], [lost].into_iter().collect()));
         let short = [format!("{byte:02x}")];
-        assert!(matches!(plan(&inv, Choice::Given(&short), &UTC), Err(Error::NoSnapshot(_))), "too short a prefix");
+        assert!(
+            matches!(plan(&inv, Choice::Given { specs: &short, filter: &SnapshotFilter::default() }, &UTC), Err(Error::NoSnapshot(_))),
+            "too short a prefix"
+        );
         let policy = Policy { last: Some(1), ..Policy::default() };
         let filter = SnapshotFilter::default();
         let choice = Choice::Policy { filter: &filter, policy: &policy, by: GroupBy::default(), allow_empty: false };

@@ -23,6 +23,7 @@ mod deploy;
 mod doctor;
 mod drill;
 mod evidence;
+mod forget;
 mod fuzz_corpus;
 mod help;
 mod image;

@@ -82,7 +82,7 @@ fn the_snapshot_table_aligns_its_columns_and_shows_a_streams_source() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
     let at = |head: &str| lines[0].find(head).unwrap();
-    for (row, what) in [(lines[1], src.display().to_string()), (lines[2], "(stdin)".to_string())] {
+    for (row, what) in [(lines[1], src.display().to_string()), (lines[2], "(stdin:app.dump)".to_string())] {
         assert_eq!(row.find(&what), Some(at("Paths")), "{table}");
         assert_eq!(row.find(&row[at("Time")..at("Time") + 19]), Some(at("Time")), "{table}");
     }

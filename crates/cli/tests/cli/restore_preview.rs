@@ -333,3 +333,28 @@ fn every_path_of_a_hard_linked_file_obeys_overwrite() {
         assert_eq!((s["files_restored"].as_u64(), s["files_skipped"].as_u64()), (Some(restored), Some(skipped)), "{name}: {s}");
     }
 }
+
+/// `--dry-run` with a directory target is the preview: it restored, and
+/// with `--delete` deleted, for real (it is a Kubernetes restore's flag,
+/// and was ignored). The other Kubernetes-only flags are refused there.
+#[test]
+fn a_dry_run_into_a_directory_changes_nothing() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("src");
+    super::repair::write_tree(&src, &[("a", b"from the snapshot")]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("live");
+    super::repair::write_tree(&target, &[("a", b"production v2"), ("b.db", b"keep")]);
+    let spec = format!("latest:{}", src.display());
+    let out = env.ok(&["restore", &spec, "--target", target.to_str().unwrap(), "--dry-run", "--delete"]);
+    let last = format!("0 added, 1 changed, 1 removed, 0 not restorable in {} (preview: nothing changed)\n", target.display());
+    assert!(out.ends_with(&last), "{out}");
+    assert_eq!(
+        (fs::read(target.join("a")).unwrap(), fs::read(target.join("b.db")).unwrap()),
+        (b"production v2".to_vec(), b"keep".to_vec())
+    );
+    let refused = env.run(&["restore", &spec, "--target", target.to_str().unwrap(), "--rehearsal"]);
+    let said = "tresor: error: --rehearsal works with --to k8s:// only\n";
+    assert_eq!((refused.status.code(), String::from_utf8(refused.stderr).unwrap().as_str()), (Some(1), said));
+}

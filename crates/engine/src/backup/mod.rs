@@ -485,9 +485,14 @@ async fn run(repo: Arc<Repository>, mut opts: BackupOptions, session: &Session) 
     let started = Instant::now();
     let start_time = Local::now().fixed_offset();
     walker::resolve_parents(&mut opts.paths)?;
+    let stream = opts.stdin.as_ref().map(|(name, _)| name.clone());
     let (tree, counters, errors) = archive_and_upload(&repo, &mut opts).await?;
     let summary = counters.summary(started.elapsed().as_secs_f64(), start_time, Local::now().fixed_offset());
     let mut snap = snapshot_of(opts, tree, start_time, summary, errors)?;
+    // A stream's name is what tells its backups from another stream's: retention groups by it.
+    if snap.source.kind == "stdin" && snap.source.url.is_none() {
+        snap.source.url = stream.map(|name| format!("stdin:{name}"));
+    }
     commit(&repo, session, &mut snap).await?;
     Ok(snap)
 }
@@ -544,6 +549,18 @@ async fn archive_and_upload(repo: &Arc<Repository>, opts: &mut BackupOptions) ->
 
 /// The snapshot of a backup whose root tree is stored, described by the
 /// rest of its options; its id is given when it is stored.
+/// Tags as restic takes them: `--tag a,b` is two tags (one "a,b" no
+/// `--tag` or `--keep-tag` filter could match, as they split at commas).
+fn split_tags(given: &[String]) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    for t in given.iter().flat_map(|t| t.split(',')).map(str::trim).filter(|t| !t.is_empty()) {
+        if !tags.iter().any(|x| x == t) {
+            tags.push(t.to_string());
+        }
+    }
+    tags
+}
+
 fn snapshot_of(
     opts: BackupOptions,
     tree: Id,
@@ -563,7 +580,7 @@ fn snapshot_of(
         username: fsmeta::username(),
         uid: fsmeta::process_ids().0,
         gid: fsmeta::process_ids().1,
-        tags,
+        tags: split_tags(&tags),
         name,
         source: source.unwrap_or_else(|| SourceInfo { kind: if stdin_name { "stdin" } else { "files" }.into(), ..Default::default() }),
         parent: parent.map(|p| p.id),
