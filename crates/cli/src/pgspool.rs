@@ -56,6 +56,8 @@ const FAILED: &str = ".failed-";
 const ANSWER: Duration = Duration::from_secs(60);
 /// The prefetcher's account of a recovery, in the data directory.
 pub const REPORT: &str = "tresor-prefetch.json";
+/// The report being written: there from before the spool is removed.
+const DRAFT: &str = ".tresor-prefetch.json";
 /// Fetches running at once: enough to hide a fetch's latency, few enough
 /// to leave the cores to PostgreSQL's replay.
 const PARALLEL: usize = 3;
@@ -99,6 +101,8 @@ impl Drop for Prefetcher {
 /// it the unlocked key on its standard input (`open_handed`).
 pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
     let dir = spool(pgdata);
+    // A base backup of a recovered cluster carries that recovery's report.
+    let _ = (std::fs::remove_file(pgdata.join(REPORT)), std::fs::remove_file(pgdata.join(DRAFT)));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join(PLAN), serde_json::to_vec(plan)?).with_context(|| format!("cannot write {}", dir.display()))?;
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
@@ -371,15 +375,25 @@ pub async fn prefetch(g: &Global, pgdata: PathBuf) -> Result<u8> {
         "warnings": warnings,
     });
     // The report appears once the spool is gone: whoever waits for it
-    // finds the recovery's files as they stay.
+    // finds the recovery's files as they stay. Its draft is there before
+    // the spool goes, so a restore_command that finds neither spool nor
+    // report cannot come between them and start a spool of its own (`ended`).
     let mut report = report;
+    let draft = pgdata.join(DRAFT);
+    std::fs::write(&draft, serde_json::to_vec_pretty(&report)?)?;
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         report["warnings"].as_array_mut().expect("an array").push(format!("cannot remove {}: {e}", dir.display()).into());
+        std::fs::write(&draft, serde_json::to_vec_pretty(&report)?)?;
     }
-    let tmp = pgdata.join(format!(".{REPORT}"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
-    std::fs::rename(&tmp, pgdata.join(REPORT))?;
+    std::fs::rename(&draft, pgdata.join(REPORT))?;
     Ok(0)
+}
+
+/// Whether a prefetcher's recovery in `pgdata` has ended (its report, or
+/// the draft it writes before it removes its spool, is there): a
+/// restore_command called after it fetches its one file and makes no spool.
+pub fn ended(pgdata: &Path) -> bool {
+    pgdata.join(REPORT).exists() || pgdata.join(DRAFT).exists()
 }
 
 /// Files restore_commands ask about (`ask`) that are not being looked for yet.

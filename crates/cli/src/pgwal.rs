@@ -141,7 +141,7 @@ async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> 
         // After a prefetcher's recovery ended (its report is there), a
         // late call fetches its one file: a spool made now would stay in
         // pg_wal with nobody to empty it.
-        crate::pgspool::Take::NoPrefetcher if pgdata.join(crate::pgspool::REPORT).exists() => (false, 0),
+        crate::pgspool::Take::NoPrefetcher if crate::pgspool::ended(&pgdata) => (false, 0),
         crate::pgspool::Take::NoPrefetcher => (false, a.prefetch),
     };
     let spooled = spool.join(&wal.name);

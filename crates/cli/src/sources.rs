@@ -23,6 +23,14 @@ pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str
             "snapshot {id} is a PostgreSQL base backup: restore it with `tresor pg restore {id} --target DIR`, or name the dump to restore"
         );
     }
+    let kind = snap.source.kind.as_str();
+    let head = match kind {
+        "stdin" | "command" => stream_head(repo, snap).await?,
+        _ => Vec::new(),
+    };
+    if let Err(why) = tresor_sources::target_takes(to, kind, &head) {
+        bail!("snapshot {} cannot be restored there: {why}; name one by its id, or narrow latest with --tag or --host", snap.id.short());
+    }
     let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs })?;
     let (name, size, said) = stream_into(repo, snap, target.as_mut(), flush).await?;
     if g.json {
@@ -31,6 +39,15 @@ pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str
         println!("restored {name} ({size} bytes) from snapshot {}: {said}", snap.id.short());
     }
     Ok(0)
+}
+
+/// The first bytes of a snapshot's one stream (none when it holds no file).
+async fn stream_head(repo: &Repository, snap: &Snapshot) -> Result<Vec<u8>> {
+    let root = repo.load_tree(&snap.tree).await?;
+    match root.nodes.iter().find(|n| n.kind == NodeKind::File).and_then(|f| f.content.first()) {
+        Some(id) => Ok(repo.load_blob(id).await?.into_iter().take(16).collect()),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Blobs read ahead of a target that is slower to take them.

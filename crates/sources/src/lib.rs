@@ -169,6 +169,30 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
     Err(Error::Unknown(tresor_storage::redact(url)))
 }
 
+/// Snapshot kinds that are a program's bytes, not a server's: what such a
+/// stream holds is known only by looking at it.
+const STREAMS: [&str; 2] = ["stdin", "command"];
+
+/// Whether the restore target `url` takes a snapshot of `kind` whose stream
+/// begins with `head`: its server's own kind, or a program's stream that
+/// begins as the server's format does (a Redis RDB; the other servers'
+/// tools check what they are given before they change anything). Asked
+/// before the target is touched: a Redis handed an etcd snapshot flushed
+/// itself, then failed to load it.
+pub fn target_takes(url: &str, kind: &str, head: &[u8]) -> std::result::Result<(), String> {
+    let (scheme, own, magic): (&str, &str, &[u8]) = match url {
+        u if u.starts_with("redis://") || u.starts_with("rediss://") => ("redis://", "redis", b"REDIS"),
+        u if u.starts_with("postgres://") || u.starts_with("postgresql://") => ("postgres://", "postgres", b""),
+        u if u.starts_with("etcd-data:") => ("etcd-data:", "etcd", b""),
+        _ => return Ok(()),
+    };
+    if kind == own || (STREAMS.contains(&kind) && head.starts_with(magic)) {
+        return Ok(());
+    }
+    let what = if STREAMS.contains(&kind) { format!("a {kind} stream that holds no {own} data") } else { format!("a snapshot of {kind}") };
+    Err(format!("it is {what}, and --to {scheme} takes a snapshot of {own}"))
+}
+
 /// Whether a backup argument names a source rather than a path.
 pub fn is_source(arg: &str) -> bool {
     ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:", "k8s://", "pgbase://"]
@@ -208,5 +232,32 @@ mod tests {
             let said = e.expect("refused").to_string();
             assert!(said.starts_with("unknown source \"mysql://root:***@db/shop\""), "{said}");
         }
+    }
+
+    /// A server's target takes its own kind, and a program's stream that
+    /// begins as its data does; nothing else.
+    #[test]
+    fn a_target_takes_its_own_kind_of_snapshot() {
+        use super::target_takes;
+        assert_eq!(target_takes("redis://h:6379", "redis", b""), Ok(()));
+        assert_eq!(target_takes("redis://h:6379", "command", b"REDIS0011\xfa"), Ok(()));
+        assert_eq!(
+            target_takes("redis://h:6379", "etcd", b""),
+            Err("it is a snapshot of etcd, and --to redis:// takes a snapshot of redis".into())
+        );
+        assert_eq!(
+            target_takes("redis://h:6379", "stdin", b"hello\n"),
+            Err("it is a stdin stream that holds no redis data, and --to redis:// takes a snapshot of redis".into())
+        );
+        assert_eq!(target_takes("etcd-data:/var/lib/etcd", "stdin", b"anything"), Ok(()));
+        assert_eq!(
+            target_takes("etcd-data:/var/lib/etcd", "redis", b"REDIS"),
+            Err("it is a snapshot of redis, and --to etcd-data: takes a snapshot of etcd".into())
+        );
+        assert_eq!(
+            target_takes("postgresql://u@h/db", "pg-base", b""),
+            Err("it is a snapshot of pg-base, and --to postgres:// takes a snapshot of postgres".into())
+        );
+        assert_eq!(target_takes("command:cat > x", "etcd", b""), Ok(()));
     }
 }

@@ -27,6 +27,8 @@ pub struct RedisTarget {
     replicating: bool,
     /// The instance's `masterauth` before tresor set its own, to put back.
     masterauth: Option<String>,
+    /// Keys the instance had evicted before the restore (INFO stats).
+    evicted: u64,
 }
 
 /// How a peer that connects to tresor's port is known to be the instance.
@@ -39,7 +41,7 @@ enum Expect {
 
 impl RedisTarget {
     pub fn new(redis: RedisSource) -> RedisTarget {
-        RedisTarget { redis, control: None, replica: None, replicating: false, masterauth: None }
+        RedisTarget { redis, control: None, replica: None, replicating: false, masterauth: None, evicted: 0 }
     }
 
     /// Give the instance a one-time `masterauth`, keeping its old one; the
@@ -83,6 +85,28 @@ impl RedisTarget {
             return Err(self.redis.fail(format!("REPLICAOF NO ONE failed: {}", reply.trim_start_matches('-'))));
         }
         self.replicating = false;
+        Ok(())
+    }
+
+    /// Whether the instance holds the whole RDB it loaded: one whose
+    /// `maxmemory` is below the data evicts keys as it loads them (and said
+    /// it held them all), or, without eviction, holds more than it may and
+    /// refuses every write.
+    fn whole(&self, c: &mut Conn) -> Result<()> {
+        let stats = c.call(&["INFO", "stats"]).map_err(|e| self.redis.fail(e))?;
+        let memory = c.call(&["INFO", "memory"]).map_err(|e| self.redis.fail(e))?;
+        let (used, max) = (info_number(&memory, "used_memory"), info_number(&memory, "maxmemory"));
+        let evicted = info_number(&stats, "evicted_keys").saturating_sub(self.evicted);
+        if evicted > 0 {
+            return Err(self.redis.fail(format!(
+                "the instance evicted {evicted} keys while it loaded the RDB (maxmemory {max} bytes): it does not hold the whole snapshot; raise its maxmemory and restore again"
+            )));
+        }
+        if max > 0 && used > max {
+            return Err(self.redis.fail(format!(
+                "the instance holds {used} bytes, more than its maxmemory of {max}: it refuses writes; raise its maxmemory"
+            )));
+        }
         Ok(())
     }
 
@@ -234,6 +258,15 @@ fn read_count(r: &mut impl BufRead, mark: char, max: usize) -> std::io::Result<u
 impl Target for RedisTarget {
     fn begin(&mut self, len: u64, overwrite: bool) -> Result<()> {
         let mut c = self.redis.connect()?;
+        // Made a replica of tresor, a replica leaves its master for good and
+        // ends a master itself: its master's data no longer reaches it.
+        let replication = c.call(&["INFO", "replication"]).map_err(|e| self.redis.fail(e))?;
+        if let Some(master) = info_field(&replication, "role").filter(|r| *r == "slave").and(master_of(&replication)) {
+            return Err(self.redis.fail(format!(
+                "the instance is a replica of {master}: restoring would detach it from its master and make it one; restore into the master, or detach this one first (REPLICAOF NO ONE)"
+            )));
+        }
+        self.evicted = info_number(&c.call(&["INFO", "stats"]).map_err(|e| self.redis.fail(e))?, "evicted_keys");
         let keys = self.keys(&mut c)?;
         if keys > 0 && !overwrite {
             return Err(self.redis.fail(format!("the instance holds {keys} keys; restoring replaces them all: add --flush to allow it")));
@@ -268,6 +301,7 @@ impl Target for RedisTarget {
         self.release(&mut c)?;
         self.restore_masterauth(&mut c)?;
         let keys = self.keys(&mut c)?;
+        self.whole(&mut c)?;
         Ok(format!("{} loaded the RDB and holds {keys} keys", self.redis.url()))
     }
 
@@ -290,6 +324,21 @@ impl Target for RedisTarget {
         }
         self.restore_masterauth(&mut c)
     }
+}
+
+/// A field of an INFO reply (`role:master`).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// A number of an INFO reply, 0 when it has none.
+fn info_number(info: &str, name: &str) -> u64 {
+    info_field(info, name).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// A replica's master, `host:port`.
+fn master_of(info: &str) -> Option<String> {
+    Some(format!("{}:{}", info_field(info, "master_host")?, info_field(info, "master_port")?))
 }
 
 #[cfg(test)]

@@ -130,7 +130,19 @@ fn redis_over_tls_trusts_the_given_ca_only() {
     let before = contents(&server);
     let url = format!("rediss://127.0.0.1:{tls_port}");
     let err = env.fails(&["backup", &url], 1);
-    assert_eq!(err, format!("tresor: error: {url}: invalid peer certificate: UnknownIssuer\n"));
+    assert_eq!(
+        err,
+        format!("tresor: error: {url}: TLS handshake with 127.0.0.1:{tls_port} failed: invalid peer certificate: UnknownIssuer\n")
+    );
+    // A plain port reads the hello as a command: the handshake fails within
+    // its 10 s, said so, not after the 60 s read timeout with a bare EAGAIN.
+    let plain = format!("rediss://127.0.0.1:{}", server.port());
+    let started = std::time::Instant::now();
+    let err = env.fails(&["backup", &plain], 1);
+    let failed = format!("tresor: error: {plain}: TLS handshake with 127.0.0.1:{} failed:", server.port());
+    let why = ["no answer within 10 s; is the server serving TLS?\n", "its answer is not TLS; is the server serving TLS?\n"];
+    assert!(why.iter().any(|w| err == format!("{failed} {w}")), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     let out = env.cmd(&["backup", &url]).env("TRESOR_REDIS_CACERT", &ca).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snap = &env.json(&["snapshots"])[0];
@@ -762,4 +774,49 @@ fn a_url_tresor_does_not_take_is_named_without_its_password() {
     assert_eq!(err, "tresor: error: cannot back up mysql://root:***@db/shop: No such file or directory (os error 2)\n");
     let err = env.fails(&["backup", "bucket+s3://AKIA:key-secret@bucket/prefix"], 1);
     assert!(err.starts_with("tresor: error: bucket+s3://AKIA:***@bucket/prefix: ") && !err.contains("key-secret"), "{err}");
+}
+
+/// A Redis target is looked at before it is touched (an operator's review:
+/// each of these wiped or broke a live instance). A snapshot of another
+/// kind is refused (a stream handed over as an RDB made Redis flush
+/// itself, then fail to load it); a replica is refused (made tresor's
+/// replica, it left its master for good); an instance whose maxmemory
+/// evicts keys as it loads fails the restore (it said every key was in).
+#[test]
+fn a_redis_restore_refuses_what_would_wipe_detach_or_thin_the_instance() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let mut stream = env.cmd(&["backup", "--stdin", "--stdin-filename", "notes.txt"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut stream.stdin.take().unwrap(), b"hello\n").unwrap();
+    assert!(stream.wait_with_output().unwrap().status.success());
+    let notes = env.json(&["snapshots"])[0]["short_id"].as_str().unwrap().to_string();
+    let target = RedisServer::start(&[]);
+    target.cli(&["SET", "kept", "1"]);
+    let err = env.fails(&["restore", "latest", "--to", &target.url(), "--flush"], 1);
+    let said = format!(
+        "tresor: error: snapshot {notes} cannot be restored there: it is a stdin stream that holds no redis data, and --to redis:// takes a snapshot of redis; name one by its id, or narrow latest with --tag or --host\n"
+    );
+    assert_eq!(err, said);
+    assert_eq!(target.cli(&["GET", "kept"]), "1", "untouched");
+
+    let source = RedisServer::start(&[]);
+    let values = random_bytes(4 << 20, 7);
+    let sets: String = values.chunks(4096).enumerate().map(|(i, v)| format!("SET k{i} {}\n", hex(v))).collect();
+    source.script(&sets);
+    let id = env.json(&["backup", &source.url()])["snapshot_id"].as_str().unwrap()[..8].to_string();
+    let replica = RedisServer::start(&[]);
+    let port = source.port().to_string();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &port]);
+    let err = env.fails(&["restore", &id, "--to", &replica.url(), "--flush"], 1);
+    let said = format!(
+        "tresor: error: {}: the instance is a replica of 127.0.0.1:{port}: restoring would detach it from its master and make it one; restore into the master, or detach this one first (REPLICAOF NO ONE)\n",
+        replica.url()
+    );
+    assert_eq!(err, said);
+    assert_eq!(replica.cli(&["ROLE"]).lines().next(), Some("slave"), "still its master's replica");
+
+    let small = RedisServer::start(&["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"]);
+    let err = env.fails(&["restore", &id, "--to", &small.url()], 1);
+    let said = format!("tresor: error: {}: the instance evicted ", small.url());
+    assert!(err.starts_with(&said) && err.ends_with(" keys while it loaded the RDB (maxmemory 2097152 bytes): it does not hold the whole snapshot; raise its maxmemory and restore again\n"), "{err}");
 }
