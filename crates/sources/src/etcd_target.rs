@@ -90,11 +90,13 @@ impl EtcdDataTarget {
         Ok(Some(kept))
     }
 
-    /// After the tool failed (`why`): what it left in DIR goes, and the old
+    /// After the tool failed (`why`): what it left in DIR goes (DIR was
+    /// missing or empty, or moved aside: a half-written directory made the
+    /// next restore ask for --flush, and looked like data), and the old
     /// directory comes back; the error says where the old one is.
     fn put_back(&self, kept: Option<PathBuf>, why: &str) -> Error {
-        let Some(kept) = kept else { return self.fail(why) };
         let _ = std::fs::remove_dir_all(&self.dir);
+        let Some(kept) = kept else { return self.fail(why) };
         match std::fs::rename(&kept, &self.dir) {
             Ok(()) => self.fail(format!("{why} (the old directory is back in place)")),
             Err(e) => self.fail(format!("{why} (the old directory is in {}: cannot move it back: {e})", kept.display())),

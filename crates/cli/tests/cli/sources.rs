@@ -647,6 +647,16 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     );
     assert!(!env.path("member.tresor-snapshot.db").exists(), "the snapshot file is removed");
     assert_eq!(keys(&EtcdServer::with_data(&member)), before, "the member's data is where it was");
+    // A stream the tool refuses leaves no half-written directory behind.
+    let mut stream = env.cmd(&["backup", "--stdin", "--stdin-filename", "etcd.db"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(&mut stream.stdin.take().unwrap(), &random_bytes(1 << 20, 5)).unwrap();
+    assert!(stream.wait_with_output().unwrap().status.success());
+    let fresh = env.path("fresh");
+    let to_fresh = to.replace(&member.display().to_string(), &fresh.display().to_string());
+    let err = env.fails(&["restore", "latest", "--to", &to_fresh], 1);
+    assert!(err.starts_with(&format!("tresor: error: {to_fresh}: ")) && err.lines().count() == 1, "{err}");
+    assert!(!fresh.exists(), "nothing is left where the restore failed");
+    env.ok(&["forget", "latest"]);
 
     let dead = format!("etcd://127.0.0.1:{}", tresor_testkit::net::free_port());
     let err = env.fails(&["backup", &dead], 1);
