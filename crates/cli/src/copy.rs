@@ -17,7 +17,20 @@ fn target_password(a: &CopyArgs) -> Result<Password> {
     if let Ok(p) = std::env::var("TRESOR_TO_PASSWORD") {
         return Ok(Password::new(p));
     }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        anyhow::bail!("no password given for the target repository: set TRESOR_TO_PASSWORD, use --to-password-file, or run on a terminal");
+    }
     prompt("target repository password", false)
+}
+
+/// Whether two locations are one repository: local ones by their real
+/// paths (a trailing slash, a relative path or a link named the source as
+/// another, and each copy doubled every snapshot in it).
+fn same_place(a: &tresor_storage::Location, b: &tresor_storage::Location) -> bool {
+    match (a.local_path().map(std::fs::canonicalize), b.local_path().map(std::fs::canonicalize)) {
+        (Some(Ok(x)), Some(Ok(y))) => x == y,
+        _ => a.to_string().trim_end_matches('/') == b.to_string().trim_end_matches('/'),
+    }
 }
 
 /// The snapshots `a` selects (given ids, else the filters, newest N per
@@ -62,7 +75,7 @@ impl std::fmt::Display for InTarget {
 pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     let src = open(g).await?;
     let to = tresor_storage::Location::parse(a.to.expose())?;
-    if to.to_string() == location(g)?.to_string() {
+    if same_place(&to, &location(g)?) {
         anyhow::bail!("--to names the source repository itself");
     }
     let mut opts = open_options(g, Password::new(""))?;

@@ -216,3 +216,37 @@ fn bandwidth_limits_slow_uploads_and_downloads() {
         "tresor: error: cannot read rate \"fast\" (bytes per second, e.g. 500K or 10M)\n"
     );
 }
+
+/// The source named another way (a trailing slash, a relative path, a
+/// link) is the source still: each such copy doubled every snapshot in it.
+/// A target without a password names the target's own variables.
+#[test]
+fn a_copy_into_the_source_itself_is_refused_however_it_is_named() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("d");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "x\n").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let link = env.path("same");
+    std::os::unix::fs::symlink(&env.repo, &link).unwrap();
+    let relative = Path::new(&env.repo).strip_prefix(env.dir.path()).unwrap().to_str().unwrap().to_string();
+    for to in [format!("{}/", env.repo), link.display().to_string(), relative] {
+        let out = env
+            .cmd(&["copy", "--to", &to, "--to-password-file", env.path("pw").to_str().unwrap()])
+            .current_dir(env.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()),
+            (Some(1), "tresor: error: --to names the source repository itself\n"),
+            "{to}"
+        );
+    }
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+    let other = env.path("offsite");
+    env.ok(&["init", "--repo", other.to_str().unwrap()]);
+    let out = env.cmd(&["copy", "--to", other.to_str().unwrap()]).stdin(std::process::Stdio::null()).output().unwrap();
+    let said = "tresor: error: no password given for the target repository: set TRESOR_TO_PASSWORD, use --to-password-file, or run on a terminal\n";
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(1), said));
+}
