@@ -115,6 +115,8 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
         );
     }
     match (r.newest_missing, r.lag_seconds) {
+        // With none there yet, the lag runs from the oldest snapshot it lacked.
+        (Some(_), Some(lag)) if r.present == 0 => println!("replication lag before this run: {lag}s (the target held none of them)"),
         (Some(t), Some(lag)) => println!("replication lag before this run: {lag}s (newest missing snapshot from {t})"),
         _ => println!("replication lag: none, the target had every selected snapshot"),
     }

@@ -286,6 +286,27 @@ fn check_transforms(s: &crate::plan::SourceSpec, at: &Lines, out: &mut Vec<Findi
     }
 }
 
+/// What is wrong with a source's URL that no server need be asked about:
+/// one the sources parse (a port that is no number), or a kind no source
+/// has (`etcd-data:` is a restore target; read as a path, it backed up
+/// nothing, and only `plan check --connect` said so).
+fn source_url_fault(url: &str) -> Option<String> {
+    const PARSED: [&str; 7] = ["redis://", "rediss://", "postgres://", "postgresql://", "etcd://", "command:", "pgbase://"];
+    const OTHERS: [&str; 6] = ["k8s://", "pvc://", "redis-aof:", "bucket+s3://", "bucket+azblob://", "bucket+gcs://"];
+    if PARSED.iter().any(|p| url.starts_with(p)) {
+        return tresor_sources::from_url(url).err().map(|e| e.to_string());
+    }
+    let scheme = url.split_once(':').map(|(s, _)| s).filter(|s| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+    });
+    match scheme {
+        Some(s) if !OTHERS.iter().any(|p| url.starts_with(p)) => Some(format!(
+            "no source is of kind {s}: (a path, or redis://, postgres://, etcd://, pgbase://, command:, k8s://, pvc://, redis-aof:, bucket+s3://, bucket+azblob://, bucket+gcs://)"
+        )),
+        _ => None,
+    }
+}
+
 fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Finding>) {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for s in &plan.sources {
@@ -296,6 +317,9 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
         }
         if nth > 0 {
             out.push(error(at.nth_source(&s.name, nth, "name"), format!("source {} is named twice", s.name)));
+        }
+        if let Some(why) = source_url_fault(s.url.expose()) {
+            out.push(error(at.nth_source(&s.name, nth, "url"), format!("source {}: {why}", s.name)));
         }
         if plan.repositories.contains_key(&s.name) {
             // The job history, the queue and the status page know jobs by name:

@@ -67,6 +67,16 @@ impl EtcdDataTarget {
         std::fs::read_dir(&self.dir).is_ok_and(|mut d| d.next().is_some())
     }
 
+    /// Whether a running etcd holds the directory's database: bbolt locks
+    /// it (`flock`) while it is open.
+    fn in_use(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(db) = std::fs::File::open(self.dir.join("member/snap/db")) else { return false };
+        // SAFETY: an open descriptor; the lock, if taken, goes with the file when it is closed.
+        let rc = unsafe { libc::flock(db.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
+    }
+
     /// Move a directory that holds data aside (an empty one is removed):
     /// where it is kept.
     fn move_aside(&self) -> Result<Option<PathBuf>> {
@@ -110,6 +120,11 @@ impl Target for EtcdDataTarget {
             return Err(
                 self.fail("the directory holds data; restoring replaces it: add --flush to allow it (the old one is kept beside it)")
             );
+        }
+        if self.in_use() {
+            return Err(self.fail(
+                "an etcd is running on the directory (it holds member/snap/db locked): stop it first, or what it writes meanwhile is lost",
+            ));
         }
         let path = self.beside(".tresor-snapshot.db");
         let file = tresor_engine::fsmeta::create_private(&path).map_err(|e| self.fail(format!("cannot write {}: {e}", path.display())))?;

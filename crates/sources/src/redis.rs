@@ -151,7 +151,7 @@ impl Conn {
 
     pub(crate) fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
+        if self.reader.read_line(&mut line).map_err(silent)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
@@ -172,12 +172,23 @@ impl Conn {
         // length is the server's word, and may be absurd.
         let want = n as u64 + 2;
         let mut body = Vec::new();
-        (&mut self.reader).take(want).read_to_end(&mut body)?;
+        (&mut self.reader).take(want).read_to_end(&mut body).map_err(silent)?;
         if body.len() as u64 != want {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
         body.truncate(n as usize);
         Ok(Some(String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// A read the socket's timeout ended, said as what happened (it read
+/// "Resource temporarily unavailable (os error 11)").
+fn silent(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 60 s: the server took the connection and said nothing")
+        }
+        _ => e,
     }
 }
 

@@ -302,7 +302,8 @@ impl Target for RedisTarget {
         self.restore_masterauth(&mut c)?;
         let keys = self.keys(&mut c)?;
         self.whole(&mut c)?;
-        Ok(format!("{} loaded the RDB and holds {keys} keys", self.redis.url()))
+        let s = if keys == 1 { "" } else { "s" };
+        Ok(format!("{} loaded the RDB and holds {keys} key{s}", self.redis.url()))
     }
 
     /// Over a new connection: the control one may be what failed. An

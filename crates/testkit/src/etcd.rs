@@ -51,6 +51,13 @@ impl EtcdServer {
         Self::start_on(dir, &own, None)
     }
 
+    /// A server on the data directory `data` itself (not a copy): what a
+    /// restore into a live member's directory meets.
+    pub fn in_place(data: &Path) -> EtcdServer {
+        let dir = tempfile::Builder::new().prefix("tresor-etcd-").tempdir().expect("temp dir");
+        Self::start_on(dir, data, None)
+    }
+
     fn start_on(dir: TempDir, data: &Path, tls: Option<EtcdTls>) -> EtcdServer {
         let (port, peer) = (free_port(), free_port());
         let scheme = if tls.is_some() { "https" } else { "http" };

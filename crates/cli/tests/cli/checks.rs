@@ -254,3 +254,36 @@ fn plan_check_warns_of_a_repository_backups_go_to_that_is_never_checked() {
     );
     assert_eq!(warnings, [expected.as_str()], "{said}");
 }
+
+/// A source URL wrong without asking any server is an error at its line:
+/// one the source's parser refuses, and a kind no source has (a restore
+/// target's `etcd-data:` was read as a path and passed with 0 errors).
+#[test]
+fn plan_check_refuses_source_urls_no_source_takes() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        "repositories:\n  main:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\n\
+         classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
+         sources:\n  - name: cache\n    class: standard\n    url: redis://127.0.0.1:notaport\n    schedule: '@daily'\n\
+         \x20 - name: etcd\n    class: standard\n    url: etcd-data:/var/lib/etcd\n    schedule: '@daily'\n\
+         \x20 - name: files\n    class: standard\n    url: /srv/files\n    schedule: '@daily'\n",
+    )
+    .unwrap();
+    let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<&str> = said.lines().filter(|l| l.contains(": error: ")).collect();
+    let p = plan.display();
+    assert_eq!(
+        errors,
+        [
+            format!("{p}:12: error: source cache: redis://127.0.0.1:notaport: the port is not a number"),
+            format!(
+                "{p}:16: error: source etcd: no source is of kind etcd-data: (a path, or redis://, postgres://, etcd://, pgbase://, command:, k8s://, pvc://, redis-aof:, bucket+s3://, bucket+azblob://, bucket+gcs://)"
+            ),
+        ],
+        "{said}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}

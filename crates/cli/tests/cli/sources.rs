@@ -637,6 +637,15 @@ fn etcd_snapshot_round_trip_keeps_keys_and_revision() {
     let member_server = EtcdServer::with_data(&member);
     assert_eq!(keys(&member_server), before, "every key and value, from the data directory tresor wrote");
     drop(member_server);
+    // Not under a running member: what it wrote meanwhile would be lost at its restart.
+    let live = EtcdServer::in_place(&member);
+    let err = env.fails(&["restore", "latest", "--to", &to, "--flush"], 1);
+    let said = format!(
+        "tresor: error: {to}: an etcd is running on the directory (it holds member/snap/db locked): stop it first, or what it writes meanwhile is lost\n"
+    );
+    assert_eq!(err, said);
+    assert_eq!(keys(&live), before, "the running member is left alone");
+    drop(live);
     // The tool failing, the old directory is put back, and the snapshot file removed.
     let out = env.cmd(&["restore", "latest", "--to", &to, "--flush"]).env("PATH", "/nonexistent").output().unwrap();
     assert_eq!(
