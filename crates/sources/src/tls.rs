@@ -5,6 +5,7 @@
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -57,10 +58,40 @@ impl TlsFiles {
         }
     }
 
-    /// Wrap a connected socket; the handshake happens on first use.
-    pub fn wrap(&self, tcp: TcpStream, host: &str) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+    /// Wrap a connected socket, the handshake done within [`HANDSHAKE`]: a
+    /// server that does not speak TLS (a plain Redis port) reads the hello
+    /// as a command and waits for its end, and would otherwise hold the
+    /// connection for the whole read timeout and fail with a bare EAGAIN.
+    pub fn wrap(&self, mut tcp: TcpStream, host: &str) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
         let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host} is not a valid TLS server name: {e}"))?;
-        let conn = ClientConnection::new(Arc::new(self.config()?), name).map_err(|e| e.to_string())?;
+        let mut conn = ClientConnection::new(Arc::new(self.config()?), name).map_err(|e| e.to_string())?;
+        let port = tcp.peer_addr().map(|a| a.port()).map_err(|e| e.to_string())?;
+        let failed = |e: std::io::Error| format!("TLS handshake with {host}:{port} failed: {}", handshake_error(&e));
+        let read_timeout = tcp.read_timeout().map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + HANDSHAKE;
+        while conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            tcp.set_read_timeout(Some(left)).and_then(|_| tcp.set_write_timeout(Some(left))).map_err(failed)?;
+            conn.complete_io(&mut tcp).map_err(failed)?;
+        }
+        tcp.set_read_timeout(read_timeout).and_then(|_| tcp.set_write_timeout(None)).map_err(|e| e.to_string())?;
         Ok(StreamOwned::new(conn, tcp))
+    }
+}
+
+/// How long a TLS handshake may take, from the hello to its end.
+pub const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Why a handshake failed, with a hint where the server may not speak TLS
+/// at all: it said nothing TLS within the time, hung up, or said something else.
+fn handshake_error(e: &std::io::Error) -> String {
+    const PLAIN: &str = "is the server serving TLS?";
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidMessage(_)) => format!("its answer is not TLS; {PLAIN}"),
+        Some(other) => other.to_string(),
+        None if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            format!("no answer within {} s; {PLAIN}", HANDSHAKE.as_secs())
+        }
+        None => format!("{e}; {PLAIN}"),
     }
 }
