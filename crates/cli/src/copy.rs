@@ -114,6 +114,9 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
             r.packs_verified
         );
     }
+    if r.holds_carried > 0 {
+        println!("{} legal holds carried to the copies of held snapshots", r.holds_carried);
+    }
     match (r.newest_missing, r.lag_seconds) {
         // With none there yet, the lag runs from the oldest snapshot it lacked.
         (Some(_), Some(lag)) if r.present == 0 => println!("replication lag before this run: {lag}s (the target held none of them)"),

@@ -54,6 +54,8 @@ pub struct CopyReport {
     pub lag_seconds: Option<i64>,
     /// Evidence entries carried to the target.
     pub evidence_copied: usize,
+    /// Holds placed on copies whose originals are held in the source.
+    pub holds_carried: usize,
     /// Evidence entries damaged in the source (number, damage), not carried.
     pub evidence_damaged: Vec<(u64, String)>,
 }
@@ -104,17 +106,44 @@ pub async fn copy(src: Arc<Repository>, dst: Arc<Repository>, selected: Vec<Snap
     if !opts.dry_run {
         copy_evidence(&src, &dst, &mut report).await?;
     }
-    if opts.dry_run || state.missing.is_empty() {
+    if opts.dry_run {
         report.copied = state.missing.iter().map(|s| (s.id, Id::default())).collect();
         return Ok(report);
     }
-    let session = Session::start(dst.clone(), "copy").await.map_err(Error::in_target)?;
-    let result = run(&src, &dst, state, opts, &session, &mut report).await;
-    let ended = session.end().await;
-    dst.reset_index().await;
-    result?;
-    ended.map_err(Error::in_target)?;
+    let mut pairs: Vec<(Id, Id)> = state.pairs.iter().map(|(s, d)| (s.id, d.id)).collect();
+    if !state.missing.is_empty() {
+        let session = Session::start(dst.clone(), "copy").await.map_err(Error::in_target)?;
+        let result = run(&src, &dst, state, opts, &session, &mut report).await;
+        let ended = session.end().await;
+        dst.reset_index().await;
+        result?;
+        ended.map_err(Error::in_target)?;
+    }
+    pairs.extend(report.copied.iter().copied());
+    report.holds_carried = carry_holds(&src, &dst, &pairs).await?;
     Ok(report)
+}
+
+/// Place a hold on each copy whose original is held in the source and
+/// that holds none yet: a legal hold binds every copy of the data (the
+/// off-site copy's own retention removed a held snapshot's copy). A hold
+/// released in the source stays on the copies, whose release is asked of
+/// their own repository. How many were placed.
+async fn carry_holds(src: &Repository, dst: &Repository, pairs: &[(Id, Id)]) -> Result<usize> {
+    let held = crate::holds::holds(src).await?;
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let there: IdSet = crate::holds::holds(dst).await.map_err(Error::in_target)?.iter().map(|h| h.snapshot).collect();
+    let mut placed = 0;
+    for (original, copy) in pairs.iter().filter(|(_, copy)| !there.contains(copy)) {
+        if let Some(h) = held.iter().find(|h| h.snapshot == *original) {
+            let reason = format!("{} (held in the source repository by {} on {})", h.reason, h.by, h.time.format("%Y-%m-%d"));
+            crate::holds::hold(dst, *copy, &reason).await.map_err(Error::in_target)?;
+            placed += 1;
+        }
+    }
+    Ok(placed)
 }
 
 /// Carry the evidence entries the target lacks, re-sealed with its key

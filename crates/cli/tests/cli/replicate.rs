@@ -250,3 +250,37 @@ fn a_copy_into_the_source_itself_is_refused_however_it_is_named() {
     let said = "tresor: error: no password given for the target repository: set TRESOR_TO_PASSWORD, use --to-password-file, or run on a terminal\n";
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(1), said));
 }
+
+/// A legal hold binds the off-site copy too: the copy of a held snapshot
+/// is held there (the copy's own retention removed it), once, with the
+/// source's reason; a copy run again places no second hold.
+#[test]
+fn a_copy_carries_legal_holds_to_the_copies() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("d");
+    fs::create_dir_all(&src).unwrap();
+    for day in 1..=3 {
+        fs::write(src.join("f"), format!("day {day}")).unwrap();
+        env.ok(&["backup", src.to_str().unwrap(), "--time", &format!("2026-03-0{day}T12:00:00+00:00")]);
+    }
+    let oldest = env.json(&["snapshots"])[0]["id"].as_str().unwrap()[..8].to_string();
+    env.ok(&["hold", &oldest, "--reason", "litigation 2026-17"]);
+    let offsite = env.path("offsite");
+    env.ok(&["init", "--repo", offsite.to_str().unwrap()]);
+    let pw = env.path("pw");
+    let said = env.ok(&["copy", "--to", offsite.to_str().unwrap(), "--to-password-file", pw.to_str().unwrap()]);
+    assert!(said.contains("1 legal holds carried to the copies of held snapshots\n"), "{said}");
+    let again = env.ok(&["copy", "--to", offsite.to_str().unwrap(), "--to-password-file", pw.to_str().unwrap()]);
+    assert!(!again.contains("legal holds carried"), "{again}");
+    let there = |args: &[&str]| env.json(&[&["--repo", offsite.to_str().unwrap()][..], args].concat());
+    let holds = there(&["holds"]);
+    let holds = holds.as_array().unwrap();
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    let reason = holds[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("litigation 2026-17 (held in the source repository by "), "{reason}");
+    there(&["forget", "--keep-last", "1"]);
+    let left = there(&["snapshots"]);
+    let originals: Vec<&str> = left.as_array().unwrap().iter().map(|s| &s["original"].as_str().unwrap()[..8]).collect();
+    assert!(originals.contains(&oldest.as_str()) && originals.len() == 2, "{originals:?}");
+}
