@@ -33,7 +33,7 @@ bin=$(realpath "$bin")
 work=${SOAK_DIR:-$(mktemp -d /tmp/tresor-soak.XXXXXX)}
 mkdir -p "$work"
 work=$(realpath "$work")
-export TRESOR_REPOSITORY=$work/repo TRESOR_KDF_MEMORY=64K TRESOR_CACHE_DIR=$work/cache
+export TRESOR_REPOSITORY=$work/repo TRESOR_KDF_MEMORY=1M TRESOR_CACHE_DIR=$work/cache
 offsite=$work/offsite
 printf 'soak password\n' >"$work/pw"
 printf 'writer password\n' >"$work/pw-writer"

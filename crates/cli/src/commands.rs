@@ -64,8 +64,10 @@ pub fn prompt(what: &str, confirm: bool) -> Result<Password> {
 pub fn kdf(g: &Global) -> Result<KdfParams> {
     let Some(text) = g.kdf_memory.as_deref() else { return Ok(KdfParams::default()) };
     match parse_bytes(text).map(|b| b >> 10) {
-        Some(kib @ 8..=0x40_0000) => Ok(KdfParams::with_memory(kib as u32)),
-        _ => bail!("cannot read --kdf-memory (TRESOR_KDF_MEMORY) {text:?} (from 8K to 4G, e.g. 16M)"),
+        // Below 1 MiB, 64 passes (the most) do less than a third of the
+        // default's work; above 1 GiB an unlock refuses the slot (MAX_KDF).
+        Some(kib @ 1024..=0x10_0000) => Ok(KdfParams::with_memory(kib as u32)),
+        _ => bail!("cannot read --kdf-memory (TRESOR_KDF_MEMORY) {text:?} (from 1M to 1G, e.g. 16M)"),
     }
 }
 

@@ -40,8 +40,8 @@ pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
             report(g, "changed password, new key", &id)?;
         }
         KeyCommand::Remove { id } => {
-            let keys = repo.keys().await?;
-            let matches: Vec<Id> = keys.iter().map(|(k, _)| *k).filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            let keys = repo.key_ids().await?;
+            let matches: Vec<Id> = keys.into_iter().filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
             let [target] = matches.as_slice() else {
                 bail!("{} keys match {id:?}; give a unique id prefix", matches.len());
             };

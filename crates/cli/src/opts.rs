@@ -79,7 +79,7 @@ pub struct Global {
     /// Memory a command may use, e.g. 512M or 4G (suffixes K, M, G): one whose repository index would not fit stops before it starts.
     #[arg(long, env = "TRESOR_MAX_MEMORY", global = true, help_heading = REPOSITORY)]
     pub max_memory: Option<String>,
-    /// Memory the password's key derivation (Argon2id) takes in keys this command writes (init, key add, key passwd), e.g. 16M (default 64M): less memory, more passes for the same unlock time, weaker against guessing on GPUs.
+    /// Memory the password's key derivation (Argon2id) takes in keys this command writes (init, key add, key passwd), from 1M to 1G, e.g. 16M (default 64M): less memory, more passes for the same unlock time, weaker against guessing on GPUs.
     #[arg(long, env = "TRESOR_KDF_MEMORY", global = true, help_heading = REPOSITORY)]
     pub kdf_memory: Option<String>,
     /// The repository password itself, from a job's spec: never an argument.

@@ -81,7 +81,7 @@ mod tests {
     fn repository_errors_are_permanent_but_outages() {
         let missing = E::NoRepository { location: "/x".into(), reason: "nothing".into() };
         assert_eq!(classify(&missing), (Reason::RepositoryMissing, false));
-        assert_eq!(classify(&E::WrongPassword { slots: vec![] }), (Reason::WrongPassword, false));
+        assert_eq!(classify(&E::WrongPassword { slots: vec![], damaged: vec![] }), (Reason::WrongPassword, false));
         assert_eq!(classify(&storage(opendal::ErrorKind::Unexpected, true)), (Reason::Repository, true));
         assert_eq!(classify(&storage(opendal::ErrorKind::PermissionDenied, false)), (Reason::Repository, false));
         assert_eq!(classify(&E::corrupt("pack", "ab", "bad MAC")), (Reason::RepositoryDamaged, false));
@@ -121,7 +121,7 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("restore failed")]
         struct Context(#[source] E);
-        assert_eq!(classify(&Context(E::WrongPassword { slots: vec![] })), (Reason::WrongPassword, false));
+        assert_eq!(classify(&Context(E::WrongPassword { slots: vec![], damaged: vec![] })), (Reason::WrongPassword, false));
         assert_eq!(classify(&std::io::Error::other("plain")), (Reason::Error, false));
     }
 }

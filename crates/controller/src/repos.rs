@@ -150,7 +150,7 @@ impl Handles {
             Ok(repo) => Arc::new(repo),
             Err(e) => {
                 let error = e.to_string();
-                if let Error::WrongPassword { slots } = e {
+                if let Error::WrongPassword { slots, .. } = e {
                     refused.insert(r.url.clone(), Refused { tried, slots, error: error.clone() });
                 }
                 return Err(error);

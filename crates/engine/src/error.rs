@@ -6,6 +6,13 @@ use crate::Id;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+fn skipped(damaged: &[String]) -> String {
+    match damaged {
+        [] => String::new(),
+        _ => format!(" (damaged key files, not tried: {})", damaged.join(", ")),
+    }
+}
+
 /// Everything that can go wrong in the engine. Each variant carries the
 /// context a person needs to act on it; [`Error::is_temporary`] tells callers
 /// (the scheduler, the retry loops) whether trying again can help.
@@ -21,8 +28,10 @@ pub enum Error {
     /// sorted (a slot listed but gone when read counts, so a stale listing
     /// does not make a caller unlock again each time): a slot not among
     /// them is one a caller that remembers the refusal has to try.
-    #[error("wrong password: no key of this repository opens with it")]
-    WrongPassword { slots: Vec<Id> },
+    /// `damaged`: the key files skipped as damaged (`keys/<id>`), named
+    /// because one of them may be the key this password was for.
+    #[error("wrong password: no key of this repository opens with it{}", skipped(damaged))]
+    WrongPassword { slots: Vec<Id>, damaged: Vec<String> },
     #[error("repository format version {found} is newer than this tresor supports (version {supported}); upgrade tresor to use it")]
     NewerFormat { found: u32, supported: u32 },
     #[error("storage {op} of {path} failed: {source}")]

@@ -114,8 +114,14 @@ pub(crate) async fn exclusive_in<'a>(repo: &'a Repository, kind: Kind, command: 
 }
 
 impl Repository {
+    /// The slots that can be tried (one damaged was warned of at open).
     pub async fn keys(&self) -> Result<Vec<(Id, KeyFile)>> {
-        Ok(read_slots(self.operator()).await?.0)
+        Ok(read_slots(self.operator()).await?.usable)
+    }
+
+    /// The ids of every stored slot, damaged ones too: what `key remove` may name.
+    pub async fn key_ids(&self) -> Result<Vec<Id>> {
+        crate::slots::slot_ids(self.operator()).await
     }
 
     /// Wrap the master secret under another password: rotation touches no data.
@@ -150,11 +156,12 @@ impl Repository {
         }
         let claim = exclusive(self, "key remove").await?;
         let removed = async {
-            let keys = self.keys().await?;
-            if !keys.iter().any(|(k, _)| k == id) {
+            // A damaged slot is removed as any other: removing it is the remedy.
+            let slots = read_slots(self.operator()).await?;
+            if !slots.usable.iter().map(|(k, _)| k).chain(slots.damaged.iter().map(|(k, _)| k)).any(|k| k == id) {
                 return Err(Error::Invalid(format!("no key {}", id.short())));
             }
-            self.require_own_slot(&keys)?;
+            self.require_own_slot(&slots.usable)?;
             self.delete(&slot_path(id)).await
         }
         .await;

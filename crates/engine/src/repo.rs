@@ -171,7 +171,7 @@ impl Repository {
     pub async fn open(location: &Location, opts: &OpenOptions) -> Result<Repository> {
         let (op, config) = Self::locate(location, &opts.storage).await?;
         let mut tampered = None;
-        let (slots, opened) = crate::slots::unlock(&op, &opts.password, |master| match config.verify(&Crypto::new(master, config.aead)) {
+        let found = crate::slots::unlock(&op, &opts.password, |master| match config.verify(&Crypto::new(master, config.aead)) {
             Ok(()) => true,
             Err(e) => {
                 tampered = Some(e);
@@ -179,15 +179,15 @@ impl Repository {
             }
         })
         .await?;
-        if slots.is_empty() {
+        if found.listed.is_empty() {
             return Err(Error::corrupt("repository", location, "it has no key files"));
         }
-        match opened {
+        match found.opened {
             Some((id, master)) => {
                 let crypto = Crypto::new(&master, config.aead);
                 Ok(Self::assemble(guarded(op), location.clone(), config, (master, crypto), id, opts))
             }
-            None => Err(tampered.unwrap_or(Error::WrongPassword { slots })),
+            None => Err(tampered.unwrap_or(Error::WrongPassword { slots: found.listed, damaged: found.damaged })),
         }
     }
 
@@ -300,7 +300,7 @@ impl Repository {
 
     /// Whether `password` opens this repository (any key slot).
     pub async fn confirms(&self, password: &Password) -> Result<bool> {
-        Ok(crate::slots::unlock(&self.op, password, |m| *m.0 == *self.master.0).await?.1.is_some())
+        Ok(crate::slots::unlock(&self.op, password, |m| *m.0 == *self.master.0).await?.opened.is_some())
     }
 }
 

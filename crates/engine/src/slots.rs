@@ -95,9 +95,21 @@ pub struct KeyFile {
     pub data: String,
 }
 
-fn derive_kek(password: &Password, salt: &[u8], p: KdfParams) -> Result<MasterKey> {
-    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
-        .map_err(|e| Error::Invalid(format!("invalid key derivation parameters: {e}")))?;
+/// Argon2id's settings for `p`, once they are within [`MAX_KDF`] and
+/// [`MAX_KDF_WORK`] and valid for Argon2; else why not.
+fn argon2_params(p: KdfParams) -> std::result::Result<Params, String> {
+    let work = u64::from(p.memory_kib) * u64::from(p.iterations);
+    if p.memory_kib > MAX_KDF.memory_kib || p.iterations > MAX_KDF.iterations || p.parallelism > MAX_KDF.parallelism || work > MAX_KDF_WORK
+    {
+        return Err(format!(
+            "the key derivation asks for {} KiB and {} passes on {} lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
+            p.memory_kib, p.iterations, p.parallelism
+        ));
+    }
+    Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).map_err(|e| format!("invalid key derivation parameters: {e}"))
+}
+
+fn derive_kek(password: &Password, salt: &[u8], params: Params) -> Result<MasterKey> {
     let mut out = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(password.as_bytes(), salt, &mut out[..])
@@ -111,20 +123,45 @@ fn wrap_crypto(kek: &MasterKey) -> Crypto {
     Crypto::new(kek, Aead::Aes256Gcm)
 }
 
-/// The most a stored slot may ask of the key derivation. Slots are plaintext
-/// JSON anyone with write access to the storage can change: unbounded
-/// parameters would let such a file make every `open` allocate terabytes.
-pub const MAX_KDF: KdfParams = KdfParams { memory_kib: 4 << 20, iterations: 64, parallelism: 64 };
+/// The most a slot may ask of the key derivation, read or written. Slots
+/// are plaintext JSON anyone with write access to the storage can change:
+/// unbounded parameters would let such a file make every `open` take
+/// gigabytes for minutes (4 GiB and 64 passes took 7 minutes) before it
+/// says "wrong password". 1 GiB, four times what `--kdf-memory` allows
+/// per pass (its passes fall as its memory rises), keeps an unlock
+/// possible, and short, on a small machine.
+pub const MAX_KDF: KdfParams = KdfParams { memory_kib: 1 << 20, iterations: 64, parallelism: 16 };
+
+/// The most memory × passes (KiB) a slot may ask: four passes over 1 GiB,
+/// twenty times the default's work, a few seconds on a current core.
+pub const MAX_KDF_WORK: u64 = 4 << 20;
+
+/// The length of a slot's salt and of its wrapped secret (nonce, secret, tag).
+const SALT_LEN: usize = 16;
+const WRAPPED_LEN: usize = 12 + 32 + 16;
 
 impl KeyFile {
-    /// A slot as stored, its derivation parameters within [`MAX_KDF`].
+    /// A slot as stored, whole and within [`MAX_KDF`]: a damaged one is
+    /// known before any key derivation, and never taken for a wrong password.
     pub fn parse(id: &Id, bytes: &[u8]) -> Result<KeyFile> {
         let key: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt("key", id, e))?;
-        let p = key.params;
-        if p.memory_kib > MAX_KDF.memory_kib || p.iterations > MAX_KDF.iterations || p.parallelism > MAX_KDF.parallelism {
-            return Err(Error::corrupt("key", id, "its key derivation parameters exceed 4 GiB, 64 passes or 64 lanes"));
-        }
+        key.checked().map_err(|why| Error::corrupt("key", id, why))?;
         Ok(key)
+    }
+
+    /// The salt, the wrapped secret and the derivation's settings, or why
+    /// this slot cannot be tried.
+    fn checked(&self) -> std::result::Result<(Vec<u8>, Vec<u8>, Params), String> {
+        if self.kdf != "argon2id" {
+            return Err(format!("unknown key derivation {:?}", self.kdf));
+        }
+        let params = argon2_params(self.params)?;
+        let decode = |what: &str, text: &str, len: usize| match B64.decode(text) {
+            Ok(bytes) if bytes.len() == len => Ok(bytes),
+            Ok(bytes) => Err(format!("its {what} is {} bytes, not {len}", bytes.len())),
+            Err(e) => Err(format!("its {what} is not base64: {e}")),
+        };
+        Ok((decode("salt", &self.salt, SALT_LEN)?, decode("wrapped secret", &self.data, WRAPPED_LEN)?, params))
     }
 
     pub fn create(master: &MasterKey, password: &Password, params: KdfParams, label: &str) -> Result<(Id, KeyFile)> {
@@ -133,10 +170,12 @@ impl KeyFile {
     }
 
     /// A slot to be stored as `keys/<id>`: the id is bound into its sealing.
+    /// Refused beyond [`MAX_KDF`]: no slot is written that an unlock would skip.
     pub(crate) fn create_as(id: &Id, master: &MasterKey, password: &Password, params: KdfParams, label: &str) -> Result<KeyFile> {
-        let mut salt = [0u8; 16];
+        let argon2 = argon2_params(params).map_err(|why| Error::Invalid(format!("refusing a key: {why}")))?;
+        let mut salt = [0u8; SALT_LEN];
         rand::fill(&mut salt);
-        let kek = derive_kek(password, &salt, params)?;
+        let kek = derive_kek(password, &salt, argon2)?;
         let sealed = wrap_crypto(&kek).seal(&file_ad("key", id, 0), &master.0[..]);
         Ok(KeyFile {
             version: 1,
@@ -154,13 +193,11 @@ impl KeyFile {
     /// Unwrap the master secret; `Error::WrongPassword` (naming this slot) if
     /// it does not open with `password`.
     pub fn unlock(&self, id: &Id, password: &Password) -> Result<MasterKey> {
-        if self.kdf != "argon2id" {
-            return Err(Error::corrupt("key", id, format!("unknown key derivation {:?}", self.kdf)));
-        }
-        let salt = B64.decode(&self.salt).map_err(|e| Error::corrupt("key", id, e))?;
-        let data = B64.decode(&self.data).map_err(|e| Error::corrupt("key", id, e))?;
-        let kek = derive_kek(password, &salt, self.params)?;
-        let secret = wrap_crypto(&kek).open(&file_ad("key", id, 0), &data).map_err(|_| Error::WrongPassword { slots: vec![*id] })?;
+        let (salt, data, params) = self.checked().map_err(|why| Error::corrupt("key", id, why))?;
+        let kek = derive_kek(password, &salt, params)?;
+        let secret = wrap_crypto(&kek)
+            .open(&file_ad("key", id, 0), &data)
+            .map_err(|_| Error::WrongPassword { slots: vec![*id], damaged: Vec::new() })?;
         let bytes: [u8; 32] = secret.as_slice().try_into().map_err(|_| Error::corrupt("key", id, "wrapped secret has the wrong length"))?;
         Ok(MasterKey(Zeroizing::new(bytes)))
     }
@@ -177,56 +214,82 @@ pub(crate) async fn slot_ids(op: &Operator) -> Result<Vec<Id>> {
     Ok(ids)
 }
 
-/// Every readable slot, and the listing they were read from (sorted): a
-/// listed slot missing from the first vanished between listing and reading
-/// (a concurrent `key passwd` or `remove`).
-pub(crate) async fn read_slots(op: &Operator) -> Result<(Vec<(Id, KeyFile)>, Vec<Id>)> {
-    let mut out = Vec::new();
+/// The slots as read: those that can be tried, those that cannot (by id,
+/// and why), and the listing they were read from (sorted): a listed slot
+/// in neither vanished between listing and reading (a concurrent `key
+/// passwd` or `remove`).
+pub(crate) struct Slots {
+    pub(crate) usable: Vec<(Id, KeyFile)>,
+    pub(crate) damaged: Vec<(Id, String)>,
+    pub(crate) listed: Vec<Id>,
+}
+
+pub(crate) async fn read_slots(op: &Operator) -> Result<Slots> {
+    let (mut usable, mut damaged) = (Vec::new(), Vec::new());
     let listed = slot_ids(op).await?;
     for id in &listed {
         let path = slot_path(id);
         match op.read(&path).await {
-            Ok(buf) => out.push((*id, KeyFile::parse(id, &buf.to_vec())?)),
+            Ok(buf) => match KeyFile::parse(id, &buf.to_vec()) {
+                Ok(key) => usable.push((*id, key)),
+                Err(Error::Corrupt { reason, .. }) => damaged.push((*id, reason)),
+                Err(e) => return Err(e),
+            },
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::storage("read", path, e)),
         }
     }
-    Ok((out, listed))
+    Ok(Slots { usable, damaged, listed })
 }
 
-/// The listing `password` was tried against (sorted: a caller compares a
-/// later listing with it, so a slot listed but unreadable counts as seen),
-/// and the first slot, in that order, that `password` opens and `accept`
-/// takes, with its master secret. Slots are tried one at a time and the
-/// search stops there: each try is a full key derivation. `accept` sees
-/// every slot that opens until one is taken (a tampered config is reported
-/// by it, not here). A slot that vanished while being read may have been
-/// replaced by one this password opens (`key passwd`): the slots are then
-/// listed again.
-pub(crate) async fn unlock(
-    op: &Operator,
-    password: &Password,
-    mut accept: impl FnMut(&MasterKey) -> bool,
-) -> Result<(Vec<Id>, Option<(Id, MasterKey)>)> {
-    let mut tried = Vec::new();
+/// What an unlock found: the listing `password` was tried against
+/// (sorted: a caller compares a later listing with it, so a slot listed
+/// but unreadable counts as seen), the slots it skipped as damaged (by
+/// path), and the first slot, in that order, that `password` opens and
+/// `accept` takes, with its master secret.
+pub(crate) struct Unlocked {
+    pub(crate) listed: Vec<Id>,
+    pub(crate) damaged: Vec<String>,
+    pub(crate) opened: Option<(Id, MasterKey)>,
+}
+
+/// Try `password` on the slots. They are tried one at a time and the
+/// search stops at the first that opens: each try is a full key
+/// derivation. A damaged slot (malformed, or asking beyond [`MAX_KDF`]:
+/// anyone who can write to the storage can make one) is skipped with a
+/// warning naming it, and the others are still tried, so it locks no one
+/// out. `accept` sees every slot that opens until one is taken (a tampered
+/// config is reported by it, not here). A slot that vanished while being
+/// read may have been replaced by one this password opens (`key passwd`):
+/// the slots are then listed again.
+pub(crate) async fn unlock(op: &Operator, password: &Password, mut accept: impl FnMut(&MasterKey) -> bool) -> Result<Unlocked> {
+    let mut warned = std::collections::BTreeSet::new();
+    let mut found = Unlocked { listed: Vec::new(), damaged: Vec::new(), opened: None };
     for _ in 0..4 {
-        let (slots, listed) = read_slots(op).await?;
-        let vanished = slots.len() != listed.len();
-        tried = listed;
+        let slots = read_slots(op).await?;
+        let vanished = slots.usable.len() + slots.damaged.len() != slots.listed.len();
+        found.listed = slots.listed;
+        found.damaged = slots.damaged.iter().map(|(id, _)| slot_path(id)).collect();
+        for (id, why) in slots.damaged.iter().filter(|(id, _)| warned.insert(*id)) {
+            tracing::warn!("key file {} is damaged, so it is skipped: {why}", slot_path(id));
+        }
         let mut any_opened = false;
-        for (id, key) in slots {
+        for (id, key) in slots.usable {
             match key.unlock(&id, password) {
-                Ok(m) if accept(&m) => return Ok((tried, Some((id, m)))),
+                Ok(m) if accept(&m) => {
+                    found.opened = Some((id, m));
+                    return Ok(found);
+                }
                 Ok(_) => any_opened = true,
                 Err(Error::WrongPassword { .. }) => continue,
                 Err(e) => return Err(e),
             }
         }
         if any_opened || !vanished {
-            return Ok((tried, None));
+            return Ok(found);
         }
     }
-    Ok((tried, None))
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -246,13 +309,45 @@ mod tests {
         assert_eq!(KdfParams::with_memory(0).memory_kib, 8);
     }
 
+    /// A slot that is malformed or asks beyond the bounds is damaged, known
+    /// from its file alone, before any derivation; never a wrong password.
+    #[test]
+    fn a_slot_malformed_or_beyond_the_bounds_is_damaged_before_any_derivation() {
+        let id = Id([7; 32]);
+        let (_, good) = KeyFile::create(&MasterKey::generate(), &Password::new("pw"), CHEAP, "").unwrap();
+        let damage = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut slot = serde_json::to_value(&good).unwrap();
+            change(&mut slot);
+            KeyFile::parse(&id, &serde_json::to_vec(&slot).unwrap()).err().map(|e| e.to_string())
+        };
+        let said = |why: &str| Some(format!("key {id} is damaged: {why}"));
+        let beyond = |m: u32, t: u32, p: u32| {
+            said(&format!(
+                "the key derivation asks for {m} KiB and {t} passes on {p} lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
+            ))
+        };
+        assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = (4194304.into(), 64.into())), beyond(4194304, 64, 1));
+        assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = ((1 << 20).into(), 5.into())), beyond(1 << 20, 5, 1));
+        assert_eq!(damage(&|s| s["parallelism"] = 17.into()), beyond(64, 1, 17));
+        assert_eq!(damage(&|s| s["memory_kib"] = 0.into()), said("invalid key derivation parameters: memory cost is too small"));
+        assert_eq!(damage(&|s| s["data"] = "".into()), said("its wrapped secret is 0 bytes, not 60"));
+        assert_eq!(damage(&|s| s["salt"] = "!".into()), said("its salt is not base64: Invalid symbol 33, offset 0."));
+        assert_eq!(damage(&|s| s["kdf"] = "scrypt".into()), said("unknown key derivation \"scrypt\""));
+        assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = ((1 << 20).into(), 4.into())), None, "the most a slot may ask");
+        let refused = KeyFile::create(&MasterKey::generate(), &Password::new("pw"), KdfParams::with_memory(2 << 20), "").err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            "refusing a key: the key derivation asks for 2097152 KiB and 1 passes on 1 lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
+        );
+    }
+
     #[test]
     fn wrap_and_unwrap() {
         let master = MasterKey::generate();
         let (id, file) = KeyFile::create(&master, &Password::new("pw"), CHEAP, "").unwrap();
         let back = file.unlock(&id, &Password::new("pw")).unwrap();
         assert_eq!(&back.0[..], &master.0[..]);
-        assert!(matches!(file.unlock(&id, &Password::new("nope")), Err(Error::WrongPassword { slots }) if slots == [id]));
+        assert!(matches!(file.unlock(&id, &Password::new("nope")), Err(Error::WrongPassword { slots, .. }) if slots == [id]));
         // A slot copied under another id does not open: the id is bound in.
         assert!(file.unlock(&Id::random(), &Password::new("pw")).is_err());
         assert_eq!(format!("{:?}", Password::new("pw")), "Password(<redacted>)");

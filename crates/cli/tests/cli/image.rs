@@ -300,7 +300,7 @@ fn the_image_backs_up_restores_and_drills_as_the_deployment_runs_it() {
     let repo = format!("s3://{}/team/prod", s3.bucket());
     let mut env = s3.env();
     env.extend(
-        [("TRESOR_REPOSITORY", repo.as_str()), ("TRESOR_PASSWORD_FILE", PASSWORD_FILE), ("TRESOR_KDF_MEMORY", "64K")]
+        [("TRESOR_REPOSITORY", repo.as_str()), ("TRESOR_PASSWORD_FILE", PASSWORD_FILE), ("TRESOR_KDF_MEMORY", "1M")]
             .map(|(k, v)| (k.into(), v.into())),
     );
     let volumes = [("plan", plan_dir.as_path()), ("secrets", secrets.as_path())];

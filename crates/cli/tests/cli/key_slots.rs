@@ -185,7 +185,7 @@ fn a_key_with_less_memory_takes_more_passes_and_opens() {
     let env = Env::new();
     assert_eq!(
         env.fails(&["init", "--kdf-memory", "0"], 1),
-        "tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) \"0\" (from 8K to 4G, e.g. 16M)\n"
+        "tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) \"0\" (from 1M to 1G, e.g. 16M)\n"
     );
     assert!(!env.path("repo").exists(), "a refused init creates nothing");
     env.ok(&["init", "--kdf-memory", "16M"]);
@@ -195,9 +195,9 @@ fn a_key_with_less_memory_takes_more_passes_and_opens() {
     let slot: serde_json::Value = serde_json::from_slice(&fs::read(&slots[0]).unwrap()).unwrap();
     assert_eq!((slot["memory_kib"].as_u64(), slot["iterations"].as_u64()), (Some(16384), Some(12)));
     env.ok(&["snapshots"]);
-    for bad in ["4K", "5G", "lots"] {
+    for bad in ["8K", "1023K", "2G", "5G", "lots"] {
         let err = env.fails(&["key", "add", "--kdf-memory", bad, "--new-password-file", env.path("pw").to_str().unwrap()], 1);
-        assert_eq!(err, format!("tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) {bad:?} (from 8K to 4G, e.g. 16M)\n"));
+        assert_eq!(err, format!("tresor: error: cannot read --kdf-memory (TRESOR_KDF_MEMORY) {bad:?} (from 1M to 1G, e.g. 16M)\n"));
     }
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "a refused key add writes no slot");
 }
@@ -238,4 +238,45 @@ fn init_makes_a_local_repository_readable_by_its_owner_only() {
     fs::set_permissions(&shared, fs::Permissions::from_mode(0o750)).unwrap();
     init(&shared);
     assert_eq!(mode(&shared), 0o750);
+}
+
+/// A key file anyone with write access to the storage changed is skipped
+/// with a warning naming it, however much it asks of the key derivation,
+/// and the other slots still open; a password that opens none is wrong,
+/// and the error names the skipped file. Removing it is the remedy.
+#[test]
+fn a_damaged_key_file_is_skipped_with_a_warning_and_named() {
+    let env = Env::new();
+    let (_, other) = two_slots(&env);
+    let slot = Path::new(&env.repo).join("keys").join(&other);
+    let stored: serde_json::Value = serde_json::from_slice(&fs::read(&slot).unwrap()).unwrap();
+    let holder = |args: &[&str]| env.as_holder_of("pw2", args);
+    let damages: [(&str, serde_json::Value, &str); 3] = [
+        ("memory_kib", 0.into(), "invalid key derivation parameters: memory cost is too small"),
+        ("data", "".into(), "its wrapped secret is 0 bytes, not 60"),
+        (
+            "memory_kib",
+            4194304.into(),
+            "the key derivation asks for 4194304 KiB and 64 passes on 1 lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
+        ),
+    ];
+    for (field, value, why) in damages {
+        let mut damaged = stored.clone();
+        damaged[field] = value;
+        fs::write(&slot, serde_json::to_vec_pretty(&damaged).unwrap()).unwrap();
+        let warning = format!(" WARN key file keys/{other} is damaged, so it is skipped: {why}\n");
+        let started = std::time::Instant::now();
+        let out = env.run(&["snapshots"]);
+        assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), warning.as_str()), "{field}");
+        let out = holder(&["snapshots"]);
+        let refused = format!(
+            "tresor: error: wrong password: no key of this repository opens with it (damaged key files, not tried: keys/{other})\n"
+        );
+        assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), (Some(12), warning + &refused), "{field}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "a damaged slot was derived: {:?}", started.elapsed());
+    }
+    env.ok(&["key", "remove", &other[..8]]);
+    let out = holder(&["snapshots"]);
+    let said = "tresor: error: wrong password: no key of this repository opens with it\n";
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(12), said));
 }

@@ -78,7 +78,7 @@ impl Env {
         fs::write(dir.path().join("pw"), "correct horse\n").unwrap();
         vars.push(("TRESOR_PASSWORD_FILE".into(), dir.path().join("pw").display().to_string()));
         vars.push(("TRESOR_CACHE_DIR".into(), dir.path().join("cache").display().to_string()));
-        vars.push(("TRESOR_KDF_MEMORY".into(), "64K".into()));
+        vars.push(("TRESOR_KDF_MEMORY".into(), "1M".into()));
         Env { dir, repo, vars, user: None }
     }
 
