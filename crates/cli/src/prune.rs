@@ -68,6 +68,9 @@ pub fn print_report(r: &PruneReport) {
     if r.locked_packs > 0 {
         println!("{} packs are still under Object Lock; a later prune deletes them", r.locked_packs);
     }
+    if r.stale_temporaries.0 > 0 {
+        println!("{} temporary files cut-short writes left removed ({})", r.stale_temporaries.0, mib(r.stale_temporaries.1));
+    }
     for w in &r.waiting {
         println!("{w}");
     }

@@ -333,3 +333,33 @@ async fn indexed_and_stored_packs(env: &Env) -> (BTreeSet<Id>, BTreeSet<Id>) {
     let (index, _) = repo.load_index(&Default::default()).await.unwrap();
     (index.packs().map(|(p, _)| p).collect(), repo.list_ids(Kind::Pack).await.unwrap().into_iter().collect())
 }
+
+/// A local repository whose disk a cut-short write filled: its temporary
+/// file is space nothing uses, and prune could not even write its
+/// heartbeat to free any. Prune removes temporary files older than an hour
+/// first, and runs; one being written now stays.
+#[test]
+fn prune_frees_what_cut_short_writes_left_on_a_full_disk() {
+    let env = Env::new();
+    let disk = crate::restic::Tmpfs::mount(env.path("disk"), "size=8m");
+    let repo = disk.0.join("repo");
+    let at = repo.to_str().unwrap();
+    env.ok(&["init", "--repo", at]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "data\n").unwrap();
+    env.ok(&["backup", "--repo", at, src.to_str().unwrap()]);
+    let (stale, fresh) = (repo.join(".tmp/stale"), repo.join(".tmp/fresh"));
+    fs::create_dir_all(repo.join(".tmp")).unwrap();
+    fs::write(&fresh, vec![1u8; 4096]).unwrap();
+    let mut filler = fs::File::create(&stale).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    fs::File::options().write(true).open(&stale).unwrap().set_modified(hour_ago).unwrap();
+    let out = env.ok(&["prune", "--repo", at]);
+    assert!(out.lines().any(|l| l.starts_with("1 temporary files cut-short writes left removed (")), "{out}");
+    assert!(!stale.exists() && fresh.exists());
+    assert!(env.ok(&["check", "--repo", at]).contains("no errors were found"));
+}

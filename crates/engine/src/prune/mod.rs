@@ -63,6 +63,8 @@ pub struct PruneReport {
     pub waiting: Vec<String>,
     pub index_files_written: usize,
     pub index_files_removed: usize,
+    /// A local store's temporary files a cut-short write left (count, bytes).
+    pub stale_temporaries: (u64, u64),
 }
 
 pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneReport> {
@@ -76,6 +78,8 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
         plan(&repo, &mut view, snapshots, opts, &live, &mut report).await?;
         return Ok(report);
     }
+    // First: on a full disk they may be the space its heartbeat needs.
+    let stale = sweep_temporaries(&repo);
     let session = Session::start(repo.clone(), "prune").await?;
     // An object a concurrent prune removed after this one listed it (a pack
     // it repacked, an index file it superseded) invalidates this run's
@@ -94,7 +98,30 @@ pub async fn prune(repo: Arc<Repository>, opts: &PruneOptions) -> Result<PruneRe
     repo.reset_index().await;
     let report = result?;
     ended?;
-    Ok(report)
+    Ok(PruneReport { stale_temporaries: stale, ..report })
+}
+
+/// How old a local store's temporary file must be to be taken for
+/// abandoned: a write renames its own within seconds.
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+
+/// Remove the temporary files of a local repository (`.tmp/`, where each
+/// object is written before it is renamed into place) older than
+/// [`STALE_TEMPORARY`]: a write a full disk or a kill cut short leaves its
+/// file there, space nothing uses, which nothing else removes. How many,
+/// and their bytes.
+fn sweep_temporaries(repo: &Repository) -> (u64, u64) {
+    let Some(root) = repo.location().local_path() else { return (0, 0) };
+    let Ok(entries) = std::fs::read_dir(root.join(".tmp")) else { return (0, 0) };
+    let mut swept = (0, 0);
+    for e in entries.flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        let old = md.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > STALE_TEMPORARY);
+        if md.is_file() && old && std::fs::remove_file(e.path()).is_ok() {
+            swept = (swept.0 + 1, swept.1 + md.len());
+        }
+    }
+    swept
 }
 
 /// What this run wrote to the index.
