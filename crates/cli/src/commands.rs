@@ -440,7 +440,9 @@ async fn named_packs(repo: &Repository, named: &[String], gone_ok: bool) -> Resu
 
 pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
     let read_data = match (&a.read_data_subset, a.read_data) {
-        (Some(s), _) => parse_subset(s)?,
+        // As restic: the subset alone was read, and a clean result read as a full one.
+        (Some(_), true) => bail!("--read-data reads every pack and --read-data-subset a share of them: give one"),
+        (Some(s), false) => parse_subset(s)?,
         (None, true) => ReadData::ALL,
         (None, false) => ReadData::NONE,
     };

@@ -74,6 +74,13 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
         true => 0,
         false => forget::execute(&repo, &plan).await?.locked.len(),
     };
+    if !g.json && report.is_empty() && plan.unreadable.is_empty() {
+        let filter = a.select.filter();
+        match filter.is_empty() {
+            true => println!("no snapshots: nothing was removed"),
+            false => println!("no snapshot matches {}: nothing was removed", filter.describe()),
+        }
+    }
     if !g.json {
         print_report(&report, a.dry_run);
         let verb = if a.dry_run { "would remove" } else { "removed" };
@@ -129,7 +136,7 @@ fn print_report(report: &[serde_json::Value], dry_run: bool) {
             println!("  keep    {}  {}  {}", short(k), k["time"].as_str().unwrap_or(""), reasons.join(", "));
         }
         for r in &gone {
-            println!("  {}  {}  {}", if dry_run { "remove?" } else { "remove " }, short(r), r["time"].as_str().unwrap_or(""));
+            println!("  remove  {}  {}", short(r), r["time"].as_str().unwrap_or(""));
         }
     }
 }

@@ -151,6 +151,10 @@ impl Repository {
     /// opened with must still be there: so one usable slot always stays,
     /// whatever other key commands do.
     pub async fn remove_key(&self, id: &Id) -> Result<()> {
+        // Refused before anything is written, as forget and prune are.
+        if self.config().append_only {
+            return Err(Error::AppendOnly("key remove".into()));
+        }
         if *id == self.key_id() {
             return Err(Error::Invalid("refusing to remove the key in use; open with another key to remove this one".into()));
         }
@@ -172,6 +176,11 @@ impl Repository {
     /// Replace the slot this process opened with by one for `password`:
     /// the new slot is written and read back before the old one goes.
     pub async fn change_password(&self, password: &Password, kdf: KdfParams, label: &str) -> Result<Id> {
+        // Its old slot could not be deleted: the new one was added, the old
+        // one stayed, and both passwords opened the repository.
+        if self.config().append_only {
+            return Err(Error::AppendOnly("key passwd".into()));
+        }
         let claim = exclusive(self, "key passwd").await?;
         let changed = async {
             self.require_own_slot(&self.keys().await?)?;

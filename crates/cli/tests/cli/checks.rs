@@ -141,6 +141,9 @@ fn slices_of_the_packs_read_each_once() {
         let err = env.fails(&["check", "--read-data-subset", bad], 1);
         assert_eq!(err, "tresor: error: --read-data-subset N/T wants 1 ≤ N ≤ T, such as 1/7\n");
     }
+    // Both: the subset alone was read, and its clean result passed for a full read.
+    let err = env.fails(&["check", "--read-data", "--read-data-subset", "10%"], 1);
+    assert_eq!(err, "tresor: error: --read-data reads every pack and --read-data-subset a share of them: give one\n");
     // A slice of 1000 that no pack falls in reads nothing, and says so.
     let ids: Vec<u64> = files_under(&Path::new(&env.repo).join("data"))
         .iter()

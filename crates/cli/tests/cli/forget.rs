@@ -27,6 +27,8 @@ fn given_snapshots_obey_the_filters_and_exclude_a_policy() {
     let said = "tresor: error: forget takes snapshots or a --keep policy, not both: the policy would be ignored\n";
     assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap().as_str()), (Some(1), said));
     assert_eq!(ids_of(&env, "w2"), w2, "nothing was removed");
+    // A filter no snapshot passes says so (it printed nothing).
+    assert_eq!(env.ok(&["forget", "--host", "nosuch", "--keep-last", "1"]), "no snapshot matches host nosuch: nothing was removed\n");
 }
 
 /// Streams of different names are groups of their own (all stdin backups

@@ -127,7 +127,12 @@ fn append_only_refuses_deletion_until_switched_off_with_the_password_twice() {
     let keys = env.json(&["key", "list"]);
     let other = keys.as_array().unwrap().iter().find(|k| k["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
     let err = env.fails(&["key", "remove", &other[..8]], 1);
-    assert!(err.contains("the repository is append-only: deleting refused"), "{err}");
+    assert_eq!(err, "tresor: error: the repository is append-only: key remove refused (see `tresor append-only`)\n");
+    // Refused before its new slot is written: the old one could not go, and both passwords opened the repository.
+    let out = env.cmd(&["key", "passwd"]).env("TRESOR_NEW_PASSWORD", "third key").output().unwrap();
+    let said = "tresor: error: the repository is append-only: key passwd refused (see `tresor append-only`)\n";
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(1), said));
+    assert_eq!(env.json(&["key", "list"]).as_array().unwrap().len(), 2, "no slot was added");
     fs::write(env.path("wrong"), "not the password\n").unwrap();
     let err = env.fails(&["append-only", "off", "--confirm-password-file", env.path("wrong").to_str().unwrap()], 1);
     assert_eq!(err, "tresor: error: the confirmation password does not open this repository; append-only mode stays on\n");
