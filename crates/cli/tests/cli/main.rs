@@ -22,6 +22,7 @@ mod daemon;
 mod deploy;
 mod doctor;
 mod drill;
+mod etcd_auth;
 mod evidence;
 mod forget;
 mod fuzz_corpus;

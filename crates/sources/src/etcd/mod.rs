@@ -80,7 +80,13 @@ pub fn parse(url: &str) -> Result<Config> {
         cert: cert.map(PathBuf::from),
         key: key.map(PathBuf::from),
     });
-    let user = std::env::var("TRESOR_ETCD_USER").ok().zip(std::env::var("TRESOR_ETCD_PASSWORD").ok());
+    // One without the other was dropped, and etcd said only "user name is empty".
+    let user = match (std::env::var("TRESOR_ETCD_USER").ok(), std::env::var("TRESOR_ETCD_PASSWORD").ok()) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::failed(shown, "TRESOR_ETCD_USER is set and TRESOR_ETCD_PASSWORD is not: set both")),
+        (None, Some(_)) => return Err(Error::failed(shown, "TRESOR_ETCD_PASSWORD is set and TRESOR_ETCD_USER is not: set both")),
+    };
     Ok(Config { endpoints, tls, user })
 }
 
