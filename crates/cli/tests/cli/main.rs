@@ -22,7 +22,7 @@ mod daemon;
 mod deploy;
 mod doctor;
 mod drill;
-mod etcd_auth;
+mod etcd;
 mod evidence;
 mod forget;
 mod fuzz_corpus;
