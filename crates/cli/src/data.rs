@@ -125,12 +125,14 @@ async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id
         bail!("give either paths to back up or --stdin");
     }
     let excludes = read_excludes(&a)?;
-    let paths: Vec<PathBuf> =
+    let mut paths: Vec<PathBuf> =
         a.paths.iter().map(|p| std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))).collect::<Result<_>>()?;
     for (p, given) in paths.iter().zip(&a.paths) {
         // A mistyped source URL is taken for a path: named as given, redacted.
         std::fs::symlink_metadata(p).with_context(|| format!("cannot back up {}", tresor_storage::redact(&given.display().to_string())))?;
     }
+    // As the snapshot will record them: the parent is found by them.
+    tresor_engine::backup::resolve_parents(&mut paths)?;
     let time = a.time.as_deref().map(parse_time).transpose()?;
     let repo = open(g).await?;
     let host = a.host.clone().unwrap_or_else(tresor_engine::hostname);

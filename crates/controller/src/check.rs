@@ -318,6 +318,11 @@ fn check_sources(plan: &Plan, at: &Lines, now: DateTime<Utc>, out: &mut Vec<Find
         if nth > 0 {
             out.push(error(at.nth_source(&s.name, nth, "name"), format!("source {} is named twice", s.name)));
         }
+        if s.name.contains(',') {
+            let why =
+                format!("source {}: a name may not hold a comma: its backups are tagged source=NAME, and tags split at commas", s.name);
+            out.push(error(at.nth_source(&s.name, nth, "name"), why));
+        }
         if let Some(why) = source_url_fault(s.url.expose()) {
             out.push(error(at.nth_source(&s.name, nth, "url"), format!("source {}: {why}", s.name)));
         }

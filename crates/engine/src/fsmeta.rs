@@ -172,26 +172,36 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-/// Open the file the walk found at `path` (`node`) for backup, without
-/// moving its atime where the kernel allows it (owner or root), so reading a
-/// file does not change its node. What is there now must be that file: a
-/// link (a user swapping their file for a link to one they cannot read, for
-/// the backup to store its content under their name), another file or a
-/// fifo (which would block the read) is refused, and not saved.
-pub fn open_for_backup(path: &Path, node: &Node) -> io::Result<std::fs::File> {
+/// Open the regular file at `path` for backup, without moving its atime
+/// where the kernel allows it (owner or root), so reading a file does not
+/// change its node. A link put there since the walk looked is not followed
+/// (a user swapping their file for a link to one they cannot read, for the
+/// backup to store it under their name), and a fifo or device is refused
+/// (a fifo would block the read). A regular file put there by a rename (as
+/// editors and config writers save) is read, and `node` takes its metadata,
+/// so the snapshot never pairs one file's content with another's owner and
+/// mode; whether that happened is returned.
+pub fn open_for_backup(path: &Path, node: &mut Node) -> io::Result<(std::fs::File, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
     let file = match std::fs::OpenOptions::new().read(true).custom_flags(flags | libc::O_NOATIME).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path),
         other => other,
     };
-    let replaced = || io::Error::other("replaced while the backup ran (no longer the file the walk found); not saved");
+    let replaced = || io::Error::other("replaced while the backup ran by what is no regular file; not saved");
     let file = file.map_err(|e| if e.raw_os_error() == Some(libc::ELOOP) { replaced() } else { e })?;
     let md = file.metadata()?;
-    if !md.is_file() || (md.dev(), md.ino()) != (node.device, node.inode) {
+    if !md.is_file() {
         return Err(replaced());
     }
-    Ok(file)
+    if (md.dev(), md.ino()) == (node.device, node.inode) {
+        return Ok((file, false));
+    }
+    // Not even the old file's extended attributes: a capability must not
+    // pass to content it was never given to.
+    let (name, name_raw) = (std::mem::take(&mut node.name), node.name_raw.take());
+    *node = Node { name, name_raw, ..node_from(OsStr::new(""), &md, &mut NameCache::default()) };
+    Ok((file, true))
 }
 
 /// Create `path`, or truncate it, readable and writable by this user alone,
@@ -282,28 +292,35 @@ mod tests {
         assert_eq!(changed_while_read(walked, &md()).as_deref(), Some("modified while it was read; the snapshot holds what was read"));
     }
 
-    /// The file the walk found is read; a link, another file or a fifo put
-    /// in its place since is not.
+    /// A link or a fifo put where the walk found a file is not read; a
+    /// file renamed into its place is, with its own metadata.
     #[test]
-    fn a_file_replaced_after_the_walk_looked_is_not_read() {
+    fn a_file_replaced_after_the_walk_looked_is_read_only_if_it_is_one() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let (path, secret) = (dir.path().join("notes"), dir.path().join("secret"));
         std::fs::write(&path, "mine").unwrap();
         std::fs::write(&secret, "not mine").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let look = || node_from(OsStr::new("notes"), &std::fs::symlink_metadata(&path).unwrap(), &mut NameCache::default());
         let walked = look();
-        assert_eq!(std::io::read_to_string(open_for_backup(&path, &walked).unwrap()).unwrap(), "mine");
-        let said = "replaced while the backup ran (no longer the file the walk found); not saved";
+        let (file, replaced) = open_for_backup(&path, &mut walked.clone()).unwrap();
+        assert_eq!((std::io::read_to_string(file).unwrap(), replaced), ("mine".to_string(), false));
+        let said = "replaced while the backup ran by what is no regular file; not saved";
         std::fs::rename(&path, dir.path().join("old")).unwrap();
         std::os::unix::fs::symlink(&secret, &path).unwrap();
-        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
-        std::fs::remove_file(&path).unwrap();
-        std::fs::hard_link(&secret, &path).unwrap();
-        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
+        assert_eq!(open_for_backup(&path, &mut walked.clone()).unwrap_err().to_string(), said);
         std::fs::remove_file(&path).unwrap();
         let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path, alive for the call.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        assert_eq!(open_for_backup(&path, &walked).unwrap_err().to_string(), said);
+        assert_eq!(open_for_backup(&path, &mut walked.clone()).unwrap_err().to_string(), said);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&secret, &path).unwrap();
+        let mut node = walked.clone();
+        let (file, replaced) = open_for_backup(&path, &mut node).unwrap();
+        assert_eq!((std::io::read_to_string(file).unwrap(), replaced), ("not mine".to_string(), true));
+        let md = std::fs::metadata(&secret).unwrap();
+        assert_eq!((node.name.as_str(), node.mode, node.inode, node.size), ("notes", 0o600, md.ino(), 8));
     }
 }

@@ -102,7 +102,7 @@ fn argon2_params(p: KdfParams) -> std::result::Result<Params, String> {
     if p.memory_kib > MAX_KDF.memory_kib || p.iterations > MAX_KDF.iterations || p.parallelism > MAX_KDF.parallelism || work > MAX_KDF_WORK
     {
         return Err(format!(
-            "the key derivation asks for {} KiB and {} passes on {} lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
+            "the key derivation asks for {} KiB and {} passes on {} lanes, beyond the 4 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
             p.memory_kib, p.iterations, p.parallelism
         ));
     }
@@ -123,17 +123,17 @@ fn wrap_crypto(kek: &MasterKey) -> Crypto {
     Crypto::new(kek, Aead::Aes256Gcm)
 }
 
-/// The most a slot may ask of the key derivation, read or written. Slots
-/// are plaintext JSON anyone with write access to the storage can change:
-/// unbounded parameters would let such a file make every `open` take
-/// gigabytes for minutes (4 GiB and 64 passes took 7 minutes) before it
-/// says "wrong password". 1 GiB, four times what `--kdf-memory` allows
-/// per pass (its passes fall as its memory rises), keeps an unlock
-/// possible, and short, on a small machine.
-pub const MAX_KDF: KdfParams = KdfParams { memory_kib: 1 << 20, iterations: 64, parallelism: 16 };
+/// The most a slot may ask of the key derivation. Slots are plaintext
+/// JSON anyone with write access to the storage can change: unbounded
+/// parameters would let such a file make every `open` take gigabytes for
+/// minutes (4 GiB and 64 passes took 7 minutes) before it says "wrong
+/// password". 4 GiB is the most `--kdf-memory` ever allowed (one pass at
+/// that size; it allows 1 GiB now): a slot an older tresor wrote still
+/// opens its repository.
+pub const MAX_KDF: KdfParams = KdfParams { memory_kib: 4 << 20, iterations: 64, parallelism: 16 };
 
-/// The most memory × passes (KiB) a slot may ask: four passes over 1 GiB,
-/// twenty times the default's work, a few seconds on a current core.
+/// The most memory × passes (KiB) a slot may ask: one pass over 4 GiB,
+/// four over 1 GiB, twenty times the default's work.
 pub const MAX_KDF_WORK: u64 = 4 << 20;
 
 /// The length of a slot's salt and of its wrapped secret (nonce, secret, tag).
@@ -323,7 +323,7 @@ mod tests {
         let said = |why: &str| Some(format!("key {id} is damaged: {why}"));
         let beyond = |m: u32, t: u32, p: u32| {
             said(&format!(
-                "the key derivation asks for {m} KiB and {t} passes on {p} lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
+                "the key derivation asks for {m} KiB and {t} passes on {p} lanes, beyond the 4 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
             ))
         };
         assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = (4194304.into(), 64.into())), beyond(4194304, 64, 1));
@@ -334,10 +334,12 @@ mod tests {
         assert_eq!(damage(&|s| s["salt"] = "!".into()), said("its salt is not base64: Invalid symbol 33, offset 0."));
         assert_eq!(damage(&|s| s["kdf"] = "scrypt".into()), said("unknown key derivation \"scrypt\""));
         assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = ((1 << 20).into(), 4.into())), None, "the most a slot may ask");
-        let refused = KeyFile::create(&MasterKey::generate(), &Password::new("pw"), KdfParams::with_memory(2 << 20), "").err().unwrap();
+        // What `--kdf-memory 4G` wrote before it was bounded at 1G opens still.
+        assert_eq!(damage(&|s| (s["memory_kib"], s["iterations"]) = ((4 << 20).into(), 1.into())), None, "an older tresor's largest");
+        let refused = KeyFile::create(&MasterKey::generate(), &Password::new("pw"), KdfParams::with_memory(8 << 20), "").err().unwrap();
         assert_eq!(
             refused.to_string(),
-            "refusing a key: the key derivation asks for 2097152 KiB and 1 passes on 1 lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
+            "refusing a key: the key derivation asks for 8388608 KiB and 1 passes on 1 lanes, beyond the 4 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask"
         );
     }
 

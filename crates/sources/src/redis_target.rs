@@ -95,7 +95,9 @@ impl RedisTarget {
     fn whole(&self, c: &mut Conn) -> Result<()> {
         let stats = c.call(&["INFO", "stats"]).map_err(|e| self.redis.fail(e))?;
         let memory = c.call(&["INFO", "memory"]).map_err(|e| self.redis.fail(e))?;
-        let (used, max) = (info_number(&memory, "used_memory"), info_number(&memory, "maxmemory"));
+        // As Redis counts it for eviction: replicas' and the AOF's buffers left out.
+        let used = info_number(&memory, "used_memory").saturating_sub(info_number(&memory, "mem_not_counted_for_evict"));
+        let max = info_number(&memory, "maxmemory");
         let evicted = info_number(&stats, "evicted_keys").saturating_sub(self.evicted);
         if evicted > 0 {
             return Err(self.redis.fail(format!(

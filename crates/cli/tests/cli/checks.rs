@@ -271,7 +271,7 @@ fn plan_check_refuses_source_urls_no_source_takes() {
          classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n\
          sources:\n  - name: cache\n    class: standard\n    url: redis://127.0.0.1:notaport\n    schedule: '@daily'\n\
          \x20 - name: etcd\n    class: standard\n    url: etcd-data:/var/lib/etcd\n    schedule: '@daily'\n\
-         \x20 - name: files\n    class: standard\n    url: /srv/files\n    schedule: '@daily'\n",
+         \x20 - name: files,eu\n    class: standard\n    url: /srv/files\n    schedule: '@daily'\n",
     )
     .unwrap();
     let out = env.run(&["plan", "check", plan.to_str().unwrap()]);
@@ -284,6 +284,9 @@ fn plan_check_refuses_source_urls_no_source_takes() {
             format!("{p}:12: error: source cache: redis://127.0.0.1:notaport: the port is not a number"),
             format!(
                 "{p}:16: error: source etcd: no source is of kind etcd-data: (a path, or redis://, postgres://, etcd://, pgbase://, command:, k8s://, pvc://, redis-aof:, bucket+s3://, bucket+azblob://, bucket+gcs://)"
+            ),
+            format!(
+                "{p}:18: error: source files,eu: a name may not hold a comma: its backups are tagged source=NAME, and tags split at commas"
             ),
         ],
         "{said}"

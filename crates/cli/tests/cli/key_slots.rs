@@ -257,7 +257,7 @@ fn a_damaged_key_file_is_skipped_with_a_warning_and_named() {
         (
             "memory_kib",
             4194304.into(),
-            "the key derivation asks for 4194304 KiB and 64 passes on 1 lanes, beyond the 1 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
+            "the key derivation asks for 4194304 KiB and 64 passes on 1 lanes, beyond the 4 GiB, 64 passes, 16 lanes and 4 GiB of passes a key may ask",
         ),
     ];
     for (field, value, why) in damages {

@@ -146,6 +146,8 @@ fn backup_paths_are_read_as_the_kernel_reads_them() {
     symlink(env.path("srv/home/alice"), env.path("app")).unwrap();
     for (given, meant) in [("h3/../d", env.path("d")), ("app/../alice/docs", env.path("srv/home/alice/docs"))] {
         env.ok(&["backup", env.path(given).to_str().unwrap()]);
+        // Its parent is found by the path as resolved: nothing is read again.
+        assert_eq!(env.json(&["backup", env.path(given).to_str().unwrap()])["files_unmodified"], 1, "{given}");
         let snaps = env.json(&["snapshots"]);
         let paths = &snaps.as_array().unwrap().last().unwrap()["paths"];
         assert_eq!(paths, &serde_json::json!([fs::canonicalize(meant).unwrap()]), "{given}");
@@ -162,4 +164,14 @@ fn backup_paths_are_read_as_the_kernel_reads_them() {
         let out = env.run(&["backup", paths[0].to_str().unwrap(), paths[1].to_str().unwrap()]);
         assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(1), said.clone()));
     }
+    // A link further down, between the two paths given, as well.
+    let (outer, deep) = (env.path("srv"), env.path("srv/ext/right"));
+    symlink(env.path("d"), env.path("srv/ext")).unwrap();
+    let out = env.run(&["backup", outer.to_str().unwrap(), deep.to_str().unwrap()]);
+    let said = format!(
+        "tresor: error: backup path {} is below {}, a symbolic link the backup stores as a link, so nothing below it would be saved; give the path it points to\n",
+        deep.display(),
+        env.path("srv/ext").display()
+    );
+    assert_eq!((out.status.code(), String::from_utf8(out.stderr).unwrap()), (Some(1), said));
 }

@@ -42,6 +42,7 @@ mod virtual_input;
 mod walker;
 
 pub use virtual_input::{VirtualEntry, VirtualFile, VirtualInput};
+pub use walker::resolve_parents;
 
 pub type SourceFn = Box<dyn FnOnce() -> std::result::Result<SourceInfo, String> + Send>;
 
@@ -350,8 +351,13 @@ impl Shared {
         if let Some(content) = content {
             return self.process_virtual(ctx, FileJob { path, node, existed, dir, slot, content: None }, content);
         }
-        let file = match fsmeta::open_for_backup(&path, &node) {
-            Ok(f) => f,
+        let file = match fsmeta::open_for_backup(&path, &mut node) {
+            Ok((f, replaced)) => {
+                if replaced {
+                    tracing::warn!("{}: replaced while the backup ran; the snapshot holds the file there now", path.display());
+                }
+                f
+            }
             Err(e) => {
                 self.warn(&path, e);
                 return self.fill(ctx, &dir, slot, None);

@@ -69,23 +69,31 @@ impl Entry {
 }
 
 /// `inner`, a path given below `outer`, another, is saved by `outer`'s
-/// walk only if `outer` is a directory: a link there is stored as a link,
-/// and what is below it would silently be missing.
+/// walk only if every directory on the way, `outer` itself too, is one: the
+/// walk stores a link as a link, and what is below it would silently be
+/// missing.
 fn stored_as_a_directory(outer: &Path, inner: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(outer) {
-        Ok(md) if md.file_type().is_symlink() => Err(Error::Invalid(format!(
-            "backup path {} is below {}, a symbolic link the backup stores as a link, so nothing below it would be saved; give the path it points to",
-            inner.display(),
-            outer.display()
-        ))),
-        _ => Ok(()),
+    let below: Vec<Component> = inner.strip_prefix(outer).map(|b| b.components().collect()).unwrap_or_default();
+    let mut at = outer.to_path_buf();
+    for step in std::iter::once(None).chain(below[..below.len().saturating_sub(1)].iter().map(Some)) {
+        if let Some(c) = step {
+            at.push(c);
+        }
+        if std::fs::symlink_metadata(&at).is_ok_and(|md| md.file_type().is_symlink()) {
+            return Err(Error::Invalid(format!(
+                "backup path {} is below {}, a symbolic link the backup stores as a link, so nothing below it would be saved; give the path it points to",
+                inner.display(),
+                at.display()
+            )));
+        }
     }
+    Ok(())
 }
 
 /// The paths with each `..` resolved as the kernel resolves it, through the
 /// links before it (`/srv/app/../data` is in the directory `/srv/app`'s
 /// link points to, not in `/srv`); a path without one is kept as given.
-pub(super) fn resolve_parents(paths: &mut [PathBuf]) -> Result<()> {
+pub fn resolve_parents(paths: &mut [PathBuf]) -> Result<()> {
     for p in paths.iter_mut() {
         let parts: Vec<Component> = p.components().collect();
         let Some(last_up) = parts.iter().rposition(|c| *c == Component::ParentDir) else { continue };

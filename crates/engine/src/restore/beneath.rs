@@ -42,7 +42,8 @@ struct At {
 impl Beneath {
     /// The target `target`, following a link there: the user named it.
     pub(super) fn open(target: &Path) -> io::Result<Beneath> {
-        let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(target)?;
+        // O_PATH: a target its user may enter and write but not list (0300) is one still.
+        let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC).open(target)?;
         Ok(Beneath { root: dir.into(), target: target.to_path_buf() })
     }
 
@@ -135,26 +136,40 @@ impl Beneath {
     }
 
     /// Give `path` the snapshot's metadata: a link by its name in its
-    /// directory, anything else through a descriptor of it (`O_PATH`, so
-    /// no device is opened and no read access is needed), checked to be
-    /// of the node's kind, that `/proc/self/fd` reaches the inode itself.
+    /// directory; a directory or a file through a descriptor of its own, as
+    /// restore sets a written file's; anything else (and a file this user
+    /// may not read) through an `O_PATH` descriptor, so no device is opened,
+    /// which `/proc/self/fd` names, or where there is no `/proc` (a chroot,
+    /// a rescue system) by its name in its directory. Each checked to be of
+    /// the node's kind.
     pub(super) fn apply(&self, path: &Path, node: &Node, owner: bool) -> io::Result<()> {
         if path == self.target {
-            return fsmeta::apply_to_file(&File::from(self.root.try_clone()?), node, owner);
+            let dir = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(&self.target)?;
+            return fsmeta::apply_to_file(&dir, node, owner);
         }
         let at = self.at(path)?;
         if node.kind == NodeKind::Symlink {
             return at.apply_to_link(node, owner);
         }
-        let held = at.open(libc::O_PATH | libc::O_NOFOLLOW)?;
-        if held.metadata()?.mode() & libc::S_IFMT != mode_kind(node.kind) {
-            return Err(io::Error::other("replaced while the restore ran: its metadata is not set"));
+        if matches!(node.kind, NodeKind::Dir | NodeKind::File) {
+            let dir = if node.kind == NodeKind::Dir { libc::O_DIRECTORY } else { 0 };
+            match at.open(libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | dir) {
+                Ok(f) => return of_kind(&f, node).and_then(|()| fsmeta::apply_to_file(&f, node, owner)),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => return Err(replaced()),
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                Err(e) => return Err(e),
+            }
         }
+        let held = at.open(libc::O_PATH | libc::O_NOFOLLOW)?;
+        of_kind(&held, node)?;
         if owner {
             // SAFETY: an open descriptor and an empty NUL-terminated name, alive for the call.
             check(unsafe { libc::fchownat(held.as_raw_fd(), c"".as_ptr(), node.uid, node.gid, libc::AT_EMPTY_PATH) })?;
         }
-        fsmeta::apply_by_path(Path::new(&format!("/proc/self/fd/{}", held.as_raw_fd())), node)
+        match fsmeta::apply_by_path(Path::new(&format!("/proc/self/fd/{}", held.as_raw_fd())), node) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").exists() => at.apply_by_name(node),
+            applied => applied,
+        }
     }
 
     /// The directory holding `path`, reached from the target through no
@@ -227,6 +242,16 @@ impl At {
         Ok(self.stat()?.st_mode & libc::S_IFMT)
     }
 
+    /// Mode and times by the entry's name, where no `/proc` names its
+    /// descriptor: its kind was checked through one just before.
+    fn apply_by_name(&self, node: &Node) -> io::Result<()> {
+        let (dir, name) = (self.dir.as_raw_fd(), self.name.as_ptr());
+        // SAFETY: an open directory and a NUL-terminated name, alive for the call.
+        check(unsafe { libc::fchmodat(dir, name, node.mode & 0o7777, 0) })?;
+        // SAFETY: an open directory, a NUL-terminated name and two timespecs, alive for the call.
+        check(unsafe { libc::utimensat(dir, name, fsmeta::times(node).as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+    }
+
     /// A link's owner and times (its mode means nothing on Linux).
     fn apply_to_link(&self, node: &Node, owner: bool) -> io::Result<()> {
         let (dir, name) = (self.dir.as_raw_fd(), self.name.as_ptr());
@@ -260,6 +285,18 @@ fn linked(e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(libc::ELOOP) => io::Error::other("a directory above it is a symbolic link, and nothing is restored through one"),
         _ => e,
+    }
+}
+
+fn replaced() -> io::Error {
+    io::Error::other("replaced while the restore ran: its metadata is not set")
+}
+
+/// Whether the open `file` is of the node's kind.
+fn of_kind(file: &File, node: &Node) -> io::Result<()> {
+    match file.metadata()?.mode() & libc::S_IFMT == mode_kind(node.kind) {
+        true => Ok(()),
+        false => Err(replaced()),
     }
 }
 
@@ -366,6 +403,10 @@ mod tests {
             let md = std::fs::symlink_metadata(path).unwrap();
             assert_eq!((md.permissions().mode() & 0o7777, md.mtime(), md.mtime_nsec()), (mode, 1000, 123));
         }
+        // Where no /proc names a descriptor: by the name in its directory.
+        beneath.at(&fifo).unwrap().apply_by_name(&Node { mtime: 2_000_000_000_456, ..node(NodeKind::Fifo, 0o604) }).unwrap();
+        let md = std::fs::symlink_metadata(&fifo).unwrap();
+        assert_eq!((md.permissions().mode() & 0o7777, md.mtime(), md.mtime_nsec()), (0o604, 2000, 456));
     }
 
     /// Restore sets a file's metadata through the file it has open when it
