@@ -265,7 +265,6 @@ fn a_damaged_key_file_is_skipped_with_a_warning_and_named() {
         damaged[field] = value;
         fs::write(&slot, serde_json::to_vec_pretty(&damaged).unwrap()).unwrap();
         let warning = format!(" WARN key file keys/{other} is damaged, so it is skipped: {why}\n");
-        let started = std::time::Instant::now();
         let out = env.run(&["snapshots"]);
         assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).as_ref()), (Some(0), warning.as_str()), "{field}");
         let out = holder(&["snapshots"]);
@@ -273,7 +272,6 @@ fn a_damaged_key_file_is_skipped_with_a_warning_and_named() {
             "tresor: error: wrong password: no key of this repository opens with it (damaged key files, not tried: keys/{other})\n"
         );
         assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), (Some(12), warning + &refused), "{field}");
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "a damaged slot was derived: {:?}", started.elapsed());
     }
     env.ok(&["key", "remove", &other[..8]]);
     let out = holder(&["snapshots"]);
