@@ -165,7 +165,7 @@ pub(crate) fn times(node: &Node) -> [libc::timespec; 2] {
     [ts(atime), ts(node.mtime)]
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
+pub(crate) fn check(rc: libc::c_int) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

@@ -237,7 +237,12 @@ impl RedisSource {
 
 /// A field of an `INFO` section (`key:value` lines), `unknown` if missing.
 fn field(text: &str, key: &str) -> String {
-    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).unwrap_or("unknown").trim().to_string()
+    info_field(text, key).unwrap_or("unknown").to_string()
+}
+
+/// A field of an `INFO` section (`key:value` lines).
+pub(crate) fn info_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
 }
 
 /// The databases `INFO keyspace` lists (those that hold keys).

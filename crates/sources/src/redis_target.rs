@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::redis::{Conn, RedisSource, key_count};
+use crate::redis::{Conn, RedisSource, info_field, key_count};
 use crate::{Error, Result, Target};
 
 pub struct RedisTarget {
@@ -327,11 +327,6 @@ impl Target for RedisTarget {
         }
         self.restore_masterauth(&mut c)
     }
-}
-
-/// A field of an INFO reply (`role:master`).
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
 }
 
 /// A number of an INFO reply, 0 when it has none.

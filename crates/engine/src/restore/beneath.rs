@@ -15,12 +15,12 @@ use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use crate::fsmeta;
+use super::dirfd::c_name;
+use crate::fsmeta::{self, check};
 use crate::tree::{Node, NodeKind};
 
 /// Whether `openat2` answered ENOSYS or EPERM once (an old kernel, or a
@@ -107,7 +107,7 @@ impl Beneath {
     pub(super) fn symlink(&self, to: &OsStr, path: &Path) -> io::Result<()> {
         let at = self.at(path)?;
         let _ = at.unlink();
-        let to = c_bytes(to.as_bytes())?;
+        let to = c_name(to)?;
         // SAFETY: an open directory and NUL-terminated names, alive for the call.
         check(unsafe { libc::symlinkat(to.as_ptr(), at.dir.as_raw_fd(), at.name.as_ptr()) })
     }
@@ -179,7 +179,7 @@ impl Beneath {
         let name = rel.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no name"))?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         let dir = if parent.as_os_str().is_empty() { self.root.try_clone()? } else { self.lookup(parent)? };
-        Ok(At { dir, name: c_bytes(name.as_bytes())? })
+        Ok(At { dir, name: c_name(name)? })
     }
 
     /// The directory `rel` below the target, through no link.
@@ -197,7 +197,7 @@ impl Beneath {
         let mut dir = self.root.try_clone()?;
         for c in rel.components() {
             let Component::Normal(name) = c else { return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a plain name")) };
-            let name = c_bytes(name.as_bytes())?;
+            let name = c_name(name)?;
             let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
             // SAFETY: an open directory and a NUL-terminated name, alive for the call.
             let next = owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags) });
@@ -267,7 +267,7 @@ impl At {
 /// The directory `rel` below `root` by `openat2`, which fails with ELOOP at
 /// any link on the way and never leaves `root`.
 fn openat2_beneath(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
-    let path = c_bytes(rel.as_os_str().as_bytes())?;
+    let path = c_name(rel.as_os_str())?;
     // SAFETY: `open_how` is plain integers, for which zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
@@ -318,17 +318,6 @@ fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
     }
     // SAFETY: the call just returned `fd`, which nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn c_bytes(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ impl Drop for Stream {
     }
 }
 
-fn c_name(name: &OsStr) -> io::Result<CString> {
+pub(super) fn c_name(name: &OsStr) -> io::Result<CString> {
     CString::new(name.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains a NUL byte"))
 }
 
