@@ -55,7 +55,7 @@ pub async fn drill(g: &Global, a: &DrillArgs, name: &str) -> Result<u8> {
 fn print_app(r: &DrillReport) {
     let Some(app) = &r.application else { return };
     for s in &app.sources {
-        println!(
+        say!(
             "  {} ({}): snapshot {} at {} into {}",
             s.source,
             s.kind,
@@ -64,9 +64,9 @@ fn print_app(r: &DrillReport) {
             s.target
         );
     }
-    println!("  consistency window {:.1} s between its sources' points", app.consistency_window_seconds);
+    say!("  consistency window {:.1} s between its sources' points", app.consistency_window_seconds);
     for o in app.hooks.iter().chain(&app.smoke_checks) {
-        println!("  {}", outcome_line(o));
+        say!("  {}", outcome_line(o));
     }
 }
 

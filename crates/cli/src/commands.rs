@@ -134,7 +134,7 @@ pub async fn append_only(g: &Global, a: crate::opts::AppendOnlyArgs) -> Result<u
     if g.json {
         print_json(&json!({"append_only": on}))?;
     } else {
-        println!("append-only mode is {}", if on { "on: nothing will be deleted or overwritten" } else { "off" });
+        say!("append-only mode is {}", if on { "on: nothing will be deleted or overwritten" } else { "off" });
     }
     Ok(0)
 }
@@ -203,7 +203,7 @@ pub fn print_json(v: &impl serde::Serialize) -> Result<()> {
         kept.push(serde_json::to_value(v)?);
         return Ok(());
     }
-    println!("{}", serde_json::to_string(v)?);
+    say!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
@@ -255,8 +255,8 @@ pub async fn init(g: &Global, a: InitArgs) -> Result<u8> {
     if g.json {
         print_json(&json!({"message_type": "initialized", "id": repo.config().id, "repository": loc.to_string()}))?;
     } else {
-        println!("created tresor repository {} at {loc}", repo.config().id.short());
-        println!("Keep the password safe: without it the data cannot be recovered.");
+        say!("created tresor repository {} at {loc}", repo.config().id.short());
+        say!("Keep the password safe: without it the data cannot be recovered.");
     }
     Ok(0)
 }
@@ -294,9 +294,9 @@ pub async fn snapshots(g: &Global, a: SnapshotsArgs) -> Result<u8> {
         if let Some(t) = &key.tags {
             what.push(format!("tags [{}]", t.join(", ")));
         }
-        println!("snapshots for ({}):", what.join(", "));
+        say!("snapshots for ({}):", what.join(", "));
         snapshot_table(snaps);
-        println!();
+        say!();
     }
     Ok(0)
 }
@@ -329,9 +329,9 @@ fn snapshot_table(snaps: &[Snapshot]) {
             w3 = widths[3],
             w4 = widths[4]
         );
-        println!("{}", line.trim_end());
+        say!("{}", line.trim_end());
     }
-    println!("{}", counted(snaps.len(), "snapshot"));
+    say!("{}", counted(snaps.len(), "snapshot"));
 }
 
 pub fn human(n: u64) -> String {
@@ -349,7 +349,7 @@ pub fn human(n: u64) -> String {
 pub async fn synth(g: &Global, a: SynthArgs) -> Result<u8> {
     let repo = open(g).await?;
     let made = tresor_engine::synth::generate(&repo, a.blobs, a.blobs_per_pack).await?;
-    println!("{}", serde_json::to_string(&made)?);
+    say!("{}", serde_json::to_string(&made)?);
     Ok(0)
 }
 
@@ -389,12 +389,12 @@ pub async fn stats(g: &Global, a: StatsArgs) -> Result<u8> {
         print_json(&v)?;
         return crate::data::unread(&lost, "counted");
     }
-    println!("snapshots:            {}", snaps.len());
-    println!("files (all snapshots): {files}, {}", human(bytes));
-    println!("unique blobs:         {}, {}", index.blob_count(), human(raw));
-    println!("stored in {} packs:   {}", index.packs().count(), human(stored));
-    println!("compression ratio:    {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
-    println!("deduplication ratio:  {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
+    say!("snapshots:            {}", snaps.len());
+    say!("files (all snapshots): {files}, {}", human(bytes));
+    say!("unique blobs:         {}, {}", index.blob_count(), human(raw));
+    say!("stored in {} packs:   {}", index.packs().count(), human(stored));
+    say!("compression ratio:    {:.2}", v["compression_ratio"].as_f64().unwrap_or(0.0));
+    say!("deduplication ratio:  {:.2}", v["dedup_ratio"].as_f64().unwrap_or(0.0));
     crate::data::unread(&lost, "counted")
 }
 
@@ -457,7 +457,7 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
     if g.json {
         print_json(&report)?;
     } else {
-        println!(
+        say!(
             "checked {}, {}, {} ({} read)",
             counted(report.snapshots, "snapshot"),
             counted(report.packs, "pack"),
@@ -466,37 +466,37 @@ pub async fn check(g: &Global, a: CheckArgs) -> Result<u8> {
         );
         if read_data.any() && report.packs_read == 0 && report.packs > 0 {
             // The share is taken by pack id: a small one of a small repository may hold none.
-            println!("note: no pack falls in that share of the packs, so no data was read");
+            say!("note: no pack falls in that share of the packs, so no data was read");
         }
         if !report.unindexed_packs.is_empty() {
             let n = report.unindexed_packs.len();
-            println!("note: {n} packs are not indexed (left by an interrupted backup, or taken out by a repair; a prune deletes them)");
+            say!("note: {n} packs are not indexed (left by an interrupted backup, or taken out by a repair; a prune deletes them)");
         }
         for p in &report.problems {
-            println!("error: {}: {}", p.object, p.error);
+            say!("error: {}: {}", p.object, p.error);
             if !p.snapshots.is_empty() {
-                println!("  affects snapshots: {}", p.snapshots.join(", "));
+                say!("  affects snapshots: {}", p.snapshots.join(", "));
             }
             for f in p.files.iter().take(20) {
-                println!("  damaged: {f}");
+                say!("  damaged: {f}");
             }
             if p.files.len() > 20 {
-                println!("  … and {} more files", p.files.len() - 20);
+                say!("  … and {} more files", p.files.len() - 20);
             }
         }
         if report.ok() {
-            println!("no errors were found");
+            say!("no errors were found");
         }
         if !report.damaged_packs.is_empty() {
             let ids: Vec<String> = report.damaged_packs.iter().map(|p| format!("--read-pack {}", p.to_hex())).collect();
-            println!("to read the damaged packs again: tresor check {}", ids.join(" "));
+            say!("to read the damaged packs again: tresor check {}", ids.join(" "));
         }
         if !report.damaged_index_files.is_empty() {
             // Not `repair snapshots` first: it would take the blobs the damaged
             // index files list, still whole in their packs, for lost.
-            println!("the index can be rebuilt from the packs: run `tresor repair index`, then check again");
+            say!("the index can be rebuilt from the packs: run `tresor repair index`, then check again");
         } else if report.problems.iter().any(|p| !p.files.is_empty()) {
-            println!(
+            say!(
                 "to keep the rest: `tresor repair snapshots --read-data` saves each affected snapshot without what is lost \
                  (with --forget it removes the damaged one, which check reports until then); the next backup then stores that data anew"
             );
@@ -522,25 +522,28 @@ pub async fn repair(g: &Global, a: RepairArgs) -> Result<u8> {
         print_json(&report)?;
     } else {
         let verb = if dry_run { "would index" } else { "indexed" };
-        println!(
+        say!(
             "{verb} {} blobs in {} packs; wrote {} index files, removed {}",
-            report.blobs, report.packs, report.index_files_written, report.index_files_removed
+            report.blobs,
+            report.packs,
+            report.index_files_written,
+            report.index_files_removed
         );
         if report.lost_blobs_left_out > 0 {
-            println!(
+            say!(
                 "left out {} a repair found lost ({} whole, which a prune deletes)",
                 counted(report.lost_blobs_left_out, "blob"),
                 counted(report.quarantined_packs, "damaged pack")
             );
         }
         for u in &report.unreadable {
-            println!("unreadable pack {u}");
+            say!("unreadable pack {u}");
         }
         for p in &report.listed_as_before {
-            println!("pack {p} indexed as the old index listed them: its trailer is damaged");
+            say!("pack {p} indexed as the old index listed them: its trailer is damaged");
         }
         if !report.listed_as_before.is_empty() {
-            println!("run `tresor repair snapshots --read-data` to copy their blobs into new packs");
+            say!("run `tresor repair snapshots --read-data` to copy their blobs into new packs");
         }
     }
     if report.unreadable.is_empty() { Ok(0) } else { bail!("{} packs could not be read", report.unreadable.len()) }
@@ -563,18 +566,18 @@ async fn repair_snapshots(g: &Global, repo: Arc<Repository>, opts: &tresor_engin
                     (false, true, true) => " (it would be forgotten)",
                     (false, false, _) => " (forget it, or add --forget)",
                 };
-                println!("snapshot {} was repaired as {} before{then}; it lost:", r.id.short(), new.short())
+                say!("snapshot {} was repaired as {} before{then}; it lost:", r.id.short(), new.short())
             }
-            (Some(new), false) => println!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
-            (None, _) => println!("snapshot {} would be repaired; it lost:", r.id.short()),
+            (Some(new), false) => say!("snapshot {} repaired as {}; lost:", r.id.short(), new.short()),
+            (None, _) => say!("snapshot {} would be repaired; it lost:", r.id.short()),
         }
         for p in &r.lost {
-            println!("  {p}");
+            say!("  {p}");
         }
     }
-    println!("{}", counted(report.len(), "damaged snapshot"));
+    say!("{}", counted(report.len(), "damaged snapshot"));
     if index.dropped_blobs > 0 {
-        println!(
+        say!(
             "taken out of the index: {} lost, which the next backup of that data stores anew; {} readable from damaged packs copied to new packs",
             counted(index.dropped_blobs, "blob"),
             counted(index.copied_blobs, "blob")

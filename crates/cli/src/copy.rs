@@ -95,17 +95,17 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
     }
     for (from, to) in &r.copied {
         if a.dry_run {
-            println!("would copy snapshot {}", from.short());
+            say!("would copy snapshot {}", from.short());
         } else {
-            println!("copied snapshot {} -> {}", from.short(), to.short());
+            say!("copied snapshot {} -> {}", from.short(), to.short());
         }
     }
     for id in &r.forgotten {
-        println!("snapshot {} was forgotten in the source while it was copied: skipped", id.short());
+        say!("snapshot {} was forgotten in the source while it was copied: skipped", id.short());
     }
-    println!("{} selected snapshots were in the target already", r.present);
+    say!("{} selected snapshots were in the target already", r.present);
     if !a.dry_run {
-        println!(
+        say!(
             "{} blobs ({:.1} MiB packed) transferred, {} reused from the target; {} new packs, {} read back and verified",
             r.blobs_copied,
             r.bytes_copied as f64 / (1 << 20) as f64,
@@ -115,13 +115,13 @@ pub async fn copy(g: &Global, a: CopyArgs) -> Result<u8> {
         );
     }
     if r.holds_carried > 0 {
-        println!("{} legal holds carried to the copies of held snapshots", r.holds_carried);
+        say!("{} legal holds carried to the copies of held snapshots", r.holds_carried);
     }
     match (r.newest_missing, r.lag_seconds) {
         // With none there yet, the lag runs from the oldest snapshot it lacked.
-        (Some(_), Some(lag)) if r.present == 0 => println!("replication lag before this run: {lag}s (the target held none of them)"),
-        (Some(t), Some(lag)) => println!("replication lag before this run: {lag}s (newest missing snapshot from {t})"),
-        _ => println!("replication lag: none, the target had every selected snapshot"),
+        (Some(_), Some(lag)) if r.present == 0 => say!("replication lag before this run: {lag}s (the target held none of them)"),
+        (Some(t), Some(lag)) => say!("replication lag before this run: {lag}s (newest missing snapshot from {t})"),
+        _ => say!("replication lag: none, the target had every selected snapshot"),
     }
     damaged(&r)
 }

@@ -282,10 +282,10 @@ pub fn plan_check(g: &Global, a: PlanCheckArgs) -> Result<u8> {
         print_json(&json!({"file": a.plan, "errors": errors, "findings": items}))?;
     } else {
         for f in &findings {
-            println!("{}:{f}", a.plan.display());
+            say!("{}:{f}", a.plan.display());
         }
         let counted = crate::commands::counted;
-        println!(
+        say!(
             "{}: {}, {}: {}, {}",
             a.plan.display(),
             counted(plan.sources.len(), "source"),
@@ -303,10 +303,10 @@ pub fn jobs(g: &Global, a: JobsArgs) -> Result<u8> {
     if g.json {
         return print_json(&jobs).map(|_| 0);
     }
-    println!("{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} reason", "job", "source", "kind", "trigger", "started (UTC)", "status");
+    say!("{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} reason", "job", "source", "kind", "trigger", "started (UTC)", "status");
     for j in &jobs {
         let why = [j.outcome.reason.clone().unwrap_or_default(), j.outcome.message.clone().unwrap_or_default()].join(" ");
-        println!(
+        say!(
             "{:>6}  {:<20} {:<8} {:<9} {:<20} {:<10} {}",
             j.id,
             j.source,
@@ -330,7 +330,7 @@ pub async fn audit(g: &Global, a: AuditArgs) -> Result<u8> {
         return print_json(&entries).map(|_| 0);
     }
     for e in &entries {
-        println!("{}  {:<14} {:<8} {:<20} {:<10} {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.target, e.result, e.detail);
+        say!("{}  {:<14} {:<8} {:<20} {:<10} {}", e.time.format("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.target, e.result, e.detail);
     }
     Ok(0)
 }
@@ -343,9 +343,9 @@ async fn verify_evidence(g: &Global) -> Result<u8> {
         print_json(&v)?;
     } else {
         let head = v.head.map_or("none".into(), |h| format!("{} ({})", h.seq, h.hash.short()));
-        println!("evidence log: {} entries, head {head}", v.entries);
+        say!("evidence log: {} entries, head {head}", v.entries);
         for p in &v.problems {
-            println!("problem: {p}");
+            say!("problem: {p}");
         }
     }
     if v.problems.is_empty() {

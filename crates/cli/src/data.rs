@@ -247,11 +247,11 @@ pub async fn run_and_report(
             "total_duration": s.total_duration, "errors": snap.errors.len(),
         }))?;
     } else {
-        println!("Files: {} new, {} changed, {} unmodified", s.files_new, s.files_changed, s.files_unmodified);
-        println!("Dirs:  {} new, {} changed, {} unmodified", s.dirs_new, s.dirs_changed, s.dirs_unmodified);
-        println!("Added to the repository: {} ({} stored)", human(s.data_added), human(s.data_added_packed));
-        println!("processed {} files, {} in {:.2}s", s.total_files_processed, human(s.total_bytes_processed), s.total_duration);
-        println!("snapshot {} saved", snap.id.short());
+        say!("Files: {} new, {} changed, {} unmodified", s.files_new, s.files_changed, s.files_unmodified);
+        say!("Dirs:  {} new, {} changed, {} unmodified", s.dirs_new, s.dirs_changed, s.dirs_unmodified);
+        say!("Added to the repository: {} ({} stored)", human(s.data_added), human(s.data_added_packed));
+        say!("processed {} files, {} in {:.2}s", s.total_files_processed, human(s.total_bytes_processed), s.total_duration);
+        say!("snapshot {} saved", snap.id.short());
     }
     if !snap.errors.is_empty() {
         eprintln!("warning: {} files could not be read and are missing from snapshot {}", snap.errors.len(), snap.id.short());
@@ -384,7 +384,7 @@ fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &Res
     }
     if !s.errors.is_empty() {
         if !g.json {
-            println!(
+            say!(
                 "restore of snapshot {} to {} failed: {} of {} files restored",
                 snap.id.short(),
                 target.display(),
@@ -409,7 +409,7 @@ fn report_restore(g: &Global, snap: &Snapshot, target: &std::path::Path, s: &Res
         if s.files_deleted > 0 {
             line += &format!("; {} deleted", s.files_deleted);
         }
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }
@@ -428,7 +428,7 @@ async fn verify(g: &Global, repo: &Repository, snap: &Snapshot, tree: tresor_eng
     if g.json {
         print_json(&json!({"message_type": "verified", "snapshot_id": snap.id, "files": report.files, "bytes": report.bytes}))?;
     } else {
-        println!("verified {} files ({}) against the snapshot's content hashes", report.files, human(report.bytes));
+        say!("verified {} files ({}) against the snapshot's content hashes", report.files, human(report.bytes));
     }
     Ok(0)
 }

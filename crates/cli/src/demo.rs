@@ -37,7 +37,7 @@ fn password(dir: &Path) -> Result<Password> {
         let pw: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         std::fs::write(&file, &pw)?;
         std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-        println!("generated password file {}", file.display());
+        say!("generated password file {}", file.display());
     }
     Ok(Password::new(std::fs::read_to_string(&file)?.trim_end()))
 }
@@ -69,7 +69,7 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
             settings: Default::default(),
         };
         let r = Repository::init(&loc, &init).await?;
-        println!("initialised repository {} at {}", r.config().id.short(), repo_path.display());
+        say!("initialised repository {} at {}", r.config().id.short(), repo_path.display());
         r
     };
     let repo = Arc::new(repo);
@@ -79,7 +79,7 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
             backup(repo.clone(), BackupOptions { paths: vec![source.clone()], tags: vec!["demo".into()], parent, ..Default::default() })
                 .await?;
         let s = snap.summary.unwrap_or_default();
-        println!(
+        say!(
             "backup {round}: snapshot {} — {} files, {} new, {} unchanged, {} added in {:.2}s",
             snap.id.short(),
             s.total_files_processed,
@@ -89,9 +89,9 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
             s.total_duration
         );
     }
-    println!("snapshots:");
+    say!("snapshots:");
     for s in repo.snapshots().await? {
-        println!("  {}  {}  {}", s.id.short(), s.time.format("%Y-%m-%d %H:%M:%S"), s.paths.join(" "));
+        say!("  {}  {}  {}", s.id.short(), s.time.format("%Y-%m-%d %H:%M:%S"), s.paths.join(" "));
     }
     let latest = repo.find_snapshot("latest").await?;
     let target = dir.join("restored");
@@ -99,12 +99,12 @@ pub async fn demo(a: DemoArgs) -> Result<u8> {
     let summary = restore(repo.clone(), &latest, &RestoreOptions { target: target.clone(), ..Default::default() }).await?;
     let restored = target.join(source.strip_prefix("/").unwrap_or(&source));
     let differences = compare(&source, &restored)?;
-    println!("restored {} files ({}) to {}", summary.files_restored, human(summary.bytes_restored), restored.display());
+    say!("restored {} files ({}) to {}", summary.files_restored, human(summary.bytes_restored), restored.display());
     if differences > 0 {
         bail!("{differences} files differ after restore");
     }
-    println!("every restored file is byte-identical to its original");
-    println!("try: TRESOR_REPOSITORY={} TRESOR_PASSWORD_FILE={} tresor snapshots", repo_path.display(), dir.join("password").display());
+    say!("every restored file is byte-identical to its original");
+    say!("try: TRESOR_REPOSITORY={} TRESOR_PASSWORD_FILE={} tresor snapshots", repo_path.display(), dir.join("password").display());
     Ok(0)
 }
 

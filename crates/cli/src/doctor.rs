@@ -63,20 +63,16 @@ pub fn run(g: &Global, a: &PlanCheckArgs) -> Result<u8> {
         }))?;
     } else {
         for f in &findings {
-            println!("{}:{f}", a.plan.display());
+            say!("{}:{f}", a.plan.display());
         }
         if errors > 0 {
             // Said so: a WAL source's server may have been asked for its archive_timeout already.
-            println!(
-                "{}: {}: the connections are checked once the plan has none",
-                a.plan.display(),
-                crate::commands::counted(errors, "error")
-            );
+            say!("{}: {}: the connections are checked once the plan has none", a.plan.display(), crate::commands::counted(errors, "error"));
         } else {
             for c in &checks {
-                println!("{c}");
+                say!("{c}");
             }
-            println!("{} checks: {} ok, {failed} failed", checks.len(), checks.len() - failed);
+            say!("{} checks: {} ok, {failed} failed", checks.len(), checks.len() - failed);
         }
     }
     Ok(if errors + failed > 0 { crate::EXIT_ERROR } else { 0 })

@@ -24,11 +24,11 @@ fn seconds(s: f64) -> String {
 
 fn print(r: &Rehearsal) {
     let back = r.steps.iter().filter(|s| s.drill.passed).count();
-    println!("rehearsal from {}: {back} of {} sources back and validated", r.from, r.steps.len());
+    say!("rehearsal from {}: {back} of {} sources back and validated", r.from, r.steps.len());
     for (i, s) in r.steps.iter().enumerate() {
         let d = &s.drill;
         let verdict = if d.passed { "PASS" } else { "FAIL" };
-        println!(
+        say!(
             "  {}. {}: {verdict} {} ({}) in {}, done after {}",
             i + 1,
             s.tier,
@@ -38,7 +38,7 @@ fn print(r: &Rehearsal) {
             seconds(s.done_after_seconds)
         );
         for why in &d.reasons {
-            println!("     failed: {why}");
+            say!("     failed: {why}");
         }
     }
     let target = r.rto_target.map_or("no target: set drills.platform_rto".into(), |t| format!("target {}", seconds(t as f64)));
@@ -47,20 +47,20 @@ fn print(r: &Rehearsal) {
         Some(false) => ": MISSED",
         None => "",
     };
-    println!("platform RTO {} ({target}){met}", seconds(r.rto_seconds));
+    say!("platform RTO {} ({target}){met}", seconds(r.rto_seconds));
     if let Some(e) = &r.evidence {
         if !e.recorded_in.is_empty() {
-            println!("evidence: {} recorded in the evidence log of {}", r.test_id, e.recorded_in.join(", "));
+            say!("evidence: {} recorded in the evidence log of {}", r.test_id, e.recorded_in.join(", "));
         }
         for n in &e.not_recorded {
-            println!("evidence: NOT recorded in the evidence log of {}: {}", n.repository, n.reason);
+            say!("evidence: NOT recorded in the evidence log of {}: {}", n.repository, n.reason);
         }
     }
     for why in &r.left_behind {
-        println!("scratch left behind: {why}");
+        say!("scratch left behind: {why}");
     }
     if r.scratch.exists() {
-        println!("the restored data is kept in {}", r.scratch.display());
+        say!("the restored data is kept in {}", r.scratch.display());
     }
 }
 

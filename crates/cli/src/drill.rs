@@ -28,10 +28,10 @@ pub(crate) fn print(r: &Report) {
         (BackupCopy::Offsite, Some(repo)) => format!(" from the off-site copy {repo}"),
         _ => String::new(),
     };
-    println!("{verdict} {} ({}) {}{from}", r.source, r.class, r.test_id);
+    say!("{verdict} {} ({}) {}{from}", r.source, r.class, r.test_id);
     if let Some(snap) = &r.snapshot {
         let rpo = r.rpo_seconds.map_or("?".into(), seconds);
-        println!(
+        say!(
             "  restored snapshot {} ({} bytes) in {} (RTO target {}), restore point {rpo} old (RPO target {})",
             &snap[..8.min(snap.len())],
             r.bytes,
@@ -41,13 +41,13 @@ pub(crate) fn print(r: &Report) {
         );
     }
     for c in &r.checks {
-        println!("  ok: {c}");
+        say!("  ok: {c}");
     }
     for why in &r.reasons {
-        println!("  failed: {why}");
+        say!("  failed: {why}");
     }
     if let Some(silence) = &r.silence {
-        println!("  {}", tresor_controller::silence::describe(silence));
+        say!("  {}", tresor_controller::silence::describe(silence));
     }
 }
 
@@ -170,7 +170,7 @@ pub async fn report(a: ReportArgs) -> Result<u8> {
     };
     match &a.output {
         Some(file) => std::fs::write(file, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?,
-        None => print!("{text}"),
+        None => say_raw!("{text}"),
     }
     Ok(0)
 }

@@ -45,7 +45,7 @@ pub async fn run(g: &Global) -> Result<u8> {
     let ran = dispatch(&global(g, &spec), &spec).await;
     let mut result = judge(&spec, ran, captured_json().pop());
     result.duration_seconds = started.elapsed().as_secs_f64();
-    println!("{}", serde_json::to_string(&result)?);
+    say!("{}", serde_json::to_string(&result)?);
     Ok(0)
 }
 

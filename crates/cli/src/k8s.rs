@@ -115,13 +115,13 @@ pub async fn restore(g: &Global, repo: &Repository, snap: &Snapshot, to: &str, a
     } else {
         for r in &results {
             let detail = if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) };
-            println!("{:<13} {}{detail}", r.result, r.object);
+            say!("{:<13} {}{detail}", r.result, r.object);
             for change in &r.changes {
-                println!("{:<13}   {change}", "");
+                say!("{:<13}   {change}", "");
             }
         }
         let accepted = if a.server_dry_run { format!(", {} accepted by a server-side dry run", count("accepted")) } else { String::new() };
-        println!(
+        say!(
             "{} objects: {} created, {} updated, {} skipped, {} failed{accepted}{}",
             results.len(),
             count("created"),
@@ -220,7 +220,7 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
                 [] => made,
                 [one] if claims.len() == 1 => bail!("{}", one.split_once(": ").map_or(one.as_str(), |(_, e)| e)),
                 _ => {
-                    made.iter().for_each(|m| println!("created {m}"));
+                    made.iter().for_each(|m| say!("created {m}"));
                     bail!("{} of {} volumes failed: {}", failed.len(), claims.len(), failed.join("; "))
                 }
             }
@@ -235,7 +235,7 @@ pub async fn volume(g: &Global, cmd: VolumeCmd) -> Result<u8> {
         print_json(&json!({"created": made}))?;
     } else {
         for m in &made {
-            println!("created {m}");
+            say!("created {m}");
         }
     }
     Ok(0)

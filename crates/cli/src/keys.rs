@@ -18,10 +18,10 @@ pub async fn key(g: &Global, a: KeyArgs) -> Result<u8> {
                 let v: Vec<_> = keys.iter().map(|(id, k)| json!({"id": id, "current": *id == repo.key_id(), "created": k.created, "hostname": k.hostname, "username": k.username, "label": k.label})).collect();
                 return print_json(&v).map(|_| 0);
             }
-            println!(" {:<10} {:<20} {:<12} {:<25} label", "ID", "Host", "User", "Created");
+            say!(" {:<10} {:<20} {:<12} {:<25} label", "ID", "Host", "User", "Created");
             for (id, k) in keys {
                 let mark = if id == repo.key_id() { '*' } else { ' ' };
-                println!(
+                say!(
                     "{mark}{:<10} {:<20} {:<12} {:<25} {}",
                     id.short(),
                     k.hostname,
@@ -56,6 +56,6 @@ fn report(g: &Global, what: &str, id: &Id) -> Result<()> {
     if g.json {
         return print_json(&json!({"message_type": what, "id": id}));
     }
-    println!("{what} {}", id.short());
+    say!("{what} {}", id.short());
     Ok(())
 }

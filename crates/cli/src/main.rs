@@ -1,5 +1,7 @@
 //! `tresor`: the command-line tool.
 
+#[macro_use]
+mod out;
 mod app_drill;
 mod commands;
 mod copy;
@@ -55,9 +57,10 @@ fn main() -> ExitCode {
     let sftp = cli.global.repo.as_ref().is_some_and(|r| r.expose().starts_with("sftp://"));
     if prints_a_listing(&cli.command) && !sftp {
         // A listing piped into `head` ends when its reader goes, by SIGPIPE
-        // as `cat`'s does, not by a panic of `println!`. The other commands
-        // keep Rust's ignored SIGPIPE: a program they write to that quits
-        // early (a restore's `--to command:`) is an error they report.
+        // as `cat`'s does. The other commands keep Rust's ignored SIGPIPE:
+        // a program they write to that quits early (a restore's `--to
+        // command:`) is an error they report, and so is a closed standard
+        // output, once their work is done (crate::out).
         // SAFETY: no other thread runs yet, and SIG_DFL is a valid handler.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
@@ -83,6 +86,10 @@ fn main() -> ExitCode {
         daemon::audit_cli(action, &target, result.as_ref().map_err(one_line));
     }
     match result {
+        Ok(_) if let Some(e) = out::lost() => {
+            eprintln!("tresor: error: cannot write to standard output ({e}): the work is done, only its report is lost");
+            ExitCode::from(EXIT_ERROR)
+        }
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("tresor: error: {}", one_line(&e));
@@ -120,11 +127,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Plan(a) => match a.command {
             opts::PlanCommand::Check(c) => daemon::plan_check(&g, c),
             opts::PlanCommand::Crd => {
-                print!("{}", tresor_controller::crd::backup_plan_crd());
+                say_raw!("{}", tresor_controller::crd::backup_plan_crd());
                 Ok(0)
             }
             opts::PlanCommand::RunCrds => {
-                print!("{}", tresor_controller::crd::run_crds());
+                say_raw!("{}", tresor_controller::crd::run_crds());
                 Ok(0)
             }
         },

@@ -136,7 +136,7 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     if g.json {
         print_json(&json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop, "prefetch": prefetch}))?;
     } else {
-        println!(
+        say!(
             "restored base backup {} (WAL from {} on timeline {}) into {}; start PostgreSQL on it and it recovers to {stop}",
             base.id.short(),
             point(base, "start_lsn").unwrap_or("?"),
@@ -208,9 +208,9 @@ async fn verify(g: &Global) -> Result<u8> {
         print_json(&report)?;
     } else {
         for c in &report {
-            println!("cluster {}: {} base backups, {} WAL files", c["system_id"].as_str().unwrap_or(""), c["base_backups"], c["wal_files"]);
+            say!("cluster {}: {} base backups, {} WAL files", c["system_id"].as_str().unwrap_or(""), c["base_backups"], c["wal_files"]);
             for t in c["timelines"].as_array().into_iter().flatten() {
-                println!(
+                say!(
                     "  timeline {}: {} … {} ({} segments)",
                     t["timeline"],
                     t["first"].as_str().unwrap_or(""),
@@ -219,11 +219,11 @@ async fn verify(g: &Global) -> Result<u8> {
                 );
             }
             for p in c["problems"].as_array().into_iter().flatten() {
-                println!("  {}", p.as_str().unwrap_or(""));
+                say!("  {}", p.as_str().unwrap_or(""));
             }
         }
         if report.is_empty() {
-            println!("no PostgreSQL base backups or WAL in this repository");
+            say!("no PostgreSQL base backups or WAL in this repository");
         }
     }
     if problems > 0 {

@@ -57,7 +57,7 @@ pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
     if std::fs::read_to_string(&note).is_ok_and(|h| h == hash) {
         let _ = std::fs::remove_file(&note);
         if !g.quiet {
-            println!("{} archived already (in an earlier batch)", wal.name);
+            say!("{} archived already (in an earlier batch)", wal.name);
         }
         return Ok(0);
     }
@@ -65,7 +65,7 @@ pub async fn push(g: &Global, a: WalPushArgs) -> Result<u8> {
     let repo = open_archive(g).await?;
     let said = push_one(&repo, control, &wal, data, hash).await?;
     if !g.quiet {
-        println!("{} {said}", wal.name);
+        say!("{} {said}", wal.name);
     }
     for path in ready_files(&pgdata, &wal.name, a.batch) {
         let Ok(wal) = walarchive::parse_path(&path) else { continue };

@@ -192,14 +192,14 @@ pub async fn directory(g: &Global, repo: &Repository, snap: &Snapshot, folder: O
     } else {
         for (mark, list) in [("+", &added), ("M", &changed), ("-", &removed), ("!", &unrestorable)] {
             for p in list.iter() {
-                println!("{mark}    {}", p.display());
+                say!("{mark}    {}", p.display());
             }
         }
         for (p, why) in &damaged {
-            println!("!    {}/: its contents cannot be read: {why}", p.display());
+            say!("!    {}/: its contents cannot be read: {why}", p.display());
         }
         let damaged = if damaged.is_empty() { String::new() } else { format!(", {} damaged", damaged.len()) };
-        println!(
+        say!(
             "{} added, {} changed, {} removed, {} not restorable{damaged} in {} (preview: nothing changed)",
             added.len(),
             changed.len(),
@@ -221,7 +221,7 @@ pub fn service(g: &Global, snap: &Snapshot, to: &SecretUrl) -> Result<u8> {
     if g.json {
         print_json(&json!({"snapshot": snap.id, "target": shown, "replaces": replaces}))?;
     } else {
-        println!("{shown} {replaces} (preview: nothing changed)");
+        say!("{shown} {replaces} (preview: nothing changed)");
     }
     Ok(0)
 }

@@ -57,7 +57,7 @@ pub async fn annotate(g: &Global, a: AnnotateArgs) -> Result<u8> {
     } else {
         let names: Vec<&str> =
             plan.repositories.iter().filter(|(_, r)| targets.iter().any(|t| t.url == r.url)).map(|(n, _)| n.as_str()).collect();
-        println!("annotated {} ({}): recorded in the evidence log of {}", note.test_id, note.source, names.join(", "));
+        say!("annotated {} ({}): recorded in the evidence log of {}", note.test_id, note.source, names.join(", "));
     }
     Ok(0)
 }

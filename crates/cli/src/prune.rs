@@ -43,7 +43,7 @@ fn mib(bytes: u64) -> String {
 
 pub fn print_report(r: &PruneReport) {
     let would = if r.dry_run { "would be " } else { "" };
-    println!(
+    say!(
         "{} snapshots reach {} of {} blobs in {} packs; {} unused in indexed packs",
         r.snapshots,
         r.used_blobs,
@@ -51,7 +51,7 @@ pub fn print_report(r: &PruneReport) {
         r.packs,
         mib(r.unused_bytes)
     );
-    println!(
+    say!(
         "{} packs {would}marked for deletion ({}), {} of them {would}repacked ({} still used, copied)",
         r.marked_packs,
         mib(r.marked_bytes),
@@ -61,17 +61,17 @@ pub fn print_report(r: &PruneReport) {
     if r.dry_run {
         return;
     }
-    println!("{} packs deleted ({}), {} unindexed packs deleted", r.deleted_packs, mib(r.deleted_bytes), r.orphan_packs_deleted);
+    say!("{} packs deleted ({}), {} unindexed packs deleted", r.deleted_packs, mib(r.deleted_bytes), r.orphan_packs_deleted);
     if r.rescued_packs > 0 {
-        println!("{} marked packs put back in the index: a snapshot written meanwhile needs them", r.rescued_packs);
+        say!("{} marked packs put back in the index: a snapshot written meanwhile needs them", r.rescued_packs);
     }
     if r.locked_packs > 0 {
-        println!("{} packs are still under Object Lock; a later prune deletes them", r.locked_packs);
+        say!("{} packs are still under Object Lock; a later prune deletes them", r.locked_packs);
     }
     if r.stale_temporaries.0 > 0 {
-        println!("{} temporary files cut-short writes left removed ({})", r.stale_temporaries.0, mib(r.stale_temporaries.1));
+        say!("{} temporary files cut-short writes left removed ({})", r.stale_temporaries.0, mib(r.stale_temporaries.1));
     }
     for w in &r.waiting {
-        println!("{w}");
+        say!("{w}");
     }
 }

@@ -62,7 +62,7 @@ fn print(r: &Report) {
     let verb = if r.dry_run { "would restore" } else { "restored" };
     for s in &r.sources {
         let exact = if s.exact { ", recovered exactly to it through the archived WAL" } else { "" };
-        println!(
+        say!(
             "{verb} {} ({}) to {}: snapshot {} of {}, point {}{exact}{}",
             s.source,
             s.kind,
@@ -74,13 +74,13 @@ fn print(r: &Report) {
         );
     }
     for o in r.hooks.iter().chain(&r.checks) {
-        println!("{}", crate::app_drill::outcome_line(o));
+        say!("{}", crate::app_drill::outcome_line(o));
     }
     if !r.sources.is_empty() {
-        println!("application {}: consistency window {:.1} s between its sources' points", r.application, r.consistency_window_seconds);
+        say!("application {}: consistency window {:.1} s between its sources' points", r.application, r.consistency_window_seconds);
     }
     if r.passed && !r.dry_run {
-        println!("application {} restored in {:.1} s; {} smoke checks passed", r.application, r.seconds, r.checks.len());
+        say!("application {} restored in {:.1} s; {} smoke checks passed", r.application, r.seconds, r.checks.len());
     }
 }
 
@@ -110,16 +110,10 @@ async fn preview(g: &Global, plan: &Plan, r: &Report, state: &std::path::Path) -
             Some(s) => format!("predicted {s:.1} s from {} drills", p.drills),
             None => p.unpredictable.clone().unwrap_or_else(|| "no drill history to predict its duration".into()),
         };
-        println!(
-            "{} ({}) snapshot {} into {}: {replaces}; {predicted}",
-            p.source,
-            p.kind,
-            &p.snapshot[..8.min(p.snapshot.len())],
-            p.target
-        );
+        say!("{} ({}) snapshot {} into {}: {replaces}; {predicted}", p.source, p.kind, &p.snapshot[..8.min(p.snapshot.len())], p.target);
     }
     if let Some(t) = total {
-        println!("application {}: predicted {t:.1} s (preview: nothing changed)", r.application);
+        say!("application {}: predicted {t:.1} s (preview: nothing changed)", r.application);
     }
     Ok(())
 }

@@ -77,15 +77,15 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     if !g.json && report.is_empty() && plan.unreadable.is_empty() {
         let filter = a.select.filter();
         match filter.is_empty() {
-            true => println!("no snapshots: nothing was removed"),
-            false => println!("no snapshot matches {}: nothing was removed", filter.describe()),
+            true => say!("no snapshots: nothing was removed"),
+            false => say!("no snapshot matches {}: nothing was removed", filter.describe()),
         }
     }
     if !g.json {
         print_report(&report, a.dry_run);
         let verb = if a.dry_run { "would remove" } else { "removed" };
         for id in &plan.unreadable {
-            println!("{verb} snapshot {} (its file is damaged)", id.short());
+            say!("{verb} snapshot {} (its file is damaged)", id.short());
         }
     }
     if locked > 0 {
@@ -130,13 +130,13 @@ fn print_report(report: &[serde_json::Value], dry_run: bool) {
     let verb = if dry_run { "would remove" } else { "removed" };
     for group in report {
         let (keep, gone) = (group["keep"].as_array().cloned().unwrap_or_default(), group["remove"].as_array().cloned().unwrap_or_default());
-        println!("group {}: keep {}, {verb} {}", group["group"].as_str().unwrap_or(""), keep.len(), gone.len());
+        say!("group {}: keep {}, {verb} {}", group["group"].as_str().unwrap_or(""), keep.len(), gone.len());
         for k in &keep {
             let reasons: Vec<&str> = k["reasons"].as_array().map(|r| r.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
-            println!("  keep    {}  {}  {}", short(k), k["time"].as_str().unwrap_or(""), reasons.join(", "));
+            say!("  keep    {}  {}  {}", short(k), k["time"].as_str().unwrap_or(""), reasons.join(", "));
         }
         for r in &gone {
-            println!("  remove  {}  {}", short(r), r["time"].as_str().unwrap_or(""));
+            say!("  remove  {}  {}", short(r), r["time"].as_str().unwrap_or(""));
         }
     }
 }
@@ -148,7 +148,7 @@ pub async fn hold(g: &Global, a: HoldArgs) -> Result<u8> {
     if g.json {
         return print_json(&json!({"snapshot": h.snapshot, "reason": h.reason, "by": h.by, "time": h.time})).map(|_| 0);
     }
-    println!("snapshot {} is held: {} (by {})", snap.id.short(), h.reason, h.by);
+    say!("snapshot {} is held: {} (by {})", snap.id.short(), h.reason, h.by);
     Ok(0)
 }
 
@@ -159,7 +159,7 @@ pub async fn release(g: &Global, a: HoldArgs) -> Result<u8> {
     if g.json {
         return print_json(&json!({"snapshot": snap.id, "released": n})).map(|_| 0);
     }
-    println!("released {n} hold(s) on snapshot {}", snap.id.short());
+    say!("released {n} hold(s) on snapshot {}", snap.id.short());
     Ok(0)
 }
 
@@ -173,8 +173,8 @@ pub async fn holds(g: &Global) -> Result<u8> {
         .map(|_| 0);
     }
     for h in &all {
-        println!("{}  {}  {}  {}", h.snapshot.short(), h.time.format("%Y-%m-%d %H:%M:%S"), h.by, h.reason);
+        say!("{}  {}  {}  {}", h.snapshot.short(), h.time.format("%Y-%m-%d %H:%M:%S"), h.by, h.reason);
     }
-    println!("{} holds", all.len());
+    say!("{} holds", all.len());
     Ok(0)
 }

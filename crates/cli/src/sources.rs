@@ -36,7 +36,7 @@ pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str
     if g.json {
         print_json(&json!({"snapshot": snap.id, "bytes": size, "result": said}))?;
     } else {
-        println!("restored {name} ({size} bytes) from snapshot {}: {said}", snap.id.short());
+        say!("restored {name} ({size} bytes) from snapshot {}: {said}", snap.id.short());
     }
     Ok(0)
 }
@@ -159,7 +159,7 @@ pub async fn backup_bucket(g: &Global, mut a: BackupArgs, url: &str) -> Result<(
         eprintln!("warning: {} more objects changed while the backup ran", r.changed_count - r.changed.len() as u64);
     }
     if !g.json && !g.quiet {
-        println!("{name}: {} objects ({}) listed, {} downloaded ({})", r.objects, human(r.bytes), r.downloaded, human(r.downloaded_bytes));
+        say!("{name}: {} objects ({}) listed, {} downloaded ({})", r.objects, human(r.bytes), r.downloaded, human(r.downloaded_bytes));
     }
     Ok((code, id))
 }
@@ -179,7 +179,7 @@ pub async fn restore_bucket(g: &Global, repo: &Repository, snap: &Snapshot, to: 
     } else {
         let deleted =
             if r.deleted > 0 { format!(", then deleted {} objects the snapshot does not hold", r.deleted) } else { String::new() };
-        println!("restored {} objects ({}) from snapshot {} into {}{deleted}", r.objects, human(r.bytes), snap.id.short(), target.name());
+        say!("restored {} objects ({}) from snapshot {} into {}{deleted}", r.objects, human(r.bytes), snap.id.short(), target.name());
     }
     if r.metadata_not_set > 0 {
         eprintln!("warning: {} objects restored without some of their metadata, which {} cannot store", r.metadata_not_set, target.name());

@@ -91,7 +91,7 @@ async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &Secre
                 &json!({"source": source, "target": target.to_string(), "snapshot_id": r.snapshot.id, "current": r.current, "summary": r.summary}),
             )?;
         } else if !g.quiet {
-            println!("{}", copy::said(source, target, &r));
+            say!("{}", copy::said(source, target, &r));
         }
         return Ok(0);
     }
@@ -100,7 +100,7 @@ async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &Secre
     let unmade = tresor_controller::standby::unmade(target).with_context(|| format!("cannot read {}", target.display()))?;
     if !unmade {
         if !g.quiet {
-            println!(
+            say!(
                 "the standby of {source} in {} is made already; the PostgreSQL server on it keeps it current from the WAL archive",
                 target.display()
             );
@@ -111,7 +111,7 @@ async fn refresh_one(g: &Global, source: &str, kind: StandbyKind, target: &Secre
     if g.json {
         print_json(&json!({"source": source, "target": target, "base_backup": base.id, "bytes": bytes}))?;
     } else if !g.quiet {
-        println!(
+        say!(
             "made the standby of {source} in {} from base backup {} ({bytes} bytes); start PostgreSQL on it and it keeps replaying the WAL archive",
             target.display(),
             base.id.short()
@@ -184,10 +184,10 @@ async fn status(g: &Global, plan_file: &Path) -> Result<u8> {
         let lag = s["lag_seconds"].as_f64().map_or("unknown (no backup yet)".into(), |l| format!("{l:.1} s"));
         let name = s["source"].as_str().unwrap_or("");
         match s.get("waiting_segments") {
-            Some(n) => println!("{name}: lag {lag}, {n} archived segments not replayed"),
+            Some(n) => say!("{name}: lag {lag}, {n} archived segments not replayed"),
             None => {
                 let held = s["snapshot"].as_str().map_or("nothing yet".into(), |id| format!("snapshot {}", &id[..id.len().min(8)]));
-                println!("{name}: lag {lag}, holds {held}, {} newer snapshots not held", s["waiting_snapshots"]);
+                say!("{name}: lag {lag}, holds {held}, {} newer snapshots not held", s["waiting_snapshots"]);
             }
         }
     }
@@ -297,7 +297,7 @@ pub async fn failover(g: &Global, a: FailoverArgs) -> Result<u8> {
     if g.json {
         print_json(&record)?;
     } else {
-        println!(
+        say!(
             "promoted the standby of {name} in {:.1} s: it had replayed to {}, the archive's end {}; recorded in the evidence log",
             record.seconds,
             record.lsn.as_deref().unwrap_or_default(),
@@ -342,7 +342,7 @@ async fn failover_copy(g: &Global, c: &Chosen, started: DateTime<Utc>, clock: In
     if g.json {
         print_json(&record)?;
     } else {
-        println!(
+        say!(
             "made the standby of {name} at {target} current in {:.1} s: it holds the newest snapshot {}; recorded in the evidence log",
             record.seconds,
             r.snapshot.id.short()

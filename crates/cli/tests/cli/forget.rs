@@ -67,3 +67,28 @@ fn streams_are_grouped_by_name_and_tags_split_at_commas() {
     assert_eq!(kept[0], (legal.as_str(), &serde_json::json!(["legal", "q4"])));
     assert_eq!(kept.len(), 2);
 }
+
+/// A backup or forget whose reader went away (`| head -0`) said so in
+/// one line once its work was done; it panicked (exit 101) with the
+/// snapshot already written, or already removed.
+#[test]
+fn a_closed_report_is_one_line_after_the_work() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let src = env.path("d");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "x\n").unwrap();
+    let unread = |args: &[&str]| {
+        let mut child = env.cmd(args).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let said = "tresor: error: cannot write to standard output (broken pipe): the work is done, only its report is lost\n";
+    for _ in 0..2 {
+        assert_eq!(unread(&["backup", src.to_str().unwrap()]), (Some(1), said.to_string()));
+    }
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    assert_eq!(unread(&["forget", "--keep-last", "1"]), (Some(1), said.to_string()));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 1);
+}
