@@ -33,6 +33,7 @@ pub fn redis_replication(data: &[u8]) {
         reader: BufReader::new(Box::new(Replay(Cursor::new(data.to_vec())))),
         local: ([127, 0, 0, 1], 1).into(),
         peer: ([127, 0, 0, 1], 2).into(),
+        silence: source.silence,
     };
     if let Ok(mut stream) = source.replicate(conn) {
         let _ = std::io::copy(&mut stream.reader, &mut std::io::sink());

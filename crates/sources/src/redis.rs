@@ -28,6 +28,10 @@ pub struct RedisSource {
     dbs_before: Vec<u64>,
     /// What the RDB's head says, once the stream has read it.
     head: Arc<Mutex<Head>>,
+    /// How long a read waits for the server: a master sends a newline
+    /// every second while it writes the RDB, so a longer silence is a
+    /// server that took the connection and serves nothing.
+    pub(crate) silence: Duration,
 }
 
 impl std::fmt::Debug for RedisSource {
@@ -65,7 +69,17 @@ impl RedisSource {
             return Err(bad("no host"));
         }
         let head = Arc::new(Mutex::new(Head::More));
-        Ok(RedisSource { host, port, tls, user, password, point: BTreeMap::new(), dbs_before: Vec::new(), head })
+        Ok(RedisSource {
+            host,
+            port,
+            tls,
+            user,
+            password,
+            point: BTreeMap::new(),
+            dbs_before: Vec::new(),
+            head,
+            silence: Duration::from_secs(60),
+        })
     }
 
     pub(crate) fn url(&self) -> String {
@@ -103,14 +117,13 @@ impl RedisSource {
             .ok_or_else(|| self.fail_as(ErrorKind::Unreachable, "cannot resolve the host"))?;
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .map_err(|e| self.fail_as(ErrorKind::Unreachable, format!("cannot connect: {e}")))?;
-        // The master sends a newline every second while it writes the RDB.
-        tcp.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| self.fail(e))?;
+        tcp.set_read_timeout(Some(self.silence)).map_err(|e| self.fail(e))?;
         let local = tcp.local_addr().map_err(|e| self.fail(e))?;
         let stream: Box<dyn Duplex> = match &self.tls {
             Some(files) => Box::new(files.wrap(tcp, &self.host).map_err(|e| self.fail(e))?),
             None => Box::new(tcp),
         };
-        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, stream), local, peer: addr };
+        let mut c = Conn { reader: BufReader::with_capacity(1 << 20, stream), local, peer: addr, silence: self.silence };
         if let Some(pw) = &self.password {
             let mut args = vec!["AUTH"];
             args.extend(self.user.as_deref());
@@ -134,6 +147,8 @@ pub(crate) struct Conn {
     pub(crate) local: SocketAddr,
     /// The server's address, as we reached it.
     pub(crate) peer: SocketAddr,
+    /// The read timeout, for saying what ended a read.
+    pub(crate) silence: Duration,
 }
 
 impl Conn {
@@ -151,7 +166,7 @@ impl Conn {
 
     pub(crate) fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
-        if self.reader.read_line(&mut line).map_err(silent)? == 0 {
+        if self.reader.read_line(&mut line).map_err(|e| silent(e, self.silence))? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
         Ok(line.trim_end_matches(['\r', '\n']).to_string())
@@ -172,7 +187,7 @@ impl Conn {
         // length is the server's word, and may be absurd.
         let want = n as u64 + 2;
         let mut body = Vec::new();
-        (&mut self.reader).take(want).read_to_end(&mut body).map_err(silent)?;
+        (&mut self.reader).take(want).read_to_end(&mut body).map_err(|e| silent(e, self.silence))?;
         if body.len() as u64 != want {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
@@ -183,11 +198,12 @@ impl Conn {
 
 /// A read the socket's timeout ended, said as what happened (it read
 /// "Resource temporarily unavailable (os error 11)").
-fn silent(e: std::io::Error) -> std::io::Error {
+fn silent(e: std::io::Error, silence: Duration) -> std::io::Error {
     match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 60 s: the server took the connection and said nothing")
-        }
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {} s: the server took the connection and said nothing", silence.as_secs()),
+        ),
         _ => e,
     }
 }
@@ -524,5 +540,21 @@ mod tests {
         // A password with a `/` (base64 has them) or a %-escape, and a database path.
         let s = RedisSource::parse("redis://backup:12/ab%40c@10.0.0.5:6380/0").unwrap();
         assert_eq!((s.url(), s.password.as_deref()), ("redis://backup@10.0.0.5:6380".to_string(), Some("12/ab@c")));
+    }
+
+    /// A server that takes the connection and never answers is said so,
+    /// not "Resource temporarily unavailable (os error 11)".
+    #[test]
+    fn a_silent_server_is_said_silent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut s = RedisSource::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        s.silence = Duration::from_secs(1);
+        let err = s.keys().unwrap_err();
+        drop(listener);
+        assert_eq!(
+            err.to_string(),
+            format!("redis://127.0.0.1:{port}: no answer within 1 s: the server took the connection and said nothing")
+        );
     }
 }
