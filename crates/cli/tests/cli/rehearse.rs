@@ -702,6 +702,9 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
         assert!(std::time::Instant::now() < deadline, "no {measured} in the metrics");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let metrics = http(d.port, "GET", "/metrics", None).1;
+    let rto = metrics.lines().find(|l| l.starts_with("rto_achieved_seconds{source=\"platform\",class=\"\"} ")).map(str::to_string);
+    let rto = rto.unwrap_or_else(|| panic!("no platform RTO in {metrics}"));
     let (_, page) = http(d.port, "GET", "/", Some("read-token"));
     let row = page.lines().find(|l| l.starts_with("<tr data-rehearsal=\"BT-DR-01\">")).unwrap_or_default();
     assert!(
@@ -724,6 +727,12 @@ fn the_daemon_runs_a_due_rehearsal_and_records_its_protocol() {
     let jobs = wait_jobs(&d, "the rebuilt history", |j| count(j, "platform", "rehearsal", "succeeded") >= 1);
     let back = jobs.iter().find(|j| j["kind"] == "rehearsal" && j["started_at"] == job["started_at"]);
     assert_eq!(back.map(|j| (&j["trigger"], &j["ended_at"])), Some((&job["trigger"], &job["ended_at"])), "{jobs:?}");
+    // And the RTO the rehearsal measured, which no job history keeps, from its protocol.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http(d.port, "GET", "/metrics", None).1.lines().any(|l| l == rto) {
+        assert!(std::time::Instant::now() < deadline, "no {rto} in the restarted daemon's metrics");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     drop(d);
 
     let (entries, problems) = site.chain(false);

@@ -83,17 +83,36 @@ const REHEARSALS_EVERY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 pub(super) fn watch_rehearsals(shared: &Arc<Shared>) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let mut last: Option<DateTime<Utc>> = None;
+        let (mut last, mut measured): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
         loop {
             let now = shared.clock.now();
             // A clock set back starts the interval again.
             if last.is_none_or(|l| now < l || now >= l + REHEARSALS_EVERY) {
-                shared.repos.refresh_rehearsals(&shared.plan()).await;
+                let plan = shared.plan();
+                shared.repos.refresh_rehearsals(&plan).await;
+                if plan.drills.rehearsal.is_some() {
+                    rehearsal_figures(&shared, &mut measured);
+                }
                 last = Some(now);
             }
             tokio::time::sleep(shared.tick).await;
         }
     });
+}
+
+/// The figures of the newest rehearsal that passed, from the evidence
+/// logs: the job history keeps a rehearsal's verdict but not what it
+/// measured, so a restart (or a rehearsal run by hand) left the platform's
+/// RTO series empty until the next scheduled run. The verdict stays the
+/// history's: a rehearsal that failed before writing a protocol is in no log.
+fn rehearsal_figures(shared: &Shared, measured: &mut Option<DateTime<Utc>>) {
+    let known = shared.repos.known_rehearsals();
+    let Some(newest) = known.iter().rev().find(|r| r.passed) else { return };
+    if measured.is_some_and(|m| m >= newest.started) {
+        return;
+    }
+    *measured = Some(newest.started);
+    shared.metrics.drill_figures(super::REHEARSAL, "", &serde_json::to_value(newest).unwrap_or_default());
 }
 
 /// How long after measuring a repository its size is measured again at
