@@ -443,8 +443,9 @@ pub struct RestoreArgs {
     /// --to bucket+…: objects written at once (default 8).
     #[arg(long, requires = "to", default_value_t = 1, help_heading = SERVICES)]
     pub jobs: usize,
-    /// With --to k8s://: OLD:NEW, restore namespace OLD's objects into NEW (repeatable).
-    #[arg(long, requires = "to", help_heading = KUBERNETES)]
+    /// With --to k8s://: OLD:NEW, restore namespace OLD's objects into NEW (repeatable, or
+    /// several separated by commas, as Velero's --namespace-mappings takes them).
+    #[arg(long, requires = "to", visible_alias = "namespace-mappings", value_delimiter = ',', help_heading = KUBERNETES)]
     pub namespace_mapping: Vec<String>,
     /// With --to k8s://: what to do with objects that exist: skip (and say so) or update.
     #[arg(long, requires = "to", default_value = "skip", value_parser = ["skip", "update"], help_heading = KUBERNETES)]

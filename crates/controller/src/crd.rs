@@ -406,14 +406,14 @@ mod tests {
         let mut bad = spec.clone();
         bad["classes"]["critical"]["rpo"] = json!("soon");
         bad["sources"][0]["scope"] = json!({"namespace": ["shop"]});
-        bad["classes"]["standard"]["retention"]["daily"] = json!(true);
+        bad["classes"]["important"]["retention"]["daily"] = json!(true);
         out.clear();
         violations(&bad, &root["properties"]["spec"], "spec", &mut out);
         assert_eq!(
             out,
             [
                 "spec.classes.critical.rpo: \"soon\" does not match ^\\s*[0-9]+(s|m|min|h|d|w|mo|y)\\s*$",
-                "spec.classes.standard.retention.daily: neither integer nor string",
+                "spec.classes.important.retention.daily: neither integer nor string",
                 "spec.sources[0].scope.namespace: not in the schema, so pruned",
             ]
         );

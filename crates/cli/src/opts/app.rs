@@ -29,7 +29,8 @@ pub struct RestoreAppArgs {
     /// SOURCE=TARGET: restore this source there instead of the plan's target (a service URL or a directory; repeatable).
     #[arg(long = "target", value_name = "SOURCE=TARGET", help_heading = TARGET)]
     pub targets: Vec<String>,
-    /// For k8s:// sources: OLD:NEW, restore namespace OLD's objects into NEW (repeatable).
-    #[arg(long, help_heading = KUBERNETES)]
+    /// For k8s:// sources: OLD:NEW, restore namespace OLD's objects into NEW (repeatable, or
+    /// several separated by commas, as Velero's --namespace-mappings takes them).
+    #[arg(long, visible_alias = "namespace-mappings", value_delimiter = ',', help_heading = KUBERNETES)]
     pub namespace_mapping: Vec<String>,
 }

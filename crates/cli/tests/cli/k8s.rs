@@ -338,7 +338,9 @@ fn a_namespace_round_trips_under_a_new_name_field_by_field() {
     assert!(text.ends_with("12 objects: 0 created, 0 updated, 4 skipped, 0 failed (dry run: nothing changed)\n"), "{text}");
     assert!(!c.kubectl(&["get", "namespace", "shop-restored"]).status.success(), "a dry run creates nothing");
 
-    let out = tresor(&env, &c, &["restore", "latest", "--to", "k8s://", "--namespace-mapping", "shop:shop-restored", "--json"]);
+    // Velero's spelling, several pairs after one flag.
+    let mappings = ["--namespace-mappings", "shop:shop-restored,absent:elsewhere"];
+    let out = tresor(&env, &c, &[&["restore", "latest", "--to", "k8s://", "--json"][..], &mappings].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["status"], "completed");
