@@ -680,7 +680,7 @@ async fn record_evidence(shared: &Arc<Shared>, w: &Work, record: &Job, outcome: 
         for n in e.not_recorded {
             tracing::warn!("the rehearsal's protocol is not in the evidence log of {}: {}", n.repository, n.reason);
         }
-        shared.metrics.drill_done(REHEARSAL, "", protocol);
+        shared.metrics.rehearsal_done(REHEARSAL, protocol);
     } else if !unreachable {
         for target in crate::repos::evidence_targets(&shared.plan(), Some(&w.repo)) {
             if let Err(e) = shared.repos.append(&target, "job", body.clone()).await {
@@ -713,9 +713,17 @@ fn measure(shared: &Arc<Shared>, w: &Work, outcome: &Outcome, seconds: f64, (sta
             shared.metrics.restore_done(&w.name, &w.class, outcome.status == "succeeded", reason, seconds);
         }
         Kind::Drill => {
-            if let Some(r) = outcome.summary.as_ref().and_then(|v| v.get(0)) {
-                shared.metrics.drill_done(&w.name, &w.class, r);
-            }
+            // A drill that ended before its report (its repository out of
+            // reach) failed all the same: its verdict must not stay the
+            // last drill's.
+            let ended = serde_json::json!({"passed": outcome.status == "succeeded"});
+            let report = outcome.summary.as_ref().and_then(|v| v.get(0)).unwrap_or(&ended);
+            shared.metrics.drill_done(&w.name, &w.class, report, outcome.reason.as_deref().unwrap_or("error"), seconds);
+        }
+        Kind::Rehearsal if outcome.summary.is_none() && outcome.status != "succeeded" => {
+            // Ended before its protocol (record_evidence measures one that has it).
+            shared.metrics.drill_seen(REHEARSAL, "", &serde_json::json!({"passed": false}));
+            shared.metrics.job_failed(&w.name, &w.class, w.kind.as_str());
         }
         Kind::Check => {
             shared.metrics.check_done(&w.name, (outcome.status == "succeeded").then_some(ended), outcome.problems);

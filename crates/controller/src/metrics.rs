@@ -214,8 +214,8 @@ impl Metrics {
 
     /// The restores' and drills' outcomes, the RTO and RPO they achieved, and the off-site copy's lag.
     fn register_restores(&self, r: &mut Registry) {
-        r.register("restore_success", "Restores that succeeded", self.restore_success.clone());
-        r.register("restore_failure", "Restores that failed, by reason", self.restore_failure.clone());
+        r.register("restore_success", "Restores that succeeded, drills' restores too", self.restore_success.clone());
+        r.register("restore_failure", "Restores that failed, drills that failed too, by reason", self.restore_failure.clone());
         r.register("restore_duration_seconds", "Duration of the newest restore (the measured RTO)", self.restore_duration.clone());
         r.register(
             "backup_replication_lag_seconds",
@@ -506,12 +506,23 @@ impl Metrics {
         }
     }
 
-    /// A drill's report (`tresor drill --json`).
-    pub fn drill_done(&self, source: &str, class: &str, report: &serde_json::Value) {
-        if let Some(rto) = measured(report, "rto_seconds") {
-            self.restore_histogram.get_or_create(&SourceLabels { source: source.into(), class: class.into() }).observe(rto);
-        }
+    /// A drill's report (`tresor drill --json`). Its restore is a restore
+    /// in `restore_*` too, so the restore success rate and the measured
+    /// RTO show the regular tests, not only restores asked for; `reason`
+    /// and `seconds` are the job's, for a drill that measured nothing.
+    pub fn drill_done(&self, source: &str, class: &str, report: &serde_json::Value, reason: &str, seconds: f64) {
+        let passed = report["passed"] == true;
+        self.restore_done(source, class, passed, reason, measured(report, "rto_seconds").unwrap_or(seconds));
         self.drill_seen(source, class, report);
+    }
+
+    /// A rehearsal's protocol: the platform's verdict and figures; its
+    /// restores are not one source's, so no `restore_*` counts them.
+    pub fn rehearsal_done(&self, source: &str, protocol: &serde_json::Value) {
+        if let Some(rto) = measured(protocol, "rto_seconds") {
+            self.restore_histogram.get_or_create(&SourceLabels { source: source.into(), class: String::new() }).observe(rto);
+        }
+        self.drill_seen(source, "", protocol);
     }
 
     /// The newest drill's verdict (from the history at start too), and the

@@ -649,48 +649,6 @@ async fn a_reload_removes_the_series_of_what_left_the_plan() {
     d.stop().await;
 }
 
-/// A drill that restored nothing (the source had no snapshot) measured no
-/// RTO and no RPO: its failure shows, no figure from it does, in the
-/// metrics, the API's classes, the status page and the report.
-#[tokio::test]
-async fn a_drill_that_restored_nothing_measures_no_rto() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let drill = serde_json::json!({
-        "test_id": "DRILL-20261121-100000-flaky", "source": "flaky", "class": "standard", "kind": "",
-        "started": "2026-11-21T10:00:00Z", "rto_seconds": 0.334, "rpo_seconds": null, "rto_target": 14400, "rpo_target": 86400,
-        "bytes": 0, "passed": false, "checks": [], "reasons": ["the source has no snapshot to restore"], "owner": null,
-    });
-    let failed = JobResult { details: Some(serde_json::json!([drill])), ..JobResult::failed(Reason::Error, false, "the drill failed") };
-    let d = started(dir.path(), PLAN, Scripted { script: BTreeMap::from([(("flaky".to_string(), 2), failed)]), ..Scripted::default() });
-    first_backups(&d, &["flaky", "locked"]).await;
-    // As the drill's child process records it.
-    d.shared.state.record_drill(&serde_json::from_value(drill).expect("a drill report")).expect("recorded");
-    d.shared.commands.send(crate::daemon::Command::Drill { source: "flaky".into(), actor: "test".into() }).expect("the loop");
-    let series = |s: &str| metric(&d, &format!("{s}{{source=\"flaky\",class=\"standard\"}}"));
-    until("the drill's verdict", || series("restore_drill_success").as_deref() == Some("0")).await;
-    for figure in ["rto_achieved_seconds", "rpo_achieved_seconds", "restore_drill_duration_seconds"] {
-        assert_eq!(series(figure), None, "{figure}");
-    }
-    assert_eq!(crate::view::class_states(&d.shared)[0]["last_drill"]["rto_seconds"], serde_json::Value::Null);
-    let newest = || d.shared.state.audit_log(1).expect("the trail").remove(0);
-    until("the drill's audit entry", || newest().action == "drill").await;
-    let audited = newest();
-    let entry =
-        (audited.actor.as_str(), audited.action.as_str(), audited.target.as_str(), audited.result.as_str(), audited.detail.as_str());
-    assert_eq!(entry, ("test", "drill", "flaky", "failed", "DRILL-20261121-100000-flaky: error: the drill failed"));
-    let page = crate::status::page(&d.shared);
-    let cell = page.lines().find(|l| l.contains("data-verdict=\"FAILED\"")).expect("the drill's cell");
-    assert!(cell.contains("data-verdict=\"FAILED\" >(no RTO measured, target 4.0 h)</span>"), "{cell}");
-    let report = crate::status::report(&d.shared).await;
-    let report = String::from_utf8(axum::body::to_bytes(report.into_body(), usize::MAX).await.expect("a body").to_vec()).expect("text");
-    for cells in
-        ["<td>4h</td><td>—</td><td>not measured</td>", "<td>FAILED: the source has no snapshot to restore</td><td>—</td><td>—</td>"]
-    {
-        assert!(report.contains(cells), "{cells} not in {report}");
-    }
-    d.stop().await;
-}
-
 /// A source added to the plan and not backed up yet is pending, not a
 /// missed RPO since 1970: its class's RPO age counts it from when the
 /// daemon took it on, and the class stays green while that is within the
@@ -742,21 +700,5 @@ async fn a_copy_measures_the_off_site_repository_again() {
     d.stop().await;
 }
 
-/// A daemon started again keeps a failed rehearsal of the plan alerted
-/// (BackupDrillFailed on the platform's series), as its history says.
-#[tokio::test]
-async fn a_daemon_started_again_keeps_a_failed_rehearsal_alerted() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let state = crate::state::State::open(&dir.path().join("state.db")).expect("a state");
-    let at = chrono::DateTime::parse_from_rfc3339("2026-11-20T03:00:00Z").expect("a time").to_utc();
-    let failed = crate::state::Outcome { status: "failed".into(), reason: Some("error".into()), ..Default::default() };
-    assert!(state.import_job(&ended_job(1, crate::daemon::REHEARSAL, "rehearsal", at, failed)).expect("imported"));
-    drop(state);
-    let plan = format!("{PLAN}drills:\n  rehearsal: {{schedule: '@yearly', from: primary}}\n");
-    let d = started(dir.path(), &plan, Scripted::default());
-    until("the daemon ready", || d.shared.ready.load(std::sync::atomic::Ordering::SeqCst)).await;
-    assert_eq!(metric(&d, "restore_drill_success{source=\"platform\",class=\"\"}"), Some("0".into()));
-    d.stop().await;
-}
-
 mod api;
+mod drills;

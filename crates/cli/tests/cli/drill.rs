@@ -369,6 +369,8 @@ fn the_daemon_runs_a_class_drill_on_its_schedule_and_exports_the_measurements() 
     for line in [
         "restore_drill_success{source=\"sessions\",class=\"critical\"} 1",
         "restore_drill_success{source=\"documents\",class=\"archive\"} 1",
+        // A drill's restore is a restore.
+        "restore_success_total{source=\"sessions\",class=\"critical\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
