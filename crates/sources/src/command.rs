@@ -129,11 +129,25 @@ impl Stderr {
 
 /// [`spawn_output`], and the program's standard error, complete once the
 /// output has been read to its end.
-pub(crate) fn spawn_output_and_stderr(name: String, mut cmd: Command) -> Result<(Box<dyn Read + Send>, Stderr)> {
+pub(crate) fn spawn_output_and_stderr(name: String, cmd: Command) -> Result<(Box<dyn Read + Send>, Stderr)> {
+    spawn_output_heard(name, cmd, last_word)
+}
+
+/// [`spawn_output_and_stderr`] of a program whose failure `word` finds in
+/// its standard error.
+pub(crate) fn spawn_output_heard(name: String, mut cmd: Command, word: Word) -> Result<(Box<dyn Read + Send>, Stderr)> {
     let program =
         Program::start(&mut cmd, Stdio::null(), Stdio::piped()).map_err(|e| Error::failed(&name, format!("cannot start it: {e}")))?;
     let stderr = program.stderr.clone();
-    Ok((Box::new(ChildOutput { name, program, reaped: false }), stderr))
+    Ok((Box::new(ChildOutput { name, program, reaped: false, word }), stderr))
+}
+
+/// What a program said of its failure, found in its standard error.
+pub(crate) type Word = fn(&str) -> Option<String>;
+
+/// Most programs' word: their last line.
+fn last_word(text: &str) -> Option<String> {
+    last_line(text).map(String::from)
 }
 
 /// How long a program's standard error is read once it has exited: what
@@ -220,6 +234,7 @@ struct ChildOutput {
     name: String,
     program: Program,
     reaped: bool,
+    word: Word,
 }
 
 impl Read for ChildOutput {
@@ -241,7 +256,7 @@ impl ChildOutput {
         if status.success() {
             return Ok(());
         }
-        let said = last_line(&said).unwrap_or("no message");
+        let said = (self.word)(&said).unwrap_or_else(|| "no message".into());
         Err(std::io::Error::other(format!("{} failed ({status}): {said}; no snapshot was saved", self.name)))
     }
 }
@@ -266,6 +281,7 @@ pub struct CommandTarget {
     name: String,
     command: Option<Command>,
     child: Option<Running>,
+    word: Word,
 }
 
 /// A target program taking its input.
@@ -284,7 +300,13 @@ impl CommandTarget {
 
     /// A prepared program (`pg_restore …`), named `name` in messages.
     pub(crate) fn program(name: String, cmd: Command) -> CommandTarget {
-        CommandTarget { name, command: Some(cmd), child: None }
+        CommandTarget { name, command: Some(cmd), child: None, word: last_word }
+    }
+
+    /// A prepared program whose failure `word` finds in its standard error.
+    pub(crate) fn heard(mut self, word: Word) -> CommandTarget {
+        self.word = word;
+        self
     }
 
     fn name(&self) -> String {
@@ -297,7 +319,8 @@ impl CommandTarget {
         drop(stdin);
         let (status, text) = program.wait().map_err(|e| Error::failed(self.name(), e))?;
         if !status.success() {
-            return Err(Error::failed(self.name(), format!("failed ({status}): {}", last_line(&text).unwrap_or("no message"))));
+            let said = (self.word)(&text).unwrap_or_else(|| "no message".into());
+            return Err(Error::failed(self.name(), format!("failed ({status}): {said}")));
         }
         Ok(text)
     }

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use tresor_engine::SourceInfo;
 
-use crate::command::{CommandTarget, spawn_output};
+use crate::command::{CommandTarget, spawn_output_heard};
 use crate::pgurl::PgUrl;
 use crate::{Error, ErrorKind, Result, Source, Stream, Target};
 
@@ -106,9 +106,8 @@ impl Postgres {
             .output()
             .map_err(|e| self.fail(format!("cannot run psql: {e}")))?;
         if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
-            let said = crate::last_line(&text).unwrap_or("psql failed").trim_start_matches("psql: ");
-            return Err(Error::of(self.failure_kind(out.status.code()), self.url(), said.trim_start_matches("error: ")));
+            let said = said(&String::from_utf8_lossy(&out.stderr)).unwrap_or_else(|| "psql failed".into());
+            return Err(Error::of(self.failure_kind(out.status.code()), self.url(), said));
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
@@ -161,7 +160,8 @@ impl Source for Postgres {
             self.point.insert("globals".into(), true.into());
             let mut cmd = self.server_program("pg_dumpall");
             cmd.args(["--globals-only", "-l", "postgres"]);
-            return Ok(Stream { name: "globals.sql".into(), reader: spawn_output(format!("pg_dumpall of {}", self.url()), cmd)? });
+            let (reader, _) = spawn_output_heard(format!("pg_dumpall of {}", self.url()), cmd, said)?;
+            return Ok(Stream { name: "globals.sql".into(), reader });
         }
         self.point.insert("database".into(), self.db.clone().into());
         // The statistics' live-row counts: what a restore drill compares its exact counts with.
@@ -172,7 +172,8 @@ impl Source for Postgres {
         }
         let mut cmd = self.program("pg_dump", &self.db);
         cmd.arg("--format=custom");
-        Ok(Stream { name: format!("{}.dump", self.db), reader: spawn_output(format!("pg_dump of {}", self.url()), cmd)? })
+        let (reader, _) = spawn_output_heard(format!("pg_dump of {}", self.url()), cmd, said)?;
+        Ok(Stream { name: format!("{}.dump", self.db), reader })
     }
 
     fn info(&self) -> SourceInfo {
@@ -220,7 +221,7 @@ impl PostgresTarget {
     }
 
     fn restore_program(&self, cmd: Command) -> CommandTarget {
-        CommandTarget::program(format!("pg_restore into {}", self.pg.url()), cmd)
+        CommandTarget::program(format!("pg_restore into {}", self.pg.url()), cmd).heard(said)
     }
 }
 
@@ -240,7 +241,7 @@ impl PostgresTarget {
         }
         let mut cmd = self.pg.program("psql", "postgres");
         cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-f", "-"]);
-        let mut inner = CommandTarget::program(format!("psql into {}", self.pg.url()), cmd);
+        let mut inner = CommandTarget::program(format!("psql into {}", self.pg.url()), cmd).heard(said);
         inner.begin(len, overwrite)?;
         self.inner = Some(inner);
         Ok(())
@@ -278,6 +279,12 @@ impl Target for PostgresTarget {
         if tables > 0 && !overwrite {
             return Err(self.pg.fail(format!("the database has {tables} tables; restoring replaces them: add --flush to allow it")));
         }
+        if tables > 0 && self.jobs > 1 {
+            return Err(self.pg.fail(format!(
+                "the database has {tables} tables, and a parallel restore (--jobs {}) that fails halfway cannot be undone: restore with --jobs 1 (one transaction) or into an empty database",
+                self.jobs
+            )));
+        }
         let mut cmd = self.pg.program("pg_restore", &self.pg.db);
         cmd.args(["--no-owner", "--exit-on-error"]);
         if tables > 0 {
@@ -286,6 +293,10 @@ impl Target for PostgresTarget {
         if self.jobs > 1 {
             return self.spool_to(cmd);
         }
+        // One transaction: a restore that fails (a view of another schema
+        // on a table it drops) leaves the database as it was; without it
+        // the tables dropped so far stayed dropped.
+        cmd.arg("--single-transaction");
         let mut inner = self.restore_program(cmd);
         inner.begin(len, overwrite)?;
         self.inner = Some(inner);
@@ -314,9 +325,46 @@ impl Target for PostgresTarget {
     }
 }
 
+/// What a PostgreSQL program said of its failure: its first error line
+/// from the first `error:` (libpq's `prog: error: …`), `ERROR:` or
+/// `FATAL:` on, with the server's `DETAIL:` after it; not its last line
+/// (pg_restore's "Command was: …", psql's indented hint "Is the server
+/// running on that host …").
+pub(crate) fn said(text: &str) -> Option<String> {
+    let mut lines = text.lines();
+    let Some(first) = lines.by_ref().find(|l| ["error:", "ERROR:", "FATAL:"].iter().any(|m| l.contains(m))) else {
+        return crate::last_line(text).map(|l| l.trim().to_string());
+    };
+    let at = ["ERROR:", "FATAL:", "error:"].iter().filter_map(|m| first.find(m).map(|i| i + m.len())).min().unwrap_or(0);
+    let mut out = first[at..].trim().to_string();
+    if let Some(detail) = lines.next().and_then(|l| l.strip_prefix("DETAIL:")) {
+        out = format!("{out} ({})", detail.trim());
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postgres_programs_word_is_its_error_and_detail() {
+        let restore = "pg_restore: error: could not execute query: ERROR:  cannot drop table public.marks because other objects depend on it\n\
+                       DETAIL:  view public.vv depends on table public.marks\n\
+                       HINT:  Use DROP ... CASCADE to drop the dependent objects too.\n\
+                       Command was: DROP TABLE IF EXISTS public.marks;\n";
+        let refused = "psql: error: connection to server at \"127.0.0.1\", port 1 failed: Connection refused\n\
+                       \tIs the server running on that host and accepting TCP/IP connections?\n";
+        let wrong = "pg_dump: error: connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication failed for user \"app\"\n";
+        let dropped = "could not execute query: ERROR:  cannot drop table public.marks because other objects depend on it \
+                       (view public.vv depends on table public.marks)";
+        assert_eq!(said(restore).as_deref(), Some(dropped));
+        assert_eq!(said(refused).as_deref(), Some("connection to server at \"127.0.0.1\", port 1 failed: Connection refused"));
+        let denied = "connection to server at \"127.0.0.1\", port 5432 failed: FATAL:  password authentication failed for user \"app\"";
+        assert_eq!(said(wrong).as_deref(), Some(denied));
+        assert_eq!(said("psql:<stdin>:3: ERROR:  role \"x\" does not exist\n").as_deref(), Some("role \"x\" does not exist"));
+        assert_eq!(said("  killed\n").as_deref(), Some("killed"));
+    }
 
     /// The name a database source goes by shows no password, in the user
     /// part or in a libpq query string.

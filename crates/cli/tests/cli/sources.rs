@@ -467,6 +467,25 @@ fn postgres_logical_round_trip_with_row_counts() {
     let out = run(&["restore", "latest", "--to", &pg.url("shop_parallel"), "--jobs", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(row_counts(&pg, "shop_parallel"), before, "a parallel restore");
+    // A --flush that fails halfway leaves the database as it was (it
+    // dropped the tables it got to, and the data was gone both ways), and
+    // says PostgreSQL's reason, not pg_restore's last line.
+    pg.psql("shop_restored", "CREATE VIEW recent AS SELECT aid FROM pgbench_accounts WHERE aid > 99000");
+    pg.psql("shop_restored", "DELETE FROM pgbench_accounts WHERE aid > 99500");
+    let changed = row_counts(&pg, "shop_restored");
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_restored"), "--flush"]);
+    let why = "could not execute query: ERROR:  cannot drop table public.pgbench_accounts because other objects depend on it \
+               (view public.recent depends on table public.pgbench_accounts)";
+    let said = format!("tresor: error: pg_restore into {}: failed (exit status: 1): {why}\n", pg.url("shop_restored"));
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), (Some(1), said));
+    assert_eq!((row_counts(&pg, "shop_restored"), pg.psql("shop_restored", "SELECT count(*) FROM recent")), (changed, "500".into()));
+    let out = run(&["restore", "latest", "--to", &pg.url("shop_restored"), "--flush", "--jobs", "2"]);
+    let said = format!(
+        "tresor: error: {}: the database has 4 tables, and a parallel restore (--jobs 2) that fails halfway cannot be undone: \
+         restore with --jobs 1 (one transaction) or into an empty database\n",
+        pg.url("shop_restored")
+    );
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned()), (Some(1), said));
 
     // The cluster's globals: roles, restored into another cluster.
     pg.psql("postgres", "CREATE ROLE reporting LOGIN PASSWORD 'r3port' CONNECTION LIMIT 7");
