@@ -175,13 +175,14 @@ async fn fetch_into(g: &Global, a: WalFetchArgs, pgdata: PathBuf) -> Result<u8> 
 
 /// The repository, for PostgreSQL's archive_command and restore_command:
 /// one that is not there is not to be made (`tresor init`, the advice
-/// elsewhere), as an unmounted volume is the likelier cause.
+/// elsewhere), as an unmounted volume is the likelier cause. The error
+/// stays the engine's NoRepository, so the exit code is 10 as for every
+/// other command (README's exit codes).
 async fn open_archive(g: &Global) -> Result<std::sync::Arc<Repository>> {
     open(g).await.map_err(|e| match e.downcast_ref::<tresor_engine::Error>() {
         Some(tresor_engine::Error::NoRepository { location, .. } | tresor_engine::Error::NotARepository { location, .. }) => {
-            anyhow::anyhow!(
-                "no repository at {location}: check that its storage is mounted and reachable (the WAL archive never creates one)"
-            )
+            let reason = "check that its storage is mounted and reachable (the WAL archive never creates one)".into();
+            tresor_engine::Error::NoRepository { location: location.clone(), reason }.into()
         }
         _ => e,
     })

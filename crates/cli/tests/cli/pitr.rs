@@ -272,9 +272,11 @@ fn restore_command_finds_a_relative_repository_and_a_missing_one_is_not_to_be_ma
     // A copy of the segment: the server may recycle its own at any checkpoint.
     let wal = env.path(&seg);
     env.ok(&["pg", "wal-fetch", &seg, wal.to_str().unwrap(), "--pgdata", pgdata.to_str().unwrap(), "--prefetch", "0"]);
-    for args in [
-        vec!["pg", "wal-push", wal.to_str().unwrap()],
-        vec!["pg", "wal-fetch", &seg, env.path("fetched").to_str().unwrap(), "--prefetch", "0"],
+    // wal-push exits 10 as every command without its repository does;
+    // wal-fetch 200, which stops the recovery instead of ending it.
+    for (args, code) in [
+        (vec!["pg", "wal-push", wal.to_str().unwrap()], 10),
+        (vec!["pg", "wal-fetch", &seg, env.path("fetched").to_str().unwrap(), "--prefetch", "0"], 200),
     ] {
         let out = env
             .cmd(&[&["--repo", unmounted.to_str().unwrap()][..], &args, &["--pgdata", pgdata.to_str().unwrap()]].concat())
@@ -285,6 +287,7 @@ fn restore_command_finds_a_relative_repository_and_a_missing_one_is_not_to_be_ma
             unmounted.display()
         );
         assert!(String::from_utf8_lossy(&out.stderr).ends_with(&said), "{args:?}: {out:?}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
     }
 }
 
