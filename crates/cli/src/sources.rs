@@ -31,7 +31,8 @@ pub async fn restore_to(g: &Global, repo: &Repository, snap: &Snapshot, to: &str
     if let Err(why) = tresor_sources::target_takes(to, kind, &head) {
         bail!("snapshot {} cannot be restored there: {why}; name one by its id, or narrow latest with --tag or --host", snap.id.short());
     }
-    let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs })?;
+    let recorded = snap.source.consistency.get("properties").cloned().unwrap_or_default();
+    let mut target = tresor_sources::target_from_url(to, tresor_sources::TargetOptions { jobs, recorded })?;
     let (name, size, said) = stream_into(repo, snap, target.as_mut(), flush).await?;
     if g.json {
         print_json(&json!({"snapshot": snap.id, "bytes": size, "result": said}))?;

@@ -20,6 +20,7 @@ pub mod k8s_standby;
 pub mod k8s_transform;
 pub mod k8s_volume;
 mod percent;
+mod pg_props;
 mod pgbase;
 mod pgurl;
 pub mod pgwal;
@@ -140,10 +141,14 @@ pub trait Target: Send {
 }
 
 /// How a restore target works, beyond its URL.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct TargetOptions {
     /// Parallel workers where the target has them (`pg_restore --jobs`).
     pub jobs: usize,
+    /// What the snapshot recorded of its source beyond its data (a
+    /// database's owners, privileges and settings: its consistency point's
+    /// `properties`).
+    pub recorded: serde_json::Value,
 }
 
 /// The restore target a URL names.
@@ -161,7 +166,7 @@ pub fn target_from_url(url: &str, opts: TargetOptions) -> Result<Box<dyn Target>
         return Ok(Box::new(redis_target::RedisTarget::new(RedisSource::parse(url)?)));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?, opts.jobs)));
+        return Ok(Box::new(postgres::PostgresTarget::new(postgres::Postgres::parse(url)?, opts.jobs, opts.recorded)));
     }
     if url.starts_with("etcd-data:") {
         return Ok(Box::new(etcd_target::EtcdDataTarget::parse(url)?));

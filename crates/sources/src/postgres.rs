@@ -164,6 +164,7 @@ impl Source for Postgres {
             return Ok(Stream { name: "globals.sql".into(), reader });
         }
         self.point.insert("database".into(), self.db.clone().into());
+        self.point.insert("properties".into(), crate::pg_props::record(self)?);
         // The statistics' live-row counts: what a restore drill compares its exact counts with.
         let rows = self
             .query(&self.db, "SELECT coalesce(json_object_agg(schemaname || '.' || relname, n_live_tup), '{}') FROM pg_stat_user_tables")?;
@@ -193,11 +194,45 @@ pub struct PostgresTarget {
     jobs: usize,
     inner: Option<CommandTarget>,
     spool: Option<(tempfile::NamedTempFile, Command)>,
+    /// The snapshot's record of the database's owners and properties
+    /// (`crate::pg_props`); null for a snapshot from before it.
+    recorded: serde_json::Value,
+    /// Why the objects' owners are not kept, when they are not.
+    owners_lost: Option<String>,
+    /// The restore made the database: its properties are the snapshot's.
+    created: bool,
 }
 
 impl PostgresTarget {
-    pub fn new(pg: Postgres, jobs: usize) -> PostgresTarget {
-        PostgresTarget { pg, jobs, inner: None, spool: None }
+    pub fn new(pg: Postgres, jobs: usize, recorded: serde_json::Value) -> PostgresTarget {
+        PostgresTarget { pg, jobs, inner: None, spool: None, recorded, owners_lost: None, created: false }
+    }
+
+    /// Whether pg_restore can give the objects their owners: the roles
+    /// must exist, and setting another role as owner takes a superuser.
+    /// Why not, when not; nothing recorded keeps the old way (no owners).
+    fn owners_lost(&self) -> Result<Option<String>> {
+        let Some(missing) = crate::pg_props::missing_roles(&self.pg, &self.recorded)? else {
+            return Ok(Some(String::new()));
+        };
+        if !missing.is_empty() {
+            return Ok(Some(format!("roles {} do not exist here (restore the cluster's roles first)", missing.join(", "))));
+        }
+        if self.pg.query("postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")? != "t" {
+            return Ok(Some("the restoring role is no superuser".into()));
+        }
+        Ok(None)
+    }
+
+    /// The database's owner, privileges and settings, on a database the
+    /// restore made (one that was there keeps its own).
+    fn give_properties(&self) -> Result<()> {
+        let have = self.pg.query("postgres", "SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles")?;
+        let have: Vec<String> = serde_json::from_str(&have).unwrap_or_default();
+        for statement in crate::pg_props::statements(&self.pg.db, &self.recorded, &|r| have.iter().any(|h| h == r)) {
+            self.pg.query("postgres", &statement)?;
+        }
+        Ok(())
     }
 
     fn spool_to(&mut self, mut cmd: Command) -> Result<()> {
@@ -285,8 +320,13 @@ impl Target for PostgresTarget {
                 self.jobs
             )));
         }
+        self.created = !exists;
+        self.owners_lost = self.owners_lost()?;
         let mut cmd = self.pg.program("pg_restore", &self.pg.db);
-        cmd.args(["--no-owner", "--exit-on-error"]);
+        cmd.arg("--exit-on-error");
+        if self.owners_lost.is_some() {
+            cmd.arg("--no-owner");
+        }
         if tables > 0 {
             cmd.args(["--clean", "--if-exists"]);
         }
@@ -319,9 +359,15 @@ impl Target for PostgresTarget {
             Some(_) => self.finish_spool()?,
             None => _ = self.inner.take().expect("begun").finish()?,
         }
+        if self.created && self.owners_lost.is_none() {
+            self.give_properties()?;
+        }
         let tables =
             self.pg.query(&self.pg.db, "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")?;
-        Ok(format!("{} restored, {tables} tables", self.pg.url()))
+        match self.owners_lost.as_deref().filter(|why| !why.is_empty()) {
+            Some(why) => Ok(format!("{} restored, {tables} tables; owned by the restoring role, as {why}", self.pg.url())),
+            None => Ok(format!("{} restored, {tables} tables", self.pg.url())),
+        }
     }
 }
 
@@ -382,7 +428,7 @@ mod tests {
     #[test]
     fn a_parallel_restore_dropped_mid_stream_removes_its_spooled_dump() {
         let pg = Postgres::parse("postgres://app@127.0.0.1:1/shop").unwrap();
-        let mut target = PostgresTarget::new(pg, 4);
+        let mut target = PostgresTarget::new(pg, 4, serde_json::Value::Null);
         target.spool_to(Command::new("pg_restore")).unwrap();
         target.write(b"PGDMP partial").unwrap();
         let path = target.spool.as_ref().map(|(file, _)| file.path().to_path_buf()).unwrap();

@@ -128,7 +128,7 @@ async fn into_claim(source: &str, snap: &Snapshot, to: &str, pod: &PodSettings) 
 }
 
 async fn into_redis(repo: &Repository, snap: &Snapshot, to: &SecretUrl) -> Result<Value> {
-    let mut target = tresor_sources::target_from_url(to.expose(), tresor_sources::TargetOptions { jobs: 1 })?;
+    let mut target = tresor_sources::target_from_url(to.expose(), tresor_sources::TargetOptions { jobs: 1, ..Default::default() })?;
     let (_, bytes, said) = crate::sources::stream_into(repo, snap, target.as_mut(), true)
         .await
         .with_context(|| format!("cannot reload the standby at {to}"))?;

@@ -430,6 +430,45 @@ pub(super) fn row_counts(pg: &PostgresServer, db: &str) -> String {
     )
 }
 
+/// A logical restore keeps who owns what, and the database's own owner,
+/// privileges and settings: everything came back owned by the restoring
+/// role, and a database closed to PUBLIC let everyone connect. Where the
+/// owners' roles are missing the restore says whose the objects are.
+#[test]
+fn postgres_restore_keeps_owners_privileges_and_settings() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let pg = PostgresServer::start();
+    pg.psql("postgres", "CREATE ROLE app LOGIN");
+    pg.psql("postgres", "CREATE DATABASE own OWNER app");
+    pg.psql("postgres", "REVOKE CONNECT ON DATABASE own FROM PUBLIC");
+    pg.psql("postgres", "ALTER DATABASE own SET work_mem TO '64MB'");
+    pg.psql(
+        "own",
+        "CREATE SCHEMA s AUTHORIZATION app; CREATE TABLE s.t (id int); ALTER TABLE s.t OWNER TO app; INSERT INTO s.t VALUES (1)",
+    );
+    let bin = PostgresServer::bin_dir().display().to_string();
+    let run = |args: &[&str]| env.cmd(args).env("TRESOR_PG_BIN", &bin).output().unwrap();
+    assert!(run(&["backup", &pg.url("own")]).status.success());
+    let out = run(&["restore", "latest", "--to", &pg.url("own2")]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split(": ").last(), Some(format!("{} restored, 1 tables\n", pg.url("own2")).as_str()));
+    let database = "SELECT pg_get_userbyid(datdba) || ' ' || datacl::text || ' ' || \
+                    (SELECT setconfig::text FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) \
+                    FROM pg_database d WHERE datname = 'own2'";
+    assert_eq!(pg.psql("postgres", database), "app {app=CTc/app,=T/app} {work_mem=64MB}");
+    let owners = "SELECT (SELECT tableowner FROM pg_tables WHERE tablename = 't') || ' ' || pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 's'";
+    assert_eq!(pg.psql("own2", owners), "app app");
+
+    let bare = PostgresServer::start();
+    let out = run(&["restore", "latest", "--to", &bare.url("own")]);
+    let said = format!(
+        "{} restored, 1 tables; owned by the restoring role, as roles app do not exist here (restore the cluster's roles first)\n",
+        bare.url("own")
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split(": ").last(), Some(said.as_str()), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(bare.psql("own", owners), "postgres postgres");
+}
+
 #[test]
 fn postgres_logical_round_trip_with_row_counts() {
     let env = Env::new();
