@@ -27,6 +27,8 @@ mod drill_pg;
 pub mod failure;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod metrics_doc;
 pub mod model;
 pub mod notify;
 pub mod origin;
