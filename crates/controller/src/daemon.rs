@@ -129,12 +129,17 @@ impl PartialOrd for Queued {
 
 /// Load and check a plan: parse errors and check errors refuse it.
 pub fn load_plan(file: &std::path::Path, now: DateTime<Utc>) -> Result<Plan> {
+    load_plan_text(file, now).map(|(plan, _)| plan)
+}
+
+/// [`load_plan`], and the file's text the plan came from.
+fn load_plan_text(file: &std::path::Path, now: DateTime<Utc>) -> Result<(Plan, String)> {
     let (plan, text) = Plan::load(file)?;
     let errors: Vec<_> = check(&plan, &text, now).into_iter().filter(|f| f.severity == Severity::Error).collect();
     if let Some(first) = errors.first() {
         return Err(Error::PlanCheck { count: errors.len(), first: format!("{}:{first}", file.display()) });
     }
-    Ok(plan)
+    Ok((plan, text))
 }
 
 struct Loop {
@@ -147,6 +152,9 @@ struct Loop {
     /// What each running task is for: a task that panics answers nothing.
     started: BTreeMap<tokio::task::Id, Queued>,
     cancel: watch::Sender<bool>,
+    /// The plan file as the running plan was loaded from it: what a
+    /// reload's audit entry says changed (`plan::diff`).
+    plan_text: String,
 }
 
 impl Loop {
@@ -377,8 +385,10 @@ impl Loop {
                 let q = self.queued(&source, Kind::Restore, Trigger::Api, now, 0, &actor);
                 self.queue.push(Queued { priority: u32::MAX, restore: Some(*spec), ..q });
             }
-            Command::Reload { actor } => match load_plan(&self.shared.plan_file, now) {
-                Ok(plan) => {
+            Command::Reload { actor } => match load_plan_text(&self.shared.plan_file, now) {
+                Ok((plan, text)) => {
+                    let changed = crate::plan::diff::changes(&yaml(&self.plan_text), &yaml(&text)).join("; ");
+                    self.plan_text = text;
                     self.shared.metrics.forget_gone(&self.shared.plan(), &plan);
                     self.shared.metrics.take_on(&plan, now);
                     self.shared.metrics.declare(&plan);
@@ -389,7 +399,8 @@ impl Loop {
                     tokio::spawn(async move { shared.repos.clear().await });
                     let _ = self.plan_runs(now, false);
                     tracing::info!("plan reloaded from {}", self.shared.plan_file.display());
-                    self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "succeeded", "");
+                    let detail = if changed.is_empty() { "nothing changed" } else { &changed };
+                    self.shared.audit(&actor, "reload", &self.shared.plan_file.display().to_string(), "succeeded", detail);
                 }
                 Err(e) => {
                     tracing::error!("the new plan is refused, the old one stays: {e}");
@@ -399,6 +410,11 @@ impl Loop {
             },
         }
     }
+}
+
+/// A plan file's YAML as JSON, for comparing two; null where it is none.
+fn yaml(text: &str) -> serde_json::Value {
+    serde_norway::from_str(text).unwrap_or_default()
 }
 
 /// Run until `shutdown` resolves to the grace period running jobs then get
@@ -419,6 +435,7 @@ pub async fn run(
         started: BTreeMap::new(),
         cancel,
         sizes: Sizes::default(),
+        plan_text: std::fs::read_to_string(&shared.plan_file).unwrap_or_default(),
     };
     if shared.state.is_empty()? {
         // A new state over repositories with a history (a lost claim, a new cluster): the evidence brings it back.

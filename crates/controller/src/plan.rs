@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::Error;
 
+pub mod diff;
 mod retention;
 pub use retention::{Keep, Retention};
 

@@ -664,6 +664,9 @@ async fn a_new_source_is_pending_within_its_rpo() {
     std::fs::write(dir.path().join("tresor.yaml"), added).expect("the plan");
     d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
     until("the reload", || d.shared.plan().sources.len() == 2).await;
+    let reload = || d.shared.state.audit_log(10).expect("the trail").into_iter().find(|e| e.action == "reload");
+    until("the reload's audit entry", || reload().is_some()).await;
+    assert_eq!(reload().map(|e| e.detail), Some("source fresh added".into()), "the trail says what changed");
     set(&d.clock_file, "2026-11-21T12:30:00Z");
     assert_eq!(metric(&d, "backup_rpo_seconds{class=\"standard\"}"), Some("9000.0".into()), "flaky's backup of 10:00 is the stalest");
     let class = &crate::view::class_states(&d.shared)[0];
