@@ -410,7 +410,7 @@ pub fn parse_subset(s: &str) -> Result<ReadData> {
     if !(0.0..=100.0).contains(&v) || v == 0.0 {
         bail!("--read-data-subset wants more than 0% and at most 100%");
     }
-    Ok(ReadData::fraction(v / 100.0))
+    Ok(ReadData::window(rand::random::<f64>(), v / 100.0))
 }
 
 /// The packs `--read-pack` names, each by its id or a prefix of it that

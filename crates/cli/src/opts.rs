@@ -519,8 +519,9 @@ pub struct CheckArgs {
     /// Read and verify all data.
     #[arg(long)]
     pub read_data: bool,
-    /// Read and verify this share of the packs: a percentage (10%, the same
-    /// packs every time) or slice N of T (1/7, then 2/7 … reads each pack once).
+    /// Read and verify this share of the packs: a percentage (10%, another
+    /// share each time, as restic's) or slice N of T (1/7, then 2/7 … reads
+    /// each pack once).
     #[arg(long)]
     pub read_data_subset: Option<String>,
     /// Read and verify this pack too (its id, or its first 8 hex digits or

@@ -44,7 +44,16 @@ impl ReadData {
 
     /// The first `fraction` (0..=1) of the packs, the same ones every time.
     pub fn fraction(fraction: f64) -> ReadData {
-        ReadData { from: 0.0, to: fraction.clamp(0.0, 1.0) }
+        ReadData::window(0.0, fraction)
+    }
+
+    /// A `fraction` (0..=1) of the packs from `start` (0..1) on, wrapping
+    /// past the last: with a random start, another share each time, as
+    /// restic's percentage reads (the same share every time left most of a
+    /// repository unread by a daily 1 % check).
+    pub fn window(start: f64, fraction: f64) -> ReadData {
+        let from = start.clamp(0.0, 1.0);
+        ReadData { from, to: from + fraction.clamp(0.0, 1.0) }
     }
 
     /// Slice `n` of `of` (`1 ≤ n ≤ of`).
@@ -61,7 +70,7 @@ impl ReadData {
     fn wants(&self, pack: &Id) -> bool {
         // In [0, 1): every pack falls in exactly one of the slices.
         let v = f64::from(u32::from_le_bytes(pack.0[..4].try_into().expect("4 bytes"))) / (f64::from(u32::MAX) + 1.0);
-        self.from <= v && v < self.to
+        (self.from <= v && v < self.to) || v + 1.0 < self.to
     }
 }
 

@@ -161,4 +161,8 @@ fn slices_read_every_pack_once() {
     assert!(ids.iter().all(|id| ReadData::ALL.wants(id) && !ReadData::NONE.wants(id)));
     let half = ReadData::fraction(0.5);
     assert!(ids.iter().all(|id| half.wants(id) == (ReadData::slice(1, 2).wants(id))));
+    // A window past the end wraps to the start: 3/4 … 1/4 is slices 4/4 and 1/4.
+    let wrapped = ReadData::window(0.75, 0.5);
+    assert!(ids.iter().all(|id| wrapped.wants(id) == (ReadData::slice(4, 4).wants(id) || ReadData::slice(1, 4).wants(id))));
+    assert!(ids.iter().all(|id| ReadData::window(0.3, 1.0).wants(id)), "a whole window from anywhere reads all");
 }
