@@ -6,38 +6,106 @@
 //! reports) are tresor_sources::pitr's; this module reads the repository,
 //! writes the data directory and prints.
 
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
+use tresor_engine::objects::Kind;
+use tresor_engine::{Repository, Snapshot};
 use tresor_sources::pgwal::{self, WalKind};
 use tresor_sources::pitr::{self, Stop, chains, point};
+use tresor_sources::{PG_BASE, walarchive};
 
 use crate::commands::{open, print_json};
-use crate::opts::{Global, PgCmd, PgCommand, PgRestoreArgs};
+use crate::opts::{Global, PgBackupArgs, PgCmd, PgCommand, PgRestoreArgs};
 
 pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
     match cmd.command {
-        PgCommand::Backup(mut a) => {
-            // The same source a plan names as pgbase://.
-            let url = match a.paths.as_slice() {
-                [one] => one.to_string_lossy().to_string(),
-                _ => bail!("give one cluster URL: postgres://USER@HOST:PORT"),
-            };
-            let rest = ["postgres://", "postgresql://", "pgbase://"].iter().find_map(|p| url.strip_prefix(p));
-            let Some(rest) = rest else {
-                bail!("{url} is no cluster URL: give postgres://USER@HOST:PORT (or the plan's pgbase://USER@HOST:PORT)");
-            };
-            a.paths = vec![format!("pgbase://{rest}").into()];
-            crate::data::backup(g, *a).await
-        }
+        PgCommand::Backup(a) => backup(g, *a).await,
         PgCommand::WalPush(a) => crate::pgwal::push(g, a).await,
         PgCommand::WalFetch(a) => crate::pgwal::fetch(g, a).await,
         PgCommand::WalPrefetch { pgdata } => crate::pgspool::prefetch(g, pgdata).await,
         PgCommand::Restore(a) => restore(g, a).await,
         PgCommand::Verify => verify(g).await,
+    }
+}
+
+/// A base backup, then its archive check (pgBackRest's archive-check):
+/// the WAL segment holding its end must reach the repository within
+/// `--archive-timeout`, else no recovery goes past the backup's end. The
+/// snapshot is valid data and stays; the command fails (exit 1), so a
+/// scheduled backup alerts.
+async fn backup(g: &Global, a: PgBackupArgs) -> Result<u8> {
+    let PgBackupArgs { backup: mut args, archive_timeout } = a;
+    // The same source a plan names as pgbase://.
+    let url = match args.paths.as_slice() {
+        [one] => one.to_string_lossy().to_string(),
+        _ => bail!("give one cluster URL: postgres://USER@HOST:PORT"),
+    };
+    let rest = ["postgres://", "postgresql://", "pgbase://"].iter().find_map(|p| url.strip_prefix(p));
+    let Some(rest) = rest else {
+        bail!("{url} is no cluster URL: give postgres://USER@HOST:PORT (or the plan's pgbase://USER@HOST:PORT)");
+    };
+    let url = format!("pgbase://{rest}");
+    let wait = crate::commands::parse_duration(&archive_timeout)?;
+    // The base backup is the pg-base snapshot new to this listing (WAL
+    // pushed meanwhile is new too).
+    let repo = open(g).await?;
+    let before: HashSet<tresor_engine::Id> = repo.list_ids(Kind::Snapshot).await?.into_iter().collect();
+    args.paths = vec![url.clone().into()];
+    let code = crate::data::backup(g, args).await?;
+    let mut base: Option<Snapshot> = None;
+    for id in repo.list_ids(Kind::Snapshot).await? {
+        if before.contains(&id) {
+            continue;
+        }
+        let s = repo.load_snapshot(&id).await?;
+        if s.source.kind == PG_BASE && base.as_ref().is_none_or(|b| b.time < s.time) {
+            base = Some(s);
+        }
+    }
+    if let Some(base) = base {
+        archive_check(&repo, &base, &url, wait).await?;
+    }
+    Ok(code)
+}
+
+/// How often the archive check looks for the segment in the repository.
+const ARCHIVE_POLL: Duration = Duration::from_millis(250);
+
+/// Wait until the segment holding `base`'s end is in the repository, or
+/// fail with why not (walarchive::archive_verdict): asked of the cluster
+/// first (archive_mode off: nothing will come) and when the wait is over.
+async fn archive_check(repo: &Repository, base: &Snapshot, url: &str, wait: Duration) -> Result<()> {
+    let (Some(segment), Some(system_id)) = (pitr::end_segment(base), point(base, "system_id").and_then(|s| s.parse().ok())) else {
+        bail!("base backup {} does not record its end, so its archive check cannot run", base.id.short());
+    };
+    let name = pgwal::snapshot_name(system_id, &segment);
+    let ask = |waited: bool| {
+        let url = url.to_string();
+        async move {
+            let said = tokio::task::spawn_blocking(move || pgwal::archiver(&url)).await?;
+            anyhow::Ok(walarchive::archive_verdict(said.as_ref().map_err(ToString::to_string), waited, wait.as_secs()))
+        }
+    };
+    let started = Instant::now();
+    let mut asked = false;
+    loop {
+        if repo.find_named(&name).await?.is_some() {
+            return Ok(());
+        }
+        let waited = started.elapsed() >= wait;
+        if !asked || waited {
+            asked = true;
+            if let Some(why) = ask(waited).await? {
+                return Err(pitr::Error::EndNotArchived { base: base.id.short(), segment, why }.into());
+            }
+        }
+        tokio::time::sleep(ARCHIVE_POLL).await;
     }
 }
 
@@ -75,13 +143,15 @@ fn conf(v: &str) -> String {
 }
 
 /// The recovery settings appended to `postgresql.auto.conf`.
-fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedOffset>>) -> Result<String> {
+fn recovery_settings(g: &Global, a: &PgRestoreArgs, stop: &Stop) -> Result<String> {
     let mut out = format!("\n{} pg restore.\n{}", tresor_sources::recovery_conf::MARK, restore_command(g)?);
-    match (time, &a.lsn, a.immediate) {
-        (Some(t), _, _) => out += &format!("recovery_target_time = {}\n", conf(&t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string())),
-        (_, Some(l), _) => out += &format!("recovery_target_lsn = {}\n", conf(l)),
-        (_, _, true) => out += "recovery_target = 'immediate'\n",
-        _ => {}
+    match stop {
+        Stop::Time(t) => out += &format!("recovery_target_time = {}\n", conf(&t.format("%Y-%m-%d %H:%M:%S%.6f%:z").to_string())),
+        Stop::Lsn(l) => out += &format!("recovery_target_lsn = {}\n", conf(l)),
+        Stop::Immediate => out += "recovery_target = 'immediate'\n",
+        Stop::Name(n) => out += &format!("recovery_target_name = {}\n", conf(n)),
+        Stop::Xid(x) => out += &format!("recovery_target_xid = {}\n", conf(x)),
+        Stop::Latest => {}
     }
     out += &format!("recovery_target_action = 'promote'\nrecovery_target_timeline = {}\n", conf(&a.target_timeline));
     if a.no_archive {
@@ -90,11 +160,34 @@ fn recovery_settings(g: &Global, a: &PgRestoreArgs, time: Option<DateTime<FixedO
     Ok(out)
 }
 
+/// Where `a` says recovery stops.
+fn stop_of(a: &PgRestoreArgs) -> Result<Stop> {
+    Ok(match (&a.time, &a.lsn, &a.name, a.xid) {
+        (Some(t), ..) => Stop::Time(crate::data::parse_time(t)?),
+        (_, Some(l), ..) => Stop::Lsn(l.clone()),
+        (_, _, Some(n), _) => Stop::Name(n.clone()),
+        (.., Some(x)) => Stop::Xid(x.to_string()),
+        _ if a.immediate => Stop::Immediate,
+        _ if a.latest => Stop::Latest,
+        _ => bail!("say where recovery stops: --time, --lsn, --name, --xid, --latest or --immediate"),
+    })
+}
+
+/// The forks of `timeline`'s history, read from the archive (none for
+/// timeline 1); a timeline named must have its history archived.
+async fn forks(repo: &Repository, chain: &pitr::Chain<'_>, timeline: u32, named: bool) -> Result<Vec<pgwal::Fork>> {
+    let Some(file) = pitr::history_file(chain, timeline, named)? else { return Ok(Vec::new()) };
+    let system_id = chain.wal.iter().find(|(w, _)| w.name == file).and_then(|(_, s)| point(s, "system_id")).unwrap_or_default();
+    let text = crate::pgwal::read_archived(repo, system_id.parse()?, &file).await?.with_context(|| format!("{file} left the archive"))?;
+    pgwal::parse_history(&String::from_utf8_lossy(&text)).with_context(|| format!("the archived {file} is no timeline history"))
+}
+
 async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
-    if a.time.is_none() && a.lsn.is_none() && !a.latest && !a.immediate {
-        bail!("say where recovery stops: --time, --lsn, --latest or --immediate");
-    }
-    let time = a.time.as_deref().map(crate::data::parse_time).transpose()?;
+    let stop_at = stop_of(&a)?;
+    let time = match stop_at {
+        Stop::Time(t) => Some(t),
+        _ => None,
+    };
     if !tresor_controller::standby::unmade(&a.target).with_context(|| format!("cannot read {}", a.target.display()))? {
         bail!("{} is not empty; pg restore builds a new data directory", a.target.display());
     }
@@ -107,44 +200,95 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
         of.next().filter(|_| of.next().is_none()).map(|(system_id, _)| system_id.as_str())
     });
     let chain = pitr::chain_of(&all, a.system_id.as_deref().or(named))?;
-    let stop_at = match (time, &a.lsn, a.immediate) {
-        (Some(t), _, _) => Stop::Time(t),
-        (_, Some(l), _) => Stop::Lsn(l.clone()),
-        (_, _, true) => Stop::Immediate,
-        _ => Stop::Latest,
+    // A base backup off the target timeline's history would have the
+    // recovery read another timeline's WAL under its checkpoint.
+    let on = pitr::target_timeline(chain, &a.target_timeline);
+    let forks = match on {
+        Some(t) => forks(&repo, chain, t, a.target_timeline != "latest").await?,
+        None => Vec::new(),
     };
-    let base = pitr::choose_base(&chain.bases, a.snapshot.as_deref(), &stop_at)?;
+    let base = pitr::choose_base(&chain.bases, a.snapshot.as_deref(), &stop_at, on.map(|t| (t, forks.as_slice())))?;
     warn_short(chain, base, time);
-    let settings = recovery_settings(g, &a, time)?;
+    let settings = recovery_settings(g, &a, &stop_at)?;
     std::fs::create_dir_all(&a.target).with_context(|| format!("cannot create {}", a.target.display()))?;
     std::fs::set_permissions(&a.target, std::fs::Permissions::from_mode(0o700))?;
-    // Started first, so that it fetches while the base backup is restored.
-    let prefetcher = match pitr::recovery_plan(chain, base, &stop_at, a.prefetch) {
-        Some(plan) if a.prefetch > 0 => Some(crate::pgspool::start(g, &repo, &a.target, &plan).map(|p| (p, plan.segments.len()))?),
+    let plan = pitr::recovery_plan(chain, base, &stop_at, a.prefetch).filter(|_| a.prefetch > 0);
+    // Started first, so that it fetches while the base backup is restored;
+    // as root only once the restored files say whose the cluster is.
+    let mut prefetcher = match &plan {
+        Some(plan) if !crate::pgspool::is_root() => Some(crate::pgspool::start(g, &repo, &a.target, plan, None)?),
         _ => None,
     };
     let mut unpack = tresor_sources::unpack_into(&a.target);
     let (_, bytes, _) = crate::sources::stream_into(&repo, base, unpack.as_mut(), false).await?;
     write_recovery(&a.target, &settings)?;
-    let prefetch = prefetcher.map(|(p, planned)| json!({"pid": p.hand_over(), "segments_planned": planned, "window": a.prefetch}));
-    let stop = match (&a.time, &a.lsn, a.latest) {
-        (Some(t), _, _) => format!("time {t}"),
-        (_, Some(l), _) => format!("LSN {l}"),
-        (_, _, true) => "the end of the archived WAL".into(),
+    let owner = give_to_owner(&a.target)?;
+    if let (Some(plan), None) = (&plan, &prefetcher) {
+        prefetcher = Some(crate::pgspool::start(g, &repo, &a.target, plan, owner)?);
+    }
+    let prefetch = prefetcher
+        .map(|p| json!({"pid": p.hand_over(), "segments_planned": plan.as_ref().map_or(0, |p| p.segments.len()), "window": a.prefetch}));
+    report_restore(g, &a, base, bytes, prefetch, &settings)?;
+    Ok(0)
+}
+
+/// As root, tar restores the files as their owner (PostgreSQL's user)
+/// but what tresor made would be root's: the directory (0700), which
+/// PostgreSQL could not enter, recovery.signal and postgresql.auto.conf.
+/// They go to the owner of the restored `PG_VERSION`, whom the prefetcher
+/// then runs as; `None` when not root (all is the user's who ran it).
+fn give_to_owner(dir: &Path) -> Result<Option<(u32, u32)>> {
+    use std::os::unix::fs::MetadataExt;
+    if !crate::pgspool::is_root() {
+        return Ok(None);
+    }
+    let version = dir.join("PG_VERSION");
+    let meta = std::fs::metadata(&version).with_context(|| format!("cannot read {}", version.display()))?;
+    for path in [dir.to_path_buf(), dir.join("recovery.signal"), dir.join("postgresql.auto.conf")] {
+        std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid()))
+            .with_context(|| format!("cannot give {} to the owner of {}", path.display(), version.display()))?;
+    }
+    Ok(Some((meta.uid(), meta.gid())))
+}
+
+/// What was restored, where it recovers to, and what to reset once it
+/// has (recovery_conf::reset_statements).
+fn report_restore(
+    g: &Global,
+    a: &PgRestoreArgs,
+    base: &Snapshot,
+    bytes: u64,
+    prefetch: Option<serde_json::Value>,
+    settings: &str,
+) -> Result<()> {
+    let stop = match (&a.time, &a.lsn, &a.name, a.xid) {
+        (Some(t), ..) => format!("time {t}"),
+        (_, Some(l), ..) => format!("LSN {l}"),
+        (_, _, Some(n), _) => format!("restore point {n}"),
+        (.., Some(x)) => format!("the commit of transaction {x}"),
+        _ if a.latest => "the end of the archived WAL".into(),
         _ => "the end of the base backup".into(),
     };
+    let reset = tresor_sources::recovery_conf::reset_statements(settings);
     if g.json {
-        print_json(&json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop, "prefetch": prefetch}))?;
-    } else {
-        say!(
-            "restored base backup {} (WAL from {} on timeline {}) into {}; start PostgreSQL on it and it recovers to {stop}",
-            base.id.short(),
-            point(base, "start_lsn").unwrap_or("?"),
-            base.source.consistency.get("timeline").map_or("?".into(), |t| t.to_string()),
-            a.target.display()
+        return print_json(
+            &json!({"base_backup": base.id, "bytes": bytes, "target": a.target, "recovers_to": stop, "prefetch": prefetch, "reset_after_recovery": reset}),
         );
     }
-    Ok(0)
+    say!(
+        "restored base backup {} (WAL from {} on timeline {}) into {}; start PostgreSQL on it and it recovers to {stop}",
+        base.id.short(),
+        point(base, "start_lsn").unwrap_or("?"),
+        base.source.consistency.get("timeline").map_or("?".into(), |t| t.to_string()),
+        a.target.display()
+    );
+    say!(
+        "note: once recovery has ended, run these (postgresql.auto.conf keeps the recovery settings, and a standby or clone made with pg_basebackup -R copies them, recovers to the same target and promotes itself):"
+    );
+    for line in reset {
+        say!("  {line}");
+    }
+    Ok(())
 }
 
 /// What the archive says before the recovery runs into it: a gap it

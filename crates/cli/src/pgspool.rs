@@ -97,14 +97,30 @@ impl Drop for Prefetcher {
     }
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Write the plan into the spool and start the prefetcher on it, handing
-/// it the unlocked key on its standard input (`open_handed`).
-pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan) -> Result<Prefetcher> {
+/// it the unlocked key on its standard input (`open_handed`). With an
+/// `owner` (uid, gid; `pg restore` as root) the spool is theirs and the
+/// prefetcher runs as them: PostgreSQL, as that user, takes its segments
+/// over and must be able to write them when it recycles them.
+pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan, owner: Option<(u32, u32)>) -> Result<Prefetcher> {
     let dir = spool(pgdata);
     // A base backup of a recovered cluster carries that recovery's report.
     let _ = (std::fs::remove_file(pgdata.join(REPORT)), std::fs::remove_file(pgdata.join(DRAFT)));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join(PLAN), serde_json::to_vec(plan)?).with_context(|| format!("cannot write {}", dir.display()))?;
+    let give = |path: &Path| match owner {
+        Some((uid, gid)) => {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("cannot give {} away", path.display()))
+        }
+        None => Ok(()),
+    };
+    give(&dir)?;
+    give(&dir.join(PLAN))?;
     let exe = std::env::current_exe().context("cannot tell where tresor is installed")?;
     let mut cmd = std::process::Command::new(exe);
     // In the environment, not on the command line, which `ps` shows to
@@ -112,10 +128,15 @@ pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan) -> Resul
     if let Some(repo) = &g.repo {
         cmd.env("TRESOR_REPOSITORY", repo.expose());
     }
-    if g.no_cache {
+    // Root's cache is no other user's to write.
+    if g.no_cache || owner.is_some() {
         cmd.arg("--no-cache");
     }
-    if let Some(c) = &g.cache_dir {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+    }
+    if let (Some(c), None) = (&g.cache_dir, owner) {
         cmd.arg("--cache-dir").arg(std::path::absolute(c)?);
     }
     cmd.args(["--quiet", "pg", "wal-prefetch", "--pgdata"]).arg(std::path::absolute(pgdata)?);
@@ -134,6 +155,7 @@ pub fn start(g: &Global, repo: &Repository, pgdata: &Path, plan: &Plan) -> Resul
     let mut key = child.stdin.take().expect("piped");
     repo.hand_key(&mut key).context("cannot hand the key to the WAL prefetcher")?;
     std::fs::write(dir.join(PID), child.id().to_string()).with_context(|| format!("cannot write {}", dir.display()))?;
+    give(&dir.join(PID))?;
     Ok(prefetcher)
 }
 

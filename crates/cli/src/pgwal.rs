@@ -216,25 +216,45 @@ pub(crate) async fn fetch_one(repo: &Repository, system_id: u64, file: &str, des
     let Some(snap) = repo.find_named(&pgwal::snapshot_name(system_id, file)).await? else {
         return Ok(None);
     };
-    let root = repo.load_tree(&snap.tree).await?;
-    let node = root.nodes.iter().find(|n| n.kind == NodeKind::File).with_context(|| format!("the archived {file} holds no file"))?;
     let tmp = dest.with_file_name(format!(".{file}.tresor-part"));
     let mut out = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Err(e) = copy_archived(repo, &snap, file, &mut out).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    out.sync_all()?;
+    drop(out);
+    move_file(&tmp, dest)?;
+    Ok(Some(recorded_seg_size(&snap)))
+}
+
+/// An archived file's content (a timeline history: a few lines), if it
+/// is archived.
+pub(crate) async fn read_archived(repo: &Repository, system_id: u64, file: &str) -> Result<Option<Vec<u8>>> {
+    let Some(snap) = repo.find_named(&pgwal::snapshot_name(system_id, file)).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    copy_archived(repo, &snap, file, &mut out).await?;
+    Ok(Some(out))
+}
+
+/// The content of the archived `file` (its snapshot `snap`) into `out`,
+/// checked against the BLAKE3 recorded when it was pushed.
+async fn copy_archived(repo: &Repository, snap: &tresor_engine::Snapshot, file: &str, out: &mut impl Write) -> Result<()> {
+    let root = repo.load_tree(&snap.tree).await?;
+    let node = root.nodes.iter().find(|n| n.kind == NodeKind::File).with_context(|| format!("the archived {file} holds no file"))?;
     let mut hasher = blake3::Hasher::new();
     for id in &node.content {
         let blob = repo.load_blob(id).await?;
         hasher.update(&blob);
-        out.write_all(&blob).with_context(|| format!("cannot write {}", tmp.display()))?;
+        out.write_all(&blob).with_context(|| format!("cannot write the fetched {file}"))?;
     }
-    out.sync_all()?;
-    drop(out);
     let want = snap.source.consistency.get("blake3").and_then(|v| v.as_str()).unwrap_or_default();
     if hasher.finalize().to_hex().as_str() != want {
-        let _ = std::fs::remove_file(&tmp);
         bail!("the archived {file} does not match the BLAKE3 recorded when it was pushed");
     }
-    move_file(&tmp, dest)?;
-    Ok(Some(recorded_seg_size(&snap)))
+    Ok(())
 }
 
 pub(crate) fn move_file(from: &Path, to: &Path) -> Result<()> {

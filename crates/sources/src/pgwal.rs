@@ -175,6 +175,41 @@ pub fn server_position(url: &str) -> crate::Result<ServerPosition> {
     })
 }
 
+/// What a running cluster's archiver says (`archive_mode`, `pg_stat_archiver`),
+/// for a base backup's archive check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archiver {
+    /// `archive_mode` is not `off`.
+    pub archiving: bool,
+    pub failed_count: u64,
+    pub last_failed_wal: Option<String>,
+    pub last_archived_wal: Option<String>,
+    /// Its newest attempt failed (`last_failed_time` after `last_archived_time`).
+    pub failing: bool,
+}
+
+/// Ask the cluster behind `pgbase://USER@HOST:PORT` how its archiver fares.
+pub fn archiver(url: &str) -> crate::Result<Archiver> {
+    let rest = url.strip_prefix("pgbase://").unwrap_or(url);
+    let pg = crate::postgres::Postgres::parse_cluster(&format!("postgres://{rest}"))?;
+    let said = pg.query(
+        "postgres",
+        "SELECT current_setting('archive_mode') || '|' || failed_count || '|' || coalesce(last_failed_wal, '') || '|' \
+         || coalesce(last_archived_wal, '') || '|' \
+         || (last_failed_time IS NOT NULL AND last_failed_time > coalesce(last_archived_time, '-infinity')) FROM pg_stat_archiver",
+    )?;
+    let bad = || pg.fail(format!("unexpected answer about the archiver: {said:?}"));
+    let [mode, failed, last_failed, last_archived, failing] = said.trim().split('|').collect::<Vec<_>>()[..] else { return Err(bad()) };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(Archiver {
+        archiving: mode != "off",
+        failed_count: failed.parse().map_err(|_| bad())?,
+        last_failed_wal: some(last_failed),
+        last_archived_wal: some(last_archived),
+        failing: failing == "t" || failing == "true",
+    })
+}
+
 /// What a standby server says about its replay, for its lag and its failover.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayPosition {
@@ -263,6 +298,38 @@ pub fn unneeded(files: &[WalFile], oldest_base_start: Option<u64>, seg_size: u64
         return Vec::new();
     };
     files.iter().filter(|f| f.kind != WalKind::History && f.segno(seg_size) < start).collect()
+}
+
+/// One line of a timeline history file (`TTTTTTTT.history`): timeline
+/// `parent` ended at `switch_lsn`, where the next one in the file branched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    pub parent: u32,
+    pub switch_lsn: u64,
+}
+
+/// The forks a timeline history file lists, oldest first (PostgreSQL's
+/// `readTimeLineHistory`: `parentTLI<TAB>X/Y<TAB>reason`; blank lines and
+/// `#` comments skipped). `None` for a line it cannot read: a history
+/// misread would send a recovery down the wrong timeline.
+pub fn parse_history(text: &str) -> Option<Vec<Fork>> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let mut fields = line.split_whitespace();
+        let parent = fields.next()?.parse().ok()?;
+        let switch_lsn = parse_lsn(fields.next()?)?;
+        out.push(Fork { parent, switch_lsn });
+    }
+    Some(out)
+}
+
+/// Where timeline `target` may be recovered onto from a base backup on
+/// timeline `tli` that ended at `end_lsn`, given `target`'s history: on
+/// `target` itself, or on an ancestor the backup ended on before `target`'s
+/// line branched off it (else the recovery reads another timeline's WAL
+/// under the backup's checkpoint, and PostgreSQL cannot find it).
+pub fn on_history_of(target: u32, history: &[Fork], tli: u32, end_lsn: u64) -> bool {
+    tli == target || history.iter().any(|f| f.parent == tli && end_lsn <= f.switch_lsn)
 }
 
 /// An archived segment as a recovery plan sees it: its name and, when its
@@ -404,5 +471,20 @@ mod tests {
         );
         assert_eq!(names(RecoveryEnd::AfterCommit(900)), names(RecoveryEnd::Latest));
         assert!(recovery_chain(&archived, 1, 6, RecoveryEnd::Latest, MB16).is_empty(), "the first segment is missing");
+    }
+
+    #[test]
+    fn a_history_file_names_the_forks_a_base_backup_may_recover_across() {
+        let text = "1\t0/3000000\tno recovery target specified\n\n# a comment\n2\t0/50000A0\tbefore 2026-12-08\n";
+        let forks = parse_history(text).unwrap();
+        assert_eq!(forks, [Fork { parent: 1, switch_lsn: 0x300_0000 }, Fork { parent: 2, switch_lsn: 0x500_00A0 }]);
+        assert_eq!(parse_history("1\tnot-an-lsn\treason\n"), None, "a line misread is no history");
+        assert_eq!(parse_history("").unwrap(), []);
+        assert!(on_history_of(3, &forks, 3, u64::MAX), "the target timeline itself");
+        assert!(on_history_of(3, &forks, 1, 0x300_0000), "an ancestor, ended at the switch point");
+        assert!(!on_history_of(3, &forks, 1, 0x300_0001), "an ancestor past the switch point: another timeline's WAL");
+        assert!(on_history_of(3, &forks, 2, 0x400_0000));
+        assert!(!on_history_of(1, &[], 2, 0), "a later timeline is no ancestor");
+        assert!(!on_history_of(3, &forks, 4, 0));
     }
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use tresor_engine::{Id, IdSet, Snapshot};
 
 use crate::PG_BASE;
-use crate::pgwal::{self, ArchivedSegment, Gap, KIND as PG_WAL, RecoveryEnd, Span, WalFile, WalKind};
+use crate::pgwal::{self, ArchivedSegment, Fork, Gap, KIND as PG_WAL, RecoveryEnd, Span, WalFile, WalKind};
+use crate::walarchive::NotArchived;
 
 /// Why a point-in-time rule refused.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,22 @@ pub enum Error {
     NoControl,
     #[error("{0} is archived already with different content; the archive keeps the copy it has")]
     Conflict(String),
+    /// The base backup's archive check (walarchive::archive_verdict).
+    #[error(
+        "base backup {base} is saved, but the WAL segment holding its end ({segment}) is not in the repository: {why}; until it is, the base backup recovers to its end and no further"
+    )]
+    EndNotArchived { base: String, segment: String, why: NotArchived },
+    #[error("the archive holds no history of timeline {0} ({0:08X}.history): PostgreSQL cannot recover onto it")]
+    NoHistory(u32),
+    /// `on`: the timelines of the base backups that were complete before the target.
+    #[error(
+        "no base backup complete before the target can recover onto timeline {target}: they are on timeline {on}, which it did not branch off after their end"
+    )]
+    NoBaseOnTimeline { target: u32, on: String },
+    #[error(
+        "base backup {base} is on timeline {timeline}, which timeline {target} did not branch off after its end: it cannot recover onto timeline {target}"
+    )]
+    OffTimeline { base: String, timeline: u32, target: u32 },
 }
 
 impl Error {
@@ -171,7 +188,7 @@ pub fn base_end(b: &Snapshot) -> DateTime<FixedOffset> {
 }
 
 /// Where a recovery stops (one of `pg restore`'s `--time`, `--lsn`,
-/// `--immediate`, `--latest`).
+/// `--immediate`, `--latest`, `--name`, `--xid`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stop {
     Time(DateTime<FixedOffset>),
@@ -181,27 +198,84 @@ pub enum Stop {
     Immediate,
     /// Through all archived WAL.
     Latest,
+    /// At a restore point (`pg_create_restore_point`): where it lies is
+    /// not recorded, so the newest base backup is taken, as pgBackRest does.
+    Name(String),
+    /// After a transaction's commit: likewise.
+    Xid(String),
+}
+
+/// The timeline a recovery follows, as far as choosing its base backup
+/// goes: `None` for `current` (the base backup's own, whichever it is),
+/// else the timeline's number and its history file's forks.
+pub type OnTimeline<'h> = Option<(u32, &'h [Fork])>;
+
+/// The timeline `--target-timeline` names: `latest` is the newest the
+/// archive knows (a history file's, or a base backup's), as PostgreSQL
+/// takes the newest history file; `current` none (see [`OnTimeline`]).
+pub fn target_timeline(chain: &Chain, given: &str) -> Option<u32> {
+    match given {
+        "current" => None,
+        "latest" => {
+            let histories = chain.wal.iter().filter(|(w, _)| w.kind == WalKind::History).map(|(w, _)| w.timeline);
+            Some(histories.chain(chain.bases.iter().filter_map(|b| point_u32(b, "timeline"))).max().unwrap_or(1))
+        }
+        n => n.parse().ok(),
+    }
+}
+
+/// The history file a recovery onto `timeline` reads, if it has one (1
+/// has none); an error when the archive lacks it and `needed` (a timeline
+/// named: PostgreSQL refuses to start without it).
+pub fn history_file(chain: &Chain, timeline: u32, needed: bool) -> Result<Option<String>, Error> {
+    let name = format!("{timeline:08X}.history");
+    match chain.wal.iter().any(|(w, _)| w.name == name) {
+        true => Ok(Some(name)),
+        false if timeline > 1 && needed => Err(Error::NoHistory(timeline)),
+        false => Ok(None),
+    }
+}
+
+/// Whether base backup `b` can start a recovery onto `on`; one that does
+/// not say its timeline or end is taken at its word.
+fn on_timeline(b: &Snapshot, on: OnTimeline) -> bool {
+    let (Some((target, forks)), Some(tli), Some(end)) = (on, point_u32(b, "timeline"), point(b, "end_lsn").and_then(pgwal::parse_lsn))
+    else {
+        return true;
+    };
+    pgwal::on_history_of(target, forks, tli, end)
 }
 
 /// The base backup to start from: the one `spec` names, or the newest
-/// (last of `bases`) that was complete before the recovery target.
-pub fn choose_base<'a>(bases: &[&'a Snapshot], spec: Option<&str>, stop: &Stop) -> Result<&'a Snapshot, Error> {
+/// (last of `bases`) that was complete before the recovery target and
+/// lies on the target timeline's history before it branched off.
+pub fn choose_base<'a>(bases: &[&'a Snapshot], spec: Option<&str>, stop: &Stop, on: OnTimeline) -> Result<&'a Snapshot, Error> {
     if let Some(spec) = spec {
         let chosen = tresor_engine::select::select(bases.iter().map(|b| (*b).clone()).collect(), spec, &Default::default())
             .map_err(|source| Error::NoSuchBase { spec: spec.into(), source })?;
-        return Ok(bases.iter().find(|b| b.id == chosen.id).expect("selected from these"));
+        let b = bases.iter().find(|b| b.id == chosen.id).expect("selected from these");
+        return match (on_timeline(b, on), on, point_u32(b, "timeline")) {
+            (false, Some((target, _)), Some(timeline)) => Err(Error::OffTimeline { base: b.id.short(), timeline, target }),
+            _ => Ok(*b),
+        };
     }
     let lsn = match stop {
         Stop::Lsn(l) => Some(pgwal::parse_lsn(l).ok_or_else(|| Error::BadLsn(l.clone()))?),
         _ => None,
     };
-    let fits = |b: &&&Snapshot| match (stop, lsn) {
+    let before = |b: &&&Snapshot| match (stop, lsn) {
         (Stop::Time(t), _) => base_end(b) <= *t,
         (_, Some(l)) => point(b, "end_lsn").and_then(pgwal::parse_lsn).is_some_and(|e| e <= l),
         _ => true,
     };
-    let found = bases.iter().rev().find(fits).copied();
-    found.ok_or_else(|| match bases.first() {
+    if let Some(found) = bases.iter().rev().filter(before).find(|b| on_timeline(b, on)) {
+        return Ok(*found);
+    }
+    let on_which: BTreeSet<String> = bases.iter().filter(before).filter_map(|b| point_u32(b, "timeline")).map(|t| t.to_string()).collect();
+    if let (Some((target, _)), false) = (on, on_which.is_empty()) {
+        return Err(Error::NoBaseOnTimeline { target, on: on_which.into_iter().collect::<Vec<_>>().join(", ") });
+    }
+    Err(match bases.first() {
         Some(b) => {
             let lsn = point(b, "end_lsn").filter(|_| lsn.is_some());
             Error::NoBaseBefore { oldest_end: lsn.map_or_else(|| base_end(b).to_rfc3339(), |l| format!("LSN {l}")) }
@@ -269,7 +343,7 @@ pub fn recovery_plan(chain: &Chain, base: &Snapshot, stop: &Stop, window: usize)
         Stop::Immediate => {
             RecoveryEnd::Segment(point(base, "end_lsn").and_then(|l| pgwal::lsn_segno(l, size)).unwrap_or(start.segno(size)))
         }
-        Stop::Latest => RecoveryEnd::Latest,
+        Stop::Latest | Stop::Name(_) | Stop::Xid(_) => RecoveryEnd::Latest,
     };
     let archived: Vec<ArchivedSegment> = chain
         .wal
@@ -294,6 +368,13 @@ pub fn recovery_plan(chain: &Chain, base: &Snapshot, stop: &Stop, window: usize)
     })
 }
 
+/// The segment holding a base backup's end, which the archive must hold
+/// for any recovery past it (its archive check waits for it).
+pub fn end_segment(b: &Snapshot) -> Option<String> {
+    let size = seg_size(b);
+    Some(pgwal::segment_name(point_u32(b, "timeline")?, pgwal::lsn_segno(point(b, "end_lsn")?, size)?, size))
+}
+
 /// What keeps a chain from recovering across it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -302,6 +383,10 @@ pub enum Problem {
     /// A base backup whose end the archived WAL of its timeline does not
     /// reach: it recovers no further than its end.
     StartsAfter { base: Id, timeline: u32, first: u64, end: u64, seg_size: u64 },
+    /// A base backup whose end segment the archived WAL of its timeline
+    /// does not hold (`last`: where it ends, if it holds any): the archive
+    /// stopped before it, or never ran; it recovers no further than its end.
+    EndsBefore { base: Id, timeline: u32, last: Option<u64>, end: u64, seg_size: u64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -318,6 +403,22 @@ impl std::fmt::Display for Problem {
                 pgwal::segment_name(*timeline, *first, *seg_size),
                 pgwal::segment_name(*timeline, *end, *seg_size)
             ),
+            Problem::EndsBefore { base, timeline, last, end, seg_size } => {
+                let end = pgwal::segment_name(*timeline, *end, *seg_size);
+                match last {
+                    Some(last) => write!(
+                        f,
+                        "base backup {}: the archived WAL of timeline {timeline} ends at {}, before its end {end}: it recovers no further than its end",
+                        base.short(),
+                        pgwal::segment_name(*timeline, *last, *seg_size)
+                    ),
+                    None => write!(
+                        f,
+                        "base backup {}: the archive holds no WAL of its timeline {timeline}, not even its end {end}: it recovers no further than its end",
+                        base.short()
+                    ),
+                }
+            }
         }
     }
 }
@@ -332,8 +433,15 @@ pub fn verify(chain: &Chain) -> (BTreeMap<u32, Span>, Vec<Problem>) {
         let (Some(end), Some(tli)) = (point(b, "end_lsn").and_then(|e| pgwal::lsn_segno(e, size)), point_u32(b, "timeline")) else {
             continue;
         };
-        if let Some(first) = ranges.get(&tli).map(|r| r.first).filter(|lo| *lo > end + 1) {
-            problems.push(Problem::StartsAfter { base: b.id, timeline: tli, first, end, seg_size: size });
+        match ranges.get(&tli) {
+            Some(r) if r.first > end + 1 => {
+                problems.push(Problem::StartsAfter { base: b.id, timeline: tli, first: r.first, end, seg_size: size })
+            }
+            Some(r) if r.last < end => {
+                problems.push(Problem::EndsBefore { base: b.id, timeline: tli, last: Some(r.last), end, seg_size: size })
+            }
+            None => problems.push(Problem::EndsBefore { base: b.id, timeline: tli, last: None, end, seg_size: size }),
+            Some(_) => {}
         }
     }
     (ranges, problems)
@@ -481,7 +589,7 @@ pub(crate) mod tests {
     fn the_base_backup_is_the_newest_complete_before_the_target() {
         let (b1, b2, b3) = (base(1, 3, 3, 10), base(2, 6, 6, 20), base(3, 9, 9, 30));
         let bases = [&b1, &b2, &b3];
-        let chosen = |stop: Stop| choose_base(&bases, None, &stop).map(|b| b.id);
+        let chosen = |stop: Stop| choose_base(&bases, None, &stop, None).map(|b| b.id);
         assert_eq!(chosen(Stop::Time(at(25))).unwrap(), b2.id);
         assert_eq!(chosen(Stop::Time(at(20))).unwrap(), b2.id, "complete at the target itself counts");
         assert_eq!(chosen(Stop::Time(at(99))).unwrap(), b3.id);
@@ -499,7 +607,7 @@ pub(crate) mod tests {
         assert_eq!(chosen(Stop::Lsn("3000000".into())).unwrap_err().to_string(), r#"cannot read LSN "3000000" (use X/Y)"#);
         assert_eq!((chosen(Stop::Latest).unwrap(), chosen(Stop::Immediate).unwrap()), (b3.id, b3.id));
         assert_eq!(
-            choose_base(&[], None, &Stop::Latest).unwrap_err().to_string(),
+            choose_base(&[], None, &Stop::Latest, None).unwrap_err().to_string(),
             "the repository holds no base backup (tresor pg backup)"
         );
     }
@@ -508,9 +616,9 @@ pub(crate) mod tests {
     fn a_base_backup_asked_for_is_taken_whatever_the_target() {
         let (b1, b2) = (base(1, 3, 3, 10), base(2, 6, 6, 20));
         let bases = [&b1, &b2];
-        assert_eq!(choose_base(&bases, Some("0101"), &Stop::Time(at(0))).unwrap().id, b1.id);
-        assert_eq!(choose_base(&bases, Some("latest"), &Stop::Lsn("bad".into())).unwrap().id, b2.id, "the LSN is not read then");
-        let e = choose_base(&bases, Some("0303"), &Stop::Latest).unwrap_err();
+        assert_eq!(choose_base(&bases, Some("0101"), &Stop::Time(at(0)), None).unwrap().id, b1.id);
+        assert_eq!(choose_base(&bases, Some("latest"), &Stop::Lsn("bad".into()), None).unwrap().id, b2.id, "the LSN is not read then");
+        let e = choose_base(&bases, Some("0303"), &Stop::Latest, None).unwrap_err();
         let chain: Vec<String> = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source()).map(|e| e.to_string()).collect();
         assert_eq!(chain, ["no base backup 0303", r#"no snapshot matches "0303""#]);
         assert!(!e.is_temporary());
@@ -605,5 +713,82 @@ pub(crate) mod tests {
             ]
         );
         assert!(verify(&chains(&snaps[1..3])["7"]).1.is_empty(), "a base backup whose WAL is archived from its end on");
+    }
+
+    /// The archive stopped before a base backup's end (a failing
+    /// archive_command), or never ran (archive_mode off): verify says so.
+    #[test]
+    fn verify_finds_base_backups_whose_end_the_archive_does_not_hold() {
+        let snaps = vec![base(1, 2, 2, 2), base(2, 5, 5, 5), wal(10, &seg(1, 2), None), wal(11, &seg(1, 3), None)];
+        let said: Vec<String> = verify(&chains(&snaps)["7"]).1.iter().map(ToString::to_string).collect();
+        let msg = format!(
+            "base backup {}: the archived WAL of timeline 1 ends at 000000010000000000000003, before its end 000000010000000000000005: it recovers no further than its end",
+            Id([2; 32]).short()
+        );
+        assert_eq!(said, [msg]);
+        let said: Vec<String> = verify(&chains(&snaps[1..2])["7"]).1.iter().map(ToString::to_string).collect();
+        let msg = format!(
+            "base backup {}: the archive holds no WAL of its timeline 1, not even its end 000000010000000000000005: it recovers no further than its end",
+            Id([2; 32]).short()
+        );
+        assert_eq!(said, [msg]);
+        assert_eq!(end_segment(&snaps[1]).as_deref(), Some("000000010000000000000005"));
+        assert_eq!(end_segment(&snap(3, PG_BASE, json!({"system_id": "7"}))), None);
+    }
+
+    /// A base backup on timeline `tli` whose WAL runs from `start` through
+    /// `end`, complete at minute `ended`.
+    fn base_on(n: u8, tli: u32, start: u64, end: u64, ended: i64) -> Snapshot {
+        let mut b = base(n, start, end, ended);
+        b.source.consistency.insert("timeline".into(), tli.into());
+        b.source.consistency.insert("start_wal".into(), seg(tli, start).into());
+        b
+    }
+
+    /// A test restore promoted timeline 2 off timeline 1 at segment 5; the
+    /// newest base backup is of that clone, on timeline 2. A recovery onto
+    /// timeline 1 (or one later than 2, forked before it) starts from one
+    /// of production's, and is refused when none is before the target.
+    #[test]
+    fn the_base_backup_lies_on_the_target_timelines_history() {
+        let (b1, b2, b3) = (base_on(1, 1, 3, 3, 10), base_on(2, 1, 6, 6, 20), base_on(3, 2, 8, 8, 30));
+        let bases = [&b1, &b2, &b3];
+        let forks = [Fork { parent: 1, switch_lsn: 5 * MB16 }];
+        let chosen = |stop: Stop, on: OnTimeline| choose_base(&bases, None, &stop, on).map(|b| b.id);
+        assert_eq!(chosen(Stop::Latest, None).unwrap(), b3.id, "current: the newest, on its own timeline");
+        assert_eq!(chosen(Stop::Latest, Some((1, &[]))).unwrap(), b2.id, "timeline 1: production's newest");
+        assert_eq!(chosen(Stop::Time(at(99)), Some((1, &[]))).unwrap(), b2.id);
+        assert_eq!(chosen(Stop::Latest, Some((2, &forks))).unwrap(), b3.id);
+        assert_eq!(chosen(Stop::Time(at(25)), Some((2, &forks))).unwrap(), b1.id, "b2 ended on timeline 1 after 2 branched off");
+        assert_eq!(
+            chosen(Stop::Time(at(25)), Some((3, &[]))).unwrap_err().to_string(),
+            "no base backup complete before the target can recover onto timeline 3: they are on timeline 1, which it did not branch off after their end"
+        );
+        assert_eq!(
+            choose_base(&bases, Some("0303"), &Stop::Latest, Some((1, &[]))).unwrap_err().to_string(),
+            format!(
+                "base backup {} is on timeline 2, which timeline 1 did not branch off after its end: it cannot recover onto timeline 1",
+                b3.id.short()
+            )
+        );
+        assert_eq!(choose_base(&bases, Some("0202"), &Stop::Latest, Some((1, &[]))).unwrap().id, b2.id);
+        assert_eq!(chosen(Stop::Name("before-upgrade".into()), Some((1, &[]))).unwrap(), b2.id, "a restore point: the newest");
+        assert_eq!(chosen(Stop::Xid("1234".into()), None).unwrap(), b3.id);
+
+        let snaps = vec![b1.clone(), b3.clone(), wal(10, "00000002.history", None), wal(11, &seg(1, 3), None)];
+        let all = chains(&snaps);
+        let chain = &all["7"];
+        assert_eq!(target_timeline(chain, "latest"), Some(2));
+        assert_eq!((target_timeline(chain, "current"), target_timeline(chain, "1")), (None, Some(1)));
+        assert_eq!(target_timeline(&chains(&snaps[..1])["7"], "latest"), Some(1));
+        assert_eq!(history_file(chain, 2, true).unwrap().as_deref(), Some("00000002.history"));
+        assert_eq!(history_file(chain, 1, true).unwrap(), None, "timeline 1 has none");
+        assert_eq!(history_file(chain, 3, false).unwrap(), None);
+        assert_eq!(
+            history_file(chain, 3, true).unwrap_err().to_string(),
+            "the archive holds no history of timeline 3 (00000003.history): PostgreSQL cannot recover onto it"
+        );
+        let plan = recovery_plan(chain, &b1, &Stop::Name("x".into()), 4).unwrap();
+        assert_eq!(plan.segments, [seg(1, 3)], "a restore point or an xid plans through the end, as --latest");
     }
 }

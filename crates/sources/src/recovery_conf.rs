@@ -48,6 +48,21 @@ pub fn archives_off(text: &str) -> bool {
     values.next_back().is_some_and(|v| v == "off")
 }
 
+/// The statements that take the settings of `block` (what a restore
+/// appended) out of `postgresql.auto.conf` once recovery has ended: left
+/// there, a standby or clone made with `pg_basebackup -R`, which copies
+/// the file, recovers to the same target and promotes itself (two
+/// primaries). PostgreSQL keeps them after recovery, as pgBackRest's do.
+pub fn reset_statements(block: &str) -> Vec<String> {
+    block
+        .lines()
+        .filter_map(|l| l.split_once(" = "))
+        .map(|(key, _)| key.trim())
+        .filter(|key| !key.is_empty() && !key.starts_with('#'))
+        .map(|key| format!("ALTER SYSTEM RESET {key};"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +98,20 @@ mod tests {
         assert!(archives_off("archive_mode = 'on'\narchive_mode = 'off'\n"));
         assert!(!archives_off("archive_mode = 'off'\nARCHIVE_MODE='on'\n"));
         assert!(!archives_off("work_mem = '1MB'\n"));
+    }
+
+    #[test]
+    fn what_a_restore_wrote_is_reset_by_name() {
+        let block = "\n# Written by tresor pg restore.\nrestore_command = 'tresor --repo ''/r'' pg wal-fetch %f %p'\n\
+                     recovery_target_name = 'a = b'\nrecovery_target_action = 'promote'\narchive_mode = 'off'\n";
+        assert_eq!(
+            reset_statements(block),
+            [
+                "ALTER SYSTEM RESET restore_command;",
+                "ALTER SYSTEM RESET recovery_target_name;",
+                "ALTER SYSTEM RESET recovery_target_action;",
+                "ALTER SYSTEM RESET archive_mode;"
+            ]
+        );
     }
 }

@@ -138,6 +138,56 @@ pub const NOT_ARCHIVED_YET: u8 = 1;
 /// found", so neither.
 pub const STOP_RECOVERY: u8 = 200;
 
+/// Why the WAL segment holding a base backup's end did not reach the
+/// archive (its archive check, as pgBackRest's archive-check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotArchived {
+    /// `archive_mode = off`: nothing will come, so there is no wait.
+    ArchiveOff,
+    /// The server's archive_command fails (`pg_stat_archiver`).
+    Failing { secs: u64, failed_count: u64, last_failed_wal: String },
+    /// The server reports no failure: it archives somewhere else, or late.
+    Silent { secs: u64, last_archived_wal: Option<String> },
+    /// The server did not answer the question.
+    NoAnswer { secs: u64, error: String },
+}
+
+impl std::fmt::Display for NotArchived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotArchived::ArchiveOff => write!(f, "the cluster's archive_mode is off, so it archives no WAL"),
+            NotArchived::Failing { secs, failed_count, last_failed_wal } => write!(
+                f,
+                "not within {secs} s: the cluster's archive_command fails (pg_stat_archiver: failed_count {failed_count}, last_failed_wal {last_failed_wal})"
+            ),
+            NotArchived::Silent { secs, last_archived_wal } => write!(
+                f,
+                "not within {secs} s, and the cluster reports no failing archive_command (last_archived_wal {}): does it archive into another repository?",
+                last_archived_wal.as_deref().unwrap_or("none")
+            ),
+            NotArchived::NoAnswer { secs, error } => write!(f, "not within {secs} s, and the cluster did not say why: {error}"),
+        }
+    }
+}
+
+/// While a base backup waits for the segment holding its end to reach
+/// the archive: whether to give up now, and why. `server` is what the
+/// cluster said about its archiver (or why it did not), `waited` whether
+/// the wait (`secs`) is over. With archiving off nothing will come, so it
+/// gives up at once; a failing archive_command may recover (a full disk
+/// freed), so only the wait's end decides that.
+pub fn archive_verdict(server: Result<&pgwal::Archiver, String>, waited: bool, secs: u64) -> Option<NotArchived> {
+    match (server, waited) {
+        (Ok(a), _) if !a.archiving => Some(NotArchived::ArchiveOff),
+        (_, false) => None,
+        (Ok(a), true) => Some(match (&a.last_failed_wal, a.failing) {
+            (Some(wal), true) => NotArchived::Failing { secs, failed_count: a.failed_count, last_failed_wal: wal.clone() },
+            _ => NotArchived::Silent { secs, last_archived_wal: a.last_archived_wal.clone() },
+        }),
+        (Err(error), true) => Some(NotArchived::NoAnswer { secs, error }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,5 +320,35 @@ mod tests {
         assert_eq!(following(&wal("000000010000000000000003"), 1 << 30, 2), ["000000010000000100000000", "000000010000000100000001"]);
         assert!(following(&wal("000000010000000000000003"), MB16, 0).is_empty());
         assert!(running_low(3, 8) && !running_low(4, 8) && !running_low(0, 0));
+    }
+
+    #[test]
+    fn a_base_backup_gives_up_waiting_for_its_end_at_once_without_archiving_else_when_the_wait_is_over() {
+        let on = pgwal::Archiver {
+            archiving: true,
+            failed_count: 5,
+            last_failed_wal: Some("000000010000000000000003".into()),
+            last_archived_wal: Some("000000010000000000000002".into()),
+            failing: true,
+        };
+        let off = pgwal::Archiver { archiving: false, ..on.clone() };
+        assert_eq!(archive_verdict(Ok(&off), false, 60), Some(NotArchived::ArchiveOff));
+        assert_eq!(archive_verdict(Ok(&on), false, 60), None, "a failing archive_command may recover within the wait");
+        assert_eq!(archive_verdict(Err("timeout".into()), false, 60), None);
+        let failing = archive_verdict(Ok(&on), true, 60).unwrap();
+        assert_eq!(
+            failing.to_string(),
+            "not within 60 s: the cluster's archive_command fails (pg_stat_archiver: failed_count 5, last_failed_wal 000000010000000000000003)"
+        );
+        let recovered = pgwal::Archiver { failing: false, ..on.clone() };
+        assert_eq!(
+            archive_verdict(Ok(&recovered), true, 60).unwrap().to_string(),
+            "not within 60 s, and the cluster reports no failing archive_command (last_archived_wal 000000010000000000000002): does it archive into another repository?"
+        );
+        assert_eq!(
+            archive_verdict(Err("connection refused".into()), true, 2).unwrap().to_string(),
+            "not within 2 s, and the cluster did not say why: connection refused"
+        );
+        assert_eq!(NotArchived::ArchiveOff.to_string(), "the cluster's archive_mode is off, so it archives no WAL");
     }
 }

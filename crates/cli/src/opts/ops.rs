@@ -145,7 +145,7 @@ pub struct PgCmd {
 #[derive(Subcommand)]
 pub enum PgCommand {
     /// Base backup of a cluster: postgres://USER@HOST:PORT (pg_basebackup, streamed).
-    Backup(Box<super::BackupArgs>),
+    Backup(Box<PgBackupArgs>),
     /// Archive a WAL file: `archive_command = 'tresor … pg wal-push %p'`.
     WalPush(WalPushArgs),
     /// Fetch an archived WAL file: `restore_command = 'tresor … pg wal-fetch %f %p'`.
@@ -161,6 +161,18 @@ pub enum PgCommand {
     Restore(PgRestoreArgs),
     /// Report gaps in the archived WAL, per cluster and timeline.
     Verify,
+}
+
+#[derive(Args)]
+pub struct PgBackupArgs {
+    #[command(flatten)]
+    pub backup: super::BackupArgs,
+    /// How long to wait, once the base backup is saved, for the WAL segment
+    /// holding its end to reach the repository (through archive_command);
+    /// without it the backup fails (exit 1), its snapshot kept. No wait
+    /// when the cluster's archive_mode is off.
+    #[arg(long, default_value = "60s")]
+    pub archive_timeout: String,
 }
 
 #[derive(Args)]
@@ -191,7 +203,9 @@ pub struct WalFetchArgs {
 
 #[derive(Args)]
 pub struct PgRestoreArgs {
-    /// The base backup to start from (default: the newest one that ends before the target).
+    /// The base backup to start from (default: the newest one that ends
+    /// before the target on the target timeline's history; with --name or
+    /// --xid the newest: name an older one when the target precedes it).
     pub snapshot: Option<String>,
     /// The new data directory (must not exist or be empty).
     #[arg(short, long)]
@@ -208,6 +222,12 @@ pub struct PgRestoreArgs {
     /// Stop as soon as the base backup is consistent.
     #[arg(long, group = "point")]
     pub immediate: bool,
+    /// Recover up to this restore point (pg_create_restore_point), e.g. before-upgrade.
+    #[arg(long, group = "point", value_parser = restore_point)]
+    pub name: Option<String>,
+    /// Recover through this transaction's commit (recovery_target_xid), e.g. 7581.
+    #[arg(long, group = "point", value_parser = clap::value_parser!(u64).range(3..))]
+    pub xid: Option<u64>,
     /// The cluster (its system identifier), when the repository holds several.
     #[arg(long)]
     pub system_id: Option<String>,
@@ -480,5 +500,14 @@ fn timeline(text: &str) -> Result<String, String> {
         "latest" | "current" => Ok(text.into()),
         n if n.parse::<u32>().is_ok_and(|n| n > 0) => Ok(n.into()),
         _ => Err("give latest, current or a timeline's number (1 or more)".into()),
+    }
+}
+
+/// A restore point's name as pg_create_restore_point takes it: not empty,
+/// at most 63 bytes (longer, no restore point of that name can exist).
+fn restore_point(text: &str) -> Result<String, String> {
+    match text.len() {
+        1..=63 => Ok(text.into()),
+        _ => Err("give a restore point's name, 1 to 63 bytes long, as pg_create_restore_point made it".into()),
     }
 }

@@ -243,7 +243,11 @@ fn recovery_replays_wal_archived_after_the_restore_and_a_recovered_cluster_resto
     assert_eq!(notes(&at), "before the restore");
     let auto = std::fs::read_to_string(Path::new(&at.psql("postgres", "SHOW data_directory")).join("postgresql.auto.conf")).unwrap();
     assert!(auto.contains("recovery_target_time = "), "{auto}");
-    env.ok(&["pg", "backup", &at.cluster_url()]);
+    // Restored with --no-archive, it archives nothing: the base backup is
+    // saved, and fails its archive check.
+    let out = env.run(&["pg", "backup", &at.cluster_url()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("archive_mode is off"), "{out:?}");
     let data = dir.path().join("data");
     env.ok(&restore_args(&data, &["--latest", "--prefetch", "0"]));
     let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap();
@@ -602,4 +606,170 @@ fn pitr_replays_prefetched_wal_from_the_spool_and_falls_back_for_a_segment_missi
         (&(planned + 1).into(), &serde_json::json!([start, start])),
         "ours and PostgreSQL's second asking for the first segment fetched from the repository: {report}"
     );
+}
+
+/// The newest snapshot: its short id and the segment holding its end (16 MiB segments).
+fn newest_base(env: &Env) -> (String, String) {
+    let snaps = env.json(&["snapshots"]);
+    let base = snaps.as_array().unwrap().last().unwrap();
+    let point = &base["source"]["consistency"];
+    let (hi, lo) = point["end_lsn"].as_str().unwrap().split_once('/').unwrap();
+    let segno = ((u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()) >> 24;
+    let segment = format!("{:08X}{:08X}{:08X}", point["timeline"].as_u64().unwrap(), segno >> 8, segno & 0xFF);
+    (base["short_id"].as_str().unwrap().to_string(), segment)
+}
+
+/// A base backup whose end never reaches the archive saves its snapshot
+/// (valid data) but fails, saying why: at once with archive_mode off,
+/// after --archive-timeout with a failing archive_command, naming what
+/// pg_stat_archiver says. `pg verify` then names the base backup and
+/// exits 1 (it said "1 base backups, 0 WAL files" and exited 0).
+#[test]
+fn a_base_backup_whose_end_is_not_archived_fails_and_verify_names_it() {
+    let env = postgres_env();
+    let off = PostgresServer::start_with("wal_level = replica\n");
+    let out = env.run(&["pg", "backup", &off.cluster_url()]);
+    let (id, segment) = newest_base(&env);
+    let tail = "; until it is, the base backup recovers to its end and no further\n";
+    assert_eq!(
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string()),
+        (
+            Some(1),
+            format!(
+                "tresor: error: base backup {id} is saved, but the WAL segment holding its end ({segment}) is not in the repository: the cluster's archive_mode is off, so it archives no WAL{tail}"
+            )
+        )
+    );
+    let out = env.run(&["pg", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!(
+        "  base backup {id}: the archive holds no WAL of its timeline 1, not even its end {segment}: it recovers no further than its end\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(&said), "{out:?}");
+
+    let failing = PostgresServer::start_with("archive_mode = on\narchive_command = 'false'\nwal_level = replica\n");
+    failing.psql("postgres", "SELECT pg_switch_wal()");
+    assert_eq!(failing.wait_for("postgres", "SELECT failed_count > 0 FROM pg_stat_archiver", "t"), "t");
+    let out = env.run(&["pg", "backup", &failing.cluster_url(), "--archive-timeout", "2s"]);
+    let (id, segment) = newest_base(&env);
+    let last_failed = failing.psql("postgres", "SELECT last_failed_wal FROM pg_stat_archiver");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let head = format!(
+        "tresor: error: base backup {id} is saved, but the WAL segment holding its end ({segment}) is not in the repository: not within 2 s: the cluster's archive_command fails (pg_stat_archiver: failed_count "
+    );
+    let count = stderr.strip_prefix(&head).and_then(|r| r.strip_suffix(&format!(", last_failed_wal {last_failed}){tail}")));
+    assert!(count.is_some_and(|c| c.parse::<u64>().is_ok_and(|c| c > 0)), "{stderr}");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 2, "both base backups are kept");
+}
+
+/// A test restore archived timeline 2 into production's repository and
+/// its base backup is the newest. A recovery onto timeline 1 starts from
+/// production's base backup (it took the clone's, and PostgreSQL failed
+/// "could not locate required checkpoint record"); a base backup named
+/// that is not on timeline 1 is refused before anything is written;
+/// `current` follows the newest base backup's own timeline.
+#[test]
+fn a_recovery_onto_a_timeline_starts_from_a_base_backup_on_its_history() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'shared')");
+    switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    env.ok(&["pg", "restore", "--target", dir.path().join("data").to_str().unwrap(), "--latest"]);
+    let clone = start_restored(dir);
+    clone.psql("postgres", "INSERT INTO t VALUES (2, 'test restore')");
+    switch_and_archive(&clone);
+    env.ok(&["pg", "backup", &clone.cluster_url()]);
+    let (clone_base, _) = newest_base(&env);
+    clone.psql("postgres", "INSERT INTO t VALUES (3, 'test restore')");
+    switch_and_archive(&clone);
+    drop(clone);
+    pg.psql("postgres", "INSERT INTO t VALUES (2, 'production')");
+    let between = pg.psql("postgres", "SELECT clock_timestamp()");
+    pg.psql("postgres", "INSERT INTO t VALUES (3, 'later')");
+    switch_and_archive(&pg);
+    assert_eq!(notes(&restore_and_start(&env, &["--latest", "--target-timeline", "1"])), "shared,production,later");
+    assert_eq!(notes(&restore_and_start(&env, &["--time", &between, "--target-timeline", "1"])), "shared,production");
+    assert_eq!(notes(&restore_and_start(&env, &["--latest", "--target-timeline", "current"])), "shared,test restore,test restore");
+    let target = env.path("refused");
+    let err = env.fails(&["pg", "restore", &clone_base, "--target", target.to_str().unwrap(), "--latest", "--target-timeline", "1"], 1);
+    let said = format!(
+        "base backup {clone_base} is on timeline 2, which timeline 1 did not branch off after its end: it cannot recover onto timeline 1"
+    );
+    assert_eq!(err, format!("tresor: error: {said}\n"));
+    assert!(!target.exists(), "nothing written");
+}
+
+/// `--name` and `--xid` recover to a restore point and through a
+/// transaction's commit, from the newest base backup.
+#[test]
+fn a_recovery_stops_at_a_restore_point_or_a_transaction() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'before')");
+    pg.psql("postgres", "SELECT pg_create_restore_point('before-upgrade')");
+    let said = pg.psql("postgres", "INSERT INTO t VALUES (2, 'upgraded') RETURNING pg_current_xact_id()");
+    let xid = said.lines().next().unwrap().to_string();
+    pg.psql("postgres", "INSERT INTO t VALUES (3, 'later')");
+    switch_and_archive(&pg);
+    assert_eq!(notes(&restore_and_start(&env, &["--name", "before-upgrade"])), "before");
+    assert_eq!(notes(&restore_and_start(&env, &["--xid", &xid])), "before,upgraded");
+    let err = env.fails(&["pg", "restore", "--target", env.path("x").to_str().unwrap(), "--name", ""], 2);
+    assert!(err.contains("give a restore point's name, 1 to 63 bytes long, as pg_create_restore_point made it"), "{err}");
+}
+
+/// After a restore, the recovery settings stay in postgresql.auto.conf,
+/// where `pg_basebackup -R` would copy them into a clone that promotes
+/// itself: the restore says which to reset, and they reset them.
+#[test]
+fn a_restore_says_which_recovery_settings_to_reset_once_recovered() {
+    let (env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'archived')");
+    switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    let said = env.ok(&restore_args(&dir.path().join("data"), &["--latest", "--prefetch", "0"]));
+    let resets = [
+        "ALTER SYSTEM RESET restore_command;",
+        "ALTER SYSTEM RESET recovery_target_action;",
+        "ALTER SYSTEM RESET recovery_target_timeline;",
+        "ALTER SYSTEM RESET archive_mode;",
+    ];
+    let note = "note: once recovery has ended, run these (postgresql.auto.conf keeps the recovery settings, and a standby or clone made with pg_basebackup -R copies them, recovers to the same target and promotes itself):\n";
+    let listed: String = resets.iter().map(|r| format!("  {r}\n")).collect();
+    assert!(said.ends_with(&format!("{note}{listed}")), "{said}");
+    let recovered = start_restored(dir);
+    for reset in resets {
+        recovered.psql("postgres", reset);
+    }
+    let auto = fs::read_to_string(recovered.dir().join("data/postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("restore_command") && !auto.contains("recovery_target") && !auto.contains("archive_mode"), "{auto}");
+}
+
+/// `pg restore` as root: tar restores the files as PostgreSQL's user, and
+/// what tresor writes (the directory, recovery.signal,
+/// postgresql.auto.conf, the prefetcher's spool) is that user's too, so
+/// the server starts (it failed "could not open PID file … Permission denied").
+#[test]
+fn pg_restore_as_root_gives_what_it_writes_to_the_clusters_owner() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let (mut env, pg) = backed_up_cluster();
+    pg.psql("postgres", "INSERT INTO t VALUES (1, 'archived')");
+    switch_and_archive(&pg);
+    let dir = restore_dir(&env);
+    let data = dir.path().join("data");
+    env.user = None;
+    env.ok(&restore_args(&data, &["--latest"]));
+    let owner = |p: &Path| fs::metadata(p).map(|m| (m.uid(), m.gid())).unwrap();
+    let postgres = owner(&data.join("PG_VERSION"));
+    assert_ne!(postgres.0, 0);
+    for p in [data.clone(), data.join("recovery.signal"), data.join("postgresql.auto.conf"), data.join("pg_wal/tresor-prefetch")] {
+        assert_eq!(owner(&p), postgres, "{}", p.display());
+    }
+    let recovered = start_restored(dir);
+    assert_eq!(notes(&recovered), "archived");
+    let report = prefetch_report(&recovered);
+    assert_eq!(report["fetched_by_fallback"], 0, "the spool served the recovery: {report}");
 }
