@@ -30,14 +30,17 @@ pub async fn drill(g: &Global, a: &DrillArgs, name: &str) -> Result<u8> {
     state.record_drill(&r)?;
     let (result, detail) =
         if r.passed { ("succeeded", r.test_id.clone()) } else { ("failed", format!("{}: {}", r.test_id, r.reasons.join("; "))) };
-    state.audit(&AuditEntry {
-        time: chrono::Utc::now(),
-        actor: format!("cli:{}@{}", tresor_engine::username(), tresor_engine::hostname()),
-        action: "drill".into(),
-        target: format!("application {}", app.name),
-        result: result.into(),
-        detail,
-    })?;
+    // The daemon's drill job is audited by the daemon.
+    if !a.for_daemon {
+        state.audit(&AuditEntry {
+            time: chrono::Utc::now(),
+            actor: format!("cli:{}@{}", tresor_engine::username(), tresor_engine::hostname()),
+            action: "drill".into(),
+            target: format!("application {}", app.name),
+            result: result.into(),
+            detail,
+        })?;
+    }
     if g.json {
         print_json(&[&r])?;
     } else {

@@ -97,7 +97,10 @@ async fn dispatch(g: &Global, spec: &JobSpec) -> Result<u8> {
         }
         Kind::Drill => {
             let plan = spec.plan_file.clone().context("a drill job names its plan")?;
-            let a = DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), for_daemon: true, ..DrillArgs::default() };
+            let a = match &spec.application {
+                Some(app) => DrillArgs { app: Some(app.clone()), plan: Some(plan), for_daemon: true, ..DrillArgs::default() },
+                None => DrillArgs { name: Some(spec.name.clone()), plan: Some(plan), for_daemon: true, ..DrillArgs::default() },
+            };
             crate::drill::drills(g, a).await
         }
         Kind::Rehearsal => crate::dr::job(g, spec.plan_file.as_deref().context("a rehearsal job names its plan")?).await,

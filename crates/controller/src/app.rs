@@ -80,6 +80,15 @@ pub fn faults(plan: &Plan) -> Vec<(String, String)> {
         if app.sources.is_empty() {
             out.push(say("names no source".into()));
         }
+        if let Some(d) = &app.drill {
+            if let Err(e) = crate::schedule::Schedule::parse(&d.schedule) {
+                out.push(say(format!("drill {e}")));
+            }
+            // The daemon's jobs go by name: its drill would be taken for that source's.
+            if plan.sources.iter().any(|s| s.name == app.name) {
+                out.push(say("a source has this name too, so its scheduled drill cannot be told from that source's".into()));
+            }
+        }
         let mut seen = BTreeSet::new();
         for s in &app.sources {
             if !plan.sources.iter().any(|p| p.name == s.source) {
@@ -126,5 +135,21 @@ mod tests {
         assert_eq!(order, ["db", "cache", "web"]);
         let c = app("name: shop\nsources:\n- {source: db}\n- {source: web, after: [cache]}\n- {source: cache, after: [web]}\n");
         assert_eq!(c.order().unwrap_err(), "application shop: the order has a cycle: cache → web → cache");
+    }
+
+    #[test]
+    fn a_scheduled_drill_needs_a_schedule_and_a_name_no_source_has() {
+        let plan = "repositories:\n  main: {url: /r, password_file: /pw}\nclasses:\n  c: {rpo: 1d, rto: 1d}\n\
+                    sources:\n  - {name: db, class: c, url: /srv/db, schedule: '@daily'}\n\
+                    applications:\n  - {name: db, sources: [{source: db}], drill: {schedule: 'every day'}}\n";
+        let plan = Plan::parse(plan, "t.yaml".as_ref()).unwrap();
+        let said: Vec<String> = faults(&plan).into_iter().map(|(_, m)| m).collect();
+        assert_eq!(
+            said,
+            [
+                "application db: drill schedule \"every day\" is not a cron expression of five fields (or @hourly, @daily, @weekly, @monthly, @yearly)",
+                "application db: a source has this name too, so its scheduled drill cannot be told from that source's",
+            ]
+        );
     }
 }

@@ -43,11 +43,11 @@ pub fn drill_app(exe: &Path, plan: &Plan, app: &Application, scratch_root: &Path
         checks: Vec::new(),
         reasons: Vec::new(),
         silence: None,
-        owner: None,
+        owner: app.drill.as_ref().and_then(|d| d.owner.clone()),
         from: BackupCopy::Primary,
         repository: None,
-        test: None,
-        test_type: Some("restore".into()),
+        test: app.drill.as_ref().and_then(|d| d.id.clone()),
+        test_type: Some(app.drill.as_ref().map_or("restore", |d| d.test_type.as_str()).into()),
         application: None,
     };
     let dir = scratch_root.join(&r.test_id);

@@ -222,6 +222,11 @@ fn check_classes(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
             out.push(error(at.field("classes", name, "id"), format!("class {name}: drill id {id:?} is another class's too")));
         }
     }
+    for app in &plan.applications {
+        if let Some(id) = app.drill.as_ref().and_then(|d| d.id.as_deref()).filter(|id| !ids.insert(id)) {
+            out.push(error(at.application(&app.name), format!("application {}: drill id {id:?} is another drill's too", app.name)));
+        }
+    }
 }
 
 /// A class's drills: a schedule the daemon can run (else they would never
@@ -261,6 +266,14 @@ fn check_rehearsal(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
     let taken = plan.classes.iter().find(|(_, c)| r.id.is_some() && c.drill.as_ref().and_then(|d| d.id.as_ref()) == r.id.as_ref());
     if let (Some(id), Some((class, _))) = (&r.id, taken) {
         out.push(error(at.field("drills", "rehearsal", "id"), format!("drills.rehearsal: test id {id:?} is class {class}'s drill id too")));
+    }
+    let app = plan.applications.iter().find(|a| r.id.is_some() && a.drill.as_ref().and_then(|d| d.id.as_ref()) == r.id.as_ref());
+    if let (Some(id), Some(app)) = (&r.id, app) {
+        let name = &app.name;
+        out.push(error(
+            at.field("drills", "rehearsal", "id"),
+            format!("drills.rehearsal: test id {id:?} is application {name}'s drill id too"),
+        ));
     }
 }
 

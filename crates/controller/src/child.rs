@@ -143,6 +143,7 @@ impl<'a> Tresor<'a> {
             plan_file: None,
             timeout_secs: None,
             check: None,
+            application: None,
         };
         let r = crate::child::run_blocking(self.exe, &spec);
         if r.status == Status::Succeeded {

@@ -228,6 +228,9 @@ impl Loop {
             };
             return (vec![q], next);
         }
+        if let Some(app) = key.strip_prefix(timetable::APP_DRILL) {
+            return (vec![self.queued(app, Kind::Drill, Trigger::Schedule, at, 0, "daemon")], next);
+        }
         if let Some(class) = key.strip_prefix("drill:") {
             let jobs = plan
                 .sources
@@ -499,8 +502,11 @@ pub async fn run(
 }
 
 fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Option<Work> {
-    if matches!(q.kind, Kind::Prune | Kind::Check | Kind::Rehearsal) {
-        // A rehearsal concerns the whole plan: its job runs against the first primary repository.
+    // An application's drill: its figures under the strictest class of its sources.
+    let app = (q.kind == Kind::Drill).then(|| plan.applications.iter().find(|a| a.name == q.name)).flatten();
+    let app = app.filter(|_| !plan.sources.iter().any(|s| s.name == q.name));
+    if matches!(q.kind, Kind::Prune | Kind::Check | Kind::Rehearsal) || app.is_some() {
+        // These concern the whole plan: their jobs run against the first primary repository.
         let repo = match q.kind {
             Kind::Prune | Kind::Check => plan.repositories.get(&q.name)?.clone(),
             _ => crate::repos::evidence_targets(plan, None).into_iter().next()?,
@@ -508,7 +514,7 @@ fn work(plan: &Plan, plan_file: &std::path::Path, q: &Queued, kind: Kind) -> Opt
         return Some(Work {
             kind,
             name: q.name.clone(),
-            class: String::new(),
+            class: app.map(|a| crate::app_drill::class_of(plan, a)).unwrap_or_default(),
             source: None,
             class_spec: None,
             repo,

@@ -240,6 +240,9 @@ pub struct JobSpec {
     pub timeout_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
+    /// A drill of this application of the plan (`tresor drill --app`), not of a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
 }
 
 /// Which packs a `check` job reads whole: slice `slice` of `slices`, and
@@ -631,6 +634,7 @@ mod tests {
             plan_file: None,
             timeout_secs: Some(60),
             check: None,
+            application: None,
         }
     }
 

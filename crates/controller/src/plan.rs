@@ -210,6 +210,21 @@ pub struct Application {
     pub verify: Verify,
     #[serde(default)]
     pub description: String,
+    /// The application's drills on a schedule (`tresor drill --app`, run by the daemon).
+    pub drill: Option<AppDrillSpec>,
+}
+
+/// When the daemon drills a whole application, and what its protocol
+/// entries say of the test.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppDrillSpec {
+    pub schedule: String,
+    pub owner: Option<String>,
+    /// The test's id in the test plan, named in each protocol entry.
+    pub id: Option<String>,
+    #[serde(rename = "type", default)]
+    pub test_type: TestType,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -109,6 +109,7 @@ pub fn spec(w: &Work) -> JobSpec {
         plan_file: matches!(w.kind, Kind::Drill | Kind::Rehearsal).then(|| w.plan_file.clone()),
         timeout_secs: w.timeout.map(|t| t.as_secs()),
         check: w.check.clone().filter(|_| w.kind == Kind::Check),
+        application: (w.kind == Kind::Drill && w.source.is_none()).then(|| w.name.clone()),
     }
 }
 

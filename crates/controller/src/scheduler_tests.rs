@@ -24,6 +24,8 @@ struct Scripted {
     calls: Mutex<BTreeMap<String, Vec<Kind>>>,
     /// What the check jobs were given to read, in order, by repository.
     checks: Mutex<Vec<(String, CheckSpec)>>,
+    /// The drill jobs, in order: their name and the application they drill.
+    drills: Mutex<Vec<(String, Option<String>)>>,
     script: BTreeMap<(String, usize), JobResult>,
     /// The call that panics instead of answering.
     panics: Option<(String, usize)>,
@@ -40,6 +42,9 @@ impl Jobs for Scripted {
             kinds.push(spec.kind);
             if let Some(c) = &spec.check {
                 self.checks.lock().expect("not poisoned").push((spec.name.clone(), c.clone()));
+            }
+            if spec.kind == Kind::Drill {
+                self.drills.lock().expect("not poisoned").push((spec.name.clone(), spec.application.clone()));
             }
             kinds.len()
         };

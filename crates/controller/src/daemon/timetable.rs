@@ -1,5 +1,6 @@
 //! When each of the plan's schedules fires next: a source's backups, a
-//! repository's prunes and checks, a class's drills, the plan's rehearsal,
+//! repository's prunes and checks, a class's drills, an application's
+//! drills, the plan's rehearsal,
 //! each under its key among the daemon's next runs.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,9 @@ use super::REHEARSAL;
 /// The jobs each repository runs on a schedule of its own, by the prefix
 /// of their keys among the next runs.
 pub(super) const REPOSITORY_JOBS: [(&str, Kind); 2] = [("prune:", Kind::Prune), ("check:", Kind::Check)];
+
+/// The prefix of an application's drills among the next runs.
+pub(super) const APP_DRILL: &str = "drill-app:";
 
 /// The schedule of a repository's job of `kind` (one of `REPOSITORY_JOBS`).
 fn repository_schedule<'a>(plan: &'a Plan, kind: Kind, repo: &str) -> Option<&'a str> {
@@ -38,6 +42,9 @@ fn schedule_of<'a>(plan: &'a Plan, key: &str) -> Option<(&'a str, Duration)> {
     if let Some(class) = key.strip_prefix("drill:") {
         return plan.classes.get(class)?.drill.as_ref().map(|d| (d.schedule.as_str(), Duration::ZERO));
     }
+    if let Some(app) = key.strip_prefix(APP_DRILL) {
+        return plan.applications.iter().find(|a| a.name == app)?.drill.as_ref().map(|d| (d.schedule.as_str(), Duration::ZERO));
+    }
     let s = plan.sources.iter().find(|s| s.name == key)?;
     Some((s.schedule.as_str(), spread_offset(&s.name, s.spread.map(|d| d.0).unwrap_or_default())))
 }
@@ -59,6 +66,7 @@ fn keys(plan: &Plan) -> Vec<String> {
         keys.extend(plan.repositories.keys().map(|r| format!("{prefix}{r}")));
     }
     keys.extend(plan.classes.keys().map(|c| format!("drill:{c}")));
+    keys.extend(plan.applications.iter().map(|a| format!("{APP_DRILL}{}", a.name)));
     keys.push(format!("rehearsal:{REHEARSAL}"));
     keys
 }

@@ -116,3 +116,27 @@ async fn a_rehearsal_without_a_protocol_failed() {
     assert_eq!(metric(&d, "rto_achieved_seconds{source=\"platform\",class=\"\"}"), Some("30.0".into()));
     d.stop().await;
 }
+
+/// An application's drill runs on its own schedule as a drill job of the
+/// application (the requirement documents' monthly test of a whole
+/// application beside each component's weekly one), measured under the
+/// strictest class of its sources.
+#[tokio::test]
+async fn an_application_is_drilled_on_its_schedule() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let drill = serde_json::json!({"test_id": "DRILL-20261121-110000-shop", "source": "shop", "passed": true, "rto_seconds": 42.0});
+    let script =
+        BTreeMap::from([(("shop".to_string(), 1), JobResult { details: Some(serde_json::json!([drill])), ..JobResult::succeeded() })]);
+    let plan = format!(
+        "{PLAN}applications:\n  - name: shop\n    sources: [{{source: flaky}}, {{source: locked, after: [flaky]}}]\n    \
+         drill: {{schedule: '0 11 * * *', owner: platform-team, id: BT-APP-01}}\n"
+    );
+    let d = started(dir.path(), &plan, Scripted { script, ..Scripted::default() });
+    first_backups(&d, &["flaky", "locked"]).await;
+    super::set(&d.clock_file, "2026-11-21T11:00:01Z");
+    let verdict = || metric(&d, "restore_drill_success{source=\"shop\",class=\"standard\"}");
+    until("the application's drill", || verdict().as_deref() == Some("1")).await;
+    assert_eq!(*d.jobs.drills.lock().expect("not poisoned"), [("shop".to_string(), Some("shop".to_string()))]);
+    assert_eq!(metric(&d, "rto_achieved_seconds{source=\"shop\",class=\"standard\"}"), Some("42.0".into()));
+    d.stop().await;
+}
