@@ -76,10 +76,24 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
         hook("pre", cmd, &[("TRESOR_HOOK", "pre")])?;
     }
     let post = a.post_hook.clone();
-    let (result, id) = match backup_once(g, a).await {
+    let pgbase = match a.paths.as_slice() {
+        [one] => one.to_str().filter(|u| u.starts_with("pgbase://")).map(String::from),
+        _ => None,
+    };
+    let wait = crate::commands::parse_duration(&a.archive_timeout)?;
+    let (mut result, id) = match backup_once(g, a).await {
         Ok((code, id)) => (Ok(code), Some(id)),
         Err(e) => (Err(e), None),
     };
+    // A base backup whose end is not archived recovers no further than its
+    // end: said and failed, the daemon's scheduled ones too (it alerts).
+    if let (Ok(_), Some(id), Some(url)) = (&result, id, &pgbase) {
+        let repo = open(g).await?;
+        let base = repo.load_snapshot(&id).await?;
+        if let Err(e) = crate::pg::archive_check(&repo, &base, url, wait).await {
+            result = Err(e);
+        }
+    }
     if let Some(cmd) = &post {
         let status = if result.is_ok() { "success" } else { "failure" };
         let id = id.map(|i| i.to_hex()).unwrap_or_default();

@@ -292,6 +292,13 @@ pub struct BackupArgs {
     /// Record the snapshot at this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS").
     #[arg(long)]
     pub time: Option<String>,
+    /// With a pgbase:// source (and `pg backup`): how long to wait, once the
+    /// base backup is saved, for the WAL segment holding its end to reach
+    /// the repository (through archive_command); without it the backup
+    /// fails (exit 1), its snapshot kept. No wait when the cluster's
+    /// archive_mode is off.
+    #[arg(long, default_value = "60s")]
+    pub archive_timeout: String,
     #[command(flatten)]
     pub k8s: K8sFilterArgs,
 }

@@ -6,7 +6,6 @@
 //! reports) are tresor_sources::pitr's; this module reads the repository,
 //! writes the data directory and prints.
 
-use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,11 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, FixedOffset};
 use serde_json::json;
-use tresor_engine::objects::Kind;
 use tresor_engine::{Repository, Snapshot};
 use tresor_sources::pgwal::{self, WalKind};
 use tresor_sources::pitr::{self, Stop, chains, point};
-use tresor_sources::{PG_BASE, walarchive};
+use tresor_sources::walarchive;
 
 use crate::commands::{open, print_json};
 use crate::opts::{Global, PgBackupArgs, PgCmd, PgCommand, PgRestoreArgs};
@@ -34,14 +32,14 @@ pub async fn pg(g: &Global, cmd: PgCmd) -> Result<u8> {
     }
 }
 
-/// A base backup, then its archive check (pgBackRest's archive-check):
-/// the WAL segment holding its end must reach the repository within
-/// `--archive-timeout`, else no recovery goes past the backup's end. The
-/// snapshot is valid data and stays; the command fails (exit 1), so a
-/// scheduled backup alerts.
+/// A base backup of the cluster `pgbase://` names in a plan, then its
+/// archive check (pgBackRest's archive-check; `data::backup` makes it for
+/// every pgbase:// backup, the daemon's too): the WAL segment holding its
+/// end must reach the repository within `--archive-timeout`, else no
+/// recovery goes past the backup's end. The snapshot is valid data and
+/// stays; the command fails (exit 1), so a scheduled backup alerts.
 async fn backup(g: &Global, a: PgBackupArgs) -> Result<u8> {
-    let PgBackupArgs { backup: mut args, archive_timeout } = a;
-    // The same source a plan names as pgbase://.
+    let PgBackupArgs { backup: mut args } = a;
     let url = match args.paths.as_slice() {
         [one] => one.to_string_lossy().to_string(),
         _ => bail!("give one cluster URL: postgres://USER@HOST:PORT"),
@@ -50,28 +48,8 @@ async fn backup(g: &Global, a: PgBackupArgs) -> Result<u8> {
     let Some(rest) = rest else {
         bail!("{url} is no cluster URL: give postgres://USER@HOST:PORT (or the plan's pgbase://USER@HOST:PORT)");
     };
-    let url = format!("pgbase://{rest}");
-    let wait = crate::commands::parse_duration(&archive_timeout)?;
-    // The base backup is the pg-base snapshot new to this listing (WAL
-    // pushed meanwhile is new too).
-    let repo = open(g).await?;
-    let before: HashSet<tresor_engine::Id> = repo.list_ids(Kind::Snapshot).await?.into_iter().collect();
-    args.paths = vec![url.clone().into()];
-    let code = crate::data::backup(g, args).await?;
-    let mut base: Option<Snapshot> = None;
-    for id in repo.list_ids(Kind::Snapshot).await? {
-        if before.contains(&id) {
-            continue;
-        }
-        let s = repo.load_snapshot(&id).await?;
-        if s.source.kind == PG_BASE && base.as_ref().is_none_or(|b| b.time < s.time) {
-            base = Some(s);
-        }
-    }
-    if let Some(base) = base {
-        archive_check(&repo, &base, &url, wait).await?;
-    }
-    Ok(code)
+    args.paths = vec![format!("pgbase://{rest}").into()];
+    crate::data::backup(g, args).await
 }
 
 /// How often the archive check looks for the segment in the repository.
@@ -80,7 +58,7 @@ const ARCHIVE_POLL: Duration = Duration::from_millis(250);
 /// Wait until the segment holding `base`'s end is in the repository, or
 /// fail with why not (walarchive::archive_verdict): asked of the cluster
 /// first (archive_mode off: nothing will come) and when the wait is over.
-async fn archive_check(repo: &Repository, base: &Snapshot, url: &str, wait: Duration) -> Result<()> {
+pub(crate) async fn archive_check(repo: &Repository, base: &Snapshot, url: &str, wait: Duration) -> Result<()> {
     let (Some(segment), Some(system_id)) = (pitr::end_segment(base), point(base, "system_id").and_then(|s| s.parse().ok())) else {
         bail!("base backup {} does not record its end, so its archive check cannot run", base.id.short());
     };

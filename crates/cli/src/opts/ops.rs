@@ -167,12 +167,6 @@ pub enum PgCommand {
 pub struct PgBackupArgs {
     #[command(flatten)]
     pub backup: super::BackupArgs,
-    /// How long to wait, once the base backup is saved, for the WAL segment
-    /// holding its end to reach the repository (through archive_command);
-    /// without it the backup fails (exit 1), its snapshot kept. No wait
-    /// when the cluster's archive_mode is off.
-    #[arg(long, default_value = "60s")]
-    pub archive_timeout: String,
 }
 
 #[derive(Args)]
