@@ -182,6 +182,33 @@ pub fn wal_to_forget(all: &[Snapshot], removed: &IdSet, held: &HashMap<Id, Strin
     out
 }
 
+/// Archived WAL among `removed` that a base backup staying needs (a
+/// segment from its start on, or a timeline history): each such WAL
+/// snapshot and the oldest base backup that stays in its cluster. Removing
+/// one by id punched a hole in the chain no recovery past it crosses.
+pub fn wal_still_needed<'a>(all: &'a [Snapshot], removed: &IdSet) -> Vec<(&'a Snapshot, &'a Snapshot)> {
+    let mut out = Vec::new();
+    for chain in chains(all).values() {
+        let staying: Vec<&Snapshot> = chain.bases.iter().copied().filter(|b| !removed.contains(&b.id)).collect();
+        let Some(oldest) = chain.oldest_start(&staying) else { continue };
+        let Some(base) = staying
+            .iter()
+            .copied()
+            .find(|b| point(b, "start_wal").and_then(WalFile::parse).is_some_and(|w| w.segno(chain.seg_size()) == oldest))
+        else {
+            continue;
+        };
+        let files = chain.files();
+        let unneeded = pgwal::unneeded(&files, Some(oldest), chain.seg_size());
+        for (w, s) in &chain.wal {
+            if removed.contains(&s.id) && !unneeded.contains(&w) {
+                out.push((*s, base));
+            }
+        }
+    }
+    out
+}
+
 /// When a base backup was complete: its recorded end, else its start.
 pub fn base_end(b: &Snapshot) -> DateTime<FixedOffset> {
     b.summary.as_ref().and_then(|s| s.backup_end).unwrap_or(b.time)
