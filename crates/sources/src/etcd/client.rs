@@ -121,6 +121,40 @@ pub struct MemberStatus {
     pub is_learner: bool,
 }
 
+/// A failed exchange with etcd: what to say, and whether the server was
+/// out of reach (refused, reset, timed out), which a retry may cure.
+#[derive(Debug)]
+pub struct Failure {
+    pub text: String,
+    pub unreachable: bool,
+}
+
+impl From<String> for Failure {
+    fn from(text: String) -> Failure {
+        Failure { text, unreachable: false }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Whether an error came of the server being out of reach: an
+/// `io::Error` of such a kind among its causes.
+fn out_of_reach(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::TimedOut | K::HostUnreachable | K::NetworkUnreachable
+            )
+        })
+    })
+}
+
 pub struct Client {
     grpc: tonic::client::Grpc<Channel>,
     token: Option<MetadataValue<tonic::metadata::Ascii>>,
@@ -135,8 +169,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl Client {
     /// Connects to the first endpoint that answers, and authenticates when
     /// a user is given.
-    pub async fn connect(config: &Config) -> Result<Client, String> {
-        let mut last = String::from("no endpoint given");
+    pub async fn connect(config: &Config) -> Result<Client, Failure> {
+        let mut last = Failure::from(String::from("no endpoint given"));
         for endpoint in &config.endpoints {
             match channel(endpoint, config.tls.as_ref()).await {
                 Ok(channel) => {
@@ -147,13 +181,13 @@ impl Client {
                     }
                     return Ok(client);
                 }
-                Err(e) => last = format!("{endpoint}: {e}"),
+                Err(e) => last = Failure { text: format!("{endpoint}: {}", e.text), ..e },
             }
         }
         Err(last)
     }
 
-    async fn authenticate(&mut self, name: &str, password: &str) -> Result<(), String> {
+    async fn authenticate(&mut self, name: &str, password: &str) -> Result<(), Failure> {
         let req = AuthenticateRequest { name: name.into(), password: password.into() };
         let resp: AuthenticateResponse = self.unary(req, "/etcdserverpb.Auth/Authenticate").await?;
         self.token = Some(resp.token.parse().map_err(|_| "etcd returned an unusable auth token".to_string())?);
@@ -168,7 +202,7 @@ impl Client {
         req
     }
 
-    async fn unary<Q, R>(&mut self, message: Q, path: &'static str) -> Result<R, String>
+    async fn unary<Q, R>(&mut self, message: Q, path: &'static str) -> Result<R, Failure>
     where
         Q: prost::Message + Send + Sync + 'static,
         R: prost::Message + Default + Send + Sync + 'static,
@@ -185,25 +219,27 @@ impl Client {
     /// as its alert, a broken pipe or a cancelled stream, depending on
     /// what the client was doing. A call the server answered itself has
     /// a gRPC status and no transport cause.
-    fn status_text(&self, s: GrpcStatus) -> String {
+    fn status_text(&self, s: GrpcStatus) -> Failure {
         let cause = std::error::Error::source(&s);
         let transport = cause.is_some() || s.code() == tonic::Code::Cancelled;
-        match (&self.refused, cause) {
-            (Some(refused), _) if transport && !self.answered => refused.clone(),
+        let unreachable = cause.is_some_and(out_of_reach);
+        let text = match (&self.refused, cause) {
+            (Some(refused), _) if transport && !self.answered && !unreachable => refused.clone(),
             (_, Some(cause)) if s.message().is_empty() || s.code() == tonic::Code::Unknown => error_chain(cause),
             _ => s.message().to_string(),
-        }
+        };
+        Failure { text, unreachable }
     }
 
     /// The number of keys and the revision they were counted at.
-    pub async fn count_keys(&mut self) -> Result<(i64, i64), String> {
+    pub async fn count_keys(&mut self) -> Result<(i64, i64), Failure> {
         // A key and range end of one zero byte each mean every key.
         let req = RangeRequest { key: vec![0], range_end: vec![0], count_only: true };
         let resp: RangeResponse = self.unary(req, "/etcdserverpb.KV/Range").await?;
         Ok((resp.header.map_or(0, |h| h.revision), resp.count))
     }
 
-    pub async fn snapshot(&mut self) -> Result<Streaming<SnapshotResponse>, String> {
+    pub async fn snapshot(&mut self) -> Result<Streaming<SnapshotResponse>, Failure> {
         let req = self.request(SnapshotRequest {});
         self.grpc.ready().await.map_err(|e| format!("not ready: {e}"))?;
         let path = PathAndQuery::from_static("/etcdserverpb.Maintenance/Snapshot");
@@ -212,7 +248,7 @@ impl Client {
         Ok(resp.into_inner())
     }
 
-    pub async fn status(&mut self) -> Result<MemberStatus, String> {
+    pub async fn status(&mut self) -> Result<MemberStatus, Failure> {
         let resp: StatusResponse = self.unary(StatusRequest {}, "/etcdserverpb.Maintenance/Status").await?;
         Ok(MemberStatus {
             version: resp.version,
@@ -224,7 +260,7 @@ impl Client {
     }
 }
 
-async fn channel(endpoint: &str, tls: Option<&Tls>) -> Result<Channel, String> {
+async fn channel(endpoint: &str, tls: Option<&Tls>) -> Result<Channel, Failure> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut ep = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
         .map_err(|e| format!("not an endpoint: {e}"))?
@@ -238,8 +274,8 @@ async fn channel(endpoint: &str, tls: Option<&Tls>) -> Result<Channel, String> {
         ep = ep.tls_config(tls_config(tls)?).map_err(|e| format!("TLS: {}", error_chain(&e)))?;
     }
     ep.connect().await.map_err(|e| match untrusted(&e) {
-        Some(why) => format!("the server's certificate is not trusted ({why:?}): is cacert= the CA that signed it?"),
-        None => error_chain(&e),
+        Some(why) => format!("the server's certificate is not trusted ({why:?}): is cacert= the CA that signed it?").into(),
+        None => Failure { text: error_chain(&e), unreachable: out_of_reach(&e) },
     })
 }
 

@@ -15,7 +15,7 @@ use tresor_engine::SourceInfo;
 use client::Client;
 pub use client::{Config, MemberStatus, Tls};
 
-use crate::{Error, Result, Source, Stream};
+use crate::{Error, ErrorKind, Result, Source, Stream};
 
 const HASH_LEN: usize = 32;
 
@@ -93,8 +93,14 @@ pub fn parse(url: &str) -> Result<Config> {
 /// The version and member id of the first member of `url` that answers.
 pub async fn status(url: &str) -> Result<MemberStatus> {
     let config = parse(url)?;
-    let mut client = Client::connect(&config).await.map_err(|e| Error::failed(url, e))?;
-    client.status().await.map_err(|e| Error::failed(url, e))
+    let mut client = Client::connect(&config).await.map_err(|e| failed(url, e))?;
+    client.status().await.map_err(|e| failed(url, e))
+}
+
+/// A failed exchange as the source's error: a server out of reach is
+/// `Unreachable`, which the daemon retries (as a Redis that refuses).
+fn failed(url: &str, e: client::Failure) -> Error {
+    Error::of(if e.unreachable { ErrorKind::Unreachable } else { ErrorKind::Other }, url, e.text)
 }
 
 impl EtcdSource {
@@ -106,7 +112,7 @@ impl EtcdSource {
 impl Source for EtcdSource {
     fn open(&mut self) -> Result<Stream> {
         let url = self.url.clone();
-        let fail = |e: String| Error::failed(&url, e);
+        let fail = |e: client::Failure| failed(&url, e);
         let rt = tokio::runtime::Handle::current();
         let (revision, keys, mut stream) = rt.block_on(async {
             let mut client = Client::connect(&self.config).await.map_err(fail)?;
@@ -227,6 +233,18 @@ mod tests {
         assert_eq!(said, Err("the snapshot stream stalled: nothing came for 1 s".into()));
         let broke = within(STALL, async { Err::<Option<Vec<u8>>, _>("reset by peer") }).await;
         assert_eq!(broke, Err("the snapshot stream broke: reset by peer".into()));
+    }
+
+    /// A member that refuses the connection is out of reach, which the
+    /// daemon retries (it was `Other`, a permanent failure, and a Redis
+    /// refusing alike was retried).
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("etcd://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let e = status(&url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unreachable, "{e}");
     }
 
     fn read_all(data: Vec<u8>) -> std::io::Result<Vec<u8>> {
