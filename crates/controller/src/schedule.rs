@@ -30,7 +30,13 @@ impl Schedule {
         }
         out_of_range(pattern).map_or(Ok(()), |why| Err(format!("schedule {text:?}: {why}")))?;
         let cron = Cron::from_str(pattern).map_err(|e| format!("schedule {text:?} is not a valid cron expression ({e})"))?;
-        Ok(Schedule { cron, text: text.trim().to_string() })
+        let schedule = Schedule { cron, text: text.trim().to_string() };
+        // A day no month has (31 February) parses, and the job would
+        // silently never run.
+        if schedule.next_after(DateTime::UNIX_EPOCH).is_none() {
+            return Err(format!("schedule {text:?} never fires: no month has that day"));
+        }
+        Ok(schedule)
     }
 
     /// The first time after `t` the schedule fires, in whole seconds:
@@ -109,6 +115,11 @@ mod tests {
         assert_eq!(Schedule::parse("0 0 0 * *").unwrap_err(), "schedule \"0 0 0 * *\": day of month 0 is out of range (1-31)");
         assert!(Schedule::parse("*/90 * * * *").is_ok_and(|s| s.next_after(at("2026-11-21T10:07:00Z")).is_some()), "a step is no value");
         assert!(Schedule::parse("0 2 * * mon-fri").is_ok());
+        // Days no month has: the daemon left them out of its runs, silently.
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4 *"] {
+            assert_eq!(Schedule::parse(never).unwrap_err(), format!("schedule {never:?} never fires: no month has that day"));
+        }
+        assert!(Schedule::parse("0 0 29 2 *").is_ok(), "leap days come");
         let d = spread_offset("orders-db", Duration::from_secs(300));
         assert!(d < Duration::from_secs(300) && d == spread_offset("orders-db", Duration::from_secs(300)));
     }
