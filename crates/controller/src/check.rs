@@ -166,6 +166,17 @@ fn check_repository_jobs(plan: &Plan, at: &Lines, out: &mut Vec<Finding>) {
     if plan.daemon.check_slices == 0 {
         out.push(error(at.entry("daemon", "check_slices"), slices.into()));
     }
+    // The daemon refuses to start so; the tokens may come from its environment.
+    let open = plan.daemon.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| !a.ip().is_loopback());
+    if open && plan.daemon.admin_token_file.is_none() && plan.daemon.read_token_file.is_none() {
+        out.push(warning(
+            at.entry("daemon", "listen"),
+            format!(
+                "daemon.listen {} is no loopback address and the plan names no token file: the daemon starts only with TRESOR_API_TOKEN or TRESOR_API_READ_TOKEN set",
+                plan.daemon.listen
+            ),
+        ));
+    }
     for (name, r) in &plan.repositories {
         for (key, schedule) in [("prune_schedule", &r.prune_schedule), ("check_schedule", &r.check_schedule)] {
             if let Some(e) = schedule.as_ref().and_then(|s| Schedule::parse(s.as_deref().filter(|s| *s != NEVER)?).err()) {

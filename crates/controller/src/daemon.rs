@@ -390,7 +390,14 @@ impl Loop {
             }
             Command::Reload { actor } => match load_plan_text(&self.shared.plan_file, now) {
                 Ok((plan, text)) => {
-                    let changed = crate::plan::diff::changes(&yaml(&self.plan_text), &yaml(&text)).join("; ");
+                    let (old, new) = (yaml(&self.plan_text), yaml(&text));
+                    let mut changed = crate::plan::diff::changes(&old, &new).join("; ");
+                    let later = crate::plan::diff::at_next_start(&old, &new);
+                    if !later.is_empty() {
+                        let later = later.join(", ");
+                        tracing::warn!("{later} changed: the daemon reads it only when it starts, so it takes effect at the next start");
+                        changed += &format!(" ({later} take effect at the next start)");
+                    }
                     self.plan_text = text;
                     self.shared.metrics.forget_gone(&self.shared.plan(), &plan);
                     self.shared.metrics.take_on(&plan, now);

@@ -233,6 +233,38 @@ fn plan_check_refuses_a_bad_check_schedule_and_zero_slices() {
     );
 }
 
+/// A schedule that never fires (31 February) is refused where it stands
+/// (the daemon left it out of its runs, silently), and a daemon that
+/// listens beyond loopback without a token file is warned of, as it will
+/// not start without a token in its environment.
+#[test]
+fn plan_check_refuses_a_schedule_that_never_fires_and_warns_of_an_open_listen() {
+    let env = Env::new();
+    let plan = env.path("tresor.yaml");
+    fs::write(
+        &plan,
+        "repositories:\n  primary:\n    url: /srv/repo\n    password_file: /etc/tresor/pw\n    check_schedule: '0 0 30 2 *'\n\
+         classes:\n  standard:\n    rpo: 1d\n    rto: 8h\n    drill: {schedule: '0 0 31 2 *'}\n\
+         sources:\n  - {name: wiki, class: standard, url: /srv/wiki, schedule: '@daily'}\n\
+         daemon:\n  listen: 0.0.0.0:9750\n",
+    )
+    .unwrap();
+    let (errors, said) = plan_errors(&env, &plan);
+    let p = plan.display();
+    assert_eq!(
+        errors,
+        [
+            format!("{p}:5: error: repository primary: schedule \"0 0 30 2 *\" never fires: no month has that day"),
+            format!("{p}:7: error: class standard: drill schedule \"0 0 31 2 *\" never fires: no month has that day"),
+        ],
+        "{said}"
+    );
+    let warning = format!(
+        "{p}:14: warning: daemon.listen 0.0.0.0:9750 is no loopback address and the plan names no token file: the daemon starts only with TRESOR_API_TOKEN or TRESOR_API_READ_TOKEN set"
+    );
+    assert!(said.lines().any(|l| l == warning), "{said}");
+}
+
 /// A repository sources back up into that is never checked is a warning
 /// at the line that says so (its own, or the daemon's); an off-site copy
 /// left unchecked by choice (cold storage) is not.

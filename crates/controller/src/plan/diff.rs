@@ -67,6 +67,17 @@ pub fn changes(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
+/// The daemon settings read only when it starts (the address it serves,
+/// its state, its token and certificate files), which a reload changes
+/// nothing of.
+const AT_START: [&str; 6] = ["listen", "state", "admin_token_file", "read_token_file", "tls_cert_file", "tls_key_file"];
+
+/// The settings among [`AT_START`] that differ between the two plans, as
+/// `daemon.NAME`.
+pub fn at_next_start(old: &Value, new: &Value) -> Vec<String> {
+    AT_START.iter().filter(|k| old["daemon"][**k] != new["daemon"][**k]).map(|k| format!("daemon.{k}")).collect()
+}
+
 /// A section's entries by name: a map's keys, a list's `name`s.
 fn entries(section: &Value) -> Vec<(String, Value)> {
     match section {
@@ -143,5 +154,8 @@ mod tests {
             ]
         );
         assert_eq!(changes(&old, &old), Vec::<String>::new());
+        let moved = yaml("daemon: {concurrency: 3, listen: '0.0.0.0:9750', state: /srv/state.db}\n");
+        assert_eq!(at_next_start(&new, &moved), ["daemon.listen", "daemon.state"]);
+        assert_eq!(at_next_start(&new, &new), Vec::<String>::new());
     }
 }
