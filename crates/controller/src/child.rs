@@ -4,6 +4,7 @@
 //! subcommand is on its command line, so no secret is either.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +20,12 @@ use crate::plan::Repository;
 /// The arguments of every child: the spec comes on standard input.
 pub const JOB_RUN: [&str; 2] = ["job", "run"];
 
+/// How long a job told to stop has to kill the programs it started and
+/// end before it is killed: its handler does that at once (SIGKILL to
+/// each program's process group), so this is only ever waited out by a
+/// child that hangs.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 fn command(exe: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(exe);
     cmd.args(JOB_RUN);
@@ -27,6 +34,23 @@ fn command(exe: &Path) -> std::process::Command {
     // program through it.
     tresor_sources::without_secrets(&mut cmd).env_remove("TRESOR_STATE");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let parent = i32::try_from(std::process::id()).expect("a process id");
+    // A parent that dies takes the job along. SIGTERM, not SIGKILL: the job
+    // kills the programs it started first, each in a process group of its
+    // own that no signal to the job reaches (`CommandSource::
+    // kill_programs_when_stopped`). The signal comes when the *thread* that
+    // forked ends: the callers' threads outlive their children (an async
+    // runtime's workers; a blocking caller waits for it).
+    // SAFETY: prctl and getppid are async-signal-safe and touch only this (child) process.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("its parent ended before the job started"));
+            }
+            Ok(())
+        });
+    }
     cmd
 }
 
@@ -35,13 +59,6 @@ fn command(exe: &Path) -> std::process::Command {
 pub async fn run(exe: &Path, spec: &JobSpec, limit: Duration, mut cancel: watch::Receiver<bool>) -> JobResult {
     let mut cmd = tokio::process::Command::from(command(exe));
     cmd.kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe and touches only this (child) process.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return JobResult::failed(Reason::Error, false, format!("cannot start {}: {e}", exe.display())),
@@ -52,13 +69,37 @@ pub async fn run(exe: &Path, spec: &JobSpec, limit: Duration, mut cancel: watch:
         let _ = stdin.write_all(&input).await;
     }
     let started = std::time::Instant::now();
-    tokio::select! {
-        out = child.wait_with_output() => match out {
+    let stopped = tokio::select! {
+        out = output(&mut child) => return match out {
             Ok(out) => read_result(out.status.code(), &out.stdout, &out.stderr, started.elapsed()),
             Err(e) => JobResult::failed(Reason::Error, false, e.to_string()),
         },
         _ = tokio::time::sleep(limit) => JobResult::failed(Reason::Timeout, false, format!("cancelled after its time limit of {}s", limit.as_secs())),
         _ = cancelled(&mut cancel) => JobResult { status: Status::Cancelled, ..JobResult::failed(Reason::Shutdown, false, "the daemon stopped") },
+    };
+    stop(&mut child).await;
+    stopped
+}
+
+/// What the child wrote and how it exited, as `wait_with_output` has it,
+/// leaving the child to [`stop`] if it is not waited for to the end.
+async fn output(child: &mut tokio::process::Child) -> std::io::Result<std::process::Output> {
+    use tokio::io::AsyncReadExt;
+    let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (status, _, _) = tokio::try_join!(child.wait(), stdout.read_to_end(&mut out), stderr.read_to_end(&mut err))?;
+    Ok(std::process::Output { status, stdout: out, stderr: err })
+}
+
+/// End a job the daemon no longer waits for: SIGTERM, on which it kills the
+/// programs it started, then SIGKILL if it is still there after [`STOP_GRACE`].
+async fn stop(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        // SAFETY: kill(2) on our own child, not reaped yet (it has an id).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }
 

@@ -6,6 +6,8 @@
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -156,6 +158,142 @@ fn last_word(text: &str) -> Option<String> {
 /// read and dropped, so a leftover that talks for ever holds no memory.
 const STDERR_AFTER_EXIT: Duration = Duration::from_secs(5);
 
+/// The signals that stop a job (`tresor job run`): the daemon's SIGTERM at
+/// its time limit or cancellation, and the same as the death signal it gets
+/// when the daemon dies; SIGINT and SIGHUP for one run by hand.
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// How many programs may run at once in one process, for [`GROUPS`].
+const MOST_PROGRAMS: usize = 1024;
+
+/// The process groups of the programs this process started and has not
+/// reaped (0: a free entry). Each program leads a group of its own, so
+/// neither the death signal nor a kill of the job reaches it: whoever stops
+/// the job must kill these. Atomics, as a signal handler reads them.
+static GROUPS: [AtomicI32; MOST_PROGRAMS] = [const { AtomicI32::new(0) }; MOST_PROGRAMS];
+
+/// Starts under way, between the fork and the program's entry in [`GROUPS`].
+static STARTING: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once a stop signal came: no program starts after it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+impl CommandSource {
+    /// From now on a [stop signal](STOP_SIGNALS) kills every program this
+    /// process started and has not reaped (a `command:` source or target, a
+    /// hook, pg_dump, …: all go through [`Program`]), with its process
+    /// group, and then the process, by that signal. For `tresor job run`,
+    /// whose stop must take what it started along, and whose programs cannot
+    /// have the death signal: that fires when the *thread* that started them
+    /// ends, and the runtime's blocking threads end when idle, however long
+    /// their programs run. (Here as the crate exports this type.)
+    pub fn kill_programs_when_stopped() -> std::io::Result<()> {
+        set_stop_handler()
+    }
+}
+
+fn set_stop_handler() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigaction is valid; the handler only makes
+    // async-signal-safe calls and reads atomics.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // Back to the default action once run, so the raise ends the process.
+        action.sa_flags = libc::SA_RESETHAND;
+        libc::sigemptyset(&mut action.sa_mask);
+        for sig in STOP_SIGNALS {
+            libc::sigaddset(&mut action.sa_mask, sig);
+        }
+        for sig in STOP_SIGNALS {
+            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+extern "C" fn on_stop(sig: libc::c_int) {
+    STOPPING.store(true, SeqCst);
+    // A start under way enters its program before it lets a stop look (its
+    // thread blocks these signals meanwhile, so it is never this one): a
+    // fork and an exec, bounded all the same.
+    let pause = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+    for _ in 0..5000 {
+        if STARTING.load(SeqCst) == 0 {
+            break;
+        }
+        // SAFETY: nanosleep is async-signal-safe.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+    for group in &GROUPS {
+        let group = group.load(SeqCst);
+        if group > 0 {
+            // SAFETY: kill(2) is async-signal-safe; the group is one this process leads and has not reaped.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+    }
+    // SAFETY: raise is async-signal-safe; the action is the default again.
+    unsafe { libc::raise(sig) };
+}
+
+/// Spawn `cmd` as the leader of a process group of its own, entered in
+/// [`GROUPS`]: its child and its entry.
+fn started_registered(cmd: &mut Command) -> std::io::Result<(Child, usize)> {
+    let _blocked = BlockedStops::new();
+    STARTING.fetch_add(1, SeqCst);
+    let _started = Decrement(&STARTING);
+    if STOPPING.load(SeqCst) {
+        return Err(std::io::Error::other("the job is stopping"));
+    }
+    let mut child = cmd.process_group(0).spawn()?;
+    let group = i32::try_from(child.id()).expect("a process id");
+    match GROUPS.iter().position(|g| g.compare_exchange(0, group, SeqCst, SeqCst).is_ok()) {
+        Some(slot) => Ok((child, slot)),
+        None => {
+            // SAFETY: kill(2) on the group just started, not reaped.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+            let _ = child.wait();
+            Err(std::io::Error::other(format!("more than {MOST_PROGRAMS} programs would run at once")))
+        }
+    }
+}
+
+/// The stop signals blocked on this thread while it lives: a stop waits
+/// for the start under way, so it must not run on the starting thread.
+/// The program does not inherit the mask: Rust's spawn clears it.
+struct BlockedStops(libc::sigset_t);
+
+impl BlockedStops {
+    fn new() -> BlockedStops {
+        // SAFETY: sigset_t is plain data, filled by sigemptyset and sigaddset.
+        unsafe {
+            let (mut set, mut old) = (std::mem::zeroed(), std::mem::zeroed());
+            libc::sigemptyset(&mut set);
+            for sig in STOP_SIGNALS {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            BlockedStops(old)
+        }
+    }
+}
+
+impl Drop for BlockedStops {
+    fn drop(&mut self) {
+        // SAFETY: the mask this thread had before.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
+}
+
+struct Decrement(&'static AtomicUsize);
+
+impl Drop for Decrement {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
 /// A program in a process group of its own, so that it is killed with
 /// what it started (the stages of an `sh -c` pipeline), its standard error
 /// read on a thread as it runs: a chatty program (`pg_restore --verbose`)
@@ -165,11 +303,13 @@ pub(crate) struct Program {
     stderr: Stderr,
     /// Disconnected once the reading thread has ended.
     drained: Receiver<()>,
+    /// Its entry in [`GROUPS`] until it is reaped.
+    slot: Option<usize>,
 }
 
 impl Program {
     pub(crate) fn start(cmd: &mut Command, stdin: Stdio, stdout: Stdio) -> std::io::Result<Program> {
-        let mut child = without_secrets(cmd).stdin(stdin).stdout(stdout).stderr(Stdio::piped()).process_group(0).spawn()?;
+        let (mut child, slot) = started_registered(without_secrets(cmd).stdin(stdin).stdout(stdout).stderr(Stdio::piped()))?;
         let mut pipe = child.stderr.take().expect("piped");
         let stderr = Stderr::default();
         let said = stderr.clone();
@@ -187,7 +327,7 @@ impl Program {
                 }
             }
         });
-        Ok(Program { child, stderr, drained })
+        Ok(Program { child, stderr, drained, slot: Some(slot) })
     }
 
     pub(crate) fn take_stdin(&mut self) -> Option<ChildStdin> {
@@ -195,13 +335,25 @@ impl Program {
     }
 
     pub(crate) fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        self.child.try_wait()
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.reaped();
+        }
+        Ok(status)
     }
 
     /// Wait for the program to exit: its status and what it said.
     pub(crate) fn wait(&mut self) -> std::io::Result<(ExitStatus, String)> {
         let status = self.child.wait()?;
+        self.reaped();
         Ok((status, self.said()))
+    }
+
+    /// Once reaped, its id (its group's) may be another's: a stop must not kill it.
+    fn reaped(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            GROUPS[slot].store(0, SeqCst);
+        }
     }
 
     /// What it said on standard error, once it has exited.
@@ -218,14 +370,20 @@ impl Program {
         let group = i32::try_from(self.child.id()).expect("a process id");
         // SAFETY: kill(2) on a process group id, no memory involved.
         unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.child.wait();
+        if self.child.wait().is_ok() {
+            self.reaped();
+        }
     }
 }
 
 /// Nothing reads what it says once it is gone (a hook that succeeded is
-/// never asked), so a leftover that talks for ever holds no memory.
+/// never asked), so a leftover that talks for ever holds no memory. One
+/// dropped unreaped is killed: nothing tresor started runs on unwatched.
 impl Drop for Program {
     fn drop(&mut self) {
+        if self.slot.is_some() {
+            self.kill();
+        }
         self.stderr.close();
     }
 }

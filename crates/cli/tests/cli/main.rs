@@ -48,6 +48,7 @@ mod silence;
 mod soak;
 mod sources;
 mod standby;
+mod stops;
 mod transforms;
 mod volumes;
 mod walrpo;
