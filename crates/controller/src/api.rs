@@ -344,6 +344,12 @@ async fn trigger_restore(
         return error(StatusCode::BAD_REQUEST, "give exactly one of \"to\" (a service URL) and \"target\" (a directory)");
     }
     let narrowed = !(spec.host.is_empty() && spec.tag.is_empty() && spec.path.is_empty());
+    if let Some(given) = spec.snapshot.clone() {
+        match own_snapshot(&app, &name, &given).await {
+            Ok(id) => spec.snapshot = Some(id),
+            Err(refused) => return refused,
+        }
+    }
     if spec.snapshot.is_none() && !narrowed {
         match app.shared.state.last_success(&name) {
             Ok(Some(j)) if j.outcome.snapshot.is_some() => spec.snapshot = j.outcome.snapshot,
@@ -356,6 +362,24 @@ async fn trigger_restore(
         return refused;
     }
     (StatusCode::ACCEPTED, axum::Json(json!({"queued": name, "snapshot": snapshot}))).into_response()
+}
+
+/// The full id of the snapshot `given` names among source `name`'s, or the
+/// answer why not: a snapshot of another source restored into this one's
+/// target (the job took any id), and one that did not exist was accepted.
+async fn own_snapshot(app: &App, name: &str, given: &str) -> Result<String, Response> {
+    let plan = app.shared.plan();
+    let Some((_, repo)) = plan.sources.iter().find(|s| s.name == name).and_then(|s| plan.repository_of(s)) else {
+        return Err(error(StatusCode::NOT_FOUND, &format!("no source {name} in the plan")));
+    };
+    match app.shared.repos.snapshot_of(repo, name, given).await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(e @ tresor_engine::Error::FilteredOut { .. })) => {
+            Err(error(StatusCode::UNPROCESSABLE_ENTITY, &format!("{e}: it is not a snapshot of source {name}")))
+        }
+        Ok(Err(e)) => Err(error(StatusCode::NOT_FOUND, &e.to_string())),
+        Err(e) => Err(error(StatusCode::BAD_GATEWAY, &format!("cannot read the snapshots of source {name}: {e}"))),
+    }
 }
 
 async fn reload(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -686,7 +686,14 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         Kind::Drill => outcome.summary.iter().filter_map(|s| s.as_array()).flatten().filter_map(|d| d["test_id"].as_str()).collect(),
         _ => Vec::new(),
     };
-    let detail = [tests.join(" "), detail].into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join(": ");
+    // A restore's entry says what went where (a URL without its password).
+    let restored = w.restore.as_ref().filter(|_| w.kind == Kind::Restore).map(|r| {
+        let what =
+            r.snapshot.as_deref().map_or("the newest snapshot that matches".into(), |s| format!("snapshot {}", &s[..s.len().min(8)]));
+        format!("{what} into {}", r.to.as_ref().map(ToString::to_string).or(r.target.clone()).unwrap_or_default())
+    });
+    let detail =
+        [restored.unwrap_or_default(), tests.join(" "), detail].into_iter().filter(|d| !d.is_empty()).collect::<Vec<_>>().join(": ");
     shared.audit(&q.actor, w.kind.as_str(), &w.name, &outcome.status, &detail);
     outcome
 }

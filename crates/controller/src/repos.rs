@@ -236,6 +236,21 @@ impl Handles {
         Ok(chosen.iter().map(tresor_engine::snapshot::Snapshot::to_json).collect())
     }
 
+    /// The snapshot `spec` (an id or a prefix of one) names among source
+    /// `source`'s: its full id, or why none (the engine's error: none such,
+    /// ambiguous, or another source's).
+    pub async fn snapshot_of(
+        &self,
+        r: &plan::Repository,
+        source: &str,
+        spec: &str,
+    ) -> Result<Result<String, tresor_engine::Error>, String> {
+        let repo = self.get(r).await?;
+        let all = repo.snapshots().await.map_err(|e| e.to_string())?;
+        let filter = tresor_engine::select::SnapshotFilter { tags: vec![format!("source={source}")], ..Default::default() };
+        Ok(tresor_engine::select::select(all, spec, &filter).map(|s| s.id.to_hex()))
+    }
+
     /// Fill an empty state from the repositories' evidence logs: every job
     /// (each once, whichever copy of the log it is read from, the daemon's
     /// rehearsals among them) and the drill protocols inside drill jobs; how

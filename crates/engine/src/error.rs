@@ -53,6 +53,9 @@ pub enum Error {
     /// `latest` with filters that no snapshot passes: what was asked for.
     #[error("no snapshot matches {0}")]
     NoMatch(String),
+    /// A snapshot named by id that the filters given beside it refuse.
+    #[error("snapshot {snapshot} does not match {filter}")]
+    FilteredOut { snapshot: String, filter: String },
     #[error("snapshot id prefix {0:?} is ambiguous; give more digits")]
     AmbiguousSnapshot(String),
     #[error("path {0:?} is not in the snapshot")]
@@ -170,6 +173,7 @@ impl Error {
             Error::Interrupted => ErrorKind::Interrupted,
             Error::NoSnapshot(_)
             | Error::NoMatch(_)
+            | Error::FilteredOut { .. }
             | Error::AmbiguousSnapshot(_)
             | Error::NoSuchPath(_)
             | Error::KeysBusy(_)

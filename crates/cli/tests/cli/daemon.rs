@@ -358,7 +358,9 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
         (status, body.as_str()),
         (400, "{\"error\":\"give exactly one of \\\"to\\\" (a service URL) and \\\"target\\\" (a directory)\"}")
     );
-    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec).0, 202);
+    let (status, queued) = post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec);
+    assert_eq!(status, 202);
+    let first_cache = serde_json::from_str::<serde_json::Value>(&queued).unwrap()["snapshot"].as_str().unwrap().to_string();
     wait_jobs(&d, "the restore", |j| count(j, "cache", "restore", "succeeded") == 1);
     assert_eq!((target.cli(&["GET", "a"]).as_str(), target.cli(&["DBSIZE"]).as_str()), ("1", "2"), "the cache's keys, restored");
 
@@ -402,6 +404,15 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     // restic's narrowing over the API: the source's newest backup with the
     // tag asked for, or a failed job that says why.
     let narrowed = RedisServer::start(&[]);
+    // A snapshot of another source (it was restored into this one's
+    // target), or none, is refused before any job is queued.
+    let files = &tagged[0]["id"].as_str().unwrap()[..8];
+    let spec = serde_json::json!({"to": narrowed.url(), "snapshot": files});
+    let said = format!("{{\"error\":\"snapshot {files} does not match tag source=cache: it is not a snapshot of source cache\"}}");
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec), (422, said));
+    let spec = serde_json::json!({"to": narrowed.url(), "snapshot": "deadbeef"});
+    let said = "{\"error\":\"no snapshot matches \\\"deadbeef\\\"\"}".to_string();
+    assert_eq!(post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec), (404, said));
     let spec = serde_json::json!({"to": narrowed.url(), "tag": ["class=critical"]});
     assert_eq!(
         post_json(d.port, "/api/v1/sources/cache/restore", Some("admin-token"), &spec),
@@ -423,6 +434,8 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     assert!(status.success(), "{status}");
     let audit = env.ok(&["audit", "--state", env.path("state.db").to_str().unwrap(), "--json"]);
     assert!(audit.contains("\"actor\":\"api:admin\",\"action\":\"backup\",\"target\":\"files\",\"result\":\"succeeded\""), "{audit}");
+    let restored = format!("\"result\":\"succeeded\",\"detail\":\"snapshot {} into {}\"", &first_cache[..8], target.url());
+    assert!(audit.contains(&restored), "a restore's entry says what went where: {audit}");
 }
 
 #[test]
