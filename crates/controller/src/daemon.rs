@@ -87,10 +87,26 @@ impl Shared {
             result: result.into(),
             detail: detail.into(),
         };
-        if let Err(e) = self.state.audit(&e) {
-            tracing::error!("audit trail: {e}");
-        }
+        self.wrote("the audit trail", self.state.audit(&e));
         self.audit_to_repositories(&e);
+    }
+
+    /// A write to the state: a failure logged and kept for the metric, the
+    /// alert and the status page (jobs went on running and vanished from
+    /// the history, the API and the page, while the page stayed green).
+    pub fn wrote<T>(&self, what: &str, result: crate::Result<T>) -> Option<T> {
+        let now = self.clock.now();
+        match result {
+            Ok(v) => {
+                self.metrics.state_written(now, Ok(()));
+                Some(v)
+            }
+            Err(e) => {
+                tracing::error!("{what}: {e}");
+                self.metrics.state_written(now, Err(format!("{what}: {e}")));
+                None
+            }
+        }
     }
 
     /// The audit entry as evidence too: in the repository of the source it
@@ -650,7 +666,7 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
         duration: None,
         outcome: Outcome { status: "running".into(), ..Outcome::default() },
     };
-    let id = shared.state.start_job(&job);
+    let id = shared.wrote("the job history", shared.state.start_job(&job)).ok_or(());
     shared.runs.started(&q.actor, w.kind, &w.name, id.as_ref().ok().copied(), started);
     let w = Work { run: id.as_ref().ok().map(|id| format!("job-{id}")), ..w.clone() };
     let mut outcome = shared.runner.run(&w, cancel).await;
@@ -671,10 +687,8 @@ async fn run_one(shared: &Arc<Shared>, q: &Queued, w: &Work, cancel: watch::Rece
     measure(shared, &w, &outcome, seconds, (started, ended));
     // The history says a job ended only once its evidence and metrics are recorded,
     // so whoever waits for the job's end reads them complete.
-    if let Ok(id) = id
-        && let Err(e) = shared.state.finish_job(id, ended, &outcome)
-    {
-        tracing::error!("job history: {e}");
+    if let Ok(id) = id {
+        shared.wrote("the job history", shared.state.finish_job(id, ended, &outcome));
     }
     let detail = match (&outcome.snapshot, &outcome.reason, &outcome.message) {
         (Some(s), _, _) => format!("snapshot {s}"),

@@ -102,6 +102,7 @@ pub struct Metrics {
     running: Gauge,
     queued: Gauge,
     plan_ok: Gauge,
+    state_ok: Gauge,
     plan_loaded: FloatGauge,
     repo_errors: Family<RepoLabels, Counter>,
     storage_free: Family<RepoLabels, Gauge>,
@@ -128,6 +129,8 @@ pub struct Metrics {
     offsite_behind: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// The newest reload that refused the plan file, and why, until one loads it.
     refused_plan: Mutex<Option<(DateTime<Utc>, String)>>,
+    /// Since when, and why, the daemon cannot write its state.
+    state_refused: Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
 impl Default for Metrics {
@@ -143,6 +146,7 @@ impl Metrics {
         m.register_backups(&mut r);
         m.register_restores(&mut r);
         m.register_jobs_and_storage(&mut r);
+        m.state_ok.set(1);
         Metrics { registry: r, ..m }
     }
 
@@ -173,6 +177,7 @@ impl Metrics {
             running: Gauge::default(),
             queued: Gauge::default(),
             plan_ok: Gauge::default(),
+            state_ok: Gauge::default(),
             plan_loaded: FloatGauge::default(),
             repo_errors: Family::default(),
             storage_free: Family::default(),
@@ -191,6 +196,7 @@ impl Metrics {
             wal: Mutex::default(),
             offsite_behind: Mutex::default(),
             refused_plan: Mutex::default(),
+            state_refused: Mutex::default(),
             registry: Registry::default(),
         }
     }
@@ -241,6 +247,11 @@ impl Metrics {
             "backup_plan_last_reload_successful",
             "Whether the newest load of the plan file succeeded (0: it was refused, the daemon runs the plan it loaded before)",
             self.plan_ok.clone(),
+        );
+        r.register(
+            "backup_state_writable",
+            "Whether the daemon's newest write to its state database succeeded (0: the job history, the API and the status page miss what happened since)",
+            self.state_ok.clone(),
         );
         r.register(
             "backup_plan_last_reload_success_timestamp_seconds",
@@ -353,6 +364,24 @@ impl Metrics {
     pub fn plan_refused(&self, at: DateTime<Utc>, why: &str) {
         self.plan_ok.set(0);
         *self.refused_plan.lock().expect("not poisoned") = Some((at, why.to_string()));
+    }
+
+    /// A write to the state database succeeded (`Ok`) or failed, at `at`:
+    /// the first failure of a run of them is kept, until a write succeeds.
+    pub fn state_written(&self, at: DateTime<Utc>, result: Result<(), String>) {
+        let mut refused = self.state_refused.lock().expect("not poisoned");
+        match result {
+            Ok(()) => *refused = None,
+            Err(why) => {
+                refused.get_or_insert((at, why));
+            }
+        }
+        self.state_ok.set(i64::from(refused.is_none()));
+    }
+
+    /// Since when, and why, the state cannot be written, while it cannot.
+    pub fn state_refused(&self) -> Option<(DateTime<Utc>, String)> {
+        self.state_refused.lock().expect("not poisoned").clone()
     }
 
     /// When the plan file was last refused and why, while no reload since loaded it.

@@ -316,6 +316,7 @@ pub fn page(shared: &Shared) -> String {
     let unprotected = unprotected_section(shared);
     let body = [
         refused_plan_notice(shared),
+        unwritable_state_notice(shared),
         "<h1>Data classes</h1>".to_string(),
         table("classes", true, &classes_head, &class_rows(shared, &plan, now)),
         "<h2>Sources</h2>".into(),
@@ -340,6 +341,19 @@ fn refused_plan_notice(shared: &Shared) -> String {
         Some((at, why)) => format!(
             "<p id=\"plan-refused\" class=\"bad\">The plan file {} was refused at {} UTC; the daemon runs the plan it loaded before. {}</p>\n",
             esc(&shared.plan_file.display().to_string()),
+            time(at),
+            esc(&why)
+        ),
+        None => String::new(),
+    }
+}
+
+/// A state the daemon cannot write, until a write succeeds: the page reads
+/// its history from there, and what ran since is missing from it.
+fn unwritable_state_notice(shared: &Shared) -> String {
+    match shared.metrics.state_refused() {
+        Some((at, why)) => format!(
+            "<p id=\"state-unwritable\" class=\"bad\">The daemon cannot write its state since {} UTC ({}): jobs still run, but this page, the API and the job history miss them.</p>\n",
             time(at),
             esc(&why)
         ),

@@ -23,7 +23,7 @@ fn promtool(args: &[&str]) -> String {
 
 #[test]
 fn alert_rules_pass_promtools_checks_and_unit_tests() {
-    assert!(promtool(&["check", "rules", "tresor-rules.yaml"]).contains("SUCCESS: 16 rules found"));
+    assert!(promtool(&["check", "rules", "tresor-rules.yaml"]).contains("SUCCESS: 17 rules found"));
     assert!(promtool(&["test", "rules", "tresor-rules.test.yaml"]).trim_end().ends_with("SUCCESS"));
 }
 

@@ -69,3 +69,33 @@ async fn a_restore_request_that_is_no_json_request_is_refused_in_the_error_schem
     );
     d.stop().await;
 }
+
+/// A state the daemon cannot write (a full disk; here its tables moved
+/// away) is said by `backup_state_writable` and a notice on the status
+/// page until a write succeeds: jobs vanished from the history, the API
+/// and the page, which stayed green.
+#[tokio::test]
+async fn a_state_that_cannot_be_written_is_said_until_it_can() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = started(dir.path(), PLAN, Scripted::default());
+    first_backups(&d, &["flaky", "locked"]).await;
+    let writable = || super::metric(&d, "backup_state_writable");
+    assert_eq!(writable(), Some("1".into()));
+    let db = rusqlite::Connection::open(dir.path().join("state.db")).expect("the state");
+    db.execute_batch("ALTER TABLE jobs RENAME TO jobs_aside; ALTER TABLE audit RENAME TO audit_aside").expect("moved");
+    let backup =
+        || d.shared.commands.send(crate::daemon::Command::Backup { source: "flaky".into(), actor: "test".into() }).expect("the loop");
+    backup();
+    super::until("the failed write", || writable().as_deref() == Some("0")).await;
+    let page = crate::status::page(&d.shared);
+    let notice = page.lines().find(|l| l.starts_with("<p id=\"state-unwritable\" class=\"bad\">")).unwrap_or_default();
+    assert!(
+        notice.ends_with("state.db: no such table: jobs): jobs still run, but this page, the API and the job history miss them.</p>"),
+        "{notice}"
+    );
+    db.execute_batch("ALTER TABLE jobs_aside RENAME TO jobs; ALTER TABLE audit_aside RENAME TO audit").expect("back");
+    backup();
+    super::until("a write that succeeds", || writable().as_deref() == Some("1")).await;
+    assert!(!crate::status::page(&d.shared).contains("state-unwritable"));
+    d.stop().await;
+}
