@@ -708,5 +708,6 @@ async fn a_copy_measures_the_off_site_repository_again() {
     d.stop().await;
 }
 
+mod alerts;
 mod api;
 mod drills;

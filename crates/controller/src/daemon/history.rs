@@ -1,19 +1,25 @@
 //! What the daemon starts with, read back from the job history: each
-//! source's newest success and failure, whether it is failing, its newest
+//! source's newest success and failure, whether it is failing (and its
+//! alert, which is sent again to Alertmanager from then on), its newest
 //! drill's verdict, the plan's newest rehearsal's verdict, and each
 //! repository's newest check verdict. Without
 //! them a restart (or a pod moved) would clear every active failure
 //! series, and the alerts on them would resolve though nothing recovered.
 
+use std::sync::Arc;
+
 use crate::Result;
 use crate::model::Kind;
+use crate::notify::{Change, Event, Resend};
+use crate::plan::{Plan, SecretUrl, Webhook, WebhookFormat};
 use crate::state::Job;
 
 use super::Shared;
 
 /// The metrics and the failing sources as the history left them.
-pub(super) fn restore(shared: &Shared) -> Result<()> {
+pub(super) fn restore(shared: &Arc<Shared>) -> Result<()> {
     let plan = shared.plan();
+    let mut firing = Vec::new();
     shared.metrics.declare(&plan);
     shared.metrics.plan_loaded(shared.clock.now());
     for s in &plan.sources {
@@ -28,9 +34,9 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         if let Some(j) = shared.state.failures(&s.name, 50)?.into_iter().find(|j| j.kind == Kind::Backup.as_str()) {
             shared.metrics.seed_failure(&s.name, &s.class, ended(&j));
         }
-        let last = shared.state.jobs(50, Some(&s.name))?.into_iter().find(|j| j.kind == Kind::Backup.as_str());
-        if let Some(j) = last.filter(|j| j.outcome.status == "failed") {
-            shared.failing.lock().expect("not poisoned").insert(s.name.clone(), ended(&j));
+        if let Some(failure) = failing(shared, &s.name, &s.class)? {
+            shared.failing.lock().expect("not poisoned").insert(s.name.clone(), failure.since);
+            firing.push(failure);
         }
         // The newest drill's verdict, over the figures of the newest that
         // passed: a failed drill measures none, and takes none away.
@@ -45,6 +51,7 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
     if let Some(j) = rehearsed.filter(|j| plan.drills.rehearsal.is_some() && j.outcome.status != "running") {
         shared.metrics.drill_seen(super::REHEARSAL, "", &serde_json::json!({"passed": j.outcome.status == "succeeded"}));
     }
+    resume_alerts(shared, &plan, firing);
     shared.metrics.take_on(&plan, shared.clock.now());
     for name in plan.repositories.keys() {
         let checks: Vec<Job> = shared.state.jobs(200, Some(name))?.into_iter().filter(|j| j.kind == Kind::Check.as_str()).collect();
@@ -53,6 +60,54 @@ pub(super) fn restore(shared: &Shared) -> Result<()> {
         shared.metrics.check_done(name, passed, newest);
     }
     Ok(())
+}
+
+/// The failure a source's alert fires on, if its newest backup failed:
+/// begun with the first failure since its newest success (as the daemon
+/// announced it), in the words of the newest.
+fn failing(shared: &Shared, source: &str, class: &str) -> Result<Option<Event>> {
+    let backups: Vec<Job> = shared.state.jobs(50, Some(source))?.into_iter().filter(|j| j.kind == Kind::Backup.as_str()).collect();
+    let Some(newest) = backups.first().filter(|j| j.outcome.status == "failed") else { return Ok(None) };
+    let streak = backups.iter().take_while(|j| j.outcome.status != "succeeded");
+    let first = streak.filter(|j| j.outcome.status == "failed").last().unwrap_or(newest);
+    Ok(Some(Event {
+        change: Change::Failure,
+        source: source.into(),
+        class: class.into(),
+        reason: newest.outcome.reason.clone(),
+        message: newest.outcome.message.clone(),
+        time: ended(newest),
+        since: ended(first),
+    }))
+}
+
+/// Alertmanager forgets an alert not sent again within minutes: the
+/// failing sources' alerts are re-sent from now on, at once (the daemon
+/// may have been down for longer), as every failure announced from now on
+/// is, while the daemon says it still fires.
+fn resume_alerts(shared: &Arc<Shared>, plan: &Plan, firing: Vec<Event>) {
+    let alerts = plan.notifications.iter().flat_map(|h| firing.iter().map(|e| (h.clone(), e.clone()))).collect();
+    let weak = Arc::downgrade(shared);
+    let still = move |source: &str, url: &SecretUrl| weak.upgrade().is_some_and(|s| still_fires(&s, source, url));
+    let resend = Resend { clock: shared.clock.clone(), tick: shared.tick, firing: Box::new(still) };
+    let weak = Arc::downgrade(shared);
+    let done = move |hook: &Webhook, event: &Event, sent: std::result::Result<(), String>| {
+        let Some(shared) = weak.upgrade() else { return };
+        let (result, detail) = sent.map_or_else(|e| ("failed", e), |()| ("succeeded", String::new()));
+        shared.audit("daemon", "notify", &format!("failure of {} to {}", event.source, hook.url.origin()), result, &detail);
+    };
+    shared.http.resume(resend, alerts, Arc::new(done));
+}
+
+/// Whether the daemon runs (one stopped, or that lost its lease, says
+/// nothing: it would not announce the recovery), `source` still fails, and
+/// `url` is still one of the plan's Alertmanager receivers.
+fn still_fires(shared: &Shared, source: &str, url: &SecretUrl) -> bool {
+    let plan = shared.plan();
+    shared.ready.load(std::sync::atomic::Ordering::SeqCst)
+        && shared.failing.lock().expect("not poisoned").contains_key(source)
+        && plan.sources.iter().any(|s| s.name == source)
+        && plan.notifications.iter().any(|h| h.url == *url && h.format == WebhookFormat::Alertmanager)
 }
 
 fn ended(j: &Job) -> chrono::DateTime<chrono::Utc> {
