@@ -247,7 +247,9 @@ fn class_report(
 ) -> ClassReport {
     let c = &plan.classes[name];
     let sources: Vec<String> = plan.sources.iter().filter(|s| s.class == name).map(|s| s.name.clone()).collect();
-    let mine = |j: &&Job| sources.contains(&j.source);
+    // A job counts under the class it ran under: removing a failing source
+    // from the plan rewrote the period's success rate (66 % became 100 %).
+    let mine = |j: &&Job| j.class == name || (j.class.is_empty() && sources.contains(&j.source));
     let backups: Vec<&Job> = jobs.iter().filter(mine).filter(|j| j.kind == "backup").collect();
     let class_drills: Vec<&DrillReport> = drills.iter().filter(|d| d.class == name).collect();
     let (mut current, mut worst) = (None::<f64>, None::<f64>);

@@ -417,12 +417,12 @@ impl State {
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
-    /// Per source: (succeeded, all) backups started since `since`.
+    /// Per class, as each job ran under it: (succeeded, all) backups started since `since`.
     pub fn backup_counts(&self, since: DateTime<Utc>) -> Result<BTreeMap<String, (u64, u64)>> {
         self.with(|db| {
             let mut q = db.prepare(
-                "SELECT source, sum(status = 'succeeded'), count(*) FROM jobs \
-                 WHERE kind = 'backup' AND status != 'running' AND started_at >= ?1 GROUP BY source",
+                "SELECT class, sum(status = 'succeeded'), count(*) FROM jobs \
+                 WHERE kind = 'backup' AND status != 'running' AND started_at >= ?1 GROUP BY class",
             )?;
             q.query_map([since], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?.collect()
         })

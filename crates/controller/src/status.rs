@@ -223,8 +223,9 @@ fn class_rows(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
         let found = shared.state.restorable_points(since).unwrap_or_default();
         let points: Vec<Vec<DateTime<Utc>>> =
             sources.iter().map(|s| found.iter().filter(|(src, _)| src == s).map(|(_, t)| *t).collect()).collect();
-        let (ok, all) = sources.iter().filter_map(|s| counts.get(*s)).fold((0, 0), |(o, a), (ok, all)| (o + ok, a + all));
-        rows += &class_row(plan, &c, &rpo_history(&points, since, now), (ok, all));
+        // By the class each job ran under: a source taken out of the plan
+        // (or moved) takes none of its history along.
+        rows += &class_row(plan, &c, &rpo_history(&points, since, now), counts.get(name).copied().unwrap_or_default());
     }
     rows
 }

@@ -99,3 +99,25 @@ async fn a_state_that_cannot_be_written_is_said_until_it_can() {
     assert!(!crate::status::page(&d.shared).contains("state-unwritable"));
     d.stop().await;
 }
+
+/// A source taken out of the plan takes none of its class's history
+/// along: the status page's success rate counts each job under the class
+/// it ran under (removing the failing source made 50 % read 100 %).
+#[tokio::test]
+async fn removing_a_source_rewrites_no_history() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = BTreeMap::from([(("flaky".to_string(), 1), JobResult::failed(Reason::Error, false, "it broke"))]);
+    let d = started(dir.path(), PLAN, Scripted { script, ..Scripted::default() });
+    first_backups(&d, &["flaky", "locked"]).await;
+    let rate = || {
+        let page = crate::status::page(&d.shared);
+        page.split("data-success-rate=\"").nth(1).and_then(|r| r.split('"').next()).map(String::from)
+    };
+    assert_eq!(rate().as_deref(), Some("50.00"));
+    let without = PLAN.replace("  - {name: flaky, class: standard, url: /srv/a, schedule: '@daily', retries: 3}\n", "");
+    std::fs::write(dir.path().join("tresor.yaml"), without).expect("the plan");
+    d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
+    super::until("the reload", || d.shared.plan().sources.len() == 1).await;
+    assert_eq!(rate().as_deref(), Some("50.00"));
+    d.stop().await;
+}
