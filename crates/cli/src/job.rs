@@ -39,7 +39,7 @@ pub async fn run(g: &Global) -> Result<u8> {
     // The daemon's stop (its time limit, a cancel, its own death) must take
     // the programs the job starts along: each leads a process group that
     // no signal to this process reaches.
-    tresor_sources::CommandSource::kill_programs_when_stopped().context("cannot set the job's stop signals")?;
+    tresor_sources::kill_programs_when_stopped().context("cannot set the job's stop signals")?;
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("cannot read the job spec")?;
     let spec: JobSpec = serde_json::from_str(&text).context("cannot read the job spec")?;

@@ -37,8 +37,8 @@ fn command(exe: &Path) -> std::process::Command {
     let parent = i32::try_from(std::process::id()).expect("a process id");
     // A parent that dies takes the job along. SIGTERM, not SIGKILL: the job
     // kills the programs it started first, each in a process group of its
-    // own that no signal to the job reaches (`CommandSource::
-    // kill_programs_when_stopped`). The signal comes when the *thread* that
+    // own that no signal to the job reaches
+    // (`tresor_sources::kill_programs_when_stopped`). The signal comes when the *thread* that
     // forked ends: the callers' threads outlive their children (an async
     // runtime's workers; a blocking caller waits for it).
     // SAFETY: prctl and getppid are async-signal-safe and touch only this (child) process.

@@ -178,21 +178,15 @@ static STARTING: AtomicUsize = AtomicUsize::new(0);
 /// Set once a stop signal came: no program starts after it.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
-impl CommandSource {
-    /// From now on a [stop signal](STOP_SIGNALS) kills every program this
-    /// process started and has not reaped (a `command:` source or target, a
-    /// hook, pg_dump, …: all go through [`Program`]), with its process
-    /// group, and then the process, by that signal. For `tresor job run`,
-    /// whose stop must take what it started along, and whose programs cannot
-    /// have the death signal: that fires when the *thread* that started them
-    /// ends, and the runtime's blocking threads end when idle, however long
-    /// their programs run. (Here as the crate exports this type.)
-    pub fn kill_programs_when_stopped() -> std::io::Result<()> {
-        set_stop_handler()
-    }
-}
-
-fn set_stop_handler() -> std::io::Result<()> {
+/// From now on a [stop signal](STOP_SIGNALS) kills every program this
+/// process started and has not reaped (a `command:` source or target, a
+/// hook, pg_dump, …: all go through [`Program`]), with its process group,
+/// and then the process, by that signal. For `tresor job run`, whose stop
+/// must take what it started along, and whose programs cannot have the
+/// death signal: that fires when the *thread* that started them ends, and
+/// the runtime's blocking threads end when idle, however long their
+/// programs run.
+pub fn kill_programs_when_stopped() -> std::io::Result<()> {
     // SAFETY: a zeroed sigaction is valid; the handler only makes
     // async-signal-safe calls and reads atomics.
     unsafe {

@@ -41,7 +41,7 @@ use std::io::Read;
 
 use tresor_engine::SourceInfo;
 
-pub use command::{CommandSource, SECRET_VARS, last_line, shown_command, without_secrets};
+pub use command::{CommandSource, SECRET_VARS, kill_programs_when_stopped, last_line, shown_command, without_secrets};
 pub use hooks::run_hook;
 pub use pgbase::{KIND as PG_BASE, PgBase, unpack_into};
 pub use pgurl::PgUrl;
