@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -235,20 +236,30 @@ struct JobQuery {
     source: Option<String>,
 }
 
-async fn jobs(State(app): State<App>, headers: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+async fn jobs(State(app): State<App>, headers: HeaderMap, q: Result<Query<JobQuery>, QueryRejection>) -> Response {
     if let Err(r) = app.allow(&headers, Scope::Read) {
         return r.into_response();
     }
+    let Query(q) = match q {
+        Ok(q) => q,
+        // In the API's error schema (it was axum's plain text), once the caller is known to be allowed.
+        Err(e) => return error(e.status(), &e.body_text()),
+    };
     match app.shared.state.jobs(q.limit.unwrap_or(50).min(1000), q.source.as_deref()) {
         Ok(j) => axum::Json(j).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 
-async fn job(State(app): State<App>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
+async fn job(State(app): State<App>, headers: HeaderMap, id: Result<Path<i64>, PathRejection>) -> Response {
     if let Err(r) = app.allow(&headers, Scope::Read) {
         return r.into_response();
     }
+    let Path(id) = match id {
+        Ok(id) => id,
+        // In the API's error schema (it was axum's plain text), once the caller is known to be allowed.
+        Err(e) => return error(e.status(), &e.body_text()),
+    };
     match app.shared.state.job(id) {
         Ok(Some(j)) => axum::Json(j).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, &format!("no job {id}")),
@@ -256,10 +267,15 @@ async fn job(State(app): State<App>, headers: HeaderMap, Path(id): Path<i64>) ->
     }
 }
 
-async fn audit(State(app): State<App>, headers: HeaderMap, Query(q): Query<JobQuery>) -> Response {
+async fn audit(State(app): State<App>, headers: HeaderMap, q: Result<Query<JobQuery>, QueryRejection>) -> Response {
     if let Err(r) = app.allow(&headers, Scope::Read) {
         return r.into_response();
     }
+    let Query(q) = match q {
+        Ok(q) => q,
+        // In the API's error schema (it was axum's plain text), once the caller is known to be allowed.
+        Err(e) => return error(e.status(), &e.body_text()),
+    };
     match app.shared.state.audit_log(q.limit.unwrap_or(100).min(10_000)) {
         Ok(a) => axum::Json(a).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

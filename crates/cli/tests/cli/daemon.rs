@@ -342,6 +342,20 @@ fn the_daemon_runs_schedules_retries_and_answers_with_tokens() {
     // Tokens: none 401, read-only on a write 403, admin 202.
     assert_eq!(http(d.port, "GET", "/api/v1/jobs", None).0, 401);
     assert_eq!(http(d.port, "GET", "/api/v1/jobs", Some("wrong")).0, 401);
+    // A path or query that cannot be read answers in the error schema too (it was plain text), after the token.
+    assert_eq!(http(d.port, "GET", "/api/v1/jobs/xyz", None).0, 401);
+    let (status, body) = http(d.port, "GET", "/api/v1/jobs?limit=abc", Some("read-token"));
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&body).ok().map(|v| v["error"].is_string())),
+        (400, Some(true)),
+        "{body}"
+    );
+    let (status, body) = http(d.port, "GET", "/api/v1/jobs/xyz", Some("read-token"));
+    assert_eq!(
+        (status, serde_json::from_str::<serde_json::Value>(&body).ok().map(|v| v["error"].is_string())),
+        (400, Some(true)),
+        "{body}"
+    );
     assert_eq!(http(d.port, "POST", "/api/v1/sources/files/backup", Some("read-token")).0, 403);
     assert_eq!(http(d.port, "POST", "/api/v1/sources/nope/backup", Some("admin-token")).0, 404);
     assert_eq!(http(d.port, "POST", "/api/v1/sources/files/backup", Some("admin-token")).0, 202);
