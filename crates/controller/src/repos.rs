@@ -248,7 +248,11 @@ impl Handles {
         let repo = self.get(r).await?;
         let all = repo.snapshots().await.map_err(|e| e.to_string())?;
         let filter = tresor_engine::select::SnapshotFilter { tags: vec![format!("source={source}")], ..Default::default() };
-        Ok(tresor_engine::select::select(all, spec, &filter).map(|s| s.id.to_hex()))
+        // An id names its snapshot whatever the filters (as restic has it): the source is asked of it here.
+        Ok(tresor_engine::select::select(all, spec, &Default::default()).and_then(|s| match filter.matches(&s) {
+            true => Ok(s.id.to_hex()),
+            false => Err(tresor_engine::Error::FilteredOut { snapshot: s.id.short(), filter: filter.describe() }),
+        }))
     }
 
     /// Fill an empty state from the repositories' evidence logs: every job

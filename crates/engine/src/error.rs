@@ -53,7 +53,8 @@ pub enum Error {
     /// `latest` with filters that no snapshot passes: what was asked for.
     #[error("no snapshot matches {0}")]
     NoMatch(String),
-    /// A snapshot named by id that the filters given beside it refuse.
+    /// A snapshot named by id that is not what was asked for (another
+    /// source's, for the daemon's restore API).
     #[error("snapshot {snapshot} does not match {filter}")]
     FilteredOut { snapshot: String, filter: String },
     #[error("snapshot id prefix {0:?} is ambiguous; give more digits")]
