@@ -304,10 +304,16 @@ fn partial(spec: &JobSpec, details: Option<&Value>) -> String {
     }
 }
 
+/// How many drills failed, and the first one's first reason (it was on
+/// the source's page only: "1 of 1 drills failed" said nothing of why).
 fn drills_failed(reports: Option<&Value>) -> String {
     let all = reports.and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
-    let failed = all.iter().filter(|r| r["passed"] != true).count();
-    format!("{failed} of {} drills failed", all.len())
+    let failed: Vec<&Value> = all.iter().filter(|r| r["passed"] != true).collect();
+    let said = format!("{} of {} drills failed", failed.len(), all.len());
+    match failed.iter().find_map(|r| r["reasons"].get(0)?.as_str().map(|why| (r["source"].as_str().unwrap_or("?"), why))) {
+        Some((source, why)) => format!("{said}; {source}: {why}"),
+        None => said,
+    }
 }
 
 fn rehearsal_failed(protocol: Option<&Value>) -> String {
@@ -339,6 +345,9 @@ mod tests {
         let restore = judge(&spec("restore"), Ok(3), Some(json!({"status": said, "results": []})));
         assert_eq!((restore.reason, restore.message.as_deref()), (Some(Reason::Partial), Some(said)));
         assert_eq!(judge(&spec("backup"), Ok(0), None).status, Status::Succeeded);
+        let reports = json!([{"source": "db", "passed": true}, {"source": "files", "passed": false, "reasons": ["the verify command failed (exit status: 1)"]}]);
+        let drill = judge(&spec("drill"), Ok(1), Some(reports));
+        assert_eq!(drill.message.as_deref(), Some("1 of 2 drills failed; files: the verify command failed (exit status: 1)"));
     }
 
     /// A copy that cannot reach its target says so in its result, as a

@@ -230,11 +230,17 @@ fn class_rows(shared: &Shared, plan: &Plan, now: DateTime<Utc>) -> String {
     rows
 }
 
-fn job_row(j: &Job) -> String {
+/// A job's row; its name a link where it names a source of the plan (a
+/// prune's or a check's is a repository's, a rehearsal's the platform's).
+fn job_row(plan: &Plan, j: &Job) -> String {
+    let name = match plan.sources.iter().any(|s| s.name == j.source) {
+        true => source_link(&j.source),
+        false => esc(&j.source),
+    };
     format!(
         "<tr class=\"job-{status}\" data-job=\"{id}\"><td>{id}</td><td>{source}</td><td>{kind}</td><td>{start}</td><td>{status}</td><td class=\"why\">{why}</td></tr>\n",
         id = j.id,
-        source = source_link(&j.source),
+        source = name,
         kind = esc(&j.kind),
         start = time(j.started_at),
         status = esc(&j.outcome.status),
@@ -289,7 +295,7 @@ fn checked_cell(st: &crate::metrics::Storage, scheduled: bool) -> String {
 pub fn page(shared: &Shared) -> String {
     let plan = shared.plan();
     let now = shared.clock.now();
-    let jobs: String = shared.state.jobs(20, None).unwrap_or_default().iter().map(job_row).collect();
+    let jobs: String = shared.state.jobs(20, None).unwrap_or_default().iter().map(|j| job_row(&plan, j)).collect();
     let next: String = shared
         .next_runs
         .lock()
@@ -504,7 +510,7 @@ pub async fn source_page(shared: &Shared, name: &str) -> Response {
         None => "<p class=\"error\">the source's repository is not in the plan</p>".into(),
     };
     let failures = shared.state.failures(name, 20).unwrap_or_default();
-    let jobs: String = shared.state.jobs(50, Some(name)).unwrap_or_default().iter().map(job_row).collect();
+    let jobs: String = shared.state.jobs(50, Some(name)).unwrap_or_default().iter().map(|j| job_row(&shared.plan(), j)).collect();
     let next = shared.next_runs.lock().expect("not poisoned").get(name).copied();
     let body = [
         format!("<h1>Source {}</h1>", esc(name)),

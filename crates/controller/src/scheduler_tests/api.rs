@@ -119,5 +119,8 @@ async fn removing_a_source_rewrites_no_history() {
     d.shared.commands.send(crate::daemon::Command::Reload { actor: "test".into() }).expect("the loop");
     super::until("the reload", || d.shared.plan().sources.len() == 1).await;
     assert_eq!(rate().as_deref(), Some("50.00"));
+    // Its jobs stay listed, and link to no page it no longer has (a 404).
+    let page = crate::status::page(&d.shared);
+    assert!(page.contains("<td>flaky</td><td>backup</td>") && !page.contains("href=\"/sources/flaky\""), "{page}");
     d.stop().await;
 }
