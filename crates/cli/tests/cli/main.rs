@@ -171,7 +171,11 @@ fn inventory(root: &Path) -> BTreeMap<String, String> {
     while let Some(dir) = stack.pop() {
         for e in fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let md = fs::symlink_metadata(&p).unwrap();
+            // Gone since it was listed: a writer at work (a standby refresh a test kills midway).
+            let md = match fs::symlink_metadata(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                md => md.unwrap(),
+            };
             let rel = p.strip_prefix(root).unwrap().display().to_string();
             let ft = md.file_type();
             let what = if ft.is_symlink() {
@@ -180,7 +184,11 @@ fn inventory(root: &Path) -> BTreeMap<String, String> {
                 stack.push(p.clone());
                 "dir".to_string()
             } else if ft.is_file() {
-                format!("file {}", blake3::hash(&fs::read(&p).unwrap()).to_hex())
+                let data = match fs::read(&p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    data => data.unwrap(),
+                };
+                format!("file {}", blake3::hash(&data).to_hex())
             } else {
                 format!("special {:o}", md.mode() & 0o170000)
             };
