@@ -187,6 +187,14 @@ async fn restore(g: &Global, a: PgRestoreArgs) -> Result<u8> {
     };
     let base = pitr::choose_base(&chain.bases, a.snapshot.as_deref(), &stop_at, on.map(|t| (t, forks.as_slice())))?;
     warn_short(chain, base, time);
+    for (parent, at) in on.map(|_| pitr::ancestors_gone_on(chain, &forks)).unwrap_or_default() {
+        let (t, lsn) = (on.unwrap_or_default(), format!("{:X}/{:X}", at >> 32, at as u32));
+        eprintln!(
+            "warning: timeline {parent} went on after timeline {t} branched off it at {lsn}: this recovery follows {t} and leaves \
+             timeline {parent}'s newer WAL out (a restore that archives here, a test one too, makes such a branch); \
+             --target-timeline {parent} recovers timeline {parent}"
+        );
+    }
     let settings = recovery_settings(g, &a, &stop_at)?;
     std::fs::create_dir_all(&a.target).with_context(|| format!("cannot create {}", a.target.display()))?;
     std::fs::set_permissions(&a.target, std::fs::Permissions::from_mode(0o700))?;

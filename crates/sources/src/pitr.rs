@@ -251,6 +251,20 @@ pub fn target_timeline(chain: &Chain, given: &str) -> Option<u32> {
     }
 }
 
+/// The ancestors on a timeline's history (`forks`) that went on after it
+/// branched off them: (the ancestor, the LSN it branched at), where the
+/// archive holds the ancestor's segments past that point. A recovery onto
+/// the branch (`latest` follows the newest) leaves that WAL out: the
+/// branch of a test restore that archived here, taken for production's.
+pub fn ancestors_gone_on(chain: &Chain, forks: &[pgwal::Fork]) -> Vec<(u32, u64)> {
+    let size = chain.seg_size();
+    let past = |f: &pgwal::Fork| {
+        // A segment of the ancestor that ends past the switch holds WAL the branch does not.
+        chain.wal.iter().any(|(w, _)| w.kind == WalKind::Segment && w.timeline == f.parent && (w.segno(size) + 1) * size > f.switch_lsn)
+    };
+    forks.iter().filter(|f| past(f)).map(|f| (f.parent, f.switch_lsn)).collect()
+}
+
 /// The history file a recovery onto `timeline` reads, if it has one (1
 /// has none); an error when the archive lacks it and `needed` (a timeline
 /// named: PostgreSQL refuses to start without it).

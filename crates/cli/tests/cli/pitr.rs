@@ -710,6 +710,14 @@ fn a_recovery_onto_a_timeline_starts_from_a_base_backup_on_its_history() {
     assert_eq!(notes(&restore_and_start(&env, &["--latest", "--target-timeline", "1"])), "shared,production,later");
     assert_eq!(notes(&restore_and_start(&env, &["--time", &between, "--target-timeline", "1"])), "shared,production");
     assert_eq!(notes(&restore_and_start(&env, &["--latest", "--target-timeline", "current"])), "shared,test restore,test restore");
+    // `latest` follows the test restore's branch too, and says what it leaves out.
+    let out = env.run(&["pg", "restore", "--target", env.path("followed").to_str().unwrap(), "--latest", "--prefetch", "0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warned = stderr.lines().find(|l| l.starts_with("warning: timeline 1 went on after timeline 2 branched off it at "));
+    assert!(
+        warned.is_some_and(|l| l.ends_with(": this recovery follows 2 and leaves timeline 1's newer WAL out (a restore that archives here, a test one too, makes such a branch); --target-timeline 1 recovers timeline 1")),
+        "{stderr}"
+    );
     let target = env.path("refused");
     let err = env.fails(&["pg", "restore", &clone_base, "--target", target.to_str().unwrap(), "--latest", "--target-timeline", "1"], 1);
     let said = format!(
