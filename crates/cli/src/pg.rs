@@ -274,6 +274,11 @@ fn report_restore(
     for line in reset {
         say!("  {line}");
     }
+    if tresor_sources::recovery_conf::archives_off(settings) {
+        say!(
+            "note: archive_mode stays off, so this cluster archives nothing into the repository; should it become the primary, turn it on"
+        );
+    }
     Ok(())
 }
 

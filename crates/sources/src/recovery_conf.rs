@@ -53,12 +53,15 @@ pub fn archives_off(text: &str) -> bool {
 /// there, a standby or clone made with `pg_basebackup -R`, which copies
 /// the file, recovers to the same target and promotes itself (two
 /// primaries). PostgreSQL keeps them after recovery, as pgBackRest's do.
+/// Not `archive_mode`: reset, a test restore's cluster takes production's
+/// `postgresql.conf` again at its next start and archives its timeline
+/// into production's repository, which `--no-archive` is there to prevent.
 pub fn reset_statements(block: &str) -> Vec<String> {
     block
         .lines()
         .filter_map(|l| l.split_once(" = "))
         .map(|(key, _)| key.trim())
-        .filter(|key| !key.is_empty() && !key.starts_with('#'))
+        .filter(|key| !key.is_empty() && !key.starts_with('#') && !key.eq_ignore_ascii_case("archive_mode"))
         .map(|key| format!("ALTER SYSTEM RESET {key};"))
         .collect()
 }
@@ -110,7 +113,6 @@ mod tests {
                 "ALTER SYSTEM RESET restore_command;",
                 "ALTER SYSTEM RESET recovery_target_name;",
                 "ALTER SYSTEM RESET recovery_target_action;",
-                "ALTER SYSTEM RESET archive_mode;"
             ]
         );
     }
