@@ -72,28 +72,19 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
             r => Ok(r?),
         }
     };
+    let wait = crate::commands::parse_duration(&a.archive_timeout)?;
+    let pgbase = match a.paths.as_slice() {
+        [one] => one.to_str().filter(|u| u.starts_with("pgbase://") && !wait.is_zero()).map(String::from),
+        _ => None,
+    };
     if let Some(cmd) = &a.pre_hook {
         hook("pre", cmd, &[("TRESOR_HOOK", "pre")])?;
     }
     let post = a.post_hook.clone();
-    let pgbase = match a.paths.as_slice() {
-        [one] => one.to_str().filter(|u| u.starts_with("pgbase://")).map(String::from),
-        _ => None,
-    };
-    let wait = crate::commands::parse_duration(&a.archive_timeout)?;
-    let (mut result, id) = match backup_once(g, a).await {
+    let (result, id) = match backup_once(g, a).await {
         Ok((code, id)) => (Ok(code), Some(id)),
         Err(e) => (Err(e), None),
     };
-    // A base backup whose end is not archived recovers no further than its
-    // end: said and failed, the daemon's scheduled ones too (it alerts).
-    if let (Ok(_), Some(id), Some(url)) = (&result, id, &pgbase) {
-        let repo = open(g).await?;
-        let base = repo.load_snapshot(&id).await?;
-        if let Err(e) = crate::pg::archive_check(&repo, &base, url, wait).await {
-            result = Err(e);
-        }
-    }
     if let Some(cmd) = &post {
         let status = if result.is_ok() { "success" } else { "failure" };
         let id = id.map(|i| i.to_hex()).unwrap_or_default();
@@ -102,7 +93,16 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<u8> {
             hooked?;
         }
     }
-    result
+    // After the post-hook, which must not wait on it: a base backup whose
+    // end is not archived recovers no further than its end, said and
+    // failed (the daemon's scheduled ones too, so it alerts).
+    match (result, id, &pgbase) {
+        (Ok(code), Some(id), Some(url)) => {
+            let repo = open(g).await?;
+            crate::pg::archive_check(&repo, &repo.load_snapshot(&id).await?, url, wait).await.map(|()| code)
+        }
+        (result, ..) => result,
+    }
 }
 
 async fn backup_once(g: &Global, a: BackupArgs) -> Result<(u8, tresor_engine::Id)> {

@@ -140,6 +140,9 @@ fn backup(s: &SourceJob) -> Result<BackupArgs> {
     if s.hooks.continue_on_error {
         a.on_error = "continue".into();
     }
+    if !s.archives_wal {
+        a.archive_timeout = "0s".into();
+    }
     Ok(a)
 }
 
@@ -348,6 +351,15 @@ mod tests {
         let reports = json!([{"source": "db", "passed": true}, {"source": "files", "passed": false, "reasons": ["the verify command failed (exit status: 1)"]}]);
         let drill = judge(&spec("drill"), Ok(1), Some(reports));
         assert_eq!(drill.message.as_deref(), Some("1 of 2 drills failed; files: the verify command failed (exit status: 1)"));
+    }
+
+    /// A base backup waits for its end to be archived only where the plan
+    /// says the cluster archives into the repository (`wal_archive:`).
+    #[test]
+    fn only_an_archiving_clusters_base_backups_wait_for_their_end() {
+        let source = |archives_wal| SourceJob { name: "db".into(), url: "pgbase://u@db:5432".into(), archives_wal, ..SourceJob::default() };
+        assert_eq!(backup(&source(true)).unwrap().archive_timeout, "60s");
+        assert_eq!(backup(&source(false)).unwrap().archive_timeout, "0s");
     }
 
     /// A copy that cannot reach its target says so in its result, as a

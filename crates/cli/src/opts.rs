@@ -296,7 +296,8 @@ pub struct BackupArgs {
     /// base backup is saved, for the WAL segment holding its end to reach
     /// the repository (through archive_command); without it the backup
     /// fails (exit 1), its snapshot kept. No wait when the cluster's
-    /// archive_mode is off.
+    /// archive_mode is off; 0: no check, for a cluster that archives no WAL
+    /// into this repository (its base backups restore on their own).
     #[arg(long, default_value = "60s")]
     pub archive_timeout: String,
     #[command(flatten)]

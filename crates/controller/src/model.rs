@@ -143,6 +143,11 @@ pub struct SourceJob {
     /// Which objects a `k8s://` source takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<tresor_sources::k8s::Filters>,
+    /// A `pgbase://` source whose cluster archives its WAL into the
+    /// repository (`wal_archive:`): its base backups wait for their end to
+    /// be archived; others restore on their own and are not held to it.
+    #[serde(default)]
+    pub archives_wal: bool,
 }
 
 /// A retention rule per period: a count of snapshots, or a span (`30d`).

@@ -85,6 +85,7 @@ fn source_job(w: &Work, s: &SourceSpec) -> SourceJob {
         pod: s.pod.clone(),
         run: w.run.clone(),
         scope: s.scope.clone(),
+        archives_wal: s.wal_archive.is_some(),
     }
 }
 

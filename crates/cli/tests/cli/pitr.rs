@@ -659,6 +659,10 @@ fn a_base_backup_whose_end_is_not_archived_fails_and_verify_names_it() {
         "tresor: error: base backup {id} is saved, but the WAL segment holding its end ({segment}) is not in the repository: the cluster's archive_mode is off, so it archives no WAL{tail}"
     );
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stderr).to_string()), (Some(1), said));
+    // A cluster that archives nowhere here, by intent (a source without
+    // wal_archive: in a plan): its base backups restore on their own.
+    env.ok(&["backup", &off.cluster_url().replacen("postgres://", "pgbase://", 1), "--archive-timeout", "0"]);
+    let (id, segment) = newest_base(&env);
     let out = env.run(&["pg", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     let said = format!(
@@ -679,7 +683,7 @@ fn a_base_backup_whose_end_is_not_archived_fails_and_verify_names_it() {
     let count = stderr.strip_prefix(&head).and_then(|r| r.strip_suffix(&format!(", last_failed_wal {last_failed}){tail}")));
     assert!(count.is_some_and(|c| c.parse::<u64>().is_ok_and(|c| c > 0)), "{stderr}");
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 3, "every base backup is kept");
+    assert_eq!(env.json(&["snapshots"]).as_array().unwrap().len(), 4, "every base backup is kept");
 }
 
 /// A test restore archived timeline 2 into production's repository and
