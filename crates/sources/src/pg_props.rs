@@ -44,12 +44,14 @@ pub(crate) fn missing_roles(pg: &Postgres, recorded: &Value) -> Result<Option<Ve
     Ok(Some(roles.iter().filter_map(Value::as_str).filter(|r| !have.iter().any(|h| h == r)).map(String::from).collect()))
 }
 
-/// The statements that give database `db` the recorded owner, privileges
-/// and settings, for the roles in `have`.
-pub(crate) fn statements(db: &str, recorded: &Value, have: &dyn Fn(&str) -> bool) -> Vec<String> {
+/// The statements that give database `db` the recorded privileges and
+/// settings, for the roles in `have`, and its owner when `owner_too` (that
+/// takes a superuser; the privileges and settings only the database's
+/// owner, which its creator is).
+pub(crate) fn statements(db: &str, recorded: &Value, have: &dyn Fn(&str) -> bool, owner_too: bool) -> Vec<String> {
     let db = ident(db);
     let mut out = Vec::new();
-    if let Some(owner) = recorded["owner"].as_str().filter(|o| have(o)) {
+    if let Some(owner) = recorded["owner"].as_str().filter(|o| owner_too && have(o)) {
         out.push(format!("ALTER DATABASE {db} OWNER TO {}", ident(owner)));
     }
     if let Some(acl) = recorded["acl"].as_str() {
@@ -130,7 +132,7 @@ mod tests {
         });
         let have = |r: &str| r != "gone";
         assert_eq!(
-            statements("shop2", &recorded, &have),
+            statements("shop2", &recorded, &have, true),
             [
                 "ALTER DATABASE \"shop2\" OWNER TO \"app\"",
                 "REVOKE ALL ON DATABASE \"shop2\" FROM PUBLIC",
@@ -143,6 +145,8 @@ mod tests {
                 "ALTER DATABASE \"shop2\" SET \"application_name\" TO 'it''s'",
             ]
         );
-        assert_eq!(statements("x", &json!({"acl": null, "settings": null, "owner": "gone"}), &have), Vec::<String>::new());
+        assert_eq!(statements("x", &json!({"acl": null, "settings": null, "owner": "gone"}), &have, true), Vec::<String>::new());
+        let unowned = statements("shop2", &recorded, &have, false);
+        assert_eq!((unowned.len(), unowned[0].as_str()), (8, "REVOKE ALL ON DATABASE \"shop2\" FROM PUBLIC"), "all but the owner");
     }
 }

@@ -224,12 +224,15 @@ impl PostgresTarget {
         Ok(None)
     }
 
-    /// The database's owner, privileges and settings, on a database the
-    /// restore made (one that was there keeps its own).
+    /// The database's privileges and settings, and its owner where the
+    /// objects' owners are kept, on a database the restore made (one that
+    /// was there keeps its own): a database closed to PUBLIC must not come
+    /// back open to everyone because a role is missing here.
     fn give_properties(&self) -> Result<()> {
         let have = self.pg.query("postgres", "SELECT coalesce(json_agg(rolname), '[]') FROM pg_roles")?;
         let have: Vec<String> = serde_json::from_str(&have).unwrap_or_default();
-        for statement in crate::pg_props::statements(&self.pg.db, &self.recorded, &|r| have.iter().any(|h| h == r)) {
+        let owner_too = self.owners_lost.is_none();
+        for statement in crate::pg_props::statements(&self.pg.db, &self.recorded, &|r| have.iter().any(|h| h == r), owner_too) {
             self.pg.query("postgres", &statement)?;
         }
         Ok(())
@@ -359,7 +362,7 @@ impl Target for PostgresTarget {
             Some(_) => self.finish_spool()?,
             None => _ = self.inner.take().expect("begun").finish()?,
         }
-        if self.created && self.owners_lost.is_none() {
+        if self.created {
             self.give_properties()?;
         }
         let tables =

@@ -467,6 +467,10 @@ fn postgres_restore_keeps_owners_privileges_and_settings() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).split(": ").last(), Some(said.as_str()), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(bare.psql("own", owners), "postgres postgres");
+    // Still closed to PUBLIC, and its settings kept, without the role it was owned by.
+    let acl = "SELECT datacl::text || ' ' || (SELECT setconfig::text FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) \
+               FROM pg_database d WHERE datname = 'own'";
+    assert_eq!(bare.psql("postgres", acl), "{postgres=CTc/postgres,=T/postgres} {work_mem=64MB}");
 }
 
 #[test]
