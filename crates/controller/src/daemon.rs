@@ -98,12 +98,12 @@ impl Shared {
         let now = self.clock.now();
         match result {
             Ok(v) => {
-                self.metrics.state_written(now, Ok(()));
+                self.metrics.state_written(what, now, Ok(()));
                 Some(v)
             }
             Err(e) => {
                 tracing::error!("{what}: {e}");
-                self.metrics.state_written(now, Err(format!("{what}: {e}")));
+                self.metrics.state_written(what, now, Err(format!("{what}: {e}")));
                 None
             }
         }

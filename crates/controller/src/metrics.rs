@@ -129,8 +129,9 @@ pub struct Metrics {
     offsite_behind: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// The newest reload that refused the plan file, and why, until one loads it.
     refused_plan: Mutex<Option<(DateTime<Utc>, String)>>,
-    /// Since when, and why, the daemon cannot write its state.
-    state_refused: Mutex<Option<(DateTime<Utc>, String)>>,
+    /// Since when, and why, the daemon cannot write each part of its
+    /// state (the job history, the audit trail), by part.
+    state_refused: Mutex<BTreeMap<String, (DateTime<Utc>, String)>>,
 }
 
 impl Default for Metrics {
@@ -366,22 +367,23 @@ impl Metrics {
         *self.refused_plan.lock().expect("not poisoned") = Some((at, why.to_string()));
     }
 
-    /// A write to the state database succeeded (`Ok`) or failed, at `at`:
-    /// the first failure of a run of them is kept, until a write succeeds.
-    pub fn state_written(&self, at: DateTime<Utc>, result: Result<(), String>) {
+    /// A write to `part` of the state database (the job history, the
+    /// audit trail) succeeded (`Ok`) or failed, at `at`: the first failure
+    /// of a run of them is kept until a write to that same part succeeds
+    /// (on a nearly full disk one insert may fit where the next does not).
+    pub fn state_written(&self, part: &str, at: DateTime<Utc>, result: Result<(), String>) {
         let mut refused = self.state_refused.lock().expect("not poisoned");
         match result {
-            Ok(()) => *refused = None,
-            Err(why) => {
-                refused.get_or_insert((at, why));
-            }
+            Ok(()) => _ = refused.remove(part),
+            Err(why) => _ = refused.entry(part.to_string()).or_insert((at, why)),
         }
-        self.state_ok.set(i64::from(refused.is_none()));
+        self.state_ok.set(i64::from(refused.is_empty()));
     }
 
-    /// Since when, and why, the state cannot be written, while it cannot.
+    /// Since when, and why, the state cannot be written (the oldest failure
+    /// of a part still failing), while it cannot.
     pub fn state_refused(&self) -> Option<(DateTime<Utc>, String)> {
-        self.state_refused.lock().expect("not poisoned").clone()
+        self.state_refused.lock().expect("not poisoned").values().min_by_key(|(at, _)| *at).cloned()
     }
 
     /// When the plan file was last refused and why, while no reload since loaded it.
