@@ -88,8 +88,19 @@ pub struct Resend {
     pub firing: StillFiring,
 }
 
-/// Whether a source's alert still fires for a receiver (its URL).
-pub type StillFiring = Box<dyn Fn(&str, &SecretUrl) -> bool + Send + Sync>;
+/// What becomes of a source's firing alert for a receiver (its URL).
+pub type StillFiring = Box<dyn Fn(&str, &SecretUrl) -> Still + Send + Sync>;
+
+/// A firing alert's fate at a re-send.
+pub enum Still {
+    /// Sent again, to the receiver as the plan has it now (its token file
+    /// and retries may have changed since the failure).
+    Fires(Webhook),
+    /// Not now: the daemon is not ready, or does not lead.
+    Held,
+    /// Never again: its source or receiver left the plan, or it recovered.
+    Over,
+}
 
 enum Item {
     /// An event, delivered with retries.
@@ -176,7 +187,9 @@ async fn work(client: reqwest::Client, mut rx: mpsc::UnboundedReceiver<Item>, re
                 biased;
                 item = rx.recv() => item,
                 () = tokio::time::sleep(r.tick) => {
-                    again(&client, r, f).await;
+                    if !again(&client, r, f).await {
+                        firing = None;
+                    }
                     continue;
                 }
             },
@@ -198,10 +211,16 @@ async fn work(client: reqwest::Client, mut rx: mpsc::UnboundedReceiver<Item>, re
 
 /// Send a firing alert again if it is due and still fires: once, as the
 /// next re-send comes soon, and a retry would hold up a recovery behind it.
-async fn again(client: &reqwest::Client, r: &Resend, f: &mut Firing) {
+/// False once it never will again, so its queue stops waking for it.
+async fn again(client: &reqwest::Client, r: &Resend, f: &mut Firing) -> bool {
     let now = r.clock.now();
-    if now < f.due || !(r.firing)(&f.event.source, &f.hook.url) {
-        return;
+    if now < f.due {
+        return true;
+    }
+    match (r.firing)(&f.event.source, &f.hook.url) {
+        Still::Fires(hook) => f.hook = hook,
+        Still::Held => return true,
+        Still::Over => return false,
     }
     f.due = now + RESEND_EVERY;
     let result = post(client, &f.hook, &f.event).await;
@@ -209,6 +228,7 @@ async fn again(client: &reqwest::Client, r: &Resend, f: &mut Firing) {
         f.arrived = result.is_ok();
         (f.done)(&f.hook, &f.event, result.map_err(|e| format!("re-sending the firing alert: {e}")));
     }
+    true
 }
 
 /// Deliver one event to one receiver, retrying; the last error if it never arrives.

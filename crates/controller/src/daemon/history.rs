@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::Result;
 use crate::model::Kind;
-use crate::notify::{Change, Event, Resend};
+use crate::notify::{Change, Event, Resend, Still};
 use crate::plan::{Plan, SecretUrl, Webhook, WebhookFormat};
 use crate::state::Job;
 
@@ -88,7 +88,7 @@ fn failing(shared: &Shared, source: &str, class: &str) -> Result<Option<Event>> 
 fn resume_alerts(shared: &Arc<Shared>, plan: &Plan, firing: Vec<Event>) {
     let alerts = plan.notifications.iter().flat_map(|h| firing.iter().map(|e| (h.clone(), e.clone()))).collect();
     let weak = Arc::downgrade(shared);
-    let still = move |source: &str, url: &SecretUrl| weak.upgrade().is_some_and(|s| still_fires(&s, source, url));
+    let still = move |source: &str, url: &SecretUrl| weak.upgrade().map_or(Still::Over, |s| still_fires(&s, source, url));
     let resend = Resend { clock: shared.clock.clone(), tick: shared.tick, firing: Box::new(still) };
     let weak = Arc::downgrade(shared);
     let done = move |hook: &Webhook, event: &Event, sent: std::result::Result<(), String>| {
@@ -99,15 +99,23 @@ fn resume_alerts(shared: &Arc<Shared>, plan: &Plan, firing: Vec<Event>) {
     shared.http.resume(resend, alerts, Arc::new(done));
 }
 
-/// Whether the daemon runs (one stopped, or that lost its lease, says
-/// nothing: it would not announce the recovery), `source` still fails, and
-/// `url` is still one of the plan's Alertmanager receivers.
-fn still_fires(shared: &Shared, source: &str, url: &SecretUrl) -> bool {
+/// Whether `source` still fails and `url` is still one of the plan's
+/// Alertmanager receivers (then its alert fires, to the receiver as the
+/// plan has it now), and whether the daemon runs (one stopped, or that
+/// lost its lease, holds it: it would not announce the recovery).
+fn still_fires(shared: &Shared, source: &str, url: &SecretUrl) -> Still {
     let plan = shared.plan();
-    shared.ready.load(std::sync::atomic::Ordering::SeqCst)
-        && shared.failing.lock().expect("not poisoned").contains_key(source)
-        && plan.sources.iter().any(|s| s.name == source)
-        && plan.notifications.iter().any(|h| h.url == *url && h.format == WebhookFormat::Alertmanager)
+    let hook = plan.notifications.iter().find(|h| h.url == *url && h.format == WebhookFormat::Alertmanager);
+    let failing = shared.failing.lock().expect("not poisoned").contains_key(source);
+    match hook {
+        Some(hook) if failing && plan.sources.iter().any(|s| s.name == source) => {
+            match shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Still::Fires(hook.clone()),
+                false => Still::Held,
+            }
+        }
+        _ => Still::Over,
+    }
 }
 
 fn ended(j: &Job) -> chrono::DateTime<chrono::Utc> {
