@@ -37,6 +37,20 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
     })
 }
 
+/// Refuse to remove archived WAL a base backup that stays needs.
+fn keeps_chains(all: &[tresor_engine::Snapshot], removed: &tresor_engine::IdSet) -> Result<()> {
+    if let Some((wal, base)) = tresor_sources::pitr::wal_still_needed(all, removed).first() {
+        let file = tresor_sources::pitr::point(wal, "file").unwrap_or("?");
+        bail!(
+            "snapshot {} holds WAL {file}, which base backup {} needs to recover past its end: forgetting it would break the chain \
+             (forget the base backups before it instead; their WAL goes with them)",
+            wal.id.short(),
+            base.id.short()
+        );
+    }
+    Ok(())
+}
+
 pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     let repo = open(g).await?;
     if !a.dry_run {
@@ -61,15 +75,7 @@ pub async fn forget(g: &Global, a: ForgetArgs) -> Result<u8> {
     };
     let removed = plan.removed();
     let Inventory { snapshots: all, held, .. } = inv;
-    if let Some((wal, base)) = tresor_sources::pitr::wal_still_needed(&all, &removed).first() {
-        let file = tresor_sources::pitr::point(wal, "file").unwrap_or("?");
-        bail!(
-            "snapshot {} holds WAL {file}, which base backup {} needs to recover past its end: forgetting it would break the chain \
-             (forget the base backups before it instead; their WAL goes with them)",
-            wal.id.short(),
-            base.id.short()
-        );
-    }
+    keeps_chains(&all, &removed)?;
     // The groups from here on remove named pieces of an archive (WAL files), shown by name.
     let named = plan.groups.len();
     let wal = tresor_sources::pitr::wal_to_forget(&all, &removed, &held);
