@@ -146,7 +146,7 @@ pub struct SourceJob {
     /// A `pgbase://` source whose cluster archives its WAL into the
     /// repository (`wal_archive:`): its base backups wait for their end to
     /// be archived; others restore on their own and are not held to it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub archives_wal: bool,
 }
 
